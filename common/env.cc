@@ -1,0 +1,53 @@
+#include "common/env.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace fjord {
+
+const EnvVarDoc kEnvVars[] = {
+    {"OMPI_COMM_WORLD_RANK", "rank of this process when started by Open MPI's mpirun"},
+    {"OMPI_COMM_WORLD_SIZE", "world size when started by Open MPI's mpirun"},
+    {"OMPI_COMM_WORLD_LOCAL_RANK", "rank within this node when started by Open MPI's mpirun"},
+    {"PMIX_RANK", "rank of this process under a PMIx launcher"},
+    {"SLURM_PROCID", "rank of this process when started by srun"},
+    {"SLURM_NTASKS", "world size when started by srun"},
+    {"SLURM_LOCALID", "rank within this node when started by srun"},
+    {"OMP_NUM_THREADS", "threads per rank for CPU kernels; overrides the job spec's train.threads"},
+    {"FJORD_TEST_HOOK", "test-only fault injection, e.g. 'sleep_in_step=RANK:STEP:SECONDS'; logged when used"},
+    {nullptr, nullptr},
+};
+
+static bool IsListed(std::string_view name) {
+  for (const EnvVarDoc* v = kEnvVars; v->name != nullptr; ++v) {
+    if (name == v->name) return true;
+  }
+  return false;
+}
+
+std::optional<std::string> GetEnv(std::string_view name) {
+  if (!IsListed(name)) {
+    std::fprintf(stderr, "fjord: internal error: environment variable %.*s is read but not listed in kEnvVars\n",
+                 static_cast<int>(name.size()), name.data());
+    std::abort();
+  }
+  const char* value = std::getenv(std::string(name).c_str());
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  return std::string(value);
+}
+
+std::optional<long> GetEnvInt(std::string_view name) {
+  std::optional<std::string> value = GetEnv(name);
+  if (!value) return std::nullopt;
+  char* end = nullptr;
+  long parsed = std::strtol(value->c_str(), &end, 10);
+  if (end == value->c_str() || *end != '\0') {
+    std::fprintf(stderr, "fjord: environment variable %.*s='%s' is not an integer; unset it or give a number\n",
+                 static_cast<int>(name.size()), name.data(), value->c_str());
+    std::exit(2);
+  }
+  return parsed;
+}
+
+}  // namespace fjord

@@ -1,0 +1,86 @@
+// Token shards in llm.c's format and the deterministic data loader.
+//
+// Shard format (little-endian): a header of 256 int32 (header[0] = 20240520 magic,
+// header[1] = 1 version, header[2] = token count), then `count` uint16 tokens. Nothing else.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "runtime/tokenizer.h"
+
+namespace fjord {
+
+inline constexpr int32_t kShardMagic = 20240520;
+inline constexpr int32_t kShardVersion = 1;
+inline constexpr int kShardHeaderInts = 256;
+
+// Writes `tokens` as a shard at `path` atomically (temporary file in the same directory, then
+// rename), so a reader never sees half a shard. Tokens must fit in uint16.
+Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens);
+
+// Reads and validates a shard: magic, version, file size == header + count * 2, and every token
+// < vocab_size. A refusal names the path and, for a bad token, its index and byte offset in the
+// file, and says what to do (re-run fjord prep, or fix the job's model.vocab_size).
+StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_size);
+
+// Expands a path or glob to the sorted list of matching files; no match is an error naming the
+// pattern (and the field it came from, `what`, e.g. "data.train").
+StatusOr<std::vector<std::string>> ExpandShardGlob(const std::string& pattern, const std::string& what);
+
+// Serves sequences of seq_len + 1 tokens (inputs and next-token targets) from the
+// concatenation of a glob's shards.
+//
+// Determinism: sequence i of the global stream depends only on (seed, i), never on rank,
+// world size or the order of calls, so any partition of the global batch over ranks and
+// micro-steps sees the same tokens. The stream is made of epochs; each epoch cuts the token
+// stream into windows of seq_len + 1 tokens (stride seq_len) starting at an epoch-dependent
+// offset and visits them in an epoch-dependent random order (or in order when shuffle is off,
+// as for validation). Thread-compatible: Fill is const.
+class DataLoader {
+ public:
+  // Opens and validates every shard of `pattern`. Refuses a dataset with fewer than
+  // seq_len + 1 tokens with a message naming `what`, the files and the sizes.
+  static StatusOr<DataLoader> Open(const std::string& pattern, const std::string& what, int vocab_size,
+                                   int seq_len, uint64_t seed, bool shuffle);
+
+  // Writes sequences [first, first + B) of the global stream: inputs[B*T] and targets[B*T]
+  // (targets are inputs shifted by one token).
+  void Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) const;
+
+  // Windows per epoch (>= 1).
+  uint64_t sequences_per_epoch() const;
+  uint64_t num_tokens() const { return tokens_.size(); }
+  const std::vector<std::string>& files() const { return files_; }
+  int seq_len() const { return seq_len_; }
+
+ private:
+  std::vector<std::string> files_;
+  std::vector<uint16_t> tokens_;  // all shards concatenated
+  int seq_len_ = 0;
+  uint64_t seed_ = 0;
+  bool shuffle_ = true;
+};
+
+struct PrepOptions {
+  std::string input;           // text file to tokenize
+  std::string out_dir;         // created if missing
+  double val_fraction = 0.1;   // the last fraction of the text becomes val_000000.bin
+  int64_t shard_tokens = 100'000'000;  // tokens per shard at most
+};
+
+struct PrepResult {
+  std::vector<std::string> train_files;
+  std::vector<std::string> val_files;
+  int64_t train_tokens = 0;
+  int64_t val_tokens = 0;
+};
+
+// `fjord prep`: tokenizes options.input with `tokenizer` and writes DIR/train_NNNNNN.bin and
+// DIR/val_NNNNNN.bin. Refuses an empty input, a val_fraction outside [0, 1), and a split that
+// leaves the train or val part (when val_fraction > 0) with fewer than 2 tokens.
+StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& tokenizer);
+
+}  // namespace fjord
