@@ -1,2 +1,241 @@
+// fjord: one executable, one subcommand per task. Argument errors exit 2 with the usage of the
+// subcommand; failures of the task itself exit 1 with a message that says what to do.
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
-int main(int argc, char** argv) { std::puts("fjord: under construction"); return 0; }
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "launcher/demo.h"
+#include "runtime/config.h"
+#include "runtime/data.h"
+#include "runtime/inference.h"
+#include "runtime/tokenizer.h"
+#include "runtime/trainer.h"
+
+namespace fjord {
+namespace {
+
+struct Command {
+  const char* name;
+  const char* usage;
+  const char* summary;
+  std::vector<std::string> value_flags;  // flags that take a value (--flag VALUE or --flag=VALUE)
+  std::vector<std::string> bool_flags;
+  int (*run)(const struct Args&);
+};
+
+struct Args {
+  std::vector<std::string> positional;
+  std::multimap<std::string, std::string> flags;
+
+  bool Has(const std::string& f) const { return flags.count(f) > 0; }
+  std::string Get(const std::string& f, const std::string& fallback = "") const {
+    auto it = flags.find(f);
+    return it == flags.end() ? fallback : it->second;
+  }
+  std::vector<std::string> All(const std::string& f) const {
+    std::vector<std::string> out;
+    for (auto [it, end] = flags.equal_range(f); it != end; ++it) out.push_back(it->second);
+    return out;
+  }
+};
+
+int Fail(const char* command, const Status& status) {
+  std::fprintf(stderr, "fjord %s: error: %s\n", command, status.message().c_str());
+  return 1;
+}
+
+// Parses a number flag strictly; on error prints the flag and the expected type.
+template <typename T>
+bool ParseNumber(const char* command, const std::string& flag, const std::string& text, T* out) {
+  char* end = nullptr;
+  errno = 0;
+  if constexpr (std::is_floating_point_v<T>) {
+    *out = static_cast<T>(std::strtod(text.c_str(), &end));
+  } else if constexpr (std::is_unsigned_v<T>) {
+    *out = static_cast<T>(std::strtoull(text.c_str(), &end, 10));
+  } else {
+    *out = static_cast<T>(std::strtoll(text.c_str(), &end, 10));
+  }
+  if (text.empty() || *end != '\0' || errno != 0) {
+    std::fprintf(stderr, "fjord %s: error: %s '%s' is not a %s\n", command, flag.c_str(), text.c_str(),
+                 std::is_floating_point_v<T> ? "number" : "whole number");
+    return false;
+  }
+  return true;
+}
+
+int RunTrain(const Args& args) {
+  if (args.positional.size() != 1) {
+    std::fprintf(stderr, "fjord train: error: give exactly one job spec (JOB.textproto)\n");
+    return 2;
+  }
+  StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], args.All("--set"));
+  if (!job.ok()) return Fail("train", job.status());
+  TrainOptions options;
+  options.quiet = args.Has("--quiet");
+  StatusOr<TrainResult> result = Train(*job, options);
+  if (!result.ok()) return Fail("train", result.status());
+  return 0;
+}
+
+int RunPrep(const Args& args) {
+  PrepOptions options;
+  options.input = args.Get("--input");
+  options.out_dir = args.Get("--out");
+  if (options.input.empty() || options.out_dir.empty()) {
+    std::fprintf(stderr, "fjord prep: error: --input FILE and --out DIR are required\n");
+    return 2;
+  }
+  if (args.Has("--val-fraction") &&
+      !ParseNumber("prep", "--val-fraction", args.Get("--val-fraction"), &options.val_fraction)) {
+    return 2;
+  }
+  StatusOr<std::unique_ptr<Tokenizer>> tokenizer = MakeTokenizer(args.Get("--tokenizer", "byte"));
+  if (!tokenizer.ok()) return Fail("prep", tokenizer.status());
+  StatusOr<PrepResult> result = PrepareShards(options, **tokenizer);
+  if (!result.ok()) return Fail("prep", result.status());
+  std::printf("fjord prep: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) under %s\n",
+              static_cast<long long>(result->train_tokens), result->train_files.size(),
+              static_cast<long long>(result->val_tokens), result->val_files.size(), options.out_dir.c_str());
+  return 0;
+}
+
+int RunEval(const Args& args) {
+  const std::string checkpoint = args.Get("--checkpoint"), data = args.Get("--data");
+  if (checkpoint.empty() || data.empty()) {
+    std::fprintf(stderr, "fjord eval: error: --checkpoint DIR and --data GLOB are required\n");
+    return 2;
+  }
+  int batches = 0;
+  if (args.Has("--batches") && !ParseNumber("eval", "--batches", args.Get("--batches"), &batches)) return 2;
+  StatusOr<EvalResult> result = EvaluateCheckpoint(checkpoint, data, batches);
+  if (!result.ok()) return Fail("eval", result.status());
+  std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"batches\": %d}\n", result->loss,
+              static_cast<long long>(result->tokens), result->batches);
+  return 0;
+}
+
+int RunSample(const Args& args) {
+  SampleOptions options;
+  const std::string checkpoint = args.Get("--checkpoint");
+  if (checkpoint.empty()) {
+    std::fprintf(stderr, "fjord sample: error: --checkpoint DIR is required\n");
+    return 2;
+  }
+  options.prompt = args.Get("--prompt");
+  if ((args.Has("--tokens") && !ParseNumber("sample", "--tokens", args.Get("--tokens"), &options.tokens)) ||
+      (args.Has("--temperature") &&
+       !ParseNumber("sample", "--temperature", args.Get("--temperature"), &options.temperature)) ||
+      (args.Has("--top-k") && !ParseNumber("sample", "--top-k", args.Get("--top-k"), &options.top_k)) ||
+      (args.Has("--seed") && !ParseNumber("sample", "--seed", args.Get("--seed"), &options.seed))) {
+    return 2;
+  }
+  std::fputs(options.prompt.c_str(), stdout);
+  StatusOr<std::string> text = SampleCheckpoint(checkpoint, options, [](const std::string& piece) {
+    std::fputs(piece.c_str(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  if (!text.ok()) return Fail("sample", text.status());
+  return 0;
+}
+
+int RunDemo(const Args& args) {
+  DemoOptions options;
+  options.dir = args.Get("--dir", options.dir);
+  options.overrides = args.All("--set");
+  Status s = RunDemoJob(options);
+  if (!s.ok()) return Fail("demo", s);
+  return 0;
+}
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> commands = {
+      {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--quiet]",
+       "train a model as the job spec says", {"--set"}, {"--quiet"}, RunTrain},
+      {"prep", "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte]",
+       "tokenize text into llm.c token shards", {"--input", "--out", "--val-fraction", "--tokenizer"}, {}, RunPrep},
+      {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N]",
+       "print a checkpoint's mean loss on token shards as JSON", {"--checkpoint", "--data", "--batches"}, {},
+       RunEval},
+      {"sample", "fjord sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]",
+       "generate text from a checkpoint", {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--seed"},
+       {}, RunSample},
+      {"demo", "fjord demo [--dir DIR] [--set PATH=VALUE]...",
+       "generate a corpus, prep it, train the embedded small model and sample from it", {"--dir", "--set"}, {},
+       RunDemo},
+  };
+  return commands;
+}
+
+void PrintHelp(FILE* out) {
+  std::fprintf(out, "fjord: data-parallel GPT training that keeps every tenant inside its jurisdictions\n\n");
+  for (const Command& c : Commands()) std::fprintf(out, "  %-8s %s\n           %s\n", c.name, c.summary, c.usage);
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "help" || std::string(argv[1]) == "--help" ||
+      std::string(argv[1]) == "-h") {
+    PrintHelp(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  const Command* command = nullptr;
+  for (const Command& c : Commands()) {
+    if (name == c.name) command = &c;
+  }
+  if (command == nullptr) {
+    std::fprintf(stderr, "fjord: error: unknown command '%s'\n\n", name.c_str());
+    PrintHelp(stderr);
+    return 2;
+  }
+  Args args;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("usage: %s\n", command->usage);
+      return 0;
+    }
+    if (!a.starts_with("--")) {
+      args.positional.push_back(a);
+      continue;
+    }
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = a.find('='); eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      has_value = true;
+    }
+    const auto& vf = command->value_flags;
+    const auto& bf = command->bool_flags;
+    if (std::find(vf.begin(), vf.end(), a) != vf.end()) {
+      if (!has_value) {
+        if (i + 1 >= argc) {
+          std::fprintf(stderr, "fjord %s: error: %s needs a value\nusage: %s\n", command->name, a.c_str(),
+                       command->usage);
+          return 2;
+        }
+        value = argv[++i];
+      }
+      args.flags.emplace(a, value);
+    } else if (std::find(bf.begin(), bf.end(), a) != bf.end() && !has_value) {
+      args.flags.emplace(a, "");
+    } else {
+      std::fprintf(stderr, "fjord %s: error: unknown option '%s'\nusage: %s\n", command->name, argv[i],
+                   command->usage);
+      return 2;
+    }
+  }
+  return command->run(args);
+}
+
+}  // namespace
+}  // namespace fjord
+
+int main(int argc, char** argv) { return fjord::Main(argc, argv); }

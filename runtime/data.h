@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,21 @@ StatusOr<std::vector<std::string>> ExpandShardGlob(const std::string& pattern, c
 // micro-steps sees the same tokens. The stream is made of epochs; each epoch cuts the token
 // stream into windows of seq_len + 1 tokens (stride seq_len) starting at an epoch-dependent
 // offset and visits them in an epoch-dependent random order (or in order when shuffle is off,
-// as for validation). Thread-compatible: Fill is const.
+// as for validation).
+//
+// Epochs: sequence i belongs to epoch e = i / W and is window perm_e[i % W] of that epoch, which
+// starts at token offset_e + perm_e[i % W] * seq_len. W (sequences_per_epoch) is fixed for the
+// whole stream, so the mapping from i to tokens never depends on an earlier epoch:
+//   shuffle on:  W = max(1, (N - T) / T) for N tokens and T = seq_len, so that every offset in
+//                [0, T) still fits W windows (one window fewer than offset 0 would allow);
+//                offset_e is drawn from [0, min(T, N - W*T)) by a hash of (seed, e), and perm_e
+//                is a Fisher-Yates shuffle driven by std::mt19937_64 seeded from (seed, e) with
+//                our own unbiased bounded draw, so orders are identical across standard libraries.
+//   shuffle off: W = (N - 1) / T, offset 0, windows in order; every epoch is the same.
+//
+// Thread-safe: Fill is const; the permutations of the two most recently used epochs are cached
+// behind a mutex (copies of a loader share that cache, which is sound because they share the
+// seed and the tokens).
 class DataLoader {
  public:
   // Opens and validates every shard of `pattern`. Refuses a dataset with fewer than
@@ -47,27 +62,35 @@ class DataLoader {
                                    int seq_len, uint64_t seed, bool shuffle);
 
   // Writes sequences [first, first + B) of the global stream: inputs[B*T] and targets[B*T]
-  // (targets are inputs shifted by one token).
+  // (targets are inputs shifted by one token). B >= 0; the loader must come from Open.
   void Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) const;
 
-  // Windows per epoch (>= 1).
+  // Windows per epoch, W above (>= 1).
   uint64_t sequences_per_epoch() const;
   uint64_t num_tokens() const { return tokens_.size(); }
   const std::vector<std::string>& files() const { return files_; }
   int seq_len() const { return seq_len_; }
 
  private:
+  class EpochOrders;  // cache of per-epoch window permutations (data.cc)
+
+  // First token of sequence i of the global stream.
+  uint64_t SequenceStart(uint64_t i) const;
+
   std::vector<std::string> files_;
   std::vector<uint16_t> tokens_;  // all shards concatenated
   int seq_len_ = 0;
   uint64_t seed_ = 0;
   bool shuffle_ = true;
+  uint64_t windows_ = 0;         // W, sequences per epoch
+  uint64_t offset_choices_ = 1;  // epoch offsets are drawn from [0, offset_choices_)
+  std::shared_ptr<EpochOrders> orders_;
 };
 
 struct PrepOptions {
-  std::string input;           // text file to tokenize
-  std::string out_dir;         // created if missing
-  double val_fraction = 0.1;   // the last fraction of the text becomes val_000000.bin
+  std::string input;                   // text file to tokenize
+  std::string out_dir;                 // created if missing
+  double val_fraction = 0.1;           // the last fraction of the text becomes val_000000.bin
   int64_t shard_tokens = 100'000'000;  // tokens per shard at most
 };
 

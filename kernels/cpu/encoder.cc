@@ -1,1 +1,53 @@
+// Token + position embedding.
+//
+// The backward pass scatters rows of dout into dwte at token ids that repeat within a batch, so a
+// split over tokens would race. Instead each thread owns a block of channels and walks every
+// (b, t) in order: writes never collide and the summation order is fixed, so the result is
+// deterministic whatever the thread count. C is small (hundreds), so the block is a cache line.
+#include <cstddef>
+
 #include "kernels/ops.h"
+
+namespace fjord::cpu {
+namespace {
+constexpr int kChannelBlock = 16;  // one 64-byte cache line of floats per thread-owned block
+}  // namespace
+
+void encoder_forward(const OpContext& ctx, float* out, const int32_t* tokens, const float* wte,
+                     const float* wpe, int B, int T, int C) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      const size_t bt = static_cast<size_t>(b) * T + t;
+      float* o = out + bt * C;
+      const float* e = wte + static_cast<size_t>(tokens[bt]) * C;
+      const float* p = wpe + static_cast<size_t>(t) * C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) o[c] = e[c] + p[c];
+    }
+  }
+}
+
+void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const float* dout,
+                      const int32_t* tokens, int B, int T, int C) {
+  const int blocks = (C + kChannelBlock - 1) / kChannelBlock;
+#pragma omp parallel for schedule(static)
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int c0 = blk * kChannelBlock;
+    const int c1 = c0 + kChannelBlock < C ? c0 + kChannelBlock : C;
+    for (int t = 0; t < T; ++t) {
+      float* dp = dwpe + static_cast<size_t>(t) * C;
+      for (int b = 0; b < B; ++b) {
+        const size_t bt = static_cast<size_t>(b) * T + t;
+        const float* d = dout + bt * C;
+        float* de = dwte + static_cast<size_t>(tokens[bt]) * C;
+        for (int c = c0; c < c1; ++c) {
+          de[c] += d[c];
+          dp[c] += d[c];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fjord::cpu

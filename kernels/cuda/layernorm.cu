@@ -1,0 +1,130 @@
+// LayerNorm on the GPU.
+//
+// Forward and dinp: one warp per row, which suits GPT-2's C (hundreds to a few thousand): the row
+// is read with coalesced lane-strided loads, reduced with warp shuffles, and re-read from cache for
+// the second (centred variance) and output passes. dweight and dbias are column sums over all N
+// rows: a block owns 32 channels, its 32 x 32 threads stride over rows and then reduce down the
+// columns in shared memory in a fixed order. No atomics and no scratch buffer, so the result is
+// deterministic; the price is only C / 32 blocks for this pass, which is acceptable next to the
+// GEMMs and is the place to optimise (row-chunked partials) if profiles say so.
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/ops.h"
+
+namespace fjord::cuda {
+namespace {
+
+using cuda_detail::kWarpSize;
+using cuda_detail::WarpSum;
+
+constexpr float kEps = 1e-5f;
+constexpr int kRowsPerBlock = 8;  // warps per block in the row kernels
+constexpr int kColumnRows = 32;   // threadIdx.y extent in the column-sum kernel
+
+__global__ void LayerNormForwardKernel(float* out, float* mean, float* rstd, const float* inp,
+                                       const float* weight, const float* bias, size_t N, int C) {
+  const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= N) return;  // whole warps exit together: the shuffles below stay full-warp
+  const float* x = inp + row * C;
+  float sum = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) sum += x[c];
+  const float m = WarpSum(sum) / C;
+  float var = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) var += (x[c] - m) * (x[c] - m);
+  const float s = 1.0f / sqrtf(WarpSum(var) / C + kEps);
+  float* o = out + row * C;
+  for (int c = lane; c < C; c += kWarpSize) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+__global__ void LayerNormBackwardInputKernel(float* dinp, const float* dout, const float* inp,
+                                             const float* weight, const float* mean, const float* rstd,
+                                             size_t N, int C) {
+  const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= N) return;
+  const float* x = inp + row * C;
+  const float* d = dout + row * C;
+  const float m = mean[row];
+  const float s = rstd[row];
+  float dnorm_sum = 0.0f;
+  float dnorm_norm_sum = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float dnorm = weight[c] * d[c];
+    dnorm_sum += dnorm;
+    dnorm_norm_sum += dnorm * (x[c] - m) * s;
+  }
+  const float dnorm_mean = WarpSum(dnorm_sum) / C;
+  const float dnorm_norm_mean = WarpSum(dnorm_norm_sum) / C;
+  float* di = dinp + row * C;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float norm = (x[c] - m) * s;
+    di[c] += (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+  }
+}
+
+// blockDim = (32, kColumnRows); block b owns channels [32 b, 32 b + 32).
+__global__ void LayerNormBackwardParamKernel(float* dweight, float* dbias, const float* dout,
+                                             const float* inp, const float* mean, const float* rstd, size_t N,
+                                             int C) {
+  __shared__ float dw_part[kColumnRows][kWarpSize + 1];  // +1: no bank conflicts reading columns
+  __shared__ float db_part[kColumnRows][kWarpSize + 1];
+  const int c = blockIdx.x * kWarpSize + threadIdx.x;
+  float dw = 0.0f;
+  float db = 0.0f;
+  if (c < C) {
+    for (size_t r = threadIdx.y; r < N; r += kColumnRows) {
+      const float d = dout[r * C + c];
+      dw += (inp[r * C + c] - mean[r]) * rstd[r] * d;
+      db += d;
+    }
+  }
+  dw_part[threadIdx.y][threadIdx.x] = dw;
+  db_part[threadIdx.y][threadIdx.x] = db;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float dw_total = 0.0f;
+    float db_total = 0.0f;
+    for (int y = 0; y < kColumnRows; ++y) {
+      dw_total += dw_part[y][threadIdx.x];
+      db_total += db_part[y][threadIdx.x];
+    }
+    dweight[c] += dw_total;
+    dbias[c] += db_total;
+  }
+}
+
+unsigned int RowBlocks(size_t N) {
+  return static_cast<unsigned int>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+
+}  // namespace
+
+void layernorm_forward(const OpContext& ctx, float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, size_t N, int C) {
+  if (N == 0) return;
+  LayerNormForwardKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(out, mean, rstd, inp,
+                                                                                     weight, bias, N, C);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+
+void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd, size_t N,
+                        int C) {
+  if (N == 0) return;
+  LayerNormBackwardInputKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(
+      dinp, dout, inp, weight, mean, rstd, N, C);
+  FJORD_CUDA_CHECK_LAUNCH();
+  const unsigned int column_blocks = static_cast<unsigned int>((C + kWarpSize - 1) / kWarpSize);
+  LayerNormBackwardParamKernel<<<column_blocks, dim3(kWarpSize, kColumnRows), 0, ctx.stream>>>(
+      dweight, dbias, dout, inp, mean, rstd, N, C);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace fjord::cuda

@@ -1,0 +1,28 @@
+// `fjord demo`: the whole product on an embedded default, with nothing to download or write by
+// hand: a generated corpus, token shards, a small GPT trained on it, and a sample.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace fjord {
+
+// The embedded job spec of the demo (text format); data paths and run_dir are filled in by
+// RunDemoJob.
+extern const char kDemoJob[];
+
+// Deterministic English-like text of about `bytes` bytes from a small grammar: enough structure
+// for a small model to learn visibly within a minute on a CPU.
+std::string GenerateDemoCorpus(size_t bytes, uint64_t seed);
+
+struct DemoOptions {
+  std::string dir = "runs/demo";       // corpus, shards, metrics and checkpoints go here
+  std::vector<std::string> overrides;  // --set PATH=VALUE applied to kDemoJob
+};
+
+Status RunDemoJob(const DemoOptions& options);
+
+}  // namespace fjord

@@ -1,0 +1,323 @@
+#include "runtime/gpt.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <utility>
+
+#include "common/check.h"
+
+namespace fjord {
+
+GptConfig GptConfig::FromSpec(const proto::ModelSpec& spec) {
+  GptConfig c;
+  c.n_layer = spec.n_layer();
+  c.n_head = spec.n_head();
+  c.n_embd = spec.n_embd();
+  c.max_seq_len = spec.seq_len();
+  c.vocab_size = spec.vocab_size();
+  c.padded_vocab = (spec.vocab_size() + 127) / 128 * 128;
+  return c;
+}
+
+size_t ParamTensor::size() const {
+  size_t n = 1;
+  for (int d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+size_t ParamLayout::Add(const std::string& name, std::vector<int> shape, bool decay) {
+  ParamTensor t;
+  t.name = name;
+  t.offset = total_;
+  t.shape = std::move(shape);
+  t.weight_decay = decay;
+  total_ += t.size();
+  // Keep every tensor 16-float (64-byte) aligned so vector kernels never straddle tensors.
+  total_ = (total_ + 15) / 16 * 16;
+  tensors_.push_back(t);
+  return t.offset;
+}
+
+ParamLayout::ParamLayout(const GptConfig& c) {
+  const int C = c.n_embd;
+  wte_ = Add("wte.weight", {c.padded_vocab, C}, true);
+  wpe_ = Add("wpe.weight", {c.max_seq_len, C}, true);
+  layers_.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    Layer& L = layers_[l];
+    L.begin = total_;
+    L.ln1_w = Add(p + "ln_1.weight", {C}, false);
+    L.ln1_b = Add(p + "ln_1.bias", {C}, false);
+    L.qkv_w = Add(p + "attn.c_attn.weight", {3 * C, C}, true);
+    L.qkv_b = Add(p + "attn.c_attn.bias", {3 * C}, false);
+    L.attproj_w = Add(p + "attn.c_proj.weight", {C, C}, true);
+    L.attproj_b = Add(p + "attn.c_proj.bias", {C}, false);
+    L.ln2_w = Add(p + "ln_2.weight", {C}, false);
+    L.ln2_b = Add(p + "ln_2.bias", {C}, false);
+    L.fc_w = Add(p + "mlp.c_fc.weight", {4 * C, C}, true);
+    L.fc_b = Add(p + "mlp.c_fc.bias", {4 * C}, false);
+    L.fcproj_w = Add(p + "mlp.c_proj.weight", {C, 4 * C}, true);
+    L.fcproj_b = Add(p + "mlp.c_proj.bias", {C}, false);
+    L.end = total_;
+  }
+  lnf_w_ = Add("ln_f.weight", {C}, false);
+  lnf_b_ = Add("ln_f.bias", {C}, false);
+}
+
+HostBuffer::HostBuffer(size_t n) : size_(n) {
+  if (n == 0) return;
+  void* p = nullptr;
+  const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+  FJORD_CHECK(posix_memalign(&p, 64, bytes) == 0,
+              "out of host memory allocating " + std::to_string(bytes) + " bytes");
+  data_ = static_cast<float*>(p);
+  std::memset(data_, 0, bytes);
+}
+
+HostBuffer::~HostBuffer() { std::free(data_); }
+
+HostBuffer::HostBuffer(HostBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
+  if (this != &other) {
+    std::free(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+// Activation tensors. Per-layer tensors are indexed (id, layer); global ones come after all
+// layers. The classifier's logits and losses come last: their gradients are not mirrored in
+// dacts_ (fused_classifier writes dlogits over the logits).
+namespace {
+
+enum LayerAct { kLn1, kLn1Mean, kLn1Rstd, kQkv, kAtty, kLse, kAttproj, kRes2, kLn2, kLn2Mean, kLn2Rstd,
+                kFch, kFchGelu, kFcproj, kRes3, kNumLayerActs };
+enum GlobalAct { kEncoded, kLnf, kLnfMean, kLnfRstd, kLogits, kLosses, kNumGlobalActs };
+
+size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
+  const size_t C = c.n_embd;
+  switch (id) {
+    case kLn1Mean: case kLn1Rstd: case kLn2Mean: case kLn2Rstd: return BT;
+    case kQkv: return BT * 3 * C;
+    case kLse: return B * c.n_head * (BT / B);
+    case kFch: case kFchGelu: return BT * 4 * C;
+    default: return BT * C;
+  }
+}
+
+size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
+  switch (id) {
+    case kLnfMean: case kLnfRstd: case kLosses: return BT;
+    case kLogits: return BT * c.padded_vocab;
+    default: return BT * c.n_embd;
+  }
+}
+
+size_t Align16(size_t n) { return (n + 15) / 16 * 16; }
+
+// Fills offsets (layer acts first, layer-major, then globals) and returns {total, grad_total}.
+std::pair<size_t, size_t> ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* offsets) {
+  const size_t BT = static_cast<size_t>(B) * T;
+  size_t total = 0;
+  offsets->clear();
+  for (int l = 0; l < c.n_layer; ++l) {
+    for (int id = 0; id < kNumLayerActs; ++id) {
+      offsets->push_back(total);
+      total += Align16(LayerActSize(static_cast<LayerAct>(id), c, BT, B));
+    }
+  }
+  size_t grad_total = 0;
+  for (int id = 0; id < kNumGlobalActs; ++id) {
+    if (id == kLogits) grad_total = total;
+    offsets->push_back(total);
+    total += Align16(GlobalActSize(static_cast<GlobalAct>(id), c, BT));
+  }
+  return {total, grad_total};
+}
+
+}  // namespace
+
+size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
+  std::vector<size_t> offsets;
+  auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &offsets);
+  const size_t params = ParamLayout(config).num_params();
+  return (4 * params + acts + dacts) * sizeof(float);
+}
+
+Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops)
+    : config_(config), layout_(config), ops_(ops), max_batch_(max_batch), max_seq_(max_seq) {
+  FJORD_CHECK(max_seq <= config.max_seq_len, "sequence longer than the model's positions");
+  auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &act_offsets_);
+  params_ = HostBuffer(layout_.num_params());
+  grads_ = HostBuffer(layout_.num_params());
+  m_ = HostBuffer(layout_.num_params());
+  v_ = HostBuffer(layout_.num_params());
+  acts_ = HostBuffer(acts);
+  dacts_ = HostBuffer(dacts);
+  tokens_.resize(static_cast<size_t>(max_batch) * max_seq);
+}
+
+#define FJORD_LAYER_ACT(id, l) (act_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])
+#define FJORD_GLOBAL_ACT(id) (act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + (id)])
+
+void Gpt::InitGpt2(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const float residual_scale = 1.0f / std::sqrt(2.0f * config_.n_layer);
+  float* p = params_.data();
+  std::memset(p, 0, num_params() * sizeof(float));
+  for (const ParamTensor& t : layout_.tensors()) {
+    const bool is_ln_weight = t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight");
+    const bool is_bias = t.name.ends_with(".bias");
+    if (is_ln_weight) {
+      for (size_t i = 0; i < t.size(); ++i) p[t.offset + i] = 1.0f;
+    } else if (!is_bias) {
+      float std = 0.02f;
+      if (t.name.ends_with("c_proj.weight")) std *= residual_scale;
+      size_t n = t.size();
+      // Padded vocabulary rows stay zero: no token embeds to them and no logit reads them.
+      if (t.offset == layout_.wte()) n = static_cast<size_t>(config_.vocab_size) * config_.n_embd;
+      for (size_t i = 0; i < n; ++i) p[t.offset + i] = std * normal(rng);
+    }
+  }
+}
+
+float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, float dloss_scale) {
+  FJORD_CHECK(B >= 1 && B <= max_batch_ && T >= 1 && T <= max_seq_,
+              "batch " + std::to_string(B) + "x" + std::to_string(T) + " exceeds the model's buffers");
+  B_ = B;
+  T_ = T;
+  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
+  std::memcpy(tokens_.data(), tokens, BT * sizeof(int32_t));
+
+  ops_.encoder_forward(ctx_, A(FJORD_GLOBAL_ACT(kEncoded)), tokens, P(layout_.wte()), P(layout_.wpe()), B, T, C);
+  float* residual = A(FJORD_GLOBAL_ACT(kEncoded));
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const ParamLayout::Layer& w = layout_.layer(l);
+    float* ln1 = A(FJORD_LAYER_ACT(kLn1, l));
+    float* qkv = A(FJORD_LAYER_ACT(kQkv, l));
+    float* atty = A(FJORD_LAYER_ACT(kAtty, l));
+    float* attproj = A(FJORD_LAYER_ACT(kAttproj, l));
+    float* res2 = A(FJORD_LAYER_ACT(kRes2, l));
+    float* ln2 = A(FJORD_LAYER_ACT(kLn2, l));
+    float* fch = A(FJORD_LAYER_ACT(kFch, l));
+    float* fch_gelu = A(FJORD_LAYER_ACT(kFchGelu, l));
+    float* fcproj = A(FJORD_LAYER_ACT(kFcproj, l));
+    float* res3 = A(FJORD_LAYER_ACT(kRes3, l));
+    ops_.layernorm_forward(ctx_, ln1, A(FJORD_LAYER_ACT(kLn1Mean, l)), A(FJORD_LAYER_ACT(kLn1Rstd, l)), residual,
+                           P(w.ln1_w), P(w.ln1_b), BT, C);
+    ops_.matmul_forward(ctx_, qkv, ln1, P(w.qkv_w), P(w.qkv_b), BT, C, 3 * C);
+    ops_.attention_forward(ctx_, atty, A(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH);
+    ops_.matmul_forward(ctx_, attproj, atty, P(w.attproj_w), P(w.attproj_b), BT, C, C);
+    ops_.residual_forward(ctx_, res2, residual, attproj, BT * C);
+    ops_.layernorm_forward(ctx_, ln2, A(FJORD_LAYER_ACT(kLn2Mean, l)), A(FJORD_LAYER_ACT(kLn2Rstd, l)), res2,
+                           P(w.ln2_w), P(w.ln2_b), BT, C);
+    ops_.matmul_forward(ctx_, fch, ln2, P(w.fc_w), P(w.fc_b), BT, C, 4 * C);
+    ops_.gelu_forward(ctx_, fch_gelu, fch, BT * 4 * C);
+    ops_.matmul_forward(ctx_, fcproj, fch_gelu, P(w.fcproj_w), P(w.fcproj_b), BT, 4 * C, C);
+    ops_.residual_forward(ctx_, res3, res2, fcproj, BT * C);
+    residual = res3;
+  }
+  float* lnf = A(FJORD_GLOBAL_ACT(kLnf));
+  ops_.layernorm_forward(ctx_, lnf, A(FJORD_GLOBAL_ACT(kLnfMean)), A(FJORD_GLOBAL_ACT(kLnfRstd)), residual,
+                         P(layout_.lnf_w()), P(layout_.lnf_b()), BT, C);
+  float* logits = A(FJORD_GLOBAL_ACT(kLogits));
+  ops_.matmul_forward(ctx_, logits, lnf, P(layout_.wte()), nullptr, BT, C, Vp);
+  has_dlogits_ = false;
+  if (targets == nullptr) return 0.0f;
+
+  float* losses = A(FJORD_GLOBAL_ACT(kLosses));
+  const int write_dlogits = dloss_scale > 0.0f ? 1 : 0;
+  ops_.fused_classifier(ctx_, logits, losses, targets, BT, V, Vp, dloss_scale / static_cast<float>(BT),
+                        write_dlogits);
+  has_dlogits_ = write_dlogits != 0;
+  double sum = 0.0;
+  for (size_t i = 0; i < BT; ++i) sum += losses[i];
+  return static_cast<float>(sum / static_cast<double>(BT));
+}
+
+void Gpt::Backward(const GradReadyFn& on_ready) {
+  FJORD_CHECK(has_dlogits_, "Backward needs a Forward with targets and dloss_scale > 0 before it");
+  has_dlogits_ = false;
+  const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
+  // Activation gradients accumulate (ops' contract), so they start from zero each pass.
+  ops_.fill_zero(ctx_, dacts_.data(), dacts_.size());
+
+  const float* dlogits = A(FJORD_GLOBAL_ACT(kLogits));
+  float* dlnf = G(FJORD_GLOBAL_ACT(kLnf));
+  ops_.matmul_backward(ctx_, dlnf, D(layout_.wte()), nullptr, dlogits, A(FJORD_GLOBAL_ACT(kLnf)), P(layout_.wte()),
+                       BT, C, Vp);
+  const int L = config_.n_layer;
+  const float* last_residual = L > 0 ? A(FJORD_LAYER_ACT(kRes3, L - 1)) : A(FJORD_GLOBAL_ACT(kEncoded));
+  float* dresidual = L > 0 ? G(FJORD_LAYER_ACT(kRes3, L - 1)) : G(FJORD_GLOBAL_ACT(kEncoded));
+  ops_.layernorm_backward(ctx_, dresidual, D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf, last_residual,
+                          P(layout_.lnf_w()), A(FJORD_GLOBAL_ACT(kLnfMean)), A(FJORD_GLOBAL_ACT(kLnfRstd)), BT, C);
+  if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
+
+  for (int l = L - 1; l >= 0; --l) {
+    const ParamLayout::Layer& w = layout_.layer(l);
+    const float* residual = l == 0 ? A(FJORD_GLOBAL_ACT(kEncoded)) : A(FJORD_LAYER_ACT(kRes3, l - 1));
+    float* dres_in = l == 0 ? G(FJORD_GLOBAL_ACT(kEncoded)) : G(FJORD_LAYER_ACT(kRes3, l - 1));
+    float* dres3 = G(FJORD_LAYER_ACT(kRes3, l));
+    float* dres2 = G(FJORD_LAYER_ACT(kRes2, l));
+    float* dfcproj = G(FJORD_LAYER_ACT(kFcproj, l));
+    float* dfch_gelu = G(FJORD_LAYER_ACT(kFchGelu, l));
+    float* dfch = G(FJORD_LAYER_ACT(kFch, l));
+    float* dln2 = G(FJORD_LAYER_ACT(kLn2, l));
+    float* dattproj = G(FJORD_LAYER_ACT(kAttproj, l));
+    float* datty = G(FJORD_LAYER_ACT(kAtty, l));
+    float* dqkv = G(FJORD_LAYER_ACT(kQkv, l));
+    float* dln1 = G(FJORD_LAYER_ACT(kLn1, l));
+
+    ops_.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
+    ops_.matmul_backward(ctx_, dfch_gelu, D(w.fcproj_w), D(w.fcproj_b), dfcproj, A(FJORD_LAYER_ACT(kFchGelu, l)),
+                         P(w.fcproj_w), BT, 4 * C, C);
+    ops_.gelu_backward(ctx_, dfch, A(FJORD_LAYER_ACT(kFch, l)), dfch_gelu, BT * 4 * C);
+    ops_.matmul_backward(ctx_, dln2, D(w.fc_w), D(w.fc_b), dfch, A(FJORD_LAYER_ACT(kLn2, l)), P(w.fc_w), BT, C,
+                         4 * C);
+    ops_.layernorm_backward(ctx_, dres2, D(w.ln2_w), D(w.ln2_b), dln2, A(FJORD_LAYER_ACT(kRes2, l)), P(w.ln2_w),
+                            A(FJORD_LAYER_ACT(kLn2Mean, l)), A(FJORD_LAYER_ACT(kLn2Rstd, l)), BT, C);
+    ops_.residual_backward(ctx_, dres_in, dattproj, dres2, BT * C);
+    ops_.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj, A(FJORD_LAYER_ACT(kAtty, l)),
+                         P(w.attproj_w), BT, C, C);
+    ops_.attention_backward(ctx_, dqkv, datty, A(FJORD_LAYER_ACT(kQkv, l)), A(FJORD_LAYER_ACT(kAtty, l)),
+                            A(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH);
+    ops_.matmul_backward(ctx_, dln1, D(w.qkv_w), D(w.qkv_b), dqkv, A(FJORD_LAYER_ACT(kLn1, l)), P(w.qkv_w), BT, C,
+                         3 * C);
+    ops_.layernorm_backward(ctx_, dres_in, D(w.ln1_w), D(w.ln1_b), dln1, residual, P(w.ln1_w),
+                            A(FJORD_LAYER_ACT(kLn1Mean, l)), A(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
+    if (on_ready) on_ready(w.begin, w.end);
+  }
+  ops_.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G(FJORD_GLOBAL_ACT(kEncoded)), tokens_.data(), B,
+                        T, C);
+  if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
+}
+
+void Gpt::ZeroGrads() { ops_.fill_zero(ctx_, grads_.data(), grads_.size()); }
+
+float Gpt::GradSumSquares() {
+  float out = 0.0f;
+  ops_.sum_squares(ctx_, &out, grads_.data(), grads_.size());
+  return out;
+}
+
+void Gpt::AdamW(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
+  for (const ParamTensor& p : layout_.tensors()) {
+    ops_.adamw_update(ctx_, P(p.offset), D(p.offset), m_.data() + p.offset, v_.data() + p.offset, p.size(), lr,
+                      beta1, beta2, eps, p.weight_decay ? weight_decay : 0.0f, grad_scale, t);
+  }
+}
+
+const float* Gpt::Logits() const {
+  return acts_.data() + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + kLogits];
+}
+
+}  // namespace fjord

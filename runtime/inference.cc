@@ -1,0 +1,118 @@
+#include "runtime/inference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "runtime/checkpoint.h"
+#include "runtime/config.h"
+#include "runtime/data.h"
+#include "runtime/gpt.h"
+#include "runtime/tokenizer.h"
+#include "runtime/trainer.h"
+
+namespace fjord {
+
+namespace {
+
+struct LoadedModel {
+  proto::JobSpec job;
+  std::unique_ptr<Gpt> model;
+};
+
+StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, int max_seq) {
+  FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
+  LoadedModel loaded;
+  FJORD_ASSIGN_OR_RETURN(loaded.job, LoadCheckpointJob(dir));
+  const GptConfig config = GptConfig::FromSpec(loaded.job.model());
+  if (max_seq <= 0) max_seq = config.max_seq_len;
+  ConfigureThreads(loaded.job.train().threads());
+  loaded.model = std::make_unique<Gpt>(config, max_batch, max_seq, CpuOps());
+  FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(dir, *loaded.model));
+  return loaded;
+}
+
+}  // namespace
+
+StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches) {
+  FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
+  FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
+  const int T = TrainSeqLen(job);
+  FJORD_ASSIGN_OR_RETURN(DataLoader data, DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T,
+                                                           job.train().seed(), /*shuffle=*/false));
+  const uint64_t available = data.sequences_per_epoch();
+  const int B = static_cast<int>(std::min<uint64_t>(job.train().micro_batch(), available));
+  if (batches <= 0) batches = job.train().eval_batches();
+  batches = static_cast<int>(std::min<uint64_t>(batches, available / B));
+  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(dir, B, T));
+  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  EvalResult result;
+  double sum = 0.0;
+  for (int i = 0; i < batches; ++i) {
+    data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    sum += loaded.model->Forward(inputs.data(), targets.data(), B, T, 0.0f);
+  }
+  result.batches = batches;
+  result.tokens = static_cast<int64_t>(batches) * B * T;
+  result.loss = sum / batches;
+  return result;
+}
+
+StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const SampleOptions& options,
+                                       const std::function<void(const std::string&)>& on_text) {
+  if (options.tokens < 0) return InvalidArgument("--tokens must be >= 0, got " + std::to_string(options.tokens));
+  if (!(options.temperature >= 0.0f)) {
+    return InvalidArgument("--temperature must be >= 0 (0 is greedy), got " + std::to_string(options.temperature));
+  }
+  if (options.top_k < 0) return InvalidArgument("--top-k must be >= 0, got " + std::to_string(options.top_k));
+  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(checkpoint, 1, 0));
+  std::unique_ptr<Tokenizer> tokenizer = MakeByteTokenizer();
+  Gpt& model = *loaded.model;
+  const GptConfig& c = model.config();
+  std::vector<int32_t> context = tokenizer->Encode(options.prompt);
+  if (context.empty()) context.push_back('\n');  // an empty prompt starts a new line
+  std::mt19937_64 rng(options.seed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::string generated;
+  std::vector<double> probs(c.vocab_size);
+  for (int i = 0; i < options.tokens; ++i) {
+    const int T = std::min<int>(static_cast<int>(context.size()), model.max_seq());
+    const int32_t* window = context.data() + context.size() - T;
+    model.Forward(window, nullptr, 1, T, 0.0f);
+    const float* logits = model.Logits() + static_cast<size_t>(T - 1) * c.padded_vocab;
+    int next = 0;
+    if (options.temperature == 0.0f) {
+      next = static_cast<int>(std::max_element(logits, logits + c.vocab_size) - logits);
+    } else {
+      float threshold = -INFINITY;
+      if (options.top_k > 0 && options.top_k < c.vocab_size) {
+        std::vector<float> sorted(logits, logits + c.vocab_size);
+        std::nth_element(sorted.begin(), sorted.begin() + (options.top_k - 1), sorted.end(), std::greater<float>());
+        threshold = sorted[options.top_k - 1];
+      }
+      const float max_logit = *std::max_element(logits, logits + c.vocab_size);
+      double sum = 0.0;
+      for (int v = 0; v < c.vocab_size; ++v) {
+        probs[v] = logits[v] >= threshold ? std::exp((logits[v] - max_logit) / options.temperature) : 0.0;
+        sum += probs[v];
+      }
+      double r = uniform(rng) * sum;
+      next = c.vocab_size - 1;
+      for (int v = 0; v < c.vocab_size; ++v) {
+        r -= probs[v];
+        if (r <= 0.0 && probs[v] > 0.0) {
+          next = v;
+          break;
+        }
+      }
+    }
+    context.push_back(next);
+    const std::string piece = tokenizer->Decode({next});
+    generated += piece;
+    if (on_text) on_text(piece);
+  }
+  return generated;
+}
+
+}  // namespace fjord

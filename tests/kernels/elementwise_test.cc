@@ -1,0 +1,137 @@
+// GELU, residual and fill_zero against double references; backward by central differences.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
+#include "tests/kernels/test_util.h"
+
+namespace fjord {
+namespace {
+
+using testing::ExpectClose;
+using testing::kPoison;
+using testing::Norm;
+using testing::RandomFloats;
+
+const OpContext kCtx;
+
+// Above the kernels' parallel threshold and not a multiple of any vector width.
+constexpr size_t kN = 20011;
+
+double GeluRef(double x) {
+  const double k = std::sqrt(2.0 / std::numbers::pi);
+  return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+
+TEST(PointwiseMath, ExpMatchesLibmWithinTwoUlpAndClamps) {
+  // Exp replaces libm inside the softmax, attention and GELU loops; it must be as good as expf.
+  double worst = 0.0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.00731f) {
+    const double ref = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(Exp(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 2.5e-7);  // ~2 ulp (2^-23 = 1.19e-7)
+  EXPECT_EQ(Exp(0.0f), 1.0f);
+  // Out-of-range inputs clamp instead of reaching 0 or inf, so e * s products stay finite.
+  EXPECT_GT(Exp(-1000.0f), 0.0f);
+  EXPECT_LT(Exp(-1000.0f), 1e-37f);
+  EXPECT_TRUE(std::isfinite(Exp(1000.0f)));
+  EXPECT_TRUE(std::isfinite(Exp(-std::numeric_limits<float>::infinity())));
+  // NaN propagates, so a diverged model still shows a NaN loss.
+  EXPECT_TRUE(std::isnan(Exp(std::numeric_limits<float>::quiet_NaN())));
+}
+
+TEST(Gelu, ForwardMatchesDoubleFormula) {
+  const std::vector<float> x = RandomFloats(kN, 1, -6.0f, 6.0f);
+  std::vector<float> out(kN, kPoison);
+  cpu::gelu_forward(kCtx, out.data(), x.data(), kN);
+  std::vector<double> ref(kN);
+  for (size_t i = 0; i < kN; ++i) ref[i] = GeluRef(x[i]);
+  ASSERT_GT(Norm(out), 0.0);
+  // A few float roundings, but the exponent 2a (|2a| up to ~80 here) carries a relative rounding
+  // error that becomes an absolute error of the same size in e^(-2a); the resulting error is below
+  // ~1e-5 relative, and absolute near the zero crossing and in the far negative tail.
+  ExpectClose("gelu out", out, ref, 1e-6, 1e-5);
+}
+
+TEST(Gelu, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  const std::vector<float> x = RandomFloats(kN, 2, -6.0f, 6.0f);
+  const std::vector<float> dout = RandomFloats(kN, 3);
+  const std::vector<float> prior = RandomFloats(kN, 4);
+  std::vector<float> dinp = prior;
+  cpu::gelu_backward(kCtx, dinp.data(), x.data(), dout.data(), kN);
+  // L = sum(dout * gelu(x)) is separable, so its central difference in x[i] is
+  // dout[i] * (gelu(x[i] + h) - gelu(x[i] - h)) / 2h; in double with h = 1e-6 this is exact to ~1e-9.
+  const double h = 1e-6;
+  std::vector<double> ref(kN);
+  for (size_t i = 0; i < kN; ++i) {
+    const double fd = dout[i] * (GeluRef(x[i] + h) - GeluRef(x[i] - h)) / (2.0 * h);
+    ref[i] = prior[i] + fd;
+  }
+  std::vector<float> delta(kN);
+  for (size_t i = 0; i < kN; ++i) delta[i] = dinp[i] - prior[i];
+  ASSERT_GT(Norm(delta), 0.0);
+  // The derivative is O(1) (max ~1.13) and computed with a handful of float ops, plus the float
+  // rounding of the += onto an O(1) prior: atol 2e-6, rtol 1e-5.
+  ExpectClose("gelu dinp", dinp, ref, 2e-6, 1e-5);
+}
+
+TEST(Gelu, InPlaceForward) {
+  std::vector<float> x = RandomFloats(1001, 5, -3.0f, 3.0f);
+  std::vector<float> expected(x.size(), kPoison);
+  cpu::gelu_forward(kCtx, expected.data(), x.data(), x.size());
+  cpu::gelu_forward(kCtx, x.data(), x.data(), x.size());
+  ExpectClose("gelu in place", x, expected, 0.0, 0.0);
+}
+
+TEST(Residual, ForwardIsExactSum) {
+  const std::vector<float> a = RandomFloats(kN, 6);
+  const std::vector<float> b = RandomFloats(kN, 7);
+  std::vector<float> out(kN, kPoison);
+  cpu::residual_forward(kCtx, out.data(), a.data(), b.data(), kN);
+  ASSERT_GT(Norm(out), 0.0);
+  // One correctly rounded float addition: relative error at most 2^-24.
+  ExpectClose("residual out", out, testing::Plus(a, b), 0.0, 6e-8);
+}
+
+TEST(Residual, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  constexpr size_t n = 37;
+  const std::vector<float> a = RandomFloats(n, 8);
+  const std::vector<float> b = RandomFloats(n, 9);
+  const std::vector<double> dout = testing::ToDouble(RandomFloats(n, 10));
+  const std::vector<float> dout_f(dout.begin(), dout.end());
+  const std::vector<float> prior_a = RandomFloats(n, 11);
+  const std::vector<float> prior_b = RandomFloats(n, 12);
+  std::vector<float> da = prior_a, db = prior_b;
+  cpu::residual_backward(kCtx, da.data(), db.data(), dout_f.data(), n);
+
+  const std::vector<double> ad = testing::ToDouble(a), bd = testing::ToDouble(b);
+  auto loss_a = [&](const std::vector<double>& x) {
+    return testing::WeightedSum(dout, testing::Plus(x, bd));
+  };
+  auto loss_b = [&](const std::vector<double>& x) {
+    return testing::WeightedSum(dout, testing::Plus(ad, x));
+  };
+  // dout + prior, both O(1), rounded once to float, against a difference quotient exact to ~1e-9.
+  ExpectClose("residual da", da, testing::Plus(prior_a, testing::NumericalGradient(loss_a, ad)), 1e-7, 1e-6);
+  ExpectClose("residual db", db, testing::Plus(prior_b, testing::NumericalGradient(loss_b, bd)), 1e-7, 1e-6);
+}
+
+TEST(FillZero, ZeroesExactlyTheRange) {
+  for (size_t n : {size_t{13}, kN}) {
+    std::vector<float> x(n + 2, kPoison);
+    cpu::fill_zero(kCtx, x.data() + 1, n);
+    for (size_t i = 1; i <= n; ++i) ASSERT_EQ(x[i], 0.0f) << "n=" << n << " index " << i - 1;
+    EXPECT_TRUE(std::isnan(x[0])) << "wrote before the range";
+    EXPECT_TRUE(std::isnan(x[n + 1])) << "wrote past the range";
+  }
+}
+
+}  // namespace
+}  // namespace fjord

@@ -1,0 +1,99 @@
+// LayerNorm against a double reference; backward by finite differences of that reference.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "tests/kernels/test_util.h"
+
+namespace fjord {
+namespace {
+
+using testing::ExpectClose;
+using testing::kPoison;
+
+const OpContext kCtx;
+
+// C = 37 spans three thread-owned channel blocks of the dweight/dbias pass (16 + 16 + 5).
+constexpr size_t N = 7;
+constexpr int C = 37;
+
+struct LayerNormRef {
+  std::vector<double> out, mean, rstd;
+};
+
+LayerNormRef LayerNormForwardRef(const std::vector<double>& x, const std::vector<double>& w,
+                                 const std::vector<double>& b) {
+  LayerNormRef r{std::vector<double>(N * C), std::vector<double>(N), std::vector<double>(N)};
+  for (size_t n = 0; n < N; ++n) {
+    double m = 0.0;
+    for (int c = 0; c < C; ++c) m += x[n * C + c];
+    m /= C;
+    double var = 0.0;
+    for (int c = 0; c < C; ++c) var += (x[n * C + c] - m) * (x[n * C + c] - m);
+    const double s = 1.0 / std::sqrt(var / C + 1e-5);
+    for (int c = 0; c < C; ++c) r.out[n * C + c] = (x[n * C + c] - m) * s * w[c] + b[c];
+    r.mean[n] = m;
+    r.rstd[n] = s;
+  }
+  return r;
+}
+
+// Rows with a non-zero mean and differing spreads, so centring and scaling are both exercised.
+std::vector<float> Input(uint32_t seed) {
+  std::vector<float> x = testing::RandomFloats(N * C, seed);
+  for (size_t n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) x[n * C + c] = x[n * C + c] * (1.0f + n) + 0.5f * n;
+  return x;
+}
+
+TEST(LayerNorm, ForwardMatchesDoubleReference) {
+  const std::vector<float> x = Input(1);
+  const std::vector<float> w = testing::RandomFloats(C, 2, 0.5f, 1.5f), b = testing::RandomFloats(C, 3);
+  std::vector<float> out(N * C, kPoison), mean(N, kPoison), rstd(N, kPoison);
+  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  const LayerNormRef ref =
+      LayerNormForwardRef(testing::ToDouble(x), testing::ToDouble(w), testing::ToDouble(b));
+  ASSERT_GT(testing::Norm(out), 0.0);
+  // Statistics accumulate in double and are rounded to float once; each output then takes ~4 float
+  // roundings of O(1) values (~5e-7), absolute near zero where norm * w cancels b.
+  ExpectClose("layernorm out", out, ref.out, 1e-6, 1e-6);
+  ExpectClose("layernorm mean", mean, ref.mean, 1e-7, 1e-6);
+  ExpectClose("layernorm rstd", rstd, ref.rstd, 0.0, 1e-6);
+}
+
+TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  const std::vector<float> x = Input(4);
+  const std::vector<float> w = testing::RandomFloats(C, 5, 0.5f, 1.5f), b = testing::RandomFloats(C, 6);
+  const std::vector<float> dout = testing::RandomFloats(N * C, 7);
+  std::vector<float> out(N * C), mean(N), rstd(N);
+  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+
+  const std::vector<float> prior_x = testing::RandomFloats(N * C, 8), prior_w = testing::RandomFloats(C, 9),
+                           prior_b = testing::RandomFloats(C, 10);
+  std::vector<float> dx = prior_x, dw = prior_w, db = prior_b;
+  cpu::layernorm_backward(kCtx, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
+                          rstd.data(), N, C);
+
+  const std::vector<double> xd = testing::ToDouble(x), wd = testing::ToDouble(w), bd = testing::ToDouble(b);
+  const std::vector<double> doutd = testing::ToDouble(dout);
+  auto loss = [&](const std::vector<double>& xx, const std::vector<double>& ww,
+                  const std::vector<double>& bb) {
+    return testing::WeightedSum(doutd, LayerNormForwardRef(xx, ww, bb).out);
+  };
+  const auto gx =
+      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(v, wd, bd); }, xd);
+  const auto gw =
+      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, v, bd); }, wd);
+  const auto gb =
+      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, wd, v); }, bd);
+  // Sums accumulate in double; per-element float roundings of O(1) terms scaled by rstd (up to ~2
+  // here), then the += onto an O(1) prior: a few 1e-7, with margin for cancelling differences.
+  ExpectClose("layernorm dinp", dx, testing::Plus(prior_x, gx), 3e-6, 1e-6);
+  ExpectClose("layernorm dweight", dw, testing::Plus(prior_w, gw), 3e-6, 1e-6);
+  ExpectClose("layernorm dbias", db, testing::Plus(prior_b, gb), 3e-6, 1e-6);
+}
+
+}  // namespace
+}  // namespace fjord
