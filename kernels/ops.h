@@ -107,4 +107,15 @@ struct Ops {
 // The CPU backend's table (always available).
 const Ops& CpuOps();
 
+#ifdef FJORD_HAVE_CUDA
+// The CUDA backend's table (kernels/cuda/ops.cu), a process-wide constant; thread-safe to call.
+// Every pointer an op takes is a device pointer, scalars excepted, including sum_squares' `out`.
+// Each call enqueues work on ctx.stream and returns without waiting; ctx.blas must hold a
+// cublasLtHandle_t for the matmul ops, and ctx.workspace (device memory, used in stream order)
+// serves the GEMMs and as scratch: encoder_backward needs a few times 16 B*T bytes of it and aborts
+// with the required size when it is smaller; matmul_backward's bias gradient uses it when present.
+// attention_* support head sizes C / NH up to 128.
+const Ops& CudaOps();
+#endif
+
 }  // namespace fjord

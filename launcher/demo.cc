@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 const char kDemoJob[] = R"pb(
 model { n_layer: 2 n_head: 4 n_embd: 128 seq_len: 64 vocab_size: 256 }
 train {
-  micro_batch: 16 grad_accum: 1 steps: 200 seed: 1337
+  micro_batch: 16 global_batch: 32 steps: 200 seed: 1337
   lr: 3e-3 warmup_steps: 20 min_lr: 3e-4 weight_decay: 0.1 grad_clip: 1.0
   eval_every: 50 eval_batches: 8 log_every: 25
 }
@@ -42,8 +42,8 @@ std::string GenerateDemoCorpus(size_t bytes, uint64_t seed) {
   return text;
 }
 
-Status RunDemoJob(const DemoOptions& options) {
-  const fs::path dir = options.dir;
+// Writes the corpus and its shards under `dir`.
+Status PrepareDemoData(const fs::path& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Internal("cannot create " + dir.string() + ": " + ec.message());
@@ -62,13 +62,33 @@ Status RunDemoJob(const DemoOptions& options) {
   std::printf("fjord demo: corpus %s -> %lld train / %lld val tokens in %s\n", corpus.c_str(),
               static_cast<long long>(shards.train_tokens), static_cast<long long>(shards.val_tokens),
               prep.out_dir.c_str());
+  return OkStatus();
+}
 
+StatusOr<proto::JobSpec> DemoJobSpec(const DemoOptions& options) {
+  const fs::path dir = options.dir;
   std::vector<std::string> overrides = {"data.train=" + (dir / "data" / "train_*.bin").string(),
                                         "data.val=" + (dir / "data" / "val_*.bin").string(),
                                         "run_dir=" + dir.string()};
   overrides.insert(overrides.end(), options.overrides.begin(), options.overrides.end());
-  FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, ParseJobSpec(kDemoJob, "<embedded demo job>", overrides));
-  FJORD_ASSIGN_OR_RETURN(TrainResult trained, Train(job, TrainOptions{}));
+  return ParseJobSpec(kDemoJob, "<embedded demo job>", overrides);
+}
+
+Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm) {
+  const fs::path dir = options.dir;
+  // Rank 0 prepares the data; a failure there is reported by every rank after the barrier.
+  int ok = 1;
+  Status prepared;
+  if (comm.rank() == 0) {
+    prepared = PrepareDemoData(dir);
+    ok = prepared.ok() ? 1 : 0;
+  }
+  FJORD_RETURN_IF_ERROR(comm.Broadcast(&ok, 1, DataType::kI32, 0));
+  if (!prepared.ok()) return prepared;
+  if (ok == 0) return Internal("rank 0 could not prepare the demo data (see its message)");
+
+  FJORD_ASSIGN_OR_RETURN(TrainResult trained, Train(job, TrainOptions{}, comm));
+  if (comm.rank() != 0) return OkStatus();
 
   SampleOptions sample;
   sample.prompt = "The quiet fjord";

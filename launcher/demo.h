@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "collectives/communicator.h"
 #include "common/status.h"
+#include "proto/job.pb.h"
 
 namespace fjord {
 
@@ -23,6 +25,11 @@ struct DemoOptions {
   std::vector<std::string> overrides;  // --set PATH=VALUE applied to kDemoJob
 };
 
-Status RunDemoJob(const DemoOptions& options);
+// kDemoJob with the data and run_dir of options.dir, then options.overrides, validated.
+StatusOr<proto::JobSpec> DemoJobSpec(const DemoOptions& options);
+
+// Rank 0 writes the corpus and the shards while the others wait; all ranks train `job`
+// (from DemoJobSpec); rank 0 samples.
+Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm);
 
 }  // namespace fjord

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/communicator.h"
 #include "launcher/demo.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
@@ -49,6 +50,16 @@ int Fail(const char* command, const Status& status) {
   return 1;
 }
 
+// Like Fail, on every rank: with more than one rank the error also ends the others (a rank
+// that fails alone would leave the rest waiting in a collective until their timeout).
+int FailAll(const char* command, const Status& status, Communicator& comm) {
+  if (comm.size() == 1) return Fail(command, status);
+  comm.Abort("fjord " + std::string(command) + ": error on rank " + std::to_string(comm.rank()) + ": " +
+                 status.message(),
+             1);
+  return 1;  // not reached: Abort ends the process (GCC does not trust [[noreturn]] on a virtual)
+}
+
 // Parses a number flag strictly; on error prints the flag and the expected type.
 template <typename T>
 bool ParseNumber(const char* command, const std::string& flag, const std::string& text, T* out) {
@@ -76,10 +87,12 @@ int RunTrain(const Args& args) {
   }
   StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], args.All("--set"));
   if (!job.ok()) return Fail("train", job.status());
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(*job));
+  if (!comm.ok()) return Fail("train", comm.status());
   TrainOptions options;
   options.quiet = args.Has("--quiet");
-  StatusOr<TrainResult> result = Train(*job, options);
-  if (!result.ok()) return Fail("train", result.status());
+  StatusOr<TrainResult> result = Train(*job, options, **comm);
+  if (!result.ok()) return FailAll("train", result.status(), **comm);
   return 0;
 }
 
@@ -149,8 +162,12 @@ int RunDemo(const Args& args) {
   DemoOptions options;
   options.dir = args.Get("--dir", options.dir);
   options.overrides = args.All("--set");
-  Status s = RunDemoJob(options);
-  if (!s.ok()) return Fail("demo", s);
+  StatusOr<proto::JobSpec> job = DemoJobSpec(options);
+  if (!job.ok()) return Fail("demo", job.status());
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(*job));
+  if (!comm.ok()) return Fail("demo", comm.status());
+  Status s = RunDemoJob(options, *job, **comm);
+  if (!s.ok()) return FailAll("demo", s, **comm);
   return 0;
 }
 

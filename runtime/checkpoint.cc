@@ -81,7 +81,7 @@ std::string StepName(int step) {
 }  // namespace
 
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, int step, const proto::JobSpec& job,
-                                     Gpt& model) {
+                                     const Gpt& model, const float* adam_m, const float* adam_v) {
   std::error_code ec;
   fs::create_directories(checkpoints_dir, ec);
   if (ec) return Internal("cannot create checkpoint directory " + checkpoints_dir + ": " + ec.message());
@@ -97,8 +97,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, int ste
   Status s = WriteFileSynced(tmp_dir + "/model.bin", {{header.data(), header_bytes}, {model.params(), param_bytes}});
   if (s.ok()) {
     s = WriteFileSynced(tmp_dir + "/optimizer.bin", {{header.data(), header_bytes},
-                                                     {model.adam_m(), param_bytes},
-                                                     {model.adam_v(), param_bytes}});
+                                                     {adam_m, param_bytes},
+                                                     {adam_v, param_bytes}});
   }
   if (s.ok()) {
     const std::string text = JobSpecToText(job);

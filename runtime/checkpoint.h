@@ -22,9 +22,10 @@ inline constexpr int32_t kModelMagic = 20261128;
 inline constexpr int32_t kModelVersion = 1;
 
 // Writes the checkpoint of `model` after optimizer step `step` (1-based count of completed
-// steps) into `checkpoints_dir`/step_NNNNNN and returns that path.
+// steps) into `checkpoints_dir`/step_NNNNNN and returns that path. adam_m and adam_v hold the
+// AdamW moments of all num_params() parameters (gathered from the shards under ZeRO-1).
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, int step, const proto::JobSpec& job,
-                                     Gpt& model);
+                                     const Gpt& model, const float* adam_m, const float* adam_v);
 
 // A checkpoint directory resolved from what a user passes: a step directory (it has
 // model.bin), or a run directory / checkpoints directory whose newest step_* is taken.

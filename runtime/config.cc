@@ -604,6 +604,29 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
                  "validation shards, e.g. data { val: \"data/val_*.bin\" } (fjord prep writes them), or set "
                  "train.eval_every to 0");
   }
+  if (t.global_batch() < 0) {
+    v.RefuseValue("train.global_batch",
+                  "is negative; set train.global_batch to 0 (use train.grad_accum) or to the sequences per "
+                  "optimizer step over all ranks");
+  } else if (t.global_batch() > 0 && t.micro_batch() >= 1 && t.global_batch() % t.micro_batch() != 0) {
+    v.RefuseValue("train.global_batch", "is not a multiple of " + v.Ref("train.micro_batch") +
+                                            ": the global batch is micro_batch x grad_accum x world_size; pick a "
+                                            "multiple of train.micro_batch");
+  }
+  const proto::ParallelSpec& par = job.parallel();
+  if (!(par.bucket_mb() > 0) || !Finite(par.bucket_mb())) {
+    v.RefuseValue("parallel.bucket_mb", "must be a positive number of MiB; set parallel.bucket_mb, e.g. 25");
+  }
+  if (par.zero_stage() != 0 && par.zero_stage() != 1) {
+    v.RefuseValue("parallel.zero_stage", "must be 0 (plain data-parallel) or 1 (ZeRO-1: shard the AdamW state)");
+  }
+  if (par.algo() != "auto" && par.algo() != "mpi" && par.algo() != "ring" && par.algo() != "tree") {
+    v.RefuseValue("parallel.algo", "is not one of auto, mpi, ring, tree; set parallel.algo, e.g. \"auto\"");
+  }
+  if (!(par.comm_timeout() > 0) || !Finite(par.comm_timeout())) {
+    v.RefuseValue("parallel.comm_timeout",
+                  "must be a positive number of seconds; set parallel.comm_timeout, e.g. 300");
+  }
   if (job.run_dir().empty()) {
     v.Refuse("run_dir",
              "run_dir is empty: fjord writes metrics.jsonl and checkpoints there; set it, e.g. "

@@ -147,17 +147,16 @@ size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
   std::vector<size_t> offsets;
   auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &offsets);
   const size_t params = ParamLayout(config).num_params();
-  return (4 * params + acts + dacts) * sizeof(float);
+  return (2 * params + acts + dacts) * sizeof(float);
 }
 
-Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops)
+Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)
     : config_(config), layout_(config), ops_(ops), max_batch_(max_batch), max_seq_(max_seq) {
   FJORD_CHECK(max_seq <= config.max_seq_len, "sequence longer than the model's positions");
   auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &act_offsets_);
-  params_ = HostBuffer(layout_.num_params());
-  grads_ = HostBuffer(layout_.num_params());
-  m_ = HostBuffer(layout_.num_params());
-  v_ = HostBuffer(layout_.num_params());
+  const size_t padded = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  params_ = HostBuffer(padded);
+  grads_ = HostBuffer(padded);
   acts_ = HostBuffer(acts);
   dacts_ = HostBuffer(dacts);
   tokens_.resize(static_cast<size_t>(max_batch) * max_seq);
@@ -307,13 +306,6 @@ float Gpt::GradSumSquares() {
   float out = 0.0f;
   ops_.sum_squares(ctx_, &out, grads_.data(), grads_.size());
   return out;
-}
-
-void Gpt::AdamW(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
-  for (const ParamTensor& p : layout_.tensors()) {
-    ops_.adamw_update(ctx_, P(p.offset), D(p.offset), m_.data() + p.offset, v_.data() + p.offset, p.size(), lr,
-                      beta1, beta2, eps, p.weight_decay ? weight_decay : 0.0f, grad_scale, t);
-  }
 }
 
 const float* Gpt::Logits() const {

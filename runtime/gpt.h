@@ -96,16 +96,18 @@ class HostBuffer {
 // written again by this backward pass. Ranges arrive in decreasing address order.
 using GradReadyFn = std::function<void(size_t begin, size_t end)>;
 
-// The model with its parameters, gradients, optimizer state and activations for batches of up
-// to max_batch sequences of up to max_seq tokens. Not thread-safe; one instance per rank.
+// The model with its parameters, gradients and activations for batches of up to max_batch
+// sequences of up to max_seq tokens. The optimizer state lives in AdamW (runtime/optimizer.h),
+// so it can be sharded. Not thread-safe; one instance per rank.
 class Gpt {
  public:
-  // Allocates everything up front; the byte count is available from MemoryBytes().
-  Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops);
+  // Allocates everything up front; the byte count is available from MemoryBytes(). The
+  // parameter and gradient buffers hold buffer_size() floats: num_params() rounded up to a
+  // multiple of `buffer_multiple` (zero padding), so they split into equal shards.
+  Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple = 1);
 
-  // Bytes this model allocates for (config, max_batch, max_seq): parameters, gradients, AdamW
-  // state and activations with their gradients. Static so a job can be refused before
-  // allocation.
+  // Bytes this model allocates for (config, max_batch, max_seq): parameters, gradients and
+  // activations with their gradients. Static so a job can be refused before allocation.
   static size_t MemoryBytes(const GptConfig& config, int max_batch, int max_seq);
 
   // GPT-2 initialisation from `seed`: N(0, 0.02) for matrices and embeddings, residual
@@ -129,20 +131,17 @@ class Gpt {
   // Sum of squares of all parameter gradients.
   float GradSumSquares();
 
-  // One AdamW step (t >= 1) over all parameters, gradients multiplied by grad_scale first.
-  void AdamW(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
-
   // Logits [B, T, padded_vocab] of the last Forward without targets.
   const float* Logits() const;
 
   const GptConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   size_t num_params() const { return layout_.num_params(); }
+  size_t buffer_size() const { return params_.size(); }
+  const Ops& ops() const { return ops_; }
   float* params() { return params_.data(); }
   const float* params() const { return params_.data(); }
   float* grads() { return grads_.data(); }
-  float* adam_m() { return m_.data(); }
-  float* adam_v() { return v_.data(); }
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
 
@@ -160,7 +159,7 @@ class Gpt {
   int max_batch_, max_seq_;
   int B_ = 0, T_ = 0;
   bool has_dlogits_ = false;
-  HostBuffer params_, grads_, m_, v_;
+  HostBuffer params_, grads_;
   HostBuffer acts_, dacts_;
   std::vector<int32_t> tokens_;
   std::vector<size_t> act_offsets_;  // see Acts in gpt.cc

@@ -4,18 +4,22 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <thread>
 
 #include "common/env.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/gpt.h"
+#include "runtime/grad_reducer.h"
+#include "runtime/optimizer.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
@@ -31,12 +35,13 @@ float LearningRate(const proto::TrainSpec& train, int step) {
   return static_cast<float>(train.min_lr() + coeff * (lr - train.min_lr()));
 }
 
-int ConfigureThreads(int threads) {
+int ConfigureThreads(int threads, int local_ranks) {
   int n = threads;
   if (std::optional<long> env = GetEnvInt("OMP_NUM_THREADS"); env && *env > 0) n = static_cast<int>(*env);
   if (n <= 0) {
     cpu_set_t set;
     n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    n = std::max(1, n / std::max(1, local_ranks));
   }
   omp_set_num_threads(n);
   return n;
@@ -59,26 +64,76 @@ std::string GiB(size_t bytes) {
   return buf;
 }
 
-// Mean loss over `batches` batches of the validation stream, sequences taken in order.
-float Evaluate(Gpt& model, const DataLoader& val, int B, int T, int batches, std::vector<int32_t>& inputs,
-               std::vector<int32_t>& targets) {
-  double sum = 0.0;
-  for (int i = 0; i < batches; ++i) {
+// Mean loss over the first `batches` batches of the validation stream, in order; batch i is
+// scored by rank i % world, so every world size averages the same batches.
+StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int batches, Communicator& comm,
+                         std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+  float sum = 0.0f;
+  for (int i = comm.rank(); i < batches; i += comm.size()) {
     val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
     sum += model.Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
-  return static_cast<float>(sum / batches);
+  if (comm.size() > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum, &sum, 1, DataType::kF32, ReduceOp::kSum));
+  return sum / static_cast<float>(batches);
+}
+
+// FJORD_TEST_HOOK=sleep_in_step=RANK:STEP:SECONDS makes rank RANK sleep inside step STEP (1-based),
+// between its backward pass and the gradient reduction: the other ranks then wait in a collective.
+struct SleepHook {
+  int rank = -1, step = -1, seconds = 0;
+};
+
+SleepHook ParseSleepHook() {
+  SleepHook hook;
+  std::optional<std::string> value = GetEnv("FJORD_TEST_HOOK");
+  if (value && value->starts_with("sleep_in_step=")) {
+    std::sscanf(value->c_str() + 14, "%d:%d:%d", &hook.rank, &hook.step, &hook.seconds);
+  }
+  return hook;
 }
 
 }  // namespace
 
+CommOptions CommOptionsFor(const proto::JobSpec& job) {
+  CommOptions options;
+  options.timeout = std::chrono::milliseconds(static_cast<int64_t>(job.parallel().comm_timeout() * 1000.0));
+  StatusOr<Algorithm> algo = ParseAlgorithm(job.parallel().algo());
+  options.algorithm = algo.ok() ? *algo : Algorithm::kAuto;
+  return options;
+}
+
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options) {
+  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(CommOptionsFor(job)));
+  return Train(job, options, *comm);
+}
+
+StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm) {
   const proto::TrainSpec& train = job.train();
   const GptConfig config = GptConfig::FromSpec(job.model());
+  const int rank = comm.rank(), world = comm.size();
+  const bool lead = rank == 0;
+  const bool zero = job.parallel().zero_stage() == 1 && world > 1;
   const int B = train.micro_batch();
   const int T = TrainSeqLen(job);
+  int accum = train.grad_accum();
+  if (train.global_batch() > 0) {
+    if (train.global_batch() % (B * world) != 0) {
+      return InvalidArgument("train.global_batch = " + std::to_string(train.global_batch()) +
+                             " is not divisible by train.micro_batch x world size = " + std::to_string(B) + " x " +
+                             std::to_string(world) + " = " + std::to_string(B * world) +
+                             ": choose a global batch that is a multiple of it, or change the rank count");
+    }
+    accum = train.global_batch() / (B * world);
+  }
+  const uint64_t global_batch = static_cast<uint64_t>(B) * accum * world;
 
-  const size_t need = Gpt::MemoryBytes(config, B, T);
+  // ZeRO-1 shards: the buffers are padded to a multiple of 16 x world floats so every shard has
+  // the same length and starts 64-byte aligned.
+  const size_t multiple = zero ? 16 * static_cast<size_t>(world) : 16;
+  const size_t num_params = ParamLayout(config).num_params();
+  const size_t buffer = (num_params + multiple - 1) / multiple * multiple;
+  const size_t shard = zero ? buffer / world : buffer;
+  const size_t need = Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard);
   const size_t have = PhysicalMemoryBytes();
   if (have > 0 && need > have * 9 / 10) {
     return FailedPrecondition("the model and batch need " + GiB(need) + " of memory (parameters, gradients, AdamW "
@@ -91,6 +146,13 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   FJORD_ASSIGN_OR_RETURN(DataLoader train_data,
                          DataLoader::Open(job.data().train(), "data.train", config.vocab_size, T, train.seed(),
                                           /*shuffle=*/true));
+  if (train_data.sequences_per_epoch() < global_batch) {
+    return FailedPrecondition(
+        "data.train holds " + std::to_string(train_data.sequences_per_epoch()) + " sequences of " +
+        std::to_string(T + 1) + " tokens per epoch, fewer than one global batch of " + std::to_string(global_batch) +
+        " (train.micro_batch " + std::to_string(B) + " x grad_accum " + std::to_string(accum) + " x world size " +
+        std::to_string(world) + "): use fewer ranks or a smaller batch, or give more data");
+  }
   std::unique_ptr<DataLoader> val_data;
   if (!job.data().val().empty()) {
     FJORD_ASSIGN_OR_RETURN(DataLoader v, DataLoader::Open(job.data().val(), "data.val", config.vocab_size, T,
@@ -98,50 +160,96 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     val_data = std::make_unique<DataLoader>(std::move(v));
   }
 
-  std::error_code ec;
-  fs::create_directories(job.run_dir(), ec);
-  if (ec) return Internal("cannot create run_dir " + job.run_dir() + ": " + ec.message());
-  const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
-  std::ofstream metrics(metrics_path, std::ios::trunc);
-  if (!metrics) return Internal("cannot write " + metrics_path);
+  std::ofstream metrics;
+  if (lead) {
+    std::error_code ec;
+    fs::create_directories(job.run_dir(), ec);
+    if (ec) return Internal("cannot create run_dir " + job.run_dir() + ": " + ec.message());
+    const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
+    metrics.open(metrics_path, std::ios::trunc);
+    if (!metrics) return Internal("cannot write " + metrics_path);
+  }
 
-  const int threads = ConfigureThreads(train.threads());
-  Gpt model(config, B, T, CpuOps());
+  const int threads = ConfigureThreads(train.threads(), RankInfoFromEnvironment().local_size);
+  Gpt model(config, B, T, CpuOps(), multiple);
   model.InitGpt2(train.seed());
-  if (!options.quiet) {
-    std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), batch %d x %d x "
-                "accum %d, %d threads, %s of model memory, %llu train tokens\n",
-                model.num_params(), config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab, B, T,
-                train.grad_accum(), threads, GiB(need).c_str(),
-                static_cast<unsigned long long>(train_data.num_tokens()));
+  const size_t shard_begin = zero ? shard * rank : 0;
+  AdamW optimizer(model.layout(), shard_begin, shard_begin + (zero ? shard : num_params), CpuOps());
+  const size_t bucket_floats = static_cast<size_t>(job.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
+  GradReducer reducer(comm, model.grads(), model.buffer_size(), bucket_floats);
+  const bool overlap = job.parallel().overlap() && world > 1 && !zero;
+  if (lead && !options.quiet) {
+    std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
+                "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
+                model.num_params(), config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab, world, B,
+                T, accum, threads, GiB(need).c_str(), static_cast<unsigned long long>(train_data.num_tokens()),
+                world == 1 ? "" : zero ? ", ZeRO-1" : overlap ? ", overlapped bucket all-reduce" : ", all-reduce");
     std::fflush(stdout);
+  }
+  const SleepHook hook = ParseSleepHook();
+  if (hook.rank >= 0 && hook.rank == rank) {
+    std::fprintf(stderr, "fjord: TEST HOOK active on rank %d: sleep %d s in step %d (FJORD_TEST_HOOK)\n", rank,
+                 hook.seconds, hook.step);
   }
 
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  const int accum = train.grad_accum();
-  const uint64_t global_batch = static_cast<uint64_t>(B) * accum;
   TrainResult result;
   const int steps = train.steps();
   for (int step = 0; step < steps; ++step) {
     const Clock::time_point t0 = Clock::now();
     const float lr = LearningRate(train, step);
     model.ZeroGrads();
-    double loss_sum = 0.0;
+    float loss = 0.0f;
     for (int micro = 0; micro < accum; ++micro) {
-      train_data.Fill(static_cast<uint64_t>(step) * global_batch + static_cast<uint64_t>(micro) * B, B,
-                      inputs.data(), targets.data());
-      loss_sum += model.Forward(inputs.data(), targets.data(), B, T, 1.0f / static_cast<float>(accum));
-      model.Backward();
+      const uint64_t first = static_cast<uint64_t>(step) * global_batch +
+                             (static_cast<uint64_t>(micro) * world + static_cast<uint64_t>(rank)) * B;
+      train_data.Fill(first, B, inputs.data(), targets.data());
+      loss += model.Forward(inputs.data(), targets.data(), B, T, 1.0f / static_cast<float>(accum));
+      const bool reduce_now = micro + 1 == accum && overlap;
+      if (reduce_now) {
+        model.Backward([&reducer](size_t begin, size_t end) { reducer.OnReady(begin, end); });
+      } else {
+        model.Backward();
+      }
     }
-    const float loss = static_cast<float>(loss_sum / accum);
-    const float grad_norm = std::sqrt(model.GradSumSquares());
+    loss /= static_cast<float>(accum);
+    if (hook.rank == rank && hook.step == step + 1) std::this_thread::sleep_for(std::chrono::seconds(hook.seconds));
+
+    // Everything from here to the end of the parameter update waits on other ranks: the
+    // communication backward did not hide.
+    const Clock::time_point comm_start = Clock::now();
+    double comm_seconds = 0.0;
+    float sum_squares = 0.0f;
+    if (world > 1) {
+      if (zero) {
+        float* mine = model.grads() + shard_begin;
+        FJORD_RETURN_IF_ERROR(comm.ReduceScatter(model.grads(), mine, shard, DataType::kF32, ReduceOp::kAvg));
+        CpuOps().sum_squares(OpContext{}, &sum_squares, mine, shard);
+        FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum_squares, &sum_squares, 1, DataType::kF32, ReduceOp::kSum));
+      } else {
+        FJORD_RETURN_IF_ERROR(reducer.Finish());
+        sum_squares = model.GradSumSquares();
+      }
+      FJORD_RETURN_IF_ERROR(comm.AllReduce(&loss, &loss, 1, DataType::kF32, ReduceOp::kAvg));
+    } else {
+      sum_squares = model.GradSumSquares();
+    }
+    comm_seconds += Seconds(comm_start, Clock::now());
+    const float grad_norm = std::sqrt(sum_squares);
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       return FailedPrecondition("step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) +
                                 ", gradient norm " + std::to_string(grad_norm) +
                                 " is not finite; lower train.lr or raise train.warmup_steps");
     }
     const float clip = train.grad_clip() > 0.0f && grad_norm > train.grad_clip() ? train.grad_clip() / grad_norm : 1.0f;
-    model.AdamW(lr, train.beta1(), train.beta2(), train.eps(), train.weight_decay(), clip, step + 1);
+    optimizer.Step(model.params(), model.grads(), lr, train.beta1(), train.beta2(), train.eps(), train.weight_decay(),
+                   clip, step + 1);
+    if (zero) {
+      const Clock::time_point gather_start = Clock::now();
+      FJORD_RETURN_IF_ERROR(
+          comm.AllGather(model.params() + shard_begin, model.params(), shard, DataType::kF32));
+      comm_seconds += Seconds(gather_start, Clock::now());
+    }
     const double seconds = Seconds(t0, Clock::now());
     const double tokens_per_s = static_cast<double>(global_batch) * T / seconds;
     result.losses.push_back(loss);
@@ -149,15 +257,16 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     const bool last = step + 1 == steps;
     float val_loss = NAN;
     if (val_data && train.eval_every() > 0 && ((step + 1) % train.eval_every() == 0 || last)) {
-      val_loss = Evaluate(model, *val_data, B, T, train.eval_batches(), inputs, targets);
+      FJORD_ASSIGN_OR_RETURN(val_loss, Evaluate(model, *val_data, B, T, train.eval_batches(), comm, inputs, targets));
       result.val_losses.push_back(val_loss);
     }
+    if (!lead) continue;
 
     char line[512];
     int n = std::snprintf(line, sizeof(line),
                           "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                          "\"ms\": %.3f",
-                          step + 1, loss, lr, grad_norm, tokens_per_s, seconds * 1000.0);
+                          "\"ms\": %.3f, \"exposed_comm_ms\": %.3f",
+                          step + 1, loss, lr, grad_norm, tokens_per_s, seconds * 1000.0, comm_seconds * 1000.0);
     if (!std::isnan(val_loss)) n += std::snprintf(line + n, sizeof(line) - n, ", \"val_loss\": %.6f", val_loss);
     std::snprintf(line + n, sizeof(line) - n, "}\n");
     metrics << line;
@@ -166,15 +275,30 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     if (!options.quiet && ((step + 1) % train.log_every() == 0 || last || !std::isnan(val_loss))) {
       std::printf("step %5d/%d | loss %.4f", step + 1, steps, loss);
       if (!std::isnan(val_loss)) std::printf(" | val %.4f", val_loss);
-      std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s\n", lr, grad_norm, seconds * 1000.0,
-                  tokens_per_s);
+      std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s", lr, grad_norm, seconds * 1000.0, tokens_per_s);
+      if (world > 1) std::printf(" | comm %.1f ms", comm_seconds * 1000.0);
+      std::printf("\n");
       std::fflush(stdout);
     }
   }
   if (steps > 0) {
-    FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir,
-                           SaveCheckpoint((fs::path(job.run_dir()) / "checkpoints").string(), steps, job, model));
-    if (!options.quiet) std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
+    // The checkpoint holds the whole AdamW state: with ZeRO-1 the shards are gathered first.
+    std::vector<float> full_m, full_v;
+    const float* m = optimizer.m();
+    const float* v = optimizer.v();
+    if (zero) {
+      full_m.resize(buffer);
+      full_v.resize(buffer);
+      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.m(), full_m.data(), shard, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.v(), full_v.data(), shard, DataType::kF32));
+      m = full_m.data();
+      v = full_v.data();
+    }
+    if (lead) {
+      FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint((fs::path(job.run_dir()) / "checkpoints").string(),
+                                                                   steps, job, model, m, v));
+      if (!options.quiet) std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
+    }
   }
   return result;
 }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/communicator.h"
 #include "common/status.h"
 #include "proto/job.pb.h"
 
@@ -20,18 +21,30 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  std::vector<float> losses;      // training loss per optimizer step
+  std::vector<float> losses;      // training loss per optimizer step (mean over ranks)
   std::vector<float> val_losses;  // one per evaluation
-  std::string checkpoint_dir;     // where the final checkpoint was written ("" if steps == 0)
+  std::string checkpoint_dir;     // where rank 0 wrote the final checkpoint ("" if steps == 0)
 };
 
-// Trains the model the (validated) job describes. Refuses, before allocating, a job whose model
-// and batch do not fit in this machine's memory or whose data is too short for one sequence.
+// The communicator options a job asks for (parallel.comm_timeout, parallel.algo).
+CommOptions CommOptionsFor(const proto::JobSpec& job);
+
+// Trains the model the (validated) job describes on the ranks of `comm`: each rank takes its
+// slice of every global batch (micro_batch x grad_accum x world sequences, the same sequences
+// whatever the world size), gradients are averaged over ranks in buckets overlapped with
+// backward (or with ZeRO-1, reduce-scattered), and rank 0 writes metrics and checkpoints.
+// Refuses, before allocating, a job whose model and batch do not fit in memory, whose
+// train.global_batch does not divide by micro_batch x world, or whose data holds fewer
+// sequences than one global batch. A failed collective ends training with its error.
+StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm);
+
+// Train on a communicator made for this process (CreateCommunicator).
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options);
 
 // Sets the OpenMP thread count of the CPU kernels (GEMMs included: kernels/cpu/matmul.cc runs
 // single-threaded OpenBLAS on blocks of the OpenMP team): OMP_NUM_THREADS when set, else
 // `threads` when > 0, else the cores this process may run on. Returns the count used.
-int ConfigureThreads(int threads);
+// With local_ranks > 1 (ranks sharing this node) the cores are divided between them.
+int ConfigureThreads(int threads, int local_ranks = 1);
 
 }  // namespace fjord

@@ -51,6 +51,9 @@ void ExpectDefaults(const pb::Message& message, const std::string& prefix, const
       case pb::FieldDescriptor::CPPTYPE_FLOAT:
         EXPECT_EQ(r->GetFloat(message, f), f->default_value_float());
         break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL:
+        EXPECT_EQ(r->GetBool(message, f), f->default_value_bool());
+        break;
       case pb::FieldDescriptor::CPPTYPE_ENUM:
         EXPECT_EQ(r->GetEnumValue(message, f), f->default_value_enum()->number());
         break;
@@ -462,6 +465,31 @@ INSTANTIATE_TEST_SUITE_P(
                 InBlock("train", "log_every", "0"),
                 {},
                 {kAt, "train.log_every = 0 must be at least 1", "set train.log_every to 1 or more"}},
+        Refusal{"GlobalBatchNegative",
+                InBlock("train", "global_batch", "-4"),
+                {},
+                {kAt, "train.global_batch = -4 is negative", "set train.global_batch to 0"}},
+        Refusal{"GlobalBatchNotMultipleOfMicroBatch",
+                InBlock("train", "global_batch", "10"),
+                {},
+                {kAt, "train.global_batch = 10 is not a multiple of train.micro_batch = 4 (default)",
+                 "pick a multiple of train.micro_batch"}},
+        Refusal{"BucketMbZero",
+                InBlock("parallel", "bucket_mb", "0"),
+                {},
+                {kAt, "parallel.bucket_mb = 0 must be a positive number of MiB", "e.g. 25"}},
+        Refusal{"ZeroStageTwo",
+                InBlock("parallel", "zero_stage", "2"),
+                {},
+                {kAt, "parallel.zero_stage = 2 must be 0", "1 (ZeRO-1"}},
+        Refusal{"AlgoUnknown",
+                InBlock("parallel", "algo", "\"fast\""),
+                {},
+                {kAt, "parallel.algo = \"fast\" is not one of auto, mpi, ring, tree"}},
+        Refusal{"CommTimeoutZero",
+                InBlock("parallel", "comm_timeout", "0"),
+                {},
+                {kAt, "parallel.comm_timeout = 0 must be a positive number of seconds"}},
         Refusal{"DataTrainMissing",
                 "",
                 {},

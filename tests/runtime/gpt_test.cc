@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "runtime/optimizer.h"
 #include "tests/runtime/gpt_reference.h"
 
 namespace fjord {
@@ -187,12 +188,13 @@ TEST(GptTest, OverfitsOneBatch) {
   model.InitGpt2(17);
   auto tokens = RandomTokens(B * T + 1, c.vocab_size, 18);
   std::vector<int32_t> inputs(tokens.begin(), tokens.end() - 1), targets(tokens.begin() + 1, tokens.end());
+  AdamW optimizer(model.layout(), 0, model.num_params(), CpuOps());
   float loss = 0.0f;
   for (int step = 1; step <= 300; ++step) {
     model.ZeroGrads();
     loss = model.Forward(inputs.data(), targets.data(), B, T, 1.0f);
     model.Backward();
-    model.AdamW(1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f, step);
+    optimizer.Step(model.params(), model.grads(), 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f, step);
     if (loss < 0.05f) break;
   }
   EXPECT_LT(loss, 0.05f);

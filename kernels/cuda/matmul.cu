@@ -1,0 +1,255 @@
+// Fully connected layer on the GPU: the three GEMMs on cuBLASLt, the bias gradient in a kernel.
+//
+// Layout mapping. cuBLASLt is column-major; a row-major [R, S] matrix with leading dimension S is,
+// byte for byte, the column-major [S, R] matrix (its transpose), so every row-major product is run
+// as the column-major product of transposes, and nothing is copied:
+//   forward  out[N,OC] = inp[N,C] @ W[OC,C]^T   ->  out^T[OC,N] = op_T(W^T[C,OC]) @ inp^T[C,N]
+//            m = OC, n = N, k = C; A = weight (stored C x OC, ld C, transposed), B = inp (stored
+//            C x N, ld C), D = out (OC x N, ld OC). The bias epilogue adds bias[row of D] = bias[oc].
+//   dinp     dinp[N,C] += dout[N,OC] @ W[OC,C]   ->  dinp^T[C,N] += W^T[C,OC] @ dout^T[OC,N]
+//            m = C, n = N, k = OC; A = weight (C x OC, ld C), B = dout (OC x N, ld OC), beta = 1.
+//   dweight  dW[OC,C] += dout^T[OC,N] @ inp[N,C] ->  dW^T[C,OC] += inp^T[C,N] @ op_T(dout^T[OC,N])
+//            m = C, n = OC, k = N; A = inp (C x N, ld C), B = dout (stored OC x N, ld OC,
+//            transposed), beta = 1.
+// Accumulation (+=) is beta = 1 with C == D, which cuBLASLt supports in place.
+//
+// Precision: CUBLAS_COMPUTE_32F, which never uses TF32 (that would be CUBLAS_COMPUTE_32F_FAST_TF32):
+// the CPU twin is the oracle and fp32 GEMMs agree with it to ~sqrt(K) ulp, TF32 only to ~1e-3.
+// TF32/bf16 are for the mixed-precision path that is still to come, with its own tolerances.
+//
+// Forward bias: the BIAS epilogue when the heuristic offers an algorithm for it; otherwise the bias
+// is broadcast into out first and the GEMM accumulates onto it (the CPU twin's order). dbias is a
+// deterministic column sum of dout over N rows in a kernel rather than the BGRADB epilogue, which
+// overwrites rather than accumulates and is not offered for every fp32 layout. Pass 1 splits the
+// rows into R chunks (grid of column blocks x chunks), pass 2 adds the R partials of each column in
+// chunk order; the partials live in ctx.workspace (R x OC floats, up to kMaxChunks x OC), reused
+// after the GEMMs on the same stream. With no or too small a workspace R shrinks, down to 1 (one
+// pass straight into dbias). The sum order depends only on (N, OC, workspace_bytes), so results
+// are bitwise reproducible for a given configuration.
+//
+// Alignment: cuBLASLt's heuristic assumes 256-byte aligned operands unless told otherwise, so each
+// call passes the actual alignment of A, B, C and D; the model's tensors are 64-byte aligned.
+// Algorithm choice depends on the workspace offered (ctx.workspace_bytes; 32 MiB suits Hopper), and
+// so may the last bits of the results. Descriptors are created per call (a few microseconds of host
+// time); caching them per shape is left for when profiles ask for it.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/ops.h"
+
+namespace fjord::cuda {
+namespace {
+
+// "CUBLAS_STATUS_X: <text>" for a cuBLAS(Lt) status code.
+std::string DescribeCublasStatus(cublasStatus_t status) {
+  return std::string(cublasLtGetStatusName(status)) + ": " + cublasLtGetStatusString(status);
+}
+
+// Aborts with a report when the cuBLASLt call `stmt` does not return CUBLAS_STATUS_SUCCESS. This file
+// is the only cuBLASLt user so far; the macro moves to cuda_check.cuh when a second one appears.
+#define FJORD_CUBLAS_CHECK(stmt) \
+  FJORD_API_CHECK_GEN(stmt, cublasStatus_t, CUBLAS_STATUS_SUCCESS, DescribeCublasStatus)
+
+using cuda_detail::kWarpSize;
+
+constexpr int kBiasBlock = 256;
+constexpr int kColumnRows = 8;       // threadIdx.y extent of the column-sum kernel
+constexpr int kMaxChunks = 64;       // row chunks of the column sum, i.e. partials per column
+constexpr size_t kChunkRows = 256;   // target rows per chunk
+
+// RAII owners of the cuBLASLt descriptors; copies deleted.
+class MatmulDesc {
+ public:
+  MatmulDesc() { FJORD_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F)); }
+  ~MatmulDesc() { (void)cublasLtMatmulDescDestroy(desc_); }
+  MatmulDesc(const MatmulDesc&) = delete;
+  MatmulDesc& operator=(const MatmulDesc&) = delete;
+  template <typename T>
+  void Set(cublasLtMatmulDescAttributes_t attr, const T& value) {
+    FJORD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, attr, &value, sizeof(value)));
+  }
+  cublasLtMatmulDesc_t get() const { return desc_; }
+
+ private:
+  cublasLtMatmulDesc_t desc_ = nullptr;
+};
+
+// A column-major fp32 matrix as stored: rows x cols with leading dimension ld.
+class Layout {
+ public:
+  Layout(uint64_t rows, uint64_t cols, int64_t ld) {
+    FJORD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_, CUDA_R_32F, rows, cols, ld));
+  }
+  ~Layout() { (void)cublasLtMatrixLayoutDestroy(layout_); }
+  Layout(const Layout&) = delete;
+  Layout& operator=(const Layout&) = delete;
+  cublasLtMatrixLayout_t get() const { return layout_; }
+
+ private:
+  cublasLtMatrixLayout_t layout_ = nullptr;
+};
+
+class Preference {
+ public:
+  Preference() { FJORD_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_)); }
+  ~Preference() { (void)cublasLtMatmulPreferenceDestroy(pref_); }
+  Preference(const Preference&) = delete;
+  Preference& operator=(const Preference&) = delete;
+  template <typename T>
+  void Set(cublasLtMatmulPreferenceAttributes_t attr, const T& value) {
+    FJORD_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref_, attr, &value, sizeof(value)));
+  }
+  cublasLtMatmulPreference_t get() const { return pref_; }
+
+ private:
+  cublasLtMatmulPreference_t pref_ = nullptr;
+};
+
+// Largest power of two (4 to 256) dividing the address: what the heuristic may assume.
+uint32_t AlignmentOf(const void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  uint32_t alignment = 256;
+  while (alignment > 4 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+// One column-major GEMM D[m,n] = op(A)[m,k] @ op(B)[k,n] + beta D (C == D), optionally with the
+// bias epilogue (D[i, :] += bias[i]). A is stored m x k (k x m when trans_a), B k x n (n x k when
+// trans_b). Returns false, without running anything, when a bias epilogue was asked for and the
+// heuristic offers no algorithm with it; aborts on any other failure.
+bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t n, uint64_t k,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* D, int64_t ldd,
+          const float* bias) {
+  FJORD_CHECK(ctx.blas != nullptr, "matmul ops need OpContext::blas set to a cublasLtHandle_t");
+  cublasLtHandle_t handle = static_cast<cublasLtHandle_t>(ctx.blas);
+  MatmulDesc desc;
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  desc.Set(CUBLASLT_MATMUL_DESC_TRANSA, op_a);
+  desc.Set(CUBLASLT_MATMUL_DESC_TRANSB, op_b);
+  if (bias != nullptr) {
+    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    desc.Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+  const Layout a_layout(trans_a ? k : m, trans_a ? m : k, lda);
+  const Layout b_layout(trans_b ? n : k, trans_b ? k : n, ldb);
+  const Layout d_layout(m, n, ldd);
+
+  const size_t workspace_bytes = ctx.workspace != nullptr ? ctx.workspace_bytes : 0;
+  Preference pref;
+  pref.Set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(workspace_bytes));
+  pref.Set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, AlignmentOf(A));
+  pref.Set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, AlignmentOf(B));
+  pref.Set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, AlignmentOf(D));
+  pref.Set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, AlignmentOf(D));
+
+  cublasLtMatmulHeuristicResult_t heuristic = {};
+  int found = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      handle, desc.get(), a_layout.get(), b_layout.get(), d_layout.get(), d_layout.get(), pref.get(), 1,
+      &heuristic, &found);
+  // NOT_SUPPORTED is the heuristic's way of saying "no algorithm" for some configurations.
+  if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
+    FatalError(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic failed: " + DescribeCublasStatus(status));
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+    if (bias != nullptr) return false;
+    FatalError(__FILE__, __LINE__,
+               "cuBLASLt offers no fp32 algorithm for m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                   " k=" + std::to_string(k) + " (transa " + std::to_string(trans_a) + ", transb " +
+                   std::to_string(trans_b) + ", alignments A/B/D " + std::to_string(AlignmentOf(A)) + "/" +
+                   std::to_string(AlignmentOf(B)) + "/" + std::to_string(AlignmentOf(D)) + " bytes, workspace " +
+                   std::to_string(workspace_bytes) + " bytes): " + DescribeCublasStatus(status));
+  }
+  const float alpha = 1.0f;
+  FJORD_CUBLAS_CHECK(cublasLtMatmul(handle, desc.get(), &alpha, A, a_layout.get(), B, b_layout.get(), &beta, D,
+                                    d_layout.get(), D, d_layout.get(), &heuristic.algo, ctx.workspace,
+                                    workspace_bytes, ctx.stream));
+  return true;
+}
+
+// out[r, j] = bias[j] for r < N, j < OC (the fallback when the bias epilogue is not offered).
+__global__ void BroadcastBiasKernel(float* out, const float* bias, size_t N, int OC) {
+  const size_t n = N * OC;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
+    out[i] = bias[i % OC];
+}
+
+// Column sums of dout[N,OC] over the rows of chunk blockIdx.y ([y * chunk_rows, ...)).
+// blockDim = (32, kColumnRows); block x owns columns [32 x, 32 x + 32). With `partials` null the
+// chunk is all rows and the sum is added to dbias; otherwise it is stored in partials[y * OC + c].
+__global__ void ColumnSumKernel(float* dbias, float* partials, const float* dout, size_t N, int OC,
+                                size_t chunk_rows) {
+  __shared__ float part[kColumnRows][kWarpSize + 1];
+  const int c = blockIdx.x * kWarpSize + threadIdx.x;
+  const size_t begin = blockIdx.y * chunk_rows;
+  const size_t end = begin + chunk_rows < N ? begin + chunk_rows : N;
+  float acc = 0.0f;
+  if (c < OC)
+    for (size_t r = begin + threadIdx.y; r < end; r += kColumnRows) acc += dout[r * OC + c];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < OC) {
+    float total = 0.0f;
+    for (int y = 0; y < kColumnRows; ++y) total += part[y][threadIdx.x];
+    if (partials == nullptr)
+      dbias[c] += total;
+    else
+      partials[blockIdx.y * static_cast<size_t>(OC) + c] = total;
+  }
+}
+
+// dbias[c] += sum over chunks y (in order) of partials[y * OC + c].
+__global__ void AddPartialsKernel(float* dbias, const float* partials, int chunks, int OC) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= OC) return;
+  float total = 0.0f;
+  for (int y = 0; y < chunks; ++y) total += partials[y * static_cast<size_t>(OC) + c];
+  dbias[c] += total;
+}
+
+void BiasGradient(const OpContext& ctx, float* dbias, const float* dout, size_t N, int OC) {
+  size_t chunks = (N + kChunkRows - 1) / kChunkRows;
+  if (chunks > kMaxChunks) chunks = kMaxChunks;
+  const size_t fit = ctx.workspace != nullptr ? ctx.workspace_bytes / (sizeof(float) * OC) : 0;
+  if (chunks > fit) chunks = fit;
+  if (chunks < 2) chunks = 1;
+  const size_t chunk_rows = (N + chunks - 1) / chunks;
+  float* partials = chunks > 1 ? static_cast<float*>(ctx.workspace) : nullptr;
+  const dim3 grid((OC + kWarpSize - 1) / kWarpSize, static_cast<unsigned int>(chunks));
+  ColumnSumKernel<<<grid, dim3(kWarpSize, kColumnRows), 0, ctx.stream>>>(dbias, partials, dout, N, OC,
+                                                                           chunk_rows);
+  FJORD_CUDA_CHECK_LAUNCH();
+  if (partials != nullptr) {
+    AddPartialsKernel<<<(OC + kBiasBlock - 1) / kBiasBlock, kBiasBlock, 0, ctx.stream>>>(
+        dbias, partials, static_cast<int>(chunks), OC);
+    FJORD_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace
+
+void matmul_forward(const OpContext& ctx, float* out, const float* inp, const float* weight, const float* bias,
+                    size_t N, int C, int OC) {
+  if (N == 0) return;
+  if (Gemm(ctx, /*trans_a=*/true, /*trans_b=*/false, OC, N, C, weight, C, inp, C, 0.0f, out, OC, bias)) return;
+  // No algorithm with the bias epilogue: bias first, then accumulate the product onto it.
+  BroadcastBiasKernel<<<cuda_detail::GridFor(N * OC, kBiasBlock), kBiasBlock, 0, ctx.stream>>>(out, bias, N,
+                                                                                              OC);
+  FJORD_CUDA_CHECK_LAUNCH();
+  Gemm(ctx, true, false, OC, N, C, weight, C, inp, C, 1.0f, out, OC, nullptr);
+}
+
+void matmul_backward(const OpContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, size_t N, int C, int OC) {
+  if (N == 0) return;
+  if (dinp != nullptr) Gemm(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C, nullptr);
+  Gemm(ctx, false, true, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, nullptr);
+  if (dbias != nullptr) BiasGradient(ctx, dbias, dout, N, OC);
+}
+
+}  // namespace fjord::cuda
