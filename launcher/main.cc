@@ -13,7 +13,9 @@
 #include "launcher/demo.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
+#include "runtime/bpe_tokenizer.h"
 #include "runtime/inference.h"
+#include "runtime/model_io.h"
 #include "runtime/tokenizer.h"
 #include "runtime/trainer.h"
 
@@ -91,6 +93,7 @@ int RunTrain(const Args& args) {
   if (!comm.ok()) return Fail("train", comm.status());
   TrainOptions options;
   options.quiet = args.Has("--quiet");
+  options.json_lines = args.Has("--json");
   StatusOr<TrainResult> result = Train(*job, options, **comm);
   if (!result.ok()) return FailAll("train", result.status(), **comm);
   return 0;
@@ -108,7 +111,14 @@ int RunPrep(const Args& args) {
       !ParseNumber("prep", "--val-fraction", args.Get("--val-fraction"), &options.val_fraction)) {
     return 2;
   }
-  StatusOr<std::unique_ptr<Tokenizer>> tokenizer = MakeTokenizer(args.Get("--tokenizer", "byte"));
+  const std::string tokenizer_name = args.Get("--tokenizer", "byte");
+  if (tokenizer_name == "gpt2" && !args.Has("--vocab")) {
+    std::fprintf(stderr, "fjord prep: error: --tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or "
+                         "encoder.json + vocab.bpe)\n");
+    return 2;
+  }
+  StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      tokenizer_name == "gpt2" ? MakeGpt2Tokenizer(args.Get("--vocab")) : MakeTokenizer(tokenizer_name);
   if (!tokenizer.ok()) return Fail("prep", tokenizer.status());
   StatusOr<PrepResult> result = PrepareShards(options, **tokenizer);
   if (!result.ok()) return Fail("prep", result.status());
@@ -141,10 +151,12 @@ int RunSample(const Args& args) {
     return 2;
   }
   options.prompt = args.Get("--prompt");
+  options.vocab_dir = args.Get("--vocab");
   if ((args.Has("--tokens") && !ParseNumber("sample", "--tokens", args.Get("--tokens"), &options.tokens)) ||
       (args.Has("--temperature") &&
        !ParseNumber("sample", "--temperature", args.Get("--temperature"), &options.temperature)) ||
       (args.Has("--top-k") && !ParseNumber("sample", "--top-k", args.Get("--top-k"), &options.top_k)) ||
+      (args.Has("--top-p") && !ParseNumber("sample", "--top-p", args.Get("--top-p"), &options.top_p)) ||
       (args.Has("--seed") && !ParseNumber("sample", "--seed", args.Get("--seed"), &options.seed))) {
     return 2;
   }
@@ -155,6 +167,34 @@ int RunSample(const Args& args) {
   });
   std::fputc('\n', stdout);
   if (!text.ok()) return Fail("sample", text.status());
+  return 0;
+}
+
+int RunExport(const Args& args) {
+  const std::string checkpoint = args.Get("--checkpoint"), out = args.Get("--out");
+  if (checkpoint.empty() || out.empty()) {
+    std::fprintf(stderr, "fjord export: error: --checkpoint DIR and --out PATH are required\n");
+    return 2;
+  }
+  StatusOr<ModelFormat> format = ParseModelFormat(args.Get("--format", "hf"));
+  if (!format.ok()) return Fail("export", format.status());
+  Status s = ExportModel(checkpoint, out, *format);
+  if (!s.ok()) return Fail("export", s);
+  std::printf("fjord export: wrote %s\n", out.c_str());
+  return 0;
+}
+
+int RunImport(const Args& args) {
+  const std::string from = args.Get("--from"), out = args.Get("--out");
+  if (from.empty() || out.empty()) {
+    std::fprintf(stderr, "fjord import: error: --from PATH and --out DIR are required\n");
+    return 2;
+  }
+  StatusOr<ModelFormat> format = ParseModelFormat(args.Get("--format", "hf"));
+  if (!format.ok()) return Fail("import", format.status());
+  Status s = ImportModel(from, *format, out);
+  if (!s.ok()) return Fail("import", s);
+  std::printf("fjord import: wrote checkpoint %s\n", out.c_str());
   return 0;
 }
 
@@ -173,16 +213,24 @@ int RunDemo(const Args& args) {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {
-      {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--quiet]",
-       "train a model as the job spec says", {"--set"}, {"--quiet"}, RunTrain},
-      {"prep", "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte]",
-       "tokenize text into llm.c token shards", {"--input", "--out", "--val-fraction", "--tokenizer"}, {}, RunPrep},
+      {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--quiet | --json]",
+       "train a model as the job spec says", {"--set"}, {"--quiet", "--json"}, RunTrain},
+      {"prep", "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte|gpt2 --vocab DIR]",
+       "tokenize text into llm.c token shards", {"--input", "--out", "--val-fraction", "--tokenizer", "--vocab"}, {},
+       RunPrep},
       {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N]",
        "print a checkpoint's mean loss on token shards as JSON", {"--checkpoint", "--data", "--batches"}, {},
        RunEval},
-      {"sample", "fjord sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]",
-       "generate text from a checkpoint", {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--seed"},
-       {}, RunSample},
+      {"sample",
+       "fjord sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--vocab DIR]",
+       "generate text from a checkpoint, streamed as it is produced",
+       {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--vocab"}, {}, RunSample},
+      {"export", "fjord export --checkpoint DIR --out PATH [--format hf|llmc|llmc-bf16]",
+       "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + config.json) or llm.c",
+       {"--checkpoint", "--out", "--format"}, {}, RunExport},
+      {"import", "fjord import --from PATH --out DIR [--format hf|llmc]",
+       "make a fjord checkpoint from Hugging Face GPT-2 weights or an llm.c checkpoint (for train.init_from)",
+       {"--from", "--out", "--format"}, {}, RunImport},
       {"demo", "fjord demo [--dir DIR] [--set PATH=VALUE]...",
        "generate a corpus, prep it, train the embedded small model and sample from it", {"--dir", "--set"}, {},
        RunDemo},

@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "runtime/bpe_tokenizer.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
@@ -66,8 +67,16 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
     return InvalidArgument("--temperature must be >= 0 (0 is greedy), got " + std::to_string(options.temperature));
   }
   if (options.top_k < 0) return InvalidArgument("--top-k must be >= 0, got " + std::to_string(options.top_k));
+  if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) {
+    return InvalidArgument("--top-p must be in (0, 1], got " + std::to_string(options.top_p));
+  }
   FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(checkpoint, 1, 0));
-  std::unique_ptr<Tokenizer> tokenizer = MakeByteTokenizer();
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (options.vocab_dir.empty()) {
+    tokenizer = MakeByteTokenizer();
+  } else {
+    FJORD_ASSIGN_OR_RETURN(tokenizer, MakeGpt2Tokenizer(options.vocab_dir));
+  }
   Gpt& model = *loaded.model;
   const GptConfig& c = model.config();
   std::vector<int32_t> context = tokenizer->Encode(options.prompt);
@@ -96,6 +105,17 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
       for (int v = 0; v < c.vocab_size; ++v) {
         probs[v] = logits[v] >= threshold ? std::exp((logits[v] - max_logit) / options.temperature) : 0.0;
         sum += probs[v];
+      }
+      if (options.top_p < 1.0f) {
+        // Keep the most probable tokens until their mass reaches top_p; drop the rest.
+        std::vector<int> order(c.vocab_size);
+        for (int v = 0; v < c.vocab_size; ++v) order[v] = v;
+        std::sort(order.begin(), order.end(), [&](int a, int b) { return probs[a] > probs[b]; });
+        double kept = 0.0;
+        size_t k = 0;
+        while (k < order.size() && kept < options.top_p * sum) kept += probs[order[k++]];
+        for (size_t i = k; i < order.size(); ++i) probs[order[i]] = 0.0;
+        sum = kept;
       }
       double r = uniform(rng) * sum;
       next = c.vocab_size - 1;

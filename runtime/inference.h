@@ -25,11 +25,13 @@ struct SampleOptions {
   int tokens = 256;          // tokens to generate
   float temperature = 1.0f;  // 0 = greedy
   int top_k = 0;             // 0 = the whole vocabulary
+  float top_p = 1.0f;        // nucleus: sample from the smallest set of tokens with this much mass
   uint64_t seed = 1337;
+  std::string vocab_dir;     // GPT-2 BPE files (vocab.json + merges.txt); "" = byte tokenizer
 };
 
 // Generates options.tokens tokens after the prompt with the checkpoint's model and the byte
-// tokenizer, calling on_text with each piece of text as it is produced. Returns the generated
+// tokenizer (or GPT-2's BPE from options.vocab_dir), calling on_text with each piece of text as it is produced. Returns the generated
 // text (without the prompt).
 StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const SampleOptions& options,
                                        const std::function<void(const std::string&)>& on_text);

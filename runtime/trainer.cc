@@ -20,6 +20,7 @@
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/optimizer.h"
+#include "runtime/tensorboard.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
@@ -172,13 +173,22 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 
   const int threads = ConfigureThreads(train.threads(), RankInfoFromEnvironment().local_size);
   Gpt model(config, B, T, CpuOps(), multiple);
-  model.InitGpt2(train.seed());
+  if (train.init_from().empty()) {
+    model.InitGpt2(train.seed());
+  } else {
+    FJORD_ASSIGN_OR_RETURN(std::string init_dir, ResolveCheckpointDir(train.init_from()));
+    FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(init_dir, model).WithContext("train.init_from"));
+  }
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (lead && train.tensorboard()) {
+    FJORD_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::Open(job.run_dir()));
+  }
   const size_t shard_begin = zero ? shard * rank : 0;
   AdamW optimizer(model.layout(), shard_begin, shard_begin + (zero ? shard : num_params), CpuOps());
   const size_t bucket_floats = static_cast<size_t>(job.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
   GradReducer reducer(comm, model.grads(), model.buffer_size(), bucket_floats);
   const bool overlap = job.parallel().overlap() && world > 1 && !zero;
-  if (lead && !options.quiet) {
+  if (lead && !options.quiet && !options.json_lines) {
     std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
                 "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
                 model.num_params(), config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab, world, B,
@@ -187,6 +197,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     std::fflush(stdout);
   }
   const SleepHook hook = ParseSleepHook();
+  const Clock::time_point train_start = Clock::now();
   if (hook.rank >= 0 && hook.rank == rank) {
     std::fprintf(stderr, "fjord: TEST HOOK active on rank %d: sleep %d s in step %d (FJORD_TEST_HOOK)\n", rank,
                  hook.seconds, hook.step);
@@ -271,13 +282,27 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     std::snprintf(line + n, sizeof(line) - n, "}\n");
     metrics << line;
     metrics.flush();
+    if (tensorboard) {
+      const std::pair<const char*, float> scalars[] = {
+          {"train/loss", loss}, {"train/lr", lr}, {"train/grad_norm", grad_norm},
+          {"perf/tokens_per_s", static_cast<float>(tokens_per_s)},
+          {"perf/exposed_comm_ms", static_cast<float>(comm_seconds * 1000.0)}};
+      for (const auto& [tag, value] : scalars) FJORD_RETURN_IF_ERROR(tensorboard->AddScalar(tag, step + 1, value));
+      if (!std::isnan(val_loss)) FJORD_RETURN_IF_ERROR(tensorboard->AddScalar("val/loss", step + 1, val_loss));
+      FJORD_RETURN_IF_ERROR(tensorboard->Flush());
+    }
 
-    if (!options.quiet && ((step + 1) % train.log_every() == 0 || last || !std::isnan(val_loss))) {
+    if (options.json_lines) {
+      std::fputs(line, stdout);
+      std::fflush(stdout);
+    } else if (!options.quiet && ((step + 1) % train.log_every() == 0 || last || !std::isnan(val_loss))) {
+      const double elapsed = Seconds(train_start, Clock::now());
+      const double eta = elapsed / (step + 1) * (steps - step - 1);
       std::printf("step %5d/%d | loss %.4f", step + 1, steps, loss);
       if (!std::isnan(val_loss)) std::printf(" | val %.4f", val_loss);
       std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s", lr, grad_norm, seconds * 1000.0, tokens_per_s);
       if (world > 1) std::printf(" | comm %.1f ms", comm_seconds * 1000.0);
-      std::printf("\n");
+      std::printf(" | eta %dm%02ds\n", static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
       std::fflush(stdout);
     }
   }
@@ -297,7 +322,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     if (lead) {
       FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint((fs::path(job.run_dir()) / "checkpoints").string(),
                                                                    steps, job, model, m, v));
-      if (!options.quiet) std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
+      if (!options.quiet && !options.json_lines) std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
     }
   }
   return result;

@@ -17,7 +17,8 @@ namespace fjord {
 float LearningRate(const proto::TrainSpec& train, int step);
 
 struct TrainOptions {
-  bool quiet = false;  // no progress lines on stdout (metrics.jsonl is still written)
+  bool quiet = false;       // no progress lines on stdout (metrics.jsonl is still written)
+  bool json_lines = false;  // print each step's metrics JSON line on stdout instead of progress lines
 };
 
 struct TrainResult {

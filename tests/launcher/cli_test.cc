@@ -37,6 +37,9 @@ RunResult RunFjord(const std::string& args) {
 }
 
 class CliTest : public ::testing::Test {
+ public:
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
@@ -46,7 +49,6 @@ class CliTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
   void Write(const std::string& name, const std::string& text) const { std::ofstream(Path(name)) << text; }
 
   fs::path dir_;
@@ -134,6 +136,94 @@ TEST_F(CliTest, PrepTrainEvalSampleRoundTrip) {
   EXPECT_GE(r.output.size(), 23u);
   // Greedy sampling is deterministic.
   EXPECT_EQ(RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0").output, r.output);
+}
+
+// Trains a tiny model into dir/run on a small corpus; returns the val glob.
+std::string TrainTiny(CliTest* t, const std::string& extra = "") {
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "the fjord keeps its data home " + std::to_string(i % 5) + "\n";
+  std::ofstream(t->Path("corpus.txt")) << text;
+  RunResult r = RunFjord("prep --input " + t->Path("corpus.txt") + " --out " + t->Path("data"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::ofstream(t->Path("job.textproto"))
+      << "model { n_layer: 1 n_head: 2 n_embd: 16 seq_len: 16 vocab_size: 256 }\n"
+         "train { micro_batch: 4 steps: 5 lr: 1e-2 eval_every: 5 eval_batches: 2 }\n"
+         "data { train: \"" + t->Path("data/train_*.bin") + "\" val: \"" + t->Path("data/val_*.bin") + "\" }\n"
+         "run_dir: \"" + t->Path("run") + "\"\n";
+  r = RunFjord("train " + t->Path("job.textproto") + " " + extra);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return t->Path("data/val_*.bin");
+}
+
+double EvalLoss(const std::string& checkpoint, const std::string& data) {
+  RunResult r = RunFjord("eval --checkpoint " + checkpoint + " --data '" + data + "' --batches 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const size_t k = r.output.find("{\"loss\": ");
+  return k == std::string::npos ? NAN : std::stod(r.output.substr(k + 9));
+}
+
+TEST_F(CliTest, ExportImportRoundTripsThroughHuggingFaceAndLlmc) {
+  const std::string val = TrainTiny(this, "--quiet");
+  const double trained = EvalLoss(Path("run"), val);
+  ASSERT_TRUE(std::isfinite(trained));
+  for (const std::string format : {"hf", "llmc"}) {
+    const std::string out = Path("exported_" + format) + (format == "hf" ? "" : ".bin");
+    RunResult r = RunFjord("export --checkpoint " + Path("run") + " --out " + out + " --format " + format);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    if (format == "hf") {
+      EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
+      EXPECT_TRUE(fs::exists(out + "/config.json"));
+    }
+    r = RunFjord("import --from " + out + " --out " + Path("imported_" + format) + " --format " + format);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    // fp32 both ways: the imported model computes exactly the same loss.
+    EXPECT_EQ(EvalLoss(Path("imported_" + format), val), trained) << format;
+  }
+  // A fine-tune starts from the imported weights: its first loss is the trained model's (about
+  // 5.0 after 5 steps), not the ln(256) = 5.55 of a fresh GPT-2 init.
+  RunResult r = RunFjord("train " + Path("job.textproto") + " --json --set train.steps=1 --set train.lr=1e-9 "
+                         "--set train.init_from=" + Path("imported_hf") + " --set run_dir=" + Path("finetune"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t k = r.output.find("\"loss\": ");
+  ASSERT_NE(k, std::string::npos) << r.output;
+  EXPECT_LT(std::stod(r.output.substr(k + 8)), std::log(256.0) - 0.3);
+  r = RunFjord("import --from " + Path("exported_hf") + " --out " + Path("imported_hf"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("exists; choose a new directory"));
+  r = RunFjord("export --checkpoint " + Path("run") + " --out x --format onnx");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("--format 'onnx' is not one of hf"));
+}
+
+TEST_F(CliTest, TrainWritesTensorBoardEventsAndJsonLines) {
+  TrainTiny(this, "--json");
+  bool found = false;
+  for (const auto& e : fs::directory_iterator(Path("run")))
+    found |= e.path().filename().string().starts_with("events.out.tfevents.");
+  EXPECT_TRUE(found);
+  RunResult r = RunFjord("train " + Path("job.textproto") + " --json --set run_dir=" + Path("run2"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // --json: stdout is exactly the metrics lines.
+  std::ifstream metrics(Path("run2/metrics.jsonl"));
+  std::stringstream expected;
+  expected << metrics.rdbuf();
+  EXPECT_EQ(r.output, expected.str());
+}
+
+TEST_F(CliTest, SampleAndPrepRefuseBadOptions) {
+  TrainTiny(this, "--quiet");
+  RunResult r = RunFjord("sample --checkpoint " + Path("run") + " --top-p 1.5");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("--top-p must be in (0, 1]"));
+  r = RunFjord("sample --checkpoint " + Path("run") + " --prompt the --tokens 30 --top-p 0.5 --top-k 5 --seed 3");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GE(r.output.size(), 33u);
+  r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("d2") + " --tokenizer gpt2");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--tokenizer gpt2 needs --vocab DIR"));
+  r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("d2") + " --tokenizer gpt2 --vocab " + Path("nope"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("nope"));
 }
 
 TEST_F(CliTest, EvalRefusesMissingCheckpoint) {
