@@ -55,8 +55,10 @@ std::string Mpirun(int np, const std::string& env = "") {
 
 class DataParallelTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = fs::path(::testing::TempDir()) / "fjord_dp";
+  // CTest runs every test of this file as its own process, in parallel: each gets its own dir.
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("fjord_dp_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::mt19937_64 rng(5);
@@ -75,7 +77,7 @@ class DataParallelTest : public ::testing::Test {
            "data { train: \"" + (dir_ / "data/train_*.bin").string() + "\" val: \"" +
                (dir_ / "data/val_*.bin").string() + "\" }\n";
   }
-  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  void TearDown() override { fs::remove_all(dir_); }
 
   // Runs the job on np ranks with extra --set overrides; returns the metrics lines' losses.
   std::vector<double> Losses(int np, const std::string& sets, const std::string& name, std::vector<double>* val = nullptr) {
@@ -99,10 +101,8 @@ class DataParallelTest : public ::testing::Test {
     for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], rtol * std::abs(ref[i])) << "step " << i + 1;
   }
 
-  static fs::path dir_;
+  fs::path dir_;
 };
-
-fs::path DataParallelTest::dir_;
 
 TEST_F(DataParallelTest, TwoAndFourRanksMatchOneRankWithTheSameGlobalBatch) {
   std::vector<double> val1, val2, val4;
