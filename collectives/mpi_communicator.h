@@ -7,7 +7,8 @@
 // communication thread (saves two thread wake-ups, tens of microseconds, per small call).
 // Exactly one thread executes MPI calls of a communicator at a time, so MPI_THREAD_SERIALIZED
 // suffices for one communicator; MPI_THREAD_MULTIPLE (requested, and what Open MPI gives) lets
-// several communicators live side by side.
+// several communicators live side by side, and is needed if the application makes MPI calls of
+// its own while a communicator exists (the communication thread polls even when idle).
 //
 // Timeouts: no MPI call blocks after creation. Every operation is non-blocking MPI
 // (MPI_Isend/Irecv for the ring and tree, MPI_Iallreduce, MPI_Ibcast, ...) polled with MPI_Test

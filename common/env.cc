@@ -17,7 +17,9 @@ const EnvVarDoc kEnvVars[] = {
     {"SLURM_LOCALID", "rank within this node when started by srun"},
     {"SLURM_NTASKS_PER_NODE", "ranks per node when srun or sbatch was given --ntasks-per-node"},
     {"OMP_NUM_THREADS", "threads per rank for CPU kernels; overrides the job spec's train.threads"},
-    {"FJORD_TEST_HOOK", "test-only fault injection, e.g. 'sleep_in_step=RANK:STEP:SECONDS'; logged when used"},
+    {"FJORD_TEST_HOOK",
+     "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
+     "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP; announced on stderr when used"},
     {nullptr, nullptr},
 };
 
@@ -50,6 +52,26 @@ std::optional<long> GetEnvInt(std::string_view name) {
     std::exit(2);
   }
   return parsed;
+}
+
+std::optional<std::string> TestHook(std::string_view name) {
+  std::optional<std::string> hooks = GetEnv("FJORD_TEST_HOOK");
+  if (!hooks) return std::nullopt;
+  size_t start = 0;
+  while (start <= hooks->size()) {
+    size_t end = hooks->find(',', start);
+    if (end == std::string::npos) end = hooks->size();
+    const std::string item = hooks->substr(start, end - start);
+    const size_t eq = item.find('=');
+    if (item.substr(0, eq) == name) {
+      std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+      std::fprintf(stderr, "fjord: TEST HOOK %.*s=%s is active (FJORD_TEST_HOOK)\n", static_cast<int>(name.size()),
+                   name.data(), value.c_str());
+      return value;
+    }
+    start = end + 1;
+  }
+  return std::nullopt;
 }
 
 }  // namespace fjord

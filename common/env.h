@@ -23,4 +23,9 @@ std::optional<std::string> GetEnv(std::string_view name);
 // Integer variant: nullopt when unset; aborts with a clear message when set but not an integer.
 std::optional<long> GetEnvInt(std::string_view name);
 
+// The value of test hook `name` in FJORD_TEST_HOOK ("name=value,name2=value2"), or nullopt.
+// Every hook found is announced once on stderr ("fjord: TEST HOOK ..."), so a run that used one
+// can never pass for a normal run.
+std::optional<std::string> TestHook(std::string_view name);
+
 }  // namespace fjord

@@ -112,9 +112,9 @@ const Ops& CpuOps();
 // Every pointer an op takes is a device pointer, scalars excepted, including sum_squares' `out`.
 // Each call enqueues work on ctx.stream and returns without waiting; ctx.blas must hold a
 // cublasLtHandle_t for the matmul ops, and ctx.workspace (device memory, used in stream order)
-// serves the GEMMs and as scratch: encoder_backward needs a few times 16 B*T bytes of it and aborts
-// with the required size when it is smaller; matmul_backward's bias gradient uses it when present.
-// attention_* support head sizes C / NH up to 128.
+// serves the GEMMs and as scratch: encoder_backward needs 16 B*T bytes plus a sort's small
+// temporary storage (aborting with the required size when it has less); matmul_backward's bias
+// gradient uses it when present. attention_* support head sizes C / NH up to 128.
 const Ops& CudaOps();
 #endif
 

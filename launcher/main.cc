@@ -87,7 +87,9 @@ int RunTrain(const Args& args) {
     std::fprintf(stderr, "fjord train: error: give exactly one job spec (JOB.textproto)\n");
     return 2;
   }
-  StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], args.All("--set"));
+  std::vector<std::string> overrides = args.All("--set");
+  if (args.Has("--resume")) overrides.push_back("checkpoint.resume=true");
+  StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], overrides);
   if (!job.ok()) return Fail("train", job.status());
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(*job));
   if (!comm.ok()) return Fail("train", comm.status());
@@ -213,8 +215,9 @@ int RunDemo(const Args& args) {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {
-      {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--quiet | --json]",
-       "train a model as the job spec says", {"--set"}, {"--quiet", "--json"}, RunTrain},
+      {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--resume] [--quiet | --json]",
+       "train a model as the job spec says; --resume continues from the newest intact checkpoint", {"--set"},
+       {"--quiet", "--json", "--resume"}, RunTrain},
       {"prep", "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte|gpt2 --vocab DIR]",
        "tokenize text into llm.c token shards", {"--input", "--out", "--val-fraction", "--tokenizer", "--vocab"}, {},
        RunPrep},

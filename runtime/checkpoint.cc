@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -11,7 +13,10 @@
 #include <sstream>
 #include <vector>
 
+#include "common/env.h"
 #include "runtime/config.h"
+#include "runtime/file_util.h"
+#include "runtime/json.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
@@ -80,8 +85,10 @@ std::string StepName(int step) {
 
 }  // namespace
 
-StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, int step, const proto::JobSpec& job,
-                                     const Gpt& model, const float* adam_m, const float* adam_v) {
+StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const CheckpointState& state,
+                                     const proto::JobSpec& job, const Gpt& model, const float* adam_m,
+                                     const float* adam_v) {
+  const int step = state.step;
   std::error_code ec;
   fs::create_directories(checkpoints_dir, ec);
   if (ec) return Internal("cannot create checkpoint directory " + checkpoints_dir + ": " + ec.message());
@@ -94,19 +101,51 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, int ste
   const std::vector<int32_t> header = MakeHeader(model, step);
   const size_t header_bytes = header.size() * sizeof(int32_t);
   const size_t param_bytes = model.num_params() * sizeof(float);
-  Status s = WriteFileSynced(tmp_dir + "/model.bin", {{header.data(), header_bytes}, {model.params(), param_bytes}});
-  if (s.ok()) {
-    s = WriteFileSynced(tmp_dir + "/optimizer.bin", {{header.data(), header_bytes},
-                                                     {adam_m, param_bytes},
-                                                     {adam_v, param_bytes}});
+  const std::string job_text = JobSpecToText(job);
+  struct File {
+    const char* name;
+    std::vector<std::pair<const void*, size_t>> pieces;
+  };
+  const File files[] = {
+      {"model.bin", {{header.data(), header_bytes}, {model.params(), param_bytes}}},
+      {"optimizer.bin", {{header.data(), header_bytes}, {adam_m, param_bytes}, {adam_v, param_bytes}}},
+      {"job.textproto", {{job_text.data(), job_text.size()}}},
+  };
+  static const std::optional<std::string> crash_hook = TestHook("crash_in_checkpoint");
+  std::string manifest_files;
+  Status s;
+  for (const File& f : files) {
+    const std::string path = tmp_dir + "/" + f.name;
+    s = WriteFileSynced(path, f.pieces);
+    if (!s.ok()) break;
+    if (crash_hook && std::atoi(crash_hook->c_str()) == step) {
+      std::fprintf(stderr, "fjord: TEST HOOK crash_in_checkpoint: exiting after writing %s of step %d\n", path.c_str(),
+                   step);
+      std::_Exit(3);
+    }
+    StatusOr<std::string> digest = Sha256File(path);
+    if (!digest.ok()) {
+      s = digest.status();
+      break;
+    }
+    size_t bytes = 0;
+    for (const auto& piece : f.pieces) bytes += piece.second;
+    if (!manifest_files.empty()) manifest_files += ",\n";
+    manifest_files += "    \"" + std::string(f.name) + "\": {\"bytes\": " + std::to_string(bytes) +
+                      ", \"sha256\": \"" + *digest + "\"}";
   }
   if (s.ok()) {
-    const std::string text = JobSpecToText(job);
-    s = WriteFileSynced(tmp_dir + "/job.textproto", {{text.data(), text.size()}});
+    const std::string manifest =
+        "{\n  \"format\": \"fjord-checkpoint\",\n  \"version\": 2,\n  \"step\": " + std::to_string(step) +
+        ",\n  \"sequences_consumed\": " + std::to_string(state.sequences_consumed) +
+        ",\n  \"world_size\": " + std::to_string(state.world_size) +
+        ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) + ",\n  \"seed\": " + std::to_string(state.seed) +
+        ",\n  \"job_sha256\": \"" + Sha256Hex(job_text) + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
+    s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}});
   }
   if (!s.ok()) {
     fs::remove_all(tmp_dir, ec);
-    return s.WithContext("writing checkpoint for step " + std::to_string(step));
+    return s.WithContext("writing checkpoint for step " + std::to_string(step) + " (the previous checkpoints are intact)");
   }
   FsyncDir(tmp_dir);
   // A checkpoint of the same step (a re-run) is replaced only once the new one is complete.
@@ -115,6 +154,110 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, int ste
   if (ec) return Internal("cannot rename " + tmp_dir + " to " + final_dir + ": " + ec.message());
   FsyncDir(checkpoints_dir);
   return final_dir;
+}
+
+std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir) {
+  std::vector<std::string> dirs;
+  std::error_code ec;
+  if (!fs::is_directory(checkpoints_dir, ec)) return dirs;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const bool digits = name.size() > 5 && name.find_first_not_of("0123456789", 5) == std::string::npos;
+    if (name.starts_with("step_") && digits && entry.is_directory()) dirs.push_back(entry.path().string());
+  }
+  // Newest first: by step number (names are zero-padded, but may outgrow the padding).
+  std::sort(dirs.begin(), dirs.end(), [](const std::string& a, const std::string& b) {
+    const std::string na = fs::path(a).filename().string(), nb = fs::path(b).filename().string();
+    return na.size() != nb.size() ? na.size() > nb.size() : na > nb;
+  });
+  return dirs;
+}
+
+Status PruneCheckpoints(const std::string& checkpoints_dir, int keep_last) {
+  std::error_code ec;
+  const std::vector<std::string> dirs = ListCheckpoints(checkpoints_dir);
+  for (size_t i = keep_last > 0 ? static_cast<size_t>(keep_last) : dirs.size(); i < dirs.size(); ++i) {
+    fs::remove_all(dirs[i], ec);
+    if (ec) return Internal("cannot remove old checkpoint " + dirs[i] + ": " + ec.message());
+  }
+  return OkStatus();
+}
+
+namespace {
+
+StatusOr<JsonValue> ReadManifest(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "manifest.json").string();
+  FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "checkpoint manifest"));
+  StatusOr<JsonValue> json = ParseJson(text, path);
+  if (!json.ok()) return DataLoss(json.status().message() + " (damaged checkpoint)");
+  if (!json->is_object() || json->Find("format") == nullptr || json->Find("format")->text() != "fjord-checkpoint") {
+    return DataLoss(path + ": not a fjord checkpoint manifest (no \"format\": \"fjord-checkpoint\")");
+  }
+  return json;
+}
+
+StatusOr<uint64_t> ManifestUint(const JsonValue& manifest, const std::string& dir, const char* key) {
+  const JsonValue* v = manifest.Find(key);
+  std::optional<uint64_t> n = v != nullptr ? v->AsUint64() : std::nullopt;
+  if (!n) return DataLoss(dir + "/manifest.json: field \"" + key + "\" is missing or not a whole number");
+  return *n;
+}
+
+}  // namespace
+
+Status VerifyCheckpoint(const std::string& dir) {
+  FJORD_ASSIGN_OR_RETURN(JsonValue manifest, ReadManifest(dir));
+  const JsonValue* files = manifest.Find("files");
+  if (files == nullptr || !files->is_object() || files->object().empty()) {
+    return DataLoss(dir + "/manifest.json: no \"files\" listed");
+  }
+  for (const auto& [name, entry] : files->object()) {
+    const std::string path = (fs::path(dir) / name).string();
+    const JsonValue* bytes = entry.Find("bytes");
+    const JsonValue* sha = entry.Find("sha256");
+    if (bytes == nullptr || !bytes->AsUint64() || sha == nullptr || !sha->is_string()) {
+      return DataLoss(dir + "/manifest.json: entry for " + name + " lacks bytes or sha256");
+    }
+    std::error_code ec;
+    if (!fs::exists(path, ec)) return DataLoss(path + ": missing (listed in manifest.json)");
+    const uint64_t size = fs::file_size(path, ec);
+    if (size != *bytes->AsUint64()) {
+      return DataLoss(path + ": " + std::to_string(size) + " bytes, manifest.json says " +
+                      std::to_string(*bytes->AsUint64()) + " (truncated or replaced)");
+    }
+    FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
+    if (digest != sha->text()) {
+      return DataLoss(path + ": sha256 " + digest + " does not match manifest.json's " + sha->text() +
+                      " (the file was modified or corrupted)");
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<CheckpointState> ReadCheckpointState(const std::string& dir) {
+  FJORD_ASSIGN_OR_RETURN(JsonValue manifest, ReadManifest(dir));
+  CheckpointState state;
+  FJORD_ASSIGN_OR_RETURN(uint64_t step, ManifestUint(manifest, dir, "step"));
+  FJORD_ASSIGN_OR_RETURN(state.sequences_consumed, ManifestUint(manifest, dir, "sequences_consumed"));
+  FJORD_ASSIGN_OR_RETURN(uint64_t world, ManifestUint(manifest, dir, "world_size"));
+  FJORD_ASSIGN_OR_RETURN(uint64_t zero, ManifestUint(manifest, dir, "zero_stage"));
+  FJORD_ASSIGN_OR_RETURN(state.seed, ManifestUint(manifest, dir, "seed"));
+  state.step = static_cast<int>(step);
+  state.world_size = static_cast<int>(world);
+  state.zero_stage = static_cast<int>(zero);
+  return state;
+}
+
+StatusOr<std::string> NewestGoodCheckpoint(const std::string& checkpoints_dir, std::vector<std::string>* skipped) {
+  const std::vector<std::string> dirs = ListCheckpoints(checkpoints_dir);
+  for (const std::string& dir : dirs) {
+    Status s = VerifyCheckpoint(dir);
+    if (s.ok()) return dir;
+    if (skipped != nullptr) skipped->push_back(dir + ": " + s.message());
+  }
+  return NotFound(dirs.empty() ? "no checkpoint in " + checkpoints_dir
+                               : "no intact checkpoint in " + checkpoints_dir + " (" +
+                                     std::to_string(dirs.size()) + " damaged)");
 }
 
 StatusOr<std::string> ResolveCheckpointDir(const std::string& path) {
@@ -169,6 +312,24 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model) {
   in.read(reinterpret_cast<char*>(model.params()), static_cast<std::streamsize>(model.num_params() * sizeof(float)));
   if (!in) return DataLoss(path + ": file ends before all " + std::to_string(model.num_params()) +
                            " parameters were read (truncated checkpoint)");
+  return OkStatus();
+}
+
+Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* adam_m, float* adam_v) {
+  const std::string path = (fs::path(dir) / "optimizer.bin").string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("cannot open " + path);
+  std::vector<int32_t> header(kHeaderInts);
+  in.read(reinterpret_cast<char*>(header.data()), kHeaderInts * sizeof(int32_t));
+  if (!in || header[kMagic] != kModelMagic) return DataLoss(path + ": not a fjord optimizer state (bad header)");
+  const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
+  if (!std::equal(expected.begin() + kNLayer, expected.begin() + kParamsHi + 1, header.begin() + kNLayer)) {
+    return FailedPrecondition(path + ": the optimizer state is for another model shape");
+  }
+  const std::streamsize bytes = static_cast<std::streamsize>(model.num_params() * sizeof(float));
+  in.read(reinterpret_cast<char*>(adam_m), bytes);
+  in.read(reinterpret_cast<char*>(adam_v), bytes);
+  if (!in) return DataLoss(path + ": file ends before the AdamW state was read (truncated checkpoint)");
   return OkStatus();
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -26,5 +27,11 @@ StatusOr<std::string> ReadWholeFile(const std::string& path, const std::string& 
 // a best-effort fsync of the directory. On failure the temporary file is removed and `path` is
 // untouched.
 Status WriteFileAtomic(const std::string& path, const std::vector<ByteSpan>& pieces);
+
+// Lower-case hex SHA-256 of `bytes` (OpenSSL).
+std::string Sha256Hex(std::string_view bytes);
+
+// Lower-case hex SHA-256 of the file at `path`, read in chunks.
+StatusOr<std::string> Sha256File(const std::string& path);
 
 }  // namespace fjord

@@ -11,4 +11,5 @@ add_library(fjord_interop STATIC
   ${CMAKE_CURRENT_LIST_DIR}/llmc_checkpoint.h ${CMAKE_CURRENT_LIST_DIR}/llmc_checkpoint.cc
   ${CMAKE_CURRENT_LIST_DIR}/bpe_tokenizer.h ${CMAKE_CURRENT_LIST_DIR}/bpe_tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/tensorboard.h ${CMAKE_CURRENT_LIST_DIR}/tensorboard.cc)
-target_link_libraries(fjord_interop PUBLIC fjord_common)
+find_package(OpenSSL REQUIRED)
+target_link_libraries(fjord_interop PUBLIC fjord_common PRIVATE OpenSSL::Crypto)

@@ -81,7 +81,7 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
   const std::vector<float> zeros(model.num_params(), 0.0f);
   // SaveCheckpoint writes OUT/step_000000; move it to OUT itself so OUT is the checkpoint.
   const fs::path staging = fs::path(out_dir).string() + ".import";
-  FJORD_ASSIGN_OR_RETURN(std::string written, SaveCheckpoint(staging.string(), 0, job, model, zeros.data(), zeros.data()));
+  FJORD_ASSIGN_OR_RETURN(std::string written, SaveCheckpoint(staging.string(), CheckpointState{}, job, model, zeros.data(), zeros.data()));
   std::error_code ec;
   if (fs::exists(out_dir)) return FailedPrecondition(out_dir + " exists; choose a new directory for the import");
   fs::rename(written, out_dir, ec);

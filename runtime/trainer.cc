@@ -1,13 +1,16 @@
 #include "runtime/trainer.h"
 
 #include <omp.h>
+#include <signal.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -86,11 +89,37 @@ struct SleepHook {
 
 SleepHook ParseSleepHook() {
   SleepHook hook;
-  std::optional<std::string> value = GetEnv("FJORD_TEST_HOOK");
-  if (value && value->starts_with("sleep_in_step=")) {
-    std::sscanf(value->c_str() + 14, "%d:%d:%d", &hook.rank, &hook.step, &hook.seconds);
+  if (std::optional<std::string> value = TestHook("sleep_in_step")) {
+    std::sscanf(value->c_str(), "%d:%d:%d", &hook.rank, &hook.step, &hook.seconds);
   }
   return hook;
+}
+
+// SIGTERM / SIGINT: the first asks training to stop after the current step with a checkpoint;
+// the second ends the process at once.
+std::atomic<int> g_stop_signals{0};
+
+void OnStopSignal(int sig) {
+  if (g_stop_signals.fetch_add(1) >= 1) std::_Exit(128 + sig);
+}
+
+void InstallStopHandlers() {
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+}
+
+// "name[index]" of the first non-finite value in grads[begin, end), or "" when all are finite.
+std::string FirstNonFinite(const Gpt& model, const float* grads, size_t begin, size_t end) {
+  for (const ParamTensor& t : model.layout().tensors()) {
+    const size_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.size());
+    for (size_t i = lo; i < hi; ++i) {
+      if (!std::isfinite(grads[i])) return t.name + "[" + std::to_string(i - t.offset) + "]";
+    }
+  }
+  return "";
 }
 
 }  // namespace
@@ -167,10 +196,12 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     fs::create_directories(job.run_dir(), ec);
     if (ec) return Internal("cannot create run_dir " + job.run_dir() + ": " + ec.message());
     const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
-    metrics.open(metrics_path, std::ios::trunc);
+    // A resumed run keeps the lines of the steps its checkpoint covers (rewritten below).
+    metrics.open(metrics_path, job.checkpoint().resume() ? std::ios::app : std::ios::trunc);
     if (!metrics) return Internal("cannot write " + metrics_path);
   }
 
+  TrainResult result;
   const int threads = ConfigureThreads(train.threads(), RankInfoFromEnvironment().local_size);
   Gpt model(config, B, T, CpuOps(), multiple);
   if (train.init_from().empty()) {
@@ -203,17 +234,104 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                  hook.seconds, hook.step);
   }
 
+  // Resume: the newest checkpoint that verifies; damaged newer ones are named and skipped.
+  const std::string checkpoints_dir = job.checkpoint().dir().empty()
+                                          ? (fs::path(job.run_dir()) / "checkpoints").string()
+                                          : job.checkpoint().dir();
+  int start_step = 0;
+  uint64_t start_sequence = 0;
+  if (job.checkpoint().resume()) {
+    std::vector<std::string> skipped;
+    StatusOr<std::string> dir = NewestGoodCheckpoint(checkpoints_dir, &skipped);
+    for (const std::string& note : skipped) {
+      if (lead) std::fprintf(stderr, "fjord train: skipping damaged checkpoint %s; falling back to an older one\n",
+                             note.c_str());
+    }
+    if (dir.ok()) {
+      FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
+      FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, model).WithContext("resuming"));
+      std::vector<float> full_m(num_params), full_v(num_params);
+      FJORD_RETURN_IF_ERROR(LoadCheckpointOptimizer(*dir, model, full_m.data(), full_v.data()).WithContext("resuming"));
+      const size_t own_end = std::min(optimizer.end(), num_params);
+      for (size_t i = optimizer.begin(); i < own_end; ++i) {
+        optimizer.m()[i - optimizer.begin()] = full_m[i];
+        optimizer.v()[i - optimizer.begin()] = full_v[i];
+      }
+      start_step = state.step;
+      start_sequence = state.sequences_consumed;
+      if (lead && !options.quiet && !options.json_lines) {
+        std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n", dir->c_str(),
+                    state.step, state.world_size, state.zero_stage == 1 ? " with ZeRO-1" : "", world);
+      }
+    } else if (!skipped.empty()) {
+      return FailedPrecondition("--resume: every checkpoint in " + checkpoints_dir +
+                                " is damaged (see above); remove them to start fresh");
+    } else if (lead && !options.quiet && !options.json_lines) {
+      std::printf("fjord train: no checkpoint in %s to resume from; starting at step 0\n", checkpoints_dir.c_str());
+    }
+  }
+  if (lead && start_step > 0) {
+    // Continue the metrics of the run being resumed, dropping lines of steps after the checkpoint.
+    const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
+    metrics.close();
+    std::vector<std::string> kept;
+    {
+      std::ifstream old(metrics_path);
+      for (std::string line; std::getline(old, line);) {
+        int s = 0;
+        if (std::sscanf(line.c_str(), "{\"step\": %d", &s) == 1 && s <= start_step) kept.push_back(line);
+      }
+    }
+    metrics.open(metrics_path, std::ios::trunc);
+    for (const std::string& line : kept) metrics << line << "\n";
+    metrics.flush();
+  }
+
+  // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
+  // AdamW shards), then prunes old ones. Rank 0 writes.
+  auto checkpoint = [&](int steps_done) -> Status {
+    std::vector<float> full_m, full_v;
+    const float* m = optimizer.m();
+    const float* v = optimizer.v();
+    if (zero) {
+      full_m.resize(buffer);
+      full_v.resize(buffer);
+      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.m(), full_m.data(), shard, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.v(), full_v.data(), shard, DataType::kF32));
+      m = full_m.data();
+      v = full_v.data();
+    }
+    if (!lead) return OkStatus();
+    CheckpointState state;
+    state.step = steps_done;
+    state.sequences_consumed = start_sequence + static_cast<uint64_t>(steps_done - start_step) * global_batch;
+    state.world_size = world;
+    state.zero_stage = zero ? 1 : 0;
+    state.seed = train.seed();
+    FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint(checkpoints_dir, state, job, model, m, v));
+    if (!options.quiet && !options.json_lines) {
+      std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
+      std::fflush(stdout);
+    }
+    return PruneCheckpoints(checkpoints_dir, job.checkpoint().keep_last());
+  };
+
+  InstallStopHandlers();
+  static const std::optional<std::string> nan_hook = TestHook("nan_in_step");
+  // signal_after_step=N: this process sends itself SIGTERM at the end of step N (preemption).
+  static const std::optional<std::string> signal_hook = TestHook("signal_after_step");
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  TrainResult result;
   const int steps = train.steps();
-  for (int step = 0; step < steps; ++step) {
+  result.start_step = start_step;
+  for (int step = start_step; step < steps; ++step) {
     const Clock::time_point t0 = Clock::now();
     const float lr = LearningRate(train, step);
+    const uint64_t step_first = start_sequence + static_cast<uint64_t>(step - start_step) * global_batch;
     model.ZeroGrads();
     float loss = 0.0f;
     for (int micro = 0; micro < accum; ++micro) {
-      const uint64_t first = static_cast<uint64_t>(step) * global_batch +
-                             (static_cast<uint64_t>(micro) * world + static_cast<uint64_t>(rank)) * B;
+      const uint64_t first =
+          step_first + (static_cast<uint64_t>(micro) * world + static_cast<uint64_t>(rank)) * B;
       train_data.Fill(first, B, inputs.data(), targets.data());
       loss += model.Forward(inputs.data(), targets.data(), B, T, 1.0f / static_cast<float>(accum));
       const bool reduce_now = micro + 1 == accum && overlap;
@@ -224,6 +342,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       }
     }
     loss /= static_cast<float>(accum);
+    if (nan_hook && std::atoi(nan_hook->c_str()) == step + 1 && rank == 0) model.grads()[model.layout().lnf_w()] = NAN;
     if (hook.rank == rank && hook.step == step + 1) std::this_thread::sleep_for(std::chrono::seconds(hook.seconds));
 
     // Everything from here to the end of the parameter update waits on other ranks: the
@@ -247,15 +366,27 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     }
     comm_seconds += Seconds(comm_start, Clock::now());
     const float grad_norm = std::sqrt(sum_squares);
-    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
-      return FailedPrecondition("step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) +
-                                ", gradient norm " + std::to_string(grad_norm) +
-                                " is not finite; lower train.lr or raise train.warmup_steps");
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (!finite && train.on_nonfinite() == proto::ABORT) {
+      std::string where = FirstNonFinite(model, model.grads(), zero ? shard_begin : 0,
+                                         zero ? std::min(shard_begin + shard, num_params) : num_params);
+      return FailedPrecondition(
+          "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) + ", gradient norm " +
+          std::to_string(grad_norm) + " is not finite" +
+          (where.empty() ? std::string(" (this rank's gradients are finite)")
+                         : " (first non-finite gradient on rank " + std::to_string(rank) + ": " + where + ")") +
+          "; no update was applied and the checkpoints in " + checkpoints_dir +
+          " are intact. Lower train.lr or raise train.warmup_steps, or set train.on_nonfinite: SKIP_STEP");
     }
-    const float clip = train.grad_clip() > 0.0f && grad_norm > train.grad_clip() ? train.grad_clip() / grad_norm : 1.0f;
-    optimizer.Step(model.params(), model.grads(), lr, train.beta1(), train.beta2(), train.eps(), train.weight_decay(),
-                   clip, step + 1);
-    if (zero) {
+    if (finite) {
+      const float clip =
+          train.grad_clip() > 0.0f && grad_norm > train.grad_clip() ? train.grad_clip() / grad_norm : 1.0f;
+      optimizer.Step(model.params(), model.grads(), lr, train.beta1(), train.beta2(), train.eps(),
+                     train.weight_decay(), clip, step + 1);
+    } else {
+      ++result.skipped_steps;
+    }
+    if (zero && finite) {
       const Clock::time_point gather_start = Clock::now();
       FJORD_RETURN_IF_ERROR(
           comm.AllGather(model.params() + shard_begin, model.params(), shard, DataType::kF32));
@@ -271,14 +402,20 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       FJORD_ASSIGN_OR_RETURN(val_loss, Evaluate(model, *val_data, B, T, train.eval_batches(), comm, inputs, targets));
       result.val_losses.push_back(val_loss);
     }
-    if (!lead) continue;
-
+    const bool every = job.checkpoint().every_steps() > 0 && (step + 1) % job.checkpoint().every_steps() == 0;
+    if (signal_hook && std::atoi(signal_hook->c_str()) == step + 1) raise(SIGTERM);
+    int stop = g_stop_signals.load() > 0 ? 1 : 0;
+    if (world > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
+    if (lead) {
     char line[512];
     int n = std::snprintf(line, sizeof(line),
                           "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                           "\"ms\": %.3f, \"exposed_comm_ms\": %.3f",
                           step + 1, loss, lr, grad_norm, tokens_per_s, seconds * 1000.0, comm_seconds * 1000.0);
     if (!std::isnan(val_loss)) n += std::snprintf(line + n, sizeof(line) - n, ", \"val_loss\": %.6f", val_loss);
+    n += std::snprintf(line + n, sizeof(line) - n, ", \"epoch\": %llu",
+                       static_cast<unsigned long long>(step_first / train_data.sequences_per_epoch()));
+    if (!finite) n += std::snprintf(line + n, sizeof(line) - n, ", \"skipped\": true");
     std::snprintf(line + n, sizeof(line) - n, "}\n");
     metrics << line;
     metrics.flush();
@@ -305,24 +442,16 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       std::printf(" | eta %dm%02ds\n", static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
       std::fflush(stdout);
     }
-  }
-  if (steps > 0) {
-    // The checkpoint holds the whole AdamW state: with ZeRO-1 the shards are gathered first.
-    std::vector<float> full_m, full_v;
-    const float* m = optimizer.m();
-    const float* v = optimizer.v();
-    if (zero) {
-      full_m.resize(buffer);
-      full_v.resize(buffer);
-      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.m(), full_m.data(), shard, DataType::kF32));
-      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.v(), full_v.data(), shard, DataType::kF32));
-      m = full_m.data();
-      v = full_v.data();
-    }
-    if (lead) {
-      FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint((fs::path(job.run_dir()) / "checkpoints").string(),
-                                                                   steps, job, model, m, v));
-      if (!options.quiet && !options.json_lines) std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
+    }  // lead
+    result.checkpoint_dir.clear();
+    if (every || last || stop) FJORD_RETURN_IF_ERROR(checkpoint(step + 1));
+    if (stop) {
+      result.stopped_by_signal = true;
+      if (lead) {
+        std::fprintf(stderr, "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
+                     step + 1, result.checkpoint_dir.c_str());
+      }
+      return result;
     }
   }
   return result;

@@ -66,7 +66,8 @@ constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kRows * kWarps == kTile, "each warp owns kRows rows of the block's tile");
 
 __device__ inline float WarpMax(float v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
 
@@ -92,12 +93,13 @@ size_t BackwardSmemBytes(int hs) { return sizeof(float) * kTile * (2 * hs + 2 * 
 // Grid: (query tiles, NH, B); blockIdx.x = 0 is the last (longest) tile.
 template <int kDims>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    AttentionForwardKernel(float* out, float* lse, const float* qkv, int T, int C, int NH, int hs, float scale) {
+    AttentionForwardKernel(float* out, float* lse, const float* qkv, int T, int C, int NH, int hs,
+                           float scale) {
   extern __shared__ float smem[];
   const int ks = hs | 1;
-  float* q_s = smem;                 // [kTile][hs]
-  float* k_s = q_s + kTile * hs;     // [kTile][ks]
-  float* v_s = k_s + kTile * ks;     // [kTile][hs]
+  float* q_s = smem;              // [kTile][hs]
+  float* k_s = q_s + kTile * hs;  // [kTile][ks]
+  float* v_s = k_s + kTile * ks;  // [kTile][hs]
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int h = blockIdx.y;
@@ -444,8 +446,8 @@ template <typename Kernel>
 void AllowSmem(Kernel kernel, size_t bytes) {
   constexpr size_t kDefaultSmem = 48 * 1024;
   if (bytes > kDefaultSmem)
-    FJORD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(bytes)));
+    FJORD_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 template <int kDims>
@@ -487,8 +489,8 @@ void attention_forward(const OpContext& ctx, float* out, float* lse, const float
   DispatchHeadSize<ForwardLauncher>(hs, ctx, out, lse, qkv, B, T, C, NH, hs, scale);
 }
 
-void attention_backward(const OpContext& ctx, float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int C, int NH) {
+void attention_backward(const OpContext& ctx, float* dqkv, const float* dout, const float* qkv,
+                        const float* out, const float* lse, int B, int T, int C, int NH) {
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));

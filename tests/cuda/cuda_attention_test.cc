@@ -69,8 +69,8 @@ TEST_F(CudaAttention, BackwardMatchesCpuAndAccumulates) {
 
     // Both backends start from the CPU's forward results, so only the backward passes differ.
     DeviceBuffer<float> d_qkv(qkv), d_out(out), d_lse(lse), d_dout(dout), d_dqkv(prior);
-    cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B, s.T,
-                             s.C, s.NH);
+    cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B,
+                             s.T, s.C, s.NH);
     Sync();
     std::vector<float> dqkv = prior;
     cpu::attention_backward(cpu_ctx_, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
@@ -99,8 +99,8 @@ TEST_F(CudaAttention, BackwardIsBitwiseReproducible) {
   std::vector<float> first;
   for (int run = 0; run < 3; ++run) {
     DeviceBuffer<float> d_dqkv(std::vector<float>(BT * 3 * s.C, 0.0f));
-    cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B, s.T,
-                             s.C, s.NH);
+    cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B,
+                             s.T, s.C, s.NH);
     Sync();
     if (run == 0) {
       first = d_dqkv.Download();

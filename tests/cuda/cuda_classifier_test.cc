@@ -85,7 +85,8 @@ TEST_F(CudaClassifier, WithoutDlogitsLeavesLogitsUntouched) {
     cuda::fused_classifier(ctx_, d_logits.get(), d_losses.get(), d_targets.get(), s.N, s.V, s.Vp, 0.5f, 0);
     Sync();
     std::vector<float> cpu_logits = logits, losses(s.N, kPoison);
-    cpu::fused_classifier(cpu_ctx_, cpu_logits.data(), losses.data(), targets.data(), s.N, s.V, s.Vp, 0.5f, 0);
+    cpu::fused_classifier(cpu_ctx_, cpu_logits.data(), losses.data(), targets.data(), s.N, s.V, s.Vp, 0.5f,
+                          0);
     ExpectClose("classifier losses (no dlogits)", d_losses.Download(), losses, 2e-6, 5e-7);
     // Bitwise, NaN padding included.
     const std::vector<float> got = d_logits.Download();

@@ -66,13 +66,13 @@ class CudaMatmul : public CudaOpTest {
     DeviceBuffer<float> d_inp(inp), d_weight(weight), d_dout(dout), d_dinp(dinp), d_dweight(dweight),
         d_dbias(dbias);
     cuda::matmul_backward(ctx, with_dinp ? d_dinp.get() : nullptr, d_dweight.get(),
-                          with_dbias ? d_dbias.get() : nullptr, d_dout.get(), d_inp.get(), d_weight.get(), s.N,
-                          s.C, s.OC);
+                          with_dbias ? d_dbias.get() : nullptr, d_dout.get(), d_inp.get(), d_weight.get(),
+                          s.N, s.C, s.OC);
     Sync();
     const std::vector<float> prior_dinp = dinp, prior_dbias = dbias;
     cpu::matmul_backward(cpu_ctx_, with_dinp ? dinp.data() : nullptr, dweight.data(),
-                         with_dbias ? dbias.data() : nullptr, dout.data(), inp.data(), weight.data(), s.N, s.C,
-                         s.OC);
+                         with_dbias ? dbias.data() : nullptr, dout.data(), inp.data(), weight.data(), s.N,
+                         s.C, s.OC);
     // Accumulation: the prior (random, O(1)) values are part of the expected result, so an op
     // that overwrote instead of adding would fail by O(1).
     ExpectClose("matmul dinp", d_dinp.Download(), dinp, GemmAtol(s.OC), 1e-5);
@@ -91,7 +91,8 @@ class CudaMatmul : public CudaOpTest {
 TEST_F(CudaMatmul, ForwardMatchesCpu) {
   for (const Shape& s : kShapes) {
     for (bool with_bias : {true, false}) {
-      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C << " OC=" << s.OC << " bias=" << with_bias);
+      SCOPED_TRACE(::testing::Message()
+                   << "N=" << s.N << " C=" << s.C << " OC=" << s.OC << " bias=" << with_bias);
       const std::vector<float> inp = testing::RandomFloats(s.N * s.C, 1);
       const std::vector<float> weight = testing::RandomFloats(size_t{1} * s.OC * s.C, 2);
       const std::vector<float> bias = testing::RandomFloats(s.OC, 3);

@@ -62,23 +62,25 @@ struct Model {
   Arena params, acts, dacts;
   size_t wte = params.Add("wte", size_t{Vp} * C), wpe = params.Add("wpe", size_t{T} * C),
          ln1w = params.Add("ln1.w", C), ln1b = params.Add("ln1.b", C), qkvw = params.Add("qkv.w", 3 * C * C),
-         qkvb = params.Add("qkv.b", 3 * C), projw = params.Add("proj.w", C * C), projb = params.Add("proj.b", C),
-         ln2w = params.Add("ln2.w", C), ln2b = params.Add("ln2.b", C), fcw = params.Add("fc.w", 4 * C * C),
-         fcb = params.Add("fc.b", 4 * C), fcprojw = params.Add("fcproj.w", 4 * C * C),
-         fcprojb = params.Add("fcproj.b", C), lnfw = params.Add("lnf.w", C), lnfb = params.Add("lnf.b", C);
-  size_t x0 = acts.Add("x0", BT * C), ln1 = acts.Add("ln1", BT * C), ln1_mean = acts.Add("ln1.mean", BT),
-         ln1_rstd = acts.Add("ln1.rstd", BT), qkv = acts.Add("qkv", BT * 3 * C), atty = acts.Add("atty", BT * C),
-         lse = acts.Add("lse", BT * NH), proj = acts.Add("proj", BT * C), x1 = acts.Add("x1", BT * C),
-         ln2 = acts.Add("ln2", BT * C), ln2_mean = acts.Add("ln2.mean", BT), ln2_rstd = acts.Add("ln2.rstd", BT),
-         fch = acts.Add("fch", BT * 4 * C), fch_gelu = acts.Add("fch_gelu", BT * 4 * C),
-         fcproj = acts.Add("fcproj", BT * C), x2 = acts.Add("x2", BT * C), lnf = acts.Add("lnf", BT * C),
-         lnf_mean = acts.Add("lnf.mean", BT), lnf_rstd = acts.Add("lnf.rstd", BT),
-         logits = acts.Add("logits", BT * Vp), losses = acts.Add("losses", BT);
-  size_t dlnf = dacts.Add("dlnf", BT * C), dx2 = dacts.Add("dx2", BT * C), dfcproj = dacts.Add("dfcproj", BT * C),
+         qkvb = params.Add("qkv.b", 3 * C), projw = params.Add("proj.w", C*C),
+         projb = params.Add("proj.b", C), ln2w = params.Add("ln2.w", C), ln2b = params.Add("ln2.b", C),
+         fcw = params.Add("fc.w", 4 * C * C), fcb = params.Add("fc.b", 4 * C),
+         fcprojw = params.Add("fcproj.w", 4 * C * C), fcprojb = params.Add("fcproj.b", C),
+         lnfw = params.Add("lnf.w", C), lnfb = params.Add("lnf.b", C);
+  size_t x0 = acts.Add("x0", BT*C), ln1 = acts.Add("ln1", BT*C), ln1_mean = acts.Add("ln1.mean", BT),
+         ln1_rstd = acts.Add("ln1.rstd", BT), qkv = acts.Add("qkv", BT * 3 * C),
+         atty = acts.Add("atty", BT*C), lse = acts.Add("lse", BT*NH), proj = acts.Add("proj", BT*C),
+         x1 = acts.Add("x1", BT*C), ln2 = acts.Add("ln2", BT*C), ln2_mean = acts.Add("ln2.mean", BT),
+         ln2_rstd = acts.Add("ln2.rstd", BT), fch = acts.Add("fch", BT * 4 * C),
+         fch_gelu = acts.Add("fch_gelu", BT * 4 * C), fcproj = acts.Add("fcproj", BT*C),
+         x2 = acts.Add("x2", BT*C), lnf = acts.Add("lnf", BT*C), lnf_mean = acts.Add("lnf.mean", BT),
+         lnf_rstd = acts.Add("lnf.rstd", BT), logits = acts.Add("logits", BT*Vp),
+         losses = acts.Add("losses", BT);
+  size_t dlnf = dacts.Add("dlnf", BT*C), dx2 = dacts.Add("dx2", BT*C), dfcproj = dacts.Add("dfcproj", BT*C),
          dfch_gelu = dacts.Add("dfch_gelu", BT * 4 * C), dfch = dacts.Add("dfch", BT * 4 * C),
-         dln2 = dacts.Add("dln2", BT * C), dx1 = dacts.Add("dx1", BT * C), dproj = dacts.Add("dproj", BT * C),
-         datty = dacts.Add("datty", BT * C), dqkv = dacts.Add("dqkv", BT * 3 * C), dln1 = dacts.Add("dln1", BT * C),
-         dx0 = dacts.Add("dx0", BT * C);
+         dln2 = dacts.Add("dln2", BT*C), dx1 = dacts.Add("dx1", BT*C), dproj = dacts.Add("dproj", BT*C),
+         datty = dacts.Add("datty", BT*C), dqkv = dacts.Add("dqkv", BT * 3 * C),
+         dln1 = dacts.Add("dln1", BT*C), dx0 = dacts.Add("dx0", BT*C);
 };
 
 // Base pointers of one backend's buffers (host for CPU, device for CUDA).
@@ -96,39 +98,41 @@ void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers& 
   ops.fill_zero(ctx, dA, md.dacts.total());
 
   ops.encoder_forward(ctx, A + md.x0, b.tokens, P + md.wte, P + md.wpe, B, T, C);
-  ops.layernorm_forward(ctx, A + md.ln1, A + md.ln1_mean, A + md.ln1_rstd, A + md.x0, P + md.ln1w, P + md.ln1b, BT,
-                        C);
+  ops.layernorm_forward(ctx, A + md.ln1, A + md.ln1_mean, A + md.ln1_rstd, A + md.x0, P + md.ln1w,
+                        P + md.ln1b, BT, C);
   ops.matmul_forward(ctx, A + md.qkv, A + md.ln1, P + md.qkvw, P + md.qkvb, BT, C, 3 * C);
   ops.attention_forward(ctx, A + md.atty, A + md.lse, A + md.qkv, B, T, C, NH);
   ops.matmul_forward(ctx, A + md.proj, A + md.atty, P + md.projw, P + md.projb, BT, C, C);
   ops.residual_forward(ctx, A + md.x1, A + md.x0, A + md.proj, BT * C);
-  ops.layernorm_forward(ctx, A + md.ln2, A + md.ln2_mean, A + md.ln2_rstd, A + md.x1, P + md.ln2w, P + md.ln2b, BT,
-                        C);
+  ops.layernorm_forward(ctx, A + md.ln2, A + md.ln2_mean, A + md.ln2_rstd, A + md.x1, P + md.ln2w,
+                        P + md.ln2b, BT, C);
   ops.matmul_forward(ctx, A + md.fch, A + md.ln2, P + md.fcw, P + md.fcb, BT, C, 4 * C);
   ops.gelu_forward(ctx, A + md.fch_gelu, A + md.fch, BT * 4 * C);
   ops.matmul_forward(ctx, A + md.fcproj, A + md.fch_gelu, P + md.fcprojw, P + md.fcprojb, BT, 4 * C, C);
   ops.residual_forward(ctx, A + md.x2, A + md.x1, A + md.fcproj, BT * C);
-  ops.layernorm_forward(ctx, A + md.lnf, A + md.lnf_mean, A + md.lnf_rstd, A + md.x2, P + md.lnfw, P + md.lnfb, BT,
-                        C);
+  ops.layernorm_forward(ctx, A + md.lnf, A + md.lnf_mean, A + md.lnf_rstd, A + md.x2, P + md.lnfw,
+                        P + md.lnfb, BT, C);
   ops.matmul_forward(ctx, A + md.logits, A + md.lnf, P + md.wte, nullptr, BT, C, Vp);
   ops.fused_classifier(ctx, A + md.logits, A + md.losses, b.targets, BT, V, Vp, 1.0f / BT, 1);
 
-  ops.matmul_backward(ctx, dA + md.dlnf, G + md.wte, nullptr, A + md.logits, A + md.lnf, P + md.wte, BT, C, Vp);
+  ops.matmul_backward(ctx, dA + md.dlnf, G + md.wte, nullptr, A + md.logits, A + md.lnf, P + md.wte, BT, C,
+                      Vp);
   ops.layernorm_backward(ctx, dA + md.dx2, G + md.lnfw, G + md.lnfb, dA + md.dlnf, A + md.x2, P + md.lnfw,
                          A + md.lnf_mean, A + md.lnf_rstd, BT, C);
   ops.residual_backward(ctx, dA + md.dx1, dA + md.dfcproj, dA + md.dx2, BT * C);
-  ops.matmul_backward(ctx, dA + md.dfch_gelu, G + md.fcprojw, G + md.fcprojb, dA + md.dfcproj, A + md.fch_gelu,
-                      P + md.fcprojw, BT, 4 * C, C);
+  ops.matmul_backward(ctx, dA + md.dfch_gelu, G + md.fcprojw, G + md.fcprojb, dA + md.dfcproj,
+                      A + md.fch_gelu, P + md.fcprojw, BT, 4 * C, C);
   ops.gelu_backward(ctx, dA + md.dfch, A + md.fch, dA + md.dfch_gelu, BT * 4 * C);
-  ops.matmul_backward(ctx, dA + md.dln2, G + md.fcw, G + md.fcb, dA + md.dfch, A + md.ln2, P + md.fcw, BT, C, 4 * C);
+  ops.matmul_backward(ctx, dA + md.dln2, G + md.fcw, G + md.fcb, dA + md.dfch, A + md.ln2, P + md.fcw, BT, C,
+                      4 * C);
   ops.layernorm_backward(ctx, dA + md.dx1, G + md.ln2w, G + md.ln2b, dA + md.dln2, A + md.x1, P + md.ln2w,
                          A + md.ln2_mean, A + md.ln2_rstd, BT, C);
   ops.residual_backward(ctx, dA + md.dx0, dA + md.dproj, dA + md.dx1, BT * C);
-  ops.matmul_backward(ctx, dA + md.datty, G + md.projw, G + md.projb, dA + md.dproj, A + md.atty, P + md.projw, BT,
-                      C, C);
+  ops.matmul_backward(ctx, dA + md.datty, G + md.projw, G + md.projb, dA + md.dproj, A + md.atty,
+                      P + md.projw, BT, C, C);
   ops.attention_backward(ctx, dA + md.dqkv, dA + md.datty, A + md.qkv, A + md.atty, A + md.lse, B, T, C, NH);
-  ops.matmul_backward(ctx, dA + md.dln1, G + md.qkvw, G + md.qkvb, dA + md.dqkv, A + md.ln1, P + md.qkvw, BT, C,
-                      3 * C);
+  ops.matmul_backward(ctx, dA + md.dln1, G + md.qkvw, G + md.qkvb, dA + md.dqkv, A + md.ln1, P + md.qkvw, BT,
+                      C, 3 * C);
   ops.layernorm_backward(ctx, dA + md.dx0, G + md.ln1w, G + md.ln1b, dA + md.dln1, A + md.x0, P + md.ln1w,
                          A + md.ln1_mean, A + md.ln1_rstd, BT, C);
   ops.encoder_backward(ctx, G + md.wte, G + md.wpe, dA + md.dx0, b.tokens, B, T, C);
@@ -186,8 +190,8 @@ TEST_F(CudaOpsModel, OneLayerTrainingStepMatchesCpuTable) {
   // CPU step.
   std::vector<float> P = params, G(n), A(md.acts.total()), dA(md.dacts.total()), m(n, 0.0f), v(n, 0.0f);
   float norm = testing::kPoison;
-  Step(CpuOps(), cpu_ctx_, md, {P.data(), G.data(), A.data(), dA.data(), m.data(), v.data(), &norm, tokens.data(),
-                                targets.data()});
+  Step(CpuOps(), cpu_ctx_, md,
+       {P.data(), G.data(), A.data(), dA.data(), m.data(), v.data(), &norm, tokens.data(), targets.data()});
 
   // CUDA step; activations poisoned so that anything left unwritten shows up.
   DeviceBuffer<float> d_P(params), d_G(std::vector<float>(n, testing::kPoison)),
@@ -195,8 +199,9 @@ TEST_F(CudaOpsModel, OneLayerTrainingStepMatchesCpuTable) {
       d_dA(std::vector<float>(md.dacts.total(), testing::kPoison)), d_m(std::vector<float>(n, 0.0f)),
       d_v(std::vector<float>(n, 0.0f)), d_norm(std::vector<float>{testing::kPoison});
   DeviceBuffer<int32_t> d_tokens(tokens), d_targets(targets);
-  Step(CudaOps(), ctx_, md, {d_P.get(), d_G.get(), d_A.get(), d_dA.get(), d_m.get(), d_v.get(), d_norm.get(),
-                             d_tokens.get(), d_targets.get()});
+  Step(CudaOps(), ctx_, md,
+       {d_P.get(), d_G.get(), d_A.get(), d_dA.get(), d_m.get(), d_v.get(), d_norm.get(), d_tokens.get(),
+        d_targets.get()});
   Sync();
 
   // This test checks the wiring (every entry is the right op, pointers are device pointers, the
@@ -212,7 +217,8 @@ TEST_F(CudaOpsModel, OneLayerTrainingStepMatchesCpuTable) {
   for (const Arena::Tensor& t : md.params.tensors()) {
     const double scale = MaxAbs(G, t.offset, t.size);
     ASSERT_GT(scale, 0.0) << t.name << " has no gradient on the CPU";
-    ExpectClose("grad " + t.name, Slice(got_G, t.offset, t.size), Slice(G, t.offset, t.size), 1e-4 * scale, 1e-3);
+    ExpectClose("grad " + t.name, Slice(got_G, t.offset, t.size), Slice(G, t.offset, t.size), 1e-4 * scale,
+                1e-3);
     // AdamW with eps = 1 moves each parameter by lr * g / (|g| + 1) + lr * wd * p, so a gradient
     // error of 1e-4 relative moves it by far less than 1e-7.
     ExpectClose("param " + t.name, Slice(got_P, t.offset, t.size), Slice(P, t.offset, t.size), 1e-7, 1e-5);

@@ -12,29 +12,16 @@
 #include <string>
 #include <vector>
 
+#include "tests/launcher/cli_util.h"
+
 namespace fjord {
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult RunFjord(const std::string& args) {
-  const std::string cmd = std::string(FJORD_BINARY) + " " + args + " 2>&1";
-  RunResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
+using testing::RunFjord;
+using testing::RunResult;
 
 class CliTest : public ::testing::Test {
  public:

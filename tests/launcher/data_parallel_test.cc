@@ -21,37 +21,17 @@
 #include <string>
 #include <vector>
 
+#include "tests/launcher/cli_util.h"
+
 namespace fjord {
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string output;
-  double seconds = 0.0;
-};
-
-RunResult Shell(const std::string& cmd) {
-  RunResult r;
-  const auto t0 = std::chrono::steady_clock::now();
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
-}
-
-std::string Mpirun(int np, const std::string& env = "") {
-  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " + env + " " +
-         std::string(FJORD_MPIEXEC) + " -np " + std::to_string(np) + " --oversubscribe --bind-to none " +
-         std::string(FJORD_BINARY);
-}
+using testing::Mpirun;
+using testing::RunResult;
+using testing::Shell;
 
 class DataParallelTest : public ::testing::Test {
  protected:

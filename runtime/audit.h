@@ -1,0 +1,95 @@
+// The audit log: an append-only JSON-lines file in which every record carries the SHA-256 of the
+// record before it, so that editing, deleting or reordering any record breaks the chain.
+//
+// One record per line, fields in this order:
+//   {"seq":N,"time":"2026-01-31T12:00:00.123Z","actor":"rank0@no1","event":"...",<event fields>,
+//    "prev":"<hash of record N-1, or 64 zeros for N = 1>","hash":"<SHA-256 of this line up to prev>"}
+// where the hash covers the exact bytes of the line with `,"hash":"..."` removed (the line then
+// ends with `"prev":"..."}`). Canonical by construction: we write the bytes we hash and verify
+// the bytes we read, so no JSON re-serialisation can disagree.
+//
+// The end of the chain: a hash chain alone cannot show that its last records were cut off. Every
+// append therefore also writes LOG.head ("SEQ HASH\n", replaced atomically), and both verification
+// and the next append check that the log ends where LOG.head says. An append onto a log whose end
+// does not match is refused, so a truncation cannot be laundered by appending after it.
+//
+// Writers: `fjord launch` and rank 0 of a job append to the same file, possibly at the same time
+// (launch's exit record while rank 0 still writes), and a refusing rank appends its own refusal.
+// Each Append takes an exclusive flock on the log for read-last-record, write, fsync and head
+// update. flock works across processes on one host and on NFSv4 clients; see docs/SOVEREIGNTY.md.
+//
+// What it does not do: an attacker who can write the file and recompute SHA-256 can rewrite the
+// whole chain and the head file. Keep the head hash elsewhere (launch prints it, checkpoints record
+// it, operators ship it to a log collector) to make rewrites detectable too.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace fjord {
+
+// The fields of one record after the fixed ones, in insertion order. Keys must not be one of the
+// fixed keys (seq, time, actor, event, prev, hash).
+class AuditRecord {
+ public:
+  AuditRecord& Str(std::string_view key, std::string_view value);
+  AuditRecord& Int(std::string_view key, int64_t value);
+  AuditRecord& Bool(std::string_view key, bool value);
+  // `json` must be one valid JSON value (object, array, ...), e.g. built with JsonQuote.
+  AuditRecord& Raw(std::string_view key, std::string_view json);
+  const std::string& text() const { return text_; }  // ',"k":v' repeated
+  bool uses_reserved_key() const { return reserved_; }
+
+ private:
+  void Key(std::string_view key);
+  std::string text_;
+  bool reserved_ = false;
+};
+
+class AuditLog {
+ public:
+  // Opens (creating when missing, mode 0640) the log at `path` for appending as `actor`
+  // (e.g. "launch@head", "rank0@no1"). With create_parent, missing parent directories are made;
+  // without, a missing parent directory is NotFound (a refusing rank does not create directories
+  // on a node it should not be on). Nothing is written until Append.
+  static StatusOr<std::unique_ptr<AuditLog>> Open(const std::string& path, std::string actor,
+                                                  bool create_parent = true);
+
+  // Appends one record (see the file comment) under an exclusive lock; returns the new record's
+  // hash. Refuses to append when the log's last record is unreadable or does not match LOG.head.
+  // Thread-safe.
+  StatusOr<std::string> Append(std::string_view event, const AuditRecord& fields = AuditRecord());
+
+  const std::string& path() const { return path_; }
+  const std::string& actor() const { return actor_; }
+
+ private:
+  AuditLog(std::string path, std::string actor) : path_(std::move(path)), actor_(std::move(actor)) {}
+  std::string path_;
+  std::string actor_;
+  std::mutex mu_;
+};
+
+// What `fjord audit verify` found. ok == false names the first broken record.
+struct AuditVerifyReport {
+  bool ok = false;
+  int64_t records = 0;        // records checked before the first problem (all of them when ok)
+  std::string head_hash;      // hash of the last good record ("" for an empty log)
+  int64_t bad_line = 0;       // 1-based line of the first broken record (0 when ok, or for LOG.head)
+  std::string problem;        // what is wrong there and what it means
+};
+
+// Checks every record in order: one JSON object per line, fixed fields present, seq = previous + 1,
+// prev = previous hash, hash = SHA-256 of the line; then that LOG.head names the last record.
+// Returns a Status error only when the log cannot be read at all.
+StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path);
+
+// The head file of a log: path + ".head".
+std::string AuditHeadPath(const std::string& log_path);
+
+}  // namespace fjord

@@ -1,0 +1,365 @@
+// OpenSSL EVP behind RAII owners. Every EVP call is checked; a failure of OpenSSL itself (not of
+// authentication) is an Internal error carrying OpenSSL's own error string.
+#include "runtime/crypto.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <utility>
+
+namespace fjord {
+namespace {
+
+constexpr uint32_t kSealVersion = 1;
+constexpr uint32_t kCipherAes256Gcm = 1;
+constexpr size_t kNonceBytes = 12;
+constexpr size_t kChunk = 1 << 20;
+
+std::string OpenSslError() {
+  const unsigned long code = ERR_get_error();
+  if (code == 0) return "no OpenSSL error recorded";
+  char buf[256];
+  ERR_error_string_n(code, buf, sizeof(buf));
+  ERR_clear_error();
+  return buf;
+}
+
+struct CipherCtxDeleter {
+  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
+};
+using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxDeleter>;
+
+struct MdCtxDeleter {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+
+void PutLe32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint32_t GetLe32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+
+std::string Hex(const uint8_t* data, size_t size) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out(2 * size, '0');
+  for (size_t i = 0; i < size; ++i) {
+    out[2 * i] = kDigits[data[i] >> 4];
+    out[2 * i + 1] = kDigits[data[i] & 15];
+  }
+  return out;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Header bytes of a new sealed file with a fresh nonce.
+StatusOr<std::array<uint8_t, kSealHeaderBytes>> NewHeader() {
+  std::array<uint8_t, kSealHeaderBytes> h{};
+  std::memcpy(h.data(), kSealMagic, sizeof(kSealMagic));
+  PutLe32(h.data() + 8, kSealVersion);
+  PutLe32(h.data() + 12, kCipherAes256Gcm);
+  if (RAND_bytes(h.data() + 16, kNonceBytes) != 1) {
+    return Internal("cannot draw a random nonce from OpenSSL: " + OpenSslError());
+  }
+  return h;
+}
+
+// Streams pieces through AES-256-GCM, calling `sink(bytes, size)` with ciphertext, then the tag.
+template <typename Sink>
+Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header, const std::vector<ByteSpan>& plaintext,
+                     const EncryptionKey& key, std::string_view context, Sink&& sink) {
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
+  int len = 0;
+  if (EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
+      EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), header.data() + 16) != 1 ||
+      EVP_EncryptUpdate(ctx.get(), nullptr, &len, header.data(), kSealHeaderBytes) != 1 ||
+      (!context.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
+                                             static_cast<int>(context.size())) != 1)) {
+    return Internal("AES-256-GCM setup failed: " + OpenSslError());
+  }
+  std::vector<uint8_t> out(kChunk + 16);
+  for (const ByteSpan& piece : plaintext) {
+    const uint8_t* p = static_cast<const uint8_t*>(piece.data);
+    for (size_t done = 0; done < piece.size;) {
+      const size_t n = std::min(kChunk, piece.size - done);
+      if (EVP_EncryptUpdate(ctx.get(), out.data(), &len, p + done, static_cast<int>(n)) != 1) {
+        return Internal("AES-256-GCM encryption failed: " + OpenSslError());
+      }
+      FJORD_RETURN_IF_ERROR(sink(out.data(), static_cast<size_t>(len)));
+      done += n;
+    }
+  }
+  if (EVP_EncryptFinal_ex(ctx.get(), out.data(), &len) != 1) {
+    return Internal("AES-256-GCM finalization failed: " + OpenSslError());
+  }
+  FJORD_RETURN_IF_ERROR(sink(out.data(), static_cast<size_t>(len)));
+  uint8_t tag[kSealTagBytes];
+  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kSealTagBytes, tag) != 1) {
+    return Internal("AES-256-GCM tag failed: " + OpenSslError());
+  }
+  return sink(tag, sizeof(tag));
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  bool Close() { return ::close(std::exchange(fd_, -1)) == 0; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+struct Sha256::Impl {
+  std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx{EVP_MD_CTX_new()};
+};
+
+Sha256::Sha256() : impl_(new Impl) {
+  // Failure here means OpenSSL itself is broken; FinishHex then returns an all-zero digest that
+  // matches nothing real, so every check that uses it fails closed.
+  if (impl_->ctx) EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr);
+}
+Sha256::~Sha256() { delete impl_; }
+void Sha256::Update(const void* data, size_t size) {
+  if (impl_->ctx && size > 0) EVP_DigestUpdate(impl_->ctx.get(), data, size);
+}
+std::string Sha256::FinishHex() {
+  uint8_t digest[EVP_MAX_MD_SIZE] = {};
+  unsigned int n = 32;
+  if (!impl_->ctx || EVP_DigestFinal_ex(impl_->ctx.get(), digest, &n) != 1) return std::string(64, '0');
+  return Hex(digest, n);
+}
+
+std::string Sha256Hex(std::string_view data) {
+  Sha256 h;
+  h.Update(data.data(), data.size());
+  return h.FinishHex();
+}
+
+StatusOr<std::string> Sha256OfFile(const std::string& path, const std::string& what) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return (errno == ENOENT ? NotFound : FailedPrecondition)("cannot open " + what + " " + path + ": " +
+                                                              std::strerror(errno));
+  }
+  Sha256 h;
+  std::vector<uint8_t> buf(kChunk);
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return FailedPrecondition("cannot read " + what + " " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    h.Update(buf.data(), static_cast<size_t>(n));
+  }
+  return h.FinishHex();
+}
+
+EncryptionKey::EncryptionKey(const std::array<uint8_t, kBytes>& bytes) : bytes_(bytes) {}
+EncryptionKey::~EncryptionKey() { OPENSSL_cleanse(bytes_.data(), bytes_.size()); }
+EncryptionKey::EncryptionKey(EncryptionKey&& other) noexcept : bytes_(other.bytes_) {
+  OPENSSL_cleanse(other.bytes_.data(), other.bytes_.size());
+}
+EncryptionKey& EncryptionKey::operator=(EncryptionKey&& other) noexcept {
+  if (this != &other) {
+    bytes_ = other.bytes_;
+    OPENSSL_cleanse(other.bytes_.data(), other.bytes_.size());
+  }
+  return *this;
+}
+
+std::string EncryptionKey::KeyId() const {
+  Sha256 h;
+  static constexpr char kDomain[] = "fjord key id v1";
+  h.Update(kDomain, sizeof(kDomain) - 1);
+  h.Update(bytes_.data(), bytes_.size());
+  return h.FinishHex().substr(0, 16);
+}
+
+StatusOr<EncryptionKey> LoadEncryptionKey(const std::string& path, const std::string& field) {
+  const std::string what = field + ": key file " + path;
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return (errno == ENOENT ? NotFound : FailedPrecondition)(
+        what + ": " + std::strerror(errno) +
+        "; give the path of the tenant's 32-byte key (create one with `openssl rand -hex 32 > KEY; chmod 600 KEY`)");
+  }
+  if (!S_ISREG(st.st_mode)) return InvalidArgument(what + " is not a regular file; give the key file itself");
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return FailedPrecondition(what + " has mode " + mode +
+                              ": other users may read or change it; a tenant's key must be private to its owner: "
+                              "run chmod 600 " + path);
+  }
+  StatusOr<std::string> bytes = ReadWholeFile(path, "key file");
+  if (!bytes.ok()) return bytes.status().WithContext(field);
+  std::string& b = *bytes;
+  std::array<uint8_t, EncryptionKey::kBytes> raw{};
+  Status result = OkStatus();
+  if (b.size() == EncryptionKey::kBytes) {
+    std::memcpy(raw.data(), b.data(), raw.size());
+  } else {
+    std::string_view text(b);
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+    bool hex = text.size() == 2 * EncryptionKey::kBytes;
+    for (size_t i = 0; hex && i < raw.size(); ++i) {
+      const int hi = HexValue(text[2 * i]), lo = HexValue(text[2 * i + 1]);
+      if (hi < 0 || lo < 0) hex = false;
+      raw[i] = static_cast<uint8_t>(hi << 4 | lo);
+    }
+    if (!hex) {
+      result = InvalidArgument(what + " holds " + std::to_string(b.size()) +
+                               " bytes that are neither exactly 32 raw bytes nor 64 hex digits; an AES-256 key is "
+                               "32 bytes: create one with `openssl rand -hex 32 > " + path + "`");
+    }
+  }
+  OPENSSL_cleanse(b.data(), b.size());
+  if (!result.ok()) {
+    OPENSSL_cleanse(raw.data(), raw.size());
+    return result;
+  }
+  EncryptionKey key(raw);
+  OPENSSL_cleanse(raw.data(), raw.size());
+  return key;
+}
+
+bool IsSealed(std::string_view bytes) {
+  return bytes.size() >= sizeof(kSealMagic) && std::memcmp(bytes.data(), kSealMagic, sizeof(kSealMagic)) == 0;
+}
+
+StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const EncryptionKey& key, std::string_view context) {
+  FJORD_ASSIGN_OR_RETURN(const auto header, NewHeader());
+  size_t total = 0;
+  for (const ByteSpan& p : plaintext) total += p.size;
+  std::string out;
+  out.reserve(kSealHeaderBytes + total + kSealTagBytes);
+  out.append(reinterpret_cast<const char*>(header.data()), header.size());
+  FJORD_RETURN_IF_ERROR(EncryptPieces(header, plaintext, key, context, [&](const uint8_t* p, size_t n) {
+    out.append(reinterpret_cast<const char*>(p), n);
+    return OkStatus();
+  }));
+  return out;
+}
+
+StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, std::string_view context,
+                             const std::string& source) {
+  if (!IsSealed(sealed)) {
+    return DataLoss(source + " is not a sealed (encrypted) file: it does not start with fjord's seal header");
+  }
+  if (sealed.size() < kSealHeaderBytes + kSealTagBytes) {
+    return DataLoss(source + ": " + std::to_string(sealed.size()) +
+                    " bytes, shorter than a sealed file's header and tag: truncated; wrong key or modified file");
+  }
+  const uint8_t* h = reinterpret_cast<const uint8_t*>(sealed.data());
+  const uint32_t version = GetLe32(h + 8), cipher = GetLe32(h + 12);
+  if (version != kSealVersion || cipher != kCipherAes256Gcm) {
+    return FailedPrecondition(source + ": sealed-file version " + std::to_string(version) + ", cipher " +
+                              std::to_string(cipher) + " is not supported (this fjord reads version 1, cipher 1 = "
+                              "AES-256-GCM); wrong key or modified file, or written by a newer fjord");
+  }
+  const size_t n = sealed.size() - kSealHeaderBytes - kSealTagBytes;
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
+  int len = 0;
+  if (EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
+      EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), h + 16) != 1 ||
+      EVP_DecryptUpdate(ctx.get(), nullptr, &len, h, kSealHeaderBytes) != 1 ||
+      (!context.empty() && EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
+                                             static_cast<int>(context.size())) != 1)) {
+    return Internal("AES-256-GCM setup failed: " + OpenSslError());
+  }
+  std::string out(n, '\0');
+  uint8_t* o = reinterpret_cast<uint8_t*>(out.data());
+  const uint8_t* c = h + kSealHeaderBytes;
+  for (size_t done = 0; done < n;) {
+    const size_t step = std::min(kChunk, n - done);
+    if (EVP_DecryptUpdate(ctx.get(), o + done, &len, c + done, static_cast<int>(step)) != 1) {
+      OPENSSL_cleanse(out.data(), out.size());
+      return Internal("AES-256-GCM decryption failed: " + OpenSslError());
+    }
+    done += step;
+  }
+  uint8_t tag[kSealTagBytes];
+  std::memcpy(tag, c + n, sizeof(tag));
+  uint8_t tail[16];
+  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kSealTagBytes, tag) != 1 ||
+      EVP_DecryptFinal_ex(ctx.get(), tail, &len) != 1) {
+    OPENSSL_cleanse(out.data(), out.size());
+    ERR_clear_error();
+    return DataLoss(source +
+                    ": authentication failed: wrong key or modified file (the AES-256-GCM tag does not match). "
+                    "Check that checkpoint.encryption_key_file is this tenant's key; if it is, the file was "
+                    "changed or damaged after it was written: restore it from a copy you trust");
+  }
+  return out;
+}
+
+Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
+                       std::string_view context) {
+  FJORD_ASSIGN_OR_RETURN(const auto header, NewHeader());
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (fd.get() < 0) {
+    return FailedPrecondition("cannot create " + tmp + ": " + std::strerror(errno) +
+                              "; check that the directory exists and is writable");
+  }
+  auto write_all = [&](const uint8_t* p, size_t n) -> Status {
+    while (n > 0) {
+      const ssize_t w = ::write(fd.get(), p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return FailedPrecondition("write to " + tmp + " failed: " + std::strerror(errno) +
+                                            "; check free disk space");
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return OkStatus();
+  };
+  Status s = write_all(header.data(), header.size());
+  if (s.ok()) s = EncryptPieces(header, plaintext, key, context, write_all);
+  if (s.ok() && ::fsync(fd.get()) != 0) s = FailedPrecondition("fsync of " + tmp + " failed: " + std::strerror(errno));
+  if (s.ok() && !fd.Close()) s = FailedPrecondition("close of " + tmp + " failed: " + std::strerror(errno));
+  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    s = FailedPrecondition("rename of " + tmp + " to " + path + " failed: " + std::strerror(errno));
+  }
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  Fd dir_fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
+  return OkStatus();
+}
+
+StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key, std::string_view context) {
+  FJORD_ASSIGN_OR_RETURN(std::string sealed, ReadWholeFile(path, "sealed file"));
+  return Unseal(sealed, key, context, path);
+}
+
+}  // namespace fjord

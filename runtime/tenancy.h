@@ -1,0 +1,233 @@
+// Tenancy: who may run where, and the gates that enforce it inside a rank (docs/SOVEREIGNTY.md).
+//
+//   Gate 1 (launcher/launch.h) places ranks on inventory nodes the tenant allows.
+//   Gate 2 (RankGate) runs first in every rank: it reads the node's own identity file, written by
+//          root at provisioning, and refuses to go on when that node is outside the tenant's
+//          residency. It trusts neither the job spec nor the inventory for where it is, so it
+//          catches a hand-written mpirun, a stale hostfile and a mislabelled inventory.
+//   Gate 3 (runtime/manifest.h for data; CheckCheckpointTenant here for checkpoints) refuses data
+//          and checkpoints of another tenant, outside the residency, or modified since written.
+//
+// A job without tenant.id has no gates (it has no residency to enforce); the audit log says so.
+//
+// Call order in `fjord train` (the wiring lives in launcher/main.cc and runtime/trainer.cc):
+//   job  = LoadJobSpec(...)
+//   gate = RankGate(job)                         // before data, communicators, GPU
+//   comm = CreateCommunicator(...)
+//   ten  = Tenancy::Start(job, gate, comm)       // collective: rank 0 audits every rank's identity
+//   Train(job, {.tenancy = ten}, comm)           // loaders get ten->data_policy(); checkpoints
+//                                                // go through ten->checkpoint_seal()
+#pragma once
+
+#include <google/protobuf/message.h>
+#include <google/protobuf/text_format.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "collectives/communicator.h"
+#include "common/status.h"
+#include "proto/job.pb.h"
+#include "proto/tenancy.pb.h"
+#include "runtime/audit.h"
+#include "runtime/crypto.h"
+#include "runtime/file_util.h"
+#include "runtime/manifest.h"
+
+namespace fjord {
+
+// ---- Names and codes ------------------------------------------------------------------------
+
+// True for an officially assigned ISO 3166-1 alpha-2 code in upper case ("NO", "SE").
+bool IsIsoCountryCode(std::string_view code);
+// "" when `code` is a valid jurisdiction, else what is wrong and how to write it (e.g. "is lower
+// case; write \"NO\"", "is a 3-letter code; use the 2-letter ISO 3166-1 alpha-2 code \"NO\"").
+std::string JurisdictionProblem(std::string_view code);
+// Tenant ids: 1..64 of [a-z0-9._-], starting with a letter or digit.
+bool IsValidTenantId(std::string_view id);
+// Site names: 1..64 of [A-Za-z0-9._-].
+bool IsValidSiteName(std::string_view site);
+// Parses protobuf text format `text` (from `source`, a path) into `out`, recording field locations
+// in `tree` when given. Errors read "SOURCE:LINE:COLUMN: what protobuf said. The file is protobuf
+// text format of <message type> (<schema>)".
+Status ParseTextProto(std::string_view text, const std::string& source, google::protobuf::Message* out,
+                      const std::string& schema, google::protobuf::TextFormat::ParseInfoTree* tree = nullptr);
+// "SOURCE:LINE:COLUMN" of field `name` (element `index` of a repeated field, else -1) as recorded
+// in `tree`; just SOURCE when unknown.
+std::string FieldLocation(const std::string& source, const google::protobuf::TextFormat::ParseInfoTree* tree,
+                          const google::protobuf::Message& message, const std::string& name, int index = -1);
+// "NO,SE" -> {"NO", "SE"}; empty items and surrounding spaces dropped.
+std::vector<std::string> SplitList(std::string_view list);
+// {"NO", "SE"} -> "NO, SE"; an empty list -> `empty`.
+std::string JoinList(const std::vector<std::string>& items, const std::string& empty = "none");
+
+// ---- Residency policy -----------------------------------------------------------------------
+
+// A tenant's residency: jurisdictions, and optionally sites inside them.
+struct ResidencyPolicy {
+  std::string tenant;                       // "" = tenancy off
+  std::vector<std::string> jurisdictions;   // allowed ISO codes
+  std::vector<std::string> sites;           // allowed sites; empty = any
+
+  bool enabled() const { return !tenant.empty(); }
+  // True when a node in `jurisdiction` at `site` is inside the residency (always when disabled).
+  bool Allows(std::string_view jurisdiction, std::string_view site) const;
+  // Why a node is outside ("jurisdiction SE is not allowed"), "" when inside.
+  std::string WhyNot(std::string_view jurisdiction, std::string_view site) const;
+  // "jurisdictions NO; sites: any" for messages.
+  std::string Describe() const;
+};
+
+ResidencyPolicy PolicyOf(const proto::JobSpec& job);
+
+// The job's audit log: audit_log, or run_dir/audit.jsonl.
+std::string AuditPathFor(const proto::JobSpec& job);
+// SHA-256 of the resolved job spec in text format (identical to Sha256Hex(JobSpecToText(job))).
+std::string JobDigest(const proto::JobSpec& job);
+// The short host name of this machine (gethostname).
+std::string ThisHostname();
+
+// ---- Node identity --------------------------------------------------------------------------
+
+inline constexpr char kDefaultNodeIdentityPath[] = "/etc/fjord/node.textproto";
+
+// What this node says about itself, and where that came from.
+struct LocalNode {
+  proto::NodeIdentity identity;
+  std::string path;         // the file read
+  bool overridden = false;  // path came from FJORD_NODE_IDENTITY (a test override; audited)
+  std::string hostname;     // gethostname() of the process that read it
+};
+
+// The identity file this process would read: $FJORD_NODE_IDENTITY when set, else
+// /etc/fjord/node.textproto. `overridden` tells which.
+std::string NodeIdentityPath(bool* overridden);
+
+// Reads and validates a node identity file: text format of fjord.proto.NodeIdentity with hostname,
+// jurisdiction (ISO 3166-1 alpha-2) and site. Parse errors name file:line:column. With `strict`
+// (the default path), the file and its directory must be owned by root and not writable by group or
+// others, so that no other user can change where the node claims to be.
+StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict);
+
+// Reads the identity at NodeIdentityPath(), strict unless overridden, and checks that it names
+// this host (gethostname, compared up to the first '.').
+StatusOr<LocalNode> ReadNodeIdentity();
+
+// ---- Gate 2: the rank gate --------------------------------------------------------------------
+
+struct RankGateResult {
+  bool enabled = false;  // false: the job has no tenant; nothing was checked
+  RankInfo rank;         // from the launcher's environment
+  LocalNode node;        // valid when enabled
+};
+
+// Call first in `fjord train`, before opening data, creating a communicator or touching a GPU.
+// For a job with a tenant: reads this node's identity and refuses (FailedPrecondition) when it
+// cannot be read, names another host, or is outside the tenant's residency. The message names the
+// rank, host, jurisdiction and site found, the identity file and the allowed set, and says what to
+// do. A refusal is also appended to the job's audit log by this rank itself, when the log's
+// directory exists (the rank does not create directories on a node it should not be on).
+// The caller exits non-zero at once; under mpirun that ends the other ranks too (they are still
+// waiting in MPI_Init for this one).
+StatusOr<RankGateResult> RankGate(const proto::JobSpec& job);
+
+// ---- Gate 3 for checkpoints -----------------------------------------------------------------
+
+inline constexpr char kCheckpointTenantRecord[] = "tenant.textproto";
+
+// How a job writes (and reads) checkpoint files: the tenant and residency recorded beside them and
+// the key that seals them (null = plaintext). Cheap to copy (the key is shared).
+struct CheckpointSeal {
+  std::string tenant;
+  std::vector<std::string> allowed_jurisdictions;
+  std::vector<std::string> allowed_sites;
+  std::shared_ptr<const EncryptionKey> key;
+  proto::NodeIdentity node;  // where this process runs, for the record (may be empty)
+};
+
+// The seal a job asks for: its tenant and residency, and the key of
+// checkpoint.encryption_key_file (loaded and checked here: missing, unreadable by us, readable by
+// others, or of the wrong length are refused naming the field).
+StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job);
+
+// Writes one checkpoint file atomically (temporary name, fsync, rename): sealed with seal.key when
+// set, with the tenant and file name bound into its authentication tag; plain otherwise.
+Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces, const CheckpointSeal& seal);
+
+// Reads one checkpoint file whole. A sealed file needs seal.key (else: "is encrypted; set
+// checkpoint.encryption_key_file"); a plain file is refused when seal.key is set (a plaintext
+// file where an encrypted one belongs may have been substituted). Wrong key or modified file:
+// DataLoss naming the path.
+StatusOr<std::string> ReadCheckpointFile(const std::string& path, const CheckpointSeal& seal);
+
+// Writes DIR/tenant.textproto: tenant, residency, cipher and key id, where it was written, and the
+// SHA-256 of each of `files` (names inside dir, as they are on disk). Call after the files are
+// written and before the checkpoint directory is renamed into place. Does nothing for a seal
+// without tenant and key (a plain checkpoint of a job without tenant stays as it was).
+Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal& seal,
+                                   const std::vector<std::string>& files);
+
+// Reads DIR/tenant.textproto; NotFound when the checkpoint has none.
+StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string& dir);
+
+enum class CheckpointUse {
+  kResume,    // continue this job: the checkpoint must be this tenant's, sealed when the job seals
+  kInitFrom,  // start from its weights: also accepts an untenanted plain checkpoint (public weights)
+};
+
+// Gate 3 for checkpoints: whether the job with `job_seal`, on `node` (may be null: no residency
+// check), may load the checkpoint in `dir`; returns the seal to read its files with. Refuses:
+// another tenant's checkpoint; a tenanted checkpoint for a job without tenant; an untenanted one
+// for kResume of a tenant job; a node outside the checkpoint's recorded residency; an encrypted
+// checkpoint without a key or with a different key (by key id, before any decryption); a plain
+// checkpoint for kResume of a job that seals; a plain file whose SHA-256 differs from the record
+// (a modified file). Sealed files are authenticated when read (ReadCheckpointFile).
+StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const CheckpointSeal& job_seal,
+                                               const proto::NodeIdentity* node, CheckpointUse use);
+
+// ---- The per-rank tenancy context -------------------------------------------------------------
+
+// What the trainer needs from tenancy, made once per rank after the communicator exists.
+// Rank 0 owns the audit log; other ranks have none. Not thread-safe except where noted.
+class Tenancy {
+ public:
+  // Collective over `comm` (every rank calls it once, in the same place): gathers every rank's gate
+  // result and job digest. Refuses on every rank, naming the ranks, when the ranks were given
+  // different job specs. Rank 0 appends job_start, one rank_identity record per rank, and a
+  // test_override record when any rank read its identity from FJORD_NODE_IDENTITY (or no_tenant
+  // for a job without tenant). Loads the checkpoint key (CheckpointSealFor) on every rank.
+  static StatusOr<std::unique_ptr<Tenancy>> Start(const proto::JobSpec& job, const RankGateResult& gate,
+                                                  Communicator& comm);
+
+  bool enabled() const { return policy_.enabled(); }
+  const ResidencyPolicy& policy() const { return policy_; }
+  // For DataLoader::Open: the data gate of this rank (audits through rank 0's log).
+  const DataPolicy& data_policy() const { return data_policy_; }
+  // For SaveCheckpoint / WriteCheckpointFile / WriteCheckpointTenantRecord.
+  const CheckpointSeal& checkpoint_seal() const { return seal_; }
+  // Rank 0's audit log, null on other ranks.
+  AuditLog* audit() const { return audit_.get(); }
+
+  // CheckCheckpointTenant for this job on this node, with the outcome audited (rank 0):
+  // checkpoint_opened or refusal. Returns the seal to read the checkpoint's files with.
+  StatusOr<CheckpointSeal> CheckCheckpoint(const std::string& dir, CheckpointUse use) const;
+  // Rank 0, after a checkpoint directory is complete: audits checkpoint_written with its files'
+  // SHA-256 (from tenant.textproto when present). No-op on other ranks.
+  Status RecordCheckpointWritten(const std::string& dir) const;
+  // Rank 0: audits the end of the job (ok, or the error). No-op on other ranks.
+  Status RecordJobEnd(const Status& result) const;
+
+ private:
+  Tenancy() = default;
+  ResidencyPolicy policy_;
+  DataPolicy data_policy_;
+  CheckpointSeal seal_;
+  proto::NodeIdentity node_;
+  bool has_node_ = false;
+  std::unique_ptr<AuditLog> audit_;
+};
+
+}  // namespace fjord

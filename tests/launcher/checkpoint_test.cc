@@ -1,0 +1,265 @@
+// Checkpoints and faults, provoked for real: preemption signals, a crash in the middle of a
+// checkpoint write, a full disk, corrupted and foreign checkpoints, non-finite steps, a rank
+// killed with SIGKILL. The oracle for "resumed correctly" is the same job run straight through.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/launcher/cli_util.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using testing::LossTexts;
+using testing::Mpirun;
+using testing::RunFjord;
+using testing::RunResult;
+using testing::Shell;
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("fjord_ckpt_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::mt19937_64 rng(11);
+    static const char* kWords[] = {"north ", "fjord ", "hydro ", "power ", "model ", "data ", "stays ", "home. "};
+    std::string text;
+    while (text.size() < 20000) text += kWords[rng() % 8];
+    std::ofstream(dir_ / "corpus.txt") << text;
+    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::ofstream(dir_ / "job.textproto")
+        << "model { n_layer: 2 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+           "train { micro_batch: 2 global_batch: 8 steps: 20 lr: 3e-3 warmup_steps: 2 threads: 1 }\n"
+           "checkpoint { every_steps: 5 keep_last: 3 }\n"
+           "data { train: \"" + P("data/train_*.bin") + "\" }\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string P(const std::string& name) const { return (dir_ / name).string(); }
+  std::string Train(const std::string& run, const std::string& extra = "") const {
+    return " train " + P("job.textproto") + " --quiet --set run_dir=" + P(run) + " " + extra;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(CheckpointTest, PreemptedAndResumedRunIsBitIdentical) {
+  RunResult r = RunFjord(Train("straight"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<std::string> straight = LossTexts(P("straight/metrics.jsonl"));
+  ASSERT_EQ(straight.size(), 20u);
+
+  // signal_after_step=10 sends SIGTERM to the process itself after step 10: the preemption path.
+  r = testing::Shell("FJORD_TEST_HOOK=signal_after_step=10 " + std::string(FJORD_BINARY) + Train("resumed"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("stopped by a signal after step 10"));
+  ASSERT_EQ(LossTexts(P("resumed/metrics.jsonl")).size(), 10u);
+  r = RunFjord(Train("resumed", "--resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("resumed/metrics.jsonl")), straight);
+  // keep_last: 3 keeps steps 10, 15, 20.
+  std::vector<std::string> kept;
+  for (const auto& e : fs::directory_iterator(P("resumed/checkpoints"))) kept.push_back(e.path().filename());
+  std::sort(kept.begin(), kept.end());
+  EXPECT_EQ(kept, (std::vector<std::string>{"step_000010", "step_000015", "step_000020"}));
+}
+
+TEST_F(CheckpointTest, ZeroOneWithAccumulationResumesBitIdentically) {
+  const std::string zero = "--set parallel.zero_stage=1";
+  RunResult r = Shell(Mpirun(2) + Train("straight", zero));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2, "FJORD_TEST_HOOK=signal_after_step=10") + Train("resumed", zero));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2) + Train("resumed", zero + " --resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("resumed/metrics.jsonl")), LossTexts(P("straight/metrics.jsonl")));
+}
+
+TEST_F(CheckpointTest, ResumesOnAnotherWorldSize) {
+  // 4 ranks write the checkpoint at step 10; 2 ranks continue. Same global batch, so the data
+  // continues from the same global position; only fp32 reduction order differs (see
+  // data_parallel_test.cc for why 1e-4 is the right tolerance).
+  RunResult r = Shell(Mpirun(2) + Train("two"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(4, "FJORD_TEST_HOOK=signal_after_step=10") + Train("mixed", "--set parallel.zero_stage=1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2) + Train("mixed", "--resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("error")));
+  const std::vector<std::string> two = LossTexts(P("two/metrics.jsonl")), mixed = LossTexts(P("mixed/metrics.jsonl"));
+  ASSERT_EQ(mixed.size(), 20u);
+  for (size_t i = 0; i < two.size(); ++i)
+    EXPECT_NEAR(std::stod(mixed[i]), std::stod(two[i]), 1e-4 * std::stod(two[i])) << "step " << i + 1;
+}
+
+TEST_F(CheckpointTest, CrashDuringACheckpointWriteLeavesThePreviousOneLoadable) {
+  RunResult r = RunFjord(Train("straight"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The process dies (exit 3, as if killed) after writing model.bin of step 15.
+  r = Shell("FJORD_TEST_HOOK=crash_in_checkpoint=15 " + std::string(FJORD_BINARY) + Train("crashed"));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_FALSE(fs::exists(P("crashed/checkpoints/step_000015")));
+  r = RunFjord(Train("crashed", "--resume") + " --set train.log_every=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("crashed/metrics.jsonl")), LossTexts(P("straight/metrics.jsonl")));
+}
+
+TEST_F(CheckpointTest, DamagedCheckpointsAreRefusedAndResumeFallsBack) {
+  RunResult r = Shell("FJORD_TEST_HOOK=signal_after_step=15 " + std::string(FJORD_BINARY) + Train("run"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Flip one byte in the newest checkpoint's weights.
+  {
+    std::fstream f(P("run/checkpoints/step_000015/model.bin"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(2000);
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(2000);
+    c ^= 0x10;
+    f.write(&c, 1);
+  }
+  // Truncate the one before it.
+  fs::resize_file(P("run/checkpoints/step_000010/optimizer.bin"), 100);
+  r = RunFjord(Train("run", "--resume --set train.steps=16"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("step_000015/model.bin: sha256"));
+  EXPECT_THAT(r.output, HasSubstr("does not match"));
+  EXPECT_THAT(r.output, HasSubstr("step_000010/optimizer.bin: 100 bytes"));
+  EXPECT_THAT(r.output, HasSubstr("falling back"));
+  EXPECT_EQ(LossTexts(P("run/metrics.jsonl")).size(), 16u);  // 5 kept + 11 from step 5
+
+  // A missing file, and every checkpoint damaged: refused with the reason.
+  fs::remove(P("run/checkpoints/step_000016/manifest.json"));
+  for (const auto& e : fs::directory_iterator(P("run/checkpoints")))
+    if (fs::exists(e.path() / "job.textproto")) fs::remove(e.path() / "job.textproto");
+  r = RunFjord(Train("run", "--resume"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("manifest.json"));
+  EXPECT_THAT(r.output, HasSubstr("job.textproto: missing"));
+  EXPECT_THAT(r.output, HasSubstr("every checkpoint in"));
+}
+
+TEST_F(CheckpointTest, AnotherModelsCheckpointIsRefusedNamingTheField) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=5"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunFjord(Train("run", "--resume --set model.n_embd=64"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model.n_embd is 32 in the checkpoint but 64 in the model"));
+}
+
+TEST_F(CheckpointTest, SecondSignalExitsAtOnce) {
+  // A long run; SIGTERM twice in quick succession: the second ends the process immediately
+  // (exit 128 + 15) instead of waiting for the step and the checkpoint.
+  // Step 2 takes 30 s (a test hook sleeps in it), so both signals arrive inside one step.
+  // exec: the shell becomes fjord, so the signals reach fjord and nothing else.
+  const std::string cmd = "exec env FJORD_TEST_HOOK=sleep_in_step=0:2:30 " + std::string(FJORD_BINARY) +
+                          Train("long", "--set checkpoint.every_steps=0");
+  const auto t0 = std::chrono::steady_clock::now();
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Standard signals do not queue: leave the first one time to be taken before the second.
+  Shell("pkill -TERM -f '[r]un_dir=" + P("long") + "'; sleep 0.3; pkill -TERM -f '[r]un_dir=" + P("long") + "'");
+  char buf[4096];
+  std::string out;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << out;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_FALSE(fs::exists(P("long/checkpoints")));
+}
+
+TEST_F(CheckpointTest, NonFiniteStepAbortsOrIsSkipped) {
+  // ABORT (default): the step, the first non-finite tensor, and the checkpoints stay intact.
+  RunResult r = Shell("FJORD_TEST_HOOK=nan_in_step=7 " + std::string(FJORD_BINARY) +
+                      Train("abort", "--set checkpoint.every_steps=1"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("step 7: loss"));
+  EXPECT_THAT(r.output, HasSubstr("first non-finite gradient on rank 0: ln_f.weight[0]"));
+  EXPECT_THAT(r.output, HasSubstr("train.on_nonfinite: SKIP_STEP"));
+  EXPECT_TRUE(fs::exists(P("abort/checkpoints/step_000006/manifest.json")));
+  EXPECT_FALSE(fs::exists(P("abort/checkpoints/step_000007")));
+  r = RunFjord(Train("abort", "--resume --set train.steps=8"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;  // the last good state loads
+
+  // SKIP_STEP: the step is recorded as skipped, training goes on to the end.
+  r = Shell("FJORD_TEST_HOOK=nan_in_step=7 " + std::string(FJORD_BINARY) +
+            Train("skip", "--set train.on_nonfinite=SKIP_STEP"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream metrics(P("skip/metrics.jsonl"));
+  int skipped = 0, lines = 0;
+  for (std::string line; std::getline(metrics, line); ++lines) skipped += line.find("\"skipped\": true") != std::string::npos;
+  EXPECT_EQ(lines, 20);
+  EXPECT_EQ(skipped, 1);
+}
+
+TEST_F(CheckpointTest, EpochsWrapAndAreRecorded) {
+  // 20000 bytes of text make about 560 windows of 33 tokens; 20 steps of 8 do not wrap, 100 do.
+  RunResult r = RunFjord(Train("epochs", "--set train.steps=100 --set checkpoint.every_steps=0"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream metrics(P("epochs/metrics.jsonl"));
+  std::string first, last;
+  for (std::string line; std::getline(metrics, line);) (first.empty() ? first : last) = line;
+  EXPECT_THAT(first, HasSubstr("\"epoch\": 0"));
+  EXPECT_THAT(last, HasSubstr("\"epoch\": 1"));
+}
+
+TEST_F(CheckpointTest, FullDiskLeavesThePreviousCheckpointIntact) {
+  // A 1 MiB tmpfs holds metrics and one checkpoint of this model (~0.4 MiB) but not two.
+  const std::string mnt = P("tiny");
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  RunResult r = RunFjord(Train("tiny/run", "--set checkpoint.keep_last=0"));
+  const bool had_first = fs::exists(mnt + "/run/checkpoints/step_000005/manifest.json");
+  std::string leftovers;
+  for (const auto& e : fs::directory_iterator(mnt + "/run/checkpoints"))
+    if (e.path().filename().string().find(".tmp.") != std::string::npos) leftovers += e.path().string();
+  umount(mnt.c_str());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("is the disk full?"));
+  EXPECT_THAT(r.output, HasSubstr("the previous checkpoints are intact"));
+  EXPECT_TRUE(had_first);
+  EXPECT_EQ(leftovers, "");
+}
+
+TEST_F(CheckpointTest, KilledRankEndsTheJobNamingIt) {
+  const std::string cmd = Mpirun(2) + Train("killed", "--set train.steps=100000 --set checkpoint.every_steps=0 "
+                                                       "--set parallel.comm_timeout=5");
+  const auto t0 = std::chrono::steady_clock::now();
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  // Rank 1 is the fjord process whose environment says OMPI_COMM_WORLD_RANK=1.
+  Shell("for p in $(pgrep -f '[r]un_dir=" + P("killed") + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ "
+        "2>/dev/null && kill -9 $p; done");
+  const auto killed = std::chrono::steady_clock::now();
+  char buf[4096];
+  std::string out;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  const double after_kill = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("rank 1"));
+  EXPECT_LT(after_kill, 5.0 + 5.0) << out;
+  // Nothing left running ("[r]" keeps pgrep from matching its own shell's command line).
+  EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + P("killed") + "'").output, "");
+  (void)t0;
+}
+
+}  // namespace
+}  // namespace fjord
