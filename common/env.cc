@@ -20,6 +20,14 @@ const EnvVarDoc kEnvVars[] = {
     {"FJORD_TEST_HOOK",
      "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
      "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP; announced on stderr when used"},
+    {"FJORD_NODE_IDENTITY",
+     "tenancy, tests only: read this node's identity from this file instead of /etc/fjord/node.textproto; "
+     "recorded in the audit log as a test override"},
+    {"FJORD_LAUNCH_ID", "tenancy: id of the fjord launch that started the job (set by launch, forwarded with -x); "
+                        "ties rank 0's audit records to launch's"},
+    {"SLURM_JOB_ID", "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "
+                     "writing an sbatch script"},
+    {"SLURM_JOB_NODELIST", "fjord launch --slurm: the nodes of the current Slurm allocation (hostlist syntax)"},
     {nullptr, nullptr},
 };
 
