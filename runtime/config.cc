@@ -16,6 +16,8 @@
 #include <sstream>
 #include <system_error>
 
+#include "runtime/tenancy.h"
+
 namespace fjord {
 namespace {
 
@@ -237,8 +239,18 @@ void RecordLocations(const pb::Message& message, const pb::TextFormat::ParseInfo
   const pb::Reflection* r = message.GetReflection();
   for (int i = 0; i < d->field_count(); ++i) {
     const FieldDescriptor* f = d->field(i);
-    if (f->is_repeated()) continue;  // JobSpec has none; a location would need an index
     const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    if (f->is_repeated()) {
+      // Repeated scalars (the residency lists): each element's location, as "path[i]".
+      if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) continue;
+      for (int k = 0; k < r->FieldSize(message, f); ++k) {
+        const pb::TextFormat::ParseLocation location = tree.GetLocation(f, k);
+        if (location.line >= 0) {
+          (*origins)[path + "[" + std::to_string(k) + "]"] = Location(source, location.line, location.column);
+        }
+      }
+      continue;
+    }
     if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
       const pb::TextFormat::ParseInfoTree* nested = tree.GetTreeForNested(f, -1);
       if (nested != nullptr && r->HasField(message, f)) {
@@ -626,6 +638,42 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
   if (!(par.comm_timeout() > 0) || !Finite(par.comm_timeout())) {
     v.RefuseValue("parallel.comm_timeout",
                   "must be a positive number of seconds; set parallel.comm_timeout, e.g. 300");
+  }
+  // Tenancy (docs/SOVEREIGNTY.md): a tenant needs a residency; residency needs a tenant.
+  const std::string& tenant = job.tenant().id();
+  const proto::ResidencySpec& residency = job.residency();
+  if (!tenant.empty() && !IsValidTenantId(tenant)) {
+    v.RefuseValue("tenant.id",
+                  "is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting with a "
+                  "letter or digit, e.g. \"acme\"");
+  }
+  if (!tenant.empty() && residency.allowed_jurisdictions_size() == 0) {
+    v.Refuse("tenant.id", "tenant.id = \"" + tenant +
+                              "\" has no residency: add residency { allowed_jurisdictions: \"NO\" } with the ISO "
+                              "3166-1 alpha-2 codes of the countries where its ranks, data and checkpoints may be");
+  }
+  if (tenant.empty() && (residency.allowed_jurisdictions_size() > 0 || residency.allowed_sites_size() > 0)) {
+    const std::string first = residency.allowed_jurisdictions_size() > 0 ? "residency.allowed_jurisdictions[0]"
+                                                                          : "residency.allowed_sites[0]";
+    v.Refuse(first,
+             "residency is set but tenant.id is empty: residency is enforced for a tenant only, so it would be "
+             "ignored; add tenant { id: \"...\" } or remove the residency block");
+  }
+  for (int i = 0; i < residency.allowed_jurisdictions_size(); ++i) {
+    const std::string& code = residency.allowed_jurisdictions(i);
+    if (std::string problem = JurisdictionProblem(code); !problem.empty()) {
+      v.Refuse("residency.allowed_jurisdictions[" + std::to_string(i) + "]",
+               "residency.allowed_jurisdictions \"" + code + "\" " + problem);
+    }
+  }
+  for (int i = 0; i < residency.allowed_sites_size(); ++i) {
+    const std::string& site = residency.allowed_sites(i);
+    if (!IsValidSiteName(site)) {
+      v.Refuse("residency.allowed_sites[" + std::to_string(i) + "]",
+               "residency.allowed_sites \"" + site +
+                   "\" is not a site name: use 1 to 64 letters, digits, '.', '_' or '-', as the inventory names "
+                   "sites");
+    }
   }
   if (job.run_dir().empty()) {
     v.Refuse("run_dir",

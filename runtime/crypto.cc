@@ -155,12 +155,6 @@ std::string Sha256::FinishHex() {
   return Hex(digest, n);
 }
 
-std::string Sha256Hex(std::string_view data) {
-  Sha256 h;
-  h.Update(data.data(), data.size());
-  return h.FinishHex();
-}
-
 StatusOr<std::string> Sha256OfFile(const std::string& path, const std::string& what) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {

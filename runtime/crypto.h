@@ -31,8 +31,7 @@
 
 namespace fjord {
 
-// Lower-case hex SHA-256 of `data`.
-std::string Sha256Hex(std::string_view data);
+// Sha256Hex(bytes) for a buffer lives in runtime/file_util.h (included above).
 
 // Incremental SHA-256. Not thread-safe; one owner.
 class Sha256 {

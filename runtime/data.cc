@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -24,6 +25,9 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "runtime/crypto.h"
+#include "runtime/file_util.h"
+#include "runtime/tenancy.h"
 
 namespace fjord {
 namespace {
@@ -209,30 +213,20 @@ Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens) {
   return OkStatus();
 }
 
-StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_size) {
-  const std::string what = "shard " + path;
-  File file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (file.get() < 0) {
-    if (errno == ENOENT) return NotFound(what + ": no such file; check the path, or " + kPrepHint);
-    return FailedPrecondition(what + ": cannot open it: " + ErrnoText() + "; check its permissions");
-  }
-  struct stat st;
-  if (::fstat(file.get(), &st) != 0) return FailedPrecondition(what + ": cannot stat it: " + ErrnoText());
-  if (!S_ISREG(st.st_mode)) {
-    return InvalidArgument(what +
-                           " is not a regular file; point data.train / data.val at the .bin shard files");
-  }
-  const int64_t size = st.st_size;
+namespace {
+
+// The file-size check of a shard: at least a header.
+Status CheckShardSize(int64_t size, const std::string& what) {
   if (size < kHeaderBytes) {
     return DataLoss(what + ": the file has " + std::to_string(size) + " bytes, shorter than the " +
                     std::to_string(kHeaderBytes) + "-byte header: not an llm.c token shard, or truncated; " +
                     kPrepHint);
   }
-  uint8_t header[kHeaderBytes];
-  if (!ReadAll(file.get(), header, sizeof(header))) {
-    return DataLoss(what +
-                    ": cannot read the header: " + (errno ? ErrnoText() : "file shrank while reading"));
-  }
+  return OkStatus();
+}
+
+// Magic, version and count of a shard `size` bytes long; sets *count.
+Status CheckShardHeader(const uint8_t* header, int64_t size, const std::string& what, int32_t* count_out) {
   const int32_t magic = GetLe32(header);
   const int32_t version = GetLe32(header + 4);
   const int32_t count = GetLe32(header + 8);
@@ -257,11 +251,12 @@ StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_siz
                     " bytes: truncated or corrupt; "
                     "re-create the shard with `fjord prep`");
   }
-  std::vector<uint16_t> tokens(static_cast<size_t>(count));
-  if (!ReadAll(file.get(), reinterpret_cast<uint8_t*>(tokens.data()), tokens.size() * 2)) {
-    return DataLoss(what +
-                    ": cannot read the tokens: " + (errno ? ErrnoText() : "file shrank while reading"));
-  }
+  *count_out = count;
+  return OkStatus();
+}
+
+// Converts little-endian tokens in place and checks them against the vocabulary.
+Status CheckShardTokens(std::vector<uint16_t>& tokens, const std::string& what, int vocab_size) {
   if constexpr (std::endian::native == std::endian::big) {
     for (uint16_t& t : tokens) t = static_cast<uint16_t>((t >> 8) | (t << 8));
   }
@@ -275,6 +270,52 @@ StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_siz
           "fjord prep with the right tokenizer or raise model.vocab_size)");
     }
   }
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_size) {
+  const std::string what = "shard " + path;
+  File file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (file.get() < 0) {
+    if (errno == ENOENT) return NotFound(what + ": no such file; check the path, or " + kPrepHint);
+    return FailedPrecondition(what + ": cannot open it: " + ErrnoText() + "; check its permissions");
+  }
+  struct stat st;
+  if (::fstat(file.get(), &st) != 0) return FailedPrecondition(what + ": cannot stat it: " + ErrnoText());
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgument(what +
+                           " is not a regular file; point data.train / data.val at the .bin shard files");
+  }
+  const int64_t size = st.st_size;
+  FJORD_RETURN_IF_ERROR(CheckShardSize(size, what));
+  uint8_t header[kHeaderBytes];
+  if (!ReadAll(file.get(), header, sizeof(header))) {
+    return DataLoss(what +
+                    ": cannot read the header: " + (errno ? ErrnoText() : "file shrank while reading"));
+  }
+  int32_t count = 0;
+  FJORD_RETURN_IF_ERROR(CheckShardHeader(header, size, what, &count));
+  std::vector<uint16_t> tokens(static_cast<size_t>(count));
+  if (!ReadAll(file.get(), reinterpret_cast<uint8_t*>(tokens.data()), tokens.size() * 2)) {
+    return DataLoss(what +
+                    ": cannot read the tokens: " + (errno ? ErrnoText() : "file shrank while reading"));
+  }
+  FJORD_RETURN_IF_ERROR(CheckShardTokens(tokens, what, vocab_size));
+  return tokens;
+}
+
+StatusOr<std::vector<uint16_t>> DecodeShard(std::string_view bytes, const std::string& path, int vocab_size) {
+  const std::string what = "shard " + path;
+  const int64_t size = static_cast<int64_t>(bytes.size());
+  FJORD_RETURN_IF_ERROR(CheckShardSize(size, what));
+  const uint8_t* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  int32_t count = 0;
+  FJORD_RETURN_IF_ERROR(CheckShardHeader(data, size, what, &count));
+  std::vector<uint16_t> tokens(static_cast<size_t>(count));
+  std::memcpy(tokens.data(), data + kHeaderBytes, tokens.size() * 2);
+  FJORD_RETURN_IF_ERROR(CheckShardTokens(tokens, what, vocab_size));
   return tokens;
 }
 
@@ -339,7 +380,7 @@ class DataLoader::EpochOrders {
 };
 
 StatusOr<DataLoader> DataLoader::Open(const std::string& pattern, const std::string& what, int vocab_size,
-                                      int seq_len, uint64_t seed, bool shuffle) {
+                                      int seq_len, uint64_t seed, bool shuffle, const DataPolicy* policy) {
   if (seq_len < 1) {
     return InvalidArgument(what + ": sequence length " + std::to_string(seq_len) +
                            " must be at least 1; set "
@@ -348,11 +389,27 @@ StatusOr<DataLoader> DataLoader::Open(const std::string& pattern, const std::str
   DataLoader loader;
   FJORD_ASSIGN_OR_RETURN(loader.files_, ExpandShardGlob(pattern, what));
   std::vector<size_t> counts;
-  for (const std::string& file : loader.files_) {
-    StatusOr<std::vector<uint16_t>> shard = ReadShard(file, vocab_size);
-    if (!shard.ok()) return shard.status().WithContext(what);
-    counts.push_back(shard->size());
-    loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
+  if (policy != nullptr && policy->enabled) {
+    // The data gate: every manifest first, then each shard read once, verified, decoded.
+    FJORD_ASSIGN_OR_RETURN(const std::vector<ShardExpectation> expected,
+                           CheckShardManifests(loader.files_, what, *policy));
+    for (const ShardExpectation& e : expected) {
+      StatusOr<std::string> bytes = ReadWholeFile(e.path, "shard");
+      if (!bytes.ok()) return bytes.status().WithContext(what);
+      FJORD_RETURN_IF_ERROR(VerifyShardBytes(e, *bytes, what, *policy));
+      StatusOr<std::vector<uint16_t>> shard = DecodeShard(*bytes, e.path, vocab_size);
+      if (!shard.ok()) return shard.status().WithContext(what);
+      FJORD_RETURN_IF_ERROR(VerifyShardTokens(e, static_cast<int64_t>(shard->size()), what));
+      counts.push_back(shard->size());
+      loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
+    }
+  } else {
+    for (const std::string& file : loader.files_) {
+      StatusOr<std::vector<uint16_t>> shard = ReadShard(file, vocab_size);
+      if (!shard.ok()) return shard.status().WithContext(what);
+      counts.push_back(shard->size());
+      loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
+    }
   }
   const uint64_t n = loader.tokens_.size();
   const uint64_t t = static_cast<uint64_t>(seq_len);
@@ -403,6 +460,69 @@ void DataLoader::Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) 
   }
 }
 
+namespace {
+
+// The tenancy options of `fjord prep`, checked before anything is read or written.
+Status CheckPrepTenancy(const PrepOptions& options) {
+  const std::string what = "fjord prep";
+  if (options.tenant.empty()) {
+    if (!options.allowed_jurisdictions.empty() || !options.allowed_sites.empty()) {
+      return InvalidArgument(what + ": --jurisdiction / --site without --tenant: residency belongs to a tenant; add "
+                                    "--tenant ID (the tenant.id of the jobs that will read the data)");
+    }
+    std::error_code ec;
+    const fs::path manifest = fs::path(options.out_dir) / kManifestName;
+    if (fs::exists(manifest, ec)) {
+      return FailedPrecondition(what + ": " + manifest.string() +
+                                " is left from an earlier prep for a tenant; shards written without --tenant would "
+                                "not match it. Pass --tenant ID --jurisdiction CC, or choose another output "
+                                "directory");
+    }
+    return OkStatus();
+  }
+  if (!IsValidTenantId(options.tenant)) {
+    return InvalidArgument(what + ": --tenant \"" + options.tenant +
+                           "\" is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting "
+                           "with a letter or digit (the tenant.id of the jobs that will read the data)");
+  }
+  if (options.allowed_jurisdictions.empty()) {
+    return InvalidArgument(what + ": --tenant " + options.tenant +
+                           " needs --jurisdiction CC[,CC...]: the ISO 3166-1 alpha-2 codes of the countries where "
+                           "the data may be opened, e.g. --jurisdiction NO");
+  }
+  for (const std::string& j : options.allowed_jurisdictions) {
+    if (std::string p = JurisdictionProblem(j); !p.empty()) {
+      return InvalidArgument(what + ": --jurisdiction \"" + j + "\" " + p);
+    }
+  }
+  for (const std::string& site : options.allowed_sites) {
+    if (!IsValidSiteName(site)) {
+      return InvalidArgument(what + ": --site \"" + site +
+                             "\" is not a site name (1 to 64 letters, digits, '.', '_', '-')");
+    }
+  }
+  // Prep reads the tenant's raw text: on a provisioned node, refuse to do that outside the residency.
+  bool overridden = false;
+  const std::string identity_path = NodeIdentityPath(&overridden);
+  std::error_code ec;
+  if (overridden || fs::exists(identity_path, ec)) {
+    StatusOr<LocalNode> node = ReadNodeIdentity();
+    if (!node.ok()) return node.status().WithContext(what + " --tenant " + options.tenant);
+    ResidencyPolicy policy{options.tenant, options.allowed_jurisdictions, options.allowed_sites};
+    if (std::string why = policy.WhyNot(node->identity.jurisdiction(), node->identity.site()); !why.empty()) {
+      return FailedPrecondition(what + ": this node (" + node->hostname + ", jurisdiction " +
+                                node->identity.jurisdiction() + ", site " + node->identity.site() + ", from " +
+                                node->path + ") is outside the residency given for tenant " + options.tenant + " (" +
+                                policy.Describe() + "): " + why +
+                                ". Tokenizing the tenant's text here would process its data outside its "
+                                "jurisdictions; run fjord prep on a node inside them");
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
 StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& tokenizer) {
   const std::string what = "fjord prep";
   if (!(options.val_fraction >= 0 && options.val_fraction < 1)) {
@@ -427,6 +547,7 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
                            " ids but shards store uint16 (at most 65536); "
                            "use a smaller tokenizer");
   }
+  FJORD_RETURN_IF_ERROR(CheckPrepTenancy(options));
 
   std::error_code ec;
   const fs::file_status input_status = fs::status(options.input, ec);
@@ -518,10 +639,52 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
     }
     return OkStatus();
   };
+  // A manifest left from an earlier tenant prep must never describe the new shards, even if this
+  // prep fails half-way: remove it first; without one, a tenant job refuses the shards.
+  if (!options.tenant.empty()) {
+    fs::remove(fs::path(options.out_dir) / kManifestName, ec);
+    if (ec) {
+      return FailedPrecondition(what + ": cannot remove the old " + (fs::path(options.out_dir) / kManifestName).string() +
+                                ": " + ec.message());
+    }
+  }
   FJORD_RETURN_IF_ERROR(write(result.train_files, 0, n_train));
   FJORD_RETURN_IF_ERROR(write(result.val_files, n_train, n));
   result.train_tokens = n_train;
   result.val_tokens = n_val;
+  if (!options.tenant.empty()) {
+    proto::DataManifest manifest;
+    manifest.set_version(1);
+    manifest.set_tenant(options.tenant);
+    for (const std::string& j : options.allowed_jurisdictions) manifest.add_allowed_jurisdictions(j);
+    for (const std::string& site : options.allowed_sites) manifest.add_allowed_sites(site);
+    manifest.set_tokenizer(tokenizer.name());
+    manifest.set_source_sha256(Sha256Hex(text.str()));
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    manifest.set_created_at(stamp);
+    manifest.set_created_on_host(ThisHostname());
+    auto add = [&](const std::vector<std::string>& files, int64_t begin, int64_t end) -> Status {
+      for (size_t i = 0; i < files.size(); ++i) {
+        const int64_t from = begin + static_cast<int64_t>(i) * per;
+        const int64_t to = std::min(end, from + per);
+        FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(files[i], "shard"));
+        proto::ShardDigest* d = manifest.add_shard();
+        d->set_name(fs::path(files[i]).filename().string());
+        d->set_sha256(digest);
+        d->set_tokens(to - from);
+        d->set_bytes(kHeaderBytes + 2 * (to - from));
+      }
+      return OkStatus();
+    };
+    FJORD_RETURN_IF_ERROR(add(result.train_files, 0, n_train).WithContext(what));
+    FJORD_RETURN_IF_ERROR(add(result.val_files, n_train, n).WithContext(what));
+    FJORD_RETURN_IF_ERROR(WriteDataManifest(options.out_dir, manifest).WithContext(what));
+    result.manifest_path = (fs::path(options.out_dir) / kManifestName).string();
+  }
   return result;
 }
 

@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
+#include "runtime/manifest.h"
 #include "runtime/tokenizer.h"
 
 namespace fjord {
@@ -26,6 +28,10 @@ Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens);
 // < vocab_size. A refusal names the path and, for a bad token, its index and byte offset in the
 // file, and says what to do (re-run fjord prep, or fix the job's model.vocab_size).
 StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_size);
+
+// ReadShard's checks on a shard already in memory (`bytes`, read from `path`): what the data gate
+// uses, so that the bytes whose SHA-256 was verified are the bytes decoded. Same messages.
+StatusOr<std::vector<uint16_t>> DecodeShard(std::string_view bytes, const std::string& path, int vocab_size);
 
 // Expands a path or glob to the sorted list of matching files; no match is an error naming the
 // pattern (and the field it came from, `what`, e.g. "data.train").
@@ -58,8 +64,12 @@ class DataLoader {
  public:
   // Opens and validates every shard of `pattern`. Refuses a dataset with fewer than
   // seq_len + 1 tokens with a message naming `what`, the files and the sizes.
+  // With an enabled `policy` (a job with a tenant: Tenancy::data_policy()), the data gate runs
+  // first: every shard's manifest is checked before any shard is read, then each shard is read
+  // once, its SHA-256 verified and those bytes decoded (runtime/manifest.h). null or disabled:
+  // no gate, as for jobs without a tenant.
   static StatusOr<DataLoader> Open(const std::string& pattern, const std::string& what, int vocab_size,
-                                   int seq_len, uint64_t seed, bool shuffle);
+                                   int seq_len, uint64_t seed, bool shuffle, const DataPolicy* policy = nullptr);
 
   // Writes sequences [first, first + B) of the global stream: inputs[B*T] and targets[B*T]
   // (targets are inputs shifted by one token). B >= 0; the loader must come from Open.
@@ -92,6 +102,13 @@ struct PrepOptions {
   std::string out_dir;                 // created if missing
   double val_fraction = 0.1;           // the last fraction of the text becomes val_000000.bin
   int64_t shard_tokens = 100'000'000;  // tokens per shard at most
+  // Tenancy (`fjord prep --tenant ID --jurisdiction NO[,SE] [--site S]`): with a tenant, prep
+  // writes DIR/manifest.textproto naming the tenant, where the shards may be opened and each
+  // shard's SHA-256 and token count, and refuses to run on a node whose identity file places it
+  // outside those jurisdictions. Empty tenant: no manifest (jurisdictions and sites must be empty).
+  std::string tenant = "";
+  std::vector<std::string> allowed_jurisdictions = {};  // ISO 3166-1 alpha-2, e.g. {"NO"}
+  std::vector<std::string> allowed_sites = {};          // empty = any site
 };
 
 struct PrepResult {
@@ -99,11 +116,16 @@ struct PrepResult {
   std::vector<std::string> val_files;
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
+  std::string manifest_path;  // "" without a tenant
 };
 
 // `fjord prep`: tokenizes options.input with `tokenizer` and writes DIR/train_NNNNNN.bin and
 // DIR/val_NNNNNN.bin. Refuses an empty input, a val_fraction outside [0, 1), and a split that
 // leaves the train or val part (when val_fraction > 0) with fewer than 2 tokens.
+// Tenancy refusals (before anything is written): an invalid tenant id, a tenant without
+// jurisdictions, a code that is not ISO 3166-1 alpha-2, jurisdictions or sites without a tenant,
+// a node identity outside the jurisdictions, and (without a tenant) a directory that holds a
+// manifest from an earlier tenant prep.
 StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& tokenizer);
 
 }  // namespace fjord

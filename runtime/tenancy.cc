@@ -49,7 +49,12 @@ bool Contains(const std::vector<std::string>& items, std::string_view x) {
   return std::find(items.begin(), items.end(), x) != items.end();
 }
 
-std::string Quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+std::string Quoted(std::string_view s) {
+  std::string out = "\"";
+  out += s;
+  out += '"';
+  return out;
+}
 
 std::string UtcNow() {
   const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
@@ -71,7 +76,10 @@ std::string ModeText(mode_t mode) {
 // A JSON array of strings.
 std::string JsonList(const std::vector<std::string>& items) {
   std::string out = "[";
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + JsonQuote(items[i]);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += JsonQuote(items[i]);
+  }
   return out + "]";
 }
 
@@ -537,6 +545,19 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     t->node_ = gate.node.identity;
     t->has_node_ = true;
   }
+  // The checkpoint key first: a job that cannot seal its checkpoints must not start.
+  StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
+  if (!seal.ok()) {
+    if (rank == 0) {
+      StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(AuditPathFor(job), "rank0@" + host);
+      if (audit.ok()) {
+        (void)(*audit)->Append("refusal", AuditRecord().Str("gate", "checkpoint_key").Str("message",
+                                                                                        seal.status().message()));
+      }
+    }
+    return seal.status();
+  }
+  t->seal_ = std::move(*seal);
 
   // This rank's identity check, as one JSON object in a fixed-size slot.
   AuditRecord mine;
@@ -549,7 +570,9 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
         .Bool("override", gate.node.overridden)
         .Bool("allowed", true);
   }
-  std::string slot = "{" + mine.text().substr(1) + "}";
+  std::string slot = mine.text();
+  slot[0] = '{';  // the fields start with ','
+  slot += '}';
   if (slot.size() >= kIdentityRecordBytes) return Internal("rank identity record too long: a bug in fjord");
   slot.resize(kIdentityRecordBytes, '\0');
   std::string all(kIdentityRecordBytes * static_cast<size_t>(world), '\0');
@@ -631,7 +654,6 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     return FailedPrecondition(message);
   }
 
-  FJORD_ASSIGN_OR_RETURN(t->seal_, CheckpointSealFor(job));
   t->seal_.node = t->node_;
   DataPolicy& dp = t->data_policy_;
   dp.enabled = t->policy_.enabled();

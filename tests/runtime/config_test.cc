@@ -37,6 +37,10 @@ void ExpectDefaults(const pb::Message& message, const std::string& prefix, const
     const pb::FieldDescriptor* f = d->field(i);
     const std::string path = prefix + f->name();
     SCOPED_TRACE(path);
+    if (f->is_repeated()) {  // lists (residency) have no default to make explicit: they start empty
+      EXPECT_EQ(r->FieldSize(message, f), 0);
+      continue;
+    }
     EXPECT_TRUE(r->HasField(message, f)) << path << " is not explicit";
     switch (f->cpp_type()) {
       case pb::FieldDescriptor::CPPTYPE_MESSAGE:
@@ -73,6 +77,7 @@ int CountScalarFields(const pb::Descriptor* d) {
   int n = 0;
   for (int i = 0; i < d->field_count(); ++i) {
     const pb::FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) continue;  // an empty list prints nothing
     n += f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE ? CountScalarFields(f->message_type()) : 1;
   }
   return n;
@@ -125,6 +130,27 @@ TEST(ConfigParse, RoundTripsThroughText) {
   ASSERT_TRUE(second.ok()) << second.status().message();
   EXPECT_TRUE(pb::util::MessageDifferencer::Equals(first.value(), second.value())) << printed;
   EXPECT_EQ(JobSpecToText(second.value()), printed);
+}
+
+TEST(ConfigParse, TenancyFieldsParseAndRoundTrip) {
+  const std::string text =
+      "data { train: \"data/train_*.bin\" allow_unmanifested: true }\n"
+      "tenant { id: \"acme\" }\n"
+      "residency { allowed_jurisdictions: [\"NO\", \"SE\"] allowed_sites: \"osl1\" }\n";
+  StatusOr<proto::JobSpec> job = Parse(text);
+  ASSERT_TRUE(job.ok()) << job.status().message();
+  EXPECT_EQ(job->tenant().id(), "acme");
+  ASSERT_EQ(job->residency().allowed_jurisdictions_size(), 2);
+  EXPECT_EQ(job->residency().allowed_jurisdictions(1), "SE");
+  EXPECT_TRUE(job->data().allow_unmanifested());
+  EXPECT_EQ(job->audit_log(), "");
+  StatusOr<proto::JobSpec> again = ParseJobSpec(JobSpecToText(job.value()), "printed", {});
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_TRUE(pb::util::MessageDifferencer::Equals(job.value(), again.value()));
+  // A job without a tenant block has tenancy off and stays valid.
+  StatusOr<proto::JobSpec> plain = Parse(kMinimal, {"tenant.id="});
+  ASSERT_TRUE(plain.ok()) << plain.status().message();
+  EXPECT_EQ(plain->tenant().id(), "");
 }
 
 TEST(ConfigParse, TrainSeqLenFallsBackToTheModel) {
@@ -508,6 +534,44 @@ INSTANTIATE_TEST_SUITE_P(
                 std::string("run_dir: \"\"\n") + kMinimal,
                 {},
                 {"job.textproto:1:1: run_dir is empty", "set it, e.g. run_dir: \"runs/my_job\""}},
+        Refusal{"TenantIdInvalid",
+                "tenant {\n  id: \"Acme Corp\"\n}\nresidency { allowed_jurisdictions: \"NO\" }\n" +
+                    std::string(kMinimal),
+                {},
+                {kAt, "tenant.id = \"Acme Corp\" is not a tenant id", "lower-case letters, digits", "e.g. \"acme\""}},
+        Refusal{"TenantWithoutResidency",
+                InBlock("tenant", "id", "\"acme\""),
+                {},
+                {kAt, "tenant.id = \"acme\" has no residency",
+                 "add residency { allowed_jurisdictions: \"NO\" } with the ISO 3166-1 alpha-2 codes"}},
+        Refusal{"ResidencyWithoutTenant",
+                InBlock("residency", "allowed_jurisdictions", "\"NO\""),
+                {},
+                {kAt, "residency is set but tenant.id is empty", "add tenant { id: \"...\" } or remove the residency"}},
+        Refusal{"JurisdictionLowerCase",
+                "residency {\n  allowed_jurisdictions: \"no\"\n}\ntenant { id: \"acme\" }\n" +
+                    std::string(kMinimal),
+                {},
+                {kAt, "residency.allowed_jurisdictions \"no\" is not upper case; write \"NO\""}},
+        Refusal{"JurisdictionNotIso",
+                "tenant { id: \"acme\" }\nresidency {\n  allowed_jurisdictions: \"NO\"\n  allowed_jurisdictions: \"XK\"\n}\n" +
+                    std::string(kMinimal),
+                {},
+                {"job.textproto:4:3: ", "residency.allowed_jurisdictions \"XK\" is not an ISO 3166-1 alpha-2 country code"}},
+        Refusal{"JurisdictionThreeLetters",
+                "residency {\n  allowed_jurisdictions: \"NOR\"\n}\ntenant { id: \"acme\" }\n" +
+                    std::string(kMinimal),
+                {},
+                {kAt, "\"NOR\" has 3 letters", "\"NO\" for Norway"}},
+        Refusal{"SiteInvalid",
+                "residency {\n  allowed_sites: \"oslo 1\"\n  allowed_jurisdictions: \"NO\"\n}\ntenant { id: \"acme\" }\n" +
+                    std::string(kMinimal),
+                {},
+                {kAt, "residency.allowed_sites \"oslo 1\" is not a site name"}},
+        Refusal{"ResidencyCannotBeSetOnTheCommandLine",
+                std::string("tenant { id: \"acme\" }\n") + kMinimal,
+                {"residency.allowed_jurisdictions=SE"},
+                {"--set residency.allowed_jurisdictions=SE: ", "is a repeated field", "edit the job file instead"}},
         Refusal{"DefaultNamedAsDefault",
                 kMinimal,
                 {"model.n_head=7"},

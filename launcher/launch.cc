@@ -1,0 +1,774 @@
+// `fjord launch` and `fjord audit verify`. Placement is a pure function of inventory, residency
+// and rank count; every side effect (files, audit records, the child process) happens in
+// RunLaunch after the plan is complete, so a refusal leaves nothing behind but its audit record.
+#include "launcher/launch.h"
+
+#include <google/protobuf/text_format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
+
+#include "common/env.h"
+#include "runtime/config.h"
+#include "runtime/file_util.h"
+#include "runtime/json.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+namespace pb = google::protobuf;
+
+constexpr char kInventorySchema[] = "proto/inventory.proto";
+
+bool IsHostName(std::string_view s) {
+  if (s.empty() || s.size() > 253) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' || c == ':';
+  });
+}
+
+bool IsInterfaceName(std::string_view s) {
+  if (s.empty() || s.size() > 15) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' || c == ':';
+  });
+}
+
+bool Contains(const std::vector<std::string>& v, std::string_view x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+std::string Plural(int n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+std::string ThisExecutable() {
+  std::error_code ec;
+  const fs::path p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string("fjord") : p.string();
+}
+
+std::string NewLaunchId() {
+  std::random_device rd;
+  char buf[20];
+  std::snprintf(buf, sizeof(buf), "%08x%08x", rd(), rd());
+  return buf;
+}
+
+std::string ShellQuote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+=/.,:@%^") ==
+                        std::string::npos) {
+    return s;
+  }
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+// The nodes section of launch_plan: {"no1": {"jurisdiction": "NO", ...}, ...}.
+std::string NodesJson(const Placement& p) {
+  std::string out = "{";
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const PlacedNode& n = p.nodes[i];
+    if (i > 0) out += ",";
+    out += JsonQuote(n.node.hostname()) + ":{\"jurisdiction\":" + JsonQuote(n.node.jurisdiction()) +
+           ",\"site\":" + JsonQuote(n.node.site()) + ",\"address\":" + JsonQuote(n.address) +
+           ",\"ranks\":" + std::to_string(n.ranks) + ",\"interface\":" + JsonQuote(n.interface) + "}";
+  }
+  return out + "}";
+}
+
+std::string ExcludedJson(const Placement& p) {
+  std::string out = "[";
+  for (size_t i = 0; i < p.excluded.size(); ++i) {
+    if (i > 0) out += ",";
+    out += "{\"hostname\":" + JsonQuote(p.excluded[i].hostname) + ",\"reason\":" + JsonQuote(p.excluded[i].reason) + "}";
+  }
+  return out + "]";
+}
+
+std::string JsonStrings(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i > 0) out += ",";
+    out += JsonQuote(v[i]);
+  }
+  return out + "]";
+}
+
+// The child process currently run by RunLaunch, for forwarding SIGTERM.
+volatile sig_atomic_t g_child = 0;
+void ForwardTerm(int sig) {
+  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), sig);
+}
+
+// Runs argv and waits; returns its exit code (128 + signal when killed, 127 when it cannot start).
+int RunChild(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    std::fprintf(stderr, "fjord launch: error: cannot fork to run %s: %s\n", argv[0].c_str(), std::strerror(errno));
+    return 1;
+  }
+  if (pid == 0) {
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);
+    ::execvp(args[0], args.data());
+    std::fprintf(stderr, "fjord launch: error: cannot run %s: %s; install it or pass --mpirun PATH\n", args[0],
+                 std::strerror(errno));
+    ::_exit(127);
+  }
+  // The terminal's Ctrl-C reaches mpirun too, which ends the job; launch waits to record the exit.
+  struct sigaction ignore {}, forward {}, old_int {}, old_term {};
+  ignore.sa_handler = SIG_IGN;
+  forward.sa_handler = ForwardTerm;
+  g_child = pid;
+  ::sigaction(SIGINT, &ignore, &old_int);
+  ::sigaction(SIGTERM, &forward, &old_term);
+  int status = 0;
+  pid_t r;
+  do {
+    r = ::waitpid(pid, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  g_child = 0;
+  if (r < 0) return 1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+}  // namespace
+
+// ---- Inventory ------------------------------------------------------------------------------
+
+StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::string& source) {
+  proto::Inventory inv;
+  pb::TextFormat::ParseInfoTree tree;
+  FJORD_RETURN_IF_ERROR(ParseTextProto(text, source, &inv, kInventorySchema, &tree));
+  std::vector<std::string> errors;
+  const pb::FieldDescriptor* node_field = proto::Inventory::descriptor()->FindFieldByName("node");
+  const pb::FieldDescriptor* tenant_field = proto::Inventory::descriptor()->FindFieldByName("tenant");
+  if (inv.node_size() == 0) {
+    errors.push_back(source + ": the inventory lists no nodes: add node { hostname: \"...\" address: \"...\" "
+                              "jurisdiction: \"NO\" site: \"...\" slots: N } blocks (see " + std::string(kInventorySchema) +
+                     ")");
+  }
+  if (!inv.interface().empty() && !IsInterfaceName(inv.interface())) {
+    errors.push_back(FieldLocation(source, &tree, inv, "interface") + ": interface \"" + inv.interface() +
+                     "\" is not a network interface name (at most 15 letters, digits, '.', '-', '_', ':')");
+  }
+  std::map<std::string, std::string> hostnames, addresses;  // name -> where first seen
+  for (int i = 0; i < inv.node_size(); ++i) {
+    const proto::InventoryNode& n = inv.node(i);
+    const pb::TextFormat::ParseInfoTree* t = tree.GetTreeForNested(node_field, i);
+    const std::string block = FieldLocation(source, &tree, inv, "node", i);
+    auto at = [&](const char* field) {
+      const std::string loc = FieldLocation(source, t, n, field);
+      return loc == source ? block : loc;
+    };
+    const std::string label = "node " + std::to_string(i + 1) + (n.hostname().empty() ? "" : " (" + n.hostname() + ")");
+    if (!IsHostName(n.hostname())) {
+      errors.push_back(at("hostname") + ": " + label + ": hostname \"" + n.hostname() +
+                       "\" is missing or not a host name: write the name `hostname` prints on that node");
+    } else if (auto [it, fresh] = hostnames.emplace(n.hostname(), at("hostname")); !fresh) {
+      errors.push_back(at("hostname") + ": " + label + ": hostname \"" + n.hostname() + "\" is listed twice (first at " +
+                       it->second + "); each node appears once");
+    }
+    const std::string address = n.address().empty() ? n.hostname() : n.address();
+    if (!n.address().empty() && !IsHostName(n.address())) {
+      errors.push_back(at("address") + ": " + label + ": address \"" + n.address() +
+                       "\" is not an IP address or host name");
+    } else if (!address.empty()) {
+      if (auto [it, fresh] = addresses.emplace(address, at("address")); !fresh) {
+        errors.push_back(at("address") + ": " + label + ": address \"" + address +
+                         "\" is used by another node too (first at " + it->second + "); addresses must be unique");
+      }
+    }
+    if (std::string p = JurisdictionProblem(n.jurisdiction()); !p.empty()) {
+      errors.push_back(at("jurisdiction") + ": " + label + ": jurisdiction \"" + n.jurisdiction() + "\" " + p);
+    }
+    if (!IsValidSiteName(n.site())) {
+      errors.push_back(at("site") + ": " + label + ": site \"" + n.site() +
+                       "\" is missing or not a site name (1 to 64 letters, digits, '.', '_', '-')");
+    }
+    if (n.slots() < 1) {
+      errors.push_back(at("slots") + ": " + label + ": slots = " + std::to_string(n.slots()) +
+                       " must be at least 1 (the ranks the node takes, usually its GPUs); or set drain: true");
+    }
+    if (n.gpus() < 0) errors.push_back(at("gpus") + ": " + label + ": gpus = " + std::to_string(n.gpus()) + " is negative");
+    if (!n.interface().empty() && !IsInterfaceName(n.interface())) {
+      errors.push_back(at("interface") + ": " + label + ": interface \"" + n.interface() +
+                       "\" is not a network interface name (at most 15 letters, digits, '.', '-', '_', ':')");
+    }
+    for (int k = 0; k < n.labels_size(); ++k) {
+      if (n.labels(k).empty() || n.labels(k).find_first_of(" \t,&|()[]") != std::string::npos) {
+        errors.push_back(FieldLocation(source, t, n, "labels", k) + ": " + label + ": label \"" + n.labels(k) +
+                         "\" must be non-empty without spaces or , & | ( ) [ ] (labels are Slurm features)");
+      }
+    }
+  }
+  std::set<std::string> tenants;
+  for (int i = 0; i < inv.tenant_size(); ++i) {
+    const proto::TenantPolicy& tp = inv.tenant(i);
+    const pb::TextFormat::ParseInfoTree* t = tree.GetTreeForNested(tenant_field, i);
+    const std::string block = FieldLocation(source, &tree, inv, "tenant", i);
+    if (!IsValidTenantId(tp.id())) {
+      errors.push_back(block + ": tenant \"" + tp.id() + "\" is missing or not a tenant id (lower-case letters, "
+                                                         "digits, '.', '_', '-')");
+    } else if (!tenants.insert(tp.id()).second) {
+      errors.push_back(block + ": tenant \"" + tp.id() + "\" is listed twice");
+    }
+    if (tp.allowed_jurisdictions_size() == 0) {
+      errors.push_back(block + ": tenant \"" + tp.id() + "\" has no allowed_jurisdictions: it could run nowhere");
+    }
+    for (int k = 0; k < tp.allowed_jurisdictions_size(); ++k) {
+      if (std::string p = JurisdictionProblem(tp.allowed_jurisdictions(k)); !p.empty()) {
+        errors.push_back(FieldLocation(source, t, tp, "allowed_jurisdictions", k) + ": tenant \"" + tp.id() +
+                         "\": allowed_jurisdictions \"" + tp.allowed_jurisdictions(k) + "\" " + p);
+      }
+    }
+  }
+  if (!errors.empty()) {
+    std::string all;
+    for (size_t i = 0; i < errors.size(); ++i) all += (i ? "\n" : "") + errors[i];
+    return InvalidArgument(all);
+  }
+  return inv;
+}
+
+StatusOr<proto::Inventory> LoadInventory(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return NotFound("inventory " + path + ": no such file; check --inventory");
+  FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "inventory"));
+  return ParseInventory(text, path);
+}
+
+// ---- Placement ------------------------------------------------------------------------------
+
+StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::string& inventory_source,
+                               const ResidencyPolicy& policy, int np, int per_node,
+                               const std::vector<std::string>* only) {
+  if (np < 1) return InvalidArgument("--np " + std::to_string(np) + ": give the number of ranks to start (1 or more)");
+  if (per_node < 0) return InvalidArgument("--per-node " + std::to_string(per_node) + " is negative");
+  const std::string tenant = policy.enabled() ? "tenant " + policy.tenant : "this job (no tenant)";
+  // The operator's ceiling for this tenant, when the inventory declares tenants.
+  if (policy.enabled() && inventory.tenant_size() > 0) {
+    const proto::TenantPolicy* ceiling = nullptr;
+    for (const proto::TenantPolicy& t : inventory.tenant()) {
+      if (t.id() == policy.tenant) ceiling = &t;
+    }
+    if (ceiling == nullptr) {
+      return FailedPrecondition("inventory " + inventory_source + " lists the tenants admitted to this cluster and " +
+                                policy.tenant + " is not one of them: the operator must add tenant { id: \"" +
+                                policy.tenant + "\" allowed_jurisdictions: ... } before its jobs run here. Nothing "
+                                "was started");
+    }
+    const std::vector<std::string> cj(ceiling->allowed_jurisdictions().begin(), ceiling->allowed_jurisdictions().end());
+    const std::vector<std::string> cs(ceiling->allowed_sites().begin(), ceiling->allowed_sites().end());
+    for (const std::string& j : policy.jurisdictions) {
+      if (!Contains(cj, j)) {
+        return FailedPrecondition("the job allows tenant " + policy.tenant + " jurisdiction " + j + ", but inventory " +
+                                  inventory_source + " admits it to " + JoinList(cj) +
+                                  " only: narrow the job's residency.allowed_jurisdictions to those. Nothing was "
+                                  "started");
+      }
+    }
+    if (!cs.empty()) {
+      if (policy.sites.empty()) {
+        return FailedPrecondition("the job allows tenant " + policy.tenant + " any site, but inventory " +
+                                  inventory_source + " admits it to sites " + JoinList(cs) +
+                                  " only: list them in the job's residency.allowed_sites. Nothing was started");
+      }
+      for (const std::string& s : policy.sites) {
+        if (!Contains(cs, s)) {
+          return FailedPrecondition("the job allows tenant " + policy.tenant + " site " + s + ", but inventory " +
+                                    inventory_source + " admits it to sites " + JoinList(cs) +
+                                    " only: narrow the job's residency.allowed_sites. Nothing was started");
+        }
+      }
+    }
+  }
+  Placement p;
+  std::vector<const proto::InventoryNode*> allowed;
+  int allowed_slots = 0;
+  for (const proto::InventoryNode& n : inventory.node()) {
+    std::string why;
+    if (n.drain()) {
+      why = "drained";
+    } else if (only != nullptr && !Contains(*only, n.hostname())) {
+      why = "not in the Slurm allocation";
+    } else {
+      why = policy.WhyNot(n.jurisdiction(), n.site());
+    }
+    if (!why.empty()) {
+      p.excluded.push_back({n.hostname(), why});
+      continue;
+    }
+    allowed.push_back(&n);
+    allowed_slots += per_node > 0 ? std::min(per_node, n.slots()) : n.slots();
+  }
+  if (only != nullptr) {
+    for (const std::string& host : *only) {
+      bool listed = false;
+      for (const proto::InventoryNode& n : inventory.node()) listed |= n.hostname() == host;
+      if (!listed) p.excluded.push_back({host, "in the Slurm allocation but not in the inventory"});
+    }
+  }
+  if (allowed_slots < np) {
+    std::string have;
+    for (size_t i = 0; i < allowed.size(); ++i) {
+      const proto::InventoryNode& n = *allowed[i];
+      have += (i ? ", " : "") + n.hostname() + " (" + n.jurisdiction() + "/" + n.site() + ", " +
+              Plural(per_node > 0 ? std::min(per_node, n.slots()) : n.slots(), "slot", "slots") + ")";
+    }
+    std::string excluded;
+    for (size_t i = 0; i < p.excluded.size(); ++i) {
+      excluded += (i ? "; " : "") + p.excluded[i].hostname + ": " + p.excluded[i].reason;
+    }
+    return FailedPrecondition(
+        tenant + " needs " + Plural(np, "rank", "ranks") + " on nodes inside " +
+        (policy.enabled() ? "its residency (" + policy.Describe() + ")" : std::string("the inventory")) +
+        ", but inventory " + inventory_source + " has " + Plural(static_cast<int>(allowed.size()), "allowed node", "allowed nodes") +
+        " with " + Plural(allowed_slots, "slot", "slots") + " in all" + (have.empty() ? "" : ": " + have) +
+        ". Excluded: " + (excluded.empty() ? std::string("none") : excluded) +
+        ". Nothing was started: ranks are never placed outside the residency. Lower --np to " +
+        std::to_string(allowed_slots) + " or less, or add nodes " +
+        (policy.enabled() ? "in " + JoinList(policy.jurisdictions) + " " : std::string()) + "to the inventory");
+  }
+  int left = np;
+  for (const proto::InventoryNode* n : allowed) {
+    const int cap = per_node > 0 ? std::min(per_node, n->slots()) : n->slots();
+    const int take = std::min(cap, left);
+    if (take == 0) {
+      p.excluded.push_back({n->hostname(), "allowed, not needed"});
+      continue;
+    }
+    PlacedNode placed;
+    placed.node = *n;
+    placed.ranks = take;
+    placed.address = n->address().empty() ? n->hostname() : n->address();
+    placed.interface = n->interface().empty() ? inventory.interface() : n->interface();
+    if (!placed.interface.empty() && !Contains(p.interfaces, placed.interface)) p.interfaces.push_back(placed.interface);
+    p.nodes.push_back(std::move(placed));
+    left -= take;
+  }
+  p.ranks = np;
+  return p;
+}
+
+std::string HostfileText(const Placement& placement) {
+  std::string out;
+  for (const PlacedNode& n : placement.nodes) {
+    out += n.address + " slots=" + std::to_string(n.ranks) + " max_slots=" + std::to_string(n.ranks) + "\n";
+  }
+  return out;
+}
+
+StatusOr<std::vector<std::string>> ExpandSlurmHostlist(std::string_view hostlist) {
+  std::vector<std::string> out;
+  // Split at commas outside brackets.
+  std::vector<std::string> items;
+  int depth = 0;
+  std::string cur;
+  for (char c : hostlist) {
+    if (c == '[') ++depth;
+    if (c == ']') --depth;
+    if (depth < 0 || depth > 1) return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": unbalanced brackets");
+    if (c == ',' && depth == 0) {
+      items.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (depth != 0) return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": unbalanced brackets");
+  items.push_back(cur);
+  for (const std::string& item : items) {
+    if (item.empty()) continue;
+    const size_t open = item.find('[');
+    if (open == std::string::npos) {
+      out.push_back(item);
+      continue;
+    }
+    const size_t close = item.find(']', open);
+    const std::string prefix = item.substr(0, open), suffix = item.substr(close + 1);
+    for (const std::string& range : SplitList(item.substr(open + 1, close - open - 1))) {
+      const size_t dash = range.find('-');
+      const std::string a = range.substr(0, dash), b = dash == std::string::npos ? a : range.substr(dash + 1);
+      if (a.empty() || b.empty() || a.find_first_not_of("0123456789") != std::string::npos ||
+          b.find_first_not_of("0123456789") != std::string::npos || a.size() > 9 || b.size() > 9) {
+        return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": \"" + range + "\" is not N or N-M");
+      }
+      const long lo = std::stol(a), hi = std::stol(b);
+      if (hi < lo || hi - lo > 100000) {
+        return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": range " + range + " is empty or too large");
+      }
+      for (long v = lo; v <= hi; ++v) {
+        std::string num = std::to_string(v);
+        if (num.size() < a.size()) num = std::string(a.size() - num.size(), '0') + num;
+        out.push_back(prefix + num + suffix);
+      }
+    }
+  }
+  return out;
+}
+
+std::string SlurmConstraint(const ResidencyPolicy& policy) {
+  if (!policy.enabled()) return "";
+  auto any = [](const std::vector<std::string>& v, const std::string& prefix) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? "|" : "") + prefix + v[i];
+    return out;
+  };
+  const std::string j = any(policy.jurisdictions, "jurisdiction_");
+  if (policy.sites.empty()) return policy.jurisdictions.size() == 1 ? j : "(" + j + ")";
+  return "(" + j + ")&(" + any(policy.sites, "site_") + ")";
+}
+
+// ---- The launch -----------------------------------------------------------------------------
+
+std::string CommandLine(const std::vector<std::string>& argv) {
+  std::string out;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    if (i > 0) out += ' ';
+    out += ShellQuote(argv[i]);
+  }
+  return out;
+}
+
+StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
+  LaunchPlan plan;
+  FJORD_ASSIGN_OR_RETURN(plan.job, LoadJobSpec(options.job_path, options.overrides));
+  plan.job_digest = JobDigest(plan.job);
+  plan.policy = PolicyOf(plan.job);
+  plan.audit_log = fs::absolute(AuditPathFor(plan.job)).string();
+  FJORD_ASSIGN_OR_RETURN(proto::Inventory inventory, LoadInventory(options.inventory_path));
+  FJORD_ASSIGN_OR_RETURN(std::string inventory_text, ReadWholeFile(options.inventory_path, "inventory"));
+  plan.inventory_digest = Sha256Hex(inventory_text);
+
+  const bool in_allocation = options.slurm && !options.slurm_job_id.empty();
+  plan.mode = !options.slurm ? LaunchMode::kMpirun : in_allocation ? LaunchMode::kSrun : LaunchMode::kSbatch;
+  std::vector<std::string> allocation;
+  if (in_allocation) {
+    if (options.slurm_nodelist.empty()) {
+      return FailedPrecondition("inside Slurm allocation " + options.slurm_job_id +
+                                " but SLURM_JOB_NODELIST is empty: cannot tell which nodes the allocation holds");
+    }
+    FJORD_ASSIGN_OR_RETURN(allocation, ExpandSlurmHostlist(options.slurm_nodelist));
+  }
+  FJORD_ASSIGN_OR_RETURN(plan.placement, PlaceRanks(inventory, options.inventory_path, plan.policy, options.np,
+                                                    options.per_node, in_allocation ? &allocation : nullptr));
+
+  plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
+  plan.job_file = plan.launch_dir + "/job.textproto";
+  const std::string fjord = options.fjord_binary.empty() ? ThisExecutable() : options.fjord_binary;
+  const std::string interfaces = JoinList(plan.placement.interfaces, "");
+  std::vector<std::string> train = {fjord, "train", plan.job_file};
+  train.insert(train.end(), options.train_flags.begin(), options.train_flags.end());
+
+  if (plan.mode == LaunchMode::kMpirun) {
+    plan.hostfile = plan.launch_dir + "/hostfile";
+    plan.hostfile_text = HostfileText(plan.placement);
+    plan.argv = {options.mpirun, "--hostfile", plan.hostfile, "-np", std::to_string(options.np), "--map-by", "slot",
+                 "--nooversubscribe"};
+    plan.argv.insert(plan.argv.end(), inventory.mpirun_arg().begin(), inventory.mpirun_arg().end());
+    if (!interfaces.empty()) {
+      // Both the MPI collectives (TCP) and NCCL stay on the inventory's interface.
+      plan.argv.insert(plan.argv.end(), {"--mca", "btl_tcp_if_include", interfaces, "-x",
+                                         "NCCL_SOCKET_IFNAME=" + interfaces});
+    }
+    // The environment every rank needs; never FJORD_NODE_IDENTITY: a node's identity is its own.
+    plan.argv.insert(plan.argv.end(), {"-x", "FJORD_LAUNCH_ID"});
+    for (const char* var : {"OMP_NUM_THREADS", "FJORD_TEST_HOOK"}) {
+      if (GetEnv(var)) plan.argv.insert(plan.argv.end(), {"-x", var});
+    }
+    plan.argv.insert(plan.argv.end(), train.begin(), train.end());
+    return plan;
+  }
+
+  // Slurm: node names are inventory hostnames; tasks are placed exactly by a Slurm hostfile.
+  plan.hostfile = plan.launch_dir + "/slurm-hostfile";
+  std::string nodelist;
+  for (const PlacedNode& n : plan.placement.nodes) {
+    nodelist += (nodelist.empty() ? "" : ",") + n.node.hostname();
+    for (int r = 0; r < n.ranks; ++r) plan.hostfile_text += n.node.hostname() + "\n";
+  }
+  std::vector<std::string> srun = {"srun", "--kill-on-bad-exit=1", "--ntasks=" + std::to_string(options.np),
+                                   "--nodelist=" + nodelist, "--distribution=arbitrary",
+                                   interfaces.empty() ? std::string("--export=ALL")
+                                                      : "--export=ALL,NCCL_SOCKET_IFNAME=" + interfaces};
+  srun.insert(srun.end(), train.begin(), train.end());
+  if (plan.mode == LaunchMode::kSrun) {
+    plan.argv = {"env", "SLURM_HOSTFILE=" + plan.hostfile};
+    plan.argv.insert(plan.argv.end(), srun.begin(), srun.end());
+    return plan;
+  }
+  plan.sbatch_file = plan.launch_dir + "/job.sbatch";
+  const std::string constraint = SlurmConstraint(plan.policy);
+  std::string s = "#!/bin/bash\n";
+  s += "# Written by fjord launch --slurm for " +
+       (plan.policy.enabled() ? "tenant " + plan.policy.tenant + " (" + plan.policy.Describe() + ")"
+                              : std::string("a job without tenant")) +
+       ".\n# Submit with: sbatch " + plan.sbatch_file +
+       "\n# Nodes carry Slurm features jurisdiction_CC and site_S (docs/SOVEREIGNTY.md); --nodelist and\n"
+       "# --constraint both express the placement, so a node relabelled since is refused by Slurm.\n";
+  s += "#SBATCH --job-name=fjord-" + (plan.policy.enabled() ? plan.policy.tenant : std::string("job")) + "\n";
+  s += "#SBATCH --nodes=" + std::to_string(plan.placement.nodes.size()) + "\n";
+  s += "#SBATCH --ntasks=" + std::to_string(options.np) + "\n";
+  s += "#SBATCH --nodelist=" + nodelist + "\n";
+  if (!constraint.empty()) s += "#SBATCH --constraint=" + constraint + "\n";
+  s += "#SBATCH --output=" + plan.launch_dir + "/slurm-%j.out\n";
+  s += "set -euo pipefail\n";
+  s += "export FJORD_LAUNCH_ID=slurm-${SLURM_JOB_ID}\n";
+  s += "export SLURM_HOSTFILE=" + ShellQuote(plan.hostfile) + "\n";
+  s += "exec " + CommandLine(srun) + "\n";
+  plan.sbatch_text = s;
+  plan.argv = {};
+  return plan;
+}
+
+std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options) {
+  std::string out = "fjord launch: job " + options.job_path + " (sha256 " + plan.job_digest.substr(0, 16) + "), " +
+                    (plan.policy.enabled() ? "tenant " + plan.policy.tenant + ", residency: " + plan.policy.Describe()
+                                           : std::string("no tenant: no residency gates")) +
+                    "\n";
+  out += "fjord launch: " + Plural(plan.placement.ranks, "rank", "ranks") + " on " +
+         Plural(static_cast<int>(plan.placement.nodes.size()), "node", "nodes") + " of inventory " +
+         options.inventory_path + ":\n";
+  for (const PlacedNode& n : plan.placement.nodes) {
+    char line[512];
+    std::snprintf(line, sizeof(line), "  %-12s %-16s %-3s %-10s %s  %s\n", n.node.hostname().c_str(),
+                  n.address.c_str(), n.node.jurisdiction().c_str(), n.node.site().c_str(),
+                  Plural(n.ranks, "rank", "ranks").c_str(), n.interface.empty() ? "-" : n.interface.c_str());
+    out += line;
+  }
+  if (!plan.placement.excluded.empty()) {
+    out += "fjord launch: excluded:\n";
+    for (const ExcludedNode& e : plan.placement.excluded) {
+      char line[512];
+      std::snprintf(line, sizeof(line), "  %-12s %s\n", e.hostname.c_str(), e.reason.c_str());
+      out += line;
+    }
+  }
+  out += "fjord launch: " + std::string(plan.mode == LaunchMode::kMpirun ? "hostfile " : "slurm hostfile ") +
+         plan.hostfile + ":\n";
+  for (size_t start = 0; start < plan.hostfile_text.size();) {
+    const size_t end = plan.hostfile_text.find('\n', start);
+    out += "  " + plan.hostfile_text.substr(start, end - start) + "\n";
+    start = end + 1;
+  }
+  out += "fjord launch: audit log " + plan.audit_log + "\n";
+  if (plan.mode == LaunchMode::kSbatch) {
+    out += "fjord launch: sbatch script " + plan.sbatch_file + ":\n";
+    for (size_t start = 0; start < plan.sbatch_text.size();) {
+      const size_t end = plan.sbatch_text.find('\n', start);
+      out += "  " + plan.sbatch_text.substr(start, end - start) + "\n";
+      start = end + 1;
+    }
+    out += "fjord launch: command: sbatch " + ShellQuote(plan.sbatch_file) + "\n";
+  } else {
+    out += "fjord launch: command: " + CommandLine(plan.argv) + "\n";
+  }
+  return out;
+}
+
+int RunLaunch(const LaunchOptions& options) {
+  auto fail = [](const Status& s) {
+    std::fprintf(stderr, "fjord launch: error: %s\n", s.message().c_str());
+    return 1;
+  };
+  StatusOr<LaunchPlan> planned = PlanLaunch(options);
+  if (!planned.ok()) {
+    // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written).
+    StatusOr<proto::JobSpec> job = LoadJobSpec(options.job_path, options.overrides);
+    if (job.ok()) {
+      StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(AuditPathFor(*job), "launch@" + ThisHostname());
+      Status logged = audit.ok() ? (*audit)
+                                       ->Append("launch_refused", AuditRecord()
+                                                                      .Str("tenant", job->tenant().id())
+                                                                      .Str("job_sha256", JobDigest(*job))
+                                                                      .Str("inventory", options.inventory_path)
+                                                                      .Int("ranks", options.np)
+                                                                      .Str("message", planned.status().message()))
+                                       .status()
+                                 : audit.status();
+      if (!logged.ok()) {
+        std::fprintf(stderr, "fjord launch: warning: the refusal could not be recorded in the audit log: %s\n",
+                     logged.message().c_str());
+      }
+    }
+    return fail(planned.status());
+  }
+  const LaunchPlan& plan = *planned;
+  std::fputs(DescribePlan(plan, options).c_str(), stdout);
+  if (options.dry_run) {
+    std::printf("fjord launch: dry run: nothing was written or started\n");
+    return 0;
+  }
+
+  std::error_code ec;
+  fs::create_directories(plan.launch_dir, ec);
+  if (ec) return fail(FailedPrecondition("cannot create " + plan.launch_dir + ": " + ec.message()));
+  const std::string job_text = JobSpecToText(plan.job);
+  Status s = WriteFileAtomic(plan.job_file, {{job_text.data(), job_text.size()}});
+  if (s.ok()) s = WriteFileAtomic(plan.hostfile, {{plan.hostfile_text.data(), plan.hostfile_text.size()}});
+  if (s.ok() && plan.mode == LaunchMode::kSbatch) {
+    s = WriteFileAtomic(plan.sbatch_file, {{plan.sbatch_text.data(), plan.sbatch_text.size()}});
+    if (s.ok()) fs::permissions(plan.sbatch_file, fs::perms::owner_exec, fs::perm_options::add, ec);
+  }
+  if (!s.ok()) return fail(s);
+
+  const std::string launch_id = NewLaunchId();
+  ::setenv("FJORD_LAUNCH_ID", launch_id.c_str(), 1);
+  StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(plan.audit_log, "launch@" + ThisHostname());
+  if (!audit.ok()) return fail(audit.status());
+  const char* mode = plan.mode == LaunchMode::kMpirun ? "mpirun" : plan.mode == LaunchMode::kSrun ? "srun" : "sbatch";
+  AuditRecord record;
+  record.Str("launch_id", plan.mode == LaunchMode::kSbatch ? std::string("slurm-<job id>") : launch_id)
+      .Str("mode", mode)
+      .Str("tenant", plan.policy.tenant)
+      .Raw("allowed_jurisdictions", JsonStrings(plan.policy.jurisdictions))
+      .Raw("allowed_sites", JsonStrings(plan.policy.sites))
+      .Str("job", options.job_path)
+      .Str("job_sha256", plan.job_digest)
+      .Str("inventory", options.inventory_path)
+      .Str("inventory_sha256", plan.inventory_digest)
+      .Int("ranks", plan.placement.ranks)
+      .Raw("nodes", NodesJson(plan.placement))
+      .Raw("excluded", ExcludedJson(plan.placement))
+      .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file) : CommandLine(plan.argv));
+  StatusOr<std::string> head = (*audit)->Append("launch_plan", record);
+  if (!head.ok()) return fail(head.status());
+
+  if (plan.mode == LaunchMode::kSbatch) {
+    std::printf("fjord launch: wrote %s; submit it with: sbatch %s\n", plan.sbatch_file.c_str(),
+                ShellQuote(plan.sbatch_file).c_str());
+    return 0;
+  }
+  std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
+  const int code = RunChild(plan.argv);
+  StatusOr<std::string> end = (*audit)->Append("launch_exit", AuditRecord().Str("launch_id", launch_id).Int("exit_code", code));
+  if (!end.ok()) {
+    std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
+                 end.status().message().c_str());
+  } else {
+    std::printf("fjord launch: job exited with %d; audit log %s head %s\n", code, plan.audit_log.c_str(), end->c_str());
+  }
+  return code;
+}
+
+// ---- Command-line entry points ----------------------------------------------------------------
+
+const std::vector<std::string>& LaunchValueFlags() {
+  static const std::vector<std::string> flags = {"--inventory", "--np", "--per-node", "--set", "--mpirun"};
+  return flags;
+}
+const std::vector<std::string>& LaunchBoolFlags() {
+  static const std::vector<std::string> flags = {"--dry-run", "--slurm", "--quiet", "--json", "--resume"};
+  return flags;
+}
+
+namespace {
+
+bool ParseCount(const std::string& flag, const std::string& text, int* out) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno != 0 || v < 0 || v > 1'000'000) {
+    std::fprintf(stderr, "fjord launch: error: %s '%s' is not a whole number\nusage: %s\n", flag.c_str(), text.c_str(),
+                 kLaunchUsage);
+    return false;
+  }
+  *out = static_cast<int>(v);
+  return true;
+}
+
+std::string Get(const std::multimap<std::string, std::string>& flags, const std::string& f) {
+  auto it = flags.find(f);
+  return it == flags.end() ? "" : it->second;
+}
+
+}  // namespace
+
+int RunLaunchCommand(const std::vector<std::string>& positional, const std::multimap<std::string, std::string>& flags) {
+  if (positional.size() != 1) {
+    std::fprintf(stderr, "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: %s\n", kLaunchUsage);
+    return 2;
+  }
+  LaunchOptions options;
+  options.job_path = positional[0];
+  options.inventory_path = Get(flags, "--inventory");
+  if (options.inventory_path.empty()) {
+    std::fprintf(stderr, "fjord launch: error: --inventory INV.textproto is required: the operator's list of nodes "
+                         "with their jurisdictions (see examples/sovereign-cluster/)\nusage: %s\n", kLaunchUsage);
+    return 2;
+  }
+  if (!flags.count("--np")) {
+    std::fprintf(stderr, "fjord launch: error: --np N is required: the number of ranks to start\nusage: %s\n",
+                 kLaunchUsage);
+    return 2;
+  }
+  if (!ParseCount("--np", Get(flags, "--np"), &options.np)) return 2;
+  if (flags.count("--per-node") && !ParseCount("--per-node", Get(flags, "--per-node"), &options.per_node)) return 2;
+  for (auto [it, end] = flags.equal_range("--set"); it != end; ++it) options.overrides.push_back(it->second);
+  if (flags.count("--mpirun")) options.mpirun = Get(flags, "--mpirun");
+  options.dry_run = flags.count("--dry-run") > 0;
+  options.slurm = flags.count("--slurm") > 0;
+  for (const char* f : {"--quiet", "--json", "--resume"}) {
+    if (flags.count(f)) options.train_flags.push_back(f);
+  }
+  if (options.slurm) {
+    options.slurm_job_id = GetEnv("SLURM_JOB_ID").value_or("");
+    options.slurm_nodelist = GetEnv("SLURM_JOB_NODELIST").value_or("");
+  }
+  return RunLaunch(options);
+}
+
+int RunAuditCommand(const std::vector<std::string>& positional, const std::multimap<std::string, std::string>& flags) {
+  if (positional.size() != 2 || positional[0] != "verify" || !flags.empty()) {
+    std::fprintf(stderr, "fjord audit: error: expected `verify LOG`\nusage: %s\n", kAuditUsage);
+    return 2;
+  }
+  const std::string& path = positional[1];
+  StatusOr<AuditVerifyReport> report = VerifyAuditLog(path);
+  if (!report.ok()) {
+    std::fprintf(stderr, "fjord audit verify: error: %s\n", report.status().message().c_str());
+    return 1;
+  }
+  if (report->ok) {
+    std::printf("fjord audit verify: %s: ok, %lld records, head %s%s%s\n", path.c_str(),
+                static_cast<long long>(report->records), report->head_hash.empty() ? "(empty)" : report->head_hash.c_str(),
+                report->problem.empty() ? "" : "; note: ", report->problem.c_str());
+    return 0;
+  }
+  if (report->bad_line > 0) {
+    std::printf("fjord audit verify: %s: BROKEN at line %lld: %s (%lld records before it verify)\n", path.c_str(),
+                static_cast<long long>(report->bad_line), report->problem.c_str(),
+                static_cast<long long>(report->records));
+  } else {
+    std::printf("fjord audit verify: %s: BROKEN at the end: %s (%lld records verify)\n", path.c_str(),
+                report->problem.c_str(), static_cast<long long>(report->records));
+  }
+  return 1;
+}
+
+}  // namespace fjord

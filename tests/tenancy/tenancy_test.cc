@@ -1,0 +1,396 @@
+// Tenancy in one process: codes and names, residency decisions, node identity files, the rank
+// gate (message, audit record, no side effects), the checkpoint gate (foreign tenant, wrong key,
+// flipped byte, plaintext substitution, residency) and Tenancy::Start's audit records.
+#include "runtime/tenancy.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "runtime/config.h"
+#include "tests/tenancy/test_util.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::AuditEvents;
+using testing::AuditLines;
+using testing::ReadText;
+using testing::ScopedEnv;
+using testing::WriteText;
+
+class TenancyUnitTest : public testing::TenancyTest {
+ protected:
+  proto::JobSpec Job(const std::string& extra) {
+    StatusOr<proto::JobSpec> job = ParseJobSpec(
+        "data { train: \"" + Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") + "\"\n" + extra, "job", {});
+    EXPECT_TRUE(job.ok()) << job.status().message();
+    return job.ok() ? *job : proto::JobSpec();
+  }
+  proto::JobSpec Acme(const std::string& more = "") {
+    return Job("tenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n" + more);
+  }
+  std::string KeyFile(const std::string& name, char fill) {
+    WriteText(Path(name), std::string(64, fill), 0600);
+    return Path(name);
+  }
+};
+
+TEST_F(TenancyUnitTest, CodesNamesAndLists) {
+  EXPECT_TRUE(IsIsoCountryCode("NO"));
+  EXPECT_TRUE(IsIsoCountryCode("SE"));
+  EXPECT_TRUE(IsIsoCountryCode("GB"));
+  EXPECT_FALSE(IsIsoCountryCode("no"));
+  EXPECT_FALSE(IsIsoCountryCode("XK"));
+  EXPECT_FALSE(IsIsoCountryCode("EU"));
+  EXPECT_FALSE(IsIsoCountryCode("NOR"));
+  int n = 0;
+  for (char a = 'A'; a <= 'Z'; ++a) {
+    for (char b = 'A'; b <= 'Z'; ++b) n += IsIsoCountryCode(std::string{a, b});
+  }
+  EXPECT_EQ(n, 249);  // the officially assigned codes
+  EXPECT_THAT(JurisdictionProblem("no"), HasSubstr("write \"NO\""));
+  EXPECT_THAT(JurisdictionProblem("UK"), HasSubstr("write \"GB\""));
+  EXPECT_THAT(JurisdictionProblem("EU"), HasSubstr("is not a country"));
+  EXPECT_THAT(JurisdictionProblem("SWE"), HasSubstr("3 letters"));
+  EXPECT_EQ(JurisdictionProblem("NO"), "");
+  EXPECT_TRUE(IsValidTenantId("acme"));
+  EXPECT_TRUE(IsValidTenantId("acme-2.prod_x"));
+  EXPECT_FALSE(IsValidTenantId("Acme"));
+  EXPECT_FALSE(IsValidTenantId("-acme"));
+  EXPECT_FALSE(IsValidTenantId(""));
+  EXPECT_FALSE(IsValidTenantId(std::string(65, 'a')));
+  EXPECT_TRUE(IsValidSiteName("osl1"));
+  EXPECT_FALSE(IsValidSiteName("osl 1"));
+  EXPECT_EQ(SplitList(" NO, SE,,"), (std::vector<std::string>{"NO", "SE"}));
+  EXPECT_EQ(JoinList({}), "none");
+}
+
+TEST_F(TenancyUnitTest, ResidencyDecisions) {
+  ResidencyPolicy p{"acme", {"NO", "SE"}, {}};
+  EXPECT_TRUE(p.Allows("NO", "osl1"));
+  EXPECT_TRUE(p.Allows("SE", "anything"));
+  EXPECT_FALSE(p.Allows("DK", "cph1"));
+  EXPECT_THAT(p.WhyNot("DK", "cph1"), HasSubstr("jurisdiction DK is not allowed (allowed: NO, SE)"));
+  EXPECT_EQ(p.Describe(), "jurisdictions NO, SE; sites: any");
+  p.sites = {"osl1"};
+  EXPECT_FALSE(p.Allows("NO", "osl2"));
+  EXPECT_THAT(p.WhyNot("NO", "osl2"), HasSubstr("site osl2 is not allowed (allowed sites: osl1)"));
+  ResidencyPolicy off;
+  EXPECT_TRUE(off.Allows("US", "x"));  // no tenant: nothing enforced
+  EXPECT_EQ(AuditPathFor(Acme()), Path("run") + "/audit.jsonl");
+  EXPECT_EQ(AuditPathFor(Acme("audit_log: \"/var/log/x.jsonl\"\n")), "/var/log/x.jsonl");
+  EXPECT_EQ(JobDigest(Acme()), Sha256Hex(JobSpecToText(Acme())));
+}
+
+TEST_F(TenancyUnitTest, NodeIdentityIsReadAndValidated) {
+  StatusOr<LocalNode> node = ReadNodeIdentityFile(Identity("NO", "osl1"), false);
+  ASSERT_TRUE(node.ok()) << node.status().message();
+  EXPECT_EQ(node->identity.jurisdiction(), "NO");
+  EXPECT_EQ(node->identity.site(), "osl1");
+
+  StatusOr<LocalNode> missing = ReadNodeIdentityFile(Path("none.textproto"), false);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("has not been provisioned for tenant jobs"));
+
+  WriteText(Path("bad.textproto"), "hostname: \"h\"\njurisdicton: \"NO\"\n");
+  StatusOr<LocalNode> bad = ReadNodeIdentityFile(Path("bad.textproto"), false);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr(Path("bad.textproto") + ":2:"));
+  EXPECT_THAT(bad.status().message(), HasSubstr("fjord.proto.NodeIdentity"));
+
+  WriteText(Path("lower.textproto"), "hostname: \"h\"\nsite: \"osl1\"\njurisdiction: \"no\"\n");
+  StatusOr<LocalNode> lower = ReadNodeIdentityFile(Path("lower.textproto"), false);
+  ASSERT_FALSE(lower.ok());
+  EXPECT_THAT(lower.status().message(), HasSubstr(Path("lower.textproto") + ":3:1: jurisdiction \"no\" is not upper case"));
+
+  WriteText(Path("nosite.textproto"), "hostname: \"h\"\njurisdiction: \"NO\"\n");
+  EXPECT_THAT(ReadNodeIdentityFile(Path("nosite.textproto"), false).status().message(), HasSubstr("site \"\" is missing"));
+}
+
+TEST_F(TenancyUnitTest, StrictIdentityMustBeRootOwnedAndNotWritableByOthers) {
+  const std::string path = Identity("NO", "osl1");
+  ::chmod(dir_.c_str(), 0755);
+  if (::geteuid() == 0) {
+    ASSERT_TRUE(ReadNodeIdentityFile(path, true).ok());
+    ::chmod(path.c_str(), 0666);
+    StatusOr<LocalNode> writable = ReadNodeIdentityFile(path, true);
+    ASSERT_FALSE(writable.ok());
+    EXPECT_THAT(writable.status().message(), HasSubstr("writable by group or others (mode 0666)"));
+    EXPECT_THAT(writable.status().message(), HasSubstr("chown root:root " + path + " && chmod 644 " + path));
+    ::chmod(path.c_str(), 0644);
+    ASSERT_EQ(::chown(path.c_str(), 65534, 65534), 0);
+  }
+  StatusOr<LocalNode> foreign = ReadNodeIdentityFile(path, true);
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_THAT(foreign.status().message(), HasSubstr("not root"));
+  EXPECT_THAT(foreign.status().message(), HasSubstr("another user could change where this node claims to be"));
+}
+
+TEST_F(TenancyUnitTest, IdentityOfAnotherHostIsRefused) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1", "node", "some-other-host"));
+  StatusOr<LocalNode> node = ReadNodeIdentity();
+  ASSERT_FALSE(node.ok());
+  EXPECT_THAT(node.status().message(), HasSubstr("names host \"some-other-host\" but this host is \"" + ThisHostname()));
+  EXPECT_THAT(node.status().message(), HasSubstr("belongs to another node"));
+}
+
+TEST_F(TenancyUnitTest, RankGatePassesInsideTheResidency) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1"));
+  StatusOr<RankGateResult> gate = RankGate(Acme());
+  ASSERT_TRUE(gate.ok()) << gate.status().message();
+  EXPECT_TRUE(gate->enabled);
+  EXPECT_TRUE(gate->node.overridden);
+  EXPECT_EQ(gate->node.identity.jurisdiction(), "NO");
+  EXPECT_FALSE(fs::exists(Path("run")));  // the gate itself writes nothing when it passes
+}
+
+TEST_F(TenancyUnitTest, RankGateIsOffWithoutATenant) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Path("does-not-exist"));
+  StatusOr<RankGateResult> gate = RankGate(Job(""));
+  ASSERT_TRUE(gate.ok()) << gate.status().message();
+  EXPECT_FALSE(gate->enabled);
+}
+
+TEST_F(TenancyUnitTest, RankGateRefusesAForeignNodeWithEverythingTheOperatorNeeds) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Identity("SE", "sto1"));
+  ScopedEnv rank("OMPI_COMM_WORLD_RANK", "1");
+  ScopedEnv size("OMPI_COMM_WORLD_SIZE", "2");
+  fs::create_directories(Path("run"));
+  StatusOr<RankGateResult> gate = RankGate(Acme());
+  ASSERT_FALSE(gate.ok());
+  EXPECT_EQ(gate.status().code(), StatusCode::kFailedPrecondition);
+  const std::string& m = gate.status().message();
+  EXPECT_THAT(m, HasSubstr("rank 1 on host " + ThisHostname()));
+  EXPECT_THAT(m, HasSubstr("this node is in jurisdiction SE, site sto1"));
+  EXPECT_THAT(m, HasSubstr("a test override from FJORD_NODE_IDENTITY"));
+  EXPECT_THAT(m, HasSubstr("tenant acme allows jurisdictions NO; sites: any"));
+  EXPECT_THAT(m, HasSubstr("stopped before reading any data or creating communicators"));
+  EXPECT_THAT(m, HasSubstr("fjord launch JOB --inventory INV"));
+  EXPECT_THAT(m, Not(HasSubstr("could not be recorded")));
+  // The refusing rank records its own refusal; nothing else is in the log.
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditEvents(log), std::vector<std::string>{"refusal"});
+  const std::string line = AuditLines(log, "refusal")[0];
+  EXPECT_THAT(line, HasSubstr("\"actor\":\"rank1@" + ThisHostname() + "\""));
+  EXPECT_THAT(line, HasSubstr("\"gate\":\"rank\",\"rank\":1"));
+  EXPECT_THAT(line, HasSubstr("\"jurisdiction\":\"SE\""));
+  EXPECT_THAT(line, HasSubstr("\"override\":true"));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+TEST_F(TenancyUnitTest, RankGateRefusesAnUnprovisionedNodeAndCreatesNothing) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Path("missing.textproto"));
+  StatusOr<RankGateResult> gate = RankGate(Acme());
+  ASSERT_FALSE(gate.ok());
+  EXPECT_THAT(gate.status().message(), HasSubstr("cannot establish this node's jurisdiction"));
+  EXPECT_THAT(gate.status().message(), HasSubstr("has not been provisioned"));
+  EXPECT_THAT(gate.status().message(), HasSubstr("could not be recorded in the audit log"));  // no run dir here
+  EXPECT_FALSE(fs::exists(Path("run")));
+}
+
+// ---- Checkpoints ----------------------------------------------------------------------------
+
+class CheckpointGateTest : public TenancyUnitTest {
+ protected:
+  // A checkpoint dir with model.bin (and optimizer.bin) written by `job`, plus its tenant record.
+  std::string Write(const proto::JobSpec& job, const std::string& name = "ckpt") {
+    StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
+    EXPECT_TRUE(seal.ok()) << seal.status().message();
+    seal->node.set_hostname("no1");
+    seal->node.set_jurisdiction("NO");
+    seal->node.set_site("osl1");
+    const std::string dir = Path(name);
+    fs::create_directories(dir);
+    for (const std::string file : {"model.bin", "optimizer.bin"}) {
+      const std::string bytes = "tensor bytes of " + file + std::string(100, 'p');
+      EXPECT_TRUE(WriteCheckpointFile(dir + "/" + file, {{bytes.data(), bytes.size()}}, *seal).ok());
+    }
+    EXPECT_TRUE(WriteCheckpointTenantRecord(dir, *seal, {"model.bin", "optimizer.bin"}).ok());
+    return dir;
+  }
+  StatusOr<CheckpointSeal> Check(const proto::JobSpec& job, const std::string& dir, CheckpointUse use,
+                                 const std::string& jurisdiction = "NO") {
+    StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
+    if (!seal.ok()) return seal.status();
+    proto::NodeIdentity node;
+    node.set_hostname("node-x");
+    node.set_jurisdiction(jurisdiction);
+    node.set_site("osl1");
+    return CheckCheckpointTenant(dir, *seal, &node, use);
+  }
+  void Flip(const std::string& path, size_t at) {
+    std::string bytes = ReadText(path);
+    bytes[at] ^= 0x20;
+    WriteText(path, bytes);
+  }
+};
+
+TEST_F(CheckpointGateTest, OwnEncryptedCheckpointLoadsAndRecordsTenantAndKey) {
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const std::string dir = Write(job);
+  const std::string record = ReadText(dir + "/tenant.textproto");
+  EXPECT_THAT(record, HasSubstr("tenant: \"acme\""));
+  EXPECT_THAT(record, HasSubstr("allowed_jurisdictions: \"NO\""));
+  EXPECT_THAT(record, HasSubstr("encrypted: true"));
+  EXPECT_THAT(record, HasSubstr("cipher: \"AES-256-GCM\""));
+  EXPECT_THAT(record, HasSubstr("written_in_jurisdiction: \"NO\""));
+  EXPECT_EQ(ReadText(dir + "/model.bin").find("tensor bytes"), std::string::npos);  // encrypted at rest
+  StatusOr<CheckpointSeal> seal = Check(job, dir, CheckpointUse::kResume);
+  ASSERT_TRUE(seal.ok()) << seal.status().message();
+  StatusOr<std::string> model = ReadCheckpointFile(dir + "/model.bin", *seal);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_THAT(*model, HasSubstr("tensor bytes of model.bin"));
+}
+
+TEST_F(CheckpointGateTest, AnotherTenantsCheckpointIsRefused) {
+  const proto::JobSpec other = Job("tenant { id: \"globex\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+  const std::string dir = Write(other);
+  StatusOr<CheckpointSeal> r = Check(Acme(), dir, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("checkpoint " + dir + " belongs to tenant \"globex\""));
+  EXPECT_THAT(r.status().message(), HasSubstr("this job is tenant \"acme\""));
+  EXPECT_THAT(r.status().message(), HasSubstr("may load only its own checkpoints"));
+  r = Check(other, dir, CheckpointUse::kResume);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  r = Check(Job(""), dir, CheckpointUse::kInitFrom);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("but this job has no tenant: add tenant { id: \"globex\" }"));
+}
+
+TEST_F(CheckpointGateTest, UntenantedCheckpointIsPublicWeightsOnly) {
+  const std::string dir = Write(Job(""));
+  EXPECT_FALSE(fs::exists(dir + "/tenant.textproto"));
+  StatusOr<CheckpointSeal> resume = Check(Acme(), dir, CheckpointUse::kResume);
+  ASSERT_FALSE(resume.ok());
+  EXPECT_THAT(resume.status().message(), HasSubstr("has no tenant record"));
+  EXPECT_THAT(resume.status().message(), HasSubstr("use train.init_from"));
+  EXPECT_TRUE(Check(Acme(), dir, CheckpointUse::kInitFrom).ok());
+}
+
+TEST_F(CheckpointGateTest, WrongKeyIsRefusedByKeyIdAndByTheTag) {
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const proto::JobSpec wrong = Acme("checkpoint { encryption_key_file: \"" + KeyFile("wrong.key", 'b') + "\" }\n");
+  const std::string dir = Write(job);
+  StatusOr<CheckpointSeal> r = Check(wrong, dir, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("was encrypted with key id"));
+  EXPECT_THAT(r.status().message(), HasSubstr("wrong key"));
+  // A record edited to name the wrong key's id gets past the id check; the tag still refuses.
+  StatusOr<CheckpointSeal> wrong_seal = CheckpointSealFor(wrong);
+  std::string record = ReadText(dir + "/tenant.textproto");
+  StatusOr<CheckpointSeal> right_seal = CheckpointSealFor(job);
+  record.replace(record.find(right_seal->key->KeyId()), 16, wrong_seal->key->KeyId());
+  WriteText(dir + "/tenant.textproto", record);
+  r = Check(wrong, dir, CheckpointUse::kResume);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  StatusOr<std::string> model = ReadCheckpointFile(dir + "/model.bin", *r);
+  ASSERT_FALSE(model.ok());
+  EXPECT_THAT(model.status().message(), HasSubstr(dir + "/model.bin"));
+  EXPECT_THAT(model.status().message(), HasSubstr("wrong key or modified file"));
+  // No key at all.
+  r = Check(Acme(), dir, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("is encrypted (AES-256-GCM"));
+  EXPECT_THAT(r.status().message(), HasSubstr("no checkpoint.encryption_key_file"));
+  StatusOr<std::string> unkeyed = ReadCheckpointFile(dir + "/model.bin", CheckpointSeal());
+  ASSERT_FALSE(unkeyed.ok());
+  EXPECT_THAT(unkeyed.status().message(), HasSubstr("is encrypted (AES-256-GCM): set checkpoint.encryption_key_file"));
+}
+
+TEST_F(CheckpointGateTest, FlippedByteIsRefusedEncryptedOrNot) {
+  const proto::JobSpec sealed_job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const std::string sealed = Write(sealed_job, "sealed");
+  Flip(sealed + "/optimizer.bin", 60);
+  StatusOr<CheckpointSeal> seal = Check(sealed_job, sealed, CheckpointUse::kResume);
+  ASSERT_TRUE(seal.ok());
+  StatusOr<std::string> opt = ReadCheckpointFile(sealed + "/optimizer.bin", *seal);
+  ASSERT_FALSE(opt.ok());
+  EXPECT_THAT(opt.status().message(), HasSubstr("wrong key or modified file"));
+  EXPECT_TRUE(ReadCheckpointFile(sealed + "/model.bin", *seal).ok());
+
+  const std::string plain = Write(Acme(), "plain");
+  Flip(plain + "/model.bin", 3);
+  StatusOr<CheckpointSeal> r = Check(Acme(), plain, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(r.status().message(), HasSubstr(plain + "/model.bin was modified after the checkpoint was written"));
+}
+
+TEST_F(CheckpointGateTest, PlaintextWhereEncryptedBelongsIsRefused) {
+  const proto::JobSpec sealed_job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const std::string plain = Write(Acme(), "plain");
+  StatusOr<CheckpointSeal> r = Check(sealed_job, plain, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("is not encrypted, but this job encrypts its checkpoints"));
+  // A single plaintext file swapped into an encrypted checkpoint.
+  const std::string sealed = Write(sealed_job, "sealed");
+  fs::copy_file(plain + "/model.bin", sealed + "/model.bin", fs::copy_options::overwrite_existing);
+  StatusOr<CheckpointSeal> seal = Check(sealed_job, sealed, CheckpointUse::kResume);
+  ASSERT_TRUE(seal.ok());
+  StatusOr<std::string> model = ReadCheckpointFile(sealed + "/model.bin", *seal);
+  ASSERT_FALSE(model.ok());
+  EXPECT_THAT(model.status().message(), HasSubstr("may have been substituted"));
+}
+
+TEST_F(CheckpointGateTest, CheckpointOutsideItsResidencyIsRefused) {
+  const std::string dir = Write(Acme());
+  StatusOr<CheckpointSeal> r = Check(Acme(), dir, CheckpointUse::kResume, "SE");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("may be opened only in jurisdictions NO"));
+  EXPECT_THAT(r.status().message(), HasSubstr("this node (node-x) is in jurisdiction SE"));
+}
+
+// ---- Tenancy::Start ---------------------------------------------------------------------------
+
+TEST_F(TenancyUnitTest, StartAuditsTheJobAndEachRanksIdentity) {
+  const std::string identity = Identity("NO", "osl1");
+  ScopedEnv env("FJORD_NODE_IDENTITY", identity);
+  ScopedEnv launch("FJORD_LAUNCH_ID", "abc123");
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  StatusOr<RankGateResult> gate = RankGate(job);
+  ASSERT_TRUE(gate.ok());
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
+  ASSERT_TRUE(comm.ok());
+  StatusOr<std::unique_ptr<Tenancy>> t = Tenancy::Start(job, *gate, **comm);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_TRUE((*t)->data_policy().enabled);
+  EXPECT_EQ((*t)->data_policy().jurisdiction, "NO");
+  EXPECT_NE((*t)->data_policy().audit, nullptr);
+  ASSERT_NE((*t)->checkpoint_seal().key, nullptr);
+  EXPECT_EQ((*t)->checkpoint_seal().node.jurisdiction(), "NO");
+  ASSERT_TRUE((*t)->RecordJobEnd(OkStatus()).ok());
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"job_start", "rank_identity", "test_override", "job_end"}));
+  EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"job_sha256\":\"" + JobDigest(job) + "\""));
+  EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"launch_id\":\"abc123\""));
+  EXPECT_THAT(AuditLines(log, "rank_identity")[0], HasSubstr("\"jurisdiction\":\"NO\",\"site\":\"osl1\""));
+  EXPECT_THAT(AuditLines(log, "test_override")[0], HasSubstr(identity));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+TEST_F(TenancyUnitTest, StartWithoutATenantAuditsThat) {
+  const proto::JobSpec job = Job("");
+  StatusOr<RankGateResult> gate = RankGate(job);
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
+  StatusOr<std::unique_ptr<Tenancy>> t = Tenancy::Start(job, *gate, **comm);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_FALSE((*t)->data_policy().enabled);
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), (std::vector<std::string>{"job_start", "no_tenant"}));
+}
+
+TEST_F(TenancyUnitTest, StartRefusesAnUnusableKeyFile) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1"));
+  WriteText(Path("open.key"), std::string(64, 'a'), 0644);
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + Path("open.key") + "\" }\n");
+  StatusOr<RankGateResult> gate = RankGate(job);
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
+  StatusOr<std::unique_ptr<Tenancy>> t = Tenancy::Start(job, *gate, **comm);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(t.status().message(), HasSubstr("checkpoint.encryption_key_file: key file " + Path("open.key")));
+}
+
+}  // namespace
+}  // namespace fjord

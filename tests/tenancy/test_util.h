@@ -1,0 +1,123 @@
+// Helpers shared by the tenancy tests: a scratch directory per test, files, environment overrides,
+// node identities and reading audit logs back.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "runtime/json.h"
+#include "runtime/tenancy.h"
+#include "tests/launcher/cli_util.h"
+
+namespace fjord::testing {
+
+namespace fs = std::filesystem;
+
+inline void WriteText(const std::string& path, const std::string& text, mode_t mode = 0644) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  ::chmod(path.c_str(), mode);
+}
+
+inline std::string ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Sets (or unsets, with nullopt) an environment variable for the scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value) {
+      ::setenv(name, value->c_str(), 1);
+    } else {
+      ::unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// A scratch directory named after the running test, removed afterwards.
+class TenancyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path("/tmp") / ("fjord_tenancy_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" +
+                               std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Writes a node identity for this host (or `host`) and returns its path.
+  std::string Identity(const std::string& jurisdiction, const std::string& site, const std::string& name = "node",
+                       std::string host = "") const {
+    if (host.empty()) host = ThisHostname();
+    const std::string path = Path(name + ".textproto");
+    WriteText(path, "hostname: \"" + host + "\"\njurisdiction: \"" + jurisdiction + "\"\nsite: \"" + site + "\"\n");
+    return path;
+  }
+
+  fs::path dir_;
+};
+
+// The events of an audit log, in order.
+inline std::vector<std::string> AuditEvents(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    StatusOr<JsonValue> v = ParseJson(line, path);
+    if (!v.ok()) {
+      out.push_back("<unparsable>");
+      continue;
+    }
+    const JsonValue* e = v->Find("event");
+    out.push_back(e ? e->text() : "<no event>");
+  }
+  return out;
+}
+
+// The lines of an audit log whose event is `event`.
+inline std::vector<std::string> AuditLines(const std::string& path, const std::string& event) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("\"event\":\"" + event + "\"") != std::string::npos) out.push_back(line);
+  }
+  return out;
+}
+
+inline int Count(const std::vector<std::string>& v, const std::string& x) {
+  int n = 0;
+  for (const std::string& s : v) n += s == x;
+  return n;
+}
+
+}  // namespace fjord::testing
