@@ -17,13 +17,13 @@
 #include <system_error>
 #include <vector>
 
-#define FJORD_FUZZ_EXPECT(cond, what)                                                        \
-  do {                                                                                       \
-    if (!(cond)) {                                                                           \
+#define FJORD_FUZZ_EXPECT(cond, what)                                                            \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
       std::fprintf(stderr, "fuzz property failed at %s:%d: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   std::string(what).c_str());                                               \
-      std::abort();                                                                          \
-    }                                                                                        \
+                   std::string(what).c_str());                                                   \
+      std::abort();                                                                              \
+    }                                                                                            \
   } while (0)
 
 namespace fjord::fuzz {

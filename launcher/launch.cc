@@ -43,7 +43,9 @@ bool IsInterfaceName(std::string_view s) {
   });
 }
 
-bool Contains(const std::vector<std::string>& v, std::string_view x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+bool Contains(const std::vector<std::string>& v, std::string_view x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
 
 std::string Plural(int n, const char* one, const char* many) {
   return std::to_string(n) + " " + (n == 1 ? one : many);
@@ -63,8 +65,9 @@ std::string NewLaunchId() {
 }
 
 std::string ShellQuote(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+=/.,:@%^") ==
-                        std::string::npos) {
+  if (!s.empty() &&
+      s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+=/.,:@%^") ==
+          std::string::npos) {
     return s;
   }
   std::string out = "'";
@@ -95,7 +98,8 @@ std::string ExcludedJson(const Placement& p) {
   std::string out = "[";
   for (size_t i = 0; i < p.excluded.size(); ++i) {
     if (i > 0) out += ",";
-    out += "{\"hostname\":" + JsonQuote(p.excluded[i].hostname) + ",\"reason\":" + JsonQuote(p.excluded[i].reason) + "}";
+    out += "{\"hostname\":" + JsonQuote(p.excluded[i].hostname) +
+           ",\"reason\":" + JsonQuote(p.excluded[i].reason) + "}";
   }
   return out + "]";
 }
@@ -124,19 +128,21 @@ int RunChild(const std::vector<std::string>& argv) {
   std::fflush(stderr);
   const pid_t pid = ::fork();
   if (pid < 0) {
-    std::fprintf(stderr, "fjord launch: error: cannot fork to run %s: %s\n", argv[0].c_str(), std::strerror(errno));
+    std::fprintf(stderr, "fjord launch: error: cannot fork to run %s: %s\n", argv[0].c_str(),
+                 std::strerror(errno));
     return 1;
   }
   if (pid == 0) {
     ::signal(SIGINT, SIG_DFL);
     ::signal(SIGTERM, SIG_DFL);
     ::execvp(args[0], args.data());
-    std::fprintf(stderr, "fjord launch: error: cannot run %s: %s; install it or pass --mpirun PATH\n", args[0],
-                 std::strerror(errno));
+    std::fprintf(stderr, "fjord launch: error: cannot run %s: %s; install it or pass --mpirun PATH\n",
+                 args[0], std::strerror(errno));
     ::_exit(127);
   }
   // The terminal's Ctrl-C reaches mpirun too, which ends the job; launch waits to record the exit.
-  struct sigaction ignore {}, forward {}, old_int {}, old_term {};
+  struct sigaction ignore {
+  }, forward{}, old_int{}, old_term{};
   ignore.sa_handler = SIG_IGN;
   forward.sa_handler = ForwardTerm;
   g_child = pid;
@@ -168,9 +174,10 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
   const pb::FieldDescriptor* node_field = proto::Inventory::descriptor()->FindFieldByName("node");
   const pb::FieldDescriptor* tenant_field = proto::Inventory::descriptor()->FindFieldByName("tenant");
   if (inv.node_size() == 0) {
-    errors.push_back(source + ": the inventory lists no nodes: add node { hostname: \"...\" address: \"...\" "
-                              "jurisdiction: \"NO\" site: \"...\" slots: N } blocks (see " + std::string(kInventorySchema) +
-                     ")");
+    errors.push_back(source +
+                     ": the inventory lists no nodes: add node { hostname: \"...\" address: \"...\" "
+                     "jurisdiction: \"NO\" site: \"...\" slots: N } blocks (see " +
+                     std::string(kInventorySchema) + ")");
   }
   if (!inv.interface().empty() && !IsInterfaceName(inv.interface())) {
     errors.push_back(FieldLocation(source, &tree, inv, "interface") + ": interface \"" + inv.interface() +
@@ -185,13 +192,14 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
       const std::string loc = FieldLocation(source, t, n, field);
       return loc == source ? block : loc;
     };
-    const std::string label = "node " + std::to_string(i + 1) + (n.hostname().empty() ? "" : " (" + n.hostname() + ")");
+    const std::string label =
+        "node " + std::to_string(i + 1) + (n.hostname().empty() ? "" : " (" + n.hostname() + ")");
     if (!IsHostName(n.hostname())) {
       errors.push_back(at("hostname") + ": " + label + ": hostname \"" + n.hostname() +
                        "\" is missing or not a host name: write the name `hostname` prints on that node");
     } else if (auto [it, fresh] = hostnames.emplace(n.hostname(), at("hostname")); !fresh) {
-      errors.push_back(at("hostname") + ": " + label + ": hostname \"" + n.hostname() + "\" is listed twice (first at " +
-                       it->second + "); each node appears once");
+      errors.push_back(at("hostname") + ": " + label + ": hostname \"" + n.hostname() +
+                       "\" is listed twice (first at " + it->second + "); each node appears once");
     }
     const std::string address = n.address().empty() ? n.hostname() : n.address();
     if (!n.address().empty() && !IsHostName(n.address())) {
@@ -200,28 +208,33 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
     } else if (!address.empty()) {
       if (auto [it, fresh] = addresses.emplace(address, at("address")); !fresh) {
         errors.push_back(at("address") + ": " + label + ": address \"" + address +
-                         "\" is used by another node too (first at " + it->second + "); addresses must be unique");
+                         "\" is used by another node too (first at " + it->second +
+                         "); addresses must be unique");
       }
     }
     if (std::string p = JurisdictionProblem(n.jurisdiction()); !p.empty()) {
-      errors.push_back(at("jurisdiction") + ": " + label + ": jurisdiction \"" + n.jurisdiction() + "\" " + p);
+      errors.push_back(at("jurisdiction") + ": " + label + ": jurisdiction \"" + n.jurisdiction() + "\" " +
+                       p);
     }
     if (!IsValidSiteName(n.site())) {
       errors.push_back(at("site") + ": " + label + ": site \"" + n.site() +
                        "\" is missing or not a site name (1 to 64 letters, digits, '.', '_', '-')");
     }
     if (n.slots() < 1) {
-      errors.push_back(at("slots") + ": " + label + ": slots = " + std::to_string(n.slots()) +
-                       " must be at least 1 (the ranks the node takes, usually its GPUs); or set drain: true");
+      errors.push_back(
+          at("slots") + ": " + label + ": slots = " + std::to_string(n.slots()) +
+          " must be at least 1 (the ranks the node takes, usually its GPUs); or set drain: true");
     }
-    if (n.gpus() < 0) errors.push_back(at("gpus") + ": " + label + ": gpus = " + std::to_string(n.gpus()) + " is negative");
+    if (n.gpus() < 0)
+      errors.push_back(at("gpus") + ": " + label + ": gpus = " + std::to_string(n.gpus()) + " is negative");
     if (!n.interface().empty() && !IsInterfaceName(n.interface())) {
       errors.push_back(at("interface") + ": " + label + ": interface \"" + n.interface() +
                        "\" is not a network interface name (at most 15 letters, digits, '.', '-', '_', ':')");
     }
     for (int k = 0; k < n.labels_size(); ++k) {
       if (n.labels(k).empty() || n.labels(k).find_first_of(" \t,&|()[]") != std::string::npos) {
-        errors.push_back(FieldLocation(source, t, n, "labels", k) + ": " + label + ": label \"" + n.labels(k) +
+        errors.push_back(FieldLocation(source, t, n, "labels", k) + ": " + label + ": label \"" +
+                         n.labels(k) +
                          "\" must be non-empty without spaces or , & | ( ) [ ] (labels are Slurm features)");
       }
     }
@@ -232,13 +245,15 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
     const pb::TextFormat::ParseInfoTree* t = tree.GetTreeForNested(tenant_field, i);
     const std::string block = FieldLocation(source, &tree, inv, "tenant", i);
     if (!IsValidTenantId(tp.id())) {
-      errors.push_back(block + ": tenant \"" + tp.id() + "\" is missing or not a tenant id (lower-case letters, "
-                                                         "digits, '.', '_', '-')");
+      errors.push_back(block + ": tenant \"" + tp.id() +
+                       "\" is missing or not a tenant id (lower-case letters, "
+                       "digits, '.', '_', '-')");
     } else if (!tenants.insert(tp.id()).second) {
       errors.push_back(block + ": tenant \"" + tp.id() + "\" is listed twice");
     }
     if (tp.allowed_jurisdictions_size() == 0) {
-      errors.push_back(block + ": tenant \"" + tp.id() + "\" has no allowed_jurisdictions: it could run nowhere");
+      errors.push_back(block + ": tenant \"" + tp.id() +
+                       "\" has no allowed_jurisdictions: it could run nowhere");
     }
     for (int k = 0; k < tp.allowed_jurisdictions_size(); ++k) {
       if (std::string p = JurisdictionProblem(tp.allowed_jurisdictions(k)); !p.empty()) {
@@ -267,7 +282,8 @@ StatusOr<proto::Inventory> LoadInventory(const std::string& path) {
 StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::string& inventory_source,
                                const ResidencyPolicy& policy, int np, int per_node,
                                const std::vector<std::string>* only) {
-  if (np < 1) return InvalidArgument("--np " + std::to_string(np) + ": give the number of ranks to start (1 or more)");
+  if (np < 1)
+    return InvalidArgument("--np " + std::to_string(np) + ": give the number of ranks to start (1 or more)");
   if (per_node < 0) return InvalidArgument("--per-node " + std::to_string(per_node) + " is negative");
   const std::string tenant = policy.enabled() ? "tenant " + policy.tenant : "this job (no tenant)";
   // The operator's ceiling for this tenant, when the inventory declares tenants.
@@ -277,31 +293,36 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
       if (t.id() == policy.tenant) ceiling = &t;
     }
     if (ceiling == nullptr) {
-      return FailedPrecondition("inventory " + inventory_source + " lists the tenants admitted to this cluster and " +
-                                policy.tenant + " is not one of them: the operator must add tenant { id: \"" +
-                                policy.tenant + "\" allowed_jurisdictions: ... } before its jobs run here. Nothing "
+      return FailedPrecondition("inventory " + inventory_source +
+                                " lists the tenants admitted to this cluster and " + policy.tenant +
+                                " is not one of them: the operator must add tenant { id: \"" + policy.tenant +
+                                "\" allowed_jurisdictions: ... } before its jobs run here. Nothing "
                                 "was started");
     }
-    const std::vector<std::string> cj(ceiling->allowed_jurisdictions().begin(), ceiling->allowed_jurisdictions().end());
+    const std::vector<std::string> cj(ceiling->allowed_jurisdictions().begin(),
+                                      ceiling->allowed_jurisdictions().end());
     const std::vector<std::string> cs(ceiling->allowed_sites().begin(), ceiling->allowed_sites().end());
     for (const std::string& j : policy.jurisdictions) {
       if (!Contains(cj, j)) {
-        return FailedPrecondition("the job allows tenant " + policy.tenant + " jurisdiction " + j + ", but inventory " +
-                                  inventory_source + " admits it to " + JoinList(cj) +
-                                  " only: narrow the job's residency.allowed_jurisdictions to those. Nothing was "
-                                  "started");
+        return FailedPrecondition(
+            "the job allows tenant " + policy.tenant + " jurisdiction " + j + ", but inventory " +
+            inventory_source + " admits it to " + JoinList(cj) +
+            " only: narrow the job's residency.allowed_jurisdictions to those. Nothing was "
+            "started");
       }
     }
     if (!cs.empty()) {
       if (policy.sites.empty()) {
-        return FailedPrecondition("the job allows tenant " + policy.tenant + " any site, but inventory " +
-                                  inventory_source + " admits it to sites " + JoinList(cs) +
-                                  " only: list them in the job's residency.allowed_sites. Nothing was started");
+        return FailedPrecondition(
+            "the job allows tenant " + policy.tenant + " any site, but inventory " + inventory_source +
+            " admits it to sites " + JoinList(cs) +
+            " only: list them in the job's residency.allowed_sites. Nothing was started");
       }
       for (const std::string& s : policy.sites) {
         if (!Contains(cs, s)) {
-          return FailedPrecondition("the job allows tenant " + policy.tenant + " site " + s + ", but inventory " +
-                                    inventory_source + " admits it to sites " + JoinList(cs) +
+          return FailedPrecondition("the job allows tenant " + policy.tenant + " site " + s +
+                                    ", but inventory " + inventory_source + " admits it to sites " +
+                                    JoinList(cs) +
                                     " only: narrow the job's residency.allowed_sites. Nothing was started");
         }
       }
@@ -347,12 +368,14 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
     return FailedPrecondition(
         tenant + " needs " + Plural(np, "rank", "ranks") + " on nodes inside " +
         (policy.enabled() ? "its residency (" + policy.Describe() + ")" : std::string("the inventory")) +
-        ", but inventory " + inventory_source + " has " + Plural(static_cast<int>(allowed.size()), "allowed node", "allowed nodes") +
-        " with " + Plural(allowed_slots, "slot", "slots") + " in all" + (have.empty() ? "" : ": " + have) +
+        ", but inventory " + inventory_source + " has " +
+        Plural(static_cast<int>(allowed.size()), "allowed node", "allowed nodes") + " with " +
+        Plural(allowed_slots, "slot", "slots") + " in all" + (have.empty() ? "" : ": " + have) +
         ". Excluded: " + (excluded.empty() ? std::string("none") : excluded) +
         ". Nothing was started: ranks are never placed outside the residency. Lower --np to " +
         std::to_string(allowed_slots) + " or less, or add nodes " +
-        (policy.enabled() ? "in " + JoinList(policy.jurisdictions) + " " : std::string()) + "to the inventory");
+        (policy.enabled() ? "in " + JoinList(policy.jurisdictions) + " " : std::string()) +
+        "to the inventory");
   }
   int left = np;
   for (const proto::InventoryNode* n : allowed) {
@@ -367,7 +390,8 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
     placed.ranks = take;
     placed.address = n->address().empty() ? n->hostname() : n->address();
     placed.interface = n->interface().empty() ? inventory.interface() : n->interface();
-    if (!placed.interface.empty() && !Contains(p.interfaces, placed.interface)) p.interfaces.push_back(placed.interface);
+    if (!placed.interface.empty() && !Contains(p.interfaces, placed.interface))
+      p.interfaces.push_back(placed.interface);
     p.nodes.push_back(std::move(placed));
     left -= take;
   }
@@ -392,7 +416,8 @@ StatusOr<std::vector<std::string>> ExpandSlurmHostlist(std::string_view hostlist
   for (char c : hostlist) {
     if (c == '[') ++depth;
     if (c == ']') --depth;
-    if (depth < 0 || depth > 1) return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": unbalanced brackets");
+    if (depth < 0 || depth > 1)
+      return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": unbalanced brackets");
     if (c == ',' && depth == 0) {
       items.push_back(cur);
       cur.clear();
@@ -416,11 +441,13 @@ StatusOr<std::vector<std::string>> ExpandSlurmHostlist(std::string_view hostlist
       const std::string a = range.substr(0, dash), b = dash == std::string::npos ? a : range.substr(dash + 1);
       if (a.empty() || b.empty() || a.find_first_not_of("0123456789") != std::string::npos ||
           b.find_first_not_of("0123456789") != std::string::npos || a.size() > 9 || b.size() > 9) {
-        return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": \"" + range + "\" is not N or N-M");
+        return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": \"" + range +
+                               "\" is not N or N-M");
       }
       const long lo = std::stol(a), hi = std::stol(b);
       if (hi < lo || hi - lo > 100000) {
-        return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": range " + range + " is empty or too large");
+        return InvalidArgument("hostlist \"" + std::string(hostlist) + "\": range " + range +
+                               " is empty or too large");
       }
       for (long v = lo; v <= hi; ++v) {
         std::string num = std::to_string(v);
@@ -470,31 +497,34 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   std::vector<std::string> allocation;
   if (in_allocation) {
     if (options.slurm_nodelist.empty()) {
-      return FailedPrecondition("inside Slurm allocation " + options.slurm_job_id +
-                                " but SLURM_JOB_NODELIST is empty: cannot tell which nodes the allocation holds");
+      return FailedPrecondition(
+          "inside Slurm allocation " + options.slurm_job_id +
+          " but SLURM_JOB_NODELIST is empty: cannot tell which nodes the allocation holds");
     }
     FJORD_ASSIGN_OR_RETURN(allocation, ExpandSlurmHostlist(options.slurm_nodelist));
   }
-  FJORD_ASSIGN_OR_RETURN(plan.placement, PlaceRanks(inventory, options.inventory_path, plan.policy, options.np,
-                                                    options.per_node, in_allocation ? &allocation : nullptr));
+  FJORD_ASSIGN_OR_RETURN(
+      plan.placement, PlaceRanks(inventory, options.inventory_path, plan.policy, options.np, options.per_node,
+                                 in_allocation ? &allocation : nullptr));
 
   plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
   plan.job_file = plan.launch_dir + "/job.textproto";
   const std::string fjord = options.fjord_binary.empty() ? ThisExecutable() : options.fjord_binary;
-  const std::string interfaces = JoinList(plan.placement.interfaces, "");
+  std::string interfaces;  // comma-separated, as btl_tcp_if_include and NCCL_SOCKET_IFNAME take them
+  for (const std::string& i : plan.placement.interfaces) interfaces += (interfaces.empty() ? "" : ",") + i;
   std::vector<std::string> train = {fjord, "train", plan.job_file};
   train.insert(train.end(), options.train_flags.begin(), options.train_flags.end());
 
   if (plan.mode == LaunchMode::kMpirun) {
     plan.hostfile = plan.launch_dir + "/hostfile";
     plan.hostfile_text = HostfileText(plan.placement);
-    plan.argv = {options.mpirun, "--hostfile", plan.hostfile, "-np", std::to_string(options.np), "--map-by", "slot",
-                 "--nooversubscribe"};
+    plan.argv = {options.mpirun, "--hostfile", plan.hostfile,      "-np", std::to_string(options.np),
+                 "--map-by",     "slot",       "--nooversubscribe"};
     plan.argv.insert(plan.argv.end(), inventory.mpirun_arg().begin(), inventory.mpirun_arg().end());
     if (!interfaces.empty()) {
       // Both the MPI collectives (TCP) and NCCL stay on the inventory's interface.
-      plan.argv.insert(plan.argv.end(), {"--mca", "btl_tcp_if_include", interfaces, "-x",
-                                         "NCCL_SOCKET_IFNAME=" + interfaces});
+      plan.argv.insert(plan.argv.end(),
+                       {"--mca", "btl_tcp_if_include", interfaces, "-x", "NCCL_SOCKET_IFNAME=" + interfaces});
     }
     // The environment every rank needs; never FJORD_NODE_IDENTITY: a node's identity is its own.
     plan.argv.insert(plan.argv.end(), {"-x", "FJORD_LAUNCH_ID"});
@@ -512,10 +542,13 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     nodelist += (nodelist.empty() ? "" : ",") + n.node.hostname();
     for (int r = 0; r < n.ranks; ++r) plan.hostfile_text += n.node.hostname() + "\n";
   }
-  std::vector<std::string> srun = {"srun", "--kill-on-bad-exit=1", "--ntasks=" + std::to_string(options.np),
-                                   "--nodelist=" + nodelist, "--distribution=arbitrary",
-                                   interfaces.empty() ? std::string("--export=ALL")
-                                                      : "--export=ALL,NCCL_SOCKET_IFNAME=" + interfaces};
+  std::vector<std::string> srun = {
+      "srun",
+      "--kill-on-bad-exit=1",
+      "--ntasks=" + std::to_string(options.np),
+      "--nodelist=" + nodelist,
+      "--distribution=arbitrary",
+      interfaces.empty() ? std::string("--export=ALL") : "--export=ALL,NCCL_SOCKET_IFNAME=" + interfaces};
   srun.insert(srun.end(), train.begin(), train.end());
   if (plan.mode == LaunchMode::kSrun) {
     plan.argv = {"env", "SLURM_HOSTFILE=" + plan.hostfile};
@@ -547,10 +580,11 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
 }
 
 std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options) {
-  std::string out = "fjord launch: job " + options.job_path + " (sha256 " + plan.job_digest.substr(0, 16) + "), " +
-                    (plan.policy.enabled() ? "tenant " + plan.policy.tenant + ", residency: " + plan.policy.Describe()
-                                           : std::string("no tenant: no residency gates")) +
-                    "\n";
+  std::string out =
+      "fjord launch: job " + options.job_path + " (sha256 " + plan.job_digest.substr(0, 16) + "), " +
+      (plan.policy.enabled() ? "tenant " + plan.policy.tenant + ", residency: " + plan.policy.Describe()
+                             : std::string("no tenant: no residency gates")) +
+      "\n";
   out += "fjord launch: " + Plural(plan.placement.ranks, "rank", "ranks") + " on " +
          Plural(static_cast<int>(plan.placement.nodes.size()), "node", "nodes") + " of inventory " +
          options.inventory_path + ":\n";
@@ -601,18 +635,21 @@ int RunLaunch(const LaunchOptions& options) {
     // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written).
     StatusOr<proto::JobSpec> job = LoadJobSpec(options.job_path, options.overrides);
     if (job.ok()) {
-      StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(AuditPathFor(*job), "launch@" + ThisHostname());
-      Status logged = audit.ok() ? (*audit)
-                                       ->Append("launch_refused", AuditRecord()
-                                                                      .Str("tenant", job->tenant().id())
-                                                                      .Str("job_sha256", JobDigest(*job))
-                                                                      .Str("inventory", options.inventory_path)
-                                                                      .Int("ranks", options.np)
-                                                                      .Str("message", planned.status().message()))
-                                       .status()
-                                 : audit.status();
+      StatusOr<std::unique_ptr<AuditLog>> audit =
+          AuditLog::Open(AuditPathFor(*job), "launch@" + ThisHostname());
+      Status logged = audit.ok()
+                          ? (*audit)
+                                ->Append("launch_refused", AuditRecord()
+                                                               .Str("tenant", job->tenant().id())
+                                                               .Str("job_sha256", JobDigest(*job))
+                                                               .Str("inventory", options.inventory_path)
+                                                               .Int("ranks", options.np)
+                                                               .Str("message", planned.status().message()))
+                                .status()
+                          : audit.status();
       if (!logged.ok()) {
-        std::fprintf(stderr, "fjord launch: warning: the refusal could not be recorded in the audit log: %s\n",
+        std::fprintf(stderr,
+                     "fjord launch: warning: the refusal could not be recorded in the audit log: %s\n",
                      logged.message().c_str());
       }
     }
@@ -641,7 +678,9 @@ int RunLaunch(const LaunchOptions& options) {
   ::setenv("FJORD_LAUNCH_ID", launch_id.c_str(), 1);
   StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(plan.audit_log, "launch@" + ThisHostname());
   if (!audit.ok()) return fail(audit.status());
-  const char* mode = plan.mode == LaunchMode::kMpirun ? "mpirun" : plan.mode == LaunchMode::kSrun ? "srun" : "sbatch";
+  const char* mode = plan.mode == LaunchMode::kMpirun ? "mpirun"
+                     : plan.mode == LaunchMode::kSrun ? "srun"
+                                                      : "sbatch";
   AuditRecord record;
   record.Str("launch_id", plan.mode == LaunchMode::kSbatch ? std::string("slurm-<job id>") : launch_id)
       .Str("mode", mode)
@@ -655,7 +694,8 @@ int RunLaunch(const LaunchOptions& options) {
       .Int("ranks", plan.placement.ranks)
       .Raw("nodes", NodesJson(plan.placement))
       .Raw("excluded", ExcludedJson(plan.placement))
-      .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file) : CommandLine(plan.argv));
+      .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file)
+                                                       : CommandLine(plan.argv));
   StatusOr<std::string> head = (*audit)->Append("launch_plan", record);
   if (!head.ok()) return fail(head.status());
 
@@ -666,12 +706,14 @@ int RunLaunch(const LaunchOptions& options) {
   }
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
   const int code = RunChild(plan.argv);
-  StatusOr<std::string> end = (*audit)->Append("launch_exit", AuditRecord().Str("launch_id", launch_id).Int("exit_code", code));
+  StatusOr<std::string> end =
+      (*audit)->Append("launch_exit", AuditRecord().Str("launch_id", launch_id).Int("exit_code", code));
   if (!end.ok()) {
     std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
                  end.status().message().c_str());
   } else {
-    std::printf("fjord launch: job exited with %d; audit log %s head %s\n", code, plan.audit_log.c_str(), end->c_str());
+    std::printf("fjord launch: job exited with %d; audit log %s head %s\n", code, plan.audit_log.c_str(),
+                end->c_str());
   }
   return code;
 }
@@ -694,8 +736,8 @@ bool ParseCount(const std::string& flag, const std::string& text, int* out) {
   errno = 0;
   const long v = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || errno != 0 || v < 0 || v > 1'000'000) {
-    std::fprintf(stderr, "fjord launch: error: %s '%s' is not a whole number\nusage: %s\n", flag.c_str(), text.c_str(),
-                 kLaunchUsage);
+    std::fprintf(stderr, "fjord launch: error: %s '%s' is not a whole number\nusage: %s\n", flag.c_str(),
+                 text.c_str(), kLaunchUsage);
     return false;
   }
   *out = static_cast<int>(v);
@@ -709,17 +751,21 @@ std::string Get(const std::multimap<std::string, std::string>& flags, const std:
 
 }  // namespace
 
-int RunLaunchCommand(const std::vector<std::string>& positional, const std::multimap<std::string, std::string>& flags) {
+int RunLaunchCommand(const std::vector<std::string>& positional,
+                     const std::multimap<std::string, std::string>& flags) {
   if (positional.size() != 1) {
-    std::fprintf(stderr, "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: %s\n", kLaunchUsage);
+    std::fprintf(stderr, "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: %s\n",
+                 kLaunchUsage);
     return 2;
   }
   LaunchOptions options;
   options.job_path = positional[0];
   options.inventory_path = Get(flags, "--inventory");
   if (options.inventory_path.empty()) {
-    std::fprintf(stderr, "fjord launch: error: --inventory INV.textproto is required: the operator's list of nodes "
-                         "with their jurisdictions (see examples/sovereign-cluster/)\nusage: %s\n", kLaunchUsage);
+    std::fprintf(stderr,
+                 "fjord launch: error: --inventory INV.textproto is required: the operator's list of nodes "
+                 "with their jurisdictions (see examples/sovereign-cluster/)\nusage: %s\n",
+                 kLaunchUsage);
     return 2;
   }
   if (!flags.count("--np")) {
@@ -728,7 +774,8 @@ int RunLaunchCommand(const std::vector<std::string>& positional, const std::mult
     return 2;
   }
   if (!ParseCount("--np", Get(flags, "--np"), &options.np)) return 2;
-  if (flags.count("--per-node") && !ParseCount("--per-node", Get(flags, "--per-node"), &options.per_node)) return 2;
+  if (flags.count("--per-node") && !ParseCount("--per-node", Get(flags, "--per-node"), &options.per_node))
+    return 2;
   for (auto [it, end] = flags.equal_range("--set"); it != end; ++it) options.overrides.push_back(it->second);
   if (flags.count("--mpirun")) options.mpirun = Get(flags, "--mpirun");
   options.dry_run = flags.count("--dry-run") > 0;
@@ -743,7 +790,8 @@ int RunLaunchCommand(const std::vector<std::string>& positional, const std::mult
   return RunLaunch(options);
 }
 
-int RunAuditCommand(const std::vector<std::string>& positional, const std::multimap<std::string, std::string>& flags) {
+int RunAuditCommand(const std::vector<std::string>& positional,
+                    const std::multimap<std::string, std::string>& flags) {
   if (positional.size() != 2 || positional[0] != "verify" || !flags.empty()) {
     std::fprintf(stderr, "fjord audit: error: expected `verify LOG`\nusage: %s\n", kAuditUsage);
     return 2;
@@ -756,13 +804,14 @@ int RunAuditCommand(const std::vector<std::string>& positional, const std::multi
   }
   if (report->ok) {
     std::printf("fjord audit verify: %s: ok, %lld records, head %s%s%s\n", path.c_str(),
-                static_cast<long long>(report->records), report->head_hash.empty() ? "(empty)" : report->head_hash.c_str(),
+                static_cast<long long>(report->records),
+                report->head_hash.empty() ? "(empty)" : report->head_hash.c_str(),
                 report->problem.empty() ? "" : "; note: ", report->problem.c_str());
     return 0;
   }
   if (report->bad_line > 0) {
-    std::printf("fjord audit verify: %s: BROKEN at line %lld: %s (%lld records before it verify)\n", path.c_str(),
-                static_cast<long long>(report->bad_line), report->problem.c_str(),
+    std::printf("fjord audit verify: %s: BROKEN at line %lld: %s (%lld records before it verify)\n",
+                path.c_str(), static_cast<long long>(report->bad_line), report->problem.c_str(),
                 static_cast<long long>(report->records));
   } else {
     std::printf("fjord audit verify: %s: BROKEN at the end: %s (%lld records verify)\n", path.c_str(),

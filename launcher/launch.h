@@ -106,10 +106,10 @@ struct LaunchPlan {
   ResidencyPolicy policy;
   Placement placement;
   std::string inventory_digest;
-  std::string launch_dir;  // absolute RUN_DIR/launch
-  std::string hostfile;    // launch_dir/hostfile (mpirun) or launch_dir/slurm-hostfile (srun)
-  std::string job_file;    // launch_dir/job.textproto
-  std::string sbatch_file; // launch_dir/job.sbatch (kSbatch)
+  std::string launch_dir;   // absolute RUN_DIR/launch
+  std::string hostfile;     // launch_dir/hostfile (mpirun) or launch_dir/slurm-hostfile (srun)
+  std::string job_file;     // launch_dir/job.textproto
+  std::string sbatch_file;  // launch_dir/job.sbatch (kSbatch)
   std::string audit_log;
   std::vector<std::string> argv;  // the command (mpirun / srun); empty for kSbatch
   std::string hostfile_text;
@@ -144,7 +144,8 @@ const std::vector<std::string>& LaunchBoolFlags();   // --dry-run --slurm --quie
 
 // `fjord launch` from parsed arguments: positional (the job spec) and flags (each flag as written,
 // e.g. "--np" -> "2"; --set may repeat). Returns the exit code: 2 for bad arguments (with usage).
-int RunLaunchCommand(const std::vector<std::string>& positional, const std::multimap<std::string, std::string>& flags);
+int RunLaunchCommand(const std::vector<std::string>& positional,
+                     const std::multimap<std::string, std::string>& flags);
 
 inline constexpr char kAuditUsage[] = "fjord audit verify LOG";
 inline constexpr char kAuditSummary[] =
@@ -153,6 +154,7 @@ inline constexpr char kAuditSummary[] =
 // `fjord audit verify LOG`: exit 0 and "LOG: ok, N records, head HASH" when the chain holds;
 // exit 1 and the first broken record (line, seq, event, what is wrong) when it does not, or when
 // the log cannot be read; exit 2 for bad arguments.
-int RunAuditCommand(const std::vector<std::string>& positional, const std::multimap<std::string, std::string>& flags);
+int RunAuditCommand(const std::vector<std::string>& positional,
+                    const std::multimap<std::string, std::string>& flags);
 
 }  // namespace fjord

@@ -10,13 +10,16 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "launcher/bench_cli.h"
 #include "launcher/demo.h"
+#include "launcher/launch.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/bpe_tokenizer.h"
 #include "runtime/inference.h"
 #include "runtime/model_io.h"
 #include "runtime/tokenizer.h"
+#include "runtime/tenancy.h"
 #include "runtime/trainer.h"
 
 namespace fjord {
@@ -91,12 +94,20 @@ int RunTrain(const Args& args) {
   if (args.Has("--resume")) overrides.push_back("checkpoint.resume=true");
   StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], overrides);
   if (!job.ok()) return Fail("train", job.status());
+  // Tenancy gate 2: this node's own identity, before any data, communicator or GPU. A refusal
+  // exits here; under mpirun that ends the other ranks (still in MPI_Init) too.
+  StatusOr<RankGateResult> gate = RankGate(*job);
+  if (!gate.ok()) return Fail("train", gate.status());
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(*job));
   if (!comm.ok()) return Fail("train", comm.status());
+  StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(*job, *gate, **comm);
+  if (!tenancy.ok()) return FailAll("train", tenancy.status(), **comm);
   TrainOptions options;
   options.quiet = args.Has("--quiet");
   options.json_lines = args.Has("--json");
+  options.tenancy = tenancy->get();
   StatusOr<TrainResult> result = Train(*job, options, **comm);
+  (void)(*tenancy)->RecordJobEnd(result.ok() ? OkStatus() : result.status());
   if (!result.ok()) return FailAll("train", result.status(), **comm);
   return 0;
 }
@@ -109,6 +120,9 @@ int RunPrep(const Args& args) {
     std::fprintf(stderr, "fjord prep: error: --input FILE and --out DIR are required\n");
     return 2;
   }
+  options.tenant = args.Get("--tenant");
+  options.allowed_jurisdictions = SplitList(args.Get("--jurisdiction"));
+  options.allowed_sites = SplitList(args.Get("--site"));
   if (args.Has("--val-fraction") &&
       !ParseNumber("prep", "--val-fraction", args.Get("--val-fraction"), &options.val_fraction)) {
     return 2;
@@ -127,6 +141,10 @@ int RunPrep(const Args& args) {
   std::printf("fjord prep: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) under %s\n",
               static_cast<long long>(result->train_tokens), result->train_files.size(),
               static_cast<long long>(result->val_tokens), result->val_files.size(), options.out_dir.c_str());
+  if (!result->manifest_path.empty()) {
+    std::printf("fjord prep: manifest %s: tenant %s, jurisdictions %s\n", result->manifest_path.c_str(),
+                options.tenant.c_str(), JoinList(options.allowed_jurisdictions).c_str());
+  }
   return 0;
 }
 
@@ -218,9 +236,15 @@ const std::vector<Command>& Commands() {
       {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--resume] [--quiet | --json]",
        "train a model as the job spec says; --resume continues from the newest intact checkpoint", {"--set"},
        {"--quiet", "--json", "--resume"}, RunTrain},
-      {"prep", "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte|gpt2 --vocab DIR]",
-       "tokenize text into llm.c token shards", {"--input", "--out", "--val-fraction", "--tokenizer", "--vocab"}, {},
+      {"prep",
+       "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte|gpt2 --vocab DIR] "
+       "[--tenant ID --jurisdiction CC[,CC] [--site S[,S]]]",
+       "tokenize text into llm.c token shards (with --tenant: and a manifest of tenant, residency, sha256)",
+       {"--input", "--out", "--val-fraction", "--tokenizer", "--vocab", "--tenant", "--jurisdiction", "--site"}, {},
        RunPrep},
+      {"launch", kLaunchUsage, kLaunchSummary, LaunchValueFlags(), LaunchBoolFlags(),
+       [](const Args& a) { return RunLaunchCommand(a.positional, a.flags); }},
+      {"audit", kAuditUsage, kAuditSummary, {}, {}, [](const Args& a) { return RunAuditCommand(a.positional, a.flags); }},
       {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N]",
        "print a checkpoint's mean loss on token shards as JSON", {"--checkpoint", "--data", "--batches"}, {},
        RunEval},
@@ -244,6 +268,7 @@ const std::vector<Command>& Commands() {
 void PrintHelp(FILE* out) {
   std::fprintf(out, "fjord: data-parallel GPT training that keeps every tenant inside its jurisdictions\n\n");
   for (const Command& c : Commands()) std::fprintf(out, "  %-8s %s\n           %s\n", c.name, c.summary, c.usage);
+  std::fprintf(out, "  %-8s %s\n           %s\n", "bench", kBenchSummary, kBenchUsage);
 }
 
 int Main(int argc, char** argv) {
@@ -253,6 +278,7 @@ int Main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string name = argv[1];
+  if (name == "bench") return RunBenchCommand(argc - 2, argv + 2);
   const Command* command = nullptr;
   for (const Command& c : Commands()) {
     if (name == c.name) command = &c;

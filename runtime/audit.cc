@@ -33,7 +33,8 @@ std::string ErrnoText() { return std::strerror(errno); }
 std::string UtcNow() {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[64];
@@ -134,10 +135,13 @@ Status ReadLastLines(int fd, const std::string& path, std::string* last, std::st
     tail = chunk + tail;
   }
   if (tail.back() != '\n') {
-    return DataLoss("audit log " + path +
-                    " does not end with a complete record (no final newline): a write was interrupted or the file "
-                    "was cut; run `fjord audit verify " + path + "`, keep the file for the auditor and give the job "
-                    "a new audit_log");
+    return DataLoss(
+        "audit log " + path +
+        " does not end with a complete record (no final newline): a write was interrupted or the file "
+        "was cut; run `fjord audit verify " +
+        path +
+        "`, keep the file for the auditor and give the job "
+        "a new audit_log");
   }
   tail.pop_back();
   const size_t a = tail.rfind('\n');
@@ -188,7 +192,8 @@ AuditRecord& AuditRecord::Raw(std::string_view key, std::string_view json) {
 
 std::string AuditHeadPath(const std::string& log_path) { return log_path + ".head"; }
 
-StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path, std::string actor, bool create_parent) {
+StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path, std::string actor,
+                                                   bool create_parent) {
   if (path.empty()) return InvalidArgument("the audit log path is empty; set audit_log or run_dir");
   const fs::path parent = fs::path(path).parent_path();
   std::error_code ec;
@@ -207,7 +212,8 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path, std:
 
 StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord& fields) {
   if (fields.uses_reserved_key()) {
-    return Internal("audit record \"" + std::string(event) + "\" uses a reserved key (seq, time, actor, event, prev, "
+    return Internal("audit record \"" + std::string(event) +
+                    "\" uses a reserved key (seq, time, actor, event, prev, "
                     "hash): a bug in fjord");
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -238,9 +244,10 @@ StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord
                 head.hash == earlier.hash && prev.seq == earlier.seq + 1;
     }
     if (!head_ok) {
-      return DataLoss("audit log " + path_ + " ends at record " + std::to_string(prev.seq) + " but " + head_path +
-                      (head.seq < 0 ? std::string(" is missing") : " names record " + std::to_string(head.seq)) +
-                      ": records were removed or the head file was changed" + refuse_hint);
+      return DataLoss(
+          "audit log " + path_ + " ends at record " + std::to_string(prev.seq) + " but " + head_path +
+          (head.seq < 0 ? std::string(" is missing") : " names record " + std::to_string(head.seq)) +
+          ": records were removed or the head file was changed" + refuse_hint);
     }
   } else if (head.seq >= 0) {
     return DataLoss("audit log " + path_ + " is empty but " + head_path + " names record " +
@@ -255,10 +262,11 @@ StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord
   // One write() of the whole line: O_APPEND places it at the end atomically.
   const ssize_t w = ::write(fd.get(), line.data(), line.size());
   if (w != static_cast<ssize_t>(line.size())) {
-    return FailedPrecondition("cannot append to audit log " + path_ + ": " + (w < 0 ? ErrnoText() : "short write") +
-                              "; check free disk space");
+    return FailedPrecondition("cannot append to audit log " + path_ + ": " +
+                              (w < 0 ? ErrnoText() : "short write") + "; check free disk space");
   }
-  if (::fsync(fd.get()) != 0) return FailedPrecondition("cannot fsync audit log " + path_ + ": " + ErrnoText());
+  if (::fsync(fd.get()) != 0)
+    return FailedPrecondition("cannot fsync audit log " + path_ + ": " + ErrnoText());
   FJORD_RETURN_IF_ERROR(WriteHead(head_path, seq, hash).WithContext("audit log head"));
   return hash;
 }
@@ -280,7 +288,8 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
     const size_t end = text.find('\n', start);
     ++line_no;
     if (end == std::string::npos) {
-      return fail(line_no, "the last line is incomplete (no newline): a write was interrupted or the file was cut");
+      return fail(line_no,
+                  "the last line is incomplete (no newline): a write was interrupted or the file was cut");
     }
     const std::string_view line(text.data() + start, end - start);
     start = end + 1;
@@ -295,13 +304,17 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
     const JsonValue* prev_field = json->Find("prev");
     const JsonValue* event = json->Find("event");
     if (seq == nullptr || !seq->AsInt64() || prev_field == nullptr || !prev_field->is_string() ||
-        event == nullptr || !event->is_string() || json->Find("time") == nullptr || json->Find("actor") == nullptr) {
-      return fail(line_no, "a fixed field (seq, time, actor, event, prev) is missing or of the wrong type: the "
-                           "record was edited");
+        event == nullptr || !event->is_string() || json->Find("time") == nullptr ||
+        json->Find("actor") == nullptr) {
+      return fail(line_no,
+                  "a fixed field (seq, time, actor, event, prev) is missing or of the wrong type: the "
+                  "record was edited");
     }
-    const std::string label = "record seq " + std::to_string(*seq->AsInt64()) + " (event \"" + event->text() + "\")";
+    const std::string label =
+        "record seq " + std::to_string(*seq->AsInt64()) + " (event \"" + event->text() + "\")";
     if (Sha256Hex(body) != hash) {
-      return fail(line_no, label + ": its hash does not match its content: the record was edited after it was "
+      return fail(line_no, label +
+                               ": its hash does not match its content: the record was edited after it was "
                                "written");
     }
     if (*seq->AsInt64() != prev.seq + 1) {
@@ -309,8 +322,10 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
                                ": records were deleted, inserted or reordered here");
     }
     if (prev_field->text() != prev.hash) {
-      return fail(line_no, label + ": its \"prev\" is not the hash of the record before it: records were deleted, "
-                               "inserted or reordered here");
+      return fail(line_no,
+                  label +
+                      ": its \"prev\" is not the hash of the record before it: records were deleted, "
+                      "inserted or reordered here");
     }
     before_prev = prev;
     prev.seq = *seq->AsInt64();
@@ -336,16 +351,18 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
   if (head->seq == prev.seq - 1 && head->hash == before_prev.hash) {
     // An append interrupted after writing its record and before updating the head.
     report.ok = true;
-    report.problem = head_path + " lags one record behind (an append was interrupted after writing its record)";
+    report.problem =
+        head_path + " lags one record behind (an append was interrupted after writing its record)";
     return report;
   }
   if (head->seq > prev.seq) {
-    return fail(0, "the log ends at record " + std::to_string(prev.seq) + " but " + head_path + " names record " +
-                       std::to_string(head->seq) + ": the last " + std::to_string(head->seq - prev.seq) +
-                       " record(s) were deleted");
+    return fail(0, "the log ends at record " + std::to_string(prev.seq) + " but " + head_path +
+                       " names record " + std::to_string(head->seq) + ": the last " +
+                       std::to_string(head->seq - prev.seq) + " record(s) were deleted");
   }
   return fail(0, "the log's last record (seq " + std::to_string(prev.seq) + ") does not match " + head_path +
-                     " (seq " + std::to_string(head->seq) + "): the end of the log was replaced or the head file "
+                     " (seq " + std::to_string(head->seq) +
+                     "): the end of the log was replaced or the head file "
                      "was edited");
 }
 

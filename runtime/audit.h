@@ -78,10 +78,12 @@ class AuditLog {
 // What `fjord audit verify` found. ok == false names the first broken record.
 struct AuditVerifyReport {
   bool ok = false;
-  int64_t records = 0;        // records checked before the first problem (all of them when ok)
-  std::string head_hash;      // hash of the last good record ("" for an empty log)
-  int64_t bad_line = 0;       // 1-based line of the first broken record (0 when ok, or for LOG.head)
-  std::string problem;        // what is wrong there and what it means
+  int64_t records = 0;    // records checked before the first problem (all of them when ok)
+  std::string head_hash;  // hash of the last good record ("" for an empty log)
+  int64_t bad_line = 0;   // 1-based line of the first broken record (0 when ok, or for LOG.head)
+  // ok == false: what is wrong at bad_line and what it means. ok == true: "" or a note (the head
+  // file lags one record behind an interrupted append).
+  std::string problem;
 };
 
 // Checks every record in order: one JSON object per line, fixed fields present, seq = previous + 1,

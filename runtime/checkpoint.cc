@@ -87,7 +87,7 @@ std::string StepName(int step) {
 
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const CheckpointState& state,
                                      const proto::JobSpec& job, const Gpt& model, const float* adam_m,
-                                     const float* adam_v) {
+                                     const float* adam_v, const CheckpointSeal* seal) {
   const int step = state.step;
   std::error_code ec;
   fs::create_directories(checkpoints_dir, ec);
@@ -116,7 +116,14 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   Status s;
   for (const File& f : files) {
     const std::string path = tmp_dir + "/" + f.name;
-    s = WriteFileSynced(path, f.pieces);
+    if (seal != nullptr && seal->key && std::string(f.name) != "job.textproto") {
+      // Tensors are sealed with the tenant's key (AES-256-GCM), the tenant and file name bound in.
+      std::vector<ByteSpan> spans;
+      for (const auto& [data, size] : f.pieces) spans.push_back({data, size});
+      s = WriteCheckpointFile(path, spans, *seal);
+    } else {
+      s = WriteFileSynced(path, f.pieces);
+    }
     if (!s.ok()) break;
     if (crash_hook && std::atoi(crash_hook->c_str()) == step) {
       std::fprintf(stderr, "fjord: TEST HOOK crash_in_checkpoint: exiting after writing %s of step %d\n", path.c_str(),
@@ -128,11 +135,13 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
       s = digest.status();
       break;
     }
-    size_t bytes = 0;
-    for (const auto& piece : f.pieces) bytes += piece.second;
+    const size_t bytes = fs::file_size(path, ec);  // on disk: sealed files are larger
     if (!manifest_files.empty()) manifest_files += ",\n";
     manifest_files += "    \"" + std::string(f.name) + "\": {\"bytes\": " + std::to_string(bytes) +
                       ", \"sha256\": \"" + *digest + "\"}";
+  }
+  if (s.ok() && seal != nullptr) {
+    s = WriteCheckpointTenantRecord(tmp_dir, *seal, {"model.bin", "optimizer.bin", "job.textproto"});
   }
   if (s.ok()) {
     const std::string manifest =
@@ -212,6 +221,10 @@ Status VerifyCheckpoint(const std::string& dir) {
     return DataLoss(dir + "/manifest.json: no \"files\" listed");
   }
   for (const auto& [name, entry] : files->object()) {
+    // Only plain names: a manifest must not make the reader open files outside the checkpoint.
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+      return DataLoss(dir + "/manifest.json: file name \"" + name + "\" is not a plain file name in the checkpoint");
+    }
     const std::string path = (fs::path(dir) / name).string();
     const JsonValue* bytes = entry.Find("bytes");
     const JsonValue* sha = entry.Find("sha256");
@@ -221,6 +234,7 @@ Status VerifyCheckpoint(const std::string& dir) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return DataLoss(path + ": missing (listed in manifest.json)");
     const uint64_t size = fs::file_size(path, ec);
+    if (ec) return DataLoss(path + ": not a regular file (" + ec.message() + "; listed in manifest.json)");
     if (size != *bytes->AsUint64()) {
       return DataLoss(path + ": " + std::to_string(size) + " bytes, manifest.json says " +
                       std::to_string(*bytes->AsUint64()) + " (truncated or replaced)");
@@ -284,10 +298,10 @@ StatusOr<proto::JobSpec> LoadCheckpointJob(const std::string& dir) {
   return LoadJobSpec((fs::path(dir) / "job.textproto").string(), {});
 }
 
-Status LoadCheckpointWeights(const std::string& dir, Gpt& model) {
+Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal) {
   const std::string path = (fs::path(dir) / "model.bin").string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot open " + path);
+  FJORD_ASSIGN_OR_RETURN(std::string contents, ReadCheckpointFile(path, seal ? *seal : CheckpointSeal()));
+  std::istringstream in(std::move(contents), std::ios::binary);
   std::vector<int32_t> header(kHeaderInts);
   in.read(reinterpret_cast<char*>(header.data()), kHeaderInts * sizeof(int32_t));
   if (!in) return DataLoss(path + ": shorter than its 1024-byte header (truncated checkpoint)");
@@ -315,10 +329,11 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model) {
   return OkStatus();
 }
 
-Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* adam_m, float* adam_v) {
+Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* adam_m, float* adam_v,
+                               const CheckpointSeal* seal) {
   const std::string path = (fs::path(dir) / "optimizer.bin").string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot open " + path);
+  FJORD_ASSIGN_OR_RETURN(std::string contents, ReadCheckpointFile(path, seal ? *seal : CheckpointSeal()));
+  std::istringstream in(std::move(contents), std::ios::binary);
   std::vector<int32_t> header(kHeaderInts);
   in.read(reinterpret_cast<char*>(header.data()), kHeaderInts * sizeof(int32_t));
   if (!in || header[kMagic] != kModelMagic) return DataLoss(path + ": not a fjord optimizer state (bad header)");

@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "proto/job.pb.h"
 #include "runtime/gpt.h"
+#include "runtime/tenancy.h"
 
 namespace fjord {
 
@@ -40,7 +41,7 @@ struct CheckpointState {
 // that path. adam_m and adam_v hold the AdamW moments of all num_params() parameters.
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const CheckpointState& state,
                                      const proto::JobSpec& job, const Gpt& model, const float* adam_m,
-                                     const float* adam_v);
+                                     const float* adam_v, const CheckpointSeal* seal = nullptr);
 
 // Removes complete step_* checkpoints beyond the newest `keep_last` (0 keeps all) and stale
 // temporary directories of this process. Called only after a new checkpoint is complete.
@@ -69,9 +70,11 @@ StatusOr<proto::JobSpec> LoadCheckpointJob(const std::string& dir);
 
 // Loads the weights of the checkpoint in `dir` into `model`, whose config must match the
 // header; a mismatch or a short file is refused naming the file and the field.
-Status LoadCheckpointWeights(const std::string& dir, Gpt& model);
+// With `seal` (from Tenancy::CheckCheckpoint), sealed files are decrypted and authenticated.
+Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal = nullptr);
 
 // Loads the AdamW moments (num_params() floats each) of the checkpoint in `dir`.
-Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* adam_m, float* adam_v);
+Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* adam_m, float* adam_v,
+                               const CheckpointSeal* seal = nullptr);
 
 }  // namespace fjord

@@ -82,8 +82,9 @@ StatusOr<std::array<uint8_t, kSealHeaderBytes>> NewHeader() {
 
 // Streams pieces through AES-256-GCM, calling `sink(bytes, size)` with ciphertext, then the tag.
 template <typename Sink>
-Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header, const std::vector<ByteSpan>& plaintext,
-                     const EncryptionKey& key, std::string_view context, Sink&& sink) {
+Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header,
+                     const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
+                     std::string_view context, Sink&& sink) {
   CipherCtx ctx(EVP_CIPHER_CTX_new());
   if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
   int len = 0;
@@ -91,8 +92,9 @@ Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header, const 
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
       EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), header.data() + 16) != 1 ||
       EVP_EncryptUpdate(ctx.get(), nullptr, &len, header.data(), kSealHeaderBytes) != 1 ||
-      (!context.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
-                                             static_cast<int>(context.size())) != 1)) {
+      (!context.empty() &&
+       EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
+                         static_cast<int>(context.size())) != 1)) {
     return Internal("AES-256-GCM setup failed: " + OpenSslError());
   }
   std::vector<uint8_t> out(kChunk + 16);
@@ -159,7 +161,7 @@ StatusOr<std::string> Sha256OfFile(const std::string& path, const std::string& w
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     return (errno == ENOENT ? NotFound : FailedPrecondition)("cannot open " + what + " " + path + ": " +
-                                                              std::strerror(errno));
+                                                             std::strerror(errno));
   }
   Sha256 h;
   std::vector<uint8_t> buf(kChunk);
@@ -198,17 +200,20 @@ StatusOr<EncryptionKey> LoadEncryptionKey(const std::string& path, const std::st
   const std::string what = field + ": key file " + path;
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
-    return (errno == ENOENT ? NotFound : FailedPrecondition)(
-        what + ": " + std::strerror(errno) +
-        "; give the path of the tenant's 32-byte key (create one with `openssl rand -hex 32 > KEY; chmod 600 KEY`)");
+    return (errno == ENOENT ? NotFound
+                            : FailedPrecondition)(what + ": " + std::strerror(errno) +
+                                                  "; give the path of the tenant's 32-byte key (create one "
+                                                  "with `openssl rand -hex 32 > KEY; chmod 600 KEY`)");
   }
   if (!S_ISREG(st.st_mode)) return InvalidArgument(what + " is not a regular file; give the key file itself");
   if ((st.st_mode & 077) != 0) {
     char mode[8];
     std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return FailedPrecondition(what + " has mode " + mode +
-                              ": other users may read or change it; a tenant's key must be private to its owner: "
-                              "run chmod 600 " + path);
+    return FailedPrecondition(
+        what + " has mode " + mode +
+        ": other users may read or change it; a tenant's key must be private to its owner: "
+        "run chmod 600 " +
+        path);
   }
   StatusOr<std::string> bytes = ReadWholeFile(path, "key file");
   if (!bytes.ok()) return bytes.status().WithContext(field);
@@ -227,9 +232,11 @@ StatusOr<EncryptionKey> LoadEncryptionKey(const std::string& path, const std::st
       raw[i] = static_cast<uint8_t>(hi << 4 | lo);
     }
     if (!hex) {
-      result = InvalidArgument(what + " holds " + std::to_string(b.size()) +
-                               " bytes that are neither exactly 32 raw bytes nor 64 hex digits; an AES-256 key is "
-                               "32 bytes: create one with `openssl rand -hex 32 > " + path + "`");
+      result =
+          InvalidArgument(what + " holds " + std::to_string(b.size()) +
+                          " bytes that are neither exactly 32 raw bytes nor 64 hex digits; an AES-256 key is "
+                          "32 bytes: create one with `openssl rand -hex 32 > " +
+                          path + "`");
     }
   }
   OPENSSL_cleanse(b.data(), b.size());
@@ -246,7 +253,8 @@ bool IsSealed(std::string_view bytes) {
   return bytes.size() >= sizeof(kSealMagic) && std::memcmp(bytes.data(), kSealMagic, sizeof(kSealMagic)) == 0;
 }
 
-StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const EncryptionKey& key, std::string_view context) {
+StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
+                           std::string_view context) {
   FJORD_ASSIGN_OR_RETURN(const auto header, NewHeader());
   size_t total = 0;
   for (const ByteSpan& p : plaintext) total += p.size;
@@ -266,14 +274,16 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
     return DataLoss(source + " is not a sealed (encrypted) file: it does not start with fjord's seal header");
   }
   if (sealed.size() < kSealHeaderBytes + kSealTagBytes) {
-    return DataLoss(source + ": " + std::to_string(sealed.size()) +
-                    " bytes, shorter than a sealed file's header and tag: truncated; wrong key or modified file");
+    return DataLoss(
+        source + ": " + std::to_string(sealed.size()) +
+        " bytes, shorter than a sealed file's header and tag: truncated; wrong key or modified file");
   }
   const uint8_t* h = reinterpret_cast<const uint8_t*>(sealed.data());
   const uint32_t version = GetLe32(h + 8), cipher = GetLe32(h + 12);
   if (version != kSealVersion || cipher != kCipherAes256Gcm) {
     return FailedPrecondition(source + ": sealed-file version " + std::to_string(version) + ", cipher " +
-                              std::to_string(cipher) + " is not supported (this fjord reads version 1, cipher 1 = "
+                              std::to_string(cipher) +
+                              " is not supported (this fjord reads version 1, cipher 1 = "
                               "AES-256-GCM); wrong key or modified file, or written by a newer fjord");
   }
   const size_t n = sealed.size() - kSealHeaderBytes - kSealTagBytes;
@@ -284,8 +294,9 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
       EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), h + 16) != 1 ||
       EVP_DecryptUpdate(ctx.get(), nullptr, &len, h, kSealHeaderBytes) != 1 ||
-      (!context.empty() && EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
-                                             static_cast<int>(context.size())) != 1)) {
+      (!context.empty() &&
+       EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
+                         static_cast<int>(context.size())) != 1)) {
     return Internal("AES-256-GCM setup failed: " + OpenSslError());
   }
   std::string out(n, '\0');
@@ -306,16 +317,17 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
       EVP_DecryptFinal_ex(ctx.get(), tail, &len) != 1) {
     OPENSSL_cleanse(out.data(), out.size());
     ERR_clear_error();
-    return DataLoss(source +
-                    ": authentication failed: wrong key or modified file (the AES-256-GCM tag does not match). "
-                    "Check that checkpoint.encryption_key_file is this tenant's key; if it is, the file was "
-                    "changed or damaged after it was written: restore it from a copy you trust");
+    return DataLoss(
+        source +
+        ": authentication failed: wrong key or modified file (the AES-256-GCM tag does not match). "
+        "Check that checkpoint.encryption_key_file is this tenant's key; if it is, the file was "
+        "changed or damaged after it was written: restore it from a copy you trust");
   }
   return out;
 }
 
-Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
-                       std::string_view context) {
+Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& plaintext,
+                       const EncryptionKey& key, std::string_view context) {
   FJORD_ASSIGN_OR_RETURN(const auto header, NewHeader());
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -327,8 +339,9 @@ Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& pla
     while (n > 0) {
       const ssize_t w = ::write(fd.get(), p, n);
       if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return FailedPrecondition("write to " + tmp + " failed: " + std::strerror(errno) +
-                                            "; check free disk space");
+      if (w <= 0)
+        return FailedPrecondition("write to " + tmp + " failed: " + std::strerror(errno) +
+                                  "; check free disk space");
       p += w;
       n -= static_cast<size_t>(w);
     }
@@ -336,7 +349,8 @@ Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& pla
   };
   Status s = write_all(header.data(), header.size());
   if (s.ok()) s = EncryptPieces(header, plaintext, key, context, write_all);
-  if (s.ok() && ::fsync(fd.get()) != 0) s = FailedPrecondition("fsync of " + tmp + " failed: " + std::strerror(errno));
+  if (s.ok() && ::fsync(fd.get()) != 0)
+    s = FailedPrecondition("fsync of " + tmp + " failed: " + std::strerror(errno));
   if (s.ok() && !fd.Close()) s = FailedPrecondition("close of " + tmp + " failed: " + std::strerror(errno));
   if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     s = FailedPrecondition("rename of " + tmp + " to " + path + " failed: " + std::strerror(errno));
@@ -351,7 +365,8 @@ Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& pla
   return OkStatus();
 }
 
-StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key, std::string_view context) {
+StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key,
+                                     std::string_view context) {
   FJORD_ASSIGN_OR_RETURN(std::string sealed, ReadWholeFile(path, "sealed file"));
   return Unseal(sealed, key, context, path);
 }

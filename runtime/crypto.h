@@ -89,7 +89,8 @@ bool IsSealed(std::string_view bytes);
 
 // Encrypts `plaintext` (given as pieces, concatenated) into the sealed format. `context` is
 // authenticated but not stored; Unseal must be given the same.
-StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const EncryptionKey& key, std::string_view context);
+StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
+                           std::string_view context);
 
 // Decrypts and authenticates `sealed`; `source` names it in errors (a path). Refusals:
 // not a sealed file (DataLoss), unknown version or cipher (FailedPrecondition), and "wrong key or
@@ -100,10 +101,11 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
 
 // Seal + atomic write (temporary file, fsync, rename): a reader sees the old file or the complete
 // new one. Encrypts piece by piece in 1 MiB chunks, so the plaintext is not copied whole.
-Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
-                       std::string_view context);
+Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& plaintext,
+                       const EncryptionKey& key, std::string_view context);
 
 // Reads the file at `path` and Unseals it.
-StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key, std::string_view context);
+StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key,
+                                     std::string_view context);
 
 }  // namespace fjord

@@ -25,7 +25,8 @@ void AuditRefusal(const DataPolicy& policy, const std::string& what, const std::
                   const std::string& message) {
   if (policy.audit == nullptr) return;
   (void)policy.audit->Append(
-      "refusal", AuditRecord().Str("gate", "data").Str("field", what).Str("path", path).Str("message", message));
+      "refusal",
+      AuditRecord().Str("gate", "data").Str("field", what).Str("path", path).Str("message", message));
 }
 
 }  // namespace
@@ -52,8 +53,8 @@ StatusOr<proto::DataManifest> ReadDataManifest(const std::string& dir) {
   }
   for (int i = 0; i < m.allowed_jurisdictions_size(); ++i) {
     if (std::string p = JurisdictionProblem(m.allowed_jurisdictions(i)); !p.empty()) {
-      return InvalidArgument(FieldLocation(path, &tree, m, "allowed_jurisdictions", i) + ": allowed_jurisdictions \"" +
-                             m.allowed_jurisdictions(i) + "\" " + p + fix);
+      return InvalidArgument(FieldLocation(path, &tree, m, "allowed_jurisdictions", i) +
+                             ": allowed_jurisdictions \"" + m.allowed_jurisdictions(i) + "\" " + p + fix);
     }
   }
   for (int i = 0; i < m.shard_size(); ++i) {
@@ -61,8 +62,9 @@ StatusOr<proto::DataManifest> ReadDataManifest(const std::string& dir) {
     const pb::TextFormat::ParseInfoTree* nested =
         tree.GetTreeForNested(proto::DataManifest::descriptor()->FindFieldByName("shard"), i);
     if (s.name().empty() || s.name().find('/') != std::string::npos || !IsHex64(s.sha256())) {
-      return InvalidArgument(FieldLocation(path, nested, s, "name") + ": shard entry " + std::to_string(i + 1) +
-                             " needs a file name (no directories) and a sha256 of 64 lower-case hex digits" + fix);
+      return InvalidArgument(
+          FieldLocation(path, nested, s, "name") + ": shard entry " + std::to_string(i + 1) +
+          " needs a file name (no directories) and a sha256 of 64 lower-case hex digits" + fix);
     }
   }
   return m;
@@ -72,7 +74,8 @@ Status WriteDataManifest(const std::string& dir, const proto::DataManifest& mani
   std::string body;
   pb::TextFormat::PrintToString(manifest, &body);
   const std::string text =
-      "# fjord data manifest (proto/tenancy.proto DataManifest), written by fjord prep. A job of another tenant,\n"
+      "# fjord data manifest (proto/tenancy.proto DataManifest), written by fjord prep. A job of another "
+      "tenant,\n"
       "# on a node outside allowed_jurisdictions, or finding a shard whose SHA-256 differs is refused.\n" +
       body;
   return WriteFileAtomic((fs::path(dir) / kManifestName).string(), {{text.data(), text.size()}})
@@ -80,7 +83,8 @@ Status WriteDataManifest(const std::string& dir, const proto::DataManifest& mani
 }
 
 StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<std::string>& files,
-                                                            const std::string& what, const DataPolicy& policy) {
+                                                            const std::string& what,
+                                                            const DataPolicy& policy) {
   std::vector<ShardExpectation> out;
   if (!policy.enabled) {
     for (const std::string& f : files) out.push_back({f, "", "", -1});
@@ -90,24 +94,28 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
     AuditRefusal(policy, what, path, s.message());
     return s;
   };
-  const std::string node = "this node (" + policy.host + ", jurisdiction " + policy.jurisdiction + ", site " +
-                           policy.site + ")";
+  const std::string node =
+      "this node (" + policy.host + ", jurisdiction " + policy.jurisdiction + ", site " + policy.site + ")";
   // One manifest per directory, read and checked once, before any shard.
   std::map<std::string, StatusOr<proto::DataManifest>> manifests;
   for (const std::string& file : files) {
-    const std::string dir = fs::path(file).parent_path().empty() ? "." : fs::path(file).parent_path().string();
+    const std::string dir =
+        fs::path(file).parent_path().empty() ? "." : fs::path(file).parent_path().string();
     auto it = manifests.find(dir);
     if (it == manifests.end()) {
       it = manifests.emplace(dir, ReadDataManifest(dir)).first;
       const std::string mpath = (fs::path(dir) / kManifestName).string();
       if (!it->second.ok() && it->second.status().code() == StatusCode::kNotFound) {
         if (!policy.allow_unmanifested) {
-          return refuse(mpath, FailedPrecondition(
-                                   what + ": " + file + " has no manifest: " + mpath + " does not exist, and tenant " +
-                                   policy.tenant + " reads only data whose manifest names the tenant, where it may "
-                                   "be opened and the SHA-256 of each shard. Re-create the data with `fjord prep "
-                                   "--tenant " + policy.tenant + " --jurisdiction " + policy.jurisdiction +
-                                   " ...`, or (audited) set data.allow_unmanifested: true in the job spec"));
+          return refuse(
+              mpath, FailedPrecondition(
+                         what + ": " + file + " has no manifest: " + mpath + " does not exist, and tenant " +
+                         policy.tenant +
+                         " reads only data whose manifest names the tenant, where it may "
+                         "be opened and the SHA-256 of each shard. Re-create the data with `fjord prep "
+                         "--tenant " +
+                         policy.tenant + " --jurisdiction " + policy.jurisdiction +
+                         " ...`, or (audited) set data.allow_unmanifested: true in the job spec"));
         }
       } else if (!it->second.ok()) {
         return refuse(mpath, it->second.status().WithContext(what));
@@ -124,9 +132,10 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
         allowed.jurisdictions.assign(m.allowed_jurisdictions().begin(), m.allowed_jurisdictions().end());
         allowed.sites.assign(m.allowed_sites().begin(), m.allowed_sites().end());
         if (std::string why = allowed.WhyNot(policy.jurisdiction, policy.site); !why.empty()) {
-          return refuse(mpath, FailedPrecondition(what + ": " + mpath + " allows the data to be opened in " +
-                                                  allowed.Describe() + " only, and " + node + " is outside: " + why +
-                                                  ". Run the job on nodes inside the data's residency"));
+          return refuse(mpath,
+                        FailedPrecondition(what + ": " + mpath + " allows the data to be opened in " +
+                                           allowed.Describe() + " only, and " + node + " is outside: " + why +
+                                           ". Run the job on nodes inside the data's residency"));
         }
         if (policy.audit != nullptr) {
           FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(mpath, "data manifest"));
@@ -134,15 +143,16 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
           for (int i = 0; i < m.allowed_jurisdictions_size(); ++i) {
             allowed_json += std::string(i ? "," : "") + "\"" + m.allowed_jurisdictions(i) + "\"";
           }
-          FJORD_RETURN_IF_ERROR(policy.audit
-                                    ->Append("manifest_opened", AuditRecord()
-                                                                    .Str("field", what)
-                                                                    .Str("path", mpath)
-                                                                    .Str("sha256", digest)
-                                                                    .Str("tenant", m.tenant())
-                                                                    .Raw("allowed_jurisdictions", allowed_json + "]")
-                                                                    .Int("shards", m.shard_size()))
-                                    .status());
+          FJORD_RETURN_IF_ERROR(
+              policy.audit
+                  ->Append("manifest_opened", AuditRecord()
+                                                  .Str("field", what)
+                                                  .Str("path", mpath)
+                                                  .Str("sha256", digest)
+                                                  .Str("tenant", m.tenant())
+                                                  .Raw("allowed_jurisdictions", allowed_json + "]")
+                                                  .Int("shards", m.shard_size()))
+                  .status());
         }
       }
     }
@@ -150,11 +160,14 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
     e.path = file;
     if (!it->second.ok()) {  // unmanifested, allowed by the job
       if (policy.audit != nullptr) {
-        FJORD_RETURN_IF_ERROR(policy.audit
-                                  ->Append("data_unmanifested",
-                                           AuditRecord().Str("field", what).Str("path", file).Str(
-                                               "note", "read without a manifest: data.allow_unmanifested is true"))
-                                  .status());
+        FJORD_RETURN_IF_ERROR(
+            policy.audit
+                ->Append("data_unmanifested",
+                         AuditRecord()
+                             .Str("field", what)
+                             .Str("path", file)
+                             .Str("note", "read without a manifest: data.allow_unmanifested is true"))
+                .status());
       }
       out.push_back(e);
       continue;
@@ -167,9 +180,10 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
     }
     e.manifest = (fs::path(dir) / kManifestName).string();
     if (entry == nullptr) {
-      return refuse(file, FailedPrecondition(what + ": " + file + " is not listed in " + e.manifest +
-                                             ": it was added after prep, or belongs to other data; remove it or "
-                                             "re-create the data with fjord prep"));
+      return refuse(file,
+                    FailedPrecondition(what + ": " + file + " is not listed in " + e.manifest +
+                                       ": it was added after prep, or belongs to other data; remove it or "
+                                       "re-create the data with fjord prep"));
     }
     e.sha256 = entry->sha256();
     e.tokens = entry->has_tokens() ? entry->tokens() : -1;
@@ -183,10 +197,11 @@ Status VerifyShardBytes(const ShardExpectation& expectation, std::string_view by
   if (!policy.enabled) return OkStatus();
   const std::string digest = Sha256Hex(bytes);
   if (!expectation.manifest.empty() && digest != expectation.sha256) {
-    Status s = DataLoss(what + ": shard " + expectation.path + " has SHA-256 " + digest + " but " +
-                        expectation.manifest + " records " + expectation.sha256 +
-                        ": the shard was modified or replaced after prep; refusing it. Restore it, or re-create the "
-                        "data with fjord prep");
+    Status s =
+        DataLoss(what + ": shard " + expectation.path + " has SHA-256 " + digest + " but " +
+                 expectation.manifest + " records " + expectation.sha256 +
+                 ": the shard was modified or replaced after prep; refusing it. Restore it, or re-create the "
+                 "data with fjord prep");
     AuditRefusal(policy, what, expectation.path, s.message());
     return s;
   }
@@ -204,7 +219,8 @@ Status VerifyShardBytes(const ShardExpectation& expectation, std::string_view by
 }
 
 Status VerifyShardTokens(const ShardExpectation& expectation, int64_t tokens, const std::string& what) {
-  if (expectation.manifest.empty() || expectation.tokens < 0 || expectation.tokens == tokens) return OkStatus();
+  if (expectation.manifest.empty() || expectation.tokens < 0 || expectation.tokens == tokens)
+    return OkStatus();
   return DataLoss(what + ": shard " + expectation.path + " holds " + std::to_string(tokens) + " tokens but " +
                   expectation.manifest + " records " + std::to_string(expectation.tokens) +
                   ": the manifest does not describe this shard; re-create the data with fjord prep");

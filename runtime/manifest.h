@@ -56,7 +56,8 @@ struct ShardExpectation {
 // Step 1 above for the shards `files` (from the glob of field `what`, e.g. "data.train"). Reads no
 // shard. Returns one expectation per file, in order.
 StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<std::string>& files,
-                                                            const std::string& what, const DataPolicy& policy);
+                                                            const std::string& what,
+                                                            const DataPolicy& policy);
 
 // Step 2: refuses `bytes` read from expectation.path when their SHA-256 differs from the manifest
 // (names both digests: the shard was modified or replaced after prep). Audits shard_opened.

@@ -99,6 +99,8 @@ std::optional<Dtype> ParseDtype(std::string_view name) {
 }
 
 int64_t SafetensorsTensor::num_elements() const {
+  // An empty tensor's other dimensions may multiply past int64 (the reader bounds only the bytes).
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;

@@ -26,22 +26,48 @@ namespace pb = google::protobuf;
 
 // Officially assigned ISO 3166-1 alpha-2 codes (249), each followed by a space.
 constexpr std::string_view kIsoCodes =
-    "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY "
-    "BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK "
-    "FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR "
-    "IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK "
-    "ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM "
-    "PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF "
+    "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV "
+    "BW BY "
+    "BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI "
+    "FJ FK "
+    "FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO "
+    "IQ IR "
+    "IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG "
+    "MH MK "
+    "ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK "
+    "PL PM "
+    "PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC "
+    "TD TF "
     "TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW ";
 
 class CollectingErrors : public pb::io::ErrorCollector {
  public:
+  explicit CollectingErrors(std::string_view text) : text_(text) {}
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    if (first_.empty()) first_ = std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + message;
+    if (!first_.empty()) return;
+    // Protobuf reports an unknown field at the token after it; point at the name itself.
+    const std::string key = "has no field named \"";
+    if (size_t k = message.find(key); k != std::string::npos) {
+      const std::string name =
+          message.substr(k + key.size(), message.find('"', k + key.size()) - k - key.size());
+      size_t begin = 0;
+      for (int i = 0; i < line && begin != std::string_view::npos; ++i) {
+        begin = text_.find('\n', begin);
+        if (begin != std::string_view::npos) ++begin;
+      }
+      if (begin != std::string_view::npos) {
+        const size_t at = text_.substr(begin, static_cast<size_t>(std::max(column, 0))).rfind(name);
+        if (at != std::string_view::npos) column = static_cast<int>(at);
+      }
+    }
+    std::string m = message;
+    while (!m.empty() && m.back() == '.') m.pop_back();
+    first_ = std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + m;
   }
   const std::string& first() const { return first_; }
 
  private:
+  std::string_view text_;
   std::string first_;
 };
 
@@ -96,7 +122,8 @@ std::string OwnershipProblem(const std::string& path, const char* what) {
     return std::string(what) + " " + path + " is owned by uid " + std::to_string(st.st_uid) + ", not root";
   }
   if ((st.st_mode & 022) != 0) {
-    return std::string(what) + " " + path + " is writable by group or others (mode " + ModeText(st.st_mode) + ")";
+    return std::string(what) + " " + path + " is writable by group or others (mode " + ModeText(st.st_mode) +
+           ")";
   }
   return "";
 }
@@ -127,11 +154,13 @@ std::string JurisdictionProblem(std::string_view code) {
   for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   if (IsIsoCountryCode(upper)) return "is not upper case; write " + Quoted(upper);
   if (upper == "EU") {
-    return "is not a country: list the ISO 3166-1 alpha-2 codes of the member states allowed, e.g. \"NO\", \"SE\"";
+    return "is not a country: list the ISO 3166-1 alpha-2 codes of the member states allowed, e.g. \"NO\", "
+           "\"SE\"";
   }
   if (upper == "UK") return "is not the ISO 3166-1 alpha-2 code of the United Kingdom; write \"GB\"";
   if (code.size() == 3) {
-    return "has 3 letters; jurisdictions are 2-letter ISO 3166-1 alpha-2 codes, e.g. \"NO\" for Norway, \"SE\" "
+    return "has 3 letters; jurisdictions are 2-letter ISO 3166-1 alpha-2 codes, e.g. \"NO\" for Norway, "
+           "\"SE\" "
            "for Sweden";
   }
   return "is not an ISO 3166-1 alpha-2 country code; write one such as \"NO\" (Norway) or \"SE\" (Sweden)";
@@ -139,7 +168,9 @@ std::string JurisdictionProblem(std::string_view code) {
 
 bool IsValidTenantId(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
-  auto ok = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'; };
+  auto ok = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+  };
   if (!std::isalnum(static_cast<unsigned char>(id[0]))) return false;
   return std::all_of(id.begin(), id.end(), ok);
 }
@@ -151,16 +182,16 @@ bool IsValidSiteName(std::string_view site) {
   });
 }
 
-Status ParseTextProto(std::string_view text, const std::string& source, pb::Message* out, const std::string& schema,
-                      pb::TextFormat::ParseInfoTree* tree) {
+Status ParseTextProto(std::string_view text, const std::string& source, pb::Message* out,
+                      const std::string& schema, pb::TextFormat::ParseInfoTree* tree) {
   pb::TextFormat::Parser parser;
-  CollectingErrors errors;
+  CollectingErrors errors(text);
   parser.RecordErrorsTo(&errors);
   if (tree != nullptr) parser.WriteLocationsTo(tree);
   if (!parser.ParseFromString(std::string(text), out)) {
-    return InvalidArgument(source + ":" + (errors.first().empty() ? std::string("1:1: cannot parse") : errors.first()) +
-                           ". The file is protobuf text format of " + out->GetDescriptor()->full_name() + " (" +
-                           schema + ")");
+    return InvalidArgument(
+        source + ":" + (errors.first().empty() ? std::string("1:1: cannot parse") : errors.first()) +
+        ". The file is protobuf text format of " + out->GetDescriptor()->full_name() + " (" + schema + ")");
   }
   return OkStatus();
 }
@@ -209,8 +240,8 @@ std::string ResidencyPolicy::WhyNot(std::string_view jurisdiction, std::string_v
            " is not allowed (allowed: " + JoinList(jurisdictions) + ")";
   }
   if (!sites.empty() && !Contains(sites, site)) {
-    return "site " + (site.empty() ? std::string("(none)") : std::string(site)) + " is not allowed (allowed sites: " +
-           JoinList(sites) + ")";
+    return "site " + (site.empty() ? std::string("(none)") : std::string(site)) +
+           " is not allowed (allowed sites: " + JoinList(sites) + ")";
   }
   return "";
 }
@@ -258,8 +289,9 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) {
-      return NotFound(what + ": no such file: this node has not been provisioned for tenant jobs; the operator "
-                             "writes it as root at provisioning (docs/SOVEREIGNTY.md, \"Node identity\")");
+      return NotFound(what +
+                      ": no such file: this node has not been provisioned for tenant jobs; the operator "
+                      "writes it as root at provisioning (docs/SOVEREIGNTY.md, \"Node identity\")");
     }
     return FailedPrecondition(what + ": " + std::strerror(errno) + "; check its permissions");
   }
@@ -268,8 +300,9 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
     std::string problem = OwnershipProblem(path, "node identity");
     if (problem.empty()) problem = OwnershipProblem(fs::path(path).parent_path().string(), "its directory");
     if (!problem.empty()) {
-      return FailedPrecondition(problem + ": another user could change where this node claims to be. The operator "
-                                          "must make it root-owned and writable by root only: chown root:root " +
+      return FailedPrecondition(problem +
+                                ": another user could change where this node claims to be. The operator "
+                                "must make it root-owned and writable by root only: chown root:root " +
                                 path + " && chmod 644 " + path);
     }
   }
@@ -305,10 +338,11 @@ StatusOr<LocalNode> ReadNodeIdentity() {
   }
   node->overridden = overridden;
   if (ShortName(node->identity.hostname()) != ShortName(node->hostname)) {
-    return FailedPrecondition("node identity " + path + " names host " + Quoted(node->identity.hostname()) +
-                              " but this host is " + Quoted(node->hostname) +
-                              ": the file belongs to another node (copied, or on a shared /etc); the operator must "
-                              "write each node's own identity");
+    return FailedPrecondition(
+        "node identity " + path + " names host " + Quoted(node->identity.hostname()) + " but this host is " +
+        Quoted(node->hostname) +
+        ": the file belongs to another node (copied, or on a shared /etc); the operator must "
+        "write each node's own identity");
   }
   return node;
 }
@@ -326,36 +360,45 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job) {
   StatusOr<LocalNode> node = ReadNodeIdentity();
   std::string message;
   AuditRecord record;
-  record.Str("gate", "rank").Int("rank", result.rank.rank).Int("world_size", result.rank.world_size).Str("host", host)
-      .Str("tenant", policy.tenant).Raw("allowed_jurisdictions", JsonList(policy.jurisdictions))
+  record.Str("gate", "rank")
+      .Int("rank", result.rank.rank)
+      .Int("world_size", result.rank.world_size)
+      .Str("host", host)
+      .Str("tenant", policy.tenant)
+      .Raw("allowed_jurisdictions", JsonList(policy.jurisdictions))
       .Raw("allowed_sites", JsonList(policy.sites));
   if (!node.ok()) {
-    message = where + ": residency gate: cannot establish this node's jurisdiction, so tenant " + policy.tenant +
-              " (allowed: " + policy.Describe() + ") cannot run here: " + node.status().message() +
+    message = where + ": residency gate: cannot establish this node's jurisdiction, so tenant " +
+              policy.tenant + " (allowed: " + policy.Describe() +
+              ") cannot run here: " + node.status().message() +
               ". The rank stopped before reading any data or creating communicators.";
     bool overridden = false;
     record.Str("identity_file", NodeIdentityPath(&overridden)).Bool("override", overridden);
   } else {
     result.node = *node;
     const proto::NodeIdentity& id = node->identity;
-    record.Str("jurisdiction", id.jurisdiction()).Str("site", id.site()).Str("identity_file", node->path)
+    record.Str("jurisdiction", id.jurisdiction())
+        .Str("site", id.site())
+        .Str("identity_file", node->path)
         .Bool("override", node->overridden);
     const std::string why = policy.WhyNot(id.jurisdiction(), id.site());
     if (why.empty()) return result;
-    message = where + ": residency gate: this node is in jurisdiction " + id.jurisdiction() + ", site " + id.site() +
-              " (node identity " + node->path +
-              (node->overridden ? ", a test override from FJORD_NODE_IDENTITY" : "") + ") but tenant " +
-              policy.tenant + " allows " + policy.Describe() + ": " + why +
-              ". The rank stopped before reading any data or creating communicators. Start the job with `fjord "
-              "launch JOB --inventory INV`, which places ranks on allowed nodes only, or correct the hand-written "
-              "hostfile or host list; if the inventory lists this node in another jurisdiction, correct the "
-              "inventory.";
+    message =
+        where + ": residency gate: this node is in jurisdiction " + id.jurisdiction() + ", site " +
+        id.site() + " (node identity " + node->path +
+        (node->overridden ? ", a test override from FJORD_NODE_IDENTITY" : "") + ") but tenant " +
+        policy.tenant + " allows " + policy.Describe() +
+        ". The rank stopped before reading any data or creating communicators. Start the job with `fjord "
+        "launch JOB --inventory INV`, which places ranks on allowed nodes only, or correct the hand-written "
+        "hostfile or host list; if the inventory lists this node in another jurisdiction, correct the "
+        "inventory.";
   }
   record.Str("message", message);
-  StatusOr<std::unique_ptr<AuditLog>> audit =
-      AuditLog::Open(AuditPathFor(job), "rank" + std::to_string(result.rank.rank) + "@" + host, /*create_parent=*/false);
+  StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(
+      AuditPathFor(job), "rank" + std::to_string(result.rank.rank) + "@" + host, /*create_parent=*/false);
   Status logged = audit.ok() ? (*audit)->Append("refusal", record).status() : audit.status();
-  if (!logged.ok()) message += " (This refusal could not be recorded in the audit log: " + logged.message() + ")";
+  if (!logged.ok())
+    message += " (This refusal could not be recorded in the audit log: " + logged.message() + ")";
   return FailedPrecondition(message);
 }
 
@@ -367,14 +410,15 @@ StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job) {
   seal.allowed_jurisdictions = ToVector(job.residency().allowed_jurisdictions());
   seal.allowed_sites = ToVector(job.residency().allowed_sites());
   if (!job.checkpoint().encryption_key_file().empty()) {
-    FJORD_ASSIGN_OR_RETURN(EncryptionKey key,
-                           LoadEncryptionKey(job.checkpoint().encryption_key_file(), "checkpoint.encryption_key_file"));
+    FJORD_ASSIGN_OR_RETURN(EncryptionKey key, LoadEncryptionKey(job.checkpoint().encryption_key_file(),
+                                                                "checkpoint.encryption_key_file"));
     seal.key = std::make_shared<const EncryptionKey>(std::move(key));
   }
   return seal;
 }
 
-Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces, const CheckpointSeal& seal) {
+Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
+                           const CheckpointSeal& seal) {
   if (seal.key) return WriteSealedFile(path, pieces, *seal.key, CheckpointContext(seal.tenant, path));
   return WriteFileAtomic(path, pieces);
 }
@@ -383,18 +427,20 @@ StatusOr<std::string> ReadCheckpointFile(const std::string& path, const Checkpoi
   FJORD_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(path, "checkpoint file"));
   if (IsSealed(bytes)) {
     if (!seal.key) {
-      return FailedPrecondition("checkpoint file " + path +
-                                " is encrypted (AES-256-GCM): set checkpoint.encryption_key_file to the key of the "
-                                "tenant that wrote it (" + kCheckpointTenantRecord +
-                                " beside it names the tenant and the key id)");
+      return FailedPrecondition(
+          "checkpoint file " + path +
+          " is encrypted (AES-256-GCM): set checkpoint.encryption_key_file to the key of the "
+          "tenant that wrote it (" +
+          kCheckpointTenantRecord + " beside it names the tenant and the key id)");
     }
     return Unseal(bytes, *seal.key, CheckpointContext(seal.tenant, path), "checkpoint file " + path);
   }
   if (seal.key) {
-    return FailedPrecondition("checkpoint file " + path +
-                              " is not encrypted, but this job encrypts its checkpoints (checkpoint.encryption_key_file "
-                              "is set): a plaintext file where an encrypted one belongs may have been substituted; "
-                              "refusing it. Restore the checkpoint from a copy you trust");
+    return FailedPrecondition(
+        "checkpoint file " + path +
+        " is not encrypted, but this job encrypts its checkpoints (checkpoint.encryption_key_file "
+        "is set): a plaintext file where an encrypted one belongs may have been substituted; "
+        "refusing it. Restore the checkpoint from a copy you trust");
   }
   return bytes;
 }
@@ -461,16 +507,17 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
                                 kCheckpointTenantRecord + ") but this job has no tenant: add tenant { id: " +
                                 Quoted(record.tenant()) + " } and its residency to the job spec to use it");
     }
-    return FailedPrecondition(what + " belongs to tenant " + Quoted(record.tenant()) + " (" + kCheckpointTenantRecord +
-                              ") but this job is tenant " + Quoted(job_tenant) +
+    return FailedPrecondition(what + " belongs to tenant " + Quoted(record.tenant()) + " (" +
+                              kCheckpointTenantRecord + ") but this job is tenant " + Quoted(job_tenant) +
                               ": a tenant may load only its own checkpoints; point the job at one of its own "
                               "(checkpoint.dir, train.init_from)");
   }
   if (record.tenant().empty() && !job_tenant.empty() && use == CheckpointUse::kResume) {
-    return FailedPrecondition(what + " has no tenant record (" + kCheckpointTenantRecord +
-                              "): it was not written by a job of tenant " + Quoted(job_tenant) +
-                              ", so this job will not resume from it; to start from public or imported weights "
-                              "use train.init_from");
+    return FailedPrecondition(
+        what + " has no tenant record (" + kCheckpointTenantRecord +
+        "): it was not written by a job of tenant " + Quoted(job_tenant) +
+        ", so this job will not resume from it; to start from public or imported weights "
+        "use train.init_from");
   }
   if (node != nullptr && record.allowed_jurisdictions_size() > 0) {
     ResidencyPolicy where;
@@ -479,9 +526,9 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
     where.sites = ToVector(record.allowed_sites());
     if (std::string why = where.WhyNot(node->jurisdiction(), node->site()); !why.empty()) {
       return FailedPrecondition(what + " of tenant " + Quoted(record.tenant()) + " may be opened only in " +
-                                where.Describe() + ", but this node (" + node->hostname() + ") is in jurisdiction " +
-                                node->jurisdiction() + ", site " + node->site() + ": " + why +
-                                "; load it on a node inside its residency");
+                                where.Describe() + ", but this node (" + node->hostname() +
+                                ") is in jurisdiction " + node->jurisdiction() + ", site " + node->site() +
+                                ": " + why + "; load it on a node inside its residency");
     }
   }
   if (record.encrypted()) {
@@ -497,10 +544,12 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
     }
   } else {
     if (job_seal.key && use == CheckpointUse::kResume) {
-      return FailedPrecondition(what + " is not encrypted, but this job encrypts its checkpoints "
-                                       "(checkpoint.encryption_key_file is set): refusing to resume from a plaintext "
-                                       "checkpoint, which may have been substituted. Resume from an encrypted "
-                                       "checkpoint of this tenant");
+      return FailedPrecondition(
+          what +
+          " is not encrypted, but this job encrypts its checkpoints "
+          "(checkpoint.encryption_key_file is set): refusing to resume from a plaintext "
+          "checkpoint, which may have been substituted. Resume from an encrypted "
+          "checkpoint of this tenant");
     }
     seal.key = nullptr;  // plain files are read as they are
     for (const proto::FileDigest& f : record.file()) {
@@ -512,8 +561,9 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
                                   "): the checkpoint is incomplete; restore it from a copy you trust");
       }
       if (*digest != f.sha256()) {
-        return DataLoss("checkpoint file " + path + " was modified after the checkpoint was written: its SHA-256 is " +
-                        *digest + " but " + kCheckpointTenantRecord + " records " + f.sha256() +
+        return DataLoss("checkpoint file " + path +
+                        " was modified after the checkpoint was written: its SHA-256 is " + *digest +
+                        " but " + kCheckpointTenantRecord + " records " + f.sha256() +
                         "; restore the checkpoint from a copy you trust");
       }
     }
@@ -551,8 +601,8 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     if (rank == 0) {
       StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(AuditPathFor(job), "rank0@" + host);
       if (audit.ok()) {
-        (void)(*audit)->Append("refusal", AuditRecord().Str("gate", "checkpoint_key").Str("message",
-                                                                                        seal.status().message()));
+        (void)(*audit)->Append(
+            "refusal", AuditRecord().Str("gate", "checkpoint_key").Str("message", seal.status().message()));
       }
     }
     return seal.status();
@@ -620,8 +670,10 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     FJORD_RETURN_IF_ERROR(t->audit_->Append("job_start", start).status());
     if (!t->policy_.enabled()) {
       FJORD_RETURN_IF_ERROR(
-          t->audit_->Append("no_tenant", AuditRecord().Str("note", "the job has no tenant.id: no residency gates, "
-                                                                   "manifests or checkpoint tenant checks apply"))
+          t->audit_
+              ->Append("no_tenant", AuditRecord().Str("note",
+                                                      "the job has no tenant.id: no residency gates, "
+                                                      "manifests or checkpoint tenant checks apply"))
               .status());
     } else {
       for (const std::string& rec : records) {
@@ -638,19 +690,22 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
       FJORD_RETURN_IF_ERROR(t->audit_
                                 ->Append("test_override", AuditRecord()
                                                               .Str("variable", "FJORD_NODE_IDENTITY")
-                                                              .Str("note", "node identities were read from files "
-                                                                           "named by the environment, not from "
-                                                                           "/etc/fjord/node.textproto")
+                                                              .Str("note",
+                                                                   "node identities were read from files "
+                                                                   "named by the environment, not from "
+                                                                   "/etc/fjord/node.textproto")
                                                               .Raw("ranks", list))
                                 .status());
     }
   }
   if (!differing.empty()) {
-    const std::string message = "rank(s) " + JoinList(differing) + " were started with a different job spec than rank " +
-                                std::to_string(rank) + " (sha256 " + digest +
-                                "): every rank must get the same job spec; start the job with fjord launch, or give "
-                                "every rank the same file and --set overrides";
-    if (t->audit_) (void)t->audit_->Append("refusal", AuditRecord().Str("gate", "job_spec").Str("message", message));
+    const std::string message =
+        "rank(s) " + JoinList(differing) + " were started with a different job spec than rank " +
+        std::to_string(rank) + " (sha256 " + digest +
+        "): every rank must get the same job spec; start the job with fjord launch, or give "
+        "every rank the same file and --set overrides";
+    if (t->audit_)
+      (void)t->audit_->Append("refusal", AuditRecord().Str("gate", "job_spec").Str("message", message));
     return FailedPrecondition(message);
   }
 
@@ -671,11 +726,12 @@ StatusOr<CheckpointSeal> Tenancy::CheckCheckpoint(const std::string& dir, Checkp
   if (audit_) {
     const char* use_name = use == CheckpointUse::kResume ? "resume" : "init_from";
     if (seal.ok()) {
-      Status s = audit_->Append("checkpoint_opened", AuditRecord()
-                                                          .Str("dir", dir)
-                                                          .Str("use", use_name)
-                                                          .Str("tenant", seal_.tenant)
-                                                          .Bool("encrypted", seal->key != nullptr))
+      Status s = audit_
+                     ->Append("checkpoint_opened", AuditRecord()
+                                                       .Str("dir", dir)
+                                                       .Str("use", use_name)
+                                                       .Str("tenant", seal_.tenant)
+                                                       .Bool("encrypted", seal->key != nullptr))
                      .status();
       if (!s.ok()) return s;
     } else {
@@ -699,8 +755,8 @@ Status Tenancy::RecordCheckpointWritten(const std::string& dir) const {
   if (record.ok()) {
     for (int i = 0; i < record->file_size(); ++i) {
       const proto::FileDigest& f = record->file(i);
-      files += std::string(i ? "," : "") + "{\"name\":" + JsonQuote(f.name()) + ",\"sha256\":" + JsonQuote(f.sha256()) +
-               ",\"bytes\":" + std::to_string(f.bytes()) + "}";
+      files += std::string(i ? "," : "") + "{\"name\":" + JsonQuote(f.name()) +
+               ",\"sha256\":" + JsonQuote(f.sha256()) + ",\"bytes\":" + std::to_string(f.bytes()) + "}";
     }
     FJORD_ASSIGN_OR_RETURN(std::string record_digest,
                            Sha256OfFile((fs::path(dir) / kCheckpointTenantRecord).string(), "tenant record"));

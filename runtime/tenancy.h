@@ -68,9 +68,9 @@ std::string JoinList(const std::vector<std::string>& items, const std::string& e
 
 // A tenant's residency: jurisdictions, and optionally sites inside them.
 struct ResidencyPolicy {
-  std::string tenant;                       // "" = tenancy off
-  std::vector<std::string> jurisdictions;   // allowed ISO codes
-  std::vector<std::string> sites;           // allowed sites; empty = any
+  std::string tenant;                      // "" = tenancy off
+  std::vector<std::string> jurisdictions;  // allowed ISO codes
+  std::vector<std::string> sites;          // allowed sites; empty = any
 
   bool enabled() const { return !tenant.empty(); }
   // True when a node in `jurisdiction` at `site` is inside the residency (always when disabled).
@@ -155,7 +155,8 @@ StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job);
 
 // Writes one checkpoint file atomically (temporary name, fsync, rename): sealed with seal.key when
 // set, with the tenant and file name bound into its authentication tag; plain otherwise.
-Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces, const CheckpointSeal& seal);
+Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
+                           const CheckpointSeal& seal);
 
 // Reads one checkpoint file whole. A sealed file needs seal.key (else: "is encrypted; set
 // checkpoint.encryption_key_file"); a plain file is refused when seal.key is set (a plaintext
@@ -198,7 +199,8 @@ class Tenancy {
   // result and job digest. Refuses on every rank, naming the ranks, when the ranks were given
   // different job specs. Rank 0 appends job_start, one rank_identity record per rank, and a
   // test_override record when any rank read its identity from FJORD_NODE_IDENTITY (or no_tenant
-  // for a job without tenant). Loads the checkpoint key (CheckpointSealFor) on every rank.
+  // for a job without tenant). Loads the checkpoint key (CheckpointSealFor) on every rank first,
+  // so a job that cannot seal its checkpoints stops before anything else (rank 0 audits the refusal).
   static StatusOr<std::unique_ptr<Tenancy>> Start(const proto::JobSpec& job, const RankGateResult& gate,
                                                   Communicator& comm);
 

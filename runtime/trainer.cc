@@ -23,6 +23,7 @@
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/optimizer.h"
+#include "runtime/tenancy.h"
 #include "runtime/tensorboard.h"
 
 namespace fjord {
@@ -173,9 +174,18 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                               "use a smaller model");
   }
 
+  // Tenancy gate 3: the data policy for the loaders, the seal for checkpoints (without a Tenancy,
+  // still the job's checkpoint.encryption_key_file).
+  const DataPolicy* data_policy = options.tenancy ? &options.tenancy->data_policy() : nullptr;
+  CheckpointSeal seal;
+  if (options.tenancy) {
+    seal = options.tenancy->checkpoint_seal();
+  } else {
+    FJORD_ASSIGN_OR_RETURN(seal, CheckpointSealFor(job));
+  }
   FJORD_ASSIGN_OR_RETURN(DataLoader train_data,
                          DataLoader::Open(job.data().train(), "data.train", config.vocab_size, T, train.seed(),
-                                          /*shuffle=*/true));
+                                          /*shuffle=*/true, data_policy));
   if (train_data.sequences_per_epoch() < global_batch) {
     return FailedPrecondition(
         "data.train holds " + std::to_string(train_data.sequences_per_epoch()) + " sequences of " +
@@ -186,7 +196,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   std::unique_ptr<DataLoader> val_data;
   if (!job.data().val().empty()) {
     FJORD_ASSIGN_OR_RETURN(DataLoader v, DataLoader::Open(job.data().val(), "data.val", config.vocab_size, T,
-                                                          train.seed(), /*shuffle=*/false));
+                                                          train.seed(), /*shuffle=*/false, data_policy));
     val_data = std::make_unique<DataLoader>(std::move(v));
   }
 
@@ -208,7 +218,12 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     model.InitGpt2(train.seed());
   } else {
     FJORD_ASSIGN_OR_RETURN(std::string init_dir, ResolveCheckpointDir(train.init_from()));
-    FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(init_dir, model).WithContext("train.init_from"));
+    // Gate 3 for checkpoints: whose it is, where it may be opened, how to read it.
+    StatusOr<CheckpointSeal> init_seal =
+        options.tenancy ? options.tenancy->CheckCheckpoint(init_dir, CheckpointUse::kInitFrom)
+                        : CheckCheckpointTenant(init_dir, seal, nullptr, CheckpointUse::kInitFrom);
+    if (!init_seal.ok()) return init_seal.status().WithContext("train.init_from");
+    FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(init_dir, model, &*init_seal).WithContext("train.init_from"));
   }
   std::unique_ptr<TensorBoardWriter> tensorboard;
   if (lead && train.tensorboard()) {
@@ -249,9 +264,14 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     }
     if (dir.ok()) {
       FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
-      FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, model).WithContext("resuming"));
+      StatusOr<CheckpointSeal> resume_seal =
+          options.tenancy ? options.tenancy->CheckCheckpoint(*dir, CheckpointUse::kResume)
+                          : CheckCheckpointTenant(*dir, seal, nullptr, CheckpointUse::kResume);
+      if (!resume_seal.ok()) return resume_seal.status().WithContext("resuming");
+      FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, model, &*resume_seal).WithContext("resuming"));
       std::vector<float> full_m(num_params), full_v(num_params);
-      FJORD_RETURN_IF_ERROR(LoadCheckpointOptimizer(*dir, model, full_m.data(), full_v.data()).WithContext("resuming"));
+      FJORD_RETURN_IF_ERROR(
+          LoadCheckpointOptimizer(*dir, model, full_m.data(), full_v.data(), &*resume_seal).WithContext("resuming"));
       const size_t own_end = std::min(optimizer.end(), num_params);
       for (size_t i = optimizer.begin(); i < own_end; ++i) {
         optimizer.m()[i - optimizer.begin()] = full_m[i];
@@ -308,7 +328,8 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     state.world_size = world;
     state.zero_stage = zero ? 1 : 0;
     state.seed = train.seed();
-    FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint(checkpoints_dir, state, job, model, m, v));
+    FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint(checkpoints_dir, state, job, model, m, v, &seal));
+    if (options.tenancy) FJORD_RETURN_IF_ERROR(options.tenancy->RecordCheckpointWritten(result.checkpoint_dir));
     if (!options.quiet && !options.json_lines) {
       std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
       std::fflush(stdout);

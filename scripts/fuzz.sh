@@ -24,11 +24,14 @@ build_dir="${FUZZ_BUILD_DIR:-build-fuzz}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
 
 if ! command -v clang++ >/dev/null || ! command -v clang >/dev/null; then
-  echo "fuzz: clang and clang++ are needed for libFuzzer (Debian: apt-get install clang libclang-rt-14-dev)" >&2
+  echo "fuzz: libFuzzer needs clang and clang++ (Debian: apt-get install clang libclang-rt-14-dev)" >&2
   exit 2
 fi
 
 mkdir -p "$build_dir"
+# One run per build directory at a time (CTest runs from several build trees share build-fuzz).
+exec 9>"$build_dir/.fuzz.lock"
+flock 9
 log="$build_dir/fuzz-build.log"
 if ! { CC=clang CXX=clang++ cmake -S . -B "$build_dir" -DFJORD_FUZZ=ON -DFJORD_CUDA=OFF -DFJORD_TESTS=OFF \
          -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
@@ -75,14 +78,15 @@ for name in "${targets[@]}"; do
   runs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$work/log" | tail -1 | grep -o '[0-9]*$' || true)"
   cov="$(grep -o ' cov: [0-9]*' "$work/log" | tail -1 | grep -o '[0-9]*$' || true)"
   crashes="$(find "$work/artifacts" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
-             -o -name 'oom-*' \) | wc -l)"
+    -o -name 'oom-*' \) | wc -l)"
   rc="$(cat "$work/rc" 2>/dev/null || echo '?')"
   printf '%-26s %8s %10s %6s %8s\n' "$name" "$seconds" "${runs:-?}" "${cov:-?}" "$crashes"
   if [[ "$rc" != 0 ]] || (( crashes > 0 )); then
     failed=1
     {
       echo "fuzz: $name failed (exit $rc); log: $work/log"
-      grep -E '^(==[0-9]+==ERROR|SUMMARY:|fuzz property failed|fjord: FATAL)|runtime error:' "$work/log" | head -5 || true
+      grep -E '^(==[0-9]+==ERROR|SUMMARY:|fuzz property failed|fjord: FATAL)|runtime error:' "$work/log" |
+        head -5 || true
       for input in $(find "$work/artifacts" -type f); do
         echo "  input: $input"
         echo "  rerun: $build_dir/bin/$name $input"

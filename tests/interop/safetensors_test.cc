@@ -121,6 +121,17 @@ TEST_F(SafetensorsTest, ReadsAHandBuiltFileWithPaddingAndOutOfOrderEntries) {
   EXPECT_EQ(st->Find("z")->num_elements(), 1);
 }
 
+// Found with fuzz/fuzz_safetensors under UBSan: the dimensions of an empty tensor are bounded only
+// through the byte count, which is 0, so num_elements() multiplied them past int64 before the 0.
+TEST_F(SafetensorsTest, EmptyTensorWithHugeDimensionsHasZeroElements) {
+  const std::string path =
+      Build(R"({"e": {"dtype": "U8", "shape": [4294967296, 2147483648, 0], "data_offsets": [0, 0]}})", "");
+  StatusOr<Safetensors> st = ReadSafetensors(path);
+  ASSERT_TRUE(st.ok()) << st.status().message();
+  EXPECT_EQ(st->Find("e")->num_elements(), 0);
+  EXPECT_EQ(st->Find("e")->num_bytes, 0u);
+}
+
 TEST_F(SafetensorsTest, ConvertsHalfAndBfloat16ExactlyToFloat32) {
   // F16 bit patterns and their exact values (IEEE binary16).
   const std::vector<uint16_t> f16 = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x03FF, 0x8000, 0x7C00, 0xFC00, 0x3555};

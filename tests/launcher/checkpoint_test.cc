@@ -151,6 +151,21 @@ TEST_F(CheckpointTest, DamagedCheckpointsAreRefusedAndResumeFallsBack) {
   EXPECT_THAT(r.output, HasSubstr("every checkpoint in"));
 }
 
+TEST_F(CheckpointTest, ManifestCannotPointOutsideTheCheckpoint) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=5"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string manifest = P("run/checkpoints/step_000005/manifest.json");
+  std::ifstream in(manifest);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t k = text.find("\"job.textproto\"");
+  ASSERT_NE(k, std::string::npos);
+  text.replace(k, 15, "\"../../../job.textproto\"");
+  std::ofstream(manifest, std::ios::trunc) << text;
+  r = RunFjord(Train("run", "--resume"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("\"../../../job.textproto\" is not a plain file name"));
+}
+
 TEST_F(CheckpointTest, AnotherModelsCheckpointIsRefusedNamingTheField) {
   RunResult r = RunFjord(Train("run", "--set train.steps=5"));
   ASSERT_EQ(r.exit_code, 0) << r.output;

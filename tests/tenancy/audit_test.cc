@@ -29,8 +29,8 @@ class AuditTest : public testing::TenancyTest {
     ASSERT_TRUE(a.ok()) << a.status().message();
     for (int i = 0; i < n; ++i) {
       StatusOr<std::string> h =
-          (*a)->Append("event" + std::to_string(i + 1), AuditRecord().Int("i", i).Str("text", "line \"" +
-                                                                                          std::to_string(i) + "\"\n"));
+          (*a)->Append("event" + std::to_string(i + 1),
+                       AuditRecord().Int("i", i).Str("text", "line \"" + std::to_string(i) + "\"\n"));
       ASSERT_TRUE(h.ok()) << h.status().message();
     }
   }
@@ -190,7 +190,8 @@ TEST_F(AuditTest, ConcurrentAppendersFromManyProcessesKeepOneChain) {
     if (pid == 0) {
       StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "proc" + std::to_string(p));
       int bad = 0;
-      for (int i = 0; i < kEach; ++i) bad += !(a.ok() && (*a)->Append("tick", AuditRecord().Int("i", i)).ok());
+      for (int i = 0; i < kEach; ++i)
+        bad += !(a.ok() && (*a)->Append("tick", AuditRecord().Int("i", i)).ok());
       ::_exit(bad == 0 ? 0 : 1);
     }
     kids.push_back(pid);

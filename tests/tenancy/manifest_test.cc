@@ -15,10 +15,10 @@ namespace fjord {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
 using testing::AuditEvents;
 using testing::AuditLines;
 using testing::Count;
+using ::testing::HasSubstr;
 using testing::ReadText;
 using testing::ScopedEnv;
 using testing::WriteText;
@@ -31,8 +31,8 @@ class DataGateTest : public testing::TenancyTest {
     for (int i = 0; i < 400; ++i) text += "sovereign line " + std::to_string(i) + "\n";
     WriteText(Path("input.txt"), text);
   }
-  StatusOr<PrepResult> Prep(const std::string& out, const std::string& tenant, std::vector<std::string> jurisdictions,
-                            std::vector<std::string> sites = {}) {
+  StatusOr<PrepResult> Prep(const std::string& out, const std::string& tenant,
+                            std::vector<std::string> jurisdictions, std::vector<std::string> sites = {}) {
     PrepOptions o;
     o.input = Path("input.txt");
     o.out_dir = Path(out);
@@ -105,7 +105,8 @@ TEST_F(DataGateTest, PrepRefusesANodeOutsideTheResidency) {
   StatusOr<PrepResult> r = Prep("out", "acme", {"NO"});
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("jurisdiction SE, site sto1"));
-  EXPECT_THAT(r.status().message(), HasSubstr("outside the residency given for tenant acme (jurisdictions NO"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("outside the residency given for tenant acme (jurisdictions NO"));
   EXPECT_THAT(r.status().message(), HasSubstr("run fjord prep on a node inside them"));
   EXPECT_FALSE(fs::exists(Path("out")));
 }
@@ -114,7 +115,8 @@ TEST_F(DataGateTest, PrepWithoutTenantRefusesToLeaveAStaleManifest) {
   ASSERT_TRUE(Prep("data", "acme", {"NO"}).ok());
   StatusOr<PrepResult> r = Prep("data", "", {});
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("manifest.textproto is left from an earlier prep for a tenant"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("manifest.textproto is left from an earlier prep for a tenant"));
 }
 
 TEST_F(DataGateTest, OwnManifestedDataOpensAndIsAudited) {
@@ -151,7 +153,8 @@ TEST_F(DataGateTest, AnotherTenantsDataIsRefusedBeforeAnyShardIsRead) {
   ASSERT_TRUE(Prep("data", "globex", {"NO"}).ok());
   StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(), HasSubstr(Path("data") + "/manifest.textproto belongs to tenant globex"));
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("data") + "/manifest.textproto belongs to tenant globex"));
   EXPECT_THAT(loader.status().message(), HasSubstr("this job is tenant acme"));
   EXPECT_EQ(Events(), std::vector<std::string>{"refusal"});
 }
@@ -160,7 +163,8 @@ TEST_F(DataGateTest, ResidencyThatDoesNotCoverTheNodeIsRefused) {
   ASSERT_TRUE(Prep("data", "acme", {"NO"}, {"osl1"}).ok());
   StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy("acme", "SE"));
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(), HasSubstr("allows the data to be opened in jurisdictions NO; sites: osl1 only"));
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr("allows the data to be opened in jurisdictions NO; sites: osl1 only"));
   EXPECT_THAT(loader.status().message(), HasSubstr("this node (no1, jurisdiction SE, site osl1) is outside"));
   EXPECT_EQ(Events(), std::vector<std::string>{"refusal"});
 }
@@ -195,13 +199,15 @@ TEST_F(DataGateTest, BrokenManifestNamesFileAndLine) {
   WriteText(Path("data/manifest.textproto"), "tenant: \"acme\"\nallowed_jurisdictions: \"no\"\n");
   StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(), HasSubstr(Path("data/manifest.textproto") + ":2:1: allowed_jurisdictions \"no\""));
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("data/manifest.textproto") + ":2:1: allowed_jurisdictions \"no\""));
 }
 
 TEST_F(DataGateTest, DisabledPolicyKeepsTheOldBehaviour) {
   ASSERT_TRUE(Prep("data", "", {}).ok());
   DataPolicy off;
-  StatusOr<DataLoader> loader = DataLoader::Open(Path("data/train_*.bin"), "data.train", 256, 16, 1, true, &off);
+  StatusOr<DataLoader> loader =
+      DataLoader::Open(Path("data/train_*.bin"), "data.train", 256, 16, 1, true, &off);
   ASSERT_TRUE(loader.ok()) << loader.status().message();
   StatusOr<DataLoader> plain = DataLoader::Open(Path("data/train_*.bin"), "data.train", 256, 16, 1, true);
   ASSERT_TRUE(plain.ok());

@@ -84,9 +84,9 @@ int Train(const Parsed& args) {
   StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(*job, *gate, **comm);
   if (!tenancy.ok()) return fail_all(tenancy.status());
   // Gate 3 for data.
-  StatusOr<DataLoader> loader = DataLoader::Open(job->data().train(), "data.train", job->model().vocab_size(),
-                                                 TrainSeqLen(*job), job->train().seed(), true,
-                                                 &(*tenancy)->data_policy());
+  StatusOr<DataLoader> loader =
+      DataLoader::Open(job->data().train(), "data.train", job->model().vocab_size(), TrainSeqLen(*job),
+                       job->train().seed(), true, &(*tenancy)->data_policy());
   if (!loader.ok()) {
     (void)(*tenancy)->RecordJobEnd(loader.status());
     return fail_all(loader.status());
@@ -132,7 +132,8 @@ int Main(int argc, char** argv) {
     return RunLaunchCommand(p.positional, p.flags);
   }
   if (cmd == "train") return Train(Parse(argc, argv, 2, {"--set"}));
-  if (cmd == "prep") return Prep(Parse(argc, argv, 2, {"--input", "--out", "--tenant", "--jurisdiction", "--site"}));
+  if (cmd == "prep")
+    return Prep(Parse(argc, argv, 2, {"--input", "--out", "--tenant", "--jurisdiction", "--site"}));
   if (cmd == "audit") {
     const Parsed p = Parse(argc, argv, 2, {});
     return RunAuditCommand(p.positional, p.flags);

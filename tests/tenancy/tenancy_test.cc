@@ -13,10 +13,10 @@ namespace fjord {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::AuditEvents;
 using testing::AuditLines;
+using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::ReadText;
 using testing::ScopedEnv;
 using testing::WriteText;
@@ -25,7 +25,8 @@ class TenancyUnitTest : public testing::TenancyTest {
  protected:
   proto::JobSpec Job(const std::string& extra) {
     StatusOr<proto::JobSpec> job = ParseJobSpec(
-        "data { train: \"" + Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") + "\"\n" + extra, "job", {});
+        "data { train: \"" + Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") + "\"\n" + extra,
+        "job", {});
     EXPECT_TRUE(job.ok()) << job.status().message();
     return job.ok() ? *job : proto::JobSpec();
   }
@@ -104,10 +105,12 @@ TEST_F(TenancyUnitTest, NodeIdentityIsReadAndValidated) {
   WriteText(Path("lower.textproto"), "hostname: \"h\"\nsite: \"osl1\"\njurisdiction: \"no\"\n");
   StatusOr<LocalNode> lower = ReadNodeIdentityFile(Path("lower.textproto"), false);
   ASSERT_FALSE(lower.ok());
-  EXPECT_THAT(lower.status().message(), HasSubstr(Path("lower.textproto") + ":3:1: jurisdiction \"no\" is not upper case"));
+  EXPECT_THAT(lower.status().message(),
+              HasSubstr(Path("lower.textproto") + ":3:1: jurisdiction \"no\" is not upper case"));
 
   WriteText(Path("nosite.textproto"), "hostname: \"h\"\njurisdiction: \"NO\"\n");
-  EXPECT_THAT(ReadNodeIdentityFile(Path("nosite.textproto"), false).status().message(), HasSubstr("site \"\" is missing"));
+  EXPECT_THAT(ReadNodeIdentityFile(Path("nosite.textproto"), false).status().message(),
+              HasSubstr("site \"\" is missing"));
 }
 
 TEST_F(TenancyUnitTest, StrictIdentityMustBeRootOwnedAndNotWritableByOthers) {
@@ -126,14 +129,16 @@ TEST_F(TenancyUnitTest, StrictIdentityMustBeRootOwnedAndNotWritableByOthers) {
   StatusOr<LocalNode> foreign = ReadNodeIdentityFile(path, true);
   ASSERT_FALSE(foreign.ok());
   EXPECT_THAT(foreign.status().message(), HasSubstr("not root"));
-  EXPECT_THAT(foreign.status().message(), HasSubstr("another user could change where this node claims to be"));
+  EXPECT_THAT(foreign.status().message(),
+              HasSubstr("another user could change where this node claims to be"));
 }
 
 TEST_F(TenancyUnitTest, IdentityOfAnotherHostIsRefused) {
   ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1", "node", "some-other-host"));
   StatusOr<LocalNode> node = ReadNodeIdentity();
   ASSERT_FALSE(node.ok());
-  EXPECT_THAT(node.status().message(), HasSubstr("names host \"some-other-host\" but this host is \"" + ThisHostname()));
+  EXPECT_THAT(node.status().message(),
+              HasSubstr("names host \"some-other-host\" but this host is \"" + ThisHostname()));
   EXPECT_THAT(node.status().message(), HasSubstr("belongs to another node"));
 }
 
@@ -187,7 +192,8 @@ TEST_F(TenancyUnitTest, RankGateRefusesAnUnprovisionedNodeAndCreatesNothing) {
   ASSERT_FALSE(gate.ok());
   EXPECT_THAT(gate.status().message(), HasSubstr("cannot establish this node's jurisdiction"));
   EXPECT_THAT(gate.status().message(), HasSubstr("has not been provisioned"));
-  EXPECT_THAT(gate.status().message(), HasSubstr("could not be recorded in the audit log"));  // no run dir here
+  EXPECT_THAT(gate.status().message(),
+              HasSubstr("could not be recorded in the audit log"));  // no run dir here
   EXPECT_FALSE(fs::exists(Path("run")));
 }
 
@@ -229,7 +235,8 @@ class CheckpointGateTest : public TenancyUnitTest {
 };
 
 TEST_F(CheckpointGateTest, OwnEncryptedCheckpointLoadsAndRecordsTenantAndKey) {
-  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const proto::JobSpec job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
   const std::string dir = Write(job);
   const std::string record = ReadText(dir + "/tenant.textproto");
   EXPECT_THAT(record, HasSubstr("tenant: \"acme\""));
@@ -246,7 +253,8 @@ TEST_F(CheckpointGateTest, OwnEncryptedCheckpointLoadsAndRecordsTenantAndKey) {
 }
 
 TEST_F(CheckpointGateTest, AnotherTenantsCheckpointIsRefused) {
-  const proto::JobSpec other = Job("tenant { id: \"globex\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+  const proto::JobSpec other =
+      Job("tenant { id: \"globex\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
   const std::string dir = Write(other);
   StatusOr<CheckpointSeal> r = Check(Acme(), dir, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
@@ -271,8 +279,10 @@ TEST_F(CheckpointGateTest, UntenantedCheckpointIsPublicWeightsOnly) {
 }
 
 TEST_F(CheckpointGateTest, WrongKeyIsRefusedByKeyIdAndByTheTag) {
-  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
-  const proto::JobSpec wrong = Acme("checkpoint { encryption_key_file: \"" + KeyFile("wrong.key", 'b') + "\" }\n");
+  const proto::JobSpec job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const proto::JobSpec wrong =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("wrong.key", 'b') + "\" }\n");
   const std::string dir = Write(job);
   StatusOr<CheckpointSeal> r = Check(wrong, dir, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
@@ -297,11 +307,13 @@ TEST_F(CheckpointGateTest, WrongKeyIsRefusedByKeyIdAndByTheTag) {
   EXPECT_THAT(r.status().message(), HasSubstr("no checkpoint.encryption_key_file"));
   StatusOr<std::string> unkeyed = ReadCheckpointFile(dir + "/model.bin", CheckpointSeal());
   ASSERT_FALSE(unkeyed.ok());
-  EXPECT_THAT(unkeyed.status().message(), HasSubstr("is encrypted (AES-256-GCM): set checkpoint.encryption_key_file"));
+  EXPECT_THAT(unkeyed.status().message(),
+              HasSubstr("is encrypted (AES-256-GCM): set checkpoint.encryption_key_file"));
 }
 
 TEST_F(CheckpointGateTest, FlippedByteIsRefusedEncryptedOrNot) {
-  const proto::JobSpec sealed_job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const proto::JobSpec sealed_job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
   const std::string sealed = Write(sealed_job, "sealed");
   Flip(sealed + "/optimizer.bin", 60);
   StatusOr<CheckpointSeal> seal = Check(sealed_job, sealed, CheckpointUse::kResume);
@@ -316,11 +328,13 @@ TEST_F(CheckpointGateTest, FlippedByteIsRefusedEncryptedOrNot) {
   StatusOr<CheckpointSeal> r = Check(Acme(), plain, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(r.status().message(), HasSubstr(plain + "/model.bin was modified after the checkpoint was written"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr(plain + "/model.bin was modified after the checkpoint was written"));
 }
 
 TEST_F(CheckpointGateTest, PlaintextWhereEncryptedBelongsIsRefused) {
-  const proto::JobSpec sealed_job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const proto::JobSpec sealed_job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
   const std::string plain = Write(Acme(), "plain");
   StatusOr<CheckpointSeal> r = Check(sealed_job, plain, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
@@ -349,7 +363,8 @@ TEST_F(TenancyUnitTest, StartAuditsTheJobAndEachRanksIdentity) {
   const std::string identity = Identity("NO", "osl1");
   ScopedEnv env("FJORD_NODE_IDENTITY", identity);
   ScopedEnv launch("FJORD_LAUNCH_ID", "abc123");
-  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  const proto::JobSpec job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
   StatusOr<RankGateResult> gate = RankGate(job);
   ASSERT_TRUE(gate.ok());
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
@@ -363,7 +378,8 @@ TEST_F(TenancyUnitTest, StartAuditsTheJobAndEachRanksIdentity) {
   EXPECT_EQ((*t)->checkpoint_seal().node.jurisdiction(), "NO");
   ASSERT_TRUE((*t)->RecordJobEnd(OkStatus()).ok());
   const std::string log = Path("run/audit.jsonl");
-  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"job_start", "rank_identity", "test_override", "job_end"}));
+  EXPECT_EQ(AuditEvents(log),
+            (std::vector<std::string>{"job_start", "rank_identity", "test_override", "job_end"}));
   EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"job_sha256\":\"" + JobDigest(job) + "\""));
   EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"launch_id\":\"abc123\""));
   EXPECT_THAT(AuditLines(log, "rank_identity")[0], HasSubstr("\"jurisdiction\":\"NO\",\"site\":\"osl1\""));
@@ -389,7 +405,8 @@ TEST_F(TenancyUnitTest, StartRefusesAnUnusableKeyFile) {
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
   StatusOr<std::unique_ptr<Tenancy>> t = Tenancy::Start(job, *gate, **comm);
   ASSERT_FALSE(t.ok());
-  EXPECT_THAT(t.status().message(), HasSubstr("checkpoint.encryption_key_file: key file " + Path("open.key")));
+  EXPECT_THAT(t.status().message(),
+              HasSubstr("checkpoint.encryption_key_file: key file " + Path("open.key")));
 }
 
 }  // namespace

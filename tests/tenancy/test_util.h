@@ -66,8 +66,8 @@ class TenancyTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path("/tmp") / ("fjord_tenancy_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" +
-                               std::to_string(::getpid()));
+    dir_ = fs::path("/tmp") / ("fjord_tenancy_" + std::string(info->test_suite_name()) + "_" + info->name() +
+                               "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -77,11 +77,12 @@ class TenancyTest : public ::testing::Test {
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
 
   // Writes a node identity for this host (or `host`) and returns its path.
-  std::string Identity(const std::string& jurisdiction, const std::string& site, const std::string& name = "node",
-                       std::string host = "") const {
+  std::string Identity(const std::string& jurisdiction, const std::string& site,
+                       const std::string& name = "node", std::string host = "") const {
     if (host.empty()) host = ThisHostname();
     const std::string path = Path(name + ".textproto");
-    WriteText(path, "hostname: \"" + host + "\"\njurisdiction: \"" + jurisdiction + "\"\nsite: \"" + site + "\"\n");
+    WriteText(path,
+              "hostname: \"" + host + "\"\njurisdiction: \"" + jurisdiction + "\"\nsite: \"" + site + "\"\n");
     return path;
   }
 

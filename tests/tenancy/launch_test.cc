@@ -1,0 +1,297 @@
+// Gate 1, `fjord launch`: inventory validation (every problem with file:line), placement on allowed
+// nodes only, the refusal when they are too few (needed, allowed, excluded and why; nothing
+// started), the hostfile and mpirun command, Slurm scripts and srun, and through the CLI entry
+// point: --dry-run prints exactly the command that a real launch runs, and launch exits with the
+// job's exit code.
+#include "launcher/launch.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/tenancy/test_util.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::AuditEvents;
+using testing::AuditLines;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ReadText;
+using testing::Shell;
+using testing::WriteText;
+
+constexpr char kInventory[] = R"(# two NO nodes, one NO node drained, two SE nodes
+interface: "eth0"
+node { hostname: "no1" address: "10.213.0.11" jurisdiction: "NO" site: "osl1" slots: 1 }
+node { hostname: "no2" address: "10.213.0.12" jurisdiction: "NO" site: "osl2" slots: 2 interface: "ib0" }
+node { hostname: "no3" address: "10.213.0.15" jurisdiction: "NO" site: "osl1" slots: 4 drain: true }
+node { hostname: "se1" address: "10.213.0.13" jurisdiction: "SE" site: "sto1" slots: 1 }
+node { hostname: "se2" address: "10.213.0.14" jurisdiction: "SE" site: "sto1" slots: 8 labels: "h200" }
+)";
+
+proto::Inventory Inventory(const std::string& extra = "") {
+  StatusOr<proto::Inventory> inv = ParseInventory(kInventory + extra, "inv.textproto");
+  EXPECT_TRUE(inv.ok()) << inv.status().message();
+  return inv.ok() ? *inv : proto::Inventory();
+}
+
+const ResidencyPolicy kAcmeNo{"acme", {"NO"}, {}};
+
+std::vector<std::string> Hosts(const Placement& p) {
+  std::vector<std::string> out;
+  for (const PlacedNode& n : p.nodes) out.push_back(n.node.hostname() + ":" + std::to_string(n.ranks));
+  return out;
+}
+
+TEST(Inventory, ValidInventoryParses) {
+  const proto::Inventory inv = Inventory();
+  ASSERT_EQ(inv.node_size(), 5);
+  EXPECT_EQ(inv.node(1).slots(), 2);
+  EXPECT_EQ(inv.node(0).slots(), 1);
+}
+
+TEST(Inventory, EveryProblemIsReportedWithFileAndLine) {
+  StatusOr<proto::Inventory> inv = ParseInventory(
+      "node { hostname: \"a\" jurisdiction: \"NO\" site: \"osl1\" }\n"
+      "node {\n  hostname: \"a\"\n  jurisdiction: \"Norway\"\n  site: \"osl 1\"\n  slots: 0\n}\n"
+      "node { hostname: \"b\" address: \"a\" jurisdiction: \"se\" site: \"sto1\" interface: \"eth0 x\" }\n"
+      "tenant { id: \"acme\" }\n",
+      "cluster.textproto");
+  ASSERT_FALSE(inv.ok());
+  const std::string& m = inv.status().message();
+  EXPECT_THAT(m, HasSubstr("cluster.textproto:3:3: node 2 (a): hostname \"a\" is listed twice (first at "
+                           "cluster.textproto:1:8)"));
+  EXPECT_THAT(
+      m,
+      HasSubstr("cluster.textproto:4:3: node 2 (a): jurisdiction \"Norway\" is not an ISO 3166-1 alpha-2"));
+  EXPECT_THAT(m,
+              HasSubstr("cluster.textproto:5:3: node 2 (a): site \"osl 1\" is missing or not a site name"));
+  EXPECT_THAT(m, HasSubstr("cluster.textproto:6:3: node 2 (a): slots = 0 must be at least 1"));
+  EXPECT_THAT(m, HasSubstr("cluster.textproto:8:22: node 3 (b): address \"a\" is used by another node too"));
+  EXPECT_THAT(m, HasSubstr("node 3 (b): jurisdiction \"se\" is not upper case; write \"SE\""));
+  EXPECT_THAT(m, HasSubstr("node 3 (b): interface \"eth0 x\" is not a network interface name"));
+  EXPECT_THAT(m, HasSubstr("cluster.textproto:9:1: tenant \"acme\" has no allowed_jurisdictions"));
+
+  StatusOr<proto::Inventory> syntax = ParseInventory("node { hostnme: \"a\" }\n", "c.textproto");
+  ASSERT_FALSE(syntax.ok());
+  EXPECT_THAT(syntax.status().message(),
+              HasSubstr("c.textproto:1:8: Message type \"fjord.proto.InventoryNode\" has no field named "
+                        "\"hostnme\". The file"));
+  EXPECT_THAT(syntax.status().message(), HasSubstr("fjord.proto.Inventory (proto/inventory.proto)"));
+  StatusOr<proto::Inventory> empty = ParseInventory("", "c.textproto");
+  EXPECT_THAT(empty.status().message(), HasSubstr("the inventory lists no nodes"));
+  EXPECT_EQ(LoadInventory("/nonexistent/inv.textproto").status().code(), StatusCode::kNotFound);
+}
+
+TEST(Placement, EnoughAllowedNodesPlacesRanksOnThemOnly) {
+  StatusOr<Placement> p = PlaceRanks(Inventory(), "inv", kAcmeNo, 3, 0);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_THAT(Hosts(*p), ElementsAre("no1:1", "no2:2"));
+  EXPECT_EQ(p->interfaces, (std::vector<std::string>{"eth0", "ib0"}));
+  std::vector<std::string> excluded;
+  for (const ExcludedNode& e : p->excluded) excluded.push_back(e.hostname + ": " + e.reason);
+  EXPECT_THAT(excluded, ElementsAre("no3: drained", "se1: jurisdiction SE is not allowed (allowed: NO)",
+                                    "se2: jurisdiction SE is not allowed (allowed: NO)"));
+  EXPECT_EQ(HostfileText(*p), "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
+  // Fewer ranks use fewer nodes; per_node spreads them.
+  EXPECT_THAT(Hosts(*PlaceRanks(Inventory(), "inv", kAcmeNo, 1, 0)), ElementsAre("no1:1"));
+  EXPECT_THAT(Hosts(*PlaceRanks(Inventory(), "inv", kAcmeNo, 2, 1)), ElementsAre("no1:1", "no2:1"));
+  // Sites narrow further.
+  EXPECT_THAT(Hosts(*PlaceRanks(Inventory(), "inv", {"acme", {"NO"}, {"osl2"}}, 2, 0)), ElementsAre("no2:2"));
+}
+
+TEST(Placement, TooFewAllowedNodesIsRefusedWithWhatWasNeededAndWhatWasExcluded) {
+  StatusOr<Placement> p = PlaceRanks(Inventory(), "inv.textproto", kAcmeNo, 4, 0);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kFailedPrecondition);
+  const std::string& m = p.status().message();
+  EXPECT_THAT(
+      m, HasSubstr("tenant acme needs 4 ranks on nodes inside its residency (jurisdictions NO; sites: any)"));
+  EXPECT_THAT(
+      m, HasSubstr("inventory inv.textproto has 2 allowed nodes with 3 slots in all: no1 (NO/osl1, 1 slot), "
+                   "no2 (NO/osl2, 2 slots)"));
+  EXPECT_THAT(m, HasSubstr("Excluded: no3: drained; se1: jurisdiction SE is not allowed (allowed: NO); se2: "
+                           "jurisdiction SE is not allowed"));
+  EXPECT_THAT(m, HasSubstr("Nothing was started: ranks are never placed outside the residency"));
+  EXPECT_THAT(m, HasSubstr("Lower --np to 3 or less, or add nodes in NO to the inventory"));
+  EXPECT_FALSE(PlaceRanks(Inventory(), "inv", kAcmeNo, 0, 0).ok());
+}
+
+TEST(Placement, AJobWithoutTenantMayUseEveryNodeThatIsNotDrained) {
+  StatusOr<Placement> p = PlaceRanks(Inventory(), "inv", ResidencyPolicy(), 12, 0);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_THAT(Hosts(*p), ElementsAre("no1:1", "no2:2", "se1:1", "se2:8"));
+}
+
+TEST(Placement, OperatorCeilingsBoundTenants) {
+  const proto::Inventory inv =
+      Inventory("tenant { id: \"acme\" allowed_jurisdictions: \"NO\" allowed_sites: \"osl1\" }\n");
+  StatusOr<Placement> p = PlaceRanks(inv, "inv", {"globex", {"NO"}, {}}, 1, 0);
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(p.status().message(), HasSubstr("globex is not one of them"));
+  p = PlaceRanks(inv, "inv", {"acme", {"NO", "SE"}, {"osl1"}}, 1, 0);
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(p.status().message(),
+              HasSubstr("allows tenant acme jurisdiction SE, but inventory inv admits it to NO only"));
+  p = PlaceRanks(inv, "inv", kAcmeNo, 1, 0);
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(p.status().message(),
+              HasSubstr("admits it to sites osl1 only: list them in the job's residency.allowed_sites"));
+  p = PlaceRanks(inv, "inv", {"acme", {"NO"}, {"osl1"}}, 1, 0);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_THAT(Hosts(*p), ElementsAre("no1:1"));
+}
+
+TEST(Slurm, HostlistsAndConstraints) {
+  EXPECT_EQ(*ExpandSlurmHostlist("no[1-3,5],se01,gpu[08-10]-a"),
+            (std::vector<std::string>{"no1", "no2", "no3", "no5", "se01", "gpu08-a", "gpu09-a", "gpu10-a"}));
+  EXPECT_EQ(ExpandSlurmHostlist("no[1-3,5],se01,gpu[08-10]-a")->size(), 8u);
+  EXPECT_EQ(ExpandSlurmHostlist("gpu[08-10]-a")->back(), "gpu10-a");
+  EXPECT_FALSE(ExpandSlurmHostlist("no[1-").ok());
+  EXPECT_FALSE(ExpandSlurmHostlist("no[a-b]").ok());
+  EXPECT_EQ(SlurmConstraint(kAcmeNo), "jurisdiction_NO");
+  EXPECT_EQ(SlurmConstraint({"acme", {"NO", "SE"}, {}}), "(jurisdiction_NO|jurisdiction_SE)");
+  EXPECT_EQ(SlurmConstraint({"acme", {"NO"}, {"osl1", "osl2"}}), "(jurisdiction_NO)&(site_osl1|site_osl2)");
+  EXPECT_EQ(SlurmConstraint(ResidencyPolicy()), "");
+}
+
+// ---- Through the command-line entry point (tenancy_driver launch == fjord launch) ----------------
+
+class LaunchCliTest : public testing::TenancyTest {
+ protected:
+  void SetUp() override {
+    TenancyTest::SetUp();
+    WriteText(Path("inv.textproto"), kInventory);
+    WriteText(Path("job.textproto"),
+              "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
+              "data { train: \"" +
+                  Path("data/train_*.bin") +
+                  "\" }\n"
+                  "run_dir: \"" +
+                  Path("run") +
+                  "\"\n"
+                  "tenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+    // A stand-in for mpirun: records its arguments, one per line, and exits with $FAKE_EXIT.
+    WriteText(Path("fake-mpirun"),
+              "#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > \"" + Path("ran") + "\"\nexit ${FAKE_EXIT:-0}\n",
+              0755);
+  }
+  testing::RunResult Launch(const std::string& args, const std::string& env = "") {
+    return Shell("env " + env + " " + std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") +
+                 " --inventory " + Path("inv.textproto") + " --mpirun " + Path("fake-mpirun") + " " + args);
+  }
+  static std::string CommandOf(const std::string& output) {
+    const std::string key = "fjord launch: command: ";
+    const size_t at = output.find(key);
+    if (at == std::string::npos) return "";
+    return output.substr(at + key.size(), output.find('\n', at) - at - key.size());
+  }
+};
+
+TEST_F(LaunchCliTest, DryRunPrintsThePlanAndWritesNothing) {
+  testing::RunResult r = Launch("--np 2 --dry-run");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tenant acme, residency: jurisdictions NO; sites: any"));
+  EXPECT_THAT(r.output, HasSubstr("2 ranks on 2 nodes of inventory"));
+  EXPECT_THAT(r.output, HasSubstr("  no1 "));
+  EXPECT_THAT(r.output, HasSubstr("  se1          jurisdiction SE is not allowed (allowed: NO)"));
+  EXPECT_THAT(r.output, HasSubstr("10.213.0.11 slots=1 max_slots=1"));
+  const std::string cmd = CommandOf(r.output);
+  EXPECT_THAT(
+      cmd,
+      HasSubstr(Path("fake-mpirun") + " --hostfile " + Path("run") +
+                "/launch/hostfile -np 2 --map-by "
+                "slot --nooversubscribe --mca btl_tcp_if_include eth0,ib0 -x NCCL_SOCKET_IFNAME=eth0,ib0 "
+                "-x FJORD_LAUNCH_ID"));
+  EXPECT_THAT(cmd, HasSubstr(" train " + Path("run") + "/launch/job.textproto"));
+  EXPECT_THAT(cmd, Not(HasSubstr("FJORD_NODE_IDENTITY")));
+  EXPECT_THAT(r.output, HasSubstr("dry run: nothing was written or started"));
+  EXPECT_FALSE(fs::exists(Path("run")));
+  EXPECT_FALSE(fs::exists(Path("ran")));
+}
+
+TEST_F(LaunchCliTest, DryRunCommandIsWhatRunsAndTheJobsExitCodeIsLaunchs) {
+  const std::string dry = CommandOf(Launch("--np 3 --quiet --dry-run").output);
+  ASSERT_FALSE(dry.empty());
+  testing::RunResult r = Launch("--np 3 --quiet", "FAKE_EXIT=3");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_EQ(CommandOf(r.output), dry);
+  std::vector<std::string> ran;
+  for (size_t s = 0, e; (e = ReadText(Path("ran")).find('\n', s)) != std::string::npos; s = e + 1) {
+    ran.push_back(ReadText(Path("ran")).substr(s, e - s));
+  }
+  EXPECT_EQ(CommandLine(ran), dry);  // what mpirun was given is exactly what the dry run printed
+  EXPECT_EQ(ReadText(Path("run/launch/hostfile")),
+            "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
+  EXPECT_THAT(ReadText(Path("run/launch/job.textproto")), HasSubstr("id: \"acme\""));
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"launch_plan", "launch_exit"}));
+  const std::string plan = AuditLines(log, "launch_plan")[0];
+  EXPECT_THAT(
+      plan,
+      HasSubstr("\"nodes\":{\"no1\":{\"jurisdiction\":\"NO\",\"site\":\"osl1\",\"address\":\"10.213.0.11\","
+                "\"ranks\":1"));
+  EXPECT_THAT(
+      plan, HasSubstr("{\"hostname\":\"se2\",\"reason\":\"jurisdiction SE is not allowed (allowed: NO)\"}"));
+  EXPECT_THAT(AuditLines(log, "launch_exit")[0], HasSubstr("\"exit_code\":3"));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+TEST_F(LaunchCliTest, TooFewAllowedNodesStartsNothingAndIsAudited) {
+  testing::RunResult r = Launch("--np 5");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: error: tenant acme needs 5 ranks"));
+  EXPECT_THAT(r.output, HasSubstr("2 allowed nodes with 3 slots"));
+  EXPECT_FALSE(fs::exists(Path("ran")));  // mpirun never started: zero ranks
+  EXPECT_FALSE(fs::exists(Path("run/launch")));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+}
+
+TEST_F(LaunchCliTest, ArgumentErrorsExitTwoWithUsage) {
+  testing::RunResult r =
+      Shell(std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") + " --np 2");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--inventory INV.textproto is required"));
+  r = Launch("");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--np N is required"));
+  r = Launch("--np two");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--np 'two' is not a whole number"));
+}
+
+TEST_F(LaunchCliTest, SlurmOutsideAnAllocationWritesAnSbatchScript) {
+  testing::RunResult r = Launch("--np 2 --slurm", "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const std::string script = ReadText(Path("run/launch/job.sbatch"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --nodelist=no1,no2\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --constraint=jurisdiction_NO\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --ntasks=2\n"));
+  EXPECT_THAT(script, HasSubstr("export SLURM_HOSTFILE=" + Path("run") + "/launch/slurm-hostfile"));
+  EXPECT_THAT(script,
+              HasSubstr("srun --kill-on-bad-exit=1 --ntasks=2 --nodelist=no1,no2 --distribution=arbitrary "
+                        "--export=ALL,NCCL_SOCKET_IFNAME=eth0,ib0"));
+  EXPECT_EQ(ReadText(Path("run/launch/slurm-hostfile")), "no1\nno2\n");
+  EXPECT_THAT(r.output, HasSubstr("submit it with: sbatch " + Path("run") + "/launch/job.sbatch"));
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "launch_plan")[0], HasSubstr("\"mode\":\"sbatch\""));
+}
+
+TEST_F(LaunchCliTest, SlurmInsideAnAllocationRunsSrunOnItsAllowedNodesOnly) {
+  testing::RunResult r =
+      Launch("--np 2 --slurm --dry-run", "SLURM_JOB_ID=42 'SLURM_JOB_NODELIST=no[2-3],se[1-2]'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(CommandOf(r.output), HasSubstr("env SLURM_HOSTFILE=" + Path("run") +
+                                             "/launch/slurm-hostfile srun "
+                                             "--kill-on-bad-exit=1 --ntasks=2 --nodelist=no2"));
+  EXPECT_THAT(r.output, HasSubstr("  no1          not in the Slurm allocation"));
+  r = Launch("--np 3 --slurm --dry-run", "SLURM_JOB_ID=42 'SLURM_JOB_NODELIST=no[2-3],se[1-2]'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("needs 3 ranks"));
+  EXPECT_THAT(r.output, HasSubstr("no1: not in the Slurm allocation"));
+}
+
+}  // namespace
+}  // namespace fjord

@@ -1,0 +1,291 @@
+// Tenancy across real hosts: a cluster of network namespaces (scripts/netns-cluster.sh: no1, no2 in
+// NO, se1, se2 in SE, and a head where launch and mpirun run), ranks talking TCP over a private
+// bridge with no route out.
+//
+// Tests named ...Driver run tenancy_driver, which calls the tenancy entry points exactly as fjord
+// will (launch, rank gate, Tenancy::Start, the data gate) and stops after the data is open. Tests
+// named ...Cli run the fjord binary itself and need launcher/main.cc and runtime/trainer.cc to call
+// those entry points (docs/SOVEREIGNTY.md, "Wiring"); until they do, they skip and say so.
+//
+// Under CTest the cluster is a fixture (tenancy.netns_up / tenancy.netns_down) named by
+// FJORD_NETNS_STATE; run by hand, this binary makes its own and removes it at the end. Where
+// namespaces cannot be made (no root, no CAP_NET_ADMIN) every test skips with the reason.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "runtime/audit.h"
+#include "tests/tenancy/test_util.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::AuditEvents;
+using testing::AuditLines;
+using testing::Count;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ReadText;
+using testing::RunResult;
+using testing::Shell;
+using testing::WriteText;
+
+const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/netns-cluster.sh";
+
+// The cluster every test uses: from the CTest fixture, or made here.
+class Cluster : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (const char* s = std::getenv("FJORD_NETNS_STATE")) {
+      state_ = s;
+    } else {
+      state_ = "/tmp/fjord-netns-" + std::to_string(::getpid());
+      own_ = true;
+      RunResult up = Shell("bash " + kScript + " up " + state_);
+      if (up.exit_code != 0) skip_ = up.output;
+    }
+    if (skip_.empty() && !fs::exists(state_ + "/ready")) {
+      skip_ = fs::exists(state_ + "/skip-reason")
+                  ? ReadText(state_ + "/skip-reason")
+                  : "no cluster in " + state_ + " (tenancy.netns_up did not run)";
+    }
+  }
+  void TearDown() override {
+    if (own_) (void)Shell("bash " + kScript + " down " + state_);
+  }
+  static std::string state_;
+  static std::string skip_;
+  static bool own_;
+};
+std::string Cluster::state_, Cluster::skip_;
+bool Cluster::own_ = false;
+
+// Whether the fjord binary has the tenancy wiring: `fjord launch` exists / `fjord train` runs the
+// rank gate (probed with an identity file that does not exist: a gated train refuses at once).
+bool LaunchWired() { return Shell(std::string(FJORD_BINARY) + " launch --help").exit_code == 0; }
+bool TrainGateWired(const std::string& dir) {
+  WriteText(dir + "/probe.textproto",
+            "data { train: \"" + dir + "/none_*.bin\" }\nrun_dir: \"" + dir +
+                "/probe\"\ntenant { id: \"probe\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+  RunResult r = Shell("FJORD_NODE_IDENTITY=" + dir + "/no-identity " + std::string(FJORD_BINARY) + " train " +
+                      dir + "/probe.textproto");
+  return r.output.find("residency gate") != std::string::npos;
+}
+
+class NetnsTest : public testing::TenancyTest {
+ protected:
+  void SetUp() override {
+    if (!Cluster::skip_.empty())
+      GTEST_SKIP() << "network namespaces unavailable, multi-host test skipped: " << Cluster::skip_;
+    TenancyTest::SetUp();
+    ::chmod(dir_.c_str(), 0755);
+  }
+  // CMD on test host HOST ("head", "no1", ...).
+  RunResult On(const std::string& host, const std::string& cmd) {
+    return Shell("bash " + kScript + " exec " + Cluster::state_ + " " + host + " sh -c " + Quote(cmd));
+  }
+  static std::string Quote(const std::string& s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+  }
+  std::string Inventory() const { return Cluster::state_ + "/inventory.textproto"; }
+
+  // Tokenized data of tenant acme, allowed in NO, prepared on no1 (prep refuses to run elsewhere).
+  void PrepAcme(const std::string& binary) {
+    std::string text;
+    for (int i = 0; i < 600; ++i)
+      text += "the fjord keeps its data at home, line " + std::to_string(i) + "\n";
+    WriteText(Path("input.txt"), text);
+    RunResult r = On("no1", binary + " prep --input " + Path("input.txt") + " --out " + Path("data") +
+                                " --tenant acme --jurisdiction NO");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_TRUE(fs::exists(Path("data/manifest.textproto"))) << r.output;
+  }
+  void WriteJob(const std::string& extra = "") {
+    WriteText(Path("job.textproto"),
+              "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+              "train { micro_batch: 2 steps: 4 lr: 1e-3 log_every: 1 }\n"
+              "data { train: \"" +
+                  Path("data/train_*.bin") +
+                  "\" }\n"
+                  "run_dir: \"" +
+                  Path("run") +
+                  "\"\n"
+                  "tenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n" +
+                  extra);
+  }
+  // The hosts named by rank_identity records of the audit log.
+  std::set<std::string> RankHosts() {
+    std::set<std::string> hosts;
+    for (const std::string& line : AuditLines(Path("run/audit.jsonl"), "rank_identity")) {
+      const size_t at = line.find("\"host\":\"");
+      hosts.insert(line.substr(at + 8, line.find('"', at + 8) - at - 8));
+    }
+    return hosts;
+  }
+  static std::string CommandOf(const std::string& output) {
+    const std::string key = "fjord launch: command: ";
+    const size_t at = output.find(key);
+    return at == std::string::npos ? ""
+                                   : output.substr(at + key.size(), output.find('\n', at) - at - key.size());
+  }
+  const std::string driver_ = FJORD_TENANCY_DRIVER;
+};
+
+// ---- The harness itself ----------------------------------------------------------------------
+
+TEST_F(NetnsTest, HarnessHostsHaveTheirNamesIdentitiesAndNoRouteOut) {
+  RunResult r = On("se1", "hostname; echo id=$FJORD_NODE_IDENTITY; ip route");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("se1\n"));
+  EXPECT_THAT(r.output, HasSubstr("id=" + Cluster::state_ + "/hosts/se1/node.textproto"));
+  EXPECT_THAT(r.output, HasSubstr("10.213.0.0/24 dev eth0"));
+  EXPECT_THAT(r.output, Not(HasSubstr("default")));
+  EXPECT_THAT(ReadText(Cluster::state_ + "/hosts/se1/node.textproto"), HasSubstr("jurisdiction: \"SE\""));
+  // Nothing outside the bridge is reachable: TEST-NET-1 has no route from any host.
+  r = On("no1", "timeout 3 bash -c 'echo > /dev/tcp/192.0.2.1/80' 2>&1; echo rc=$?");
+  EXPECT_THAT(r.output, HasSubstr("Network is unreachable"));
+}
+
+TEST_F(NetnsTest, HarnessMpirunReachesEveryHostOverTheBridge) {
+  RunResult r = On("head", std::string(FJORD_MPIEXEC) +
+                               " -H 10.213.0.11,10.213.0.12,10.213.0.13,10.213.0.14 -np 4 hostname");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* h : {"no1\n", "no2\n", "se1\n", "se2\n"}) EXPECT_THAT(r.output, HasSubstr(h));
+}
+
+// ---- Gates 1-3 with the driver (no CLI wiring needed) --------------------------------------------
+
+TEST_F(NetnsTest, LaunchPutsRanksOnlyOnNoHostsDriver) {
+  PrepAcme(driver_);
+  WriteJob();
+  RunResult r =
+      On("head", driver_ + " launch " + Path("job.textproto") + " --inventory " + Inventory() + " --np 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("se1          jurisdiction SE is not allowed (allowed: NO)"));
+  EXPECT_THAT(r.output, HasSubstr("-x NCCL_SOCKET_IFNAME=eth0"));
+  // Each rank reports the host it ran on: NO hosts only.
+  EXPECT_THAT(r.output, HasSubstr("rank 0 of 2 on no1"));
+  EXPECT_THAT(r.output, HasSubstr("rank 1 of 2 on no2"));
+  EXPECT_THAT(r.output, Not(HasSubstr(" on se")));
+  EXPECT_EQ(RankHosts(), (std::set<std::string>{"no1", "no2"}));
+  const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
+  EXPECT_EQ(events.front(), "launch_plan");
+  EXPECT_EQ(events.back(), "launch_exit");
+  EXPECT_EQ(Count(events, "rank_identity"), 2);
+  EXPECT_EQ(Count(events, "test_override"), 1);
+  EXPECT_EQ(Count(events, "manifest_opened"), 1);
+  EXPECT_EQ(Count(events, "shard_opened"), 1);
+  EXPECT_EQ(Count(events, "refusal"), 0);
+  // launch and rank 0 recorded the same job digest.
+  const std::string plan = AuditLines(Path("run/audit.jsonl"), "launch_plan")[0];
+  const std::string start = AuditLines(Path("run/audit.jsonl"), "job_start")[0];
+  const size_t p = plan.find("\"job_sha256\":\""), s = start.find("\"job_sha256\":\"");
+  EXPECT_EQ(plan.substr(p, 80), start.substr(s, 80));
+  EXPECT_TRUE(VerifyAuditLog(Path("run/audit.jsonl"))->ok);
+}
+
+TEST_F(NetnsTest, TooFewNoNodesIsRefusedAndNoRankStartsDriver) {
+  WriteJob();
+  RunResult r =
+      On("head", driver_ + " launch " + Path("job.textproto") + " --inventory " + Inventory() + " --np 3");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("tenant acme needs 3 ranks on nodes inside its residency (jurisdictions NO"));
+  EXPECT_THAT(r.output, HasSubstr("has 2 allowed nodes with 2 slots in all: no1 (NO/osl1, 1 slot), no2"));
+  EXPECT_THAT(r.output, HasSubstr("se1: jurisdiction SE is not allowed"));
+  EXPECT_THAT(r.output, Not(HasSubstr("tenancy_driver: rank")));
+  EXPECT_FALSE(fs::exists(Path("run/launch")));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+}
+
+TEST_F(NetnsTest, DryRunCommandMatchesWhatRunsDriver) {
+  PrepAcme(driver_);
+  WriteJob();
+  const std::string launch =
+      driver_ + " launch " + Path("job.textproto") + " --inventory " + Inventory() + " --np 2";
+  RunResult dry = On("head", launch + " --dry-run");
+  ASSERT_EQ(dry.exit_code, 0) << dry.output;
+  EXPECT_FALSE(fs::exists(Path("run")));
+  RunResult real = On("head", launch);
+  ASSERT_EQ(real.exit_code, 0) << real.output;
+  ASSERT_FALSE(CommandOf(dry.output).empty());
+  EXPECT_EQ(CommandOf(real.output), CommandOf(dry.output));
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "launch_plan")[0],
+              HasSubstr("\"command\":" + JsonQuote(CommandOf(dry.output))));
+}
+
+TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataDriver) {
+  PrepAcme(driver_);
+  WriteJob();
+  fs::create_directories(Path("run"));
+  RunResult r = On("head", std::string(FJORD_MPIEXEC) + " -H 10.213.0.11,10.213.0.13 -np 2 " + driver_ +
+                               " train " + Path("job.textproto"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_LT(r.seconds, 60) << "the other rank did not end with the refusing one";
+  EXPECT_THAT(r.output,
+              HasSubstr("rank 1 on host se1: residency gate: this node is in jurisdiction SE, site sto1"));
+  EXPECT_THAT(r.output, HasSubstr("tenant acme allows jurisdictions NO; sites: any"));
+  EXPECT_THAT(r.output, Not(HasSubstr("tenancy_driver: rank")));
+  // The audit log shows the refusal and no data access by anyone.
+  const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
+  EXPECT_EQ(Count(events, "refusal"), 1);
+  EXPECT_EQ(Count(events, "manifest_opened"), 0);
+  EXPECT_EQ(Count(events, "shard_opened"), 0);
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "refusal")[0], HasSubstr("\"actor\":\"rank1@se1\""));
+}
+
+// ---- The fjord binary (needs the wiring in launcher/main.cc and runtime/trainer.cc) ------------------
+
+TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataCli) {
+  if (!TrainGateWired(dir_.string()))
+    GTEST_SKIP() << "awaiting wiring: fjord train does not call RankGate yet";
+  PrepAcme(FJORD_BINARY);
+  WriteJob();
+  fs::create_directories(Path("run"));
+  RunResult r = On("head", std::string(FJORD_MPIEXEC) + " -H 10.213.0.11,10.213.0.13 -np 2 " + FJORD_BINARY +
+                               " train " + Path("job.textproto"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord train: error: rank 1 on host se1: residency gate"));
+  const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
+  EXPECT_EQ(Count(events, "shard_opened"), 0);
+  EXPECT_EQ(Count(events, "manifest_opened"), 0);
+  EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
+}
+
+TEST_F(NetnsTest, AcmeTrainsOnNoHostsWithEncryptedCheckpointsAndAVerifiedAuditLogCli) {
+  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
+  if (!TrainGateWired(dir_.string()))
+    GTEST_SKIP() << "awaiting wiring: fjord train does not call RankGate yet";
+  PrepAcme(FJORD_BINARY);
+  WriteText(Path("acme.key"), std::string(64, 'a') + "\n", 0600);
+  WriteJob("checkpoint { every_steps: 2 encryption_key_file: \"" + Path("acme.key") + "\" }\n");
+  RunResult r = On("head", std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                               Inventory() + " --np 2 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(RankHosts(), (std::set<std::string>{"no1", "no2"}));
+  const std::string ckpt = Path("run/checkpoints/step_000004");
+  ASSERT_TRUE(fs::exists(ckpt + "/model.bin")) << r.output;
+  EXPECT_EQ(ReadText(ckpt + "/model.bin").substr(0, 8), "FJSEALED");
+  EXPECT_THAT(ReadText(ckpt + "/tenant.textproto"), HasSubstr("tenant: \"acme\""));
+  EXPECT_THAT(ReadText(ckpt + "/tenant.textproto"), HasSubstr("encrypted: true"));
+  const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
+  EXPECT_GE(Count(events, "checkpoint_written"), 2);
+  EXPECT_EQ(Count(events, "refusal"), 0);
+  RunResult verify = Shell(std::string(FJORD_BINARY) + " audit verify " + Path("run/audit.jsonl"));
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_THAT(verify.output, HasSubstr(": ok, "));
+}
+
+}  // namespace
+}  // namespace fjord
+
+int main(int argc, char** argv) {
+  ::setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);  // ranks of these tests share two cores
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new fjord::Cluster);
+  return RUN_ALL_TESTS();
+}
