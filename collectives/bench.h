@@ -105,6 +105,9 @@ struct BenchOptions {
   size_t step_bytes = 0;                // -i: ... else by this increment
   int iters = 20;                       // -n: timed iterations per measurement
   int warmup = 5;                       // -w: untimed iterations before them
+  // --repeat: time the loop of `iters` this many times and report the fastest (a departure from
+  // nccl-tests, which times one loop, for shared machines where a descheduled rank spoils a loop).
+  int repeat = 1;
   bool check = true;                    // -c: verify one run per measurement
   ReduceOp op = ReduceOp::kSum;         // -o
   DataType dtype = DataType::kF32;      // -d

@@ -33,7 +33,7 @@ const char kBenchSummary[] =
 const char kBenchUsage[] =
     "mpirun -np N fjord bench allreduce|allgather|reducescatter|broadcast|reduce|alltoall|sendrecv|p2p [-b MIN] "
     "[-e MAX] [-f FACTOR | -i STEP] [-n ITERS] [-w WARMUP] [-c 0|1] [-o sum|avg|max] [-d TYPE] [-r ROOT] "
-    "[-a avg|min|max] [--backend mpi|nccl] [--algo auto|mpi|ring|tree[,...]] [--json FILE] [--per-rank] "
+    "[-a avg|min|max] [--repeat R] [--backend mpi|nccl] [--algo auto|mpi|ring|tree[,...]] [--json FILE] [--per-rank] "
     "[--threshold F]";
 
 namespace {
@@ -59,6 +59,8 @@ Options (as nccl-tests spells them; sizes take K, M, G suffixes, powers of 1024)
   --backend mpi|nccl       host memory over MPI (default), or device memory over NCCL
   --algo A[,A...]          MPI backend: auto, mpi (the MPI library's own), ring, tree; several
                            measure each size under each, back to back, and compare them
+  --repeat R               time each loop of -n iterations R times, report the fastest (default 1;
+                           for shared machines where a descheduled rank spoils a loop)
   --json FILE              also write the results as JSON (rank 0)
   --per-rank               p2p: every rank is a node (default: the first rank on each host)
   --threshold F            p2p: flag bandwidth below F x median, latency above median / F (default 0.7)
@@ -72,6 +74,7 @@ struct CliOptions {
   BenchOptions bench;
   P2pOptions p2p_options;
   bool min_given = false, max_given = false, warmup_given = false, factor_given = false, step_given = false;
+  bool repeat_given = false;
   std::string backend = "mpi";
   std::vector<Algorithm> algos = {Algorithm::kAuto};
   bool algo_given = false;
@@ -136,7 +139,7 @@ std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
       {"-c", "--check", true},       {"-o", "--op", true},            {"-d", "--datatype", true},
       {"-r", "--root", true},        {"-a", "--average", true},       {nullptr, "--backend", true},
       {nullptr, "--algo", true},     {nullptr, "--json", true},       {nullptr, "--per-rank", false},
-      {nullptr, "--threshold", true},
+      {nullptr, "--threshold", true}, {nullptr, "--repeat", true},
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -175,9 +178,9 @@ std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
       if (value.empty() || *end != '\0' || !(f > 1.0)) return bad("a factor above 1");
       o->bench.factor = f;
       o->factor_given = true;
-    } else if (lng == "--iters" || lng == "--warmup_iters" || lng == "--root") {
+    } else if (lng == "--iters" || lng == "--warmup_iters" || lng == "--root" || lng == "--repeat") {
       const std::optional<long> v = ParseInt(value);
-      const long min = lng == "--iters" ? 1 : 0;
+      const long min = lng == "--iters" || lng == "--repeat" ? 1 : 0;
       if (!v || *v < min || *v > 100'000'000) return bad(min == 1 ? "a whole number >= 1" : "a whole number >= 0");
       if (lng == "--iters") o->bench.iters = o->p2p_options.iters = static_cast<int>(*v);
       if (lng == "--warmup_iters") {
@@ -185,6 +188,7 @@ std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
         o->warmup_given = true;
       }
       if (lng == "--root") o->bench.root = static_cast<int>(*v);
+      if (lng == "--repeat") o->bench.repeat = static_cast<int>(*v), o->repeat_given = true;
     } else if (lng == "--check") {
       if (value == "1" || value == "on" || value == "true") {
         o->bench.check = o->p2p_options.check = true;
@@ -259,6 +263,7 @@ std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
     return UsageError{"--algo chooses among the MPI backend's algorithms; NCCL picks its own (drop --algo)"};
   }
   if (o->p2p && o->algos.size() > 1) return UsageError{"p2p measures one communicator: give one --algo"};
+  if (o->p2p && o->repeat_given) return UsageError{"--repeat applies to the collectives; p2p reports medians already"};
   // The root must be a rank; the world size is known from the launcher before MPI starts.
   const int world = RankInfoFromEnvironment().world_size;
   if (!o->p2p && BenchHasRoot(o->bench.collective) && (o->bench.root < 0 || o->bench.root >= world)) {

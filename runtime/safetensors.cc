@@ -315,7 +315,7 @@ Status TensorToFloat32(const SafetensorsTensor& tensor, const std::string& path,
   const size_t n = static_cast<size_t>(tensor.num_elements());
   switch (tensor.dtype) {
     case Dtype::kF32:
-      std::memcpy(out, tensor.data, n * 4);
+      if (n > 0) std::memcpy(out, tensor.data, n * 4);  // an empty tensor's `out` may be null
       return OkStatus();
     case Dtype::kBF16:
       for (size_t i = 0; i < n; ++i) {

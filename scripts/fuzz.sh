@@ -46,7 +46,7 @@ if (( ${#targets[@]} == 0 )); then
   for src in fuzz/fuzz_*.cc; do
     name="$(basename "$src" .cc)"
     # A target whose library this tree does not build (fuzz/CMakeLists.txt) has no binary.
-    [[ -x "$build_dir/bin/$name" ]] && targets+=("$name")
+    if [[ -x "$build_dir/bin/$name" ]]; then targets+=("$name"); fi
   done
 fi
 

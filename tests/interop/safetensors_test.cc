@@ -121,8 +121,8 @@ TEST_F(SafetensorsTest, ReadsAHandBuiltFileWithPaddingAndOutOfOrderEntries) {
   EXPECT_EQ(st->Find("z")->num_elements(), 1);
 }
 
-// Found with fuzz/fuzz_safetensors under UBSan: the dimensions of an empty tensor are bounded only
-// through the byte count, which is 0, so num_elements() multiplied them past int64 before the 0.
+// Found while writing fuzz/fuzz_safetensors, confirmed with it under UBSan: the dimensions of an empty
+// tensor are bounded only through its byte count, 0, so num_elements() multiplied past int64.
 TEST_F(SafetensorsTest, EmptyTensorWithHugeDimensionsHasZeroElements) {
   const std::string path =
       Build(R"({"e": {"dtype": "U8", "shape": [4294967296, 2147483648, 0], "data_offsets": [0, 0]}})", "");
@@ -161,6 +161,20 @@ TEST_F(SafetensorsTest, ConvertsHalfAndBfloat16ExactlyToFloat32) {
   ASSERT_TRUE(st.ok());
   ASSERT_TRUE(TensorToFloat32(st->tensors()[0], path, out.data()).ok());
   EXPECT_TRUE(std::isnan(out[0]));
+}
+
+// Found by fuzz/fuzz_safetensors (UBSan): converting an empty F32 tensor passed the caller's null
+// `out` (an empty vector's data()) to memcpy, which is undefined even for 0 bytes.
+TEST_F(SafetensorsTest, ConvertsEmptyTensorsWithoutTouchingTheOutput) {
+  const std::string path = Build(R"({"e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]},)"
+                                 R"( "h": {"dtype": "F16", "shape": [0], "data_offsets": [0, 0]}})",
+                                 "");
+  StatusOr<Safetensors> st = ReadSafetensors(path);
+  ASSERT_TRUE(st.ok()) << st.status().message();
+  for (const SafetensorsTensor& t : st->tensors()) {
+    EXPECT_EQ(t.num_elements(), 0);
+    EXPECT_TRUE(TensorToFloat32(t, path, nullptr).ok()) << t.name;
+  }
 }
 
 TEST_F(SafetensorsTest, ConversionRefusesNonFloatDtypes) {
