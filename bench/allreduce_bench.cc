@@ -7,8 +7,8 @@
 //          [--dtype float] [--seconds 0.2] [--warmup 3] [--repeat 1] [--inplace] [--chunk BYTES]
 //          [--tree-max BYTES]
 //
-// An algorithm may carry its own chunk size, e.g. --algo raw,ring@256K,ring@1M, to compare
-// chunk sizes under the same machine conditions.
+// An algorithm may carry its own chunk size and window (chunks in flight), e.g.
+// --algo raw,ring@256K,ring@1M/2, to compare them under the same machine conditions.
 //
 // Design: one communicator per algorithm, all created up front (MPI_THREAD_MULTIPLE), so the
 // rows of one size are measured back to back under the same machine conditions. The time of a
@@ -118,7 +118,9 @@ Options ParseArgs(int argc, char** argv) {
   }
   if (o.factor < 2 || o.min_bytes == 0 || o.max_bytes < o.min_bytes) Usage("need 0 < MIN <= MAX and FACTOR >= 2");
   for (const std::string& a : o.algos) {
-    if (a != "raw" && !ParseAlgorithm(a.substr(0, a.find('@'))).ok()) Usage(("unknown algorithm '" + a + "'").c_str());
+    if (a != "raw" && !ParseAlgorithm(a.substr(0, std::min(a.find('@'), a.find('/')))).ok()) {
+      Usage(("unknown algorithm '" + a + "'").c_str());
+    }
   }
   return o;
 }
@@ -177,9 +179,10 @@ int main(int argc, char** argv) {
   for (const std::string& a : o.algos) {
     if (a == "raw") continue;
     CommOptions co;
-    const size_t at = a.find('@');
-    co.algorithm = *ParseAlgorithm(a.substr(0, at));
-    co.ring_chunk_bytes = at == std::string::npos ? o.chunk : ParseSize(a.substr(at + 1));
+    const size_t at = a.find('@'), slash = a.find('/');
+    co.algorithm = *ParseAlgorithm(a.substr(0, std::min(at, slash)));
+    co.ring_chunk_bytes = at == std::string::npos ? o.chunk : ParseSize(a.substr(at + 1, slash - at - 1));
+    if (slash != std::string::npos) co.ring_window = std::atoi(a.c_str() + slash + 1);
     co.tree_max_bytes = o.tree_max;
     StatusOr<std::unique_ptr<Communicator>> c = CreateCommunicator(co, /*force_mpi=*/true);
     if (!c.ok()) {
@@ -204,7 +207,7 @@ int main(int argc, char** argv) {
                 n, DataTypeName(o.dtype), o.in_place ? "in place" : "out of place", o.seconds, o.warmup, o.repeat);
     std::printf("# busbw = algbw * 2(n-1)/n; vs_mpi, vs_raw = time of the communicator's mpi algorithm, of a plain\n"
                 "# MPI_Allreduce call, over this row's time (> 1: this row is faster)\n");
-    std::printf("%12s %12s %9s %12s %11s %11s %7s %7s %7s\n", "size(B)", "count", "algo", "time(us)", "algbw(GB/s)",
+    std::printf("%12s %12s %11s %12s %11s %11s %7s %7s %7s\n", "size(B)", "count", "algo", "time(us)", "algbw(GB/s)",
                 "busbw(GB/s)", "vs_mpi", "vs_raw", "#wrong");
   }
   for (size_t bytes = o.min_bytes; bytes <= o.max_bytes; bytes *= o.factor) {
@@ -262,7 +265,7 @@ int main(int argc, char** argv) {
         char vs_mpi[16] = "-", vs_raw[16] = "-";
         if (mpi_time > 0) std::snprintf(vs_mpi, sizeof(vs_mpi), "%.2f", mpi_time / t);
         if (raw_time > 0) std::snprintf(vs_raw, sizeof(vs_raw), "%.2f", raw_time / t);
-        std::printf("%12zu %12zu %9s %12.1f %11.3f %11.3f %7s %7s %7lld\n", count * es, count, algo.c_str(), t * 1e6,
+        std::printf("%12zu %12zu %11s %12.1f %11.3f %11.3f %7s %7s %7lld\n", count * es, count, algo.c_str(), t * 1e6,
                     algbw, busbw, vs_mpi, vs_raw, wrong);
         std::fflush(stdout);
       }

@@ -319,7 +319,7 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(const CommOptions& options, std::shared_ptr<MpiRuntime> runtime)
       : options_(options), runtime_(std::move(runtime)), recorder_(options.flight_recorder_entries) {
     ring_.chunk_bytes = options.ring_chunk_bytes != 0 ? options.ring_chunk_bytes : kDefaultChunkBytes;
-    ring_.window = kRingWindow;
+    ring_.window = options.ring_window > 0 ? options.ring_window : kRingWindow;
     tree_max_bytes_ = options.tree_max_bytes != 0 ? options.tree_max_bytes : kDefaultTreeMaxBytes;
   }
   MpiCommunicator(const MpiCommunicator&) = delete;
