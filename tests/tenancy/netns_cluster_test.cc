@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <thread>
 
 #include "runtime/audit.h"
 #include "tests/tenancy/test_util.h"
@@ -278,6 +279,38 @@ TEST_F(NetnsTest, AcmeTrainsOnNoHostsWithEncryptedCheckpointsAndAVerifiedAuditLo
   RunResult verify = Shell(std::string(FJORD_BINARY) + " audit verify " + Path("run/audit.jsonl"));
   EXPECT_EQ(verify.exit_code, 0) << verify.output;
   EXPECT_THAT(verify.output, HasSubstr(": ok, "));
+}
+
+// The checkpoint issue's SIGKILL fault on real hosts: a rank on no2 killed with SIGKILL ends the
+// job on every host within comm_timeout + 5 s, named by rank, with no process left behind.
+TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
+  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
+  PrepAcme(FJORD_BINARY);
+  WriteJob();
+  const std::string cmd = "bash " + kScript + " exec " + Cluster::state_ + " head sh -c " +
+                          Quote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                                Inventory() + " --np 2 --quiet --set train.steps=1000000 --set parallel.comm_timeout=5");
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  // Wait for training to start (metrics appear), then kill rank 1 (it runs on no2).
+  for (int i = 0; i < 100 && !fs::exists(Path("run/metrics.jsonl")); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const auto killed = std::chrono::steady_clock::now();
+  RunResult k = Shell("for p in $(pgrep -f '[j]ob.textproto'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' "
+                      "/proc/$p/environ 2>/dev/null && kill -9 $p && echo killed; done");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_THAT(k.output, HasSubstr("killed")) << out;
+  EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("rank 1")) << out;
+  EXPECT_LT(seconds, 5.0 + 5.0) << out;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + Path("run") + "|[j]ob.textproto'").output, "");
 }
 
 }  // namespace
