@@ -3,9 +3,19 @@
 // communication thread, the deadline-aware wait, the census and the failure report, and the
 // MPI-library paths of the collectives.
 //
-// Tuned defaults (2 ranks on one 2-core AMD EPYC VM, Open MPI 4.1.4 vader/CMA, see
-// bench/allreduce_bench.cc and the numbers in the commit message): ring chunk 512 KiB with 4
-// chunks in flight; kAuto uses recursive doubling up to 64 KiB.
+// Tuned defaults, measured with bench/allreduce_bench.cc on 2 ranks of the 2-core development VM
+// (AMD EPYC, 1 MiB L2 per core, Open MPI 4.1.4 vader with CMA single copy), a shared machine
+// whose other load made single runs noisy, hence best-of-N runs:
+//  - ring chunk 256 KiB with 4 chunks in flight: the receive slots (1 MiB) stay in the L2, so the
+//    reduction reads the received chunk from cache; 512 KiB x 4 was as fast at 256 MiB but
+//    slower at 16 MiB, 128 KiB and 1-4 MiB chunks slower, 2 chunks in flight slower than 4.
+//  - kAuto: recursive doubling up to 3 KiB, the ring above. The tree sends the whole buffer as
+//    one message; above Open MPI's shared-memory eager limit (4 KiB, headers included) that
+//    message needs a rendezvous round trip, and at 4 KiB the tree took 9 us against the ring's
+//    5 us (two eager messages of half the size); at 1-2 KiB the tree took 1.8-2.6 us against
+//    3.2-3.8 us. At 8 KiB the tree was ~15% faster again (the ring's halves cross the limit too),
+//    from 16 KiB on the ring wins. More ranks favour the tree up to larger sizes (log2 n against
+//    2 (n - 1) latencies); CommOptions::tree_max_bytes overrides the threshold.
 #include "collectives/mpi_communicator.h"
 
 #include <mpi.h>
@@ -41,9 +51,9 @@ using std::chrono::duration;
 using std::chrono::milliseconds;
 using std::chrono::microseconds;
 
-constexpr size_t kDefaultChunkBytes = size_t{512} << 10;
+constexpr size_t kDefaultChunkBytes = size_t{256} << 10;
 constexpr int kRingWindow = 4;
-constexpr size_t kDefaultTreeMaxBytes = size_t{64} << 10;
+constexpr size_t kDefaultTreeMaxBytes = size_t{3} << 10;
 
 // Tags on the data communicator: SendRecv uses 0, the ring and tree 1 + seq % kTagSpan (MPI
 // guarantees tags up to 32767).
@@ -227,14 +237,20 @@ MpiRuntime::~MpiRuntime() {
 // ---------------------------------------------------------------------------------------------
 // The communicator.
 
-// One issued operation; shared by the queue, the executor and the caller's handle.
-struct PendingOp {
+// One issued operation.
+struct OpInfo {
   OpDesc desc;
   Algorithm algorithm = Algorithm::kMpi;  // resolved at issue
   uint64_t seq = 0;                       // collectives
   uint64_t p2p = 0;                       // SendRecv
   uint64_t record = 0;                    // flight recorder id
   size_t bytes = 0;
+  bool started = false;                   // recorded as started at issue (run on the caller's thread)
+};
+
+// A queued operation; shared by the queue, the executor and the caller's handle.
+struct PendingOp {
+  OpInfo info;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -295,7 +311,6 @@ class MpiCommunicator;
 class MpiTransport final : public Transport {
  public:
   explicit MpiTransport(MpiCommunicator& comm) : comm_(comm) {}
-  ~MpiTransport() override;
   MpiTransport(const MpiTransport&) = delete;
   MpiTransport& operator=(const MpiTransport&) = delete;
 
@@ -304,6 +319,8 @@ class MpiTransport final : public Transport {
   Status Isend(const void* buf, size_t bytes, int peer, int tag, Request* req) override;
   Status Irecv(void* buf, size_t bytes, int peer, int tag, Request* req) override;
   Status Wait(Request* req) override;
+  // After a failure: cancels the receives still posted and forgets every request.
+  void CancelPending();
 
  private:
   Request NewSlot(bool recv);
@@ -399,14 +416,14 @@ class MpiCommunicator final : public Communicator {
 
   // Issue side (any thread).
   Status Validate(const OpDesc& d) const;
-  std::shared_ptr<PendingOp> NewOp(const OpDesc& d);  // with mu_ held
+  void NewOp(const OpDesc& d, bool start_now, OpInfo* op);  // with mu_ held
   Status RunSync(const OpDesc& d);
   StatusOr<std::unique_ptr<CommHandle>> RunAsync(const OpDesc& d);
   void ThreadMain();
 
   // Executor side: the thread that holds busy_.
-  Status Execute(PendingOp& op);
-  Status Dispatch(PendingOp& op);
+  Status Execute(OpInfo& op);
+  Status Dispatch(const OpInfo& op);
   Status WaitRequest(MPI_Request* req, const char* call, MPI_Status* status = nullptr);
   Status MpiFailure(const char* call, int rc);
   Status MpiAllReduce(const OpDesc& d);
@@ -418,10 +435,10 @@ class MpiCommunicator final : public Communicator {
   Status MpiBarrier();
   void ServiceCensus();
   CensusMsg MyCensus(uint64_t seq) const;
-  std::string RunCensus(const PendingOp& op);
-  std::string Verdict(const PendingOp& op, const std::vector<bool>& answered) const;
-  Status Fail(PendingOp& op, const Status& cause);
-  std::string Describe(const PendingOp& op) const;
+  std::string RunCensus(const OpInfo& op);
+  std::string Verdict(const OpInfo& op, const std::vector<bool>& answered) const;
+  Status Fail(OpInfo& op, const Status& cause);
+  std::string Describe(const OpInfo& op) const;
 
   const CommOptions options_;
   std::shared_ptr<MpiRuntime> runtime_;
@@ -460,7 +477,8 @@ class MpiCommunicator final : public Communicator {
   Clock::time_point started_{};
   Clock::time_point deadline_{};
   Clock::time_point next_census_poll_{};
-  const PendingOp* current_ = nullptr;
+  const OpInfo* current_ = nullptr;
+  std::unique_ptr<MpiTransport> transport_;  // reused: no allocation per operation
   FailureKind failure_kind_ = FailureKind::kNone;
   uint64_t peer_gave_up_seq_ = 0;  // a peer's census asked about this collective (0: none)
   bool peer_gave_up_p2p_ = false;  // ... or about a SendRecv
@@ -520,13 +538,15 @@ Status MpiTransport::Wait(Request* req) {
   return s;
 }
 
-MpiTransport::~MpiTransport() {
-  // Requests are left only after a failure.
+void MpiTransport::CancelPending() {
   std::vector<MPI_Request*> recvs;
   for (size_t i = 0; i < requests_.size(); ++i) {
     if (is_recv_[i]) recvs.push_back(&requests_[i]);
   }
   CancelReceives(recvs);
+  requests_.clear();
+  is_recv_.clear();
+  free_.clear();
 }
 
 // --- Lifetime ------------------------------------------------------------------------------------
@@ -571,6 +591,7 @@ MpiCommunicator::~MpiCommunicator() {
     cv_.notify_all();
     thread_.join();  // runs (or fails) what is still queued first
   }
+  transport_.reset();
   if (failed_flag_) {
     runtime_->SkipFinalize();
   } else {
@@ -610,8 +631,7 @@ Status MpiCommunicator::Validate(const OpDesc& d) const {
   return OkStatus();
 }
 
-std::shared_ptr<PendingOp> MpiCommunicator::NewOp(const OpDesc& d) {
-  auto op = std::make_shared<PendingOp>();
+void MpiCommunicator::NewOp(const OpDesc& d, bool start_now, OpInfo* op) {
   op->desc = d;
   op->bytes = d.Bytes(size_);
   switch (d.kind) {
@@ -642,29 +662,38 @@ std::shared_ptr<PendingOp> MpiCommunicator::NewOp(const OpDesc& d) {
   e.reduction = d.is_reduction();
   e.algorithm = AlgorithmName(op->algorithm);
   e.issued = Clock::now();
+  if (start_now) {
+    e.started = e.issued;
+    e.state = OpState::kRunning;
+    op->started = true;
+  }
   last_issue_us_.store(std::chrono::duration_cast<microseconds>(e.issued - origin_).count());
   op->record = recorder_.Add(e);
-  return op;
 }
 
 Status MpiCommunicator::RunSync(const OpDesc& d) {
   FJORD_RETURN_IF_ERROR(Validate(d));
   std::unique_lock<std::mutex> lock(mu_);
   if (failed_) return failure_;
-  std::shared_ptr<PendingOp> op = NewOp(d);
   if (queue_.empty() && !busy_) {
     // Idle: run on this thread.
     busy_ = true;
+    OpInfo op;
+    NewOp(d, /*start_now=*/true, &op);
     lock.unlock();
-    const Status s = Execute(*op);
+    const Status s = Execute(op);
     lock.lock();
     busy_ = false;
-    cv_.notify_all();
+    const bool queued = !queue_.empty();  // async calls from other threads meanwhile
+    lock.unlock();
+    if (queued) cv_.notify_all();
     return s;
   }
+  auto op = std::make_shared<PendingOp>();
+  NewOp(d, /*start_now=*/false, &op->info);
   queue_.push_back(op);
-  cv_.notify_all();
   lock.unlock();
+  cv_.notify_all();
   return op->Wait();
 }
 
@@ -674,7 +703,8 @@ StatusOr<std::unique_ptr<CommHandle>> MpiCommunicator::RunAsync(const OpDesc& d)
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (failed_) return failure_;
-    op = NewOp(d);
+    op = std::make_shared<PendingOp>();
+    NewOp(d, /*start_now=*/false, &op->info);
     queue_.push_back(op);
   }
   cv_.notify_all();
@@ -690,10 +720,9 @@ void MpiCommunicator::ThreadMain() {
       queue_.pop_front();
       busy_ = true;
       lock.unlock();
-      op->Complete(Execute(*op));
+      op->Complete(Execute(op->info));
       lock.lock();
       busy_ = false;
-      cv_.notify_all();
       continue;
     }
     if (stop_ && queue_.empty() && !busy_) return;
@@ -710,15 +739,13 @@ void MpiCommunicator::ThreadMain() {
 
 // --- Executor --------------------------------------------------------------------------------------
 
-Status MpiCommunicator::Execute(PendingOp& op) {
-  {
+Status MpiCommunicator::Execute(OpInfo& op) {
+  if (failed_flag_.load(std::memory_order_acquire)) {
+    recorder_.MarkEnded(op.record, OpState::kSkipped);
     std::lock_guard<std::mutex> lock(mu_);
-    if (failed_) {
-      recorder_.MarkEnded(op.record, OpState::kSkipped);
-      return Status(failure_.code(), "not run, the communicator failed earlier: " + failure_.message());
-    }
+    return Status(failure_.code(), "not run, the communicator failed earlier: " + failure_.message());
   }
-  recorder_.MarkStarted(op.record, AlgorithmName(op.algorithm));
+  if (!op.started) recorder_.MarkStarted(op.record, AlgorithmName(op.algorithm));
   running_seq_.store(op.seq);
   started_ = Clock::now();
   deadline_ = started_ + options_.timeout;
@@ -732,6 +759,7 @@ Status MpiCommunicator::Execute(PendingOp& op) {
   } else {
     s = Dispatch(op);
     if (!s.ok() && failure_kind_ == FailureKind::kNone) failure_kind_ = FailureKind::kOther;
+    if (!s.ok() && transport_) transport_->CancelPending();
   }
   current_ = nullptr;
   running_seq_.store(0);
@@ -741,10 +769,11 @@ Status MpiCommunicator::Execute(PendingOp& op) {
   return OkStatus();
 }
 
-Status MpiCommunicator::Dispatch(PendingOp& op) {
+Status MpiCommunicator::Dispatch(const OpInfo& op) {
   const OpDesc& d = op.desc;
   const int tag = 1 + static_cast<int>(op.seq % kTagSpan);
-  MpiTransport transport(*this);
+  if (!transport_) transport_ = std::make_unique<MpiTransport>(*this);
+  MpiTransport& transport = *transport_;
   switch (d.kind) {
     case OpKind::kAllReduce:
       switch (op.algorithm) {
@@ -787,7 +816,7 @@ Status MpiCommunicator::WaitRequest(MPI_Request* req, const char* call, MPI_Stat
     if (now >= next_census_poll_) {
       ServiceCensus();
       next_census_poll_ = now + kCensusPollInWait;
-      const PendingOp& op = *current_;
+      const OpInfo& op = *current_;
       if ((peer_gave_up_seq_ != 0 && op.seq >= peer_gave_up_seq_) || (peer_gave_up_p2p_ && op.p2p != 0)) {
         failure_kind_ = FailureKind::kPeerGaveUp;
         return Internal("a peer gave up");
@@ -988,7 +1017,7 @@ void MpiCommunicator::ServiceCensus() {
   }
 }
 
-std::string MpiCommunicator::RunCensus(const PendingOp& op) {
+std::string MpiCommunicator::RunCensus(const OpInfo& op) {
   const auto window =
       std::clamp<Clock::duration>(options_.timeout / 2, milliseconds(500), milliseconds(5000));
   std::vector<bool> answered(static_cast<size_t>(size_), false);
@@ -1039,7 +1068,7 @@ std::string RankList(const std::vector<std::string>& items) {
   return out;
 }
 
-std::string MpiCommunicator::Verdict(const PendingOp& op, const std::vector<bool>& answered) const {
+std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& answered) const {
   const auto window = std::clamp<Clock::duration>(options_.timeout / 2, milliseconds(500), milliseconds(5000));
   std::vector<std::string> absent, mismatched, silent, arrived;
   for (int p = 0; p < size_; ++p) {
@@ -1089,7 +1118,7 @@ std::string MpiCommunicator::Verdict(const PendingOp& op, const std::vector<bool
   return out;
 }
 
-std::string MpiCommunicator::Describe(const PendingOp& op) const {
+std::string MpiCommunicator::Describe(const OpInfo& op) const {
   const OpDesc& d = op.desc;
   if (d.kind == OpKind::kSendRecv) {
     return "SendRecv p2p." + std::to_string(op.p2p) + " (" + std::to_string(op.bytes) + " bytes to rank " +
@@ -1104,7 +1133,7 @@ std::string MpiCommunicator::Describe(const PendingOp& op) const {
   return std::string("collective ") + OpKindName(d.kind) + " #" + std::to_string(op.seq) + " (" + what + ")";
 }
 
-Status MpiCommunicator::Fail(PendingOp& op, const Status& cause) {
+Status MpiCommunicator::Fail(OpInfo& op, const Status& cause) {
   const std::string elapsed = Seconds(Clock::now() - started_);
   std::string message;
   OpState state = OpState::kFailed;

@@ -29,7 +29,7 @@
 namespace fjord {
 
 struct RingOptions {
-  size_t chunk_bytes = size_t{1} << 20;
+  size_t chunk_bytes = size_t{256} << 10;
   int window = 4;
 };
 

@@ -73,8 +73,7 @@ struct CliOptions {
   bool p2p = false;
   BenchOptions bench;
   P2pOptions p2p_options;
-  bool min_given = false, max_given = false, warmup_given = false, factor_given = false, step_given = false;
-  bool repeat_given = false;
+  bool warmup_given = false, factor_given = false, step_given = false, repeat_given = false;
   std::string backend = "mpi";
   std::vector<Algorithm> algos = {Algorithm::kAuto};
   bool algo_given = false;
@@ -169,8 +168,8 @@ std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
     if (lng == "--minbytes" || lng == "--maxbytes" || lng == "--stepbytes") {
       const std::optional<size_t> v = ParseSize(value);
       if (!v) return bad("a size (a whole number of bytes, optionally with K, M or G)");
-      if (lng == "--minbytes") o->bench.min_bytes = o->p2p_options.latency_bytes = *v, o->min_given = true;
-      if (lng == "--maxbytes") o->bench.max_bytes = o->p2p_options.bandwidth_bytes = *v, o->max_given = true;
+      if (lng == "--minbytes") o->bench.min_bytes = o->p2p_options.latency_bytes = *v;
+      if (lng == "--maxbytes") o->bench.max_bytes = o->p2p_options.bandwidth_bytes = *v;
       if (lng == "--stepbytes") o->bench.step_bytes = *v, o->step_given = true;
     } else if (lng == "--stepfactor") {
       char* end = nullptr;

@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> buf(size_t{1} << 18, 1.0f);  // 1 MiB
   for (int i = 0; i < 3; ++i) {
-    const Status s = comm.AllReduce(buf.data(), buf.data(), 1024, DataType::kF32, ReduceOp::kSum);
+    const Status s = comm.AllReduce(buf.data(), buf.data(), 256, DataType::kF32, ReduceOp::kSum);
     if (!s.ok()) comm.Abort("hang_driver: warm-up failed: " + s.message(), 1);
   }
   const long long now_ms =

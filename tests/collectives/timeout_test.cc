@@ -118,7 +118,7 @@ TEST(CollectiveTimeoutTest, EverySurvivorNamesTheRankThatDidNotArrive) {
         << job.output;
   }
   // The dump shows the finished collectives and the one that timed out.
-  EXPECT_THAT(job.output, ContainsRegex("#3 +AllReduce +4096 +float +sum +tree .* done")) << job.output;
+  EXPECT_THAT(job.output, ContainsRegex("#3 +AllReduce +1024 +float +sum +tree .* done")) << job.output;
   EXPECT_THAT(job.output, ContainsRegex("#4 +AllReduce +1048576 +float +sum +ring .* timed out")) << job.output;
   // The missing rank explains itself.
   EXPECT_THAT(job.output, ContainsRegex("rank 1 \\(host [^)]+\\) has not issued collective #4")) << job.output;

@@ -252,9 +252,10 @@ TEST_F(BenchCliTest, BadArgumentsExitTwoWithTheReason) {
 // nccl-tests' long options and glued short ones are accepted.
 TEST_F(BenchCliTest, NcclTestsSpellingsWork) {
   const RunResult r = testing::RunFjord("bench allgather -b8 --maxbytes=64 --stepfactor 2 --iters=2 -w0 --check 1 "
-                                        "--datatype=int32 -a max");
+                                        "--datatype=int32 -a max --repeat 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("average: max"));
+  EXPECT_THAT(r.output, HasSubstr("# repeat: 2"));
   EXPECT_EQ(ParseTable(r.output).size(), 4u);  // 8, 16, 32, 64
 }
 
