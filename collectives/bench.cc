@@ -114,35 +114,7 @@ class Values {
     }
   }
 
-  void Encode(int64_t v, void* dst) const {
-    switch (dtype_) {
-      case DataType::kF32: {
-        const float f = static_cast<float>(v);
-        std::memcpy(dst, &f, 4);
-        return;
-      }
-      case DataType::kBF16: {
-        const uint16_t b = FloatToBf16(static_cast<float>(v));
-        std::memcpy(dst, &b, 2);
-        return;
-      }
-      case DataType::kF16: {
-        const uint16_t h = FloatToHalf(static_cast<float>(v));
-        std::memcpy(dst, &h, 2);
-        return;
-      }
-      case DataType::kI32: {
-        const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(v));
-        std::memcpy(dst, &x, 4);
-        return;
-      }
-      case DataType::kU8: {
-        const uint8_t x = static_cast<uint8_t>(v & 0xff);
-        std::memcpy(dst, &x, 1);
-        return;
-      }
-    }
-  }
+  void Encode(int64_t v, void* dst) const { StoreInteger(dtype_, v, dst); }
 
   // Input(rank, first + i) for i < count, encoded into dst.
   void FillInput(int rank, size_t first, size_t count, std::byte* dst) const {

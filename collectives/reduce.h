@@ -34,4 +34,9 @@ uint16_t FloatToBf16(float value);  // round to nearest even; NaN stays NaN (qui
 float HalfToFloat(uint16_t bits);
 uint16_t FloatToHalf(float value);  // round to nearest even, overflow to inf; NaN stays NaN (quiet)
 
+// Writes the integer v as one element of `dtype` at dst: floats by conversion (exact for the
+// small integers the tests and the bench use), i32 and u8 modulo 2^32 and 2^8. Used to build
+// inputs and expected results whose reductions are exactly predictable.
+void StoreInteger(DataType dtype, int64_t v, void* dst);
+
 }  // namespace fjord

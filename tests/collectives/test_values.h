@@ -36,35 +36,7 @@ inline long long InputValue(DataType dtype, ReduceOp op, int world, int rank, si
   return 0;
 }
 
-inline void Store(DataType dtype, long long v, void* dst) {
-  switch (dtype) {
-    case DataType::kF32: {
-      const float f = static_cast<float>(v);
-      std::memcpy(dst, &f, 4);
-      return;
-    }
-    case DataType::kBF16: {
-      const uint16_t b = FloatToBf16(static_cast<float>(v));
-      std::memcpy(dst, &b, 2);
-      return;
-    }
-    case DataType::kF16: {
-      const uint16_t h = FloatToHalf(static_cast<float>(v));
-      std::memcpy(dst, &h, 2);
-      return;
-    }
-    case DataType::kI32: {
-      const int32_t x = static_cast<int32_t>(v);
-      std::memcpy(dst, &x, 4);
-      return;
-    }
-    case DataType::kU8: {
-      const uint8_t x = static_cast<uint8_t>(v & 0xff);
-      std::memcpy(dst, &x, 1);
-      return;
-    }
-  }
-}
+inline void Store(DataType dtype, long long v, void* dst) { StoreInteger(dtype, v, dst); }
 
 // The exact reduction over ranks 0..world-1 of element i.
 inline long long ExpectedValue(DataType dtype, ReduceOp op, int world, size_t i) {
