@@ -140,6 +140,12 @@ class Communicator {
   // issue, start and end time, state), oldest first.
   virtual std::string FlightRecord() const = 0;
 
+  // What this rank is waiting in right now, for a report when the process is told to stop
+  // (a launcher tearing the job down after another rank died): the oldest unfinished operation,
+  // e.g. "allreduce #57 (3145728 bytes f32 sum, ring), running for 0.84 s, waiting for rank 1
+  // (host no2)", or "" when none is in flight. Thread-safe; callable while an operation runs.
+  virtual std::string InFlight() const { return ""; }
+
   // Ends every rank of the job with `exit_code` after printing `message`; does not return.
   // The MPI backend waits about a second first, so that the other ranks finish reporting a
   // failure they saw at the same time.

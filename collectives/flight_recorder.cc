@@ -59,6 +59,33 @@ std::optional<FlightEntry> FlightRecorder::FindSeq(uint64_t seq) const {
   return std::nullopt;
 }
 
+std::optional<FlightEntry> FlightRecorder::OldestUnfinished() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t shown = std::min<uint64_t>(next_id_, entries_.size());
+  for (uint64_t id = next_id_ - shown; id < next_id_; ++id) {
+    const FlightEntry& e = entries_[id % entries_.size()];
+    if (e.state == OpState::kQueued || e.state == OpState::kRunning) return e;
+  }
+  return std::nullopt;
+}
+
+std::string FlightRecorder::Describe(const FlightEntry& e) const {
+  char name[32];
+  if (e.seq != 0) {
+    std::snprintf(name, sizeof(name), "#%" PRIu64, e.seq);
+  } else {
+    std::snprintf(name, sizeof(name), "p2p.%" PRIu64, e.p2p);
+  }
+  const bool running = e.state == OpState::kRunning;
+  const double since =
+      std::chrono::duration<double>(Clock::now() - (running ? e.started : e.issued)).count();
+  char line[256];
+  std::snprintf(line, sizeof(line), "%s %s (%zu bytes %s %s, %s), %s for %.2f s", OpKindName(e.kind), name, e.bytes,
+                e.kind == OpKind::kBarrier ? "-" : DataTypeName(e.dtype), e.reduction ? ReduceOpName(e.op) : "-",
+                e.algorithm, running ? "running" : OpStateName(e.state), since);
+  return line;
+}
+
 std::string FlightRecorder::Dump(const std::string& who) const {
   std::lock_guard<std::mutex> lock(mu_);
   const size_t shown = std::min<uint64_t>(next_id_, entries_.size());

@@ -52,6 +52,11 @@ class FlightRecorder {
   void MarkEnded(uint64_t id, OpState state);
   // The entry of collective `seq`, if it is still in the buffer.
   std::optional<FlightEntry> FindSeq(uint64_t seq) const;
+  // The oldest entry still queued or running, if any: what this rank is stuck in when it hangs.
+  std::optional<FlightEntry> OldestUnfinished() const;
+  // One phrase for an entry: "allreduce #57 (3145728 bytes f32 sum, ring), running for 0.84 s"
+  // ("queued for" when it has not started).
+  std::string Describe(const FlightEntry& entry) const;
 
   // Header line naming `who` (e.g. "rank 0 (host a)"), then one line per entry, oldest first.
   std::string Dump(const std::string& who) const;

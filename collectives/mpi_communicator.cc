@@ -323,11 +323,12 @@ class MpiTransport final : public Transport {
   void CancelPending();
 
  private:
-  Request NewSlot(bool recv);
+  Request NewSlot(bool recv, int peer);
 
   MpiCommunicator& comm_;
   std::vector<MPI_Request> requests_;
   std::vector<bool> is_recv_;
+  std::vector<int> peers_;
   std::vector<Request> free_;
 };
 
@@ -404,6 +405,16 @@ class MpiCommunicator final : public Communicator {
   StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override { return RunAsync({.kind = OpKind::kBarrier}); }
 
   std::string FlightRecord() const override { return recorder_.Dump(Me()); }
+  std::string InFlight() const override {
+    const std::optional<FlightEntry> e = recorder_.OldestUnfinished();
+    if (!e) return "";
+    std::string what = recorder_.Describe(*e);
+    const int peer = waiting_peer_.load(std::memory_order_relaxed);
+    if (e->state == OpState::kRunning && peer >= 0) {
+      what += ", waiting for rank " + std::to_string(peer) + " (host " + HostOf(peer) + ")";
+    }
+    return what;
+  }
   [[noreturn]] void Abort(const std::string& message, int exit_code) override;
 
  private:
@@ -469,6 +480,7 @@ class MpiCommunicator final : public Communicator {
   std::atomic<uint64_t> issued_p2p_{0};
   std::atomic<uint64_t> completed_seq_{0};
   std::atomic<uint64_t> running_seq_{0};
+  std::atomic<int> waiting_peer_{-1};  // the peer of the ring/tree message being waited for (-1: none)
   std::atomic<int64_t> last_issue_us_{0};  // since origin_
   std::atomic<bool> failed_flag_{false};
 
@@ -500,20 +512,22 @@ class MpiCommunicator final : public Communicator {
 int MpiTransport::rank() const { return comm_.rank_; }
 int MpiTransport::size() const { return comm_.size_; }
 
-Transport::Request MpiTransport::NewSlot(bool recv) {
+Transport::Request MpiTransport::NewSlot(bool recv, int peer) {
   if (!free_.empty()) {
     const Request r = free_.back();
     free_.pop_back();
     is_recv_[r] = recv;
+    peers_[r] = peer;
     return r;
   }
   requests_.push_back(MPI_REQUEST_NULL);
   is_recv_.push_back(recv);
+  peers_.push_back(peer);
   return static_cast<Request>(requests_.size() - 1);
 }
 
 Status MpiTransport::Isend(const void* buf, size_t bytes, int peer, int tag, Request* req) {
-  const Request slot = NewSlot(false);
+  const Request slot = NewSlot(false, peer);
   const int rc = MPI_Isend(buf, static_cast<int>(bytes), MPI_BYTE, peer, tag, comm_.comm_, &requests_[slot]);
   if (rc != MPI_SUCCESS) return comm_.MpiFailure("MPI_Isend", rc);
   *req = slot;
@@ -521,7 +535,7 @@ Status MpiTransport::Isend(const void* buf, size_t bytes, int peer, int tag, Req
 }
 
 Status MpiTransport::Irecv(void* buf, size_t bytes, int peer, int tag, Request* req) {
-  const Request slot = NewSlot(true);
+  const Request slot = NewSlot(true, peer);
   const int rc = MPI_Irecv(buf, static_cast<int>(bytes), MPI_BYTE, peer, tag, comm_.comm_, &requests_[slot]);
   if (rc != MPI_SUCCESS) return comm_.MpiFailure("MPI_Irecv", rc);
   *req = slot;
@@ -530,7 +544,9 @@ Status MpiTransport::Irecv(void* buf, size_t bytes, int peer, int tag, Request* 
 
 Status MpiTransport::Wait(Request* req) {
   if (*req == kNoRequest) return OkStatus();
+  comm_.waiting_peer_.store(peers_[*req], std::memory_order_relaxed);
   const Status s = comm_.WaitRequest(&requests_[*req], "MPI_Test (ring/tree message)");
+  comm_.waiting_peer_.store(-1, std::memory_order_relaxed);
   if (s.ok()) {
     free_.push_back(*req);
     *req = kNoRequest;
@@ -546,6 +562,7 @@ void MpiTransport::CancelPending() {
   CancelReceives(recvs);
   requests_.clear();
   is_recv_.clear();
+  peers_.clear();
   free_.clear();
 }
 

@@ -1,6 +1,7 @@
 #include "runtime/trainer.h"
 
 #include <omp.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sched.h>
 #include <unistd.h>
@@ -8,12 +9,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "common/env.h"
@@ -97,20 +101,83 @@ SleepHook ParseSleepHook() {
 }
 
 // SIGTERM / SIGINT: the first asks training to stop after the current step with a checkpoint;
-// the second ends the process at once.
+// the second ends the process at once. The handler also wakes the signal watcher (below) through
+// a pipe, the only async-signal-safe way to hand it over.
 std::atomic<int> g_stop_signals{0};
+int g_signal_pipe[2] = {-1, -1};
 
 void OnStopSignal(int sig) {
   if (g_stop_signals.fetch_add(1) >= 1) std::_Exit(128 + sig);
+  if (g_signal_pipe[1] >= 0) {
+    const unsigned char byte = static_cast<unsigned char>(sig);
+    [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
+  }
+}
+
+// The signal watcher says, on stderr, what the rank was doing when it was told to stop. This is
+// how the survivors of a killed rank name the collective they were in: when a rank dies, Open
+// MPI's daemons end the others with SIGTERM and, about a second later, SIGKILL (Slurm's
+// --kill-on-bad-exit likewise), so the communicator's own timeout never fires. The watcher
+// reports the oldest unfinished collective and the peer it waits for; when none is in flight yet
+// (the rank was computing), it looks again for up to half a second, since the next collective of
+// the step is where a rank that lost a peer gets stuck. Under preemption (all ranks signalled)
+// the same line says where each rank was when the checkpoint-and-exit began.
+struct SignalWatch {
+  std::mutex mu;
+  const Communicator* comm = nullptr;  // set while Train runs
+  std::atomic<int> step{0};
+};
+SignalWatch g_watch;
+
+void WatchSignals() {
+  for (;;) {
+    unsigned char sig = 0;
+    const ssize_t n = read(g_signal_pipe[0], &sig, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n != 1) return;
+    std::string what, who = "?";
+    for (int tries = 0; tries < 50 && what.empty(); ++tries) {
+      if (tries > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      std::lock_guard<std::mutex> lock(g_watch.mu);
+      if (g_watch.comm == nullptr) break;
+      const RankInfo info = g_watch.comm->rank_info();
+      who = "rank " + std::to_string(info.rank) + " (host " + info.host + ")";
+      what = g_watch.comm->InFlight();
+      if (g_watch.comm->size() == 1) break;  // alone: no peer to lose
+    }
+    std::fprintf(stderr, "fjord train: %s: signal %d (%s) during step %d; %s\n", who.c_str(), sig, strsignal(sig),
+                 g_watch.step.load() + 1,
+                 what.empty() ? "no collective in flight" : ("in " + what).c_str());
+    std::fflush(stderr);
+  }
 }
 
 void InstallStopHandlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (pipe2(g_signal_pipe, O_CLOEXEC) == 0) std::thread(WatchSignals).detach();
+  });
   struct sigaction action = {};
   action.sa_handler = OnStopSignal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
 }
+
+// Registers the communicator with the signal watcher for the lifetime of Train.
+class WatchScope {
+ public:
+  explicit WatchScope(const Communicator& comm) {
+    std::lock_guard<std::mutex> lock(g_watch.mu);
+    g_watch.comm = &comm;
+  }
+  ~WatchScope() {
+    std::lock_guard<std::mutex> lock(g_watch.mu);
+    g_watch.comm = nullptr;
+  }
+  WatchScope(const WatchScope&) = delete;
+  WatchScope& operator=(const WatchScope&) = delete;
+};
 
 // "name[index]" of the first non-finite value in grads[begin, end), or "" when all are finite.
 std::string FirstNonFinite(const Gpt& model, const float* grads, size_t begin, size_t end) {
@@ -338,6 +405,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   };
 
   InstallStopHandlers();
+  const WatchScope watch_scope(comm);
   static const std::optional<std::string> nan_hook = TestHook("nan_in_step");
   // signal_after_step=N: this process sends itself SIGTERM at the end of step N (preemption).
   static const std::optional<std::string> signal_hook = TestHook("signal_after_step");
@@ -345,6 +413,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   const int steps = train.steps();
   result.start_step = start_step;
   for (int step = start_step; step < steps; ++step) {
+    g_watch.step.store(step);
     const Clock::time_point t0 = Clock::now();
     const float lr = LearningRate(train, step);
     const uint64_t step_first = start_sequence + static_cast<uint64_t>(step - start_step) * global_batch;

@@ -441,6 +441,36 @@ TEST(FlightRecorderTest, RecordsTheLastOperations) {
   EXPECT_THAT(record, ::testing::Not(HasSubstr("#2 ")));
 }
 
+// InFlight names the collective a rank is stuck in and the peer it waits for: every rank but the
+// last waits in a ring allreduce while the last rank holds back; the ring's receive on rank r
+// comes from rank r-1 and its sends go to r+1, so the peer named must be a ring neighbour, and
+// on the rank right after the late one (rank 0), nothing can arrive before the late rank joins.
+TEST(FlightRecorderTest, InFlightNamesTheCollectiveAndThePeer) {
+  Communicator& c = Comm("ring4k");
+  const int n = c.size(), r = c.rank(), late = n - 1;
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  ASSERT_TRUE(c.Barrier().ok());
+  EXPECT_EQ(c.InFlight(), "");
+  std::vector<float> x(4096, 1.0f);
+  if (r == late) std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  StatusOr<std::unique_ptr<CommHandle>> h = c.AllReduceAsync(x.data(), x.data(), x.size(), DataType::kF32, ReduceOp::kSum);
+  ASSERT_TRUE(h.ok());
+  if (r == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const std::string what = c.InFlight();
+    EXPECT_THAT(what, ::testing::ContainsRegex("^AllReduce #[0-9]+ \\(16384 bytes float sum, ring\\), running for "
+                                               "[0-9.]+ s, waiting for rank [0-9]+ \\(host "))
+        << what;
+    const int left = (r + n - 1) % n, right = (r + 1) % n;
+    EXPECT_TRUE(what.find("waiting for rank " + std::to_string(left) + " ") != std::string::npos ||
+                what.find("waiting for rank " + std::to_string(right) + " ") != std::string::npos)
+        << what;
+  }
+  ASSERT_TRUE((*h)->Wait().ok());
+  EXPECT_EQ(x[0], static_cast<float>(n));
+  EXPECT_EQ(c.InFlight(), "");
+}
+
 // Prints a failure on ranks other than 0, prefixed with the rank.
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
  public:

@@ -66,6 +66,10 @@ TEST_F(CheckpointTest, PreemptedAndResumedRunIsBitIdentical) {
   r = testing::Shell("FJORD_TEST_HOOK=signal_after_step=10 " + std::string(FJORD_BINARY) + Train("resumed"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("stopped by a signal after step 10"));
+  // The signal watcher says where the rank was: the hook fires at the end of step 10, between
+  // collectives (a one-rank job has none).
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 15 \\([^)]*\\) during step 10; "
+                                                 "no collective in flight"));
   ASSERT_EQ(LossTexts(P("resumed/metrics.jsonl")).size(), 10u);
   r = RunFjord(Train("resumed", "--resume"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -269,7 +273,12 @@ TEST_F(CheckpointTest, KilledRankEndsTheJobNamingIt) {
   const int status = pclose(pipe);
   const double after_kill = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << out;
-  EXPECT_THAT(out, ::testing::ContainsRegex("rank 1"));
+  // mpirun names the rank that died; the survivor names the collective it was in and the peer
+  // it was waiting for (the only peer of rank 0 in a 2-rank ring or tree is rank 1).
+  EXPECT_THAT(out, ::testing::ContainsRegex("process rank 1 .*exited on signal 9")) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 15 .* in [A-Za-z]+ #[0-9]+ .*"
+                                            "waiting for rank 1"))
+      << out;
   EXPECT_LT(after_kill, 5.0 + 5.0) << out;
   // Nothing left running ("[r]" keeps pgrep from matching its own shell's command line).
   EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + P("killed") + "'").output, "");

@@ -307,7 +307,11 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   EXPECT_THAT(k.output, HasSubstr("killed")) << out;
   EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << out;
-  EXPECT_THAT(out, ::testing::ContainsRegex("rank 1")) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("process rank 1 .*exited on signal 9")) << out;
+  // The survivor on no1 names the collective it was in and the peer it was waiting for.
+  EXPECT_THAT(out, ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 15 .* in [A-Za-z]+ #[0-9]+ .*"
+                                            "waiting for rank 1"))
+      << out;
   EXPECT_LT(seconds, 5.0 + 5.0) << out;
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + Path("run") + "|[j]ob.textproto'").output, "");
