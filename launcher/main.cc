@@ -148,6 +148,14 @@ int RunPrep(const Args& args) {
   return 0;
 }
 
+// --key FILE and --audit-log FILE of the commands that read a checkpoint outside a training job.
+CheckpointAccess AccessFrom(const Args& args) {
+  CheckpointAccess access;
+  access.key_file = args.Get("--key");
+  access.audit_log = args.Get("--audit-log");
+  return access;
+}
+
 int RunEval(const Args& args) {
   const std::string checkpoint = args.Get("--checkpoint"), data = args.Get("--data");
   if (checkpoint.empty() || data.empty()) {
@@ -156,7 +164,7 @@ int RunEval(const Args& args) {
   }
   int batches = 0;
   if (args.Has("--batches") && !ParseNumber("eval", "--batches", args.Get("--batches"), &batches)) return 2;
-  StatusOr<EvalResult> result = EvaluateCheckpoint(checkpoint, data, batches);
+  StatusOr<EvalResult> result = EvaluateCheckpoint(checkpoint, data, batches, AccessFrom(args));
   if (!result.ok()) return Fail("eval", result.status());
   std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"batches\": %d}\n", result->loss,
               static_cast<long long>(result->tokens), result->batches);
@@ -181,10 +189,13 @@ int RunSample(const Args& args) {
     return 2;
   }
   std::fputs(options.prompt.c_str(), stdout);
-  StatusOr<std::string> text = SampleCheckpoint(checkpoint, options, [](const std::string& piece) {
-    std::fputs(piece.c_str(), stdout);
-    std::fflush(stdout);
-  });
+  StatusOr<std::string> text = SampleCheckpoint(
+      checkpoint, options,
+      [](const std::string& piece) {
+        std::fputs(piece.c_str(), stdout);
+        std::fflush(stdout);
+      },
+      AccessFrom(args));
   std::fputc('\n', stdout);
   if (!text.ok()) return Fail("sample", text.status());
   return 0;
@@ -198,9 +209,13 @@ int RunExport(const Args& args) {
   }
   StatusOr<ModelFormat> format = ParseModelFormat(args.Get("--format", "hf"));
   if (!format.ok()) return Fail("export", format.status());
-  Status s = ExportModel(checkpoint, out, *format);
+  Status s = ExportModel(checkpoint, out, *format, AccessFrom(args));
   if (!s.ok()) return Fail("export", s);
   std::printf("fjord export: wrote %s\n", out.c_str());
+  if (args.Has("--key")) {
+    std::fprintf(stderr, "fjord export: note: %s holds the sealed checkpoint's weights in plaintext; the export is "
+                         "recorded in the audit log. Keep it inside the tenant's residency\n", out.c_str());
+  }
   return 0;
 }
 
@@ -245,16 +260,21 @@ const std::vector<Command>& Commands() {
       {"launch", kLaunchUsage, kLaunchSummary, LaunchValueFlags(), LaunchBoolFlags(),
        [](const Args& a) { return RunLaunchCommand(a.positional, a.flags); }},
       {"audit", kAuditUsage, kAuditSummary, {}, {}, [](const Args& a) { return RunAuditCommand(a.positional, a.flags); }},
-      {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N]",
-       "print a checkpoint's mean loss on token shards as JSON", {"--checkpoint", "--data", "--batches"}, {},
-       RunEval},
+      {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N] [--key FILE] [--audit-log FILE]",
+       "print a checkpoint's mean loss on token shards as JSON; --key reads a sealed checkpoint",
+       {"--checkpoint", "--data", "--batches", "--key", "--audit-log"}, {}, RunEval},
       {"sample",
-       "fjord sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--vocab DIR]",
-       "generate text from a checkpoint, streamed as it is produced",
-       {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--vocab"}, {}, RunSample},
-      {"export", "fjord export --checkpoint DIR --out PATH [--format hf|llmc|llmc-bf16]",
-       "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + config.json) or llm.c",
-       {"--checkpoint", "--out", "--format"}, {}, RunExport},
+       "fjord sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] "
+       "[--seed S] [--vocab DIR] [--key FILE] [--audit-log FILE]",
+       "generate text from a checkpoint, streamed as it is produced; --key reads a sealed checkpoint",
+       {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--vocab", "--key",
+        "--audit-log"},
+       {}, RunSample},
+      {"export",
+       "fjord export --checkpoint DIR --out PATH [--format hf|llmc|llmc-bf16] [--key FILE] [--audit-log FILE]",
+       "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + config.json) or llm.c; a sealed "
+       "checkpoint needs --key, and its plaintext export is audited",
+       {"--checkpoint", "--out", "--format", "--key", "--audit-log"}, {}, RunExport},
       {"import", "fjord import --from PATH --out DIR [--format hf|llmc]",
        "make a fjord checkpoint from Hugging Face GPT-2 weights or an llm.c checkpoint (for train.init_from)",
        {"--from", "--out", "--format"}, {}, RunImport},

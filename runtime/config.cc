@@ -603,6 +603,11 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
                   "must be at least 1 (print a progress line every log_every steps); set "
                   "train.log_every to 1 or more");
   }
+  if (!(t.peak_tflops() >= 0) || !Finite(t.peak_tflops())) {
+    v.RefuseValue("train.peak_tflops",
+                  "must be a finite number >= 0 (one rank's peak dense TFLOP/s, for MFU); set "
+                  "train.peak_tflops, e.g. 989 for an H100 SXM in bf16, or 0 to look it up");
+  }
 
   if (job.data().train().empty()) {
     v.Refuse("data.train",

@@ -22,21 +22,26 @@ struct LoadedModel {
   std::unique_ptr<Gpt> model;
 };
 
-StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, int max_seq) {
+StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, int max_seq,
+                                const CheckpointAccess& access) {
   FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
   LoadedModel loaded;
   FJORD_ASSIGN_OR_RETURN(loaded.job, LoadCheckpointJob(dir));
+  FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, loaded.job, access));
   const GptConfig config = GptConfig::FromSpec(loaded.job.model());
   if (max_seq <= 0) max_seq = config.max_seq_len;
   ConfigureThreads(loaded.job.train().threads());
   loaded.model = std::make_unique<Gpt>(config, max_batch, max_seq, CpuOps());
-  FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(dir, *loaded.model));
+  if (Status s = LoadCheckpointWeights(dir, *loaded.model, &opened.seal); !s.ok()) {
+    return AuditCheckpointRefusal(opened.audit.get(), dir, access.use, s);
+  }
   return loaded;
 }
 
 }  // namespace
 
-StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches) {
+StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches,
+                                        const CheckpointAccess& access) {
   FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
   const int T = TrainSeqLen(job);
@@ -46,7 +51,9 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   const int B = static_cast<int>(std::min<uint64_t>(job.train().micro_batch(), available));
   if (batches <= 0) batches = job.train().eval_batches();
   batches = static_cast<int>(std::min<uint64_t>(batches, available / B));
-  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(dir, B, T));
+  CheckpointAccess eval_access = access;
+  eval_access.use = CheckpointUse::kEval;
+  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(dir, B, T, eval_access));
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   EvalResult result;
   double sum = 0.0;
@@ -61,7 +68,8 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
 }
 
 StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const SampleOptions& options,
-                                       const std::function<void(const std::string&)>& on_text) {
+                                       const std::function<void(const std::string&)>& on_text,
+                                       const CheckpointAccess& access) {
   if (options.tokens < 0) return InvalidArgument("--tokens must be >= 0, got " + std::to_string(options.tokens));
   if (!(options.temperature >= 0.0f)) {
     return InvalidArgument("--temperature must be >= 0 (0 is greedy), got " + std::to_string(options.temperature));
@@ -70,7 +78,9 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
   if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) {
     return InvalidArgument("--top-p must be in (0, 1], got " + std::to_string(options.top_p));
   }
-  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(checkpoint, 1, 0));
+  CheckpointAccess sample_access = access;
+  sample_access.use = CheckpointUse::kSample;
+  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(checkpoint, 1, 0, sample_access));
   std::unique_ptr<Tokenizer> tokenizer;
   if (options.vocab_dir.empty()) {
     tokenizer = MakeByteTokenizer();

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "runtime/tenancy.h"
 
 namespace fjord {
 
@@ -18,7 +19,9 @@ struct EvalResult {
 // Mean loss of the checkpoint at `checkpoint` (see ResolveCheckpointDir) on the shards of
 // `data_glob`, read in order from the start, over at most `batches` batches of the checkpoint's
 // micro_batch x seq_len (0: the job's train.eval_batches). Never counts a sequence twice.
-StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches);
+// A tenant's checkpoint passes OpenCheckpointOutsideJob with `access` (--key, --audit-log) first.
+StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches,
+                                        const CheckpointAccess& access = {});
 
 struct SampleOptions {
   std::string prompt;
@@ -31,9 +34,11 @@ struct SampleOptions {
 };
 
 // Generates options.tokens tokens after the prompt with the checkpoint's model and the byte
-// tokenizer (or GPT-2's BPE from options.vocab_dir), calling on_text with each piece of text as it is produced. Returns the generated
-// text (without the prompt).
+// tokenizer (or GPT-2's BPE from options.vocab_dir), calling on_text with each piece of text as
+// it is produced. Returns the generated text (without the prompt). A tenant's checkpoint passes
+// OpenCheckpointOutsideJob with `access` first.
 StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const SampleOptions& options,
-                                       const std::function<void(const std::string&)>& on_text);
+                                       const std::function<void(const std::string&)>& on_text,
+                                       const CheckpointAccess& access = {});
 
 }  // namespace fjord

@@ -29,22 +29,45 @@ Gpt2Dims DimsOf(const GptConfig& c) {
   return Gpt2Dims{c.n_layer, c.n_head, c.n_embd, c.max_seq_len, c.vocab_size, c.padded_vocab};
 }
 
-Status ExportModel(const std::string& checkpoint, const std::string& out, ModelFormat format) {
+Status ExportModel(const std::string& checkpoint, const std::string& out, ModelFormat format,
+                   const CheckpointAccess& access) {
   FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
+  CheckpointAccess export_access = access;
+  export_access.use = CheckpointUse::kExport;
+  FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, export_access));
   const GptConfig config = GptConfig::FromSpec(job.model());
   Gpt model(config, 1, 1, CpuOps());
-  FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(dir, model));
+  if (Status s = LoadCheckpointWeights(dir, model, &opened.seal); !s.ok()) {
+    return AuditCheckpointRefusal(opened.audit.get(), dir, CheckpointUse::kExport, s);
+  }
   const std::vector<ParamSlot> slots = SlotsOf(model.layout());
+  Status written = Internal("unknown model format");
   switch (format) {
     case ModelFormat::kHuggingFace:
-      return ExportHfGpt2(out, DimsOf(config), slots, model.params(), model.buffer_size());
+      written = ExportHfGpt2(out, DimsOf(config), slots, model.params(), model.buffer_size());
+      break;
     case ModelFormat::kLlmc:
     case ModelFormat::kLlmcBf16:
-      return WriteLlmcCheckpoint(out, DimsOf(config), slots, model.params(), model.buffer_size(),
-                                 format == ModelFormat::kLlmc ? LlmcPrecision::kFp32 : LlmcPrecision::kBf16);
+      written = WriteLlmcCheckpoint(out, DimsOf(config), slots, model.params(), model.buffer_size(),
+                                    format == ModelFormat::kLlmc ? LlmcPrecision::kFp32 : LlmcPrecision::kBf16);
+      break;
   }
-  return Internal("unknown model format");
+  if (opened.audit) {
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(out, ec);
+    AuditRecord rec;
+    rec.Str("dir", dir)
+        .Str("tenant", opened.tenant)
+        .Str("out", ec ? out : absolute.string())
+        .Str("format", format == ModelFormat::kHuggingFace ? "hf" : format == ModelFormat::kLlmc ? "llmc" : "llmc-bf16")
+        .Bool("plaintext", true)
+        .Bool("was_encrypted", opened.seal.key != nullptr)
+        .Bool("ok", written.ok());
+    if (!written.ok()) rec.Str("error", written.message());
+    FJORD_RETURN_IF_ERROR(opened.audit->Append("checkpoint_exported", rec).status());
+  }
+  return written;
 }
 
 Status ImportModel(const std::string& source, ModelFormat format, const std::string& out_dir) {

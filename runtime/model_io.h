@@ -10,6 +10,7 @@
 #include "common/status.h"
 #include "runtime/gpt.h"
 #include "runtime/gpt2_params.h"
+#include "runtime/tenancy.h"
 
 namespace fjord {
 
@@ -23,7 +24,11 @@ Gpt2Dims DimsOf(const GptConfig& config);
 
 // Writes the weights of the checkpoint at `checkpoint` (see ResolveCheckpointDir) to `out`:
 // a directory with model.safetensors and config.json for kHuggingFace, a file for llm.c.
-Status ExportModel(const std::string& checkpoint, const std::string& out, ModelFormat format);
+// A tenant's checkpoint passes OpenCheckpointOutsideJob with `access` first (a sealed one needs
+// access.key_file: writing its weights out in plaintext is explicit); after writing, the export
+// is recorded in the audit log as "checkpoint_exported" (plaintext, out, format, tenant).
+Status ExportModel(const std::string& checkpoint, const std::string& out, ModelFormat format,
+                   const CheckpointAccess& access = {});
 
 // Reads weights from `source` (an HF directory, or an llm.c .bin file) and writes a fjord
 // checkpoint directory at `out_dir` (weights, zero AdamW state, a job spec with the model's

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <optional>
 
 #include "common/env.h"
 #include "runtime/json.h"
@@ -538,8 +540,8 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
                                 Quoted(record.tenant()) + "'s key");
     }
     if (job_seal.key->KeyId() != record.key_id()) {
-      return FailedPrecondition(what + " was encrypted with key id " + record.key_id() +
-                                " but checkpoint.encryption_key_file holds key id " + job_seal.key->KeyId() +
+      return FailedPrecondition(what + " was encrypted with key id " + record.key_id() + " but " +
+                                job_seal.key_source + " holds key id " + job_seal.key->KeyId() +
                                 ": wrong key; use the key this tenant's checkpoints were written with");
     }
   } else {
@@ -569,6 +571,132 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
     }
   }
   return seal;
+}
+
+const char* CheckpointUseName(CheckpointUse use) {
+  switch (use) {
+    case CheckpointUse::kResume: return "resume";
+    case CheckpointUse::kInitFrom: return "init_from";
+    case CheckpointUse::kEval: return "eval";
+    case CheckpointUse::kSample: return "sample";
+    case CheckpointUse::kExport: return "export";
+  }
+  return "?";
+}
+
+// ---- Gate 3 for commands outside a training job -------------------------------------------
+
+StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, const proto::JobSpec& job,
+                                                    const CheckpointAccess& access) {
+  const std::string command = std::string("fjord ") + CheckpointUseName(access.use);
+  const std::string what = "checkpoint " + dir;
+  StatusOr<proto::CheckpointTenancy> read = ReadCheckpointTenantRecord(dir);
+  if (!read.ok() && read.status().code() != StatusCode::kNotFound) return read.status();
+  OpenedCheckpoint opened;
+  opened.seal.key_source = "--key " + access.key_file;
+  if (!read.ok()) {
+    // No tenant record: a plain checkpoint of a job without tenant (or one whose record is gone).
+    std::ifstream in((fs::path(dir) / "model.bin").string(), std::ios::binary);
+    char magic[sizeof(kSealMagic)] = {};
+    in.read(magic, sizeof(magic));
+    if (in && IsSealed(std::string_view(magic, sizeof(magic)))) {
+      return FailedPrecondition(what + ": model.bin is encrypted but " + kCheckpointTenantRecord +
+                                " is missing, so its tenant and key cannot be checked; restore the "
+                                "checkpoint from a copy you trust");
+    }
+    if (!access.key_file.empty()) {
+      return FailedPrecondition(what + " is not encrypted (it has no " + kCheckpointTenantRecord +
+                                "), but --key was given: a plaintext checkpoint where a sealed one was "
+                                "expected may have been substituted; refusing it. Drop --key to read a "
+                                "plaintext checkpoint");
+    }
+    return opened;
+  }
+  const proto::CheckpointTenancy& record = *read;
+  opened.tenant = record.tenant();
+
+  // The audit log first: every later refusal and the opening itself are recorded.
+  const std::string host = ThisHostname();
+  const std::string log_path = access.audit_log.empty() ? AuditPathFor(job) : access.audit_log;
+  StatusOr<std::unique_ptr<AuditLog>> audit =
+      AuditLog::Open(log_path, std::string(CheckpointUseName(access.use)) + "@" + host,
+                     /*create_parent=*/!access.audit_log.empty());
+  auto refuse = [&](const Status& status) -> Status {
+    return AuditCheckpointRefusal(audit.ok() ? audit->get() : nullptr, dir, access.use, status);
+  };
+
+  const std::string owner = record.tenant().empty() ? std::string("a job without tenant")
+                                                    : "tenant " + Quoted(record.tenant());
+  // The job that wrote the checkpoint stands in for the job that reads it; the key is --key's.
+  CheckpointSeal job_seal;
+  job_seal.tenant = job.tenant().id();
+  job_seal.allowed_jurisdictions = ToVector(job.residency().allowed_jurisdictions());
+  job_seal.allowed_sites = ToVector(job.residency().allowed_sites());
+  job_seal.key_source = opened.seal.key_source;
+  if (!access.key_file.empty()) {
+    StatusOr<EncryptionKey> key = LoadEncryptionKey(access.key_file, "--key");
+    if (!key.ok()) return refuse(key.status());
+    job_seal.key = std::make_shared<const EncryptionKey>(std::move(*key));
+  }
+  if (record.encrypted() && !job_seal.key) {
+    return refuse(FailedPrecondition(what + " is sealed for " + owner + " (" + record.cipher() + ", key id " +
+                                     record.key_id() + "): pass --key FILE with that tenant's checkpoint key "
+                                     "(the job's checkpoint.encryption_key_file) to " + command + " it"));
+  }
+  if (!record.encrypted() && job_seal.key) {
+    return refuse(FailedPrecondition(what + " of " + owner + " is not encrypted, but --key was given: a "
+                                     "plaintext checkpoint where a sealed one was expected may have been "
+                                     "substituted; refusing it. Drop --key to read a plaintext checkpoint"));
+  }
+  std::optional<LocalNode> node;
+  if (record.allowed_jurisdictions_size() > 0) {
+    StatusOr<LocalNode> local = ReadNodeIdentity();
+    if (!local.ok()) {
+      ResidencyPolicy where;
+      where.tenant = record.tenant();
+      where.jurisdictions = ToVector(record.allowed_jurisdictions());
+      where.sites = ToVector(record.allowed_sites());
+      return refuse(FailedPrecondition(what + " of " + owner + " may be opened only in " + where.Describe() +
+                                       ", and " + command + " cannot establish where this host (" + host +
+                                       ") is: " + local.status().message()));
+    }
+    node = std::move(*local);
+  }
+  StatusOr<CheckpointSeal> seal =
+      CheckCheckpointTenant(dir, job_seal, node ? &node->identity : nullptr, access.use);
+  if (!seal.ok()) return refuse(seal.status());
+  if (!audit.ok()) {
+    return FailedPrecondition(command + " of " + what + " (" + owner + ") must be recorded in an audit log, but " +
+                              audit.status().message() + ": pass --audit-log FILE to record it elsewhere");
+  }
+  AuditRecord rec;
+  rec.Str("dir", dir)
+      .Str("use", CheckpointUseName(access.use))
+      .Str("tenant", record.tenant())
+      .Bool("encrypted", record.encrypted())
+      .Str("host", host);
+  if (record.encrypted()) rec.Str("key_id", record.key_id());
+  if (node) {
+    rec.Str("jurisdiction", node->identity.jurisdiction())
+        .Str("site", node->identity.site())
+        .Str("identity_file", node->path)
+        .Bool("override", node->overridden);
+  }
+  FJORD_RETURN_IF_ERROR((*audit)->Append("checkpoint_opened", rec).status());
+  opened.seal = std::move(*seal);
+  opened.audit = std::move(*audit);
+  return opened;
+}
+
+Status AuditCheckpointRefusal(AuditLog* audit, const std::string& dir, CheckpointUse use, const Status& status) {
+  if (audit != nullptr) {
+    (void)audit->Append("refusal", AuditRecord()
+                                       .Str("gate", "checkpoint")
+                                       .Str("dir", dir)
+                                       .Str("use", CheckpointUseName(use))
+                                       .Str("message", status.message()));
+  }
+  return status;
 }
 
 // ---- Tenancy context ------------------------------------------------------------------------
@@ -724,7 +852,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
 StatusOr<CheckpointSeal> Tenancy::CheckCheckpoint(const std::string& dir, CheckpointUse use) const {
   StatusOr<CheckpointSeal> seal = CheckCheckpointTenant(dir, seal_, has_node_ ? &node_ : nullptr, use);
   if (audit_) {
-    const char* use_name = use == CheckpointUse::kResume ? "resume" : "init_from";
+    const char* use_name = CheckpointUseName(use);
     if (seal.ok()) {
       Status s = audit_
                      ->Append("checkpoint_opened", AuditRecord()

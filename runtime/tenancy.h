@@ -146,6 +146,7 @@ struct CheckpointSeal {
   std::vector<std::string> allowed_sites;
   std::shared_ptr<const EncryptionKey> key;
   proto::NodeIdentity node;  // where this process runs, for the record (may be empty)
+  std::string key_source = "checkpoint.encryption_key_file";  // where `key` came from, for messages
 };
 
 // The seal a job asks for: its tenant and residency, and the key of
@@ -177,7 +178,13 @@ StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string&
 enum class CheckpointUse {
   kResume,    // continue this job: the checkpoint must be this tenant's, sealed when the job seals
   kInitFrom,  // start from its weights: also accepts an untenanted plain checkpoint (public weights)
+  kEval,      // the commands outside a training job (OpenCheckpointOutsideJob)
+  kSample,
+  kExport,    // writes the weights out in plaintext
 };
+
+// "resume", "init_from", "eval", "sample", "export".
+const char* CheckpointUseName(CheckpointUse use);
 
 // Gate 3 for checkpoints: whether the job with `job_seal`, on `node` (may be null: no residency
 // check), may load the checkpoint in `dir`; returns the seal to read its files with. Refuses:
@@ -188,6 +195,39 @@ enum class CheckpointUse {
 // (a modified file). Sealed files are authenticated when read (ReadCheckpointFile).
 StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const CheckpointSeal& job_seal,
                                                const proto::NodeIdentity* node, CheckpointUse use);
+
+// ---- Gate 3 for commands outside a training job (fjord eval, sample, export) -------------------
+
+// How such a command was told to open a checkpoint.
+struct CheckpointAccess {
+  CheckpointUse use = CheckpointUse::kEval;
+  std::string key_file;   // --key: the tenant's checkpoint key; "" = none
+  std::string audit_log;  // --audit-log: "" = the audit log of the job that wrote the checkpoint
+};
+
+// A checkpoint such a command may read.
+struct OpenedCheckpoint {
+  CheckpointSeal seal;              // to read its files with (LoadCheckpointWeights)
+  std::unique_ptr<AuditLog> audit;  // where the opening was recorded; null for an untenanted checkpoint
+  std::string tenant;               // from its tenant record; "" when it has none
+};
+
+// Gate 3 for a command that reads the checkpoint in `dir` outside a training job; `job` is the
+// checkpoint's own job.textproto. A checkpoint with a tenant record is checked as resume checks it
+// (CheckCheckpointTenant): the record's tenant against the job's, this node (ReadNodeIdentity)
+// against the recorded residency, the key of access.key_file against the recorded key id, plain
+// files against their recorded SHA-256. The opening, or the refusal, is appended to the audit log
+// (access.audit_log, else the checkpoint job's, whose directory must exist) as "checkpoint_opened"
+// or "refusal"; when the opening cannot be recorded the checkpoint is refused. Also refused: a
+// sealed checkpoint without access.key_file (the message names the tenant, the key id and --key),
+// and access.key_file for a plaintext checkpoint (it may have been substituted). An untenanted
+// plain checkpoint opens without checks or audit.
+StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, const proto::JobSpec& job,
+                                                    const CheckpointAccess& access);
+
+// Appends a "refusal" (gate checkpoint, dir, use, the message) to `audit` when it is not null,
+// e.g. a sealed file that fails authentication after OpenCheckpointOutsideJob; returns `status`.
+Status AuditCheckpointRefusal(AuditLog* audit, const std::string& dir, CheckpointUse use, const Status& status);
 
 // ---- The per-rank tenancy context -------------------------------------------------------------
 

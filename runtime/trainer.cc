@@ -26,6 +26,7 @@
 #include "runtime/data.h"
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
+#include "runtime/mfu.h"
 #include "runtime/optimizer.h"
 #include "runtime/tenancy.h"
 #include "runtime/tensorboard.h"
@@ -301,12 +302,18 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   const size_t bucket_floats = static_cast<size_t>(job.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
   GradReducer reducer(comm, model.grads(), model.buffer_size(), bucket_floats);
   const bool overlap = job.parallel().overlap() && world > 1 && !zero;
+  // MFU: the model's FLOPs per token against the peak of all ranks (each rank's as rank 0's).
+  const double flops_per_token = ModelFlopsPerToken(config, T);
+  const RankPeak rank_peak = CpuRankPeak(job, threads);
+  const double peak_flops = rank_peak.flops * world;
   if (lead && !options.quiet && !options.json_lines) {
     std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
                 "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
                 model.num_params(), config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab, world, B,
                 T, accum, threads, GiB(need).c_str(), static_cast<unsigned long long>(train_data.num_tokens()),
                 world == 1 ? "" : zero ? ", ZeRO-1" : overlap ? ", overlapped bucket all-reduce" : ", all-reduce");
+    std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n", flops_per_token,
+                rank_peak.flops / 1e12, rank_peak.source.c_str());
     std::fflush(stdout);
   }
   const SleepHook hook = ParseSleepHook();
@@ -497,11 +504,16 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     int stop = g_stop_signals.load() > 0 ? 1 : 0;
     if (world > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
     if (lead) {
-    char line[512];
+    const double mfu = Mfu(flops_per_token, tokens_per_s, peak_flops);
+    char line[768];
     int n = std::snprintf(line, sizeof(line),
                           "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                          "\"ms\": %.3f, \"exposed_comm_ms\": %.3f",
-                          step + 1, loss, lr, grad_norm, tokens_per_s, seconds * 1000.0, comm_seconds * 1000.0);
+                          "\"ms\": %.3f, \"exposed_comm_ms\": %.3f, \"flops_per_token\": %.0f",
+                          step + 1, loss, lr, grad_norm, tokens_per_s, seconds * 1000.0, comm_seconds * 1000.0,
+                          flops_per_token);
+    if (!std::isnan(mfu)) {
+      n += std::snprintf(line + n, sizeof(line) - n, ", \"peak_flops\": %.6e, \"mfu\": %.6g", peak_flops, mfu);
+    }
     if (!std::isnan(val_loss)) n += std::snprintf(line + n, sizeof(line) - n, ", \"val_loss\": %.6f", val_loss);
     n += std::snprintf(line + n, sizeof(line) - n, ", \"epoch\": %llu",
                        static_cast<unsigned long long>(step_first / train_data.sequences_per_epoch()));
@@ -515,6 +527,9 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
           {"perf/tokens_per_s", static_cast<float>(tokens_per_s)},
           {"perf/exposed_comm_ms", static_cast<float>(comm_seconds * 1000.0)}};
       for (const auto& [tag, value] : scalars) FJORD_RETURN_IF_ERROR(tensorboard->AddScalar(tag, step + 1, value));
+      if (!std::isnan(mfu)) {
+        FJORD_RETURN_IF_ERROR(tensorboard->AddScalar("perf/mfu", step + 1, static_cast<float>(mfu)));
+      }
       if (!std::isnan(val_loss)) FJORD_RETURN_IF_ERROR(tensorboard->AddScalar("val/loss", step + 1, val_loss));
       FJORD_RETURN_IF_ERROR(tensorboard->Flush());
     }
@@ -524,10 +539,11 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       std::fflush(stdout);
     } else if (!options.quiet && ((step + 1) % train.log_every() == 0 || last || !std::isnan(val_loss))) {
       const double elapsed = Seconds(train_start, Clock::now());
-      const double eta = elapsed / (step + 1) * (steps - step - 1);
+      const double eta = elapsed / (step + 1 - start_step) * (steps - step - 1);
       std::printf("step %5d/%d | loss %.4f", step + 1, steps, loss);
       if (!std::isnan(val_loss)) std::printf(" | val %.4f", val_loss);
-      std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s", lr, grad_norm, seconds * 1000.0, tokens_per_s);
+      std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s | MFU %s", lr, grad_norm, seconds * 1000.0,
+                  tokens_per_s, FormatMfu(mfu).c_str());
       if (world > 1) std::printf(" | comm %.1f ms", comm_seconds * 1000.0);
       std::printf(" | eta %dm%02ds\n", static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
       std::fflush(stdout);

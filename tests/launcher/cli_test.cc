@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/json.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {
@@ -195,6 +196,79 @@ TEST_F(CliTest, TrainWritesTensorBoardEventsAndJsonLines) {
   std::stringstream expected;
   expected << metrics.rdbuf();
   EXPECT_EQ(r.output, expected.str());
+}
+
+// MFU in every place training reports: the --json record's mfu is flops_per_token x tokens_per_s /
+// peak_flops from the record's own fields, flops_per_token is 6 N + 6 L C T with N counted here
+// from the architecture, peak_flops is train.peak_tflops; the progress line (stdout is a pipe
+// here, not a terminal) carries step/total, loss, val, tok/s, MFU and ETA as plain lines; TensorBoard
+// gets perf/mfu; --quiet prints nothing at all.
+TEST_F(CliTest, ProgressLineJsonAndTensorBoardReportMfu) {
+  TrainTiny(this, "--quiet");
+  RunResult r = RunFjord("train " + Path("job.textproto") + " --quiet --set run_dir=" + Path("quiet"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "");
+
+  // 2^-10 TFLOP/s: exact in float and in the record's %e.
+  const std::string peak = " --set train.peak_tflops=0.0009765625";
+  r = RunFjord("train " + Path("job.textproto") + " --json" + peak + " --set run_dir=" + Path("json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // TrainTiny's model: L = 1, C = 16, T = 16, vocab 256 (already a multiple of 128).
+  const double L = 1, C = 16, T = 16, Vp = 256;
+  const double n = Vp * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
+  std::istringstream lines(r.output);
+  int records = 0;
+  for (std::string line; std::getline(lines, line); ++records) {
+    StatusOr<JsonValue> v = ParseJson(line, "--json line");
+    ASSERT_TRUE(v.ok()) << v.status().message();
+    for (const char* key : {"flops_per_token", "tokens_per_s", "peak_flops", "mfu"}) {
+      ASSERT_NE(v->Find(key), nullptr) << key << " missing in " << line;
+    }
+    const double flops = v->Find("flops_per_token")->number(), tps = v->Find("tokens_per_s")->number();
+    const double peak_flops = v->Find("peak_flops")->number(), mfu = v->Find("mfu")->number();
+    EXPECT_EQ(flops, 6 * n + 6 * L * C * T);
+    EXPECT_EQ(peak_flops, 0.0009765625e12);
+    ASSERT_GT(tps, 100.0) << line;
+    // tokens_per_s is printed to 0.1, mfu to 6 digits.
+    EXPECT_NEAR(mfu, flops * tps / peak_flops, flops * tps / peak_flops * (0.05 / tps + 1e-5)) << line;
+  }
+  EXPECT_EQ(records, 5);
+  bool tensorboard_mfu = false;
+  for (const auto& e : fs::directory_iterator(Path("json"))) {
+    if (!e.path().filename().string().starts_with("events.out.tfevents.")) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    tensorboard_mfu |= bytes.str().find("perf/mfu") != std::string::npos;
+  }
+  EXPECT_TRUE(tensorboard_mfu);
+
+  r = RunFjord("train " + Path("job.textproto") + peak + " --set run_dir=" + Path("progress"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find('\r'), std::string::npos);
+  EXPECT_EQ(r.output.find('\x1b'), std::string::npos);
+  EXPECT_THAT(r.output, HasSubstr("MFU against 0.0009766 TFLOP/s/rank (train.peak_tflops)"));
+  int steps = 0;
+  std::istringstream progress(r.output);
+  for (std::string line; std::getline(progress, line);) {
+    if (!line.starts_with("step ")) continue;
+    ++steps;
+    int step = 0, total = 0;
+    double loss = 0, tok_s = 0, mfu_percent = 0;
+    ASSERT_EQ(std::sscanf(line.c_str(), "step %d/%d | loss %lf", &step, &total, &loss), 3) << line;
+    EXPECT_EQ(step, steps);
+    EXPECT_EQ(total, 5);
+    const size_t tok = line.find(" tok/s | MFU ");
+    ASSERT_NE(tok, std::string::npos) << line;
+    tok_s = std::stod(line.substr(line.rfind('|', tok) + 1));
+    ASSERT_EQ(std::sscanf(line.c_str() + tok, " tok/s | MFU %lf%%", &mfu_percent), 1) << line;
+    // tok/s is printed whole, MFU to 3 significant digits.
+    const double expected = 100 * (6 * n + 6 * L * C * T) * tok_s / 0.0009765625e12;
+    EXPECT_NEAR(mfu_percent, expected, expected * (1.0 / tok_s + 6e-3)) << line;
+    EXPECT_THAT(line, ::testing::MatchesRegex(".* \\| eta [0-9]+m[0-9][0-9]s$"));
+    if (step == 5) EXPECT_THAT(line, HasSubstr(" | val "));  // eval_every: 5
+  }
+  EXPECT_EQ(steps, 5);
 }
 
 TEST_F(CliTest, SampleAndPrepRefuseBadOptions) {

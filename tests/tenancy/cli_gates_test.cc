@@ -127,6 +127,145 @@ TEST_F(CliGatesTest, ResumeRefusesAnotherTenantAWrongKeyAndAModifiedCheckpoint) 
   EXPECT_TRUE(VerifyAuditLog(Path("run/audit.jsonl"))->ok);
 }
 
+// eval, sample and export of a sealed checkpoint (--key): the right key reads exactly what the
+// same training run wrote in plaintext (the oracle: training is deterministic, so a second run
+// without encryption has the same weights); a missing key, a wrong key, a forged key id, a flipped
+// byte, a plaintext checkpoint given a key and a node outside the residency are refused, each
+// naming the checkpoint; every opening, refusal and plaintext export is in the audit log.
+TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  const std::string sealed_spec = "checkpoint { encryption_key_file: \"" + Path("acme.key") + "\" }\n";
+  RunResult r = Fjord("train " + Job("sealed.textproto", "acme", "acme", sealed_spec) + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Fjord("train " + Job("plain.textproto", "acme", "acme") + " --quiet --set run_dir=" + Path("plain"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string sealed = Path("run/checkpoints/step_000002"), plain = Path("plain/checkpoints/step_000002");
+  ASSERT_EQ(ReadText(sealed + "/model.bin").substr(0, 8), "FJSEALED");
+  ASSERT_NE(ReadText(plain + "/model.bin").substr(0, 8), "FJSEALED");
+  const std::string data = " --data '" + Path("acme/train_*.bin") + "' --batches 2";
+  const std::string key = " --key " + Path("acme.key");
+  const std::string sample = " --prompt acme --tokens 12 --temperature 0";
+
+  // The right key: the same loss, text and exported bytes as the plaintext twin.
+  RunResult plain_eval = Fjord("eval --checkpoint " + plain + data);
+  ASSERT_EQ(plain_eval.exit_code, 0) << plain_eval.output;
+  ASSERT_THAT(plain_eval.output, HasSubstr("{\"loss\": "));
+  r = Fjord("eval --checkpoint " + sealed + data + key);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, plain_eval.output);
+  RunResult plain_sample = Fjord("sample --checkpoint " + plain + sample);
+  ASSERT_EQ(plain_sample.exit_code, 0) << plain_sample.output;
+  r = Fjord("sample --checkpoint " + sealed + sample + key);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, plain_sample.output);
+  ASSERT_EQ(Fjord("export --checkpoint " + plain + " --out " + Path("plain_hf")).exit_code, 0);
+  r = Fjord("export --checkpoint " + sealed + " --out " + Path("sealed_hf") + key);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("in plaintext; the export is recorded in the audit log"));
+  const std::string exported = ReadText(Path("sealed_hf/model.safetensors"));
+  EXPECT_GT(exported.size(), 1000u);
+  EXPECT_EQ(exported, ReadText(Path("plain_hf/model.safetensors")));
+
+  // No key: each command names the checkpoint, its tenant and --key; export writes nothing.
+  for (const std::string& cmd : {"eval --checkpoint " + sealed + data, "sample --checkpoint " + sealed + sample,
+                                 "export --checkpoint " + sealed + " --out " + Path("nokey_hf")}) {
+    r = Fjord(cmd);
+    EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr("checkpoint " + sealed + " is sealed for tenant \"acme\" (AES-256-GCM"));
+    EXPECT_THAT(r.output, HasSubstr("pass --key FILE"));
+  }
+  EXPECT_FALSE(fs::exists(Path("nokey_hf")));
+
+  // The wrong key: refused by key id before decrypting, naming the checkpoint and the key file.
+  r = Fjord("export --checkpoint " + sealed + " --out " + Path("wrong_hf") + " --key " + Path("other.key"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("checkpoint " + sealed + " was encrypted with key id"));
+  EXPECT_THAT(r.output, HasSubstr("--key " + Path("other.key") + " holds key id"));
+  EXPECT_THAT(r.output, HasSubstr("wrong key"));
+  EXPECT_FALSE(fs::exists(Path("wrong_hf")));
+  // A key file others may read is refused before use.
+  WriteText(Path("open.key"), std::string(64, 'a'), 0644);
+  r = Fjord("eval --checkpoint " + sealed + data + " --key " + Path("open.key"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--key"));
+  EXPECT_THAT(r.output, HasSubstr(Path("open.key")));
+
+  // Plaintext checkpoint given a key: may have been substituted.
+  r = Fjord("eval --checkpoint " + plain + data + key);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("checkpoint " + plain + " of tenant \"acme\" is not encrypted, but --key"));
+
+  // A node outside the residency.
+  r = Shell("FJORD_NODE_IDENTITY=" + Identity("SE", "sto1", "se_node") + " " + std::string(FJORD_BINARY) +
+            " eval --checkpoint " + sealed + data + key);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("may be opened only in jurisdictions NO"));
+  EXPECT_THAT(r.output, HasSubstr("jurisdiction SE"));
+
+  // The opening could not be recorded: refused (a file where the log's directory should be).
+  r = Fjord("export --checkpoint " + sealed + " --out " + Path("unlogged_hf") + key + " --audit-log " +
+            Path("input.txt") + "/audit.jsonl");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("must be recorded in an audit log"));
+  EXPECT_FALSE(fs::exists(Path("unlogged_hf")));
+  // --audit-log records elsewhere.
+  r = Fjord("eval --checkpoint " + sealed + data + key + " --audit-log " + Path("reader/audit.jsonl"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Count(AuditEvents(Path("reader/audit.jsonl")), "checkpoint_opened"), 1);
+
+  // A tenant record whose key id was edited to the wrong key's: GCM refuses, naming the file.
+  const std::string record_path = sealed + "/tenant.textproto";
+  const std::string record = ReadText(record_path);
+  r = Fjord("eval --checkpoint " + sealed + data + " --key " + Path("other.key"));
+  const size_t k = r.output.find("holds key id ");
+  ASSERT_NE(k, std::string::npos) << r.output;
+  const std::string other_id = r.output.substr(k + 13, 16);
+  const size_t at = record.find("key_id: \"");
+  ASSERT_NE(at, std::string::npos) << record;
+  std::string forged = record;
+  forged.replace(at + 9, 16, other_id);
+  WriteText(record_path, forged);
+  r = Fjord("eval --checkpoint " + sealed + data + " --key " + Path("other.key"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(sealed + "/model.bin"));
+  EXPECT_THAT(r.output, HasSubstr("wrong key or modified file"));
+  WriteText(record_path, record);
+
+  // A flipped byte in model.bin, with the right key.
+  std::string bytes = ReadText(sealed + "/model.bin");
+  bytes[bytes.size() / 2] ^= 0x01;
+  WriteText(sealed + "/model.bin", bytes);
+  r = Fjord("export --checkpoint " + sealed + " --out " + Path("tampered_hf") + key);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(sealed + "/model.bin"));
+  EXPECT_THAT(r.output, HasSubstr("wrong key or modified file"));
+  EXPECT_FALSE(fs::exists(Path("tampered_hf")));
+
+  // The record: who opened what, for which use, and the plaintext export.
+  const std::string log = Path("run/audit.jsonl");
+  const std::vector<std::string> opened = testing::AuditLines(log, "checkpoint_opened");
+  int exports = 0;
+  for (const std::string& line : opened) exports += line.find("\"use\":\"export\"") != std::string::npos;
+  EXPECT_EQ(exports, 2);  // the good export and the tampered one (refused while reading)
+  const std::vector<std::string> exported_lines = testing::AuditLines(log, "checkpoint_exported");
+  ASSERT_EQ(exported_lines.size(), 1u);
+  EXPECT_THAT(exported_lines[0], HasSubstr("\"out\":\"" + Path("sealed_hf") + "\""));
+  EXPECT_THAT(exported_lines[0], HasSubstr("\"plaintext\":true"));
+  EXPECT_THAT(exported_lines[0], HasSubstr("\"was_encrypted\":true"));
+  // Refused before opening: no key x 3, wrong key x 2 (export, and the eval that read its id),
+  // open key file, outside the residency (the plaintext checkpoint given a key is in plain/'s log);
+  // after opening: the forged key id, the flipped byte.
+  const std::vector<std::string> refusals = testing::AuditLines(log, "refusal");
+  EXPECT_EQ(refusals.size(), 9u);
+  int unauthenticated = 0;
+  for (const std::string& line : refusals) {
+    unauthenticated += line.find("wrong key or modified file") != std::string::npos;
+  }
+  EXPECT_EQ(unauthenticated, 2);
+  EXPECT_EQ(Count(AuditEvents(Path("plain/audit.jsonl")), "refusal"), 1);
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
 TEST_F(CliGatesTest, AuditVerifyReportsTheFirstBrokenRecord) {
   Prep("acme", "--tenant acme --jurisdiction NO");
   ASSERT_EQ(Fjord("train " + Job("acme.textproto", "acme", "acme") + " --quiet").exit_code, 0);
