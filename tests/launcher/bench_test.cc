@@ -69,7 +69,8 @@ class BenchCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_bench_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           ("fjord_bench_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+            std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }

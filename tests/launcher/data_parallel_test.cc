@@ -11,6 +11,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -38,7 +39,8 @@ class DataParallelTest : public ::testing::Test {
   // CTest runs every test of this file as its own process, in parallel: each gets its own dir.
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_dp_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           ("fjord_dp_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+            std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::mt19937_64 rng(5);
