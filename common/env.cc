@@ -24,7 +24,11 @@ const EnvVarDoc kEnvVars[] = {
      "announced on stderr when used"},
     {"FJORD_NODE_IDENTITY",
      "tenancy, tests only: read this node's identity from this file instead of /etc/fjord/node.textproto; "
-     "recorded in the audit log as a test override"},
+     "%n in it stands for SLURMD_NODENAME (several fake Slurm nodes on one machine); recorded in the audit log "
+     "as a test override"},
+    {"SLURMD_NODENAME",
+     "tenancy: the Slurm node that started this process (set by slurmd); named in rank gate refusals; in tests, "
+     "replaces %n in FJORD_NODE_IDENTITY"},
     {"FJORD_LAUNCH_ID", "tenancy: id of the fjord launch that started the job (set by launch, forwarded with -x); "
                         "ties rank 0's audit records to launch's"},
     {"SLURM_JOB_ID", "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "

@@ -17,6 +17,7 @@
 #include <set>
 
 #include "common/env.h"
+#include "launcher/slurm.h"
 #include "runtime/config.h"
 #include "runtime/file_util.h"
 #include "runtime/json.h"
@@ -41,6 +42,55 @@ bool IsInterfaceName(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' || c == ':';
   });
+}
+
+// Slurm partition and account names: letters, digits, '.', '_', '-'.
+bool IsSlurmName(std::string_view s) {
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+  });
+}
+
+// Validation of the inventory's slurm { } block (ParseInventory).
+void CheckSlurmBlock(const proto::Inventory& inv, const std::string& source,
+                     const pb::TextFormat::ParseInfoTree& tree, std::vector<std::string>* errors) {
+  const proto::SlurmCluster& slurm = inv.slurm();
+  const pb::TextFormat::ParseInfoTree* t =
+      tree.GetTreeForNested(proto::Inventory::descriptor()->FindFieldByName("slurm"), -1);
+  auto name_ok = [&](const pb::TextFormat::ParseInfoTree* at, const pb::Message& m, const char* field,
+                     const std::string& value, const std::string& what) {
+    if (!value.empty() && !IsSlurmName(value)) {
+      errors->push_back(FieldLocation(source, at, m, field) + ": " + what + " \"" + value +
+                        "\" is not a Slurm name (1 to 64 letters, digits, '.', '_', '-')");
+    }
+  };
+  name_ok(t, slurm, "partition", slurm.partition(), "slurm.partition");
+  name_ok(t, slurm, "account", slurm.account(), "slurm.account");
+  if (slurm.ranks_per_node() < 1) {
+    errors->push_back(FieldLocation(source, t, slurm, "ranks_per_node") +
+                      ": slurm.ranks_per_node = " + std::to_string(slurm.ranks_per_node()) +
+                      " must be at least 1 (ranks per node, usually its GPUs)");
+  }
+  std::set<std::string> ids;
+  const pb::FieldDescriptor* tenant_field = proto::SlurmCluster::descriptor()->FindFieldByName("tenant");
+  for (int i = 0; i < slurm.tenant_size(); ++i) {
+    const proto::SlurmTenant& st = slurm.tenant(i);
+    const pb::TextFormat::ParseInfoTree* tt = t == nullptr ? nullptr : t->GetTreeForNested(tenant_field, i);
+    const std::string block = FieldLocation(source, t, slurm, "tenant", i);
+    if (!IsValidTenantId(st.id())) {
+      errors->push_back(block + ": slurm.tenant \"" + st.id() +
+                        "\" is missing or not a tenant id (lower-case letters, digits, '.', '_', '-')");
+    } else if (!ids.insert(st.id()).second) {
+      errors->push_back(block + ": slurm.tenant \"" + st.id() + "\" is listed twice");
+    }
+    if (st.partition().empty() && st.account().empty()) {
+      errors->push_back(block + ": slurm.tenant \"" + st.id() +
+                        "\" names neither partition nor account: give the tenant's own partition or account, "
+                        "or remove the block (its jobs are then submitted --exclusive)");
+    }
+    name_ok(tt, st, "partition", st.partition(), "slurm.tenant.partition");
+    name_ok(tt, st, "account", st.account(), "slurm.tenant.account");
+  }
 }
 
 bool Contains(const std::vector<std::string>& v, std::string_view x) {
@@ -173,12 +223,15 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
   std::vector<std::string> errors;
   const pb::FieldDescriptor* node_field = proto::Inventory::descriptor()->FindFieldByName("node");
   const pb::FieldDescriptor* tenant_field = proto::Inventory::descriptor()->FindFieldByName("tenant");
-  if (inv.node_size() == 0) {
-    errors.push_back(source +
-                     ": the inventory lists no nodes: add node { hostname: \"...\" address: \"...\" "
-                     "jurisdiction: \"NO\" site: \"...\" slots: N } blocks (see " +
-                     std::string(kInventorySchema) + ")");
+  if (inv.node_size() == 0 && !inv.has_slurm()) {
+    errors.push_back(
+        source +
+        ": the inventory lists no nodes: add node { hostname: \"...\" address: \"...\" "
+        "jurisdiction: \"NO\" site: \"...\" slots: N } blocks, or a slurm { } block when Slurm's "
+        "node features say where each node is (see " +
+        std::string(kInventorySchema) + ")");
   }
+  if (inv.has_slurm()) CheckSlurmBlock(inv, source, tree, &errors);
   if (!inv.interface().empty() && !IsInterfaceName(inv.interface())) {
     errors.push_back(FieldLocation(source, &tree, inv, "interface") + ": interface \"" + inv.interface() +
                      "\" is not a network interface name (at most 15 letters, digits, '.', '-', '_', ':')");
@@ -337,6 +390,8 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
       why = "drained";
     } else if (only != nullptr && !Contains(*only, n.hostname())) {
       why = "not in the Slurm allocation";
+    } else if (policy.enabled() && n.jurisdiction().empty()) {
+      why = "no jurisdiction (a Slurm node without a jurisdiction_CC feature)";
     } else {
       why = policy.WhyNot(n.jurisdiction(), n.site());
     }
@@ -471,6 +526,139 @@ std::string SlurmConstraint(const ResidencyPolicy& policy) {
   return "(" + j + ")&(" + any(policy.sites, "site_") + ")";
 }
 
+// ---- Slurm submission (--slurm outside an allocation) -------------------------------------------
+
+namespace {
+
+// Where and how a Slurm job of this tenant is submitted: the tenant's own partition/account when
+// the inventory names them (the operator keeps tenants apart there), else the cluster's defaults
+// and --exclusive, so no other tenant's job shares a node with it.
+void SetSlurmSubmission(const proto::Inventory& inventory, LaunchPlan* plan) {
+  plan->slurm_constraint = SlurmConstraint(plan->policy);
+  plan->slurm_partition = inventory.slurm().partition();
+  plan->slurm_account = inventory.slurm().account();
+  plan->slurm_exclusive = true;
+  for (const proto::SlurmTenant& t : inventory.slurm().tenant()) {
+    if (!plan->policy.enabled() || t.id() != plan->policy.tenant) continue;
+    if (!t.partition().empty()) plan->slurm_partition = t.partition();
+    if (!t.account().empty()) plan->slurm_account = t.account();
+    plan->slurm_exclusive = false;
+  }
+}
+
+// An inventory with a slurm { } block and no nodes: its nodes are Slurm's (sinfo), located by their
+// features. Returns the inventory source to name in messages.
+StatusOr<std::string> AddSlurmNodes(const LaunchOptions& options, const std::string& partition,
+                                    proto::Inventory* inventory) {
+  if (!options.slurm) {
+    return FailedPrecondition("inventory " + options.inventory_path +
+                              " lists no nodes, only a slurm { } block: its nodes and their jurisdictions "
+                              "come from Slurm, so launch with --slurm");
+  }
+  const int slots = options.per_node > 0 ? options.per_node : inventory->slurm().ranks_per_node();
+  FJORD_ASSIGN_OR_RETURN(std::vector<proto::InventoryNode> nodes, SlurmNodes(partition, slots));
+  for (proto::InventoryNode& n : nodes) *inventory->add_node() = std::move(n);
+  return options.inventory_path + " (nodes from Slurm: " + CommandLine(SinfoCommand(partition)) + ")";
+}
+
+std::string SbatchScript(const LaunchPlan& plan, const LaunchOptions& options, const std::string& nodelist,
+                         const std::vector<std::string>& srun) {
+  std::string s = "#!/bin/bash\n";
+  s += "# Written by fjord launch --slurm for " +
+       (plan.policy.enabled() ? "tenant " + plan.policy.tenant + " (" + plan.policy.Describe() + ")"
+                              : std::string("a job without tenant")) +
+       ".\n# Submit with: sbatch " + plan.sbatch_file +
+       "\n# Nodes carry Slurm features jurisdiction_CC and site_S (docs/SOVEREIGNTY.md); " +
+       (plan.nodes_from_slurm ? "Slurm picks nodes\n# with the features --constraint names.\n"
+                              : "--nodelist and\n# --constraint both express the placement, so a node "
+                                "relabelled since is refused by Slurm.\n");
+  s += "#SBATCH --job-name=fjord-" + (plan.policy.enabled() ? plan.policy.tenant : std::string("job")) + "\n";
+  s += "#SBATCH --nodes=" + std::to_string(plan.placement.nodes.size()) + "\n";
+  s += "#SBATCH --ntasks=" + std::to_string(options.np) + "\n";
+  if (plan.nodes_from_slurm) {
+    int per_node = 0;
+    for (const PlacedNode& n : plan.placement.nodes) per_node = std::max(per_node, n.ranks);
+    s += "#SBATCH --ntasks-per-node=" + std::to_string(per_node) + "\n";
+  } else {
+    s += "#SBATCH --nodelist=" + nodelist + "\n";
+  }
+  if (!plan.slurm_constraint.empty()) s += "#SBATCH --constraint=" + plan.slurm_constraint + "\n";
+  if (!plan.slurm_partition.empty()) s += "#SBATCH --partition=" + plan.slurm_partition + "\n";
+  if (!plan.slurm_account.empty()) s += "#SBATCH --account=" + plan.slurm_account + "\n";
+  // Tenant exclusivity: whole nodes, unless the tenant has a partition or account of its own.
+  if (plan.slurm_exclusive) s += "#SBATCH --exclusive\n";
+  s += "#SBATCH --output=" + plan.launch_dir + "/slurm-%j.out\n";
+  s += "set -euo pipefail\n";
+  s += "export FJORD_LAUNCH_ID=slurm-${SLURM_JOB_ID}\n";
+  if (!plan.hostfile.empty()) s += "export SLURM_HOSTFILE=" + ShellQuote(plan.hostfile) + "\n";
+  s += "exec " + CommandLine(srun) + "\n";
+  return s;
+}
+
+// Submits the written sbatch script, records the submission, and with --wait follows the job to
+// its end. Returns launch's exit code.
+int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog& audit) {
+  StatusOr<std::string> id = SubmitSbatch(options.sbatch, plan.sbatch_file);
+  if (!id.ok()) {
+    (void)audit.Append("launch_refused", AuditRecord()
+                                             .Str("tenant", plan.policy.tenant)
+                                             .Str("job_sha256", plan.job_digest)
+                                             .Str("slurm_constraint", plan.slurm_constraint)
+                                             .Str("message", id.status().message()));
+    std::fprintf(stderr, "fjord launch: error: %s\n", id.status().message().c_str());
+    return 1;
+  }
+  std::printf("fjord launch: submitted Slurm job %s\n", id->c_str());
+  StatusOr<std::string> head =
+      audit.Append("slurm_submitted", AuditRecord()
+                                          .Str("launch_id", "slurm-" + *id)
+                                          .Str("slurm_job_id", *id)
+                                          .Str("slurm_constraint", plan.slurm_constraint)
+                                          .Str("slurm_partition", plan.slurm_partition)
+                                          .Str("slurm_account", plan.slurm_account)
+                                          .Bool("slurm_exclusive", plan.slurm_exclusive)
+                                          // true: launch_plan's nodes are what sinfo offered; Slurm
+                                          // picks the nodes (launch_exit records them with --wait)
+                                          .Bool("nodes_chosen_by_slurm", plan.nodes_from_slurm)
+                                          .Str("sbatch_file", plan.sbatch_file));
+  if (!head.ok()) {
+    std::fprintf(stderr, "fjord launch: warning: cannot record the submission in the audit log: %s\n",
+                 head.status().message().c_str());
+  }
+  if (!options.wait) {
+    std::printf(
+        "fjord launch: follow it with: squeue --job %s (or launch with --wait); output in %s/slurm-%s.out\n",
+        id->c_str(), plan.launch_dir.c_str(), id->c_str());
+    return 0;
+  }
+  std::fflush(stdout);
+  StatusOr<SlurmJob> job = WaitForSlurmJob(*id);
+  if (!job.ok()) {
+    std::fprintf(stderr, "fjord launch: error: %s\n", job.status().message().c_str());
+    return 1;
+  }
+  StatusOr<std::vector<std::string>> nodes = ExpandSlurmHostlist(job->nodelist);
+  const std::string nodes_json = JsonStrings(nodes.ok() ? *nodes : std::vector<std::string>{job->nodelist});
+  StatusOr<std::string> end = audit.Append("launch_exit", AuditRecord()
+                                                              .Str("launch_id", "slurm-" + *id)
+                                                              .Str("slurm_job_id", *id)
+                                                              .Str("slurm_state", job->state)
+                                                              .Raw("slurm_nodes", nodes_json)
+                                                              .Int("exit_code", job->exit_code));
+  std::printf("fjord launch: Slurm job %s %s on %s with exit code %d; output in %s/slurm-%s.out\n",
+              id->c_str(), job->state.c_str(), job->nodelist.empty() ? "no nodes" : job->nodelist.c_str(),
+              job->exit_code, plan.launch_dir.c_str(), id->c_str());
+  if (!end.ok()) {
+    std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
+                 end.status().message().c_str());
+  } else {
+    std::printf("fjord launch: audit log %s head %s\n", plan.audit_log.c_str(), end->c_str());
+  }
+  return job->exit_code;
+}
+
+}  // namespace
+
 // ---- The launch -----------------------------------------------------------------------------
 
 std::string CommandLine(const std::vector<std::string>& argv) {
@@ -491,6 +679,12 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   FJORD_ASSIGN_OR_RETURN(proto::Inventory inventory, LoadInventory(options.inventory_path));
   FJORD_ASSIGN_OR_RETURN(std::string inventory_text, ReadWholeFile(options.inventory_path, "inventory"));
   plan.inventory_digest = Sha256Hex(inventory_text);
+  std::string inventory_source = options.inventory_path;
+  if (options.slurm) SetSlurmSubmission(inventory, &plan);
+  if (inventory.node_size() == 0) {
+    FJORD_ASSIGN_OR_RETURN(inventory_source, AddSlurmNodes(options, plan.slurm_partition, &inventory));
+    plan.nodes_from_slurm = true;
+  }
 
   const bool in_allocation = options.slurm && !options.slurm_job_id.empty();
   plan.mode = !options.slurm ? LaunchMode::kMpirun : in_allocation ? LaunchMode::kSrun : LaunchMode::kSbatch;
@@ -503,9 +697,8 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     }
     FJORD_ASSIGN_OR_RETURN(allocation, ExpandSlurmHostlist(options.slurm_nodelist));
   }
-  FJORD_ASSIGN_OR_RETURN(
-      plan.placement, PlaceRanks(inventory, options.inventory_path, plan.policy, options.np, options.per_node,
-                                 in_allocation ? &allocation : nullptr));
+  FJORD_ASSIGN_OR_RETURN(plan.placement, PlaceRanks(inventory, inventory_source, plan.policy, options.np,
+                                                    options.per_node, in_allocation ? &allocation : nullptr));
 
   plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
   plan.job_file = plan.launch_dir + "/job.textproto";
@@ -542,13 +735,22 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     nodelist += (nodelist.empty() ? "" : ",") + n.node.hostname();
     for (int r = 0; r < n.ranks; ++r) plan.hostfile_text += n.node.hostname() + "\n";
   }
-  std::vector<std::string> srun = {
-      "srun",
-      "--kill-on-bad-exit=1",
-      "--ntasks=" + std::to_string(options.np),
-      "--nodelist=" + nodelist,
-      "--distribution=arbitrary",
-      interfaces.empty() ? std::string("--export=ALL") : "--export=ALL,NCCL_SOCKET_IFNAME=" + interfaces};
+  // --mpi=pmix: Open MPI (Debian's 4.1) initialises under srun through PMIx only, not PMI-2.
+  const std::string exports =
+      interfaces.empty() ? std::string("--export=ALL") : "--export=ALL,NCCL_SOCKET_IFNAME=" + interfaces;
+  std::vector<std::string> srun = {"srun",
+                                   "--mpi=pmix",
+                                   "--kill-on-bad-exit=1",
+                                   "--ntasks=" + std::to_string(options.np),
+                                   "--nodelist=" + nodelist,
+                                   "--distribution=arbitrary",
+                                   exports};
+  if (plan.mode == LaunchMode::kSbatch && plan.nodes_from_slurm) {
+    // Slurm picks the nodes inside the allocation it made under --constraint.
+    srun = {"srun", "--mpi=pmix", "--kill-on-bad-exit=1", "--ntasks=" + std::to_string(options.np), exports};
+    plan.hostfile.clear();
+    plan.hostfile_text.clear();
+  }
   srun.insert(srun.end(), train.begin(), train.end());
   if (plan.mode == LaunchMode::kSrun) {
     plan.argv = {"env", "SLURM_HOSTFILE=" + plan.hostfile};
@@ -556,25 +758,7 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     return plan;
   }
   plan.sbatch_file = plan.launch_dir + "/job.sbatch";
-  const std::string constraint = SlurmConstraint(plan.policy);
-  std::string s = "#!/bin/bash\n";
-  s += "# Written by fjord launch --slurm for " +
-       (plan.policy.enabled() ? "tenant " + plan.policy.tenant + " (" + plan.policy.Describe() + ")"
-                              : std::string("a job without tenant")) +
-       ".\n# Submit with: sbatch " + plan.sbatch_file +
-       "\n# Nodes carry Slurm features jurisdiction_CC and site_S (docs/SOVEREIGNTY.md); --nodelist and\n"
-       "# --constraint both express the placement, so a node relabelled since is refused by Slurm.\n";
-  s += "#SBATCH --job-name=fjord-" + (plan.policy.enabled() ? plan.policy.tenant : std::string("job")) + "\n";
-  s += "#SBATCH --nodes=" + std::to_string(plan.placement.nodes.size()) + "\n";
-  s += "#SBATCH --ntasks=" + std::to_string(options.np) + "\n";
-  s += "#SBATCH --nodelist=" + nodelist + "\n";
-  if (!constraint.empty()) s += "#SBATCH --constraint=" + constraint + "\n";
-  s += "#SBATCH --output=" + plan.launch_dir + "/slurm-%j.out\n";
-  s += "set -euo pipefail\n";
-  s += "export FJORD_LAUNCH_ID=slurm-${SLURM_JOB_ID}\n";
-  s += "export SLURM_HOSTFILE=" + ShellQuote(plan.hostfile) + "\n";
-  s += "exec " + CommandLine(srun) + "\n";
-  plan.sbatch_text = s;
+  plan.sbatch_text = SbatchScript(plan, options, nodelist, srun);
   plan.argv = {};
   return plan;
 }
@@ -603,8 +787,15 @@ std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options) {
       out += line;
     }
   }
-  out += "fjord launch: " + std::string(plan.mode == LaunchMode::kMpirun ? "hostfile " : "slurm hostfile ") +
-         plan.hostfile + ":\n";
+  if (plan.hostfile.empty()) {
+    out += "fjord launch: Slurm chooses the nodes (--constraint=" + plan.slurm_constraint +
+           ", --nodes=" + std::to_string(plan.placement.nodes.size()) +
+           "); the nodes above are those sinfo listed\n";
+  } else {
+    out +=
+        "fjord launch: " + std::string(plan.mode == LaunchMode::kMpirun ? "hostfile " : "slurm hostfile ") +
+        plan.hostfile + ":\n";
+  }
   for (size_t start = 0; start < plan.hostfile_text.size();) {
     const size_t end = plan.hostfile_text.find('\n', start);
     out += "  " + plan.hostfile_text.substr(start, end - start) + "\n";
@@ -667,7 +858,8 @@ int RunLaunch(const LaunchOptions& options) {
   if (ec) return fail(FailedPrecondition("cannot create " + plan.launch_dir + ": " + ec.message()));
   const std::string job_text = JobSpecToText(plan.job);
   Status s = WriteFileAtomic(plan.job_file, {{job_text.data(), job_text.size()}});
-  if (s.ok()) s = WriteFileAtomic(plan.hostfile, {{plan.hostfile_text.data(), plan.hostfile_text.size()}});
+  if (s.ok() && !plan.hostfile.empty())
+    s = WriteFileAtomic(plan.hostfile, {{plan.hostfile_text.data(), plan.hostfile_text.size()}});
   if (s.ok() && plan.mode == LaunchMode::kSbatch) {
     s = WriteFileAtomic(plan.sbatch_file, {{plan.sbatch_text.data(), plan.sbatch_text.size()}});
     if (s.ok()) fs::permissions(plan.sbatch_file, fs::perms::owner_exec, fs::perm_options::add, ec);
@@ -696,14 +888,11 @@ int RunLaunch(const LaunchOptions& options) {
       .Raw("excluded", ExcludedJson(plan.placement))
       .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file)
                                                        : CommandLine(plan.argv));
+  if (plan.mode == LaunchMode::kSrun) record.Str("slurm_job_id", options.slurm_job_id);
   StatusOr<std::string> head = (*audit)->Append("launch_plan", record);
   if (!head.ok()) return fail(head.status());
 
-  if (plan.mode == LaunchMode::kSbatch) {
-    std::printf("fjord launch: wrote %s; submit it with: sbatch %s\n", plan.sbatch_file.c_str(),
-                ShellQuote(plan.sbatch_file).c_str());
-    return 0;
-  }
+  if (plan.mode == LaunchMode::kSbatch) return SubmitToSlurm(plan, options, **audit);
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
   const int code = RunChild(plan.argv);
   StatusOr<std::string> end =
@@ -721,11 +910,13 @@ int RunLaunch(const LaunchOptions& options) {
 // ---- Command-line entry points ----------------------------------------------------------------
 
 const std::vector<std::string>& LaunchValueFlags() {
-  static const std::vector<std::string> flags = {"--inventory", "--np", "--per-node", "--set", "--mpirun"};
+  static const std::vector<std::string> flags = {"--inventory", "--np",     "--per-node",
+                                                 "--set",       "--mpirun", "--sbatch"};
   return flags;
 }
 const std::vector<std::string>& LaunchBoolFlags() {
-  static const std::vector<std::string> flags = {"--dry-run", "--slurm", "--quiet", "--json", "--resume"};
+  static const std::vector<std::string> flags = {"--dry-run", "--slurm", "--wait",
+                                                 "--quiet",   "--json",  "--resume"};
   return flags;
 }
 
@@ -780,6 +971,16 @@ int RunLaunchCommand(const std::vector<std::string>& positional,
   if (flags.count("--mpirun")) options.mpirun = Get(flags, "--mpirun");
   options.dry_run = flags.count("--dry-run") > 0;
   options.slurm = flags.count("--slurm") > 0;
+  options.wait = flags.count("--wait") > 0;
+  if (flags.count("--sbatch")) options.sbatch = Get(flags, "--sbatch");
+  if ((options.wait || flags.count("--sbatch")) && !options.slurm) {
+    std::fprintf(
+        stderr,
+        "fjord launch: error: --wait and --sbatch are for Slurm jobs: add --slurm (without it launch "
+        "runs mpirun and always waits for the job)\nusage: %s\n",
+        kLaunchUsage);
+    return 2;
+  }
   for (const char* f : {"--quiet", "--json", "--resume"}) {
     if (flags.count(f)) options.train_flags.push_back(f);
   }

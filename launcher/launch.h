@@ -1,6 +1,9 @@
 // `fjord launch`: gate 1 of tenancy (docs/SOVEREIGNTY.md). Reads the operator's inventory, places
 // the job's ranks on nodes whose jurisdiction and site the tenant allows, and starts them: an
-// Open MPI hostfile + mpirun, or with --slurm an sbatch script (or srun inside an allocation).
+// Open MPI hostfile + mpirun, or with --slurm an sbatch script that it submits (--wait: and follows to
+// its end), or srun --mpi=pmix inside an allocation. With --slurm the inventory may name only a
+// slurm { } block: the nodes and their jurisdictions then come from Slurm's node features (sinfo;
+// launcher/slurm.h), and a job needing more allowed nodes than Slurm has is refused before sbatch.
 // Too few allowed nodes is a refusal that names what was needed, what exists and what was excluded
 // and why; placement never spills onto other nodes. Every decision goes to the job's audit log.
 //
@@ -88,7 +91,9 @@ struct LaunchOptions {
   int per_node = 0;  // at most this many ranks per node; 0 = the node's slots
   bool dry_run = false;
   bool slurm = false;
+  bool wait = false;  // --slurm outside an allocation: follow the submitted job to its end
   std::string mpirun = "mpirun";
+  std::string sbatch = "sbatch";
   std::vector<std::string> train_flags;  // passed on to `fjord train` (--quiet, --json, --resume)
   std::string fjord_binary;              // "" = this executable
   // Inside a Slurm allocation (--slurm): the job id and node list; filled from SLURM_JOB_ID and
@@ -114,6 +119,14 @@ struct LaunchPlan {
   std::vector<std::string> argv;  // the command (mpirun / srun); empty for kSbatch
   std::string hostfile_text;
   std::string sbatch_text;
+  // Slurm (kSbatch, kSrun). nodes_from_slurm: the inventory has a slurm { } block and no nodes, so
+  // the placement was made on the nodes sinfo listed, and for kSbatch Slurm picks the nodes itself
+  // (--constraint, --nodes; no --nodelist, no hostfile).
+  bool nodes_from_slurm = false;
+  std::string slurm_constraint;  // SlurmConstraint(policy)
+  std::string slurm_partition;   // the tenant's own (inventory slurm.tenant), else slurm.partition
+  std::string slurm_account;
+  bool slurm_exclusive = false;  // --exclusive: no tenant partition or account in the inventory
 };
 
 // Loads the job and the inventory, places the ranks and builds the command. No side effects.
@@ -127,20 +140,24 @@ std::string CommandLine(const std::vector<std::string>& argv);
 std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options);
 
 // Runs the launch (or prints it with dry_run) and returns the process exit code: the job's exit
-// code (128 + signal if it was killed), 1 for a refusal or failure, 0 for a dry run or a written
-// sbatch script. Prints the plan on stdout and errors on stderr ("fjord launch: error: ...").
+// code (128 + signal if it was killed), 1 for a refusal or failure, 0 for a dry run or a submitted
+// Slurm job (without --wait; with --wait, the Slurm job's exit code). Prints the plan on stdout
+// and errors on stderr ("fjord launch: error: ..."). A Slurm submission prints "fjord launch:
+// submitted Slurm job ID" and appends slurm_submitted (job id, constraint, partition, account,
+// exclusive) to the audit log; with --wait, launch_exit adds the Slurm state and the nodes Slurm
+// ran the job on.
 int RunLaunch(const LaunchOptions& options);
 
 // ---- Command-line entry points (launcher/main.cc's command table) ------------------------------
 
 inline constexpr char kLaunchUsage[] =
     "fjord launch JOB.textproto --inventory INV.textproto --np N [--per-node K] [--set PATH=VALUE]... "
-    "[--dry-run] [--slurm] [--mpirun PATH] [--quiet | --json] [--resume]";
+    "[--dry-run] [--slurm [--wait] [--sbatch PATH]] [--mpirun PATH] [--quiet | --json] [--resume]";
 inline constexpr char kLaunchSummary[] =
     "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)";
 // Flags of `fjord launch` for main.cc's parser.
-const std::vector<std::string>& LaunchValueFlags();  // --inventory --np --per-node --set --mpirun
-const std::vector<std::string>& LaunchBoolFlags();   // --dry-run --slurm --quiet --json --resume
+const std::vector<std::string>& LaunchValueFlags();  // --inventory --np --per-node --set --mpirun --sbatch
+const std::vector<std::string>& LaunchBoolFlags();   // --dry-run --slurm --wait --quiet --json --resume
 
 // `fjord launch` from parsed arguments: positional (the job spec) and flags (each flag as written,
 // e.g. "--np" -> "2"; --set may repeat). Returns the exit code: 2 for bad arguments (with usage).

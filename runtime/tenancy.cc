@@ -283,7 +283,15 @@ std::string ThisHostname() {
 std::string NodeIdentityPath(bool* overridden) {
   std::optional<std::string> env = GetEnv("FJORD_NODE_IDENTITY");
   if (overridden != nullptr) *overridden = env.has_value();
-  return env.value_or(kDefaultNodeIdentityPath);
+  if (!env) return kDefaultNodeIdentityPath;
+  // Several slurmd on one machine (the Slurm test cluster) share its hostname and /etc: %n picks the
+  // file of the Slurm node that started this process.
+  const std::optional<std::string> slurm_node = GetEnv("SLURMD_NODENAME");
+  for (size_t at = env->find("%n"); at != std::string::npos && slurm_node; at = env->find("%n", at)) {
+    env->replace(at, 2, *slurm_node);
+    at += slurm_node->size();
+  }
+  return *env;
 }
 
 StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
@@ -333,6 +341,11 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
 StatusOr<LocalNode> ReadNodeIdentity() {
   bool overridden = false;
   const std::string path = NodeIdentityPath(&overridden);
+  if (overridden && path.find("%n") != std::string::npos) {
+    return FailedPrecondition("FJORD_NODE_IDENTITY (a test override) is " + Quoted(path) +
+                              ": %n stands for the Slurm node name, but SLURMD_NODENAME is not set; %n works "
+                              "only in processes started by slurmd (srun, sbatch)");
+  }
   StatusOr<LocalNode> node = ReadNodeIdentityFile(path, /*strict=*/!overridden);
   if (!node.ok()) {
     if (overridden) return node.status().WithContext("FJORD_NODE_IDENTITY (a test override)");
@@ -358,7 +371,10 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job) {
   if (!policy.enabled()) return result;
   result.enabled = true;
   const std::string host = ThisHostname();
-  const std::string where = "rank " + std::to_string(result.rank.rank) + " on host " + host;
+  // Under Slurm, the node slurmd calls this one (several fake nodes of the test cluster share a host).
+  const std::optional<std::string> slurm_node = GetEnv("SLURMD_NODENAME");
+  const std::string where = "rank " + std::to_string(result.rank.rank) + " on host " + host +
+                            (slurm_node && *slurm_node != host ? " (Slurm node " + *slurm_node + ")" : "");
   StatusOr<LocalNode> node = ReadNodeIdentity();
   std::string message;
   AuditRecord record;
@@ -366,6 +382,7 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job) {
       .Int("rank", result.rank.rank)
       .Int("world_size", result.rank.world_size)
       .Str("host", host)
+      .Str("slurm_node", slurm_node.value_or(""))
       .Str("tenant", policy.tenant)
       .Raw("allowed_jurisdictions", JsonList(policy.jurisdictions))
       .Raw("allowed_sites", JsonList(policy.sites));

@@ -103,7 +103,10 @@ struct LocalNode {
 };
 
 // The identity file this process would read: $FJORD_NODE_IDENTITY when set, else
-// /etc/fjord/node.textproto. `overridden` tells which.
+// /etc/fjord/node.textproto. `overridden` tells which. In the override, "%n" is replaced by
+// $SLURMD_NODENAME when that is set (the Slurm test cluster runs several slurmd on one machine, which
+// share its hostname and /etc; each fake node gets its own file); ReadNodeIdentity refuses a path
+// still holding "%n".
 std::string NodeIdentityPath(bool* overridden);
 
 // Reads and validates a node identity file: text format of fjord.proto.NodeIdentity with hostname,

@@ -4,7 +4,7 @@
 # here: it is used when present (see FJORD_CUDA in CMakeLists.txt).
 set -euo pipefail
 packages=(cmake g++ make pkg-config libprotobuf-dev protobuf-compiler libopenblas-dev libgtest-dev
-          openmpi-bin libopenmpi-dev libssl-dev python3 ccache)
+          openmpi-bin libopenmpi-dev libssl-dev python3 ccache slurm-wlm munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "launcher/slurm.h"
 #include "tests/tenancy/test_util.h"
 
 namespace fjord {
@@ -158,6 +159,87 @@ TEST(Slurm, HostlistsAndConstraints) {
   EXPECT_EQ(SlurmConstraint(ResidencyPolicy()), "");
 }
 
+// sinfo --noheader --Node --format='%N|%f|%t' as Slurm 22.05 prints it: a node once per partition.
+TEST(Slurm, SinfoNodesCarryTheirFeaturesAndUsability) {
+  StatusOr<std::vector<proto::InventoryNode>> nodes = ParseSinfoNodes(
+      "n1|jurisdiction_NO,site_osl1|idle\n"
+      "n1|jurisdiction_NO,site_osl1|idle\n"
+      "n2|jurisdiction_NO,site_osl1,h200|mix\n"
+      "n3|jurisdiction_SE,site_sto1|drain\n"
+      "n4|jurisdiction_SE|idle*\n"
+      "n5|(null)|alloc\n",
+      2);
+  ASSERT_TRUE(nodes.ok()) << nodes.status().message();
+  ASSERT_EQ(nodes->size(), 5u);
+  std::vector<std::string> got;
+  for (const proto::InventoryNode& n : *nodes) {
+    got.push_back(n.hostname() + ":" + n.jurisdiction() + "/" + n.site() + ":" + std::to_string(n.slots()) +
+                  (n.drain() ? ":drain" : ""));
+  }
+  EXPECT_THAT(got,
+              ElementsAre("n1:NO/osl1:2", "n2:NO/osl1:2", "n3:SE/sto1:2:drain", "n4:SE/:2:drain", "n5:/:2"));
+  EXPECT_THAT(std::vector<std::string>((*nodes)[1].labels().begin(), (*nodes)[1].labels().end()),
+              ElementsAre("jurisdiction_NO", "site_osl1", "h200"));
+  StatusOr<std::vector<proto::InventoryNode>> bad = ParseSinfoNodes("n1|idle\n", 1);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("sinfo line 1 \"n1|idle\" is not NAME|FEATURES|STATE"));
+}
+
+// A node of a Slurm-only inventory that has no jurisdiction feature is never placed for a tenant.
+TEST(Slurm, NodesWithoutJurisdictionAreExcludedForTenants) {
+  proto::Inventory inv;
+  for (const auto& [name, cc] : std::vector<std::pair<std::string, std::string>>{{"n1", ""}, {"n2", "NO"}}) {
+    proto::InventoryNode* n = inv.add_node();
+    n->set_hostname(name);
+    n->set_jurisdiction(cc);
+    n->set_slots(1);
+  }
+  StatusOr<Placement> p = PlaceRanks(inv, "inv", kAcmeNo, 2, 0);
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(p.status().message(),
+              HasSubstr("n1: no jurisdiction (a Slurm node without a jurisdiction_CC feature)"));
+  EXPECT_TRUE(PlaceRanks(inv, "inv", ResidencyPolicy(), 2, 0).ok());  // no tenant: any node
+}
+
+// scontrol --oneliner show job ID, as Slurm 22.05 prints it (shortened).
+TEST(Slurm, ScontrolJobRecords) {
+  StatusOr<SlurmJob> job = ParseScontrolJob(
+      "JobId=12 JobName=fjord-acme UserId=root(0) JobState=COMPLETED Reason=None Dependency=(null) "
+      "ExitCode=0:0 RunTime=00:00:02 Partition=all NodeList=n[1-2] Features=jurisdiction_NO\n");
+  ASSERT_TRUE(job.ok()) << job.status().message();
+  EXPECT_EQ(job->id, "12");
+  EXPECT_EQ(job->nodelist, "n[1-2]");
+  EXPECT_EQ(job->constraint, "jurisdiction_NO");
+  EXPECT_TRUE(job->finished);
+  EXPECT_EQ(job->exit_code, 0);
+  job = ParseScontrolJob("JobId=13 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0 NodeList=n1");
+  EXPECT_EQ(job->exit_code, 3);
+  job = ParseScontrolJob("JobId=14 JobState=CANCELLED Reason=None ExitCode=0:15 NodeList=n1");
+  EXPECT_EQ(job->exit_code, 128 + 15);
+  job = ParseScontrolJob("JobId=15 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:0 NodeList=n1");
+  EXPECT_EQ(job->exit_code, 1);  // ended by Slurm without a status of its own: never reported as success
+  job = ParseScontrolJob("JobId=16 JobState=PENDING Reason=Resources ExitCode=0:0 NodeList=(null)");
+  EXPECT_FALSE(job->finished);
+  EXPECT_EQ(job->nodelist, "");
+  EXPECT_FALSE(ParseScontrolJob("slurm_load_jobs error: Invalid job id specified").ok());
+}
+
+TEST(Inventory, SlurmBlockProblemsAreReportedWithFileAndLine) {
+  EXPECT_TRUE(
+      ParseInventory("slurm { partition: \"gpu\" tenant { id: \"acme\" partition: \"acme\" } }\n", "inv")
+          .ok());
+  StatusOr<proto::Inventory> inv = ParseInventory(
+      "slurm {\n  partition: \"gpu nodes\"\n  ranks_per_node: 0\n"
+      "  tenant { id: \"acme\" }\n  tenant { id: \"Acme\" account: \"a\" }\n}\n",
+      "inv.textproto");
+  ASSERT_FALSE(inv.ok());
+  const std::string m = inv.status().message();
+  EXPECT_THAT(m, HasSubstr("inv.textproto:2:3: slurm.partition \"gpu nodes\" is not a Slurm name"));
+  EXPECT_THAT(m, HasSubstr("inv.textproto:3:3: slurm.ranks_per_node = 0 must be at least 1"));
+  EXPECT_THAT(m, HasSubstr("inv.textproto:4:3: slurm.tenant \"acme\" names neither partition nor account"));
+  EXPECT_THAT(m, HasSubstr("inv.textproto:5:3: slurm.tenant \"Acme\" is missing or not a tenant id"));
+}
+
 // ---- Through the command-line entry point (tenancy_driver launch == fjord launch) ----------------
 
 class LaunchCliTest : public testing::TenancyTest {
@@ -263,20 +345,98 @@ TEST_F(LaunchCliTest, ArgumentErrorsExitTwoWithUsage) {
   EXPECT_THAT(r.output, HasSubstr("--np 'two' is not a whole number"));
 }
 
-TEST_F(LaunchCliTest, SlurmOutsideAnAllocationWritesAnSbatchScript) {
-  testing::RunResult r = Launch("--np 2 --slurm", "-u SLURM_JOB_ID");
+TEST_F(LaunchCliTest, SlurmOutsideAnAllocationWritesAndSubmitsAnSbatchScript) {
+  // A stand-in for sbatch: records its arguments and answers as `sbatch --parsable` does.
+  WriteText(Path("fake-sbatch"),
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"" + Path("submitted") + "\"\necho 4242\n", 0755);
+  testing::RunResult r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch"), "-u SLURM_JOB_ID");
   EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(ReadText(Path("submitted")), "--parsable\n" + Path("run/launch/job.sbatch") + "\n");
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: submitted Slurm job 4242\n"));
   const std::string script = ReadText(Path("run/launch/job.sbatch"));
   EXPECT_THAT(script, HasSubstr("#SBATCH --nodelist=no1,no2\n"));
   EXPECT_THAT(script, HasSubstr("#SBATCH --constraint=jurisdiction_NO\n"));
   EXPECT_THAT(script, HasSubstr("#SBATCH --ntasks=2\n"));
   EXPECT_THAT(script, HasSubstr("export SLURM_HOSTFILE=" + Path("run") + "/launch/slurm-hostfile"));
-  EXPECT_THAT(script,
-              HasSubstr("srun --kill-on-bad-exit=1 --ntasks=2 --nodelist=no1,no2 --distribution=arbitrary "
-                        "--export=ALL,NCCL_SOCKET_IFNAME=eth0,ib0"));
+  EXPECT_THAT(script, HasSubstr("srun --mpi=pmix --kill-on-bad-exit=1 --ntasks=2 --nodelist=no1,no2 "
+                                "--distribution=arbitrary --export=ALL,NCCL_SOCKET_IFNAME=eth0,ib0"));
+  // No tenant partition or account in the inventory: whole nodes, so no other tenant shares them.
+  EXPECT_THAT(script, HasSubstr("#SBATCH --exclusive\n"));
+  EXPECT_THAT(script, Not(HasSubstr("--partition")));
   EXPECT_EQ(ReadText(Path("run/launch/slurm-hostfile")), "no1\nno2\n");
-  EXPECT_THAT(r.output, HasSubstr("submit it with: sbatch " + Path("run") + "/launch/job.sbatch"));
-  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "launch_plan")[0], HasSubstr("\"mode\":\"sbatch\""));
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"launch_plan", "slurm_submitted"}));
+  EXPECT_THAT(AuditLines(log, "launch_plan")[0], HasSubstr("\"mode\":\"sbatch\""));
+  EXPECT_THAT(AuditLines(log, "slurm_submitted")[0],
+              HasSubstr("\"slurm_job_id\":\"4242\",\"slurm_constraint\":\"jurisdiction_NO\""));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+TEST_F(LaunchCliTest, SlurmTenantPartitionReplacesExclusive) {
+  WriteText(Path("inv.textproto"), std::string(kInventory) +
+                                       "slurm { partition: \"all\" tenant { id: \"acme\" partition: \"acme\" "
+                                       "account: \"acme-ops\" } tenant { id: \"other\" account: \"o\" } }\n");
+  WriteText(Path("fake-sbatch"), "#!/bin/sh\necho 7\n", 0755);
+  testing::RunResult r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch"), "-u SLURM_JOB_ID");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string script = ReadText(Path("run/launch/job.sbatch"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --partition=acme\n#SBATCH --account=acme-ops\n"));
+  EXPECT_THAT(script, Not(HasSubstr("--exclusive")));
+  EXPECT_THAT(
+      AuditLines(Path("run/audit.jsonl"), "slurm_submitted")[0],
+      HasSubstr("\"slurm_partition\":\"acme\",\"slurm_account\":\"acme-ops\",\"slurm_exclusive\":false"));
+}
+
+TEST_F(LaunchCliTest, SlurmRejectionIsAnErrorWithSlurmsMessage) {
+  WriteText(Path("fake-sbatch"),
+            "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n",
+            0755);
+  testing::RunResult r = Launch("--np 2 --slurm --wait --sbatch " + Path("fake-sbatch"), "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord launch: error: Slurm did not accept the job: `" + Path("fake-sbatch") +
+                        " --parsable " + Path("run/launch/job.sbatch") +
+                        "` exited with 1: sbatch: error: Batch job submission failed: Invalid account"));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")),
+            (std::vector<std::string>{"launch_plan", "launch_refused"}));
+}
+
+TEST_F(LaunchCliTest, SbatchAnswerWithoutAJobIdIsAnError) {
+  WriteText(Path("fake-sbatch"), "#!/bin/sh\necho 'Submitted to the moon'\n", 0755);
+  testing::RunResult r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch"), "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("printed \"Submitted to the moon\" instead of a job id; the job may or may not "
+                        "have been submitted: check squeue"));
+}
+
+TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
+  WriteText(Path("inv.textproto"), "slurm { }\n");
+  testing::RunResult r =
+      Launch("--np 2 --slurm --dry-run", "-u SLURM_JOB_ID SLURM_CONF=" + Path("no-such-slurm.conf"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  // sinfo exits non-zero without a configuration, or cannot be run at all where Slurm is not installed.
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: error: cannot list Slurm's nodes: `sinfo --noheader --Node "
+                                  "'--format=%N|%f|%t'` exited with "));
+  EXPECT_THAT(r.output,
+              HasSubstr("Check that Slurm's commands are installed and SLURM_CONF names the cluster"));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+}
+
+TEST_F(LaunchCliTest, WaitAndSbatchNeedSlurm) {
+  testing::RunResult r = Launch("--np 2 --wait");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--wait and --sbatch are for Slurm jobs: add --slurm"));
+  EXPECT_FALSE(fs::exists(Path("run")));
+}
+
+TEST_F(LaunchCliTest, SlurmOnlyInventoryNeedsSlurm) {
+  WriteText(Path("inv.textproto"), "slurm { }\n");
+  testing::RunResult r = Launch("--np 2 --dry-run");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output,
+              HasSubstr("lists no nodes, only a slurm { } block: its nodes and their jurisdictions come "
+                        "from Slurm, so launch with --slurm"));
 }
 
 TEST_F(LaunchCliTest, SlurmInsideAnAllocationRunsSrunOnItsAllowedNodesOnly) {
@@ -284,7 +444,7 @@ TEST_F(LaunchCliTest, SlurmInsideAnAllocationRunsSrunOnItsAllowedNodesOnly) {
       Launch("--np 2 --slurm --dry-run", "SLURM_JOB_ID=42 'SLURM_JOB_NODELIST=no[2-3],se[1-2]'");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(CommandOf(r.output), HasSubstr("env SLURM_HOSTFILE=" + Path("run") +
-                                             "/launch/slurm-hostfile srun "
+                                             "/launch/slurm-hostfile srun --mpi=pmix "
                                              "--kill-on-bad-exit=1 --ntasks=2 --nodelist=no2"));
   EXPECT_THAT(r.output, HasSubstr("  no1          not in the Slurm allocation"));
   r = Launch("--np 3 --slurm --dry-run", "SLURM_JOB_ID=42 'SLURM_JOB_NODELIST=no[2-3],se[1-2]'");

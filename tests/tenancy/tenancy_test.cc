@@ -186,6 +186,40 @@ TEST_F(TenancyUnitTest, RankGateRefusesAForeignNodeWithEverythingTheOperatorNeed
   EXPECT_TRUE(VerifyAuditLog(log)->ok);
 }
 
+// Several slurmd on one machine share its hostname: %n in the test override picks each Slurm node's
+// own identity file (scripts/slurm-cluster.sh), so the gate still tells the nodes apart.
+TEST_F(TenancyUnitTest, IdentityOverridePerSlurmNode) {
+  Identity("NO", "osl1", "n1");
+  Identity("SE", "sto1", "n3");
+  ScopedEnv env("FJORD_NODE_IDENTITY", Path("%n.textproto"));
+  {
+    ScopedEnv node("SLURMD_NODENAME", "n1");
+    StatusOr<RankGateResult> gate = RankGate(Acme());
+    ASSERT_TRUE(gate.ok()) << gate.status().message();
+    EXPECT_EQ(gate->node.path, Path("n1.textproto"));
+  }
+  {
+    ScopedEnv node("SLURMD_NODENAME", "n3");
+    fs::create_directories(Path("run"));
+    StatusOr<RankGateResult> gate = RankGate(Acme());
+    ASSERT_FALSE(gate.ok());
+    EXPECT_THAT(gate.status().message(),
+                HasSubstr("on host " + ThisHostname() +
+                          " (Slurm node n3): residency gate: "
+                          "this node is in jurisdiction SE, site sto1 (node identity " +
+                          Path("n3.textproto")));
+    EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "refusal")[0], HasSubstr("\"slurm_node\":\"n3\""));
+  }
+  {
+    ScopedEnv node("SLURMD_NODENAME", std::nullopt);
+    StatusOr<LocalNode> id = ReadNodeIdentity();
+    ASSERT_FALSE(id.ok());
+    EXPECT_THAT(id.status().message(),
+                HasSubstr("FJORD_NODE_IDENTITY (a test override) is \"" + Path("%n.textproto") +
+                          "\": %n stands for the Slurm node name, but SLURMD_NODENAME is not set"));
+  }
+}
+
 TEST_F(TenancyUnitTest, RankGateRefusesAnUnprovisionedNodeAndCreatesNothing) {
   ScopedEnv env("FJORD_NODE_IDENTITY", Path("missing.textproto"));
   StatusOr<RankGateResult> gate = RankGate(Acme());

@@ -1,0 +1,251 @@
+// `fjord launch --slurm` against a real Slurm (scripts/slurm-cluster.sh: slurmctld and four slurmd
+// on this machine; n1, n2 carry feature jurisdiction_NO, n3, n4 jurisdiction_SE and are what Slurm
+// fills first when nothing constrains a job, by their lower Weight). Where the job ran
+// is read back from Slurm itself (scontrol) and from the ranks' own audit records, never from what
+// launch printed.
+//
+// All fake nodes share this machine's hostname and /etc, so each node's identity is a file of its
+// own, ids/NODE.textproto, chosen by FJORD_NODE_IDENTITY=ids/%n.textproto (%n = SLURMD_NODENAME,
+// the slurmd that started the rank; a test override the audit log records).
+//
+// Under CTest the cluster is a fixture (slurm.up / slurm.down) in FJORD_SLURM_STATE; run by hand, this
+// binary brings up a cluster of its own and removes it at the end. Where the daemons cannot start
+// (no root, Slurm or munge missing) every test skips with the reason.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <set>
+
+#include "launcher/launch.h"
+#include "runtime/audit.h"
+#include "tests/tenancy/test_util.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::AuditEvents;
+using testing::AuditLines;
+using testing::Count;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ReadText;
+using testing::RunResult;
+using testing::Shell;
+using testing::WriteText;
+
+const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/slurm-cluster.sh";
+
+class Cluster : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (const char* s = std::getenv("FJORD_SLURM_STATE")) {
+      state_ = s;
+    } else {
+      state_ = "/tmp/fjord-slurm-" + std::to_string(::getpid());
+      own_ = true;
+      RunResult up = Shell("bash " + kScript + " up " + state_);
+      if (up.exit_code != 0) skip_ = up.output;
+    }
+    if (skip_.empty() && !fs::exists(state_ + "/ready")) {
+      skip_ = fs::exists(state_ + "/skip-reason") ? ReadText(state_ + "/skip-reason")
+                                                  : "no cluster in " + state_ + " (slurm.up did not run)";
+    }
+  }
+  void TearDown() override {
+    if (own_) (void)Shell("bash " + kScript + " down " + state_ + " && rm -rf " + state_);
+  }
+  static std::string state_, skip_;
+  static bool own_;
+};
+std::string Cluster::state_, Cluster::skip_;
+bool Cluster::own_ = false;
+::testing::Environment* const kCluster = ::testing::AddGlobalTestEnvironment(new Cluster);
+
+class SlurmTest : public testing::TenancyTest {
+ protected:
+  void SetUp() override {
+    if (!Cluster::skip_.empty())
+      GTEST_SKIP() << "Slurm test cluster unavailable, test skipped: " << Cluster::skip_;
+    TenancyTest::SetUp();
+    ::chmod(dir_.c_str(), 0755);
+    fs::create_directories(Path("ids"));
+    for (const char* n : {"n1", "n2"}) Identity("NO", "osl1", std::string("ids/") + n);
+    for (const char* n : {"n3", "n4"}) Identity("SE", "sto1", std::string("ids/") + n);
+    WriteText(Path("inv.textproto"), "slurm { }\n");
+  }
+  // CMD with this cluster's Slurm and the Open MPI settings for fake nodes sharing one hostname.
+  RunResult Run(const std::string& cmd) {
+    return Shell(
+        "env -u SLURM_JOB_ID -u SLURM_JOB_NODELIST SLURM_CONF=" + Cluster::state_ +
+        "/slurm.conf OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo "
+        "OMP_NUM_THREADS=1 FJORD_NODE_IDENTITY=" +
+        Path("ids/%n.textproto") + " " + cmd);
+  }
+  RunResult Launch(const std::string& args) {
+    return Run(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+               Path("inv.textproto") + " --slurm " + args);
+  }
+  // Tokenized data of tenant acme, allowed in NO, prepared "on n1" (prep checks the node too).
+  void PrepAcme() {
+    std::string text;
+    for (int i = 0; i < 600; ++i)
+      text += "the fjord keeps its data at home, line " + std::to_string(i) + "\n";
+    WriteText(Path("input.txt"), text);
+    RunResult r =
+        Shell("FJORD_NODE_IDENTITY=" + Path("ids/n1.textproto") + " " + FJORD_BINARY + " prep --input " +
+              Path("input.txt") + " --out " + Path("data") + " --tenant acme --jurisdiction NO");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  void WriteJob(const std::string& name, const std::string& run_dir, const std::string& data = "data") {
+    WriteText(Path(name),
+              "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+              "train { micro_batch: 2 steps: 4 lr: 1e-3 log_every: 1 }\n"
+              "data { train: \"" +
+                  Path(data + "/train_*.bin") + "\" }\nrun_dir: \"" + Path(run_dir) +
+                  "\"\ntenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+  }
+  static std::string JobIdOf(const std::string& output) {
+    std::smatch m;
+    return std::regex_search(output, m, std::regex("submitted Slurm job ([0-9]+)")) ? m[1].str() : "";
+  }
+  // KEY=VALUE of `scontrol show job ID`: Slurm's own record of the job.
+  std::string JobField(const std::string& id, const std::string& key) {
+    const std::string rec = Run("scontrol --oneliner show job " + id).output;
+    std::smatch m;
+    return std::regex_search(rec, m, std::regex("(^| )" + key + "=([^ \n]*)")) ? m[2].str()
+                                                                               : "<no " + key + ">";
+  }
+  std::string NextJobId() {
+    std::smatch m;
+    const std::string conf = Run("scontrol show config").output;
+    return std::regex_search(conf, m, std::regex("NEXT_JOB_ID\\s*=\\s*([0-9]+)")) ? m[1].str() : "<unknown>";
+  }
+  // "rank:identity file:jurisdiction" of each rank_identity record of an audit log.
+  static std::set<std::string> RankIdentities(const std::string& log) {
+    std::set<std::string> out;
+    for (const std::string& line : AuditLines(log, "rank_identity")) {
+      std::smatch r, f, j;
+      std::regex_search(line, r, std::regex("\"rank\":([0-9]+)"));
+      std::regex_search(line, f, std::regex("\"identity_file\":\"([^\"]*)\""));
+      std::regex_search(line, j, std::regex("\"jurisdiction\":\"([^\"]*)\""));
+      out.insert(r[1].str() + ":" + fs::path(f[1].str()).filename().string() + ":" + j[1].str());
+    }
+    return out;
+  }
+};
+
+TEST_F(SlurmTest, NoOnlyJobLandsOnNoNodesAndTrains) {
+  PrepAcme();
+  WriteJob("job.textproto", "run");
+  RunResult r = Launch("--np 2 --wait");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string id = JobIdOf(r.output);
+  ASSERT_FALSE(id.empty()) << r.output;
+  // Slurm's record: the NO nodes, whole (--exclusive), under the residency's constraint.
+  StatusOr<std::vector<std::string>> nodes = ExpandSlurmHostlist(JobField(id, "NodeList"));
+  ASSERT_TRUE(nodes.ok());
+  EXPECT_EQ(std::set<std::string>(nodes->begin(), nodes->end()), (std::set<std::string>{"n1", "n2"}));
+  EXPECT_EQ(JobField(id, "JobState"), "COMPLETED");
+  EXPECT_EQ(JobField(id, "Features"), "jurisdiction_NO");
+  EXPECT_EQ(JobField(id, "OverSubscribe"), "NO");
+  // The ranks' own records: each read the identity of the Slurm node it ran on.
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(RankIdentities(log), (std::set<std::string>{"0:n1.textproto:NO", "1:n2.textproto:NO"}));
+  const std::vector<std::string> events = AuditEvents(log);
+  EXPECT_EQ(events.front(), "launch_plan");
+  EXPECT_EQ(events[1], "slurm_submitted");
+  EXPECT_EQ(events.back(), "launch_exit");
+  EXPECT_EQ(Count(events, "refusal"), 0);
+  EXPECT_EQ(Count(events, "checkpoint_written"), 1);
+  EXPECT_THAT(AuditLines(log, "slurm_submitted")[0],
+              HasSubstr("\"slurm_job_id\":\"" + id + "\",\"slurm_constraint\":\"jurisdiction_NO\""));
+  EXPECT_THAT(AuditLines(log, "launch_exit")[0],
+              HasSubstr("\"slurm_state\":\"COMPLETED\",\"slurm_nodes\":[\"n1\",\"n2\"],\"exit_code\":0"));
+  EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"launch_id\":\"slurm-" + id + "\""));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+  // It trained exactly what the same job trains under mpirun on this machine (bit-identical losses).
+  WriteJob("job-mpirun.textproto", "run-mpirun");
+  RunResult m =
+      Shell(testing::Mpirun(2, "OMP_NUM_THREADS=1 FJORD_NODE_IDENTITY=" + Path("ids/n1.textproto")) +
+            " train " + Path("job-mpirun.textproto"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  const std::vector<std::string> losses = testing::LossTexts(Path("run/metrics.jsonl"));
+  EXPECT_EQ(losses.size(), 4u);
+  EXPECT_EQ(losses, testing::LossTexts(Path("run-mpirun/metrics.jsonl")));
+}
+
+TEST_F(SlurmTest, MoreNoNodesThanExistIsRefusedBeforeSubmission) {
+  WriteJob("job.textproto", "run");
+  const std::string next = NextJobId();
+  RunResult r = Launch("--np 3 --wait");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord launch: error: tenant acme needs 3 ranks on nodes inside its residency "
+                        "(jurisdictions NO; sites: any), but inventory " +
+                        Path("inv.textproto") + " (nodes from Slurm: sinfo"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("has 2 allowed nodes with 2 slots in all: n1 (NO/osl1, 1 slot), n2 (NO/osl1, 1 slot)"));
+  EXPECT_THAT(r.output, HasSubstr("n3: jurisdiction SE is not allowed (allowed: NO)"));
+  EXPECT_THAT(r.output, Not(HasSubstr("submitted")));
+  EXPECT_EQ(NextJobId(), next);  // nothing reached slurmctld
+  EXPECT_FALSE(fs::exists(Path("run/launch")));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+  // Slurm alone would have refused it too, with its own words.
+  RunResult s =
+      Run("sbatch --constraint=jurisdiction_NO --nodes=3 --exclusive --output=/dev/null --wrap true");
+  EXPECT_NE(s.exit_code, 0) << s.output;
+  EXPECT_THAT(s.output, HasSubstr("Requested node configuration is not available"));
+}
+
+TEST_F(SlurmTest, RankStartedByHandOnAnSeNodeHitsTheRankGate) {
+  PrepAcme();
+  WriteJob("job.textproto", "run");
+  fs::create_directories(Path("run"));
+  RunResult r = Run("srun --nodelist=n3 --nodes=1 --ntasks=1 --mpi=pmix " + std::string(FJORD_BINARY) +
+                    " train " + Path("job.textproto"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("(Slurm node n3): residency gate: this node is in jurisdiction SE, site sto1 "
+                        "(node identity " +
+                        Path("ids/n3.textproto")));
+  EXPECT_THAT(r.output, HasSubstr("n3: task 0: Exited with exit code 1"));  // srun's own account of where
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditEvents(log), std::vector<std::string>{"refusal"});
+  EXPECT_THAT(AuditLines(log, "refusal")[0], HasSubstr("\"slurm_node\":\"n3\""));
+  EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
+}
+
+TEST_F(SlurmTest, TenantPartitionReplacesExclusive) {
+  PrepAcme();
+  WriteJob("job.textproto", "run");
+  WriteText(Path("inv.textproto"), "slurm { tenant { id: \"acme\" partition: \"acme\" } }\n");
+  RunResult r = Launch("--np 2 --wait --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string id = JobIdOf(r.output);
+  EXPECT_EQ(JobField(id, "Partition"), "acme");
+  EXPECT_NE(JobField(id, "OverSubscribe"), "NO");
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "slurm_submitted")[0],
+              HasSubstr("\"slurm_partition\":\"acme\",\"slurm_account\":\"\",\"slurm_exclusive\":false"));
+}
+
+TEST_F(SlurmTest, WaitReturnsTheJobsExitCode) {
+  PrepAcme();
+  WriteJob("job.textproto", "run", "no-such-data");
+  // The oracle: what `fjord train` exits with for this job when run directly on a NO node.
+  RunResult direct = Shell("FJORD_NODE_IDENTITY=" + Path("ids/n1.textproto") + " " + FJORD_BINARY +
+                           " train " + Path("job.textproto"));
+  ASSERT_NE(direct.exit_code, 0) << direct.output;
+  RunResult r = Launch("--np 2 --wait");
+  EXPECT_EQ(r.exit_code, direct.exit_code) << r.output;
+  const std::string id = JobIdOf(r.output);
+  EXPECT_EQ(JobField(id, "JobState"), "FAILED");
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "launch_exit")[0],
+              HasSubstr("\"slurm_state\":\"FAILED\",\"slurm_nodes\":[\"n1\",\"n2\"],\"exit_code\":" +
+                        std::to_string(direct.exit_code)));
+}
+
+}  // namespace
+}  // namespace fjord
