@@ -88,6 +88,9 @@ struct LaunchOptions {
   int per_node = 0;  // at most this many ranks per node; 0 = the node's slots
   bool dry_run = false;
   bool slurm = false;
+  // Node leases (launcher/lease.h, mpirun mode): -1 refuses when a planned node is leased by
+  // another job; 0 waits for it without limit (--wait-for-nodes); N > 0 waits up to N seconds.
+  int wait_for_nodes_s = -1;
   std::string mpirun = "mpirun";
   std::vector<std::string> train_flags;  // passed on to `fjord train` (--quiet, --json, --resume)
   std::string fjord_binary;              // "" = this executable
@@ -111,6 +114,7 @@ struct LaunchPlan {
   std::string job_file;     // launch_dir/job.textproto
   std::string sbatch_file;  // launch_dir/job.sbatch (kSbatch)
   std::string audit_log;
+  std::string lease_dir;  // the inventory's lease_dir (launcher/lease.h)
   std::vector<std::string> argv;  // the command (mpirun / srun); empty for kSbatch
   std::string hostfile_text;
   std::string sbatch_text;
@@ -128,19 +132,21 @@ std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options);
 
 // Runs the launch (or prints it with dry_run) and returns the process exit code: the job's exit
 // code (128 + signal if it was killed), 1 for a refusal or failure, 0 for a dry run or a written
-// sbatch script. Prints the plan on stdout and errors on stderr ("fjord launch: error: ...").
+// sbatch script. Without Slurm it holds a lease on every planned node while mpirun runs
+// (launcher/lease.h); a dry run only reports the current holders. Prints the plan on stdout and errors on stderr ("fjord launch: error: ...").
 int RunLaunch(const LaunchOptions& options);
 
 // ---- Command-line entry points (launcher/main.cc's command table) ------------------------------
 
 inline constexpr char kLaunchUsage[] =
     "fjord launch JOB.textproto --inventory INV.textproto --np N [--per-node K] [--set PATH=VALUE]... "
-    "[--dry-run] [--slurm] [--mpirun PATH] [--quiet | --json] [--resume]";
+    "[--dry-run] [--wait-for-nodes[=SECONDS]] [--slurm] [--mpirun PATH] [--quiet | --json] [--resume]";
 inline constexpr char kLaunchSummary[] =
     "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)";
 // Flags of `fjord launch` for main.cc's parser.
 const std::vector<std::string>& LaunchValueFlags();  // --inventory --np --per-node --set --mpirun
 const std::vector<std::string>& LaunchBoolFlags();   // --dry-run --slurm --quiet --json --resume
+const std::vector<std::string>& LaunchOptionalValueFlags();  // --wait-for-nodes[=SECONDS]
 
 // `fjord launch` from parsed arguments: positional (the job spec) and flags (each flag as written,
 // e.g. "--np" -> "2"; --set may repeat). Returns the exit code: 2 for bad arguments (with usage).

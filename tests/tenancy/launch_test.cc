@@ -164,7 +164,8 @@ class LaunchCliTest : public testing::TenancyTest {
  protected:
   void SetUp() override {
     TenancyTest::SetUp();
-    WriteText(Path("inv.textproto"), kInventory);
+    WriteText(Path("inv.textproto"), std::string(kInventory) + "lease_dir: \"" + Path("leases") + "\"\n");
+    fs::create_directories(Path("leases"));
     WriteText(Path("job.textproto"),
               "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
               "data { train: \"" +
@@ -228,7 +229,8 @@ TEST_F(LaunchCliTest, DryRunCommandIsWhatRunsAndTheJobsExitCodeIsLaunchs) {
             "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
   EXPECT_THAT(ReadText(Path("run/launch/job.textproto")), HasSubstr("id: \"acme\""));
   const std::string log = Path("run/audit.jsonl");
-  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"launch_plan", "launch_exit"}));
+  EXPECT_EQ(AuditEvents(log),
+            (std::vector<std::string>{"lease_acquired", "launch_plan", "lease_released", "launch_exit"}));
   const std::string plan = AuditLines(log, "launch_plan")[0];
   EXPECT_THAT(
       plan,
