@@ -33,6 +33,8 @@ const EnvVarDoc kEnvVars[] = {
                         "ties rank 0's audit records to launch's"},
     {"SLURM_JOB_ID", "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "
                      "writing an sbatch script"},
+    {"SLURM_CONF", "fjord launch --slurm: the slurm.conf Slurm's commands read; launch checks that it exists "
+                   "(sinfo would retry a missing one for a minute)"},
     {"SLURM_JOB_NODELIST", "fjord launch --slurm: the nodes of the current Slurm allocation (hostlist syntax)"},
     {nullptr, nullptr},
 };

@@ -17,6 +17,7 @@
 #include <set>
 
 #include "common/env.h"
+#include "launcher/lease.h"
 #include "launcher/slurm.h"
 #include "runtime/config.h"
 #include "runtime/file_util.h"
@@ -291,6 +292,12 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
                          "\" must be non-empty without spaces or , & | ( ) [ ] (labels are Slurm features)");
       }
     }
+  }
+  if (inv.has_lease_dir() && (inv.lease_dir().empty() || inv.lease_dir()[0] != '/')) {
+    errors.push_back(
+        FieldLocation(source, &tree, inv, "lease_dir") + ": lease_dir \"" + inv.lease_dir() +
+        "\" is not an absolute path: name the node lease directory every launch host mounts at the "
+        "same path");
   }
   std::set<std::string> tenants;
   for (int i = 0; i < inv.tenant_size(); ++i) {
@@ -685,6 +692,7 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     FJORD_ASSIGN_OR_RETURN(inventory_source, AddSlurmNodes(options, plan.slurm_partition, &inventory));
     plan.nodes_from_slurm = true;
   }
+  plan.lease_dir = inventory.lease_dir();
 
   const bool in_allocation = options.slurm && !options.slurm_job_id.empty();
   plan.mode = !options.slurm ? LaunchMode::kMpirun : in_allocation ? LaunchMode::kSrun : LaunchMode::kSbatch;
@@ -849,8 +857,18 @@ int RunLaunch(const LaunchOptions& options) {
   const LaunchPlan& plan = *planned;
   std::fputs(DescribePlan(plan, options).c_str(), stdout);
   if (options.dry_run) {
+    if (plan.mode == LaunchMode::kMpirun) std::fputs(DescribeLeases(plan).c_str(), stdout);
     std::printf("fjord launch: dry run: nothing was written or started\n");
     return 0;
+  }
+  const std::string launch_id = NewLaunchId();
+  // A node runs one job at a time: without Slurm, every planned node's lease is held while mpirun
+  // runs (launcher/lease.h). Nothing is written before they are all held.
+  std::unique_ptr<NodeLeases> leases;
+  if (plan.mode == LaunchMode::kMpirun) {
+    StatusOr<std::unique_ptr<NodeLeases>> held = LeaseNodesForLaunch(plan, options, launch_id);
+    if (!held.ok()) return fail(held.status());
+    leases = std::move(*held);
   }
 
   std::error_code ec;
@@ -866,7 +884,6 @@ int RunLaunch(const LaunchOptions& options) {
   }
   if (!s.ok()) return fail(s);
 
-  const std::string launch_id = NewLaunchId();
   ::setenv("FJORD_LAUNCH_ID", launch_id.c_str(), 1);
   StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(plan.audit_log, "launch@" + ThisHostname());
   if (!audit.ok()) return fail(audit.status());
@@ -895,6 +912,7 @@ int RunLaunch(const LaunchOptions& options) {
   if (plan.mode == LaunchMode::kSbatch) return SubmitToSlurm(plan, options, **audit);
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
   const int code = RunChild(plan.argv);
+  leases.reset();  // the job has ended: release its nodes (recorded as lease_released)
   StatusOr<std::string> end =
       (*audit)->Append("launch_exit", AuditRecord().Str("launch_id", launch_id).Int("exit_code", code));
   if (!end.ok()) {
@@ -917,6 +935,10 @@ const std::vector<std::string>& LaunchValueFlags() {
 const std::vector<std::string>& LaunchBoolFlags() {
   static const std::vector<std::string> flags = {"--dry-run", "--slurm", "--wait",
                                                  "--quiet",   "--json",  "--resume"};
+  return flags;
+}
+const std::vector<std::string>& LaunchOptionalValueFlags() {
+  static const std::vector<std::string> flags = {"--wait-for-nodes"};
   return flags;
 }
 
@@ -980,6 +1002,28 @@ int RunLaunchCommand(const std::vector<std::string>& positional,
         "runs mpirun and always waits for the job)\nusage: %s\n",
         kLaunchUsage);
     return 2;
+  }
+  if (flags.count("--wait-for-nodes")) {
+    const std::string w = Get(flags, "--wait-for-nodes");
+    if (options.slurm) {
+      std::fprintf(stderr,
+                   "fjord launch: error: --wait-for-nodes waits for node leases, which mpirun launches take; "
+                   "under --slurm, Slurm queues the job until its nodes are free\nusage: %s\n",
+                   kLaunchUsage);
+      return 2;
+    }
+    if (w.empty()) {
+      options.wait_for_nodes_s = 0;
+    } else if (!ParseCount("--wait-for-nodes", w, &options.wait_for_nodes_s) ||
+               options.wait_for_nodes_s < 1) {
+      if (options.wait_for_nodes_s == 0) {
+        std::fprintf(stderr,
+                     "fjord launch: error: --wait-for-nodes=%s: give the seconds to wait (1 or more), or "
+                     "--wait-for-nodes alone to wait without limit\nusage: %s\n",
+                     w.c_str(), kLaunchUsage);
+      }
+      return 2;
+    }
   }
   for (const char* f : {"--quiet", "--json", "--resume"}) {
     if (flags.count(f)) options.train_flags.push_back(f);

@@ -92,6 +92,9 @@ struct LaunchOptions {
   bool dry_run = false;
   bool slurm = false;
   bool wait = false;  // --slurm outside an allocation: follow the submitted job to its end
+  // Node leases (launcher/lease.h, mpirun mode): -1 refuses when a planned node is leased by
+  // another job; 0 waits for it without limit (--wait-for-nodes); N > 0 waits up to N seconds.
+  int wait_for_nodes_s = -1;
   std::string mpirun = "mpirun";
   std::string sbatch = "sbatch";
   std::vector<std::string> train_flags;  // passed on to `fjord train` (--quiet, --json, --resume)
@@ -116,6 +119,7 @@ struct LaunchPlan {
   std::string job_file;     // launch_dir/job.textproto
   std::string sbatch_file;  // launch_dir/job.sbatch (kSbatch)
   std::string audit_log;
+  std::string lease_dir;  // the inventory's lease_dir (launcher/lease.h)
   std::vector<std::string> argv;  // the command (mpirun / srun); empty for kSbatch
   std::string hostfile_text;
   std::string sbatch_text;
@@ -146,18 +150,22 @@ std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options);
 // submitted Slurm job ID" and appends slurm_submitted (job id, constraint, partition, account,
 // exclusive) to the audit log; with --wait, launch_exit adds the Slurm state and the nodes Slurm
 // ran the job on.
+// Without Slurm it holds a lease on every planned node while mpirun runs (launcher/lease.h); a
+// dry run only reports the current holders.
 int RunLaunch(const LaunchOptions& options);
 
 // ---- Command-line entry points (launcher/main.cc's command table) ------------------------------
 
 inline constexpr char kLaunchUsage[] =
     "fjord launch JOB.textproto --inventory INV.textproto --np N [--per-node K] [--set PATH=VALUE]... "
-    "[--dry-run] [--slurm [--wait] [--sbatch PATH]] [--mpirun PATH] [--quiet | --json] [--resume]";
+    "[--dry-run] [--wait-for-nodes[=SECONDS]] [--slurm [--wait] [--sbatch PATH]] [--mpirun PATH] [--quiet | --json] "
+    "[--resume]";
 inline constexpr char kLaunchSummary[] =
     "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)";
 // Flags of `fjord launch` for main.cc's parser.
 const std::vector<std::string>& LaunchValueFlags();  // --inventory --np --per-node --set --mpirun --sbatch
 const std::vector<std::string>& LaunchBoolFlags();   // --dry-run --slurm --wait --quiet --json --resume
+const std::vector<std::string>& LaunchOptionalValueFlags();  // --wait-for-nodes[=SECONDS]
 
 // `fjord launch` from parsed arguments: positional (the job spec) and flags (each flag as written,
 // e.g. "--np" -> "2"; --set may repeat). Returns the exit code: 2 for bad arguments (with usage).

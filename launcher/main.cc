@@ -32,6 +32,7 @@ struct Command {
   std::vector<std::string> value_flags;  // flags that take a value (--flag VALUE or --flag=VALUE)
   std::vector<std::string> bool_flags;
   int (*run)(const struct Args&);
+  std::vector<std::string> optional_value_flags = {};  // --flag or --flag=VALUE (never --flag VALUE)
 };
 
 struct Args {
@@ -258,7 +259,7 @@ const std::vector<Command>& Commands() {
        {"--input", "--out", "--val-fraction", "--tokenizer", "--vocab", "--tenant", "--jurisdiction", "--site"}, {},
        RunPrep},
       {"launch", kLaunchUsage, kLaunchSummary, LaunchValueFlags(), LaunchBoolFlags(),
-       [](const Args& a) { return RunLaunchCommand(a.positional, a.flags); }},
+       [](const Args& a) { return RunLaunchCommand(a.positional, a.flags); }, LaunchOptionalValueFlags()},
       {"audit", kAuditUsage, kAuditSummary, {}, {}, [](const Args& a) { return RunAuditCommand(a.positional, a.flags); }},
       {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N] [--key FILE] [--audit-log FILE]",
        "print a checkpoint's mean loss on token shards as JSON; --key reads a sealed checkpoint",
@@ -338,8 +339,10 @@ int Main(int argc, char** argv) {
         value = argv[++i];
       }
       args.flags.emplace(a, value);
-    } else if (std::find(bf.begin(), bf.end(), a) != bf.end() && !has_value) {
-      args.flags.emplace(a, "");
+    } else if ((std::find(bf.begin(), bf.end(), a) != bf.end() && !has_value) ||
+               std::find(command->optional_value_flags.begin(), command->optional_value_flags.end(), a) !=
+                   command->optional_value_flags.end()) {
+      args.flags.emplace(a, value);
     } else {
       std::fprintf(stderr, "fjord %s: error: unknown option '%s'\nusage: %s\n", command->name, argv[i],
                    command->usage);

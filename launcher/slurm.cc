@@ -12,9 +12,11 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
+#include "common/env.h"
 #include "launcher/launch.h"
 #include "runtime/tenancy.h"
 
@@ -135,6 +137,12 @@ StatusOr<std::vector<proto::InventoryNode>> ParseSinfoNodes(std::string_view tex
 
 StatusOr<std::vector<proto::InventoryNode>> SlurmNodes(const std::string& partition, int slots) {
   const std::vector<std::string> argv = SinfoCommand(partition);
+  // Slurm's commands retry a missing configuration file for a minute before they give up.
+  if (const std::optional<std::string> conf = GetEnv("SLURM_CONF"); conf && access(conf->c_str(), R_OK) != 0) {
+    return FailedPrecondition("cannot list Slurm's nodes: SLURM_CONF names " + *conf + ", which cannot be read (" +
+                              std::strerror(errno) +
+                              "). Set SLURM_CONF to the cluster's slurm.conf, or unset it to use Slurm's default");
+  }
   CommandOutput r = RunCaptured(argv);
   if (r.exit_code != 0) {
     return FailedPrecondition("cannot list Slurm's nodes: `" + CommandLine(argv) + "` exited with " +

@@ -16,7 +16,8 @@
 #   netns-cluster.sh down STATE                 remove everything `up` made (idempotent)
 #
 # STATE is a directory this script owns: hosts (name address jurisdiction site), per-host identity
-# files, the rsh agent, inventory.textproto (the cluster as an operator would declare it) and env
+# files, the rsh agent, inventory.textproto (the cluster as an operator would declare it, with its
+# node lease directory STATE/leases) and env
 # (the Open MPI settings mpirun needs here). `up` removes what it made if it fails half-way. Needs
 # root (CAP_NET_ADMIN, CAP_SYS_ADMIN); `check` says so plainly where they are missing.
 set -euo pipefail
@@ -58,7 +59,7 @@ cmd_down() {
     ip netns del "$ns" 2>/dev/null || true
   done
   rm -rf "${state:?}/hosts" "$state/agent" "$state/exec-host" "$state/env" "$state/inventory.textproto" \
-    "$state/ready" "$state/prefix" "$state/skip-reason"
+    "$state/ready" "$state/prefix" "$state/skip-reason" "$state/leases"
 }
 
 cmd_up() {
@@ -158,11 +159,13 @@ EOF
   {
     echo "# Inventory of the netns test cluster in $state (scripts/netns-cluster.sh)."
     echo "interface: \"eth0\""
+    echo "lease_dir: \"$state/leases\"  # node leases of fjord launch (launcher/lease.h)"
     while read -r name addr jur site; do
       [[ $name == head ]] && continue
       echo "node { hostname: \"$name\" address: \"$addr\" jurisdiction: \"$jur\" site: \"$site\" slots: 1 }"
     done <"$state/hosts/table"
   } >"$state/inventory.textproto"
+  mkdir -p "$state/leases"
   touch "$state/ready"
   trap - EXIT
   echo "netns-cluster: up in $state ($(grep -vc '^head ' "$state/hosts/table") hosts + head, prefix $prefix)"

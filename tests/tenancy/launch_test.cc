@@ -246,7 +246,8 @@ class LaunchCliTest : public testing::TenancyTest {
  protected:
   void SetUp() override {
     TenancyTest::SetUp();
-    WriteText(Path("inv.textproto"), kInventory);
+    WriteText(Path("inv.textproto"), std::string(kInventory) + "lease_dir: \"" + Path("leases") + "\"\n");
+    fs::create_directories(Path("leases"));
     WriteText(Path("job.textproto"),
               "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
               "data { train: \"" +
@@ -310,7 +311,8 @@ TEST_F(LaunchCliTest, DryRunCommandIsWhatRunsAndTheJobsExitCodeIsLaunchs) {
             "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
   EXPECT_THAT(ReadText(Path("run/launch/job.textproto")), HasSubstr("id: \"acme\""));
   const std::string log = Path("run/audit.jsonl");
-  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"launch_plan", "launch_exit"}));
+  EXPECT_EQ(AuditEvents(log),
+            (std::vector<std::string>{"lease_acquired", "launch_plan", "lease_released", "launch_exit"}));
   const std::string plan = AuditLines(log, "launch_plan")[0];
   EXPECT_THAT(
       plan,
@@ -412,14 +414,26 @@ TEST_F(LaunchCliTest, SbatchAnswerWithoutAJobIdIsAnError) {
 
 TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
   WriteText(Path("inv.textproto"), "slurm { }\n");
+  // A configuration whose controller listens nowhere (port 1): sinfo fails at once.
+  WriteText(Path("unreachable.conf"),
+            "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=1\nMessageTimeout=2\n"
+            "NodeName=n1 CPUs=1\nPartitionName=p Nodes=n1\n");
   testing::RunResult r =
-      Launch("--np 2 --slurm --dry-run", "-u SLURM_JOB_ID SLURM_CONF=" + Path("no-such-slurm.conf"));
+      Launch("--np 2 --slurm --dry-run", "-u SLURM_JOB_ID SLURM_CONF=" + Path("unreachable.conf"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  // sinfo exits non-zero without a configuration, or cannot be run at all where Slurm is not installed.
+  // sinfo exits non-zero, or cannot be run at all where Slurm is not installed.
   EXPECT_THAT(r.output, HasSubstr("fjord launch: error: cannot list Slurm's nodes: `sinfo --noheader --Node "
                                   "'--format=%N|%f|%t'` exited with "));
   EXPECT_THAT(r.output,
               HasSubstr("Check that Slurm's commands are installed and SLURM_CONF names the cluster"));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+
+  // A SLURM_CONF that does not exist is named before sinfo runs (it would retry for a minute).
+  fs::remove_all(Path("run"));
+  r = Launch("--np 2 --slurm --dry-run", "-u SLURM_JOB_ID SLURM_CONF=" + Path("no-such-slurm.conf"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("SLURM_CONF names " + Path("no-such-slurm.conf") +
+                                  ", which cannot be read (No such file or directory)"));
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
 }
 

@@ -174,7 +174,9 @@ TEST_F(NetnsTest, LaunchPutsRanksOnlyOnNoHostsDriver) {
   EXPECT_THAT(r.output, Not(HasSubstr(" on se")));
   EXPECT_EQ(RankHosts(), (std::set<std::string>{"no1", "no2"}));
   const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
-  EXPECT_EQ(events.front(), "launch_plan");
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events[0], "lease_acquired");
+  EXPECT_EQ(events[1], "launch_plan");
   EXPECT_EQ(events.back(), "launch_exit");
   EXPECT_EQ(Count(events, "rank_identity"), 2);
   EXPECT_EQ(Count(events, "test_override"), 1);
@@ -315,6 +317,119 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   EXPECT_LT(seconds, 5.0 + 5.0) << out;
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + Path("run") + "|[j]ob.textproto'").output, "");
+}
+
+// ---- Node leases: two tenants launched at once never share a node (launcher/lease.h) ------------
+
+class NetnsLeaseTest : public NetnsTest {
+ protected:
+  // Tenant TENANT (allowed NO) with its own data, prepared on no1, and a job using both NO hosts.
+  void PrepTenant(const std::string& tenant) {
+    std::string text;
+    for (int i = 0; i < 300; ++i)
+      text += tenant + " keeps its data at home, line " + std::to_string(i) + "\n";
+    WriteText(Path(tenant + "/input.txt"), text);
+    RunResult r =
+        On("no1", std::string(FJORD_BINARY) + " prep --input " + Path(tenant + "/input.txt") + " --out " +
+                      Path(tenant + "/data") + " --tenant " + tenant + " --jurisdiction NO");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    WriteText(Path(tenant + "/job.textproto"),
+              "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+              "train { micro_batch: 2 steps: 4 lr: 1e-3 log_every: 1 }\n"
+              "data { train: \"" +
+                  Path(tenant + "/data/train_*.bin") +
+                  "\" }\n"
+                  "run_dir: \"" +
+                  Path(tenant + "/run") +
+                  "\"\n"
+                  "tenant { id: \"" +
+                  tenant + "\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+  }
+  // Both tenants' launches started at the same moment from the head; results in tenant order.
+  // Rank 0 of each sleeps 2 s in step 1 (a test hook), so each job holds its nodes for seconds.
+  std::vector<RunResult> LaunchBothAtOnce(const std::string& flags) {
+    std::vector<RunResult> results(2);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 2; ++i) {
+      threads.emplace_back([&, i] {
+        results[i] = On("head", "FJORD_TEST_HOOK=sleep_in_step=0:1:2 " + std::string(FJORD_BINARY) +
+                                    " launch " + Path(kTenants[i] + "/job.textproto") + " --inventory " +
+                                    Inventory() + " --np 2 --quiet " + flags);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    return results;
+  }
+  std::string Log(int i) const { return Path(kTenants[i] + "/run/audit.jsonl"); }
+  // The "time" of the only `event` record of tenant i's audit log.
+  std::string TimeOf(int i, const std::string& event) {
+    const std::vector<std::string> lines = AuditLines(Log(i), event);
+    EXPECT_EQ(lines.size(), 1u) << event << " in " << Log(i);
+    if (lines.size() != 1) return "";
+    const size_t at = lines[0].find("\"time\":\"") + 8;
+    return lines[0].substr(at, lines[0].find('"', at) - at);
+  }
+  std::set<std::string> HostsOf(int i) {
+    std::set<std::string> hosts;
+    for (const std::string& line : AuditLines(Log(i), "rank_identity")) {
+      const size_t at = line.find("\"host\":\"") + 8;
+      hosts.insert(line.substr(at, line.find('"', at) - at));
+    }
+    return hosts;
+  }
+  const std::string kTenants[2] = {"acme", "globex"};
+};
+
+TEST_F(NetnsLeaseTest, TwoTenantsLaunchedAtOnceOneIsRefusedAndStartsNothingCli) {
+  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
+  PrepTenant("acme");
+  PrepTenant("globex");
+  const std::vector<RunResult> r = LaunchBothAtOnce("");
+  ASSERT_EQ((r[0].exit_code == 0) + (r[1].exit_code == 0), 1) << r[0].output << "\n----\n" << r[1].output;
+  const int won = r[0].exit_code == 0 ? 0 : 1, lost = 1 - won;
+  EXPECT_EQ(r[lost].exit_code, 1) << r[lost].output;
+  // Sorted order: the loser stopped at the first node, no1, naming who holds it and what to do.
+  EXPECT_THAT(r[lost].output,
+              HasSubstr("fjord launch: error: node no1 is leased by tenant " + kTenants[won]));
+  EXPECT_THAT(r[lost].output, HasSubstr("Wait for it with --wait-for-nodes[=SECONDS]"));
+  EXPECT_EQ(AuditEvents(Log(lost)), std::vector<std::string>{"lease_refused"});
+  EXPECT_FALSE(fs::exists(Path(kTenants[lost] + "/run/launch")));
+  EXPECT_EQ(HostsOf(won), (std::set<std::string>{"no1", "no2"}));
+  EXPECT_EQ(Count(AuditEvents(Log(won)), "job_end"), 1);
+  for (const char* host : {"no1", "no2"})
+    EXPECT_EQ(ReadText(Cluster::state_ + "/leases/" + host + ".lease"), "");
+}
+
+TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
+  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
+  PrepTenant("acme");
+  PrepTenant("globex");
+  const std::vector<RunResult> r = LaunchBothAtOnce("--wait-for-nodes=60");
+  ASSERT_EQ(r[0].exit_code, 0) << r[0].output;
+  ASSERT_EQ(r[1].exit_code, 0) << r[1].output;
+  // Both ran on both NO hosts: had they overlapped, they would have shared a node.
+  EXPECT_EQ(HostsOf(0), (std::set<std::string>{"no1", "no2"}));
+  EXPECT_EQ(HostsOf(1), (std::set<std::string>{"no1", "no2"}));
+  // Exactly one waited, for the other tenant; it printed so once.
+  const int waited = Count(AuditEvents(Log(0)), "lease_waiting") == 1 ? 0 : 1, first = 1 - waited;
+  ASSERT_EQ(Count(AuditEvents(Log(waited)), "lease_waiting"), 1) << r[0].output << "\n----\n" << r[1].output;
+  EXPECT_EQ(Count(AuditEvents(Log(first)), "lease_waiting"), 0);
+  EXPECT_THAT(AuditLines(Log(waited), "lease_waiting")[0],
+              HasSubstr("\"holder\":{\"tenant\":\"" + kTenants[first] + "\""));
+  EXPECT_THAT(r[waited].output, HasSubstr("waiting for node no1: leased by tenant " + kTenants[first]));
+  // One after the other: the first released its nodes before the second acquired them, and each
+  // job's ranks started and ended inside its own lease (the audit log is in order of time).
+  EXPECT_LE(TimeOf(first, "lease_released"), TimeOf(waited, "lease_acquired"));
+  for (int i : {first, waited}) {
+    const std::vector<std::string> events = AuditEvents(Log(i));
+    const auto at = [&](const char* e) {
+      return std::find(events.begin(), events.end(), e) - events.begin();
+    };
+    EXPECT_LT(at("lease_acquired"), at("job_start"));
+    EXPECT_LT(at("job_end"), at("lease_released"));
+    EXPECT_TRUE(VerifyAuditLog(Log(i))->ok);
+  }
+  EXPECT_LE(TimeOf(first, "job_end"), TimeOf(waited, "job_start"));
 }
 
 }  // namespace
