@@ -765,6 +765,9 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
         .Bool("override", gate.node.overridden)
         .Bool("allowed", true);
   }
+  // Test hooks (FJORD_TEST_HOOK) change what a rank does; each rank's are recorded with its check.
+  const std::optional<std::string> hooks = GetEnv("FJORD_TEST_HOOK");
+  if (hooks) mine.Str("test_hook", Clip(*hooks, 96));
   std::string slot = mine.text();
   slot[0] = '{';  // the fields start with ','
   slot += '}';
@@ -780,6 +783,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   std::vector<std::string> records;
   std::vector<std::string> differing;
   std::vector<std::pair<int, std::string>> overrides;
+  std::string hook_list;  // [{"rank":R,"value":"..."}] of the ranks with FJORD_TEST_HOOK set
   for (int r = 0; r < world; ++r) {
     std::string rec(all.data() + static_cast<size_t>(r) * kIdentityRecordBytes, kIdentityRecordBytes);
     rec.resize(std::strlen(rec.c_str()));
@@ -794,6 +798,10 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     if (o != nullptr && o->bool_value()) {
       const JsonValue* f = json->Find("identity_file");
       overrides.emplace_back(r, f ? f->text() : "");
+    }
+    if (const JsonValue* th = json->Find("test_hook")) {
+      hook_list += std::string(hook_list.empty() ? "[" : ",") + "{\"rank\":" + std::to_string(r) +
+                   ",\"value\":" + JsonQuote(th->text()) + "}";
     }
     records.push_back(std::move(rec));
   }
@@ -841,6 +849,16 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
                                                                    "/etc/fjord/node.textproto")
                                                               .Raw("ranks", list))
                                 .status());
+    }
+    if (!hook_list.empty()) {
+      FJORD_RETURN_IF_ERROR(
+          t->audit_
+              ->Append("test_override",
+                       AuditRecord()
+                           .Str("variable", "FJORD_TEST_HOOK")
+                           .Str("note", "test hooks were active: faults, delays or signals injected for a test")
+                           .Raw("ranks", hook_list + "]"))
+              .status());
     }
   }
   if (!differing.empty()) {

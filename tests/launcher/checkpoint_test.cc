@@ -73,6 +73,20 @@ TEST_F(CheckpointTest, PreemptedAndResumedRunIsBitIdentical) {
   EXPECT_THAT(r.output, ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 15 \\([^)]*\\) during step 10; "
                                                  "no collective in flight"));
   ASSERT_EQ(LossTexts(P("resumed/metrics.jsonl")).size(), 10u);
+  // The hook is in the audit log (rank 0's record of every rank's hooks); the run without one has none.
+  auto hook_records = [&](const std::string& run) {
+    std::ifstream in(P(run + "/audit.jsonl"));
+    std::vector<std::string> found;
+    for (std::string line; std::getline(in, line);) {
+      if (line.find("\"test_override\"") != std::string::npos && line.find("FJORD_TEST_HOOK") != std::string::npos)
+        found.push_back(line);
+    }
+    return found;
+  };
+  const std::vector<std::string> hooked = hook_records("resumed");
+  ASSERT_EQ(hooked.size(), 1u);
+  EXPECT_THAT(hooked[0], HasSubstr("{\"rank\":0,\"value\":\"signal_after_step=10\"}"));
+  EXPECT_TRUE(hook_records("straight").empty());
   r = RunFjord(Train("resumed", "--resume"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(LossTexts(P("resumed/metrics.jsonl")), straight);
