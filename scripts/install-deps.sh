@@ -2,9 +2,11 @@
 # Installs the Debian packages fjord builds and tests with, when missing. Idempotent; prints
 # nothing when everything is already there. CUDA (nvcc, cuBLAS, NCCL) is not a Debian package
 # here: it is used when present (see FJORD_CUDA in CMakeLists.txt).
+# python3-numpy runs the independent Python readers and the HF GPT-2 oracle of tests/interop/
+# (those tests skip without it).
 set -euo pipefail
 packages=(cmake g++ make pkg-config libprotobuf-dev protobuf-compiler libopenblas-dev libgtest-dev
-          openmpi-bin libopenmpi-dev libssl-dev python3 ccache slurm-wlm munge)
+          openmpi-bin libopenmpi-dev libssl-dev python3 python3-numpy ccache slurm-wlm munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
