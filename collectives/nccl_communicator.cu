@@ -600,6 +600,12 @@ StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions
   return std::unique_ptr<Communicator>(std::move(comm));
 }
 
+StatusOr<CUstream_st*> NcclStream(Communicator& nccl) {
+  auto* comm = dynamic_cast<NcclCommunicator*>(&nccl);
+  if (comm == nullptr) return InvalidArgument(std::string("NcclStream needs the nccl backend, not ") + nccl.backend());
+  return comm->stream();
+}
+
 StatusOr<std::unique_ptr<BenchMemory>> CreateNcclBenchMemory(Communicator& nccl) {
   auto* comm = dynamic_cast<NcclCommunicator*>(&nccl);
   if (comm == nullptr) {

@@ -28,6 +28,8 @@
 #include "collectives/communicator.h"
 #include "common/status.h"
 
+struct CUstream_st;
+
 namespace fjord {
 
 class BenchMemory;
@@ -40,5 +42,10 @@ StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions
 // Device buffers on `nccl`'s GPU, copies and CUDA-event timing on its stream, for fjord bench
 // (collectives/bench.h). InvalidArgument when `nccl` was not made by CreateNcclCommunicator.
 StatusOr<std::unique_ptr<BenchMemory>> CreateNcclBenchMemory(Communicator& nccl);
+
+// The CUDA stream (a cudaStream_t) `nccl` enqueues its operations on, so that a caller can order
+// them after its own work (cudaStreamWaitEvent) before issuing them. InvalidArgument when `nccl`
+// was not made by CreateNcclCommunicator.
+StatusOr<CUstream_st*> NcclStream(Communicator& nccl);
 
 }  // namespace fjord

@@ -107,7 +107,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
     std::vector<std::pair<const void*, size_t>> pieces;
   };
   const File files[] = {
-      {"model.bin", {{header.data(), header_bytes}, {model.params(), param_bytes}}},
+      {"model.bin", {{header.data(), header_bytes}, {model.host_params(), param_bytes}}},
       {"optimizer.bin", {{header.data(), header_bytes}, {adam_m, param_bytes}, {adam_v, param_bytes}}},
       {"job.textproto", {{job_text.data(), job_text.size()}}},
   };
@@ -323,9 +323,10 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const Checkpoin
                                 " in the checkpoint but " + std::to_string(expected[f]) + " in the model");
     }
   }
-  in.read(reinterpret_cast<char*>(model.params()), static_cast<std::streamsize>(model.num_params() * sizeof(float)));
+  in.read(reinterpret_cast<char*>(model.host_params()), static_cast<std::streamsize>(model.num_params() * sizeof(float)));
   if (!in) return DataLoss(path + ": file ends before all " + std::to_string(model.num_params()) +
                            " parameters were read (truncated checkpoint)");
+  model.SyncParamsToDevice();
   return OkStatus();
 }
 

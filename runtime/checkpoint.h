@@ -38,7 +38,8 @@ struct CheckpointState {
 };
 
 // Writes the checkpoint of `model` into `checkpoints_dir`/step_NNNNNN (state.step) and returns
-// that path. adam_m and adam_v hold the AdamW moments of all num_params() parameters.
+// that path. adam_m and adam_v hold the AdamW moments of all num_params() parameters (host
+// memory). The weights come from model.host_params(): on a CUDA device, SyncParamsToHost() first.
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const CheckpointState& state,
                                      const proto::JobSpec& job, const Gpt& model, const float* adam_m,
                                      const float* adam_v, const CheckpointSeal* seal = nullptr);
@@ -68,8 +69,9 @@ StatusOr<std::string> ResolveCheckpointDir(const std::string& path);
 // Reads job.textproto of a checkpoint (validated like any job spec).
 StatusOr<proto::JobSpec> LoadCheckpointJob(const std::string& dir);
 
-// Loads the weights of the checkpoint in `dir` into `model`, whose config must match the
-// header; a mismatch or a short file is refused naming the file and the field.
+// Loads the weights of the checkpoint in `dir` into `model` (its host view, then uploaded to its
+// device), whose config must match the header; a mismatch or a short file is refused naming the
+// file and the field.
 // With `seal` (from Tenancy::CheckCheckpoint), sealed files are decrypted and authenticated.
 Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal = nullptr);
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common/check.h"
+#include "runtime/device.h"
 
 namespace fjord {
 
@@ -150,16 +151,73 @@ size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
   return (2 * params + acts + dacts) * sizeof(float);
 }
 
+size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple) {
+  std::vector<size_t> offsets;
+  auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &offsets);
+  const size_t n = ParamLayout(config).num_params();
+  const size_t padded = (n + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  const size_t tokens = static_cast<size_t>(max_batch) * max_seq * sizeof(int32_t);
+  return 2 * Arena::Rounded(padded * sizeof(float)) + Arena::Rounded(acts * sizeof(float)) +
+         Arena::Rounded(dacts * sizeof(float)) + 2 * Arena::Rounded(tokens) + Arena::Rounded(sizeof(float));
+}
+
 Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)
-    : config_(config), layout_(config), ops_(ops), max_batch_(max_batch), max_seq_(max_seq) {
+    : config_(config),
+      layout_(config),
+      device_(CpuDevice()),
+      ops_(ops),
+      ctx_(CpuDevice().context()),
+      max_batch_(max_batch),
+      max_seq_(max_seq) {
   FJORD_CHECK(max_seq <= config.max_seq_len, "sequence longer than the model's positions");
-  auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &act_offsets_);
-  const size_t padded = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
-  params_ = HostBuffer(padded);
-  grads_ = HostBuffer(padded);
-  acts_ = HostBuffer(acts);
-  dacts_ = HostBuffer(dacts);
-  tokens_.resize(static_cast<size_t>(max_batch) * max_seq);
+  StatusOr<std::unique_ptr<Arena>> arena =
+      Arena::Create(device_, ArenaBytes(config, max_batch, max_seq, buffer_multiple), "model");
+  FJORD_CHECK(arena.ok(), arena.status().message());
+  own_arena_ = std::move(arena).value();
+  Allocate(*own_arena_, buffer_multiple);
+}
+
+Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, Arena& arena, size_t buffer_multiple)
+    : config_(config),
+      layout_(config),
+      device_(arena.device()),
+      ops_(arena.device().ops()),
+      ctx_(arena.device().context()),
+      max_batch_(max_batch),
+      max_seq_(max_seq) {
+  FJORD_CHECK(max_seq <= config.max_seq_len, "sequence longer than the model's positions");
+  Allocate(arena, buffer_multiple);
+}
+
+Gpt::~Gpt() = default;
+
+void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
+  auto [acts, dacts] = ActOffsets(config_, max_batch_, max_seq_, &act_offsets_);
+  buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
+  params_ = arena.Floats(buffer_size_);
+  grads_ = arena.Floats(buffer_size_);
+  acts_ = arena.Floats(acts);
+  dacts_ = arena.Floats(dacts);
+  dacts_size_ = dacts;
+  tokens_ = arena.Ints(tokens);
+  targets_ = arena.Ints(tokens);
+  scratch_ = arena.Floats(1);
+  if (device_.is_cuda()) {
+    host_params_ = HostBuffer(buffer_size_);
+    host_losses_.resize(tokens);
+  }
+}
+
+float* Gpt::host_params() { return device_.is_cuda() ? host_params_.data() : params_; }
+const float* Gpt::host_params() const { return device_.is_cuda() ? host_params_.data() : params_; }
+
+void Gpt::SyncParamsToHost() {
+  if (device_.is_cuda()) device_.Download(host_params_.data(), params_, buffer_size_ * sizeof(float));
+}
+
+void Gpt::SyncParamsToDevice() {
+  if (device_.is_cuda()) device_.Upload(params_, host_params_.data(), buffer_size_ * sizeof(float));
 }
 
 #define FJORD_LAYER_ACT(id, l) (act_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])
@@ -169,7 +227,7 @@ void Gpt::InitGpt2(uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const float residual_scale = 1.0f / std::sqrt(2.0f * config_.n_layer);
-  float* p = params_.data();
+  float* p = host_params();
   std::memset(p, 0, num_params() * sizeof(float));
   for (const ParamTensor& t : layout_.tensors()) {
     const bool is_ln_weight = t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight");
@@ -185,6 +243,7 @@ void Gpt::InitGpt2(uint64_t seed) {
       for (size_t i = 0; i < n; ++i) p[t.offset + i] = std * normal(rng);
     }
   }
+  SyncParamsToDevice();
 }
 
 float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, float dloss_scale) {
@@ -194,9 +253,10 @@ float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
   T_ = T;
   const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab;
   const size_t BT = static_cast<size_t>(B) * T;
-  std::memcpy(tokens_.data(), tokens, BT * sizeof(int32_t));
+  device_.Upload(tokens_, tokens, BT * sizeof(int32_t));
+  if (targets != nullptr) device_.Upload(targets_, targets, BT * sizeof(int32_t));
 
-  ops_.encoder_forward(ctx_, A(FJORD_GLOBAL_ACT(kEncoded)), tokens, P(layout_.wte()), P(layout_.wpe()), B, T, C);
+  ops_.encoder_forward(ctx_, A(FJORD_GLOBAL_ACT(kEncoded)), tokens_, P(layout_.wte()), P(layout_.wpe()), B, T, C);
   float* residual = A(FJORD_GLOBAL_ACT(kEncoded));
   for (int l = 0; l < config_.n_layer; ++l) {
     const ParamLayout::Layer& w = layout_.layer(l);
@@ -234,9 +294,13 @@ float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
 
   float* losses = A(FJORD_GLOBAL_ACT(kLosses));
   const int write_dlogits = dloss_scale > 0.0f ? 1 : 0;
-  ops_.fused_classifier(ctx_, logits, losses, targets, BT, V, Vp, dloss_scale / static_cast<float>(BT),
+  ops_.fused_classifier(ctx_, logits, losses, targets_, BT, V, Vp, dloss_scale / static_cast<float>(BT),
                         write_dlogits);
   has_dlogits_ = write_dlogits != 0;
+  if (device_.is_cuda()) {
+    device_.Download(host_losses_.data(), losses, BT * sizeof(float));
+    losses = host_losses_.data();
+  }
   double sum = 0.0;
   for (size_t i = 0; i < BT; ++i) sum += losses[i];
   return static_cast<float>(sum / static_cast<double>(BT));
@@ -248,7 +312,7 @@ void Gpt::Backward(const GradReadyFn& on_ready) {
   const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab;
   const size_t BT = static_cast<size_t>(B) * T;
   // Activation gradients accumulate (ops' contract), so they start from zero each pass.
-  ops_.fill_zero(ctx_, dacts_.data(), dacts_.size());
+  ops_.fill_zero(ctx_, dacts_, dacts_size_);
 
   const float* dlogits = A(FJORD_GLOBAL_ACT(kLogits));
   float* dlnf = G(FJORD_GLOBAL_ACT(kLnf));
@@ -295,21 +359,24 @@ void Gpt::Backward(const GradReadyFn& on_ready) {
                             A(FJORD_LAYER_ACT(kLn1Mean, l)), A(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
     if (on_ready) on_ready(w.begin, w.end);
   }
-  ops_.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G(FJORD_GLOBAL_ACT(kEncoded)), tokens_.data(), B,
+  ops_.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B,
                         T, C);
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }
 
-void Gpt::ZeroGrads() { ops_.fill_zero(ctx_, grads_.data(), grads_.size()); }
+void Gpt::ZeroGrads() { ops_.fill_zero(ctx_, grads_, buffer_size_); }
 
-float Gpt::GradSumSquares() {
+float Gpt::GradSumSquares() { return SumSquares(grads_, buffer_size_); }
+
+float Gpt::SumSquares(const float* x, size_t n) {
+  ops_.sum_squares(ctx_, scratch_, x, n);
   float out = 0.0f;
-  ops_.sum_squares(ctx_, &out, grads_.data(), grads_.size());
+  device_.Download(&out, scratch_, sizeof(float));
   return out;
 }
 
 const float* Gpt::Logits() const {
-  return acts_.data() + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + kLogits];
+  return acts_ + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + kLogits];
 }
 
 }  // namespace fjord

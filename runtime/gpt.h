@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,9 @@
 #include "proto/job.pb.h"
 
 namespace fjord {
+
+class Arena;
+class Device;
 
 struct GptConfig {
   int n_layer = 0;
@@ -99,69 +103,104 @@ using GradReadyFn = std::function<void(size_t begin, size_t end)>;
 // The model with its parameters, gradients and activations for batches of up to max_batch
 // sequences of up to max_seq tokens. The optimizer state lives in AdamW (runtime/optimizer.h),
 // so it can be sharded. Not thread-safe; one instance per rank.
+//
+// Memory: every buffer lives on one Device (runtime/device.h), carved from an Arena: params(),
+// grads() and Logits() are device pointers on a CUDA device and host pointers on the CPU.
+// host_params() is a host view of the parameters: the parameters themselves on the CPU, a
+// mirror on CUDA that SyncParamsToHost() fills and SyncParamsToDevice() uploads (checkpoints,
+// initialisation, import and export go through it).
 class Gpt {
  public:
-  // Allocates everything up front; the byte count is available from MemoryBytes(). The
+  // On the CPU device with an arena of its own: `ops` must be a host backend (CpuOps()). The
   // parameter and gradient buffers hold buffer_size() floats: num_params() rounded up to a
   // multiple of `buffer_multiple` (zero padding), so they split into equal shards.
   Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple = 1);
+  // On arena.device(), taking ArenaBytes(config, max_batch, max_seq, buffer_multiple) from
+  // `arena`, which must outlive the model.
+  Gpt(const GptConfig& config, int max_batch, int max_seq, Arena& arena, size_t buffer_multiple = 1);
+  ~Gpt();
 
   // Bytes this model allocates for (config, max_batch, max_seq): parameters, gradients and
   // activations with their gradients. Static so a job can be refused before allocation.
   static size_t MemoryBytes(const GptConfig& config, int max_batch, int max_seq);
+  // Arena bytes the second constructor takes (MemoryBytes, padding and alignment, tokens,
+  // targets and scratch).
+  static size_t ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple);
 
   // GPT-2 initialisation from `seed`: N(0, 0.02) for matrices and embeddings, residual
   // projections scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm weights; padded
-  // vocabulary rows zero.
+  // vocabulary rows zero. The same values on every device (drawn on the host, then uploaded).
   void InitGpt2(uint64_t seed);
 
-  // Runs the model on tokens[B*T] (B <= max_batch, T <= max_seq). With targets[B*T] it returns
-  // the mean cross-entropy and, when dloss_scale > 0, leaves the loss gradient (scaled by
+  // Runs the model on host tokens[B*T] (B <= max_batch, T <= max_seq). With host targets[B*T] it
+  // returns the mean cross-entropy and, when dloss_scale > 0, leaves the loss gradient (scaled by
   // dloss_scale / (B*T) per position) ready for Backward. Without targets it returns 0 and
-  // leaves logits for Logits().
+  // leaves logits for Logits(). Waits for the device (the loss is read back).
   float Forward(const int32_t* tokens, const int32_t* targets, int B, int T, float dloss_scale);
 
   // Accumulates parameter gradients of the last Forward (which must have had targets and
-  // dloss_scale > 0) into grads(). Calls on_ready, if set, as layers complete.
+  // dloss_scale > 0) into grads(). Calls on_ready, if set, as layers complete; on a CUDA device
+  // the kernels that write that range have been enqueued on the compute stream, not finished
+  // (Device::OrderAfterCompute / StageToHost order a consumer after them).
   void Backward(const GradReadyFn& on_ready = nullptr);
 
   // Sets every parameter gradient to zero (start of an accumulation).
   void ZeroGrads();
 
-  // Sum of squares of all parameter gradients.
+  // Sum of squares of all parameter gradients, and of n values at x (backend memory).
   float GradSumSquares();
+  float SumSquares(const float* x, size_t n);
 
-  // Logits [B, T, padded_vocab] of the last Forward without targets.
+  // Logits [B, T, padded_vocab] of the last Forward without targets (backend memory).
   const float* Logits() const;
+
+  // Host view of the parameters (see the class comment) and its synchronisation; both calls do
+  // nothing on the CPU.
+  float* host_params();
+  const float* host_params() const;
+  void SyncParamsToHost();
+  void SyncParamsToDevice();
 
   const GptConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   size_t num_params() const { return layout_.num_params(); }
-  size_t buffer_size() const { return params_.size(); }
+  size_t buffer_size() const { return buffer_size_; }
+  Device& device() const { return device_; }
   const Ops& ops() const { return ops_; }
-  float* params() { return params_.data(); }
-  const float* params() const { return params_.data(); }
-  float* grads() { return grads_.data(); }
+  float* params() { return params_; }
+  const float* params() const { return params_; }
+  float* grads() { return grads_; }
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
 
  private:
   struct Acts;  // offsets of activation tensors inside acts_
-  float* A(size_t offset) { return acts_.data() + offset; }
-  float* G(size_t offset) { return dacts_.data() + offset; }
-  float* P(size_t offset) { return params_.data() + offset; }
-  float* D(size_t offset) { return grads_.data() + offset; }
+  float* A(size_t offset) { return acts_ + offset; }
+  float* G(size_t offset) { return dacts_ + offset; }
+  float* P(size_t offset) { return params_ + offset; }
+  float* D(size_t offset) { return grads_ + offset; }
+  void Allocate(Arena& arena, size_t buffer_multiple);
 
   GptConfig config_;
   ParamLayout layout_;
+  Device& device_;
   const Ops& ops_;
-  OpContext ctx_;
+  const OpContext& ctx_;
   int max_batch_, max_seq_;
   int B_ = 0, T_ = 0;
   bool has_dlogits_ = false;
-  HostBuffer params_, grads_;
-  HostBuffer acts_, dacts_;
-  std::vector<int32_t> tokens_;
+  std::unique_ptr<Arena> own_arena_;  // the first constructor's
+  size_t buffer_size_ = 0;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  float* acts_ = nullptr;
+  float* dacts_ = nullptr;
+  size_t dacts_size_ = 0;
+  int32_t* tokens_ = nullptr;   // device copies of the last Forward's tokens and targets
+  int32_t* targets_ = nullptr;
+  float* scratch_ = nullptr;    // sum_squares' output
+  HostBuffer host_params_;      // CUDA only: the host mirror
+  std::vector<float> host_losses_;
   std::vector<size_t> act_offsets_;  // see Acts in gpt.cc
 };
 

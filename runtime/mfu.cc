@@ -110,6 +110,21 @@ RankPeak CpuRankPeak(const proto::JobSpec& job, int threads) {
   return peak;
 }
 
+RankPeak GpuRankPeak(const proto::JobSpec& job, std::string_view device_description) {
+  RankPeak peak;
+  if (job.train().peak_tflops() > 0) {
+    peak.flops = job.train().peak_tflops() * 1e12;
+    peak.source = "train.peak_tflops";
+    return peak;
+  }
+  const double tflops = GpuPeakTflops(device_description, Precision::kBf16);
+  peak.flops = tflops * 1e12;
+  const std::string name(device_description);
+  peak.source = tflops > 0 ? "bf16 dense peak of " + name
+                           : "unknown: " + name + " is not in the table; set train.peak_tflops";
+  return peak;
+}
+
 double Mfu(double flops_per_token, double tokens_per_s, double peak_flops) {
   return peak_flops > 0 ? flops_per_token * tokens_per_s / peak_flops : NAN;
 }

@@ -53,6 +53,12 @@ struct RankPeak {
 // ThisCpuPeak(threads).
 RankPeak CpuRankPeak(const proto::JobSpec& job, int threads);
 
+// The peak of one GPU rank of `job` on the device described by `device_description` (it contains
+// the name cudaGetDeviceProperties reports): train.peak_tflops when > 0, else the bf16 dense peak
+// from GpuPeakTflops (MFU's usual denominator, as llm.c reports it; the CUDA path still runs fp32,
+// so its MFU is far below what bf16 will reach), else unknown.
+RankPeak GpuRankPeak(const proto::JobSpec& job, std::string_view device_description);
+
 // flops_per_token x tokens_per_s / peak_flops; NaN when peak_flops <= 0 (unknown).
 double Mfu(double flops_per_token, double tokens_per_s, double peak_flops);
 

@@ -11,29 +11,44 @@
 
 namespace fjord {
 
+class Arena;
+class Device;
+
 class AdamW {
  public:
-  // Owns m and v for parameters [begin, end) of a buffer laid out as `layout` says.
+  // Owns m and v for parameters [begin, end) of a buffer laid out as `layout` says, in host
+  // memory; `ops` must be a host backend (CpuOps()).
   AdamW(const ParamLayout& layout, size_t begin, size_t end, const Ops& ops);
+  // The same with m and v on arena.device(), taking ArenaBytes(end - begin) from `arena`.
+  AdamW(const ParamLayout& layout, size_t begin, size_t end, Arena& arena);
 
   // One step t >= 1: for each tensor element in [begin, end), g = grads * grad_scale, update
-  // m, v and params (ops.h's adamw_update). Padding between tensors is never touched.
+  // m, v and params (ops.h's adamw_update). Padding between tensors is never touched. params and
+  // grads are in the optimizer's memory (device pointers on CUDA).
   void Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps, float weight_decay,
             float grad_scale, int t);
 
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }
-  float* m() { return m_.data(); }  // m of parameter begin() + i at index i
-  float* v() { return v_.data(); }
+  float* m() { return m_; }  // m of parameter begin() + i at index i (the optimizer's memory)
+  float* v() { return v_; }
+
+  // Copies m and v (end() - begin() floats each) to / from host memory.
+  void StateToHost(float* m, float* v) const;
+  void LoadState(const float* m, const float* v);
 
   static size_t MemoryBytes(size_t count) { return 2 * count * sizeof(float); }
+  static size_t ArenaBytes(size_t count);
 
  private:
   const ParamLayout& layout_;
   size_t begin_, end_;
+  Device& device_;
   const Ops& ops_;
-  OpContext ctx_;
-  HostBuffer m_, v_;
+  const OpContext& ctx_;
+  HostBuffer own_m_, own_v_;  // the first constructor's
+  float* m_ = nullptr;
+  float* v_ = nullptr;
 };
 
 }  // namespace fjord

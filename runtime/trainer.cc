@@ -24,12 +24,17 @@
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
+#include "runtime/device.h"
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/mfu.h"
 #include "runtime/optimizer.h"
 #include "runtime/tenancy.h"
 #include "runtime/tensorboard.h"
+
+#ifdef FJORD_HAVE_NCCL
+#include "collectives/nccl_communicator.h"
+#endif
 
 namespace fjord {
 namespace fs = std::filesystem;
@@ -233,7 +238,40 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   const size_t buffer = (num_params + multiple - 1) / multiple * multiple;
   const size_t shard = zero ? buffer / world : buffer;
   const size_t need = Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard);
-  const size_t have = PhysicalMemoryBytes();
+
+  // The device (job spec `device`) and how gradients travel (parallel.comm_backend).
+  const RankInfo where = comm.rank_info();
+  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Device> device,
+                         CreateDevice(job.device(), where, CudaWorkspaceBytes(B, T)));
+  proto::ParallelSpec::CommBackend backend = job.parallel().comm_backend();
+  if (backend == proto::ParallelSpec::AUTO) {
+    backend = device->is_cuda() ? proto::ParallelSpec::NCCL : proto::ParallelSpec::MPI;
+  }
+  if (backend == proto::ParallelSpec::NCCL && !device->is_cuda()) {
+    return FailedPrecondition("parallel.comm_backend: NCCL needs a CUDA device, but rank " + std::to_string(rank) +
+                              " on host " + where.host + " trains on the CPU (device: " +
+                              proto::Device_Name(job.device()) +
+                              "): set parallel.comm_backend: MPI (or AUTO), or device: CUDA on GPU nodes");
+  }
+  std::unique_ptr<Communicator> nccl;
+  if (backend == proto::ParallelSpec::NCCL && world > 1) {
+#ifdef FJORD_HAVE_NCCL
+    StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(CommOptionsFor(job), comm);
+    if (!made.ok()) {
+      return made.status().WithContext("parallel.comm_backend: NCCL" +
+                                       std::string(job.parallel().comm_backend() == proto::ParallelSpec::AUTO
+                                                       ? " (AUTO on a CUDA device)" : "") +
+                                       "; with several ranks per GPU set parallel.comm_backend: MPI");
+    }
+    nccl = std::move(made).value();
+#else
+    return FailedPrecondition("parallel.comm_backend: NCCL, but this fjord was built without NCCL (rank " +
+                              std::to_string(rank) + " on host " + where.host +
+                              "): set parallel.comm_backend: MPI, or rebuild with NCCL (NCCL_ROOT)");
+#endif
+  }
+  Communicator& grad_comm = nccl ? *nccl : comm;
+  const size_t have = device->is_cuda() ? 0 : PhysicalMemoryBytes();  // on CUDA the arena's allocation decides
   if (have > 0 && need > have * 9 / 10) {
     return FailedPrecondition("the model and batch need " + GiB(need) + " of memory (parameters, gradients, AdamW "
                               "state and activations for train.micro_batch = " + std::to_string(B) +
@@ -281,7 +319,21 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 
   TrainResult result;
   const int threads = ConfigureThreads(train.threads(), RankInfoFromEnvironment().local_size);
-  Gpt model(config, B, T, CpuOps(), multiple);
+  // One arena for everything the step touches on the device, zeroed before it is freed.
+  const size_t optimizer_count = zero ? shard : num_params;
+  const size_t arena_bytes = Gpt::ArenaBytes(config, B, T, multiple) + AdamW::ArenaBytes(optimizer_count);
+  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Arena> arena,
+                         Arena::Create(*device, arena_bytes, "model, gradients, activations and AdamW state"));
+  if (lead && !options.quiet && !options.json_lines) {
+    const char* gradients_over = world == 1 ? ""
+                                 : nccl    ? ", gradients over NCCL"
+                                 : device->is_cuda() ? ", gradients over MPI (host staging)"
+                                                     : "";
+    std::printf("fjord train: device %s (device: %s), arena %s (%zu bytes)%s\n", device->description().c_str(),
+                proto::Device_Name(job.device()).c_str(), GiB(arena_bytes).c_str(), arena_bytes, gradients_over);
+    std::fflush(stdout);
+  }
+  Gpt model(config, B, T, *arena, multiple);
   if (train.init_from().empty()) {
     model.InitGpt2(train.seed());
   } else {
@@ -298,13 +350,24 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     FJORD_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::Open(job.run_dir()));
   }
   const size_t shard_begin = zero ? shard * rank : 0;
-  AdamW optimizer(model.layout(), shard_begin, shard_begin + (zero ? shard : num_params), CpuOps());
+  AdamW optimizer(model.layout(), shard_begin, shard_begin + optimizer_count, *arena);
   const size_t bucket_floats = static_cast<size_t>(job.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
-  GradReducer reducer(comm, model.grads(), model.buffer_size(), bucket_floats);
+  ReducePath path;
+  if (device->is_cuda() && world > 1) {
+    path.device = device.get();
+    path.stage_through_host = !nccl;
+#ifdef FJORD_HAVE_NCCL
+    if (nccl) {
+      FJORD_ASSIGN_OR_RETURN(path.comm_stream, NcclStream(*nccl));
+    }
+#endif
+  }
+  GradReducer reducer(grad_comm, model.grads(), model.buffer_size(), bucket_floats, path);
   const bool overlap = job.parallel().overlap() && world > 1 && !zero;
   // MFU: the model's FLOPs per token against the peak of all ranks (each rank's as rank 0's).
   const double flops_per_token = ModelFlopsPerToken(config, T);
-  const RankPeak rank_peak = CpuRankPeak(job, threads);
+  const RankPeak rank_peak =
+      device->is_cuda() ? GpuRankPeak(job, device->description()) : CpuRankPeak(job, threads);
   const double peak_flops = rank_peak.flops * world;
   if (lead && !options.quiet && !options.json_lines) {
     std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
@@ -347,10 +410,12 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       FJORD_RETURN_IF_ERROR(
           LoadCheckpointOptimizer(*dir, model, full_m.data(), full_v.data(), &*resume_seal).WithContext("resuming"));
       const size_t own_end = std::min(optimizer.end(), num_params);
+      std::vector<float> own_m(optimizer.end() - optimizer.begin()), own_v(own_m.size());
       for (size_t i = optimizer.begin(); i < own_end; ++i) {
-        optimizer.m()[i - optimizer.begin()] = full_m[i];
-        optimizer.v()[i - optimizer.begin()] = full_v[i];
+        own_m[i - optimizer.begin()] = full_m[i];
+        own_v[i - optimizer.begin()] = full_v[i];
       }
+      optimizer.LoadState(own_m.data(), own_v.data());
       start_step = state.step;
       start_sequence = state.sequences_consumed;
       if (lead && !options.quiet && !options.json_lines) {
@@ -384,14 +449,21 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
   // AdamW shards), then prunes old ones. Rank 0 writes.
   auto checkpoint = [&](int steps_done) -> Status {
-    std::vector<float> full_m, full_v;
+    std::vector<float> full_m, full_v, own_m, own_v;
     const float* m = optimizer.m();
     const float* v = optimizer.v();
+    if (device->is_cuda()) {  // host copies; the file format is the same on every device
+      own_m.resize(optimizer.end() - optimizer.begin());
+      own_v.resize(own_m.size());
+      optimizer.StateToHost(own_m.data(), own_v.data());
+      m = own_m.data();
+      v = own_v.data();
+    }
     if (zero) {
       full_m.resize(buffer);
       full_v.resize(buffer);
-      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.m(), full_m.data(), shard, DataType::kF32));
-      FJORD_RETURN_IF_ERROR(comm.AllGather(optimizer.v(), full_v.data(), shard, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(comm.AllGather(m, full_m.data(), shard, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(comm.AllGather(v, full_v.data(), shard, DataType::kF32));
       m = full_m.data();
       v = full_v.data();
     }
@@ -402,6 +474,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     state.world_size = world;
     state.zero_stage = zero ? 1 : 0;
     state.seed = train.seed();
+    model.SyncParamsToHost();
     FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint(checkpoints_dir, state, job, model, m, v, &seal));
     if (options.tenancy) FJORD_RETURN_IF_ERROR(options.tenancy->RecordCheckpointWritten(result.checkpoint_dir));
     if (!options.quiet && !options.json_lines) {
@@ -439,7 +512,10 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       }
     }
     loss /= static_cast<float>(accum);
-    if (nan_hook && std::atoi(nan_hook->c_str()) == step + 1 && rank == 0) model.grads()[model.layout().lnf_w()] = NAN;
+    if (nan_hook && std::atoi(nan_hook->c_str()) == step + 1 && rank == 0) {
+      const float nan = NAN;
+      device->Upload(model.grads() + model.layout().lnf_w(), &nan, sizeof(float));
+    }
     if (hook.rank == rank && hook.step == step + 1) std::this_thread::sleep_for(std::chrono::seconds(hook.seconds));
 
     // Everything from here to the end of the parameter update waits on other ranks: the
@@ -449,9 +525,8 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     float sum_squares = 0.0f;
     if (world > 1) {
       if (zero) {
-        float* mine = model.grads() + shard_begin;
-        FJORD_RETURN_IF_ERROR(comm.ReduceScatter(model.grads(), mine, shard, DataType::kF32, ReduceOp::kAvg));
-        CpuOps().sum_squares(OpContext{}, &sum_squares, mine, shard);
+        FJORD_RETURN_IF_ERROR(reducer.ReduceScatterShard(shard_begin, shard));
+        sum_squares = model.SumSquares(model.grads() + shard_begin, shard);
         FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum_squares, &sum_squares, 1, DataType::kF32, ReduceOp::kSum));
       } else {
         FJORD_RETURN_IF_ERROR(reducer.Finish());
@@ -465,7 +540,14 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     const float grad_norm = std::sqrt(sum_squares);
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     if (!finite && train.on_nonfinite() == proto::ABORT) {
-      std::string where = FirstNonFinite(model, model.grads(), zero ? shard_begin : 0,
+      std::vector<float> host_grads;
+      const float* grads = model.grads();
+      if (device->is_cuda()) {
+        host_grads.resize(model.buffer_size());
+        device->Download(host_grads.data(), grads, host_grads.size() * sizeof(float));
+        grads = host_grads.data();
+      }
+      std::string where = FirstNonFinite(model, grads, zero ? shard_begin : 0,
                                          zero ? std::min(shard_begin + shard, num_params) : num_params);
       return FailedPrecondition(
           "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) + ", gradient norm " +
@@ -485,10 +567,10 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     }
     if (zero && finite) {
       const Clock::time_point gather_start = Clock::now();
-      FJORD_RETURN_IF_ERROR(
-          comm.AllGather(model.params() + shard_begin, model.params(), shard, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(reducer.AllGatherShard(model.params(), shard_begin, shard));
       comm_seconds += Seconds(gather_start, Clock::now());
     }
+    device->Synchronize();  // the update is enqueued on a CUDA device; the step ends when it is done
     const double seconds = Seconds(t0, Clock::now());
     const double tokens_per_s = static_cast<double>(global_batch) * T / seconds;
     result.losses.push_back(loss);

@@ -4,6 +4,7 @@
 // closed form threads x GHz x FLOPs/cycle on synthetic /proc/cpuinfo texts.
 #include "runtime/mfu.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -67,6 +68,19 @@ TEST(MfuTest, Gpt2SmallMatchesLlmc) {
   const GptConfig config = Config(12, 12, 768, 1024, 50257);
   EXPECT_EQ(config.padded_vocab, 50304);
   EXPECT_EQ(ModelFlopsPerToken(config, 1024), 6.0 * 124475904 + 6.0 * 12 * 768 * 1024);
+}
+
+TEST(MfuTest, GpuRankPeakFromTheDeviceOrTheJob) {
+  proto::JobSpec job;
+  const RankPeak h100 = GpuRankPeak(job, "cuda:0 NVIDIA H100 80GB HBM3 (0000:19:00.0, sm_90, 79.1 GiB)");
+  EXPECT_EQ(h100.flops, 989.0e12);
+  EXPECT_THAT(h100.source, ::testing::HasSubstr("bf16 dense peak of cuda:0 NVIDIA H100"));
+  const RankPeak unknown = GpuRankPeak(job, "cuda:0 Some Future GPU");
+  EXPECT_EQ(unknown.flops, 0.0);
+  EXPECT_THAT(unknown.source, ::testing::HasSubstr("set train.peak_tflops"));
+  job.mutable_train()->set_peak_tflops(123.5);
+  EXPECT_EQ(GpuRankPeak(job, "cuda:0 NVIDIA H100 80GB HBM3").flops, 123.5e12);
+  EXPECT_EQ(GpuRankPeak(job, "cuda:0 NVIDIA H100 80GB HBM3").source, "train.peak_tflops");
 }
 
 TEST(MfuTest, GpuPeaksByDeviceName) {

@@ -1,0 +1,173 @@
+#include "runtime/device.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "common/check.h"
+#include "common/env.h"
+
+namespace fjord {
+
+#ifdef FJORD_HAVE_CUDA
+// runtime/device_cuda.cu: visible GPUs, and why there are none (the CUDA error) in *why.
+int CudaVisibleDevices(std::string* why);
+#endif
+
+namespace {
+
+// Host memory as "device" memory: copies are memcpy, there are no streams.
+class CpuDeviceImpl final : public Device {
+ public:
+  bool is_cuda() const override { return false; }
+  const std::string& description() const override { return description_; }
+  const Ops& ops() const override { return CpuOps(); }
+  const OpContext& context() const override { return context_; }
+  void* Allocate(size_t bytes) override {
+    void* p = nullptr;
+    return posix_memalign(&p, Arena::kAlign, std::max<size_t>(bytes, 1)) == 0 ? p : nullptr;
+  }
+  void Free(void* p) override { std::free(p); }
+  void* AllocateHost(size_t bytes) override { return Allocate(bytes); }
+  void FreeHost(void* p) override { std::free(p); }
+  void Upload(void* dst, const void* host, size_t bytes) override { Copy(dst, host, bytes); }
+  void Download(void* host, const void* src, size_t bytes) override { Copy(host, src, bytes); }
+  void Zero(void* dst, size_t bytes) override {
+    if (bytes > 0) std::memset(dst, 0, bytes);
+  }
+  void Synchronize() override {}
+  void StageToHost(void* host, const void* src, size_t bytes) override { Copy(host, src, bytes); }
+  void OrderAfterCompute(CUstream_st*) override {}
+
+ private:
+  static void Copy(void* dst, const void* src, size_t bytes) {
+    if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
+  }
+  const std::string description_ = "cpu";
+  const OpContext context_{};
+};
+
+std::string Where(const RankInfo& where) {
+  return "rank " + std::to_string(where.rank) + " on host " + (where.host.empty() ? "?" : where.host);
+}
+
+}  // namespace
+
+Device& CpuDevice() {
+  static CpuDeviceImpl device;
+  return device;
+}
+
+int CudaDeviceCount() {
+#ifdef FJORD_HAVE_CUDA
+  std::string why;
+  return CudaVisibleDevices(&why);
+#else
+  return 0;
+#endif
+}
+
+size_t CudaWorkspaceBytes(int B, int T) {
+  const size_t tokens = static_cast<size_t>(std::max(B, 1)) * static_cast<size_t>(std::max(T, 1));
+  return (size_t{32} << 20) + 32 * tokens;
+}
+
+StatusOr<std::unique_ptr<Device>> CreateDevice(proto::Device requested, const RankInfo& where,
+                                               size_t workspace_bytes) {
+  if (requested == proto::CPU) return std::unique_ptr<Device>(std::make_unique<CpuDeviceImpl>());
+  const std::string what_to_do =
+      ": run on a node with a GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES), or set device: AUTO (CUDA "
+      "when "
+      "a GPU is visible, else the CPU) or device: CPU in the job spec (or --set device=CPU)";
+#ifdef FJORD_HAVE_CUDA
+  std::string why;
+  const int visible = CudaVisibleDevices(&why);
+  if (visible > 0) return CreateCudaDevice(where, workspace_bytes);
+  if (requested == proto::CUDA) {
+    return FailedPrecondition("device: CUDA was asked for, but no usable GPU is visible to " + Where(where) +
+                              " (" + why + ")" + what_to_do);
+  }
+  return std::unique_ptr<Device>(std::make_unique<CpuDeviceImpl>());
+#else
+  (void)what_to_do;
+  if (requested == proto::CUDA) {
+    return FailedPrecondition(
+        "device: CUDA was asked for, but this fjord was built without CUDA (FJORD_CUDA=OFF), "
+        "so " +
+        Where(where) +
+        " cannot use a GPU: run a build configured with -DFJORD_CUDA=ON "
+        "on a GPU node, or set device: AUTO (CUDA when a GPU is visible, else the CPU) or "
+        "device: CPU in the job spec (or --set device=CPU)");
+  }
+  (void)workspace_bytes;
+  return std::unique_ptr<Device>(std::make_unique<CpuDeviceImpl>());
+#endif
+}
+
+// --- Arena --------------------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<Arena>> Arena::Create(Device& device, size_t bytes, const std::string& what) {
+  bytes = Rounded(std::max<size_t>(bytes, 1));
+  void* base = device.Allocate(bytes);
+  if (base == nullptr) {
+    char size[32];
+    std::snprintf(size, sizeof(size), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+    return FailedPrecondition(
+        "cannot allocate the " + what + " arena of " + std::to_string(bytes) + " bytes (" + size + ") on " +
+        device.description() +
+        ": lower train.micro_batch or train.seq_len (and raise train.grad_accum), use a smaller "
+        "model, or free the device");
+  }
+  device.Zero(base, bytes);
+  return std::unique_ptr<Arena>(new Arena(device, base, bytes, what));
+}
+
+void* Arena::Take(size_t bytes) {
+  const size_t rounded = Rounded(std::max<size_t>(bytes, 1));
+  FJORD_CHECK(base_ != nullptr && rounded <= capacity_ - used_,
+              "the " + what_ + " arena of " + std::to_string(capacity_) + " bytes has " +
+                  std::to_string(capacity_ - used_) + " left, " + std::to_string(rounded) + " asked for");
+  void* p = base_ + used_;
+  used_ += rounded;
+  return p;
+}
+
+size_t NonZeroBytes(Device& device, const void* src, size_t bytes) {
+  constexpr size_t kChunk = size_t{8} << 20;
+  std::vector<unsigned char> host(std::min(bytes, kChunk));
+  size_t nonzero = 0;
+  for (size_t at = 0; at < bytes; at += kChunk) {
+    const size_t n = std::min(kChunk, bytes - at);
+    device.Download(host.data(), static_cast<const char*>(src) + at, n);
+    nonzero += static_cast<size_t>(n - std::count(host.begin(), host.begin() + static_cast<ptrdiff_t>(n), 0));
+  }
+  return nonzero;
+}
+
+Status Arena::Release() {
+  if (base_ == nullptr) return OkStatus();
+  device_.Zero(base_, capacity_);
+  Status status;
+  if (TestHook("arena_verify_zero")) {
+    const size_t nonzero = NonZeroBytes(device_, base_, capacity_);
+    std::fprintf(stderr, "fjord: arena %s: %zu bytes zeroed and read back, %zu non-zero\n", what_.c_str(),
+                 capacity_, nonzero);
+    if (nonzero > 0) {
+      status = Internal("the " + what_ + " arena on " + device_.description() + " still holds " +
+                        std::to_string(nonzero) + " non-zero bytes after zeroing");
+    }
+  }
+  device_.Free(base_);
+  base_ = nullptr;
+  return status;
+}
+
+Arena::~Arena() {
+  const Status s = Release();
+  FJORD_CHECK(s.ok(), s.message());
+}
+
+}  // namespace fjord

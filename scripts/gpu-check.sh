@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The H200 check of issue 7, in one call on the GPU machine (docs/PERFORMANCE.md, "GPU check").
+# Prepare here with scripts/gpu-pack.sh, then with the device tool, from the repository root:
+#   run(command="bash scripts/gpu-check.sh", carry=[".gpu-carry"], timeout_s=540)
+#
+# Stages, each under its own timeout, all output into $OUT/gpu-check.log (and a summary table at
+# the end of stdout); a stage that fails is reported and the next one runs:
+#   setup     unpack .gpu-carry/fjord-gpu.tar.xz, point OPAL_PREFIX and LD_LIBRARY_PATH at it, find
+#             cuBLAS(Lt) and NCCL on the machine, nvidia-smi
+#   tests     every GPU test binary (tests/cuda/*)
+#   kernels   build-gpu/bin/cuda_ops_bench: each op at GPT-2 124M shapes vs a measured copy
+#   step      GPT-2 124M (12 layers, 12 heads, 768, seq 1024, vocab 50257) `fjord train` on random
+#             tokens at the largest micro-batch of FJORD_GPU_BATCHES that fits: ms/step, tokens/s, MFU
+#   torch     bench/torch_gpu_step.py at the same micro-batch: bf16 autocast, fused AdamW, SDPA,
+#             eager and torch.compile; measured copy and cuBLAS bf16 matmul ceilings
+#   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
+#             fixed batches, `fjord export`, and PyTorch's loss on the exported weights and the same
+#             tokens (fp32 and bf16 autocast)
+# Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), so the call ends in time.
+# FJORD_GPU_SKIP="step torch loss" leaves stages out (a dry run of the rest on a machine without a GPU).
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+OUT=${OUT:-$repo/gpu-check-out}
+mkdir -p "$OUT"
+log=$OUT/gpu-check.log
+last=/tmp/gpu-check-stage.txt  # the output of the last stage
+: >"$log"
+budget=${FJORD_GPU_BUDGET:-420}
+batches=${FJORD_GPU_BATCHES:-"64 32 16 8 4"}
+start=$(date +%s)
+declare -a summary
+note() { echo "gpu-check: $*" | tee -a "$log"; }
+add() { summary+=("$1"); note "$1"; }
+elapsed() { echo $(($(date +%s) - start)); }
+# stage NAME SECONDS CMD...: runs CMD with a timeout, output appended to the log.
+stage() {
+  local name=$1 secs=$2
+  shift 2
+  local key=${name%% *}
+  case " ${FJORD_GPU_SKIP:-} " in *" ${key%:} "*) add "$name: skipped (FJORD_GPU_SKIP)"; return 98 ;; esac
+  if [ "$(elapsed)" -ge "$budget" ]; then add "$name: skipped (budget of ${budget}s spent)"; return 99; fi
+  note "=== $name (timeout ${secs}s, at $(elapsed)s) ==="
+  timeout --kill-after=5 "$secs" "$@" >"$last" 2>&1
+  local rc=$?
+  cat "$last" >>"$log"
+  [ $rc -eq 124 ] && note "$name: TIMED OUT after ${secs}s"
+  return $rc
+}
+
+# --- setup -------------------------------------------------------------------------------------------
+[ -f .gpu-carry/fjord-gpu.tar.xz ] || { note "no .gpu-carry/fjord-gpu.tar.xz: run scripts/gpu-pack.sh here first"; exit 1; }
+tar -xJf .gpu-carry/fjord-gpu.tar.xz -C "$repo" || { note "cannot unpack the pack"; exit 1; }
+# shellcheck disable=SC1091
+. .gpu-carry/pack.env
+note "pack: commit $FJORD_PACK_COMMIT, built in $FJORD_PACK_REPO; running in $repo"
+# The tests hold the build's absolute paths (fjord, mpiexec): make that path lead here.
+if [ "$FJORD_PACK_REPO" != "$repo" ] && [ ! -e "$FJORD_PACK_REPO" ]; then
+  mkdir -p "$(dirname "$FJORD_PACK_REPO")" && ln -s "$repo" "$FJORD_PACK_REPO"
+fi
+ompi=$repo/.gpu-carry/ompi/usr
+find_lib_dir() {  # the directory of the first $1 in the usual places, then anywhere
+  local d
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+    [ -e "$d/$1" ] && { echo "$d"; return; }
+  done
+  d=$(find / -xdev -name "$1" -not -path '/proc/*' 2>/dev/null | head -1)
+  [ -n "$d" ] && dirname "$d"
+}
+# The machine's own libstdc++ when it is at least as new as the one we built with (GCC 12): the
+# CUDA libraries found there may need its newer symbols.
+sys_stdcxx=$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')
+if [ -n "$sys_stdcxx" ] && grep -qa GLIBCXX_3.4.30 "$sys_stdcxx"; then
+  rm -f .gpu-carry/lib/libstdc++.so.6 .gpu-carry/lib/libgcc_s.so.1
+fi
+cublas_dir=$(find_lib_dir libcublasLt.so.13)
+nccl_dir=$(find_lib_dir libnccl.so.2)
+note "cuBLASLt from ${cublas_dir:-NOT FOUND}, NCCL from ${nccl_dir:-NOT FOUND}"
+fjord_ld=$repo/.gpu-carry/lib:$ompi/lib/x86_64-linux-gnu:$ompi/lib/x86_64-linux-gnu/openmpi/lib:${cublas_dir}:${nccl_dir}
+# Only fjord's processes get the carried libraries: PyTorch keeps the machine's own.
+fjord_env=(env "LD_LIBRARY_PATH=$fjord_ld" "OPAL_PREFIX=$ompi" "PMIX_INSTALL_PREFIX=$ompi/lib/x86_64-linux-gnu/pmix2"
+           "PATH=$ompi/bin:$PATH" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+           OMPI_MCA_btl=self,vader,tcp OMPI_MCA_pml=ob1 OMPI_MCA_osc=pt2pt OMPI_MCA_mtl=^ofi,psm,psm2
+           OMPI_MCA_mca_base_component_show_load_errors=0 OMP_NUM_THREADS=4)
+bin=$repo/build-gpu/bin
+stage nvidia-smi 20 nvidia-smi
+gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+add "gpu: ${gpu:-nvidia-smi failed}"
+if "${fjord_env[@]}" ldd "$bin/fjord" | grep -q "not found"; then
+  "${fjord_env[@]}" ldd "$bin/fjord" | grep "not found" | tee -a "$log"
+  add "setup: fjord misses shared libraries (above)"
+fi
+stage mpirun 30 "${fjord_env[@]}" "$ompi/bin/orterun" -np 2 --oversubscribe --bind-to none hostname &&
+  add "setup: carried Open MPI runs" || add "setup: carried Open MPI FAILED (np=2 tests will fail)"
+
+# --- tests -------------------------------------------------------------------------------------------
+for t in $FJORD_PACK_TESTS; do
+  stage "test $t" 150 "${fjord_env[@]}" OMP_NUM_THREADS=1 "$bin/$t"
+  rc=$?
+  res=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?' "$last" | sed 's/listed below://' | tr -s ' \n' ' ')
+  add "test $t: rc $rc ${res}"
+done
+
+# --- kernels -----------------------------------------------------------------------------------------
+stage kernels 90 "${fjord_env[@]}" "$bin/cuda_ops_bench" --batch 8 --seq 1024 --reps 20
+rc=$?
+if [ $rc -ne 98 ]; then
+  add "kernels: rc $rc"
+  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n '/^cuda_ops_bench: B/,/^fill_zero/p' "$last")
+fi
+
+# --- GPT-2 124M training step ------------------------------------------------------------------------
+work=$(mktemp -d /tmp/fjord-gpu.XXXXXX)
+python3 - "$work/tokens.bin" <<'EOF'
+import struct, sys, random
+random.seed(1337)
+n = 1 << 21  # 2M tokens: enough windows of 1025 for any batch below
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
+    f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
+EOF
+job() {  # job B STEPS LR EXTRA...: a GPT-2 124M job spec on the random shard
+  cat <<EOF
+model { n_layer: 12 n_head: 12 n_embd: 768 seq_len: 1024 vocab_size: 50257 }
+train { micro_batch: $1 steps: $2 lr: $3 warmup_steps: 0 log_every: 1 }
+device: CUDA
+data { train: "$work/tokens.bin" }
+$4
+EOF
+}
+best_b=0 best_ms=0
+case " ${FJORD_GPU_SKIP:-} " in *" step "*) batches="" ;; esac
+for b in $batches; do
+  job "$b" 8 6e-4 "" >"$work/job_$b.textproto"
+  if stage "step B=$b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$b.textproto" --set run_dir="$work/run_$b"; then
+    best_b=$b
+    # Median ms of steps 3..8 (1-2: allocator, cuBLASLt heuristics, first-touch of the data).
+    best_ms=$(python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$work/run_$b/metrics.jsonl")
+    cp "$work/run_$b/metrics.jsonl" "$OUT/step_metrics.jsonl"
+    break
+  fi
+done
+if [ "$best_b" -gt 0 ]; then
+  # FLOPs per token as llm.c counts them: 6 N for the matmuls of forward + backward, plus 6 L T C
+  # for attention (QK^T and PV, forward and backward); peak: 989 TFLOP/s dense bf16 (datasheet).
+  read -r tok_s mfu <<<"$(python3 -c "
+N=124475904; L=12; T=1024; C=768; ms=$best_ms; B=$best_b
+tok=B*T/(ms/1000); flops=6*N+6*L*T*C
+print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
+  add "step: fjord GPT-2 124M fp32, micro-batch $best_b: $best_ms ms/step, $tok_s tokens/s, MFU $mfu% of 989 TFLOP/s"
+else
+  add "step: no micro-batch of [$batches] ran (see the log)"
+fi
+
+# --- PyTorch -----------------------------------------------------------------------------------------
+tb=${best_b:-8}
+[ "$tb" -gt 0 ] || tb=8
+stage torch 200 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --batch "$tb" --steps 8 --warmup 3 --ceilings \
+  --modes eager,compile
+rc=$?
+if [ $rc -ne 98 ]; then
+  add "torch: rc $rc"
+  while IFS= read -r line; do summary+=("  $line"); done < <(grep -E '^torch_gpu_step: (torch|ceilings|mode)' "$last")
+fi
+
+# --- loss on identical weights and tokens --------------------------------------------------------------
+job 4 1 1e-30 "data { val: \"$work/tokens.bin\" }" >"$work/job_loss.textproto"
+if [[ " ${FJORD_GPU_SKIP:-} " == *" loss "* ]]; then
+  add "loss: skipped (FJORD_GPU_SKIP)"
+elif stage "loss: fjord" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_loss.textproto" --set run_dir="$work/loss" \
+     --set train.eval_every=1 --set train.eval_batches=2 --set train.weight_decay=0 &&
+   stage "loss: export" 60 "${fjord_env[@]}" "$bin/fjord" export --checkpoint "$work/loss/checkpoints" --out "$work/export"; then
+  ours=$(python3 -c 'import json,sys; print([json.loads(x) for x in open(sys.argv[1])][-1]["val_loss"])' "$work/loss/metrics.jsonl")
+  stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
+    --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2
+  theirs=$(grep -E '^torch_gpu_step: loss of' "$log" | tail -1 | sed 's/.*: //')
+  add "loss: fjord (GPU, fp32) $ours; torch $theirs"
+else
+  add "loss: fjord run or export failed (see the log)"
+fi
+rm -rf "$work"
+
+note "=== summary (${SECONDS}s) ==="
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
