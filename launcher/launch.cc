@@ -164,10 +164,15 @@ std::string JsonStrings(const std::vector<std::string>& v) {
   return out + "]";
 }
 
-// The child process currently run by RunLaunch, for forwarding SIGTERM.
+// The child process currently run by RunLaunch, for forwarding SIGTERM. The first SIGTERM asks
+// the job to stop cleanly: it reaches mpirun (or srun) as SIGUSR1, which both forward to every
+// rank, and `fjord train` treats SIGUSR1 like its own SIGTERM (finish the step, checkpoint, exit
+// 0). SIGTERM itself would make mpirun kill the ranks a second later, before a checkpoint of any
+// size is written. A second SIGTERM is forwarded as it is: the job ends at once.
 volatile sig_atomic_t g_child = 0;
+volatile sig_atomic_t g_terms = 0;
 void ForwardTerm(int sig) {
-  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), sig);
+  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), g_terms++ == 0 ? SIGUSR1 : sig);
 }
 
 // Runs argv and waits; returns its exit code (128 + signal when killed, 127 when it cannot start).
@@ -197,6 +202,7 @@ int RunChild(const std::vector<std::string>& argv) {
   ignore.sa_handler = SIG_IGN;
   forward.sa_handler = ForwardTerm;
   g_child = pid;
+  g_terms = 0;
   ::sigaction(SIGINT, &ignore, &old_int);
   ::sigaction(SIGTERM, &forward, &old_term);
   int status = 0;

@@ -106,7 +106,7 @@ SleepHook ParseSleepHook() {
   return hook;
 }
 
-// SIGTERM / SIGINT: the first asks training to stop after the current step with a checkpoint;
+// SIGTERM / SIGINT / SIGUSR1: the first asks training to stop after the current step with a checkpoint;
 // the second ends the process at once. The handler also wakes the signal watcher (below) through
 // a pipe, the only async-signal-safe way to hand it over.
 std::atomic<int> g_stop_signals{0};
@@ -168,6 +168,9 @@ void InstallStopHandlers() {
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
+  // SIGUSR1: what mpirun and srun forward to every rank (fjord launch turns its SIGTERM into it;
+  // Slurm sends it ahead of a time limit with --signal=USR1@SECONDS).
+  sigaction(SIGUSR1, &action, nullptr);
 }
 
 // Registers the communicator with the signal watcher for the lifetime of Train.

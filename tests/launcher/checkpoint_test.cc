@@ -218,6 +218,40 @@ TEST_F(CheckpointTest, SecondSignalExitsAtOnce) {
   EXPECT_FALSE(fs::exists(P("long/checkpoints")));
 }
 
+TEST_F(CheckpointTest, SigusrToMpirunStopsEveryRankWithACheckpoint) {
+  // mpirun forwards SIGUSR1 to every rank (fjord launch sends it on SIGTERM; Slurm's
+  // --signal=USR1@T does the same to srun's tasks): each rank finishes its step, rank 0 writes a
+  // checkpoint, the job exits 0, and --resume continues from it. Oracle for the checkpoint: the
+  // step it names equals the last step in the metrics, and resume starts right after it.
+  const std::string cmd =
+      "exec " + Mpirun(2) + Train("usr1", "--set train.steps=100000 --set checkpoint.every_steps=0");
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  for (int i = 0; i < 100 && LossTexts(P("usr1/metrics.jsonl")).size() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // mpirun is the process of this job without a rank in its environment.
+  Shell("for p in $(pgrep -f '[r]un_dir=" + P("usr1") + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=' /proc/$p/environ "
+        "2>/dev/null || kill -USR1 $p; done");
+  char buf[4096];
+  std::string out;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << out;
+  const size_t steps = LossTexts(P("usr1/metrics.jsonl")).size();
+  EXPECT_THAT(out, HasSubstr("stopped by a signal after step " + std::to_string(steps))) << out;
+  // Both ranks say where they were when the signal came.
+  EXPECT_THAT(out, ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 10 ")) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("rank 1 \\(host [^)]*\\): signal 10 ")) << out;
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%06zu", steps);
+  EXPECT_TRUE(fs::exists(P("usr1/checkpoints/") + name)) << out;
+  RunResult r = Shell(Mpirun(2) + Train("usr1", "--resume --set train.steps=" + std::to_string(steps + 2)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("usr1/metrics.jsonl")).size(), steps + 2);
+}
+
 TEST_F(CheckpointTest, NonFiniteStepAbortsOrIsSkipped) {
   // ABORT (default): the step, the first non-finite tensor, and the checkpoints stay intact.
   RunResult r = Shell("FJORD_TEST_HOOK=nan_in_step=7 " + std::string(FJORD_BINARY) +

@@ -7,6 +7,10 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include "launcher/slurm.h"
 #include "tests/tenancy/test_util.h"
@@ -322,6 +326,38 @@ TEST_F(LaunchCliTest, DryRunCommandIsWhatRunsAndTheJobsExitCodeIsLaunchs) {
       plan, HasSubstr("{\"hostname\":\"se2\",\"reason\":\"jurisdiction SE is not allowed (allowed: NO)\"}"));
   EXPECT_THAT(AuditLines(log, "launch_exit")[0], HasSubstr("\"exit_code\":3"));
   EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+// SIGTERM to launch: the first reaches mpirun as SIGUSR1 (mpirun forwards it to the ranks, which
+// checkpoint and exit 0), the second as SIGTERM (mpirun ends the job at once). The stand-in
+// mpirun records each signal it gets; it exits 0 on the second USR1-or-TERM it sees, so the test
+// sends two SIGTERMs and checks the order of what arrived and launch's exit code.
+TEST_F(LaunchCliTest, SigtermBecomesSigusr1ForTheJobThenSigterm) {
+  WriteText(Path("fake-mpirun"),
+            "#!/bin/bash\nn=0\n"
+            "trap 'echo USR1 >> \"" + Path("signals") + "\"; n=$((n+1))' USR1\n"
+            "trap 'echo TERM >> \"" + Path("signals") + "\"; n=$((n+1))' TERM\n"
+            "touch \"" + Path("started") + "\"\n"
+            "while [ $n -lt 2 ]; do sleep 0.05; done\nexit 7\n",
+            0755);
+  const std::string cmd = std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") + " --inventory " +
+                          Path("inv.textproto") + " --mpirun " + Path("fake-mpirun") + " --np 2 --quiet";
+  FILE* pipe = popen(("exec " + cmd + " 2>&1").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  for (int i = 0; i < 200 && !fs::exists(Path("started")); ++i) usleep(20000);
+  ASSERT_TRUE(fs::exists(Path("started")));
+  const std::string launch =
+      "pgrep -f '^" + std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") + "'";
+  Shell("kill -TERM $(" + launch + "); sleep 0.5; kill -TERM $(" + launch + ")");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 7) << out;  // the job's exit code, as always
+  EXPECT_EQ(ReadText(Path("signals")), "USR1\nTERM\n");
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "launch_exit")[0], HasSubstr("\"exit_code\":7"));
 }
 
 TEST_F(LaunchCliTest, TooFewAllowedNodesStartsNothingAndIsAudited) {
