@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -325,6 +326,11 @@ class NcclCommunicator final : public Communicator {
   }
 
   std::string FlightRecord() const override { return state_->recorder.Dump(where_); }
+  std::string InFlight() const override {
+    // NCCL does not say which peer a collective waits for; the operation is what we can name.
+    const std::optional<FlightEntry> e = state_->recorder.OldestUnfinished();
+    return e ? state_->recorder.Describe(*e) : "";
+  }
 
   [[noreturn]] void Abort(const std::string& message, int exit_code) override {
     {
