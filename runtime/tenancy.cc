@@ -497,6 +497,11 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   std::string body;
   pb::TextFormat::PrintToString(record, &body);
   text += body;
+  if (seal.key) {
+    FJORD_RETURN_IF_ERROR(WriteSealedFile((fs::path(dir) / kCheckpointTenantSeal).string(),
+                                          {{text.data(), text.size()}}, *seal.key,
+                                          CheckpointContext(seal.tenant, kCheckpointTenantSeal)));
+  }
   return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}});
 }
 
@@ -560,6 +565,43 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
       return FailedPrecondition(what + " was encrypted with key id " + record.key_id() + " but " +
                                 job_seal.key_source + " holds key id " + job_seal.key->KeyId() +
                                 ": wrong key; use the key this tenant's checkpoints were written with");
+    }
+    // The record is plaintext; its sealed copy says whether it is the one the job wrote.
+    FJORD_ASSIGN_OR_RETURN(std::string record_text,
+                           ReadWholeFile((fs::path(dir) / kCheckpointTenantRecord).string(), "tenant record"));
+    const std::string seal_path = (fs::path(dir) / kCheckpointTenantSeal).string();
+    if (!fs::exists(seal_path)) {
+      return DataLoss(what + " is encrypted but its " + kCheckpointTenantSeal + " (the sealed copy of " +
+                      kCheckpointTenantRecord + ") is missing, so the tenant record cannot be trusted; "
+                      "restore the checkpoint from a copy you trust");
+    }
+    StatusOr<std::string> sealed_record = ReadSealedFile(
+        seal_path, *job_seal.key, CheckpointContext(record.tenant(), kCheckpointTenantSeal));
+    if (!sealed_record.ok()) {
+      return DataLoss(what + ": " + kCheckpointTenantSeal + " does not authenticate (" +
+                      sealed_record.status().message() + "), so " + kCheckpointTenantRecord +
+                      " cannot be trusted; restore the checkpoint from a copy you trust");
+    }
+    if (*sealed_record != record_text) {
+      return DataLoss("checkpoint file " + (fs::path(dir) / kCheckpointTenantRecord).string() +
+                      " was modified after the checkpoint was written: it differs from its sealed copy " +
+                      kCheckpointTenantSeal + "; restore the checkpoint from a copy you trust");
+    }
+    // Files left in plaintext (job.textproto) are held to the digests of the authenticated record;
+    // sealed files authenticate themselves when they are read.
+    for (const proto::FileDigest& f : record.file()) {
+      const std::string path = (fs::path(dir) / f.name()).string();
+      std::ifstream in(path, std::ios::binary);
+      char magic[sizeof(kSealMagic)] = {};
+      in.read(magic, sizeof(magic));
+      if (in && IsSealed(std::string_view(magic, sizeof(magic)))) continue;
+      StatusOr<std::string> digest = Sha256OfFile(path, "checkpoint file");
+      if (!digest.ok() || *digest != f.sha256()) {
+        return DataLoss("checkpoint file " + path + " was modified after the checkpoint was written: " +
+                        (digest.ok() ? "its SHA-256 is " + *digest + " but " : digest.status().message() + "; ") +
+                        kCheckpointTenantRecord + " records " + f.sha256() +
+                        "; restore the checkpoint from a copy you trust");
+      }
     }
   } else {
     if (job_seal.key && use == CheckpointUse::kResume) {

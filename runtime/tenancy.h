@@ -140,6 +140,10 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job);
 // ---- Gate 3 for checkpoints -----------------------------------------------------------------
 
 inline constexpr char kCheckpointTenantRecord[] = "tenant.textproto";
+// Beside the record of an encrypted checkpoint: the record's exact text sealed with the tenant's
+// key, so an edit of the plaintext record (its residency, or the digest of job.textproto, the one
+// plaintext file) is refused by whoever holds the key.
+inline constexpr char kCheckpointTenantSeal[] = "tenant.seal";
 
 // How a job writes (and reads) checkpoint files: the tenant and residency recorded beside them and
 // the key that seals them (null = plaintext). Cheap to copy (the key is shared).

@@ -227,7 +227,7 @@ TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
   WriteText(record_path, forged);
   r = Fjord("eval --checkpoint " + sealed + data + " --key " + Path("other.key"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr(sealed + "/model.bin"));
+  EXPECT_THAT(r.output, HasSubstr(sealed + "/tenant.seal"));  // the record's sealed copy refuses it
   EXPECT_THAT(r.output, HasSubstr("wrong key or modified file"));
   WriteText(record_path, record);
 

@@ -329,8 +329,12 @@ TEST_F(CheckpointGateTest, WrongKeyIsRefusedByKeyIdAndByTheTag) {
   record.replace(record.find(right_seal->key->KeyId()), 16, wrong_seal->key->KeyId());
   WriteText(dir + "/tenant.textproto", record);
   r = Check(wrong, dir, CheckpointUse::kResume);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  StatusOr<std::string> model = ReadCheckpointFile(dir + "/model.bin", *r);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("tenant.seal does not authenticate"));
+  EXPECT_THAT(r.status().message(), HasSubstr("wrong key or modified file"));
+  // Past the record (its check skipped by reading with the wrong key's seal directly), the
+  // tensors' own tags refuse.
+  StatusOr<std::string> model = ReadCheckpointFile(dir + "/model.bin", *wrong_seal);
   ASSERT_FALSE(model.ok());
   EXPECT_THAT(model.status().message(), HasSubstr(dir + "/model.bin"));
   EXPECT_THAT(model.status().message(), HasSubstr("wrong key or modified file"));
@@ -366,6 +370,59 @@ TEST_F(CheckpointGateTest, FlippedByteIsRefusedEncryptedOrNot) {
               HasSubstr(plain + "/model.bin was modified after the checkpoint was written"));
 }
 
+// The tenant record and job.textproto are plaintext even in an encrypted checkpoint; the record's
+// sealed copy (tenant.seal) makes edits of either evident to the key holder.
+TEST_F(CheckpointGateTest, EditedRecordOrJobOfAnEncryptedCheckpointIsRefused) {
+  const proto::JobSpec job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
+  ASSERT_TRUE(seal.ok());
+  auto write = [&](const std::string& name) {
+    const std::string dir = Write(job, name);
+    WriteText(dir + "/job.textproto", "model { n_layer: 1 }\n");
+    EXPECT_TRUE(WriteCheckpointTenantRecord(dir, *seal, {"model.bin", "optimizer.bin", "job.textproto"}).ok());
+    return dir;
+  };
+  const std::string intact = write("intact");
+  EXPECT_TRUE(fs::exists(intact + "/tenant.seal"));
+  EXPECT_EQ(ReadText(intact + "/tenant.seal").find("acme"), std::string::npos);  // sealed, not plain
+  ASSERT_TRUE(Check(job, intact, CheckpointUse::kResume).ok());
+
+  // The record widened to another jurisdiction: it no longer matches its sealed copy.
+  const std::string widened = write("widened");
+  std::string record = ReadText(widened + "/tenant.textproto");
+  record.replace(record.find("allowed_jurisdictions: \"NO\""), 27,
+                 "allowed_jurisdictions: \"NO\"\nallowed_jurisdictions: \"SE\"");
+  WriteText(widened + "/tenant.textproto", record);
+  StatusOr<CheckpointSeal> r = Check(job, widened, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(r.status().message(), HasSubstr(widened + "/tenant.textproto was modified after the checkpoint "
+                                              "was written: it differs from its sealed copy tenant.seal"));
+
+  // job.textproto edited: its digest in the (authenticated) record no longer matches.
+  const std::string edited = write("edited");
+  WriteText(edited + "/job.textproto", "model { n_layer: 1 }\naudit_log: \"/tmp/elsewhere.jsonl\"\n");
+  r = Check(job, edited, CheckpointUse::kEval);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr(edited + "/job.textproto was modified after the checkpoint was written"));
+
+  // The sealed copy removed, or replaced by another checkpoint's (same tenant, same key).
+  const std::string removed = write("removed");
+  fs::remove(removed + "/tenant.seal");
+  r = Check(job, removed, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("its tenant.seal (the sealed copy of tenant.textproto) is missing"));
+  const std::string swapped = write("swapped");
+  WriteText(swapped + "/job.textproto", "model { n_layer: 2 }\n");
+  ASSERT_TRUE(WriteCheckpointTenantRecord(swapped, *seal, {"model.bin", "optimizer.bin", "job.textproto"}).ok());
+  fs::copy_file(intact + "/tenant.seal", swapped + "/tenant.seal", fs::copy_options::overwrite_existing);
+  r = Check(job, swapped, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("differs from its sealed copy tenant.seal"));
+}
+
 TEST_F(CheckpointGateTest, PlaintextWhereEncryptedBelongsIsRefused) {
   const proto::JobSpec sealed_job =
       Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
@@ -375,9 +432,14 @@ TEST_F(CheckpointGateTest, PlaintextWhereEncryptedBelongsIsRefused) {
   EXPECT_THAT(r.status().message(), HasSubstr("is not encrypted, but this job encrypts its checkpoints"));
   // A single plaintext file swapped into an encrypted checkpoint.
   const std::string sealed = Write(sealed_job, "sealed");
-  fs::copy_file(plain + "/model.bin", sealed + "/model.bin", fs::copy_options::overwrite_existing);
   StatusOr<CheckpointSeal> seal = Check(sealed_job, sealed, CheckpointUse::kResume);
   ASSERT_TRUE(seal.ok());
+  fs::copy_file(plain + "/model.bin", sealed + "/model.bin", fs::copy_options::overwrite_existing);
+  // Refused twice over: the authenticated record holds the sealed file's digest, and reading the
+  // file with the seal refuses plaintext.
+  StatusOr<CheckpointSeal> swapped = Check(sealed_job, sealed, CheckpointUse::kResume);
+  ASSERT_FALSE(swapped.ok());
+  EXPECT_THAT(swapped.status().message(), HasSubstr(sealed + "/model.bin was modified after the checkpoint"));
   StatusOr<std::string> model = ReadCheckpointFile(sealed + "/model.bin", *seal);
   ASSERT_FALSE(model.ok());
   EXPECT_THAT(model.status().message(), HasSubstr("may have been substituted"));
