@@ -10,6 +10,8 @@
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/gpt.h"
+#include "runtime/manifest.h"
+#include "runtime/tenancy.h"
 #include "runtime/tokenizer.h"
 #include "runtime/trainer.h"
 
@@ -22,20 +24,27 @@ struct LoadedModel {
   std::unique_ptr<Gpt> model;
 };
 
-StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, int max_seq,
-                                const CheckpointAccess& access) {
-  FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
+// The weights of the checkpoint in `dir`, whose job is `job`, opened (gate 3) as `opened`.
+StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSpec& job, OpenedCheckpoint& opened,
+                                      int max_batch, int max_seq, CheckpointUse use) {
   LoadedModel loaded;
-  FJORD_ASSIGN_OR_RETURN(loaded.job, LoadCheckpointJob(dir));
-  FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, loaded.job, access));
+  loaded.job = job;
   const GptConfig config = GptConfig::FromSpec(loaded.job.model());
   if (max_seq <= 0) max_seq = config.max_seq_len;
   ConfigureThreads(loaded.job.train().threads());
   loaded.model = std::make_unique<Gpt>(config, max_batch, max_seq, CpuOps());
   if (Status s = LoadCheckpointWeights(dir, *loaded.model, &opened.seal); !s.ok()) {
-    return AuditCheckpointRefusal(opened.audit.get(), dir, access.use, s);
+    return AuditCheckpointRefusal(opened.audit.get(), dir, use, s);
   }
   return loaded;
+}
+
+StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, int max_seq,
+                                const CheckpointAccess& access) {
+  FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
+  FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
+  FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, access));
+  return LoadOpenedModel(dir, job, opened, max_batch, max_seq, access.use);
 }
 
 }  // namespace
@@ -45,15 +54,36 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
   const int T = TrainSeqLen(job);
-  FJORD_ASSIGN_OR_RETURN(DataLoader data, DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T,
-                                                           job.train().seed(), /*shuffle=*/false));
+  // The checkpoint first (gate 3), then the data through the data gate of the checkpoint's
+  // tenant: its shards must have that tenant's manifests allowing this node, as for training.
+  CheckpointAccess eval_access = access;
+  eval_access.use = CheckpointUse::kEval;
+  FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, eval_access));
+  DataPolicy policy;
+  if (!opened.tenant.empty()) {
+    StatusOr<LocalNode> node = ReadNodeIdentity();
+    if (!node.ok()) {
+      return AuditCheckpointRefusal(
+          opened.audit.get(), dir, CheckpointUse::kEval,
+          FailedPrecondition("fjord eval of tenant " + opened.tenant + "'s checkpoint reads --data through the "
+                             "tenant's data gate, which needs this node's identity: " + node.status().message()));
+    }
+    policy.enabled = true;
+    policy.tenant = opened.tenant;
+    policy.host = node->hostname;
+    policy.jurisdiction = node->identity.jurisdiction();
+    policy.site = node->identity.site();
+    policy.allow_unmanifested = job.data().allow_unmanifested();
+    policy.audit = opened.audit.get();
+  }
+  FJORD_ASSIGN_OR_RETURN(DataLoader data,
+                         DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T, job.train().seed(),
+                                          /*shuffle=*/false, policy.enabled ? &policy : nullptr));
   const uint64_t available = data.sequences_per_epoch();
   const int B = static_cast<int>(std::min<uint64_t>(job.train().micro_batch(), available));
   if (batches <= 0) batches = job.train().eval_batches();
   batches = static_cast<int>(std::min<uint64_t>(batches, available / B));
-  CheckpointAccess eval_access = access;
-  eval_access.use = CheckpointUse::kEval;
-  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(dir, B, T, eval_access));
+  FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadOpenedModel(dir, job, opened, B, T, CheckpointUse::kEval));
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   EvalResult result;
   double sum = 0.0;

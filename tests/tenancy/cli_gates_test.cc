@@ -93,6 +93,33 @@ TEST_F(CliGatesTest, TrainRefusesUnmanifestedAndForeignDataBeforeReadingIt) {
   EXPECT_THAT(r.output, HasSubstr("belongs to tenant globex, but this job is tenant acme"));
 }
 
+// fjord eval of a tenant's checkpoint reads --data through that tenant's data gate, as training
+// does: the tenant's manifested shards are read (and audited), unmanifested or another tenant's
+// shards are refused before a byte of them is read, and the refusal is audited.
+TEST_F(CliGatesTest, EvalReadsDataThroughTheCheckpointTenantsDataGate) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  Prep("plain", "");
+  Prep("globex", "--tenant globex --jurisdiction NO");
+  RunResult r = Fjord("train " + Job("acme.textproto", "acme", "acme") + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string ckpt = " --checkpoint " + Path("run/checkpoints/step_000002") + " --batches 2";
+  const int opened_before = Count(AuditEvents(Path("run/audit.jsonl")), "shard_opened");
+
+  r = Fjord("eval" + ckpt + " --data '" + Path("acme/train_*.bin") + "'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("{\"loss\": "));
+  EXPECT_GT(Count(AuditEvents(Path("run/audit.jsonl")), "shard_opened"), opened_before);
+
+  const int refusals_before = Count(AuditEvents(Path("run/audit.jsonl")), "refusal");
+  r = Fjord("eval" + ckpt + " --data '" + Path("plain/train_*.bin") + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("has no manifest"));
+  r = Fjord("eval" + ckpt + " --data '" + Path("globex/train_*.bin") + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("belongs to tenant globex, but this job is tenant acme"));
+  EXPECT_EQ(Count(AuditEvents(Path("run/audit.jsonl")), "refusal"), refusals_before + 2);
+}
+
 TEST_F(CliGatesTest, ResumeRefusesAnotherTenantAWrongKeyAndAModifiedCheckpoint) {
   Prep("acme", "--tenant acme --jurisdiction NO");
   const std::string key = "checkpoint { keep_last: 1 encryption_key_file: \"" + Path("acme.key") + "\" }\n";
