@@ -131,6 +131,7 @@ void OnStopSignal(int sig) {
 struct SignalWatch {
   std::mutex mu;
   const Communicator* comm = nullptr;  // set while Train runs
+  std::string who = "?";               // "rank R (host H)", kept after Train returns
   std::atomic<int> step{0};
 };
 SignalWatch g_watch;
@@ -141,13 +142,12 @@ void WatchSignals() {
     const ssize_t n = read(g_signal_pipe[0], &sig, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n != 1) return;
-    std::string what, who = "?";
+    std::string what, who;
     for (int tries = 0; tries < 50 && what.empty(); ++tries) {
       if (tries > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       std::lock_guard<std::mutex> lock(g_watch.mu);
-      if (g_watch.comm == nullptr) break;
-      const RankInfo info = g_watch.comm->rank_info();
-      who = "rank " + std::to_string(info.rank) + " (host " + info.host + ")";
+      who = g_watch.who;
+      if (g_watch.comm == nullptr) break;  // Train has returned (or not begun)
       what = g_watch.comm->InFlight();
       if (g_watch.comm->size() == 1) break;  // alone: no peer to lose
     }
@@ -177,8 +177,10 @@ void InstallStopHandlers() {
 class WatchScope {
  public:
   explicit WatchScope(const Communicator& comm) {
+    const RankInfo info = comm.rank_info();
     std::lock_guard<std::mutex> lock(g_watch.mu);
     g_watch.comm = &comm;
+    g_watch.who = "rank " + std::to_string(info.rank) + " (host " + info.host + ")";
   }
   ~WatchScope() {
     std::lock_guard<std::mutex> lock(g_watch.mu);
