@@ -648,6 +648,16 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
   StatusOr<SlurmJob> job = WaitForSlurmJob(*id);
   if (!job.ok()) {
     std::fprintf(stderr, "fjord launch: error: %s\n", job.status().message().c_str());
+    // The job's end is unknown, but that launch stopped following it is recorded.
+    StatusOr<std::string> end = audit.Append("launch_exit", AuditRecord()
+                                                                .Str("launch_id", "slurm-" + *id)
+                                                                .Str("slurm_job_id", *id)
+                                                                .Str("error", job.status().message())
+                                                                .Int("exit_code", 1));
+    if (!end.ok()) {
+      std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
+                   end.status().message().c_str());
+    }
     return 1;
   }
   StatusOr<std::vector<std::string>> nodes = ExpandSlurmHostlist(job->nodelist);

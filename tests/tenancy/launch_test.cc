@@ -410,6 +410,25 @@ TEST_F(LaunchCliTest, SlurmOutsideAnAllocationWritesAndSubmitsAnSbatchScript) {
   EXPECT_TRUE(VerifyAuditLog(log)->ok);
 }
 
+// --wait on a job slurmctld has forgotten (it ended longer ago than MinJobAge before the first
+// query): a clear error naming the job, exit 1, and launch_exit recorded; never a hang. The
+// stand-in scontrol answers as Slurm 22.05 does for an unknown id.
+TEST_F(LaunchCliTest, SlurmWaitForAJobSlurmNoLongerKnowsIsAnError) {
+  WriteText(Path("fake-sbatch"), "#!/bin/sh\necho 4243\n", 0755);
+  fs::create_directories(Path("bin"));
+  WriteText(Path("bin/scontrol"),
+            "#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n", 0755);
+  testing::RunResult r = Launch("--np 2 --slurm --wait --sbatch " + Path("fake-sbatch"),
+                                "-u SLURM_JOB_ID PATH=" + Path("bin") + ":$PATH");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: submitted Slurm job 4243\n"));
+  EXPECT_THAT(r.output, HasSubstr("Slurm job 4243 is no longer known to slurmctld"));
+  EXPECT_THAT(r.output, HasSubstr("its exit code is lost; see the job's output file"));
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditEvents(log), (std::vector<std::string>{"launch_plan", "slurm_submitted", "launch_exit"}));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
 TEST_F(LaunchCliTest, SlurmTenantPartitionReplacesExclusive) {
   WriteText(Path("inv.textproto"), std::string(kInventory) +
                                        "slurm { partition: \"all\" tenant { id: \"acme\" partition: \"acme\" "
