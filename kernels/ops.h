@@ -83,7 +83,15 @@ struct OpContext {
      can). */                                                                                     \
   X(sum_squares, float* out, const float* x, size_t n)                                            \
   /* x[0:n] = 0. */                                                                               \
-  X(fill_zero, float* x, size_t n)
+  X(fill_zero, float* x, size_t n)                                                                \
+  /* bf16 (bit patterns: sign, 8 exponent, 7 mantissa bits) from fp32 over n values. seed == 0:   \
+     round to nearest, ties to even. seed != 0: stochastic rounding, up with probability equal   \
+     to the distance from the value below over the gap, from a hash of (seed, i), so results are \
+     the same on every backend. NaN stays NaN (quiet), infinities stay infinite; finite values   \
+     beyond the largest bf16 round to infinity as the rounding says. */                          \
+  X(cast_to_bf16, uint16_t* out, const float* inp, size_t n, uint64_t seed)                      \
+  /* out = the fp32 value of each bf16 in inp (exact). */                                        \
+  X(cast_from_bf16, float* out, const uint16_t* inp, size_t n)
 
 #define FJORD_DECLARE_OP(name, ...) void name(const OpContext& ctx, __VA_ARGS__);
 #define FJORD_OP_POINTER(name, ...) void (*name)(const OpContext& ctx, __VA_ARGS__);

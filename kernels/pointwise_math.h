@@ -99,4 +99,33 @@ FJORD_HOST_DEVICE inline float AdamWElement(const AdamWStep& s, float param, flo
   return param - s.lr * (m_hat / (sqrtf(v_hat) + s.eps) + s.weight_decay * param);
 }
 
+// ---- bf16 ------------------------------------------------------------------------------------
+
+// SplitMix64's finaliser: a bijective 64-bit mix, the counter-based random source of stochastic
+// rounding (no state, so every element draws independently on any backend and in any order).
+FJORD_HOST_DEVICE inline uint64_t Mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// fp32 -> bf16 bits (see cast_to_bf16 in kernels/ops.h). Adding to the 32-bit pattern and
+// truncating rounds the magnitude, for either sign: 0x7fff plus the kept LSB rounds to nearest
+// with ties to even; a uniform 16-bit draw rounds up with probability low16 / 2^16.
+FJORD_HOST_DEVICE inline uint16_t ToBf16(float x, uint64_t seed, uint64_t i) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
+  const uint32_t add = seed == 0 ? 0x7fffu + ((u >> 16) & 1u)
+                                 : static_cast<uint32_t>(Mix64(seed ^ Mix64(i + 0x9e3779b97f4a7c15ULL)) & 0xffffu);
+  return static_cast<uint16_t>((u + add) >> 16);
+}
+
+FJORD_HOST_DEVICE inline float FromBf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
 }  // namespace fjord

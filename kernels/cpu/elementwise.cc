@@ -57,4 +57,14 @@ void fill_zero(const OpContext& ctx, float* x, size_t n) {
   }
 }
 
+void cast_to_bf16(const OpContext&, uint16_t* out, const float* inp, size_t n, uint64_t seed) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) out[i] = ToBf16(inp[i], seed, i);
+}
+
+void cast_from_bf16(const OpContext&, float* out, const uint16_t* inp, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) out[i] = FromBf16(inp[i]);
+}
+
 }  // namespace fjord::cpu

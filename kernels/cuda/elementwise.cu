@@ -38,7 +38,29 @@ __global__ void ResidualBackwardKernel(float* da, float* db, const float* dout, 
   }
 }
 
+__global__ void CastToBf16Kernel(uint16_t* out, const float* inp, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
+    out[i] = ToBf16(inp[i], seed, i);
+}
+
+__global__ void CastFromBf16Kernel(float* out, const uint16_t* inp, size_t n) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
+    out[i] = FromBf16(inp[i]);
+}
+
 }  // namespace
+
+void cast_to_bf16(const OpContext& ctx, uint16_t* out, const float* inp, size_t n, uint64_t seed) {
+  if (n == 0) return;
+  CastToBf16Kernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n, seed);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+
+void cast_from_bf16(const OpContext& ctx, float* out, const uint16_t* inp, size_t n) {
+  if (n == 0) return;
+  CastFromBf16Kernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
 
 void gelu_forward(const OpContext& ctx, float* out, const float* inp, size_t n) {
   if (n == 0) return;

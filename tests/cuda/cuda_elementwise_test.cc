@@ -1,7 +1,9 @@
-// CUDA GELU, residual and fill_zero against their CPU twins.
+// CUDA GELU, residual, fill_zero and the bf16 casts against their CPU twins.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -89,6 +91,36 @@ TEST_F(CudaElementwise, FillZeroZeroesExactlyTheRange) {
   for (size_t i = 1; i <= n; ++i) ASSERT_EQ(got[i], 0.0f) << "index " << i - 1;
   EXPECT_TRUE(std::isnan(got[0])) << "wrote before the range";
   EXPECT_TRUE(std::isnan(got[n + 1])) << "wrote past the range";
+}
+
+// The casts share ToBf16 / FromBf16 (kernels/pointwise_math.h) and the hash of (seed, i) with
+// the CPU twin, so they must agree bit for bit, stochastic rounding included; across a grid-stride
+// sweep (the element index feeds the hash) and on raw bit patterns including NaN and infinities.
+TEST_F(CudaElementwise, CastsMatchCpuBitForBit) {
+  for (size_t n : {kSmall, kLarge}) {
+    std::vector<float> x = testing::RandomFloats(n, 5, -1e4f, 1e4f);
+    for (size_t i = 0; i < n; i += 97) {  // raw patterns: every exponent, NaNs and infinities
+      const uint32_t u = static_cast<uint32_t>(i * 2654435761u);
+      std::memcpy(&x[i], &u, sizeof(u));
+    }
+    DeviceBuffer<float> d_x(x);
+    for (uint64_t seed : {uint64_t{0}, uint64_t{2026}}) {
+      DeviceBuffer<uint16_t> d_b(std::vector<uint16_t>(n, 0xdead));
+      cuda::cast_to_bf16(ctx_, d_b.get(), d_x.get(), n, seed);
+      Sync();
+      std::vector<uint16_t> ref(n, 0xbeef);
+      cpu::cast_to_bf16(cpu_ctx_, ref.data(), x.data(), n, seed);
+      const std::vector<uint16_t> got = d_b.Download();
+      ASSERT_EQ(got, ref) << "seed " << seed << ", n " << n;
+      DeviceBuffer<float> d_back(std::vector<float>(n, kPoison));
+      cuda::cast_from_bf16(ctx_, d_back.get(), d_b.get(), n);
+      Sync();
+      std::vector<float> back_ref(n, kPoison);
+      cpu::cast_from_bf16(cpu_ctx_, back_ref.data(), ref.data(), n);
+      const std::vector<float> back = d_back.Download();
+      ASSERT_EQ(std::memcmp(back.data(), back_ref.data(), n * sizeof(float)), 0);
+    }
+  }
 }
 
 }  // namespace

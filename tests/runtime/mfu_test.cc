@@ -32,7 +32,8 @@ struct Counted {
 
 Counted Count(int L, int C, int T_max, int Vp, int T) {
   Counted c;
-  const double per_layer[][2] = {{C, 3.0 * C}, {C, C}, {C, 4.0 * C}, {4.0 * C, C}};  // in x out
+  const double d = C;
+  const double per_layer[][2] = {{d, 3.0 * d}, {d, d}, {d, 4.0 * d}, {4.0 * d, d}};  // in x out
   for (int l = 0; l < L; ++l) {
     for (const auto& m : per_layer) c.matmul_macs += m[0] * m[1];
     // Position t attends to t + 1 keys: Q.K and P.V each take (t + 1) x head_size per head.
