@@ -172,7 +172,9 @@ std::string JsonStrings(const std::vector<std::string>& v) {
 volatile sig_atomic_t g_child = 0;
 volatile sig_atomic_t g_terms = 0;
 void ForwardTerm(int sig) {
-  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), g_terms++ == 0 ? SIGUSR1 : sig);
+  const bool first = g_terms == 0;
+  g_terms = 1;
+  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), first ? SIGUSR1 : sig);
 }
 
 // Runs argv and waits; returns its exit code (128 + signal when killed, 127 when it cannot start).

@@ -51,20 +51,6 @@ bool IsHex64(std::string_view s) {
   return true;
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);  // also releases the flock
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 // The fields of one record line that chaining needs.
 struct RecordHead {
   int64_t seq = 0;

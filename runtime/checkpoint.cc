@@ -130,7 +130,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
                    step);
       std::_Exit(3);
     }
-    StatusOr<std::string> digest = Sha256File(path);
+    StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
     if (!digest.ok()) {
       s = digest.status();
       break;
@@ -239,7 +239,7 @@ Status VerifyCheckpoint(const std::string& dir) {
       return DataLoss(path + ": " + std::to_string(size) + " bytes, manifest.json says " +
                       std::to_string(*bytes->AsUint64()) + " (truncated or replaced)");
     }
-    FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
+    FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path, "checkpoint file"));
     if (digest != sha->text()) {
       return DataLoss(path + ": sha256 " + digest + " does not match manifest.json's " + sha->text() +
                       " (the file was modified or corrupted)");

@@ -120,21 +120,6 @@ Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header,
   return sink(tag, sizeof(tag));
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  bool Close() { return ::close(std::exchange(fd_, -1)) == 0; }
-
- private:
-  int fd_;
-};
-
 }  // namespace
 
 struct Sha256::Impl {
@@ -155,24 +140,6 @@ std::string Sha256::FinishHex() {
   unsigned int n = 32;
   if (!impl_->ctx || EVP_DigestFinal_ex(impl_->ctx.get(), digest, &n) != 1) return std::string(64, '0');
   return Hex(digest, n);
-}
-
-StatusOr<std::string> Sha256OfFile(const std::string& path, const std::string& what) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return (errno == ENOENT ? NotFound : FailedPrecondition)("cannot open " + what + " " + path + ": " +
-                                                             std::strerror(errno));
-  }
-  Sha256 h;
-  std::vector<uint8_t> buf(kChunk);
-  while (true) {
-    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return FailedPrecondition("cannot read " + what + " " + path + ": " + std::strerror(errno));
-    if (n == 0) break;
-    h.Update(buf.data(), static_cast<size_t>(n));
-  }
-  return h.FinishHex();
 }
 
 EncryptionKey::EncryptionKey(const std::array<uint8_t, kBytes>& bytes) : bytes_(bytes) {}

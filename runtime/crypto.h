@@ -31,7 +31,7 @@
 
 namespace fjord {
 
-// Sha256Hex(bytes) for a buffer lives in runtime/file_util.h (included above).
+// Sha256Hex(bytes) and Sha256File(path, what) live in runtime/file_util.h (included above).
 
 // Incremental SHA-256. Not thread-safe; one owner.
 class Sha256 {
@@ -49,8 +49,6 @@ class Sha256 {
   Impl* impl_;
 };
 
-// SHA-256 of the file at `path`, read in chunks; errors name the path and `what` ("shard").
-StatusOr<std::string> Sha256OfFile(const std::string& path, const std::string& what);
 
 // A 256-bit AES key. Move-only; the bytes are wiped (OPENSSL_cleanse) when it is destroyed or
 // moved from, so a key does not linger in freed memory.

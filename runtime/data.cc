@@ -671,7 +671,7 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
       for (size_t i = 0; i < files.size(); ++i) {
         const int64_t from = begin + static_cast<int64_t>(i) * per;
         const int64_t to = std::min(end, from + per);
-        FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(files[i], "shard"));
+        FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(files[i], "shard"));
         proto::ShardDigest* d = manifest.add_shard();
         d->set_name(fs::path(files[i]).filename().string());
         d->set_sha256(digest);

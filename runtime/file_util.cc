@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <utility>
 
 namespace fjord {
@@ -19,22 +20,13 @@ namespace {
 
 std::string ErrnoText() { return std::strerror(errno); }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  bool Close() { return ::close(std::exchange(fd_, -1)) == 0; }
-
- private:
-  int fd_;
-};
-
 }  // namespace
+
+Fd::~Fd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool Fd::Close() { return ::close(std::exchange(fd_, -1)) == 0; }
 
 StatusOr<std::string> ReadWholeFile(const std::string& path, const std::string& what) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -113,21 +105,24 @@ std::string Sha256Hex(std::string_view bytes) {
   return Hex(digest, sizeof(digest));
 }
 
-StatusOr<std::string> Sha256File(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return NotFound("cannot open " + path + " to compute its sha256");
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+StatusOr<std::string> Sha256File(const std::string& path, const std::string& what) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return (errno == ENOENT ? NotFound : FailedPrecondition)("cannot open " + what + " " + path + ": " + ErrnoText());
+  }
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
   std::vector<char> buffer(1 << 20);
-  size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), f)) > 0) EVP_DigestUpdate(ctx, buffer.data(), n);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return FailedPrecondition("cannot read " + what + " " + path + ": " + ErrnoText());
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n));
+  }
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, digest, &len);
-  EVP_MD_CTX_free(ctx);
-  if (failed) return DataLoss("error reading " + path + " while computing its sha256");
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
   return Hex(digest, len);
 }
 

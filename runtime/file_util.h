@@ -31,7 +31,24 @@ Status WriteFileAtomic(const std::string& path, const std::vector<ByteSpan>& pie
 // Lower-case hex SHA-256 of `bytes` (OpenSSL).
 std::string Sha256Hex(std::string_view bytes);
 
-// Lower-case hex SHA-256 of the file at `path`, read in chunks.
-StatusOr<std::string> Sha256File(const std::string& path);
+// Lower-case hex SHA-256 of the file at `path`, read in 1 MiB chunks. Errors name `what`
+// ("shard", "checkpoint file"), the path and the system's reason: NotFound when the file does not
+// exist, FailedPrecondition when it cannot be opened or read.
+StatusOr<std::string> Sha256File(const std::string& path, const std::string& what);
+
+// Owns a POSIX file descriptor: closes it on destruction (which also drops any flock on it).
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd();
+  int get() const { return fd_; }
+  // Closes now; false when close(2) reported an error (a late write error on some file systems).
+  bool Close();
+
+ private:
+  int fd_;
+};
 
 }  // namespace fjord

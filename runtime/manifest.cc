@@ -138,7 +138,7 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
                                            ". Run the job on nodes inside the data's residency"));
         }
         if (policy.audit != nullptr) {
-          FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(mpath, "data manifest"));
+          FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(mpath, "data manifest"));
           std::string allowed_json = "[";
           for (int i = 0; i < m.allowed_jurisdictions_size(); ++i) {
             allowed_json += std::string(i ? "," : "") + "\"" + m.allowed_jurisdictions(i) + "\"";

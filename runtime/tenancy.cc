@@ -479,7 +479,7 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   }
   for (const std::string& name : files) {
     const std::string path = (fs::path(dir) / name).string();
-    FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(path, "checkpoint file"));
+    FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path, "checkpoint file"));
     std::error_code ec;
     const uintmax_t size = fs::file_size(path, ec);
     proto::FileDigest* f = record.add_file();
@@ -595,7 +595,7 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
       char magic[sizeof(kSealMagic)] = {};
       in.read(magic, sizeof(magic));
       if (in && IsSealed(std::string_view(magic, sizeof(magic)))) continue;
-      StatusOr<std::string> digest = Sha256OfFile(path, "checkpoint file");
+      StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
       if (!digest.ok() || *digest != f.sha256()) {
         return DataLoss("checkpoint file " + path + " was modified after the checkpoint was written: " +
                         (digest.ok() ? "its SHA-256 is " + *digest + " but " : digest.status().message() + "; ") +
@@ -615,7 +615,7 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
     seal.key = nullptr;  // plain files are read as they are
     for (const proto::FileDigest& f : record.file()) {
       const std::string path = (fs::path(dir) / f.name()).string();
-      StatusOr<std::string> digest = Sha256OfFile(path, "checkpoint file");
+      StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
       if (!digest.ok()) {
         return FailedPrecondition(what + ": " + f.name() + " is listed in " + kCheckpointTenantRecord +
                                   " but cannot be read (" + digest.status().message() +
@@ -964,7 +964,7 @@ Status Tenancy::RecordCheckpointWritten(const std::string& dir) const {
                ",\"sha256\":" + JsonQuote(f.sha256()) + ",\"bytes\":" + std::to_string(f.bytes()) + "}";
     }
     FJORD_ASSIGN_OR_RETURN(std::string record_digest,
-                           Sha256OfFile((fs::path(dir) / kCheckpointTenantRecord).string(), "tenant record"));
+                           Sha256File((fs::path(dir) / kCheckpointTenantRecord).string(), "tenant record"));
     rec.Str("tenant_record_sha256", record_digest);
   }
   files += "]";

@@ -35,10 +35,10 @@ TEST_F(CryptoTest, Sha256MatchesKnownVectors) {
   h.Update("bc", 2);
   EXPECT_EQ(h.FinishHex(), Sha256Hex("abc"));
   WriteText(Path("f"), "abc");
-  StatusOr<std::string> f = Sha256OfFile(Path("f"), "file");
+  StatusOr<std::string> f = Sha256File(Path("f"), "file");
   ASSERT_TRUE(f.ok()) << f.status().message();
   EXPECT_EQ(*f, Sha256Hex("abc"));
-  EXPECT_EQ(Sha256OfFile(Path("missing"), "shard").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Sha256File(Path("missing"), "shard").status().code(), StatusCode::kNotFound);
 }
 
 TEST_F(CryptoTest, KeyFileRawAndHexLoadTheSameKey) {
