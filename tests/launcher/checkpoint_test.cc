@@ -26,6 +26,8 @@ using testing::Mpirun;
 using testing::RunFjord;
 using testing::RunResult;
 using testing::Shell;
+using testing::Finish;
+using testing::Start;
 
 class CheckpointTest : public ::testing::Test {
  protected:
@@ -202,16 +204,14 @@ TEST_F(CheckpointTest, SecondSignalExitsAtOnce) {
   const std::string cmd = "exec env FJORD_TEST_HOOK=sleep_in_step=0:2:30 " + std::string(FJORD_BINARY) +
                           Train("long", "--set checkpoint.every_steps=0");
   const auto t0 = std::chrono::steady_clock::now();
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   // Standard signals do not queue: leave the first one time to be taken before the second.
   Shell("pkill -TERM -f '[r]un_dir=" + P("long") + "'; sleep 0.3; pkill -TERM -f '[r]un_dir=" + P("long") + "'");
-  char buf[4096];
-  std::string out;
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
+  const RunResult done = Finish(pipe);
+  const std::string& out = done.output;
+  const int status = done.wait_status;
   ASSERT_TRUE(WIFEXITED(status)) << out;
   EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << out;
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
@@ -225,18 +225,16 @@ TEST_F(CheckpointTest, SigusrToMpirunStopsEveryRankWithACheckpoint) {
   // step it names equals the last step in the metrics, and resume starts right after it.
   const std::string cmd =
       "exec " + Mpirun(2) + Train("usr1", "--set train.steps=100000 --set checkpoint.every_steps=0");
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
   for (int i = 0; i < 100 && LossTexts(P("usr1/metrics.jsonl")).size() < 3; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   // mpirun is the process of this job without a rank in its environment.
   Shell("for p in $(pgrep -f '[r]un_dir=" + P("usr1") + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=' /proc/$p/environ "
         "2>/dev/null || kill -USR1 $p; done");
-  char buf[4096];
-  std::string out;
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
+  const RunResult done = Finish(pipe);
+  const std::string& out = done.output;
+  const int status = done.wait_status;
   ASSERT_TRUE(WIFEXITED(status)) << out;
   EXPECT_EQ(WEXITSTATUS(status), 0) << out;
   const size_t steps = LossTexts(P("usr1/metrics.jsonl")).size();
@@ -309,18 +307,16 @@ TEST_F(CheckpointTest, KilledRankEndsTheJobNamingIt) {
   const std::string cmd = Mpirun(2) + Train("killed", "--set train.steps=100000 --set checkpoint.every_steps=0 "
                                                        "--set parallel.comm_timeout=5");
   const auto t0 = std::chrono::steady_clock::now();
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
   std::this_thread::sleep_for(std::chrono::seconds(3));
   // Rank 1 is the fjord process whose environment says OMPI_COMM_WORLD_RANK=1.
   Shell("for p in $(pgrep -f '[r]un_dir=" + P("killed") + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ "
         "2>/dev/null && kill -9 $p; done");
   const auto killed = std::chrono::steady_clock::now();
-  char buf[4096];
-  std::string out;
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
+  const RunResult done = Finish(pipe);
+  const std::string& out = done.output;
+  const int status = done.wait_status;
   const double after_kill = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << out;
   // mpirun names the rank that died; the survivor names the collective it was in and the peer

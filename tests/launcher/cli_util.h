@@ -15,21 +15,32 @@ struct RunResult {
   int exit_code = -1;  // 128 + signal when killed
   std::string output;  // stdout and stderr together
   double seconds = 0.0;
+  int wait_status = -1;  // as pclose returned it, for WIFEXITED / WTERMSIG
 };
 
-// Runs `cmd` through the shell with stderr merged into stdout.
-inline RunResult Shell(const std::string& cmd) {
+// Starts `cmd` through the shell with stderr merged into stdout, without waiting for it (signal
+// it meanwhile, then Finish); nullptr when it cannot be started.
+inline FILE* Start(const std::string& cmd) { return popen((cmd + " 2>&1").c_str(), "r"); }
+
+// Reads everything a Started command writes and waits for it; seconds count from `started`.
+inline RunResult Finish(FILE* pipe,
+                        std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now()) {
   RunResult r;
-  const auto t0 = std::chrono::steady_clock::now();
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
   char buf[4096];
   size_t n;
   while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.wait_status = pclose(pipe);
+  r.exit_code = WIFEXITED(r.wait_status) ? WEXITSTATUS(r.wait_status) : 128 + WTERMSIG(r.wait_status);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return r;
+}
+
+// Runs `cmd` through the shell with stderr merged into stdout.
+inline RunResult Shell(const std::string& cmd) {
+  const auto t0 = std::chrono::steady_clock::now();
+  FILE* pipe = Start(cmd);
+  if (pipe == nullptr) return RunResult();
+  return Finish(pipe, t0);
 }
 
 // `fjord ARGS`.

@@ -26,6 +26,9 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::ReadText;
 using testing::Shell;
+using testing::Finish;
+using testing::RunResult;
+using testing::Start;
 using testing::WriteText;
 
 constexpr char kInventory[] = R"(# two NO nodes, one NO node drained, two SE nodes
@@ -342,18 +345,16 @@ TEST_F(LaunchCliTest, SigtermBecomesSigusr1ForTheJobThenSigterm) {
             0755);
   const std::string cmd = std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") + " --inventory " +
                           Path("inv.textproto") + " --mpirun " + Path("fake-mpirun") + " --np 2 --quiet";
-  FILE* pipe = popen(("exec " + cmd + " 2>&1").c_str(), "r");
+  FILE* pipe = Start("exec " + cmd);
   ASSERT_NE(pipe, nullptr);
   for (int i = 0; i < 200 && !fs::exists(Path("started")); ++i) usleep(20000);
   ASSERT_TRUE(fs::exists(Path("started")));
   const std::string launch =
       "pgrep -f '^" + std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") + "'";
   Shell("kill -TERM $(" + launch + "); sleep 0.5; kill -TERM $(" + launch + ")");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
+  const RunResult done = Finish(pipe);
+  const std::string& out = done.output;
+  const int status = done.wait_status;
   ASSERT_TRUE(WIFEXITED(status)) << out;
   EXPECT_EQ(WEXITSTATUS(status), 7) << out;  // the job's exit code, as always
   EXPECT_EQ(ReadText(Path("signals")), "USR1\nTERM\n");

@@ -29,6 +29,8 @@ using testing::Count;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::ReadText;
+using testing::Finish;
+using testing::Start;
 using testing::RunResult;
 using testing::Shell;
 using testing::WriteText;
@@ -292,7 +294,7 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   const std::string cmd = "bash " + kScript + " exec " + Cluster::state_ + " head sh -c " +
                           Quote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
                                 Inventory() + " --np 2 --quiet --set train.steps=1000000 --set parallel.comm_timeout=5");
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
   // Wait for training to start (metrics appear), then kill rank 1 (it runs on no2).
   for (int i = 0; i < 100 && !fs::exists(Path("run/metrics.jsonl")); ++i)
@@ -301,11 +303,9 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   const auto killed = std::chrono::steady_clock::now();
   RunResult k = Shell("for p in $(pgrep -f '[j]ob.textproto'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' "
                       "/proc/$p/environ 2>/dev/null && kill -9 $p && echo killed; done");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
+  const RunResult done = Finish(pipe);
+  const std::string& out = done.output;
+  const int status = done.wait_status;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   EXPECT_THAT(k.output, HasSubstr("killed")) << out;
   EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << out;
