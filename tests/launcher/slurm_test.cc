@@ -37,37 +37,16 @@ using testing::WriteText;
 
 const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/slurm-cluster.sh";
 
-class Cluster : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (const char* s = std::getenv("FJORD_SLURM_STATE")) {
-      state_ = s;
-    } else {
-      state_ = "/tmp/fjord-slurm-" + std::to_string(::getpid());
-      own_ = true;
-      RunResult up = Shell("bash " + kScript + " up " + state_);
-      if (up.exit_code != 0) skip_ = up.output;
-    }
-    if (skip_.empty() && !fs::exists(state_ + "/ready")) {
-      skip_ = fs::exists(state_ + "/skip-reason") ? ReadText(state_ + "/skip-reason")
-                                                  : "no cluster in " + state_ + " (slurm.up did not run)";
-    }
-  }
-  void TearDown() override {
-    if (own_) (void)Shell("bash " + kScript + " down " + state_ + " && rm -rf " + state_);
-  }
-  static std::string state_, skip_;
-  static bool own_;
-};
-std::string Cluster::state_, Cluster::skip_;
-bool Cluster::own_ = false;
-::testing::Environment* const kCluster = ::testing::AddGlobalTestEnvironment(new Cluster);
+// The cluster every test uses: from the CTest fixture, or made here.
+testing::ScriptCluster* const kCluster =
+    new testing::ScriptCluster(kScript, "FJORD_SLURM_STATE", "fjord-slurm", "slurm.up");
+::testing::Environment* const kRegistered = ::testing::AddGlobalTestEnvironment(kCluster);
 
 class SlurmTest : public testing::TenancyTest {
  protected:
   void SetUp() override {
-    if (!Cluster::skip_.empty())
-      GTEST_SKIP() << "Slurm test cluster unavailable, test skipped: " << Cluster::skip_;
+    if (!kCluster->skip().empty())
+      GTEST_SKIP() << "Slurm test cluster unavailable, test skipped: " << kCluster->skip();
     TenancyTest::SetUp();
     ::chmod(dir_.c_str(), 0755);
     fs::create_directories(Path("ids"));
@@ -78,7 +57,7 @@ class SlurmTest : public testing::TenancyTest {
   // CMD with this cluster's Slurm and the Open MPI settings for fake nodes sharing one hostname.
   RunResult Run(const std::string& cmd) {
     return Shell(
-        "env -u SLURM_JOB_ID -u SLURM_JOB_NODELIST SLURM_CONF=" + Cluster::state_ +
+        "env -u SLURM_JOB_ID -u SLURM_JOB_NODELIST SLURM_CONF=" + kCluster->state() +
         "/slurm.conf OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo "
         "OMP_NUM_THREADS=1 FJORD_NODE_IDENTITY=" +
         Path("ids/%n.textproto") + " " + cmd);

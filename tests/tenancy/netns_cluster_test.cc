@@ -37,33 +37,9 @@ using testing::WriteText;
 
 const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/netns-cluster.sh";
 
-// The cluster every test uses: from the CTest fixture, or made here.
-class Cluster : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (const char* s = std::getenv("FJORD_NETNS_STATE")) {
-      state_ = s;
-    } else {
-      state_ = "/tmp/fjord-netns-" + std::to_string(::getpid());
-      own_ = true;
-      RunResult up = Shell("bash " + kScript + " up " + state_);
-      if (up.exit_code != 0) skip_ = up.output;
-    }
-    if (skip_.empty() && !fs::exists(state_ + "/ready")) {
-      skip_ = fs::exists(state_ + "/skip-reason")
-                  ? ReadText(state_ + "/skip-reason")
-                  : "no cluster in " + state_ + " (tenancy.netns_up did not run)";
-    }
-  }
-  void TearDown() override {
-    if (own_) (void)Shell("bash " + kScript + " down " + state_);
-  }
-  static std::string state_;
-  static std::string skip_;
-  static bool own_;
-};
-std::string Cluster::state_, Cluster::skip_;
-bool Cluster::own_ = false;
+// The cluster every test uses: from the CTest fixture, or made here (registered in main).
+testing::ScriptCluster* const kCluster =
+    new testing::ScriptCluster(kScript, "FJORD_NETNS_STATE", "fjord-netns", "tenancy.netns_up");
 
 // Whether the fjord binary has the tenancy wiring: `fjord launch` exists / `fjord train` runs the
 // rank gate (probed with an identity file that does not exist: a gated train refuses at once).
@@ -80,21 +56,21 @@ bool TrainGateWired(const std::string& dir) {
 class NetnsTest : public testing::TenancyTest {
  protected:
   void SetUp() override {
-    if (!Cluster::skip_.empty())
-      GTEST_SKIP() << "network namespaces unavailable, multi-host test skipped: " << Cluster::skip_;
+    if (!kCluster->skip().empty())
+      GTEST_SKIP() << "network namespaces unavailable, multi-host test skipped: " << kCluster->skip();
     TenancyTest::SetUp();
     ::chmod(dir_.c_str(), 0755);
   }
   // CMD on test host HOST ("head", "no1", ...).
   RunResult On(const std::string& host, const std::string& cmd) {
-    return Shell("bash " + kScript + " exec " + Cluster::state_ + " " + host + " sh -c " + Quote(cmd));
+    return Shell("bash " + kScript + " exec " + kCluster->state() + " " + host + " sh -c " + Quote(cmd));
   }
   static std::string Quote(const std::string& s) {
     std::string out = "'";
     for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
     return out + "'";
   }
-  std::string Inventory() const { return Cluster::state_ + "/inventory.textproto"; }
+  std::string Inventory() const { return kCluster->state() + "/inventory.textproto"; }
 
   // Tokenized data of tenant acme, allowed in NO, prepared on no1 (prep refuses to run elsewhere).
   void PrepAcme(const std::string& binary) {
@@ -144,10 +120,10 @@ TEST_F(NetnsTest, HarnessHostsHaveTheirNamesIdentitiesAndNoRouteOut) {
   RunResult r = On("se1", "hostname; echo id=$FJORD_NODE_IDENTITY; ip route");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("se1\n"));
-  EXPECT_THAT(r.output, HasSubstr("id=" + Cluster::state_ + "/hosts/se1/node.textproto"));
+  EXPECT_THAT(r.output, HasSubstr("id=" + kCluster->state() + "/hosts/se1/node.textproto"));
   EXPECT_THAT(r.output, HasSubstr("10.213.0.0/24 dev eth0"));
   EXPECT_THAT(r.output, Not(HasSubstr("default")));
-  EXPECT_THAT(ReadText(Cluster::state_ + "/hosts/se1/node.textproto"), HasSubstr("jurisdiction: \"SE\""));
+  EXPECT_THAT(ReadText(kCluster->state() + "/hosts/se1/node.textproto"), HasSubstr("jurisdiction: \"SE\""));
   // Nothing outside the bridge is reachable: TEST-NET-1 has no route from any host.
   r = On("no1", "timeout 3 bash -c 'echo > /dev/tcp/192.0.2.1/80' 2>&1; echo rc=$?");
   EXPECT_THAT(r.output, HasSubstr("Network is unreachable"));
@@ -291,7 +267,7 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
   PrepAcme(FJORD_BINARY);
   WriteJob();
-  const std::string cmd = "bash " + kScript + " exec " + Cluster::state_ + " head sh -c " +
+  const std::string cmd = "bash " + kScript + " exec " + kCluster->state() + " head sh -c " +
                           Quote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
                                 Inventory() + " --np 2 --quiet --set train.steps=1000000 --set parallel.comm_timeout=5");
   FILE* pipe = Start(cmd);
@@ -397,7 +373,7 @@ TEST_F(NetnsLeaseTest, TwoTenantsLaunchedAtOnceOneIsRefusedAndStartsNothingCli) 
   EXPECT_EQ(HostsOf(won), (std::set<std::string>{"no1", "no2"}));
   EXPECT_EQ(Count(AuditEvents(Log(won)), "job_end"), 1);
   for (const char* host : {"no1", "no2"})
-    EXPECT_EQ(ReadText(Cluster::state_ + "/leases/" + host + ".lease"), "");
+    EXPECT_EQ(ReadText(kCluster->state() + "/leases/" + host + ".lease"), "");
 }
 
 TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
@@ -438,6 +414,6 @@ TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
 int main(int argc, char** argv) {
   ::setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);  // ranks of these tests share two cores
   ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new fjord::Cluster);
+  ::testing::AddGlobalTestEnvironment(fjord::kCluster);
   return RUN_ALL_TESTS();
 }

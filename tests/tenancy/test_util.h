@@ -12,6 +12,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/json.h"
@@ -120,5 +121,40 @@ inline int Count(const std::vector<std::string>& v, const std::string& x) {
   for (const std::string& s : v) n += s == x;
   return n;
 }
+
+// A test cluster brought up by a script (scripts/netns-cluster.sh, scripts/slurm-cluster.sh
+// `up|down STATE`): the CTest fixture's, whose STATE the fixture passes in `state_env`, or, when
+// the test binary runs by hand, one made here (in /tmp/PREFIX-PID) and taken down at the end.
+// skip() says why there is none (the script's skip-reason), for GTEST_SKIP.
+class ScriptCluster : public ::testing::Environment {
+ public:
+  ScriptCluster(std::string script, std::string state_env, std::string prefix, std::string fixture)
+      : script_(std::move(script)), state_env_(std::move(state_env)), prefix_(std::move(prefix)),
+        fixture_(std::move(fixture)) {}
+  void SetUp() override {
+    if (const char* s = std::getenv(state_env_.c_str())) {
+      state_ = s;
+    } else {
+      state_ = "/tmp/" + prefix_ + "-" + std::to_string(::getpid());
+      own_ = true;
+      RunResult up = Shell("bash " + script_ + " up " + state_);
+      if (up.exit_code != 0) skip_ = up.output;
+    }
+    if (skip_.empty() && !fs::exists(state_ + "/ready")) {
+      skip_ = fs::exists(state_ + "/skip-reason") ? ReadText(state_ + "/skip-reason")
+                                                  : "no cluster in " + state_ + " (" + fixture_ + " did not run)";
+    }
+  }
+  void TearDown() override {
+    if (own_) (void)Shell("bash " + script_ + " down " + state_ + " && rm -rf " + state_);
+  }
+  const std::string& state() const { return state_; }
+  const std::string& skip() const { return skip_; }
+
+ private:
+  const std::string script_, state_env_, prefix_, fixture_;
+  std::string state_, skip_;
+  bool own_ = false;
+};
 
 }  // namespace fjord::testing
