@@ -9,7 +9,9 @@
 
 #include <unistd.h>
 
+#include <memory>
 #include <optional>
+#include <utility>
 
 #include "collectives/mpi_communicator.h"
 #include "collectives/self_communicator.h"
@@ -31,7 +33,22 @@ bool LaunchedWithSeveralRanks() {
   return GetEnv("PMIX_RANK").has_value();
 }
 
+class DoneHandle final : public CommHandle {
+ public:
+  explicit DoneHandle(Status status) : status_(std::move(status)) {}
+  Status Wait() override { return status_; }
+  StatusOr<bool> Test() override {
+    if (!status_.ok()) return status_;
+    return true;
+  }
+
+ private:
+  Status status_;
+};
+
 }  // namespace
+
+std::unique_ptr<CommHandle> CompletedHandle(Status status) { return std::make_unique<DoneHandle>(std::move(status)); }
 
 size_t DataTypeSize(DataType dtype) {
   switch (dtype) {

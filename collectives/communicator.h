@@ -81,6 +81,10 @@ class CommHandle {
   virtual StatusOr<bool> Test() = 0;
 };
 
+// The handle of an operation that finished before its call returned (backends that run an
+// operation at once): Wait returns `status`; Test returns true, or `status` when it failed.
+std::unique_ptr<CommHandle> CompletedHandle(Status status);
+
 struct CommOptions {
   // How long one operation may take on this rank, from the moment it starts running.
   std::chrono::milliseconds timeout{300'000};

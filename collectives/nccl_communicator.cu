@@ -210,19 +210,6 @@ class NcclHandle final : public CommHandle {
   Status result_;
 };
 
-class DoneHandle final : public CommHandle {
- public:
-  explicit DoneHandle(Status s) : status_(std::move(s)) {}
-  Status Wait() override { return status_; }
-  StatusOr<bool> Test() override {
-    if (!status_.ok()) return status_;
-    return true;
-  }
-
- private:
-  Status status_;
-};
-
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(const CommOptions& options, Communicator& bootstrap)
@@ -322,7 +309,7 @@ class NcclCommunicator final : public Communicator {
     return bootstrap_.Barrier();
   }
   StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override {
-    return std::unique_ptr<CommHandle>(std::make_unique<DoneHandle>(Barrier()));
+    return CompletedHandle(Barrier());
   }
 
   std::string FlightRecord() const override { return state_->recorder.Dump(where_); }

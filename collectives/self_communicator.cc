@@ -13,19 +13,6 @@
 namespace fjord {
 namespace {
 
-class DoneHandle final : public CommHandle {
- public:
-  explicit DoneHandle(Status status) : status_(std::move(status)) {}
-  Status Wait() override { return status_; }
-  StatusOr<bool> Test() override {
-    if (!status_.ok()) return status_;
-    return true;
-  }
-
- private:
-  Status status_;
-};
-
 class SelfCommunicator final : public Communicator {
  public:
   explicit SelfCommunicator(const CommOptions& options) : recorder_(options.flight_recorder_entries) {
@@ -103,7 +90,7 @@ class SelfCommunicator final : public Communicator {
  private:
   static StatusOr<std::unique_ptr<CommHandle>> Async(Status status) {
     if (!status.ok()) return status;
-    return std::unique_ptr<CommHandle>(std::make_unique<DoneHandle>(OkStatus()));
+    return CompletedHandle(OkStatus());
   }
 
   Status Run(const OpDesc& op) {

@@ -268,7 +268,9 @@ TEST_F(CliTest, ProgressLineJsonAndTensorBoardReportMfu) {
     const double expected = 100 * (6 * n + 6 * L * C * T) * tok_s / 0.0009765625e12;
     EXPECT_NEAR(mfu_percent, expected, expected * (1.0 / tok_s + 6e-3)) << line;
     EXPECT_THAT(line, ::testing::MatchesRegex(".* \\| eta [0-9]+m[0-9][0-9]s$"));
-    if (step == 5) EXPECT_THAT(line, HasSubstr(" | val "));  // eval_every: 5
+    if (step == 5) {
+      EXPECT_THAT(line, HasSubstr(" | val "));  // eval_every: 5
+    }
   }
   EXPECT_EQ(steps, 5);
 }
