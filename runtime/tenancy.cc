@@ -515,6 +515,40 @@ StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string&
   return record;
 }
 
+namespace {
+
+// Whether the file at `path` starts with the sealed-file magic (false when it cannot be read).
+bool FileIsSealed(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[sizeof(kSealMagic)] = {};
+  in.read(magic, sizeof(magic));
+  return in && IsSealed(std::string_view(magic, sizeof(magic)));
+}
+
+// The files of checkpoint `dir` against the SHA-256 its tenant record gives them; sealed files
+// are skipped with `skip_sealed` (their tags authenticate them when they are read).
+Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenancy& record, bool skip_sealed,
+                            const std::string& what) {
+  for (const proto::FileDigest& f : record.file()) {
+    const std::string path = (fs::path(dir) / f.name()).string();
+    if (skip_sealed && FileIsSealed(path)) continue;
+    StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
+    if (!digest.ok()) {
+      return FailedPrecondition(what + ": " + f.name() + " is listed in " + kCheckpointTenantRecord +
+                                " but cannot be read (" + digest.status().message() +
+                                "): the checkpoint is incomplete; restore it from a copy you trust");
+    }
+    if (*digest != f.sha256()) {
+      return DataLoss("checkpoint file " + path + " was modified after the checkpoint was written: its SHA-256 is " +
+                      *digest + " but " + kCheckpointTenantRecord + " records " + f.sha256() +
+                      "; restore the checkpoint from a copy you trust");
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
 StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const CheckpointSeal& job_seal,
                                                const proto::NodeIdentity* node, CheckpointUse use) {
   const std::string what = "checkpoint " + dir;
@@ -589,20 +623,7 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
     }
     // Files left in plaintext (job.textproto) are held to the digests of the authenticated record;
     // sealed files authenticate themselves when they are read.
-    for (const proto::FileDigest& f : record.file()) {
-      const std::string path = (fs::path(dir) / f.name()).string();
-      std::ifstream in(path, std::ios::binary);
-      char magic[sizeof(kSealMagic)] = {};
-      in.read(magic, sizeof(magic));
-      if (in && IsSealed(std::string_view(magic, sizeof(magic)))) continue;
-      StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
-      if (!digest.ok() || *digest != f.sha256()) {
-        return DataLoss("checkpoint file " + path + " was modified after the checkpoint was written: " +
-                        (digest.ok() ? "its SHA-256 is " + *digest + " but " : digest.status().message() + "; ") +
-                        kCheckpointTenantRecord + " records " + f.sha256() +
-                        "; restore the checkpoint from a copy you trust");
-      }
-    }
+    FJORD_RETURN_IF_ERROR(CheckRecordedDigests(dir, record, /*skip_sealed=*/true, what));
   } else {
     if (job_seal.key && use == CheckpointUse::kResume) {
       return FailedPrecondition(
@@ -613,21 +634,7 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
           "checkpoint of this tenant");
     }
     seal.key = nullptr;  // plain files are read as they are
-    for (const proto::FileDigest& f : record.file()) {
-      const std::string path = (fs::path(dir) / f.name()).string();
-      StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
-      if (!digest.ok()) {
-        return FailedPrecondition(what + ": " + f.name() + " is listed in " + kCheckpointTenantRecord +
-                                  " but cannot be read (" + digest.status().message() +
-                                  "): the checkpoint is incomplete; restore it from a copy you trust");
-      }
-      if (*digest != f.sha256()) {
-        return DataLoss("checkpoint file " + path +
-                        " was modified after the checkpoint was written: its SHA-256 is " + *digest +
-                        " but " + kCheckpointTenantRecord + " records " + f.sha256() +
-                        "; restore the checkpoint from a copy you trust");
-      }
-    }
+    FJORD_RETURN_IF_ERROR(CheckRecordedDigests(dir, record, /*skip_sealed=*/false, what));
   }
   return seal;
 }
@@ -655,10 +662,7 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   opened.seal.key_source = "--key " + access.key_file;
   if (!read.ok()) {
     // No tenant record: a plain checkpoint of a job without tenant (or one whose record is gone).
-    std::ifstream in((fs::path(dir) / "model.bin").string(), std::ios::binary);
-    char magic[sizeof(kSealMagic)] = {};
-    in.read(magic, sizeof(magic));
-    if (in && IsSealed(std::string_view(magic, sizeof(magic)))) {
+    if (FileIsSealed((fs::path(dir) / "model.bin").string())) {
       return FailedPrecondition(what + ": model.bin is encrypted but " + kCheckpointTenantRecord +
                                 " is missing, so its tenant and key cannot be checked; restore the "
                                 "checkpoint from a copy you trust");
