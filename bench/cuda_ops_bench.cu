@@ -2,8 +2,11 @@
 // H200): median of --reps launches after 3 warm-ups, timed with CUDA events on one stream, inputs
 // random (never zeros: they hide bugs and can run faster). Reports the bytes each op must move at
 // least (inputs read once, outputs written once) as GB/s against a measured device-to-device copy,
-// and GEMM / attention FLOPs as TFLOP/s (fp32 today; the bf16 cuBLAS ceiling comes from
-// bench/torch_gpu_step.py --ceilings). One line per op, then a JSON line.
+// and GEMM / attention FLOPs as TFLOP/s. The model ops run in both storage types (kernels/ops.h):
+// fp32 first, then bf16 (names suffixed "bf16"; bytes counted at 2 per bf16 tensor element and 4
+// per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the ones to hold
+// against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. One line per op, then a
+// JSON line; fill_zero (a memset) is timed once, in fp32, last.
 //
 // usage: cuda_ops_bench [--batch B] [--seq T] [--reps N]
 #include <cublasLt.h>
@@ -20,15 +23,17 @@
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace {
 
-__global__ void FillRandom(float* x, size_t n, uint32_t seed, float scale, float offset) {
+template <typename T>
+__global__ void FillRandom(T* x, size_t n, uint32_t seed, float scale, float offset) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
     h ^= h >> 15, h *= 2246822519u, h ^= h >> 13, h *= 3266489917u, h ^= h >> 16;
-    x[i] = offset + scale * (static_cast<float>(h) / 4294967296.0f - 0.5f);
+    x[i] = fjord::FromFloat<T>(offset + scale * (static_cast<float>(h) / 4294967296.0f - 0.5f));
   }
 }
 
@@ -39,12 +44,87 @@ __global__ void FillTokens(int32_t* x, size_t n, int V) {
   }
 }
 
-float* Floats(size_t n, uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
-  float* p = nullptr;
-  FJORD_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(float)));
+// n random values of type T (float or bf16) in [offset - scale / 2, offset + scale / 2).
+template <typename T = float>
+T* Random(size_t n, uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
+  T* p = nullptr;
+  FJORD_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
   FillRandom<<<1024, 256>>>(p, n, seed, scale, offset);
   FJORD_CUDA_CHECK_LAUNCH();
   return p;
+}
+
+// Prints and records one op: name, bytes it must move, FLOPs, and the work to time.
+using Report =
+    std::function<void(const std::string& name, double bytes, double flops, const std::function<void()>& fn)>;
+
+// The fp32 buffers every storage type shares: LayerNorm statistics, lse, losses and parameter
+// gradients. dw doubles as dwpe (T * C <= 4 * C * C for T <= 3072).
+struct Fp32Buffers {
+  float *dw, *dbias, *mean, *rstd, *lse, *dwte, *losses;
+  int32_t* tokens;
+};
+
+// Times every model op of `ops` with floatX activations, parameters and activation gradients at
+// GPT-2 124M shapes (fill_zero excepted), names suffixed with `suffix`.
+template <typename floatX>
+void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, const fjord::OpContext& ctx,
+                    const Fp32Buffers& fb, int B, int T, int C, int NH, int V, int Vp,
+                    const std::string& suffix) {
+  const size_t BT = static_cast<size_t>(B) * T, N = BT;
+  // Buffers, random; LayerNorm weights near 1.
+  floatX *x = Random<floatX>(BT * 4 * C, 1), *y = Random<floatX>(BT * 4 * C, 2),
+         *z = Random<floatX>(BT * 4 * C, 3);
+  floatX *dx = Random<floatX>(BT * 4 * C, 4), *w = Random<floatX>(size_t{4} * C * C, 5, 0.04f);
+  floatX *bias = Random<floatX>(4 * C, 7, 0.1f), *lnw = Random<floatX>(C, 9, 0.2f, 1.0f);
+  floatX *wte = Random<floatX>(static_cast<size_t>(Vp) * C, 13, 0.04f),
+         *wpe = Random<floatX>(static_cast<size_t>(T) * C, 15);
+  floatX* logits = Random<floatX>(BT * Vp, 16, 4.0f);
+  FJORD_CUDA_CHECK(cudaDeviceSynchronize());
+  const double f = sizeof(float), e = sizeof(floatX);
+  const double hs = C / NH;
+  float *dw = fb.dw, *dbias = fb.dbias, *mean = fb.mean, *rstd = fb.rstd, *lse = fb.lse, *dwte = fb.dwte;
+  int32_t* tokens = fb.tokens;
+  report("encoder_forward" + suffix, e * (2.0 * BT * C + double(T) * C) + 4.0 * BT, 0,
+         [&] { ops.encoder_forward(ctx, x, tokens, wte, wpe, B, T, C); });
+  report("encoder_backward" + suffix, e * BT * C + f * (2.0 * BT * C + double(T) * C) + 4.0 * BT, 0,
+         [&] { ops.encoder_backward(ctx, dwte, dw, y, tokens, B, T, C); });
+  report("layernorm_forward" + suffix, e * (2.0 * N * C + 2.0 * C) + f * 2.0 * N, 0,
+         [&] { ops.layernorm_forward(ctx, y, mean, rstd, x, lnw, bias, N, C); });
+  report("layernorm_backward" + suffix, e * (3.0 * N * C + N * C) + f * (2.0 * N + 4.0 * C), 0,
+         [&] { ops.layernorm_backward(ctx, dx, dw, dbias, y, x, lnw, mean, rstd, N, C); });
+  for (auto [name, in, out] :
+       {std::tuple{"matmul_forward qkv", C, 3 * C}, std::tuple{"matmul_forward fc", C, 4 * C},
+        std::tuple{"matmul_forward fcproj", 4 * C, C}}) {
+    report(name + suffix, e * (N * in + double(in) * out + N * out), 2.0 * N * in * out,
+           [&, in = in, out = out] { ops.matmul_forward(ctx, y, x, w, bias, N, in, out); });
+  }
+  report("matmul_forward classifier" + suffix, e * (N * C + double(Vp) * C + N * Vp), 2.0 * N * C * Vp,
+         [&] { ops.matmul_forward(ctx, logits, x, wte, nullptr, N, C, Vp); });
+  for (auto [name, in, out] :
+       {std::tuple{"matmul_backward qkv", C, 3 * C}, std::tuple{"matmul_backward fc", C, 4 * C},
+        std::tuple{"matmul_backward fcproj", 4 * C, C}}) {
+    report(name + suffix, e * (2.0 * N * out + 2.0 * N * in + double(in) * out) + f * double(in) * out,
+           4.0 * N * in * out,
+           [&, in = in, out = out] { ops.matmul_backward(ctx, dx, dw, dbias, y, x, w, N, in, out); });
+  }
+  report("matmul_backward classifier" + suffix, e * (N * Vp + 2.0 * N * C + double(Vp) * C) + f * Vp * C,
+         4.0 * N * C * Vp, [&] { ops.matmul_backward(ctx, dx, dwte, nullptr, logits, x, wte, N, C, Vp); });
+  // Causal attention: QK^T and PV over half of the T x T scores; backward about 2.5x forward.
+  const double attn_flops = 2.0 * 2.0 * B * NH * double(T) * T * hs / 2.0;
+  report("attention_forward" + suffix, e * (3.0 * N * C + N * C) + f * N * NH, attn_flops,
+         [&] { ops.attention_forward(ctx, y, lse, x, B, T, C, NH); });
+  report("attention_backward" + suffix, e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH,
+         2.5 * attn_flops, [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
+  report("gelu_forward" + suffix, e * 2.0 * N * 4 * C, 0, [&] { ops.gelu_forward(ctx, y, x, N * 4 * C); });
+  report("gelu_backward" + suffix, e * 4.0 * N * 4 * C, 0,
+         [&] { ops.gelu_backward(ctx, dx, x, y, N * 4 * C); });
+  report("residual_forward" + suffix, e * 3.0 * N * C, 0, [&] { ops.residual_forward(ctx, z, x, y, N * C); });
+  report("residual_backward" + suffix, e * 5.0 * N * C, 0,
+         [&] { ops.residual_backward(ctx, dx, z, y, N * C); });
+  report("fused_classifier" + suffix, e * 2.0 * N * Vp + f * N + 4.0 * N, 0,
+         [&] { ops.fused_classifier(ctx, logits, fb.losses, tokens, N, V, Vp, 1.0f / N, 1); });
+  for (floatX* buffer : {x, y, z, dx, w, bias, lnw, wte, wpe, logits}) FJORD_CUDA_CHECK(cudaFree(buffer));
 }
 
 }  // namespace
@@ -64,7 +144,7 @@ int main(int argc, char** argv) {
     }
   }
   const int C = 768, NH = 12, V = 50257, Vp = 50304;
-  const size_t BT = static_cast<size_t>(B) * T, N = BT;
+  const size_t BT = static_cast<size_t>(B) * T;
   using fjord::OpContext;
   const fjord::Ops& ops = fjord::CudaOps();
   OpContext ctx;
@@ -80,21 +160,17 @@ int main(int argc, char** argv) {
   FJORD_CUDA_CHECK(cudaMalloc(&workspace, ws));
   ctx.stream = stream, ctx.blas = blas, ctx.workspace = workspace, ctx.workspace_bytes = ws;
 
-  // Buffers, random; LayerNorm weights near 1, rstd positive.
-  float *x = Floats(BT * 4 * C, 1), *y = Floats(BT * 4 * C, 2), *z = Floats(BT * 4 * C, 3);
-  float *dx = Floats(BT * 4 * C, 4), *w = Floats(size_t{4} * C * C, 5, 0.04f),
-        *dw = Floats(size_t{4} * C * C, 6);
-  float *bias = Floats(4 * C, 7, 0.1f), *dbias = Floats(4 * C, 8), *lnw = Floats(C, 9, 0.2f, 1.0f);
-  float *mean = Floats(BT, 10), *rstd = Floats(BT, 11, 0.5f, 1.0f), *lse = Floats(BT * NH, 12, 1.0f, 3.0f);
-  float *wte = Floats(size_t{Vp} * C, 13, 0.04f), *dwte = Floats(size_t{Vp} * C, 14),
-        *wpe = Floats(size_t{T} * C, 15);
-  float *logits = Floats(BT * Vp, 16, 4.0f), *losses = Floats(BT, 17), *out1 = Floats(1, 18);
+  // fp32 buffers, random; rstd positive. The floatX ones belong to ReportModelOps.
+  Fp32Buffers fb;
+  fb.dw = Random(size_t{4} * C * C, 6), fb.dbias = Random(4 * C, 8), fb.mean = Random(BT, 10);
+  fb.rstd = Random(BT, 11, 0.5f, 1.0f), fb.lse = Random(BT * NH, 12, 1.0f, 3.0f);
+  fb.dwte = Random(size_t{Vp} * C, 14), fb.losses = Random(BT, 17);
+  float* out1 = Random(1, 18);
   const size_t P = 124475904;  // GPT-2 124M parameters (padded vocabulary)
-  float *p = Floats(P, 19, 0.04f), *g = Floats(P, 20, 0.01f), *m = Floats(P, 21, 0.001f),
-        *v = Floats(P, 22, 1e-6f, 1e-6f);
-  int32_t* tokens = nullptr;
-  FJORD_CUDA_CHECK(cudaMalloc(&tokens, BT * sizeof(int32_t)));
-  FillTokens<<<256, 256>>>(tokens, BT, V);
+  float *p = Random(P, 19, 0.04f), *g = Random(P, 20, 0.01f), *m = Random(P, 21, 0.001f),
+        *v = Random(P, 22, 1e-6f, 1e-6f);
+  FJORD_CUDA_CHECK(cudaMalloc(&fb.tokens, BT * sizeof(int32_t)));
+  FillTokens<<<256, 256>>>(fb.tokens, BT, V);
   FJORD_CUDA_CHECK_LAUNCH();
   FJORD_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -128,59 +204,26 @@ int main(int argc, char** argv) {
   const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e6);
   std::printf("cuda_ops_bench: B %d T %d, C %d, NH %d, Vp %d; copy ceiling %.0f GB/s (1 GiB, read + write)\n",
               B, T, C, NH, Vp, copy_gbs);
-  std::printf("%-26s %10s %10s %10s %8s\n", "op", "ms", "GB/s", "TFLOP/s", "%copy");
+  std::printf("%-32s %10s %10s %10s %8s\n", "op", "ms", "GB/s", "TFLOP/s", "%copy");
   std::string json = "{\"batch\": " + std::to_string(B) + ", \"seq\": " + std::to_string(T) +
                      ", \"copy_gb_s\": " + std::to_string(copy_gbs) + ", \"ops\": {";
-  auto report = [&](const char* name, double bytes, double flops, const std::function<void()>& fn) {
+  const Report report = [&](const std::string& name, double bytes, double flops,
+                            const std::function<void()>& fn) {
     const double ms = time_ms(fn);
     FJORD_CUDA_CHECK(cudaGetLastError());
     const double gbs = bytes / (ms * 1e6), tflops = flops / (ms * 1e9);
-    std::printf("%-26s %10.4f %10.0f %10.2f %7.0f%%\n", name, ms, gbs, tflops, 100.0 * gbs / copy_gbs);
+    std::printf("%-32s %10.4f %10.0f %10.2f %7.0f%%\n", name.c_str(), ms, gbs, tflops,
+                100.0 * gbs / copy_gbs);
     json += std::string(json.back() == '{' ? "" : ", ") + "\"" + name + "\": {\"ms\": " + std::to_string(ms) +
             ", \"gb_s\": " + std::to_string(gbs) + ", \"tflop_s\": " + std::to_string(tflops) + "}";
   };
+  ReportModelOps(report, ops.f32, ctx, fb, B, T, C, NH, V, Vp, "");
+  ReportModelOps(report, ops.bf16x, ctx, fb, B, T, C, NH, V, Vp, " bf16");
   const double f = sizeof(float);
-  const double hs = C / NH;
-  report("encoder_forward", f * (2.0 * BT * C + double(T) * C) + 4.0 * BT, 0,
-         [&] { ops.encoder_forward(ctx, x, tokens, wte, wpe, B, T, C); });
-  report("encoder_backward", f * (BT * C + 2.0 * BT * C + double(T) * C) + 4.0 * BT, 0,
-         [&] { ops.encoder_backward(ctx, dwte, dw, y, tokens, B, T, C); });
-  report("layernorm_forward", f * (2.0 * N * C + 2.0 * N + 2.0 * C), 0,
-         [&] { ops.layernorm_forward(ctx, y, mean, rstd, x, lnw, bias, N, C); });
-  report("layernorm_backward", f * (3.0 * N * C + N * C + 2.0 * N + 4.0 * C), 0,
-         [&] { ops.layernorm_backward(ctx, dx, dw, dbias, y, x, lnw, mean, rstd, N, C); });
-  for (auto [name, in, out] :
-       {std::tuple{"matmul_forward qkv", C, 3 * C}, std::tuple{"matmul_forward fc", C, 4 * C},
-        std::tuple{"matmul_forward fcproj", 4 * C, C}}) {
-    report(name, f * (N * in + double(in) * out + N * out), 2.0 * N * in * out,
-           [&, in = in, out = out] { ops.matmul_forward(ctx, y, x, w, bias, N, in, out); });
-  }
-  report("matmul_forward classifier", f * (N * C + double(Vp) * C + N * Vp), 2.0 * N * C * Vp,
-         [&] { ops.matmul_forward(ctx, logits, x, wte, nullptr, N, C, Vp); });
-  for (auto [name, in, out] :
-       {std::tuple{"matmul_backward qkv", C, 3 * C}, std::tuple{"matmul_backward fc", C, 4 * C},
-        std::tuple{"matmul_backward fcproj", 4 * C, C}}) {
-    report(name, f * (2.0 * N * out + 2.0 * N * in + 2.0 * in * out), 4.0 * N * in * out,
-           [&, in = in, out = out] { ops.matmul_backward(ctx, dx, dw, dbias, y, x, w, N, in, out); });
-  }
-  report("matmul_backward classifier", f * (N * Vp + 2.0 * N * C + 2.0 * Vp * C), 4.0 * N * C * Vp,
-         [&] { ops.matmul_backward(ctx, dx, dwte, nullptr, logits, x, wte, N, C, Vp); });
-  // Causal attention: QK^T and PV over half of the T x T scores; backward about 2.5x forward.
-  const double attn_flops = 2.0 * 2.0 * B * NH * double(T) * T * hs / 2.0;
-  report("attention_forward", f * (3.0 * N * C + N * C + N * NH), attn_flops,
-         [&] { ops.attention_forward(ctx, y, lse, x, B, T, C, NH); });
-  report("attention_backward", f * (3.0 * N * C + 2.0 * N * C + N * NH + 3.0 * N * C), 2.5 * attn_flops,
-         [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
-  report("gelu_forward", f * 2.0 * N * 4 * C, 0, [&] { ops.gelu_forward(ctx, y, x, N * 4 * C); });
-  report("gelu_backward", f * 4.0 * N * 4 * C, 0, [&] { ops.gelu_backward(ctx, dx, x, y, N * 4 * C); });
-  report("residual_forward", f * 3.0 * N * C, 0, [&] { ops.residual_forward(ctx, z, x, y, N * C); });
-  report("residual_backward", f * 5.0 * N * C, 0, [&] { ops.residual_backward(ctx, dx, z, y, N * C); });
-  report("fused_classifier", f * (2.0 * N * Vp + N) + 4.0 * N, 0,
-         [&] { ops.fused_classifier(ctx, logits, losses, tokens, N, V, Vp, 1.0f / N, 1); });
   report("adamw_update 124M", f * 7.0 * P, 0,
          [&] { ops.adamw_update(ctx, p, g, m, v, P, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1); });
   report("sum_squares 124M", f * P, 0, [&] { ops.sum_squares(ctx, out1, g, P); });
-  report("fill_zero 124M", f * P, 0, [&] { ops.fill_zero(ctx, g, P); });
+  report("fill_zero 124M", f * P, 0, [&] { ops.f32.fill_zero(ctx, g, P); });
   std::printf("cuda_ops_bench_json %s}}\n", json.c_str());
   FJORD_CUDA_CHECK(cudaDeviceSynchronize());
   return 0;

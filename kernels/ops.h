@@ -1,14 +1,26 @@
 // The op set of the GPT model, declared once for every backend.
 //
-// Each op is declared here, once, through FJORD_OP_LIST. kernels/cpu/ defines them in namespace
-// fjord::cpu (the plain, obviously right oracle) and kernels/cuda/ defines the same signatures in
-// namespace fjord::cuda. The model calls ops through an `Ops` table of function pointers, so it
-// is written once and runs on either backend; a twin whose signature drifts fails to compile.
+// Each op is declared here, once, through FJORD_MODEL_OP_LIST (function templates over the
+// storage type floatX, instantiated for float and bf16) and FJORD_OP_LIST (fp32 functions).
+// kernels/cpu/ defines them in namespace fjord::cpu (the plain, obviously right oracle) and
+// kernels/cuda/ defines the same signatures in namespace fjord::cuda. The model calls ops through
+// an `Ops` table of function pointers, so it is written once and runs on either backend in either
+// precision; a twin whose signature drifts fails to compile.
 //
 // Conventions shared by all ops:
-// - Tensors are raw row-major float pointers owned by the caller, on the backend's device.
+// - Tensors are raw row-major pointers owned by the caller, on the backend's device.
 //   B = batch, T = sequence length, C = channels, NH = heads, V = vocabulary, Vp = V padded.
 //   N is a row count, n an element count.
+// - Precision. The model ops (FJORD_MODEL_OP_LIST) exist for two storage types `floatX` of
+//   activations, their gradients and the parameters they read: float (model.dtype FP32) and bf16
+//   (model.dtype BF16, mixed precision). Everything else is fp32 whatever floatX is: parameter
+//   gradients (so accumulation over micro-steps and the all-reduce never round to bf16), the
+//   LayerNorm statistics, the attention log-sum-exp and the losses. With bf16, an op reads its
+//   bf16 inputs exactly, computes in fp32 (every reduction, dot product and softmax accumulates
+//   in fp32 or wider) and rounds each floatX output once, to nearest with ties to even; an output
+//   that accumulates (+=) is read, added to in fp32 and rounded once. With float the ops are the
+//   fp32 ops they always were. The optimizer ops (FJORD_OP_LIST) are fp32 only: AdamW updates
+//   the fp32 master weights, and cast_to_bf16 derives the bf16 copy the model ops read.
 // - Backward ops ACCUMULATE (+=) into every gradient they write, parameter and activation
 //   alike, so gradient accumulation over micro-steps and the residual stream's fan-out need no
 //   extra passes; the caller zeroes gradient buffers when it starts a new accumulation. The one
@@ -24,6 +36,14 @@ struct CUstream_st;
 
 namespace fjord {
 
+// A bfloat16 value as its bit pattern: sign, 8 exponent bits, 7 mantissa bits (the top half of
+// the fp32 with the same sign and exponent). Layout-compatible with CUDA's __nv_bfloat16;
+// conversions are ToFloat / FromFloat in kernels/pointwise_math.h.
+struct bf16 {
+  uint16_t bits;
+};
+static_assert(sizeof(bf16) == 2, "bf16 must be two bytes");
+
 // Per-call execution context: which stream and library handles a backend uses. The CPU backend
 // ignores it; the CUDA backend requires `stream` and `blas` to be set by the runtime.
 struct OpContext {
@@ -33,47 +53,54 @@ struct OpContext {
   size_t workspace_bytes = 0;
 };
 
-// X(name, params...) for each op; the OpContext parameter is added by the users of the list.
-#define FJORD_OP_LIST(X)                                                                          \
+// X(name, params...) for each model op, `floatX` being the storage type (see Precision above);
+// the OpContext parameter is added by the users of the list.
+#define FJORD_MODEL_OP_LIST(X, floatX)                                                            \
   /* out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; tokens in [0, V). */                          \
-  X(encoder_forward, float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, \
-    int T, int C)                                                                                 \
+  X(encoder_forward, floatX* out, const int32_t* tokens, const floatX* wte, const floatX* wpe,   \
+    int B, int T, int C)                                                                          \
   /* dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]. Deterministic. */       \
-  X(encoder_backward, float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,  \
+  X(encoder_backward, float* dwte, float* dwpe, const floatX* dout, const int32_t* tokens, int B, \
     int T, int C)                                                                                 \
   /* Per row r of inp[N,C]: out = (x - mean) * rstd * weight + bias, eps 1e-5; saves mean[N] and \
      rstd[N] for the backward pass. */                                                           \
-  X(layernorm_forward, float* out, float* mean, float* rstd, const float* inp, const float* weight, \
-    const float* bias, size_t N, int C)                                                           \
-  X(layernorm_backward, float* dinp, float* dweight, float* dbias, const float* dout,            \
-    const float* inp, const float* weight, const float* mean, const float* rstd, size_t N, int C) \
+  X(layernorm_forward, floatX* out, float* mean, float* rstd, const floatX* inp,                  \
+    const floatX* weight, const floatX* bias, size_t N, int C)                                    \
+  X(layernorm_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,          \
+    const floatX* inp, const floatX* weight, const float* mean, const float* rstd, size_t N,     \
+    int C)                                                                                        \
   /* out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]; bias may be null. */                      \
-  X(matmul_forward, float* out, const float* inp, const float* weight, const float* bias,        \
+  X(matmul_forward, floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,    \
     size_t N, int C, int OC)                                                                      \
   /* dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout. dbias may be  \
      null (no bias); dinp may be null (input needs no gradient). */                               \
-  X(matmul_backward, float* dinp, float* dweight, float* dbias, const float* dout,               \
-    const float* inp, const float* weight, size_t N, int C, int OC)                               \
+  X(matmul_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,             \
+    const floatX* inp, const floatX* weight, size_t N, int C, int OC)                             \
   /* Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v (each C = NH * hs, head-major   \
      inside C). out[B,T,C] = softmax(q k^T / sqrt(hs), causal) v. Saves lse[B,NH,T], the         \
      log-sum-exp of each row of scaled scores, instead of the T x T probabilities, so no backend \
      ever materialises T x T per head outside a tile. */                                          \
-  X(attention_forward, float* out, float* lse, const float* qkv, int B, int T, int C, int NH)    \
+  X(attention_forward, floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH)  \
   /* dqkv += gradient of out w.r.t. qkv, recomputing probabilities from qkv and lse. */          \
-  X(attention_backward, float* dqkv, const float* dout, const float* qkv, const float* out,      \
+  X(attention_backward, floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,  \
     const float* lse, int B, int T, int C, int NH)                                                \
   /* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) elementwise over n values. */          \
-  X(gelu_forward, float* out, const float* inp, size_t n)                                         \
-  X(gelu_backward, float* dinp, const float* inp, const float* dout, size_t n)                    \
+  X(gelu_forward, floatX* out, const floatX* inp, size_t n)                                       \
+  X(gelu_backward, floatX* dinp, const floatX* inp, const floatX* dout, size_t n)                 \
   /* out = a + b; backward: da += dout, db += dout. */                                            \
-  X(residual_forward, float* out, const float* a, const float* b, size_t n)                       \
-  X(residual_backward, float* da, float* db, const float* dout, size_t n)                        \
+  X(residual_forward, floatX* out, const floatX* a, const floatX* b, size_t n)                    \
+  X(residual_backward, floatX* da, floatX* db, const floatX* dout, size_t n)                      \
   /* Fused softmax + cross-entropy over the first V of Vp columns of logits[N,Vp]:               \
      losses[r] = -log softmax(logits[r, :V])[targets[r]]. When write_dlogits is non-zero, logits  \
      is overwritten in place with dloss * (softmax - onehot(target)), padded columns set to 0;   \
      no probabilities are stored. targets in [0, V). */                                           \
-  X(fused_classifier, float* logits, float* losses, const int32_t* targets, size_t N, int V,     \
+  X(fused_classifier, floatX* logits, float* losses, const int32_t* targets, size_t N, int V,    \
     int Vp, float dloss, int write_dlogits)                                                        \
+  /* x[0:n] = 0. */                                                                               \
+  X(fill_zero, floatX* x, size_t n)
+
+// X(name, params...) for each fp32-only op (the optimizer's and the casts).
+#define FJORD_OP_LIST(X)                                                                          \
   /* AdamW (decoupled weight decay, bias-corrected moments) on n parameters, step t >= 1:        \
      g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;                          \
      params -= lr (mhat / (sqrt(vhat) + eps) + weight_decay params). */                          \
@@ -82,35 +109,65 @@ struct OpContext {
   /* out[0] = sum of x[i]^2 over n values (accumulated in higher precision where the backend    \
      can). */                                                                                     \
   X(sum_squares, float* out, const float* x, size_t n)                                            \
-  /* x[0:n] = 0. */                                                                               \
-  X(fill_zero, float* x, size_t n)                                                                \
-  /* bf16 (bit patterns: sign, 8 exponent, 7 mantissa bits) from fp32 over n values. seed == 0:   \
-     round to nearest, ties to even. seed != 0: stochastic rounding, up with probability equal   \
-     to the distance from the value below over the gap, from a hash of (seed, i), so results are \
-     the same on every backend. NaN stays NaN (quiet), infinities stay infinite; finite values   \
-     beyond the largest bf16 round to infinity as the rounding says. */                          \
-  X(cast_to_bf16, uint16_t* out, const float* inp, size_t n, uint64_t seed)                      \
+  /* bf16 from fp32 over n values. seed == 0: round to nearest, ties to even. seed != 0:         \
+     stochastic rounding, up with probability equal to the distance from the value below over   \
+     the gap, from a hash of (seed, i), so results are the same on every backend. NaN stays NaN  \
+     (quiet), infinities stay infinite; finite values beyond the largest bf16 round to infinity  \
+     as the rounding says. */                                                                     \
+  X(cast_to_bf16, bf16* out, const float* inp, size_t n, uint64_t seed)                          \
   /* out = the fp32 value of each bf16 in inp (exact). */                                        \
-  X(cast_from_bf16, float* out, const uint16_t* inp, size_t n)
+  X(cast_from_bf16, float* out, const bf16* inp, size_t n)
 
 #define FJORD_DECLARE_OP(name, ...) void name(const OpContext& ctx, __VA_ARGS__);
+#define FJORD_DECLARE_MODEL_OP(name, ...) \
+  template <typename floatX>              \
+  void name(const OpContext& ctx, __VA_ARGS__);
 #define FJORD_OP_POINTER(name, ...) void (*name)(const OpContext& ctx, __VA_ARGS__);
 
+// In a backend's source file after the definition of model op `name` (a function template in
+// namespace `ns`): its two instantiations, float and bf16.
+#define FJORD_INSTANTIATE_MODEL_OP(ns, name)              \
+  template decltype(ns::name<float>) ns::name<float>; \
+  template decltype(ns::name<::fjord::bf16>) ns::name<::fjord::bf16>;
+
 namespace cpu {
+FJORD_MODEL_OP_LIST(FJORD_DECLARE_MODEL_OP, floatX)
 FJORD_OP_LIST(FJORD_DECLARE_OP)
 }  // namespace cpu
 
 #ifdef FJORD_HAVE_CUDA
 namespace cuda {
+FJORD_MODEL_OP_LIST(FJORD_DECLARE_MODEL_OP, floatX)
 FJORD_OP_LIST(FJORD_DECLARE_OP)
 }  // namespace cuda
 #endif
 
+// The model ops of one backend for one storage type.
+template <typename floatX>
+struct ModelOps {
+  FJORD_MODEL_OP_LIST(FJORD_OP_POINTER, floatX)
+};
+
 // A backend's op table. The model holds one and calls through it.
 struct Ops {
   const char* name;
+  ModelOps<float> f32;   // model.dtype FP32
+  ModelOps<bf16> bf16x;  // model.dtype BF16
   FJORD_OP_LIST(FJORD_OP_POINTER)
+
+  // f32 or bf16x by type, for code written once over floatX.
+  template <typename floatX>
+  const ModelOps<floatX>& model() const;
 };
+
+template <>
+inline const ModelOps<float>& Ops::model<float>() const {
+  return f32;
+}
+template <>
+inline const ModelOps<bf16>& Ops::model<bf16>() const {
+  return bf16x;
+}
 
 // The CPU backend's table (always available).
 const Ops& CpuOps();

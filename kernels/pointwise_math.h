@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/ops.h"
+
 #if defined(__CUDACC__)
 #define FJORD_HOST_DEVICE __host__ __device__
 #else
@@ -126,6 +128,22 @@ FJORD_HOST_DEVICE inline float FromBf16(uint16_t b) {
   float x;
   std::memcpy(&x, &u, sizeof(x));
   return x;
+}
+
+// Storage <-> fp32 for code written once over floatX (float or bf16): ToFloat reads a stored value
+// exactly; FromFloat<floatX> rounds an fp32 result for storage, to nearest with ties to even.
+FJORD_HOST_DEVICE inline float ToFloat(float x) { return x; }
+FJORD_HOST_DEVICE inline float ToFloat(bf16 x) { return FromBf16(x.bits); }
+
+template <typename floatX>
+FJORD_HOST_DEVICE inline floatX FromFloat(float x);
+template <>
+FJORD_HOST_DEVICE inline float FromFloat<float>(float x) {
+  return x;
+}
+template <>
+FJORD_HOST_DEVICE inline bf16 FromFloat<bf16>(float x) {
+  return bf16{ToBf16(x, 0, 0)};
 }
 
 }  // namespace fjord

@@ -11,6 +11,8 @@
 
 namespace fjord {
 
+const char* PrecisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
+
 GptConfig GptConfig::FromSpec(const proto::ModelSpec& spec) {
   GptConfig c;
   c.n_layer = spec.n_layer();
@@ -94,7 +96,8 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
 
 // Activation tensors. Per-layer tensors are indexed (id, layer); global ones come after all
 // layers. The classifier's logits and losses come last: their gradients are not mirrored in
-// dacts_ (fused_classifier writes dlogits over the logits).
+// dacts_ (fused_classifier writes dlogits over the logits). LayerNorm statistics, the attention
+// log-sum-exp and the losses are fp32; every other activation is stored in config.precision.
 namespace {
 
 enum LayerAct { kLn1, kLn1Mean, kLn1Rstd, kQkv, kAtty, kLse, kAttproj, kRes2, kLn2, kLn2Mean, kLn2Rstd,
@@ -112,6 +115,10 @@ size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
   }
 }
 
+bool IsFp32Stat(LayerAct id) {
+  return id == kLn1Mean || id == kLn1Rstd || id == kLn2Mean || id == kLn2Rstd || id == kLse;
+}
+
 size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
   switch (id) {
     case kLnfMean: case kLnfRstd: case kLosses: return BT;
@@ -120,26 +127,39 @@ size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
   }
 }
 
-size_t Align16(size_t n) { return (n + 15) / 16 * 16; }
+bool IsFp32Stat(GlobalAct id) { return id == kLnfMean || id == kLnfRstd || id == kLosses; }
 
-// Fills offsets (layer acts first, layer-major, then globals) and returns {total, grad_total}.
+size_t Align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+size_t StorageBytes(Precision p) { return p == Precision::kBf16 ? sizeof(bf16) : sizeof(float); }
+
+// Fills byte offsets (layer acts first, layer-major, then globals; each 64-byte aligned) and
+// returns {total bytes, gradient bytes}: the gradients mirror everything before the logits.
 std::pair<size_t, size_t> ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* offsets) {
   const size_t BT = static_cast<size_t>(B) * T;
+  const size_t x = StorageBytes(c.precision);
   size_t total = 0;
   offsets->clear();
   for (int l = 0; l < c.n_layer; ++l) {
     for (int id = 0; id < kNumLayerActs; ++id) {
+      const LayerAct a = static_cast<LayerAct>(id);
       offsets->push_back(total);
-      total += Align16(LayerActSize(static_cast<LayerAct>(id), c, BT, B));
+      total += Align64(LayerActSize(a, c, BT, B) * (IsFp32Stat(a) ? sizeof(float) : x));
     }
   }
   size_t grad_total = 0;
   for (int id = 0; id < kNumGlobalActs; ++id) {
-    if (id == kLogits) grad_total = total;
+    const GlobalAct a = static_cast<GlobalAct>(id);
+    if (a == kLogits) grad_total = total;
     offsets->push_back(total);
-    total += Align16(GlobalActSize(static_cast<GlobalAct>(id), c, BT));
+    total += Align64(GlobalActSize(a, c, BT) * (IsFp32Stat(a) ? sizeof(float) : x));
   }
   return {total, grad_total};
+}
+
+// Bytes of the bf16 working copy of `n` parameters (none in fp32: the ops read the master).
+size_t WorkingParamBytes(const GptConfig& c, size_t n) {
+  return c.precision == Precision::kBf16 ? n * sizeof(bf16) : 0;
 }
 
 }  // namespace
@@ -148,7 +168,7 @@ size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
   std::vector<size_t> offsets;
   auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &offsets);
   const size_t params = ParamLayout(config).num_params();
-  return (2 * params + acts + dacts) * sizeof(float);
+  return 2 * params * sizeof(float) + WorkingParamBytes(config, params) + acts + dacts;
 }
 
 size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple) {
@@ -157,8 +177,9 @@ size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size
   const size_t n = ParamLayout(config).num_params();
   const size_t padded = (n + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   const size_t tokens = static_cast<size_t>(max_batch) * max_seq * sizeof(int32_t);
-  return 2 * Arena::Rounded(padded * sizeof(float)) + Arena::Rounded(acts * sizeof(float)) +
-         Arena::Rounded(dacts * sizeof(float)) + 2 * Arena::Rounded(tokens) + Arena::Rounded(sizeof(float));
+  const size_t working = WorkingParamBytes(config, padded);
+  return 2 * Arena::Rounded(padded * sizeof(float)) + (working > 0 ? Arena::Rounded(working) : 0) +
+         Arena::Rounded(acts) + Arena::Rounded(dacts) + 2 * Arena::Rounded(tokens) + Arena::Rounded(sizeof(float));
 }
 
 Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)
@@ -196,10 +217,12 @@ void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
   params_ = arena.Floats(buffer_size_);
+  working_params_ = params_;
+  if (config_.precision == Precision::kBf16) working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
   grads_ = arena.Floats(buffer_size_);
-  acts_ = arena.Floats(acts);
-  dacts_ = arena.Floats(dacts);
-  dacts_size_ = dacts;
+  acts_ = static_cast<char*>(arena.Bytes(acts));
+  dacts_ = static_cast<char*>(arena.Bytes(dacts));
+  dacts_bytes_ = dacts;
   tokens_ = arena.Ints(tokens);
   targets_ = arena.Ints(tokens);
   scratch_ = arena.Floats(1);
@@ -218,6 +241,12 @@ void Gpt::SyncParamsToHost() {
 
 void Gpt::SyncParamsToDevice() {
   if (device_.is_cuda()) device_.Upload(params_, host_params_.data(), buffer_size_ * sizeof(float));
+  RoundWorkingParams(0);
+}
+
+void Gpt::RoundWorkingParams(uint64_t seed) {
+  if (config_.precision != Precision::kBf16) return;
+  ops_.cast_to_bf16(ctx_, static_cast<bf16*>(working_params_), params_, buffer_size_, seed);
 }
 
 #define FJORD_LAYER_ACT(id, l) (act_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])
@@ -251,52 +280,62 @@ float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
               "batch " + std::to_string(B) + "x" + std::to_string(T) + " exceeds the model's buffers");
   B_ = B;
   T_ = T;
-  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab;
   const size_t BT = static_cast<size_t>(B) * T;
   device_.Upload(tokens_, tokens, BT * sizeof(int32_t));
   if (targets != nullptr) device_.Upload(targets_, targets, BT * sizeof(int32_t));
+  has_dlogits_ = false;
+  const bool with_targets = targets != nullptr;
+  const float loss = config_.precision == Precision::kBf16 ? ForwardAs<bf16>(B, T, with_targets, dloss_scale)
+                                                           : ForwardAs<float>(B, T, with_targets, dloss_scale);
+  if (!with_targets) return 0.0f;
+  has_dlogits_ = dloss_scale > 0.0f;
+  return loss;
+}
 
-  ops_.encoder_forward(ctx_, A(FJORD_GLOBAL_ACT(kEncoded)), tokens_, P(layout_.wte()), P(layout_.wpe()), B, T, C);
-  float* residual = A(FJORD_GLOBAL_ACT(kEncoded));
+template <typename floatX>
+float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
+  floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
+  ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), P<floatX>(layout_.wpe()), B, T, C);
+  floatX* residual = encoded;
   for (int l = 0; l < config_.n_layer; ++l) {
     const ParamLayout::Layer& w = layout_.layer(l);
-    float* ln1 = A(FJORD_LAYER_ACT(kLn1, l));
-    float* qkv = A(FJORD_LAYER_ACT(kQkv, l));
-    float* atty = A(FJORD_LAYER_ACT(kAtty, l));
-    float* attproj = A(FJORD_LAYER_ACT(kAttproj, l));
-    float* res2 = A(FJORD_LAYER_ACT(kRes2, l));
-    float* ln2 = A(FJORD_LAYER_ACT(kLn2, l));
-    float* fch = A(FJORD_LAYER_ACT(kFch, l));
-    float* fch_gelu = A(FJORD_LAYER_ACT(kFchGelu, l));
-    float* fcproj = A(FJORD_LAYER_ACT(kFcproj, l));
-    float* res3 = A(FJORD_LAYER_ACT(kRes3, l));
-    ops_.layernorm_forward(ctx_, ln1, A(FJORD_LAYER_ACT(kLn1Mean, l)), A(FJORD_LAYER_ACT(kLn1Rstd, l)), residual,
-                           P(w.ln1_w), P(w.ln1_b), BT, C);
-    ops_.matmul_forward(ctx_, qkv, ln1, P(w.qkv_w), P(w.qkv_b), BT, C, 3 * C);
-    ops_.attention_forward(ctx_, atty, A(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH);
-    ops_.matmul_forward(ctx_, attproj, atty, P(w.attproj_w), P(w.attproj_b), BT, C, C);
-    ops_.residual_forward(ctx_, res2, residual, attproj, BT * C);
-    ops_.layernorm_forward(ctx_, ln2, A(FJORD_LAYER_ACT(kLn2Mean, l)), A(FJORD_LAYER_ACT(kLn2Rstd, l)), res2,
-                           P(w.ln2_w), P(w.ln2_b), BT, C);
-    ops_.matmul_forward(ctx_, fch, ln2, P(w.fc_w), P(w.fc_b), BT, C, 4 * C);
-    ops_.gelu_forward(ctx_, fch_gelu, fch, BT * 4 * C);
-    ops_.matmul_forward(ctx_, fcproj, fch_gelu, P(w.fcproj_w), P(w.fcproj_b), BT, 4 * C, C);
-    ops_.residual_forward(ctx_, res3, res2, fcproj, BT * C);
+    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));
+    floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
+    floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
+    floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+    floatX* res2 = A<floatX>(FJORD_LAYER_ACT(kRes2, l));
+    floatX* ln2 = A<floatX>(FJORD_LAYER_ACT(kLn2, l));
+    floatX* fch = A<floatX>(FJORD_LAYER_ACT(kFch, l));
+    floatX* fch_gelu = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+    floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
+    ops.layernorm_forward(ctx_, ln1, F(FJORD_LAYER_ACT(kLn1Mean, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), residual,
+                          P<floatX>(w.ln1_w), P<floatX>(w.ln1_b), BT, C);
+    ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), P<floatX>(w.qkv_b), BT, C, 3 * C);
+    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH);
+    ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), P<floatX>(w.attproj_b), BT, C, C);
+    ops.residual_forward(ctx_, res2, residual, attproj, BT * C);
+    ops.layernorm_forward(ctx_, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)), F(FJORD_LAYER_ACT(kLn2Rstd, l)), res2,
+                          P<floatX>(w.ln2_w), P<floatX>(w.ln2_b), BT, C);
+    ops.matmul_forward(ctx_, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
+    ops.gelu_forward(ctx_, fch_gelu, fch, BT * 4 * C);
+    ops.matmul_forward(ctx_, fcproj, fch_gelu, P<floatX>(w.fcproj_w), P<floatX>(w.fcproj_b), BT, 4 * C, C);
+    ops.residual_forward(ctx_, res3, res2, fcproj, BT * C);
     residual = res3;
   }
-  float* lnf = A(FJORD_GLOBAL_ACT(kLnf));
-  ops_.layernorm_forward(ctx_, lnf, A(FJORD_GLOBAL_ACT(kLnfMean)), A(FJORD_GLOBAL_ACT(kLnfRstd)), residual,
-                         P(layout_.lnf_w()), P(layout_.lnf_b()), BT, C);
-  float* logits = A(FJORD_GLOBAL_ACT(kLogits));
-  ops_.matmul_forward(ctx_, logits, lnf, P(layout_.wte()), nullptr, BT, C, Vp);
-  has_dlogits_ = false;
-  if (targets == nullptr) return 0.0f;
+  floatX* lnf = A<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  ops.layernorm_forward(ctx_, lnf, F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)), residual,
+                        P<floatX>(layout_.lnf_w()), P<floatX>(layout_.lnf_b()), BT, C);
+  floatX* logits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
+  ops.matmul_forward(ctx_, logits, lnf, P<floatX>(layout_.wte()), nullptr, BT, C, Vp);
+  if (!with_targets) return 0.0f;
 
-  float* losses = A(FJORD_GLOBAL_ACT(kLosses));
-  const int write_dlogits = dloss_scale > 0.0f ? 1 : 0;
-  ops_.fused_classifier(ctx_, logits, losses, targets_, BT, V, Vp, dloss_scale / static_cast<float>(BT),
-                        write_dlogits);
-  has_dlogits_ = write_dlogits != 0;
+  float* losses = F(FJORD_GLOBAL_ACT(kLosses));
+  ops.fused_classifier(ctx_, logits, losses, targets_, BT, V, Vp, dloss_scale / static_cast<float>(BT),
+                       dloss_scale > 0.0f ? 1 : 0);
   if (device_.is_cuda()) {
     device_.Download(host_losses_.data(), losses, BT * sizeof(float));
     losses = host_losses_.data();
@@ -309,62 +348,74 @@ float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
 void Gpt::Backward(const GradReadyFn& on_ready) {
   FJORD_CHECK(has_dlogits_, "Backward needs a Forward with targets and dloss_scale > 0 before it");
   has_dlogits_ = false;
+  if (config_.precision == Precision::kBf16) {
+    BackwardAs<bf16>(on_ready);
+  } else {
+    BackwardAs<float>(on_ready);
+  }
+}
+
+template <typename floatX>
+void Gpt::BackwardAs(const GradReadyFn& on_ready) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
   const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab;
   const size_t BT = static_cast<size_t>(B) * T;
   // Activation gradients accumulate (ops' contract), so they start from zero each pass.
-  ops_.fill_zero(ctx_, dacts_, dacts_size_);
+  ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), dacts_bytes_ / sizeof(floatX));
 
-  const float* dlogits = A(FJORD_GLOBAL_ACT(kLogits));
-  float* dlnf = G(FJORD_GLOBAL_ACT(kLnf));
-  ops_.matmul_backward(ctx_, dlnf, D(layout_.wte()), nullptr, dlogits, A(FJORD_GLOBAL_ACT(kLnf)), P(layout_.wte()),
-                       BT, C, Vp);
+  const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
+  floatX* dlnf = G<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  ops.matmul_backward(ctx_, dlnf, D(layout_.wte()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
+                      P<floatX>(layout_.wte()), BT, C, Vp);
   const int L = config_.n_layer;
-  const float* last_residual = L > 0 ? A(FJORD_LAYER_ACT(kRes3, L - 1)) : A(FJORD_GLOBAL_ACT(kEncoded));
-  float* dresidual = L > 0 ? G(FJORD_LAYER_ACT(kRes3, L - 1)) : G(FJORD_GLOBAL_ACT(kEncoded));
-  ops_.layernorm_backward(ctx_, dresidual, D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf, last_residual,
-                          P(layout_.lnf_w()), A(FJORD_GLOBAL_ACT(kLnfMean)), A(FJORD_GLOBAL_ACT(kLnfRstd)), BT, C);
+  const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
+  ops.layernorm_backward(ctx_, G<floatX>(last), D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf, A<floatX>(last),
+                         P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)),
+                         BT, C);
   if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
 
   for (int l = L - 1; l >= 0; --l) {
     const ParamLayout::Layer& w = layout_.layer(l);
-    const float* residual = l == 0 ? A(FJORD_GLOBAL_ACT(kEncoded)) : A(FJORD_LAYER_ACT(kRes3, l - 1));
-    float* dres_in = l == 0 ? G(FJORD_GLOBAL_ACT(kEncoded)) : G(FJORD_LAYER_ACT(kRes3, l - 1));
-    float* dres3 = G(FJORD_LAYER_ACT(kRes3, l));
-    float* dres2 = G(FJORD_LAYER_ACT(kRes2, l));
-    float* dfcproj = G(FJORD_LAYER_ACT(kFcproj, l));
-    float* dfch_gelu = G(FJORD_LAYER_ACT(kFchGelu, l));
-    float* dfch = G(FJORD_LAYER_ACT(kFch, l));
-    float* dln2 = G(FJORD_LAYER_ACT(kLn2, l));
-    float* dattproj = G(FJORD_LAYER_ACT(kAttproj, l));
-    float* datty = G(FJORD_LAYER_ACT(kAtty, l));
-    float* dqkv = G(FJORD_LAYER_ACT(kQkv, l));
-    float* dln1 = G(FJORD_LAYER_ACT(kLn1, l));
+    const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
+    const floatX* residual = A<floatX>(in);
+    floatX* dres_in = G<floatX>(in);
+    floatX* dres3 = G<floatX>(FJORD_LAYER_ACT(kRes3, l));
+    floatX* dres2 = G<floatX>(FJORD_LAYER_ACT(kRes2, l));
+    floatX* dfcproj = G<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    floatX* dfch_gelu = G<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+    floatX* dfch = G<floatX>(FJORD_LAYER_ACT(kFch, l));
+    floatX* dln2 = G<floatX>(FJORD_LAYER_ACT(kLn2, l));
+    floatX* dattproj = G<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+    floatX* datty = G<floatX>(FJORD_LAYER_ACT(kAtty, l));
+    floatX* dqkv = G<floatX>(FJORD_LAYER_ACT(kQkv, l));
+    floatX* dln1 = G<floatX>(FJORD_LAYER_ACT(kLn1, l));
 
-    ops_.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
-    ops_.matmul_backward(ctx_, dfch_gelu, D(w.fcproj_w), D(w.fcproj_b), dfcproj, A(FJORD_LAYER_ACT(kFchGelu, l)),
-                         P(w.fcproj_w), BT, 4 * C, C);
-    ops_.gelu_backward(ctx_, dfch, A(FJORD_LAYER_ACT(kFch, l)), dfch_gelu, BT * 4 * C);
-    ops_.matmul_backward(ctx_, dln2, D(w.fc_w), D(w.fc_b), dfch, A(FJORD_LAYER_ACT(kLn2, l)), P(w.fc_w), BT, C,
-                         4 * C);
-    ops_.layernorm_backward(ctx_, dres2, D(w.ln2_w), D(w.ln2_b), dln2, A(FJORD_LAYER_ACT(kRes2, l)), P(w.ln2_w),
-                            A(FJORD_LAYER_ACT(kLn2Mean, l)), A(FJORD_LAYER_ACT(kLn2Rstd, l)), BT, C);
-    ops_.residual_backward(ctx_, dres_in, dattproj, dres2, BT * C);
-    ops_.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj, A(FJORD_LAYER_ACT(kAtty, l)),
-                         P(w.attproj_w), BT, C, C);
-    ops_.attention_backward(ctx_, dqkv, datty, A(FJORD_LAYER_ACT(kQkv, l)), A(FJORD_LAYER_ACT(kAtty, l)),
-                            A(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH);
-    ops_.matmul_backward(ctx_, dln1, D(w.qkv_w), D(w.qkv_b), dqkv, A(FJORD_LAYER_ACT(kLn1, l)), P(w.qkv_w), BT, C,
-                         3 * C);
-    ops_.layernorm_backward(ctx_, dres_in, D(w.ln1_w), D(w.ln1_b), dln1, residual, P(w.ln1_w),
-                            A(FJORD_LAYER_ACT(kLn1Mean, l)), A(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
+    ops.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
+    ops.matmul_backward(ctx_, dfch_gelu, D(w.fcproj_w), D(w.fcproj_b), dfcproj,
+                        A<floatX>(FJORD_LAYER_ACT(kFchGelu, l)), P<floatX>(w.fcproj_w), BT, 4 * C, C);
+    ops.gelu_backward(ctx_, dfch, A<floatX>(FJORD_LAYER_ACT(kFch, l)), dfch_gelu, BT * 4 * C);
+    ops.matmul_backward(ctx_, dln2, D(w.fc_w), D(w.fc_b), dfch, A<floatX>(FJORD_LAYER_ACT(kLn2, l)),
+                        P<floatX>(w.fc_w), BT, C, 4 * C);
+    ops.layernorm_backward(ctx_, dres2, D(w.ln2_w), D(w.ln2_b), dln2, A<floatX>(FJORD_LAYER_ACT(kRes2, l)),
+                           P<floatX>(w.ln2_w), F(FJORD_LAYER_ACT(kLn2Mean, l)), F(FJORD_LAYER_ACT(kLn2Rstd, l)), BT,
+                           C);
+    ops.residual_backward(ctx_, dres_in, dattproj, dres2, BT * C);
+    ops.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj, A<floatX>(FJORD_LAYER_ACT(kAtty, l)),
+                        P<floatX>(w.attproj_w), BT, C, C);
+    ops.attention_backward(ctx_, dqkv, datty, A<floatX>(FJORD_LAYER_ACT(kQkv, l)),
+                           A<floatX>(FJORD_LAYER_ACT(kAtty, l)), F(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH);
+    ops.matmul_backward(ctx_, dln1, D(w.qkv_w), D(w.qkv_b), dqkv, A<floatX>(FJORD_LAYER_ACT(kLn1, l)),
+                        P<floatX>(w.qkv_w), BT, C, 3 * C);
+    ops.layernorm_backward(ctx_, dres_in, D(w.ln1_w), D(w.ln1_b), dln1, residual, P<floatX>(w.ln1_w),
+                           F(FJORD_LAYER_ACT(kLn1Mean, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
     if (on_ready) on_ready(w.begin, w.end);
   }
-  ops_.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B,
-                        T, C);
+  ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B,
+                       T, C);
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }
 
-void Gpt::ZeroGrads() { ops_.fill_zero(ctx_, grads_, buffer_size_); }
+void Gpt::ZeroGrads() { ops_.f32.fill_zero(ctx_, grads_, buffer_size_); }
 
 float Gpt::GradSumSquares() { return SumSquares(grads_, buffer_size_); }
 
@@ -376,7 +427,9 @@ float Gpt::SumSquares(const float* x, size_t n) {
 }
 
 const float* Gpt::Logits() const {
-  return acts_ + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + kLogits];
+  FJORD_CHECK(config_.precision == Precision::kFp32, "Logits() reads fp32 logits; this model runs in bf16");
+  return reinterpret_cast<const float*>(acts_ + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs +
+                                                             kLogits]);
 }
 
 }  // namespace fjord

@@ -28,6 +28,13 @@ namespace fjord {
 class Arena;
 class Device;
 
+// Storage of the activations, their gradients and the parameters the model ops read (job spec
+// model.dtype). kBf16 is mixed precision: the parameters stay fp32 master weights (what AdamW
+// updates and checkpoints store) with a bf16 working copy for the forward and backward passes;
+// parameter gradients are fp32 in both (kernels/ops.h, "Precision").
+enum class Precision { kFp32, kBf16 };
+const char* PrecisionName(Precision p);  // "fp32", "bf16"
+
 struct GptConfig {
   int n_layer = 0;
   int n_head = 0;
@@ -35,7 +42,10 @@ struct GptConfig {
   int max_seq_len = 0;  // learned positions
   int vocab_size = 0;
   int padded_vocab = 0;  // vocab_size rounded up to a multiple of 128
+  Precision precision = Precision::kFp32;
 
+  // The architecture of `spec`, in fp32: model.dtype depends on the device, so the trainer
+  // resolves it (ResolvePrecision in runtime/trainer.h) and sets `precision` itself.
   static GptConfig FromSpec(const proto::ModelSpec& spec);
 };
 
@@ -120,12 +130,19 @@ class Gpt {
   Gpt(const GptConfig& config, int max_batch, int max_seq, Arena& arena, size_t buffer_multiple = 1);
   ~Gpt();
 
-  // Bytes this model allocates for (config, max_batch, max_seq): parameters, gradients and
-  // activations with their gradients. Static so a job can be refused before allocation.
+  // Bytes this model allocates for (config, max_batch, max_seq): parameters (and their bf16
+  // working copy in bf16), gradients, and activations with their gradients in config.precision. Static so a job can be refused before allocation.
   static size_t MemoryBytes(const GptConfig& config, int max_batch, int max_seq);
   // Arena bytes the second constructor takes (MemoryBytes, padding and alignment, tokens,
   // targets and scratch).
   static size_t ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple);
+
+  // bf16: rounds the fp32 master weights to the bf16 working copy the model ops read, by
+  // cast_to_bf16 with `seed` (0: to nearest even; otherwise stochastic rounding, the same on every
+  // rank and device for the same seed). The trainer calls it after each update with a seed from
+  // the step (RoundSeed), so a resumed run rounds as the uninterrupted one did. fp32: nothing.
+  // SyncParamsToDevice calls it with seed 0.
+  void RoundWorkingParams(uint64_t seed);
 
   // GPT-2 initialisation from `seed`: N(0, 0.02) for matrices and embeddings, residual
   // projections scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm weights; padded
@@ -151,34 +168,47 @@ class Gpt {
   float GradSumSquares();
   float SumSquares(const float* x, size_t n);
 
-  // Logits [B, T, padded_vocab] of the last Forward without targets (backend memory).
+  // Logits [B, T, padded_vocab] of the last Forward without targets (backend memory). fp32 only.
   const float* Logits() const;
 
-  // Host view of the parameters (see the class comment) and its synchronisation; both calls do
-  // nothing on the CPU.
+  // Host view of the parameters (see the class comment) and its synchronisation; on the CPU both
+  // calls only refresh the bf16 working copy (SyncParamsToDevice, in bf16).
   float* host_params();
   const float* host_params() const;
   void SyncParamsToHost();
   void SyncParamsToDevice();
 
   const GptConfig& config() const { return config_; }
+  Precision precision() const { return config_.precision; }
   const ParamLayout& layout() const { return layout_; }
   size_t num_params() const { return layout_.num_params(); }
   size_t buffer_size() const { return buffer_size_; }
   Device& device() const { return device_; }
   const Ops& ops() const { return ops_; }
   float* params() { return params_; }
+  // What the model ops read: params() in fp32, the bf16 working copy in bf16 (backend memory).
+  const void* working_params() const { return working_params_; }
   const float* params() const { return params_; }
   float* grads() { return grads_; }
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
 
  private:
-  struct Acts;  // offsets of activation tensors inside acts_
-  float* A(size_t offset) { return acts_ + offset; }
-  float* G(size_t offset) { return dacts_ + offset; }
-  float* P(size_t offset) { return params_ + offset; }
+  // Activations (A), their gradients (G) and fp32 statistics (F) by byte offset (see ActOffsets
+  // in gpt.cc); the parameters the ops read (P, the working copy) and their gradients (D) by
+  // element offset into the parameter layout.
+  template <typename floatX>
+  floatX* A(size_t offset) { return reinterpret_cast<floatX*>(acts_ + offset); }
+  template <typename floatX>
+  floatX* G(size_t offset) { return reinterpret_cast<floatX*>(dacts_ + offset); }
+  float* F(size_t offset) { return reinterpret_cast<float*>(acts_ + offset); }
+  template <typename floatX>
+  floatX* P(size_t offset) { return static_cast<floatX*>(working_params_) + offset; }
   float* D(size_t offset) { return grads_ + offset; }
+  template <typename floatX>
+  float ForwardAs(int B, int T, bool with_targets, float dloss_scale);
+  template <typename floatX>
+  void BackwardAs(const GradReadyFn& on_ready);
   void Allocate(Arena& arena, size_t buffer_multiple);
 
   GptConfig config_;
@@ -191,17 +221,18 @@ class Gpt {
   bool has_dlogits_ = false;
   std::unique_ptr<Arena> own_arena_;  // the first constructor's
   size_t buffer_size_ = 0;
-  float* params_ = nullptr;
+  float* params_ = nullptr;          // fp32 master weights
+  void* working_params_ = nullptr;   // what the ops read: params_ in fp32, a bf16 copy in bf16
   float* grads_ = nullptr;
-  float* acts_ = nullptr;
-  float* dacts_ = nullptr;
-  size_t dacts_size_ = 0;
+  char* acts_ = nullptr;
+  char* dacts_ = nullptr;
+  size_t dacts_bytes_ = 0;
   int32_t* tokens_ = nullptr;   // device copies of the last Forward's tokens and targets
   int32_t* targets_ = nullptr;
   float* scratch_ = nullptr;    // sum_squares' output
   HostBuffer host_params_;      // CUDA only: the host mirror
   std::vector<float> host_losses_;
-  std::vector<size_t> act_offsets_;  // see Acts in gpt.cc
+  std::vector<size_t> act_offsets_;  // bytes, see ActOffsets in gpt.cc
 };
 
 }  // namespace fjord

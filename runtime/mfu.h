@@ -19,8 +19,6 @@ namespace fjord {
 // value matmuls under the causal mask (half of PaLM's 12 L H Q T, which counts the whole T x T).
 double ModelFlopsPerToken(const GptConfig& config, int seq_len);
 
-enum class Precision { kBf16, kFp32 };
-
 // Dense peak TFLOP/s of a GPU from its name as cudaGetDeviceProperties reports it (e.g.
 // "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"): bf16 tensor cores for kBf16, plain FP32 for
 // kFp32 (no TF32, no sparsity). 0 when the name is not in the table. Pure; callable from the CUDA
@@ -55,8 +53,8 @@ RankPeak CpuRankPeak(const proto::JobSpec& job, int threads);
 
 // The peak of one GPU rank of `job` on the device described by `device_description` (it contains
 // the name cudaGetDeviceProperties reports): train.peak_tflops when > 0, else the bf16 dense peak
-// from GpuPeakTflops (MFU's usual denominator, as llm.c reports it; the CUDA path still runs fp32,
-// so its MFU is far below what bf16 will reach), else unknown.
+// from GpuPeakTflops (MFU's usual denominator, as llm.c reports it, also for model.dtype FP32,
+// whose MFU is therefore far below bf16's), else unknown.
 RankPeak GpuRankPeak(const proto::JobSpec& job, std::string_view device_description);
 
 // flops_per_token x tokens_per_s / peak_flops; NaN when peak_flops <= 0 (unknown).

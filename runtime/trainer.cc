@@ -28,6 +28,7 @@
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/mfu.h"
+#include "kernels/pointwise_math.h"
 #include "runtime/optimizer.h"
 #include "runtime/tenancy.h"
 #include "runtime/tensorboard.h"
@@ -211,6 +212,16 @@ CommOptions CommOptionsFor(const proto::JobSpec& job) {
   return options;
 }
 
+Precision ResolvePrecision(proto::ModelSpec::DType dtype, bool cuda_device) {
+  if (dtype == proto::ModelSpec::BF16) return Precision::kBf16;
+  if (dtype == proto::ModelSpec::FP32) return Precision::kFp32;
+  return cuda_device ? Precision::kBf16 : Precision::kFp32;
+}
+
+uint64_t RoundSeed(uint64_t train_seed, int step) {
+  return Mix64(Mix64(train_seed) ^ static_cast<uint64_t>(step)) | 1;
+}
+
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options) {
   FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(CommOptionsFor(job)));
   return Train(job, options, *comm);
@@ -218,7 +229,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm) {
   const proto::TrainSpec& train = job.train();
-  const GptConfig config = GptConfig::FromSpec(job.model());
+  GptConfig config = GptConfig::FromSpec(job.model());
   const int rank = comm.rank(), world = comm.size();
   const bool lead = rank == 0;
   const bool zero = job.parallel().zero_stage() == 1 && world > 1;
@@ -242,12 +253,14 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   const size_t num_params = ParamLayout(config).num_params();
   const size_t buffer = (num_params + multiple - 1) / multiple * multiple;
   const size_t shard = zero ? buffer / world : buffer;
-  const size_t need = Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard);
 
-  // The device (job spec `device`) and how gradients travel (parallel.comm_backend).
+  // The device (job spec `device`), the precision on it (model.dtype) and how gradients travel
+  // (parallel.comm_backend).
   const RankInfo where = comm.rank_info();
   FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Device> device,
                          CreateDevice(job.device(), where, CudaWorkspaceBytes(B, T)));
+  config.precision = ResolvePrecision(job.model().dtype(), device->is_cuda());
+  const size_t need = Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard);
   proto::ParallelSpec::CommBackend backend = job.parallel().comm_backend();
   if (backend == proto::ParallelSpec::AUTO) {
     backend = device->is_cuda() ? proto::ParallelSpec::NCCL : proto::ParallelSpec::MPI;
@@ -334,8 +347,10 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                                  : nccl    ? ", gradients over NCCL"
                                  : device->is_cuda() ? ", gradients over MPI (host staging)"
                                                      : "";
-    std::printf("fjord train: device %s (device: %s), arena %s (%zu bytes)%s\n", device->description().c_str(),
-                proto::Device_Name(job.device()).c_str(), GiB(arena_bytes).c_str(), arena_bytes, gradients_over);
+    std::printf("fjord train: device %s (device: %s), %s (model.dtype: %s), arena %s (%zu bytes)%s\n",
+                device->description().c_str(), proto::Device_Name(job.device()).c_str(),
+                PrecisionName(config.precision), proto::ModelSpec::DType_Name(job.model().dtype()).c_str(),
+                GiB(arena_bytes).c_str(), arena_bytes, gradients_over);
     std::fflush(stdout);
   }
   Gpt model(config, B, T, *arena, multiple);
@@ -422,6 +437,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       }
       optimizer.LoadState(own_m.data(), own_v.data());
       start_step = state.step;
+      model.RoundWorkingParams(RoundSeed(train.seed(), start_step));  // as the run being resumed did
       start_sequence = state.sequences_consumed;
       if (lead && !options.quiet && !options.json_lines) {
         std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n", dir->c_str(),
@@ -575,6 +591,9 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       FJORD_RETURN_IF_ERROR(reducer.AllGatherShard(model.params(), shard_begin, shard));
       comm_seconds += Seconds(gather_start, Clock::now());
     }
+    // bf16: the working copy from the master weights, after skipped steps too, so the rounding
+    // after step k depends on k alone (resume replays it).
+    model.RoundWorkingParams(RoundSeed(train.seed(), step + 1));
     device->Synchronize();  // the update is enqueued on a CUDA device; the step ends when it is done
     const double seconds = Seconds(t0, Clock::now());
     const double tokens_per_s = static_cast<double>(global_batch) * T / seconds;

@@ -9,6 +9,7 @@
 #include "collectives/communicator.h"
 #include "common/status.h"
 #include "proto/job.pb.h"
+#include "runtime/gpt.h"
 
 namespace fjord {
 
@@ -35,6 +36,14 @@ struct TrainResult {
 
 // The communicator options a job asks for (parallel.comm_timeout, parallel.algo).
 CommOptions CommOptionsFor(const proto::JobSpec& job);
+
+// model.dtype on a device: AUTO is bf16 on a CUDA device and fp32 on the CPU.
+Precision ResolvePrecision(proto::ModelSpec::DType dtype, bool cuda_device);
+
+// The stochastic-rounding seed of the bf16 working parameters after `step` optimizer steps of a
+// run seeded `train_seed` (Gpt::RoundWorkingParams): never 0, the same on every rank, and a
+// function of the step alone so that a resumed run rounds as the uninterrupted one did.
+uint64_t RoundSeed(uint64_t train_seed, int step);
 
 // Trains the model the (validated) job describes on the ranks of `comm`: each rank takes its
 // slice of every global batch (micro_batch x grad_accum x world sequences, the same sequences

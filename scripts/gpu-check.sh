@@ -10,12 +10,13 @@
 #   tests     every GPU test binary (tests/cuda/*)
 #   kernels   build-gpu/bin/cuda_ops_bench: each op at GPT-2 124M shapes vs a measured copy
 #   step      GPT-2 124M (12 layers, 12 heads, 768, seq 1024, vocab 50257) `fjord train` on random
-#             tokens at the largest micro-batch of FJORD_GPU_BATCHES that fits: ms/step, tokens/s, MFU
+#             tokens at the largest micro-batch of FJORD_GPU_BATCHES that fits, in bf16 mixed
+#             precision (model.dtype AUTO on a GPU): ms/step, tokens/s, MFU
 #   torch     bench/torch_gpu_step.py at the same micro-batch: bf16 autocast, fused AdamW, SDPA,
 #             eager and torch.compile; measured copy and cuBLAS bf16 matmul ceilings
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
-#             fixed batches, `fjord export`, and PyTorch's loss on the exported weights and the same
-#             tokens (fp32 and bf16 autocast)
+#             fixed batches, in model.dtype FP32 and BF16, `fjord export`, and PyTorch's loss on the
+#             exported weights and the same tokens (fp32 and bf16 autocast)
 # Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), so the call ends in time.
 # FJORD_GPU_SKIP="step torch loss" leaves stages out (a dry run of the rest on a machine without a GPU).
 set -uo pipefail
@@ -147,7 +148,7 @@ if [ "$best_b" -gt 0 ]; then
 N=124475904; L=12; T=1024; C=768; ms=$best_ms; B=$best_b
 tok=B*T/(ms/1000); flops=6*N+6*L*T*C
 print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
-  add "step: fjord GPT-2 124M fp32, micro-batch $best_b: $best_ms ms/step, $tok_s tokens/s, MFU $mfu% of 989 TFLOP/s"
+  add "step: fjord GPT-2 124M bf16, micro-batch $best_b: $best_ms ms/step, $tok_s tokens/s, MFU $mfu% of 989 TFLOP/s"
 else
   add "step: no micro-batch of [$batches] ran (see the log)"
 fi
@@ -167,16 +168,26 @@ fi
 job 4 1 1e-30 "data { val: \"$work/tokens.bin\" }" >"$work/job_loss.textproto"
 if [[ " ${FJORD_GPU_SKIP:-} " == *" loss "* ]]; then
   add "loss: skipped (FJORD_GPU_SKIP)"
-elif stage "loss: fjord" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_loss.textproto" --set run_dir="$work/loss" \
-     --set train.eval_every=1 --set train.eval_batches=2 --set train.weight_decay=0 &&
-   stage "loss: export" 60 "${fjord_env[@]}" "$bin/fjord" export --checkpoint "$work/loss/checkpoints" --out "$work/export"; then
-  ours=$(python3 -c 'import json,sys; print([json.loads(x) for x in open(sys.argv[1])][-1]["val_loss"])' "$work/loss/metrics.jsonl")
-  stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
-    --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2
-  theirs=$(grep -E '^torch_gpu_step: loss of' "$log" | tail -1 | sed 's/.*: //')
-  add "loss: fjord (GPU, fp32) $ours; torch $theirs"
 else
-  add "loss: fjord run or export failed (see the log)"
+  ours=""
+  for dtype in FP32 BF16; do
+    if stage "loss: fjord $dtype" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_loss.textproto" \
+         --set run_dir="$work/loss_$dtype" --set model.dtype=$dtype --set train.eval_every=1 \
+         --set train.eval_batches=2 --set train.weight_decay=0; then
+      ours+=" $dtype $(python3 -c 'import json,sys; print([json.loads(x) for x in open(sys.argv[1])][-1]["val_loss"])' "$work/loss_$dtype/metrics.jsonl")"
+    else
+      ours+=" $dtype failed"
+    fi
+  done
+  if stage "loss: export" 60 "${fjord_env[@]}" "$bin/fjord" export --checkpoint "$work/loss_FP32/checkpoints" \
+       --out "$work/export"; then
+    stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
+      --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2
+    theirs=$(grep -E '^torch_gpu_step: loss of' "$log" | tail -1 | sed 's/.*: //')
+    add "loss: fjord (GPU)$ours; torch $theirs"
+  else
+    add "loss: fjord$ours; export failed (see the log)"
+  fi
 fi
 rm -rf "$work"
 

@@ -3,6 +3,8 @@
 // Each is one pass over memory, split across threads in contiguous chunks. GELU's formula lives
 // in kernels/pointwise_math.h so the CUDA twin computes exactly the same expression. Outputs may
 // alias inputs at the same index (out == inp, in place); each element is read before it is written.
+// With bf16 each element is read exactly, computed in fp32 and rounded once on store (an
+// accumulated gradient after its += in fp32).
 #include <omp.h>
 
 #include <cstring>
@@ -16,33 +18,44 @@ namespace {
 constexpr size_t kParallelThreshold = size_t{1} << 14;
 }  // namespace
 
-void gelu_forward(const OpContext& ctx, float* out, const float* inp, size_t n) {
+template <typename floatX>
+void gelu_forward(const OpContext& ctx, floatX* out, const floatX* inp, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
-  for (size_t i = 0; i < n; ++i) out[i] = GeluForward(inp[i]);
+  for (size_t i = 0; i < n; ++i) out[i] = FromFloat<floatX>(GeluForward(ToFloat(inp[i])));
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, gelu_forward)
 
-void gelu_backward(const OpContext& ctx, float* dinp, const float* inp, const float* dout, size_t n) {
+template <typename floatX>
+void gelu_backward(const OpContext& ctx, floatX* dinp, const floatX* inp, const floatX* dout, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
-  for (size_t i = 0; i < n; ++i) dinp[i] += GeluDerivative(inp[i]) * dout[i];
+  for (size_t i = 0; i < n; ++i)
+    dinp[i] = FromFloat<floatX>(ToFloat(dinp[i]) + GeluDerivative(ToFloat(inp[i])) * ToFloat(dout[i]));
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, gelu_backward)
 
-void residual_forward(const OpContext& ctx, float* out, const float* a, const float* b, size_t n) {
+template <typename floatX>
+void residual_forward(const OpContext& ctx, floatX* out, const floatX* a, const floatX* b, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelThreshold)
-  for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+  for (size_t i = 0; i < n; ++i) out[i] = FromFloat<floatX>(ToFloat(a[i]) + ToFloat(b[i]));
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, residual_forward)
 
-void residual_backward(const OpContext& ctx, float* da, float* db, const float* dout, size_t n) {
+template <typename floatX>
+void residual_backward(const OpContext& ctx, floatX* da, floatX* db, const floatX* dout, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelThreshold)
   for (size_t i = 0; i < n; ++i) {
-    const float d = dout[i];
-    da[i] += d;
-    db[i] += d;
+    const float d = ToFloat(dout[i]);
+    da[i] = FromFloat<floatX>(ToFloat(da[i]) + d);
+    db[i] = FromFloat<floatX>(ToFloat(db[i]) + d);
   }
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, residual_backward)
 
-void fill_zero(const OpContext& ctx, float* x, size_t n) {
+// All-zero bytes are +0 in both float and bf16, so a memset of the storage is the fill.
+template <typename floatX>
+void fill_zero(const OpContext& ctx, floatX* x, size_t n) {
   if (n < kParallelThreshold) {
-    std::memset(x, 0, n * sizeof(float));
+    std::memset(x, 0, n * sizeof(floatX));
     return;
   }
 #pragma omp parallel
@@ -53,18 +66,19 @@ void fill_zero(const OpContext& ctx, float* x, size_t n) {
     const size_t chunk = (n + threads - 1) / threads;
     const size_t begin = id * chunk < n ? id * chunk : n;
     const size_t end = begin + chunk < n ? begin + chunk : n;
-    std::memset(x + begin, 0, (end - begin) * sizeof(float));
+    std::memset(x + begin, 0, (end - begin) * sizeof(floatX));
   }
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, fill_zero)
 
-void cast_to_bf16(const OpContext&, uint16_t* out, const float* inp, size_t n, uint64_t seed) {
+void cast_to_bf16(const OpContext&, bf16* out, const float* inp, size_t n, uint64_t seed) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) out[i] = ToBf16(inp[i], seed, i);
+  for (size_t i = 0; i < n; ++i) out[i].bits = ToBf16(inp[i], seed, i);
 }
 
-void cast_from_bf16(const OpContext&, float* out, const uint16_t* inp, size_t n) {
+void cast_from_bf16(const OpContext&, float* out, const bf16* inp, size_t n) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) out[i] = FromBf16(inp[i]);
+  for (size_t i = 0; i < n; ++i) out[i] = ToFloat(inp[i]);
 }
 
 }  // namespace fjord::cpu

@@ -4,31 +4,36 @@
 // split over tokens would race. Instead each thread owns a block of channels and walks every
 // (b, t) in order: writes never collide and the summation order is fixed, so the result is
 // deterministic whatever the thread count. C is small (hundreds), so the block is a cache line.
+// With bf16 the forward sum is taken in fp32 and rounded once; the gradients are fp32 either way.
 #include <cstddef>
 
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::cpu {
 namespace {
-constexpr int kChannelBlock = 16;  // one 64-byte cache line of floats per thread-owned block
+constexpr int kChannelBlock = 16;  // one 64-byte cache line of (fp32 gradient) floats per block
 }  // namespace
 
-void encoder_forward(const OpContext& ctx, float* out, const int32_t* tokens, const float* wte,
-                     const float* wpe, int B, int T, int C) {
+template <typename floatX>
+void encoder_forward(const OpContext& ctx, floatX* out, const int32_t* tokens, const floatX* wte,
+                     const floatX* wpe, int B, int T, int C) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b) {
     for (int t = 0; t < T; ++t) {
       const size_t bt = static_cast<size_t>(b) * T + t;
-      float* o = out + bt * C;
-      const float* e = wte + static_cast<size_t>(tokens[bt]) * C;
-      const float* p = wpe + static_cast<size_t>(t) * C;
+      floatX* o = out + bt * C;
+      const floatX* e = wte + static_cast<size_t>(tokens[bt]) * C;
+      const floatX* p = wpe + static_cast<size_t>(t) * C;
 #pragma omp simd
-      for (int c = 0; c < C; ++c) o[c] = e[c] + p[c];
+      for (int c = 0; c < C; ++c) o[c] = FromFloat<floatX>(ToFloat(e[c]) + ToFloat(p[c]));
     }
   }
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, encoder_forward)
 
-void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const float* dout,
+template <typename floatX>
+void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floatX* dout,
                       const int32_t* tokens, int B, int T, int C) {
   const int blocks = (C + kChannelBlock - 1) / kChannelBlock;
 #pragma omp parallel for schedule(static)
@@ -39,15 +44,17 @@ void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floa
       float* dp = dwpe + static_cast<size_t>(t) * C;
       for (int b = 0; b < B; ++b) {
         const size_t bt = static_cast<size_t>(b) * T + t;
-        const float* d = dout + bt * C;
+        const floatX* d = dout + bt * C;
         float* de = dwte + static_cast<size_t>(tokens[bt]) * C;
         for (int c = c0; c < c1; ++c) {
-          de[c] += d[c];
-          dp[c] += d[c];
+          const float dc = ToFloat(d[c]);
+          de[c] += dc;
+          dp[c] += dc;
         }
       }
     }
   }
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, encoder_backward)
 
 }  // namespace fjord::cpu

@@ -7,47 +7,54 @@
 // Every sum (row statistics, the two row means of the backward pass, the column sums) accumulates
 // in double: it costs nothing at these sizes and makes this twin a sharp oracle for the GPU, whose
 // float reductions run in a different order. The variance is the two-pass (centred) one.
+// With bf16, values are read exactly into the same fp32/double arithmetic and each out or dinp
+// element is rounded once (dinp after its += in fp32); mean, rstd, dweight and dbias stay fp32.
 #include <cmath>
 #include <cstddef>
 
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::cpu {
 namespace {
 constexpr float kEps = 1e-5f;
-constexpr int kChannelBlock = 16;  // one cache line of floats per thread-owned block
+constexpr int kChannelBlock = 16;  // one cache line of (fp32 gradient) floats per thread-owned block
 }  // namespace
 
-void layernorm_forward(const OpContext& ctx, float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, size_t N, int C) {
+template <typename floatX>
+void layernorm_forward(const OpContext& ctx, floatX* out, float* mean, float* rstd, const floatX* inp,
+                       const floatX* weight, const floatX* bias, size_t N, int C) {
 #pragma omp parallel for schedule(static)
   for (size_t r = 0; r < N; ++r) {
-    const float* x = inp + r * C;
-    float* o = out + r * C;
+    const floatX* x = inp + r * C;
+    floatX* o = out + r * C;
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; ++c) sum += x[c];
+    for (int c = 0; c < C; ++c) sum += ToFloat(x[c]);
     const double md = sum / C;
     double var = 0.0;
 #pragma omp simd reduction(+ : var)
-    for (int c = 0; c < C; ++c) var += (x[c] - md) * (x[c] - md);
+    for (int c = 0; c < C; ++c) var += (ToFloat(x[c]) - md) * (ToFloat(x[c]) - md);
     const float m = static_cast<float>(md);
     const float s = static_cast<float>(1.0 / std::sqrt(var / C + kEps));
 #pragma omp simd
-    for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+    for (int c = 0; c < C; ++c)
+      o[c] = FromFloat<floatX>((ToFloat(x[c]) - m) * s * ToFloat(weight[c]) + ToFloat(bias[c]));
     mean[r] = m;
     rstd[r] = s;
   }
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, layernorm_forward)
 
-void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean, const float* rstd, size_t N,
-                        int C) {
+template <typename floatX>
+void layernorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* dbias, const floatX* dout,
+                        const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
+                        size_t N, int C) {
 #pragma omp parallel for schedule(static)
   for (size_t r = 0; r < N; ++r) {
-    const float* x = inp + r * C;
-    const float* d = dout + r * C;
-    float* di = dinp + r * C;
+    const floatX* x = inp + r * C;
+    const floatX* d = dout + r * C;
+    floatX* di = dinp + r * C;
     const float m = mean[r];
     const float s = rstd[r];
     // With norm = (x - m) s and dnorm = weight * dout:
@@ -56,8 +63,8 @@ void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float
     double dnorm_norm_sum = 0.0;
 #pragma omp simd reduction(+ : dnorm_sum, dnorm_norm_sum)
     for (int c = 0; c < C; ++c) {
-      const float norm = (x[c] - m) * s;
-      const float dnorm = weight[c] * d[c];
+      const float norm = (ToFloat(x[c]) - m) * s;
+      const float dnorm = ToFloat(weight[c]) * ToFloat(d[c]);
       dnorm_sum += dnorm;
       dnorm_norm_sum += dnorm * norm;
     }
@@ -65,9 +72,9 @@ void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float
     const float dnorm_norm_mean = static_cast<float>(dnorm_norm_sum / C);
 #pragma omp simd
     for (int c = 0; c < C; ++c) {
-      const float norm = (x[c] - m) * s;
-      const float dnorm = weight[c] * d[c];
-      di[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+      const float norm = (ToFloat(x[c]) - m) * s;
+      const float dnorm = ToFloat(weight[c]) * ToFloat(d[c]);
+      di[c] = FromFloat<floatX>(ToFloat(di[c]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
     }
   }
 
@@ -79,13 +86,13 @@ void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float
     double dw[kChannelBlock] = {};
     double db[kChannelBlock] = {};
     for (size_t r = 0; r < N; ++r) {
-      const float* x = inp + r * C + c0;
-      const float* d = dout + r * C + c0;
+      const floatX* x = inp + r * C + c0;
+      const floatX* d = dout + r * C + c0;
       const float m = mean[r];
       const float s = rstd[r];
       for (int j = 0; j < width; ++j) {
-        dw[j] += (x[j] - m) * s * d[j];
-        db[j] += d[j];
+        dw[j] += (ToFloat(x[j]) - m) * s * ToFloat(d[j]);
+        db[j] += ToFloat(d[j]);
       }
     }
     for (int j = 0; j < width; ++j) {
@@ -94,5 +101,6 @@ void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float
     }
   }
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, layernorm_backward)
 
 }  // namespace fjord::cpu

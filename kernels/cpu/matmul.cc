@@ -10,12 +10,20 @@
 // per-thread blocks of its larger output dimension, run on the same OpenMP team as everything
 // else. Each output element is still one sgemm's full-length dot product; only its block differs.
 // dbias is a column sum, split over column blocks so each thread owns its outputs, in double.
+//
+// bf16: there is no bf16 GEMM here. The operands are widened (exactly) to fp32 copies and the
+// fp32 op runs on them, so every product, bias add and += happens in fp32 as for float, and each
+// out or dinp element is rounded to bf16 once at the end; dweight and dbias are fp32 anyway. The
+// copies are made per call: this path is the oracle for the CUDA bf16 GEMMs, not a fast path.
 #include <cblas.h>
 #include <omp.h>
 
 #include <cstddef>
+#include <memory>
+#include <type_traits>
 
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::cpu {
 namespace {
@@ -69,10 +77,8 @@ void ParallelSgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, size_t M, s
   }
 }
 
-}  // namespace
-
-void matmul_forward(const OpContext& ctx, float* out, const float* inp, const float* weight,
-                    const float* bias, size_t N, int C, int OC) {
+void MatmulForwardF32(float* out, const float* inp, const float* weight, const float* bias, size_t N, int C,
+                      int OC) {
   float beta = 0.0f;
   if (bias != nullptr) {
 #pragma omp parallel for schedule(static)
@@ -87,8 +93,8 @@ void matmul_forward(const OpContext& ctx, float* out, const float* inp, const fl
   ParallelSgemm(CblasNoTrans, CblasTrans, N, OC, C, inp, C, weight, C, beta, out, OC);
 }
 
-void matmul_backward(const OpContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
-                     const float* inp, const float* weight, size_t N, int C, int OC) {
+void MatmulBackwardF32(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, size_t N, int C, int OC) {
   // dinp[N,C] += dout[N,OC] @ weight[OC,C]
   if (dinp != nullptr)
     ParallelSgemm(CblasNoTrans, CblasNoTrans, N, C, OC, dout, OC, weight, C, 1.0f, dinp, C);
@@ -110,5 +116,52 @@ void matmul_backward(const OpContext& ctx, float* dinp, float* dweight, float* d
     }
   }
 }
+
+// An fp32 copy of n bf16 values (exact), or null for a null x.
+std::unique_ptr<float[]> Widen(const bf16* x, size_t n) {
+  if (x == nullptr) return nullptr;
+  auto wide = std::make_unique_for_overwrite<float[]>(n);
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) wide[i] = ToFloat(x[i]);
+  return wide;
+}
+
+// out[i] = x[i] rounded to bf16, once.
+void Narrow(bf16* out, const float* x, size_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) out[i] = FromFloat<bf16>(x[i]);
+}
+
+}  // namespace
+
+template <typename floatX>
+void matmul_forward(const OpContext& ctx, floatX* out, const floatX* inp, const floatX* weight,
+                    const floatX* bias, size_t N, int C, int OC) {
+  if constexpr (std::is_same_v<floatX, float>) {
+    MatmulForwardF32(out, inp, weight, bias, N, C, OC);
+  } else {
+    const auto inp32 = Widen(inp, N * C), weight32 = Widen(weight, static_cast<size_t>(OC) * C),
+               bias32 = Widen(bias, OC);
+    const auto out32 = std::make_unique_for_overwrite<float[]>(N * OC);
+    MatmulForwardF32(out32.get(), inp32.get(), weight32.get(), bias32.get(), N, C, OC);
+    Narrow(out, out32.get(), N * OC);
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, matmul_forward)
+
+template <typename floatX>
+void matmul_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* dbias, const floatX* dout,
+                     const floatX* inp, const floatX* weight, size_t N, int C, int OC) {
+  if constexpr (std::is_same_v<floatX, float>) {
+    MatmulBackwardF32(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+  } else {
+    // dinp is widened with its current values, so the fp32 += lands on them before the rounding.
+    const auto dinp32 = Widen(dinp, N * C), dout32 = Widen(dout, N * OC), inp32 = Widen(inp, N * C),
+               weight32 = Widen(weight, static_cast<size_t>(OC) * C);
+    MatmulBackwardF32(dinp32.get(), dweight, dbias, dout32.get(), inp32.get(), weight32.get(), N, C, OC);
+    if (dinp != nullptr) Narrow(dinp, dinp32.get(), N * C);
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, matmul_backward)
 
 }  // namespace fjord::cpu

@@ -32,10 +32,20 @@
 // give 0). The online softmax (running max) and the different summation orders make results
 // differ from the CPU's in the last bits only.
 //
-// Resources (nvcc 13, -Xptxas -v, sm_90 and sm_80): every variant fits the 80 registers that
-// __launch_bounds__(256, 3) allows (forward kDims = 1: 64) with no spills; dynamic shared memory
-// is 32 x (3 hs + 1) floats forward (24.7 KB at hs = 64) and 32 x (4 hs + 4) backward (33 KB), so
-// registers, not shared memory, bound occupancy at 3 blocks (24 warps) per SM for hs <= 64.
+// Storage type: qkv, out, dout and dqkv are floatX (kernels/ops.h), lse is fp32. LoadTile converts
+// each element with ToFloat as it stages a tile, so shared memory holds fp32 tiles and everything
+// after the load (scores, softmax, accumulators) is the fp32 algorithm for either type; RowDot
+// reads out and dout with ToFloat too. Each output element is rounded once with FromFloat<floatX>
+// (dq, dk, dv: the prior read, the block's fp32 sum added, then rounded). The bf16 instances load
+// one 2-byte element per thread per step; a tuning pass should stage tiles with 16-byte loads (8
+// bf16) and, beyond that, keep bf16 tiles in shared memory for tensor-core MMAs, which would
+// change the algorithm (and halve the shared memory).
+//
+// Resources (nvcc 13, -Xptxas -v, sm_90 and sm_80, float and bf16 instances alike): every variant
+// fits the 80 registers that __launch_bounds__(256, 3) allows (forward kDims = 1: 64) with no
+// spills; dynamic shared memory is 32 x (3 hs + 1) floats forward (24.7 KB at hs = 64) and
+// 32 x (4 hs + 4) backward (33 KB), so registers, not shared memory, bound occupancy at 3 blocks
+// (24 warps) per SM for hs <= 64.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -71,15 +81,17 @@ __device__ inline float WarpMax(float v) {
   return v;
 }
 
-// Copies rows [row0, row0 + kTile) of one head's slice (hs floats at `src + row * row_stride`) into
-// dst[r * dst_stride + d]; rows at or beyond T are zeros, so masked terms stay finite (0 * v).
-__device__ inline void LoadTile(float* dst, int dst_stride, const float* src, size_t row_stride, int row0,
+// Copies rows [row0, row0 + kTile) of one head's slice (hs values at `src + row * row_stride`) into
+// the fp32 tile dst[r * dst_stride + d], converting with ToFloat; rows at or beyond T are zeros, so
+// masked terms stay finite (0 * v).
+template <typename floatX>
+__device__ inline void LoadTile(float* dst, int dst_stride, const floatX* src, size_t row_stride, int row0,
                                 int T, int hs) {
   for (int idx = threadIdx.x; idx < kTile * hs; idx += kThreads) {
     const int r = idx / hs;
     const int d = idx - r * hs;
     const int row = row0 + r;
-    dst[r * dst_stride + d] = row < T ? src[static_cast<size_t>(row) * row_stride + d] : 0.0f;
+    dst[r * dst_stride + d] = row < T ? ToFloat(src[static_cast<size_t>(row) * row_stride + d]) : 0.0f;
   }
 }
 
@@ -91,9 +103,9 @@ size_t ForwardSmemBytes(int hs) { return sizeof(float) * kTile * (2 * hs + (hs |
 size_t BackwardSmemBytes(int hs) { return sizeof(float) * kTile * (2 * hs + 2 * (hs | 1) + 2); }
 
 // Grid: (query tiles, NH, B); blockIdx.x = 0 is the last (longest) tile.
-template <int kDims>
+template <int kDims, typename floatX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    AttentionForwardKernel(float* out, float* lse, const float* qkv, int T, int C, int NH, int hs,
+    AttentionForwardKernel(floatX* out, float* lse, const floatX* qkv, int T, int C, int NH, int hs,
                            float scale) {
   extern __shared__ float smem[];
   const int ks = hs | 1;
@@ -106,7 +118,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int b = blockIdx.z;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
   const size_t C3 = size_t{3} * C;
-  const float* base = qkv + static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * hs;
+  const floatX* base = qkv + static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * hs;
 
   LoadTile(q_s, hs, base, C3, q0, T, hs);
 
@@ -180,11 +192,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     const int i = q0 + warp * kRows + r;
     if (i >= T) continue;
     const float inv = 1.0f / l[r];
-    float* o_row = out + (static_cast<size_t>(b) * T + i) * C + static_cast<size_t>(h) * hs;
+    floatX* o_row = out + (static_cast<size_t>(b) * T + i) * C + static_cast<size_t>(h) * hs;
 #pragma unroll
     for (int k = 0; k < kDims; ++k) {
       const int d = lane + k * kWarpSize;
-      if (d < hs) o_row[d] = o[r][k] * inv;
+      if (d < hs) o_row[d] = FromFloat<floatX>(o[r][k] * inv);
     }
     if (lane == 0) lse[(static_cast<size_t>(b) * NH + h) * T + i] = m[r] + logf(l[r]);
   }
@@ -192,21 +204,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
 // D = dout_i . out_i for row i of head h (the softmax Jacobian's diagonal term), by one warp;
 // every lane gets the result. 0 for rows past T.
-__device__ inline float RowDot(const float* dout, const float* out, int i, int T, size_t row_offset, int C,
+template <typename floatX>
+__device__ inline float RowDot(const floatX* dout, const floatX* out, int i, int T, size_t row_offset, int C,
                                int hs) {
   if (i >= T) return 0.0f;
-  const float* dy = dout + row_offset + static_cast<size_t>(i) * C;
-  const float* y = out + row_offset + static_cast<size_t>(i) * C;
+  const floatX* dy = dout + row_offset + static_cast<size_t>(i) * C;
+  const floatX* y = out + row_offset + static_cast<size_t>(i) * C;
   float acc = 0.0f;
-  for (int d = threadIdx.x % kWarpSize; d < hs; d += kWarpSize) acc += dy[d] * y[d];
+  for (int d = threadIdx.x % kWarpSize; d < hs; d += kWarpSize) acc += ToFloat(dy[d]) * ToFloat(y[d]);
   return WarpSum(acc);
 }
 
 // dk, dv of the block's key tile. Grid: (key tiles, NH, B); blockIdx.x = 0 (the most query tiles)
 // first.
-template <int kDims>
+template <int kDims, typename floatX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    AttentionBackwardKVKernel(float* dqkv, const float* dout, const float* qkv, const float* out,
+    AttentionBackwardKVKernel(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                               const float* lse, int T, int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int qs = hs | 1;
@@ -308,23 +321,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   for (int r = 0; r < kRows; ++r) {
     const int j = k0 + warp * kRows + r;
     if (j >= T) continue;
-    float* dk_row = dqkv + head + static_cast<size_t>(j) * C3 + C;
-    float* dv_row = dk_row + C;
+    floatX* dk_row = dqkv + head + static_cast<size_t>(j) * C3 + C;
+    floatX* dv_row = dk_row + C;
 #pragma unroll
     for (int k = 0; k < kDims; ++k) {
       const int d = lane + k * kWarpSize;
       if (d < hs) {
-        dk_row[d] += dk[r][k];
-        dv_row[d] += dv[r][k];
+        dk_row[d] = FromFloat<floatX>(ToFloat(dk_row[d]) + dk[r][k]);
+        dv_row[d] = FromFloat<floatX>(ToFloat(dv_row[d]) + dv[r][k]);
       }
     }
   }
 }
 
 // dq of the block's query tile. Grid: (query tiles, NH, B); blockIdx.x = 0 is the last tile.
-template <int kDims>
+template <int kDims, typename floatX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    AttentionBackwardQKernel(float* dqkv, const float* dout, const float* qkv, const float* out,
+    AttentionBackwardQKernel(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                              const float* lse, int T, int C, int NH, int hs, float scale) {
   extern __shared__ float smem[];
   const int ks = hs | 1;
@@ -411,11 +424,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   for (int r = 0; r < kRows; ++r) {
     const int i = q0 + warp * kRows + r;
     if (i >= T) continue;
-    float* dq_row = dqkv + head + static_cast<size_t>(i) * C3;
+    floatX* dq_row = dqkv + head + static_cast<size_t>(i) * C3;
 #pragma unroll
     for (int k = 0; k < kDims; ++k) {
       const int d = lane + k * kWarpSize;
-      if (d < hs) dq_row[d] += dq[r][k];
+      if (d < hs) dq_row[d] = FromFloat<floatX>(ToFloat(dq_row[d]) + dq[r][k]);
     }
   }
 }
@@ -430,7 +443,8 @@ int HeadSize(int C, int NH) {
   return hs;
 }
 
-// Runs Launcher<kDims>::Run(args...) for the smallest kDims (channels per lane) covering hs.
+// Runs Launcher<kDims>::Run(args...) for the smallest kDims (channels per lane) covering hs; Run is
+// a template over the storage type, deduced from the arguments.
 template <template <int> class Launcher, typename... Args>
 void DispatchHeadSize(int hs, Args... args) {
   if (hs <= 32)
@@ -452,28 +466,31 @@ void AllowSmem(Kernel kernel, size_t bytes) {
 
 template <int kDims>
 struct ForwardLauncher {
-  static void Run(const OpContext& ctx, float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                  int hs, float scale) {
+  template <typename floatX>
+  static void Run(const OpContext& ctx, floatX* out, float* lse, const floatX* qkv, int B, int T, int C,
+                  int NH, int hs, float scale) {
     const size_t smem = ForwardSmemBytes(hs);
-    AllowSmem(AttentionForwardKernel<kDims>, smem);
+    AllowSmem(AttentionForwardKernel<kDims, floatX>, smem);
     const dim3 grid((T + kTile - 1) / kTile, NH, B);
-    AttentionForwardKernel<kDims><<<grid, kThreads, smem, ctx.stream>>>(out, lse, qkv, T, C, NH, hs, scale);
+    AttentionForwardKernel<kDims, floatX>
+        <<<grid, kThreads, smem, ctx.stream>>>(out, lse, qkv, T, C, NH, hs, scale);
     FJORD_CUDA_CHECK_LAUNCH();
   }
 };
 
 template <int kDims>
 struct BackwardLauncher {
-  static void Run(const OpContext& ctx, float* dqkv, const float* dout, const float* qkv, const float* out,
-                  const float* lse, int B, int T, int C, int NH, int hs, float scale) {
+  template <typename floatX>
+  static void Run(const OpContext& ctx, floatX* dqkv, const floatX* dout, const floatX* qkv,
+                  const floatX* out, const float* lse, int B, int T, int C, int NH, int hs, float scale) {
     const size_t smem = BackwardSmemBytes(hs);
     const dim3 grid((T + kTile - 1) / kTile, NH, B);
-    AllowSmem(AttentionBackwardKVKernel<kDims>, smem);
-    AttentionBackwardKVKernel<kDims>
+    AllowSmem(AttentionBackwardKVKernel<kDims, floatX>, smem);
+    AttentionBackwardKVKernel<kDims, floatX>
         <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, hs, scale);
     FJORD_CUDA_CHECK_LAUNCH();
-    AllowSmem(AttentionBackwardQKernel<kDims>, smem);
-    AttentionBackwardQKernel<kDims>
+    AllowSmem(AttentionBackwardQKernel<kDims, floatX>, smem);
+    AttentionBackwardQKernel<kDims, floatX>
         <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, hs, scale);
     FJORD_CUDA_CHECK_LAUNCH();
   }
@@ -481,20 +498,24 @@ struct BackwardLauncher {
 
 }  // namespace
 
-void attention_forward(const OpContext& ctx, float* out, float* lse, const float* qkv, int B, int T, int C,
+template <typename floatX>
+void attention_forward(const OpContext& ctx, floatX* out, float* lse, const floatX* qkv, int B, int T, int C,
                        int NH) {
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   DispatchHeadSize<ForwardLauncher>(hs, ctx, out, lse, qkv, B, T, C, NH, hs, scale);
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, attention_forward)
 
-void attention_backward(const OpContext& ctx, float* dqkv, const float* dout, const float* qkv,
-                        const float* out, const float* lse, int B, int T, int C, int NH) {
+template <typename floatX>
+void attention_backward(const OpContext& ctx, floatX* dqkv, const floatX* dout, const floatX* qkv,
+                        const floatX* out, const float* lse, int B, int T, int C, int NH) {
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   DispatchHeadSize<BackwardLauncher>(hs, ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, hs, scale);
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, attention_backward)
 
 }  // namespace fjord::cuda

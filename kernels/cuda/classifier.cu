@@ -9,7 +9,12 @@
 // 2 and 3; merging passes 1 and 2 with an online max is the next step if profiles ask for it.
 // Formulas are the CPU twin's: Exp of kernels/pointwise_math.h, loss = log(sum) + max - x[target]
 // in double, factor = dloss / sum rounded to float, then e * factor (no FMA with the - dloss).
-// Resources (sm_90): 32 registers, no spills, 384 bytes of shared memory: 4 blocks of 512 per SM.
+// Storage type: logits are floatX (kernels/ops.h), read with ToFloat; the max, the sums and the
+// loss are computed as for float, and each dlogit is computed in fp32 and rounded once with
+// FromFloat<floatX>. The bf16 instance reads 2-byte elements, one per thread per iteration; a
+// tuning pass should read 8 per thread (16 bytes) and merge passes 1 and 2 (online max).
+// Resources (sm_90, ptxas -v of nvcc 13): 32 registers, no spills, 384 bytes of shared memory, for
+// both storage types: 4 blocks of 512 per SM.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -44,23 +49,24 @@ __device__ inline float BlockMax(float v, float* scratch) {
   return v;
 }
 
+template <typename floatX>
 __global__ void __launch_bounds__(kBlock)
-    FusedClassifierKernel(float* logits, float* losses, const int32_t* targets, int V, int Vp, float dloss,
+    FusedClassifierKernel(floatX* logits, float* losses, const int32_t* targets, int V, int Vp, float dloss,
                           int write_dlogits) {
   __shared__ float max_scratch[kWarpSize];
   __shared__ double sum_scratch[kWarpSize];
   const size_t row = blockIdx.x;
-  float* x = logits + row * Vp;
+  floatX* x = logits + row * Vp;
   const int target = targets[row];
   // Read before any thread can overwrite it in the last pass (the reductions below synchronise).
-  const float target_logit = x[target];
+  const float target_logit = ToFloat(x[target]);
 
   float max = -INFINITY;
-  for (int i = threadIdx.x; i < V; i += kBlock) max = fmaxf(max, x[i]);
+  for (int i = threadIdx.x; i < V; i += kBlock) max = fmaxf(max, ToFloat(x[i]));
   max = BlockMax(max, max_scratch);
 
   double sum = 0.0;
-  for (int i = threadIdx.x; i < V; i += kBlock) sum += Exp(x[i] - max);
+  for (int i = threadIdx.x; i < V; i += kBlock) sum += Exp(ToFloat(x[i]) - max);
   sum = cuda_detail::BlockSum(sum, sum_scratch);
   if (threadIdx.x == 0)
     losses[row] = static_cast<float>(log(sum) + (static_cast<double>(max) - target_logit));
@@ -70,16 +76,17 @@ __global__ void __launch_bounds__(kBlock)
   for (int i = threadIdx.x; i < Vp; i += kBlock) {
     float g = 0.0f;
     if (i < V) {
-      g = __fmul_rn(Exp(x[i] - max), factor);  // rounded before the subtraction, as on the CPU
+      g = __fmul_rn(Exp(ToFloat(x[i]) - max), factor);  // rounded before the subtraction, as on the CPU
       if (i == target) g -= dloss;
     }
-    x[i] = g;
+    x[i] = FromFloat<floatX>(g);
   }
 }
 
 }  // namespace
 
-void fused_classifier(const OpContext& ctx, float* logits, float* losses, const int32_t* targets, size_t N,
+template <typename floatX>
+void fused_classifier(const OpContext& ctx, floatX* logits, float* losses, const int32_t* targets, size_t N,
                       int V, int Vp, float dloss, int write_dlogits) {
   if (N == 0) return;
   FJORD_CHECK(N <= 0x7fffffffu, "fused_classifier: N = " + std::to_string(N) + " rows exceed the grid limit");
@@ -87,5 +94,6 @@ void fused_classifier(const OpContext& ctx, float* logits, float* losses, const 
                                                                                  Vp, dloss, write_dlogits);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, fused_classifier)
 
 }  // namespace fjord::cuda

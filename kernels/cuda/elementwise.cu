@@ -1,8 +1,16 @@
-// Elementwise ops on the GPU: GELU, residual add, zero fill.
+// Elementwise ops on the GPU: GELU, residual add, zero fill, the bf16 casts.
 //
 // Memory-bound one-pass kernels with grid-stride loops: any n works, no alignment is assumed, and
 // one launch configuration serves every size. GELU evaluates the per-element formula the CPU twin
-// uses (kernels/pointwise_math.h), so the two differ only by expf's last-bit rounding.
+// uses (kernels/pointwise_math.h), so the two differ only by expf's last-bit rounding (which can
+// flip the final rounding to bf16 by one ulp).
+//
+// Storage type: the model ops are templates over floatX (kernels/ops.h). Each element is read
+// with ToFloat, computed in fp32 and written once with FromFloat<floatX> (round to nearest even,
+// bit-identical with the CPU twin; __float2bfloat16_rn would differ in NaN payloads), so with
+// floatX = float the kernels are the fp32 ones unchanged. The bf16 instances move one 2-byte
+// element per thread per iteration (64-byte warp transactions); a tuning pass should give each
+// thread 8 consecutive elements (one 16-byte load or store) when n and the pointers allow it.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_check.cuh"
@@ -15,80 +23,95 @@ namespace {
 
 constexpr int kBlock = 256;
 
-__global__ void GeluForwardKernel(float* out, const float* inp, size_t n) {
+template <typename floatX>
+__global__ void GeluForwardKernel(floatX* out, const floatX* inp, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
-    out[i] = GeluForward(inp[i]);
+    out[i] = FromFloat<floatX>(GeluForward(ToFloat(inp[i])));
 }
 
-__global__ void GeluBackwardKernel(float* dinp, const float* inp, const float* dout, size_t n) {
+template <typename floatX>
+__global__ void GeluBackwardKernel(floatX* dinp, const floatX* inp, const floatX* dout, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
-    dinp[i] += GeluDerivative(inp[i]) * dout[i];
+    dinp[i] = FromFloat<floatX>(ToFloat(dinp[i]) + GeluDerivative(ToFloat(inp[i])) * ToFloat(dout[i]));
 }
 
-__global__ void ResidualForwardKernel(float* out, const float* a, const float* b, size_t n) {
+template <typename floatX>
+__global__ void ResidualForwardKernel(floatX* out, const floatX* a, const floatX* b, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
-    out[i] = a[i] + b[i];
+    out[i] = FromFloat<floatX>(ToFloat(a[i]) + ToFloat(b[i]));
 }
 
-__global__ void ResidualBackwardKernel(float* da, float* db, const float* dout, size_t n) {
+template <typename floatX>
+__global__ void ResidualBackwardKernel(floatX* da, floatX* db, const floatX* dout, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
-    const float d = dout[i];
-    da[i] += d;
-    db[i] += d;
+    const float d = ToFloat(dout[i]);
+    da[i] = FromFloat<floatX>(ToFloat(da[i]) + d);
+    db[i] = FromFloat<floatX>(ToFloat(db[i]) + d);
   }
 }
 
-__global__ void CastToBf16Kernel(uint16_t* out, const float* inp, size_t n, uint64_t seed) {
+__global__ void CastToBf16Kernel(bf16* out, const float* inp, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
-    out[i] = ToBf16(inp[i], seed, i);
+    out[i].bits = ToBf16(inp[i], seed, i);
 }
 
-__global__ void CastFromBf16Kernel(float* out, const uint16_t* inp, size_t n) {
+__global__ void CastFromBf16Kernel(float* out, const bf16* inp, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
-    out[i] = FromBf16(inp[i]);
+    out[i] = FromBf16(inp[i].bits);
 }
 
 }  // namespace
 
-void cast_to_bf16(const OpContext& ctx, uint16_t* out, const float* inp, size_t n, uint64_t seed) {
+void cast_to_bf16(const OpContext& ctx, bf16* out, const float* inp, size_t n, uint64_t seed) {
   if (n == 0) return;
   CastToBf16Kernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n, seed);
   FJORD_CUDA_CHECK_LAUNCH();
 }
 
-void cast_from_bf16(const OpContext& ctx, float* out, const uint16_t* inp, size_t n) {
+void cast_from_bf16(const OpContext& ctx, float* out, const bf16* inp, size_t n) {
   if (n == 0) return;
   CastFromBf16Kernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n);
   FJORD_CUDA_CHECK_LAUNCH();
 }
 
-void gelu_forward(const OpContext& ctx, float* out, const float* inp, size_t n) {
+template <typename floatX>
+void gelu_forward(const OpContext& ctx, floatX* out, const floatX* inp, size_t n) {
   if (n == 0) return;
   GeluForwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, gelu_forward)
 
-void gelu_backward(const OpContext& ctx, float* dinp, const float* inp, const float* dout, size_t n) {
+template <typename floatX>
+void gelu_backward(const OpContext& ctx, floatX* dinp, const floatX* inp, const floatX* dout, size_t n) {
   if (n == 0) return;
   GeluBackwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(dinp, inp, dout, n);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, gelu_backward)
 
-void residual_forward(const OpContext& ctx, float* out, const float* a, const float* b, size_t n) {
+template <typename floatX>
+void residual_forward(const OpContext& ctx, floatX* out, const floatX* a, const floatX* b, size_t n) {
   if (n == 0) return;
   ResidualForwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, a, b, n);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, residual_forward)
 
-void residual_backward(const OpContext& ctx, float* da, float* db, const float* dout, size_t n) {
+template <typename floatX>
+void residual_backward(const OpContext& ctx, floatX* da, floatX* db, const floatX* dout, size_t n) {
   if (n == 0) return;
   ResidualBackwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(da, db, dout, n);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, residual_backward)
 
-void fill_zero(const OpContext& ctx, float* x, size_t n) {
+// All-zero bytes are +0 in both float and bf16.
+template <typename floatX>
+void fill_zero(const OpContext& ctx, floatX* x, size_t n) {
   if (n == 0) return;
-  FJORD_CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(float), ctx.stream));
+  FJORD_CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(floatX), ctx.stream));
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, fill_zero)
 
 }  // namespace fjord::cuda

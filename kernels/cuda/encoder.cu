@@ -19,7 +19,15 @@
 // EncoderBackwardWorkspaceBytes(B * T) of it (each piece rounded up to 256 bytes; about 0.2 MB for
 // B*T = 8192, far below the usual 32 MiB GEMM workspace) and aborts naming the numbers otherwise.
 // The workspace is used only on ctx.stream, in stream order with the GEMMs that share it.
-// Resources (sm_90): every kernel here uses at most 32 registers, no spills, no shared memory.
+//
+// Storage type: out, wte, wpe and dout are floatX (kernels/ops.h), dwte and dwpe fp32. Values are
+// read with ToFloat and added in fp32; the forward rounds each sum once with FromFloat<floatX>,
+// the backward accumulates the exact bf16 values into the fp32 gradients in the same order as the
+// CPU twin, so bf16 results are bitwise equal to the CPU's too. The bf16 instances load 2-byte
+// elements one per thread; a tuning pass could give each thread 8 channels (16-byte accesses)
+// when C is a multiple of 8.
+// Resources (sm_90, ptxas -v of nvcc 13): every kernel here uses at most 32 registers, no spills,
+// no shared memory, for both storage types.
 #include <cuda_runtime.h>
 
 #include <cub/device/device_radix_sort.cuh>
@@ -28,19 +36,22 @@
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::cuda {
 namespace {
 
 constexpr int kBlock = 256;
 
-__global__ void EncoderForwardKernel(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+template <typename floatX>
+__global__ void EncoderForwardKernel(floatX* out, const int32_t* tokens, const floatX* wte, const floatX* wpe,
                                      int T, int C, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
     const size_t bt = i / C;
     const int c = static_cast<int>(i % C);
     const int t = static_cast<int>(bt % T);
-    out[i] = wte[static_cast<size_t>(tokens[bt]) * C + c] + wpe[static_cast<size_t>(t) * C + c];
+    out[i] = FromFloat<floatX>(ToFloat(wte[static_cast<size_t>(tokens[bt]) * C + c]) +
+                               ToFloat(wpe[static_cast<size_t>(t) * C + c]));
   }
 }
 
@@ -63,20 +74,22 @@ __global__ void TokenKeysKernel(int32_t* keys, int32_t* rows, const int32_t* tok
 }
 
 // dwpe[t, c] += dout[b, t, c] for b = 0 .. B-1, in order.
-__global__ void PositionGradKernel(float* dwpe, const float* dout, int B, int T, int C) {
+template <typename floatX>
+__global__ void PositionGradKernel(float* dwpe, const floatX* dout, int B, int T, int C) {
   const size_t n = static_cast<size_t>(T) * C;
   const size_t batch_stride = static_cast<size_t>(T) * C;
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
     float acc = dwpe[i];
-    for (int b = 0; b < B; ++b) acc += dout[b * batch_stride + i];
+    for (int b = 0; b < B; ++b) acc += ToFloat(dout[b * batch_stride + i]);
     dwpe[i] = acc;
   }
 }
 
 // Grid (n, ceil(C / kChannelBlock)). Block x owns sorted entry x if it starts a run of equal tokens
 // and adds the run's dout rows, in sorted order, into dwte[token, c] for its slice of channels.
+template <typename floatX>
 __global__ void __launch_bounds__(kChannelBlock)
-    TokenGradKernel(float* dwte, const float* dout, const int32_t* sorted_tokens, const int32_t* sorted_rows,
+    TokenGradKernel(float* dwte, const floatX* dout, const int32_t* sorted_tokens, const int32_t* sorted_rows,
                     int n, int C) {
   const int first = blockIdx.x;
   const int32_t token = sorted_tokens[first];
@@ -92,7 +105,7 @@ __global__ void __launch_bounds__(kChannelBlock)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       in[u] = j + u < n && sorted_tokens[j + u] == token;
-      d[u] = in[u] ? dout[static_cast<size_t>(sorted_rows[j + u]) * C + c] : 0.0f;
+      d[u] = in[u] ? ToFloat(dout[static_cast<size_t>(sorted_rows[j + u]) * C + c]) : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
@@ -117,16 +130,19 @@ size_t EncoderBackwardWorkspaceBytes(int n) {
 
 }  // namespace
 
-void encoder_forward(const OpContext& ctx, float* out, const int32_t* tokens, const float* wte,
-                     const float* wpe, int B, int T, int C) {
+template <typename floatX>
+void encoder_forward(const OpContext& ctx, floatX* out, const int32_t* tokens, const floatX* wte,
+                     const floatX* wpe, int B, int T, int C) {
   const size_t n = static_cast<size_t>(B) * T * C;
   if (n == 0) return;
   EncoderForwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, tokens, wte, wpe, T,
                                                                                    C, n);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, encoder_forward)
 
-void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const float* dout,
+template <typename floatX>
+void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floatX* dout,
                       const int32_t* tokens, int B, int T, int C) {
   const int n = B * T;
   if (n == 0 || C == 0) return;
@@ -161,5 +177,6 @@ void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floa
   TokenGradKernel<<<grid, kChannelBlock, 0, ctx.stream>>>(dwte, dout, keys.Current(), rows.Current(), n, C);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, encoder_backward)
 
 }  // namespace fjord::cuda

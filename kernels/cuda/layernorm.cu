@@ -7,11 +7,21 @@
 // columns in shared memory in a fixed order. No atomics and no scratch buffer, so the result is
 // deterministic; the price is only C / 32 blocks for this pass, which is acceptable next to the
 // GEMMs and is the place to optimise (row-chunked partials) if profiles say so.
+//
+// Storage type: out, inp, weight, bias, dinp and dout are floatX (kernels/ops.h); mean, rstd,
+// dweight and dbias are fp32. Every value is read with ToFloat and every statistic and sum is
+// fp32, as for float; each floatX output is rounded once with FromFloat<floatX> (dinp: the prior
+// value read, the gradient added in fp32, then rounded). The row kernels re-read a row three
+// times from cache; with bf16 a tuning pass should keep the row in registers (C / 32 values per
+// lane) and use 16-byte loads.
+// Resources (sm_90, ptxas -v of nvcc 13), both storage types: at most 32 registers, no spills; the
+// column-sum kernel holds 8.25 KB of fp32 partials in shared memory, the row kernels none.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::cuda {
 namespace {
@@ -23,56 +33,64 @@ constexpr float kEps = 1e-5f;
 constexpr int kRowsPerBlock = 8;  // warps per block in the row kernels
 constexpr int kColumnRows = 32;   // threadIdx.y extent in the column-sum kernel
 
-__global__ void LayerNormForwardKernel(float* out, float* mean, float* rstd, const float* inp,
-                                       const float* weight, const float* bias, size_t N, int C) {
+template <typename floatX>
+__global__ void LayerNormForwardKernel(floatX* out, float* mean, float* rstd, const floatX* inp,
+                                       const floatX* weight, const floatX* bias, size_t N, int C) {
   const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= N) return;  // whole warps exit together: the shuffles below stay full-warp
-  const float* x = inp + row * C;
+  const floatX* x = inp + row * C;
   float sum = 0.0f;
-  for (int c = lane; c < C; c += kWarpSize) sum += x[c];
+  for (int c = lane; c < C; c += kWarpSize) sum += ToFloat(x[c]);
   const float m = WarpSum(sum) / C;
   float var = 0.0f;
-  for (int c = lane; c < C; c += kWarpSize) var += (x[c] - m) * (x[c] - m);
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float xc = ToFloat(x[c]);
+    var += (xc - m) * (xc - m);
+  }
   const float s = 1.0f / sqrtf(WarpSum(var) / C + kEps);
-  float* o = out + row * C;
-  for (int c = lane; c < C; c += kWarpSize) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+  floatX* o = out + row * C;
+  for (int c = lane; c < C; c += kWarpSize)
+    o[c] = FromFloat<floatX>((ToFloat(x[c]) - m) * s * ToFloat(weight[c]) + ToFloat(bias[c]));
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = s;
   }
 }
 
-__global__ void LayerNormBackwardInputKernel(float* dinp, const float* dout, const float* inp,
-                                             const float* weight, const float* mean, const float* rstd,
+template <typename floatX>
+__global__ void LayerNormBackwardInputKernel(floatX* dinp, const floatX* dout, const floatX* inp,
+                                             const floatX* weight, const float* mean, const float* rstd,
                                              size_t N, int C) {
   const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= N) return;
-  const float* x = inp + row * C;
-  const float* d = dout + row * C;
+  const floatX* x = inp + row * C;
+  const floatX* d = dout + row * C;
   const float m = mean[row];
   const float s = rstd[row];
   float dnorm_sum = 0.0f;
   float dnorm_norm_sum = 0.0f;
   for (int c = lane; c < C; c += kWarpSize) {
-    const float dnorm = weight[c] * d[c];
+    const float dnorm = ToFloat(weight[c]) * ToFloat(d[c]);
     dnorm_sum += dnorm;
-    dnorm_norm_sum += dnorm * (x[c] - m) * s;
+    dnorm_norm_sum += dnorm * (ToFloat(x[c]) - m) * s;
   }
   const float dnorm_mean = WarpSum(dnorm_sum) / C;
   const float dnorm_norm_mean = WarpSum(dnorm_norm_sum) / C;
-  float* di = dinp + row * C;
+  floatX* di = dinp + row * C;
   for (int c = lane; c < C; c += kWarpSize) {
-    const float norm = (x[c] - m) * s;
-    di[c] += (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+    const float norm = (ToFloat(x[c]) - m) * s;
+    di[c] = FromFloat<floatX>(ToFloat(di[c]) +
+                              (ToFloat(weight[c]) * ToFloat(d[c]) - dnorm_mean - norm * dnorm_norm_mean) * s);
   }
 }
 
 // blockDim = (32, kColumnRows); block b owns channels [32 b, 32 b + 32).
-__global__ void LayerNormBackwardParamKernel(float* dweight, float* dbias, const float* dout,
-                                             const float* inp, const float* mean, const float* rstd, size_t N,
-                                             int C) {
+template <typename floatX>
+__global__ void LayerNormBackwardParamKernel(float* dweight, float* dbias, const floatX* dout,
+                                             const floatX* inp, const float* mean, const float* rstd,
+                                             size_t N, int C) {
   __shared__ float dw_part[kColumnRows][kWarpSize + 1];  // +1: no bank conflicts reading columns
   __shared__ float db_part[kColumnRows][kWarpSize + 1];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
@@ -80,8 +98,8 @@ __global__ void LayerNormBackwardParamKernel(float* dweight, float* dbias, const
   float db = 0.0f;
   if (c < C) {
     for (size_t r = threadIdx.y; r < N; r += kColumnRows) {
-      const float d = dout[r * C + c];
-      dw += (inp[r * C + c] - mean[r]) * rstd[r] * d;
+      const float d = ToFloat(dout[r * C + c]);
+      dw += (ToFloat(inp[r * C + c]) - mean[r]) * rstd[r] * d;
       db += d;
     }
   }
@@ -106,17 +124,20 @@ unsigned int RowBlocks(size_t N) {
 
 }  // namespace
 
-void layernorm_forward(const OpContext& ctx, float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, size_t N, int C) {
+template <typename floatX>
+void layernorm_forward(const OpContext& ctx, floatX* out, float* mean, float* rstd, const floatX* inp,
+                       const floatX* weight, const floatX* bias, size_t N, int C) {
   if (N == 0) return;
   LayerNormForwardKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(out, mean, rstd, inp,
                                                                                      weight, bias, N, C);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, layernorm_forward)
 
-void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean, const float* rstd, size_t N,
-                        int C) {
+template <typename floatX>
+void layernorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* dbias, const floatX* dout,
+                        const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
+                        size_t N, int C) {
   if (N == 0) return;
   LayerNormBackwardInputKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(
       dinp, dout, inp, weight, mean, rstd, N, C);
@@ -126,5 +147,6 @@ void layernorm_backward(const OpContext& ctx, float* dinp, float* dweight, float
       dweight, dbias, dout, inp, mean, rstd, N, C);
   FJORD_CUDA_CHECK_LAUNCH();
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, layernorm_backward)
 
 }  // namespace fjord::cuda

@@ -13,26 +13,37 @@
 //            transposed), beta = 1.
 // Accumulation (+=) is beta = 1 with C == D, which cuBLASLt supports in place.
 //
-// Precision: CUBLAS_COMPUTE_32F, which never uses TF32 (that would be CUBLAS_COMPUTE_32F_FAST_TF32):
-// the CPU twin is the oracle and fp32 GEMMs agree with it to ~sqrt(K) ulp, TF32 only to ~1e-3.
-// TF32/bf16 are for the mixed-precision path that is still to come, with its own tolerances.
+// Precision and data types. Every GEMM computes in CUBLAS_COMPUTE_32F with fp32 alpha and beta
+// (scale type CUDA_R_32F); the operand types follow the storage type floatX (kernels/ops.h):
+//   floatX = float  A, B, C, D and bias CUDA_R_32F. COMPUTE_32F never uses TF32 (that would be
+//                   CUBLAS_COMPUTE_32F_FAST_TF32): the CPU twin is the oracle and fp32 GEMMs agree
+//                   with it to ~sqrt(K) ulp, TF32 only to ~1e-3.
+//   floatX = bf16   A and B CUDA_R_16BF (tensor cores: exact products, fp32 accumulation).
+//                   forward out and dinp: C = D CUDA_R_16BF, so D is rounded once from fp32, and
+//                   dinp's beta = 1 reads the bf16 prior and adds to it in fp32 before that one
+//                   rounding; the forward bias is bf16 too (BIAS_DATA_TYPE set to D's type).
+//                   dweight: C = D CUDA_R_32F with bf16 A and B (a mixed combination cuBLASLt
+//                   supports), so parameter gradients accumulate over micro-steps in fp32.
 //
 // Forward bias: the BIAS epilogue when the heuristic offers an algorithm for it; otherwise the bias
-// is broadcast into out first and the GEMM accumulates onto it (the CPU twin's order). dbias is a
+// is broadcast into out first and the GEMM accumulates onto it (the CPU twin's order; with bf16 the
+// broadcast copies bf16 values exactly, and bias + product is still rounded once). dbias is a
 // deterministic column sum of dout over N rows in a kernel rather than the BGRADB epilogue, which
-// overwrites rather than accumulates and is not offered for every fp32 layout. Pass 1 splits the
-// rows into R chunks (grid of column blocks x chunks), pass 2 adds the R partials of each column in
-// chunk order; the partials live in ctx.workspace (R x OC floats, up to kMaxChunks x OC), reused
-// after the GEMMs on the same stream. With no or too small a workspace R shrinks, down to 1 (one
-// pass straight into dbias). The sum order depends only on (N, OC, workspace_bytes), so results
-// are bitwise reproducible for a given configuration.
+// overwrites rather than accumulates and is not offered for every fp32 layout; it reads floatX dout
+// and sums in fp32. Pass 1 splits the rows into R chunks (grid of column blocks x chunks), pass 2
+// adds the R partials of each column in chunk order; the partials live in ctx.workspace (R x OC
+// floats, up to kMaxChunks x OC), reused after the GEMMs on the same stream. With no or too small
+// a workspace R shrinks, down to 1 (one pass straight into dbias). The sum order depends only on
+// (N, OC, workspace_bytes), so results are bitwise reproducible for a given configuration.
 //
 // Alignment: cuBLASLt's heuristic assumes 256-byte aligned operands unless told otherwise, so each
-// call passes the actual alignment of A, B, C and D; the model's tensors are 64-byte aligned.
+// call passes the actual alignment of A, B, C and D (down to 2 bytes, a bf16 element); the model's
+// tensors are 64-byte aligned.
 // Algorithm choice depends on the workspace offered (ctx.workspace_bytes; 32 MiB suits Hopper), and
 // so may the last bits of the results. Descriptors are created per call (a few microseconds of host
 // time); caching them per shape is left for when profiles ask for it. The column-sum kernels use at
-// most 32 registers and 1 KB of shared memory on sm_90, no spills.
+// most 32 registers and 1 KB of shared memory on sm_90, no spills, for both storage types (their
+// shared memory holds fp32 partial sums either way).
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -42,6 +53,7 @@
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::cuda {
 namespace {
@@ -80,11 +92,11 @@ class MatmulDesc {
   cublasLtMatmulDesc_t desc_ = nullptr;
 };
 
-// A column-major fp32 matrix as stored: rows x cols with leading dimension ld.
+// A column-major matrix of `type` as stored: rows x cols with leading dimension ld.
 class Layout {
  public:
-  Layout(uint64_t rows, uint64_t cols, int64_t ld) {
-    FJORD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_, CUDA_R_32F, rows, cols, ld));
+  Layout(cudaDataType_t type, uint64_t rows, uint64_t cols, int64_t ld) {
+    FJORD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_, type, rows, cols, ld));
   }
   ~Layout() { (void)cublasLtMatrixLayoutDestroy(layout_); }
   Layout(const Layout&) = delete;
@@ -111,21 +123,37 @@ class Preference {
   cublasLtMatmulPreference_t pref_ = nullptr;
 };
 
-// Largest power of two (4 to 256) dividing the address: what the heuristic may assume.
+// Largest power of two (2 to 256) dividing the address: what the heuristic may assume. fp32
+// operands are always at least 4-byte aligned; a bf16 operand may be only 2-byte aligned.
 uint32_t AlignmentOf(const void* p) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
   uint32_t alignment = 256;
-  while (alignment > 4 && address % alignment != 0) alignment /= 2;
+  while (alignment > 2 && address % alignment != 0) alignment /= 2;
   return alignment;
 }
 
+// cuBLASLt's data type and a short name (for messages) of each storage type.
+template <typename T>
+struct GemmType;
+template <>
+struct GemmType<float> {
+  static constexpr cudaDataType_t kType = CUDA_R_32F;
+  static constexpr const char* kName = "fp32";
+};
+template <>
+struct GemmType<bf16> {
+  static constexpr cudaDataType_t kType = CUDA_R_16BF;
+  static constexpr const char* kName = "bf16";
+};
+
 // One column-major GEMM D[m,n] = op(A)[m,k] @ op(B)[k,n] + beta D (C == D), optionally with the
-// bias epilogue (D[i, :] += bias[i]). A is stored m x k (k x m when trans_a), B k x n (n x k when
+// bias epilogue (D[i, :] += bias[i]), in fp32 compute whatever the types: A and B are of type TAB,
+// C, D and the bias of type TD. A is stored m x k (k x m when trans_a), B k x n (n x k when
 // trans_b). Returns false, without running anything, when a bias epilogue was asked for and the
 // heuristic offers no algorithm with it; aborts on any other failure.
-bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t n, uint64_t k,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* D, int64_t ldd,
-          const float* bias) {
+template <typename TAB, typename TD>
+bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t n, uint64_t k, const TAB* A,
+          int64_t lda, const TAB* B, int64_t ldb, float beta, TD* D, int64_t ldd, const TD* bias) {
   FJORD_CHECK(ctx.blas != nullptr, "matmul ops need OpContext::blas set to a cublasLtHandle_t");
   cublasLtHandle_t handle = static_cast<cublasLtHandle_t>(ctx.blas);
   MatmulDesc desc;
@@ -136,10 +164,12 @@ bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t
   if (bias != nullptr) {
     desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
     desc.Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    // D's type is the default; set anyway, so the bias type is stated where the bias is passed.
+    desc.Set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(GemmType<TD>::kType));
   }
-  const Layout a_layout(trans_a ? k : m, trans_a ? m : k, lda);
-  const Layout b_layout(trans_b ? n : k, trans_b ? k : n, ldb);
-  const Layout d_layout(m, n, ldd);
+  const Layout a_layout(GemmType<TAB>::kType, trans_a ? k : m, trans_a ? m : k, lda);
+  const Layout b_layout(GemmType<TAB>::kType, trans_b ? n : k, trans_b ? k : n, ldb);
+  const Layout d_layout(GemmType<TD>::kType, m, n, ldd);
 
   const size_t workspace_bytes = ctx.workspace != nullptr ? ctx.workspace_bytes : 0;
   Preference pref;
@@ -160,11 +190,12 @@ bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t
   if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
     if (bias != nullptr) return false;
     FatalError(__FILE__, __LINE__,
-               "cuBLASLt offers no fp32 algorithm for m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                   " k=" + std::to_string(k) + " (transa " + std::to_string(trans_a) + ", transb " +
-                   std::to_string(trans_b) + ", alignments A/B/D " + std::to_string(AlignmentOf(A)) + "/" +
-                   std::to_string(AlignmentOf(B)) + "/" + std::to_string(AlignmentOf(D)) +
-                   " bytes, workspace " + std::to_string(workspace_bytes) +
+               std::string("cuBLASLt offers no algorithm for A/B ") + GemmType<TAB>::kName + ", C/D " +
+                   GemmType<TD>::kName + " (fp32 compute), m=" + std::to_string(m) +
+                   " n=" + std::to_string(n) + " k=" + std::to_string(k) + " (transa " +
+                   std::to_string(trans_a) + ", transb " + std::to_string(trans_b) + ", alignments A/B/D " +
+                   std::to_string(AlignmentOf(A)) + "/" + std::to_string(AlignmentOf(B)) + "/" +
+                   std::to_string(AlignmentOf(D)) + " bytes, workspace " + std::to_string(workspace_bytes) +
                    " bytes): " + DescribeCublasStatus(status));
   }
   const float alpha = 1.0f;
@@ -174,8 +205,10 @@ bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t
   return true;
 }
 
-// out[r, j] = bias[j] for r < N, j < OC (the fallback when the bias epilogue is not offered).
-__global__ void BroadcastBiasKernel(float* out, const float* bias, size_t N, int OC) {
+// out[r, j] = bias[j] for r < N, j < OC (the fallback when the bias epilogue is not offered): a
+// copy, exact in either storage type.
+template <typename floatX>
+__global__ void BroadcastBiasKernel(floatX* out, const floatX* bias, size_t N, int OC) {
   const size_t n = N * OC;
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
     out[i] = bias[i % OC];
@@ -184,7 +217,9 @@ __global__ void BroadcastBiasKernel(float* out, const float* bias, size_t N, int
 // Column sums of dout[N,OC] over the rows of chunk blockIdx.y ([y * chunk_rows, ...)).
 // blockDim = (32, kColumnRows); block x owns columns [32 x, 32 x + 32). With `partials` null the
 // chunk is all rows and the sum is added to dbias; otherwise it is stored in partials[y * OC + c].
-__global__ void ColumnSumKernel(float* dbias, float* partials, const float* dout, size_t N, int OC,
+// dout is read with ToFloat; all sums are fp32.
+template <typename floatX>
+__global__ void ColumnSumKernel(float* dbias, float* partials, const floatX* dout, size_t N, int OC,
                                 size_t chunk_rows) {
   __shared__ float part[kColumnRows][kWarpSize + 1];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
@@ -192,7 +227,7 @@ __global__ void ColumnSumKernel(float* dbias, float* partials, const float* dout
   const size_t end = begin + chunk_rows < N ? begin + chunk_rows : N;
   float acc = 0.0f;
   if (c < OC)
-    for (size_t r = begin + threadIdx.y; r < end; r += kColumnRows) acc += dout[r * OC + c];
+    for (size_t r = begin + threadIdx.y; r < end; r += kColumnRows) acc += ToFloat(dout[r * OC + c]);
   part[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && c < OC) {
@@ -214,7 +249,8 @@ __global__ void AddPartialsKernel(float* dbias, const float* partials, int chunk
   dbias[c] += total;
 }
 
-void BiasGradient(const OpContext& ctx, float* dbias, const float* dout, size_t N, int OC) {
+template <typename floatX>
+void BiasGradient(const OpContext& ctx, float* dbias, const floatX* dout, size_t N, int OC) {
   size_t chunks = (N + kChunkRows - 1) / kChunkRows;
   if (chunks > kMaxChunks) chunks = kMaxChunks;
   const size_t fit = ctx.workspace != nullptr ? ctx.workspace_bytes / (sizeof(float) * OC) : 0;
@@ -235,24 +271,30 @@ void BiasGradient(const OpContext& ctx, float* dbias, const float* dout, size_t 
 
 }  // namespace
 
-void matmul_forward(const OpContext& ctx, float* out, const float* inp, const float* weight,
-                    const float* bias, size_t N, int C, int OC) {
+template <typename floatX>
+void matmul_forward(const OpContext& ctx, floatX* out, const floatX* inp, const floatX* weight,
+                    const floatX* bias, size_t N, int C, int OC) {
   if (N == 0) return;
-  if (Gemm(ctx, /*trans_a=*/true, /*trans_b=*/false, OC, N, C, weight, C, inp, C, 0.0f, out, OC, bias))
+  if (Gemm<floatX, floatX>(ctx, /*trans_a=*/true, /*trans_b=*/false, OC, N, C, weight, C, inp, C, 0.0f, out,
+                           OC, bias))
     return;
   // No algorithm with the bias epilogue: bias first, then accumulate the product onto it.
   BroadcastBiasKernel<<<cuda_detail::GridFor(N * OC, kBiasBlock), kBiasBlock, 0, ctx.stream>>>(out, bias, N,
                                                                                                OC);
   FJORD_CUDA_CHECK_LAUNCH();
-  Gemm(ctx, true, false, OC, N, C, weight, C, inp, C, 1.0f, out, OC, nullptr);
+  Gemm<floatX, floatX>(ctx, true, false, OC, N, C, weight, C, inp, C, 1.0f, out, OC, nullptr);
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, matmul_forward)
 
-void matmul_backward(const OpContext& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
-                     const float* inp, const float* weight, size_t N, int C, int OC) {
+template <typename floatX>
+void matmul_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* dbias, const floatX* dout,
+                     const floatX* inp, const floatX* weight, size_t N, int C, int OC) {
   if (N == 0) return;
-  if (dinp != nullptr) Gemm(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C, nullptr);
-  Gemm(ctx, false, true, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, nullptr);
+  if (dinp != nullptr)
+    Gemm<floatX, floatX>(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C, nullptr);
+  Gemm<floatX, float>(ctx, false, true, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, nullptr);
   if (dbias != nullptr) BiasGradient(ctx, dbias, dout, N, OC);
 }
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, matmul_backward)
 
 }  // namespace fjord::cuda

@@ -1,4 +1,5 @@
-// CUDA LayerNorm forward and backward against the CPU twin.
+// CUDA LayerNorm forward and backward against the CPU twin, for both storage types (float and
+// bf16; mean, rstd and the parameter gradients are fp32 either way).
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -9,10 +10,15 @@
 namespace fjord {
 namespace {
 
+using testing::AsFloats;
 using testing::CudaOpTest;
 using testing::DeviceBuffer;
 using testing::ExpectClose;
+using testing::ExpectRoundedClose;
 using testing::kPoison;
+using testing::Poison;
+using testing::Random;
+using testing::Rounded;
 
 struct Shape {
   size_t N;
@@ -24,70 +30,84 @@ struct Shape {
 const Shape kShapes[] = {{5, 13}, {301, 771}, {1027, 768}};
 
 // Rows with non-zero means and differing spreads.
-std::vector<float> Input(const Shape& s, uint32_t seed) {
+template <typename floatX>
+std::vector<floatX> Input(const Shape& s, uint32_t seed) {
   std::vector<float> x = testing::RandomFloats(s.N * s.C, seed);
   for (size_t n = 0; n < s.N; ++n)
     for (int c = 0; c < s.C; ++c) x[n * s.C + c] = x[n * s.C + c] * (1.0f + n % 5) + 0.25f * (n % 7);
-  return x;
+  return Rounded<floatX>(x);
 }
 
-class CudaLayerNorm : public CudaOpTest {};
-
-TEST_F(CudaLayerNorm, ForwardMatchesCpu) {
-  for (const Shape& s : kShapes) {
-    const std::vector<float> x = Input(s, 1);
-    const std::vector<float> w = testing::RandomFloats(s.C, 2, 0.5f, 1.5f), b = testing::RandomFloats(s.C, 3);
-    DeviceBuffer<float> d_x(x), d_w(w), d_b(b);
-    DeviceBuffer<float> d_out(std::vector<float>(s.N * s.C, kPoison));
-    DeviceBuffer<float> d_mean(std::vector<float>(s.N, kPoison)), d_rstd(std::vector<float>(s.N, kPoison));
-    cuda::layernorm_forward(ctx_, d_out.get(), d_mean.get(), d_rstd.get(), d_x.get(), d_w.get(), d_b.get(),
-                            s.N, s.C);
-    Sync();
-    std::vector<float> out(s.N * s.C), mean(s.N), rstd(s.N);
-    cpu::layernorm_forward(cpu_ctx_, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), s.N,
-                           s.C);
-    const std::vector<float> got = d_out.Download();
-    ASSERT_GT(testing::Norm(got), 0.0);
-    // The GPU sums row statistics in float (lane-strided, then a warp tree) over up to 771 terms of
-    // up to ~6; the CPU twin in double. Relative differences ~1e-7 to 1e-6 in mean and rstd, passed
-    // on to O(1) outputs.
-    ExpectClose("layernorm out", got, out, 1e-5, 1e-5);
-    ExpectClose("layernorm mean", d_mean.Download(), mean, 1e-6, 1e-5);
-    ExpectClose("layernorm rstd", d_rstd.Download(), rstd, 0.0, 1e-5);
+class CudaLayerNorm : public CudaOpTest {
+ protected:
+  template <typename floatX>
+  void CheckForward() {
+    for (const Shape& s : kShapes) {
+      const std::vector<floatX> x = Input<floatX>(s, 1);
+      const std::vector<floatX> w = Random<floatX>(s.C, 2, 0.5f, 1.5f), b = Random<floatX>(s.C, 3);
+      DeviceBuffer<floatX> d_x(x), d_w(w), d_b(b);
+      DeviceBuffer<floatX> d_out(std::vector<floatX>(s.N * s.C, Poison<floatX>()));
+      DeviceBuffer<float> d_mean(std::vector<float>(s.N, kPoison)), d_rstd(std::vector<float>(s.N, kPoison));
+      cuda::layernorm_forward(ctx_, d_out.get(), d_mean.get(), d_rstd.get(), d_x.get(), d_w.get(), d_b.get(),
+                              s.N, s.C);
+      Sync();
+      std::vector<floatX> out(s.N * s.C, Poison<floatX>());
+      std::vector<float> mean(s.N), rstd(s.N);
+      cpu::layernorm_forward(cpu_ctx_, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(),
+                             s.N, s.C);
+      const std::vector<floatX> got = d_out.Download();
+      ASSERT_GT(testing::Norm(AsFloats(got)), 0.0);
+      // The GPU sums row statistics in float (lane-strided, then a warp tree) over up to 771 terms
+      // of up to ~6; the CPU twin in double. Relative differences ~1e-7 to 1e-6 in mean and rstd,
+      // passed on to O(1) outputs (with bf16, plus the one ulp by which that can flip the final
+      // rounding).
+      ExpectRoundedClose("layernorm out", got, out, 1e-5, 1e-5);
+      ExpectClose("layernorm mean", d_mean.Download(), mean, 1e-6, 1e-5);
+      ExpectClose("layernorm rstd", d_rstd.Download(), rstd, 0.0, 1e-5);
+    }
   }
-}
 
-TEST_F(CudaLayerNorm, BackwardMatchesCpuAndAccumulates) {
-  for (const Shape& s : kShapes) {
-    const std::vector<float> x = Input(s, 4);
-    const std::vector<float> w = testing::RandomFloats(s.C, 5, 0.5f, 1.5f), b = testing::RandomFloats(s.C, 6);
-    const std::vector<float> dout = testing::RandomFloats(s.N * s.C, 7);
-    std::vector<float> out(s.N * s.C), mean(s.N), rstd(s.N);
-    cpu::layernorm_forward(cpu_ctx_, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), s.N,
-                           s.C);
-    const std::vector<float> prior_x = testing::RandomFloats(s.N * s.C, 8);
-    const std::vector<float> prior_w = testing::RandomFloats(s.C, 9),
-                             prior_b = testing::RandomFloats(s.C, 10);
+  template <typename floatX>
+  void CheckBackward() {
+    for (const Shape& s : kShapes) {
+      const std::vector<floatX> x = Input<floatX>(s, 4);
+      const std::vector<floatX> w = Random<floatX>(s.C, 5, 0.5f, 1.5f), b = Random<floatX>(s.C, 6);
+      const std::vector<floatX> dout = Random<floatX>(s.N * s.C, 7);
+      std::vector<floatX> out(s.N * s.C);
+      std::vector<float> mean(s.N), rstd(s.N);
+      cpu::layernorm_forward(cpu_ctx_, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(),
+                             s.N, s.C);
+      const std::vector<floatX> prior_x = Random<floatX>(s.N * s.C, 8);
+      const std::vector<float> prior_w = testing::RandomFloats(s.C, 9),
+                               prior_b = testing::RandomFloats(s.C, 10);
 
-    // Both backends start from the same saved statistics, so only the backward passes differ.
-    DeviceBuffer<float> d_x(x), d_w(w), d_dout(dout), d_mean(mean), d_rstd(rstd);
-    DeviceBuffer<float> d_dx(prior_x), d_dw(prior_w), d_db(prior_b);
-    cuda::layernorm_backward(ctx_, d_dx.get(), d_dw.get(), d_db.get(), d_dout.get(), d_x.get(), d_w.get(),
-                             d_mean.get(), d_rstd.get(), s.N, s.C);
-    Sync();
-    std::vector<float> dx = prior_x, dw = prior_w, db = prior_b;
-    cpu::layernorm_backward(cpu_ctx_, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
-                            mean.data(), rstd.data(), s.N, s.C);
-    // dinp: float row means over C terms on the GPU (double on the CPU), scaled by rstd (<= ~2):
-    // 1e-5 absolute.
-    ExpectClose("layernorm dinp", d_dx.Download(), dx, 1e-5, 1e-5);
-    // dweight/dbias: the GPU sums N <= 1027 O(1) terms in float (32 sequential partials of ~32
-    // rows, then the 32 partials), results up to ~30: error ~ sqrt(32) * 2^-24 * 30 ~ 1e-5 at worst
-    // against the CPU's double sums; 1e-4 absolute + 1e-5 relative leaves margin.
-    ExpectClose("layernorm dweight", d_dw.Download(), dw, 1e-4, 1e-5);
-    ExpectClose("layernorm dbias", d_db.Download(), db, 1e-4, 1e-5);
+      // Both backends start from the same saved statistics, so only the backward passes differ.
+      DeviceBuffer<floatX> d_x(x), d_w(w), d_dout(dout), d_dx(prior_x);
+      DeviceBuffer<float> d_mean(mean), d_rstd(rstd), d_dw(prior_w), d_db(prior_b);
+      cuda::layernorm_backward(ctx_, d_dx.get(), d_dw.get(), d_db.get(), d_dout.get(), d_x.get(), d_w.get(),
+                               d_mean.get(), d_rstd.get(), s.N, s.C);
+      Sync();
+      std::vector<floatX> dx = prior_x;
+      std::vector<float> dw = prior_w, db = prior_b;
+      cpu::layernorm_backward(cpu_ctx_, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                              mean.data(), rstd.data(), s.N, s.C);
+      // dinp: float row means over C terms on the GPU (double on the CPU), scaled by rstd (<= ~2):
+      // 1e-5 absolute (with bf16, plus one ulp for the final rounding of prior + gradient).
+      ExpectRoundedClose("layernorm dinp", d_dx.Download(), dx, 1e-5, 1e-5);
+      // dweight/dbias: the GPU sums N <= 1027 O(1) terms in float (32 sequential partials of ~32
+      // rows, then the 32 partials), results up to ~30: error ~ sqrt(32) * 2^-24 * 30 ~ 1e-5 at
+      // worst against the CPU's double sums; 1e-4 absolute + 1e-5 relative leaves margin. bf16
+      // inputs are exact in fp32, so this holds for them as well.
+      ExpectClose("layernorm dweight", d_dw.Download(), dw, 1e-4, 1e-5);
+      ExpectClose("layernorm dbias", d_db.Download(), db, 1e-4, 1e-5);
+    }
   }
-}
+};
+
+TEST_F(CudaLayerNorm, ForwardMatchesCpu) { CheckForward<float>(); }
+TEST_F(CudaLayerNorm, BackwardMatchesCpuAndAccumulates) { CheckBackward<float>(); }
+TEST_F(CudaLayerNorm, Bf16ForwardMatchesCpu) { CheckForward<bf16>(); }
+TEST_F(CudaLayerNorm, Bf16BackwardMatchesCpuAndAccumulates) { CheckBackward<bf16>(); }
 
 }  // namespace
 }  // namespace fjord

@@ -1,16 +1,21 @@
-// Helpers for CUDA op tests: a fixture that skips without a device and owns a stream, and an RAII
-// device buffer. Each test runs the CUDA op and its CPU twin (the oracle) on the same inputs and
-// compares with tests/kernels/test_util.h's ExpectClose.
+// Helpers for CUDA op tests: a fixture that skips without a device and owns a stream, an RAII
+// device buffer, and inputs and comparisons for both storage types of the model ops (float and
+// bf16, kernels/ops.h). Each test runs the CUDA op and its CPU twin (the oracle) on the same inputs
+// and compares with tests/kernels/test_util.h's ExpectClose, or ExpectRoundedClose below.
 #pragma once
 
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 #include "tests/kernels/test_util.h"
 
 namespace fjord::testing {
@@ -23,6 +28,78 @@ inline bool HaveCudaDevice() {
     return false;
   }
   return count > 0;
+}
+
+// A quiet NaN of each storage type, to poison the outputs an op must overwrite. 0x7fc0 is the
+// bf16 that kPoison rounds to.
+template <typename floatX>
+floatX Poison();
+template <>
+inline float Poison<float>() {
+  return kPoison;
+}
+template <>
+inline bf16 Poison<bf16>() {
+  return bf16{0x7fc0};
+}
+
+// x rounded to floatX (to nearest even, as the ops round their outputs). A bf16 test's inputs are
+// bf16 values, so both backends read exactly the same numbers.
+template <typename floatX>
+std::vector<floatX> Rounded(const std::vector<float>& x) {
+  std::vector<floatX> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = FromFloat<floatX>(x[i]);
+  return out;
+}
+
+// RandomFloats (uniform in [lo, hi), reproducible from `seed`) rounded to floatX.
+template <typename floatX>
+std::vector<floatX> Random(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  return Rounded<floatX>(RandomFloats(n, seed, lo, hi));
+}
+
+// The exact values of float or bf16 data as floats, for ExpectClose, Norm and arithmetic.
+inline std::vector<float> AsFloats(const std::vector<float>& x) { return x; }
+inline std::vector<float> AsFloats(const std::vector<bf16>& x) {
+  std::vector<float> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = ToFloat(x[i]);
+  return out;
+}
+
+// One bf16 ulp at v: the spacing 2^(e - 7) of the binade [2^e, 2^(e+1)) that holds |v| (8
+// significant bits), 2^-133 among the subnormals.
+inline double Bf16Spacing(bf16 v) {
+  const int exponent = (v.bits >> 7) & 0xff;
+  return std::ldexp(1.0, (exponent == 0 ? 1 : exponent) - 127 - 7);
+}
+
+// Compares a floatX output of a CUDA op with its CPU twin's, when the two fp32 results each side
+// computes before storing differ by at most atol + rtol |ref| (the bound a float test argues for
+// the op). float: exactly ExpectClose. bf16: each side rounds its fp32 result once to nearest, and
+// two fp32 values within that bound round to bf16 values at most the bound plus one bf16 spacing
+// apart (a boundary between them sends them to neighbours), so one Bf16Spacing(ref) is added.
+inline void ExpectRoundedClose(const std::string& name, const std::vector<float>& got,
+                               const std::vector<float>& ref, double atol, double rtol) {
+  ExpectClose(name, got, ref, atol, rtol);
+}
+inline void ExpectRoundedClose(const std::string& name, const std::vector<bf16>& got,
+                               const std::vector<bf16>& ref, double atol, double rtol) {
+  ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
+  size_t bad = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = ToFloat(got[i]);
+    const double r = ToFloat(ref[i]);
+    const double tol = atol + rtol * std::fabs(r) + Bf16Spacing(ref[i]);
+    if (!(std::fabs(g - r) <= tol)) {  // written so that NaN counts as a mismatch
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size()
+                     << " bf16 elements differ; first at index " << first << ": got " << ToFloat(got[first])
+                     << ", expected " << ToFloat(ref[first]) << " (atol " << atol << ", rtol " << rtol
+                     << ", plus one bf16 ulp)";
 }
 
 // Owns n elements of device memory; copies deleted.

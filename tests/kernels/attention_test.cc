@@ -1,5 +1,6 @@
 // Causal attention against a naive double softmax(q k^T / sqrt(hs)) v, including the saved
-// log-sum-exp; backward by finite differences of that reference w.r.t. all of qkv.
+// log-sum-exp; backward by finite differences of that reference w.r.t. all of qkv. The bf16
+// instantiation against the same forward reference and an explicit double backward formula.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,8 +12,10 @@
 namespace fjord {
 namespace {
 
+using testing::ExpectBf16Close;
 using testing::ExpectClose;
 using testing::kPoison;
+using testing::kPoisonBf16;
 
 const OpContext kCtx;
 
@@ -54,6 +57,49 @@ AttentionRef AttentionForwardRef(const Shape& s, const std::vector<double>& qkv)
         r.lse[(b * s.NH + h) * s.T + i] = max + std::log(sum);
       }
   return r;
+}
+
+// The backward pass as a formula, for a given `out` rather than the exact one: the bf16 op gets
+// the bf16-rounded forward output and uses it in D_i = dout_i . out_i, so finite differences of the
+// exact forward (which imply the exact out) are not its oracle. With P the causal softmax and
+// dS_ij = P_ij (dout_i . v_j - D_i) / sqrt(hs): dq_i = sum_j dS_ij k_j, dk_j = sum_i dS_ij q_i,
+// dv_j = sum_i P_ij dout_i.
+std::vector<double> AttentionBackwardRef(const Shape& s, const std::vector<double>& qkv,
+                                         const std::vector<double>& dout, const std::vector<double>& out) {
+  const int hs = s.C / s.NH, C3 = 3 * s.C;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hs));
+  std::vector<double> dqkv(qkv.size(), 0.0), p(s.T);
+  auto at = [&](int b, int t, int part, int h) { return (b * s.T + t) * C3 + part * s.C + h * hs; };
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.NH; ++h)
+      for (int i = 0; i < s.T; ++i) {
+        const double* q = &qkv[at(b, i, 0, h)];
+        const double* dy = &dout[(b * s.T + i) * s.C + h * hs];
+        const double* o = &out[(b * s.T + i) * s.C + h * hs];
+        double max = -INFINITY, sum = 0.0, D = 0.0;
+        for (int j = 0; j <= i; ++j) {
+          double dot = 0.0;
+          for (int d = 0; d < hs; ++d) dot += q[d] * qkv[at(b, j, 1, h) + d];
+          p[j] = dot * scale;
+          max = std::max(max, p[j]);
+        }
+        for (int j = 0; j <= i; ++j) sum += std::exp(p[j] - max);
+        for (int j = 0; j <= i; ++j) p[j] = std::exp(p[j] - max) / sum;
+        for (int d = 0; d < hs; ++d) D += dy[d] * o[d];
+        for (int j = 0; j <= i; ++j) {
+          const double* k = &qkv[at(b, j, 1, h)];
+          const double* v = &qkv[at(b, j, 2, h)];
+          double dp = 0.0;
+          for (int d = 0; d < hs; ++d) dp += dy[d] * v[d];
+          const double ds = p[j] * (dp - D) * scale;
+          for (int d = 0; d < hs; ++d) {
+            dqkv[at(b, i, 0, h) + d] += ds * k[d];
+            dqkv[at(b, j, 1, h) + d] += ds * q[d];
+            dqkv[at(b, j, 2, h) + d] += p[j] * dy[d];
+          }
+        }
+      }
+  return dqkv;
 }
 
 // Scores of a few units, so some rows are peaked and some flat.
@@ -112,6 +158,50 @@ TEST(Attention, IsCausal) {
   bool last_changed = false;
   for (size_t i = earlier; i < out1.size(); ++i) last_changed |= out1[i] != out2[i];
   EXPECT_TRUE(last_changed);
+}
+
+TEST(AttentionBf16, ForwardMatchesDoubleReference) {
+  for (const Shape& s : kShapes) {
+    const std::vector<bf16> qkv = testing::TruncateToBf16(Qkv(s, 11));
+    std::vector<bf16> out(s.B * s.T * s.C, kPoisonBf16);
+    std::vector<float> lse(s.B * s.NH * s.T, kPoison);
+    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    const AttentionRef ref = AttentionForwardRef(s, testing::ToDouble(qkv));
+    // The float test's fp32 bounds; out is then rounded once to bf16, lse stays fp32.
+    ExpectBf16Close("attention out", out, ref.out, 2e-6, 1e-5);
+    ExpectClose("attention lse", lse, ref.lse, 2e-6, 1e-6);
+  }
+}
+
+TEST(AttentionBf16, BackwardMatchesDoubleFormulaAndAccumulates) {
+  for (const Shape& s : kShapes) {
+    const std::vector<bf16> qkv = testing::TruncateToBf16(Qkv(s, 12));
+    const std::vector<bf16> dout = testing::RandomBf16(s.B * s.T * s.C, 13);
+    std::vector<bf16> out(s.B * s.T * s.C);
+    std::vector<float> lse(s.B * s.NH * s.T);
+    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    const std::vector<bf16> prior = testing::RandomBf16(qkv.size(), 14);
+    std::vector<bf16> dqkv = prior;
+    cpu::attention_backward(kCtx, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.C,
+                            s.NH);
+
+    const std::vector<double> qkvd = testing::ToDouble(qkv), doutd = testing::ToDouble(dout);
+    // The formula is the gradient when out is exact: check the oracle itself against finite
+    // differences of the forward reference first.
+    const std::vector<double> exact = AttentionBackwardRef(s, qkvd, doutd, AttentionForwardRef(s, qkvd).out);
+    const auto fd = testing::NumericalGradient(
+        [&](const std::vector<double>& x) {
+          return testing::WeightedSum(doutd, AttentionForwardRef(s, x).out);
+        },
+        qkvd);
+    ExpectClose("attention backward formula", exact, fd, 1e-8, 1e-7);
+
+    const std::vector<double> grad = AttentionBackwardRef(s, qkvd, doutd, testing::ToDouble(out));
+    ASSERT_GT(testing::Norm(grad), 0.0);
+    // The float test's fp32 bound (p recomputed from the fp32 lse), then one rounding of prior +
+    // gradient to bf16.
+    ExpectBf16Close("attention dqkv", dqkv, testing::Plus(testing::ToDouble(prior), grad), 2e-5, 1e-5);
+  }
 }
 
 }  // namespace

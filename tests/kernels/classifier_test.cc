@@ -1,5 +1,6 @@
 // Fused softmax + cross-entropy against a double reference; dlogits by finite differences of
-// dloss * sum(losses); padded columns exactly zero; logits untouched without a gradient.
+// dloss * sum(losses); padded columns exactly zero; logits untouched without a gradient. The bf16
+// instantiation against the same references.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,8 +14,10 @@
 namespace fjord {
 namespace {
 
+using testing::ExpectBf16Close;
 using testing::ExpectClose;
 using testing::kPoison;
+using testing::kPoisonBf16;
 
 const OpContext kCtx;
 
@@ -38,6 +41,28 @@ std::vector<float> Logits(size_t N, int V, int Vp, uint32_t seed) {
   for (size_t r = 0; r < N; ++r)
     for (int i = V; i < Vp; ++i) logits[r * Vp + i] = kPoison;
   return logits;
+}
+
+// Logits for the bf16 op: the same draw, truncated to bf16, padded columns poisoned with bf16 NaN.
+std::vector<bf16> LogitsBf16(size_t N, int V, int Vp, uint32_t seed) {
+  std::vector<bf16> logits = testing::TruncateToBf16(testing::RandomFloats(N * Vp, seed, -4.0f, 4.0f));
+  for (size_t r = 0; r < N; ++r)
+    for (int i = V; i < Vp; ++i) logits[r * Vp + i] = kPoisonBf16;
+  return logits;
+}
+
+// dloss * (softmax(x[r, :V]) - onehot(target)) per row, padded columns 0: the gradient, as a formula.
+std::vector<double> DlogitsRef(const std::vector<double>& logits, const std::vector<int32_t>& targets,
+                               size_t N, int V, int Vp, double dloss) {
+  std::vector<double> grad(N * Vp, 0.0);
+  for (size_t r = 0; r < N; ++r) {
+    const double* x = &logits[r * Vp];
+    const double max = *std::max_element(x, x + V);
+    double sum = 0.0;
+    for (int i = 0; i < V; ++i) sum += std::exp(x[i] - max);
+    for (int i = 0; i < V; ++i) grad[r * Vp + i] = dloss * (std::exp(x[i] - max) / sum - (i == targets[r]));
+  }
+  return grad;
 }
 
 TEST(FusedClassifier, LossesOnlyLeaveLogitsUntouched) {
@@ -103,6 +128,80 @@ TEST(FusedClassifier, Gpt2VocabularyRowsSumToZero) {
     EXPECT_NEAR(logits[r * Vp + targets[r]], dloss * (std::exp(-static_cast<double>(losses[r])) - 1.0), 1e-7);
     for (int i = V; i < Vp; ++i) ASSERT_EQ(logits[r * Vp + i], 0.0f) << "row " << r << " padded column " << i;
   }
+}
+
+TEST(FusedClassifierBf16, LossesOnlyLeaveLogitsUntouched) {
+  for (const size_t N : {size_t{1}, size_t{5}}) {
+    constexpr int V = 37, Vp = 40;
+    const std::vector<int32_t> targets = testing::RandomInts(N, 11, V);
+    std::vector<bf16> logits = LogitsBf16(N, V, Vp, 12);
+    const std::vector<bf16> before = logits;
+    std::vector<float> losses(N, kPoison);
+    cpu::fused_classifier(kCtx, logits.data(), losses.data(), targets.data(), N, V, Vp, 0.2f, 0);
+    ASSERT_GT(testing::Norm(losses), 0.0);
+    // fp32 losses of exact bf16 logits: the float test's tolerance.
+    ExpectClose("losses", losses, LossesRef(testing::ToDouble(before), targets, N, V, Vp), 1e-6, 1e-6);
+    EXPECT_EQ(std::memcmp(logits.data(), before.data(), logits.size() * sizeof(bf16)), 0);
+  }
+}
+
+TEST(FusedClassifierBf16, DlogitsMatchFiniteDifferencesAndPaddingIsZero) {
+  constexpr size_t N = 5;
+  constexpr int V = 37, Vp = 40;
+  constexpr float dloss = 0.37f;
+  const std::vector<int32_t> targets = testing::RandomInts(N, 13, V);
+  std::vector<bf16> logits = LogitsBf16(N, V, Vp, 14);
+  const std::vector<double> x = testing::ToDouble(logits);
+  std::vector<float> losses(N, kPoison);
+  cpu::fused_classifier(kCtx, logits.data(), losses.data(), targets.data(), N, V, Vp, dloss, 1);
+  ExpectClose("losses", losses, LossesRef(x, targets, N, V, Vp), 1e-6, 1e-6);
+
+  std::vector<double> grad(N * Vp, 0.0);
+  for (size_t r = 0; r < N; ++r) {
+    const std::vector<int32_t> target{targets[r]};
+    const std::vector<double> g = testing::NumericalGradient(
+        [&](const std::vector<double>& v) { return dloss * LossesRef(v, target, 1, V, Vp)[0]; },
+        std::vector<double>(x.begin() + r * Vp, x.begin() + r * Vp + V));
+    std::copy(g.begin(), g.end(), grad.begin() + r * Vp);
+  }
+  // The float test's fp32 bound, then one rounding to bf16 (the target's dloss * (p - 1) too).
+  ExpectBf16Close("dlogits", logits, grad, 1e-7, 1e-5);
+  for (size_t r = 0; r < N; ++r)
+    for (int i = V; i < Vp; ++i)
+      ASSERT_EQ(logits[r * Vp + i].bits, 0) << "row " << r << " padded column " << i;
+}
+
+TEST(FusedClassifierBf16, ConfidentTargetsRoundOnce) {
+  // With p[target] large, the target's dlogit dloss * (p - 1) shares its binade with dloss * p, so
+  // rounding dloss * p to bf16 before subtracting dloss (a second rounding) errs by up to a whole
+  // bf16 spacing of the result, beyond the tolerance in some of these 64 rows.
+  constexpr size_t N = 64;
+  constexpr int V = 37, Vp = 40;
+  constexpr float dloss = 0.37f;
+  const std::vector<int32_t> targets = testing::RandomInts(N, 17, V);
+  std::vector<bf16> logits = LogitsBf16(N, V, Vp, 18);
+  for (size_t r = 0; r < N; ++r) logits[r * Vp + targets[r]] = bf16{0x40c0};  // 6.0: p[target] ~ 0.6
+  const std::vector<double> x = testing::ToDouble(logits);
+  std::vector<float> losses(N, kPoison);
+  cpu::fused_classifier(kCtx, logits.data(), losses.data(), targets.data(), N, V, Vp, dloss, 1);
+  ExpectClose("losses", losses, LossesRef(x, targets, N, V, Vp), 1e-6, 1e-6);
+  ExpectBf16Close("dlogits", logits, DlogitsRef(x, targets, N, V, Vp, dloss), 1e-7, 1e-5);
+}
+
+TEST(FusedClassifierBf16, Gpt2VocabularyMatchesDoubleFormula) {
+  // The real padded vocabulary: ~50k exps per row, each dlogit rounded once from its fp32 value.
+  constexpr size_t N = 3;
+  constexpr int V = 50257, Vp = 50304;
+  constexpr float dloss = 1.0f / N;
+  const std::vector<int32_t> targets = testing::RandomInts(N, 15, V);
+  std::vector<bf16> logits = LogitsBf16(N, V, Vp, 16);
+  const std::vector<double> x = testing::ToDouble(logits);
+  std::vector<float> losses(N, kPoison);
+  cpu::fused_classifier(kCtx, logits.data(), losses.data(), targets.data(), N, V, Vp, dloss, 1);
+  ExpectClose("losses", losses, LossesRef(x, targets, N, V, Vp), 1e-6, 1e-6);
+  // The float test's bounds: p carries a few fp32 roundings (1e-5 relative is ample); the target's
+  // p - 1 cancels, leaving an absolute error of a few fp32 roundings of dloss (1e-7).
+  ExpectBf16Close("dlogits", logits, DlogitsRef(x, targets, N, V, Vp, dloss), 1e-7, 1e-5);
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
-// GELU, residual and fill_zero against double references; backward by central differences.
+// GELU, residual and fill_zero against double references; backward by central differences. The
+// bf16 instantiations against the same references, and against the float ops' results rounded.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <vector>
@@ -14,10 +16,16 @@
 namespace fjord {
 namespace {
 
+using testing::ExpectBf16Close;
+using testing::ExpectBf16WithinOneUlp;
 using testing::ExpectClose;
 using testing::kPoison;
+using testing::kPoisonBf16;
 using testing::Norm;
+using testing::RandomBf16;
 using testing::RandomFloats;
+using testing::ToDouble;
+using testing::ToFloats;
 
 const OpContext kCtx;
 
@@ -130,6 +138,97 @@ TEST(FillZero, ZeroesExactlyTheRange) {
     for (size_t i = 1; i <= n; ++i) ASSERT_EQ(x[i], 0.0f) << "n=" << n << " index " << i - 1;
     EXPECT_TRUE(std::isnan(x[0])) << "wrote before the range";
     EXPECT_TRUE(std::isnan(x[n + 1])) << "wrote past the range";
+  }
+}
+
+TEST(GeluBf16, ForwardMatchesDoubleFormula) {
+  const std::vector<bf16> x = RandomBf16(kN, 21, -6.0f, 6.0f);
+  std::vector<bf16> out(kN, kPoisonBf16);
+  cpu::gelu_forward(kCtx, out.data(), x.data(), kN);
+  std::vector<double> ref(kN);
+  for (size_t i = 0; i < kN; ++i) ref[i] = GeluRef(testing::Bf16Value(x[i]));
+  // The float test's fp32 bound, then one rounding to bf16.
+  ExpectBf16Close("gelu out", out, ref, 1e-6, 1e-5);
+}
+
+TEST(GeluBf16, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  const std::vector<bf16> x = RandomBf16(kN, 22, -6.0f, 6.0f);
+  const std::vector<bf16> dout = RandomBf16(kN, 23), prior = RandomBf16(kN, 24);
+  std::vector<bf16> dinp = prior;
+  cpu::gelu_backward(kCtx, dinp.data(), x.data(), dout.data(), kN);
+  const std::vector<double> xd = ToDouble(x), doutd = ToDouble(dout), priord = ToDouble(prior);
+  const double h = 1e-6;
+  std::vector<double> ref(kN);
+  for (size_t i = 0; i < kN; ++i)
+    ref[i] = priord[i] + doutd[i] * (GeluRef(xd[i] + h) - GeluRef(xd[i] - h)) / (2.0 * h);
+  // The float test's fp32 bound for prior + gradient, then one rounding to bf16.
+  ExpectBf16Close("gelu dinp", dinp, ref, 2e-6, 1e-5);
+}
+
+TEST(GeluBf16, InPlaceForward) {
+  std::vector<bf16> x = RandomBf16(1001, 25, -3.0f, 3.0f);
+  std::vector<bf16> expected(x.size(), kPoisonBf16);
+  cpu::gelu_forward(kCtx, expected.data(), x.data(), x.size());
+  cpu::gelu_forward(kCtx, x.data(), x.data(), x.size());
+  EXPECT_EQ(std::memcmp(x.data(), expected.data(), x.size() * sizeof(bf16)), 0);
+}
+
+// The CPU twins of each other: a bf16 op runs the float op's fp32 arithmetic on the same values
+// and rounds once, so its outputs are the float op's rounded to bf16. One ulp of slack leaves the
+// compiler free to evaluate the two instantiations' fp32 expressions differently in the last bit.
+TEST(GeluBf16, MatchesTheFloatOpRounded) {
+  const std::vector<bf16> x = RandomBf16(kN, 26, -6.0f, 6.0f);
+  const std::vector<bf16> dout = RandomBf16(kN, 27), prior = RandomBf16(kN, 28);
+  const std::vector<float> xf = ToFloats(x), doutf = ToFloats(dout);
+  std::vector<bf16> out(kN, kPoisonBf16), dinp = prior;
+  std::vector<float> outf(kN), dinpf = ToFloats(prior);
+  cpu::gelu_forward(kCtx, out.data(), x.data(), kN);
+  cpu::gelu_forward(kCtx, outf.data(), xf.data(), kN);
+  ExpectBf16WithinOneUlp("gelu out", out, testing::RoundToBf16(outf));
+  cpu::gelu_backward(kCtx, dinp.data(), x.data(), dout.data(), kN);
+  cpu::gelu_backward(kCtx, dinpf.data(), xf.data(), doutf.data(), kN);
+  ExpectBf16WithinOneUlp("gelu dinp", dinp, testing::RoundToBf16(dinpf));
+}
+
+TEST(ResidualBf16, ForwardRoundsTheSumOnce) {
+  const std::vector<bf16> a = RandomBf16(kN, 29), b = RandomBf16(kN, 30);
+  std::vector<bf16> out(kN, kPoisonBf16);
+  cpu::residual_forward(kCtx, out.data(), a.data(), b.data(), kN);
+  // One correctly rounded fp32 addition (2^-24 relative), then one rounding to bf16.
+  ExpectBf16Close("residual out", out, testing::Plus(ToDouble(a), ToDouble(b)), 0.0, 6e-8);
+}
+
+TEST(ResidualBf16, BackwardAccumulates) {
+  constexpr size_t n = 37;
+  const std::vector<bf16> dout = RandomBf16(n, 31), prior_a = RandomBf16(n, 32), prior_b = RandomBf16(n, 33);
+  std::vector<bf16> da = prior_a, db = prior_b;
+  cpu::residual_backward(kCtx, da.data(), db.data(), dout.data(), n);
+  // d(dout . (a + b))/da = d/db = dout: prior + dout in fp32 (2^-24 relative), rounded once.
+  ExpectBf16Close("residual da", da, testing::Plus(ToDouble(prior_a), ToDouble(dout)), 0.0, 6e-8);
+  ExpectBf16Close("residual db", db, testing::Plus(ToDouble(prior_b), ToDouble(dout)), 0.0, 6e-8);
+}
+
+TEST(ResidualBf16, MatchesTheFloatOpRounded) {
+  const std::vector<bf16> a = RandomBf16(kN, 34), b = RandomBf16(kN, 35), dout = RandomBf16(kN, 36);
+  const std::vector<float> af = ToFloats(a), bf = ToFloats(b), doutf = ToFloats(dout);
+  std::vector<bf16> out(kN, kPoisonBf16), da = a, db = b;
+  std::vector<float> outf(kN), daf = af, dbf = bf;
+  cpu::residual_forward(kCtx, out.data(), a.data(), b.data(), kN);
+  cpu::residual_forward(kCtx, outf.data(), af.data(), bf.data(), kN);
+  ExpectBf16WithinOneUlp("residual out", out, testing::RoundToBf16(outf));
+  cpu::residual_backward(kCtx, da.data(), db.data(), dout.data(), kN);
+  cpu::residual_backward(kCtx, daf.data(), dbf.data(), doutf.data(), kN);
+  ExpectBf16WithinOneUlp("residual da", da, testing::RoundToBf16(daf));
+  ExpectBf16WithinOneUlp("residual db", db, testing::RoundToBf16(dbf));
+}
+
+TEST(FillZeroBf16, ZeroesExactlyTheRange) {
+  for (size_t n : {size_t{13}, kN}) {
+    std::vector<bf16> x(n + 2, kPoisonBf16);
+    cpu::fill_zero(kCtx, x.data() + 1, n);
+    for (size_t i = 1; i <= n; ++i) ASSERT_EQ(x[i].bits, 0) << "n=" << n << " index " << i - 1;  // +0
+    EXPECT_EQ(x[0].bits, kPoisonBf16.bits) << "wrote before the range";
+    EXPECT_EQ(x[n + 1].bits, kPoisonBf16.bits) << "wrote past the range";
   }
 }
 

@@ -1,5 +1,6 @@
 // Token + position embedding: forward exactly, backward by finite differences with repeated
-// tokens, and determinism of the backward scatter across thread counts.
+// tokens, and determinism of the backward scatter across thread counts; the bf16 instantiation
+// against the same references.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -12,8 +13,10 @@
 namespace fjord {
 namespace {
 
+using testing::ExpectBf16Close;
 using testing::ExpectClose;
 using testing::kPoison;
+using testing::kPoisonBf16;
 
 const OpContext kCtx;
 
@@ -98,6 +101,41 @@ TEST(Encoder, BackwardIsBitwiseDeterministicAcrossThreadCounts) {
   const std::vector<float> one = run(1), three = run(3);
   ASSERT_GT(testing::Norm(one), 0.0);
   EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0);
+}
+
+TEST(EncoderBf16, ForwardRoundsTheSumOnce) {
+  const std::vector<int32_t> tokens = Tokens();
+  const std::vector<bf16> wte = testing::RandomBf16(V * C, 11), wpe = testing::RandomBf16(T * C, 12);
+  std::vector<bf16> out(B * T * C, kPoisonBf16);
+  cpu::encoder_forward(kCtx, out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+  // The fp32 sum is the float test's (2^-24 relative), then one rounding to bf16.
+  ExpectBf16Close("encoder out", out, EncoderRef(tokens, testing::ToDouble(wte), testing::ToDouble(wpe)), 0.0,
+                  6e-8);
+}
+
+TEST(EncoderBf16, BackwardAccumulatesIntoFp32Gradients) {
+  const std::vector<int32_t> tokens = Tokens();
+  const std::vector<double> wte = testing::ToDouble(testing::RandomBf16(V * C, 13));
+  const std::vector<double> wpe = testing::ToDouble(testing::RandomBf16(T * C, 14));
+  const std::vector<bf16> dout = testing::RandomBf16(B * T * C, 15);
+  const std::vector<double> doutd = testing::ToDouble(dout);
+  const std::vector<float> prior_wte = testing::RandomFloats(V * C, 16),
+                           prior_wpe = testing::RandomFloats(T * C, 17);
+
+  std::vector<float> dwte = prior_wte, dwpe = prior_wpe;
+  cpu::encoder_backward(kCtx, dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
+
+  auto loss_wte = [&](const std::vector<double>& x) {
+    return testing::WeightedSum(doutd, EncoderRef(tokens, x, wpe));
+  };
+  auto loss_wpe = [&](const std::vector<double>& x) {
+    return testing::WeightedSum(doutd, EncoderRef(tokens, wte, x));
+  };
+  // fp32 gradients of exact bf16 dout values: the float test's tolerance.
+  ExpectClose("encoder dwte", dwte, testing::Plus(prior_wte, testing::NumericalGradient(loss_wte, wte)), 1e-5,
+              1e-6);
+  ExpectClose("encoder dwpe", dwpe, testing::Plus(prior_wpe, testing::NumericalGradient(loss_wpe, wpe)), 1e-5,
+              1e-6);
 }
 
 }  // namespace

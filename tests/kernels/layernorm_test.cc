@@ -1,4 +1,5 @@
-// LayerNorm against a double reference; backward by finite differences of that reference.
+// LayerNorm against a double reference; backward by finite differences of that reference. The
+// bf16 instantiation against the same references, and against the float op's results rounded.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,8 +11,10 @@
 namespace fjord {
 namespace {
 
+using testing::ExpectBf16Close;
 using testing::ExpectClose;
 using testing::kPoison;
+using testing::kPoisonBf16;
 
 const OpContext kCtx;
 
@@ -93,6 +96,79 @@ TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
   ExpectClose("layernorm dinp", dx, testing::Plus(prior_x, gx), 3e-6, 1e-6);
   ExpectClose("layernorm dweight", dw, testing::Plus(prior_w, gw), 3e-6, 1e-6);
   ExpectClose("layernorm dbias", db, testing::Plus(prior_b, gb), 3e-6, 1e-6);
+}
+
+TEST(LayerNormBf16, ForwardMatchesDoubleReference) {
+  const std::vector<bf16> x = testing::TruncateToBf16(Input(11));
+  const std::vector<bf16> w = testing::RandomBf16(C, 12, 0.5f, 1.5f), b = testing::RandomBf16(C, 13);
+  std::vector<bf16> out(N * C, kPoisonBf16);
+  std::vector<float> mean(N, kPoison), rstd(N, kPoison);
+  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  const LayerNormRef ref =
+      LayerNormForwardRef(testing::ToDouble(x), testing::ToDouble(w), testing::ToDouble(b));
+  // The float test's fp32 bounds; out is then rounded once to bf16, the statistics stay fp32.
+  ExpectBf16Close("layernorm out", out, ref.out, 1e-6, 1e-6);
+  ExpectClose("layernorm mean", mean, ref.mean, 1e-7, 1e-6);
+  ExpectClose("layernorm rstd", rstd, ref.rstd, 0.0, 1e-6);
+}
+
+TEST(LayerNormBf16, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  const std::vector<bf16> x = testing::TruncateToBf16(Input(14));
+  const std::vector<bf16> w = testing::RandomBf16(C, 15, 0.5f, 1.5f), b = testing::RandomBf16(C, 16);
+  const std::vector<bf16> dout = testing::RandomBf16(N * C, 17);
+  std::vector<bf16> out(N * C);
+  std::vector<float> mean(N), rstd(N);
+  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+
+  const std::vector<bf16> prior_x = testing::RandomBf16(N * C, 18);
+  const std::vector<float> prior_w = testing::RandomFloats(C, 19), prior_b = testing::RandomFloats(C, 20);
+  std::vector<bf16> dx = prior_x;
+  std::vector<float> dw = prior_w, db = prior_b;
+  cpu::layernorm_backward(kCtx, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
+                          rstd.data(), N, C);
+
+  const std::vector<double> xd = testing::ToDouble(x), wd = testing::ToDouble(w), bd = testing::ToDouble(b);
+  const std::vector<double> doutd = testing::ToDouble(dout);
+  auto loss = [&](const std::vector<double>& xx, const std::vector<double>& ww,
+                  const std::vector<double>& bb) {
+    return testing::WeightedSum(doutd, LayerNormForwardRef(xx, ww, bb).out);
+  };
+  const auto gx =
+      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(v, wd, bd); }, xd);
+  const auto gw =
+      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, v, bd); }, wd);
+  const auto gb =
+      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, wd, v); }, bd);
+  // The float test's fp32 bounds; dinp = prior + gradient is then rounded once to bf16.
+  ExpectBf16Close("layernorm dinp", dx, testing::Plus(testing::ToDouble(prior_x), gx), 3e-6, 1e-6);
+  ExpectClose("layernorm dweight", dw, testing::Plus(prior_w, gw), 3e-6, 1e-6);
+  ExpectClose("layernorm dbias", db, testing::Plus(prior_b, gb), 3e-6, 1e-6);
+}
+
+TEST(LayerNormBf16, MatchesTheFloatOpRounded) {
+  // Both instantiations run the same fp32 arithmetic on the same values, so each bf16 output is
+  // the float op's output rounded, up to a last-bit difference in the fp32 value (the compiler may
+  // vectorise the two instantiations' reductions differently) that can move the rounding by one.
+  const std::vector<bf16> x = testing::TruncateToBf16(Input(21));
+  const std::vector<bf16> w = testing::RandomBf16(C, 22, 0.5f, 1.5f), b = testing::RandomBf16(C, 23);
+  const std::vector<bf16> dout = testing::RandomBf16(N * C, 24), prior = testing::RandomBf16(N * C, 25);
+  const std::vector<float> xf = testing::ToFloats(x), wf = testing::ToFloats(w), bf = testing::ToFloats(b);
+  const std::vector<float> doutf = testing::ToFloats(dout);
+
+  std::vector<bf16> out(N * C, kPoisonBf16);
+  std::vector<float> mean(N), rstd(N), outf(N * C), meanf(N), rstdf(N);
+  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  cpu::layernorm_forward(kCtx, outf.data(), meanf.data(), rstdf.data(), xf.data(), wf.data(), bf.data(), N,
+                         C);
+  testing::ExpectBf16WithinOneUlp("layernorm out", out, testing::RoundToBf16(outf));
+
+  std::vector<bf16> dx = prior;
+  std::vector<float> dxf = testing::ToFloats(prior), dw(C, 0.0f), db(C, 0.0f);
+  cpu::layernorm_backward(kCtx, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
+                          rstd.data(), N, C);
+  cpu::layernorm_backward(kCtx, dxf.data(), dw.data(), db.data(), doutf.data(), xf.data(), wf.data(),
+                          meanf.data(), rstdf.data(), N, C);
+  testing::ExpectBf16WithinOneUlp("layernorm dinp", dx, testing::RoundToBf16(dxf));
 }
 
 }  // namespace

@@ -3,19 +3,26 @@
 //
 // Every kernel test follows the same shape: a naive double reference forward written in the test,
 // the float kernel compared with it (forward), and the kernel's backward compared with finite
-// differences of that same reference applied to L = sum(dout * out) (gradient check).
+// differences of that same reference applied to L = sum(dout * out) (gradient check). The bf16
+// instantiation of each op is checked against the same references (helpers at the end).
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "kernels/ops.h"
+#include "kernels/pointwise_math.h"
 
 namespace fjord::testing {
 
@@ -105,6 +112,111 @@ std::vector<double> Plus(const std::vector<A>& a, const std::vector<B>& b) {
   std::vector<double> out(a.size());
   for (size_t i = 0; i < a.size(); ++i) out[i] = static_cast<double>(a[i]) + static_cast<double>(b[i]);
   return out;
+}
+
+// ---- bf16 ------------------------------------------------------------------------------------
+// A bf16 test draws its inputs as bf16 values and gives the very same values to the op and, widened
+// exactly to double, to the reference, so the reference sees no input rounding: what remains is
+// the op's fp32 arithmetic (bounded as in the float test) and the one rounding of each output.
+
+// A bf16 quiet NaN, to poison outputs so that an element the op leaves unwritten fails.
+inline constexpr bf16 kPoisonBf16{0x7fc0};
+
+// The value of x, decoded here rather than by the code under test.
+inline double Bf16Value(bf16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// Each value truncated to its top 16 bits: a bf16 value of the same sign and no larger magnitude,
+// so the values stay in the range they were drawn from.
+inline std::vector<bf16> TruncateToBf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &v[i], sizeof(u));
+    out[i].bits = static_cast<uint16_t>(u >> 16);
+  }
+  return out;
+}
+
+// n bf16 values in [lo, hi), reproducible from `seed`.
+inline std::vector<bf16> RandomBf16(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  return TruncateToBf16(RandomFloats(n, seed, lo, hi));
+}
+
+// Each value rounded to nearest even by FromFloat<bf16>, the ops' own rounding (cast_test.cc
+// checks it against an independent oracle): the float op's result as a bf16 op should store it.
+inline std::vector<bf16> RoundToBf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = FromFloat<bf16>(v[i]);
+  return out;
+}
+
+inline std::vector<double> ToDouble(const std::vector<bf16>& v) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = Bf16Value(v[i]);
+  return out;
+}
+
+// The same values as floats (exact), to run the float op on a bf16 test's inputs.
+inline std::vector<float> ToFloats(const std::vector<bf16>& v) {
+  const std::vector<double> d = ToDouble(v);
+  return {d.begin(), d.end()};
+}
+
+// Half the spacing of bf16 values around x, taken from x's binade (8 significant bits: spacing
+// 2^(e-7) in [2^e, 2^(e+1)); subnormals share the spacing 2^-133). Rounding to nearest moves a
+// value by at most this much to reach x, also when it crosses a power of two on the way.
+inline double Bf16HalfUlp(double x) {
+  if (x == 0.0) return std::ldexp(1.0, -134);
+  return std::ldexp(1.0, std::max(std::ilogb(x), -126) - 8);
+}
+
+// Expects each got[i] to be an fp32 result within atol + rtol |ref[i]| of ref[i] (the float test's
+// bound for the same computation), rounded once to bf16: |got - ref| <= atol + rtol |ref| plus half
+// a bf16 spacing at got, that is at most 2^-8 |got|. A second rounding, or rounding by truncation,
+// errs by up to a whole spacing, past this bound for a share of the elements. NaN never passes.
+inline void ExpectBf16Close(const std::string& name, const std::vector<bf16>& got,
+                            const std::vector<double>& ref, double atol, double rtol) {
+  ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
+  size_t bad = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = Bf16Value(got[i]);
+    const double tol = atol + rtol * std::fabs(ref[i]) + Bf16HalfUlp(g);
+    if (!(std::fabs(g - ref[i]) <= tol)) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
+                     << first << ": got " << Bf16Value(got[first]) << ", expected " << ref[first] << " (atol "
+                     << atol << ", rtol " << rtol << ", plus half a bf16 spacing)";
+}
+
+// Expects got and expected to be the same or adjacent bf16 values (neither NaN).
+inline void ExpectBf16WithinOneUlp(const std::string& name, const std::vector<bf16>& got,
+                                   const std::vector<bf16>& expected) {
+  ASSERT_EQ(got.size(), expected.size()) << name << ": size mismatch";
+  // Sign-magnitude patterns as integers ordered like the values (both zeros map to 0), so that
+  // adjacent values differ by one, across zero and binade boundaries alike.
+  auto ordered = [](bf16 x) { return (x.bits & 0x8000) ? -(x.bits & 0x7fff) : static_cast<int>(x.bits); };
+  size_t bad = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool ok = !std::isnan(Bf16Value(got[i])) && !std::isnan(Bf16Value(expected[i])) &&
+                    std::abs(ordered(got[i]) - ordered(expected[i])) <= 1;
+    if (!ok) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
+                     << first << ": got " << Bf16Value(got[first]) << ", expected "
+                     << Bf16Value(expected[first]);
 }
 
 }  // namespace fjord::testing

@@ -64,4 +64,11 @@ inline std::vector<std::string> LossTexts(const std::string& metrics_path) {
   return out;
 }
 
+// The same losses as numbers.
+inline std::vector<double> Losses(const std::string& metrics_path) {
+  std::vector<double> out;
+  for (const std::string& text : LossTexts(metrics_path)) out.push_back(std::stod(text));
+  return out;
+}
+
 }  // namespace fjord::testing

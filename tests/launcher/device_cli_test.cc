@@ -82,22 +82,22 @@ TEST_F(DeviceCliTest, NcclOnTheCpuIsRefused) {
 TEST_F(DeviceCliTest, AutoLogsItsChoiceAndTheArenaIsZeroedBeforeRelease) {
   RunResult r = Shell("FJORD_TEST_HOOK=arena_verify_zero " + std::string(FJORD_BINARY) + Train(""));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string expected_device = CudaDeviceCount() > 0 ? "cuda:" : "cpu";
+  const bool gpu = CudaDeviceCount() > 0;
   std::smatch logged, checked;
-  ASSERT_TRUE(
-      std::regex_search(r.output, logged,
-                        std::regex("fjord train: device (\\S+).* \\(device: AUTO\\), arena [0-9.]+ GiB "
-                                   "\\(([0-9]+) bytes\\)")))
+  ASSERT_TRUE(std::regex_search(r.output, logged,
+                                std::regex("fjord train: device (\\S+).* \\(device: AUTO\\), (\\S+) \\(model.dtype: "
+                                           "DTYPE_AUTO\\), arena [0-9.]+ GiB \\(([0-9]+) bytes\\)")))
       << r.output;
-  EXPECT_THAT(logged[1].str(), HasSubstr(expected_device));
+  EXPECT_THAT(logged[1].str(), HasSubstr(gpu ? "cuda:" : "cpu"));
+  EXPECT_EQ(logged[2].str(), gpu ? "bf16" : "fp32");  // AUTO precision follows the device
   ASSERT_TRUE(std::regex_search(
       r.output, checked,
       std::regex("arena model, gradients, activations and AdamW state: ([0-9]+) bytes zeroed and "
                  "read back, ([0-9]+) non-zero")))
       << r.output;
-  EXPECT_EQ(checked[1].str(), logged[2].str()) << "the arena released is the one logged";
+  EXPECT_EQ(checked[1].str(), logged[3].str()) << "the arena released is the one logged";
   EXPECT_EQ(checked[2].str(), "0");
-  EXPECT_GT(std::stoull(logged[2].str()), 0u);
+  EXPECT_GT(std::stoull(logged[3].str()), 0u);
 }
 
 // bench/torch_gpu_step.py --loss, which scripts/gpu-check.sh runs on the GPU against fjord's loss,

@@ -111,7 +111,7 @@ TEST(ConfigParse, PrintedSpecListsEveryField) {
 
 TEST(ConfigParse, RoundTripsThroughText) {
   const std::string text =
-      "model { n_layer: 2 n_head: 4 n_embd: 64 seq_len: 128 vocab_size: 256 }\n"
+      "model { n_layer: 2 n_head: 4 n_embd: 64 seq_len: 128 vocab_size: 256 dtype: BF16 }\n"
       "train { micro_batch: 3 steps: 7 lr: 0.001 min_lr: 0.0001 seq_len: 64 eval_every: 5 beta2: 0.99 }\n"
       "data { train: \"a/train_*.bin\" val: \"a/val_*.bin\" }\n"
       "run_dir: \"runs/x\"\n"
@@ -119,6 +119,7 @@ TEST(ConfigParse, RoundTripsThroughText) {
   StatusOr<proto::JobSpec> first = Parse(text);
   ASSERT_TRUE(first.ok()) << first.status().message();
   EXPECT_EQ(first->model().n_head(), 4);
+  EXPECT_EQ(first->model().dtype(), proto::ModelSpec::BF16);
   EXPECT_FLOAT_EQ(first->train().lr(), 0.001f);
   EXPECT_FLOAT_EQ(first->train().beta2(), 0.99f);
   EXPECT_EQ(first->data().val(), "a/val_*.bin");
@@ -282,6 +283,11 @@ INSTANTIATE_TEST_SUITE_P(
                               {},
                               {"job.textproto:1:9: ", "Unknown enumeration value of \"GPU\"",
                                "Use one of: AUTO, CPU, CUDA"}},
+                      Refusal{"UnknownDtype",
+                              InBlock("model", "dtype", "FP16"),
+                              {},
+                              {"job.textproto:2:", "Unknown enumeration value of \"FP16\"",
+                               "Use one of: DTYPE_AUTO, FP32, BF16"}},
                       Refusal{"RepeatedField",
                               "model {\n  n_layer: 1\n  n_layer: 2\n}\n",
                               {},
