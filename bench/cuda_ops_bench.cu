@@ -91,6 +91,10 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
          [&] { ops.encoder_backward(ctx, dwte, dw, y, tokens, B, T, C); });
   report("layernorm_forward" + suffix, e * (2.0 * N * C + 2.0 * C) + f * 2.0 * N, 0,
          [&] { ops.layernorm_forward(ctx, y, mean, rstd, x, lnw, bias, N, C); });
+  // The residual add into z and the LayerNorm of z in one op: a, b, weight and bias read; residual,
+  // out, mean and rstd written (the pair of ops would also read z back).
+  report("residual_layernorm_forward" + suffix, e * (4.0 * N * C + 2.0 * C) + f * 2.0 * N, 0,
+         [&] { ops.residual_layernorm_forward(ctx, z, y, mean, rstd, x, dx, lnw, bias, N, C); });
   report("layernorm_backward" + suffix, e * (3.0 * N * C + N * C) + f * (2.0 * N + 4.0 * C), 0,
          [&] { ops.layernorm_backward(ctx, dx, dw, dbias, y, x, lnw, mean, rstd, N, C); });
   for (auto [name, in, out] :

@@ -69,6 +69,11 @@ struct OpContext {
   X(layernorm_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,          \
     const floatX* inp, const floatX* weight, const float* mean, const float* rstd, size_t N,     \
     int C)                                                                                        \
+  /* residual[N,C] = a + b (exactly residual_forward), then out, mean, rstd = layernorm_forward  \
+     of the stored residual: bitwise that composition, but each row of a and b is read once and  \
+     residual is not read back by a second op. residual must not alias a, b or out. */           \
+  X(residual_layernorm_forward, floatX* residual, floatX* out, float* mean, float* rstd,          \
+    const floatX* a, const floatX* b, const floatX* weight, const floatX* bias, size_t N, int C)  \
   /* out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]; bias may be null. */                      \
   X(matmul_forward, floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,    \
     size_t N, int C, int OC)                                                                      \

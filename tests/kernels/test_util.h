@@ -1,5 +1,6 @@
 // Shared helpers for kernel tests: seeded inputs, NaN poisoning, tolerant comparison against a
-// double-precision reference, and central finite differences in double.
+// double-precision reference, central finite differences in double, and bitwise comparison for
+// ops whose contract is to equal a composition of others.
 //
 // Every kernel test follows the same shape: a naive double reference forward written in the test,
 // the float kernel compared with it (forward), and the kernel's backward compared with finite
@@ -217,6 +218,47 @@ inline void ExpectBf16WithinOneUlp(const std::string& name, const std::vector<bf
   EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
                      << first << ": got " << Bf16Value(got[first]) << ", expected "
                      << Bf16Value(expected[first]);
+}
+
+// ---- Either storage type ------------------------------------------------------------------------
+
+// The quiet NaN of each storage type (kPoison, kPoisonBf16), for tests written once over floatX.
+template <typename floatX>
+floatX Poison();
+template <>
+inline float Poison<float>() {
+  return kPoison;
+}
+template <>
+inline bf16 Poison<bf16>() {
+  return kPoisonBf16;
+}
+
+// Expects got and expected to hold the same bytes: for ops whose contract is bitwise equality.
+template <typename T>
+void ExpectSameBits(const std::string& name, const std::vector<T>& got, const std::vector<T>& expected) {
+  ASSERT_EQ(got.size(), expected.size()) << name << ": size mismatch";
+  size_t bad = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &expected[i], sizeof(T)) != 0) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size()
+                     << " elements differ in their bits; first at index " << first << ": got "
+                     << ToDouble(std::vector<T>{got[first]})[0] << ", expected "
+                     << ToDouble(std::vector<T>{expected[first]})[0];
+}
+
+// Expects every value of v (float or bf16) to be finite. Where two results are compared bitwise,
+// an element that both sides left poisoned would otherwise pass.
+template <typename T>
+void ExpectFinite(const std::string& name, const std::vector<T>& v) {
+  size_t bad = 0;
+  for (double x : ToDouble(v)) bad += std::isfinite(x) ? 0 : 1;
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << v.size() << " values are not finite";
 }
 
 }  // namespace fjord::testing
