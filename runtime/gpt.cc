@@ -339,8 +339,7 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
     ops.residual_layernorm_forward(ctx_, res2, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)),
                                    F(FJORD_LAYER_ACT(kLn2Rstd, l)), residual, attproj, P<floatX>(w.ln2_w),
                                    P<floatX>(w.ln2_b), BT, C);
-    ops.matmul_forward(ctx_, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
-    ops.gelu_forward(ctx_, fch_gelu, fch, BT * 4 * C);
+    ops.matmul_gelu_forward(ctx_, fch_gelu, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
     ops.matmul_forward(ctx_, fcproj, fch_gelu, P<floatX>(w.fcproj_w), P<floatX>(w.fcproj_b), BT, 4 * C, C);
     const Norm next = norm_after(l + 1);
     ops.residual_layernorm_forward(ctx_, res3, next.out, next.mean, next.rstd, res2, fcproj, next.weight,
