@@ -2,11 +2,12 @@
 // H200): median of --reps launches after 3 warm-ups, timed with CUDA events on one stream, inputs
 // random (never zeros: they hide bugs and can run faster). Reports the bytes each op must move at
 // least (inputs read once, outputs written once) as GB/s against a measured device-to-device copy,
-// and GEMM / attention FLOPs as TFLOP/s. The model ops run in both storage types (kernels/ops.h):
-// fp32 first, then bf16 (names suffixed "bf16"; bytes counted at 2 per bf16 tensor element and 4
-// per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the ones to hold
-// against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. One line per op, then a
-// JSON line; fill_zero (a memset) is timed once, in fp32, last.
+// and GEMM / attention FLOPs as TFLOP/s; the fused matmul_gelu_forward is shown next to the
+// matmul_forward + gelu_forward pair it replaces. The model ops run in both storage types
+// (kernels/ops.h): fp32 first, then bf16 (names suffixed "bf16"; bytes counted at 2 per bf16 tensor
+// element and 4 per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the
+// ones to hold against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. One line
+// per op, then a JSON line; fill_zero (a memset) is timed once, in fp32, last.
 //
 // usage: cuda_ops_bench [--batch B] [--seq T] [--reps N]
 #include <cublasLt.h>
@@ -91,6 +92,10 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
          [&] { ops.encoder_backward(ctx, dwte, dw, y, tokens, B, T, C); });
   report("layernorm_forward" + suffix, e * (2.0 * N * C + 2.0 * C) + f * 2.0 * N, 0,
          [&] { ops.layernorm_forward(ctx, y, mean, rstd, x, lnw, bias, N, C); });
+  // The residual add into z and the LayerNorm of z in one op: a, b, weight and bias read; residual,
+  // out, mean and rstd written (the pair of ops would also read z back).
+  report("residual_layernorm_forward" + suffix, e * (4.0 * N * C + 2.0 * C) + f * 2.0 * N, 0,
+         [&] { ops.residual_layernorm_forward(ctx, z, y, mean, rstd, x, dx, lnw, bias, N, C); });
   report("layernorm_backward" + suffix, e * (3.0 * N * C + N * C) + f * (2.0 * N + 4.0 * C), 0,
          [&] { ops.layernorm_backward(ctx, dx, dw, dbias, y, x, lnw, mean, rstd, N, C); });
   for (auto [name, in, out] :
@@ -101,6 +106,15 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   }
   report("matmul_forward classifier" + suffix, e * (N * C + double(Vp) * C + N * Vp), 2.0 * N * C * Vp,
          [&] { ops.matmul_forward(ctx, logits, x, wte, nullptr, N, C, Vp); });
+  // The MLP's fc GEMM with its GELU: the fused op (cuBLASLt's GELU_AUX_BIAS epilogue where offered)
+  // and the two ops it replaces, the same work: read inp and weight, write pre and out.
+  const double fc_bytes = e * (N * C + 4.0 * C * C + 2.0 * N * 4 * C), fc_flops = 2.0 * N * C * 4 * C;
+  report("matmul_gelu_forward fc" + suffix, fc_bytes, fc_flops,
+         [&] { ops.matmul_gelu_forward(ctx, z, y, x, w, bias, N, C, 4 * C); });
+  report("matmul_forward+gelu fc" + suffix, fc_bytes, fc_flops, [&] {
+    ops.matmul_forward(ctx, y, x, w, bias, N, C, 4 * C);
+    ops.gelu_forward(ctx, z, y, N * 4 * C);
+  });
   for (auto [name, in, out] :
        {std::tuple{"matmul_backward qkv", C, 3 * C}, std::tuple{"matmul_backward fc", C, 4 * C},
         std::tuple{"matmul_backward fcproj", 4 * C, C}}) {

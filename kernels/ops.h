@@ -69,6 +69,11 @@ struct OpContext {
   X(layernorm_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,          \
     const floatX* inp, const floatX* weight, const float* mean, const float* rstd, size_t N,     \
     int C)                                                                                        \
+  /* residual[N,C] = a + b (exactly residual_forward), then out, mean, rstd = layernorm_forward  \
+     of the stored residual: bitwise that composition, but each row of a and b is read once and  \
+     residual is not read back by a second op. residual must not alias a, b or out. */           \
+  X(residual_layernorm_forward, floatX* residual, floatX* out, float* mean, float* rstd,          \
+    const floatX* a, const floatX* b, const floatX* weight, const floatX* bias, size_t N, int C)  \
   /* out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]; bias may be null. */                      \
   X(matmul_forward, floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,    \
     size_t N, int C, int OC)                                                                      \
@@ -76,6 +81,13 @@ struct OpContext {
      null (no bias); dinp may be null (input needs no gradient). */                               \
   X(matmul_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,             \
     const floatX* inp, const floatX* weight, size_t N, int C, int OC)                             \
+  /* The MLP's first layer: pre = matmul_forward(inp, weight, bias) (bias required) and          \
+     out = gelu_forward(pre), keeping pre for gelu_backward; out and pre must not overlap. The    \
+     CPU twin is exactly that composition, GELU of the stored (rounded) pre. A backend may fuse   \
+     the GELU into the GEMM's epilogue and take it from the unrounded fp32 value with its own     \
+     GELU evaluation (kernels/cuda/matmul.cu says by how much out can then differ). */            \
+  X(matmul_gelu_forward, floatX* out, floatX* pre, const floatX* inp, const floatX* weight,       \
+    const floatX* bias, size_t N, int C, int OC)                                                  \
   /* Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v (each C = NH * hs, head-major   \
      inside C). out[B,T,C] = softmax(q k^T / sqrt(hs), causal) v. Saves lse[B,NH,T], the         \
      log-sum-exp of each row of scaled scores, instead of the T x T probabilities, so no backend \

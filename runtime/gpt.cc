@@ -299,10 +299,31 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
   ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), P<floatX>(layout_.wpe()), B, T, C);
-  floatX* residual = encoded;
+  // The LayerNorm that reads the residual stream after `l` layers: layer l's ln1, or lnf after the
+  // last. Every LayerNorm but the first follows a residual add and is fused with it
+  // (residual_layernorm_forward), which saves reading the sum back.
+  struct Norm {
+    floatX* out;
+    float* mean;
+    float* rstd;
+    const floatX* weight;
+    const floatX* bias;
+  };
+  auto norm_after = [&](int l) -> Norm {
+    if (l < config_.n_layer) {
+      const ParamLayout::Layer& w = layout_.layer(l);
+      return {A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Mean, l)),
+              F(FJORD_LAYER_ACT(kLn1Rstd, l)), P<floatX>(w.ln1_w), P<floatX>(w.ln1_b)};
+    }
+    return {A<floatX>(FJORD_GLOBAL_ACT(kLnf)), F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)),
+            P<floatX>(layout_.lnf_w()), P<floatX>(layout_.lnf_b())};
+  };
+  const Norm first = norm_after(0);
+  ops.layernorm_forward(ctx_, first.out, first.mean, first.rstd, encoded, first.weight, first.bias, BT, C);
+  const floatX* residual = encoded;
   for (int l = 0; l < config_.n_layer; ++l) {
     const ParamLayout::Layer& w = layout_.layer(l);
-    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));
+    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));  // written before the loop or by layer l - 1
     floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
     floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
     floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
@@ -312,23 +333,20 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
     floatX* fch_gelu = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
     floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
     floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
-    ops.layernorm_forward(ctx_, ln1, F(FJORD_LAYER_ACT(kLn1Mean, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), residual,
-                          P<floatX>(w.ln1_w), P<floatX>(w.ln1_b), BT, C);
     ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), P<floatX>(w.qkv_b), BT, C, 3 * C);
     ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH);
     ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), P<floatX>(w.attproj_b), BT, C, C);
-    ops.residual_forward(ctx_, res2, residual, attproj, BT * C);
-    ops.layernorm_forward(ctx_, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)), F(FJORD_LAYER_ACT(kLn2Rstd, l)), res2,
-                          P<floatX>(w.ln2_w), P<floatX>(w.ln2_b), BT, C);
-    ops.matmul_forward(ctx_, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
-    ops.gelu_forward(ctx_, fch_gelu, fch, BT * 4 * C);
+    ops.residual_layernorm_forward(ctx_, res2, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)),
+                                   F(FJORD_LAYER_ACT(kLn2Rstd, l)), residual, attproj, P<floatX>(w.ln2_w),
+                                   P<floatX>(w.ln2_b), BT, C);
+    ops.matmul_gelu_forward(ctx_, fch_gelu, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
     ops.matmul_forward(ctx_, fcproj, fch_gelu, P<floatX>(w.fcproj_w), P<floatX>(w.fcproj_b), BT, 4 * C, C);
-    ops.residual_forward(ctx_, res3, res2, fcproj, BT * C);
+    const Norm next = norm_after(l + 1);
+    ops.residual_layernorm_forward(ctx_, res3, next.out, next.mean, next.rstd, res2, fcproj, next.weight,
+                                   next.bias, BT, C);
     residual = res3;
   }
   floatX* lnf = A<floatX>(FJORD_GLOBAL_ACT(kLnf));
-  ops.layernorm_forward(ctx_, lnf, F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)), residual,
-                        P<floatX>(layout_.lnf_w()), P<floatX>(layout_.lnf_b()), BT, C);
   floatX* logits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
   ops.matmul_forward(ctx_, logits, lnf, P<floatX>(layout_.wte()), nullptr, BT, C, Vp);
   if (!with_targets) return 0.0f;

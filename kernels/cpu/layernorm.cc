@@ -1,4 +1,4 @@
-// LayerNorm over the last dimension.
+// LayerNorm over the last dimension, alone or fused with the residual add that precedes it.
 //
 // Rows are independent, so forward and dinp are split over rows. dweight and dbias are sums over
 // all rows; rather than per-thread partial buffers combined afterwards, a second pass splits over
@@ -7,6 +7,9 @@
 // Every sum (row statistics, the two row means of the backward pass, the column sums) accumulates
 // in double: it costs nothing at these sizes and makes this twin a sharp oracle for the GPU, whose
 // float reductions run in a different order. The variance is the two-pass (centred) one.
+// residual_layernorm_forward stores each residual row (a + b, rounded as residual_forward rounds)
+// and normalises the stored row with layernorm_forward's own row routine while it is in L1, so it
+// equals residual_forward followed by layernorm_forward bit for bit.
 // With bf16, values are read exactly into the same fp32/double arithmetic and each out or dinp
 // element is rounded once (dinp after its += in fp32); mean, rstd, dweight and dbias stay fp32.
 #include <cmath>
@@ -19,32 +22,55 @@ namespace fjord::cpu {
 namespace {
 constexpr float kEps = 1e-5f;
 constexpr int kChannelBlock = 16;  // one cache line of (fp32 gradient) floats per thread-owned block
+
+// One row of layernorm_forward: o = (x - mean) * rstd * weight + bias over C values. Both forward
+// ops call it, so the fused op's statistics and outputs are those of layernorm_forward by
+// construction.
+template <typename floatX>
+void NormalizeRow(floatX* o, float& mean, float& rstd, const floatX* x, const floatX* weight,
+                  const floatX* bias, int C) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int c = 0; c < C; ++c) sum += ToFloat(x[c]);
+  const double md = sum / C;
+  double var = 0.0;
+#pragma omp simd reduction(+ : var)
+  for (int c = 0; c < C; ++c) var += (ToFloat(x[c]) - md) * (ToFloat(x[c]) - md);
+  const float m = static_cast<float>(md);
+  const float s = static_cast<float>(1.0 / std::sqrt(var / C + kEps));
+#pragma omp simd
+  for (int c = 0; c < C; ++c)
+    o[c] = FromFloat<floatX>((ToFloat(x[c]) - m) * s * ToFloat(weight[c]) + ToFloat(bias[c]));
+  mean = m;
+  rstd = s;
+}
 }  // namespace
 
 template <typename floatX>
 void layernorm_forward(const OpContext& ctx, floatX* out, float* mean, float* rstd, const floatX* inp,
                        const floatX* weight, const floatX* bias, size_t N, int C) {
 #pragma omp parallel for schedule(static)
-  for (size_t r = 0; r < N; ++r) {
-    const floatX* x = inp + r * C;
-    floatX* o = out + r * C;
-    double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; ++c) sum += ToFloat(x[c]);
-    const double md = sum / C;
-    double var = 0.0;
-#pragma omp simd reduction(+ : var)
-    for (int c = 0; c < C; ++c) var += (ToFloat(x[c]) - md) * (ToFloat(x[c]) - md);
-    const float m = static_cast<float>(md);
-    const float s = static_cast<float>(1.0 / std::sqrt(var / C + kEps));
-#pragma omp simd
-    for (int c = 0; c < C; ++c)
-      o[c] = FromFloat<floatX>((ToFloat(x[c]) - m) * s * ToFloat(weight[c]) + ToFloat(bias[c]));
-    mean[r] = m;
-    rstd[r] = s;
-  }
+  for (size_t r = 0; r < N; ++r) NormalizeRow(out + r * C, mean[r], rstd[r], inp + r * C, weight, bias, C);
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, layernorm_forward)
+
+// Normalises the stored (with bf16, rounded) residual row rather than the fp32 sums, because
+// that is what layernorm_forward of `residual` would read.
+template <typename floatX>
+void residual_layernorm_forward(const OpContext& ctx, floatX* residual, floatX* out, float* mean, float* rstd,
+                                const floatX* a, const floatX* b, const floatX* weight, const floatX* bias,
+                                size_t N, int C) {
+#pragma omp parallel for schedule(static)
+  for (size_t r = 0; r < N; ++r) {
+    const floatX* ar = a + r * C;
+    const floatX* br = b + r * C;
+    floatX* x = residual + r * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) x[c] = FromFloat<floatX>(ToFloat(ar[c]) + ToFloat(br[c]));
+    NormalizeRow(out + r * C, mean[r], rstd[r], x, weight, bias, C);
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, residual_layernorm_forward)
 
 template <typename floatX>
 void layernorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* dbias, const floatX* dout,

@@ -15,6 +15,11 @@
 // fp32 op runs on them, so every product, bias add and += happens in fp32 as for float, and each
 // out or dinp element is rounded to bf16 once at the end; dweight and dbias are fp32 anyway. The
 // copies are made per call: this path is the oracle for the CUDA bf16 GEMMs, not a fast path.
+//
+// matmul_gelu_forward is matmul_forward into pre, then gelu_forward from the stored pre: the CPU
+// has no GEMM epilogue to fuse the GELU into, so this op exists to be the oracle of the CUDA one
+// (which fuses it into cuBLASLt's epilogue) and to let the model make one call on either backend.
+// It is that composition bit for bit, in both storage types (tests/kernels/matmul_test.cc).
 #include <cblas.h>
 #include <omp.h>
 
@@ -163,5 +168,13 @@ void matmul_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* 
   }
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, matmul_backward)
+
+template <typename floatX>
+void matmul_gelu_forward(const OpContext& ctx, floatX* out, floatX* pre, const floatX* inp,
+                         const floatX* weight, const floatX* bias, size_t N, int C, int OC) {
+  matmul_forward(ctx, pre, inp, weight, bias, N, C, OC);
+  gelu_forward(ctx, out, pre, N * static_cast<size_t>(OC));
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, matmul_gelu_forward)
 
 }  // namespace fjord::cpu

@@ -1,4 +1,4 @@
-// LayerNorm on the GPU.
+// LayerNorm on the GPU, alone or fused with the residual add that precedes it.
 //
 // Forward and dinp: one warp per row, which suits GPT-2's C (hundreds to a few thousand): the row
 // is read with coalesced lane-strided loads, reduced with warp shuffles, and re-read from cache for
@@ -8,14 +8,22 @@
 // deterministic; the price is only C / 32 blocks for this pass, which is acceptable next to the
 // GEMMs and is the place to optimise (row-chunked partials) if profiles say so.
 //
+// residual_layernorm_forward keeps the forward's warp per row: its first pass reads a and b,
+// stores the rounded residual and sums the stored values; the variance and output passes re-read
+// the residual from cache through the device function the plain kernel ends with. It therefore
+// equals residual_forward + layernorm_forward bit for bit (same lane-strided sums, same warp
+// butterflies, same expressions), while DRAM sees a and b read and residual written once instead
+// of residual also read back by a second kernel.
+//
 // Storage type: out, inp, weight, bias, dinp and dout are floatX (kernels/ops.h); mean, rstd,
 // dweight and dbias are fp32. Every value is read with ToFloat and every statistic and sum is
 // fp32, as for float; each floatX output is rounded once with FromFloat<floatX> (dinp: the prior
-// value read, the gradient added in fp32, then rounded). The row kernels re-read a row three
-// times from cache; with bf16 a tuning pass should keep the row in registers (C / 32 values per
-// lane) and use 16-byte loads.
-// Resources (sm_90, ptxas -v of nvcc 13), both storage types: at most 32 registers, no spills; the
-// column-sum kernel holds 8.25 KB of fp32 partials in shared memory, the row kernels none.
+// value read, the gradient added in fp32, then rounded). The row kernels re-read a row from cache
+// (twice or three times); with bf16 a tuning pass should keep the row in registers (C / 32 values
+// per lane) and use 16-byte loads.
+// Resources (sm_90, ptxas -v of nvcc 13), both storage types: at most 32 registers, no spills (the
+// fused forward kernel 32, as the plain one); the column-sum kernel holds 8.25 KB of fp32 partials
+// in shared memory, the row kernels none.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_check.cuh"
@@ -33,6 +41,27 @@ constexpr float kEps = 1e-5f;
 constexpr int kRowsPerBlock = 8;  // warps per block in the row kernels
 constexpr int kColumnRows = 32;   // threadIdx.y extent in the column-sum kernel
 
+// The rest of one warp's forward row once each lane has summed its lane-strided elements of x into
+// `sum`: mean, the centred variance (x re-read from cache), the outputs and the statistics. Both
+// forward kernels end with it, so the fused one reduces and rounds exactly as the plain one.
+template <typename floatX>
+__device__ void NormalizeRow(floatX* o, float* mean, float* rstd, const floatX* x, const floatX* weight,
+                             const floatX* bias, int C, int lane, float sum) {
+  const float m = WarpSum(sum) / C;
+  float var = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float xc = ToFloat(x[c]);
+    var += (xc - m) * (xc - m);
+  }
+  const float s = 1.0f / sqrtf(WarpSum(var) / C + kEps);
+  for (int c = lane; c < C; c += kWarpSize)
+    o[c] = FromFloat<floatX>((ToFloat(x[c]) - m) * s * ToFloat(weight[c]) + ToFloat(bias[c]));
+  if (lane == 0) {
+    *mean = m;
+    *rstd = s;
+  }
+}
+
 template <typename floatX>
 __global__ void LayerNormForwardKernel(floatX* out, float* mean, float* rstd, const floatX* inp,
                                        const floatX* weight, const floatX* bias, size_t N, int C) {
@@ -42,20 +71,29 @@ __global__ void LayerNormForwardKernel(floatX* out, float* mean, float* rstd, co
   const floatX* x = inp + row * C;
   float sum = 0.0f;
   for (int c = lane; c < C; c += kWarpSize) sum += ToFloat(x[c]);
-  const float m = WarpSum(sum) / C;
-  float var = 0.0f;
+  NormalizeRow(out + row * C, mean + row, rstd + row, x, weight, bias, C, lane, sum);
+}
+
+// Each lane stores its elements of the residual row and sums the stored (rounded) values in the
+// order LayerNormForwardKernel reads them back; the rest re-reads the lane's own stores, which a
+// thread always sees.
+template <typename floatX>
+__global__ void ResidualLayerNormForwardKernel(floatX* residual, floatX* out, float* mean, float* rstd,
+                                               const floatX* a, const floatX* b, const floatX* weight,
+                                               const floatX* bias, size_t N, int C) {
+  const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= N) return;  // whole warps exit together: the shuffles below stay full-warp
+  const floatX* ar = a + row * C;
+  const floatX* br = b + row * C;
+  floatX* x = residual + row * C;
+  float sum = 0.0f;
   for (int c = lane; c < C; c += kWarpSize) {
-    const float xc = ToFloat(x[c]);
-    var += (xc - m) * (xc - m);
+    const floatX xc = FromFloat<floatX>(ToFloat(ar[c]) + ToFloat(br[c]));
+    x[c] = xc;
+    sum += ToFloat(xc);
   }
-  const float s = 1.0f / sqrtf(WarpSum(var) / C + kEps);
-  floatX* o = out + row * C;
-  for (int c = lane; c < C; c += kWarpSize)
-    o[c] = FromFloat<floatX>((ToFloat(x[c]) - m) * s * ToFloat(weight[c]) + ToFloat(bias[c]));
-  if (lane == 0) {
-    mean[row] = m;
-    rstd[row] = s;
-  }
+  NormalizeRow(out + row * C, mean + row, rstd + row, x, weight, bias, C, lane, sum);
 }
 
 template <typename floatX>
@@ -133,6 +171,17 @@ void layernorm_forward(const OpContext& ctx, floatX* out, float* mean, float* rs
   FJORD_CUDA_CHECK_LAUNCH();
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, layernorm_forward)
+
+template <typename floatX>
+void residual_layernorm_forward(const OpContext& ctx, floatX* residual, floatX* out, float* mean, float* rstd,
+                                const floatX* a, const floatX* b, const floatX* weight, const floatX* bias,
+                                size_t N, int C) {
+  if (N == 0) return;
+  ResidualLayerNormForwardKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(
+      residual, out, mean, rstd, a, b, weight, bias, N, C);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, residual_layernorm_forward)
 
 template <typename floatX>
 void layernorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* dbias, const floatX* dout,

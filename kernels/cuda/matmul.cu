@@ -1,4 +1,5 @@
-// Fully connected layer on the GPU: the three GEMMs on cuBLASLt, the bias gradient in a kernel.
+// Fully connected layer on the GPU: the three GEMMs on cuBLASLt, the bias gradient in a kernel, and
+// the MLP's GEMM + GELU fused into one cuBLASLt call where cuBLASLt allows.
 //
 // Layout mapping. cuBLASLt is column-major; a row-major [R, S] matrix with leading dimension S is,
 // byte for byte, the column-major [S, R] matrix (its transpose), so every row-major product is run
@@ -25,16 +26,40 @@
 //                   dweight: C = D CUDA_R_32F with bf16 A and B (a mixed combination cuBLASLt
 //                   supports), so parameter gradients accumulate over micro-steps in fp32.
 //
-// Forward bias: the BIAS epilogue when the heuristic offers an algorithm for it; otherwise the bias
-// is broadcast into out first and the GEMM accumulates onto it (the CPU twin's order; with bf16 the
-// broadcast copies bf16 values exactly, and bias + product is still rounded once). dbias is a
-// deterministic column sum of dout over N rows in a kernel rather than the BGRADB epilogue, which
-// overwrites rather than accumulates and is not offered for every fp32 layout; it reads floatX dout
-// and sums in fp32. Pass 1 splits the rows into R chunks (grid of column blocks x chunks), pass 2
-// adds the R partials of each column in chunk order; the partials live in ctx.workspace (R x OC
-// floats, up to kMaxChunks x OC), reused after the GEMMs on the same stream. With no or too small
-// a workspace R shrinks, down to 1 (one pass straight into dbias). The sum order depends only on
-// (N, OC, workspace_bytes), so results are bitwise reproducible for a given configuration.
+// Epilogues. One Gemm helper serves every GEMM; its Epilogue argument says what cuBLASLt applies to
+// the fp32 result before D is stored. The bias and the GELU's auxiliary output are of D's type
+// (BIAS_DATA_TYPE and EPILOGUE_AUX_DATA_TYPE are set to it: bf16 for bf16 D, fp32 for fp32 D).
+//   none           D = product (+ beta D). Every GEMM of matmul_backward.
+//   BIAS           D = product + bias[row]: matmul_forward with a bias. When the heuristic offers no
+//                  algorithm for it, the bias is broadcast into out first and the GEMM accumulates
+//                  onto it (the CPU twin's order; with bf16 the broadcast copies bf16 values exactly,
+//                  and bias + product is still rounded once).
+//   GELU_AUX_BIAS  aux = product + bias and D = GELU(product + bias): matmul_gelu_forward, with
+//                  aux = pre (leading dimension OC) and D = out, in the forward layout above.
+//                  cublasLt.h requires the aux leading dimension to be a multiple of 8 and at least
+//                  m, and takes the aux pointer's alignment from its value (there is no
+//                  MIN_ALIGNMENT preference for it). We also ask for a 16-byte aligned pre, so that
+//                  every column of aux starts 16-byte aligned like the model's tensors, rather than
+//                  rely on the heuristic to turn down a misaligned one. When OC % 8 != 0, pre is
+//                  misaligned, or the heuristic offers no algorithm (it may offer none for fp32 D
+//                  under COMPUTE_32F), the op runs matmul_forward into pre, then gelu_forward: the
+//                  CPU twin's definition. Precision when fused: pre is the BIAS path's value
+//                  (rounded once), but cuBLASLt takes the GELU of the fp32 value before that rounding,
+//                  with its own fp32 evaluation of the tanh form, while the twin takes GeluForward of
+//                  the stored pre. So out can differ from the twin's by a little more than the one
+//                  rounding: |GELU'| <= 1.13 times (pre's difference before rounding plus, in bf16,
+//                  half an ulp of pre), plus the two GELU evaluations' difference, plus the rounding
+//                  of out; tests/cuda/cuda_matmul_test.cc derives the bound it checks. gelu_backward
+//                  reads the stored pre on either path, so backward is unchanged.
+//
+// Bias gradient: dbias is a deterministic column sum of dout over N rows in a kernel rather than
+// the BGRADB epilogue, which overwrites rather than accumulates and is not offered for every fp32
+// layout; it reads floatX dout and sums in fp32. Pass 1 splits the rows into R chunks (grid of
+// column blocks x chunks), pass 2 adds the R partials of each column in chunk order; the partials
+// live in ctx.workspace (R x OC floats, up to kMaxChunks x OC), reused after the GEMMs on the same
+// stream. With no or too small a workspace R shrinks, down to 1 (one pass straight into dbias). The
+// sum order depends only on (N, OC, workspace_bytes), so results are bitwise reproducible for a
+// given configuration.
 //
 // Alignment: cuBLASLt's heuristic assumes 256-byte aligned operands unless told otherwise, so each
 // call passes the actual alignment of A, B, C and D (down to 2 bytes, a bf16 element); the model's
@@ -74,6 +99,10 @@ constexpr int kBiasBlock = 256;
 constexpr int kColumnRows = 8;      // threadIdx.y extent of the column-sum kernel
 constexpr int kMaxChunks = 64;      // row chunks of the column sum, i.e. partials per column
 constexpr size_t kChunkRows = 256;  // target rows per chunk
+// The GELU epilogue's aux matrix: its leading dimension must be a multiple of this (cublasLt.h,
+// CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD), and we ask for this pointer alignment (header comment).
+constexpr int kAuxLdMultiple = 8;
+constexpr uintptr_t kAuxAlignment = 16;
 
 // RAII owners of the cuBLASLt descriptors; copies deleted.
 class MatmulDesc {
@@ -146,14 +175,31 @@ struct GemmType<bf16> {
   static constexpr const char* kName = "bf16";
 };
 
-// One column-major GEMM D[m,n] = op(A)[m,k] @ op(B)[k,n] + beta D (C == D), optionally with the
-// bias epilogue (D[i, :] += bias[i]), in fp32 compute whatever the types: A and B are of type TAB,
-// C, D and the bias of type TD. A is stored m x k (k x m when trans_a), B k x n (n x k when
-// trans_b). Returns false, without running anything, when a bias epilogue was asked for and the
-// heuristic offers no algorithm with it; aborts on any other failure.
+// What cuBLASLt applies to the accumulator before storing D (see "Epilogues" above). Both epilogues
+// used here add a bias: bias[i] to row i of D, i < m.
+template <typename TD>
+struct Epilogue {
+  cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
+  const TD* bias = nullptr;
+  TD* aux = nullptr;   // GELU_AUX_BIAS: receives the GELU's input, m x n column-major
+  int64_t aux_ld = 0;  // in elements
+};
+
+// The BIAS epilogue, or none for a null bias.
+template <typename TD>
+Epilogue<TD> BiasEpilogue(const TD* bias) {
+  return bias != nullptr ? Epilogue<TD>{CUBLASLT_EPILOGUE_BIAS, bias} : Epilogue<TD>{};
+}
+
+// One column-major GEMM D[m,n] = epilogue(op(A)[m,k] @ op(B)[k,n] + beta D) (C == D), in fp32
+// compute whatever the types: A and B are of type TAB; C, D, the bias and the aux output of type
+// TD. A is stored m x k (k x m when trans_a), B k x n (n x k when trans_b). Returns false, without
+// running anything, when an epilogue was asked for and the heuristic offers no algorithm with it;
+// aborts on any other failure.
 template <typename TAB, typename TD>
 bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t n, uint64_t k, const TAB* A,
-          int64_t lda, const TAB* B, int64_t ldb, float beta, TD* D, int64_t ldd, const TD* bias) {
+          int64_t lda, const TAB* B, int64_t ldb, float beta, TD* D, int64_t ldd,
+          const Epilogue<TD>& epilogue) {
   FJORD_CHECK(ctx.blas != nullptr, "matmul ops need OpContext::blas set to a cublasLtHandle_t");
   cublasLtHandle_t handle = static_cast<cublasLtHandle_t>(ctx.blas);
   MatmulDesc desc;
@@ -161,11 +207,18 @@ bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   desc.Set(CUBLASLT_MATMUL_DESC_TRANSA, op_a);
   desc.Set(CUBLASLT_MATMUL_DESC_TRANSB, op_b);
-  if (bias != nullptr) {
-    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
-    desc.Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
-    // D's type is the default; set anyway, so the bias type is stated where the bias is passed.
+  const bool with_epilogue = epilogue.kind != CUBLASLT_EPILOGUE_DEFAULT;
+  if (with_epilogue) {
+    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue.kind);
+    desc.Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, epilogue.bias);
+    // D's type is the default for the bias and the aux output; set anyway, so that each type is
+    // stated where its pointer is passed.
     desc.Set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(GemmType<TD>::kType));
+  }
+  if (epilogue.aux != nullptr) {
+    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(epilogue.aux));
+    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, epilogue.aux_ld);
+    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, static_cast<int32_t>(GemmType<TD>::kType));
   }
   const Layout a_layout(GemmType<TAB>::kType, trans_a ? k : m, trans_a ? m : k, lda);
   const Layout b_layout(GemmType<TAB>::kType, trans_b ? n : k, trans_b ? k : n, ldb);
@@ -188,7 +241,7 @@ bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t
   if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
     FatalError(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic failed: " + DescribeCublasStatus(status));
   if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
-    if (bias != nullptr) return false;
+    if (with_epilogue) return false;
     FatalError(__FILE__, __LINE__,
                std::string("cuBLASLt offers no algorithm for A/B ") + GemmType<TAB>::kName + ", C/D " +
                    GemmType<TD>::kName + " (fp32 compute), m=" + std::to_string(m) +
@@ -276,13 +329,13 @@ void matmul_forward(const OpContext& ctx, floatX* out, const floatX* inp, const 
                     const floatX* bias, size_t N, int C, int OC) {
   if (N == 0) return;
   if (Gemm<floatX, floatX>(ctx, /*trans_a=*/true, /*trans_b=*/false, OC, N, C, weight, C, inp, C, 0.0f, out,
-                           OC, bias))
+                           OC, BiasEpilogue(bias)))
     return;
   // No algorithm with the bias epilogue: bias first, then accumulate the product onto it.
   BroadcastBiasKernel<<<cuda_detail::GridFor(N * OC, kBiasBlock), kBiasBlock, 0, ctx.stream>>>(out, bias, N,
                                                                                                OC);
   FJORD_CUDA_CHECK_LAUNCH();
-  Gemm<floatX, floatX>(ctx, true, false, OC, N, C, weight, C, inp, C, 1.0f, out, OC, nullptr);
+  Gemm<floatX, floatX>(ctx, true, false, OC, N, C, weight, C, inp, C, 1.0f, out, OC, Epilogue<floatX>{});
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, matmul_forward)
 
@@ -291,10 +344,29 @@ void matmul_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* 
                      const floatX* inp, const floatX* weight, size_t N, int C, int OC) {
   if (N == 0) return;
   if (dinp != nullptr)
-    Gemm<floatX, floatX>(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C, nullptr);
-  Gemm<floatX, float>(ctx, false, true, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, nullptr);
+    Gemm<floatX, floatX>(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C,
+                         Epilogue<floatX>{});
+  Gemm<floatX, float>(ctx, false, true, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, Epilogue<float>{});
   if (dbias != nullptr) BiasGradient(ctx, dbias, dout, N, OC);
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, matmul_backward)
+
+template <typename floatX>
+void matmul_gelu_forward(const OpContext& ctx, floatX* out, floatX* pre, const floatX* inp,
+                         const floatX* weight, const floatX* bias, size_t N, int C, int OC) {
+  if (N == 0) return;
+  // The bias is part of the contract; unchecked, a null one would fault in the epilogue on the
+  // device (asynchronously) or be dropped silently by the fallback.
+  FJORD_CHECK(bias != nullptr, "matmul_gelu_forward needs a bias");
+  const bool aux_allowed = OC % kAuxLdMultiple == 0 && reinterpret_cast<uintptr_t>(pre) % kAuxAlignment == 0;
+  if (aux_allowed &&
+      Gemm<floatX, floatX>(ctx, /*trans_a=*/true, /*trans_b=*/false, OC, N, C, weight, C, inp, C, 0.0f, out,
+                           OC, Epilogue<floatX>{CUBLASLT_EPILOGUE_GELU_AUX_BIAS, bias, pre, OC}))
+    return;
+  // Not fusable here: the two ops, which are the CPU twin's definition.
+  matmul_forward(ctx, pre, inp, weight, bias, N, C, OC);
+  gelu_forward(ctx, out, pre, N * static_cast<size_t>(OC));
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, matmul_gelu_forward)
 
 }  // namespace fjord::cuda

@@ -1,10 +1,16 @@
-// CUDA matmul forward and backward (cuBLASLt + the dbias column sum) against the CPU twin, for both
-// storage types (float and bf16; dweight and dbias are fp32 either way).
+// CUDA matmul forward and backward (cuBLASLt + the dbias column sum) and the fused
+// matmul_gelu_forward (cuBLASLt's GELU_AUX_BIAS epilogue, or its fallback) against the CPU twins,
+// for both storage types (float and bf16; dweight and dbias are fp32 either way).
 #include <cublasLt.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -44,6 +50,75 @@ struct Shape {
 // Odd sizes below any tile, N and OC just past powers of two, and GPT-2 small's QKV projection
 // (N = B*T rows of a small batch).
 const Shape kShapes[] = {{7, 13, 11}, {129, 48, 130}, {300, 64, 130}, {256, 768, 2304}};
+
+// ---- matmul_gelu_forward: shapes and bounds ----------------------------------------------------
+// The CUDA op against its CPU twin, which is matmul_forward into pre, then gelu_forward of the
+// stored pre (kernels/ops.h).
+//
+// pre: exactly matmul_forward's comparison (GemmAtol(C) and 1e-5; bf16 plus one ulp).
+//
+// out. Write a_cuda and a_cpu for the two backends' fp32 values of pre before any rounding; the
+// matmul comparison bounds |a_cuda - a_cpu| <= T = GemmAtol(C) + 1e-5 |pre|. The twin computes
+// GeluForward(pre_cpu), pre_cpu being a_cpu stored (rounded, for bf16). The CUDA op computes
+//   fused (GELU_AUX_BIAS): cuBLASLt's GELU of a_cuda itself, the fp32 value before pre_cuda is
+//                          rounded from it;
+//   fallback:              GeluForward(pre_cuda) in gelu_forward's kernel.
+// 1. Input: the two GELUs' arguments differ by at most T plus, for bf16, half an ulp of pre_cpu
+//    (fused) or half an ulp of each stored pre (fallback); the bound takes the latter, which
+//    covers both. |GELU'| <= kGeluMaxSlope = 1.13 bounds how far that moves GELU.
+// 2. Formula: gelu_forward's kernel and the CPU's GeluForward differ by at most 1e-6 + 1e-5 |out|
+//    (cuda_elementwise_test's bound). cuBLASLt's GELU is the tanh form evaluated in fp32 (its
+//    formula is not documented beyond that); we allow it the bound our GeluForward meets against
+//    the exact formula (1e-6 + 1e-5 |out|, elementwise_test.cc), so the two differ by at most
+//    twice that, plus 2^-22 |pre| for the tanh form's cancellation in 1 + tanh(a) when pre < 0
+//    (tanh(a) near -1 carries an absolute error of a few 2^-25, which 0.5 pre multiplies).
+// 3. Rounding: each side rounds its out once to floatX: nothing more for float (within the 1e-5
+//    relative term), half an ulp of each stored out for bf16.
+// The test cannot see which path the heuristic chose for a fusable shape, so it allows the fused
+// bound there; it reports the path it inferred (the fallback's out is bitwise gelu_forward of its
+// pre). Shapes that must fall back are held to the fallback's bound and checked to be bitwise
+// that composition.
+constexpr double kGeluAtol = 1e-6, kGeluRtol = 1e-5;
+const double kTanhCancellation = std::ldexp(1.0, -22);
+
+// Fusable: OC a multiple of 8 (cuBLASLt's rule for the aux leading dimension; the op also needs a
+// 16-byte aligned pre, which a fresh allocation is): below any tile, N odd, and GPT-2 small's MLP
+// fc layer (OC = 4C) for a small batch.
+const Shape kGeluShapes[] = {{7, 16, 24}, {129, 48, 192}, {300, 64, 256}, {256, 768, 3072}};
+// OC % 8 != 0: the op must fall back.
+const Shape kGeluFallbackShapes[] = {{7, 13, 11}, {129, 48, 130}};
+
+// GELU bends in about [-3, 3]. Weights in [-3/sqrt(C), 3/sqrt(C)] make each product's variance
+// 1/C, so the GEMM part of pre is about N(0, 1) and the bias in [-1, 1] shifts it: pre covers the
+// bend as well as both nearly linear tails. (GemmAtol, argued for weights in [-1, 1], only gets
+// more conservative.)
+float WeightScale(int C) { return 3.0f / std::sqrt(static_cast<float>(C)); }
+
+// Half a storage ulp at x: 0 for float (see 3. above), half of Bf16Spacing for bf16.
+double HalfUlp(float) { return 0.0; }
+double HalfUlp(bf16 x) { return 0.5 * testing::Bf16Spacing(x); }
+
+// Bound on |out_cuda[i] - out_cpu[i]| (derivation above); `fused` allows cuBLASLt's GELU.
+template <typename floatX>
+std::vector<double> GeluOutBound(int C, const std::vector<floatX>& pre_cuda,
+                                 const std::vector<floatX>& pre_cpu, const std::vector<floatX>& out_cuda,
+                                 const std::vector<floatX>& out_cpu, bool fused) {
+  std::vector<double> bound(out_cpu.size());
+  for (size_t i = 0; i < bound.size(); ++i) {
+    const double pre = std::fabs(ToFloat(pre_cpu[i]));
+    const double out = std::max(std::fabs(ToFloat(out_cpu[i])), std::fabs(ToFloat(out_cuda[i])));
+    const double input = GemmAtol(C) + 1e-5 * pre + HalfUlp(pre_cpu[i]) + HalfUlp(pre_cuda[i]);
+    const double ours = kGeluAtol + kGeluRtol * out;
+    const double formula = fused ? 2.0 * ours + kTanhCancellation * pre : ours;
+    bound[i] = testing::kGeluMaxSlope * input + formula + HalfUlp(out_cpu[i]) + HalfUlp(out_cuda[i]);
+  }
+  return bound;
+}
+
+template <typename floatX>
+bool SameBits(const std::vector<floatX>& a, const std::vector<floatX>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(floatX)) == 0;
+}
 
 // Owns a cuBLASLt handle and a workspace for the matmul ops, on top of CudaOpTest's stream.
 class CudaMatmul : public CudaOpTest {
@@ -212,6 +287,63 @@ class CudaMatmul : public CudaOpTest {
     }
   }
 
+  // matmul_gelu_forward on both backends from the same inputs, compared as derived above. The CUDA
+  // op's pre lies pre_offset elements into its allocation (1 misaligns it). With must_fall_back the
+  // op must have run matmul_forward then gelu_forward; otherwise the path it took is reported.
+  template <typename floatX>
+  void CheckMatmulGelu(const Shape& s, size_t pre_offset, bool must_fall_back, uint32_t seed) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << s.N << " C=" << s.C << " OC=" << s.OC << " pre offset=" << pre_offset);
+    const size_t n = s.N * s.OC;
+    const float ws = WeightScale(s.C);
+    const std::vector<floatX> inp = Random<floatX>(s.N * s.C, seed);
+    const std::vector<floatX> weight = Random<floatX>(size_t{1} * s.OC * s.C, seed + 1, -ws, ws);
+    const std::vector<floatX> bias = Random<floatX>(s.OC, seed + 2);
+    DeviceBuffer<floatX> d_inp(inp), d_weight(weight), d_bias(bias);
+    DeviceBuffer<floatX> d_out(std::vector<floatX>(n, Poison<floatX>()));
+    DeviceBuffer<floatX> d_pre(std::vector<floatX>(n + pre_offset, Poison<floatX>()));
+    floatX* const pre_ptr = d_pre.get() + pre_offset;
+    cuda::matmul_gelu_forward(ctx_, d_out.get(), pre_ptr, d_inp.get(), d_weight.get(), d_bias.get(), s.N, s.C,
+                              s.OC);
+    Sync();
+    std::vector<floatX> out(n, Poison<floatX>()), pre(n, Poison<floatX>());
+    cpu::matmul_gelu_forward(cpu_ctx_, out.data(), pre.data(), inp.data(), weight.data(), bias.data(), s.N,
+                             s.C, s.OC);
+    const std::vector<floatX> got_out = d_out.Download();
+    const std::vector<floatX> got_pre_all = d_pre.Download();
+    const std::vector<floatX> got_pre(got_pre_all.begin() + pre_offset, got_pre_all.end());
+    ASSERT_GT(testing::Norm(AsFloats(got_out)), 0.0);
+    ExpectRoundedClose("matmul_gelu pre", got_pre, pre, GemmAtol(s.C), 1e-5);
+    testing::ExpectWithin("matmul_gelu out", testing::ToDouble(got_out), testing::ToDouble(out),
+                          GeluOutBound(s.C, got_pre, pre, got_out, out, !must_fall_back));
+
+    // The fallback's out is gelu_forward of its own pre, bit for bit; the fused epilogue's is not
+    // (different GELU argument and evaluation), except by a coincidence over every element.
+    DeviceBuffer<floatX> d_gelu(std::vector<floatX>(n, Poison<floatX>()));
+    cuda::gelu_forward(ctx_, d_gelu.get(), pre_ptr, n);
+    Sync();
+    const bool fell_back = SameBits(d_gelu.Download(), got_out);
+    if (must_fall_back) {
+      EXPECT_TRUE(fell_back) << "out is not gelu_forward of pre: the op did not fall back";
+    } else {
+      const char* type = std::is_same_v<floatX, float> ? "fp32" : "bf16";
+      std::printf("matmul_gelu_forward %s N=%zu C=%d OC=%d: %s\n", type, s.N, s.C, s.OC,
+                  fell_back ? "fell back (matmul_forward + gelu_forward)" : "ran the GELU_AUX_BIAS epilogue");
+    }
+  }
+
+  template <typename floatX>
+  void CheckMatmulGeluShapes(uint32_t seed) {
+    for (const Shape& s : kGeluShapes) CheckMatmulGelu<floatX>(s, 0, false, seed);
+  }
+
+  template <typename floatX>
+  void CheckMatmulGeluFallback(uint32_t seed) {
+    for (const Shape& s : kGeluFallbackShapes) CheckMatmulGelu<floatX>(s, 0, true, seed);
+    // A fusable shape, but pre one element past an aligned allocation (4 or 2 bytes aligned).
+    CheckMatmulGelu<floatX>(kGeluShapes[1], 1, true, seed + 10);
+  }
+
   cublasLtHandle_t handle_ = nullptr;
   std::unique_ptr<DeviceBuffer<uint8_t>> workspace_;
 };
@@ -245,6 +377,11 @@ TEST_F(CudaMatmul, Bf16WorksWithoutWorkspace) { CheckWithoutWorkspace<bf16>(); }
 TEST_F(CudaMatmul, Bf16UnalignedOperands) { CheckUnaligned<bf16>(); }
 TEST_F(CudaMatmul, Bf16BackwardIsBitwiseReproducible) { CheckReproducible<bf16>(); }
 
+TEST_F(CudaMatmul, MatmulGeluMatchesCpu) { CheckMatmulGeluShapes<float>(80); }
+TEST_F(CudaMatmul, MatmulGeluFallbackMatchesCpu) { CheckMatmulGeluFallback<float>(90); }
+TEST_F(CudaMatmul, Bf16MatmulGeluMatchesCpu) { CheckMatmulGeluShapes<bf16>(180); }
+TEST_F(CudaMatmul, Bf16MatmulGeluFallbackMatchesCpu) { CheckMatmulGeluFallback<bf16>(190); }
+
 // Without a cuBLASLt handle the op refuses before touching the device (so this runs anywhere).
 TEST(CudaMatmulContract, RefusesContextWithoutBlasHandle) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
@@ -253,6 +390,20 @@ TEST(CudaMatmulContract, RefusesContextWithoutBlasHandle) {
                "OpContext::blas");
   EXPECT_DEATH(cuda::matmul_forward<bf16>(ctx, nullptr, nullptr, nullptr, nullptr, 1, 1, 1),
                "OpContext::blas");
+  // A bias pointer that is never dereferenced: the handle check comes first.
+  const float bias = 0.0f;
+  EXPECT_DEATH(cuda::matmul_gelu_forward<float>(ctx, nullptr, nullptr, nullptr, nullptr, &bias, 1, 1, 1),
+               "OpContext::blas");
+}
+
+// matmul_gelu_forward requires a bias, and says so before touching the device.
+TEST(CudaMatmulContract, MatmulGeluRefusesNullBias) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const OpContext ctx;
+  EXPECT_DEATH(cuda::matmul_gelu_forward<float>(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 1),
+               "needs a bias");
+  EXPECT_DEATH(cuda::matmul_gelu_forward<bf16>(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 1),
+               "needs a bias");
 }
 
 }  // namespace

@@ -120,8 +120,9 @@ floatX* ModelWeights(float* P, floatX* W) {
 }
 
 // One training step through `ops` in storage type floatX: zero the gradients, (bf16: round the
-// parameters to the bf16 copy the model reads), forward with the fused classifier, backward in
-// reverse, gradient norm, one AdamW step on the fp32 parameters.
+// parameters to the bf16 copy the model reads), forward as runtime/gpt.cc runs it (the MLP's GEMM
+// and GELU fused, the fused classifier), backward in reverse, gradient norm, one AdamW step on the
+// fp32 parameters.
 template <typename floatX>
 void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers<floatX>& b) {
   const ModelOps<floatX>& x = ops.model<floatX>();
@@ -141,8 +142,7 @@ void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers<f
   x.residual_forward(ctx, A + md.x1, A + md.x0, A + md.proj, BT * C);
   x.layernorm_forward(ctx, A + md.ln2, S + md.ln2_mean, S + md.ln2_rstd, A + md.x1, W + md.ln2w, W + md.ln2b,
                       BT, C);
-  x.matmul_forward(ctx, A + md.fch, A + md.ln2, W + md.fcw, W + md.fcb, BT, C, 4 * C);
-  x.gelu_forward(ctx, A + md.fch_gelu, A + md.fch, BT * 4 * C);
+  x.matmul_gelu_forward(ctx, A + md.fch_gelu, A + md.fch, A + md.ln2, W + md.fcw, W + md.fcb, BT, C, 4 * C);
   x.matmul_forward(ctx, A + md.fcproj, A + md.fch_gelu, W + md.fcprojw, W + md.fcprojb, BT, 4 * C, C);
   x.residual_forward(ctx, A + md.x2, A + md.x1, A + md.fcproj, BT * C);
   x.layernorm_forward(ctx, A + md.lnf, S + md.lnf_mean, S + md.lnf_rstd, A + md.x2, W + md.lnfw, W + md.lnfb,

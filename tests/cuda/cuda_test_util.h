@@ -30,19 +30,6 @@ inline bool HaveCudaDevice() {
   return count > 0;
 }
 
-// A quiet NaN of each storage type, to poison the outputs an op must overwrite. 0x7fc0 is the
-// bf16 that kPoison rounds to.
-template <typename floatX>
-floatX Poison();
-template <>
-inline float Poison<float>() {
-  return kPoison;
-}
-template <>
-inline bf16 Poison<bf16>() {
-  return bf16{0x7fc0};
-}
-
 // x rounded to floatX (to nearest even, as the ops round their outputs). A bf16 test's inputs are
 // bf16 values, so both backends read exactly the same numbers.
 template <typename floatX>

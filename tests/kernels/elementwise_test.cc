@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <numbers>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -19,6 +18,7 @@ namespace {
 using testing::ExpectBf16Close;
 using testing::ExpectBf16WithinOneUlp;
 using testing::ExpectClose;
+using testing::GeluRef;
 using testing::kPoison;
 using testing::kPoisonBf16;
 using testing::Norm;
@@ -31,11 +31,6 @@ const OpContext kCtx;
 
 // Above the kernels' parallel threshold and not a multiple of any vector width.
 constexpr size_t kN = 20011;
-
-double GeluRef(double x) {
-  const double k = std::sqrt(2.0 / std::numbers::pi);
-  return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
-}
 
 TEST(PointwiseMath, ExpMatchesLibmWithinTwoUlpAndClamps) {
   // Exp replaces libm inside the softmax, attention and GELU loops; it must be as good as expf.

@@ -1,8 +1,11 @@
 // LayerNorm against a double reference; backward by finite differences of that reference. The
 // bf16 instantiation against the same references, and against the float op's results rounded.
+// residual_layernorm_forward, in both types: bit for bit residual_forward + layernorm_forward, and
+// against the double reference (its residual against a + b in double).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -26,8 +29,11 @@ struct LayerNormRef {
   std::vector<double> out, mean, rstd;
 };
 
+// Rows of C = w.size() values, as many as x holds.
 LayerNormRef LayerNormForwardRef(const std::vector<double>& x, const std::vector<double>& w,
                                  const std::vector<double>& b) {
+  const int C = static_cast<int>(w.size());
+  const size_t N = x.size() / C;
   LayerNormRef r{std::vector<double>(N * C), std::vector<double>(N), std::vector<double>(N)};
   for (size_t n = 0; n < N; ++n) {
     double m = 0.0;
@@ -169,6 +175,124 @@ TEST(LayerNormBf16, MatchesTheFloatOpRounded) {
   cpu::layernorm_backward(kCtx, dxf.data(), dw.data(), db.data(), doutf.data(), xf.data(), wf.data(),
                           meanf.data(), rstdf.data(), N, C);
   testing::ExpectBf16WithinOneUlp("layernorm dinp", dx, testing::RoundToBf16(dxf));
+}
+
+// ---- residual_layernorm_forward ------------------------------------------------------------------
+
+struct Shape {
+  size_t N;
+  int C;
+};
+
+// One row; C odd and prime (no vector width divides it) below and above GPT-2 small's 768; N past
+// 256 rows.
+const Shape kFusedShapes[] = {{1, 97}, {1, 769}, {257, 97}, {257, 769}};
+
+// Drawn values as inputs of storage type floatX: bf16 by truncation, which keeps them in range.
+template <typename floatX>
+std::vector<floatX> Stored(const std::vector<float>& v);
+template <>
+std::vector<float> Stored<float>(const std::vector<float>& v) {
+  return v;
+}
+template <>
+std::vector<bf16> Stored<bf16>(const std::vector<float>& v) {
+  return testing::TruncateToBf16(v);
+}
+
+template <typename floatX>
+struct FusedInputs {
+  std::vector<floatX> a, b, w, bias;
+};
+
+// The two addends of a residual add: a stream with row means and spreads that differ by row, and a
+// smaller branch output, so the sum is not dominated by either; LayerNorm weights around 1.
+template <typename floatX>
+FusedInputs<floatX> MakeFusedInputs(const Shape& s, uint32_t seed) {
+  std::vector<float> a = testing::RandomFloats(s.N * s.C, seed);
+  for (size_t n = 0; n < s.N; ++n)
+    for (int c = 0; c < s.C; ++c) a[n * s.C + c] = a[n * s.C + c] * (1.0f + n % 5) + 0.25f * (n % 7);
+  return {Stored<floatX>(a), Stored<floatX>(testing::RandomFloats(s.N * s.C, seed + 1, -0.5f, 0.5f)),
+          Stored<floatX>(testing::RandomFloats(s.C, seed + 2, 0.5f, 1.5f)),
+          Stored<floatX>(testing::RandomFloats(s.C, seed + 3))};
+}
+
+// The outputs of one forward, poisoned until the op under test writes them.
+template <typename floatX>
+struct FusedOutputs {
+  explicit FusedOutputs(const Shape& s)
+      : residual(s.N * s.C, testing::Poison<floatX>()),
+        out(s.N * s.C, testing::Poison<floatX>()),
+        mean(s.N, kPoison),
+        rstd(s.N, kPoison) {}
+  std::vector<floatX> residual, out;
+  std::vector<float> mean, rstd;
+};
+
+template <typename floatX>
+void CheckFusedMatchesComposition() {
+  for (const Shape& s : kFusedShapes) {
+    SCOPED_TRACE("N " + std::to_string(s.N) + ", C " + std::to_string(s.C));
+    const FusedInputs<floatX> in = MakeFusedInputs<floatX>(s, 31);
+    FusedOutputs<floatX> fused(s), pair(s);
+    cpu::residual_layernorm_forward(kCtx, fused.residual.data(), fused.out.data(), fused.mean.data(),
+                                    fused.rstd.data(), in.a.data(), in.b.data(), in.w.data(), in.bias.data(),
+                                    s.N, s.C);
+    cpu::residual_forward(kCtx, pair.residual.data(), in.a.data(), in.b.data(), s.N * s.C);
+    cpu::layernorm_forward(kCtx, pair.out.data(), pair.mean.data(), pair.rstd.data(), pair.residual.data(),
+                           in.w.data(), in.bias.data(), s.N, s.C);
+    testing::ExpectFinite("fused residual", fused.residual);
+    testing::ExpectFinite("fused out", fused.out);
+    testing::ExpectFinite("fused mean", fused.mean);
+    testing::ExpectFinite("fused rstd", fused.rstd);
+    testing::ExpectSameBits("residual", fused.residual, pair.residual);
+    testing::ExpectSameBits("out", fused.out, pair.out);
+    testing::ExpectSameBits("mean", fused.mean, pair.mean);
+    testing::ExpectSameBits("rstd", fused.rstd, pair.rstd);
+  }
+}
+
+TEST(ResidualLayerNorm, EqualsResidualThenLayerNormBitwise) { CheckFusedMatchesComposition<float>(); }
+TEST(ResidualLayerNormBf16, EqualsResidualThenLayerNormBitwise) { CheckFusedMatchesComposition<bf16>(); }
+
+// residual against a + b in double, rounded once to floatX; out and the statistics against the
+// double LayerNorm of the residual as stored (with bf16 that rounding is the op's contract, and is
+// checked first), with the bounds of the plain forward tests above.
+TEST(ResidualLayerNorm, MatchesDoubleReference) {
+  for (const Shape& s : kFusedShapes) {
+    SCOPED_TRACE("N " + std::to_string(s.N) + ", C " + std::to_string(s.C));
+    const FusedInputs<float> in = MakeFusedInputs<float>(s, 41);
+    FusedOutputs<float> got(s);
+    cpu::residual_layernorm_forward(kCtx, got.residual.data(), got.out.data(), got.mean.data(),
+                                    got.rstd.data(), in.a.data(), in.b.data(), in.w.data(), in.bias.data(),
+                                    s.N, s.C);
+    // One fp32 rounding of the exact sum: within 2^-24 of it, relatively.
+    ExpectClose("residual", got.residual, testing::Plus(in.a, in.b), 0.0, 0x1p-24);
+    const LayerNormRef ref = LayerNormForwardRef(testing::ToDouble(got.residual), testing::ToDouble(in.w),
+                                                 testing::ToDouble(in.bias));
+    ExpectClose("out", got.out, ref.out, 1e-6, 1e-6);
+    ExpectClose("mean", got.mean, ref.mean, 1e-7, 1e-6);
+    ExpectClose("rstd", got.rstd, ref.rstd, 0.0, 1e-6);
+  }
+}
+
+TEST(ResidualLayerNormBf16, MatchesDoubleReference) {
+  for (const Shape& s : kFusedShapes) {
+    SCOPED_TRACE("N " + std::to_string(s.N) + ", C " + std::to_string(s.C));
+    const FusedInputs<bf16> in = MakeFusedInputs<bf16>(s, 51);
+    FusedOutputs<bf16> got(s);
+    cpu::residual_layernorm_forward(kCtx, got.residual.data(), got.out.data(), got.mean.data(),
+                                    got.rstd.data(), in.a.data(), in.b.data(), in.w.data(), in.bias.data(),
+                                    s.N, s.C);
+    // The exact sum rounded once to bf16: within half a bf16 spacing.
+    ExpectBf16Close("residual", got.residual, testing::Plus(testing::ToDouble(in.a), testing::ToDouble(in.b)),
+                    0.0, 0.0);
+    const LayerNormRef ref = LayerNormForwardRef(testing::ToDouble(got.residual), testing::ToDouble(in.w),
+                                                 testing::ToDouble(in.bias));
+    ExpectBf16Close("out", got.out, ref.out, 1e-6, 1e-6);
+    ExpectClose("mean", got.mean, ref.mean, 1e-7, 1e-6);
+    ExpectClose("rstd", got.rstd, ref.rstd, 0.0, 1e-6);
+  }
 }
 
 }  // namespace

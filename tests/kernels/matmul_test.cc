@@ -1,7 +1,12 @@
 // Fully connected layer against naive double loops; backward by finite differences, with and
-// without bias and input gradient; the bf16 instantiation against the same references.
+// without bias and input gradient; the bf16 instantiation against the same references. The fused
+// matmul_gelu_forward against its definition (bit for bit) and against GELU of the double GEMM.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -192,6 +197,98 @@ TEST(MatmulBf16NoInputGrad, NullDinpStillGivesWeightGrad) {
   ExpectClose("dweight without dinp", dw, dw_ref, 0.0, 0.0);
   ExpectClose("dbias without dinp", db, db_ref, 0.0, 0.0);
 }
+
+// ---- matmul_gelu_forward ----------------------------------------------------------------------
+// The CPU op is defined as matmul_forward into pre, then gelu_forward from the stored pre: it must
+// be exactly that. It is also held against GELU of the double GEMM, so that the test does not only
+// compare the op with its own building blocks.
+
+// A single row (bf16's fp32 copies follow N) and 259 rows (split over two threads in blocks of 16,
+// with a remainder); C and OC prime, so that no vector width divides them.
+const Shape kGeluShapes[] = {{1, 97, 203}, {259, 97, 203}};
+
+// GELU bends in about [-3, 3]. Weights in [-3/sqrt(C), 3/sqrt(C)] make each product's variance
+// 1/C, so the GEMM part of pre is about N(0, 1) and the bias in [-1, 1] shifts it: pre covers the
+// bend as well as both nearly linear tails.
+float WeightScale(int C) { return 3.0f / std::sqrt(static_cast<float>(C)); }
+
+// Inputs of the storage type: uniform floats for float, the same truncated to bf16 for bf16.
+template <typename floatX>
+std::vector<floatX> RandomX(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  if constexpr (std::is_same_v<floatX, float>) {
+    return testing::RandomFloats(n, seed, lo, hi);
+  } else {
+    return testing::RandomBf16(n, seed, lo, hi);
+  }
+}
+
+template <typename floatX>
+floatX PoisonX() {
+  if constexpr (std::is_same_v<floatX, float>) {
+    return kPoison;
+  } else {
+    return kPoisonBf16;
+  }
+}
+
+template <typename floatX>
+bool SameBits(const std::vector<floatX>& a, const std::vector<floatX>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(floatX)) == 0;
+}
+
+// Half the spacing of stored values at x: 0 for float (the bounds below already hold for the fp32
+// values the ops store), Bf16HalfUlp for bf16.
+double HalfUlp(float) { return 0.0; }
+double HalfUlp(bf16 x) { return testing::Bf16HalfUlp(testing::Bf16Value(x)); }
+
+template <typename floatX>
+void CheckMatmulGelu(uint32_t seed) {
+  for (const Shape& s : kGeluShapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C << " OC=" << s.OC);
+    const size_t n = s.N * s.OC;
+    const float ws = WeightScale(s.C);
+    const std::vector<floatX> inp = RandomX<floatX>(s.N * s.C, seed),
+                              w = RandomX<floatX>(size_t{1} * s.OC * s.C, seed + 1, -ws, ws),
+                              bias = RandomX<floatX>(s.OC, seed + 2);
+    std::vector<floatX> out(n, PoisonX<floatX>()), pre(n, PoisonX<floatX>());
+    cpu::matmul_gelu_forward(kCtx, out.data(), pre.data(), inp.data(), w.data(), bias.data(), s.N, s.C, s.OC);
+
+    // The definition, bit for bit.
+    std::vector<floatX> out2(n, PoisonX<floatX>()), pre2(n, PoisonX<floatX>());
+    cpu::matmul_forward(kCtx, pre2.data(), inp.data(), w.data(), bias.data(), s.N, s.C, s.OC);
+    cpu::gelu_forward(kCtx, out2.data(), pre2.data(), n);
+    ASSERT_GT(testing::Norm(testing::ToDouble(out)), 0.0);
+    EXPECT_TRUE(SameBits(pre, pre2)) << "pre is not matmul_forward's result";
+    EXPECT_TRUE(SameBits(out, out2)) << "out is not gelu_forward of pre";
+
+    // The double oracle. pre: the matmul test's bound for the fp32 GEMM (then, for bf16, half an
+    // ulp for its one rounding). Here the C = 97 terms are below 3/sqrt(97) = 0.3 in magnitude and
+    // the partial sums O(1), so each of the 97 additions rounds by ~2^-24 with random signs: ~1e-6
+    // in all, and 2e-5 is far above it while a missing term or bias is off by ~0.1.
+    constexpr double kPreAtol = 2e-5, kPreRtol = 1e-5;
+    // out = GeluForward(stored pre), rounded once for bf16. Its input differs from the exact pre by
+    // at most kPreAtol + kPreRtol |pre| (plus half an ulp of the stored bf16 pre), which moves GELU
+    // by at most kGeluMaxSlope times that; GeluForward is within 1e-6 + 1e-5 |GELU| of the double
+    // formula (elementwise_test.cc's bound, taken at the larger of the two outputs); bf16 adds half
+    // an ulp of out for its rounding.
+    constexpr double kGeluAtol = 1e-6, kGeluRtol = 1e-5;
+    const std::vector<double> bd = testing::ToDouble(bias);
+    const std::vector<double> pre_ref = MatmulRef(s, testing::ToDouble(inp), testing::ToDouble(w), &bd);
+    const std::vector<double> pre_got = testing::ToDouble(pre), out_got = testing::ToDouble(out);
+    std::vector<double> out_ref(n), pre_tol(n), out_tol(n);
+    for (size_t i = 0; i < n; ++i) {
+      out_ref[i] = testing::GeluRef(pre_ref[i]);
+      pre_tol[i] = kPreAtol + kPreRtol * std::fabs(pre_ref[i]) + HalfUlp(pre[i]);
+      out_tol[i] = testing::kGeluMaxSlope * pre_tol[i] + kGeluAtol +
+                   kGeluRtol * std::max(std::fabs(out_ref[i]), std::fabs(out_got[i])) + HalfUlp(out[i]);
+    }
+    testing::ExpectWithin("matmul_gelu pre", pre_got, pre_ref, pre_tol);
+    testing::ExpectWithin("matmul_gelu out", out_got, out_ref, out_tol);
+  }
+}
+
+TEST(MatmulGelu, IsMatmulThenGeluAndMatchesDoubleReference) { CheckMatmulGelu<float>(41); }
+TEST(MatmulGeluBf16, IsMatmulThenGeluAndMatchesDoubleReference) { CheckMatmulGelu<bf16>(51); }
 
 }  // namespace
 }  // namespace fjord

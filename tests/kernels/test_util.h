@@ -1,5 +1,7 @@
 // Shared helpers for kernel tests: seeded inputs, NaN poisoning, tolerant comparison against a
-// double-precision reference, and central finite differences in double.
+// double-precision reference (with one bound for all elements, or a bound per element), GELU in
+// double, central finite differences in double, and bitwise comparison for ops whose contract is
+// to equal a composition of others.
 //
 // Every kernel test follows the same shape: a naive double reference forward written in the test,
 // the float kernel compared with it (forward), and the kernel's backward compared with finite
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numbers>
 #include <random>
 #include <string>
 #include <vector>
@@ -80,6 +83,40 @@ void ExpectClose(const std::string& name, const std::vector<G>& got, const std::
                      << static_cast<double>(ref[first]) << " (atol " << atol << ", rtol " << rtol
                      << "); worst abs error " << worst;
 }
+
+// Expects |got[i] - ref[i]| <= tol[i] for every i (NaN never passes): ExpectClose with a bound per
+// element, for an output whose bound depends on another tensor (GELU of a GEMM's result depends
+// on the GEMM's). Reports the mismatches, the first one, and the largest |error| / bound, so a
+// passing run still shows how close it came.
+inline void ExpectWithin(const std::string& name, const std::vector<double>& got,
+                         const std::vector<double>& ref, const std::vector<double>& tol) {
+  ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
+  ASSERT_EQ(tol.size(), ref.size()) << name << ": bound size mismatch";
+  size_t bad = 0;
+  size_t first = 0;
+  double worst_ratio = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(got[i] - ref[i]);
+    if (!(err <= tol[i])) {  // written so that NaN counts as a mismatch
+      if (bad == 0) first = i;
+      ++bad;
+    }
+    if (tol[i] > 0.0) worst_ratio = std::max(worst_ratio, err / tol[i]);
+  }
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
+                     << first << ": got " << got[first] << ", expected " << ref[first] << " (bound "
+                     << tol[first] << "); largest error / bound " << worst_ratio;
+}
+
+// GELU, tanh form (kernels/ops.h, gelu_forward), in double.
+inline double GeluRef(double x) {
+  const double k = std::sqrt(2.0 / std::numbers::pi);
+  return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+
+// A bound on |d GeluRef / dx| (its extremes are +1.1290 and -0.1290, at x = +-1.42): how far a
+// difference in GELU's input can move its output.
+inline constexpr double kGeluMaxSlope = 1.13;
 
 // Gradient of the scalar f at x by central differences in double. With double arithmetic and
 // h = 1e-6 relative to a unit-scale x, truncation (~h^2) and rounding (~1e-16 / h) errors are both
@@ -217,6 +254,47 @@ inline void ExpectBf16WithinOneUlp(const std::string& name, const std::vector<bf
   EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
                      << first << ": got " << Bf16Value(got[first]) << ", expected "
                      << Bf16Value(expected[first]);
+}
+
+// ---- Either storage type ------------------------------------------------------------------------
+
+// The quiet NaN of each storage type (kPoison, kPoisonBf16), for tests written once over floatX.
+template <typename floatX>
+floatX Poison();
+template <>
+inline float Poison<float>() {
+  return kPoison;
+}
+template <>
+inline bf16 Poison<bf16>() {
+  return kPoisonBf16;
+}
+
+// Expects got and expected to hold the same bytes: for ops whose contract is bitwise equality.
+template <typename T>
+void ExpectSameBits(const std::string& name, const std::vector<T>& got, const std::vector<T>& expected) {
+  ASSERT_EQ(got.size(), expected.size()) << name << ": size mismatch";
+  size_t bad = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &expected[i], sizeof(T)) != 0) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size()
+                     << " elements differ in their bits; first at index " << first << ": got "
+                     << ToDouble(std::vector<T>{got[first]})[0] << ", expected "
+                     << ToDouble(std::vector<T>{expected[first]})[0];
+}
+
+// Expects every value of v (float or bf16) to be finite. Where two results are compared bitwise,
+// an element that both sides left poisoned would otherwise pass.
+template <typename T>
+void ExpectFinite(const std::string& name, const std::vector<T>& v) {
+  size_t bad = 0;
+  for (double x : ToDouble(v)) bad += std::isfinite(x) ? 0 : 1;
+  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << v.size() << " values are not finite";
 }
 
 }  // namespace fjord::testing
