@@ -15,41 +15,14 @@
 #include "runtime/optimizer.h"
 #include "runtime/trainer.h"
 #include "tests/runtime/gpt_reference.h"
+#include "tests/runtime/gpt_test_util.h"
 
 namespace fjord {
 namespace {
 
-GptConfig TinyConfig(Precision precision) {
-  GptConfig c;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 12;
-  c.max_seq_len = 7;
-  c.vocab_size = 37;
-  c.padded_vocab = 128;
-  c.precision = precision;
-  return c;
-}
-
-std::vector<int32_t> RandomTokens(size_t n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
-
-// The same random master weights in every model built with the same seed (GPT-2's init is too
-// small for the differences between precisions to show in a two-layer model).
-void RandomizeParams(Gpt& model, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.3f);
-  float* p = model.host_params();
-  for (size_t i = 0; i < model.num_params(); ++i) p[i] = normal(rng);
-  const GptConfig& c = model.config();
-  for (size_t i = static_cast<size_t>(c.vocab_size) * c.n_embd; i < static_cast<size_t>(c.padded_vocab) * c.n_embd; ++i)
-    p[model.layout().wte() + i] = 0.0f;
-  model.SyncParamsToDevice();
-}
+using testing::RandomizeParams;
+using testing::RandomTokens;
+using testing::TinyConfig;
 
 // x rounded to the nearest bf16 (8 significant bits), ties to even, computed exactly in double
 // (no detour through float, which could round twice).
@@ -184,13 +157,7 @@ TEST(GptBf16Test, GradientsTrackTheFp32Model) {
 }
 
 TEST(GptBf16Test, OverfitsOneBatchLikeFp32) {
-  GptConfig c;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 32;
-  c.max_seq_len = 16;
-  c.vocab_size = 64;
-  c.padded_vocab = 128;
+  GptConfig c = testing::FitConfig();
   const int B = 4, T = 16;
   auto tokens = RandomTokens(B * T + 1, c.vocab_size, 18);
   std::vector<int32_t> inputs(tokens.begin(), tokens.end() - 1), targets(tokens.begin() + 1, tokens.end());
@@ -218,11 +185,7 @@ TEST(GptBf16Test, OverfitsOneBatchLikeFp32) {
 }
 
 TEST(GptBf16Test, MemoryHalvesTheActivations) {
-  GptConfig c = TinyConfig(Precision::kFp32);
-  c.n_layer = 4;
-  c.n_embd = 64;
-  c.n_head = 4;
-  c.max_seq_len = 64;
+  GptConfig c = testing::MakeConfig(4, 4, 64, 64, 37);
   const int B = 4, T = 64;
   const size_t n = ParamLayout(c).num_params();
   const size_t fp32 = Gpt::MemoryBytes(c, B, T);

@@ -12,43 +12,15 @@
 
 #include "runtime/optimizer.h"
 #include "tests/runtime/gpt_reference.h"
+#include "tests/runtime/gpt_test_util.h"
 
 namespace fjord {
 namespace {
 
-GptConfig TinyConfig() {
-  GptConfig c;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 12;
-  c.max_seq_len = 7;
-  c.vocab_size = 37;  // padded to 128: exercises the padded classifier columns
-  c.padded_vocab = 128;
-  return c;
-}
-
-std::vector<int32_t> RandomTokens(size_t n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
-
-// Random parameters larger than GPT-2's init so every path carries signal (LayerNorm weights
-// away from 1, non-zero biases); padded vocabulary rows stay zero as in a real model.
-void RandomizeParams(Gpt& model, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.3f);
-  float* p = model.params();
-  for (size_t i = 0; i < model.num_params(); ++i) p[i] = normal(rng);
-  const GptConfig& c = model.config();
-  for (size_t i = static_cast<size_t>(c.vocab_size) * c.n_embd; i < static_cast<size_t>(c.padded_vocab) * c.n_embd; ++i)
-    p[model.layout().wte() + i] = 0.0f;
-}
-
-std::vector<double> ParamsAsDouble(const Gpt& model) {
-  return std::vector<double>(model.params(), model.params() + model.num_params());
-}
+using testing::ParamsAsDouble;
+using testing::RandomizeParams;
+using testing::RandomTokens;
+using testing::TinyConfig;
 
 TEST(GptTest, ForwardLossMatchesDoubleReference) {
   const GptConfig c = TinyConfig();
@@ -103,13 +75,7 @@ TEST(GptTest, EveryGradientMatchesFiniteDifferencesInDouble) {
 }
 
 TEST(GptTest, InitialLossIsNearLogVocab) {
-  GptConfig c;
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_embd = 64;
-  c.max_seq_len = 32;
-  c.vocab_size = 256;
-  c.padded_vocab = 256;
+  const GptConfig c = testing::MakeConfig(2, 4, 64, 32, 256);
   const int B = 4, T = 32;
   Gpt model(c, B, T, CpuOps());
   model.InitGpt2(7);
@@ -176,13 +142,7 @@ TEST(GptTest, GradientsAreFinalWhenReported) {
 }
 
 TEST(GptTest, OverfitsOneBatch) {
-  GptConfig c;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 32;
-  c.max_seq_len = 16;
-  c.vocab_size = 64;
-  c.padded_vocab = 128;
+  const GptConfig c = testing::FitConfig();
   const int B = 4, T = 16;
   Gpt model(c, B, T, CpuOps());
   model.InitGpt2(17);
@@ -201,13 +161,8 @@ TEST(GptTest, OverfitsOneBatch) {
 }
 
 TEST(GptTest, LayoutIsGpt2SizedAndAligned) {
-  GptConfig c;
-  c.n_layer = 12;
-  c.n_head = 12;
-  c.n_embd = 768;
-  c.max_seq_len = 1024;
-  c.vocab_size = 50257;
-  c.padded_vocab = 50304;
+  const GptConfig c = testing::MakeConfig(12, 12, 768, 1024, 50257);
+  ASSERT_EQ(c.padded_vocab, 50304);
   ParamLayout layout(c);
   // GPT-2 124M has 124,439,808 parameters with vocab 50257; padding adds 47 rows of 768.
   size_t count = 0;
