@@ -72,21 +72,10 @@ inline void ExpectRoundedClose(const std::string& name, const std::vector<float>
 inline void ExpectRoundedClose(const std::string& name, const std::vector<bf16>& got,
                                const std::vector<bf16>& ref, double atol, double rtol) {
   ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
-  size_t bad = 0;
-  size_t first = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = ToFloat(got[i]);
-    const double r = ToFloat(ref[i]);
-    const double tol = atol + rtol * std::fabs(r) + Bf16Spacing(ref[i]);
-    if (!(std::fabs(g - r) <= tol)) {  // written so that NaN counts as a mismatch
-      if (bad == 0) first = i;
-      ++bad;
-    }
-  }
-  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size()
-                     << " bf16 elements differ; first at index " << first << ": got " << ToFloat(got[first])
-                     << ", expected " << ToFloat(ref[first]) << " (atol " << atol << ", rtol " << rtol
-                     << ", plus one bf16 ulp)";
+  const std::vector<double> g = ToDouble(got), r = ToDouble(ref);
+  std::vector<double> tol(r.size());
+  for (size_t i = 0; i < r.size(); ++i) tol[i] = atol + rtol * std::fabs(r[i]) + Bf16Spacing(ref[i]);
+  ExpectWithin(WithBounds(name, atol, rtol, ", plus one bf16 ulp"), g, r, tol);
 }
 
 // Owns n elements of device memory; copies deleted.

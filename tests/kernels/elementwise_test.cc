@@ -19,7 +19,6 @@ using testing::ExpectBf16Close;
 using testing::ExpectBf16WithinOneUlp;
 using testing::ExpectClose;
 using testing::GeluRef;
-using testing::kPoison;
 using testing::kPoisonBf16;
 using testing::Norm;
 using testing::RandomBf16;
@@ -50,58 +49,80 @@ TEST(PointwiseMath, ExpMatchesLibmWithinTwoUlpAndClamps) {
   EXPECT_TRUE(std::isnan(Exp(std::numeric_limits<float>::quiet_NaN())));
 }
 
-TEST(Gelu, ForwardMatchesDoubleFormula) {
-  const std::vector<float> x = RandomFloats(kN, 1, -6.0f, 6.0f);
-  std::vector<float> out(kN, kPoison);
+template <typename floatX>
+void CheckGeluForward(uint32_t seed) {
+  const std::vector<floatX> x = testing::RandomStored<floatX>(kN, seed, -6.0f, 6.0f);
+  std::vector<floatX> out(kN, testing::Poison<floatX>());
   cpu::gelu_forward(kCtx, out.data(), x.data(), kN);
+  const std::vector<double> xd = ToDouble(x);
   std::vector<double> ref(kN);
-  for (size_t i = 0; i < kN; ++i) ref[i] = GeluRef(x[i]);
-  ASSERT_GT(Norm(out), 0.0);
+  for (size_t i = 0; i < kN; ++i) ref[i] = GeluRef(xd[i]);
+  ASSERT_GT(Norm(ToDouble(out)), 0.0);
   // A few float roundings, but the exponent 2a (|2a| up to ~80 here) carries a relative rounding
   // error that becomes an absolute error of the same size in e^(-2a); the resulting error is below
-  // ~1e-5 relative, and absolute near the zero crossing and in the far negative tail.
-  ExpectClose("gelu out", out, ref, 1e-6, 1e-5);
+  // ~1e-5 relative, and absolute near the zero crossing and in the far negative tail. bf16: that
+  // fp32 bound, then one rounding to bf16.
+  testing::ExpectStoredClose("gelu out", out, ref, 1e-6, 1e-5);
 }
 
-TEST(Gelu, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  const std::vector<float> x = RandomFloats(kN, 2, -6.0f, 6.0f);
-  const std::vector<float> dout = RandomFloats(kN, 3);
-  const std::vector<float> prior = RandomFloats(kN, 4);
-  std::vector<float> dinp = prior;
+TEST(Gelu, ForwardMatchesDoubleFormula) { CheckGeluForward<float>(1); }
+TEST(GeluBf16, ForwardMatchesDoubleFormula) { CheckGeluForward<bf16>(21); }
+
+template <typename floatX>
+void CheckGeluBackward(uint32_t seed) {
+  const std::vector<floatX> x = testing::RandomStored<floatX>(kN, seed, -6.0f, 6.0f);
+  const std::vector<floatX> dout = testing::RandomStored<floatX>(kN, seed + 1);
+  const std::vector<floatX> prior = testing::RandomStored<floatX>(kN, seed + 2);
+  std::vector<floatX> dinp = prior;
   cpu::gelu_backward(kCtx, dinp.data(), x.data(), dout.data(), kN);
+  const std::vector<double> xd = ToDouble(x), doutd = ToDouble(dout), priord = ToDouble(prior);
   // L = sum(dout * gelu(x)) is separable, so its central difference in x[i] is
   // dout[i] * (gelu(x[i] + h) - gelu(x[i] - h)) / 2h; in double with h = 1e-6 this is exact to ~1e-9.
   const double h = 1e-6;
   std::vector<double> ref(kN);
-  for (size_t i = 0; i < kN; ++i) {
-    const double fd = dout[i] * (GeluRef(x[i] + h) - GeluRef(x[i] - h)) / (2.0 * h);
-    ref[i] = prior[i] + fd;
-  }
-  std::vector<float> delta(kN);
-  for (size_t i = 0; i < kN; ++i) delta[i] = dinp[i] - prior[i];
+  for (size_t i = 0; i < kN; ++i)
+    ref[i] = priord[i] + doutd[i] * (GeluRef(xd[i] + h) - GeluRef(xd[i] - h)) / (2.0 * h);
+  const std::vector<double> dinpd = ToDouble(dinp);
+  std::vector<double> delta(kN);
+  for (size_t i = 0; i < kN; ++i) delta[i] = dinpd[i] - priord[i];
   ASSERT_GT(Norm(delta), 0.0);
   // The derivative is O(1) (max ~1.13) and computed with a handful of float ops, plus the float
-  // rounding of the += onto an O(1) prior: atol 2e-6, rtol 1e-5.
-  ExpectClose("gelu dinp", dinp, ref, 2e-6, 1e-5);
+  // rounding of the += onto an O(1) prior: atol 2e-6, rtol 1e-5. bf16: that fp32 bound for prior +
+  // gradient, then one rounding to bf16.
+  testing::ExpectStoredClose("gelu dinp", dinp, ref, 2e-6, 1e-5);
 }
 
-TEST(Gelu, InPlaceForward) {
-  std::vector<float> x = RandomFloats(1001, 5, -3.0f, 3.0f);
-  std::vector<float> expected(x.size(), kPoison);
+TEST(Gelu, BackwardMatchesFiniteDifferencesAndAccumulates) { CheckGeluBackward<float>(2); }
+TEST(GeluBf16, BackwardMatchesFiniteDifferencesAndAccumulates) { CheckGeluBackward<bf16>(22); }
+
+// In place equals out of place, bit for bit (memcmp) and as values (no NaN passes).
+template <typename floatX>
+void CheckGeluInPlaceForward(uint32_t seed) {
+  std::vector<floatX> x = testing::RandomStored<floatX>(1001, seed, -3.0f, 3.0f);
+  std::vector<floatX> expected(x.size(), testing::Poison<floatX>());
   cpu::gelu_forward(kCtx, expected.data(), x.data(), x.size());
   cpu::gelu_forward(kCtx, x.data(), x.data(), x.size());
-  ExpectClose("gelu in place", x, expected, 0.0, 0.0);
+  ExpectClose("gelu in place", ToDouble(x), ToDouble(expected), 0.0, 0.0);
+  EXPECT_EQ(std::memcmp(x.data(), expected.data(), x.size() * sizeof(floatX)), 0);
 }
 
-TEST(Residual, ForwardIsExactSum) {
-  const std::vector<float> a = RandomFloats(kN, 6);
-  const std::vector<float> b = RandomFloats(kN, 7);
-  std::vector<float> out(kN, kPoison);
+TEST(Gelu, InPlaceForward) { CheckGeluInPlaceForward<float>(5); }
+TEST(GeluBf16, InPlaceForward) { CheckGeluInPlaceForward<bf16>(25); }
+
+template <typename floatX>
+void CheckResidualForward(uint32_t seed) {
+  const std::vector<floatX> a = testing::RandomStored<floatX>(kN, seed);
+  const std::vector<floatX> b = testing::RandomStored<floatX>(kN, seed + 1);
+  std::vector<floatX> out(kN, testing::Poison<floatX>());
   cpu::residual_forward(kCtx, out.data(), a.data(), b.data(), kN);
-  ASSERT_GT(Norm(out), 0.0);
-  // One correctly rounded float addition: relative error at most 2^-24.
-  ExpectClose("residual out", out, testing::Plus(a, b), 0.0, 6e-8);
+  ASSERT_GT(Norm(ToDouble(out)), 0.0);
+  // One correctly rounded float addition: relative error at most 2^-24. bf16: that fp32 addition,
+  // then one rounding to bf16.
+  testing::ExpectStoredClose("residual out", out, testing::Plus(ToDouble(a), ToDouble(b)), 0.0, 6e-8);
 }
+
+TEST(Residual, ForwardIsExactSum) { CheckResidualForward<float>(6); }
+TEST(ResidualBf16, ForwardRoundsTheSumOnce) { CheckResidualForward<bf16>(29); }
 
 TEST(Residual, BackwardMatchesFiniteDifferencesAndAccumulates) {
   constexpr size_t n = 37;
@@ -126,47 +147,21 @@ TEST(Residual, BackwardMatchesFiniteDifferencesAndAccumulates) {
   ExpectClose("residual db", db, testing::Plus(prior_b, testing::NumericalGradient(loss_b, bd)), 1e-7, 1e-6);
 }
 
-TEST(FillZero, ZeroesExactlyTheRange) {
+// Zeroes (+0) exactly [1, n] of a poisoned buffer, leaving the poison on either side.
+template <typename floatX>
+void CheckFillZero() {
   for (size_t n : {size_t{13}, kN}) {
-    std::vector<float> x(n + 2, kPoison);
+    std::vector<floatX> x(n + 2, testing::Poison<floatX>());
     cpu::fill_zero(kCtx, x.data() + 1, n);
-    for (size_t i = 1; i <= n; ++i) ASSERT_EQ(x[i], 0.0f) << "n=" << n << " index " << i - 1;
-    EXPECT_TRUE(std::isnan(x[0])) << "wrote before the range";
-    EXPECT_TRUE(std::isnan(x[n + 1])) << "wrote past the range";
+    for (size_t i = 1; i <= n; ++i) ASSERT_EQ(testing::Bits(x[i]), 0u) << "n=" << n << " index " << i - 1;
+    const uint32_t poison = testing::Bits(testing::Poison<floatX>());
+    EXPECT_EQ(testing::Bits(x[0]), poison) << "wrote before the range";
+    EXPECT_EQ(testing::Bits(x[n + 1]), poison) << "wrote past the range";
   }
 }
 
-TEST(GeluBf16, ForwardMatchesDoubleFormula) {
-  const std::vector<bf16> x = RandomBf16(kN, 21, -6.0f, 6.0f);
-  std::vector<bf16> out(kN, kPoisonBf16);
-  cpu::gelu_forward(kCtx, out.data(), x.data(), kN);
-  std::vector<double> ref(kN);
-  for (size_t i = 0; i < kN; ++i) ref[i] = GeluRef(testing::Bf16Value(x[i]));
-  // The float test's fp32 bound, then one rounding to bf16.
-  ExpectBf16Close("gelu out", out, ref, 1e-6, 1e-5);
-}
-
-TEST(GeluBf16, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  const std::vector<bf16> x = RandomBf16(kN, 22, -6.0f, 6.0f);
-  const std::vector<bf16> dout = RandomBf16(kN, 23), prior = RandomBf16(kN, 24);
-  std::vector<bf16> dinp = prior;
-  cpu::gelu_backward(kCtx, dinp.data(), x.data(), dout.data(), kN);
-  const std::vector<double> xd = ToDouble(x), doutd = ToDouble(dout), priord = ToDouble(prior);
-  const double h = 1e-6;
-  std::vector<double> ref(kN);
-  for (size_t i = 0; i < kN; ++i)
-    ref[i] = priord[i] + doutd[i] * (GeluRef(xd[i] + h) - GeluRef(xd[i] - h)) / (2.0 * h);
-  // The float test's fp32 bound for prior + gradient, then one rounding to bf16.
-  ExpectBf16Close("gelu dinp", dinp, ref, 2e-6, 1e-5);
-}
-
-TEST(GeluBf16, InPlaceForward) {
-  std::vector<bf16> x = RandomBf16(1001, 25, -3.0f, 3.0f);
-  std::vector<bf16> expected(x.size(), kPoisonBf16);
-  cpu::gelu_forward(kCtx, expected.data(), x.data(), x.size());
-  cpu::gelu_forward(kCtx, x.data(), x.data(), x.size());
-  EXPECT_EQ(std::memcmp(x.data(), expected.data(), x.size() * sizeof(bf16)), 0);
-}
+TEST(FillZero, ZeroesExactlyTheRange) { CheckFillZero<float>(); }
+TEST(FillZeroBf16, ZeroesExactlyTheRange) { CheckFillZero<bf16>(); }
 
 // The CPU twins of each other: a bf16 op runs the float op's fp32 arithmetic on the same values
 // and rounds once, so its outputs are the float op's rounded to bf16. One ulp of slack leaves the
@@ -183,14 +178,6 @@ TEST(GeluBf16, MatchesTheFloatOpRounded) {
   cpu::gelu_backward(kCtx, dinp.data(), x.data(), dout.data(), kN);
   cpu::gelu_backward(kCtx, dinpf.data(), xf.data(), doutf.data(), kN);
   ExpectBf16WithinOneUlp("gelu dinp", dinp, testing::RoundToBf16(dinpf));
-}
-
-TEST(ResidualBf16, ForwardRoundsTheSumOnce) {
-  const std::vector<bf16> a = RandomBf16(kN, 29), b = RandomBf16(kN, 30);
-  std::vector<bf16> out(kN, kPoisonBf16);
-  cpu::residual_forward(kCtx, out.data(), a.data(), b.data(), kN);
-  // One correctly rounded fp32 addition (2^-24 relative), then one rounding to bf16.
-  ExpectBf16Close("residual out", out, testing::Plus(ToDouble(a), ToDouble(b)), 0.0, 6e-8);
 }
 
 TEST(ResidualBf16, BackwardAccumulates) {
@@ -215,16 +202,6 @@ TEST(ResidualBf16, MatchesTheFloatOpRounded) {
   cpu::residual_backward(kCtx, daf.data(), dbf.data(), doutf.data(), kN);
   ExpectBf16WithinOneUlp("residual da", da, testing::RoundToBf16(daf));
   ExpectBf16WithinOneUlp("residual db", db, testing::RoundToBf16(dbf));
-}
-
-TEST(FillZeroBf16, ZeroesExactlyTheRange) {
-  for (size_t n : {size_t{13}, kN}) {
-    std::vector<bf16> x(n + 2, kPoisonBf16);
-    cpu::fill_zero(kCtx, x.data() + 1, n);
-    for (size_t i = 1; i <= n; ++i) ASSERT_EQ(x[i].bits, 0) << "n=" << n << " index " << i - 1;  // +0
-    EXPECT_EQ(x[0].bits, kPoisonBf16.bits) << "wrote before the range";
-    EXPECT_EQ(x[n + 1].bits, kPoisonBf16.bits) << "wrote past the range";
-  }
 }
 
 }  // namespace

@@ -13,10 +13,8 @@
 namespace fjord {
 namespace {
 
-using testing::ExpectBf16Close;
 using testing::ExpectClose;
 using testing::kPoison;
-using testing::kPoisonBf16;
 
 const OpContext kCtx;
 
@@ -40,25 +38,33 @@ std::vector<double> EncoderRef(const std::vector<int32_t>& tokens, const std::ve
   return out;
 }
 
-TEST(Encoder, ForwardIsExact) {
+template <typename floatX>
+void CheckForward(uint32_t seed) {
   const std::vector<int32_t> tokens = Tokens();
-  const std::vector<float> wte = testing::RandomFloats(V * C, 2), wpe = testing::RandomFloats(T * C, 3);
-  std::vector<float> out(B * T * C, kPoison);
+  const std::vector<floatX> wte = testing::RandomStored<floatX>(V * C, seed),
+                            wpe = testing::RandomStored<floatX>(T * C, seed + 1);
+  std::vector<floatX> out(B * T * C, testing::Poison<floatX>());
   cpu::encoder_forward(kCtx, out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
-  ASSERT_GT(testing::Norm(out), 0.0);
-  // One correctly rounded float addition per element: relative error at most 2^-24.
-  ExpectClose("encoder out", out, EncoderRef(tokens, testing::ToDouble(wte), testing::ToDouble(wpe)), 0.0,
-              6e-8);
+  ASSERT_GT(testing::Norm(testing::ToDouble(out)), 0.0);
+  // One correctly rounded float addition per element: relative error at most 2^-24. bf16: that
+  // fp32 sum, then one rounding to bf16.
+  testing::ExpectStoredClose("encoder out", out,
+                             EncoderRef(tokens, testing::ToDouble(wte), testing::ToDouble(wpe)), 0.0, 6e-8);
 }
 
-TEST(Encoder, BackwardMatchesFiniteDifferencesAndAccumulates) {
+TEST(Encoder, ForwardIsExact) { CheckForward<float>(2); }
+TEST(EncoderBf16, ForwardRoundsTheSumOnce) { CheckForward<bf16>(11); }
+
+// The weight gradients are fp32 in both instantiations; dout has the storage type.
+template <typename floatX>
+void CheckBackward(uint32_t seed) {
   const std::vector<int32_t> tokens = Tokens();
-  const std::vector<double> wte = testing::ToDouble(testing::RandomFloats(V * C, 4));
-  const std::vector<double> wpe = testing::ToDouble(testing::RandomFloats(T * C, 5));
-  const std::vector<float> dout = testing::RandomFloats(B * T * C, 6);
+  const std::vector<double> wte = testing::ToDouble(testing::RandomStored<floatX>(V * C, seed));
+  const std::vector<double> wpe = testing::ToDouble(testing::RandomStored<floatX>(T * C, seed + 1));
+  const std::vector<floatX> dout = testing::RandomStored<floatX>(B * T * C, seed + 2);
   const std::vector<double> doutd = testing::ToDouble(dout);
-  const std::vector<float> prior_wte = testing::RandomFloats(V * C, 7),
-                           prior_wpe = testing::RandomFloats(T * C, 8);
+  const std::vector<float> prior_wte = testing::RandomFloats(V * C, seed + 3),
+                           prior_wpe = testing::RandomFloats(T * C, seed + 4);
 
   std::vector<float> dwte = prior_wte, dwpe = prior_wpe;
   cpu::encoder_backward(kCtx, dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
@@ -70,7 +76,7 @@ TEST(Encoder, BackwardMatchesFiniteDifferencesAndAccumulates) {
     return testing::WeightedSum(doutd, EncoderRef(tokens, wte, x));
   };
   // At most B*T = 10 float additions of O(1) terms per element: error below 10 * 2^-24 * 11 ~ 7e-6
-  // in the worst case, far less in practice.
+  // in the worst case, far less in practice (bf16 dout values are read exactly: the same bound).
   ExpectClose("encoder dwte", dwte, testing::Plus(prior_wte, testing::NumericalGradient(loss_wte, wte)), 1e-5,
               1e-6);
   ExpectClose("encoder dwpe", dwpe, testing::Plus(prior_wpe, testing::NumericalGradient(loss_wpe, wpe)), 1e-5,
@@ -83,6 +89,9 @@ TEST(Encoder, BackwardMatchesFiniteDifferencesAndAccumulates) {
     for (int c = 0; c < C; ++c) EXPECT_EQ(dwte[v * C + c], prior_wte[v * C + c]) << "token " << v;
   }
 }
+
+TEST(Encoder, BackwardMatchesFiniteDifferencesAndAccumulates) { CheckBackward<float>(4); }
+TEST(EncoderBf16, BackwardAccumulatesIntoFp32Gradients) { CheckBackward<bf16>(13); }
 
 TEST(Encoder, BackwardIsBitwiseDeterministicAcrossThreadCounts) {
   // Wide enough for several thread-owned channel blocks; many repeats of few tokens.
@@ -101,41 +110,6 @@ TEST(Encoder, BackwardIsBitwiseDeterministicAcrossThreadCounts) {
   const std::vector<float> one = run(1), three = run(3);
   ASSERT_GT(testing::Norm(one), 0.0);
   EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0);
-}
-
-TEST(EncoderBf16, ForwardRoundsTheSumOnce) {
-  const std::vector<int32_t> tokens = Tokens();
-  const std::vector<bf16> wte = testing::RandomBf16(V * C, 11), wpe = testing::RandomBf16(T * C, 12);
-  std::vector<bf16> out(B * T * C, kPoisonBf16);
-  cpu::encoder_forward(kCtx, out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
-  // The fp32 sum is the float test's (2^-24 relative), then one rounding to bf16.
-  ExpectBf16Close("encoder out", out, EncoderRef(tokens, testing::ToDouble(wte), testing::ToDouble(wpe)), 0.0,
-                  6e-8);
-}
-
-TEST(EncoderBf16, BackwardAccumulatesIntoFp32Gradients) {
-  const std::vector<int32_t> tokens = Tokens();
-  const std::vector<double> wte = testing::ToDouble(testing::RandomBf16(V * C, 13));
-  const std::vector<double> wpe = testing::ToDouble(testing::RandomBf16(T * C, 14));
-  const std::vector<bf16> dout = testing::RandomBf16(B * T * C, 15);
-  const std::vector<double> doutd = testing::ToDouble(dout);
-  const std::vector<float> prior_wte = testing::RandomFloats(V * C, 16),
-                           prior_wpe = testing::RandomFloats(T * C, 17);
-
-  std::vector<float> dwte = prior_wte, dwpe = prior_wpe;
-  cpu::encoder_backward(kCtx, dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
-
-  auto loss_wte = [&](const std::vector<double>& x) {
-    return testing::WeightedSum(doutd, EncoderRef(tokens, x, wpe));
-  };
-  auto loss_wpe = [&](const std::vector<double>& x) {
-    return testing::WeightedSum(doutd, EncoderRef(tokens, wte, x));
-  };
-  // fp32 gradients of exact bf16 dout values: the float test's tolerance.
-  ExpectClose("encoder dwte", dwte, testing::Plus(prior_wte, testing::NumericalGradient(loss_wte, wte)), 1e-5,
-              1e-6);
-  ExpectClose("encoder dwpe", dwpe, testing::Plus(prior_wpe, testing::NumericalGradient(loss_wpe, wpe)), 1e-5,
-              1e-6);
 }
 
 }  // namespace

@@ -14,7 +14,6 @@
 namespace fjord {
 namespace {
 
-using testing::ExpectBf16Close;
 using testing::ExpectClose;
 using testing::kPoison;
 using testing::kPoisonBf16;
@@ -57,31 +56,44 @@ std::vector<float> Input(uint32_t seed) {
   return x;
 }
 
-TEST(LayerNorm, ForwardMatchesDoubleReference) {
-  const std::vector<float> x = Input(1);
-  const std::vector<float> w = testing::RandomFloats(C, 2, 0.5f, 1.5f), b = testing::RandomFloats(C, 3);
-  std::vector<float> out(N * C, kPoison), mean(N, kPoison), rstd(N, kPoison);
+template <typename floatX>
+void CheckForwardMatchesDoubleReference(uint32_t seed) {
+  const std::vector<floatX> x = testing::Stored<floatX>(Input(seed));
+  const std::vector<floatX> w = testing::RandomStored<floatX>(C, seed + 1, 0.5f, 1.5f),
+                            b = testing::RandomStored<floatX>(C, seed + 2);
+  std::vector<floatX> out(N * C, testing::Poison<floatX>());
+  std::vector<float> mean(N, kPoison), rstd(N, kPoison);
   cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
   const LayerNormRef ref =
       LayerNormForwardRef(testing::ToDouble(x), testing::ToDouble(w), testing::ToDouble(b));
-  ASSERT_GT(testing::Norm(out), 0.0);
+  ASSERT_GT(testing::Norm(testing::ToDouble(out)), 0.0);
   // Statistics accumulate in double and are rounded to float once; each output then takes ~4 float
-  // roundings of O(1) values (~5e-7), absolute near zero where norm * w cancels b.
-  ExpectClose("layernorm out", out, ref.out, 1e-6, 1e-6);
+  // roundings of O(1) values (~5e-7), absolute near zero where norm * w cancels b. bf16: the same
+  // fp32 bounds; out is then rounded once to bf16, the statistics stay fp32.
+  testing::ExpectStoredClose("layernorm out", out, ref.out, 1e-6, 1e-6);
   ExpectClose("layernorm mean", mean, ref.mean, 1e-7, 1e-6);
   ExpectClose("layernorm rstd", rstd, ref.rstd, 0.0, 1e-6);
 }
 
-TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  const std::vector<float> x = Input(4);
-  const std::vector<float> w = testing::RandomFloats(C, 5, 0.5f, 1.5f), b = testing::RandomFloats(C, 6);
-  const std::vector<float> dout = testing::RandomFloats(N * C, 7);
-  std::vector<float> out(N * C), mean(N), rstd(N);
+TEST(LayerNorm, ForwardMatchesDoubleReference) { CheckForwardMatchesDoubleReference<float>(1); }
+TEST(LayerNormBf16, ForwardMatchesDoubleReference) { CheckForwardMatchesDoubleReference<bf16>(11); }
+
+template <typename floatX>
+void CheckBackwardMatchesFiniteDifferencesAndAccumulates(uint32_t seed) {
+  const std::vector<floatX> x = testing::Stored<floatX>(Input(seed));
+  const std::vector<floatX> w = testing::RandomStored<floatX>(C, seed + 1, 0.5f, 1.5f),
+                            b = testing::RandomStored<floatX>(C, seed + 2);
+  const std::vector<floatX> dout = testing::RandomStored<floatX>(N * C, seed + 3);
+  std::vector<floatX> out(N * C);
+  std::vector<float> mean(N), rstd(N);
   cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
 
-  const std::vector<float> prior_x = testing::RandomFloats(N * C, 8), prior_w = testing::RandomFloats(C, 9),
-                           prior_b = testing::RandomFloats(C, 10);
-  std::vector<float> dx = prior_x, dw = prior_w, db = prior_b;
+  // dinp has the storage type, the parameter gradients are fp32 in both.
+  const std::vector<floatX> prior_x = testing::RandomStored<floatX>(N * C, seed + 4);
+  const std::vector<float> prior_w = testing::RandomFloats(C, seed + 5),
+                           prior_b = testing::RandomFloats(C, seed + 6);
+  std::vector<floatX> dx = prior_x;
+  std::vector<float> dw = prior_w, db = prior_b;
   cpu::layernorm_backward(kCtx, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
                           rstd.data(), N, C);
 
@@ -99,56 +111,17 @@ TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
       testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, wd, v); }, bd);
   // Sums accumulate in double; per-element float roundings of O(1) terms scaled by rstd (up to ~2
   // here), then the += onto an O(1) prior: a few 1e-7, with margin for cancelling differences.
-  ExpectClose("layernorm dinp", dx, testing::Plus(prior_x, gx), 3e-6, 1e-6);
+  // bf16: the same fp32 bounds; dinp = prior + gradient is then rounded once to bf16.
+  testing::ExpectStoredClose("layernorm dinp", dx, testing::Plus(testing::ToDouble(prior_x), gx), 3e-6, 1e-6);
   ExpectClose("layernorm dweight", dw, testing::Plus(prior_w, gw), 3e-6, 1e-6);
   ExpectClose("layernorm dbias", db, testing::Plus(prior_b, gb), 3e-6, 1e-6);
 }
 
-TEST(LayerNormBf16, ForwardMatchesDoubleReference) {
-  const std::vector<bf16> x = testing::TruncateToBf16(Input(11));
-  const std::vector<bf16> w = testing::RandomBf16(C, 12, 0.5f, 1.5f), b = testing::RandomBf16(C, 13);
-  std::vector<bf16> out(N * C, kPoisonBf16);
-  std::vector<float> mean(N, kPoison), rstd(N, kPoison);
-  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
-  const LayerNormRef ref =
-      LayerNormForwardRef(testing::ToDouble(x), testing::ToDouble(w), testing::ToDouble(b));
-  // The float test's fp32 bounds; out is then rounded once to bf16, the statistics stay fp32.
-  ExpectBf16Close("layernorm out", out, ref.out, 1e-6, 1e-6);
-  ExpectClose("layernorm mean", mean, ref.mean, 1e-7, 1e-6);
-  ExpectClose("layernorm rstd", rstd, ref.rstd, 0.0, 1e-6);
+TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  CheckBackwardMatchesFiniteDifferencesAndAccumulates<float>(4);
 }
-
 TEST(LayerNormBf16, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  const std::vector<bf16> x = testing::TruncateToBf16(Input(14));
-  const std::vector<bf16> w = testing::RandomBf16(C, 15, 0.5f, 1.5f), b = testing::RandomBf16(C, 16);
-  const std::vector<bf16> dout = testing::RandomBf16(N * C, 17);
-  std::vector<bf16> out(N * C);
-  std::vector<float> mean(N), rstd(N);
-  cpu::layernorm_forward(kCtx, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
-
-  const std::vector<bf16> prior_x = testing::RandomBf16(N * C, 18);
-  const std::vector<float> prior_w = testing::RandomFloats(C, 19), prior_b = testing::RandomFloats(C, 20);
-  std::vector<bf16> dx = prior_x;
-  std::vector<float> dw = prior_w, db = prior_b;
-  cpu::layernorm_backward(kCtx, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
-                          rstd.data(), N, C);
-
-  const std::vector<double> xd = testing::ToDouble(x), wd = testing::ToDouble(w), bd = testing::ToDouble(b);
-  const std::vector<double> doutd = testing::ToDouble(dout);
-  auto loss = [&](const std::vector<double>& xx, const std::vector<double>& ww,
-                  const std::vector<double>& bb) {
-    return testing::WeightedSum(doutd, LayerNormForwardRef(xx, ww, bb).out);
-  };
-  const auto gx =
-      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(v, wd, bd); }, xd);
-  const auto gw =
-      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, v, bd); }, wd);
-  const auto gb =
-      testing::NumericalGradient([&](const std::vector<double>& v) { return loss(xd, wd, v); }, bd);
-  // The float test's fp32 bounds; dinp = prior + gradient is then rounded once to bf16.
-  ExpectBf16Close("layernorm dinp", dx, testing::Plus(testing::ToDouble(prior_x), gx), 3e-6, 1e-6);
-  ExpectClose("layernorm dweight", dw, testing::Plus(prior_w, gw), 3e-6, 1e-6);
-  ExpectClose("layernorm dbias", db, testing::Plus(prior_b, gb), 3e-6, 1e-6);
+  CheckBackwardMatchesFiniteDifferencesAndAccumulates<bf16>(14);
 }
 
 TEST(LayerNormBf16, MatchesTheFloatOpRounded) {
@@ -188,18 +161,6 @@ struct Shape {
 // 256 rows.
 const Shape kFusedShapes[] = {{1, 97}, {1, 769}, {257, 97}, {257, 769}};
 
-// Drawn values as inputs of storage type floatX: bf16 by truncation, which keeps them in range.
-template <typename floatX>
-std::vector<floatX> Stored(const std::vector<float>& v);
-template <>
-std::vector<float> Stored<float>(const std::vector<float>& v) {
-  return v;
-}
-template <>
-std::vector<bf16> Stored<bf16>(const std::vector<float>& v) {
-  return testing::TruncateToBf16(v);
-}
-
 template <typename floatX>
 struct FusedInputs {
   std::vector<floatX> a, b, w, bias;
@@ -212,9 +173,9 @@ FusedInputs<floatX> MakeFusedInputs(const Shape& s, uint32_t seed) {
   std::vector<float> a = testing::RandomFloats(s.N * s.C, seed);
   for (size_t n = 0; n < s.N; ++n)
     for (int c = 0; c < s.C; ++c) a[n * s.C + c] = a[n * s.C + c] * (1.0f + n % 5) + 0.25f * (n % 7);
-  return {Stored<floatX>(a), Stored<floatX>(testing::RandomFloats(s.N * s.C, seed + 1, -0.5f, 0.5f)),
-          Stored<floatX>(testing::RandomFloats(s.C, seed + 2, 0.5f, 1.5f)),
-          Stored<floatX>(testing::RandomFloats(s.C, seed + 3))};
+  return {testing::Stored<floatX>(a), testing::RandomStored<floatX>(s.N * s.C, seed + 1, -0.5f, 0.5f),
+          testing::RandomStored<floatX>(s.C, seed + 2, 0.5f, 1.5f),
+          testing::RandomStored<floatX>(s.C, seed + 3)};
 }
 
 // The outputs of one forward, poisoned until the op under test writes them.
@@ -255,45 +216,39 @@ void CheckFusedMatchesComposition() {
 TEST(ResidualLayerNorm, EqualsResidualThenLayerNormBitwise) { CheckFusedMatchesComposition<float>(); }
 TEST(ResidualLayerNormBf16, EqualsResidualThenLayerNormBitwise) { CheckFusedMatchesComposition<bf16>(); }
 
+// The residual's bound: float, one fp32 rounding of the exact sum, within 2^-24 of it relatively;
+// bf16, the exact sum rounded once to bf16, within half a bf16 spacing (ExpectStoredClose's own
+// term), with nothing added.
+template <typename floatX>
+constexpr double kResidualRtol = 0x1p-24;
+template <>
+constexpr double kResidualRtol<bf16> = 0.0;
+
 // residual against a + b in double, rounded once to floatX; out and the statistics against the
 // double LayerNorm of the residual as stored (with bf16 that rounding is the op's contract, and is
 // checked first), with the bounds of the plain forward tests above.
-TEST(ResidualLayerNorm, MatchesDoubleReference) {
+template <typename floatX>
+void CheckFusedMatchesDoubleReference(uint32_t seed) {
   for (const Shape& s : kFusedShapes) {
     SCOPED_TRACE("N " + std::to_string(s.N) + ", C " + std::to_string(s.C));
-    const FusedInputs<float> in = MakeFusedInputs<float>(s, 41);
-    FusedOutputs<float> got(s);
+    const FusedInputs<floatX> in = MakeFusedInputs<floatX>(s, seed);
+    FusedOutputs<floatX> got(s);
     cpu::residual_layernorm_forward(kCtx, got.residual.data(), got.out.data(), got.mean.data(),
                                     got.rstd.data(), in.a.data(), in.b.data(), in.w.data(), in.bias.data(),
                                     s.N, s.C);
-    // One fp32 rounding of the exact sum: within 2^-24 of it, relatively.
-    ExpectClose("residual", got.residual, testing::Plus(in.a, in.b), 0.0, 0x1p-24);
+    testing::ExpectStoredClose("residual", got.residual,
+                               testing::Plus(testing::ToDouble(in.a), testing::ToDouble(in.b)), 0.0,
+                               kResidualRtol<floatX>);
     const LayerNormRef ref = LayerNormForwardRef(testing::ToDouble(got.residual), testing::ToDouble(in.w),
                                                  testing::ToDouble(in.bias));
-    ExpectClose("out", got.out, ref.out, 1e-6, 1e-6);
+    testing::ExpectStoredClose("out", got.out, ref.out, 1e-6, 1e-6);
     ExpectClose("mean", got.mean, ref.mean, 1e-7, 1e-6);
     ExpectClose("rstd", got.rstd, ref.rstd, 0.0, 1e-6);
   }
 }
 
-TEST(ResidualLayerNormBf16, MatchesDoubleReference) {
-  for (const Shape& s : kFusedShapes) {
-    SCOPED_TRACE("N " + std::to_string(s.N) + ", C " + std::to_string(s.C));
-    const FusedInputs<bf16> in = MakeFusedInputs<bf16>(s, 51);
-    FusedOutputs<bf16> got(s);
-    cpu::residual_layernorm_forward(kCtx, got.residual.data(), got.out.data(), got.mean.data(),
-                                    got.rstd.data(), in.a.data(), in.b.data(), in.w.data(), in.bias.data(),
-                                    s.N, s.C);
-    // The exact sum rounded once to bf16: within half a bf16 spacing.
-    ExpectBf16Close("residual", got.residual, testing::Plus(testing::ToDouble(in.a), testing::ToDouble(in.b)),
-                    0.0, 0.0);
-    const LayerNormRef ref = LayerNormForwardRef(testing::ToDouble(got.residual), testing::ToDouble(in.w),
-                                                 testing::ToDouble(in.bias));
-    ExpectBf16Close("out", got.out, ref.out, 1e-6, 1e-6);
-    ExpectClose("mean", got.mean, ref.mean, 1e-7, 1e-6);
-    ExpectClose("rstd", got.rstd, ref.rstd, 0.0, 1e-6);
-  }
-}
+TEST(ResidualLayerNorm, MatchesDoubleReference) { CheckFusedMatchesDoubleReference<float>(41); }
+TEST(ResidualLayerNormBf16, MatchesDoubleReference) { CheckFusedMatchesDoubleReference<bf16>(51); }
 
 }  // namespace
 }  // namespace fjord

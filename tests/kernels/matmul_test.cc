@@ -6,7 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -15,10 +16,7 @@
 namespace fjord {
 namespace {
 
-using testing::ExpectBf16Close;
 using testing::ExpectClose;
-using testing::kPoison;
-using testing::kPoisonBf16;
 
 const OpContext kCtx;
 
@@ -46,37 +44,40 @@ std::vector<double> MatmulRef(const Shape& s, const std::vector<double>& inp, co
   return out;
 }
 
-class Matmul : public ::testing::TestWithParam<bool> {};  // parameter: with bias
-
-TEST_P(Matmul, ForwardMatchesDoubleReference) {
-  const bool with_bias = GetParam();
-  for (const Shape& s : kShapes) {
-    const std::vector<float> inp = testing::RandomFloats(s.N * s.C, 1),
-                             w = testing::RandomFloats(s.OC * s.C, 2);
-    const std::vector<float> bias = testing::RandomFloats(s.OC, 3);
-    std::vector<float> out(s.N * s.OC, kPoison);
-    cpu::matmul_forward(kCtx, out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, s.N, s.C,
-                        s.OC);
+template <typename floatX>
+void CheckForward(bool with_bias, std::span<const Shape> shapes, uint32_t seed) {
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C << " OC=" << s.OC);
+    const std::vector<floatX> inp = testing::RandomStored<floatX>(s.N * s.C, seed),
+                              w = testing::RandomStored<floatX>(s.OC * s.C, seed + 1);
+    const std::vector<floatX> bias = testing::RandomStored<floatX>(s.OC, seed + 2);
+    std::vector<floatX> out(s.N * s.OC, testing::Poison<floatX>());
+    cpu::matmul_forward<floatX>(kCtx, out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr,
+                                s.N, s.C, s.OC);
     const std::vector<double> bd = testing::ToDouble(bias);
     const auto ref = MatmulRef(s, testing::ToDouble(inp), testing::ToDouble(w), with_bias ? &bd : nullptr);
-    ASSERT_GT(testing::Norm(out), 0.0);
+    ASSERT_GT(testing::Norm(testing::ToDouble(out)), 0.0);
     // A float dot product of C <= 19 terms in [-1, 1]: error well under C * 2^-24 * C ~ 2e-5 worst
-    // case; the bound is absolute because cancelling sums can be near zero.
-    ExpectClose("matmul out", out, ref, 2e-5, 1e-5);
+    // case; the bound is absolute because cancelling sums can be near zero. bf16: that bound for
+    // the fp32 GEMM (bias added in fp32), then one rounding to bf16.
+    testing::ExpectStoredClose("matmul out", out, ref, 2e-5, 1e-5);
   }
 }
 
-TEST_P(Matmul, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  const bool with_bias = GetParam();
-  for (const Shape& s : kShapes) {
-    const std::vector<float> inp = testing::RandomFloats(s.N * s.C, 4),
-                             w = testing::RandomFloats(s.OC * s.C, 5);
-    const std::vector<float> bias = testing::RandomFloats(s.OC, 6),
-                             dout = testing::RandomFloats(s.N * s.OC, 7);
-    const std::vector<float> prior_inp = testing::RandomFloats(s.N * s.C, 8);
-    const std::vector<float> prior_w = testing::RandomFloats(s.OC * s.C, 9),
-                             prior_b = testing::RandomFloats(s.OC, 10);
-    std::vector<float> dinp = prior_inp, dw = prior_w, db = prior_b;
+template <typename floatX>
+void CheckBackward(bool with_bias, std::span<const Shape> shapes, uint32_t seed) {
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C << " OC=" << s.OC);
+    const std::vector<floatX> inp = testing::RandomStored<floatX>(s.N * s.C, seed),
+                              w = testing::RandomStored<floatX>(s.OC * s.C, seed + 1);
+    const std::vector<floatX> bias = testing::RandomStored<floatX>(s.OC, seed + 2),
+                              dout = testing::RandomStored<floatX>(s.N * s.OC, seed + 3);
+    // dinp has the storage type; the parameter gradients are fp32 in both instantiations.
+    const std::vector<floatX> prior_inp = testing::RandomStored<floatX>(s.N * s.C, seed + 4);
+    const std::vector<float> prior_w = testing::RandomFloats(s.OC * s.C, seed + 5),
+                             prior_b = testing::RandomFloats(s.OC, seed + 6);
+    std::vector<floatX> dinp = prior_inp;
+    std::vector<float> dw = prior_w, db = prior_b;
     cpu::matmul_backward(kCtx, dinp.data(), dw.data(), with_bias ? db.data() : nullptr, dout.data(),
                          inp.data(), w.data(), s.N, s.C, s.OC);
 
@@ -92,7 +93,10 @@ TEST_P(Matmul, BackwardMatchesFiniteDifferencesAndAccumulates) {
         testing::NumericalGradient([&](const std::vector<double>& v) { return loss(id, v, bd); }, wd);
     // Float contractions over OC <= 70 (dinp) or N <= 37 (dweight, dbias) terms in [-1, 1], plus an
     // O(1) prior: a few 1e-6 in practice; 3e-5 absolute leaves room without hiding a wrong term.
-    ExpectClose("matmul dinp", dinp, testing::Plus(prior_inp, gi), 3e-5, 1e-5);
+    // bf16: the same bounds; dinp = prior + dout @ weight is then rounded once to bf16, while the
+    // parameter gradients accumulate in fp32.
+    testing::ExpectStoredClose("matmul dinp", dinp, testing::Plus(testing::ToDouble(prior_inp), gi), 3e-5,
+                               1e-5);
     ExpectClose("matmul dweight", dw, testing::Plus(prior_w, gw), 3e-5, 1e-5);
     if (with_bias) {
       const auto gb =
@@ -104,98 +108,49 @@ TEST_P(Matmul, BackwardMatchesFiniteDifferencesAndAccumulates) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Bias, Matmul, ::testing::Bool(), [](const ::testing::TestParamInfo<bool>& info) {
+std::string BiasName(const ::testing::TestParamInfo<bool>& info) {
   return info.param ? "WithBias" : "NoBias";
-});
-
-TEST(MatmulNoInputGrad, NullDinpStillGivesWeightGrad) {
-  const Shape s = kShapes[0];
-  const std::vector<float> inp = testing::RandomFloats(s.N * s.C, 11),
-                           w = testing::RandomFloats(s.OC * s.C, 12);
-  const std::vector<float> dout = testing::RandomFloats(s.N * s.OC, 13);
-  std::vector<float> dw_ref(s.OC * s.C, 0.0f), dinp_ref(s.N * s.C, 0.0f), db_ref(s.OC, 0.0f);
-  cpu::matmul_backward(kCtx, dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), w.data(),
-                       s.N, s.C, s.OC);
-  std::vector<float> dw(s.OC * s.C, 0.0f), db(s.OC, 0.0f);
-  cpu::matmul_backward<float>(kCtx, nullptr, dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.N,
-                              s.C, s.OC);
-  ASSERT_GT(testing::Norm(dw), 0.0);
-  ExpectClose("dweight without dinp", dw, dw_ref, 0.0, 0.0);
-  ExpectClose("dbias without dinp", db, db_ref, 0.0, 0.0);
 }
+
+class Matmul : public ::testing::TestWithParam<bool> {};  // parameter: with bias
+
+TEST_P(Matmul, ForwardMatchesDoubleReference) { CheckForward<float>(GetParam(), kShapes, 1); }
+TEST_P(Matmul, BackwardMatchesFiniteDifferencesAndAccumulates) {
+  CheckBackward<float>(GetParam(), kShapes, 4);
+}
+INSTANTIATE_TEST_SUITE_P(Bias, Matmul, ::testing::Bool(), BiasName);
 
 class MatmulBf16 : public ::testing::TestWithParam<bool> {};  // parameter: with bias
 
-TEST_P(MatmulBf16, ForwardMatchesDoubleReference) {
-  const bool with_bias = GetParam();
-  for (const Shape& s : kBf16Shapes) {
-    const std::vector<bf16> inp = testing::RandomBf16(s.N * s.C, 21), w = testing::RandomBf16(s.OC * s.C, 22);
-    const std::vector<bf16> bias = testing::RandomBf16(s.OC, 23);
-    std::vector<bf16> out(s.N * s.OC, kPoisonBf16);
-    cpu::matmul_forward<bf16>(kCtx, out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, s.N,
-                              s.C, s.OC);
-    const std::vector<double> bd = testing::ToDouble(bias);
-    const auto ref = MatmulRef(s, testing::ToDouble(inp), testing::ToDouble(w), with_bias ? &bd : nullptr);
-    // The float test's bound for the fp32 GEMM (bias added in fp32), then one rounding to bf16.
-    ExpectBf16Close("matmul out", out, ref, 2e-5, 1e-5);
-  }
-}
-
+TEST_P(MatmulBf16, ForwardMatchesDoubleReference) { CheckForward<bf16>(GetParam(), kBf16Shapes, 21); }
 TEST_P(MatmulBf16, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  const bool with_bias = GetParam();
-  for (const Shape& s : kBf16Shapes) {
-    const std::vector<bf16> inp = testing::RandomBf16(s.N * s.C, 24), w = testing::RandomBf16(s.OC * s.C, 25);
-    const std::vector<bf16> bias = testing::RandomBf16(s.OC, 26), dout = testing::RandomBf16(s.N * s.OC, 27);
-    const std::vector<bf16> prior_inp = testing::RandomBf16(s.N * s.C, 28);
-    const std::vector<float> prior_w = testing::RandomFloats(s.OC * s.C, 29),
-                             prior_b = testing::RandomFloats(s.OC, 30);
-    std::vector<bf16> dinp = prior_inp;
-    std::vector<float> dw = prior_w, db = prior_b;
-    cpu::matmul_backward(kCtx, dinp.data(), dw.data(), with_bias ? db.data() : nullptr, dout.data(),
-                         inp.data(), w.data(), s.N, s.C, s.OC);
-
-    const auto id = testing::ToDouble(inp), wd = testing::ToDouble(w), bd = testing::ToDouble(bias);
-    const auto doutd = testing::ToDouble(dout);
-    auto loss = [&](const std::vector<double>& i, const std::vector<double>& ww,
-                    const std::vector<double>& bb) {
-      return testing::WeightedSum(doutd, MatmulRef(s, i, ww, with_bias ? &bb : nullptr));
-    };
-    const auto gi =
-        testing::NumericalGradient([&](const std::vector<double>& v) { return loss(v, wd, bd); }, id);
-    const auto gw =
-        testing::NumericalGradient([&](const std::vector<double>& v) { return loss(id, v, bd); }, wd);
-    // The float test's bounds; dinp = prior + dout @ weight is then rounded once to bf16, while the
-    // parameter gradients accumulate in fp32.
-    ExpectBf16Close("matmul dinp", dinp, testing::Plus(testing::ToDouble(prior_inp), gi), 3e-5, 1e-5);
-    ExpectClose("matmul dweight", dw, testing::Plus(prior_w, gw), 3e-5, 1e-5);
-    if (with_bias) {
-      const auto gb =
-          testing::NumericalGradient([&](const std::vector<double>& v) { return loss(id, wd, v); }, bd);
-      ExpectClose("matmul dbias", db, testing::Plus(prior_b, gb), 3e-5, 1e-5);
-    } else {
-      ExpectClose("matmul dbias untouched", db, prior_b, 0.0, 0.0);
-    }
-  }
+  CheckBackward<bf16>(GetParam(), kBf16Shapes, 24);
 }
+INSTANTIATE_TEST_SUITE_P(Bias, MatmulBf16, ::testing::Bool(), BiasName);
 
-INSTANTIATE_TEST_SUITE_P(Bias, MatmulBf16, ::testing::Bool(), [](const ::testing::TestParamInfo<bool>& info) {
-  return info.param ? "WithBias" : "NoBias";
-});
-
-TEST(MatmulBf16NoInputGrad, NullDinpStillGivesWeightGrad) {
-  const Shape s = kBf16Shapes[1];
-  const std::vector<bf16> inp = testing::RandomBf16(s.N * s.C, 31), w = testing::RandomBf16(s.OC * s.C, 32);
-  const std::vector<bf16> dout = testing::RandomBf16(s.N * s.OC, 33);
-  std::vector<bf16> dinp_ref(s.N * s.C, bf16{0});
+// With dinp null, dweight and dbias are still those of the full backward.
+template <typename floatX>
+void CheckNullDinpStillGivesWeightGrad(const Shape& s, uint32_t seed) {
+  const std::vector<floatX> inp = testing::RandomStored<floatX>(s.N * s.C, seed),
+                            w = testing::RandomStored<floatX>(s.OC * s.C, seed + 1);
+  const std::vector<floatX> dout = testing::RandomStored<floatX>(s.N * s.OC, seed + 2);
+  std::vector<floatX> dinp_ref(s.N * s.C, floatX{});
   std::vector<float> dw_ref(s.OC * s.C, 0.0f), db_ref(s.OC, 0.0f);
   cpu::matmul_backward(kCtx, dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), w.data(),
                        s.N, s.C, s.OC);
   std::vector<float> dw(s.OC * s.C, 0.0f), db(s.OC, 0.0f);
-  cpu::matmul_backward<bf16>(kCtx, nullptr, dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.N, s.C,
-                             s.OC);
+  cpu::matmul_backward<floatX>(kCtx, nullptr, dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.N,
+                               s.C, s.OC);
   ASSERT_GT(testing::Norm(dw), 0.0);
   ExpectClose("dweight without dinp", dw, dw_ref, 0.0, 0.0);
   ExpectClose("dbias without dinp", db, db_ref, 0.0, 0.0);
+}
+
+TEST(MatmulNoInputGrad, NullDinpStillGivesWeightGrad) {
+  CheckNullDinpStillGivesWeightGrad<float>(kShapes[0], 11);
+}
+TEST(MatmulBf16NoInputGrad, NullDinpStillGivesWeightGrad) {
+  CheckNullDinpStillGivesWeightGrad<bf16>(kBf16Shapes[1], 31);
 }
 
 // ---- matmul_gelu_forward ----------------------------------------------------------------------
@@ -212,34 +167,10 @@ const Shape kGeluShapes[] = {{1, 97, 203}, {259, 97, 203}};
 // bend as well as both nearly linear tails.
 float WeightScale(int C) { return 3.0f / std::sqrt(static_cast<float>(C)); }
 
-// Inputs of the storage type: uniform floats for float, the same truncated to bf16 for bf16.
-template <typename floatX>
-std::vector<floatX> RandomX(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  if constexpr (std::is_same_v<floatX, float>) {
-    return testing::RandomFloats(n, seed, lo, hi);
-  } else {
-    return testing::RandomBf16(n, seed, lo, hi);
-  }
-}
-
-template <typename floatX>
-floatX PoisonX() {
-  if constexpr (std::is_same_v<floatX, float>) {
-    return kPoison;
-  } else {
-    return kPoisonBf16;
-  }
-}
-
 template <typename floatX>
 bool SameBits(const std::vector<floatX>& a, const std::vector<floatX>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(floatX)) == 0;
 }
-
-// Half the spacing of stored values at x: 0 for float (the bounds below already hold for the fp32
-// values the ops store), Bf16HalfUlp for bf16.
-double HalfUlp(float) { return 0.0; }
-double HalfUlp(bf16 x) { return testing::Bf16HalfUlp(testing::Bf16Value(x)); }
 
 template <typename floatX>
 void CheckMatmulGelu(uint32_t seed) {
@@ -247,14 +178,14 @@ void CheckMatmulGelu(uint32_t seed) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C << " OC=" << s.OC);
     const size_t n = s.N * s.OC;
     const float ws = WeightScale(s.C);
-    const std::vector<floatX> inp = RandomX<floatX>(s.N * s.C, seed),
-                              w = RandomX<floatX>(size_t{1} * s.OC * s.C, seed + 1, -ws, ws),
-                              bias = RandomX<floatX>(s.OC, seed + 2);
-    std::vector<floatX> out(n, PoisonX<floatX>()), pre(n, PoisonX<floatX>());
+    const std::vector<floatX> inp = testing::RandomStored<floatX>(s.N * s.C, seed),
+                              w = testing::RandomStored<floatX>(size_t{1} * s.OC * s.C, seed + 1, -ws, ws),
+                              bias = testing::RandomStored<floatX>(s.OC, seed + 2);
+    std::vector<floatX> out(n, testing::Poison<floatX>()), pre(n, testing::Poison<floatX>());
     cpu::matmul_gelu_forward(kCtx, out.data(), pre.data(), inp.data(), w.data(), bias.data(), s.N, s.C, s.OC);
 
     // The definition, bit for bit.
-    std::vector<floatX> out2(n, PoisonX<floatX>()), pre2(n, PoisonX<floatX>());
+    std::vector<floatX> out2(n, testing::Poison<floatX>()), pre2(n, testing::Poison<floatX>());
     cpu::matmul_forward(kCtx, pre2.data(), inp.data(), w.data(), bias.data(), s.N, s.C, s.OC);
     cpu::gelu_forward(kCtx, out2.data(), pre2.data(), n);
     ASSERT_GT(testing::Norm(testing::ToDouble(out)), 0.0);
@@ -278,9 +209,10 @@ void CheckMatmulGelu(uint32_t seed) {
     std::vector<double> out_ref(n), pre_tol(n), out_tol(n);
     for (size_t i = 0; i < n; ++i) {
       out_ref[i] = testing::GeluRef(pre_ref[i]);
-      pre_tol[i] = kPreAtol + kPreRtol * std::fabs(pre_ref[i]) + HalfUlp(pre[i]);
+      pre_tol[i] = kPreAtol + kPreRtol * std::fabs(pre_ref[i]) + testing::StoredHalfUlp(pre[i]);
       out_tol[i] = testing::kGeluMaxSlope * pre_tol[i] + kGeluAtol +
-                   kGeluRtol * std::max(std::fabs(out_ref[i]), std::fabs(out_got[i])) + HalfUlp(out[i]);
+                   kGeluRtol * std::max(std::fabs(out_ref[i]), std::fabs(out_got[i])) +
+                   testing::StoredHalfUlp(out[i]);
     }
     testing::ExpectWithin("matmul_gelu pre", pre_got, pre_ref, pre_tol);
     testing::ExpectWithin("matmul_gelu out", out_got, out_ref, out_tol);

@@ -1,12 +1,14 @@
 // Shared helpers for kernel tests: seeded inputs, NaN poisoning, tolerant comparison against a
-// double-precision reference (with one bound for all elements, or a bound per element), GELU in
+// double-precision reference (one comparison loop, ExpectWithin, with a bound per element; the
+// others derive the bounds from atol and rtol, plus the bf16 rounding for bf16 outputs), GELU in
 // double, central finite differences in double, and bitwise comparison for ops whose contract is
 // to equal a composition of others.
 //
 // Every kernel test follows the same shape: a naive double reference forward written in the test,
 // the float kernel compared with it (forward), and the kernel's backward compared with finite
 // differences of that same reference applied to L = sum(dout * out) (gradient check). The bf16
-// instantiation of each op is checked against the same references (helpers at the end).
+// instantiation of each op is checked against the same references (helpers at the end), mostly by
+// the same test body written once over the storage type floatX.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -21,6 +23,7 @@
 #include <limits>
 #include <numbers>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -58,42 +61,18 @@ double Norm(const std::vector<T>& v) {
   return std::sqrt(s);
 }
 
-// Expects |got[i] - ref[i]| <= atol + rtol * |ref[i]| for every i (NaN never passes). Reports the
-// number of mismatches and the first one, so a wrong index pattern is visible at a glance.
-template <typename G, typename R>
-void ExpectClose(const std::string& name, const std::vector<G>& got, const std::vector<R>& ref, double atol,
-                 double rtol) {
-  ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
-  size_t bad = 0;
-  size_t first = 0;
-  double worst = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<double>(got[i]);
-    const double r = static_cast<double>(ref[i]);
-    const double err = std::fabs(g - r);
-    const double tol = atol + rtol * std::fabs(r);
-    if (!(err <= tol)) {  // written so that NaN counts as a mismatch
-      if (bad == 0) first = i;
-      ++bad;
-    }
-    if (err > worst || std::isnan(err)) worst = err;
-  }
-  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
-                     << first << ": got " << static_cast<double>(got[first]) << ", expected "
-                     << static_cast<double>(ref[first]) << " (atol " << atol << ", rtol " << rtol
-                     << "); worst abs error " << worst;
-}
-
-// Expects |got[i] - ref[i]| <= tol[i] for every i (NaN never passes): ExpectClose with a bound per
-// element, for an output whose bound depends on another tensor (GELU of a GEMM's result depends
-// on the GEMM's). Reports the mismatches, the first one, and the largest |error| / bound, so a
-// passing run still shows how close it came.
+// Expects |got[i] - ref[i]| <= tol[i] for every i (NaN never passes): the one comparison loop that
+// the tolerant comparisons below share, usable directly for an output whose bound depends on
+// another tensor (GELU of a GEMM's result depends on the GEMM's). Reports the mismatches, the first
+// one, the largest |error| and the largest |error| / bound, so a wrong index pattern is visible at a
+// glance and a passing run still shows how close it came.
 inline void ExpectWithin(const std::string& name, const std::vector<double>& got,
                          const std::vector<double>& ref, const std::vector<double>& tol) {
   ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
   ASSERT_EQ(tol.size(), ref.size()) << name << ": bound size mismatch";
   size_t bad = 0;
   size_t first = 0;
+  double worst = 0.0;
   double worst_ratio = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
     const double err = std::fabs(got[i] - ref[i]);
@@ -101,11 +80,34 @@ inline void ExpectWithin(const std::string& name, const std::vector<double>& got
       if (bad == 0) first = i;
       ++bad;
     }
+    if (err > worst || std::isnan(err)) worst = err;
     if (tol[i] > 0.0) worst_ratio = std::max(worst_ratio, err / tol[i]);
   }
   EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
                      << first << ": got " << got[first] << ", expected " << ref[first] << " (bound "
-                     << tol[first] << "); largest error / bound " << worst_ratio;
+                     << tol[first] << "); largest error " << worst << ", largest error / bound "
+                     << worst_ratio;
+}
+
+// name, followed by the bounds atol and rtol, for ExpectWithin's report.
+inline std::string WithBounds(const std::string& name, double atol, double rtol, const char* extra = "") {
+  std::ostringstream s;
+  s << name << " (atol " << atol << ", rtol " << rtol << extra << ")";
+  return s.str();
+}
+
+// Expects |got[i] - ref[i]| <= atol + rtol * |ref[i]| for every i (NaN never passes).
+template <typename G, typename R>
+void ExpectClose(const std::string& name, const std::vector<G>& got, const std::vector<R>& ref, double atol,
+                 double rtol) {
+  ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
+  std::vector<double> g(got.size()), r(ref.size()), tol(ref.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    g[i] = static_cast<double>(got[i]);
+    r[i] = static_cast<double>(ref[i]);
+    tol[i] = atol + rtol * std::fabs(r[i]);
+  }
+  ExpectWithin(WithBounds(name, atol, rtol), g, r, tol);
 }
 
 // GELU, tanh form (kernels/ops.h, gelu_forward), in double.
@@ -219,19 +221,10 @@ inline double Bf16HalfUlp(double x) {
 inline void ExpectBf16Close(const std::string& name, const std::vector<bf16>& got,
                             const std::vector<double>& ref, double atol, double rtol) {
   ASSERT_EQ(got.size(), ref.size()) << name << ": size mismatch";
-  size_t bad = 0;
-  size_t first = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = Bf16Value(got[i]);
-    const double tol = atol + rtol * std::fabs(ref[i]) + Bf16HalfUlp(g);
-    if (!(std::fabs(g - ref[i]) <= tol)) {
-      if (bad == 0) first = i;
-      ++bad;
-    }
-  }
-  EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << got.size() << " elements differ; first at index "
-                     << first << ": got " << Bf16Value(got[first]) << ", expected " << ref[first] << " (atol "
-                     << atol << ", rtol " << rtol << ", plus half a bf16 spacing)";
+  const std::vector<double> g = ToDouble(got);
+  std::vector<double> tol(ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) tol[i] = atol + rtol * std::fabs(ref[i]) + Bf16HalfUlp(g[i]);
+  ExpectWithin(WithBounds(name, atol, rtol, ", plus half a bf16 spacing"), g, ref, tol);
 }
 
 // Expects got and expected to be the same or adjacent bf16 values (neither NaN).
@@ -269,6 +262,49 @@ template <>
 inline bf16 Poison<bf16>() {
   return kPoisonBf16;
 }
+
+// Drawn values as values of storage type floatX: bf16 by truncation (TruncateToBf16), which keeps
+// them in the range they were drawn from.
+template <typename floatX>
+std::vector<floatX> Stored(const std::vector<float>& v);
+template <>
+inline std::vector<float> Stored<float>(const std::vector<float>& v) {
+  return v;
+}
+template <>
+inline std::vector<bf16> Stored<bf16>(const std::vector<float>& v) {
+  return TruncateToBf16(v);
+}
+
+// n values of storage type floatX in [lo, hi), reproducible from `seed`: RandomFloats, RandomBf16.
+template <typename floatX>
+std::vector<floatX> RandomStored(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  return Stored<floatX>(RandomFloats(n, seed, lo, hi));
+}
+
+// Half the spacing of stored values at x: 0 for float (a float test's bound already holds for the
+// fp32 value the op stores), Bf16HalfUlp for bf16.
+inline double StoredHalfUlp(float) { return 0.0; }
+inline double StoredHalfUlp(bf16 x) { return Bf16HalfUlp(Bf16Value(x)); }
+
+// An fp32 result within atol + rtol |ref| of ref, stored as floatX: ExpectClose for float,
+// ExpectBf16Close (half a bf16 spacing more, for the one rounding) for bf16.
+inline void ExpectStoredClose(const std::string& name, const std::vector<float>& got,
+                              const std::vector<double>& ref, double atol, double rtol) {
+  ExpectClose(name, got, ref, atol, rtol);
+}
+inline void ExpectStoredClose(const std::string& name, const std::vector<bf16>& got,
+                              const std::vector<double>& ref, double atol, double rtol) {
+  ExpectBf16Close(name, got, ref, atol, rtol);
+}
+
+// The bit pattern of a stored value, to check for +0 exactly (a -0 or a NaN compares otherwise).
+inline uint32_t Bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+inline uint32_t Bits(bf16 x) { return x.bits; }
 
 // Expects got and expected to hold the same bytes: for ops whose contract is bitwise equality.
 template <typename T>
