@@ -177,6 +177,48 @@ void ForwardTerm(int sig) {
   if (g_child > 0) ::kill(static_cast<pid_t>(g_child), first ? SIGUSR1 : sig);
 }
 
+// SIGTERM and SIGINT while launch follows a Slurm job (--wait), counted here and acted on between
+// polls (FollowSlurmJob): the job runs under slurmd, not as launch's child, so a signal to launch
+// would otherwise end launch and leave the job running unseen.
+volatile sig_atomic_t g_slurm_signals = 0;
+void CountSlurmSignal(int) { g_slurm_signals = g_slurm_signals < 2 ? g_slurm_signals + 1 : 2; }
+
+// WaitForSlurmJob with the signals above: the first SIGTERM or SIGINT asks a running job to stop
+// cleanly, as launch does with mpirun: `scancel --signal=USR1` reaches every task of its steps, and
+// `fjord train` finishes its step, checkpoints and exits 0. A job still pending, or a second
+// signal, is cancelled outright (`scancel`). Launch keeps following the job to its end either way,
+// so its exit and state are still recorded; *stop_requested says what was asked ("" if nothing).
+StatusOr<SlurmJob> FollowSlurmJob(const std::string& id, std::string* stop_requested) {
+  struct sigaction count {
+  }, old_int{}, old_term{};
+  count.sa_handler = CountSlurmSignal;
+  g_slurm_signals = 0;
+  ::sigaction(SIGINT, &count, &old_int);
+  ::sigaction(SIGTERM, &count, &old_term);
+  int acted = 0;
+  StatusOr<SlurmJob> job = WaitForSlurmJob(id, [&](const SlurmJob& now) {
+    const int seen = g_slurm_signals;
+    if (seen == acted) return;
+    acted = seen;
+    const bool clean = seen == 1 && now.state == "RUNNING";
+    const std::vector<std::string> argv =
+        clean ? std::vector<std::string>{"scancel", "--signal=USR1", id} : std::vector<std::string>{"scancel", id};
+    *stop_requested = clean ? "scancel --signal=USR1 (checkpoint and stop)" : "scancel (cancel)";
+    std::printf("fjord launch: signal received: %s Slurm job %s%s (%s)%s\n", clean ? "asking" : "cancelling",
+                id.c_str(), clean ? " to stop" : "", CommandLine(argv).c_str(),
+                clean ? "; signal again to cancel it at once" : "");
+    std::fflush(stdout);
+    const CommandOutput r = RunCaptured(argv);
+    if (r.exit_code != 0) {
+      std::fprintf(stderr, "fjord launch: warning: `%s` exited with %d: %s\n", CommandLine(argv).c_str(),
+                   r.exit_code, r.output.c_str());
+    }
+  });
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  return job;
+}
+
 // Runs argv and waits; returns its exit code (128 + signal when killed, 127 when it cannot start).
 int RunChild(const std::vector<std::string>& argv) {
   std::vector<char*> args;
@@ -647,7 +689,8 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
     return 0;
   }
   std::fflush(stdout);
-  StatusOr<SlurmJob> job = WaitForSlurmJob(*id);
+  std::string stop_requested;
+  StatusOr<SlurmJob> job = FollowSlurmJob(*id, &stop_requested);
   if (!job.ok()) {
     std::fprintf(stderr, "fjord launch: error: %s\n", job.status().message().c_str());
     // The job's end is unknown, but that launch stopped following it is recorded.
@@ -655,7 +698,8 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
                                                                 .Str("launch_id", "slurm-" + *id)
                                                                 .Str("slurm_job_id", *id)
                                                                 .Str("error", job.status().message())
-                                                                .Int("exit_code", 1));
+                                                                .Int("exit_code", 1)
+                                                                .Str("stop_requested", stop_requested));
     if (!end.ok()) {
       std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
                    end.status().message().c_str());
@@ -669,7 +713,8 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
                                                               .Str("slurm_job_id", *id)
                                                               .Str("slurm_state", job->state)
                                                               .Raw("slurm_nodes", nodes_json)
-                                                              .Int("exit_code", job->exit_code));
+                                                              .Int("exit_code", job->exit_code)
+                                                              .Str("stop_requested", stop_requested));
   std::printf("fjord launch: Slurm job %s %s on %s with exit code %d; output in %s/slurm-%s.out\n",
               id->c_str(), job->state.c_str(), job->nodelist.empty() ? "no nodes" : job->nodelist.c_str(),
               job->exit_code, plan.launch_dir.c_str(), id->c_str());

@@ -227,13 +227,14 @@ StatusOr<SlurmJob> QuerySlurmJob(const std::string& id) {
   return ParseScontrolJob(r.output);
 }
 
-StatusOr<SlurmJob> WaitForSlurmJob(const std::string& id) {
+StatusOr<SlurmJob> WaitForSlurmJob(const std::string& id, const std::function<void(const SlurmJob&)>& on_poll) {
   auto last_ok = std::chrono::steady_clock::now();
   for (;;) {
     StatusOr<SlurmJob> job = QuerySlurmJob(id);
     if (job.ok()) {
       if (job->finished) return job;
       last_ok = std::chrono::steady_clock::now();
+      if (on_poll) on_poll(*job);
     } else if (job.status().message().find("Invalid job id") != std::string::npos) {
       return NotFound("Slurm job " + id +
                       " is no longer known to slurmctld (finished longer ago than its MinJobAge?): its "

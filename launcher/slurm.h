@@ -8,6 +8,7 @@
 // against the commands' real output formats without a cluster.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -55,9 +56,11 @@ StatusOr<std::string> SubmitSbatch(const std::string& sbatch, const std::string&
 // `scontrol show job -o ID`.
 StatusOr<SlurmJob> QuerySlurmJob(const std::string& id);
 
-// Polls QuerySlurmJob until the job is finished (every 0.5 s); fails when slurmctld no longer
-// knows the job or cannot be reached for 30 s.
-StatusOr<SlurmJob> WaitForSlurmJob(const std::string& id);
+// Polls QuerySlurmJob until the job is finished (every 0.5 s, sooner when a signal interrupts the
+// sleep); fails when slurmctld no longer knows the job or cannot be reached for 30 s. `on_poll`,
+// when set, sees every answer of a job not yet finished (fjord launch acts on its signals there).
+StatusOr<SlurmJob> WaitForSlurmJob(const std::string& id,
+                                   const std::function<void(const SlurmJob&)>& on_poll = nullptr);
 
 // Runs argv with stdout and stderr captured together; exit code (127 when it cannot start).
 struct CommandOutput {

@@ -14,8 +14,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdio>
 #include <regex>
 #include <set>
+#include <thread>
 
 #include "launcher/launch.h"
 #include "runtime/audit.h"
@@ -55,17 +58,18 @@ class SlurmTest : public testing::TenancyTest {
     WriteText(Path("inv.textproto"), "slurm { }\n");
   }
   // CMD with this cluster's Slurm and the Open MPI settings for fake nodes sharing one hostname.
-  RunResult Run(const std::string& cmd) {
-    return Shell(
-        "env -u SLURM_JOB_ID -u SLURM_JOB_NODELIST SLURM_CONF=" + kCluster->state() +
-        "/slurm.conf OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo "
-        "OMP_NUM_THREADS=1 FJORD_NODE_IDENTITY=" +
-        Path("ids/%n.textproto") + " " + cmd);
+  RunResult Run(const std::string& cmd) { return Shell(Env() + cmd); }
+  std::string Env() {
+    return "env -u SLURM_JOB_ID -u SLURM_JOB_NODELIST SLURM_CONF=" + kCluster->state() +
+           "/slurm.conf OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo "
+           "OMP_NUM_THREADS=1 FJORD_NODE_IDENTITY=" +
+           Path("ids/%n.textproto") + " ";
   }
-  RunResult Launch(const std::string& args) {
-    return Run(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
-               Path("inv.textproto") + " --slurm " + args);
+  std::string LaunchCommand(const std::string& args) {
+    return std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+           Path("inv.textproto") + " --slurm " + args;
   }
+  RunResult Launch(const std::string& args) { return Run(LaunchCommand(args)); }
   // Tokenized data of tenant acme, allowed in NO, prepared "on n1" (prep checks the node too).
   void PrepAcme() {
     std::string text;
@@ -224,6 +228,57 @@ TEST_F(SlurmTest, WaitReturnsTheJobsExitCode) {
   EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "launch_exit")[0],
               HasSubstr("\"slurm_state\":\"FAILED\",\"slurm_nodes\":[\"n1\",\"n2\"],\"exit_code\":" +
                         std::to_string(direct.exit_code)));
+}
+
+// SIGTERM to `fjord launch --wait` while the job runs: the job is asked to stop as mpirun's is
+// (scancel --signal=USR1 reaches every task, each finishes its step, rank 0 checkpoints), the job
+// COMPLETES with exit 0, and launch records what it asked for. A second SIGTERM cancels the job
+// outright (rank 0 sleeps 30 s inside step 3 by a test hook, so the clean stop cannot finish
+// first). Oracles: Slurm's own job record, the checkpoint on disk, the ranks' messages.
+TEST_F(SlurmTest, SignalToWaitingLaunchStopsOrCancelsTheJob) {
+  PrepAcme();
+  for (const bool twice : {false, true}) {
+    SCOPED_TRACE(twice ? "two signals" : "one signal");
+    const std::string run = twice ? "run2" : "run1";
+    WriteJob("job.textproto", run);
+    std::string spec = ReadText(Path("job.textproto"));
+    spec.replace(spec.find("steps: 4"), 8, "steps: 100000");
+    WriteText(Path("job.textproto"), spec + "checkpoint { every_steps: 0 }\n");
+    const std::string hook = twice ? "FJORD_TEST_HOOK=sleep_in_step=0:3:30 " : "";
+    FILE* pipe = testing::Start("exec " + Env() + hook + LaunchCommand("--np 2 --wait"));
+    ASSERT_NE(pipe, nullptr);
+    const std::string metrics = Path(run + "/metrics.jsonl");
+    for (int i = 0; i < 600 && testing::LossTexts(metrics).size() < 2; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string kill = "pkill -TERM -f '[f]jord launch " + Path("job.textproto") + "'";
+    Shell(twice ? kill + "; sleep 1; " + kill : kill);
+    const RunResult r = testing::Finish(pipe);
+    const std::string id = JobIdOf(r.output);
+    ASSERT_FALSE(id.empty()) << r.output;
+    const std::string log = Path(run + "/audit.jsonl");
+    if (!twice) {
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      EXPECT_THAT(r.output, HasSubstr("asking Slurm job " + id + " to stop"));
+      EXPECT_EQ(JobField(id, "JobState"), "COMPLETED");
+      const size_t steps = testing::LossTexts(metrics).size();
+      char name[32];
+      std::snprintf(name, sizeof(name), "/checkpoints/step_%06zu", steps);
+      EXPECT_TRUE(fs::exists(Path(run + name))) << r.output;
+      EXPECT_LT(steps, 100000u);
+      EXPECT_THAT(AuditLines(log, "launch_exit")[0],
+                  HasSubstr("\"slurm_state\":\"COMPLETED\",\"slurm_nodes\":[\"n1\",\"n2\"],\"exit_code\":0,"
+                            "\"stop_requested\":\"scancel --signal=USR1 (checkpoint and stop)\""));
+    } else {
+      EXPECT_NE(r.exit_code, 0) << r.output;
+      EXPECT_THAT(r.output, HasSubstr("cancelling Slurm job " + id));
+      EXPECT_EQ(JobField(id, "JobState"), "CANCELLED");
+      EXPECT_FALSE(fs::exists(Path(run + "/checkpoints"))) << r.output;
+      EXPECT_THAT(AuditLines(log, "launch_exit")[0],
+                  HasSubstr("\"slurm_state\":\"CANCELLED\""));
+      EXPECT_THAT(AuditLines(log, "launch_exit")[0], HasSubstr("\"stop_requested\":\"scancel (cancel)\""));
+    }
+    EXPECT_TRUE(VerifyAuditLog(log)->ok);
+  }
 }
 
 }  // namespace
