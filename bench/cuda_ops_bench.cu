@@ -6,8 +6,11 @@
 // matmul_forward + gelu_forward pair it replaces. The model ops run in both storage types
 // (kernels/ops.h): fp32 first, then bf16 (names suffixed "bf16"; bytes counted at 2 per bf16 tensor
 // element and 4 per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the
-// ones to hold against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. One line
-// per op, then a JSON line; fill_zero (a memset) is timed once, in fp32, last.
+// ones to hold against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. The row
+// `attention_forward tc bf16` times the experimental tensor-core forward (kernels/cuda/
+// attention_tc.cu, not in the op table) on the same inputs as `attention_forward bf16`, both
+// counting the causal FLOPs; it is left out below sm_80. One line per op, then a JSON line;
+// fill_zero (a memset) is timed once, in fp32, last.
 //
 // usage: cuda_ops_bench [--batch B] [--seq T] [--reps N]
 #include <cublasLt.h>
@@ -20,8 +23,10 @@
 #include <functional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/ops.h"
 #include "kernels/pointwise_math.h"
@@ -53,6 +58,14 @@ T* Random(size_t n, uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
   FillRandom<<<1024, 256>>>(p, n, seed, scale, offset);
   FJORD_CUDA_CHECK_LAUNCH();
   return p;
+}
+
+// The compute capability's major number of the current device.
+int DeviceMajor() {
+  int device = 0, major = 0;
+  FJORD_CUDA_CHECK(cudaGetDevice(&device));
+  FJORD_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major;
 }
 
 // Prints and records one op: name, bytes it must move, FLOPs, and the work to time.
@@ -124,10 +137,18 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   }
   report("matmul_backward classifier" + suffix, e * (N * Vp + 2.0 * N * C + double(Vp) * C) + f * Vp * C,
          4.0 * N * C * Vp, [&] { ops.matmul_backward(ctx, dx, dwte, nullptr, logits, x, wte, N, C, Vp); });
-  // Causal attention: QK^T and PV over half of the T x T scores; backward about 2.5x forward.
-  const double attn_flops = 2.0 * 2.0 * B * NH * double(T) * T * hs / 2.0;
-  report("attention_forward" + suffix, e * (3.0 * N * C + N * C) + f * N * NH, attn_flops,
+  // Causal attention: QK^T and PV over the T (T + 1) / 2 unmasked scores; backward about 2.5x
+  // forward.
+  const double attn_flops = 2.0 * 2.0 * B * NH * (double(T) * (T + 1) / 2.0) * hs;
+  const double attn_forward_bytes = e * (3.0 * N * C + N * C) + f * N * NH;
+  report("attention_forward" + suffix, attn_forward_bytes, attn_flops,
          [&] { ops.attention_forward(ctx, y, lse, x, B, T, C, NH); });
+  // The experimental tensor-core forward (not in the op table), same work, next to the SIMT row.
+  if constexpr (std::is_same_v<floatX, fjord::bf16>) {
+    if (fjord::cuda::experimental::AttentionForwardTensorCoreSupported(C, NH) && DeviceMajor() >= 8)
+      report("attention_forward tc" + suffix, attn_forward_bytes, attn_flops,
+             [&] { fjord::cuda::experimental::attention_forward_tc(ctx, y, lse, x, B, T, C, NH); });
+  }
   report("attention_backward" + suffix, e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH,
          2.5 * attn_flops, [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
   report("gelu_forward" + suffix, e * 2.0 * N * 4 * C, 0, [&] { ops.gelu_forward(ctx, y, x, N * 4 * C); });

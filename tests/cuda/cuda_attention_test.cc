@@ -18,27 +18,14 @@ using testing::ExpectRoundedClose;
 using testing::kPoison;
 using testing::Poison;
 using testing::Random;
-using testing::Rounded;
 
-struct Shape {
-  int B, T, C, NH;
-};
+using Shape = testing::AttentionShape;
 
 // hs = 16, 64 (GPT-2), 128 (the limit), 24 (even, not a multiple of 32: masked channels) and 33
 // (odd: the padded shared-memory stride equals hs); T = 37, 70, 45 are not multiples of the 32-row
 // tile; T = 1 is a single row, T = 32 exactly one tile.
 const Shape kShapes[] = {{2, 37, 48, 3}, {2, 37, 192, 3}, {1, 70, 256, 2}, {2, 45, 72, 3},
                          {1, 40, 99, 3}, {1, 1, 64, 1},   {3, 32, 64, 2}};
-
-// q and k in [-2, 2], so that scaled scores spread over a few units and the softmax is far from
-// uniform; v in [-1, 1].
-template <typename floatX>
-std::vector<floatX> Qkv(const Shape& s, uint32_t seed) {
-  std::vector<float> qkv = testing::RandomFloats(size_t{1} * s.B * s.T * 3 * s.C, seed);
-  for (size_t row = 0; row < size_t{1} * s.B * s.T; ++row)
-    for (int c = 0; c < 2 * s.C; ++c) qkv[row * 3 * s.C + c] *= 2.0f;
-  return Rounded<floatX>(qkv);
-}
 
 class CudaAttention : public CudaOpTest {
  protected:
@@ -47,7 +34,7 @@ class CudaAttention : public CudaOpTest {
     for (const Shape& s : kShapes) {
       SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
       const size_t BT = size_t{1} * s.B * s.T;
-      const std::vector<floatX> qkv = Qkv<floatX>(s, 1);
+      const std::vector<floatX> qkv = testing::AttentionQkv<floatX>(s, 1);
       DeviceBuffer<floatX> d_qkv(qkv);
       DeviceBuffer<floatX> d_out(std::vector<floatX>(BT * s.C, Poison<floatX>()));
       DeviceBuffer<float> d_lse(std::vector<float>(BT * s.NH, kPoison));
@@ -72,7 +59,7 @@ class CudaAttention : public CudaOpTest {
     for (const Shape& s : kShapes) {
       SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
       const size_t BT = size_t{1} * s.B * s.T;
-      const std::vector<floatX> qkv = Qkv<floatX>(s, 2);
+      const std::vector<floatX> qkv = testing::AttentionQkv<floatX>(s, 2);
       std::vector<floatX> out(BT * s.C);
       std::vector<float> lse(BT * s.NH);
       cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
@@ -108,7 +95,7 @@ class CudaAttention : public CudaOpTest {
   void CheckReproducible() {
     const Shape s{2, 100, 128, 2};
     const size_t BT = size_t{1} * s.B * s.T;
-    const std::vector<floatX> qkv = Qkv<floatX>(s, 5);
+    const std::vector<floatX> qkv = testing::AttentionQkv<floatX>(s, 5);
     std::vector<floatX> out(BT * s.C);
     std::vector<float> lse(BT * s.NH);
     cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);

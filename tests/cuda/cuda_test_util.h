@@ -53,6 +53,22 @@ inline std::vector<float> AsFloats(const std::vector<bf16>& x) {
   return out;
 }
 
+// The shape of an attention op test: qkv[B, T, 3C], NH heads of C / NH channels.
+struct AttentionShape {
+  int B, T, C, NH;
+};
+
+// qkv for shape s as floatX values: q and k in [-2, 2], so that scaled scores spread over a few
+// units and the softmax is far from uniform; v in [-1, 1]. zero_q makes q = 0: every score 0, so
+// attention is uniform over the visible keys and every probability is exactly 1 before normalising.
+template <typename floatX>
+std::vector<floatX> AttentionQkv(const AttentionShape& s, uint32_t seed, bool zero_q = false) {
+  std::vector<float> qkv = RandomFloats(size_t{1} * s.B * s.T * 3 * s.C, seed);
+  for (size_t row = 0; row < size_t{1} * s.B * s.T; ++row)
+    for (int c = 0; c < 2 * s.C; ++c) qkv[row * 3 * s.C + c] *= (zero_q && c < s.C) ? 0.0f : 2.0f;
+  return Rounded<floatX>(qkv);
+}
+
 // One bf16 ulp at v: the spacing 2^(e - 7) of the binade [2^e, 2^(e+1)) that holds |v| (8
 // significant bits), 2^-133 among the subnormals.
 inline double Bf16Spacing(bf16 v) {
