@@ -277,7 +277,10 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   std::this_thread::sleep_for(std::chrono::seconds(1));
   const auto killed = std::chrono::steady_clock::now();
-  RunResult k = Shell("for p in $(pgrep -f '[j]ob.textproto'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' "
+  // Processes of this test only (its directory is in their command lines): other tests, Slurm's
+  // among them, may run jobs of their own at the same time. The bracket keeps pgrep's own shell out.
+  const std::string ours = "[" + dir_.string().substr(0, 1) + "]" + dir_.string().substr(1);
+  RunResult k = Shell("for p in $(pgrep -f '" + ours + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' "
                       "/proc/$p/environ 2>/dev/null && kill -9 $p && echo killed; done");
   const RunResult done = Finish(pipe);
   const std::string& out = done.output;
@@ -292,7 +295,7 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
       << out;
   EXPECT_LT(seconds, 5.0 + 5.0) << out;
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + Path("run") + "|[j]ob.textproto'").output, "");
+  EXPECT_EQ(Shell("pgrep -f '" + ours + "'").output, "");
 }
 
 // ---- Node leases: two tenants launched at once never share a node (launcher/lease.h) ------------
