@@ -9,7 +9,9 @@
 // ones to hold against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. The row
 // `attention_forward tc bf16` times the experimental tensor-core forward (kernels/cuda/
 // attention_tc.cu, not in the op table) on the same inputs as `attention_forward bf16`, both
-// counting the causal FLOPs; it is left out below sm_80. One line per op, then a JSON line;
+// counting the causal FLOPs, and `attention_backward tc bf16` its backward beside
+// `attention_backward bf16` (both counting 2.5x the forward's FLOPs); they are left out below
+// sm_80. One line per op, then a JSON line;
 // fill_zero (a memset) is timed once, in fp32, last.
 //
 // usage: cuda_ops_bench [--batch B] [--seq T] [--reps N]
@@ -149,8 +151,15 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
       report("attention_forward tc" + suffix, attn_forward_bytes, attn_flops,
              [&] { fjord::cuda::experimental::attention_forward_tc(ctx, y, lse, x, B, T, C, NH); });
   }
-  report("attention_backward" + suffix, e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH,
-         2.5 * attn_flops, [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
+  const double attn_backward_bytes = e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH;
+  report("attention_backward" + suffix, attn_backward_bytes, 2.5 * attn_flops,
+         [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
+  // The experimental tensor-core backward, same work and FLOP convention, next to the SIMT row.
+  if constexpr (std::is_same_v<floatX, fjord::bf16>) {
+    if (fjord::cuda::experimental::AttentionForwardTensorCoreSupported(C, NH) && DeviceMajor() >= 8)
+      report("attention_backward tc" + suffix, attn_backward_bytes, 2.5 * attn_flops,
+             [&] { fjord::cuda::experimental::attention_backward_tc(ctx, dx, z, x, y, lse, B, T, C, NH); });
+  }
   report("gelu_forward" + suffix, e * 2.0 * N * 4 * C, 0, [&] { ops.gelu_forward(ctx, y, x, N * 4 * C); });
   report("gelu_backward" + suffix, e * 4.0 * N * 4 * C, 0,
          [&] { ops.gelu_backward(ctx, dx, x, y, N * 4 * C); });

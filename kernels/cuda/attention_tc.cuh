@@ -1,6 +1,7 @@
-// An experimental tensor-core forward pass of causal attention for bf16 (kernels/cuda/attention_tc.cu
-// says how it works and what decides whether it replaces the SIMT kernel). It is not in the op
-// table: only its test (tests/cuda/cuda_attention_tc_test.cc) and cuda_ops_bench call it.
+// Experimental tensor-core forward and backward passes of causal attention for bf16
+// (kernels/cuda/attention_tc.cu says how they work and what decides whether they replace the SIMT
+// kernels). Neither is in the op table: only their test (tests/cuda/cuda_attention_tc_test.cc) and
+// cuda_ops_bench call them.
 #pragma once
 
 #include "kernels/ops.h"
@@ -18,5 +19,14 @@ bool AttentionForwardTensorCoreSupported(int C, int NH);
 // Aborts when the shape is not supported, a pointer is misaligned, or the device is below sm_80.
 void attention_forward_tc(const OpContext& ctx, bf16* out, float* lse, const bf16* qkv, int B, int T, int C,
                           int NH);
+
+// The attention_backward op of kernels/ops.h for bf16 (same arguments and contract: dqkv
+// ACCUMULATES, each element read, its fp32 contribution added, rounded once), except that the
+// probabilities p and the score gradients ds are rounded to bf16 before their products (see
+// attention_tc.cu). Same shape and device requirements as attention_forward_tc; qkv, dout and out
+// 16-byte aligned, dqkv 4-byte aligned. Deterministic: no atomics, every dqkv element has one
+// writer.
+void attention_backward_tc(const OpContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
+                           const bf16* out, const float* lse, int B, int T, int C, int NH);
 
 }  // namespace fjord::cuda::experimental
