@@ -11,7 +11,8 @@
 // attention_tc.cu, not in the op table) on the same inputs as `attention_forward bf16`, both
 // counting the causal FLOPs, and `attention_backward tc bf16` its backward beside
 // `attention_backward bf16` (both counting 2.5x the forward's FLOPs); they are left out below
-// sm_80. One line per op, then a JSON line;
+// sm_80. `adamw_update bf16` is the update that also writes the bf16 working copy (2 bytes more
+// per parameter), the optimizer pass of a bf16 training step. One line per op, then a JSON line;
 // fill_zero (a memset) is timed once, in fp32, last.
 //
 // usage: cuda_ops_bench [--batch B] [--seq T] [--reps N]
@@ -213,6 +214,7 @@ int main(int argc, char** argv) {
   const size_t P = 124475904;  // GPT-2 124M parameters (padded vocabulary)
   float *p = Random(P, 19, 0.04f), *g = Random(P, 20, 0.01f), *m = Random(P, 21, 0.001f),
         *v = Random(P, 22, 1e-6f, 1e-6f);
+  fjord::bf16* pw = Random<fjord::bf16>(P, 23);  // the bf16 working copy the fused AdamW writes
   FJORD_CUDA_CHECK(cudaMalloc(&fb.tokens, BT * sizeof(int32_t)));
   FillTokens<<<256, 256>>>(fb.tokens, BT, V);
   FJORD_CUDA_CHECK_LAUNCH();
@@ -264,8 +266,11 @@ int main(int argc, char** argv) {
   ReportModelOps(report, ops.f32, ctx, fb, B, T, C, NH, V, Vp, "");
   ReportModelOps(report, ops.bf16x, ctx, fb, B, T, C, NH, V, Vp, " bf16");
   const double f = sizeof(float);
-  report("adamw_update 124M", f * 7.0 * P, 0,
-         [&] { ops.adamw_update(ctx, p, g, m, v, P, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1); });
+  report("adamw_update 124M", f * 7.0 * P, 0, [&] {
+    ops.adamw_update(ctx, p, g, m, v, P, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1, nullptr, 0, 0);
+  });
+  report("adamw_update bf16 124M", (f * 7.0 + 2.0) * P, 0,
+         [&] { ops.adamw_update(ctx, p, g, m, v, P, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1, pw, 7, 0); });
   report("sum_squares 124M", f * P, 0, [&] { ops.sum_squares(ctx, out1, g, P); });
   report("fill_zero 124M", f * P, 0, [&] { ops.f32.fill_zero(ctx, g, P); });
   std::printf("cuda_ops_bench_json %s}}\n", json.c_str());

@@ -20,7 +20,8 @@
 //   in fp32 or wider) and rounds each floatX output once, to nearest with ties to even; an output
 //   that accumulates (+=) is read, added to in fp32 and rounded once. With float the ops are the
 //   fp32 ops they always were. The optimizer ops (FJORD_OP_LIST) are fp32 only: AdamW updates
-//   the fp32 master weights, and cast_to_bf16 derives the bf16 copy the model ops read.
+//   the fp32 master weights and can write the bf16 copy the model ops read in the same pass;
+//   cast_to_bf16 derives that copy where no update runs.
 // - Backward ops ACCUMULATE (+=) into every gradient they write, parameter and activation
 //   alike, so gradient accumulation over micro-steps and the residual stream's fan-out need no
 //   extra passes; the caller zeroes gradient buffers when it starts a new accumulation. The one
@@ -113,21 +114,27 @@ struct OpContext {
 
 // X(name, params...) for each fp32-only op (the optimizer's and the casts).
 #define FJORD_OP_LIST(X)                                                                          \
-  /* AdamW (decoupled weight decay, bias-corrected moments) on n parameters, step t >= 1:        \
+  /* AdamW (decoupled weight decay, bias-corrected moments) on n parameters, step t >= 1:         \
      g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;                          \
-     params -= lr (mhat / (sqrt(vhat) + eps) + weight_decay params). */                          \
-  X(adamw_update, float* params, const float* grads, float* m, float* v, size_t n, float lr,     \
-    float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t)             \
-  /* out[0] = sum of x[i]^2 over n values (accumulated in higher precision where the backend    \
+     params -= lr (mhat / (sqrt(vhat) + eps) + weight_decay params). When params_bf16 is non-null \
+     it also writes the bf16 working copy of the new params in the same pass: exactly             \
+     cast_to_bf16(params_bf16, params, n, seed, index0) after the update, so a caller updating a  \
+     range of a larger buffer passes the range's offset as index0 and rounds as a cast of the     \
+     whole buffer would. Null: params, m and v only. */                                           \
+  X(adamw_update, float* params, const float* grads, float* m, float* v, size_t n, float lr,      \
+    float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t,             \
+    bf16* params_bf16, uint64_t seed, size_t index0)                                              \
+  /* out[0] = sum of x[i]^2 over n values (accumulated in higher precision where the backend      \
      can). */                                                                                     \
   X(sum_squares, float* out, const float* x, size_t n)                                            \
-  /* bf16 from fp32 over n values. seed == 0: round to nearest, ties to even. seed != 0:         \
-     stochastic rounding, up with probability equal to the distance from the value below over   \
-     the gap, from a hash of (seed, i), so results are the same on every backend. NaN stays NaN  \
-     (quiet), infinities stay infinite; finite values beyond the largest bf16 round to infinity  \
-     as the rounding says. */                                                                     \
-  X(cast_to_bf16, bf16* out, const float* inp, size_t n, uint64_t seed)                          \
-  /* out = the fp32 value of each bf16 in inp (exact). */                                        \
+  /* bf16 from fp32 over n values. seed == 0: round to nearest, ties to even. seed != 0:          \
+     stochastic rounding, up with probability equal to the distance from the value below over     \
+     the gap, from a hash of (seed, index0 + i), so results are the same on every backend and a   \
+     range of a buffer cast on its own (index0 = its offset) rounds as in a cast of the whole.    \
+     NaN stays NaN (quiet), infinities stay infinite; finite values beyond the largest bf16       \
+     round to infinity as the rounding says. */                                                   \
+  X(cast_to_bf16, bf16* out, const float* inp, size_t n, uint64_t seed, size_t index0)            \
+  /* out = the fp32 value of each bf16 in inp (exact). */                                         \
   X(cast_from_bf16, float* out, const bf16* inp, size_t n)
 
 #define FJORD_DECLARE_OP(name, ...) void name(const OpContext& ctx, __VA_ARGS__);

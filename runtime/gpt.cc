@@ -244,9 +244,12 @@ void Gpt::SyncParamsToDevice() {
   RoundWorkingParams(0);
 }
 
-void Gpt::RoundWorkingParams(uint64_t seed) {
-  if (config_.precision != Precision::kBf16) return;
-  ops_.cast_to_bf16(ctx_, static_cast<bf16*>(working_params_), params_, buffer_size_, seed);
+void Gpt::RoundWorkingParams(uint64_t seed) { RoundWorkingParams(seed, 0, buffer_size_); }
+
+void Gpt::RoundWorkingParams(uint64_t seed, size_t begin, size_t end) {
+  if (config_.precision != Precision::kBf16 || begin >= end) return;
+  ops_.cast_to_bf16(ctx_, static_cast<bf16*>(working_params_) + begin, params_ + begin, end - begin, seed,
+                    begin);
 }
 
 #define FJORD_LAYER_ACT(id, l) (act_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])

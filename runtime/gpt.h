@@ -143,6 +143,10 @@ class Gpt {
   // the step (RoundSeed), so a resumed run rounds as the uninterrupted one did. fp32: nothing.
   // SyncParamsToDevice calls it with seed 0.
   void RoundWorkingParams(uint64_t seed);
+  // The same for buffer elements [begin, end) only, each rounded as in the whole-buffer cast
+  // (its buffer index in the hash): what is left to round when AdamW wrote the rest of the
+  // working copy itself (ZeRO-1: the other ranks' shards, after the all-gather).
+  void RoundWorkingParams(uint64_t seed, size_t begin, size_t end);
 
   // GPT-2 initialisation from `seed`: N(0, 0.02) for matrices and embeddings, residual
   // projections scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm weights; padded
@@ -188,6 +192,10 @@ class Gpt {
   float* params() { return params_; }
   // What the model ops read: params() in fp32, the bf16 working copy in bf16 (backend memory).
   const void* working_params() const { return working_params_; }
+  // The bf16 working copy for AdamW to write in its pass (AdamW::Step), null in fp32.
+  bf16* working_params_bf16() {
+    return config_.precision == Precision::kBf16 ? static_cast<bf16*>(working_params_) : nullptr;
+  }
   const float* params() const { return params_; }
   float* grads() { return grads_; }
   int max_batch() const { return max_batch_; }

@@ -41,13 +41,14 @@ void AdamW::LoadState(const float* m, const float* v) {
 }
 
 void AdamW::Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps,
-                 float weight_decay, float grad_scale, int t) {
+                 float weight_decay, float grad_scale, int t, bf16* working, uint64_t seed) {
   for (const ParamTensor& tensor : layout_.tensors()) {
     const size_t lo = std::max(begin_, tensor.offset);
     const size_t hi = std::min(end_, tensor.offset + tensor.size());
     if (lo >= hi) continue;
     ops_.adamw_update(ctx_, params + lo, grads + lo, m_ + (lo - begin_), v_ + (lo - begin_), hi - lo, lr,
-                      beta1, beta2, eps, tensor.weight_decay ? weight_decay : 0.0f, grad_scale, t);
+                      beta1, beta2, eps, tensor.weight_decay ? weight_decay : 0.0f, grad_scale, t,
+                      working == nullptr ? nullptr : working + lo, seed, lo);
   }
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/ops.h"
 #include "runtime/gpt.h"
@@ -23,10 +24,13 @@ class AdamW {
   AdamW(const ParamLayout& layout, size_t begin, size_t end, Arena& arena);
 
   // One step t >= 1: for each tensor element in [begin, end), g = grads * grad_scale, update
-  // m, v and params (ops.h's adamw_update). Padding between tensors is never touched. params and
-  // grads are in the optimizer's memory (device pointers on CUDA).
+  // m, v and params (ops.h's adamw_update). With `working` (a bf16 copy of the whole buffer,
+  // indexed as params) it also rounds each updated element into working with `seed` and the
+  // element's buffer index, in the same pass: what cast_to_bf16 of the buffer would write there.
+  // Padding (between tensors and after the last) is never touched. params, grads and working
+  // are in the optimizer's memory (device pointers on CUDA).
   void Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps, float weight_decay,
-            float grad_scale, int t);
+            float grad_scale, int t, bf16* working = nullptr, uint64_t seed = 0);
 
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }

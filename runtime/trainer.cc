@@ -578,22 +578,30 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
           "; no update was applied and the checkpoints in " + checkpoints_dir +
           " are intact. Lower train.lr or raise train.warmup_steps, or set train.on_nonfinite: SKIP_STEP");
     }
+    // bf16: the working copy is rounded from the master weights with this seed after every step,
+    // skipped ones too, so the rounding after step k depends on k alone (resume replays it).
+    const uint64_t round_seed = RoundSeed(train.seed(), step + 1);
     if (finite) {
       const float clip =
           train.grad_clip() > 0.0f && grad_norm > train.grad_clip() ? train.grad_clip() / grad_norm : 1.0f;
+      // AdamW writes the working copy of every tensor element it updates, in its own pass. The
+      // padding between and after tensors is +0 in the master weights and rounds to bf16 +0
+      // whatever the seed, which the working copy already holds: without ZeRO nothing is left.
       optimizer.Step(model.params(), model.grads(), lr, train.beta1(), train.beta2(), train.eps(),
-                     train.weight_decay(), clip, step + 1);
+                     train.weight_decay(), clip, step + 1, model.working_params_bf16(), round_seed);
     } else {
       ++result.skipped_steps;
+      model.RoundWorkingParams(round_seed);
     }
     if (zero && finite) {
       const Clock::time_point gather_start = Clock::now();
       FJORD_RETURN_IF_ERROR(reducer.AllGatherShard(model.params(), shard_begin, shard));
       comm_seconds += Seconds(gather_start, Clock::now());
+      // The other ranks' shards, rounded with the seed and buffer indices their owners used, so
+      // every rank's working copy is the whole-buffer cast.
+      model.RoundWorkingParams(round_seed, 0, shard_begin);
+      model.RoundWorkingParams(round_seed, shard_begin + shard, model.buffer_size());
     }
-    // bf16: the working copy from the master weights, after skipped steps too, so the rounding
-    // after step k depends on k alone (resume replays it).
-    model.RoundWorkingParams(RoundSeed(train.seed(), step + 1));
     device->Synchronize();  // the update is enqueued on a CUDA device; the step ends when it is done
     const double seconds = Seconds(t0, Clock::now());
     const double tokens_per_s = static_cast<double>(global_batch) * T / seconds;

@@ -71,9 +71,9 @@ void fill_zero(const OpContext& ctx, floatX* x, size_t n) {
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, fill_zero)
 
-void cast_to_bf16(const OpContext&, bf16* out, const float* inp, size_t n, uint64_t seed) {
+void cast_to_bf16(const OpContext&, bf16* out, const float* inp, size_t n, uint64_t seed, size_t index0) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) out[i].bits = ToBf16(inp[i], seed, i);
+  for (size_t i = 0; i < n; ++i) out[i].bits = ToBf16(inp[i], seed, index0 + i);
 }
 
 void cast_from_bf16(const OpContext&, float* out, const bf16* inp, size_t n) {

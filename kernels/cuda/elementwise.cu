@@ -50,9 +50,9 @@ __global__ void ResidualBackwardKernel(floatX* da, floatX* db, const floatX* dou
   }
 }
 
-__global__ void CastToBf16Kernel(bf16* out, const float* inp, size_t n, uint64_t seed) {
+__global__ void CastToBf16Kernel(bf16* out, const float* inp, size_t n, uint64_t seed, size_t index0) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
-    out[i].bits = ToBf16(inp[i], seed, i);
+    out[i].bits = ToBf16(inp[i], seed, index0 + i);
 }
 
 __global__ void CastFromBf16Kernel(float* out, const bf16* inp, size_t n) {
@@ -62,9 +62,9 @@ __global__ void CastFromBf16Kernel(float* out, const bf16* inp, size_t n) {
 
 }  // namespace
 
-void cast_to_bf16(const OpContext& ctx, bf16* out, const float* inp, size_t n, uint64_t seed) {
+void cast_to_bf16(const OpContext& ctx, bf16* out, const float* inp, size_t n, uint64_t seed, size_t index0) {
   if (n == 0) return;
-  CastToBf16Kernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n, seed);
+  CastToBf16Kernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, n, seed, index0);
   FJORD_CUDA_CHECK_LAUNCH();
 }
 

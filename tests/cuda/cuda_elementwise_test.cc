@@ -134,11 +134,13 @@ TEST_F(CudaElementwise, CastsMatchCpuBitForBit) {
     }
     DeviceBuffer<float> d_x(x);
     for (uint64_t seed : {uint64_t{0}, uint64_t{2026}}) {
+      // A nonzero index0 with the stochastic seed: the shifted hash must agree too.
+      const size_t index0 = seed == 0 ? 0 : 12345;
       DeviceBuffer<bf16> d_b(std::vector<bf16>(n, bf16{0xdead}));
-      cuda::cast_to_bf16(ctx_, d_b.get(), d_x.get(), n, seed);
+      cuda::cast_to_bf16(ctx_, d_b.get(), d_x.get(), n, seed, index0);
       Sync();
       std::vector<bf16> ref(n, bf16{0xbeef});
-      cpu::cast_to_bf16(cpu_ctx_, ref.data(), x.data(), n, seed);
+      cpu::cast_to_bf16(cpu_ctx_, ref.data(), x.data(), n, seed, index0);
       const std::vector<bf16> got = d_b.Download();
       ASSERT_EQ(Bits(got), Bits(ref)) << "seed " << seed << ", n " << n;
       DeviceBuffer<float> d_back(std::vector<float>(n, kPoison));

@@ -131,7 +131,7 @@ void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers<f
   const size_t n = md.params.total();
   ops.f32.fill_zero(ctx, G, n);
   x.fill_zero(ctx, dA, md.dacts.total());
-  if constexpr (std::is_same_v<floatX, bf16>) ops.cast_to_bf16(ctx, W, P, n, 0);
+  if constexpr (std::is_same_v<floatX, bf16>) ops.cast_to_bf16(ctx, W, P, n, 0, 0);
 
   x.encoder_forward(ctx, A + md.x0, b.tokens, W + md.wte, W + md.wpe, B, T, C);
   x.layernorm_forward(ctx, A + md.ln1, S + md.ln1_mean, S + md.ln1_rstd, A + md.x0, W + md.ln1w, W + md.ln1b,
@@ -174,7 +174,7 @@ void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers<f
   ops.sum_squares(ctx, b.norm, G, n);
   // eps = 1 keeps the first step smooth in g (with a tiny eps it is lr * sign(g), and a gradient
   // that cancels to ~0 could flip sign between backends).
-  ops.adamw_update(ctx, P, G, b.m, b.v, n, kLr, 0.9f, 0.95f, 1.0f, 0.1f, 1.0f, 1);
+  ops.adamw_update(ctx, P, G, b.m, b.v, n, kLr, 0.9f, 0.95f, 1.0f, 0.1f, 1.0f, 1, nullptr, 0, 0);
 }
 
 // max |x| over a range, for tolerances relative to a tensor's scale.

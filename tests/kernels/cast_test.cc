@@ -94,7 +94,7 @@ std::vector<float> Interesting() {
 TEST(CastTest, ToBf16RoundsToNearestEven) {
   const std::vector<float> x = Interesting();
   std::vector<bf16> out(x.size(), bf16{0xdead});
-  cpu::cast_to_bf16(OpContext{}, out.data(), x.data(), x.size(), /*seed=*/0);
+  cpu::cast_to_bf16(OpContext{}, out.data(), x.data(), x.size(), /*seed=*/0, /*index0=*/0);
   for (size_t i = 0; i < x.size(); ++i) {
     ASSERT_EQ(out[i].bits, NearestEven(x[i])) << "x = " << x[i] << " (bits 0x" << std::hex << Bits(x[i]) << ")";
   }
@@ -107,7 +107,7 @@ TEST(CastTest, NanStaysNanAndEveryBf16RoundTrips) {
   cpu::cast_from_bf16(OpContext{}, f.data(), all.data(), all.size());
   std::vector<bf16> back(all.size());
   for (uint64_t seed : {uint64_t{0}, uint64_t{12345}}) {
-    cpu::cast_to_bf16(OpContext{}, back.data(), f.data(), f.size(), seed);
+    cpu::cast_to_bf16(OpContext{}, back.data(), f.data(), f.size(), seed, 0);
     for (uint32_t b = 0; b < 65536; ++b) {
       ASSERT_EQ(Bits(f[b]), b << 16);  // from_bf16 is exact
       const bool nan = (b & 0x7fff) > 0x7f80;
@@ -130,7 +130,7 @@ TEST(CastTest, StochasticRoundingIsUnbiasedBoundedAndReproducible) {
     const double p_up = (static_cast<double>(x) - below) / (above - below);
     std::vector<float> in(n, x);
     std::vector<bf16> out(n), again(n), other(n);
-    cpu::cast_to_bf16(OpContext{}, out.data(), in.data(), n, /*seed=*/42);
+    cpu::cast_to_bf16(OpContext{}, out.data(), in.data(), n, /*seed=*/42, /*index0=*/0);
     size_t up = 0;
     for (const uint16_t b : Patterns(out)) {
       ASSERT_TRUE(b == nb.below || b == nb.above) << "x " << x << " gave 0x" << std::hex << b;
@@ -138,11 +138,28 @@ TEST(CastTest, StochasticRoundingIsUnbiasedBoundedAndReproducible) {
     }
     const double sigma = std::sqrt(n * p_up * (1 - p_up));
     EXPECT_NEAR(static_cast<double>(up), n * p_up, 5 * sigma + 1) << "x = " << x;
-    cpu::cast_to_bf16(OpContext{}, again.data(), in.data(), n, 42);
+    cpu::cast_to_bf16(OpContext{}, again.data(), in.data(), n, 42, 0);
     EXPECT_EQ(Patterns(again), Patterns(out));
-    cpu::cast_to_bf16(OpContext{}, other.data(), in.data(), n, 43);
+    cpu::cast_to_bf16(OpContext{}, other.data(), in.data(), n, 43, 0);
     EXPECT_NE(Patterns(other), Patterns(out));
   }
+}
+
+// A range cast on its own with index0 = its offset draws the same hash as the whole-buffer cast,
+// which is what lets the trainer round only the ZeRO-1 shards AdamW did not.
+TEST(CastTest, RangeWithIndex0RoundsAsTheWholeBuffer) {
+  const size_t n = 1000, begin = 300;
+  std::vector<float> in(n);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  for (float& x : in) x = dist(rng);
+  std::vector<bf16> whole(n), range(n - begin, bf16{0x7fc0}), unshifted(n - begin);
+  cpu::cast_to_bf16(OpContext{}, whole.data(), in.data(), n, /*seed=*/99, /*index0=*/0);
+  cpu::cast_to_bf16(OpContext{}, range.data(), in.data() + begin, n - begin, 99, begin);
+  EXPECT_EQ(Patterns(range), Patterns(std::vector<bf16>(whole.begin() + begin, whole.end())));
+  // The index matters: the same range hashed from 0 rounds differently.
+  cpu::cast_to_bf16(OpContext{}, unshifted.data(), in.data() + begin, n - begin, 99, 0);
+  EXPECT_NE(Patterns(unshifted), Patterns(range));
 }
 
 }  // namespace

@@ -333,4 +333,39 @@ void ExpectFinite(const std::string& name, const std::vector<T>& v) {
   EXPECT_EQ(bad, 0u) << name << ": " << bad << " of " << v.size() << " values are not finite";
 }
 
+// One AdamW step (t = 3 from random moments, v above m^2 so the update is O(lr) as in training and
+// backends differing by an ulp in it stay comparable) in the cases the tests of its bf16 output
+// sweep: n around vector widths and grid strides, seed 0 (to nearest) and stochastic, the updated
+// range at the start of a buffer and inside it (index0). Run calls a backend's adamw_update
+// (cpu:: or cuda::) on buffers of that backend holding this case's inputs.
+struct AdamWBf16Case {
+  size_t n;
+  uint64_t seed;
+  size_t index0;
+  std::vector<float> params, grads, m, v;
+  std::string where;  // names the case in failure messages
+
+  template <typename Op>
+  void Run(Op op, const OpContext& ctx, float* p, const float* g, float* m_out, float* v_out,
+           bf16* out) const {
+    op(ctx, p, g, m_out, v_out, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 3, out, seed, index0);
+  }
+};
+
+// Calls fn(case) for each case, stopping at the first fatal failure.
+template <typename Fn>
+void ForEachAdamWBf16Case(Fn&& fn) {
+  for (size_t n : {size_t{1}, size_t{17}, size_t{1000}, size_t{100003}}) {
+    for (uint64_t seed : {uint64_t{0}, uint64_t{0x9e3779b97f4a7c15}}) {
+      for (size_t index0 : {size_t{0}, size_t{12345}}) {
+        fn(AdamWBf16Case{n, seed, index0, RandomFloats(n, 1), RandomFloats(n, 2),
+                         RandomFloats(n, 3, -0.1f, 0.1f), RandomFloats(n, 4, 0.01f, 0.02f),
+                         "n " + std::to_string(n) + ", seed " + std::to_string(seed) + ", index0 " +
+                             std::to_string(index0)});
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
 }  // namespace fjord::testing
