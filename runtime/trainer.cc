@@ -584,7 +584,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     if (finite) {
       const float clip =
           train.grad_clip() > 0.0f && grad_norm > train.grad_clip() ? train.grad_clip() / grad_norm : 1.0f;
-      // AdamW writes the working copy of every tensor element it updates, in its own pass. The
+      // AdamW writes the working copy of every tensor element it updates, in the update's pass. The
       // padding between and after tensors is +0 in the master weights and rounds to bf16 +0
       // whatever the seed, which the working copy already holds: without ZeRO nothing is left.
       optimizer.Step(model.params(), model.grads(), lr, train.beta1(), train.beta2(), train.eps(),
