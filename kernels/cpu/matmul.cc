@@ -28,7 +28,6 @@
 #include <type_traits>
 
 #include "kernels/ops.h"
-#include "kernels/pointwise_math.h"
 
 namespace fjord::cpu {
 namespace {
@@ -122,19 +121,12 @@ void MatmulBackwardF32(float* dinp, float* dweight, float* dbias, const float* d
   }
 }
 
-// An fp32 copy of n bf16 values (exact), or null for a null x.
+// An fp32 copy of n bf16 values (exact, cast_from_bf16), or null for a null x.
 std::unique_ptr<float[]> Widen(const bf16* x, size_t n) {
   if (x == nullptr) return nullptr;
   auto wide = std::make_unique_for_overwrite<float[]>(n);
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < n; ++i) wide[i] = ToFloat(x[i]);
+  cast_from_bf16(OpContext{}, wide.get(), x, n);
   return wide;
-}
-
-// out[i] = x[i] rounded to bf16, once.
-void Narrow(bf16* out, const float* x, size_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < n; ++i) out[i] = FromFloat<bf16>(x[i]);
 }
 
 }  // namespace
@@ -149,7 +141,7 @@ void matmul_forward(const OpContext& ctx, floatX* out, const floatX* inp, const 
                bias32 = Widen(bias, OC);
     const auto out32 = std::make_unique_for_overwrite<float[]>(N * OC);
     MatmulForwardF32(out32.get(), inp32.get(), weight32.get(), bias32.get(), N, C, OC);
-    Narrow(out, out32.get(), N * OC);
+    cast_to_bf16(ctx, out, out32.get(), N * OC, /*seed=*/0, /*index0=*/0);  // to nearest, once
   }
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, matmul_forward)
@@ -164,7 +156,7 @@ void matmul_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* 
     const auto dinp32 = Widen(dinp, N * C), dout32 = Widen(dout, N * OC), inp32 = Widen(inp, N * C),
                weight32 = Widen(weight, static_cast<size_t>(OC) * C);
     MatmulBackwardF32(dinp32.get(), dweight, dbias, dout32.get(), inp32.get(), weight32.get(), N, C, OC);
-    if (dinp != nullptr) Narrow(dinp, dinp32.get(), N * C);
+    if (dinp != nullptr) cast_to_bf16(ctx, dinp, dinp32.get(), N * C, /*seed=*/0, /*index0=*/0);
   }
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, matmul_backward)
