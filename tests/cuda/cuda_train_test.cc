@@ -29,6 +29,7 @@ using testing::ExpectClose;
 using ::testing::HasSubstr;
 using testing::HaveCudaDevice;
 using testing::LossTexts;
+using testing::Mpirun;
 using testing::RunResult;
 using testing::Shell;
 
@@ -186,16 +187,7 @@ class CudaTrainCli : public ::testing::Test {
   std::string Train(const std::string& run, const std::string& extra = "") const {
     return " train " + P("job.textproto") + " --quiet --set run_dir=" + P(run) + " " + extra;
   }
-  static std::string Mpirun(int np, const std::string& env = "") {
-    return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " +
-           env + " " + std::string(FJORD_MPIEXEC) + " -np " + std::to_string(np) +
-           " --oversubscribe --bind-to none " + std::string(FJORD_BINARY);
-  }
-  std::vector<float> Losses(const std::string& run) const {
-    std::vector<float> out;
-    for (const std::string& t : LossTexts(P(run + "/metrics.jsonl"))) out.push_back(std::stof(t));
-    return out;
-  }
+  std::vector<double> Losses(const std::string& run) const { return testing::Losses(P(run + "/metrics.jsonl")); }
 
   fs::path dir_;
 };
@@ -234,7 +226,7 @@ TEST_F(CudaTrainCli, TwoRanksOnOneGpuWithMpiMatchOneRank) {
   const std::string fp32 = " --set model.dtype=FP32";
   RunResult r = Shell(std::string(FJORD_BINARY) + Train("np1", fp32));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::vector<float> one = Losses("np1");
+  const std::vector<double> one = Losses("np1");
   ASSERT_EQ(one.size(), 20u);
   r = Shell(Mpirun(2) + Train("np2", "--set parallel.comm_backend=MPI" + fp32));
   ASSERT_EQ(r.exit_code, 0) << r.output;
