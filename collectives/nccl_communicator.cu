@@ -390,11 +390,13 @@ Status NcclCommunicator::Init() {
 
   ncclUniqueId id;
   std::memset(&id, 0, sizeof(id));
-  int32_t id_ok = 1;
-  if (rank_ == 0 && ncclGetUniqueId(&id) != ncclSuccess) id_ok = 0;
-  FJORD_RETURN_IF_ERROR(bootstrap_.AllReduce(&id_ok, &id_ok, 1, DataType::kI32, ReduceOp::kMax));
+  // A flag that is 1 on failure, so the max over ranks (the only order-free reduction besides
+  // the sum) carries rank 0's failure to everyone.
+  int32_t id_failed = 0;
+  if (rank_ == 0 && ncclGetUniqueId(&id) != ncclSuccess) id_failed = 1;
+  FJORD_RETURN_IF_ERROR(bootstrap_.AllReduce(&id_failed, &id_failed, 1, DataType::kI32, ReduceOp::kMax));
   FJORD_RETURN_IF_ERROR(bootstrap_.Broadcast(&id, sizeof(id), DataType::kU8, 0));
-  if (!id_ok) return Internal("ncclGetUniqueId failed on rank 0; NCCL_DEBUG=WARN says why");
+  if (id_failed) return Internal("ncclGetUniqueId failed on rank 0; NCCL_DEBUG=WARN says why");
   FJORD_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   ncclComm_t comm = nullptr;
   FJORD_NCCL_TRY(ncclCommInitRank(&comm, size_, id, rank_));
