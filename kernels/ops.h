@@ -45,13 +45,19 @@ struct bf16 {
 };
 static_assert(sizeof(bf16) == 2, "bf16 must be two bytes");
 
-// Per-call execution context: which stream and library handles a backend uses. The CPU backend
-// ignores it; the CUDA backend requires `stream` and `blas` to be set by the runtime.
+// Per-call execution context: which stream, library handles and kernel variants a backend uses.
+// The CPU backend ignores it; the CUDA backend requires `stream` and `blas` to be set by the
+// runtime.
 struct OpContext {
   CUstream_st* stream = nullptr;  // CUDA stream the op is enqueued on
   void* blas = nullptr;           // cublasLtHandle_t
   void* workspace = nullptr;      // GEMM workspace, owned by the runtime
   size_t workspace_bytes = 0;
+  // CUDA, bf16 only: attention_forward / attention_backward run the tensor-core kernels of
+  // kernels/cuda/attention_tc.cuh instead of the SIMT ones (job spec model.attention). The caller
+  // checks their requirements first (ResolveAttention in runtime/trainer.h); the kernels abort
+  // on a shape or device they do not support.
+  bool tensor_core_attention = false;
 };
 
 // X(name, params...) for each model op, `floatX` being the storage type (see Precision above);

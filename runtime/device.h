@@ -34,6 +34,8 @@ class Device {
   virtual bool is_cuda() const = 0;
   // "cpu" or "cuda:N NAME (PCI bus id), X GiB": for logs and messages.
   virtual const std::string& description() const = 0;
+  // Compute capability as 10 x major + minor (90 for sm_90); 0 on the CPU.
+  virtual int compute_capability() const { return 0; }
   // The op table and the context (stream, cuBLASLt handle, workspace) every op is called with.
   virtual const Ops& ops() const = 0;
   virtual const OpContext& context() const = 0;

@@ -74,6 +74,7 @@ class CudaDevice final : public Device {
                   prop.major, prop.minor,
                   static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
     description_ = text;
+    compute_capability_ = 10 * prop.major + prop.minor;
     FJORD_CUDA_INIT(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));
     FJORD_CUDA_INIT(cudaStreamCreateWithFlags(&comm_, cudaStreamNonBlocking));
     FJORD_CUDA_INIT(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
@@ -92,6 +93,7 @@ class CudaDevice final : public Device {
   }
 
   bool is_cuda() const override { return true; }
+  int compute_capability() const override { return compute_capability_; }
   const std::string& description() const override { return description_; }
   const Ops& ops() const override { return CudaOps(); }
   const OpContext& context() const override { return context_; }
@@ -148,6 +150,7 @@ class CudaDevice final : public Device {
  private:
   std::string where_, description_;
   int index_ = 0;
+  int compute_capability_ = 0;  // 10 x major + minor
   cudaStream_t compute_ = nullptr, comm_ = nullptr;
   cudaEvent_t event_ = nullptr;
   cublasLtHandle_t blas_ = nullptr;

@@ -129,6 +129,8 @@ size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
 
 bool IsFp32Stat(GlobalAct id) { return id == kLnfMean || id == kLnfRstd || id == kLosses; }
 
+// Every activation starts 64-byte aligned (the arena's base is 256-aligned): the tensor-core
+// attention kernels need qkv, out and dout 16-byte aligned, and vector loads want 16 bytes.
 size_t Align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 size_t StorageBytes(Precision p) { return p == Precision::kBf16 ? sizeof(bf16) : sizeof(float); }
@@ -213,6 +215,7 @@ Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, Arena& arena, size
 Gpt::~Gpt() = default;
 
 void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
+  ctx_.tensor_core_attention = config_.tensor_core_attention;
   auto [acts, dacts] = ActOffsets(config_, max_batch_, max_seq_, &act_offsets_);
   buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;

@@ -43,6 +43,9 @@ struct GptConfig {
   int vocab_size = 0;
   int padded_vocab = 0;  // vocab_size rounded up to a multiple of 128
   Precision precision = Precision::kFp32;
+  // CUDA, bf16: the tensor-core attention kernels (OpContext::tensor_core_attention); the
+  // trainer decides (ResolveAttention in runtime/trainer.h). Ignored by the CPU backend.
+  bool tensor_core_attention = false;
 
   // The architecture of `spec`, in fp32: model.dtype depends on the device, so the trainer
   // resolves it (ResolvePrecision in runtime/trainer.h) and sets `precision` itself.
@@ -223,7 +226,7 @@ class Gpt {
   ParamLayout layout_;
   Device& device_;
   const Ops& ops_;
-  const OpContext& ctx_;
+  OpContext ctx_;  // the device's, with tensor_core_attention from the config
   int max_batch_, max_seq_;
   int B_ = 0, T_ = 0;
   bool has_dlogits_ = false;

@@ -1,15 +1,15 @@
 #include "runtime/trainer.h"
 
-#include <omp.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <omp.h>
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +21,8 @@
 #include <thread>
 
 #include "common/env.h"
+#include "kernels/cuda/attention_tc.cuh"
+#include "kernels/pointwise_math.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
@@ -28,7 +30,6 @@
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/mfu.h"
-#include "kernels/pointwise_math.h"
 #include "runtime/optimizer.h"
 #include "runtime/tenancy.h"
 #include "runtime/tensorboard.h"
@@ -218,6 +219,25 @@ Precision ResolvePrecision(proto::ModelSpec::DType dtype, bool cuda_device) {
   return cuda_device ? Precision::kBf16 : Precision::kFp32;
 }
 
+StatusOr<bool> ResolveAttention(proto::ModelSpec::Attention attention, int compute_capability,
+                                Precision precision, int C, int NH) {
+  if (attention != proto::ModelSpec::TENSOR_CORE) return false;
+  std::string why;
+  if (compute_capability == 0) {
+    why = "this rank trains on the CPU";
+  } else if (compute_capability < 80) {
+    why = "the GPU is sm_" + std::to_string(compute_capability) + "; bf16 mma.sync needs sm_80 or newer";
+  } else if (precision != Precision::kBf16) {
+    why = "the model runs in fp32 (model.dtype); the kernels are bf16 only: set model.dtype: BF16";
+  } else if (!cuda::experimental::AttentionForwardTensorCoreSupported(C, NH)) {
+    why = "the head size n_embd / n_head is " + (NH > 0 ? std::to_string(C / NH) : std::string("undefined")) +
+          "; the kernels support 64 and 128";
+  }
+  if (why.empty()) return true;
+  return FailedPrecondition("model.attention: TENSOR_CORE cannot run here: " + why +
+                            " (or set model.attention: SIMT or ATTENTION_AUTO)");
+}
+
 uint64_t RoundSeed(uint64_t train_seed, int step) {
   return Mix64(Mix64(train_seed) ^ static_cast<uint64_t>(step)) | 1;
 }
@@ -260,6 +280,15 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Device> device,
                          CreateDevice(job.device(), where, CudaWorkspaceBytes(B, T)));
   config.precision = ResolvePrecision(job.model().dtype(), device->is_cuda());
+  {
+    StatusOr<bool> tc = ResolveAttention(job.model().attention(), device->compute_capability(),
+                                         config.precision, config.n_embd, config.n_head);
+    if (!tc.ok()) {
+      return tc.status().WithContext("rank " + std::to_string(rank) + " on host " + where.host + " (" +
+                                     device->description() + ")");
+    }
+    config.tensor_core_attention = *tc;
+  }
   const size_t need = Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard);
   proto::ParallelSpec::CommBackend backend = job.parallel().comm_backend();
   if (backend == proto::ParallelSpec::AUTO) {
@@ -347,10 +376,16 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                                  : nccl    ? ", gradients over NCCL"
                                  : device->is_cuda() ? ", gradients over MPI (host staging)"
                                                      : "";
-    std::printf("fjord train: device %s (device: %s), %s (model.dtype: %s), arena %s (%zu bytes)%s\n",
-                device->description().c_str(), proto::Device_Name(job.device()).c_str(),
-                PrecisionName(config.precision), proto::ModelSpec::DType_Name(job.model().dtype()).c_str(),
-                GiB(arena_bytes).c_str(), arena_bytes, gradients_over);
+    std::printf(
+        "fjord train: device %s (device: %s), %s (model.dtype: %s), %s attention (model.attention: %s), "
+        "arena %s (%zu bytes)%s\n",
+        device->description().c_str(), proto::Device_Name(job.device()).c_str(),
+        PrecisionName(config.precision), proto::ModelSpec::DType_Name(job.model().dtype()).c_str(),
+        !device->is_cuda()             ? "cpu"
+        : config.tensor_core_attention ? "tensor-core"
+                                       : "simt",
+        proto::ModelSpec::Attention_Name(job.model().attention()).c_str(), GiB(arena_bytes).c_str(),
+        arena_bytes, gradients_over);
     std::fflush(stdout);
   }
   Gpt model(config, B, T, *arena, multiple);

@@ -45,6 +45,14 @@ Precision ResolvePrecision(proto::ModelSpec::DType dtype, bool cuda_device);
 // function of the step alone so that a resumed run rounds as the uninterrupted one did.
 uint64_t RoundSeed(uint64_t train_seed, int step);
 
+// model.attention for a model of n_embd C and n_head NH on a device (compute_capability as
+// Device::compute_capability, 0 for the CPU) at `precision`: whether the tensor-core attention
+// kernels run (GptConfig::tensor_core_attention). ATTENTION_AUTO and SIMT: false. TENSOR_CORE:
+// true where they can run (CUDA, sm_80 or newer, bf16, head size 64 or 128), else
+// FailedPrecondition saying which requirement failed and what to set instead.
+StatusOr<bool> ResolveAttention(proto::ModelSpec::Attention attention, int compute_capability,
+                                Precision precision, int C, int NH);
+
 // Trains the model the (validated) job describes on the ranks of `comm`: each rank takes its
 // slice of every global batch (micro_batch x grad_accum x world sequences, the same sequences
 // whatever the world size), gradients are averaged over ranks in buckets overlapped with

@@ -11,7 +11,8 @@
 #   kernels   build-gpu/bin/cuda_ops_bench: each op at GPT-2 124M shapes vs a measured copy
 #   step      GPT-2 124M (12 layers, 12 heads, 768, seq 1024, vocab 50257) `fjord train` on random
 #             tokens at the largest micro-batch of FJORD_GPU_BATCHES that fits, in bf16 mixed
-#             precision (model.dtype AUTO on a GPU): ms/step, tokens/s, MFU
+#             precision (model.dtype AUTO on a GPU): ms/step, tokens/s, MFU; then the same step
+#             with the tensor-core attention kernels (model.attention: TENSOR_CORE)
 #   torch     bench/torch_gpu_step.py at the same micro-batch: bf16 autocast, fused AdamW, SDPA,
 #             eager and torch.compile; measured copy and cuBLAS bf16 matmul ceilings
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
@@ -149,6 +150,13 @@ N=124475904; L=12; T=1024; C=768; ms=$best_ms; B=$best_b
 tok=B*T/(ms/1000); flops=6*N+6*L*T*C
 print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
   add "step: fjord GPT-2 124M bf16, micro-batch $best_b: $best_ms ms/step, $tok_s tokens/s, MFU $mfu% of 989 TFLOP/s"
+  # The same step with the tensor-core attention kernels (model.attention: TENSOR_CORE), which
+  # ATTENTION_AUTO selects once their tests pass here and this row is faster.
+  if stage "step tensor-core attention B=$best_b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$best_b.textproto" \
+       --set run_dir="$work/run_tc" --set model.attention=TENSOR_CORE; then
+    tc_ms=$(python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$work/run_tc/metrics.jsonl")
+    add "step: same with model.attention: TENSOR_CORE: $tc_ms ms/step ($(python3 -c "print(f'{$best_ms/$tc_ms:.2f}')")x the SIMT step)"
+  fi
 else
   add "step: no micro-batch of [$batches] ran (see the log)"
 fi

@@ -50,7 +50,9 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
+#include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/ops.h"
@@ -501,6 +503,9 @@ struct BackwardLauncher {
 template <typename floatX>
 void attention_forward(const OpContext& ctx, floatX* out, float* lse, const floatX* qkv, int B, int T, int C,
                        int NH) {
+  if constexpr (std::is_same_v<floatX, bf16>) {
+    if (ctx.tensor_core_attention) return experimental::attention_forward_tc(ctx, out, lse, qkv, B, T, C, NH);
+  }
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
@@ -511,6 +516,11 @@ FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, attention_forward)
 template <typename floatX>
 void attention_backward(const OpContext& ctx, floatX* dqkv, const floatX* dout, const floatX* qkv,
                         const floatX* out, const float* lse, int B, int T, int C, int NH) {
+  if constexpr (std::is_same_v<floatX, bf16>) {
+    if (ctx.tensor_core_attention) {
+      return experimental::attention_backward_tc(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH);
+    }
+  }
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));

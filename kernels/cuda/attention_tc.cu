@@ -1,15 +1,16 @@
 // Causal self-attention forward and backward for bf16 on tensor cores (flash-attention-2 style),
 // EXPERIMENTAL.
 //
-// Status: not used by training. The op table (kernels/cuda/ops.cu) still points attention_forward
-// and attention_backward at the SIMT kernels of kernels/cuda/attention.cu; these are called only by
-// their test (tests/cuda/cuda_attention_tc_test.cc, against the CPU twin and the SIMT kernels) and
-// by cuda_ops_bench's rows `attention_forward tc bf16` and `attention_backward tc bf16`, next to
-// the SIMT rows. Each replaces its SIMT twin for bf16 once a GPU run shows both: its tests passing
-// and its bench row faster. The two are independent: the backward reads out and lse, which either
-// forward produces to the same contract. Neither has run on a GPU yet; the backward's fragment
-// index maps were checked only by a lane-level emulation on the host (every dq, dk, dv element
-// written once, exact agreement with attention backward in double on hs 64/128, T up to 130).
+// Status: selectable, not the default. With model.attention: TENSOR_CORE in the job spec (bf16)
+// the runtime sets OpContext::tensor_core_attention and the bf16 attention_forward and
+// attention_backward of kernels/cuda/attention.cu hand over to these; ATTENTION_AUTO keeps the SIMT
+// kernels until a GPU run shows both: the tests here passing (tests/cuda/cuda_attention_tc_test.cc,
+// against the CPU twin and the SIMT kernels) and cuda_ops_bench's rows `attention_forward tc bf16`
+// and `attention_backward tc bf16` faster than the SIMT rows. The two are independent: the
+// backward reads out and lse, which either forward produces to the same contract. Neither has run
+// on a GPU yet; the backward's fragment index maps were checked only by a lane-level emulation on
+// the host (every dq, dk, dv element written once, exact agreement with attention backward in
+// double on hs 64/128, T up to 130).
 //
 // Forward work split: one block per (64-row query tile, head, batch), 4 warps, each warp owning 16
 // query rows (the M of one MMA); query tiles are launched longest first. The block walks the 64-key
@@ -699,12 +700,6 @@ void CheckDevice() {
 }
 
 }  // namespace
-
-bool AttentionForwardTensorCoreSupported(int C, int NH) {
-  if (C <= 0 || NH <= 0 || C % NH != 0) return false;
-  const int hs = C / NH;
-  return hs == 64 || hs == 128;
-}
 
 void attention_forward_tc(const OpContext& ctx, bf16* out, float* lse, const bf16* qkv, int B, int T, int C,
                           int NH) {

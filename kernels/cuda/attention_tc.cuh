@@ -1,7 +1,8 @@
 // Experimental tensor-core forward and backward passes of causal attention for bf16
 // (kernels/cuda/attention_tc.cu says how they work and what decides whether they replace the SIMT
-// kernels). Neither is in the op table: only their test (tests/cuda/cuda_attention_tc_test.cc) and
-// cuda_ops_bench call them.
+// kernels). The bf16 attention ops of the table call them when OpContext::tensor_core_attention is
+// set (job spec model.attention: TENSOR_CORE); their test (tests/cuda/cuda_attention_tc_test.cc)
+// and cuda_ops_bench call them directly.
 #pragma once
 
 #include "kernels/ops.h"
@@ -12,7 +13,9 @@ namespace fjord::cuda::experimental {
 // A pure function of its arguments (no device query), so callers can ask it anywhere. The call
 // additionally needs an sm_80+ device, qkv 16-byte aligned and out 4-byte aligned (true of
 // cudaMalloc'd buffers and of any offset into them by a multiple of 8 elements).
-bool AttentionForwardTensorCoreSupported(int C, int NH);
+inline bool AttentionForwardTensorCoreSupported(int C, int NH) {
+  return C > 0 && NH > 0 && C % NH == 0 && (C / NH == 64 || C / NH == 128);
+}
 
 // The attention_forward op of kernels/ops.h for bf16 (same arguments, outputs and contract, except
 // that the probabilities are rounded to bf16 before the product with V; see attention_tc.cu).

@@ -215,6 +215,34 @@ TEST_F(CudaTrainCli, CheckpointAndResumeIsBitIdentical) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
+// model.attention: TENSOR_CORE (bf16 mma.sync kernels) against the SIMT kernels at head size 64
+// (n_head 1), 20 steps each from the same seed: the losses stay within the bf16 bound used for
+// np=2 vs np=1 below. The tensor-core kernels also round the probabilities to bf16 before P @ V
+// (2^-8 relative, kernels/cuda/attention_tc.cu), an error of the same order as the bf16 storage
+// of every activation, while a wrong fragment layout or mask gives losses off by O(1) or NaN.
+// They are deterministic, so a resumed run replays the straight one exactly.
+TEST_F(CudaTrainCli, TensorCoreAttentionTrainsLikeSimt) {
+  const std::string hs64 = " --set model.n_head=1 --set model.dtype=BF16";
+  RunResult r = Shell(std::string(FJORD_BINARY) + " train " + P("job.textproto") +
+                      " --set run_dir=" + P("tc") + hs64 + " --set model.attention=TENSOR_CORE 2>&1");
+  if (r.output.find("needs sm_80 or newer") != std::string::npos) GTEST_SKIP() << "GPU below sm_80";
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tensor-core attention (model.attention: TENSOR_CORE)"));
+  r = Shell(std::string(FJORD_BINARY) + Train("simt", hs64 + " --set model.attention=SIMT"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<double> tc = Losses("tc"), simt = Losses("simt");
+  ASSERT_EQ(simt.size(), 20u);
+  ExpectClose("tensor-core vs SIMT losses", tc, simt, 0.05, 0.02);
+  EXPECT_LT(tc.back(), tc.front() - 0.5) << "it learns";
+  const std::string tc_run = hs64 + " --set model.attention=TENSOR_CORE";
+  r = Shell("FJORD_TEST_HOOK=signal_after_step=10 " + std::string(FJORD_BINARY) +
+            Train("tc_resumed", tc_run));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(std::string(FJORD_BINARY) + Train("tc_resumed", tc_run + " --resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("tc_resumed/metrics.jsonl")), LossTexts(P("tc/metrics.jsonl")));
+}
+
 // np=2 on one GPU (MPI backend, buckets staged through pinned host memory) against np=1 at the
 // same global batch, plain and ZeRO-1, in fp32. Tolerance 1e-4 relative as in
 // tests/launcher/data_parallel_test.cc: the ranks see the same sequences and weights, only the

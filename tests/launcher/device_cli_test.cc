@@ -79,25 +79,38 @@ TEST_F(DeviceCliTest, NcclOnTheCpuIsRefused) {
   EXPECT_FALSE(fs::exists(P("run/metrics.jsonl")));
 }
 
+TEST_F(DeviceCliTest, TensorCoreAttentionOnTheCpuIsRefused) {
+  RunResult r = RunFjord(Train("--set device=CPU --set model.attention=TENSOR_CORE"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("model.attention: TENSOR_CORE cannot run here: this rank trains on the CPU"));
+  EXPECT_THAT(r.output, HasSubstr("rank 0 on host " + host_));
+  EXPECT_THAT(r.output, HasSubstr("set model.attention: SIMT or ATTENTION_AUTO"));
+  EXPECT_FALSE(fs::exists(P("run/metrics.jsonl")));
+}
+
 TEST_F(DeviceCliTest, AutoLogsItsChoiceAndTheArenaIsZeroedBeforeRelease) {
   RunResult r = Shell("FJORD_TEST_HOOK=arena_verify_zero " + std::string(FJORD_BINARY) + Train(""));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const bool gpu = CudaDeviceCount() > 0;
   std::smatch logged, checked;
-  ASSERT_TRUE(std::regex_search(r.output, logged,
-                                std::regex("fjord train: device (\\S+).* \\(device: AUTO\\), (\\S+) \\(model.dtype: "
-                                           "DTYPE_AUTO\\), arena [0-9.]+ GiB \\(([0-9]+) bytes\\)")))
+  ASSERT_TRUE(
+      std::regex_search(r.output, logged,
+                        std::regex("fjord train: device (\\S+).* \\(device: AUTO\\), (\\S+) \\(model.dtype: "
+                                   "DTYPE_AUTO\\), (\\S+) attention \\(model.attention: ATTENTION_AUTO\\), "
+                                   "arena [0-9.]+ GiB \\(([0-9]+) bytes\\)")))
       << r.output;
   EXPECT_THAT(logged[1].str(), HasSubstr(gpu ? "cuda:" : "cpu"));
   EXPECT_EQ(logged[2].str(), gpu ? "bf16" : "fp32");  // AUTO precision follows the device
+  EXPECT_EQ(logged[3].str(), gpu ? "simt" : "cpu");  // AUTO attention: SIMT until the TC kernels are verified
   ASSERT_TRUE(std::regex_search(
       r.output, checked,
       std::regex("arena model, gradients, activations and AdamW state: ([0-9]+) bytes zeroed and "
                  "read back, ([0-9]+) non-zero")))
       << r.output;
-  EXPECT_EQ(checked[1].str(), logged[3].str()) << "the arena released is the one logged";
+  EXPECT_EQ(checked[1].str(), logged[4].str()) << "the arena released is the one logged";
   EXPECT_EQ(checked[2].str(), "0");
-  EXPECT_GT(std::stoull(logged[3].str()), 0u);
+  EXPECT_GT(std::stoull(logged[4].str()), 0u);
 }
 
 // bench/torch_gpu_step.py --loss, which scripts/gpu-check.sh runs on the GPU against fjord's loss,

@@ -45,6 +45,53 @@ TEST(GptBf16Test, PrecisionAndItsNames) {
   EXPECT_EQ(ResolvePrecision(proto::ModelSpec::FP32, true), Precision::kFp32);
 }
 
+// model.attention: each requirement of the tensor-core kernels refused on its own (the others
+// met), with the reason in the message; AUTO and SIMT never select them, wherever they run.
+TEST(GptBf16Test, AttentionChoiceAndItsRefusals) {
+  using proto::ModelSpec;
+  const Precision bf = Precision::kBf16, fp = Precision::kFp32;
+  for (ModelSpec::Attention a : {ModelSpec::ATTENTION_AUTO, ModelSpec::SIMT}) {
+    for (int cc : {0, 75, 90}) {
+      StatusOr<bool> tc = ResolveAttention(a, cc, bf, 768, 12);
+      ASSERT_TRUE(tc.ok()) << tc.status().message();
+      EXPECT_FALSE(*tc);
+      tc = ResolveAttention(a, cc, fp, 100, 3);  // head size 33: the SIMT kernels take it
+      ASSERT_TRUE(tc.ok()) << tc.status().message();
+      EXPECT_FALSE(*tc);
+    }
+  }
+  for (int cc : {80, 86, 90, 100}) {
+    for (auto [C, NH] : {std::pair{768, 12}, std::pair{1024, 8}, std::pair{64, 1}}) {
+      StatusOr<bool> tc = ResolveAttention(ModelSpec::TENSOR_CORE, cc, bf, C, NH);
+      ASSERT_TRUE(tc.ok()) << cc << " " << C << "/" << NH << ": " << tc.status().message();
+      EXPECT_TRUE(*tc);
+    }
+  }
+  struct Refusal {
+    int cc;
+    Precision p;
+    int C, NH;
+    const char* why;
+  };
+  for (const Refusal& r :
+       {Refusal{0, bf, 768, 12, "this rank trains on the CPU"},
+        Refusal{75, bf, 768, 12, "the GPU is sm_75; bf16 mma.sync needs sm_80 or newer"},
+        Refusal{90, fp, 768, 12,
+                "the model runs in fp32 (model.dtype); the kernels are bf16 only: set model.dtype: BF16"},
+        Refusal{90, bf, 768, 24, "the head size n_embd / n_head is 32; the kernels support 64 and 128"},
+        Refusal{90, bf, 1536, 6, "the head size n_embd / n_head is 256"},
+        Refusal{90, bf, 96, 1, "the head size n_embd / n_head is 96"}}) {
+    StatusOr<bool> tc = ResolveAttention(ModelSpec::TENSOR_CORE, r.cc, r.p, r.C, r.NH);
+    ASSERT_FALSE(tc.ok()) << r.why;
+    EXPECT_EQ(tc.status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(
+        tc.status().message().find(std::string("model.attention: TENSOR_CORE cannot run here: ") + r.why),
+        std::string::npos)
+        << tc.status().message();
+    EXPECT_NE(tc.status().message().find("set model.attention: SIMT or ATTENTION_AUTO"), std::string::npos);
+  }
+}
+
 TEST(GptBf16Test, RoundSeedIsNonZeroPerStepAndPerRun) {
   // 0 would mean "round to nearest" to cast_to_bf16; every step must draw afresh, and two runs
   // with different seeds must not share their draws.
