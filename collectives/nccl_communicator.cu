@@ -157,6 +157,10 @@ class NcclHandle final : public CommHandle {
     if (e != cudaErrorNotReady) {
       return Finish(Internal(what_ + " failed on " + where_ + ": " + CudaErrorText(e)), OpState::kFailed);
     }
+    // "Not ready" is not a failure, but the runtime may keep it as this thread's last error, where
+    // the next cudaGetLastError (the launch checks of the ops, LaunchDivide) would report it as one.
+    // Clear it, and only it: an error of some other call stays for its own check.
+    if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
     std::lock_guard<std::mutex> lock(state_->mu);
     if (state_->failed) return Finish(state_->failure, OpState::kFailed);
     if (state_->comm != nullptr) {

@@ -79,7 +79,9 @@ class CudaDevice final : public Device {
     FJORD_CUDA_INIT(cudaStreamCreateWithFlags(&comm_, cudaStreamNonBlocking));
     FJORD_CUDA_INIT(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
     FJORD_CUDA_INIT(cudaMalloc(&workspace_, workspace_bytes));
-    FJORD_CUDA_INIT(cudaMemset(workspace_, 0, workspace_bytes));
+    // On the compute stream: it is non-blocking, so it would not wait for a cudaMemset on the legacy
+    // default stream, and the first GEMM could run while the workspace is still being zeroed.
+    FJORD_CUDA_INIT(cudaMemsetAsync(workspace_, 0, workspace_bytes, compute_));
 #undef FJORD_CUDA_INIT
     if (cublasLtCreate(&blas_) != CUBLAS_STATUS_SUCCESS) {
       return FailedPrecondition("cublasLtCreate failed on " + where_ + ", GPU " + std::to_string(index_) +

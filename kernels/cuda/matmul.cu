@@ -27,8 +27,10 @@
 //                   supports), so parameter gradients accumulate over micro-steps in fp32.
 //
 // Epilogues. One Gemm helper serves every GEMM; its Epilogue argument says what cuBLASLt applies to
-// the fp32 result before D is stored. The bias and the GELU's auxiliary output are of D's type
-// (BIAS_DATA_TYPE and EPILOGUE_AUX_DATA_TYPE are set to it: bf16 for bf16 D, fp32 for fp32 D).
+// the fp32 result before D is stored. The bias and the GELU's auxiliary output are of D's type: bf16
+// for bf16 D, fp32 for fp32 D (BIAS_DATA_TYPE is set to it; EPILOGUE_AUX_DATA_TYPE is left at its
+// default, D's type, because cublasLt's documentation reserves setting it for fp8 kernels and says
+// cublasLtMatmul may refuse it with CUBLAS_STATUS_INVALID_VALUE otherwise).
 //   none           D = product (+ beta D). Every GEMM of matmul_backward.
 //   BIAS           D = product + bias[row]: matmul_forward with a bias. When the heuristic offers no
 //                  algorithm for it, the bias is broadcast into out first and the GEMM accumulates
@@ -211,14 +213,14 @@ bool Gemm(const OpContext& ctx, bool trans_a, bool trans_b, uint64_t m, uint64_t
   if (with_epilogue) {
     desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue.kind);
     desc.Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, epilogue.bias);
-    // D's type is the default for the bias and the aux output; set anyway, so that each type is
-    // stated where its pointer is passed.
+    // D's type is the default for the bias; set anyway, so that its type is stated where its
+    // pointer is passed.
     desc.Set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(GemmType<TD>::kType));
   }
   if (epilogue.aux != nullptr) {
+    // The aux output takes D's type by default; EPILOGUE_AUX_DATA_TYPE stays unset (header comment).
     desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(epilogue.aux));
     desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, epilogue.aux_ld);
-    desc.Set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, static_cast<int32_t>(GemmType<TD>::kType));
   }
   const Layout a_layout(GemmType<TAB>::kType, trans_a ? k : m, trans_a ? m : k, lda);
   const Layout b_layout(GemmType<TAB>::kType, trans_b ? n : k, trans_b ? k : n, ldb);
