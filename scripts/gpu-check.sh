@@ -173,14 +173,15 @@ if [ $rc -ne 98 ]; then
 fi
 
 # --- loss on identical weights and tokens --------------------------------------------------------------
-job 4 1 1e-30 "data { val: \"$work/tokens.bin\" }" >"$work/job_loss.textproto"
+# The validation shard by --set: a second `data { }` block is a parse error (data is not repeated).
+job 4 1 1e-30 "" >"$work/job_loss.textproto"
 if [[ " ${FJORD_GPU_SKIP:-} " == *" loss "* ]]; then
   add "loss: skipped (FJORD_GPU_SKIP)"
 else
   ours=""
   for dtype in FP32 BF16; do
     if stage "loss: fjord $dtype" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_loss.textproto" \
-         --set run_dir="$work/loss_$dtype" --set model.dtype=$dtype --set train.eval_every=1 \
+         --set run_dir="$work/loss_$dtype" --set data.val="$work/tokens.bin" --set model.dtype=$dtype --set train.eval_every=1 \
          --set train.eval_batches=2 --set train.weight_decay=0; then
       ours+=" $dtype $(python3 -c 'import json,sys; print([json.loads(x) for x in open(sys.argv[1])][-1]["val_loss"])' "$work/loss_$dtype/metrics.jsonl")"
     else
