@@ -108,7 +108,8 @@ stage kernels 90 "${fjord_env[@]}" "$bin/cuda_ops_bench" --batch 8 --seq 1024 --
 rc=$?
 if [ $rc -ne 98 ]; then
   add "kernels: rc $rc"
-  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n '/^cuda_ops_bench: B/,/^fill_zero/p' "$last")
+  # The table: the copy ceiling's line to the JSON line (a fatal error's line included, if any).
+  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n '/^cuda_ops_bench: B/,/^cuda_ops_bench_json/{/^cuda_ops_bench_json/!p}' "$last")
 fi
 
 # --- GPT-2 124M training step ------------------------------------------------------------------------
