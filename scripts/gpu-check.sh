@@ -18,7 +18,9 @@
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
 #             fixed batches, in model.dtype FP32 and BF16, `fjord export`, and PyTorch's loss on the
 #             exported weights and the same tokens (fp32 and bf16 autocast)
-# Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), so the call ends in time.
+# Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), and cuts every stage's timeout
+# so that none runs past FJORD_GPU_DEADLINE seconds (default 500): the call (540 s at most, less when
+# the machine's start-up ate into the device time) still prints the summary.
 # FJORD_GPU_SKIP="step torch loss" leaves stages out (a dry run of the rest on a machine without a GPU).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +31,7 @@ log=$OUT/gpu-check.log
 last=/tmp/gpu-check-stage.txt  # the output of the last stage
 : >"$log"
 budget=${FJORD_GPU_BUDGET:-420}
+deadline=${FJORD_GPU_DEADLINE:-500}
 batches=${FJORD_GPU_BATCHES:-"64 32 16 8 4"}
 start=$(date +%s)
 declare -a summary
@@ -42,11 +45,20 @@ stage() {
   local key=${name%% *}
   case " ${FJORD_GPU_SKIP:-} " in *" ${key%:} "*) add "$name: skipped (FJORD_GPU_SKIP)"; return 98 ;; esac
   if [ "$(elapsed)" -ge "$budget" ]; then add "$name: skipped (budget of ${budget}s spent)"; return 99; fi
+  # The timeout, and the 5 s to KILL after it, end by the deadline.
+  local left=$((deadline - $(elapsed) - 5))
+  if [ "$left" -lt 10 ]; then add "$name: skipped (deadline of ${deadline}s near)"; return 99; fi
+  [ "$secs" -le "$left" ] || secs=$left
   note "=== $name (timeout ${secs}s, at $(elapsed)s) ==="
+  local t0=$SECONDS
   timeout --kill-after=5 "$secs" "$@" >"$last" 2>&1
   local rc=$?
   cat "$last" >>"$log"
-  [ $rc -eq 124 ] && note "$name: TIMED OUT after ${secs}s"
+  # 124: ended by TERM at the timeout; 137 after the timeout: by the KILL 5 s later (before it, a
+  # KILL from elsewhere, e.g. the kernel's out-of-memory killer).
+  if [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ $((SECONDS - t0)) -ge "$secs" ]; }; then
+    note "$name: TIMED OUT after ${secs}s"
+  fi
   return $rc
 }
 
