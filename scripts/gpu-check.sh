@@ -120,8 +120,8 @@ stage kernels 90 "${fjord_env[@]}" "$bin/cuda_ops_bench" --batch 8 --seq 1024 --
 rc=$?
 if [ $rc -ne 98 ]; then
   add "kernels: rc $rc"
-  # The table: the copy ceiling's line to the JSON line (a fatal error's line included, if any).
-  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n '/^cuda_ops_bench: B/,/^cuda_ops_bench_json/{/^cuda_ops_bench_json/!p}' "$last")
+  # The table: the copy ceiling's line to the JSON line, and a fatal error's line wherever it is.
+  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n -e '/^cuda_ops_bench: B/,/^cuda_ops_bench_json/{/^cuda_ops_bench_json/!p;b' -e '}' -e '/^fjord: FATAL/p' "$last")
 fi
 
 # --- GPT-2 124M training step ------------------------------------------------------------------------
@@ -144,7 +144,7 @@ $4
 EOF
 }
 best_b=0 best_ms=0
-case " ${FJORD_GPU_SKIP:-} " in *" step "*) batches="" ;; esac
+case " ${FJORD_GPU_SKIP:-} " in *" step "*) batches="" && add "step: skipped (FJORD_GPU_SKIP)" ;; esac
 for b in $batches; do
   job "$b" 8 6e-4 "" >"$work/job_$b.textproto"
   if stage "step B=$b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$b.textproto" --set run_dir="$work/run_$b"; then
@@ -170,7 +170,7 @@ print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
     tc_ms=$(python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$work/run_tc/metrics.jsonl")
     add "step: same with model.attention: TENSOR_CORE: $tc_ms ms/step ($(python3 -c "print(f'{$best_ms/$tc_ms:.2f}')")x the SIMT step)"
   fi
-else
+elif [ -n "$batches" ]; then
   add "step: no micro-batch of [$batches] ran (see the log)"
 fi
 
