@@ -203,9 +203,12 @@ else
   done
   if stage "loss: export" 60 "${fjord_env[@]}" "$bin/fjord" export --checkpoint "$work/loss_FP32/checkpoints" \
        --out "$work/export"; then
-    stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
-      --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2
-    theirs=$(grep -E '^torch_gpu_step: loss of' "$log" | tail -1 | sed 's/.*: //')
+    if stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
+         --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2; then
+      theirs=$(grep -E '^torch_gpu_step: loss of' "$last" | tail -1 | sed 's/.*: //')
+    else
+      theirs="failed (see the log)"
+    fi
     add "loss: fjord (GPU)$ours; torch $theirs"
   else
     add "loss: fjord$ours; export failed (see the log)"
