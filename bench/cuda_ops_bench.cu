@@ -8,12 +8,14 @@
 // element and 4 per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the
 // ones to hold against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. The row
 // `attention_forward tc bf16` times the experimental tensor-core forward (kernels/cuda/
-// attention_tc.cu, not in the op table) on the same inputs as `attention_forward bf16`, both
-// counting the causal FLOPs, and `attention_backward tc bf16` its backward beside
+// attention_tc.cu, not in the op table) on inputs like those of `attention_forward bf16`, both
+// counting the causal FLOPs, and `attention_backward tc bf16` its backward like
 // `attention_backward bf16` (both counting 2.5x the forward's FLOPs); they are left out below
 // sm_80. `adamw_update bf16` is the update that also writes the bf16 working copy (2 bytes more
-// per parameter), the optimizer pass of a bf16 training step. One line per op, then a JSON line;
-// fill_zero (a memset) is timed once, in fp32, last.
+// per parameter), the optimizer pass of a bf16 training step. One line per op (stdout is line
+// buffered, so the rows before a fatal error survive it), then a JSON line; fill_zero (a memset)
+// is timed once, in fp32, after the other ops, and the two tensor-core rows come last of all: those
+// kernels have not yet passed on a GPU, and a fault in them would end the process.
 //
 // usage: cuda_ops_bench [--batch B] [--seq T] [--reps N]
 #include <cublasLt.h>
@@ -146,21 +148,9 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   const double attn_forward_bytes = e * (3.0 * N * C + N * C) + f * N * NH;
   report("attention_forward" + suffix, attn_forward_bytes, attn_flops,
          [&] { ops.attention_forward(ctx, y, lse, x, B, T, C, NH); });
-  // The experimental tensor-core forward (not in the op table), same work, next to the SIMT row.
-  if constexpr (std::is_same_v<floatX, fjord::bf16>) {
-    if (fjord::cuda::experimental::AttentionForwardTensorCoreSupported(C, NH) && DeviceMajor() >= 8)
-      report("attention_forward tc" + suffix, attn_forward_bytes, attn_flops,
-             [&] { fjord::cuda::experimental::attention_forward_tc(ctx, y, lse, x, B, T, C, NH); });
-  }
   const double attn_backward_bytes = e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH;
   report("attention_backward" + suffix, attn_backward_bytes, 2.5 * attn_flops,
          [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
-  // The experimental tensor-core backward, same work and FLOP convention, next to the SIMT row.
-  if constexpr (std::is_same_v<floatX, fjord::bf16>) {
-    if (fjord::cuda::experimental::AttentionForwardTensorCoreSupported(C, NH) && DeviceMajor() >= 8)
-      report("attention_backward tc" + suffix, attn_backward_bytes, 2.5 * attn_flops,
-             [&] { fjord::cuda::experimental::attention_backward_tc(ctx, dx, z, x, y, lse, B, T, C, NH); });
-  }
   report("gelu_forward" + suffix, e * 2.0 * N * 4 * C, 0, [&] { ops.gelu_forward(ctx, y, x, N * 4 * C); });
   report("gelu_backward" + suffix, e * 4.0 * N * 4 * C, 0,
          [&] { ops.gelu_backward(ctx, dx, x, y, N * 4 * C); });
@@ -172,9 +162,30 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   for (floatX* buffer : {x, y, z, dx, w, bias, lnw, wte, wpe, logits}) FJORD_CUDA_CHECK(cudaFree(buffer));
 }
 
+// The experimental tensor-core attention (not in the op table), bf16, with the bytes and FLOPs of
+// the SIMT rows `attention_forward bf16` and `attention_backward bf16`; nothing below sm_80. Run
+// after every other op (header comment).
+void ReportTensorCoreAttention(const Report& report, const fjord::OpContext& ctx, float* lse, int B, int T,
+                               int C, int NH) {
+  namespace tc = fjord::cuda::experimental;
+  if (!tc::AttentionForwardTensorCoreSupported(C, NH) || DeviceMajor() < 8) return;
+  const size_t BT = static_cast<size_t>(B) * T, N = BT;
+  fjord::bf16 *qkv = Random<fjord::bf16>(3 * BT * C, 31), *out = Random<fjord::bf16>(BT * C, 32),
+              *dout = Random<fjord::bf16>(BT * C, 33), *dqkv = Random<fjord::bf16>(3 * BT * C, 34);
+  FJORD_CUDA_CHECK(cudaDeviceSynchronize());
+  const double f = sizeof(float), e = sizeof(fjord::bf16), hs = C / NH;
+  const double attn_flops = 2.0 * 2.0 * B * NH * (double(T) * (T + 1) / 2.0) * hs;
+  report("attention_forward tc bf16", e * (3.0 * N * C + N * C) + f * N * NH, attn_flops,
+         [&] { tc::attention_forward_tc(ctx, out, lse, qkv, B, T, C, NH); });
+  report("attention_backward tc bf16", e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH,
+         2.5 * attn_flops, [&] { tc::attention_backward_tc(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH); });
+  for (fjord::bf16* buffer : {qkv, out, dout, dqkv}) FJORD_CUDA_CHECK(cudaFree(buffer));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each row out as it is timed (header comment)
   int B = 4, T = 1024, reps = 20;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--batch"))
@@ -273,6 +284,7 @@ int main(int argc, char** argv) {
          [&] { ops.adamw_update(ctx, p, g, m, v, P, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1, pw, 7, 0); });
   report("sum_squares 124M", f * P, 0, [&] { ops.sum_squares(ctx, out1, g, P); });
   report("fill_zero 124M", f * P, 0, [&] { ops.f32.fill_zero(ctx, g, P); });
+  ReportTensorCoreAttention(report, ctx, fb.lse, B, T, C, NH);
   std::printf("cuda_ops_bench_json %s}}\n", json.c_str());
   FJORD_CUDA_CHECK(cudaDeviceSynchronize());
   return 0;

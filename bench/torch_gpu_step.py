@@ -157,6 +157,11 @@ def timing_mode(a, device):
             print(f"torch_gpu_step: mode {mode} batch {a.batch}: out of memory ({str(e)[:80]})")
             results[mode] = None
             continue
+        except Exception as e:  # e.g. torch.compile's backend: keep the other mode's numbers and the JSON
+            print(f"torch_gpu_step: mode {mode} batch {a.batch}: failed ({type(e).__name__}: "
+                  f"{' '.join(str(e).split())[:200]})")
+            results[mode] = None
+            continue
         tok_s = a.batch * a.seq_len / (ms / 1000)
         print(f"torch_gpu_step: torch {torch.__version__} {device} mode {mode} batch {a.batch} seq {a.seq_len}: "
               f"{ms:.2f} ms/step, {tok_s:.0f} tokens/s, AdamW {kind}, sdpa {HAS_SDPA}, last loss {loss:.4f}")

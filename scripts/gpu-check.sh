@@ -18,7 +18,9 @@
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
 #             fixed batches, in model.dtype FP32 and BF16, `fjord export`, and PyTorch's loss on the
 #             exported weights and the same tokens (fp32 and bf16 autocast)
-# Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), so the call ends in time.
+# Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), and cuts every stage's timeout
+# so that none runs past FJORD_GPU_DEADLINE seconds (default 500): the call (540 s at most, less when
+# the machine's start-up ate into the device time) still prints the summary.
 # FJORD_GPU_SKIP="step torch loss" leaves stages out (a dry run of the rest on a machine without a GPU).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +31,7 @@ log=$OUT/gpu-check.log
 last=/tmp/gpu-check-stage.txt  # the output of the last stage
 : >"$log"
 budget=${FJORD_GPU_BUDGET:-420}
+deadline=${FJORD_GPU_DEADLINE:-500}
 batches=${FJORD_GPU_BATCHES:-"64 32 16 8 4"}
 start=$(date +%s)
 declare -a summary
@@ -42,11 +45,20 @@ stage() {
   local key=${name%% *}
   case " ${FJORD_GPU_SKIP:-} " in *" ${key%:} "*) add "$name: skipped (FJORD_GPU_SKIP)"; return 98 ;; esac
   if [ "$(elapsed)" -ge "$budget" ]; then add "$name: skipped (budget of ${budget}s spent)"; return 99; fi
+  # The timeout, and the 5 s to KILL after it, end by the deadline.
+  local left=$((deadline - $(elapsed) - 5))
+  if [ "$left" -lt 10 ]; then add "$name: skipped (deadline of ${deadline}s near)"; return 99; fi
+  [ "$secs" -le "$left" ] || secs=$left
   note "=== $name (timeout ${secs}s, at $(elapsed)s) ==="
+  local t0=$SECONDS
   timeout --kill-after=5 "$secs" "$@" >"$last" 2>&1
   local rc=$?
   cat "$last" >>"$log"
-  [ $rc -eq 124 ] && note "$name: TIMED OUT after ${secs}s"
+  # 124: ended by TERM at the timeout; 137 after the timeout: by the KILL 5 s later (before it, a
+  # KILL from elsewhere, e.g. the kernel's out-of-memory killer).
+  if [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ $((SECONDS - t0)) -ge "$secs" ]; }; then
+    note "$name: TIMED OUT after ${secs}s"
+  fi
   return $rc
 }
 
@@ -108,7 +120,8 @@ stage kernels 90 "${fjord_env[@]}" "$bin/cuda_ops_bench" --batch 8 --seq 1024 --
 rc=$?
 if [ $rc -ne 98 ]; then
   add "kernels: rc $rc"
-  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n '/^cuda_ops_bench: B/,/^fill_zero/p' "$last")
+  # The table: the copy ceiling's line to the JSON line, and a fatal error's line wherever it is.
+  while IFS= read -r line; do summary+=("  $line"); done < <(sed -n -e '/^cuda_ops_bench: B/,/^cuda_ops_bench_json/{/^cuda_ops_bench_json/!p;b' -e '}' -e '/^fjord: FATAL/p' "$last")
 fi
 
 # --- GPT-2 124M training step ------------------------------------------------------------------------
@@ -131,7 +144,7 @@ $4
 EOF
 }
 best_b=0 best_ms=0
-case " ${FJORD_GPU_SKIP:-} " in *" step "*) batches="" ;; esac
+case " ${FJORD_GPU_SKIP:-} " in *" step "*) batches="" && add "step: skipped (FJORD_GPU_SKIP)" ;; esac
 for b in $batches; do
   job "$b" 8 6e-4 "" >"$work/job_$b.textproto"
   if stage "step B=$b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$b.textproto" --set run_dir="$work/run_$b"; then
@@ -157,7 +170,7 @@ print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
     tc_ms=$(python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$work/run_tc/metrics.jsonl")
     add "step: same with model.attention: TENSOR_CORE: $tc_ms ms/step ($(python3 -c "print(f'{$best_ms/$tc_ms:.2f}')")x the SIMT step)"
   fi
-else
+elif [ -n "$batches" ]; then
   add "step: no micro-batch of [$batches] ran (see the log)"
 fi
 
@@ -173,14 +186,15 @@ if [ $rc -ne 98 ]; then
 fi
 
 # --- loss on identical weights and tokens --------------------------------------------------------------
-job 4 1 1e-30 "data { val: \"$work/tokens.bin\" }" >"$work/job_loss.textproto"
+# The validation shard by --set: a second `data { }` block is a parse error (data is not repeated).
+job 4 1 1e-30 "" >"$work/job_loss.textproto"
 if [[ " ${FJORD_GPU_SKIP:-} " == *" loss "* ]]; then
   add "loss: skipped (FJORD_GPU_SKIP)"
 else
   ours=""
   for dtype in FP32 BF16; do
     if stage "loss: fjord $dtype" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_loss.textproto" \
-         --set run_dir="$work/loss_$dtype" --set model.dtype=$dtype --set train.eval_every=1 \
+         --set run_dir="$work/loss_$dtype" --set data.val="$work/tokens.bin" --set model.dtype=$dtype --set train.eval_every=1 \
          --set train.eval_batches=2 --set train.weight_decay=0; then
       ours+=" $dtype $(python3 -c 'import json,sys; print([json.loads(x) for x in open(sys.argv[1])][-1]["val_loss"])' "$work/loss_$dtype/metrics.jsonl")"
     else
@@ -189,9 +203,12 @@ else
   done
   if stage "loss: export" 60 "${fjord_env[@]}" "$bin/fjord" export --checkpoint "$work/loss_FP32/checkpoints" \
        --out "$work/export"; then
-    stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
-      --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2
-    theirs=$(grep -E '^torch_gpu_step: loss of' "$log" | tail -1 | sed 's/.*: //')
+    if stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
+         --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2; then
+      theirs=$(grep -E '^torch_gpu_step: loss of' "$last" | tail -1 | sed 's/.*: //')
+    else
+      theirs="failed (see the log)"
+    fi
     add "loss: fjord (GPU)$ours; torch $theirs"
   else
     add "loss: fjord$ours; export failed (see the log)"
