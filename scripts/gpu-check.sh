@@ -73,12 +73,14 @@ if [ "$FJORD_PACK_REPO" != "$repo" ] && [ ! -e "$FJORD_PACK_REPO" ]; then
   mkdir -p "$(dirname "$FJORD_PACK_REPO")" && ln -s "$repo" "$FJORD_PACK_REPO"
 fi
 ompi=$repo/.gpu-carry/ompi/usr
-find_lib_dir() {  # the directory of the first $1 in the usual places, then anywhere
-  local d
-  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+find_lib_dir() {  # the directory of the first $1 in the usual places, then anywhere (60 s at most)
+  local d nvcc_root=""
+  command -v nvcc >/dev/null && nvcc_root=$(dirname "$(dirname "$(command -v nvcc)")")
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+           ${nvcc_root:+"$nvcc_root/lib64" "$nvcc_root/lib"} /usr/lib/x86_64-linux-gnu; do
     [ -e "$d/$1" ] && { echo "$d"; return; }
   done
-  d=$(find / -xdev -name "$1" -not -path '/proc/*' 2>/dev/null | head -1)
+  d=$(timeout 60 find / -xdev -name "$1" -not -path '/proc/*' 2>/dev/null | head -1)
   [ -n "$d" ] && dirname "$d"
 }
 # The machine's own libstdc++ when it is at least as new as the one we built with (GCC 12): the
