@@ -281,5 +281,47 @@ TEST_F(SlurmTest, SignalToWaitingLaunchStopsOrCancelsTheJob) {
   }
 }
 
+// When scancel itself fails, launch says so (the command, its exit status and its words) and keeps
+// following the job, so its end is still recorded. A fake scancel first on PATH fails and leaves a
+// mark; the real one then cancels the job.
+TEST_F(SlurmTest, FailingScancelIsReportedAndLaunchKeepsFollowing) {
+  PrepAcme();
+  WriteJob("job.textproto", "run3");
+  std::string spec = ReadText(Path("job.textproto"));
+  spec.replace(spec.find("steps: 4"), 8, "steps: 100000");
+  WriteText(Path("job.textproto"), spec + "checkpoint { every_steps: 0 }\n");
+  fs::create_directories(Path("fakebin"));
+  WriteText(Path("fakebin/scancel"), "#!/bin/sh\necho \"$@\" >>" + Path("scancel_calls") +
+                                         "\necho \"scancel: error: fake failure\" >&2\nexit 3\n");
+  ::chmod(Path("fakebin/scancel").c_str(), 0755);
+  FILE* pipe =
+      testing::Start("exec env PATH=" + Path("fakebin") + ":$PATH " + Env() + LaunchCommand("--np 2 --wait"));
+  ASSERT_NE(pipe, nullptr);
+  const std::string metrics = Path("run3/metrics.jsonl");
+  for (int i = 0; i < 600 && testing::LossTexts(metrics).size() < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Shell("pkill -TERM -f '[f]jord launch " + Path("job.textproto") + "'");
+  for (int i = 0; i < 300 && !fs::exists(Path("scancel_calls")); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string log = Path("run3/audit.jsonl");
+  std::smatch m;
+  const std::string submitted =
+      AuditLines(log, "slurm_submitted").empty() ? "" : AuditLines(log, "slurm_submitted")[0];
+  const bool found = std::regex_search(submitted, m, std::regex("\"slurm_job_id\":\"([0-9]+)\""));
+  const std::string id = found ? m[1].str() : "";
+  if (!id.empty()) Run("scancel " + id);  // the real one, so the job ends whatever happened above
+  const RunResult r = testing::Finish(pipe);
+  ASSERT_FALSE(id.empty()) << submitted << "\n" << r.output;
+  EXPECT_EQ(ReadText(Path("scancel_calls")), "--signal=USR1 " + id + "\n");
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: warning: `scancel --signal=USR1 " + id +
+                                  "` exited with 3: scancel: error: fake failure"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(JobField(id, "JobState"), "CANCELLED");
+  EXPECT_THAT(AuditLines(log, "launch_exit")[0], HasSubstr("\"slurm_state\":\"CANCELLED\""));
+  EXPECT_THAT(AuditLines(log, "launch_exit")[0],
+              HasSubstr("\"stop_requested\":\"scancel --signal=USR1 (checkpoint and stop)\""));
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
 }  // namespace
 }  // namespace fjord
