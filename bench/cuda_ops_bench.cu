@@ -1,14 +1,14 @@
 // Times every CUDA op of kernels/ops.h at GPT-2 124M shapes (scripts/gpu-check.sh runs it on the
 // H200): median of --reps launches after 3 warm-ups, timed with CUDA events on one stream, inputs
 // random (never zeros: they hide bugs and can run faster). Reports the bytes each op must move at
-// least (inputs read once, outputs written once) as GB/s against a measured device-to-device copy,
+// least (inputs read once, outputs written once, accumulated outputs read and written) as GB/s against a measured device-to-device copy,
 // and GEMM / attention FLOPs as TFLOP/s; the fused matmul_gelu_forward is shown next to the
 // matmul_forward + gelu_forward pair it replaces. The model ops run in both storage types
 // (kernels/ops.h): fp32 first, then bf16 (names suffixed "bf16"; bytes counted at 2 per bf16 tensor
 // element and 4 per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the
 // ones to hold against the bf16 cuBLAS ceiling from bench/torch_gpu_step.py --ceilings. The row
 // `attention_forward tc bf16` times the experimental tensor-core forward (kernels/cuda/
-// attention_tc.cu, not in the op table) on inputs like those of `attention_forward bf16`, both
+// attention_tc.cu, what model.attention: TENSOR_CORE selects) on inputs like those of `attention_forward bf16`, both
 // counting the causal FLOPs, and `attention_backward tc bf16` its backward like
 // `attention_backward bf16` (both counting 2.5x the forward's FLOPs); they are left out below
 // sm_80. `adamw_update bf16` is the update that also writes the bf16 working copy (2 bytes more
@@ -106,7 +106,8 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   int32_t* tokens = fb.tokens;
   report("encoder_forward" + suffix, e * (2.0 * BT * C + double(T) * C) + 4.0 * BT, 0,
          [&] { ops.encoder_forward(ctx, x, tokens, wte, wpe, B, T, C); });
-  report("encoder_backward" + suffix, e * BT * C + f * (2.0 * BT * C + double(T) * C) + 4.0 * BT, 0,
+  // dout and tokens read; the dwte rows of the tokens (at most B T of them) and dwpe read and written.
+  report("encoder_backward" + suffix, e * BT * C + f * (2.0 * BT * C + 2.0 * T * C) + 4.0 * BT, 0,
          [&] { ops.encoder_backward(ctx, dwte, dw, y, tokens, B, T, C); });
   report("layernorm_forward" + suffix, e * (2.0 * N * C + 2.0 * C) + f * 2.0 * N, 0,
          [&] { ops.layernorm_forward(ctx, y, mean, rstd, x, lnw, bias, N, C); });
@@ -136,11 +137,13 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   for (auto [name, in, out] :
        {std::tuple{"matmul_backward qkv", C, 3 * C}, std::tuple{"matmul_backward fc", C, 4 * C},
         std::tuple{"matmul_backward fcproj", 4 * C, C}}) {
-    report(name + suffix, e * (2.0 * N * out + 2.0 * N * in + double(in) * out) + f * double(in) * out,
+    // dout, inp and weight read; dinp, dweight and dbias accumulate (read and written).
+    report(name + suffix,
+           e * (N * out + 3.0 * N * in + double(in) * out) + f * (2.0 * double(in) * out + 2.0 * out),
            4.0 * N * in * out,
            [&, in = in, out = out] { ops.matmul_backward(ctx, dx, dw, dbias, y, x, w, N, in, out); });
   }
-  report("matmul_backward classifier" + suffix, e * (N * Vp + 2.0 * N * C + double(Vp) * C) + f * Vp * C,
+  report("matmul_backward classifier" + suffix, e * (N * Vp + 3.0 * N * C + double(Vp) * C) + f * 2.0 * Vp * C,
          4.0 * N * C * Vp, [&] { ops.matmul_backward(ctx, dx, dwte, nullptr, logits, x, wte, N, C, Vp); });
   // Causal attention: QK^T and PV over the T (T + 1) / 2 unmasked scores; backward about 2.5x
   // forward.
