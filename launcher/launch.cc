@@ -766,7 +766,15 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
           "inside Slurm allocation " + options.slurm_job_id +
           " but SLURM_JOB_NODELIST is empty: cannot tell which nodes the allocation holds");
     }
-    FJORD_ASSIGN_OR_RETURN(allocation, ExpandSlurmHostlist(options.slurm_nodelist));
+    StatusOr<std::vector<std::string>> expanded = ExpandSlurmHostlist(options.slurm_nodelist);
+    if (!expanded.ok()) {
+      return Status(expanded.status().code(),
+                    "SLURM_JOB_NODELIST of Slurm allocation " + options.slurm_job_id + ": " +
+                        expanded.status().message() +
+                        ": Slurm sets it; run launch --slurm unchanged inside the allocation, or unset "
+                        "SLURM_JOB_ID to submit a new job. Nothing was started");
+    }
+    allocation = std::move(*expanded);
   }
   FJORD_ASSIGN_OR_RETURN(plan.placement, PlaceRanks(inventory, inventory_source, plan.policy, options.np,
                                                     options.per_node, in_allocation ? &allocation : nullptr));

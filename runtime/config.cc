@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -643,6 +645,11 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
   if (!(par.comm_timeout() > 0) || !Finite(par.comm_timeout())) {
     v.RefuseValue("parallel.comm_timeout",
                   "must be a positive number of seconds; set parallel.comm_timeout, e.g. 300");
+  } else if (par.comm_timeout() < 0.001) {
+    // The communicator counts whole milliseconds: less than one would be a timeout of 0.
+    v.RefuseValue(
+        "parallel.comm_timeout",
+        "is less than the communicator's resolution of 0.001 seconds; set parallel.comm_timeout, e.g. 300");
   }
   // Tenancy (docs/SOVEREIGNTY.md): a tenant needs a residency; residency needs a tenant.
   const std::string& tenant = job.tenant().id();
@@ -733,11 +740,15 @@ StatusOr<proto::JobSpec> LoadJobSpec(const std::string& path, const std::vector<
   if (fs::is_directory(status)) {
     return InvalidArgument("job spec " + path + " is a directory; give the *.textproto file inside it");
   }
+  errno = 0;
   std::ifstream in(path, std::ios::binary);
+  const int open_errno = in.is_open() ? 0 : errno;
   std::stringstream text;
   text << in.rdbuf();
   if (!in || in.bad()) {
-    return FailedPrecondition("job spec " + path + ": cannot read it; check its permissions");
+    return FailedPrecondition("job spec " + path + ": cannot read it (" +
+                              (open_errno != 0 ? std::strerror(open_errno) : "read error") +
+                              "); check that it is a readable file");
   }
   return ParseJobSpec(text.str(), path, overrides);
 }

@@ -3,8 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "collectives/communicator.h"
@@ -29,6 +31,20 @@ TEST(SelfCommunicatorTest, IsRankZeroOfOne) {
   EXPECT_EQ(comm->size(), 1);
   EXPECT_EQ(comm->rank_info().world_size, 1);
   EXPECT_FALSE(comm->rank_info().host.empty());
+}
+
+// A timeout of zero would time every collective out at once: refused with the value.
+TEST(SelfCommunicatorTest, NonPositiveTimeoutIsRefused) {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "PMIX_RANK"}) unsetenv(v);
+  for (const long ms : {0L, -5L}) {
+    CommOptions options;
+    options.timeout = std::chrono::milliseconds(ms);
+    StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(options);
+    ASSERT_FALSE(comm.ok());
+    EXPECT_EQ(comm.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(comm.status().message(),
+                HasSubstr("communicator timeout must be positive, got " + std::to_string(ms) + " ms"));
+  }
 }
 
 TEST(SelfCommunicatorTest, AllReduceIsTheInputForEveryDtypeAndOp) {

@@ -6,11 +6,14 @@
 #include <gmock/gmock.h>
 #include <google/protobuf/unknown_field_set.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -204,6 +207,30 @@ TEST_F(TensorBoardTest, OpenRefusesARunDirThatIsAFile) {
   EXPECT_THAT(w.status().message(),
               AllOf(HasSubstr("cannot open a TensorBoard event file in " + Path("file")),
                     HasSubstr("cannot create the directory")));
+}
+
+// The event file itself cannot be created (here: the process is out of file descriptors): the
+// error names the file and the reason, and no writer is returned.
+TEST_F(TensorBoardTest, OpenReportsAnEventFileThatCannotBeCreated) {
+  ASSERT_TRUE(std::filesystem::create_directories(Path("run")));
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit low = old;
+  low.rlim_cur = 64;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> fds;
+  for (int fd; (fd = ::dup(0)) >= 0;) fds.push_back(fd);  // use up every descriptor below the limit
+  const int dup_errno = errno;
+  StatusOr<std::unique_ptr<TensorBoardWriter>> w = TensorBoardWriter::Open(Path("run"));
+  for (int fd : fds) ::close(fd);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  ASSERT_EQ(dup_errno, EMFILE);
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(w.status().message(),
+              AllOf(HasSubstr("cannot open a TensorBoard event file in " + Path("run") + ": cannot create " +
+                              Path("run") + "/events.out.tfevents."),
+                    HasSubstr(std::strerror(EMFILE))));
+  EXPECT_TRUE(std::filesystem::is_empty(Path("run")));  // nothing half-made
 }
 
 }  // namespace

@@ -250,6 +250,28 @@ TEST_F(BenchCliTest, BadArgumentsExitTwoWithTheReason) {
   EXPECT_THAT(testing::RunFjord("help").output, HasSubstr("bench"));
 }
 
+// A --json that cannot be written (no such directory; a full disk, which /dev/full reports on
+// close) fails the run with the path and the reason, after the table.
+TEST_F(BenchCliTest, UnwritableJsonFailsNamingThePath) {
+  const std::string missing = (dir_ / "no-such-dir" / "b.json").string();
+  RunResult r = testing::RunFjord("bench allreduce -b 8 -e 8 -n 1 -w 0 --json " + missing);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("# Out of bounds values : 0 OK"));
+  EXPECT_THAT(r.output, HasSubstr("fjord bench: error: cannot write --json " + missing +
+                                  ": No such file or directory"));
+  EXPECT_FALSE(fs::exists(dir_ / "no-such-dir"));
+  r = testing::RunFjord("bench allreduce -b 8 -e 8 -n 1 -w 0 --json /dev/full");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord bench: error: cannot write --json /dev/full: No space left on device"));
+
+  r = Shell(Mpirun(2) + " bench p2p --per-rank -e 4K -n 1 -w 0 --json " + missing);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("# Bandwidth (GB/s), row sends to column"));
+  EXPECT_THAT(r.output, HasSubstr("fjord bench p2p: error: cannot write --json " + missing +
+                                  ": No such file or directory"));
+}
+
 // nccl-tests' long options and glued short ones are accepted.
 TEST_F(BenchCliTest, NcclTestsSpellingsWork) {
   const RunResult r = testing::RunFjord("bench allgather -b8 --maxbytes=64 --stepfactor 2 --iters=2 -w0 --check 1 "

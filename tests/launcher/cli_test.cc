@@ -1,12 +1,16 @@
 // End-to-end tests of the fjord binary: prep -> train -> eval -> sample, the demo, and the
 // refusals a user meets first (bad job spec, bad flags), checked by exit code and message.
-#include <gtest/gtest.h>
 #include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -296,6 +300,98 @@ TEST_F(CliTest, EvalRefusesMissingCheckpoint) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("nope"));
   EXPECT_THAT(r.output, HasSubstr("does not exist"));
+}
+
+// Every command's missing job spec or required flags: exit 2, naming what is missing.
+TEST_F(CliTest, MissingJobSpecAndRequiredFlagsExitTwoNamingThem) {
+  struct Case {
+    std::string args, message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"train", "fjord train: error: give exactly one job spec (JOB.textproto)"},
+           {"train a.textproto b.textproto", "fjord train: error: give exactly one job spec (JOB.textproto)"},
+           {"launch --np 2",
+            "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: fjord launch"},
+           {"prep --input x.txt", "fjord prep: error: --input FILE and --out DIR are required"},
+           {"eval --data 'x_*.bin'", "fjord eval: error: --checkpoint DIR and --data GLOB are required"},
+           {"sample --prompt hi", "fjord sample: error: --checkpoint DIR is required"},
+           {"export --checkpoint run", "fjord export: error: --checkpoint DIR and --out PATH are required"},
+           {"import --out run", "fjord import: error: --from PATH and --out DIR are required"},
+           {"eval --data x --checkpoint", "fjord eval: error: --checkpoint needs a value\nusage: fjord eval"},
+           {"sample --checkpoint x --temperature warm",
+            "fjord sample: error: --temperature 'warm' is not a number"},
+       }) {
+    const RunResult r = RunFjord(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.message)) << c.args;
+  }
+  EXPECT_TRUE(fs::is_empty(dir_));  // nothing was written
+}
+
+TEST_F(CliTest, SampleRefusesNegativeTemperatureBeforeOpeningTheCheckpoint) {
+  const RunResult r = RunFjord("sample --checkpoint " + Path("nope") + " --temperature -1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord sample: error: --temperature must be >= 0 (0 is greedy), got -1"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("does not exist")));  // the option is checked first
+}
+
+// A job spec that is a directory, or a file that cannot be read (a socket: open() fails with ENXIO).
+TEST_F(CliTest, JobSpecThatIsADirectoryOrUnreadableIsRefusedByPath) {
+  fs::create_directories(Path("spec_dir"));
+  RunResult r = RunFjord("train " + Path("spec_dir"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("job spec " + Path("spec_dir") + " is a directory; give the *.textproto file"));
+
+  const std::string socket_path = Path("spec.sock");
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(socket_path.size(), sizeof(addr.sun_path)) << socket_path;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", socket_path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << std::strerror(errno);
+  r = RunFjord("train " + socket_path);
+  ::close(fd);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("job spec " + socket_path + ": cannot read it ("));
+  EXPECT_THAT(r.output, HasSubstr("check that it is a readable file"));
+  EXPECT_FALSE(fs::exists(Path("run")));
+}
+
+TEST_F(CliTest, AuditVerifyOfAMissingLogNamesTheFile) {
+  const RunResult r = RunFjord("audit verify " + Path("none.jsonl"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord audit verify: error: cannot open audit log " + Path("none.jsonl") +
+                                  ": No such file or directory; check the path"));
+  EXPECT_FALSE(fs::exists(Path("none.jsonl")));
+}
+
+// An integer environment variable that is not one: named with its value, exit 2, before any work.
+TEST_F(CliTest, NonIntegerRankEnvironmentVariableIsNamed) {
+  const RunResult r = testing::Shell("env SLURM_NTASKS=many " + std::string(FJORD_BINARY) +
+                                     " bench allreduce -b 8 -e 8 -n 1 -w 0 --json " + Path("b.json"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(
+      r.output,
+      HasSubstr(
+          "fjord: environment variable SLURM_NTASKS='many' is not an integer; unset it or give a number"));
+  EXPECT_FALSE(fs::exists(Path("b.json")));
+}
+
+// A failure on every rank of a multi-rank job after the communicator exists ends the job through
+// the communicator's abort, which names the rank and its host; the exit code is non-zero.
+TEST_F(CliTest, MultiRankTrainFailureAbortsNamingRankAndHost) {
+  Write("job.textproto", "data { train: \"" + Path("nothing_*.bin") +
+                             "\" }\nmodel { n_layer: 1 n_head: 1 n_embd: 8 seq_len: 8 vocab_size: 256 }\n"
+                             "run_dir: \"" +
+                             Path("run") + "\"\n");
+  const RunResult r = testing::Shell(testing::Mpirun(2) + " train " + Path("job.textproto"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output,
+              ::testing::MatchesRegex("(.|\n)*fjord: rank [01] \\(host [^)]+\\) aborts the job: fjord "
+                                      "train: error on rank [01]: (.|\n)*"));
+  EXPECT_THAT(r.output, HasSubstr("nothing_*.bin"));
 }
 
 TEST_F(CliTest, DemoRunsEndToEnd) {

@@ -399,6 +399,18 @@ TEST_F(LeaseTest, CurrentHoldersNamesHeldNodesOnlyAndTakesNothing) {
   EXPECT_EQ(ParseLeaseRecord(ReadText(LeaseFile("no3")), "no3")->tenant, "stale");
 }
 
+// A lease path that is a symlink is refused by the dry run's look too (not followed), naming it.
+TEST_F(LeaseTest, CurrentHoldersRefusesASymlinkedLease) {
+  WriteText(dir_ + "/file", "");
+  fs::create_symlink(dir_ + "/file", LeaseFile("no9"));
+  StatusOr<std::vector<LeaseConflict>> held = CurrentHolders(Leases(), {"no1", "no9"});
+  ASSERT_FALSE(held.ok());
+  EXPECT_EQ(held.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(held.status().message(), HasSubstr("cannot open node lease " + LeaseFile("no9") + ": "));
+  EXPECT_FALSE(fs::exists(LeaseFile("no1")));
+  EXPECT_EQ(ReadText(dir_ + "/file"), "");
+}
+
 TEST(LeaseInventoryTest, LeaseDirMustBeAbsolute) {
   StatusOr<proto::Inventory> inv =
       ParseInventory("node { hostname: \"a\" jurisdiction: \"NO\" site: \"s\" }\nlease_dir: \"var/leases\"\n",
