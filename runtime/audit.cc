@@ -91,7 +91,9 @@ StatusOr<RecordHead> ReadHeadFile(const std::string& head_path) {
   char hash[65] = {};
   long long seq = 0;
   if (std::sscanf(text.c_str(), "%lld %64s", &seq, hash) != 2 || !IsHex64(hash) || seq < 1) {
-    return DataLoss("audit head file " + head_path + " is not \"SEQ HASH\": it was damaged or edited");
+    return DataLoss("audit head file " + head_path +
+                    " is not \"SEQ HASH\": it was damaged or edited; keep it and its log for the "
+                    "auditor, and give the job a new audit_log");
   }
   head.seq = seq;
   head.hash = hash;
@@ -205,8 +207,9 @@ StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord
   std::lock_guard<std::mutex> lock(mu_);
   Fd fd(::open(path_.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
   if (fd.get() < 0) {
-    return FailedPrecondition("cannot open audit log " + path_ + ": " + ErrnoText() +
-                              "; check that its directory is writable");
+    return FailedPrecondition(
+        "cannot open audit log " + path_ + ": " + ErrnoText() +
+        "; check that audit_log names a file (not a directory) in a writable directory");
   }
   while (::flock(fd.get(), LOCK_EX) != 0) {
     if (errno != EINTR) return FailedPrecondition("cannot lock audit log " + path_ + ": " + ErrnoText());

@@ -311,7 +311,8 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const Checkpoin
   }
   if (header[kVersion] != kModelVersion) {
     return DataLoss(path + ": version " + std::to_string(header[kVersion]) + " is not supported (expected " +
-                    std::to_string(kModelVersion) + ")");
+                    std::to_string(kModelVersion) +
+                    "): it was written by another fjord version; read it with that version");
   }
   const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
   static const char* kNames[] = {"magic", "version", "model.n_layer", "model.n_head", "model.n_embd",
@@ -340,7 +341,9 @@ Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* 
   if (!in || header[kMagic] != kModelMagic) return DataLoss(path + ": not a fjord optimizer state (bad header)");
   const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
   if (!std::equal(expected.begin() + kNLayer, expected.begin() + kParamsHi + 1, header.begin() + kNLayer)) {
-    return FailedPrecondition(path + ": the optimizer state is for another model shape");
+    return FailedPrecondition(path +
+                              ": the optimizer state is for another model shape than model.bin's (its header "
+                              "differs); restore the checkpoint from a copy you trust");
   }
   const std::streamsize bytes = static_cast<std::streamsize>(model.num_params() * sizeof(float));
   in.read(reinterpret_cast<char*>(adam_m), bytes);

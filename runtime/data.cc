@@ -280,7 +280,8 @@ StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_siz
   File file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (file.get() < 0) {
     if (errno == ENOENT) return NotFound(what + ": no such file; check the path, or " + kPrepHint);
-    return FailedPrecondition(what + ": cannot open it: " + ErrnoText() + "; check its permissions");
+    return FailedPrecondition(what + ": cannot open it: " + ErrnoText() +
+                              "; check the path and its permissions");
   }
   struct stat st;
   if (::fstat(file.get(), &st) != 0) return FailedPrecondition(what + ": cannot stat it: " + ErrnoText());
@@ -644,8 +645,9 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
   if (!options.tenant.empty()) {
     fs::remove(fs::path(options.out_dir) / kManifestName, ec);
     if (ec) {
-      return FailedPrecondition(what + ": cannot remove the old " + (fs::path(options.out_dir) / kManifestName).string() +
-                                ": " + ec.message());
+      return FailedPrecondition(what + ": cannot remove the old " +
+                                (fs::path(options.out_dir) / kManifestName).string() + ": " + ec.message() +
+                                "; remove it by hand or choose another output directory");
     }
   }
   FJORD_RETURN_IF_ERROR(write(result.train_files, 0, n_train));

@@ -37,7 +37,7 @@ StatusOr<std::string> ReadWholeFile(const std::string& path, const std::string& 
   }
   struct stat st;
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    return FailedPrecondition("cannot read " + what + " " + path + ": not a regular file");
+    return FailedPrecondition("cannot read " + what + " " + path + ": not a regular file; check the path");
   }
   std::string bytes(static_cast<size_t>(st.st_size), '\0');
   size_t done = 0;

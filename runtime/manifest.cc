@@ -42,7 +42,8 @@ StatusOr<proto::DataManifest> ReadDataManifest(const std::string& dir) {
   const std::string fix = "; re-create the data with `fjord prep --tenant ID --jurisdiction CC`";
   if (m.version() != 1) {
     return FailedPrecondition(FieldLocation(path, &tree, m, "version") + ": manifest version " +
-                              std::to_string(m.version()) + " is not supported (this fjord reads version 1)");
+                              std::to_string(m.version()) + " is not supported (this fjord reads version 1)" +
+                              fix);
   }
   if (!IsValidTenantId(m.tenant())) {
     return InvalidArgument(FieldLocation(path, &tree, m, "tenant") + ": tenant \"" + m.tenant() +

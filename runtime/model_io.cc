@@ -92,7 +92,9 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
   if (config.padded_vocab != dims.padded_vocab) {
     return InvalidArgument(source + ": padded vocabulary " + std::to_string(dims.padded_vocab) +
                            " differs from fjord's padding of " + std::to_string(dims.vocab_size) + " to " +
-                           std::to_string(config.padded_vocab) + " (a multiple of 128)");
+                           std::to_string(config.padded_vocab) +
+                           " (a multiple of 128); write the file with that padding (llm.c's own) or import "
+                           "a Hugging Face export of the model instead");
   }
   Gpt model(config, 1, 1, CpuOps());
   const std::vector<ParamSlot> slots = SlotsOf(model.layout());

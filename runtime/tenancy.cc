@@ -303,7 +303,7 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
                       ": no such file: this node has not been provisioned for tenant jobs; the operator "
                       "writes it as root at provisioning (docs/SOVEREIGNTY.md, \"Node identity\")");
     }
-    return FailedPrecondition(what + ": " + std::strerror(errno) + "; check its permissions");
+    return FailedPrecondition(what + ": " + std::strerror(errno) + "; check the path and its permissions");
   }
   if (!S_ISREG(st.st_mode)) return FailedPrecondition(what + " is not a regular file");
   if (strict) {

@@ -271,6 +271,15 @@ TEST_F(HfGpt2Test, ConfigRefusalsNameTheFileTheKeyAndWhatIsSupported) {
   ASSERT_FALSE(d.ok());
   EXPECT_THAT(d.status().message(), AllOf(HasSubstr("scaled/config.json:2:"),
                                           HasSubstr("scale_attn_by_inverse_layer_idx must be false")));
+  const std::string unscaled = Export(m, "unscaled");
+  text = ReadBytes(unscaled + "/config.json");
+  text.insert(2, "  \"scale_attn_weights\": false,\n");
+  WriteBytes(unscaled + "/config.json", text);
+  d = ReadHfGpt2Config(unscaled);
+  ASSERT_FALSE(d.ok());
+  EXPECT_THAT(d.status().message(),
+              AllOf(HasSubstr("unscaled/config.json:2:"), HasSubstr("scale_attn_weights must be true"),
+                    HasSubstr("attention scaled by 1/sqrt(head size) only")));
 }
 
 TEST_F(HfGpt2Test, ConfigAcceptsNCtxWhenNPositionsIsAbsentAndRefusesMissingFile) {
@@ -329,6 +338,14 @@ TEST_F(HfGpt2Test, ImportRefusesMismatchedModelsAndForeignFiles) {
   });
   EXPECT_THAT(ImportError(untied, m), AllOf(HasSubstr("lm_head.weight differs from the token embedding"),
                                             HasSubstr("untied head cannot be imported")));
+
+  const std::string head_shape = Export(m, "head_shape");
+  EditWeights(head_shape, [](auto& refs) {
+    refs.push_back({"lm_head.weight", Dtype::kF32, {8, 50}, head.data()});  // transposed
+  });
+  EXPECT_THAT(ImportError(head_shape, m),
+              AllOf(HasSubstr("head_shape/model.safetensors: tensor \"lm_head.weight\" has shape [8, 50], "
+                              "expected [50, 8]")));
 
   const std::string foreign = Export(m, "foreign");
   EditWeights(foreign, [](auto& refs) {

@@ -252,6 +252,9 @@ TEST_F(LlmcTest, RefusesForeignAndCorruptFilesWithTheField) {
   WriteBytes(path, Header({2, 3, 8, 16, 50, 128}) + good.substr(1024));
   EXPECT_THAT(ReadError(path, m),
               AllOf(HasSubstr("header (maxT, V, L, NH, C, Vp"), HasSubstr("not divisible by n_head 3")));
+  WriteBytes(path, Header({0, 2, 8, 16, 50, 128}) + good.substr(1024));
+  EXPECT_THAT(ReadError(path, m), AllOf(HasSubstr("header (maxT, V, L, NH, C, Vp"),
+                                        HasSubstr("model dimensions must be positive: n_layer 0, n_head 2")));
   WriteBytes(path, Header({1000, 2, 1 << 30, 16, 50, 128}));
   EXPECT_THAT(ReadError(path, m), HasSubstr("needs more than 2^64"));
   EXPECT_THAT(ReadError(Path("none.bin"), m),

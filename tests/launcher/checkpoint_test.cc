@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/file_util.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {
@@ -55,6 +56,35 @@ class CheckpointTest : public ::testing::Test {
   std::string P(const std::string& name) const { return (dir_ / name).string(); }
   std::string Train(const std::string& run, const std::string& extra = "") const {
     return " train " + P("job.textproto") + " --quiet --set run_dir=" + P(run) + " " + extra;
+  }
+
+  std::string ReadFile(const std::string& path) const {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  void WriteFile(const std::string& path, const std::string& bytes) const {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  // Sets int32 `field` of the 1024-byte header of checkpoint file `path` (little-endian).
+  void PatchHeader(const std::string& path, int field, int32_t value) const {
+    std::string bytes = ReadFile(path);
+    for (int i = 0; i < 4; ++i)
+      bytes[4 * field + i] = static_cast<char>((static_cast<uint32_t>(value) >> (8 * i)) & 0xFF);
+    WriteFile(path, bytes);
+  }
+  // Makes the checkpoint's manifest.json record `name`'s current SHA-256 again, as if it had been
+  // written that way.
+  void Rehash(const std::string& step_dir, const std::string& name) const {
+    const std::string manifest = step_dir + "/manifest.json";
+    std::string text = ReadFile(manifest);
+    const size_t entry = text.find("\"" + name + "\"");
+    ASSERT_NE(entry, std::string::npos) << text;
+    const size_t sha = text.find("\"sha256\": \"", entry);
+    ASSERT_NE(sha, std::string::npos) << text;
+    StatusOr<std::string> digest = Sha256File(step_dir + "/" + name, "checkpoint file");
+    ASSERT_TRUE(digest.ok()) << digest.status().message();
+    text.replace(sha + 11, 64, *digest);
+    WriteFile(manifest, text);
   }
 
   fs::path dir_;
@@ -375,6 +405,105 @@ TEST_F(CheckpointTest, KilledRankEndsTheJobNamingIt) {
   // Nothing left running ("[r]" keeps pgrep from matching its own shell's command line).
   EXPECT_EQ(Shell("pgrep -f '[r]un_dir=" + P("killed") + "'").output, "");
   (void)t0;
+}
+
+TEST_F(CheckpointTest, DamagedManifestFieldsAreNamedWhenResumeHasNoCheckpointLeft) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=5"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string step = P("run/checkpoints/step_000005");
+  const std::string intact = ReadFile(step + "/manifest.json");
+  struct Case {
+    std::string from, to, expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"\"fjord-checkpoint\"", "\"other-checkpoint\"",
+            step + "/manifest.json: not a fjord checkpoint manifest (no \"format\": \"fjord-checkpoint\")"},
+           {"\"files\"", "\"filez\"", step + "/manifest.json: no \"files\" listed"},
+           {"\"sha256\"", "\"sha-256\"", step + "/manifest.json: entry for "},
+       }) {
+    std::string text = intact;
+    const size_t at = text.find(c.from);
+    ASSERT_NE(at, std::string::npos) << c.from;
+    text.replace(at, c.from.size(), c.to);
+    WriteFile(step + "/manifest.json", text);
+    r = RunFjord(Train("run", "--resume --set train.steps=6"));
+    EXPECT_EQ(r.exit_code, 1) << c.expected;
+    EXPECT_THAT(r.output, HasSubstr(c.expected));
+    EXPECT_THAT(r.output, HasSubstr("every checkpoint in"));
+    EXPECT_FALSE(fs::exists(P("run/checkpoints/step_000006"))) << c.expected;
+  }
+  EXPECT_THAT(r.output, HasSubstr("lacks bytes or sha256"));
+  EXPECT_EQ(LossTexts(P("run/metrics.jsonl")).size(), 5u);  // nothing appended
+}
+
+TEST_F(CheckpointTest, ExportRefusesAForeignOrNewerModelFileAndAMissingCheckpointAndWritesNothing) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=5"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string step = P("run/checkpoints/step_000005");
+  const std::string model = step + "/model.bin";
+  const std::string intact = ReadFile(model);
+  auto export_to = [&](const std::string& out) {
+    return RunFjord("export --checkpoint " + step + " --out " + P(out));
+  };
+
+  PatchHeader(model, 0, 1234);  // magic
+  r = export_to("hf_magic");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(model + ": magic 1234 is not fjord's"));
+  EXPECT_THAT(r.output, HasSubstr("(not a fjord checkpoint)"));
+  EXPECT_FALSE(fs::exists(P("hf_magic")));
+
+  WriteFile(model, intact);
+  PatchHeader(model, 1, 99);  // version
+  r = export_to("hf_version");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(model + ": version 99 is not supported (expected "));
+  EXPECT_THAT(r.output, HasSubstr("written by another fjord version; read it with that version"));
+  EXPECT_FALSE(fs::exists(P("hf_version")));
+
+  fs::create_directories(P("empty"));
+  r = RunFjord("export --checkpoint " + P("empty") + " --out " + P("hf_empty"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("no checkpoint in " + P("empty") +
+                                  ": expected a step directory with model.bin, or a run directory with "
+                                  "checkpoints/step_*"));
+  EXPECT_FALSE(fs::exists(P("hf_empty")));
+}
+
+TEST_F(CheckpointTest, OptimizerStateOfAnotherShapeIsRefusedOnResume) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=5"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string step = P("run/checkpoints/step_000005");
+  PatchHeader(step + "/optimizer.bin", 2, 3);  // n_layer 3 where model.bin and the job say 2
+  Rehash(step, "optimizer.bin");
+  r = RunFjord(Train("run", "--resume --set train.steps=6"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr(step + "/optimizer.bin: the optimizer state is for another model shape than "
+                               "model.bin's"));
+  EXPECT_THAT(r.output, HasSubstr("restore the checkpoint from a copy you trust"));
+  EXPECT_FALSE(fs::exists(P("run/checkpoints/step_000006")));
+  EXPECT_EQ(LossTexts(P("run/metrics.jsonl")).size(), 5u);
+}
+
+TEST_F(CheckpointTest, ImportRefusesAnLlmcFileWithAnotherVocabularyPaddingAndWritesNothing) {
+  // llm.c header: magic, version 3 (fp32), maxT, V, L, NH, C, Vp; V 50 padded to 256, not 128.
+  const int32_t maxT = 8, V = 50, L = 1, NH = 1, C = 8, Vp = 256;
+  std::string bytes;
+  for (int32_t v : {20240326, 3, maxT, V, L, NH, C, Vp}) {
+    for (int i = 0; i < 4; ++i)
+      bytes.push_back(static_cast<char>((static_cast<uint32_t>(v) >> (8 * i)) & 0xFF));
+  }
+  bytes.resize(1024, '\0');
+  const size_t params = size_t(Vp + maxT) * C + size_t(L) * (12 * C * C + 13 * C) + 2 * C;
+  bytes.resize(bytes.size() + 4 * params, '\0');
+  WriteFile(P("model.bin"), bytes);
+  RunResult r = RunFjord("import --from " + P("model.bin") + " --out " + P("imported") + " --format llmc");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(P("model.bin") +
+                                  ": padded vocabulary 256 differs from fjord's padding of 50 to 128"));
+  EXPECT_THAT(r.output, HasSubstr("write the file with that padding (llm.c's own)"));
+  EXPECT_FALSE(fs::exists(P("imported")));
 }
 
 }  // namespace

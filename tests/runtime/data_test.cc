@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/file_util.h"
+
 namespace fjord {
 namespace {
 
@@ -158,6 +160,54 @@ TEST_F(DataTest, ShardMissingIsNotFound) {
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), StatusCode::kNotFound);
   EXPECT_THAT(read.status().message(), HasSubstr("shard " + Path("nope.bin") + ": no such file"));
+}
+
+TEST_F(DataTest, ShardThatCannotBeOpenedNamesTheErrorAndWhatToCheck) {
+  WriteBytes(Path("file"), "a regular file, not a directory");
+  const std::string path = Path("file/a.bin");  // ENOTDIR, not ENOENT
+  StatusOr<std::vector<uint16_t>> read = ReadShard(path, 256);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(read.status().message(), StartsWith("shard " + path + ": cannot open it: Not a directory"));
+  EXPECT_THAT(read.status().message(), HasSubstr("check the path and its permissions"));
+}
+
+TEST_F(DataTest, ShardThatIsADirectoryIsRefused) {
+  fs::create_directories(Path("dir.bin"));
+  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("dir.bin"), 256);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(read.status().message(), StartsWith("shard " + Path("dir.bin") + " is not a regular file"));
+  EXPECT_THAT(read.status().message(), HasSubstr("point data.train / data.val at the .bin shard files"));
+}
+
+TEST_F(DataTest, ShardWriteThatCannotBeRenamedIntoPlaceLeavesNoTemporary) {
+  // A non-empty directory where the shard goes: the temporary file is written, the rename fails.
+  fs::create_directories(Path("out/a.bin/inside"));
+  const Status s = WriteShard(Path("out/a.bin"), {1, 2, 3});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), StartsWith("cannot write shard " + Path("out/a.bin") + ": rename to " +
+                                      Path("out/a.bin") + " of " + Path("out/a.bin.tmp.")));
+  EXPECT_THAT(s.message(), HasSubstr("failed: Is a directory"));
+  EXPECT_THAT(s.message(), HasSubstr("check free disk space and permissions"));
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(Path("out"))) left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"a.bin"});  // no a.bin.tmp.PID
+  EXPECT_TRUE(fs::is_directory(Path("out/a.bin/inside")));
+}
+
+TEST_F(DataTest, AtomicWriteThatCannotBeRenamedIntoPlaceLeavesNoTemporary) {
+  fs::create_directories(Path("out/state/inside"));
+  const std::string text = "1 abc\n";
+  const Status s = WriteFileAtomic(Path("out/state"), {{text.data(), text.size()}});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), StartsWith("rename to " + Path("out/state") + " of " + Path("out/state.tmp.")));
+  EXPECT_THAT(s.message(), HasSubstr("failed: Is a directory; check free disk space and permissions"));
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(Path("out"))) left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"state"});
 }
 
 TEST_F(DataTest, ShardShorterThanHeaderIsRefused) {
@@ -492,6 +542,14 @@ TEST_F(LoaderTest, ShardErrorsNameTheField) {
   EXPECT_THAT(loader.status().message(), HasSubstr("raise model.vocab_size"));
 }
 
+TEST_F(LoaderTest, NonPositiveSequenceLengthIsRefusedBeforeAnyShardIsRead) {
+  StatusOr<DataLoader> loader = DataLoader::Open(Path("none_*.bin"), "data.train", 256, 0, 1, true);
+  ASSERT_FALSE(loader.ok());
+  EXPECT_EQ(loader.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(loader.status().message(), StartsWith("data.train: sequence length 0 must be at least 1"));
+  EXPECT_THAT(loader.status().message(), HasSubstr("set train.seq_len (or model.seq_len) to 1 or more"));
+}
+
 TEST_F(LoaderTest, NoMatchingShardsIsRefused) {
   StatusOr<DataLoader> loader = DataLoader::Open(Path("none_*.bin"), "data.train", 256, kT, 1, true);
   ASSERT_FALSE(loader.ok());
@@ -661,6 +719,56 @@ TEST_F(PrepTest, NonPositiveShardTokensIsRefused) {
       PrepareShards({WriteText(SampleText(100)), Path("out"), 0.1, 0}, *MakeByteTokenizer());
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("shard_tokens 0 must be at least 1"));
+}
+
+TEST_F(PrepTest, EmptyOutputDirIsRefused) {
+  StatusOr<PrepResult> r = PrepareShards({WriteText(SampleText(100)), "", 0.1, 100}, *MakeByteTokenizer());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("the output directory is empty"));
+  EXPECT_THAT(r.status().message(), HasSubstr("give a directory for the shards"));
+}
+
+// A tokenizer with more ids than a uint16 shard can hold.
+class WideTokenizer : public Tokenizer {
+ public:
+  std::string name() const override { return "wide"; }
+  int vocab_size() const override { return 65537; }
+  std::vector<int32_t> Encode(std::string_view text) const override {
+    return std::vector<int32_t>(text.size(), 65536);
+  }
+  std::string Decode(const std::vector<int32_t>&) const override { return ""; }
+};
+
+TEST_F(PrepTest, TokenizerWithMoreIdsThanUint16IsRefusedBeforeWriting) {
+  StatusOr<PrepResult> r =
+      PrepareShards({WriteText(SampleText(100)), Path("out"), 0.1, 100}, WideTokenizer());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("tokenizer \"wide\" has 65537 ids but shards store uint16"));
+  EXPECT_THAT(r.status().message(), HasSubstr("use a smaller tokenizer"));
+  EXPECT_FALSE(fs::exists(Path("out")));
+}
+
+TEST_F(PrepTest, InputThatIsADirectoryIsRefused) {
+  fs::create_directories(Path("texts"));
+  StatusOr<PrepResult> r = PrepareShards({Path("texts"), Path("out"), 0.1, 100}, *MakeByteTokenizer());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("input " + Path("texts") + " is not a regular file"));
+  EXPECT_THAT(r.status().message(), HasSubstr("give a text file"));
+  EXPECT_FALSE(fs::exists(Path("out")));
+}
+
+TEST_F(PrepTest, MoreShardsThanSixDigitsIsRefusedBeforeWriting) {
+  StatusOr<PrepResult> r =
+      PrepareShards({WriteText(std::string(1'000'001, 'x')), Path("out"), 0.0, 1}, *MakeByteTokenizer());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("1000001 shards of 1 tokens would overflow the 6-digit shard numbers"));
+  EXPECT_THAT(r.status().message(), HasSubstr("raise shard_tokens"));
+  EXPECT_FALSE(fs::exists(Path("out")));
 }
 
 }  // namespace

@@ -213,5 +213,68 @@ TEST_F(AuditTest, OpenWithoutCreatingParentRefusesAMissingDirectory) {
   EXPECT_FALSE(fs::exists(Path("run")));
 }
 
+TEST_F(AuditTest, AppendRefusesADamagedHeadFileAndWritesNothing) {
+  Write(2);
+  const std::string before = ReadText(log());
+  WriteText(log() + ".head", "two " + std::string(64, 'a') + "\n");
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  StatusOr<std::string> h = (*a)->Append("x");
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(h.status().message(),
+              HasSubstr("audit head file " + log() + ".head is not \"SEQ HASH\": it was damaged or edited"));
+  EXPECT_THAT(h.status().message(),
+              HasSubstr("keep it and its log for the auditor, and give the job a new audit_log"));
+  EXPECT_EQ(ReadText(log()), before);
+  const AuditVerifyReport r = Verify();
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.problem, HasSubstr("is not \"SEQ HASH\""));
+}
+
+TEST_F(AuditTest, AppendRefusesAnUnreadableLastRecordAndWritesNothing) {
+  Write(2);
+  std::vector<std::string> lines = Lines();
+  lines.back() = "{\"time\":\"now\"}";  // a complete line without "seq"
+  SetLines(lines);
+  const std::string before = ReadText(log());
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  StatusOr<std::string> h = (*a)->Append("x");
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(h.status().message(), HasSubstr("audit log " + log() + ": its last record is unreadable ("));
+  EXPECT_THAT(h.status().message(), HasSubstr("run `fjord audit verify " + log() + "`"));
+  EXPECT_THAT(h.status().message(), HasSubstr("give the job a new audit_log"));
+  EXPECT_EQ(ReadText(log()), before);
+}
+
+TEST_F(AuditTest, AppendRefusesATruncatedLogWhoseHeadNamesARecord) {
+  Write(3);
+  WriteText(log(), "");
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  StatusOr<std::string> h = (*a)->Append("x");
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(h.status().message(),
+              HasSubstr("audit log " + log() + " is empty but " + log() + ".head names record 3"));
+  EXPECT_THAT(h.status().message(), HasSubstr("the log was truncated or replaced"));
+  EXPECT_THAT(h.status().message(), HasSubstr("give the job a new audit_log"));
+  EXPECT_EQ(ReadText(log()), "");
+}
+
+TEST_F(AuditTest, AppendToALogPathThatIsADirectoryIsRefused) {
+  fs::create_directories(log());
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  StatusOr<std::string> h = (*a)->Append("x");
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(h.status().message(), HasSubstr("cannot open audit log " + log() + ": Is a directory"));
+  EXPECT_THAT(h.status().message(), HasSubstr("check that audit_log names a file (not a directory)"));
+  EXPECT_FALSE(fs::exists(log() + ".head"));
+}
+
 }  // namespace
 }  // namespace fjord

@@ -215,5 +215,77 @@ TEST_F(DataGateTest, DisabledPolicyKeepsTheOldBehaviour) {
   EXPECT_FALSE(fs::exists(Path("audit.jsonl")));
 }
 
+TEST_F(DataGateTest, InvalidManifestFieldsAreRefusedNamingFileLineAndTheFix) {
+  ASSERT_TRUE(Prep("data", "acme", {"NO"}).ok());
+  const std::string manifest = Path("data/manifest.textproto");
+  const std::string sha = std::string(64, 'a');
+  struct Case {
+    std::string text, expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"version: 2\ntenant: \"acme\"\nallowed_jurisdictions: \"NO\"\n",
+            manifest + ":1:1: manifest version 2 is not supported (this fjord reads version 1)"},
+           {"tenant: \"Acme!\"\nallowed_jurisdictions: \"NO\"\n",
+            manifest + ":1:1: tenant \"Acme!\" is missing or not a tenant id"},
+           {"tenant: \"acme\"\n",
+            manifest + ": allowed_jurisdictions is empty: the data could be opened nowhere"},
+           {"tenant: \"acme\"\nallowed_jurisdictions: \"NO\"\nshard {\n  name: \"../train_000000.bin\"\n  "
+            "sha256: \"" +
+                sha + "\"\n}\n",
+            manifest +
+                ":4:3: shard entry 1 needs a file name (no directories) and a sha256 of 64 lower-case hex"},
+       }) {
+    WriteText(manifest, c.text);
+    StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
+    ASSERT_FALSE(loader.ok()) << c.expected;
+    EXPECT_THAT(loader.status().message(), HasSubstr(c.expected));
+    EXPECT_THAT(loader.status().message(),
+                HasSubstr("re-create the data with `fjord prep --tenant ID --jurisdiction CC`"));
+  }
+  EXPECT_EQ(Count(Events(), "shard_opened"), 0);
+}
+
+TEST_F(DataGateTest, ManifestTokenCountThatDoesNotMatchTheShardIsRefused) {
+  StatusOr<PrepResult> r = Prep("data", "acme", {"NO"});
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::string manifest = Path("data/manifest.textproto");
+  std::string text = ReadText(manifest);
+  const std::string recorded = "tokens: " + std::to_string(r->train_tokens) + "\n";
+  const size_t at = text.find(recorded);
+  ASSERT_NE(at, std::string::npos) << text;
+  text.replace(at, recorded.size(), "tokens: " + std::to_string(r->train_tokens + 1) + "\n");
+  WriteText(manifest, text);
+  StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
+  ASSERT_FALSE(loader.ok());
+  EXPECT_EQ(loader.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(
+      loader.status().message(),
+      HasSubstr("shard " + Path("data/train_000000.bin") + " holds " + std::to_string(r->train_tokens) +
+                " tokens but " + manifest + " records " + std::to_string(r->train_tokens + 1)));
+  EXPECT_THAT(loader.status().message(), HasSubstr("re-create the data with fjord prep"));
+}
+
+TEST_F(DataGateTest, PrepThatCannotRemoveTheOldManifestWritesNoShards) {
+  fs::create_directories(Path("data/manifest.textproto/inside"));
+  StatusOr<PrepResult> r = Prep("data", "acme", {"NO"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("cannot remove the old " + Path("data/manifest.textproto") + ": "));
+  EXPECT_THAT(r.status().message(), HasSubstr("remove it by hand or choose another output directory"));
+  EXPECT_FALSE(fs::exists(Path("data/train_000000.bin")));
+  EXPECT_FALSE(fs::exists(Path("data/val_000000.bin")));
+}
+
+TEST_F(DataGateTest, ManifestThatIsADirectoryIsRefusedNamingIt) {
+  ASSERT_TRUE(Prep("data", "acme", {"NO"}).ok());
+  fs::remove(Path("data/manifest.textproto"));
+  fs::create_directories(Path("data/manifest.textproto"));
+  StatusOr<proto::DataManifest> m = ReadDataManifest(Path("data"));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message(), "cannot read data manifest " + Path("data/manifest.textproto") +
+                                      ": not a regular file; check the path");
+}
+
 }  // namespace
 }  // namespace fjord

@@ -113,6 +113,24 @@ TEST_F(TenancyUnitTest, NodeIdentityIsReadAndValidated) {
               HasSubstr("site \"\" is missing"));
 }
 
+TEST_F(TenancyUnitTest, NodeIdentityThatCannotBeStattedOrLacksAHostnameIsRefused) {
+  WriteText(Path("file"), "a regular file, not a directory");
+  StatusOr<LocalNode> node = ReadNodeIdentityFile(Path("file/node.textproto"), false);  // ENOTDIR
+  ASSERT_FALSE(node.ok());
+  EXPECT_EQ(node.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(node.status().message(), "node identity " + Path("file/node.textproto") +
+                                         ": Not a directory; check the path and its permissions");
+
+  WriteText(Path("nohost.textproto"), "jurisdiction: \"NO\"\nsite: \"osl1\"\n");
+  node = ReadNodeIdentityFile(Path("nohost.textproto"), false);
+  ASSERT_FALSE(node.ok());
+  EXPECT_EQ(node.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(node.status().message(),
+              HasSubstr(Path("nohost.textproto") + ": hostname is missing: write hostname: \"" +
+                        ThisHostname() + "\""));
+  EXPECT_THAT(node.status().message(), HasSubstr("the operator must correct the node identity"));
+}
+
 TEST_F(TenancyUnitTest, StrictIdentityMustBeRootOwnedAndNotWritableByOthers) {
   const std::string path = Identity("NO", "osl1");
   ::chmod(dir_.c_str(), 0755);
@@ -451,6 +469,79 @@ TEST_F(CheckpointGateTest, CheckpointOutsideItsResidencyIsRefused) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("may be opened only in jurisdictions NO"));
   EXPECT_THAT(r.status().message(), HasSubstr("this node (node-x) is in jurisdiction SE"));
+}
+
+TEST_F(CheckpointGateTest, ListedFileThatCannotBeReadIsRefusedAsIncomplete) {
+  const std::string dir = Write(Acme());
+  fs::remove(dir + "/optimizer.bin");
+  StatusOr<CheckpointSeal> r = Check(Acme(), dir, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(
+      r.status().message(),
+      HasSubstr("checkpoint " + dir + ": optimizer.bin is listed in tenant.textproto but cannot be read"));
+  EXPECT_THAT(r.status().message(), HasSubstr("No such file or directory"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("the checkpoint is incomplete; restore it from a copy you trust"));
+  // A directory in its place opens but cannot be read.
+  fs::create_directories(dir + "/optimizer.bin");
+  r = Check(Acme(), dir, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("(cannot read checkpoint file " + dir + "/optimizer.bin: Is a directory)"));
+  EXPECT_THAT(r.status().message(), HasSubstr("restore it from a copy you trust"));
+}
+
+TEST_F(CheckpointGateTest, OutsideAJobASealedModelWithoutItsTenantRecordIsRefused) {
+  const std::string key = KeyFile("acme.key", 'a');
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + key + "\" }\n");
+  const std::string dir = Write(job);
+  fs::remove(dir + "/tenant.textproto");
+  CheckpointAccess access;
+  access.key_file = key;
+  access.audit_log = Path("audit.jsonl");
+  StatusOr<OpenedCheckpoint> r = OpenCheckpointOutsideJob(dir, job, access);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("checkpoint " + dir +
+                                              ": model.bin is encrypted but tenant.textproto "
+                                              "is missing, so its tenant and key cannot be checked"));
+  EXPECT_THAT(r.status().message(), HasSubstr("restore the checkpoint from a copy you trust"));
+}
+
+TEST_F(CheckpointGateTest, OutsideAJobAPlaintextCheckpointGivenAKeyIsRefused) {
+  const std::string dir = Write(Job(""));
+  ASSERT_FALSE(fs::exists(dir + "/tenant.textproto"));
+  CheckpointAccess access;
+  access.key_file = KeyFile("acme.key", 'a');
+  StatusOr<OpenedCheckpoint> r = OpenCheckpointOutsideJob(dir, Job(""), access);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("checkpoint " + dir + " is not encrypted (it has no tenant.textproto)"));
+  EXPECT_THAT(r.status().message(), HasSubstr("may have been substituted"));
+  EXPECT_THAT(r.status().message(), HasSubstr("Drop --key to read a plaintext checkpoint"));
+  access.key_file.clear();
+  EXPECT_TRUE(OpenCheckpointOutsideJob(dir, Job(""), access).ok());
+}
+
+TEST_F(CheckpointGateTest, OutsideAJobAResidentCheckpointOnAnUnprovisionedHostIsRefusedAndAudited) {
+  const std::string dir = Write(Acme());
+  ScopedEnv env("FJORD_NODE_IDENTITY", Path("none.textproto"));
+  CheckpointAccess access;
+  access.audit_log = Path("audit.jsonl");
+  StatusOr<OpenedCheckpoint> r = OpenCheckpointOutsideJob(dir, Acme(), access);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  const std::string& m = r.status().message();
+  EXPECT_THAT(m,
+              HasSubstr("checkpoint " + dir + " of tenant \"acme\" may be opened only in jurisdictions NO"));
+  EXPECT_THAT(m, HasSubstr("fjord eval cannot establish where this host (" + ThisHostname() + ") is"));
+  EXPECT_THAT(m, HasSubstr("node identity " + Path("none.textproto") + ": no such file"));
+  EXPECT_THAT(m, HasSubstr("the operator writes it as root at provisioning"));
+  const std::vector<std::string> events = AuditEvents(Path("audit.jsonl"));
+  EXPECT_EQ(testing::Count(events, "refusal"), 1);
+  EXPECT_THAT(AuditLines(Path("audit.jsonl"), "refusal")[0], HasSubstr("may be opened only in"));
 }
 
 // ---- Tenancy::Start ---------------------------------------------------------------------------
