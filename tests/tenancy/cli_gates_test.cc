@@ -311,5 +311,29 @@ TEST_F(CliGatesTest, AuditVerifyReportsTheFirstBrokenRecord) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+// Ranks started by hand with different job specs (here a --set on rank 1 only, through mpirun's
+// MPMD syntax) are refused before any data is read: every rank names the ranks that differ, the
+// refusal is audited with the job_spec gate, and nothing is trained.
+TEST_F(CliGatesTest, RanksStartedWithDifferentJobSpecsAreRefused) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  const std::string job = Job("acme.textproto", "acme", "acme");
+  const std::string rank = " -np 1 env FJORD_NODE_IDENTITY=" + identity_ + " OMP_NUM_THREADS=1 " +
+                           std::string(FJORD_BINARY) + " train " + job;
+  RunResult r =
+      Shell("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " +
+            std::string(FJORD_MPIEXEC) + " --oversubscribe --bind-to none" + rank + " :" + rank +
+            " --set train.lr=2e-3");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(" rank(s) 1 on "));
+  EXPECT_THAT(r.output, HasSubstr("were started with a different job spec than rank 0 (sha256 "));
+  EXPECT_THAT(r.output, HasSubstr("every rank must get the same job spec; start the job with fjord launch"));
+  EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
+  const std::vector<std::string> refusals = testing::AuditLines(Path("run/audit.jsonl"), "refusal");
+  ASSERT_EQ(refusals.size(), 1u);
+  EXPECT_THAT(refusals[0], HasSubstr("\"gate\":\"job_spec\""));
+  EXPECT_EQ(Count(AuditEvents(Path("run/audit.jsonl")), "shard_opened"), 0);
+  EXPECT_TRUE(VerifyAuditLog(Path("run/audit.jsonl"))->ok);
+}
+
 }  // namespace
 }  // namespace fjord
