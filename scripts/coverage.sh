@@ -8,7 +8,10 @@
 #
 # usage: bash scripts/coverage.sh [BUILD_DIR]     (default build-cov; about 15 min on 2 cores)
 # Output: BUILD_DIR/uncovered-errors.txt, one `file:line: source` per line, and a count per file.
-# Line numbers come from an -O2 build, so a line may be off by one or two.
+# Line numbers come from an -O2 build, so a line may be off by one or two. A line reached only in
+# a process that ends by _exit, abort or MPI_Abort (a rank refusing under mpirun, a forked child
+# before exec) shows as never run, because gcov writes its counts at a normal exit: grep tests/
+# for the message before writing a test for it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=$(realpath -m "${1:-$repo/build-cov}")
