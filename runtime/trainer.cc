@@ -371,6 +371,13 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   const size_t arena_bytes = Gpt::ArenaBytes(config, B, T, multiple) + AdamW::ArenaBytes(optimizer_count);
   FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Arena> arena,
                          Arena::Create(*device, arena_bytes, "model, gradients, activations and AdamW state"));
+  // On every way out, the NCCL communicator goes before the arena: its destructor waits for the
+  // collectives still in flight on its stream, which write gradient buckets in the arena, so the
+  // arena is zeroed after the last write (tenant hygiene on error returns too).
+  struct ReleaseCommFirst {
+    std::unique_ptr<Communicator>& comm;
+    ~ReleaseCommFirst() { comm.reset(); }
+  } release_comm_first{nccl};
   if (lead && !options.quiet && !options.json_lines) {
     const char* gradients_over = world == 1 ? ""
                                  : nccl    ? ", gradients over NCCL"
