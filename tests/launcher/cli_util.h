@@ -1,15 +1,32 @@
 // Running the fjord binary (directly or under mpirun) from tests, capturing its output.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace fjord::testing {
+
+// Writes `text` to `path` (creating its directory), then sets its mode.
+inline void WriteText(const std::string& path, const std::string& text, mode_t mode = 0644) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  ::chmod(path.c_str(), mode);
+}
+
+inline std::string ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 struct RunResult {
   int exit_code = -1;  // 128 + signal when killed

@@ -22,19 +22,9 @@ namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using testing::ReadText;
+using testing::WriteText;
 using testing::RunResult;
-
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteText(const std::string& path, const std::string& text, fs::perms mode = fs::perms(0644)) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
-  fs::permissions(path, mode);
-}
 
 class LaunchErrorsTest : public ::testing::Test {
  protected:
@@ -47,7 +37,7 @@ class LaunchErrorsTest : public ::testing::Test {
     WriteInventory("");
     WriteJob("");
     // A stand-in for mpirun that records that it ran.
-    WriteText(Path("fake-mpirun"), "#!/bin/sh\necho ran > " + Path("ran") + "\n", fs::perms(0755));
+    WriteText(Path("fake-mpirun"), "#!/bin/sh\necho ran > " + Path("ran") + "\n", 0755);
   }
   void TearDown() override {
     if (!HasFailure()) fs::remove_all(dir_);
@@ -153,12 +143,12 @@ TEST_F(LaunchErrorsTest, SinfoThatCannotRunAnswersNonsenseOrListsNothingIsAnErro
                         "--partition=gpu` exited with 127: cannot run sinfo: No such file or directory"));
   EXPECT_THAT(r.output, HasSubstr("Check that Slurm's commands are installed"));
 
-  WriteText(Path("bin/sinfo"), "#!/bin/sh\necho 'no1 idle'\n", fs::perms(0755));
+  WriteText(Path("bin/sinfo"), "#!/bin/sh\necho 'no1 idle'\n", 0755);
   r = Launch("--np 1 --slurm --dry-run", env);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("--partition=gpu`: sinfo line 1 \"no1 idle\" is not NAME|FEATURES|STATE"));
 
-  WriteText(Path("bin/sinfo"), "#!/bin/sh\nexit 0\n", fs::perms(0755));
+  WriteText(Path("bin/sinfo"), "#!/bin/sh\nexit 0\n", 0755);
   r = Launch("--np 1 --slurm --dry-run", env);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("--partition=gpu` lists no nodes in partition gpu: check the inventory's "
@@ -204,7 +194,7 @@ TEST_F(LaunchErrorsTest, RefusalThatCannotBeAuditedIsStillRefusedWithAWarning) {
 }
 
 TEST_F(LaunchErrorsTest, ExitThatCannotBeAuditedIsWarnedAboutAndLeasesAreStillReleased) {
-  WriteText(Path("fake-mpirun"), "#!/bin/sh\n" + TamperLine(), fs::perms(0755));
+  WriteText(Path("fake-mpirun"), "#!/bin/sh\n" + TamperLine(), 0755);
   const RunResult r = Launch("--np 2");
   EXPECT_EQ(r.exit_code, 0) << r.output;  // the job's own exit code
   EXPECT_THAT(r.output, HasSubstr("fjord launch: warning: cannot record in the audit log: audit log " +
@@ -221,10 +211,10 @@ TEST_F(LaunchErrorsTest, ExitThatCannotBeAuditedIsWarnedAboutAndLeasesAreStillRe
 
 TEST_F(LaunchErrorsTest, SlurmSubmissionAndExitThatCannotBeAuditedAreWarnedAbout) {
   // sbatch accepts the job (id 4242) after the log was tampered with; scontrol says it completed.
-  WriteText(Path("fake-sbatch"), "#!/bin/sh\n" + TamperLine() + "echo 4242\n", fs::perms(0755));
+  WriteText(Path("fake-sbatch"), "#!/bin/sh\n" + TamperLine() + "echo 4242\n", 0755);
   WriteText(Path("bin/scontrol"),
             "#!/bin/sh\necho 'JobId=4242 JobState=COMPLETED Reason=None ExitCode=0:0 NodeList=no[1-2]'\n",
-            fs::perms(0755));
+            0755);
   const std::string env = "-u SLURM_JOB_ID PATH=" + Path("bin") + ":$PATH";
   RunResult r = Launch("--np 2 --slurm --wait --sbatch " + Path("fake-sbatch"), env);
   EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -243,7 +233,7 @@ TEST_F(LaunchErrorsTest, SlurmSubmissionAndExitThatCannotBeAuditedAreWarnedAbout
   fs::remove_all(Path("run"));
   WriteText(Path("bin/scontrol"),
             "#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n",
-            fs::perms(0755));
+            0755);
   r = Launch("--np 2 --slurm --wait --sbatch " + Path("fake-sbatch"), env);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("fjord launch: error: Slurm job 4242 is no longer known to slurmctld"));

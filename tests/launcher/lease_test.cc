@@ -26,18 +26,8 @@ namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteText(const std::string& path, const std::string& text, fs::perms mode = fs::perms(0644)) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
-  fs::permissions(path, mode);
-}
+using testing::ReadText;
+using testing::WriteText;
 
 LeaseRecord Record(const std::string& tenant) {
   LeaseRecord r;
@@ -445,7 +435,7 @@ class LaunchLeaseTest : public LeaseTest {
               "#!/bin/sh\nif flock -n " + LeaseFile("no1") +
                   " true; then echo free; else echo locked; fi > " + dir_ + "/seen\ncat " + LeaseFile("no1") +
                   " >> " + dir_ + "/seen\n",
-              fs::perms(0755));
+              0755);
   }
   testing::RunResult Launch(const std::string& args) {
     return testing::RunFjord("launch " + dir_ + "/job.textproto --inventory " + dir_ +

@@ -23,19 +23,6 @@ namespace fjord::testing {
 
 namespace fs = std::filesystem;
 
-inline void WriteText(const std::string& path, const std::string& text, mode_t mode = 0644) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
-  ::chmod(path.c_str(), mode);
-}
-
-inline std::string ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // Sets (or unsets, with nullopt) an environment variable for the scope.
 class ScopedEnv {
  public:
