@@ -145,14 +145,18 @@ data { train: "$work/tokens.bin" }
 $4
 EOF
 }
+# Median ms of steps 3..8 of a run's metrics.jsonl (1-2: allocator, cuBLASLt heuristics, first
+# touch of the data).
+median_ms() {
+  python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$1"
+}
 best_b=0 best_ms=0
 case " ${FJORD_GPU_SKIP:-} " in *" step "*) batches="" && add "step: skipped (FJORD_GPU_SKIP)" ;; esac
 for b in $batches; do
   job "$b" 8 6e-4 "" >"$work/job_$b.textproto"
   if stage "step B=$b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$b.textproto" --set run_dir="$work/run_$b"; then
     best_b=$b
-    # Median ms of steps 3..8 (1-2: allocator, cuBLASLt heuristics, first-touch of the data).
-    best_ms=$(python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$work/run_$b/metrics.jsonl")
+    best_ms=$(median_ms "$work/run_$b/metrics.jsonl")
     cp "$work/run_$b/metrics.jsonl" "$OUT/step_metrics.jsonl"
     break
   fi
@@ -169,7 +173,7 @@ print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
   # ATTENTION_AUTO selects once their tests pass here and this row is faster.
   if stage "step tensor-core attention B=$best_b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$best_b.textproto" \
        --set run_dir="$work/run_tc" --set model.attention=TENSOR_CORE; then
-    tc_ms=$(python3 -c 'import json,sys,statistics; l=[json.loads(x)["ms"] for x in open(sys.argv[1])][2:]; print(statistics.median(l))' "$work/run_tc/metrics.jsonl")
+    tc_ms=$(median_ms "$work/run_tc/metrics.jsonl")
     add "step: same with model.attention: TENSOR_CORE: $tc_ms ms/step ($(python3 -c "print(f'{$best_ms/$tc_ms:.2f}')")x the SIMT step)"
   fi
 elif [ -n "$batches" ]; then
