@@ -300,6 +300,11 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                               proto::Device_Name(job.device()) +
                               "): set parallel.comm_backend: MPI (or AUTO), or device: CUDA on GPU nodes");
   }
+  // The arena (made below) is declared before the NCCL communicator so that it is destroyed after
+  // it on every way out: the communicator's destructor waits for the collectives still in flight,
+  // which write gradient buckets in the arena, so the arena is zeroed after the last write
+  // (tenant hygiene on error returns too).
+  std::unique_ptr<Arena> arena;
   std::unique_ptr<Communicator> nccl;
   if (backend == proto::ParallelSpec::NCCL && world > 1) {
 #ifdef FJORD_HAVE_NCCL
@@ -369,15 +374,8 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   // One arena for everything the step touches on the device, zeroed before it is freed.
   const size_t optimizer_count = zero ? shard : num_params;
   const size_t arena_bytes = Gpt::ArenaBytes(config, B, T, multiple) + AdamW::ArenaBytes(optimizer_count);
-  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Arena> arena,
-                         Arena::Create(*device, arena_bytes, "model, gradients, activations and AdamW state"));
-  // On every way out, the NCCL communicator goes before the arena: its destructor waits for the
-  // collectives still in flight on its stream, which write gradient buckets in the arena, so the
-  // arena is zeroed after the last write (tenant hygiene on error returns too).
-  struct ReleaseCommFirst {
-    std::unique_ptr<Communicator>& comm;
-    ~ReleaseCommFirst() { comm.reset(); }
-  } release_comm_first{nccl};
+  FJORD_ASSIGN_OR_RETURN(
+      arena, Arena::Create(*device, arena_bytes, "model, gradients, activations and AdamW state"));
   if (lead && !options.quiet && !options.json_lines) {
     const char* gradients_over = world == 1 ? ""
                                  : nccl    ? ", gradients over NCCL"
