@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "collectives/reduce.h"
+#include "common/check.h"
 
 namespace fjord {
 namespace {
@@ -173,13 +174,52 @@ class HostBenchMemory final : public BenchMemory {
 };
 
 // ---------------------------------------------------------------------------------------------
-// One measurement: the buffers of one call and what its result must be.
+// The collectives, one table entry each (as nccl-tests gives each collective its own testColl):
+// how the buffers of one call are laid out, what its checked result must hold, how it is issued,
+// and its bus-bandwidth factor. The rest of the engine is the same for every collective.
 
-struct Call {
+using Handle = std::unique_ptr<CommHandle>;
+
+// One call as a measurement sees it.
+struct Geometry {
+  const BenchOptions& o;
+  int n, r;
+  size_t c;   // the count argument of the call (per rank, BenchShape::per_rank)
+  size_t es;  // element size
+  // Block `b` of `c` elements in `base`.
+  std::byte* Block(std::byte* base, int b) const { return base + static_cast<size_t>(b) * c * es; }
+};
+
+// Where this rank's input goes, which part of recv is checked, and the call's buffer arguments.
+struct Layout {
+  std::byte* input_at = nullptr;
+  size_t input_len = 0;  // elements
+  std::byte* result_at = nullptr;
+  size_t check_len = 0;  // elements
   const void* send = nullptr;
   void* recv = nullptr;
-  size_t per_rank = 0;  // count argument of the Communicator call
 };
+
+struct CollectiveEntry {
+  BenchCollective id;
+  const char* name;
+  bool reduction;  // the redop column applies (and inputs are bounded so that every sum stays exact)
+  bool root;       // the root column applies
+  bool in_place;   // an in-place column is measured
+  bool blocked;    // one block of per_rank elements per rank: the size column is the total
+  double (*busbw_factor)(double n);
+  Layout (*layout)(const Geometry& g, bool in_place, std::byte* send, std::byte* recv);
+  // Element i of the checked result, encoded into dst.
+  void (*expected)(const Geometry& g, const Values& v, size_t i, std::byte* dst);
+  // One call; with `async`, through the Async variant where there is one (its handle to *handle).
+  Status (*issue)(const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* handle);
+};
+
+Status Keep(StatusOr<Handle> h, Handle* out) {
+  if (!h.ok()) return h.status();
+  *out = std::move(h).value();
+  return OkStatus();
+}
 
 // `reduce` as ReduceScatter + gather of the blocks to the root (see bench.h). The count need not
 // divide by n: the last count % n elements are all-reduced.
@@ -208,38 +248,94 @@ Status ComposedReduce(Communicator& comm, const void* send, void* recv, size_t c
   return OkStatus();
 }
 
-// Issues one call of the collective; with `async`, through the Async variant where there is one
-// (the handle goes to *handle; null for a call that completed).
-Status Issue(const BenchOptions& o, Communicator& comm, const Call& call, bool async,
-             std::unique_ptr<CommHandle>* handle) {
-  const int n = comm.size(), r = comm.rank();
-  auto keep = [&](StatusOr<std::unique_ptr<CommHandle>> h) -> Status {
-    if (!h.ok()) return h.status();
-    *handle = std::move(h).value();
-    return OkStatus();
-  };
-  switch (o.collective) {
-    case BenchCollective::kAllReduce:
-      if (async) return keep(comm.AllReduceAsync(call.send, call.recv, call.per_rank, o.dtype, o.op));
-      return comm.AllReduce(call.send, call.recv, call.per_rank, o.dtype, o.op);
-    case BenchCollective::kAllGather:
-      if (async) return keep(comm.AllGatherAsync(call.send, call.recv, call.per_rank, o.dtype));
-      return comm.AllGather(call.send, call.recv, call.per_rank, o.dtype);
-    case BenchCollective::kReduceScatter:
-      if (async) return keep(comm.ReduceScatterAsync(call.send, call.recv, call.per_rank, o.dtype, o.op));
-      return comm.ReduceScatter(call.send, call.recv, call.per_rank, o.dtype, o.op);
-    case BenchCollective::kBroadcast:
-      if (async) return keep(comm.BroadcastAsync(call.recv, call.per_rank, o.dtype, o.root));
-      return comm.Broadcast(call.recv, call.per_rank, o.dtype, o.root);
-    case BenchCollective::kReduce:
-      return ComposedReduce(comm, call.send, call.recv, call.per_rank, o.dtype, o.op, o.root);
-    case BenchCollective::kAllToAll:
-      if (async) return keep(comm.AllToAllAsync(call.send, call.recv, call.per_rank, o.dtype));
-      return comm.AllToAll(call.send, call.recv, call.per_rank, o.dtype);
-    case BenchCollective::kSendRecv:
-      return comm.SendRecv(call.send, call.per_rank, (r + 1) % n, call.recv, call.per_rank, (r - 1 + n) % n, o.dtype);
+double AllReduceFactor(double n) { return 2 * (n - 1) / n; }
+double BlockFactor(double n) { return (n - 1) / n; }
+double OneFactor(double) { return 1.0; }
+
+const CollectiveEntry kCollectives[] = {
+    {BenchCollective::kAllReduce, "allreduce", true, false, true, false, AllReduceFactor,
+     [](const Geometry& g, bool in_place, std::byte* send, std::byte* recv) {
+       std::byte* input = in_place ? recv : send;
+       return Layout{input, g.c, recv, g.c, input, recv};
+     },
+     [](const Geometry&, const Values& v, size_t i, std::byte* dst) { v.Reduced(i, dst); },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* h) {
+       if (async) return Keep(comm.AllReduceAsync(l.send, l.recv, g.c, g.o.dtype, g.o.op), h);
+       return comm.AllReduce(l.send, l.recv, g.c, g.o.dtype, g.o.op);
+     }},
+    {BenchCollective::kAllGather, "allgather", false, false, true, true, BlockFactor,
+     [](const Geometry& g, bool in_place, std::byte* send, std::byte* recv) {
+       std::byte* input = in_place ? g.Block(recv, g.r) : send;
+       return Layout{input, g.c, recv, g.c * static_cast<size_t>(g.n), input, recv};
+     },
+     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) {
+       v.Encode(v.Input(static_cast<int>(i / g.c), i % g.c), dst);
+     },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* h) {
+       if (async) return Keep(comm.AllGatherAsync(l.send, l.recv, g.c, g.o.dtype), h);
+       return comm.AllGather(l.send, l.recv, g.c, g.o.dtype);
+     }},
+    {BenchCollective::kReduceScatter, "reducescatter", true, false, true, true, BlockFactor,
+     [](const Geometry& g, bool in_place, std::byte* send, std::byte* recv) {
+       std::byte* input = in_place ? recv : send;
+       std::byte* result = in_place ? g.Block(recv, g.r) : recv;
+       return Layout{input, g.c * static_cast<size_t>(g.n), result, g.c, input, result};
+     },
+     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) {
+       v.Reduced(static_cast<size_t>(g.r) * g.c + i, dst);
+     },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* h) {
+       if (async) return Keep(comm.ReduceScatterAsync(l.send, l.recv, g.c, g.o.dtype, g.o.op), h);
+       return comm.ReduceScatter(l.send, l.recv, g.c, g.o.dtype, g.o.op);
+     }},
+    // One buffer in the interface: out of place broadcasts the recv buffer, in place the send buffer.
+    {BenchCollective::kBroadcast, "broadcast", false, true, true, false, OneFactor,
+     [](const Geometry& g, bool in_place, std::byte* send, std::byte* recv) {
+       std::byte* buffer = in_place ? send : recv;
+       return Layout{buffer, g.r == g.o.root ? g.c : 0, buffer, g.c, buffer, buffer};
+     },
+     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) { v.Encode(v.Input(g.o.root, i), dst); },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* h) {
+       if (async) return Keep(comm.BroadcastAsync(l.recv, g.c, g.o.dtype, g.o.root), h);
+       return comm.Broadcast(l.recv, g.c, g.o.dtype, g.o.root);
+     }},
+    {BenchCollective::kReduce, "reduce", true, true, true, false, OneFactor,
+     [](const Geometry& g, bool in_place, std::byte* send, std::byte* recv) {
+       std::byte* input = in_place ? recv : send;
+       return Layout{input, g.c, recv, g.r == g.o.root ? g.c : 0, input, recv};
+     },
+     [](const Geometry&, const Values& v, size_t i, std::byte* dst) { v.Reduced(i, dst); },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool, Handle*) {
+       return ComposedReduce(comm, l.send, l.recv, g.c, g.o.dtype, g.o.op, g.o.root);
+     }},
+    {BenchCollective::kAllToAll, "alltoall", false, false, false, true, BlockFactor,
+     [](const Geometry& g, bool, std::byte* send, std::byte* recv) {
+       const size_t total = g.c * static_cast<size_t>(g.n);
+       return Layout{send, total, recv, total, send, recv};
+     },
+     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) {
+       v.Encode(v.Input(static_cast<int>(i / g.c), static_cast<size_t>(g.r) * g.c + i % g.c), dst);
+     },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* h) {
+       if (async) return Keep(comm.AllToAllAsync(l.send, l.recv, g.c, g.o.dtype), h);
+       return comm.AllToAll(l.send, l.recv, g.c, g.o.dtype);
+     }},
+    // Each rank sends to the next and receives from the previous one (a ring shift).
+    {BenchCollective::kSendRecv, "sendrecv", false, false, false, false, OneFactor,
+     [](const Geometry& g, bool, std::byte* send, std::byte* recv) { return Layout{send, g.c, recv, g.c, send, recv}; },
+     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) {
+       v.Encode(v.Input((g.r - 1 + g.n) % g.n, i), dst);
+     },
+     [](const Geometry& g, Communicator& comm, const Layout& l, bool, Handle*) {
+       return comm.SendRecv(l.send, g.c, (g.r + 1) % g.n, l.recv, g.c, (g.r - 1 + g.n) % g.n, g.o.dtype);
+     }},
+};
+
+const CollectiveEntry& EntryOf(BenchCollective c) {
+  for (const CollectiveEntry& e : kCollectives) {
+    if (e.id == c) return e;
   }
-  return Internal("unknown collective");
+  FatalError(__FILE__, __LINE__, "bench: a collective without an entry in kCollectives");
 }
 
 // Host staging of one rank for verification, sized for the largest row.
@@ -247,131 +343,61 @@ struct Staging {
   std::vector<std::byte> input, expected, got;
 };
 
-// The collective's view of one measurement: where the input goes, which part of recv is checked,
-// and what it must hold. Prepares the device buffers (input, and a poison of the bitwise
-// complement of the expected result wherever a result will be written).
+// One measurement: the collective's layout of the buffers and what the checked result must hold.
 class Measurement {
  public:
   Measurement(const BenchOptions& o, Communicator& comm, const BenchShape& shape, bool in_place, std::byte* send,
               std::byte* recv)
-      : o_(o),
-        n_(comm.size()),
-        r_(comm.rank()),
-        es_(DataTypeSize(o.dtype)),
-        shape_(shape),
+      : entry_(EntryOf(o.collective)),
+        g_{o, comm.size(), comm.rank(), shape.per_rank, DataTypeSize(o.dtype)},
         in_place_(in_place),
-        values_(o.dtype, o.op, BenchHasReduction(o.collective), comm.size()) {
-    const size_t c = shape.per_rank, total = c * static_cast<size_t>(n_);
-    call_.per_rank = c;
-    switch (o.collective) {
-      case BenchCollective::kAllReduce:
-      case BenchCollective::kReduce:
-        input_at_ = in_place ? recv : send;
-        input_len_ = c;
-        check_len_ = o.collective == BenchCollective::kReduce && r_ != o.root ? 0 : c;
-        result_at_ = recv;
-        call_.send = input_at_;
-        call_.recv = recv;
-        break;
-      case BenchCollective::kAllGather:
-        input_at_ = in_place ? recv + static_cast<size_t>(r_) * c * es_ : send;
-        input_len_ = c;
-        check_len_ = total;
-        result_at_ = recv;
-        call_.send = input_at_;
-        call_.recv = recv;
-        break;
-      case BenchCollective::kReduceScatter:
-        input_at_ = in_place ? recv : send;
-        input_len_ = total;
-        result_at_ = in_place ? recv + static_cast<size_t>(r_) * c * es_ : recv;
-        check_len_ = c;
-        call_.send = input_at_;
-        call_.recv = result_at_;
-        break;
-      case BenchCollective::kBroadcast:
-        // One buffer in the interface: out of place broadcasts the recv buffer, in place the send buffer.
-        input_at_ = in_place ? send : recv;
-        input_len_ = r_ == o.root ? c : 0;
-        result_at_ = input_at_;
-        check_len_ = c;
-        call_.send = call_.recv = input_at_;
-        break;
-      case BenchCollective::kAllToAll:
-      case BenchCollective::kSendRecv:
-        input_at_ = send;
-        input_len_ = o.collective == BenchCollective::kAllToAll ? total : c;
-        result_at_ = recv;
-        check_len_ = input_len_;
-        call_.send = send;
-        call_.recv = recv;
-        break;
-    }
+        values_(o.dtype, o.op, entry_.reduction, comm.size()),
+        l_(entry_.layout(g_, in_place, send, recv)) {}
+
+  Status Issue(Communicator& comm, bool async, Handle* handle) const {
+    return entry_.issue(g_, comm, l_, async, handle);
   }
 
-  const Call& call() const { return call_; }
-
-  // Expected value of element i of the checked result, encoded into dst.
-  void Expected(size_t i, std::byte* dst) const {
-    const size_t c = shape_.per_rank;
-    switch (o_.collective) {
-      case BenchCollective::kAllReduce:
-      case BenchCollective::kReduce: return values_.Reduced(i, dst);
-      case BenchCollective::kReduceScatter: return values_.Reduced(static_cast<size_t>(r_) * c + i, dst);
-      case BenchCollective::kAllGather: return values_.Encode(values_.Input(static_cast<int>(i / c), i % c), dst);
-      case BenchCollective::kBroadcast: return values_.Encode(values_.Input(o_.root, i), dst);
-      case BenchCollective::kAllToAll:
-        return values_.Encode(values_.Input(static_cast<int>(i / c), static_cast<size_t>(r_) * c + i % c), dst);
-      case BenchCollective::kSendRecv: return values_.Encode(values_.Input((r_ - 1 + n_) % n_, i), dst);
-    }
-  }
-
-  // Writes the poisoned result area, then the input, into the device buffers.
+  // Writes a poison (the bitwise complement of the expected result) wherever a result will be
+  // written, then the input, into the device buffers.
   Status Prepare(BenchMemory& memory, Staging& s) const {
-    if (check_len_ > 0) {
-      for (size_t i = 0; i < check_len_; ++i) Expected(i, s.expected.data() + i * es_);
-      for (size_t i = 0; i < check_len_ * es_; ++i) s.got[i] = ~s.expected[i];
-      FJORD_RETURN_IF_ERROR(memory.Upload(result_at_, s.got.data(), check_len_ * es_));
+    const size_t es = g_.es;
+    if (l_.check_len > 0) {
+      for (size_t i = 0; i < l_.check_len; ++i) entry_.expected(g_, values_, i, s.expected.data() + i * es);
+      for (size_t i = 0; i < l_.check_len * es; ++i) s.got[i] = ~s.expected[i];
+      FJORD_RETURN_IF_ERROR(memory.Upload(l_.result_at, s.got.data(), l_.check_len * es));
     }
-    if (input_len_ > 0) {
-      values_.FillInput(r_, 0, input_len_, s.input.data());
-      FJORD_RETURN_IF_ERROR(memory.Upload(input_at_, s.input.data(), input_len_ * es_));
+    if (l_.input_len > 0) {
+      values_.FillInput(g_.r, 0, l_.input_len, s.input.data());
+      FJORD_RETURN_IF_ERROR(memory.Upload(l_.input_at, s.input.data(), l_.input_len * es));
     }
     return OkStatus();
   }
 
   // Elements of the checked result that differ from the expected ones (after the test hook).
   StatusOr<long long> Check(BenchMemory& memory, Staging& s, bool* corrupt_pending) const {
-    if (check_len_ == 0) return 0LL;
-    FJORD_RETURN_IF_ERROR(memory.Download(s.got.data(), result_at_, check_len_ * es_));
-    if (*corrupt_pending && !in_place_ && r_ == o_.corrupt_rank && o_.corrupt_index < check_len_) {
-      s.got[o_.corrupt_index * es_] ^= std::byte{0x01};
+    const size_t es = g_.es;
+    if (l_.check_len == 0) return 0LL;
+    FJORD_RETURN_IF_ERROR(memory.Download(s.got.data(), l_.result_at, l_.check_len * es));
+    const BenchOptions& o = g_.o;
+    if (*corrupt_pending && !in_place_ && g_.r == o.corrupt_rank && o.corrupt_index < l_.check_len) {
+      s.got[o.corrupt_index * es] ^= std::byte{0x01};
       *corrupt_pending = false;
     }
     long long wrong = 0;
-    for (size_t i = 0; i < check_len_; ++i) {
-      wrong += std::memcmp(s.got.data() + i * es_, s.expected.data() + i * es_, es_) != 0;
+    for (size_t i = 0; i < l_.check_len; ++i) {
+      wrong += std::memcmp(s.got.data() + i * es, s.expected.data() + i * es, es) != 0;
     }
     return wrong;
   }
 
  private:
-  const BenchOptions& o_;
-  const int n_, r_;
-  const size_t es_;
-  const BenchShape shape_;
+  const CollectiveEntry& entry_;
+  const Geometry g_;
   const bool in_place_;
   const Values values_;
-  Call call_;
-  std::byte* input_at_ = nullptr;
-  size_t input_len_ = 0;
-  std::byte* result_at_ = nullptr;
-  size_t check_len_ = 0;
+  const Layout l_;
 };
-
-bool InPlaceApplies(BenchCollective c) {
-  return c != BenchCollective::kAllToAll && c != BenchCollective::kSendRecv;
-}
 
 // Sum over ranks of a count, in float (exact below 2^24 per rank, plenty for a wrong count).
 StatusOr<long long> SumOverRanks(Communicator& control, long long local) {
@@ -396,14 +422,14 @@ Status Measure(const BenchOptions& o, Communicator& comm, Communicator& control,
   *wrong = -1;
   if (o.check) {
     FJORD_RETURN_IF_ERROR(m.Prepare(memory, staging));
-    FJORD_RETURN_IF_ERROR(Issue(o, comm, m.call(), false, &handle));
+    FJORD_RETURN_IF_ERROR(m.Issue(comm, false, &handle));
     FJORD_ASSIGN_OR_RETURN(*wrong, m.Check(memory, staging, corrupt_pending));
   }
   const bool async = memory.queued();
   std::vector<std::unique_ptr<CommHandle>> handles;
   handles.reserve(static_cast<size_t>(std::max(o.warmup, o.iters)));
   for (int i = 0; i < o.warmup; ++i) {
-    FJORD_RETURN_IF_ERROR(Issue(o, comm, m.call(), async, &handle));
+    FJORD_RETURN_IF_ERROR(m.Issue(comm, async, &handle));
     if (handle) handles.push_back(std::move(handle));
   }
   for (auto& h : handles) FJORD_RETURN_IF_ERROR(h->Wait());
@@ -413,7 +439,7 @@ Status Measure(const BenchOptions& o, Communicator& comm, Communicator& control,
     FJORD_RETURN_IF_ERROR(control.Barrier());
     FJORD_RETURN_IF_ERROR(memory.StartTimer());
     for (int i = 0; i < o.iters; ++i) {
-      FJORD_RETURN_IF_ERROR(Issue(o, comm, m.call(), async, &handle));
+      FJORD_RETURN_IF_ERROR(m.Issue(comm, async, &handle));
       if (handle) handles.push_back(std::move(handle));
     }
     FJORD_ASSIGN_OR_RETURN(const double total, memory.StopTimer());
@@ -475,51 +501,24 @@ double Median(std::vector<double> v) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Names, factors, sizes.
+// Names, factors, sizes: read from the table.
 
-const char* BenchCollectiveName(BenchCollective c) {
-  switch (c) {
-    case BenchCollective::kAllReduce: return "allreduce";
-    case BenchCollective::kAllGather: return "allgather";
-    case BenchCollective::kReduceScatter: return "reducescatter";
-    case BenchCollective::kBroadcast: return "broadcast";
-    case BenchCollective::kReduce: return "reduce";
-    case BenchCollective::kAllToAll: return "alltoall";
-    case BenchCollective::kSendRecv: return "sendrecv";
-  }
-  return "?";
-}
+const char* BenchCollectiveName(BenchCollective c) { return EntryOf(c).name; }
 
 StatusOr<BenchCollective> ParseBenchCollective(const std::string& name) {
-  for (BenchCollective c : {BenchCollective::kAllReduce, BenchCollective::kAllGather, BenchCollective::kReduceScatter,
-                            BenchCollective::kBroadcast, BenchCollective::kReduce, BenchCollective::kAllToAll,
-                            BenchCollective::kSendRecv}) {
-    if (name == BenchCollectiveName(c)) return c;
+  std::string names;
+  for (const CollectiveEntry& e : kCollectives) {
+    if (name == e.name) return e.id;
+    names += std::string(e.name) + ", ";
   }
-  return InvalidArgument("unknown collective '" + name +
-                         "': use allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv or p2p");
+  return InvalidArgument("unknown collective '" + name + "': use " + names + "or p2p");
 }
 
-bool BenchHasReduction(BenchCollective c) {
-  return c == BenchCollective::kAllReduce || c == BenchCollective::kReduceScatter || c == BenchCollective::kReduce;
-}
+bool BenchHasReduction(BenchCollective c) { return EntryOf(c).reduction; }
 
-bool BenchHasRoot(BenchCollective c) { return c == BenchCollective::kBroadcast || c == BenchCollective::kReduce; }
+bool BenchHasRoot(BenchCollective c) { return EntryOf(c).root; }
 
-double BusBandwidthFactor(BenchCollective c, int world_size) {
-  const double n = world_size;
-  switch (c) {
-    case BenchCollective::kAllReduce: return 2.0 * (n - 1) / n;
-    case BenchCollective::kAllGather:
-    case BenchCollective::kReduceScatter:
-    case BenchCollective::kAllToAll: return (n - 1) / n;
-    case BenchCollective::kBroadcast:
-    case BenchCollective::kReduce:
-    case BenchCollective::kSendRecv: return 1.0;
-  }
-  return 0;
-}
-
+double BusBandwidthFactor(BenchCollective c, int world_size) { return EntryOf(c).busbw_factor(world_size); }
 const char* TimeCombineName(TimeCombine c) {
   switch (c) {
     case TimeCombine::kAvg: return "avg";
@@ -550,21 +549,10 @@ StatusOr<BenchBuffer> AllocateBenchBuffer(BenchMemory& memory, size_t bytes) {
 }
 
 BenchShape BenchShapeFor(BenchCollective c, size_t requested_bytes, DataType dtype, int world_size) {
-  const size_t es = DataTypeSize(dtype), n = static_cast<size_t>(world_size);
-  const size_t elements = requested_bytes / es;
+  const size_t es = DataTypeSize(dtype), blocks = EntryOf(c).blocked ? static_cast<size_t>(world_size) : 1;
   BenchShape s;
-  switch (c) {
-    case BenchCollective::kAllReduce:
-    case BenchCollective::kBroadcast:
-    case BenchCollective::kReduce:
-    case BenchCollective::kSendRecv: s.per_rank = elements; s.count = elements; break;
-    case BenchCollective::kAllGather:
-    case BenchCollective::kReduceScatter:
-    case BenchCollective::kAllToAll:
-      s.per_rank = elements / n;
-      s.count = s.per_rank * n;
-      break;
-  }
+  s.per_rank = requested_bytes / es / blocks;
+  s.count = s.per_rank * blocks;
   s.bytes = s.count * es;
   return s;
 }
@@ -656,7 +644,7 @@ StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& o, const std
       row.count = shape.count;
       for (const bool in_place : {false, true}) {
         BenchMeasurement& out = in_place ? row.in_place : row.out_of_place;
-        if (in_place && !InPlaceApplies(o.collective)) continue;
+        if (in_place && !EntryOf(o.collective).in_place) continue;
         const Measurement m(o, comm, shape, in_place, send.bytes(), recv.bytes());
         long long wrong = -1;
         double seconds = 0;
