@@ -1,5 +1,5 @@
 # fjord_interop: the formats fjord shares with other tools: safetensors and Hugging Face GPT-2,
-# llm.c checkpoints, GPT-2's BPE tokenizer files, TensorBoard event files. It depends on
+# llm.c checkpoints, tokenizers (the interface, bytes, GPT-2 BPE files), TensorBoard event files. It depends on
 # fjord_common only and takes the parameter layout as plain data (runtime/gpt2_params.h), so it
 # builds and is tested apart from the model and trainer. Included from runtime/CMakeLists.txt.
 add_library(fjord_interop STATIC
@@ -9,6 +9,7 @@ add_library(fjord_interop STATIC
   ${CMAKE_CURRENT_LIST_DIR}/gpt2_params.h ${CMAKE_CURRENT_LIST_DIR}/gpt2_params.cc
   ${CMAKE_CURRENT_LIST_DIR}/hf_gpt2.h ${CMAKE_CURRENT_LIST_DIR}/hf_gpt2.cc
   ${CMAKE_CURRENT_LIST_DIR}/llmc_checkpoint.h ${CMAKE_CURRENT_LIST_DIR}/llmc_checkpoint.cc
+  ${CMAKE_CURRENT_LIST_DIR}/tokenizer.h ${CMAKE_CURRENT_LIST_DIR}/tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/bpe_tokenizer.h ${CMAKE_CURRENT_LIST_DIR}/bpe_tokenizer.cc
   ${CMAKE_CURRENT_LIST_DIR}/tensorboard.h ${CMAKE_CURRENT_LIST_DIR}/tensorboard.cc)
 find_package(OpenSSL REQUIRED)
