@@ -570,24 +570,16 @@ std::vector<size_t> BenchSizes(const BenchOptions& o) {
 
 StatusOr<BenchContext> GatherBenchContext(Communicator& control, const BenchMemory& memory,
                                           const std::string& backend) {
-  constexpr size_t kLen = 256;
-  const int n = control.size();
-  std::vector<char> mine(kLen, '\0'), all(kLen * static_cast<size_t>(n), '\0');
-  std::snprintf(mine.data(), kLen, "%ld|%s|%s", static_cast<long>(getpid()), control.rank_info().host.c_str(),
-                memory.Describe().c_str());
-  FJORD_RETURN_IF_ERROR(control.AllGather(mine.data(), all.data(), kLen, DataType::kU8));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> pids,
+                         AllGatherStrings(control, std::to_string(static_cast<long>(getpid()))));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> hosts, AllGatherStrings(control, control.rank_info().host));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> devices, AllGatherStrings(control, memory.Describe()));
   BenchContext context;
   context.backend = backend;
-  context.world_size = n;
-  for (int r = 0; r < n; ++r) {
-    const std::string text(all.data() + kLen * static_cast<size_t>(r), strnlen(all.data() + kLen * r, kLen));
-    const size_t a = text.find('|'), b = text.find('|', a + 1);
-    BenchRankDesc d;
-    d.rank = r;
-    d.pid = std::atol(text.substr(0, a).c_str());
-    d.host = text.substr(a + 1, b - a - 1);
-    d.device = text.substr(b + 1);
-    context.ranks.push_back(d);
+  context.world_size = control.size();
+  for (int r = 0; r < control.size(); ++r) {
+    const size_t i = static_cast<size_t>(r);
+    context.ranks.push_back({r, std::atol(pids[i].c_str()), hosts[i], devices[i]});
   }
   return context;
 }
@@ -867,14 +859,11 @@ StatusOr<P2pResult> RunP2p(const P2pOptions& o, Communicator& data, Communicator
   }
 
   // Host names, then the nodes: every rank, or the first rank on each host.
-  constexpr size_t kHostLen = 64;
-  std::vector<char> mine(kHostLen, '\0'), all(kHostLen * static_cast<size_t>(n), '\0');
-  std::snprintf(mine.data(), kHostLen, "%s", control.rank_info().host.c_str());
-  FJORD_RETURN_IF_ERROR(control.AllGather(mine.data(), all.data(), kHostLen, DataType::kU8));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> hosts, AllGatherStrings(control, control.rank_info().host));
   P2pResult result;
   int my_node = -1;
   for (int r = 0; r < n; ++r) {
-    const std::string host(all.data() + kHostLen * static_cast<size_t>(r), strnlen(all.data() + kHostLen * r, kHostLen));
+    const std::string& host = hosts[static_cast<size_t>(r)];
     bool seen = false;
     for (const P2pNode& node : result.nodes) seen = seen || node.host == host;
     if (seen && !o.per_rank) continue;

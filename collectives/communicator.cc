@@ -9,6 +9,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -118,6 +121,29 @@ StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const CommOptions& op
   }
   if (force_mpi || LaunchedWithSeveralRanks()) return CreateMpiCommunicator(options);
   return CreateSelfCommunicator(options);
+}
+
+StatusOr<std::vector<std::string>> AllGatherStrings(
+    std::string_view mine, int world_size, const std::function<Status(const void*, void*, size_t)>& gather_bytes) {
+  const size_t n = static_cast<size_t>(world_size);
+  const uint64_t my_length = mine.size();
+  std::vector<uint64_t> lengths(n);
+  FJORD_RETURN_IF_ERROR(gather_bytes(&my_length, lengths.data(), sizeof(uint64_t)));
+  const size_t slot = static_cast<size_t>(*std::max_element(lengths.begin(), lengths.end()));
+  std::string padded(mine);
+  padded.resize(slot, '\0');
+  std::string all(slot * n, '\0');
+  if (slot > 0) FJORD_RETURN_IF_ERROR(gather_bytes(padded.data(), all.data(), slot));
+  std::vector<std::string> out;
+  out.reserve(n);
+  for (size_t r = 0; r < n; ++r) out.push_back(all.substr(r * slot, static_cast<size_t>(lengths[r])));
+  return out;
+}
+
+StatusOr<std::vector<std::string>> AllGatherStrings(Communicator& comm, std::string_view mine) {
+  return AllGatherStrings(mine, comm.size(), [&comm](const void* send, void* recv, size_t bytes) {
+    return comm.AllGather(send, recv, bytes, DataType::kU8);
+  });
 }
 
 }  // namespace fjord

@@ -36,8 +36,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
@@ -163,5 +166,13 @@ class Communicator {
 // one initializes MPI unless the application did, and destroying the last one finalizes it
 // (MPI cannot be initialized again in the same process).
 StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const CommOptions& options, bool force_mpi = false);
+
+// Every rank's `mine`, in rank order, any length (no fixed slots, nothing cut off): the lengths
+// first, then the strings padded to the longest. `gather_bytes(send, recv, bytes)` must all-gather
+// `bytes` bytes from every rank into recv in rank order; the Communicator form uses AllGather, the
+// MPI backend passes MPI_Allgather before it can serve collectives itself. Collective.
+StatusOr<std::vector<std::string>> AllGatherStrings(
+    std::string_view mine, int world_size, const std::function<Status(const void*, void*, size_t)>& gather_bytes);
+StatusOr<std::vector<std::string>> AllGatherStrings(Communicator& comm, std::string_view mine);
 
 }  // namespace fjord

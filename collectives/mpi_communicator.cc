@@ -66,7 +66,6 @@ constexpr int kTagCensusReply = 2;
 constexpr milliseconds kIdlePoll{10};          // an idle communication thread answers census requests
 constexpr microseconds kCensusPollInWait{1000};  // and a waiting one this often
 constexpr milliseconds kAbortGrace{1000};
-constexpr size_t kHostLen = 64;
 constexpr size_t kMaxMpiElems = size_t{1} << 30;  // per MPI call (counts are int)
 
 std::string MpiErrorString(int code) {
@@ -586,14 +585,15 @@ Status MpiCommunicator::Init() {
     MPI_Comm_size(node, &info_.local_size);
     MPI_Comm_free(&node);
   }
-  std::vector<char> names(kHostLen * static_cast<size_t>(size_), '\0');
-  char mine[kHostLen] = {};
-  std::snprintf(mine, sizeof(mine), "%s", LocalHost().c_str());
-  rc = MPI_Allgather(mine, kHostLen, MPI_CHAR, names.data(), kHostLen, MPI_CHAR, comm_);
-  if (rc != MPI_SUCCESS) return Internal("MPI_Allgather of host names failed on " + LocalHost() + ": " + MpiErrorString(rc));
-  for (int r = 0; r < size_; ++r) {
-    hosts_.emplace_back(names.data() + kHostLen * static_cast<size_t>(r), strnlen(names.data() + kHostLen * r, kHostLen));
-  }
+  StatusOr<std::vector<std::string>> hosts =
+      AllGatherStrings(LocalHost(), size_, [this](const void* send, void* recv, size_t bytes) -> Status {
+        const int rc = MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes), MPI_BYTE,
+                                     comm_);
+        if (rc == MPI_SUCCESS) return OkStatus();
+        return Internal("MPI_Allgather of host names failed on " + LocalHost() + ": " + MpiErrorString(rc));
+      });
+  if (!hosts.ok()) return hosts.status();
+  hosts_ = std::move(hosts).value();
   info_.host = hosts_[static_cast<size_t>(rank_)];
   thread_ = std::thread(&MpiCommunicator::ThreadMain, this);
   return OkStatus();

@@ -309,6 +309,30 @@ TEST(SendRecvTest, RingShiftSelfAndSwap) {
   EXPECT_EQ(theirs, std::vector<uint16_t>(777, static_cast<uint16_t>(peer)));
 }
 
+// Rank r's string: r * 150 characters (rank 0 empty, rank 1 past the 64-byte slots the gathers
+// used to have), with bytes that a C string would end at or a parser would split on.
+std::string StringOfRank(int r) {
+  std::string s;
+  for (int i = 0; i < 150 * r; ++i) s += static_cast<char>(i % 7 == 3 ? '\0' : i % 5 == 1 ? '|' : 'a' + (r + i) % 26);
+  return s;
+}
+
+TEST(AllGatherStringsTest, EveryRankGetsEveryStringWhole) {
+  Communicator& c = Comm("auto");
+  StatusOr<std::vector<std::string>> all = AllGatherStrings(c, StringOfRank(c.rank()));
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  ASSERT_EQ(all->size(), static_cast<size_t>(c.size()));
+  for (int r = 0; r < c.size(); ++r) EXPECT_EQ((*all)[static_cast<size_t>(r)], StringOfRank(r)) << "rank " << r;
+  // All empty: nothing but the lengths travels.
+  all = AllGatherStrings(c, "");
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  EXPECT_EQ(*all, std::vector<std::string>(static_cast<size_t>(c.size())));
+  // The host names the MPI backend gathered at start with the same function.
+  all = AllGatherStrings(c, RankInfoFromEnvironment().host);
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  EXPECT_EQ((*all)[static_cast<size_t>(c.rank())], c.rank_info().host);
+}
+
 TEST(BarrierTest, WaitsForTheSlowestRank) {
   Communicator& c = Comm("auto");
   using Clock = std::chrono::steady_clock;
