@@ -304,6 +304,10 @@ TEST_F(LaunchCliTest, DryRunPrintsThePlanAndWritesNothing) {
   EXPECT_THAT(cmd, HasSubstr(" train " + Path("run") + "/launch/job.textproto"));
   EXPECT_THAT(cmd, Not(HasSubstr("FJORD_NODE_IDENTITY")));
   EXPECT_THAT(r.output, HasSubstr("dry run: nothing was written or started"));
+  // No shard of data.train is visible here: said, and left to the ranks' data gate.
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: warning: data.train: no file matches '" + Path("data/train_*.bin") +
+                                  "'"));
+  EXPECT_THAT(r.output, HasSubstr("placement is not bounded by its manifest (each rank's data gate still checks it)"));
   EXPECT_FALSE(fs::exists(Path("run")));
   EXPECT_FALSE(fs::exists(Path("ran")));
 }
