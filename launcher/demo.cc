@@ -74,7 +74,7 @@ StatusOr<proto::JobSpec> DemoJobSpec(const DemoOptions& options) {
   return ParseJobSpec(kDemoJob, "<embedded demo job>", overrides);
 }
 
-Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm) {
+Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm, const Tenancy& tenancy) {
   const fs::path dir = options.dir;
   // Rank 0 prepares the data; a failure there is reported by every rank after the barrier.
   int ok = 1;
@@ -87,7 +87,7 @@ Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communi
   if (!prepared.ok()) return prepared;
   if (ok == 0) return Internal("rank 0 could not prepare the demo data (see its message)");
 
-  FJORD_ASSIGN_OR_RETURN(TrainResult trained, Train(job, TrainOptions{}, comm));
+  FJORD_ASSIGN_OR_RETURN(TrainResult trained, Train(job, TrainOptions{.tenancy = &tenancy}, comm));
   if (comm.rank() != 0) return OkStatus();
 
   SampleOptions sample;

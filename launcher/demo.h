@@ -9,6 +9,7 @@
 #include "collectives/communicator.h"
 #include "common/status.h"
 #include "proto/job.pb.h"
+#include "runtime/tenancy.h"
 
 namespace fjord {
 
@@ -29,7 +30,7 @@ struct DemoOptions {
 StatusOr<proto::JobSpec> DemoJobSpec(const DemoOptions& options);
 
 // Rank 0 writes the corpus and the shards while the others wait; all ranks train `job`
-// (from DemoJobSpec); rank 0 samples.
-Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm);
+// (from DemoJobSpec) behind `tenancy` (Tenancy::Start: the data gate, the audit log); rank 0 samples.
+Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm, const Tenancy& tenancy);
 
 }  // namespace fjord

@@ -20,6 +20,7 @@
 #include "launcher/lease.h"
 #include "launcher/slurm.h"
 #include "runtime/config.h"
+#include "runtime/data.h"
 #include "runtime/file_util.h"
 #include "runtime/json.h"
 
@@ -160,6 +161,18 @@ std::string JsonStrings(const std::vector<std::string>& v) {
   for (size_t i = 0; i < v.size(); ++i) {
     if (i > 0) out += ",";
     out += JsonQuote(v[i]);
+  }
+  return out + "]";
+}
+
+// launch_plan's data_manifests: [{"fields": "data.train", "path": ..., "tenant": ..., ...}].
+std::string DataResidencyJson(const std::vector<DataResidency>& data) {
+  std::string out = "[";
+  for (size_t i = 0; i < data.size(); ++i) {
+    out += std::string(i ? "," : "") + "{\"fields\":" + JsonQuote(data[i].fields) +
+           ",\"path\":" + JsonQuote(data[i].manifest) + ",\"tenant\":" + JsonQuote(data[i].policy.tenant) +
+           ",\"allowed_jurisdictions\":" + JsonStrings(data[i].policy.jurisdictions) +
+           ",\"allowed_sites\":" + JsonStrings(data[i].policy.sites) + "}";
   }
   return out + "]";
 }
@@ -391,7 +404,7 @@ StatusOr<proto::Inventory> LoadInventory(const std::string& path) {
 
 StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::string& inventory_source,
                                const ResidencyPolicy& policy, int np, int per_node,
-                               const std::vector<std::string>* only) {
+                               const std::vector<std::string>* only, const std::vector<DataResidency>& data) {
   if (np < 1)
     return InvalidArgument("--np " + std::to_string(np) + ": give the number of ranks to start (1 or more)");
   if (per_node < 0) return InvalidArgument("--per-node " + std::to_string(per_node) + " is negative");
@@ -452,6 +465,12 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
     } else {
       why = policy.WhyNot(n.jurisdiction(), n.site());
     }
+    for (size_t i = 0; i < data.size() && why.empty(); ++i) {
+      if (std::string no = data[i].policy.WhyNot(n.jurisdiction(), n.site()); !no.empty()) {
+        why = "data manifest " + data[i].manifest + " (" + data[i].fields + ") allows " +
+              data[i].policy.Describe() + ": " + no;
+      }
+    }
     if (!why.empty()) {
       p.excluded.push_back({n.hostname(), why});
       continue;
@@ -477,10 +496,15 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
     for (size_t i = 0; i < p.excluded.size(); ++i) {
       excluded += (i ? "; " : "") + p.excluded[i].hostname + ": " + p.excluded[i].reason;
     }
+    std::string data_too;
+    for (size_t i = 0; i < data.size(); ++i) {
+      data_too += std::string(i ? "; " : " and inside the residency of its data (") + "manifest " +
+                  data[i].manifest + ": " + data[i].policy.Describe() + (i + 1 == data.size() ? ")" : "");
+    }
     return FailedPrecondition(
         tenant + " needs " + Plural(np, "rank", "ranks") + " on nodes inside " +
         (policy.enabled() ? "its residency (" + policy.Describe() + ")" : std::string("the inventory")) +
-        ", but inventory " + inventory_source + " has " +
+        data_too + ", but inventory " + inventory_source + " has " +
         Plural(static_cast<int>(allowed.size()), "allowed node", "allowed nodes") + " with " +
         Plural(allowed_slots, "slot", "slots") + " in all" + (have.empty() ? "" : ": " + have) +
         ". Excluded: " + (excluded.empty() ? std::string("none") : excluded) +
@@ -571,8 +595,15 @@ StatusOr<std::vector<std::string>> ExpandSlurmHostlist(std::string_view hostlist
   return out;
 }
 
-std::string SlurmConstraint(const ResidencyPolicy& policy) {
+std::string SlurmConstraint(const ResidencyPolicy& policy, const std::vector<DataResidency>& data) {
   if (!policy.enabled()) return "";
+  if (!data.empty()) {
+    std::string out = SlurmConstraint(policy);
+    for (const DataResidency& d : data) {
+      if (const std::string c = SlurmConstraint(d.policy); c != SlurmConstraint(policy)) out += "&" + c;
+    }
+    return out;
+  }
   auto any = [](const std::vector<std::string>& v, const std::string& prefix) {
     std::string out;
     for (size_t i = 0; i < v.size(); ++i) out += (i ? "|" : "") + prefix + v[i];
@@ -591,7 +622,7 @@ namespace {
 // the inventory names them (the operator keeps tenants apart there), else the cluster's defaults
 // and --exclusive, so no other tenant's job shares a node with it.
 void SetSlurmSubmission(const proto::Inventory& inventory, LaunchPlan* plan) {
-  plan->slurm_constraint = SlurmConstraint(plan->policy);
+  plan->slurm_constraint = SlurmConstraint(plan->policy, plan->data_residency);
   plan->slurm_partition = inventory.slurm().partition();
   plan->slurm_account = inventory.slurm().account();
   plan->slurm_exclusive = true;
@@ -731,6 +762,36 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
 
 // ---- The launch -----------------------------------------------------------------------------
 
+StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job, std::vector<std::string>* unseen) {
+  std::vector<DataResidency> out;
+  for (const auto& [what, pattern] : {std::pair<std::string, std::string>{"data.train", job.data().train()},
+                                      {"data.val", job.data().val()}}) {
+    if (pattern.empty()) continue;
+    StatusOr<std::vector<std::string>> files = ExpandShardGlob(pattern, what);
+    if (!files.ok()) {
+      unseen->push_back(files.status().message());
+      continue;
+    }
+    FJORD_ASSIGN_OR_RETURN(std::vector<GoverningManifest> manifests, ManifestsGoverning(*files, what));
+    for (const GoverningManifest& m : manifests) {
+      if (m.manifest.tenant() != job.tenant().id()) {
+        const Status refusal = ForeignDataRefusal(what, m.path, m.manifest, job.tenant().id());
+        return Status(refusal.code(), refusal.message() + ". Nothing was started");
+      }
+      auto same = std::find_if(out.begin(), out.end(), [&](const DataResidency& d) { return d.manifest == m.path; });
+      if (same != out.end()) {
+        if (same->fields.find(what) == std::string::npos) same->fields += ", " + what;
+        continue;
+      }
+      out.push_back({what, m.path,
+                     ResidencyPolicy{m.manifest.tenant(),
+                                     {m.manifest.allowed_jurisdictions().begin(), m.manifest.allowed_jurisdictions().end()},
+                                     {m.manifest.allowed_sites().begin(), m.manifest.allowed_sites().end()}}});
+    }
+  }
+  return out;
+}
+
 std::string CommandLine(const std::vector<std::string>& argv) {
   std::string out;
   for (size_t i = 0; i < argv.size(); ++i) {
@@ -746,6 +807,7 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   plan.job_digest = JobDigest(plan.job);
   plan.policy = PolicyOf(plan.job);
   plan.audit_log = fs::absolute(AuditPathFor(plan.job)).string();
+  FJORD_ASSIGN_OR_RETURN(plan.data_residency, DataResidencyOf(plan.job, &plan.data_unseen));
   FJORD_ASSIGN_OR_RETURN(proto::Inventory inventory, LoadInventory(options.inventory_path));
   FJORD_ASSIGN_OR_RETURN(std::string inventory_text, ReadWholeFile(options.inventory_path, "inventory"));
   plan.inventory_digest = Sha256Hex(inventory_text);
@@ -777,7 +839,8 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     allocation = std::move(*expanded);
   }
   FJORD_ASSIGN_OR_RETURN(plan.placement, PlaceRanks(inventory, inventory_source, plan.policy, options.np,
-                                                    options.per_node, in_allocation ? &allocation : nullptr));
+                                                    options.per_node, in_allocation ? &allocation : nullptr,
+                                                    plan.data_residency));
 
   plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
   plan.job_file = plan.launch_dir + "/job.textproto";
@@ -848,6 +911,17 @@ std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options) {
       (plan.policy.enabled() ? "tenant " + plan.policy.tenant + ", residency: " + plan.policy.Describe()
                              : std::string("no tenant: no residency gates")) +
       "\n";
+  for (const DataResidency& d : plan.data_residency) {
+    out += "fjord launch: data manifest " + d.manifest + " (" + d.fields + ") bounds placement: " +
+           d.policy.Describe() + "\n";
+  }
+  if (plan.data_residency.empty() && plan.data_unseen.empty()) {
+    out += "fjord launch: no data manifest governs the job's data: placement by the job's residency alone\n";
+  }
+  for (const std::string& u : plan.data_unseen) {
+    out += "fjord launch: warning: " + u + "; placement is not bounded by its manifest (each rank's data gate still "
+           "checks it)\n";
+  }
   out += "fjord launch: " + Plural(plan.placement.ranks, "rank", "ranks") + " on " +
          Plural(static_cast<int>(plan.placement.nodes.size()), "node", "nodes") + " of inventory " +
          options.inventory_path + ":\n";
@@ -974,6 +1048,8 @@ int RunLaunch(const LaunchOptions& options) {
       .Int("ranks", plan.placement.ranks)
       .Raw("nodes", NodesJson(plan.placement))
       .Raw("excluded", ExcludedJson(plan.placement))
+      .Raw("data_manifests", DataResidencyJson(plan.data_residency))
+      .Raw("data_unseen", JsonStrings(plan.data_unseen))
       .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file)
                                                        : CommandLine(plan.argv));
   if (plan.mode == LaunchMode::kSrun) record.Str("slurm_job_id", options.slurm_job_id);

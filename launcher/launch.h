@@ -59,16 +59,32 @@ struct Placement {
   std::vector<std::string> interfaces;  // distinct interfaces of the placed nodes, in order
 };
 
-// Places `np` ranks on inventory nodes allowed by `policy` (all nodes for a disabled policy),
-// at most `per_node` per node (0: the node's slots), filling nodes in inventory order. `only`
-// (when not null) restricts placement to those hostnames (a Slurm allocation). Refuses when the
-// allowed nodes have too few slots (FailedPrecondition naming the tenant, residency, ranks
-// needed, allowed nodes and slots, and each excluded node with its reason), when the inventory
-// lists tenant ceilings and the tenant is not among them or its residency is wider than its
-// ceiling, and np < 1.
+// A data manifest that governs some of the job's shards, and so bounds where its ranks may run.
+struct DataResidency {
+  std::string fields;      // the job fields whose shards it governs: "data.train", "data.train, data.val"
+  std::string manifest;    // its path
+  ResidencyPolicy policy;  // its tenant and allowed set
+};
+
+// Places `np` ranks on inventory nodes allowed by `policy` (all nodes for a disabled policy) and by
+// every manifest of `data`, at most `per_node` per node (0: the node's slots), filling nodes in
+// inventory order. `only` (when not null) restricts placement to those hostnames (a Slurm
+// allocation). Refuses when the allowed nodes have too few slots (FailedPrecondition naming the
+// tenant, residency, the manifests, ranks needed, allowed nodes and slots, and each excluded node
+// with its reason), when the inventory lists tenant ceilings and the tenant is not among them or its
+// residency is wider than its ceiling, and np < 1.
 StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::string& inventory_source,
                                const ResidencyPolicy& policy, int np, int per_node,
-                               const std::vector<std::string>* only = nullptr);
+                               const std::vector<std::string>* only = nullptr,
+                               const std::vector<DataResidency>& data = {});
+
+// The manifests that govern the shards of the job's data.train and data.val as this host sees them
+// (ExpandShardGlob, ManifestsGoverning), one entry per manifest. A glob that matches nothing here
+// adds a line to `unseen` (placement is then bounded by the job's residency alone; every rank's data
+// gate still checks). Refuses a manifest of another tenant, or any manifest for a job without
+// tenant, naming it and what to add to the job spec; and a manifest that cannot be read.
+StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job, std::vector<std::string>* unseen);
+
 
 // The Open MPI hostfile of a placement: "ADDRESS slots=R max_slots=R" per node, so mpirun can
 // place nothing else.
@@ -79,7 +95,8 @@ StatusOr<std::vector<std::string>> ExpandSlurmHostlist(std::string_view hostlist
 
 // The Slurm --constraint expression of a residency over node features "jurisdiction_CC" and
 // "site_S": "jurisdiction_NO", "(jurisdiction_NO|jurisdiction_SE)&(site_osl1)"; "" when disabled.
-std::string SlurmConstraint(const ResidencyPolicy& policy);
+// With `data`, each manifest's residency is and-ed on ("(jurisdiction_NO|jurisdiction_SE)&jurisdiction_NO").
+std::string SlurmConstraint(const ResidencyPolicy& policy, const std::vector<DataResidency>& data = {});
 
 // ---- The launch -----------------------------------------------------------------------------
 
@@ -112,6 +129,8 @@ struct LaunchPlan {
   proto::JobSpec job;
   std::string job_digest;  // JobDigest(job): what every rank will record too
   ResidencyPolicy policy;
+  std::vector<DataResidency> data_residency;  // manifests of the job's data: they bound placement too
+  std::vector<std::string> data_unseen;       // data globs that match nothing on the launch host
   Placement placement;
   std::string inventory_digest;
   std::string launch_dir;   // absolute RUN_DIR/launch

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -86,6 +87,24 @@ bool ParseNumber(const char* command, const std::string& flag, const std::string
   return true;
 }
 
+// Runs `body` for `job` behind the gates, in their order (docs/SOVEREIGNTY.md): gate 2 (this
+// node's identity, before any data, communicator or GPU; a refusal exits here, and under mpirun that
+// ends the other ranks, still in MPI_Init), the communicator, the tenancy context (rank 0 audits;
+// its data policy is what every loader of `body` gets), then `body`, then the job_end record.
+int RunGatedJob(const char* command, const proto::JobSpec& job,
+                const std::function<Status(Communicator&, const Tenancy&)>& body) {
+  StatusOr<RankGateResult> gate = RankGate(job);
+  if (!gate.ok()) return Fail(command, gate.status());
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(job));
+  if (!comm.ok()) return Fail(command, comm.status());
+  StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(job, *gate, **comm);
+  if (!tenancy.ok()) return FailAll(command, tenancy.status(), **comm);
+  const Status result = body(**comm, **tenancy);
+  (void)(*tenancy)->RecordJobEnd(result);
+  if (!result.ok()) return FailAll(command, result, **comm);
+  return 0;
+}
+
 int RunTrain(const Args& args) {
   if (args.positional.size() != 1) {
     std::fprintf(stderr, "fjord train: error: give exactly one job spec (JOB.textproto)\n");
@@ -95,22 +114,13 @@ int RunTrain(const Args& args) {
   if (args.Has("--resume")) overrides.push_back("checkpoint.resume=true");
   StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], overrides);
   if (!job.ok()) return Fail("train", job.status());
-  // Tenancy gate 2: this node's own identity, before any data, communicator or GPU. A refusal
-  // exits here; under mpirun that ends the other ranks (still in MPI_Init) too.
-  StatusOr<RankGateResult> gate = RankGate(*job);
-  if (!gate.ok()) return Fail("train", gate.status());
-  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(*job));
-  if (!comm.ok()) return Fail("train", comm.status());
-  StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(*job, *gate, **comm);
-  if (!tenancy.ok()) return FailAll("train", tenancy.status(), **comm);
-  TrainOptions options;
-  options.quiet = args.Has("--quiet");
-  options.json_lines = args.Has("--json");
-  options.tenancy = tenancy->get();
-  StatusOr<TrainResult> result = Train(*job, options, **comm);
-  (void)(*tenancy)->RecordJobEnd(result.ok() ? OkStatus() : result.status());
-  if (!result.ok()) return FailAll("train", result.status(), **comm);
-  return 0;
+  return RunGatedJob("train", *job, [&](Communicator& comm, const Tenancy& tenancy) {
+    TrainOptions options;
+    options.quiet = args.Has("--quiet");
+    options.json_lines = args.Has("--json");
+    options.tenancy = &tenancy;
+    return Train(*job, options, comm).status();
+  });
 }
 
 int RunPrep(const Args& args) {
@@ -240,11 +250,9 @@ int RunDemo(const Args& args) {
   options.overrides = args.All("--set");
   StatusOr<proto::JobSpec> job = DemoJobSpec(options);
   if (!job.ok()) return Fail("demo", job.status());
-  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(*job));
-  if (!comm.ok()) return Fail("demo", comm.status());
-  Status s = RunDemoJob(options, *job, **comm);
-  if (!s.ok()) return FailAll("demo", s, **comm);
-  return 0;
+  return RunGatedJob("demo", *job, [&](Communicator& comm, const Tenancy& tenancy) {
+    return RunDemoJob(options, *job, comm, tenancy);
+  });
 }
 
 const std::vector<Command>& Commands() {

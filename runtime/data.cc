@@ -145,17 +145,6 @@ std::string ShardName(const std::string& prefix, size_t index) {
   return name;
 }
 
-// True for names fjord prep writes: train_NNNNNN.bin or val_NNNNNN.bin.
-bool IsPrepShardName(const std::string& name) {
-  for (const std::string prefix : {"train_", "val_"}) {
-    if (name.size() != prefix.size() + 10 || name.compare(0, prefix.size(), prefix) != 0) continue;
-    if (name.compare(name.size() - 4, 4, ".bin") != 0) continue;
-    const std::string digits = name.substr(prefix.size(), 6);
-    if (std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens) {
@@ -390,27 +379,21 @@ StatusOr<DataLoader> DataLoader::Open(const std::string& pattern, const std::str
   DataLoader loader;
   FJORD_ASSIGN_OR_RETURN(loader.files_, ExpandShardGlob(pattern, what));
   std::vector<size_t> counts;
-  if (policy != nullptr && policy->enabled) {
-    // The data gate: every manifest first, then each shard read once, verified, decoded.
-    FJORD_ASSIGN_OR_RETURN(const std::vector<ShardExpectation> expected,
-                           CheckShardManifests(loader.files_, what, *policy));
-    for (const ShardExpectation& e : expected) {
-      StatusOr<std::string> bytes = ReadWholeFile(e.path, "shard");
-      if (!bytes.ok()) return bytes.status().WithContext(what);
-      FJORD_RETURN_IF_ERROR(VerifyShardBytes(e, *bytes, what, *policy));
-      StatusOr<std::vector<uint16_t>> shard = DecodeShard(*bytes, e.path, vocab_size);
-      if (!shard.ok()) return shard.status().WithContext(what);
-      FJORD_RETURN_IF_ERROR(VerifyShardTokens(e, static_cast<int64_t>(shard->size()), what));
-      counts.push_back(shard->size());
-      loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
-    }
-  } else {
-    for (const std::string& file : loader.files_) {
-      StatusOr<std::vector<uint16_t>> shard = ReadShard(file, vocab_size);
-      if (!shard.ok()) return shard.status().WithContext(what);
-      counts.push_back(shard->size());
-      loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
-    }
+  // The data gate, for every job: every manifest first, then each shard read once (from the real
+  // path checked), verified, decoded.
+  const DataPolicy untenanted;
+  const DataPolicy& gate = policy != nullptr ? *policy : untenanted;
+  FJORD_ASSIGN_OR_RETURN(const std::vector<ShardExpectation> expected,
+                         CheckShardManifests(pattern, loader.files_, what, gate));
+  for (const ShardExpectation& e : expected) {
+    StatusOr<std::string> bytes = ReadWholeFile(e.real_path, "shard");
+    if (!bytes.ok()) return bytes.status().WithContext(what);
+    FJORD_RETURN_IF_ERROR(VerifyShardBytes(e, *bytes, what, gate));
+    StatusOr<std::vector<uint16_t>> shard = DecodeShard(*bytes, e.path, vocab_size);
+    if (!shard.ok()) return shard.status().WithContext(what);
+    FJORD_RETURN_IF_ERROR(VerifyShardTokens(e, static_cast<int64_t>(shard->size()), what));
+    counts.push_back(shard->size());
+    loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
   }
   const uint64_t n = loader.tokens_.size();
   const uint64_t t = static_cast<uint64_t>(seq_len);

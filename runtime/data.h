@@ -64,10 +64,10 @@ class DataLoader {
  public:
   // Opens and validates every shard of `pattern`. Refuses a dataset with fewer than
   // seq_len + 1 tokens with a message naming `what`, the files and the sizes.
-  // With an enabled `policy` (a job with a tenant: Tenancy::data_policy()), the data gate runs
-  // first: every shard's manifest is checked before any shard is read, then each shard is read
-  // once, its SHA-256 verified and those bytes decoded (runtime/manifest.h). null or disabled:
-  // no gate, as for jobs without a tenant.
+  // The data gate runs first, for every job (runtime/manifest.h): every shard's governing manifest
+  // is checked against `policy` (Tenancy::data_policy(); null: a job without tenant and without
+  // audit log, which may read only shards no manifest governs) before any shard is read, then each
+  // shard is read once, its SHA-256 verified against its manifest and those bytes decoded.
   static StatusOr<DataLoader> Open(const std::string& pattern, const std::string& what, int vocab_size,
                                    int seq_len, uint64_t seed, bool shuffle, const DataPolicy* policy = nullptr);
 

@@ -60,6 +60,7 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   eval_access.use = CheckpointUse::kEval;
   FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, eval_access));
   DataPolicy policy;
+  std::unique_ptr<AuditLog> untenanted_log;
   if (!opened.tenant.empty()) {
     StatusOr<LocalNode> node = ReadNodeIdentity();
     if (!node.ok()) {
@@ -68,17 +69,24 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
           FailedPrecondition("fjord eval of tenant " + opened.tenant + "'s checkpoint reads --data through the "
                              "tenant's data gate, which needs this node's identity: " + node.status().message()));
     }
-    policy.enabled = true;
     policy.tenant = opened.tenant;
     policy.host = node->hostname;
     policy.jurisdiction = node->identity.jurisdiction();
     policy.site = node->identity.site();
     policy.allow_unmanifested = job.data().allow_unmanifested();
     policy.audit = opened.audit.get();
+  } else {
+    // The checkpoint's job had no tenant: --data may be only data that no manifest governs. What the
+    // gate does is recorded in that job's audit log when it still exists (nothing is created).
+    StatusOr<std::unique_ptr<AuditLog>> log =
+        AuditLog::Open(access.audit_log.empty() ? AuditPathFor(job) : access.audit_log, "eval@" + ThisHostname(),
+                       /*create_parent=*/false);
+    if (log.ok()) untenanted_log = std::move(*log);
+    policy.audit = untenanted_log.get();
   }
   FJORD_ASSIGN_OR_RETURN(DataLoader data,
                          DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T, job.train().seed(),
-                                          /*shuffle=*/false, policy.enabled ? &policy : nullptr));
+                                          /*shuffle=*/false, &policy));
   const uint64_t available = data.sequences_per_epoch();
   const int B = static_cast<int>(std::min<uint64_t>(job.train().micro_batch(), available));
   if (batches <= 0) batches = job.train().eval_batches();

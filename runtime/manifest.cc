@@ -1,8 +1,10 @@
 // Data manifests: reading, writing and the two steps of the data gate (see manifest.h).
 #include "runtime/manifest.h"
 
+#include <fnmatch.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -83,30 +85,151 @@ Status WriteDataManifest(const std::string& dir, const proto::DataManifest& mani
       .WithContext("writing the data manifest");
 }
 
-StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<std::string>& files,
-                                                            const std::string& what,
-                                                            const DataPolicy& policy) {
-  std::vector<ShardExpectation> out;
-  if (!policy.enabled) {
-    for (const std::string& f : files) out.push_back({f, "", "", -1});
-    return out;
+bool IsPrepShardName(const std::string& name) {
+  for (const std::string prefix : {"train_", "val_"}) {
+    if (name.size() != prefix.size() + 10 || name.compare(0, prefix.size(), prefix) != 0) continue;
+    if (name.compare(name.size() - 4, 4, ".bin") != 0) continue;
+    const std::string digits = name.substr(prefix.size(), 6);
+    if (std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) return true;
   }
+  return false;
+}
+
+Status ForeignDataRefusal(const std::string& what, const std::string& manifest_path, const proto::DataManifest& m,
+                          const std::string& job_tenant) {
+  if (!job_tenant.empty()) {
+    return FailedPrecondition(what + ": " + manifest_path + " belongs to tenant " + m.tenant() +
+                              ", but this job is tenant " + job_tenant + ": a tenant may read only its own data; point " +
+                              what + " at this tenant's shards");
+  }
+  std::string residency = "residency {";
+  for (const std::string& j : m.allowed_jurisdictions()) residency += " allowed_jurisdictions: \"" + j + "\"";
+  for (const std::string& site : m.allowed_sites()) residency += " allowed_sites: \"" + site + "\"";
+  return FailedPrecondition(what + ": " + manifest_path + " belongs to tenant " + m.tenant() +
+                            ", but this job has no tenant: data with a manifest is read only by its tenant's job, "
+                            "whose ranks check where they run. Add `tenant { id: \"" + m.tenant() + "\" } " +
+                            residency + " }` to the job spec (and run it inside that residency), or point " + what +
+                            " at data without a manifest");
+}
+
+namespace {
+
+// The directory of the manifest that governs files in `dir` (a canonical path): the nearest of `dir`
+// and its ancestors that holds one; "" when none does.
+StatusOr<std::string> GoverningDir(const fs::path& dir) {
+  for (fs::path d = dir;; d = d.parent_path()) {
+    std::error_code ec;
+    const fs::file_status st = fs::status(d / kManifestName, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      return FailedPrecondition("cannot tell whether " + (d / kManifestName).string() + " exists: " + ec.message() +
+                                "; make the directory searchable");
+    }
+    if (fs::exists(st)) return d.string();
+    if (d == d.parent_path()) return std::string();
+  }
+}
+
+// The manifest of each shard's directory, found and read once per directory.
+class ManifestFinder {
+ public:
+  struct Found {
+    std::string real_path;      // canonical path of the shard
+    std::string dir;            // the manifest's directory; "" when none governs the shard
+    const StatusOr<proto::DataManifest>* manifest = nullptr;  // when dir is not ""
+    bool first = false;         // the first shard governed by this manifest
+  };
+
+  StatusOr<Found> Find(const std::string& file, const std::string& what) {
+    std::error_code ec;
+    const fs::path real = fs::canonical(file, ec);
+    if (ec) return FailedPrecondition(what + ": cannot resolve " + file + ": " + ec.message());
+    Found f;
+    f.real_path = real.string();
+    const std::string parent = real.parent_path().string();
+    auto d = dirs_.find(parent);
+    if (d == dirs_.end()) {
+      StatusOr<std::string> gov = GoverningDir(real.parent_path());
+      if (!gov.ok()) return gov.status().WithContext(what);
+      d = dirs_.emplace(parent, *gov).first;
+    }
+    f.dir = d->second;
+    if (f.dir.empty()) return f;
+    auto m = manifests_.find(f.dir);
+    f.first = m == manifests_.end();
+    if (f.first) m = manifests_.emplace(f.dir, ReadDataManifest(f.dir)).first;
+    f.manifest = &m->second;
+    return f;
+  }
+
+ private:
+  std::map<std::string, std::string> dirs_;  // shard directory -> governing directory
+  std::map<std::string, StatusOr<proto::DataManifest>> manifests_;
+};
+
+// The manifest's shard list is the truth for its directory: every listed shard whose name the glob's
+// file pattern matches is on disk, and every file there matching that pattern or named like a prep
+// shard is listed. "" when so, else what differs.
+std::string ShardListProblem(const std::string& dir, const std::string& manifest_path, const proto::DataManifest& m,
+                             const std::string& pattern) {
+  const std::string file_pattern = fs::path(pattern).filename().string();
+  std::set<std::string> listed;
+  for (const proto::ShardDigest& s : m.shard()) {
+    listed.insert(s.name());
+    std::error_code ec;
+    if (::fnmatch(file_pattern.c_str(), s.name().c_str(), FNM_PERIOD) == 0 &&
+        !fs::is_regular_file(fs::path(dir) / s.name(), ec)) {
+      return (fs::path(dir) / s.name()).string() + " is listed in " + manifest_path +
+             " but is missing from disk: the data set is incomplete; restore the shard, or re-create the data with "
+             "fjord prep";
+    }
+  }
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name == kManifestName || listed.count(name) > 0) continue;
+    if (!IsPrepShardName(name) && ::fnmatch(file_pattern.c_str(), name.c_str(), FNM_PERIOD) != 0) continue;
+    return it->path().string() + " is not listed in " + manifest_path +
+           ": it was added after prep, or belongs to other data; remove it or re-create the data with fjord prep";
+  }
+  if (ec) return "cannot list " + dir + ": " + ec.message();
+  return "";
+}
+
+}  // namespace
+
+StatusOr<std::vector<GoverningManifest>> ManifestsGoverning(const std::vector<std::string>& files,
+                                                            const std::string& what) {
+  std::vector<GoverningManifest> out;
+  ManifestFinder finder;
+  for (const std::string& file : files) {
+    FJORD_ASSIGN_OR_RETURN(ManifestFinder::Found f, finder.Find(file, what));
+    if (f.dir.empty() || !f.first) continue;
+    if (!f.manifest->ok()) return f.manifest->status().WithContext(what);
+    out.push_back({(fs::path(f.dir) / kManifestName).string(), f.manifest->value()});
+  }
+  return out;
+}
+
+StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& pattern,
+                                                            const std::vector<std::string>& files,
+                                                            const std::string& what, const DataPolicy& policy) {
   auto refuse = [&](const std::string& path, Status s) {
     AuditRefusal(policy, what, path, s.message());
     return s;
   };
   const std::string node =
       "this node (" + policy.host + ", jurisdiction " + policy.jurisdiction + ", site " + policy.site + ")";
-  // One manifest per directory, read and checked once, before any shard.
-  std::map<std::string, StatusOr<proto::DataManifest>> manifests;
+  std::vector<ShardExpectation> out;
+  ManifestFinder finder;
   for (const std::string& file : files) {
-    const std::string dir =
-        fs::path(file).parent_path().empty() ? "." : fs::path(file).parent_path().string();
-    auto it = manifests.find(dir);
-    if (it == manifests.end()) {
-      it = manifests.emplace(dir, ReadDataManifest(dir)).first;
-      const std::string mpath = (fs::path(dir) / kManifestName).string();
-      if (!it->second.ok() && it->second.status().code() == StatusCode::kNotFound) {
+    StatusOr<ManifestFinder::Found> found = finder.Find(file, what);
+    if (!found.ok()) return refuse(file, found.status());
+    ShardExpectation e;
+    e.path = file;
+    e.real_path = found->real_path;
+    if (found->dir.empty()) {  // no manifest governs the shard
+      if (!policy.tenant.empty()) {
+        const std::string mpath = (fs::path(found->real_path).parent_path() / kManifestName).string();
         if (!policy.allow_unmanifested) {
           return refuse(
               mpath, FailedPrecondition(
@@ -118,73 +241,73 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
                          policy.tenant + " --jurisdiction " + policy.jurisdiction +
                          " ...`, or (audited) set data.allow_unmanifested: true in the job spec"));
         }
-      } else if (!it->second.ok()) {
-        return refuse(mpath, it->second.status().WithContext(what));
-      } else {
-        const proto::DataManifest& m = *it->second;
-        if (m.tenant() != policy.tenant) {
-          return refuse(mpath, FailedPrecondition(what + ": " + mpath + " belongs to tenant " + m.tenant() +
-                                                  ", but this job is tenant " + policy.tenant +
-                                                  ": a tenant may read only its own data; point " + what +
-                                                  " at this tenant's shards"));
-        }
-        ResidencyPolicy allowed;
-        allowed.tenant = m.tenant();
-        allowed.jurisdictions.assign(m.allowed_jurisdictions().begin(), m.allowed_jurisdictions().end());
-        allowed.sites.assign(m.allowed_sites().begin(), m.allowed_sites().end());
-        if (std::string why = allowed.WhyNot(policy.jurisdiction, policy.site); !why.empty()) {
-          return refuse(mpath,
-                        FailedPrecondition(what + ": " + mpath + " allows the data to be opened in " +
-                                           allowed.Describe() + " only, and " + node + " is outside: " + why +
-                                           ". Run the job on nodes inside the data's residency"));
-        }
         if (policy.audit != nullptr) {
-          FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(mpath, "data manifest"));
-          std::string allowed_json = "[";
-          for (int i = 0; i < m.allowed_jurisdictions_size(); ++i) {
-            allowed_json += std::string(i ? "," : "") + "\"" + m.allowed_jurisdictions(i) + "\"";
-          }
           FJORD_RETURN_IF_ERROR(
               policy.audit
-                  ->Append("manifest_opened", AuditRecord()
-                                                  .Str("field", what)
-                                                  .Str("path", mpath)
-                                                  .Str("sha256", digest)
-                                                  .Str("tenant", m.tenant())
-                                                  .Raw("allowed_jurisdictions", allowed_json + "]")
-                                                  .Int("shards", m.shard_size()))
+                  ->Append("data_unmanifested",
+                           AuditRecord()
+                               .Str("field", what)
+                               .Str("path", file)
+                               .Str("note", "read without a manifest: data.allow_unmanifested is true"))
                   .status());
         }
-      }
-    }
-    ShardExpectation e;
-    e.path = file;
-    if (!it->second.ok()) {  // unmanifested, allowed by the job
-      if (policy.audit != nullptr) {
-        FJORD_RETURN_IF_ERROR(
-            policy.audit
-                ->Append("data_unmanifested",
-                         AuditRecord()
-                             .Str("field", what)
-                             .Str("path", file)
-                             .Str("note", "read without a manifest: data.allow_unmanifested is true"))
-                .status());
       }
       out.push_back(e);
       continue;
     }
-    const proto::DataManifest& m = *it->second;
-    const std::string name = fs::path(file).filename().string();
-    const proto::ShardDigest* entry = nullptr;
-    for (const proto::ShardDigest& s : m.shard()) {
-      if (s.name() == name) entry = &s;
+    e.manifest = (fs::path(found->dir) / kManifestName).string();
+    if (!found->manifest->ok()) return refuse(e.manifest, found->manifest->status().WithContext(what));
+    const proto::DataManifest& m = found->manifest->value();
+    if (found->first) {  // the manifest's own checks, once, before any of its shards
+      if (m.tenant() != policy.tenant) return refuse(e.manifest, ForeignDataRefusal(what, e.manifest, m, policy.tenant));
+      ResidencyPolicy allowed;
+      allowed.tenant = m.tenant();
+      allowed.jurisdictions.assign(m.allowed_jurisdictions().begin(), m.allowed_jurisdictions().end());
+      allowed.sites.assign(m.allowed_sites().begin(), m.allowed_sites().end());
+      if (std::string why = allowed.WhyNot(policy.jurisdiction, policy.site); !why.empty()) {
+        return refuse(e.manifest,
+                      FailedPrecondition(what + ": " + e.manifest + " allows the data to be opened in " +
+                                         allowed.Describe() + " only, and " + node + " is outside: " + why +
+                                         ". Run the job on nodes inside the data's residency"));
+      }
+      if (std::string problem = ShardListProblem(found->dir, e.manifest, m, pattern); !problem.empty()) {
+        return refuse(e.manifest, DataLoss(what + ": " + problem));
+      }
+      if (policy.audit != nullptr) {
+        FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(e.manifest, "data manifest"));
+        std::string allowed_json = "[";
+        for (int i = 0; i < m.allowed_jurisdictions_size(); ++i) {
+          allowed_json += std::string(i ? "," : "") + "\"" + m.allowed_jurisdictions(i) + "\"";
+        }
+        FJORD_RETURN_IF_ERROR(
+            policy.audit
+                ->Append("manifest_opened", AuditRecord()
+                                                .Str("field", what)
+                                                .Str("path", e.manifest)
+                                                .Str("sha256", digest)
+                                                .Str("tenant", m.tenant())
+                                                .Raw("allowed_jurisdictions", allowed_json + "]")
+                                                .Int("shards", m.shard_size()))
+                .status());
+      }
     }
-    e.manifest = (fs::path(dir) / kManifestName).string();
+    const fs::path real(found->real_path);
+    const proto::ShardDigest* entry = nullptr;
+    if (real.parent_path() == fs::path(found->dir)) {
+      for (const proto::ShardDigest& s : m.shard()) {
+        if (s.name() == real.filename().string()) entry = &s;
+      }
+    }
     if (entry == nullptr) {
-      return refuse(file,
-                    FailedPrecondition(what + ": " + file + " is not listed in " + e.manifest +
-                                       ": it was added after prep, or belongs to other data; remove it or "
-                                       "re-create the data with fjord prep"));
+      const std::string where = file == found->real_path ? file : file + " (" + found->real_path + ")";
+      return refuse(file, FailedPrecondition(
+                              what + ": " + where + " is not listed in " + e.manifest +
+                              (real.parent_path() == fs::path(found->dir)
+                                   ? ": it was added after prep, or belongs to other data; remove it or re-create "
+                                     "the data with fjord prep"
+                                   : ", which governs every file below " + found->dir +
+                                         " and lists only files directly in it; move the shard out of " +
+                                         found->dir + " or re-create the data with fjord prep")));
     }
     e.sha256 = entry->sha256();
     e.tokens = entry->has_tokens() ? entry->tokens() : -1;
@@ -195,7 +318,7 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::vector<st
 
 Status VerifyShardBytes(const ShardExpectation& expectation, std::string_view bytes, const std::string& what,
                         const DataPolicy& policy) {
-  if (!policy.enabled) return OkStatus();
+  if (expectation.manifest.empty() && policy.audit == nullptr) return OkStatus();
   const std::string digest = Sha256Hex(bytes);
   if (!expectation.manifest.empty() && digest != expectation.sha256) {
     Status s =

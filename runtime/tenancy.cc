@@ -920,7 +920,6 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
 
   t->seal_.node = t->node_;
   DataPolicy& dp = t->data_policy_;
-  dp.enabled = t->policy_.enabled();
   dp.tenant = t->policy_.tenant;
   dp.host = host;
   dp.jurisdiction = t->node_.jurisdiction();

@@ -334,6 +334,11 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 
   // Tenancy gate 3: the data policy for the loaders, the seal for checkpoints (without a Tenancy,
   // still the job's checkpoint.encryption_key_file).
+  if (options.tenancy == nullptr && !job.tenant().id().empty()) {
+    return FailedPrecondition("tenant " + job.tenant().id() +
+                              "'s job reached training without its gates (no Tenancy): start it with fjord train "
+                              "or fjord launch, which check this node's identity first");
+  }
   const DataPolicy* data_policy = options.tenancy ? &options.tenancy->data_policy() : nullptr;
   CheckpointSeal seal;
   if (options.tenancy) {

@@ -20,8 +20,9 @@ float LearningRate(const proto::TrainSpec& train, int step);
 struct TrainOptions {
   bool quiet = false;       // no progress lines on stdout (metrics.jsonl is still written)
   bool json_lines = false;  // print each step's metrics JSON line on stdout instead of progress lines
-  // Tenancy context of this rank (Tenancy::Start), owned by the caller; null = no data gate, and
-  // checkpoints sealed only as the job spec's checkpoint.encryption_key_file says.
+  // Tenancy context of this rank (Tenancy::Start), owned by the caller. null: only for a job without
+  // tenant (a tenant job is refused), whose loaders then refuse every shard a manifest governs, with no
+  // audit log; checkpoints are sealed only as the job spec's checkpoint.encryption_key_file says.
   const class Tenancy* tenancy = nullptr;
 };
 

@@ -44,5 +44,18 @@ TEST(TrainTest, RefusesAJobThatDoesNotFitInMemory) {
   EXPECT_THAT(r.status().message(), HasSubstr("lower train.micro_batch"));
 }
 
+// A tenant job reaches its data only behind its gates (Tenancy::Start, after the rank gate): Train
+// called without a Tenancy refuses it before opening any data.
+TEST(TrainTest, RefusesATenantJobWithoutItsGates) {
+  StatusOr<proto::JobSpec> job = ParseJobSpec(
+      "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
+      "data { train: \"unused_*.bin\" }\ntenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n",
+      "acme.textproto", {});
+  ASSERT_TRUE(job.ok()) << job.status().message();
+  StatusOr<TrainResult> r = Train(*job, TrainOptions{.quiet = true});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("tenant acme's job reached training without its gates"));
+}
+
 }  // namespace
 }  // namespace fjord

@@ -17,6 +17,7 @@ using ::testing::AnyOf;
 using testing::AuditEvents;
 using testing::Count;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::ReadText;
 using testing::RunResult;
 using testing::Shell;
@@ -63,8 +64,86 @@ class CliGatesTest : public testing::TenancyTest {
                   tenant + "\" }\nresidency { allowed_jurisdictions: \"NO\" }\n" + extra);
     return Path(name);
   }
+  // A job without tenant (and so without residency) reading DATA/train_*.bin.
+  std::string NoTenantJob(const std::string& name, const std::string& data) {
+    WriteText(Path(name), "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+                          "train { micro_batch: 2 steps: 2 lr: 1e-3 }\n"
+                          "data { train: \"" + Path(data + "/train_*.bin") + "\" }\n"
+                          "run_dir: \"" + Path("run") + "\"\n");
+    return Path(name);
+  }
   std::string identity_;
 };
+
+// A shard set with a manifest is governed by it whatever the job says: a job that leaves out the
+// tenant block is refused acme's shards on an SE node, on a NO node and on a node without identity
+// alike (it must declare the tenant, so that the rank gate runs), before any shard is read; the
+// refusal says which tenant block to add and is audited.
+TEST_F(CliGatesTest, JobWithoutTenantIsRefusedTenantDataOnEveryNodeAndItIsAudited) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  const std::string job = NoTenantJob("notenant.textproto", "acme");
+  for (const std::string& identity :
+       {Identity("SE", "sto1", "se_node"), identity_, Path("no_identity_here.textproto")}) {
+    fs::remove_all(Path("run"));
+    RunResult r = Shell("FJORD_NODE_IDENTITY=" + identity + " " + std::string(FJORD_BINARY) + " train " + job +
+                        " --quiet");
+    EXPECT_EQ(r.exit_code, 1) << identity << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr("data.train: " + Path("acme/manifest.textproto") +
+                                    " belongs to tenant acme, but this job has no tenant"));
+    EXPECT_THAT(r.output, HasSubstr("Add `tenant { id: \"acme\" } residency { allowed_jurisdictions: \"NO\" }`"));
+    EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
+    EXPECT_FALSE(fs::exists(Path("run/checkpoints")));
+    const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
+    EXPECT_EQ(events, (std::vector<std::string>{"job_start", "no_tenant", "refusal", "job_end"})) << identity;
+  }
+  // Data without a manifest stays usable by a job without tenant.
+  Prep("plain", "");
+  RunResult r = Fjord("train " + NoTenantJob("plain.textproto", "plain") + " --quiet");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+// fjord eval of a checkpoint without tenant: --data is refused when a manifest governs it, and the
+// refusal goes to the checkpoint job's audit log; unmanifested data evaluates as before.
+TEST_F(CliGatesTest, EvalOfAnUntenantedCheckpointIsRefusedTenantData) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  Prep("plain", "");
+  RunResult r = Fjord("train " + NoTenantJob("plain.textproto", "plain") + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string ckpt = " --checkpoint " + Path("run/checkpoints/step_000002") + " --batches 1";
+  const int refusals = Count(AuditEvents(Path("run/audit.jsonl")), "refusal");
+  r = Shell("FJORD_NODE_IDENTITY=" + Identity("SE", "sto1", "se_node") + " " + std::string(FJORD_BINARY) + " eval" +
+            ckpt + " --data '" + Path("acme/train_*.bin") + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--data: " + Path("acme/manifest.textproto") +
+                                  " belongs to tenant acme, but this job has no tenant"));
+  EXPECT_THAT(r.output, Not(HasSubstr("\"loss\"")));
+  EXPECT_EQ(Count(AuditEvents(Path("run/audit.jsonl")), "refusal"), refusals + 1);
+  r = Fjord("eval" + ckpt + " --data '" + Path("plain/train_*.bin") + "'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+// fjord demo trains through the same gates and writes an audit log: pointed at acme's shards it is
+// refused before training, recorded; over its own generated corpus it runs, recorded.
+TEST_F(CliGatesTest, DemoGoesThroughTheDataGateAndWritesAnAuditLog) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  RunResult r = Fjord("demo --dir " + Path("refused") + " --set data.train='" + Path("acme/train_*.bin") +
+                      "' --set train.steps=2");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no "
+                                  "tenant"));
+  EXPECT_FALSE(fs::exists(Path("refused/checkpoints")));
+  EXPECT_EQ(AuditEvents(Path("refused/audit.jsonl")),
+            (std::vector<std::string>{"job_start", "no_tenant", "refusal", "job_end"}));
+
+  r = Fjord("demo --dir " + Path("ran") + " --set train.steps=2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<std::string> events = AuditEvents(Path("ran/audit.jsonl"));
+  EXPECT_EQ(events.front(), "job_start");
+  EXPECT_EQ(Count(events, "no_tenant"), 1);
+  EXPECT_EQ(Count(events, "shard_opened"), 2);  // train_000000.bin, val_000000.bin
+  EXPECT_EQ(events.back(), "job_end");
+  EXPECT_TRUE(VerifyAuditLog(Path("ran/audit.jsonl"))->ok);
+}
 
 TEST_F(CliGatesTest, PrepWritesTheManifestAndSaysSo) {
   RunResult r = Fjord("prep --input " + Path("input.txt") + " --out " + Path("data") +

@@ -164,6 +164,11 @@ TEST(Slurm, HostlistsAndConstraints) {
   EXPECT_EQ(SlurmConstraint({"acme", {"NO", "SE"}, {}}), "(jurisdiction_NO|jurisdiction_SE)");
   EXPECT_EQ(SlurmConstraint({"acme", {"NO"}, {"osl1", "osl2"}}), "(jurisdiction_NO)&(site_osl1|site_osl2)");
   EXPECT_EQ(SlurmConstraint(ResidencyPolicy()), "");
+  // The data's manifests are and-ed on (the job's own residency is not repeated).
+  const std::vector<DataResidency> data = {{"data.train", "m1", kAcmeNo}, {"data.val", "m2", {"acme", {"SE"}, {"sto1"}}}};
+  EXPECT_EQ(SlurmConstraint({"acme", {"NO", "SE"}, {}}, data),
+            "(jurisdiction_NO|jurisdiction_SE)&jurisdiction_NO&(jurisdiction_SE)&(site_sto1)");
+  EXPECT_EQ(SlurmConstraint(kAcmeNo, {{"data.train", "m1", kAcmeNo}}), "jurisdiction_NO");
 }
 
 // sinfo --noheader --Node --format='%N|%f|%t' as Slurm 22.05 prints it: a node once per partition.
@@ -299,6 +304,10 @@ TEST_F(LaunchCliTest, DryRunPrintsThePlanAndWritesNothing) {
   EXPECT_THAT(cmd, HasSubstr(" train " + Path("run") + "/launch/job.textproto"));
   EXPECT_THAT(cmd, Not(HasSubstr("FJORD_NODE_IDENTITY")));
   EXPECT_THAT(r.output, HasSubstr("dry run: nothing was written or started"));
+  // No shard of data.train is visible here: said, and left to the ranks' data gate.
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: warning: data.train: no file matches '" + Path("data/train_*.bin") +
+                                  "'"));
+  EXPECT_THAT(r.output, HasSubstr("placement is not bounded by its manifest (each rank's data gate still checks it)"));
   EXPECT_FALSE(fs::exists(Path("run")));
   EXPECT_FALSE(fs::exists(Path("ran")));
 }
@@ -369,6 +378,63 @@ TEST_F(LaunchCliTest, TooFewAllowedNodesStartsNothingAndIsAudited) {
   EXPECT_FALSE(fs::exists(Path("ran")));  // mpirun never started: zero ranks
   EXPECT_FALSE(fs::exists(Path("run/launch")));
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+}
+
+// Launch places by the data's residency too: the job allows NO and SE, but the manifest of its
+// shards allows NO only, so the ranks go to NO nodes only, the plan and launch_plan say which manifest
+// bounded placement, and a job needing more NO slots than exist is refused naming the manifest.
+TEST_F(LaunchCliTest, DataManifestBoundsPlacementToItsResidency) {
+  std::string job = ReadText(Path("job.textproto"));
+  const std::string no = "allowed_jurisdictions: \"NO\"";
+  job.replace(job.find(no), no.size(), no + " allowed_jurisdictions: \"SE\"");
+  WriteText(Path("job.textproto"), job);
+  WriteText(Path("data/train_000000.bin"), "x");  // launch reads manifests only, never shards
+  const std::string manifest = Path("data/manifest.textproto");
+  WriteText(manifest, "tenant: \"acme\"\nallowed_jurisdictions: \"NO\"\n");
+  testing::RunResult r = Launch("--np 3 --dry-run");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("residency: jurisdictions NO, SE"));
+  EXPECT_THAT(r.output, HasSubstr("data manifest " + manifest + " (data.train) bounds placement: jurisdictions NO"));
+  EXPECT_THAT(r.output, HasSubstr("3 ranks on 2 nodes"));
+  EXPECT_THAT(r.output, HasSubstr("  se1          data manifest " + manifest +
+                                  " (data.train) allows jurisdictions NO; sites: any: jurisdiction SE is not allowed"));
+  EXPECT_THAT(r.output, Not(HasSubstr("10.213.0.13 slots")));  // se1 is not in the hostfile
+
+  r = Launch("--np 4 --dry-run");  // 3 NO slots; the job alone would take se1 too
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tenant acme needs 4 ranks on nodes inside its residency (jurisdictions NO, SE; "
+                                  "sites: any) and inside the residency of its data (manifest " + manifest +
+                                  ": jurisdictions NO; sites: any)"));
+
+  r = Launch("--np 3");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const std::string plan = AuditLines(Path("run/audit.jsonl"), "launch_plan")[0];
+  EXPECT_THAT(plan, HasSubstr("\"data_manifests\":[{\"fields\":\"data.train\",\"path\":\"" + manifest +
+                              "\",\"tenant\":\"acme\",\"allowed_jurisdictions\":[\"NO\"],\"allowed_sites\":[]}]"));
+  EXPECT_EQ(ReadText(Path("run/launch/hostfile")), "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
+}
+
+// A job without tenant, or of another tenant, is refused by launch when its data has a manifest:
+// nothing is placed or started, and the message names the manifest, its tenant and what to add.
+TEST_F(LaunchCliTest, DataOfAnotherTenantIsRefusedBeforePlacement) {
+  WriteText(Path("data/train_000000.bin"), "x");
+  const std::string manifest = Path("data/manifest.textproto");
+  WriteText(manifest, "tenant: \"globex\"\nallowed_jurisdictions: \"NO\"\n");
+  testing::RunResult r = Launch("--np 1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("data.train: " + manifest + " belongs to tenant globex, but this job is tenant acme"));
+  EXPECT_FALSE(fs::exists(Path("ran")));
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+
+  WriteText(Path("job.textproto"), "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
+                                   "data { train: \"" + Path("data/train_*.bin") + "\" }\nrun_dir: \"" +
+                                   Path("run") + "\"\n");
+  r = Launch("--np 1 --dry-run");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(manifest + " belongs to tenant globex, but this job has no tenant"));
+  EXPECT_THAT(r.output, HasSubstr("Add `tenant { id: \"globex\" } residency { allowed_jurisdictions: \"NO\" }`"));
+  EXPECT_THAT(r.output, HasSubstr("Nothing was started"));
+  EXPECT_FALSE(fs::exists(Path("ran")));
 }
 
 TEST_F(LaunchCliTest, ArgumentErrorsExitTwoWithUsage) {

@@ -1,7 +1,10 @@
 // The data gate: `fjord prep --tenant` writes a manifest whose digests match the shards, and the
 // loader of a tenant job refuses a missing manifest (unless opted out, audited), another tenant's
 // data, a residency that does not cover the node, a shard not in the manifest and a modified shard,
-// each with its message and an audit log that shows no shard was opened.
+// each with its message and an audit log that shows no shard was opened. A job without tenant is
+// refused every shard a manifest governs (found through symlinks and parent directories), and the
+// manifest's shard list must match the directory: a listed shard deleted or an unlisted one added is
+// refused naming both.
 #include "runtime/manifest.h"
 
 #include <gmock/gmock.h>
@@ -32,8 +35,10 @@ class DataGateTest : public testing::TenancyTest {
     WriteText(Path("input.txt"), text);
   }
   StatusOr<PrepResult> Prep(const std::string& out, const std::string& tenant,
-                            std::vector<std::string> jurisdictions, std::vector<std::string> sites = {}) {
+                            std::vector<std::string> jurisdictions, std::vector<std::string> sites = {},
+                            int64_t shard_tokens = 100'000'000) {
     PrepOptions o;
+    o.shard_tokens = shard_tokens;
     o.input = Path("input.txt");
     o.out_dir = Path(out);
     o.tenant = tenant;
@@ -44,7 +49,6 @@ class DataGateTest : public testing::TenancyTest {
   DataPolicy Policy(const std::string& tenant = "acme", const std::string& jurisdiction = "NO") {
     if (!audit_) audit_ = std::move(*AuditLog::Open(Path("audit.jsonl"), "rank0@test"));
     DataPolicy p;
-    p.enabled = true;
     p.tenant = tenant;
     p.host = "no1";
     p.jurisdiction = jurisdiction;
@@ -285,6 +289,121 @@ TEST_F(DataGateTest, ManifestThatIsADirectoryIsRefusedNamingIt) {
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.status().message(), "cannot read data manifest " + Path("data/manifest.textproto") +
                                       ": not a regular file; check the path");
+}
+
+// ---- A shard set that has a manifest is governed by it, whatever the job says --------------------
+
+// The untenanted policy of a job without tenant.id, with rank 0's audit log.
+DataPolicy Untenanted(AuditLog* audit) {
+  DataPolicy p;
+  p.audit = audit;
+  return p;
+}
+
+TEST_F(DataGateTest, JobWithoutTenantIsRefusedManifestedDataNamingTheTenantBlockToAdd) {
+  ASSERT_TRUE(Prep("data", "acme", {"NO"}, {"osl1"}).ok());
+  Policy();  // opens the audit log
+  for (bool allow_unmanifested : {false, true}) {  // the opt-out is for unmanifested data only
+    DataPolicy p = Untenanted(audit_.get());
+    p.allow_unmanifested = allow_unmanifested;
+    StatusOr<DataLoader> loader = Open("data/train_*.bin", p);
+    ASSERT_FALSE(loader.ok()) << allow_unmanifested;
+    const std::string& m = loader.status().message();
+    EXPECT_THAT(m, HasSubstr("data.train: " + Path("data/manifest.textproto") +
+                             " belongs to tenant acme, but this job has no tenant"));
+    EXPECT_THAT(m, HasSubstr("Add `tenant { id: \"acme\" } residency { allowed_jurisdictions: \"NO\" "
+                             "allowed_sites: \"osl1\" }` to the job spec"));
+  }
+  EXPECT_EQ(Events(), (std::vector<std::string>{"refusal", "refusal"}));
+  // Without a policy at all (a caller without Tenancy): refused too, nothing to audit.
+  StatusOr<DataLoader> bare = DataLoader::Open(Path("data/train_*.bin"), "data.train", 256, 16, 1, true);
+  ASSERT_FALSE(bare.ok());
+  EXPECT_THAT(bare.status().message(), HasSubstr("belongs to tenant acme, but this job has no tenant"));
+}
+
+TEST_F(DataGateTest, GlobOverAManifestedAndAnUnmanifestedDirectoryIsRefusedEitherWay) {
+  ASSERT_TRUE(Prep("mixed/acme", "acme", {"NO"}).ok());
+  ASSERT_TRUE(Prep("mixed/plain", "", {}).ok());
+  StatusOr<DataLoader> loader = Open("mixed/*/train_*.bin", Untenanted(nullptr));
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("mixed/acme/manifest.textproto") + " belongs to tenant acme"));
+  loader = Open("mixed/*/train_*.bin", Policy());
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(), HasSubstr(Path("mixed/plain/train_000000.bin") + " has no manifest"));
+  EXPECT_EQ(Count(Events(), "shard_opened"), 0);
+}
+
+TEST_F(DataGateTest, ManifestInAParentDirectoryGovernsEveryFileBelowIt) {
+  ASSERT_TRUE(Prep("acme", "acme", {"NO"}).ok());
+  fs::create_directories(Path("acme/more"));
+  fs::copy_file(Path("acme/train_000000.bin"), Path("acme/more/train_000000.bin"));
+  StatusOr<DataLoader> loader = Open("acme/more/train_*.bin", Untenanted(nullptr));
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no tenant"));
+  // acme's own job: the file is not one the manifest lists (it names files of its directory only).
+  loader = Open("acme/more/train_*.bin", Policy());
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("acme/more/train_000000.bin") + " is not listed in " + Path("acme/manifest.textproto") +
+                        ", which governs every file below " + Path("acme")));
+  EXPECT_EQ(Count(Events(), "shard_opened"), 0);
+}
+
+TEST_F(DataGateTest, SymlinkIntoAManifestedDirectoryIsGovernedByItsTarget) {
+  ASSERT_TRUE(Prep("acme", "acme", {"NO"}).ok());
+  fs::create_directories(Path("links"));
+  fs::create_symlink(Path("acme/train_000000.bin"), Path("links/train_000000.bin"));
+  fs::create_directory_symlink(Path("acme"), Path("dirlink"));
+  for (const std::string glob : {"links/train_*.bin", "dirlink/train_*.bin"}) {
+    StatusOr<DataLoader> loader = Open(glob, Untenanted(nullptr));
+    ASSERT_FALSE(loader.ok()) << glob;
+    EXPECT_THAT(loader.status().message(),
+                HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no tenant"));
+  }
+  // For acme's job the link is the listed shard itself: verified and read (from its real path).
+  StatusOr<DataLoader> loader = Open("links/train_*.bin", Policy());
+  ASSERT_TRUE(loader.ok()) << loader.status().message();
+  EXPECT_THAT(AuditLines(Path("audit.jsonl"), "manifest_opened")[0],
+              HasSubstr("\"path\":\"" + Path("acme/manifest.textproto") + "\""));
+  // In the residency too: an SE node is refused the linked shard.
+  loader = Open("links/train_*.bin", Policy("acme", "SE"));
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(), HasSubstr("jurisdiction SE is not allowed"));
+}
+
+TEST_F(DataGateTest, ListedShardMissingFromDiskIsRefusedNamingShardAndManifest) {
+  StatusOr<PrepResult> r = Prep("data", "acme", {"NO"}, {}, 2000);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_GE(r->train_files.size(), 3u);
+  fs::remove(Path("data/train_000001.bin"));
+  StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr("data.train: " + Path("data/train_000001.bin") + " is listed in " +
+                        Path("data/manifest.textproto") + " but is missing from disk"));
+  EXPECT_EQ(Events(), std::vector<std::string>{"refusal"});
+  // A glob naming only the shards that are there reads them: the rule is per glob pattern.
+  loader = Open("data/train_00000[02].bin", Policy());
+  EXPECT_TRUE(loader.ok()) << loader.status().message();
+}
+
+TEST_F(DataGateTest, UnlistedShardBesideTheManifestIsRefusedEvenWhenTheGlobSkipsIt) {
+  ASSERT_TRUE(Prep("data", "acme", {"NO"}).ok());
+  fs::copy_file(Path("data/val_000000.bin"), Path("data/val_000007.bin"));
+  StatusOr<DataLoader> loader = Open("data/train_000000.bin", Policy());
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("data/val_000007.bin") + " is not listed in " + Path("data/manifest.textproto")));
+  fs::remove(Path("data/val_000007.bin"));
+  // Any file the glob's pattern matches counts, whatever its name.
+  WriteText(Path("data/extra.bin"), "x");
+  loader = Open("data/*.bin", Policy());
+  ASSERT_FALSE(loader.ok());
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("data/extra.bin") + " is not listed in " + Path("data/manifest.textproto")));
+  EXPECT_EQ(Count(Events(), "shard_opened"), 0);
 }
 
 }  // namespace

@@ -558,7 +558,7 @@ TEST_F(TenancyUnitTest, StartAuditsTheJobAndEachRanksIdentity) {
   ASSERT_TRUE(comm.ok());
   StatusOr<std::unique_ptr<Tenancy>> t = Tenancy::Start(job, *gate, **comm);
   ASSERT_TRUE(t.ok()) << t.status().message();
-  EXPECT_TRUE((*t)->data_policy().enabled);
+  EXPECT_EQ((*t)->data_policy().tenant, "acme");
   EXPECT_EQ((*t)->data_policy().jurisdiction, "NO");
   EXPECT_NE((*t)->data_policy().audit, nullptr);
   ASSERT_NE((*t)->checkpoint_seal().key, nullptr);
@@ -580,7 +580,7 @@ TEST_F(TenancyUnitTest, StartWithoutATenantAuditsThat) {
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
   StatusOr<std::unique_ptr<Tenancy>> t = Tenancy::Start(job, *gate, **comm);
   ASSERT_TRUE(t.ok()) << t.status().message();
-  EXPECT_FALSE((*t)->data_policy().enabled);
+  EXPECT_EQ((*t)->data_policy().tenant, "");
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), (std::vector<std::string>{"job_start", "no_tenant"}));
 }
 
