@@ -23,11 +23,12 @@ const EnvVarDoc kEnvVars[] = {
      "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, once), "
      "arena_verify_zero (read every memory arena back after zeroing it and before freeing it; report and fail on a "
      "non-zero byte); "
-     "announced on stderr when used"},
+     "announced on stderr when used; refused unless the node settings allow test overrides"},
     {"FJORD_NODE_IDENTITY",
-     "tenancy, tests only: read this node's identity from this file instead of /etc/fjord/node.textproto; "
-     "%n in it stands for SLURMD_NODENAME (several fake Slurm nodes on one machine); recorded in the audit log "
-     "as a test override"},
+     "tenancy, tests only: read this node's identity from this file instead of FJORD_SYSCONFDIR/node.textproto; "
+     "%n in it stands for SLURMD_NODENAME (several fake Slurm nodes on one machine); refused unless "
+     "FJORD_SYSCONFDIR/settings.textproto says allow_test_overrides: true; recorded in the audit log as a test "
+     "override and in the manifests and checkpoints made under it"},
     {"SLURMD_NODENAME",
      "tenancy: the Slurm node that started this process (set by slurmd); named in rank gate refusals; in tests, "
      "replaces %n in FJORD_NODE_IDENTITY"},

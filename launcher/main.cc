@@ -301,6 +301,11 @@ void PrintHelp(FILE* out) {
 }
 
 int Main(int argc, char** argv) {
+  // Test overrides (FJORD_NODE_IDENTITY, FJORD_TEST_HOOK) only where the node's operator enabled them.
+  if (Status overrides = CheckTestOverrides(); !overrides.ok()) {
+    std::fprintf(stderr, "fjord: error: %s\n", overrides.message().c_str());
+    return 1;
+  }
   if (argc < 2 || std::string(argv[1]) == "help" || std::string(argv[1]) == "--help" ||
       std::string(argv[1]) == "-h") {
     PrintHelp(argc < 2 ? stderr : stdout);

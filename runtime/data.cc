@@ -446,8 +446,9 @@ void DataLoader::Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) 
 
 namespace {
 
-// The tenancy options of `fjord prep`, checked before anything is read or written.
-Status CheckPrepTenancy(const PrepOptions& options) {
+// The tenancy options of `fjord prep`, checked before anything is read or written. Returns the
+// FJORD_NODE_IDENTITY file the node identity came from ("" when it is the node's own, or none).
+StatusOr<std::string> CheckPrepTenancy(const PrepOptions& options) {
   const std::string what = "fjord prep";
   if (options.tenant.empty()) {
     if (!options.allowed_jurisdictions.empty() || !options.allowed_sites.empty()) {
@@ -462,7 +463,7 @@ Status CheckPrepTenancy(const PrepOptions& options) {
                                 "not match it. Pass --tenant ID --jurisdiction CC, or choose another output "
                                 "directory");
     }
-    return OkStatus();
+    return std::string();
   }
   if (!IsValidTenantId(options.tenant)) {
     return InvalidArgument(what + ": --tenant \"" + options.tenant +
@@ -486,22 +487,25 @@ Status CheckPrepTenancy(const PrepOptions& options) {
     }
   }
   // Prep reads the tenant's raw text: on a provisioned node, refuse to do that outside the residency.
+  // Only a genuine absence of the node's own file (ReadNodeIdentity checked this process's view of it
+  // first) means an unprovisioned node.
   bool overridden = false;
-  const std::string identity_path = NodeIdentityPath(&overridden);
-  std::error_code ec;
-  if (overridden || fs::exists(identity_path, ec)) {
-    StatusOr<LocalNode> node = ReadNodeIdentity();
-    if (!node.ok()) return node.status().WithContext(what + " --tenant " + options.tenant);
-    ResidencyPolicy policy{options.tenant, options.allowed_jurisdictions, options.allowed_sites};
-    if (std::string why = policy.WhyNot(node->identity.jurisdiction(), node->identity.site()); !why.empty()) {
-      return FailedPrecondition(what + ": this node (" + node->hostname + ", jurisdiction " +
-                                node->identity.jurisdiction() + ", site " + node->identity.site() + ", from " +
-                                node->path + ") is outside the residency given for tenant " + options.tenant + " (" +
-                                policy.Describe() + "): " + why +
-                                ". Tokenizing the tenant's text here would process its data outside its "
-                                "jurisdictions; run fjord prep on a node inside them");
-    }
+  NodeIdentityPath(&overridden);
+  StatusOr<LocalNode> node = ReadNodeIdentity();
+  if (!node.ok()) {
+    if (node.status().code() == StatusCode::kNotFound && !overridden) return std::string();
+    return node.status().WithContext(what + " --tenant " + options.tenant);
   }
+  ResidencyPolicy policy{options.tenant, options.allowed_jurisdictions, options.allowed_sites};
+  if (std::string why = policy.WhyNot(node->identity.jurisdiction(), node->identity.site()); !why.empty()) {
+    return FailedPrecondition(what + ": this node (" + node->hostname + ", jurisdiction " +
+                              node->identity.jurisdiction() + ", site " + node->identity.site() + ", from " +
+                              node->path + ") is outside the residency given for tenant " + options.tenant + " (" +
+                              policy.Describe() + "): " + why +
+                              ". Tokenizing the tenant's text here would process its data outside its "
+                              "jurisdictions; run fjord prep on a node inside them");
+  }
+  return node->overridden ? node->path : std::string();
   return OkStatus();
 }
 
@@ -531,7 +535,7 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
                            " ids but shards store uint16 (at most 65536); "
                            "use a smaller tokenizer");
   }
-  FJORD_RETURN_IF_ERROR(CheckPrepTenancy(options));
+  FJORD_ASSIGN_OR_RETURN(const std::string identity_override, CheckPrepTenancy(options));
 
   std::error_code ec;
   const fs::file_status input_status = fs::status(options.input, ec);
@@ -652,6 +656,7 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
     std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
     manifest.set_created_at(stamp);
     manifest.set_created_on_host(ThisHostname());
+    if (!identity_override.empty()) manifest.set_identity_override(identity_override);
     auto add = [&](const std::vector<std::string>& files, int64_t begin, int64_t end) -> Status {
       for (size_t i = 0; i < files.size(); ++i) {
         const int64_t from = begin + static_cast<int64_t>(i) * per;

@@ -4,8 +4,11 @@
 // rank itself before communicators exist).
 #include "runtime/tenancy.h"
 
+#include <fcntl.h>
 #include <google/protobuf/io/tokenizer.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 
 #include "common/env.h"
 #include "runtime/json.h"
@@ -117,18 +121,37 @@ std::vector<std::string> ToVector(const Repeated& r) {
 }
 
 // Root owns it and nobody else may write it.
-std::string OwnershipProblem(const std::string& path, const char* what) {
+std::string OwnershipProblem(const std::string& path, const std::string& what) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return std::string(what) + " " + path + ": " + std::strerror(errno);
   if (st.st_uid != 0) {
-    return std::string(what) + " " + path + " is owned by uid " + std::to_string(st.st_uid) + ", not root";
+    return what + " " + path + " is owned by uid " + std::to_string(st.st_uid) + ", not root";
   }
   if ((st.st_mode & 022) != 0) {
-    return std::string(what) + " " + path + " is writable by group or others (mode " + ModeText(st.st_mode) +
-           ")";
+    return what + " " + path + " is writable by group or others (mode " + ModeText(st.st_mode) + ")";
   }
   return "";
 }
+
+// A node file (identity, settings) and its directory: root-owned, writable by root only. `risk` says
+// what another user could do otherwise.
+Status CheckRootOnly(const std::string& path, const std::string& what, const std::string& risk) {
+  std::string problem = OwnershipProblem(path, what);
+  if (problem.empty()) problem = OwnershipProblem(fs::path(path).parent_path().string(), "its directory");
+  if (problem.empty()) return OkStatus();
+  return FailedPrecondition(problem + ": another user could " + risk +
+                            ". The operator must make it root-owned and writable by root only: chown root:root " +
+                            path + " && chmod 644 " + path);
+}
+
+// stat() of `path`: nullopt with errno when it fails.
+std::optional<struct stat> StatOf(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return st;
+}
+
+bool SameFile(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
 
 std::string CheckpointContext(const std::string& tenant, const std::string& path) {
   return "fjord-checkpoint-v1\ntenant=" + tenant + "\nfile=" + fs::path(path).filename().string();
@@ -280,6 +303,91 @@ std::string ThisHostname() {
 
 // ---- Node identity --------------------------------------------------------------------------
 
+const char kDefaultNodeIdentityPath[] = FJORD_SYSCONFDIR "/node.textproto";
+const char kNodeSettingsPath[] = FJORD_SYSCONFDIR "/settings.textproto";
+
+Status CheckHostView(const std::string& path, const std::string& what) {
+  const std::string subject = what + " " + path;
+  // 1. The initial user namespace. The map is read from procfs itself (fstatfs), so no file mounted
+  //    over /proc can stand in for it, and procfs prints it relative to the reader's own namespace:
+  //    "0 0 4294967295" comes only from a process in the initial one (or in one that root made).
+  std::string map;
+  const int fd = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+  struct statfs proc;
+  const bool is_proc = fd >= 0 && ::fstatfs(fd, &proc) == 0 && proc.f_type == PROC_SUPER_MAGIC;
+  char buf[256];
+  for (ssize_t n; is_proc && (n = ::read(fd, buf, sizeof(buf))) > 0;) map.append(buf, static_cast<size_t>(n));
+  if (fd >= 0) ::close(fd);
+  if (!is_proc) {
+    return FailedPrecondition(subject + " cannot be trusted: /proc/self/uid_map is not procfs's, so fjord cannot "
+                              "tell whether this process runs in a user namespace; run fjord with the host's /proc");
+  }
+  std::istringstream fields(map);
+  std::vector<std::string> words;
+  for (std::string w; fields >> w;) words.push_back(w);
+  if (words != std::vector<std::string>{"0", "0", "4294967295"}) {
+    std::string shown;
+    for (const std::string& w : words) shown += (shown.empty() ? "" : " ") + w;
+    return FailedPrecondition(
+        subject + " cannot be trusted: this process runs in a user namespace (/proc/self/uid_map is \"" + shown +
+        "\", not the initial namespace's \"0 0 4294967295\"), where an ordinary user can mount files that look "
+        "root-owned over " + fs::path(path).parent_path().string() +
+        ". fjord reads the node's own files only in the initial user namespace: run it without unshare -r, "
+        "rootless containers or other user namespaces (operators: sysctl user.max_user_namespaces=0 on tenant "
+        "nodes; docs/SOVEREIGNTY.md, \"Node identity\")");
+  }
+  // 2. The mount namespace, where init's can be read (as root). Ours may differ (ip netns exec,
+  //    systemd's private mounts), but the file there must be init's, or absent in both.
+  const std::optional<struct stat> init_ns = StatOf("/proc/1/ns/mnt");
+  const std::optional<struct stat> own_ns = StatOf("/proc/self/ns/mnt");
+  if (!init_ns || !own_ns || SameFile(*init_ns, *own_ns)) return OkStatus();
+  const std::string host_path = "/proc/1/root" + fs::absolute(path).string();
+  const std::optional<struct stat> mine = StatOf(path);
+  const std::optional<struct stat> hosts = StatOf(host_path);
+  if (mine ? hosts && SameFile(*mine, *hosts) : !hosts) return OkStatus();
+  return FailedPrecondition(subject + " cannot be trusted: this process runs in a mount namespace of its own, and " +
+                            (mine ? "the file it sees there is not the node's own (" + host_path +
+                                        (hosts ? " is another file)" : " does not exist)")
+                                  : std::string("it does not see the node's own file (" + host_path + ")")) +
+                            ": something was mounted over " + fs::path(path).parent_path().string() +
+                            ". Run fjord in the node's own mount namespace, or leave " + path +
+                            " as the node has it");
+}
+
+StatusOr<proto::NodeSettings> ReadNodeSettings(const std::string& path) {
+  const std::string what = "node settings";
+  FJORD_RETURN_IF_ERROR(CheckHostView(path, what));
+  proto::NodeSettings settings;
+  if (!StatOf(path)) {
+    if (errno == ENOENT) return settings;
+    return FailedPrecondition(what + " " + path + ": " + std::strerror(errno) + "; check its permissions");
+  }
+  FJORD_RETURN_IF_ERROR(CheckRootOnly(path, what, "enable test overrides on this node"));
+  FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, what));
+  FJORD_RETURN_IF_ERROR(ParseTextProto(text, path, &settings, "proto/tenancy.proto"));
+  return settings;
+}
+
+Status CheckTestOverrides() {
+  std::vector<std::string> set;
+  for (const char* variable : {"FJORD_NODE_IDENTITY", "FJORD_TEST_HOOK"}) {
+    if (GetEnv(variable)) set.push_back(variable);
+  }
+  if (set.empty()) return OkStatus();
+  StatusOr<proto::NodeSettings> settings = ReadNodeSettings(kNodeSettingsPath);
+  if (settings.ok() && settings->allow_test_overrides()) return OkStatus();
+  const std::string names = JoinList(set);
+  return FailedPrecondition(
+      names + (set.size() == 1 ? " is" : " are") + " set, but test overrides are off on this node (" +
+      (settings.ok() ? std::string(kNodeSettingsPath) + " does not say allow_test_overrides: true"
+                     : settings.status().message()) +
+      "). They exist for tests only: FJORD_NODE_IDENTITY lets the caller choose where this node claims to be, "
+      "FJORD_TEST_HOOK injects faults, delays and signals. Unset " + names +
+      ". On a test node the operator enables them as root: echo 'allow_test_overrides: true' > " +
+      kNodeSettingsPath + " && chmod 644 " + kNodeSettingsPath +
+      " (docs/SOVEREIGNTY.md, \"Test overrides\"); every use is then audited");
+}
+
 std::string NodeIdentityPath(bool* overridden) {
   std::optional<std::string> env = GetEnv("FJORD_NODE_IDENTITY");
   if (overridden != nullptr) *overridden = env.has_value();
@@ -296,6 +404,7 @@ std::string NodeIdentityPath(bool* overridden) {
 
 StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
   const std::string what = "node identity " + path;
+  if (strict) FJORD_RETURN_IF_ERROR(CheckHostView(path, "node identity"));
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) {
@@ -306,16 +415,7 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
     return FailedPrecondition(what + ": " + std::strerror(errno) + "; check the path and its permissions");
   }
   if (!S_ISREG(st.st_mode)) return FailedPrecondition(what + " is not a regular file");
-  if (strict) {
-    std::string problem = OwnershipProblem(path, "node identity");
-    if (problem.empty()) problem = OwnershipProblem(fs::path(path).parent_path().string(), "its directory");
-    if (!problem.empty()) {
-      return FailedPrecondition(problem +
-                                ": another user could change where this node claims to be. The operator "
-                                "must make it root-owned and writable by root only: chown root:root " +
-                                path + " && chmod 644 " + path);
-    }
-  }
+  if (strict) FJORD_RETURN_IF_ERROR(CheckRootOnly(path, "node identity", "change where this node claims to be"));
   FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "node identity"));
   LocalNode node;
   node.path = path;
@@ -341,6 +441,7 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
 StatusOr<LocalNode> ReadNodeIdentity() {
   bool overridden = false;
   const std::string path = NodeIdentityPath(&overridden);
+  if (overridden) FJORD_RETURN_IF_ERROR(CheckTestOverrides());
   if (overridden && path.find("%n") != std::string::npos) {
     return FailedPrecondition("FJORD_NODE_IDENTITY (a test override) is " + Quoted(path) +
                               ": %n stands for the Slurm node name, but SLURMD_NODENAME is not set; %n works "
@@ -491,6 +592,7 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   if (!seal.node.jurisdiction().empty()) record.set_written_in_jurisdiction(seal.node.jurisdiction());
   if (!seal.node.site().empty()) record.set_written_at_site(seal.node.site());
   record.set_written_at(UtcNow());
+  if (!seal.identity_override.empty()) record.set_identity_override(seal.identity_override);
   std::string text =
       "# fjord checkpoint tenant record (proto/tenancy.proto CheckpointTenancy). Written by fjord train;\n"
       "# a checkpoint whose tenant differs from the job's is refused (docs/SOVEREIGNTY.md).\n";
@@ -764,17 +866,6 @@ Status AuditCheckpointRefusal(AuditLog* audit, const std::string& dir, Checkpoin
 
 // ---- Tenancy context ------------------------------------------------------------------------
 
-namespace {
-
-constexpr size_t kIdentityRecordBytes = 1024;
-
-std::string Clip(std::string s, size_t n) {
-  if (s.size() > n) s.resize(n);
-  return s;
-}
-
-}  // namespace
-
 StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, const RankGateResult& gate,
                                                   Communicator& comm) {
   std::unique_ptr<Tenancy> t(new Tenancy());
@@ -800,28 +891,35 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   }
   t->seal_ = std::move(*seal);
 
-  // This rank's identity check, as one JSON object in a fixed-size slot.
+  // This rank's identity check, as one JSON object, whole.
   AuditRecord mine;
-  mine.Int("rank", rank).Str("host", Clip(host, 128)).Str("job_sha256", digest).Bool("checked", gate.enabled);
+  mine.Int("rank", rank).Str("host", host).Str("job_sha256", digest).Bool("checked", gate.enabled);
   if (gate.enabled) {
-    mine.Str("identity_host", Clip(gate.node.identity.hostname(), 128))
-        .Str("jurisdiction", Clip(gate.node.identity.jurisdiction(), 8))
-        .Str("site", Clip(gate.node.identity.site(), 64))
-        .Str("identity_file", Clip(gate.node.path, 256))
+    mine.Str("identity_host", gate.node.identity.hostname())
+        .Str("jurisdiction", gate.node.identity.jurisdiction())
+        .Str("site", gate.node.identity.site())
+        .Str("identity_file", gate.node.path)
         .Bool("override", gate.node.overridden)
         .Bool("allowed", true);
   }
   // Test hooks (FJORD_TEST_HOOK) change what a rank does; each rank's are recorded with its check.
   const std::optional<std::string> hooks = GetEnv("FJORD_TEST_HOOK");
-  if (hooks) mine.Str("test_hook", Clip(*hooks, 96));
+  if (hooks) mine.Str("test_hook", *hooks);
   std::string slot = mine.text();
   slot[0] = '{';  // the fields start with ','
   slot += '}';
-  if (slot.size() >= kIdentityRecordBytes) return Internal("rank identity record too long: a bug in fjord");
-  slot.resize(kIdentityRecordBytes, '\0');
-  std::string all(kIdentityRecordBytes * static_cast<size_t>(world), '\0');
+  // Gathered in slots as wide as the longest record (and its terminating NUL).
+  uint64_t width = slot.size() + 1;
   if (world > 1) {
-    FJORD_RETURN_IF_ERROR(comm.AllGather(slot.data(), all.data(), kIdentityRecordBytes, DataType::kU8)
+    std::vector<uint64_t> widths(static_cast<size_t>(world));
+    FJORD_RETURN_IF_ERROR(comm.AllGather(&width, widths.data(), sizeof(width), DataType::kU8)
+                              .WithContext("gathering the sizes of the ranks' identity checks"));
+    width = *std::max_element(widths.begin(), widths.end());
+  }
+  slot.resize(width, '\0');
+  std::string all(width * static_cast<size_t>(world), '\0');
+  if (world > 1) {
+    FJORD_RETURN_IF_ERROR(comm.AllGather(slot.data(), all.data(), width, DataType::kU8)
                               .WithContext("gathering the ranks' identity checks"));
   } else {
     all = slot;
@@ -831,7 +929,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   std::vector<std::pair<int, std::string>> overrides;
   std::string hook_list;  // [{"rank":R,"value":"..."}] of the ranks with FJORD_TEST_HOOK set
   for (int r = 0; r < world; ++r) {
-    std::string rec(all.data() + static_cast<size_t>(r) * kIdentityRecordBytes, kIdentityRecordBytes);
+    std::string rec(all.data() + static_cast<size_t>(r) * width, width);
     rec.resize(std::strlen(rec.c_str()));
     StatusOr<JsonValue> json = ParseJson(rec, "identity record of rank " + std::to_string(r));
     if (!json.ok()) return Internal(json.status().message());
@@ -890,9 +988,10 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
                                 ->Append("test_override", AuditRecord()
                                                               .Str("variable", "FJORD_NODE_IDENTITY")
                                                               .Str("note",
-                                                                   "node identities were read from files "
-                                                                   "named by the environment, not from "
-                                                                   "/etc/fjord/node.textproto")
+                                                                   std::string("node identities were read from "
+                                                                               "files named by the environment, "
+                                                                               "not from ") +
+                                                                       kDefaultNodeIdentityPath)
                                                               .Raw("ranks", list))
                                 .status());
     }
@@ -919,6 +1018,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   }
 
   t->seal_.node = t->node_;
+  if (gate.enabled && gate.node.overridden) t->seal_.identity_override = gate.node.path;
   DataPolicy& dp = t->data_policy_;
   dp.tenant = t->policy_.tenant;
   dp.host = host;

@@ -11,3 +11,5 @@ add_library(fjord_tenancy STATIC
   ${CMAKE_CURRENT_LIST_DIR}/tenancy.h ${CMAKE_CURRENT_LIST_DIR}/tenancy.cc)
 target_link_libraries(fjord_tenancy PUBLIC fjord_common fjord_proto fjord_collectives fjord_interop
                       PRIVATE OpenSSL::Crypto)
+# The node's own files (node identity, node settings) are in FJORD_SYSCONFDIR (top-level CMakeLists.txt).
+target_compile_definitions(fjord_tenancy PRIVATE FJORD_SYSCONFDIR="${FJORD_SYSCONFDIR}")

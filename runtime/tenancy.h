@@ -92,7 +92,29 @@ std::string ThisHostname();
 
 // ---- Node identity --------------------------------------------------------------------------
 
-inline constexpr char kDefaultNodeIdentityPath[] = "/etc/fjord/node.textproto";
+// The node's own files, written by root at provisioning, in FJORD_SYSCONFDIR (a build setting,
+// /etc/fjord unless configured otherwise; never taken from the environment).
+extern const char kDefaultNodeIdentityPath[];  // FJORD_SYSCONFDIR/node.textproto
+extern const char kNodeSettingsPath[];         // FJORD_SYSCONFDIR/settings.textproto (NodeSettings)
+
+// Whether this process sees the node's own file at `path` (`what` names it in the message), not a
+// view someone arranged: refused when the process runs in a user namespace other than the initial
+// one (where an unprivileged user can mount files that look root-owned over /etc/fjord), and, where
+// /proc/1 can be read (root), when its mount namespace differs from init's and `path` is not the
+// same file (or the same absence) there. docs/SOVEREIGNTY.md, "Node identity", says why that is
+// enough.
+Status CheckHostView(const std::string& path, const std::string& what);
+
+// Reads the operator's node settings (proto NodeSettings) at `path`: a missing file gives the
+// defaults (test overrides off); an existing one must pass CheckHostView and be root-owned and not
+// writable by group or others, as must its directory; parse errors name file:line:column.
+StatusOr<proto::NodeSettings> ReadNodeSettings(const std::string& path);
+
+// The test overrides (FJORD_NODE_IDENTITY, FJORD_TEST_HOOK): OK when neither is set, or when
+// ReadNodeSettings(kNodeSettingsPath) says allow_test_overrides: true. Otherwise FailedPrecondition
+// naming the variables, why they are refused and how the operator enables them. `fjord` calls it
+// before any command; ReadNodeIdentity before it reads an override.
+Status CheckTestOverrides();
 
 // What this node says about itself, and where that came from.
 struct LocalNode {
@@ -111,12 +133,14 @@ std::string NodeIdentityPath(bool* overridden);
 
 // Reads and validates a node identity file: text format of fjord.proto.NodeIdentity with hostname,
 // jurisdiction (ISO 3166-1 alpha-2) and site. Parse errors name file:line:column. With `strict`
-// (the default path), the file and its directory must be owned by root and not writable by group or
-// others, so that no other user can change where the node claims to be.
+// (the default path), the file must pass CheckHostView, and it and its directory must be owned by
+// root and not writable by group or others, so that no other user can change where the node claims
+// to be.
 StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict);
 
 // Reads the identity at NodeIdentityPath(), strict unless overridden, and checks that it names
-// this host (gethostname, compared up to the first '.').
+// this host (gethostname, compared up to the first '.'). An override is refused unless
+// CheckTestOverrides allows it.
 StatusOr<LocalNode> ReadNodeIdentity();
 
 // ---- Gate 2: the rank gate --------------------------------------------------------------------
@@ -153,6 +177,7 @@ struct CheckpointSeal {
   std::vector<std::string> allowed_sites;
   std::shared_ptr<const EncryptionKey> key;
   proto::NodeIdentity node;  // where this process runs, for the record (may be empty)
+  std::string identity_override;  // the FJORD_NODE_IDENTITY file `node` came from; "" = the node's own
   std::string key_source = "checkpoint.encryption_key_file";  // where `key` came from, for messages
 };
 

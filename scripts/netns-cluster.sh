@@ -6,7 +6,8 @@
 # network: no interface in the root namespace, no default route, no forwarding, so test traffic can
 # reach only the hosts made here. Commands run on a host see its name from `hostname` (a UTS
 # namespace per command, via unshare --uts) and its own node identity file (FJORD_NODE_IDENTITY,
-# which the audit log records as a test override). A "head" host (10.213.0.2, no identity) is
+# which the audit log records as a test override; fjord refuses it unless the machine's node settings
+# enable test overrides: scripts/test-overrides.sh, docs/SOVEREIGNTY.md "Test overrides"). A "head" host (10.213.0.2, no identity) is
 # where `fjord launch` and mpirun run; mpirun reaches the other hosts through an rsh agent that runs
 # `ip netns exec HOST ...` instead of ssh.
 #

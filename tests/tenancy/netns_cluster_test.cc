@@ -33,6 +33,7 @@ using testing::Finish;
 using testing::Start;
 using testing::RunResult;
 using testing::Shell;
+using testing::ShellQuote;
 using testing::WriteText;
 
 const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/netns-cluster.sh";
@@ -40,18 +41,6 @@ const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/netns-clus
 // The cluster every test uses: from the CTest fixture, or made here (registered in main).
 testing::ScriptCluster* const kCluster =
     new testing::ScriptCluster(kScript, "FJORD_NETNS_STATE", "fjord-netns", "tenancy.netns_up");
-
-// Whether the fjord binary has the tenancy wiring: `fjord launch` exists / `fjord train` runs the
-// rank gate (probed with an identity file that does not exist: a gated train refuses at once).
-bool LaunchWired() { return Shell(std::string(FJORD_BINARY) + " launch --help").exit_code == 0; }
-bool TrainGateWired(const std::string& dir) {
-  WriteText(dir + "/probe.textproto",
-            "data { train: \"" + dir + "/none_*.bin\" }\nrun_dir: \"" + dir +
-                "/probe\"\ntenant { id: \"probe\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
-  RunResult r = Shell("FJORD_NODE_IDENTITY=" + dir + "/no-identity " + std::string(FJORD_BINARY) + " train " +
-                      dir + "/probe.textproto");
-  return r.output.find("residency gate") != std::string::npos;
-}
 
 class NetnsTest : public testing::TenancyTest {
  protected:
@@ -63,12 +52,7 @@ class NetnsTest : public testing::TenancyTest {
   }
   // CMD on test host HOST ("head", "no1", ...).
   RunResult On(const std::string& host, const std::string& cmd) {
-    return Shell("bash " + kScript + " exec " + kCluster->state() + " " + host + " sh -c " + Quote(cmd));
-  }
-  static std::string Quote(const std::string& s) {
-    std::string out = "'";
-    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return out + "'";
+    return Shell("bash " + kScript + " exec " + kCluster->state() + " " + host + " sh -c " + ShellQuote(cmd));
   }
   std::string Inventory() const { return kCluster->state() + "/inventory.textproto"; }
 
@@ -222,8 +206,6 @@ TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataDriver) {
 // ---- The fjord binary (needs the wiring in launcher/main.cc and runtime/trainer.cc) ------------------
 
 TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataCli) {
-  if (!TrainGateWired(dir_.string()))
-    GTEST_SKIP() << "awaiting wiring: fjord train does not call RankGate yet";
   PrepAcme(FJORD_BINARY);
   WriteJob();
   fs::create_directories(Path("run"));
@@ -238,9 +220,6 @@ TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataCli) {
 }
 
 TEST_F(NetnsTest, AcmeTrainsOnNoHostsWithEncryptedCheckpointsAndAVerifiedAuditLogCli) {
-  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
-  if (!TrainGateWired(dir_.string()))
-    GTEST_SKIP() << "awaiting wiring: fjord train does not call RankGate yet";
   PrepAcme(FJORD_BINARY);
   WriteText(Path("acme.key"), std::string(64, 'a') + "\n", 0600);
   WriteJob("checkpoint { every_steps: 2 encryption_key_file: \"" + Path("acme.key") + "\" }\n");
@@ -264,11 +243,10 @@ TEST_F(NetnsTest, AcmeTrainsOnNoHostsWithEncryptedCheckpointsAndAVerifiedAuditLo
 // The checkpoint issue's SIGKILL fault on real hosts: a rank on no2 killed with SIGKILL ends the
 // job on every host within comm_timeout + 5 s, named by rank, with no process left behind.
 TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
-  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
   PrepAcme(FJORD_BINARY);
   WriteJob();
   const std::string cmd = "bash " + kScript + " exec " + kCluster->state() + " head sh -c " +
-                          Quote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                          ShellQuote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
                                 Inventory() + " --np 2 --quiet --set train.steps=1000000 --set parallel.comm_timeout=5");
   FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
@@ -360,7 +338,6 @@ class NetnsLeaseTest : public NetnsTest {
 };
 
 TEST_F(NetnsLeaseTest, TwoTenantsLaunchedAtOnceOneIsRefusedAndStartsNothingCli) {
-  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
   PrepTenant("acme");
   PrepTenant("globex");
   const std::vector<RunResult> r = LaunchBothAtOnce("");
@@ -380,7 +357,6 @@ TEST_F(NetnsLeaseTest, TwoTenantsLaunchedAtOnceOneIsRefusedAndStartsNothingCli) 
 }
 
 TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
-  if (!LaunchWired()) GTEST_SKIP() << "awaiting wiring: fjord has no launch command yet";
   PrepTenant("acme");
   PrepTenant("globex");
   const std::vector<RunResult> r = LaunchBothAtOnce("--wait-for-nodes=60");

@@ -77,6 +77,13 @@ class TenancyTest : public ::testing::Test {
   fs::path dir_;
 };
 
+// `s` as one single-quoted shell word.
+inline std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 // The events of an audit log, in order.
 inline std::vector<std::string> AuditEvents(const std::string& path) {
   std::vector<std::string> out;
