@@ -134,8 +134,10 @@ StatusOr<std::unique_ptr<Device>> CreateDevice(proto::Device requested, const Ra
 
 namespace {
 
-// The host arenas alive now. A slot is claimed by a compare-exchange of its base from nullptr and
-// freed by storing nullptr before the memory is freed; the signal path reads base, then bytes.
+// The host arenas alive now. A slot is claimed by a compare-exchange of its base from nullptr,
+// then given its size; it is freed by setting the size to 0, then the base to nullptr, before the
+// memory is freed. The signal path reads the base, then the size: at worst it sees a size of 0
+// (and zeroes nothing of a slot being claimed or freed), never a size larger than the memory.
 struct LiveArena {
   std::atomic<char*> base{nullptr};
   std::atomic<size_t> bytes{0};
@@ -148,10 +150,10 @@ std::atomic<bool> g_verify_on_signal{false};
 void Register(char* base, size_t bytes, const char* what) {
   for (LiveArena& slot : g_live) {
     char* expected = nullptr;
-    if (slot.base.load() == nullptr) {
-      slot.bytes.store(bytes);
+    if (slot.base.compare_exchange_strong(expected, base)) {
       slot.what.store(what);
-      if (slot.base.compare_exchange_strong(expected, base)) return;
+      slot.bytes.store(bytes);
+      return;
     }
   }
   // More live arenas than slots: this one is zeroed by Release only (never in practice: a rank
@@ -160,8 +162,10 @@ void Register(char* base, size_t bytes, const char* what) {
 
 void Unregister(char* base) {
   for (LiveArena& slot : g_live) {
-    char* expected = base;
-    if (slot.base.compare_exchange_strong(expected, nullptr)) return;
+    if (slot.base.load() != base) continue;
+    slot.bytes.store(0);
+    slot.base.store(nullptr);
+    return;
   }
 }
 
