@@ -46,6 +46,7 @@ TEST_F(ArenaAbortTest, RankEndedByAPeersAbortZeroesItsArena) {
   EXPECT_NE(r.exit_code, 0) << r.output;
   // Rank 1 failed and aborted the job (its own arena is zeroed by its destructor, as before).
   EXPECT_THAT(r.output, HasSubstr("test hook fail_in_step: rank 1 fails in step 2")) << r.output;
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("FATAL"))) << r.output;
   // Rank 0 was ended by the abort while it waited for rank 1.
   EXPECT_THAT(r.output, HasSubstr("waiting for rank 1")) << r.output;
   EXPECT_THAT(r.output, HasSubstr("a peer has ended and the job is being torn down; zeroing the arena")) << r.output;
@@ -58,6 +59,8 @@ TEST_F(ArenaAbortTest, RankEndedByAPeersAbortZeroesItsArena) {
   EXPECT_EQ(zeroed[1].str(), "15");              // mpirun's SIGTERM
   EXPECT_EQ(zeroed[2].str(), arena[1].str());    // the whole arena
   EXPECT_EQ(zeroed[3].str(), "0");
+  // Rank 1's own error path: no bucket all-reduce still in flight wrote into it after the zeroing.
+  EXPECT_THAT(r.output, HasSubstr("AdamW state: " + arena[1].str() + " bytes zeroed and read back, 0 non-zero"));
 }
 
 }  // namespace
