@@ -19,10 +19,10 @@ const EnvVarDoc kEnvVars[] = {
     {"OMP_NUM_THREADS", "threads per rank for CPU kernels; overrides the job spec's train.threads"},
     {"FJORD_TEST_HOOK",
      "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
-     "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, bench_corrupt=RANK:INDEX (fjord bench: "
+     "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, bench_corrupt=RANK:INDEX (fjord bench: "
      "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, once), "
      "arena_verify_zero (read every memory arena back after zeroing it and before freeing it; report and fail on a "
-     "non-zero byte); "
+     "non-zero byte; also on the signal path that zeroes host arenas when a rank is ended); "
      "announced on stderr when used; refused unless the node settings allow test overrides"},
     {"FJORD_NODE_IDENTITY",
      "tenancy, tests only: read this node's identity from this file instead of FJORD_SYSCONFDIR/node.textproto; "

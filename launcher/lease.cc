@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -42,6 +43,29 @@ std::string UtcNow() {
 std::string LeasePath(const std::string& dir, const std::string& host) { return dir + "/" + host + ".lease"; }
 
 std::string ErrnoText() { return std::strerror(errno); }
+
+// "no1", or "at address 10.0.0.1" for an address key: how messages name the node of a lease key.
+std::string NodeText(const std::string& key) { return key.starts_with('@') ? "at address " + key.substr(1) : key; }
+
+// The numeric addresses `name` resolves to (getaddrinfo: /etc/hosts, DNS), each as getnameinfo
+// writes it with NI_NUMERICHOST; `numeric_only` accepts a numeric address only (no lookup).
+std::vector<std::string> NumericAddresses(const std::string& name, bool numeric_only) {
+  std::vector<std::string> out;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = numeric_only ? AI_NUMERICHOST : 0;
+  addrinfo* found = nullptr;
+  if (name.empty() || ::getaddrinfo(name.c_str(), nullptr, &hints, &found) != 0) return out;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char host[NI_MAXHOST];
+    if (::getnameinfo(a->ai_addr, a->ai_addrlen, host, sizeof(host), nullptr, 0, NI_NUMERICHOST) == 0) {
+      out.push_back(host);
+    }
+  }
+  ::freeaddrinfo(found);
+  return out;
+}
 
 std::vector<std::string> SortedUnique(std::vector<std::string> v) {
   std::sort(v.begin(), v.end());
@@ -154,7 +178,7 @@ std::string HolderText(const LeaseConflict& c) {
 }
 
 std::string ConflictMessage(const LeaseConflict& c, const std::string& dir) {
-  return "node " + c.host + " is leased by " + HolderText(c) + " (lease " + LeasePath(dir, c.host) +
+  return "node " + NodeText(c.host) + " is leased by " + HolderText(c) + " (lease " + LeasePath(dir, c.host) +
          "): a node runs one job at a time, so no two tenants ever share one";
 }
 
@@ -338,6 +362,18 @@ StatusOr<std::vector<LeaseConflict>> CurrentHolders(const std::string& dir,
   return out;
 }
 
+std::vector<std::string> NodeLeaseKeys(const proto::InventoryNode& node) {
+  std::string name = node.hostname();
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  // A hostname that is itself a numeric address is not cut at its first '.'.
+  if (NumericAddresses(name, /*numeric_only=*/true).empty()) name = name.substr(0, name.find('.'));
+  std::vector<std::string> keys = {name};
+  for (const std::string& a : NumericAddresses(node.address().empty() ? node.hostname() : node.address(), false)) {
+    keys.push_back("@" + a);
+  }
+  return SortedUnique(keys);
+}
+
 // ---- fjord launch ---------------------------------------------------------------------------------
 
 namespace {
@@ -359,6 +395,15 @@ std::vector<std::string> PlannedHosts(const LaunchPlan& plan) {
   return hosts;
 }
 
+// Every lease key of every planned node.
+std::vector<std::string> PlannedKeys(const LaunchPlan& plan) {
+  std::vector<std::string> keys;
+  for (const PlacedNode& n : plan.placement.nodes) {
+    for (std::string& k : NodeLeaseKeys(n.node)) keys.push_back(std::move(k));
+  }
+  return SortedUnique(keys);
+}
+
 void Warn(const Status& s) {
   if (!s.ok())
     std::fprintf(stderr, "fjord launch: warning: cannot record in the audit log: %s\n", s.message().c_str());
@@ -371,6 +416,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                                           const std::string& launch_id) {
   const std::string dir = plan.lease_dir;
   const std::vector<std::string> hosts = SortedUnique(PlannedHosts(plan));
+  const std::vector<std::string> keys = PlannedKeys(plan);
   FJORD_ASSIGN_OR_RETURN(std::shared_ptr<AuditLog> audit,
                          AuditLog::Open(plan.audit_log, "launch@" + ThisHostname()));
   LeaseRecord record;
@@ -382,7 +428,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
   record.audit_log = plan.audit_log;
   const int wait_s = options.wait_for_nodes_s;
   auto on_wait = [&](const LeaseConflict& c) {
-    std::printf("fjord launch: waiting for node %s: leased by %s; %s (--wait-for-nodes)\n", c.host.c_str(),
+    std::printf("fjord launch: waiting for node %s: leased by %s; %s (--wait-for-nodes)\n", NodeText(c.host).c_str(),
                 HolderText(c).c_str(),
                 wait_s > 0 ? ("giving up after " + std::to_string(wait_s) + " s").c_str() : "no time limit");
     std::fflush(stdout);
@@ -395,7 +441,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                            .Int("limit_s", wait_s))
              .status());
   };
-  StatusOr<std::unique_ptr<NodeLeases>> leases = AcquireLeases(dir, hosts, record, wait_s, on_wait);
+  StatusOr<std::unique_ptr<NodeLeases>> leases = AcquireLeases(dir, keys, record, wait_s, on_wait);
   if (!leases.ok()) {
     Warn(audit
              ->Append("lease_refused", AuditRecord()
@@ -404,6 +450,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                            .Str("job_sha256", plan.job_digest)
                                            .Str("lease_dir", dir)
                                            .Raw("nodes", HostsJson(hosts))
+                                           .Raw("lease_keys", HostsJson(keys))
                                            .Str("message", leases.status().message()))
              .status());
     return leases.status();
@@ -414,7 +461,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
         stderr,
         "fjord launch: warning: node %s: took over a stale lease (%s): its launch ended without "
         "releasing it (crashed or killed) and no process holds it any more\n",
-        s.host.c_str(),
+        NodeText(s.host).c_str(),
         (s.known ? "left by " + DescribeHolder(s.previous) : "unreadable record: " + s.problem).c_str());
     if (taken.size() > 1) taken += ",";
     taken += "{\"node\":" + JsonQuote(s.host) +
@@ -435,28 +482,30 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                    .Str("lease_dir", dir)
                                    .Raw("nodes", HostsJson(hosts))
                                    .Int("waited_ms", static_cast<int64_t>((*leases)->waited_seconds() * 1000))
-                                   .Raw("taken_over", taken))
+                                   .Raw("taken_over", taken)
+                                   .Raw("lease_keys", HostsJson(keys)))
                       .status();
   if (!logged.ok()) return logged;  // the leases are released on return: nothing unrecorded runs
-  (*leases)->set_on_release([audit, launch_id, dir](const NodeLeases& l) {
+  (*leases)->set_on_release([audit, launch_id, dir, hosts](const NodeLeases& l) {
     Warn(audit
              ->Append("lease_released", AuditRecord()
                                             .Str("launch_id", launch_id)
                                             .Str("lease_dir", dir)
-                                            .Raw("nodes", HostsJson(l.hosts())))
+                                            .Raw("nodes", HostsJson(hosts))
+                                            .Raw("lease_keys", HostsJson(l.hosts())))
              .status());
   });
   return leases;
 }
 
 std::string DescribeLeases(const LaunchPlan& plan) {
-  StatusOr<std::vector<LeaseConflict>> held = CurrentHolders(plan.lease_dir, PlannedHosts(plan));
+  StatusOr<std::vector<LeaseConflict>> held = CurrentHolders(plan.lease_dir, PlannedKeys(plan));
   if (!held.ok()) return "fjord launch: node leases: " + held.status().message() + "\n";
   if (held->empty())
     return "fjord launch: node leases in " + plan.lease_dir + ": every planned node is free\n";
   std::string out = "fjord launch: node leases in " + plan.lease_dir +
                     " (a launch now would refuse, or wait with --wait-for-nodes):\n";
-  for (const LeaseConflict& c : *held) out += "  " + c.host + " leased by " + HolderText(c) + "\n";
+  for (const LeaseConflict& c : *held) out += "  " + NodeText(c.host) + " leased by " + HolderText(c) + "\n";
   return out;
 }
 

@@ -3,7 +3,8 @@
 // takes a lease on every node it placed ranks on, holds them while mpirun runs and releases them
 // when the job ends; a launch that finds a node leased refuses, or with --wait-for-nodes waits.
 //
-// A lease is the file LEASE_DIR/HOST.lease (LEASE_DIR: the inventory's lease_dir, on storage every
+// A node's lease is the file LEASE_DIR/KEY.lease for each of its keys (NodeLeaseKeys: its short
+// host name and its resolved addresses; LEASE_DIR: the inventory's lease_dir, on storage every
 // launch host sees), held by an exclusive flock on an open file description for the job's lifetime,
 // plus a one-line JSON record of the holder (tenant, job digest, launch id, launch host, pid, since)
 // for messages. The lock decides, the record informs. The descriptor is deliberately inherited by
@@ -118,6 +119,15 @@ StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(const std::string& dir,
 // free nodes are left out. Reads only: creates and locks nothing (for --dry-run).
 StatusOr<std::vector<LeaseConflict>> CurrentHolders(const std::string& dir,
                                                     const std::vector<std::string>& hosts);
+
+// The lease keys of an inventory node, known at launch without contacting it: its hostname
+// lower-cased up to the first '.' ("no1" for "No1.osl1.example"; a numeric hostname whole), and
+// "@ADDR" for every numeric address getaddrinfo resolves its address (its hostname when the address
+// is empty) to ("@10.0.0.1"). A launch locks every key of every node, so two inventories that name
+// one node differently (FQDN and short name, or different names with one address) still conflict.
+// Sorted, unique. Still not caught: two names of one node that share neither a short name nor a
+// resolved address (e.g. a second network's address that the other inventory does not list).
+std::vector<std::string> NodeLeaseKeys(const proto::InventoryNode& node);
 
 // ---- What `fjord launch` calls (launcher/launch.cc, mpirun mode only) ----------------------------
 

@@ -64,6 +64,10 @@ class Device {
   virtual void OrderAfterCompute(CUstream_st* stream) = 0;
 };
 
+// Host memory a new allocation can take now: MemAvailable of /proc/meminfo (free plus
+// reclaimable), or sysinfo's free RAM where that line is missing. Cgroup limits are not read.
+size_t AvailableHostBytes();
+
 // The process-wide CPU device (kernels/cpu, host memory); thread-safe to call.
 Device& CpuDevice();
 
@@ -133,6 +137,24 @@ class Arena {
   size_t used_ = 0;
   std::string what_;
 };
+
+// Zeroing on the way out (tenant hygiene when the destructor never runs). Every arena in host
+// memory (the CPU device's) is listed in a fixed, lock-free table while it lives. The first
+// Arena::Create installs a handler for SIGABRT (FJORD_CHECK, std::terminate, an uncaught
+// std::bad_alloc), SIGSEGV, SIGBUS, SIGFPE, SIGQUIT, SIGHUP, SIGTERM and SIGINT, for each signal
+// whose disposition is still the default: it zeroes the listed arenas (volatile writes; with the
+// test hook arena_verify_zero it reads them back and prints "fjord: arena <what>: zeroed on signal
+// <N>: <B> bytes read back, <Z> non-zero" with write(2)), restores the default and re-raises. A
+// handler installed later (the trainer's SIGTERM / SIGINT / SIGUSR1 for preemption) replaces it
+// and calls ZeroHostArenasNow itself where it ends the process. What remains: SIGKILL cannot be
+// caught (the kernel still never hands a freed page to another process unzeroed; a core dump
+// taken before would hold the data, so the handler runs before the default action writes one),
+// and arenas in GPU memory (cudaMemset is not async-signal-safe): those are zeroed by Release
+// only, and by the CUDA driver's own scrubbing of freed device memory, which it does not promise.
+//
+// Zeroes every listed host arena now; async-signal-safe (no allocation, no locks, write(2) only).
+// `sig` is only for the verification line.
+void ZeroHostArenasNow(int sig);
 
 // Number of non-zero bytes in [src, src + bytes) of `device` memory (read back in chunks).
 size_t NonZeroBytes(Device& device, const void* src, size_t bytes);

@@ -1,6 +1,9 @@
 #include "runtime/gpt.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -68,6 +71,8 @@ ParamLayout::ParamLayout(const GptConfig& c) {
   }
   lnf_w_ = Add("ln_f.weight", {C}, false);
   lnf_b_ = Add("ln_f.bias", {C}, false);
+  FJORD_CHECK(total_ == ParamCount(c), "ParamCount disagrees with the layout: " + std::to_string(ParamCount(c)) +
+                                           " vs " + std::to_string(total_));
 }
 
 HostBuffer::HostBuffer(size_t n) : size_(n) {
@@ -104,14 +109,26 @@ enum LayerAct { kLn1, kLn1Mean, kLn1Rstd, kQkv, kAtty, kLse, kAttproj, kRes2, kL
                 kFch, kFchGelu, kFcproj, kRes3, kNumLayerActs };
 enum GlobalAct { kEncoded, kLnf, kLnfMean, kLnfRstd, kLogits, kLosses, kNumGlobalActs };
 
+// Saturating size arithmetic: a size computed from a job spec or a checkpoint never wraps around to
+// a small number; SIZE_MAX (more than any machine holds) stands for "overflows".
+size_t Mul(size_t a, size_t b) {
+  size_t r;
+  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+size_t Add(size_t a, size_t b) {
+  size_t r;
+  return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m - 1) / m * m; }
+
 size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
   const size_t C = c.n_embd;
   switch (id) {
     case kLn1Mean: case kLn1Rstd: case kLn2Mean: case kLn2Rstd: return BT;
-    case kQkv: return BT * 3 * C;
-    case kLse: return B * c.n_head * (BT / B);
-    case kFch: case kFchGelu: return BT * 4 * C;
-    default: return BT * C;
+    case kQkv: return Mul(BT, Mul(3, C));
+    case kLse: return Mul(B, Mul(c.n_head, BT / B));
+    case kFch: case kFchGelu: return Mul(BT, Mul(4, C));
+    default: return Mul(BT, C);
   }
 }
 
@@ -122,66 +139,166 @@ bool IsFp32Stat(LayerAct id) {
 size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
   switch (id) {
     case kLnfMean: case kLnfRstd: case kLosses: return BT;
-    case kLogits: return BT * c.padded_vocab;
-    default: return BT * c.n_embd;
+    case kLogits: return Mul(BT, c.padded_vocab);
+    default: return Mul(BT, c.n_embd);
   }
 }
 
 bool IsFp32Stat(GlobalAct id) { return id == kLnfMean || id == kLnfRstd || id == kLosses; }
 
-// Every activation starts 64-byte aligned (the arena's base is 256-aligned): the tensor-core
-// attention kernels need qkv, out and dout 16-byte aligned, and vector loads want 16 bytes.
-size_t Align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
-
 size_t StorageBytes(Precision p) { return p == Precision::kBf16 ? sizeof(bf16) : sizeof(float); }
 
-// Fills byte offsets (layer acts first, layer-major, then globals; each 64-byte aligned) and
-// returns {total bytes, gradient bytes}: the gradients mirror everything before the logits.
-std::pair<size_t, size_t> ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* offsets) {
+// Every activation starts 64-byte aligned (the arena's base is 256-aligned): the tensor-core
+// attention kernels need qkv, out and dout 16-byte aligned, and vector loads want 16 bytes.
+template <typename Act>
+size_t ActBytes(Act a, size_t elements, Precision p) {
+  return RoundUp(Mul(elements, IsFp32Stat(a) ? sizeof(float) : StorageBytes(p)), 64);
+}
+
+// Bytes of one layer's activations (the same for every layer).
+size_t LayerActBytes(const GptConfig& c, size_t B, size_t BT) {
+  size_t bytes = 0;
+  for (int id = 0; id < kNumLayerActs; ++id) {
+    const LayerAct a = static_cast<LayerAct>(id);
+    bytes = Add(bytes, ActBytes(a, LayerActSize(a, c, BT, B), c.precision));
+  }
+  return bytes;
+}
+
+// {total bytes, gradient bytes} of the activations in closed form (no per-layer loop): the
+// gradients mirror everything before the logits.
+std::pair<size_t, size_t> ActTotals(const GptConfig& c, int B, int T) {
+  const size_t BT = Mul(B, T);
+  size_t total = Mul(c.n_layer, LayerActBytes(c, B, BT)), grad_total = 0;
+  for (int id = 0; id < kNumGlobalActs; ++id) {
+    const GlobalAct a = static_cast<GlobalAct>(id);
+    if (a == kLogits) grad_total = total;
+    total = Add(total, ActBytes(a, GlobalActSize(a, c, BT), c.precision));
+  }
+  return {total, grad_total};
+}
+
+// Byte offsets of every activation (layer acts first, layer-major, then globals), for a model
+// whose size CheckMemory has accepted (the per-layer table is n_layer x 15 entries).
+void ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* offsets) {
   const size_t BT = static_cast<size_t>(B) * T;
-  const size_t x = StorageBytes(c.precision);
   size_t total = 0;
   offsets->clear();
   for (int l = 0; l < c.n_layer; ++l) {
     for (int id = 0; id < kNumLayerActs; ++id) {
       const LayerAct a = static_cast<LayerAct>(id);
       offsets->push_back(total);
-      total += Align64(LayerActSize(a, c, BT, B) * (IsFp32Stat(a) ? sizeof(float) : x));
+      total += ActBytes(a, LayerActSize(a, c, BT, B), c.precision);
     }
   }
-  size_t grad_total = 0;
   for (int id = 0; id < kNumGlobalActs; ++id) {
     const GlobalAct a = static_cast<GlobalAct>(id);
-    if (a == kLogits) grad_total = total;
     offsets->push_back(total);
-    total += Align64(GlobalActSize(a, c, BT) * (IsFp32Stat(a) ? sizeof(float) : x));
+    total += ActBytes(a, GlobalActSize(a, c, BT), c.precision);
   }
-  return {total, grad_total};
 }
 
 // Bytes of the bf16 working copy of `n` parameters (none in fp32: the ops read the master).
 size_t WorkingParamBytes(const GptConfig& c, size_t n) {
-  return c.precision == Precision::kBf16 ? n * sizeof(bf16) : 0;
+  return c.precision == Precision::kBf16 ? Mul(n, sizeof(bf16)) : 0;
+}
+
+// Parameters of one transformer block (ParamLayout's, each tensor padded to 16 floats).
+size_t LayerParams(const GptConfig& c) {
+  const size_t C = c.n_embd, CC = Mul(C, C);
+  const auto t = [](size_t n) { return RoundUp(n, 16); };
+  return Add(Add(Add(Mul(6, t(C)), t(Mul(3, CC))), Add(t(Mul(3, C)), t(CC))),
+             Add(Mul(2, t(Mul(4, CC))), t(Mul(4, C))));
+}
+
+// Host bytes ParamLayout and the activation table keep per block (names, shapes, offsets).
+constexpr size_t kBookkeepingBytesPerLayer =
+    sizeof(ParamLayout::Layer) + 12 * (sizeof(ParamTensor) + 64) + kNumLayerActs * sizeof(size_t);
+
+std::string GiB(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+std::string Bytes(size_t bytes) {
+  return bytes == SIZE_MAX ? "more than 2^64 bytes" : std::to_string(bytes) + " bytes (" + GiB(bytes) + ")";
 }
 
 }  // namespace
 
+size_t ParamCount(const GptConfig& c) {
+  const size_t C = c.n_embd;
+  return Add(Add(RoundUp(Mul(c.padded_vocab, C), 16), RoundUp(Mul(c.max_seq_len, C), 16)),
+             Add(Mul(c.n_layer, LayerParams(c)), Mul(2, RoundUp(C, 16))));
+}
+
 size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
-  std::vector<size_t> offsets;
-  auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &offsets);
-  const size_t params = ParamLayout(config).num_params();
-  return 2 * params * sizeof(float) + WorkingParamBytes(config, params) + acts + dacts;
+  auto [acts, dacts] = ActTotals(config, max_batch, max_seq);
+  const size_t params = ParamCount(config);
+  return Add(Add(Mul(2, Mul(params, sizeof(float))), WorkingParamBytes(config, params)), Add(acts, dacts));
 }
 
 size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple) {
-  std::vector<size_t> offsets;
-  auto [acts, dacts] = ActOffsets(config, max_batch, max_seq, &offsets);
-  const size_t n = ParamLayout(config).num_params();
-  const size_t padded = (n + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
-  const size_t tokens = static_cast<size_t>(max_batch) * max_seq * sizeof(int32_t);
+  auto [acts, dacts] = ActTotals(config, max_batch, max_seq);
+  const size_t padded = RoundUp(ParamCount(config), buffer_multiple);
+  const size_t tokens = Mul(Mul(max_batch, max_seq), sizeof(int32_t));
   const size_t working = WorkingParamBytes(config, padded);
-  return 2 * Arena::Rounded(padded * sizeof(float)) + (working > 0 ? Arena::Rounded(working) : 0) +
-         Arena::Rounded(acts) + Arena::Rounded(dacts) + 2 * Arena::Rounded(tokens) + Arena::Rounded(sizeof(float));
+  const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
+  return Add(Add(Add(Mul(2, r(Mul(padded, sizeof(float)))), working > 0 ? r(working) : 0),
+                 Add(r(acts), r(dacts))),
+             Add(Mul(2, r(tokens)), r(sizeof(float))));
+}
+
+Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int extra_copies, int shards,
+                        const Device& device, const std::string& what_to_do) {
+  // Host bytes for `c`: on CUDA the mirror of the parameters; on the CPU the model, the extra
+  // copies and the activations. Plus the per-layer bookkeeping either way.
+  const auto need_for = [&](const GptConfig& c) {
+    const size_t param_bytes = Mul(ParamCount(c), sizeof(float));
+    const size_t on_host = device.is_cuda()
+                               ? param_bytes
+                               : Add(MemoryBytes(c, max_batch, max_seq), Mul(param_bytes, extra_copies) / std::max(shards, 1));
+    return Add(on_host, Mul(c.n_layer, kBookkeepingBytesPerLayer));
+  };
+  const size_t need = need_for(config);
+  const size_t have = AvailableHostBytes();
+  if (need <= have) return OkStatus();
+  // What makes it large: the part that grows with model.n_layer, the embeddings, or the
+  // activations outside the blocks (the logits).
+  GptConfig no_blocks = config;
+  no_blocks.n_layer = 0;
+  const size_t rest = need_for(no_blocks);
+  const size_t blocks = need == SIZE_MAX ? SIZE_MAX : need - std::min(need, rest);
+  const size_t activations = device.is_cuda() ? 0 : [&] {
+    auto [acts, dacts] = ActTotals(no_blocks, max_batch, max_seq);
+    return Add(acts, dacts);
+  }();
+  const size_t embeddings = rest - std::min(rest, activations);
+  std::string largest;
+  if (blocks >= embeddings && blocks >= activations) {
+    largest = "the transformer blocks, " + Bytes(blocks) + " (model.n_layer = " + std::to_string(config.n_layer) +
+              " blocks of " + std::to_string(LayerParams(config)) + " parameters at model.n_embd = " +
+              std::to_string(config.n_embd) + (device.is_cuda() ? std::string(")") : ", with their activations)");
+  } else if (embeddings >= activations) {
+    largest = "the embeddings, " + Bytes(embeddings) + " (model.vocab_size = " + std::to_string(config.vocab_size) +
+              ", model.seq_len = " + std::to_string(config.max_seq_len) + ", model.n_embd = " +
+              std::to_string(config.n_embd) + ")";
+  } else {
+    largest = "the logits and activations outside the blocks, " + Bytes(activations) + " (" +
+              std::to_string(max_batch) + " sequences of " + std::to_string(max_seq) +
+              " tokens: train.micro_batch, seq_len; model.vocab_size = " + std::to_string(config.vocab_size) + ")";
+  }
+  const size_t params = ParamCount(config);
+  return FailedPrecondition(
+      "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
+      " parameters and needs " + Bytes(need) + " of host memory" +
+      (device.is_cuda() ? " (the host copy of the parameters)"
+                        : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
+                              " and activations for " + std::to_string(max_batch) + " x " +
+                              std::to_string(max_seq) + " tokens)") +
+      ", but this host has " + Bytes(have) + " available (MemAvailable); the largest part is " + largest +
+      "; nothing was allocated: " + what_to_do);
 }
 
 Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)
@@ -216,7 +333,8 @@ Gpt::~Gpt() = default;
 
 void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   ctx_.tensor_core_attention = config_.tensor_core_attention;
-  auto [acts, dacts] = ActOffsets(config_, max_batch_, max_seq_, &act_offsets_);
+  ActOffsets(config_, max_batch_, max_seq_, &act_offsets_);
+  auto [acts, dacts] = ActTotals(config_, max_batch_, max_seq_);
   buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
   params_ = arena.Floats(buffer_size_);

@@ -52,6 +52,10 @@ struct GptConfig {
   static GptConfig FromSpec(const proto::ModelSpec& spec);
 };
 
+// Parameters of `config` (ParamLayout(config).num_params()) in closed form, without building the
+// layout (n_layer entries); saturating: SIZE_MAX when the count overflows size_t.
+size_t ParamCount(const GptConfig& config);
+
 // One parameter tensor inside the flat parameter buffer.
 struct ParamTensor {
   std::string name;          // e.g. "h.3.attn.c_attn.weight" (GPT-2 naming)
@@ -134,11 +138,22 @@ class Gpt {
   ~Gpt();
 
   // Bytes this model allocates for (config, max_batch, max_seq): parameters (and their bf16
-  // working copy in bf16), gradients, and activations with their gradients in config.precision. Static so a job can be refused before allocation.
+  // working copy in bf16), gradients, and activations with their gradients in config.precision.
+  // Static and in closed form (saturating at SIZE_MAX, nothing allocated), so a job can be
+  // refused before allocation.
   static size_t MemoryBytes(const GptConfig& config, int max_batch, int max_seq);
   // Arena bytes the second constructor takes (MemoryBytes, padding and alignment, tokens,
-  // targets and scratch).
+  // targets and scratch); saturating like MemoryBytes.
   static size_t ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple);
+  // Refuses, before anything is allocated, a model this host cannot hold: FailedPrecondition
+  // naming the parameter count (ParamCount), the bytes needed (on the CPU MemoryBytes plus
+  // `extra_copies` fp32 buffers of the parameters split in `shards`, e.g. 2 and the ZeRO-1 world
+  // size for the AdamW state; on CUDA the host mirror of the parameters), the bytes available
+  // (AvailableHostBytes), the fields that make it large, and `what_to_do`. Every path that builds
+  // a model from a job spec, checkpoint or import calls it first: a model of 2^31 layers must end
+  // in this message, not std::bad_alloc. On CUDA the device memory is left to Arena::Create.
+  static Status CheckMemory(const GptConfig& config, int max_batch, int max_seq, int extra_copies, int shards,
+                            const Device& device, const std::string& what_to_do);
 
   // bf16: rounds the fp32 master weights to the bf16 working copy the model ops read, by
   // cast_to_bf16 with `seed` (0: to nearest even; otherwise stochastic rounding, the same on every

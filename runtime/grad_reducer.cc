@@ -25,6 +25,11 @@ GradReducer::GradReducer(Communicator& comm, float* grads, size_t count, size_t 
 }
 
 GradReducer::~GradReducer() {
+  // Buckets still in flight (an error return in the middle of a step) are written by the
+  // communicator's thread into the gradients (arena) and the staging memory: wait for them (each
+  // ends by the communicator's timeout at the latest) before those are zeroed and freed, or the
+  // last write lands after the zeroing.
+  for (std::unique_ptr<CommHandle>& handle : pending_) (void)handle->Wait();
   if (staging_ != nullptr) {
     std::fill(staging_, staging_ + count_, 0.0f);  // tenant hygiene, as for device memory
     path_.device->FreeHost(staging_);

@@ -9,6 +9,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
+#include "runtime/device.h"
 #include "runtime/gpt.h"
 #include "runtime/manifest.h"
 #include "runtime/tenancy.h"
@@ -31,6 +32,12 @@ StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSp
   loaded.job = job;
   const GptConfig config = GptConfig::FromSpec(loaded.job.model());
   if (max_seq <= 0) max_seq = config.max_seq_len;
+  if (Status fits = Gpt::CheckMemory(config, max_batch, max_seq, 0, 1, CpuDevice(),
+                                     "run it on a host with more memory, or check that " + dir +
+                                         "/job.textproto describes the model that was trained");
+      !fits.ok()) {
+    return AuditCheckpointRefusal(opened.audit.get(), dir, use, fits.WithContext(dir));
+  }
   ConfigureThreads(loaded.job.train().threads());
   loaded.model = std::make_unique<Gpt>(config, max_batch, max_seq, CpuOps());
   if (Status s = LoadCheckpointWeights(dir, *loaded.model, &opened.seal); !s.ok()) {

@@ -11,7 +11,7 @@
 namespace fjord {
 
 double ModelFlopsPerToken(const GptConfig& config, int seq_len) {
-  const double n = static_cast<double>(ParamLayout(config).num_params());
+  const double n = static_cast<double>(ParamCount(config));
   return 6.0 * n + 6.0 * config.n_layer * static_cast<double>(config.n_embd) * seq_len;
 }
 

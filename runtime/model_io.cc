@@ -5,6 +5,7 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
+#include "runtime/device.h"
 #include "runtime/hf_gpt2.h"
 #include "runtime/llmc_checkpoint.h"
 
@@ -37,6 +38,13 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
   export_access.use = CheckpointUse::kExport;
   FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, export_access));
   const GptConfig config = GptConfig::FromSpec(job.model());
+  // The export writes one more copy of the weights (transposed tensors, the file's buffer).
+  if (Status fits = Gpt::CheckMemory(config, 1, 1, 1, 1, CpuDevice(),
+                                     "export on a host with more memory, or check that " + dir +
+                                         "/job.textproto describes the model that was trained");
+      !fits.ok()) {
+    return AuditCheckpointRefusal(opened.audit.get(), dir, CheckpointUse::kExport, fits.WithContext(dir));
+  }
   Gpt model(config, 1, 1, CpuOps());
   if (Status s = LoadCheckpointWeights(dir, model, &opened.seal); !s.ok()) {
     return AuditCheckpointRefusal(opened.audit.get(), dir, CheckpointUse::kExport, s);
@@ -96,6 +104,11 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
                            " (a multiple of 128); write the file with that padding (llm.c's own) or import "
                            "a Hugging Face export of the model instead");
   }
+  // The zero AdamW state written with the weights: one more buffer of the parameters' size.
+  FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config, 1, 1, 1, 1, CpuDevice(),
+                                         "import on a host with more memory, or check the model's dimensions in " +
+                                             source)
+                            .WithContext("cannot import " + source));
   Gpt model(config, 1, 1, CpuOps());
   const std::vector<ParamSlot> slots = SlotsOf(model.layout());
   if (format == ModelFormat::kHuggingFace) {

@@ -70,11 +70,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-size_t PhysicalMemoryBytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
-}
-
 std::string GiB(size_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
@@ -109,15 +104,21 @@ SleepHook ParseSleepHook() {
 }
 
 // SIGTERM / SIGINT / SIGUSR1: the first asks training to stop after the current step with a checkpoint;
-// the second ends the process at once. The handler also wakes the signal watcher (below) through
-// a pipe, the only async-signal-safe way to hand it over.
+// the second zeroes the host arenas (runtime/device.h) and ends the process at once. The handler
+// also wakes the signal watcher (below) through a pipe, the only async-signal-safe way to hand it
+// over: the byte is the signal, with kFromPeer set when another process sent it.
 std::atomic<int> g_stop_signals{0};
 int g_signal_pipe[2] = {-1, -1};
+constexpr unsigned char kFromPeer = 0x80;
 
-void OnStopSignal(int sig) {
-  if (g_stop_signals.fetch_add(1) >= 1) std::_Exit(128 + sig);
+void OnStopSignal(int sig, siginfo_t* info, void*) {
+  if (g_stop_signals.fetch_add(1) >= 1) {
+    ZeroHostArenasNow(sig);
+    std::_Exit(128 + sig);
+  }
   if (g_signal_pipe[1] >= 0) {
-    const unsigned char byte = static_cast<unsigned char>(sig);
+    const bool from_other = info != nullptr && info->si_code == SI_USER && info->si_pid != getpid();
+    const unsigned char byte = static_cast<unsigned char>(sig) | (from_other ? kFromPeer : 0);
     [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
   }
 }
@@ -130,6 +131,18 @@ void OnStopSignal(int sig) {
 // (the rank was computing), it looks again for up to half a second, since the next collective of
 // the step is where a rank that lost a peer gets stuck. Under preemption (all ranks signalled)
 // the same line says where each rank was when the checkpoint-and-exit began.
+//
+// A rank whose peer died cannot reach its checkpoint, and the SIGKILL that follows would leave
+// its arena unzeroed (SIGHUP needs nothing here: the arena's own handler zeroes and ends the
+// rank). So when a SIGTERM or SIGINT from another process (mpirun's
+// daemon; not a raise() of its own, not SIGUSR1, the preemption signal) finds the rank in a
+// collective waiting for a peer, and that collective is still the one in flight kStuck later,
+// the watcher zeroes the host arenas and ends the rank with 128 + signal: the job is being torn
+// down, and a checkpoint is not coming.
+constexpr auto kStuck = std::chrono::milliseconds(300);
+// "AllReduce #6 (4 bytes float avg, tree)" of Communicator::InFlight(): the operation, without how
+// long it has run.
+std::string InFlightOp(const std::string& in_flight) { return in_flight.substr(0, in_flight.find(", running for")); }
 struct SignalWatch {
   std::mutex mu;
   const Communicator* comm = nullptr;  // set while Train runs
@@ -140,23 +153,43 @@ SignalWatch g_watch;
 
 void WatchSignals() {
   for (;;) {
-    unsigned char sig = 0;
-    const ssize_t n = read(g_signal_pipe[0], &sig, 1);
+    unsigned char byte = 0;
+    const ssize_t n = read(g_signal_pipe[0], &byte, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n != 1) return;
+    const int sig = byte & ~kFromPeer;
+    const bool teardown = (byte & kFromPeer) != 0 && sig != SIGUSR1;
     std::string what, who;
+    bool alone = true;
     for (int tries = 0; tries < 50 && what.empty(); ++tries) {
       if (tries > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       std::lock_guard<std::mutex> lock(g_watch.mu);
       who = g_watch.who;
       if (g_watch.comm == nullptr) break;  // Train has returned (or not begun)
       what = g_watch.comm->InFlight();
-      if (g_watch.comm->size() == 1) break;  // alone: no peer to lose
+      alone = g_watch.comm->size() == 1;
+      if (alone) break;  // no peer to lose
     }
     std::fprintf(stderr, "fjord train: %s: signal %d (%s) during step %d; %s\n", who.c_str(), sig, strsignal(sig),
                  g_watch.step.load() + 1,
                  what.empty() ? "no collective in flight" : ("in " + what).c_str());
     std::fflush(stderr);
+    if (!teardown || alone || what.find(", waiting for rank ") == std::string::npos) continue;
+    std::this_thread::sleep_for(kStuck);
+    std::string now;
+    {
+      std::lock_guard<std::mutex> lock(g_watch.mu);
+      if (g_watch.comm == nullptr) continue;  // Train returned: its arena was released
+      now = g_watch.comm->InFlight();
+    }
+    if (InFlightOp(now) != InFlightOp(what)) continue;  // the collective moved on: the peers are alive
+    std::fprintf(stderr,
+                 "fjord train: %s: still in %s %lld ms after signal %d: a peer has ended and the job is being "
+                 "torn down; zeroing the arena and exiting without a checkpoint\n",
+                 who.c_str(), what.c_str(), static_cast<long long>(kStuck.count()), sig);
+    std::fflush(stderr);
+    ZeroHostArenasNow(sig);
+    std::_Exit(128 + sig);
   }
 }
 
@@ -166,7 +199,8 @@ void InstallStopHandlers() {
     if (pipe2(g_signal_pipe, O_CLOEXEC) == 0) std::thread(WatchSignals).detach();
   });
   struct sigaction action = {};
-  action.sa_handler = OnStopSignal;
+  action.sa_sigaction = OnStopSignal;
+  action.sa_flags = SA_SIGINFO;
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
@@ -270,7 +304,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   // ZeRO-1 shards: the buffers are padded to a multiple of 16 x world floats so every shard has
   // the same length and starts 64-byte aligned.
   const size_t multiple = zero ? 16 * static_cast<size_t>(world) : 16;
-  const size_t num_params = ParamLayout(config).num_params();
+  const size_t num_params = ParamCount(config);  // closed form: the layout is built after CheckMemory
   const size_t buffer = (num_params + multiple - 1) / multiple * multiple;
   const size_t shard = zero ? buffer / world : buffer;
 
@@ -289,7 +323,6 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     }
     config.tensor_core_attention = *tc;
   }
-  const size_t need = Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard);
   proto::ParallelSpec::CommBackend backend = job.parallel().comm_backend();
   if (backend == proto::ParallelSpec::AUTO) {
     backend = device->is_cuda() ? proto::ParallelSpec::NCCL : proto::ParallelSpec::MPI;
@@ -323,14 +356,10 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 #endif
   }
   Communicator& grad_comm = nccl ? *nccl : comm;
-  const size_t have = device->is_cuda() ? 0 : PhysicalMemoryBytes();  // on CUDA the arena's allocation decides
-  if (have > 0 && need > have * 9 / 10) {
-    return FailedPrecondition("the model and batch need " + GiB(need) + " of memory (parameters, gradients, AdamW "
-                              "state and activations for train.micro_batch = " + std::to_string(B) +
-                              " x seq_len " + std::to_string(T) + ") but this machine has " + GiB(have) +
-                              ": lower train.micro_batch or train.seq_len (and raise train.grad_accum), or "
-                              "use a smaller model");
-  }
+  FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config, B, T, 2, zero ? world : 1, *device,
+                                         "lower train.micro_batch or train.seq_len (and raise train.grad_accum), "
+                                         "or use a smaller model (model.n_layer, model.n_embd)")
+                            .WithContext("rank " + std::to_string(rank) + " on host " + where.host));
 
   // Tenancy gate 3: the data policy for the loaders, the seal for checkpoints (without a Tenancy,
   // still the job's checkpoint.encryption_key_file).
@@ -438,7 +467,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
                 "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
                 model.num_params(), config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab, world, B,
-                T, accum, threads, GiB(need).c_str(), static_cast<unsigned long long>(train_data.num_tokens()),
+                T, accum, threads, GiB(Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard)).c_str(), static_cast<unsigned long long>(train_data.num_tokens()),
                 world == 1 ? "" : zero ? ", ZeRO-1" : overlap ? ", overlapped bucket all-reduce" : ", all-reduce");
     std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n", flops_per_token,
                 rank_peak.flops / 1e12, rank_peak.source.c_str());
@@ -555,6 +584,9 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   static const std::optional<std::string> nan_hook = TestHook("nan_in_step");
   // signal_after_step=N: this process sends itself SIGTERM at the end of step N (preemption).
   static const std::optional<std::string> signal_hook = TestHook("signal_after_step");
+  // fail_in_step=RANK:STEP: rank RANK returns an error in step STEP before the gradient reduction
+  // (fjord train then aborts the job; its peers are waiting in that reduction).
+  static const std::optional<std::string> fail_hook = TestHook("fail_in_step");
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   const int steps = train.steps();
   result.start_step = start_step;
@@ -583,6 +615,12 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
       device->Upload(model.grads() + model.layout().lnf_w(), &nan, sizeof(float));
     }
     if (hook.rank == rank && hook.step == step + 1) std::this_thread::sleep_for(std::chrono::seconds(hook.seconds));
+    if (int fail_rank = -1, fail_step = -1;
+        fail_hook && std::sscanf(fail_hook->c_str(), "%d:%d", &fail_rank, &fail_step) == 2 && fail_rank == rank &&
+        fail_step == step + 1) {
+      return Internal("test hook fail_in_step: rank " + std::to_string(rank) + " fails in step " +
+                      std::to_string(step + 1));
+    }
 
     // Everything from here to the end of the parameter update waits on other ranks: the
     // communication backward did not hide.

@@ -29,23 +29,10 @@ using ::testing::HasSubstr;
 using testing::RunFjord;
 using testing::RunResult;
 
-class CliTest : public ::testing::Test {
- public:
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
-
+class CliTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-            std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
+  CliTest() : TempDirTest("fjord_cli_") {}
   void Write(const std::string& name, const std::string& text) const { std::ofstream(Path(name)) << text; }
-
-  fs::path dir_;
 };
 
 // Last JSON line of metrics.jsonl with a "val_loss" key, parsed crudely but strictly.

@@ -1,7 +1,9 @@
 // Running the fjord binary (directly or under mpirun) from tests, capturing its output.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -13,6 +15,28 @@
 #include <vector>
 
 namespace fjord::testing {
+
+// A test with a directory of its own, TempDir/PREFIX_TESTNAME_PID, made fresh before and removed after.
+class TempDirTest : public ::testing::Test {
+ public:
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
+ protected:
+  explicit TempDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           (prefix_ + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+            std::to_string(::getpid()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::filesystem::path dir_;
+
+ private:
+  std::string prefix_;
+};
 
 // Writes `text` to `path` (creating its directory), then sets its mode.
 inline void WriteText(const std::string& path, const std::string& text, mode_t mode = 0644) {

@@ -536,5 +536,54 @@ TEST_F(LaunchLeaseTest, BadWaitFlagsAndAMissingLeaseDirAreClearErrors) {
   EXPECT_THAT(Events(), ElementsAre("lease_refused"));
 }
 
+// ---- Lease keys: one node, several names -----------------------------------------------------------
+
+proto::InventoryNode NodeNamed(const std::string& hostname, const std::string& address) {
+  proto::InventoryNode n;
+  n.set_hostname(hostname);
+  n.set_address(address);
+  return n;
+}
+
+TEST(LeaseKeyTest, KeysAreTheShortLowerCaseNameAndTheResolvedAddresses) {
+  EXPECT_THAT(NodeLeaseKeys(NodeNamed("No1.OSL1.example", "127.0.0.1")), ElementsAre("@127.0.0.1", "no1"));
+  EXPECT_THAT(NodeLeaseKeys(NodeNamed("no1", "")), ElementsAre("no1"));  // does not resolve here
+  EXPECT_THAT(NodeLeaseKeys(NodeNamed("10.0.0.5", "")), ElementsAre("10.0.0.5", "@10.0.0.5"));
+  // A name is resolved (/etc/hosts): "localhost" is 127.0.0.1 (and ::1 where listed).
+  EXPECT_THAT(NodeLeaseKeys(NodeNamed("gpu-a", "localhost")), ::testing::Contains("@127.0.0.1"));
+}
+
+// The launch under test uses a second inventory that names the leased node no1 (10.0.0.1) of the
+// first differently; the holder has the leases a launch of the first inventory takes.
+TEST_F(LaunchLeaseTest, AnotherInventorysNameForALeasedNodeStillConflicts) {
+  Holder other(Leases(), NodeLeaseKeys(NodeNamed("no1", "10.0.0.1")), "globex");
+  ASSERT_TRUE(other.held());
+  const std::string node2 = "node { hostname: \"no2\" address: \"10.0.0.2\" jurisdiction: \"NO\" site: \"osl1\" }\n";
+  const std::string leases = "lease_dir: \"" + Leases() + "\"\n";
+  struct Case {
+    std::string node1, refusal;
+  } cases[] = {
+      // Different hostname text, same address.
+      {"node { hostname: \"node-one\" address: \"10.0.0.1\" jurisdiction: \"NO\" site: \"osl1\" }\n",
+       "node at address 10.0.0.1 is leased by tenant globex"},
+      // The FQDN, in other case, without an address (it does not resolve here).
+      {"node { hostname: \"NO1.osl1.example\" jurisdiction: \"NO\" site: \"osl1\" }\n",
+       "node no1 is leased by tenant globex"},
+  };
+  for (const Case& c : cases) {
+    WriteText(dir_ + "/inv.textproto", c.node1 + node2 + leases);
+    testing::RunResult r = Launch("");
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.refusal)) << c.node1;
+    EXPECT_FALSE(fs::exists(dir_ + "/seen"));  // mpirun never ran
+  }
+  // A node that shares neither name nor address is free.
+  WriteText(dir_ + "/inv.textproto",
+            "node { hostname: \"no3\" address: \"10.0.0.3\" jurisdiction: \"NO\" site: \"osl1\" }\n" + node2 + leases);
+  testing::RunResult r = Launch("");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(ReadText(dir_ + "/run/audit.jsonl"), HasSubstr("\"lease_keys\":[\"@10.0.0.2\",\"@10.0.0.3\",\"no2\",\"no3\"]"));
+}
+
 }  // namespace
 }  // namespace fjord
