@@ -110,12 +110,21 @@ stage mpirun 30 "${fjord_env[@]}" "$ompi/bin/orterun" -np 2 --oversubscribe --bi
   add "setup: carried Open MPI runs" || add "setup: carried Open MPI FAILED (np=2 tests will fail)"
 
 # --- tests -------------------------------------------------------------------------------------------
+# Some GPU tests use FJORD_TEST_HOOK, which fjord refuses unless the node's settings allow test
+# overrides (docs/SOVEREIGNTY.md, "Test overrides"): enable them for the tests, as CTest's fixture does.
+overrides_state=$(mktemp -d /tmp/fjord-overrides.XXXXXX)
+if bash scripts/test-overrides.sh up /etc/fjord "$overrides_state" >>"$log" 2>&1; then
+  add "setup: test overrides enabled for the tests"
+else
+  add "setup: test overrides NOT enabled (not root?): tests using FJORD_TEST_HOOK will be refused"
+fi
 for t in $FJORD_PACK_TESTS; do
   stage "test $t" 150 "${fjord_env[@]}" OMP_NUM_THREADS=1 "$bin/$t"
   rc=$?
   res=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?' "$last" | sed 's/listed below://' | tr -s ' \n' ' ')
   add "test $t: rc $rc ${res}"
 done
+bash scripts/test-overrides.sh down /etc/fjord "$overrides_state" >>"$log" 2>&1
 
 # --- kernels -----------------------------------------------------------------------------------------
 stage kernels 90 "${fjord_env[@]}" "$bin/cuda_ops_bench" --batch 8 --seq 1024 --reps 20
