@@ -81,26 +81,36 @@ StatusOr<std::array<uint8_t, kSealHeaderBytes>> NewHeader() {
   return h;
 }
 
+// An AES-256-GCM context for `key` and the 96-bit `nonce`, encrypting or decrypting, with the
+// `aad` pieces already authenticated.
+StatusOr<CipherCtx> GcmStart(const EncryptionKey& key, const uint8_t* nonce,
+                             std::initializer_list<std::string_view> aad, bool encrypt) {
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
+  const int enc = encrypt ? 1 : 0;
+  int len = 0;
+  if (EVP_CipherInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr, enc) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
+      EVP_CipherInit_ex(ctx.get(), nullptr, nullptr, key.data(), nonce, enc) != 1) {
+    return Internal("AES-256-GCM setup failed: " + OpenSslError());
+  }
+  for (std::string_view a : aad) {
+    if (!a.empty() && EVP_CipherUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(a.data()),
+                                       static_cast<int>(a.size())) != 1) {
+      return Internal("AES-256-GCM setup failed: " + OpenSslError());
+    }
+  }
+  return ctx;
+}
+
 // AES-256-GCM under `key` with the 96-bit `nonce`: authenticates the `aad` pieces, then streams
 // the plaintext pieces through in kChunk steps, calling `sink(bytes, size)` with ciphertext, then
 // the tag. The one encryption path: Seal, WriteSealedFile and the known-answer test all use it.
 template <typename Sink>
 Status GcmEncrypt(const EncryptionKey& key, const uint8_t* nonce, std::initializer_list<std::string_view> aad,
                   const std::vector<ByteSpan>& plaintext, Sink&& sink) {
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
+  FJORD_ASSIGN_OR_RETURN(CipherCtx ctx, GcmStart(key, nonce, aad, /*encrypt=*/true));
   int len = 0;
-  if (EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
-      EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), nonce) != 1) {
-    return Internal("AES-256-GCM setup failed: " + OpenSslError());
-  }
-  for (std::string_view a : aad) {
-    if (!a.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(a.data()),
-                                        static_cast<int>(a.size())) != 1) {
-      return Internal("AES-256-GCM setup failed: " + OpenSslError());
-    }
-  }
   std::vector<uint8_t> out(kChunk + 16);
   for (const ByteSpan& piece : plaintext) {
     const uint8_t* p = static_cast<const uint8_t*>(piece.data);
@@ -129,20 +139,8 @@ Status GcmEncrypt(const EncryptionKey& key, const uint8_t* nonce, std::initializ
 StatusOr<std::string> GcmDecrypt(const EncryptionKey& key, const uint8_t* nonce,
                                  std::initializer_list<std::string_view> aad, std::string_view sealed) {
   if (sealed.size() < kSealTagBytes) return DataLoss("");
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
+  FJORD_ASSIGN_OR_RETURN(CipherCtx ctx, GcmStart(key, nonce, aad, /*encrypt=*/false));
   int len = 0;
-  if (EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
-      EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), nonce) != 1) {
-    return Internal("AES-256-GCM setup failed: " + OpenSslError());
-  }
-  for (std::string_view a : aad) {
-    if (!a.empty() && EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(a.data()),
-                                        static_cast<int>(a.size())) != 1) {
-      return Internal("AES-256-GCM setup failed: " + OpenSslError());
-    }
-  }
   const size_t n = sealed.size() - kSealTagBytes;
   std::string out(n, '\0');
   uint8_t* o = reinterpret_cast<uint8_t*>(out.data());

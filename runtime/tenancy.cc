@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 
 #include "common/env.h"
 #include "runtime/json.h"
@@ -534,17 +535,25 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   if (seal.step >= 0) record.set_step(seal.step);
   if (!seal.audit_log.empty()) {
     // The log's head now, kept outside the log: a later truncation or rewrite shows against it.
-    FJORD_ASSIGN_OR_RETURN(AuditVerifyReport head, VerifyAuditLog(seal.audit_log));
-    if (!head.ok) {
-      return FailedPrecondition("audit log " + seal.audit_log + " does not verify (line " +
-                                std::to_string(head.bad_line) + ": " + head.problem +
-                                "), so its head cannot be anchored in checkpoint " + dir +
-                                "; run `fjord audit verify " + seal.audit_log + "` and investigate before training on");
-    }
+    // Read from LOG.head, which every append replaces atomically, so no append in flight is seen.
     proto::AuditAnchor* anchor = record.mutable_audit_head();
     anchor->set_log(fs::absolute(seal.audit_log).lexically_normal().string());
-    anchor->set_seq(head.records);
-    anchor->set_hash(head.head_hash);
+    anchor->set_seq(0);
+    anchor->set_hash("");
+    const std::string head_path = AuditHeadPath(seal.audit_log);
+    if (std::error_code ec; fs::exists(head_path, ec)) {
+      FJORD_ASSIGN_OR_RETURN(std::string head, ReadWholeFile(head_path, "audit log head"));
+      std::istringstream in(head);
+      int64_t seq = 0;
+      std::string hash;
+      if (!(in >> seq >> hash) || seq < 1 || hash.size() != 64) {
+        return FailedPrecondition("audit log head " + head_path + " is not \"SEQ HASH\", so the head of " +
+                                  seal.audit_log + " cannot be anchored in checkpoint " + dir + "; run `fjord audit verify " +
+                                  seal.audit_log + "` and investigate before training on");
+      }
+      anchor->set_seq(seq);
+      anchor->set_hash(hash);
+    }
   }
   std::string text =
       "# fjord checkpoint tenant record (proto/tenancy.proto CheckpointTenancy). Written by fjord train;\n"

@@ -192,7 +192,7 @@ StatusOr<std::string> ReadCheckpointFile(const std::string& path, const Checkpoi
 
 // Writes DIR/tenant.textproto (version 2): tenant, residency, cipher and key id, where it was
 // written (and the identity override, if any), seal.job_sha256 and seal.step, the head of
-// seal.audit_log when set (refused when that log does not verify), and the SHA-256 of each of
+// seal.audit_log when set (from its head file; refused when that is malformed), and the SHA-256 of each of
 // `files` (plain names inside dir, as they are on disk, sealed or not); with seal.key also
 // DIR/tenant.seal. Call after every other file is written and before the checkpoint directory is
 // renamed into place. Does nothing for a seal without tenant and key (a plain checkpoint of a job
@@ -243,7 +243,7 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
 struct CheckpointAccess {
   CheckpointUse use = CheckpointUse::kEval;
   std::string key_file;   // --key: the tenant's checkpoint key; "" = none
-  std::string audit_log;  // --audit-log: "" = the audit log of the job that wrote the checkpoint
+  std::string audit_log;  // --audit-log: a second log for the record, besides the checkpoint's own; "" = none
 };
 
 // A checkpoint such a command may read.
