@@ -160,7 +160,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   // The tenant record last: it holds the digests of every file above, manifest.json included, so
   // the manifest's step and data position are as authenticated as the tensors.
   if (s.ok() && seal != nullptr) {
-    s = WriteCheckpointTenantRecord(tmp_dir, file_seal, {"model.bin", "optimizer.bin", "job.textproto", "manifest.json"});
+    s = WriteCheckpointTenantRecord(tmp_dir, file_seal,
+                                    {"model.bin", "optimizer.bin", "job.textproto", "manifest.json"});
   }
   if (!s.ok()) {
     fs::remove_all(tmp_dir, ec);
@@ -234,7 +235,8 @@ Status VerifyCheckpoint(const std::string& dir) {
     // Only plain names of regular files: a manifest must not make the reader open files outside
     // the checkpoint.
     if (!IsPlainFileName(name)) {
-      return DataLoss(dir + "/manifest.json: file name " + JsonQuote(name) + " is not a plain file name in the checkpoint");
+      return DataLoss(dir + "/manifest.json: file name " + JsonQuote(name) +
+                      " is not a plain file name in the checkpoint");
     }
     const std::string path = (fs::path(dir) / name).string();
     if (std::error_code lec; fs::is_symlink(fs::symlink_status(path, lec))) {

@@ -279,9 +279,9 @@ StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const Encrypt
   out.append(reinterpret_cast<const char*>(header.data()), header.size());
   FJORD_RETURN_IF_ERROR(GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext,
                                    [&](const uint8_t* p, size_t n) {
-    out.append(reinterpret_cast<const char*>(p), n);
-    return OkStatus();
-  }));
+                                     out.append(reinterpret_cast<const char*>(p), n);
+                                     return OkStatus();
+                                   }));
   return out;
 }
 
@@ -303,8 +303,8 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
                               " is not supported (this fjord reads version 1, cipher 1 = "
                               "AES-256-GCM); wrong key or modified file, or written by a newer fjord");
   }
-  StatusOr<std::string> out = GcmDecrypt(key, h + 16, {sealed.substr(0, kSealHeaderBytes), context},
-                                         sealed.substr(kSealHeaderBytes));
+  StatusOr<std::string> out =
+      GcmDecrypt(key, h + 16, {sealed.substr(0, kSealHeaderBytes), context}, sealed.substr(kSealHeaderBytes));
   if (!out.ok() && out.status().code() == StatusCode::kDataLoss) {
     return DataLoss(
         source +
@@ -360,8 +360,9 @@ StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKe
   return Unseal(sealed, key, context, path);
 }
 
-StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key, const std::array<uint8_t, 12>& nonce,
-                                                std::string_view aad, std::string_view plaintext) {
+StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view plaintext) {
   std::string out;
   FJORD_RETURN_IF_ERROR(GcmEncrypt(key, nonce.data(), {aad}, {{plaintext.data(), plaintext.size()}},
                                    [&](const uint8_t* p, size_t n) {
@@ -371,8 +372,9 @@ StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key, const 
   return out;
 }
 
-StatusOr<std::string> Aes256GcmDecryptWithNonce(const EncryptionKey& key, const std::array<uint8_t, 12>& nonce,
-                                                std::string_view aad, std::string_view sealed) {
+StatusOr<std::string> Aes256GcmDecryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view sealed) {
   return GcmDecrypt(key, nonce.data(), {aad}, sealed);
 }
 

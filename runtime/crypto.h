@@ -111,9 +111,11 @@ StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKe
 // (else DataLoss with an empty message). For the known-answer test (NIST GCM vectors) only: a
 // caller-chosen nonce repeated under one key breaks GCM, so everything else uses Seal, which draws
 // a fresh nonce per file.
-StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key, const std::array<uint8_t, 12>& nonce,
-                                                std::string_view aad, std::string_view plaintext);
-StatusOr<std::string> Aes256GcmDecryptWithNonce(const EncryptionKey& key, const std::array<uint8_t, 12>& nonce,
-                                                std::string_view aad, std::string_view sealed);
+StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view plaintext);
+StatusOr<std::string> Aes256GcmDecryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view sealed);
 
 }  // namespace fjord

@@ -63,10 +63,11 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   if (!opened.tenant.empty()) {
     StatusOr<LocalNode> node = ReadNodeIdentity();
     if (!node.ok()) {
-      return opened.Refuse(
-          dir, CheckpointUse::kEval,
-          FailedPrecondition("fjord eval of tenant " + opened.tenant + "'s checkpoint reads --data through the "
-                             "tenant's data gate, which needs this node's identity: " + node.status().message()));
+      return opened.Refuse(dir, CheckpointUse::kEval,
+                           FailedPrecondition("fjord eval of tenant " + opened.tenant +
+                                              "'s checkpoint reads --data through the "
+                                              "tenant's data gate, which needs this node's identity: " +
+                                              node.status().message()));
     }
     policy.enabled = true;
     policy.tenant = opened.tenant;

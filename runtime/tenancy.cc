@@ -462,7 +462,8 @@ Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>&
                            const CheckpointSeal& seal) {
   if (!seal.key) return WriteFileAtomic(path, pieces);
   if (seal.job_sha256.empty() || seal.step < 0) {
-    return Internal("sealing checkpoint file " + path + " without the job digest and step it belongs to: a bug in fjord");
+    return Internal("sealing checkpoint file " + path +
+                    " without the job digest and step it belongs to: a bug in fjord");
   }
   return WriteSealedFile(path, pieces, *seal.key, CheckpointContext(seal, path));
 }
@@ -478,13 +479,16 @@ StatusOr<std::string> ReadCheckpointFile(const std::string& path, const Checkpoi
           kCheckpointTenantRecord + " beside it names the tenant and the key id)");
     }
     if (seal.job_sha256.empty() || seal.step < 0) {
-      return Internal("checkpoint file " + path + " read without the checkpoint's tenant record (CheckCheckpointTenant): "
+      return Internal("checkpoint file " + path +
+                      " read without the checkpoint's tenant record (CheckCheckpointTenant): "
                       "a bug in fjord");
     }
-    StatusOr<std::string> plain = Unseal(bytes, *seal.key, CheckpointContext(seal, path), "checkpoint file " + path);
+    StatusOr<std::string> plain =
+        Unseal(bytes, *seal.key, CheckpointContext(seal, path), "checkpoint file " + path);
     if (!plain.ok() && plain.status().code() == StatusCode::kDataLoss) {
-      return DataLoss(plain.status().message() + ". It does not authenticate as " + fs::path(path).filename().string() +
-                      " of the checkpoint of " + CheckpointIdentity(seal) +
+      return DataLoss(plain.status().message() + ". It does not authenticate as " +
+                      fs::path(path).filename().string() + " of the checkpoint of " +
+                      CheckpointIdentity(seal) +
                       ": a sealed file of another step, job or file name is refused like a modified one");
     }
     return plain;
@@ -503,7 +507,8 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
                                    const std::vector<std::string>& files) {
   if (seal.tenant.empty() && !seal.key) return OkStatus();
   if (seal.key && (seal.job_sha256.empty() || seal.step < 0)) {
-    return Internal("tenant record of checkpoint " + dir + " without the job digest and step: a bug in fjord");
+    return Internal("tenant record of checkpoint " + dir +
+                    " without the job digest and step: a bug in fjord");
   }
   proto::CheckpointTenancy record;
   record.set_version(kCheckpointTenantRecordVersion);
@@ -516,7 +521,8 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
     record.set_key_id(seal.key->KeyId());
   }
   for (const std::string& name : files) {
-    if (!IsPlainFileName(name)) return Internal("checkpoint file name " + JsonQuote(name) + " is not plain: a bug in fjord");
+    if (!IsPlainFileName(name))
+      return Internal("checkpoint file name " + JsonQuote(name) + " is not plain: a bug in fjord");
     const std::string path = (fs::path(dir) / name).string();
     FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path, "checkpoint file"));
     std::error_code ec;
@@ -548,8 +554,9 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
       std::string hash;
       if (!(in >> seq >> hash) || seq < 1 || hash.size() != 64) {
         return FailedPrecondition("audit log head " + head_path + " is not \"SEQ HASH\", so the head of " +
-                                  seal.audit_log + " cannot be anchored in checkpoint " + dir + "; run `fjord audit verify " +
-                                  seal.audit_log + "` and investigate before training on");
+                                  seal.audit_log + " cannot be anchored in checkpoint " + dir +
+                                  "; run `fjord audit verify " + seal.audit_log +
+                                  "` and investigate before training on");
       }
       anchor->set_seq(seq);
       anchor->set_hash(hash);
@@ -610,18 +617,22 @@ Status CheckRecordVersion(const std::string& what, const proto::CheckpointTenanc
   if (!record.encrypted()) return OkStatus();
   if (record.version() < kCheckpointTenantRecordVersion) {
     return FailedPrecondition(
-        what + " is encrypted under " + kCheckpointTenantRecord + " version " + std::to_string(record.version()) +
-        " (written by an older fjord), whose sealed files are not bound to their step and job: a file copied in "
-        "from another checkpoint of the same tenant could not be told apart, so this fjord refuses it. Open it "
+        what + " is encrypted under " + kCheckpointTenantRecord + " version " +
+        std::to_string(record.version()) +
+        " (written by an older fjord), whose sealed files are not bound to their step and job: a file copied "
+        "in "
+        "from another checkpoint of the same tenant could not be told apart, so this fjord refuses it. Open "
+        "it "
         "with the fjord release that wrote it, inside its residency, and start a new job from its weights "
         "(train.init_from), or resume from a checkpoint written by this release");
   }
   const std::string& job = record.job_sha256();
-  if (job.size() != 64 || job.find_first_not_of("0123456789abcdef") != std::string::npos || !record.has_step() ||
-      record.step() < 0) {
-    return DataLoss(what + ": " + kCheckpointTenantRecord +
-                    " lacks a valid job_sha256 (64 hex digits) or step, which every encrypted version 2 record "
-                    "has; it was edited: restore the checkpoint from a copy you trust");
+  if (job.size() != 64 || job.find_first_not_of("0123456789abcdef") != std::string::npos ||
+      !record.has_step() || record.step() < 0) {
+    return DataLoss(
+        what + ": " + kCheckpointTenantRecord +
+        " lacks a valid job_sha256 (64 hex digits) or step, which every encrypted version 2 record "
+        "has; it was edited: restore the checkpoint from a copy you trust");
   }
   return OkStatus();
 }
@@ -638,15 +649,19 @@ StatusOr<proto::CheckpointTenancy> AuthenticateTenantRecord(const std::string& d
   const std::string seal_path = (fs::path(dir) / kCheckpointTenantSeal).string();
   if (!fs::exists(seal_path)) {
     return DataLoss(what + " is encrypted but its " + kCheckpointTenantSeal + " (the sealed copy of " +
-                    kCheckpointTenantRecord + ") is missing, so the tenant record cannot be trusted; "
+                    kCheckpointTenantRecord +
+                    ") is missing, so the tenant record cannot be trusted; "
                     "restore the checkpoint from a copy you trust");
   }
   const CheckpointSeal id = IdentityOf(record);
-  StatusOr<std::string> sealed_record = ReadSealedFile(seal_path, key, CheckpointContext(id, kCheckpointTenantSeal));
+  StatusOr<std::string> sealed_record =
+      ReadSealedFile(seal_path, key, CheckpointContext(id, kCheckpointTenantSeal));
   if (!sealed_record.ok()) {
-    return DataLoss(what + ": " + kCheckpointTenantSeal + " does not authenticate as the sealed record of the checkpoint of " +
+    return DataLoss(what + ": " + kCheckpointTenantSeal +
+                    " does not authenticate as the sealed record of the checkpoint of " +
                     CheckpointIdentity(id) + " (" + sealed_record.status().message() + "), so " +
-                    kCheckpointTenantRecord + " cannot be trusted: the record was edited, or " + kCheckpointTenantSeal +
+                    kCheckpointTenantRecord + " cannot be trusted: the record was edited, or " +
+                    kCheckpointTenantSeal +
                     " was copied from another checkpoint; restore the checkpoint from a copy you trust");
   }
   if (*sealed_record != record_text) {
@@ -674,20 +689,23 @@ int64_t StepOfDirName(const std::string& dir) {
 // Every file the record lists, sealed or not, against the SHA-256 it records. Names must be plain
 // names of regular files inside `dir` (no symbolic links): a record must not make the reader open
 // or hash anything outside the checkpoint.
-Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenancy& record, const std::string& what) {
+Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenancy& record,
+                            const std::string& what) {
   for (const proto::FileDigest& f : record.file()) {
     if (!IsPlainFileName(f.name())) {
-      return DataLoss(what + ": " + kCheckpointTenantRecord + " lists the file name " + JsonQuote(f.name()) +
-                      ", which is not a plain file name inside the checkpoint; refusing to open it. The record "
-                      "was edited: restore the checkpoint from a copy you trust");
+      return DataLoss(
+          what + ": " + kCheckpointTenantRecord + " lists the file name " + JsonQuote(f.name()) +
+          ", which is not a plain file name inside the checkpoint; refusing to open it. The record "
+          "was edited: restore the checkpoint from a copy you trust");
     }
     const std::string path = (fs::path(dir) / f.name()).string();
     std::error_code ec;
     const fs::file_status st = fs::symlink_status(path, ec);
     if (fs::exists(st) && !fs::is_regular_file(st)) {
-      return DataLoss(what + ": " + f.name() + " (listed in " + kCheckpointTenantRecord + ") is " +
-                      (fs::is_symlink(st) ? "a symbolic link" : "not a regular file") +
-                      ", not the file the checkpoint was written with; restore the checkpoint from a copy you trust");
+      return DataLoss(
+          what + ": " + f.name() + " (listed in " + kCheckpointTenantRecord + ") is " +
+          (fs::is_symlink(st) ? "a symbolic link" : "not a regular file") +
+          ", not the file the checkpoint was written with; restore the checkpoint from a copy you trust");
     }
     StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
     if (!digest.ok()) {
@@ -700,8 +718,9 @@ Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenan
       if (record.version() >= 2) of += " of the checkpoint of " + CheckpointIdentity(IdentityOf(record));
       return DataLoss("checkpoint file " + path +
                       " was modified after the checkpoint was written, or replaced by a file of another "
-                      "checkpoint: its SHA-256 is " + *digest + " but " + kCheckpointTenantRecord + " records " +
-                      f.sha256() + " for " + of + "; restore the checkpoint from a copy you trust");
+                      "checkpoint: its SHA-256 is " +
+                      *digest + " but " + kCheckpointTenantRecord + " records " + f.sha256() + " for " + of +
+                      "; restore the checkpoint from a copy you trust");
     }
   }
   return OkStatus();
@@ -786,8 +805,8 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
   // A record of a step_N directory holds step N: a renamed directory, or one whose files (record,
   // seal and all) were replaced by another checkpoint's, is refused.
   if (const int64_t named = StepOfDirName(dir); named >= 0 && record.has_step() && record.step() != named) {
-    return DataLoss(what + " is named for step " + std::to_string(named) + " but its " + kCheckpointTenantRecord +
-                    " was written for step " + std::to_string(record.step()) +
+    return DataLoss(what + " is named for step " + std::to_string(named) + " but its " +
+                    kCheckpointTenantRecord + " was written for step " + std::to_string(record.step()) +
                     ": the directory was renamed or its files replaced by another checkpoint's; restore the "
                     "checkpoint from a copy you trust");
   }
@@ -863,9 +882,11 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   // write the checkpoint can point a refusal elsewhere; an opening is recorded only after.)
   const std::string host = ThisHostname();
   const std::string actor = std::string(CheckpointUseName(access.use)) + "@" + host;
-  const std::string own_log = record.audit_head().log().empty() ? AuditPathFor(job) : record.audit_head().log();
+  const std::string own_log =
+      record.audit_head().log().empty() ? AuditPathFor(job) : record.audit_head().log();
   Status own_status = OkStatus(), extra_status = OkStatus();
-  if (StatusOr<std::unique_ptr<AuditLog>> own = AuditLog::Open(own_log, actor, /*create_parent=*/false); own.ok()) {
+  if (StatusOr<std::unique_ptr<AuditLog>> own = AuditLog::Open(own_log, actor, /*create_parent=*/false);
+      own.ok()) {
     opened.audit.push_back(std::move(*own));
   } else {
     own_status = own.status();
@@ -921,8 +942,8 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   if (!seal.ok()) return refuse(seal.status());
   if (!own_status.ok()) {
     return refuse(FailedPrecondition(
-        command + " of " + what + " (" + owner + ") must be recorded in the checkpoint's own audit log " + own_log +
-        " (the log of the job that wrote it), but " + own_status.message() +
+        command + " of " + what + " (" + owner + ") must be recorded in the checkpoint's own audit log " +
+        own_log + " (the log of the job that wrote it), but " + own_status.message() +
         ": run it where that log is (the job's run_dir, on its file system); --audit-log records a copy "
         "elsewhere, not instead"));
   }

@@ -210,7 +210,8 @@ StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string&
 // checkpoint an attacker who rewrites the log could rewrite it too); with the tenant's `key` the
 // record must match tenant.seal (DataLoss otherwise), so the anchor is the one the job wrote.
 // For `fjord audit verify`: the log must hold that record at that seq.
-StatusOr<proto::AuditAnchor> ReadCheckpointAuditAnchor(const std::string& dir, const EncryptionKey* key = nullptr);
+StatusOr<proto::AuditAnchor> ReadCheckpointAuditAnchor(const std::string& dir,
+                                                       const EncryptionKey* key = nullptr);
 
 enum class CheckpointUse {
   kResume,    // continue this job: the checkpoint must be this tenant's, sealed when the job seals
@@ -275,7 +276,6 @@ struct OpenedCheckpoint {
 // substituted). An untenanted plain checkpoint opens without checks or audit.
 StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, const proto::JobSpec& job,
                                                     const CheckpointAccess& access);
-
 
 // ---- The per-rank tenancy context -------------------------------------------------------------
 

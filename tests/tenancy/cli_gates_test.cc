@@ -330,7 +330,8 @@ TEST_F(CliGatesTest, SealedFilesMovedBetweenStepsJobsOrNamesAreRefusedByEveryRea
       ASSERT_NE(sha, std::string::npos) << text;
       text.replace(sha + 11, 64, Sha256Hex(ReadText(step6 + "/" + name)));
       const size_t bytes = text.find("\"bytes\": ", text.find("\"" + name + "\""));
-      text.replace(bytes + 9, text.find(',', bytes) - bytes - 9, std::to_string(ReadText(step6 + "/" + name).size()));
+      text.replace(bytes + 9, text.find(',', bytes) - bytes - 9,
+                   std::to_string(ReadText(step6 + "/" + name).size()));
     }
     WriteText(step6 + "/manifest.json", text);
   };
@@ -342,15 +343,21 @@ TEST_F(CliGatesTest, SealedFilesMovedBetweenStepsJobsOrNamesAreRefusedByEveryRea
   const std::string belongs = " of the checkpoint of tenant \"acme\", job ";
   const std::vector<Case> cases = {
       {"model.bin of step 3", {{step3 + "/model.bin", "model.bin"}}, step6 + "/model.bin was modified"},
-      {"optimizer.bin of step 3", {{step3 + "/optimizer.bin", "optimizer.bin"}}, step6 + "/optimizer.bin was modified"},
-      {"tenant.seal of step 3", {{step3 + "/tenant.seal", "tenant.seal"}}, "tenant.seal does not authenticate"},
+      {"optimizer.bin of step 3",
+       {{step3 + "/optimizer.bin", "optimizer.bin"}},
+       step6 + "/optimizer.bin was modified"},
+      {"tenant.seal of step 3",
+       {{step3 + "/tenant.seal", "tenant.seal"}},
+       "tenant.seal does not authenticate"},
       {"model.bin of another job", {{other6 + "/model.bin", "model.bin"}}, step6 + "/model.bin was modified"},
       {"model.bin and optimizer.bin swapped",
        {{step6 + "/optimizer.bin", "model.bin"}, {step6 + "/model.bin", "optimizer.bin"}},
        step6 + "/model.bin was modified"},
       {"all of step 3",
-       {{step3 + "/model.bin", "model.bin"}, {step3 + "/optimizer.bin", "optimizer.bin"},
-        {step3 + "/manifest.json", "manifest.json"}, {step3 + "/tenant.textproto", "tenant.textproto"},
+       {{step3 + "/model.bin", "model.bin"},
+        {step3 + "/optimizer.bin", "optimizer.bin"},
+        {step3 + "/manifest.json", "manifest.json"},
+        {step3 + "/tenant.textproto", "tenant.textproto"},
         {step3 + "/tenant.seal", "tenant.seal"}},
        "is named for step 6 but its tenant.textproto was written for step 3"},
   };
@@ -372,7 +379,8 @@ TEST_F(CliGatesTest, SealedFilesMovedBetweenStepsJobsOrNamesAreRefusedByEveryRea
       EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.output;
       EXPECT_THAT(r.output, HasSubstr(c.expected)) << cmd;
       EXPECT_THAT(r.output, HasSubstr("step 6")) << cmd;
-      if (c.expected.find("was modified") != std::string::npos) EXPECT_THAT(r.output, HasSubstr(belongs)) << cmd;
+      if (c.expected.find("was modified") != std::string::npos)
+        EXPECT_THAT(r.output, HasSubstr(belongs)) << cmd;
       EXPECT_EQ(Count(AuditEvents(Path("run/audit.jsonl")), "refusal"), refusals + 1) << cmd;
     }
     EXPECT_FALSE(fs::exists(Path("moved_hf")));

@@ -505,7 +505,8 @@ TEST_F(CheckpointGateTest, ListedFileThatCannotBeReadIsRefusedAsIncomplete) {
   r = Check(Acme(), dir, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(r.status().message(), HasSubstr("optimizer.bin (listed in tenant.textproto) is not a regular file"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("optimizer.bin (listed in tenant.textproto) is not a regular file"));
   EXPECT_THAT(r.status().message(), HasSubstr("restore the checkpoint from a copy you trust"));
 }
 
@@ -604,7 +605,8 @@ TEST_F(CheckpointGateTest, SealedFileOfAnotherStepJobOrNameIsRefused) {
     StatusOr<std::string> read = ReadCheckpointFile(dir + "/" + c.as, *before);
     ASSERT_FALSE(read.ok());
     EXPECT_THAT(read.status().message(), HasSubstr("wrong key or modified file"));
-    EXPECT_THAT(read.status().message(), HasSubstr("does not authenticate as " + c.as + " of the checkpoint of "
+    EXPECT_THAT(read.status().message(), HasSubstr("does not authenticate as " + c.as +
+                                                   " of the checkpoint of "
                                                    "tenant \"acme\""));
     fs::remove_all(Path("case"));
   }
@@ -623,7 +625,8 @@ TEST_F(CheckpointGateTest, SealedFileOfAnotherStepJobOrNameIsRefused) {
   }
   r = Check(job, dir, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("is named for step 6 but its tenant.textproto was written for step 3"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("is named for step 6 but its tenant.textproto was written for step 3"));
   // The same files under their own name still open: the control refuses moves, not checkpoints.
   EXPECT_TRUE(Check(job, step3, CheckpointUse::kResume).ok());
 }
@@ -644,9 +647,10 @@ TEST_F(CheckpointGateTest, VersionOneRecordsAreRefusedWhenEncryptedAndNewerOnesA
   set_version(sealed, "1");
   StatusOr<CheckpointSeal> r = Check(job, sealed, CheckpointUse::kEval);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(),
-              HasSubstr("is encrypted under tenant.textproto version 1 (written by an older fjord), whose sealed "
-                        "files are not bound to their step and job"));
+  EXPECT_THAT(
+      r.status().message(),
+      HasSubstr("is encrypted under tenant.textproto version 1 (written by an older fjord), whose sealed "
+                "files are not bound to their step and job"));
   const std::string newer = Write(job, "newer");
   set_version(newer, "3");
   r = Check(job, newer, CheckpointUse::kEval);
@@ -661,8 +665,8 @@ TEST_F(CheckpointGateTest, VersionOneRecordsAreRefusedWhenEncryptedAndNewerOnesA
 TEST_F(CheckpointGateTest, RecordNamingAFileOutsideTheCheckpointIsRefusedWithoutHashingIt) {
   WriteText(Path("secret"), "outside the checkpoint");
   const std::string secret_digest = Sha256Hex("outside the checkpoint");
-  const std::vector<std::string> names = {"../secret", "../../../../etc/shadow", "..", ".", "", "sub/model.bin",
-                                          std::string("model.bin\0x", 11)};
+  const std::vector<std::string> names = {"../secret",     "../../../../etc/shadow",       "..", ".", "",
+                                          "sub/model.bin", std::string("model.bin\0x", 11)};
   for (const std::string& name : names) {
     SCOPED_TRACE(JsonQuote(name));
     const std::string dir = Write(Acme(), "names");
@@ -785,9 +789,10 @@ TEST_F(CheckpointGateTest, OutsideAJobTheOpeningGoesToTheCheckpointsOwnChainAndT
   access.audit_log = Path("elsewhere/audit.jsonl");
   opened = OpenCheckpointOutsideJob(dir, job, access);
   ASSERT_FALSE(opened.ok());
-  EXPECT_THAT(opened.status().message(),
-              HasSubstr("fjord export of checkpoint " + dir + " (tenant \"acme\") must be recorded in the "
-                        "checkpoint's own audit log " + own));
+  EXPECT_THAT(opened.status().message(), HasSubstr("fjord export of checkpoint " + dir +
+                                                   " (tenant \"acme\") must be recorded in the "
+                                                   "checkpoint's own audit log " +
+                                                   own));
   EXPECT_THAT(opened.status().message(), HasSubstr("--audit-log records a copy elsewhere, not instead"));
   EXPECT_FALSE(fs::exists(Path("run")));  // not created by the reader
   EXPECT_EQ(testing::Count(AuditEvents(access.audit_log), "refusal"), 1);
@@ -833,9 +838,9 @@ TEST_F(TenancyUnitTest, CheckCheckpointAppendsToTheCheckpointsOwnChain) {
   fs::rename(Path("writer"), Path("writer.moved"));
   StatusOr<CheckpointSeal> refused = (*r)->CheckCheckpoint(dir, CheckpointUse::kInitFrom);
   ASSERT_FALSE(refused.ok());
-  EXPECT_THAT(refused.status().message(), HasSubstr("init_from of checkpoint " + dir +
-                                                    " must be recorded in its own audit log " +
-                                                    Path("writer/audit.jsonl")));
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("init_from of checkpoint " + dir + " must be recorded in its own audit log " +
+                        Path("writer/audit.jsonl")));
   EXPECT_FALSE(fs::exists(Path("writer")));  // not created by the reader
   EXPECT_EQ(testing::Count(AuditEvents(Path("run/audit.jsonl")), "refusal"), 1);
   EXPECT_EQ(testing::Count(AuditEvents(Path("writer.moved/audit.jsonl")), "checkpoint_opened"), 1);
