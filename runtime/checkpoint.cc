@@ -111,6 +111,14 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
       {"optimizer.bin", {{header.data(), header_bytes}, {adam_m, param_bytes}, {adam_v, param_bytes}}},
       {"job.textproto", {{job_text.data(), job_text.size()}}},
   };
+  // The seal of this checkpoint: the job's, with the job digest and step that every sealed file's
+  // authenticated data binds (runtime/tenancy.h).
+  CheckpointSeal file_seal;
+  if (seal != nullptr) {
+    file_seal = *seal;
+    file_seal.job_sha256 = Sha256Hex(job_text);
+    file_seal.step = step;
+  }
   static const std::optional<std::string> crash_hook = TestHook("crash_in_checkpoint");
   std::string manifest_files;
   Status s;
@@ -120,7 +128,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
       // Tensors are sealed with the tenant's key (AES-256-GCM), the tenant and file name bound in.
       std::vector<ByteSpan> spans;
       for (const auto& [data, size] : f.pieces) spans.push_back({data, size});
-      s = WriteCheckpointFile(path, spans, *seal);
+      s = WriteCheckpointFile(path, spans, file_seal);
     } else {
       s = WriteFileSynced(path, f.pieces);
     }
@@ -140,9 +148,6 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
     manifest_files += "    \"" + std::string(f.name) + "\": {\"bytes\": " + std::to_string(bytes) +
                       ", \"sha256\": \"" + *digest + "\"}";
   }
-  if (s.ok() && seal != nullptr) {
-    s = WriteCheckpointTenantRecord(tmp_dir, *seal, {"model.bin", "optimizer.bin", "job.textproto"});
-  }
   if (s.ok()) {
     const std::string manifest =
         "{\n  \"format\": \"fjord-checkpoint\",\n  \"version\": 2,\n  \"step\": " + std::to_string(step) +
@@ -151,6 +156,12 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
         ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) + ",\n  \"seed\": " + std::to_string(state.seed) +
         ",\n  \"job_sha256\": \"" + Sha256Hex(job_text) + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
     s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}});
+  }
+  // The tenant record last: it holds the digests of every file above, manifest.json included, so
+  // the manifest's step and data position are as authenticated as the tensors.
+  if (s.ok() && seal != nullptr) {
+    s = WriteCheckpointTenantRecord(tmp_dir, file_seal,
+                                    {"model.bin", "optimizer.bin", "job.textproto", "manifest.json"});
   }
   if (!s.ok()) {
     fs::remove_all(tmp_dir, ec);
@@ -221,11 +232,16 @@ Status VerifyCheckpoint(const std::string& dir) {
     return DataLoss(dir + "/manifest.json: no \"files\" listed");
   }
   for (const auto& [name, entry] : files->object()) {
-    // Only plain names: a manifest must not make the reader open files outside the checkpoint.
-    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
-      return DataLoss(dir + "/manifest.json: file name \"" + name + "\" is not a plain file name in the checkpoint");
+    // Only plain names of regular files: a manifest must not make the reader open files outside
+    // the checkpoint.
+    if (!IsPlainFileName(name)) {
+      return DataLoss(dir + "/manifest.json: file name " + JsonQuote(name) +
+                      " is not a plain file name in the checkpoint");
     }
     const std::string path = (fs::path(dir) / name).string();
+    if (std::error_code lec; fs::is_symlink(fs::symlink_status(path, lec))) {
+      return DataLoss(path + ": a symbolic link (listed in manifest.json), not a file of the checkpoint");
+    }
     const JsonValue* bytes = entry.Find("bytes");
     const JsonValue* sha = entry.Find("sha256");
     if (bytes == nullptr || !bytes->AsUint64() || sha == nullptr || !sha->is_string()) {

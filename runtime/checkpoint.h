@@ -7,8 +7,10 @@
 //     optimizer.bin   the same header, then AdamW m and v for all parameters (gathered from the
 //                     ZeRO-1 shards), so any world size can resume from it
 //     job.textproto   the resolved job spec the run used
-//     manifest.json   written last: step, data position, world size and ZeRO stage of the writer,
-//                     seed, the job spec's sha256, and the size and sha256 of every file above
+//     manifest.json   step, data position, world size and ZeRO stage of the writer, seed, the job
+//                     spec's sha256, and the size and sha256 of every file above
+//     tenant.textproto, tenant.seal   with a tenant or a key (runtime/tenancy.h): whose checkpoint
+//                     it is, and the digests of all four files above; written last
 //
 // There is no RNG state beyond the seed: initialisation is seeded and the data stream is a pure
 // function of (seed, sequence index), so the data position is a sequence count.

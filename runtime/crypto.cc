@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 #include <memory>
 #include <utility>
 
@@ -80,23 +81,36 @@ StatusOr<std::array<uint8_t, kSealHeaderBytes>> NewHeader() {
   return h;
 }
 
-// Streams pieces through AES-256-GCM, calling `sink(bytes, size)` with ciphertext, then the tag.
-template <typename Sink>
-Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header,
-                     const std::vector<ByteSpan>& plaintext, const EncryptionKey& key,
-                     std::string_view context, Sink&& sink) {
+// An AES-256-GCM context for `key` and the 96-bit `nonce`, encrypting or decrypting, with the
+// `aad` pieces already authenticated.
+StatusOr<CipherCtx> GcmStart(const EncryptionKey& key, const uint8_t* nonce,
+                             std::initializer_list<std::string_view> aad, bool encrypt) {
   CipherCtx ctx(EVP_CIPHER_CTX_new());
   if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
+  const int enc = encrypt ? 1 : 0;
   int len = 0;
-  if (EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+  if (EVP_CipherInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr, enc) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
-      EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), header.data() + 16) != 1 ||
-      EVP_EncryptUpdate(ctx.get(), nullptr, &len, header.data(), kSealHeaderBytes) != 1 ||
-      (!context.empty() &&
-       EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
-                         static_cast<int>(context.size())) != 1)) {
+      EVP_CipherInit_ex(ctx.get(), nullptr, nullptr, key.data(), nonce, enc) != 1) {
     return Internal("AES-256-GCM setup failed: " + OpenSslError());
   }
+  for (std::string_view a : aad) {
+    if (!a.empty() && EVP_CipherUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(a.data()),
+                                       static_cast<int>(a.size())) != 1) {
+      return Internal("AES-256-GCM setup failed: " + OpenSslError());
+    }
+  }
+  return ctx;
+}
+
+// AES-256-GCM under `key` with the 96-bit `nonce`: authenticates the `aad` pieces, then streams
+// the plaintext pieces through in kChunk steps, calling `sink(bytes, size)` with ciphertext, then
+// the tag. The one encryption path: Seal, WriteSealedFile and the known-answer test all use it.
+template <typename Sink>
+Status GcmEncrypt(const EncryptionKey& key, const uint8_t* nonce, std::initializer_list<std::string_view> aad,
+                  const std::vector<ByteSpan>& plaintext, Sink&& sink) {
+  FJORD_ASSIGN_OR_RETURN(CipherCtx ctx, GcmStart(key, nonce, aad, /*encrypt=*/true));
+  int len = 0;
   std::vector<uint8_t> out(kChunk + 16);
   for (const ByteSpan& piece : plaintext) {
     const uint8_t* p = static_cast<const uint8_t*>(piece.data);
@@ -118,6 +132,41 @@ Status EncryptPieces(const std::array<uint8_t, kSealHeaderBytes>& header,
     return Internal("AES-256-GCM tag failed: " + OpenSslError());
   }
   return sink(tag, sizeof(tag));
+}
+
+// The inverse of GcmEncrypt for `sealed` = ciphertext || tag. DataLoss (no message) when the tag
+// does not verify; nothing is returned then and the partial plaintext is wiped.
+StatusOr<std::string> GcmDecrypt(const EncryptionKey& key, const uint8_t* nonce,
+                                 std::initializer_list<std::string_view> aad, std::string_view sealed) {
+  if (sealed.size() < kSealTagBytes) return DataLoss("");
+  FJORD_ASSIGN_OR_RETURN(CipherCtx ctx, GcmStart(key, nonce, aad, /*encrypt=*/false));
+  int len = 0;
+  const size_t n = sealed.size() - kSealTagBytes;
+  std::string out(n, '\0');
+  uint8_t* o = reinterpret_cast<uint8_t*>(out.data());
+  const uint8_t* c = reinterpret_cast<const uint8_t*>(sealed.data());
+  for (size_t done = 0; done < n;) {
+    const size_t step = std::min(kChunk, n - done);
+    if (EVP_DecryptUpdate(ctx.get(), o + done, &len, c + done, static_cast<int>(step)) != 1) {
+      OPENSSL_cleanse(out.data(), out.size());
+      return Internal("AES-256-GCM decryption failed: " + OpenSslError());
+    }
+    done += step;
+  }
+  uint8_t tag[kSealTagBytes];
+  std::memcpy(tag, c + n, sizeof(tag));
+  uint8_t tail[16];
+  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kSealTagBytes, tag) != 1 ||
+      EVP_DecryptFinal_ex(ctx.get(), tail, &len) != 1) {
+    OPENSSL_cleanse(out.data(), out.size());
+    ERR_clear_error();
+    return DataLoss("");
+  }
+  return out;
+}
+
+std::string_view HeaderView(const std::array<uint8_t, kSealHeaderBytes>& header) {
+  return {reinterpret_cast<const char*>(header.data()), header.size()};
 }
 
 }  // namespace
@@ -228,10 +277,11 @@ StatusOr<std::string> Seal(const std::vector<ByteSpan>& plaintext, const Encrypt
   std::string out;
   out.reserve(kSealHeaderBytes + total + kSealTagBytes);
   out.append(reinterpret_cast<const char*>(header.data()), header.size());
-  FJORD_RETURN_IF_ERROR(EncryptPieces(header, plaintext, key, context, [&](const uint8_t* p, size_t n) {
-    out.append(reinterpret_cast<const char*>(p), n);
-    return OkStatus();
-  }));
+  FJORD_RETURN_IF_ERROR(GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext,
+                                   [&](const uint8_t* p, size_t n) {
+                                     out.append(reinterpret_cast<const char*>(p), n);
+                                     return OkStatus();
+                                   }));
   return out;
 }
 
@@ -253,37 +303,9 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
                               " is not supported (this fjord reads version 1, cipher 1 = "
                               "AES-256-GCM); wrong key or modified file, or written by a newer fjord");
   }
-  const size_t n = sealed.size() - kSealHeaderBytes - kSealTagBytes;
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx) return Internal("EVP_CIPHER_CTX_new failed: " + OpenSslError());
-  int len = 0;
-  if (EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) != 1 ||
-      EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.data(), h + 16) != 1 ||
-      EVP_DecryptUpdate(ctx.get(), nullptr, &len, h, kSealHeaderBytes) != 1 ||
-      (!context.empty() &&
-       EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(context.data()),
-                         static_cast<int>(context.size())) != 1)) {
-    return Internal("AES-256-GCM setup failed: " + OpenSslError());
-  }
-  std::string out(n, '\0');
-  uint8_t* o = reinterpret_cast<uint8_t*>(out.data());
-  const uint8_t* c = h + kSealHeaderBytes;
-  for (size_t done = 0; done < n;) {
-    const size_t step = std::min(kChunk, n - done);
-    if (EVP_DecryptUpdate(ctx.get(), o + done, &len, c + done, static_cast<int>(step)) != 1) {
-      OPENSSL_cleanse(out.data(), out.size());
-      return Internal("AES-256-GCM decryption failed: " + OpenSslError());
-    }
-    done += step;
-  }
-  uint8_t tag[kSealTagBytes];
-  std::memcpy(tag, c + n, sizeof(tag));
-  uint8_t tail[16];
-  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kSealTagBytes, tag) != 1 ||
-      EVP_DecryptFinal_ex(ctx.get(), tail, &len) != 1) {
-    OPENSSL_cleanse(out.data(), out.size());
-    ERR_clear_error();
+  StatusOr<std::string> out =
+      GcmDecrypt(key, h + 16, {sealed.substr(0, kSealHeaderBytes), context}, sealed.substr(kSealHeaderBytes));
+  if (!out.ok() && out.status().code() == StatusCode::kDataLoss) {
     return DataLoss(
         source +
         ": authentication failed: wrong key or modified file (the AES-256-GCM tag does not match). "
@@ -315,7 +337,7 @@ Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& pla
     return OkStatus();
   };
   Status s = write_all(header.data(), header.size());
-  if (s.ok()) s = EncryptPieces(header, plaintext, key, context, write_all);
+  if (s.ok()) s = GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext, write_all);
   if (s.ok() && ::fsync(fd.get()) != 0)
     s = FailedPrecondition("fsync of " + tmp + " failed: " + std::strerror(errno));
   if (s.ok() && !fd.Close()) s = FailedPrecondition("close of " + tmp + " failed: " + std::strerror(errno));
@@ -336,6 +358,24 @@ StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKe
                                      std::string_view context) {
   FJORD_ASSIGN_OR_RETURN(std::string sealed, ReadWholeFile(path, "sealed file"));
   return Unseal(sealed, key, context, path);
+}
+
+StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view plaintext) {
+  std::string out;
+  FJORD_RETURN_IF_ERROR(GcmEncrypt(key, nonce.data(), {aad}, {{plaintext.data(), plaintext.size()}},
+                                   [&](const uint8_t* p, size_t n) {
+                                     out.append(reinterpret_cast<const char*>(p), n);
+                                     return OkStatus();
+                                   }));
+  return out;
+}
+
+StatusOr<std::string> Aes256GcmDecryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view sealed) {
+  return GcmDecrypt(key, nonce.data(), {aad}, sealed);
 }
 
 }  // namespace fjord

@@ -106,4 +106,16 @@ Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& pla
 StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key,
                                      std::string_view context);
 
+// The AES-256-GCM primitive under Seal and Unseal, with the caller's 96-bit nonce and associated
+// data: returns ciphertext || 16-byte tag, and (decrypt) the plaintext only when the tag verifies
+// (else DataLoss with an empty message). For the known-answer test (NIST GCM vectors) only: a
+// caller-chosen nonce repeated under one key breaks GCM, so everything else uses Seal, which draws
+// a fresh nonce per file.
+StatusOr<std::string> Aes256GcmEncryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view plaintext);
+StatusOr<std::string> Aes256GcmDecryptWithNonce(const EncryptionKey& key,
+                                                const std::array<uint8_t, 12>& nonce, std::string_view aad,
+                                                std::string_view sealed);
+
 }  // namespace fjord

@@ -41,7 +41,7 @@ StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSp
   ConfigureThreads(loaded.job.train().threads());
   loaded.model = std::make_unique<Gpt>(config, max_batch, max_seq, CpuOps());
   if (Status s = LoadCheckpointWeights(dir, *loaded.model, &opened.seal); !s.ok()) {
-    return AuditCheckpointRefusal(opened.audit.get(), dir, use, s);
+    return opened.Refuse(dir, use, s);
   }
   return loaded;
 }
@@ -71,17 +71,18 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   if (!opened.tenant.empty()) {
     StatusOr<LocalNode> node = ReadNodeIdentity();
     if (!node.ok()) {
-      return AuditCheckpointRefusal(
-          opened.audit.get(), dir, CheckpointUse::kEval,
-          FailedPrecondition("fjord eval of tenant " + opened.tenant + "'s checkpoint reads --data through the "
-                             "tenant's data gate, which needs this node's identity: " + node.status().message()));
+      return opened.Refuse(dir, CheckpointUse::kEval,
+                           FailedPrecondition("fjord eval of tenant " + opened.tenant +
+                                              "'s checkpoint reads --data through the "
+                                              "tenant's data gate, which needs this node's identity: " +
+                                              node.status().message()));
     }
     policy.tenant = opened.tenant;
     policy.host = node->hostname;
     policy.jurisdiction = node->identity.jurisdiction();
     policy.site = node->identity.site();
     policy.allow_unmanifested = job.data().allow_unmanifested();
-    policy.audit = opened.audit.get();
+    policy.audit = opened.audit.front().get();  // the checkpoint's own chain
   } else {
     // The checkpoint's job had no tenant: --data may be only data that no manifest governs. What the
     // gate does is recorded in that job's audit log when it still exists (nothing is created).

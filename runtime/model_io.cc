@@ -47,7 +47,7 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
   }
   Gpt model(config, 1, 1, CpuOps());
   if (Status s = LoadCheckpointWeights(dir, model, &opened.seal); !s.ok()) {
-    return AuditCheckpointRefusal(opened.audit.get(), dir, CheckpointUse::kExport, s);
+    return opened.Refuse(dir, CheckpointUse::kExport, s);
   }
   const std::vector<ParamSlot> slots = SlotsOf(model.layout());
   Status written = Internal("unknown model format");
@@ -61,7 +61,7 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
                                     format == ModelFormat::kLlmc ? LlmcPrecision::kFp32 : LlmcPrecision::kBf16);
       break;
   }
-  if (opened.audit) {
+  if (!opened.audit.empty()) {
     std::error_code ec;
     const fs::path absolute = fs::absolute(out, ec);
     AuditRecord rec;
@@ -73,7 +73,7 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
         .Bool("was_encrypted", opened.seal.key != nullptr)
         .Bool("ok", written.ok());
     if (!written.ok()) rec.Str("error", written.message());
-    FJORD_RETURN_IF_ERROR(opened.audit->Append("checkpoint_exported", rec).status());
+    FJORD_RETURN_IF_ERROR(opened.Record("checkpoint_exported", rec));
   }
   return written;
 }

@@ -153,8 +153,24 @@ std::optional<struct stat> StatOf(const std::string& path) {
 
 bool SameFile(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
 
-std::string CheckpointContext(const std::string& tenant, const std::string& path) {
-  return "fjord-checkpoint-v1\ntenant=" + tenant + "\nfile=" + fs::path(path).filename().string();
+// The authenticated data of sealed file `path` of the checkpoint `seal` names: tenant, job, step
+// and file name, so a sealed file moved to another checkpoint, job or name fails authentication.
+std::string CheckpointContext(const CheckpointSeal& seal, const std::string& path) {
+  return "fjord-checkpoint-v2\ntenant=" + seal.tenant + "\njob_sha256=" + seal.job_sha256 +
+         "\nstep=" + std::to_string(seal.step) + "\nfile=" + fs::path(path).filename().string();
+}
+
+// "tenant "acme", job 0123456789abcdef..., step 6" for messages.
+std::string CheckpointIdentity(const CheckpointSeal& seal) {
+  return "tenant \"" + seal.tenant + "\", job " + seal.job_sha256.substr(0, 16) + "..., step " +
+         std::to_string(seal.step);
+}
+
+// Whether two paths name the same file (or would, once created).
+bool SameFile(const std::string& a, const std::string& b) {
+  std::error_code ea, eb;
+  const fs::path ca = fs::weakly_canonical(a, ea), cb = fs::weakly_canonical(b, eb);
+  return !ea && !eb && ca == cb;
 }
 
 }  // namespace
@@ -537,10 +553,19 @@ StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job) {
   return seal;
 }
 
+bool IsPlainFileName(std::string_view name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string_view::npos &&
+         name.find('\0') == std::string_view::npos;
+}
+
 Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
                            const CheckpointSeal& seal) {
-  if (seal.key) return WriteSealedFile(path, pieces, *seal.key, CheckpointContext(seal.tenant, path));
-  return WriteFileAtomic(path, pieces);
+  if (!seal.key) return WriteFileAtomic(path, pieces);
+  if (seal.job_sha256.empty() || seal.step < 0) {
+    return Internal("sealing checkpoint file " + path +
+                    " without the job digest and step it belongs to: a bug in fjord");
+  }
+  return WriteSealedFile(path, pieces, *seal.key, CheckpointContext(seal, path));
 }
 
 StatusOr<std::string> ReadCheckpointFile(const std::string& path, const CheckpointSeal& seal) {
@@ -553,7 +578,20 @@ StatusOr<std::string> ReadCheckpointFile(const std::string& path, const Checkpoi
           "tenant that wrote it (" +
           kCheckpointTenantRecord + " beside it names the tenant and the key id)");
     }
-    return Unseal(bytes, *seal.key, CheckpointContext(seal.tenant, path), "checkpoint file " + path);
+    if (seal.job_sha256.empty() || seal.step < 0) {
+      return Internal("checkpoint file " + path +
+                      " read without the checkpoint's tenant record (CheckCheckpointTenant): "
+                      "a bug in fjord");
+    }
+    StatusOr<std::string> plain =
+        Unseal(bytes, *seal.key, CheckpointContext(seal, path), "checkpoint file " + path);
+    if (!plain.ok() && plain.status().code() == StatusCode::kDataLoss) {
+      return DataLoss(plain.status().message() + ". It does not authenticate as " +
+                      fs::path(path).filename().string() + " of the checkpoint of " +
+                      CheckpointIdentity(seal) +
+                      ": a sealed file of another step, job or file name is refused like a modified one");
+    }
+    return plain;
   }
   if (seal.key) {
     return FailedPrecondition(
@@ -568,8 +606,12 @@ StatusOr<std::string> ReadCheckpointFile(const std::string& path, const Checkpoi
 Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal& seal,
                                    const std::vector<std::string>& files) {
   if (seal.tenant.empty() && !seal.key) return OkStatus();
+  if (seal.key && (seal.job_sha256.empty() || seal.step < 0)) {
+    return Internal("tenant record of checkpoint " + dir +
+                    " without the job digest and step: a bug in fjord");
+  }
   proto::CheckpointTenancy record;
-  record.set_version(1);
+  record.set_version(kCheckpointTenantRecordVersion);
   record.set_tenant(seal.tenant);
   for (const std::string& j : seal.allowed_jurisdictions) record.add_allowed_jurisdictions(j);
   for (const std::string& s : seal.allowed_sites) record.add_allowed_sites(s);
@@ -579,6 +621,8 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
     record.set_key_id(seal.key->KeyId());
   }
   for (const std::string& name : files) {
+    if (!IsPlainFileName(name))
+      return Internal("checkpoint file name " + JsonQuote(name) + " is not plain: a bug in fjord");
     const std::string path = (fs::path(dir) / name).string();
     FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path, "checkpoint file"));
     std::error_code ec;
@@ -593,6 +637,31 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   if (!seal.node.site().empty()) record.set_written_at_site(seal.node.site());
   record.set_written_at(UtcNow());
   if (!seal.identity_override.empty()) record.set_identity_override(seal.identity_override);
+  if (!seal.job_sha256.empty()) record.set_job_sha256(seal.job_sha256);
+  if (seal.step >= 0) record.set_step(seal.step);
+  if (!seal.audit_log.empty()) {
+    // The log's head now, kept outside the log: a later truncation or rewrite shows against it.
+    // Read from LOG.head, which every append replaces atomically, so no append in flight is seen.
+    proto::AuditAnchor* anchor = record.mutable_audit_head();
+    anchor->set_log(fs::absolute(seal.audit_log).lexically_normal().string());
+    anchor->set_seq(0);
+    anchor->set_hash("");
+    const std::string head_path = AuditHeadPath(seal.audit_log);
+    if (std::error_code ec; fs::exists(head_path, ec)) {
+      FJORD_ASSIGN_OR_RETURN(std::string head, ReadWholeFile(head_path, "audit log head"));
+      std::istringstream in(head);
+      int64_t seq = 0;
+      std::string hash;
+      if (!(in >> seq >> hash) || seq < 1 || hash.size() != 64) {
+        return FailedPrecondition("audit log head " + head_path + " is not \"SEQ HASH\", so the head of " +
+                                  seal.audit_log + " cannot be anchored in checkpoint " + dir +
+                                  "; run `fjord audit verify " + seal.audit_log +
+                                  "` and investigate before training on");
+      }
+      anchor->set_seq(seq);
+      anchor->set_hash(hash);
+    }
+  }
   std::string text =
       "# fjord checkpoint tenant record (proto/tenancy.proto CheckpointTenancy). Written by fjord train;\n"
       "# a checkpoint whose tenant differs from the job's is refused (docs/SOVEREIGNTY.md).\n";
@@ -602,7 +671,7 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   if (seal.key) {
     FJORD_RETURN_IF_ERROR(WriteSealedFile((fs::path(dir) / kCheckpointTenantSeal).string(),
                                           {{text.data(), text.size()}}, *seal.key,
-                                          CheckpointContext(seal.tenant, kCheckpointTenantSeal)));
+                                          CheckpointContext(seal, kCheckpointTenantSeal)));
   }
   return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}});
 }
@@ -627,13 +696,117 @@ bool FileIsSealed(const std::string& path) {
   return in && IsSealed(std::string_view(magic, sizeof(magic)));
 }
 
-// The files of checkpoint `dir` against the SHA-256 its tenant record gives them; sealed files
-// are skipped with `skip_sealed` (their tags authenticate them when they are read).
-Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenancy& record, bool skip_sealed,
+// The checkpoint a record describes, as the seal that reads its files.
+CheckpointSeal IdentityOf(const proto::CheckpointTenancy& record) {
+  CheckpointSeal id;
+  id.tenant = record.tenant();
+  id.job_sha256 = record.job_sha256();
+  id.step = record.has_step() ? record.step() : -1;
+  return id;
+}
+
+// Versions this fjord reads: 2; 1 only for a plaintext checkpoint (its files were never bound to
+// their checkpoint, and plaintext records are not authenticated in any version).
+Status CheckRecordVersion(const std::string& what, const proto::CheckpointTenancy& record) {
+  if (record.version() > kCheckpointTenantRecordVersion) {
+    return FailedPrecondition(what + ": its " + kCheckpointTenantRecord + " is version " +
+                              std::to_string(record.version()) + ", newer than this fjord reads (" +
+                              std::to_string(kCheckpointTenantRecordVersion) +
+                              "); open it with the fjord release that wrote it");
+  }
+  if (!record.encrypted()) return OkStatus();
+  if (record.version() < kCheckpointTenantRecordVersion) {
+    return FailedPrecondition(
+        what + " is encrypted under " + kCheckpointTenantRecord + " version " +
+        std::to_string(record.version()) +
+        " (written by an older fjord), whose sealed files are not bound to their step and job: a file copied "
+        "in "
+        "from another checkpoint of the same tenant could not be told apart, so this fjord refuses it. Open "
+        "it "
+        "with the fjord release that wrote it, inside its residency, and start a new job from its weights "
+        "(train.init_from), or resume from a checkpoint written by this release");
+  }
+  const std::string& job = record.job_sha256();
+  if (job.size() != 64 || job.find_first_not_of("0123456789abcdef") != std::string::npos ||
+      !record.has_step() || record.step() < 0) {
+    return DataLoss(
+        what + ": " + kCheckpointTenantRecord +
+        " lacks a valid job_sha256 (64 hex digits) or step, which every encrypted version 2 record "
+        "has; it was edited: restore the checkpoint from a copy you trust");
+  }
+  return OkStatus();
+}
+
+// An encrypted checkpoint's record against its sealed copy, opened with `key` and the record's own
+// tenant, job and step: an edited record, or a tenant.seal of another checkpoint, is DataLoss.
+// Returns the record parsed from the authenticated text.
+StatusOr<proto::CheckpointTenancy> AuthenticateTenantRecord(const std::string& dir,
+                                                            const proto::CheckpointTenancy& record,
+                                                            const EncryptionKey& key) {
+  const std::string what = "checkpoint " + dir;
+  const std::string record_path = (fs::path(dir) / kCheckpointTenantRecord).string();
+  FJORD_ASSIGN_OR_RETURN(std::string record_text, ReadWholeFile(record_path, "tenant record"));
+  const std::string seal_path = (fs::path(dir) / kCheckpointTenantSeal).string();
+  if (!fs::exists(seal_path)) {
+    return DataLoss(what + " is encrypted but its " + kCheckpointTenantSeal + " (the sealed copy of " +
+                    kCheckpointTenantRecord +
+                    ") is missing, so the tenant record cannot be trusted; "
+                    "restore the checkpoint from a copy you trust");
+  }
+  const CheckpointSeal id = IdentityOf(record);
+  StatusOr<std::string> sealed_record =
+      ReadSealedFile(seal_path, key, CheckpointContext(id, kCheckpointTenantSeal));
+  if (!sealed_record.ok()) {
+    return DataLoss(what + ": " + kCheckpointTenantSeal +
+                    " does not authenticate as the sealed record of the checkpoint of " +
+                    CheckpointIdentity(id) + " (" + sealed_record.status().message() + "), so " +
+                    kCheckpointTenantRecord + " cannot be trusted: the record was edited, or " +
+                    kCheckpointTenantSeal +
+                    " was copied from another checkpoint; restore the checkpoint from a copy you trust");
+  }
+  if (*sealed_record != record_text) {
+    return DataLoss("checkpoint file " + record_path +
+                    " was modified after the checkpoint was written: it differs from its sealed copy " +
+                    kCheckpointTenantSeal + "; restore the checkpoint from a copy you trust");
+  }
+  proto::CheckpointTenancy authenticated;
+  FJORD_RETURN_IF_ERROR(ParseTextProto(*sealed_record, seal_path, &authenticated, "proto/tenancy.proto"));
+  return authenticated;
+}
+
+// The step a step_N directory name claims, or -1 for any other name.
+int64_t StepOfDirName(const std::string& dir) {
+  fs::path p = fs::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  const std::string name = p.filename().string();
+  if (!name.starts_with("step_") || name.size() == 5 || name.size() > 5 + 18 ||
+      name.find_first_not_of("0123456789", 5) != std::string::npos) {
+    return -1;
+  }
+  return std::stoll(name.substr(5));
+}
+
+// Every file the record lists, sealed or not, against the SHA-256 it records. Names must be plain
+// names of regular files inside `dir` (no symbolic links): a record must not make the reader open
+// or hash anything outside the checkpoint.
+Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenancy& record,
                             const std::string& what) {
   for (const proto::FileDigest& f : record.file()) {
+    if (!IsPlainFileName(f.name())) {
+      return DataLoss(
+          what + ": " + kCheckpointTenantRecord + " lists the file name " + JsonQuote(f.name()) +
+          ", which is not a plain file name inside the checkpoint; refusing to open it. The record "
+          "was edited: restore the checkpoint from a copy you trust");
+    }
     const std::string path = (fs::path(dir) / f.name()).string();
-    if (skip_sealed && FileIsSealed(path)) continue;
+    std::error_code ec;
+    const fs::file_status st = fs::symlink_status(path, ec);
+    if (fs::exists(st) && !fs::is_regular_file(st)) {
+      return DataLoss(
+          what + ": " + f.name() + " (listed in " + kCheckpointTenantRecord + ") is " +
+          (fs::is_symlink(st) ? "a symbolic link" : "not a regular file") +
+          ", not the file the checkpoint was written with; restore the checkpoint from a copy you trust");
+    }
     StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
     if (!digest.ok()) {
       return FailedPrecondition(what + ": " + f.name() + " is listed in " + kCheckpointTenantRecord +
@@ -641,12 +814,24 @@ Status CheckRecordedDigests(const std::string& dir, const proto::CheckpointTenan
                                 "): the checkpoint is incomplete; restore it from a copy you trust");
     }
     if (*digest != f.sha256()) {
-      return DataLoss("checkpoint file " + path + " was modified after the checkpoint was written: its SHA-256 is " +
-                      *digest + " but " + kCheckpointTenantRecord + " records " + f.sha256() +
+      std::string of = f.name();
+      if (record.version() >= 2) of += " of the checkpoint of " + CheckpointIdentity(IdentityOf(record));
+      return DataLoss("checkpoint file " + path +
+                      " was modified after the checkpoint was written, or replaced by a file of another "
+                      "checkpoint: its SHA-256 is " +
+                      *digest + " but " + kCheckpointTenantRecord + " records " + f.sha256() + " for " + of +
                       "; restore the checkpoint from a copy you trust");
     }
   }
   return OkStatus();
+}
+
+AuditRecord CheckpointRefusalRecord(const std::string& dir, CheckpointUse use, const Status& status) {
+  return AuditRecord()
+      .Str("gate", "checkpoint")
+      .Str("dir", dir)
+      .Str("use", CheckpointUseName(use))
+      .Str("message", status.message());
 }
 
 }  // namespace
@@ -657,7 +842,7 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
   StatusOr<proto::CheckpointTenancy> read = ReadCheckpointTenantRecord(dir);
   if (!read.ok() && read.status().code() != StatusCode::kNotFound) return read.status();
   const bool has_record = read.ok();
-  const proto::CheckpointTenancy record = has_record ? *read : proto::CheckpointTenancy();
+  proto::CheckpointTenancy record = has_record ? *read : proto::CheckpointTenancy();
   const std::string job_tenant = job_seal.tenant;
   CheckpointSeal seal = job_seal;
 
@@ -702,30 +887,9 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
                                 job_seal.key_source + " holds key id " + job_seal.key->KeyId() +
                                 ": wrong key; use the key this tenant's checkpoints were written with");
     }
+    FJORD_RETURN_IF_ERROR(CheckRecordVersion(what, record));
     // The record is plaintext; its sealed copy says whether it is the one the job wrote.
-    FJORD_ASSIGN_OR_RETURN(std::string record_text,
-                           ReadWholeFile((fs::path(dir) / kCheckpointTenantRecord).string(), "tenant record"));
-    const std::string seal_path = (fs::path(dir) / kCheckpointTenantSeal).string();
-    if (!fs::exists(seal_path)) {
-      return DataLoss(what + " is encrypted but its " + kCheckpointTenantSeal + " (the sealed copy of " +
-                      kCheckpointTenantRecord + ") is missing, so the tenant record cannot be trusted; "
-                      "restore the checkpoint from a copy you trust");
-    }
-    StatusOr<std::string> sealed_record = ReadSealedFile(
-        seal_path, *job_seal.key, CheckpointContext(record.tenant(), kCheckpointTenantSeal));
-    if (!sealed_record.ok()) {
-      return DataLoss(what + ": " + kCheckpointTenantSeal + " does not authenticate (" +
-                      sealed_record.status().message() + "), so " + kCheckpointTenantRecord +
-                      " cannot be trusted; restore the checkpoint from a copy you trust");
-    }
-    if (*sealed_record != record_text) {
-      return DataLoss("checkpoint file " + (fs::path(dir) / kCheckpointTenantRecord).string() +
-                      " was modified after the checkpoint was written: it differs from its sealed copy " +
-                      kCheckpointTenantSeal + "; restore the checkpoint from a copy you trust");
-    }
-    // Files left in plaintext (job.textproto) are held to the digests of the authenticated record;
-    // sealed files authenticate themselves when they are read.
-    FJORD_RETURN_IF_ERROR(CheckRecordedDigests(dir, record, /*skip_sealed=*/true, what));
+    FJORD_ASSIGN_OR_RETURN(record, AuthenticateTenantRecord(dir, record, *job_seal.key));
   } else {
     if (job_seal.key && use == CheckpointUse::kResume) {
       return FailedPrecondition(
@@ -735,10 +899,42 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
           "checkpoint, which may have been substituted. Resume from an encrypted "
           "checkpoint of this tenant");
     }
+    if (has_record) FJORD_RETURN_IF_ERROR(CheckRecordVersion(what, record));
     seal.key = nullptr;  // plain files are read as they are
-    FJORD_RETURN_IF_ERROR(CheckRecordedDigests(dir, record, /*skip_sealed=*/false, what));
   }
+  // A record of a step_N directory holds step N: a renamed directory, or one whose files (record,
+  // seal and all) were replaced by another checkpoint's, is refused.
+  if (const int64_t named = StepOfDirName(dir); named >= 0 && record.has_step() && record.step() != named) {
+    return DataLoss(what + " is named for step " + std::to_string(named) + " but its " +
+                    kCheckpointTenantRecord + " was written for step " + std::to_string(record.step()) +
+                    ": the directory was renamed or its files replaced by another checkpoint's; restore the "
+                    "checkpoint from a copy you trust");
+  }
+  // Every listed file, sealed ones too: a sealed file of another checkpoint differs in its digest
+  // here before it would fail authentication when read.
+  FJORD_RETURN_IF_ERROR(CheckRecordedDigests(dir, record, what));
+  const CheckpointSeal id = IdentityOf(record);
+  seal.job_sha256 = id.job_sha256;
+  seal.step = id.step;
+  seal.audit_log = record.audit_head().log();
   return seal;
+}
+
+StatusOr<proto::AuditAnchor> ReadCheckpointAuditAnchor(const std::string& dir, const EncryptionKey* key) {
+  FJORD_ASSIGN_OR_RETURN(proto::CheckpointTenancy record, ReadCheckpointTenantRecord(dir));
+  if (key != nullptr) {
+    if (!record.encrypted()) {
+      return FailedPrecondition("checkpoint " + dir + " is not encrypted: its " + kCheckpointTenantRecord +
+                                " cannot be authenticated with a key; read its anchor without one");
+    }
+    FJORD_RETURN_IF_ERROR(CheckRecordVersion("checkpoint " + dir, record));
+    FJORD_ASSIGN_OR_RETURN(record, AuthenticateTenantRecord(dir, record, *key));
+  }
+  if (!record.has_audit_head()) {
+    return NotFound("checkpoint " + dir + ": its " + kCheckpointTenantRecord +
+                    " anchors no audit log (written without a tenancy context, or by an older fjord)");
+  }
+  return record.audit_head();
 }
 
 const char* CheckpointUseName(CheckpointUse use) {
@@ -780,15 +976,29 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   const proto::CheckpointTenancy& record = *read;
   opened.tenant = record.tenant();
 
-  // The audit log first: every later refusal and the opening itself are recorded.
+  // The audit logs first: every later refusal and the opening itself are recorded. The
+  // checkpoint's own chain is the log its record anchors (else its job's), which no flag can move;
+  // --audit-log is a second copy. (Until the record is authenticated below, an attacker who can
+  // write the checkpoint can point a refusal elsewhere; an opening is recorded only after.)
   const std::string host = ThisHostname();
-  const std::string log_path = access.audit_log.empty() ? AuditPathFor(job) : access.audit_log;
-  StatusOr<std::unique_ptr<AuditLog>> audit =
-      AuditLog::Open(log_path, std::string(CheckpointUseName(access.use)) + "@" + host,
-                     /*create_parent=*/!access.audit_log.empty());
-  auto refuse = [&](const Status& status) -> Status {
-    return AuditCheckpointRefusal(audit.ok() ? audit->get() : nullptr, dir, access.use, status);
-  };
+  const std::string actor = std::string(CheckpointUseName(access.use)) + "@" + host;
+  const std::string own_log =
+      record.audit_head().log().empty() ? AuditPathFor(job) : record.audit_head().log();
+  Status own_status = OkStatus(), extra_status = OkStatus();
+  if (StatusOr<std::unique_ptr<AuditLog>> own = AuditLog::Open(own_log, actor, /*create_parent=*/false);
+      own.ok()) {
+    opened.audit.push_back(std::move(*own));
+  } else {
+    own_status = own.status();
+  }
+  if (!access.audit_log.empty() && !SameFile(access.audit_log, own_log)) {
+    if (StatusOr<std::unique_ptr<AuditLog>> extra = AuditLog::Open(access.audit_log, actor); extra.ok()) {
+      opened.audit.push_back(std::move(*extra));
+    } else {
+      extra_status = extra.status();
+    }
+  }
+  auto refuse = [&](const Status& status) -> Status { return opened.Refuse(dir, access.use, status); };
 
   const std::string owner = record.tenant().empty() ? std::string("a job without tenant")
                                                     : "tenant " + Quoted(record.tenant());
@@ -830,9 +1040,16 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   StatusOr<CheckpointSeal> seal =
       CheckCheckpointTenant(dir, job_seal, node ? &node->identity : nullptr, access.use);
   if (!seal.ok()) return refuse(seal.status());
-  if (!audit.ok()) {
-    return FailedPrecondition(command + " of " + what + " (" + owner + ") must be recorded in an audit log, but " +
-                              audit.status().message() + ": pass --audit-log FILE to record it elsewhere");
+  if (!own_status.ok()) {
+    return refuse(FailedPrecondition(
+        command + " of " + what + " (" + owner + ") must be recorded in the checkpoint's own audit log " +
+        own_log + " (the log of the job that wrote it), but " + own_status.message() +
+        ": run it where that log is (the job's run_dir, on its file system); --audit-log records a copy "
+        "elsewhere, not instead"));
+  }
+  if (!extra_status.ok()) {
+    return refuse(FailedPrecondition(command + " of " + what + ": --audit-log " + access.audit_log + ": " +
+                                     extra_status.message()));
   }
   AuditRecord rec;
   rec.Str("dir", dir)
@@ -847,20 +1064,23 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
         .Str("identity_file", node->path)
         .Bool("override", node->overridden);
   }
-  FJORD_RETURN_IF_ERROR((*audit)->Append("checkpoint_opened", rec).status());
+  if (!record.identity_override().empty()) rec.Str("writer_identity_override", record.identity_override());
+  if (Status s = opened.Record("checkpoint_opened", rec); !s.ok()) return refuse(s);
   opened.seal = std::move(*seal);
-  opened.audit = std::move(*audit);
   return opened;
 }
 
-Status AuditCheckpointRefusal(AuditLog* audit, const std::string& dir, CheckpointUse use, const Status& status) {
-  if (audit != nullptr) {
-    (void)audit->Append("refusal", AuditRecord()
-                                       .Str("gate", "checkpoint")
-                                       .Str("dir", dir)
-                                       .Str("use", CheckpointUseName(use))
-                                       .Str("message", status.message()));
+Status OpenedCheckpoint::Record(std::string_view event, const AuditRecord& fields) const {
+  Status first = OkStatus();
+  for (const std::unique_ptr<AuditLog>& log : audit) {
+    Status s = log->Append(event, fields).status();
+    if (first.ok() && !s.ok()) first = s;
   }
+  return first;
+}
+
+Status OpenedCheckpoint::Refuse(const std::string& dir, CheckpointUse use, const Status& status) const {
+  (void)Record("refusal", CheckpointRefusalRecord(dir, use, status));
   return status;
 }
 
@@ -1019,6 +1239,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
 
   t->seal_.node = t->node_;
   if (gate.enabled && gate.node.overridden) t->seal_.identity_override = gate.node.path;
+  if (t->audit_) t->seal_.audit_log = t->audit_->path();
   DataPolicy& dp = t->data_policy_;
   dp.tenant = t->policy_.tenant;
   dp.host = host;
@@ -1031,23 +1252,32 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
 
 StatusOr<CheckpointSeal> Tenancy::CheckCheckpoint(const std::string& dir, CheckpointUse use) const {
   StatusOr<CheckpointSeal> seal = CheckCheckpointTenant(dir, seal_, has_node_ ? &node_ : nullptr, use);
-  if (audit_) {
-    const char* use_name = CheckpointUseName(use);
-    if (seal.ok()) {
-      Status s = audit_
-                     ->Append("checkpoint_opened", AuditRecord()
-                                                       .Str("dir", dir)
-                                                       .Str("use", use_name)
-                                                       .Str("tenant", seal_.tenant)
-                                                       .Bool("encrypted", seal->key != nullptr))
-                     .status();
-      if (!s.ok()) return s;
+  if (!audit_) return seal;
+  // The checkpoint's own chain, when it is not this job's log (init_from another job's checkpoint).
+  std::unique_ptr<AuditLog> chain;
+  if (seal.ok() && !seal->audit_log.empty() && !SameFile(seal->audit_log, audit_->path())) {
+    StatusOr<std::unique_ptr<AuditLog>> opened = AuditLog::Open(seal->audit_log, audit_->actor(), false);
+    if (opened.ok()) {
+      chain = std::move(*opened);
     } else {
-      (void)audit_->Append("refusal", AuditRecord()
-                                          .Str("gate", "checkpoint")
-                                          .Str("dir", dir)
-                                          .Str("use", use_name)
-                                          .Str("message", seal.status().message()));
+      seal = FailedPrecondition(std::string(CheckpointUseName(use)) + " of checkpoint " + dir +
+                                " must be recorded in its own audit log " + seal->audit_log +
+                                " (anchored in its tenant record), but " + opened.status().message() +
+                                ": run the job where that log is reachable");
+    }
+  }
+  for (AuditLog* log : {audit_.get(), chain.get()}) {
+    if (log == nullptr) continue;
+    if (seal.ok()) {
+      FJORD_RETURN_IF_ERROR(log->Append("checkpoint_opened", AuditRecord()
+                                                                 .Str("dir", dir)
+                                                                 .Str("use", CheckpointUseName(use))
+                                                                 .Str("tenant", seal_.tenant)
+                                                                 .Bool("encrypted", seal->key != nullptr)
+                                                                 .Int("step", seal->step))
+                                .status());
+    } else {
+      (void)log->Append("refusal", CheckpointRefusalRecord(dir, use, seal.status()));
     }
   }
   return seal;

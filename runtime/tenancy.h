@@ -165,9 +165,15 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job);
 
 inline constexpr char kCheckpointTenantRecord[] = "tenant.textproto";
 // Beside the record of an encrypted checkpoint: the record's exact text sealed with the tenant's
-// key, so an edit of the plaintext record (its residency, or the digest of job.textproto, the one
-// plaintext file) is refused by whoever holds the key.
+// key, so an edit of the plaintext record (its residency, its step, the digest of any file) is
+// refused by whoever holds the key.
 inline constexpr char kCheckpointTenantSeal[] = "tenant.seal";
+// The record version this fjord writes (proto/tenancy.proto CheckpointTenancy).
+inline constexpr int kCheckpointTenantRecordVersion = 2;
+
+// True for a name that denotes a file directly inside a directory: not empty, not "." or "..",
+// no '/' and no NUL. Names read from a record or manifest must pass before they are opened.
+bool IsPlainFileName(std::string_view name);
 
 // How a job writes (and reads) checkpoint files: the tenant and residency recorded beside them and
 // the key that seals them (null = plaintext). Cheap to copy (the key is shared).
@@ -179,6 +185,15 @@ struct CheckpointSeal {
   proto::NodeIdentity node;  // where this process runs, for the record (may be empty)
   std::string identity_override;  // the FJORD_NODE_IDENTITY file `node` came from; "" = the node's own
   std::string key_source = "checkpoint.encryption_key_file";  // where `key` came from, for messages
+  // Which checkpoint the files belong to; with `tenant` and the file name, the authenticated data
+  // of every sealed file. SaveCheckpoint sets them when writing; CheckCheckpointTenant returns them
+  // from the checkpoint's authenticated record for reading.
+  std::string job_sha256;  // JobDigest of the job that wrote the checkpoint
+  int64_t step = -1;
+  // The audit chain the checkpoint belongs to. Writing (rank 0 of a Tenancy): the job's audit log,
+  // whose head each tenant record anchors. Returned by CheckCheckpointTenant: the log anchored in
+  // the checkpoint's record ("" when it has none).
+  std::string audit_log;
 };
 
 // The seal a job asks for: its tenant and residency, and the key of
@@ -187,25 +202,40 @@ struct CheckpointSeal {
 StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job);
 
 // Writes one checkpoint file atomically (temporary name, fsync, rename): sealed with seal.key when
-// set, with the tenant and file name bound into its authentication tag; plain otherwise.
+// set, with tenant, seal.job_sha256, seal.step and the file name bound into its authentication tag
+// (Internal when a sealing seal lacks job_sha256 or step); plain otherwise.
 Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
                            const CheckpointSeal& seal);
 
 // Reads one checkpoint file whole. A sealed file needs seal.key (else: "is encrypted; set
 // checkpoint.encryption_key_file"); a plain file is refused when seal.key is set (a plaintext
-// file where an encrypted one belongs may have been substituted). Wrong key or modified file:
-// DataLoss naming the path.
+// file where an encrypted one belongs may have been substituted). Wrong key, modified file, or a
+// file of another checkpoint, job or name: DataLoss naming the path and the checkpoint it was
+// expected to belong to.
 StatusOr<std::string> ReadCheckpointFile(const std::string& path, const CheckpointSeal& seal);
 
-// Writes DIR/tenant.textproto: tenant, residency, cipher and key id, where it was written, and the
-// SHA-256 of each of `files` (names inside dir, as they are on disk). Call after the files are
-// written and before the checkpoint directory is renamed into place. Does nothing for a seal
-// without tenant and key (a plain checkpoint of a job without tenant stays as it was).
+// Writes DIR/tenant.textproto (version 2): tenant, residency, cipher and key id, where it was
+// written (and the identity override, if any), seal.job_sha256 and seal.step, the head of
+// seal.audit_log when set (from its head file; refused when that is malformed), and the SHA-256 of each of
+// `files` (plain names inside dir, as they are on disk, sealed or not); with seal.key also
+// DIR/tenant.seal. Call after every other file is written and before the checkpoint directory is
+// renamed into place. Does nothing for a seal without tenant and key (a plain checkpoint of a job
+// without tenant stays as it was).
 Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal& seal,
                                    const std::vector<std::string>& files);
 
 // Reads DIR/tenant.textproto; NotFound when the checkpoint has none.
 StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string& dir);
+
+// The audit head anchored in checkpoint `dir`'s tenant record: the writing job's log (absolute
+// path), the seq and hash of its last record when the checkpoint was written. NotFound when the
+// checkpoint has no tenant record or its record no anchor (written without a Tenancy, or by a
+// version 1 fjord). Without `key` the plaintext record is read as it is (for an encrypted
+// checkpoint an attacker who rewrites the log could rewrite it too); with the tenant's `key` the
+// record must match tenant.seal (DataLoss otherwise), so the anchor is the one the job wrote.
+// For `fjord audit verify`: the log must hold that record at that seq.
+StatusOr<proto::AuditAnchor> ReadCheckpointAuditAnchor(const std::string& dir,
+                                                       const EncryptionKey* key = nullptr);
 
 enum class CheckpointUse {
   kResume,    // continue this job: the checkpoint must be this tenant's, sealed when the job seals
@@ -219,12 +249,16 @@ enum class CheckpointUse {
 const char* CheckpointUseName(CheckpointUse use);
 
 // Gate 3 for checkpoints: whether the job with `job_seal`, on `node` (may be null: no residency
-// check), may load the checkpoint in `dir`; returns the seal to read its files with. Refuses:
-// another tenant's checkpoint; a tenanted checkpoint for a job without tenant; an untenanted one
-// for kResume of a tenant job; a node outside the checkpoint's recorded residency; an encrypted
-// checkpoint without a key or with a different key (by key id, before any decryption); a plain
-// checkpoint for kResume of a job that seals; a plain file whose SHA-256 differs from the record
-// (a modified file). Sealed files are authenticated when read (ReadCheckpointFile).
+// check), may load the checkpoint in `dir`; returns the seal to read its files with (its
+// job_sha256, step and audit_log from the record). Refuses: another tenant's checkpoint; a
+// tenanted checkpoint for a job without tenant; an untenanted one for kResume of a tenant job; a
+// node outside the checkpoint's recorded residency; an encrypted checkpoint without a key or with
+// a different key (by key id, before any decryption); an encrypted checkpoint whose record is not
+// version 2 or does not match tenant.seal; a record naming a file that is not a plain regular file
+// inside dir; a record whose step differs from a step_N directory name; a plain checkpoint for
+// kResume of a job that seals; any listed file (sealed or not) whose SHA-256 differs from the
+// record. Sealed files are also authenticated, against this checkpoint's tenant, job, step and
+// their own name, when read (ReadCheckpointFile).
 StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const CheckpointSeal& job_seal,
                                                const proto::NodeIdentity* node, CheckpointUse use);
 
@@ -234,32 +268,38 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
 struct CheckpointAccess {
   CheckpointUse use = CheckpointUse::kEval;
   std::string key_file;   // --key: the tenant's checkpoint key; "" = none
-  std::string audit_log;  // --audit-log: "" = the audit log of the job that wrote the checkpoint
+  std::string audit_log;  // --audit-log: a second log for the record, besides the checkpoint's own; "" = none
 };
 
 // A checkpoint such a command may read.
 struct OpenedCheckpoint {
-  CheckpointSeal seal;              // to read its files with (LoadCheckpointWeights)
-  std::unique_ptr<AuditLog> audit;  // where the opening was recorded; null for an untenanted checkpoint
-  std::string tenant;               // from its tenant record; "" when it has none
+  CheckpointSeal seal;  // to read its files with (LoadCheckpointWeights)
+  // Where the opening was recorded: the checkpoint's own chain first, then --audit-log when given;
+  // empty for an untenanted checkpoint.
+  std::vector<std::unique_ptr<AuditLog>> audit;
+  std::string tenant;  // from its tenant record; "" when it has none
+
+  // Appends `event` to every log in `audit`; the first failure, after trying them all.
+  Status Record(std::string_view event, const AuditRecord& fields) const;
+  // Appends a "refusal" (gate checkpoint, dir, use, the message) to every log in `audit`, e.g. a
+  // sealed file that fails authentication after OpenCheckpointOutsideJob; returns `status`.
+  Status Refuse(const std::string& dir, CheckpointUse use, const Status& status) const;
 };
 
 // Gate 3 for a command that reads the checkpoint in `dir` outside a training job; `job` is the
 // checkpoint's own job.textproto. A checkpoint with a tenant record is checked as resume checks it
 // (CheckCheckpointTenant): the record's tenant against the job's, this node (ReadNodeIdentity)
-// against the recorded residency, the key of access.key_file against the recorded key id, plain
-// files against their recorded SHA-256. The opening, or the refusal, is appended to the audit log
-// (access.audit_log, else the checkpoint job's, whose directory must exist) as "checkpoint_opened"
-// or "refusal"; when the opening cannot be recorded the checkpoint is refused. Also refused: a
-// sealed checkpoint without access.key_file (the message names the tenant, the key id and --key),
-// and access.key_file for a plaintext checkpoint (it may have been substituted). An untenanted
-// plain checkpoint opens without checks or audit.
+// against the recorded residency, the key of access.key_file against the recorded key id, every
+// listed file against its recorded SHA-256. The opening, or the refusal, is appended as
+// "checkpoint_opened" or "refusal" to the checkpoint's own chain -- the audit log anchored in its
+// record, else the log of the job that wrote it (AuditPathFor(job)); its directory must exist --
+// and also to access.audit_log when given. When the opening cannot be appended to its own chain
+// (or to access.audit_log) the checkpoint is refused: no command-line flag moves the record
+// elsewhere. Also refused: a sealed checkpoint without access.key_file (the message names the
+// tenant, the key id and --key), and access.key_file for a plaintext checkpoint (it may have been
+// substituted). An untenanted plain checkpoint opens without checks or audit.
 StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, const proto::JobSpec& job,
                                                     const CheckpointAccess& access);
-
-// Appends a "refusal" (gate checkpoint, dir, use, the message) to `audit` when it is not null,
-// e.g. a sealed file that fails authentication after OpenCheckpointOutsideJob; returns `status`.
-Status AuditCheckpointRefusal(AuditLog* audit, const std::string& dir, CheckpointUse use, const Status& status);
 
 // ---- The per-rank tenancy context -------------------------------------------------------------
 
@@ -286,7 +326,9 @@ class Tenancy {
   AuditLog* audit() const { return audit_.get(); }
 
   // CheckCheckpointTenant for this job on this node, with the outcome audited (rank 0):
-  // checkpoint_opened or refusal. Returns the seal to read the checkpoint's files with.
+  // checkpoint_opened or refusal, in this job's log and, when the checkpoint's own chain (the log
+  // anchored in its record) is another file, there too; an opening that cannot be appended to both
+  // is refused. Returns the seal to read the checkpoint's files with.
   StatusOr<CheckpointSeal> CheckCheckpoint(const std::string& dir, CheckpointUse use) const;
   // Rank 0, after a checkpoint directory is complete: audits checkpoint_written with its files'
   // SHA-256 (from tenant.textproto when present). No-op on other ranks.

@@ -494,11 +494,12 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                              note.c_str());
     }
     if (dir.ok()) {
-      FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
+      // Gate 3 first: a tenant record holds manifest.json's digest, so the state read next is checked.
       StatusOr<CheckpointSeal> resume_seal =
           options.tenancy ? options.tenancy->CheckCheckpoint(*dir, CheckpointUse::kResume)
                           : CheckCheckpointTenant(*dir, seal, nullptr, CheckpointUse::kResume);
       if (!resume_seal.ok()) return resume_seal.status().WithContext("resuming");
+      FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
       FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, model, &*resume_seal).WithContext("resuming"));
       std::vector<float> full_m(num_params), full_v(num_params);
       FJORD_RETURN_IF_ERROR(

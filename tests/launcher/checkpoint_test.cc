@@ -264,6 +264,20 @@ TEST_F(CheckpointTest, ManifestCannotPointOutsideTheCheckpoint) {
   EXPECT_THAT(r.output, HasSubstr("\"../../../job.textproto\" is not a plain file name"));
 }
 
+// A listed file that is a symbolic link out of the checkpoint is refused even when its target has
+// the recorded size and digest (here: an identical copy outside): only the checkpoint's own files count.
+TEST_F(CheckpointTest, ManifestFileThatIsASymbolicLinkIsRefused) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=5"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string listed = P("run/checkpoints/step_000005/job.textproto");
+  fs::copy_file(listed, P("outside.textproto"));
+  fs::remove(listed);
+  fs::create_symlink(P("outside.textproto"), listed);
+  r = RunFjord(Train("run", "--resume"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(listed + ": a symbolic link (listed in manifest.json)"));
+}
+
 TEST_F(CheckpointTest, AnotherModelsCheckpointIsRefusedNamingTheField) {
   RunResult r = RunFjord(Train("run", "--set train.steps=5"));
   ASSERT_EQ(r.exit_code, 0) << r.output;

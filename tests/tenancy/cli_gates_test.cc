@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <google/protobuf/text_format.h>
+#include <map>
 
 #include "runtime/audit.h"
+#include "runtime/file_util.h"
 #include "tests/tenancy/test_util.h"
 
 namespace fjord {
@@ -302,16 +304,19 @@ TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
   EXPECT_THAT(r.output, HasSubstr("may be opened only in jurisdictions NO"));
   EXPECT_THAT(r.output, HasSubstr("jurisdiction SE"));
 
-  // The opening could not be recorded: refused (a file where the log's directory should be).
+  // The opening could not be recorded in --audit-log: refused (a file where the log's directory
+  // should be); the refusal is in the checkpoint's own chain.
   r = Fjord("export --checkpoint " + sealed + " --out " + Path("unlogged_hf") + key + " --audit-log " +
             Path("input.txt") + "/audit.jsonl");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("must be recorded in an audit log"));
+  EXPECT_THAT(r.output, HasSubstr("--audit-log " + Path("input.txt") + "/audit.jsonl: cannot create"));
   EXPECT_FALSE(fs::exists(Path("unlogged_hf")));
-  // --audit-log records elsewhere.
+  // --audit-log records a copy; the checkpoint's own chain (run/audit.jsonl) still gets the opening.
+  const int own_openings = Count(AuditEvents(Path("run/audit.jsonl")), "checkpoint_opened");
   r = Fjord("eval --checkpoint " + sealed + data + key + " --audit-log " + Path("reader/audit.jsonl"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(Count(AuditEvents(Path("reader/audit.jsonl")), "checkpoint_opened"), 1);
+  EXPECT_EQ(Count(AuditEvents(Path("run/audit.jsonl")), "checkpoint_opened"), own_openings + 1);
 
   // A tenant record whose key id was edited to the wrong key's: GCM refuses, naming the file.
   const std::string record_path = sealed + "/tenant.textproto";
@@ -331,14 +336,13 @@ TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
   EXPECT_THAT(r.output, HasSubstr("wrong key or modified file"));
   WriteText(record_path, record);
 
-  // A flipped byte in model.bin, with the right key.
+  // A flipped byte in model.bin, with the right key: its digest in the authenticated record refuses it.
   std::string bytes = ReadText(sealed + "/model.bin");
   bytes[bytes.size() / 2] ^= 0x01;
   WriteText(sealed + "/model.bin", bytes);
   r = Fjord("export --checkpoint " + sealed + " --out " + Path("tampered_hf") + key);
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr(sealed + "/model.bin"));
-  EXPECT_THAT(r.output, HasSubstr("wrong key or modified file"));
+  EXPECT_THAT(r.output, HasSubstr(sealed + "/model.bin was modified after the checkpoint was written"));
   EXPECT_FALSE(fs::exists(Path("tampered_hf")));
 
   // The record: who opened what, for which use, and the plaintext export.
@@ -346,24 +350,122 @@ TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
   const std::vector<std::string> opened = testing::AuditLines(log, "checkpoint_opened");
   int exports = 0;
   for (const std::string& line : opened) exports += line.find("\"use\":\"export\"") != std::string::npos;
-  EXPECT_EQ(exports, 2);  // the good export and the tampered one (refused while reading)
+  EXPECT_EQ(exports, 1);  // the good export (the tampered one is refused before opening)
   const std::vector<std::string> exported_lines = testing::AuditLines(log, "checkpoint_exported");
   ASSERT_EQ(exported_lines.size(), 1u);
   EXPECT_THAT(exported_lines[0], HasSubstr("\"out\":\"" + Path("sealed_hf") + "\""));
   EXPECT_THAT(exported_lines[0], HasSubstr("\"plaintext\":true"));
   EXPECT_THAT(exported_lines[0], HasSubstr("\"was_encrypted\":true"));
-  // Refused before opening: no key x 3, wrong key x 2 (export, and the eval that read its id),
-  // open key file, outside the residency (the plaintext checkpoint given a key is in plain/'s log);
-  // after opening: the forged key id, the flipped byte.
+  // Refused: no key x 3, wrong key x 2 (export, and the eval that read its id), open key file,
+  // outside the residency, the unwritable --audit-log, the forged key id, the flipped byte (the
+  // plaintext checkpoint given a key is in plain/'s log).
   const std::vector<std::string> refusals = testing::AuditLines(log, "refusal");
-  EXPECT_EQ(refusals.size(), 9u);
+  EXPECT_EQ(refusals.size(), 10u);
   int unauthenticated = 0;
   for (const std::string& line : refusals) {
     unauthenticated += line.find("wrong key or modified file") != std::string::npos;
   }
-  EXPECT_EQ(unauthenticated, 2);
+  EXPECT_EQ(unauthenticated, 1);  // the forged key id (tenant.seal)
   EXPECT_EQ(Count(AuditEvents(Path("plain/audit.jsonl")), "refusal"), 1);
   EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+// Hole 3 of issue 16: a sealed file of another step, another job of the same tenant and key, or
+// another name, put into a checkpoint (with manifest.json rewritten to match, as an attacker would)
+// is refused by export, eval, sample and --resume, naming the file and the checkpoint it was
+// expected to belong to. The oracle that the refusals are not blanket: the intact checkpoint
+// exports the same bytes before and after, and the moved-from checkpoints still open.
+TEST_F(CliGatesTest, SealedFilesMovedBetweenStepsJobsOrNamesAreRefusedByEveryReader) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  const std::string spec =
+      "checkpoint { every_steps: 3 keep_last: 0 encryption_key_file: \"" + Path("acme.key") + "\" }\n";
+  const std::string job = Job("acme.textproto", "acme", "acme", spec);
+  RunResult r = Fjord("train " + job + " --quiet --set train.steps=6");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Fjord("train " + job + " --quiet --set train.steps=6 --set run_dir=" + Path("other"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string step3 = Path("run/checkpoints/step_000003"), step6 = Path("run/checkpoints/step_000006");
+  const std::string other6 = Path("other/checkpoints/step_000006");
+  const std::string key = " --key " + Path("acme.key");
+  const std::string data = " --data '" + Path("acme/train_*.bin") + "' --batches 1";
+  ASSERT_EQ(Fjord("export --checkpoint " + step6 + " --out " + Path("before_hf") + key).exit_code, 0);
+  const std::string intact = ReadText(Path("before_hf/model.safetensors"));
+  ASSERT_GT(intact.size(), 1000u);
+  std::map<std::string, std::string> original;
+  for (const auto& e : fs::directory_iterator(step6)) original[e.path().filename()] = ReadText(e.path());
+
+  // manifest.json made to match the files now in step 6, so that resume does not skip it as damaged.
+  auto rehash_manifest = [&] {
+    std::string text = ReadText(step6 + "/manifest.json");
+    for (const std::string name : {"model.bin", "optimizer.bin"}) {
+      const size_t sha = text.find("\"sha256\": \"", text.find("\"" + name + "\""));
+      ASSERT_NE(sha, std::string::npos) << text;
+      text.replace(sha + 11, 64, Sha256Hex(ReadText(step6 + "/" + name)));
+      const size_t bytes = text.find("\"bytes\": ", text.find("\"" + name + "\""));
+      text.replace(bytes + 9, text.find(',', bytes) - bytes - 9,
+                   std::to_string(ReadText(step6 + "/" + name).size()));
+    }
+    WriteText(step6 + "/manifest.json", text);
+  };
+  struct Case {
+    std::string what;
+    std::vector<std::pair<std::string, std::string>> copies;  // from path, to name in step 6
+    std::string expected;                                     // in every refusal
+  };
+  const std::string belongs = " of the checkpoint of tenant \"acme\", job ";
+  const std::vector<Case> cases = {
+      {"model.bin of step 3", {{step3 + "/model.bin", "model.bin"}}, step6 + "/model.bin was modified"},
+      {"optimizer.bin of step 3",
+       {{step3 + "/optimizer.bin", "optimizer.bin"}},
+       step6 + "/optimizer.bin was modified"},
+      {"tenant.seal of step 3",
+       {{step3 + "/tenant.seal", "tenant.seal"}},
+       "tenant.seal does not authenticate"},
+      {"model.bin of another job", {{other6 + "/model.bin", "model.bin"}}, step6 + "/model.bin was modified"},
+      {"model.bin and optimizer.bin swapped",
+       {{step6 + "/optimizer.bin", "model.bin"}, {step6 + "/model.bin", "optimizer.bin"}},
+       step6 + "/model.bin was modified"},
+      {"all of step 3",
+       {{step3 + "/model.bin", "model.bin"},
+        {step3 + "/optimizer.bin", "optimizer.bin"},
+        {step3 + "/manifest.json", "manifest.json"},
+        {step3 + "/tenant.textproto", "tenant.textproto"},
+        {step3 + "/tenant.seal", "tenant.seal"}},
+       "is named for step 6 but its tenant.textproto was written for step 3"},
+  };
+  const std::vector<std::string> commands = {
+      "export --checkpoint " + step6 + " --out " + Path("moved_hf") + key,
+      "eval --checkpoint " + step6 + data + key,
+      "sample --checkpoint " + step6 + " --prompt acme --tokens 4" + key,
+      "train " + job + " --resume --set train.steps=7",
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::map<std::string, std::string> moved;
+    for (const auto& [from, to] : c.copies) moved[to] = ReadText(from);
+    for (const auto& [to, bytes] : moved) WriteText(step6 + "/" + to, bytes);
+    if (!moved.count("manifest.json")) rehash_manifest();
+    for (const std::string& cmd : commands) {
+      const int refusals = Count(AuditEvents(Path("run/audit.jsonl")), "refusal");
+      r = Fjord(cmd);
+      EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.output;
+      EXPECT_THAT(r.output, HasSubstr(c.expected)) << cmd;
+      EXPECT_THAT(r.output, HasSubstr("step 6")) << cmd;
+      if (c.expected.find("was modified") != std::string::npos)
+        EXPECT_THAT(r.output, HasSubstr(belongs)) << cmd;
+      EXPECT_EQ(Count(AuditEvents(Path("run/audit.jsonl")), "refusal"), refusals + 1) << cmd;
+    }
+    EXPECT_FALSE(fs::exists(Path("moved_hf")));
+    EXPECT_FALSE(fs::exists(Path("run/checkpoints/step_000007")));
+    fs::remove_all(Path("run/checkpoints/step_000007"));  // (so that one failure does not hide the next)
+    for (const auto& [name, bytes] : original) WriteText(step6 + "/" + name, bytes);
+  }
+  ASSERT_EQ(Fjord("export --checkpoint " + step6 + " --out " + Path("after_hf") + key).exit_code, 0);
+  EXPECT_EQ(ReadText(Path("after_hf/model.safetensors")), intact);
+  EXPECT_EQ(Fjord("export --checkpoint " + step3 + " --out " + Path("step3_hf") + key).exit_code, 0);
+  EXPECT_NE(ReadText(Path("step3_hf/model.safetensors")), intact);
+  EXPECT_EQ(Fjord("export --checkpoint " + other6 + " --out " + Path("other_hf") + key).exit_code, 0);
+  EXPECT_TRUE(VerifyAuditLog(Path("run/audit.jsonl"))->ok);
 }
 
 TEST_F(CliGatesTest, AuditVerifyReportsTheFirstBrokenRecord) {

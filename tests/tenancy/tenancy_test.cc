@@ -253,9 +253,18 @@ TEST_F(TenancyUnitTest, RankGateRefusesAnUnprovisionedNodeAndCreatesNothing) {
 
 class CheckpointGateTest : public TenancyUnitTest {
  protected:
-  // A checkpoint dir with model.bin (and optimizer.bin) written by `job`, plus its tenant record.
-  std::string Write(const proto::JobSpec& job, const std::string& name = "ckpt") {
+  // The seal SaveCheckpoint writes step `step` of `job` with.
+  StatusOr<CheckpointSeal> WriterSeal(const proto::JobSpec& job, int64_t step = 6) {
     StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
+    if (seal.ok()) {
+      seal->job_sha256 = JobDigest(job);
+      seal->step = step;
+    }
+    return seal;
+  }
+  // A checkpoint dir with model.bin (and optimizer.bin) written by `job`, plus its tenant record.
+  std::string Write(const proto::JobSpec& job, const std::string& name = "ckpt", int64_t step = 6) {
+    StatusOr<CheckpointSeal> seal = WriterSeal(job, step);
     EXPECT_TRUE(seal.ok()) << seal.status().message();
     seal->node.set_hostname("no1");
     seal->node.set_jurisdiction("NO");
@@ -341,7 +350,8 @@ TEST_F(CheckpointGateTest, WrongKeyIsRefusedByKeyIdAndByTheTag) {
   EXPECT_THAT(r.status().message(), HasSubstr("was encrypted with key id"));
   EXPECT_THAT(r.status().message(), HasSubstr("wrong key"));
   // A record edited to name the wrong key's id gets past the id check; the tag still refuses.
-  StatusOr<CheckpointSeal> wrong_seal = CheckpointSealFor(wrong);
+  StatusOr<CheckpointSeal> wrong_seal = WriterSeal(wrong);
+  wrong_seal->job_sha256 = JobDigest(job);  // only the key differs
   std::string record = ReadText(dir + "/tenant.textproto");
   StatusOr<CheckpointSeal> right_seal = CheckpointSealFor(job);
   record.replace(record.find(right_seal->key->KeyId()), 16, wrong_seal->key->KeyId());
@@ -371,9 +381,16 @@ TEST_F(CheckpointGateTest, FlippedByteIsRefusedEncryptedOrNot) {
   const proto::JobSpec sealed_job =
       Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
   const std::string sealed = Write(sealed_job, "sealed");
-  Flip(sealed + "/optimizer.bin", 60);
   StatusOr<CheckpointSeal> seal = Check(sealed_job, sealed, CheckpointUse::kResume);
   ASSERT_TRUE(seal.ok());
+  Flip(sealed + "/optimizer.bin", 60);
+  // The authenticated record holds the digest of the sealed bytes: the gate refuses first ...
+  StatusOr<CheckpointSeal> flipped = Check(sealed_job, sealed, CheckpointUse::kResume);
+  ASSERT_FALSE(flipped.ok());
+  EXPECT_EQ(flipped.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(flipped.status().message(),
+              HasSubstr(sealed + "/optimizer.bin was modified after the checkpoint was written"));
+  // ... and a flip after the gate (a reader racing a writer) fails the tag.
   StatusOr<std::string> opt = ReadCheckpointFile(sealed + "/optimizer.bin", *seal);
   ASSERT_FALSE(opt.ok());
   EXPECT_THAT(opt.status().message(), HasSubstr("wrong key or modified file"));
@@ -393,7 +410,7 @@ TEST_F(CheckpointGateTest, FlippedByteIsRefusedEncryptedOrNot) {
 TEST_F(CheckpointGateTest, EditedRecordOrJobOfAnEncryptedCheckpointIsRefused) {
   const proto::JobSpec job =
       Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
-  StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
+  StatusOr<CheckpointSeal> seal = WriterSeal(job);
   ASSERT_TRUE(seal.ok());
   auto write = [&](const std::string& name) {
     const std::string dir = Write(job, name);
@@ -487,9 +504,10 @@ TEST_F(CheckpointGateTest, ListedFileThatCannotBeReadIsRefusedAsIncomplete) {
   fs::create_directories(dir + "/optimizer.bin");
   r = Check(Acme(), dir, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
   EXPECT_THAT(r.status().message(),
-              HasSubstr("(cannot read checkpoint file " + dir + "/optimizer.bin: Is a directory)"));
-  EXPECT_THAT(r.status().message(), HasSubstr("restore it from a copy you trust"));
+              HasSubstr("optimizer.bin (listed in tenant.textproto) is not a regular file"));
+  EXPECT_THAT(r.status().message(), HasSubstr("restore the checkpoint from a copy you trust"));
 }
 
 TEST_F(CheckpointGateTest, OutsideAJobASealedModelWithoutItsTenantRecordIsRefused) {
@@ -542,6 +560,290 @@ TEST_F(CheckpointGateTest, OutsideAJobAResidentCheckpointOnAnUnprovisionedHostIs
   const std::vector<std::string> events = AuditEvents(Path("audit.jsonl"));
   EXPECT_EQ(testing::Count(events, "refusal"), 1);
   EXPECT_THAT(AuditLines(Path("audit.jsonl"), "refusal")[0], HasSubstr("may be opened only in"));
+}
+
+// Hole 3: sealed files of another step, another job of the same tenant and key, or another name.
+// Two oracles: the record's digests (the gate), and each file's authenticated data (the read,
+// with a seal taken before the file was swapped in, as a reader racing the swap would hold).
+TEST_F(CheckpointGateTest, SealedFileOfAnotherStepJobOrNameIsRefused) {
+  const std::string key = KeyFile("acme.key", 'a');
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + key + "\" }\n");
+  proto::JobSpec other_job = job;  // same tenant and key, another job
+  other_job.set_run_dir(Path("other"));
+  ASSERT_NE(JobDigest(other_job), JobDigest(job));
+  struct Case {
+    std::string what;
+    std::string from;  // the checkpoint the file comes from
+    std::string file, as;
+  };
+  const std::string step3 = Write(job, "step_000003", 3);
+  const std::string other6 = Write(other_job, "other_step_000006", 6);
+  const std::vector<Case> cases = {
+      {"model.bin of step 3", step3, "model.bin", "model.bin"},
+      {"optimizer.bin of step 3", step3, "optimizer.bin", "optimizer.bin"},
+      {"model.bin of another job", other6, "model.bin", "model.bin"},
+      {"optimizer.bin renamed to model.bin", "", "optimizer.bin", "model.bin"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string dir = Write(job, "case/step_000006", 6);
+    StatusOr<CheckpointSeal> before = Check(job, dir, CheckpointUse::kResume);
+    ASSERT_TRUE(before.ok()) << before.status().message();
+    EXPECT_EQ(before->step, 6);
+    EXPECT_EQ(before->job_sha256, JobDigest(job));
+    const std::string source = (c.from.empty() ? dir : c.from) + "/" + c.file;
+    const std::string bytes = ReadText(source);
+    ASSERT_EQ(bytes.substr(0, 8), "FJSEALED");
+    WriteText(dir + "/" + c.as, bytes);
+    StatusOr<CheckpointSeal> r = Check(job, dir, CheckpointUse::kEval);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+    EXPECT_THAT(r.status().message(), HasSubstr("checkpoint file " + dir + "/" + c.as));
+    EXPECT_THAT(r.status().message(),
+                HasSubstr("for " + c.as + " of the checkpoint of tenant \"acme\", job " +
+                          JobDigest(job).substr(0, 16) + "..., step 6"));
+    StatusOr<std::string> read = ReadCheckpointFile(dir + "/" + c.as, *before);
+    ASSERT_FALSE(read.ok());
+    EXPECT_THAT(read.status().message(), HasSubstr("wrong key or modified file"));
+    EXPECT_THAT(read.status().message(), HasSubstr("does not authenticate as " + c.as +
+                                                   " of the checkpoint of "
+                                                   "tenant \"acme\""));
+    fs::remove_all(Path("case"));
+  }
+
+  // tenant.seal of step 3 beside step 6's record: it authenticates step 3's record, not this one.
+  const std::string dir = Write(job, "step_000006", 6);
+  fs::copy_file(step3 + "/tenant.seal", dir + "/tenant.seal", fs::copy_options::overwrite_existing);
+  StatusOr<CheckpointSeal> r = Check(job, dir, CheckpointUse::kExport);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("tenant.seal does not authenticate as the sealed record of the "
+                                              "checkpoint of tenant \"acme\""));
+  EXPECT_THAT(r.status().message(), HasSubstr("step 6"));
+  // All of step 3 (record and seal too) in step 6's directory: consistent, but for step 3.
+  for (const std::string f : {"model.bin", "optimizer.bin", "tenant.textproto", "tenant.seal"}) {
+    fs::copy_file(step3 + "/" + f, dir + "/" + f, fs::copy_options::overwrite_existing);
+  }
+  r = Check(job, dir, CheckpointUse::kResume);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("is named for step 6 but its tenant.textproto was written for step 3"));
+  // The same files under their own name still open: the control refuses moves, not checkpoints.
+  EXPECT_TRUE(Check(job, step3, CheckpointUse::kResume).ok());
+}
+
+// Records of encrypted checkpoints from before version 2 did not bind step and job: refused by
+// version. Plaintext records were never authenticated: version 1 still opens as before.
+TEST_F(CheckpointGateTest, VersionOneRecordsAreRefusedWhenEncryptedAndNewerOnesAlways) {
+  const proto::JobSpec job =
+      Acme("checkpoint { encryption_key_file: \"" + KeyFile("acme.key", 'a') + "\" }\n");
+  auto set_version = [&](const std::string& dir, const std::string& version) {
+    std::string record = ReadText(dir + "/tenant.textproto");
+    const size_t at = record.find("version: 2\n");
+    ASSERT_NE(at, std::string::npos) << record;
+    record.replace(at, 11, "version: " + version + "\n");
+    WriteText(dir + "/tenant.textproto", record);
+  };
+  const std::string sealed = Write(job, "sealed");
+  set_version(sealed, "1");
+  StatusOr<CheckpointSeal> r = Check(job, sealed, CheckpointUse::kEval);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(
+      r.status().message(),
+      HasSubstr("is encrypted under tenant.textproto version 1 (written by an older fjord), whose sealed "
+                "files are not bound to their step and job"));
+  const std::string newer = Write(job, "newer");
+  set_version(newer, "3");
+  r = Check(job, newer, CheckpointUse::kEval);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("is version 3, newer than this fjord reads (2)"));
+  const std::string plain = Write(Acme(), "plain");
+  set_version(plain, "1");
+  EXPECT_TRUE(Check(Acme(), plain, CheckpointUse::kResume).ok());
+}
+
+// A record may name only plain regular files inside the checkpoint; nothing else is opened or hashed.
+TEST_F(CheckpointGateTest, RecordNamingAFileOutsideTheCheckpointIsRefusedWithoutHashingIt) {
+  WriteText(Path("secret"), "outside the checkpoint");
+  const std::string secret_digest = Sha256Hex("outside the checkpoint");
+  const std::vector<std::string> names = {"../secret",     "../../../../etc/shadow",       "..", ".", "",
+                                          "sub/model.bin", std::string("model.bin\0x", 11)};
+  for (const std::string& name : names) {
+    SCOPED_TRACE(JsonQuote(name));
+    const std::string dir = Write(Acme(), "names");
+    proto::CheckpointTenancy record = *ReadCheckpointTenantRecord(dir);
+    proto::FileDigest* f = record.add_file();
+    f->set_name(name);
+    f->set_sha256(secret_digest);
+    std::string text;
+    ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(record, &text));
+    WriteText(dir + "/tenant.textproto", text);
+    StatusOr<CheckpointSeal> r = Check(Acme(), dir, CheckpointUse::kEval);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+    EXPECT_THAT(r.status().message(), HasSubstr("lists the file name " + JsonQuote(name) +
+                                                ", which is not a plain file name inside the checkpoint"));
+    EXPECT_THAT(r.status().message(), Not(HasSubstr("SHA-256 is")));
+    fs::remove_all(dir);
+  }
+  // A plain name that is a symbolic link out of the checkpoint, even with the target's digest.
+  const std::string dir = Write(Acme(), "link");
+  proto::CheckpointTenancy record = *ReadCheckpointTenantRecord(dir);
+  for (proto::FileDigest& f : *record.mutable_file()) {
+    if (f.name() == "model.bin") f.set_sha256(secret_digest);
+  }
+  std::string text;
+  ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(record, &text));
+  WriteText(dir + "/tenant.textproto", text);
+  fs::remove(dir + "/model.bin");
+  fs::create_symlink(Path("secret"), dir + "/model.bin");
+  StatusOr<CheckpointSeal> r = Check(Acme(), dir, CheckpointUse::kEval);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("model.bin (listed in tenant.textproto) is a symbolic link"));
+}
+
+// The writer's audit head is anchored in the (sealed) record, and the record says when the
+// writer's identity came from FJORD_NODE_IDENTITY.
+TEST_F(CheckpointGateTest, RecordAnchorsTheAuditHeadAndTheIdentityOverride) {
+  const std::string key_file = KeyFile("acme.key", 'a');
+  const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + key_file + "\" }\n");
+  fs::create_directories(Path("run"));
+  StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Path("run/audit.jsonl"), "test");
+  ASSERT_TRUE(log.ok());
+  ASSERT_TRUE((*log)->Append("one").ok());
+  StatusOr<std::string> head = (*log)->Append("two");
+  ASSERT_TRUE(head.ok());
+  StatusOr<CheckpointSeal> seal = WriterSeal(job);
+  seal->audit_log = Path("run/audit.jsonl");
+  seal->identity_override = Path("node.textproto");
+  const std::string dir = Path("anchored");
+  fs::create_directories(dir);
+  const std::string bytes = "tensor bytes";
+  ASSERT_TRUE(WriteCheckpointFile(dir + "/model.bin", {{bytes.data(), bytes.size()}}, *seal).ok());
+  ASSERT_TRUE(WriteCheckpointTenantRecord(dir, *seal, {"model.bin"}).ok());
+  ASSERT_TRUE((*log)->Append("three").ok());  // later records do not move the anchor
+
+  StatusOr<proto::AuditAnchor> anchor = ReadCheckpointAuditAnchor(dir);
+  ASSERT_TRUE(anchor.ok()) << anchor.status().message();
+  EXPECT_EQ(anchor->log(), Path("run/audit.jsonl"));
+  EXPECT_EQ(anchor->seq(), 2);
+  EXPECT_EQ(anchor->hash(), *head);
+  StatusOr<EncryptionKey> key = LoadEncryptionKey(key_file, "test");
+  ASSERT_TRUE(key.ok());
+  StatusOr<proto::AuditAnchor> keyed = ReadCheckpointAuditAnchor(dir, &*key);
+  ASSERT_TRUE(keyed.ok()) << keyed.status().message();
+  EXPECT_EQ(keyed->hash(), *head);
+  EXPECT_EQ(ReadCheckpointTenantRecord(dir)->identity_override(), Path("node.textproto"));
+  StatusOr<CheckpointSeal> opened = Check(job, dir, CheckpointUse::kEval);
+  ASSERT_TRUE(opened.ok()) << opened.status().message();
+  EXPECT_EQ(opened->audit_log, Path("run/audit.jsonl"));
+
+  // An anchor edited to match a truncated log: visible without the key, refused with it.
+  std::string record = ReadText(dir + "/tenant.textproto");
+  record.replace(record.find("seq: 2"), 6, "seq: 1");
+  WriteText(dir + "/tenant.textproto", record);
+  EXPECT_EQ(ReadCheckpointAuditAnchor(dir)->seq(), 1);
+  StatusOr<proto::AuditAnchor> forged = ReadCheckpointAuditAnchor(dir, &*key);
+  ASSERT_FALSE(forged.ok());
+  EXPECT_EQ(forged.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(forged.status().message(), HasSubstr("differs from its sealed copy tenant.seal"));
+  // No record, or a record without anchor: NotFound.
+  EXPECT_EQ(ReadCheckpointAuditAnchor(Path("nowhere")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ReadCheckpointAuditAnchor(Write(job, "unanchored")).status().code(), StatusCode::kNotFound);
+}
+
+// eval, sample and export record the opening in the checkpoint's own chain; --audit-log adds a
+// copy and cannot replace it; an opening that cannot reach the own chain is refused.
+TEST_F(CheckpointGateTest, OutsideAJobTheOpeningGoesToTheCheckpointsOwnChainAndToAuditLogToo) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1"));
+  const proto::JobSpec job = Acme();
+  fs::create_directories(Path("run"));
+  const std::string own = Path("run/audit.jsonl");
+  ASSERT_TRUE((*AuditLog::Open(own, "test"))->Append("job_start").ok());
+  StatusOr<CheckpointSeal> seal = WriterSeal(job);
+  seal->audit_log = own;
+  const std::string dir = Path("ckpt");
+  fs::create_directories(dir);
+  const std::string bytes = "tensor bytes";
+  ASSERT_TRUE(WriteCheckpointFile(dir + "/model.bin", {{bytes.data(), bytes.size()}}, *seal).ok());
+  ASSERT_TRUE(WriteCheckpointTenantRecord(dir, *seal, {"model.bin"}).ok());
+
+  CheckpointAccess access;
+  access.use = CheckpointUse::kExport;
+  access.audit_log = Path("elsewhere/audit.jsonl");
+  StatusOr<OpenedCheckpoint> opened = OpenCheckpointOutsideJob(dir, job, access);
+  ASSERT_TRUE(opened.ok()) << opened.status().message();
+  ASSERT_EQ(opened->audit.size(), 2u);
+  EXPECT_EQ(testing::Count(AuditEvents(own), "checkpoint_opened"), 1);
+  EXPECT_EQ(testing::Count(AuditEvents(access.audit_log), "checkpoint_opened"), 1);
+  ASSERT_TRUE(opened->Record("checkpoint_exported", AuditRecord().Str("dir", dir)).ok());
+  EXPECT_EQ(testing::Count(AuditEvents(own), "checkpoint_exported"), 1);
+  EXPECT_EQ(testing::Count(AuditEvents(access.audit_log), "checkpoint_exported"), 1);
+  // --audit-log naming the own chain itself records once.
+  access.audit_log = own;
+  opened = OpenCheckpointOutsideJob(dir, job, access);
+  ASSERT_TRUE(opened.ok()) << opened.status().message();
+  EXPECT_EQ(testing::Count(AuditEvents(own), "checkpoint_opened"), 2);
+
+  // The own chain gone (its directory moved away): refused even with --audit-log, which gets the refusal.
+  fs::rename(Path("run"), Path("run.moved"));
+  access.audit_log = Path("elsewhere/audit.jsonl");
+  opened = OpenCheckpointOutsideJob(dir, job, access);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_THAT(opened.status().message(), HasSubstr("fjord export of checkpoint " + dir +
+                                                   " (tenant \"acme\") must be recorded in the "
+                                                   "checkpoint's own audit log " +
+                                                   own));
+  EXPECT_THAT(opened.status().message(), HasSubstr("--audit-log records a copy elsewhere, not instead"));
+  EXPECT_FALSE(fs::exists(Path("run")));  // not created by the reader
+  EXPECT_EQ(testing::Count(AuditEvents(access.audit_log), "refusal"), 1);
+  EXPECT_TRUE(VerifyAuditLog(Path("run.moved/audit.jsonl"))->ok);
+}
+
+// resume and init_from inside a job: the opening goes to the job's log and, for a checkpoint of
+// another job, to that job's log as well; unreachable, the opening is refused.
+TEST_F(TenancyUnitTest, CheckCheckpointAppendsToTheCheckpointsOwnChain) {
+  ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1"));
+  const std::string key = KeyFile("acme.key", 'a');
+  proto::JobSpec writer = Acme("checkpoint { encryption_key_file: \"" + key + "\" }\n");
+  writer.set_run_dir(Path("writer"));
+  const proto::JobSpec reader = Acme("checkpoint { encryption_key_file: \"" + key + "\" }\n");
+  StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptions());
+  ASSERT_TRUE(comm.ok());
+  StatusOr<RankGateResult> writer_gate = RankGate(writer);
+  ASSERT_TRUE(writer_gate.ok());
+  StatusOr<std::unique_ptr<Tenancy>> w = Tenancy::Start(writer, *writer_gate, **comm);
+  ASSERT_TRUE(w.ok()) << w.status().message();
+  CheckpointSeal seal = (*w)->checkpoint_seal();
+  EXPECT_EQ(seal.audit_log, Path("writer/audit.jsonl"));
+  EXPECT_EQ(seal.identity_override, Path("node.textproto"));  // FJORD_NODE_IDENTITY
+  seal.job_sha256 = JobDigest(writer);
+  seal.step = 4;
+  const std::string dir = Path("ckpts/step_000004");
+  fs::create_directories(dir);
+  const std::string bytes = "tensor bytes";
+  ASSERT_TRUE(WriteCheckpointFile(dir + "/model.bin", {{bytes.data(), bytes.size()}}, seal).ok());
+  ASSERT_TRUE(WriteCheckpointTenantRecord(dir, seal, {"model.bin"}).ok());
+  EXPECT_EQ(ReadCheckpointTenantRecord(dir)->identity_override(), Path("node.textproto"));
+
+  StatusOr<RankGateResult> reader_gate = RankGate(reader);
+  ASSERT_TRUE(reader_gate.ok());
+  StatusOr<std::unique_ptr<Tenancy>> r = Tenancy::Start(reader, *reader_gate, **comm);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  StatusOr<CheckpointSeal> opened = (*r)->CheckCheckpoint(dir, CheckpointUse::kInitFrom);
+  ASSERT_TRUE(opened.ok()) << opened.status().message();
+  EXPECT_EQ(opened->step, 4);
+  EXPECT_EQ(testing::Count(AuditEvents(Path("run/audit.jsonl")), "checkpoint_opened"), 1);
+  EXPECT_EQ(testing::Count(AuditEvents(Path("writer/audit.jsonl")), "checkpoint_opened"), 1);
+  // The writer's chain moved away: the opening cannot be recorded there, so it is refused.
+  fs::rename(Path("writer"), Path("writer.moved"));
+  StatusOr<CheckpointSeal> refused = (*r)->CheckCheckpoint(dir, CheckpointUse::kInitFrom);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("init_from of checkpoint " + dir + " must be recorded in its own audit log " +
+                        Path("writer/audit.jsonl")));
+  EXPECT_FALSE(fs::exists(Path("writer")));  // not created by the reader
+  EXPECT_EQ(testing::Count(AuditEvents(Path("run/audit.jsonl")), "refusal"), 1);
+  EXPECT_EQ(testing::Count(AuditEvents(Path("writer.moved/audit.jsonl")), "checkpoint_opened"), 1);
 }
 
 // ---- Tenancy::Start ---------------------------------------------------------------------------
