@@ -36,7 +36,7 @@ StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSp
                                      "run it on a host with more memory, or check that " + dir +
                                          "/job.textproto describes the model that was trained");
       !fits.ok()) {
-    return AuditCheckpointRefusal(opened.audit.get(), dir, use, fits.WithContext(dir));
+    return opened.Refuse(dir, use, fits.WithContext(dir));
   }
   ConfigureThreads(loaded.job.train().threads());
   loaded.model = std::make_unique<Gpt>(config, max_batch, max_seq, CpuOps());

@@ -43,7 +43,7 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
                                      "export on a host with more memory, or check that " + dir +
                                          "/job.textproto describes the model that was trained");
       !fits.ok()) {
-    return AuditCheckpointRefusal(opened.audit.get(), dir, CheckpointUse::kExport, fits.WithContext(dir));
+    return opened.Refuse(dir, CheckpointUse::kExport, fits.WithContext(dir));
   }
   Gpt model(config, 1, 1, CpuOps());
   if (Status s = LoadCheckpointWeights(dir, model, &opened.seal); !s.ok()) {
