@@ -439,7 +439,7 @@ StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job) {
 Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
                            const CheckpointSeal& seal) {
   if (seal.key) return WriteSealedFile(path, pieces, *seal.key, CheckpointContext(seal.tenant, path));
-  return WriteFileAtomic(path, pieces);
+  return WriteFileAtomic(path, pieces, 0600);  // a tenant's plaintext tensors: private to the job's user
 }
 
 StatusOr<std::string> ReadCheckpointFile(const std::string& path, const CheckpointSeal& seal) {
@@ -502,7 +502,7 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
                                           {{text.data(), text.size()}}, *seal.key,
                                           CheckpointContext(seal.tenant, kCheckpointTenantSeal)));
   }
-  return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}});
+  return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}}, 0600);
 }
 
 StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string& dir) {
@@ -677,6 +677,7 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   }
   const proto::CheckpointTenancy& record = *read;
   opened.tenant = record.tenant();
+  if (!record.tenant().empty()) KeepNewFilesPrivate();  // exports, the audit log: the tenant's only
 
   // The audit log first: every later refusal and the opening itself are recorded.
   const std::string host = ThisHostname();
@@ -779,6 +780,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
                                                   Communicator& comm) {
   std::unique_ptr<Tenancy> t(new Tenancy());
   t->policy_ = PolicyOf(job);
+  if (!t->policy_.tenant.empty()) KeepNewFilesPrivate();  // run dir, metrics, checkpoints, audit log
   const std::string digest = JobDigest(job);
   const std::string host = ThisHostname();
   const int rank = comm.rank(), world = comm.size();
