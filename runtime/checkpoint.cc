@@ -82,7 +82,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   // A tenant's checkpoint is private to the job's user from the moment it exists: directory 0700,
   // files 0600 (docs/SOVEREIGNTY.md, "Files fjord writes"). The temporary directory has a random
   // name and must be new, so nothing planted beside the checkpoints can receive its files.
-  const mode_t dir_mode = seal != nullptr ? 0700 : 0755, file_mode = seal != nullptr ? 0600 : 0644;
+  const bool tenant = seal != nullptr && !seal->tenant.empty();
+  const mode_t dir_mode = tenant ? 0700 : 0755, file_mode = tenant ? 0600 : 0644;
   const std::string tmp_dir = RandomTempName(final_dir);
   FJORD_RETURN_IF_ERROR(CreateNewDirectory(tmp_dir, dir_mode, "writing checkpoint for step " + std::to_string(step)));
 

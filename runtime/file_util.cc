@@ -80,14 +80,17 @@ StatusOr<Fd> CreateNewFile(const std::string& path, mode_t mode, const std::stri
         (err == EEXIST ? "; something already exists at that name (a file or a symbolic link someone put "
                            "there): fjord never writes through one; remove it, or check who else writes here"
                          : "; check that the directory exists and is writable"));
+    errno = err;  // for callers that retry on EEXIST
+    return s;
   }
   return fd;
 }
 
 Status CreateNewDirectory(const std::string& path, mode_t mode, const std::string& what) {
   if (::mkdir(path.c_str(), mode) != 0) {
-    return FailedPrecondition(what + ": cannot create directory " + path + ": " + ErrnoText() +
-                              (errno == EEXIST ? "; something already exists at that name: remove it"
+    const int err = errno;
+    return FailedPrecondition(what + ": cannot create directory " + path + ": " + std::strerror(err) +
+                              (err == EEXIST ? "; something already exists at that name: remove it"
                                                : "; check that its parent exists and is writable"));
   }
   return OkStatus();

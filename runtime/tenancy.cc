@@ -439,7 +439,7 @@ StatusOr<CheckpointSeal> CheckpointSealFor(const proto::JobSpec& job) {
 Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
                            const CheckpointSeal& seal) {
   if (seal.key) return WriteSealedFile(path, pieces, *seal.key, CheckpointContext(seal.tenant, path));
-  return WriteFileAtomic(path, pieces, 0600);  // a tenant's plaintext tensors: private to the job's user
+  return WriteFileAtomic(path, pieces, seal.tenant.empty() ? 0644 : 0600);  // a tenant's: private
 }
 
 StatusOr<std::string> ReadCheckpointFile(const std::string& path, const CheckpointSeal& seal) {
@@ -502,7 +502,8 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
                                           {{text.data(), text.size()}}, *seal.key,
                                           CheckpointContext(seal.tenant, kCheckpointTenantSeal)));
   }
-  return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}}, 0600);
+  return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}},
+                         seal.tenant.empty() ? 0644 : 0600);
 }
 
 StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string& dir) {
