@@ -363,7 +363,6 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::v
     hashes.push_back(hash);
     labels.push_back(label);
     report.records = last.seq;
-    report.head_seq = last.seq;
     report.head_hash = hash;
   }
   // Anchors kept outside the log: a log cut below one, or rewritten, no longer holds its record.
@@ -371,8 +370,8 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::v
     const std::string named = "anchor " + std::to_string(anchor.seq) + ":" + anchor.hash + " (" + anchor.source + ")";
     if (anchor.seq > last.seq) {
       return fail(0, named + " names record " + std::to_string(anchor.seq) + " but the log ends at record " +
-                         std::to_string(last.seq) + ": records were cut off the end (and " + AuditHeadPath(path) +
-                         " rewritten to match), or the log was replaced");
+                         std::to_string(last.seq) + ": records were cut off the end (the head file may have been "
+                         "rewritten to match), or the log was replaced");
     }
     if (anchor.seq < 1) return fail(0, named + " does not name a record (records start at 1)");
     if (hashes[anchor.seq - 1] != anchor.hash) {

@@ -32,7 +32,7 @@
 // (or rewriting the whole chain) together with the head verifies clean. An anchor is a record's
 // (seq, hash) kept where the log's writer cannot change it: launch prints its last record's and
 // sends it to the system log (syslog), checkpoints record the head in their authenticated tenant
-// record, operators ship heads to a collector. VerifyAuditLog with anchors fails unless the log
+// record (issue 16), operators ship heads to a collector. VerifyAuditLog with anchors fails unless the log
 // holds each anchored record with exactly that hash. A full rewrite of a log of which no anchor
 // was kept remains undetectable.
 #pragma once
@@ -108,7 +108,6 @@ struct AuditVerifyReport {
   bool ok = false;
   int64_t records = 0;    // records checked before the first problem (all of them when ok)
   std::string head_hash;  // hash of the last good record ("" for an empty log)
-  int64_t head_seq = 0;   // seq of the last good record (0 for an empty log)
   int64_t bad_line = 0;   // 1-based line of the first broken record (0 when ok, or for LOG.head)
   int64_t anchors = 0;    // anchors found in the log with their hash (all of them when ok)
   // ok == false: what is wrong at bad_line and what it means. ok == true: "" or a note (an append
