@@ -21,6 +21,7 @@
 #include "collectives/bench.h"
 #include "collectives/communicator.h"
 #include "common/env.h"
+#include "runtime/file_util.h"
 #if defined(FJORD_HAVE_NCCL)
 #include "collectives/nccl_communicator.h"
 #endif
@@ -293,10 +294,7 @@ std::optional<UsageError> ReadCorruptHook(BenchOptions* o) {
 }
 
 bool WriteFile(const std::string& path, const std::string& text) {
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (f == nullptr) return false;
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  return std::fclose(f) == 0 && ok;
+  return WriteFileAtomic(path, {{text.data(), text.size()}}).ok();
 }
 
 // Reports a failure. Every rank reaches its own copy of a failure in a collective; one that only

@@ -2,11 +2,11 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <random>
 
 #include "runtime/config.h"
 #include "runtime/data.h"
+#include "runtime/file_util.h"
 #include "runtime/inference.h"
 #include "runtime/tokenizer.h"
 #include "runtime/trainer.h"
@@ -48,11 +48,8 @@ Status PrepareDemoData(const fs::path& dir) {
   fs::create_directories(dir, ec);
   if (ec) return Internal("cannot create " + dir.string() + ": " + ec.message());
   const std::string corpus = (dir / "corpus.txt").string();
-  {
-    std::ofstream out(corpus, std::ios::binary | std::ios::trunc);
-    out << GenerateDemoCorpus(400'000, 20261128);
-    if (!out) return Internal("cannot write " + corpus);
-  }
+  const std::string text = GenerateDemoCorpus(400'000, 20261128);
+  FJORD_RETURN_IF_ERROR(WriteFileAtomic(corpus, {{text.data(), text.size()}}));
   PrepOptions prep;
   prep.input = corpus;
   prep.out_dir = (dir / "data").string();

@@ -6,6 +6,7 @@
 #include <google/protobuf/text_format.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -683,6 +684,21 @@ std::string SbatchScript(const LaunchPlan& plan, const LaunchOptions& options, c
   return s;
 }
 
+// The log's last record as an anchor kept out of the job user's reach (docs/SOVEREIGNTY.md, "The
+// audit log"): printed for whoever ran launch, with the command that checks it, and sent to the
+// launch host's system log (syslog, LOG_AUTHPRIV), to which a user can add but which no user can
+// edit, and which operators ship to a collector. `lead` starts the printed line.
+void AnnounceAuditHead(const std::string& lead, const AuditAnchor& head, const std::string& launch_id,
+                       const std::string& tenant) {
+  const std::string anchor = std::to_string(head.seq) + ":" + head.hash;
+  std::printf("fjord launch: %saudit log %s head %s (check with: fjord audit verify %s --anchor %s)\n",
+              lead.c_str(), head.source.c_str(), anchor.c_str(), ShellQuote(head.source).c_str(), anchor.c_str());
+  ::openlog("fjord-launch", LOG_PID, LOG_AUTHPRIV);
+  ::syslog(LOG_NOTICE, "audit head %s log %s launch %s tenant %s", anchor.c_str(), head.source.c_str(),
+           launch_id.c_str(), tenant.c_str());
+  ::closelog();
+}
+
 // Submits the written sbatch script, records the submission, and with --wait follows the job to
 // its end. Returns launch's exit code.
 int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog& audit) {
@@ -697,7 +713,7 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
     return 1;
   }
   std::printf("fjord launch: submitted Slurm job %s\n", id->c_str());
-  StatusOr<std::string> head =
+  StatusOr<AuditAnchor> head =
       audit.Append("slurm_submitted", AuditRecord()
                                           .Str("launch_id", "slurm-" + *id)
                                           .Str("slurm_job_id", *id)
@@ -712,6 +728,8 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
   if (!head.ok()) {
     std::fprintf(stderr, "fjord launch: warning: cannot record the submission in the audit log: %s\n",
                  head.status().message().c_str());
+  } else if (!options.wait) {
+    AnnounceAuditHead("", *head, "slurm-" + *id, plan.policy.tenant);  // rank 0 appends after this
   }
   if (!options.wait) {
     std::printf(
@@ -725,7 +743,7 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
   if (!job.ok()) {
     std::fprintf(stderr, "fjord launch: error: %s\n", job.status().message().c_str());
     // The job's end is unknown, but that launch stopped following it is recorded.
-    StatusOr<std::string> end = audit.Append("launch_exit", AuditRecord()
+    StatusOr<AuditAnchor> end = audit.Append("launch_exit", AuditRecord()
                                                                 .Str("launch_id", "slurm-" + *id)
                                                                 .Str("slurm_job_id", *id)
                                                                 .Str("error", job.status().message())
@@ -734,12 +752,14 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
     if (!end.ok()) {
       std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
                    end.status().message().c_str());
+    } else {
+      AnnounceAuditHead("", *end, "slurm-" + *id, plan.policy.tenant);
     }
     return 1;
   }
   StatusOr<std::vector<std::string>> nodes = ExpandSlurmHostlist(job->nodelist);
   const std::string nodes_json = JsonStrings(nodes.ok() ? *nodes : std::vector<std::string>{job->nodelist});
-  StatusOr<std::string> end = audit.Append("launch_exit", AuditRecord()
+  StatusOr<AuditAnchor> end = audit.Append("launch_exit", AuditRecord()
                                                               .Str("launch_id", "slurm-" + *id)
                                                               .Str("slurm_job_id", *id)
                                                               .Str("slurm_state", job->state)
@@ -753,7 +773,7 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
     std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
                  end.status().message().c_str());
   } else {
-    std::printf("fjord launch: audit log %s head %s\n", plan.audit_log.c_str(), end->c_str());
+    AnnounceAuditHead("", *end, "slurm-" + *id, plan.policy.tenant);
   }
   return job->exit_code;
 }
@@ -1016,6 +1036,10 @@ int RunLaunch(const LaunchOptions& options) {
     leases = std::move(*held);
   }
 
+  // What launch writes now (run and launch directories, job spec, hostfile, audit log) and, by
+  // inheritance, what mpirun and the ranks write. After the leases, whose files every launching
+  // user must be able to write.
+  if (!plan.policy.tenant.empty()) KeepNewFilesPrivate();
   std::error_code ec;
   fs::create_directories(plan.launch_dir, ec);
   if (ec) return fail(FailedPrecondition("cannot create " + plan.launch_dir + ": " + ec.message()));
@@ -1024,8 +1048,7 @@ int RunLaunch(const LaunchOptions& options) {
   if (s.ok() && !plan.hostfile.empty())
     s = WriteFileAtomic(plan.hostfile, {{plan.hostfile_text.data(), plan.hostfile_text.size()}});
   if (s.ok() && plan.mode == LaunchMode::kSbatch) {
-    s = WriteFileAtomic(plan.sbatch_file, {{plan.sbatch_text.data(), plan.sbatch_text.size()}});
-    if (s.ok()) fs::permissions(plan.sbatch_file, fs::perms::owner_exec, fs::perm_options::add, ec);
+    s = WriteFileAtomic(plan.sbatch_file, {{plan.sbatch_text.data(), plan.sbatch_text.size()}}, 0744);
   }
   if (!s.ok()) return fail(s);
 
@@ -1053,21 +1076,20 @@ int RunLaunch(const LaunchOptions& options) {
       .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file)
                                                        : CommandLine(plan.argv));
   if (plan.mode == LaunchMode::kSrun) record.Str("slurm_job_id", options.slurm_job_id);
-  StatusOr<std::string> head = (*audit)->Append("launch_plan", record);
+  StatusOr<AuditAnchor> head = (*audit)->Append("launch_plan", record);
   if (!head.ok()) return fail(head.status());
 
   if (plan.mode == LaunchMode::kSbatch) return SubmitToSlurm(plan, options, **audit);
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
   const int code = RunChild(plan.argv);
   leases.reset();  // the job has ended: release its nodes (recorded as lease_released)
-  StatusOr<std::string> end =
+  StatusOr<AuditAnchor> end =
       (*audit)->Append("launch_exit", AuditRecord().Str("launch_id", launch_id).Int("exit_code", code));
   if (!end.ok()) {
     std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
                  end.status().message().c_str());
   } else {
-    std::printf("fjord launch: job exited with %d; audit log %s head %s\n", code, plan.audit_log.c_str(),
-                end->c_str());
+    AnnounceAuditHead("job exited with " + std::to_string(code) + "; ", *end, launch_id, plan.policy.tenant);
   }
   return code;
 }
@@ -1182,29 +1204,45 @@ int RunLaunchCommand(const std::vector<std::string>& positional,
   return RunLaunch(options);
 }
 
+const std::vector<std::string>& AuditValueFlags() {
+  static const std::vector<std::string> flags = {"--anchor"};
+  return flags;
+}
+
 int RunAuditCommand(const std::vector<std::string>& positional,
                     const std::multimap<std::string, std::string>& flags) {
-  if (positional.size() != 2 || positional[0] != "verify" || !flags.empty()) {
+  if (positional.size() != 2 || positional[0] != "verify") {
     std::fprintf(stderr, "fjord audit: error: expected `verify LOG`\nusage: %s\n", kAuditUsage);
     return 2;
   }
   const std::string& path = positional[1];
-  StatusOr<AuditVerifyReport> report = VerifyAuditLog(path);
+  std::vector<AuditAnchor> anchors;
+  for (auto [it, end] = flags.equal_range("--anchor"); it != end; ++it) {
+    StatusOr<AuditAnchor> anchor = ParseAuditAnchor(it->second, "--anchor " + it->second);
+    if (!anchor.ok()) {
+      std::fprintf(stderr, "fjord audit verify: error: --anchor: %s\nusage: %s\n", anchor.status().message().c_str(),
+                   kAuditUsage);
+      return 2;
+    }
+    anchors.push_back(*anchor);
+  }
+  StatusOr<AuditVerifyReport> report = VerifyAuditLog(path, anchors);
   if (!report.ok()) {
     std::fprintf(stderr, "fjord audit verify: error: %s\n", report.status().message().c_str());
     return 1;
   }
   if (report->ok) {
-    std::printf("fjord audit verify: %s: ok, %lld records, head %s%s%s\n", path.c_str(),
+    std::printf("fjord audit verify: %s: ok, %lld records, head %s%s%s%s\n", path.c_str(),
                 static_cast<long long>(report->records),
                 report->head_hash.empty() ? "(empty)" : report->head_hash.c_str(),
+                anchors.empty() ? "" : (", " + std::to_string(report->anchors) + " anchor(s) hold").c_str(),
                 report->problem.empty() ? "" : "; note: ", report->problem.c_str());
     return 0;
   }
   if (report->bad_line > 0) {
     std::printf("fjord audit verify: %s: BROKEN at line %lld: %s (%lld records before it verify)\n",
                 path.c_str(), static_cast<long long>(report->bad_line), report->problem.c_str(),
-                static_cast<long long>(report->records));
+                static_cast<long long>(report->bad_line - 1));
   } else {
     std::printf("fjord audit verify: %s: BROKEN at the end: %s (%lld records verify)\n", path.c_str(),
                 report->problem.c_str(), static_cast<long long>(report->records));

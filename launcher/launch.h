@@ -191,13 +191,16 @@ const std::vector<std::string>& LaunchOptionalValueFlags();  // --wait-for-nodes
 int RunLaunchCommand(const std::vector<std::string>& positional,
                      const std::multimap<std::string, std::string>& flags);
 
-inline constexpr char kAuditUsage[] = "fjord audit verify LOG";
+inline constexpr char kAuditUsage[] = "fjord audit verify LOG [--anchor SEQ:HASH]...";
 inline constexpr char kAuditSummary[] =
-    "check an audit log's hash chain and head; report the first broken record";
+    "check an audit log's hash chain, head and anchors (SEQ:HASH as launch prints them); report the first "
+    "broken record";
+const std::vector<std::string>& AuditValueFlags();  // --anchor (may repeat)
 
-// `fjord audit verify LOG`: exit 0 and "LOG: ok, N records, head HASH" when the chain holds;
-// exit 1 and the first broken record (line, seq, event, what is wrong) when it does not, or when
-// the log cannot be read; exit 2 for bad arguments.
+// `fjord audit verify LOG [--anchor SEQ:HASH]...`: exit 0 and "LOG: ok, N records, head HASH"
+// when the chain, the head and every anchor hold; exit 1 and the first broken record (line, seq,
+// event, what is wrong; for an anchor, its source) when they do not, or when the log cannot be
+// read; exit 2 for bad arguments (an anchor that is not SEQ:HASH).
 int RunAuditCommand(const std::vector<std::string>& positional,
                     const std::multimap<std::string, std::string>& flags);
 

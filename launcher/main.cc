@@ -268,7 +268,7 @@ const std::vector<Command>& Commands() {
        RunPrep},
       {"launch", kLaunchUsage, kLaunchSummary, LaunchValueFlags(), LaunchBoolFlags(),
        [](const Args& a) { return RunLaunchCommand(a.positional, a.flags); }, LaunchOptionalValueFlags()},
-      {"audit", kAuditUsage, kAuditSummary, {}, {}, [](const Args& a) { return RunAuditCommand(a.positional, a.flags); }},
+      {"audit", kAuditUsage, kAuditSummary, AuditValueFlags(), {}, [](const Args& a) { return RunAuditCommand(a.positional, a.flags); }},
       {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N] [--key FILE] [--audit-log FILE]",
        "print a checkpoint's mean loss on token shards as JSON; --key reads a sealed checkpoint",
        {"--checkpoint", "--data", "--batches", "--key", "--audit-log"}, {}, RunEval},

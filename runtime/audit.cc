@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -55,6 +56,14 @@ bool IsHex64(std::string_view s) {
 struct RecordHead {
   int64_t seq = 0;
   std::string hash;
+  std::string prev;
+};
+
+// LOG.head: the last record, and the record being appended (intent; "" when none).
+struct HeadFile {
+  int64_t seq = -1;  // -1: the file is missing
+  std::string hash;
+  std::string intent;
 };
 
 // Splits a line into the hashed body and its hash; "" problem when the shape is right.
@@ -78,48 +87,61 @@ std::string ReadRecordHead(std::string_view line, RecordHead* out) {
   if (!json.ok()) return "not valid JSON (" + json.status().message() + ")";
   const JsonValue* seq = json->Find("seq");
   if (seq == nullptr || !seq->AsInt64()) return "no integer \"seq\" field";
+  const JsonValue* prev = json->Find("prev");
+  if (prev == nullptr || !prev->is_string()) return "no \"prev\" field";
   out->seq = *seq->AsInt64();
+  out->prev = prev->text();
   return "";
 }
 
-// Reads "SEQ HASH\n" from the head file; nullopt-like (seq = -1) when missing.
-StatusOr<RecordHead> ReadHeadFile(const std::string& head_path) {
+// Reads "SEQ HASH[ INTENT]\n" from the head file; seq = -1 when it is missing.
+StatusOr<HeadFile> ReadHeadFile(const std::string& head_path) {
   std::error_code ec;
-  if (!fs::exists(head_path, ec)) return RecordHead{-1, ""};
+  if (!fs::exists(head_path, ec)) return HeadFile{};
   FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(head_path, "audit head file"));
-  RecordHead head;
-  char hash[65] = {};
-  long long seq = 0;
-  if (std::sscanf(text.c_str(), "%lld %64s", &seq, hash) != 2 || !IsHex64(hash) || seq < 1) {
-    return DataLoss("audit head file " + head_path +
-                    " is not \"SEQ HASH\": it was damaged or edited; keep it and its log for the "
-                    "auditor, and give the job a new audit_log");
+  std::vector<std::string> words;
+  const bool one_line = !text.empty() && text.back() == '\n' && text.find('\n') == text.size() - 1;
+  for (size_t at = 0; one_line && at < text.size() - 1;) {
+    const size_t space = text.find(' ', at);
+    const size_t end = space == std::string::npos ? text.size() - 1 : space;
+    words.push_back(text.substr(at, end - at));
+    at = end + 1;
   }
-  head.seq = seq;
-  head.hash = hash;
+  HeadFile head;
+  bool ok = one_line && (words.size() == 2 || words.size() == 3) && !words[0].empty() &&
+            words[0].size() < 19 && words[0].find_first_not_of("0123456789") == std::string::npos &&
+            IsHex64(words[1]) && (words.size() == 2 || IsHex64(words[2]));
+  if (ok) {
+    head.seq = std::stoll(words[0]);
+    head.hash = words[1];
+    if (words.size() == 3) head.intent = words[2];
+    // Seq 0 exists only as the genesis of a first append in progress.
+    ok = head.seq > 0 || (head.hash == kGenesis && !head.intent.empty());
+  }
+  if (!ok) {
+    return DataLoss("audit head file " + head_path +
+                    " is not \"SEQ HASH\" or \"SEQ HASH NEXT\": it was damaged or edited; keep it and its log "
+                    "for the auditor, and give the job a new audit_log");
+  }
   return head;
 }
 
-// The last two complete lines of the open log (the file must end with '\n').
-Status ReadLastLines(int fd, const std::string& path, std::string* last, std::string* before_last) {
+// The last complete line of the open log ("" for an empty file; the file must end with '\n').
+Status ReadLastLine(int fd, const std::string& path, std::string* last) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return FailedPrecondition("cannot stat audit log " + path + ": " + ErrnoText());
-  const off_t size = st.st_size;
   last->clear();
-  before_last->clear();
-  if (size == 0) return OkStatus();
-  // Read backwards until two line starts are found (or the file start).
+  if (st.st_size == 0) return OkStatus();
+  // Read backwards until the start of the last line (or the file start).
   std::string tail;
-  off_t pos = size;
-  int newlines = 0;
-  while (pos > 0 && newlines < 3) {
+  off_t pos = st.st_size;
+  while (pos > 0 && std::count(tail.begin(), tail.end(), '\n') < 2) {
     const off_t n = std::min<off_t>(pos, 65536);
     pos -= n;
     std::string chunk(static_cast<size_t>(n), '\0');
     if (::pread(fd, chunk.data(), chunk.size(), pos) != n) {
       return FailedPrecondition("cannot read audit log " + path + ": " + ErrnoText());
     }
-    for (char c : chunk) newlines += c == '\n';
     tail = chunk + tail;
   }
   if (tail.back() != '\n') {
@@ -134,17 +156,32 @@ Status ReadLastLines(int fd, const std::string& path, std::string* last, std::st
   tail.pop_back();
   const size_t a = tail.rfind('\n');
   *last = a == std::string::npos ? tail : tail.substr(a + 1);
-  if (a != std::string::npos) {
-    const std::string rest = tail.substr(0, a);
-    const size_t b = rest.rfind('\n');
-    *before_last = b == std::string::npos ? rest : rest.substr(b + 1);
-  }
   return OkStatus();
 }
 
-Status WriteHead(const std::string& head_path, int64_t seq, const std::string& hash) {
-  const std::string text = std::to_string(seq) + " " + hash + "\n";
-  return WriteFileAtomic(head_path, {{text.data(), text.size()}});
+Status WriteHead(const std::string& head_path, int64_t seq, const std::string& hash, const std::string& intent) {
+  const std::string text = std::to_string(seq) + " " + hash + (intent.empty() ? "" : " " + intent) + "\n";
+  return WriteFileAtomic(head_path, {{text.data(), text.size()}}, 0640);
+}
+
+// Where a log whose last record is `last` (seq 0: empty) stands against its head: "" when the
+// head names that record, or names the one before it with `last` as its intent (an append
+// interrupted after writing its record); otherwise what is wrong.
+std::string EndProblem(const RecordHead& last, const HeadFile& head, const std::string& head_path) {
+  if (head.seq < 0) {
+    return last.seq == 0 ? ""
+                         : head_path + " is missing: the end of the log cannot be checked (records after " +
+                               std::to_string(last.seq) + " may have been deleted)";
+  }
+  if (head.seq == last.seq && head.hash == last.hash) return "";
+  if (head.seq + 1 == last.seq && head.hash == last.prev && head.intent == last.hash) return "";
+  if (head.seq > last.seq) {
+    return "the log ends at record " + std::to_string(last.seq) + " but " + head_path + " names record " +
+           std::to_string(head.seq) + ": the last " + std::to_string(head.seq - last.seq) +
+           " record(s) were deleted";
+  }
+  return "the log's last record (seq " + std::to_string(last.seq) + ") does not match " + head_path + " (seq " +
+         std::to_string(head.seq) + "): the end of the log was replaced or the head file was edited";
 }
 
 }  // namespace
@@ -198,14 +235,14 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path, std:
   return std::unique_ptr<AuditLog>(new AuditLog(path, std::move(actor)));
 }
 
-StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord& fields) {
+StatusOr<AuditAnchor> AuditLog::Append(std::string_view event, const AuditRecord& fields) {
   if (fields.uses_reserved_key()) {
     return Internal("audit record \"" + std::string(event) +
                     "\" uses a reserved key (seq, time, actor, event, prev, "
                     "hash): a bug in fjord");
   }
   std::lock_guard<std::mutex> lock(mu_);
-  Fd fd(::open(path_.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
+  Fd fd(::open(path_.c_str(), O_RDWR | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0640));
   if (fd.get() < 0) {
     return FailedPrecondition(
         "cannot open audit log " + path_ + ": " + ErrnoText() +
@@ -214,40 +251,32 @@ StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord
   while (::flock(fd.get(), LOCK_EX) != 0) {
     if (errno != EINTR) return FailedPrecondition("cannot lock audit log " + path_ + ": " + ErrnoText());
   }
-  std::string last, before_last;
-  FJORD_RETURN_IF_ERROR(ReadLastLines(fd.get(), path_, &last, &before_last));
+  std::string last_line;
+  FJORD_RETURN_IF_ERROR(ReadLastLine(fd.get(), path_, &last_line));
   const std::string head_path = AuditHeadPath(path_);
-  FJORD_ASSIGN_OR_RETURN(RecordHead head, ReadHeadFile(head_path));
+  FJORD_ASSIGN_OR_RETURN(HeadFile head, ReadHeadFile(head_path));
   const std::string refuse_hint = "; run `fjord audit verify " + path_ +
                                   "`, keep the file for the auditor, and give the job a new audit_log";
-  RecordHead prev{0, kGenesis};
-  if (!last.empty()) {
-    if (std::string p = ReadRecordHead(last, &prev); !p.empty()) {
+  RecordHead last{0, kGenesis, ""};
+  if (!last_line.empty()) {
+    if (std::string p = ReadRecordHead(last_line, &last); !p.empty()) {
       return DataLoss("audit log " + path_ + ": its last record is unreadable (" + p + ")" + refuse_hint);
     }
-    bool head_ok = head.seq == prev.seq && head.hash == prev.hash;
-    if (!head_ok && !before_last.empty()) {
-      // An append interrupted between its line and its head update leaves the head one behind.
-      RecordHead earlier;
-      head_ok = ReadRecordHead(before_last, &earlier).empty() && head.seq == earlier.seq &&
-                head.hash == earlier.hash && prev.seq == earlier.seq + 1;
-    }
-    if (!head_ok) {
-      return DataLoss(
-          "audit log " + path_ + " ends at record " + std::to_string(prev.seq) + " but " + head_path +
-          (head.seq < 0 ? std::string(" is missing") : " names record " + std::to_string(head.seq)) +
-          ": records were removed or the head file was changed" + refuse_hint);
-    }
-  } else if (head.seq >= 0) {
+  } else if (head.seq > 0) {
     return DataLoss("audit log " + path_ + " is empty but " + head_path + " names record " +
                     std::to_string(head.seq) + ": the log was truncated or replaced" + refuse_hint);
   }
-  const int64_t seq = prev.seq + 1;
+  if (std::string p = EndProblem(last, head, head_path); !p.empty()) {
+    return DataLoss("audit log " + path_ + ": " + p + refuse_hint);
+  }
+  const int64_t seq = last.seq + 1;
   std::string body = "{\"seq\":" + std::to_string(seq) + ",\"time\":" + JsonQuote(UtcNow()) +
                      ",\"actor\":" + JsonQuote(actor_) + ",\"event\":" + JsonQuote(event) + fields.text() +
-                     ",\"prev\":\"" + prev.hash + "\"";
+                     ",\"prev\":\"" + last.hash + "\"";
   const std::string hash = Sha256Hex(body + "}");
   const std::string line = body + kHashKey + hash + "\"}\n";
+  // The intent first: a record the head did not announce is not fjord's (see audit.h).
+  FJORD_RETURN_IF_ERROR(WriteHead(head_path, last.seq, last.hash, hash).WithContext("audit log head"));
   // One write() of the whole line: O_APPEND places it at the end atomically.
   const ssize_t w = ::write(fd.get(), line.data(), line.size());
   if (w != static_cast<ssize_t>(line.size())) {
@@ -256,11 +285,24 @@ StatusOr<std::string> AuditLog::Append(std::string_view event, const AuditRecord
   }
   if (::fsync(fd.get()) != 0)
     return FailedPrecondition("cannot fsync audit log " + path_ + ": " + ErrnoText());
-  FJORD_RETURN_IF_ERROR(WriteHead(head_path, seq, hash).WithContext("audit log head"));
-  return hash;
+  FJORD_RETURN_IF_ERROR(WriteHead(head_path, seq, hash, "").WithContext("audit log head"));
+  return AuditAnchor{path_, seq, hash};
 }
 
-StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
+StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text, std::string source) {
+  const size_t colon = text.find(':');
+  const std::string_view seq = text.substr(0, colon);
+  const std::string_view hash = colon == std::string_view::npos ? "" : text.substr(colon + 1);
+  if (seq.empty() || seq.size() > 18 || seq.find_first_not_of("0123456789") != std::string_view::npos ||
+      seq == "0" || !IsHex64(hash)) {
+    return InvalidArgument("anchor '" + std::string(text) +
+                           "' is not SEQ:HASH (a record number from 1 and its 64 lower-case hex digits, as "
+                           "`fjord launch` prints after \"head\")");
+  }
+  return AuditAnchor{std::move(source), std::stoll(std::string(seq)), std::string(hash)};
+}
+
+StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::vector<AuditAnchor>& anchors) {
   FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "audit log"));
   AuditVerifyReport report;
   auto fail = [&](int64_t line_no, const std::string& what) {
@@ -269,8 +311,9 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
     report.problem = what;
     return report;
   };
-  RecordHead prev{0, kGenesis};
-  RecordHead before_prev;
+  std::vector<std::string> hashes;  // hashes[seq - 1]: each record's hash (line = seq)
+  std::vector<std::string> labels;  // "record seq N (event \"E\")"
+  RecordHead last{0, kGenesis, ""};
   size_t start = 0;
   int64_t line_no = 0;
   while (start < text.size()) {
@@ -283,7 +326,7 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
     const std::string_view line(text.data() + start, end - start);
     start = end + 1;
     std::string body, hash;
-    const std::string where = "record " + std::to_string(prev.seq + 1) + " expected here";
+    const std::string where = "record " + std::to_string(last.seq + 1) + " expected here";
     if (std::string p = SplitHash(line, &body, &hash); !p.empty()) {
       return fail(line_no, p + " (" + where + "): the line was edited or inserted by hand");
     }
@@ -306,53 +349,62 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path) {
                                ": its hash does not match its content: the record was edited after it was "
                                "written");
     }
-    if (*seq->AsInt64() != prev.seq + 1) {
-      return fail(line_no, label + " follows record " + std::to_string(prev.seq) +
+    if (*seq->AsInt64() != last.seq + 1) {
+      return fail(line_no, label + " follows record " + std::to_string(last.seq) +
                                ": records were deleted, inserted or reordered here");
     }
-    if (prev_field->text() != prev.hash) {
+    if (prev_field->text() != last.hash) {
       return fail(line_no,
                   label +
                       ": its \"prev\" is not the hash of the record before it: records were deleted, "
                       "inserted or reordered here");
     }
-    before_prev = prev;
-    prev.seq = *seq->AsInt64();
-    prev.hash = hash;
-    report.records = prev.seq;
+    last = RecordHead{*seq->AsInt64(), hash, prev_field->text()};
+    hashes.push_back(hash);
+    labels.push_back(label);
+    report.records = last.seq;
     report.head_hash = hash;
   }
-  StatusOr<RecordHead> head = ReadHeadFile(AuditHeadPath(path));
-  if (!head.ok()) return fail(0, head.status().message());
-  const std::string head_path = AuditHeadPath(path);
-  if (head->seq < 0) {
-    if (prev.seq == 0) {
-      report.ok = true;
-      return report;
+  // Anchors kept outside the log: a log cut below one, or rewritten, no longer holds its record.
+  for (const AuditAnchor& anchor : anchors) {
+    const std::string named = "anchor " + std::to_string(anchor.seq) + ":" + anchor.hash + " (" + anchor.source + ")";
+    if (anchor.seq > last.seq) {
+      return fail(0, named + " names record " + std::to_string(anchor.seq) + " but the log ends at record " +
+                         std::to_string(last.seq) + ": records were cut off the end (the head file may have been "
+                         "rewritten to match), or the log was replaced");
     }
-    return fail(0, head_path + " is missing: the end of the log cannot be checked (records after " +
-                       std::to_string(prev.seq) + " may have been deleted)");
+    if (anchor.seq < 1) return fail(0, named + " does not name a record (records start at 1)");
+    if (hashes[anchor.seq - 1] != anchor.hash) {
+      return fail(anchor.seq, labels[anchor.seq - 1] + " has hash " + hashes[anchor.seq - 1] + " but " + named +
+                                  " says otherwise: the log was rewritten at or before this record");
+    }
+    ++report.anchors;
   }
-  if (head->seq == prev.seq && head->hash == prev.hash) {
-    report.ok = true;
-    return report;
+  const std::string head_path = AuditHeadPath(path);
+  StatusOr<HeadFile> head = ReadHeadFile(head_path);
+  if (!head.ok()) return fail(0, head.status().message());
+  // A record the head neither names nor announced was not appended by fjord.
+  if (head->seq >= 0 && head->seq < last.seq && (head->seq == 0 || hashes[head->seq - 1] == head->hash) &&
+      (head->seq + 1 != last.seq || head->intent != last.hash)) {
+    const int64_t first = head->seq + 1;
+    return fail(first, labels[first - 1] + " is not covered by " + head_path + " (which names record " +
+                           std::to_string(head->seq) +
+                           (head->intent.empty() ? std::string(" and no append in progress")
+                                                 : " and an append of another record") +
+                           "): every fjord append announces its record in the head before writing it, so this "
+                           "one was added by hand (forged, or copied in); keep the log and its head for the "
+                           "auditor and give the job a new audit_log");
   }
-  if (head->seq == prev.seq - 1 && head->hash == before_prev.hash) {
-    // An append interrupted after writing its record and before updating the head.
-    report.ok = true;
-    report.problem =
-        head_path + " lags one record behind (an append was interrupted after writing its record)";
-    return report;
+  if (std::string p = EndProblem(last, *head, head_path); !p.empty()) return fail(0, p);
+  report.ok = true;
+  if (!head->intent.empty()) {
+    report.problem = head->seq == last.seq
+                         ? "an append of record " + std::to_string(last.seq + 1) +
+                               " was interrupted before its record was written (nothing is missing)"
+                         : "an append was interrupted after writing record " + std::to_string(last.seq) +
+                               " and before updating " + head_path + "; the head announced exactly that record";
   }
-  if (head->seq > prev.seq) {
-    return fail(0, "the log ends at record " + std::to_string(prev.seq) + " but " + head_path +
-                       " names record " + std::to_string(head->seq) + ": the last " +
-                       std::to_string(head->seq - prev.seq) + " record(s) were deleted");
-  }
-  return fail(0, "the log's last record (seq " + std::to_string(prev.seq) + ") does not match " + head_path +
-                     " (seq " + std::to_string(head->seq) +
-                     "): the end of the log was replaced or the head file "
-                     "was edited");
+  return report;
 }
 
 }  // namespace fjord

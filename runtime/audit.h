@@ -8,19 +8,33 @@
 // ends with `"prev":"..."}`). Canonical by construction: we write the bytes we hash and verify
 // the bytes we read, so no JSON re-serialisation can disagree.
 //
-// The end of the chain: a hash chain alone cannot show that its last records were cut off. Every
-// append therefore also writes LOG.head ("SEQ HASH\n", replaced atomically), and both verification
-// and the next append check that the log ends where LOG.head says. An append onto a log whose end
-// does not match is refused, so a truncation cannot be laundered by appending after it.
+// The end of the chain: a hash chain alone cannot show that its last records were cut off, or
+// that one was added by hand. Every append therefore keeps LOG.head, replaced atomically, in step:
+//   1. it writes the head "N HASH_N NEXT": record N is the last, and record N+1, whose hash will be
+//      NEXT, is being appended (the intent);
+//   2. it appends record N+1 (one write, fsync);
+//   3. it writes the head "N+1 NEXT".
+// So every record in the log was announced in the head before it was written, and a record that
+// the head does not name is not fjord's: verification fails at its line. An append interrupted
+// after 1 leaves "N HASH_N NEXT" with the log ending at N (nothing was written) or at a record N+1
+// whose hash is exactly NEXT (its record was written; no one can make another record with that
+// hash); both verify, with a note, and the next append goes on from them. An append onto a log
+// whose end does not match its head is refused, so a truncation or forgery cannot be laundered by
+// appending after it.
 //
 // Writers: `fjord launch` and rank 0 of a job append to the same file, possibly at the same time
 // (launch's exit record while rank 0 still writes), and a refusing rank appends its own refusal.
-// Each Append takes an exclusive flock on the log for read-last-record, write, fsync and head
-// update. flock works across processes on one host and on NFSv4 clients; see docs/SOVEREIGNTY.md.
+// Each Append takes an exclusive flock on the log for read-last-record, head, write, fsync and
+// head update. flock works across processes on one host and on NFSv4 clients; see
+// docs/SOVEREIGNTY.md.
 //
-// What it does not do: an attacker who can write the file and recompute SHA-256 can rewrite the
-// whole chain and the head file. Keep the head hash elsewhere (launch prints it, checkpoints record
-// it, operators ship it to a log collector) to make rewrites detectable too.
+// Anchors: whoever can write the log can also rewrite its head, so cutting records off the end
+// (or rewriting the whole chain) together with the head verifies clean. An anchor is a record's
+// (seq, hash) kept where the log's writer cannot change it: launch prints its last record's and
+// sends it to the system log (syslog), checkpoints record the head in their authenticated tenant
+// record (issue 16), operators ship heads to a collector. VerifyAuditLog with anchors fails unless the log
+// holds each anchored record with exactly that hash. A full rewrite of a log of which no anchor
+// was kept remains undetectable.
 #pragma once
 
 #include <cstdint>
@@ -28,10 +42,24 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
 namespace fjord {
+
+// A record's seq and hash, kept outside the log to detect its truncation or rewrite; `source`
+// says where it came from ("--anchor 12:ab..", "checkpoint run/checkpoints/step_000100") and is
+// named when the log does not hold it.
+struct AuditAnchor {
+  std::string source;
+  int64_t seq = 0;
+  std::string hash;  // 64 lower-case hex digits
+};
+
+// Parses "SEQ:HASH" (what `fjord launch` prints after "head"); `source` goes into the anchor.
+// InvalidArgument names the text and the expected form.
+StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text, std::string source);
 
 // The fields of one record after the fixed ones, in insertion order. Keys must not be one of the
 // fixed keys (seq, time, actor, event, prev, hash).
@@ -60,10 +88,10 @@ class AuditLog {
   static StatusOr<std::unique_ptr<AuditLog>> Open(const std::string& path, std::string actor,
                                                   bool create_parent = true);
 
-  // Appends one record (see the file comment) under an exclusive lock; returns the new record's
-  // hash. Refuses to append when the log's last record is unreadable or does not match LOG.head.
-  // Thread-safe.
-  StatusOr<std::string> Append(std::string_view event, const AuditRecord& fields = AuditRecord());
+  // Appends one record (see the file comment) under an exclusive lock; returns the new record as
+  // an anchor (source: the log's path). Refuses to append when the log's last record is
+  // unreadable or does not match LOG.head. Thread-safe.
+  StatusOr<AuditAnchor> Append(std::string_view event, const AuditRecord& fields = AuditRecord());
 
   const std::string& path() const { return path_; }
   const std::string& actor() const { return actor_; }
@@ -81,15 +109,19 @@ struct AuditVerifyReport {
   int64_t records = 0;    // records checked before the first problem (all of them when ok)
   std::string head_hash;  // hash of the last good record ("" for an empty log)
   int64_t bad_line = 0;   // 1-based line of the first broken record (0 when ok, or for LOG.head)
-  // ok == false: what is wrong at bad_line and what it means. ok == true: "" or a note (the head
-  // file lags one record behind an interrupted append).
+  int64_t anchors = 0;    // anchors found in the log with their hash (all of them when ok)
+  // ok == false: what is wrong at bad_line and what it means. ok == true: "" or a note (an append
+  // was interrupted; see the file comment).
   std::string problem;
 };
 
 // Checks every record in order: one JSON object per line, fixed fields present, seq = previous + 1,
-// prev = previous hash, hash = SHA-256 of the line; then that LOG.head names the last record.
+// prev = previous hash, hash = SHA-256 of the line; that the log holds every anchor's record with
+// the anchor's hash (a log cut below an anchor, or rewritten, fails naming the anchor's source);
+// then that the log ends where LOG.head says (a record the head does not cover fails at its line).
 // Returns a Status error only when the log cannot be read at all.
-StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path);
+StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path,
+                                           const std::vector<AuditAnchor>& anchors = {});
 
 // The head file of a log: path + ".head".
 std::string AuditHeadPath(const std::string& log_path);

@@ -46,26 +46,12 @@ std::vector<int32_t> MakeHeader(const Gpt& model, int step) {
 
 std::string ErrnoText() { return std::strerror(errno); }
 
-// Writes the pieces to `path` and fsyncs it.
-Status WriteFileSynced(const std::string& path, const std::vector<std::pair<const void*, size_t>>& pieces) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return Internal("cannot create " + path + ": " + ErrnoText());
-  for (const auto& [data, bytes] : pieces) {
-    const char* p = static_cast<const char*>(data);
-    size_t left = bytes;
-    while (left > 0) {
-      ssize_t w = ::write(fd, p, left);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        std::string err = ErrnoText();
-        ::close(fd);
-        return Internal("cannot write " + path + ": " + err + " (is the disk full?)");
-      }
-      p += w;
-      left -= static_cast<size_t>(w);
-    }
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) return Internal("cannot flush " + path + ": " + ErrnoText());
+// Writes the pieces to `path`, a new file (never through anything planted there), and fsyncs it.
+Status WriteFileSynced(const std::string& path, const std::vector<std::pair<const void*, size_t>>& pieces,
+                       mode_t mode) {
+  FJORD_ASSIGN_OR_RETURN(Fd fd, CreateNewFile(path, mode, "checkpoint"));
+  for (const auto& [data, bytes] : pieces) FJORD_RETURN_IF_ERROR(WriteAll(fd.get(), data, bytes, path));
+  if (::fsync(fd.get()) != 0 || !fd.Close()) return Internal("cannot flush " + path + ": " + ErrnoText());
   return OkStatus();
 }
 
@@ -93,10 +79,13 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   fs::create_directories(checkpoints_dir, ec);
   if (ec) return Internal("cannot create checkpoint directory " + checkpoints_dir + ": " + ec.message());
   const std::string final_dir = (fs::path(checkpoints_dir) / StepName(step)).string();
-  const std::string tmp_dir = final_dir + ".tmp." + std::to_string(::getpid());
-  fs::remove_all(tmp_dir, ec);
-  fs::create_directories(tmp_dir, ec);
-  if (ec) return Internal("cannot create " + tmp_dir + ": " + ec.message());
+  // A tenant's checkpoint is private to the job's user from the moment it exists: directory 0700,
+  // files 0600 (docs/SOVEREIGNTY.md, "Files fjord writes"). The temporary directory has a random
+  // name and must be new, so nothing planted beside the checkpoints can receive its files.
+  const bool tenant = seal != nullptr && !seal->tenant.empty();
+  const mode_t dir_mode = tenant ? 0700 : 0755, file_mode = tenant ? 0600 : 0644;
+  const std::string tmp_dir = RandomTempName(final_dir);
+  FJORD_RETURN_IF_ERROR(CreateNewDirectory(tmp_dir, dir_mode, "writing checkpoint for step " + std::to_string(step)));
 
   const std::vector<int32_t> header = MakeHeader(model, step);
   const size_t header_bytes = header.size() * sizeof(int32_t);
@@ -130,7 +119,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
       for (const auto& [data, size] : f.pieces) spans.push_back({data, size});
       s = WriteCheckpointFile(path, spans, file_seal);
     } else {
-      s = WriteFileSynced(path, f.pieces);
+      s = WriteFileSynced(path, f.pieces, file_mode);
     }
     if (!s.ok()) break;
     if (crash_hook && std::atoi(crash_hook->c_str()) == step) {
@@ -155,7 +144,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
         ",\n  \"world_size\": " + std::to_string(state.world_size) +
         ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) + ",\n  \"seed\": " + std::to_string(state.seed) +
         ",\n  \"job_sha256\": \"" + Sha256Hex(job_text) + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
-    s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}});
+    s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}}, file_mode);
   }
   // The tenant record last: it holds the digests of every file above, manifest.json included, so
   // the manifest's step and data position are as authenticated as the tensors.

@@ -3,6 +3,7 @@
 #include "runtime/crypto.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -222,6 +223,18 @@ StatusOr<EncryptionKey> LoadEncryptionKey(const std::string& path, const std::st
                                                   "with `openssl rand -hex 32 > KEY; chmod 600 KEY`)");
   }
   if (!S_ISREG(st.st_mode)) return InvalidArgument(what + " is not a regular file; give the key file itself");
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    // Another user's file: its owner could swap in a key they know (and read what it seals), or
+    // read ours. Only this process's user and root may own a tenant's key.
+    auto name = [](uid_t uid) {
+      const struct passwd* pw = ::getpwuid(uid);
+      return std::to_string(uid) + (pw != nullptr ? " (" + std::string(pw->pw_name) + ")" : "");
+    };
+    return FailedPrecondition(what + " is owned by uid " + name(st.st_uid) + ", not by uid " + name(::geteuid()) +
+                              " who runs fjord, nor by root: another user could replace the key; keep the "
+                              "tenant's key in a file of your own (copy it, or as root: chown " +
+                              std::to_string(::geteuid()) + " " + path + ")");
+  }
   if ((st.st_mode & 077) != 0) {
     char mode[8];
     std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
@@ -318,40 +331,11 @@ StatusOr<std::string> Unseal(std::string_view sealed, const EncryptionKey& key, 
 Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& plaintext,
                        const EncryptionKey& key, std::string_view context) {
   FJORD_ASSIGN_OR_RETURN(const auto header, NewHeader());
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (fd.get() < 0) {
-    return FailedPrecondition("cannot create " + tmp + ": " + std::strerror(errno) +
-                              "; check that the directory exists and is writable");
-  }
-  auto write_all = [&](const uint8_t* p, size_t n) -> Status {
-    while (n > 0) {
-      const ssize_t w = ::write(fd.get(), p, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0)
-        return FailedPrecondition("write to " + tmp + " failed: " + std::strerror(errno) +
-                                  "; check free disk space");
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-    return OkStatus();
-  };
-  Status s = write_all(header.data(), header.size());
-  if (s.ok()) s = GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext, write_all);
-  if (s.ok() && ::fsync(fd.get()) != 0)
-    s = FailedPrecondition("fsync of " + tmp + " failed: " + std::strerror(errno));
-  if (s.ok() && !fd.Close()) s = FailedPrecondition("close of " + tmp + " failed: " + std::strerror(errno));
-  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    s = FailedPrecondition("rename of " + tmp + " to " + path + " failed: " + std::strerror(errno));
-  }
-  if (!s.ok()) {
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  Fd dir_fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
-  return OkStatus();
+  FJORD_ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path, 0600));
+  auto write_all = [&](const uint8_t* p, size_t n) { return file.Write(p, n); };
+  FJORD_RETURN_IF_ERROR(write_all(header.data(), header.size()));
+  FJORD_RETURN_IF_ERROR(GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext, write_all));
+  return file.Commit();
 }
 
 StatusOr<std::string> ReadSealedFile(const std::string& path, const EncryptionKey& key,

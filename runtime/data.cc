@@ -39,38 +39,6 @@ constexpr char kPrepHint[] = "create shards with `fjord prep`";
 
 std::string ErrnoText() { return std::strerror(errno); }
 
-// Owns a file descriptor.
-class File {
- public:
-  explicit File(int fd) : fd_(fd) {}
-  File(const File&) = delete;
-  File& operator=(const File&) = delete;
-  ~File() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  // Closes now and reports whether close succeeded (it can report a delayed write error).
-  bool Close() {
-    const int fd = fd_;
-    fd_ = -1;
-    return ::close(fd) == 0;
-  }
-
- private:
-  int fd_;
-};
-
-bool WriteAll(int fd, const uint8_t* data, size_t size) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
 // Reads exactly `size` bytes; false on error or early end of file (errno is 0 for the latter).
 bool ReadAll(int fd, uint8_t* data, size_t size) {
   while (size > 0) {
@@ -163,24 +131,14 @@ Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens) {
                            "header; write at most 2147483647 tokens per shard (PrepOptions.shard_tokens)");
   }
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  File file(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (file.get() < 0) {
-    return FailedPrecondition(what + ": cannot create " + tmp + ": " + ErrnoText() +
-                              "; check that the directory exists and is writable");
-  }
-  auto fail = [&](const std::string& step) {
-    const std::string reason = ErrnoText();
-    ::unlink(tmp.c_str());
-    return FailedPrecondition(what + ": " + step + " " + tmp + " failed: " + reason +
-                              "; check free disk space and permissions");
-  };
+  StatusOr<AtomicFile> file = AtomicFile::Create(path);
+  if (!file.ok()) return file.status().WithContext(what);
 
   std::vector<uint8_t> buffer(kHeaderBytes, 0);
   PutLe32(&buffer[0], static_cast<uint32_t>(kShardMagic));
   PutLe32(&buffer[4], static_cast<uint32_t>(kShardVersion));
   PutLe32(&buffer[8], static_cast<uint32_t>(tokens.size()));
-  if (!WriteAll(file.get(), buffer.data(), buffer.size())) return fail("write to");
+  FJORD_RETURN_IF_ERROR(file->Write(buffer.data(), buffer.size()).WithContext(what));
   constexpr size_t kChunk = 1 << 16;
   buffer.resize(2 * kChunk);
   for (size_t begin = 0; begin < tokens.size(); begin += kChunk) {
@@ -190,16 +148,9 @@ Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens) {
       buffer[2 * i] = static_cast<uint8_t>(t);
       buffer[2 * i + 1] = static_cast<uint8_t>(t >> 8);
     }
-    if (!WriteAll(file.get(), buffer.data(), 2 * n)) return fail("write to");
+    FJORD_RETURN_IF_ERROR(file->Write(buffer.data(), 2 * n).WithContext(what));
   }
-  if (::fsync(file.get()) != 0) return fail("fsync of");
-  if (!file.Close()) return fail("close of");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename to " + path + " of");
-  // Make the rename itself durable; failing to sync a directory is not worth refusing over.
-  const fs::path dir = fs::path(path).parent_path();
-  File dir_fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
-  return OkStatus();
+  return file->Commit().WithContext(what);
 }
 
 namespace {
@@ -266,7 +217,7 @@ Status CheckShardTokens(std::vector<uint16_t>& tokens, const std::string& what, 
 
 StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_size) {
   const std::string what = "shard " + path;
-  File file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (file.get() < 0) {
     if (errno == ENOENT) return NotFound(what + ": no such file; check the path, or " + kPrepHint);
     return FailedPrecondition(what + ": cannot open it: " + ErrnoText() +

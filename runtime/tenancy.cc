@@ -560,7 +560,7 @@ bool IsPlainFileName(std::string_view name) {
 
 Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
                            const CheckpointSeal& seal) {
-  if (!seal.key) return WriteFileAtomic(path, pieces);
+  if (!seal.key) return WriteFileAtomic(path, pieces, seal.tenant.empty() ? 0644 : 0600);  // a tenant's: private
   if (seal.job_sha256.empty() || seal.step < 0) {
     return Internal("sealing checkpoint file " + path +
                     " without the job digest and step it belongs to: a bug in fjord");
@@ -673,7 +673,8 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
                                           {{text.data(), text.size()}}, *seal.key,
                                           CheckpointContext(seal, kCheckpointTenantSeal)));
   }
-  return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}});
+  return WriteFileAtomic((fs::path(dir) / kCheckpointTenantRecord).string(), {{text.data(), text.size()}},
+                         seal.tenant.empty() ? 0644 : 0600);
 }
 
 StatusOr<proto::CheckpointTenancy> ReadCheckpointTenantRecord(const std::string& dir) {
@@ -975,6 +976,7 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   }
   const proto::CheckpointTenancy& record = *read;
   opened.tenant = record.tenant();
+  if (!record.tenant().empty()) KeepNewFilesPrivate();  // exports, the audit log: the tenant's only
 
   // The audit logs first: every later refusal and the opening itself are recorded. The
   // checkpoint's own chain is the log its record anchors (else its job's), which no flag can move;
@@ -1090,6 +1092,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
                                                   Communicator& comm) {
   std::unique_ptr<Tenancy> t(new Tenancy());
   t->policy_ = PolicyOf(job);
+  if (!t->policy_.tenant.empty()) KeepNewFilesPrivate();  // run dir, metrics, checkpoints, audit log
   const std::string digest = JobDigest(job);
   const std::string host = ThisHostname();
   const int rank = comm.rank(), world = comm.size();

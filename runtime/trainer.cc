@@ -27,6 +27,7 @@
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/device.h"
+#include "runtime/file_util.h"
 #include "runtime/gpt.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/mfu.h"
@@ -392,15 +393,21 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
     val_data = std::make_unique<DataLoader>(std::move(v));
   }
 
-  std::ofstream metrics;
+  Fd metrics(-1);  // never written through a symbolic link planted at its name
+  const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
+  auto open_metrics = [&](int how) {
+    metrics = Fd(::open(metrics_path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | how, 0644));
+    const int err = errno;
+    return metrics.get() >= 0 ? OkStatus()
+                              : FailedPrecondition("cannot write " + metrics_path + ": " + std::strerror(err) +
+                                                   (err == ELOOP ? "; it is a symbolic link: remove it" : ""));
+  };
   if (lead) {
     std::error_code ec;
     fs::create_directories(job.run_dir(), ec);
     if (ec) return Internal("cannot create run_dir " + job.run_dir() + ": " + ec.message());
-    const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
     // A resumed run keeps the lines of the steps its checkpoint covers (rewritten below).
-    metrics.open(metrics_path, job.checkpoint().resume() ? std::ios::app : std::ios::trunc);
-    if (!metrics) return Internal("cannot write " + metrics_path);
+    FJORD_RETURN_IF_ERROR(open_metrics(job.checkpoint().resume() ? O_APPEND : O_TRUNC));
   }
 
   TrainResult result;
@@ -527,19 +534,17 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
   }
   if (lead && start_step > 0) {
     // Continue the metrics of the run being resumed, dropping lines of steps after the checkpoint.
-    const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
-    metrics.close();
-    std::vector<std::string> kept;
+    metrics.Close();
+    std::string kept;
     {
       std::ifstream old(metrics_path);
       for (std::string line; std::getline(old, line);) {
         int s = 0;
-        if (std::sscanf(line.c_str(), "{\"step\": %d", &s) == 1 && s <= start_step) kept.push_back(line);
+        if (std::sscanf(line.c_str(), "{\"step\": %d", &s) == 1 && s <= start_step) kept += line + "\n";
       }
     }
-    metrics.open(metrics_path, std::ios::trunc);
-    for (const std::string& line : kept) metrics << line << "\n";
-    metrics.flush();
+    FJORD_RETURN_IF_ERROR(WriteFileAtomic(metrics_path, {{kept.data(), kept.size()}}));
+    FJORD_RETURN_IF_ERROR(open_metrics(O_APPEND));
   }
 
   // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
@@ -717,8 +722,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
                        static_cast<unsigned long long>(step_first / train_data.sequences_per_epoch()));
     if (!finite) n += std::snprintf(line + n, sizeof(line) - n, ", \"skipped\": true");
     std::snprintf(line + n, sizeof(line) - n, "}\n");
-    metrics << line;
-    metrics.flush();
+    if (metrics.get() >= 0) (void)WriteAll(metrics.get(), line, std::strlen(line), metrics_path);
     if (tensorboard) {
       const std::pair<const char*, float> scalars[] = {
           {"train/loss", loss}, {"train/lr", lr}, {"train/grad_norm", grad_norm},

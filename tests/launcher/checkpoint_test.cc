@@ -387,7 +387,7 @@ TEST_F(CheckpointTest, FullDiskLeavesThePreviousCheckpointIntact) {
     if (e.path().filename().string().find(".tmp.") != std::string::npos) leftovers += e.path().string();
   umount(mnt.c_str());
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("is the disk full?"));
+  EXPECT_THAT(r.output, HasSubstr("No space left on device; check free disk space"));
   EXPECT_THAT(r.output, HasSubstr("the previous checkpoints are intact"));
   EXPECT_TRUE(had_first);
   EXPECT_EQ(leftovers, "");

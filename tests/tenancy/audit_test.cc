@@ -5,10 +5,14 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <openssl/sha.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
+#include <sstream>
 
 #include "tests/tenancy/test_util.h"
 
@@ -28,7 +32,7 @@ class AuditTest : public testing::TenancyTest {
     StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "test@host");
     ASSERT_TRUE(a.ok()) << a.status().message();
     for (int i = 0; i < n; ++i) {
-      StatusOr<std::string> h =
+      auto h =
           (*a)->Append("event" + std::to_string(i + 1),
                        AuditRecord().Int("i", i).Str("text", "line \"" + std::to_string(i) + "\"\n"));
       ASSERT_TRUE(h.ok()) << h.status().message();
@@ -45,12 +49,34 @@ class AuditTest : public testing::TenancyTest {
     for (const std::string& l : lines) text += l + "\n";
     WriteText(log(), text);
   }
-  AuditVerifyReport Verify() const {
-    StatusOr<AuditVerifyReport> r = VerifyAuditLog(log());
+  AuditVerifyReport Verify(const std::vector<AuditAnchor>& anchors = {}) const {
+    StatusOr<AuditVerifyReport> r = VerifyAuditLog(log(), anchors);
     EXPECT_TRUE(r.ok()) << r.status().message();
     return r.ok() ? *r : AuditVerifyReport();
   }
 };
+
+// The "hash" field of a record line.
+std::string HashOf(const std::string& line) { return line.substr(line.size() - 66, 64); }
+
+std::vector<std::string> Words(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+// A record as someone who knows the format writes it by hand: chained to `prev`, hashed with
+// OpenSSL's one-shot SHA256 (independent of fjord's Sha256Hex).
+std::string Forge(int seq, const std::string& event, const std::string& prev) {
+  const std::string body = "{\"seq\":" + std::to_string(seq) + ",\"time\":\"2026-01-01T00:00:00.000Z\",\"actor\":"
+                           "\"rank0@no1\",\"event\":\"" + event + "\",\"prev\":\"" + prev + "\"}";
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(body.data()), body.size(), digest);
+  char hex[2 * SHA256_DIGEST_LENGTH + 1];
+  for (int i = 0; i < SHA256_DIGEST_LENGTH; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  return body.substr(0, body.size() - 1) + ",\"hash\":\"" + hex + "\"}";
+}
 
 TEST_F(AuditTest, AppendsChainAndVerify) {
   Write(5);
@@ -62,7 +88,7 @@ TEST_F(AuditTest, AppendsChainAndVerify) {
   const AuditVerifyReport r = Verify();
   EXPECT_TRUE(r.ok) << r.problem;
   EXPECT_EQ(r.records, 5);
-  EXPECT_THAT(ReadText(log() + ".head"), HasSubstr("5 " + r.head_hash));
+  EXPECT_EQ(ReadText(log() + ".head"), "5 " + r.head_hash + "\n");
   // Each record's prev is the previous record's hash.
   const std::string h1 = lines[0].substr(lines[0].size() - 66, 64);
   EXPECT_THAT(lines[1], HasSubstr("\"prev\":\"" + h1 + "\""));
@@ -115,10 +141,10 @@ TEST_F(AuditTest, DeletingAnyRecordIsDetected) {
   EXPECT_THAT(r.problem, HasSubstr("names record 4: the last 1 record(s) were deleted"));
   // ...and nothing can be appended after the cut, so the truncation cannot be laundered.
   StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
-  StatusOr<std::string> appended = (*a)->Append("after_cut");
+  auto appended = (*a)->Append("after_cut");
   ASSERT_FALSE(appended.ok());
   EXPECT_THAT(appended.status().message(), HasSubstr("ends at record 3"));
-  EXPECT_THAT(appended.status().message(), HasSubstr("records were removed"));
+  EXPECT_THAT(appended.status().message(), HasSubstr("the last 1 record(s) were deleted"));
   // Deleting the whole log but keeping its head.
   SetLines({});
   r = Verify();
@@ -143,9 +169,8 @@ TEST_F(AuditTest, ReorderingAndDuplicatingAreDetected) {
   EXPECT_EQ(r.bad_line, 3);
 }
 
-TEST_F(AuditTest, HeadFileMissingEditedOrLaggingByOne) {
+TEST_F(AuditTest, HeadFileMissingOrEditedIsReported) {
   Write(3);
-  const std::string head = ReadText(log() + ".head");
   fs::remove(log() + ".head");
   AuditVerifyReport r = Verify();
   EXPECT_FALSE(r.ok);
@@ -154,19 +179,165 @@ TEST_F(AuditTest, HeadFileMissingEditedOrLaggingByOne) {
   r = Verify();
   EXPECT_FALSE(r.ok);
   EXPECT_THAT(r.problem, HasSubstr("does not match"));
-  // An append interrupted between its record and its head update: still a valid log, and the next
-  // append goes on from it.
+}
+
+// The attack: one well-formed, correctly chained record appended by hand, the head left alone.
+// Before the intent protocol, a head one record behind was taken for an interrupted append.
+TEST_F(AuditTest, AForgedRecordAppendedWithoutTheHeadFailsAtItsLine) {
+  Write(3);
+  const std::string head = ReadText(log() + ".head");
+  std::vector<std::string> lines = Lines();
+  lines.push_back(Forge(4, "export_done", HashOf(lines.back())));
+  SetLines(lines);
+  EXPECT_EQ(ReadText(log() + ".head"), head);
+  const AuditVerifyReport r = Verify();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.bad_line, 4);
+  EXPECT_THAT(r.problem, HasSubstr("record seq 4 (event \"export_done\") is not covered by " + log() +
+                                   ".head (which names record 3 and no append in progress)"));
+  EXPECT_THAT(r.problem, HasSubstr("added by hand"));
+  // The same record where an append of another record was announced: still not fjord's.
+  WriteText(log() + ".head", "3 " + HashOf(lines[2]) + " " + std::string(64, 'b') + "\n");
+  EXPECT_EQ(Verify().bad_line, 4);
+  // Nothing is appended after it.
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  auto appended = (*a)->Append("after_forgery");
+  ASSERT_FALSE(appended.ok());
+  EXPECT_THAT(appended.status().message(), HasSubstr("does not match"));
+}
+
+// An append interrupted after writing its record and before its head update leaves the head one
+// behind, naming exactly that record as the one in progress: it verifies (with a note) and the
+// next append goes on from it.
+TEST_F(AuditTest, AnAppendInterruptedAfterItsRecordVerifiesWithANote) {
+  Write(3);
   const std::vector<std::string> lines = Lines();
-  const std::string h2 = lines[1].substr(lines[1].size() - 66, 64);
-  WriteText(log() + ".head", "2 " + h2 + "\n");
-  r = Verify();
+  WriteText(log() + ".head", "2 " + HashOf(lines[1]) + " " + HashOf(lines[2]) + "\n");
+  AuditVerifyReport r = Verify();
   EXPECT_TRUE(r.ok) << r.problem;
-  EXPECT_THAT(r.problem, HasSubstr("lags one record behind"));
+  EXPECT_EQ(r.records, 3);
+  EXPECT_THAT(r.problem, HasSubstr("an append was interrupted after writing record 3 and before updating"));
   Write(1);
   r = Verify();
   EXPECT_TRUE(r.ok) << r.problem;
   EXPECT_EQ(r.records, 4);
-  (void)head;
+  EXPECT_EQ(r.problem, "");
+}
+
+// A real interruption before the record is written: a child whose file-size limit stops the
+// log's write (EFBIG) after the head announced the record. The log is intact, the head holds the
+// intent, verification passes with a note and the next append writes record 3.
+TEST_F(AuditTest, AnAppendInterruptedBeforeItsRecordLeavesTheIntentAndGoesOn) {
+  Write(2);
+  const std::string before = ReadText(log());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    const struct rlimit limit = {static_cast<rlim_t>(before.size()), static_cast<rlim_t>(before.size())};
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "child");
+    auto h = (*a)->Append("never_written");
+    ::_exit(h.ok() ? 0 : h.status().message().find("File too large") != std::string::npos ? 3 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 3);
+  EXPECT_EQ(ReadText(log()), before);
+  const std::vector<std::string> words = Words(ReadText(log() + ".head"));
+  ASSERT_EQ(words.size(), 3u);
+  EXPECT_EQ(words[0], "2");
+  EXPECT_EQ(words[1], HashOf(Lines()[1]));
+  AuditVerifyReport r = Verify();
+  EXPECT_TRUE(r.ok) << r.problem;
+  EXPECT_THAT(r.problem, HasSubstr("an append of record 3 was interrupted before its record was written"));
+  Write(1);
+  r = Verify();
+  EXPECT_TRUE(r.ok) << r.problem;
+  EXPECT_EQ(r.records, 3);
+  EXPECT_NE(HashOf(Lines()[2]), words[2]);  // a new record, not the announced one
+}
+
+// The head lives beside the log, so cutting records off the end and rewriting the head (or
+// deleting both) verifies clean on its own: anchors kept elsewhere catch it, naming their source.
+TEST_F(AuditTest, AnchorsDetectTruncationAndRewritesThatTheHeadMisses) {
+  Write(5);
+  const std::vector<std::string> lines = Lines();
+  StatusOr<AuditAnchor> fifth = ParseAuditAnchor("5:" + HashOf(lines[4]), "launch output");
+  ASSERT_TRUE(fifth.ok()) << fifth.status().message();
+  const std::vector<AuditAnchor> anchors = {{"checkpoint step_2", 2, HashOf(lines[1])}, *fifth};
+  AuditVerifyReport r = Verify(anchors);
+  EXPECT_TRUE(r.ok) << r.problem;
+  EXPECT_EQ(r.anchors, 2);
+
+  // Cut to 3 records, head rewritten to match.
+  SetLines({lines.begin(), lines.begin() + 3});
+  WriteText(log() + ".head", "3 " + HashOf(lines[2]) + "\n");
+  EXPECT_TRUE(Verify().ok);  // what the head alone cannot see
+  r = Verify(anchors);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.bad_line, 0);
+  EXPECT_EQ(r.anchors, 1);
+  EXPECT_THAT(r.problem, HasSubstr("anchor 5:" + HashOf(lines[4]) + " (launch output) names record 5 but the log "
+                                   "ends at record 3: records were cut off the end"));
+
+  // Rewritten from record 2 on, every hash recomputed, head rewritten: the chain holds.
+  std::vector<std::string> forged = {lines[0]};
+  for (int seq = 2; seq <= 5; ++seq) forged.push_back(Forge(seq, "event" + std::to_string(seq), HashOf(forged.back())));
+  SetLines(forged);
+  WriteText(log() + ".head", "5 " + HashOf(forged[4]) + "\n");
+  EXPECT_TRUE(Verify().ok);
+  r = Verify(anchors);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.bad_line, 2);
+  EXPECT_THAT(r.problem, HasSubstr("record seq 2 (event \"event2\") has hash " + HashOf(forged[1]) +
+                                   " but anchor 2:" + HashOf(lines[1]) + " (checkpoint step_2) says otherwise"));
+
+  // Log and head deleted together (the log recreated empty by the next writer).
+  SetLines({});
+  fs::remove(log() + ".head");
+  EXPECT_TRUE(Verify().ok);
+  r = Verify(anchors);
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.problem, HasSubstr("names record 2 but the log ends at record 0"));
+}
+
+TEST_F(AuditTest, AnchorsAreParsedStrictly) {
+  const std::string h(64, 'a');
+  for (const std::string& text : {std::string(""), std::string("5"), std::string("5:"), ":" + h, "0:" + h, "x:" + h,
+                                  "-1:" + h, "+5:" + h, "5:" + h.substr(1), "5:" + h + "a", "5:" + h.substr(1) + "A",
+                                  "5 " + h}) {
+    StatusOr<AuditAnchor> a = ParseAuditAnchor(text, "test");
+    ASSERT_FALSE(a.ok()) << text;
+    EXPECT_THAT(a.status().message(), HasSubstr("is not SEQ:HASH"));
+  }
+  StatusOr<AuditAnchor> a = ParseAuditAnchor("12:" + std::string(64, 'f'), "src");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->seq, 12);
+  EXPECT_EQ(a->source, "src");
+}
+
+TEST_F(AuditTest, AppendReturnsTheRecordAsAnAnchor) {
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  ASSERT_TRUE(a.ok());
+  (void)(*a)->Append("one");
+  StatusOr<AuditAnchor> two = (*a)->Append("two");
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->seq, 2);
+  EXPECT_EQ(two->hash, HashOf(Lines()[1]));
+  EXPECT_EQ(two->source, log());
+  EXPECT_EQ(ReadText(log() + ".head"), "2 " + two->hash + "\n");
+}
+
+TEST_F(AuditTest, AppendRefusesALogPathThatIsASymbolicLink) {
+  fs::create_symlink(Path("elsewhere.jsonl"), log());
+  StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
+  ASSERT_TRUE(a.ok());
+  auto h = (*a)->Append("x");
+  ASSERT_FALSE(h.ok());
+  EXPECT_THAT(h.status().message(), HasSubstr("cannot open audit log " + log()));
+  EXPECT_FALSE(fs::exists(Path("elsewhere.jsonl")));
 }
 
 TEST_F(AuditTest, PartialLastLineIsReportedAndBlocksAppends) {
@@ -219,17 +390,17 @@ TEST_F(AuditTest, AppendRefusesADamagedHeadFileAndWritesNothing) {
   WriteText(log() + ".head", "two " + std::string(64, 'a') + "\n");
   StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
   ASSERT_TRUE(a.ok()) << a.status().message();
-  StatusOr<std::string> h = (*a)->Append("x");
+  auto h = (*a)->Append("x");
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
   EXPECT_THAT(h.status().message(),
-              HasSubstr("audit head file " + log() + ".head is not \"SEQ HASH\": it was damaged or edited"));
+              HasSubstr("audit head file " + log() + ".head is not \"SEQ HASH\" or \"SEQ HASH NEXT\": it was damaged or edited"));
   EXPECT_THAT(h.status().message(),
               HasSubstr("keep it and its log for the auditor, and give the job a new audit_log"));
   EXPECT_EQ(ReadText(log()), before);
   const AuditVerifyReport r = Verify();
   EXPECT_FALSE(r.ok);
-  EXPECT_THAT(r.problem, HasSubstr("is not \"SEQ HASH\""));
+  EXPECT_THAT(r.problem, HasSubstr("is not \"SEQ HASH\" or"));
 }
 
 TEST_F(AuditTest, AppendRefusesAnUnreadableLastRecordAndWritesNothing) {
@@ -240,7 +411,7 @@ TEST_F(AuditTest, AppendRefusesAnUnreadableLastRecordAndWritesNothing) {
   const std::string before = ReadText(log());
   StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
   ASSERT_TRUE(a.ok()) << a.status().message();
-  StatusOr<std::string> h = (*a)->Append("x");
+  auto h = (*a)->Append("x");
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
   EXPECT_THAT(h.status().message(), HasSubstr("audit log " + log() + ": its last record is unreadable ("));
@@ -254,7 +425,7 @@ TEST_F(AuditTest, AppendRefusesATruncatedLogWhoseHeadNamesARecord) {
   WriteText(log(), "");
   StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
   ASSERT_TRUE(a.ok()) << a.status().message();
-  StatusOr<std::string> h = (*a)->Append("x");
+  auto h = (*a)->Append("x");
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
   EXPECT_THAT(h.status().message(),
@@ -268,7 +439,7 @@ TEST_F(AuditTest, AppendToALogPathThatIsADirectoryIsRefused) {
   fs::create_directories(log());
   StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "t");
   ASSERT_TRUE(a.ok()) << a.status().message();
-  StatusOr<std::string> h = (*a)->Append("x");
+  auto h = (*a)->Append("x");
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(h.status().message(), HasSubstr("cannot open audit log " + log() + ": Is a directory"));

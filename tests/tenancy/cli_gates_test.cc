@@ -553,5 +553,76 @@ TEST_F(CliGatesTest, ALongTestHookIsRecordedWhole) {
   EXPECT_TRUE(VerifyAuditLog(Path("run/audit.jsonl"))->ok);
 }
 
+// A tenant's artefacts are private to the user who runs its job, whatever the umask of that
+// user (022 here, as the fjord processes inherit it): the run directory's metrics and audit log,
+// the checkpoint directories and every file in them (sealed or plaintext), and the plaintext
+// export of a sealed checkpoint. An untenanted job's checkpoint keeps the usual 0755/0644.
+TEST_F(CliGatesTest, TenantArtefactsArePrivateFromCreation) {
+  const mode_t old_umask = ::umask(022);
+  auto mode = [](const std::string& path) {
+    struct stat st{};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+    return static_cast<unsigned>(st.st_mode & 07777);
+  };
+  auto expect_private_checkpoint = [&](const std::string& dir) {
+    EXPECT_EQ(mode(dir), 0700u) << dir;
+    int files = 0;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      EXPECT_EQ(mode(e.path().string()), 0600u) << e.path();
+      ++files;
+    }
+    EXPECT_GE(files, 5);  // model, optimizer, job, manifest, tenant record
+  };
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  const std::string sealed_spec = "checkpoint { encryption_key_file: \"" + Path("acme.key") + "\" }\n";
+  RunResult r = Fjord("train " + Job("sealed.textproto", "acme", "acme", sealed_spec) + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_private_checkpoint(Path("run/checkpoints/step_000002"));
+  EXPECT_EQ(mode(Path("run/metrics.jsonl")), 0600u);
+  EXPECT_EQ(mode(Path("run/audit.jsonl")), 0600u);
+  EXPECT_EQ(mode(Path("run/audit.jsonl.head")), 0600u);
+  r = Fjord("export --checkpoint " + Path("run/checkpoints/step_000002") + " --out " + Path("hf") + " --key " +
+            Path("acme.key"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(mode(Path("hf")), 0700u);
+  EXPECT_EQ(mode(Path("hf/model.safetensors")), 0600u);
+  EXPECT_EQ(mode(Path("hf/config.json")), 0600u);
+  r = Fjord("export --checkpoint " + Path("run/checkpoints/step_000002") + " --out " + Path("model.bin") +
+            " --format llmc --key " + Path("acme.key"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(mode(Path("model.bin")), 0600u);
+
+  // A plaintext checkpoint of the tenant: as private.
+  fs::remove_all(Path("run"));
+  ASSERT_EQ(Fjord("train " + Job("plain.textproto", "acme", "acme") + " --quiet").exit_code, 0);
+  expect_private_checkpoint(Path("run/checkpoints/step_000002"));
+
+  // Untenanted: public weights stay readable.
+  Prep("open", "");
+  fs::remove_all(Path("run"));
+  WriteText(Path("open.textproto"),
+            "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+            "train { micro_batch: 2 steps: 2 lr: 1e-3 }\ndata { train: \"" + Path("open/train_*.bin") +
+                "\" }\nrun_dir: \"" + Path("run") + "\"\n");
+  r = Fjord("train " + Path("open.textproto") + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(mode(Path("run/checkpoints/step_000002")), 0755u);
+  EXPECT_EQ(mode(Path("run/checkpoints/step_000002/model.bin")), 0644u);
+  ::umask(old_umask);
+}
+
+// Someone who can write the run directory plants metrics.jsonl -> a file of theirs: training
+// refuses to write through it (losses would otherwise land in their file).
+TEST_F(CliGatesTest, TrainDoesNotWriteMetricsThroughAPlantedLink) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  fs::create_directories(Path("run"));
+  fs::create_symlink(Path("stolen.jsonl"), Path("run/metrics.jsonl"));
+  RunResult r = Fjord("train " + Job("acme.textproto", "acme", "acme") + " --quiet");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("cannot write " + Path("run/metrics.jsonl") +
+                                  ": Too many levels of symbolic links; it is a symbolic link: remove it"));
+  EXPECT_FALSE(fs::exists(Path("stolen.jsonl")));
+}
+
 }  // namespace
 }  // namespace fjord

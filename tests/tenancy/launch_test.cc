@@ -7,10 +7,14 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "launcher/slurm.h"
 #include "tests/tenancy/test_util.h"
@@ -557,6 +561,82 @@ TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
   EXPECT_THAT(r.output, HasSubstr("SLURM_CONF names " + Path("no-such-slurm.conf") +
                                   ", which cannot be read (No such file or directory)"));
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+}
+
+// The head launch prints at exit is an anchor: `fjord audit verify --anchor` holds on the log as
+// written, and fails, naming the anchor, once the log's end is cut off and its head rewritten to
+// match (which verifies clean without the anchor).
+TEST_F(LaunchCliTest, TheHeadLaunchPrintsCatchesATruncatedLog) {
+  RunResult r = Launch("--np 2 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string log = Path("run/audit.jsonl");
+  const std::string key = "fjord launch: job exited with 0; audit log " + log + " head ";
+  const size_t at = r.output.find(key);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string anchor = r.output.substr(at + key.size(), r.output.find(' ', at + key.size()) - at - key.size());
+  EXPECT_EQ(anchor, "4:" + ReadText(log).substr(ReadText(log).size() - 67, 64));
+  EXPECT_THAT(r.output, HasSubstr("(check with: fjord audit verify " + log + " --anchor " + anchor + ")"));
+  const std::string verify = std::string(FJORD_BINARY) + " audit verify " + log;
+  r = Shell(verify + " --anchor " + anchor);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(": ok, 4 records, head " + anchor.substr(2) + ", 1 anchor(s) hold"));
+
+  // Cut launch_exit and lease_released off; rewrite the head to the new end.
+  std::string text = ReadText(log);
+  for (int i = 0; i < 2; ++i) text.erase(text.rfind('\n', text.size() - 2) + 1);
+  WriteText(log, text);
+  WriteText(log + ".head", "2 " + text.substr(text.size() - 67, 64) + "\n");
+  EXPECT_EQ(Shell(verify).exit_code, 0);
+  r = Shell(verify + " --anchor " + anchor);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("BROKEN at the end: anchor " + anchor + " (--anchor " + anchor +
+                                  ") names record 4 but the log ends at record 2: records were cut off the end"));
+  r = Shell(verify + " --anchor 4:" + std::string(63, 'a'));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--anchor: anchor '4:" + std::string(63, 'a') + "' is not SEQ:HASH"));
+}
+
+// The copy out of the user's reach: launch sends the final head to the host's system log. The
+// test runs launch in a mount namespace whose /dev/log is a datagram socket the test reads, and
+// checks the message (facility authpriv, level notice) against what launch printed.
+TEST_F(LaunchCliTest, LaunchSendsTheFinalHeadToTheSystemLog) {
+  const std::string sock = Path("log.sock");
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM, 0);
+  ASSERT_GE(fd, 0);
+  struct sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(sock.size(), sizeof(addr.sun_path));
+  std::strcpy(addr.sun_path, sock.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << std::strerror(errno);
+  const struct timeval five = {5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five, sizeof(five));
+  WriteText(Path("null"), "");
+  const std::string probe = "unshare -m --propagation private true";
+  if (Shell(probe).exit_code != 0) {
+    ::close(fd);
+    GTEST_SKIP() << "cannot make a mount namespace (`" << probe << "` failed: needs root or CAP_SYS_ADMIN)";
+  }
+  const std::string inner = "mount --bind /dev/null " + Path("null") + " && mount -t tmpfs tmpfs /dev && touch " +
+                            "/dev/null /dev/log && mount --bind " + Path("null") + " /dev/null && mount --bind " +
+                            sock + " /dev/log && exec " + std::string(FJORD_TENANCY_DRIVER) + " launch " +
+                            Path("job.textproto") + " --inventory " + Path("inv.textproto") + " --mpirun " +
+                            Path("fake-mpirun") + " --np 2 --quiet";
+  RunResult r = Shell("unshare -m --propagation private sh -c '" + inner + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string key = " head ";
+  const size_t at = r.output.find("audit log " + Path("run/audit.jsonl") + key);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const size_t from = at + ("audit log " + Path("run/audit.jsonl") + key).size();
+  const std::string anchor = r.output.substr(from, r.output.find(' ', from) - from);
+  char buf[2048] = {};
+  const ssize_t n = ::recv(fd, buf, sizeof(buf) - 1, 0);
+  ::close(fd);
+  ASSERT_GT(n, 0) << "no message reached the system log: " << std::strerror(errno);
+  const std::string message(buf, static_cast<size_t>(n));
+  EXPECT_THAT(message, ::testing::StartsWith("<85>"));  // LOG_AUTHPRIV | LOG_NOTICE
+  EXPECT_THAT(message, HasSubstr("fjord-launch["));
+  EXPECT_THAT(message, HasSubstr("audit head " + anchor + " log " + Path("run/audit.jsonl") + " launch "));
+  EXPECT_THAT(message, HasSubstr(" tenant acme"));
 }
 
 TEST_F(LaunchCliTest, WaitAndSbatchNeedSlurm) {

@@ -135,7 +135,7 @@ int Main(int argc, char** argv) {
   if (cmd == "prep")
     return Prep(Parse(argc, argv, 2, {"--input", "--out", "--tenant", "--jurisdiction", "--site"}));
   if (cmd == "audit") {
-    const Parsed p = Parse(argc, argv, 2, {});
+    const Parsed p = Parse(argc, argv, 2, AuditValueFlags());
     return RunAuditCommand(p.positional, p.flags);
   }
   std::fprintf(stderr, "tenancy_driver: unknown command %s\n", cmd.c_str());
