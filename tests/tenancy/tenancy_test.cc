@@ -710,7 +710,7 @@ TEST_F(CheckpointGateTest, RecordAnchorsTheAuditHeadAndTheIdentityOverride) {
   StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Path("run/audit.jsonl"), "test");
   ASSERT_TRUE(log.ok());
   ASSERT_TRUE((*log)->Append("one").ok());
-  StatusOr<std::string> head = (*log)->Append("two");
+  StatusOr<AuditAnchor> head = (*log)->Append("two");
   ASSERT_TRUE(head.ok());
   StatusOr<CheckpointSeal> seal = WriterSeal(job);
   seal->audit_log = Path("run/audit.jsonl");
@@ -726,12 +726,12 @@ TEST_F(CheckpointGateTest, RecordAnchorsTheAuditHeadAndTheIdentityOverride) {
   ASSERT_TRUE(anchor.ok()) << anchor.status().message();
   EXPECT_EQ(anchor->log(), Path("run/audit.jsonl"));
   EXPECT_EQ(anchor->seq(), 2);
-  EXPECT_EQ(anchor->hash(), *head);
+  EXPECT_EQ(anchor->hash(), head->hash);
   StatusOr<EncryptionKey> key = LoadEncryptionKey(key_file, "test");
   ASSERT_TRUE(key.ok());
   StatusOr<proto::AuditAnchor> keyed = ReadCheckpointAuditAnchor(dir, &*key);
   ASSERT_TRUE(keyed.ok()) << keyed.status().message();
-  EXPECT_EQ(keyed->hash(), *head);
+  EXPECT_EQ(keyed->hash(), head->hash);
   EXPECT_EQ(ReadCheckpointTenantRecord(dir)->identity_override(), Path("node.textproto"));
   StatusOr<CheckpointSeal> opened = Check(job, dir, CheckpointUse::kEval);
   ASSERT_TRUE(opened.ok()) << opened.status().message();
