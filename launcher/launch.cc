@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -1205,9 +1206,58 @@ int RunLaunchCommand(const std::vector<std::string>& positional,
 }
 
 const std::vector<std::string>& AuditValueFlags() {
-  static const std::vector<std::string> flags = {"--anchor"};
+  static const std::vector<std::string> flags = {"--anchor", "--checkpoints", "--key"};
   return flags;
 }
+
+namespace {
+
+// The checkpoint directories at `dir`: itself, its step_* and checkpoints/step_* (a run directory).
+std::vector<std::string> CheckpointDirsAt(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / kCheckpointTenantRecord, ec)) out.push_back(dir);
+  for (const fs::path& parent : {fs::path(dir), fs::path(dir) / "checkpoints"}) {
+    for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->is_directory(ec) && it->path().filename().string().rfind("step_", 0) == 0 &&
+          fs::exists(it->path() / kCheckpointTenantRecord, ec)) {
+        out.push_back(it->path().string());
+      }
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The anchors that the checkpoints under each --checkpoints DIR recorded for the log at `path`.
+// A checkpoint whose record names another log, anchored an empty log or anchors none (written by
+// an older fjord, or without a tenancy context) adds none.
+StatusOr<std::vector<AuditAnchor>> CheckpointAnchors(const std::string& path,
+                                                     const std::multimap<std::string, std::string>& flags) {
+  std::optional<EncryptionKey> key;
+  if (auto k = flags.find("--key"); k != flags.end()) {
+    FJORD_ASSIGN_OR_RETURN(key, LoadEncryptionKey(k->second, "--key"));
+  }
+  std::vector<AuditAnchor> anchors;
+  for (auto [it, end] = flags.equal_range("--checkpoints"); it != end; ++it) {
+    const std::vector<std::string> dirs = CheckpointDirsAt(it->second);
+    if (dirs.empty()) {
+      return NotFound("--checkpoints " + it->second + " holds no tenant checkpoint (no tenant.textproto in it, " +
+                      "its step_* or checkpoints/step_*): name a run directory or checkpoint of a tenant job");
+    }
+    for (const std::string& dir : dirs) {
+      StatusOr<proto::AuditAnchor> anchor = ReadCheckpointAuditAnchor(dir, key ? &*key : nullptr);
+      if (!anchor.ok() && anchor.status().code() == StatusCode::kNotFound) continue;  // anchors no log
+      if (!anchor.ok()) return anchor.status().WithContext("--checkpoints " + it->second);
+      std::error_code ea, eb;
+      if (anchor->seq() < 1 || fs::weakly_canonical(anchor->log(), ea) != fs::weakly_canonical(path, eb)) continue;
+      anchors.push_back({"checkpoint " + dir, anchor->seq(), anchor->hash()});
+    }
+  }
+  return anchors;
+}
+
+}  // namespace
 
 int RunAuditCommand(const std::vector<std::string>& positional,
                     const std::multimap<std::string, std::string>& flags) {
@@ -1226,6 +1276,12 @@ int RunAuditCommand(const std::vector<std::string>& positional,
     }
     anchors.push_back(*anchor);
   }
+  StatusOr<std::vector<AuditAnchor>> recorded = CheckpointAnchors(path, flags);
+  if (!recorded.ok()) {
+    std::fprintf(stderr, "fjord audit verify: error: %s\n", recorded.status().message().c_str());
+    return 1;
+  }
+  anchors.insert(anchors.end(), recorded->begin(), recorded->end());
   StatusOr<AuditVerifyReport> report = VerifyAuditLog(path, anchors);
   if (!report.ok()) {
     std::fprintf(stderr, "fjord audit verify: error: %s\n", report.status().message().c_str());

@@ -7,6 +7,7 @@
 
 #include <google/protobuf/text_format.h>
 #include <map>
+#include <sstream>
 
 #include "runtime/audit.h"
 #include "runtime/file_util.h"
@@ -622,6 +623,61 @@ TEST_F(CliGatesTest, TrainDoesNotWriteMetricsThroughAPlantedLink) {
   EXPECT_THAT(r.output, HasSubstr("cannot write " + Path("run/metrics.jsonl") +
                                   ": Too many levels of symbolic links; it is a symbolic link: remove it"));
   EXPECT_FALSE(fs::exists(Path("stolen.jsonl")));
+}
+
+// `fjord audit verify --checkpoints RUN_DIR` takes the heads that the tenant checkpoints recorded
+// as anchors: a log cut below a checkpoint's anchor, with its head rewritten to match (which
+// verifies clean alone), fails naming that checkpoint. Editing the plaintext record to agree with
+// the cut log gets past a check without the key, and is refused with --key (tenant.seal).
+TEST_F(CliGatesTest, AuditVerifyTakesTheHeadsTheCheckpointsRecorded) {
+  Prep("acme", "--tenant acme --jurisdiction NO");
+  const std::string spec =
+      "checkpoint { every_steps: 1 keep_last: 0 encryption_key_file: \"" + Path("acme.key") + "\" }\n";
+  RunResult r = Fjord("train " + Job("sealed.textproto", "acme", "acme", spec) + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string log = Path("run/audit.jsonl"), step2 = Path("run/checkpoints/step_000002");
+  const std::string verify = std::string(FJORD_BINARY) + " audit verify " + log;
+  const std::string with_key = " --checkpoints " + Path("run") + " --key " + Path("acme.key");
+  r = Shell(verify + with_key);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(", 2 anchor(s) hold"));
+
+  // The anchor of step 2, read with protobuf's own parser; cut the log to the record before it.
+  proto::CheckpointTenancy record;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(ReadText(step2 + "/tenant.textproto"), &record));
+  const int64_t anchored = record.audit_head().seq();
+  ASSERT_GE(anchored, 2);
+  std::vector<std::string> lines;
+  std::istringstream in(ReadText(log));
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  ASSERT_GE(static_cast<int64_t>(lines.size()), anchored);
+  std::string cut;
+  for (int64_t i = 0; i < anchored - 1; ++i) cut += lines[static_cast<size_t>(i)] + "\n";
+  const std::string& last = lines[static_cast<size_t>(anchored - 2)];
+  const std::string last_hash = last.substr(last.rfind("\"hash\":\"") + 8, 64);
+  WriteText(log, cut);
+  WriteText(log + ".head", std::to_string(anchored - 1) + " " + last_hash + "\n");
+  EXPECT_EQ(Shell(verify).exit_code, 0);  // what the log and its head alone cannot show
+  r = Shell(verify + " --checkpoints " + Path("run"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("(checkpoint " + step2 + ") names record " + std::to_string(anchored) +
+                                  " but the log ends at record " + std::to_string(anchored - 1)));
+
+  // The record edited to anchor the cut log's end: only the key shows it.
+  record.mutable_audit_head()->set_seq(anchored - 1);
+  record.mutable_audit_head()->set_hash(last_hash);
+  std::string edited;
+  ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(record, &edited));
+  WriteText(step2 + "/tenant.textproto", edited);
+  EXPECT_EQ(Shell(verify + " --checkpoints " + Path("run")).exit_code, 0);
+  r = Shell(verify + with_key);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--checkpoints " + Path("run")));
+  EXPECT_THAT(r.output, HasSubstr(step2));
+
+  r = Shell(verify + " --checkpoints " + Path("acme"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--checkpoints " + Path("acme") + " holds no tenant checkpoint"));
 }
 
 }  // namespace
