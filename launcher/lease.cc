@@ -44,8 +44,17 @@ std::string LeasePath(const std::string& dir, const std::string& host) { return 
 
 std::string ErrnoText() { return std::strerror(errno); }
 
-// "no1", or "at address 10.0.0.1" for an address key: how messages name the node of a lease key.
-std::string NodeText(const std::string& key) { return key.starts_with('@') ? "at address " + key.substr(1) : key; }
+// How messages name the node of a lease key: its inventory name from `names` ("no1", and "no1
+// (address 10.0.0.1)" for an address key), else the key ("no1", "at address 10.0.0.1").
+std::string NodeText(const std::string& key, const LeaseNames* names = nullptr) {
+  const bool address = key.starts_with('@');
+  if (names != nullptr) {
+    if (auto it = names->find(key); it != names->end()) {
+      return address ? it->second + " (address " + key.substr(1) + ")" : it->second;
+    }
+  }
+  return address ? "at address " + key.substr(1) : key;
+}
 
 // The numeric addresses `name` resolves to (getaddrinfo: /etc/hosts, DNS), each as getnameinfo
 // writes it with NI_NUMERICHOST; `numeric_only` accepts a numeric address only (no lookup).
@@ -177,8 +186,8 @@ std::string HolderText(const LeaseConflict& c) {
   return c.known ? DescribeHolder(c.holder) : std::string("another launch (its record is not written yet)");
 }
 
-std::string ConflictMessage(const LeaseConflict& c, const std::string& dir) {
-  return "node " + NodeText(c.host) + " is leased by " + HolderText(c) + " (lease " + LeasePath(dir, c.host) +
+std::string ConflictMessage(const LeaseConflict& c, const std::string& dir, const LeaseNames* names) {
+  return "node " + NodeText(c.host, names) + " is leased by " + HolderText(c) + " (lease " + LeasePath(dir, c.host) +
          "): a node runs one job at a time, so no two tenants ever share one";
 }
 
@@ -244,7 +253,8 @@ Status NodeLeases::Release() {
 
 StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string& dir,
                                                        const std::vector<std::string>& hosts,
-                                                       const LeaseRecord& record, LeaseConflict* conflict) {
+                                                       const LeaseRecord& record, LeaseConflict* conflict,
+                                                       const LeaseNames* names) {
   *conflict = LeaseConflict();
   FJORD_RETURN_IF_ERROR(CheckLeaseDir(dir));
   // First every lock; records are touched only once all are held, so a failed attempt changes
@@ -269,7 +279,7 @@ StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string& dir,
     if (!locked.ok() || !*locked) {
       close_all();
       if (!locked.ok()) return locked.status();
-      return FailedPrecondition(ConflictMessage(*conflict, dir));
+      return FailedPrecondition(ConflictMessage(*conflict, dir, names));
     }
     (void)::fchmod(fd, 0664);  // other launchers must write it too; fails harmlessly on others' files
   }
@@ -301,7 +311,7 @@ StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string& dir,
 
 StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(
     const std::string& dir, const std::vector<std::string>& hosts, const LeaseRecord& record, int wait_s,
-    const std::function<void(const LeaseConflict&)>& on_wait) {
+    const std::function<void(const LeaseConflict&)>& on_wait, const LeaseNames* names) {
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -310,7 +320,7 @@ StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(
   std::vector<std::string> announced;  // "host\nholder" already passed to on_wait
   for (;;) {
     LeaseConflict conflict;
-    StatusOr<std::unique_ptr<NodeLeases>> got = TryAcquireLeases(dir, hosts, record, &conflict);
+    StatusOr<std::unique_ptr<NodeLeases>> got = TryAcquireLeases(dir, hosts, record, &conflict, names);
     if (got.ok()) {
       (*got)->waited_seconds_ = elapsed();
       return got;
@@ -395,6 +405,22 @@ std::vector<std::string> PlannedHosts(const LaunchPlan& plan) {
   return hosts;
 }
 
+// The inventory name of every lease key of the plan, for messages.
+LeaseNames PlannedNames(const LaunchPlan& plan) {
+  LeaseNames names;
+  for (const PlacedNode& n : plan.placement.nodes) {
+    for (const std::string& k : NodeLeaseKeys(n.node)) {
+      std::string& name = names[k];
+      if (name.empty()) {
+        name = n.node.hostname();
+      } else if (name != n.node.hostname()) {
+        name += "/" + n.node.hostname();
+      }
+    }
+  }
+  return names;
+}
+
 // Every lease key of every planned node.
 std::vector<std::string> PlannedKeys(const LaunchPlan& plan) {
   std::vector<std::string> keys;
@@ -427,8 +453,10 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
   record.pid = ::getpid();
   record.audit_log = plan.audit_log;
   const int wait_s = options.wait_for_nodes_s;
+  const LeaseNames names = PlannedNames(plan);
   auto on_wait = [&](const LeaseConflict& c) {
-    std::printf("fjord launch: waiting for node %s: leased by %s; %s (--wait-for-nodes)\n", NodeText(c.host).c_str(),
+    std::printf("fjord launch: waiting for node %s: leased by %s; %s (--wait-for-nodes)\n",
+                NodeText(c.host, &names).c_str(),
                 HolderText(c).c_str(),
                 wait_s > 0 ? ("giving up after " + std::to_string(wait_s) + " s").c_str() : "no time limit");
     std::fflush(stdout);
@@ -441,7 +469,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                            .Int("limit_s", wait_s))
              .status());
   };
-  StatusOr<std::unique_ptr<NodeLeases>> leases = AcquireLeases(dir, keys, record, wait_s, on_wait);
+  StatusOr<std::unique_ptr<NodeLeases>> leases = AcquireLeases(dir, keys, record, wait_s, on_wait, &names);
   if (!leases.ok()) {
     Warn(audit
              ->Append("lease_refused", AuditRecord()
@@ -461,7 +489,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
         stderr,
         "fjord launch: warning: node %s: took over a stale lease (%s): its launch ended without "
         "releasing it (crashed or killed) and no process holds it any more\n",
-        NodeText(s.host).c_str(),
+        NodeText(s.host, &names).c_str(),
         (s.known ? "left by " + DescribeHolder(s.previous) : "unreadable record: " + s.problem).c_str());
     if (taken.size() > 1) taken += ",";
     taken += "{\"node\":" + JsonQuote(s.host) +
@@ -505,7 +533,8 @@ std::string DescribeLeases(const LaunchPlan& plan) {
     return "fjord launch: node leases in " + plan.lease_dir + ": every planned node is free\n";
   std::string out = "fjord launch: node leases in " + plan.lease_dir +
                     " (a launch now would refuse, or wait with --wait-for-nodes):\n";
-  for (const LeaseConflict& c : *held) out += "  " + NodeText(c.host) + " leased by " + HolderText(c) + "\n";
+  const LeaseNames names = PlannedNames(plan);
+  for (const LeaseConflict& c : *held) out += "  " + NodeText(c.host, &names) + " leased by " + HolderText(c) + "\n";
   return out;
 }
 

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +50,10 @@ StatusOr<LeaseRecord> ParseLeaseRecord(std::string_view text, const std::string&
 std::string DescribeHolder(const LeaseRecord& record);
 
 // A node whose lease another job holds.
+// How messages name the node of a lease key: key -> the inventory's hostname(s) of the node(s)
+// with that key ("no1" for "@10.0.0.1"). A key without a name is shown as itself.
+using LeaseNames = std::map<std::string, std::string>;
+
 struct LeaseConflict {
   std::string host;
   bool known = false;  // false: the holder had not written its record yet
@@ -83,10 +88,11 @@ class NodeLeases {
  private:
   friend StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string&,
                                                                 const std::vector<std::string>&,
-                                                                const LeaseRecord&, LeaseConflict*);
+                                                                const LeaseRecord&, LeaseConflict*,
+                                                                const LeaseNames*);
   friend StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(
       const std::string&, const std::vector<std::string>&, const LeaseRecord&, int,
-      const std::function<void(const LeaseConflict&)>&);
+      const std::function<void(const LeaseConflict&)>&, const LeaseNames*);
   NodeLeases() = default;
   std::string dir_;
   std::vector<std::string> hosts_;
@@ -104,7 +110,8 @@ class NodeLeases {
 // names the path and what to do, with conflict->host empty.
 StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string& dir,
                                                        const std::vector<std::string>& hosts,
-                                                       const LeaseRecord& record, LeaseConflict* conflict);
+                                                       const LeaseRecord& record, LeaseConflict* conflict,
+                                                       const LeaseNames* names = nullptr);
 
 // TryAcquireLeases, retried while a node is leased: wait_s < 0 refuses at the first conflict,
 // 0 waits without limit, N > 0 gives up after N seconds. Between attempts it holds nothing and
@@ -113,7 +120,8 @@ StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string& dir,
 StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(const std::string& dir,
                                                     const std::vector<std::string>& hosts,
                                                     const LeaseRecord& record, int wait_s,
-                                                    const std::function<void(const LeaseConflict&)>& on_wait);
+                                                    const std::function<void(const LeaseConflict&)>& on_wait,
+                                                    const LeaseNames* names = nullptr);
 
 // The current holder of each of `hosts` whose lease is held now (lock taken), in sorted order;
 // free nodes are left out. Reads only: creates and locks nothing (for --dry-run).

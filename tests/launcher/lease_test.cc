@@ -554,7 +554,8 @@ TEST(LeaseKeyTest, KeysAreTheShortLowerCaseNameAndTheResolvedAddresses) {
 }
 
 // The launch under test uses a second inventory that names the leased node no1 (10.0.0.1) of the
-// first differently; the holder has the leases a launch of the first inventory takes.
+// first differently; the holder has the leases a launch of the first inventory takes. The refusal
+// names the node as the launching inventory names it (and the address it shares).
 TEST_F(LaunchLeaseTest, AnotherInventorysNameForALeasedNodeStillConflicts) {
   Holder other(Leases(), NodeLeaseKeys(NodeNamed("no1", "10.0.0.1")), "globex");
   ASSERT_TRUE(other.held());
@@ -565,10 +566,10 @@ TEST_F(LaunchLeaseTest, AnotherInventorysNameForALeasedNodeStillConflicts) {
   } cases[] = {
       // Different hostname text, same address.
       {"node { hostname: \"node-one\" address: \"10.0.0.1\" jurisdiction: \"NO\" site: \"osl1\" }\n",
-       "node at address 10.0.0.1 is leased by tenant globex"},
+       "node node-one (address 10.0.0.1) is leased by tenant globex"},
       // The FQDN, in other case, without an address (it does not resolve here).
       {"node { hostname: \"NO1.osl1.example\" jurisdiction: \"NO\" site: \"osl1\" }\n",
-       "node no1 is leased by tenant globex"},
+       "node NO1.osl1.example is leased by tenant globex"},
   };
   for (const Case& c : cases) {
     WriteText(dir_ + "/inv.textproto", c.node1 + node2 + leases);

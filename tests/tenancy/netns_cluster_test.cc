@@ -346,7 +346,7 @@ TEST_F(NetnsLeaseTest, TwoTenantsLaunchedAtOnceOneIsRefusedAndStartsNothingCli) 
   EXPECT_EQ(r[lost].exit_code, 1) << r[lost].output;
   // Sorted order: the loser stopped at the first node, no1, naming who holds it and what to do.
   EXPECT_THAT(r[lost].output,
-              HasSubstr("fjord launch: error: node no1 is leased by tenant " + kTenants[won]));
+              HasSubstr("fjord launch: error: node no1 (address 10.213.0.11) is leased by tenant " + kTenants[won]));
   EXPECT_THAT(r[lost].output, HasSubstr("Wait for it with --wait-for-nodes[=SECONDS]"));
   EXPECT_EQ(AuditEvents(Log(lost)), std::vector<std::string>{"lease_refused"});
   EXPECT_FALSE(fs::exists(Path(kTenants[lost] + "/run/launch")));
@@ -371,7 +371,7 @@ TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
   EXPECT_EQ(Count(AuditEvents(Log(first)), "lease_waiting"), 0);
   EXPECT_THAT(AuditLines(Log(waited), "lease_waiting")[0],
               HasSubstr("\"holder\":{\"tenant\":\"" + kTenants[first] + "\""));
-  EXPECT_THAT(r[waited].output, HasSubstr("waiting for node no1: leased by tenant " + kTenants[first]));
+  EXPECT_THAT(r[waited].output, HasSubstr("waiting for node no1 (address 10.213.0.11): leased by tenant " + kTenants[first]));
   // One after the other: the first released its nodes before the second acquired them, and each
   // job's ranks started and ended inside its own lease (the audit log is in order of time).
   EXPECT_LE(TimeOf(first, "lease_released"), TimeOf(waited, "lease_acquired"));
