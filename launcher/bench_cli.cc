@@ -8,6 +8,9 @@
 // each, never a job half started.
 #include "launcher/bench_cli.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -293,8 +296,19 @@ std::optional<UsageError> ReadCorruptHook(BenchOptions* o) {
   return std::nullopt;
 }
 
+// --json goes where the user says, as a shell redirection would put it: a regular file, or a device
+// or pipe (/dev/stdout), written in place rather than replaced (a rename would replace the device).
+// false with errno set when it cannot be written.
 bool WriteFile(const std::string& path, const std::string& text) {
-  return WriteFileAtomic(path, {{text.data(), text.size()}}).ok();
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return false;
+  for (size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return fd.Close();
 }
 
 // Reports a failure. Every rank reaches its own copy of a failure in a collective; one that only

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -107,6 +108,29 @@ TEST_F(FilesTest, AtomicWriteReplacesALinkAtTheTarget) {
   EXPECT_FALSE(fs::is_symlink(Path("out.json")));
   EXPECT_EQ(ReadText(Path("out.json")), "new");
   EXPECT_EQ(ReadText(Path("victim")), "original");
+}
+
+// What a rename must not replace: a device, a named pipe, a directory. Refused, naming what it is;
+// the node stays what it was. (As root, bench's --json /dev/full once replaced the device node.)
+TEST_F(FilesTest, AtomicWriteRefusesToReplaceADevicePipeOrDirectory) {
+  ASSERT_EQ(::mkfifo(Path("pipe").c_str(), 0600), 0);
+  fs::create_directory(Path("dir"));
+  std::vector<std::pair<std::string, std::string>> cases = {{Path("pipe"), "a named pipe"},
+                                                            {Path("dir"), "a directory"}};
+  // A device node of our own (a copy of /dev/null's numbers), never the machine's: needs root.
+  if (::mknod(Path("null").c_str(), S_IFCHR | 0600, makedev(1, 3)) == 0) cases.push_back({Path("null"), "a character device"});
+  const std::string text = "x";
+  for (const auto& [path, kind] : cases) {
+    const Status s = WriteFileAtomic(path, {{text.data(), text.size()}});
+    ASSERT_FALSE(s.ok()) << path;
+    EXPECT_THAT(s.message(), HasSubstr("cannot write " + path + ": it is " + kind)) << path;
+  }
+  EXPECT_TRUE(fs::is_fifo(Path("pipe")));
+  EXPECT_TRUE(fs::is_directory(Path("dir")));
+  if (cases.size() == 3) EXPECT_TRUE(fs::is_character_file(Path("null")));
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+  }
 }
 
 TEST_F(FilesTest, AtomicWriteGivesTheModeAtCreationAndLeavesNoTemporary) {
