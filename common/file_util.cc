@@ -110,17 +110,16 @@ std::string RandomTempName(const std::string& path) {
 }
 
 StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, mode_t mode) {
-  // The rename at Commit replaces whatever is at `path`: a file or a link is what an atomic write
-  // means to replace; a device, pipe, socket or directory is not (as root, `--json /dev/full`
-  // would have replaced the device node with a file).
+  // The rename at Commit replaces whatever file is at `path`: a file or a link is what an atomic
+  // write means to replace; a device, pipe or socket is not (as root, `--json /dev/full` once
+  // replaced the device node with a file). A directory makes the rename fail by itself.
   struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
-    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
-                       : S_ISCHR(st.st_mode)  ? "a character device"
+  if (::lstat(path.c_str(), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) || S_ISFIFO(st.st_mode) ||
+                                          S_ISSOCK(st.st_mode))) {
+    const char* kind = S_ISCHR(st.st_mode)    ? "a character device"
                        : S_ISBLK(st.st_mode)  ? "a block device"
                        : S_ISFIFO(st.st_mode) ? "a named pipe"
-                       : S_ISSOCK(st.st_mode) ? "a socket"
-                                              : "not a regular file";
+                                              : "a socket";
     return FailedPrecondition("cannot write " + path + ": it is " + kind +
                               ", and fjord writes a file by replacing it whole; name a regular file");
   }
