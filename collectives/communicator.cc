@@ -16,7 +16,7 @@
 #include <optional>
 #include <utility>
 
-#include "collectives/mpi_communicator.h"
+#include "collectives/mpi/mpi_communicator.h"
 #include "collectives/self_communicator.h"
 #include "common/env.h"
 

@@ -94,7 +94,7 @@ struct CommOptions {
   Algorithm algorithm = Algorithm::kAuto;
   // Operations remembered by the flight recorder (0 disables it).
   size_t flight_recorder_entries = 64;
-  // Tuning of the MPI backend; 0 means the measured default (see collectives/mpi_communicator.cc).
+  // Tuning of the MPI backend; 0 means the measured default (see collectives/mpi/mpi_communicator.cc).
   size_t ring_chunk_bytes = 0;  // pipeline chunk of the ring algorithms
   int ring_window = 0;          // ring chunks in flight at once
   size_t tree_max_bytes = 0;    // kAuto uses the tree for AllReduce up to this many bytes

@@ -55,7 +55,7 @@ struct OpContext {
   size_t workspace_bytes = 0;
   // CUDA, bf16 only: attention_forward / attention_backward run the tensor-core kernels of
   // kernels/cuda/attention_tc.cuh instead of the SIMT ones (job spec model.attention). The caller
-  // checks their requirements first (ResolveAttention in runtime/trainer.h); the kernels abort
+  // checks their requirements first (ResolveAttention in runtime/train/trainer.h); the kernels abort
   // on a shape or device they do not support.
   bool tensor_core_attention = false;
 };

@@ -21,12 +21,12 @@
 #include <string>
 #include <vector>
 
-#include "collectives/bench.h"
+#include "collectives/bench/bench.h"
 #include "collectives/communicator.h"
 #include "common/env.h"
-#include "runtime/file_util.h"
+#include "common/file_util.h"
 #if defined(FJORD_HAVE_NCCL)
-#include "collectives/nccl_communicator.h"
+#include "collectives/nccl/nccl_communicator.h"
 #endif
 
 namespace fjord {

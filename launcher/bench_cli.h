@@ -1,5 +1,5 @@
 // `fjord bench COLL [options]`: the interconnect benchmark's command line, with nccl-tests' short
-// options, over the engine in collectives/bench.h. docs/BENCH.md is the user's manual.
+// options, over the engine in collectives/bench/bench.h. docs/BENCH.md is the user's manual.
 #pragma once
 
 namespace fjord {

@@ -4,12 +4,12 @@
 #include <filesystem>
 #include <random>
 
-#include "runtime/config.h"
-#include "runtime/data.h"
-#include "runtime/file_util.h"
-#include "runtime/inference.h"
-#include "runtime/tokenizer.h"
-#include "runtime/trainer.h"
+#include "runtime/train/config.h"
+#include "runtime/data/data.h"
+#include "common/file_util.h"
+#include "runtime/train/inference.h"
+#include "runtime/data/tokenizer.h"
+#include "runtime/train/trainer.h"
 
 namespace fjord {
 namespace fs = std::filesystem;

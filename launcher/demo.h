@@ -9,7 +9,7 @@
 #include "collectives/communicator.h"
 #include "common/status.h"
 #include "proto/job.pb.h"
-#include "runtime/tenancy.h"
+#include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
 

@@ -21,10 +21,10 @@
 #include "common/env.h"
 #include "launcher/lease.h"
 #include "launcher/slurm.h"
-#include "runtime/config.h"
-#include "runtime/data.h"
-#include "runtime/file_util.h"
-#include "runtime/json.h"
+#include "runtime/train/config.h"
+#include "runtime/data/data.h"
+#include "common/file_util.h"
+#include "common/json.h"
 
 namespace fjord {
 namespace {

@@ -14,7 +14,7 @@
 // launch and every rank record the same job digest.
 //
 // What launch does not do: it trusts the inventory for placement. Each rank checks its own node
-// identity (gate 2, runtime/tenancy.h RankGate) because an inventory can be wrong.
+// identity (gate 2, runtime/tenancy/tenancy.h RankGate) because an inventory can be wrong.
 #pragma once
 
 #include <map>
@@ -25,7 +25,7 @@
 #include "common/status.h"
 #include "proto/inventory.pb.h"
 #include "proto/job.pb.h"
-#include "runtime/tenancy.h"
+#include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
 

@@ -20,9 +20,9 @@
 #include <optional>
 #include <thread>
 
-#include "runtime/audit.h"
-#include "runtime/json.h"
-#include "runtime/tenancy.h"
+#include "runtime/tenancy/audit.h"
+#include "common/json.h"
+#include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
 namespace {

@@ -14,14 +14,14 @@
 #include "launcher/bench_cli.h"
 #include "launcher/demo.h"
 #include "launcher/launch.h"
-#include "runtime/config.h"
-#include "runtime/data.h"
-#include "runtime/bpe_tokenizer.h"
-#include "runtime/inference.h"
-#include "runtime/model_io.h"
-#include "runtime/tokenizer.h"
-#include "runtime/tenancy.h"
-#include "runtime/trainer.h"
+#include "runtime/train/config.h"
+#include "runtime/data/data.h"
+#include "runtime/data/bpe_tokenizer.h"
+#include "runtime/train/inference.h"
+#include "runtime/train/model_io.h"
+#include "runtime/data/tokenizer.h"
+#include "runtime/tenancy/tenancy.h"
+#include "runtime/train/trainer.h"
 
 namespace fjord {
 namespace {

@@ -18,7 +18,7 @@
 
 #include "common/env.h"
 #include "launcher/launch.h"
-#include "runtime/tenancy.h"
+#include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
 namespace {

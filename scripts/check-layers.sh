@@ -6,8 +6,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-${BUILD_DIR:-$root/build}}"
-if [ ! -d "$build/.cmake/api/v1/reply" ]; then
+if [ ! -f "$build/CMakeCache.txt" ]; then
   echo "check-layers: $build is not a configured fjord build: run bash scripts/build.sh first" >&2
   exit 2
+fi
+# CMake answers the file-API query (which CMakeLists.txt writes) at the next generation: a build
+# configured once has none yet, so regenerate (cached, a few seconds).
+if [ ! -d "$build/.cmake/api/v1/reply" ]; then
+  mkdir -p "$build/.cmake/api/v1/query/client-fjord"
+  touch "$build/.cmake/api/v1/query/client-fjord/codemodel-v2"
+  cmake "$build" >/dev/null
 fi
 exec python3 "$root/scripts/check_layers.py" --build "$build" ${2:+--source "$2"}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that every #include points down the library graph that CMake builds.
 
-Every include in fjord starts at the repository root ("runtime/audit.h"), so the compiler finds a
+Every include in fjord starts at the repository root ("runtime/tenancy/audit.h"), so the compiler finds a
 header of any library from any other, and CMake cannot see an include that has no link behind it.
 This script can: it reads CMake's own description of the build (the file API's codemodel, which
 CMakeLists.txt requests at configure time): which library owns each source and header, and which
@@ -69,7 +69,7 @@ def main():
     cmake_source, targets = load_codemodel(args.build)
     source = args.source or cmake_source
 
-    owners = {}  # include path ("runtime/audit.h") -> libraries that list it
+    owners = {}  # include path ("runtime/tenancy/audit.h") -> libraries that list it
     for t in targets:
         if t["type"].endswith("LIBRARY"):
             for _, rel in t["files"]:

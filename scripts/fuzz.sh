@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (fuzz/) with clang, AddressSanitizer and UBSan in their own build
+# Builds the libFuzzer targets (tests/fuzz/) with clang, AddressSanitizer and UBSan in their own build
 # directory, runs each for SECONDS (default 60) over a fresh copy of its seed corpus, and prints
 # one line per target: inputs tried, coverage (libFuzzer's cov: edges) and crashes. Exits 1 when a
 # target crashed, leaked, timed out or ran out of memory, naming the saved input and how to rerun
@@ -43,9 +43,9 @@ fi
 
 targets=("$@")
 if (( ${#targets[@]} == 0 )); then
-  for src in fuzz/fuzz_*.cc; do
+  for src in tests/fuzz/fuzz_*.cc; do
     name="$(basename "$src" .cc)"
-    # A target whose library this tree does not build (fuzz/CMakeLists.txt) has no binary.
+    # A target whose library this tree does not build (tests/fuzz/CMakeLists.txt) has no binary.
     if [[ -x "$build_dir/bin/$name" ]]; then targets+=("$name"); fi
   done
 fi
@@ -55,7 +55,7 @@ run_one() {
   local name="$1" work="$runs_dir/$1"
   rm -rf "$work"
   mkdir -p "$work/corpus" "$work/artifacts"
-  cp -r "fuzz/corpus/$name/." "$work/corpus/"
+  cp -r "tests/fuzz/corpus/$name/." "$work/corpus/"
   # OMP_NUM_THREADS: no target computes; one thread keeps OpenMP's pool out of the way.
   local rc=0
   OMP_NUM_THREADS=1 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -13,7 +13,7 @@
 #             tokens at the largest micro-batch of FJORD_GPU_BATCHES that fits, in bf16 mixed
 #             precision (model.dtype AUTO on a GPU): ms/step, tokens/s, MFU; then the same step
 #             with the tensor-core attention kernels (model.attention: TENSOR_CORE)
-#   torch     bench/torch_gpu_step.py at the same micro-batch: bf16 autocast, fused AdamW, SDPA,
+#   torch     tests/bench/torch_gpu_step.py at the same micro-batch: bf16 autocast, fused AdamW, SDPA,
 #             eager and torch.compile; measured copy and cuBLAS bf16 matmul ceilings
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
 #             fixed batches, in model.dtype FP32 and BF16, `fjord export`, and PyTorch's loss on the
@@ -192,7 +192,7 @@ fi
 # --- PyTorch -----------------------------------------------------------------------------------------
 tb=${best_b:-8}
 [ "$tb" -gt 0 ] || tb=8
-stage torch 200 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --batch "$tb" --steps 8 --warmup 3 --ceilings \
+stage torch 200 env PYTHONUNBUFFERED=1 python3 tests/bench/torch_gpu_step.py --batch "$tb" --steps 8 --warmup 3 --ceilings \
   --modes eager,compile
 rc=$?
 if [ $rc -ne 98 ]; then
@@ -218,7 +218,7 @@ else
   done
   if stage "loss: export" 60 "${fjord_env[@]}" "$bin/fjord" export --checkpoint "$work/loss_FP32/checkpoints" \
        --out "$work/export"; then
-    if stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 bench/torch_gpu_step.py --loss "$work/export" \
+    if stage "loss: torch" 90 env PYTHONUNBUFFERED=1 python3 tests/bench/torch_gpu_step.py --loss "$work/export" \
          --tokens "$work/tokens.bin" --batch 4 --seq-len 1024 --eval-batches 2; then
       theirs=$(grep -E '^torch_gpu_step: loss of' "$last" | tail -1 | sed 's/.*: //')
     else

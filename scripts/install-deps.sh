@@ -2,7 +2,7 @@
 # Installs the Debian packages fjord builds and tests with, when missing. Idempotent; prints
 # nothing when everything is already there. CUDA (nvcc, cuBLAS, NCCL) is not a Debian package
 # here: it is used when present (see FJORD_CUDA in CMakeLists.txt).
-# python3-numpy runs the independent Python readers and the HF GPT-2 oracle of tests/interop/
+# python3-numpy runs the independent Python readers and the HF GPT-2 oracle of tests/runtime/formats/
 # (those tests skip without it).
 set -euo pipefail
 packages=(cmake g++ make pkg-config libprotobuf-dev protobuf-compiler libopenblas-dev libgtest-dev

@@ -2,7 +2,7 @@
 // the sweep on the one-rank communicator (every collective, dtype and reduction checked bit for
 // bit, and the corruption hook counted once), and the slow-link verdicts of the p2p matrix.
 // Multi-rank runs go through the fjord binary in tests/launcher/bench_test.cc.
-#include "collectives/bench.h"
+#include "collectives/bench/bench.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -71,7 +71,7 @@ class Arena {
 
 // Parameters (gradients share their offsets), activations (floatX), their fp32 statistics (LayerNorm
 // mean and rstd, lse, losses) and activation gradients (floatX) of a one-layer GPT-2 as
-// runtime/gpt.cc lays it out.
+// runtime/model/gpt.cc lays it out.
 struct Model {
   Arena params, acts, stats, dacts;
   size_t wte = params.Add("wte", size_t{Vp} * C), wpe = params.Add("wpe", size_t{T} * C),
@@ -120,7 +120,7 @@ floatX* ModelWeights(float* P, floatX* W) {
 }
 
 // One training step through `ops` in storage type floatX: zero the gradients, (bf16: round the
-// parameters to the bf16 copy the model reads), forward as runtime/gpt.cc runs it (the MLP's GEMM
+// parameters to the bf16 copy the model reads), forward as runtime/model/gpt.cc runs it (the MLP's GEMM
 // and GELU fused, the fused classifier), backward in reverse, gradient norm, one AdamW step on the
 // fp32 parameters.
 template <typename floatX>

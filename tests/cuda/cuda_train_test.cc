@@ -1,4 +1,4 @@
-// The runtime on a GPU (runtime/device.h): the model and AdamW on a device arena against the CPU
+// The runtime on a GPU (runtime/device/device.h): the model and AdamW on a device arena against the CPU
 // backend, the arena's hygiene, and `fjord train --set device=CUDA` end to end (resume
 // bit-identity, np=2 on one GPU through the MPI backend with host staging against np=1).
 // Every test skips without a CUDA device; all of them compile wherever the CUDA build does.
@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "runtime/device.h"
-#include "runtime/gpt.h"
-#include "runtime/optimizer.h"
+#include "runtime/device/device.h"
+#include "runtime/model/gpt.h"
+#include "runtime/model/optimizer.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/launcher/cli_util.h"
 
@@ -98,7 +98,7 @@ TEST_P(CudaTrainStep, OneStepMatchesTheCpuBackend) {
   // bf16: both backends round every stored activation to bf16 at the same points, but their fp32
   // sums differ in order, so now and then a value near a rounding boundary lands one bf16 step
   // (2^-8 relative) apart and carries on; gradient tensors then differ by up to ~1% of their
-  // largest value, the loss by ~1e-3 relative (tests/runtime/gpt_bf16_test.cc bounds the same
+  // largest value, the loss by ~1e-3 relative (tests/runtime/model/gpt_bf16_test.cc bounds the same
   // effect between the CPU twin and a double emulation). Still far from the O(1) of a bug.
   const double loss_tol = bf16 ? 2e-3 : 1e-4, norm_tol = bf16 ? 2e-2 : 1e-3, grad_tol = bf16 ? 2e-2 : 1e-4;
   ASSERT_GT(loss[1], 1.0f);

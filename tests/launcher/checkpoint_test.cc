@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/file_util.h"
+#include "common/file_util.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/json.h"
+#include "common/json.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {

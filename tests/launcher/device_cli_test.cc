@@ -11,7 +11,7 @@
 #include <regex>
 #include <string>
 
-#include "runtime/device.h"
+#include "runtime/device/device.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {
@@ -113,7 +113,7 @@ TEST_F(DeviceCliTest, AutoLogsItsChoiceAndTheArenaIsZeroedBeforeRelease) {
   EXPECT_GT(std::stoull(logged[4].str()), 0u);
 }
 
-// bench/torch_gpu_step.py --loss, which scripts/gpu-check.sh runs on the GPU against fjord's loss,
+// tests/bench/torch_gpu_step.py --loss, which scripts/gpu-check.sh runs on the GPU against fjord's loss,
 // reads `fjord export`'s safetensors and cuts the token shard as fjord's loader does: on the CPU
 // its fp32 loss equals `fjord eval`'s on the same checkpoint and batches (to print precision, a
 // few fp32 ulps of the sum). Skips where python3 has no torch.
@@ -130,7 +130,7 @@ TEST_F(DeviceCliTest, TorchScriptLossMatchesFjordEval) {
   ASSERT_TRUE(std::regex_search(r.output, ours, std::regex("\\{\"loss\": ([0-9.]+), \"tokens\": 96,")))
       << r.output;
   const double a = std::stod(ours[1].str());  // before r.output, which ours points into, changes
-  r = Shell("OMP_NUM_THREADS=1 " + py + " " + FJORD_SOURCE_DIR + "/bench/torch_gpu_step.py --loss " +
+  r = Shell("OMP_NUM_THREADS=1 " + py + " " + FJORD_SOURCE_DIR + "/tests/bench/torch_gpu_step.py --loss " +
             P("export") + " --tokens " + P("data/train_000000.bin") +
             " --batch 2 --seq-len 16 --eval-batches 3");
   ASSERT_EQ(r.exit_code, 0) << r.output;

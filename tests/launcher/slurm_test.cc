@@ -21,8 +21,8 @@
 #include <thread>
 
 #include "launcher/launch.h"
-#include "runtime/audit.h"
-#include "tests/tenancy/test_util.h"
+#include "runtime/tenancy/audit.h"
+#include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
 namespace {

@@ -1,0 +1,44 @@
+// GPT-2's byte-level BPE tokenizer, read from the files OpenAI and Hugging Face publish:
+// vocab.json + merges.txt (Hugging Face names) or encoder.json + vocab.bpe (OpenAI's names for
+// the same content).
+//
+// Encoding follows GPT-2's encoder.py: the text is split by the pre-tokenizer regex
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// each piece's UTF-8 bytes become one symbol per byte (bytes_to_unicode names them), and the
+// merge of lowest rank among adjacent symbols is applied everywhere (left to right, without
+// overlap) until no ranked pair remains. Encode is "ordinary": "<|endoftext|>" in the text is
+// encoded as text; callers that separate documents append the id themselves.
+//
+// The regex is implemented by hand. \s is Unicode White_Space (as in Python's regex module);
+// \p{L} and \p{N} come from range tables that cover ASCII, Latin-1, Latin Extended-A/B and
+// Additional, IPA, Greek, Cyrillic, Armenian, Hebrew, Arabic, Devanagari, Thai, Georgian, Hangul,
+// kana and CJK ideographs, plus the common numeric forms (superscripts, fractions, circled and
+// Roman numerals, other scripts' digits). A character of another script falls into the
+// "neither letter nor number" class, so such text still round-trips exactly but may split
+// differently from GPT-2 (and so use more tokens). Bytes that are not valid UTF-8 count as one
+// character of that class each.
+//
+// Decode concatenates the tokens' bytes and returns them raw (possibly invalid UTF-8 when a
+// multi-byte character is cut between tokens), so Decode(Encode(s)) == s for every byte string.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "runtime/data/tokenizer.h"
+
+namespace fjord {
+
+// The pre-tokenizer pieces of `text`, in order; they concatenate to `text`.
+std::vector<std::string_view> Gpt2PreTokenize(std::string_view text);
+
+// Loads the tokenizer files from `dir`. The vocabulary must give ids 0..N-1 exactly once and
+// contain the 256 single-byte tokens; every merge line must be "LEFT RIGHT" with LEFT, RIGHT and
+// LEFTRIGHT in the vocabulary. Refusals name the file and line. The result is immutable and
+// thread-safe; name() is "gpt2" and vocab_size() is N.
+StatusOr<std::unique_ptr<Tokenizer>> MakeGpt2Tokenizer(const std::string& dir);
+
+}  // namespace fjord

@@ -1,0 +1,577 @@
+#include "runtime/model/gpt.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <utility>
+
+#include "common/check.h"
+#include "runtime/device/device.h"
+
+namespace fjord {
+
+const char* PrecisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
+
+GptConfig GptConfig::FromSpec(const proto::ModelSpec& spec) {
+  GptConfig c;
+  c.n_layer = spec.n_layer();
+  c.n_head = spec.n_head();
+  c.n_embd = spec.n_embd();
+  c.max_seq_len = spec.seq_len();
+  c.vocab_size = spec.vocab_size();
+  c.padded_vocab = (spec.vocab_size() + 127) / 128 * 128;
+  return c;
+}
+
+size_t ParamTensor::size() const {
+  size_t n = 1;
+  for (int d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+size_t ParamLayout::Add(const std::string& name, std::vector<int> shape, bool decay) {
+  ParamTensor t;
+  t.name = name;
+  t.offset = total_;
+  t.shape = std::move(shape);
+  t.weight_decay = decay;
+  total_ += t.size();
+  // Keep every tensor 16-float (64-byte) aligned so vector kernels never straddle tensors.
+  total_ = (total_ + 15) / 16 * 16;
+  tensors_.push_back(t);
+  return t.offset;
+}
+
+ParamLayout::ParamLayout(const GptConfig& c) {
+  const int C = c.n_embd;
+  wte_ = Add("wte.weight", {c.padded_vocab, C}, true);
+  wpe_ = Add("wpe.weight", {c.max_seq_len, C}, true);
+  layers_.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    Layer& L = layers_[l];
+    L.begin = total_;
+    L.ln1_w = Add(p + "ln_1.weight", {C}, false);
+    L.ln1_b = Add(p + "ln_1.bias", {C}, false);
+    L.qkv_w = Add(p + "attn.c_attn.weight", {3 * C, C}, true);
+    L.qkv_b = Add(p + "attn.c_attn.bias", {3 * C}, false);
+    L.attproj_w = Add(p + "attn.c_proj.weight", {C, C}, true);
+    L.attproj_b = Add(p + "attn.c_proj.bias", {C}, false);
+    L.ln2_w = Add(p + "ln_2.weight", {C}, false);
+    L.ln2_b = Add(p + "ln_2.bias", {C}, false);
+    L.fc_w = Add(p + "mlp.c_fc.weight", {4 * C, C}, true);
+    L.fc_b = Add(p + "mlp.c_fc.bias", {4 * C}, false);
+    L.fcproj_w = Add(p + "mlp.c_proj.weight", {C, 4 * C}, true);
+    L.fcproj_b = Add(p + "mlp.c_proj.bias", {C}, false);
+    L.end = total_;
+  }
+  lnf_w_ = Add("ln_f.weight", {C}, false);
+  lnf_b_ = Add("ln_f.bias", {C}, false);
+  FJORD_CHECK(total_ == ParamCount(c), "ParamCount disagrees with the layout: " + std::to_string(ParamCount(c)) +
+                                           " vs " + std::to_string(total_));
+}
+
+HostBuffer::HostBuffer(size_t n) : size_(n) {
+  if (n == 0) return;
+  void* p = nullptr;
+  const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+  FJORD_CHECK(posix_memalign(&p, 64, bytes) == 0,
+              "out of host memory allocating " + std::to_string(bytes) + " bytes");
+  data_ = static_cast<float*>(p);
+  std::memset(data_, 0, bytes);
+}
+
+HostBuffer::~HostBuffer() { std::free(data_); }
+
+HostBuffer::HostBuffer(HostBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
+  if (this != &other) {
+    std::free(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+// Activation tensors. Per-layer tensors are indexed (id, layer); global ones come after all
+// layers. The classifier's logits and losses come last: their gradients are not mirrored in
+// dacts_ (fused_classifier writes dlogits over the logits). LayerNorm statistics, the attention
+// log-sum-exp and the losses are fp32; every other activation is stored in config.precision.
+namespace {
+
+enum LayerAct { kLn1, kLn1Mean, kLn1Rstd, kQkv, kAtty, kLse, kAttproj, kRes2, kLn2, kLn2Mean, kLn2Rstd,
+                kFch, kFchGelu, kFcproj, kRes3, kNumLayerActs };
+enum GlobalAct { kEncoded, kLnf, kLnfMean, kLnfRstd, kLogits, kLosses, kNumGlobalActs };
+
+// Saturating size arithmetic: a size computed from a job spec or a checkpoint never wraps around to
+// a small number; SIZE_MAX (more than any machine holds) stands for "overflows".
+size_t Mul(size_t a, size_t b) {
+  size_t r;
+  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+size_t Add(size_t a, size_t b) {
+  size_t r;
+  return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m - 1) / m * m; }
+
+size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
+  const size_t C = c.n_embd;
+  switch (id) {
+    case kLn1Mean: case kLn1Rstd: case kLn2Mean: case kLn2Rstd: return BT;
+    case kQkv: return Mul(BT, Mul(3, C));
+    case kLse: return Mul(B, Mul(c.n_head, BT / B));
+    case kFch: case kFchGelu: return Mul(BT, Mul(4, C));
+    default: return Mul(BT, C);
+  }
+}
+
+bool IsFp32Stat(LayerAct id) {
+  return id == kLn1Mean || id == kLn1Rstd || id == kLn2Mean || id == kLn2Rstd || id == kLse;
+}
+
+size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
+  switch (id) {
+    case kLnfMean: case kLnfRstd: case kLosses: return BT;
+    case kLogits: return Mul(BT, c.padded_vocab);
+    default: return Mul(BT, c.n_embd);
+  }
+}
+
+bool IsFp32Stat(GlobalAct id) { return id == kLnfMean || id == kLnfRstd || id == kLosses; }
+
+size_t StorageBytes(Precision p) { return p == Precision::kBf16 ? sizeof(bf16) : sizeof(float); }
+
+// Every activation starts 64-byte aligned (the arena's base is 256-aligned): the tensor-core
+// attention kernels need qkv, out and dout 16-byte aligned, and vector loads want 16 bytes.
+template <typename Act>
+size_t ActBytes(Act a, size_t elements, Precision p) {
+  return RoundUp(Mul(elements, IsFp32Stat(a) ? sizeof(float) : StorageBytes(p)), 64);
+}
+
+// Bytes of one layer's activations (the same for every layer).
+size_t LayerActBytes(const GptConfig& c, size_t B, size_t BT) {
+  size_t bytes = 0;
+  for (int id = 0; id < kNumLayerActs; ++id) {
+    const LayerAct a = static_cast<LayerAct>(id);
+    bytes = Add(bytes, ActBytes(a, LayerActSize(a, c, BT, B), c.precision));
+  }
+  return bytes;
+}
+
+// {total bytes, gradient bytes} of the activations in closed form (no per-layer loop): the
+// gradients mirror everything before the logits.
+std::pair<size_t, size_t> ActTotals(const GptConfig& c, int B, int T) {
+  const size_t BT = Mul(B, T);
+  size_t total = Mul(c.n_layer, LayerActBytes(c, B, BT)), grad_total = 0;
+  for (int id = 0; id < kNumGlobalActs; ++id) {
+    const GlobalAct a = static_cast<GlobalAct>(id);
+    if (a == kLogits) grad_total = total;
+    total = Add(total, ActBytes(a, GlobalActSize(a, c, BT), c.precision));
+  }
+  return {total, grad_total};
+}
+
+// Byte offsets of every activation (layer acts first, layer-major, then globals), for a model
+// whose size CheckMemory has accepted (the per-layer table is n_layer x 15 entries).
+void ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* offsets) {
+  const size_t BT = static_cast<size_t>(B) * T;
+  size_t total = 0;
+  offsets->clear();
+  for (int l = 0; l < c.n_layer; ++l) {
+    for (int id = 0; id < kNumLayerActs; ++id) {
+      const LayerAct a = static_cast<LayerAct>(id);
+      offsets->push_back(total);
+      total += ActBytes(a, LayerActSize(a, c, BT, B), c.precision);
+    }
+  }
+  for (int id = 0; id < kNumGlobalActs; ++id) {
+    const GlobalAct a = static_cast<GlobalAct>(id);
+    offsets->push_back(total);
+    total += ActBytes(a, GlobalActSize(a, c, BT), c.precision);
+  }
+}
+
+// Bytes of the bf16 working copy of `n` parameters (none in fp32: the ops read the master).
+size_t WorkingParamBytes(const GptConfig& c, size_t n) {
+  return c.precision == Precision::kBf16 ? Mul(n, sizeof(bf16)) : 0;
+}
+
+// Parameters of one transformer block (ParamLayout's, each tensor padded to 16 floats).
+size_t LayerParams(const GptConfig& c) {
+  const size_t C = c.n_embd, CC = Mul(C, C);
+  const auto t = [](size_t n) { return RoundUp(n, 16); };
+  return Add(Add(Add(Mul(6, t(C)), t(Mul(3, CC))), Add(t(Mul(3, C)), t(CC))),
+             Add(Mul(2, t(Mul(4, CC))), t(Mul(4, C))));
+}
+
+// Host bytes ParamLayout and the activation table keep per block (names, shapes, offsets).
+constexpr size_t kBookkeepingBytesPerLayer =
+    sizeof(ParamLayout::Layer) + 12 * (sizeof(ParamTensor) + 64) + kNumLayerActs * sizeof(size_t);
+
+std::string GiB(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+std::string Bytes(size_t bytes) {
+  return bytes == SIZE_MAX ? "more than 2^64 bytes" : std::to_string(bytes) + " bytes (" + GiB(bytes) + ")";
+}
+
+}  // namespace
+
+size_t ParamCount(const GptConfig& c) {
+  const size_t C = c.n_embd;
+  return Add(Add(RoundUp(Mul(c.padded_vocab, C), 16), RoundUp(Mul(c.max_seq_len, C), 16)),
+             Add(Mul(c.n_layer, LayerParams(c)), Mul(2, RoundUp(C, 16))));
+}
+
+size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
+  auto [acts, dacts] = ActTotals(config, max_batch, max_seq);
+  const size_t params = ParamCount(config);
+  return Add(Add(Mul(2, Mul(params, sizeof(float))), WorkingParamBytes(config, params)), Add(acts, dacts));
+}
+
+size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple) {
+  auto [acts, dacts] = ActTotals(config, max_batch, max_seq);
+  const size_t padded = RoundUp(ParamCount(config), buffer_multiple);
+  const size_t tokens = Mul(Mul(max_batch, max_seq), sizeof(int32_t));
+  const size_t working = WorkingParamBytes(config, padded);
+  const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
+  return Add(Add(Add(Mul(2, r(Mul(padded, sizeof(float)))), working > 0 ? r(working) : 0),
+                 Add(r(acts), r(dacts))),
+             Add(Mul(2, r(tokens)), r(sizeof(float))));
+}
+
+Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int extra_copies, int shards,
+                        const Device& device, const std::string& what_to_do) {
+  // Host bytes for `c`: on CUDA the mirror of the parameters; on the CPU the model, the extra
+  // copies and the activations. Plus the per-layer bookkeeping either way.
+  const auto need_for = [&](const GptConfig& c) {
+    const size_t param_bytes = Mul(ParamCount(c), sizeof(float));
+    const size_t on_host = device.is_cuda()
+                               ? param_bytes
+                               : Add(MemoryBytes(c, max_batch, max_seq), Mul(param_bytes, extra_copies) / std::max(shards, 1));
+    return Add(on_host, Mul(c.n_layer, kBookkeepingBytesPerLayer));
+  };
+  const size_t need = need_for(config);
+  const size_t have = AvailableHostBytes();
+  if (need <= have) return OkStatus();
+  // What makes it large: the part that grows with model.n_layer, the embeddings, or the
+  // activations outside the blocks (the logits).
+  GptConfig no_blocks = config;
+  no_blocks.n_layer = 0;
+  const size_t rest = need_for(no_blocks);
+  const size_t blocks = need == SIZE_MAX ? SIZE_MAX : need - std::min(need, rest);
+  const size_t activations = device.is_cuda() ? 0 : [&] {
+    auto [acts, dacts] = ActTotals(no_blocks, max_batch, max_seq);
+    return Add(acts, dacts);
+  }();
+  const size_t embeddings = rest - std::min(rest, activations);
+  std::string largest;
+  if (blocks >= embeddings && blocks >= activations) {
+    largest = "the transformer blocks, " + Bytes(blocks) + " (model.n_layer = " + std::to_string(config.n_layer) +
+              " blocks of " + std::to_string(LayerParams(config)) + " parameters at model.n_embd = " +
+              std::to_string(config.n_embd) + (device.is_cuda() ? std::string(")") : ", with their activations)");
+  } else if (embeddings >= activations) {
+    largest = "the embeddings, " + Bytes(embeddings) + " (model.vocab_size = " + std::to_string(config.vocab_size) +
+              ", model.seq_len = " + std::to_string(config.max_seq_len) + ", model.n_embd = " +
+              std::to_string(config.n_embd) + ")";
+  } else {
+    largest = "the logits and activations outside the blocks, " + Bytes(activations) + " (" +
+              std::to_string(max_batch) + " sequences of " + std::to_string(max_seq) +
+              " tokens: train.micro_batch, seq_len; model.vocab_size = " + std::to_string(config.vocab_size) + ")";
+  }
+  const size_t params = ParamCount(config);
+  return FailedPrecondition(
+      "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
+      " parameters and needs " + Bytes(need) + " of host memory" +
+      (device.is_cuda() ? " (the host copy of the parameters)"
+                        : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
+                              " and activations for " + std::to_string(max_batch) + " x " +
+                              std::to_string(max_seq) + " tokens)") +
+      ", but this host has " + Bytes(have) + " available (MemAvailable); the largest part is " + largest +
+      "; nothing was allocated: " + what_to_do);
+}
+
+Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)
+    : config_(config),
+      layout_(config),
+      device_(CpuDevice()),
+      ops_(ops),
+      ctx_(CpuDevice().context()),
+      max_batch_(max_batch),
+      max_seq_(max_seq) {
+  FJORD_CHECK(max_seq <= config.max_seq_len, "sequence longer than the model's positions");
+  StatusOr<std::unique_ptr<Arena>> arena =
+      Arena::Create(device_, ArenaBytes(config, max_batch, max_seq, buffer_multiple), "model");
+  FJORD_CHECK(arena.ok(), arena.status().message());
+  own_arena_ = std::move(arena).value();
+  Allocate(*own_arena_, buffer_multiple);
+}
+
+Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, Arena& arena, size_t buffer_multiple)
+    : config_(config),
+      layout_(config),
+      device_(arena.device()),
+      ops_(arena.device().ops()),
+      ctx_(arena.device().context()),
+      max_batch_(max_batch),
+      max_seq_(max_seq) {
+  FJORD_CHECK(max_seq <= config.max_seq_len, "sequence longer than the model's positions");
+  Allocate(arena, buffer_multiple);
+}
+
+Gpt::~Gpt() = default;
+
+void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
+  ctx_.tensor_core_attention = config_.tensor_core_attention;
+  ActOffsets(config_, max_batch_, max_seq_, &act_offsets_);
+  auto [acts, dacts] = ActTotals(config_, max_batch_, max_seq_);
+  buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
+  params_ = arena.Floats(buffer_size_);
+  working_params_ = params_;
+  if (config_.precision == Precision::kBf16) working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
+  grads_ = arena.Floats(buffer_size_);
+  acts_ = static_cast<char*>(arena.Bytes(acts));
+  dacts_ = static_cast<char*>(arena.Bytes(dacts));
+  dacts_bytes_ = dacts;
+  tokens_ = arena.Ints(tokens);
+  targets_ = arena.Ints(tokens);
+  scratch_ = arena.Floats(1);
+  if (device_.is_cuda()) {
+    host_params_ = HostBuffer(buffer_size_);
+    host_losses_.resize(tokens);
+  }
+}
+
+float* Gpt::host_params() { return device_.is_cuda() ? host_params_.data() : params_; }
+const float* Gpt::host_params() const { return device_.is_cuda() ? host_params_.data() : params_; }
+
+void Gpt::SyncParamsToHost() {
+  if (device_.is_cuda()) device_.Download(host_params_.data(), params_, buffer_size_ * sizeof(float));
+}
+
+void Gpt::SyncParamsToDevice() {
+  if (device_.is_cuda()) device_.Upload(params_, host_params_.data(), buffer_size_ * sizeof(float));
+  RoundWorkingParams(0);
+}
+
+void Gpt::RoundWorkingParams(uint64_t seed) { RoundWorkingParams(seed, 0, buffer_size_); }
+
+void Gpt::RoundWorkingParams(uint64_t seed, size_t begin, size_t end) {
+  if (config_.precision != Precision::kBf16 || begin >= end) return;
+  ops_.cast_to_bf16(ctx_, static_cast<bf16*>(working_params_) + begin, params_ + begin, end - begin, seed,
+                    begin);
+}
+
+#define FJORD_LAYER_ACT(id, l) (act_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])
+#define FJORD_GLOBAL_ACT(id) (act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + (id)])
+
+void Gpt::InitGpt2(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const float residual_scale = 1.0f / std::sqrt(2.0f * config_.n_layer);
+  float* p = host_params();
+  std::memset(p, 0, num_params() * sizeof(float));
+  for (const ParamTensor& t : layout_.tensors()) {
+    const bool is_ln_weight = t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight");
+    const bool is_bias = t.name.ends_with(".bias");
+    if (is_ln_weight) {
+      for (size_t i = 0; i < t.size(); ++i) p[t.offset + i] = 1.0f;
+    } else if (!is_bias) {
+      float std = 0.02f;
+      if (t.name.ends_with("c_proj.weight")) std *= residual_scale;
+      size_t n = t.size();
+      // Padded vocabulary rows stay zero: no token embeds to them and no logit reads them.
+      if (t.offset == layout_.wte()) n = static_cast<size_t>(config_.vocab_size) * config_.n_embd;
+      for (size_t i = 0; i < n; ++i) p[t.offset + i] = std * normal(rng);
+    }
+  }
+  SyncParamsToDevice();
+}
+
+float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, float dloss_scale) {
+  FJORD_CHECK(B >= 1 && B <= max_batch_ && T >= 1 && T <= max_seq_,
+              "batch " + std::to_string(B) + "x" + std::to_string(T) + " exceeds the model's buffers");
+  B_ = B;
+  T_ = T;
+  const size_t BT = static_cast<size_t>(B) * T;
+  device_.Upload(tokens_, tokens, BT * sizeof(int32_t));
+  if (targets != nullptr) device_.Upload(targets_, targets, BT * sizeof(int32_t));
+  has_dlogits_ = false;
+  const bool with_targets = targets != nullptr;
+  const float loss = config_.precision == Precision::kBf16 ? ForwardAs<bf16>(B, T, with_targets, dloss_scale)
+                                                           : ForwardAs<float>(B, T, with_targets, dloss_scale);
+  if (!with_targets) return 0.0f;
+  has_dlogits_ = dloss_scale > 0.0f;
+  return loss;
+}
+
+template <typename floatX>
+float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
+  floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
+  ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), P<floatX>(layout_.wpe()), B, T, C);
+  // The LayerNorm that reads the residual stream after `l` layers: layer l's ln1, or lnf after the
+  // last. Every LayerNorm but the first follows a residual add and is fused with it
+  // (residual_layernorm_forward), which saves reading the sum back.
+  struct Norm {
+    floatX* out;
+    float* mean;
+    float* rstd;
+    const floatX* weight;
+    const floatX* bias;
+  };
+  auto norm_after = [&](int l) -> Norm {
+    if (l < config_.n_layer) {
+      const ParamLayout::Layer& w = layout_.layer(l);
+      return {A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Mean, l)),
+              F(FJORD_LAYER_ACT(kLn1Rstd, l)), P<floatX>(w.ln1_w), P<floatX>(w.ln1_b)};
+    }
+    return {A<floatX>(FJORD_GLOBAL_ACT(kLnf)), F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)),
+            P<floatX>(layout_.lnf_w()), P<floatX>(layout_.lnf_b())};
+  };
+  const Norm first = norm_after(0);
+  ops.layernorm_forward(ctx_, first.out, first.mean, first.rstd, encoded, first.weight, first.bias, BT, C);
+  const floatX* residual = encoded;
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const ParamLayout::Layer& w = layout_.layer(l);
+    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));  // written before the loop or by layer l - 1
+    floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
+    floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
+    floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+    floatX* res2 = A<floatX>(FJORD_LAYER_ACT(kRes2, l));
+    floatX* ln2 = A<floatX>(FJORD_LAYER_ACT(kLn2, l));
+    floatX* fch = A<floatX>(FJORD_LAYER_ACT(kFch, l));
+    floatX* fch_gelu = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+    floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
+    ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), P<floatX>(w.qkv_b), BT, C, 3 * C);
+    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH);
+    ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), P<floatX>(w.attproj_b), BT, C, C);
+    ops.residual_layernorm_forward(ctx_, res2, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)),
+                                   F(FJORD_LAYER_ACT(kLn2Rstd, l)), residual, attproj, P<floatX>(w.ln2_w),
+                                   P<floatX>(w.ln2_b), BT, C);
+    ops.matmul_gelu_forward(ctx_, fch_gelu, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
+    ops.matmul_forward(ctx_, fcproj, fch_gelu, P<floatX>(w.fcproj_w), P<floatX>(w.fcproj_b), BT, 4 * C, C);
+    const Norm next = norm_after(l + 1);
+    ops.residual_layernorm_forward(ctx_, res3, next.out, next.mean, next.rstd, res2, fcproj, next.weight,
+                                   next.bias, BT, C);
+    residual = res3;
+  }
+  floatX* lnf = A<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  floatX* logits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
+  ops.matmul_forward(ctx_, logits, lnf, P<floatX>(layout_.wte()), nullptr, BT, C, Vp);
+  if (!with_targets) return 0.0f;
+
+  float* losses = F(FJORD_GLOBAL_ACT(kLosses));
+  ops.fused_classifier(ctx_, logits, losses, targets_, BT, V, Vp, dloss_scale / static_cast<float>(BT),
+                       dloss_scale > 0.0f ? 1 : 0);
+  if (device_.is_cuda()) {
+    device_.Download(host_losses_.data(), losses, BT * sizeof(float));
+    losses = host_losses_.data();
+  }
+  double sum = 0.0;
+  for (size_t i = 0; i < BT; ++i) sum += losses[i];
+  return static_cast<float>(sum / static_cast<double>(BT));
+}
+
+void Gpt::Backward(const GradReadyFn& on_ready) {
+  FJORD_CHECK(has_dlogits_, "Backward needs a Forward with targets and dloss_scale > 0 before it");
+  has_dlogits_ = false;
+  if (config_.precision == Precision::kBf16) {
+    BackwardAs<bf16>(on_ready);
+  } else {
+    BackwardAs<float>(on_ready);
+  }
+}
+
+template <typename floatX>
+void Gpt::BackwardAs(const GradReadyFn& on_ready) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
+  // Activation gradients accumulate (ops' contract), so they start from zero each pass.
+  ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), dacts_bytes_ / sizeof(floatX));
+
+  const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
+  floatX* dlnf = G<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  ops.matmul_backward(ctx_, dlnf, D(layout_.wte()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
+                      P<floatX>(layout_.wte()), BT, C, Vp);
+  const int L = config_.n_layer;
+  const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
+  ops.layernorm_backward(ctx_, G<floatX>(last), D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf, A<floatX>(last),
+                         P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)),
+                         BT, C);
+  if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
+
+  for (int l = L - 1; l >= 0; --l) {
+    const ParamLayout::Layer& w = layout_.layer(l);
+    const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
+    const floatX* residual = A<floatX>(in);
+    floatX* dres_in = G<floatX>(in);
+    floatX* dres3 = G<floatX>(FJORD_LAYER_ACT(kRes3, l));
+    floatX* dres2 = G<floatX>(FJORD_LAYER_ACT(kRes2, l));
+    floatX* dfcproj = G<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    floatX* dfch_gelu = G<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+    floatX* dfch = G<floatX>(FJORD_LAYER_ACT(kFch, l));
+    floatX* dln2 = G<floatX>(FJORD_LAYER_ACT(kLn2, l));
+    floatX* dattproj = G<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+    floatX* datty = G<floatX>(FJORD_LAYER_ACT(kAtty, l));
+    floatX* dqkv = G<floatX>(FJORD_LAYER_ACT(kQkv, l));
+    floatX* dln1 = G<floatX>(FJORD_LAYER_ACT(kLn1, l));
+
+    ops.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
+    ops.matmul_backward(ctx_, dfch_gelu, D(w.fcproj_w), D(w.fcproj_b), dfcproj,
+                        A<floatX>(FJORD_LAYER_ACT(kFchGelu, l)), P<floatX>(w.fcproj_w), BT, 4 * C, C);
+    ops.gelu_backward(ctx_, dfch, A<floatX>(FJORD_LAYER_ACT(kFch, l)), dfch_gelu, BT * 4 * C);
+    ops.matmul_backward(ctx_, dln2, D(w.fc_w), D(w.fc_b), dfch, A<floatX>(FJORD_LAYER_ACT(kLn2, l)),
+                        P<floatX>(w.fc_w), BT, C, 4 * C);
+    ops.layernorm_backward(ctx_, dres2, D(w.ln2_w), D(w.ln2_b), dln2, A<floatX>(FJORD_LAYER_ACT(kRes2, l)),
+                           P<floatX>(w.ln2_w), F(FJORD_LAYER_ACT(kLn2Mean, l)), F(FJORD_LAYER_ACT(kLn2Rstd, l)), BT,
+                           C);
+    ops.residual_backward(ctx_, dres_in, dattproj, dres2, BT * C);
+    ops.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj, A<floatX>(FJORD_LAYER_ACT(kAtty, l)),
+                        P<floatX>(w.attproj_w), BT, C, C);
+    ops.attention_backward(ctx_, dqkv, datty, A<floatX>(FJORD_LAYER_ACT(kQkv, l)),
+                           A<floatX>(FJORD_LAYER_ACT(kAtty, l)), F(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH);
+    ops.matmul_backward(ctx_, dln1, D(w.qkv_w), D(w.qkv_b), dqkv, A<floatX>(FJORD_LAYER_ACT(kLn1, l)),
+                        P<floatX>(w.qkv_w), BT, C, 3 * C);
+    ops.layernorm_backward(ctx_, dres_in, D(w.ln1_w), D(w.ln1_b), dln1, residual, P<floatX>(w.ln1_w),
+                           F(FJORD_LAYER_ACT(kLn1Mean, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
+    if (on_ready) on_ready(w.begin, w.end);
+  }
+  ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B,
+                       T, C);
+  if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
+}
+
+void Gpt::ZeroGrads() { ops_.f32.fill_zero(ctx_, grads_, buffer_size_); }
+
+float Gpt::GradSumSquares() { return SumSquares(grads_, buffer_size_); }
+
+float Gpt::SumSquares(const float* x, size_t n) {
+  ops_.sum_squares(ctx_, scratch_, x, n);
+  float out = 0.0f;
+  device_.Download(&out, scratch_, sizeof(float));
+  return out;
+}
+
+const float* Gpt::Logits() const {
+  FJORD_CHECK(config_.precision == Precision::kFp32, "Logits() reads fp32 logits; this model runs in bf16");
+  return reinterpret_cast<const float*>(acts_ + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs +
+                                                             kLogits]);
+}
+
+}  // namespace fjord
