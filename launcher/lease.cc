@@ -21,24 +21,12 @@
 #include <thread>
 
 #include "runtime/tenancy/audit.h"
+#include "common/host.h"
 #include "common/json.h"
-#include "runtime/tenancy/tenancy.h"
+#include "common/time_util.h"
 
 namespace fjord {
 namespace {
-
-std::string UtcNow() {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t t = std::chrono::system_clock::to_time_t(now);
-  const int ms = static_cast<int>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
-  return buf;
-}
 
 std::string LeasePath(const std::string& dir, const std::string& host) { return dir + "/" + host + ".lease"; }
 

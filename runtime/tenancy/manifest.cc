@@ -9,8 +9,9 @@
 #include <map>
 #include <set>
 
-#include "runtime/tenancy/crypto.h"
 #include "common/file_util.h"
+#include "common/proto_text.h"
+#include "common/sha256.h"
 #include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
@@ -319,7 +320,7 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
 Status VerifyShardBytes(const ShardExpectation& expectation, std::string_view bytes, const std::string& what,
                         const DataPolicy& policy) {
   if (expectation.manifest.empty() && policy.audit == nullptr) return OkStatus();
-  const std::string digest = Sha256Hex(bytes);
+  FJORD_ASSIGN_OR_RETURN(const std::string digest, Sha256Hex(bytes));
   if (!expectation.manifest.empty() && digest != expectation.sha256) {
     Status s =
         DataLoss(what + ": shard " + expectation.path + " has SHA-256 " + digest + " but " +
