@@ -376,15 +376,6 @@ std::vector<std::string> NodeLeaseKeys(const proto::InventoryNode& node) {
 
 namespace {
 
-std::string HostsJson(const std::vector<std::string>& hosts) {
-  std::string out = "[";
-  for (size_t i = 0; i < hosts.size(); ++i) {
-    if (i > 0) out += ",";
-    out += JsonQuote(hosts[i]);
-  }
-  return out + "]";
-}
-
 std::string HolderJson(const LeaseConflict& c) { return c.known ? LeaseRecordJson(c.holder) : "null"; }
 
 std::vector<std::string> PlannedHosts(const LaunchPlan& plan) {
@@ -465,8 +456,8 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                            .Str("tenant", plan.policy.tenant)
                                            .Str("job_sha256", plan.job_digest)
                                            .Str("lease_dir", dir)
-                                           .Raw("nodes", HostsJson(hosts))
-                                           .Raw("lease_keys", HostsJson(keys))
+                                           .Raw("nodes", JsonQuoteList(hosts))
+                                           .Raw("lease_keys", JsonQuoteList(keys))
                                            .Str("message", leases.status().message()))
              .status());
     return leases.status();
@@ -496,10 +487,10 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                    .Str("launch_id", launch_id)
                                    .Str("tenant", plan.policy.tenant)
                                    .Str("lease_dir", dir)
-                                   .Raw("nodes", HostsJson(hosts))
+                                   .Raw("nodes", JsonQuoteList(hosts))
                                    .Int("waited_ms", static_cast<int64_t>((*leases)->waited_seconds() * 1000))
                                    .Raw("taken_over", taken)
-                                   .Raw("lease_keys", HostsJson(keys)))
+                                   .Raw("lease_keys", JsonQuoteList(keys)))
                       .status();
   if (!logged.ok()) return logged;  // the leases are released on return: nothing unrecorded runs
   (*leases)->set_on_release([audit, launch_id, dir, hosts](const NodeLeases& l) {
@@ -507,8 +498,8 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
              ->Append("lease_released", AuditRecord()
                                             .Str("launch_id", launch_id)
                                             .Str("lease_dir", dir)
-                                            .Raw("nodes", HostsJson(hosts))
-                                            .Raw("lease_keys", HostsJson(l.hosts())))
+                                            .Raw("nodes", JsonQuoteList(hosts))
+                                            .Raw("lease_keys", JsonQuoteList(l.hosts())))
              .status());
   });
   return leases;

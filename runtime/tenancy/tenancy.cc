@@ -68,16 +68,6 @@ std::string ModeText(mode_t mode) {
   return buf;
 }
 
-// A JSON array of strings.
-std::string JsonList(const std::vector<std::string>& items) {
-  std::string out = "[";
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += ',';
-    out += JsonQuote(items[i]);
-  }
-  return out + "]";
-}
-
 template <typename Repeated>
 std::vector<std::string> ToVector(const Repeated& r) {
   return std::vector<std::string>(r.begin(), r.end());
@@ -413,8 +403,8 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job) {
       .Str("host", host)
       .Str("slurm_node", slurm_node.value_or(""))
       .Str("tenant", policy.tenant)
-      .Raw("allowed_jurisdictions", JsonList(policy.jurisdictions))
-      .Raw("allowed_sites", JsonList(policy.sites));
+      .Raw("allowed_jurisdictions", JsonQuoteList(policy.jurisdictions))
+      .Raw("allowed_sites", JsonQuoteList(policy.sites));
   if (!node.ok()) {
     message = where + ": residency gate: cannot establish this node's jurisdiction, so tenant " +
               policy.tenant + " (allowed: " + policy.Describe() +
@@ -1069,8 +1059,8 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     start.Str("tenant", t->policy_.tenant)
         .Str("job_sha256", digest)
         .Int("world_size", world)
-        .Raw("allowed_jurisdictions", JsonList(t->policy_.jurisdictions))
-        .Raw("allowed_sites", JsonList(t->policy_.sites))
+        .Raw("allowed_jurisdictions", JsonQuoteList(t->policy_.jurisdictions))
+        .Raw("allowed_sites", JsonQuoteList(t->policy_.sites))
         .Str("run_dir", job.run_dir())
         .Str("data_train", job.data().train())
         .Str("data_val", job.data().val())
