@@ -19,6 +19,7 @@
 #include "collectives/mpi/mpi_communicator.h"
 #include "collectives/self_communicator.h"
 #include "common/env.h"
+#include "common/host.h"
 
 namespace fjord {
 namespace {
@@ -108,9 +109,7 @@ RankInfo RankInfoFromEnvironment() {
   info.local_rank = static_cast<int>(FirstInt({"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"}).value_or(0));
   info.local_size =
       static_cast<int>(FirstInt({"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"}).value_or(1));
-  char host[256] = {};
-  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
-  info.host = host[0] != '\0' ? host : "?";
+  info.host = ThisHostname();
   return info;
 }
 

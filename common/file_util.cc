@@ -2,9 +2,7 @@
 // fjord uses (token shards, sealed and plain checkpoint files, manifests, audit heads, exports).
 #include "common/file_util.h"
 
-#include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -17,20 +15,12 @@
 #include <memory>
 #include <utility>
 
+#include "common/text.h"
+
 namespace fjord {
 namespace {
 
 std::string ErrnoText() { return std::strerror(errno); }
-
-std::string Hex(const unsigned char* digest, size_t n) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out(2 * n, '0');
-  for (size_t i = 0; i < n; ++i) {
-    out[2 * i] = kHex[digest[i] >> 4];
-    out[2 * i + 1] = kHex[digest[i] & 15];
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -106,7 +96,7 @@ std::string RandomTempName(const std::string& path) {
     const uint64_t v = static_cast<uint64_t>(::getpid()) << 32 ^ static_cast<uint64_t>(::time(nullptr));
     std::memcpy(r, &v, sizeof(r));
   }
-  return path + ".tmp." + Hex(r, sizeof(r));
+  return path + ".tmp." + HexEncode(r, sizeof(r));
 }
 
 StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, mode_t mode) {
@@ -182,33 +172,6 @@ Status WriteFileAtomic(const std::string& path, const std::vector<ByteSpan>& pie
   FJORD_ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path, mode));
   for (const ByteSpan& piece : pieces) FJORD_RETURN_IF_ERROR(file.Write(piece.data, piece.size));
   return file.Commit();
-}
-
-std::string Sha256Hex(std::string_view bytes) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
-  return Hex(digest, sizeof(digest));
-}
-
-StatusOr<std::string> Sha256File(const std::string& path, const std::string& what) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return (errno == ENOENT ? NotFound : FailedPrecondition)("cannot open " + what + " " + path + ": " + ErrnoText());
-  }
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
-  std::vector<char> buffer(1 << 20);
-  while (true) {
-    const ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return FailedPrecondition("cannot read " + what + " " + path + ": " + ErrnoText());
-    if (n == 0) break;
-    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n));
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx.get(), digest, &len);
-  return Hex(digest, len);
 }
 
 }  // namespace fjord

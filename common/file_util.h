@@ -97,12 +97,4 @@ void KeepNewFilesPrivate();
 // beside `path` that nobody can predict.
 std::string RandomTempName(const std::string& path);
 
-// Lower-case hex SHA-256 of `bytes` (OpenSSL).
-std::string Sha256Hex(std::string_view bytes);
-
-// Lower-case hex SHA-256 of the file at `path`, read in 1 MiB chunks. Errors name `what`
-// ("shard", "checkpoint file"), the path and the system's reason: NotFound when the file does not
-// exist, FailedPrecondition when it cannot be opened or read.
-StatusOr<std::string> Sha256File(const std::string& path, const std::string& what);
-
 }  // namespace fjord

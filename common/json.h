@@ -70,4 +70,16 @@ StatusOr<JsonValue> ParseJson(std::string_view text, const std::string& source);
 // escaped, everything else copied as is.
 std::string JsonQuote(std::string_view s);
 
+// `items` (any range of strings) as a JSON array of JsonQuote'd strings, without spaces:
+// ["NO","SE"].
+template <typename Strings>
+std::string JsonQuoteList(const Strings& items) {
+  std::string out = "[";
+  for (const auto& item : items) {
+    if (out.size() > 1) out += ',';
+    out += JsonQuote(item);
+  }
+  return out + "]";
+}
+
 }  // namespace fjord

@@ -24,7 +24,11 @@
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"
 #include "common/file_util.h"
+#include "common/host.h"
 #include "common/json.h"
+#include "common/proto_text.h"
+#include "common/sha256.h"
+#include "common/text.h"
 
 namespace fjord {
 namespace {
@@ -825,13 +829,13 @@ std::string CommandLine(const std::vector<std::string>& argv) {
 StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   LaunchPlan plan;
   FJORD_ASSIGN_OR_RETURN(plan.job, LoadJobSpec(options.job_path, options.overrides));
-  plan.job_digest = JobDigest(plan.job);
+  FJORD_ASSIGN_OR_RETURN(plan.job_digest, JobDigest(plan.job));
   plan.policy = PolicyOf(plan.job);
   plan.audit_log = fs::absolute(AuditPathFor(plan.job)).string();
   FJORD_ASSIGN_OR_RETURN(plan.data_residency, DataResidencyOf(plan.job, &plan.data_unseen));
   FJORD_ASSIGN_OR_RETURN(proto::Inventory inventory, LoadInventory(options.inventory_path));
   FJORD_ASSIGN_OR_RETURN(std::string inventory_text, ReadWholeFile(options.inventory_path, "inventory"));
-  plan.inventory_digest = Sha256Hex(inventory_text);
+  FJORD_ASSIGN_OR_RETURN(plan.inventory_digest, Sha256Hex(inventory_text));
   std::string inventory_source = options.inventory_path;
   if (options.slurm) SetSlurmSubmission(inventory, &plan);
   if (inventory.node_size() == 0) {
@@ -999,14 +1003,15 @@ int RunLaunch(const LaunchOptions& options) {
   if (!planned.ok()) {
     // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written).
     StatusOr<proto::JobSpec> job = LoadJobSpec(options.job_path, options.overrides);
-    if (job.ok()) {
+    const StatusOr<std::string> digest = job.ok() ? JobDigest(*job) : StatusOr<std::string>(job.status());
+    if (digest.ok()) {
       StatusOr<std::unique_ptr<AuditLog>> audit =
           AuditLog::Open(AuditPathFor(*job), "launch@" + ThisHostname());
       Status logged = audit.ok()
                           ? (*audit)
                                 ->Append("launch_refused", AuditRecord()
                                                                .Str("tenant", job->tenant().id())
-                                                               .Str("job_sha256", JobDigest(*job))
+                                                               .Str("job_sha256", *digest)
                                                                .Str("inventory", options.inventory_path)
                                                                .Int("ranks", options.np)
                                                                .Str("message", planned.status().message()))

@@ -21,24 +21,12 @@
 #include <thread>
 
 #include "runtime/tenancy/audit.h"
+#include "common/host.h"
 #include "common/json.h"
-#include "runtime/tenancy/tenancy.h"
+#include "common/time_util.h"
 
 namespace fjord {
 namespace {
-
-std::string UtcNow() {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t t = std::chrono::system_clock::to_time_t(now);
-  const int ms = static_cast<int>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
-  return buf;
-}
 
 std::string LeasePath(const std::string& dir, const std::string& host) { return dir + "/" + host + ".lease"; }
 
@@ -388,15 +376,6 @@ std::vector<std::string> NodeLeaseKeys(const proto::InventoryNode& node) {
 
 namespace {
 
-std::string HostsJson(const std::vector<std::string>& hosts) {
-  std::string out = "[";
-  for (size_t i = 0; i < hosts.size(); ++i) {
-    if (i > 0) out += ",";
-    out += JsonQuote(hosts[i]);
-  }
-  return out + "]";
-}
-
 std::string HolderJson(const LeaseConflict& c) { return c.known ? LeaseRecordJson(c.holder) : "null"; }
 
 std::vector<std::string> PlannedHosts(const LaunchPlan& plan) {
@@ -477,8 +456,8 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                            .Str("tenant", plan.policy.tenant)
                                            .Str("job_sha256", plan.job_digest)
                                            .Str("lease_dir", dir)
-                                           .Raw("nodes", HostsJson(hosts))
-                                           .Raw("lease_keys", HostsJson(keys))
+                                           .Raw("nodes", JsonQuoteList(hosts))
+                                           .Raw("lease_keys", JsonQuoteList(keys))
                                            .Str("message", leases.status().message()))
              .status());
     return leases.status();
@@ -508,10 +487,10 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
                                    .Str("launch_id", launch_id)
                                    .Str("tenant", plan.policy.tenant)
                                    .Str("lease_dir", dir)
-                                   .Raw("nodes", HostsJson(hosts))
+                                   .Raw("nodes", JsonQuoteList(hosts))
                                    .Int("waited_ms", static_cast<int64_t>((*leases)->waited_seconds() * 1000))
                                    .Raw("taken_over", taken)
-                                   .Raw("lease_keys", HostsJson(keys)))
+                                   .Raw("lease_keys", JsonQuoteList(keys)))
                       .status();
   if (!logged.ok()) return logged;  // the leases are released on return: nothing unrecorded runs
   (*leases)->set_on_release([audit, launch_id, dir, hosts](const NodeLeases& l) {
@@ -519,8 +498,8 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
              ->Append("lease_released", AuditRecord()
                                             .Str("launch_id", launch_id)
                                             .Str("lease_dir", dir)
-                                            .Raw("nodes", HostsJson(hosts))
-                                            .Raw("lease_keys", HostsJson(l.hosts())))
+                                            .Raw("nodes", JsonQuoteList(hosts))
+                                            .Raw("lease_keys", JsonQuoteList(l.hosts())))
              .status());
   });
   return leases;

@@ -21,6 +21,7 @@
 #include "runtime/train/model_io.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/tenancy/tenancy.h"
+#include "common/text.h"
 #include "runtime/train/trainer.h"
 
 namespace fjord {

@@ -18,7 +18,7 @@
 
 #include "common/env.h"
 #include "launcher/launch.h"
-#include "runtime/tenancy/tenancy.h"
+#include "common/text.h"
 
 namespace fjord {
 namespace {

@@ -18,6 +18,7 @@
 
 #include "collectives/reduce.h"
 #include "common/check.h"
+#include "common/json.h"
 
 namespace fjord {
 namespace {
@@ -32,25 +33,6 @@ std::string Printf(const char* fmt, ...) {
   std::vsnprintf(buf, sizeof(buf), fmt, args);
   va_end(args);
   return buf;
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += Printf("\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
 }
 
 // A finite double for JSON (which has no NaN or infinity).
@@ -472,13 +454,13 @@ std::string MeasurementJson(const BenchMeasurement& m) {
 }
 
 std::string ContextJson(const BenchContext& context) {
-  std::string out = "\"backend\": " + JsonString(context.backend) +
+  std::string out = "\"backend\": " + JsonQuote(context.backend) +
                     ", \"world_size\": " + std::to_string(context.world_size) + ",\n  \"ranks\": [";
   for (size_t i = 0; i < context.ranks.size(); ++i) {
     const BenchRankDesc& d = context.ranks[i];
     out += std::string(i ? ",\n    " : "\n    ") + "{\"rank\": " + std::to_string(d.rank) +
-           ", \"pid\": " + std::to_string(d.pid) + ", \"host\": " + JsonString(d.host) +
-           ", \"device\": " + JsonString(d.device) + "}";
+           ", \"pid\": " + std::to_string(d.pid) + ", \"host\": " + JsonQuote(d.host) +
+           ", \"device\": " + JsonQuote(d.device) + "}";
   }
   return out + "]";
 }
@@ -733,20 +715,20 @@ std::string FormatBenchComparison(const std::vector<BenchTable>& tables) {
 }
 
 std::string BenchJson(const BenchOptions& o, const BenchContext& context, const std::vector<BenchTable>& tables) {
-  std::string out = "{\n  \"bench\": " + JsonString(BenchCollectiveName(o.collective)) + ", " + ContextJson(context);
-  out += ",\n  \"type\": " + JsonString(DataTypeName(o.dtype)) +
-         ", \"redop\": " + JsonString(BenchHasReduction(o.collective) ? ReduceOpName(o.op) : "none") +
+  std::string out = "{\n  \"bench\": " + JsonQuote(BenchCollectiveName(o.collective)) + ", " + ContextJson(context);
+  out += ",\n  \"type\": " + JsonQuote(DataTypeName(o.dtype)) +
+         ", \"redop\": " + JsonQuote(BenchHasReduction(o.collective) ? ReduceOpName(o.op) : "none") +
          ", \"root\": " + std::to_string(BenchHasRoot(o.collective) ? o.root : -1) +
          ", \"min_bytes\": " + std::to_string(o.min_bytes) + ", \"max_bytes\": " + std::to_string(o.max_bytes) +
          ", \"iters\": " + std::to_string(o.iters) + ", \"warmup\": " + std::to_string(o.warmup) +
-         ", \"repeat\": " + std::to_string(o.repeat) + ", \"check\": " + (o.check ? "true" : "false") + ", \"average\": " + JsonString(TimeCombineName(o.combine)) +
+         ", \"repeat\": " + std::to_string(o.repeat) + ", \"check\": " + (o.check ? "true" : "false") + ", \"average\": " + JsonQuote(TimeCombineName(o.combine)) +
          ",\n  \"bus_factor\": " + JsonNumber(BusBandwidthFactor(o.collective, context.world_size)) +
          ",\n  \"tables\": [";
   long long wrong = 0;
   for (size_t t = 0; t < tables.size(); ++t) {
     const BenchTable& table = tables[t];
     wrong += table.wrong;
-    out += std::string(t ? ",\n    " : "\n    ") + "{\"algo\": " + JsonString(table.label) +
+    out += std::string(t ? ",\n    " : "\n    ") + "{\"algo\": " + JsonQuote(table.label) +
            ", \"wrong\": " + std::to_string(table.wrong) + ", \"avg_busbw_gbps\": " + JsonNumber(table.avg_busbw) +
            ", \"rows\": [";
     for (size_t i = 0; i < table.rows.size(); ++i) {
@@ -1045,7 +1027,7 @@ std::string P2pJson(const P2pOptions& o, const BenchContext& context, const P2pR
          ",\n  \"nodes\": [";
   for (size_t i = 0; i < m; ++i) {
     out += std::string(i ? ", " : "") + "{\"rank\": " + std::to_string(r.nodes[i].rank) +
-           ", \"host\": " + JsonString(r.nodes[i].host) + ", \"label\": " + JsonString(r.nodes[i].label) + "}";
+           ", \"host\": " + JsonQuote(r.nodes[i].host) + ", \"label\": " + JsonQuote(r.nodes[i].label) + "}";
   }
   auto matrix = [&](const char* name, auto get) {
     std::string s = Printf(",\n  \"%s\": [", name);
@@ -1067,13 +1049,13 @@ std::string P2pJson(const P2pOptions& o, const BenchContext& context, const P2pR
   for (size_t i = 0; i < r.flags.size(); ++i) {
     const P2pFlag& f = r.flags[i];
     out += std::string(i ? ",\n    " : "\n    ") + "{\"kind\": " +
-           JsonString(f.kind == P2pFlag::Kind::kBandwidth ? "bandwidth" : "latency") +
-           ", \"from\": " + JsonString(r.nodes[static_cast<size_t>(f.from)].label) +
-           ", \"to\": " + JsonString(r.nodes[static_cast<size_t>(f.to)].label) + ", \"value\": " + JsonNumber(f.value) +
+           JsonQuote(f.kind == P2pFlag::Kind::kBandwidth ? "bandwidth" : "latency") +
+           ", \"from\": " + JsonQuote(r.nodes[static_cast<size_t>(f.from)].label) +
+           ", \"to\": " + JsonQuote(r.nodes[static_cast<size_t>(f.to)].label) + ", \"value\": " + JsonNumber(f.value) +
            ", \"ratio\": " + JsonNumber(f.ratio) + "}";
   }
   out += "],\n  \"suspects\": [";
-  for (size_t i = 0; i < r.suspects.size(); ++i) out += std::string(i ? ", " : "") + JsonString(r.suspects[i]);
+  for (size_t i = 0; i < r.suspects.size(); ++i) out += std::string(i ? ", " : "") + JsonQuote(r.suspects[i]);
   out += "],\n  \"wrong\": " + (o.check ? std::to_string(r.wrong_total) : std::string("null")) + "\n}\n";
   return out;
 }

@@ -42,6 +42,7 @@
 #include "collectives/ring.h"
 #include "collectives/transport.h"
 #include "collectives/tree.h"
+#include "common/host.h"
 
 namespace fjord {
 namespace {
@@ -73,12 +74,6 @@ std::string MpiErrorString(int code) {
   int len = 0;
   if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
   return std::string(text, static_cast<size_t>(len));
-}
-
-std::string LocalHost() {
-  char host[256] = {};
-  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "?";
-  return host;
 }
 
 std::string Seconds(Clock::duration d) {
@@ -208,7 +203,7 @@ StatusOr<std::shared_ptr<MpiRuntime>> MpiRuntime::Acquire() {
     MPI_Query_thread(&rt->provided_);
   } else {
     const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &rt->provided_);
-    if (rc != MPI_SUCCESS) return Internal("MPI_Init_thread failed: " + MpiErrorString(rc) + " (on " + LocalHost() + ")");
+    if (rc != MPI_SUCCESS) return Internal("MPI_Init_thread failed: " + MpiErrorString(rc) + " (on " + ThisHostname() + ")");
     rt->initialized_here_ = true;
   }
   if (rt->provided_ < MPI_THREAD_SERIALIZED) {
@@ -569,10 +564,10 @@ void MpiTransport::CancelPending() {
 
 Status MpiCommunicator::Init() {
   int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
-  if (rc != MPI_SUCCESS) return Internal("MPI_Comm_dup failed on " + LocalHost() + ": " + MpiErrorString(rc));
+  if (rc != MPI_SUCCESS) return Internal("MPI_Comm_dup failed on " + ThisHostname() + ": " + MpiErrorString(rc));
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   rc = MPI_Comm_dup(comm_, &census_comm_);
-  if (rc != MPI_SUCCESS) return Internal("MPI_Comm_dup failed on " + LocalHost() + ": " + MpiErrorString(rc));
+  if (rc != MPI_SUCCESS) return Internal("MPI_Comm_dup failed on " + ThisHostname() + ": " + MpiErrorString(rc));
   MPI_Comm_set_errhandler(census_comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -586,11 +581,11 @@ Status MpiCommunicator::Init() {
     MPI_Comm_free(&node);
   }
   StatusOr<std::vector<std::string>> hosts =
-      AllGatherStrings(LocalHost(), size_, [this](const void* send, void* recv, size_t bytes) -> Status {
+      AllGatherStrings(ThisHostname(), size_, [this](const void* send, void* recv, size_t bytes) -> Status {
         const int rc = MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes), MPI_BYTE,
                                      comm_);
         if (rc == MPI_SUCCESS) return OkStatus();
-        return Internal("MPI_Allgather of host names failed on " + LocalHost() + ": " + MpiErrorString(rc));
+        return Internal("MPI_Allgather of host names failed on " + ThisHostname() + ": " + MpiErrorString(rc));
       });
   if (!hosts.ok()) return hosts.status();
   hosts_ = std::move(hosts).value();

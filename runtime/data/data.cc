@@ -25,8 +25,10 @@
 #include <sstream>
 
 #include "common/check.h"
-#include "runtime/tenancy/crypto.h"
 #include "common/file_util.h"
+#include "common/host.h"
+#include "common/sha256.h"
+#include "common/time_util.h"
 #include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
@@ -599,13 +601,9 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
     for (const std::string& j : options.allowed_jurisdictions) manifest.add_allowed_jurisdictions(j);
     for (const std::string& site : options.allowed_sites) manifest.add_allowed_sites(site);
     manifest.set_tokenizer(tokenizer.name());
-    manifest.set_source_sha256(Sha256Hex(text.str()));
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    gmtime_r(&now, &tm);
-    char stamp[32];
-    std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    manifest.set_created_at(stamp);
+    FJORD_ASSIGN_OR_RETURN(const std::string source_sha256, Sha256Hex(text.str()));
+    manifest.set_source_sha256(source_sha256);
+    manifest.set_created_at(UtcNow());
     manifest.set_created_on_host(ThisHostname());
     if (!identity_override.empty()) manifest.set_identity_override(identity_override);
     auto add = [&](const std::vector<std::string>& files, int64_t begin, int64_t end) -> Status {

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/host.h"
+
 namespace fjord {
 namespace {
 
@@ -83,10 +85,8 @@ StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Open(const std::
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec) return FailedPrecondition(what + ": cannot create the directory: " + ec.message());
-  char host[256] = {};
-  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "localhost");
-  const std::string base =
-      run_dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(WallTime())) + "." + host;
+  const std::string base = run_dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(WallTime())) +
+                           "." + ThisHostname();
   std::string path = base;
   int fd = -1;
   for (int attempt = 0; attempt < 100; ++attempt) {

@@ -9,16 +9,15 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <utility>
 #include <vector>
 
-#include "runtime/tenancy/crypto.h"
 #include "common/file_util.h"
 #include "common/json.h"
+#include "common/sha256.h"
+#include "common/time_util.h"
 
 namespace fjord {
 namespace {
@@ -30,19 +29,6 @@ constexpr char kHashKey[] = ",\"hash\":\"";
 constexpr size_t kHashSuffixBytes = sizeof(kHashKey) - 1 + 64 + 2;  // ,"hash":"<64>"}
 
 std::string ErrnoText() { return std::strerror(errno); }
-
-std::string UtcNow() {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t t = std::chrono::system_clock::to_time_t(now);
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-  return buf;
-}
 
 bool IsHex64(std::string_view s) {
   if (s.size() != 64) return false;
@@ -273,7 +259,7 @@ StatusOr<AuditAnchor> AuditLog::Append(std::string_view event, const AuditRecord
   std::string body = "{\"seq\":" + std::to_string(seq) + ",\"time\":" + JsonQuote(UtcNow()) +
                      ",\"actor\":" + JsonQuote(actor_) + ",\"event\":" + JsonQuote(event) + fields.text() +
                      ",\"prev\":\"" + last.hash + "\"";
-  const std::string hash = Sha256Hex(body + "}");
+  FJORD_ASSIGN_OR_RETURN(const std::string hash, Sha256Hex(body + "}"));
   const std::string line = body + kHashKey + hash + "\"}\n";
   // The intent first: a record the head did not announce is not fjord's (see audit.h).
   FJORD_RETURN_IF_ERROR(WriteHead(head_path, last.seq, last.hash, hash).WithContext("audit log head"));
@@ -344,7 +330,8 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::v
     }
     const std::string label =
         "record seq " + std::to_string(*seq->AsInt64()) + " (event \"" + event->text() + "\")";
-    if (Sha256Hex(body) != hash) {
+    FJORD_ASSIGN_OR_RETURN(const std::string body_hash, Sha256Hex(body));
+    if (body_hash != hash) {
       return fail(line_no, label +
                                ": its hash does not match its content: the record was edited after it was "
                                "written");

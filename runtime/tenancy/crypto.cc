@@ -18,6 +18,9 @@
 #include <memory>
 #include <utility>
 
+#include "common/file_util.h"
+#include "common/sha256.h"
+
 namespace fjord {
 namespace {
 
@@ -26,23 +29,10 @@ constexpr uint32_t kCipherAes256Gcm = 1;
 constexpr size_t kNonceBytes = 12;
 constexpr size_t kChunk = 1 << 20;
 
-std::string OpenSslError() {
-  const unsigned long code = ERR_get_error();
-  if (code == 0) return "no OpenSSL error recorded";
-  char buf[256];
-  ERR_error_string_n(code, buf, sizeof(buf));
-  ERR_clear_error();
-  return buf;
-}
-
 struct CipherCtxDeleter {
   void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
 };
 using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxDeleter>;
-
-struct MdCtxDeleter {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
 
 void PutLe32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -51,16 +41,6 @@ uint32_t GetLe32(const uint8_t* p) {
   uint32_t v = 0;
   for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
   return v;
-}
-
-std::string Hex(const uint8_t* data, size_t size) {
-  static const char kDigits[] = "0123456789abcdef";
-  std::string out(2 * size, '0');
-  for (size_t i = 0; i < size; ++i) {
-    out[2 * i] = kDigits[data[i] >> 4];
-    out[2 * i + 1] = kDigits[data[i] & 15];
-  }
-  return out;
 }
 
 int HexValue(char c) {
@@ -172,26 +152,6 @@ std::string_view HeaderView(const std::array<uint8_t, kSealHeaderBytes>& header)
 
 }  // namespace
 
-struct Sha256::Impl {
-  std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx{EVP_MD_CTX_new()};
-};
-
-Sha256::Sha256() : impl_(new Impl) {
-  // Failure here means OpenSSL itself is broken; FinishHex then returns an all-zero digest that
-  // matches nothing real, so every check that uses it fails closed.
-  if (impl_->ctx) EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr);
-}
-Sha256::~Sha256() { delete impl_; }
-void Sha256::Update(const void* data, size_t size) {
-  if (impl_->ctx && size > 0) EVP_DigestUpdate(impl_->ctx.get(), data, size);
-}
-std::string Sha256::FinishHex() {
-  uint8_t digest[EVP_MAX_MD_SIZE] = {};
-  unsigned int n = 32;
-  if (!impl_->ctx || EVP_DigestFinal_ex(impl_->ctx.get(), digest, &n) != 1) return std::string(64, '0');
-  return Hex(digest, n);
-}
-
 EncryptionKey::EncryptionKey(const std::array<uint8_t, kBytes>& bytes) : bytes_(bytes) {}
 EncryptionKey::~EncryptionKey() { OPENSSL_cleanse(bytes_.data(), bytes_.size()); }
 EncryptionKey::EncryptionKey(EncryptionKey&& other) noexcept : bytes_(other.bytes_) {
@@ -205,12 +165,13 @@ EncryptionKey& EncryptionKey::operator=(EncryptionKey&& other) noexcept {
   return *this;
 }
 
-std::string EncryptionKey::KeyId() const {
+StatusOr<std::string> EncryptionKey::KeyId() const {
   Sha256 h;
   static constexpr char kDomain[] = "fjord key id v1";
   h.Update(kDomain, sizeof(kDomain) - 1);
   h.Update(bytes_.data(), bytes_.size());
-  return h.FinishHex().substr(0, 16);
+  FJORD_ASSIGN_OR_RETURN(const std::string hex, h.FinishHex());
+  return hex.substr(0, 16);
 }
 
 StatusOr<EncryptionKey> LoadEncryptionKey(const std::string& path, const std::string& field) {

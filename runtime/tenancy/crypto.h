@@ -1,6 +1,5 @@
-// Digests and encryption at rest for tenancy: SHA-256 (manifests, audit chain, checkpoint records)
-// and AES-256-GCM sealed files (checkpoints encrypted with the tenant's key), both from OpenSSL's
-// EVP interface.
+// Encryption at rest for tenancy: AES-256-GCM sealed files (checkpoints encrypted with the
+// tenant's key) through OpenSSL's EVP interface. SHA-256 is common/sha256.h.
 //
 // Sealed file format, version 1 (all integers little-endian):
 //   offset  0  8 bytes  magic "FJSEALED"
@@ -31,25 +30,6 @@
 
 namespace fjord {
 
-// Sha256Hex(bytes) and Sha256File(path, what) live in common/file_util.h (included above).
-
-// Incremental SHA-256. Not thread-safe; one owner.
-class Sha256 {
- public:
-  Sha256();
-  ~Sha256();
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-  void Update(const void* data, size_t size);
-  // Lower-case hex digest; the object must not be updated afterwards.
-  std::string FinishHex();
-
- private:
-  struct Impl;
-  Impl* impl_;
-};
-
-
 // A 256-bit AES key. Move-only; the bytes are wiped (OPENSSL_cleanse) when it is destroyed or
 // moved from, so a key does not linger in freed memory.
 class EncryptionKey {
@@ -65,7 +45,7 @@ class EncryptionKey {
   const uint8_t* data() const { return bytes_.data(); }
   // 16 hex characters naming the key without revealing it: SHA-256("fjord key id v1" || key),
   // truncated. Recorded in checkpoint tenant records, so a wrong key is named before decryption.
-  std::string KeyId() const;
+  StatusOr<std::string> KeyId() const;
 
  private:
   std::array<uint8_t, kBytes> bytes_;

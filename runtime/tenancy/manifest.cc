@@ -9,8 +9,10 @@
 #include <map>
 #include <set>
 
-#include "runtime/tenancy/crypto.h"
 #include "common/file_util.h"
+#include "common/json.h"
+#include "common/proto_text.h"
+#include "common/sha256.h"
 #include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
@@ -275,10 +277,6 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
       }
       if (policy.audit != nullptr) {
         FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(e.manifest, "data manifest"));
-        std::string allowed_json = "[";
-        for (int i = 0; i < m.allowed_jurisdictions_size(); ++i) {
-          allowed_json += std::string(i ? "," : "") + "\"" + m.allowed_jurisdictions(i) + "\"";
-        }
         FJORD_RETURN_IF_ERROR(
             policy.audit
                 ->Append("manifest_opened", AuditRecord()
@@ -286,7 +284,7 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
                                                 .Str("path", e.manifest)
                                                 .Str("sha256", digest)
                                                 .Str("tenant", m.tenant())
-                                                .Raw("allowed_jurisdictions", allowed_json + "]")
+                                                .Raw("allowed_jurisdictions", JsonQuoteList(m.allowed_jurisdictions()))
                                                 .Int("shards", m.shard_size()))
                 .status());
       }
@@ -319,7 +317,7 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
 Status VerifyShardBytes(const ShardExpectation& expectation, std::string_view bytes, const std::string& what,
                         const DataPolicy& policy) {
   if (expectation.manifest.empty() && policy.audit == nullptr) return OkStatus();
-  const std::string digest = Sha256Hex(bytes);
+  FJORD_ASSIGN_OR_RETURN(const std::string digest, Sha256Hex(bytes));
   if (!expectation.manifest.empty() && digest != expectation.sha256) {
     Status s =
         DataLoss(what + ": shard " + expectation.path + " has SHA-256 " + digest + " but " +

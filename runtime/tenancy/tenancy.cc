@@ -5,7 +5,7 @@
 #include "runtime/tenancy/tenancy.h"
 
 #include <fcntl.h>
-#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/util/json_util.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -22,7 +22,12 @@
 #include <sstream>
 
 #include "common/env.h"
+#include "common/host.h"
 #include "common/json.h"
+#include "common/proto_text.h"
+#include "common/sha256.h"
+#include "common/text.h"
+#include "common/time_util.h"
 
 namespace fjord {
 namespace {
@@ -46,37 +51,6 @@ constexpr std::string_view kIsoCodes =
     "TD TF "
     "TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW ";
 
-class CollectingErrors : public pb::io::ErrorCollector {
- public:
-  explicit CollectingErrors(std::string_view text) : text_(text) {}
-  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    if (!first_.empty()) return;
-    // Protobuf reports an unknown field at the token after it; point at the name itself.
-    const std::string key = "has no field named \"";
-    if (size_t k = message.find(key); k != std::string::npos) {
-      const std::string name =
-          message.substr(k + key.size(), message.find('"', k + key.size()) - k - key.size());
-      size_t begin = 0;
-      for (int i = 0; i < line && begin != std::string_view::npos; ++i) {
-        begin = text_.find('\n', begin);
-        if (begin != std::string_view::npos) ++begin;
-      }
-      if (begin != std::string_view::npos) {
-        const size_t at = text_.substr(begin, static_cast<size_t>(std::max(column, 0))).rfind(name);
-        if (at != std::string_view::npos) column = static_cast<int>(at);
-      }
-    }
-    std::string m = message;
-    while (!m.empty() && m.back() == '.') m.pop_back();
-    first_ = std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + m;
-  }
-  const std::string& first() const { return first_; }
-
- private:
-  std::string_view text_;
-  std::string first_;
-};
-
 bool Contains(const std::vector<std::string>& items, std::string_view x) {
   return std::find(items.begin(), items.end(), x) != items.end();
 }
@@ -88,31 +62,10 @@ std::string Quoted(std::string_view s) {
   return out;
 }
 
-std::string UtcNow() {
-  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::string ShortName(std::string_view host) { return std::string(host.substr(0, host.find('.'))); }
-
 std::string ModeText(mode_t mode) {
   char buf[8];
   std::snprintf(buf, sizeof(buf), "%04o", static_cast<unsigned>(mode & 07777));
   return buf;
-}
-
-// A JSON array of strings.
-std::string JsonList(const std::vector<std::string>& items) {
-  std::string out = "[";
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += ',';
-    out += JsonQuote(items[i]);
-  }
-  return out + "]";
 }
 
 template <typename Repeated>
@@ -223,51 +176,6 @@ bool IsValidSiteName(std::string_view site) {
   });
 }
 
-Status ParseTextProto(std::string_view text, const std::string& source, pb::Message* out,
-                      const std::string& schema, pb::TextFormat::ParseInfoTree* tree) {
-  pb::TextFormat::Parser parser;
-  CollectingErrors errors(text);
-  parser.RecordErrorsTo(&errors);
-  if (tree != nullptr) parser.WriteLocationsTo(tree);
-  if (!parser.ParseFromString(std::string(text), out)) {
-    return InvalidArgument(
-        source + ":" + (errors.first().empty() ? std::string("1:1: cannot parse") : errors.first()) +
-        ". The file is protobuf text format of " + out->GetDescriptor()->full_name() + " (" + schema + ")");
-  }
-  return OkStatus();
-}
-
-std::string FieldLocation(const std::string& source, const pb::TextFormat::ParseInfoTree* tree,
-                          const pb::Message& message, const std::string& name, int index) {
-  const pb::FieldDescriptor* f = message.GetDescriptor()->FindFieldByName(name);
-  if (tree == nullptr || f == nullptr) return source;
-  const pb::TextFormat::ParseLocation loc = tree->GetLocation(f, index);
-  if (loc.line < 0) return source;
-  return source + ":" + std::to_string(loc.line + 1) + ":" + std::to_string(loc.column + 1);
-}
-
-std::vector<std::string> SplitList(std::string_view list) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= list.size()) {
-    size_t end = list.find(',', start);
-    if (end == std::string_view::npos) end = list.size();
-    std::string_view item = list.substr(start, end - start);
-    while (!item.empty() && std::isspace(static_cast<unsigned char>(item.front()))) item.remove_prefix(1);
-    while (!item.empty() && std::isspace(static_cast<unsigned char>(item.back()))) item.remove_suffix(1);
-    if (!item.empty()) out.emplace_back(item);
-    start = end + 1;
-  }
-  return out;
-}
-
-std::string JoinList(const std::vector<std::string>& items, const std::string& empty) {
-  if (items.empty()) return empty;
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
-  return out;
-}
-
 // ---- Residency policy -----------------------------------------------------------------------
 
 bool ResidencyPolicy::Allows(std::string_view jurisdiction, std::string_view site) const {
@@ -304,17 +212,11 @@ std::string AuditPathFor(const proto::JobSpec& job) {
   return (fs::path(job.run_dir()) / "audit.jsonl").string();
 }
 
-std::string JobDigest(const proto::JobSpec& job) {
+StatusOr<std::string> JobDigest(const proto::JobSpec& job) {
   std::string text;
   pb::TextFormat::Printer printer;
   printer.PrintToString(job, &text);
   return Sha256Hex(text);
-}
-
-std::string ThisHostname() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "unknown-host";
-  return buf;
 }
 
 // ---- Node identity --------------------------------------------------------------------------
@@ -469,7 +371,7 @@ StatusOr<LocalNode> ReadNodeIdentity() {
     return node.status();
   }
   node->overridden = overridden;
-  if (ShortName(node->identity.hostname()) != ShortName(node->hostname)) {
+  if (ShortHostName(node->identity.hostname()) != ShortHostName(node->hostname)) {
     return FailedPrecondition(
         "node identity " + path + " names host " + Quoted(node->identity.hostname()) + " but this host is " +
         Quoted(node->hostname) +
@@ -501,8 +403,8 @@ StatusOr<RankGateResult> RankGate(const proto::JobSpec& job) {
       .Str("host", host)
       .Str("slurm_node", slurm_node.value_or(""))
       .Str("tenant", policy.tenant)
-      .Raw("allowed_jurisdictions", JsonList(policy.jurisdictions))
-      .Raw("allowed_sites", JsonList(policy.sites));
+      .Raw("allowed_jurisdictions", JsonQuoteList(policy.jurisdictions))
+      .Raw("allowed_sites", JsonQuoteList(policy.sites));
   if (!node.ok()) {
     message = where + ": residency gate: cannot establish this node's jurisdiction, so tenant " +
               policy.tenant + " (allowed: " + policy.Describe() +
@@ -618,7 +520,8 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   record.set_encrypted(seal.key != nullptr);
   if (seal.key) {
     record.set_cipher("AES-256-GCM");
-    record.set_key_id(seal.key->KeyId());
+    FJORD_ASSIGN_OR_RETURN(const std::string key_id, seal.key->KeyId());
+    record.set_key_id(key_id);
   }
   for (const std::string& name : files) {
     if (!IsPlainFileName(name))
@@ -883,9 +786,10 @@ StatusOr<CheckpointSeal> CheckCheckpointTenant(const std::string& dir, const Che
                                 ") but the job has no checkpoint.encryption_key_file: set it to tenant " +
                                 Quoted(record.tenant()) + "'s key");
     }
-    if (job_seal.key->KeyId() != record.key_id()) {
+    FJORD_ASSIGN_OR_RETURN(const std::string key_id, job_seal.key->KeyId());
+    if (key_id != record.key_id()) {
       return FailedPrecondition(what + " was encrypted with key id " + record.key_id() + " but " +
-                                job_seal.key_source + " holds key id " + job_seal.key->KeyId() +
+                                job_seal.key_source + " holds key id " + key_id +
                                 ": wrong key; use the key this tenant's checkpoints were written with");
     }
     FJORD_RETURN_IF_ERROR(CheckRecordVersion(what, record));
@@ -1093,7 +997,7 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   std::unique_ptr<Tenancy> t(new Tenancy());
   t->policy_ = PolicyOf(job);
   if (!t->policy_.tenant.empty()) KeepNewFilesPrivate();  // run dir, metrics, checkpoints, audit log
-  const std::string digest = JobDigest(job);
+  FJORD_ASSIGN_OR_RETURN(const std::string digest, JobDigest(job));
   const std::string host = ThisHostname();
   const int rank = comm.rank(), world = comm.size();
   if (gate.enabled) {
@@ -1114,63 +1018,39 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   }
   t->seal_ = std::move(*seal);
 
-  // This rank's identity check, as one JSON object, whole.
-  AuditRecord mine;
-  mine.Int("rank", rank).Str("host", host).Str("job_sha256", digest).Bool("checked", gate.enabled);
+  // This rank's identity check; every rank gets every rank's.
+  proto::RankIdentityCheck mine;
+  mine.set_rank(rank);
+  mine.set_host(host);
+  mine.set_job_sha256(digest);
+  mine.set_checked(gate.enabled);
   if (gate.enabled) {
-    mine.Str("identity_host", gate.node.identity.hostname())
-        .Str("jurisdiction", gate.node.identity.jurisdiction())
-        .Str("site", gate.node.identity.site())
-        .Str("identity_file", gate.node.path)
-        .Bool("override", gate.node.overridden)
-        .Bool("allowed", true);
+    mine.set_identity_host(gate.node.identity.hostname());
+    mine.set_jurisdiction(gate.node.identity.jurisdiction());
+    mine.set_site(gate.node.identity.site());
+    mine.set_identity_file(gate.node.path);
+    mine.set_override(gate.node.overridden);
+    mine.set_allowed(true);
   }
   // Test hooks (FJORD_TEST_HOOK) change what a rank does; each rank's are recorded with its check.
-  const std::optional<std::string> hooks = GetEnv("FJORD_TEST_HOOK");
-  if (hooks) mine.Str("test_hook", *hooks);
-  std::string slot = mine.text();
-  slot[0] = '{';  // the fields start with ','
-  slot += '}';
-  // Gathered in slots as wide as the longest record (and its terminating NUL).
-  uint64_t width = slot.size() + 1;
-  if (world > 1) {
-    std::vector<uint64_t> widths(static_cast<size_t>(world));
-    FJORD_RETURN_IF_ERROR(comm.AllGather(&width, widths.data(), sizeof(width), DataType::kU8)
-                              .WithContext("gathering the sizes of the ranks' identity checks"));
-    width = *std::max_element(widths.begin(), widths.end());
-  }
-  slot.resize(width, '\0');
-  std::string all(width * static_cast<size_t>(world), '\0');
-  if (world > 1) {
-    FJORD_RETURN_IF_ERROR(comm.AllGather(slot.data(), all.data(), width, DataType::kU8)
-                              .WithContext("gathering the ranks' identity checks"));
-  } else {
-    all = slot;
-  }
-  std::vector<std::string> records;
+  if (const std::optional<std::string> hooks = GetEnv("FJORD_TEST_HOOK")) mine.set_test_hook(*hooks);
+  StatusOr<std::vector<std::string>> gathered = AllGatherStrings(comm, mine.SerializeAsString());
+  if (!gathered.ok()) return gathered.status().WithContext("gathering the ranks' identity checks");
+  std::vector<proto::RankIdentityCheck> checks(gathered->size());
   std::vector<std::string> differing;
   std::vector<std::pair<int, std::string>> overrides;
   std::string hook_list;  // [{"rank":R,"value":"..."}] of the ranks with FJORD_TEST_HOOK set
-  for (int r = 0; r < world; ++r) {
-    std::string rec(all.data() + static_cast<size_t>(r) * width, width);
-    rec.resize(std::strlen(rec.c_str()));
-    StatusOr<JsonValue> json = ParseJson(rec, "identity record of rank " + std::to_string(r));
-    if (!json.ok()) return Internal(json.status().message());
-    const JsonValue* d = json->Find("job_sha256");
-    if (d == nullptr || d->text() != digest) {
-      const JsonValue* h = json->Find("host");
-      differing.push_back(std::to_string(r) + " on " + (h ? h->text() : "?"));
+  for (size_t r = 0; r < checks.size(); ++r) {
+    proto::RankIdentityCheck& check = checks[r];
+    if (!check.ParseFromString((*gathered)[r])) {
+      return Internal("the identity check gathered from rank " + std::to_string(r) + " is not a RankIdentityCheck");
     }
-    const JsonValue* o = json->Find("override");
-    if (o != nullptr && o->bool_value()) {
-      const JsonValue* f = json->Find("identity_file");
-      overrides.emplace_back(r, f ? f->text() : "");
-    }
-    if (const JsonValue* th = json->Find("test_hook")) {
+    if (check.job_sha256() != digest) differing.push_back(std::to_string(r) + " on " + check.host());
+    if (check.override()) overrides.emplace_back(static_cast<int>(r), check.identity_file());
+    if (check.has_test_hook()) {
       hook_list += std::string(hook_list.empty() ? "[" : ",") + "{\"rank\":" + std::to_string(r) +
-                   ",\"value\":" + JsonQuote(th->text()) + "}";
+                   ",\"value\":" + JsonQuote(check.test_hook()) + "}";
     }
-    records.push_back(std::move(rec));
   }
 
   if (rank == 0) {
@@ -1179,8 +1059,8 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     start.Str("tenant", t->policy_.tenant)
         .Str("job_sha256", digest)
         .Int("world_size", world)
-        .Raw("allowed_jurisdictions", JsonList(t->policy_.jurisdictions))
-        .Raw("allowed_sites", JsonList(t->policy_.sites))
+        .Raw("allowed_jurisdictions", JsonQuoteList(t->policy_.jurisdictions))
+        .Raw("allowed_sites", JsonQuoteList(t->policy_.sites))
         .Str("run_dir", job.run_dir())
         .Str("data_train", job.data().train())
         .Str("data_val", job.data().val())
@@ -1196,8 +1076,15 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
                                                       "manifests or checkpoint tenant checks apply"))
               .status());
     } else {
-      for (const std::string& rec : records) {
-        FJORD_RETURN_IF_ERROR(t->audit_->Append("rank_identity", AuditRecord().Raw("check", rec)).status());
+      pb::util::JsonPrintOptions json;
+      json.preserve_proto_field_names = true;
+      for (const proto::RankIdentityCheck& check : checks) {
+        std::string text;
+        if (const auto printed = pb::util::MessageToJsonString(check, &text, json); !printed.ok()) {
+          return Internal("cannot write rank " + std::to_string(check.rank()) +
+                          "'s identity check as JSON: " + std::string(printed.message()));
+        }
+        FJORD_RETURN_IF_ERROR(t->audit_->Append("rank_identity", AuditRecord().Raw("check", text)).status());
       }
     }
     if (!overrides.empty()) {
@@ -1290,7 +1177,10 @@ Status Tenancy::RecordCheckpointWritten(const std::string& dir) const {
   if (!audit_) return OkStatus();
   AuditRecord rec;
   rec.Str("dir", dir).Str("tenant", seal_.tenant).Bool("encrypted", seal_.key != nullptr);
-  if (seal_.key) rec.Str("key_id", seal_.key->KeyId());
+  if (seal_.key) {
+    FJORD_ASSIGN_OR_RETURN(const std::string key_id, seal_.key->KeyId());
+    rec.Str("key_id", key_id);
+  }
   StatusOr<proto::CheckpointTenancy> record = ReadCheckpointTenantRecord(dir);
   std::string files = "[";
   if (record.ok()) {

@@ -19,9 +19,6 @@
 //                                                // go through ten->checkpoint_seal()
 #pragma once
 
-#include <google/protobuf/message.h>
-#include <google/protobuf/text_format.h>
-
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -50,19 +47,6 @@ std::string JurisdictionProblem(std::string_view code);
 bool IsValidTenantId(std::string_view id);
 // Site names: 1..64 of [A-Za-z0-9._-].
 bool IsValidSiteName(std::string_view site);
-// Parses protobuf text format `text` (from `source`, a path) into `out`, recording field locations
-// in `tree` when given. Errors read "SOURCE:LINE:COLUMN: what protobuf said. The file is protobuf
-// text format of <message type> (<schema>)".
-Status ParseTextProto(std::string_view text, const std::string& source, google::protobuf::Message* out,
-                      const std::string& schema, google::protobuf::TextFormat::ParseInfoTree* tree = nullptr);
-// "SOURCE:LINE:COLUMN" of field `name` (element `index` of a repeated field, else -1) as recorded
-// in `tree`; just SOURCE when unknown.
-std::string FieldLocation(const std::string& source, const google::protobuf::TextFormat::ParseInfoTree* tree,
-                          const google::protobuf::Message& message, const std::string& name, int index = -1);
-// "NO,SE" -> {"NO", "SE"}; empty items and surrounding spaces dropped.
-std::vector<std::string> SplitList(std::string_view list);
-// {"NO", "SE"} -> "NO, SE"; an empty list -> `empty`.
-std::string JoinList(const std::vector<std::string>& items, const std::string& empty = "none");
 
 // ---- Residency policy -----------------------------------------------------------------------
 
@@ -86,9 +70,7 @@ ResidencyPolicy PolicyOf(const proto::JobSpec& job);
 // The job's audit log: audit_log, or run_dir/audit.jsonl.
 std::string AuditPathFor(const proto::JobSpec& job);
 // SHA-256 of the resolved job spec in text format (identical to Sha256Hex(JobSpecToText(job))).
-std::string JobDigest(const proto::JobSpec& job);
-// The short host name of this machine (gethostname).
-std::string ThisHostname();
+StatusOr<std::string> JobDigest(const proto::JobSpec& job);
 
 // ---- Node identity --------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@
 #include "runtime/train/config.h"
 #include "common/file_util.h"
 #include "common/json.h"
+#include "common/sha256.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
@@ -84,13 +85,14 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   // name and must be new, so nothing planted beside the checkpoints can receive its files.
   const bool tenant = seal != nullptr && !seal->tenant.empty();
   const mode_t dir_mode = tenant ? 0700 : 0755, file_mode = tenant ? 0600 : 0644;
+  const std::string job_text = JobSpecToText(job);
+  FJORD_ASSIGN_OR_RETURN(const std::string job_sha256, Sha256Hex(job_text));
   const std::string tmp_dir = RandomTempName(final_dir);
   FJORD_RETURN_IF_ERROR(CreateNewDirectory(tmp_dir, dir_mode, "writing checkpoint for step " + std::to_string(step)));
 
   const std::vector<int32_t> header = MakeHeader(model, step);
   const size_t header_bytes = header.size() * sizeof(int32_t);
   const size_t param_bytes = model.num_params() * sizeof(float);
-  const std::string job_text = JobSpecToText(job);
   struct File {
     const char* name;
     std::vector<std::pair<const void*, size_t>> pieces;
@@ -105,7 +107,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   CheckpointSeal file_seal;
   if (seal != nullptr) {
     file_seal = *seal;
-    file_seal.job_sha256 = Sha256Hex(job_text);
+    file_seal.job_sha256 = job_sha256;
     file_seal.step = step;
   }
   static const std::optional<std::string> crash_hook = TestHook("crash_in_checkpoint");
@@ -143,7 +145,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
         ",\n  \"sequences_consumed\": " + std::to_string(state.sequences_consumed) +
         ",\n  \"world_size\": " + std::to_string(state.world_size) +
         ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) + ",\n  \"seed\": " + std::to_string(state.seed) +
-        ",\n  \"job_sha256\": \"" + Sha256Hex(job_text) + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
+        ",\n  \"job_sha256\": \"" + job_sha256 + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
     s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}}, file_mode);
   }
   // The tenant record last: it holds the digests of every file above, manifest.json included, so

@@ -13,6 +13,7 @@
 #include "runtime/model/gpt.h"
 #include "runtime/tenancy/manifest.h"
 #include "runtime/tenancy/tenancy.h"
+#include "common/host.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/train/trainer.h"
 

@@ -91,3 +91,19 @@ TEST(Json, ErrorsNameSourceLineAndColumn) {
 
 }  // namespace
 }  // namespace fjord
+
+namespace fjord {
+namespace {
+
+TEST(Json, QuoteListQuotesEachItemWithoutSpaces) {
+  EXPECT_EQ(JsonQuoteList(std::vector<std::string>{}), "[]");
+  EXPECT_EQ(JsonQuoteList(std::vector<std::string>{"NO", "a\"b"}), "[\"NO\",\"a\\\"b\"]");
+  const StatusOr<JsonValue> parsed = ParseJson(JsonQuoteList(std::vector<std::string>{"x\ny", ""}), "list");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  ASSERT_EQ(parsed->array().size(), 2u);
+  EXPECT_EQ(parsed->array()[0].text(), "x\ny");
+  EXPECT_EQ(parsed->array()[1].text(), "");
+}
+
+}  // namespace
+}  // namespace fjord

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {

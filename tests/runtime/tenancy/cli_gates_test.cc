@@ -11,6 +11,7 @@
 
 #include "runtime/tenancy/audit.h"
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
@@ -401,7 +402,7 @@ TEST_F(CliGatesTest, SealedFilesMovedBetweenStepsJobsOrNamesAreRefusedByEveryRea
     for (const std::string name : {"model.bin", "optimizer.bin"}) {
       const size_t sha = text.find("\"sha256\": \"", text.find("\"" + name + "\""));
       ASSERT_NE(sha, std::string::npos) << text;
-      text.replace(sha + 11, 64, Sha256Hex(ReadText(step6 + "/" + name)));
+      text.replace(sha + 11, 64, *Sha256Hex(ReadText(step6 + "/" + name)));
       const size_t bytes = text.find("\"bytes\": ", text.find("\"" + name + "\""));
       text.replace(bytes + 9, text.find(',', bytes) - bytes - 9,
                    std::to_string(ReadText(step6 + "/" + name).size()));

@@ -12,6 +12,7 @@
 
 #include "runtime/tenancy/crypto.h"
 #include "runtime/data/data.h"
+#include "common/sha256.h"
 #include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
@@ -74,10 +75,10 @@ TEST_F(DataGateTest, PrepWritesAManifestThatMatchesTheShards) {
   EXPECT_EQ(m->allowed_jurisdictions(0), "NO");
   EXPECT_EQ(m->allowed_sites(0), "osl1");
   EXPECT_EQ(m->tokenizer(), "byte");
-  EXPECT_EQ(m->source_sha256(), Sha256Hex(ReadText(Path("input.txt"))));
+  EXPECT_EQ(m->source_sha256(), *Sha256Hex(ReadText(Path("input.txt"))));
   ASSERT_EQ(m->shard_size(), 2);  // train_000000.bin, val_000000.bin
   for (const proto::ShardDigest& s : m->shard()) {
-    EXPECT_EQ(s.sha256(), Sha256Hex(ReadText(Path("data/" + s.name())))) << s.name();
+    EXPECT_EQ(s.sha256(), *Sha256Hex(ReadText(Path("data/" + s.name())))) << s.name();
     EXPECT_EQ(s.bytes(), static_cast<int64_t>(fs::file_size(Path("data/" + s.name()))));
   }
   EXPECT_EQ(m->shard(0).tokens() + m->shard(1).tokens(), r->train_tokens + r->val_tokens);
@@ -130,7 +131,7 @@ TEST_F(DataGateTest, OwnManifestedDataOpensAndIsAudited) {
   EXPECT_GT(loader->num_tokens(), 0u);
   EXPECT_EQ(Events(), (std::vector<std::string>{"manifest_opened", "shard_opened"}));
   EXPECT_THAT(AuditLines(Path("audit.jsonl"), "shard_opened")[0],
-              HasSubstr("\"sha256\":\"" + Sha256Hex(ReadText(Path("data/train_000000.bin"))) + "\""));
+              HasSubstr("\"sha256\":\"" + *Sha256Hex(ReadText(Path("data/train_000000.bin"))) + "\""));
 }
 
 TEST_F(DataGateTest, MissingManifestIsRefusedUnlessOptedOutWhichIsAudited) {
@@ -182,7 +183,7 @@ TEST_F(DataGateTest, ModifiedShardIsRefusedByItsDigest) {
   StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
   ASSERT_FALSE(loader.ok());
   EXPECT_EQ(loader.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(loader.status().message(), HasSubstr("shard " + shard + " has SHA-256 " + Sha256Hex(bytes)));
+  EXPECT_THAT(loader.status().message(), HasSubstr("shard " + shard + " has SHA-256 " + *Sha256Hex(bytes)));
   EXPECT_THAT(loader.status().message(), HasSubstr("modified or replaced after prep"));
   const std::vector<std::string> events = Events();
   EXPECT_EQ(Count(events, "shard_opened"), 0);

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "common/host.h"
+#include "common/text.h"
 #include "launcher/launch.h"
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"

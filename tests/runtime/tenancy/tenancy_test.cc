@@ -3,9 +3,12 @@
 // flipped byte, plaintext substitution, residency) and Tenancy::Start's audit records.
 #include "runtime/tenancy/tenancy.h"
 
+#include <google/protobuf/text_format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/host.h"
+#include "common/sha256.h"
 #include "runtime/train/config.h"
 #include "tests/runtime/tenancy/test_util.h"
 
@@ -65,8 +68,6 @@ TEST_F(TenancyUnitTest, CodesNamesAndLists) {
   EXPECT_FALSE(IsValidTenantId(std::string(65, 'a')));
   EXPECT_TRUE(IsValidSiteName("osl1"));
   EXPECT_FALSE(IsValidSiteName("osl 1"));
-  EXPECT_EQ(SplitList(" NO, SE,,"), (std::vector<std::string>{"NO", "SE"}));
-  EXPECT_EQ(JoinList({}), "none");
 }
 
 TEST_F(TenancyUnitTest, ResidencyDecisions) {
@@ -83,7 +84,7 @@ TEST_F(TenancyUnitTest, ResidencyDecisions) {
   EXPECT_TRUE(off.Allows("US", "x"));  // no tenant: nothing enforced
   EXPECT_EQ(AuditPathFor(Acme()), Path("run") + "/audit.jsonl");
   EXPECT_EQ(AuditPathFor(Acme("audit_log: \"/var/log/x.jsonl\"\n")), "/var/log/x.jsonl");
-  EXPECT_EQ(JobDigest(Acme()), Sha256Hex(JobSpecToText(Acme())));
+  EXPECT_EQ(*JobDigest(Acme()), *Sha256Hex(JobSpecToText(Acme())));
 }
 
 TEST_F(TenancyUnitTest, NodeIdentityIsReadAndValidated) {
@@ -257,7 +258,7 @@ class CheckpointGateTest : public TenancyUnitTest {
   StatusOr<CheckpointSeal> WriterSeal(const proto::JobSpec& job, int64_t step = 6) {
     StatusOr<CheckpointSeal> seal = CheckpointSealFor(job);
     if (seal.ok()) {
-      seal->job_sha256 = JobDigest(job);
+      seal->job_sha256 = *JobDigest(job);
       seal->step = step;
     }
     return seal;
@@ -351,10 +352,10 @@ TEST_F(CheckpointGateTest, WrongKeyIsRefusedByKeyIdAndByTheTag) {
   EXPECT_THAT(r.status().message(), HasSubstr("wrong key"));
   // A record edited to name the wrong key's id gets past the id check; the tag still refuses.
   StatusOr<CheckpointSeal> wrong_seal = WriterSeal(wrong);
-  wrong_seal->job_sha256 = JobDigest(job);  // only the key differs
+  wrong_seal->job_sha256 = *JobDigest(job);  // only the key differs
   std::string record = ReadText(dir + "/tenant.textproto");
   StatusOr<CheckpointSeal> right_seal = CheckpointSealFor(job);
-  record.replace(record.find(right_seal->key->KeyId()), 16, wrong_seal->key->KeyId());
+  record.replace(record.find(*right_seal->key->KeyId()), 16, *wrong_seal->key->KeyId());
   WriteText(dir + "/tenant.textproto", record);
   r = Check(wrong, dir, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
@@ -570,7 +571,7 @@ TEST_F(CheckpointGateTest, SealedFileOfAnotherStepJobOrNameIsRefused) {
   const proto::JobSpec job = Acme("checkpoint { encryption_key_file: \"" + key + "\" }\n");
   proto::JobSpec other_job = job;  // same tenant and key, another job
   other_job.set_run_dir(Path("other"));
-  ASSERT_NE(JobDigest(other_job), JobDigest(job));
+  ASSERT_NE(*JobDigest(other_job), *JobDigest(job));
   struct Case {
     std::string what;
     std::string from;  // the checkpoint the file comes from
@@ -590,7 +591,7 @@ TEST_F(CheckpointGateTest, SealedFileOfAnotherStepJobOrNameIsRefused) {
     StatusOr<CheckpointSeal> before = Check(job, dir, CheckpointUse::kResume);
     ASSERT_TRUE(before.ok()) << before.status().message();
     EXPECT_EQ(before->step, 6);
-    EXPECT_EQ(before->job_sha256, JobDigest(job));
+    EXPECT_EQ(before->job_sha256, *JobDigest(job));
     const std::string source = (c.from.empty() ? dir : c.from) + "/" + c.file;
     const std::string bytes = ReadText(source);
     ASSERT_EQ(bytes.substr(0, 8), "FJSEALED");
@@ -601,7 +602,7 @@ TEST_F(CheckpointGateTest, SealedFileOfAnotherStepJobOrNameIsRefused) {
     EXPECT_THAT(r.status().message(), HasSubstr("checkpoint file " + dir + "/" + c.as));
     EXPECT_THAT(r.status().message(),
                 HasSubstr("for " + c.as + " of the checkpoint of tenant \"acme\", job " +
-                          JobDigest(job).substr(0, 16) + "..., step 6"));
+                          JobDigest(job)->substr(0, 16) + "..., step 6"));
     StatusOr<std::string> read = ReadCheckpointFile(dir + "/" + c.as, *before);
     ASSERT_FALSE(read.ok());
     EXPECT_THAT(read.status().message(), HasSubstr("wrong key or modified file"));
@@ -664,7 +665,7 @@ TEST_F(CheckpointGateTest, VersionOneRecordsAreRefusedWhenEncryptedAndNewerOnesA
 // A record may name only plain regular files inside the checkpoint; nothing else is opened or hashed.
 TEST_F(CheckpointGateTest, RecordNamingAFileOutsideTheCheckpointIsRefusedWithoutHashingIt) {
   WriteText(Path("secret"), "outside the checkpoint");
-  const std::string secret_digest = Sha256Hex("outside the checkpoint");
+  const std::string secret_digest = *Sha256Hex("outside the checkpoint");
   const std::vector<std::string> names = {"../secret",     "../../../../etc/shadow",       "..", ".", "",
                                           "sub/model.bin", std::string("model.bin\0x", 11)};
   for (const std::string& name : names) {
@@ -816,7 +817,7 @@ TEST_F(TenancyUnitTest, CheckCheckpointAppendsToTheCheckpointsOwnChain) {
   CheckpointSeal seal = (*w)->checkpoint_seal();
   EXPECT_EQ(seal.audit_log, Path("writer/audit.jsonl"));
   EXPECT_EQ(seal.identity_override, Path("node.textproto"));  // FJORD_NODE_IDENTITY
-  seal.job_sha256 = JobDigest(writer);
+  seal.job_sha256 = *JobDigest(writer);
   seal.step = 4;
   const std::string dir = Path("ckpts/step_000004");
   fs::create_directories(dir);
@@ -869,7 +870,7 @@ TEST_F(TenancyUnitTest, StartAuditsTheJobAndEachRanksIdentity) {
   const std::string log = Path("run/audit.jsonl");
   EXPECT_EQ(AuditEvents(log),
             (std::vector<std::string>{"job_start", "rank_identity", "test_override", "job_end"}));
-  EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"job_sha256\":\"" + JobDigest(job) + "\""));
+  EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"job_sha256\":\"" + *JobDigest(job) + "\""));
   EXPECT_THAT(AuditLines(log, "job_start")[0], HasSubstr("\"launch_id\":\"abc123\""));
   EXPECT_THAT(AuditLines(log, "rank_identity")[0], HasSubstr("\"jurisdiction\":\"NO\",\"site\":\"osl1\""));
   EXPECT_THAT(AuditLines(log, "test_override")[0], HasSubstr(identity));

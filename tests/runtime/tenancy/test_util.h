@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/host.h"
 #include "common/json.h"
 #include "runtime/tenancy/tenancy.h"
 #include "tests/launcher/cli_util.h"
