@@ -13,6 +13,7 @@
 #include "collectives/communicator.h"
 #include "launcher/bench_cli.h"
 #include "launcher/demo.h"
+#include "launcher/audit_cmd.h"
 #include "launcher/launch.h"
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"

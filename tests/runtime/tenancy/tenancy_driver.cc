@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "launcher/audit_cmd.h"
 #include "launcher/launch.h"
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"
