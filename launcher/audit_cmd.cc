@@ -6,16 +6,12 @@
 #include <filesystem>
 #include <optional>
 
+#include "launcher/cli.h"
 #include "runtime/tenancy/tenancy.h"
 
 namespace fjord {
 
 namespace fs = std::filesystem;
-
-const std::vector<std::string>& AuditValueFlags() {
-  static const std::vector<std::string> flags = {"--anchor", "--checkpoints", "--key"};
-  return flags;
-}
 
 namespace {
 
@@ -40,22 +36,23 @@ std::vector<std::string> CheckpointDirsAt(const std::string& dir) {
 // A checkpoint whose record names another log, anchored an empty log or anchors none (written by
 // an older fjord, or without a tenancy context) adds none.
 StatusOr<std::vector<AuditAnchor>> CheckpointAnchors(const std::string& path,
-                                                     const std::multimap<std::string, std::string>& flags) {
+                                                     const std::vector<std::string>& checkpoints,
+                                                     const std::string& key_file) {
   std::optional<EncryptionKey> key;
-  if (auto k = flags.find("--key"); k != flags.end()) {
-    FJORD_ASSIGN_OR_RETURN(key, LoadEncryptionKey(k->second, "--key"));
+  if (!key_file.empty()) {
+    FJORD_ASSIGN_OR_RETURN(key, LoadEncryptionKey(key_file, "--key"));
   }
   std::vector<AuditAnchor> anchors;
-  for (auto [it, end] = flags.equal_range("--checkpoints"); it != end; ++it) {
-    const std::vector<std::string> dirs = CheckpointDirsAt(it->second);
+  for (const std::string& checkpoint : checkpoints) {
+    const std::vector<std::string> dirs = CheckpointDirsAt(checkpoint);
     if (dirs.empty()) {
-      return NotFound("--checkpoints " + it->second + " holds no tenant checkpoint (no tenant.textproto in it, " +
+      return NotFound("--checkpoints " + checkpoint + " holds no tenant checkpoint (no tenant.textproto in it, " +
                       "its step_* or checkpoints/step_*): name a run directory or checkpoint of a tenant job");
     }
     for (const std::string& dir : dirs) {
       StatusOr<proto::AuditAnchor> anchor = ReadCheckpointAuditAnchor(dir, key ? &*key : nullptr);
       if (!anchor.ok() && anchor.status().code() == StatusCode::kNotFound) continue;  // anchors no log
-      if (!anchor.ok()) return anchor.status().WithContext("--checkpoints " + it->second);
+      if (!anchor.ok()) return anchor.status().WithContext("--checkpoints " + checkpoint);
       std::error_code ea, eb;
       if (anchor->seq() < 1 || fs::weakly_canonical(anchor->log(), ea) != fs::weakly_canonical(path, eb)) continue;
       anchors.push_back({"checkpoint " + dir, anchor->seq(), anchor->hash()});
@@ -64,26 +61,22 @@ StatusOr<std::vector<AuditAnchor>> CheckpointAnchors(const std::string& path,
   return anchors;
 }
 
-}  // namespace
 
-int RunAuditCommand(const std::vector<std::string>& positional,
-                    const std::multimap<std::string, std::string>& flags) {
-  if (positional.size() != 2 || positional[0] != "verify") {
-    std::fprintf(stderr, "fjord audit: error: expected `verify LOG`\nusage: %s\n", kAuditUsage);
-    return 2;
-  }
-  const std::string& path = positional[1];
+struct VerifyArgs {
+  std::vector<std::string> log, anchors, checkpoints;
+  std::string key;
+};
+
+int Verify(const cli::Command& c, const VerifyArgs& a) {
+  if (a.log.size() != 1) return cli::UsageError(c, "expected `verify LOG`");
+  const std::string& path = a.log[0];
   std::vector<AuditAnchor> anchors;
-  for (auto [it, end] = flags.equal_range("--anchor"); it != end; ++it) {
-    StatusOr<AuditAnchor> anchor = ParseAuditAnchor(it->second, "--anchor " + it->second);
-    if (!anchor.ok()) {
-      std::fprintf(stderr, "fjord audit verify: error: --anchor: %s\nusage: %s\n", anchor.status().message().c_str(),
-                   kAuditUsage);
-      return 2;
-    }
+  for (const std::string& text : a.anchors) {
+    StatusOr<AuditAnchor> anchor = ParseAuditAnchor(text, "--anchor " + text);
+    if (!anchor.ok()) return cli::UsageError(c, "--anchor: " + anchor.status().message());
     anchors.push_back(*anchor);
   }
-  StatusOr<std::vector<AuditAnchor>> recorded = CheckpointAnchors(path, flags);
+  StatusOr<std::vector<AuditAnchor>> recorded = CheckpointAnchors(path, a.checkpoints, a.key);
   if (!recorded.ok()) {
     std::fprintf(stderr, "fjord audit verify: error: %s\n", recorded.status().message().c_str());
     return 1;
@@ -111,6 +104,24 @@ int RunAuditCommand(const std::vector<std::string>& positional,
                 report->problem.c_str(), static_cast<long long>(report->records));
   }
   return 1;
+}
+
+}  // namespace
+
+void AddAuditCommand(CLI::App& app) {
+  cli::Command* audit = cli::AddCommand(app, "audit", "check an audit log (fjord audit verify)");
+  auto a = std::make_shared<VerifyArgs>();
+  cli::Command* c = cli::AddCommand(
+      *audit, "verify",
+      "check an audit log's hash chain, head and anchors (SEQ:HASH as launch prints them, and the heads the tenant "
+      "checkpoints under DIR recorded); report the first broken record");
+  c->add_option("LOG", a->log, "the audit log")->type_name("");
+  c->add_option("--anchor", a->anchors, "a head the log must still hold, as launch prints it")->type_name("SEQ:HASH");
+  c->add_option("--checkpoints", a->checkpoints, "also the heads the tenant checkpoints under DIR recorded")
+      ->type_name("DIR");
+  c->add_option("--key", a->key, "the tenant's checkpoint key: each checkpoint's record must match its seal")
+      ->type_name("FILE");
+  c->run = [c, a] { return Verify(*c, *a); };
 }
 
 }  // namespace fjord

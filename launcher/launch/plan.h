@@ -30,7 +30,7 @@ struct LaunchOptions {
   std::vector<std::string> train_flags;  // passed on to `fjord train` (--quiet, --json, --resume)
   std::string fjord_binary;              // "" = this executable
   // Inside a Slurm allocation (--slurm): the job id and node list; filled from SLURM_JOB_ID and
-  // SLURM_JOB_NODELIST by RunLaunchCommand.
+  // SLURM_JOB_NODELIST by `fjord launch` (AddLaunchCommand).
   std::string slurm_job_id;
   std::string slurm_nodelist;
 };

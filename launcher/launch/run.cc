@@ -16,6 +16,7 @@
 #include "common/env.h"
 #include "common/file_util.h"
 #include "common/json.h"
+#include "launcher/cli.h"
 #include "launcher/lease.h"
 #include "launcher/slurm.h"
 #include "runtime/train/config.h"
@@ -376,114 +377,76 @@ int RunLaunch(const LaunchOptions& options) {
   return code;
 }
 
-// ---- Command-line entry points ----------------------------------------------------------------
+// ---- Command line -----------------------------------------------------------------------------
 
-const std::vector<std::string>& LaunchValueFlags() {
-  static const std::vector<std::string> flags = {"--inventory", "--np",     "--per-node",
-                                                 "--set",       "--mpirun", "--sbatch"};
-  return flags;
-}
-const std::vector<std::string>& LaunchBoolFlags() {
-  static const std::vector<std::string> flags = {"--dry-run", "--slurm", "--wait",
-                                                 "--quiet",   "--json",  "--resume"};
-  return flags;
-}
-const std::vector<std::string>& LaunchOptionalValueFlags() {
-  static const std::vector<std::string> flags = {"--wait-for-nodes"};
-  return flags;
-}
-
-namespace {
-
-bool ParseCount(const std::string& flag, const std::string& text, int* out) {
-  char* end = nullptr;
-  errno = 0;
-  const long v = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || v < 0 || v > 1'000'000) {
-    std::fprintf(stderr, "fjord launch: error: %s '%s' is not a whole number\nusage: %s\n", flag.c_str(),
-                 text.c_str(), kLaunchUsage);
-    return false;
-  }
-  *out = static_cast<int>(v);
-  return true;
-}
-
-std::string Get(const std::multimap<std::string, std::string>& flags, const std::string& f) {
-  auto it = flags.find(f);
-  return it == flags.end() ? "" : it->second;
-}
-
-}  // namespace
-
-int RunLaunchCommand(const std::vector<std::string>& positional,
-                     const std::multimap<std::string, std::string>& flags) {
-  if (positional.size() != 1) {
-    std::fprintf(stderr, "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: %s\n",
-                 kLaunchUsage);
-    return 2;
-  }
-  LaunchOptions options;
-  options.job_path = positional[0];
-  options.inventory_path = Get(flags, "--inventory");
-  if (options.inventory_path.empty()) {
-    std::fprintf(stderr,
-                 "fjord launch: error: --inventory INV.textproto is required: the operator's list of nodes "
-                 "with their jurisdictions (see examples/sovereign-cluster/)\nusage: %s\n",
-                 kLaunchUsage);
-    return 2;
-  }
-  if (!flags.count("--np")) {
-    std::fprintf(stderr, "fjord launch: error: --np N is required: the number of ranks to start\nusage: %s\n",
-                 kLaunchUsage);
-    return 2;
-  }
-  if (!ParseCount("--np", Get(flags, "--np"), &options.np)) return 2;
-  if (flags.count("--per-node") && !ParseCount("--per-node", Get(flags, "--per-node"), &options.per_node))
-    return 2;
-  for (auto [it, end] = flags.equal_range("--set"); it != end; ++it) options.overrides.push_back(it->second);
-  if (flags.count("--mpirun")) options.mpirun = Get(flags, "--mpirun");
-  options.dry_run = flags.count("--dry-run") > 0;
-  options.slurm = flags.count("--slurm") > 0;
-  options.wait = flags.count("--wait") > 0;
-  if (flags.count("--sbatch")) options.sbatch = Get(flags, "--sbatch");
-  if ((options.wait || flags.count("--sbatch")) && !options.slurm) {
-    std::fprintf(
-        stderr,
-        "fjord launch: error: --wait and --sbatch are for Slurm jobs: add --slurm (without it launch "
-        "runs mpirun and always waits for the job)\nusage: %s\n",
-        kLaunchUsage);
-    return 2;
-  }
-  if (flags.count("--wait-for-nodes")) {
-    const std::string w = Get(flags, "--wait-for-nodes");
-    if (options.slurm) {
-      std::fprintf(stderr,
-                   "fjord launch: error: --wait-for-nodes waits for node leases, which mpirun launches take; "
-                   "under --slurm, Slurm queues the job until its nodes are free\nusage: %s\n",
-                   kLaunchUsage);
-      return 2;
+void AddLaunchCommand(CLI::App& app) {
+  struct Args {
+    std::vector<std::string> job;
+    LaunchOptions options;
+    std::string wait_for_nodes;  // "true" for the flag alone, else its "=SECONDS"
+    bool quiet = false, json = false, resume = false;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "launch", "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)");
+  LaunchOptions& o = a->options;
+  c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
+  cli::Required(c->add_option("--inventory", o.inventory_path,
+                              "the operator's list of nodes with their jurisdictions (see examples/sovereign-cluster/)")
+                    ->type_name("INV.textproto"));
+  cli::Required(cli::AddNumber(*c, "--np", o.np, "N", "the number of ranks to start", 0, 1'000'000));
+  cli::AddNumber(*c, "--per-node", o.per_node, "K", "at most K ranks per node (default: the node's slots)", 0,
+                 1'000'000);
+  c->add_option("--set", o.overrides, "override a field of the job spec")->type_name("PATH=VALUE");
+  c->add_flag("--dry-run", o.dry_run, "print the plan and the command; start nothing");
+  c->add_flag("--wait-for-nodes", a->wait_for_nodes,
+              "wait for nodes leased by another job (alone: without limit; =SECONDS: at most that long)")
+      ->type_name("[=SECONDS]");
+  c->add_flag("--slurm", o.slurm, "submit an sbatch script (or run srun inside an allocation)");
+  c->add_flag("--wait", o.wait, "--slurm: follow the submitted job to its end");
+  c->add_option("--sbatch", o.sbatch, "--slurm: the sbatch to run")->type_name("PATH");
+  c->add_option("--mpirun", o.mpirun, "the mpirun to run")->type_name("PATH");
+  c->add_flag("--quiet", a->quiet, "passed on to fjord train");
+  c->add_flag("--json", a->json, "passed on to fjord train");
+  c->add_flag("--resume", a->resume, "passed on to fjord train");
+  c->run = [c, a] {
+    LaunchOptions options = a->options;
+    if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
+    options.job_path = a->job[0];
+    if (options.inventory_path.empty()) {
+      return cli::UsageError(*c, "--inventory INV.textproto is required: the operator's list of nodes with their "
+                                 "jurisdictions (see examples/sovereign-cluster/)");
     }
-    if (w.empty()) {
-      options.wait_for_nodes_s = 0;
-    } else if (!ParseCount("--wait-for-nodes", w, &options.wait_for_nodes_s) ||
-               options.wait_for_nodes_s < 1) {
-      if (options.wait_for_nodes_s == 0) {
-        std::fprintf(stderr,
-                     "fjord launch: error: --wait-for-nodes=%s: give the seconds to wait (1 or more), or "
-                     "--wait-for-nodes alone to wait without limit\nusage: %s\n",
-                     w.c_str(), kLaunchUsage);
+    if (c->count("--np") == 0) return cli::UsageError(*c, "--np N is required: the number of ranks to start");
+    if ((options.wait || c->count("--sbatch") > 0) && !options.slurm) {
+      return cli::UsageError(*c, "--wait and --sbatch are for Slurm jobs: add --slurm (without it launch runs "
+                                 "mpirun and always waits for the job)");
+    }
+    if (c->count("--wait-for-nodes") > 0) {
+      const std::string& w = a->wait_for_nodes;
+      if (options.slurm) {
+        return cli::UsageError(*c, "--wait-for-nodes waits for node leases, which mpirun launches take; under "
+                                   "--slurm, Slurm queues the job until its nodes are free");
       }
-      return 2;
+      if (w == "true") {
+        options.wait_for_nodes_s = 0;
+      } else if (!CLI::detail::lexical_cast(w, options.wait_for_nodes_s) || options.wait_for_nodes_s < 0 ||
+                 options.wait_for_nodes_s > 1'000'000) {
+        return cli::UsageError(*c, "--wait-for-nodes '" + w + "' is not a whole number");
+      } else if (options.wait_for_nodes_s == 0) {
+        return cli::UsageError(*c, "--wait-for-nodes=" + w + ": give the seconds to wait (1 or more), or "
+                                   "--wait-for-nodes alone to wait without limit");
+      }
     }
-  }
-  for (const char* f : {"--quiet", "--json", "--resume"}) {
-    if (flags.count(f)) options.train_flags.push_back(f);
-  }
-  if (options.slurm) {
-    options.slurm_job_id = GetEnv("SLURM_JOB_ID").value_or("");
-    options.slurm_nodelist = GetEnv("SLURM_JOB_NODELIST").value_or("");
-  }
-  return RunLaunch(options);
+    for (const auto& [given, flag] : {std::pair{a->quiet, "--quiet"}, {a->json, "--json"}, {a->resume, "--resume"}}) {
+      if (given) options.train_flags.push_back(flag);
+    }
+    if (options.slurm) {
+      options.slurm_job_id = GetEnv("SLURM_JOB_ID").value_or("");
+      options.slurm_nodelist = GetEnv("SLURM_JOB_NODELIST").value_or("");
+    }
+    return RunLaunch(options);
+  };
 }
 
 }  // namespace fjord

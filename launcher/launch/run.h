@@ -3,11 +3,14 @@
 // (launcher/launch.h).
 #pragma once
 
-#include <map>
 #include <string>
 #include <vector>
 
 #include "launcher/launch/plan.h"
+
+namespace CLI {
+class App;
+}
 
 namespace fjord {
 
@@ -22,22 +25,8 @@ namespace fjord {
 // dry run only reports the current holders.
 int RunLaunch(const LaunchOptions& options);
 
-// ---- Command-line entry points (launcher/main.cc's command table) ------------------------------
-
-inline constexpr char kLaunchUsage[] =
-    "fjord launch JOB.textproto --inventory INV.textproto --np N [--per-node K] [--set PATH=VALUE]... "
-    "[--dry-run] [--wait-for-nodes[=SECONDS]] [--slurm [--wait] [--sbatch PATH]] [--mpirun PATH] [--quiet | --json] "
-    "[--resume]";
-inline constexpr char kLaunchSummary[] =
-    "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)";
-// Flags of `fjord launch` for main.cc's parser.
-const std::vector<std::string>& LaunchValueFlags();  // --inventory --np --per-node --set --mpirun --sbatch
-const std::vector<std::string>& LaunchBoolFlags();   // --dry-run --slurm --wait --quiet --json --resume
-const std::vector<std::string>& LaunchOptionalValueFlags();  // --wait-for-nodes[=SECONDS]
-
-// `fjord launch` from parsed arguments: positional (the job spec) and flags (each flag as written,
-// e.g. "--np" -> "2"; --set may repeat). Returns the exit code: 2 for bad arguments (with usage).
-int RunLaunchCommand(const std::vector<std::string>& positional,
-                     const std::multimap<std::string, std::string>& flags);
+// `fjord launch JOB.textproto --inventory INV.textproto --np N ...` as a subcommand of `app`
+// (launcher/cli.h): parses and checks the arguments (exit 2 with the usage), then RunLaunch.
+void AddLaunchCommand(CLI::App& app);
 
 }  // namespace fjord
