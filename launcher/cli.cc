@@ -104,6 +104,7 @@ Command* AddCommand(CLI::App& parent, const std::string& name, const std::string
   command->formatter(parent.get_formatter());
   command->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   command->allow_extras();  // Run refuses them, in fjord's words
+  command->group("Commands");
   Command* raw = command.get();
   parent.add_subcommand(command);
   if (dynamic_cast<Command*>(&parent) != nullptr) {
