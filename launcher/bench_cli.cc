@@ -1,11 +1,10 @@
 // `fjord bench` (contract in bench_cli.h): option parsing in nccl-tests' spelling, choice of
 // backend, printing on rank 0.
 //
-// Design: the options are parsed by hand rather than by main.cc's --flag parser because
-// operators type nccl-tests' short options (-b 8 -e 1G -f 2, also -b8 and --minbytes=8) and
-// expect them to work unchanged. Every rank parses the same argv and validates it before any
-// communicator exists, so a bad argument ends every rank with exit code 2 and one message from
-// each, never a job half started.
+// The options keep nccl-tests' spellings (-b 8 -e 1G -f 2, also -b8 and --minbytes=8), which CLI11
+// accepts as getopt does. Every rank parses the same argv and validates it before any communicator
+// exists, so a bad argument ends every rank with exit code 2 and one message from each, never a job
+// half started.
 #include "launcher/bench_cli.h"
 
 #include <fcntl.h>
@@ -16,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,53 +25,59 @@
 #include "collectives/communicator.h"
 #include "common/env.h"
 #include "common/file_util.h"
+#include "launcher/cli.h"
 #if defined(FJORD_HAVE_NCCL)
 #include "collectives/nccl/nccl_communicator.h"
 #endif
 
 namespace fjord {
 
-const char kBenchSummary[] =
-    "interconnect benchmark in the nccl-tests format (time, algbw, busbw, #wrong), or a p2p matrix that flags slow "
-    "links";
-const char kBenchUsage[] =
-    "mpirun -np N fjord bench allreduce|allgather|reducescatter|broadcast|reduce|alltoall|sendrecv|p2p [-b MIN] "
-    "[-e MAX] [-f FACTOR | -i STEP] [-n ITERS] [-w WARMUP] [-c 0|1] [-o sum|avg|max] [-d TYPE] [-r ROOT] "
-    "[-a avg|min|max] [--repeat R] [--backend mpi|nccl] [--algo auto|mpi|ring|tree[,...]] [--json FILE] [--per-rank] "
-    "[--threshold F]";
-
 namespace {
 
-constexpr char kHelp[] = R"(usage: mpirun -np N fjord bench COLLECTIVE [options]
-       mpirun -np N --map-by node fjord bench p2p [options]
-
-COLLECTIVE: allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv; or p2p, the
-matrix of bandwidth and latency between every pair of nodes.
-
-Options (as nccl-tests spells them; sizes take K, M, G suffixes, powers of 1024):
-  -b, --minbytes SIZE      smallest size (default 8); p2p: latency message (default 8)
-  -e, --maxbytes SIZE      largest size (default 32M); p2p: bandwidth message (default 16M)
-  -f, --stepfactor F       multiply the size by F (default 2)
-  -i, --stepbytes SIZE     or add SIZE to it (instead of -f)
-  -n, --iters N            timed iterations per measurement (default 20)
-  -w, --warmup_iters N     untimed iterations before them (default 5; p2p 2)
-  -c, --check 0|1          verify each result bit for bit, count #wrong (default 1)
-  -o, --op sum|avg|max     reduction (default sum)
-  -d, --datatype TYPE      float, half, bfloat16, int32, uint8 (default float)
-  -r, --root R             root of broadcast and reduce (default 0)
-  -a, --average avg|min|max  how the ranks' times combine (also 1, 2, 3 as in nccl-tests; default avg)
-  --backend mpi|nccl       host memory over MPI (default), or device memory over NCCL
-  --algo A[,A...]          MPI backend: auto, mpi (the MPI library's own), ring, tree; several
-                           measure each size under each, back to back, and compare them
-  --repeat R               time each loop of -n iterations R times, report the fastest (default 1;
-                           for shared machines where a descheduled rank spoils a loop)
-  --json FILE              also write the results as JSON (rank 0)
-  --per-rank               p2p: every rank is a node (default: the first rank on each host)
-  --threshold F            p2p: flag bandwidth below F x median, latency above median / F (default 0.7)
+constexpr char kFooter[] = R"(COLLECTIVE: allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv; or p2p, the
+matrix of bandwidth and latency between every pair of nodes (mpirun -np N --map-by node fjord bench p2p).
+Sizes take K, M, G suffixes, powers of 1024.
 
 Exit code: 0 when every check passed, 1 when any element was wrong or the run failed, 2 for bad
-arguments. docs/BENCH.md explains the columns and how bus bandwidth is derived.
-)";
+arguments. docs/BENCH.md explains the columns and how bus bandwidth is derived.)";
+
+// The options, as nccl-tests spells them; value_name nullptr: a flag.
+struct Spec {
+  const char* shrt;
+  const char* lng;
+  const char* value_name;
+  const char* help;
+};
+constexpr Spec kSpecs[] = {
+    {"-b", "--minbytes", "MIN", "smallest size (default 8); p2p: latency message (default 8)"},
+    {"-e", "--maxbytes", "MAX", "largest size (default 32M); p2p: bandwidth message (default 16M)"},
+    {"-f", "--stepfactor", "FACTOR", "multiply the size by FACTOR (default 2)"},
+    {"-i", "--stepbytes", "STEP", "or add STEP to it (instead of -f)"},
+    {"-n", "--iters", "ITERS", "timed iterations per measurement (default 20)"},
+    {"-w", "--warmup_iters", "WARMUP", "untimed iterations before them (default 5; p2p 2)"},
+    {"-c", "--check", "0|1", "verify each result bit for bit, count #wrong (default 1)"},
+    {"-o", "--op", "sum|avg|max", "reduction (default sum)"},
+    {"-d", "--datatype", "TYPE", "float, half, bfloat16, int32, uint8 (default float)"},
+    {"-r", "--root", "ROOT", "root of broadcast and reduce (default 0)"},
+    {"-a", "--average", "avg|min|max",
+     "how the ranks' times combine (also 1, 2, 3 as in nccl-tests; default avg)"},
+    {nullptr, "--repeat", "R",
+     "time each loop of -n iterations R times, report the fastest (default 1; for shared machines where a "
+     "descheduled rank spoils a loop)"},
+    {nullptr, "--backend", "mpi|nccl", "host memory over MPI (default), or device memory over NCCL"},
+    {nullptr, "--algo", "A[,A...]",
+     "MPI backend: auto, mpi (the MPI library's own), ring, tree; several measure each size under each, back to "
+     "back, and compare them"},
+    {nullptr, "--json", "FILE", "also write the results as JSON (rank 0)"},
+    {nullptr, "--per-rank", nullptr, "p2p: every rank is a node (default: the first rank on each host)"},
+    {nullptr, "--threshold", "F", "p2p: flag bandwidth below F x median, latency above median / F (default 0.7)"},
+};
+
+// What the command line gave: the collective, and each option's value by long name.
+struct BenchArgs {
+  std::vector<std::string> collective;
+  std::map<std::string, std::string> values;
+};
 
 struct CliOptions {
   bool p2p = false;
@@ -120,10 +126,11 @@ std::optional<DataType> ParseDtype(const std::string& t) {
   return std::nullopt;
 }
 
-// Parses argv (after "bench"); throws nothing: returns the error instead.
-std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
-  if (argc < 1) return UsageError{"give a collective (allreduce, ..., or p2p)"};
-  const std::string coll = argv[0];
+// Checks the parsed options; throws nothing: returns the error instead.
+std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, CliOptions* o) {
+  if (args.collective.empty()) return UsageError{"give a collective (allreduce, ..., or p2p)"};
+  if (args.collective.size() > 1) return UsageError{"unexpected argument '" + args.collective[1] + "'"};
+  const std::string coll = args.collective[0];
   if (coll == "p2p") {
     o->p2p = true;
   } else {
@@ -131,43 +138,11 @@ std::optional<UsageError> Parse(int argc, char** argv, CliOptions* o) {
     if (!c.ok()) return UsageError{c.status().message()};
     o->bench.collective = *c;
   }
-  struct Spec {
-    const char* shrt;
-    const char* lng;
-    bool takes_value;
-  };
-  static const Spec kSpecs[] = {
-      {"-b", "--minbytes", true},    {"-e", "--maxbytes", true},      {"-f", "--stepfactor", true},
-      {"-i", "--stepbytes", true},   {"-n", "--iters", true},         {"-w", "--warmup_iters", true},
-      {"-c", "--check", true},       {"-o", "--op", true},            {"-d", "--datatype", true},
-      {"-r", "--root", true},        {"-a", "--average", true},       {nullptr, "--backend", true},
-      {nullptr, "--algo", true},     {nullptr, "--json", true},       {nullptr, "--per-rank", false},
-      {nullptr, "--threshold", true}, {nullptr, "--repeat", true},
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const Spec* spec = nullptr;
-    std::string value;
-    bool has_value = false;
-    for (const Spec& s : kSpecs) {
-      const std::string lng = s.lng;
-      if (arg == lng || (s.shrt != nullptr && arg == s.shrt)) {
-        spec = &s;
-      } else if (s.takes_value && arg.rfind(lng + "=", 0) == 0) {
-        spec = &s, value = arg.substr(lng.size() + 1), has_value = true;
-      } else if (s.takes_value && s.shrt != nullptr && arg.size() > 2 && arg.rfind(s.shrt, 0) == 0 &&
-                 arg[1] != '-') {
-        spec = &s, value = arg.substr(2), has_value = true;  // -b8, as getopt allows
-      }
-      if (spec != nullptr) break;
-    }
-    if (spec == nullptr) return UsageError{"unknown option '" + arg + "'"};
-    const std::string name = spec->shrt != nullptr ? std::string(spec->shrt) + "/" + spec->lng : spec->lng;
-    if (spec->takes_value && !has_value) {
-      if (i + 1 >= argc) return UsageError{name + " needs a value"};
-      value = argv[++i];
-    }
-    const std::string lng = spec->lng;
+  for (const Spec& spec : kSpecs) {
+    if (command.count(spec.lng) == 0) continue;
+    const std::string lng = spec.lng;
+    const std::string name = spec.shrt != nullptr ? std::string(spec.shrt) + "/" + lng : lng;
+    const std::string value = args.values.at(lng);
     auto bad = [&](const std::string& expected) { return UsageError{name + " '" + value + "' is not " + expected}; };
     if (lng == "--minbytes" || lng == "--maxbytes" || lng == "--stepbytes") {
       const std::optional<size_t> v = ParseSize(value);
@@ -442,31 +417,39 @@ int RunSweepCommand(const CliOptions& o, Backend& b) {
   return wrong > 0 ? 1 : 0;
 }
 
-}  // namespace
 
-int RunBenchCommand(int argc, char** argv) {
-  if (argc >= 1 && (std::string(argv[0]) == "-h" || std::string(argv[0]) == "--help")) {
-    std::fputs(kHelp, stdout);
-    return 0;
-  }
-  for (int i = 1; i < argc; ++i) {
-    if (std::string(argv[i]) == "-h" || std::string(argv[i]) == "--help") {
-      std::fputs(kHelp, stdout);
-      return 0;
-    }
-  }
+int RunBench(const cli::Command& command, const BenchArgs& args) {
   CliOptions o;
-  std::optional<UsageError> error = Parse(argc, argv, &o);
+  std::optional<UsageError> error = Parse(command, args, &o);
   if (!error && !o.p2p) error = ReadCorruptHook(&o.bench);
-  if (error) {
-    std::fprintf(stderr, "fjord bench: error: %s\nusage: %s\n(fjord bench --help explains every option)\n",
-                 error->message.c_str(), kBenchUsage);
-    return 2;
-  }
+  if (error) return cli::UsageError(command, error->message);
   Backend backend;
   const Status made = MakeBackend(o, &backend);
   if (!made.ok()) return Fail(made, backend.control);
   return o.p2p ? RunP2pCommand(o, backend) : RunSweepCommand(o, backend);
+}
+
+}  // namespace
+
+void AddBenchCommand(CLI::App& app) {
+  cli::Command* c = cli::AddCommand(
+      app, "bench",
+      "interconnect benchmark in the nccl-tests format (time, algbw, busbw, #wrong), or a p2p matrix that flags "
+      "slow links");
+  c->launcher = "mpirun -np N ";
+  auto args = std::make_shared<BenchArgs>();
+  c->add_option("COLLECTIVE", args->collective, "what to measure (below)")->type_name("");
+  for (const Spec& s : kSpecs) {
+    const std::string names = (s.shrt != nullptr ? std::string(s.shrt) + "," : "") + s.lng;
+    std::string& value = args->values[s.lng];
+    if (s.value_name == nullptr) {
+      c->add_flag(names, value, s.help);
+    } else {
+      c->add_option(names, value, s.help)->type_name(s.value_name);
+    }
+  }
+  c->footer(kFooter);
+  c->run = [c, args] { return RunBench(*c, *args); };
 }
 
 }  // namespace fjord

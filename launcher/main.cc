@@ -1,18 +1,17 @@
-// fjord: one executable, one subcommand per task. Argument errors exit 2 with the usage of the
-// subcommand; failures of the task itself exit 1 with a message that says what to do.
-#include <algorithm>
-#include <cerrno>
+// fjord: one executable, one subcommand per task, each defined with CLI11 (launcher/cli.h) by an
+// Add...() here or next to its code. Argument errors exit 2 with the usage of the subcommand;
+// failures of the task itself exit 1 with a message that says what to do.
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
 #include <functional>
-#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "collectives/communicator.h"
 #include "launcher/bench_cli.h"
+#include "launcher/cli.h"
 #include "launcher/demo.h"
+#include "launcher/audit_cmd.h"
 #include "launcher/launch.h"
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"
@@ -27,32 +26,6 @@
 namespace fjord {
 namespace {
 
-struct Command {
-  const char* name;
-  const char* usage;
-  const char* summary;
-  std::vector<std::string> value_flags;  // flags that take a value (--flag VALUE or --flag=VALUE)
-  std::vector<std::string> bool_flags;
-  int (*run)(const struct Args&);
-  std::vector<std::string> optional_value_flags = {};  // --flag or --flag=VALUE (never --flag VALUE)
-};
-
-struct Args {
-  std::vector<std::string> positional;
-  std::multimap<std::string, std::string> flags;
-
-  bool Has(const std::string& f) const { return flags.count(f) > 0; }
-  std::string Get(const std::string& f, const std::string& fallback = "") const {
-    auto it = flags.find(f);
-    return it == flags.end() ? fallback : it->second;
-  }
-  std::vector<std::string> All(const std::string& f) const {
-    std::vector<std::string> out;
-    for (auto [it, end] = flags.equal_range(f); it != end; ++it) out.push_back(it->second);
-    return out;
-  }
-};
-
 int Fail(const char* command, const Status& status) {
   std::fprintf(stderr, "fjord %s: error: %s\n", command, status.message().c_str());
   return 1;
@@ -66,26 +39,6 @@ int FailAll(const char* command, const Status& status, Communicator& comm) {
                  status.message(),
              1);
   return 1;  // not reached: Abort ends the process (GCC does not trust [[noreturn]] on a virtual)
-}
-
-// Parses a number flag strictly; on error prints the flag and the expected type.
-template <typename T>
-bool ParseNumber(const char* command, const std::string& flag, const std::string& text, T* out) {
-  char* end = nullptr;
-  errno = 0;
-  if constexpr (std::is_floating_point_v<T>) {
-    *out = static_cast<T>(std::strtod(text.c_str(), &end));
-  } else if constexpr (std::is_unsigned_v<T>) {
-    *out = static_cast<T>(std::strtoull(text.c_str(), &end, 10));
-  } else {
-    *out = static_cast<T>(std::strtoll(text.c_str(), &end, 10));
-  }
-  if (text.empty() || *end != '\0' || errno != 0) {
-    std::fprintf(stderr, "fjord %s: error: %s '%s' is not a %s\n", command, flag.c_str(), text.c_str(),
-                 std::is_floating_point_v<T> ? "number" : "whole number");
-    return false;
-  }
-  return true;
 }
 
 // Runs `body` for `job` behind the gates, in their order (docs/SOVEREIGNTY.md): gate 2 (this
@@ -106,199 +59,212 @@ int RunGatedJob(const char* command, const proto::JobSpec& job,
   return 0;
 }
 
-int RunTrain(const Args& args) {
-  if (args.positional.size() != 1) {
-    std::fprintf(stderr, "fjord train: error: give exactly one job spec (JOB.textproto)\n");
-    return 2;
-  }
-  std::vector<std::string> overrides = args.All("--set");
-  if (args.Has("--resume")) overrides.push_back("checkpoint.resume=true");
-  StatusOr<proto::JobSpec> job = LoadJobSpec(args.positional[0], overrides);
-  if (!job.ok()) return Fail("train", job.status());
-  return RunGatedJob("train", *job, [&](Communicator& comm, const Tenancy& tenancy) {
-    TrainOptions options;
-    options.quiet = args.Has("--quiet");
-    options.json_lines = args.Has("--json");
-    options.tenancy = &tenancy;
-    return Train(*job, options, comm).status();
-  });
-}
-
-int RunPrep(const Args& args) {
-  PrepOptions options;
-  options.input = args.Get("--input");
-  options.out_dir = args.Get("--out");
-  if (options.input.empty() || options.out_dir.empty()) {
-    std::fprintf(stderr, "fjord prep: error: --input FILE and --out DIR are required\n");
-    return 2;
-  }
-  options.tenant = args.Get("--tenant");
-  options.allowed_jurisdictions = SplitList(args.Get("--jurisdiction"));
-  options.allowed_sites = SplitList(args.Get("--site"));
-  if (args.Has("--val-fraction") &&
-      !ParseNumber("prep", "--val-fraction", args.Get("--val-fraction"), &options.val_fraction)) {
-    return 2;
-  }
-  const std::string tokenizer_name = args.Get("--tokenizer", "byte");
-  if (tokenizer_name == "gpt2" && !args.Has("--vocab")) {
-    std::fprintf(stderr, "fjord prep: error: --tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or "
-                         "encoder.json + vocab.bpe)\n");
-    return 2;
-  }
-  StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-      tokenizer_name == "gpt2" ? MakeGpt2Tokenizer(args.Get("--vocab")) : MakeTokenizer(tokenizer_name);
-  if (!tokenizer.ok()) return Fail("prep", tokenizer.status());
-  StatusOr<PrepResult> result = PrepareShards(options, **tokenizer);
-  if (!result.ok()) return Fail("prep", result.status());
-  std::printf("fjord prep: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) under %s\n",
-              static_cast<long long>(result->train_tokens), result->train_files.size(),
-              static_cast<long long>(result->val_tokens), result->val_files.size(), options.out_dir.c_str());
-  if (!result->manifest_path.empty()) {
-    std::printf("fjord prep: manifest %s: tenant %s, jurisdictions %s\n", result->manifest_path.c_str(),
-                options.tenant.c_str(), JoinList(options.allowed_jurisdictions).c_str());
-  }
-  return 0;
-}
-
 // --key FILE and --audit-log FILE of the commands that read a checkpoint outside a training job.
-CheckpointAccess AccessFrom(const Args& args) {
-  CheckpointAccess access;
-  access.key_file = args.Get("--key");
-  access.audit_log = args.Get("--audit-log");
-  return access;
+void AddAccess(cli::Command& c, CheckpointAccess& access) {
+  c.add_option("--key", access.key_file, "the tenant's checkpoint key, to read a sealed checkpoint")
+      ->type_name("FILE");
+  c.add_option("--audit-log", access.audit_log, "where the opening of a sealed checkpoint is recorded")
+      ->type_name("FILE");
 }
 
-int RunEval(const Args& args) {
-  const std::string checkpoint = args.Get("--checkpoint"), data = args.Get("--data");
-  if (checkpoint.empty() || data.empty()) {
-    std::fprintf(stderr, "fjord eval: error: --checkpoint DIR and --data GLOB are required\n");
-    return 2;
-  }
-  int batches = 0;
-  if (args.Has("--batches") && !ParseNumber("eval", "--batches", args.Get("--batches"), &batches)) return 2;
-  StatusOr<EvalResult> result = EvaluateCheckpoint(checkpoint, data, batches, AccessFrom(args));
-  if (!result.ok()) return Fail("eval", result.status());
-  std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"batches\": %d}\n", result->loss,
-              static_cast<long long>(result->tokens), result->batches);
-  return 0;
-}
-
-int RunSample(const Args& args) {
-  SampleOptions options;
-  const std::string checkpoint = args.Get("--checkpoint");
-  if (checkpoint.empty()) {
-    std::fprintf(stderr, "fjord sample: error: --checkpoint DIR is required\n");
-    return 2;
-  }
-  options.prompt = args.Get("--prompt");
-  options.vocab_dir = args.Get("--vocab");
-  if ((args.Has("--tokens") && !ParseNumber("sample", "--tokens", args.Get("--tokens"), &options.tokens)) ||
-      (args.Has("--temperature") &&
-       !ParseNumber("sample", "--temperature", args.Get("--temperature"), &options.temperature)) ||
-      (args.Has("--top-k") && !ParseNumber("sample", "--top-k", args.Get("--top-k"), &options.top_k)) ||
-      (args.Has("--top-p") && !ParseNumber("sample", "--top-p", args.Get("--top-p"), &options.top_p)) ||
-      (args.Has("--seed") && !ParseNumber("sample", "--seed", args.Get("--seed"), &options.seed))) {
-    return 2;
-  }
-  std::fputs(options.prompt.c_str(), stdout);
-  StatusOr<std::string> text = SampleCheckpoint(
-      checkpoint, options,
-      [](const std::string& piece) {
-        std::fputs(piece.c_str(), stdout);
-        std::fflush(stdout);
-      },
-      AccessFrom(args));
-  std::fputc('\n', stdout);
-  if (!text.ok()) return Fail("sample", text.status());
-  return 0;
-}
-
-int RunExport(const Args& args) {
-  const std::string checkpoint = args.Get("--checkpoint"), out = args.Get("--out");
-  if (checkpoint.empty() || out.empty()) {
-    std::fprintf(stderr, "fjord export: error: --checkpoint DIR and --out PATH are required\n");
-    return 2;
-  }
-  StatusOr<ModelFormat> format = ParseModelFormat(args.Get("--format", "hf"));
-  if (!format.ok()) return Fail("export", format.status());
-  Status s = ExportModel(checkpoint, out, *format, AccessFrom(args));
-  if (!s.ok()) return Fail("export", s);
-  std::printf("fjord export: wrote %s\n", out.c_str());
-  if (args.Has("--key")) {
-    std::fprintf(stderr, "fjord export: note: %s holds the sealed checkpoint's weights in plaintext; the export is "
-                         "recorded in the audit log. Keep it inside the tenant's residency\n", out.c_str());
-  }
-  return 0;
-}
-
-int RunImport(const Args& args) {
-  const std::string from = args.Get("--from"), out = args.Get("--out");
-  if (from.empty() || out.empty()) {
-    std::fprintf(stderr, "fjord import: error: --from PATH and --out DIR are required\n");
-    return 2;
-  }
-  StatusOr<ModelFormat> format = ParseModelFormat(args.Get("--format", "hf"));
-  if (!format.ok()) return Fail("import", format.status());
-  Status s = ImportModel(from, *format, out);
-  if (!s.ok()) return Fail("import", s);
-  std::printf("fjord import: wrote checkpoint %s\n", out.c_str());
-  return 0;
-}
-
-int RunDemo(const Args& args) {
-  DemoOptions options;
-  options.dir = args.Get("--dir", options.dir);
-  options.overrides = args.All("--set");
-  StatusOr<proto::JobSpec> job = DemoJobSpec(options);
-  if (!job.ok()) return Fail("demo", job.status());
-  return RunGatedJob("demo", *job, [&](Communicator& comm, const Tenancy& tenancy) {
-    return RunDemoJob(options, *job, comm, tenancy);
-  });
-}
-
-const std::vector<Command>& Commands() {
-  static const std::vector<Command> commands = {
-      {"train", "fjord train JOB.textproto [--set PATH=VALUE]... [--resume] [--quiet | --json]",
-       "train a model as the job spec says; --resume continues from the newest intact checkpoint", {"--set"},
-       {"--quiet", "--json", "--resume"}, RunTrain},
-      {"prep",
-       "fjord prep --input FILE --out DIR [--val-fraction F] [--tokenizer byte|gpt2 --vocab DIR] "
-       "[--tenant ID --jurisdiction CC[,CC] [--site S[,S]]]",
-       "tokenize text into llm.c token shards (with --tenant: and a manifest of tenant, residency, sha256)",
-       {"--input", "--out", "--val-fraction", "--tokenizer", "--vocab", "--tenant", "--jurisdiction", "--site"}, {},
-       RunPrep},
-      {"launch", kLaunchUsage, kLaunchSummary, LaunchValueFlags(), LaunchBoolFlags(),
-       [](const Args& a) { return RunLaunchCommand(a.positional, a.flags); }, LaunchOptionalValueFlags()},
-      {"audit", kAuditUsage, kAuditSummary, AuditValueFlags(), {}, [](const Args& a) { return RunAuditCommand(a.positional, a.flags); }},
-      {"eval", "fjord eval --checkpoint DIR --data GLOB [--batches N] [--key FILE] [--audit-log FILE]",
-       "print a checkpoint's mean loss on token shards as JSON; --key reads a sealed checkpoint",
-       {"--checkpoint", "--data", "--batches", "--key", "--audit-log"}, {}, RunEval},
-      {"sample",
-       "fjord sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] "
-       "[--seed S] [--vocab DIR] [--key FILE] [--audit-log FILE]",
-       "generate text from a checkpoint, streamed as it is produced; --key reads a sealed checkpoint",
-       {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--vocab", "--key",
-        "--audit-log"},
-       {}, RunSample},
-      {"export",
-       "fjord export --checkpoint DIR --out PATH [--format hf|llmc|llmc-bf16] [--key FILE] [--audit-log FILE]",
-       "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + config.json) or llm.c; a sealed "
-       "checkpoint needs --key, and its plaintext export is audited",
-       {"--checkpoint", "--out", "--format", "--key", "--audit-log"}, {}, RunExport},
-      {"import", "fjord import --from PATH --out DIR [--format hf|llmc]",
-       "make a fjord checkpoint from Hugging Face GPT-2 weights or an llm.c checkpoint (for train.init_from)",
-       {"--from", "--out", "--format"}, {}, RunImport},
-      {"demo", "fjord demo [--dir DIR] [--set PATH=VALUE]...",
-       "generate a corpus, prep it, train the embedded small model and sample from it", {"--dir", "--set"}, {},
-       RunDemo},
+void AddTrain(CLI::App& app) {
+  struct Args {
+    std::vector<std::string> job, overrides;
+    bool resume = false;
+    TrainOptions options;
   };
-  return commands;
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "train", "train a model as the job spec says; --resume continues from the newest intact checkpoint");
+  c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
+  c->add_option("--set", a->overrides, "override a field of the job spec")->type_name("PATH=VALUE");
+  c->add_flag("--resume", a->resume, "continue from the newest intact checkpoint");
+  c->add_flag("--quiet", a->options.quiet, "print only the summary");
+  c->add_flag("--json", a->options.json_lines, "print one JSON object per step");
+  c->run = [c, a] {
+    if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
+    std::vector<std::string> overrides = a->overrides;
+    if (a->resume) overrides.push_back("checkpoint.resume=true");
+    StatusOr<proto::JobSpec> job = LoadJobSpec(a->job[0], overrides);
+    if (!job.ok()) return Fail("train", job.status());
+    return RunGatedJob("train", *job, [&](Communicator& comm, const Tenancy& tenancy) {
+      TrainOptions options = a->options;
+      options.tenancy = &tenancy;
+      return Train(*job, options, comm).status();
+    });
+  };
 }
 
-void PrintHelp(FILE* out) {
-  std::fprintf(out, "fjord: data-parallel GPT training that keeps every tenant inside its jurisdictions\n\n");
-  for (const Command& c : Commands()) std::fprintf(out, "  %-8s %s\n           %s\n", c.name, c.summary, c.usage);
-  std::fprintf(out, "  %-8s %s\n           %s\n", "bench", kBenchSummary, kBenchUsage);
+void AddPrep(CLI::App& app) {
+  struct Args {
+    PrepOptions options;
+    std::string tokenizer = "byte", vocab, jurisdictions, sites;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "prep", "tokenize text into llm.c token shards (with --tenant: and a manifest of tenant, residency, sha256)");
+  cli::Required(c->add_option("--input", a->options.input, "the text to tokenize")->type_name("FILE"));
+  cli::Required(c->add_option("--out", a->options.out_dir, "where the shards go")->type_name("DIR"));
+  cli::AddNumber(*c, "--val-fraction", a->options.val_fraction, "F", "the last fraction of the text becomes val");
+  c->add_option("--tokenizer", a->tokenizer, "byte (default) or gpt2")->type_name("byte|gpt2");
+  c->add_option("--vocab", a->vocab, "GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")
+      ->type_name("DIR");
+  c->add_option("--tenant", a->options.tenant, "the tenant the shards belong to (writes a manifest)")
+      ->type_name("ID");
+  c->add_option("--jurisdiction", a->jurisdictions, "where the shards may be opened")->type_name("CC[,CC]");
+  c->add_option("--site", a->sites, "the sites within them")->type_name("S[,S]");
+  c->run = [c, a] {
+    PrepOptions options = a->options;
+    if (options.input.empty() || options.out_dir.empty()) {
+      return cli::UsageError(*c, "--input FILE and --out DIR are required");
+    }
+    options.allowed_jurisdictions = SplitList(a->jurisdictions);
+    options.allowed_sites = SplitList(a->sites);
+    if (a->tokenizer == "gpt2" && c->count("--vocab") == 0) {
+      return cli::UsageError(*c, "--tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or encoder.json + "
+                                 "vocab.bpe)");
+    }
+    StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+        a->tokenizer == "gpt2" ? MakeGpt2Tokenizer(a->vocab) : MakeTokenizer(a->tokenizer);
+    if (!tokenizer.ok()) return Fail("prep", tokenizer.status());
+    StatusOr<PrepResult> result = PrepareShards(options, **tokenizer);
+    if (!result.ok()) return Fail("prep", result.status());
+    std::printf("fjord prep: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) under %s\n",
+                static_cast<long long>(result->train_tokens), result->train_files.size(),
+                static_cast<long long>(result->val_tokens), result->val_files.size(), options.out_dir.c_str());
+    if (!result->manifest_path.empty()) {
+      std::printf("fjord prep: manifest %s: tenant %s, jurisdictions %s\n", result->manifest_path.c_str(),
+                  options.tenant.c_str(), JoinList(options.allowed_jurisdictions).c_str());
+    }
+    return 0;
+  };
+}
+
+void AddEval(CLI::App& app) {
+  struct Args {
+    std::string checkpoint, data;
+    int batches = 0;
+    CheckpointAccess access;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "eval", "print a checkpoint's mean loss on token shards as JSON; --key reads a sealed checkpoint");
+  cli::Required(c->add_option("--checkpoint", a->checkpoint, "the checkpoint")->type_name("DIR"));
+  cli::Required(c->add_option("--data", a->data, "the token shards")->type_name("GLOB"));
+  cli::AddNumber(*c, "--batches", a->batches, "N", "batches to evaluate (0: all)");
+  AddAccess(*c, a->access);
+  c->run = [c, a] {
+    if (a->checkpoint.empty() || a->data.empty()) {
+      return cli::UsageError(*c, "--checkpoint DIR and --data GLOB are required");
+    }
+    StatusOr<EvalResult> result = EvaluateCheckpoint(a->checkpoint, a->data, a->batches, a->access);
+    if (!result.ok()) return Fail("eval", result.status());
+    std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"batches\": %d}\n", result->loss,
+                static_cast<long long>(result->tokens), result->batches);
+    return 0;
+  };
+}
+
+void AddSample(CLI::App& app) {
+  struct Args {
+    std::string checkpoint;
+    SampleOptions options;
+    CheckpointAccess access;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "sample", "generate text from a checkpoint, streamed as it is produced; --key reads a sealed checkpoint");
+  cli::Required(c->add_option("--checkpoint", a->checkpoint, "the checkpoint")->type_name("DIR"));
+  c->add_option("--prompt", a->options.prompt, "the text to continue")->type_name("TEXT");
+  cli::AddNumber(*c, "--tokens", a->options.tokens, "N", "tokens to generate (default 256)");
+  cli::AddNumber(*c, "--temperature", a->options.temperature, "T", "0 is greedy (default 1)");
+  cli::AddNumber(*c, "--top-k", a->options.top_k, "K", "sample from the K likeliest tokens (0: all)");
+  cli::AddNumber(*c, "--top-p", a->options.top_p, "P", "nucleus sampling: the smallest set with this mass");
+  cli::AddNumber(*c, "--seed", a->options.seed, "S", "random seed");
+  c->add_option("--vocab", a->options.vocab_dir, "GPT-2 BPE files (default: the byte tokenizer)")->type_name("DIR");
+  AddAccess(*c, a->access);
+  c->run = [c, a] {
+    if (a->checkpoint.empty()) return cli::UsageError(*c, "--checkpoint DIR is required");
+    std::fputs(a->options.prompt.c_str(), stdout);
+    StatusOr<std::string> text = SampleCheckpoint(
+        a->checkpoint, a->options,
+        [](const std::string& piece) {
+          std::fputs(piece.c_str(), stdout);
+          std::fflush(stdout);
+        },
+        a->access);
+    std::fputc('\n', stdout);
+    if (!text.ok()) return Fail("sample", text.status());
+    return 0;
+  };
+}
+
+void AddExport(CLI::App& app) {
+  struct Args {
+    std::string checkpoint, out, format = "hf";
+    CheckpointAccess access;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "export",
+      "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + config.json) or llm.c; a sealed "
+      "checkpoint needs --key, and its plaintext export is audited");
+  cli::Required(c->add_option("--checkpoint", a->checkpoint, "the checkpoint")->type_name("DIR"));
+  cli::Required(c->add_option("--out", a->out, "where the weights go")->type_name("PATH"));
+  c->add_option("--format", a->format, "hf (default), llmc or llmc-bf16")->type_name("hf|llmc|llmc-bf16");
+  AddAccess(*c, a->access);
+  c->run = [c, a] {
+    if (a->checkpoint.empty() || a->out.empty()) {
+      return cli::UsageError(*c, "--checkpoint DIR and --out PATH are required");
+    }
+    StatusOr<ModelFormat> format = ParseModelFormat(a->format);
+    if (!format.ok()) return Fail("export", format.status());
+    Status s = ExportModel(a->checkpoint, a->out, *format, a->access);
+    if (!s.ok()) return Fail("export", s);
+    std::printf("fjord export: wrote %s\n", a->out.c_str());
+    if (c->count("--key") > 0) {
+      std::fprintf(stderr, "fjord export: note: %s holds the sealed checkpoint's weights in plaintext; the export is "
+                           "recorded in the audit log. Keep it inside the tenant's residency\n", a->out.c_str());
+    }
+    return 0;
+  };
+}
+
+void AddImport(CLI::App& app) {
+  struct Args {
+    std::string from, out, format = "hf";
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "import",
+      "make a fjord checkpoint from Hugging Face GPT-2 weights or an llm.c checkpoint (for train.init_from)");
+  cli::Required(c->add_option("--from", a->from, "the weights")->type_name("PATH"));
+  cli::Required(c->add_option("--out", a->out, "the new checkpoint")->type_name("DIR"));
+  c->add_option("--format", a->format, "hf (default) or llmc")->type_name("hf|llmc");
+  c->run = [c, a] {
+    if (a->from.empty() || a->out.empty()) return cli::UsageError(*c, "--from PATH and --out DIR are required");
+    StatusOr<ModelFormat> format = ParseModelFormat(a->format);
+    if (!format.ok()) return Fail("import", format.status());
+    Status s = ImportModel(a->from, *format, a->out);
+    if (!s.ok()) return Fail("import", s);
+    std::printf("fjord import: wrote checkpoint %s\n", a->out.c_str());
+    return 0;
+  };
+}
+
+void AddDemo(CLI::App& app) {
+  auto options = std::make_shared<DemoOptions>();
+  cli::Command* c = cli::AddCommand(
+      app, "demo", "generate a corpus, prep it, train the embedded small model and sample from it");
+  c->add_option("--dir", options->dir, "where the corpus, shards and run go (default runs/demo)")->type_name("DIR");
+  c->add_option("--set", options->overrides, "override a field of the demo's job spec")->type_name("PATH=VALUE");
+  c->run = [options] {
+    StatusOr<proto::JobSpec> job = DemoJobSpec(*options);
+    if (!job.ok()) return Fail("demo", job.status());
+    return RunGatedJob("demo", *job, [&](Communicator& comm, const Tenancy& tenancy) {
+      return RunDemoJob(*options, *job, comm, tenancy);
+    });
+  };
 }
 
 int Main(int argc, char** argv) {
@@ -307,63 +273,18 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "fjord: error: %s\n", overrides.message().c_str());
     return 1;
   }
-  if (argc < 2 || std::string(argv[1]) == "help" || std::string(argv[1]) == "--help" ||
-      std::string(argv[1]) == "-h") {
-    PrintHelp(argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
-  }
-  const std::string name = argv[1];
-  if (name == "bench") return RunBenchCommand(argc - 2, argv + 2);
-  const Command* command = nullptr;
-  for (const Command& c : Commands()) {
-    if (name == c.name) command = &c;
-  }
-  if (command == nullptr) {
-    std::fprintf(stderr, "fjord: error: unknown command '%s'\n\n", name.c_str());
-    PrintHelp(stderr);
-    return 2;
-  }
-  Args args;
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::printf("usage: %s\n", command->usage);
-      return 0;
-    }
-    if (!a.starts_with("--")) {
-      args.positional.push_back(a);
-      continue;
-    }
-    std::string value;
-    bool has_value = false;
-    if (size_t eq = a.find('='); eq != std::string::npos) {
-      value = a.substr(eq + 1);
-      a = a.substr(0, eq);
-      has_value = true;
-    }
-    const auto& vf = command->value_flags;
-    const auto& bf = command->bool_flags;
-    if (std::find(vf.begin(), vf.end(), a) != vf.end()) {
-      if (!has_value) {
-        if (i + 1 >= argc) {
-          std::fprintf(stderr, "fjord %s: error: %s needs a value\nusage: %s\n", command->name, a.c_str(),
-                       command->usage);
-          return 2;
-        }
-        value = argv[++i];
-      }
-      args.flags.emplace(a, value);
-    } else if ((std::find(bf.begin(), bf.end(), a) != bf.end() && !has_value) ||
-               std::find(command->optional_value_flags.begin(), command->optional_value_flags.end(), a) !=
-                   command->optional_value_flags.end()) {
-      args.flags.emplace(a, value);
-    } else {
-      std::fprintf(stderr, "fjord %s: error: unknown option '%s'\nusage: %s\n", command->name, argv[i],
-                   command->usage);
-      return 2;
-    }
-  }
-  return command->run(args);
+  std::unique_ptr<CLI::App> app = cli::MakeApp();
+  AddTrain(*app);
+  AddPrep(*app);
+  AddLaunchCommand(*app);
+  AddAuditCommand(*app);
+  AddEval(*app);
+  AddSample(*app);
+  AddExport(*app);
+  AddImport(*app);
+  AddDemo(*app);
+  AddBenchCommand(*app);
+  return cli::Run(*app, argc, argv);
 }
 
 }  // namespace

@@ -3,11 +3,11 @@
 // (docs/SOVEREIGNTY.md, "Wiring"), but `train` stops after the data gate instead of training. It
 // lets the gates be tested across the netns cluster on their own, and pins down the call order.
 //
-//   tenancy_driver launch JOB --inventory INV --np N ...   (RunLaunchCommand; ranks run this driver)
+//   tenancy_driver launch JOB --inventory INV --np N ...   (AddLaunchCommand; ranks run this driver)
 //   tenancy_driver train JOB [--set P=V]...                (RankGate, communicator, Tenancy::Start,
 //                                                           DataLoader::Open with the data policy)
 //   tenancy_driver prep --input F --out D [--tenant T --jurisdiction CC[,CC] --site S]
-//   tenancy_driver audit verify LOG                        (RunAuditCommand)
+//   tenancy_driver audit verify LOG                        (AddAuditCommand)
 #include <cstdio>
 #include <map>
 #include <string>
@@ -16,6 +16,8 @@
 #include "collectives/communicator.h"
 #include "common/host.h"
 #include "common/text.h"
+#include "launcher/audit_cmd.h"
+#include "launcher/cli.h"
 #include "launcher/launch.h"
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"
@@ -129,17 +131,15 @@ int Prep(const Parsed& args) {
 int Main(int argc, char** argv) {
   if (argc < 2) return 2;
   const std::string cmd = argv[1];
-  if (cmd == "launch") {
-    const Parsed p = Parse(argc, argv, 2, LaunchValueFlags());
-    return RunLaunchCommand(p.positional, p.flags);
+  if (cmd == "launch" || cmd == "audit") {  // the fjord binary's own command line for these
+    std::unique_ptr<CLI::App> app = cli::MakeApp();
+    AddLaunchCommand(*app);
+    AddAuditCommand(*app);
+    return cli::Run(*app, argc, argv);
   }
   if (cmd == "train") return Train(Parse(argc, argv, 2, {"--set"}));
   if (cmd == "prep")
     return Prep(Parse(argc, argv, 2, {"--input", "--out", "--tenant", "--jurisdiction", "--site"}));
-  if (cmd == "audit") {
-    const Parsed p = Parse(argc, argv, 2, AuditValueFlags());
-    return RunAuditCommand(p.positional, p.flags);
-  }
   std::fprintf(stderr, "tenancy_driver: unknown command %s\n", cmd.c_str());
   return 2;
 }

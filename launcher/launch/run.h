@@ -1,0 +1,32 @@
+// Running a planned launch: files, audit records, node leases, the mpirun / srun child or the
+// Slurm submission, signals forwarded to the job, and the exit record. Part of `fjord launch`
+// (launcher/launch.h).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "launcher/launch/plan.h"
+
+namespace CLI {
+class App;
+}
+
+namespace fjord {
+
+// Runs the launch (or prints it with dry_run) and returns the process exit code: the job's exit
+// code (128 + signal if it was killed), 1 for a refusal or failure, 0 for a dry run or a submitted
+// Slurm job (without --wait; with --wait, the Slurm job's exit code). Prints the plan on stdout
+// and errors on stderr ("fjord launch: error: ..."). A Slurm submission prints "fjord launch:
+// submitted Slurm job ID" and appends slurm_submitted (job id, constraint, partition, account,
+// exclusive) to the audit log; with --wait, launch_exit adds the Slurm state and the nodes Slurm
+// ran the job on.
+// Without Slurm it holds a lease on every planned node while mpirun runs (launcher/lease.h); a
+// dry run only reports the current holders.
+int RunLaunch(const LaunchOptions& options);
+
+// `fjord launch JOB.textproto --inventory INV.textproto --np N ...` as a subcommand of `app`
+// (launcher/cli.h): parses and checks the arguments (exit 2 with the usage), then RunLaunch.
+void AddLaunchCommand(CLI::App& app);
+
+}  // namespace fjord
