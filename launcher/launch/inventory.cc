@@ -9,6 +9,7 @@
 #include <set>
 #include <vector>
 
+#include "common/proto_text.h"
 #include "common/file_util.h"
 #include "runtime/tenancy/tenancy.h"
 #include "runtime/train/config.h"

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <set>
 
+#include "common/text.h"
 #include "runtime/data/data.h"
 
 namespace fjord {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/sha256.h"
 #include "common/env.h"
 #include "common/file_util.h"
 #include "launcher/launch/inventory.h"

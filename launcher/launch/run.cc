@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <random>
 
+#include "common/host.h"
 #include "common/env.h"
 #include "common/file_util.h"
 #include "common/json.h"
