@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -27,13 +26,12 @@
 #include "runtime/train/config.h"
 #include "runtime/data/data.h"
 #include "runtime/device/device.h"
-#include "common/file_util.h"
 #include "runtime/model/gpt.h"
 #include "runtime/train/grad_reducer.h"
+#include "runtime/train/metrics.h"
 #include "runtime/model/mfu.h"
 #include "runtime/model/optimizer.h"
 #include "runtime/tenancy/tenancy.h"
-#include "runtime/formats/tensorboard.h"
 
 #ifdef FJORD_HAVE_NCCL
 #include "collectives/nccl/nccl_communicator.h"
@@ -88,20 +86,6 @@ StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int ba
   }
   if (comm.size() > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum, &sum, 1, DataType::kF32, ReduceOp::kSum));
   return sum / static_cast<float>(batches);
-}
-
-// FJORD_TEST_HOOK=sleep_in_step=RANK:STEP:SECONDS makes rank RANK sleep inside step STEP (1-based),
-// between its backward pass and the gradient reduction: the other ranks then wait in a collective.
-struct SleepHook {
-  int rank = -1, step = -1, seconds = 0;
-};
-
-SleepHook ParseSleepHook() {
-  SleepHook hook;
-  if (std::optional<std::string> value = TestHook("sleep_in_step")) {
-    std::sscanf(value->c_str(), "%d:%d:%d", &hook.rank, &hook.step, &hook.seconds);
-  }
-  return hook;
 }
 
 // SIGTERM / SIGINT / SIGUSR1: the first asks training to stop after the current step with a checkpoint;
@@ -277,492 +261,582 @@ uint64_t RoundSeed(uint64_t train_seed, int step) {
   return Mix64(Mix64(train_seed) ^ static_cast<uint64_t>(step)) | 1;
 }
 
-StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options) {
-  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(CommOptionsFor(job)));
-  return Train(job, options, *comm);
-}
+namespace {
 
-StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm) {
-  const proto::TrainSpec& train = job.train();
-  GptConfig config = GptConfig::FromSpec(job.model());
-  const int rank = comm.rank(), world = comm.size();
-  const bool lead = rank == 0;
-  const bool zero = job.parallel().zero_stage() == 1 && world > 1;
-  const int B = train.micro_batch();
-  const int T = TrainSeqLen(job);
-  int accum = train.grad_accum();
-  if (train.global_batch() > 0) {
-    if (train.global_batch() % (B * world) != 0) {
-      return InvalidArgument("train.global_batch = " + std::to_string(train.global_batch()) +
-                             " is not divisible by train.micro_batch x world size = " + std::to_string(B) + " x " +
-                             std::to_string(world) + " = " + std::to_string(B * world) +
-                             ": choose a global batch that is a multiple of it, or change the rank count");
+// The test hooks of a step (FJORD_TEST_HOOK, common/env.h), read once before the loop (each one
+// found is announced on stderr) and called at two named points of every step:
+//   nan_in_step=STEP                 rank 0 writes a NaN into a gradient of step STEP (1-based)
+//   sleep_in_step=RANK:STEP:SECONDS  rank RANK sleeps in step STEP: the other ranks then wait in a
+//                                    collective
+//   fail_in_step=RANK:STEP           rank RANK returns an error in step STEP (fjord train then aborts
+//                                    the job; its peers are waiting in the gradient reduction)
+//   signal_after_step=STEP           this process sends itself SIGTERM at the end of step STEP
+//                                    (preemption)
+class StepHooks {
+ public:
+  static StepHooks FromEnvironment(int rank) {
+    StepHooks hooks;
+    hooks.rank_ = rank;
+    if (std::optional<std::string> value = TestHook("sleep_in_step")) {
+      std::sscanf(value->c_str(), "%d:%d:%d", &hooks.sleep_rank_, &hooks.sleep_step_, &hooks.sleep_seconds_);
     }
-    accum = train.global_batch() / (B * world);
+    if (hooks.sleep_rank_ >= 0 && hooks.sleep_rank_ == rank) {
+      std::fprintf(stderr, "fjord: TEST HOOK active on rank %d: sleep %d s in step %d (FJORD_TEST_HOOK)\n", rank,
+                   hooks.sleep_seconds_, hooks.sleep_step_);
+    }
+    if (std::optional<std::string> value = TestHook("nan_in_step")) hooks.nan_step_ = std::atoi(value->c_str());
+    if (std::optional<std::string> value = TestHook("signal_after_step")) {
+      hooks.signal_step_ = std::atoi(value->c_str());
+    }
+    if (std::optional<std::string> value = TestHook("fail_in_step");
+        value && std::sscanf(value->c_str(), "%d:%d", &hooks.fail_rank_, &hooks.fail_step_) != 2) {
+      hooks.fail_rank_ = hooks.fail_step_ = -1;
+    }
+    return hooks;
   }
-  const uint64_t global_batch = static_cast<uint64_t>(B) * accum * world;
 
-  // ZeRO-1 shards: the buffers are padded to a multiple of 16 x world floats so every shard has
+  // Between backward and the gradient reduction of step `step` (1-based).
+  Status AfterBackward(int step, Gpt& model, Device& device) const {
+    if (nan_step_ == step && rank_ == 0) {
+      const float nan = NAN;
+      device.Upload(model.grads() + model.layout().lnf_w(), &nan, sizeof(float));
+    }
+    if (sleep_rank_ == rank_ && sleep_step_ == step) std::this_thread::sleep_for(std::chrono::seconds(sleep_seconds_));
+    if (fail_rank_ == rank_ && fail_step_ == step) {
+      return Internal("test hook fail_in_step: rank " + std::to_string(rank_) + " fails in step " +
+                      std::to_string(step));
+    }
+    return OkStatus();
+  }
+
+  // At the end of step `step`, before the ranks agree whether to stop.
+  void BeforeStopVote(int step) const {
+    if (signal_step_ == step) raise(SIGTERM);
+  }
+
+ private:
+  int rank_ = 0;
+  int nan_step_ = 0, signal_step_ = 0;  // 0: off (steps are 1-based)
+  int sleep_rank_ = -1, sleep_step_ = -1, sleep_seconds_ = 0;
+  int fail_rank_ = -1, fail_step_ = -1;
+};
+
+// The training of one rank, as Train documents it. Setup() is everything before the first step, in
+// the order of its checks; Run() is the loop, one line per phase: Step, MaybeEvaluate, the stop
+// vote, the metrics, MaybeCheckpoint.
+class Trainer {
+ public:
+  Trainer(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm)
+      : job_(job),
+        train_(job.train()),
+        options_(options),
+        comm_(comm),
+        rank_(comm.rank()),
+        world_(comm.size()),
+        lead_(rank_ == 0),
+        log_(lead_ && !options.quiet && !options.json_lines),
+        zero_(job.parallel().zero_stage() == 1 && world_ > 1),
+        sink_({.quiet = options.quiet, .json_lines = options.json_lines, .steps = job.train().steps(),
+               .log_every = job.train().log_every(), .world = world_}) {}
+
+  Status Setup() {
+    FJORD_RETURN_IF_ERROR(PlanBatch());
+    FJORD_RETURN_IF_ERROR(OpenDevice());
+    FJORD_RETURN_IF_ERROR(OpenData());
+    FJORD_RETURN_IF_ERROR(BuildModel());
+    train_start_ = Clock::now();
+    return Resume();
+  }
+
+  StatusOr<TrainResult> Run() {
+    InstallStopHandlers();
+    const WatchScope watch_scope(comm_);
+    hooks_ = StepHooks::FromEnvironment(rank_);
+    sink_.StartClock(train_start_, start_step_);
+    result_.start_step = start_step_;
+    for (int step = start_step_; step < train_.steps(); ++step) {
+      g_watch.step.store(step);
+      FJORD_ASSIGN_OR_RETURN(StepMetrics metrics, Step(step));
+      FJORD_RETURN_IF_ERROR(MaybeEvaluate(metrics));
+      hooks_.BeforeStopVote(metrics.step);
+      FJORD_ASSIGN_OR_RETURN(const bool stop, StopRequested());
+      if (lead_) FJORD_RETURN_IF_ERROR(sink_.Record(metrics));
+      FJORD_RETURN_IF_ERROR(MaybeCheckpoint(metrics.step, stop));
+      if (stop) {
+        result_.stopped_by_signal = true;
+        if (lead_) {
+          std::fprintf(stderr, "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
+                       metrics.step, result_.checkpoint_dir.c_str());
+        }
+        break;
+      }
+    }
+    return result_;
+  }
+
+ private:
+  // The batch geometry (train.global_batch must divide by micro_batch x world) and the buffer
+  // sizes: with ZeRO-1 the buffers are padded to a multiple of 16 x world floats so every shard has
   // the same length and starts 64-byte aligned.
-  const size_t multiple = zero ? 16 * static_cast<size_t>(world) : 16;
-  const size_t num_params = ParamCount(config);  // closed form: the layout is built after CheckMemory
-  const size_t buffer = (num_params + multiple - 1) / multiple * multiple;
-  const size_t shard = zero ? buffer / world : buffer;
+  Status PlanBatch() {
+    config_ = GptConfig::FromSpec(job_.model());
+    B_ = train_.micro_batch();
+    T_ = TrainSeqLen(job_);
+    accum_ = train_.grad_accum();
+    if (train_.global_batch() > 0) {
+      if (train_.global_batch() % (B_ * world_) != 0) {
+        return InvalidArgument("train.global_batch = " + std::to_string(train_.global_batch()) +
+                               " is not divisible by train.micro_batch x world size = " + std::to_string(B_) + " x " +
+                               std::to_string(world_) + " = " + std::to_string(B_ * world_) +
+                               ": choose a global batch that is a multiple of it, or change the rank count");
+      }
+      accum_ = train_.global_batch() / (B_ * world_);
+    }
+    global_batch_ = static_cast<uint64_t>(B_) * accum_ * world_;
+    multiple_ = zero_ ? 16 * static_cast<size_t>(world_) : 16;
+    num_params_ = ParamCount(config_);  // closed form: the layout is built after CheckMemory
+    buffer_ = (num_params_ + multiple_ - 1) / multiple_ * multiple_;
+    shard_ = zero_ ? buffer_ / world_ : buffer_;
+    shard_begin_ = zero_ ? shard_ * rank_ : 0;
+    optimizer_count_ = zero_ ? shard_ : num_params_;
+    return OkStatus();
+  }
 
-  // The device (job spec `device`), the precision on it (model.dtype) and how gradients travel
-  // (parallel.comm_backend).
-  const RankInfo where = comm.rank_info();
-  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Device> device,
-                         CreateDevice(job.device(), where, CudaWorkspaceBytes(B, T)));
-  config.precision = ResolvePrecision(job.model().dtype(), device->is_cuda());
-  {
-    StatusOr<bool> tc = ResolveAttention(job.model().attention(), device->compute_capability(),
-                                         config.precision, config.n_embd, config.n_head);
+  // The device (job spec `device`), the precision on it (model.dtype), the attention kernels
+  // (model.attention), how gradients travel (parallel.comm_backend), and whether it all fits.
+  Status OpenDevice() {
+    where_ = comm_.rank_info();
+    FJORD_ASSIGN_OR_RETURN(device_, CreateDevice(job_.device(), where_, CudaWorkspaceBytes(B_, T_)));
+    config_.precision = ResolvePrecision(job_.model().dtype(), device_->is_cuda());
+    StatusOr<bool> tc = ResolveAttention(job_.model().attention(), device_->compute_capability(), config_.precision,
+                                         config_.n_embd, config_.n_head);
     if (!tc.ok()) {
-      return tc.status().WithContext("rank " + std::to_string(rank) + " on host " + where.host + " (" +
-                                     device->description() + ")");
+      return tc.status().WithContext("rank " + std::to_string(rank_) + " on host " + where_.host + " (" +
+                                     device_->description() + ")");
     }
-    config.tensor_core_attention = *tc;
-  }
-  proto::ParallelSpec::CommBackend backend = job.parallel().comm_backend();
-  if (backend == proto::ParallelSpec::AUTO) {
-    backend = device->is_cuda() ? proto::ParallelSpec::NCCL : proto::ParallelSpec::MPI;
-  }
-  if (backend == proto::ParallelSpec::NCCL && !device->is_cuda()) {
-    return FailedPrecondition("parallel.comm_backend: NCCL needs a CUDA device, but rank " + std::to_string(rank) +
-                              " on host " + where.host + " trains on the CPU (device: " +
-                              proto::Device_Name(job.device()) +
-                              "): set parallel.comm_backend: MPI (or AUTO), or device: CUDA on GPU nodes");
-  }
-  // The arena (made below) is declared before the NCCL communicator so that it is destroyed after
-  // it on every way out: the communicator's destructor waits for the collectives still in flight,
-  // which write gradient buckets in the arena, so the arena is zeroed after the last write
-  // (tenant hygiene on error returns too).
-  std::unique_ptr<Arena> arena;
-  std::unique_ptr<Communicator> nccl;
-  if (backend == proto::ParallelSpec::NCCL && world > 1) {
+    config_.tensor_core_attention = *tc;
+    proto::ParallelSpec::CommBackend backend = job_.parallel().comm_backend();
+    if (backend == proto::ParallelSpec::AUTO) {
+      backend = device_->is_cuda() ? proto::ParallelSpec::NCCL : proto::ParallelSpec::MPI;
+    }
+    if (backend == proto::ParallelSpec::NCCL && !device_->is_cuda()) {
+      return FailedPrecondition("parallel.comm_backend: NCCL needs a CUDA device, but rank " + std::to_string(rank_) +
+                                " on host " + where_.host + " trains on the CPU (device: " +
+                                proto::Device_Name(job_.device()) +
+                                "): set parallel.comm_backend: MPI (or AUTO), or device: CUDA on GPU nodes");
+    }
+    if (backend == proto::ParallelSpec::NCCL && world_ > 1) {
 #ifdef FJORD_HAVE_NCCL
-    StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(CommOptionsFor(job), comm);
-    if (!made.ok()) {
-      return made.status().WithContext("parallel.comm_backend: NCCL" +
-                                       std::string(job.parallel().comm_backend() == proto::ParallelSpec::AUTO
-                                                       ? " (AUTO on a CUDA device)" : "") +
-                                       "; with several ranks per GPU set parallel.comm_backend: MPI");
-    }
-    nccl = std::move(made).value();
+      StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(CommOptionsFor(job_), comm_);
+      if (!made.ok()) {
+        return made.status().WithContext("parallel.comm_backend: NCCL" +
+                                         std::string(job_.parallel().comm_backend() == proto::ParallelSpec::AUTO
+                                                         ? " (AUTO on a CUDA device)" : "") +
+                                         "; with several ranks per GPU set parallel.comm_backend: MPI");
+      }
+      nccl_ = std::move(made).value();
 #else
-    return FailedPrecondition("parallel.comm_backend: NCCL, but this fjord was built without NCCL (rank " +
-                              std::to_string(rank) + " on host " + where.host +
-                              "): set parallel.comm_backend: MPI, or rebuild with NCCL (NCCL_ROOT)");
+      return FailedPrecondition("parallel.comm_backend: NCCL, but this fjord was built without NCCL (rank " +
+                                std::to_string(rank_) + " on host " + where_.host +
+                                "): set parallel.comm_backend: MPI, or rebuild with NCCL (NCCL_ROOT)");
 #endif
-  }
-  Communicator& grad_comm = nccl ? *nccl : comm;
-  FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config, B, T, 2, zero ? world : 1, *device,
-                                         "lower train.micro_batch or train.seq_len (and raise train.grad_accum), "
-                                         "or use a smaller model (model.n_layer, model.n_embd)")
-                            .WithContext("rank " + std::to_string(rank) + " on host " + where.host));
-
-  // Tenancy gate 3: the data policy for the loaders, the seal for checkpoints (without a Tenancy,
-  // still the job's checkpoint.encryption_key_file).
-  if (options.tenancy == nullptr && !job.tenant().id().empty()) {
-    return FailedPrecondition("tenant " + job.tenant().id() +
-                              "'s job reached training without its gates (no Tenancy): start it with fjord train "
-                              "or fjord launch, which check this node's identity first");
-  }
-  const DataPolicy* data_policy = options.tenancy ? &options.tenancy->data_policy() : nullptr;
-  CheckpointSeal seal;
-  if (options.tenancy) {
-    seal = options.tenancy->checkpoint_seal();
-  } else {
-    FJORD_ASSIGN_OR_RETURN(seal, CheckpointSealFor(job));
-  }
-  FJORD_ASSIGN_OR_RETURN(DataLoader train_data,
-                         DataLoader::Open(job.data().train(), "data.train", config.vocab_size, T, train.seed(),
-                                          /*shuffle=*/true, data_policy));
-  if (train_data.sequences_per_epoch() < global_batch) {
-    return FailedPrecondition(
-        "data.train holds " + std::to_string(train_data.sequences_per_epoch()) + " sequences of " +
-        std::to_string(T + 1) + " tokens per epoch, fewer than one global batch of " + std::to_string(global_batch) +
-        " (train.micro_batch " + std::to_string(B) + " x grad_accum " + std::to_string(accum) + " x world size " +
-        std::to_string(world) + "): use fewer ranks or a smaller batch, or give more data");
-  }
-  std::unique_ptr<DataLoader> val_data;
-  if (!job.data().val().empty()) {
-    FJORD_ASSIGN_OR_RETURN(DataLoader v, DataLoader::Open(job.data().val(), "data.val", config.vocab_size, T,
-                                                          train.seed(), /*shuffle=*/false, data_policy));
-    val_data = std::make_unique<DataLoader>(std::move(v));
+    }
+    return Gpt::CheckMemory(config_, B_, T_, 2, zero_ ? world_ : 1, *device_,
+                            "lower train.micro_batch or train.seq_len (and raise train.grad_accum), "
+                            "or use a smaller model (model.n_layer, model.n_embd)")
+        .WithContext("rank " + std::to_string(rank_) + " on host " + where_.host);
   }
 
-  Fd metrics(-1);  // never written through a symbolic link planted at its name
-  const std::string metrics_path = (fs::path(job.run_dir()) / "metrics.jsonl").string();
-  auto open_metrics = [&](int how) {
-    metrics = Fd(::open(metrics_path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | how, 0644));
-    const int err = errno;
-    return metrics.get() >= 0 ? OkStatus()
-                              : FailedPrecondition("cannot write " + metrics_path + ": " + std::strerror(err) +
-                                                   (err == ELOOP ? "; it is a symbolic link: remove it" : ""));
-  };
-  if (lead) {
+  // Tenancy gate 3 (the data policy for the loaders, the seal for checkpoints; without a Tenancy,
+  // still the job's checkpoint.encryption_key_file), the loaders, then rank 0's run_dir and
+  // metrics.jsonl (appended to by a resumed run, which keeps the lines its checkpoint covers).
+  Status OpenData() {
+    if (options_.tenancy == nullptr && !job_.tenant().id().empty()) {
+      return FailedPrecondition("tenant " + job_.tenant().id() +
+                                "'s job reached training without its gates (no Tenancy): start it with fjord train "
+                                "or fjord launch, which check this node's identity first");
+    }
+    const DataPolicy* data_policy = options_.tenancy ? &options_.tenancy->data_policy() : nullptr;
+    if (options_.tenancy) {
+      seal_ = options_.tenancy->checkpoint_seal();
+    } else {
+      FJORD_ASSIGN_OR_RETURN(seal_, CheckpointSealFor(job_));
+    }
+    FJORD_ASSIGN_OR_RETURN(train_data_, DataLoader::Open(job_.data().train(), "data.train", config_.vocab_size, T_,
+                                                         train_.seed(), /*shuffle=*/true, data_policy));
+    if (train_data_->sequences_per_epoch() < global_batch_) {
+      return FailedPrecondition(
+          "data.train holds " + std::to_string(train_data_->sequences_per_epoch()) + " sequences of " +
+          std::to_string(T_ + 1) + " tokens per epoch, fewer than one global batch of " +
+          std::to_string(global_batch_) + " (train.micro_batch " + std::to_string(B_) + " x grad_accum " +
+          std::to_string(accum_) + " x world size " + std::to_string(world_) +
+          "): use fewer ranks or a smaller batch, or give more data");
+    }
+    if (!job_.data().val().empty()) {
+      FJORD_ASSIGN_OR_RETURN(DataLoader v, DataLoader::Open(job_.data().val(), "data.val", config_.vocab_size, T_,
+                                                            train_.seed(), /*shuffle=*/false, data_policy));
+      val_data_ = std::make_unique<DataLoader>(std::move(v));
+    }
+    if (!lead_) return OkStatus();
     std::error_code ec;
-    fs::create_directories(job.run_dir(), ec);
-    if (ec) return Internal("cannot create run_dir " + job.run_dir() + ": " + ec.message());
-    // A resumed run keeps the lines of the steps its checkpoint covers (rewritten below).
-    FJORD_RETURN_IF_ERROR(open_metrics(job.checkpoint().resume() ? O_APPEND : O_TRUNC));
+    fs::create_directories(job_.run_dir(), ec);
+    if (ec) return Internal("cannot create run_dir " + job_.run_dir() + ": " + ec.message());
+    return sink_.OpenJsonl(job_.run_dir(), /*append=*/job_.checkpoint().resume());
   }
 
-  TrainResult result;
-  const int threads = ConfigureThreads(train.threads(), RankInfoFromEnvironment().local_size);
-  // One arena for everything the step touches on the device, zeroed before it is freed.
-  const size_t optimizer_count = zero ? shard : num_params;
-  const size_t arena_bytes = Gpt::ArenaBytes(config, B, T, multiple) + AdamW::ArenaBytes(optimizer_count);
-  FJORD_ASSIGN_OR_RETURN(
-      arena, Arena::Create(*device, arena_bytes, "model, gradients, activations and AdamW state"));
-  if (lead && !options.quiet && !options.json_lines) {
-    const char* gradients_over = world == 1 ? ""
-                                 : nccl    ? ", gradients over NCCL"
-                                 : device->is_cuda() ? ", gradients over MPI (host staging)"
-                                                     : "";
-    std::printf(
-        "fjord train: device %s (device: %s), %s (model.dtype: %s), %s attention (model.attention: %s), "
-        "arena %s (%zu bytes)%s\n",
-        device->description().c_str(), proto::Device_Name(job.device()).c_str(),
-        PrecisionName(config.precision), proto::ModelSpec::DType_Name(job.model().dtype()).c_str(),
-        !device->is_cuda()             ? "cpu"
-        : config.tensor_core_attention ? "tensor-core"
-                                       : "simt",
-        proto::ModelSpec::Attention_Name(job.model().attention()).c_str(), GiB(arena_bytes).c_str(),
-        arena_bytes, gradients_over);
-    std::fflush(stdout);
-  }
-  Gpt model(config, B, T, *arena, multiple);
-  if (train.init_from().empty()) {
-    model.InitGpt2(train.seed());
-  } else {
-    FJORD_ASSIGN_OR_RETURN(std::string init_dir, ResolveCheckpointDir(train.init_from()));
-    // Gate 3 for checkpoints: whose it is, where it may be opened, how to read it.
-    StatusOr<CheckpointSeal> init_seal =
-        options.tenancy ? options.tenancy->CheckCheckpoint(init_dir, CheckpointUse::kInitFrom)
-                        : CheckCheckpointTenant(init_dir, seal, nullptr, CheckpointUse::kInitFrom);
-    if (!init_seal.ok()) return init_seal.status().WithContext("train.init_from");
-    FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(init_dir, model, &*init_seal).WithContext("train.init_from"));
-  }
-  std::unique_ptr<TensorBoardWriter> tensorboard;
-  if (lead && train.tensorboard()) {
-    FJORD_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::Open(job.run_dir()));
-  }
-  const size_t shard_begin = zero ? shard * rank : 0;
-  AdamW optimizer(model.layout(), shard_begin, shard_begin + optimizer_count, *arena);
-  const size_t bucket_floats = static_cast<size_t>(job.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
-  ReducePath path;
-  if (device->is_cuda() && world > 1) {
-    path.device = device.get();
-    path.stage_through_host = !nccl;
-#ifdef FJORD_HAVE_NCCL
-    if (nccl) {
-      FJORD_ASSIGN_OR_RETURN(path.comm_stream, NcclStream(*nccl));
-    }
-#endif
-  }
-  GradReducer reducer(grad_comm, model.grads(), model.buffer_size(), bucket_floats, path);
-  const bool overlap = job.parallel().overlap() && world > 1 && !zero;
-  // MFU: the model's FLOPs per token against the peak of all ranks (each rank's as rank 0's).
-  const double flops_per_token = ModelFlopsPerToken(config, T);
-  const RankPeak rank_peak =
-      device->is_cuda() ? GpuRankPeak(job, device->description()) : CpuRankPeak(job, threads);
-  const double peak_flops = rank_peak.flops * world;
-  if (lead && !options.quiet && !options.json_lines) {
-    std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
-                "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
-                model.num_params(), config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab, world, B,
-                T, accum, threads, GiB(Gpt::MemoryBytes(config, B, T) + AdamW::MemoryBytes(shard)).c_str(), static_cast<unsigned long long>(train_data.num_tokens()),
-                world == 1 ? "" : zero ? ", ZeRO-1" : overlap ? ", overlapped bucket all-reduce" : ", all-reduce");
-    std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n", flops_per_token,
-                rank_peak.flops / 1e12, rank_peak.source.c_str());
-    std::fflush(stdout);
-  }
-  const SleepHook hook = ParseSleepHook();
-  const Clock::time_point train_start = Clock::now();
-  if (hook.rank >= 0 && hook.rank == rank) {
-    std::fprintf(stderr, "fjord: TEST HOOK active on rank %d: sleep %d s in step %d (FJORD_TEST_HOOK)\n", rank,
-                 hook.seconds, hook.step);
-  }
-
-  // Resume: the newest checkpoint that verifies; damaged newer ones are named and skipped.
-  const std::string checkpoints_dir = job.checkpoint().dir().empty()
-                                          ? (fs::path(job.run_dir()) / "checkpoints").string()
-                                          : job.checkpoint().dir();
-  int start_step = 0;
-  uint64_t start_sequence = 0;
-  if (job.checkpoint().resume()) {
-    std::vector<std::string> skipped;
-    StatusOr<std::string> dir = NewestGoodCheckpoint(checkpoints_dir, &skipped);
-    for (const std::string& note : skipped) {
-      if (lead) std::fprintf(stderr, "fjord train: skipping damaged checkpoint %s; falling back to an older one\n",
-                             note.c_str());
-    }
-    if (dir.ok()) {
-      // Gate 3 first: a tenant record holds manifest.json's digest, so the state read next is checked.
-      StatusOr<CheckpointSeal> resume_seal =
-          options.tenancy ? options.tenancy->CheckCheckpoint(*dir, CheckpointUse::kResume)
-                          : CheckCheckpointTenant(*dir, seal, nullptr, CheckpointUse::kResume);
-      if (!resume_seal.ok()) return resume_seal.status().WithContext("resuming");
-      FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
-      FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, model, &*resume_seal).WithContext("resuming"));
-      std::vector<float> full_m(num_params), full_v(num_params);
-      FJORD_RETURN_IF_ERROR(
-          LoadCheckpointOptimizer(*dir, model, full_m.data(), full_v.data(), &*resume_seal).WithContext("resuming"));
-      const size_t own_end = std::min(optimizer.end(), num_params);
-      std::vector<float> own_m(optimizer.end() - optimizer.begin()), own_v(own_m.size());
-      for (size_t i = optimizer.begin(); i < own_end; ++i) {
-        own_m[i - optimizer.begin()] = full_m[i];
-        own_v[i - optimizer.begin()] = full_v[i];
-      }
-      optimizer.LoadState(own_m.data(), own_v.data());
-      start_step = state.step;
-      model.RoundWorkingParams(RoundSeed(train.seed(), start_step));  // as the run being resumed did
-      start_sequence = state.sequences_consumed;
-      if (lead && !options.quiet && !options.json_lines) {
-        std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n", dir->c_str(),
-                    state.step, state.world_size, state.zero_stage == 1 ? " with ZeRO-1" : "", world);
-      }
-    } else if (!skipped.empty()) {
-      return FailedPrecondition("--resume: every checkpoint in " + checkpoints_dir +
-                                " is damaged (see above); remove them to start fresh");
-    } else if (lead && !options.quiet && !options.json_lines) {
-      std::printf("fjord train: no checkpoint in %s to resume from; starting at step 0\n", checkpoints_dir.c_str());
-    }
-  }
-  if (lead && start_step > 0) {
-    // Continue the metrics of the run being resumed, dropping lines of steps after the checkpoint.
-    metrics.Close();
-    std::string kept;
-    {
-      std::ifstream old(metrics_path);
-      for (std::string line; std::getline(old, line);) {
-        int s = 0;
-        if (std::sscanf(line.c_str(), "{\"step\": %d", &s) == 1 && s <= start_step) kept += line + "\n";
-      }
-    }
-    FJORD_RETURN_IF_ERROR(WriteFileAtomic(metrics_path, {{kept.data(), kept.size()}}));
-    FJORD_RETURN_IF_ERROR(open_metrics(O_APPEND));
-  }
-
-  // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
-  // AdamW shards), then prunes old ones. Rank 0 writes.
-  auto checkpoint = [&](int steps_done) -> Status {
-    std::vector<float> full_m, full_v, own_m, own_v;
-    const float* m = optimizer.m();
-    const float* v = optimizer.v();
-    if (device->is_cuda()) {  // host copies; the file format is the same on every device
-      own_m.resize(optimizer.end() - optimizer.begin());
-      own_v.resize(own_m.size());
-      optimizer.StateToHost(own_m.data(), own_v.data());
-      m = own_m.data();
-      v = own_v.data();
-    }
-    if (zero) {
-      full_m.resize(buffer);
-      full_v.resize(buffer);
-      FJORD_RETURN_IF_ERROR(comm.AllGather(m, full_m.data(), shard, DataType::kF32));
-      FJORD_RETURN_IF_ERROR(comm.AllGather(v, full_v.data(), shard, DataType::kF32));
-      m = full_m.data();
-      v = full_v.data();
-    }
-    if (!lead) return OkStatus();
-    CheckpointState state;
-    state.step = steps_done;
-    state.sequences_consumed = start_sequence + static_cast<uint64_t>(steps_done - start_step) * global_batch;
-    state.world_size = world;
-    state.zero_stage = zero ? 1 : 0;
-    state.seed = train.seed();
-    model.SyncParamsToHost();
-    FJORD_ASSIGN_OR_RETURN(result.checkpoint_dir, SaveCheckpoint(checkpoints_dir, state, job, model, m, v, &seal));
-    if (options.tenancy) FJORD_RETURN_IF_ERROR(options.tenancy->RecordCheckpointWritten(result.checkpoint_dir));
-    if (!options.quiet && !options.json_lines) {
-      std::printf("fjord train: checkpoint %s\n", result.checkpoint_dir.c_str());
+  // One arena for everything the step touches on the device, zeroed before it is freed; the model
+  // in it (initialised, or train.init_from), TensorBoard, AdamW, the gradient reducer, the MFU peak.
+  Status BuildModel() {
+    threads_ = ConfigureThreads(train_.threads(), RankInfoFromEnvironment().local_size);
+    const size_t arena_bytes = Gpt::ArenaBytes(config_, B_, T_, multiple_) + AdamW::ArenaBytes(optimizer_count_);
+    FJORD_ASSIGN_OR_RETURN(arena_,
+                           Arena::Create(*device_, arena_bytes, "model, gradients, activations and AdamW state"));
+    if (log_) {
+      const char* gradients_over = world_ == 1           ? ""
+                                   : nccl_               ? ", gradients over NCCL"
+                                   : device_->is_cuda()  ? ", gradients over MPI (host staging)"
+                                                         : "";
+      std::printf(
+          "fjord train: device %s (device: %s), %s (model.dtype: %s), %s attention (model.attention: %s), "
+          "arena %s (%zu bytes)%s\n",
+          device_->description().c_str(), proto::Device_Name(job_.device()).c_str(),
+          PrecisionName(config_.precision), proto::ModelSpec::DType_Name(job_.model().dtype()).c_str(),
+          !device_->is_cuda()             ? "cpu"
+          : config_.tensor_core_attention ? "tensor-core"
+                                          : "simt",
+          proto::ModelSpec::Attention_Name(job_.model().attention()).c_str(), GiB(arena_bytes).c_str(), arena_bytes,
+          gradients_over);
       std::fflush(stdout);
     }
-    return PruneCheckpoints(checkpoints_dir, job.checkpoint().keep_last());
-  };
+    model_ = std::make_unique<Gpt>(config_, B_, T_, *arena_, multiple_);
+    if (train_.init_from().empty()) {
+      model_->InitGpt2(train_.seed());
+    } else {
+      FJORD_ASSIGN_OR_RETURN(std::string init_dir, ResolveCheckpointDir(train_.init_from()));
+      // Gate 3 for checkpoints: whose it is, where it may be opened, how to read it.
+      StatusOr<CheckpointSeal> init_seal =
+          options_.tenancy ? options_.tenancy->CheckCheckpoint(init_dir, CheckpointUse::kInitFrom)
+                           : CheckCheckpointTenant(init_dir, seal_, nullptr, CheckpointUse::kInitFrom);
+      if (!init_seal.ok()) return init_seal.status().WithContext("train.init_from");
+      FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(init_dir, *model_, &*init_seal).WithContext("train.init_from"));
+    }
+    if (lead_ && train_.tensorboard()) FJORD_RETURN_IF_ERROR(sink_.OpenTensorBoard(job_.run_dir()));
+    optimizer_ = std::make_unique<AdamW>(model_->layout(), shard_begin_, shard_begin_ + optimizer_count_, *arena_);
+    const size_t bucket_floats = static_cast<size_t>(job_.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
+    ReducePath path;
+    if (device_->is_cuda() && world_ > 1) {
+      path.device = device_.get();
+      path.stage_through_host = !nccl_;
+#ifdef FJORD_HAVE_NCCL
+      if (nccl_) {
+        FJORD_ASSIGN_OR_RETURN(path.comm_stream, NcclStream(*nccl_));
+      }
+#endif
+    }
+    reducer_ = std::make_unique<GradReducer>(nccl_ ? *nccl_ : comm_, model_->grads(), model_->buffer_size(),
+                                             bucket_floats, path);
+    overlap_ = job_.parallel().overlap() && world_ > 1 && !zero_;
+    // MFU: the model's FLOPs per token against the peak of all ranks (each rank's as rank 0's).
+    flops_per_token_ = ModelFlopsPerToken(config_, T_);
+    const RankPeak rank_peak =
+        device_->is_cuda() ? GpuRankPeak(job_, device_->description()) : CpuRankPeak(job_, threads_);
+    peak_flops_ = rank_peak.flops * world_;
+    if (log_) {
+      std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
+                  "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
+                  model_->num_params(), config_.n_layer, config_.n_embd, config_.vocab_size, config_.padded_vocab,
+                  world_, B_, T_, accum_, threads_,
+                  GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
+                  static_cast<unsigned long long>(train_data_->num_tokens()),
+                  world_ == 1 ? "" : zero_ ? ", ZeRO-1" : overlap_ ? ", overlapped bucket all-reduce" : ", all-reduce");
+      std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n", flops_per_token_,
+                  rank_peak.flops / 1e12, rank_peak.source.c_str());
+      std::fflush(stdout);
+    }
+    inputs_.resize(static_cast<size_t>(B_) * T_);
+    targets_.resize(inputs_.size());
+    return OkStatus();
+  }
 
-  InstallStopHandlers();
-  const WatchScope watch_scope(comm);
-  static const std::optional<std::string> nan_hook = TestHook("nan_in_step");
-  // signal_after_step=N: this process sends itself SIGTERM at the end of step N (preemption).
-  static const std::optional<std::string> signal_hook = TestHook("signal_after_step");
-  // fail_in_step=RANK:STEP: rank RANK returns an error in step STEP before the gradient reduction
-  // (fjord train then aborts the job; its peers are waiting in that reduction).
-  static const std::optional<std::string> fail_hook = TestHook("fail_in_step");
-  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  const int steps = train.steps();
-  result.start_step = start_step;
-  for (int step = start_step; step < steps; ++step) {
-    g_watch.step.store(step);
+  // --resume: the newest checkpoint that verifies (damaged newer ones are named and skipped), and
+  // the metrics of the run being resumed up to it.
+  Status Resume() {
+    checkpoints_dir_ = job_.checkpoint().dir().empty() ? (fs::path(job_.run_dir()) / "checkpoints").string()
+                                                       : job_.checkpoint().dir();
+    if (!job_.checkpoint().resume()) return OkStatus();
+    std::vector<std::string> skipped;
+    StatusOr<std::string> dir = NewestGoodCheckpoint(checkpoints_dir_, &skipped);
+    for (const std::string& note : skipped) {
+      if (lead_) {
+        std::fprintf(stderr, "fjord train: skipping damaged checkpoint %s; falling back to an older one\n",
+                     note.c_str());
+      }
+    }
+    if (!dir.ok()) {
+      if (!skipped.empty()) {
+        return FailedPrecondition("--resume: every checkpoint in " + checkpoints_dir_ +
+                                  " is damaged (see above); remove them to start fresh");
+      }
+      if (log_) std::printf("fjord train: no checkpoint in %s to resume from; starting at step 0\n",
+                            checkpoints_dir_.c_str());
+      return OkStatus();
+    }
+    // Gate 3 first: a tenant record holds manifest.json's digest, so the state read next is checked.
+    StatusOr<CheckpointSeal> resume_seal =
+        options_.tenancy ? options_.tenancy->CheckCheckpoint(*dir, CheckpointUse::kResume)
+                         : CheckCheckpointTenant(*dir, seal_, nullptr, CheckpointUse::kResume);
+    if (!resume_seal.ok()) return resume_seal.status().WithContext("resuming");
+    FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
+    FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, *model_, &*resume_seal).WithContext("resuming"));
+    std::vector<float> full_m(num_params_), full_v(num_params_);
+    FJORD_RETURN_IF_ERROR(LoadCheckpointOptimizer(*dir, *model_, full_m.data(), full_v.data(), &*resume_seal)
+                              .WithContext("resuming"));
+    const size_t own_end = std::min(optimizer_->end(), num_params_);
+    std::vector<float> own_m(optimizer_->end() - optimizer_->begin()), own_v(own_m.size());
+    for (size_t i = optimizer_->begin(); i < own_end; ++i) {
+      own_m[i - optimizer_->begin()] = full_m[i];
+      own_v[i - optimizer_->begin()] = full_v[i];
+    }
+    optimizer_->LoadState(own_m.data(), own_v.data());
+    start_step_ = state.step;
+    model_->RoundWorkingParams(RoundSeed(train_.seed(), start_step_));  // as the run being resumed did
+    start_sequence_ = state.sequences_consumed;
+    if (log_) {
+      std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n", dir->c_str(),
+                  state.step, state.world_size, state.zero_stage == 1 ? " with ZeRO-1" : "", world_);
+    }
+    return lead_ && start_step_ > 0 ? sink_.KeepThrough(start_step_) : OkStatus();
+  }
+
+  // One optimizer step (0-based `step`): forward and backward over the micro-batches, the gradient
+  // reduction, the non-finite check (train.on_nonfinite), clipping and AdamW. Returns what it
+  // reports, without val_loss.
+  StatusOr<StepMetrics> Step(int step) {
+    Gpt& model = *model_;
     const Clock::time_point t0 = Clock::now();
-    const float lr = LearningRate(train, step);
-    const uint64_t step_first = start_sequence + static_cast<uint64_t>(step - start_step) * global_batch;
+    const float lr = LearningRate(train_, step);
+    const uint64_t step_first = start_sequence_ + static_cast<uint64_t>(step - start_step_) * global_batch_;
     model.ZeroGrads();
     float loss = 0.0f;
-    for (int micro = 0; micro < accum; ++micro) {
+    for (int micro = 0; micro < accum_; ++micro) {
       const uint64_t first =
-          step_first + (static_cast<uint64_t>(micro) * world + static_cast<uint64_t>(rank)) * B;
-      train_data.Fill(first, B, inputs.data(), targets.data());
-      loss += model.Forward(inputs.data(), targets.data(), B, T, 1.0f / static_cast<float>(accum));
-      const bool reduce_now = micro + 1 == accum && overlap;
-      if (reduce_now) {
-        model.Backward([&reducer](size_t begin, size_t end) { reducer.OnReady(begin, end); });
+          step_first + (static_cast<uint64_t>(micro) * world_ + static_cast<uint64_t>(rank_)) * B_;
+      train_data_->Fill(first, B_, inputs_.data(), targets_.data());
+      loss += model.Forward(inputs_.data(), targets_.data(), B_, T_, 1.0f / static_cast<float>(accum_));
+      if (micro + 1 == accum_ && overlap_) {
+        model.Backward([this](size_t begin, size_t end) { reducer_->OnReady(begin, end); });
       } else {
         model.Backward();
       }
     }
-    loss /= static_cast<float>(accum);
-    if (nan_hook && std::atoi(nan_hook->c_str()) == step + 1 && rank == 0) {
-      const float nan = NAN;
-      device->Upload(model.grads() + model.layout().lnf_w(), &nan, sizeof(float));
-    }
-    if (hook.rank == rank && hook.step == step + 1) std::this_thread::sleep_for(std::chrono::seconds(hook.seconds));
-    if (int fail_rank = -1, fail_step = -1;
-        fail_hook && std::sscanf(fail_hook->c_str(), "%d:%d", &fail_rank, &fail_step) == 2 && fail_rank == rank &&
-        fail_step == step + 1) {
-      return Internal("test hook fail_in_step: rank " + std::to_string(rank) + " fails in step " +
-                      std::to_string(step + 1));
-    }
+    loss /= static_cast<float>(accum_);
+    FJORD_RETURN_IF_ERROR(hooks_.AfterBackward(step + 1, model, *device_));
 
     // Everything from here to the end of the parameter update waits on other ranks: the
     // communication backward did not hide.
     const Clock::time_point comm_start = Clock::now();
     double comm_seconds = 0.0;
     float sum_squares = 0.0f;
-    if (world > 1) {
-      if (zero) {
-        FJORD_RETURN_IF_ERROR(reducer.ReduceScatterShard(shard_begin, shard));
-        sum_squares = model.SumSquares(model.grads() + shard_begin, shard);
-        FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum_squares, &sum_squares, 1, DataType::kF32, ReduceOp::kSum));
+    if (world_ > 1) {
+      if (zero_) {
+        FJORD_RETURN_IF_ERROR(reducer_->ReduceScatterShard(shard_begin_, shard_));
+        sum_squares = model.SumSquares(model.grads() + shard_begin_, shard_);
+        FJORD_RETURN_IF_ERROR(comm_.AllReduce(&sum_squares, &sum_squares, 1, DataType::kF32, ReduceOp::kSum));
       } else {
-        FJORD_RETURN_IF_ERROR(reducer.Finish());
+        FJORD_RETURN_IF_ERROR(reducer_->Finish());
         sum_squares = model.GradSumSquares();
       }
-      FJORD_RETURN_IF_ERROR(comm.AllReduce(&loss, &loss, 1, DataType::kF32, ReduceOp::kAvg));
+      FJORD_RETURN_IF_ERROR(comm_.AllReduce(&loss, &loss, 1, DataType::kF32, ReduceOp::kAvg));
     } else {
       sum_squares = model.GradSumSquares();
     }
     comm_seconds += Seconds(comm_start, Clock::now());
     const float grad_norm = std::sqrt(sum_squares);
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
-    if (!finite && train.on_nonfinite() == proto::ABORT) {
-      std::vector<float> host_grads;
-      const float* grads = model.grads();
-      if (device->is_cuda()) {
-        host_grads.resize(model.buffer_size());
-        device->Download(host_grads.data(), grads, host_grads.size() * sizeof(float));
-        grads = host_grads.data();
-      }
-      std::string where = FirstNonFinite(model, grads, zero ? shard_begin : 0,
-                                         zero ? std::min(shard_begin + shard, num_params) : num_params);
-      return FailedPrecondition(
-          "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) + ", gradient norm " +
-          std::to_string(grad_norm) + " is not finite" +
-          (where.empty() ? std::string(" (this rank's gradients are finite)")
-                         : " (first non-finite gradient on rank " + std::to_string(rank) + ": " + where + ")") +
-          "; no update was applied and the checkpoints in " + checkpoints_dir +
-          " are intact. Lower train.lr or raise train.warmup_steps, or set train.on_nonfinite: SKIP_STEP");
-    }
+    if (!finite && train_.on_nonfinite() == proto::ABORT) return NonFinite(step, loss, grad_norm);
     // bf16: the working copy is rounded from the master weights with this seed after every step,
     // skipped ones too, so the rounding after step k depends on k alone (resume replays it).
-    const uint64_t round_seed = RoundSeed(train.seed(), step + 1);
+    const uint64_t round_seed = RoundSeed(train_.seed(), step + 1);
     if (finite) {
       const float clip =
-          train.grad_clip() > 0.0f && grad_norm > train.grad_clip() ? train.grad_clip() / grad_norm : 1.0f;
+          train_.grad_clip() > 0.0f && grad_norm > train_.grad_clip() ? train_.grad_clip() / grad_norm : 1.0f;
       // AdamW writes the working copy of every tensor element it updates, in the update's pass. The
       // padding between and after tensors is +0 in the master weights and rounds to bf16 +0
       // whatever the seed, which the working copy already holds: without ZeRO nothing is left.
-      optimizer.Step(model.params(), model.grads(), lr, train.beta1(), train.beta2(), train.eps(),
-                     train.weight_decay(), clip, step + 1, model.working_params_bf16(), round_seed);
+      optimizer_->Step(model.params(), model.grads(), lr, train_.beta1(), train_.beta2(), train_.eps(),
+                       train_.weight_decay(), clip, step + 1, model.working_params_bf16(), round_seed);
     } else {
-      ++result.skipped_steps;
+      ++result_.skipped_steps;
       model.RoundWorkingParams(round_seed);
     }
-    if (zero && finite) {
+    if (zero_ && finite) {
       const Clock::time_point gather_start = Clock::now();
-      FJORD_RETURN_IF_ERROR(reducer.AllGatherShard(model.params(), shard_begin, shard));
+      FJORD_RETURN_IF_ERROR(reducer_->AllGatherShard(model.params(), shard_begin_, shard_));
       comm_seconds += Seconds(gather_start, Clock::now());
       // The other ranks' shards, rounded with the seed and buffer indices their owners used, so
       // every rank's working copy is the whole-buffer cast.
-      model.RoundWorkingParams(round_seed, 0, shard_begin);
-      model.RoundWorkingParams(round_seed, shard_begin + shard, model.buffer_size());
+      model.RoundWorkingParams(round_seed, 0, shard_begin_);
+      model.RoundWorkingParams(round_seed, shard_begin_ + shard_, model.buffer_size());
     }
-    device->Synchronize();  // the update is enqueued on a CUDA device; the step ends when it is done
+    device_->Synchronize();  // the update is enqueued on a CUDA device; the step ends when it is done
     const double seconds = Seconds(t0, Clock::now());
-    const double tokens_per_s = static_cast<double>(global_batch) * T / seconds;
-    result.losses.push_back(loss);
+    result_.losses.push_back(loss);
 
-    const bool last = step + 1 == steps;
-    float val_loss = NAN;
-    if (val_data && train.eval_every() > 0 && ((step + 1) % train.eval_every() == 0 || last)) {
-      FJORD_ASSIGN_OR_RETURN(val_loss, Evaluate(model, *val_data, B, T, train.eval_batches(), comm, inputs, targets));
-      result.val_losses.push_back(val_loss);
+    StepMetrics m;
+    m.step = step + 1;
+    m.loss = loss;
+    m.lr = lr;
+    m.grad_norm = grad_norm;
+    m.tokens_per_s = static_cast<double>(global_batch_) * T_ / seconds;
+    m.ms = seconds * 1000.0;
+    m.exposed_comm_ms = comm_seconds * 1000.0;
+    m.flops_per_token = flops_per_token_;
+    if (const double mfu = Mfu(flops_per_token_, m.tokens_per_s, peak_flops_); !std::isnan(mfu)) {
+      m.peak_flops = peak_flops_;
+      m.mfu = mfu;
     }
-    const bool every = job.checkpoint().every_steps() > 0 && (step + 1) % job.checkpoint().every_steps() == 0;
-    if (signal_hook && std::atoi(signal_hook->c_str()) == step + 1) raise(SIGTERM);
-    int stop = g_stop_signals.load() > 0 ? 1 : 0;
-    if (world > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
-    if (lead) {
-    const double mfu = Mfu(flops_per_token, tokens_per_s, peak_flops);
-    char line[768];
-    int n = std::snprintf(line, sizeof(line),
-                          "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                          "\"ms\": %.3f, \"exposed_comm_ms\": %.3f, \"flops_per_token\": %.0f",
-                          step + 1, loss, lr, grad_norm, tokens_per_s, seconds * 1000.0, comm_seconds * 1000.0,
-                          flops_per_token);
-    if (!std::isnan(mfu)) {
-      n += std::snprintf(line + n, sizeof(line) - n, ", \"peak_flops\": %.6e, \"mfu\": %.6g", peak_flops, mfu);
-    }
-    if (!std::isnan(val_loss)) n += std::snprintf(line + n, sizeof(line) - n, ", \"val_loss\": %.6f", val_loss);
-    n += std::snprintf(line + n, sizeof(line) - n, ", \"epoch\": %llu",
-                       static_cast<unsigned long long>(step_first / train_data.sequences_per_epoch()));
-    if (!finite) n += std::snprintf(line + n, sizeof(line) - n, ", \"skipped\": true");
-    std::snprintf(line + n, sizeof(line) - n, "}\n");
-    if (metrics.get() >= 0) (void)WriteAll(metrics.get(), line, std::strlen(line), metrics_path);
-    if (tensorboard) {
-      const std::pair<const char*, float> scalars[] = {
-          {"train/loss", loss}, {"train/lr", lr}, {"train/grad_norm", grad_norm},
-          {"perf/tokens_per_s", static_cast<float>(tokens_per_s)},
-          {"perf/exposed_comm_ms", static_cast<float>(comm_seconds * 1000.0)}};
-      for (const auto& [tag, value] : scalars) FJORD_RETURN_IF_ERROR(tensorboard->AddScalar(tag, step + 1, value));
-      if (!std::isnan(mfu)) {
-        FJORD_RETURN_IF_ERROR(tensorboard->AddScalar("perf/mfu", step + 1, static_cast<float>(mfu)));
-      }
-      if (!std::isnan(val_loss)) FJORD_RETURN_IF_ERROR(tensorboard->AddScalar("val/loss", step + 1, val_loss));
-      FJORD_RETURN_IF_ERROR(tensorboard->Flush());
-    }
-
-    if (options.json_lines) {
-      std::fputs(line, stdout);
-      std::fflush(stdout);
-    } else if (!options.quiet && ((step + 1) % train.log_every() == 0 || last || !std::isnan(val_loss))) {
-      const double elapsed = Seconds(train_start, Clock::now());
-      const double eta = elapsed / (step + 1 - start_step) * (steps - step - 1);
-      std::printf("step %5d/%d | loss %.4f", step + 1, steps, loss);
-      if (!std::isnan(val_loss)) std::printf(" | val %.4f", val_loss);
-      std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s | MFU %s", lr, grad_norm, seconds * 1000.0,
-                  tokens_per_s, FormatMfu(mfu).c_str());
-      if (world > 1) std::printf(" | comm %.1f ms", comm_seconds * 1000.0);
-      std::printf(" | eta %dm%02ds\n", static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
-      std::fflush(stdout);
-    }
-    }  // lead
-    result.checkpoint_dir.clear();
-    if (every || last || stop) FJORD_RETURN_IF_ERROR(checkpoint(step + 1));
-    if (stop) {
-      result.stopped_by_signal = true;
-      if (lead) {
-        std::fprintf(stderr, "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
-                     step + 1, result.checkpoint_dir.c_str());
-      }
-      return result;
-    }
+    m.epoch = step_first / train_data_->sequences_per_epoch();
+    m.skipped = !finite;
+    return m;
   }
-  return result;
+
+  // train.on_nonfinite: ABORT: the error, naming this rank's first non-finite gradient.
+  Status NonFinite(int step, float loss, float grad_norm) {
+    std::vector<float> host_grads;
+    const float* grads = model_->grads();
+    if (device_->is_cuda()) {
+      host_grads.resize(model_->buffer_size());
+      device_->Download(host_grads.data(), grads, host_grads.size() * sizeof(float));
+      grads = host_grads.data();
+    }
+    const std::string where = FirstNonFinite(*model_, grads, zero_ ? shard_begin_ : 0,
+                                             zero_ ? std::min(shard_begin_ + shard_, num_params_) : num_params_);
+    return FailedPrecondition(
+        "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) + ", gradient norm " +
+        std::to_string(grad_norm) + " is not finite" +
+        (where.empty() ? std::string(" (this rank's gradients are finite)")
+                       : " (first non-finite gradient on rank " + std::to_string(rank_) + ": " + where + ")") +
+        "; no update was applied and the checkpoints in " + checkpoints_dir_ +
+        " are intact. Lower train.lr or raise train.warmup_steps, or set train.on_nonfinite: SKIP_STEP");
+  }
+
+  // The validation loss every train.eval_every steps and after the last one (with data.val).
+  Status MaybeEvaluate(StepMetrics& m) {
+    if (!val_data_ || train_.eval_every() <= 0) return OkStatus();
+    if (m.step % train_.eval_every() != 0 && m.step != train_.steps()) return OkStatus();
+    FJORD_ASSIGN_OR_RETURN(const float val_loss, Evaluate(*model_, *val_data_, B_, T_, train_.eval_batches(), comm_,
+                                                          inputs_, targets_));
+    result_.val_losses.push_back(val_loss);
+    if (!std::isnan(val_loss)) m.val_loss = val_loss;  // a NaN evaluation is counted, not reported
+    return OkStatus();
+  }
+
+  // Whether any rank was asked to stop (SIGTERM, SIGINT, SIGUSR1): all stop after the same step.
+  StatusOr<bool> StopRequested() {
+    int stop = g_stop_signals.load() > 0 ? 1 : 0;
+    if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
+    return stop != 0;
+  }
+
+  // A checkpoint every checkpoint.every_steps, after the last step and when stopping.
+  Status MaybeCheckpoint(int steps_done, bool stop) {
+    result_.checkpoint_dir.clear();
+    const int every = job_.checkpoint().every_steps();
+    if ((every > 0 && steps_done % every == 0) || steps_done == train_.steps() || stop) return Checkpoint(steps_done);
+    return OkStatus();
+  }
+
+  // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
+  // AdamW shards), then prunes old ones. Rank 0 writes.
+  Status Checkpoint(int steps_done) {
+    std::vector<float> full_m, full_v, own_m, own_v;
+    const float* m = optimizer_->m();
+    const float* v = optimizer_->v();
+    if (device_->is_cuda()) {  // host copies; the file format is the same on every device
+      own_m.resize(optimizer_->end() - optimizer_->begin());
+      own_v.resize(own_m.size());
+      optimizer_->StateToHost(own_m.data(), own_v.data());
+      m = own_m.data();
+      v = own_v.data();
+    }
+    if (zero_) {
+      full_m.resize(buffer_);
+      full_v.resize(buffer_);
+      FJORD_RETURN_IF_ERROR(comm_.AllGather(m, full_m.data(), shard_, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(comm_.AllGather(v, full_v.data(), shard_, DataType::kF32));
+      m = full_m.data();
+      v = full_v.data();
+    }
+    if (!lead_) return OkStatus();
+    CheckpointState state;
+    state.step = steps_done;
+    state.sequences_consumed = start_sequence_ + static_cast<uint64_t>(steps_done - start_step_) * global_batch_;
+    state.world_size = world_;
+    state.zero_stage = zero_ ? 1 : 0;
+    state.seed = train_.seed();
+    model_->SyncParamsToHost();
+    FJORD_ASSIGN_OR_RETURN(result_.checkpoint_dir,
+                           SaveCheckpoint(checkpoints_dir_, state, job_, *model_, m, v, &seal_));
+    if (options_.tenancy) FJORD_RETURN_IF_ERROR(options_.tenancy->RecordCheckpointWritten(result_.checkpoint_dir));
+    if (!options_.quiet && !options_.json_lines) {
+      std::printf("fjord train: checkpoint %s\n", result_.checkpoint_dir.c_str());
+      std::fflush(stdout);
+    }
+    return PruneCheckpoints(checkpoints_dir_, job_.checkpoint().keep_last());
+  }
+
+  const proto::JobSpec& job_;
+  const proto::TrainSpec& train_;
+  const TrainOptions& options_;
+  Communicator& comm_;
+  const int rank_, world_;
+  const bool lead_;
+  const bool log_;   // rank 0 prints what it sets up (not --quiet, not --json)
+  const bool zero_;  // ZeRO-1 over more than one rank
+
+  GptConfig config_;
+  int B_ = 0, T_ = 0, accum_ = 0;
+  uint64_t global_batch_ = 0;  // sequences per optimizer step, all ranks
+  size_t multiple_ = 16, num_params_ = 0, buffer_ = 0, shard_ = 0, shard_begin_ = 0, optimizer_count_ = 0;
+  RankInfo where_;
+  int threads_ = 1;
+  bool overlap_ = false;  // buckets reduced during the last backward
+  double flops_per_token_ = 0.0, peak_flops_ = 0.0;
+  CheckpointSeal seal_;
+  std::string checkpoints_dir_;
+  int start_step_ = 0;
+  uint64_t start_sequence_ = 0;
+  Clock::time_point train_start_;
+  StepHooks hooks_;
+  TrainResult result_;
+
+  // Destroyed last to first. The arena is declared before the NCCL communicator so that it is
+  // destroyed after it on every way out: the communicator's destructor waits for the collectives
+  // still in flight, which write gradient buckets in the arena, so the arena is zeroed after the
+  // last write (tenant hygiene on error returns too).
+  std::unique_ptr<Device> device_;
+  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<Communicator> nccl_;  // gradients over NCCL; else over comm_
+  std::optional<DataLoader> train_data_;
+  std::unique_ptr<DataLoader> val_data_;
+  MetricsSink sink_;  // rank 0's
+  std::unique_ptr<Gpt> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<GradReducer> reducer_;
+  std::vector<int32_t> inputs_, targets_;
+};
+
+}  // namespace
+
+StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options) {
+  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(CommOptionsFor(job)));
+  return Train(job, options, *comm);
+}
+
+StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm) {
+  Trainer trainer(job, options, comm);
+  FJORD_RETURN_IF_ERROR(trainer.Setup());
+  return trainer.Run();
 }
 
 }  // namespace fjord
