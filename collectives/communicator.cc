@@ -52,45 +52,64 @@ class DoneHandle final : public CommHandle {
 
 }  // namespace
 
-std::unique_ptr<CommHandle> CompletedHandle(Status status) { return std::make_unique<DoneHandle>(std::move(status)); }
+std::unique_ptr<CommHandle> CompletedHandle(Status status) {
+  return std::make_unique<DoneHandle>(std::move(status));
+}
 
 size_t DataTypeSize(DataType dtype) {
   switch (dtype) {
-    case DataType::kF32: return 4;
-    case DataType::kBF16: return 2;
-    case DataType::kF16: return 2;
-    case DataType::kI32: return 4;
-    case DataType::kU8: return 1;
+    case DataType::kF32:
+      return 4;
+    case DataType::kBF16:
+      return 2;
+    case DataType::kF16:
+      return 2;
+    case DataType::kI32:
+      return 4;
+    case DataType::kU8:
+      return 1;
   }
   return 0;
 }
 
 const char* DataTypeName(DataType dtype) {
   switch (dtype) {
-    case DataType::kF32: return "float";
-    case DataType::kBF16: return "bfloat16";
-    case DataType::kF16: return "half";
-    case DataType::kI32: return "int32";
-    case DataType::kU8: return "uint8";
+    case DataType::kF32:
+      return "float";
+    case DataType::kBF16:
+      return "bfloat16";
+    case DataType::kF16:
+      return "half";
+    case DataType::kI32:
+      return "int32";
+    case DataType::kU8:
+      return "uint8";
   }
   return "?";
 }
 
 const char* ReduceOpName(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMax:
+      return "max";
   }
   return "?";
 }
 
 const char* AlgorithmName(Algorithm algo) {
   switch (algo) {
-    case Algorithm::kAuto: return "auto";
-    case Algorithm::kMpi: return "mpi";
-    case Algorithm::kRing: return "ring";
-    case Algorithm::kTree: return "tree";
+    case Algorithm::kAuto:
+      return "auto";
+    case Algorithm::kMpi:
+      return "mpi";
+    case Algorithm::kRing:
+      return "ring";
+    case Algorithm::kTree:
+      return "tree";
   }
   return "?";
 }
@@ -115,15 +134,16 @@ RankInfo RankInfoFromEnvironment() {
 
 StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const CommOptions& options, bool force_mpi) {
   if (options.timeout.count() <= 0) {
-    return InvalidArgument("communicator timeout must be positive, got " + std::to_string(options.timeout.count()) +
-                           " ms");
+    return InvalidArgument("communicator timeout must be positive, got " +
+                           std::to_string(options.timeout.count()) + " ms");
   }
   if (force_mpi || LaunchedWithSeveralRanks()) return CreateMpiCommunicator(options);
   return CreateSelfCommunicator(options);
 }
 
 StatusOr<std::vector<std::string>> AllGatherStrings(
-    std::string_view mine, int world_size, const std::function<Status(const void*, void*, size_t)>& gather_bytes) {
+    std::string_view mine, int world_size,
+    const std::function<Status(const void*, void*, size_t)>& gather_bytes) {
   const size_t n = static_cast<size_t>(world_size);
   const uint64_t my_length = mine.size();
   std::vector<uint64_t> lengths(n);

@@ -55,9 +55,9 @@ enum class ReduceOp { kSum, kAvg, kMax };
 enum class Algorithm { kAuto, kMpi, kRing, kTree };
 
 size_t DataTypeSize(DataType dtype);        // 0 for a value outside the enum
-const char* DataTypeName(DataType dtype);  // "float", "bfloat16", "half", "int32", "uint8"
-const char* ReduceOpName(ReduceOp op);     // "sum", "avg", "max"
-const char* AlgorithmName(Algorithm algo); // "auto", "mpi", "ring", "tree"
+const char* DataTypeName(DataType dtype);   // "float", "bfloat16", "half", "int32", "uint8"
+const char* ReduceOpName(ReduceOp op);      // "sum", "avg", "max"
+const char* AlgorithmName(Algorithm algo);  // "auto", "mpi", "ring", "tree"
 // Parses "auto", "mpi", "ring" or "tree" (as --algo and parallel.algo spell them).
 StatusOr<Algorithm> ParseAlgorithm(const std::string& name);
 
@@ -117,14 +117,16 @@ class Communicator {
   // send holds size() * recv_count elements; rank r receives the reduction of block r.
   // In place allowed when recv == send + rank() * recv_count (elements); the other blocks of
   // send are not modified.
-  virtual Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype, ReduceOp op) = 0;
-  virtual StatusOr<std::unique_ptr<CommHandle>> ReduceScatterAsync(const void* send, void* recv, size_t recv_count,
-                                                                   DataType dtype, ReduceOp op) = 0;
+  virtual Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype,
+                               ReduceOp op) = 0;
+  virtual StatusOr<std::unique_ptr<CommHandle>> ReduceScatterAsync(const void* send, void* recv,
+                                                                   size_t recv_count, DataType dtype,
+                                                                   ReduceOp op) = 0;
   // recv (size() * send_count elements) gets every rank's send block in rank order.
   // In place allowed when send == recv + rank() * send_count.
   virtual Status AllGather(const void* send, void* recv, size_t send_count, DataType dtype) = 0;
-  virtual StatusOr<std::unique_ptr<CommHandle>> AllGatherAsync(const void* send, void* recv, size_t send_count,
-                                                               DataType dtype) = 0;
+  virtual StatusOr<std::unique_ptr<CommHandle>> AllGatherAsync(const void* send, void* recv,
+                                                               size_t send_count, DataType dtype) = 0;
   // buffer of root is copied to every rank's buffer.
   virtual Status Broadcast(void* buffer, size_t count, DataType dtype, int root) = 0;
   virtual StatusOr<std::unique_ptr<CommHandle>> BroadcastAsync(void* buffer, size_t count, DataType dtype,
@@ -138,8 +140,8 @@ class Communicator {
   // (either may be this rank). Not a collective: only the ranks involved take part, and it
   // gets no sequence number of its own in the collective order (the flight recorder numbers
   // it "p2p.N"). The message from `source` must hold exactly recv_count elements.
-  virtual Status SendRecv(const void* send, size_t send_count, int dest, void* recv, size_t recv_count, int source,
-                          DataType dtype) = 0;
+  virtual Status SendRecv(const void* send, size_t send_count, int dest, void* recv, size_t recv_count,
+                          int source, DataType dtype) = 0;
   virtual Status Barrier() = 0;
   virtual StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() = 0;
 
@@ -165,14 +167,16 @@ class Communicator {
 // collective over MPI_COMM_WORLD (all ranks must create theirs in the same order); the first
 // one initializes MPI unless the application did, and destroying the last one finalizes it
 // (MPI cannot be initialized again in the same process).
-StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const CommOptions& options, bool force_mpi = false);
+StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const CommOptions& options,
+                                                           bool force_mpi = false);
 
 // Every rank's `mine`, in rank order, any length (no fixed slots, nothing cut off): the lengths
 // first, then the strings padded to the longest. `gather_bytes(send, recv, bytes)` must all-gather
 // `bytes` bytes from every rank into recv in rank order; the Communicator form uses AllGather, the
 // MPI backend passes MPI_Allgather before it can serve collectives itself. Collective.
 StatusOr<std::vector<std::string>> AllGatherStrings(
-    std::string_view mine, int world_size, const std::function<Status(const void*, void*, size_t)>& gather_bytes);
+    std::string_view mine, int world_size,
+    const std::function<Status(const void*, void*, size_t)>& gather_bytes);
 StatusOr<std::vector<std::string>> AllGatherStrings(Communicator& comm, std::string_view mine);
 
 }  // namespace fjord

@@ -9,12 +9,18 @@ namespace fjord {
 
 const char* OpStateName(OpState state) {
   switch (state) {
-    case OpState::kQueued: return "queued";
-    case OpState::kRunning: return "running";
-    case OpState::kDone: return "done";
-    case OpState::kFailed: return "failed";
-    case OpState::kTimedOut: return "timed out";
-    case OpState::kSkipped: return "skipped";
+    case OpState::kQueued:
+      return "queued";
+    case OpState::kRunning:
+      return "running";
+    case OpState::kDone:
+      return "done";
+    case OpState::kFailed:
+      return "failed";
+    case OpState::kTimedOut:
+      return "timed out";
+    case OpState::kSkipped:
+      return "skipped";
   }
   return "?";
 }
@@ -77,12 +83,12 @@ std::string FlightRecorder::Describe(const FlightEntry& e) const {
     std::snprintf(name, sizeof(name), "p2p.%" PRIu64, e.p2p);
   }
   const bool running = e.state == OpState::kRunning;
-  const double since =
-      std::chrono::duration<double>(Clock::now() - (running ? e.started : e.issued)).count();
+  const double since = std::chrono::duration<double>(Clock::now() - (running ? e.started : e.issued)).count();
   char line[256];
-  std::snprintf(line, sizeof(line), "%s %s (%zu bytes %s %s, %s), %s for %.2f s", OpKindName(e.kind), name, e.bytes,
-                e.kind == OpKind::kBarrier ? "-" : DataTypeName(e.dtype), e.reduction ? ReduceOpName(e.op) : "-",
-                e.algorithm, running ? "running" : OpStateName(e.state), since);
+  std::snprintf(line, sizeof(line), "%s %s (%zu bytes %s %s, %s), %s for %.2f s", OpKindName(e.kind), name,
+                e.bytes, e.kind == OpKind::kBarrier ? "-" : DataTypeName(e.dtype),
+                e.reduction ? ReduceOpName(e.op) : "-", e.algorithm,
+                running ? "running" : OpStateName(e.state), since);
   return line;
 }
 
@@ -94,16 +100,18 @@ std::string FlightRecorder::Dump(const std::string& who) const {
   const std::time_t wall = std::chrono::system_clock::to_time_t(wall_origin_);
   std::tm tm{};
   localtime_r(&wall, &tm);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(wall_origin_.time_since_epoch()).count() % 1000;
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(wall_origin_.time_since_epoch()).count() % 1000;
   char when[64];
   std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
   std::snprintf(line, sizeof(line),
-                "fjord: flight recorder of %s: last %zu of %" PRIu64 " operations; times in s since %s.%03lld\n",
+                "fjord: flight recorder of %s: last %zu of %" PRIu64
+                " operations; times in s since %s.%03lld\n",
                 who.c_str(), shown, next_id_, when, static_cast<long long>(ms));
   out += line;
   if (entries_.empty()) return out + "  (disabled: CommOptions.flight_recorder_entries is 0)\n";
-  std::snprintf(line, sizeof(line), "  %-10s %-14s %12s %-9s %-4s %-5s %10s %10s %10s  %s\n", "seq", "op", "bytes",
-                "dtype", "red", "algo", "issued", "started", "ended", "state");
+  std::snprintf(line, sizeof(line), "  %-10s %-14s %12s %-9s %-4s %-5s %10s %10s %10s  %s\n", "seq", "op",
+                "bytes", "dtype", "red", "algo", "issued", "started", "ended", "state");
   out += line;
   auto secs = [&](Clock::time_point t, char* buf, size_t size) {
     if (t == Clock::time_point{}) {
@@ -125,7 +133,8 @@ std::string FlightRecorder::Dump(const std::string& who) const {
     secs(e.ended, ended, sizeof(ended));
     std::snprintf(line, sizeof(line), "  %-10s %-14s %12zu %-9s %-4s %-5s %10s %10s %10s  %s\n", name,
                   OpKindName(e.kind), e.bytes, e.kind == OpKind::kBarrier ? "-" : DataTypeName(e.dtype),
-                  e.reduction ? ReduceOpName(e.op) : "-", e.algorithm, issued, started, ended, OpStateName(e.state));
+                  e.reduction ? ReduceOpName(e.op) : "-", e.algorithm, issued, started, ended,
+                  OpStateName(e.state));
     out += line;
   }
   return out;

@@ -27,13 +27,20 @@ Status Refuse(const OpDesc& op, const std::string& what) {
 
 const char* OpKindName(OpKind kind) {
   switch (kind) {
-    case OpKind::kAllReduce: return "AllReduce";
-    case OpKind::kReduceScatter: return "ReduceScatter";
-    case OpKind::kAllGather: return "AllGather";
-    case OpKind::kBroadcast: return "Broadcast";
-    case OpKind::kAllToAll: return "AllToAll";
-    case OpKind::kSendRecv: return "SendRecv";
-    case OpKind::kBarrier: return "Barrier";
+    case OpKind::kAllReduce:
+      return "AllReduce";
+    case OpKind::kReduceScatter:
+      return "ReduceScatter";
+    case OpKind::kAllGather:
+      return "AllGather";
+    case OpKind::kBroadcast:
+      return "Broadcast";
+    case OpKind::kAllToAll:
+      return "AllToAll";
+    case OpKind::kSendRecv:
+      return "SendRecv";
+    case OpKind::kBarrier:
+      return "Barrier";
   }
   return "?";
 }
@@ -44,19 +51,24 @@ size_t OpDesc::Bytes(int world_size) const {
   switch (kind) {
     case OpKind::kAllReduce:
     case OpKind::kBroadcast:
-    case OpKind::kSendRecv: return count * es;
+    case OpKind::kSendRecv:
+      return count * es;
     case OpKind::kReduceScatter:
     case OpKind::kAllGather:
-    case OpKind::kAllToAll: return count * es * n;
-    case OpKind::kBarrier: return 0;
+    case OpKind::kAllToAll:
+      return count * es * n;
+    case OpKind::kBarrier:
+      return 0;
   }
   return 0;
 }
 
 Status ValidateOp(const OpDesc& op, int rank, int world_size) {
   if (op.kind == OpKind::kBarrier) return OkStatus();
-  if (!ValidDataType(op.dtype)) return Refuse(op, "unknown data type " + std::to_string(static_cast<int>(op.dtype)));
-  if (op.is_reduction()) FJORD_RETURN_IF_ERROR(CheckReduction(op.dtype, op.op).WithContext(OpKindName(op.kind)));
+  if (!ValidDataType(op.dtype))
+    return Refuse(op, "unknown data type " + std::to_string(static_cast<int>(op.dtype)));
+  if (op.is_reduction())
+    FJORD_RETURN_IF_ERROR(CheckReduction(op.dtype, op.op).WithContext(OpKindName(op.kind)));
   const size_t es = DataTypeSize(op.dtype);
   const size_t n = static_cast<size_t>(world_size);
   // Keep every byte count below 2^62 so no size computation overflows.
@@ -67,43 +79,51 @@ Status ValidateOp(const OpDesc& op, int rank, int world_size) {
   const size_t bytes = op.count * es;
   switch (op.kind) {
     case OpKind::kAllReduce:
-      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr)) return Refuse(op, "null buffer with count > 0");
+      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr))
+        return Refuse(op, "null buffer with count > 0");
       if (op.send != op.recv && Overlap(op.send, bytes, op.recv, bytes)) {
-        return Refuse(op, "send and recv overlap but are not the same buffer (only in place, send == recv, is allowed)");
+        return Refuse(
+            op,
+            "send and recv overlap but are not the same buffer (only in place, send == recv, is allowed)");
       }
       return OkStatus();
     case OpKind::kReduceScatter: {
-      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr)) return Refuse(op, "null buffer with recv_count > 0");
+      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr))
+        return Refuse(op, "null buffer with recv_count > 0");
       const auto* in_place = static_cast<const std::byte*>(op.send) + static_cast<size_t>(rank) * bytes;
       if (op.recv != in_place && Overlap(op.send, bytes * n, op.recv, bytes)) {
-        return Refuse(op, "recv overlaps send but is not send + rank * recv_count (the only allowed in-place layout)");
+        return Refuse(
+            op, "recv overlaps send but is not send + rank * recv_count (the only allowed in-place layout)");
       }
       return OkStatus();
     }
     case OpKind::kAllGather: {
-      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr)) return Refuse(op, "null buffer with send_count > 0");
+      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr))
+        return Refuse(op, "null buffer with send_count > 0");
       const auto* in_place = static_cast<const std::byte*>(op.recv) + static_cast<size_t>(rank) * bytes;
       if (op.send != in_place && Overlap(op.send, bytes, op.recv, bytes * n)) {
-        return Refuse(op, "send overlaps recv but is not recv + rank * send_count (the only allowed in-place layout)");
+        return Refuse(
+            op, "send overlaps recv but is not recv + rank * send_count (the only allowed in-place layout)");
       }
       return OkStatus();
     }
     case OpKind::kBroadcast:
       if (op.root < 0 || op.root >= world_size) {
-        return Refuse(op, "root " + std::to_string(op.root) + " is not a rank (size is " + std::to_string(world_size) +
-                              ")");
+        return Refuse(op, "root " + std::to_string(op.root) + " is not a rank (size is " +
+                              std::to_string(world_size) + ")");
       }
       if (bytes > 0 && op.recv == nullptr) return Refuse(op, "null buffer with count > 0");
       return OkStatus();
     case OpKind::kAllToAll:
-      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr)) return Refuse(op, "null buffer with count > 0");
+      if (bytes > 0 && (op.send == nullptr || op.recv == nullptr))
+        return Refuse(op, "null buffer with count > 0");
       if (Overlap(op.send, bytes * n, op.recv, bytes * n)) return Refuse(op, "send and recv overlap");
       return OkStatus();
     case OpKind::kSendRecv: {
       const size_t recv_bytes = op.recv_count * es;
       if (op.root < 0 || op.root >= world_size) {
-        return Refuse(op, "dest " + std::to_string(op.root) + " is not a rank (size is " + std::to_string(world_size) +
-                              ")");
+        return Refuse(op, "dest " + std::to_string(op.root) + " is not a rank (size is " +
+                              std::to_string(world_size) + ")");
       }
       if (op.source < 0 || op.source >= world_size) {
         return Refuse(op, "source " + std::to_string(op.source) + " is not a rank (size is " +
@@ -115,7 +135,8 @@ Status ValidateOp(const OpDesc& op, int rank, int world_size) {
       if (Overlap(op.send, bytes, op.recv, recv_bytes)) return Refuse(op, "send and recv overlap");
       return OkStatus();
     }
-    case OpKind::kBarrier: return OkStatus();
+    case OpKind::kBarrier:
+      return OkStatus();
   }
   return Refuse(op, "unknown operation");
 }

@@ -114,9 +114,11 @@ Status CheckReduction(DataType dtype, ReduceOp op) {
   if (op != ReduceOp::kSum && op != ReduceOp::kAvg && op != ReduceOp::kMax) {
     return InvalidArgument("unknown reduction op " + std::to_string(static_cast<int>(op)));
   }
-  if (DataTypeSize(dtype) == 0) return InvalidArgument("unknown data type " + std::to_string(static_cast<int>(dtype)));
+  if (DataTypeSize(dtype) == 0)
+    return InvalidArgument("unknown data type " + std::to_string(static_cast<int>(dtype)));
   if (dtype == DataType::kU8 && op == ReduceOp::kAvg) {
-    return InvalidArgument("avg is not supported on uint8 (its sum wraps modulo 256); reduce in int32 instead");
+    return InvalidArgument(
+        "avg is not supported on uint8 (its sum wraps modulo 256); reduce in int32 instead");
   }
   return OkStatus();
 }
@@ -133,14 +135,16 @@ void ReduceBuffers(void* out, const void* a, const void* b, size_t count, DataTy
       return;
     case DataType::kBF16:
       if (max) {
-        Elementwise<uint16_t>(out, a, b, count, [](uint16_t x, uint16_t y) { return ToBf16(MaxF(Bf16(x), Bf16(y))); });
+        Elementwise<uint16_t>(out, a, b, count,
+                              [](uint16_t x, uint16_t y) { return ToBf16(MaxF(Bf16(x), Bf16(y))); });
       } else {
-        Elementwise<uint16_t>(out, a, b, count, [](uint16_t x, uint16_t y) { return ToBf16(Bf16(x) + Bf16(y)); });
+        Elementwise<uint16_t>(out, a, b, count,
+                              [](uint16_t x, uint16_t y) { return ToBf16(Bf16(x) + Bf16(y)); });
       }
       return;
     case DataType::kF16:
-      ReduceF16(static_cast<uint16_t*>(out), static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), count,
-                max);
+      ReduceF16(static_cast<uint16_t*>(out), static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b),
+                count, max);
       return;
     case DataType::kI32:
       if (max) {
@@ -155,7 +159,8 @@ void ReduceBuffers(void* out, const void* a, const void* b, size_t count, DataTy
       if (max) {
         Elementwise<uint8_t>(out, a, b, count, [](uint8_t x, uint8_t y) { return x > y ? x : y; });
       } else {
-        Elementwise<uint8_t>(out, a, b, count, [](uint8_t x, uint8_t y) { return static_cast<uint8_t>(x + y); });
+        Elementwise<uint8_t>(out, a, b, count,
+                             [](uint8_t x, uint8_t y) { return static_cast<uint8_t>(x + y); });
       }
       return;
   }
@@ -185,7 +190,8 @@ void FinishAverage(void* buf, size_t count, DataType dtype, int world_size) {
       for (size_t i = 0; i < count; ++i) p[i] = p[i] / world_size;
       return;
     }
-    case DataType::kU8: return;  // refused by CheckReduction
+    case DataType::kU8:
+      return;  // refused by CheckReduction
   }
 }
 

@@ -63,14 +63,15 @@ Status WaitAll(Transport& t, std::vector<Transport::Request>& requests) {
 // last step's is final and is divided by n for kAvg. Afterwards rank r holds block r reduced.
 // tmp holds window chunks.
 template <typename Acc>
-Status ReducePass(Transport& t, const Blocks& blocks, const std::byte* in, Acc acc, DataType dtype, ReduceOp op,
-                  int tag, const RingOptions& options, std::byte* tmp) {
+Status ReducePass(Transport& t, const Blocks& blocks, const std::byte* in, Acc acc, DataType dtype,
+                  ReduceOp op, int tag, const RingOptions& options, std::byte* tmp) {
   const int n = t.size(), r = t.rank();
   const int right = Mod(r + 1, n), left = Mod(r - 1, n);
   const size_t es = DataTypeSize(dtype);
   const Pass pass(blocks, n, es, options);
   const size_t slot_bytes = pass.chunk_elems * es;
-  std::vector<Transport::Request> recvs(pass.items, Transport::kNoRequest), sends(pass.items, Transport::kNoRequest);
+  std::vector<Transport::Request> recvs(pass.items, Transport::kNoRequest),
+      sends(pass.items, Transport::kNoRequest);
   auto send_block = [&](size_t s) { return Mod(r - static_cast<long long>(s) - 1, n); };
   auto recv_block = [&](size_t s) { return Mod(r - static_cast<long long>(s) - 2, n); };
 
@@ -82,7 +83,8 @@ Status ReducePass(Transport& t, const Blocks& blocks, const std::byte* in, Acc a
       const int rb = recv_block(s);
       pass.Range(blocks.length(rb), c, &begin, &len);
       if (len > 0) {
-        FJORD_RETURN_IF_ERROR(t.Irecv(tmp + (posted % pass.window) * slot_bytes, len * es, left, tag, &recvs[posted]));
+        FJORD_RETURN_IF_ERROR(
+            t.Irecv(tmp + (posted % pass.window) * slot_bytes, len * es, left, tag, &recvs[posted]));
       }
       const int sb = send_block(s);
       pass.Range(blocks.length(sb), c, &begin, &len);
@@ -101,7 +103,8 @@ Status ReducePass(Transport& t, const Blocks& blocks, const std::byte* in, Acc a
     // (ReduceScatter alternates two scratch blocks).
     if (done >= pass.chunks) FJORD_RETURN_IF_ERROR(t.Wait(&sends[done - pass.chunks]));
     std::byte* out = acc(s, rb) + begin * es;
-    ReduceBuffers(out, tmp + (done % pass.window) * slot_bytes, in + (blocks.offset(rb) + begin) * es, len, dtype, op);
+    ReduceBuffers(out, tmp + (done % pass.window) * slot_bytes, in + (blocks.offset(rb) + begin) * es, len,
+                  dtype, op);
     if (op == ReduceOp::kAvg && s + 2 == static_cast<size_t>(n)) FinishAverage(out, len, dtype, n);
   }
   return WaitAll(t, sends);
@@ -115,7 +118,8 @@ Status GatherPass(Transport& t, const Blocks& blocks, std::byte* buf, DataType d
   const int right = Mod(r + 1, n), left = Mod(r - 1, n);
   const size_t es = DataTypeSize(dtype);
   const Pass pass(blocks, n, es, options);
-  std::vector<Transport::Request> recvs(pass.items, Transport::kNoRequest), sends(pass.items, Transport::kNoRequest);
+  std::vector<Transport::Request> recvs(pass.items, Transport::kNoRequest),
+      sends(pass.items, Transport::kNoRequest);
   size_t posted = 0;
   for (size_t done = 0; done < pass.items; ++done) {
     for (; pass.CanPost(posted, done); ++posted) {
@@ -124,12 +128,14 @@ Status GatherPass(Transport& t, const Blocks& blocks, std::byte* buf, DataType d
       const int rb = Mod(r - static_cast<long long>(s) - 1, n);
       pass.Range(blocks.length(rb), c, &begin, &len);
       if (len > 0) {
-        FJORD_RETURN_IF_ERROR(t.Irecv(buf + (blocks.offset(rb) + begin) * es, len * es, left, tag, &recvs[posted]));
+        FJORD_RETURN_IF_ERROR(
+            t.Irecv(buf + (blocks.offset(rb) + begin) * es, len * es, left, tag, &recvs[posted]));
       }
       const int sb = Mod(r - static_cast<long long>(s), n);
       pass.Range(blocks.length(sb), c, &begin, &len);
       if (len > 0) {
-        FJORD_RETURN_IF_ERROR(t.Isend(buf + (blocks.offset(sb) + begin) * es, len * es, right, tag, &sends[posted]));
+        FJORD_RETURN_IF_ERROR(
+            t.Isend(buf + (blocks.offset(sb) + begin) * es, len * es, right, tag, &sends[posted]));
       }
     }
     FJORD_RETURN_IF_ERROR(t.Wait(&recvs[done]));
@@ -139,8 +145,8 @@ Status GatherPass(Transport& t, const Blocks& blocks, std::byte* buf, DataType d
 
 }  // namespace
 
-Status RingAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op, int tag,
-                     const RingOptions& options, Scratch& scratch) {
+Status RingAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op,
+                     int tag, const RingOptions& options, Scratch& scratch) {
   const int n = t.size();
   const size_t es = DataTypeSize(dtype);
   if (count == 0) return OkStatus();
@@ -159,8 +165,8 @@ Status RingAllReduce(Transport& t, const void* send, void* recv, size_t count, D
   return GatherPass(t, blocks, out, dtype, tag, options);
 }
 
-Status RingReduceScatter(Transport& t, const void* send, void* recv, size_t recv_count, DataType dtype, ReduceOp op,
-                         int tag, const RingOptions& options, Scratch& scratch) {
+Status RingReduceScatter(Transport& t, const void* send, void* recv, size_t recv_count, DataType dtype,
+                         ReduceOp op, int tag, const RingOptions& options, Scratch& scratch) {
   const int n = t.size();
   const size_t es = DataTypeSize(dtype);
   const size_t block_bytes = recv_count * es;

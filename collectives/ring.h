@@ -34,12 +34,12 @@ struct RingOptions {
 };
 
 // AllReduce contract of communicator.h (in place allowed). `tag` names this operation's messages.
-Status RingAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op, int tag,
-                     const RingOptions& options, Scratch& scratch);
+Status RingAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op,
+                     int tag, const RingOptions& options, Scratch& scratch);
 
 // ReduceScatter contract (in place when recv == send + rank * recv_count).
-Status RingReduceScatter(Transport& t, const void* send, void* recv, size_t recv_count, DataType dtype, ReduceOp op,
-                         int tag, const RingOptions& options, Scratch& scratch);
+Status RingReduceScatter(Transport& t, const void* send, void* recv, size_t recv_count, DataType dtype,
+                         ReduceOp op, int tag, const RingOptions& options, Scratch& scratch);
 
 // AllGather contract (in place when send == recv + rank * send_count).
 Status RingAllGather(Transport& t, const void* send, void* recv, size_t send_count, DataType dtype, int tag,

@@ -29,15 +29,21 @@ class SelfCommunicator final : public Communicator {
   const char* backend() const override { return "self"; }
 
   Status AllReduce(const void* send, void* recv, size_t count, DataType dtype, ReduceOp op) override {
-    return Run({.kind = OpKind::kAllReduce, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
+    return Run(
+        {.kind = OpKind::kAllReduce, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
   }
-  StatusOr<std::unique_ptr<CommHandle>> AllReduceAsync(const void* send, void* recv, size_t count, DataType dtype,
-                                                       ReduceOp op) override {
+  StatusOr<std::unique_ptr<CommHandle>> AllReduceAsync(const void* send, void* recv, size_t count,
+                                                       DataType dtype, ReduceOp op) override {
     return Async(AllReduce(send, recv, count, dtype, op));
   }
-  Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype, ReduceOp op) override {
-    return Run(
-        {.kind = OpKind::kReduceScatter, .send = send, .recv = recv, .count = recv_count, .dtype = dtype, .op = op});
+  Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype,
+                       ReduceOp op) override {
+    return Run({.kind = OpKind::kReduceScatter,
+                .send = send,
+                .recv = recv,
+                .count = recv_count,
+                .dtype = dtype,
+                .op = op});
   }
   StatusOr<std::unique_ptr<CommHandle>> ReduceScatterAsync(const void* send, void* recv, size_t recv_count,
                                                            DataType dtype, ReduceOp op) override {
@@ -51,8 +57,12 @@ class SelfCommunicator final : public Communicator {
     return Async(AllGather(send, recv, send_count, dtype));
   }
   Status Broadcast(void* buffer, size_t count, DataType dtype, int root) override {
-    return Run(
-        {.kind = OpKind::kBroadcast, .send = buffer, .recv = buffer, .count = count, .dtype = dtype, .root = root});
+    return Run({.kind = OpKind::kBroadcast,
+                .send = buffer,
+                .recv = buffer,
+                .count = count,
+                .dtype = dtype,
+                .root = root});
   }
   StatusOr<std::unique_ptr<CommHandle>> BroadcastAsync(void* buffer, size_t count, DataType dtype,
                                                        int root) override {
@@ -79,7 +89,9 @@ class SelfCommunicator final : public Communicator {
   Status Barrier() override { return Run({.kind = OpKind::kBarrier}); }
   StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override { return Async(Barrier()); }
 
-  std::string FlightRecord() const override { return recorder_.Dump("rank 0 (host " + info_.host + ", self)"); }
+  std::string FlightRecord() const override {
+    return recorder_.Dump("rank 0 (host " + info_.host + ", self)");
+  }
 
   [[noreturn]] void Abort(const std::string& message, int exit_code) override {
     std::fprintf(stderr, "fjord: aborting (rank 0 of 1 on %s): %s\n", info_.host.c_str(), message.c_str());
@@ -113,8 +125,8 @@ class SelfCommunicator final : public Communicator {
     const size_t es = DataTypeSize(op.dtype);
     if (op.kind == OpKind::kSendRecv && op.count != op.recv_count) {
       recorder_.MarkEnded(id, OpState::kFailed);
-      return InvalidArgument("SendRecv: rank 0 sends " + std::to_string(op.count) + " elements to itself but expects " +
-                             std::to_string(op.recv_count));
+      return InvalidArgument("SendRecv: rank 0 sends " + std::to_string(op.count) +
+                             " elements to itself but expects " + std::to_string(op.recv_count));
     }
     switch (op.kind) {
       case OpKind::kAllReduce:
@@ -126,7 +138,8 @@ class SelfCommunicator final : public Communicator {
         if (op.count > 0 && op.send != op.recv) std::memcpy(op.recv, op.send, op.count * es);
         break;
       case OpKind::kBroadcast:
-      case OpKind::kBarrier: break;
+      case OpKind::kBarrier:
+        break;
     }
     recorder_.MarkEnded(id, OpState::kDone);
     return OkStatus();

@@ -12,8 +12,8 @@ namespace {
 constexpr size_t kSegmentBytes = size_t{4} << 20;
 
 // Recursive doubling on buf (count elements), tmp holding as many.
-Status RecursiveDoubling(Transport& t, std::byte* buf, std::byte* tmp, size_t count, DataType dtype, ReduceOp op,
-                         int tag) {
+Status RecursiveDoubling(Transport& t, std::byte* buf, std::byte* tmp, size_t count, DataType dtype,
+                         ReduceOp op, int tag) {
   const int n = t.size(), r = t.rank();
   const size_t bytes = count * DataTypeSize(dtype);
   int p = 1;
@@ -57,8 +57,8 @@ Status RecursiveDoubling(Transport& t, std::byte* buf, std::byte* tmp, size_t co
 
 }  // namespace
 
-Status TreeAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op, int tag,
-                     Scratch& scratch) {
+Status TreeAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op,
+                     int tag, Scratch& scratch) {
   const size_t es = DataTypeSize(dtype);
   if (count == 0) return OkStatus();
   auto* out = static_cast<std::byte*>(recv);

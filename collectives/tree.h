@@ -20,7 +20,7 @@
 namespace fjord {
 
 // AllReduce contract of communicator.h (in place allowed). `tag` names this operation's messages.
-Status TreeAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op, int tag,
-                     Scratch& scratch);
+Status TreeAllReduce(Transport& t, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op,
+                     int tag, Scratch& scratch);
 
 }  // namespace fjord

@@ -19,16 +19,18 @@ std::string WhereAmI();
 }  // namespace fjord
 
 // Aborts with `msg` (a std::string expression) when `cond` is false.
-#define FJORD_CHECK(cond, msg)                                                         \
-  do {                                                                                 \
-    if (!(cond)) ::fjord::FatalError(__FILE__, __LINE__, std::string("check failed: ") + #cond + ": " + (msg)); \
+#define FJORD_CHECK(cond, msg)                                                                       \
+  do {                                                                                               \
+    if (!(cond))                                                                                     \
+      ::fjord::FatalError(__FILE__, __LINE__, std::string("check failed: ") + #cond + ": " + (msg)); \
   } while (0)
 
 // Generic check for a foreign API call: `ok_expr` says whether `result` is success and
 // `describe(result)` turns the code into text. Backends wrap it (FJORD_CUDA_CHECK, ...).
-#define FJORD_API_CHECK_GEN(stmt, result_type, ok_value, describe)                                 \
-  do {                                                                                             \
-    result_type fjord_api_result_ = (stmt);                                                        \
-    if (fjord_api_result_ != (ok_value))                                                           \
-      ::fjord::FatalError(__FILE__, __LINE__, std::string(#stmt) + " failed: " + (describe(fjord_api_result_))); \
+#define FJORD_API_CHECK_GEN(stmt, result_type, ok_value, describe)                           \
+  do {                                                                                       \
+    result_type fjord_api_result_ = (stmt);                                                  \
+    if (fjord_api_result_ != (ok_value))                                                     \
+      ::fjord::FatalError(__FILE__, __LINE__,                                                \
+                          std::string(#stmt) + " failed: " + (describe(fjord_api_result_))); \
   } while (0)

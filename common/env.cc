@@ -19,26 +19,36 @@ const EnvVarDoc kEnvVars[] = {
     {"OMP_NUM_THREADS", "threads per rank for CPU kernels; overrides the job spec's train.threads"},
     {"FJORD_TEST_HOOK",
      "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
-     "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, bench_corrupt=RANK:INDEX (fjord bench: "
-     "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, once), "
-     "arena_verify_zero (read every memory arena back after zeroing it and before freeing it; report and fail on a "
+     "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, "
+     "bench_corrupt=RANK:INDEX (fjord bench: "
+     "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, "
+     "once), "
+     "arena_verify_zero (read every memory arena back after zeroing it and before freeing it; report and "
+     "fail on a "
      "non-zero byte; also on the signal path that zeroes host arenas when a rank is ended); "
      "announced on stderr when used; refused unless the node settings allow test overrides"},
     {"FJORD_NODE_IDENTITY",
-     "tenancy, tests only: read this node's identity from this file instead of FJORD_SYSCONFDIR/node.textproto; "
+     "tenancy, tests only: read this node's identity from this file instead of "
+     "FJORD_SYSCONFDIR/node.textproto; "
      "%n in it stands for SLURMD_NODENAME (several fake Slurm nodes on one machine); refused unless "
-     "FJORD_SYSCONFDIR/settings.textproto says allow_test_overrides: true; recorded in the audit log as a test "
+     "FJORD_SYSCONFDIR/settings.textproto says allow_test_overrides: true; recorded in the audit log as a "
+     "test "
      "override and in the manifests and checkpoints made under it"},
     {"SLURMD_NODENAME",
-     "tenancy: the Slurm node that started this process (set by slurmd); named in rank gate refusals; in tests, "
+     "tenancy: the Slurm node that started this process (set by slurmd); named in rank gate refusals; in "
+     "tests, "
      "replaces %n in FJORD_NODE_IDENTITY"},
-    {"FJORD_LAUNCH_ID", "tenancy: id of the fjord launch that started the job (set by launch, forwarded with -x); "
-                        "ties rank 0's audit records to launch's"},
-    {"SLURM_JOB_ID", "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "
-                     "writing an sbatch script"},
-    {"SLURM_CONF", "fjord launch --slurm: the slurm.conf Slurm's commands read; launch checks that it exists "
-                   "(sinfo would retry a missing one for a minute)"},
-    {"SLURM_JOB_NODELIST", "fjord launch --slurm: the nodes of the current Slurm allocation (hostlist syntax)"},
+    {"FJORD_LAUNCH_ID",
+     "tenancy: id of the fjord launch that started the job (set by launch, forwarded with -x); "
+     "ties rank 0's audit records to launch's"},
+    {"SLURM_JOB_ID",
+     "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "
+     "writing an sbatch script"},
+    {"SLURM_CONF",
+     "fjord launch --slurm: the slurm.conf Slurm's commands read; launch checks that it exists "
+     "(sinfo would retry a missing one for a minute)"},
+    {"SLURM_JOB_NODELIST",
+     "fjord launch --slurm: the nodes of the current Slurm allocation (hostlist syntax)"},
     {nullptr, nullptr},
 };
 
@@ -51,7 +61,8 @@ static bool IsListed(std::string_view name) {
 
 std::optional<std::string> GetEnv(std::string_view name) {
   if (!IsListed(name)) {
-    std::fprintf(stderr, "fjord: internal error: environment variable %.*s is read but not listed in kEnvVars\n",
+    std::fprintf(stderr,
+                 "fjord: internal error: environment variable %.*s is read but not listed in kEnvVars\n",
                  static_cast<int>(name.size()), name.data());
     std::abort();
   }
@@ -66,7 +77,8 @@ std::optional<long> GetEnvInt(std::string_view name) {
   char* end = nullptr;
   long parsed = std::strtol(value->c_str(), &end, 10);
   if (end == value->c_str() || *end != '\0') {
-    std::fprintf(stderr, "fjord: environment variable %.*s='%s' is not an integer; unset it or give a number\n",
+    std::fprintf(stderr,
+                 "fjord: environment variable %.*s='%s' is not an integer; unset it or give a number\n",
                  static_cast<int>(name.size()), name.data(), value->c_str());
     std::exit(2);
   }
@@ -84,8 +96,8 @@ std::optional<std::string> TestHook(std::string_view name) {
     const size_t eq = item.find('=');
     if (item.substr(0, eq) == name) {
       std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
-      std::fprintf(stderr, "fjord: TEST HOOK %.*s=%s is active (FJORD_TEST_HOOK)\n", static_cast<int>(name.size()),
-                   name.data(), value.c_str());
+      std::fprintf(stderr, "fjord: TEST HOOK %.*s=%s is active (FJORD_TEST_HOOK)\n",
+                   static_cast<int>(name.size()), name.data(), value.c_str());
       return value;
     }
     start = end + 1;

@@ -2,9 +2,8 @@
 // fjord uses (token shards, sealed and plain checkpoint files, manifests, audit heads, exports).
 #include "common/file_util.h"
 
-#include <openssl/rand.h>
-
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,8 +67,8 @@ StatusOr<Fd> CreateNewFile(const std::string& path, mode_t mode, const std::stri
     Status s = FailedPrecondition(
         what + ": cannot create " + path + ": " + std::strerror(err) +
         (err == EEXIST ? "; something already exists at that name (a file or a symbolic link someone put "
-                           "there): fjord never writes through one; remove it, or check who else writes here"
-                         : "; check that the directory exists and is writable"));
+                         "there): fjord never writes through one; remove it, or check who else writes here"
+                       : "; check that the directory exists and is writable"));
     errno = err;  // for callers that retry on EEXIST
     return s;
   }
@@ -81,7 +80,7 @@ Status CreateNewDirectory(const std::string& path, mode_t mode, const std::strin
     const int err = errno;
     return FailedPrecondition(what + ": cannot create directory " + path + ": " + std::strerror(err) +
                               (err == EEXIST ? "; something already exists at that name: remove it"
-                                               : "; check that its parent exists and is writable"));
+                                             : "; check that its parent exists and is writable"));
   }
   return OkStatus();
 }
@@ -104,8 +103,8 @@ StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, mode_t mode) {
   // write means to replace; a device, pipe or socket is not (as root, `--json /dev/full` once
   // replaced the device node with a file). A directory makes the rename fail by itself.
   struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) || S_ISFIFO(st.st_mode) ||
-                                          S_ISSOCK(st.st_mode))) {
+  if (::lstat(path.c_str(), &st) == 0 &&
+      (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
     const char* kind = S_ISCHR(st.st_mode)    ? "a character device"
                        : S_ISBLK(st.st_mode)  ? "a block device"
                        : S_ISFIFO(st.st_mode) ? "a named pipe"
@@ -129,7 +128,8 @@ Status AtomicFile::Fail(const std::string& step) {
   const std::string reason = ErrnoText();
   done_ = true;
   ::unlink(tmp_.c_str());
-  return FailedPrecondition(step + " " + tmp_ + " failed: " + reason + "; check free disk space and permissions");
+  return FailedPrecondition(step + " " + tmp_ + " failed: " + reason +
+                            "; check free disk space and permissions");
 }
 
 Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {

@@ -61,7 +61,9 @@ class AtomicFile {
  public:
   static StatusOr<AtomicFile> Create(const std::string& path, mode_t mode = 0644);
   AtomicFile(AtomicFile&& other) noexcept
-      : path_(std::move(other.path_)), tmp_(std::move(other.tmp_)), fd_(std::move(other.fd_)),
+      : path_(std::move(other.path_)),
+        tmp_(std::move(other.tmp_)),
+        fd_(std::move(other.fd_)),
         done_(std::exchange(other.done_, true)) {}
   ~AtomicFile();
   // Writes all of `data`; on failure the message names the temporary file and the reason.

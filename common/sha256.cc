@@ -37,7 +37,8 @@ struct Sha256::Impl {
 
 Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
   impl_->Check(impl_->ctx != nullptr, "EVP_MD_CTX_new");
-  if (impl_->status.ok()) impl_->Check(EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr) == 1, "EVP_DigestInit_ex");
+  if (impl_->status.ok())
+    impl_->Check(EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr) == 1, "EVP_DigestInit_ex");
 }
 
 Sha256::~Sha256() = default;
@@ -50,7 +51,8 @@ void Sha256::Update(const void* data, size_t size) {
 StatusOr<std::string> Sha256::FinishHex() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  if (impl_->status.ok()) impl_->Check(EVP_DigestFinal_ex(impl_->ctx.get(), digest, &n) == 1, "EVP_DigestFinal_ex");
+  if (impl_->status.ok())
+    impl_->Check(EVP_DigestFinal_ex(impl_->ctx.get(), digest, &n) == 1, "EVP_DigestFinal_ex");
   if (!impl_->status.ok()) return impl_->status;
   return HexEncode(digest, n);
 }

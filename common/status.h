@@ -71,15 +71,15 @@ class [[nodiscard]] StatusOr {
 #define FJORD_CONCAT(a, b) FJORD_CONCAT_INNER(a, b)
 
 // Returns early with `expr`'s status when it is not OK.
-#define FJORD_RETURN_IF_ERROR(expr)              \
-  do {                                           \
-    ::fjord::Status fjord_status_ = (expr);      \
+#define FJORD_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::fjord::Status fjord_status_ = (expr);        \
     if (!fjord_status_.ok()) return fjord_status_; \
   } while (0)
 
 // Evaluates a StatusOr<T> expression; on error returns its status, else moves the value into `lhs`.
-#define FJORD_ASSIGN_OR_RETURN(lhs, expr)                                      \
-  auto FJORD_CONCAT(fjord_statusor_, __LINE__) = (expr);                      \
-  if (!FJORD_CONCAT(fjord_statusor_, __LINE__).ok())                          \
-    return FJORD_CONCAT(fjord_statusor_, __LINE__).status();                  \
+#define FJORD_ASSIGN_OR_RETURN(lhs, expr)                    \
+  auto FJORD_CONCAT(fjord_statusor_, __LINE__) = (expr);     \
+  if (!FJORD_CONCAT(fjord_statusor_, __LINE__).ok())         \
+    return FJORD_CONCAT(fjord_statusor_, __LINE__).status(); \
   lhs = std::move(FJORD_CONCAT(fjord_statusor_, __LINE__)).value()

@@ -8,7 +8,8 @@ namespace fjord {
 std::string FormatUtc(std::chrono::system_clock::time_point t) {
   using std::chrono::system_clock;
   const std::time_t seconds = system_clock::to_time_t(std::chrono::floor<std::chrono::seconds>(t));
-  const auto ms = std::chrono::floor<std::chrono::milliseconds>(t) - std::chrono::floor<std::chrono::seconds>(t);
+  const auto ms =
+      std::chrono::floor<std::chrono::milliseconds>(t) - std::chrono::floor<std::chrono::seconds>(t);
   std::tm tm{};
   gmtime_r(&seconds, &tm);
   char buf[64];

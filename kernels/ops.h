@@ -62,85 +62,84 @@ struct OpContext {
 
 // X(name, params...) for each model op, `floatX` being the storage type (see Precision above);
 // the OpContext parameter is added by the users of the list.
-#define FJORD_MODEL_OP_LIST(X, floatX)                                                            \
-  /* out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; tokens in [0, V). */                          \
-  X(encoder_forward, floatX* out, const int32_t* tokens, const floatX* wte, const floatX* wpe,   \
-    int B, int T, int C)                                                                          \
-  /* dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]. Deterministic. */       \
-  X(encoder_backward, float* dwte, float* dwpe, const floatX* dout, const int32_t* tokens, int B, \
-    int T, int C)                                                                                 \
-  /* Per row r of inp[N,C]: out = (x - mean) * rstd * weight + bias, eps 1e-5; saves mean[N] and \
-     rstd[N] for the backward pass. */                                                           \
-  X(layernorm_forward, floatX* out, float* mean, float* rstd, const floatX* inp,                  \
-    const floatX* weight, const floatX* bias, size_t N, int C)                                    \
-  X(layernorm_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,          \
-    const floatX* inp, const floatX* weight, const float* mean, const float* rstd, size_t N,     \
-    int C)                                                                                        \
-  /* residual[N,C] = a + b (exactly residual_forward), then out, mean, rstd = layernorm_forward  \
-     of the stored residual: bitwise that composition, but each row of a and b is read once and  \
-     residual is not read back by a second op. residual must not alias a, b or out. */           \
-  X(residual_layernorm_forward, floatX* residual, floatX* out, float* mean, float* rstd,          \
-    const floatX* a, const floatX* b, const floatX* weight, const floatX* bias, size_t N, int C)  \
-  /* out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]; bias may be null. */                      \
-  X(matmul_forward, floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,    \
-    size_t N, int C, int OC)                                                                      \
-  /* dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout. dbias may be  \
-     null (no bias); dinp may be null (input needs no gradient). */                               \
-  X(matmul_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout,             \
-    const floatX* inp, const floatX* weight, size_t N, int C, int OC)                             \
-  /* The MLP's first layer: pre = matmul_forward(inp, weight, bias) (bias required) and          \
-     out = gelu_forward(pre), keeping pre for gelu_backward; out and pre must not overlap. The    \
-     CPU twin is exactly that composition, GELU of the stored (rounded) pre. A backend may fuse   \
-     the GELU into the GEMM's epilogue and take it from the unrounded fp32 value with its own     \
-     GELU evaluation (kernels/cuda/matmul.cu says by how much out can then differ). */            \
-  X(matmul_gelu_forward, floatX* out, floatX* pre, const floatX* inp, const floatX* weight,       \
-    const floatX* bias, size_t N, int C, int OC)                                                  \
-  /* Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v (each C = NH * hs, head-major   \
-     inside C). out[B,T,C] = softmax(q k^T / sqrt(hs), causal) v. Saves lse[B,NH,T], the         \
-     log-sum-exp of each row of scaled scores, instead of the T x T probabilities, so no backend \
-     ever materialises T x T per head outside a tile. */                                          \
-  X(attention_forward, floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH)  \
-  /* dqkv += gradient of out w.r.t. qkv, recomputing probabilities from qkv and lse. */          \
-  X(attention_backward, floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,  \
-    const float* lse, int B, int T, int C, int NH)                                                \
-  /* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) elementwise over n values. */          \
-  X(gelu_forward, floatX* out, const floatX* inp, size_t n)                                       \
-  X(gelu_backward, floatX* dinp, const floatX* inp, const floatX* dout, size_t n)                 \
-  /* out = a + b; backward: da += dout, db += dout. */                                            \
-  X(residual_forward, floatX* out, const floatX* a, const floatX* b, size_t n)                    \
-  X(residual_backward, floatX* da, floatX* db, const floatX* dout, size_t n)                      \
-  /* Fused softmax + cross-entropy over the first V of Vp columns of logits[N,Vp]:               \
-     losses[r] = -log softmax(logits[r, :V])[targets[r]]. When write_dlogits is non-zero, logits  \
-     is overwritten in place with dloss * (softmax - onehot(target)), padded columns set to 0;   \
-     no probabilities are stored. targets in [0, V). */                                           \
-  X(fused_classifier, floatX* logits, float* losses, const int32_t* targets, size_t N, int V,    \
-    int Vp, float dloss, int write_dlogits)                                                        \
-  /* x[0:n] = 0. */                                                                               \
+#define FJORD_MODEL_OP_LIST(X, floatX)                                                                       \
+  /* out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; tokens in [0, V). */                                      \
+  X(encoder_forward, floatX* out, const int32_t* tokens, const floatX* wte, const floatX* wpe, int B, int T, \
+    int C)                                                                                                   \
+  /* dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]. Deterministic. */                  \
+  X(encoder_backward, float* dwte, float* dwpe, const floatX* dout, const int32_t* tokens, int B, int T,     \
+    int C)                                                                                                   \
+  /* Per row r of inp[N,C]: out = (x - mean) * rstd * weight + bias, eps 1e-5; saves mean[N] and             \
+     rstd[N] for the backward pass. */                                                                       \
+  X(layernorm_forward, floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,       \
+    const floatX* bias, size_t N, int C)                                                                     \
+  X(layernorm_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout, const floatX* inp,   \
+    const floatX* weight, const float* mean, const float* rstd, size_t N, int C)                             \
+  /* residual[N,C] = a + b (exactly residual_forward), then out, mean, rstd = layernorm_forward              \
+     of the stored residual: bitwise that composition, but each row of a and b is read once and              \
+     residual is not read back by a second op. residual must not alias a, b or out. */                       \
+  X(residual_layernorm_forward, floatX* residual, floatX* out, float* mean, float* rstd, const floatX* a,    \
+    const floatX* b, const floatX* weight, const floatX* bias, size_t N, int C)                              \
+  /* out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]; bias may be null. */                                  \
+  X(matmul_forward, floatX* out, const floatX* inp, const floatX* weight, const floatX* bias, size_t N,      \
+    int C, int OC)                                                                                           \
+  /* dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout. dbias may be              \
+     null (no bias); dinp may be null (input needs no gradient). */                                          \
+  X(matmul_backward, floatX* dinp, float* dweight, float* dbias, const floatX* dout, const floatX* inp,      \
+    const floatX* weight, size_t N, int C, int OC)                                                           \
+  /* The MLP's first layer: pre = matmul_forward(inp, weight, bias) (bias required) and                      \
+     out = gelu_forward(pre), keeping pre for gelu_backward; out and pre must not overlap. The               \
+     CPU twin is exactly that composition, GELU of the stored (rounded) pre. A backend may fuse              \
+     the GELU into the GEMM's epilogue and take it from the unrounded fp32 value with its own                \
+     GELU evaluation (kernels/cuda/matmul.cu says by how much out can then differ). */                       \
+  X(matmul_gelu_forward, floatX* out, floatX* pre, const floatX* inp, const floatX* weight,                  \
+    const floatX* bias, size_t N, int C, int OC)                                                             \
+  /* Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v (each C = NH * hs, head-major               \
+     inside C). out[B,T,C] = softmax(q k^T / sqrt(hs), causal) v. Saves lse[B,NH,T], the                     \
+     log-sum-exp of each row of scaled scores, instead of the T x T probabilities, so no backend             \
+     ever materialises T x T per head outside a tile. */                                                     \
+  X(attention_forward, floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH)              \
+  /* dqkv += gradient of out w.r.t. qkv, recomputing probabilities from qkv and lse. */                      \
+  X(attention_backward, floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,              \
+    const float* lse, int B, int T, int C, int NH)                                                           \
+  /* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) elementwise over n values. */                     \
+  X(gelu_forward, floatX* out, const floatX* inp, size_t n)                                                  \
+  X(gelu_backward, floatX* dinp, const floatX* inp, const floatX* dout, size_t n)                            \
+  /* out = a + b; backward: da += dout, db += dout. */                                                       \
+  X(residual_forward, floatX* out, const floatX* a, const floatX* b, size_t n)                               \
+  X(residual_backward, floatX* da, floatX* db, const floatX* dout, size_t n)                                 \
+  /* Fused softmax + cross-entropy over the first V of Vp columns of logits[N,Vp]:                           \
+     losses[r] = -log softmax(logits[r, :V])[targets[r]]. When write_dlogits is non-zero, logits             \
+     is overwritten in place with dloss * (softmax - onehot(target)), padded columns set to 0;               \
+     no probabilities are stored. targets in [0, V). */                                                      \
+  X(fused_classifier, floatX* logits, float* losses, const int32_t* targets, size_t N, int V, int Vp,        \
+    float dloss, int write_dlogits)                                                                          \
+  /* x[0:n] = 0. */                                                                                          \
   X(fill_zero, floatX* x, size_t n)
 
 // X(name, params...) for each fp32-only op (the optimizer's and the casts).
-#define FJORD_OP_LIST(X)                                                                          \
-  /* AdamW (decoupled weight decay, bias-corrected moments) on n parameters, step t >= 1:         \
-     g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;                          \
-     params -= lr (mhat / (sqrt(vhat) + eps) + weight_decay params). When params_bf16 is non-null \
-     it also writes the bf16 working copy of the new params in the same pass: exactly             \
-     cast_to_bf16(params_bf16, params, n, seed, index0) after the update, so a caller updating a  \
-     range of a larger buffer passes the range's offset as index0 and rounds as a cast of the     \
-     whole buffer would. Null: params, m and v only. */                                           \
-  X(adamw_update, float* params, const float* grads, float* m, float* v, size_t n, float lr,      \
-    float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t,             \
-    bf16* params_bf16, uint64_t seed, size_t index0)                                              \
-  /* out[0] = sum of x[i]^2 over n values (accumulated in higher precision where the backend      \
-     can). */                                                                                     \
-  X(sum_squares, float* out, const float* x, size_t n)                                            \
-  /* bf16 from fp32 over n values. seed == 0: round to nearest, ties to even. seed != 0:          \
-     stochastic rounding, up with probability equal to the distance from the value below over     \
-     the gap, from a hash of (seed, index0 + i), so results are the same on every backend and a   \
-     range of a buffer cast on its own (index0 = its offset) rounds as in a cast of the whole.    \
-     NaN stays NaN (quiet), infinities stay infinite; finite values beyond the largest bf16       \
-     round to infinity as the rounding says. */                                                   \
-  X(cast_to_bf16, bf16* out, const float* inp, size_t n, uint64_t seed, size_t index0)            \
-  /* out = the fp32 value of each bf16 in inp (exact). */                                         \
+#define FJORD_OP_LIST(X)                                                                                   \
+  /* AdamW (decoupled weight decay, bias-corrected moments) on n parameters, step t >= 1:                  \
+     g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;                                   \
+     params -= lr (mhat / (sqrt(vhat) + eps) + weight_decay params). When params_bf16 is non-null          \
+     it also writes the bf16 working copy of the new params in the same pass: exactly                      \
+     cast_to_bf16(params_bf16, params, n, seed, index0) after the update, so a caller updating a           \
+     range of a larger buffer passes the range's offset as index0 and rounds as a cast of the              \
+     whole buffer would. Null: params, m and v only. */                                                    \
+  X(adamw_update, float* params, const float* grads, float* m, float* v, size_t n, float lr, float beta1,  \
+    float beta2, float eps, float weight_decay, float grad_scale, int t, bf16* params_bf16, uint64_t seed, \
+    size_t index0)                                                                                         \
+  /* out[0] = sum of x[i]^2 over n values (accumulated in higher precision where the backend               \
+     can). */                                                                                              \
+  X(sum_squares, float* out, const float* x, size_t n)                                                     \
+  /* bf16 from fp32 over n values. seed == 0: round to nearest, ties to even. seed != 0:                   \
+     stochastic rounding, up with probability equal to the distance from the value below over              \
+     the gap, from a hash of (seed, index0 + i), so results are the same on every backend and a            \
+     range of a buffer cast on its own (index0 = its offset) rounds as in a cast of the whole.             \
+     NaN stays NaN (quiet), infinities stay infinite; finite values beyond the largest bf16                \
+     round to infinity as the rounding says. */                                                            \
+  X(cast_to_bf16, bf16* out, const float* inp, size_t n, uint64_t seed, size_t index0)                     \
+  /* out = the fp32 value of each bf16 in inp (exact). */                                                  \
   X(cast_from_bf16, float* out, const bf16* inp, size_t n)
 
 #define FJORD_DECLARE_OP(name, ...) void name(const OpContext& ctx, __VA_ARGS__);
@@ -151,7 +150,7 @@ struct OpContext {
 
 // In a backend's source file after the definition of model op `name` (a function template in
 // namespace `ns`): its two instantiations, float and bf16.
-#define FJORD_INSTANTIATE_MODEL_OP(ns, name)              \
+#define FJORD_INSTANTIATE_MODEL_OP(ns, name)          \
   template decltype(ns::name<float>) ns::name<float>; \
   template decltype(ns::name<::fjord::bf16>) ns::name<::fjord::bf16>;
 

@@ -118,8 +118,9 @@ FJORD_HOST_DEVICE inline uint16_t ToBf16(float x, uint64_t seed, uint64_t i) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof(u));
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
-  const uint32_t add = seed == 0 ? 0x7fffu + ((u >> 16) & 1u)
-                                 : static_cast<uint32_t>(Mix64(seed ^ Mix64(i + 0x9e3779b97f4a7c15ULL)) & 0xffffu);
+  const uint32_t add = seed == 0
+                           ? 0x7fffu + ((u >> 16) & 1u)
+                           : static_cast<uint32_t>(Mix64(seed ^ Mix64(i + 0x9e3779b97f4a7c15ULL)) & 0xffffu);
   return static_cast<uint16_t>((u + add) >> 16);
 }
 

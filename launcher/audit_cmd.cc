@@ -46,21 +46,22 @@ StatusOr<std::vector<AuditAnchor>> CheckpointAnchors(const std::string& path,
   for (const std::string& checkpoint : checkpoints) {
     const std::vector<std::string> dirs = CheckpointDirsAt(checkpoint);
     if (dirs.empty()) {
-      return NotFound("--checkpoints " + checkpoint + " holds no tenant checkpoint (no tenant.textproto in it, " +
-                      "its step_* or checkpoints/step_*): name a run directory or checkpoint of a tenant job");
+      return NotFound(
+          "--checkpoints " + checkpoint + " holds no tenant checkpoint (no tenant.textproto in it, " +
+          "its step_* or checkpoints/step_*): name a run directory or checkpoint of a tenant job");
     }
     for (const std::string& dir : dirs) {
       StatusOr<proto::AuditAnchor> anchor = ReadCheckpointAuditAnchor(dir, key ? &*key : nullptr);
       if (!anchor.ok() && anchor.status().code() == StatusCode::kNotFound) continue;  // anchors no log
       if (!anchor.ok()) return anchor.status().WithContext("--checkpoints " + checkpoint);
       std::error_code ea, eb;
-      if (anchor->seq() < 1 || fs::weakly_canonical(anchor->log(), ea) != fs::weakly_canonical(path, eb)) continue;
+      if (anchor->seq() < 1 || fs::weakly_canonical(anchor->log(), ea) != fs::weakly_canonical(path, eb))
+        continue;
       anchors.push_back({"checkpoint " + dir, anchor->seq(), anchor->hash()});
     }
   }
   return anchors;
 }
-
 
 struct VerifyArgs {
   std::vector<std::string> log, anchors, checkpoints;
@@ -111,12 +112,13 @@ int Verify(const cli::Command& c, const VerifyArgs& a) {
 void AddAuditCommand(CLI::App& app) {
   cli::Command* audit = cli::AddCommand(app, "audit", "check an audit log (fjord audit verify)");
   auto a = std::make_shared<VerifyArgs>();
-  cli::Command* c = cli::AddCommand(
-      *audit, "verify",
-      "check an audit log's hash chain, head and anchors (SEQ:HASH as launch prints them, and the heads the tenant "
-      "checkpoints under DIR recorded); report the first broken record");
+  cli::Command* c = cli::AddCommand(*audit, "verify",
+                                    "check an audit log's hash chain, head and anchors (SEQ:HASH as launch "
+                                    "prints them, and the heads the tenant "
+                                    "checkpoints under DIR recorded); report the first broken record");
   c->add_option("LOG", a->log, "the audit log")->type_name("");
-  c->add_option("--anchor", a->anchors, "a head the log must still hold, as launch prints it")->type_name("SEQ:HASH");
+  c->add_option("--anchor", a->anchors, "a head the log must still hold, as launch prints it")
+      ->type_name("SEQ:HASH");
   c->add_option("--checkpoints", a->checkpoints, "also the heads the tenant checkpoints under DIR recorded")
       ->type_name("DIR");
   c->add_option("--key", a->key, "the tenant's checkpoint key: each checkpoint's record must match its seal")

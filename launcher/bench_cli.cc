@@ -34,7 +34,8 @@ namespace fjord {
 
 namespace {
 
-constexpr char kFooter[] = R"(COLLECTIVE: allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv; or p2p, the
+constexpr char kFooter[] =
+    R"(COLLECTIVE: allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv; or p2p, the
 matrix of bandwidth and latency between every pair of nodes (mpirun -np N --map-by node fjord bench p2p).
 Sizes take K, M, G suffixes, powers of 1024.
 
@@ -66,11 +67,13 @@ constexpr Spec kSpecs[] = {
      "descheduled rank spoils a loop)"},
     {nullptr, "--backend", "mpi|nccl", "host memory over MPI (default), or device memory over NCCL"},
     {nullptr, "--algo", "A[,A...]",
-     "MPI backend: auto, mpi (the MPI library's own), ring, tree; several measure each size under each, back to "
+     "MPI backend: auto, mpi (the MPI library's own), ring, tree; several measure each size under each, back "
+     "to "
      "back, and compare them"},
     {nullptr, "--json", "FILE", "also write the results as JSON (rank 0)"},
     {nullptr, "--per-rank", nullptr, "p2p: every rank is a node (default: the first rank on each host)"},
-    {nullptr, "--threshold", "F", "p2p: flag bandwidth below F x median, latency above median / F (default 0.7)"},
+    {nullptr, "--threshold", "F",
+     "p2p: flag bandwidth below F x median, latency above median / F (default 0.7)"},
 };
 
 // What the command line gave: the collective, and each option's value by long name.
@@ -102,9 +105,12 @@ std::optional<size_t> ParseSize(const std::string& text) {
   const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
   if (errno != 0) return std::nullopt;
   unsigned shift = 0;
-  if (*end == 'K' || *end == 'k') shift = 10, ++end;
-  else if (*end == 'M' || *end == 'm') shift = 20, ++end;
-  else if (*end == 'G' || *end == 'g') shift = 30, ++end;
+  if (*end == 'K' || *end == 'k')
+    shift = 10, ++end;
+  else if (*end == 'M' || *end == 'm')
+    shift = 20, ++end;
+  else if (*end == 'G' || *end == 'g')
+    shift = 30, ++end;
   if (*end != '\0' || (shift > 0 && v > (~0ULL >> shift))) return std::nullopt;
   return static_cast<size_t>(v << shift);
 }
@@ -143,7 +149,9 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
     const std::string lng = spec.lng;
     const std::string name = spec.shrt != nullptr ? std::string(spec.shrt) + "/" + lng : lng;
     const std::string value = args.values.at(lng);
-    auto bad = [&](const std::string& expected) { return UsageError{name + " '" + value + "' is not " + expected}; };
+    auto bad = [&](const std::string& expected) {
+      return UsageError{name + " '" + value + "' is not " + expected};
+    };
     if (lng == "--minbytes" || lng == "--maxbytes" || lng == "--stepbytes") {
       const std::optional<size_t> v = ParseSize(value);
       if (!v) return bad("a size (a whole number of bytes, optionally with K, M or G)");
@@ -159,7 +167,8 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
     } else if (lng == "--iters" || lng == "--warmup_iters" || lng == "--root" || lng == "--repeat") {
       const std::optional<long> v = ParseInt(value);
       const long min = lng == "--iters" || lng == "--repeat" ? 1 : 0;
-      if (!v || *v < min || *v > 100'000'000) return bad(min == 1 ? "a whole number >= 1" : "a whole number >= 0");
+      if (!v || *v < min || *v > 100'000'000)
+        return bad(min == 1 ? "a whole number >= 1" : "a whole number >= 0");
       if (lng == "--iters") o->bench.iters = o->p2p_options.iters = static_cast<int>(*v);
       if (lng == "--warmup_iters") {
         o->bench.warmup = o->p2p_options.warmup = static_cast<int>(*v);
@@ -176,11 +185,15 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
         return bad("0 or 1");
       }
     } else if (lng == "--op") {
-      if (value == "sum") o->bench.op = ReduceOp::kSum;
-      else if (value == "avg") o->bench.op = ReduceOp::kAvg;
-      else if (value == "max") o->bench.op = ReduceOp::kMax;
+      if (value == "sum")
+        o->bench.op = ReduceOp::kSum;
+      else if (value == "avg")
+        o->bench.op = ReduceOp::kAvg;
+      else if (value == "max")
+        o->bench.op = ReduceOp::kMax;
       else if (value == "prod" || value == "min" || value == "all") {
-        return UsageError{"-o " + value + " is not supported: fjord's communicator reduces with sum, avg or max"};
+        return UsageError{"-o " + value +
+                          " is not supported: fjord's communicator reduces with sum, avg or max"};
       } else {
         return bad("sum, avg or max");
       }
@@ -189,10 +202,14 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
       if (!d) return bad("a data type (float, half, bfloat16, int32, uint8)");
       o->bench.dtype = *d;
     } else if (lng == "--average") {
-      if (value == "avg" || value == "1") o->bench.combine = TimeCombine::kAvg;
-      else if (value == "min" || value == "2") o->bench.combine = TimeCombine::kMin;
-      else if (value == "max" || value == "3") o->bench.combine = TimeCombine::kMax;
-      else return bad("avg, min or max (1, 2 or 3)");
+      if (value == "avg" || value == "1")
+        o->bench.combine = TimeCombine::kAvg;
+      else if (value == "min" || value == "2")
+        o->bench.combine = TimeCombine::kMin;
+      else if (value == "max" || value == "3")
+        o->bench.combine = TimeCombine::kMax;
+      else
+        return bad("avg, min or max (1, 2 or 3)");
     } else if (lng == "--backend") {
       if (value != "mpi" && value != "nccl") return bad("mpi or nccl");
       o->backend = value;
@@ -229,7 +246,8 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
   if (!o->p2p) {
     if (o->bench.min_bytes == 0) return UsageError{"-b must be at least 1 byte"};
     if (o->bench.max_bytes < o->bench.min_bytes) {
-      return UsageError{"-e " + std::to_string(o->bench.max_bytes) + " is below -b " + std::to_string(o->bench.min_bytes)};
+      return UsageError{"-e " + std::to_string(o->bench.max_bytes) + " is below -b " +
+                        std::to_string(o->bench.min_bytes)};
     }
   } else {
     if (o->p2p_options.latency_bytes == 0 || o->p2p_options.bandwidth_bytes == 0) {
@@ -241,12 +259,13 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
     return UsageError{"--algo chooses among the MPI backend's algorithms; NCCL picks its own (drop --algo)"};
   }
   if (o->p2p && o->algos.size() > 1) return UsageError{"p2p measures one communicator: give one --algo"};
-  if (o->p2p && o->repeat_given) return UsageError{"--repeat applies to the collectives; p2p reports medians already"};
+  if (o->p2p && o->repeat_given)
+    return UsageError{"--repeat applies to the collectives; p2p reports medians already"};
   // The root must be a rank; the world size is known from the launcher before MPI starts.
   const int world = RankInfoFromEnvironment().world_size;
   if (!o->p2p && BenchHasRoot(o->bench.collective) && (o->bench.root < 0 || o->bench.root >= world)) {
-    return UsageError{"-r " + std::to_string(o->bench.root) + " is not a rank: the job has " + std::to_string(world) +
-                      " rank(s), so use -r 0.." + std::to_string(world - 1)};
+    return UsageError{"-r " + std::to_string(o->bench.root) + " is not a rank: the job has " +
+                      std::to_string(world) + " rank(s), so use -r 0.." + std::to_string(world - 1)};
   }
   if (!o->p2p && BenchHasReduction(o->bench.collective) && o->bench.op == ReduceOp::kAvg &&
       o->bench.dtype == DataType::kU8) {
@@ -264,7 +283,8 @@ std::optional<UsageError> ReadCorruptHook(BenchOptions* o) {
   const std::optional<size_t> index =
       colon == std::string::npos ? std::nullopt : ParseSize(hook->substr(colon + 1));
   if (!rank || *rank < 0 || !index) {
-    return UsageError{"FJORD_TEST_HOOK bench_corrupt='" + *hook + "' is not RANK:INDEX (e.g. bench_corrupt=1:0)"};
+    return UsageError{"FJORD_TEST_HOOK bench_corrupt='" + *hook +
+                      "' is not RANK:INDEX (e.g. bench_corrupt=1:0)"};
   }
   o->corrupt_rank = static_cast<int>(*rank);
   o->corrupt_index = *index;
@@ -316,7 +336,8 @@ Status MakeBackend(const CliOptions& o, Backend* b) {
     FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> bootstrap, CreateCommunicator(CommOptions{}));
     b->owned.push_back(std::move(bootstrap));
     b->control = b->owned.back().get();
-    FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> nccl, CreateNcclCommunicator(CommOptions{}, *b->control));
+    FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> nccl,
+                           CreateNcclCommunicator(CommOptions{}, *b->control));
     b->owned.push_back(std::move(nccl));
     b->targets.push_back({"nccl", b->owned.back().get()});
     FJORD_ASSIGN_OR_RETURN(b->memory, CreateNcclBenchMemory(*b->owned.back()));
@@ -324,7 +345,8 @@ Status MakeBackend(const CliOptions& o, Backend* b) {
     return OkStatus();
 #else
     return FailedPrecondition(
-        "this fjord was built without NCCL (it needs the CUDA toolkit and nccl.h / libnccl at configure time); "
+        "this fjord was built without NCCL (it needs the CUDA toolkit and nccl.h / libnccl at configure "
+        "time); "
         "rebuild on a GPU node, or use --backend mpi");
 #endif
   }
@@ -349,7 +371,8 @@ int RunP2pCommand(const CliOptions& o, Backend& b) {
   if (!result.ok()) {
     // Fewer than two nodes is the same verdict on every rank: no need to abort the job.
     if (result.status().code() == StatusCode::kFailedPrecondition) {
-      if (control.rank() == 0) std::fprintf(stderr, "fjord bench p2p: error: %s\n", result.status().message().c_str());
+      if (control.rank() == 0)
+        std::fprintf(stderr, "fjord bench p2p: error: %s\n", result.status().message().c_str());
       return 1;
     }
     return Fail(result.status(), &control);
@@ -404,19 +427,20 @@ int RunSweepCommand(const CliOptions& o, Backend& b) {
     std::fputs(FormatBenchComparison(*tables).c_str(), stdout);
     std::fflush(stdout);
     if (!o.json.empty() && !WriteFile(o.json, BenchJson(o.bench, *context, *tables))) {
-      std::fprintf(stderr, "fjord bench: error: cannot write --json %s: %s\n", o.json.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "fjord bench: error: cannot write --json %s: %s\n", o.json.c_str(),
+                   std::strerror(errno));
       return 1;
     }
     if (wrong > 0) {
-      std::fprintf(stderr,
-                   "fjord bench %s: %lld element(s) wrong (the #wrong column): the interconnect or the collective "
-                   "corrupted data\n",
-                   BenchCollectiveName(o.bench.collective), wrong);
+      std::fprintf(
+          stderr,
+          "fjord bench %s: %lld element(s) wrong (the #wrong column): the interconnect or the collective "
+          "corrupted data\n",
+          BenchCollectiveName(o.bench.collective), wrong);
     }
   }
   return wrong > 0 ? 1 : 0;
 }
-
 
 int RunBench(const cli::Command& command, const BenchArgs& args) {
   CliOptions o;
@@ -432,10 +456,10 @@ int RunBench(const cli::Command& command, const BenchArgs& args) {
 }  // namespace
 
 void AddBenchCommand(CLI::App& app) {
-  cli::Command* c = cli::AddCommand(
-      app, "bench",
-      "interconnect benchmark in the nccl-tests format (time, algbw, busbw, #wrong), or a p2p matrix that flags "
-      "slow links");
+  cli::Command* c = cli::AddCommand(app, "bench",
+                                    "interconnect benchmark in the nccl-tests format (time, algbw, busbw, "
+                                    "#wrong), or a p2p matrix that flags "
+                                    "slow links");
   c->launcher = "mpirun -np N ";
   auto args = std::make_shared<BenchArgs>();
   c->add_option("COLLECTIVE", args->collective, "what to measure (below)")->type_name("");

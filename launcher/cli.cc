@@ -52,7 +52,8 @@ std::string Reword(const CLI::App& command, const CLI::Error& error) {
   }
   if (dynamic_cast<const CLI::RequiredError*>(&error) != nullptr && !command.get_subcommands({}).empty()) {
     std::string names;
-    for (const CLI::App* sub : command.get_subcommands({})) names += (names.empty() ? "" : ", ") + sub->get_name();
+    for (const CLI::App* sub : command.get_subcommands({}))
+      names += (names.empty() ? "" : ", ") + sub->get_name();
     return "give a command: " + names;
   }
   return what;
@@ -70,7 +71,9 @@ class Formatter : public CLI::Formatter {
     column_width(30);
     label("Positionals", "Arguments");
   }
-  std::string make_usage(const CLI::App* app, std::string) const override { return "usage: " + Usage(*app) + "\n"; }
+  std::string make_usage(const CLI::App* app, std::string) const override {
+    return "usage: " + Usage(*app) + "\n";
+  }
   std::string make_description(const CLI::App* app) const override {
     return app->get_description().empty() ? "" : app->get_description() + "\n";
   }
@@ -89,9 +92,10 @@ class Formatter : public CLI::Formatter {
 }  // namespace
 
 std::unique_ptr<CLI::App> MakeApp() {
-  auto app = std::make_unique<CLI::App>("fjord: data-parallel GPT training that keeps every tenant inside its "
-                                        "jurisdictions",
-                                        "fjord");
+  auto app = std::make_unique<CLI::App>(
+      "fjord: data-parallel GPT training that keeps every tenant inside its "
+      "jurisdictions",
+      "fjord");
   app->formatter(std::make_shared<Formatter>());
   app->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app->require_subcommand(1);
@@ -128,7 +132,8 @@ std::string Usage(const CLI::App& command) {
   }
   for (const CLI::Option* o : command.get_options([](const CLI::Option* o) { return o->nonpositional(); })) {
     if (o == command.get_help_ptr()) continue;
-    std::string item = o->get_snames().empty() ? "--" + o->get_lnames().front() : "-" + o->get_snames().front();
+    std::string item =
+        o->get_snames().empty() ? "--" + o->get_lnames().front() : "-" + o->get_snames().front();
     // A flag has no value name, or "[=SECONDS]" when it takes a value after '='.
     const std::string value = o->get_type_name();
     item += value.empty() || value[0] == '[' ? value : " " + value;
@@ -140,8 +145,8 @@ std::string Usage(const CLI::App& command) {
 
 int UsageError(const CLI::App& command, const std::string& message) {
   const std::string name = CommandName(command);
-  std::fprintf(stderr, "fjord %s: error: %s\nusage: %s\n(fjord %s --help explains every option)\n", name.c_str(),
-               message.c_str(), Usage(command).c_str(), name.c_str());
+  std::fprintf(stderr, "fjord %s: error: %s\nusage: %s\n(fjord %s --help explains every option)\n",
+               name.c_str(), message.c_str(), Usage(command).c_str(), name.c_str());
   return 2;
 }
 
@@ -171,7 +176,8 @@ int Run(CLI::App& app, int argc, char** argv) {
   CLI::App* chosen = Chosen(app);
   if (const std::vector<std::string> extra = chosen->remaining(); !extra.empty()) {
     const std::string& a = extra.front();
-    return UsageError(*chosen, (a.size() > 1 && a[0] == '-' ? "unknown option '" : "unexpected argument '") + a + "'");
+    return UsageError(*chosen,
+                      (a.size() > 1 && a[0] == '-' ? "unknown option '" : "unexpected argument '") + a + "'");
   }
   auto* command = dynamic_cast<Command*>(chosen);
   if (command == nullptr || !command->run) return UsageError(*chosen, "give a command");

@@ -4,29 +4,40 @@
 #include <filesystem>
 #include <random>
 
-#include "runtime/train/config.h"
-#include "runtime/data/data.h"
 #include "common/file_util.h"
-#include "runtime/train/inference.h"
+#include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
+#include "runtime/train/config.h"
+#include "runtime/train/inference.h"
 #include "runtime/train/trainer.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
 
 const char kDemoJob[] = R"pb(
-model { n_layer: 2 n_head: 4 n_embd: 128 seq_len: 64 vocab_size: 256 }
-train {
-  micro_batch: 16 global_batch: 32 steps: 200 seed: 1337
-  lr: 3e-3 warmup_steps: 20 min_lr: 3e-4 weight_decay: 0.1 grad_clip: 1.0
-  eval_every: 50 eval_batches: 8 log_every: 25
-}
+  model { n_layer: 2 n_head: 4 n_embd: 128 seq_len: 64 vocab_size: 256 }
+  train {
+    micro_batch: 16
+    global_batch: 32
+    steps: 200
+    seed: 1337
+    lr: 3e-3
+    warmup_steps: 20
+    min_lr: 3e-4
+    weight_decay: 0.1
+    grad_clip: 1.0
+    eval_every: 50
+    eval_batches: 8
+    log_every: 25
+  }
 )pb";
 
 std::string GenerateDemoCorpus(size_t bytes, uint64_t seed) {
   static const char* kAdjectives[] = {"quiet", "cold", "green", "old", "bright", "deep", "small", "swift"};
-  static const char* kNouns[] = {"fjord", "river", "turbine", "valley", "engineer", "model", "winter", "boat"};
-  static const char* kVerbs[] = {"feeds", "crosses", "powers", "follows", "watches", "trains", "warms", "carries"};
+  static const char* kNouns[] = {"fjord",    "river", "turbine", "valley",
+                                 "engineer", "model", "winter",  "boat"};
+  static const char* kVerbs[] = {"feeds",   "crosses", "powers", "follows",
+                                 "watches", "trains",  "warms",  "carries"};
   static const char* kEndings[] = {".", ".", ".", "!", " at dawn.", " in the north."};
   std::mt19937_64 rng(seed);
   auto pick = [&rng](const auto& words) { return words[rng() % std::size(words)]; };
@@ -71,7 +82,8 @@ StatusOr<proto::JobSpec> DemoJobSpec(const DemoOptions& options) {
   return ParseJobSpec(kDemoJob, "<embedded demo job>", overrides);
 }
 
-Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm, const Tenancy& tenancy) {
+Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm,
+                  const Tenancy& tenancy) {
   const fs::path dir = options.dir;
   // Rank 0 prepares the data; a failure there is reported by every rank after the barrier.
   int ok = 1;
@@ -92,7 +104,8 @@ Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communi
   sample.tokens = 120;
   sample.temperature = 0.8f;
   std::printf("fjord demo: sample from %s\n%s", trained.checkpoint_dir.c_str(), sample.prompt.c_str());
-  FJORD_ASSIGN_OR_RETURN(std::string text, SampleCheckpoint(trained.checkpoint_dir, sample, [](const std::string& p) {
+  FJORD_ASSIGN_OR_RETURN(std::string text,
+                         SampleCheckpoint(trained.checkpoint_dir, sample, [](const std::string& p) {
                            std::fputs(p.c_str(), stdout);
                            std::fflush(stdout);
                          }));

@@ -31,6 +31,7 @@ StatusOr<proto::JobSpec> DemoJobSpec(const DemoOptions& options);
 
 // Rank 0 writes the corpus and the shards while the others wait; all ranks train `job`
 // (from DemoJobSpec) behind `tenancy` (Tenancy::Start: the data gate, the audit log); rank 0 samples.
-Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm, const Tenancy& tenancy);
+Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communicator& comm,
+                  const Tenancy& tenancy);
 
 }  // namespace fjord

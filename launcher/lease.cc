@@ -20,10 +20,10 @@
 #include <optional>
 #include <thread>
 
-#include "runtime/tenancy/audit.h"
 #include "common/host.h"
 #include "common/json.h"
 #include "common/time_util.h"
+#include "runtime/tenancy/audit.h"
 
 namespace fjord {
 namespace {
@@ -175,8 +175,8 @@ std::string HolderText(const LeaseConflict& c) {
 }
 
 std::string ConflictMessage(const LeaseConflict& c, const std::string& dir, const LeaseNames* names) {
-  return "node " + NodeText(c.host, names) + " is leased by " + HolderText(c) + " (lease " + LeasePath(dir, c.host) +
-         "): a node runs one job at a time, so no two tenants ever share one";
+  return "node " + NodeText(c.host, names) + " is leased by " + HolderText(c) + " (lease " +
+         LeasePath(dir, c.host) + "): a node runs one job at a time, so no two tenants ever share one";
 }
 
 }  // namespace
@@ -297,9 +297,11 @@ StatusOr<std::unique_ptr<NodeLeases>> TryAcquireLeases(const std::string& dir,
   return leases;
 }
 
-StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(
-    const std::string& dir, const std::vector<std::string>& hosts, const LeaseRecord& record, int wait_s,
-    const std::function<void(const LeaseConflict&)>& on_wait, const LeaseNames* names) {
+StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(const std::string& dir,
+                                                    const std::vector<std::string>& hosts,
+                                                    const LeaseRecord& record, int wait_s,
+                                                    const std::function<void(const LeaseConflict&)>& on_wait,
+                                                    const LeaseNames* names) {
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -366,7 +368,8 @@ std::vector<std::string> NodeLeaseKeys(const proto::InventoryNode& node) {
   // A hostname that is itself a numeric address is not cut at its first '.'.
   if (NumericAddresses(name, /*numeric_only=*/true).empty()) name = name.substr(0, name.find('.'));
   std::vector<std::string> keys = {name};
-  for (const std::string& a : NumericAddresses(node.address().empty() ? node.hostname() : node.address(), false)) {
+  for (const std::string& a :
+       NumericAddresses(node.address().empty() ? node.hostname() : node.address(), false)) {
     keys.push_back("@" + a);
   }
   return SortedUnique(keys);
@@ -435,8 +438,7 @@ StatusOr<std::unique_ptr<NodeLeases>> LeaseNodesForLaunch(const LaunchPlan& plan
   const LeaseNames names = PlannedNames(plan);
   auto on_wait = [&](const LeaseConflict& c) {
     std::printf("fjord launch: waiting for node %s: leased by %s; %s (--wait-for-nodes)\n",
-                NodeText(c.host, &names).c_str(),
-                HolderText(c).c_str(),
+                NodeText(c.host, &names).c_str(), HolderText(c).c_str(),
                 wait_s > 0 ? ("giving up after " + std::to_string(wait_s) + " s").c_str() : "no time limit");
     std::fflush(stdout);
     Warn(audit
@@ -513,7 +515,8 @@ std::string DescribeLeases(const LaunchPlan& plan) {
   std::string out = "fjord launch: node leases in " + plan.lease_dir +
                     " (a launch now would refuse, or wait with --wait-for-nodes):\n";
   const LeaseNames names = PlannedNames(plan);
-  for (const LeaseConflict& c : *held) out += "  " + NodeText(c.host, &names) + " leased by " + HolderText(c) + "\n";
+  for (const LeaseConflict& c : *held)
+    out += "  " + NodeText(c.host, &names) + " leased by " + HolderText(c) + "\n";
   return out;
 }
 

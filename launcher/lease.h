@@ -90,9 +90,11 @@ class NodeLeases {
                                                                 const std::vector<std::string>&,
                                                                 const LeaseRecord&, LeaseConflict*,
                                                                 const LeaseNames*);
-  friend StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(
-      const std::string&, const std::vector<std::string>&, const LeaseRecord&, int,
-      const std::function<void(const LeaseConflict&)>&, const LeaseNames*);
+  friend StatusOr<std::unique_ptr<NodeLeases>> AcquireLeases(const std::string&,
+                                                             const std::vector<std::string>&,
+                                                             const LeaseRecord&, int,
+                                                             const std::function<void(const LeaseConflict&)>&,
+                                                             const LeaseNames*);
   NodeLeases() = default;
   std::string dir_;
   std::vector<std::string> hosts_;

@@ -8,19 +8,19 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "common/text.h"
+#include "launcher/audit_cmd.h"
 #include "launcher/bench_cli.h"
 #include "launcher/cli.h"
 #include "launcher/demo.h"
-#include "launcher/audit_cmd.h"
 #include "launcher/launch.h"
-#include "runtime/train/config.h"
-#include "runtime/data/data.h"
 #include "runtime/data/bpe_tokenizer.h"
-#include "runtime/train/inference.h"
-#include "runtime/train/model_io.h"
+#include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/tenancy/tenancy.h"
-#include "common/text.h"
+#include "runtime/train/config.h"
+#include "runtime/train/inference.h"
+#include "runtime/train/model_io.h"
 #include "runtime/train/trainer.h"
 
 namespace fjord {
@@ -75,7 +75,8 @@ void AddTrain(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
-      app, "train", "train a model as the job spec says; --resume continues from the newest intact checkpoint");
+      app, "train",
+      "train a model as the job spec says; --resume continues from the newest intact checkpoint");
   c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
   c->add_option("--set", a->overrides, "override a field of the job spec")->type_name("PATH=VALUE");
   c->add_flag("--resume", a->resume, "continue from the newest intact checkpoint");
@@ -102,10 +103,12 @@ void AddPrep(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
-      app, "prep", "tokenize text into llm.c token shards (with --tenant: and a manifest of tenant, residency, sha256)");
+      app, "prep",
+      "tokenize text into llm.c token shards (with --tenant: and a manifest of tenant, residency, sha256)");
   cli::Required(c->add_option("--input", a->options.input, "the text to tokenize")->type_name("FILE"));
   cli::Required(c->add_option("--out", a->options.out_dir, "where the shards go")->type_name("DIR"));
-  cli::AddNumber(*c, "--val-fraction", a->options.val_fraction, "F", "the last fraction of the text becomes val");
+  cli::AddNumber(*c, "--val-fraction", a->options.val_fraction, "F",
+                 "the last fraction of the text becomes val");
   c->add_option("--tokenizer", a->tokenizer, "byte (default) or gpt2")->type_name("byte|gpt2");
   c->add_option("--vocab", a->vocab, "GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")
       ->type_name("DIR");
@@ -121,8 +124,9 @@ void AddPrep(CLI::App& app) {
     options.allowed_jurisdictions = SplitList(a->jurisdictions);
     options.allowed_sites = SplitList(a->sites);
     if (a->tokenizer == "gpt2" && c->count("--vocab") == 0) {
-      return cli::UsageError(*c, "--tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or encoder.json + "
-                                 "vocab.bpe)");
+      return cli::UsageError(*c,
+                             "--tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or encoder.json + "
+                             "vocab.bpe)");
     }
     StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
         a->tokenizer == "gpt2" ? MakeGpt2Tokenizer(a->vocab) : MakeTokenizer(a->tokenizer);
@@ -131,7 +135,8 @@ void AddPrep(CLI::App& app) {
     if (!result.ok()) return Fail("prep", result.status());
     std::printf("fjord prep: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) under %s\n",
                 static_cast<long long>(result->train_tokens), result->train_files.size(),
-                static_cast<long long>(result->val_tokens), result->val_files.size(), options.out_dir.c_str());
+                static_cast<long long>(result->val_tokens), result->val_files.size(),
+                options.out_dir.c_str());
     if (!result->manifest_path.empty()) {
       std::printf("fjord prep: manifest %s: tenant %s, jurisdictions %s\n", result->manifest_path.c_str(),
                   options.tenant.c_str(), JoinList(options.allowed_jurisdictions).c_str());
@@ -173,7 +178,8 @@ void AddSample(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
-      app, "sample", "generate text from a checkpoint, streamed as it is produced; --key reads a sealed checkpoint");
+      app, "sample",
+      "generate text from a checkpoint, streamed as it is produced; --key reads a sealed checkpoint");
   cli::Required(c->add_option("--checkpoint", a->checkpoint, "the checkpoint")->type_name("DIR"));
   c->add_option("--prompt", a->options.prompt, "the text to continue")->type_name("TEXT");
   cli::AddNumber(*c, "--tokens", a->options.tokens, "N", "tokens to generate (default 256)");
@@ -181,7 +187,8 @@ void AddSample(CLI::App& app) {
   cli::AddNumber(*c, "--top-k", a->options.top_k, "K", "sample from the K likeliest tokens (0: all)");
   cli::AddNumber(*c, "--top-p", a->options.top_p, "P", "nucleus sampling: the smallest set with this mass");
   cli::AddNumber(*c, "--seed", a->options.seed, "S", "random seed");
-  c->add_option("--vocab", a->options.vocab_dir, "GPT-2 BPE files (default: the byte tokenizer)")->type_name("DIR");
+  c->add_option("--vocab", a->options.vocab_dir, "GPT-2 BPE files (default: the byte tokenizer)")
+      ->type_name("DIR");
   AddAccess(*c, a->access);
   c->run = [c, a] {
     if (a->checkpoint.empty()) return cli::UsageError(*c, "--checkpoint DIR is required");
@@ -205,10 +212,10 @@ void AddExport(CLI::App& app) {
     CheckpointAccess access;
   };
   auto a = std::make_shared<Args>();
-  cli::Command* c = cli::AddCommand(
-      app, "export",
-      "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + config.json) or llm.c; a sealed "
-      "checkpoint needs --key, and its plaintext export is audited");
+  cli::Command* c = cli::AddCommand(app, "export",
+                                    "write a checkpoint's weights for Hugging Face (PATH/model.safetensors + "
+                                    "config.json) or llm.c; a sealed "
+                                    "checkpoint needs --key, and its plaintext export is audited");
   cli::Required(c->add_option("--checkpoint", a->checkpoint, "the checkpoint")->type_name("DIR"));
   cli::Required(c->add_option("--out", a->out, "where the weights go")->type_name("PATH"));
   c->add_option("--format", a->format, "hf (default), llmc or llmc-bf16")->type_name("hf|llmc|llmc-bf16");
@@ -223,8 +230,10 @@ void AddExport(CLI::App& app) {
     if (!s.ok()) return Fail("export", s);
     std::printf("fjord export: wrote %s\n", a->out.c_str());
     if (c->count("--key") > 0) {
-      std::fprintf(stderr, "fjord export: note: %s holds the sealed checkpoint's weights in plaintext; the export is "
-                           "recorded in the audit log. Keep it inside the tenant's residency\n", a->out.c_str());
+      std::fprintf(stderr,
+                   "fjord export: note: %s holds the sealed checkpoint's weights in plaintext; the export is "
+                   "recorded in the audit log. Keep it inside the tenant's residency\n",
+                   a->out.c_str());
     }
     return 0;
   };
@@ -242,7 +251,8 @@ void AddImport(CLI::App& app) {
   cli::Required(c->add_option("--out", a->out, "the new checkpoint")->type_name("DIR"));
   c->add_option("--format", a->format, "hf (default) or llmc")->type_name("hf|llmc");
   c->run = [c, a] {
-    if (a->from.empty() || a->out.empty()) return cli::UsageError(*c, "--from PATH and --out DIR are required");
+    if (a->from.empty() || a->out.empty())
+      return cli::UsageError(*c, "--from PATH and --out DIR are required");
     StatusOr<ModelFormat> format = ParseModelFormat(a->format);
     if (!format.ok()) return Fail("import", format.status());
     Status s = ImportModel(a->from, *format, a->out);
@@ -256,8 +266,10 @@ void AddDemo(CLI::App& app) {
   auto options = std::make_shared<DemoOptions>();
   cli::Command* c = cli::AddCommand(
       app, "demo", "generate a corpus, prep it, train the embedded small model and sample from it");
-  c->add_option("--dir", options->dir, "where the corpus, shards and run go (default runs/demo)")->type_name("DIR");
-  c->add_option("--set", options->overrides, "override a field of the demo's job spec")->type_name("PATH=VALUE");
+  c->add_option("--dir", options->dir, "where the corpus, shards and run go (default runs/demo)")
+      ->type_name("DIR");
+  c->add_option("--set", options->overrides, "override a field of the demo's job spec")
+      ->type_name("PATH=VALUE");
   c->run = [options] {
     StatusOr<proto::JobSpec> job = DemoJobSpec(*options);
     if (!job.ok()) return Fail("demo", job.status());

@@ -17,8 +17,8 @@
 #include <thread>
 
 #include "common/env.h"
-#include "launcher/launch.h"
 #include "common/text.h"
+#include "launcher/launch.h"
 
 namespace fjord {
 namespace {
@@ -138,10 +138,12 @@ StatusOr<std::vector<proto::InventoryNode>> ParseSinfoNodes(std::string_view tex
 StatusOr<std::vector<proto::InventoryNode>> SlurmNodes(const std::string& partition, int slots) {
   const std::vector<std::string> argv = SinfoCommand(partition);
   // Slurm's commands retry a missing configuration file for a minute before they give up.
-  if (const std::optional<std::string> conf = GetEnv("SLURM_CONF"); conf && access(conf->c_str(), R_OK) != 0) {
-    return FailedPrecondition("cannot list Slurm's nodes: SLURM_CONF names " + *conf + ", which cannot be read (" +
-                              std::strerror(errno) +
-                              "). Set SLURM_CONF to the cluster's slurm.conf, or unset it to use Slurm's default");
+  if (const std::optional<std::string> conf = GetEnv("SLURM_CONF");
+      conf && access(conf->c_str(), R_OK) != 0) {
+    return FailedPrecondition(
+        "cannot list Slurm's nodes: SLURM_CONF names " + *conf + ", which cannot be read (" +
+        std::strerror(errno) +
+        "). Set SLURM_CONF to the cluster's slurm.conf, or unset it to use Slurm's default");
   }
   CommandOutput r = RunCaptured(argv);
   if (r.exit_code != 0) {
@@ -227,7 +229,8 @@ StatusOr<SlurmJob> QuerySlurmJob(const std::string& id) {
   return ParseScontrolJob(r.output);
 }
 
-StatusOr<SlurmJob> WaitForSlurmJob(const std::string& id, const std::function<void(const SlurmJob&)>& on_poll) {
+StatusOr<SlurmJob> WaitForSlurmJob(const std::string& id,
+                                   const std::function<void(const SlurmJob&)>& on_poll) {
   auto last_ok = std::chrono::steady_clock::now();
   for (;;) {
     StatusOr<SlurmJob> job = QuerySlurmJob(id);

@@ -6,7 +6,7 @@
 # (those tests skip without it). libcli11-dev (header-only CLI11) parses the fjord command line.
 set -euo pipefail
 packages=(cmake g++ make pkg-config libprotobuf-dev protobuf-compiler libopenblas-dev libgtest-dev
-          openmpi-bin libopenmpi-dev libssl-dev python3 python3-numpy ccache slurm-wlm munge libcli11-dev)
+          openmpi-bin libopenmpi-dev libssl-dev python3 python3-numpy ccache slurm-wlm munge libcli11-dev clang-format)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

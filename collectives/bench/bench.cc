@@ -46,26 +46,32 @@ std::string JsonNumber(double v) { return std::isfinite(v) ? Printf("%.12g", v) 
 
 uint64_t ExactBound(DataType dtype) {
   switch (dtype) {
-    case DataType::kF32: return uint64_t{1} << 24;
-    case DataType::kBF16: return 256;
-    case DataType::kF16: return 2048;
-    case DataType::kI32: return uint64_t{1} << 30;
-    case DataType::kU8: return 256;
+    case DataType::kF32:
+      return uint64_t{1} << 24;
+    case DataType::kBF16:
+      return 256;
+    case DataType::kF16:
+      return 2048;
+    case DataType::kI32:
+      return uint64_t{1} << 30;
+    case DataType::kU8:
+      return 256;
   }
   return 1;
 }
 
 class Values {
  public:
-  Values(DataType dtype, ReduceOp op, bool reduction, int world_size) : dtype_(dtype), op_(op), n_(world_size) {
+  Values(DataType dtype, ReduceOp op, bool reduction, int world_size)
+      : dtype_(dtype), op_(op), n_(world_size) {
     const uint64_t bound = ExactBound(dtype);
     const bool sums = reduction && op != ReduceOp::kMax && dtype != DataType::kU8;
     modulus_ = std::max<uint64_t>(1, sums ? bound / static_cast<uint64_t>(world_size) : bound);
   }
 
   int64_t Input(int rank, size_t pos) const {
-    return static_cast<int64_t>((static_cast<uint64_t>(pos) * 7919 + static_cast<uint64_t>(rank) * 104729 + 1) %
-                                modulus_);
+    return static_cast<int64_t>(
+        (static_cast<uint64_t>(pos) * 7919 + static_cast<uint64_t>(rank) * 104729 + 1) % modulus_);
   }
 
   // The reduction over all ranks of Input(*, pos), encoded into `dst`.
@@ -92,8 +98,10 @@ class Values {
         std::memcpy(dst, &h, 2);
         return;
       }
-      case DataType::kI32: return Encode(acc / n_, dst);
-      case DataType::kU8: return;  // refused by the communicator
+      case DataType::kI32:
+        return Encode(acc / n_, dst);
+      case DataType::kU8:
+        return;  // refused by the communicator
     }
   }
 
@@ -146,7 +154,9 @@ class HostBenchMemory final : public BenchMemory {
     start_ = Clock::now();
     return OkStatus();
   }
-  StatusOr<double> StopTimer() override { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+  StatusOr<double> StopTimer() override {
+    return std::chrono::duration<double>(Clock::now() - start_).count();
+  }
   bool queued() const override { return false; }
   std::string Describe() const override { return "host memory"; }
 
@@ -205,8 +215,8 @@ Status Keep(StatusOr<Handle> h, Handle* out) {
 
 // `reduce` as ReduceScatter + gather of the blocks to the root (see bench.h). The count need not
 // divide by n: the last count % n elements are all-reduced.
-Status ComposedReduce(Communicator& comm, const void* send, void* recv, size_t count, DataType dtype, ReduceOp op,
-                      int root) {
+Status ComposedReduce(Communicator& comm, const void* send, void* recv, size_t count, DataType dtype,
+                      ReduceOp op, int root) {
   const int n = comm.size(), r = comm.rank();
   const size_t es = DataTypeSize(dtype);
   const size_t c = count / static_cast<size_t>(n), tail = count - c * static_cast<size_t>(n);
@@ -216,10 +226,12 @@ Status ComposedReduce(Communicator& comm, const void* send, void* recv, size_t c
     if (r == root) {
       for (int q = 0; q < n; ++q) {
         if (q == root) continue;
-        FJORD_RETURN_IF_ERROR(comm.SendRecv(nullptr, 0, q, out + static_cast<size_t>(q) * c * es, c, q, dtype));
+        FJORD_RETURN_IF_ERROR(
+            comm.SendRecv(nullptr, 0, q, out + static_cast<size_t>(q) * c * es, c, q, dtype));
       }
     } else {
-      FJORD_RETURN_IF_ERROR(comm.SendRecv(out + static_cast<size_t>(r) * c * es, c, root, nullptr, 0, root, dtype));
+      FJORD_RETURN_IF_ERROR(
+          comm.SendRecv(out + static_cast<size_t>(r) * c * es, c, root, nullptr, 0, root, dtype));
     }
   }
   if (tail > 0) {
@@ -276,7 +288,9 @@ const CollectiveEntry kCollectives[] = {
        std::byte* buffer = in_place ? send : recv;
        return Layout{buffer, g.r == g.o.root ? g.c : 0, buffer, g.c, buffer, buffer};
      },
-     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) { v.Encode(v.Input(g.o.root, i), dst); },
+     [](const Geometry& g, const Values& v, size_t i, std::byte* dst) {
+       v.Encode(v.Input(g.o.root, i), dst);
+     },
      [](const Geometry& g, Communicator& comm, const Layout& l, bool async, Handle* h) {
        if (async) return Keep(comm.BroadcastAsync(l.recv, g.c, g.o.dtype, g.o.root), h);
        return comm.Broadcast(l.recv, g.c, g.o.dtype, g.o.root);
@@ -304,7 +318,9 @@ const CollectiveEntry kCollectives[] = {
      }},
     // Each rank sends to the next and receives from the previous one (a ring shift).
     {BenchCollective::kSendRecv, "sendrecv", false, false, false, false, OneFactor,
-     [](const Geometry& g, bool, std::byte* send, std::byte* recv) { return Layout{send, g.c, recv, g.c, send, recv}; },
+     [](const Geometry& g, bool, std::byte* send, std::byte* recv) {
+       return Layout{send, g.c, recv, g.c, send, recv};
+     },
      [](const Geometry& g, const Values& v, size_t i, std::byte* dst) {
        v.Encode(v.Input((g.r - 1 + g.n) % g.n, i), dst);
      },
@@ -328,8 +344,8 @@ struct Staging {
 // One measurement: the collective's layout of the buffers and what the checked result must hold.
 class Measurement {
  public:
-  Measurement(const BenchOptions& o, Communicator& comm, const BenchShape& shape, bool in_place, std::byte* send,
-              std::byte* recv)
+  Measurement(const BenchOptions& o, Communicator& comm, const BenchShape& shape, bool in_place,
+              std::byte* send, std::byte* recv)
       : entry_(EntryOf(o.collective)),
         g_{o, comm.size(), comm.rank(), shape.per_rank, DataTypeSize(o.dtype)},
         in_place_(in_place),
@@ -399,7 +415,8 @@ StatusOr<double> CombineTime(Communicator& control, TimeCombine how, double seco
 // Check run, warm-up, then `repeat` timed loops; the time of one iteration, combined over ranks
 // as -a says, of the fastest loop into *seconds.
 Status Measure(const BenchOptions& o, Communicator& comm, Communicator& control, BenchMemory& memory,
-               const Measurement& m, Staging& staging, bool* corrupt_pending, long long* wrong, double* seconds) {
+               const Measurement& m, Staging& staging, bool* corrupt_pending, long long* wrong,
+               double* seconds) {
   std::unique_ptr<CommHandle> handle;
   *wrong = -1;
   if (o.check) {
@@ -449,8 +466,8 @@ std::string MeasurementText(const BenchMeasurement& m) {
 std::string MeasurementJson(const BenchMeasurement& m) {
   if (!m.measured) return "null";
   return "{\"time_us\": " + JsonNumber(m.time_us) + ", \"algbw_gbps\": " + JsonNumber(m.algbw) +
-         ", \"busbw_gbps\": " + JsonNumber(m.busbw) + ", \"wrong\": " + (m.wrong < 0 ? "null" : std::to_string(m.wrong)) +
-         "}";
+         ", \"busbw_gbps\": " + JsonNumber(m.busbw) +
+         ", \"wrong\": " + (m.wrong < 0 ? "null" : std::to_string(m.wrong)) + "}";
 }
 
 std::string ContextJson(const BenchContext& context) {
@@ -468,7 +485,8 @@ std::string ContextJson(const BenchContext& context) {
 std::string RanksText(const BenchContext& context) {
   std::string out = "#\n# Using devices\n";
   for (const BenchRankDesc& d : context.ranks) {
-    out += Printf("#  Rank %2d Pid %6ld on %10s device %s\n", d.rank, d.pid, d.host.c_str(), d.device.c_str());
+    out +=
+        Printf("#  Rank %2d Pid %6ld on %10s device %s\n", d.rank, d.pid, d.host.c_str(), d.device.c_str());
   }
   return out;
 }
@@ -503,9 +521,12 @@ bool BenchHasRoot(BenchCollective c) { return EntryOf(c).root; }
 double BusBandwidthFactor(BenchCollective c, int world_size) { return EntryOf(c).busbw_factor(world_size); }
 const char* TimeCombineName(TimeCombine c) {
   switch (c) {
-    case TimeCombine::kAvg: return "avg";
-    case TimeCombine::kMin: return "min";
-    case TimeCombine::kMax: return "max";
+    case TimeCombine::kAvg:
+      return "avg";
+    case TimeCombine::kMin:
+      return "min";
+    case TimeCombine::kMax:
+      return "max";
   }
   return "?";
 }
@@ -554,8 +575,10 @@ StatusOr<BenchContext> GatherBenchContext(Communicator& control, const BenchMemo
                                           const std::string& backend) {
   FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> pids,
                          AllGatherStrings(control, std::to_string(static_cast<long>(getpid()))));
-  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> hosts, AllGatherStrings(control, control.rank_info().host));
-  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> devices, AllGatherStrings(control, memory.Describe()));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> hosts,
+                         AllGatherStrings(control, control.rank_info().host));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> devices,
+                         AllGatherStrings(control, memory.Describe()));
   BenchContext context;
   context.backend = backend;
   context.world_size = control.size();
@@ -569,19 +592,21 @@ StatusOr<BenchContext> GatherBenchContext(Communicator& control, const BenchMemo
 // ---------------------------------------------------------------------------------------------
 // The sweep.
 
-StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& o, const std::vector<BenchTarget>& targets,
+StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& o,
+                                                const std::vector<BenchTarget>& targets,
                                                 Communicator& control, BenchMemory& memory,
                                                 const std::function<void(size_t, const BenchRow&)>& on_row) {
   if (targets.empty()) return InvalidArgument("bench: no communicator to measure");
   const int n = control.size();
   for (const BenchTarget& t : targets) {
     if (t.comm == nullptr || t.comm->size() != n || t.comm->rank() != control.rank()) {
-      return InvalidArgument("bench: communicator '" + t.label + "' does not span the same ranks as the control one");
+      return InvalidArgument("bench: communicator '" + t.label +
+                             "' does not span the same ranks as the control one");
     }
   }
   if (BenchHasRoot(o.collective) && (o.root < 0 || o.root >= n)) {
-    return InvalidArgument("root " + std::to_string(o.root) + " is not a rank: the job has " + std::to_string(n) +
-                           " rank(s), so use -r 0.." + std::to_string(n - 1));
+    return InvalidArgument("root " + std::to_string(o.root) + " is not a rank: the job has " +
+                           std::to_string(n) + " rank(s), so use -r 0.." + std::to_string(n - 1));
   }
   if (BenchHasReduction(o.collective)) FJORD_RETURN_IF_ERROR(CheckReduction(o.dtype, o.op));
   if (o.iters < 1 || o.warmup < 0 || o.repeat < 1) {
@@ -609,7 +634,8 @@ StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& o, const std
   size_t last_bytes = SIZE_MAX;
   for (size_t requested : sizes) {
     const BenchShape shape = BenchShapeFor(o.collective, requested, o.dtype, n);
-    if (shape.count == 0 || shape.bytes == last_bytes) continue;  // too small for one element per rank, or a repeat
+    if (shape.count == 0 || shape.bytes == last_bytes)
+      continue;  // too small for one element per rank, or a repeat
     last_bytes = shape.bytes;
     for (size_t t = 0; t < targets.size(); ++t) {
       Communicator& comm = *targets[t].comm;
@@ -624,8 +650,9 @@ StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& o, const std
         double seconds = 0;
         const Status s = Measure(o, comm, control, memory, m, staging, &corrupt_pending, &wrong, &seconds);
         if (!s.ok()) {
-          return s.WithContext(std::string(BenchCollectiveName(o.collective)) + " of " + std::to_string(shape.bytes) +
-                               " bytes (" + (in_place ? "in place" : "out of place") + ", " + targets[t].label + ")");
+          return s.WithContext(std::string(BenchCollectiveName(o.collective)) + " of " +
+                               std::to_string(shape.bytes) + " bytes (" +
+                               (in_place ? "in place" : "out of place") + ", " + targets[t].label + ")");
         }
         const double time = seconds;
         out.measured = true;
@@ -650,20 +677,26 @@ StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& o, const std
 }
 
 std::string FormatBenchHeader(const BenchOptions& o, const BenchContext& context, const std::string& label) {
-  std::string out = Printf("# fjord bench %s: backend %s, algorithm %s, %d rank(s)\n", BenchCollectiveName(o.collective),
-                           context.backend.c_str(), label.c_str(), context.world_size);
-  const std::string step = o.factor > 1.0 ? Printf("%g(factor)", o.factor) : Printf("%zu(bytes)", o.step_bytes);
-  out += Printf("# minBytes %zu maxBytes %zu step: %s warmup iters: %d iters: %d validation: %d average: %s\n",
-                o.min_bytes, o.max_bytes, step.c_str(), o.warmup, o.iters, o.check ? 1 : 0, TimeCombineName(o.combine));
-  if (o.repeat > 1) out += Printf("# repeat: %d (each time is the fastest of %d timed loops)\n", o.repeat, o.repeat);
+  std::string out =
+      Printf("# fjord bench %s: backend %s, algorithm %s, %d rank(s)\n", BenchCollectiveName(o.collective),
+             context.backend.c_str(), label.c_str(), context.world_size);
+  const std::string step =
+      o.factor > 1.0 ? Printf("%g(factor)", o.factor) : Printf("%zu(bytes)", o.step_bytes);
+  out += Printf(
+      "# minBytes %zu maxBytes %zu step: %s warmup iters: %d iters: %d validation: %d average: %s\n",
+      o.min_bytes, o.max_bytes, step.c_str(), o.warmup, o.iters, o.check ? 1 : 0, TimeCombineName(o.combine));
+  if (o.repeat > 1)
+    out += Printf("# repeat: %d (each time is the fastest of %d timed loops)\n", o.repeat, o.repeat);
   out += RanksText(context);
   out += "#\n";
-  out += Printf("# %10s  %12s  %8s  %6s  %6s           out-of-place                       in-place          \n", "", "",
-                "", "", "");
-  out += Printf("# %10s  %12s  %8s  %6s  %6s  %7s  %6s  %6s %6s  %7s  %6s  %6s %6s\n", "size", "count", "type",
-                "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
-  out += Printf("# %10s  %12s  %8s  %6s  %6s  %7s  %6s  %6s  %5s  %7s  %6s  %6s  %5s\n", "(B)", "(elements)", "", "",
-                "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
+  out +=
+      Printf("# %10s  %12s  %8s  %6s  %6s           out-of-place                       in-place          \n",
+             "", "", "", "", "");
+  out +=
+      Printf("# %10s  %12s  %8s  %6s  %6s  %7s  %6s  %6s %6s  %7s  %6s  %6s %6s\n", "size", "count", "type",
+             "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
+  out += Printf("# %10s  %12s  %8s  %6s  %6s  %7s  %6s  %6s  %5s  %7s  %6s  %6s  %5s\n", "(B)", "(elements)",
+                "", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
   return out;
 }
 
@@ -682,9 +715,10 @@ std::string FormatBenchFooter(const BenchTable& table) {
 std::string FormatBenchComparison(const std::vector<BenchTable>& tables) {
   if (tables.size() < 2) return "";
   const BenchTable& base = tables[0];
-  std::string out = "# Against algorithm '" + base.label +
-                    "' (first listed), same run: time x = time / its time (lower is faster), busbw x = busbw / its "
-                    "busbw (higher is better)\n";
+  std::string out =
+      "# Against algorithm '" + base.label +
+      "' (first listed), same run: time x = time / its time (lower is faster), busbw x = busbw / its "
+      "busbw (higher is better)\n";
   out += Printf("# %10s", "size");
   for (size_t t = 1; t < tables.size(); ++t) {
     const std::string l = tables[t].label;
@@ -714,14 +748,18 @@ std::string FormatBenchComparison(const std::vector<BenchTable>& tables) {
   return out;
 }
 
-std::string BenchJson(const BenchOptions& o, const BenchContext& context, const std::vector<BenchTable>& tables) {
-  std::string out = "{\n  \"bench\": " + JsonQuote(BenchCollectiveName(o.collective)) + ", " + ContextJson(context);
+std::string BenchJson(const BenchOptions& o, const BenchContext& context,
+                      const std::vector<BenchTable>& tables) {
+  std::string out =
+      "{\n  \"bench\": " + JsonQuote(BenchCollectiveName(o.collective)) + ", " + ContextJson(context);
   out += ",\n  \"type\": " + JsonQuote(DataTypeName(o.dtype)) +
          ", \"redop\": " + JsonQuote(BenchHasReduction(o.collective) ? ReduceOpName(o.op) : "none") +
          ", \"root\": " + std::to_string(BenchHasRoot(o.collective) ? o.root : -1) +
-         ", \"min_bytes\": " + std::to_string(o.min_bytes) + ", \"max_bytes\": " + std::to_string(o.max_bytes) +
-         ", \"iters\": " + std::to_string(o.iters) + ", \"warmup\": " + std::to_string(o.warmup) +
-         ", \"repeat\": " + std::to_string(o.repeat) + ", \"check\": " + (o.check ? "true" : "false") + ", \"average\": " + JsonQuote(TimeCombineName(o.combine)) +
+         ", \"min_bytes\": " + std::to_string(o.min_bytes) +
+         ", \"max_bytes\": " + std::to_string(o.max_bytes) + ", \"iters\": " + std::to_string(o.iters) +
+         ", \"warmup\": " + std::to_string(o.warmup) + ", \"repeat\": " + std::to_string(o.repeat) +
+         ", \"check\": " + (o.check ? "true" : "false") +
+         ", \"average\": " + JsonQuote(TimeCombineName(o.combine)) +
          ",\n  \"bus_factor\": " + JsonNumber(BusBandwidthFactor(o.collective, context.world_size)) +
          ",\n  \"tables\": [";
   long long wrong = 0;
@@ -729,12 +767,13 @@ std::string BenchJson(const BenchOptions& o, const BenchContext& context, const 
     const BenchTable& table = tables[t];
     wrong += table.wrong;
     out += std::string(t ? ",\n    " : "\n    ") + "{\"algo\": " + JsonQuote(table.label) +
-           ", \"wrong\": " + std::to_string(table.wrong) + ", \"avg_busbw_gbps\": " + JsonNumber(table.avg_busbw) +
-           ", \"rows\": [";
+           ", \"wrong\": " + std::to_string(table.wrong) +
+           ", \"avg_busbw_gbps\": " + JsonNumber(table.avg_busbw) + ", \"rows\": [";
     for (size_t i = 0; i < table.rows.size(); ++i) {
       const BenchRow& row = table.rows[i];
       out += std::string(i ? ",\n      " : "\n      ") + "{\"size\": " + std::to_string(row.bytes) +
-             ", \"count\": " + std::to_string(row.count) + ", \"out_of_place\": " + MeasurementJson(row.out_of_place) +
+             ", \"count\": " + std::to_string(row.count) +
+             ", \"out_of_place\": " + MeasurementJson(row.out_of_place) +
              ", \"in_place\": " + MeasurementJson(row.in_place) + "}";
     }
     out += "]}";
@@ -776,8 +815,10 @@ void FlagSlowLinks(double threshold, P2pResult* result) {
       }
     }
   }
-  std::sort(bw_flags.begin(), bw_flags.end(), [](const P2pFlag& a, const P2pFlag& b) { return a.ratio < b.ratio; });
-  std::sort(lat_flags.begin(), lat_flags.end(), [](const P2pFlag& a, const P2pFlag& b) { return a.ratio > b.ratio; });
+  std::sort(bw_flags.begin(), bw_flags.end(),
+            [](const P2pFlag& a, const P2pFlag& b) { return a.ratio < b.ratio; });
+  std::sort(lat_flags.begin(), lat_flags.end(),
+            [](const P2pFlag& a, const P2pFlag& b) { return a.ratio > b.ratio; });
   result->flags = bw_flags;
   result->flags.insert(result->flags.end(), lat_flags.begin(), lat_flags.end());
 
@@ -804,7 +845,8 @@ void FlagSlowLinks(double threshold, P2pResult* result) {
                                  " peers): check its NIC, cable and switch port");
     } else if (out_node[k]) {
       result->suspects.push_back(h + ": every link sending from it is slow (" + std::to_string(peers) +
-                                 " of " + std::to_string(peers) + "): check its NIC and cable (transmit side)");
+                                 " of " + std::to_string(peers) +
+                                 "): check its NIC and cable (transmit side)");
     } else if (in_node[k]) {
       result->suspects.push_back(h + ": every link into it is slow (" + std::to_string(peers) + " of " +
                                  std::to_string(peers) + "): check its NIC and cable (receive side)");
@@ -816,10 +858,11 @@ void FlagSlowLinks(double threshold, P2pResult* result) {
   }
   for (const P2pFlag& f : bw_flags) {
     if (out_node[static_cast<size_t>(f.from)] || in_node[static_cast<size_t>(f.to)]) continue;
-    result->suspects.push_back(result->nodes[static_cast<size_t>(f.from)].label + " -> " +
-                               result->nodes[static_cast<size_t>(f.to)].label +
-                               ": slow while both ends are fine with other peers: check the path between them "
-                               "(cable, switch ports, routing)");
+    result->suspects.push_back(
+        result->nodes[static_cast<size_t>(f.from)].label + " -> " +
+        result->nodes[static_cast<size_t>(f.to)].label +
+        ": slow while both ends are fine with other peers: check the path between them "
+        "(cable, switch ports, routing)");
   }
   for (const P2pFlag& f : lat_flags) {
     if (lat_node[static_cast<size_t>(f.from)] || lat_node[static_cast<size_t>(f.to)]) continue;
@@ -829,19 +872,23 @@ void FlagSlowLinks(double threshold, P2pResult* result) {
   }
 }
 
-StatusOr<P2pResult> RunP2p(const P2pOptions& o, Communicator& data, Communicator& control, BenchMemory& memory) {
+StatusOr<P2pResult> RunP2p(const P2pOptions& o, Communicator& data, Communicator& control,
+                           BenchMemory& memory) {
   const int n = control.size(), me = control.rank();
   if (data.size() != n || data.rank() != me) {
     return InvalidArgument("p2p: the data communicator does not span the same ranks as the control one");
   }
   if (o.iters < 1 || o.warmup < 0) return InvalidArgument("p2p: iterations must be >= 1 and warm-up >= 0");
-  if (o.bandwidth_bytes == 0 || o.latency_bytes == 0) return InvalidArgument("p2p: message sizes must be > 0");
+  if (o.bandwidth_bytes == 0 || o.latency_bytes == 0)
+    return InvalidArgument("p2p: message sizes must be > 0");
   if (!(o.threshold > 0 && o.threshold < 1)) {
-    return InvalidArgument("p2p: the flag threshold must be between 0 and 1 (exclusive), got " + Printf("%g", o.threshold));
+    return InvalidArgument("p2p: the flag threshold must be between 0 and 1 (exclusive), got " +
+                           Printf("%g", o.threshold));
   }
 
   // Host names, then the nodes: every rank, or the first rank on each host.
-  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> hosts, AllGatherStrings(control, control.rank_info().host));
+  FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> hosts,
+                         AllGatherStrings(control, control.rank_info().host));
   P2pResult result;
   int my_node = -1;
   for (int r = 0; r < n; ++r) {
@@ -854,10 +901,11 @@ StatusOr<P2pResult> RunP2p(const P2pOptions& o, Communicator& data, Communicator
   }
   const size_t m = result.nodes.size();
   if (m < 2) {
-    return FailedPrecondition("p2p needs at least two nodes, but all " + std::to_string(n) + " rank(s) run on host " +
-                              result.nodes[0].host +
-                              ": start one rank per node (mpirun -np N --map-by node -H a,b,...), or pass --per-rank "
-                              "to measure between the ranks of one host");
+    return FailedPrecondition(
+        "p2p needs at least two nodes, but all " + std::to_string(n) + " rank(s) run on host " +
+        result.nodes[0].host +
+        ": start one rank per node (mpirun -np N --map-by node -H a,b,...), or pass --per-rank "
+        "to measure between the ranks of one host");
   }
 
   const size_t lat_bytes = o.latency_bytes, bw_bytes = o.bandwidth_bytes;
@@ -887,8 +935,9 @@ StatusOr<P2pResult> RunP2p(const P2pOptions& o, Communicator& data, Communicator
         for (int i = 0; i < o.warmup + o.iters; ++i) {
           const bool timed = i >= o.warmup && !sending;
           if (timed) FJORD_RETURN_IF_ERROR(memory.StartTimer());
-          const Status s = sending ? data.SendRecv(send.get(), bw_bytes, peer, nullptr, 0, peer, DataType::kU8)
-                                   : data.SendRecv(nullptr, 0, peer, recv.get(), bw_bytes, peer, DataType::kU8);
+          const Status s = sending
+                               ? data.SendRecv(send.get(), bw_bytes, peer, nullptr, 0, peer, DataType::kU8)
+                               : data.SendRecv(nullptr, 0, peer, recv.get(), bw_bytes, peer, DataType::kU8);
           FJORD_RETURN_IF_ERROR(s.WithContext(where));
           if (timed) {
             FJORD_ASSIGN_OR_RETURN(const double t, memory.StopTimer());
@@ -912,16 +961,18 @@ StatusOr<P2pResult> RunP2p(const P2pOptions& o, Communicator& data, Communicator
       // bandwidth so that the ranks waiting in the barrier have gone from spinning to sleeping
       // (they share cores with the pair when several ranks run on one machine).
       for (int i = 0; i < o.warmup; ++i) {
-        FJORD_RETURN_IF_ERROR(data.SendRecv(send.get(), lat_bytes, peer, recv.get(), lat_bytes, peer, DataType::kU8)
-                                  .WithContext(where));
+        FJORD_RETURN_IF_ERROR(
+            data.SendRecv(send.get(), lat_bytes, peer, recv.get(), lat_bytes, peer, DataType::kU8)
+                .WithContext(where));
       }
       // Each exchange timed alone, the median reported: a rank descheduled for a moment (an
       // oversubscribed node, a daemon) shows in one sample, not in the link's latency.
       std::vector<double> samples;
       for (int i = 0; i < o.iters; ++i) {
         FJORD_RETURN_IF_ERROR(memory.StartTimer());
-        FJORD_RETURN_IF_ERROR(data.SendRecv(send.get(), lat_bytes, peer, recv.get(), lat_bytes, peer, DataType::kU8)
-                                  .WithContext(where));
+        FJORD_RETURN_IF_ERROR(
+            data.SendRecv(send.get(), lat_bytes, peer, recv.get(), lat_bytes, peer, DataType::kU8)
+                .WithContext(where));
         FJORD_ASSIGN_OR_RETURN(const double t, memory.StopTimer());
         samples.push_back(t);
       }
@@ -954,9 +1005,10 @@ std::string FormatP2p(const P2pOptions& o, const BenchContext& context, const P2
   size_t width = 9;
   for (const P2pNode& node : r.nodes) width = std::max(width, node.label.size() + 1);
   const int w = static_cast<int>(width);
-  std::string out = o.per_rank ? Printf("# fjord bench p2p: backend %s, %zu ranks\n", context.backend.c_str(), m)
-                               : Printf("# fjord bench p2p: backend %s, %zu nodes (the first of %d rank(s) on each host)\n",
-                                        context.backend.c_str(), m, context.world_size);
+  std::string out =
+      o.per_rank ? Printf("# fjord bench p2p: backend %s, %zu ranks\n", context.backend.c_str(), m)
+                 : Printf("# fjord bench p2p: backend %s, %zu nodes (the first of %d rank(s) on each host)\n",
+                          context.backend.c_str(), m, context.world_size);
   out += Printf("# bandwidth: %zu-byte messages, one direction at a time, median of %d after %d warm-up\n",
                 o.bandwidth_bytes, o.iters, o.warmup);
   out += Printf("# latency: %zu-byte messages exchanged both ways at once, median time of one exchange\n",
@@ -966,7 +1018,8 @@ std::string FormatP2p(const P2pOptions& o, const BenchContext& context, const P2
     for (const P2pFlag& f : r.flags) {
       if (f.kind != kind) continue;
       if (static_cast<size_t>(f.from) == i && static_cast<size_t>(f.to) == j) return true;
-      if (kind == P2pFlag::Kind::kLatency && static_cast<size_t>(f.from) == j && static_cast<size_t>(f.to) == i) {
+      if (kind == P2pFlag::Kind::kLatency && static_cast<size_t>(f.from) == j &&
+          static_cast<size_t>(f.to) == i) {
         return true;
       }
     }
@@ -992,28 +1045,31 @@ std::string FormatP2p(const P2pOptions& o, const BenchContext& context, const P2
     }
     return s;
   };
-  out += matrix("Bandwidth (GB/s), row sends to column; ! = flagged", r.bandwidth_gbps, P2pFlag::Kind::kBandwidth,
-                "%*.3f");
+  out += matrix("Bandwidth (GB/s), row sends to column; ! = flagged", r.bandwidth_gbps,
+                P2pFlag::Kind::kBandwidth, "%*.3f");
   out += matrix("Latency (us) per exchange; ! = flagged", r.latency_us, P2pFlag::Kind::kLatency, "%*.1f");
-  out += Printf("#\n# median bandwidth %.3f GB/s: flagged below %.2f x median = %.3f GB/s\n", r.median_bandwidth,
-                o.threshold, o.threshold * r.median_bandwidth);
-  out += Printf("# median latency %.1f us: flagged above median / %.2f = %.1f us\n", r.median_latency, o.threshold,
-                r.median_latency / o.threshold);
+  out += Printf("#\n# median bandwidth %.3f GB/s: flagged below %.2f x median = %.3f GB/s\n",
+                r.median_bandwidth, o.threshold, o.threshold * r.median_bandwidth);
+  out += Printf("# median latency %.1f us: flagged above median / %.2f = %.1f us\n", r.median_latency,
+                o.threshold, r.median_latency / o.threshold);
   size_t bw_flags = 0;
   for (const P2pFlag& f : r.flags) bw_flags += f.kind == P2pFlag::Kind::kBandwidth;
-  out += Printf("# Slow links: %zu (bandwidth %zu, latency %zu)\n", r.flags.size(), bw_flags, r.flags.size() - bw_flags);
+  out += Printf("# Slow links: %zu (bandwidth %zu, latency %zu)\n", r.flags.size(), bw_flags,
+                r.flags.size() - bw_flags);
   for (const P2pFlag& f : r.flags) {
     const bool bwf = f.kind == P2pFlag::Kind::kBandwidth;
-    out += Printf("#   %s %s %s   %-9s %10.3f %s   %.2f x median\n", r.nodes[static_cast<size_t>(f.from)].label.c_str(),
-                  bwf ? "->" : "<->", r.nodes[static_cast<size_t>(f.to)].label.c_str(), bwf ? "bandwidth" : "latency",
-                  f.value, bwf ? "GB/s" : "us", f.ratio);
+    out += Printf("#   %s %s %s   %-9s %10.3f %s   %.2f x median\n",
+                  r.nodes[static_cast<size_t>(f.from)].label.c_str(), bwf ? "->" : "<->",
+                  r.nodes[static_cast<size_t>(f.to)].label.c_str(), bwf ? "bandwidth" : "latency", f.value,
+                  bwf ? "GB/s" : "us", f.ratio);
   }
   if (!r.suspects.empty()) {
     out += "# Suspects:\n";
     for (const std::string& s : r.suspects) out += "#   " + s + "\n";
   }
-  out += o.check ? Printf("# Out of bounds values : %lld %s\n", r.wrong_total, r.wrong_total ? "FAILED" : "OK")
-                 : "# Out of bounds values : not checked (-c 0)\n";
+  out += o.check
+             ? Printf("# Out of bounds values : %lld %s\n", r.wrong_total, r.wrong_total ? "FAILED" : "OK")
+             : "# Out of bounds values : not checked (-c 0)\n";
   return out;
 }
 
@@ -1022,9 +1078,9 @@ std::string P2pJson(const P2pOptions& o, const BenchContext& context, const P2pR
   std::string out = "{\n  \"bench\": \"p2p\", " + ContextJson(context);
   out += ",\n  \"per_rank\": " + std::string(o.per_rank ? "true" : "false") +
          ", \"latency_bytes\": " + std::to_string(o.latency_bytes) +
-         ", \"bandwidth_bytes\": " + std::to_string(o.bandwidth_bytes) + ", \"iters\": " + std::to_string(o.iters) +
-         ", \"warmup\": " + std::to_string(o.warmup) + ", \"threshold\": " + JsonNumber(o.threshold) +
-         ",\n  \"nodes\": [";
+         ", \"bandwidth_bytes\": " + std::to_string(o.bandwidth_bytes) +
+         ", \"iters\": " + std::to_string(o.iters) + ", \"warmup\": " + std::to_string(o.warmup) +
+         ", \"threshold\": " + JsonNumber(o.threshold) + ",\n  \"nodes\": [";
   for (size_t i = 0; i < m; ++i) {
     out += std::string(i ? ", " : "") + "{\"rank\": " + std::to_string(r.nodes[i].rank) +
            ", \"host\": " + JsonQuote(r.nodes[i].host) + ", \"label\": " + JsonQuote(r.nodes[i].label) + "}";
@@ -1039,8 +1095,12 @@ std::string P2pJson(const P2pOptions& o, const BenchContext& context, const P2pR
     return s + "]";
   };
   out += "]";
-  out += matrix("bandwidth_gbps", [&](size_t i, size_t j) { return i == j ? std::string("null") : JsonNumber(r.bandwidth_gbps[i][j]); });
-  out += matrix("latency_us", [&](size_t i, size_t j) { return i == j ? std::string("null") : JsonNumber(r.latency_us[i][j]); });
+  out += matrix("bandwidth_gbps", [&](size_t i, size_t j) {
+    return i == j ? std::string("null") : JsonNumber(r.bandwidth_gbps[i][j]);
+  });
+  out += matrix("latency_us", [&](size_t i, size_t j) {
+    return i == j ? std::string("null") : JsonNumber(r.latency_us[i][j]);
+  });
   out += matrix("wrong_matrix", [&](size_t i, size_t j) {
     return i == j || r.wrong[i][j] < 0 ? std::string("null") : std::to_string(r.wrong[i][j]);
   });
@@ -1048,11 +1108,11 @@ std::string P2pJson(const P2pOptions& o, const BenchContext& context, const P2pR
          ", \"median_latency_us\": " + JsonNumber(r.median_latency) + ",\n  \"flags\": [";
   for (size_t i = 0; i < r.flags.size(); ++i) {
     const P2pFlag& f = r.flags[i];
-    out += std::string(i ? ",\n    " : "\n    ") + "{\"kind\": " +
-           JsonQuote(f.kind == P2pFlag::Kind::kBandwidth ? "bandwidth" : "latency") +
+    out += std::string(i ? ",\n    " : "\n    ") +
+           "{\"kind\": " + JsonQuote(f.kind == P2pFlag::Kind::kBandwidth ? "bandwidth" : "latency") +
            ", \"from\": " + JsonQuote(r.nodes[static_cast<size_t>(f.from)].label) +
-           ", \"to\": " + JsonQuote(r.nodes[static_cast<size_t>(f.to)].label) + ", \"value\": " + JsonNumber(f.value) +
-           ", \"ratio\": " + JsonNumber(f.ratio) + "}";
+           ", \"to\": " + JsonQuote(r.nodes[static_cast<size_t>(f.to)].label) +
+           ", \"value\": " + JsonNumber(f.value) + ", \"ratio\": " + JsonNumber(f.ratio) + "}";
   }
   out += "],\n  \"suspects\": [";
   for (size_t i = 0; i < r.suspects.size(); ++i) out += std::string(i ? ", " : "") + JsonQuote(r.suspects[i]);

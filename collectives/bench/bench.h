@@ -37,7 +37,15 @@
 
 namespace fjord {
 
-enum class BenchCollective { kAllReduce, kAllGather, kReduceScatter, kBroadcast, kReduce, kAllToAll, kSendRecv };
+enum class BenchCollective {
+  kAllReduce,
+  kAllGather,
+  kReduceScatter,
+  kBroadcast,
+  kReduce,
+  kAllToAll,
+  kSendRecv
+};
 
 // "allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall", "sendrecv".
 const char* BenchCollectiveName(BenchCollective c);
@@ -108,10 +116,10 @@ struct BenchOptions {
   // --repeat: time the loop of `iters` this many times and report the fastest (a departure from
   // nccl-tests, which times one loop, for shared machines where a descheduled rank spoils a loop).
   int repeat = 1;
-  bool check = true;                    // -c: verify one run per measurement
-  ReduceOp op = ReduceOp::kSum;         // -o
-  DataType dtype = DataType::kF32;      // -d
-  int root = 0;                         // -r: broadcast and reduce
+  bool check = true;                        // -c: verify one run per measurement
+  ReduceOp op = ReduceOp::kSum;             // -o
+  DataType dtype = DataType::kF32;          // -d
+  int root = 0;                             // -r: broadcast and reduce
   TimeCombine combine = TimeCombine::kAvg;  // -a
   // Test hook (FJORD_TEST_HOOK bench_corrupt=RANK:INDEX): rank `corrupt_rank` changes element
   // `corrupt_index` of its result before comparing it, in the first out-of-place check whose
@@ -177,24 +185,27 @@ struct BenchContext {
 };
 
 // Gathers every rank's pid, host and memory description over `control` (host memory).
-StatusOr<BenchContext> GatherBenchContext(Communicator& control, const BenchMemory& memory, const std::string& backend);
+StatusOr<BenchContext> GatherBenchContext(Communicator& control, const BenchMemory& memory,
+                                          const std::string& backend);
 
 // Runs the sweep of `options` on every target, size by size (targets back to back within a size,
 // so that their rows see the same machine conditions). Collective over all ranks of every
 // target and of `control`. `on_row(table_index, row)` is called on every rank as each row is
 // complete. Returns the tables (the same on every rank) or the first error.
-StatusOr<std::vector<BenchTable>> RunBenchSweep(const BenchOptions& options, const std::vector<BenchTarget>& targets,
-                                                Communicator& control, BenchMemory& memory,
-                                                const std::function<void(size_t, const BenchRow&)>& on_row = {});
+StatusOr<std::vector<BenchTable>> RunBenchSweep(
+    const BenchOptions& options, const std::vector<BenchTarget>& targets, Communicator& control,
+    BenchMemory& memory, const std::function<void(size_t, const BenchRow&)>& on_row = {});
 
 // The nccl-tests table, in pieces so that rows can be printed as they come.
-std::string FormatBenchHeader(const BenchOptions& options, const BenchContext& context, const std::string& label);
+std::string FormatBenchHeader(const BenchOptions& options, const BenchContext& context,
+                              const std::string& label);
 std::string FormatBenchRow(const BenchOptions& options, const BenchRow& row);
 std::string FormatBenchFooter(const BenchTable& table);
 // With several tables: time and busbw of every table against the first, per size.
 std::string FormatBenchComparison(const std::vector<BenchTable>& tables);
 // The whole run as one JSON document (schema in docs/BENCH.md).
-std::string BenchJson(const BenchOptions& options, const BenchContext& context, const std::vector<BenchTable>& tables);
+std::string BenchJson(const BenchOptions& options, const BenchContext& context,
+                      const std::vector<BenchTable>& tables);
 
 // ---------------------------------------------------------------------------------------------
 // Point to point.
@@ -240,7 +251,8 @@ struct P2pResult {
 // Measures every pair of nodes (or ranks), one pair at a time while every other rank waits, so
 // links are measured alone. Collective over all ranks of `data` and `control`; the result is the
 // same on every rank. FailedPrecondition when fewer than two nodes take part.
-StatusOr<P2pResult> RunP2p(const P2pOptions& options, Communicator& data, Communicator& control, BenchMemory& memory);
+StatusOr<P2pResult> RunP2p(const P2pOptions& options, Communicator& data, Communicator& control,
+                           BenchMemory& memory);
 
 // Fills median_*, flags and suspects of `result` from its matrices (pure; used by RunP2p).
 void FlagSlowLinks(double threshold, P2pResult* result);

@@ -49,8 +49,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration;
-using std::chrono::milliseconds;
 using std::chrono::microseconds;
+using std::chrono::milliseconds;
 
 constexpr size_t kDefaultChunkBytes = size_t{256} << 10;
 constexpr int kRingWindow = 4;
@@ -64,7 +64,7 @@ constexpr int kTagSpan = 30000;
 constexpr int kTagCensusRequest = 1;
 constexpr int kTagCensusReply = 2;
 
-constexpr milliseconds kIdlePoll{10};          // an idle communication thread answers census requests
+constexpr milliseconds kIdlePoll{10};            // an idle communication thread answers census requests
 constexpr microseconds kCensusPollInWait{1000};  // and a waiting one this often
 constexpr milliseconds kAbortGrace{1000};
 constexpr size_t kMaxMpiElems = size_t{1} << 30;  // per MPI call (counts are int)
@@ -126,11 +126,15 @@ void CancelReceives(const std::vector<MPI_Request*>& recvs) {
 
 MPI_Datatype MpiType(DataType dtype) {
   switch (dtype) {
-    case DataType::kF32: return MPI_FLOAT;
+    case DataType::kF32:
+      return MPI_FLOAT;
     case DataType::kBF16:
-    case DataType::kF16: return MPI_UINT16_T;
-    case DataType::kI32: return MPI_INT32_T;
-    case DataType::kU8: return MPI_UINT8_T;
+    case DataType::kF16:
+      return MPI_UINT16_T;
+    case DataType::kI32:
+      return MPI_INT32_T;
+    case DataType::kU8:
+      return MPI_UINT8_T;
   }
   return MPI_BYTE;
 }
@@ -178,10 +182,14 @@ std::weak_ptr<MpiRuntime> g_runtime;  // guarded by MpiRuntime::mu
 
 const char* ThreadLevelName(int level) {
   switch (level) {
-    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
-    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
-    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
-    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE:
+      return "MPI_THREAD_MULTIPLE";
   }
   return "an unknown thread level";
 }
@@ -203,13 +211,15 @@ StatusOr<std::shared_ptr<MpiRuntime>> MpiRuntime::Acquire() {
     MPI_Query_thread(&rt->provided_);
   } else {
     const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &rt->provided_);
-    if (rc != MPI_SUCCESS) return Internal("MPI_Init_thread failed: " + MpiErrorString(rc) + " (on " + ThisHostname() + ")");
+    if (rc != MPI_SUCCESS)
+      return Internal("MPI_Init_thread failed: " + MpiErrorString(rc) + " (on " + ThisHostname() + ")");
     rt->initialized_here_ = true;
   }
   if (rt->provided_ < MPI_THREAD_SERIALIZED) {
-    return FailedPrecondition(std::string("MPI provides only ") + ThreadLevelName(rt->provided_) +
-                              "; fjord's communication thread needs MPI_THREAD_SERIALIZED or better (initialize MPI "
-                              "with MPI_Init_thread, or use an MPI built with thread support)");
+    return FailedPrecondition(
+        std::string("MPI provides only ") + ThreadLevelName(rt->provided_) +
+        "; fjord's communication thread needs MPI_THREAD_SERIALIZED or better (initialize MPI "
+        "with MPI_Init_thread, or use an MPI built with thread support)");
   }
   MPI_Op_create(&UserOp<DataType::kBF16, ReduceOp::kSum>, 1, &rt->bf16_sum_);
   MPI_Op_create(&UserOp<DataType::kBF16, ReduceOp::kMax>, 1, &rt->bf16_max_);
@@ -239,7 +249,7 @@ struct OpInfo {
   uint64_t p2p = 0;                       // SendRecv
   uint64_t record = 0;                    // flight recorder id
   size_t bytes = 0;
-  bool started = false;                   // recorded as started at issue (run on the caller's thread)
+  bool started = false;  // recorded as started at issue (run on the caller's thread)
 };
 
 // A queued operation; shared by the queue, the executor and the caller's handle.
@@ -286,13 +296,13 @@ class OpHandle final : public CommHandle {
 // What a rank tells a peer that gave up on a collective (sent as raw bytes: same build).
 struct CensusMsg {
   int64_t from = -1;
-  int64_t seq = 0;          // the collective asked about (0: a SendRecv)
-  int64_t issued = 0;       // last collective issued on `from`
-  int64_t completed = 0;    // last collective completed on `from`
-  int64_t running = 0;      // collective running now on `from` (0: none)
-  int64_t p2p_issued = 0;   // SendRecv calls issued on `from`
-  int64_t idle_us = 0;      // since `from` last issued anything
-  int64_t kind_at_seq = -1; // OpKind of `seq` on `from`; -1 when not issued or forgotten
+  int64_t seq = 0;           // the collective asked about (0: a SendRecv)
+  int64_t issued = 0;        // last collective issued on `from`
+  int64_t completed = 0;     // last collective completed on `from`
+  int64_t running = 0;       // collective running now on `from` (0: none)
+  int64_t p2p_issued = 0;    // SendRecv calls issued on `from`
+  int64_t idle_us = 0;       // since `from` last issued anything
+  int64_t kind_at_seq = -1;  // OpKind of `seq` on `from`; -1 when not issued or forgotten
   int64_t bytes_at_seq = 0;
 };
 
@@ -346,36 +356,57 @@ class MpiCommunicator final : public Communicator {
   const char* backend() const override { return "mpi"; }
 
   Status AllReduce(const void* send, void* recv, size_t count, DataType dtype, ReduceOp op) override {
-    return RunSync({.kind = OpKind::kAllReduce, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
-  }
-  StatusOr<std::unique_ptr<CommHandle>> AllReduceAsync(const void* send, void* recv, size_t count, DataType dtype,
-                                                       ReduceOp op) override {
-    return RunAsync({.kind = OpKind::kAllReduce, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
-  }
-  Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype, ReduceOp op) override {
     return RunSync(
-        {.kind = OpKind::kReduceScatter, .send = send, .recv = recv, .count = recv_count, .dtype = dtype, .op = op});
+        {.kind = OpKind::kAllReduce, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
+  }
+  StatusOr<std::unique_ptr<CommHandle>> AllReduceAsync(const void* send, void* recv, size_t count,
+                                                       DataType dtype, ReduceOp op) override {
+    return RunAsync(
+        {.kind = OpKind::kAllReduce, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
+  }
+  Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype,
+                       ReduceOp op) override {
+    return RunSync({.kind = OpKind::kReduceScatter,
+                    .send = send,
+                    .recv = recv,
+                    .count = recv_count,
+                    .dtype = dtype,
+                    .op = op});
   }
   StatusOr<std::unique_ptr<CommHandle>> ReduceScatterAsync(const void* send, void* recv, size_t recv_count,
                                                            DataType dtype, ReduceOp op) override {
-    return RunAsync(
-        {.kind = OpKind::kReduceScatter, .send = send, .recv = recv, .count = recv_count, .dtype = dtype, .op = op});
+    return RunAsync({.kind = OpKind::kReduceScatter,
+                     .send = send,
+                     .recv = recv,
+                     .count = recv_count,
+                     .dtype = dtype,
+                     .op = op});
   }
   Status AllGather(const void* send, void* recv, size_t send_count, DataType dtype) override {
-    return RunSync({.kind = OpKind::kAllGather, .send = send, .recv = recv, .count = send_count, .dtype = dtype});
+    return RunSync(
+        {.kind = OpKind::kAllGather, .send = send, .recv = recv, .count = send_count, .dtype = dtype});
   }
   StatusOr<std::unique_ptr<CommHandle>> AllGatherAsync(const void* send, void* recv, size_t send_count,
                                                        DataType dtype) override {
-    return RunAsync({.kind = OpKind::kAllGather, .send = send, .recv = recv, .count = send_count, .dtype = dtype});
+    return RunAsync(
+        {.kind = OpKind::kAllGather, .send = send, .recv = recv, .count = send_count, .dtype = dtype});
   }
   Status Broadcast(void* buffer, size_t count, DataType dtype, int root) override {
-    return RunSync(
-        {.kind = OpKind::kBroadcast, .send = buffer, .recv = buffer, .count = count, .dtype = dtype, .root = root});
+    return RunSync({.kind = OpKind::kBroadcast,
+                    .send = buffer,
+                    .recv = buffer,
+                    .count = count,
+                    .dtype = dtype,
+                    .root = root});
   }
   StatusOr<std::unique_ptr<CommHandle>> BroadcastAsync(void* buffer, size_t count, DataType dtype,
                                                        int root) override {
-    return RunAsync(
-        {.kind = OpKind::kBroadcast, .send = buffer, .recv = buffer, .count = count, .dtype = dtype, .root = root});
+    return RunAsync({.kind = OpKind::kBroadcast,
+                     .send = buffer,
+                     .recv = buffer,
+                     .count = count,
+                     .dtype = dtype,
+                     .root = root});
   }
   Status AllToAll(const void* send, void* recv, size_t count, DataType dtype) override {
     return RunSync({.kind = OpKind::kAllToAll, .send = send, .recv = recv, .count = count, .dtype = dtype});
@@ -396,7 +427,9 @@ class MpiCommunicator final : public Communicator {
                     .source = source});
   }
   Status Barrier() override { return RunSync({.kind = OpKind::kBarrier}); }
-  StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override { return RunAsync({.kind = OpKind::kBarrier}); }
+  StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override {
+    return RunAsync({.kind = OpKind::kBarrier});
+  }
 
   std::string FlightRecord() const override { return recorder_.Dump(Me()); }
   std::string InFlight() const override {
@@ -474,7 +507,7 @@ class MpiCommunicator final : public Communicator {
   std::atomic<uint64_t> issued_p2p_{0};
   std::atomic<uint64_t> completed_seq_{0};
   std::atomic<uint64_t> running_seq_{0};
-  std::atomic<int> waiting_peer_{-1};  // the peer of the ring/tree message being waited for (-1: none)
+  std::atomic<int> waiting_peer_{-1};      // the peer of the ring/tree message being waited for (-1: none)
   std::atomic<int64_t> last_issue_us_{0};  // since origin_
   std::atomic<bool> failed_flag_{false};
 
@@ -564,10 +597,12 @@ void MpiTransport::CancelPending() {
 
 Status MpiCommunicator::Init() {
   int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
-  if (rc != MPI_SUCCESS) return Internal("MPI_Comm_dup failed on " + ThisHostname() + ": " + MpiErrorString(rc));
+  if (rc != MPI_SUCCESS)
+    return Internal("MPI_Comm_dup failed on " + ThisHostname() + ": " + MpiErrorString(rc));
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   rc = MPI_Comm_dup(comm_, &census_comm_);
-  if (rc != MPI_SUCCESS) return Internal("MPI_Comm_dup failed on " + ThisHostname() + ": " + MpiErrorString(rc));
+  if (rc != MPI_SUCCESS)
+    return Internal("MPI_Comm_dup failed on " + ThisHostname() + ": " + MpiErrorString(rc));
   MPI_Comm_set_errhandler(census_comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -582,10 +617,11 @@ Status MpiCommunicator::Init() {
   }
   StatusOr<std::vector<std::string>> hosts =
       AllGatherStrings(ThisHostname(), size_, [this](const void* send, void* recv, size_t bytes) -> Status {
-        const int rc = MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes), MPI_BYTE,
-                                     comm_);
+        const int rc = MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes),
+                                     MPI_BYTE, comm_);
         if (rc == MPI_SUCCESS) return OkStatus();
-        return Internal("MPI_Allgather of host names failed on " + ThisHostname() + ": " + MpiErrorString(rc));
+        return Internal("MPI_Allgather of host names failed on " + ThisHostname() + ": " +
+                        MpiErrorString(rc));
       });
   if (!hosts.ok()) return hosts.status();
   hosts_ = std::move(hosts).value();
@@ -611,8 +647,8 @@ MpiCommunicator::~MpiCommunicator() {
     const Clock::time_point until = Clock::now() + milliseconds(500);
     for (Reply& r : replies_) {
       int flag = 0;
-      while (r.req != MPI_REQUEST_NULL && MPI_Test(&r.req, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && !flag &&
-             Clock::now() < until) {
+      while (r.req != MPI_REQUEST_NULL && MPI_Test(&r.req, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS &&
+             !flag && Clock::now() < until) {
         std::this_thread::yield();
       }
     }
@@ -625,7 +661,8 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 void MpiCommunicator::Abort(const std::string& message, int exit_code) {
-  std::fprintf(stderr, "fjord: rank %d (host %s) aborts the job: %s\n", rank_, HostOf(rank_).c_str(), message.c_str());
+  std::fprintf(stderr, "fjord: rank %d (host %s) aborts the job: %s\n", rank_, HostOf(rank_).c_str(),
+               message.c_str());
   std::fflush(nullptr);
   std::this_thread::sleep_for(kAbortGrace);
   MPI_Abort(MPI_COMM_WORLD, exit_code);
@@ -637,8 +674,8 @@ void MpiCommunicator::Abort(const std::string& message, int exit_code) {
 Status MpiCommunicator::Validate(const OpDesc& d) const {
   FJORD_RETURN_IF_ERROR(ValidateOp(d, rank_, size_));
   if (d.kind == OpKind::kAllToAll && d.count > static_cast<size_t>(INT_MAX)) {
-    return InvalidArgument("AllToAll: " + std::to_string(d.count) + " elements per block is more than MPI's " +
-                           std::to_string(INT_MAX));
+    return InvalidArgument("AllToAll: " + std::to_string(d.count) +
+                           " elements per block is more than MPI's " + std::to_string(INT_MAX));
   }
   return OkStatus();
 }
@@ -649,7 +686,8 @@ void MpiCommunicator::NewOp(const OpDesc& d, bool start_now, OpInfo* op) {
   switch (d.kind) {
     case OpKind::kAllReduce:
       op->algorithm = options_.algorithm;
-      if (op->algorithm == Algorithm::kAuto) op->algorithm = op->bytes <= tree_max_bytes_ ? Algorithm::kTree : Algorithm::kRing;
+      if (op->algorithm == Algorithm::kAuto)
+        op->algorithm = op->bytes <= tree_max_bytes_ ? Algorithm::kTree : Algorithm::kRing;
       break;
     case OpKind::kReduceScatter:
     case OpKind::kAllGather:
@@ -657,7 +695,8 @@ void MpiCommunicator::NewOp(const OpDesc& d, bool start_now, OpInfo* op) {
                           ? Algorithm::kMpi
                           : Algorithm::kRing;
       break;
-    default: op->algorithm = Algorithm::kMpi;
+    default:
+      op->algorithm = Algorithm::kMpi;
   }
   FlightEntry e;
   if (d.is_collective()) {
@@ -791,8 +830,10 @@ Status MpiCommunicator::Dispatch(const OpInfo& op) {
       switch (op.algorithm) {
         case Algorithm::kRing:
           return RingAllReduce(transport, d.send, d.recv, d.count, d.dtype, d.op, tag, ring_, scratch_);
-        case Algorithm::kTree: return TreeAllReduce(transport, d.send, d.recv, d.count, d.dtype, d.op, tag, scratch_);
-        default: return MpiAllReduce(d);
+        case Algorithm::kTree:
+          return TreeAllReduce(transport, d.send, d.recv, d.count, d.dtype, d.op, tag, scratch_);
+        default:
+          return MpiAllReduce(d);
       }
     case OpKind::kReduceScatter:
       if (op.algorithm == Algorithm::kMpi) return MpiReduceScatter(d);
@@ -800,10 +841,14 @@ Status MpiCommunicator::Dispatch(const OpInfo& op) {
     case OpKind::kAllGather:
       if (op.algorithm == Algorithm::kMpi) return MpiAllGather(d);
       return RingAllGather(transport, d.send, d.recv, d.count, d.dtype, tag, ring_, scratch_);
-    case OpKind::kBroadcast: return MpiBroadcast(d);
-    case OpKind::kAllToAll: return MpiAllToAll(d);
-    case OpKind::kSendRecv: return MpiSendRecv(d);
-    case OpKind::kBarrier: return MpiBarrier();
+    case OpKind::kBroadcast:
+      return MpiBroadcast(d);
+    case OpKind::kAllToAll:
+      return MpiAllToAll(d);
+    case OpKind::kSendRecv:
+      return MpiSendRecv(d);
+    case OpKind::kBarrier:
+      return MpiBarrier();
   }
   return Internal("unknown operation");
 }
@@ -897,7 +942,8 @@ Status MpiCommunicator::MpiBroadcast(const OpDesc& d) {
   for (size_t begin = 0; begin < d.count; begin += kMaxMpiElems) {
     const int len = static_cast<int>(std::min(kMaxMpiElems, d.count - begin));
     MPI_Request req = MPI_REQUEST_NULL;
-    const int rc = MPI_Ibcast(static_cast<std::byte*>(d.recv) + begin * es, len, MpiType(d.dtype), d.root, comm_, &req);
+    const int rc =
+        MPI_Ibcast(static_cast<std::byte*>(d.recv) + begin * es, len, MpiType(d.dtype), d.root, comm_, &req);
     if (rc != MPI_SUCCESS) return MpiFailure("MPI_Ibcast", rc);
     FJORD_RETURN_IF_ERROR(WaitRequest(&req, "MPI_Ibcast"));
   }
@@ -939,8 +985,8 @@ Status MpiCommunicator::MpiSendRecv(const OpDesc& d) {
   for (size_t i = 0; i < send_pieces; ++i) {
     const size_t begin = i * kMaxMpiElems;
     const int len = static_cast<int>(std::min(kMaxMpiElems, d.count - begin));
-    const int rc = MPI_Isend(static_cast<const std::byte*>(d.send) + begin * es, len, MpiType(d.dtype), d.root,
-                             kTagSendRecv, comm_, &sends[i]);
+    const int rc = MPI_Isend(static_cast<const std::byte*>(d.send) + begin * es, len, MpiType(d.dtype),
+                             d.root, kTagSendRecv, comm_, &sends[i]);
     if (rc != MPI_SUCCESS) return MpiFailure("MPI_Isend", rc);
   }
   for (size_t i = 0; i < recv_pieces; ++i) {
@@ -977,7 +1023,8 @@ CensusMsg MpiCommunicator::MyCensus(uint64_t seq) const {
   m.completed = static_cast<int64_t>(completed_seq_.load());
   m.running = static_cast<int64_t>(running_seq_.load());
   m.p2p_issued = static_cast<int64_t>(issued_p2p_.load());
-  m.idle_us = std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count() - last_issue_us_.load();
+  m.idle_us =
+      std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count() - last_issue_us_.load();
   if (seq != 0) {
     if (std::optional<FlightEntry> e = recorder_.FindSeq(seq)) {
       m.kind_at_seq = static_cast<int64_t>(e->kind);
@@ -996,7 +1043,8 @@ void MpiCommunicator::ServiceCensus() {
   for (;;) {
     int flag = 0;
     MPI_Status st;
-    if (MPI_Iprobe(MPI_ANY_SOURCE, kTagCensusRequest, census_comm_, &flag, &st) != MPI_SUCCESS || !flag) return;
+    if (MPI_Iprobe(MPI_ANY_SOURCE, kTagCensusRequest, census_comm_, &flag, &st) != MPI_SUCCESS || !flag)
+      return;
     CensusMsg request;
     if (MPI_Recv(&request, sizeof(request), MPI_BYTE, st.MPI_SOURCE, kTagCensusRequest, census_comm_,
                  MPI_STATUS_IGNORE) != MPI_SUCCESS) {
@@ -1004,7 +1052,8 @@ void MpiCommunicator::ServiceCensus() {
     }
     Reply& reply = replies_.emplace_back();
     reply.msg = MyCensus(static_cast<uint64_t>(request.seq));
-    MPI_Isend(&reply.msg, sizeof(reply.msg), MPI_BYTE, st.MPI_SOURCE, kTagCensusReply, census_comm_, &reply.req);
+    MPI_Isend(&reply.msg, sizeof(reply.msg), MPI_BYTE, st.MPI_SOURCE, kTagCensusReply, census_comm_,
+              &reply.req);
 
     // The peer gave up on that operation: ours will not complete either.
     if (peer_gave_up_rank_ < 0) {
@@ -1018,11 +1067,12 @@ void MpiCommunicator::ServiceCensus() {
     // A rank that has not called the collective yet says so, so that its log explains itself.
     if (request.seq != 0 && reply.msg.issued < request.seq && !explained_absence_ && !failed_flag_) {
       explained_absence_ = true;
-      const std::string text =
-          "fjord: " + Me() + " has not issued collective #" + std::to_string(request.seq) + " that rank " +
-          std::to_string(st.MPI_SOURCE) + " (host " + HostOf(st.MPI_SOURCE) + ") gave up on; its last collective is #" +
-          std::to_string(reply.msg.issued) + ", issued " + Seconds(microseconds(reply.msg.idle_us)) +
-          " ago: this rank's caller is busy elsewhere or stuck\n" + recorder_.Dump(Me());
+      const std::string text = "fjord: " + Me() + " has not issued collective #" +
+                               std::to_string(request.seq) + " that rank " + std::to_string(st.MPI_SOURCE) +
+                               " (host " + HostOf(st.MPI_SOURCE) + ") gave up on; its last collective is #" +
+                               std::to_string(reply.msg.issued) + ", issued " +
+                               Seconds(microseconds(reply.msg.idle_us)) +
+                               " ago: this rank's caller is busy elsewhere or stuck\n" + recorder_.Dump(Me());
       std::fputs(text.c_str(), stderr);
       std::fflush(stderr);
     }
@@ -1041,7 +1091,8 @@ std::string MpiCommunicator::RunCensus(const OpInfo& op) {
     census_reqs_.assign(static_cast<size_t>(size_), MPI_REQUEST_NULL);
     for (int p = 0; p < size_; ++p) {
       if (p == rank_) continue;
-      MPI_Irecv(&census_in_[p], sizeof(CensusMsg), MPI_BYTE, p, kTagCensusReply, census_comm_, &census_reqs_[p]);
+      MPI_Irecv(&census_in_[p], sizeof(CensusMsg), MPI_BYTE, p, kTagCensusReply, census_comm_,
+                &census_reqs_[p]);
       MPI_Request send = MPI_REQUEST_NULL;
       MPI_Isend(&census_out_, sizeof(CensusMsg), MPI_BYTE, p, kTagCensusRequest, census_comm_, &send);
       MPI_Request_free(&send);  // eager and tiny; census_out_ outlives it
@@ -1081,7 +1132,8 @@ std::string RankList(const std::vector<std::string>& items) {
 }
 
 std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& answered) const {
-  const auto window = std::clamp<Clock::duration>(options_.timeout / 2, milliseconds(500), milliseconds(5000));
+  const auto window =
+      std::clamp<Clock::duration>(options_.timeout / 2, milliseconds(500), milliseconds(5000));
   std::vector<std::string> absent, mismatched, silent, arrived;
   for (int p = 0; p < size_; ++p) {
     const CensusMsg& m = census_in_[static_cast<size_t>(p)];
@@ -1093,11 +1145,11 @@ std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& 
       if (p != static_cast<int>(op.desc.root) && p != op.desc.source) continue;
       if (p == rank_) continue;
       absent.push_back(std::to_string(p) + " (host " + host + ": " + std::to_string(m.p2p_issued) +
-                       " SendRecv calls issued, last collective #" + std::to_string(m.issued) + ", last call " +
-                       Seconds(microseconds(m.idle_us)) + " ago)");
+                       " SendRecv calls issued, last collective #" + std::to_string(m.issued) +
+                       ", last call " + Seconds(microseconds(m.idle_us)) + " ago)");
     } else if (m.issued < static_cast<int64_t>(op.seq)) {
-      absent.push_back(std::to_string(p) + " (host " + host + ": last issued #" + std::to_string(m.issued) + ", " +
-                       Seconds(microseconds(m.idle_us)) + " ago)");
+      absent.push_back(std::to_string(p) + " (host " + host + ": last issued #" + std::to_string(m.issued) +
+                       ", " + Seconds(microseconds(m.idle_us)) + " ago)");
     } else if (m.kind_at_seq >= 0 && (m.kind_at_seq != static_cast<int64_t>(op.desc.kind) ||
                                       m.bytes_at_seq != static_cast<int64_t>(op.bytes))) {
       mismatched.push_back(std::to_string(p) + " (host " + host + ": #" + std::to_string(op.seq) + " is " +
@@ -1114,7 +1166,8 @@ std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& 
     if (!absent.empty()) out += "ranks not arrived: " + RankList(absent);
     if (!mismatched.empty()) {
       out += std::string(out.empty() ? "" : "; ") + "ranks that issued a different collective as #" +
-             std::to_string(op.seq) + ": " + RankList(mismatched) + " (the ranks disagree on the order of collectives)";
+             std::to_string(op.seq) + ": " + RankList(mismatched) +
+             " (the ranks disagree on the order of collectives)";
     }
   }
   if (!silent.empty()) {
@@ -1152,12 +1205,13 @@ Status MpiCommunicator::Fail(OpInfo& op, const Status& cause) {
   switch (failure_kind_) {
     case FailureKind::kTimeout:
       state = OpState::kTimedOut;
-      message = "fjord: " + Describe(op) + " timed out after " + elapsed + " on " + Me() + ": " + RunCensus(op);
+      message =
+          "fjord: " + Describe(op) + " timed out after " + elapsed + " on " + Me() + ": " + RunCensus(op);
       break;
     case FailureKind::kPeerGaveUp:
       message = "fjord: " + Describe(op) + " failed on " + Me() + " after " + elapsed + ": rank " +
-                std::to_string(peer_gave_up_rank_) + " (host " + HostOf(peer_gave_up_rank_) + ") gave up on it; " +
-                RunCensus(op);
+                std::to_string(peer_gave_up_rank_) + " (host " + HostOf(peer_gave_up_rank_) +
+                ") gave up on it; " + RunCensus(op);
       break;
     default:
       message = "fjord: " + Describe(op) + " failed on " + Me() + ": " + cause.message();
@@ -1184,7 +1238,8 @@ StatusOr<std::unique_ptr<Communicator>> CreateMpiCommunicator(const CommOptions&
     FJORD_ASSIGN_OR_RETURN(std::shared_ptr<MpiRuntime> runtime, MpiRuntime::Acquire());
     if (MpiRuntime::live_comms > 0 && !runtime->multiple()) {
       return FailedPrecondition(
-          "MPI provides MPI_THREAD_SERIALIZED, not MPI_THREAD_MULTIPLE: only one fjord communicator can exist at a "
+          "MPI provides MPI_THREAD_SERIALIZED, not MPI_THREAD_MULTIPLE: only one fjord communicator can "
+          "exist at a "
           "time; destroy the other first");
     }
     ++MpiRuntime::live_comms;

@@ -1,7 +1,5 @@
 // The NCCL backend (design in nccl_communicator.h) and fjord bench's device memory. A .cu file
 // for one kernel: the division that finishes kAvg on the device.
-#include "collectives/nccl/nccl_communicator.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -21,6 +19,7 @@
 
 #include "collectives/bench/bench.h"
 #include "collectives/flight_recorder.h"
+#include "collectives/nccl/nccl_communicator.h"
 #include "collectives/op.h"
 
 // Feature gates: NCCL's bf16 type (2.10) and point-to-point calls (2.7).
@@ -38,21 +37,24 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string CudaErrorText(cudaError_t e) { return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
+std::string CudaErrorText(cudaError_t e) {
+  return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
 
 // Returns Internal naming the statement, where it ran and what CUDA / NCCL said. `where_` is a
 // std::string in scope ("rank R on HOST, GPU D").
-#define FJORD_CUDA_TRY(stmt)                                                                         \
-  do {                                                                                               \
-    const cudaError_t fjord_cuda_err_ = (stmt);                                                      \
-    if (fjord_cuda_err_ != cudaSuccess)                                                              \
+#define FJORD_CUDA_TRY(stmt)                                                                                \
+  do {                                                                                                      \
+    const cudaError_t fjord_cuda_err_ = (stmt);                                                             \
+    if (fjord_cuda_err_ != cudaSuccess)                                                                     \
       return Internal(std::string(#stmt) + " failed on " + where_ + ": " + CudaErrorText(fjord_cuda_err_)); \
   } while (0)
-#define FJORD_NCCL_TRY(stmt)                                                                                  \
-  do {                                                                                                        \
-    const ncclResult_t fjord_nccl_res_ = (stmt);                                                              \
-    if (fjord_nccl_res_ != ncclSuccess)                                                                       \
-      return Internal(std::string(#stmt) + " failed on " + where_ + ": " + ncclGetErrorString(fjord_nccl_res_)); \
+#define FJORD_NCCL_TRY(stmt)                                               \
+  do {                                                                     \
+    const ncclResult_t fjord_nccl_res_ = (stmt);                           \
+    if (fjord_nccl_res_ != ncclSuccess)                                    \
+      return Internal(std::string(#stmt) + " failed on " + where_ + ": " + \
+                      ncclGetErrorString(fjord_nccl_res_));                \
   } while (0)
 
 // --- Kernels ------------------------------------------------------------------------------------
@@ -86,16 +88,20 @@ cudaError_t LaunchDivide(void* buf, size_t count, int n, cudaStream_t stream) {
 
 StatusOr<ncclDataType_t> NcclType(DataType dtype) {
   switch (dtype) {
-    case DataType::kF32: return ncclFloat32;
-    case DataType::kF16: return ncclFloat16;
+    case DataType::kF32:
+      return ncclFloat32;
+    case DataType::kF16:
+      return ncclFloat16;
     case DataType::kBF16:
 #if FJORD_NCCL_HAS_BF16
       return ncclBfloat16;
 #else
       return InvalidArgument("bfloat16 needs NCCL 2.10 or newer; this fjord was built against an older NCCL");
 #endif
-    case DataType::kI32: return ncclInt32;
-    case DataType::kU8: return ncclUint8;
+    case DataType::kI32:
+      return ncclInt32;
+    case DataType::kU8:
+      return ncclUint8;
   }
   return InvalidArgument("unknown data type");
 }
@@ -169,8 +175,9 @@ class NcclHandle final : public CommHandle {
       if (async != ncclSuccess && async != ncclInProgress) {
         state_->failed = true;
         // (void): nvcc warns about the discarded result of assigning a [[nodiscard]] type.
-        (void)(state_->failure = Internal(what_ + " failed on " + where_ + ": NCCL reports " +
-                                          ncclGetErrorString(async) + " (a peer failed or the network broke)"));
+        (void)(state_->failure =
+                   Internal(what_ + " failed on " + where_ + ": NCCL reports " + ncclGetErrorString(async) +
+                            " (a peer failed or the network broke)"));
         ncclCommAbort(state_->comm);
         state_->comm = nullptr;
         return Finish(state_->failure, OpState::kFailed);
@@ -186,10 +193,11 @@ class NcclHandle final : public CommHandle {
 
   Status TimedOut() {
     std::lock_guard<std::mutex> lock(state_->mu);
-    const std::string message =
-        "fjord: " + what_ + " timed out after " + std::to_string(timeout_.count() / 1000.0) + " s on " + where_ +
-        ": NCCL cannot tell which ranks did not arrive; check that every rank issued it (the flight recorders of "
-        "all ranks, printed with their errors, show each rank's last collectives)";
+    const std::string message = "fjord: " + what_ + " timed out after " +
+                                std::to_string(timeout_.count() / 1000.0) + " s on " + where_ +
+                                ": NCCL cannot tell which ranks did not arrive; check that every rank issued "
+                                "it (the flight recorders of "
+                                "all ranks, printed with their errors, show each rank's last collectives)";
     if (!state_->failed) {
       state_->failed = true;
       (void)(state_->failure = Internal(message));
@@ -217,7 +225,9 @@ class NcclHandle final : public CommHandle {
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(const CommOptions& options, Communicator& bootstrap)
-      : options_(options), bootstrap_(bootstrap), state_(std::make_shared<CommState>(options.flight_recorder_entries)) {}
+      : options_(options),
+        bootstrap_(bootstrap),
+        state_(std::make_shared<CommState>(options.flight_recorder_entries)) {}
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
@@ -253,19 +263,21 @@ class NcclCommunicator final : public Communicator {
   Status AllReduce(const void* send, void* recv, size_t count, DataType dtype, ReduceOp op) override {
     return Sync(AllReduceAsync(send, recv, count, dtype, op));
   }
-  StatusOr<std::unique_ptr<CommHandle>> AllReduceAsync(const void* send, void* recv, size_t count, DataType dtype,
-                                                       ReduceOp op) override {
+  StatusOr<std::unique_ptr<CommHandle>> AllReduceAsync(const void* send, void* recv, size_t count,
+                                                       DataType dtype, ReduceOp op) override {
     OpDesc d;
     d.kind = OpKind::kAllReduce, d.send = send, d.recv = recv, d.count = count, d.dtype = dtype, d.op = op;
     return Issue(d);
   }
-  Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype, ReduceOp op) override {
+  Status ReduceScatter(const void* send, void* recv, size_t recv_count, DataType dtype,
+                       ReduceOp op) override {
     return Sync(ReduceScatterAsync(send, recv, recv_count, dtype, op));
   }
   StatusOr<std::unique_ptr<CommHandle>> ReduceScatterAsync(const void* send, void* recv, size_t recv_count,
                                                            DataType dtype, ReduceOp op) override {
     OpDesc d;
-    d.kind = OpKind::kReduceScatter, d.send = send, d.recv = recv, d.count = recv_count, d.dtype = dtype, d.op = op;
+    d.kind = OpKind::kReduceScatter, d.send = send, d.recv = recv, d.count = recv_count, d.dtype = dtype,
+    d.op = op;
     return Issue(d);
   }
   Status AllGather(const void* send, void* recv, size_t send_count, DataType dtype) override {
@@ -283,7 +295,8 @@ class NcclCommunicator final : public Communicator {
   StatusOr<std::unique_ptr<CommHandle>> BroadcastAsync(void* buffer, size_t count, DataType dtype,
                                                        int root) override {
     OpDesc d;
-    d.kind = OpKind::kBroadcast, d.send = buffer, d.recv = buffer, d.count = count, d.dtype = dtype, d.root = root;
+    d.kind = OpKind::kBroadcast, d.send = buffer, d.recv = buffer, d.count = count, d.dtype = dtype,
+    d.root = root;
     return Issue(d);
   }
   Status AllToAll(const void* send, void* recv, size_t count, DataType dtype) override {
@@ -312,9 +325,7 @@ class NcclCommunicator final : public Communicator {
     }
     return bootstrap_.Barrier();
   }
-  StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override {
-    return CompletedHandle(Barrier());
-  }
+  StatusOr<std::unique_ptr<CommHandle>> BarrierAsync() override { return CompletedHandle(Barrier()); }
 
   std::string FlightRecord() const override { return state_->recorder.Dump(where_); }
   std::string InFlight() const override {
@@ -381,13 +392,16 @@ Status NcclCommunicator::Init() {
   } else {
     device_ = info_.local_rank;
     const cudaError_t set_err = cudaSetDevice(device_);
-    if (set_err != cudaSuccess) problem = "cudaSetDevice(" + std::to_string(device_) + ") failed on " + where_ + ": " + CudaErrorText(set_err);
+    if (set_err != cudaSuccess)
+      problem = "cudaSetDevice(" + std::to_string(device_) + ") failed on " + where_ + ": " +
+                CudaErrorText(set_err);
   }
   int32_t bad = problem.empty() ? -1 : rank_;
   FJORD_RETURN_IF_ERROR(bootstrap_.AllReduce(&bad, &bad, 1, DataType::kI32, ReduceOp::kMax));
   if (!problem.empty()) return FailedPrecondition(problem);
   if (bad >= 0) {
-    return FailedPrecondition("rank " + std::to_string(bad) + " cannot use a GPU (its own message says why); the "
+    return FailedPrecondition("rank " + std::to_string(bad) +
+                              " cannot use a GPU (its own message says why); the "
                               "nccl backend was not started");
   }
   where_ += ", GPU " + std::to_string(device_);
@@ -418,7 +432,8 @@ std::string NcclCommunicator::Describe(const OpDesc& d, uint64_t seq, uint64_t p
   std::string what = std::to_string(bytes) + " bytes, " + DataTypeName(d.dtype);
   if (d.is_reduction()) what += std::string(" ") + ReduceOpName(d.op);
   if (d.kind == OpKind::kBroadcast) what += ", root " + std::to_string(d.root);
-  return std::string("collective ") + OpKindName(d.kind) + " #" + std::to_string(seq) + " (" + what + ", nccl)";
+  return std::string("collective ") + OpKindName(d.kind) + " #" + std::to_string(seq) + " (" + what +
+         ", nccl)";
 }
 
 Status NcclCommunicator::Enqueue(const OpDesc& d, ncclDataType_t type) {
@@ -431,8 +446,12 @@ Status NcclCommunicator::Enqueue(const OpDesc& d, ncclDataType_t type) {
     case OpKind::kReduceScatter:
       FJORD_NCCL_TRY(ncclReduceScatter(d.send, d.recv, d.count, type, NcclOp(d.op), comm, stream_));
       break;
-    case OpKind::kAllGather: FJORD_NCCL_TRY(ncclAllGather(d.send, d.recv, d.count, type, comm, stream_)); break;
-    case OpKind::kBroadcast: FJORD_NCCL_TRY(ncclBroadcast(d.recv, d.recv, d.count, type, d.root, comm, stream_)); break;
+    case OpKind::kAllGather:
+      FJORD_NCCL_TRY(ncclAllGather(d.send, d.recv, d.count, type, comm, stream_));
+      break;
+    case OpKind::kBroadcast:
+      FJORD_NCCL_TRY(ncclBroadcast(d.recv, d.recv, d.count, type, d.root, comm, stream_));
+      break;
     case OpKind::kAllToAll: {
       FJORD_NCCL_TRY(ncclGroupStart());
       for (int p = 0; p < size_; ++p) {
@@ -446,10 +465,12 @@ Status NcclCommunicator::Enqueue(const OpDesc& d, ncclDataType_t type) {
     case OpKind::kSendRecv:
       if (d.root == rank_ && d.source == rank_) {
         if (d.count != d.recv_count) {
-          return InvalidArgument("SendRecv: rank " + std::to_string(rank_) + " sends " + std::to_string(d.count) +
-                                 " elements to itself but expects " + std::to_string(d.recv_count));
+          return InvalidArgument("SendRecv: rank " + std::to_string(rank_) + " sends " +
+                                 std::to_string(d.count) + " elements to itself but expects " +
+                                 std::to_string(d.recv_count));
         }
-        if (d.count > 0) FJORD_CUDA_TRY(cudaMemcpyAsync(d.recv, d.send, d.count * es, cudaMemcpyDeviceToDevice, stream_));
+        if (d.count > 0)
+          FJORD_CUDA_TRY(cudaMemcpyAsync(d.recv, d.send, d.count * es, cudaMemcpyDeviceToDevice, stream_));
         break;
       }
       // Zero-element sides are left out on both ends alike (the counts must match anyway).
@@ -458,15 +479,25 @@ Status NcclCommunicator::Enqueue(const OpDesc& d, ncclDataType_t type) {
       if (d.recv_count > 0) FJORD_NCCL_TRY(ncclRecv(d.recv, d.recv_count, type, d.source, comm, stream_));
       FJORD_NCCL_TRY(ncclGroupEnd());
       break;
-    case OpKind::kBarrier: break;
+    case OpKind::kBarrier:
+      break;
   }
   if (d.is_reduction() && d.op == ReduceOp::kAvg && size_ > 1 && d.count > 0) {
     switch (d.dtype) {
-      case DataType::kF32: FJORD_CUDA_TRY(LaunchDivide<float>(d.recv, d.count, size_, stream_)); break;
-      case DataType::kF16: FJORD_CUDA_TRY(LaunchDivide<__half>(d.recv, d.count, size_, stream_)); break;
-      case DataType::kBF16: FJORD_CUDA_TRY(LaunchDivide<__nv_bfloat16>(d.recv, d.count, size_, stream_)); break;
-      case DataType::kI32: FJORD_CUDA_TRY(LaunchDivide<int32_t>(d.recv, d.count, size_, stream_)); break;
-      case DataType::kU8: return InvalidArgument("kAvg on uint8 is refused");
+      case DataType::kF32:
+        FJORD_CUDA_TRY(LaunchDivide<float>(d.recv, d.count, size_, stream_));
+        break;
+      case DataType::kF16:
+        FJORD_CUDA_TRY(LaunchDivide<__half>(d.recv, d.count, size_, stream_));
+        break;
+      case DataType::kBF16:
+        FJORD_CUDA_TRY(LaunchDivide<__nv_bfloat16>(d.recv, d.count, size_, stream_));
+        break;
+      case DataType::kI32:
+        FJORD_CUDA_TRY(LaunchDivide<int32_t>(d.recv, d.count, size_, stream_));
+        break;
+      case DataType::kU8:
+        return InvalidArgument("kAvg on uint8 is refused");
     }
   }
   return OkStatus();
@@ -505,8 +536,8 @@ StatusOr<std::unique_ptr<CommHandle>> NcclCommunicator::Issue(const OpDesc& d) {
     cudaEventDestroy(event);
     return Internal("cudaEventRecord failed on " + where_ + " after " + what + ": " + CudaErrorText(rec));
   }
-  return std::unique_ptr<CommHandle>(std::make_unique<NcclHandle>(state_, event, what, where_, e.issued,
-                                                                  options_.timeout, record));
+  return std::unique_ptr<CommHandle>(
+      std::make_unique<NcclHandle>(state_, event, what, where_, e.issued, options_.timeout, record));
 }
 
 // --- fjord bench's device memory -------------------------------------------------------------------
@@ -589,10 +620,11 @@ class NcclBenchMemory final : public BenchMemory {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions& options, Communicator& bootstrap) {
+StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions& options,
+                                                               Communicator& bootstrap) {
   if (options.timeout.count() <= 0) {
-    return InvalidArgument("communicator timeout must be positive, got " + std::to_string(options.timeout.count()) +
-                           " ms");
+    return InvalidArgument("communicator timeout must be positive, got " +
+                           std::to_string(options.timeout.count()) + " ms");
   }
   auto comm = std::make_unique<NcclCommunicator>(options, bootstrap);
   FJORD_RETURN_IF_ERROR(comm->Init().WithContext("creating the NCCL communicator"));
@@ -601,7 +633,8 @@ StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions
 
 StatusOr<CUstream_st*> NcclStream(Communicator& nccl) {
   auto* comm = dynamic_cast<NcclCommunicator*>(&nccl);
-  if (comm == nullptr) return InvalidArgument(std::string("NcclStream needs the nccl backend, not ") + nccl.backend());
+  if (comm == nullptr)
+    return InvalidArgument(std::string("NcclStream needs the nccl backend, not ") + nccl.backend());
   return comm->stream();
 }
 

@@ -37,7 +37,8 @@ class BenchMemory;
 // Collective over all ranks of `bootstrap`, which must outlive the returned communicator.
 // FailedPrecondition (on every rank, naming the rank and host at fault) when a rank has no GPU or
 // a node has more ranks than GPUs; Internal for NCCL or CUDA failures.
-StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions& options, Communicator& bootstrap);
+StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const CommOptions& options,
+                                                               Communicator& bootstrap);
 
 // Device buffers on `nccl`'s GPU, copies and CUDA-event timing on its stream, for fjord bench
 // (collectives/bench/bench.h). InvalidArgument when `nccl` was not made by CreateNcclCommunicator.

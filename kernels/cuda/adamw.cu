@@ -34,12 +34,12 @@ __global__ void AdamWKernel(float* params, const float* grads, float* m, float* 
 }  // namespace
 
 void adamw_update(const OpContext& ctx, float* params, const float* grads, float* m, float* v, size_t n,
-                  float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                  int t, bf16* params_bf16, uint64_t seed, size_t index0) {
+                  float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t,
+                  bf16* params_bf16, uint64_t seed, size_t index0) {
   if (n == 0) return;
   const AdamWStep step = MakeAdamWStep(lr, beta1, beta2, eps, weight_decay, grad_scale, t);
   AdamWKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(params, grads, m, v, n, step,
-                                                                           params_bf16, seed, index0);
+                                                                          params_bf16, seed, index0);
   FJORD_CUDA_CHECK_LAUNCH();
 }
 

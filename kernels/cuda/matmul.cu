@@ -346,8 +346,7 @@ void matmul_backward(const OpContext& ctx, floatX* dinp, float* dweight, float* 
                      const floatX* inp, const floatX* weight, size_t N, int C, int OC) {
   if (N == 0) return;
   if (dinp != nullptr)
-    Gemm<floatX, floatX>(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C,
-                         Epilogue<floatX>{});
+    Gemm<floatX, floatX>(ctx, false, false, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C, Epilogue<floatX>{});
   Gemm<floatX, float>(ctx, false, true, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, Epilogue<float>{});
   if (dbias != nullptr) BiasGradient(ctx, dbias, dout, N, OC);
 }

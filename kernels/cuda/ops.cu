@@ -9,8 +9,10 @@ namespace fjord {
 #define FJORD_CUDA_BF16_ENTRY(name, ...) &cuda::name<bf16>,
 
 const Ops& CudaOps() {
-  static const Ops ops = {"cuda", {FJORD_MODEL_OP_LIST(FJORD_CUDA_F32_ENTRY, float)},
-                             {FJORD_MODEL_OP_LIST(FJORD_CUDA_BF16_ENTRY, bf16)}, FJORD_OP_LIST(FJORD_CUDA_OP_ENTRY)};
+  static const Ops ops = {"cuda",
+                          {FJORD_MODEL_OP_LIST(FJORD_CUDA_F32_ENTRY, float)},
+                          {FJORD_MODEL_OP_LIST(FJORD_CUDA_BF16_ENTRY, bf16)},
+                          FJORD_OP_LIST(FJORD_CUDA_OP_ENTRY)};
   return ops;
 }
 

@@ -9,8 +9,8 @@
 #include <set>
 #include <vector>
 
-#include "common/proto_text.h"
 #include "common/file_util.h"
+#include "common/proto_text.h"
 #include "runtime/tenancy/tenancy.h"
 #include "runtime/train/config.h"
 

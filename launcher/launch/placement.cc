@@ -232,7 +232,8 @@ std::string SlurmConstraint(const ResidencyPolicy& policy, const std::vector<Dat
   return "(" + j + ")&(" + any(policy.sites, "site_") + ")";
 }
 
-StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job, std::vector<std::string>* unseen) {
+StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job,
+                                                     std::vector<std::string>* unseen) {
   std::vector<DataResidency> out;
   for (const auto& [what, pattern] : {std::pair<std::string, std::string>{"data.train", job.data().train()},
                                       {"data.val", job.data().val()}}) {
@@ -248,15 +249,18 @@ StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job, 
         const Status refusal = ForeignDataRefusal(what, m.path, m.manifest, job.tenant().id());
         return Status(refusal.code(), refusal.message() + ". Nothing was started");
       }
-      auto same = std::find_if(out.begin(), out.end(), [&](const DataResidency& d) { return d.manifest == m.path; });
+      auto same =
+          std::find_if(out.begin(), out.end(), [&](const DataResidency& d) { return d.manifest == m.path; });
       if (same != out.end()) {
         if (same->fields.find(what) == std::string::npos) same->fields += ", " + what;
         continue;
       }
-      out.push_back({what, m.path,
-                     ResidencyPolicy{m.manifest.tenant(),
-                                     {m.manifest.allowed_jurisdictions().begin(), m.manifest.allowed_jurisdictions().end()},
-                                     {m.manifest.allowed_sites().begin(), m.manifest.allowed_sites().end()}}});
+      out.push_back(
+          {what, m.path,
+           ResidencyPolicy{
+               m.manifest.tenant(),
+               {m.manifest.allowed_jurisdictions().begin(), m.manifest.allowed_jurisdictions().end()},
+               {m.manifest.allowed_sites().begin(), m.manifest.allowed_sites().end()}}});
     }
   }
   return out;

@@ -57,8 +57,8 @@ StatusOr<Placement> PlaceRanks(const proto::Inventory& inventory, const std::str
 // adds a line to `unseen` (placement is then bounded by the job's residency alone; every rank's data
 // gate still checks). Refuses a manifest of another tenant, or any manifest for a job without
 // tenant, naming it and what to add to the job spec; and a manifest that cannot be read.
-StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job, std::vector<std::string>* unseen);
-
+StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job,
+                                                     std::vector<std::string>* unseen);
 
 // The Open MPI hostfile of a placement: "ADDRESS slots=R max_slots=R" per node, so mpirun can
 // place nothing else.

@@ -5,9 +5,9 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "common/sha256.h"
 #include "common/env.h"
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "launcher/launch/inventory.h"
 #include "launcher/slurm.h"
 #include "runtime/train/config.h"
@@ -153,9 +153,9 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     }
     allocation = std::move(*expanded);
   }
-  FJORD_ASSIGN_OR_RETURN(plan.placement, PlaceRanks(inventory, inventory_source, plan.policy, options.np,
-                                                    options.per_node, in_allocation ? &allocation : nullptr,
-                                                    plan.data_residency));
+  FJORD_ASSIGN_OR_RETURN(plan.placement,
+                         PlaceRanks(inventory, inventory_source, plan.policy, options.np, options.per_node,
+                                    in_allocation ? &allocation : nullptr, plan.data_residency));
 
   plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
   plan.job_file = plan.launch_dir + "/job.textproto";
@@ -227,14 +227,15 @@ std::string DescribePlan(const LaunchPlan& plan, const LaunchOptions& options) {
                              : std::string("no tenant: no residency gates")) +
       "\n";
   for (const DataResidency& d : plan.data_residency) {
-    out += "fjord launch: data manifest " + d.manifest + " (" + d.fields + ") bounds placement: " +
-           d.policy.Describe() + "\n";
+    out += "fjord launch: data manifest " + d.manifest + " (" + d.fields +
+           ") bounds placement: " + d.policy.Describe() + "\n";
   }
   if (plan.data_residency.empty() && plan.data_unseen.empty()) {
     out += "fjord launch: no data manifest governs the job's data: placement by the job's residency alone\n";
   }
   for (const std::string& u : plan.data_unseen) {
-    out += "fjord launch: warning: " + u + "; placement is not bounded by its manifest (each rank's data gate still "
+    out += "fjord launch: warning: " + u +
+           "; placement is not bounded by its manifest (each rank's data gate still "
            "checks it)\n";
   }
   out += "fjord launch: " + Plural(plan.placement.ranks, "rank", "ranks") + " on " +

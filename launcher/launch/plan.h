@@ -51,7 +51,7 @@ struct LaunchPlan {
   std::string job_file;     // launch_dir/job.textproto
   std::string sbatch_file;  // launch_dir/job.sbatch (kSbatch)
   std::string audit_log;
-  std::string lease_dir;  // the inventory's lease_dir (launcher/lease.h)
+  std::string lease_dir;          // the inventory's lease_dir (launcher/lease.h)
   std::vector<std::string> argv;  // the command (mpirun / srun); empty for kSbatch
   std::string hostfile_text;
   std::string sbatch_text;

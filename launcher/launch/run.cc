@@ -13,9 +13,9 @@
 #include <filesystem>
 #include <random>
 
-#include "common/host.h"
 #include "common/env.h"
 #include "common/file_util.h"
+#include "common/host.h"
 #include "common/json.h"
 #include "launcher/cli.h"
 #include "launcher/lease.h"
@@ -56,7 +56,6 @@ std::string ExcludedJson(const Placement& p) {
   }
   return out + "]";
 }
-
 
 // launch_plan's data_manifests: [{"fields": "data.train", "path": ..., "tenant": ..., ...}].
 std::string DataResidencyJson(const std::vector<DataResidency>& data) {
@@ -107,8 +106,8 @@ StatusOr<SlurmJob> FollowSlurmJob(const std::string& id, std::string* stop_reque
     if (seen == acted) return;
     acted = seen;
     const bool clean = seen == 1 && now.state == "RUNNING";
-    const std::vector<std::string> argv =
-        clean ? std::vector<std::string>{"scancel", "--signal=USR1", id} : std::vector<std::string>{"scancel", id};
+    const std::vector<std::string> argv = clean ? std::vector<std::string>{"scancel", "--signal=USR1", id}
+                                                : std::vector<std::string>{"scancel", id};
     *stop_requested = clean ? "scancel --signal=USR1 (checkpoint and stop)" : "scancel (cancel)";
     std::printf("fjord launch: signal received: %s Slurm job %s%s (%s)%s\n", clean ? "asking" : "cancelling",
                 id.c_str(), clean ? " to stop" : "", CommandLine(argv).c_str(),
@@ -177,7 +176,8 @@ void AnnounceAuditHead(const std::string& lead, const AuditAnchor& head, const s
                        const std::string& tenant) {
   const std::string anchor = std::to_string(head.seq) + ":" + head.hash;
   std::printf("fjord launch: %saudit log %s head %s (check with: fjord audit verify %s --anchor %s)\n",
-              lead.c_str(), head.source.c_str(), anchor.c_str(), ShellQuote(head.source).c_str(), anchor.c_str());
+              lead.c_str(), head.source.c_str(), anchor.c_str(), ShellQuote(head.source).c_str(),
+              anchor.c_str());
   ::openlog("fjord-launch", LOG_PID, LOG_AUTHPRIV);
   ::syslog(LOG_NOTICE, "audit head %s log %s launch %s tenant %s", anchor.c_str(), head.source.c_str(),
            launch_id.c_str(), tenant.c_str());
@@ -382,12 +382,14 @@ void AddLaunchCommand(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
-      app, "launch", "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)");
+      app, "launch",
+      "place the job's ranks on inventory nodes its tenant allows, then run mpirun (or Slurm)");
   LaunchOptions& o = a->options;
   c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
-  cli::Required(c->add_option("--inventory", o.inventory_path,
-                              "the operator's list of nodes with their jurisdictions (see examples/sovereign-cluster/)")
-                    ->type_name("INV.textproto"));
+  cli::Required(
+      c->add_option("--inventory", o.inventory_path,
+                    "the operator's list of nodes with their jurisdictions (see examples/sovereign-cluster/)")
+          ->type_name("INV.textproto"));
   cli::Required(cli::AddNumber(*c, "--np", o.np, "N", "the number of ranks to start", 0, 1'000'000));
   cli::AddNumber(*c, "--per-node", o.per_node, "K", "at most K ranks per node (default: the node's slots)", 0,
                  1'000'000);
@@ -408,19 +410,22 @@ void AddLaunchCommand(CLI::App& app) {
     if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
     options.job_path = a->job[0];
     if (options.inventory_path.empty()) {
-      return cli::UsageError(*c, "--inventory INV.textproto is required: the operator's list of nodes with their "
-                                 "jurisdictions (see examples/sovereign-cluster/)");
+      return cli::UsageError(*c,
+                             "--inventory INV.textproto is required: the operator's list of nodes with their "
+                             "jurisdictions (see examples/sovereign-cluster/)");
     }
     if (c->count("--np") == 0) return cli::UsageError(*c, "--np N is required: the number of ranks to start");
     if ((options.wait || c->count("--sbatch") > 0) && !options.slurm) {
-      return cli::UsageError(*c, "--wait and --sbatch are for Slurm jobs: add --slurm (without it launch runs "
-                                 "mpirun and always waits for the job)");
+      return cli::UsageError(*c,
+                             "--wait and --sbatch are for Slurm jobs: add --slurm (without it launch runs "
+                             "mpirun and always waits for the job)");
     }
     if (c->count("--wait-for-nodes") > 0) {
       const std::string& w = a->wait_for_nodes;
       if (options.slurm) {
-        return cli::UsageError(*c, "--wait-for-nodes waits for node leases, which mpirun launches take; under "
-                                   "--slurm, Slurm queues the job until its nodes are free");
+        return cli::UsageError(*c,
+                               "--wait-for-nodes waits for node leases, which mpirun launches take; under "
+                               "--slurm, Slurm queues the job until its nodes are free");
       }
       if (w == "true") {
         options.wait_for_nodes_s = 0;
@@ -428,11 +433,13 @@ void AddLaunchCommand(CLI::App& app) {
                  options.wait_for_nodes_s > 1'000'000) {
         return cli::UsageError(*c, "--wait-for-nodes '" + w + "' is not a whole number");
       } else if (options.wait_for_nodes_s == 0) {
-        return cli::UsageError(*c, "--wait-for-nodes=" + w + ": give the seconds to wait (1 or more), or "
-                                   "--wait-for-nodes alone to wait without limit");
+        return cli::UsageError(*c, "--wait-for-nodes=" + w +
+                                       ": give the seconds to wait (1 or more), or "
+                                       "--wait-for-nodes alone to wait without limit");
       }
     }
-    for (const auto& [given, flag] : {std::pair{a->quiet, "--quiet"}, {a->json, "--json"}, {a->resume, "--resume"}}) {
+    for (const auto& [given, flag] :
+         {std::pair{a->quiet, "--quiet"}, {a->json, "--json"}, {a->resume, "--resume"}}) {
       if (given) options.train_flags.push_back(flag);
     }
     if (options.slurm) {

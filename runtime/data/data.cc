@@ -405,28 +405,32 @@ StatusOr<std::string> CheckPrepTenancy(const PrepOptions& options) {
   const std::string what = "fjord prep";
   if (options.tenant.empty()) {
     if (!options.allowed_jurisdictions.empty() || !options.allowed_sites.empty()) {
-      return InvalidArgument(what + ": --jurisdiction / --site without --tenant: residency belongs to a tenant; add "
-                                    "--tenant ID (the tenant.id of the jobs that will read the data)");
+      return InvalidArgument(what +
+                             ": --jurisdiction / --site without --tenant: residency belongs to a tenant; add "
+                             "--tenant ID (the tenant.id of the jobs that will read the data)");
     }
     std::error_code ec;
     const fs::path manifest = fs::path(options.out_dir) / kManifestName;
     if (fs::exists(manifest, ec)) {
-      return FailedPrecondition(what + ": " + manifest.string() +
-                                " is left from an earlier prep for a tenant; shards written without --tenant would "
-                                "not match it. Pass --tenant ID --jurisdiction CC, or choose another output "
-                                "directory");
+      return FailedPrecondition(
+          what + ": " + manifest.string() +
+          " is left from an earlier prep for a tenant; shards written without --tenant would "
+          "not match it. Pass --tenant ID --jurisdiction CC, or choose another output "
+          "directory");
     }
     return std::string();
   }
   if (!IsValidTenantId(options.tenant)) {
-    return InvalidArgument(what + ": --tenant \"" + options.tenant +
-                           "\" is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting "
-                           "with a letter or digit (the tenant.id of the jobs that will read the data)");
+    return InvalidArgument(
+        what + ": --tenant \"" + options.tenant +
+        "\" is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting "
+        "with a letter or digit (the tenant.id of the jobs that will read the data)");
   }
   if (options.allowed_jurisdictions.empty()) {
-    return InvalidArgument(what + ": --tenant " + options.tenant +
-                           " needs --jurisdiction CC[,CC...]: the ISO 3166-1 alpha-2 codes of the countries where "
-                           "the data may be opened, e.g. --jurisdiction NO");
+    return InvalidArgument(
+        what + ": --tenant " + options.tenant +
+        " needs --jurisdiction CC[,CC...]: the ISO 3166-1 alpha-2 codes of the countries where "
+        "the data may be opened, e.g. --jurisdiction NO");
   }
   for (const std::string& j : options.allowed_jurisdictions) {
     if (std::string p = JurisdictionProblem(j); !p.empty()) {
@@ -453,8 +457,8 @@ StatusOr<std::string> CheckPrepTenancy(const PrepOptions& options) {
   if (std::string why = policy.WhyNot(node->identity.jurisdiction(), node->identity.site()); !why.empty()) {
     return FailedPrecondition(what + ": this node (" + node->hostname + ", jurisdiction " +
                               node->identity.jurisdiction() + ", site " + node->identity.site() + ", from " +
-                              node->path + ") is outside the residency given for tenant " + options.tenant + " (" +
-                              policy.Describe() + "): " + why +
+                              node->path + ") is outside the residency given for tenant " + options.tenant +
+                              " (" + policy.Describe() + "): " + why +
                               ". Tokenizing the tenant's text here would process its data outside its "
                               "jurisdictions; run fjord prep on a node inside them");
   }

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "common/status.h"
-#include "runtime/tenancy/manifest.h"
 #include "runtime/data/tokenizer.h"
+#include "runtime/tenancy/manifest.h"
 
 namespace fjord {
 
@@ -69,7 +69,8 @@ class DataLoader {
   // audit log, which may read only shards no manifest governs) before any shard is read, then each
   // shard is read once, its SHA-256 verified against its manifest and those bytes decoded.
   static StatusOr<DataLoader> Open(const std::string& pattern, const std::string& what, int vocab_size,
-                                   int seq_len, uint64_t seed, bool shuffle, const DataPolicy* policy = nullptr);
+                                   int seq_len, uint64_t seed, bool shuffle,
+                                   const DataPolicy* policy = nullptr);
 
   // Writes sequences [first, first + B) of the global stream: inputs[B*T] and targets[B*T]
   // (targets are inputs shifted by one token). B >= 0; the loader must come from Open.

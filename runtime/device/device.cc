@@ -4,13 +4,12 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <mutex>
-
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -197,7 +196,8 @@ void InstallFatalSignalHandlers() {
   std::call_once(once, [] {
     for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGQUIT, SIGHUP, SIGTERM, SIGINT}) {
       struct sigaction old = {};
-      if (::sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO)) continue;
+      if (::sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO))
+        continue;
       struct sigaction action = {};
       action.sa_handler = OnFatalSignal;
       sigemptyset(&action.sa_mask);

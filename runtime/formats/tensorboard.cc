@@ -85,8 +85,8 @@ StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Open(const std::
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec) return FailedPrecondition(what + ": cannot create the directory: " + ec.message());
-  const std::string base = run_dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(WallTime())) +
-                           "." + ThisHostname();
+  const std::string base = run_dir + "/events.out.tfevents." +
+                           std::to_string(static_cast<int64_t>(WallTime())) + "." + ThisHostname();
   std::string path = base;
   int fd = -1;
   for (int attempt = 0; attempt < 100; ++attempt) {

@@ -71,8 +71,8 @@ ParamLayout::ParamLayout(const GptConfig& c) {
   }
   lnf_w_ = Add("ln_f.weight", {C}, false);
   lnf_b_ = Add("ln_f.bias", {C}, false);
-  FJORD_CHECK(total_ == ParamCount(c), "ParamCount disagrees with the layout: " + std::to_string(ParamCount(c)) +
-                                           " vs " + std::to_string(total_));
+  FJORD_CHECK(total_ == ParamCount(c), "ParamCount disagrees with the layout: " +
+                                           std::to_string(ParamCount(c)) + " vs " + std::to_string(total_));
 }
 
 HostBuffer::HostBuffer(size_t n) : size_(n) {
@@ -105,8 +105,24 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
 // log-sum-exp and the losses are fp32; every other activation is stored in config.precision.
 namespace {
 
-enum LayerAct { kLn1, kLn1Mean, kLn1Rstd, kQkv, kAtty, kLse, kAttproj, kRes2, kLn2, kLn2Mean, kLn2Rstd,
-                kFch, kFchGelu, kFcproj, kRes3, kNumLayerActs };
+enum LayerAct {
+  kLn1,
+  kLn1Mean,
+  kLn1Rstd,
+  kQkv,
+  kAtty,
+  kLse,
+  kAttproj,
+  kRes2,
+  kLn2,
+  kLn2Mean,
+  kLn2Rstd,
+  kFch,
+  kFchGelu,
+  kFcproj,
+  kRes3,
+  kNumLayerActs
+};
 enum GlobalAct { kEncoded, kLnf, kLnfMean, kLnfRstd, kLogits, kLosses, kNumGlobalActs };
 
 // Saturating size arithmetic: a size computed from a job spec or a checkpoint never wraps around to
@@ -124,11 +140,20 @@ size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m
 size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
   const size_t C = c.n_embd;
   switch (id) {
-    case kLn1Mean: case kLn1Rstd: case kLn2Mean: case kLn2Rstd: return BT;
-    case kQkv: return Mul(BT, Mul(3, C));
-    case kLse: return Mul(B, Mul(c.n_head, BT / B));
-    case kFch: case kFchGelu: return Mul(BT, Mul(4, C));
-    default: return Mul(BT, C);
+    case kLn1Mean:
+    case kLn1Rstd:
+    case kLn2Mean:
+    case kLn2Rstd:
+      return BT;
+    case kQkv:
+      return Mul(BT, Mul(3, C));
+    case kLse:
+      return Mul(B, Mul(c.n_head, BT / B));
+    case kFch:
+    case kFchGelu:
+      return Mul(BT, Mul(4, C));
+    default:
+      return Mul(BT, C);
   }
 }
 
@@ -138,9 +163,14 @@ bool IsFp32Stat(LayerAct id) {
 
 size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
   switch (id) {
-    case kLnfMean: case kLnfRstd: case kLosses: return BT;
-    case kLogits: return Mul(BT, c.padded_vocab);
-    default: return Mul(BT, c.n_embd);
+    case kLnfMean:
+    case kLnfRstd:
+    case kLosses:
+      return BT;
+    case kLogits:
+      return Mul(BT, c.padded_vocab);
+    default:
+      return Mul(BT, c.n_embd);
   }
 }
 
@@ -245,9 +275,9 @@ size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size
   const size_t tokens = Mul(Mul(max_batch, max_seq), sizeof(int32_t));
   const size_t working = WorkingParamBytes(config, padded);
   const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
-  return Add(Add(Add(Mul(2, r(Mul(padded, sizeof(float)))), working > 0 ? r(working) : 0),
-                 Add(r(acts), r(dacts))),
-             Add(Mul(2, r(tokens)), r(sizeof(float))));
+  return Add(
+      Add(Add(Mul(2, r(Mul(padded, sizeof(float)))), working > 0 ? r(working) : 0), Add(r(acts), r(dacts))),
+      Add(Mul(2, r(tokens)), r(sizeof(float))));
 }
 
 Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int extra_copies, int shards,
@@ -256,9 +286,9 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
   // copies and the activations. Plus the per-layer bookkeeping either way.
   const auto need_for = [&](const GptConfig& c) {
     const size_t param_bytes = Mul(ParamCount(c), sizeof(float));
-    const size_t on_host = device.is_cuda()
-                               ? param_bytes
-                               : Add(MemoryBytes(c, max_batch, max_seq), Mul(param_bytes, extra_copies) / std::max(shards, 1));
+    const size_t on_host = device.is_cuda() ? param_bytes
+                                            : Add(MemoryBytes(c, max_batch, max_seq),
+                                                  Mul(param_bytes, extra_copies) / std::max(shards, 1));
     return Add(on_host, Mul(c.n_layer, kBookkeepingBytesPerLayer));
   };
   const size_t need = need_for(config);
@@ -277,26 +307,31 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
   const size_t embeddings = rest - std::min(rest, activations);
   std::string largest;
   if (blocks >= embeddings && blocks >= activations) {
-    largest = "the transformer blocks, " + Bytes(blocks) + " (model.n_layer = " + std::to_string(config.n_layer) +
-              " blocks of " + std::to_string(LayerParams(config)) + " parameters at model.n_embd = " +
-              std::to_string(config.n_embd) + (device.is_cuda() ? std::string(")") : ", with their activations)");
+    largest = "the transformer blocks, " + Bytes(blocks) +
+              " (model.n_layer = " + std::to_string(config.n_layer) + " blocks of " +
+              std::to_string(LayerParams(config)) +
+              " parameters at model.n_embd = " + std::to_string(config.n_embd) +
+              (device.is_cuda() ? std::string(")") : ", with their activations)");
   } else if (embeddings >= activations) {
-    largest = "the embeddings, " + Bytes(embeddings) + " (model.vocab_size = " + std::to_string(config.vocab_size) +
-              ", model.seq_len = " + std::to_string(config.max_seq_len) + ", model.n_embd = " +
-              std::to_string(config.n_embd) + ")";
+    largest = "the embeddings, " + Bytes(embeddings) +
+              " (model.vocab_size = " + std::to_string(config.vocab_size) +
+              ", model.seq_len = " + std::to_string(config.max_seq_len) +
+              ", model.n_embd = " + std::to_string(config.n_embd) + ")";
   } else {
     largest = "the logits and activations outside the blocks, " + Bytes(activations) + " (" +
               std::to_string(max_batch) + " sequences of " + std::to_string(max_seq) +
-              " tokens: train.micro_batch, seq_len; model.vocab_size = " + std::to_string(config.vocab_size) + ")";
+              " tokens: train.micro_batch, seq_len; model.vocab_size = " + std::to_string(config.vocab_size) +
+              ")";
   }
   const size_t params = ParamCount(config);
   return FailedPrecondition(
       "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
       " parameters and needs " + Bytes(need) + " of host memory" +
-      (device.is_cuda() ? " (the host copy of the parameters)"
-                        : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
-                              " and activations for " + std::to_string(max_batch) + " x " +
-                              std::to_string(max_seq) + " tokens)") +
+      (device.is_cuda()
+           ? " (the host copy of the parameters)"
+           : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
+                 " and activations for " + std::to_string(max_batch) + " x " + std::to_string(max_seq) +
+                 " tokens)") +
       ", but this host has " + Bytes(have) + " available (MemAvailable); the largest part is " + largest +
       "; nothing was allocated: " + what_to_do);
 }
@@ -339,7 +374,8 @@ void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
   params_ = arena.Floats(buffer_size_);
   working_params_ = params_;
-  if (config_.precision == Precision::kBf16) working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
+  if (config_.precision == Precision::kBf16)
+    working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
   grads_ = arena.Floats(buffer_size_);
   acts_ = static_cast<char*>(arena.Bytes(acts));
   dacts_ = static_cast<char*>(arena.Bytes(dacts));
@@ -409,8 +445,9 @@ float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
   if (targets != nullptr) device_.Upload(targets_, targets, BT * sizeof(int32_t));
   has_dlogits_ = false;
   const bool with_targets = targets != nullptr;
-  const float loss = config_.precision == Precision::kBf16 ? ForwardAs<bf16>(B, T, with_targets, dloss_scale)
-                                                           : ForwardAs<float>(B, T, with_targets, dloss_scale);
+  const float loss = config_.precision == Precision::kBf16
+                         ? ForwardAs<bf16>(B, T, with_targets, dloss_scale)
+                         : ForwardAs<float>(B, T, with_targets, dloss_scale);
   if (!with_targets) return 0.0f;
   has_dlogits_ = dloss_scale > 0.0f;
   return loss;
@@ -512,8 +549,8 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
   const int L = config_.n_layer;
   const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
   ops.layernorm_backward(ctx_, G<floatX>(last), D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf, A<floatX>(last),
-                         P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfMean)), F(FJORD_GLOBAL_ACT(kLnfRstd)),
-                         BT, C);
+                         P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfMean)),
+                         F(FJORD_GLOBAL_ACT(kLnfRstd)), BT, C);
   if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
 
   for (int l = L - 1; l >= 0; --l) {
@@ -539,11 +576,11 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
     ops.matmul_backward(ctx_, dln2, D(w.fc_w), D(w.fc_b), dfch, A<floatX>(FJORD_LAYER_ACT(kLn2, l)),
                         P<floatX>(w.fc_w), BT, C, 4 * C);
     ops.layernorm_backward(ctx_, dres2, D(w.ln2_w), D(w.ln2_b), dln2, A<floatX>(FJORD_LAYER_ACT(kRes2, l)),
-                           P<floatX>(w.ln2_w), F(FJORD_LAYER_ACT(kLn2Mean, l)), F(FJORD_LAYER_ACT(kLn2Rstd, l)), BT,
-                           C);
+                           P<floatX>(w.ln2_w), F(FJORD_LAYER_ACT(kLn2Mean, l)),
+                           F(FJORD_LAYER_ACT(kLn2Rstd, l)), BT, C);
     ops.residual_backward(ctx_, dres_in, dattproj, dres2, BT * C);
-    ops.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj, A<floatX>(FJORD_LAYER_ACT(kAtty, l)),
-                        P<floatX>(w.attproj_w), BT, C, C);
+    ops.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj,
+                        A<floatX>(FJORD_LAYER_ACT(kAtty, l)), P<floatX>(w.attproj_w), BT, C, C);
     ops.attention_backward(ctx_, dqkv, datty, A<floatX>(FJORD_LAYER_ACT(kQkv, l)),
                            A<floatX>(FJORD_LAYER_ACT(kAtty, l)), F(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH);
     ops.matmul_backward(ctx_, dln1, D(w.qkv_w), D(w.qkv_b), dqkv, A<floatX>(FJORD_LAYER_ACT(kLn1, l)),
@@ -552,8 +589,8 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
                            F(FJORD_LAYER_ACT(kLn1Mean, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
     if (on_ready) on_ready(w.begin, w.end);
   }
-  ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B,
-                       T, C);
+  ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_ACT(kEncoded)),
+                       tokens_, B, T, C);
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }
 
@@ -570,8 +607,8 @@ float Gpt::SumSquares(const float* x, size_t n) {
 
 const float* Gpt::Logits() const {
   FJORD_CHECK(config_.precision == Precision::kFp32, "Logits() reads fp32 logits; this model runs in bf16");
-  return reinterpret_cast<const float*>(acts_ + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs +
-                                                             kLogits]);
+  return reinterpret_cast<const float*>(
+      acts_ + act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + kLogits]);
 }
 
 }  // namespace fjord

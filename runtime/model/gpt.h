@@ -58,9 +58,9 @@ size_t ParamCount(const GptConfig& config);
 
 // One parameter tensor inside the flat parameter buffer.
 struct ParamTensor {
-  std::string name;          // e.g. "h.3.attn.c_attn.weight" (GPT-2 naming)
-  size_t offset = 0;         // in floats, into the parameter buffer
-  std::vector<int> shape;    // row-major
+  std::string name;           // e.g. "h.3.attn.c_attn.weight" (GPT-2 naming)
+  size_t offset = 0;          // in floats, into the parameter buffer
+  std::vector<int> shape;     // row-major
   bool weight_decay = false;  // AdamW decays matrices and embeddings only
   size_t size() const;
 };
@@ -69,8 +69,7 @@ struct ParamTensor {
 class ParamLayout {
  public:
   struct Layer {
-    size_t ln1_w, ln1_b, qkv_w, qkv_b, attproj_w, attproj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w,
-        fcproj_b;
+    size_t ln1_w, ln1_b, qkv_w, qkv_b, attproj_w, attproj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
     size_t begin, end;  // [begin, end) of the whole layer
   };
 
@@ -224,12 +223,18 @@ class Gpt {
   // in gpt.cc); the parameters the ops read (P, the working copy) and their gradients (D) by
   // element offset into the parameter layout.
   template <typename floatX>
-  floatX* A(size_t offset) { return reinterpret_cast<floatX*>(acts_ + offset); }
+  floatX* A(size_t offset) {
+    return reinterpret_cast<floatX*>(acts_ + offset);
+  }
   template <typename floatX>
-  floatX* G(size_t offset) { return reinterpret_cast<floatX*>(dacts_ + offset); }
+  floatX* G(size_t offset) {
+    return reinterpret_cast<floatX*>(dacts_ + offset);
+  }
   float* F(size_t offset) { return reinterpret_cast<float*>(acts_ + offset); }
   template <typename floatX>
-  floatX* P(size_t offset) { return static_cast<floatX*>(working_params_) + offset; }
+  floatX* P(size_t offset) {
+    return static_cast<floatX*>(working_params_) + offset;
+  }
   float* D(size_t offset) { return grads_ + offset; }
   template <typename floatX>
   float ForwardAs(int B, int T, bool with_targets, float dloss_scale);
@@ -247,16 +252,16 @@ class Gpt {
   bool has_dlogits_ = false;
   std::unique_ptr<Arena> own_arena_;  // the first constructor's
   size_t buffer_size_ = 0;
-  float* params_ = nullptr;          // fp32 master weights
-  void* working_params_ = nullptr;   // what the ops read: params_ in fp32, a bf16 copy in bf16
+  float* params_ = nullptr;         // fp32 master weights
+  void* working_params_ = nullptr;  // what the ops read: params_ in fp32, a bf16 copy in bf16
   float* grads_ = nullptr;
   char* acts_ = nullptr;
   char* dacts_ = nullptr;
   size_t dacts_bytes_ = 0;
-  int32_t* tokens_ = nullptr;   // device copies of the last Forward's tokens and targets
+  int32_t* tokens_ = nullptr;  // device copies of the last Forward's tokens and targets
   int32_t* targets_ = nullptr;
-  float* scratch_ = nullptr;    // sum_squares' output
-  HostBuffer host_params_;      // CUDA only: the host mirror
+  float* scratch_ = nullptr;  // sum_squares' output
+  HostBuffer host_params_;    // CUDA only: the host mirror
   std::vector<float> host_losses_;
   std::vector<size_t> act_offsets_;  // bytes, see ActOffsets in gpt.cc
 };

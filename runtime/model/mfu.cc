@@ -56,8 +56,7 @@ double GpuPeakTflops(std::string_view device_name, Precision precision) {
   };
   static const Entry kTable[] = {
       {"h200 nvl", 835.0, 60.0}, {"h200", 989.0, 67.0},  // also GH200: the same H100-class die
-      {"h100 nvl", 835.0, 60.0}, {"h100 pcie", 756.0, 51.0}, {"h100", 989.0, 67.0},
-      {"a100", 312.0, 19.5},
+      {"h100 nvl", 835.0, 60.0}, {"h100 pcie", 756.0, 51.0}, {"h100", 989.0, 67.0}, {"a100", 312.0, 19.5},
   };
   const std::string name = Lower(device_name);
   for (const Entry& e : kTable) {
@@ -104,8 +103,8 @@ RankPeak CpuRankPeak(const proto::JobSpec& job, int threads) {
   const CpuPeak cpu = ThisCpuPeak(threads);
   peak.flops = cpu.flops;
   char buf[160];
-  std::snprintf(buf, sizeof(buf), "CPU estimate: %d threads x %.2f GHz x %d FP32 FLOP/cycle", cpu.threads, cpu.ghz,
-                cpu.flops_per_cycle);
+  std::snprintf(buf, sizeof(buf), "CPU estimate: %d threads x %.2f GHz x %d FP32 FLOP/cycle", cpu.threads,
+                cpu.ghz, cpu.flops_per_cycle);
   peak.source = cpu.flops > 0 ? buf : "unknown: no CPU clock found; set train.peak_tflops";
   return peak;
 }

@@ -27,9 +27,9 @@ double GpuPeakTflops(std::string_view device_name, Precision precision);
 
 // A CPU's theoretical FP32 peak: threads x clock x FP32 FLOPs per cycle per core.
 struct CpuPeak {
-  double flops = 0.0;         // FLOP/s; 0 when the clock or the threads are unknown
-  double ghz = 0.0;           // max clock, else the current clock of the first CPU
-  int flops_per_cycle = 0;    // 64 with AVX-512 (2 FMA units assumed), 32 with AVX2 + FMA, else 8
+  double flops = 0.0;       // FLOP/s; 0 when the clock or the threads are unknown
+  double ghz = 0.0;         // max clock, else the current clock of the first CPU
+  int flops_per_cycle = 0;  // 64 with AVX-512 (2 FMA units assumed), 32 with AVX2 + FMA, else 8
   int threads = 0;
 };
 

@@ -29,8 +29,8 @@ class AdamW {
   // element's buffer index, in the same pass: what cast_to_bf16 of the buffer would write there.
   // Padding (between tensors and after the last) is never touched. params, grads and working
   // are in the optimizer's memory (device pointers on CUDA).
-  void Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps, float weight_decay,
-            float grad_scale, int t, bf16* working = nullptr, uint64_t seed = 0);
+  void Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps,
+            float weight_decay, float grad_scale, int t, bf16* working = nullptr, uint64_t seed = 0);
 
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }

@@ -105,9 +105,10 @@ StatusOr<HeadFile> ReadHeadFile(const std::string& head_path) {
     ok = head.seq > 0 || (head.hash == kGenesis && !head.intent.empty());
   }
   if (!ok) {
-    return DataLoss("audit head file " + head_path +
-                    " is not \"SEQ HASH\" or \"SEQ HASH NEXT\": it was damaged or edited; keep it and its log "
-                    "for the auditor, and give the job a new audit_log");
+    return DataLoss(
+        "audit head file " + head_path +
+        " is not \"SEQ HASH\" or \"SEQ HASH NEXT\": it was damaged or edited; keep it and its log "
+        "for the auditor, and give the job a new audit_log");
   }
   return head;
 }
@@ -145,7 +146,8 @@ Status ReadLastLine(int fd, const std::string& path, std::string* last) {
   return OkStatus();
 }
 
-Status WriteHead(const std::string& head_path, int64_t seq, const std::string& hash, const std::string& intent) {
+Status WriteHead(const std::string& head_path, int64_t seq, const std::string& hash,
+                 const std::string& intent) {
   const std::string text = std::to_string(seq) + " " + hash + (intent.empty() ? "" : " " + intent) + "\n";
   return WriteFileAtomic(head_path, {{text.data(), text.size()}}, 0640);
 }
@@ -166,8 +168,9 @@ std::string EndProblem(const RecordHead& last, const HeadFile& head, const std::
            std::to_string(head.seq) + ": the last " + std::to_string(head.seq - last.seq) +
            " record(s) were deleted";
   }
-  return "the log's last record (seq " + std::to_string(last.seq) + ") does not match " + head_path + " (seq " +
-         std::to_string(head.seq) + "): the end of the log was replaced or the head file was edited";
+  return "the log's last record (seq " + std::to_string(last.seq) + ") does not match " + head_path +
+         " (seq " + std::to_string(head.seq) +
+         "): the end of the log was replaced or the head file was edited";
 }
 
 }  // namespace
@@ -354,16 +357,18 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::v
   }
   // Anchors kept outside the log: a log cut below one, or rewritten, no longer holds its record.
   for (const AuditAnchor& anchor : anchors) {
-    const std::string named = "anchor " + std::to_string(anchor.seq) + ":" + anchor.hash + " (" + anchor.source + ")";
+    const std::string named =
+        "anchor " + std::to_string(anchor.seq) + ":" + anchor.hash + " (" + anchor.source + ")";
     if (anchor.seq > last.seq) {
       return fail(0, named + " names record " + std::to_string(anchor.seq) + " but the log ends at record " +
-                         std::to_string(last.seq) + ": records were cut off the end (the head file may have been "
+                         std::to_string(last.seq) +
+                         ": records were cut off the end (the head file may have been "
                          "rewritten to match), or the log was replaced");
     }
     if (anchor.seq < 1) return fail(0, named + " does not name a record (records start at 1)");
     if (hashes[anchor.seq - 1] != anchor.hash) {
-      return fail(anchor.seq, labels[anchor.seq - 1] + " has hash " + hashes[anchor.seq - 1] + " but " + named +
-                                  " says otherwise: the log was rewritten at or before this record");
+      return fail(anchor.seq, labels[anchor.seq - 1] + " has hash " + hashes[anchor.seq - 1] + " but " +
+                                  named + " says otherwise: the log was rewritten at or before this record");
     }
     ++report.anchors;
   }
@@ -374,13 +379,14 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::v
   if (head->seq >= 0 && head->seq < last.seq && (head->seq == 0 || hashes[head->seq - 1] == head->hash) &&
       (head->seq + 1 != last.seq || head->intent != last.hash)) {
     const int64_t first = head->seq + 1;
-    return fail(first, labels[first - 1] + " is not covered by " + head_path + " (which names record " +
-                           std::to_string(head->seq) +
-                           (head->intent.empty() ? std::string(" and no append in progress")
-                                                 : " and an append of another record") +
-                           "): every fjord append announces its record in the head before writing it, so this "
-                           "one was added by hand (forged, or copied in); keep the log and its head for the "
-                           "auditor and give the job a new audit_log");
+    return fail(first,
+                labels[first - 1] + " is not covered by " + head_path + " (which names record " +
+                    std::to_string(head->seq) +
+                    (head->intent.empty() ? std::string(" and no append in progress")
+                                          : " and an append of another record") +
+                    "): every fjord append announces its record in the head before writing it, so this "
+                    "one was added by hand (forged, or copied in); keep the log and its head for the "
+                    "auditor and give the job a new audit_log");
   }
   if (std::string p = EndProblem(last, *head, head_path); !p.empty()) return fail(0, p);
   report.ok = true;
@@ -389,7 +395,8 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::v
                          ? "an append of record " + std::to_string(last.seq + 1) +
                                " was interrupted before its record was written (nothing is missing)"
                          : "an append was interrupted after writing record " + std::to_string(last.seq) +
-                               " and before updating " + head_path + "; the head announced exactly that record";
+                               " and before updating " + head_path +
+                               "; the head announced exactly that record";
   }
   return report;
 }

@@ -3,11 +3,11 @@
 #include "runtime/tenancy/crypto.h"
 
 #include <fcntl.h>
-#include <pwd.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -191,7 +191,8 @@ StatusOr<EncryptionKey> LoadEncryptionKey(const std::string& path, const std::st
       const struct passwd* pw = ::getpwuid(uid);
       return std::to_string(uid) + (pw != nullptr ? " (" + std::string(pw->pw_name) + ")" : "");
     };
-    return FailedPrecondition(what + " is owned by uid " + name(st.st_uid) + ", not by uid " + name(::geteuid()) +
+    return FailedPrecondition(what + " is owned by uid " + name(st.st_uid) + ", not by uid " +
+                              name(::geteuid()) +
                               " who runs fjord, nor by root: another user could replace the key; keep the "
                               "tenant's key in a file of your own (copy it, or as root: chown " +
                               std::to_string(::geteuid()) + " " + path + ")");
@@ -295,7 +296,8 @@ Status WriteSealedFile(const std::string& path, const std::vector<ByteSpan>& pla
   FJORD_ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path, 0600));
   auto write_all = [&](const uint8_t* p, size_t n) { return file.Write(p, n); };
   FJORD_RETURN_IF_ERROR(write_all(header.data(), header.size()));
-  FJORD_RETURN_IF_ERROR(GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext, write_all));
+  FJORD_RETURN_IF_ERROR(
+      GcmEncrypt(key, header.data() + 16, {HeaderView(header), context}, plaintext, write_all));
   return file.Commit();
 }
 

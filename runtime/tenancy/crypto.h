@@ -25,8 +25,8 @@
 #include <string_view>
 #include <vector>
 
-#include "common/status.h"
 #include "common/file_util.h"
+#include "common/status.h"
 
 namespace fjord {
 

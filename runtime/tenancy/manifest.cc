@@ -97,21 +97,22 @@ bool IsPrepShardName(const std::string& name) {
   return false;
 }
 
-Status ForeignDataRefusal(const std::string& what, const std::string& manifest_path, const proto::DataManifest& m,
-                          const std::string& job_tenant) {
+Status ForeignDataRefusal(const std::string& what, const std::string& manifest_path,
+                          const proto::DataManifest& m, const std::string& job_tenant) {
   if (!job_tenant.empty()) {
-    return FailedPrecondition(what + ": " + manifest_path + " belongs to tenant " + m.tenant() +
-                              ", but this job is tenant " + job_tenant + ": a tenant may read only its own data; point " +
-                              what + " at this tenant's shards");
+    return FailedPrecondition(
+        what + ": " + manifest_path + " belongs to tenant " + m.tenant() + ", but this job is tenant " +
+        job_tenant + ": a tenant may read only its own data; point " + what + " at this tenant's shards");
   }
   std::string residency = "residency {";
   for (const std::string& j : m.allowed_jurisdictions()) residency += " allowed_jurisdictions: \"" + j + "\"";
   for (const std::string& site : m.allowed_sites()) residency += " allowed_sites: \"" + site + "\"";
-  return FailedPrecondition(what + ": " + manifest_path + " belongs to tenant " + m.tenant() +
-                            ", but this job has no tenant: data with a manifest is read only by its tenant's job, "
-                            "whose ranks check where they run. Add `tenant { id: \"" + m.tenant() + "\" } " +
-                            residency + " }` to the job spec (and run it inside that residency), or point " + what +
-                            " at data without a manifest");
+  return FailedPrecondition(
+      what + ": " + manifest_path + " belongs to tenant " + m.tenant() +
+      ", but this job has no tenant: data with a manifest is read only by its tenant's job, "
+      "whose ranks check where they run. Add `tenant { id: \"" +
+      m.tenant() + "\" } " + residency + " }` to the job spec (and run it inside that residency), or point " +
+      what + " at data without a manifest");
 }
 
 namespace {
@@ -123,8 +124,8 @@ StatusOr<std::string> GoverningDir(const fs::path& dir) {
     std::error_code ec;
     const fs::file_status st = fs::status(d / kManifestName, ec);
     if (ec && ec != std::errc::no_such_file_or_directory) {
-      return FailedPrecondition("cannot tell whether " + (d / kManifestName).string() + " exists: " + ec.message() +
-                                "; make the directory searchable");
+      return FailedPrecondition("cannot tell whether " + (d / kManifestName).string() +
+                                " exists: " + ec.message() + "; make the directory searchable");
     }
     if (fs::exists(st)) return d.string();
     if (d == d.parent_path()) return std::string();
@@ -135,10 +136,10 @@ StatusOr<std::string> GoverningDir(const fs::path& dir) {
 class ManifestFinder {
  public:
   struct Found {
-    std::string real_path;      // canonical path of the shard
-    std::string dir;            // the manifest's directory; "" when none governs the shard
+    std::string real_path;  // canonical path of the shard
+    std::string dir;        // the manifest's directory; "" when none governs the shard
     const StatusOr<proto::DataManifest>* manifest = nullptr;  // when dir is not ""
-    bool first = false;         // the first shard governed by this manifest
+    bool first = false;                                       // the first shard governed by this manifest
   };
 
   StatusOr<Found> Find(const std::string& file, const std::string& what) {
@@ -171,8 +172,8 @@ class ManifestFinder {
 // The manifest's shard list is the truth for its directory: every listed shard whose name the glob's
 // file pattern matches is on disk, and every file there matching that pattern or named like a prep
 // shard is listed. "" when so, else what differs.
-std::string ShardListProblem(const std::string& dir, const std::string& manifest_path, const proto::DataManifest& m,
-                             const std::string& pattern) {
+std::string ShardListProblem(const std::string& dir, const std::string& manifest_path,
+                             const proto::DataManifest& m, const std::string& pattern) {
   const std::string file_pattern = fs::path(pattern).filename().string();
   std::set<std::string> listed;
   for (const proto::ShardDigest& s : m.shard()) {
@@ -181,7 +182,8 @@ std::string ShardListProblem(const std::string& dir, const std::string& manifest
     if (::fnmatch(file_pattern.c_str(), s.name().c_str(), FNM_PERIOD) == 0 &&
         !fs::is_regular_file(fs::path(dir) / s.name(), ec)) {
       return (fs::path(dir) / s.name()).string() + " is listed in " + manifest_path +
-             " but is missing from disk: the data set is incomplete; restore the shard, or re-create the data with "
+             " but is missing from disk: the data set is incomplete; restore the shard, or re-create the "
+             "data with "
              "fjord prep";
     }
   }
@@ -191,7 +193,8 @@ std::string ShardListProblem(const std::string& dir, const std::string& manifest
     if (name == kManifestName || listed.count(name) > 0) continue;
     if (!IsPrepShardName(name) && ::fnmatch(file_pattern.c_str(), name.c_str(), FNM_PERIOD) != 0) continue;
     return it->path().string() + " is not listed in " + manifest_path +
-           ": it was added after prep, or belongs to other data; remove it or re-create the data with fjord prep";
+           ": it was added after prep, or belongs to other data; remove it or re-create the data with fjord "
+           "prep";
   }
   if (ec) return "cannot list " + dir + ": " + ec.message();
   return "";
@@ -214,7 +217,8 @@ StatusOr<std::vector<GoverningManifest>> ManifestsGoverning(const std::vector<st
 
 StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& pattern,
                                                             const std::vector<std::string>& files,
-                                                            const std::string& what, const DataPolicy& policy) {
+                                                            const std::string& what,
+                                                            const DataPolicy& policy) {
   auto refuse = [&](const std::string& path, Status s) {
     AuditRefusal(policy, what, path, s.message());
     return s;
@@ -261,7 +265,8 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
     if (!found->manifest->ok()) return refuse(e.manifest, found->manifest->status().WithContext(what));
     const proto::DataManifest& m = found->manifest->value();
     if (found->first) {  // the manifest's own checks, once, before any of its shards
-      if (m.tenant() != policy.tenant) return refuse(e.manifest, ForeignDataRefusal(what, e.manifest, m, policy.tenant));
+      if (m.tenant() != policy.tenant)
+        return refuse(e.manifest, ForeignDataRefusal(what, e.manifest, m, policy.tenant));
       ResidencyPolicy allowed;
       allowed.tenant = m.tenant();
       allowed.jurisdictions.assign(m.allowed_jurisdictions().begin(), m.allowed_jurisdictions().end());
@@ -279,13 +284,14 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
         FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(e.manifest, "data manifest"));
         FJORD_RETURN_IF_ERROR(
             policy.audit
-                ->Append("manifest_opened", AuditRecord()
-                                                .Str("field", what)
-                                                .Str("path", e.manifest)
-                                                .Str("sha256", digest)
-                                                .Str("tenant", m.tenant())
-                                                .Raw("allowed_jurisdictions", JsonQuoteList(m.allowed_jurisdictions()))
-                                                .Int("shards", m.shard_size()))
+                ->Append("manifest_opened",
+                         AuditRecord()
+                             .Str("field", what)
+                             .Str("path", e.manifest)
+                             .Str("sha256", digest)
+                             .Str("tenant", m.tenant())
+                             .Raw("allowed_jurisdictions", JsonQuoteList(m.allowed_jurisdictions()))
+                             .Int("shards", m.shard_size()))
                 .status());
       }
     }
@@ -298,14 +304,15 @@ StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& p
     }
     if (entry == nullptr) {
       const std::string where = file == found->real_path ? file : file + " (" + found->real_path + ")";
-      return refuse(file, FailedPrecondition(
-                              what + ": " + where + " is not listed in " + e.manifest +
-                              (real.parent_path() == fs::path(found->dir)
-                                   ? ": it was added after prep, or belongs to other data; remove it or re-create "
-                                     "the data with fjord prep"
-                                   : ", which governs every file below " + found->dir +
-                                         " and lists only files directly in it; move the shard out of " +
-                                         found->dir + " or re-create the data with fjord prep")));
+      return refuse(
+          file, FailedPrecondition(
+                    what + ": " + where + " is not listed in " + e.manifest +
+                    (real.parent_path() == fs::path(found->dir)
+                         ? ": it was added after prep, or belongs to other data; remove it or re-create "
+                           "the data with fjord prep"
+                         : ", which governs every file below " + found->dir +
+                               " and lists only files directly in it; move the shard out of " + found->dir +
+                               " or re-create the data with fjord prep")));
     }
     e.sha256 = entry->sha256();
     e.tokens = entry->has_tokens() ? entry->tokens() : -1;

@@ -68,7 +68,8 @@ struct ShardExpectation {
 // matched. Reads no shard. Returns one expectation per file, in order.
 StatusOr<std::vector<ShardExpectation>> CheckShardManifests(const std::string& pattern,
                                                             const std::vector<std::string>& files,
-                                                            const std::string& what, const DataPolicy& policy);
+                                                            const std::string& what,
+                                                            const DataPolicy& policy);
 
 // A manifest that governs some of a job's shards, for fjord launch's placement.
 struct GoverningManifest {
@@ -84,8 +85,8 @@ StatusOr<std::vector<GoverningManifest>> ManifestsGoverning(const std::vector<st
 // The refusal when a job of `job_tenant` ("" = none) reads data governed by `m` (at `manifest_path`)
 // of another tenant: names the manifest, its tenant, and for a job without tenant the tenant and
 // residency blocks to add to the job spec.
-Status ForeignDataRefusal(const std::string& what, const std::string& manifest_path, const proto::DataManifest& m,
-                          const std::string& job_tenant);
+Status ForeignDataRefusal(const std::string& what, const std::string& manifest_path,
+                          const proto::DataManifest& m, const std::string& job_tenant);
 
 // Step 2: refuses `bytes` read from expectation.path when their SHA-256 differs from the manifest
 // (names both digests: the shard was modified or replaced after prep). Audits shard_opened.

@@ -92,9 +92,10 @@ Status CheckRootOnly(const std::string& path, const std::string& what, const std
   std::string problem = OwnershipProblem(path, what);
   if (problem.empty()) problem = OwnershipProblem(fs::path(path).parent_path().string(), "its directory");
   if (problem.empty()) return OkStatus();
-  return FailedPrecondition(problem + ": another user could " + risk +
-                            ". The operator must make it root-owned and writable by root only: chown root:root " +
-                            path + " && chmod 644 " + path);
+  return FailedPrecondition(
+      problem + ": another user could " + risk +
+      ". The operator must make it root-owned and writable by root only: chown root:root " + path +
+      " && chmod 644 " + path);
 }
 
 // stat() of `path`: nullopt with errno when it fails.
@@ -104,7 +105,9 @@ std::optional<struct stat> StatOf(const std::string& path) {
   return st;
 }
 
-bool SameFile(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
+bool SameFile(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
 
 // The authenticated data of sealed file `path` of the checkpoint `seal` names: tenant, job, step
 // and file name, so a sealed file moved to another checkpoint, job or name fails authentication.
@@ -237,8 +240,10 @@ Status CheckHostView(const std::string& path, const std::string& what) {
   for (ssize_t n; is_proc && (n = ::read(fd, buf, sizeof(buf))) > 0;) map.append(buf, static_cast<size_t>(n));
   if (fd >= 0) ::close(fd);
   if (!is_proc) {
-    return FailedPrecondition(subject + " cannot be trusted: /proc/self/uid_map is not procfs's, so fjord cannot "
-                              "tell whether this process runs in a user namespace; run fjord with the host's /proc");
+    return FailedPrecondition(
+        subject +
+        " cannot be trusted: /proc/self/uid_map is not procfs's, so fjord cannot "
+        "tell whether this process runs in a user namespace; run fjord with the host's /proc");
   }
   std::istringstream fields(map);
   std::vector<std::string> words;
@@ -247,11 +252,15 @@ Status CheckHostView(const std::string& path, const std::string& what) {
     std::string shown;
     for (const std::string& w : words) shown += (shown.empty() ? "" : " ") + w;
     return FailedPrecondition(
-        subject + " cannot be trusted: this process runs in a user namespace (/proc/self/uid_map is \"" + shown +
-        "\", not the initial namespace's \"0 0 4294967295\"), where an ordinary user can mount files that look "
-        "root-owned over " + fs::path(path).parent_path().string() +
+        subject + " cannot be trusted: this process runs in a user namespace (/proc/self/uid_map is \"" +
+        shown +
+        "\", not the initial namespace's \"0 0 4294967295\"), where an ordinary user can mount files that "
+        "look "
+        "root-owned over " +
+        fs::path(path).parent_path().string() +
         ". fjord reads the node's own files only in the initial user namespace: run it without unshare -r, "
-        "rootless containers or other user namespaces (operators: sysctl user.max_user_namespaces=0 on tenant "
+        "rootless containers or other user namespaces (operators: sysctl user.max_user_namespaces=0 on "
+        "tenant "
         "nodes; docs/SOVEREIGNTY.md, \"Node identity\")");
   }
   // 2. The mount namespace, where init's can be read (as root). Ours may differ (ip netns exec,
@@ -263,13 +272,13 @@ Status CheckHostView(const std::string& path, const std::string& what) {
   const std::optional<struct stat> mine = StatOf(path);
   const std::optional<struct stat> hosts = StatOf(host_path);
   if (mine ? hosts && SameFile(*mine, *hosts) : !hosts) return OkStatus();
-  return FailedPrecondition(subject + " cannot be trusted: this process runs in a mount namespace of its own, and " +
-                            (mine ? "the file it sees there is not the node's own (" + host_path +
-                                        (hosts ? " is another file)" : " does not exist)")
-                                  : std::string("it does not see the node's own file (" + host_path + ")")) +
-                            ": something was mounted over " + fs::path(path).parent_path().string() +
-                            ". Run fjord in the node's own mount namespace, or leave " + path +
-                            " as the node has it");
+  return FailedPrecondition(
+      subject + " cannot be trusted: this process runs in a mount namespace of its own, and " +
+      (mine ? "the file it sees there is not the node's own (" + host_path +
+                  (hosts ? " is another file)" : " does not exist)")
+            : std::string("it does not see the node's own file (" + host_path + ")")) +
+      ": something was mounted over " + fs::path(path).parent_path().string() +
+      ". Run fjord in the node's own mount namespace, or leave " + path + " as the node has it");
 }
 
 StatusOr<proto::NodeSettings> ReadNodeSettings(const std::string& path) {
@@ -299,9 +308,10 @@ Status CheckTestOverrides() {
       names + (set.size() == 1 ? " is" : " are") + " set, but test overrides are off on this node (" +
       (settings.ok() ? std::string(kNodeSettingsPath) + " does not say allow_test_overrides: true"
                      : settings.status().message()) +
-      "). They exist for tests only: FJORD_NODE_IDENTITY lets the caller choose where this node claims to be, "
-      "FJORD_TEST_HOOK injects faults, delays and signals. Unset " + names +
-      ". On a test node the operator enables them as root: echo 'allow_test_overrides: true' > " +
+      "). They exist for tests only: FJORD_NODE_IDENTITY lets the caller choose where this node claims to "
+      "be, "
+      "FJORD_TEST_HOOK injects faults, delays and signals. Unset " +
+      names + ". On a test node the operator enables them as root: echo 'allow_test_overrides: true' > " +
       kNodeSettingsPath + " && chmod 644 " + kNodeSettingsPath +
       " (docs/SOVEREIGNTY.md, \"Test overrides\"); every use is then audited");
 }
@@ -333,7 +343,8 @@ StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
     return FailedPrecondition(what + ": " + std::strerror(errno) + "; check the path and its permissions");
   }
   if (!S_ISREG(st.st_mode)) return FailedPrecondition(what + " is not a regular file");
-  if (strict) FJORD_RETURN_IF_ERROR(CheckRootOnly(path, "node identity", "change where this node claims to be"));
+  if (strict)
+    FJORD_RETURN_IF_ERROR(CheckRootOnly(path, "node identity", "change where this node claims to be"));
   FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "node identity"));
   LocalNode node;
   node.path = path;
@@ -462,7 +473,8 @@ bool IsPlainFileName(std::string_view name) {
 
 Status WriteCheckpointFile(const std::string& path, const std::vector<ByteSpan>& pieces,
                            const CheckpointSeal& seal) {
-  if (!seal.key) return WriteFileAtomic(path, pieces, seal.tenant.empty() ? 0644 : 0600);  // a tenant's: private
+  if (!seal.key)
+    return WriteFileAtomic(path, pieces, seal.tenant.empty() ? 0644 : 0600);  // a tenant's: private
   if (seal.job_sha256.empty() || seal.step < 0) {
     return Internal("sealing checkpoint file " + path +
                     " without the job digest and step it belongs to: a bug in fjord");
@@ -844,11 +856,16 @@ StatusOr<proto::AuditAnchor> ReadCheckpointAuditAnchor(const std::string& dir, c
 
 const char* CheckpointUseName(CheckpointUse use) {
   switch (use) {
-    case CheckpointUse::kResume: return "resume";
-    case CheckpointUse::kInitFrom: return "init_from";
-    case CheckpointUse::kEval: return "eval";
-    case CheckpointUse::kSample: return "sample";
-    case CheckpointUse::kExport: return "export";
+    case CheckpointUse::kResume:
+      return "resume";
+    case CheckpointUse::kInitFrom:
+      return "init_from";
+    case CheckpointUse::kEval:
+      return "eval";
+    case CheckpointUse::kSample:
+      return "sample";
+    case CheckpointUse::kExport:
+      return "export";
   }
   return "?";
 }
@@ -906,8 +923,8 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   }
   auto refuse = [&](const Status& status) -> Status { return opened.Refuse(dir, access.use, status); };
 
-  const std::string owner = record.tenant().empty() ? std::string("a job without tenant")
-                                                    : "tenant " + Quoted(record.tenant());
+  const std::string owner =
+      record.tenant().empty() ? std::string("a job without tenant") : "tenant " + Quoted(record.tenant());
   // The job that wrote the checkpoint stands in for the job that reads it; the key is --key's.
   CheckpointSeal job_seal;
   job_seal.tenant = job.tenant().id();
@@ -921,11 +938,14 @@ StatusOr<OpenedCheckpoint> OpenCheckpointOutsideJob(const std::string& dir, cons
   }
   if (record.encrypted() && !job_seal.key) {
     return refuse(FailedPrecondition(what + " is sealed for " + owner + " (" + record.cipher() + ", key id " +
-                                     record.key_id() + "): pass --key FILE with that tenant's checkpoint key "
-                                     "(the job's checkpoint.encryption_key_file) to " + command + " it"));
+                                     record.key_id() +
+                                     "): pass --key FILE with that tenant's checkpoint key "
+                                     "(the job's checkpoint.encryption_key_file) to " +
+                                     command + " it"));
   }
   if (!record.encrypted() && job_seal.key) {
-    return refuse(FailedPrecondition(what + " of " + owner + " is not encrypted, but --key was given: a "
+    return refuse(FailedPrecondition(what + " of " + owner +
+                                     " is not encrypted, but --key was given: a "
                                      "plaintext checkpoint where a sealed one was expected may have been "
                                      "substituted; refusing it. Drop --key to read a plaintext checkpoint"));
   }
@@ -1043,7 +1063,8 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
   for (size_t r = 0; r < checks.size(); ++r) {
     proto::RankIdentityCheck& check = checks[r];
     if (!check.ParseFromString((*gathered)[r])) {
-      return Internal("the identity check gathered from rank " + std::to_string(r) + " is not a RankIdentityCheck");
+      return Internal("the identity check gathered from rank " + std::to_string(r) +
+                      " is not a RankIdentityCheck");
     }
     if (check.job_sha256() != digest) differing.push_back(std::to_string(r) + " on " + check.host());
     if (check.override()) overrides.emplace_back(static_cast<int>(r), check.identity_file());
@@ -1094,25 +1115,26 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
                 ",\"path\":" + JsonQuote(overrides[i].second) + "}";
       }
       list += "]";
-      FJORD_RETURN_IF_ERROR(t->audit_
-                                ->Append("test_override", AuditRecord()
-                                                              .Str("variable", "FJORD_NODE_IDENTITY")
-                                                              .Str("note",
-                                                                   std::string("node identities were read from "
-                                                                               "files named by the environment, "
-                                                                               "not from ") +
-                                                                       kDefaultNodeIdentityPath)
-                                                              .Raw("ranks", list))
-                                .status());
+      FJORD_RETURN_IF_ERROR(
+          t->audit_
+              ->Append("test_override", AuditRecord()
+                                            .Str("variable", "FJORD_NODE_IDENTITY")
+                                            .Str("note", std::string("node identities were read from "
+                                                                     "files named by the environment, "
+                                                                     "not from ") +
+                                                             kDefaultNodeIdentityPath)
+                                            .Raw("ranks", list))
+              .status());
     }
     if (!hook_list.empty()) {
       FJORD_RETURN_IF_ERROR(
           t->audit_
-              ->Append("test_override",
-                       AuditRecord()
-                           .Str("variable", "FJORD_TEST_HOOK")
-                           .Str("note", "test hooks were active: faults, delays or signals injected for a test")
-                           .Raw("ranks", hook_list + "]"))
+              ->Append(
+                  "test_override",
+                  AuditRecord()
+                      .Str("variable", "FJORD_TEST_HOOK")
+                      .Str("note", "test hooks were active: faults, delays or signals injected for a test")
+                      .Raw("ranks", hook_list + "]"))
               .status());
     }
   }

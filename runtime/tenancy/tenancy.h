@@ -26,12 +26,12 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "common/file_util.h"
 #include "common/status.h"
 #include "proto/job.pb.h"
 #include "proto/tenancy.pb.h"
 #include "runtime/tenancy/audit.h"
 #include "runtime/tenancy/crypto.h"
-#include "common/file_util.h"
 #include "runtime/tenancy/manifest.h"
 
 namespace fjord {
@@ -164,7 +164,7 @@ struct CheckpointSeal {
   std::vector<std::string> allowed_jurisdictions;
   std::vector<std::string> allowed_sites;
   std::shared_ptr<const EncryptionKey> key;
-  proto::NodeIdentity node;  // where this process runs, for the record (may be empty)
+  proto::NodeIdentity node;       // where this process runs, for the record (may be empty)
   std::string identity_override;  // the FJORD_NODE_IDENTITY file `node` came from; "" = the node's own
   std::string key_source = "checkpoint.encryption_key_file";  // where `key` came from, for messages
   // Which checkpoint the files belong to; with `tenant` and the file name, the authenticated data
@@ -224,7 +224,7 @@ enum class CheckpointUse {
   kInitFrom,  // start from its weights: also accepts an untenanted plain checkpoint (public weights)
   kEval,      // the commands outside a training job (OpenCheckpointOutsideJob)
   kSample,
-  kExport,    // writes the weights out in plaintext
+  kExport,  // writes the weights out in plaintext
 };
 
 // "resume", "init_from", "eval", "sample", "export".

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,18 +14,30 @@
 #include <vector>
 
 #include "common/env.h"
-#include "runtime/train/config.h"
 #include "common/file_util.h"
 #include "common/json.h"
 #include "common/sha256.h"
+#include "runtime/train/config.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
 
 namespace {
 
-enum HeaderField { kMagic, kVersion, kNLayer, kNHead, kNEmbd, kMaxSeq, kVocab, kPaddedVocab, kParamsLo,
-                   kParamsHi, kStep, kHeaderInts = 256 };
+enum HeaderField {
+  kMagic,
+  kVersion,
+  kNLayer,
+  kNHead,
+  kNEmbd,
+  kMaxSeq,
+  kVocab,
+  kPaddedVocab,
+  kParamsLo,
+  kParamsHi,
+  kStep,
+  kHeaderInts = 256
+};
 
 std::vector<int32_t> MakeHeader(const Gpt& model, int step) {
   std::vector<int32_t> h(kHeaderInts, 0);
@@ -88,7 +100,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   const std::string job_text = JobSpecToText(job);
   FJORD_ASSIGN_OR_RETURN(const std::string job_sha256, Sha256Hex(job_text));
   const std::string tmp_dir = RandomTempName(final_dir);
-  FJORD_RETURN_IF_ERROR(CreateNewDirectory(tmp_dir, dir_mode, "writing checkpoint for step " + std::to_string(step)));
+  FJORD_RETURN_IF_ERROR(
+      CreateNewDirectory(tmp_dir, dir_mode, "writing checkpoint for step " + std::to_string(step)));
 
   const std::vector<int32_t> header = MakeHeader(model, step);
   const size_t header_bytes = header.size() * sizeof(int32_t);
@@ -125,8 +138,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
     }
     if (!s.ok()) break;
     if (crash_hook && std::atoi(crash_hook->c_str()) == step) {
-      std::fprintf(stderr, "fjord: TEST HOOK crash_in_checkpoint: exiting after writing %s of step %d\n", path.c_str(),
-                   step);
+      std::fprintf(stderr, "fjord: TEST HOOK crash_in_checkpoint: exiting after writing %s of step %d\n",
+                   path.c_str(), step);
       std::_Exit(3);
     }
     StatusOr<std::string> digest = Sha256File(path, "checkpoint file");
@@ -144,8 +157,9 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
         "{\n  \"format\": \"fjord-checkpoint\",\n  \"version\": 2,\n  \"step\": " + std::to_string(step) +
         ",\n  \"sequences_consumed\": " + std::to_string(state.sequences_consumed) +
         ",\n  \"world_size\": " + std::to_string(state.world_size) +
-        ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) + ",\n  \"seed\": " + std::to_string(state.seed) +
-        ",\n  \"job_sha256\": \"" + job_sha256 + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
+        ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) +
+        ",\n  \"seed\": " + std::to_string(state.seed) + ",\n  \"job_sha256\": \"" + job_sha256 +
+        "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
     s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}}, file_mode);
   }
   // The tenant record last: it holds the digests of every file above, manifest.json included, so
@@ -156,7 +170,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
   }
   if (!s.ok()) {
     fs::remove_all(tmp_dir, ec);
-    return s.WithContext("writing checkpoint for step " + std::to_string(step) + " (the previous checkpoints are intact)");
+    return s.WithContext("writing checkpoint for step " + std::to_string(step) +
+                         " (the previous checkpoints are intact)");
   }
   FsyncDir(tmp_dir);
   // A checkpoint of the same step (a re-run) is replaced only once the new one is complete.
@@ -201,7 +216,8 @@ StatusOr<JsonValue> ReadManifest(const std::string& dir) {
   FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "checkpoint manifest"));
   StatusOr<JsonValue> json = ParseJson(text, path);
   if (!json.ok()) return DataLoss(json.status().message() + " (damaged checkpoint)");
-  if (!json->is_object() || json->Find("format") == nullptr || json->Find("format")->text() != "fjord-checkpoint") {
+  if (!json->is_object() || json->Find("format") == nullptr ||
+      json->Find("format")->text() != "fjord-checkpoint") {
     return DataLoss(path + ": not a fjord checkpoint manifest (no \"format\": \"fjord-checkpoint\")");
   }
   return json;
@@ -269,7 +285,8 @@ StatusOr<CheckpointState> ReadCheckpointState(const std::string& dir) {
   return state;
 }
 
-StatusOr<std::string> NewestGoodCheckpoint(const std::string& checkpoints_dir, std::vector<std::string>* skipped) {
+StatusOr<std::string> NewestGoodCheckpoint(const std::string& checkpoints_dir,
+                                           std::vector<std::string>* skipped) {
   const std::vector<std::string> dirs = ListCheckpoints(checkpoints_dir);
   for (const std::string& dir : dirs) {
     Status s = VerifyCheckpoint(dir);
@@ -322,18 +339,20 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const Checkpoin
                     "): it was written by another fjord version; read it with that version");
   }
   const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
-  static const char* kNames[] = {"magic", "version", "model.n_layer", "model.n_head", "model.n_embd",
-                                 "model.seq_len", "model.vocab_size", "padded vocab", "parameter count",
-                                 "parameter count"};
+  static const char* kNames[] = {"magic",           "version",        "model.n_layer",    "model.n_head",
+                                 "model.n_embd",    "model.seq_len",  "model.vocab_size", "padded vocab",
+                                 "parameter count", "parameter count"};
   for (int f = kNLayer; f <= kParamsHi; ++f) {
     if (header[f] != expected[f]) {
       return FailedPrecondition(path + ": " + kNames[f] + " is " + std::to_string(header[f]) +
                                 " in the checkpoint but " + std::to_string(expected[f]) + " in the model");
     }
   }
-  in.read(reinterpret_cast<char*>(model.host_params()), static_cast<std::streamsize>(model.num_params() * sizeof(float)));
-  if (!in) return DataLoss(path + ": file ends before all " + std::to_string(model.num_params()) +
-                           " parameters were read (truncated checkpoint)");
+  in.read(reinterpret_cast<char*>(model.host_params()),
+          static_cast<std::streamsize>(model.num_params() * sizeof(float)));
+  if (!in)
+    return DataLoss(path + ": file ends before all " + std::to_string(model.num_params()) +
+                    " parameters were read (truncated checkpoint)");
   model.SyncParamsToDevice();
   return OkStatus();
 }
@@ -345,7 +364,8 @@ Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* 
   std::istringstream in(std::move(contents), std::ios::binary);
   std::vector<int32_t> header(kHeaderInts);
   in.read(reinterpret_cast<char*>(header.data()), kHeaderInts * sizeof(int32_t));
-  if (!in || header[kMagic] != kModelMagic) return DataLoss(path + ": not a fjord optimizer state (bad header)");
+  if (!in || header[kMagic] != kModelMagic)
+    return DataLoss(path + ": not a fjord optimizer state (bad header)");
   const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
   if (!std::equal(expected.begin() + kNLayer, expected.begin() + kParamsHi + 1, header.begin() + kNLayer)) {
     return FailedPrecondition(path +

@@ -62,7 +62,8 @@ StatusOr<CheckpointState> ReadCheckpointState(const std::string& dir);
 
 // The newest checkpoint in `checkpoints_dir` that verifies; damaged newer ones are skipped and
 // described in *skipped (one line each: path and reason). NotFound when there is none at all.
-StatusOr<std::string> NewestGoodCheckpoint(const std::string& checkpoints_dir, std::vector<std::string>* skipped);
+StatusOr<std::string> NewestGoodCheckpoint(const std::string& checkpoints_dir,
+                                           std::vector<std::string>* skipped);
 
 // A checkpoint directory resolved from what a user passes: a step directory (it has
 // model.bin), or a run directory / checkpoints directory whose newest step_* is taken.

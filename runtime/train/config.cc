@@ -628,16 +628,18 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
                   "is negative; set train.global_batch to 0 (use train.grad_accum) or to the sequences per "
                   "optimizer step over all ranks");
   } else if (t.global_batch() > 0 && t.micro_batch() >= 1 && t.global_batch() % t.micro_batch() != 0) {
-    v.RefuseValue("train.global_batch", "is not a multiple of " + v.Ref("train.micro_batch") +
-                                            ": the global batch is micro_batch x grad_accum x world_size; pick a "
-                                            "multiple of train.micro_batch");
+    v.RefuseValue("train.global_batch",
+                  "is not a multiple of " + v.Ref("train.micro_batch") +
+                      ": the global batch is micro_batch x grad_accum x world_size; pick a "
+                      "multiple of train.micro_batch");
   }
   const proto::ParallelSpec& par = job.parallel();
   if (!(par.bucket_mb() > 0) || !Finite(par.bucket_mb())) {
     v.RefuseValue("parallel.bucket_mb", "must be a positive number of MiB; set parallel.bucket_mb, e.g. 25");
   }
   if (par.zero_stage() != 0 && par.zero_stage() != 1) {
-    v.RefuseValue("parallel.zero_stage", "must be 0 (plain data-parallel) or 1 (ZeRO-1: shard the AdamW state)");
+    v.RefuseValue("parallel.zero_stage",
+                  "must be 0 (plain data-parallel) or 1 (ZeRO-1: shard the AdamW state)");
   }
   if (par.algo() != "auto" && par.algo() != "mpi" && par.algo() != "ring" && par.algo() != "tree") {
     v.RefuseValue("parallel.algo", "is not one of auto, mpi, ring, tree; set parallel.algo, e.g. \"auto\"");
@@ -655,21 +657,25 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
   const std::string& tenant = job.tenant().id();
   const proto::ResidencySpec& residency = job.residency();
   if (!tenant.empty() && !IsValidTenantId(tenant)) {
-    v.RefuseValue("tenant.id",
-                  "is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting with a "
-                  "letter or digit, e.g. \"acme\"");
+    v.RefuseValue(
+        "tenant.id",
+        "is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting with a "
+        "letter or digit, e.g. \"acme\"");
   }
   if (!tenant.empty() && residency.allowed_jurisdictions_size() == 0) {
-    v.Refuse("tenant.id", "tenant.id = \"" + tenant +
-                              "\" has no residency: add residency { allowed_jurisdictions: \"NO\" } with the ISO "
-                              "3166-1 alpha-2 codes of the countries where its ranks, data and checkpoints may be");
+    v.Refuse("tenant.id",
+             "tenant.id = \"" + tenant +
+                 "\" has no residency: add residency { allowed_jurisdictions: \"NO\" } with the ISO "
+                 "3166-1 alpha-2 codes of the countries where its ranks, data and checkpoints may be");
   }
   if (tenant.empty() && (residency.allowed_jurisdictions_size() > 0 || residency.allowed_sites_size() > 0)) {
-    const std::string first = residency.allowed_jurisdictions_size() > 0 ? "residency.allowed_jurisdictions[0]"
-                                                                          : "residency.allowed_sites[0]";
-    v.Refuse(first,
-             "residency is set but tenant.id is empty: residency is enforced for a tenant only, so it would be "
-             "ignored; add tenant { id: \"...\" } or remove the residency block");
+    const std::string first = residency.allowed_jurisdictions_size() > 0
+                                  ? "residency.allowed_jurisdictions[0]"
+                                  : "residency.allowed_sites[0]";
+    v.Refuse(
+        first,
+        "residency is set but tenant.id is empty: residency is enforced for a tenant only, so it would be "
+        "ignored; add tenant { id: \"...\" } or remove the residency block");
   }
   for (int i = 0; i < residency.allowed_jurisdictions_size(); ++i) {
     const std::string& code = residency.allowed_jurisdictions(i);
@@ -681,10 +687,11 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
   for (int i = 0; i < residency.allowed_sites_size(); ++i) {
     const std::string& site = residency.allowed_sites(i);
     if (!IsValidSiteName(site)) {
-      v.Refuse("residency.allowed_sites[" + std::to_string(i) + "]",
-               "residency.allowed_sites \"" + site +
-                   "\" is not a site name: use 1 to 64 letters, digits, '.', '_' or '-', as the inventory names "
-                   "sites");
+      v.Refuse(
+          "residency.allowed_sites[" + std::to_string(i) + "]",
+          "residency.allowed_sites \"" + site +
+              "\" is not a site name: use 1 to 64 letters, digits, '.', '_' or '-', as the inventory names "
+              "sites");
     }
   }
   if (job.run_dir().empty()) {

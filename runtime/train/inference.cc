@@ -5,16 +5,16 @@
 #include <random>
 #include <vector>
 
+#include "common/host.h"
 #include "runtime/data/bpe_tokenizer.h"
-#include "runtime/train/checkpoint.h"
-#include "runtime/train/config.h"
 #include "runtime/data/data.h"
+#include "runtime/data/tokenizer.h"
 #include "runtime/device/device.h"
 #include "runtime/model/gpt.h"
 #include "runtime/tenancy/manifest.h"
 #include "runtime/tenancy/tenancy.h"
-#include "common/host.h"
-#include "runtime/data/tokenizer.h"
+#include "runtime/train/checkpoint.h"
+#include "runtime/train/config.h"
 #include "runtime/train/trainer.h"
 
 namespace fjord {
@@ -27,8 +27,9 @@ struct LoadedModel {
 };
 
 // The weights of the checkpoint in `dir`, whose job is `job`, opened (gate 3) as `opened`.
-StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSpec& job, OpenedCheckpoint& opened,
-                                      int max_batch, int max_seq, CheckpointUse use) {
+StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSpec& job,
+                                      OpenedCheckpoint& opened, int max_batch, int max_seq,
+                                      CheckpointUse use) {
   LoadedModel loaded;
   loaded.job = job;
   const GptConfig config = GptConfig::FromSpec(loaded.job.model());
@@ -57,8 +58,8 @@ StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, in
 
 }  // namespace
 
-StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches,
-                                        const CheckpointAccess& access) {
+StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob,
+                                        int batches, const CheckpointAccess& access) {
   FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
   const int T = TrainSeqLen(job);
@@ -87,15 +88,15 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   } else {
     // The checkpoint's job had no tenant: --data may be only data that no manifest governs. What the
     // gate does is recorded in that job's audit log when it still exists (nothing is created).
-    StatusOr<std::unique_ptr<AuditLog>> log =
-        AuditLog::Open(access.audit_log.empty() ? AuditPathFor(job) : access.audit_log, "eval@" + ThisHostname(),
-                       /*create_parent=*/false);
+    StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(
+        access.audit_log.empty() ? AuditPathFor(job) : access.audit_log, "eval@" + ThisHostname(),
+        /*create_parent=*/false);
     if (log.ok()) untenanted_log = std::move(*log);
     policy.audit = untenanted_log.get();
   }
-  FJORD_ASSIGN_OR_RETURN(DataLoader data,
-                         DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T, job.train().seed(),
-                                          /*shuffle=*/false, &policy));
+  FJORD_ASSIGN_OR_RETURN(
+      DataLoader data, DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T, job.train().seed(),
+                                        /*shuffle=*/false, &policy));
   const uint64_t available = data.sequences_per_epoch();
   const int B = static_cast<int>(std::min<uint64_t>(job.train().micro_batch(), available));
   if (batches <= 0) batches = job.train().eval_batches();
@@ -117,9 +118,11 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
 StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const SampleOptions& options,
                                        const std::function<void(const std::string&)>& on_text,
                                        const CheckpointAccess& access) {
-  if (options.tokens < 0) return InvalidArgument("--tokens must be >= 0, got " + std::to_string(options.tokens));
+  if (options.tokens < 0)
+    return InvalidArgument("--tokens must be >= 0, got " + std::to_string(options.tokens));
   if (!(options.temperature >= 0.0f)) {
-    return InvalidArgument("--temperature must be >= 0 (0 is greedy), got " + std::to_string(options.temperature));
+    return InvalidArgument("--temperature must be >= 0 (0 is greedy), got " +
+                           std::to_string(options.temperature));
   }
   if (options.top_k < 0) return InvalidArgument("--top-k must be >= 0, got " + std::to_string(options.top_k));
   if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) {
@@ -154,7 +157,8 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
       float threshold = -INFINITY;
       if (options.top_k > 0 && options.top_k < c.vocab_size) {
         std::vector<float> sorted(logits, logits + c.vocab_size);
-        std::nth_element(sorted.begin(), sorted.begin() + (options.top_k - 1), sorted.end(), std::greater<float>());
+        std::nth_element(sorted.begin(), sorted.begin() + (options.top_k - 1), sorted.end(),
+                         std::greater<float>());
         threshold = sorted[options.top_k - 1];
       }
       const float max_logit = *std::max_element(logits, logits + c.vocab_size);

@@ -20,8 +20,8 @@ struct EvalResult {
 // `data_glob`, read in order from the start, over at most `batches` batches of the checkpoint's
 // micro_batch x seq_len (0: the job's train.eval_batches). Never counts a sequence twice.
 // A tenant's checkpoint passes OpenCheckpointOutsideJob with `access` (--key, --audit-log) first.
-StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob, int batches,
-                                        const CheckpointAccess& access = {});
+StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob,
+                                        int batches, const CheckpointAccess& access = {});
 
 struct SampleOptions {
   std::string prompt;
@@ -30,7 +30,7 @@ struct SampleOptions {
   int top_k = 0;             // 0 = the whole vocabulary
   float top_p = 1.0f;        // nucleus: sample from the smallest set of tokens with this much mass
   uint64_t seed = 1337;
-  std::string vocab_dir;     // GPT-2 BPE files (vocab.json + merges.txt); "" = byte tokenizer
+  std::string vocab_dir;  // GPT-2 BPE files (vocab.json + merges.txt); "" = byte tokenizer
 };
 
 // Generates options.tokens tokens after the prompt with the checkpoint's model and the byte

@@ -66,15 +66,22 @@ std::string StepMetricsJson(const StepMetrics& m) {
 StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string& source) {
   // The numeric fields every line has, besides step and epoch.
   static constexpr std::pair<const char*, double StepMetrics::*> kNumbers[] = {
-      {"loss", &StepMetrics::loss}, {"lr", &StepMetrics::lr}, {"grad_norm", &StepMetrics::grad_norm},
-      {"tokens_per_s", &StepMetrics::tokens_per_s}, {"ms", &StepMetrics::ms},
-      {"exposed_comm_ms", &StepMetrics::exposed_comm_ms}, {"flops_per_token", &StepMetrics::flops_per_token}};
+      {"loss", &StepMetrics::loss},
+      {"lr", &StepMetrics::lr},
+      {"grad_norm", &StepMetrics::grad_norm},
+      {"tokens_per_s", &StepMetrics::tokens_per_s},
+      {"ms", &StepMetrics::ms},
+      {"exposed_comm_ms", &StepMetrics::exposed_comm_ms},
+      {"flops_per_token", &StepMetrics::flops_per_token}};
   static constexpr std::pair<const char*, std::optional<double> StepMetrics::*> kOptional[] = {
-      {"peak_flops", &StepMetrics::peak_flops}, {"mfu", &StepMetrics::mfu}, {"val_loss", &StepMetrics::val_loss}};
+      {"peak_flops", &StepMetrics::peak_flops},
+      {"mfu", &StepMetrics::mfu},
+      {"val_loss", &StepMetrics::val_loss}};
 
   FJORD_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(line, source));
   if (!doc.is_object()) {
-    return InvalidArgument(source + ": a step's metrics are a JSON object, not " + std::string(doc.type_name()));
+    return InvalidArgument(source + ": a step's metrics are a JSON object, not " +
+                           std::string(doc.type_name()));
   }
   StepMetrics m;
   for (const auto& [key, v] : doc.object()) {
@@ -95,7 +102,8 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
     };
     if (key == "step") {
       const std::optional<int64_t> s = v.AsInt64();
-      if (!s || *s < 0 || *s > std::numeric_limits<int>::max()) return InvalidArgument(field + found + ", not a step");
+      if (!s || *s < 0 || *s > std::numeric_limits<int>::max())
+        return InvalidArgument(field + found + ", not a step");
       m.step = static_cast<int>(*s);
     } else if (key == "epoch") {
       const std::optional<uint64_t> e = v.AsUint64();
@@ -177,13 +185,15 @@ Status MetricsSink::Record(const StepMetrics& m) {
       FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar(tag, m.step, static_cast<float>(value)));
     }
     if (m.mfu) FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar("perf/mfu", m.step, static_cast<float>(*m.mfu)));
-    if (m.val_loss) FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar("val/loss", m.step, static_cast<float>(*m.val_loss)));
+    if (m.val_loss)
+      FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar("val/loss", m.step, static_cast<float>(*m.val_loss)));
     FJORD_RETURN_IF_ERROR(tensorboard_->Flush());
   }
   if (options_.json_lines) {
     std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
-  } else if (!options_.quiet && (m.step % options_.log_every == 0 || m.step == options_.steps || m.val_loss)) {
+  } else if (!options_.quiet &&
+             (m.step % options_.log_every == 0 || m.step == options_.steps || m.val_loss)) {
     PrintProgress(m);
   }
   return OkStatus();
@@ -194,8 +204,8 @@ void MetricsSink::PrintProgress(const StepMetrics& m) const {
   const double eta = elapsed / (m.step - start_step_) * (options_.steps - m.step);
   std::printf("step %5d/%d | loss %.4f", m.step, options_.steps, m.loss);
   if (m.val_loss) std::printf(" | val %.4f", *m.val_loss);
-  std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s | MFU %s", m.lr, m.grad_norm, m.ms, m.tokens_per_s,
-              FormatMfu(m.mfu.value_or(NAN)).c_str());
+  std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s | MFU %s", m.lr, m.grad_norm, m.ms,
+              m.tokens_per_s, FormatMfu(m.mfu.value_or(NAN)).c_str());
   if (options_.world > 1) std::printf(" | comm %.1f ms", m.exposed_comm_ms);
   std::printf(" | eta %dm%02ds\n", static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
   std::fflush(stdout);

@@ -20,19 +20,19 @@ namespace fjord {
 
 // One optimizer step as reported. Values are doubles so that a line read back prints the same text.
 struct StepMetrics {
-  int step = 0;                       // 1-based
-  double loss = 0.0;                  // training loss, mean over ranks
-  double lr = 0.0;                    // learning rate of the step
-  double grad_norm = 0.0;             // global gradient norm before clipping
-  double tokens_per_s = 0.0;          // global batch tokens over the step's wall time
-  double ms = 0.0;                    // the step's wall time
-  double exposed_comm_ms = 0.0;       // waiting on other ranks that backward did not hide
-  double flops_per_token = 0.0;       // model FLOPs per token (runtime/model/mfu.h)
-  std::optional<double> peak_flops;   // the ranks' peak FLOP/s, when known; then mfu is set too
-  std::optional<double> mfu;          // model FLOPs utilisation against peak_flops
-  std::optional<double> val_loss;     // the steps that evaluated
-  uint64_t epoch = 0;                 // epoch of the step's first sequence
-  bool skipped = false;               // non-finite, not applied (train.on_nonfinite: SKIP_STEP)
+  int step = 0;                      // 1-based
+  double loss = 0.0;                 // training loss, mean over ranks
+  double lr = 0.0;                   // learning rate of the step
+  double grad_norm = 0.0;            // global gradient norm before clipping
+  double tokens_per_s = 0.0;         // global batch tokens over the step's wall time
+  double ms = 0.0;                   // the step's wall time
+  double exposed_comm_ms = 0.0;      // waiting on other ranks that backward did not hide
+  double flops_per_token = 0.0;      // model FLOPs per token (runtime/model/mfu.h)
+  std::optional<double> peak_flops;  // the ranks' peak FLOP/s, when known; then mfu is set too
+  std::optional<double> mfu;         // model FLOPs utilisation against peak_flops
+  std::optional<double> val_loss;    // the steps that evaluated
+  uint64_t epoch = 0;                // epoch of the step's first sequence
+  bool skipped = false;              // non-finite, not applied (train.on_nonfinite: SKIP_STEP)
 
   bool operator==(const StepMetrics&) const = default;
 };

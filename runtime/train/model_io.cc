@@ -3,11 +3,11 @@
 #include <filesystem>
 #include <vector>
 
-#include "runtime/train/checkpoint.h"
-#include "runtime/train/config.h"
 #include "runtime/device/device.h"
 #include "runtime/formats/hf_gpt2.h"
 #include "runtime/formats/llmc_checkpoint.h"
+#include "runtime/train/checkpoint.h"
+#include "runtime/train/config.h"
 
 namespace fjord {
 namespace fs = std::filesystem;
@@ -16,7 +16,8 @@ StatusOr<ModelFormat> ParseModelFormat(const std::string& name) {
   if (name == "hf") return ModelFormat::kHuggingFace;
   if (name == "llmc") return ModelFormat::kLlmc;
   if (name == "llmc-bf16") return ModelFormat::kLlmcBf16;
-  return InvalidArgument("--format '" + name + "' is not one of hf (Hugging Face safetensors + config.json), "
+  return InvalidArgument("--format '" + name +
+                         "' is not one of hf (Hugging Face safetensors + config.json), "
                          "llmc (llm.c fp32 checkpoint), llmc-bf16 (llm.c bf16 checkpoint)");
 }
 
@@ -57,8 +58,9 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
       break;
     case ModelFormat::kLlmc:
     case ModelFormat::kLlmcBf16:
-      written = WriteLlmcCheckpoint(out, DimsOf(config), slots, model.params(), model.buffer_size(),
-                                    format == ModelFormat::kLlmc ? LlmcPrecision::kFp32 : LlmcPrecision::kBf16);
+      written =
+          WriteLlmcCheckpoint(out, DimsOf(config), slots, model.params(), model.buffer_size(),
+                              format == ModelFormat::kLlmc ? LlmcPrecision::kFp32 : LlmcPrecision::kBf16);
       break;
   }
   if (!opened.audit.empty()) {
@@ -68,7 +70,9 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
     rec.Str("dir", dir)
         .Str("tenant", opened.tenant)
         .Str("out", ec ? out : absolute.string())
-        .Str("format", format == ModelFormat::kHuggingFace ? "hf" : format == ModelFormat::kLlmc ? "llmc" : "llmc-bf16")
+        .Str("format", format == ModelFormat::kHuggingFace ? "hf"
+                       : format == ModelFormat::kLlmc      ? "llmc"
+                                                           : "llmc-bf16")
         .Bool("plaintext", true)
         .Bool("was_encrypted", opened.seal.key != nullptr)
         .Bool("ok", written.ok());
@@ -86,15 +90,15 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
     FJORD_ASSIGN_OR_RETURN(LlmcHeader header, ReadLlmcHeader(source));
     dims = header.dims;
   }
-  const std::string model_text = "model { n_layer: " + std::to_string(dims.n_layer) +
-                                 " n_head: " + std::to_string(dims.n_head) + " n_embd: " + std::to_string(dims.n_embd) +
-                                 " seq_len: " + std::to_string(dims.max_seq_len) +
-                                 " vocab_size: " + std::to_string(dims.vocab_size) + " }\n";
+  const std::string model_text =
+      "model { n_layer: " + std::to_string(dims.n_layer) + " n_head: " + std::to_string(dims.n_head) +
+      " n_embd: " + std::to_string(dims.n_embd) + " seq_len: " + std::to_string(dims.max_seq_len) +
+      " vocab_size: " + std::to_string(dims.vocab_size) + " }\n";
   // The data fields only document where the weights came from: an imported checkpoint is used
   // by sample and eval, or as train.init_from of a job that names its own data.
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job,
-                         ParseJobSpec(model_text + "data { train: \"(imported from " + source + ")\" }\nrun_dir: \"" +
-                                          out_dir + "\"\n",
+                         ParseJobSpec(model_text + "data { train: \"(imported from " + source +
+                                          ")\" }\nrun_dir: \"" + out_dir + "\"\n",
                                       "<import of " + source + ">", {}));
   const GptConfig config = GptConfig::FromSpec(job.model());
   if (config.padded_vocab != dims.padded_vocab) {
@@ -105,10 +109,10 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
                            "a Hugging Face export of the model instead");
   }
   // The zero AdamW state written with the weights: one more buffer of the parameters' size.
-  FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config, 1, 1, 1, 1, CpuDevice(),
-                                         "import on a host with more memory, or check the model's dimensions in " +
-                                             source)
-                            .WithContext("cannot import " + source));
+  FJORD_RETURN_IF_ERROR(
+      Gpt::CheckMemory(config, 1, 1, 1, 1, CpuDevice(),
+                       "import on a host with more memory, or check the model's dimensions in " + source)
+          .WithContext("cannot import " + source));
   Gpt model(config, 1, 1, CpuOps());
   const std::vector<ParamSlot> slots = SlotsOf(model.layout());
   if (format == ModelFormat::kHuggingFace) {
@@ -119,9 +123,11 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
   const std::vector<float> zeros(model.num_params(), 0.0f);
   // SaveCheckpoint writes OUT/step_000000; move it to OUT itself so OUT is the checkpoint.
   const fs::path staging = fs::path(out_dir).string() + ".import";
-  FJORD_ASSIGN_OR_RETURN(std::string written, SaveCheckpoint(staging.string(), CheckpointState{}, job, model, zeros.data(), zeros.data()));
+  FJORD_ASSIGN_OR_RETURN(std::string written, SaveCheckpoint(staging.string(), CheckpointState{}, job, model,
+                                                             zeros.data(), zeros.data()));
   std::error_code ec;
-  if (fs::exists(out_dir)) return FailedPrecondition(out_dir + " exists; choose a new directory for the import");
+  if (fs::exists(out_dir))
+    return FailedPrecondition(out_dir + " exists; choose a new directory for the import");
   fs::rename(written, out_dir, ec);
   if (ec) return Internal("cannot move " + written + " to " + out_dir + ": " + ec.message());
   fs::remove_all(staging, ec);

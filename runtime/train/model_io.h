@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "common/status.h"
-#include "runtime/model/gpt.h"
 #include "runtime/formats/gpt2_params.h"
+#include "runtime/model/gpt.h"
 #include "runtime/tenancy/tenancy.h"
 
 namespace fjord {

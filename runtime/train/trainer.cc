@@ -22,16 +22,16 @@
 #include "common/env.h"
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/pointwise_math.h"
-#include "runtime/train/checkpoint.h"
-#include "runtime/train/config.h"
 #include "runtime/data/data.h"
 #include "runtime/device/device.h"
 #include "runtime/model/gpt.h"
-#include "runtime/train/grad_reducer.h"
-#include "runtime/train/metrics.h"
 #include "runtime/model/mfu.h"
 #include "runtime/model/optimizer.h"
 #include "runtime/tenancy/tenancy.h"
+#include "runtime/train/checkpoint.h"
+#include "runtime/train/config.h"
+#include "runtime/train/grad_reducer.h"
+#include "runtime/train/metrics.h"
 
 #ifdef FJORD_HAVE_NCCL
 #include "collectives/nccl/nccl_communicator.h"
@@ -67,7 +67,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 std::string GiB(size_t bytes) {
   char buf[32];
@@ -127,7 +129,9 @@ void OnStopSignal(int sig, siginfo_t* info, void*) {
 constexpr auto kStuck = std::chrono::milliseconds(300);
 // "AllReduce #6 (4 bytes float avg, tree)" of Communicator::InFlight(): the operation, without how
 // long it has run.
-std::string InFlightOp(const std::string& in_flight) { return in_flight.substr(0, in_flight.find(", running for")); }
+std::string InFlightOp(const std::string& in_flight) {
+  return in_flight.substr(0, in_flight.find(", running for"));
+}
 struct SignalWatch {
   std::mutex mu;
   const Communicator* comm = nullptr;  // set while Train runs
@@ -155,8 +159,8 @@ void WatchSignals() {
       alone = g_watch.comm->size() == 1;
       if (alone) break;  // no peer to lose
     }
-    std::fprintf(stderr, "fjord train: %s: signal %d (%s) during step %d; %s\n", who.c_str(), sig, strsignal(sig),
-                 g_watch.step.load() + 1,
+    std::fprintf(stderr, "fjord train: %s: signal %d (%s) during step %d; %s\n", who.c_str(), sig,
+                 strsignal(sig), g_watch.step.load() + 1,
                  what.empty() ? "no collective in flight" : ("in " + what).c_str());
     std::fflush(stderr);
     if (!teardown || alone || what.find(", waiting for rank ") == std::string::npos) continue;
@@ -168,10 +172,11 @@ void WatchSignals() {
       now = g_watch.comm->InFlight();
     }
     if (InFlightOp(now) != InFlightOp(what)) continue;  // the collective moved on: the peers are alive
-    std::fprintf(stderr,
-                 "fjord train: %s: still in %s %lld ms after signal %d: a peer has ended and the job is being "
-                 "torn down; zeroing the arena and exiting without a checkpoint\n",
-                 who.c_str(), what.c_str(), static_cast<long long>(kStuck.count()), sig);
+    std::fprintf(
+        stderr,
+        "fjord train: %s: still in %s %lld ms after signal %d: a peer has ended and the job is being "
+        "torn down; zeroing the arena and exiting without a checkpoint\n",
+        who.c_str(), what.c_str(), static_cast<long long>(kStuck.count()), sig);
     std::fflush(stderr);
     ZeroHostArenasNow(sig);
     std::_Exit(128 + sig);
@@ -281,10 +286,11 @@ class StepHooks {
       std::sscanf(value->c_str(), "%d:%d:%d", &hooks.sleep_rank_, &hooks.sleep_step_, &hooks.sleep_seconds_);
     }
     if (hooks.sleep_rank_ >= 0 && hooks.sleep_rank_ == rank) {
-      std::fprintf(stderr, "fjord: TEST HOOK active on rank %d: sleep %d s in step %d (FJORD_TEST_HOOK)\n", rank,
-                   hooks.sleep_seconds_, hooks.sleep_step_);
+      std::fprintf(stderr, "fjord: TEST HOOK active on rank %d: sleep %d s in step %d (FJORD_TEST_HOOK)\n",
+                   rank, hooks.sleep_seconds_, hooks.sleep_step_);
     }
-    if (std::optional<std::string> value = TestHook("nan_in_step")) hooks.nan_step_ = std::atoi(value->c_str());
+    if (std::optional<std::string> value = TestHook("nan_in_step"))
+      hooks.nan_step_ = std::atoi(value->c_str());
     if (std::optional<std::string> value = TestHook("signal_after_step")) {
       hooks.signal_step_ = std::atoi(value->c_str());
     }
@@ -301,7 +307,8 @@ class StepHooks {
       const float nan = NAN;
       device.Upload(model.grads() + model.layout().lnf_w(), &nan, sizeof(float));
     }
-    if (sleep_rank_ == rank_ && sleep_step_ == step) std::this_thread::sleep_for(std::chrono::seconds(sleep_seconds_));
+    if (sleep_rank_ == rank_ && sleep_step_ == step)
+      std::this_thread::sleep_for(std::chrono::seconds(sleep_seconds_));
     if (fail_rank_ == rank_ && fail_step_ == step) {
       return Internal("test hook fail_in_step: rank " + std::to_string(rank_) + " fails in step " +
                       std::to_string(step));
@@ -336,8 +343,11 @@ class Trainer {
         lead_(rank_ == 0),
         log_(lead_ && !options.quiet && !options.json_lines),
         zero_(job.parallel().zero_stage() == 1 && world_ > 1),
-        sink_({.quiet = options.quiet, .json_lines = options.json_lines, .steps = job.train().steps(),
-               .log_every = job.train().log_every(), .world = world_}) {}
+        sink_({.quiet = options.quiet,
+               .json_lines = options.json_lines,
+               .steps = job.train().steps(),
+               .log_every = job.train().log_every(),
+               .world = world_}) {}
 
   Status Setup() {
     FJORD_RETURN_IF_ERROR(PlanBatch());
@@ -365,8 +375,10 @@ class Trainer {
       if (stop) {
         result_.stopped_by_signal = true;
         if (lead_) {
-          std::fprintf(stderr, "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
-                       metrics.step, result_.checkpoint_dir.c_str());
+          std::fprintf(
+              stderr,
+              "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
+              metrics.step, result_.checkpoint_dir.c_str());
         }
         break;
       }
@@ -386,8 +398,8 @@ class Trainer {
     if (train_.global_batch() > 0) {
       if (train_.global_batch() % (B_ * world_) != 0) {
         return InvalidArgument("train.global_batch = " + std::to_string(train_.global_batch()) +
-                               " is not divisible by train.micro_batch x world size = " + std::to_string(B_) + " x " +
-                               std::to_string(world_) + " = " + std::to_string(B_ * world_) +
+                               " is not divisible by train.micro_batch x world size = " + std::to_string(B_) +
+                               " x " + std::to_string(world_) + " = " + std::to_string(B_ * world_) +
                                ": choose a global batch that is a multiple of it, or change the rank count");
       }
       accum_ = train_.global_batch() / (B_ * world_);
@@ -408,8 +420,8 @@ class Trainer {
     where_ = comm_.rank_info();
     FJORD_ASSIGN_OR_RETURN(device_, CreateDevice(job_.device(), where_, CudaWorkspaceBytes(B_, T_)));
     config_.precision = ResolvePrecision(job_.model().dtype(), device_->is_cuda());
-    StatusOr<bool> tc = ResolveAttention(job_.model().attention(), device_->compute_capability(), config_.precision,
-                                         config_.n_embd, config_.n_head);
+    StatusOr<bool> tc = ResolveAttention(job_.model().attention(), device_->compute_capability(),
+                                         config_.precision, config_.n_embd, config_.n_head);
     if (!tc.ok()) {
       return tc.status().WithContext("rank " + std::to_string(rank_) + " on host " + where_.host + " (" +
                                      device_->description() + ")");
@@ -420,19 +432,21 @@ class Trainer {
       backend = device_->is_cuda() ? proto::ParallelSpec::NCCL : proto::ParallelSpec::MPI;
     }
     if (backend == proto::ParallelSpec::NCCL && !device_->is_cuda()) {
-      return FailedPrecondition("parallel.comm_backend: NCCL needs a CUDA device, but rank " + std::to_string(rank_) +
-                                " on host " + where_.host + " trains on the CPU (device: " +
-                                proto::Device_Name(job_.device()) +
+      return FailedPrecondition("parallel.comm_backend: NCCL needs a CUDA device, but rank " +
+                                std::to_string(rank_) + " on host " + where_.host +
+                                " trains on the CPU (device: " + proto::Device_Name(job_.device()) +
                                 "): set parallel.comm_backend: MPI (or AUTO), or device: CUDA on GPU nodes");
     }
     if (backend == proto::ParallelSpec::NCCL && world_ > 1) {
 #ifdef FJORD_HAVE_NCCL
       StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(CommOptionsFor(job_), comm_);
       if (!made.ok()) {
-        return made.status().WithContext("parallel.comm_backend: NCCL" +
-                                         std::string(job_.parallel().comm_backend() == proto::ParallelSpec::AUTO
-                                                         ? " (AUTO on a CUDA device)" : "") +
-                                         "; with several ranks per GPU set parallel.comm_backend: MPI");
+        return made.status().WithContext(
+            "parallel.comm_backend: NCCL" +
+            std::string(job_.parallel().comm_backend() == proto::ParallelSpec::AUTO
+                            ? " (AUTO on a CUDA device)"
+                            : "") +
+            "; with several ranks per GPU set parallel.comm_backend: MPI");
       }
       nccl_ = std::move(made).value();
 #else
@@ -452,9 +466,10 @@ class Trainer {
   // metrics.jsonl (appended to by a resumed run, which keeps the lines its checkpoint covers).
   Status OpenData() {
     if (options_.tenancy == nullptr && !job_.tenant().id().empty()) {
-      return FailedPrecondition("tenant " + job_.tenant().id() +
-                                "'s job reached training without its gates (no Tenancy): start it with fjord train "
-                                "or fjord launch, which check this node's identity first");
+      return FailedPrecondition(
+          "tenant " + job_.tenant().id() +
+          "'s job reached training without its gates (no Tenancy): start it with fjord train "
+          "or fjord launch, which check this node's identity first");
     }
     const DataPolicy* data_policy = options_.tenancy ? &options_.tenancy->data_policy() : nullptr;
     if (options_.tenancy) {
@@ -462,8 +477,9 @@ class Trainer {
     } else {
       FJORD_ASSIGN_OR_RETURN(seal_, CheckpointSealFor(job_));
     }
-    FJORD_ASSIGN_OR_RETURN(train_data_, DataLoader::Open(job_.data().train(), "data.train", config_.vocab_size, T_,
-                                                         train_.seed(), /*shuffle=*/true, data_policy));
+    FJORD_ASSIGN_OR_RETURN(train_data_,
+                           DataLoader::Open(job_.data().train(), "data.train", config_.vocab_size, T_,
+                                            train_.seed(), /*shuffle=*/true, data_policy));
     if (train_data_->sequences_per_epoch() < global_batch_) {
       return FailedPrecondition(
           "data.train holds " + std::to_string(train_data_->sequences_per_epoch()) + " sequences of " +
@@ -473,8 +489,9 @@ class Trainer {
           "): use fewer ranks or a smaller batch, or give more data");
     }
     if (!job_.data().val().empty()) {
-      FJORD_ASSIGN_OR_RETURN(DataLoader v, DataLoader::Open(job_.data().val(), "data.val", config_.vocab_size, T_,
-                                                            train_.seed(), /*shuffle=*/false, data_policy));
+      FJORD_ASSIGN_OR_RETURN(
+          DataLoader v, DataLoader::Open(job_.data().val(), "data.val", config_.vocab_size, T_, train_.seed(),
+                                         /*shuffle=*/false, data_policy));
       val_data_ = std::make_unique<DataLoader>(std::move(v));
     }
     if (!lead_) return OkStatus();
@@ -488,14 +505,15 @@ class Trainer {
   // in it (initialised, or train.init_from), TensorBoard, AdamW, the gradient reducer, the MFU peak.
   Status BuildModel() {
     threads_ = ConfigureThreads(train_.threads(), RankInfoFromEnvironment().local_size);
-    const size_t arena_bytes = Gpt::ArenaBytes(config_, B_, T_, multiple_) + AdamW::ArenaBytes(optimizer_count_);
-    FJORD_ASSIGN_OR_RETURN(arena_,
-                           Arena::Create(*device_, arena_bytes, "model, gradients, activations and AdamW state"));
+    const size_t arena_bytes =
+        Gpt::ArenaBytes(config_, B_, T_, multiple_) + AdamW::ArenaBytes(optimizer_count_);
+    FJORD_ASSIGN_OR_RETURN(
+        arena_, Arena::Create(*device_, arena_bytes, "model, gradients, activations and AdamW state"));
     if (log_) {
-      const char* gradients_over = world_ == 1           ? ""
-                                   : nccl_               ? ", gradients over NCCL"
-                                   : device_->is_cuda()  ? ", gradients over MPI (host staging)"
-                                                         : "";
+      const char* gradients_over = world_ == 1          ? ""
+                                   : nccl_              ? ", gradients over NCCL"
+                                   : device_->is_cuda() ? ", gradients over MPI (host staging)"
+                                                        : "";
       std::printf(
           "fjord train: device %s (device: %s), %s (model.dtype: %s), %s attention (model.attention: %s), "
           "arena %s (%zu bytes)%s\n",
@@ -504,8 +522,8 @@ class Trainer {
           !device_->is_cuda()             ? "cpu"
           : config_.tensor_core_attention ? "tensor-core"
                                           : "simt",
-          proto::ModelSpec::Attention_Name(job_.model().attention()).c_str(), GiB(arena_bytes).c_str(), arena_bytes,
-          gradients_over);
+          proto::ModelSpec::Attention_Name(job_.model().attention()).c_str(), GiB(arena_bytes).c_str(),
+          arena_bytes, gradients_over);
       std::fflush(stdout);
     }
     model_ = std::make_unique<Gpt>(config_, B_, T_, *arena_, multiple_);
@@ -518,11 +536,14 @@ class Trainer {
           options_.tenancy ? options_.tenancy->CheckCheckpoint(init_dir, CheckpointUse::kInitFrom)
                            : CheckCheckpointTenant(init_dir, seal_, nullptr, CheckpointUse::kInitFrom);
       if (!init_seal.ok()) return init_seal.status().WithContext("train.init_from");
-      FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(init_dir, *model_, &*init_seal).WithContext("train.init_from"));
+      FJORD_RETURN_IF_ERROR(
+          LoadCheckpointWeights(init_dir, *model_, &*init_seal).WithContext("train.init_from"));
     }
     if (lead_ && train_.tensorboard()) FJORD_RETURN_IF_ERROR(sink_.OpenTensorBoard(job_.run_dir()));
-    optimizer_ = std::make_unique<AdamW>(model_->layout(), shard_begin_, shard_begin_ + optimizer_count_, *arena_);
-    const size_t bucket_floats = static_cast<size_t>(job_.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
+    optimizer_ =
+        std::make_unique<AdamW>(model_->layout(), shard_begin_, shard_begin_ + optimizer_count_, *arena_);
+    const size_t bucket_floats =
+        static_cast<size_t>(job_.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
     ReducePath path;
     if (device_->is_cuda() && world_ > 1) {
       path.device = device_.get();
@@ -542,15 +563,19 @@ class Trainer {
         device_->is_cuda() ? GpuRankPeak(job_, device_->description()) : CpuRankPeak(job_, threads_);
     peak_flops_ = rank_peak.flops * world_;
     if (log_) {
-      std::printf("fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
-                  "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
-                  model_->num_params(), config_.n_layer, config_.n_embd, config_.vocab_size, config_.padded_vocab,
-                  world_, B_, T_, accum_, threads_,
-                  GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
-                  static_cast<unsigned long long>(train_data_->num_tokens()),
-                  world_ == 1 ? "" : zero_ ? ", ZeRO-1" : overlap_ ? ", overlapped bucket all-reduce" : ", all-reduce");
-      std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n", flops_per_token_,
-                  rank_peak.flops / 1e12, rank_peak.source.c_str());
+      std::printf(
+          "fjord train: %zu parameters, %d layers, n_embd %d, vocab %d (padded %d), %d rank(s) x batch %d x "
+          "%d x accum %d, %d threads/rank, %s of model memory/rank, %llu train tokens%s\n",
+          model_->num_params(), config_.n_layer, config_.n_embd, config_.vocab_size, config_.padded_vocab,
+          world_, B_, T_, accum_, threads_,
+          GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
+          static_cast<unsigned long long>(train_data_->num_tokens()),
+          world_ == 1 ? ""
+          : zero_     ? ", ZeRO-1"
+          : overlap_  ? ", overlapped bucket all-reduce"
+                      : ", all-reduce");
+      std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n",
+                  flops_per_token_, rank_peak.flops / 1e12, rank_peak.source.c_str());
       std::fflush(stdout);
     }
     inputs_.resize(static_cast<size_t>(B_) * T_);
@@ -577,8 +602,9 @@ class Trainer {
         return FailedPrecondition("--resume: every checkpoint in " + checkpoints_dir_ +
                                   " is damaged (see above); remove them to start fresh");
       }
-      if (log_) std::printf("fjord train: no checkpoint in %s to resume from; starting at step 0\n",
-                            checkpoints_dir_.c_str());
+      if (log_)
+        std::printf("fjord train: no checkpoint in %s to resume from; starting at step 0\n",
+                    checkpoints_dir_.c_str());
       return OkStatus();
     }
     // Gate 3 first: a tenant record holds manifest.json's digest, so the state read next is checked.
@@ -602,8 +628,9 @@ class Trainer {
     model_->RoundWorkingParams(RoundSeed(train_.seed(), start_step_));  // as the run being resumed did
     start_sequence_ = state.sequences_consumed;
     if (log_) {
-      std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n", dir->c_str(),
-                  state.step, state.world_size, state.zero_stage == 1 ? " with ZeRO-1" : "", world_);
+      std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n",
+                  dir->c_str(), state.step, state.world_size, state.zero_stage == 1 ? " with ZeRO-1" : "",
+                  world_);
     }
     return lead_ && start_step_ > 0 ? sink_.KeepThrough(start_step_) : OkStatus();
   }
@@ -709,13 +736,15 @@ class Trainer {
       device_->Download(host_grads.data(), grads, host_grads.size() * sizeof(float));
       grads = host_grads.data();
     }
-    const std::string where = FirstNonFinite(*model_, grads, zero_ ? shard_begin_ : 0,
-                                             zero_ ? std::min(shard_begin_ + shard_, num_params_) : num_params_);
+    const std::string where =
+        FirstNonFinite(*model_, grads, zero_ ? shard_begin_ : 0,
+                       zero_ ? std::min(shard_begin_ + shard_, num_params_) : num_params_);
     return FailedPrecondition(
         "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) + ", gradient norm " +
         std::to_string(grad_norm) + " is not finite" +
-        (where.empty() ? std::string(" (this rank's gradients are finite)")
-                       : " (first non-finite gradient on rank " + std::to_string(rank_) + ": " + where + ")") +
+        (where.empty()
+             ? std::string(" (this rank's gradients are finite)")
+             : " (first non-finite gradient on rank " + std::to_string(rank_) + ": " + where + ")") +
         "; no update was applied and the checkpoints in " + checkpoints_dir_ +
         " are intact. Lower train.lr or raise train.warmup_steps, or set train.on_nonfinite: SKIP_STEP");
   }
@@ -724,8 +753,8 @@ class Trainer {
   Status MaybeEvaluate(StepMetrics& m) {
     if (!val_data_ || train_.eval_every() <= 0) return OkStatus();
     if (m.step % train_.eval_every() != 0 && m.step != train_.steps()) return OkStatus();
-    FJORD_ASSIGN_OR_RETURN(const float val_loss, Evaluate(*model_, *val_data_, B_, T_, train_.eval_batches(), comm_,
-                                                          inputs_, targets_));
+    FJORD_ASSIGN_OR_RETURN(const float val_loss, Evaluate(*model_, *val_data_, B_, T_, train_.eval_batches(),
+                                                          comm_, inputs_, targets_));
     result_.val_losses.push_back(val_loss);
     if (!std::isnan(val_loss)) m.val_loss = val_loss;  // a NaN evaluation is counted, not reported
     return OkStatus();
@@ -742,7 +771,8 @@ class Trainer {
   Status MaybeCheckpoint(int steps_done, bool stop) {
     result_.checkpoint_dir.clear();
     const int every = job_.checkpoint().every_steps();
-    if ((every > 0 && steps_done % every == 0) || steps_done == train_.steps() || stop) return Checkpoint(steps_done);
+    if ((every > 0 && steps_done % every == 0) || steps_done == train_.steps() || stop)
+      return Checkpoint(steps_done);
     return OkStatus();
   }
 
@@ -770,14 +800,16 @@ class Trainer {
     if (!lead_) return OkStatus();
     CheckpointState state;
     state.step = steps_done;
-    state.sequences_consumed = start_sequence_ + static_cast<uint64_t>(steps_done - start_step_) * global_batch_;
+    state.sequences_consumed =
+        start_sequence_ + static_cast<uint64_t>(steps_done - start_step_) * global_batch_;
     state.world_size = world_;
     state.zero_stage = zero_ ? 1 : 0;
     state.seed = train_.seed();
     model_->SyncParamsToHost();
     FJORD_ASSIGN_OR_RETURN(result_.checkpoint_dir,
                            SaveCheckpoint(checkpoints_dir_, state, job_, *model_, m, v, &seal_));
-    if (options_.tenancy) FJORD_RETURN_IF_ERROR(options_.tenancy->RecordCheckpointWritten(result_.checkpoint_dir));
+    if (options_.tenancy)
+      FJORD_RETURN_IF_ERROR(options_.tenancy->RecordCheckpointWritten(result_.checkpoint_dir));
     if (!options_.quiet && !options_.json_lines) {
       std::printf("fjord train: checkpoint %s\n", result_.checkpoint_dir.c_str());
       std::fflush(stdout);

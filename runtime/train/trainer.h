@@ -27,12 +27,12 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  std::vector<float> losses;      // training loss per optimizer step (mean over ranks)
-  std::vector<float> val_losses;  // one per evaluation
-  std::string checkpoint_dir;     // where rank 0 wrote the last checkpoint ("" if none)
-  int start_step = 0;             // > 0 when resumed from a checkpoint
-  int skipped_steps = 0;          // non-finite steps skipped (train.on_nonfinite: SKIP_STEP)
-  bool stopped_by_signal = false; // SIGTERM/SIGINT: stopped after a step with a checkpoint
+  std::vector<float> losses;       // training loss per optimizer step (mean over ranks)
+  std::vector<float> val_losses;   // one per evaluation
+  std::string checkpoint_dir;      // where rank 0 wrote the last checkpoint ("" if none)
+  int start_step = 0;              // > 0 when resumed from a checkpoint
+  int skipped_steps = 0;           // non-finite steps skipped (train.on_nonfinite: SKIP_STEP)
+  bool stopped_by_signal = false;  // SIGTERM/SIGINT: stopped after a step with a checkpoint
 };
 
 // The communicator options a job asks for (parallel.comm_timeout, parallel.algo).

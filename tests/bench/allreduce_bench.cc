@@ -52,11 +52,13 @@ struct Options {
 };
 
 [[noreturn]] void Usage(const char* why) {
-  std::fprintf(stderr,
-               "allreduce_bench: %s\nusage: mpirun -np N allreduce_bench [-b MIN] [-e MAX] [-f FACTOR] "
-               "[--algo raw,mpi,ring,tree,auto] [--dtype float|bfloat16|half|int32] [--seconds S] [--warmup N] [--repeat R] "
-               "[--inplace] [--chunk BYTES] [--tree-max BYTES]\n  sizes take K, M, G suffixes (powers of 1024)\n",
-               why);
+  std::fprintf(
+      stderr,
+      "allreduce_bench: %s\nusage: mpirun -np N allreduce_bench [-b MIN] [-e MAX] [-f FACTOR] "
+      "[--algo raw,mpi,ring,tree,auto] [--dtype float|bfloat16|half|int32] [--seconds S] [--warmup N] "
+      "[--repeat R] "
+      "[--inplace] [--chunk BYTES] [--tree-max BYTES]\n  sizes take K, M, G suffixes (powers of 1024)\n",
+      why);
   std::exit(2);
 }
 
@@ -116,7 +118,8 @@ Options ParseArgs(int argc, char** argv) {
       Usage(("unknown argument '" + a + "'").c_str());
     }
   }
-  if (o.factor < 2 || o.min_bytes == 0 || o.max_bytes < o.min_bytes) Usage("need 0 < MIN <= MAX and FACTOR >= 2");
+  if (o.factor < 2 || o.min_bytes == 0 || o.max_bytes < o.min_bytes)
+    Usage("need 0 < MIN <= MAX and FACTOR >= 2");
   for (const std::string& a : o.algos) {
     if (a != "raw" && !ParseAlgorithm(a.substr(0, std::min(a.find('@'), a.find('/')))).ok()) {
       Usage(("unknown algorithm '" + a + "'").c_str());
@@ -126,14 +129,18 @@ Options ParseArgs(int argc, char** argv) {
 }
 
 // Small integers, exact in every dtype for sums over up to 16 ranks.
-double Value(int rank, size_t i) { return static_cast<double>(static_cast<int>((i * 7 + static_cast<size_t>(rank) * 3) % 13) - 6); }
+double Value(int rank, size_t i) {
+  return static_cast<double>(static_cast<int>((i * 7 + static_cast<size_t>(rank) * 3) % 13) - 6);
+}
 
 // The values are small integers (Value and their sums), so the conversion is exact.
 void Encode(DataType dtype, double v, void* dst) { StoreInteger(dtype, static_cast<int64_t>(v), dst); }
 
 MPI_Datatype RawType(DataType dtype) { return dtype == DataType::kF32 ? MPI_FLOAT : MPI_INT32_T; }
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 }  // namespace
 }  // namespace fjord
@@ -179,13 +186,15 @@ int main(int argc, char** argv) {
   }
 
   if (rank == 0) {
-    std::printf("# allreduce_bench: %d ranks, %s sum, %s, >= %.2f s per row (at least 3 iterations), %d warmup, "
-                "best of %d\n",
-                n, DataTypeName(o.dtype), o.in_place ? "in place" : "out of place", o.seconds, o.warmup, o.repeat);
-    std::printf("# busbw = algbw * 2(n-1)/n; vs_mpi, vs_raw = time of the communicator's mpi algorithm, of a plain\n"
-                "# MPI_Allreduce call, over this row's time (> 1: this row is faster)\n");
-    std::printf("%12s %12s %11s %12s %11s %11s %7s %7s %7s\n", "size(B)", "count", "algo", "time(us)", "algbw(GB/s)",
-                "busbw(GB/s)", "vs_mpi", "vs_raw", "#wrong");
+    std::printf(
+        "# allreduce_bench: %d ranks, %s sum, %s, >= %.2f s per row (at least 3 iterations), %d warmup, "
+        "best of %d\n",
+        n, DataTypeName(o.dtype), o.in_place ? "in place" : "out of place", o.seconds, o.warmup, o.repeat);
+    std::printf(
+        "# busbw = algbw * 2(n-1)/n; vs_mpi, vs_raw = time of the communicator's mpi algorithm, of a plain\n"
+        "# MPI_Allreduce call, over this row's time (> 1: this row is faster)\n");
+    std::printf("%12s %12s %11s %12s %11s %11s %7s %7s %7s\n", "size(B)", "count", "algo", "time(us)",
+                "algbw(GB/s)", "busbw(GB/s)", "vs_mpi", "vs_raw", "#wrong");
   }
   for (size_t bytes = o.min_bytes; bytes <= o.max_bytes; bytes *= o.factor) {
     const size_t count = std::max<size_t>(bytes / es, 1);
@@ -199,8 +208,8 @@ int main(int argc, char** argv) {
       if (o.in_place) keep.assign(send.begin(), send.begin() + static_cast<long>(count * es));
       auto run = [&]() {
         if (raw) {
-          MPI_Allreduce(o.in_place ? MPI_IN_PLACE : send.data(), out, static_cast<int>(count), RawType(o.dtype),
-                        MPI_SUM, MPI_COMM_WORLD);
+          MPI_Allreduce(o.in_place ? MPI_IN_PLACE : send.data(), out, static_cast<int>(count),
+                        RawType(o.dtype), MPI_SUM, MPI_COMM_WORLD);
           return;
         }
         const Status s = comm->AllReduce(send.data(), out, count, o.dtype, ReduceOp::kSum);
@@ -242,8 +251,8 @@ int main(int argc, char** argv) {
         char vs_mpi[16] = "-", vs_raw[16] = "-";
         if (mpi_time > 0) std::snprintf(vs_mpi, sizeof(vs_mpi), "%.2f", mpi_time / t);
         if (raw_time > 0) std::snprintf(vs_raw, sizeof(vs_raw), "%.2f", raw_time / t);
-        std::printf("%12zu %12zu %11s %12.1f %11.3f %11.3f %7s %7s %7lld\n", count * es, count, algo.c_str(), t * 1e6,
-                    algbw, busbw, vs_mpi, vs_raw, wrong);
+        std::printf("%12zu %12zu %11s %12.1f %11.3f %11.3f %7s %7s %7lld\n", count * es, count, algo.c_str(),
+                    t * 1e6, algbw, busbw, vs_mpi, vs_raw, wrong);
         std::fflush(stdout);
       }
     }

@@ -1,15 +1,15 @@
 // Times every CUDA op of kernels/ops.h at GPT-2 124M shapes (scripts/gpu-check.sh runs it on the
 // H200): median of --reps launches after 3 warm-ups, timed with CUDA events on one stream, inputs
 // random (never zeros: they hide bugs and can run faster). Reports the bytes each op must move at
-// least (inputs read once, outputs written once, accumulated outputs read and written) as GB/s against a measured device-to-device copy,
-// and GEMM / attention FLOPs as TFLOP/s; the fused matmul_gelu_forward is shown next to the
-// matmul_forward + gelu_forward pair it replaces. The model ops run in both storage types
+// least (inputs read once, outputs written once, accumulated outputs read and written) as GB/s against a
+// measured device-to-device copy, and GEMM / attention FLOPs as TFLOP/s; the fused matmul_gelu_forward is
+// shown next to the matmul_forward + gelu_forward pair it replaces. The model ops run in both storage types
 // (kernels/ops.h): fp32 first, then bf16 (names suffixed "bf16"; bytes counted at 2 per bf16 tensor
 // element and 4 per fp32 one: statistics, parameter gradients, losses). The bf16 GEMM rows are the
 // ones to hold against the bf16 cuBLAS ceiling from tests/bench/torch_gpu_step.py --ceilings. The row
 // `attention_forward tc bf16` times the experimental tensor-core forward (kernels/cuda/
-// attention_tc.cu, what model.attention: TENSOR_CORE selects) on inputs like those of `attention_forward bf16`, both
-// counting the causal FLOPs, and `attention_backward tc bf16` its backward like
+// attention_tc.cu, what model.attention: TENSOR_CORE selects) on inputs like those of `attention_forward
+// bf16`, both counting the causal FLOPs, and `attention_backward tc bf16` its backward like
 // `attention_backward bf16` (both counting 2.5x the forward's FLOPs); they are left out below
 // sm_80. `adamw_update bf16` is the update that also writes the bf16 working copy (2 bytes more
 // per parameter), the optimizer pass of a bf16 training step. One line per op (stdout is line
@@ -143,8 +143,9 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
            4.0 * N * in * out,
            [&, in = in, out = out] { ops.matmul_backward(ctx, dx, dw, dbias, y, x, w, N, in, out); });
   }
-  report("matmul_backward classifier" + suffix, e * (N * Vp + 3.0 * N * C + double(Vp) * C) + f * 2.0 * Vp * C,
-         4.0 * N * C * Vp, [&] { ops.matmul_backward(ctx, dx, dwte, nullptr, logits, x, wte, N, C, Vp); });
+  report("matmul_backward classifier" + suffix,
+         e * (N * Vp + 3.0 * N * C + double(Vp) * C) + f * 2.0 * Vp * C, 4.0 * N * C * Vp,
+         [&] { ops.matmul_backward(ctx, dx, dwte, nullptr, logits, x, wte, N, C, Vp); });
   // Causal attention: QK^T and PV over the T (T + 1) / 2 unmasked scores; backward about 2.5x
   // forward.
   const double attn_flops = 2.0 * 2.0 * B * NH * (double(T) * (T + 1) / 2.0) * hs;

@@ -43,7 +43,8 @@ class Fabric {
   };
 
   // Posts a send (recv == nullptr) or a receive; returns the operation to wait on.
-  std::shared_ptr<Op> Post(int src, int dst, int tag, const void* send, void* recv, size_t bytes, std::string* error) {
+  std::shared_ptr<Op> Post(int src, int dst, int tag, const void* send, void* recv, size_t bytes,
+                           std::string* error) {
     auto op = std::make_shared<Op>();
     op->send = send, op->recv = recv, op->bytes = bytes;
     std::lock_guard<std::mutex> lock(mu_);
@@ -60,7 +61,8 @@ class Fabric {
     Op& r = recv ? *op : *other;
     if (s.bytes != r.bytes) {
       *error = "message size mismatch " + std::to_string(src) + "->" + std::to_string(dst) + " tag " +
-               std::to_string(tag) + ": sent " + std::to_string(s.bytes) + ", receiving " + std::to_string(r.bytes);
+               std::to_string(tag) + ": sent " + std::to_string(s.bytes) + ", receiving " +
+               std::to_string(r.bytes);
     }
     std::memcpy(r.recv, s.send, std::min(s.bytes, r.bytes));
     s.done = r.done = true;
@@ -103,7 +105,8 @@ class ThreadTransport final : public Transport {
   }
   Status Wait(Request* req) override {
     if (*req == kNoRequest) return OkStatus();
-    if (!fabric_.Wait(ops_[*req])) return Internal("rank " + std::to_string(rank_) + ": deadlock (waited 20 s)");
+    if (!fabric_.Wait(ops_[*req]))
+      return Internal("rank " + std::to_string(rank_) + ": deadlock (waited 20 s)");
     ops_[*req].reset();
     *req = kNoRequest;
     return error_.empty() ? OkStatus() : Internal(error_);
@@ -155,7 +158,8 @@ void RunRanks(int n, Body body) {
 
 enum class Algo { kRing, kTree };
 
-void CheckAllReduce(Algo algo, int n, size_t count, DataType dtype, ReduceOp op, bool in_place, RingOptions ring) {
+void CheckAllReduce(Algo algo, int n, size_t count, DataType dtype, ReduceOp op, bool in_place,
+                    RingOptions ring) {
   const size_t es = DataTypeSize(dtype);
   const std::vector<std::byte> want = Expected(dtype, op, n, count);
   std::vector<std::vector<std::byte>> outs(n);
@@ -163,8 +167,9 @@ void CheckAllReduce(Algo algo, int n, size_t count, DataType dtype, ReduceOp op,
     std::vector<std::byte> in = Inputs(dtype, op, n, r, count);
     outs[r].assign(count * es, std::byte{0xee});
     void* out = in_place ? in.data() : outs[r].data();
-    const Status s = algo == Algo::kRing ? RingAllReduce(t, in.data(), out, count, dtype, op, 7, ring, scratch)
-                                         : TreeAllReduce(t, in.data(), out, count, dtype, op, 7, scratch);
+    const Status s = algo == Algo::kRing
+                         ? RingAllReduce(t, in.data(), out, count, dtype, op, 7, ring, scratch)
+                         : TreeAllReduce(t, in.data(), out, count, dtype, op, 7, scratch);
     if (in_place) {
       outs[r] = in;
     } else if (in != Inputs(dtype, op, n, r, count)) {
@@ -183,7 +188,8 @@ void CheckAllReduce(Algo algo, int n, size_t count, DataType dtype, ReduceOp op,
 TEST(RingAllReduceTest, SweepSizesChunksAndWindows) {
   for (int n = 1; n <= 7; ++n) {
     for (size_t count : {0, 1, 2, 3, 5, 7, 8, 13, 64, 101}) {
-      for (RingOptions ring : {RingOptions{4, 1}, RingOptions{8, 2}, RingOptions{12, 3}, RingOptions{1 << 20, 4}}) {
+      for (RingOptions ring :
+           {RingOptions{4, 1}, RingOptions{8, 2}, RingOptions{12, 3}, RingOptions{1 << 20, 4}}) {
         for (bool in_place : {false, true}) {
           CheckAllReduce(Algo::kRing, n, count, DataType::kF32, ReduceOp::kSum, in_place, ring);
         }
@@ -236,10 +242,10 @@ TEST(AllReduceTest, RanksAgreeBitForBit) {
         std::normal_distribution<float> dist(0.0f, 1e3f);
         std::vector<float> in(count);
         for (float& x : in) x = dist(rng);
-        return algo == Algo::kRing
-                   ? RingAllReduce(t, in.data(), outs[r].data(), count, DataType::kF32, ReduceOp::kSum, 1,
-                                   RingOptions{64, 2}, scratch)
-                   : TreeAllReduce(t, in.data(), outs[r].data(), count, DataType::kF32, ReduceOp::kSum, 1, scratch);
+        return algo == Algo::kRing ? RingAllReduce(t, in.data(), outs[r].data(), count, DataType::kF32,
+                                                   ReduceOp::kSum, 1, RingOptions{64, 2}, scratch)
+                                   : TreeAllReduce(t, in.data(), outs[r].data(), count, DataType::kF32,
+                                                   ReduceOp::kSum, 1, scratch);
       });
       for (int r = 1; r < n; ++r) {
         EXPECT_EQ(std::memcmp(outs[r].data(), outs[0].data(), count * sizeof(float)), 0) << "rank " << r;
@@ -276,8 +282,9 @@ TEST(RingReduceScatterTest, SweepSizesChunksAndInPlace) {
               });
               for (int r = 0; r < n; ++r) {
                 ASSERT_EQ(FirstDifference(outs[r].data(), want.data() + r * rc * es, rc, dtype), "")
-                    << "n=" << n << " recv_count=" << rc << " " << DataTypeName(dtype) << " " << ReduceOpName(op)
-                    << (in_place ? " in place" : "") << " chunk " << ring.chunk_bytes << " rank " << r;
+                    << "n=" << n << " recv_count=" << rc << " " << DataTypeName(dtype) << " "
+                    << ReduceOpName(op) << (in_place ? " in place" : "") << " chunk " << ring.chunk_bytes
+                    << " rank " << r;
               }
             }
           }
@@ -308,7 +315,8 @@ TEST(RingAllGatherTest, SweepSizesChunksAndInPlace) {
             for (int b = 0; b < n; ++b) {
               for (size_t i = 0; i < sc; ++i) {
                 ASSERT_EQ(outs[r][b * sc + i], static_cast<uint8_t>(b * 31 + i * 7 + 1))
-                    << "n=" << n << " send_count=" << sc << " rank " << r << " block " << b << " element " << i;
+                    << "n=" << n << " send_count=" << sc << " rank " << r << " block " << b << " element "
+                    << i;
               }
             }
           }

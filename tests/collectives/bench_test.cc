@@ -18,9 +18,10 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-const BenchCollective kAll[] = {BenchCollective::kAllReduce, BenchCollective::kAllGather,
+const BenchCollective kAll[] = {BenchCollective::kAllReduce,     BenchCollective::kAllGather,
                                 BenchCollective::kReduceScatter, BenchCollective::kBroadcast,
-                                BenchCollective::kReduce, BenchCollective::kAllToAll, BenchCollective::kSendRecv};
+                                BenchCollective::kReduce,        BenchCollective::kAllToAll,
+                                BenchCollective::kSendRecv};
 
 TEST(BenchTest, BusBandwidthFactorsAreNcclTests) {
   for (int n = 1; n <= 8; ++n) {
@@ -94,7 +95,8 @@ TEST(BenchTest, RowLayoutIsNcclTests) {
   BenchTable table;
   table.wrong = 2;
   table.avg_busbw = 1.25;
-  EXPECT_EQ(FormatBenchFooter(table), "# Out of bounds values : 2 FAILED\n# Avg bus bandwidth    : 1.25 \n#\n");
+  EXPECT_EQ(FormatBenchFooter(table),
+            "# Out of bounds values : 2 FAILED\n# Avg bus bandwidth    : 1.25 \n#\n");
 }
 
 // The one-rank communicator: every collective, dtype and reduction verifies bit for bit.
@@ -119,7 +121,8 @@ TEST(BenchTest, SweepOnOneRankIsExact) {
         o.warmup = 1;
         std::vector<BenchRow> seen;
         StatusOr<std::vector<BenchTable>> tables =
-            RunBenchSweep(o, {{"auto", comm->get()}}, **comm, *memory, [&](size_t, const BenchRow& r) { seen.push_back(r); });
+            RunBenchSweep(o, {{"auto", comm->get()}}, **comm, *memory,
+                          [&](size_t, const BenchRow& r) { seen.push_back(r); });
         ASSERT_TRUE(tables.ok()) << tables.status().message();
         ASSERT_EQ(tables->size(), 1u);
         const BenchTable& t = (*tables)[0];
@@ -157,7 +160,8 @@ TEST(BenchTest, CorruptionHookCountsOneElementOnce) {
   ASSERT_TRUE(tables.ok());
   EXPECT_EQ((*tables)[0].wrong, 1);
   for (const BenchRow& r : (*tables)[0].rows) {
-    EXPECT_EQ(r.out_of_place.wrong, r.bytes == 64 ? 1 : 0) << r.bytes;  // 4, 8, 16, 32, 64: 64 is the first >= 40
+    EXPECT_EQ(r.out_of_place.wrong, r.bytes == 64 ? 1 : 0)
+        << r.bytes;  // 4, 8, 16, 32, 64: 64 is the first >= 40
     EXPECT_EQ(r.in_place.wrong, 0);
   }
   EXPECT_THAT(BenchJson(o, BenchContext{"self", 1, {}}, *tables), HasSubstr("\"wrong\": 1\n}"));

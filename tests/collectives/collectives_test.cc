@@ -28,11 +28,11 @@
 namespace fjord {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::AllDataTypes;
 using testing::AllReduceOps;
 using testing::Expected;
 using testing::FirstDifference;
+using ::testing::HasSubstr;
 using testing::Inputs;
 using testing::Meaningful;
 
@@ -51,7 +51,9 @@ const std::vector<std::string>& AllReduceComms() {
 }
 
 enum class Mode { kSync, kAsyncWait, kAsyncPoll };
-const char* ModeName(Mode m) { return m == Mode::kSync ? "sync" : m == Mode::kAsyncWait ? "async+Wait" : "async+Test"; }
+const char* ModeName(Mode m) {
+  return m == Mode::kSync ? "sync" : m == Mode::kAsyncWait ? "async+Wait" : "async+Test";
+}
 constexpr Mode kModes[] = {Mode::kSync, Mode::kAsyncWait, Mode::kAsyncPoll};
 
 Status Finish(StatusOr<std::unique_ptr<CommHandle>> handle, Mode mode) {
@@ -67,12 +69,14 @@ Status Finish(StatusOr<std::unique_ptr<CommHandle>> handle, Mode mode) {
   return (*handle)->Wait();
 }
 
-Status DoAllReduce(Communicator& c, Mode mode, const void* in, void* out, size_t count, DataType dtype, ReduceOp op) {
+Status DoAllReduce(Communicator& c, Mode mode, const void* in, void* out, size_t count, DataType dtype,
+                   ReduceOp op) {
   if (mode == Mode::kSync) return c.AllReduce(in, out, count, dtype, op);
   return Finish(c.AllReduceAsync(in, out, count, dtype, op), mode);
 }
 
-std::string Context(const std::string& comm, DataType dtype, ReduceOp op, size_t count, bool in_place, Mode mode) {
+std::string Context(const std::string& comm, DataType dtype, ReduceOp op, size_t count, bool in_place,
+                    Mode mode) {
   return comm + " " + DataTypeName(dtype) + " " + ReduceOpName(op) + " count " + std::to_string(count) +
          (in_place ? " in place " : " ") + ModeName(mode);
 }
@@ -96,9 +100,11 @@ void CheckAllReduce(const std::string& name, DataType dtype, ReduceOp op, size_t
       }
       ASSERT_TRUE(s.ok()) << s.message();
       if (!in_place) {
-        EXPECT_TRUE(in == original) << "send buffer modified: " << Context(name, dtype, op, count, in_place, mode);
+        EXPECT_TRUE(in == original) << "send buffer modified: "
+                                    << Context(name, dtype, op, count, in_place, mode);
       }
-      EXPECT_EQ(FirstDifference(dst, want.data(), count, dtype), "") << Context(name, dtype, op, count, in_place, mode);
+      EXPECT_EQ(FirstDifference(dst, want.data(), count, dtype), "")
+          << Context(name, dtype, op, count, in_place, mode);
     }
   }
 }
@@ -135,10 +141,12 @@ TEST_P(AllReduceTest, EveryDtypeOpSizeAndMode) {
 
 TEST_P(AllReduceTest, LargeEveryDtype) {
   for (DataType dtype : AllDataTypes()) {
-    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax}) CheckAllReduce(GetParam(), dtype, op, LargeCount(dtype), {Mode::kSync});
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax})
+      CheckAllReduce(GetParam(), dtype, op, LargeCount(dtype), {Mode::kSync});
   }
   CheckAllReduce(GetParam(), DataType::kF32, ReduceOp::kAvg, kLarge, {Mode::kAsyncPoll});
-  CheckAllReduce(GetParam(), DataType::kBF16, ReduceOp::kAvg, LargeCount(DataType::kBF16), {Mode::kAsyncWait});
+  CheckAllReduce(GetParam(), DataType::kBF16, ReduceOp::kAvg, LargeCount(DataType::kBF16),
+                 {Mode::kAsyncWait});
   CheckAllReduce(GetParam(), DataType::kI32, ReduceOp::kAvg, kLarge, {Mode::kAsyncWait});
 }
 
@@ -183,8 +191,9 @@ TEST_P(ReduceScatterTest, EveryDtypeOpSizeAndMode) {
             std::vector<std::byte> in = original;
             std::vector<std::byte> out(rc * es, std::byte{0xee});
             void* dst = in_place ? in.data() + r * rc * es : out.data();
-            const Status s = mode == Mode::kSync ? c.ReduceScatter(in.data(), dst, rc, dtype, op)
-                                                 : Finish(c.ReduceScatterAsync(in.data(), dst, rc, dtype, op), mode);
+            const Status s = mode == Mode::kSync
+                                 ? c.ReduceScatter(in.data(), dst, rc, dtype, op)
+                                 : Finish(c.ReduceScatterAsync(in.data(), dst, rc, dtype, op), mode);
             ASSERT_TRUE(s.ok()) << s.message();
             const std::string ctx = Context(GetParam(), dtype, op, rc, in_place, mode);
             EXPECT_EQ(FirstDifference(dst, want.data() + r * rc * es, rc, dtype), "") << ctx;
@@ -245,9 +254,11 @@ TEST(BroadcastTest, EveryRootSizeAndMode) {
       for (size_t count : {size_t{0}, size_t{1}, size_t{7}, size_t{1021}, LargeCount(dtype)}) {
         const std::vector<std::byte> want = Inputs(dtype, ReduceOp::kSum, n, root, count);
         for (Mode mode : kModes) {
-          std::vector<std::byte> buf = c.rank() == root ? want : std::vector<std::byte>(want.size(), std::byte{0xee});
-          const Status s = mode == Mode::kSync ? c.Broadcast(buf.data(), count, dtype, root)
-                                               : Finish(c.BroadcastAsync(buf.data(), count, dtype, root), mode);
+          std::vector<std::byte> buf =
+              c.rank() == root ? want : std::vector<std::byte>(want.size(), std::byte{0xee});
+          const Status s = mode == Mode::kSync
+                               ? c.Broadcast(buf.data(), count, dtype, root)
+                               : Finish(c.BroadcastAsync(buf.data(), count, dtype, root), mode);
           ASSERT_TRUE(s.ok()) << s.message();
           EXPECT_EQ(FirstDifference(buf.data(), want.data(), count, dtype), "")
               << "root " << root << " " << DataTypeName(dtype) << " count " << count << " " << ModeName(mode);
@@ -273,8 +284,9 @@ TEST(AllToAllTest, EverySizeAndMode) {
       }
       for (Mode mode : kModes) {
         std::vector<std::byte> recv(count * n * es, std::byte{0xee});
-        const Status s = mode == Mode::kSync ? c.AllToAll(send.data(), recv.data(), count, dtype)
-                                             : Finish(c.AllToAllAsync(send.data(), recv.data(), count, dtype), mode);
+        const Status s = mode == Mode::kSync
+                             ? c.AllToAll(send.data(), recv.data(), count, dtype)
+                             : Finish(c.AllToAllAsync(send.data(), recv.data(), count, dtype), mode);
         ASSERT_TRUE(s.ok()) << s.message();
         EXPECT_EQ(FirstDifference(recv.data(), want.data(), count * n, dtype), "")
             << DataTypeName(dtype) << " count " << count << " " << ModeName(mode);
@@ -293,7 +305,8 @@ TEST(SendRecvTest, RingShiftSelfAndSwap) {
     const std::vector<std::byte> send = Inputs(DataType::kF32, ReduceOp::kSum, n, r, send_count);
     const std::vector<std::byte> want = Inputs(DataType::kF32, ReduceOp::kSum, n, left, recv_count);
     std::vector<std::byte> recv(recv_count * 4, std::byte{0xee});
-    ASSERT_TRUE(c.SendRecv(send.data(), send_count, right, recv.data(), recv_count, left, DataType::kF32).ok());
+    ASSERT_TRUE(
+        c.SendRecv(send.data(), send_count, right, recv.data(), recv_count, left, DataType::kF32).ok());
     EXPECT_EQ(FirstDifference(recv.data(), want.data(), recv_count, DataType::kF32), "") << "base " << base;
   }
   // To itself.
@@ -313,7 +326,8 @@ TEST(SendRecvTest, RingShiftSelfAndSwap) {
 // used to have), with bytes that a C string would end at or a parser would split on.
 std::string StringOfRank(int r) {
   std::string s;
-  for (int i = 0; i < 150 * r; ++i) s += static_cast<char>(i % 7 == 3 ? '\0' : i % 5 == 1 ? '|' : 'a' + (r + i) % 26);
+  for (int i = 0; i < 150 * r; ++i)
+    s += static_cast<char>(i % 7 == 3 ? '\0' : i % 5 == 1 ? '|' : 'a' + (r + i) % 26);
   return s;
 }
 
@@ -322,7 +336,8 @@ TEST(AllGatherStringsTest, EveryRankGetsEveryStringWhole) {
   StatusOr<std::vector<std::string>> all = AllGatherStrings(c, StringOfRank(c.rank()));
   ASSERT_TRUE(all.ok()) << all.status().message();
   ASSERT_EQ(all->size(), static_cast<size_t>(c.size()));
-  for (int r = 0; r < c.size(); ++r) EXPECT_EQ((*all)[static_cast<size_t>(r)], StringOfRank(r)) << "rank " << r;
+  for (int r = 0; r < c.size(); ++r)
+    EXPECT_EQ((*all)[static_cast<size_t>(r)], StringOfRank(r)) << "rank " << r;
   // All empty: nothing but the lengths travels.
   all = AllGatherStrings(c, "");
   ASSERT_TRUE(all.ok()) << all.status().message();
@@ -383,7 +398,8 @@ TEST(AsyncTest, ManyInFlightWaitedInAnyOrder) {
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
     Job& j = jobs[i];
-    StatusOr<std::unique_ptr<CommHandle>> h = c.AllReduceAsync(j.buf.data(), j.buf.data(), j.count, j.dtype, j.op);
+    StatusOr<std::unique_ptr<CommHandle>> h =
+        c.AllReduceAsync(j.buf.data(), j.buf.data(), j.count, j.dtype, j.op);
     ASSERT_TRUE(h.ok()) << h.status().message();
     j.handle = std::move(h).value();
     if (i == 3) {
@@ -477,13 +493,15 @@ TEST(FlightRecorderTest, InFlightNamesTheCollectiveAndThePeer) {
   EXPECT_EQ(c.InFlight(), "");
   std::vector<float> x(4096, 1.0f);
   if (r == late) std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  StatusOr<std::unique_ptr<CommHandle>> h = c.AllReduceAsync(x.data(), x.data(), x.size(), DataType::kF32, ReduceOp::kSum);
+  StatusOr<std::unique_ptr<CommHandle>> h =
+      c.AllReduceAsync(x.data(), x.data(), x.size(), DataType::kF32, ReduceOp::kSum);
   ASSERT_TRUE(h.ok());
   if (r == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const std::string what = c.InFlight();
-    EXPECT_THAT(what, ::testing::ContainsRegex("^AllReduce #[0-9]+ \\(16384 bytes float sum, ring\\), running for "
-                                               "[0-9.]+ s, waiting for rank [0-9]+ \\(host "))
+    EXPECT_THAT(what,
+                ::testing::ContainsRegex("^AllReduce #[0-9]+ \\(16384 bytes float sum, ring\\), running for "
+                                         "[0-9.]+ s, waiting for rank [0-9]+ \\(host "))
         << what;
     const int left = (r + n - 1) % n, right = (r + 1) % n;
     EXPECT_TRUE(what.find("waiting for rank " + std::to_string(left) + " ") != std::string::npos ||
@@ -501,8 +519,8 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, result.file_name() ? result.file_name() : "?",
-                 result.line_number(), result.summary());
+    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
+                 result.file_name() ? result.file_name() : "?", result.line_number(), result.summary());
   }
   void OnTestEnd(const ::testing::TestInfo& info) override {
     if (info.result()->Failed()) {
@@ -527,9 +545,9 @@ int main(int argc, char** argv) {
     Algorithm algorithm;
     size_t chunk;
   };
-  for (const Made& m : {Made{"auto", Algorithm::kAuto, 0}, Made{"mpi", Algorithm::kMpi, 0},
-                        Made{"ring", Algorithm::kRing, 0}, Made{"tree", Algorithm::kTree, 0},
-                        Made{"ring4k", Algorithm::kRing, 4096}}) {
+  for (const Made& m :
+       {Made{"auto", Algorithm::kAuto, 0}, Made{"mpi", Algorithm::kMpi, 0}, Made{"ring", Algorithm::kRing, 0},
+        Made{"tree", Algorithm::kTree, 0}, Made{"ring4k", Algorithm::kRing, 4096}}) {
     options.algorithm = m.algorithm;
     options.ring_chunk_bytes = m.chunk;
     StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(options, /*force_mpi=*/true);

@@ -66,9 +66,9 @@ int main(int argc, char** argv) {
     const Status s = comm.AllReduce(buf.data(), buf.data(), 256, DataType::kF32, ReduceOp::kSum);
     if (!s.ok()) comm.Abort("hang_driver: warm-up failed: " + s.message(), 1);
   }
-  const long long now_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
+  const long long now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
   Status s;
   if (rank == hang_rank && mode == "mismatch") {
     std::printf("hang_driver: rank %d issuing Barrier #4 at unix_ms=%lld\n", rank, now_ms);
@@ -87,8 +87,8 @@ int main(int argc, char** argv) {
   } else if (mode == "async") {
     std::printf("hang_driver: rank %d issuing AllReduce #4 at unix_ms=%lld\n", rank, now_ms);
     std::fflush(stdout);
-    StatusOr<std::unique_ptr<CommHandle>> h = comm.AllReduceAsync(buf.data(), buf.data(), 16, DataType::kF32,
-                                                                  ReduceOp::kSum);
+    StatusOr<std::unique_ptr<CommHandle>> h =
+        comm.AllReduceAsync(buf.data(), buf.data(), 16, DataType::kF32, ReduceOp::kSum);
     s = h.ok() ? (*h)->Wait() : h.status();
   } else {
     std::printf("hang_driver: rank %d issuing AllReduce #4 at unix_ms=%lld\n", rank, now_ms);

@@ -40,7 +40,7 @@ TEST(HalfTest, KnownValues) {
   EXPECT_EQ(HalfToFloat(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
   EXPECT_EQ(HalfToFloat(0x0400), std::ldexp(1.0f, -14));  // smallest normal
   EXPECT_EQ(HalfToFloat(0x7c00), std::numeric_limits<float>::infinity());
-  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);   // the midpoint above the largest half ties to even: inf
+  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);  // the midpoint above the largest half ties to even: inf
   EXPECT_EQ(FloatToHalf(65519.0f), 0x7bff);
   EXPECT_EQ(FloatToHalf(1e10f), 0x7c00);
   EXPECT_EQ(FloatToHalf(-1e10f), 0xfc00);
@@ -99,7 +99,7 @@ TEST(Bf16Test, RoundTripAndRounding) {
       ASSERT_EQ(FloatToBf16(std::bit_cast<float>(fbits + 0x7fff)), b) << b;
     }
   }
-  EXPECT_EQ(FloatToBf16(std::numeric_limits<float>::max()), 0x7f80);  // rounds up to inf
+  EXPECT_EQ(FloatToBf16(std::numeric_limits<float>::max()), 0x7f80);       // rounds up to inf
   EXPECT_TRUE(IsNanBf16(FloatToBf16(std::bit_cast<float>(0x7f800001u))));  // a NaN that would round to inf
 }
 
@@ -145,13 +145,13 @@ TEST(ReduceTest, MaxGivesNanWhateverTheOrder) {
       for (int order = 0; order < 2; ++order) {
         if (dtype == DataType::kF32) {
           std::vector<uint32_t> out(n);
-          ReduceBuffers(out.data(), order ? b32.data() : a32.data(), order ? a32.data() : b32.data(), n, dtype,
-                        ReduceOp::kMax);
+          ReduceBuffers(out.data(), order ? b32.data() : a32.data(), order ? a32.data() : b32.data(), n,
+                        dtype, ReduceOp::kMax);
           for (int i = 0; i < n; ++i) EXPECT_TRUE(std::isnan(std::bit_cast<float>(out[i]))) << i;
         } else {
           std::vector<uint16_t> out(n);
-          ReduceBuffers(out.data(), order ? b16.data() : a16.data(), order ? a16.data() : b16.data(), n, dtype,
-                        ReduceOp::kMax);
+          ReduceBuffers(out.data(), order ? b16.data() : a16.data(), order ? a16.data() : b16.data(), n,
+                        dtype, ReduceOp::kMax);
           for (int i = 0; i < n; ++i) {
             EXPECT_TRUE(dtype == DataType::kBF16 ? IsNanBf16(out[i]) : IsNan16Half(out[i])) << i;
           }
@@ -171,7 +171,8 @@ TEST(ReduceTest, Bf16AndHalfRoundEachStepToNearestEven) {
     std::vector<uint16_t> a(21, enc(big)), b(21), out(21);
     for (int i = 0; i < 21; ++i) b[i] = enc(i % 2 ? 1.0f : 3.0f);
     ReduceBuffers(out.data(), a.data(), b.data(), 21, dtype, ReduceOp::kSum);
-    for (int i = 0; i < 21; ++i) EXPECT_EQ(dec(out[i]), i % 2 ? big : big + 4) << DataTypeName(dtype) << " " << i;
+    for (int i = 0; i < 21; ++i)
+      EXPECT_EQ(dec(out[i]), i % 2 ? big : big + 4) << DataTypeName(dtype) << " " << i;
     ReduceBuffers(out.data(), a.data(), b.data(), 21, dtype, ReduceOp::kMax);
     for (int i = 0; i < 21; ++i) EXPECT_EQ(dec(out[i]), big);
   }

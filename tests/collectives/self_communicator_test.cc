@@ -60,7 +60,8 @@ TEST(SelfCommunicatorTest, AllReduceIsTheInputForEveryDtypeAndOp) {
           continue;
         }
         ASSERT_TRUE(s.ok()) << s.message();
-        EXPECT_EQ(out, testing::Expected(dtype, op, 1, count)) << DataTypeName(dtype) << " " << ReduceOpName(op);
+        EXPECT_EQ(out, testing::Expected(dtype, op, 1, count))
+            << DataTypeName(dtype) << " " << ReduceOpName(op);
         std::vector<std::byte> inplace = in;
         ASSERT_TRUE(comm->AllReduce(inplace.data(), inplace.data(), count, dtype, op).ok());
         EXPECT_EQ(inplace, in);
@@ -132,7 +133,8 @@ TEST(SelfCommunicatorTest, RefusesInvalidArguments) {
   EXPECT_THAT(comm->AllReduce(nullptr, buf.data(), 4, DataType::kF32, ReduceOp::kSum).message(),
               HasSubstr("null buffer"));
   EXPECT_TRUE(comm->AllReduce(nullptr, nullptr, 0, DataType::kF32, ReduceOp::kSum).ok());
-  EXPECT_EQ(comm->AllToAll(buf.data(), buf.data() + 2, 4, DataType::kF32).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(comm->AllToAll(buf.data(), buf.data() + 2, 4, DataType::kF32).code(),
+            StatusCode::kInvalidArgument);
   EXPECT_EQ(comm->AllReduce(buf.data(), buf.data(), 1, static_cast<DataType>(9), ReduceOp::kSum).code(),
             StatusCode::kInvalidArgument);
   // Still usable after refusals.

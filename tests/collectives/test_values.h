@@ -30,8 +30,10 @@ inline long long InputValue(DataType dtype, ReduceOp op, int world, int rank, si
     case DataType::kF16:
       if (op == ReduceOp::kMax) return (5 * x + 3 * r + 1) % 11 - 5;
       return world * ((5 * x + 3 * r + 1) % 7 - 3);
-    case DataType::kI32: return (x * 7919 + r * 104729) % 100003 - 50000;
-    case DataType::kU8: return (x * 37 + r * 101 + 11) % 256;
+    case DataType::kI32:
+      return (x * 7919 + r * 104729) % 100003 - 50000;
+    case DataType::kU8:
+      return (x * 37 + r * 101 + 11) % 256;
   }
   return 0;
 }
@@ -55,14 +57,17 @@ inline std::vector<std::byte> Inputs(DataType dtype, ReduceOp op, int world, int
                                      size_t first = 0) {
   const size_t es = DataTypeSize(dtype);
   std::vector<std::byte> out(count * es);
-  for (size_t i = 0; i < count; ++i) Store(dtype, InputValue(dtype, op, world, rank, first + i), out.data() + i * es);
+  for (size_t i = 0; i < count; ++i)
+    Store(dtype, InputValue(dtype, op, world, rank, first + i), out.data() + i * es);
   return out;
 }
 
-inline std::vector<std::byte> Expected(DataType dtype, ReduceOp op, int world, size_t count, size_t first = 0) {
+inline std::vector<std::byte> Expected(DataType dtype, ReduceOp op, int world, size_t count,
+                                       size_t first = 0) {
   const size_t es = DataTypeSize(dtype);
   std::vector<std::byte> out(count * es);
-  for (size_t i = 0; i < count; ++i) Store(dtype, ExpectedValue(dtype, op, world, first + i), out.data() + i * es);
+  for (size_t i = 0; i < count; ++i)
+    Store(dtype, ExpectedValue(dtype, op, world, first + i), out.data() + i * es);
   return out;
 }
 
@@ -100,6 +105,8 @@ inline const std::vector<ReduceOp>& AllReduceOps() {
   return all;
 }
 
-inline bool Meaningful(DataType dtype, ReduceOp op) { return !(dtype == DataType::kU8 && op == ReduceOp::kAvg); }
+inline bool Meaningful(DataType dtype, ReduceOp op) {
+  return !(dtype == DataType::kU8 && op == ReduceOp::kAvg);
+}
 
 }  // namespace fjord::testing

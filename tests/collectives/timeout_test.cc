@@ -26,7 +26,8 @@ using ::testing::HasSubstr;
 constexpr long kTimeoutMs = 2000;
 
 long long UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -94,9 +95,9 @@ void ExpectNoSurvivors(const Job& job, int np) {
 void ExpectWithinBound(const Job& job) {
   const long long issued = IssueMs(job.output);
   ASSERT_NE(issued, LLONG_MAX) << job.output;
-  EXPECT_LE(job.end_ms - issued, kTimeoutMs + 5000) << "the job ended " << job.end_ms - issued
-                                                    << " ms after the collective was issued\n"
-                                                    << job.output;
+  EXPECT_LE(job.end_ms - issued, kTimeoutMs + 5000)
+      << "the job ended " << job.end_ms - issued << " ms after the collective was issued\n"
+      << job.output;
 }
 
 TEST(CollectiveTimeoutTest, EverySurvivorNamesTheRankThatDidNotArrive) {
@@ -104,14 +105,16 @@ TEST(CollectiveTimeoutTest, EverySurvivorNamesTheRankThatDidNotArrive) {
   EXPECT_NE(job.exit_code, 0) << job.output;
   ExpectWithinBound(job);
   // The first survivor to time out names the collective, its number and the missing rank.
-  EXPECT_THAT(job.output, ContainsRegex("fjord: collective AllReduce #4 \\(1048576 bytes, float sum, ring\\) "
-                                        "timed out after 2\\.[0-9] s on rank [02] \\(host [^)]+\\): ranks not "
-                                        "arrived: 1 \\(host [^:]+: last issued #3, [0-9.]+ s ago\\); arrived: 0, 2"))
+  EXPECT_THAT(job.output,
+              ContainsRegex("fjord: collective AllReduce #4 \\(1048576 bytes, float sum, ring\\) "
+                            "timed out after 2\\.[0-9] s on rank [02] \\(host [^)]+\\): ranks not "
+                            "arrived: 1 \\(host [^:]+: last issued #3, [0-9.]+ s ago\\); arrived: 0, 2"))
       << job.output;
   // Both survivors report it.
   for (int r : {0, 2}) {
-    EXPECT_THAT(job.output, ContainsRegex("fjord: collective AllReduce #4 \\([^)]*\\) (timed out|failed) .*on rank " +
-                                          std::to_string(r) + " \\(host [^)]+\\).*ranks not arrived: 1 \\(host"))
+    EXPECT_THAT(job.output,
+                ContainsRegex("fjord: collective AllReduce #4 \\([^)]*\\) (timed out|failed) .*on rank " +
+                              std::to_string(r) + " \\(host [^)]+\\).*ranks not arrived: 1 \\(host"))
         << "rank " << r << "\n"
         << job.output;
     EXPECT_THAT(job.output, HasSubstr("fjord: flight recorder of rank " + std::to_string(r) + " (host "))
@@ -119,9 +122,11 @@ TEST(CollectiveTimeoutTest, EverySurvivorNamesTheRankThatDidNotArrive) {
   }
   // The dump shows the finished collectives and the one that timed out.
   EXPECT_THAT(job.output, ContainsRegex("#3 +AllReduce +1024 +float +sum +tree .* done")) << job.output;
-  EXPECT_THAT(job.output, ContainsRegex("#4 +AllReduce +1048576 +float +sum +ring .* timed out")) << job.output;
+  EXPECT_THAT(job.output, ContainsRegex("#4 +AllReduce +1048576 +float +sum +ring .* timed out"))
+      << job.output;
   // The missing rank explains itself.
-  EXPECT_THAT(job.output, ContainsRegex("rank 1 \\(host [^)]+\\) has not issued collective #4")) << job.output;
+  EXPECT_THAT(job.output, ContainsRegex("rank 1 \\(host [^)]+\\) has not issued collective #4"))
+      << job.output;
   ExpectNoSurvivors(job, 3);
 }
 
@@ -129,10 +134,12 @@ TEST(CollectiveTimeoutTest, AsyncCollectiveTimesOut) {
   const Job job = RunDriver(2, "--hang-rank 1 --mode async");
   EXPECT_NE(job.exit_code, 0) << job.output;
   ExpectWithinBound(job);
-  EXPECT_THAT(job.output, ContainsRegex("fjord: collective AllReduce #4 \\(64 bytes, float sum, tree\\) timed out "
-                                        "after 2\\.[0-9] s on rank 0 \\(host [^)]+\\): ranks not arrived: 1 "))
+  EXPECT_THAT(job.output,
+              ContainsRegex("fjord: collective AllReduce #4 \\(64 bytes, float sum, tree\\) timed out "
+                            "after 2\\.[0-9] s on rank 0 \\(host [^)]+\\): ranks not arrived: 1 "))
       << job.output;
-  EXPECT_THAT(job.output, HasSubstr("hang_driver: rank 0: the collective returned: fjord: collective AllReduce #4"))
+  EXPECT_THAT(job.output,
+              HasSubstr("hang_driver: rank 0: the collective returned: fjord: collective AllReduce #4"))
       << job.output;
   EXPECT_THAT(job.output, HasSubstr("fjord: flight recorder of rank 0")) << job.output;
   ExpectNoSurvivors(job, 2);
@@ -142,12 +149,14 @@ TEST(CollectiveTimeoutTest, RanksThatIssueDifferentCollectivesAreNamed) {
   const Job job = RunDriver(2, "--hang-rank 1 --mode mismatch");
   EXPECT_NE(job.exit_code, 0) << job.output;
   ExpectWithinBound(job);
-  EXPECT_THAT(job.output, ContainsRegex("collective AllReduce #4 \\([^)]*\\) (timed out|failed) .*on rank 0 .*ranks "
-                                        "that issued a different collective as #4: 1 \\(host [^:]+: #4 is Barrier "
-                                        "of 0 bytes there\\)"))
+  EXPECT_THAT(job.output,
+              ContainsRegex("collective AllReduce #4 \\([^)]*\\) (timed out|failed) .*on rank 0 .*ranks "
+                            "that issued a different collective as #4: 1 \\(host [^:]+: #4 is Barrier "
+                            "of 0 bytes there\\)"))
       << job.output;
-  EXPECT_THAT(job.output, ContainsRegex("collective Barrier #4 \\(0 bytes, mpi\\) (timed out|failed) .*on rank 1 "
-                                        ".*#4 is AllReduce of 1048576 bytes there"))
+  EXPECT_THAT(job.output,
+              ContainsRegex("collective Barrier #4 \\(0 bytes, mpi\\) (timed out|failed) .*on rank 1 "
+                            ".*#4 is AllReduce of 1048576 bytes there"))
       << job.output;
   ExpectNoSurvivors(job, 2);
 }
@@ -157,9 +166,10 @@ TEST(CollectiveTimeoutTest, AStoppedRankIsNamedAsNotAnswering) {
   const Job job = RunDriver(2, "--hang-rank 1 --mode stop");
   EXPECT_NE(job.exit_code, 0) << job.output;
   ExpectWithinBound(job);
-  EXPECT_THAT(job.output, ContainsRegex("fjord: collective AllReduce #4 \\(1048576 bytes, float sum, ring\\) timed out "
-                                        "after 2\\.[0-9] s on rank 0 \\(host [^)]+\\): ranks not answering within "
-                                        "1\\.0 s: 1 \\(host [^)]+\\) \\(stopped, dead or stuck"))
+  EXPECT_THAT(job.output,
+              ContainsRegex("fjord: collective AllReduce #4 \\(1048576 bytes, float sum, ring\\) timed out "
+                            "after 2\\.[0-9] s on rank 0 \\(host [^)]+\\): ranks not answering within "
+                            "1\\.0 s: 1 \\(host [^)]+\\) \\(stopped, dead or stuck"))
       << job.output;
   EXPECT_THAT(job.output, HasSubstr("fjord: flight recorder of rank 0")) << job.output;
   ExpectNoSurvivors(job, 2);

@@ -2,8 +2,8 @@
 // test needs none of fjord's schemas.
 #include "common/proto_text.h"
 
-#include <google/protobuf/duration.pb.h>
 #include <gmock/gmock.h>
+#include <google/protobuf/duration.pb.h>
 #include <gtest/gtest.h>
 
 namespace fjord {
@@ -15,7 +15,9 @@ using ::testing::StartsWith;
 TEST(CommonProtoText, ParsesAndLocatesFields) {
   google::protobuf::Duration d;
   google::protobuf::TextFormat::ParseInfoTree tree;
-  ASSERT_TRUE(ParseTextProto("# a comment\nseconds: 5\n  nanos: 7\n", "d.textproto", &d, "duration.proto", &tree).ok());
+  ASSERT_TRUE(
+      ParseTextProto("# a comment\nseconds: 5\n  nanos: 7\n", "d.textproto", &d, "duration.proto", &tree)
+          .ok());
   EXPECT_EQ(d.seconds(), 5);
   EXPECT_EQ(d.nanos(), 7);
   EXPECT_EQ(FieldLocation("d.textproto", &tree, d, "seconds"), "d.textproto:2:1");

@@ -53,7 +53,8 @@ TEST(CommonSha256, FileDigestsAndMissingFiles) {
   EXPECT_EQ(Hex(Sha256File(large, "file")), Hex(Sha256Hex(std::string(3 << 20, 'a') + "tail")));
   const StatusOr<std::string> missing = Sha256File((dir / "missing").string(), "shard");
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(missing.status().message().find("cannot open shard " + (dir / "missing").string()), std::string::npos)
+  EXPECT_NE(missing.status().message().find("cannot open shard " + (dir / "missing").string()),
+            std::string::npos)
       << missing.status().message();
   std::filesystem::remove_all(dir);
 }

@@ -119,7 +119,8 @@ TEST_P(CudaTrainStep, OneStepMatchesTheCpuBackend) {
     ExpectClose("param " + t.name, Range(gpu.host_params(), t.offset, t.size()),
                 Range(cpu.params(), t.offset, t.size()), bf16 ? 1e-5 : 1e-7, 1e-5);
     ExpectClose("adam m " + t.name, Range(m.data(), t.offset, t.size()),
-                Range(cpu_m.data(), t.offset, t.size()), (bf16 ? 1e-3 : 1e-5) * MaxAbs(ref), bf16 ? 5e-2 : 1e-3);
+                Range(cpu_m.data(), t.offset, t.size()), (bf16 ? 1e-3 : 1e-5) * MaxAbs(ref),
+                bf16 ? 5e-2 : 1e-3);
   }
 }
 
@@ -187,7 +188,9 @@ class CudaTrainCli : public ::testing::Test {
   std::string Train(const std::string& run, const std::string& extra = "") const {
     return " train " + P("job.textproto") + " --quiet --set run_dir=" + P(run) + " " + extra;
   }
-  std::vector<double> Losses(const std::string& run) const { return testing::Losses(P(run + "/metrics.jsonl")); }
+  std::vector<double> Losses(const std::string& run) const {
+    return testing::Losses(P(run + "/metrics.jsonl"));
+  }
 
   fs::path dir_;
 };
@@ -198,8 +201,9 @@ class CudaTrainCli : public ::testing::Test {
 // model.dtype is AUTO, bf16 on the GPU: the stochastic rounding of the working weights is a hash
 // of the step, so it replays too.
 TEST_F(CudaTrainCli, CheckpointAndResumeIsBitIdentical) {
-  RunResult r = Shell(std::string(FJORD_BINARY) + Train("straight") + " 2>&1; " + std::string(FJORD_BINARY) +
-                      " train " + P("job.textproto") + " --set run_dir=" + P("header") + " --set train.steps=1");
+  RunResult r =
+      Shell(std::string(FJORD_BINARY) + Train("straight") + " 2>&1; " + std::string(FJORD_BINARY) +
+            " train " + P("job.textproto") + " --set run_dir=" + P("header") + " --set train.steps=1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("bf16 (model.dtype: DTYPE_AUTO)"));
   r = Shell("FJORD_TEST_HOOK=signal_after_step=10 " + std::string(FJORD_BINARY) + Train("resumed"));

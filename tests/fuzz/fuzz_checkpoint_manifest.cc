@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/train/checkpoint.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string dir = [] {

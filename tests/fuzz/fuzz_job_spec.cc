@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/train/config.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto [spec, rest] = fjord::fuzz::SplitAtLine(fjord::fuzz::AsText(data, size), "---");

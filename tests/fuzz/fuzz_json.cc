@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "common/json.h"
+#include "tests/fuzz/fuzz_util.h"
 
 namespace {
 

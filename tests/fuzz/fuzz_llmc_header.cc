@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/formats/llmc_checkpoint.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = fjord::fuzz::ScratchDir("llmc") + "/model.bin";

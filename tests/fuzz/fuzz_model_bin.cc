@@ -6,10 +6,10 @@
 #include <memory>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "kernels/ops.h"
-#include "runtime/train/checkpoint.h"
 #include "runtime/model/gpt.h"
+#include "runtime/train/checkpoint.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string dir = fjord::fuzz::ScratchDir("model_bin");

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/formats/safetensors.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = fjord::fuzz::ScratchDir("safetensors") + "/model.safetensors";

@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/tenancy/crypto.h"
+#include "tests/fuzz/fuzz_util.h"
 
 namespace {
 // Key bytes 0, 1, ..., 31; the seed sealed.bin was made with it and the context "fuzz".

@@ -5,8 +5,8 @@
 #include <cstring>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/data/data.h"
+#include "tests/fuzz/fuzz_util.h"
 
 namespace {
 // GPT-2's vocabulary: uint16 tokens above it exist, so the per-token check is reachable.

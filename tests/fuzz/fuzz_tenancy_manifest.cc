@@ -1,13 +1,13 @@
-// Fuzzes the tenancy text-format readers (runtime/tenancy/manifest.h, runtime/tenancy/tenancy.h) with the same
-// bytes: the data manifest (DIR/manifest.textproto), the node identity file (non-strict: the
-// ownership checks need root-owned files) and the checkpoint tenant record
-// (DIR/tenant.textproto). An accepted data manifest must satisfy what ReadDataManifest promises.
+// Fuzzes the tenancy text-format readers (runtime/tenancy/manifest.h, runtime/tenancy/tenancy.h) with the
+// same bytes: the data manifest (DIR/manifest.textproto), the node identity file (non-strict: the ownership
+// checks need root-owned files) and the checkpoint tenant record (DIR/tenant.textproto). An accepted data
+// manifest must satisfy what ReadDataManifest promises.
 #include <cstdint>
 #include <string>
 
-#include "tests/fuzz/fuzz_util.h"
 #include "runtime/tenancy/manifest.h"
 #include "runtime/tenancy/tenancy.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string dir = fjord::fuzz::ScratchDir("tenancy_manifest");

@@ -44,9 +44,10 @@ struct Neighbours {
 Neighbours Bracket(float x) {
   const uint16_t sign = std::signbit(x) ? 0x8000 : 0;
   const double ax = std::fabs(static_cast<double>(x));
-  uint16_t lo = 0;  // magnitude patterns 0 .. 0x7f80 (inf) are ordered by value
+  uint16_t lo = 0;                             // magnitude patterns 0 .. 0x7f80 (inf) are ordered by value
   for (uint16_t m = 0x4000; m > 0; m >>= 1) {  // binary search over the ordered magnitudes
-    if (lo + m <= 0x7f80 && Bf16Value(static_cast<uint16_t>(lo + m)) <= ax) lo = static_cast<uint16_t>(lo + m);
+    if (lo + m <= 0x7f80 && Bf16Value(static_cast<uint16_t>(lo + m)) <= ax)
+      lo = static_cast<uint16_t>(lo + m);
   }
   return {static_cast<uint16_t>(sign | lo), static_cast<uint16_t>(sign | (lo == 0x7f80 ? lo : lo + 1))};
 }
@@ -66,10 +67,20 @@ uint16_t NearestEven(float x) {
 }
 
 std::vector<float> Interesting() {
-  std::vector<float> v = {0.0f, -0.0f, 1.0f, -1.0f, 3.14159265f, -2.71828f, 1e-40f, -1e-42f,
-                          std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::min(),
-                          std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
-                          std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          3.14159265f,
+                          -2.71828f,
+                          1e-40f,
+                          -1e-42f,
+                          std::numeric_limits<float>::denorm_min(),
+                          std::numeric_limits<float>::min(),
+                          std::numeric_limits<float>::max(),
+                          -std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()};
   // Exact ties and their neighbours: a bf16 value plus half its ulp (low 16 bits 0x8000), for
   // even and odd kept mantissas, and one bit either side.
   for (uint32_t hi : {0x3f80u, 0x3f81u, 0x4049u, 0xc2f7u, 0x0001u, 0x7f7fu}) {
@@ -96,7 +107,8 @@ TEST(CastTest, ToBf16RoundsToNearestEven) {
   std::vector<bf16> out(x.size(), bf16{0xdead});
   cpu::cast_to_bf16(OpContext{}, out.data(), x.data(), x.size(), /*seed=*/0, /*index0=*/0);
   for (size_t i = 0; i < x.size(); ++i) {
-    ASSERT_EQ(out[i].bits, NearestEven(x[i])) << "x = " << x[i] << " (bits 0x" << std::hex << Bits(x[i]) << ")";
+    ASSERT_EQ(out[i].bits, NearestEven(x[i]))
+        << "x = " << x[i] << " (bits 0x" << std::hex << Bits(x[i]) << ")";
   }
 }
 
@@ -115,7 +127,8 @@ TEST(CastTest, NanStaysNanAndEveryBf16RoundTrips) {
         ASSERT_TRUE(std::isnan(Bf16Value(back[b].bits))) << std::hex << b;
         ASSERT_EQ(back[b].bits & 0x8000, b & 0x8000);
       } else {
-        ASSERT_EQ(back[b].bits, b) << "seed " << seed << " bits 0x" << std::hex << b;  // representable: unchanged
+        ASSERT_EQ(back[b].bits, b) << "seed " << seed << " bits 0x" << std::hex
+                                   << b;  // representable: unchanged
       }
     }
   }

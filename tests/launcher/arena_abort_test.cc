@@ -35,32 +35,39 @@ class ArenaAbortTest : public testing::TempDirTest {
     WriteText(Path("job.textproto"),
               "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
               "train { micro_batch: 2 steps: 5 }\n"
-              "data { train: \"" + Path("data/train_*.bin") + "\" }\n"
-              "run_dir: \"" + Path("run") + "\"\n");
+              "data { train: \"" +
+                  Path("data/train_*.bin") +
+                  "\" }\n"
+                  "run_dir: \"" +
+                  Path("run") + "\"\n");
   }
 };
 
 TEST_F(ArenaAbortTest, RankEndedByAPeersAbortZeroesItsArena) {
-  const RunResult r =
-      Shell(Mpirun(2, "FJORD_TEST_HOOK=fail_in_step=1:2,arena_verify_zero") + " train " + Path("job.textproto"));
+  const RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=fail_in_step=1:2,arena_verify_zero") + " train " +
+                            Path("job.textproto"));
   EXPECT_NE(r.exit_code, 0) << r.output;
   // Rank 1 failed and aborted the job (its own arena is zeroed by its destructor, as before).
   EXPECT_THAT(r.output, HasSubstr("test hook fail_in_step: rank 1 fails in step 2")) << r.output;
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("FATAL"))) << r.output;
   // Rank 0 was ended by the abort while it waited for rank 1.
   EXPECT_THAT(r.output, HasSubstr("waiting for rank 1")) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("a peer has ended and the job is being torn down; zeroing the arena")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("a peer has ended and the job is being torn down; zeroing the arena"))
+      << r.output;
   std::smatch arena, zeroed;
-  ASSERT_TRUE(std::regex_search(r.output, arena, std::regex(R"(arena [0-9.]+ GiB \((\d+) bytes\))"))) << r.output;
+  ASSERT_TRUE(std::regex_search(r.output, arena, std::regex(R"(arena [0-9.]+ GiB \((\d+) bytes\))")))
+      << r.output;
   ASSERT_TRUE(std::regex_search(
       r.output, zeroed,
-      std::regex(R"(fjord: arena model, gradients, activations and AdamW state: zeroed on signal (\d+): (\d+) bytes read back, (\d+) non-zero)")))
+      std::regex(
+          R"(fjord: arena model, gradients, activations and AdamW state: zeroed on signal (\d+): (\d+) bytes read back, (\d+) non-zero)")))
       << r.output;
-  EXPECT_EQ(zeroed[1].str(), "15");              // mpirun's SIGTERM
-  EXPECT_EQ(zeroed[2].str(), arena[1].str());    // the whole arena
+  EXPECT_EQ(zeroed[1].str(), "15");            // mpirun's SIGTERM
+  EXPECT_EQ(zeroed[2].str(), arena[1].str());  // the whole arena
   EXPECT_EQ(zeroed[3].str(), "0");
   // Rank 1's own error path: no bucket all-reduce still in flight wrote into it after the zeroing.
-  EXPECT_THAT(r.output, HasSubstr("AdamW state: " + arena[1].str() + " bytes zeroed and read back, 0 non-zero"));
+  EXPECT_THAT(r.output,
+              HasSubstr("AdamW state: " + arena[1].str() + " bytes zeroed and read back, 0 non-zero"));
 }
 
 }  // namespace

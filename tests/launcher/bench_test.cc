@@ -31,7 +31,8 @@ using testing::Shell;
 // nccl-tests' bus-bandwidth factors, from its src/*.cu GetBw functions.
 double ExpectedFactor(const std::string& coll, int n) {
   if (coll == "allreduce") return 2.0 * (n - 1) / n;
-  if (coll == "allgather" || coll == "reducescatter" || coll == "alltoall") return static_cast<double>(n - 1) / n;
+  if (coll == "allgather" || coll == "reducescatter" || coll == "alltoall")
+    return static_cast<double>(n - 1) / n;
   return 1.0;  // broadcast, reduce, sendrecv
 }
 
@@ -69,8 +70,8 @@ class BenchCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_bench_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-            std::to_string(::getpid()));
+           ("fjord_bench_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -162,8 +163,8 @@ TEST_F(BenchCliTest, EveryDtypeAndOpIsExact) {
       if (dtype == "uint8" && op == "avg") continue;  // refused by contract
       for (const std::string coll : {"allreduce", "reducescatter", "reduce"}) {
         SCOPED_TRACE(coll + " " + dtype + " " + op);
-        const RunResult r =
-            Shell(Mpirun(3) + " bench " + coll + " -b 6 -e 600K -f 10 -n 1 -w 0 -r 1 -d " + dtype + " -o " + op);
+        const RunResult r = Shell(Mpirun(3) + " bench " + coll + " -b 6 -e 600K -f 10 -n 1 -w 0 -r 1 -d " +
+                                  dtype + " -o " + op);
         ASSERT_EQ(r.exit_code, 0) << r.output;
         EXPECT_THAT(r.output, HasSubstr("# Out of bounds values : 0 OK"));
         EXPECT_THAT(r.output, HasSubstr(" " + dtype + " "));
@@ -175,8 +176,8 @@ TEST_F(BenchCliTest, EveryDtypeAndOpIsExact) {
 // The hook changes one element on one rank: exactly one wrong element, in one row, exit 1.
 TEST_F(BenchCliTest, CorruptedElementIsCountedOnceAndFails) {
   const fs::path json = dir_ / "corrupt.json";
-  const RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=bench_corrupt=1:5") + " bench allreduce -b 8 -e 1K -n 2 -w 0 --json " +
-                            json.string());
+  const RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=bench_corrupt=1:5") +
+                            " bench allreduce -b 8 -e 1K -n 2 -w 0 --json " + json.string());
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("TEST HOOK bench_corrupt=1:5"));
   EXPECT_THAT(r.output, HasSubstr("# Out of bounds values : 1 FAILED"));
@@ -206,8 +207,9 @@ TEST_F(BenchCliTest, CorruptedElementIsCountedOnceAndFails) {
 // Several algorithms in one run: a table each, and the comparison against the first.
 TEST_F(BenchCliTest, SeveralAlgorithmsAreComparedInOneRun) {
   const fs::path json = dir_ / "algos.json";
-  const RunResult r = Shell(Mpirun(2) + " bench allreduce -b 1K -e 256K -f 16 -n 3 -w 1 --algo mpi,ring,tree --json " +
-                            json.string());
+  const RunResult r =
+      Shell(Mpirun(2) + " bench allreduce -b 1K -e 256K -f 16 -n 3 -w 1 --algo mpi,ring,tree --json " +
+            json.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("algorithm mpi"));
   EXPECT_THAT(r.output, HasSubstr("algorithm ring"));
@@ -274,8 +276,9 @@ TEST_F(BenchCliTest, UnwritableJsonFailsNamingThePath) {
 
 // nccl-tests' long options and glued short ones are accepted.
 TEST_F(BenchCliTest, NcclTestsSpellingsWork) {
-  const RunResult r = testing::RunFjord("bench allgather -b8 --maxbytes=64 --stepfactor 2 --iters=2 -w0 --check 1 "
-                                        "--datatype=int32 -a max --repeat 2");
+  const RunResult r = testing::RunFjord(
+      "bench allgather -b8 --maxbytes=64 --stepfactor 2 --iters=2 -w0 --check 1 "
+      "--datatype=int32 -a max --repeat 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("average: max"));
   EXPECT_THAT(r.output, HasSubstr("# repeat: 2"));
@@ -288,7 +291,8 @@ TEST_F(BenchCliTest, NcclBackend) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("built without NCCL"));
 #else
-  if (r.output.find("no CUDA device is visible") != std::string::npos) GTEST_SKIP() << "no GPU here: " << r.output;
+  if (r.output.find("no CUDA device is visible") != std::string::npos)
+    GTEST_SKIP() << "no GPU here: " << r.output;
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("backend nccl"));
   EXPECT_THAT(r.output, HasSubstr("device cuda:0"));
@@ -369,12 +373,14 @@ TEST_F(BenchCliTest, P2pFlagsTheThrottledHostOnANetnsCluster) {
 
   // bn3's transmit side: 100 Mbit/s (12.5 MB/s), against hundreds of MB/s or more for the veth
   // pairs of the others even on a loaded machine.
-  const RunResult tc = cluster.Exec("bn3", "tc qdisc add dev eth0 root tbf rate 100mbit burst 128kb latency 100ms");
+  const RunResult tc =
+      cluster.Exec("bn3", "tc qdisc add dev eth0 root tbf rate 100mbit burst 128kb latency 100ms");
   if (tc.exit_code != 0) GTEST_SKIP() << "tc cannot shape a veth here: " << tc.output;
 
   const fs::path json = state / "p2p.json";
-  const RunResult r = cluster.Exec("head", std::string(FJORD_MPIEXEC) + " -np 4 -H bn1,bn2,bn3,bn4 " + FJORD_BINARY +
-                                               " bench p2p -e 1M -n 5 -w 1 --threshold 0.25 --json " + json.string());
+  const RunResult r =
+      cluster.Exec("head", std::string(FJORD_MPIEXEC) + " -np 4 -H bn1,bn2,bn3,bn4 " + FJORD_BINARY +
+                               " bench p2p -e 1M -n 5 -w 1 --threshold 0.25 --json " + json.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("bn3: every link sending from it is slow (3 of 3)"));
   const JsonValue doc = LoadJson(json);
@@ -384,7 +390,8 @@ TEST_F(BenchCliTest, P2pFlagsTheThrottledHostOnANetnsCluster) {
   EXPECT_THAT(hosts, ::testing::ElementsAre("bn1", "bn2", "bn3", "bn4"));
   std::set<std::string> flagged;
   for (const JsonValue& f : doc.Find("flags")->array()) {
-    if (f.Find("kind")->text() == "bandwidth") flagged.insert(f.Find("from")->text() + "->" + f.Find("to")->text());
+    if (f.Find("kind")->text() == "bandwidth")
+      flagged.insert(f.Find("from")->text() + "->" + f.Find("to")->text());
   }
   // Exactly bn3's links out (the threshold of 0.25 x median leaves room for a loaded test machine;
   // the throttled links sit near 0.05 x). Latency is not asserted: tbf passes small messages at

@@ -22,25 +22,26 @@ namespace fjord {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::Finish;
 using ::testing::HasSubstr;
 using testing::LossTexts;
 using testing::Mpirun;
 using testing::RunFjord;
 using testing::RunResult;
 using testing::Shell;
-using testing::Finish;
 using testing::Start;
 
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_ckpt_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-            std::to_string(::getpid()));
+           ("fjord_ckpt_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::mt19937_64 rng(11);
-    static const char* kWords[] = {"north ", "fjord ", "hydro ", "power ", "model ", "data ", "stays ", "home. "};
+    static const char* kWords[] = {"north ", "fjord ", "hydro ", "power ",
+                                   "model ", "data ",  "stays ", "home. "};
     std::string text;
     while (text.size() < 20000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
@@ -50,7 +51,8 @@ class CheckpointTest : public ::testing::Test {
         << "model { n_layer: 2 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
            "train { micro_batch: 2 global_batch: 8 steps: 20 lr: 3e-3 warmup_steps: 2 threads: 1 }\n"
            "checkpoint { every_steps: 5 keep_last: 3 }\n"
-           "data { train: \"" + P("data/train_*.bin") + "\" }\n";
+           "data { train: \"" +
+               P("data/train_*.bin") + "\" }\n";
   }
   void TearDown() override { fs::remove_all(dir_); }
 
@@ -103,15 +105,17 @@ TEST_F(CheckpointTest, PreemptedAndResumedRunIsBitIdentical) {
   EXPECT_THAT(r.output, HasSubstr("stopped by a signal after step 10"));
   // The signal watcher says where the rank was: the hook fires at the end of step 10, between
   // collectives (a one-rank job has none).
-  EXPECT_THAT(r.output, ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 15 \\([^)]*\\) during step 10; "
-                                                 "no collective in flight"));
+  EXPECT_THAT(r.output,
+              ::testing::ContainsRegex("rank 0 \\(host [^)]*\\): signal 15 \\([^)]*\\) during step 10; "
+                                       "no collective in flight"));
   ASSERT_EQ(LossTexts(P("resumed/metrics.jsonl")).size(), 10u);
   // The hook is in the audit log (rank 0's record of every rank's hooks); the run without one has none.
   auto hook_records = [&](const std::string& run) {
     std::ifstream in(P(run + "/audit.jsonl"));
     std::vector<std::string> found;
     for (std::string line; std::getline(in, line);) {
-      if (line.find("\"test_override\"") != std::string::npos && line.find("FJORD_TEST_HOOK") != std::string::npos)
+      if (line.find("\"test_override\"") != std::string::npos &&
+          line.find("FJORD_TEST_HOOK") != std::string::npos)
         found.push_back(line);
     }
     return found;
@@ -148,8 +152,8 @@ TEST_F(CheckpointTest, ZeroOneWithAccumulationResumesBitIdentically) {
 // resumes a bf16 one.
 TEST_F(CheckpointTest, Bf16RunsResumeBitIdenticallyAndFp32ResumesThem) {
   const std::string bf16 = "--set model.dtype=BF16";
-  RunResult r = Shell(std::string(FJORD_BINARY) + " train " + P("job.textproto") + " --set run_dir=" +
-                      P("straight") + " " + bf16 + " --set train.steps=1");
+  RunResult r = Shell(std::string(FJORD_BINARY) + " train " + P("job.textproto") +
+                      " --set run_dir=" + P("straight") + " " + bf16 + " --set train.steps=1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("bf16 (model.dtype: BF16)"));
   for (const std::string& zero : {std::string(""), std::string(" --set parallel.zero_stage=1")}) {
@@ -193,12 +197,14 @@ TEST_F(CheckpointTest, ResumesOnAnotherWorldSize) {
   // data_parallel_test.cc for why 1e-4 is the right tolerance).
   RunResult r = Shell(Mpirun(2) + Train("two"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = Shell(Mpirun(4, "FJORD_TEST_HOOK=signal_after_step=10") + Train("mixed", "--set parallel.zero_stage=1"));
+  r = Shell(Mpirun(4, "FJORD_TEST_HOOK=signal_after_step=10") +
+            Train("mixed", "--set parallel.zero_stage=1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = Shell(Mpirun(2) + Train("mixed", "--resume"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("error")));
-  const std::vector<std::string> two = LossTexts(P("two/metrics.jsonl")), mixed = LossTexts(P("mixed/metrics.jsonl"));
+  const std::vector<std::string> two = LossTexts(P("two/metrics.jsonl")),
+                                 mixed = LossTexts(P("mixed/metrics.jsonl"));
   ASSERT_EQ(mixed.size(), 20u);
   for (size_t i = 0; i < two.size(); ++i)
     EXPECT_NEAR(std::stod(mixed[i]), std::stod(two[i]), 1e-4 * std::stod(two[i])) << "step " << i + 1;
@@ -221,7 +227,8 @@ TEST_F(CheckpointTest, DamagedCheckpointsAreRefusedAndResumeFallsBack) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // Flip one byte in the newest checkpoint's weights.
   {
-    std::fstream f(P("run/checkpoints/step_000015/model.bin"), std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(P("run/checkpoints/step_000015/model.bin"),
+                   std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(2000);
     char c = 0;
     f.read(&c, 1);
@@ -299,7 +306,8 @@ TEST_F(CheckpointTest, SecondSignalExitsAtOnce) {
   ASSERT_NE(pipe, nullptr);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   // Standard signals do not queue: leave the first one time to be taken before the second.
-  Shell("pkill -TERM -f '[r]un_dir=" + P("long") + "'; sleep 0.3; pkill -TERM -f '[r]un_dir=" + P("long") + "'");
+  Shell("pkill -TERM -f '[r]un_dir=" + P("long") + "'; sleep 0.3; pkill -TERM -f '[r]un_dir=" + P("long") +
+        "'");
   const RunResult done = Finish(pipe);
   const std::string& out = done.output;
   const int status = done.wait_status;
@@ -321,7 +329,8 @@ TEST_F(CheckpointTest, SigusrToMpirunStopsEveryRankWithACheckpoint) {
   for (int i = 0; i < 100 && LossTexts(P("usr1/metrics.jsonl")).size() < 3; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   // mpirun is the process of this job without a rank in its environment.
-  Shell("for p in $(pgrep -f '[r]un_dir=" + P("usr1") + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=' /proc/$p/environ "
+  Shell("for p in $(pgrep -f '[r]un_dir=" + P("usr1") +
+        "'); do grep -qz '^OMPI_COMM_WORLD_RANK=' /proc/$p/environ "
         "2>/dev/null || kill -USR1 $p; done");
   const RunResult done = Finish(pipe);
   const std::string& out = done.output;
@@ -360,7 +369,8 @@ TEST_F(CheckpointTest, NonFiniteStepAbortsOrIsSkipped) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   std::ifstream metrics(P("skip/metrics.jsonl"));
   int skipped = 0, lines = 0;
-  for (std::string line; std::getline(metrics, line); ++lines) skipped += line.find("\"skipped\": true") != std::string::npos;
+  for (std::string line; std::getline(metrics, line); ++lines)
+    skipped += line.find("\"skipped\": true") != std::string::npos;
   EXPECT_EQ(lines, 20);
   EXPECT_EQ(skipped, 1);
 }
@@ -380,7 +390,8 @@ TEST_F(CheckpointTest, FullDiskLeavesThePreviousCheckpointIntact) {
   // A 1 MiB tmpfs holds metrics and one checkpoint of this model (~0.4 MiB) but not two.
   const std::string mnt = P("tiny");
   fs::create_directories(mnt);
-  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
   RunResult r = RunFjord(Train("tiny/run", "--set checkpoint.keep_last=0"));
   const bool had_first = fs::exists(mnt + "/run/checkpoints/step_000005/manifest.json");
   std::string leftovers;
@@ -395,14 +406,16 @@ TEST_F(CheckpointTest, FullDiskLeavesThePreviousCheckpointIntact) {
 }
 
 TEST_F(CheckpointTest, KilledRankEndsTheJobNamingIt) {
-  const std::string cmd = Mpirun(2) + Train("killed", "--set train.steps=100000 --set checkpoint.every_steps=0 "
-                                                       "--set parallel.comm_timeout=5");
+  const std::string cmd = Mpirun(2) + Train("killed",
+                                            "--set train.steps=100000 --set checkpoint.every_steps=0 "
+                                            "--set parallel.comm_timeout=5");
   const auto t0 = std::chrono::steady_clock::now();
   FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
   std::this_thread::sleep_for(std::chrono::seconds(3));
   // Rank 1 is the fjord process whose environment says OMPI_COMM_WORLD_RANK=1.
-  Shell("for p in $(pgrep -f '[r]un_dir=" + P("killed") + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ "
+  Shell("for p in $(pgrep -f '[r]un_dir=" + P("killed") +
+        "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ "
         "2>/dev/null && kill -9 $p; done");
   const auto killed = std::chrono::steady_clock::now();
   const RunResult done = Finish(pipe);

@@ -74,7 +74,8 @@ TEST_F(CliTest, BadJobSpecIsRefusedWithFileLineAndField) {
 }
 
 TEST_F(CliTest, MissingDataIsRefusedNamingTheField) {
-  Write("job.textproto", "data { train: \"" + Path("nothing_*.bin") + "\" }\nmodel { n_layer: 1 n_head: 1 n_embd: 8 seq_len: 8 vocab_size: 256 }\n");
+  Write("job.textproto", "data { train: \"" + Path("nothing_*.bin") +
+                             "\" }\nmodel { n_layer: 1 n_head: 1 n_embd: 8 seq_len: 8 vocab_size: 256 }\n");
   RunResult r = RunFjord("train " + Path("job.textproto"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("data.train"));
@@ -85,13 +86,17 @@ TEST_F(CliTest, PrepTrainEvalSampleRoundTrip) {
   std::string text;
   for (int i = 0; i < 400; ++i) text += "abcabcabd " + std::to_string(i % 7) + "\n";
   Write("corpus.txt", text);
-  RunResult r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("data") + " --val-fraction 0.2");
+  RunResult r =
+      RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("data") + " --val-fraction 0.2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   Write("job.textproto",
         "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
         "train { micro_batch: 4 steps: 40 lr: 1e-2 warmup_steps: 5 eval_every: 20 eval_batches: 2 }\n"
-        "data { train: \"" + Path("data/train_*.bin") + "\" val: \"" + Path("data/val_*.bin") + "\" }\n"
-        "run_dir: \"" + Path("run") + "\"\n");
+        "data { train: \"" +
+            Path("data/train_*.bin") + "\" val: \"" + Path("data/val_*.bin") +
+            "\" }\n"
+            "run_dir: \"" +
+            Path("run") + "\"\n");
   r = RunFjord("train " + Path("job.textproto") + " --set train.steps=30 --quiet");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // --set took effect: 30 metric lines, the checkpoint of step 30.
@@ -116,7 +121,9 @@ TEST_F(CliTest, PrepTrainEvalSampleRoundTrip) {
   EXPECT_THAT(r.output, ::testing::StartsWith("abc"));
   EXPECT_GE(r.output.size(), 23u);
   // Greedy sampling is deterministic.
-  EXPECT_EQ(RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0").output, r.output);
+  EXPECT_EQ(
+      RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0").output,
+      r.output);
 }
 
 // Trains a tiny model into dir/run on a small corpus; returns the val glob.
@@ -129,8 +136,11 @@ std::string TrainTiny(CliTest* t, const std::string& extra = "") {
   std::ofstream(t->Path("job.textproto"))
       << "model { n_layer: 1 n_head: 2 n_embd: 16 seq_len: 16 vocab_size: 256 }\n"
          "train { micro_batch: 4 steps: 5 lr: 1e-2 eval_every: 5 eval_batches: 2 }\n"
-         "data { train: \"" + t->Path("data/train_*.bin") + "\" val: \"" + t->Path("data/val_*.bin") + "\" }\n"
-         "run_dir: \"" + t->Path("run") + "\"\n";
+         "data { train: \"" +
+             t->Path("data/train_*.bin") + "\" val: \"" + t->Path("data/val_*.bin") +
+             "\" }\n"
+             "run_dir: \"" +
+             t->Path("run") + "\"\n";
   r = RunFjord("train " + t->Path("job.textproto") + " " + extra);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   return t->Path("data/val_*.bin");
@@ -162,8 +172,10 @@ TEST_F(CliTest, ExportImportRoundTripsThroughHuggingFaceAndLlmc) {
   }
   // A fine-tune starts from the imported weights: its first loss is the trained model's (about
   // 5.0 after 5 steps), not the ln(256) = 5.55 of a fresh GPT-2 init.
-  RunResult r = RunFjord("train " + Path("job.textproto") + " --json --set train.steps=1 --set train.lr=1e-9 "
-                         "--set train.init_from=" + Path("imported_hf") + " --set run_dir=" + Path("finetune"));
+  RunResult r = RunFjord("train " + Path("job.textproto") +
+                         " --json --set train.steps=1 --set train.lr=1e-9 "
+                         "--set train.init_from=" +
+                         Path("imported_hf") + " --set run_dir=" + Path("finetune"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const size_t k = r.output.find("\"loss\": ");
   ASSERT_NE(k, std::string::npos) << r.output;
@@ -271,13 +283,15 @@ TEST_F(CliTest, SampleAndPrepRefuseBadOptions) {
   RunResult r = RunFjord("sample --checkpoint " + Path("run") + " --top-p 1.5");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("--top-p must be in (0, 1]"));
-  r = RunFjord("sample --checkpoint " + Path("run") + " --prompt the --tokens 30 --top-p 0.5 --top-k 5 --seed 3");
+  r = RunFjord("sample --checkpoint " + Path("run") +
+               " --prompt the --tokens 30 --top-p 0.5 --top-k 5 --seed 3");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_GE(r.output.size(), 33u);
   r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("d2") + " --tokenizer gpt2");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("--tokenizer gpt2 needs --vocab DIR"));
-  r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("d2") + " --tokenizer gpt2 --vocab " + Path("nope"));
+  r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("d2") + " --tokenizer gpt2 --vocab " +
+               Path("nope"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("nope"));
 }
@@ -398,9 +412,13 @@ TEST_F(CliTest, TinyShakespeareValLossBelow2p5) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   Write("job.textproto",
         "model { n_layer: 2 n_head: 4 n_embd: 128 seq_len: 64 vocab_size: 256 }\n"
-        "train { micro_batch: 16 steps: 300 lr: 3e-3 warmup_steps: 20 min_lr: 3e-4 eval_every: 300 eval_batches: 20 }\n"
-        "data { train: \"" + Path("data/train_*.bin") + "\" val: \"" + Path("data/val_*.bin") + "\" }\n"
-        "run_dir: \"" + Path("run") + "\"\n");
+        "train { micro_batch: 16 steps: 300 lr: 3e-3 warmup_steps: 20 min_lr: 3e-4 eval_every: 300 "
+        "eval_batches: 20 }\n"
+        "data { train: \"" +
+            Path("data/train_*.bin") + "\" val: \"" + Path("data/val_*.bin") +
+            "\" }\n"
+            "run_dir: \"" +
+            Path("run") + "\"\n");
   r = RunFjord("train " + Path("job.textproto") + " --quiet");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_LT(LastValLoss(Path("run/metrics.jsonl")), 2.5);

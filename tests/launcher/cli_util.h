@@ -3,8 +3,8 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -89,9 +89,9 @@ inline RunResult RunFjord(const std::string& args) { return Shell(std::string(FJ
 
 // The command prefix that starts fjord on np ranks on this machine (as root too).
 inline std::string Mpirun(int np, const std::string& env = "") {
-  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " + env + " " +
-         std::string(FJORD_MPIEXEC) + " -np " + std::to_string(np) + " --oversubscribe --bind-to none " +
-         std::string(FJORD_BINARY);
+  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " + env +
+         " " + std::string(FJORD_MPIEXEC) + " -np " + std::to_string(np) +
+         " --oversubscribe --bind-to none " + std::string(FJORD_BINARY);
 }
 
 // The "loss" of every line of a metrics.jsonl, as printed (exact text compares bit-identity).

@@ -45,27 +45,31 @@ class DataParallelTest : public ::testing::Test {
     fs::create_directories(dir_);
     std::mt19937_64 rng(5);
     std::string text;
-    static const char* kWords[] = {"north ", "fjord ", "hydro ", "power ", "model ", "data ", "stays ", "home. "};
+    static const char* kWords[] = {"north ", "fjord ", "hydro ", "power ",
+                                   "model ", "data ",  "stays ", "home. "};
     while (text.size() < 60000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
-    RunResult r = Shell(std::string(FJORD_BINARY) + " prep --input " + (dir_ / "corpus.txt").string() + " --out " +
-                        (dir_ / "data").string());
+    RunResult r = Shell(std::string(FJORD_BINARY) + " prep --input " + (dir_ / "corpus.txt").string() +
+                        " --out " + (dir_ / "data").string());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(dir_ / "job.textproto")
         << "model { n_layer: 2 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
-           "train { micro_batch: 2 global_batch: 8 steps: 20 lr: 3e-3 warmup_steps: 3 eval_every: 10 eval_batches: 4 "
+           "train { micro_batch: 2 global_batch: 8 steps: 20 lr: 3e-3 warmup_steps: 3 eval_every: 10 "
+           "eval_batches: 4 "
            "threads: 1 }\n"
            "parallel { bucket_mb: 0.02 }\n"
-           "data { train: \"" + (dir_ / "data/train_*.bin").string() + "\" val: \"" +
-               (dir_ / "data/val_*.bin").string() + "\" }\n";
+           "data { train: \"" +
+               (dir_ / "data/train_*.bin").string() + "\" val: \"" + (dir_ / "data/val_*.bin").string() +
+               "\" }\n";
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   // Runs the job on np ranks with extra --set overrides; returns the metrics lines' losses.
-  std::vector<double> Losses(int np, const std::string& sets, const std::string& name, std::vector<double>* val = nullptr) {
+  std::vector<double> Losses(int np, const std::string& sets, const std::string& name,
+                             std::vector<double>* val = nullptr) {
     const std::string run = (dir_ / name).string();
-    RunResult r = Shell(Mpirun(np) + " train " + (dir_ / "job.textproto").string() + " --quiet --set run_dir=" + run +
-                        " " + sets);
+    RunResult r = Shell(Mpirun(np) + " train " + (dir_ / "job.textproto").string() +
+                        " --quiet --set run_dir=" + run + " " + sets);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     std::vector<double> losses;
     std::ifstream in(run + "/metrics.jsonl");
@@ -80,7 +84,8 @@ class DataParallelTest : public ::testing::Test {
   static void ExpectClose(const std::vector<double>& got, const std::vector<double>& ref, double rtol) {
     ASSERT_EQ(got.size(), ref.size());
     ASSERT_FALSE(ref.empty());
-    for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], rtol * std::abs(ref[i])) << "step " << i + 1;
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(got[i], ref[i], rtol * std::abs(ref[i])) << "step " << i + 1;
   }
 
   fs::path dir_;
@@ -113,10 +118,11 @@ TEST_F(DataParallelTest, OverlapDoesNotChangeLosses) {
 }
 
 TEST_F(DataParallelTest, GlobalBatchThatDoesNotDivideIsRefused) {
-  RunResult r = Shell(Mpirun(3) + " train " + (dir_ / "job.textproto").string() + " --quiet --set run_dir=" +
-                      (dir_ / "refused").string());
+  RunResult r = Shell(Mpirun(3) + " train " + (dir_ / "job.textproto").string() +
+                      " --quiet --set run_dir=" + (dir_ / "refused").string());
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_THAT(r.output, HasSubstr("train.global_batch = 8 is not divisible by train.micro_batch x world size = 2 x 3"));
+  EXPECT_THAT(r.output,
+              HasSubstr("train.global_batch = 8 is not divisible by train.micro_batch x world size = 2 x 3"));
 }
 
 TEST_F(DataParallelTest, WorldLargerThanTheDataAllowsIsRefused) {
@@ -131,8 +137,8 @@ TEST_F(DataParallelTest, WorldLargerThanTheDataAllowsIsRefused) {
 TEST_F(DataParallelTest, ASleepingRankBecomesATimeoutWithTheFlightRecorder) {
   const double timeout = 3.0;
   RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=sleep_in_step=1:3:120") + " train " +
-                      (dir_ / "job.textproto").string() + " --quiet --set parallel.comm_timeout=3 --set run_dir=" +
-                      (dir_ / "hang").string());
+                      (dir_ / "job.textproto").string() +
+                      " --quiet --set parallel.comm_timeout=3 --set run_dir=" + (dir_ / "hang").string());
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("TEST HOOK active on rank 1"));
   EXPECT_THAT(r.output, HasSubstr("timed out"));

@@ -23,8 +23,8 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::ReadText;
-using testing::WriteText;
 using testing::RunResult;
+using testing::WriteText;
 
 class LaunchErrorsTest : public ::testing::Test {
  protected:
@@ -232,8 +232,7 @@ TEST_F(LaunchErrorsTest, SlurmSubmissionAndExitThatCannotBeAuditedAreWarnedAbout
   // The same when following the job fails: the error, then the warning.
   fs::remove_all(Path("run"));
   WriteText(Path("bin/scontrol"),
-            "#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n",
-            0755);
+            "#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n", 0755);
   r = Launch("--np 2 --slurm --wait --sbatch " + Path("fake-sbatch"), env);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("fjord launch: error: Slurm job 4242 is no longer known to slurmctld"));

@@ -559,7 +559,8 @@ TEST(LeaseKeyTest, KeysAreTheShortLowerCaseNameAndTheResolvedAddresses) {
 TEST_F(LaunchLeaseTest, AnotherInventorysNameForALeasedNodeStillConflicts) {
   Holder other(Leases(), NodeLeaseKeys(NodeNamed("no1", "10.0.0.1")), "globex");
   ASSERT_TRUE(other.held());
-  const std::string node2 = "node { hostname: \"no2\" address: \"10.0.0.2\" jurisdiction: \"NO\" site: \"osl1\" }\n";
+  const std::string node2 =
+      "node { hostname: \"no2\" address: \"10.0.0.2\" jurisdiction: \"NO\" site: \"osl1\" }\n";
   const std::string leases = "lease_dir: \"" + Leases() + "\"\n";
   struct Case {
     std::string node1, refusal;
@@ -580,10 +581,12 @@ TEST_F(LaunchLeaseTest, AnotherInventorysNameForALeasedNodeStillConflicts) {
   }
   // A node that shares neither name nor address is free.
   WriteText(dir_ + "/inv.textproto",
-            "node { hostname: \"no3\" address: \"10.0.0.3\" jurisdiction: \"NO\" site: \"osl1\" }\n" + node2 + leases);
+            "node { hostname: \"no3\" address: \"10.0.0.3\" jurisdiction: \"NO\" site: \"osl1\" }\n" + node2 +
+                leases);
   testing::RunResult r = Launch("");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_THAT(ReadText(dir_ + "/run/audit.jsonl"), HasSubstr("\"lease_keys\":[\"@10.0.0.2\",\"@10.0.0.3\",\"no2\",\"no3\"]"));
+  EXPECT_THAT(ReadText(dir_ + "/run/audit.jsonl"),
+              HasSubstr("\"lease_keys\":[\"@10.0.0.2\",\"@10.0.0.3\",\"no2\",\"no3\"]"));
 }
 
 }  // namespace

@@ -43,7 +43,8 @@ Refusal ParseRefusal(const std::string& out) {
     r.params = std::stoull(m[1]);
     r.needed = std::stoull(m[2]);
   }
-  if (std::regex_search(out, m, std::regex(R"(this host has (\d+) bytes \([0-9.]+ GiB\) available \(MemAvailable\))"))) {
+  if (std::regex_search(
+          out, m, std::regex(R"(this host has (\d+) bytes \([0-9.]+ GiB\) available \(MemAvailable\))"))) {
     r.available = std::stoull(m[1]);
   }
   return r;
@@ -51,7 +52,8 @@ Refusal ParseRefusal(const std::string& out) {
 
 // Exit 1, the oracle's parameter count, at least `bytes_per_param` bytes per parameter needed,
 // fewer bytes available than needed, the field named, no abort.
-void ExpectRefused(const RunResult& r, unsigned __int128 params, int bytes_per_param, const std::string& field) {
+void ExpectRefused(const RunResult& r, unsigned __int128 params, int bytes_per_param,
+                   const std::string& field) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("bad_alloc")));
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("FATAL")));
@@ -81,8 +83,11 @@ class MemoryLimitsTest : public testing::TempDirTest {
     return "model { n_layer: " + std::to_string(n_layer) +
            " n_head: 2 n_embd: 64 seq_len: 32 vocab_size: 256 }\n"
            "train { micro_batch: 2 steps: 2 }\n"
-           "data { train: \"" + Path("data/train_*.bin") + "\" }\n"
-           "run_dir: \"" + run_dir + "\"\n";
+           "data { train: \"" +
+           Path("data/train_*.bin") +
+           "\" }\n"
+           "run_dir: \"" +
+           run_dir + "\"\n";
   }
 };
 

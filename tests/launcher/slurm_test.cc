@@ -273,8 +273,7 @@ TEST_F(SlurmTest, SignalToWaitingLaunchStopsOrCancelsTheJob) {
       EXPECT_THAT(r.output, HasSubstr("cancelling Slurm job " + id));
       EXPECT_EQ(JobField(id, "JobState"), "CANCELLED");
       EXPECT_FALSE(fs::exists(Path(run + "/checkpoints"))) << r.output;
-      EXPECT_THAT(AuditLines(log, "launch_exit")[0],
-                  HasSubstr("\"slurm_state\":\"CANCELLED\""));
+      EXPECT_THAT(AuditLines(log, "launch_exit")[0], HasSubstr("\"slurm_state\":\"CANCELLED\""));
       EXPECT_THAT(AuditLines(log, "launch_exit")[0], HasSubstr("\"stop_requested\":\"scancel (cancel)\""));
     }
     EXPECT_TRUE(VerifyAuditLog(log)->ok);

@@ -10,8 +10,8 @@
 
 #include <algorithm>
 #include <csignal>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -19,8 +19,8 @@
 #include "collectives/communicator.h"
 #include "common/check.h"
 #include "runtime/model/gpt.h"
-#include "runtime/train/grad_reducer.h"
 #include "runtime/model/optimizer.h"
+#include "runtime/train/grad_reducer.h"
 
 namespace fjord {
 namespace {
@@ -62,8 +62,9 @@ TEST(ArenaDeathTest, AFatalErrorOrASignalZeroesTheArenaBeforeTheProcessEnds) {
     if (sig == SIGABRT) FJORD_CHECK(false, "a bug");  // FatalError: abort()
     ::raise(sig);
   };
-  EXPECT_DEATH(doomed(SIGABRT), "check failed: false: a bug\n(.*\n)*fjord: arena doomed: zeroed on signal 6: 4096 "
-                                "bytes read back, 0 non-zero");
+  EXPECT_DEATH(doomed(SIGABRT),
+               "check failed: false: a bug\n(.*\n)*fjord: arena doomed: zeroed on signal 6: 4096 "
+               "bytes read back, 0 non-zero");
   EXPECT_EXIT(doomed(SIGTERM), ::testing::KilledBySignal(SIGTERM),
               "fjord: arena doomed: zeroed on signal 15: 4096 bytes read back, 0 non-zero");
   EXPECT_EXIT(doomed(SIGHUP), ::testing::KilledBySignal(SIGHUP),

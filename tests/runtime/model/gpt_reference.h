@@ -18,12 +18,14 @@
 namespace fjord::testing {
 
 // Mean cross-entropy of the model with parameters `p` (layout of `layout`) on tokens/targets.
-inline double ReferenceGptLoss(const GptConfig& c, const ParamLayout& layout, const std::vector<double>& params,
-                               const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int B,
-                               int T, const std::function<double(double)>& store = nullptr) {
+inline double ReferenceGptLoss(const GptConfig& c, const ParamLayout& layout,
+                               const std::vector<double>& params, const std::vector<int32_t>& tokens,
+                               const std::vector<int32_t>& targets, int B, int T,
+                               const std::function<double(double)>& store = nullptr) {
   const int C = c.n_embd, NH = c.n_head, hs = C / NH;
   auto kept = [&](std::vector<double> v) {
-    if (store) for (double& x : v) x = store(x);
+    if (store)
+      for (double& x : v) x = store(x);
     return v;
   };
   const std::vector<double> p = kept(params);
@@ -35,7 +37,8 @@ inline double ReferenceGptLoss(const GptConfig& c, const ParamLayout& layout, co
       mean /= C;
       for (int i = 0; i < C; ++i) var += (x[r * C + i] - mean) * (x[r * C + i] - mean);
       var /= C;
-      for (int i = 0; i < C; ++i) y[r * C + i] = (x[r * C + i] - mean) / std::sqrt(var + 1e-5) * p[w + i] + p[b + i];
+      for (int i = 0; i < C; ++i)
+        y[r * C + i] = (x[r * C + i] - mean) / std::sqrt(var + 1e-5) * p[w + i] + p[b + i];
     }
     return kept(std::move(y));
   };
@@ -45,7 +48,8 @@ inline double ReferenceGptLoss(const GptConfig& c, const ParamLayout& layout, co
     for (int r = 0; r < B * T; ++r)
       for (int o = 0; o < out; ++o) {
         double s = has_bias ? p[b + o] : 0.0;
-        for (int i = 0; i < in; ++i) s += x[static_cast<size_t>(r) * in + i] * p[w + static_cast<size_t>(o) * in + i];
+        for (int i = 0; i < in; ++i)
+          s += x[static_cast<size_t>(r) * in + i] * p[w + static_cast<size_t>(o) * in + i];
         y[static_cast<size_t>(r) * out + o] = s;
       }
     return kept(std::move(y));
@@ -67,14 +71,16 @@ inline double ReferenceGptLoss(const GptConfig& c, const ParamLayout& layout, co
           double mx = -1e300, sum = 0;
           for (int u = 0; u <= t; ++u) {
             double s = 0;
-            for (int i = 0; i < hs; ++i) s += qkv[(b * T + t) * 3 * C + h * hs + i] * qkv[(b * T + u) * 3 * C + C + h * hs + i];
+            for (int i = 0; i < hs; ++i)
+              s += qkv[(b * T + t) * 3 * C + h * hs + i] * qkv[(b * T + u) * 3 * C + C + h * hs + i];
             score[u] = s / std::sqrt(static_cast<double>(hs));
             mx = std::max(mx, score[u]);
           }
           for (int u = 0; u <= t; ++u) sum += std::exp(score[u] - mx);
           for (int u = 0; u <= t; ++u) {
             const double a = std::exp(score[u] - mx) / sum;
-            for (int i = 0; i < hs; ++i) y[(b * T + t) * C + h * hs + i] += a * qkv[(b * T + u) * 3 * C + 2 * C + h * hs + i];
+            for (int i = 0; i < hs; ++i)
+              y[(b * T + t) * C + h * hs + i] += a * qkv[(b * T + u) * 3 * C + 2 * C + h * hs + i];
           }
         }
     y = kept(std::move(y));
@@ -88,12 +94,15 @@ inline double ReferenceGptLoss(const GptConfig& c, const ParamLayout& layout, co
     for (size_t i = 0; i < x.size(); ++i) x[i] += mlp[i];
     x = kept(std::move(x));
   }
-  std::vector<double> logits = linear(layernorm(x, layout.lnf_w(), layout.lnf_b()), C, layout.wte(), 0, c.vocab_size, false);
+  std::vector<double> logits =
+      linear(layernorm(x, layout.lnf_w(), layout.lnf_b()), C, layout.wte(), 0, c.vocab_size, false);
   double loss = 0;
   for (int r = 0; r < B * T; ++r) {
     double mx = -1e300, sum = 0;
-    for (int v = 0; v < c.vocab_size; ++v) mx = std::max(mx, logits[static_cast<size_t>(r) * c.vocab_size + v]);
-    for (int v = 0; v < c.vocab_size; ++v) sum += std::exp(logits[static_cast<size_t>(r) * c.vocab_size + v] - mx);
+    for (int v = 0; v < c.vocab_size; ++v)
+      mx = std::max(mx, logits[static_cast<size_t>(r) * c.vocab_size + v]);
+    for (int v = 0; v < c.vocab_size; ++v)
+      sum += std::exp(logits[static_cast<size_t>(r) * c.vocab_size + v] - mx);
     loss += -(logits[static_cast<size_t>(r) * c.vocab_size + targets[r]] - mx - std::log(sum));
   }
   return loss / (B * T);

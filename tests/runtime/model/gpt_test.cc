@@ -29,7 +29,8 @@ TEST(GptTest, ForwardLossMatchesDoubleReference) {
   RandomizeParams(model, 1);
   auto tokens = RandomTokens(B * T, c.vocab_size, 2), targets = RandomTokens(B * T, c.vocab_size, 3);
   const float loss = model.Forward(tokens.data(), targets.data(), B, T, 0.0f);
-  const double ref = testing::ReferenceGptLoss(c, model.layout(), ParamsAsDouble(model), tokens, targets, B, T);
+  const double ref =
+      testing::ReferenceGptLoss(c, model.layout(), ParamsAsDouble(model), tokens, targets, B, T);
   ASSERT_GT(ref, 0.1);
   // fp32 forward through ~20 ops of width <= 48: relative error of a few 1e-6 is expected.
   EXPECT_NEAR(loss, ref, 1e-5 * std::abs(ref));
@@ -50,7 +51,8 @@ TEST(GptTest, EveryGradientMatchesFiniteDifferencesInDouble) {
   double max_grad = 0.0;
   for (const ParamTensor& t : model.layout().tensors()) {
     size_t n = t.size();
-    if (t.offset == model.layout().wte()) n = static_cast<size_t>(c.vocab_size) * c.n_embd;  // padded rows: below
+    if (t.offset == model.layout().wte())
+      n = static_cast<size_t>(c.vocab_size) * c.n_embd;  // padded rows: below
     for (size_t i = 0; i < n; ++i) {
       const size_t k = t.offset + i;
       const double saved = p[k];
@@ -68,7 +70,8 @@ TEST(GptTest, EveryGradientMatchesFiniteDifferencesInDouble) {
     }
   }
   // Padded vocabulary rows get no gradient.
-  for (size_t i = static_cast<size_t>(c.vocab_size) * c.n_embd; i < static_cast<size_t>(c.padded_vocab) * c.n_embd; ++i)
+  for (size_t i = static_cast<size_t>(c.vocab_size) * c.n_embd;
+       i < static_cast<size_t>(c.padded_vocab) * c.n_embd; ++i)
     ASSERT_EQ(model.grads()[model.layout().wte() + i], 0.0f);
   EXPECT_GT(checked, 2000);
   EXPECT_GT(max_grad, 1e-2);  // the check was not run on vanishing gradients

@@ -27,11 +27,15 @@ inline GptConfig MakeConfig(int n_layer, int n_head, int n_embd, int seq_len, in
 
 // 2 layers, 2 heads of 6 channels, 7 positions; vocabulary 37 padded to 128, which exercises
 // the padded classifier columns.
-inline GptConfig TinyConfig(Precision precision = Precision::kFp32) { return MakeConfig(2, 2, 12, 7, 37, precision); }
+inline GptConfig TinyConfig(Precision precision = Precision::kFp32) {
+  return MakeConfig(2, 2, 12, 7, 37, precision);
+}
 
 // The model the fit-one-batch tests train: big enough to memorise 4 x 16 tokens in a few hundred
 // AdamW steps, small enough to take a second.
-inline GptConfig FitConfig(Precision precision = Precision::kFp32) { return MakeConfig(2, 2, 32, 16, 64, precision); }
+inline GptConfig FitConfig(Precision precision = Precision::kFp32) {
+  return MakeConfig(2, 2, 32, 16, 64, precision);
+}
 
 inline std::vector<int32_t> RandomTokens(size_t n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -49,7 +53,8 @@ inline void RandomizeParams(Gpt& model, uint64_t seed) {
   float* p = model.host_params();
   for (size_t i = 0; i < model.num_params(); ++i) p[i] = normal(rng);
   const GptConfig& c = model.config();
-  for (size_t i = static_cast<size_t>(c.vocab_size) * c.n_embd; i < static_cast<size_t>(c.padded_vocab) * c.n_embd; ++i)
+  for (size_t i = static_cast<size_t>(c.vocab_size) * c.n_embd;
+       i < static_cast<size_t>(c.padded_vocab) * c.n_embd; ++i)
     p[model.layout().wte() + i] = 0.0f;
   model.SyncParamsToDevice();
 }

@@ -43,7 +43,7 @@ Counted Count(int L, int C, int T_max, int Vp, int T) {
     c.other_params += 3.0 * C + C + 4.0 * C + C  // biases of qkv, attn proj, fc, fc proj
                       + 4.0 * C;                 // two LayerNorms
   }
-  c.matmul_macs += static_cast<double>(C) * Vp;  // classifier against the tied embedding
+  c.matmul_macs += static_cast<double>(C) * Vp;                // classifier against the tied embedding
   c.other_params += 2.0 * C + static_cast<double>(T_max) * C;  // ln_f, positions
   return c;
 }

@@ -44,7 +44,8 @@ TEST(AdamWTest, ShardedStepsEqualTheWholeStepExactly) {
   const size_t cuts[] = {0, n / 3 + 5, 2 * n / 3 + 1, n};
   for (int s = 0; s < 3; ++s) {
     AdamW part(layout, cuts[s], cuts[s + 1], CpuOps());
-    for (int t = 1; t <= 3; ++t) part.Step(sharded.data(), g.data(), 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t);
+    for (int t = 1; t <= 3; ++t)
+      part.Step(sharded.data(), g.data(), 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t);
   }
   size_t changed = 0;
   for (size_t i = 0; i < n; ++i) {

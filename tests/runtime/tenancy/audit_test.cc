@@ -32,9 +32,8 @@ class AuditTest : public testing::TenancyTest {
     StatusOr<std::unique_ptr<AuditLog>> a = AuditLog::Open(log(), "test@host");
     ASSERT_TRUE(a.ok()) << a.status().message();
     for (int i = 0; i < n; ++i) {
-      auto h =
-          (*a)->Append("event" + std::to_string(i + 1),
-                       AuditRecord().Int("i", i).Str("text", "line \"" + std::to_string(i) + "\"\n"));
+      auto h = (*a)->Append("event" + std::to_string(i + 1),
+                            AuditRecord().Int("i", i).Str("text", "line \"" + std::to_string(i) + "\"\n"));
       ASSERT_TRUE(h.ok()) << h.status().message();
     }
   }
@@ -69,8 +68,10 @@ std::vector<std::string> Words(const std::string& text) {
 // A record as someone who knows the format writes it by hand: chained to `prev`, hashed with
 // OpenSSL's one-shot SHA256 (independent of fjord's Sha256Hex).
 std::string Forge(int seq, const std::string& event, const std::string& prev) {
-  const std::string body = "{\"seq\":" + std::to_string(seq) + ",\"time\":\"2026-01-01T00:00:00.000Z\",\"actor\":"
-                           "\"rank0@no1\",\"event\":\"" + event + "\",\"prev\":\"" + prev + "\"}";
+  const std::string body = "{\"seq\":" + std::to_string(seq) +
+                           ",\"time\":\"2026-01-01T00:00:00.000Z\",\"actor\":"
+                           "\"rank0@no1\",\"event\":\"" +
+                           event + "\",\"prev\":\"" + prev + "\"}";
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(body.data()), body.size(), digest);
   char hex[2 * SHA256_DIGEST_LENGTH + 1];
@@ -279,20 +280,23 @@ TEST_F(AuditTest, AnchorsDetectTruncationAndRewritesThatTheHeadMisses) {
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.bad_line, 0);
   EXPECT_EQ(r.anchors, 1);
-  EXPECT_THAT(r.problem, HasSubstr("anchor 5:" + HashOf(lines[4]) + " (launch output) names record 5 but the log "
+  EXPECT_THAT(r.problem, HasSubstr("anchor 5:" + HashOf(lines[4]) +
+                                   " (launch output) names record 5 but the log "
                                    "ends at record 3: records were cut off the end"));
 
   // Rewritten from record 2 on, every hash recomputed, head rewritten: the chain holds.
   std::vector<std::string> forged = {lines[0]};
-  for (int seq = 2; seq <= 5; ++seq) forged.push_back(Forge(seq, "event" + std::to_string(seq), HashOf(forged.back())));
+  for (int seq = 2; seq <= 5; ++seq)
+    forged.push_back(Forge(seq, "event" + std::to_string(seq), HashOf(forged.back())));
   SetLines(forged);
   WriteText(log() + ".head", "5 " + HashOf(forged[4]) + "\n");
   EXPECT_TRUE(Verify().ok);
   r = Verify(anchors);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.bad_line, 2);
-  EXPECT_THAT(r.problem, HasSubstr("record seq 2 (event \"event2\") has hash " + HashOf(forged[1]) +
-                                   " but anchor 2:" + HashOf(lines[1]) + " (checkpoint step_2) says otherwise"));
+  EXPECT_THAT(r.problem,
+              HasSubstr("record seq 2 (event \"event2\") has hash " + HashOf(forged[1]) +
+                        " but anchor 2:" + HashOf(lines[1]) + " (checkpoint step_2) says otherwise"));
 
   // Log and head deleted together (the log recreated empty by the next writer).
   SetLines({});
@@ -305,9 +309,9 @@ TEST_F(AuditTest, AnchorsDetectTruncationAndRewritesThatTheHeadMisses) {
 
 TEST_F(AuditTest, AnchorsAreParsedStrictly) {
   const std::string h(64, 'a');
-  for (const std::string& text : {std::string(""), std::string("5"), std::string("5:"), ":" + h, "0:" + h, "x:" + h,
-                                  "-1:" + h, "+5:" + h, "5:" + h.substr(1), "5:" + h + "a", "5:" + h.substr(1) + "A",
-                                  "5 " + h}) {
+  for (const std::string& text :
+       {std::string(""), std::string("5"), std::string("5:"), ":" + h, "0:" + h, "x:" + h, "-1:" + h,
+        "+5:" + h, "5:" + h.substr(1), "5:" + h + "a", "5:" + h.substr(1) + "A", "5 " + h}) {
     StatusOr<AuditAnchor> a = ParseAuditAnchor(text, "test");
     ASSERT_FALSE(a.ok()) << text;
     EXPECT_THAT(a.status().message(), HasSubstr("is not SEQ:HASH"));
@@ -394,7 +398,8 @@ TEST_F(AuditTest, AppendRefusesADamagedHeadFileAndWritesNothing) {
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
   EXPECT_THAT(h.status().message(),
-              HasSubstr("audit head file " + log() + ".head is not \"SEQ HASH\" or \"SEQ HASH NEXT\": it was damaged or edited"));
+              HasSubstr("audit head file " + log() +
+                        ".head is not \"SEQ HASH\" or \"SEQ HASH NEXT\": it was damaged or edited"));
   EXPECT_THAT(h.status().message(),
               HasSubstr("keep it and its log for the auditor, and give the job a new audit_log"));
   EXPECT_EQ(ReadText(log()), before);

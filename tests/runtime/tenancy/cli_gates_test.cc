@@ -3,15 +3,15 @@
 // tenant; resume refuses another tenant's checkpoint, a wrong key and a modified checkpoint; audit
 // verify reports tampering; what an identity override produced names it.
 #include <gmock/gmock.h>
+#include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 
-#include <google/protobuf/text_format.h>
 #include <map>
 #include <sstream>
 
-#include "runtime/tenancy/audit.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
+#include "runtime/tenancy/audit.h"
 #include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
@@ -64,10 +64,14 @@ class CliGatesTest : public testing::TenancyTest {
   }
   // A job without tenant (and so without residency) reading DATA/train_*.bin.
   std::string NoTenantJob(const std::string& name, const std::string& data) {
-    WriteText(Path(name), "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
-                          "train { micro_batch: 2 steps: 2 lr: 1e-3 }\n"
-                          "data { train: \"" + Path(data + "/train_*.bin") + "\" }\n"
-                          "run_dir: \"" + Path("run") + "\"\n");
+    WriteText(Path(name),
+              "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+              "train { micro_batch: 2 steps: 2 lr: 1e-3 }\n"
+              "data { train: \"" +
+                  Path(data + "/train_*.bin") +
+                  "\" }\n"
+                  "run_dir: \"" +
+                  Path("run") + "\"\n");
     return Path(name);
   }
   std::string identity_;
@@ -83,12 +87,13 @@ TEST_F(CliGatesTest, JobWithoutTenantIsRefusedTenantDataOnEveryNodeAndItIsAudite
   for (const std::string& identity :
        {Identity("SE", "sto1", "se_node"), identity_, Path("no_identity_here.textproto")}) {
     fs::remove_all(Path("run"));
-    RunResult r = Shell("FJORD_NODE_IDENTITY=" + identity + " " + std::string(FJORD_BINARY) + " train " + job +
-                        " --quiet");
+    RunResult r = Shell("FJORD_NODE_IDENTITY=" + identity + " " + std::string(FJORD_BINARY) + " train " +
+                        job + " --quiet");
     EXPECT_EQ(r.exit_code, 1) << identity << "\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr("data.train: " + Path("acme/manifest.textproto") +
                                     " belongs to tenant acme, but this job has no tenant"));
-    EXPECT_THAT(r.output, HasSubstr("Add `tenant { id: \"acme\" } residency { allowed_jurisdictions: \"NO\" }`"));
+    EXPECT_THAT(r.output,
+                HasSubstr("Add `tenant { id: \"acme\" } residency { allowed_jurisdictions: \"NO\" }`"));
     EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
     EXPECT_FALSE(fs::exists(Path("run/checkpoints")));
     const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
@@ -109,8 +114,8 @@ TEST_F(CliGatesTest, EvalOfAnUntenantedCheckpointIsRefusedTenantData) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string ckpt = " --checkpoint " + Path("run/checkpoints/step_000002") + " --batches 1";
   const int refusals = Count(AuditEvents(Path("run/audit.jsonl")), "refusal");
-  r = Shell("FJORD_NODE_IDENTITY=" + Identity("SE", "sto1", "se_node") + " " + std::string(FJORD_BINARY) + " eval" +
-            ckpt + " --data '" + Path("acme/train_*.bin") + "'");
+  r = Shell("FJORD_NODE_IDENTITY=" + Identity("SE", "sto1", "se_node") + " " + std::string(FJORD_BINARY) +
+            " eval" + ckpt + " --data '" + Path("acme/train_*.bin") + "'");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("--data: " + Path("acme/manifest.textproto") +
                                   " belongs to tenant acme, but this job has no tenant"));
@@ -127,8 +132,9 @@ TEST_F(CliGatesTest, DemoGoesThroughTheDataGateAndWritesAnAuditLog) {
   RunResult r = Fjord("demo --dir " + Path("refused") + " --set data.train='" + Path("acme/train_*.bin") +
                       "' --set train.steps=2");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no "
-                                  "tenant"));
+  EXPECT_THAT(r.output,
+              HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no "
+                                                          "tenant"));
   EXPECT_FALSE(fs::exists(Path("refused/checkpoints")));
   EXPECT_EQ(AuditEvents(Path("refused/audit.jsonl")),
             (std::vector<std::string>{"job_start", "no_tenant", "refusal", "job_end"}));
@@ -243,7 +249,8 @@ TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = Fjord("train " + Job("plain.textproto", "acme", "acme") + " --quiet --set run_dir=" + Path("plain"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string sealed = Path("run/checkpoints/step_000002"), plain = Path("plain/checkpoints/step_000002");
+  const std::string sealed = Path("run/checkpoints/step_000002"),
+                    plain = Path("plain/checkpoints/step_000002");
   ASSERT_EQ(ReadText(sealed + "/model.bin").substr(0, 8), "FJSEALED");
   ASSERT_NE(ReadText(plain + "/model.bin").substr(0, 8), "FJSEALED");
   const std::string data = " --data '" + Path("acme/train_*.bin") + "' --batches 2";
@@ -271,8 +278,9 @@ TEST_F(CliGatesTest, EvalSampleExportReadSealedCheckpointsOnlyWithTheKey) {
   EXPECT_EQ(exported, ReadText(Path("plain_hf/model.safetensors")));
 
   // No key: each command names the checkpoint, its tenant and --key; export writes nothing.
-  for (const std::string& cmd : {"eval --checkpoint " + sealed + data, "sample --checkpoint " + sealed + sample,
-                                 "export --checkpoint " + sealed + " --out " + Path("nokey_hf")}) {
+  for (const std::string& cmd :
+       {"eval --checkpoint " + sealed + data, "sample --checkpoint " + sealed + sample,
+        "export --checkpoint " + sealed + " --out " + Path("nokey_hf")}) {
     r = Fjord(cmd);
     EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr("checkpoint " + sealed + " is sealed for tenant \"acme\" (AES-256-GCM"));
@@ -518,7 +526,8 @@ TEST_F(CliGatesTest, RanksStartedWithDifferentJobSpecsAreRefused) {
 TEST_F(CliGatesTest, DataAndCheckpointsMadeUnderAnIdentityOverrideNameIt) {
   Prep("acme", "--tenant acme --jurisdiction NO");
   proto::DataManifest manifest;
-  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(ReadText(Path("acme/manifest.textproto")), &manifest));
+  ASSERT_TRUE(
+      google::protobuf::TextFormat::ParseFromString(ReadText(Path("acme/manifest.textproto")), &manifest));
   EXPECT_EQ(manifest.identity_override(), identity_);
 
   RunResult r = Fjord("train " + Job("acme.textproto", "acme", "acme") + " --quiet");
@@ -541,8 +550,8 @@ TEST_F(CliGatesTest, DataAndCheckpointsMadeUnderAnIdentityOverrideNameIt) {
 TEST_F(CliGatesTest, ALongTestHookIsRecordedWhole) {
   Prep("acme", "--tenant acme --jurisdiction NO");
   const std::string hook = "recorded_whole=" + std::string(400, 'x') + "_end";
-  RunResult r = Fjord("train " + Job("acme.textproto", "acme", "acme") + " --quiet",
-                      "FJORD_TEST_HOOK=" + hook);
+  RunResult r =
+      Fjord("train " + Job("acme.textproto", "acme", "acme") + " --quiet", "FJORD_TEST_HOOK=" + hook);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<std::string> values;
   for (const std::string& line : AuditLines(Path("run/audit.jsonl"), "test_override")) {
@@ -562,7 +571,7 @@ TEST_F(CliGatesTest, ALongTestHookIsRecordedWhole) {
 TEST_F(CliGatesTest, TenantArtefactsArePrivateFromCreation) {
   const mode_t old_umask = ::umask(022);
   auto mode = [](const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
     return static_cast<unsigned>(st.st_mode & 07777);
   };
@@ -583,8 +592,8 @@ TEST_F(CliGatesTest, TenantArtefactsArePrivateFromCreation) {
   EXPECT_EQ(mode(Path("run/metrics.jsonl")), 0600u);
   EXPECT_EQ(mode(Path("run/audit.jsonl")), 0600u);
   EXPECT_EQ(mode(Path("run/audit.jsonl.head")), 0600u);
-  r = Fjord("export --checkpoint " + Path("run/checkpoints/step_000002") + " --out " + Path("hf") + " --key " +
-            Path("acme.key"));
+  r = Fjord("export --checkpoint " + Path("run/checkpoints/step_000002") + " --out " + Path("hf") +
+            " --key " + Path("acme.key"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(mode(Path("hf")), 0700u);
   EXPECT_EQ(mode(Path("hf/model.safetensors")), 0600u);
@@ -604,8 +613,8 @@ TEST_F(CliGatesTest, TenantArtefactsArePrivateFromCreation) {
   fs::remove_all(Path("run"));
   WriteText(Path("open.textproto"),
             "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
-            "train { micro_batch: 2 steps: 2 lr: 1e-3 }\ndata { train: \"" + Path("open/train_*.bin") +
-                "\" }\nrun_dir: \"" + Path("run") + "\"\n");
+            "train { micro_batch: 2 steps: 2 lr: 1e-3 }\ndata { train: \"" +
+                Path("open/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") + "\"\n");
   r = Fjord("train " + Path("open.textproto") + " --quiet");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(mode(Path("run/checkpoints/step_000002")), 0755u);

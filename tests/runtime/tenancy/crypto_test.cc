@@ -194,7 +194,8 @@ TEST_F(CryptoTest, SealedFilesAreWrittenAtomicallyAndReadBack) {
   const EncryptionKey key = Key(9);
   const std::string text = "optimizer state";
   ASSERT_TRUE(WriteSealedFile(Path("opt.bin"), {{text.data(), text.size()}}, key, "c").ok());
-  for (const auto& e : fs::directory_iterator(dir_)) EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos);
+  for (const auto& e : fs::directory_iterator(dir_))
+    EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos);
   EXPECT_EQ(ReadText(Path("opt.bin")).find(text), std::string::npos);
   StatusOr<std::string> back = ReadSealedFile(Path("opt.bin"), key, "c");
   ASSERT_TRUE(back.ok()) << back.status().message();

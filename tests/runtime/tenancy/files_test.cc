@@ -11,8 +11,8 @@
 #include <cstdlib>
 #include <set>
 
-#include "runtime/tenancy/crypto.h"
 #include "common/file_util.h"
+#include "runtime/tenancy/crypto.h"
 #include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
@@ -35,7 +35,7 @@ class FilesTest : public testing::TenancyTest {
     TenancyTest::TearDown();
   }
   static unsigned ModeOf(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
     return st.st_mode & 07777;
   }
@@ -116,7 +116,8 @@ TEST_F(FilesTest, AtomicWriteRefusesToReplaceADeviceOrPipe) {
   ASSERT_EQ(::mkfifo(Path("pipe").c_str(), 0600), 0);
   std::vector<std::pair<std::string, std::string>> cases = {{Path("pipe"), "a named pipe"}};
   // A device node of our own (a copy of /dev/null's numbers), never the machine's: needs root.
-  if (::mknod(Path("null").c_str(), S_IFCHR | 0600, makedev(1, 3)) == 0) cases.push_back({Path("null"), "a character device"});
+  if (::mknod(Path("null").c_str(), S_IFCHR | 0600, makedev(1, 3)) == 0)
+    cases.push_back({Path("null"), "a character device"});
   const std::string text = "x";
   for (const auto& [path, kind] : cases) {
     const Status s = WriteFileAtomic(path, {{text.data(), text.size()}});
@@ -156,8 +157,9 @@ TEST_F(FilesTest, AKeyFileOwnedByAnotherUserIsRefusedEvenAtMode0600) {
   StatusOr<EncryptionKey> k = LoadEncryptionKey(key, "checkpoint.encryption_key_file");
   ASSERT_FALSE(k.ok());
   EXPECT_EQ(k.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_THAT(k.status().message(), HasSubstr("checkpoint.encryption_key_file: key file " + key +
-                                              " is owned by uid 65534 (nobody), not by uid 0 (root) who runs fjord"));
+  EXPECT_THAT(k.status().message(),
+              HasSubstr("checkpoint.encryption_key_file: key file " + key +
+                        " is owned by uid 65534 (nobody), not by uid 0 (root) who runs fjord"));
   EXPECT_THAT(k.status().message(), HasSubstr("chown 0 " + key));
   // The process's own uid is accepted, whoever it is: as nobody, nobody's key loads.
   const pid_t pid = ::fork();

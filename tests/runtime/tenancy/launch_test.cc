@@ -26,12 +26,12 @@ namespace fs = std::filesystem;
 using testing::AuditEvents;
 using testing::AuditLines;
 using ::testing::ElementsAre;
+using testing::Finish;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::ReadText;
-using testing::Shell;
-using testing::Finish;
 using testing::RunResult;
+using testing::Shell;
 using testing::Start;
 using testing::WriteText;
 
@@ -169,7 +169,8 @@ TEST(Slurm, HostlistsAndConstraints) {
   EXPECT_EQ(SlurmConstraint({"acme", {"NO"}, {"osl1", "osl2"}}), "(jurisdiction_NO)&(site_osl1|site_osl2)");
   EXPECT_EQ(SlurmConstraint(ResidencyPolicy()), "");
   // The data's manifests are and-ed on (the job's own residency is not repeated).
-  const std::vector<DataResidency> data = {{"data.train", "m1", kAcmeNo}, {"data.val", "m2", {"acme", {"SE"}, {"sto1"}}}};
+  const std::vector<DataResidency> data = {{"data.train", "m1", kAcmeNo},
+                                           {"data.val", "m2", {"acme", {"SE"}, {"sto1"}}}};
   EXPECT_EQ(SlurmConstraint({"acme", {"NO", "SE"}, {}}, data),
             "(jurisdiction_NO|jurisdiction_SE)&jurisdiction_NO&(jurisdiction_SE)&(site_sto1)");
   EXPECT_EQ(SlurmConstraint(kAcmeNo, {{"data.train", "m1", kAcmeNo}}), "jurisdiction_NO");
@@ -309,9 +310,10 @@ TEST_F(LaunchCliTest, DryRunPrintsThePlanAndWritesNothing) {
   EXPECT_THAT(cmd, Not(HasSubstr("FJORD_NODE_IDENTITY")));
   EXPECT_THAT(r.output, HasSubstr("dry run: nothing was written or started"));
   // No shard of data.train is visible here: said, and left to the ranks' data gate.
-  EXPECT_THAT(r.output, HasSubstr("fjord launch: warning: data.train: no file matches '" + Path("data/train_*.bin") +
-                                  "'"));
-  EXPECT_THAT(r.output, HasSubstr("placement is not bounded by its manifest (each rank's data gate still checks it)"));
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: warning: data.train: no file matches '" +
+                                  Path("data/train_*.bin") + "'"));
+  EXPECT_THAT(r.output,
+              HasSubstr("placement is not bounded by its manifest (each rank's data gate still checks it)"));
   EXPECT_FALSE(fs::exists(Path("run")));
   EXPECT_FALSE(fs::exists(Path("ran")));
 }
@@ -351,13 +353,20 @@ TEST_F(LaunchCliTest, DryRunCommandIsWhatRunsAndTheJobsExitCodeIsLaunchs) {
 TEST_F(LaunchCliTest, SigtermBecomesSigusr1ForTheJobThenSigterm) {
   WriteText(Path("fake-mpirun"),
             "#!/bin/bash\nn=0\n"
-            "trap 'echo USR1 >> \"" + Path("signals") + "\"; n=$((n+1))' USR1\n"
-            "trap 'echo TERM >> \"" + Path("signals") + "\"; n=$((n+1))' TERM\n"
-            "touch \"" + Path("started") + "\"\n"
-            "while [ $n -lt 2 ]; do sleep 0.05; done\nexit 7\n",
+            "trap 'echo USR1 >> \"" +
+                Path("signals") +
+                "\"; n=$((n+1))' USR1\n"
+                "trap 'echo TERM >> \"" +
+                Path("signals") +
+                "\"; n=$((n+1))' TERM\n"
+                "touch \"" +
+                Path("started") +
+                "\"\n"
+                "while [ $n -lt 2 ]; do sleep 0.05; done\nexit 7\n",
             0755);
-  const std::string cmd = std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") + " --inventory " +
-                          Path("inv.textproto") + " --mpirun " + Path("fake-mpirun") + " --np 2 --quiet";
+  const std::string cmd = std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") +
+                          " --inventory " + Path("inv.textproto") + " --mpirun " + Path("fake-mpirun") +
+                          " --np 2 --quiet";
   FILE* pipe = Start("exec " + cmd);
   ASSERT_NE(pipe, nullptr);
   for (int i = 0; i < 200 && !fs::exists(Path("started")); ++i) usleep(20000);
@@ -398,24 +407,29 @@ TEST_F(LaunchCliTest, DataManifestBoundsPlacementToItsResidency) {
   testing::RunResult r = Launch("--np 3 --dry-run");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("residency: jurisdictions NO, SE"));
-  EXPECT_THAT(r.output, HasSubstr("data manifest " + manifest + " (data.train) bounds placement: jurisdictions NO"));
+  EXPECT_THAT(r.output,
+              HasSubstr("data manifest " + manifest + " (data.train) bounds placement: jurisdictions NO"));
   EXPECT_THAT(r.output, HasSubstr("3 ranks on 2 nodes"));
-  EXPECT_THAT(r.output, HasSubstr("  se1          data manifest " + manifest +
-                                  " (data.train) allows jurisdictions NO; sites: any: jurisdiction SE is not allowed"));
+  EXPECT_THAT(r.output,
+              HasSubstr("  se1          data manifest " + manifest +
+                        " (data.train) allows jurisdictions NO; sites: any: jurisdiction SE is not allowed"));
   EXPECT_THAT(r.output, Not(HasSubstr("10.213.0.13 slots")));  // se1 is not in the hostfile
 
   r = Launch("--np 4 --dry-run");  // 3 NO slots; the job alone would take se1 too
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("tenant acme needs 4 ranks on nodes inside its residency (jurisdictions NO, SE; "
-                                  "sites: any) and inside the residency of its data (manifest " + manifest +
-                                  ": jurisdictions NO; sites: any)"));
+  EXPECT_THAT(r.output,
+              HasSubstr("tenant acme needs 4 ranks on nodes inside its residency (jurisdictions NO, SE; "
+                        "sites: any) and inside the residency of its data (manifest " +
+                        manifest + ": jurisdictions NO; sites: any)"));
 
   r = Launch("--np 3");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   const std::string plan = AuditLines(Path("run/audit.jsonl"), "launch_plan")[0];
-  EXPECT_THAT(plan, HasSubstr("\"data_manifests\":[{\"fields\":\"data.train\",\"path\":\"" + manifest +
-                              "\",\"tenant\":\"acme\",\"allowed_jurisdictions\":[\"NO\"],\"allowed_sites\":[]}]"));
-  EXPECT_EQ(ReadText(Path("run/launch/hostfile")), "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
+  EXPECT_THAT(plan,
+              HasSubstr("\"data_manifests\":[{\"fields\":\"data.train\",\"path\":\"" + manifest +
+                        "\",\"tenant\":\"acme\",\"allowed_jurisdictions\":[\"NO\"],\"allowed_sites\":[]}]"));
+  EXPECT_EQ(ReadText(Path("run/launch/hostfile")),
+            "10.213.0.11 slots=1 max_slots=1\n10.213.0.12 slots=2 max_slots=2\n");
 }
 
 // A job without tenant, or of another tenant, is refused by launch when its data has a manifest:
@@ -426,17 +440,20 @@ TEST_F(LaunchCliTest, DataOfAnotherTenantIsRefusedBeforePlacement) {
   WriteText(manifest, "tenant: \"globex\"\nallowed_jurisdictions: \"NO\"\n");
   testing::RunResult r = Launch("--np 1");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("data.train: " + manifest + " belongs to tenant globex, but this job is tenant acme"));
+  EXPECT_THAT(r.output, HasSubstr("data.train: " + manifest +
+                                  " belongs to tenant globex, but this job is tenant acme"));
   EXPECT_FALSE(fs::exists(Path("ran")));
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
 
-  WriteText(Path("job.textproto"), "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
-                                   "data { train: \"" + Path("data/train_*.bin") + "\" }\nrun_dir: \"" +
-                                   Path("run") + "\"\n");
+  WriteText(Path("job.textproto"),
+            "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
+            "data { train: \"" +
+                Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") + "\"\n");
   r = Launch("--np 1 --dry-run");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr(manifest + " belongs to tenant globex, but this job has no tenant"));
-  EXPECT_THAT(r.output, HasSubstr("Add `tenant { id: \"globex\" } residency { allowed_jurisdictions: \"NO\" }`"));
+  EXPECT_THAT(r.output,
+              HasSubstr("Add `tenant { id: \"globex\" } residency { allowed_jurisdictions: \"NO\" }`"));
   EXPECT_THAT(r.output, HasSubstr("Nothing was started"));
   EXPECT_FALSE(fs::exists(Path("ran")));
 }
@@ -573,7 +590,8 @@ TEST_F(LaunchCliTest, TheHeadLaunchPrintsCatchesATruncatedLog) {
   const std::string key = "fjord launch: job exited with 0; audit log " + log + " head ";
   const size_t at = r.output.find(key);
   ASSERT_NE(at, std::string::npos) << r.output;
-  const std::string anchor = r.output.substr(at + key.size(), r.output.find(' ', at + key.size()) - at - key.size());
+  const std::string anchor =
+      r.output.substr(at + key.size(), r.output.find(' ', at + key.size()) - at - key.size());
   EXPECT_EQ(anchor, "4:" + ReadText(log).substr(ReadText(log).size() - 67, 64));
   EXPECT_THAT(r.output, HasSubstr("(check with: fjord audit verify " + log + " --anchor " + anchor + ")"));
   const std::string verify = std::string(FJORD_BINARY) + " audit verify " + log;
@@ -589,8 +607,9 @@ TEST_F(LaunchCliTest, TheHeadLaunchPrintsCatchesATruncatedLog) {
   EXPECT_EQ(Shell(verify).exit_code, 0);
   r = Shell(verify + " --anchor " + anchor);
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("BROKEN at the end: anchor " + anchor + " (--anchor " + anchor +
-                                  ") names record 4 but the log ends at record 2: records were cut off the end"));
+  EXPECT_THAT(r.output,
+              HasSubstr("BROKEN at the end: anchor " + anchor + " (--anchor " + anchor +
+                        ") names record 4 but the log ends at record 2: records were cut off the end"));
   r = Shell(verify + " --anchor 4:" + std::string(63, 'a'));
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_THAT(r.output, HasSubstr("--anchor: anchor '4:" + std::string(63, 'a') + "' is not SEQ:HASH"));
@@ -603,7 +622,7 @@ TEST_F(LaunchCliTest, LaunchSendsTheFinalHeadToTheSystemLog) {
   const std::string sock = Path("log.sock");
   const int fd = ::socket(AF_UNIX, SOCK_DGRAM, 0);
   ASSERT_GE(fd, 0);
-  struct sockaddr_un addr{};
+  struct sockaddr_un addr {};
   addr.sun_family = AF_UNIX;
   ASSERT_LT(sock.size(), sizeof(addr.sun_path));
   std::strcpy(addr.sun_path, sock.c_str());
@@ -616,11 +635,11 @@ TEST_F(LaunchCliTest, LaunchSendsTheFinalHeadToTheSystemLog) {
     ::close(fd);
     GTEST_SKIP() << "cannot make a mount namespace (`" << probe << "` failed: needs root or CAP_SYS_ADMIN)";
   }
-  const std::string inner = "mount --bind /dev/null " + Path("null") + " && mount -t tmpfs tmpfs /dev && touch " +
-                            "/dev/null /dev/log && mount --bind " + Path("null") + " /dev/null && mount --bind " +
-                            sock + " /dev/log && exec " + std::string(FJORD_TENANCY_DRIVER) + " launch " +
-                            Path("job.textproto") + " --inventory " + Path("inv.textproto") + " --mpirun " +
-                            Path("fake-mpirun") + " --np 2 --quiet";
+  const std::string inner =
+      "mount --bind /dev/null " + Path("null") + " && mount -t tmpfs tmpfs /dev && touch " +
+      "/dev/null /dev/log && mount --bind " + Path("null") + " /dev/null && mount --bind " + sock +
+      " /dev/log && exec " + std::string(FJORD_TENANCY_DRIVER) + " launch " + Path("job.textproto") +
+      " --inventory " + Path("inv.textproto") + " --mpirun " + Path("fake-mpirun") + " --np 2 --quiet";
   RunResult r = Shell("unshare -m --propagation private sh -c '" + inner + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string key = " head ";

@@ -10,9 +10,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "runtime/tenancy/crypto.h"
-#include "runtime/data/data.h"
 #include "common/sha256.h"
+#include "runtime/data/data.h"
+#include "runtime/tenancy/crypto.h"
 #include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
@@ -303,7 +303,7 @@ DataPolicy Untenanted(AuditLog* audit) {
 
 TEST_F(DataGateTest, JobWithoutTenantIsRefusedManifestedDataNamingTheTenantBlockToAdd) {
   ASSERT_TRUE(Prep("data", "acme", {"NO"}, {"osl1"}).ok());
-  Policy();  // opens the audit log
+  Policy();                                        // opens the audit log
   for (bool allow_unmanifested : {false, true}) {  // the opt-out is for unmanifested data only
     DataPolicy p = Untenanted(audit_.get());
     p.allow_unmanifested = allow_unmanifested;
@@ -331,7 +331,8 @@ TEST_F(DataGateTest, GlobOverAManifestedAndAnUnmanifestedDirectoryIsRefusedEithe
               HasSubstr(Path("mixed/acme/manifest.textproto") + " belongs to tenant acme"));
   loader = Open("mixed/*/train_*.bin", Policy());
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(), HasSubstr(Path("mixed/plain/train_000000.bin") + " has no manifest"));
+  EXPECT_THAT(loader.status().message(),
+              HasSubstr(Path("mixed/plain/train_000000.bin") + " has no manifest"));
   EXPECT_EQ(Count(Events(), "shard_opened"), 0);
 }
 
@@ -341,14 +342,14 @@ TEST_F(DataGateTest, ManifestInAParentDirectoryGovernsEveryFileBelowIt) {
   fs::copy_file(Path("acme/train_000000.bin"), Path("acme/more/train_000000.bin"));
   StatusOr<DataLoader> loader = Open("acme/more/train_*.bin", Untenanted(nullptr));
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(),
-              HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no tenant"));
+  EXPECT_THAT(loader.status().message(), HasSubstr(Path("acme/manifest.textproto") +
+                                                   " belongs to tenant acme, but this job has no tenant"));
   // acme's own job: the file is not one the manifest lists (it names files of its directory only).
   loader = Open("acme/more/train_*.bin", Policy());
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(),
-              HasSubstr(Path("acme/more/train_000000.bin") + " is not listed in " + Path("acme/manifest.textproto") +
-                        ", which governs every file below " + Path("acme")));
+  EXPECT_THAT(loader.status().message(), HasSubstr(Path("acme/more/train_000000.bin") + " is not listed in " +
+                                                   Path("acme/manifest.textproto") +
+                                                   ", which governs every file below " + Path("acme")));
   EXPECT_EQ(Count(Events(), "shard_opened"), 0);
 }
 
@@ -360,8 +361,8 @@ TEST_F(DataGateTest, SymlinkIntoAManifestedDirectoryIsGovernedByItsTarget) {
   for (const std::string glob : {"links/train_*.bin", "dirlink/train_*.bin"}) {
     StatusOr<DataLoader> loader = Open(glob, Untenanted(nullptr));
     ASSERT_FALSE(loader.ok()) << glob;
-    EXPECT_THAT(loader.status().message(),
-                HasSubstr(Path("acme/manifest.textproto") + " belongs to tenant acme, but this job has no tenant"));
+    EXPECT_THAT(loader.status().message(), HasSubstr(Path("acme/manifest.textproto") +
+                                                     " belongs to tenant acme, but this job has no tenant"));
   }
   // For acme's job the link is the listed shard itself: verified and read (from its real path).
   StatusOr<DataLoader> loader = Open("links/train_*.bin", Policy());
@@ -395,8 +396,8 @@ TEST_F(DataGateTest, UnlistedShardBesideTheManifestIsRefusedEvenWhenTheGlobSkips
   fs::copy_file(Path("data/val_000000.bin"), Path("data/val_000007.bin"));
   StatusOr<DataLoader> loader = Open("data/train_000000.bin", Policy());
   ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(),
-              HasSubstr(Path("data/val_000007.bin") + " is not listed in " + Path("data/manifest.textproto")));
+  EXPECT_THAT(loader.status().message(), HasSubstr(Path("data/val_000007.bin") + " is not listed in " +
+                                                   Path("data/manifest.textproto")));
   fs::remove(Path("data/val_000007.bin"));
   // Any file the glob's pattern matches counts, whatever its name.
   WriteText(Path("data/extra.bin"), "x");

@@ -26,14 +26,14 @@ namespace fs = std::filesystem;
 using testing::AuditEvents;
 using testing::AuditLines;
 using testing::Count;
+using testing::Finish;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::ReadText;
-using testing::Finish;
-using testing::Start;
 using testing::RunResult;
 using testing::Shell;
 using testing::ShellQuote;
+using testing::Start;
 using testing::WriteText;
 
 const std::string kScript = std::string(FJORD_SOURCE_DIR) + "/scripts/netns-cluster.sh";
@@ -203,7 +203,8 @@ TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataDriver) {
   EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "refusal")[0], HasSubstr("\"actor\":\"rank1@se1\""));
 }
 
-// ---- The fjord binary (needs the wiring in launcher/main.cc and runtime/train/trainer.cc) ------------------
+// ---- The fjord binary (needs the wiring in launcher/main.cc and runtime/train/trainer.cc)
+// ------------------
 
 TEST_F(NetnsTest, HandWrittenMpirunWithARankOnSeAbortsBeforeDataCli) {
   PrepAcme(FJORD_BINARY);
@@ -245,9 +246,10 @@ TEST_F(NetnsTest, AcmeTrainsOnNoHostsWithEncryptedCheckpointsAndAVerifiedAuditLo
 TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   PrepAcme(FJORD_BINARY);
   WriteJob();
-  const std::string cmd = "bash " + kScript + " exec " + kCluster->state() + " head sh -c " +
-                          ShellQuote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
-                                Inventory() + " --np 2 --quiet --set train.steps=1000000 --set parallel.comm_timeout=5");
+  const std::string cmd =
+      "bash " + kScript + " exec " + kCluster->state() + " head sh -c " +
+      ShellQuote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                 Inventory() + " --np 2 --quiet --set train.steps=1000000 --set parallel.comm_timeout=5");
   FILE* pipe = Start(cmd);
   ASSERT_NE(pipe, nullptr);
   // Wait for training to start (metrics appear), then kill rank 1 (it runs on no2).
@@ -258,7 +260,8 @@ TEST_F(NetnsTest, KilledRankOnAnotherHostEndsTheJobCli) {
   // Processes of this test only (its directory is in their command lines): other tests, Slurm's
   // among them, may run jobs of their own at the same time. The bracket keeps pgrep's own shell out.
   const std::string ours = "[" + dir_.string().substr(0, 1) + "]" + dir_.string().substr(1);
-  RunResult k = Shell("for p in $(pgrep -f '" + ours + "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' "
+  RunResult k = Shell("for p in $(pgrep -f '" + ours +
+                      "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' "
                       "/proc/$p/environ 2>/dev/null && kill -9 $p && echo killed; done");
   const RunResult done = Finish(pipe);
   const std::string& out = done.output;
@@ -345,8 +348,9 @@ TEST_F(NetnsLeaseTest, TwoTenantsLaunchedAtOnceOneIsRefusedAndStartsNothingCli) 
   const int won = r[0].exit_code == 0 ? 0 : 1, lost = 1 - won;
   EXPECT_EQ(r[lost].exit_code, 1) << r[lost].output;
   // Sorted order: the loser stopped at the first node, no1, naming who holds it and what to do.
-  EXPECT_THAT(r[lost].output,
-              HasSubstr("fjord launch: error: node no1 (address 10.213.0.11) is leased by tenant " + kTenants[won]));
+  EXPECT_THAT(
+      r[lost].output,
+      HasSubstr("fjord launch: error: node no1 (address 10.213.0.11) is leased by tenant " + kTenants[won]));
   EXPECT_THAT(r[lost].output, HasSubstr("Wait for it with --wait-for-nodes[=SECONDS]"));
   EXPECT_EQ(AuditEvents(Log(lost)), std::vector<std::string>{"lease_refused"});
   EXPECT_FALSE(fs::exists(Path(kTenants[lost] + "/run/launch")));
@@ -371,7 +375,8 @@ TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
   EXPECT_EQ(Count(AuditEvents(Log(first)), "lease_waiting"), 0);
   EXPECT_THAT(AuditLines(Log(waited), "lease_waiting")[0],
               HasSubstr("\"holder\":{\"tenant\":\"" + kTenants[first] + "\""));
-  EXPECT_THAT(r[waited].output, HasSubstr("waiting for node no1 (address 10.213.0.11): leased by tenant " + kTenants[first]));
+  EXPECT_THAT(r[waited].output,
+              HasSubstr("waiting for node no1 (address 10.213.0.11): leased by tenant " + kTenants[first]));
   // One after the other: the first released its nodes before the second acquired them, and each
   // job's ranks started and ended inside its own lease (the audit log is in order of time).
   EXPECT_LE(TimeOf(first, "lease_released"), TimeOf(waited, "lease_acquired"));

@@ -16,8 +16,8 @@ namespace fjord {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
 using testing::AuditLines;
+using ::testing::HasSubstr;
 using testing::RunResult;
 using testing::Shell;
 using testing::ShellQuote;
@@ -32,7 +32,8 @@ const std::string kClean = "cd / && env -u FJORD_NODE_IDENTITY -u FJORD_TEST_HOO
 class NodeViewTest : public testing::TenancyTest {
  protected:
   void SetUp() override {
-    if (::geteuid() != 0) GTEST_SKIP() << "needs root (mount namespaces, setpriv); running as uid " << ::geteuid();
+    if (::geteuid() != 0)
+      GTEST_SKIP() << "needs root (mount namespaces, setpriv); running as uid " << ::geteuid();
     const struct passwd* nobody = ::getpwnam("nobody");
     if (nobody == nullptr) GTEST_SKIP() << "this machine has no user nobody";
     nobody_ = nobody->pw_uid;
@@ -44,14 +45,19 @@ class NodeViewTest : public testing::TenancyTest {
     std::string text;
     for (int i = 0; i < 300; ++i) text += "acme keeps its corpus in Norway, line " + std::to_string(i) + "\n";
     WriteText(Path("input.txt"), text);
-    RunResult prep = Shell(kClean + Path("fjord") + " prep --input " + Path("input.txt") + " --out " + Path("data"));
+    RunResult prep =
+        Shell(kClean + Path("fjord") + " prep --input " + Path("input.txt") + " --out " + Path("data"));
     ASSERT_EQ(prep.exit_code, 0) << prep.output;
     WriteText(Path("job.textproto"),
               "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
               "train { micro_batch: 2 steps: 2 lr: 1e-3 }\n"
-              "data { train: \"" + Path("data/train_*.bin") + "\" allow_unmanifested: true }\n"
-              "run_dir: \"" + Path("run") + "\"\n"
-              "tenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+              "data { train: \"" +
+                  Path("data/train_*.bin") +
+                  "\" allow_unmanifested: true }\n"
+                  "run_dir: \"" +
+                  Path("run") +
+                  "\"\n"
+                  "tenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
     fs::create_directories(Path("run"));
     ASSERT_EQ(::chown(Path("run").c_str(), nobody_, nobody_), 0);
   }
@@ -68,8 +74,8 @@ class NodeViewTest : public testing::TenancyTest {
     }
     const std::string parent = fs::path(kSysconfdir).parent_path().string();
     return "umask 022 && mount -t overlay overlay -o lowerdir=" + parent + ",upperdir=" + upper +
-           ",workdir=" + work + " " + parent + " && mkdir -p " + kSysconfdir + " && mount -t tmpfs -o mode=755 tmpfs " +
-           kSysconfdir;
+           ",workdir=" + work + " " + parent + " && mkdir -p " + kSysconfdir +
+           " && mount -t tmpfs -o mode=755 tmpfs " + kSysconfdir;
   }
 
   // As root, on a "node" of its own: a pid namespace whose pid 1 (the shell) holds a mount namespace
@@ -94,17 +100,19 @@ TEST_F(NodeViewTest, AnUnprivilegedUserNamespaceCannotFakeTheNodeIdentity) {
                  << probe.output;
   }
   const std::string fake = Identity("NO", "osl1", "fake");
-  const std::string faked = FreshSysconfdir() + " && cp " + fake + " " + kIdentityFile + " && stat -c 'owner %u mode %a' " +
-                            kIdentityFile + " && ";
+  const std::string faked = FreshSysconfdir() + " && cp " + fake + " " + kIdentityFile +
+                            " && stat -c 'owner %u mode %a' " + kIdentityFile + " && ";
   const std::string train = Path("fjord") + " train " + Path("job.textproto") + " --quiet";
   RunResult r = Shell(as_nobody + "unshare -rm sh -c " + ShellQuote(faked + train));
   // The attack is real: inside its namespace the fake is root's, writable by root only.
   EXPECT_THAT(r.output, HasSubstr("owner 0 mode 644"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("residency gate: cannot establish this node's jurisdiction"));
-  EXPECT_THAT(r.output, HasSubstr("node identity " + kIdentityFile +
-                                  " cannot be trusted: this process runs in a user namespace (/proc/self/uid_map "
-                                  "is \"0 " + std::to_string(nobody_) + " 1\""));
+  EXPECT_THAT(r.output,
+              HasSubstr("node identity " + kIdentityFile +
+                        " cannot be trusted: this process runs in a user namespace (/proc/self/uid_map "
+                        "is \"0 " +
+                        std::to_string(nobody_) + " 1\""));
   EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
   const std::vector<std::string> refusals = AuditLines(Path("run/audit.jsonl"), "refusal");
   ASSERT_EQ(refusals.size(), 1u);
@@ -115,9 +123,10 @@ TEST_F(NodeViewTest, AnUnprivilegedUserNamespaceCannotFakeTheNodeIdentity) {
             ShellQuote(faked + "echo 'allow_test_overrides: true' > " + kSettingsFile +
                        " && FJORD_NODE_IDENTITY=" + fake + " " + train));
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("fjord: error: FJORD_NODE_IDENTITY is set, but test overrides are off on this node "
-                                  "(node settings " + kSettingsFile +
-                                  " cannot be trusted: this process runs in a user namespace"));
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord: error: FJORD_NODE_IDENTITY is set, but test overrides are off on this node "
+                        "(node settings " +
+                        kSettingsFile + " cannot be trusted: this process runs in a user namespace"));
   EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
 }
 
@@ -129,12 +138,14 @@ TEST_F(NodeViewTest, AMountNamespaceOfItsOwnSeesOnlyTheNodesOwnIdentity) {
       Path("fjord") + " prep --input " + Path("input.txt") + " --tenant acme --jurisdiction NO --out ";
   const std::string own_tmpfs = "mount -t tmpfs -o mode=755 tmpfs " + kSysconfdir + " && ";
 
-  RunResult r = OnNode(node, "unshare -m sh -c " + ShellQuote(own_tmpfs + "cp " + Identity("NO", "osl1", "fake") + " " +
-                                                              kIdentityFile + " && " + prep + Path("faked")));
+  RunResult r =
+      OnNode(node, "unshare -m sh -c " + ShellQuote(own_tmpfs + "cp " + Identity("NO", "osl1", "fake") + " " +
+                                                    kIdentityFile + " && " + prep + Path("faked")));
   EXPECT_THAT(r.output, HasSubstr("exit 1"));
-  EXPECT_THAT(r.output, HasSubstr("node identity " + kIdentityFile +
-                                  " cannot be trusted: this process runs in a mount namespace of its own, and the "
-                                  "file it sees there is not the node's own"));
+  EXPECT_THAT(r.output,
+              HasSubstr("node identity " + kIdentityFile +
+                        " cannot be trusted: this process runs in a mount namespace of its own, and the "
+                        "file it sees there is not the node's own"));
   EXPECT_FALSE(fs::exists(Path("faked")));
 
   r = OnNode(node, "unshare -m sh -c " + ShellQuote(own_tmpfs + prep + Path("hidden")));
@@ -148,7 +159,8 @@ TEST_F(NodeViewTest, AMountNamespaceOfItsOwnSeesOnlyTheNodesOwnIdentity) {
   EXPECT_THAT(r.output, HasSubstr("jurisdiction SE, site sto1, from " + kIdentityFile +
                                   ") is outside the residency given for tenant acme"));
   // And a node in NO lets it through, from a mount namespace of its own too.
-  r = OnNode(" && cp " + Identity("NO", "osl1", "no") + " " + kIdentityFile, "unshare -m " + prep + Path("no"));
+  r = OnNode(" && cp " + Identity("NO", "osl1", "no") + " " + kIdentityFile,
+             "unshare -m " + prep + Path("no"));
   EXPECT_THAT(r.output, HasSubstr("exit 0"));
   EXPECT_TRUE(fs::exists(Path("no/manifest.textproto")));
 }
@@ -156,21 +168,26 @@ TEST_F(NodeViewTest, AMountNamespaceOfItsOwnSeesOnlyTheNodesOwnIdentity) {
 // FJORD_NODE_IDENTITY and FJORD_TEST_HOOK are refused, with what to do, unless FJORD_SYSCONFDIR/
 // settings.textproto (root's, writable by root only) says allow_test_overrides: true.
 TEST_F(NodeViewTest, TestOverridesAreRefusedUnlessTheOperatorEnablesThem) {
-  const std::string prep = "FJORD_NODE_IDENTITY=" + Identity("NO", "osl1") + " " + Path("fjord") + " prep --input " +
-                           Path("input.txt") + " --tenant acme --jurisdiction NO --out ";
+  const std::string prep = "FJORD_NODE_IDENTITY=" + Identity("NO", "osl1") + " " + Path("fjord") +
+                           " prep --input " + Path("input.txt") + " --tenant acme --jurisdiction NO --out ";
   const std::string enable = " && echo 'allow_test_overrides: true' > " + kSettingsFile;
 
   RunResult r = OnNode("", prep + Path("none"));
   EXPECT_THAT(r.output, HasSubstr("exit 1"));
-  EXPECT_THAT(r.output, HasSubstr("fjord: error: FJORD_NODE_IDENTITY is set, but test overrides are off on this node (" +
-                                  kSettingsFile + " does not say allow_test_overrides: true)"));
-  EXPECT_THAT(r.output, HasSubstr("Unset FJORD_NODE_IDENTITY. On a test node the operator enables them as root: "
-                                  "echo 'allow_test_overrides: true' > " + kSettingsFile));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("fjord: error: FJORD_NODE_IDENTITY is set, but test overrides are off on this node (" +
+                kSettingsFile + " does not say allow_test_overrides: true)"));
+  EXPECT_THAT(r.output,
+              HasSubstr("Unset FJORD_NODE_IDENTITY. On a test node the operator enables them as root: "
+                        "echo 'allow_test_overrides: true' > " +
+                        kSettingsFile));
   EXPECT_FALSE(fs::exists(Path("none")));
 
   r = OnNode("", "FJORD_TEST_HOOK=arena_verify_zero " + Path("fjord") + " train " + Path("job.textproto"));
   EXPECT_THAT(r.output, HasSubstr("exit 1"));
-  EXPECT_THAT(r.output, HasSubstr("fjord: error: FJORD_TEST_HOOK is set, but test overrides are off on this node"));
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord: error: FJORD_TEST_HOOK is set, but test overrides are off on this node"));
   EXPECT_FALSE(fs::exists(Path("run/audit.jsonl")));
 
   r = OnNode(" && echo 'allow_test_overrides: false' > " + kSettingsFile, prep + Path("off"));
@@ -179,18 +196,21 @@ TEST_F(NodeViewTest, TestOverridesAreRefusedUnlessTheOperatorEnablesThem) {
 
   r = OnNode(enable + " && chmod 666 " + kSettingsFile, prep + Path("loose"));
   EXPECT_THAT(r.output, HasSubstr("exit 1"));
-  EXPECT_THAT(r.output, HasSubstr("node settings " + kSettingsFile +
-                                  " is writable by group or others (mode 0666): another user could enable test "
-                                  "overrides on this node"));
+  EXPECT_THAT(r.output,
+              HasSubstr("node settings " + kSettingsFile +
+                        " is writable by group or others (mode 0666): another user could enable test "
+                        "overrides on this node"));
 
   r = OnNode(enable + " && chown nobody " + kSettingsFile, prep + Path("foreign"));
   EXPECT_THAT(r.output, HasSubstr("exit 1"));
-  EXPECT_THAT(r.output, HasSubstr(kSettingsFile + " is owned by uid " + std::to_string(nobody_) + ", not root"));
+  EXPECT_THAT(r.output,
+              HasSubstr(kSettingsFile + " is owned by uid " + std::to_string(nobody_) + ", not root"));
 
   r = OnNode(" && echo 'allow_test_overides: true' > " + kSettingsFile, prep + Path("typo"));
   EXPECT_THAT(r.output, HasSubstr("exit 1"));
-  EXPECT_THAT(r.output, HasSubstr(kSettingsFile + ":1:1: Message type \"fjord.proto.NodeSettings\" has no field named "
-                                  "\"allow_test_overides\""));
+  EXPECT_THAT(r.output,
+              HasSubstr(kSettingsFile + ":1:1: Message type \"fjord.proto.NodeSettings\" has no field named "
+                                        "\"allow_test_overides\""));
   for (const char* out : {"off", "loose", "foreign", "typo"}) EXPECT_FALSE(fs::exists(Path(out))) << out;
 
   r = OnNode(enable, prep + Path("on"));

@@ -19,10 +19,10 @@
 #include "launcher/audit_cmd.h"
 #include "launcher/cli.h"
 #include "launcher/launch.h"
-#include "runtime/train/config.h"
 #include "runtime/data/data.h"
-#include "runtime/tenancy/tenancy.h"
 #include "runtime/data/tokenizer.h"
+#include "runtime/tenancy/tenancy.h"
+#include "runtime/train/config.h"
 #include "runtime/train/trainer.h"
 
 namespace fjord {

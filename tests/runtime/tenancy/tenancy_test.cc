@@ -3,8 +3,8 @@
 // flipped byte, plaintext substitution, residency) and Tenancy::Start's audit records.
 #include "runtime/tenancy/tenancy.h"
 
-#include <google/protobuf/text_format.h>
 #include <gmock/gmock.h>
+#include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 
 #include "common/host.h"
@@ -416,7 +416,8 @@ TEST_F(CheckpointGateTest, EditedRecordOrJobOfAnEncryptedCheckpointIsRefused) {
   auto write = [&](const std::string& name) {
     const std::string dir = Write(job, name);
     WriteText(dir + "/job.textproto", "model { n_layer: 1 }\n");
-    EXPECT_TRUE(WriteCheckpointTenantRecord(dir, *seal, {"model.bin", "optimizer.bin", "job.textproto"}).ok());
+    EXPECT_TRUE(
+        WriteCheckpointTenantRecord(dir, *seal, {"model.bin", "optimizer.bin", "job.textproto"}).ok());
     return dir;
   };
   const std::string intact = write("intact");
@@ -433,8 +434,9 @@ TEST_F(CheckpointGateTest, EditedRecordOrJobOfAnEncryptedCheckpointIsRefused) {
   StatusOr<CheckpointSeal> r = Check(job, widened, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(r.status().message(), HasSubstr(widened + "/tenant.textproto was modified after the checkpoint "
-                                              "was written: it differs from its sealed copy tenant.seal"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr(widened + "/tenant.textproto was modified after the checkpoint "
+                                  "was written: it differs from its sealed copy tenant.seal"));
 
   // job.textproto edited: its digest in the (authenticated) record no longer matches.
   const std::string edited = write("edited");
@@ -449,10 +451,12 @@ TEST_F(CheckpointGateTest, EditedRecordOrJobOfAnEncryptedCheckpointIsRefused) {
   fs::remove(removed + "/tenant.seal");
   r = Check(job, removed, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("its tenant.seal (the sealed copy of tenant.textproto) is missing"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("its tenant.seal (the sealed copy of tenant.textproto) is missing"));
   const std::string swapped = write("swapped");
   WriteText(swapped + "/job.textproto", "model { n_layer: 2 }\n");
-  ASSERT_TRUE(WriteCheckpointTenantRecord(swapped, *seal, {"model.bin", "optimizer.bin", "job.textproto"}).ok());
+  ASSERT_TRUE(
+      WriteCheckpointTenantRecord(swapped, *seal, {"model.bin", "optimizer.bin", "job.textproto"}).ok());
   fs::copy_file(intact + "/tenant.seal", swapped + "/tenant.seal", fs::copy_options::overwrite_existing);
   r = Check(job, swapped, CheckpointUse::kResume);
   ASSERT_FALSE(r.ok());

@@ -124,7 +124,9 @@ inline int Count(const std::vector<std::string>& v, const std::string& x) {
 class ScriptCluster : public ::testing::Environment {
  public:
   ScriptCluster(std::string script, std::string state_env, std::string prefix, std::string fixture)
-      : script_(std::move(script)), state_env_(std::move(state_env)), prefix_(std::move(prefix)),
+      : script_(std::move(script)),
+        state_env_(std::move(state_env)),
+        prefix_(std::move(prefix)),
         fixture_(std::move(fixture)) {}
   void SetUp() override {
     if (const char* s = std::getenv(state_env_.c_str())) {
@@ -136,8 +138,9 @@ class ScriptCluster : public ::testing::Environment {
       if (up.exit_code != 0) skip_ = up.output;
     }
     if (skip_.empty() && !fs::exists(state_ + "/ready")) {
-      skip_ = fs::exists(state_ + "/skip-reason") ? ReadText(state_ + "/skip-reason")
-                                                  : "no cluster in " + state_ + " (" + fixture_ + " did not run)";
+      skip_ = fs::exists(state_ + "/skip-reason")
+                  ? ReadText(state_ + "/skip-reason")
+                  : "no cluster in " + state_ + " (" + fixture_ + " did not run)";
     }
   }
   void TearDown() override {

@@ -554,7 +554,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "tenant {\n  id: \"Acme Corp\"\n}\nresidency { allowed_jurisdictions: \"NO\" }\n" +
                     std::string(kMinimal),
                 {},
-                {kAt, "tenant.id = \"Acme Corp\" is not a tenant id", "lower-case letters, digits", "e.g. \"acme\""}},
+                {kAt, "tenant.id = \"Acme Corp\" is not a tenant id", "lower-case letters, digits",
+                 "e.g. \"acme\""}},
         Refusal{"TenantWithoutResidency",
                 InBlock("tenant", "id", "\"acme\""),
                 {},
@@ -563,31 +564,36 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"ResidencyWithoutTenant",
                 InBlock("residency", "allowed_jurisdictions", "\"NO\""),
                 {},
-                {kAt, "residency is set but tenant.id is empty", "add tenant { id: \"...\" } or remove the residency"}},
+                {kAt, "residency is set but tenant.id is empty",
+                 "add tenant { id: \"...\" } or remove the residency"}},
         Refusal{"JurisdictionLowerCase",
                 "residency {\n  allowed_jurisdictions: \"no\"\n}\ntenant { id: \"acme\" }\n" +
                     std::string(kMinimal),
                 {},
                 {kAt, "residency.allowed_jurisdictions \"no\" is not upper case; write \"NO\""}},
         Refusal{"JurisdictionNotIso",
-                "tenant { id: \"acme\" }\nresidency {\n  allowed_jurisdictions: \"NO\"\n  allowed_jurisdictions: \"XK\"\n}\n" +
+                "tenant { id: \"acme\" }\nresidency {\n  allowed_jurisdictions: \"NO\"\n  "
+                "allowed_jurisdictions: \"XK\"\n}\n" +
                     std::string(kMinimal),
                 {},
-                {"job.textproto:4:3: ", "residency.allowed_jurisdictions \"XK\" is not an ISO 3166-1 alpha-2 country code"}},
+                {"job.textproto:4:3: ",
+                 "residency.allowed_jurisdictions \"XK\" is not an ISO 3166-1 alpha-2 country code"}},
         Refusal{"JurisdictionThreeLetters",
                 "residency {\n  allowed_jurisdictions: \"NOR\"\n}\ntenant { id: \"acme\" }\n" +
                     std::string(kMinimal),
                 {},
                 {kAt, "\"NOR\" has 3 letters", "\"NO\" for Norway"}},
         Refusal{"SiteInvalid",
-                "residency {\n  allowed_sites: \"oslo 1\"\n  allowed_jurisdictions: \"NO\"\n}\ntenant { id: \"acme\" }\n" +
+                "residency {\n  allowed_sites: \"oslo 1\"\n  allowed_jurisdictions: \"NO\"\n}\ntenant { id: "
+                "\"acme\" }\n" +
                     std::string(kMinimal),
                 {},
                 {kAt, "residency.allowed_sites \"oslo 1\" is not a site name"}},
         Refusal{"ResidencyCannotBeSetOnTheCommandLine",
                 std::string("tenant { id: \"acme\" }\n") + kMinimal,
                 {"residency.allowed_jurisdictions=SE"},
-                {"--set residency.allowed_jurisdictions=SE: ", "is a repeated field", "edit the job file instead"}},
+                {"--set residency.allowed_jurisdictions=SE: ", "is a repeated field",
+                 "edit the job file instead"}},
         Refusal{"DefaultNamedAsDefault",
                 kMinimal,
                 {"model.n_head=7"},

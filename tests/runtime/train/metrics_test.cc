@@ -49,13 +49,16 @@ StepMetrics Plain() {
 
 TEST(StepMetricsTest, LineIsTheFormatOfMetricsJsonl) {
   // The text scripts and tests read (tests/launcher/cli_util.h LossTexts takes "loss" as printed).
-  EXPECT_EQ(StepMetricsJson(Full()),
-            "{\"step\": 12, \"loss\": 2.500000, \"lr\": 0.0003, \"grad_norm\": 0.750000, \"tokens_per_s\": 1234.5, "
-            "\"ms\": 12.250, \"exposed_comm_ms\": 0.125, \"flops_per_token\": 1500000, \"peak_flops\": 2.000000e+12, "
-            "\"mfu\": 0.0625, \"val_loss\": 3.250000, \"epoch\": 3, \"skipped\": true}\n");
-  EXPECT_EQ(StepMetricsJson(Plain()),
-            "{\"step\": 12, \"loss\": 2.500000, \"lr\": 0.0003, \"grad_norm\": 0.750000, \"tokens_per_s\": 1234.5, "
-            "\"ms\": 12.250, \"exposed_comm_ms\": 0.125, \"flops_per_token\": 1500000, \"epoch\": 3}\n");
+  EXPECT_EQ(
+      StepMetricsJson(Full()),
+      "{\"step\": 12, \"loss\": 2.500000, \"lr\": 0.0003, \"grad_norm\": 0.750000, \"tokens_per_s\": 1234.5, "
+      "\"ms\": 12.250, \"exposed_comm_ms\": 0.125, \"flops_per_token\": 1500000, \"peak_flops\": "
+      "2.000000e+12, "
+      "\"mfu\": 0.0625, \"val_loss\": 3.250000, \"epoch\": 3, \"skipped\": true}\n");
+  EXPECT_EQ(
+      StepMetricsJson(Plain()),
+      "{\"step\": 12, \"loss\": 2.500000, \"lr\": 0.0003, \"grad_norm\": 0.750000, \"tokens_per_s\": 1234.5, "
+      "\"ms\": 12.250, \"exposed_comm_ms\": 0.125, \"flops_per_token\": 1500000, \"epoch\": 3}\n");
 }
 
 TEST(StepMetricsTest, RoundTrips) {
@@ -119,7 +122,8 @@ TEST(StepMetricsTest, RefusesAWrongFieldByName) {
   struct Case {
     std::string from, to, message;
   } cases[] = {
-      {"\"loss\": 2.500000", "\"loss\": \"2.5\"", "run/metrics.jsonl line 4:1:22: field \"loss\" is string, not a number"},
+      {"\"loss\": 2.500000", "\"loss\": \"2.5\"",
+       "run/metrics.jsonl line 4:1:22: field \"loss\" is string, not a number"},
       {"\"step\": 12", "\"step\": 1.5", "field \"step\" is 1.5, not a step"},
       {"\"step\": 12", "\"step\": -1", "field \"step\" is -1, not a step"},
       {"\"epoch\": 3", "\"epoch\": true", "field \"epoch\" is boolean, not an epoch"},

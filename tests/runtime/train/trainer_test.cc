@@ -50,7 +50,8 @@ TEST(TrainTest, RefusesAJobThatDoesNotFitInMemory) {
 TEST(TrainTest, RefusesATenantJobWithoutItsGates) {
   StatusOr<proto::JobSpec> job = ParseJobSpec(
       "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 16 vocab_size: 256 }\n"
-      "data { train: \"unused_*.bin\" }\ntenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n",
+      "data { train: \"unused_*.bin\" }\ntenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" "
+      "}\n",
       "acme.textproto", {});
   ASSERT_TRUE(job.ok()) << job.status().message();
   StatusOr<TrainResult> r = Train(*job, TrainOptions{.quiet = true});
