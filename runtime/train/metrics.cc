@@ -84,7 +84,11 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
                            std::string(doc.type_name()));
   }
   StepMetrics m;
-  for (const auto& [key, v] : doc.object()) {
+  for (const auto& entry : doc.object()) {
+    // Named references, not a structured binding: clang before 16 (the fuzz build's) cannot
+    // capture a binding in the lambdas below.
+    const std::string& key = entry.first;
+    const JsonValue& v = entry.second;
     const std::string field = source + ":" + std::to_string(v.line()) + ":" + std::to_string(v.column()) +
                               ": field \"" + key + "\" is ";
     const std::string found = v.is_number() ? v.text() : v.type_name();
@@ -95,8 +99,8 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
       return v.number();
     };
     auto numeric = [&](const auto& table) -> decltype(&table[0]) {
-      for (const auto& entry : table) {
-        if (key == entry.first) return &entry;
+      for (const auto& row : table) {
+        if (key == row.first) return &row;
       }
       return nullptr;
     };
