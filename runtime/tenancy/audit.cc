@@ -206,6 +206,12 @@ AuditRecord& AuditRecord::Raw(std::string_view key, std::string_view json) {
 
 std::string AuditHeadPath(const std::string& log_path) { return log_path + ".head"; }
 
+StatusOr<AuditAnchor> ReadAuditHead(const std::string& log_path) {
+  FJORD_ASSIGN_OR_RETURN(HeadFile head, ReadHeadFile(AuditHeadPath(log_path)));
+  if (head.seq < 1) return AuditAnchor{log_path, 0, ""};
+  return AuditAnchor{log_path, head.seq, head.hash};
+}
+
 StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path, std::string actor,
                                                    bool create_parent) {
   if (path.empty()) return InvalidArgument("the audit log path is empty; set audit_log or run_dir");

@@ -126,4 +126,9 @@ StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path,
 // The head file of a log: path + ".head".
 std::string AuditHeadPath(const std::string& log_path);
 
+// The log's head as an anchor (source = log_path): its last complete record as LOG.head names it,
+// seq 0 and hash "" when it has none yet (no head file, or a first append in progress). DataLoss
+// when the head file is damaged.
+StatusOr<AuditAnchor> ReadAuditHead(const std::string& log_path);
+
 }  // namespace fjord

@@ -557,25 +557,15 @@ Status WriteCheckpointTenantRecord(const std::string& dir, const CheckpointSeal&
   if (!seal.audit_log.empty()) {
     // The log's head now, kept outside the log: a later truncation or rewrite shows against it.
     // Read from LOG.head, which every append replaces atomically, so no append in flight is seen.
+    StatusOr<AuditAnchor> head = ReadAuditHead(seal.audit_log);
+    if (!head.ok()) {
+      return head.status().WithContext("anchoring the head of audit log " + seal.audit_log +
+                                       " in checkpoint " + dir);
+    }
     proto::AuditAnchor* anchor = record.mutable_audit_head();
     anchor->set_log(fs::absolute(seal.audit_log).lexically_normal().string());
-    anchor->set_seq(0);
-    anchor->set_hash("");
-    const std::string head_path = AuditHeadPath(seal.audit_log);
-    if (std::error_code ec; fs::exists(head_path, ec)) {
-      FJORD_ASSIGN_OR_RETURN(std::string head, ReadWholeFile(head_path, "audit log head"));
-      std::istringstream in(head);
-      int64_t seq = 0;
-      std::string hash;
-      if (!(in >> seq >> hash) || seq < 1 || hash.size() != 64) {
-        return FailedPrecondition("audit log head " + head_path + " is not \"SEQ HASH\", so the head of " +
-                                  seal.audit_log + " cannot be anchored in checkpoint " + dir +
-                                  "; run `fjord audit verify " + seal.audit_log +
-                                  "` and investigate before training on");
-      }
-      anchor->set_seq(seq);
-      anchor->set_hash(hash);
-    }
+    anchor->set_seq(head->seq);
+    anchor->set_hash(head->hash);
   }
   std::string text =
       "# fjord checkpoint tenant record (proto/tenancy.proto CheckpointTenancy). Written by fjord train;\n"

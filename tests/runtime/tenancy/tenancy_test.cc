@@ -758,6 +758,28 @@ TEST_F(CheckpointGateTest, RecordAnchorsTheAuditHeadAndTheIdentityOverride) {
 
 // eval, sample and export record the opening in the checkpoint's own chain; --audit-log adds a
 // copy and cannot replace it; an opening that cannot reach the own chain is refused.
+
+// A damaged head cannot be anchored: the checkpoint record is refused, naming the head file and
+// the checkpoint, rather than anchoring a head that the log's own reader would reject.
+TEST_F(CheckpointGateTest, ADamagedAuditHeadIsNotAnchored) {
+  const proto::JobSpec job = Acme("");
+  fs::create_directories(Path("run"));
+  StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Path("run/audit.jsonl"), "test");
+  ASSERT_TRUE(log.ok());
+  ASSERT_TRUE((*log)->Append("one").ok());
+  WriteText(Path("run/audit.jsonl.head"), "1 not-a-hash\n");
+  StatusOr<CheckpointSeal> seal = WriterSeal(job);
+  ASSERT_TRUE(seal.ok()) << seal.status().message();
+  seal->audit_log = Path("run/audit.jsonl");
+  const std::string dir = Path("anchored");
+  fs::create_directories(dir);
+  const Status s = WriteCheckpointTenantRecord(dir, *seal, {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("anchoring the head of audit log " + Path("run/audit.jsonl") +
+                                     " in checkpoint " + dir));
+  EXPECT_THAT(s.message(), HasSubstr(".head is not \"SEQ HASH\" or \"SEQ HASH NEXT\""));
+  EXPECT_FALSE(fs::exists(dir + "/tenant.textproto"));
+}
 TEST_F(CheckpointGateTest, OutsideAJobTheOpeningGoesToTheCheckpointsOwnChainAndToAuditLogToo) {
   ScopedEnv env("FJORD_NODE_IDENTITY", Identity("NO", "osl1"));
   const proto::JobSpec job = Acme();
