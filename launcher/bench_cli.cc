@@ -8,7 +8,6 @@
 #include "launcher/bench_cli.h"
 
 #include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -296,14 +295,7 @@ std::optional<UsageError> ReadCorruptHook(BenchOptions* o) {
 // false with errno set when it cannot be written.
 bool WriteFile(const std::string& path, const std::string& text) {
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return false;
-  for (size_t done = 0; done < text.size();) {
-    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<size_t>(n);
-  }
-  return fd.Close();
+  return fd.get() >= 0 && WriteAll(fd.get(), text.data(), text.size(), path).ok() && fd.Close();
 }
 
 // Reports a failure. Every rank reaches its own copy of a failure in a collective; one that only
