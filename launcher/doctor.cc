@@ -130,7 +130,8 @@ void CheckMpi(Rows& rows, int world_size) {
   const bool both = out.find("mpi probe: rank 0 of 2 ok") != std::string::npos &&
                     out.find("mpi probe: rank 1 of 2 ok") != std::string::npos;
   if (rc == 0 && both) {
-    rows.Add("mpi", proto::DoctorCheck::OK, library + "; started 2 local ranks, which reduced across each other");
+    rows.Add("mpi", proto::DoctorCheck::OK,
+             library + "; started 2 local ranks, which reduced across each other");
   } else {
     rows.Add("mpi", proto::DoctorCheck::FAIL,
              library + "; " + mpirun + " -np 2 could not run 2 local ranks (exit " + std::to_string(rc) +
@@ -166,7 +167,8 @@ int CheckGpus(Rows& rows) {
       "nothing on a CPU-only node (fjord trains on CPU ranks there); on a GPU node install the NVIDIA driver";
   if (nvml == nullptr && cuda == nullptr) {
     rows.Add("gpu", proto::DoctorCheck::WARN,
-             "no GPU: no NVIDIA driver on this node (neither libcuda.so.1 nor libnvidia-ml.so.1 loads)", cpu_fix);
+             "no GPU: no NVIDIA driver on this node (neither libcuda.so.1 nor libnvidia-ml.so.1 loads)",
+             cpu_fix);
     return 0;
   }
   std::string driver_api = "unknown";
@@ -197,8 +199,10 @@ int CheckGpus(Rows& rows) {
 #endif
   rows.Add("gpu driver", count > 0 && !built_with_cuda ? proto::DoctorCheck::WARN : proto::DoctorCheck::OK,
            "NVIDIA driver " + std::string(driver) + ", CUDA driver API " + driver_api + ", " +
-               std::to_string(count) + " GPU(s)" + (built_with_cuda ? "" : "; this fjord is a CPU-only build"),
-           count > 0 && !built_with_cuda ? "install the CUDA build of fjord (package fjord-cuda) on GPU nodes" : "");
+               std::to_string(count) + " GPU(s)" +
+               (built_with_cuda ? "" : "; this fjord is a CPU-only build"),
+           count > 0 && !built_with_cuda ? "install the CUDA build of fjord (package fjord-cuda) on GPU nodes"
+                                         : "");
   auto handle_of = Sym<int (*)(unsigned, void**)>(nvml, "nvmlDeviceGetHandleByIndex_v2");
   auto name_of = Sym<int (*)(void*, char*, unsigned)>(nvml, "nvmlDeviceGetName");
   struct Memory {
@@ -212,7 +216,8 @@ int CheckGpus(Rows& rows) {
     void* dev = nullptr;
     const std::string name = "gpu " + std::to_string(i);
     if (handle_of(i, &dev) != 0) {
-      rows.Add(name, proto::DoctorCheck::FAIL, "NVML cannot open it", "nvidia-smi -i " + std::to_string(i) + " -q");
+      rows.Add(name, proto::DoctorCheck::FAIL, "NVML cannot open it",
+               "nvidia-smi -i " + std::to_string(i) + " -q");
       continue;
     }
     char model[96] = "?";
@@ -223,7 +228,8 @@ int CheckGpus(Rows& rows) {
     const bool has_cc = cc_of && cc_of(dev, &major, &minor) == 0;
     const int ecc_rc = ecc_of ? ecc_of(dev, &ecc, &pending) : -1;
     if (persistence_of) persistence_of(dev, &persistence);
-    std::string detail = std::string(model) + ", " + Gib(static_cast<double>(mem.total)) + ", compute capability " +
+    std::string detail = std::string(model) + ", " + Gib(static_cast<double>(mem.total)) +
+                         ", compute capability " +
                          (has_cc ? std::to_string(major) + "." + std::to_string(minor) : "?") + ", ECC " +
                          (ecc_rc == 0 ? (ecc ? "on" : "off") : "not supported") + ", persistence mode " +
                          (persistence ? "on" : "off");
@@ -232,8 +238,9 @@ int CheckGpus(Rows& rows) {
     const std::string idx = std::to_string(i);
     if (has_cc && major < 8) {
       level = proto::DoctorCheck::FAIL;
-      fix = "fjord's CUDA kernels are built for compute capability 8.0 and 9.0 (CMAKE_CUDA_ARCHITECTURES); "
-            "use an A100/H100-class GPU or rebuild for this one";
+      fix =
+          "fjord's CUDA kernels are built for compute capability 8.0 and 9.0 (CMAKE_CUDA_ARCHITECTURES); "
+          "use an A100/H100-class GPU or rebuild for this one";
     } else if (ecc_rc == 0 && !ecc) {
       level = proto::DoctorCheck::WARN;
       fix = "enable ECC: nvidia-smi -i " + idx + " -e 1, then reboot";
@@ -256,19 +263,22 @@ void CheckGpuLibraries(Rows& rows, int gpus) {
     int v = 0;
     get(&v);  // NCCL >= 2.9: major * 10000 + minor * 100 + patch
     rows.Add("nccl", proto::DoctorCheck::OK,
-             "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100) +
-                 " (" + found + ")");
+             "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+                 std::to_string(v % 100) + " (" + found + ")");
   } else {
-    rows.Add("nccl", missing, "libnccl.so.2 not found (" + why + ")", "apt-get install libnccl2 (NVIDIA's CUDA repository)");
+    rows.Add("nccl", missing, "libnccl.so.2 not found (" + why + ")",
+             "apt-get install libnccl2 (NVIDIA's CUDA repository)");
   }
   void* cublas = OpenFirst({"libcublas.so.12", "libcublas.so.11", "libcublas.so"}, &found);
   if (auto get = Sym<int (*)(int, int*)>(cublas, "cublasGetProperty")) {
     int v[3] = {0, 0, 0};
     for (int i = 0; i < 3; ++i) get(i, &v[i]);  // MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
     rows.Add("cublas", proto::DoctorCheck::OK,
-             "cuBLAS " + std::to_string(v[0]) + "." + std::to_string(v[1]) + "." + std::to_string(v[2]) + " (" + found + ")");
+             "cuBLAS " + std::to_string(v[0]) + "." + std::to_string(v[1]) + "." + std::to_string(v[2]) +
+                 " (" + found + ")");
   } else {
-    rows.Add("cublas", missing, "libcublas.so.12 not found (" + why + ")", "install the CUDA toolkit's libcublas");
+    rows.Add("cublas", missing, "libcublas.so.12 not found (" + why + ")",
+             "install the CUDA toolkit's libcublas");
   }
 }
 
@@ -280,7 +290,8 @@ void CheckIdentity(Rows& rows) {
   std::string detail;
   if (inspection.node) {
     const proto::NodeIdentity& id = inspection.node->identity;
-    detail = id.hostname() + " in " + id.jurisdiction() + ", site " + id.site() + " (" + inspection.path + ")";
+    detail =
+        id.hostname() + " in " + id.jurisdiction() + ", site " + id.site() + " (" + inspection.path + ")";
   } else {
     detail = inspection.path;
   }
@@ -312,8 +323,9 @@ void CheckCheckpointSpace(Rows& rows, const std::string& job_path) {
     rows.Add("checkpoint space", proto::DoctorCheck::FAIL, job.status().message(), "correct the job spec");
     return;
   }
-  const std::string dir =
-      job->checkpoint().dir().empty() ? (fs::path(job->run_dir()) / "checkpoints").string() : job->checkpoint().dir();
+  const std::string dir = job->checkpoint().dir().empty()
+                              ? (fs::path(job->run_dir()) / "checkpoints").string()
+                              : job->checkpoint().dir();
   fs::path existing = fs::absolute(dir);
   std::error_code ec;
   while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path()) {
@@ -333,12 +345,14 @@ void CheckCheckpointSpace(Rows& rows, const std::string& job_path) {
   const int copies = job->checkpoint().keep_last() > 0 ? job->checkpoint().keep_last() + 1 : 2;
   const double need = params * 4.0 * 3.0 * copies;
   const std::string detail = dir + ": " + Gib(free) + " free on " + existing.string() + "; " +
-                             std::to_string(copies) + " checkpoints of " + Gib(params * 12.0) + " need " + Gib(need);
+                             std::to_string(copies) + " checkpoints of " + Gib(params * 12.0) + " need " +
+                             Gib(need);
   if (free < need) {
     rows.Add("checkpoint space", proto::DoctorCheck::FAIL, detail,
              "free space there, or point checkpoint.dir at a larger file system");
   } else if (free < 2 * need) {
-    rows.Add("checkpoint space", proto::DoctorCheck::WARN, detail, "less than twice what the job needs is free");
+    rows.Add("checkpoint space", proto::DoctorCheck::WARN, detail,
+             "less than twice what the job needs is free");
   } else {
     rows.Add("checkpoint space", proto::DoctorCheck::OK, detail);
   }
@@ -357,9 +371,10 @@ void CheckLeaseDir(Rows& rows, const std::string& inventory_path) {
   }
   const std::string dir = inventory->lease_dir();
   if (dir.empty()) {
-    rows.Add("lease dir", proto::DoctorCheck::WARN, inventory_path + " names no lease_dir",
-             "without Slurm, fjord launch keeps tenants off each other's nodes through leases: add lease_dir: "
-             "\"DIR\" on storage every launch host sees (docs/SOVEREIGNTY.md, \"Node leases\")");
+    rows.Add(
+        "lease dir", proto::DoctorCheck::WARN, inventory_path + " names no lease_dir",
+        "without Slurm, fjord launch keeps tenants off each other's nodes through leases: add lease_dir: "
+        "\"DIR\" on storage every launch host sees (docs/SOVEREIGNTY.md, \"Node leases\")");
     return;
   }
   std::error_code ec;
@@ -386,22 +401,26 @@ void CheckClock(Rows& rows) {
     const double offset = f.size() > 4 ? std::atof(f[4].c_str()) : 0;
     const bool synced = !f.empty() && f.back() != "Not synchronised";
     char detail[160];
-    std::snprintf(detail, sizeof(detail), "chrony: %s, offset %.6f s", synced ? "synchronised" : "not synchronised",
-                  offset);
-    rows.Add("clock", !synced ? proto::DoctorCheck::WARN
-                              : std::fabs(offset) > 1.0 ? proto::DoctorCheck::FAIL : proto::DoctorCheck::OK,
+    std::snprintf(detail, sizeof(detail), "chrony: %s, offset %.6f s",
+                  synced ? "synchronised" : "not synchronised", offset);
+    rows.Add("clock",
+             !synced                   ? proto::DoctorCheck::WARN
+             : std::fabs(offset) > 1.0 ? proto::DoctorCheck::FAIL
+                                       : proto::DoctorCheck::OK,
              detail, synced && std::fabs(offset) <= 1.0 ? "" : fix);
     return;
   }
   out.clear();
-  if (!FindOnPath("timedatectl").empty() && Capture("timedatectl show -p NTPSynchronized --value", &out) == 0) {
+  if (!FindOnPath("timedatectl").empty() &&
+      Capture("timedatectl show -p NTPSynchronized --value", &out) == 0) {
     const bool synced = FirstLine(out) == "yes";
     rows.Add("clock", synced ? proto::DoctorCheck::OK : proto::DoctorCheck::WARN,
-             std::string("systemd-timesyncd: ") + (synced ? "synchronised" : "not synchronised"), synced ? "" : fix);
+             std::string("systemd-timesyncd: ") + (synced ? "synchronised" : "not synchronised"),
+             synced ? "" : fix);
     return;
   }
-  rows.Add("clock", proto::DoctorCheck::WARN, "no time synchronisation found (neither chronyc nor timedatectl answers)",
-           fix);
+  rows.Add("clock", proto::DoctorCheck::WARN,
+           "no time synchronisation found (neither chronyc nor timedatectl answers)", fix);
 }
 
 void CheckUserNamespaces(Rows& rows) {
@@ -424,7 +443,8 @@ void CheckThreads(Rows& rows) {
     blas = config() + std::string(" (called single-threaded inside OpenMP blocks)");
   }
   const std::string detail = std::to_string(omp) + " OpenMP thread(s) x " + std::to_string(local) +
-                             " rank(s) on this node, " + std::to_string(cores) + " core(s) available; " + blas;
+                             " rank(s) on this node, " + std::to_string(cores) + " core(s) available; " +
+                             blas;
   if (omp * local > cores) {
     rows.Add("threads", proto::DoctorCheck::WARN, detail + ": oversubscribed",
              "set OMP_NUM_THREADS=" + std::to_string(std::max(1, cores / local)) +
@@ -476,7 +496,9 @@ std::string DoctorTable(const proto::DoctorReport& report) {
     host_w = std::max(host_w, c.host().size());
     name_w = std::max(name_w, c.name().size());
   }
-  auto pad = [](const std::string& s, size_t w) { return s + std::string(w > s.size() ? w - s.size() : 0, ' '); };
+  auto pad = [](const std::string& s, size_t w) {
+    return s + std::string(w > s.size() ? w - s.size() : 0, ' ');
+  };
   std::string out = pad("HOST", host_w) + "  " + pad("CHECK", name_w) + "  STATUS  DETAIL / WHAT TO DO\n";
   int counts[3] = {0, 0, 0};
   std::map<std::string, int> hosts;
@@ -489,9 +511,9 @@ std::string DoctorTable(const proto::DoctorReport& report) {
       out += std::string(host_w + name_w + 12, ' ') + "-> " + c.fix() + "\n";
     }
   }
-  out += "fjord doctor: " + std::to_string(report.check_size()) + " checks on " + std::to_string(hosts.size()) +
-         " host(s): " + std::to_string(counts[0]) + " OK, " + std::to_string(counts[1]) + " WARN, " +
-         std::to_string(counts[2]) + " FAIL\n";
+  out += "fjord doctor: " + std::to_string(report.check_size()) + " checks on " +
+         std::to_string(hosts.size()) + " host(s): " + std::to_string(counts[0]) + " OK, " +
+         std::to_string(counts[1]) + " WARN, " + std::to_string(counts[2]) + " FAIL\n";
   return out;
 }
 
@@ -547,9 +569,9 @@ int RunDoctor(const DoctorOptions& options) {
 
 void AddDoctorCommand(CLI::App& app) {
   auto options = std::make_shared<DoctorOptions>();
-  cli::Command* c = cli::AddCommand(
-      app, "doctor",
-      "check that this node (under mpirun: every node) is fit for a tenant's job: OK / WARN / FAIL and what to do");
+  cli::Command* c = cli::AddCommand(app, "doctor",
+                                    "check that this node (under mpirun: every node) is fit for a tenant's "
+                                    "job: OK / WARN / FAIL and what to do");
   c->add_option("--inventory", options->inventory, "check the inventory's lease directory")->type_name("INV");
   c->add_option("--job", options->job, "check free space for the job's checkpoints")->type_name("JOB");
   c->add_flag("--json", options->json, "print the report as JSON");

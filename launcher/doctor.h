@@ -17,10 +17,10 @@ class App;
 namespace fjord {
 
 struct DoctorOptions {
-  std::string inventory;  // --inventory INV: its lease_dir is checked ("" = not checked, WARN)
-  std::string job;        // --job JOB: free space for its checkpoints ("" = not checked, WARN)
-  bool json = false;      // print the report as JSON (proto DoctorReport) instead of the table
-  bool mpi_probe = false; // internal: the 2-rank MPI probe that a lone `doctor` starts under mpirun
+  std::string inventory;   // --inventory INV: its lease_dir is checked ("" = not checked, WARN)
+  std::string job;         // --job JOB: free space for its checkpoints ("" = not checked, WARN)
+  bool json = false;       // print the report as JSON (proto DoctorReport) instead of the table
+  bool mpi_probe = false;  // internal: the 2-rank MPI probe that a lone `doctor` starts under mpirun
 };
 
 // This node's checks. `world_size` > 1: started by a launcher (the MPI row says so instead of

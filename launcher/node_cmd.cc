@@ -59,11 +59,11 @@ void AddInit(CLI::App& node) {
     bool force = false;
   };
   auto a = std::make_shared<Args>();
-  cli::Command* c = cli::AddCommand(
-      node, "init",
-      std::string("write this node's identity, ") + kDefaultNodeIdentityPath + " (root only; --force replaces it)");
-  cli::Required(c->add_option("--jurisdiction", a->jurisdiction, "ISO 3166-1 alpha-2 code, e.g. NO")
-                    ->type_name("CC"));
+  cli::Command* c = cli::AddCommand(node, "init",
+                                    std::string("write this node's identity, ") + kDefaultNodeIdentityPath +
+                                        " (root only; --force replaces it)");
+  cli::Required(
+      c->add_option("--jurisdiction", a->jurisdiction, "ISO 3166-1 alpha-2 code, e.g. NO")->type_name("CC"));
   cli::Required(c->add_option("--site", a->site, "the site (data centre), e.g. osl1")->type_name("S"));
   c->add_option("--hostname", a->hostname, "the node's hostname (default: this host's)")->type_name("H");
   c->add_flag("--force", a->force, "replace an existing identity");
@@ -77,11 +77,13 @@ void AddInit(CLI::App& node) {
       return cli::UsageError(*c, "--jurisdiction \"" + a->jurisdiction + "\" " + p);
     }
     if (!IsValidSiteName(a->site)) {
-      return cli::UsageError(*c, "--site \"" + a->site + "\" is not a site name (1 to 64 letters, digits, '.', '_', '-')");
+      return cli::UsageError(
+          *c, "--site \"" + a->site + "\" is not a site name (1 to 64 letters, digits, '.', '_', '-')");
     }
     const std::string hostname = a->hostname.empty() ? ThisHostname() : a->hostname;
     if (!IsPlainHostname(hostname)) {
-      return cli::UsageError(*c, "--hostname \"" + hostname + "\" is not a host name (letters, digits, '.', '-', '_')");
+      return cli::UsageError(
+          *c, "--hostname \"" + hostname + "\" is not a host name (letters, digits, '.', '-', '_')");
     }
     if (::geteuid() != 0) {
       return Fail("init", "must run as root (this is uid " + std::to_string(::geteuid()) +
@@ -90,7 +92,8 @@ void AddInit(CLI::App& node) {
                               a->jurisdiction + " --site " + a->site);
     }
     if (!a->root.empty()) {
-      if (Status allowed = CheckTestRootAllowed(a->root); !allowed.ok()) return Fail("init", allowed.message());
+      if (Status allowed = CheckTestRootAllowed(a->root); !allowed.ok())
+        return Fail("init", allowed.message());
     }
     const std::string path = IdentityPathUnder(a->root);
     const fs::path dir = fs::path(path).parent_path();
@@ -98,8 +101,9 @@ void AddInit(CLI::App& node) {
     if (fs::exists(path, ec) && !a->force) {
       std::string current;
       if (StatusOr<std::string> text = ReadWholeFile(path, "node identity"); text.ok()) current = *text;
-      return Fail("init", path + " exists; refusing to overwrite the node identity without --force. It holds:\n" +
-                              current);
+      return Fail(
+          "init",
+          path + " exists; refusing to overwrite the node identity without --force. It holds:\n" + current);
     }
     if (!fs::is_directory(dir, ec)) {
       fs::create_directories(dir, ec);
@@ -140,19 +144,23 @@ void AddInit(CLI::App& node) {
 void AddShow(CLI::App& node) {
   auto root = std::make_shared<std::string>();
   cli::Command* c = cli::AddCommand(
-      node, "show", "print the identity this node presents to the rank gate and every reason it would refuse it");
-  c->add_option("--root", *root, "read the identity under DIR (a test root: test overrides only)")->type_name("DIR");
+      node, "show",
+      "print the identity this node presents to the rank gate and every reason it would refuse it");
+  c->add_option("--root", *root, "read the identity under DIR (a test root: test overrides only)")
+      ->type_name("DIR");
   c->run = [root] {
     if (!root->empty()) {
       if (Status allowed = CheckTestRootAllowed(*root); !allowed.ok()) return Fail("show", allowed.message());
     }
-    NodeInspection inspection = root->empty() ? InspectNodeIdentity() : InspectNodeIdentityAt(IdentityPathUnder(*root));
+    NodeInspection inspection =
+        root->empty() ? InspectNodeIdentity() : InspectNodeIdentityAt(IdentityPathUnder(*root));
     std::vector<std::string> warnings = NodeTrustWarnings(inspection);
     if (!root->empty()) {
       warnings.insert(warnings.begin(), "test root " + *root + " (--root): the rank gate reads " +
                                             kDefaultNodeIdentityPath + ", never this file");
     }
-    for (const std::string& line : DescribeNodeInspection(inspection, warnings)) std::printf("%s\n", line.c_str());
+    for (const std::string& line : DescribeNodeInspection(inspection, warnings))
+      std::printf("%s\n", line.c_str());
     return inspection.problems.empty() ? 0 : 1;
   };
 }
@@ -170,7 +178,8 @@ std::vector<std::string> DescribeNodeInspection(const NodeInspection& inspection
     out.push_back("  jurisdiction: " + id.jurisdiction());
     out.push_back("  site:         " + id.site());
     if (id.has_provisioned_by() || id.has_provisioned_at()) {
-      out.push_back("  provisioned:  " + id.provisioned_by() + (id.has_provisioned_at() ? ", " + id.provisioned_at() : ""));
+      out.push_back("  provisioned:  " + id.provisioned_by() +
+                    (id.has_provisioned_at() ? ", " + id.provisioned_at() : ""));
     }
   }
   out.push_back(inspection.problems.empty() ? "the rank gate accepts this identity"

@@ -98,19 +98,23 @@ TEST_F(DoctorTest, AnIdentityOfAnotherHostFailsAndTheExitSaysSo) {
 }
 
 TEST_F(DoctorTest, LeaseDirAndCheckpointSpaceOfTheJobAndInventory) {
-  WriteText(Path("inv.textproto"), "lease_dir: \"" + Path("leases") +
-                                       "\"\nnode { hostname: \"a\" jurisdiction: \"NO\" site: \"osl1\" slots: 1 }\n");
+  WriteText(Path("inv.textproto"),
+            "lease_dir: \"" + Path("leases") +
+                "\"\nnode { hostname: \"a\" jurisdiction: \"NO\" site: \"osl1\" slots: 1 }\n");
   WriteText(Path("job.textproto"),
             "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
             "train { micro_batch: 2 steps: 4 lr: 1e-3 }\ndata { train: \"x_*.bin\" }\n"
-            "run_dir: \"" + Path("run") + "\"\n");
+            "run_dir: \"" +
+                Path("run") + "\"\n");
   RunResult r;
   auto checks = Doctor("--inventory " + Path("inv.textproto") + " --job " + Path("job.textproto"), &r);
   EXPECT_EQ(checks["lease dir"].level(), proto::DoctorCheck::FAIL) << checks["lease dir"].detail();
-  EXPECT_THAT(checks["lease dir"].detail(), HasSubstr(Path("leases") + " (lease_dir of " + Path("inv.textproto") + ") is missing"));
+  EXPECT_THAT(checks["lease dir"].detail(),
+              HasSubstr(Path("leases") + " (lease_dir of " + Path("inv.textproto") + ") is missing"));
   EXPECT_EQ(r.exit_code, 1);
   // The checkpoint directory does not exist yet: its nearest existing parent is checked.
-  EXPECT_EQ(checks["checkpoint space"].level(), proto::DoctorCheck::OK) << checks["checkpoint space"].detail();
+  EXPECT_EQ(checks["checkpoint space"].level(), proto::DoctorCheck::OK)
+      << checks["checkpoint space"].detail();
   EXPECT_THAT(checks["checkpoint space"].detail(), HasSubstr(Path("run") + "/checkpoints: "));
   EXPECT_THAT(checks["checkpoint space"].detail(), HasSubstr("free on " + dir_.string()));
   std::filesystem::create_directories(Path("leases"));

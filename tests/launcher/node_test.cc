@@ -126,10 +126,12 @@ TEST_F(NodeTest, ShowListsEveryReasonTheGateWouldRefuse) {
   RunResult r = RunFjord("node show --root " + root_);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("the rank gate refuses this identity:"));
-  EXPECT_THAT(r.output, HasSubstr("refused: node identity " + identity_ + " is writable by group or others (mode 0664)"));
-  EXPECT_THAT(r.output, HasSubstr("refused: its directory " + dir + " is writable by group or others (mode 0777)"));
-  EXPECT_THAT(r.output, HasSubstr("refused: node identity " + identity_ + " names host \"elsewhere\" but this host is \"" +
-                                  Hostname() + "\""));
+  EXPECT_THAT(r.output, HasSubstr("refused: node identity " + identity_ +
+                                  " is writable by group or others (mode 0664)"));
+  EXPECT_THAT(r.output,
+              HasSubstr("refused: its directory " + dir + " is writable by group or others (mode 0777)"));
+  EXPECT_THAT(r.output, HasSubstr("refused: node identity " + identity_ +
+                                  " names host \"elsewhere\" but this host is \"" + Hostname() + "\""));
   // The gate's reader refuses it with the first of them.
   StatusOr<LocalNode> read = ReadNodeIdentityFile(identity_, /*strict=*/true);
   ASSERT_FALSE(read.ok());
@@ -140,7 +142,8 @@ TEST_F(NodeTest, ShowListsEveryReasonTheGateWouldRefuse) {
 TEST_F(NodeTest, ShowReportsTheGatesViewOfATestOverride) {
   // FJORD_NODE_IDENTITY (allowed by the CTest fixture) naming another host: the gate refuses it, and
   // show says it is an override.
-  testing::WriteText(Path("other.textproto"), "hostname: \"otherhost\" jurisdiction: \"NO\" site: \"osl1\"\n");
+  testing::WriteText(Path("other.textproto"),
+                     "hostname: \"otherhost\" jurisdiction: \"NO\" site: \"osl1\"\n");
   RunResult r = Shell("FJORD_NODE_IDENTITY=" + Path("other.textproto") + " " + FJORD_BINARY + " node show");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("(FJORD_NODE_IDENTITY, a test override)"));
@@ -148,7 +151,8 @@ TEST_F(NodeTest, ShowReportsTheGatesViewOfATestOverride) {
   EXPECT_THAT(r.output, HasSubstr("warning: the identity comes from FJORD_NODE_IDENTITY, a test override"));
   EXPECT_THAT(r.output, HasSubstr("warning: test overrides are enabled on this node"));
   // The same file naming this host: accepted, still with the override named.
-  testing::WriteText(Path("mine.textproto"), "hostname: \"" + Hostname() + "\" jurisdiction: \"NO\" site: \"osl1\"\n");
+  testing::WriteText(Path("mine.textproto"),
+                     "hostname: \"" + Hostname() + "\" jurisdiction: \"NO\" site: \"osl1\"\n");
   r = Shell("FJORD_NODE_IDENTITY=" + Path("mine.textproto") + " " + FJORD_BINARY + " node show");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("the rank gate accepts this identity"));
