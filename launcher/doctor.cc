@@ -269,7 +269,7 @@ void CheckGpuLibraries(Rows& rows, int gpus) {
     rows.Add("nccl", missing, "libnccl.so.2 not found (" + why + ")",
              "apt-get install libnccl2 (NVIDIA's CUDA repository)");
   }
-  void* cublas = OpenFirst({"libcublas.so.12", "libcublas.so.11", "libcublas.so"}, &found);
+  void* cublas = OpenFirst({"libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"}, &found);
   if (auto get = Sym<int (*)(int, int*)>(cublas, "cublasGetProperty")) {
     int v[3] = {0, 0, 0};
     for (int i = 0; i < 3; ++i) get(i, &v[i]);  // MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
@@ -277,7 +277,7 @@ void CheckGpuLibraries(Rows& rows, int gpus) {
              "cuBLAS " + std::to_string(v[0]) + "." + std::to_string(v[1]) + "." + std::to_string(v[2]) +
                  " (" + found + ")");
   } else {
-    rows.Add("cublas", missing, "libcublas.so.12 not found (" + why + ")",
+    rows.Add("cublas", missing, "libcublas.so.13 (or .12, .11) not found (" + why + ")",
              "install the CUDA toolkit's libcublas");
   }
 }
@@ -306,7 +306,9 @@ void CheckIdentity(Rows& rows) {
   if (!warnings.empty()) {
     std::string why;
     for (const std::string& w : warnings) why += "; " + w;
-    rows.Add("node identity", proto::DoctorCheck::WARN, detail + why, "see each warning");
+    rows.Add("node identity", proto::DoctorCheck::WARN, detail + why,
+             "on a tenant node: unset FJORD_NODE_IDENTITY and remove allow_test_overrides from " +
+                 std::string(kNodeSettingsPath));
     return;
   }
   rows.Add("node identity", proto::DoctorCheck::OK, detail + "; the rank gate accepts it");

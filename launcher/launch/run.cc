@@ -300,6 +300,9 @@ int RunLaunch(const LaunchOptions& options) {
   std::fputs(DescribePlan(plan, options).c_str(), stdout);
   if (options.dry_run) {
     if (plan.mode == LaunchMode::kMpirun) std::fputs(DescribeLeases(plan).c_str(), stdout);
+    if (options.doctor && plan.mode == LaunchMode::kMpirun) {
+      std::printf("fjord launch: doctor (before the job): %s\n", CommandLine(plan.doctor_argv).c_str());
+    }
     std::printf("fjord launch: dry run: nothing was written or started\n");
     return 0;
   }

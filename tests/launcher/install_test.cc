@@ -62,11 +62,14 @@ TEST_F(InstallTest, AnInstallRunsFromAnyPrefixAndReportsItsCommit) {
 }
 
 TEST_F(InstallTest, TheDebianPackageHasComputedDependsTheGitVersionAndTheFiles) {
+  // The package of this build: fjord from a CPU-only build, fjord-cuda (conflicting with fjord) from a
+  // CUDA build.
 #ifdef FJORD_HAVE_CUDA
-  const std::string from = "--cpu";  // a CUDA build makes fjord-cuda; this test checks the CPU package
+  const std::string package = "fjord-cuda", other = "fjord";
 #else
-  const std::string from = FJORD_BUILD_DIR;
+  const std::string package = "fjord", other = "fjord-cuda";
 #endif
+  const std::string from = FJORD_BUILD_DIR;
   RunResult r =
       Shell("bash " + std::string(FJORD_SOURCE_DIR) + "/scripts/package.sh " + from + " " + Path("pkg"));
   if (r.exit_code == 77) GTEST_SKIP() << r.output;
@@ -75,9 +78,10 @@ TEST_F(InstallTest, TheDebianPackageHasComputedDependsTheGitVersionAndTheFiles) 
   auto field = [&](const std::string& name) { return Trim(Shell("dpkg-deb -f " + deb + " " + name).output); };
   const std::string version = field("Version");
   const std::string arch = Trim(Shell("dpkg --print-architecture").output);
-  EXPECT_EQ(field("Package"), "fjord");
+  EXPECT_EQ(field("Package"), package);
+  EXPECT_EQ(field("Conflicts"), other);
   EXPECT_EQ(field("Architecture"), arch);
-  EXPECT_EQ(fs::path(deb).filename().string(), "fjord_" + version + "_" + arch + ".deb");
+  EXPECT_EQ(fs::path(deb).filename().string(), package + "_" + version + "_" + arch + ".deb");
   const std::string commit = Git("rev-parse HEAD");
   if (!commit.empty()) {
     EXPECT_THAT(version, HasSubstr("g" + commit.substr(0, 7)));

@@ -451,7 +451,12 @@ TEST_F(NetnsTest, DoctorUnderMpirunReportsEveryNodeAndFailsTheOneWithAnotherHost
 TEST_F(NetnsTest, LaunchWithDoctorStartsNothingWhenAPlannedNodeFailsCli) {
   PrepAcme(FJORD_BINARY);
   WriteJob();
-  RunResult r;
+  // The dry run shows the doctor command: one rank on each planned node (no1, no2: 10.213.0.11, .12).
+  RunResult r = On("head", std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                               Inventory() + " --np 2 --doctor --dry-run");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: doctor (before the job): "));
+  EXPECT_THAT(r.output, HasSubstr(" -H 10.213.0.11:1,10.213.0.12:1 -np 2 --map-by node "));
   {
     SwappedIdentity broken("no2", "no1");
     r = On("head", std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
