@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "collectives/communicator.h"
+#include "common/env.h"
 #include "common/host.h"
 #include "launcher/cli.h"
 #include "launcher/launch/inventory.h"
@@ -98,13 +99,19 @@ std::string Gib(double bytes) {
 
 // ---- MPI ---------------------------------------------------------------------------------------
 
+// Started by mpirun or srun, even as a single rank: a doctor rank must not start an mpirun of its own
+// inside one (it would inherit the launcher's environment).
+bool UnderLauncher(int world_size) {
+  return world_size > 1 || GetEnv("OMPI_COMM_WORLD_SIZE") || GetEnv("PMIX_RANK") || GetEnv("SLURM_PROCID");
+}
+
 void CheckMpi(Rows& rows, int world_size) {
   char version[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
   int len = 0;
   MPI_Get_library_version(version, &len);
   std::string library = FirstLine(version);
   library = library.substr(0, library.find(','));  // "Open MPI v4.1.4"
-  if (world_size > 1) {
+  if (UnderLauncher(world_size)) {
     rows.Add("mpi", proto::DoctorCheck::OK,
              library + "; this rank was started by the launcher, one of " + std::to_string(world_size));
     return;

@@ -77,6 +77,26 @@ TEST_F(DoctorTest, EveryCheckOnThisMachineAndExitOneExactlyWhenOneFails) {
   EXPECT_EQ(checks["lease dir"].level(), proto::DoctorCheck::WARN);         // no --inventory
 }
 
+TEST_F(DoctorTest, ASingleRankUnderMpirunStartsNoMpirunOfItsOwn) {
+  // One planned node (launch --doctor) gives a one-rank doctor under mpirun: its MPI row is the
+  // launcher's, never a nested mpirun (which would inherit the launcher's environment).
+  RunResult r = Shell(testing::Mpirun(1) + " doctor --json");
+  const size_t begin = r.output.find('{'), end = r.output.rfind('}');
+  ASSERT_NE(begin, std::string::npos) << r.output;
+  proto::DoctorReport report;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(r.output.substr(begin, end - begin + 1), &report).ok())
+      << r.output;
+  bool found = false;
+  for (const proto::DoctorCheck& c : report.check()) {
+    if (c.name() != "mpi") continue;
+    found = true;
+    EXPECT_EQ(c.level(), proto::DoctorCheck::OK) << c.detail();
+    EXPECT_THAT(c.detail(), HasSubstr("started by the launcher, one of 1"));
+  }
+  EXPECT_TRUE(found) << r.output;
+}
+
 TEST_F(DoctorTest, TheTableGivesEveryRowAndWhatToDo) {
   RunResult r = RunFjord("doctor");
   EXPECT_THAT(r.output, HasSubstr("HOST"));
