@@ -13,7 +13,10 @@
 #include "launcher/bench_cli.h"
 #include "launcher/cli.h"
 #include "launcher/demo.h"
+#include "launcher/doctor.h"
 #include "launcher/launch.h"
+#include "launcher/node_cmd.h"
+#include "launcher/version.h"
 #include "runtime/data/bpe_tokenizer.h"
 #include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
@@ -286,6 +289,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<CLI::App> app = cli::MakeApp();
+  app->set_version_flag("--version", VersionText(), "print the version, commit, build type and libraries");
   AddTrain(*app);
   AddPrep(*app);
   AddLaunchCommand(*app);
@@ -296,6 +300,8 @@ int Main(int argc, char** argv) {
   AddImport(*app);
   AddDemo(*app);
   AddBenchCommand(*app);
+  AddNodeCommand(*app);
+  AddDoctorCommand(*app);
   return cli::Run(*app, argc, argv);
 }
 
