@@ -14,6 +14,7 @@
 #include "launcher/cli.h"
 #include "launcher/demo.h"
 #include "launcher/launch.h"
+#include "launcher/report_cmd.h"
 #include "runtime/data/bpe_tokenizer.h"
 #include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
@@ -290,6 +291,7 @@ int Main(int argc, char** argv) {
   AddPrep(*app);
   AddLaunchCommand(*app);
   AddAuditCommand(*app);
+  AddReportCommand(*app);
   AddEval(*app);
   AddSample(*app);
   AddExport(*app);
