@@ -63,6 +63,7 @@ struct AuditFacts {
   std::vector<std::string> jurisdictions, sites, unmanifested;
   std::vector<proto::RecordManifest> manifests;
   std::set<std::string> counters;
+  std::vector<std::string> test_overrides;
 };
 
 StatusOr<AuditFacts> ReadAuditFacts(const std::string& path) {
@@ -110,6 +111,7 @@ StatusOr<AuditFacts> ReadAuditFacts(const std::string& path) {
             if (known.rank() == rank.rank()) {
               rank.set_jurisdiction(known.jurisdiction());
               rank.set_site(known.site());
+              if (known.identity_override()) rank.set_identity_override(true);
             }
           }
           ranks.push_back(rank);
@@ -126,6 +128,8 @@ StatusOr<AuditFacts> ReadAuditFacts(const std::string& path) {
       rank.set_host(Str(*check, "host"));
       rank.set_jurisdiction(Str(*check, "jurisdiction"));
       rank.set_site(Str(*check, "site"));
+      if (const JsonValue* o = check->Find("override"); o && o->is_bool() && o->bool_value())
+        rank.set_identity_override(true);
       facts.starts.back().ranks.push_back(rank);
     } else if (event == "manifest_opened") {
       const std::string key = Str(record, "path") + " " + Str(record, "sha256");
@@ -138,6 +142,17 @@ StatusOr<AuditFacts> ReadAuditFacts(const std::string& path) {
       facts.manifests.push_back(m);
     } else if (event == "data_unmanifested") {
       facts.unmanifested.push_back(Str(record, "path"));
+    } else if (event == "test_override") {
+      std::string ranks;
+      if (const JsonValue* list = record.Find("ranks"); list && list->is_array()) {
+        for (const JsonValue& r : list->array()) {
+          const JsonValue* n = r.Find("rank");
+          ranks += std::string(ranks.empty() ? "" : ", ") + (n && n->is_number() ? n->text() : "?");
+        }
+      }
+      facts.test_overrides.push_back("start " + std::to_string(facts.starts.size()) + ": " +
+                                     Str(record, "variable") + " on rank(s) " + ranks + ": " +
+                                     Str(record, "note"));
     }
   }
   return facts;
@@ -210,12 +225,21 @@ std::string Markdown(const proto::TrainingRecord& r, const std::string& json_sha
   }
   if (e.has_note()) line("- " + e.note());
   line("");
+  if (!r.test_override().empty()) {
+    line("## Test overrides");
+    line(
+        "This run had test overrides (docs/SOVEREIGNTY.md, \"Test overrides\"): a test record, not "
+        "evidence.");
+    for (const std::string& o : r.test_override()) line("- " + o);
+    line("");
+  }
   line("## Where it ran");
   line("| start | rank | host | jurisdiction | site | device |");
   line("|---|---|---|---|---|---|");
   for (const proto::RecordRank& k : r.rank()) {
     line("| " + std::to_string(k.start()) + " | " + std::to_string(k.rank()) + " | " + k.host() + " | " +
-         (k.jurisdiction().empty() ? "not checked" : k.jurisdiction()) + " | " +
+         (k.jurisdiction().empty() ? "not checked" : k.jurisdiction()) +
+         (k.identity_override() ? " (FJORD_NODE_IDENTITY, a test override)" : "") + " | " +
          (k.site().empty() ? "-" : k.site()) + " | " + k.device() + " |");
   }
   return md;
@@ -428,6 +452,7 @@ int Report(const cli::Command& c, const ReportArgs& a) {
           "site declaration of the inventory applies");
     }
   }
+  for (const std::string& o : facts->test_overrides) r.add_test_override(o);
   proto::RecordAudit* audit = r.mutable_audit();
   audit->set_log(log);
   audit->set_records(verified->records);

@@ -754,13 +754,14 @@ class Trainer {
                   job_.energy().window_steps(),
                   energy_->names().empty() ? "no counter" : JoinList(energy_->names()).c_str());
       for (const std::string& note : energy_->notes()) std::printf("fjord train: energy: %s\n", note.c_str());
-      if (!energy_->covered()) {
-        std::printf("fjord train: energy: %s\n",
-                    job_.energy().rank_power_w() > 0
-                        ? ("estimated for ranks without counters at energy.rank_power_w = " +
-                           std::to_string(job_.energy().rank_power_w()) + " W each")
-                              .c_str()
-                        : "not measured on ranks without counters (energy.rank_power_w gives an estimate)");
+      if (!energy_->covered() && job_.energy().rank_power_w() > 0) {
+        std::printf(
+            "fjord train: energy: estimated for ranks without counters at energy.rank_power_w = %g W each\n",
+            job_.energy().rank_power_w());
+      } else if (!energy_->covered()) {
+        std::printf(
+            "fjord train: energy: not measured on ranks without counters (energy.rank_power_w gives an "
+            "estimate)\n");
       }
       std::fflush(stdout);
     }

@@ -286,7 +286,11 @@ TEST_F(ReportTest, TheRecordHoldsComputeEnergyDataAndPlacesAndIsInTheAuditLog) {
     EXPECT_EQ(record.rank(i).host(), ThisHostname());
     EXPECT_EQ(record.rank(i).jurisdiction(), "NO");
     EXPECT_EQ(record.rank(i).site(), "osl1");
+    EXPECT_TRUE(record.rank(i).identity_override());  // FJORD_NODE_IDENTITY: said in the record
   }
+  ASSERT_EQ(record.test_override_size(), 2);  // one per start
+  EXPECT_THAT(record.test_override(0), HasSubstr("FJORD_NODE_IDENTITY"));
+  EXPECT_THAT(md, HasSubstr("a test record, not evidence"));
   EXPECT_EQ(record.model().job_sha256_size(), 2);  // steps: 2, then steps: 4
   // Bound to the log: it quotes the head verify saw, and its own event holds the file's digest.
   EXPECT_EQ(record.audit().head_hash(), head);
