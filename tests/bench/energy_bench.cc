@@ -58,15 +58,15 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    per_window_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() /
-                            windows);
+    per_window_us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / windows);
   }
   fs::remove_all(root);
   std::sort(per_window_us.begin(), per_window_us.end());
   if (comm.rank() == 0) {
     std::printf("| ranks | windows x batches | us per window (median of batches, rank 0) | min | max |\n");
-    std::printf("| %d | %d x 5 | %.2f | %.2f | %.2f |\n", comm.size(), windows, per_window_us[2], per_window_us[0],
-                per_window_us[4]);
+    std::printf("| %d | %d x 5 | %.2f | %.2f | %.2f |\n", comm.size(), windows, per_window_us[2],
+                per_window_us[0], per_window_us[4]);
   }
   return 0;
 }
