@@ -118,6 +118,15 @@ TEST_F(EnergyReportTest, WindowsWithoutCountersAreEstimatedOnlyFromADeclaredPowe
     EXPECT_GT(Num(m, "energy_estimated_j"), 0);
   }
   EXPECT_EQ(windows, (std::map<int, int>{{3, 1}, {6, 4}, {7, 7}}));
+  // TensorBoard has the same scalars (tags are stored as text in the event file).
+  std::string events;
+  for (const fs::directory_entry& e : fs::directory_iterator(Path("run"))) {
+    if (e.path().filename().string().rfind("events.out.tfevents", 0) == 0)
+      events += ReadText(e.path().string());
+  }
+  EXPECT_THAT(events, HasSubstr("energy/j_per_token"));
+  EXPECT_THAT(events, HasSubstr("energy/avg_power_w"));
+  EXPECT_THAT(events, HasSubstr("energy/energy_estimated_j"));
   EXPECT_THAT(ReadText(Path("run/metrics.jsonl")), Not(HasSubstr("\"energy_j\"")));
 
   // Without a declared power: "not measured", no figure at all.
