@@ -75,7 +75,8 @@ TEST(EnergyRanksTest, ANodesSharedCounterIsCountedOnceAndARankWithoutCountersIsE
   const fs::path dir = SharedDir("shared");
   if (rank == 0) Zone(dir / "node", 5000);
   ASSERT_TRUE(g_comm->Barrier().ok());
-  // Ranks 0 .. world-2 share the node's tree; the last rank has no counter and estimates 40 W.
+  // Ranks 0 .. world-2 share the node's tree (two or more of them under np 3: the sharing case); the
+  // last rank has no counter and estimates 40 W.
   EnergyMeter::Options o;
   o.powercap_root = (rank < world - 1 ? dir / "node" : dir / "empty").string();
   fs::create_directories(dir / "empty");
