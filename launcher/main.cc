@@ -16,6 +16,7 @@
 #include "launcher/doctor.h"
 #include "launcher/launch.h"
 #include "launcher/node_cmd.h"
+#include "launcher/report_cmd.h"
 #include "launcher/version.h"
 #include "runtime/data/bpe_tokenizer.h"
 #include "runtime/data/data.h"
@@ -294,6 +295,7 @@ int Main(int argc, char** argv) {
   AddPrep(*app);
   AddLaunchCommand(*app);
   AddAuditCommand(*app);
+  AddReportCommand(*app);
   AddEval(*app);
   AddSample(*app);
   AddExport(*app);

@@ -653,6 +653,26 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
         "parallel.comm_timeout",
         "is less than the communicator's resolution of 0.001 seconds; set parallel.comm_timeout, e.g. 300");
   }
+  const proto::EnergySpec& energy = job.energy();
+  if (energy.window_steps() < 1) {
+    v.RefuseValue("energy.window_steps",
+                  "must be at least 1 (steps per energy window); set energy.window_steps, e.g. 20");
+  }
+  if (!(energy.rank_power_w() >= 0) || !Finite(energy.rank_power_w())) {
+    v.RefuseValue("energy.rank_power_w",
+                  "must be a finite number >= 0 (watts of one rank, for an estimate where no counter can be "
+                  "read); set energy.rank_power_w, or 0 for no estimate");
+  }
+  if (energy.measure() && energy.powercap_root().empty()) {
+    v.Refuse("energy.powercap_root",
+             "energy.powercap_root is empty: give the powercap directory, e.g. \"/sys/class/powercap\", "
+             "or set energy.measure: false");
+  }
+  if (energy.measure() && energy.nvml_library().empty()) {
+    v.Refuse("energy.nvml_library",
+             "energy.nvml_library is empty: give NVML's library, e.g. \"libnvidia-ml.so.1\", or set "
+             "energy.measure: false");
+  }
   // Tenancy (docs/SOVEREIGNTY.md): a tenant needs a residency; residency needs a tenant.
   const std::string& tenant = job.tenant().id();
   const proto::ResidencySpec& residency = job.residency();
