@@ -7,6 +7,7 @@
 #include "runtime/data/bpe_tokenizer.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <queue>
@@ -94,11 +95,11 @@ CharClass Classify(char32_t c) {
   return CharClass::kOther;
 }
 
-constexpr char32_t kInvalid = 0xFFFFFFFF;
+constexpr char32_t kInvalid = kInvalidUtf8;
 
-// Decodes the character at s[i]; sets *len (>= 1). Malformed, overlong or surrogate sequences
-// decode as kInvalid of length 1.
-char32_t DecodeUtf8(std::string_view s, size_t i, size_t* len) {
+}  // namespace
+
+char32_t DecodeUtf8Char(std::string_view s, size_t i, size_t* len) {
   const unsigned char b0 = static_cast<unsigned char>(s[i]);
   *len = 1;
   if (b0 < 0x80) return b0;
@@ -124,30 +125,38 @@ char32_t DecodeUtf8(std::string_view s, size_t i, size_t* len) {
   return cp;
 }
 
-void AppendUtf8(char32_t cp, std::string* out) {
+void AppendUtf8Char(char32_t cp, std::string* out) {
   if (cp < 0x80) {
     out->push_back(static_cast<char>(cp));
   } else if (cp < 0x800) {
     out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
     out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {  // the byte alphabet stays below U+0800; larger code points are not produced here
+  } else if (cp < 0x10000) {
     out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
     out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
     out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
 }
 
-// GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 bytes to
-// U+0100 onwards in byte order, so every byte has a visible, non-space character.
-std::vector<char32_t> BytesToUnicode() {
-  std::vector<char32_t> map(256);
-  char32_t next = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    map[b] = printable ? static_cast<char32_t>(b) : next++;
-  }
+const std::vector<char32_t>& Gpt2BytesToUnicode() {
+  static const std::vector<char32_t> map = [] {
+    std::vector<char32_t> m(256);
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      m[b] = printable ? static_cast<char32_t>(b) : next++;
+    }
+    return m;
+  }();
   return map;
 }
+
+namespace {
 
 // ---- The tokenizer ---------------------------------------------------------------------------
 
@@ -164,6 +173,7 @@ class Gpt2Tokenizer final : public Tokenizer {
  public:
   std::string name() const override { return "gpt2"; }
   int vocab_size() const override { return static_cast<int>(token_bytes_.size()); }
+  std::optional<int32_t> end_of_text() const override { return eot_; }
 
   std::vector<int32_t> Encode(std::string_view text) const override {
     std::vector<int32_t> ids;
@@ -193,6 +203,7 @@ class Gpt2Tokenizer final : public Tokenizer {
   std::vector<std::string> token_bytes_;  // id -> the bytes it decodes to
   int32_t byte_token_[256] = {};          // byte -> its single-character token
   std::unordered_map<uint64_t, Merge> merges_;
+  std::optional<int32_t> eot_;  // <|endoftext|>
 };
 
 void Gpt2Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) const {
@@ -249,7 +260,7 @@ void Gpt2Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* ou
 StatusOr<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& vocab_path,
                                                          const std::string& merges_path) {
   auto tok = std::make_unique<Gpt2Tokenizer>();
-  const std::vector<char32_t> byte_to_char = BytesToUnicode();
+  const std::vector<char32_t>& byte_to_char = Gpt2BytesToUnicode();
   std::unordered_map<char32_t, int> char_to_byte;
   for (int b = 0; b < 256; ++b) char_to_byte[byte_to_char[b]] = b;
 
@@ -287,7 +298,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& voca
       bool byte_level = true;
       for (size_t i = 0; i < token.size() && byte_level;) {
         size_t len;
-        const char32_t c = DecodeUtf8(token, i, &len);
+        const char32_t c = DecodeUtf8Char(token, i, &len);
         const auto it = char_to_byte.find(c);
         if (it == char_to_byte.end())
           byte_level = false;
@@ -299,7 +310,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& voca
     }
     for (int b = 0; b < 256; ++b) {
       std::string ch;
-      AppendUtf8(byte_to_char[b], &ch);
+      AppendUtf8Char(byte_to_char[b], &ch);
       const auto it = vocab.find(ch);
       if (it == vocab.end()) {
         return InvalidArgument(vocab_path + ": no token for byte " + std::to_string(b) + " (" +
@@ -308,6 +319,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& voca
       }
       tok->byte_token_[b] = it->second;
     }
+    if (const auto it = vocab.find("<|endoftext|>"); it != vocab.end()) tok->eot_ = it->second;
   }
 
   // merges.txt: an optional "#version" line, then "LEFT RIGHT" per line in rank order.
@@ -347,7 +359,83 @@ StatusOr<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& voca
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }
 
+// llm.c's gpt2_tokenizer.bin: each token's bytes, no merges.
+class LlmcTokenizer final : public Tokenizer {
+ public:
+  std::string name() const override { return "llmc"; }
+  int vocab_size() const override { return static_cast<int>(token_bytes_.size()); }
+  bool can_encode() const override { return false; }
+  std::optional<int32_t> end_of_text() const override { return eot_; }
+  std::vector<int32_t> Encode(std::string_view) const override { return {}; }
+  std::string Decode(const std::vector<int32_t>& ids) const override {
+    std::string out;
+    for (int32_t id : ids) out += id >= 0 && id < vocab_size() ? token_bytes_[id] : "\xEF\xBF\xBD";
+    return out;
+  }
+
+  std::vector<std::string> token_bytes_;
+  int32_t eot_ = 0;
+};
+
 }  // namespace
+
+StatusOr<std::unique_ptr<Tokenizer>> MakeLlmcTokenizer(const std::string& path) {
+  const std::string file = fs::is_directory(path) ? path + "/gpt2_tokenizer.bin" : path;
+  if (!fs::exists(file)) {
+    return NotFound(
+        "llm.c tokenizer: " + file +
+        " does not exist; llm.c's train_gpt2.py writes gpt2_tokenizer.bin next to its checkpoints");
+  }
+  FJORD_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(file, "llm.c tokenizer"));
+  constexpr size_t kHeader = 256 * sizeof(uint32_t);
+  if (bytes.size() < kHeader) {
+    return InvalidArgument(file + ": " + std::to_string(bytes.size()) +
+                           " bytes, shorter than llm.c's 1024-byte header; the file is truncated or not a "
+                           "gpt2_tokenizer.bin");
+  }
+  uint32_t header[256];
+  std::memcpy(header, bytes.data(), kHeader);
+  if (header[0] != 20240328) {
+    return InvalidArgument(file + ": header[0] (magic) is " + std::to_string(header[0]) +
+                           ", not llm.c's 20240328; this is not a gpt2_tokenizer.bin");
+  }
+  if (header[1] != 1 && header[1] != 2) {
+    return InvalidArgument(file + ": header[1] (version) is " + std::to_string(header[1]) +
+                           "; fjord reads versions 1 and 2 of llm.c's tokenizer file");
+  }
+  const uint32_t n = header[2];
+  if (n == 0 || n > (1u << 24)) {
+    return InvalidArgument(file + ": header[2] (vocab size) is " + std::to_string(n) + ", expected 1..2^24");
+  }
+  auto tok = std::make_unique<LlmcTokenizer>();
+  tok->eot_ = header[1] == 2 ? static_cast<int32_t>(header[3]) : 50256;  // version 1 is GPT-2's own
+  if (static_cast<uint32_t>(tok->eot_) >= n) {
+    return InvalidArgument(file + ": the end-of-text token " + std::to_string(tok->eot_) +
+                           (header[1] == 2 ? " (header[3])" : " (GPT-2's, for version 1)") +
+                           " is outside the vocabulary of " + std::to_string(n) + " tokens");
+  }
+  tok->token_bytes_.reserve(n);
+  size_t pos = kHeader;
+  for (uint32_t id = 0; id < n; ++id) {
+    if (pos >= bytes.size() || pos + 1 + static_cast<unsigned char>(bytes[pos]) > bytes.size()) {
+      return InvalidArgument(file + ": ends inside token " + std::to_string(id) + " of " + std::to_string(n) +
+                             " (byte offset " + std::to_string(pos) + "); the file is truncated");
+    }
+    const size_t len = static_cast<unsigned char>(bytes[pos]);
+    if (len == 0) {
+      return InvalidArgument(file + ": token " + std::to_string(id) + " (byte offset " + std::to_string(pos) +
+                             ") has length 0; every token has at least one byte");
+    }
+    tok->token_bytes_.emplace_back(bytes, pos + 1, len);
+    pos += 1 + len;
+  }
+  if (pos != bytes.size()) {
+    return InvalidArgument(file + ": " + std::to_string(bytes.size() - pos) +
+                           " bytes after the last of the " + std::to_string(n) +
+                           " tokens (header[2]); the file is corrupt");
+  }
+  return std::unique_ptr<Tokenizer>(std::move(tok));
+}
 
 std::vector<std::string_view> Gpt2PreTokenize(std::string_view text) {
   struct Char {
@@ -359,7 +447,7 @@ std::vector<std::string_view> Gpt2PreTokenize(std::string_view text) {
   chars.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
     size_t len;
-    const char32_t cp = DecodeUtf8(text, i, &len);
+    const char32_t cp = DecodeUtf8Char(text, i, &len);
     chars.push_back({i, cp, cp == kInvalid ? CharClass::kOther : Classify(cp)});
     i += len;
   }
