@@ -11,6 +11,7 @@
 #include <unicode/unistr.h>
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <functional>
 #include <queue>
@@ -34,8 +35,8 @@ class Fields {
   const std::string& path() const { return path_; }
 
   Status Error(const JsonValue& at, const std::string& field, const std::string& what) const {
-    return InvalidArgument(path_ + ":" + std::to_string(at.line()) + ":" + std::to_string(at.column()) + ": " +
-                           field + ": " + what);
+    return InvalidArgument(path_ + ":" + std::to_string(at.line()) + ":" + std::to_string(at.column()) +
+                           ": " + field + ": " + what);
   }
   Status Unsupported(const JsonValue& at, const std::string& field, const std::string& value,
                      const std::string& supported) const {
@@ -79,12 +80,18 @@ class Fields {
  private:
   static const char* TypeName(JsonValue::Type t) {
     switch (t) {
-      case JsonValue::Type::kNull: return "null";
-      case JsonValue::Type::kBool: return "a boolean";
-      case JsonValue::Type::kNumber: return "a number";
-      case JsonValue::Type::kString: return "a string";
-      case JsonValue::Type::kArray: return "an array";
-      case JsonValue::Type::kObject: return "an object";
+      case JsonValue::Type::kNull:
+        return "null";
+      case JsonValue::Type::kBool:
+        return "a boolean";
+      case JsonValue::Type::kNumber:
+        return "a number";
+      case JsonValue::Type::kString:
+        return "a string";
+      case JsonValue::Type::kArray:
+        return "an array";
+      case JsonValue::Type::kObject:
+        return "an object";
     }
     return "?";
   }
@@ -100,7 +107,7 @@ class Fields {
 class Regex {
  public:
   static StatusOr<std::shared_ptr<const Regex>> Compile(const std::string& pattern, const Fields& f,
-                                                       const JsonValue& at, const std::string& field) {
+                                                        const JsonValue& at, const std::string& field) {
     int error = 0;
     PCRE2_SIZE offset = 0;
     pcre2_code* code =
@@ -129,7 +136,8 @@ class Regex {
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
     const auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
     for (size_t pos = 0; pos < s.size();) {
-      int rc = jit_ ? pcre2_jit_match(code_, subject, s.size(), pos, 0, md, nullptr) : PCRE2_ERROR_JIT_BADOPTION;
+      int rc =
+          jit_ ? pcre2_jit_match(code_, subject, s.size(), pos, 0, md, nullptr) : PCRE2_ERROR_JIT_BADOPTION;
       if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {  // JIT stack exhausted, say: the interpreter uses the heap
         rc = pcre2_match(code_, subject, s.size(), pos, PCRE2_NO_JIT, md, nullptr);
       }
@@ -179,7 +187,8 @@ StatusOr<Pattern> ParsePattern(const JsonValue& v, const Fields& f, const std::s
   } else if (kind == "Regex") {
     FJORD_ASSIGN_OR_RETURN(p.regex, Regex::Compile(value.text(), f, value, field + ".Regex"));
   } else {
-    return f.Error(v, field, "expected {\"String\": \"...\"} or {\"Regex\": \"...\"}, got key " + JsonQuote(kind));
+    return f.Error(v, field,
+                   "expected {\"String\": \"...\"} or {\"Regex\": \"...\"}, got key " + JsonQuote(kind));
   }
   return p;
 }
@@ -194,8 +203,8 @@ struct Piece {
 enum class SplitBehavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext };
 
 // Splits `piece` at the matches of `pattern`, as NormalizedString::split does.
-void SplitPiece(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& matches, SplitBehavior behavior,
-                std::vector<Piece>* out) {
+void SplitPiece(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& matches,
+                SplitBehavior behavior, std::vector<Piece>* out) {
   // Cut points: [begin, end, is_match].
   std::vector<std::tuple<size_t, size_t, bool>> parts;
   size_t last = 0;
@@ -277,8 +286,9 @@ StatusOr<Normalizer> ParseNormalizer(const JsonValue& v, const Fields& f, const 
     FJORD_ASSIGN_OR_RETURN(const JsonValue* list, f.Get(v, field, "normalizers", JsonValue::Type::kArray));
     std::vector<Normalizer> stages;
     for (size_t i = 0; i < list->array().size(); ++i) {
-      FJORD_ASSIGN_OR_RETURN(Normalizer n, ParseNormalizer(list->array()[i], f,
-                                                           field + ".normalizers[" + std::to_string(i) + "]"));
+      FJORD_ASSIGN_OR_RETURN(
+          Normalizer n,
+          ParseNormalizer(list->array()[i], f, field + ".normalizers[" + std::to_string(i) + "]"));
       stages.push_back(std::move(n));
     }
     return Normalizer([stages](std::string s) {
@@ -318,7 +328,8 @@ StatusOr<Normalizer> ParseNormalizer(const JsonValue& v, const Fields& f, const 
 }
 
 // GPT-2's pre-tokenizer regex, as `tokenizers`' ByteLevel uses it with use_regex.
-constexpr char kGpt2Pattern[] = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr char kGpt2Pattern[] =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 StatusOr<PreTokenizer> ParsePreTokenizer(const JsonValue& v, const Fields& f, const std::string& field) {
   const std::string kSupported = "the pre-tokenizers ByteLevel, Split, Metaspace and Sequence";
@@ -328,8 +339,9 @@ StatusOr<PreTokenizer> ParsePreTokenizer(const JsonValue& v, const Fields& f, co
     FJORD_ASSIGN_OR_RETURN(const JsonValue* list, f.Get(v, field, "pretokenizers", JsonValue::Type::kArray));
     std::vector<PreTokenizer> stages;
     for (size_t i = 0; i < list->array().size(); ++i) {
-      FJORD_ASSIGN_OR_RETURN(PreTokenizer p, ParsePreTokenizer(list->array()[i], f,
-                                                               field + ".pretokenizers[" + std::to_string(i) + "]"));
+      FJORD_ASSIGN_OR_RETURN(
+          PreTokenizer p,
+          ParsePreTokenizer(list->array()[i], f, field + ".pretokenizers[" + std::to_string(i) + "]"));
       stages.push_back(std::move(p));
     }
     return PreTokenizer([stages](std::vector<Piece>* pieces) {
@@ -369,7 +381,8 @@ StatusOr<PreTokenizer> ParsePreTokenizer(const JsonValue& v, const Fields& f, co
   if (type == "Split") {
     FJORD_ASSIGN_OR_RETURN(const JsonValue* pattern, f.Get(v, field, "pattern", JsonValue::Type::kObject));
     FJORD_ASSIGN_OR_RETURN(Pattern p, ParsePattern(*pattern, f, field + ".pattern"));
-    FJORD_ASSIGN_OR_RETURN(const JsonValue* behavior_v, f.Get(v, field, "behavior", JsonValue::Type::kString));
+    FJORD_ASSIGN_OR_RETURN(const JsonValue* behavior_v,
+                           f.Get(v, field, "behavior", JsonValue::Type::kString));
     const std::string& name = behavior_v->text();
     SplitBehavior behavior;
     if (name == "Isolated") {
@@ -412,7 +425,8 @@ StatusOr<PreTokenizer> ParsePreTokenizer(const JsonValue& v, const Fields& f, co
       for (Piece& p : *pieces) {
         p.text = ReplaceAll(p.text, space.Matches(p.text), replacement);
         const bool starts = p.text.compare(0, replacement.size(), replacement) == 0;
-        if (!starts && (scheme == "always" || (scheme == "first" && p.at_start))) p.text.insert(0, replacement);
+        if (!starts && (scheme == "always" || (scheme == "first" && p.at_start)))
+          p.text.insert(0, replacement);
         if (split) {
           SplitPiece(p, marker.Matches(p.text), SplitBehavior::kMergedWithNext, &out);
         } else {
@@ -432,15 +446,16 @@ std::string ByteTokenName(unsigned char b) {
 }
 
 StatusOr<Decoder> ParseDecoder(const JsonValue& v, const Fields& f, const std::string& field) {
-  const std::string kSupported = "the decoders ByteLevel, Metaspace, ByteFallback, Fuse, Replace, Strip and Sequence";
+  const std::string kSupported =
+      "the decoders ByteLevel, Metaspace, ByteFallback, Fuse, Replace, Strip and Sequence";
   if (!v.is_object()) return f.Error(v, field, "expected an object or null");
   FJORD_ASSIGN_OR_RETURN(const std::string type, f.String(v, field, "type"));
   if (type == "Sequence") {
     FJORD_ASSIGN_OR_RETURN(const JsonValue* list, f.Get(v, field, "decoders", JsonValue::Type::kArray));
     std::vector<Decoder> stages;
     for (size_t i = 0; i < list->array().size(); ++i) {
-      FJORD_ASSIGN_OR_RETURN(Decoder d,
-                             ParseDecoder(list->array()[i], f, field + ".decoders[" + std::to_string(i) + "]"));
+      FJORD_ASSIGN_OR_RETURN(
+          Decoder d, ParseDecoder(list->array()[i], f, field + ".decoders[" + std::to_string(i) + "]"));
       stages.push_back(std::move(d));
     }
     return Decoder([stages](std::vector<std::string>* tokens) {
@@ -459,8 +474,10 @@ StatusOr<Decoder> ParseDecoder(const JsonValue& v, const Fields& f, const std::s
         for (size_t i = 0; i < t.size() && all;) {
           size_t len;
           const auto it = char_byte.find(DecodeUtf8Char(t, i, &len));
-          if (it == char_byte.end()) all = false;
-          else mine.push_back(it->second);
+          if (it == char_byte.end())
+            all = false;
+          else
+            mine.push_back(it->second);
           i += len;
         }
         bytes += all ? mine : t;
@@ -579,9 +596,12 @@ class HfTokenizer final : public Tokenizer {
   static StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path);
 
  private:
+  // Added tokens by first byte, longest first.
+  using AddedIndex = std::array<std::vector<const AddedToken*>, 256>;
+
   // Splits `text` at the tokens of `added` (leftmost, then longest); calls piece(text, begins_at_0)
   // for the text between them and token(id) for each.
-  void SplitAdded(std::string_view text, bool at_start, const std::vector<const AddedToken*>& added,
+  void SplitAdded(std::string_view text, bool at_start, const AddedIndex& added,
                   const std::function<void(std::string_view, bool)>& piece,
                   const std::function<void(int32_t)>& token) const;
   void EncodeWord(const std::string& word, std::vector<int32_t>* out) const;
@@ -590,7 +610,7 @@ class HfTokenizer final : public Tokenizer {
   std::vector<std::string> id_to_token_;            // model.vocab and added_tokens
   std::unordered_map<uint64_t, Merge> merges_;
   std::vector<AddedToken> added_;
-  std::vector<const AddedToken*> raw_added_, normalized_added_;  // matched before / after normalizing
+  AddedIndex raw_added_, normalized_added_;  // matched before / after normalizing
   std::unordered_set<int32_t> special_;
   Normalizer normalizer_;
   PreTokenizer pre_tokenizer_;
@@ -601,16 +621,16 @@ class HfTokenizer final : public Tokenizer {
   std::optional<int32_t> eos_;
 };
 
-void HfTokenizer::SplitAdded(std::string_view text, bool at_start, const std::vector<const AddedToken*>& added,
+void HfTokenizer::SplitAdded(std::string_view text, bool at_start, const AddedIndex& added,
                              const std::function<void(std::string_view, bool)>& piece,
                              const std::function<void(int32_t)>& token) const {
   size_t last = 0;
-  for (size_t i = 0; i < text.size() && !added.empty();) {
+  for (size_t i = 0; i < text.size();) {
     const AddedToken* best = nullptr;
-    for (const AddedToken* t : added) {
-      if ((best == nullptr || t->content.size() > best->content.size()) &&
-          text.compare(i, t->content.size(), t->content) == 0) {
+    for (const AddedToken* t : added[static_cast<unsigned char>(text[i])]) {
+      if (text.compare(i, t->content.size(), t->content) == 0) {
         best = t;
+        break;
       }
     }
     if (best == nullptr) {
@@ -770,11 +790,14 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
                          "BPE models (byte-level, or with byte_fallback)");
   }
   if (const JsonValue* d = model->Find("dropout"); d != nullptr && !d->is_null() && d->number() != 0.0) {
-    return f.Unsupported(*d, "model.dropout", d->text(), "dropout: null (dropout is for training a tokenizer)");
+    return f.Unsupported(*d, "model.dropout", d->text(),
+                         "dropout: null (dropout is for training a tokenizer)");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (const JsonValue* v = model->Find(key); v != nullptr && !v->is_null() && !(v->is_string() && v->text().empty())) {
-      return f.Unsupported(*v, std::string("model.") + key, JsonQuote(v->text()), std::string(key) + ": null");
+    if (const JsonValue* v = model->Find(key);
+        v != nullptr && !v->is_null() && !(v->is_string() && v->text().empty())) {
+      return f.Unsupported(*v, std::string("model.") + key, JsonQuote(v->text()),
+                           std::string(key) + ": null");
     }
   }
   FJORD_ASSIGN_OR_RETURN(tok->byte_fallback_, f.Bool(*model, "model", "byte_fallback", false));
@@ -785,7 +808,8 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
   for (const auto& [token, id_v] : vocab->object()) {
     const std::optional<int64_t> id = id_v.AsInt64();
     if (!id || *id < 0 || *id > INT32_MAX) {
-      return f.Error(id_v, "model.vocab[" + JsonQuote(token) + "]", "expected a token id (an integer >= 0), got " + id_v.text());
+      return f.Error(id_v, "model.vocab[" + JsonQuote(token) + "]",
+                     "expected a token id (an integer >= 0), got " + id_v.text());
     }
     if (const auto [it, fresh] = by_id.emplace(static_cast<int32_t>(*id), std::pair{token, &id_v}); !fresh) {
       return f.Error(id_v, "model.vocab[" + JsonQuote(token) + "]",
@@ -821,8 +845,8 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
       }
       if (const auto it = by_id.find(t.id); it != by_id.end() && it->second.first != t.content) {
         return f.Error(a, field + ".id",
-                       "id " + std::to_string(t.id) + " is " + JsonQuote(it->second.first) + " in model.vocab, not " +
-                           JsonQuote(t.content) + "; the file is inconsistent");
+                       "id " + std::to_string(t.id) + " is " + JsonQuote(it->second.first) +
+                           " in model.vocab, not " + JsonQuote(t.content) + "; the file is inconsistent");
       }
       by_id.emplace(t.id, std::pair{t.content, &a});
       tok->added_.push_back(std::move(t));
@@ -848,17 +872,18 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
     if (m.is_string()) {
       const size_t space = m.text().find(' ');
       if (space == std::string::npos || m.text().find(' ', space + 1) != std::string::npos) {
-        return f.Error(m, field, "expected \"LEFT RIGHT\" (two tokens, one space), got " + JsonQuote(m.text()));
+        return f.Error(m, field,
+                       "expected \"LEFT RIGHT\" (two tokens, one space), got " + JsonQuote(m.text()));
       }
       left = m.text().substr(0, space), right = m.text().substr(space + 1);
-    } else if (m.is_array() && m.array().size() == 2 && m.array()[0].is_string() && m.array()[1].is_string()) {
+    } else if (m.is_array() && m.array().size() == 2 && m.array()[0].is_string() &&
+               m.array()[1].is_string()) {
       left = m.array()[0].text(), right = m.array()[1].text();
     } else {
       return f.Error(m, field, "expected \"LEFT RIGHT\" or [\"LEFT\", \"RIGHT\"]");
     }
     const auto l = tok->vocab_.find(left), r = tok->vocab_.find(right), mm = tok->vocab_.find(left + right);
-    for (const auto& [it, token] :
-         {std::pair{l, left}, std::pair{r, right}, std::pair{mm, left + right}}) {
+    for (const auto& [it, token] : {std::pair{l, left}, std::pair{r, right}, std::pair{mm, left + right}}) {
       if (it == tok->vocab_.end()) {
         return f.Error(m, field, "token " + JsonQuote(token) + " is not in model.vocab; the file is corrupt");
       }
@@ -884,11 +909,22 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
     if (t.special) tok->special_.insert(t.id);
     if (t.normalized && tok->normalizer_) t.content = tok->normalizer_(t.content);
   }
-  for (const AddedToken& t : tok->added_) (t.normalized ? tok->normalized_added_ : tok->raw_added_).push_back(&t);
+  for (const AddedToken& t : tok->added_) {
+    if (t.content.empty()) continue;
+    AddedIndex& index = t.normalized ? tok->normalized_added_ : tok->raw_added_;
+    index[static_cast<unsigned char>(t.content[0])].push_back(&t);
+  }
+  for (AddedIndex* index : {&tok->raw_added_, &tok->normalized_added_}) {
+    for (auto& bucket : *index) {
+      std::stable_sort(bucket.begin(), bucket.end(), [](const AddedToken* a, const AddedToken* b) {
+        return a->content.size() > b->content.size();
+      });
+    }
+  }
 
   // post_processor: TemplateProcessing's "single" template; ByteLevel leaves ids alone.
   std::function<Status(const JsonValue&, const std::string&)> post = [&](const JsonValue& v,
-                                                                       const std::string& field) -> Status {
+                                                                         const std::string& field) -> Status {
     if (!v.is_object()) return f.Error(v, field, "expected an object or null");
     FJORD_ASSIGN_OR_RETURN(const std::string ptype, f.String(v, field, "type"));
     if (ptype == "ByteLevel") return OkStatus();
@@ -905,24 +941,27 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
     }
     if (!tok->template_.empty()) return f.Error(v, field, "a second TemplateProcessing is not supported");
     FJORD_ASSIGN_OR_RETURN(const JsonValue* single, f.Get(v, field, "single", JsonValue::Type::kArray));
-    FJORD_ASSIGN_OR_RETURN(const JsonValue* specials, f.Get(v, field, "special_tokens", JsonValue::Type::kObject));
+    FJORD_ASSIGN_OR_RETURN(const JsonValue* specials,
+                           f.Get(v, field, "special_tokens", JsonValue::Type::kObject));
     bool has_sequence = false;
     for (size_t i = 0; i < single->array().size(); ++i) {
       const JsonValue& item = single->array()[i];
       const std::string ifield = field + ".single[" + std::to_string(i) + "]";
       if (const JsonValue* s = item.Find("Sequence"); s != nullptr) {
         FJORD_ASSIGN_OR_RETURN(const std::string which, f.String(*s, ifield + ".Sequence", "id"));
-        if (which != "A") return f.Error(*s, ifield + ".Sequence.id", "the single template's sequence is \"A\"");
+        if (which != "A")
+          return f.Error(*s, ifield + ".Sequence.id", "the single template's sequence is \"A\"");
         tok->template_.push_back({});
         has_sequence = true;
       } else if (const JsonValue* st = item.Find("SpecialToken"); st != nullptr) {
         FJORD_ASSIGN_OR_RETURN(const std::string name, f.String(*st, ifield + ".SpecialToken", "id"));
         const JsonValue* entry = specials->Find(name);
         if (entry == nullptr) {
-          return f.Error(*st, ifield + ".SpecialToken.id", JsonQuote(name) + " is not in " + field + ".special_tokens");
+          return f.Error(*st, ifield + ".SpecialToken.id",
+                         JsonQuote(name) + " is not in " + field + ".special_tokens");
         }
-        FJORD_ASSIGN_OR_RETURN(const JsonValue* ids,
-                               f.Get(*entry, field + ".special_tokens." + name, "ids", JsonValue::Type::kArray));
+        FJORD_ASSIGN_OR_RETURN(const JsonValue* ids, f.Get(*entry, field + ".special_tokens." + name, "ids",
+                                                           JsonValue::Type::kArray));
         std::vector<int32_t> part;
         for (const JsonValue& id : ids->array()) {
           const std::optional<int64_t> x = id.AsInt64();
@@ -938,7 +977,8 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
         return f.Error(item, ifield, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
       }
     }
-    if (!has_sequence) return f.Error(*single, field + ".single", "the template has no {\"Sequence\": {\"id\": \"A\"}}");
+    if (!has_sequence)
+      return f.Error(*single, field + ".single", "the template has no {\"Sequence\": {\"id\": \"A\"}}");
     return OkStatus();
   };
   if (const JsonValue* v = json.Find("post_processor"); v != nullptr && !v->is_null()) {
@@ -962,9 +1002,11 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& path) 
 StatusOr<std::unique_ptr<Tokenizer>> MakeHfTokenizer(const std::string& path) {
   const std::string file = fs::is_directory(path) ? path + "/tokenizer.json" : path;
   if (!fs::exists(file)) {
-    return NotFound("Hugging Face tokenizer: " + file +
-                    " does not exist; copy the model's tokenizer.json (from its Hugging Face repository, next to "
-                    "config.json) into " + path);
+    return NotFound(
+        "Hugging Face tokenizer: " + file +
+        " does not exist; copy the model's tokenizer.json (from its Hugging Face repository, next to "
+        "config.json) into " +
+        path);
   }
   return HfTokenizer::Load(file);
 }

@@ -38,22 +38,26 @@ class TokenizerCliTest : public testing::TempDirTest {
     std::string vocab;
     for (int b = 0; b < 256; ++b) vocab += JsonQuote(ch(b)) + ": " + std::to_string(b) + ", ";
     const std::string G = ch(' ');
-    vocab += JsonQuote(G + "f") + ": 256, \"jo\": 257, " + JsonQuote(G + "fjo") + ": 258, \"<|endoftext|>\": 259";
+    vocab +=
+        JsonQuote(G + "f") + ": 256, \"jo\": 257, " + JsonQuote(G + "fjo") + ": 258, \"<|endoftext|>\": 259";
     fs::create_directories(dir);
     std::ofstream(dir + "/tokenizer.json")
         << "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null,\n"
            "\"added_tokens\": [{\"id\": 259, \"content\": \"<|endoftext|>\", \"single_word\": false, "
            "\"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true}],\n"
            "\"normalizer\": null,\n"
-           "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, "
+           "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": "
+           "true, "
            "\"use_regex\": true},\n"
-           "\"post_processor\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": false, "
+           "\"post_processor\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": "
+           "false, "
            "\"use_regex\": true},\n"
            "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "
            "\"use_regex\": true},\n"
            "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"byte_fallback\": false, "
            "\"vocab\": {"
-        << vocab << "}, \"merges\": [" << JsonQuote(G + " f") << ", \"j o\", " << JsonQuote(G + "f jo") << "]}}\n";
+        << vocab << "}, \"merges\": [" << JsonQuote(G + " f") << ", \"j o\", " << JsonQuote(G + "f jo")
+        << "]}}\n";
   }
 
   // The tokens of an llm.c shard (256 x int32 header, uint16 tokens).
@@ -75,7 +79,8 @@ TEST_F(TokenizerCliTest, PrepWithHfWritesItsIdsAndSampleDecodesWithIt) {
   WriteTokenizer(Path("tok"));
   std::string text;
   for (int i = 0; i < 200; ++i) {
-    text += "the fjord keeps its data home, æøå " + std::to_string(i % 7) + (i % 10 == 9 ? "<|endoftext|>" : "\n");
+    text += "the fjord keeps its data home, æøå " + std::to_string(i % 7) +
+            (i % 10 == 9 ? "<|endoftext|>" : "\n");
   }
   std::ofstream(Path("corpus.txt")) << text;
   RunResult r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("data") +
@@ -93,10 +98,11 @@ TEST_F(TokenizerCliTest, PrepWithHfWritesItsIdsAndSampleDecodesWithIt) {
   EXPECT_EQ(std::count(expected.begin(), expected.end(), 258), 200);
   EXPECT_EQ(std::count(expected.begin(), expected.end(), 259), 20);
 
-  std::ofstream(Path("job.textproto")) << "model { n_layer: 1 n_head: 2 n_embd: 16 seq_len: 16 vocab_size: 260 }\n"
-                                          "train { micro_batch: 4 steps: 3 lr: 1e-2 }\n"
-                                          "data { train: \""
-                                       << Path("data/train_*.bin") << "\" }\nrun_dir: \"" << Path("run") << "\"\n";
+  std::ofstream(Path("job.textproto"))
+      << "model { n_layer: 1 n_head: 2 n_embd: 16 seq_len: 16 vocab_size: 260 }\n"
+         "train { micro_batch: 4 steps: 3 lr: 1e-2 }\n"
+         "data { train: \""
+      << Path("data/train_*.bin") << "\" }\nrun_dir: \"" << Path("run") << "\"\n";
   r = RunFjord("train " + Path("job.textproto") + " --quiet");
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
@@ -129,8 +135,8 @@ TEST_F(TokenizerCliTest, PrepWithHfWritesItsIdsAndSampleDecodesWithIt) {
   for (size_t p; (p = from_llmc.find("<|endoftext|>")) != std::string::npos;) from_llmc.erase(p, 13);
   EXPECT_EQ(from_llmc, from_hf);
   EXPECT_GT(from_hf.size(), 1u);
-  r = RunFjord("sample --checkpoint " + Path("run") + " --tokenizer llmc --vocab " + Path("gpt2_tokenizer.bin") +
-               " --prompt hello");
+  r = RunFjord("sample --checkpoint " + Path("run") + " --tokenizer llmc --vocab " +
+               Path("gpt2_tokenizer.bin") + " --prompt hello");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("only decodes"));
 
@@ -157,7 +163,8 @@ TEST_F(TokenizerCliTest, DecodeOnlyAndMisnamedTokenizersAreRefused) {
   EXPECT_THAT(r.output, HasSubstr("unknown tokenizer \"bpe\"; known tokenizers: byte"));
   // llm.c's tokenizer file has no merges: it cannot prep.
   uint32_t header[256] = {20240328, 2, 1, 0};
-  std::ofstream(Path("t.bin"), std::ios::binary).write(reinterpret_cast<const char*>(header), sizeof(header)) << "\x01x";
+  std::ofstream(Path("t.bin"), std::ios::binary).write(reinterpret_cast<const char*>(header), sizeof(header))
+      << "\x01x";
   r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("d") + " --tokenizer llmc --vocab " +
                Path("t.bin"));
   EXPECT_EQ(r.exit_code, 1);

@@ -35,7 +35,8 @@ std::optional<std::string> OraclePython(std::string* why) {
   if (fs::exists(python) && std::system((python + " -c 'import tokenizers' >/dev/null 2>&1").c_str()) == 0) {
     return python;
   }
-  *why = "Python test stack missing (" + python + " cannot import tokenizers); install it: bash scripts/install-deps.sh";
+  *why = "Python test stack missing (" + python +
+         " cannot import tokenizers); install it: bash scripts/install-deps.sh";
   return std::nullopt;
 }
 
@@ -54,8 +55,9 @@ std::string FirstDifference(const std::vector<int32_t>& got, const std::vector<i
     for (size_t k = i; k < v.size() && k < i + 8; ++k) s += std::to_string(v[k]) + " ";
     return s;
   };
-  return "sizes " + std::to_string(got.size()) + " vs " + std::to_string(want.size()) + "; first difference at " +
-         std::to_string(i) + ": fjord [" + show(got) + "] tokenizers [" + show(want) + "]";
+  return "sizes " + std::to_string(got.size()) + " vs " + std::to_string(want.size()) +
+         "; first difference at " + std::to_string(i) + ": fjord [" + show(got) + "] tokenizers [" +
+         show(want) + "]";
 }
 
 // Runs the oracle once for all tests of the suite.
@@ -71,7 +73,8 @@ class HfOracleTest : public ::testing::Test {
     dir_ = (fs::path(::testing::TempDir()) / ("fjord_hf_oracle_" + std::to_string(::getpid()))).string();
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    std::string command = *python + " " + FJORD_SOURCE_DIR + "/tests/runtime/data/hf_tokenizer_oracle.py " + dir_;
+    std::string command =
+        *python + " " + FJORD_SOURCE_DIR + "/tests/runtime/data/hf_tokenizer_oracle.py " + dir_;
     if (fs::exists(kSharedData + "/gpt2/vocab.json") && fs::exists(kSharedData + "/tinyshakespeare.txt")) {
       command += " " + kSharedData + "/gpt2 " + kSharedData + "/tinyshakespeare.txt";
     }
@@ -225,8 +228,8 @@ TEST_F(LlmcTokenizerTest, DecodesAsGpt2sFilesDo) {
   for (int version : {1, 2}) {
     const std::string bin = Path("v" + std::to_string(version) + ".bin");
     std::string output;
-    ASSERT_EQ(testing_util::RunCaptured(*python + " " + Path("writer.py") + " " + kSharedData + "/gpt2 " + bin + " " +
-                                            std::to_string(version),
+    ASSERT_EQ(testing_util::RunCaptured(*python + " " + Path("writer.py") + " " + kSharedData + "/gpt2 " +
+                                            bin + " " + std::to_string(version),
                                         Path("log"), &output),
               0)
         << output;
@@ -251,7 +254,12 @@ TEST_F(LlmcTokenizerTest, RefusesDamagedFilesNamingTheField) {
   std::string good;
   uint32_t header[256] = {20240328, 2, 2, 1};
   good.assign(reinterpret_cast<const char*>(header), sizeof(header));
-  good += std::string("\x01" "a" "\x02" "bc", 5);
+  good += std::string(
+      "\x01"
+      "a"
+      "\x02"
+      "bc",
+      5);
   WriteBytes(Path("good.bin"), good);
   StatusOr<std::unique_ptr<Tokenizer>> ok = MakeLlmcTokenizer(Path("good.bin"));
   ASSERT_TRUE(ok.ok()) << ok.status().message();
@@ -327,9 +335,11 @@ TEST_F(HfRefusalTest, TheMinimalFileLoadsAndEncodes) {
 
 TEST_F(HfRefusalTest, NamesTheFieldOfWhatIsNotSupported) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
-      {Edit(Json(), R"("type": "BPE")", R"("type": "WordPiece")"), {"model.type", "\"WordPiece\" is not supported"}},
+      {Edit(Json(), R"("type": "BPE")", R"("type": "WordPiece")"),
+       {"model.type", "\"WordPiece\" is not supported"}},
       {Json({{"NORMALIZER", R"({"type": "Lowercase"})"}}), {"normalizer.type", "\"Lowercase\""}},
-      {Json({{"NORMALIZER", R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "StripAccents"}]})"}}),
+      {Json({{"NORMALIZER",
+              R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "StripAccents"}]})"}}),
        {"normalizer.normalizers[1].type", "\"StripAccents\""}},
       {Json({{"PRETOKENIZER", R"({"type": "Whitespace"})"}}), {"pre_tokenizer.type", "\"Whitespace\""}},
       {Json({{"PRETOKENIZER",
@@ -340,13 +350,15 @@ TEST_F(HfRefusalTest, NamesTheFieldOfWhatIsNotSupported) {
       {Edit(Json(), R"("truncation": null)", R"("truncation": {"max_length": 512})"), {"truncation"}},
       {Edit(Json(), R"("dropout": null)", R"("dropout": 0.1)"), {"model.dropout"}},
       {Edit(Json(), R"("lstrip": false)", R"("lstrip": true)"), {"added_tokens[0].lstrip"}},
-      {Edit(Json(), R"("decoder": null)", R"("decoder": {"type": "WordPiece"})"), {"decoder.type", "\"WordPiece\""}},
+      {Edit(Json(), R"("decoder": null)", R"("decoder": {"type": "WordPiece"})"),
+       {"decoder.type", "\"WordPiece\""}},
       {Edit(Json(), R"("post_processor": null)", R"("post_processor": {"type": "BertProcessing"})"),
        {"post_processor.type", "\"BertProcessing\""}},
       {Edit(Json(), R"(["a b"])", R"(["a c"])"), {"model.merges[0]", "\"c\" is not in model.vocab"}},
       {Edit(Json(), R"("ab": 3)", R"("ab": 7)"), {"has id 7", "without gaps"}},
       {Edit(Json(), R"("b": 2)", R"("b": 1)"), {"also belongs to"}},
-      {Edit(Json(), R"("unk_token": null)", R"("unk_token": "<unk>")"), {"model.unk_token", "not in model.vocab"}},
+      {Edit(Json(), R"("unk_token": null)", R"("unk_token": "<unk>")"),
+       {"model.unk_token", "not in model.vocab"}},
       {"[1, 2]", {"expected a JSON object"}},
       {"{\"model\": ", {"tokenizer.json:1:"}},
   };
