@@ -52,6 +52,7 @@ HELD_OUT = [
     "Unseen scripts: ᚠᚢᚦᚨᚱᚲ runes, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math, עברית, हिन्दी, ไทย.",
     "Combining: e\u0301 a\u030a versus é å (NFC), and ﬁ ligature.",
     "Lots of digits 98765432109876543210 and 007 and 3.0e-8.",
+    "En fjordsjø er en innsjø i en fjord; fjordsjøen ved fjordsjø.",
     "", " ", "  ", "\n", "\t \n \t", "a", "å", "🎉", "   leading spaces", "trailing spaces   ",
     "x\r\ny\r\n\r\nz", "non\u00a0breaking\u2009thin\u3000ideographic spaces",
 ]
@@ -71,7 +72,7 @@ def with_specials(specials, texts):
     return texts + [f"{a}Hei{b}", f"før {b} etter", f"{b}{b}  {a}x", f"<{b}>", f"{a[:-1]}"]
 
 
-def byte_level(name, pattern, normalizer=None, prefix_space=False):
+def byte_level(name, pattern, normalizer=None, prefix_space=False, ignore_merges=False):
     tok = Tokenizer(models.BPE())
     if normalizer:
         tok.normalizer = normalizer
@@ -87,6 +88,12 @@ def byte_level(name, pattern, normalizer=None, prefix_space=False):
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus(), trainer)
+    if ignore_merges:  # as in Llama 3's file: a pre-token that is itself in the vocabulary is one token
+        data = json.loads(tok.to_str())
+        data["model"]["ignore_merges"] = True
+        # A vocabulary entry that the merges do not reach: " fjordsjø" only through ignore_merges.
+        data["model"]["vocab"]["ĠfjordsjÃ¸"] = max(data["model"]["vocab"].values()) + 1
+        tok = Tokenizer.from_str(json.dumps(data))
     bos = tok.token_to_id(specials[0])
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
@@ -122,7 +129,7 @@ def byte_fallback(name, legacy):
 def main():
     out = sys.argv[1]
     built = [
-        byte_level("llama3", LLAMA3),
+        byte_level("llama3", LLAMA3, ignore_merges=True),
         byte_level("qwen2", QWEN2, normalizer=normalizers.NFC()),
         byte_level("gpt2-style", None, prefix_space=True),
         byte_fallback("llama2", legacy=True),
