@@ -5,8 +5,6 @@
 // oracle of tests/runtime/data/hf_tokenizer_test.cc.
 #include "runtime/data/hf_tokenizer.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <unicode/normalizer2.h>
 #include <unicode/unistr.h>
 
@@ -21,6 +19,7 @@
 #include "common/file_util.h"
 #include "common/json.h"
 #include "runtime/data/bpe_tokenizer.h"
+#include "runtime/data/regex.h"
 
 namespace fjord {
 namespace {
@@ -98,67 +97,13 @@ class Fields {
   std::string path_;
 };
 
-// ---- PCRE2 ------------------------------------------------------------------------------------
-
-// A compiled pattern in UTF mode with Unicode properties for \s \d \w and POSIX classes (UCP), as
-// Oniguruma treats them in `tokenizers`. Invalid UTF-8 in the subject never matches and is not an
-// error (MATCH_INVALID_UTF), so such bytes end up in the gaps between matches. Shared read-only
-// across threads; match data is per call.
-class Regex {
- public:
-  static StatusOr<std::shared_ptr<const Regex>> Compile(const std::string& pattern, const Fields& f,
-                                                        const JsonValue& at, const std::string& field) {
-    int error = 0;
-    PCRE2_SIZE offset = 0;
-    pcre2_code* code =
-        pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                      PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
-    if (code == nullptr) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(error, message, sizeof(message));
-      return f.Error(at, field,
-                     "the regular expression " + JsonQuote(pattern) + " does not compile at offset " +
-                         std::to_string(offset) + ": " + reinterpret_cast<const char*>(message));
-    }
-    auto regex = std::make_shared<Regex>();
-    regex->code_ = code;
-    regex->jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
-    return std::shared_ptr<const Regex>(std::move(regex));
-  }
-  Regex() = default;
-  Regex(const Regex&) = delete;
-  Regex& operator=(const Regex&) = delete;
-  ~Regex() { pcre2_code_free(code_); }
-
-  // The non-empty matches in `s`, left to right, as [begin, end) byte offsets.
-  std::vector<std::pair<size_t, size_t>> Matches(std::string_view s) const {
-    std::vector<std::pair<size_t, size_t>> out;
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
-    const auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
-    for (size_t pos = 0; pos < s.size();) {
-      int rc =
-          jit_ ? pcre2_jit_match(code_, subject, s.size(), pos, 0, md, nullptr) : PCRE2_ERROR_JIT_BADOPTION;
-      if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {  // JIT stack exhausted, say: the interpreter uses the heap
-        rc = pcre2_match(code_, subject, s.size(), pos, PCRE2_NO_JIT, md, nullptr);
-      }
-      if (rc < 0) break;
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      if (ov[1] > ov[0]) {
-        out.emplace_back(ov[0], ov[1]);
-        pos = ov[1];
-      } else {  // an empty match: step over one character
-        pos = ov[0] + 1;
-        while (pos < s.size() && (static_cast<unsigned char>(s[pos]) & 0xC0) == 0x80) ++pos;
-      }
-    }
-    pcre2_match_data_free(md);
-    return out;
-  }
-
- private:
-  pcre2_code* code_ = nullptr;
-  bool jit_ = false;
-};
+// A pattern of the file, its compile error naming the field.
+StatusOr<std::shared_ptr<const Regex>> CompileAt(const std::string& pattern, const Fields& f,
+                                                 const JsonValue& at, const std::string& field) {
+  StatusOr<std::shared_ptr<const Regex>> regex = Regex::Compile(pattern);
+  if (!regex.ok()) return f.Error(at, field, regex.status().message());
+  return regex;
+}
 
 // A Split/Replace "pattern": {"String": s} or {"Regex": r}. A string is matched literally.
 struct Pattern {
@@ -185,7 +130,7 @@ StatusOr<Pattern> ParsePattern(const JsonValue& v, const Fields& f, const std::s
   if (kind == "String") {
     p.literal = value.text();
   } else if (kind == "Regex") {
-    FJORD_ASSIGN_OR_RETURN(p.regex, Regex::Compile(value.text(), f, value, field + ".Regex"));
+    FJORD_ASSIGN_OR_RETURN(p.regex, CompileAt(value.text(), f, value, field + ".Regex"));
   } else {
     return f.Error(v, field,
                    "expected {\"String\": \"...\"} or {\"Regex\": \"...\"}, got key " + JsonQuote(kind));
@@ -327,10 +272,6 @@ StatusOr<Normalizer> ParseNormalizer(const JsonValue& v, const Fields& f, const 
   return f.Unsupported(v, field + ".type", JsonQuote(type), kSupported);
 }
 
-// GPT-2's pre-tokenizer regex, as `tokenizers`' ByteLevel uses it with use_regex.
-constexpr char kGpt2Pattern[] =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
 StatusOr<PreTokenizer> ParsePreTokenizer(const JsonValue& v, const Fields& f, const std::string& field) {
   const std::string kSupported = "the pre-tokenizers ByteLevel, Split, Metaspace and Sequence";
   if (!v.is_object()) return f.Error(v, field, "expected an object or null");
@@ -353,7 +294,7 @@ StatusOr<PreTokenizer> ParsePreTokenizer(const JsonValue& v, const Fields& f, co
     FJORD_ASSIGN_OR_RETURN(const bool use_regex, f.Bool(v, field, "use_regex", true));
     std::shared_ptr<const Regex> regex;
     if (use_regex) {
-      FJORD_ASSIGN_OR_RETURN(regex, Regex::Compile(kGpt2Pattern, f, v, field));
+      FJORD_ASSIGN_OR_RETURN(regex, CompileAt(kGpt2Pattern, f, v, field));
     }
     std::vector<std::string> byte_char(256);
     const std::vector<char32_t>& alphabet = Gpt2BytesToUnicode();
