@@ -31,7 +31,8 @@ std::vector<std::pair<size_t, size_t>> Regex::Matches(std::string_view s) const 
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
   const auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
   for (size_t pos = 0; pos < s.size();) {
-    int rc = jit_ ? pcre2_jit_match(code_, subject, s.size(), pos, 0, md, nullptr) : PCRE2_ERROR_JIT_BADOPTION;
+    int rc =
+        jit_ ? pcre2_jit_match(code_, subject, s.size(), pos, 0, md, nullptr) : PCRE2_ERROR_JIT_BADOPTION;
     if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {  // no JIT, or its stack ran out: the interpreter uses the heap
       rc = pcre2_match(code_, subject, s.size(), pos, PCRE2_NO_JIT, md, nullptr);
     }
