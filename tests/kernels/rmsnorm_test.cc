@@ -37,7 +37,8 @@ RmsRef RmsNormRef(const std::vector<double>& x, const std::vector<double>& w, si
 const int kShapes[][2] = {{5, 7}, {37, 40}};
 
 TEST(RmsNorm, ForwardMatchesDoubleFormula) {
-  for (const auto& [N, C] : kShapes) {
+  for (const auto& shape : kShapes) {
+    const int N = shape[0], C = shape[1];  // named copies: lambdas below capture them
     const auto x = testing::RandomFloats(N * C, 1, -2.0f, 2.0f), w = testing::RandomFloats(C, 2, 0.5f, 1.5f);
     std::vector<float> out(N * C, testing::kPoison), rstd(N, testing::kPoison);
     cpu::rmsnorm_forward(kCtx, out.data(), rstd.data(), x.data(), w.data(), N, C, kEps);
@@ -57,7 +58,8 @@ TEST(RmsNorm, EpsilonIsTheCallers) {
 }
 
 TEST(RmsNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  for (const auto& [N, C] : kShapes) {
+  for (const auto& shape : kShapes) {
+    const int N = shape[0], C = shape[1];  // named copies: lambdas below capture them
     const auto x = testing::RandomFloats(N * C, 3, -2.0f, 2.0f), w = testing::RandomFloats(C, 4, 0.5f, 1.5f);
     const auto dout = testing::RandomFloats(N * C, 5);
     std::vector<float> out(N * C), rstd(N);
@@ -83,7 +85,8 @@ TEST(RmsNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
 }
 
 TEST(RmsNormBf16, ForwardAndBackwardMatchTheFloatOpRoundedOnce) {
-  for (const auto& [N, C] : kShapes) {
+  for (const auto& shape : kShapes) {
+    const int N = shape[0], C = shape[1];  // named copies: lambdas below capture them
     const auto x = testing::RandomBf16(N * C, 8, -2.0f, 2.0f), w = testing::RandomBf16(C, 9, 0.5f, 1.5f);
     std::vector<bf16> out(N * C, testing::kPoisonBf16);
     std::vector<float> rstd(N);

@@ -27,7 +27,8 @@ std::vector<double> SwigluRef(const std::vector<double>& inp, int N, int H) {
 }
 
 TEST(Swiglu, ForwardMatchesDoubleFormula) {
-  for (const auto& [N, H] : kShapes) {
+  for (const auto& shape : kShapes) {
+    const int N = shape[0], H = shape[1];  // named copies: lambdas below capture them
     const auto inp = testing::RandomFloats(2 * N * H, 1, -6.0f, 6.0f);
     std::vector<float> out(N * H, testing::kPoison);
     cpu::swiglu_forward(kCtx, out.data(), inp.data(), N, H);
@@ -36,8 +37,9 @@ TEST(Swiglu, ForwardMatchesDoubleFormula) {
 }
 
 TEST(Swiglu, BackwardMatchesFiniteDifferencesAndAccumulates) {
-  for (const auto& [N, H] : kShapes) {
-    if (N * H > 1000) continue;  // finite differences of every input: the small shape suffices
+  for (const auto& shape : kShapes) {
+    const int N = shape[0], H = shape[1];  // named copies: lambdas below capture them
+    if (N * H > 1000) continue;            // finite differences of every input: the small shape suffices
     const auto inp = testing::RandomFloats(2 * N * H, 2, -6.0f, 6.0f), dout = testing::RandomFloats(N * H, 3);
     const auto prior = testing::RandomFloats(2 * N * H, 4);
     std::vector<float> dinp = prior;
