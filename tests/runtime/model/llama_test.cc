@@ -144,7 +144,9 @@ TEST(LlamaTest, LayoutHasHuggingFaceNamesAndPackedGroups) {
     const bool packed = t[i].name.ends_with("q_proj.weight") || t[i].name.ends_with("k_proj.weight") ||
                         t[i].name.ends_with("q_proj.bias") || t[i].name.ends_with("k_proj.bias") ||
                         t[i].name.ends_with("gate_proj.weight");
-    if (packed) EXPECT_EQ(t[i + 1].offset, t[i].offset + t[i].size()) << t[i].name;
+    if (packed) {
+      EXPECT_EQ(t[i + 1].offset, t[i].offset + t[i].size()) << t[i].name;
+    }
     EXPECT_GE(t[i + 1].offset, t[i].offset + t[i].size()) << t[i].name;
     EXPECT_EQ(t[i].weight_decay, t[i].shape.size() == 2) << t[i].name;
   }
