@@ -69,7 +69,8 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
   plan.optimizer = Mul(2, RoundUp(Mul(optimizer_count, sizeof(float)), Arena::kAlign));  // AdamW::ArenaBytes
   plan.activations = t.activations;
   plan.workspace = t.workspace;
-  plan.arena_bytes = Add(Add(Add(t.parameters, t.gradients), Add(t.activations, t.workspace)), plan.optimizer);
+  plan.arena_bytes =
+      Add(Add(Add(t.parameters, t.gradients), Add(t.activations, t.workspace)), plan.optimizer);
   if (device.cuda) {
     plan.workspace = Add(plan.workspace, CudaWorkspaceBytes(in.micro_batch, in.seq_len));
     if (in.nccl && ranks > 1) plan.communication = kNcclAllowance;
@@ -82,16 +83,17 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
 std::string MemoryPlan::Table() const {
   const GptConfig& c = in.config;
   std::string out;
-  char line[256];
-  std::snprintf(line, sizeof(line),
-                "memory plan per rank: %s, %zu parameters, %d rank(s), ZeRO stage %d, micro-batch %d x %d tokens, "
-                "%s, recompute %s, on %s\n",
-                c.llama() ? "Llama" : "GPT-2", params, in.ranks, in.zero_stage, in.micro_batch, in.seq_len,
-                PrecisionName(c.precision), c.recompute ? "BLOCK" : "NONE", device.name.c_str());
+  char line[512];
+  std::snprintf(
+      line, sizeof(line),
+      "memory plan per rank: %s, %zu parameters, %d rank(s), ZeRO stage %d, micro-batch %d x %d tokens, "
+      "%s, recompute %s, on %s\n",
+      c.llama() ? "Llama" : "GPT-2", params, in.ranks, in.zero_stage, in.micro_batch, in.seq_len,
+      PrecisionName(c.precision), c.recompute ? "BLOCK" : "NONE", device.name.c_str());
   out += line;
-  const std::pair<const char*, size_t> rows[] = {{"parameters", parameters},   {"gradients", gradients},
-                                                 {"optimizer state", optimizer}, {"activations", activations},
-                                                 {"communication", communication}, {"workspace", workspace}};
+  const std::pair<const char*, size_t> rows[] = {
+      {"parameters", parameters},   {"gradients", gradients},         {"optimizer state", optimizer},
+      {"activations", activations}, {"communication", communication}, {"workspace", workspace}};
   for (const auto& [name, bytes] : rows) {
     std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", name,
                   bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiB(bytes).c_str());
@@ -100,13 +102,15 @@ std::string MemoryPlan::Table() const {
   std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", "total",
                 total() == SIZE_MAX ? "overflow" : std::to_string(total()).c_str(), GiB(total()).c_str());
   out += line;
-  std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "device memory", device.bytes, GiB(device.bytes).c_str());
+  std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "device memory", device.bytes,
+                GiB(device.bytes).c_str());
   out += line;
   char pct[32] = "-";
   if (total() != SIZE_MAX && device.bytes > 0) {
     std::snprintf(pct, sizeof(pct), "%.1f%%", 100.0 * static_cast<double>(total()) / device.bytes);
   }
-  out += std::string("verdict: ") + (fits() ? "fits" : "does not fit") + " (" + pct + " of " + device.name + ")\n";
+  out += std::string("verdict: ") + (fits() ? "fits" : "does not fit") + " (" + pct + " of " + device.name +
+         ")\n";
   return out;
 }
 
@@ -118,8 +122,8 @@ Status MemoryPlan::Verdict() const {
     size_t bytes;
     std::string why;
   };
-  const std::string batch = "train.micro_batch = " + std::to_string(in.micro_batch) +
-                            ", seq_len = " + std::to_string(in.seq_len);
+  const std::string batch =
+      "train.micro_batch = " + std::to_string(in.micro_batch) + ", seq_len = " + std::to_string(in.seq_len);
   const std::string model = "model.n_layer = " + std::to_string(c.n_layer) +
                             ", model.n_embd = " + std::to_string(c.n_embd) +
                             ", model.vocab_size = " + std::to_string(c.vocab_size);
@@ -131,8 +135,8 @@ Status MemoryPlan::Verdict() const {
        batch + ", train.recompute = " + std::string(c.recompute ? "BLOCK" : "NONE") + ", " + model},
       {"communication", communication, "parallel.comm_backend"},
       {"workspace", workspace, batch}};
-  const Term& largest =
-      *std::max_element(terms.begin(), terms.end(), [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
+  const Term& largest = *std::max_element(terms.begin(), terms.end(),
+                                          [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
   // What would make it fit, tried in the brief's order: more ranks (ZeRO-1 shards the optimizer
   // state), recompute, a smaller micro-batch.
   std::vector<std::string> fixes;
@@ -154,7 +158,8 @@ Status MemoryPlan::Verdict() const {
     MemoryPlanInputs smaller = in;
     smaller.micro_batch = b;
     if (PlanMemory(smaller, device).fits()) {
-      fixes.push_back("train.micro_batch: " + std::to_string(b) + " (raise train.grad_accum to keep the batch)");
+      fixes.push_back("train.micro_batch: " + std::to_string(b) +
+                      " (raise train.grad_accum to keep the batch)");
       break;
     }
   }
@@ -168,12 +173,12 @@ Status MemoryPlan::Verdict() const {
                       }();
   return FailedPrecondition(
       "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
-      " parameters and needs " + BytesText(total()) + " per rank (the memory plan: " + std::to_string(in.ranks) +
-      " rank(s), ZeRO stage " + std::to_string(in.zero_stage) + "), but " +
+      " parameters and needs " + BytesText(total()) + " per rank (the memory plan: " +
+      std::to_string(in.ranks) + " rank(s), ZeRO stage " + std::to_string(in.zero_stage) + "), but " +
       (device.cuda ? "one " + device.name + " has " + BytesText(device.bytes)
                    : "this host has " + BytesText(device.bytes) + " available (MemAvailable)") +
-      "; the largest part is " + largest.name + ", " + BytesText(largest.bytes) + " (" +
-      largest.why + "); nothing was allocated: " + what_to_do + " (`fjord plan` prints every term)");
+      "; the largest part is " + largest.name + ", " + BytesText(largest.bytes) + " (" + largest.why +
+      "); nothing was allocated: " + what_to_do + " (`fjord plan` prints every term)");
 }
 
 }  // namespace fjord

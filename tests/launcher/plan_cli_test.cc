@@ -122,6 +122,28 @@ TEST_F(PlanCliTest, TrainRefusesAJobThatDoesNotFitBeforeAllocating) {
   EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
 }
 
+TEST_F(PlanCliTest, TheTrainersArenaIsThePlansTotalOnTheCpu) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "abcabcabd " + std::to_string(i % 7) + "\n";
+  WriteText(Path("corpus.txt"), text);
+  RunResult r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("data"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string recompute : {"NONE", "BLOCK"}) {
+    SCOPED_TRACE(recompute);
+    const std::string set = " --set train.recompute=" + recompute + " --set model.dtype=FP32";
+    const RunResult plan = RunFjord("plan " + Path("job.textproto") + " --ranks 1 --device cpu" + set);
+    ASSERT_EQ(plan.exit_code, 0) << plan.output;
+    fs::remove_all(Path("run"));
+    const RunResult train =
+        RunFjord("train " + Path("job.textproto") + set + " --set train.steps=1 --set train.threads=1");
+    ASSERT_EQ(train.exit_code, 0) << train.output;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(train.output, m, std::regex(R"(arena [0-9.]+ GiB \((\d+) bytes\))")))
+        << train.output;
+    EXPECT_EQ(std::stoull(m[1]), Term(plan.output, "total")) << plan.output << train.output;
+  }
+}
+
 TEST_F(PlanCliTest, LaunchRefusesAJobThatDoesNotFitBeforeStartingRanks) {
   const RunResult r = RunFjord("launch " + Path("job.textproto") + " --inventory " + Path("inv.textproto") +
                                " --np 2 --dry-run --set device=CPU --set train.micro_batch=1048576");

@@ -26,13 +26,15 @@ using testing::Shell;
 class RecomputeTrainTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_recompute_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
-            "_" + std::to_string(::getpid()));
+    dir_ =
+        fs::path(::testing::TempDir()) /
+        ("fjord_recompute_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+         "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::mt19937_64 rng(7);
-    static const char* kWords[] = {"nordlys ", "fjell ", "elv ", "kraft ", "modell ", "data ", "blir ", "her. "};
+    static const char* kWords[] = {"nordlys ", "fjell ", "elv ",  "kraft ",
+                                   "modell ",  "data ",  "blir ", "her. "};
     std::string text;
     while (text.size() < 20000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
@@ -43,10 +45,12 @@ class RecomputeTrainTest : public ::testing::Test {
         "checkpoint { every_steps: 3 keep_last: 2 }\n"
         "data { train: \"" +
         P("data/train_*.bin") + "\" }\n";
-    std::ofstream(dir_ / "gpt2.textproto") << "model { n_layer: 3 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
-                                           << rest;
+    std::ofstream(dir_ / "gpt2.textproto")
+        << "model { n_layer: 3 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+        << rest;
     std::ofstream(dir_ / "llama.textproto")
-        << "model { arch: LLAMA n_layer: 3 n_head: 4 n_kv_head: 2 n_embd: 32 intermediate_size: 88 seq_len: 32\n"
+        << "model { arch: LLAMA n_layer: 3 n_head: 4 n_kv_head: 2 n_embd: 32 intermediate_size: 88 seq_len: "
+           "32\n"
            "        vocab_size: 256 rope_theta: 500000 attention_bias: true }\n"
         << rest;
   }

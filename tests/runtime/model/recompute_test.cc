@@ -83,8 +83,8 @@ TEST(RecomputeTest, LossesAndGradientsAreBitIdentical) {
     for (size_t i = 0; i < none.grads.size(); ++i) {
       if (std::memcmp(&none.grads[i], &block.grads[i], sizeof(float)) != 0 && differing++ == 0) first = i;
     }
-    EXPECT_EQ(differing, 0u) << "gradient elements differ; the first at " << first << ": " << none.grads[first]
-                             << " vs " << block.grads[first];
+    EXPECT_EQ(differing, 0u) << "gradient elements differ; the first at " << first << ": "
+                             << none.grads[first] << " vs " << block.grads[first];
     EXPECT_EQ(none.ready, block.ready);
     // The gradients carry signal (a comparison of zeros would prove nothing).
     double sum = 0.0;
