@@ -775,7 +775,8 @@ void Gpt::BlockForward(int l) {
 // its residual add, which kernels/cpu/layernorm.cc keeps bit-identical to layernorm_forward of the
 // stored sum); here it is normalised on its own, then the block runs again. The block's gradient
 // slots are zeroed first (the ops accumulate): the shared ones and the residual slot that receives
-// dres_in (it held the gradient of block l + 1's input, consumed by now).
+// dres_in (it held the gradient of block l + 1's input, consumed by now). The last block is not
+// run again: nothing after it in the forward pass wrote the shared slot.
 template <typename floatX>
 void Gpt::RecomputeBlock(int l) {
   const ModelOps<floatX>& ops = ops_.model<floatX>();
@@ -785,6 +786,8 @@ void Gpt::RecomputeBlock(int l) {
   const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
   ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), block_grad_bytes_ / sizeof(floatX));
   if (l > 0) ops.fill_zero(ctx_, G<floatX>(FJORD_LAYER_GRAD(kRes3, l - 1)), BT * C);
+  // The forward pass ran the last block last: the shared slot still holds its activations.
+  if (l == config_.n_layer - 1) return;
   if (config_.llama()) {
     ops.rmsnorm_forward(ctx_, A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)),
                         A<floatX>(in), P<floatX>(w.ln1_w), BT, C, config_.rms_norm_eps);
