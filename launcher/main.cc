@@ -18,6 +18,7 @@
 #include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/tenancy/tenancy.h"
+#include "runtime/train/checkpoint.h"
 #include "runtime/train/config.h"
 #include "runtime/train/inference.h"
 #include "runtime/train/model_io.h"
@@ -77,13 +78,33 @@ void AddTrain(CLI::App& app) {
   cli::Command* c = cli::AddCommand(
       app, "train",
       "train a model as the job spec says; --resume continues from the newest intact checkpoint");
+  c->footer(
+      "Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stops every rank after the current step with a "
+      "checkpoint and "
+      "exit 0; a second signal exits at once.\n"
+      "Under mpirun, send SIGUSR1 to mpirun (kill -USR1 MPIRUN_PID): it forwards it to every rank and exits "
+      "0. "
+      "Ctrl-C makes mpirun kill the ranks 1 s after its SIGTERM, too soon for a large checkpoint, and exit "
+      "1: "
+      "give mpirun --mca odls_base_sigkill_timeout 120, or start the job with fjord launch and stop it with "
+      "kill -TERM LAUNCH_PID (launch forwards it as SIGUSR1).");
   c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
   c->add_option("--set", a->overrides, "override a field of the job spec")->type_name("PATH=VALUE");
   c->add_flag("--resume", a->resume, "continue from the newest intact checkpoint");
+  c->add_flag("--overwrite", a->options.overwrite,
+              "remove an earlier run's metrics, TensorBoard files and checkpoints from run_dir first "
+              "(without it, a run_dir holding another run is refused)");
+  c->add_flag("--accept-changes", a->options.accept_changes,
+              "with --resume: accept a job that changes the global batch or the learning-rate schedule "
+              "of the checkpoint's run (each change is printed either way)");
   c->add_flag("--quiet", a->options.quiet, "print only the summary");
   c->add_flag("--json", a->options.json_lines, "print one JSON object per step");
   c->run = [c, a] {
     if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
+    if (a->resume && a->options.overwrite) {
+      return cli::UsageError(
+          *c, "give --resume (continue the run in run_dir) or --overwrite (replace it), not both");
+    }
     std::vector<std::string> overrides = a->overrides;
     if (a->resume) overrides.push_back("checkpoint.resume=true");
     StatusOr<proto::JobSpec> job = LoadJobSpec(a->job[0], overrides);
@@ -147,8 +168,8 @@ void AddPrep(CLI::App& app) {
 
 void AddEval(CLI::App& app) {
   struct Args {
-    std::string checkpoint, data;
-    int batches = 0;
+    std::string checkpoint, data, batches;
+    EvalOptions options;
     CheckpointAccess access;
   };
   auto a = std::make_shared<Args>();
@@ -156,16 +177,43 @@ void AddEval(CLI::App& app) {
       app, "eval", "print a checkpoint's mean loss on token shards as JSON; --key reads a sealed checkpoint");
   cli::Required(c->add_option("--checkpoint", a->checkpoint, "the checkpoint")->type_name("DIR"));
   cli::Required(c->add_option("--data", a->data, "the token shards")->type_name("GLOB"));
-  cli::AddNumber(*c, "--batches", a->batches, "N", "batches to evaluate (0: all)");
+  c->add_option("--batches", a->batches,
+                "batches to evaluate, or all: the whole split (default: the job's train.eval_batches)")
+      ->type_name("N|all")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            int n = 0;
+            if (text == "all" || (CLI::detail::lexical_cast(text, n) && n > 0)) return std::string();
+            return "'" + text + "' is neither a positive number of batches nor 'all'";
+          },
+          ""));
+  cli::AddNumber(*c, "--micro-batch", a->options.micro_batch, "B",
+                 "sequences per batch (default: the checkpoint's train.micro_batch)", 1);
+  cli::AddNumber(*c, "--seq-len", a->options.seq_len, "T",
+                 "tokens per sequence (default: the checkpoint's training sequence length)", 1);
   AddAccess(*c, a->access);
   c->run = [c, a] {
     if (a->checkpoint.empty() || a->data.empty()) {
       return cli::UsageError(*c, "--checkpoint DIR and --data GLOB are required");
     }
-    StatusOr<EvalResult> result = EvaluateCheckpoint(a->checkpoint, a->data, a->batches, a->access);
+    EvalOptions options = a->options;
+    if (!a->batches.empty())
+      options.batches = a->batches == "all" ? EvalOptions::kAll : std::stoi(a->batches);
+    StatusOr<EvalResult> result = EvaluateCheckpoint(a->checkpoint, a->data, options, a->access);
     if (!result.ok()) return Fail("eval", result.status());
-    std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"batches\": %d}\n", result->loss,
-                static_cast<long long>(result->tokens), result->batches);
+    std::fprintf(stderr, "fjord eval: checkpoint %s\n", DescribeCheckpoint(result->checkpoint).c_str());
+    if (result->capped) {
+      std::fprintf(stderr,
+                   "fjord eval: note: %s holds %d batch(es) of %d x %d tokens, fewer than the %d asked for; "
+                   "evaluated them all\n",
+                   a->data.c_str(), result->batches, result->micro_batch, result->seq_len,
+                   result->requested_batches);
+    }
+    std::printf(
+        "{\"loss\": %.6f, \"tokens\": %lld, \"batches\": %d, \"micro_batch\": %d, \"seq_len\": %d, "
+        "\"capped\": %s}\n",
+        result->loss, static_cast<long long>(result->tokens), result->batches, result->micro_batch,
+        result->seq_len, result->capped ? "true" : "false");
     return 0;
   };
 }
@@ -192,9 +240,13 @@ void AddSample(CLI::App& app) {
   AddAccess(*c, a->access);
   c->run = [c, a] {
     if (a->checkpoint.empty()) return cli::UsageError(*c, "--checkpoint DIR is required");
-    std::fputs(a->options.prompt.c_str(), stdout);
+    SampleOptions options = a->options;
+    options.on_loaded = [&](const std::string& dir) {
+      std::fprintf(stderr, "fjord sample: checkpoint %s\n", DescribeCheckpoint(dir).c_str());
+      std::fputs(options.prompt.c_str(), stdout);
+    };
     StatusOr<std::string> text = SampleCheckpoint(
-        a->checkpoint, a->options,
+        a->checkpoint, options,
         [](const std::string& piece) {
           std::fputs(piece.c_str(), stdout);
           std::fflush(stdout);
@@ -228,7 +280,9 @@ void AddExport(CLI::App& app) {
     if (!format.ok()) return Fail("export", format.status());
     Status s = ExportModel(a->checkpoint, a->out, *format, a->access);
     if (!s.ok()) return Fail("export", s);
-    std::printf("fjord export: wrote %s\n", a->out.c_str());
+    StatusOr<std::string> dir = ResolveCheckpointDir(a->checkpoint);
+    std::printf("fjord export: wrote %s from checkpoint %s\n", a->out.c_str(),
+                dir.ok() ? DescribeCheckpoint(*dir).c_str() : a->checkpoint.c_str());
     if (c->count("--key") > 0) {
       std::fprintf(stderr,
                    "fjord export: note: %s holds the sealed checkpoint's weights in plaintext; the export is "
@@ -266,7 +320,9 @@ void AddDemo(CLI::App& app) {
   auto options = std::make_shared<DemoOptions>();
   cli::Command* c = cli::AddCommand(
       app, "demo", "generate a corpus, prep it, train the embedded small model and sample from it");
-  c->add_option("--dir", options->dir, "where the corpus, shards and run go (default runs/demo)")
+  c->add_option(
+       "--dir", options->dir,
+       "where the corpus, shards and run go (default runs/demo; an earlier demo run there is replaced)")
       ->type_name("DIR");
   c->add_option("--set", options->overrides, "override a field of the demo's job spec")
       ->type_name("PATH=VALUE");

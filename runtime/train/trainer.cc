@@ -227,6 +227,123 @@ std::string FirstNonFinite(const Gpt& model, const float* grads, size_t begin, s
   return "";
 }
 
+// Where the job's checkpoints go: checkpoint.dir, else run_dir/checkpoints.
+std::string CheckpointsDirOf(const proto::JobSpec& job) {
+  return job.checkpoint().dir().empty() ? (fs::path(job.run_dir()) / "checkpoints").string()
+                                        : job.checkpoint().dir();
+}
+
+// The files an earlier run left in run_dir and the checkpoints directory: metrics.jsonl,
+// TensorBoard event files and step_* checkpoints (complete or temporary), sorted.
+std::vector<fs::path> EarlierRunFiles(const proto::JobSpec& job) {
+  std::vector<fs::path> found;
+  std::error_code ec;
+  const fs::path run_dir = job.run_dir();
+  if (fs::exists(run_dir / "metrics.jsonl", ec)) found.push_back(run_dir / "metrics.jsonl");
+  for (const auto& entry : fs::directory_iterator(run_dir, ec)) {
+    if (entry.path().filename().string().starts_with("events.out.tfevents.")) found.push_back(entry.path());
+  }
+  for (const auto& entry : fs::directory_iterator(CheckpointsDirOf(job), ec)) {
+    if (entry.path().filename().string().starts_with("step_")) found.push_back(entry.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+// A run_dir holding another run is refused (a second run would mix its metrics, TensorBoard
+// files and checkpoints with the first one's, and eval/sample would pick the newest step of
+// either), unless the job resumes it or `overwrite` asks to remove that run's files first.
+Status PrepareRunDir(const proto::JobSpec& job, bool overwrite, bool log) {
+  if (job.checkpoint().resume()) return OkStatus();
+  const std::vector<fs::path> found = EarlierRunFiles(job);
+  if (found.empty()) return OkStatus();
+  if (!overwrite) {
+    std::string list;
+    for (size_t i = 0; i < found.size() && i < 6; ++i) list += (i ? ", " : "") + found[i].string();
+    if (found.size() > 6) list += " and " + std::to_string(found.size() - 6) + " more";
+    return FailedPrecondition(
+        "run_dir " + job.run_dir() + " holds an earlier run (" + list +
+        "); a new run there would mix with it. Continue that run with --resume, give this run a new "
+        "run_dir (--set run_dir=DIR), or pass --overwrite to remove the earlier run's files first (the "
+        "audit log is kept)");
+  }
+  for (const fs::path& path : found) {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+    if (ec) {
+      return FailedPrecondition("--overwrite: cannot remove " + path.string() + " of the earlier run: " +
+                                ec.message() + "; remove it by hand or choose another run_dir");
+    }
+  }
+  if (log) {
+    std::printf("fjord train: --overwrite: removed %zu file(s) of the earlier run in %s\n", found.size(),
+                job.run_dir().c_str());
+  }
+  return OkStatus();
+}
+
+// The global batch (sequences per optimizer step) of `job` on `world` ranks.
+uint64_t GlobalBatchOf(const proto::JobSpec& job, int world) {
+  const proto::TrainSpec& t = job.train();
+  return t.global_batch() > 0 ? static_cast<uint64_t>(t.global_batch())
+                              : static_cast<uint64_t>(t.micro_batch()) * t.grad_accum() * world;
+}
+
+// What resuming the checkpoint `dir` (its job `before`, written by `state.world_size` ranks) with
+// `after` on `world` ranks changes: each differing field, the world size and global batch, and the
+// learning rate of the next step. Printed when `log`; a change of the global batch or the schedule is
+// refused unless `accept`.
+Status CheckResumeChanges(const std::string& dir, const proto::JobSpec& before, const CheckpointState& state,
+                          const proto::JobSpec& after, int world, bool accept, bool log) {
+  std::vector<std::string> lines;
+  bool schedule = false;
+  for (const FieldChange& c : JobSpecDifferences(before, after)) {
+    if (c.path == "checkpoint.resume") continue;
+    std::string effect;
+    if (c.path == "train.lr" || c.path == "train.min_lr" || c.path == "train.warmup_steps" ||
+        c.path == "train.steps") {
+      schedule = true;
+      effect = " (the learning-rate schedule)";
+    }
+    lines.push_back(c.path + ": " + c.before + " -> " + c.after + effect);
+  }
+  const uint64_t gb_before = GlobalBatchOf(before, state.world_size), gb_after = GlobalBatchOf(after, world);
+  if (state.world_size != world) {
+    lines.push_back("world size: " + std::to_string(state.world_size) + " -> " + std::to_string(world) +
+                    " ranks");
+  }
+  const bool batch = gb_before != gb_after;
+  if (batch) {
+    lines.push_back("global batch: " + std::to_string(gb_before) + " -> " + std::to_string(gb_after) +
+                    " sequences per step (train.micro_batch x grad_accum x ranks, or train.global_batch)");
+  }
+  const float lr_before = LearningRate(before.train(), state.step),
+              lr_after = LearningRate(after.train(), state.step);
+  if (lr_before != lr_after) {
+    char text[96];
+    std::snprintf(text, sizeof(text), "learning rate of step %d: %.4g -> %.4g", state.step + 1, lr_before,
+                  lr_after);
+    lines.push_back(text);
+  }
+  if (lines.empty()) return OkStatus();
+  std::string list;
+  for (const std::string& line : lines) list += "\n  " + line;
+  if ((batch || schedule) && !accept) {
+    std::string choices;
+    if (batch) {
+      choices = "set train.global_batch: " + std::to_string(gb_before) +
+                " (keeps the batch on any number of ranks; grad_accum follows), or ";
+    } else {
+      choices = "resume with the checkpoint's schedule settings, or ";
+    }
+    return FailedPrecondition("resuming " + dir + " would change the run:" + list + "\n" + choices +
+                              "pass --accept-changes to resume with these changes");
+  }
+  if (log)
+    std::fprintf(stderr, "fjord train: resuming %s with changes to the run:%s\n", dir.c_str(), list.c_str());
+  return OkStatus();
+}
+
 }  // namespace
 
 CommOptions CommOptionsFor(const proto::JobSpec& job) {
@@ -375,10 +492,14 @@ class Trainer {
       if (stop) {
         result_.stopped_by_signal = true;
         if (lead_) {
-          std::fprintf(
-              stderr,
-              "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
-              metrics.step, result_.checkpoint_dir.c_str());
+          // After the step and checkpoint lines, on their stream (stdout; stderr under --quiet and
+          // --json), so that mpirun, which forwards the two streams separately, keeps the order.
+          std::FILE* out = log_ ? stdout : stderr;
+          std::fprintf(out,
+                       "fjord train: stopped by a signal after step %d; checkpoint %s is complete; continue "
+                       "with --resume\n",
+                       metrics.step, result_.checkpoint_dir.c_str());
+          std::fflush(out);
         }
         break;
       }
@@ -495,6 +616,7 @@ class Trainer {
       val_data_ = std::make_unique<DataLoader>(std::move(v));
     }
     if (!lead_) return OkStatus();
+    FJORD_RETURN_IF_ERROR(PrepareRunDir(job_, options_.overwrite, log_));
     std::error_code ec;
     fs::create_directories(job_.run_dir(), ec);
     if (ec) return Internal("cannot create run_dir " + job_.run_dir() + ": " + ec.message());
@@ -586,8 +708,7 @@ class Trainer {
   // --resume: the newest checkpoint that verifies (damaged newer ones are named and skipped), and
   // the metrics of the run being resumed up to it.
   Status Resume() {
-    checkpoints_dir_ = job_.checkpoint().dir().empty() ? (fs::path(job_.run_dir()) / "checkpoints").string()
-                                                       : job_.checkpoint().dir();
+    checkpoints_dir_ = CheckpointsDirOf(job_);
     if (!job_.checkpoint().resume()) return OkStatus();
     std::vector<std::string> skipped;
     StatusOr<std::string> dir = NewestGoodCheckpoint(checkpoints_dir_, &skipped);
@@ -624,6 +745,9 @@ class Trainer {
       own_v[i - optimizer_->begin()] = full_v[i];
     }
     optimizer_->LoadState(own_m.data(), own_v.data());
+    FJORD_ASSIGN_OR_RETURN(const proto::JobSpec resumed_job, LoadCheckpointJob(*dir));
+    FJORD_RETURN_IF_ERROR(
+        CheckResumeChanges(*dir, resumed_job, state, job_, world_, options_.accept_changes, lead_));
     start_step_ = state.step;
     model_->RoundWorkingParams(RoundSeed(train_.seed(), start_step_));  // as the run being resumed did
     start_sequence_ = state.sequences_consumed;

@@ -1,0 +1,244 @@
+// Issue 21's silent wrong answers, each provoked through the fjord binary: a second run into a
+// run_dir that holds one, eval numbers that depended on the checkpoint's own job spec, a resume that
+// changed the run without a word, and the stop messages of a signal under mpirun.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/launcher/cli_util.h"
+
+namespace fjord {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::LossTexts;
+using testing::Mpirun;
+using testing::RunFjord;
+using testing::RunResult;
+using testing::Shell;
+
+class NoSurprisesTest : public testing::TempDirTest {
+ protected:
+  NoSurprisesTest() : TempDirTest("fjord_surprises_") {}
+  void SetUp() override {
+    TempDirTest::SetUp();
+    std::string text;
+    for (int i = 0; i < 300; ++i) text += "the fjord keeps its data home " + std::to_string(i % 7) + "\n";
+    testing::WriteText(Path("corpus.txt"), text);
+    RunResult r = RunFjord("prep --input " + Path("corpus.txt") + " --out " + Path("data"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    testing::WriteText(Path("job.textproto"),
+                       "model { n_layer: 1 n_head: 2 n_embd: 16 seq_len: 16 vocab_size: 256 }\n"
+                       "train { micro_batch: 2 grad_accum: 2 steps: 6 lr: 1e-2 warmup_steps: 1 threads: 1 }\n"
+                       "checkpoint { every_steps: 3 keep_last: 0 }\n"
+                       "data { train: \"" +
+                           Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") + "\"\n");
+  }
+  std::string Train(const std::string& extra = "") const {
+    return " train " + Path("job.textproto") + " " + extra;
+  }
+  // The names in a directory, sorted.
+  static std::vector<std::string> Names(const std::string& dir) {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  // The value of "key": N in a JSON line of `text`.
+  static double JsonNumber(const std::string& text, const std::string& key) {
+    const size_t k = text.find("\"" + key + "\": ");
+    return k == std::string::npos ? NAN : std::stod(text.substr(k + key.size() + 4));
+  }
+};
+
+// Item 1: a second run into a run_dir that holds a run is refused, naming what is there and the
+// three ways on; --overwrite removes the earlier run's files (not its audit log); eval, sample and
+// export say which checkpoint (step, job digest, when) they loaded.
+TEST_F(NoSurprisesTest, ASecondRunIntoARunDirIsRefusedOrReplacesIt) {
+  RunResult r = RunFjord(Train("--quiet"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(Names(Path("run/checkpoints")), (std::vector<std::string>{"step_000003", "step_000006"}));
+  const std::string metrics_before = testing::ReadText(Path("run/metrics.jsonl"));
+
+  r = RunFjord(Train("--quiet --set train.steps=3"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("run_dir " + Path("run") + " holds an earlier run"));
+  EXPECT_THAT(r.output, HasSubstr(Path("run/checkpoints/step_000006")));
+  EXPECT_THAT(r.output, HasSubstr(Path("run/metrics.jsonl")));
+  EXPECT_THAT(r.output, HasSubstr("--resume"));
+  EXPECT_THAT(r.output, HasSubstr("--set run_dir=DIR"));
+  EXPECT_THAT(r.output, HasSubstr("--overwrite"));
+  // Nothing of the earlier run was touched.
+  EXPECT_EQ(testing::ReadText(Path("run/metrics.jsonl")), metrics_before);
+  EXPECT_EQ(Names(Path("run/checkpoints")), (std::vector<std::string>{"step_000003", "step_000006"}));
+
+  r = RunFjord(Train("--quiet --resume --overwrite"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("not both"));
+
+  const bool had_audit = fs::exists(Path("run/audit.jsonl"));
+  r = RunFjord(Train("--quiet --set train.steps=3 --overwrite"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Names(Path("run/checkpoints")), (std::vector<std::string>{"step_000003"}));
+  EXPECT_EQ(LossTexts(Path("run/metrics.jsonl")).size(), 3u);
+  int event_files = 0;
+  for (const std::string& name : Names(Path("run"))) event_files += name.starts_with("events.out.tfevents.");
+  EXPECT_EQ(event_files, 1);
+  EXPECT_EQ(fs::exists(Path("run/audit.jsonl")), had_audit);
+
+  // The loaded checkpoint, with the digest of its job.textproto (computed here by sha256sum).
+  const std::string step = Path("run/checkpoints/step_000003");
+  RunResult sha = Shell("sha256sum " + step + "/job.textproto");
+  ASSERT_EQ(sha.exit_code, 0) << sha.output;
+  const std::string expected = "checkpoint " + step + " (step 3, job sha256 " + sha.output.substr(0, 12) +
+                               ", written ";
+  r = RunFjord("eval --checkpoint " + Path("run") + " --data '" + Path("data/val_*.bin") + "' --batches 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord eval: " + expected));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("written 20[0-9-]+T[0-9:.]+Z\\)"));
+  r = RunFjord("sample --checkpoint " + Path("run") + " --tokens 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord sample: " + expected));
+  r = RunFjord("export --checkpoint " + Path("run") + " --out " + Path("gpt.bin") + " --format llmc");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(expected));
+}
+
+// Item 2: eval prints what it measured on every line and takes the geometry, so the same weights
+// give the same number whatever job spec their checkpoint carries; the same sequences batched
+// differently give the same mean; --batches 0 is refused and a cap at the whole split is said.
+TEST_F(NoSurprisesTest, EvalSaysWhatItMeasuredAndTakesTheGeometry) {
+  RunResult r = RunFjord(Train("--quiet --set train.steps=3"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The import of the llm.c export holds the same weights under another job spec (import's defaults).
+  r = RunFjord("export --checkpoint " + Path("run") + " --out " + Path("gpt.bin") + " --format llmc");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunFjord("import --from " + Path("gpt.bin") + " --out " + Path("imported") + " --format llmc");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string data = " --data '" + Path("data/val_*.bin") + "'";
+  auto eval = [&](const std::string& checkpoint, const std::string& flags) {
+    RunResult e = RunFjord("eval --checkpoint " + checkpoint + data + " " + flags);
+    EXPECT_EQ(e.exit_code, 0) << e.output;
+    return e.output;
+  };
+  const std::string original = eval(Path("run"), "--micro-batch 3 --seq-len 8 --batches 2");
+  const std::string imported = eval(Path("imported"), "--micro-batch 3 --seq-len 8 --batches 2");
+  EXPECT_EQ(JsonNumber(original, "loss"), JsonNumber(imported, "loss")) << original << imported;
+  EXPECT_THAT(original, HasSubstr("\"tokens\": 48, \"batches\": 2, \"micro_batch\": 3, \"seq_len\": 8"));
+
+  // The first 12 sequences, one per batch and in batches of 4: the same tokens, so the same mean
+  // (up to float summation).
+  const std::string singles = eval(Path("run"), "--micro-batch 1 --batches 12");
+  const std::string fours = eval(Path("run"), "--micro-batch 4 --batches 3");
+  EXPECT_EQ(JsonNumber(fours, "tokens"), JsonNumber(singles, "tokens"));
+  EXPECT_NEAR(JsonNumber(fours, "loss"), JsonNumber(singles, "loss"), 1e-5) << fours << singles;
+  // --batches all: every sequence of the split, without a cap note.
+  const std::string all = eval(Path("run"), "--micro-batch 1 --batches all");
+  const int sequences = static_cast<int>(JsonNumber(all, "batches"));
+  EXPECT_GT(sequences, 12) << all;
+  EXPECT_THAT(all, Not(HasSubstr("fewer than")));
+
+  // More batches than the split holds: capped, and said.
+  const std::string capped = eval(Path("run"), "--micro-batch 1 --batches 100000");
+  EXPECT_THAT(capped, HasSubstr("fewer than the 100000 asked for"));
+  EXPECT_THAT(capped, HasSubstr("\"capped\": true"));
+  EXPECT_EQ(JsonNumber(capped, "batches"), sequences);
+
+  r = RunFjord("eval --checkpoint " + Path("run") + data + " --batches 0");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--batches '0' is neither a positive number of batches nor 'all'"));
+  r = RunFjord("eval --checkpoint " + Path("run") + data + " --seq-len 17");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--seq-len 17 is longer than the model's 16 positions"));
+}
+
+// Item 3: a resume that changes the global batch (2 ranks -> 1 without train.global_batch) or the
+// learning-rate schedule is refused with the choices; train.global_batch or --accept-changes resume,
+// and every change is printed.
+TEST_F(NoSurprisesTest, ResumeSaysWhatChangesAndRefusesABatchOrScheduleChange) {
+  RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=signal_after_step=3") + Train("--quiet"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(Path("run/checkpoints/step_000003")));
+  r = RunFjord(Train("--quiet --resume"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("would change the run"));
+  EXPECT_THAT(r.output, HasSubstr("world size: 2 -> 1 ranks"));
+  EXPECT_THAT(r.output, HasSubstr("global batch: 8 -> 4 sequences per step"));
+  EXPECT_THAT(r.output, HasSubstr("set train.global_batch: 8"));
+  EXPECT_THAT(r.output, HasSubstr("--accept-changes"));
+  EXPECT_EQ(LossTexts(Path("run/metrics.jsonl")).size(), 3u);  // nothing ran
+
+  // train.global_batch keeps the batch: the run resumes and says what differs.
+  r = RunFjord(Train("--resume --set train.global_batch=8"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("with changes to the run"));
+  EXPECT_THAT(r.output, HasSubstr("train.global_batch: 0 -> 8"));
+  EXPECT_THAT(r.output, HasSubstr("world size: 2 -> 1 ranks"));
+  EXPECT_THAT(r.output, Not(HasSubstr("global batch: 8 ->")));
+  EXPECT_EQ(LossTexts(Path("run/metrics.jsonl")).size(), 6u);
+
+  // More steps recompute the cosine schedule: refused, then accepted, with the lr of the next step.
+  fs::remove_all(Path("run/checkpoints/step_000006"));
+  r = RunFjord(Train("--quiet --resume --set train.global_batch=8 --set train.steps=12"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("train.steps: 6 -> 12 (the learning-rate schedule)"));
+  EXPECT_THAT(r.output, HasSubstr("learning rate of step 4: "));
+  r = RunFjord(Train("--quiet --resume --set train.global_batch=8 --set train.steps=12 --accept-changes"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("train.steps: 6 -> 12"));
+  EXPECT_EQ(LossTexts(Path("run/metrics.jsonl")).size(), 12u);
+}
+
+// Item 4: SIGUSR1 to mpirun (the safe way, which `fjord train --help` teaches) stops both ranks
+// after the same step with a checkpoint; rank 0's stdout holds the step lines, then the checkpoint
+// line, then the stop line (the streams are forwarded separately, so all three are on stdout), and
+// the job exits 0.
+TEST_F(NoSurprisesTest, SignalUnderMpirunStopsInOrderWithACheckpointAndExitsZero) {
+  RunResult help = RunFjord("train --help");
+  EXPECT_THAT(help.output, HasSubstr("kill -USR1"));
+  EXPECT_THAT(help.output, HasSubstr("odls_base_sigkill_timeout"));
+
+  const std::string pid_file = Path("mpirun.pid"), err = Path("stderr.txt");
+  FILE* pipe = testing::Start("echo $$ > " + pid_file + "; exec " + Mpirun(2) +
+                              Train("--set train.steps=100000 --set checkpoint.every_steps=0") + " 2>" + err);
+  ASSERT_NE(pipe, nullptr);
+  for (int i = 0; i < 600 && LossTexts(Path("run/metrics.jsonl")).size() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const pid_t mpirun = std::stoi(testing::ReadText(pid_file));
+  ASSERT_EQ(::kill(mpirun, SIGUSR1), 0);
+  const RunResult done = testing::Finish(pipe);
+  EXPECT_EQ(done.exit_code, 0) << done.output << testing::ReadText(err);
+  const size_t steps = LossTexts(Path("run/metrics.jsonl")).size();
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%06zu", steps);
+  const std::string checkpoint = Path("run/checkpoints/") + name;
+  EXPECT_TRUE(fs::exists(checkpoint + "/manifest.json")) << done.output;
+  const std::string& out = done.output;  // stdout only
+  // The progress line of the last step: "step" padded to the width of the step count.
+  std::smatch m;
+  const bool found = std::regex_search(out, m, std::regex("step +" + std::to_string(steps) + "/100000 "));
+  const size_t last_step = found ? static_cast<size_t>(m.position(0)) : std::string::npos;
+  const size_t checkpoint_line = out.find("fjord train: checkpoint " + checkpoint + "\n");
+  const size_t stop_line = out.find("fjord train: stopped by a signal after step " + std::to_string(steps) +
+                                    "; checkpoint " + checkpoint + " is complete; continue with --resume\n");
+  ASSERT_NE(last_step, std::string::npos) << out;
+  ASSERT_NE(checkpoint_line, std::string::npos) << out;
+  ASSERT_NE(stop_line, std::string::npos) << out;
+  EXPECT_LT(last_step, checkpoint_line) << out;
+  EXPECT_LT(checkpoint_line, stop_line) << out;
+  EXPECT_THAT(out.substr(stop_line), Not(::testing::ContainsRegex("\nstep "))) << out;
+}
+
+}  // namespace
+}  // namespace fjord
