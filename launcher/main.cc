@@ -1,6 +1,7 @@
 // fjord: one executable, one subcommand per task, each defined with CLI11 (launcher/cli.h) by an
 // Add...() here or next to its code. Argument errors exit 2 with the usage of the subcommand;
 // failures of the task itself exit 1 with a message that says what to do.
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -68,6 +69,63 @@ void AddAccess(cli::Command& c, CheckpointAccess& access) {
       ->type_name("FILE");
 }
 
+// "Job spec sections (proto/job.proto): model { }, train { }, ..., run_dir, device": the top level of
+// the schema, from its descriptor.
+std::string JobSpecSections() {
+  const google::protobuf::Descriptor* d = proto::JobSpec::descriptor();
+  std::string out = "Job spec sections (protobuf text format, schema in proto/job.proto): ";
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    out += (i ? ", " : "") + f->name() +
+           (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE ? " { }" : "");
+  }
+  return out + ".";
+}
+
+// Why the positional arguments of train or config are not one job spec, naming the culprit: a
+// --set whose value was given apart ("--set a.b 8"), or several files (a glob the shell expanded).
+std::string JobCountProblem(const std::vector<std::string>& jobs) {
+  if (jobs.empty()) return "give the job spec (JOB.textproto)";
+  std::string extra;
+  for (size_t i = 0; i < jobs.size(); ++i) extra += (i ? " " : "") + ("'" + jobs[i] + "'");
+  const auto looks_like_a_job = [](const std::string& a) { return a.ends_with(".textproto"); };
+  const long files = std::count_if(jobs.begin(), jobs.end(), looks_like_a_job);
+  if (files > 1) {
+    return "give exactly one job spec; got " + std::to_string(jobs.size()) + " arguments (" + extra +
+           "): did the shell expand a glob? Name one file";
+  }
+  for (const std::string& a : jobs) {
+    if (!looks_like_a_job(a)) {
+      return "give exactly one job spec; '" + a + "' is an extra argument (of " + extra +
+             "). A --set takes PATH=VALUE as one argument: --set train.steps=20, not --set train.steps 20";
+    }
+  }
+  return "give exactly one job spec; got " + extra;
+}
+
+void AddConfig(CLI::App& app) {
+  struct Args {
+    std::vector<std::string> job, overrides;
+    bool print = false;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "config",
+      "print the resolved job spec: the file, its --set overrides and every default filled in");
+  c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
+  cli::Required(c->add_flag("--print", a->print, "print the resolved job spec in text format"));
+  c->add_option("--set", a->overrides, "override a field of the job spec")->type_name("PATH=VALUE");
+  c->footer(JobSpecSections());
+  c->run = [c, a] {
+    if (a->job.size() != 1) return cli::UsageError(*c, JobCountProblem(a->job));
+    if (!a->print) return cli::UsageError(*c, "give --print (the only action of fjord config)");
+    StatusOr<proto::JobSpec> job = LoadJobSpec(a->job[0], a->overrides);
+    if (!job.ok()) return Fail("config", job.status());
+    std::fputs(JobSpecToText(*job).c_str(), stdout);
+    return 0;
+  };
+}
+
 void AddTrain(CLI::App& app) {
   struct Args {
     std::vector<std::string> job, overrides;
@@ -79,6 +137,10 @@ void AddTrain(CLI::App& app) {
       app, "train",
       "train a model as the job spec says; --resume continues from the newest intact checkpoint");
   c->footer(
+      JobSpecSections() +
+      "\n`fjord config --print JOB.textproto [--set PATH=VALUE]...` prints the resolved job, every default "
+      "filled in; `fjord train JOB.textproto --dry-run` checks the job, its data and the plan without "
+      "training.\n\n"
       "Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stops every rank after the current step with a "
       "checkpoint and "
       "exit 0; a second signal exits at once.\n"
@@ -97,10 +159,12 @@ void AddTrain(CLI::App& app) {
   c->add_flag("--accept-changes", a->options.accept_changes,
               "with --resume: accept a job that changes the global batch or the learning-rate schedule "
               "of the checkpoint's run (each change is printed either way)");
+  c->add_flag("--dry-run", a->options.dry_run,
+              "check the job, its data, the batch plan, memory and run_dir; print the plan; train nothing");
   c->add_flag("--quiet", a->options.quiet, "print only the summary");
   c->add_flag("--json", a->options.json_lines, "print one JSON object per step");
   c->run = [c, a] {
-    if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
+    if (a->job.size() != 1) return cli::UsageError(*c, JobCountProblem(a->job));
     if (a->resume && a->options.overwrite) {
       return cli::UsageError(
           *c, "give --resume (continue the run in run_dir) or --overwrite (replace it), not both");
@@ -343,6 +407,7 @@ int Main(int argc, char** argv) {
   }
   std::unique_ptr<CLI::App> app = cli::MakeApp();
   AddTrain(*app);
+  AddConfig(*app);
   AddPrep(*app);
   AddLaunchCommand(*app);
   AddAuditCommand(*app);

@@ -305,7 +305,10 @@ std::string ParseErrorHint(const std::string& message, std::string_view text, in
   }
   if (!unclosed.empty() && message.find("Expected identifier, got: ") != std::string::npos &&
       Between(message + "\n", "got: ", "\n").empty()) {
-    return unclosed;  // the end of the file inside a block
+    // The end of the file inside a block.
+    return unclosed +
+           " The syntax is protobuf text format (field: value, message { ... }); fields and their "
+           "types are in proto/job.proto.";
   }
   if (message.find("Unknown enumeration value") != std::string::npos) {
     const std::string field = Between(message, "for field \"", "\"");
@@ -457,8 +460,10 @@ Status ApplyOverride(const std::string& written, proto::JobSpec* job, Origins* o
   const std::string where = "--set " + written;
   const size_t eq = written.find('=');
   if (eq == std::string::npos) {
-    return InvalidArgument(where +
-                           ": expected PATH=VALUE, e.g. --set train.steps=20 or --set model.n_layer=2");
+    return InvalidArgument(
+        where +
+        ": expected PATH=VALUE, e.g. --set train.steps=20 or --set model.n_layer=2 (one argument: "
+        "--set train.steps=20, not --set train.steps 20)");
   }
   const std::string path = written.substr(0, eq);
   const std::string value = written.substr(eq + 1);

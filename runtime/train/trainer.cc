@@ -470,6 +470,8 @@ class Trainer {
     FJORD_RETURN_IF_ERROR(PlanBatch());
     FJORD_RETURN_IF_ERROR(OpenDevice());
     FJORD_RETURN_IF_ERROR(OpenData());
+    if (options_.dry_run) return DryRun();
+    FJORD_RETURN_IF_ERROR(OpenRunDir());
     FJORD_RETURN_IF_ERROR(BuildModel());
     train_start_ = Clock::now();
     return Resume();
@@ -615,12 +617,50 @@ class Trainer {
                                          /*shuffle=*/false, data_policy));
       val_data_ = std::make_unique<DataLoader>(std::move(v));
     }
+    return OkStatus();
+  }
+
+  // Rank 0's run_dir (an earlier run there is refused or removed: PrepareRunDir) and metrics.jsonl.
+  Status OpenRunDir() {
     if (!lead_) return OkStatus();
     FJORD_RETURN_IF_ERROR(PrepareRunDir(job_, options_.overwrite, log_));
     std::error_code ec;
     fs::create_directories(job_.run_dir(), ec);
     if (ec) return Internal("cannot create run_dir " + job_.run_dir() + ": " + ec.message());
     return sink_.OpenJsonl(job_.run_dir(), /*append=*/job_.checkpoint().resume());
+  }
+
+  // --dry-run: what the job would do, from the checks Setup has passed so far (rank 0 prints).
+  Status DryRun() {
+    if (!lead_) return OkStatus();
+    const std::vector<fs::path> earlier = EarlierRunFiles(job_);
+    std::string run_dir = "new";
+    if (job_.checkpoint().resume()) {
+      StatusOr<std::string> newest = NewestGoodCheckpoint(CheckpointsDirOf(job_), nullptr);
+      run_dir = newest.ok() ? "resumes from " + *newest : "nothing to resume; starts at step 0";
+    } else if (!earlier.empty()) {
+      run_dir = "holds an earlier run (" + std::to_string(earlier.size()) + " files): " +
+                (options_.overwrite ? "--overwrite would remove them"
+                                    : "training would be refused without --resume or --overwrite");
+    }
+    const uint64_t per_epoch = train_data_->sequences_per_epoch();
+    std::printf(
+        "fjord train: --dry-run: the job, its data and its plan check out; nothing was trained or written\n"
+        "  batch: %llu sequences of %d tokens per step = micro_batch %d x grad_accum %d x %d rank(s); %d "
+        "steps\n"
+        "  data.train: %llu tokens, %llu sequences per epoch (%.2f epochs over the run)\n"
+        "  data.val: %s\n"
+        "  model: %zu parameters, %s of memory per rank (%s)\n"
+        "  run_dir %s: %s\n",
+        static_cast<unsigned long long>(global_batch_), T_, B_, accum_, world_, train_.steps(),
+        static_cast<unsigned long long>(train_data_->num_tokens()),
+        static_cast<unsigned long long>(per_epoch),
+        static_cast<double>(global_batch_) * train_.steps() / static_cast<double>(per_epoch),
+        val_data_ ? (std::to_string(val_data_->num_tokens()) + " tokens").c_str() : "none", num_params_,
+        GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
+        device_->description().c_str(), job_.run_dir().c_str(), run_dir.c_str());
+    std::fflush(stdout);
+    return OkStatus();
   }
 
   // One arena for everything the step touches on the device, zeroed before it is freed; the model
@@ -992,6 +1032,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm) {
   Trainer trainer(job, options, comm);
   FJORD_RETURN_IF_ERROR(trainer.Setup());
+  if (options.dry_run) return TrainResult();
   return trainer.Run();
 }
 

@@ -33,6 +33,9 @@ struct TrainOptions {
   // the learning-rate schedule (train.lr, min_lr, warmup_steps, steps) is refused unless this is set
   // (fjord train --accept-changes).
   bool accept_changes = false;
+  // Check the job, its data, the batch plan, memory and run_dir, print the plan (rank 0), and return
+  // without building the model, training or writing anything of the run (fjord train --dry-run).
+  bool dry_run = false;
 };
 
 struct TrainResult {

@@ -21,9 +21,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::LossTexts;
 using testing::Mpirun;
+using ::testing::Not;
 using testing::RunFjord;
 using testing::RunResult;
 using testing::Shell;
@@ -101,8 +101,8 @@ TEST_F(NoSurprisesTest, ASecondRunIntoARunDirIsRefusedOrReplacesIt) {
   const std::string step = Path("run/checkpoints/step_000003");
   RunResult sha = Shell("sha256sum " + step + "/job.textproto");
   ASSERT_EQ(sha.exit_code, 0) << sha.output;
-  const std::string expected = "checkpoint " + step + " (step 3, job sha256 " + sha.output.substr(0, 12) +
-                               ", written ";
+  const std::string expected =
+      "checkpoint " + step + " (step 3, job sha256 " + sha.output.substr(0, 12) + ", written ";
   r = RunFjord("eval --checkpoint " + Path("run") + " --data '" + Path("data/val_*.bin") + "' --batches 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("fjord eval: " + expected));
@@ -238,6 +238,78 @@ TEST_F(NoSurprisesTest, SignalUnderMpirunStopsInOrderWithACheckpointAndExitsZero
   EXPECT_LT(last_step, checkpoint_line) << out;
   EXPECT_LT(checkpoint_line, stop_line) << out;
   EXPECT_THAT(out.substr(stop_line), Not(::testing::ContainsRegex("\nstep "))) << out;
+}
+
+// Item 7: `fjord help SUB` is `fjord SUB --help`; train --help lists the job spec's sections (the
+// schema's top-level fields, read here from proto/job.proto) and points at config --print and
+// --dry-run; config --print gives the resolved job, which parses back to itself; --dry-run checks and
+// prints the plan without training or writing; a wrong argument count names the culprit.
+TEST_F(NoSurprisesTest, HelpConfigPrintDryRunAndTheArgumentThatIsWrong) {
+  for (const std::string sub : {"train", "eval", "audit verify"}) {
+    RunResult help = RunFjord("help " + sub), direct = RunFjord(sub + " --help");
+    EXPECT_EQ(help.exit_code, 0) << help.output;
+    EXPECT_EQ(help.output, direct.output) << sub;
+    EXPECT_THAT(help.output, HasSubstr("usage: fjord " + sub));
+  }
+  RunResult r = RunFjord("help trian");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("no command 'trian'"));
+
+  r = RunFjord("train --help");
+  std::ifstream schema(std::string(FJORD_SOURCE_DIR) + "/proto/job.proto");
+  std::string text((std::istreambuf_iterator<char>(schema)), std::istreambuf_iterator<char>());
+  const size_t job = text.find("message JobSpec {");
+  ASSERT_NE(job, std::string::npos);
+  std::smatch m;
+  std::string body = text.substr(job, text.find("\n}", job) - job);
+  int sections = 0;
+  for (std::regex field(R"(\n  (?:optional |repeated )?(\w+) (\w+) = \d+)");
+       std::regex_search(body, m, field); body = m.suffix()) {
+    EXPECT_THAT(r.output, HasSubstr(m[2].str())) << "section " << m[2];
+    ++sections;
+  }
+  EXPECT_GE(sections, 5);
+  EXPECT_THAT(r.output, HasSubstr("fjord config --print JOB.textproto"));
+  EXPECT_THAT(r.output, HasSubstr("--dry-run"));
+
+  // config --print: every default present, and the printed job parses back to the same text.
+  r = RunFjord("config --print " + Path("job.textproto") + " --set model.dtype=bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("dtype: BF16"));
+  EXPECT_THAT(r.output, HasSubstr("weight_decay: "));  // a default the file does not set
+  testing::WriteText(Path("resolved.textproto"), r.output);
+  RunResult again = RunFjord("config --print " + Path("resolved.textproto"));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(again.output, r.output);
+
+  // --dry-run: the plan, and no run_dir written.
+  r = RunFjord(Train("--dry-run"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--dry-run: the job, its data and its plan check out"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("batch: 4 sequences of 16 tokens per step = micro_batch 2 x grad_accum 2 x 1 rank(s)"));
+  EXPECT_THAT(r.output, HasSubstr("run_dir " + Path("run") + ": new"));
+  EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl")));
+  EXPECT_FALSE(fs::exists(Path("run/checkpoints")));
+  // ... and a dry run catches what training would refuse.
+  r = RunFjord(Train("--dry-run --set data.train=" + Path("none_*.bin")));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("none_*.bin"));
+
+  // The argument that made "exactly one job spec" fail.
+  testing::WriteText(Path("other.textproto"), "");
+  r = RunFjord(Train() + Path("other.textproto"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("did the shell expand a glob?"));
+  EXPECT_THAT(r.output, HasSubstr("'" + Path("other.textproto") + "'"));
+  r = RunFjord(Train("--set train.steps 8"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--set train.steps: expected PATH=VALUE"));
+  EXPECT_THAT(r.output, HasSubstr("--set train.steps=20, not --set train.steps 20"));
+  r = RunFjord(Train("--quiet 8"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("'8' is an extra argument"));
 }
 
 }  // namespace
