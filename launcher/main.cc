@@ -1,8 +1,13 @@
 // fjord: one executable, one subcommand per task, each defined with CLI11 (launcher/cli.h) by an
 // Add...() here or next to its code. Argument errors exit 2 with the usage of the subcommand;
 // failures of the task itself exit 1 with a message that says what to do.
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -18,6 +23,7 @@
 #include "runtime/data/bpe_tokenizer.h"
 #include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
+#include "runtime/formats/llmc_checkpoint.h"
 #include "runtime/tenancy/tenancy.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/config.h"
@@ -28,8 +34,13 @@
 namespace fjord {
 namespace {
 
+// "fjord CMD: error: MESSAGE", once: a message that already starts with "fjord CMD: " (as some
+// library messages do) is not prefixed twice.
 int Fail(const char* command, const Status& status) {
-  std::fprintf(stderr, "fjord %s: error: %s\n", command, status.message().c_str());
+  const std::string prefix = "fjord " + std::string(command) + ": ";
+  std::string message = status.message();
+  while (message.starts_with(prefix)) message.erase(0, prefix.size());
+  std::fprintf(stderr, "%serror: %s\n", prefix.c_str(), message.c_str());
   return 1;
 }
 
@@ -59,6 +70,25 @@ int RunGatedJob(const char* command, const proto::JobSpec& job,
   (void)(*tenancy)->RecordJobEnd(result);
   if (!result.ok()) return FailAll(command, result, **comm);
   return 0;
+}
+
+// Refuses a run_dir that cannot be created or written, naming it (before the gates, which would
+// otherwise meet it as the directory of the audit log). Writes nothing: it looks at the nearest
+// existing directory on the way.
+Status CheckRunDirWritable(const proto::JobSpec& job) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path at = fs::absolute(job.run_dir(), ec);
+  while (!at.empty() && !fs::exists(at, ec) && at != at.parent_path()) at = at.parent_path();
+  std::string problem;
+  if (!fs::is_directory(at, ec)) {
+    problem = at.string() + " is not a directory";
+  } else if (::access(at.c_str(), W_OK | X_OK) != 0) {
+    problem = at.string() + " is not writable (" + std::strerror(errno) + ")";
+  }
+  if (problem.empty()) return OkStatus();
+  return FailedPrecondition("run_dir " + job.run_dir() + " cannot be created or written: " + problem +
+                            "; choose another run_dir (--set run_dir=DIR) or fix the permissions");
 }
 
 // --key FILE and --audit-log FILE of the commands that read a checkpoint outside a training job.
@@ -173,6 +203,7 @@ void AddTrain(CLI::App& app) {
     if (a->resume) overrides.push_back("checkpoint.resume=true");
     StatusOr<proto::JobSpec> job = LoadJobSpec(a->job[0], overrides);
     if (!job.ok()) return Fail("train", job.status());
+    if (Status writable = CheckRunDirWritable(*job); !writable.ok()) return Fail("train", writable);
     return RunGatedJob("train", *job, [&](Communicator& comm, const Tenancy& tenancy) {
       TrainOptions options = a->options;
       options.tenancy = &tenancy;
@@ -205,6 +236,17 @@ void AddPrep(CLI::App& app) {
     PrepOptions options = a->options;
     if (options.input.empty() || options.out_dir.empty()) {
       return cli::UsageError(*c, "--input FILE and --out DIR are required");
+    }
+    if (!options.tenant.empty()) {
+      if (StatusOr<LocalNode> node = ReadNodeIdentity(); !node.ok()) {
+        std::fprintf(
+            stderr,
+            "fjord prep: warning: tenant %s's shards are prepared on a node without a usable identity "
+            "(%s): nothing checks that this node lies in the tenant's jurisdictions. Prepare them on a "
+            "node of the tenant's residency whose operator wrote its identity file "
+            "(docs/SOVEREIGNTY.md)\n",
+            options.tenant.c_str(), node.status().message().c_str());
+      }
     }
     options.allowed_jurisdictions = SplitList(a->jurisdictions);
     options.allowed_sites = SplitList(a->sites);
@@ -357,9 +399,19 @@ void AddExport(CLI::App& app) {
   };
 }
 
+// Whether `path` is a file whose first int32 is llm.c's model magic (kLlmcModelMagic).
+bool StartsWithLlmcMagic(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return false;
+  int32_t magic = 0;
+  const bool read = std::fread(&magic, sizeof(magic), 1, f) == 1;
+  std::fclose(f);
+  return read && magic == kLlmcModelMagic;
+}
+
 void AddImport(CLI::App& app) {
   struct Args {
-    std::string from, out, format = "hf";
+    std::string from, out, format;
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
@@ -367,11 +419,20 @@ void AddImport(CLI::App& app) {
       "make a fjord checkpoint from Hugging Face GPT-2 weights or an llm.c checkpoint (for train.init_from)");
   cli::Required(c->add_option("--from", a->from, "the weights")->type_name("PATH"));
   cli::Required(c->add_option("--out", a->out, "the new checkpoint")->type_name("DIR"));
-  c->add_option("--format", a->format, "hf (default) or llmc")->type_name("hf|llmc");
+  c->add_option("--format", a->format,
+                "hf or llmc (default: llmc when the file starts with llm.c's magic, else hf)")
+      ->type_name("hf|llmc");
   c->run = [c, a] {
     if (a->from.empty() || a->out.empty())
       return cli::UsageError(*c, "--from PATH and --out DIR are required");
-    StatusOr<ModelFormat> format = ParseModelFormat(a->format);
+    std::string format_name = a->format;
+    if (format_name.empty()) {
+      format_name = StartsWithLlmcMagic(a->from) ? "llmc" : "hf";
+      std::printf("fjord import: --format %s (%s)\n", format_name.c_str(),
+                  format_name == "llmc" ? "the file starts with llm.c's checkpoint magic 20240326"
+                                        : "not an llm.c checkpoint; give --format llmc to insist");
+    }
+    StatusOr<ModelFormat> format = ParseModelFormat(format_name);
     if (!format.ok()) return Fail("import", format.status());
     Status s = ImportModel(a->from, *format, a->out);
     if (!s.ok()) return Fail("import", s);

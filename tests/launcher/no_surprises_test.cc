@@ -312,5 +312,83 @@ TEST_F(NoSurprisesTest, HelpConfigPrintDryRunAndTheArgumentThatIsWrong) {
   EXPECT_THAT(r.output, HasSubstr("'8' is an extra argument"));
 }
 
+// Item 10: the odd ends a new user met.
+TEST_F(NoSurprisesTest, OddEnds) {
+  // A run_dir that cannot be created is named as the run_dir (not as the audit log's directory).
+  RunResult r = RunFjord(Train("--quiet --set run_dir=" + Path("corpus.txt") + "/run"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("run_dir " + Path("corpus.txt") + "/run cannot be created or written: " +
+                                  Path("corpus.txt") + " is not a directory"));
+  EXPECT_THAT(r.output, Not(HasSubstr("audit")));
+
+  // One error prefix.
+  r = RunFjord("prep --input " + Path("missing.txt") + " --out " + Path("d"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord prep: error: "));
+  EXPECT_THAT(r.output, Not(HasSubstr("error: fjord prep:")));
+
+  // import without --format: llm.c by the file's magic, else Hugging Face; the same weights either way.
+  r = RunFjord(Train("--quiet --set train.steps=1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string format : {"llmc", "hf"}) {
+    const std::string out = Path("exported." + format);
+    r = RunFjord("export --checkpoint " + Path("run") + " --out " + out + " --format " + format);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    r = RunFjord("import --from " + out + " --out " + Path("imported_" + format));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("fjord import: --format " + format + " ("));
+    EXPECT_EQ(testing::ReadText(Path("imported_" + format + "/model.bin")).substr(1024),
+              testing::ReadText(Path("run/checkpoints/step_000001/model.bin")).substr(1024))
+        << format;
+  }
+  // prep --tenant on a node without an identity file warns; with one (the test override) it does not.
+  const std::string prep = " " + std::string(FJORD_BINARY) + " prep --input " + Path("corpus.txt") +
+                           " --tenant acme --jurisdiction NO --out ";
+  RunResult host = Shell("hostname");
+  testing::WriteText(Path("node.textproto"), "hostname: \"" +
+                                                 host.output.substr(0, host.output.find_first_of(".\n")) +
+                                                 "\"\njurisdiction: \"NO\"\nsite: \"osl1\"\n");
+  r = Shell("FJORD_NODE_IDENTITY=" + Path("node.textproto") + prep + Path("tenant_b"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, Not(HasSubstr("warning")));
+  if (fs::exists("/etc/fjord/node.textproto")) GTEST_SKIP() << "this node has an identity file";
+  r = Shell("unset FJORD_NODE_IDENTITY;" + prep + Path("tenant_a"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord prep: warning: tenant acme's shards are prepared on a node without a "
+                        "usable identity"));
+}
+
+// Item 10: the examples' commands run the binary the build makes (build/bin/fjord) and name files
+// that exist in the repository.
+TEST(ExamplesTest, CommandsUseTheBuiltBinaryAndExistingFiles) {
+  const fs::path root = FJORD_SOURCE_DIR;
+  int commands = 0;
+  for (const auto& example : fs::directory_iterator(root / "examples")) {
+    const fs::path readme = example.path() / "README.md";
+    if (!fs::exists(readme)) continue;
+    std::ifstream in(readme);
+    bool code = false;
+    int number = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++number;
+      if (line.starts_with("```")) code = !code;
+      if (!code) continue;
+      const std::string where = readme.string() + ":" + std::to_string(number) + ": " + line;
+      // A command, not a line of output ("fjord launch: ...").
+      std::smatch m;
+      if (std::regex_search(line, m, std::regex(R"((^|\$ |mpirun .*?)(\S*fjord) [a-z]+( |$))"))) {
+        ++commands;
+        EXPECT_TRUE(m[2].str().ends_with("build/bin/fjord")) << where;
+      }
+      static const std::regex kPath(R"(examples/[\w./-]+\.\w+)");
+      for (std::sregex_iterator it(line.begin(), line.end(), kPath), end; it != end; ++it) {
+        EXPECT_TRUE(fs::exists(root / it->str())) << where;
+      }
+    }
+  }
+  EXPECT_GT(commands, 10);
+}
+
 }  // namespace
 }  // namespace fjord
