@@ -471,6 +471,43 @@ TEST_F(LaunchCliTest, ArgumentErrorsExitTwoWithUsage) {
   EXPECT_THAT(r.output, HasSubstr("--np 'two' is not a whole number"));
 }
 
+// Issue 21 item 8: --time, --gpus-per-node and --signal (default USR1@120, so a time limit ends
+// in a checkpoint) go into the sbatch script, as does any other sbatch option through --sbatch-arg;
+// the options that carry residency (placement, exclusivity, partition, account) are refused there.
+TEST_F(LaunchCliTest, SlurmTakesTimeGpusSignalAndOtherSbatchOptions) {
+  WriteText(Path("fake-sbatch"), "#!/bin/sh\necho 4242\n", 0755);
+  testing::RunResult r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch") +
+                                    " --time 2:00:00 --gpus-per-node 8 --sbatch-arg=--qos=high "
+                                    "--sbatch-arg=--mail-type=END",
+                                "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::string script = ReadText(Path("run/launch/job.sbatch"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --time=2:00:00\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --gpus-per-node=8\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --signal=USR1@120\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --qos=high\n#SBATCH --mail-type=END\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --exclusive\n"));  // the residency controls stay
+  fs::remove_all(Path("run"));
+  r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch") + " --signal USR1@600", "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  script = ReadText(Path("run/launch/job.sbatch"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --signal=USR1@600\n"));
+  EXPECT_THAT(script, Not(HasSubstr("--time")));
+
+  for (const std::string arg : {"--constraint=jurisdiction_SE", "--nodelist=se1", "-wse1",
+                                "--partition=shared", "--account=globex"}) {
+    r = Launch("--np 2 --slurm --dry-run --sbatch-arg=" + arg, "-u SLURM_JOB_ID");
+    EXPECT_EQ(r.exit_code, 2) << arg << r.output;
+    EXPECT_THAT(r.output, HasSubstr("is set by fjord launch from the tenant's residency")) << arg;
+  }
+  r = Launch("--np 2 --slurm --dry-run --sbatch-arg=--time=1:00", "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("use launch's --time instead"));
+  r = Launch("--np 2 --time 1:00");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--time is an sbatch option: add --slurm"));
+}
+
 TEST_F(LaunchCliTest, SlurmOutsideAnAllocationWritesAndSubmitsAnSbatchScript) {
   // A stand-in for sbatch: records its arguments and answers as `sbatch --parsable` does.
   WriteText(Path("fake-sbatch"),
