@@ -20,6 +20,7 @@
 #include "launcher/cli.h"
 #include "launcher/demo.h"
 #include "launcher/launch.h"
+#include "launcher/run_local.h"
 #include "runtime/data/bpe_tokenizer.h"
 #include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
@@ -471,6 +472,7 @@ int Main(int argc, char** argv) {
   AddConfig(*app);
   AddPrep(*app);
   AddLaunchCommand(*app);
+  AddRunCommand(*app);
   AddAuditCommand(*app);
   AddEval(*app);
   AddSample(*app);

@@ -163,7 +163,8 @@ std::string SbatchArgProblem(const std::string& arg) {
   return "";
 }
 
-// Runs argv and waits; returns its exit code (128 + signal when killed, 127 when it cannot start).
+}  // namespace
+
 int RunChild(const std::vector<std::string>& argv) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -206,6 +207,10 @@ int RunChild(const std::vector<std::string>& argv) {
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 1;
 }
+
+bool ChildStopRequested() { return g_terms != 0; }
+
+namespace {
 
 // The log's last record as an anchor kept out of the job user's reach (docs/SOVEREIGNTY.md, "The
 // audit log"): printed for whoever ran launch, with the command that checks it, and sent to the

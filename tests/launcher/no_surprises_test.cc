@@ -390,5 +390,45 @@ TEST(ExamplesTest, CommandsUseTheBuiltBinaryAndExistingFiles) {
   EXPECT_GT(commands, 10);
 }
 
+// Item 6: fjord run --nproc-per-node 2 --max-restarts 1: a rank killed mid-run (SIGKILL, as the OOM
+// killer would) ends that attempt; the job runs again from its newest checkpoint and finishes with
+// the losses of a run that was never interrupted (the oracle: the same job under mpirun directly),
+// and the restart is in the audit log.
+TEST_F(NoSurprisesTest, RunRestartsFromTheLastCheckpointWhenARankDies) {
+  const std::string job =
+      Path("job.textproto") + " --quiet --set train.steps=300 --set checkpoint.every_steps=50";
+  RunResult r = Shell(Mpirun(2) + " train " + job + " --set run_dir=" + Path("straight"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<std::string> straight = LossTexts(Path("straight/metrics.jsonl"));
+  ASSERT_EQ(straight.size(), 300u);
+
+  const std::string run_dir = Path("restarted");
+  FILE* pipe = testing::Start(
+      "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " +
+      std::string(FJORD_BINARY) + " run --nproc-per-node 2 --max-restarts 1 --mpirun " + FJORD_MPIEXEC + " " +
+      job + " --set run_dir=" + run_dir);
+  ASSERT_NE(pipe, nullptr);
+  for (int i = 0; i < 600 && LossTexts(run_dir + "/metrics.jsonl").size() < 60; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Rank 1 of this job: the process with OMPI_COMM_WORLD_RANK=1 in its environment.
+  Shell("for p in $(pgrep -f '[r]un_dir=" + run_dir +
+        "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && kill -KILL $p; done");
+  const RunResult done = testing::Finish(pipe);
+  EXPECT_EQ(done.exit_code, 0) << done.output;
+  EXPECT_THAT(done.output, HasSubstr("fjord run: the job failed (exit "));
+  EXPECT_THAT(done.output, HasSubstr("restart 1 of 1 from its newest intact checkpoint"));
+  EXPECT_EQ(LossTexts(run_dir + "/metrics.jsonl"), straight);
+  EXPECT_THAT(testing::ReadText(run_dir + "/audit.jsonl"),
+              ::testing::ContainsRegex("\"event\":\"job_restart\".*\"restart\":1,\"max_restarts\":1"));
+
+  // Without restarts the failure is the job's exit code.
+  r = Shell("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(FJORD_BINARY) +
+            " run --nproc-per-node 2 --mpirun " + FJORD_MPIEXEC + " " + Path("job.textproto") +
+            " --set data.train=" + Path("none_*.bin"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("none_*.bin"));
+  EXPECT_THAT(r.output, Not(HasSubstr("restart")));
+}
+
 }  // namespace
 }  // namespace fjord
