@@ -24,12 +24,13 @@ void AddRunCommand(CLI::App& app) {
     std::string mpirun = "mpirun";
   };
   auto a = std::make_shared<Args>();
-  cli::Command* c = cli::AddCommand(
-      app, "run",
-      "train on N ranks of this node (torchrun --nproc-per-node); --max-restarts R runs the job again from its "
-      "newest intact checkpoint when a rank dies");
+  cli::Command* c = cli::AddCommand(app, "run",
+                                    "train on N ranks of this node (torchrun --nproc-per-node); "
+                                    "--max-restarts R runs the job again from its "
+                                    "newest intact checkpoint when a rank dies");
   c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
-  cli::Required(cli::AddNumber(*c, "--nproc-per-node", a->nproc, "N", "ranks to start on this node", 1, 4096));
+  cli::Required(
+      cli::AddNumber(*c, "--nproc-per-node", a->nproc, "N", "ranks to start on this node", 1, 4096));
   cli::AddNumber(*c, "--max-restarts", a->max_restarts, "R",
                  "after a failure, run the job again from its newest intact checkpoint, at most R times "
                  "(default 0); each restart is recorded in the job's audit log",
@@ -72,8 +73,8 @@ void AddRunCommand(CLI::App& app) {
       return 1;
     }
     const auto attempt = [&](int k) {
-      std::vector<std::string> argv = {a->mpirun, "-np", std::to_string(a->nproc), "--bind-to", "none",
-                                       self, "train", a->job[0]};
+      std::vector<std::string> argv = {
+          a->mpirun, "-np", std::to_string(a->nproc), "--bind-to", "none", self, "train", a->job[0]};
       for (const std::string& o : a->overrides) argv.insert(argv.end(), {"--set", o});
       if (a->resume || k > 0) argv.push_back("--resume");
       if (a->overwrite && k == 0) argv.push_back("--overwrite");

@@ -310,8 +310,9 @@ TEST_F(CliTest, MissingJobSpecAndRequiredFlagsExitTwoNamingThem) {
     std::string args, message;
   };
   for (const Case& c : std::vector<Case>{
-           {"train", "fjord train: error: give exactly one job spec (JOB.textproto)"},
-           {"train a.textproto b.textproto", "fjord train: error: give exactly one job spec (JOB.textproto)"},
+           {"train", "fjord train: error: give the job spec (JOB.textproto)"},
+           {"train a.textproto b.textproto",
+            "fjord train: error: give exactly one job spec; got 2 arguments ('a.textproto' 'b.textproto')"},
            {"launch --np 2",
             "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: fjord launch"},
            {"prep --input x.txt", "fjord prep: error: --input FILE and --out DIR are required"},
