@@ -11,7 +11,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <string>
 
 #include "common/env.h"
 #include "common/file_util.h"
@@ -307,6 +309,19 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
   return job->exit_code;
 }
 
+// The tenant named by the first record of the audit log at `path` that names one ("" when there
+// is no such log or record).
+std::string LogTenant(const std::string& path) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    StatusOr<JsonValue> record = ParseJson(line, path);
+    if (!record.ok()) continue;
+    const JsonValue* tenant = record->Find("tenant");
+    if (tenant != nullptr && tenant->is_string() && !tenant->text().empty()) return tenant->text();
+  }
+  return "";
+}
+
 }  // namespace
 
 int RunLaunch(const LaunchOptions& options) {
@@ -316,10 +331,21 @@ int RunLaunch(const LaunchOptions& options) {
   };
   StatusOr<LaunchPlan> planned = PlanLaunch(options);
   if (!planned.ok()) {
-    // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written).
+    // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written),
+    // except for a dry run, which writes nothing, and never in a log that another tenant's records
+    // began (a job pointing its run_dir or audit_log at it).
     StatusOr<proto::JobSpec> job = LoadJobSpec(options.job_path, options.overrides);
     const StatusOr<std::string> digest = job.ok() ? JobDigest(*job) : StatusOr<std::string>(job.status());
-    if (digest.ok()) {
+    std::string owner;
+    if (job.ok()) owner = LogTenant(AuditPathFor(*job));
+    if (digest.ok() && !options.dry_run && !owner.empty() && owner != job->tenant().id()) {
+      std::fprintf(
+          stderr,
+          "fjord launch: warning: the refusal is not recorded: %s is tenant %s's audit log, and this "
+          "job is %s\n",
+          AuditPathFor(*job).c_str(), owner.c_str(),
+          job->tenant().id().empty() ? "untenanted" : ("tenant " + job->tenant().id()).c_str());
+    } else if (digest.ok() && !options.dry_run) {
       StatusOr<std::unique_ptr<AuditLog>> audit =
           AuditLog::Open(AuditPathFor(*job), "launch@" + ThisHostname());
       Status logged = audit.ok()

@@ -393,6 +393,28 @@ TEST_F(LaunchCliTest, TooFewAllowedNodesStartsNothingAndIsAudited) {
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
 }
 
+// Issue 21 item 10: a refused dry run writes nothing, not even its refusal; a refusal is never
+// appended to a log that another tenant's records began.
+TEST_F(LaunchCliTest, RefusedDryRunWritesNothingAndNoRefusalGoesToAnotherTenantsLog) {
+  testing::RunResult r = Launch("--np 5 --dry-run");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tenant acme needs 5 ranks"));
+  EXPECT_FALSE(fs::exists(Path("run"))) << r.output;
+
+  fs::create_directories(Path("run"));
+  {
+    StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Path("run/audit.jsonl"), "test");
+    ASSERT_TRUE(log.ok()) << log.status().message();
+    ASSERT_TRUE((*log)->Append("job_start", AuditRecord().Str("tenant", "globex")).ok());
+  }
+  const std::string before = ReadText(Path("run/audit.jsonl"));
+  r = Launch("--np 5");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("the refusal is not recorded: " + Path("run/audit.jsonl") +
+                                  " is tenant globex's audit log, and this job is tenant acme"));
+  EXPECT_EQ(ReadText(Path("run/audit.jsonl")), before);
+}
+
 // Launch places by the data's residency too: the job allows NO and SE, but the manifest of its
 // shards allows NO only, so the ranks go to NO nodes only, the plan and launch_plan say which manifest
 // bounded placement, and a job needing more NO slots than exist is refused naming the manifest.
@@ -606,7 +628,7 @@ TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
                                   "'--format=%N|%f|%t'` exited with "));
   EXPECT_THAT(r.output,
               HasSubstr("Check that Slurm's commands are installed and SLURM_CONF names the cluster"));
-  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+  EXPECT_FALSE(fs::exists(Path("run/audit.jsonl")));  // a dry run writes nothing, its refusal included
 
   // A SLURM_CONF that does not exist is named before sinfo runs (it would retry for a minute).
   fs::remove_all(Path("run"));
@@ -614,7 +636,7 @@ TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("SLURM_CONF names " + Path("no-such-slurm.conf") +
                                   ", which cannot be read (No such file or directory)"));
-  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+  EXPECT_FALSE(fs::exists(Path("run/audit.jsonl")));
 }
 
 // The head launch prints at exit is an anchor: `fjord audit verify --anchor` holds on the log as
