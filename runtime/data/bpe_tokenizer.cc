@@ -164,6 +164,7 @@ class Gpt2Tokenizer final : public Tokenizer {
  public:
   std::string name() const override { return "gpt2"; }
   int vocab_size() const override { return static_cast<int>(token_bytes_.size()); }
+  int32_t end_of_text() const override { return end_of_text_; }
 
   std::vector<int32_t> Encode(std::string_view text) const override {
     std::vector<int32_t> ids;
@@ -193,6 +194,7 @@ class Gpt2Tokenizer final : public Tokenizer {
   std::vector<std::string> token_bytes_;  // id -> the bytes it decodes to
   int32_t byte_token_[256] = {};          // byte -> its single-character token
   std::unordered_map<uint64_t, Merge> merges_;
+  int32_t end_of_text_ = -1;  // the id of "<|endoftext|>" when the vocabulary has it
 };
 
 void Gpt2Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) const {
@@ -281,6 +283,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& voca
       }
       used[*id] = true;
       vocab.emplace(token, static_cast<int32_t>(*id));
+      if (token == "<|endoftext|>") tok->end_of_text_ = static_cast<int32_t>(*id);
       // The token's bytes: each character of the byte alphabet is one byte. Tokens with other
       // characters (added special tokens) decode to their own text.
       std::string bytes;

@@ -19,7 +19,11 @@ class Tokenizer {
   virtual std::string name() const = 0;
   // Number of distinct token ids this tokenizer produces (ids are in [0, vocab_size())).
   virtual int vocab_size() const = 0;
+  // Must be thread-safe: fjord prep encodes documents on several threads at once.
   virtual std::vector<int32_t> Encode(std::string_view text) const = 0;
+  // The id fjord prep puts before each document ("<|endoftext|>", GPT-2's 50256), or -1 when the
+  // tokenizer has none (then documents are joined as they are unless prep is given --eot ID).
+  virtual int32_t end_of_text() const { return -1; }
   // Ids outside [0, vocab_size()) decode to U+FFFD rather than failing, so sampling a model
   // with a padded vocabulary never crashes.
   virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
