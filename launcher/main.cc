@@ -1,11 +1,13 @@
 // fjord: one executable, one subcommand per task, each defined with CLI11 (launcher/cli.h) by an
 // Add...() here or next to its code. Argument errors exit 2 with the usage of the subcommand;
 // failures of the task itself exit 1 with a message that says what to do.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "collectives/communicator.h"
@@ -161,7 +163,9 @@ void AddPrep(CLI::App& app) {
                           "the first N documents for validation (instead of --val-fraction)", 0);
   cli::AddNumber<int64_t>(*c, "--shard-tokens", a->options.shard_tokens, "N",
                           "tokens per shard at most (default 100000000)", 1, 2147483647);
-  cli::AddNumber(*c, "--threads", a->options.threads, "N", "tokenizer threads (default 1)", 1, 256);
+  a->options.threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 256u));
+  cli::AddNumber(*c, "--threads", a->options.threads, "N",
+                 "tokenizer threads (default: every core; the shards are the same for any N)", 1, 256);
   c->add_flag("--quiet", a->quiet, "no progress line");
   c->add_option("--tokenizer", a->tokenizer, "byte (default) or gpt2")->type_name("byte|gpt2");
   c->add_option("--vocab", a->vocab, "GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")

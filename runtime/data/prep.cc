@@ -238,8 +238,9 @@ class DocumentReader {
     const std::string where = path_ + ":" + std::to_string(line_);
     StatusOr<JsonValue> json = ParseJson(piece, where);
     if (!json.ok()) {
-      return InvalidArgument("fjord prep: " + json.status().message() +
-                             ": not a JSON line; each line of a --format jsonl input must be one JSON object");
+      return InvalidArgument(
+          "fjord prep: " + json.status().message() +
+          ": not a JSON line; each line of a --format jsonl input must be one JSON object");
     }
     const JsonValue* field = json->Find(options_.json_field);
     if (field == nullptr || !field->is_string()) {
@@ -449,7 +450,8 @@ StatusOr<std::vector<std::string>> InputFiles(const PrepOptions& options) {
 // The progress line: bytes, documents, tokens, MB/s and (for uncompressed inputs) the ETA.
 class Progress {
  public:
-  Progress(bool on, int64_t total_bytes) : on_(on), total_(total_bytes), start_(Clock::now()), last_(start_) {}
+  Progress(bool on, int64_t total_bytes)
+      : on_(on), total_(total_bytes), start_(Clock::now()), last_(start_) {}
   void Update(int64_t bytes, int64_t docs, int64_t tokens, bool final) {
     if (!on_) return;
     const Clock::time_point now = Clock::now();
@@ -459,7 +461,8 @@ class Progress {
     const double rate = static_cast<double>(bytes) / seconds;
     std::string eta;
     if (!final && total_ > 0 && bytes > 0 && bytes <= total_) {
-      eta = ", ETA " + std::to_string(static_cast<int64_t>(static_cast<double>(total_ - bytes) / rate)) + " s";
+      eta =
+          ", ETA " + std::to_string(static_cast<int64_t>(static_cast<double>(total_ - bytes) / rate)) + " s";
     }
     std::fprintf(stderr, "fjord prep: %.1f MB read, %lld documents, %lld tokens, %.1f MB/s%s%s", bytes / 1e6,
                  static_cast<long long>(docs), static_cast<long long>(tokens), rate / 1e6, eta.c_str(),
@@ -543,10 +546,20 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
   const int32_t version = ShardVersionFor(tokenizer.vocab_size());
   FJORD_ASSIGN_OR_RETURN(const std::string identity_override, CheckPrepTenancy(options));
   FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> files, InputFiles(options));
+  // The progress line's ETA needs the text's size: known for plain files only.
   int64_t total_bytes = 0;
   for (const std::string& f : files) {
     std::error_code ec;
     total_bytes += static_cast<int64_t>(fs::file_size(f, ec));
+    unsigned char magic[2] = {};
+    if (FILE* in = std::fopen(f.c_str(), "rb")) {
+      const size_t n = std::fread(magic, 1, 2, in);
+      std::fclose(in);
+      if (n == 2 && ((magic[0] == 0x1f && magic[1] == 0x8b) || (magic[0] == 0x28 && magic[1] == 0xb5))) {
+        total_bytes = -1;
+        break;
+      }
+    }
   }
 
   std::error_code ec;
@@ -566,10 +579,11 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
   if (ec) return FailedPrecondition(what + ": cannot list " + options.out_dir + ": " + ec.message());
   if (!left.empty()) {
     std::sort(left.begin(), left.end());
-    return FailedPrecondition(what + ": " + left.front() +
-                              (left.size() > 1 ? " (and " + std::to_string(left.size() - 1) + " more shards)" : "") +
-                              " is left from an earlier prep, and the glob (train_*.bin / val_*.bin) would mix "
-                              "it with the new shards; delete the old shards or choose an empty output directory");
+    return FailedPrecondition(
+        what + ": " + left.front() +
+        (left.size() > 1 ? " (and " + std::to_string(left.size() - 1) + " more shards)" : "") +
+        " is left from an earlier prep, and the glob (train_*.bin / val_*.bin) would mix "
+        "it with the new shards; delete the old shards or choose an empty output directory");
   }
   // A manifest left from an earlier tenant prep must never describe the new shards, even if this
   // prep fails half-way: remove it first; without one, a tenant job refuses the shards.
@@ -591,7 +605,8 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
   auto run = [&]() -> Status {
     std::vector<std::string> batch;
     std::vector<std::vector<int32_t>> encoded;
-    const size_t batch_bytes = static_cast<size_t>(options.batch_bytes) * static_cast<size_t>(options.threads);
+    const size_t batch_bytes =
+        static_cast<size_t>(options.batch_bytes) * static_cast<size_t>(options.threads);
     bool more = true;
     while (more) {
       batch.clear();
@@ -608,11 +623,10 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
       EncodeBatch(tokenizer, batch, options.threads, &encoded);
       for (const std::vector<int32_t>& tokens : encoded) {
         const int64_t i = result.documents++;
-        const bool is_val =
-            options.val_docs >= 0
-                ? i < options.val_docs
-                : std::floor(static_cast<double>(i + 1) * options.val_fraction) >
-                      std::floor(static_cast<double>(i) * options.val_fraction);
+        const bool is_val = options.val_docs >= 0
+                                ? i < options.val_docs
+                                : std::floor(static_cast<double>(i + 1) * options.val_fraction) >
+                                      std::floor(static_cast<double>(i) * options.val_fraction);
         ShardSink& sink = is_val ? val : train;
         result.val_documents += is_val ? 1 : 0;
         if (eot >= 0) {

@@ -2,11 +2,11 @@
 //
 // Inputs are read in order (each a file or a glob, sorted), as plain text or compressed with gzip
 // or zstd (told apart by their first bytes, not their names), and cut into documents: the pieces
-// that end with a delimiter (by default a line; "" makes each file one document) (the delimiter stays at the end of its
-// document, as in llm.c's tinyshakespeare.py, so the documents concatenate back to the text), or
-// one JSON object per line whose field (default "text") is the document. Documents are tokenized on `threads` threads in batches and
-// written in input order, so the shards are byte-identical for every thread count. Before each
-// document the tokenizer's end-of-text id (GPT-2's 50256; llm.c's fineweb.py does the same) is
+// that end with a delimiter (by default a line; "" makes each file one document) (the delimiter stays at the
+// end of its document, as in llm.c's tinyshakespeare.py, so the documents concatenate back to the text), or
+// one JSON object per line whose field (default "text") is the document. Documents are tokenized on `threads`
+// threads in batches and written in input order, so the shards are byte-identical for every thread count.
+// Before each document the tokenizer's end-of-text id (GPT-2's 50256; llm.c's fineweb.py does the same) is
 // written, unless disabled or replaced by options.eot.
 //
 // Memory: the batch being tokenized (threads x batch_bytes of text, 8 MiB each by default, and its
@@ -59,12 +59,12 @@ struct PrepOptions {
   std::vector<std::string> inputs = {};                 // more files or globs, after `input`
   bool jsonl = false;                                   // JSON lines instead of text
   std::string json_field = "text";                      // the document's field in each JSON line
-  std::string delimiter = "\n";  // text: ends each document (default: a line); "" = one document per file
-  int64_t eot = kEotAuto;                               // id before each document, kEotAuto or kEotNone
-  int64_t val_docs = -1;                                // >= 0: the first val_docs documents are val
-  int threads = 1;                                      // tokenizer threads
-  bool progress = false;                                // a progress line on stderr about once a second
-  int64_t batch_bytes = 8 << 20;                        // text per thread per batch (memory vs. balance)
+  std::string delimiter = "\n";   // text: ends each document (default: a line); "" = one document per file
+  int64_t eot = kEotAuto;         // id before each document, kEotAuto or kEotNone
+  int64_t val_docs = -1;          // >= 0: the first val_docs documents are val
+  int threads = 1;                // tokenizer threads
+  bool progress = false;          // a progress line on stderr about once a second
+  int64_t batch_bytes = 8 << 20;  // text per thread per batch (memory vs. balance)
 };
 
 struct PrepResult {
@@ -81,12 +81,12 @@ struct PrepResult {
 // Tokenizes the inputs with `tokenizer` into DIR/train_NNNNNN.bin and DIR/val_NNNNNN.bin (shard
 // version 1, or 2 when tokenizer.vocab_size() > 65536). Refuses (before writing anything) no input,
 // an input that is missing or not a regular file, a glob without match, val_fraction outside
-// [0, 1), threads outside [1, 256], batch_bytes < 1, shard_tokens < 1, an eot id outside the vocabulary, and the
-// tenancy refusals: an invalid tenant id, a tenant without jurisdictions, a code that is not ISO
-// 3166-1 alpha-2, jurisdictions or sites without a tenant, a node identity outside the
-// jurisdictions, and (without a tenant) a directory that holds a manifest from an earlier tenant
-// prep. Refuses after reading (and removes what it wrote) inputs without any document, a train part
-// with fewer than 2 tokens, and a val part with fewer than 2 tokens when one was asked for.
+// [0, 1), threads outside [1, 256], batch_bytes < 1, shard_tokens < 1, an eot id outside the vocabulary, and
+// the tenancy refusals: an invalid tenant id, a tenant without jurisdictions, a code that is not ISO 3166-1
+// alpha-2, jurisdictions or sites without a tenant, a node identity outside the jurisdictions, and (without a
+// tenant) a directory that holds a manifest from an earlier tenant prep. Refuses after reading (and removes
+// what it wrote) inputs without any document, a train part with fewer than 2 tokens, and a val part with
+// fewer than 2 tokens when one was asked for.
 StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& tokenizer);
 
 }  // namespace fjord

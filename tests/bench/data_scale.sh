@@ -79,14 +79,14 @@ rm -rf "$dir/big" "$dir/small"
 small_text=$(python3 -c "print(int(float('$text_bytes') / 10))")
 "$np_py" "$repo/tests/bench/data_gen.py" text "$dir/big.txt" "$text_bytes"
 head -c "$small_text" "$dir/big.txt" > "$dir/small.txt"
-tok_flags="--tokenizer gpt2 --vocab $gpt2"
-[ -f "$gpt2/vocab.json" ] || tok_flags="--tokenizer byte"
+tok_flags="--tokenizer gpt2 --vocab $gpt2" tok_name=gpt2
+[ -f "$gpt2/vocab.json" ] || { tok_flags="--tokenizer byte"; tok_name=byte; }
 printf '\n| prep input | tokenizer | threads | peak RSS (MB) | wall (s) | MB/s |\n|---|---|---|---|---|---|\n'
 for set in small big; do
   read -r rss wall < <(measure "prep_$set" "$fjord" prep --input "$dir/$set.txt" --out "$dir/prep_$set" \
                          $tok_flags --threads "$threads" --quiet --val-fraction 0.001)
   bytes=$(stat -c %s "$dir/$set.txt")
-  printf '| %s bytes | %s | %s | %d | %s | %.1f |\n' "$bytes" "${tok_flags#--tokenizer }" "$threads" \
+  printf '| %s bytes | %s | %s | %d | %s | %.1f |\n' "$bytes" "$tok_name" "$threads" \
     $((rss / 1024)) "$wall" "$(python3 -c "print($bytes / 1e6 / max($wall, 1e-9))")"
   rm -rf "$dir/prep_$set"
 done

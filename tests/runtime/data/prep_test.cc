@@ -104,7 +104,8 @@ class PrepTest : public ::testing::Test {
 
 // `n` documents of random words (and some non-ASCII), each ending with the delimiter.
 std::vector<std::string> Documents(size_t n, const std::string& delimiter, uint32_t seed) {
-  static const char* kWords[] = {"fjord", "river", "Tromsø", "ørret", "the", "a", "sovereign", "data", "12", "!"};
+  static const char* kWords[] = {"fjord", "river",     "Tromsø", "ørret", "the",
+                                 "a",     "sovereign", "data",   "12",    "!"};
   std::mt19937 rng(seed);
   std::vector<std::string> docs;
   for (size_t i = 0; i < n; ++i) {
@@ -152,7 +153,11 @@ TEST_F(PrepTest, DocumentsKeepTheirDelimiterAndFollowTheEndOfTextId) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   // Documents "a\n\n", "bb\n\n", "\n\n", "ccc"; none is empty, each follows id 7.
   EXPECT_EQ(r->documents, 4);
-  EXPECT_EQ(Text(r->train_files), "\x07" "a\n\n\x07" "bb\n\n\x07\n\n\x07" "ccc");
+  EXPECT_EQ(Text(r->train_files),
+            "\x07"
+            "a\n\n\x07"
+            "bb\n\n\x07\n\n\x07"
+            "ccc");
 }
 
 TEST_F(PrepTest, ValidationTakesWholeDocumentsEvenlyOrTheFirstN) {
@@ -230,7 +235,8 @@ TEST_F(PrepTest, JsonLinesAndCompressedInputsGiveTheSameShardsAsText) {
   jsonl += "\n";  // a blank line is no document
   PrepOptions text_options = Options("");
   text_options.inputs = {};
-  for (size_t i = 0; i < docs.size(); ++i) text_options.inputs.push_back(Write("d" + std::to_string(100 + i) + ".txt", docs[i]));
+  for (size_t i = 0; i < docs.size(); ++i)
+    text_options.inputs.push_back(Write("d" + std::to_string(100 + i) + ".txt", docs[i]));
   text_options.eot = 1;
   StatusOr<PrepResult> text = PrepareShards(text_options, *MakeByteTokenizer());
   ASSERT_TRUE(text.ok()) << text.status().message();
@@ -297,7 +303,8 @@ TEST_F(PrepTest, JsonLineWithoutTheFieldIsRefusedNamingFileAndLineAndNothingIsLe
   StatusOr<PrepResult> r = PrepareShards(o, *MakeByteTokenizer());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr(Path("in.jsonl") + ":301: no field \"text\" in this JSON line"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr(Path("in.jsonl") + ":301: no field \"text\" in this JSON line"));
   EXPECT_THAT(r.status().message(), HasSubstr("--json-field NAME"));
   EXPECT_TRUE(ShardsOnDisk().empty()) << "the shards written before the error are removed";
   EXPECT_TRUE(fs::exists(Path("out")));
@@ -318,7 +325,8 @@ TEST_F(PrepTest, CompressedInputThatEndsEarlyIsRefusedNamingIt) {
   for (int i = 0; i < 20000; ++i) text += "line " + std::to_string(i * 7919 % 10007) + "\n";
   Write("in.txt", text);
   int checked = 0;
-  for (const auto& [program, suffix] : {std::pair<std::string, std::string>{"gzip", ".gz"}, {"zstd", ".zst"}}) {
+  for (const auto& [program, suffix] :
+       {std::pair<std::string, std::string>{"gzip", ".gz"}, {"zstd", ".zst"}}) {
     if (!Have(program)) continue;
     SCOPED_TRACE(program);
     const std::string full = Path("in.txt" + suffix);
@@ -466,7 +474,8 @@ TEST_F(PrepTest, BadOptionsAreRefusedBeforeAnythingIsWritten) {
       {[](PrepOptions& o) { o.shard_tokens = 1ll << 31; }, "shard_tokens 2147483648 is outside"},
       {[](PrepOptions& o) { o.threads = 0; }, "threads 0 is outside [1, 256]"},
       {[](PrepOptions& o) { o.batch_bytes = 0; }, "batch_bytes 0 must be at least 1"},
-      {[](PrepOptions& o) { o.eot = 256; }, "the end-of-text id 256 is outside tokenizer \"byte\"'s ids [0, 256)"},
+      {[](PrepOptions& o) { o.eot = 256; },
+       "the end-of-text id 256 is outside tokenizer \"byte\"'s ids [0, 256)"},
       {[](PrepOptions& o) { o.jsonl = true, o.json_field = ""; }, "--json-field is empty"},
       {[](PrepOptions& o) { o.out_dir = ""; }, "the output directory is empty"},
   };
@@ -488,7 +497,8 @@ TEST_F(PrepTest, LeftoverShardsAreRefusedNotMixed) {
   ASSERT_TRUE(PrepareShards(o, *MakeByteTokenizer()).ok());
   StatusOr<PrepResult> r = PrepareShards(o, *MakeByteTokenizer());
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr(Path("out/train_000000.bin") + " (and 2 more shards) is left from an earlier prep"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr(Path("out/train_000000.bin") + " (and 2 more shards) is left from an earlier prep"));
   EXPECT_THAT(r.status().message(), HasSubstr("delete the old shards or choose an empty output directory"));
   EXPECT_EQ(ShardsOnDisk().size(), 3u);
 }
