@@ -16,8 +16,11 @@
 #include "launcher/bench_cli.h"
 #include "launcher/cli.h"
 #include "launcher/demo.h"
+#include "launcher/doctor.h"
 #include "launcher/launch.h"
-#include "runtime/data/bpe_tokenizer.h"
+#include "launcher/node_cmd.h"
+#include "launcher/report_cmd.h"
+#include "launcher/version.h"
 #include "runtime/data/data.h"
 #include "runtime/data/prep.h"
 #include "runtime/data/tokenizer.h"
@@ -167,8 +170,10 @@ void AddPrep(CLI::App& app) {
   cli::AddNumber(*c, "--threads", a->options.threads, "N",
                  "tokenizer threads (default: every core; the shards are the same for any N)", 1, 256);
   c->add_flag("--quiet", a->quiet, "no progress line");
-  c->add_option("--tokenizer", a->tokenizer, "byte (default) or gpt2")->type_name("byte|gpt2");
-  c->add_option("--vocab", a->vocab, "GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")
+  c->add_option("--tokenizer", a->tokenizer,
+                "byte (default), gpt2 (vocab.json + merges.txt) or hf (a Hugging Face tokenizer.json)")
+      ->type_name("byte|gpt2|hf");
+  c->add_option("--vocab", a->vocab, "the tokenizer's files: gpt2's DIR, hf's tokenizer.json or its DIR")
       ->type_name("DIR");
   c->add_option("--tenant", a->options.tenant, "the tenant the shards belong to (writes a manifest)")
       ->type_name("ID");
@@ -218,14 +223,18 @@ void AddPrep(CLI::App& app) {
       }
       options.eot = id;
     }
-    if (a->tokenizer == "gpt2" && c->count("--vocab") == 0) {
-      return cli::UsageError(*c,
-                             "--tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or encoder.json + "
-                             "vocab.bpe)");
+    if (a->tokenizer != "byte" && c->count("--vocab") == 0) {
+      return cli::UsageError(*c, "--tokenizer " + a->tokenizer +
+                                     " needs --vocab DIR (gpt2: vocab.json + merges.txt, or encoder.json + "
+                                     "vocab.bpe; hf: tokenizer.json)");
     }
-    StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-        a->tokenizer == "gpt2" ? MakeGpt2Tokenizer(a->vocab) : MakeTokenizer(a->tokenizer);
+    StatusOr<std::unique_ptr<Tokenizer>> tokenizer = MakeTokenizer(a->tokenizer, a->vocab);
     if (!tokenizer.ok()) return Fail("prep", tokenizer.status());
+    if (!(*tokenizer)->can_encode()) {
+      return Fail("prep",
+                  InvalidArgument("--tokenizer " + a->tokenizer +
+                                  " only decodes (it has no merges); prep with --tokenizer gpt2 or hf"));
+    }
     StatusOr<PrepResult> result = PrepareShards(options, **tokenizer);
     if (!result.ok()) return Fail("prep", result.status());
     std::printf(
@@ -285,8 +294,12 @@ void AddSample(CLI::App& app) {
   cli::AddNumber(*c, "--top-k", a->options.top_k, "K", "sample from the K likeliest tokens (0: all)");
   cli::AddNumber(*c, "--top-p", a->options.top_p, "P", "nucleus sampling: the smallest set with this mass");
   cli::AddNumber(*c, "--seed", a->options.seed, "S", "random seed");
-  c->add_option("--vocab", a->options.vocab_dir, "GPT-2 BPE files (default: the byte tokenizer)")
-      ->type_name("DIR");
+  c->add_option(
+       "--tokenizer", a->options.tokenizer,
+       "the tokenizer the shards were made with: byte, gpt2, hf or llmc (llm.c's gpt2_tokenizer.bin; "
+       "decode only). Default: gpt2 with --vocab, else byte")
+      ->type_name("byte|gpt2|hf|llmc");
+  c->add_option("--vocab", a->options.vocab_dir, "the tokenizer's files, as for prep")->type_name("DIR");
   AddAccess(*c, a->access);
   c->run = [c, a] {
     if (a->checkpoint.empty()) return cli::UsageError(*c, "--checkpoint DIR is required");
@@ -384,16 +397,20 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<CLI::App> app = cli::MakeApp();
+  app->set_version_flag("--version", VersionText(), "print the version, commit, build type and libraries");
   AddTrain(*app);
   AddPrep(*app);
   AddLaunchCommand(*app);
   AddAuditCommand(*app);
+  AddReportCommand(*app);
   AddEval(*app);
   AddSample(*app);
   AddExport(*app);
   AddImport(*app);
   AddDemo(*app);
   AddBenchCommand(*app);
+  AddNodeCommand(*app);
+  AddDoctorCommand(*app);
   return cli::Run(*app, argc, argv);
 }
 

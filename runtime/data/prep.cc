@@ -537,7 +537,7 @@ StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& 
   if (options.jsonl && options.json_field.empty()) {
     return InvalidArgument(what + ": --json-field is empty; give the name of the text field, e.g. text");
   }
-  const int64_t eot = options.eot == kEotAuto ? tokenizer.end_of_text() : options.eot;
+  const int64_t eot = options.eot == kEotAuto ? tokenizer.end_of_text().value_or(-1) : options.eot;
   if (eot != kEotNone && eot != -1 && (eot < 0 || eot >= tokenizer.vocab_size())) {
     return InvalidArgument(what + ": the end-of-text id " + std::to_string(eot) + " is outside tokenizer \"" +
                            tokenizer.name() + "\"'s ids [0, " + std::to_string(tokenizer.vocab_size()) +
