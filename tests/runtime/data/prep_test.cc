@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -198,7 +199,7 @@ TEST_F(PrepTest, ValidationTakesWholeDocumentsEvenlyOrTheFirstN) {
 TEST_F(PrepTest, ShardsAreIdenticalForAnyThreadCountAndMatchTheInMemoryOracle) {
   StatusOr<std::unique_ptr<Tokenizer>> gpt2 = MakeGpt2Tokenizer(Gpt2Dir());
   if (!gpt2.ok()) GTEST_SKIP() << "no GPT-2 tokenizer files: " << gpt2.status().message();
-  ASSERT_EQ((*gpt2)->end_of_text(), 50256);
+  ASSERT_EQ((*gpt2)->end_of_text(), std::optional<int32_t>(50256));
   const std::vector<std::string> docs = Documents(400, "\n\n", 5);
   const std::string input = Write("in.txt", Join(docs));
   std::vector<int32_t> train, val;
@@ -362,7 +363,7 @@ class WideTokenizer : public Tokenizer {
     return ids;
   }
   std::string Decode(const std::vector<int32_t>&) const override { return ""; }
-  int32_t end_of_text() const override { return 69999; }
+  std::optional<int32_t> end_of_text() const override { return 69999; }
 };
 
 TEST_F(PrepTest, AVocabularyAboveUint16WritesVersion2Shards) {
