@@ -105,7 +105,7 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   EvalResult result;
   double sum = 0.0;
   for (int i = 0; i < batches; ++i) {
-    data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    FJORD_RETURN_IF_ERROR(data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
     sum += loaded.model->Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
   result.batches = batches;

@@ -88,7 +88,7 @@ StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int ba
                          std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
   float sum = 0.0f;
   for (int i = comm.rank(); i < batches; i += comm.size()) {
-    val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    FJORD_RETURN_IF_ERROR(val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
     sum += model.Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
   if (comm.size() > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum, &sum, 1, DataType::kF32, ReduceOp::kSum));
@@ -658,7 +658,7 @@ class Trainer {
     for (int micro = 0; micro < accum_; ++micro) {
       const uint64_t first =
           step_first + (static_cast<uint64_t>(micro) * world_ + static_cast<uint64_t>(rank_)) * B_;
-      train_data_->Fill(first, B_, inputs_.data(), targets_.data());
+      FJORD_RETURN_IF_ERROR(train_data_->Fill(first, B_, inputs_.data(), targets_.data()));
       loss += model.Forward(inputs_.data(), targets_.data(), B_, T_, 1.0f / static_cast<float>(accum_));
       if (micro + 1 == accum_ && overlap_) {
         model.Backward([this](size_t begin, size_t end) { reducer_->OnReady(begin, end); });
