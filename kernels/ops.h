@@ -63,10 +63,12 @@ struct OpContext {
 // X(name, params...) for each model op, `floatX` being the storage type (see Precision above);
 // the OpContext parameter is added by the users of the list.
 #define FJORD_MODEL_OP_LIST(X, floatX)                                                                       \
-  /* out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; tokens in [0, V). */                                      \
+  /* out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]; tokens in [0, V). wpe may be null (no learned             \
+     positions, Llama): out = wte[tokens[b,t], :]. */                                                        \
   X(encoder_forward, floatX* out, const int32_t* tokens, const floatX* wte, const floatX* wpe, int B, int T, \
     int C)                                                                                                   \
-  /* dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]. Deterministic. */                  \
+  /* dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:] (skipped when dwpe is null).        \
+     Deterministic. */                                                                                       \
   X(encoder_backward, float* dwte, float* dwpe, const floatX* dout, const int32_t* tokens, int B, int T,     \
     int C)                                                                                                   \
   /* Per row r of inp[N,C]: out = (x - mean) * rstd * weight + bias, eps 1e-5; saves mean[N] and             \
@@ -94,14 +96,35 @@ struct OpContext {
      GELU evaluation (kernels/cuda/matmul.cu says by how much out can then differ). */                       \
   X(matmul_gelu_forward, floatX* out, floatX* pre, const floatX* inp, const floatX* weight,                  \
     const floatX* bias, size_t N, int C, int OC)                                                             \
-  /* Causal multi-head self-attention. qkv[B,T,3C] holds q, k, v (each C = NH * hs, head-major               \
-     inside C). out[B,T,C] = softmax(q k^T / sqrt(hs), causal) v. Saves lse[B,NH,T], the                     \
-     log-sum-exp of each row of scaled scores, instead of the T x T probabilities, so no backend             \
-     ever materialises T x T per head outside a tile. */                                                     \
-  X(attention_forward, floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH)              \
+  /* Causal self-attention with grouped-query heads. qkv[B,T,(NH + 2 NKV) hs] holds NH query heads,          \
+     then NKV key heads, then NKV value heads (hs = C / NH channels each, head-major); NKV divides NH        \
+     and query head h attends with key/value head h / (NH / NKV) (Hugging Face's repeat_kv), which is        \
+     read in place, never repeated in memory. NKV == NH is multi-head attention (GPT-2: qkv[B,T,3C]).        \
+     out[B,T,C] = softmax(q k^T / sqrt(hs), causal) v. Saves lse[B,NH,T], the log-sum-exp of each row        \
+     of scaled scores, instead of the T x T probabilities, so no backend ever materialises T x T per         \
+     head outside a tile. */                                                                                 \
+  X(attention_forward, floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH, int NKV)     \
   /* dqkv += gradient of out w.r.t. qkv, recomputing probabilities from qkv and lse. */                      \
   X(attention_backward, floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,              \
-    const float* lse, int B, int T, int C, int NH)                                                           \
+    const float* lse, int B, int T, int C, int NH, int NKV)                                                  \
+  /* RMSNorm (Llama): per row of inp[N,C], out = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps),    \
+     saving rstd[N] for the backward pass. */                                                                \
+  X(rmsnorm_forward, floatX* out, float* rstd, const floatX* inp, const floatX* weight, size_t N, int C,     \
+    float eps)                                                                                               \
+  X(rmsnorm_backward, floatX* dinp, float* dweight, const floatX* dout, const floatX* inp,                   \
+    const floatX* weight, const float* rstd, size_t N, int C)                                                \
+  /* Rotary position embeddings on the q and k heads of inp[B,T,(NH + 2 NKV) hs] (attention's layout),       \
+     Hugging Face's rotate_half convention: for i < hs/2, with (c, s) = freqs[t, i, 0..1],                   \
+     out[i] = x[i] c - x[i + hs/2] s and out[i + hs/2] = x[i + hs/2] c + x[i] s; the v heads are copied.     \
+     freqs[T, hs/2, 2] (cos, sin of t * inv_freq[i]) is fp32 and computed by the caller. hs even. */         \
+  X(rope_forward, floatX* out, const floatX* inp, const float* freqs, int B, int T, int NH, int NKV, int hs) \
+  /* dinp += the rotation's transpose applied to dout (q, k heads), dinp += dout (v heads). */               \
+  X(rope_backward, floatX* dinp, const floatX* dout, const float* freqs, int B, int T, int NH, int NKV,      \
+    int hs)                                                                                                  \
+  /* SwiGLU (Llama's MLP): inp[N, 2H] = [gate | up] per row; out[N,H] = silu(gate) * up,                     \
+     silu(g) = g / (1 + e^-g). */                                                                            \
+  X(swiglu_forward, floatX* out, const floatX* inp, size_t N, int H)                                         \
+  X(swiglu_backward, floatX* dinp, const floatX* inp, const floatX* dout, size_t N, int H)                   \
   /* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) elementwise over n values. */                     \
   X(gelu_forward, floatX* out, const floatX* inp, size_t n)                                                  \
   X(gelu_backward, floatX* dinp, const floatX* inp, const floatX* dout, size_t n)                            \

@@ -71,6 +71,15 @@ FJORD_HOST_DEVICE inline float GeluDerivative(float x) {
   return s + 0.5f * x * sech2 * kScale * (1.0f + 3.0f * 0.044715f * x * x);
 }
 
+// SiLU, g / (1 + e^-g), and its derivative s (1 + g (1 - s)) with s = sigmoid(g): SwiGLU's gate
+// (swiglu_forward / swiglu_backward), the same expression on both backends.
+FJORD_HOST_DEVICE inline float Sigmoid(float g) { return 1.0f / (1.0f + Exp(-g)); }
+FJORD_HOST_DEVICE inline float SiluForward(float g) { return g * Sigmoid(g); }
+FJORD_HOST_DEVICE inline float SiluDerivative(float g) {
+  const float s = Sigmoid(g);
+  return s * (1.0f + g * (1.0f - s));
+}
+
 // The per-step constants of AdamW, computed once per call (not per element) on the host.
 struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay, grad_scale;

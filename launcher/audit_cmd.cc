@@ -32,9 +32,8 @@ std::vector<std::string> CheckpointDirsAt(const std::string& dir) {
   return out;
 }
 
-// The anchors that the checkpoints under each --checkpoints DIR recorded for the log at `path`.
-// A checkpoint whose record names another log, anchored an empty log or anchors none (written by
-// an older fjord, or without a tenancy context) adds none.
+}  // namespace
+
 StatusOr<std::vector<AuditAnchor>> CheckpointAnchors(const std::string& path,
                                                      const std::vector<std::string>& checkpoints,
                                                      const std::string& key_file) {
@@ -62,6 +61,8 @@ StatusOr<std::vector<AuditAnchor>> CheckpointAnchors(const std::string& path,
   }
   return anchors;
 }
+
+namespace {
 
 struct VerifyArgs {
   std::vector<std::string> log, anchors, checkpoints;

@@ -131,7 +131,7 @@ std::string Usage(const CLI::App& command) {
     out += " " + o->get_name(true, false);
   }
   for (const CLI::Option* o : command.get_options([](const CLI::Option* o) { return o->nonpositional(); })) {
-    if (o == command.get_help_ptr()) continue;
+    if (o == command.get_help_ptr() || o->get_group().empty()) continue;  // hidden (internal) options
     std::string item =
         o->get_snames().empty() ? "--" + o->get_lnames().front() : "-" + o->get_snames().front();
     // A flag has no value name, or "[=SECONDS]" when it takes a value after '='.
@@ -174,6 +174,9 @@ int Run(CLI::App& app, int argc, char** argv) {
   }
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForVersion& version) {
+    std::printf("%s\n", version.what());
+    return 0;
   } catch (const CLI::CallForHelp&) {
     std::fputs(app.help().c_str(), stdout);  // the chosen command's help
     return 0;

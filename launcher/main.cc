@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "collectives/communicator.h"
@@ -19,10 +21,14 @@
 #include "launcher/bench_cli.h"
 #include "launcher/cli.h"
 #include "launcher/demo.h"
+#include "launcher/doctor.h"
 #include "launcher/launch.h"
+#include "launcher/node_cmd.h"
+#include "launcher/report_cmd.h"
 #include "launcher/run_local.h"
-#include "runtime/data/bpe_tokenizer.h"
+#include "launcher/version.h"
 #include "runtime/data/data.h"
+#include "runtime/data/prep.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/formats/llmc_checkpoint.h"
 #include "runtime/tenancy/tenancy.h"
@@ -213,21 +219,77 @@ void AddTrain(CLI::App& app) {
   };
 }
 
+// The C escapes \n, \t, \r and \\ in a command-line string (for --delimiter '\n\n').
+StatusOr<std::string> UnescapeC(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '\\') {
+      out.push_back(text[i]);
+      continue;
+    }
+    const char next = i + 1 < text.size() ? text[++i] : '\0';
+    switch (next) {
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case '\\':
+        out.push_back('\\');
+        break;
+      default:
+        return InvalidArgument("unknown escape '\\" + std::string(1, next) + "' at character " +
+                               std::to_string(i) + "; use \\n, \\t, \\r or \\\\");
+    }
+  }
+  return out;
+}
+
 void AddPrep(CLI::App& app) {
   struct Args {
     PrepOptions options;
-    std::string tokenizer = "byte", vocab, jurisdictions, sites;
+    std::vector<std::string> inputs;
+    std::string tokenizer = "byte", vocab, jurisdictions, sites, format = "text", eot = "auto";
+    bool quiet = false;
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
       app, "prep",
       "tokenize text into llm.c token shards (with --tenant: and a manifest of tenant, residency, sha256)");
-  cli::Required(c->add_option("--input", a->options.input, "the text to tokenize")->type_name("FILE"));
+  cli::Required(c->add_option("--input", a->inputs,
+                              "the text to tokenize: files or globs, plain, gzip or zstd; repeatable")
+                    ->type_name("FILE"));
   cli::Required(c->add_option("--out", a->options.out_dir, "where the shards go")->type_name("DIR"));
+  c->add_option("--format", a->format, "text (default) or jsonl (one JSON object per line)")
+      ->type_name("text|jsonl");
+  c->add_option("--delimiter", a->options.delimiter,
+                "text: ends each document (default \\n, a line; C escapes allowed, e.g. \\n\\n), or none: "
+                "one document per file")
+      ->type_name("STR");
+  c->add_option("--json-field", a->options.json_field, "jsonl: the field holding the text (default text)")
+      ->type_name("NAME");
+  c->add_option("--eot", a->eot,
+                "the id put before each document: auto (the tokenizer's end-of-text, GPT-2's 50256), none, "
+                "or an id")
+      ->type_name("auto|none|ID");
   cli::AddNumber(*c, "--val-fraction", a->options.val_fraction, "F",
-                 "the last fraction of the text becomes val");
-  c->add_option("--tokenizer", a->tokenizer, "byte (default) or gpt2")->type_name("byte|gpt2");
-  c->add_option("--vocab", a->vocab, "GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")
+                 "the share of documents for validation (every 1/F-th document)");
+  cli::AddNumber<int64_t>(*c, "--val-docs", a->options.val_docs, "N",
+                          "the first N documents for validation (instead of --val-fraction)", 0);
+  cli::AddNumber<int64_t>(*c, "--shard-tokens", a->options.shard_tokens, "N",
+                          "tokens per shard at most (default 100000000)", 1, 2147483647);
+  a->options.threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 256u));
+  cli::AddNumber(*c, "--threads", a->options.threads, "N",
+                 "tokenizer threads (default: every core; the shards are the same for any N)", 1, 256);
+  c->add_flag("--quiet", a->quiet, "no progress line");
+  c->add_option("--tokenizer", a->tokenizer,
+                "byte (default), gpt2 (vocab.json + merges.txt) or hf (a Hugging Face tokenizer.json)")
+      ->type_name("byte|gpt2|hf");
+  c->add_option("--vocab", a->vocab, "the tokenizer's files: gpt2's DIR, hf's tokenizer.json or its DIR")
       ->type_name("DIR");
   c->add_option("--tenant", a->options.tenant, "the tenant the shards belong to (writes a manifest)")
       ->type_name("ID");
@@ -235,7 +297,7 @@ void AddPrep(CLI::App& app) {
   c->add_option("--site", a->sites, "the sites within them")->type_name("S[,S]");
   c->run = [c, a] {
     PrepOptions options = a->options;
-    if (options.input.empty() || options.out_dir.empty()) {
+    if (a->inputs.empty() || options.out_dir.empty()) {
       return cli::UsageError(*c, "--input FILE and --out DIR are required");
     }
     if (!options.tenant.empty()) {
@@ -249,22 +311,66 @@ void AddPrep(CLI::App& app) {
             options.tenant.c_str(), node.status().message().c_str());
       }
     }
+    options.inputs = a->inputs;
     options.allowed_jurisdictions = SplitList(a->jurisdictions);
     options.allowed_sites = SplitList(a->sites);
-    if (a->tokenizer == "gpt2" && c->count("--vocab") == 0) {
-      return cli::UsageError(*c,
-                             "--tokenizer gpt2 needs --vocab DIR (vocab.json + merges.txt, or encoder.json + "
-                             "vocab.bpe)");
+    options.progress = !a->quiet;
+    if (a->format != "text" && a->format != "jsonl") {
+      return cli::UsageError(*c, "--format " + a->format + ": use text or jsonl");
     }
-    StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-        a->tokenizer == "gpt2" ? MakeGpt2Tokenizer(a->vocab) : MakeTokenizer(a->tokenizer);
+    options.jsonl = a->format == "jsonl";
+    if (options.jsonl && c->count("--delimiter") > 0) {
+      return cli::UsageError(*c, "--delimiter is for --format text; jsonl has one document per line");
+    }
+    if (!options.jsonl && c->count("--json-field") > 0) {
+      return cli::UsageError(*c, "--json-field is for --format jsonl");
+    }
+    if (options.delimiter == "none") {
+      options.delimiter.clear();
+    } else if (c->count("--delimiter") > 0) {
+      StatusOr<std::string> delimiter = UnescapeC(options.delimiter);
+      if (!delimiter.ok() || delimiter->empty()) {
+        return cli::UsageError(*c, "--delimiter: " + (delimiter.ok() ? std::string("must not be empty")
+                                                                     : delimiter.status().message()));
+      }
+      options.delimiter = *delimiter;
+    }
+    if (c->count("--val-docs") > 0 && c->count("--val-fraction") > 0) {
+      return cli::UsageError(*c, "give --val-fraction or --val-docs, not both");
+    }
+    if (a->eot == "auto") {
+      options.eot = kEotAuto;
+    } else if (a->eot == "none") {
+      options.eot = kEotNone;
+    } else {
+      char* end = nullptr;
+      const long long id = std::strtoll(a->eot.c_str(), &end, 10);
+      if (a->eot.empty() || *end != '\0' || id < 0) {
+        return cli::UsageError(*c, "--eot " + a->eot + ": use auto, none, or a token id (e.g. 50256)");
+      }
+      options.eot = id;
+    }
+    if (a->tokenizer != "byte" && c->count("--vocab") == 0) {
+      return cli::UsageError(*c, "--tokenizer " + a->tokenizer +
+                                     " needs --vocab DIR (gpt2: vocab.json + merges.txt, or encoder.json + "
+                                     "vocab.bpe; hf: tokenizer.json)");
+    }
+    StatusOr<std::unique_ptr<Tokenizer>> tokenizer = MakeTokenizer(a->tokenizer, a->vocab);
     if (!tokenizer.ok()) return Fail("prep", tokenizer.status());
+    if (!(*tokenizer)->can_encode()) {
+      return Fail("prep",
+                  InvalidArgument("--tokenizer " + a->tokenizer +
+                                  " only decodes (it has no merges); prep with --tokenizer gpt2 or hf"));
+    }
     StatusOr<PrepResult> result = PrepareShards(options, **tokenizer);
     if (!result.ok()) return Fail("prep", result.status());
-    std::printf("fjord prep: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) under %s\n",
-                static_cast<long long>(result->train_tokens), result->train_files.size(),
-                static_cast<long long>(result->val_tokens), result->val_files.size(),
-                options.out_dir.c_str());
+    std::printf(
+        "fjord prep: %lld documents (%lld bytes): %lld train tokens in %zu shard(s), %lld val tokens (%lld "
+        "documents) in %zu shard(s) under %s\n",
+        static_cast<long long>(result->documents), static_cast<long long>(result->input_bytes),
+        static_cast<long long>(result->train_tokens), result->train_files.size(),
+        static_cast<long long>(result->val_tokens), static_cast<long long>(result->val_documents),
+        result->val_files.size(), options.out_dir.c_str());
     if (!result->manifest_path.empty()) {
       std::printf("fjord prep: manifest %s: tenant %s, jurisdictions %s\n", result->manifest_path.c_str(),
                   options.tenant.c_str(), JoinList(options.allowed_jurisdictions).c_str());
@@ -342,8 +448,12 @@ void AddSample(CLI::App& app) {
   cli::AddNumber(*c, "--top-k", a->options.top_k, "K", "sample from the K likeliest tokens (0: all)");
   cli::AddNumber(*c, "--top-p", a->options.top_p, "P", "nucleus sampling: the smallest set with this mass");
   cli::AddNumber(*c, "--seed", a->options.seed, "S", "random seed");
-  c->add_option("--vocab", a->options.vocab_dir, "GPT-2 BPE files (default: the byte tokenizer)")
-      ->type_name("DIR");
+  c->add_option(
+       "--tokenizer", a->options.tokenizer,
+       "the tokenizer the shards were made with: byte, gpt2, hf or llmc (llm.c's gpt2_tokenizer.bin; "
+       "decode only). Default: gpt2 with --vocab, else byte")
+      ->type_name("byte|gpt2|hf|llmc");
+  c->add_option("--vocab", a->options.vocab_dir, "the tokenizer's files, as for prep")->type_name("DIR");
   AddAccess(*c, a->access);
   c->run = [c, a] {
     if (a->checkpoint.empty()) return cli::UsageError(*c, "--checkpoint DIR is required");
@@ -468,18 +578,22 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<CLI::App> app = cli::MakeApp();
+  app->set_version_flag("--version", VersionText(), "print the version, commit, build type and libraries");
   AddTrain(*app);
   AddConfig(*app);
   AddPrep(*app);
   AddLaunchCommand(*app);
   AddRunCommand(*app);
   AddAuditCommand(*app);
+  AddReportCommand(*app);
   AddEval(*app);
   AddSample(*app);
   AddExport(*app);
   AddImport(*app);
   AddDemo(*app);
   AddBenchCommand(*app);
+  AddNodeCommand(*app);
+  AddDoctorCommand(*app);
   return cli::Run(*app, argc, argv);
 }
 

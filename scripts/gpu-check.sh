@@ -10,6 +10,7 @@
 #   tests     every GPU test binary (tests/cuda/*)
 #   kernels   build-gpu/bin/cuda_ops_bench: each op at GPT-2 124M shapes vs a measured copy
 #   step      GPT-2 124M (12 layers, 12 heads, 768, seq 1024, vocab 50257) `fjord train` on random
+#             (with its J/token from NVML over the last window of 4 steps)
 #             tokens at the largest micro-batch of FJORD_GPU_BATCHES that fits, in bf16 mixed
 #             precision (model.dtype AUTO on a GPU): ms/step, tokens/s, MFU; then the same step
 #             with the tensor-core attention kernels (model.attention: TENSOR_CORE)
@@ -151,8 +152,25 @@ model { n_layer: 12 n_head: 12 n_embd: 768 seq_len: 1024 vocab_size: 50257 }
 train { micro_batch: $1 steps: $2 lr: $3 warmup_steps: 0 log_every: 1 }
 device: CUDA
 data { train: "$work/tokens.bin" }
+energy { window_steps: 4 }
 $4
 EOF
+}
+# The energy of the run's last window (steps 5..8: NVML's counter of the GPU, loaded by dlopen
+# from the driver's libnvidia-ml.so.1; docs/PERFORMANCE.md "Energy"), or why there is none.
+energy_line() {
+  python3 -c '
+import json, sys
+w = [m for m in map(json.loads, open(sys.argv[1])) if "energy_from_step" in m]
+if not w:
+    print("no energy window closed")
+    sys.exit()
+m = w[-1]
+if "j_per_token" in m and m.get("energy_measured_ranks") == m.get("energy_ranks"):
+    print("%.4g J/token, %.0f W, %.1f J over steps %d..%d (NVML)"
+          % (m["j_per_token"], m["avg_power_w"], m["energy_j"], m["energy_from_step"], m["step"]))
+else:
+    print("not measured (the log has the fjord train: energy: lines saying why)")' "$1"
 }
 # Median ms of steps 3..8 of a run's metrics.jsonl (1-2: allocator, cuBLASLt heuristics, first
 # touch of the data).
@@ -178,6 +196,7 @@ N=124475904; L=12; T=1024; C=768; ms=$best_ms; B=$best_b
 tok=B*T/(ms/1000); flops=6*N+6*L*T*C
 print(f'{tok:.0f} {100*tok*flops/989e12:.1f}')")"
   add "step: fjord GPT-2 124M bf16, micro-batch $best_b: $best_ms ms/step, $tok_s tokens/s, MFU $mfu% of 989 TFLOP/s"
+  add "step energy: $(energy_line "$work/run_$best_b/metrics.jsonl") beside $tok_s tokens/s"
   # The same step with the tensor-core attention kernels (model.attention: TENSOR_CORE), which
   # ATTENTION_AUTO selects once their tests pass here and this row is faster.
   if stage "step tensor-core attention B=$best_b" 120 "${fjord_env[@]}" "$bin/fjord" train "$work/job_$best_b.textproto" \

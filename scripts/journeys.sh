@@ -40,8 +40,10 @@ quick=("$repo/examples/shakespeare-char/job.textproto" --set "data.train=data/my
 "$fjord" eval --checkpoint runs/my --data 'data/my/val_*.bin' --batches 2 >eval.txt 2>eval.err || fail "eval"
 grep -q '"micro_batch": 4, "seq_len": 64' eval.txt || fail "eval line: $(cat eval.txt)"
 grep -q "checkpoint runs/my/checkpoints/step_000010 (step 10" eval.err || fail "eval: $(cat eval.err)"
-"$fjord" sample --checkpoint runs/my --prompt "ROMEO:" --tokens 20 --temperature 0.8 2>/dev/null | grep -q '^ROMEO:' ||
-  fail "sample"
+# (to a file, not a pipe into grep -q: under pipefail, grep's early exit would fail fjord with SIGPIPE)
+"$fjord" sample --checkpoint runs/my --prompt "ROMEO:" --tokens 20 --temperature 0.8 >sample.txt 2>/dev/null ||
+  fail "sample exited $?"
+grep -q '^ROMEO:' sample.txt || fail "sample: $(head -c 200 sample.txt)"
 # A second run into the same run_dir is refused; --overwrite replaces it.
 if "$fjord" train "${quick[@]}" --set run_dir=runs/my --quiet 2>refused.txt; then fail "rerun not refused"; fi
 grep -q -- "--overwrite" refused.txt || fail "refusal: $(cat refused.txt)"

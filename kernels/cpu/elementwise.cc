@@ -1,4 +1,4 @@
-// Elementwise ops: GELU, residual add, zero fill.
+// Elementwise ops: GELU, SwiGLU, residual add, zero fill.
 //
 // Each is one pass over memory, split across threads in contiguous chunks. GELU's formula lives
 // in kernels/pointwise_math.h so the CUDA twin computes exactly the same expression. Outputs may
@@ -32,6 +32,37 @@ void gelu_backward(const OpContext& ctx, floatX* dinp, const floatX* inp, const 
     dinp[i] = FromFloat<floatX>(ToFloat(dinp[i]) + GeluDerivative(ToFloat(inp[i])) * ToFloat(dout[i]));
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, gelu_backward)
+
+template <typename floatX>
+void swiglu_forward(const OpContext& ctx, floatX* out, const floatX* inp, size_t N, int H) {
+#pragma omp parallel for schedule(static) if (N * H >= kParallelThreshold)
+  for (size_t r = 0; r < N; ++r) {
+    const floatX* gate = inp + r * 2 * H;
+    const floatX* up = gate + H;
+    floatX* o = out + r * H;
+    for (int c = 0; c < H; ++c) o[c] = FromFloat<floatX>(SiluForward(ToFloat(gate[c])) * ToFloat(up[c]));
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, swiglu_forward)
+
+template <typename floatX>
+void swiglu_backward(const OpContext& ctx, floatX* dinp, const floatX* inp, const floatX* dout, size_t N,
+                     int H) {
+#pragma omp parallel for schedule(static) if (N * H >= kParallelThreshold)
+  for (size_t r = 0; r < N; ++r) {
+    const floatX* gate = inp + r * 2 * H;
+    const floatX* up = gate + H;
+    floatX* dgate = dinp + r * 2 * H;
+    floatX* dup = dgate + H;
+    const floatX* d = dout + r * H;
+    for (int c = 0; c < H; ++c) {
+      const float g = ToFloat(gate[c]), dc = ToFloat(d[c]);
+      dgate[c] = FromFloat<floatX>(ToFloat(dgate[c]) + SiluDerivative(g) * ToFloat(up[c]) * dc);
+      dup[c] = FromFloat<floatX>(ToFloat(dup[c]) + SiluForward(g) * dc);
+    }
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, swiglu_backward)
 
 template <typename floatX>
 void residual_forward(const OpContext& ctx, floatX* out, const floatX* a, const floatX* b, size_t n) {

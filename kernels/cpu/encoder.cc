@@ -24,6 +24,10 @@ void encoder_forward(const OpContext& ctx, floatX* out, const int32_t* tokens, c
       const size_t bt = static_cast<size_t>(b) * T + t;
       floatX* o = out + bt * C;
       const floatX* e = wte + static_cast<size_t>(tokens[bt]) * C;
+      if (wpe == nullptr) {  // no learned positions: a copy of the embedding row
+        for (int c = 0; c < C; ++c) o[c] = e[c];
+        continue;
+      }
       const floatX* p = wpe + static_cast<size_t>(t) * C;
 #pragma omp simd
       for (int c = 0; c < C; ++c) o[c] = FromFloat<floatX>(ToFloat(e[c]) + ToFloat(p[c]));
@@ -41,7 +45,7 @@ void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floa
     const int c0 = blk * kChannelBlock;
     const int c1 = c0 + kChannelBlock < C ? c0 + kChannelBlock : C;
     for (int t = 0; t < T; ++t) {
-      float* dp = dwpe + static_cast<size_t>(t) * C;
+      float* dp = dwpe != nullptr ? dwpe + static_cast<size_t>(t) * C : nullptr;
       for (int b = 0; b < B; ++b) {
         const size_t bt = static_cast<size_t>(b) * T + t;
         const floatX* d = dout + bt * C;
@@ -49,7 +53,7 @@ void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floa
         for (int c = c0; c < c1; ++c) {
           const float dc = ToFloat(d[c]);
           de[c] += dc;
-          dp[c] += dc;
+          if (dp != nullptr) dp[c] += dc;
         }
       }
     }

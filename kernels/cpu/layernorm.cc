@@ -1,4 +1,5 @@
-// LayerNorm over the last dimension, alone or fused with the residual add that precedes it.
+// LayerNorm over the last dimension, alone or fused with the residual add that precedes it, and
+// RMSNorm (Llama), the same structure without the mean and the bias.
 //
 // Rows are independent, so forward and dinp are split over rows. dweight and dbias are sums over
 // all rows; rather than per-thread partial buffers combined afterwards, a second pass splits over
@@ -128,5 +129,64 @@ void layernorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, floa
   }
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, layernorm_backward)
+
+// RMSNorm: o = x * s * weight, s = 1 / sqrt(mean(x^2) + eps); the sum of squares in double.
+template <typename floatX>
+void rmsnorm_forward(const OpContext& ctx, floatX* out, float* rstd, const floatX* inp, const floatX* weight,
+                     size_t N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (size_t r = 0; r < N; ++r) {
+    const floatX* x = inp + r * C;
+    floatX* o = out + r * C;
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int c = 0; c < C; ++c) ss += static_cast<double>(ToFloat(x[c])) * ToFloat(x[c]);
+    const float s = static_cast<float>(1.0 / std::sqrt(ss / C + eps));
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = FromFloat<floatX>(ToFloat(x[c]) * s * ToFloat(weight[c]));
+    rstd[r] = s;
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, rmsnorm_forward)
+
+// With norm = x s and dnorm = weight * dout: dx = s (dnorm - norm * mean(dnorm * norm)); dweight sums
+// norm * dout over rows, by channel blocks as in layernorm_backward.
+template <typename floatX>
+void rmsnorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, const floatX* dout,
+                      const floatX* inp, const floatX* weight, const float* rstd, size_t N, int C) {
+#pragma omp parallel for schedule(static)
+  for (size_t r = 0; r < N; ++r) {
+    const floatX* x = inp + r * C;
+    const floatX* d = dout + r * C;
+    floatX* di = dinp + r * C;
+    const float s = rstd[r];
+    double dnorm_norm_sum = 0.0;
+#pragma omp simd reduction(+ : dnorm_norm_sum)
+    for (int c = 0; c < C; ++c) dnorm_norm_sum += ToFloat(weight[c]) * ToFloat(d[c]) * (ToFloat(x[c]) * s);
+    const float dnorm_norm_mean = static_cast<float>(dnorm_norm_sum / C);
+#pragma omp simd
+    for (int c = 0; c < C; ++c) {
+      const float norm = ToFloat(x[c]) * s;
+      const float dnorm = ToFloat(weight[c]) * ToFloat(d[c]);
+      di[c] = FromFloat<floatX>(ToFloat(di[c]) + (dnorm - norm * dnorm_norm_mean) * s);
+    }
+  }
+
+  const int blocks = (C + kChannelBlock - 1) / kChannelBlock;
+#pragma omp parallel for schedule(static)
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int c0 = blk * kChannelBlock;
+    const int width = c0 + kChannelBlock < C ? kChannelBlock : C - c0;
+    double dw[kChannelBlock] = {};
+    for (size_t r = 0; r < N; ++r) {
+      const floatX* x = inp + r * C + c0;
+      const floatX* d = dout + r * C + c0;
+      const float s = rstd[r];
+      for (int j = 0; j < width; ++j) dw[j] += ToFloat(x[j]) * s * ToFloat(d[j]);
+    }
+    for (int j = 0; j < width; ++j) dweight[c0 + j] += static_cast<float>(dw[j]);
+  }
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cpu, rmsnorm_backward)
 
 }  // namespace fjord::cpu

@@ -7,6 +7,10 @@
 // instantiated for kDims 1, 2, 4; any hs <= 128 works (channels beyond hs are masked), and T need
 // not be a multiple of the tile (rows past T are loaded as zeros and never stored).
 //
+// Grouped-query attention (NKV key/value heads, kernels/ops.h): qkv rows are (NH + 2 NKV) hs wide and
+// query head h reads key/value head h / (NH / NKV) in place; NKV == NH is GPT-2's multi-head case,
+// computed exactly as before (the same loops, sums and order).
+//
 // Forward: one block per (query tile, head, batch), query tiles launched largest-work first. The
 // block walks the key tiles up to the diagonal with K and V staged in shared memory; lane l scores
 // key l of the tile against each of its warp's rows (a full hs-long dot product, so one warp-wide
@@ -15,12 +19,12 @@
 // accumulates its channels. Saves lse = max + log(sum) per row.
 //
 // Backward: two kernels, so every output element has exactly one writer and no atomics are needed
-// (bitwise reproducible). dK/dV: one block per (key tile, head, batch) walks the query tiles from
-// the diagonal to T; lane l takes query l of each tile, recomputes p = exp(s - lse) and
-// ds = p (dP - D) scale with D = dout . out recomputed per query row, and each lane accumulates
-// its channels of dk and dv for its warp's 4 keys. dQ: one block per (query tile, head, batch)
-// walks the key tiles like the forward pass and accumulates dq = sum ds k. The price of no atomics
-// is computing s and dP twice (once per kernel); the T x T work of each is the same as forward's.
+// (bitwise reproducible). dK/dV: one block per (key tile, key/value head, batch) walks, for each
+// query head of its group in turn, the query tiles from the diagonal to T; lane l takes query l of each tile,
+// recomputes p = exp(s - lse) and ds = p (dP - D) scale with D = dout . out recomputed per query row, and
+// each lane accumulates its channels of dk and dv for its warp's 4 keys. dQ: one block per (query tile, head,
+// batch) walks the key tiles like the forward pass and accumulates dq = sum ds k. The price of no atomics is
+// computing s and dP twice (once per kernel); the T x T work of each is the same as forward's.
 //
 // Shared memory: tiles whose rows are read one row per lane use a row stride of hs | 1 (odd), so
 // the 32 lanes hit 32 different banks; tiles read row-broadcast use stride hs. hs = 128 needs
@@ -107,7 +111,7 @@ size_t BackwardSmemBytes(int hs) { return sizeof(float) * kTile * (2 * hs + 2 * 
 // Grid: (query tiles, NH, B); blockIdx.x = 0 is the last (longest) tile.
 template <int kDims, typename floatX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    AttentionForwardKernel(floatX* out, float* lse, const floatX* qkv, int T, int C, int NH, int hs,
+    AttentionForwardKernel(floatX* out, float* lse, const floatX* qkv, int T, int C, int NH, int NKV, int hs,
                            float scale) {
   extern __shared__ float smem[];
   const int ks = hs | 1;
@@ -119,10 +123,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
-  const size_t C3 = size_t{3} * C;
-  const floatX* base = qkv + static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * hs;
+  const size_t R = static_cast<size_t>(NH + 2 * NKV) * hs;  // qkv row
+  const int g = h / (NH / NKV);                             // this head's key/value head
+  const floatX* row0 = qkv + static_cast<size_t>(b) * T * R;
+  const floatX* base = row0 + static_cast<size_t>(h) * hs;
+  const floatX* k_base = row0 + static_cast<size_t>(NH + g) * hs;
+  const floatX* v_base = row0 + static_cast<size_t>(NH + NKV + g) * hs;
 
-  LoadTile(q_s, hs, base, C3, q0, T, hs);
+  LoadTile(q_s, hs, base, R, q0, T, hs);
 
   float m[kRows], l[kRows], o[kRows][kDims];
 #pragma unroll
@@ -136,8 +144,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int key_end = min(q0 + kTile, T);  // causal: keys [0, key_end) can be seen by this tile
   for (int k0 = 0; k0 < key_end; k0 += kTile) {
     __syncthreads();  // the previous tile's K and V are no longer read
-    LoadTile(k_s, ks, base + C, C3, k0, T, hs);
-    LoadTile(v_s, hs, base + 2 * C, C3, k0, T, hs);
+    LoadTile(k_s, ks, k_base, R, k0, T, hs);
+    LoadTile(v_s, hs, v_base, R, k0, T, hs);
     __syncthreads();
 
     // s[r] = q_row . k_lane
@@ -222,7 +230,7 @@ __device__ inline float RowDot(const floatX* dout, const floatX* out, int i, int
 template <int kDims, typename floatX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     AttentionBackwardKVKernel(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
-                              const float* lse, int T, int C, int NH, int hs, float scale) {
+                              const float* lse, int T, int C, int NH, int NKV, int hs, float scale) {
   extern __shared__ float smem[];
   const int qs = hs | 1;
   float* k_s = smem;                 // [kTile][hs], this block's keys
@@ -233,16 +241,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   float* d_s = lse_s + kTile;        // [kTile]
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int h = blockIdx.y;
+  const int g = blockIdx.y;  // the key/value head
   const int b = blockIdx.z;
   const int k0 = blockIdx.x * kTile;
-  const size_t C3 = size_t{3} * C;
-  const size_t head = static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * hs;
-  const size_t row_offset = static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;  // out, dout
-  const float* row_lse = lse + (static_cast<size_t>(b) * NH + h) * T;
+  const int group = NH / NKV;
+  const size_t R = static_cast<size_t>(NH + 2 * NKV) * hs;
+  const size_t row0 = static_cast<size_t>(b) * T * R;
+  const size_t k_head = row0 + static_cast<size_t>(NH + g) * hs;
+  const size_t v_head = row0 + static_cast<size_t>(NH + NKV + g) * hs;
 
-  LoadTile(k_s, hs, qkv + head + C, C3, k0, T, hs);
-  LoadTile(v_s, hs, qkv + head + 2 * C, C3, k0, T, hs);
+  LoadTile(k_s, hs, qkv + k_head, R, k0, T, hs);
+  LoadTile(v_s, hs, qkv + v_head, R, k0, T, hs);
 
   float dk[kRows][kDims], dv[kRows][kDims];
 #pragma unroll
@@ -252,79 +261,85 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
   const float* k_rows = k_s + warp * kRows * hs;
   const float* v_rows = v_s + warp * kRows * hs;
-  // Queries i >= k0 see this tile; the first such tile is the diagonal one (same tiling).
-  for (int q0 = k0; q0 < T; q0 += kTile) {
-    __syncthreads();  // the previous query tile is no longer read (and K, V are loaded)
-    LoadTile(q_s, qs, qkv + head, C3, q0, T, hs);
-    LoadTile(dy_s, qs, dout + row_offset, C, q0, T, hs);
+  // Every query head of the group, in order, adds to the same dk, dv accumulators.
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const size_t head = row0 + static_cast<size_t>(h) * hs;
+    const size_t row_offset = static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;  // out, dout
+    const float* row_lse = lse + (static_cast<size_t>(b) * NH + h) * T;
+    // Queries i >= k0 see this tile; the first such tile is the diagonal one (same tiling).
+    for (int q0 = k0; q0 < T; q0 += kTile) {
+      __syncthreads();  // the previous query tile is no longer read (and K, V are loaded)
+      LoadTile(q_s, qs, qkv + head, R, q0, T, hs);
+      LoadTile(dy_s, qs, dout + row_offset, C, q0, T, hs);
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int row = warp * kRows + r;
-      const float D = RowDot(dout, out, q0 + row, T, row_offset, C, hs);
-      if (lane == 0) {
-        d_s[row] = D;
-        lse_s[row] = q0 + row < T ? row_lse[q0 + row] : 0.0f;
+      for (int r = 0; r < kRows; ++r) {
+        const int row = warp * kRows + r;
+        const float D = RowDot(dout, out, q0 + row, T, row_offset, C, hs);
+        if (lane == 0) {
+          d_s[row] = D;
+          lse_s[row] = q0 + row < T ? row_lse[q0 + row] : 0.0f;
+        }
       }
-    }
-    __syncthreads();
+      __syncthreads();
 
-    // Lane l <-> query i = q0 + l: s[r] = q_i . k_r, dp[r] = dout_i . v_r.
-    float s[kRows], dp[kRows];
+      // Lane l <-> query i = q0 + l: s[r] = q_i . k_r, dp[r] = dout_i . v_r.
+      float s[kRows], dp[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) s[r] = dp[r] = 0.0f;
-    const float* q_row = q_s + lane * qs;
-    const float* dy_row = dy_s + lane * qs;
+      for (int r = 0; r < kRows; ++r) s[r] = dp[r] = 0.0f;
+      const float* q_row = q_s + lane * qs;
+      const float* dy_row = dy_s + lane * qs;
 #pragma unroll 4
-    for (int d = 0; d < hs; ++d) {
-      const float qd = q_row[d];
-      const float dyd = dy_row[d];
+      for (int d = 0; d < hs; ++d) {
+        const float qd = q_row[d];
+        const float dyd = dy_row[d];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          s[r] += qd * k_rows[r * hs + d];
+          dp[r] += dyd * v_rows[r * hs + d];
+        }
+      }
+      const int i = q0 + lane;
+      const float lse_i = lse_s[lane];
+      const float D_i = d_s[lane];
+      float p[kRows], ds[kRows];
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        s[r] += qd * k_rows[r * hs + d];
-        dp[r] += dyd * v_rows[r * hs + d];
+        const int j = k0 + warp * kRows + r;
+        const bool valid = j <= i && i < T;
+        p[r] = valid ? Exp(s[r] * scale - lse_i) : 0.0f;
+        ds[r] = p[r] * (dp[r] - D_i) * scale;
       }
-    }
-    const int i = q0 + lane;
-    const float lse_i = lse_s[lane];
-    const float D_i = d_s[lane];
-    float p[kRows], ds[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int j = k0 + warp * kRows + r;
-      const bool valid = j <= i && i < T;
-      p[r] = valid ? Exp(s[r] * scale - lse_i) : 0.0f;
-      ds[r] = p[r] * (dp[r] - D_i) * scale;
-    }
 
-    // dv[r] += sum_i p[r]_i dout_i; dk[r] += sum_i ds[r]_i q_i, over the queries of the tile.
-    const int queries = min(kTile, T - q0);
-    for (int ii = 0; ii < queries; ++ii) {
-      float q[kDims], dy[kDims];
-#pragma unroll
-      for (int k = 0; k < kDims; ++k) {
-        const int d = lane + k * kWarpSize;
-        q[k] = d < hs ? q_s[ii * qs + d] : 0.0f;
-        dy[k] = d < hs ? dy_s[ii * qs + d] : 0.0f;
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const float pi = __shfl_sync(kFullMask, p[r], ii);
-        const float dsi = __shfl_sync(kFullMask, ds[r], ii);
+      // dv[r] += sum_i p[r]_i dout_i; dk[r] += sum_i ds[r]_i q_i, over the queries of the tile.
+      const int queries = min(kTile, T - q0);
+      for (int ii = 0; ii < queries; ++ii) {
+        float q[kDims], dy[kDims];
 #pragma unroll
         for (int k = 0; k < kDims; ++k) {
-          dv[r][k] += pi * dy[k];
-          dk[r][k] += dsi * q[k];
+          const int d = lane + k * kWarpSize;
+          q[k] = d < hs ? q_s[ii * qs + d] : 0.0f;
+          dy[k] = d < hs ? dy_s[ii * qs + d] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          const float pi = __shfl_sync(kFullMask, p[r], ii);
+          const float dsi = __shfl_sync(kFullMask, ds[r], ii);
+#pragma unroll
+          for (int k = 0; k < kDims; ++k) {
+            dv[r][k] += pi * dy[k];
+            dk[r][k] += dsi * q[k];
+          }
         }
       }
     }
-  }
+  }  // query heads of the group
 
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int j = k0 + warp * kRows + r;
     if (j >= T) continue;
-    floatX* dk_row = dqkv + head + static_cast<size_t>(j) * C3 + C;
-    floatX* dv_row = dk_row + C;
+    floatX* dk_row = dqkv + k_head + static_cast<size_t>(j) * R;
+    floatX* dv_row = dqkv + v_head + static_cast<size_t>(j) * R;
 #pragma unroll
     for (int k = 0; k < kDims; ++k) {
       const int d = lane + k * kWarpSize;
@@ -340,7 +355,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 template <int kDims, typename floatX>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     AttentionBackwardQKernel(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
-                             const float* lse, int T, int C, int NH, int hs, float scale) {
+                             const float* lse, int T, int C, int NH, int NKV, int hs, float scale) {
   extern __shared__ float smem[];
   const int ks = hs | 1;
   float* q_s = smem;               // [kTile][hs], this block's queries
@@ -352,12 +367,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
-  const size_t C3 = size_t{3} * C;
-  const size_t head = static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * hs;
+  const size_t R = static_cast<size_t>(NH + 2 * NKV) * hs;
+  const int g = h / (NH / NKV);
+  const size_t row0 = static_cast<size_t>(b) * T * R;
+  const size_t head = row0 + static_cast<size_t>(h) * hs;
+  const size_t k_head = row0 + static_cast<size_t>(NH + g) * hs;
+  const size_t v_head = row0 + static_cast<size_t>(NH + NKV + g) * hs;
   const size_t row_offset = static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
   const float* row_lse = lse + (static_cast<size_t>(b) * NH + h) * T;
 
-  LoadTile(q_s, hs, qkv + head, C3, q0, T, hs);
+  LoadTile(q_s, hs, qkv + head, R, q0, T, hs);
   LoadTile(dy_s, hs, dout + row_offset, C, q0, T, hs);
   float lse_r[kRows], D_r[kRows], dq[kRows][kDims];
 #pragma unroll
@@ -374,8 +393,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int key_end = min(q0 + kTile, T);
   for (int k0 = 0; k0 < key_end; k0 += kTile) {
     __syncthreads();
-    LoadTile(k_s, ks, qkv + head + C, C3, k0, T, hs);
-    LoadTile(v_s, ks, qkv + head + 2 * C, C3, k0, T, hs);
+    LoadTile(k_s, ks, qkv + k_head, R, k0, T, hs);
+    LoadTile(v_s, ks, qkv + v_head, R, k0, T, hs);
     __syncthreads();
 
     // Lane l <-> key j = k0 + l: s[r] = q_r . k_j, dp[r] = dout_r . v_j.
@@ -426,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   for (int r = 0; r < kRows; ++r) {
     const int i = q0 + warp * kRows + r;
     if (i >= T) continue;
-    floatX* dq_row = dqkv + head + static_cast<size_t>(i) * C3;
+    floatX* dq_row = dqkv + head + static_cast<size_t>(i) * R;
 #pragma unroll
     for (int k = 0; k < kDims; ++k) {
       const int d = lane + k * kWarpSize;
@@ -436,7 +455,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 }
 
 // hs = C / NH, refusing shapes the kernels do not support.
-int HeadSize(int C, int NH) {
+int HeadSize(int C, int NH, int NKV) {
+  FJORD_CHECK(NKV > 0 && NH % NKV == 0, "attention needs NKV dividing NH (NH=" + std::to_string(NH) +
+                                            ", NKV=" + std::to_string(NKV) + ")");
   FJORD_CHECK(NH > 0 && C % NH == 0, "attention needs C divisible by NH (C=" + std::to_string(C) +
                                          ", NH=" + std::to_string(NH) + ")");
   const int hs = C / NH;
@@ -470,12 +491,12 @@ template <int kDims>
 struct ForwardLauncher {
   template <typename floatX>
   static void Run(const OpContext& ctx, floatX* out, float* lse, const floatX* qkv, int B, int T, int C,
-                  int NH, int hs, float scale) {
+                  int NH, int NKV, int hs, float scale) {
     const size_t smem = ForwardSmemBytes(hs);
     AllowSmem(AttentionForwardKernel<kDims, floatX>, smem);
     const dim3 grid((T + kTile - 1) / kTile, NH, B);
     AttentionForwardKernel<kDims, floatX>
-        <<<grid, kThreads, smem, ctx.stream>>>(out, lse, qkv, T, C, NH, hs, scale);
+        <<<grid, kThreads, smem, ctx.stream>>>(out, lse, qkv, T, C, NH, NKV, hs, scale);
     FJORD_CUDA_CHECK_LAUNCH();
   }
 };
@@ -484,16 +505,18 @@ template <int kDims>
 struct BackwardLauncher {
   template <typename floatX>
   static void Run(const OpContext& ctx, floatX* dqkv, const floatX* dout, const floatX* qkv,
-                  const floatX* out, const float* lse, int B, int T, int C, int NH, int hs, float scale) {
+                  const floatX* out, const float* lse, int B, int T, int C, int NH, int NKV, int hs,
+                  float scale) {
     const size_t smem = BackwardSmemBytes(hs);
-    const dim3 grid((T + kTile - 1) / kTile, NH, B);
+    const dim3 kv_grid((T + kTile - 1) / kTile, NKV, B);
     AllowSmem(AttentionBackwardKVKernel<kDims, floatX>, smem);
     AttentionBackwardKVKernel<kDims, floatX>
-        <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, hs, scale);
+        <<<kv_grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, hs, scale);
     FJORD_CUDA_CHECK_LAUNCH();
+    const dim3 grid((T + kTile - 1) / kTile, NH, B);
     AllowSmem(AttentionBackwardQKernel<kDims, floatX>, smem);
     AttentionBackwardQKernel<kDims, floatX>
-        <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, hs, scale);
+        <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, hs, scale);
     FJORD_CUDA_CHECK_LAUNCH();
   }
 };
@@ -502,29 +525,30 @@ struct BackwardLauncher {
 
 template <typename floatX>
 void attention_forward(const OpContext& ctx, floatX* out, float* lse, const floatX* qkv, int B, int T, int C,
-                       int NH) {
+                       int NH, int NKV) {
   if constexpr (std::is_same_v<floatX, bf16>) {
-    if (ctx.tensor_core_attention) return experimental::attention_forward_tc(ctx, out, lse, qkv, B, T, C, NH);
+    if (ctx.tensor_core_attention)
+      return experimental::attention_forward_tc(ctx, out, lse, qkv, B, T, C, NH, NKV);
   }
-  const int hs = HeadSize(C, NH);
+  const int hs = HeadSize(C, NH, NKV);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  DispatchHeadSize<ForwardLauncher>(hs, ctx, out, lse, qkv, B, T, C, NH, hs, scale);
+  DispatchHeadSize<ForwardLauncher>(hs, ctx, out, lse, qkv, B, T, C, NH, NKV, hs, scale);
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, attention_forward)
 
 template <typename floatX>
 void attention_backward(const OpContext& ctx, floatX* dqkv, const floatX* dout, const floatX* qkv,
-                        const floatX* out, const float* lse, int B, int T, int C, int NH) {
+                        const floatX* out, const float* lse, int B, int T, int C, int NH, int NKV) {
   if constexpr (std::is_same_v<floatX, bf16>) {
     if (ctx.tensor_core_attention) {
-      return experimental::attention_backward_tc(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH);
+      return experimental::attention_backward_tc(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, NKV);
     }
   }
-  const int hs = HeadSize(C, NH);
+  const int hs = HeadSize(C, NH, NKV);
   if (B == 0 || T == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  DispatchHeadSize<BackwardLauncher>(hs, ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, hs, scale);
+  DispatchHeadSize<BackwardLauncher>(hs, ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, hs, scale);
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, attention_backward)
 

@@ -43,6 +43,9 @@
 // fp32 algorithm by at most 2^-8 sum_j (p_j / l) |v_j| <= 2^-8 max |v| per element, plus summation
 // order; lse is unaffected. The test derives its tolerance from this.
 //
+// Grouped-query attention (kernels/ops.h): qkv rows hold NH query heads, then NKV key and NKV
+// value heads; query head h reads key/value head h / (NH / NKV) in place (no repeated copy).
+//
 // Requirements (AttentionForwardTensorCoreSupported and the launcher's checks): hs = C / NH of 64
 // or 128; any B, T; qkv 16-byte aligned (with hs and C multiples of 8, every staged row then is);
 // out 4-byte aligned (pairs of bf16 are stored as one 32-bit word); an sm_80+ device.
@@ -55,11 +58,12 @@
 //
 // Backward: two kernels, as in the SIMT version, so every dqkv element has exactly one writer (no
 // atomics, bitwise reproducible). The price is computing S and dP twice, once per kernel.
-//  - dK/dV: one block per (64-key tile, head, batch), 4 warps of 16 keys each, K and V staged once.
-//    The block walks the query tiles from the diagonal to T in steps of StepRows (64 queries at
-//    hs = 64, 32 at hs = 128), staging Q, dout and the step's lse and D = dout . out (fp32, from
-//    16-byte loads, a fixed shuffle order). Per step each warp computes the transposed products,
-//    rows = its keys: S^T = K Q^T (mma, fp32), P^T = exp(S^T scale - lse) with p exactly 0 where
+//  - dK/dV: one block per (64-key tile, key/value head, batch), 4 warps of 16 keys each, K and V
+//    staged once. For each query head of the key/value head's group in turn (grouped-query
+//    attention: NH / NKV heads; one for multi-head) the block walks the query tiles from the diagonal to T in
+//    steps of StepRows (64 queries at hs = 64, 32 at hs = 128), staging Q, dout and the step's lse and D =
+//    dout . out (fp32, from 16-byte loads, a fixed shuffle order). Per step each warp computes the transposed
+//    products, rows = its keys: S^T = K Q^T (mma, fp32), P^T = exp(S^T scale - lse) with p exactly 0 where
 //    key > query or query >= T, dV += P^T dout, dP^T = V dout^T, dS^T = P^T (dP^T - D),
 //    dK += dS^T Q. The C fragments of P^T and dS^T become the A fragments of the next MMA by the
 //    forward's trick (rounded to bf16), and Q and dout, k-major for those MMAs, are read with
@@ -202,7 +206,8 @@ __device__ inline void StageTile(bf16* dst, const bf16* src, size_t row_stride, 
 // Grid: (query tiles, NH, B); blockIdx.x = 0 is the last (longest) query tile.
 template <int kHs>
 __global__ void __launch_bounds__(kThreads, MinBlocks(kHs))
-    AttentionForwardTcKernel(bf16* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
+    AttentionForwardTcKernel(bf16* out, float* lse, const bf16* qkv, int T, int C, int NH, int NKV,
+                             float scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // bf16 mma.sync needs sm_80; the launcher refuses older devices before launching
 #else
@@ -221,10 +226,16 @@ __global__ void __launch_bounds__(kThreads, MinBlocks(kHs))
   const int b = blockIdx.z;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
   const int row = q0 + warp * 16 + lane / 4;  // ... of rows `row` and `row + 8`
-  const size_t C3 = size_t{3} * C;
-  const bf16* base = qkv + static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * kHs;
+  // Grouped-query attention: the qkv row holds NH query heads, then NKV key and NKV value heads;
+  // query head h reads key/value head h / (NH / NKV) in place.
+  const size_t R = static_cast<size_t>(NH + 2 * NKV) * kHs;
+  const int g = h / (NH / NKV);
+  const bf16* row0 = qkv + static_cast<size_t>(b) * T * R;
+  const bf16* base = row0 + static_cast<size_t>(h) * kHs;
+  const bf16* k_base = row0 + static_cast<size_t>(NH + g) * kHs;
+  const bf16* v_base = row0 + static_cast<size_t>(NH + NKV + g) * kHs;
 
-  StageTile<kHs>(v_s, base, C3, q0, T);
+  StageTile<kHs>(v_s, base, R, q0, T);
   __syncthreads();
   uint32_t q_frag[kKSteps][4];
 #pragma unroll
@@ -241,8 +252,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks(kHs))
 
   for (int k0 = 0; k0 <= q0; k0 += kTile) {
     __syncthreads();  // the previous K and V tiles (first time: the Q tile) are no longer read
-    StageTile<kHs>(k_s, base + C, C3, k0, T);
-    StageTile<kHs>(v_s, base + 2 * C, C3, k0, T);
+    StageTile<kHs>(k_s, k_base, R, k0, T);
+    StageTile<kHs>(v_s, v_base, R, k0, T);
     __syncthreads();
 
     // S = Q K^T. K's B fragments: matrix m of each ldmatrix is keys 8 nt .. 8 nt + 7 by head
@@ -340,11 +351,12 @@ __global__ void __launch_bounds__(kThreads, MinBlocks(kHs))
 }
 
 template <int kHs>
-void Launch(const OpContext& ctx, bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH) {
+void Launch(const OpContext& ctx, bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+            int NKV) {
   const dim3 grid((T + kTile - 1) / kTile, NH, B);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHs));
   AttentionForwardTcKernel<kHs>
-      <<<grid, kThreads, SmemBytes(kHs), ctx.stream>>>(out, lse, qkv, T, C, NH, scale);
+      <<<grid, kThreads, SmemBytes(kHs), ctx.stream>>>(out, lse, qkv, T, C, NH, NKV, scale);
   FJORD_CUDA_CHECK_LAUNCH();
 }
 
@@ -475,32 +487,46 @@ __device__ inline void AccumulateRows(bf16* rows, size_t row_stride, int row, in
   }
 }
 
-// One head's slices for the backward kernels, for head blockIdx.y of batch blockIdx.z: q of row 0
-// in qkv and dqkv (k at + C, v at + 2 C, rows C3 apart), row 0 in out and dout (rows C apart), and
-// the head's lse.
+// Query head h's slices for the backward kernels, batch blockIdx.z: row 0 of its q and of its
+// key/value head's k and v (h / (NH / NKV)) in qkv and dqkv (rows R = (NH + 2 NKV) hs apart), row 0
+// in out and dout (rows C apart), and the head's lse.
 struct HeadSlices {
-  const bf16 *qkv, *dout, *out;
-  bf16* dqkv;
+  const bf16 *q, *k, *v, *dout, *out;
+  bf16 *dq, *dk, *dv;
   const float* lse;
-  size_t C3;
+  size_t R;
 };
 
 template <int kHs>
 __device__ inline HeadSlices Head(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                                  const float* lse, int T, int C, int NH) {
-  const int h = blockIdx.y, b = blockIdx.z;
-  const size_t C3 = size_t{3} * C;
-  const size_t head = static_cast<size_t>(b) * T * C3 + static_cast<size_t>(h) * kHs;
+                                  const float* lse, int T, int C, int NH, int NKV, int h) {
+  const int b = blockIdx.z;
+  const int g = h / (NH / NKV);
+  const size_t R = static_cast<size_t>(NH + 2 * NKV) * kHs;
+  const size_t row0 = static_cast<size_t>(b) * T * R;
+  const size_t q = row0 + static_cast<size_t>(h) * kHs;
+  const size_t k = row0 + static_cast<size_t>(NH + g) * kHs;
+  const size_t v = row0 + static_cast<size_t>(NH + NKV + g) * kHs;
   const size_t rows = static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * kHs;
-  return {qkv + head, dout + rows, out + rows, dqkv + head, lse + (static_cast<size_t>(b) * NH + h) * T, C3};
+  return {qkv + q,
+          qkv + k,
+          qkv + v,
+          dout + rows,
+          out + rows,
+          dqkv + q,
+          dqkv + k,
+          dqkv + v,
+          lse + (static_cast<size_t>(b) * NH + h) * T,
+          R};
 }
 
-// dK and dV of the block's 64 keys. Grid: (key tiles, NH, B); blockIdx.x = 0 (the most query
-// tiles) first.
+// dK and dV of the block's 64 keys of key/value head blockIdx.y. Grid: (key tiles, NKV, B);
+// blockIdx.x = 0 (the most query tiles) first. Every query head of the group adds to the same
+// accumulators in turn, so dk and dv keep one writer.
 template <int kHs>
 __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
     AttentionBackwardKvTcKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                                const float* lse, int T, int C, int NH, float scale) {
+                                const float* lse, int T, int C, int NH, int NKV, float scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
@@ -521,67 +547,72 @@ __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
   const int t = lane % 4;
   const int k0 = blockIdx.x * kTile;
   const int key = k0 + warp * 16 + lane / 4;  // the C-fragment rows of this lane: keys `key`, `key + 8`
-  const HeadSlices hd = Head<kHs>(dqkv, dout, qkv, out, lse, T, C, NH);
+  const int group = NH / NKV;
+  const int g = blockIdx.y;  // the key/value head
+  const HeadSlices kv = Head<kHs>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, g * group);
 
-  StageTile<kHs>(k_s, hd.qkv + C, hd.C3, k0, T);
-  StageTile<kHs>(v_s, hd.qkv + 2 * C, hd.C3, k0, T);
+  StageTile<kHs>(k_s, kv.k, kv.R, k0, T);
+  StageTile<kHs>(v_s, kv.v, kv.R, k0, T);
   float dk[kDimTiles][4], dv[kDimTiles][4];
 #pragma unroll
   for (int dt = 0; dt < kDimTiles; ++dt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) dk[dt][i] = dv[dt][i] = 0.0f;
 
-  // Queries i >= k0 see this key tile.
-  for (int q0 = k0; q0 < T; q0 += kQueries) {
-    __syncthreads();  // the previous Q, dout, lse and D are no longer read
-    StageTile<kHs, kQueries>(q_s, hd.qkv, hd.C3, q0, T);
-    StageTile<kHs, kQueries>(dy_s, hd.dout, C, q0, T);
-    StageRowStats<kHs, kQueries>(lse_s, d_s, hd.dout, hd.out, hd.lse, q0, T, C);
-    __syncthreads();
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const HeadSlices hd = Head<kHs>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, h);
+    // Queries i >= k0 see this key tile.
+    for (int q0 = k0; q0 < T; q0 += kQueries) {
+      __syncthreads();  // the previous Q, dout, lse and D are no longer read
+      StageTile<kHs, kQueries>(q_s, hd.q, hd.R, q0, T);
+      StageTile<kHs, kQueries>(dy_s, hd.dout, C, q0, T);
+      StageRowStats<kHs, kQueries>(lse_s, d_s, hd.dout, hd.out, hd.lse, q0, T, C);
+      __syncthreads();
 
-    // S^T = K Q^T (rows: this warp's 16 keys; columns: the tile's queries), then P^T in place:
-    // p = exp(s scale - lse) in fp32, exactly 0 where the key is after the query or the query is
-    // past T.
-    float s[kQueryTiles][4];
+      // S^T = K Q^T (rows: this warp's 16 keys; columns: the tile's queries), then P^T in place:
+      // p = exp(s scale - lse) in fp32, exactly 0 where the key is after the query or the query is
+      // past T.
+      float s[kQueryTiles][4];
 #pragma unroll
-    for (int nt = 0; nt < kQueryTiles; ++nt)
+      for (int nt = 0; nt < kQueryTiles; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s[nt][i] = 0.0f;
-    MmaABt<kHs>(s, k_s, warp * 16, q_s, kStride);
+        for (int i = 0; i < 4; ++i) s[nt][i] = 0.0f;
+      MmaABt<kHs>(s, k_s, warp * 16, q_s, kStride);
 #pragma unroll
-    for (int nt = 0; nt < kQueryTiles; ++nt)
+      for (int nt = 0; nt < kQueryTiles; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int local = nt * 8 + 2 * t + i % 2;
-        const int query = q0 + local;
-        const bool valid = key + 8 * (i / 2) <= query && query < T;
-        s[nt][i] = valid ? Exp(s[nt][i] * scale - lse_s[local]) : 0.0f;
+        for (int i = 0; i < 4; ++i) {
+          const int local = nt * 8 + 2 * t + i % 2;
+          const int query = q0 + local;
+          const bool valid = key + 8 * (i / 2) <= query && query < T;
+          s[nt][i] = valid ? Exp(s[nt][i] * scale - lse_s[local]) : 0.0f;
+        }
+      {  // dV += P^T dout, P rounded to bf16
+        uint32_t p_frag[kQueryTiles / 2][4];
+        ToAFragments(p_frag, s);
+        MmaAB(dv, p_frag, dy_s, kStride);
       }
-    {  // dV += P^T dout, P rounded to bf16
-      uint32_t p_frag[kQueryTiles / 2][4];
-      ToAFragments(p_frag, s);
-      MmaAB(dv, p_frag, dy_s, kStride);
+      // dP^T = V dout^T, then dS^T = P^T (dP^T - D) in place (the scale is applied to dK at the end).
+      float dp[kQueryTiles][4];
+#pragma unroll
+      for (int nt = 0; nt < kQueryTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dp[nt][i] = 0.0f;
+      MmaABt<kHs>(dp, v_s, warp * 16, dy_s, kStride);
+#pragma unroll
+      for (int nt = 0; nt < kQueryTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dp[nt][i] = s[nt][i] * (dp[nt][i] - d_s[nt * 8 + 2 * t + i % 2]);
+      {  // dK += dS^T Q, dS rounded to bf16
+        uint32_t ds_frag[kQueryTiles / 2][4];
+        ToAFragments(ds_frag, dp);
+        MmaAB(dk, ds_frag, q_s, kStride);
+      }
     }
-    // dP^T = V dout^T, then dS^T = P^T (dP^T - D) in place (the scale is applied to dK at the end).
-    float dp[kQueryTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kQueryTiles; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) dp[nt][i] = 0.0f;
-    MmaABt<kHs>(dp, v_s, warp * 16, dy_s, kStride);
-#pragma unroll
-    for (int nt = 0; nt < kQueryTiles; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) dp[nt][i] = s[nt][i] * (dp[nt][i] - d_s[nt * 8 + 2 * t + i % 2]);
-    {  // dK += dS^T Q, dS rounded to bf16
-      uint32_t ds_frag[kQueryTiles / 2][4];
-      ToAFragments(ds_frag, dp);
-      MmaAB(dk, ds_frag, q_s, kStride);
-    }
-  }
+  }  // query heads of the group
 
-  AccumulateRows(hd.dqkv + C, hd.C3, key, T, dk, scale);
-  AccumulateRows(hd.dqkv + 2 * C, hd.C3, key, T, dv, 1.0f);
+  AccumulateRows(kv.dk, kv.R, key, T, dk, scale);
+  AccumulateRows(kv.dv, kv.R, key, T, dv, 1.0f);
 #endif
 }
 
@@ -590,7 +621,7 @@ __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
 template <int kHs>
 __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
     AttentionBackwardQTcKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                               const float* lse, int T, int C, int NH, float scale) {
+                               const float* lse, int T, int C, int NH, int NKV, float scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
@@ -611,9 +642,9 @@ __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
   const int t = lane % 4;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
   const int row = q0 + warp * 16 + lane / 4;  // the C-fragment rows of this lane: `row`, `row + 8`
-  const HeadSlices hd = Head<kHs>(dqkv, dout, qkv, out, lse, T, C, NH);
+  const HeadSlices hd = Head<kHs>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, static_cast<int>(blockIdx.y));
 
-  StageTile<kHs>(q_s, hd.qkv, hd.C3, q0, T);
+  StageTile<kHs>(q_s, hd.q, hd.R, q0, T);
   StageTile<kHs>(dy_s, hd.dout, C, q0, T);
   StageRowStats<kHs, kTile>(lse_s, d_s, hd.dout, hd.out, hd.lse, q0, T, C);
   __syncthreads();
@@ -632,8 +663,8 @@ __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
   // Keys up to the block's last query (the causal diagonal lies in the last 64 / kKeys steps).
   for (int k0 = 0; k0 < q0 + kTile && k0 < T; k0 += kKeys) {
     __syncthreads();  // the previous K and V tiles are no longer read
-    StageTile<kHs, kKeys>(k_s, hd.qkv + C, hd.C3, k0, T);
-    StageTile<kHs, kKeys>(v_s, hd.qkv + 2 * C, hd.C3, k0, T);
+    StageTile<kHs, kKeys>(k_s, hd.k, hd.R, k0, T);
+    StageTile<kHs, kKeys>(v_s, hd.v, hd.R, k0, T);
     __syncthreads();
 
     float s[kKeyTiles][4], dp[kKeyTiles][4];
@@ -660,14 +691,15 @@ __global__ void __launch_bounds__(kThreads, BackwardMinBlocks(kHs))
     MmaAB(dq, ds_frag, k_s, kStride);  // dQ += dS K, dS rounded to bf16
   }
 
-  AccumulateRows(hd.dqkv, hd.C3, row, T, dq, scale);
+  AccumulateRows(hd.dq, hd.R, row, T, dq, scale);
 #endif
 }
 
 template <int kHs>
 void LaunchBackward(const OpContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                    const float* lse, int B, int T, int C, int NH) {
+                    const float* lse, int B, int T, int C, int NH, int NKV) {
   const dim3 grid((T + kTile - 1) / kTile, NH, B);
+  const dim3 kv_grid((T + kTile - 1) / kTile, NKV, B);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHs));
   // Above the 48 KB default at hs = 128; setting the limit is harmless below it.
   const int smem = static_cast<int>(BackwardSmemBytes(kHs));
@@ -676,19 +708,21 @@ void LaunchBackward(const OpContext& ctx, bf16* dqkv, const bf16* dout, const bf
   FJORD_CUDA_CHECK(cudaFuncSetAttribute(AttentionBackwardQTcKernel<kHs>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   AttentionBackwardKvTcKernel<kHs>
-      <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, scale);
+      <<<kv_grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, scale);
   FJORD_CUDA_CHECK_LAUNCH();
   AttentionBackwardQTcKernel<kHs>
-      <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, scale);
+      <<<grid, kThreads, smem, ctx.stream>>>(dqkv, dout, qkv, out, lse, T, C, NH, NKV, scale);
   FJORD_CUDA_CHECK_LAUNCH();
 }
 
 // The checks both passes make before touching the device (shape, then alignment via `aligned`
 // and its message), then the device's compute capability.
-void CheckCall(int C, int NH, bool aligned, const char* alignment) {
+void CheckCall(int C, int NH, int NKV, bool aligned, const char* alignment) {
   FJORD_CHECK(AttentionForwardTensorCoreSupported(C, NH),
               "tensor-core attention supports head sizes 64 and 128 (C=" + std::to_string(C) +
                   ", NH=" + std::to_string(NH) + ")");
+  FJORD_CHECK(NKV > 0 && NH % NKV == 0, "tensor-core attention needs NKV dividing NH (NH=" +
+                                            std::to_string(NH) + ", NKV=" + std::to_string(NKV) + ")");
   FJORD_CHECK(aligned, alignment);
 }
 
@@ -702,30 +736,31 @@ void CheckDevice() {
 }  // namespace
 
 void attention_forward_tc(const OpContext& ctx, bf16* out, float* lse, const bf16* qkv, int B, int T, int C,
-                          int NH) {
-  CheckCall(C, NH, reinterpret_cast<uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0,
+                          int NH, int NKV) {
+  CheckCall(C, NH, NKV,
+            reinterpret_cast<uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0,
             "tensor-core attention needs qkv 16-byte aligned and out 4-byte aligned");
   if (B == 0 || T == 0) return;
   CheckDevice();
   if (C / NH == 64)
-    Launch<64>(ctx, out, lse, qkv, B, T, C, NH);
+    Launch<64>(ctx, out, lse, qkv, B, T, C, NH, NKV);
   else
-    Launch<128>(ctx, out, lse, qkv, B, T, C, NH);
+    Launch<128>(ctx, out, lse, qkv, B, T, C, NH, NKV);
 }
 
 void attention_backward_tc(const OpContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
-                           const bf16* out, const float* lse, int B, int T, int C, int NH) {
+                           const bf16* out, const float* lse, int B, int T, int C, int NH, int NKV) {
   const auto address = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
   CheckCall(
-      C, NH,
+      C, NH, NKV,
       address(qkv) % 16 == 0 && address(dout) % 16 == 0 && address(out) % 16 == 0 && address(dqkv) % 4 == 0,
       "tensor-core attention backward needs qkv, dout and out 16-byte aligned and dqkv 4-byte aligned");
   if (B == 0 || T == 0) return;
   CheckDevice();
   if (C / NH == 64)
-    LaunchBackward<64>(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH);
+    LaunchBackward<64>(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, NKV);
   else
-    LaunchBackward<128>(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH);
+    LaunchBackward<128>(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, NKV);
 }
 
 }  // namespace fjord::cuda::experimental

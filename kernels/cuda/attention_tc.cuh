@@ -20,8 +20,9 @@ inline bool AttentionForwardTensorCoreSupported(int C, int NH) {
 // The attention_forward op of kernels/ops.h for bf16 (same arguments, outputs and contract, except
 // that the probabilities are rounded to bf16 before the product with V; see attention_tc.cu).
 // Aborts when the shape is not supported, a pointer is misaligned, or the device is below sm_80.
+// NKV key/value heads dividing NH: grouped-query attention as kernels/ops.h describes it.
 void attention_forward_tc(const OpContext& ctx, bf16* out, float* lse, const bf16* qkv, int B, int T, int C,
-                          int NH);
+                          int NH, int NKV);
 
 // The attention_backward op of kernels/ops.h for bf16 (same arguments and contract: dqkv
 // ACCUMULATES, each element read, its fp32 contribution added, rounded once), except that the
@@ -30,6 +31,6 @@ void attention_forward_tc(const OpContext& ctx, bf16* out, float* lse, const bf1
 // 16-byte aligned, dqkv 4-byte aligned. Deterministic: no atomics, every dqkv element has one
 // writer.
 void attention_backward_tc(const OpContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
-                           const bf16* out, const float* lse, int B, int T, int C, int NH);
+                           const bf16* out, const float* lse, int B, int T, int C, int NH, int NKV);
 
 }  // namespace fjord::cuda::experimental

@@ -1,4 +1,4 @@
-// Elementwise ops on the GPU: GELU, residual add, zero fill, the bf16 casts.
+// Elementwise ops on the GPU: GELU, SwiGLU, residual add, zero fill, the bf16 casts.
 //
 // Memory-bound one-pass kernels with grid-stride loops: any n works, no alignment is assumed, and
 // one launch configuration serves every size. GELU evaluates the per-element formula the CPU twin
@@ -47,6 +47,29 @@ __global__ void ResidualBackwardKernel(floatX* da, floatX* db, const floatX* dou
     const float d = ToFloat(dout[i]);
     da[i] = FromFloat<floatX>(ToFloat(da[i]) + d);
     db[i] = FromFloat<floatX>(ToFloat(db[i]) + d);
+  }
+}
+
+// One thread per element of out[N, H]; gate and up of row r are inp[r, 0:H] and inp[r, H:2H].
+template <typename floatX>
+__global__ void SwigluForwardKernel(floatX* out, const floatX* inp, size_t N, int H) {
+  const size_t n = N * H;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    const size_t r = i / H, c = i % H;
+    const floatX* gate = inp + r * 2 * H;
+    out[i] = FromFloat<floatX>(SiluForward(ToFloat(gate[c])) * ToFloat(gate[H + c]));
+  }
+}
+
+template <typename floatX>
+__global__ void SwigluBackwardKernel(floatX* dinp, const floatX* inp, const floatX* dout, size_t N, int H) {
+  const size_t n = N * H;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    const size_t r = i / H, c = i % H;
+    const size_t g = r * 2 * H + c, u = g + H;
+    const float gv = ToFloat(inp[g]), d = ToFloat(dout[i]);
+    dinp[g] = FromFloat<floatX>(ToFloat(dinp[g]) + SiluDerivative(gv) * ToFloat(inp[u]) * d);
+    dinp[u] = FromFloat<floatX>(ToFloat(dinp[u]) + SiluForward(gv) * d);
   }
 }
 
@@ -105,6 +128,25 @@ void residual_backward(const OpContext& ctx, floatX* da, floatX* db, const float
   FJORD_CUDA_CHECK_LAUNCH();
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, residual_backward)
+
+template <typename floatX>
+void swiglu_forward(const OpContext& ctx, floatX* out, const floatX* inp, size_t N, int H) {
+  const size_t n = N * H;
+  if (n == 0) return;
+  SwigluForwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(out, inp, N, H);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, swiglu_forward)
+
+template <typename floatX>
+void swiglu_backward(const OpContext& ctx, floatX* dinp, const floatX* inp, const floatX* dout, size_t N,
+                     int H) {
+  const size_t n = N * H;
+  if (n == 0) return;
+  SwigluBackwardKernel<<<cuda_detail::GridFor(n, kBlock), kBlock, 0, ctx.stream>>>(dinp, inp, dout, N, H);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, swiglu_backward)
 
 // All-zero bytes are +0 in both float and bf16.
 template <typename floatX>

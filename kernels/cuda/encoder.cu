@@ -50,8 +50,10 @@ __global__ void EncoderForwardKernel(floatX* out, const int32_t* tokens, const f
     const size_t bt = i / C;
     const int c = static_cast<int>(i % C);
     const int t = static_cast<int>(bt % T);
-    out[i] = FromFloat<floatX>(ToFloat(wte[static_cast<size_t>(tokens[bt]) * C + c]) +
-                               ToFloat(wpe[static_cast<size_t>(t) * C + c]));
+    const floatX e = wte[static_cast<size_t>(tokens[bt]) * C + c];
+    // No learned positions (wpe null, Llama): the embedding row itself, as the CPU twin copies it.
+    out[i] =
+        wpe == nullptr ? e : FromFloat<floatX>(ToFloat(e) + ToFloat(wpe[static_cast<size_t>(t) * C + c]));
   }
 }
 
@@ -152,10 +154,12 @@ void encoder_backward(const OpContext& ctx, float* dwte, float* dwpe, const floa
                                   " bytes of OpContext::workspace for B*T = " + std::to_string(n) +
                                   " positions, got " + std::to_string(have) +
                                   "; give the context a larger workspace");
-  const size_t wpe_elements = static_cast<size_t>(T) * C;
-  PositionGradKernel<<<cuda_detail::GridFor(wpe_elements, kChannelBlock), kChannelBlock, 0, ctx.stream>>>(
-      dwpe, dout, B, T, C);
-  FJORD_CUDA_CHECK_LAUNCH();
+  if (dwpe != nullptr) {
+    const size_t wpe_elements = static_cast<size_t>(T) * C;
+    PositionGradKernel<<<cuda_detail::GridFor(wpe_elements, kChannelBlock), kChannelBlock, 0, ctx.stream>>>(
+        dwpe, dout, B, T, C);
+    FJORD_CUDA_CHECK_LAUNCH();
+  }
 
   char* scratch = static_cast<char*>(ctx.workspace);
   const size_t list_bytes = AlignUp(sizeof(int32_t) * static_cast<size_t>(n));

@@ -1,4 +1,6 @@
-// LayerNorm on the GPU, alone or fused with the residual add that precedes it.
+// LayerNorm on the GPU, alone or fused with the residual add that precedes it, and RMSNorm (Llama)
+// with the same kernel shapes (a warp per row; dweight by 32-channel column blocks) minus the mean
+// and the bias.
 //
 // Forward and dinp: one warp per row, which suits GPT-2's C (hundreds to a few thousand): the row
 // is read with coalesced lane-strided loads, reduced with warp shuffles, and re-read from cache for
@@ -156,6 +158,62 @@ __global__ void LayerNormBackwardParamKernel(float* dweight, float* dbias, const
   }
 }
 
+template <typename floatX>
+__global__ void RmsNormForwardKernel(floatX* out, float* rstd, const floatX* inp, const floatX* weight,
+                                     size_t N, int C, float eps) {
+  const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= N) return;  // whole warps exit together
+  const floatX* x = inp + row * C;
+  float ss = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize) ss += ToFloat(x[c]) * ToFloat(x[c]);
+  const float s = 1.0f / sqrtf(WarpSum(ss) / C + eps);
+  floatX* o = out + row * C;
+  for (int c = lane; c < C; c += kWarpSize) o[c] = FromFloat<floatX>(ToFloat(x[c]) * s * ToFloat(weight[c]));
+  if (lane == 0) rstd[row] = s;
+}
+
+template <typename floatX>
+__global__ void RmsNormBackwardInputKernel(floatX* dinp, const floatX* dout, const floatX* inp,
+                                           const floatX* weight, const float* rstd, size_t N, int C) {
+  const size_t row = blockIdx.x * size_t{kRowsPerBlock} + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= N) return;
+  const floatX* x = inp + row * C;
+  const floatX* d = dout + row * C;
+  const float s = rstd[row];
+  float dnorm_norm_sum = 0.0f;
+  for (int c = lane; c < C; c += kWarpSize)
+    dnorm_norm_sum += ToFloat(weight[c]) * ToFloat(d[c]) * (ToFloat(x[c]) * s);
+  const float dnorm_norm_mean = WarpSum(dnorm_norm_sum) / C;
+  floatX* di = dinp + row * C;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float norm = ToFloat(x[c]) * s;
+    di[c] =
+        FromFloat<floatX>(ToFloat(di[c]) + (ToFloat(weight[c]) * ToFloat(d[c]) - norm * dnorm_norm_mean) * s);
+  }
+}
+
+// blockDim = (32, kColumnRows); block b owns channels [32 b, 32 b + 32).
+template <typename floatX>
+__global__ void RmsNormBackwardParamKernel(float* dweight, const floatX* dout, const floatX* inp,
+                                           const float* rstd, size_t N, int C) {
+  __shared__ float dw_part[kColumnRows][kWarpSize + 1];
+  const int c = blockIdx.x * kWarpSize + threadIdx.x;
+  float dw = 0.0f;
+  if (c < C) {
+    for (size_t r = threadIdx.y; r < N; r += kColumnRows)
+      dw += ToFloat(inp[r * C + c]) * rstd[r] * ToFloat(dout[r * C + c]);
+  }
+  dw_part[threadIdx.y][threadIdx.x] = dw;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float dw_total = 0.0f;
+    for (int y = 0; y < kColumnRows; ++y) dw_total += dw_part[y][threadIdx.x];
+    dweight[c] += dw_total;
+  }
+}
+
 unsigned int RowBlocks(size_t N) {
   return static_cast<unsigned int>((N + kRowsPerBlock - 1) / kRowsPerBlock);
 }
@@ -197,5 +255,29 @@ void layernorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, floa
   FJORD_CUDA_CHECK_LAUNCH();
 }
 FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, layernorm_backward)
+
+template <typename floatX>
+void rmsnorm_forward(const OpContext& ctx, floatX* out, float* rstd, const floatX* inp, const floatX* weight,
+                     size_t N, int C, float eps) {
+  if (N == 0) return;
+  RmsNormForwardKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(out, rstd, inp, weight, N,
+                                                                                   C, eps);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, rmsnorm_forward)
+
+template <typename floatX>
+void rmsnorm_backward(const OpContext& ctx, floatX* dinp, float* dweight, const floatX* dout,
+                      const floatX* inp, const floatX* weight, const float* rstd, size_t N, int C) {
+  if (N == 0) return;
+  RmsNormBackwardInputKernel<<<RowBlocks(N), kRowsPerBlock * kWarpSize, 0, ctx.stream>>>(dinp, dout, inp,
+                                                                                         weight, rstd, N, C);
+  FJORD_CUDA_CHECK_LAUNCH();
+  const unsigned int column_blocks = static_cast<unsigned int>((C + kWarpSize - 1) / kWarpSize);
+  RmsNormBackwardParamKernel<<<column_blocks, dim3(kWarpSize, kColumnRows), 0, ctx.stream>>>(dweight, dout,
+                                                                                             inp, rstd, N, C);
+  FJORD_CUDA_CHECK_LAUNCH();
+}
+FJORD_INSTANTIATE_MODEL_OP(fjord::cuda, rmsnorm_backward)
 
 }  // namespace fjord::cuda

@@ -4,6 +4,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -190,6 +191,27 @@ StatusOr<proto::Inventory> ParseInventory(std::string_view text, const std::stri
         errors.push_back(FieldLocation(source, t, tp, "allowed_jurisdictions", k) + ": tenant \"" + tp.id() +
                          "\": allowed_jurisdictions \"" + tp.allowed_jurisdictions(k) + "\" " + p);
       }
+    }
+  }
+  std::set<std::string> energy_sites;
+  for (int i = 0; i < inv.site_energy_size(); ++i) {
+    const proto::SiteEnergy& se = inv.site_energy(i);
+    const std::string block = FieldLocation(source, &tree, inv, "site_energy", i);
+    if (!IsValidSiteName(se.site())) {
+      errors.push_back(block + ": site_energy: site \"" + se.site() +
+                       "\" is missing or not a site name (1 to 64 letters, digits, '.', '_', '-')");
+    } else if (!energy_sites.insert(se.site()).second) {
+      errors.push_back(block + ": site_energy: site \"" + se.site() +
+                       "\" is declared twice; give each site one declaration");
+    }
+    if (!std::isfinite(se.emission_factor_g_per_kwh())) {
+      errors.push_back(block + ": site_energy: emission_factor_g_per_kwh of site \"" + se.site() +
+                       "\" is not a number: give grams CO2e per kWh, or leave it out (not declared)");
+    }
+    if (se.source().empty() && se.emission_factor_g_per_kwh() < 0) {
+      errors.push_back(block + ": site_energy: site \"" + se.site() +
+                       "\" declares neither a source nor an emission_factor_g_per_kwh: give one, or remove "
+                       "the block");
     }
   }
   if (!errors.empty()) {

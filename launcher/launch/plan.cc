@@ -186,6 +186,19 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     for (const char* var : {"OMP_NUM_THREADS", "FJORD_TEST_HOOK"}) {
       if (GetEnv(var)) plan.argv.insert(plan.argv.end(), {"-x", var});
     }
+    // --doctor: one doctor rank on each planned node, started the way the job's ranks will be.
+    std::string hosts;
+    for (const PlacedNode& n : plan.placement.nodes) hosts += (hosts.empty() ? "" : ",") + n.address + ":1";
+    plan.doctor_argv = {options.mpirun, "-H",  hosts, "-np", std::to_string(plan.placement.nodes.size()),
+                        "--map-by",     "node"};
+    plan.doctor_argv.insert(plan.doctor_argv.end(), inventory.mpirun_arg().begin(),
+                            inventory.mpirun_arg().end());
+    if (!interfaces.empty())
+      plan.doctor_argv.insert(plan.doctor_argv.end(), {"--mca", "btl_tcp_if_include", interfaces});
+    if (GetEnv("OMP_NUM_THREADS")) plan.doctor_argv.insert(plan.doctor_argv.end(), {"-x", "OMP_NUM_THREADS"});
+    plan.doctor_argv.insert(plan.doctor_argv.end(),
+                            {fjord, "doctor", "--inventory", fs::absolute(options.inventory_path).string(),
+                             "--job", fs::absolute(options.job_path).string()});
     plan.argv.insert(plan.argv.end(), train.begin(), train.end());
     return plan;
   }

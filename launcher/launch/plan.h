@@ -21,7 +21,8 @@ struct LaunchOptions {
   int per_node = 0;  // at most this many ranks per node; 0 = the node's slots
   bool dry_run = false;
   bool slurm = false;
-  bool wait = false;  // --slurm outside an allocation: follow the submitted job to its end
+  bool wait = false;    // --slurm outside an allocation: follow the submitted job to its end
+  bool doctor = false;  // --doctor (mpirun mode): run `fjord doctor` on the planned nodes first
   // Node leases (launcher/lease.h, mpirun mode): -1 refuses when a planned node is leased by
   // another job; 0 waits for it without limit (--wait-for-nodes); N > 0 waits up to N seconds.
   int wait_for_nodes_s = -1;
@@ -59,6 +60,8 @@ struct LaunchPlan {
   std::string audit_log;
   std::string lease_dir;          // the inventory's lease_dir (launcher/lease.h)
   std::vector<std::string> argv;  // the command (mpirun / srun); empty for kSbatch
+  // kMpirun: `fjord doctor` on every planned node, one rank each, over the job's interface (--doctor).
+  std::vector<std::string> doctor_argv;
   std::string hostfile_text;
   std::string sbatch_text;
   // Slurm (kSbatch, kSrun). nodes_from_slurm: the inventory has a slurm { } block and no nodes, so

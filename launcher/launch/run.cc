@@ -370,8 +370,38 @@ int RunLaunch(const LaunchOptions& options) {
   std::fputs(DescribePlan(plan, options).c_str(), stdout);
   if (options.dry_run) {
     if (plan.mode == LaunchMode::kMpirun) std::fputs(DescribeLeases(plan).c_str(), stdout);
+    if (options.doctor && plan.mode == LaunchMode::kMpirun) {
+      std::printf("fjord launch: doctor (before the job): %s\n", CommandLine(plan.doctor_argv).c_str());
+    }
     std::printf("fjord launch: dry run: nothing was written or started\n");
     return 0;
+  }
+  if (options.doctor) {
+    if (plan.mode != LaunchMode::kMpirun) {
+      return fail(
+          InvalidArgument("--doctor runs fjord doctor through mpirun on the planned nodes; under --slurm "
+                          "run `srun fjord doctor` in an allocation instead"));
+    }
+    std::printf("fjord launch: doctor: %s\n", CommandLine(plan.doctor_argv).c_str());
+    std::fflush(stdout);
+    const int code = RunChild(plan.doctor_argv);
+    if (code != 0) {
+      const std::string message =
+          "fjord doctor found a FAIL on the planned nodes (exit " + std::to_string(code) +
+          ", table above): the job was not started. Fix the node(s) the table names, or "
+          "take them out of the inventory, and launch again";
+      if (StatusOr<std::unique_ptr<AuditLog>> audit =
+              AuditLog::Open(plan.audit_log, "launch@" + ThisHostname());
+          audit.ok()) {
+        (void)(*audit)->Append("launch_refused", AuditRecord()
+                                                     .Str("tenant", plan.policy.tenant)
+                                                     .Str("job_sha256", plan.job_digest)
+                                                     .Str("inventory", options.inventory_path)
+                                                     .Int("ranks", options.np)
+                                                     .Str("message", message));
+      }
+      return fail(FailedPrecondition(message));
+    }
   }
   const std::string launch_id = NewLaunchId();
   // A node runs one job at a time: without Slurm, every planned node's lease is held while mpirun
@@ -465,6 +495,7 @@ void AddLaunchCommand(CLI::App& app) {
                  1'000'000);
   c->add_option("--set", o.overrides, "override a field of the job spec")->type_name("PATH=VALUE");
   c->add_flag("--dry-run", o.dry_run, "print the plan and the command; start nothing");
+  c->add_flag("--doctor", o.doctor, "run fjord doctor on the planned nodes first; any FAIL stops the launch");
   c->add_flag("--wait-for-nodes", a->wait_for_nodes,
               "wait for nodes leased by another job (alone: without limit; =SECONDS: at most that long)")
       ->type_name("[=SECONDS]");

@@ -9,14 +9,9 @@
 // overlap) until no ranked pair remains. Encode is "ordinary": "<|endoftext|>" in the text is
 // encoded as text; callers that separate documents append the id themselves.
 //
-// The regex is implemented by hand. \s is Unicode White_Space (as in Python's regex module);
-// \p{L} and \p{N} come from range tables that cover ASCII, Latin-1, Latin Extended-A/B and
-// Additional, IPA, Greek, Cyrillic, Armenian, Hebrew, Arabic, Devanagari, Thai, Georgian, Hangul,
-// kana and CJK ideographs, plus the common numeric forms (superscripts, fractions, circled and
-// Roman numerals, other scripts' digits). A character of another script falls into the
-// "neither letter nor number" class, so such text still round-trips exactly but may split
-// differently from GPT-2 (and so use more tokens). Bytes that are not valid UTF-8 count as one
-// character of that class each.
+// The regex runs on PCRE2 with Unicode properties (runtime/data/regex.h), as Hugging Face's
+// `tokenizers` runs it on Oniguruma; the two agree on GPT-2's real files (hf_tokenizer_test). Bytes
+// that are not valid UTF-8 match no branch and become pieces of their own.
 //
 // Decode concatenates the tokens' bytes and returns them raw (possibly invalid UTF-8 when a
 // multi-byte character is cut between tokens), so Decode(Encode(s)) == s for every byte string.
@@ -32,6 +27,22 @@
 
 namespace fjord {
 
+// GPT-2's bytes_to_unicode: byte b is written as the character Gpt2BytesToUnicode()[b] in
+// byte-level vocabularies (printable Latin-1 bytes as themselves, the other 68 from U+0100 on).
+const std::vector<char32_t>& Gpt2BytesToUnicode();
+
+// Returned by DecodeUtf8Char for a byte that does not start a valid UTF-8 sequence.
+inline constexpr char32_t kInvalidUtf8 = 0xFFFFFFFF;
+// The character at s[i]; sets *len >= 1. Malformed, overlong or surrogate sequences decode as
+// kInvalidUtf8 of length 1.
+char32_t DecodeUtf8Char(std::string_view s, size_t i, size_t* len);
+// Appends `cp` (<= U+10FFFF) to *out in UTF-8.
+void AppendUtf8Char(char32_t cp, std::string* out);
+
+// GPT-2's pre-tokenizer regex (encoder.py's; `tokenizers`' ByteLevel with use_regex).
+inline constexpr char kGpt2Pattern[] =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
 // The pre-tokenizer pieces of `text`, in order; they concatenate to `text`.
 std::vector<std::string_view> Gpt2PreTokenize(std::string_view text);
 
@@ -40,5 +51,12 @@ std::vector<std::string_view> Gpt2PreTokenize(std::string_view text);
 // LEFTRIGHT in the vocabulary. Refusals name the file and line. The result is immutable and
 // thread-safe; name() is "gpt2" and vocab_size() is N.
 StatusOr<std::unique_ptr<Tokenizer>> MakeGpt2Tokenizer(const std::string& dir);
+
+// llm.c's gpt2_tokenizer.bin (`path`, or DIR/gpt2_tokenizer.bin): a header of 256 little-endian
+// uint32 (magic 20240328, version 1 or 2, vocabulary size, end-of-text id in version 2; GPT-2's
+// 50256 in version 1), then per token a uint8 length and that many bytes. It has no merges, so the
+// tokenizer only decodes (can_encode() is false); name() is "llmc". Refusals name the file and the
+// header field or token.
+StatusOr<std::unique_ptr<Tokenizer>> MakeLlmcTokenizer(const std::string& path);
 
 }  // namespace fjord

@@ -24,7 +24,51 @@ GptConfig GptConfig::FromSpec(const proto::ModelSpec& spec) {
   c.max_seq_len = spec.seq_len();
   c.vocab_size = spec.vocab_size();
   c.padded_vocab = (spec.vocab_size() + 127) / 128 * 128;
+  c.n_kv_head = c.n_head;
+  if (spec.arch() == proto::ModelSpec::LLAMA) {
+    c.arch = Arch::kLlama;
+    if (spec.n_kv_head() > 0) c.n_kv_head = spec.n_kv_head();
+    c.intermediate_size = spec.intermediate_size();
+    c.rms_norm_eps = spec.rms_norm_eps();
+    c.rope_theta = spec.rope_theta();
+    const proto::ModelSpec::RopeScaling& r = spec.rope_scaling();
+    c.rope_llama3 = r.rope_type() == proto::ModelSpec::RopeScaling::LLAMA3;
+    c.rope_factor = r.factor();
+    c.rope_low_freq_factor = r.low_freq_factor();
+    c.rope_high_freq_factor = r.high_freq_factor();
+    c.rope_original_max_position = r.original_max_position_embeddings();
+    c.attention_bias = spec.attention_bias();
+    c.tie_embeddings = spec.tie_embeddings();
+  }
   return c;
+}
+
+std::vector<float> RopeInvFreq(const GptConfig& c) {
+  const int hs = c.head_size();
+  std::vector<float> inv(hs / 2);
+  constexpr double kPi = 3.14159265358979323846;
+  for (int i = 0; i < hs / 2; ++i) {
+    // Hugging Face: 1 / base^(arange(0, dim, 2) / dim) in fp32.
+    const float f = static_cast<float>(1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / hs));
+    if (!c.rope_llama3) {
+      inv[i] = f;
+      continue;
+    }
+    // transformers' _compute_llama3_parameters: long wavelengths divided by factor, short ones
+    // kept, the band between interpolated.
+    const double old_len = c.rope_original_max_position;
+    const double low_wavelen = old_len / c.rope_low_freq_factor;
+    const double high_wavelen = old_len / c.rope_high_freq_factor;
+    const double wavelen = 2.0 * kPi / f;
+    double scaled = wavelen > low_wavelen ? f / c.rope_factor : f;
+    if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+      const double smooth =
+          (old_len / wavelen - c.rope_low_freq_factor) / (c.rope_high_freq_factor - c.rope_low_freq_factor);
+      scaled = (1.0 - smooth) * scaled / c.rope_factor + smooth * scaled;
+    }
+    inv[i] = static_cast<float>(scaled);
+  }
+  return inv;
 }
 
 size_t ParamTensor::size() const {
@@ -33,21 +77,57 @@ size_t ParamTensor::size() const {
   return n;
 }
 
-size_t ParamLayout::Add(const std::string& name, std::vector<int> shape, bool decay) {
+size_t ParamLayout::Add(const std::string& name, std::vector<int> shape, bool decay, bool pad) {
   ParamTensor t;
   t.name = name;
   t.offset = total_;
   t.shape = std::move(shape);
   t.weight_decay = decay;
   total_ += t.size();
-  // Keep every tensor 16-float (64-byte) aligned so vector kernels never straddle tensors.
-  total_ = (total_ + 15) / 16 * 16;
+  // Keep every tensor 16-float (64-byte) aligned so vector kernels never straddle tensors (except
+  // inside a group one GEMM reads as one matrix).
+  if (pad) total_ = (total_ + 15) / 16 * 16;
   tensors_.push_back(t);
   return t.offset;
 }
 
 ParamLayout::ParamLayout(const GptConfig& c) {
   const int C = c.n_embd;
+  if (c.llama()) {
+    // Hugging Face's LlamaForCausalLM names and shapes ([out, in] matrices), embed_tokens and lm_head
+    // padded to padded_vocab rows.
+    const int hs = c.head_size(), I = c.intermediate_size;
+    const int q = c.n_head * hs, kv = c.n_kv_head * hs;
+    wte_ = Add("model.embed_tokens.weight", {c.padded_vocab, C}, true);
+    wpe_ = lnf_b_ = kNone;
+    layers_.resize(c.n_layer);
+    for (int l = 0; l < c.n_layer; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      Layer& L = layers_[l];
+      L.begin = total_;
+      L.ln1_b = L.attproj_b = L.ln2_b = L.fc_b = L.fcproj_b = L.qkv_b = kNone;
+      L.ln1_w = Add(p + "input_layernorm.weight", {C}, false);
+      L.qkv_w = Add(p + "self_attn.q_proj.weight", {q, C}, true, false);
+      Add(p + "self_attn.k_proj.weight", {kv, C}, true, false);
+      Add(p + "self_attn.v_proj.weight", {kv, C}, true);
+      if (c.attention_bias) {
+        L.qkv_b = Add(p + "self_attn.q_proj.bias", {q}, false, false);
+        Add(p + "self_attn.k_proj.bias", {kv}, false, false);
+        Add(p + "self_attn.v_proj.bias", {kv}, false);
+      }
+      L.attproj_w = Add(p + "self_attn.o_proj.weight", {C, q}, true);
+      L.ln2_w = Add(p + "post_attention_layernorm.weight", {C}, false);
+      L.fc_w = Add(p + "mlp.gate_proj.weight", {I, C}, true, false);
+      Add(p + "mlp.up_proj.weight", {I, C}, true);
+      L.fcproj_w = Add(p + "mlp.down_proj.weight", {C, I}, true);
+      L.end = total_;
+    }
+    lnf_w_ = Add("model.norm.weight", {C}, false);
+    lm_head_ = c.tie_embeddings ? wte_ : Add("lm_head.weight", {c.padded_vocab, C}, true);
+    FJORD_CHECK(total_ == ParamCount(c), "ParamCount disagrees with the Llama layout: " +
+                                             std::to_string(ParamCount(c)) + " vs " + std::to_string(total_));
+    return;
+  }
   wte_ = Add("wte.weight", {c.padded_vocab, C}, true);
   wpe_ = Add("wpe.weight", {c.max_seq_len, C}, true);
   layers_.resize(c.n_layer);
@@ -71,6 +151,7 @@ ParamLayout::ParamLayout(const GptConfig& c) {
   }
   lnf_w_ = Add("ln_f.weight", {C}, false);
   lnf_b_ = Add("ln_f.bias", {C}, false);
+  lm_head_ = wte_;
   FJORD_CHECK(total_ == ParamCount(c), "ParamCount disagrees with the layout: " +
                                            std::to_string(ParamCount(c)) + " vs " + std::to_string(total_));
 }
@@ -110,6 +191,7 @@ enum LayerAct {
   kLn1Mean,
   kLn1Rstd,
   kQkv,
+  kQkvRope,  // Llama: q and k after the rotary embedding (none for GPT-2)
   kAtty,
   kLse,
   kAttproj,
@@ -139,7 +221,30 @@ size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m
 
 size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
   const size_t C = c.n_embd;
+  if (c.llama()) {
+    switch (id) {
+      case kLn1Mean:
+      case kLn2Mean:
+        return 0;  // RMSNorm keeps rstd only
+      case kLn1Rstd:
+      case kLn2Rstd:
+        return BT;
+      case kQkv:
+      case kQkvRope:
+        return Mul(BT, c.qkv_width());
+      case kLse:
+        return Mul(B, Mul(c.n_head, BT / B));
+      case kFch:
+        return Mul(BT, Mul(2, c.intermediate_size));
+      case kFchGelu:
+        return Mul(BT, c.intermediate_size);
+      default:
+        return Mul(BT, C);
+    }
+  }
   switch (id) {
+    case kQkvRope:
+      return 0;
     case kLn1Mean:
     case kLn1Rstd:
     case kLn2Mean:
@@ -164,6 +269,7 @@ bool IsFp32Stat(LayerAct id) {
 size_t GlobalActSize(GlobalAct id, const GptConfig& c, size_t BT) {
   switch (id) {
     case kLnfMean:
+      return c.llama() ? 0 : BT;
     case kLnfRstd:
     case kLosses:
       return BT;
@@ -233,10 +339,16 @@ size_t WorkingParamBytes(const GptConfig& c, size_t n) {
   return c.precision == Precision::kBf16 ? Mul(n, sizeof(bf16)) : 0;
 }
 
-// Parameters of one transformer block (ParamLayout's, each tensor padded to 16 floats).
+// Parameters of one transformer block (ParamLayout's, each tensor or GEMM group padded to 16 floats).
 size_t LayerParams(const GptConfig& c) {
   const size_t C = c.n_embd, CC = Mul(C, C);
   const auto t = [](size_t n) { return RoundUp(n, 16); };
+  if (c.llama()) {
+    const size_t qkv = static_cast<size_t>(c.n_head + 2 * c.n_kv_head) * c.head_size();
+    const size_t I = c.intermediate_size;
+    return Add(Add(Add(Mul(2, t(C)), t(Mul(qkv, C))), Add(c.attention_bias ? t(qkv) : 0, t(CC))),
+               Add(t(Mul(2, Mul(I, C))), t(Mul(C, I))));
+  }
   return Add(Add(Add(Mul(6, t(C)), t(Mul(3, CC))), Add(t(Mul(3, C)), t(CC))),
              Add(Mul(2, t(Mul(4, CC))), t(Mul(4, C))));
 }
@@ -259,6 +371,10 @@ std::string Bytes(size_t bytes) {
 
 size_t ParamCount(const GptConfig& c) {
   const size_t C = c.n_embd;
+  if (c.llama()) {
+    const size_t embed = RoundUp(Mul(c.padded_vocab, C), 16);
+    return Add(Add(embed, c.tie_embeddings ? 0 : embed), Add(Mul(c.n_layer, LayerParams(c)), RoundUp(C, 16)));
+  }
   return Add(Add(RoundUp(Mul(c.padded_vocab, C), 16), RoundUp(Mul(c.max_seq_len, C), 16)),
              Add(Mul(c.n_layer, LayerParams(c)), Mul(2, RoundUp(C, 16))));
 }
@@ -275,9 +391,10 @@ size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size
   const size_t tokens = Mul(Mul(max_batch, max_seq), sizeof(int32_t));
   const size_t working = WorkingParamBytes(config, padded);
   const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
+  const size_t rope = config.llama() ? r(Mul(Mul(max_seq, config.head_size()), sizeof(float))) : 0;
   return Add(
       Add(Add(Mul(2, r(Mul(padded, sizeof(float)))), working > 0 ? r(working) : 0), Add(r(acts), r(dacts))),
-      Add(Mul(2, r(tokens)), r(sizeof(float))));
+      Add(Add(Mul(2, r(tokens)), r(sizeof(float))), rope));
 }
 
 Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int extra_copies, int shards,
@@ -387,6 +504,23 @@ void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
     host_params_ = HostBuffer(buffer_size_);
     host_losses_.resize(tokens);
   }
+  if (config_.llama()) {
+    // cos and sin of t * inv_freq[i] for every position: the angle in fp32 as Hugging Face forms it
+    // (position times fp32 inv_freq), its cos and sin in double rounded once.
+    const int hs = config_.head_size();
+    const std::vector<float> inv = RopeInvFreq(config_);
+    std::vector<float> table(static_cast<size_t>(max_seq_) * hs);
+    for (int t = 0; t < max_seq_; ++t) {
+      for (int i = 0; i < hs / 2; ++i) {
+        const float angle = static_cast<float>(t) * inv[i];
+        table[static_cast<size_t>(t) * hs + 2 * i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        table[static_cast<size_t>(t) * hs + 2 * i + 1] =
+            static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+    }
+    rope_ = arena.Floats(table.size());
+    device_.Upload(rope_, table.data(), table.size() * sizeof(float));
+  }
 }
 
 float* Gpt::host_params() { return device_.is_cuda() ? host_params_.data() : params_; }
@@ -419,16 +553,19 @@ void Gpt::InitGpt2(uint64_t seed) {
   float* p = host_params();
   std::memset(p, 0, num_params() * sizeof(float));
   for (const ParamTensor& t : layout_.tensors()) {
-    const bool is_ln_weight = t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight");
+    const bool is_ln_weight = config_.llama()
+                                  ? t.name.find("norm.weight") != std::string::npos
+                                  : t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight");
     const bool is_bias = t.name.ends_with(".bias");
     if (is_ln_weight) {
       for (size_t i = 0; i < t.size(); ++i) p[t.offset + i] = 1.0f;
     } else if (!is_bias) {
       float std = 0.02f;
-      if (t.name.ends_with("c_proj.weight")) std *= residual_scale;
+      if (!config_.llama() && t.name.ends_with("c_proj.weight")) std *= residual_scale;
       size_t n = t.size();
       // Padded vocabulary rows stay zero: no token embeds to them and no logit reads them.
-      if (t.offset == layout_.wte()) n = static_cast<size_t>(config_.vocab_size) * config_.n_embd;
+      if (t.offset == layout_.wte() || t.offset == layout_.lm_head())
+        n = static_cast<size_t>(config_.vocab_size) * config_.n_embd;
       for (size_t i = 0; i < n; ++i) p[t.offset + i] = std * normal(rng);
     }
   }
@@ -455,8 +592,12 @@ float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
 
 template <typename floatX>
 float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
+  if (config_.llama()) {
+    ForwardLlama<floatX>(B, T);
+    return ClassifierForward<floatX>(B, T, with_targets, dloss_scale);
+  }
   const ModelOps<floatX>& ops = ops_.model<floatX>();
-  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab;
+  const int C = config_.n_embd, NH = config_.n_head;
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
   ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), P<floatX>(layout_.wpe()), B, T, C);
@@ -495,7 +636,7 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
     floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
     floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
     ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), P<floatX>(w.qkv_b), BT, C, 3 * C);
-    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH);
+    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH, NH);
     ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), P<floatX>(w.attproj_b), BT, C, C);
     ops.residual_layernorm_forward(ctx_, res2, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)),
                                    F(FJORD_LAYER_ACT(kLn2Rstd, l)), residual, attproj, P<floatX>(w.ln2_w),
@@ -507,9 +648,67 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
                                    next.bias, BT, C);
     residual = res3;
   }
+  return ClassifierForward<floatX>(B, T, with_targets, dloss_scale);
+}
+
+template <typename floatX>
+void Gpt::ForwardLlama(int B, int T) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int C = config_.n_embd, NH = config_.n_head, NKV = config_.n_kv_head, hs = config_.head_size();
+  const int I = config_.intermediate_size, QKV = config_.qkv_width();
+  const float eps = config_.rms_norm_eps;
+  const size_t BT = static_cast<size_t>(B) * T;
+  floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
+  ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), nullptr, B, T, C);
+  // The RMSNorm that reads the residual stream after `l` layers: layer l's input_layernorm, or
+  // model.norm after the last.
+  auto norm_after = [&](int l, const floatX* x) {
+    if (l < config_.n_layer) {
+      ops.rmsnorm_forward(ctx_, A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), x,
+                          P<floatX>(layout_.layer(l).ln1_w), BT, C, eps);
+    } else {
+      ops.rmsnorm_forward(ctx_, A<floatX>(FJORD_GLOBAL_ACT(kLnf)), F(FJORD_GLOBAL_ACT(kLnfRstd)), x,
+                          P<floatX>(layout_.lnf_w()), BT, C, eps);
+    }
+  };
+  norm_after(0, encoded);
+  const floatX* residual = encoded;
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const ParamLayout::Layer& w = layout_.layer(l);
+    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));
+    floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
+    floatX* qkvr = A<floatX>(FJORD_LAYER_ACT(kQkvRope, l));
+    floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
+    floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+    floatX* res2 = A<floatX>(FJORD_LAYER_ACT(kRes2, l));
+    floatX* ln2 = A<floatX>(FJORD_LAYER_ACT(kLn2, l));
+    floatX* fch = A<floatX>(FJORD_LAYER_ACT(kFch, l));
+    floatX* fch_act = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+    floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
+    ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), POpt<floatX>(w.qkv_b), BT, C, QKV);
+    ops.rope_forward(ctx_, qkvr, qkv, rope_, B, T, NH, NKV, hs);
+    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkvr, B, T, C, NH, NKV);
+    ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), nullptr, BT, C, C);
+    ops.residual_forward(ctx_, res2, residual, attproj, BT * C);
+    ops.rmsnorm_forward(ctx_, ln2, F(FJORD_LAYER_ACT(kLn2Rstd, l)), res2, P<floatX>(w.ln2_w), BT, C, eps);
+    ops.matmul_forward(ctx_, fch, ln2, P<floatX>(w.fc_w), nullptr, BT, C, 2 * I);
+    ops.swiglu_forward(ctx_, fch_act, fch, BT, I);
+    ops.matmul_forward(ctx_, fcproj, fch_act, P<floatX>(w.fcproj_w), nullptr, BT, I, C);
+    ops.residual_forward(ctx_, res3, res2, fcproj, BT * C);
+    norm_after(l + 1, res3);
+    residual = res3;
+  }
+}
+
+template <typename floatX>
+float Gpt::ClassifierForward(int B, int T, bool with_targets, float dloss_scale) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int C = config_.n_embd, V = config_.vocab_size, Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
   floatX* lnf = A<floatX>(FJORD_GLOBAL_ACT(kLnf));
   floatX* logits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
-  ops.matmul_forward(ctx_, logits, lnf, P<floatX>(layout_.wte()), nullptr, BT, C, Vp);
+  ops.matmul_forward(ctx_, logits, lnf, P<floatX>(layout_.lm_head()), nullptr, BT, C, Vp);
   if (!with_targets) return 0.0f;
 
   float* losses = F(FJORD_GLOBAL_ACT(kLosses));
@@ -536,6 +735,7 @@ void Gpt::Backward(const GradReadyFn& on_ready) {
 
 template <typename floatX>
 void Gpt::BackwardAs(const GradReadyFn& on_ready) {
+  if (config_.llama()) return BackwardLlama<floatX>(on_ready);
   const ModelOps<floatX>& ops = ops_.model<floatX>();
   const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab;
   const size_t BT = static_cast<size_t>(B) * T;
@@ -582,7 +782,8 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
     ops.matmul_backward(ctx_, datty, D(w.attproj_w), D(w.attproj_b), dattproj,
                         A<floatX>(FJORD_LAYER_ACT(kAtty, l)), P<floatX>(w.attproj_w), BT, C, C);
     ops.attention_backward(ctx_, dqkv, datty, A<floatX>(FJORD_LAYER_ACT(kQkv, l)),
-                           A<floatX>(FJORD_LAYER_ACT(kAtty, l)), F(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH);
+                           A<floatX>(FJORD_LAYER_ACT(kAtty, l)), F(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH,
+                           NH);
     ops.matmul_backward(ctx_, dln1, D(w.qkv_w), D(w.qkv_b), dqkv, A<floatX>(FJORD_LAYER_ACT(kLn1, l)),
                         P<floatX>(w.qkv_w), BT, C, 3 * C);
     ops.layernorm_backward(ctx_, dres_in, D(w.ln1_w), D(w.ln1_b), dln1, residual, P<floatX>(w.ln1_w),
@@ -591,6 +792,68 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
   }
   ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_ACT(kEncoded)),
                        tokens_, B, T, C);
+  if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
+}
+
+template <typename floatX>
+void Gpt::BackwardLlama(const GradReadyFn& on_ready) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head, NKV = config_.n_kv_head;
+  const int hs = config_.head_size(), I = config_.intermediate_size, QKV = config_.qkv_width();
+  const int Vp = config_.padded_vocab;
+  const size_t BT = static_cast<size_t>(B) * T;
+  ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), dacts_bytes_ / sizeof(floatX));
+
+  const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
+  floatX* dlnf = G<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  ops.matmul_backward(ctx_, dlnf, D(layout_.lm_head()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
+                      P<floatX>(layout_.lm_head()), BT, C, Vp);
+  const int L = config_.n_layer;
+  const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
+  ops.rmsnorm_backward(ctx_, G<floatX>(last), D(layout_.lnf_w()), dlnf, A<floatX>(last),
+                       P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfRstd)), BT, C);
+  // model.norm and, untied, lm_head (after it in the buffer) are final.
+  if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
+
+  for (int l = L - 1; l >= 0; --l) {
+    const ParamLayout::Layer& w = layout_.layer(l);
+    const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
+    floatX* dres_in = G<floatX>(in);
+    floatX* dres3 = G<floatX>(FJORD_LAYER_ACT(kRes3, l));
+    floatX* dres2 = G<floatX>(FJORD_LAYER_ACT(kRes2, l));
+    floatX* dfcproj = G<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    floatX* dfch_act = G<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+    floatX* dfch = G<floatX>(FJORD_LAYER_ACT(kFch, l));
+    floatX* dln2 = G<floatX>(FJORD_LAYER_ACT(kLn2, l));
+    floatX* dattproj = G<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+    floatX* datty = G<floatX>(FJORD_LAYER_ACT(kAtty, l));
+    floatX* dqkvr = G<floatX>(FJORD_LAYER_ACT(kQkvRope, l));
+    floatX* dqkv = G<floatX>(FJORD_LAYER_ACT(kQkv, l));
+    floatX* dln1 = G<floatX>(FJORD_LAYER_ACT(kLn1, l));
+
+    ops.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
+    ops.matmul_backward(ctx_, dfch_act, D(w.fcproj_w), nullptr, dfcproj,
+                        A<floatX>(FJORD_LAYER_ACT(kFchGelu, l)), P<floatX>(w.fcproj_w), BT, I, C);
+    ops.swiglu_backward(ctx_, dfch, A<floatX>(FJORD_LAYER_ACT(kFch, l)), dfch_act, BT, I);
+    ops.matmul_backward(ctx_, dln2, D(w.fc_w), nullptr, dfch, A<floatX>(FJORD_LAYER_ACT(kLn2, l)),
+                        P<floatX>(w.fc_w), BT, C, 2 * I);
+    ops.rmsnorm_backward(ctx_, dres2, D(w.ln2_w), dln2, A<floatX>(FJORD_LAYER_ACT(kRes2, l)),
+                         P<floatX>(w.ln2_w), F(FJORD_LAYER_ACT(kLn2Rstd, l)), BT, C);
+    ops.residual_backward(ctx_, dres_in, dattproj, dres2, BT * C);
+    ops.matmul_backward(ctx_, datty, D(w.attproj_w), nullptr, dattproj, A<floatX>(FJORD_LAYER_ACT(kAtty, l)),
+                        P<floatX>(w.attproj_w), BT, C, C);
+    ops.attention_backward(ctx_, dqkvr, datty, A<floatX>(FJORD_LAYER_ACT(kQkvRope, l)),
+                           A<floatX>(FJORD_LAYER_ACT(kAtty, l)), F(FJORD_LAYER_ACT(kLse, l)), B, T, C, NH,
+                           NKV);
+    ops.rope_backward(ctx_, dqkv, dqkvr, rope_, B, T, NH, NKV, hs);
+    ops.matmul_backward(ctx_, dln1, D(w.qkv_w), DOpt(w.qkv_b), dqkv, A<floatX>(FJORD_LAYER_ACT(kLn1, l)),
+                        P<floatX>(w.qkv_w), BT, C, QKV);
+    ops.rmsnorm_backward(ctx_, dres_in, D(w.ln1_w), dln1, A<floatX>(in), P<floatX>(w.ln1_w),
+                         F(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
+    if (on_ready) on_ready(w.begin, w.end);
+  }
+  ops.encoder_backward(ctx_, D(layout_.wte()), nullptr, G<floatX>(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B, T,
+                       C);
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }
 

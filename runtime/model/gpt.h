@@ -1,5 +1,11 @@
-// The GPT-2 model: parameter layout, activations, forward and backward, written once against
-// the backend-neutral op table of kernels/ops.h.
+// The GPT-2 model and the Llama family (GptConfig::arch): parameter layout, activations, forward
+// and backward, written once against the backend-neutral op table of kernels/ops.h.
+//
+// Llama (arch kLlama) is a branch of this class, not a second model: the same flat layer-major
+// buffer, arena, op table and callbacks, with its own layout (Hugging Face's names), activations
+// and a forward/backward of its own (ForwardLlama / BackwardLlama): RMSNorm, rotary positions
+// (rope_theta, Llama 3.1 scaling), SwiGLU, grouped-query attention, optional q/k/v biases, and an
+// untied lm_head unless tie_embeddings. docs/ARCHITECTURE.md ("The Llama family") has the reasons.
 //
 // Architecture (GPT-2 exactly): token + learned position embeddings, n_layer pre-LayerNorm
 // blocks (attention, then a 4x MLP with tanh GELU, each added to the residual stream), a final
@@ -43,6 +49,22 @@ struct GptConfig {
   int vocab_size = 0;
   int padded_vocab = 0;  // vocab_size rounded up to a multiple of 128
   Precision precision = Precision::kFp32;
+  // Llama family (job spec model.arch LLAMA); GPT-2 leaves the fields below at their defaults.
+  enum class Arch { kGpt2, kLlama };
+  Arch arch = Arch::kGpt2;
+  int n_kv_head = 0;          // key/value heads; n_head for GPT-2 and multi-head Llama
+  int intermediate_size = 0;  // SwiGLU hidden width (Llama)
+  float rms_norm_eps = 1e-5f;
+  double rope_theta = 10000.0;
+  bool rope_llama3 = false;  // Llama 3.1 frequency scaling, with the four values below
+  double rope_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
+  int rope_original_max_position = 8192;
+  bool attention_bias = false;  // q, k, v biases (Llama)
+  bool tie_embeddings = true;   // GPT-2 always; Llama when model.tie_embeddings
+  bool llama() const { return arch == Arch::kLlama; }
+  int head_size() const { return n_embd / n_head; }
+  // Width of the packed q, k, v rows: (n_head + 2 n_kv_head) head_size (3 n_embd for GPT-2).
+  int qkv_width() const { return (n_head + 2 * n_kv_head) * head_size(); }
   // CUDA, bf16: the tensor-core attention kernels (OpContext::tensor_core_attention); the
   // trainer decides (ResolveAttention in runtime/train/trainer.h). Ignored by the CPU backend.
   bool tensor_core_attention = false;
@@ -56,18 +78,29 @@ struct GptConfig {
 // layout (n_layer entries); saturating: SIZE_MAX when the count overflows size_t.
 size_t ParamCount(const GptConfig& config);
 
+// Llama: the rotary inverse frequencies inv_freq[i], i < head_size / 2, as Hugging Face computes
+// them in fp32: 1 / rope_theta^(2i / head_size), then Llama 3.1's scaling when rope_llama3.
+std::vector<float> RopeInvFreq(const GptConfig& config);
+
 // One parameter tensor inside the flat parameter buffer.
 struct ParamTensor {
-  std::string name;           // e.g. "h.3.attn.c_attn.weight" (GPT-2 naming)
+  std::string name;           // e.g. "h.3.attn.c_attn.weight" (GPT-2), "model.layers.3.mlp.up_proj.weight"
   size_t offset = 0;          // in floats, into the parameter buffer
   std::vector<int> shape;     // row-major
   bool weight_decay = false;  // AdamW decays matrices and embeddings only
   size_t size() const;
 };
 
-// Offsets (in floats) of every tensor, in layer-major forward order.
+// Offsets (in floats) of every tensor, in layer-major forward order. Each tensor starts on a
+// 16-float boundary, except that tensors one GEMM reads as one matrix follow each other without a
+// gap (Llama: q_proj, k_proj, v_proj and their biases; gate_proj, up_proj).
 class ParamLayout {
  public:
+  static constexpr size_t kNone = SIZE_MAX;  // a tensor this architecture does not have
+  // GPT-2 names / Llama names: ln1 = input_layernorm, qkv = q_proj (k_proj and v_proj follow),
+  // attproj = o_proj, ln2 = post_attention_layernorm, fc = gate_proj (up_proj follows),
+  // fcproj = down_proj. Llama has no LayerNorm biases, no o/gate/up/down biases, and q/k/v biases
+  // only with attention_bias: those offsets are kNone.
   struct Layer {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, attproj_w, attproj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
     size_t begin, end;  // [begin, end) of the whole layer
@@ -78,17 +111,19 @@ class ParamLayout {
   size_t num_params() const { return total_; }
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   const Layer& layer(int l) const { return layers_[l]; }
-  size_t wte() const { return wte_; }
-  size_t wpe() const { return wpe_; }
-  size_t lnf_w() const { return lnf_w_; }
-  size_t lnf_b() const { return lnf_b_; }
+  size_t wte() const { return wte_; }          // Llama: model.embed_tokens.weight
+  size_t wpe() const { return wpe_; }          // Llama: kNone
+  size_t lnf_w() const { return lnf_w_; }      // Llama: model.norm.weight
+  size_t lnf_b() const { return lnf_b_; }      // Llama: kNone
+  size_t lm_head() const { return lm_head_; }  // the classifier: wte() when tied, else lm_head.weight
 
  private:
-  size_t Add(const std::string& name, std::vector<int> shape, bool decay);
+  // pad = false: the next tensor follows without a gap (one GEMM reads both).
+  size_t Add(const std::string& name, std::vector<int> shape, bool decay, bool pad = true);
 
   std::vector<ParamTensor> tensors_;
   std::vector<Layer> layers_;
-  size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
+  size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0, lm_head_ = 0;
   size_t total_ = 0;
 };
 
@@ -168,6 +203,8 @@ class Gpt {
   // GPT-2 initialisation from `seed`: N(0, 0.02) for matrices and embeddings, residual
   // projections scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm weights; padded
   // vocabulary rows zero. The same values on every device (drawn on the host, then uploaded).
+  // Llama: Hugging Face's (initializer_range 0.02): N(0, 0.02) for every matrix and embedding, zero
+  // biases, unit RMSNorm weights, padded rows zero.
   void InitGpt2(uint64_t seed);
 
   // Runs the model on host tokens[B*T] (B <= max_batch, T <= max_seq). With host targets[B*T] it
@@ -236,10 +273,23 @@ class Gpt {
     return static_cast<floatX*>(working_params_) + offset;
   }
   float* D(size_t offset) { return grads_ + offset; }
+  // An optional parameter tensor (a Llama bias): null when the layout has none.
+  template <typename floatX>
+  const floatX* POpt(size_t offset) {
+    return offset == ParamLayout::kNone ? nullptr : P<floatX>(offset);
+  }
+  float* DOpt(size_t offset) { return offset == ParamLayout::kNone ? nullptr : D(offset); }
   template <typename floatX>
   float ForwardAs(int B, int T, bool with_targets, float dloss_scale);
   template <typename floatX>
   void BackwardAs(const GradReadyFn& on_ready);
+  template <typename floatX>
+  void ForwardLlama(int B, int T);
+  template <typename floatX>
+  void BackwardLlama(const GradReadyFn& on_ready);
+  // The classifier and the loss after the final norm (both architectures).
+  template <typename floatX>
+  float ClassifierForward(int B, int T, bool with_targets, float dloss_scale);
   void Allocate(Arena& arena, size_t buffer_multiple);
 
   GptConfig config_;
@@ -261,6 +311,7 @@ class Gpt {
   int32_t* tokens_ = nullptr;  // device copies of the last Forward's tokens and targets
   int32_t* targets_ = nullptr;
   float* scratch_ = nullptr;  // sum_squares' output
+  float* rope_ = nullptr;     // Llama: cos, sin of each position and frequency [max_seq, hs/2, 2]
   HostBuffer host_params_;    // CUDA only: the host mirror
   std::vector<float> host_losses_;
   std::vector<size_t> act_offsets_;  // bytes, see ActOffsets in gpt.cc

@@ -11,7 +11,11 @@
 namespace fjord {
 
 double ModelFlopsPerToken(const GptConfig& config, int seq_len) {
-  const double n = static_cast<double>(ParamCount(config));
+  double n = static_cast<double>(ParamCount(config));
+  // An untied input embedding (Llama's model.embed_tokens) is a row lookup, not a matmul; the
+  // classifier (lm_head) is counted in n either way.
+  if (config.llama() && !config.tie_embeddings)
+    n -= static_cast<double>((static_cast<size_t>(config.padded_vocab) * config.n_embd + 15) / 16 * 16);
   return 6.0 * n + 6.0 * config.n_layer * static_cast<double>(config.n_embd) * seq_len;
 }
 

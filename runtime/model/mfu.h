@@ -17,6 +17,9 @@ namespace fjord {
 // L = n_layer, C = n_embd and T = `seq_len`, the training sequence length. 6 N counts the weight
 // matmuls (2 FLOPs per multiply-add, backward twice forward); 6 L C T the attention score and
 // value matmuls under the causal mask (half of PaLM's 12 L H Q T, which counts the whole T x T).
+// Llama: N is every parameter but an untied input embedding (a lookup, not a matmul), so 6 N
+// counts q/k/v at their grouped-query widths, o_proj, the three SwiGLU matrices and lm_head;
+// grouped-query attention does not change 6 L C T (every query head still scores every key).
 double ModelFlopsPerToken(const GptConfig& config, int seq_len);
 
 // Dense peak TFLOP/s of a GPU from its name as cudaGetDeviceProperties reports it (e.g.

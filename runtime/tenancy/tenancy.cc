@@ -87,16 +87,26 @@ std::string OwnershipProblem(const std::string& path, const std::string& what) {
   return "";
 }
 
-// A node file (identity, settings) and its directory: root-owned, writable by root only. `risk` says
-// what another user could do otherwise.
+// A node file (identity, settings) and its directory must be root-owned and writable by root only:
+// one refusal for each of the two that is not. `risk` says what another user could do otherwise.
+std::vector<Status> RootOnlyProblems(const std::string& path, const std::string& what,
+                                     const std::string& risk) {
+  std::vector<Status> problems;
+  for (const std::string& problem :
+       {OwnershipProblem(path, what),
+        OwnershipProblem(fs::path(path).parent_path().string(), "its directory")}) {
+    if (problem.empty()) continue;
+    problems.push_back(FailedPrecondition(
+        problem + ": another user could " + risk +
+        ". The operator must make it root-owned and writable by root only: chown root:root " + path +
+        " && chmod 644 " + path + " (and its directory: chmod 755)"));
+  }
+  return problems;
+}
+
 Status CheckRootOnly(const std::string& path, const std::string& what, const std::string& risk) {
-  std::string problem = OwnershipProblem(path, what);
-  if (problem.empty()) problem = OwnershipProblem(fs::path(path).parent_path().string(), "its directory");
-  if (problem.empty()) return OkStatus();
-  return FailedPrecondition(
-      problem + ": another user could " + risk +
-      ". The operator must make it root-owned and writable by root only: chown root:root " + path +
-      " && chmod 644 " + path);
+  std::vector<Status> problems = RootOnlyProblems(path, what, risk);
+  return problems.empty() ? OkStatus() : problems.front();
 }
 
 // stat() of `path`: nullopt with errno when it fails.
@@ -331,66 +341,163 @@ std::string NodeIdentityPath(bool* overridden) {
   return *env;
 }
 
-StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
+NodeInspection InspectNodeIdentityFile(const std::string& path, bool strict) {
+  NodeInspection r;
+  r.path = path;
   const std::string what = "node identity " + path;
-  if (strict) FJORD_RETURN_IF_ERROR(CheckHostView(path, "node identity"));
+  if (strict) {
+    if (Status view = CheckHostView(path, "node identity"); !view.ok()) r.problems.push_back(view);
+  }
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) {
-      return NotFound(what +
-                      ": no such file: this node has not been provisioned for tenant jobs; the operator "
-                      "writes it as root at provisioning (docs/SOVEREIGNTY.md, \"Node identity\")");
+      r.problems.push_back(NotFound(
+          what +
+          ": no such file: this node has not been provisioned for tenant jobs; the operator "
+          "writes it as root at provisioning (fjord node init; docs/SOVEREIGNTY.md, \"Node identity\")"));
+    } else {
+      r.problems.push_back(
+          FailedPrecondition(what + ": " + std::strerror(errno) + "; check the path and its permissions"));
     }
-    return FailedPrecondition(what + ": " + std::strerror(errno) + "; check the path and its permissions");
+    return r;
   }
-  if (!S_ISREG(st.st_mode)) return FailedPrecondition(what + " is not a regular file");
-  if (strict)
-    FJORD_RETURN_IF_ERROR(CheckRootOnly(path, "node identity", "change where this node claims to be"));
-  FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "node identity"));
+  if (!S_ISREG(st.st_mode)) {
+    r.problems.push_back(FailedPrecondition(what + " is not a regular file"));
+    return r;
+  }
+  if (strict) {
+    for (Status& s : RootOnlyProblems(path, "node identity", "change where this node claims to be"))
+      r.problems.push_back(std::move(s));
+  }
+  StatusOr<std::string> text = ReadWholeFile(path, "node identity");
+  if (!text.ok()) {
+    r.problems.push_back(text.status());
+    return r;
+  }
   LocalNode node;
   node.path = path;
   node.hostname = ThisHostname();
   pb::TextFormat::ParseInfoTree tree;
-  FJORD_RETURN_IF_ERROR(ParseTextProto(text, path, &node.identity, "proto/tenancy.proto", &tree));
+  if (Status parsed = ParseTextProto(*text, path, &node.identity, "proto/tenancy.proto", &tree);
+      !parsed.ok()) {
+    r.problems.push_back(parsed);
+    return r;
+  }
   const proto::NodeIdentity& id = node.identity;
   const char* fix = "; the operator must correct the node identity (written at provisioning)";
   if (id.hostname().empty()) {
-    return InvalidArgument(path + ": hostname is missing: write hostname: \"" + node.hostname + "\"" + fix);
+    r.problems.push_back(
+        InvalidArgument(path + ": hostname is missing: write hostname: \"" + node.hostname + "\"" + fix));
   }
   if (std::string p = JurisdictionProblem(id.jurisdiction()); !p.empty()) {
-    return InvalidArgument(FieldLocation(path, &tree, id, "jurisdiction") + ": jurisdiction " +
-                           Quoted(id.jurisdiction()) + " " + p + fix);
+    r.problems.push_back(InvalidArgument(FieldLocation(path, &tree, id, "jurisdiction") + ": jurisdiction " +
+                                         Quoted(id.jurisdiction()) + " " + p + fix));
   }
   if (!IsValidSiteName(id.site())) {
-    return InvalidArgument(FieldLocation(path, &tree, id, "site") + ": site " + Quoted(id.site()) +
-                           " is missing or not a site name (1 to 64 letters, digits, '.', '_', '-')" + fix);
+    r.problems.push_back(
+        InvalidArgument(FieldLocation(path, &tree, id, "site") + ": site " + Quoted(id.site()) +
+                        " is missing or not a site name (1 to 64 letters, digits, '.', '_', '-')" + fix));
   }
-  return node;
+  r.node = std::move(node);
+  return r;
+}
+
+StatusOr<LocalNode> ReadNodeIdentityFile(const std::string& path, bool strict) {
+  NodeInspection r = InspectNodeIdentityFile(path, strict);
+  if (!r.problems.empty()) return r.problems.front();
+  return *std::move(r.node);
+}
+
+namespace {
+
+// The hostname check of the gate: the identity must name this host (up to the first '.').
+void CheckNamesThisHost(NodeInspection& r) {
+  if (!r.node || r.node->identity.hostname().empty()) return;
+  if (ShortHostName(r.node->identity.hostname()) == ShortHostName(r.node->hostname)) return;
+  r.problems.push_back(FailedPrecondition(
+      "node identity " + r.path + " names host " + Quoted(r.node->identity.hostname()) +
+      " but this host is " + Quoted(r.node->hostname) +
+      ": the file belongs to another node (copied, or on a shared /etc); the operator must "
+      "write each node's own identity (fjord node init --jurisdiction CC --site S --force)"));
+}
+
+}  // namespace
+
+NodeInspection InspectNodeIdentity() {
+  bool overridden = false;
+  const std::string path = NodeIdentityPath(&overridden);
+  NodeInspection r;
+  r.path = path;
+  r.overridden = overridden;
+  if (overridden) {
+    if (Status allowed = CheckTestOverrides(); !allowed.ok()) {
+      r.problems.push_back(allowed);
+      return r;  // the override's file is not even read
+    }
+    if (path.find("%n") != std::string::npos) {
+      r.problems.push_back(
+          FailedPrecondition("FJORD_NODE_IDENTITY (a test override) is " + Quoted(path) +
+                             ": %n stands for the Slurm node name, but SLURMD_NODENAME is not set; %n works "
+                             "only in processes started by slurmd (srun, sbatch)"));
+      return r;
+    }
+  }
+  NodeInspection file = InspectNodeIdentityFile(path, /*strict=*/!overridden);
+  for (Status& s : file.problems) {
+    r.problems.push_back(overridden ? s.WithContext("FJORD_NODE_IDENTITY (a test override)") : std::move(s));
+  }
+  r.node = std::move(file.node);
+  if (r.node) r.node->overridden = overridden;
+  CheckNamesThisHost(r);
+  return r;
+}
+
+NodeInspection InspectNodeIdentityAt(const std::string& path) {
+  NodeInspection r = InspectNodeIdentityFile(path, /*strict=*/true);
+  CheckNamesThisHost(r);
+  return r;
+}
+
+std::string UnprivilegedUserNamespacesWarning() {
+  auto read_int = [](const char* file) -> std::optional<long long> {
+    std::ifstream in(file);
+    long long v;
+    if (in >> v) return v;
+    return std::nullopt;
+  };
+  const std::optional<long long> max_ns = read_int("/proc/sys/user/max_user_namespaces");
+  const std::optional<long long> clone = read_int("/proc/sys/kernel/unprivileged_userns_clone");  // Debian
+  if (!max_ns || *max_ns == 0 || (clone && *clone == 0)) return "";
+  return "unprivileged user namespaces are enabled (user.max_user_namespaces = " + std::to_string(*max_ns) +
+         "): the gate refuses ranks inside one, but a tenant node should not offer them; as root: "
+         "sysctl -w user.max_user_namespaces=0, and the same in /etc/sysctl.d/ "
+         "(docs/SOVEREIGNTY.md, \"Node identity\")";
+}
+
+std::vector<std::string> NodeTrustWarnings(const NodeInspection& inspection, bool user_namespaces) {
+  std::vector<std::string> warnings;
+  if (inspection.overridden) {
+    warnings.push_back(
+        "the identity comes from FJORD_NODE_IDENTITY, a test override (recorded in every artefact "
+        "it touches); ranks of a production node read " +
+        std::string(kDefaultNodeIdentityPath) + ": unset FJORD_NODE_IDENTITY");
+  }
+  StatusOr<proto::NodeSettings> settings = ReadNodeSettings(kNodeSettingsPath);
+  if (settings.ok() && settings->allow_test_overrides()) {
+    warnings.push_back(std::string("test overrides are enabled on this node (") + kNodeSettingsPath +
+                       " says allow_test_overrides: true): any user here can choose where the node claims to "
+                       "be with FJORD_NODE_IDENTITY; on a tenant node remove that line");
+  }
+  if (user_namespaces) {
+    if (std::string w = UnprivilegedUserNamespacesWarning(); !w.empty()) warnings.push_back(w);
+  }
+  return warnings;
 }
 
 StatusOr<LocalNode> ReadNodeIdentity() {
-  bool overridden = false;
-  const std::string path = NodeIdentityPath(&overridden);
-  if (overridden) FJORD_RETURN_IF_ERROR(CheckTestOverrides());
-  if (overridden && path.find("%n") != std::string::npos) {
-    return FailedPrecondition("FJORD_NODE_IDENTITY (a test override) is " + Quoted(path) +
-                              ": %n stands for the Slurm node name, but SLURMD_NODENAME is not set; %n works "
-                              "only in processes started by slurmd (srun, sbatch)");
-  }
-  StatusOr<LocalNode> node = ReadNodeIdentityFile(path, /*strict=*/!overridden);
-  if (!node.ok()) {
-    if (overridden) return node.status().WithContext("FJORD_NODE_IDENTITY (a test override)");
-    return node.status();
-  }
-  node->overridden = overridden;
-  if (ShortHostName(node->identity.hostname()) != ShortHostName(node->hostname)) {
-    return FailedPrecondition(
-        "node identity " + path + " names host " + Quoted(node->identity.hostname()) + " but this host is " +
-        Quoted(node->hostname) +
-        ": the file belongs to another node (copied, or on a shared /etc); the operator must "
-        "write each node's own identity");
-  }
-  return node;
+  NodeInspection r = InspectNodeIdentity();
+  if (!r.problems.empty()) return r.problems.front();
+  return *std::move(r.node);
 }
 
 // ---- Gate 2 ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -112,6 +113,36 @@ struct LocalNode {
 // share its hostname and /etc; each fake node gets its own file); ReadNodeIdentity refuses a path
 // still holding "%n".
 std::string NodeIdentityPath(bool* overridden);
+
+// What reading a node identity would find: the identity (when the file parses), where it came from,
+// and every reason the rank gate would refuse it, not only the first, in the order the gate checks.
+// ReadNodeIdentityFile and ReadNodeIdentity return the first of these problems; `fjord node show` and
+// `fjord doctor` print them all. One set of checks, so what they show is what the gate does.
+struct NodeInspection {
+  std::string path;
+  bool overridden = false;        // path came from FJORD_NODE_IDENTITY
+  std::optional<LocalNode> node;  // set when the file parsed (even with problems)
+  std::vector<Status> problems;   // empty: the gate accepts this identity
+};
+
+// The checks of ReadNodeIdentityFile on `path` (strict: CheckHostView, root-only file and directory),
+// all of them.
+NodeInspection InspectNodeIdentityFile(const std::string& path, bool strict);
+// The checks of ReadNodeIdentity (the rank gate's): the test override when FJORD_NODE_IDENTITY is
+// set, the file, and that it names this host.
+NodeInspection InspectNodeIdentity();
+// The strict checks and the hostname check on an identity at `path` other than the node's own (the
+// test root of `fjord node show --root`). The rank gate never reads such a path.
+NodeInspection InspectNodeIdentityAt(const std::string& path);
+
+// What weakens the gate on this node without making it refuse: an identity from a test override,
+// test overrides enabled in the node settings, unprivileged user namespaces enabled (sysctl). One
+// sentence each, with what the operator does about it; empty when none. `user_namespaces`: include
+// UnprivilegedUserNamespacesWarning().
+std::vector<std::string> NodeTrustWarnings(const NodeInspection& inspection, bool user_namespaces = true);
+// "" when unprivileged user namespaces are disabled (user.max_user_namespaces = 0, or Debian's
+// kernel.unprivileged_userns_clone = 0), else a sentence saying so and how to disable them.
+std::string UnprivilegedUserNamespacesWarning();
 
 // Reads and validates a node identity file: text format of fjord.proto.NodeIdentity with hostname,
 // jurisdiction (ISO 3166-1 alpha-2) and site. Parse errors name file:line:column. With `strict`

@@ -37,6 +37,12 @@ enum HeaderField {
   kParamsLo,
   kParamsHi,
   kStep,
+  // The Llama family (0 for GPT-2, so GPT-2 headers are those of earlier versions): arch, key/value
+  // heads, SwiGLU width, flags (1: attention_bias, 2: tie_embeddings).
+  kArch,
+  kNKvHead,
+  kIntermediate,
+  kArchFlags,
   kHeaderInts = 256
 };
 
@@ -55,6 +61,12 @@ std::vector<int32_t> MakeHeader(const Gpt& model, int step) {
   h[kParamsLo] = static_cast<int32_t>(n & 0xffffffffu);
   h[kParamsHi] = static_cast<int32_t>(n >> 32);
   h[kStep] = step;
+  if (c.llama()) {
+    h[kArch] = 1;
+    h[kNKvHead] = c.n_kv_head;
+    h[kIntermediate] = c.intermediate_size;
+    h[kArchFlags] = (c.attention_bias ? 1 : 0) | (c.tie_embeddings ? 2 : 0);
+  }
   return h;
 }
 
@@ -352,10 +364,24 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const Checkpoin
                     "): it was written by another fjord version; read it with that version");
   }
   const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
-  static const char* kNames[] = {"magic",           "version",        "model.n_layer",    "model.n_head",
-                                 "model.n_embd",    "model.seq_len",  "model.vocab_size", "padded vocab",
-                                 "parameter count", "parameter count"};
-  for (int f = kNLayer; f <= kParamsHi; ++f) {
+  static const char* kNames[] = {"magic",
+                                 "version",
+                                 "model.n_layer",
+                                 "model.n_head",
+                                 "model.n_embd",
+                                 "model.seq_len",
+                                 "model.vocab_size",
+                                 "padded vocab",
+                                 "parameter count",
+                                 "parameter count",
+                                 "step",
+                                 "model.arch (0 GPT2, 1 LLAMA)",
+                                 "model.n_kv_head",
+                                 "model.intermediate_size",
+                                 "model.attention_bias + 2 x model.tie_embeddings"};
+  // The architecture first (a GPT-2 checkpoint under a Llama job differs in everything), then the shape.
+  for (int f : {kArch, kNKvHead, kIntermediate, kArchFlags, kNLayer, kNHead, kNEmbd, kMaxSeq, kVocab,
+                kPaddedVocab, kParamsLo, kParamsHi}) {
     if (header[f] != expected[f]) {
       return FailedPrecondition(path + ": " + kNames[f] + " is " + std::to_string(header[f]) +
                                 " in the checkpoint but " + std::to_string(expected[f]) + " in the model");
@@ -380,7 +406,8 @@ Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* 
   if (!in || header[kMagic] != kModelMagic)
     return DataLoss(path + ": not a fjord optimizer state (bad header)");
   const std::vector<int32_t> expected = MakeHeader(model, header[kStep]);
-  if (!std::equal(expected.begin() + kNLayer, expected.begin() + kParamsHi + 1, header.begin() + kNLayer)) {
+  if (!std::equal(expected.begin() + kNLayer, expected.begin() + kParamsHi + 1, header.begin() + kNLayer) ||
+      !std::equal(expected.begin() + kArch, expected.begin() + kArchFlags + 1, header.begin() + kArch)) {
     return FailedPrecondition(path +
                               ": the optimizer state is for another model shape than model.bin's (its header "
                               "differs); restore the checkpoint from a copy you trust");

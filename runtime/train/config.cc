@@ -562,6 +562,8 @@ class Validator {
                                             -1, &text);
     return text;
   }
+  // Whether the job spec or a --set named `path` (its value may still equal the default).
+  bool IsSet(const std::string& path) const { return origins_.count(path) != 0; }
   Status Result() const { return errors_.empty() ? OkStatus() : InvalidArgument(Join(errors_, "\n")); }
 
  private:
@@ -578,6 +580,93 @@ class Validator {
 };
 
 bool Finite(double x) { return std::isfinite(x); }
+
+// The fields of arch LLAMA (proto/job.proto): refused on a GPT2 job when set to anything but their
+// default (the printed spec of every job holds them at their defaults), checked for LLAMA.
+void ValidateLlama(const proto::ModelSpec& m, Validator& v) {
+  const proto::ModelSpec defaults;
+  const proto::ModelSpec::RopeScaling& r = m.rope_scaling();
+  const proto::ModelSpec::RopeScaling& rd = defaults.rope_scaling();
+  if (m.arch() != proto::ModelSpec::LLAMA) {
+    const std::pair<const char*, bool> differs[] = {
+        {"model.rms_norm_eps", m.rms_norm_eps() != defaults.rms_norm_eps()},
+        {"model.rope_theta", m.rope_theta() != defaults.rope_theta()},
+        {"model.rope_scaling.rope_type", r.rope_type() != rd.rope_type()},
+        {"model.rope_scaling.factor", r.factor() != rd.factor()},
+        {"model.rope_scaling.low_freq_factor", r.low_freq_factor() != rd.low_freq_factor()},
+        {"model.rope_scaling.high_freq_factor", r.high_freq_factor() != rd.high_freq_factor()},
+        {"model.rope_scaling.original_max_position_embeddings",
+         r.original_max_position_embeddings() != rd.original_max_position_embeddings()},
+        {"model.intermediate_size", m.intermediate_size() != defaults.intermediate_size()},
+        {"model.n_kv_head", m.n_kv_head() != defaults.n_kv_head()},
+        {"model.attention_bias", m.attention_bias() != defaults.attention_bias()},
+        {"model.tie_embeddings", m.tie_embeddings() != defaults.tie_embeddings()},
+    };
+    for (const auto& [path, is_different] : differs) {
+      if (is_different && v.IsSet(path)) {
+        v.RefuseValue(path, std::string("applies to the Llama family only, but ") + v.Ref("model.arch") +
+                                " (GPT-2 has LayerNorm, learned positions, a GELU MLP, multi-head attention, "
+                                "biases and tied embeddings); set model.arch to LLAMA or remove " +
+                                path);
+      }
+    }
+    return;
+  }
+  if (m.intermediate_size() < 1) {
+    v.RefuseValue("model.intermediate_size",
+                  "must be at least 1 for model.arch LLAMA (the width of the SwiGLU MLP); set "
+                  "model.intermediate_size, e.g. 8192 as in Llama 3.2 1B or 2.75 x model.n_embd");
+  }
+  if (m.n_kv_head() < 0) {
+    v.RefuseValue("model.n_kv_head",
+                  "is negative; set model.n_kv_head to a divisor of model.n_head (grouped-query "
+                  "attention) or 0 for n_head (multi-head attention)");
+  } else if (m.n_kv_head() > 0 && m.n_head() >= 1 && m.n_head() % m.n_kv_head() != 0) {
+    v.RefuseValue("model.n_kv_head", "does not divide " + v.Ref("model.n_head") +
+                                         ": each key/value head serves n_head / n_kv_head query heads; "
+                                         "pick a divisor of model.n_head, e.g. " +
+                                         std::to_string(m.n_head() % 2 == 0 ? m.n_head() / 2 : 1));
+  }
+  if (m.n_head() >= 1 && m.n_embd() >= 1 && m.n_embd() % m.n_head() == 0 &&
+      (m.n_embd() / m.n_head()) % 2 != 0) {
+    v.RefuseValue("model.n_embd",
+                  "gives an odd head size n_embd / n_head = " + std::to_string(m.n_embd() / m.n_head()) +
+                      " with " + v.Ref("model.n_head") +
+                      ": rotary embeddings rotate pairs of channels (i, i + head_size / 2), "
+                      "so the head size must be even; pick model.n_embd and model.n_head "
+                      "with an even quotient, e.g. 64 or 128 (what the tensor-core "
+                      "attention kernels support)");
+  }
+  if (!(m.rms_norm_eps() > 0) || !Finite(m.rms_norm_eps())) {
+    v.RefuseValue("model.rms_norm_eps",
+                  "must be a positive finite number (RMSNorm's epsilon); set model.rms_norm_eps, e.g. "
+                  "1e-5 as in Llama 3");
+  }
+  if (!(m.rope_theta() > 1) || !Finite(m.rope_theta())) {
+    v.RefuseValue("model.rope_theta",
+                  "must be a finite number above 1 (the rotary base); set model.rope_theta, e.g. "
+                  "500000 as in Llama 3 or 10000 as in Llama 2");
+  }
+  if (r.rope_type() == proto::ModelSpec::RopeScaling::LLAMA3) {
+    if (!(r.factor() >= 1) || !Finite(r.factor())) {
+      v.RefuseValue("model.rope_scaling.factor",
+                    "must be a finite number >= 1 (how much longer wavelengths are stretched); set it, "
+                    "e.g. 8 as in Llama 3.1 or 32 as in Llama 3.2");
+    }
+    if (!(r.low_freq_factor() > 0) || !Finite(r.low_freq_factor()) || !Finite(r.high_freq_factor()) ||
+        !(r.high_freq_factor() > r.low_freq_factor())) {
+      v.RefuseValue("model.rope_scaling.low_freq_factor",
+                    "and " + v.Ref("model.rope_scaling.high_freq_factor") +
+                        " must be finite with 0 < low_freq_factor < high_freq_factor (the band of "
+                        "wavelengths that is interpolated); set them, e.g. 1 and 4 as in Llama 3.1");
+    }
+    if (r.original_max_position_embeddings() < 1) {
+      v.RefuseValue("model.rope_scaling.original_max_position_embeddings",
+                    "must be at least 1 (the context length the model was pre-trained with); set it, "
+                    "e.g. 8192 as in Llama 3.1");
+    }
+  }
+}
 
 Status Validate(const proto::JobSpec& job, const Origins& origins, const std::string& source) {
   Validator v(job, origins, source);
@@ -621,6 +710,8 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
         "most 65536 entries (and a model needs at least 2); set model.vocab_size to the tokenizer's size "
         "(256 for byte, 50257 for gpt2)");
   }
+
+  ValidateLlama(m, v);
 
   if (t.micro_batch() < 1) {
     v.RefuseValue("train.micro_batch",
@@ -751,6 +842,26 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
     v.RefuseValue(
         "parallel.comm_timeout",
         "is less than the communicator's resolution of 0.001 seconds; set parallel.comm_timeout, e.g. 300");
+  }
+  const proto::EnergySpec& energy = job.energy();
+  if (energy.window_steps() < 1) {
+    v.RefuseValue("energy.window_steps",
+                  "must be at least 1 (steps per energy window); set energy.window_steps, e.g. 20");
+  }
+  if (!(energy.rank_power_w() >= 0) || !Finite(energy.rank_power_w())) {
+    v.RefuseValue("energy.rank_power_w",
+                  "must be a finite number >= 0 (watts of one rank, for an estimate where no counter can be "
+                  "read); set energy.rank_power_w, or 0 for no estimate");
+  }
+  if (energy.measure() && energy.powercap_root().empty()) {
+    v.Refuse("energy.powercap_root",
+             "energy.powercap_root is empty: give the powercap directory, e.g. \"/sys/class/powercap\", "
+             "or set energy.measure: false");
+  }
+  if (energy.measure() && energy.nvml_library().empty()) {
+    v.Refuse("energy.nvml_library",
+             "energy.nvml_library is empty: give NVML's library, e.g. \"libnvidia-ml.so.1\", or set "
+             "energy.measure: false");
   }
   // Tenancy (docs/SOVEREIGNTY.md): a tenant needs a residency; residency needs a tenant.
   const std::string& tenant = job.tenant().id();

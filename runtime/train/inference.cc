@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "common/host.h"
-#include "runtime/data/bpe_tokenizer.h"
 #include "runtime/data/data.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/device/device.h"
@@ -122,7 +121,7 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
   EvalResult result;
   double sum = 0.0;
   for (int i = 0; i < batches; ++i) {
-    data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    FJORD_RETURN_IF_ERROR(data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
     sum += loaded.model->Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
   result.batches = batches;
@@ -152,17 +151,36 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
   CheckpointAccess sample_access = access;
   sample_access.use = CheckpointUse::kSample;
   FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(checkpoint, 1, 0, sample_access));
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (options.vocab_dir.empty()) {
-    tokenizer = MakeByteTokenizer();
-  } else {
-    FJORD_ASSIGN_OR_RETURN(tokenizer, MakeGpt2Tokenizer(options.vocab_dir));
+  const std::string tokenizer_name = !options.tokenizer.empty()  ? options.tokenizer
+                                     : options.vocab_dir.empty() ? "byte"
+                                                                 : "gpt2";
+  FJORD_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                         MakeTokenizer(tokenizer_name, options.vocab_dir));
+  if (!tokenizer->can_encode() && !options.prompt.empty()) {
+    return InvalidArgument("--tokenizer " + tokenizer_name +
+                           " only decodes (it has no merges), so it cannot read --prompt; sample without a "
+                           "prompt (it starts from the end-of-text token) or use --tokenizer gpt2 or hf");
   }
   if (options.on_loaded) options.on_loaded(loaded.dir);
   Gpt& model = *loaded.model;
   const GptConfig& c = model.config();
-  std::vector<int32_t> context = tokenizer->Encode(options.prompt);
-  if (context.empty()) context.push_back('\n');  // an empty prompt starts a new line
+  if (tokenizer->vocab_size() > c.vocab_size) {
+    return InvalidArgument(
+        "tokenizer \"" + tokenizer_name + "\" has " + std::to_string(tokenizer->vocab_size()) +
+        " tokens but the checkpoint's model has a vocabulary of " + std::to_string(c.vocab_size) +
+        "; sample with the tokenizer the training shards were made with");
+  }
+  std::vector<int32_t> context =
+      tokenizer->can_encode() ? tokenizer->Encode(options.prompt) : std::vector<int32_t>{};
+  if (context.empty()) {
+    if (const std::optional<int32_t> eot = tokenizer->end_of_text()) {
+      context.push_back(*eot);
+    } else {
+      context = tokenizer->Encode("\n");  // a new line
+    }
+  }
+  const size_t prompt_tokens = context.size();
+  std::string decoded;  // the decoding of the generated tokens so far
   std::mt19937_64 rng(options.seed);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::string generated;
@@ -211,7 +229,12 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
       }
     }
     context.push_back(next);
-    const std::string piece = tokenizer->Decode({next});
+    // Decoders may look at neighbouring tokens (Metaspace drops the first token's space), so the
+    // new text is what decoding all generated tokens adds to the last decoding.
+    std::string now = tokenizer->Decode(std::vector<int32_t>(context.begin() + prompt_tokens, context.end()));
+    const std::string piece =
+        now.compare(0, decoded.size(), decoded) == 0 ? now.substr(decoded.size()) : tokenizer->Decode({next});
+    decoded = std::move(now);
     generated += piece;
     if (on_text) on_text(piece);
   }

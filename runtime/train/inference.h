@@ -43,15 +43,20 @@ struct SampleOptions {
   int top_k = 0;             // 0 = the whole vocabulary
   float top_p = 1.0f;        // nucleus: sample from the smallest set of tokens with this much mass
   uint64_t seed = 1337;
-  std::string vocab_dir;  // GPT-2 BPE files (vocab.json + merges.txt); "" = byte tokenizer
+  // The tokenizer (MakeTokenizer's names) and its files; "" = gpt2 with a vocab_dir, else byte.
+  std::string tokenizer;
+  std::string vocab_dir;
   // Called with the step directory once its weights are loaded, before the first token (may be empty).
   std::function<void(const std::string& dir)> on_loaded;
 };
 
-// Generates options.tokens tokens after the prompt with the checkpoint's model and the byte
-// tokenizer (or GPT-2's BPE from options.vocab_dir), calling on_text with each piece of text as
-// it is produced. Returns the generated text (without the prompt). A tenant's checkpoint passes
-// OpenCheckpointOutsideJob with `access` first.
+// Generates options.tokens tokens after the prompt with the checkpoint's model and the tokenizer
+// of options.tokenizer / vocab_dir, calling on_text with each piece of text as it is produced
+// (the text that the new token adds to the decoding of all tokens so far, so tokenizers whose
+// decoders join tokens, such as Metaspace's, stream the same text they decode at once). An empty
+// prompt starts from the tokenizer's end-of-text token where it has one, else from "\n". A
+// decode-only tokenizer (llmc) takes no prompt. Returns the generated text (without the prompt). A tenant's
+// checkpoint passes OpenCheckpointOutsideJob with `access` first.
 StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const SampleOptions& options,
                                        const std::function<void(const std::string&)>& on_text,
                                        const CheckpointAccess& access = {});

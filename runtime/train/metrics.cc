@@ -44,6 +44,21 @@ void AppendNumber(std::string& out, const char* key, const char* format, double 
 
 }  // namespace
 
+std::string EnergyProgress(const StepMetrics& m) {
+  if (!m.energy_from_step) return "";
+  std::string out;
+  if (m.j_per_token) {
+    const bool estimated = m.energy_estimated_j && *m.energy_estimated_j > 0;
+    AppendF(out, " | J/tok %s%.4g%s", estimated ? "~" : "", *m.j_per_token, estimated ? " (est.)" : "");
+  } else if (m.energy_measured_ranks && *m.energy_measured_ranks > 0) {
+    AppendF(out, " | J/tok - (%.0f of %.0f ranks measured)", *m.energy_measured_ranks,
+            m.energy_ranks.value_or(0));
+  } else {
+    out += " | J/tok not measured";
+  }
+  return out;
+}
+
 std::string StepMetricsJson(const StepMetrics& m) {
   std::string out = "{";
   AppendF(out, "\"step\": %d", m.step);
@@ -59,6 +74,14 @@ std::string StepMetricsJson(const StepMetrics& m) {
   if (m.val_loss) AppendNumber(out, "val_loss", "%.6f", *m.val_loss);
   AppendF(out, ", \"epoch\": %llu", static_cast<unsigned long long>(m.epoch));
   if (m.skipped) out += ", \"skipped\": true";
+  if (m.tokens) AppendNumber(out, "tokens", "%.0f", *m.tokens);
+  if (m.energy_from_step) AppendNumber(out, "energy_from_step", "%.0f", *m.energy_from_step);
+  if (m.energy_ranks) AppendNumber(out, "energy_ranks", "%.0f", *m.energy_ranks);
+  if (m.energy_measured_ranks) AppendNumber(out, "energy_measured_ranks", "%.0f", *m.energy_measured_ranks);
+  if (m.energy_j) AppendNumber(out, "energy_j", "%.6f", *m.energy_j);
+  if (m.energy_estimated_j) AppendNumber(out, "energy_estimated_j", "%.6f", *m.energy_estimated_j);
+  if (m.j_per_token) AppendNumber(out, "j_per_token", "%.9g", *m.j_per_token);
+  if (m.avg_power_w) AppendNumber(out, "avg_power_w", "%.9g", *m.avg_power_w);
   out += "}\n";
   return out;
 }
@@ -76,7 +99,15 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
   static constexpr std::pair<const char*, std::optional<double> StepMetrics::*> kOptional[] = {
       {"peak_flops", &StepMetrics::peak_flops},
       {"mfu", &StepMetrics::mfu},
-      {"val_loss", &StepMetrics::val_loss}};
+      {"val_loss", &StepMetrics::val_loss},
+      {"tokens", &StepMetrics::tokens},
+      {"energy_from_step", &StepMetrics::energy_from_step},
+      {"energy_ranks", &StepMetrics::energy_ranks},
+      {"energy_measured_ranks", &StepMetrics::energy_measured_ranks},
+      {"energy_j", &StepMetrics::energy_j},
+      {"energy_estimated_j", &StepMetrics::energy_estimated_j},
+      {"j_per_token", &StepMetrics::j_per_token},
+      {"avg_power_w", &StepMetrics::avg_power_w}};
 
   FJORD_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(line, source));
   if (!doc.is_object()) {
@@ -191,8 +222,17 @@ Status MetricsSink::Record(const StepMetrics& m) {
     if (m.mfu) FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar("perf/mfu", m.step, static_cast<float>(*m.mfu)));
     if (m.val_loss)
       FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar("val/loss", m.step, static_cast<float>(*m.val_loss)));
+    const std::pair<const char*, const std::optional<double>*> energy[] = {
+        {"energy/energy_j", &m.energy_j},
+        {"energy/energy_estimated_j", &m.energy_estimated_j},
+        {"energy/j_per_token", &m.j_per_token},
+        {"energy/avg_power_w", &m.avg_power_w}};
+    for (const auto& [tag, value] : energy) {
+      if (*value) FJORD_RETURN_IF_ERROR(tensorboard_->AddScalar(tag, m.step, static_cast<float>(**value)));
+    }
     FJORD_RETURN_IF_ERROR(tensorboard_->Flush());
   }
+  if (m.energy_from_step) energy_ = EnergyProgress(m);
   if (options_.json_lines) {
     std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
@@ -211,6 +251,7 @@ void MetricsSink::PrintProgress(const StepMetrics& m) const {
   std::printf(" | lr %.2e | norm %.3f | %7.1f ms | %8.0f tok/s | MFU %s", m.lr, m.grad_norm, m.ms,
               m.tokens_per_s, FormatMfu(m.mfu.value_or(NAN)).c_str());
   if (options_.world > 1) std::printf(" | comm %.1f ms", m.exposed_comm_ms);
+  if (options_.energy) std::printf("%s", energy_.empty() ? " | J/tok -" : energy_.c_str());
   std::printf(" | eta %dm%02ds\n", static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
   std::fflush(stdout);
 }

@@ -33,6 +33,16 @@ struct StepMetrics {
   std::optional<double> val_loss;    // the steps that evaluated
   uint64_t epoch = 0;                // epoch of the step's first sequence
   bool skipped = false;              // non-finite, not applied (train.on_nonfinite: SKIP_STEP)
+  std::optional<double> tokens;      // tokens of the step, all ranks (global batch x sequence length)
+  // Energy (job spec `energy`), set on the step that closes a window: the window is steps
+  // energy_from_step .. step, summed over energy_ranks ranks (runtime/device/energy.h).
+  std::optional<double> energy_from_step;
+  std::optional<double> energy_ranks;
+  std::optional<double> energy_measured_ranks;  // ranks whose counters covered the window
+  std::optional<double> energy_j;               // joules the counters measured (when any rank did)
+  std::optional<double> energy_estimated_j;     // joules estimated (energy.rank_power_w), when any
+  std::optional<double> j_per_token;            // (measured + estimated) / the window's tokens, and
+  std::optional<double> avg_power_w;            // / its seconds: only when every rank is counted
 
   bool operator==(const StepMetrics&) const = default;
 };
@@ -40,6 +50,11 @@ struct StepMetrics {
 // `m` as one line of metrics.jsonl, newline included: keys in the order above, optional ones only
 // when set, "skipped" only when true.
 std::string StepMetricsJson(const StepMetrics& m);
+
+// The progress line's energy part for a step that closed a window: " | J/tok 0.0123", " | J/tok
+// ~0.0123 (est.)" when part of it is estimated, " | J/tok - (1 of 2 ranks measured)", or " | J/tok
+// not measured"; "" for a step that closed none.
+std::string EnergyProgress(const StepMetrics& m);
 
 // Reads a line StepMetricsJson wrote. Refuses, naming `source` and the field, a line that is not a
 // JSON object, a field it does not know or of the wrong type, and a missing required field.
@@ -54,6 +69,7 @@ class MetricsSink {
     int steps = 0;            // train.steps: the last step always prints
     int log_every = 1;        // train.log_every: progress lines every N steps (and at evaluations)
     int world = 1;            // more than one rank: the progress line shows exposed communication
+    bool energy = false;      // energy is measured (job spec energy.measure): the line shows J/tok
   };
   explicit MetricsSink(const Options& options) : options_(options) {}
 
@@ -84,6 +100,7 @@ class MetricsSink {
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::chrono::steady_clock::time_point start_;
   int start_step_ = 0;
+  std::string energy_;  // " | J/tok ..." of the last window closed
 };
 
 }  // namespace fjord

@@ -39,6 +39,15 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
   export_access.use = CheckpointUse::kExport;
   FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, export_access));
   const GptConfig config = GptConfig::FromSpec(job.model());
+  if (config.llama()) {
+    return opened.Refuse(
+        dir, CheckpointUse::kExport,
+        FailedPrecondition(
+            dir + "/job.textproto: model.arch is LLAMA, but fjord export writes GPT-2 models only "
+                  "(--format hf: GPT2LMHeadModel; llmc, llmc-bf16: llm.c's GPT-2 file); the Llama "
+                  "family's Hugging Face export is not implemented yet: use the checkpoint with fjord "
+                  "train, eval and sample"));
+  }
   // The export writes one more copy of the weights (transposed tensors, the file's buffer).
   if (Status fits = Gpt::CheckMemory(config, 1, 1, 1, 1, CpuDevice(),
                                      "export on a host with more memory, or check that " + dir +

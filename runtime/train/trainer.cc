@@ -17,16 +17,21 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "common/env.h"
+#include "common/json.h"
+#include "common/text.h"
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/pointwise_math.h"
 #include "runtime/data/data.h"
 #include "runtime/device/device.h"
+#include "runtime/device/energy.h"
 #include "runtime/model/gpt.h"
 #include "runtime/model/mfu.h"
 #include "runtime/model/optimizer.h"
+#include "runtime/tenancy/audit.h"
 #include "runtime/tenancy/tenancy.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/config.h"
@@ -83,7 +88,7 @@ StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int ba
                          std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
   float sum = 0.0f;
   for (int i = comm.rank(); i < batches; i += comm.size()) {
-    val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    FJORD_RETURN_IF_ERROR(val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
     sum += model.Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
   if (comm.size() > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum, &sum, 1, DataType::kF32, ReduceOp::kSum));
@@ -464,7 +469,8 @@ class Trainer {
                .json_lines = options.json_lines,
                .steps = job.train().steps(),
                .log_every = job.train().log_every(),
-               .world = world_}) {}
+               .world = world_,
+               .energy = job.energy().measure()}) {}
 
   Status Setup() {
     FJORD_RETURN_IF_ERROR(PlanBatch());
@@ -473,8 +479,10 @@ class Trainer {
     if (options_.dry_run) return DryRun();
     FJORD_RETURN_IF_ERROR(OpenRunDir());
     FJORD_RETURN_IF_ERROR(BuildModel());
+    FJORD_RETURN_IF_ERROR(OpenEnergy());
     train_start_ = Clock::now();
-    return Resume();
+    FJORD_RETURN_IF_ERROR(Resume());
+    return RecordDevices();
   }
 
   StatusOr<TrainResult> Run() {
@@ -483,12 +491,14 @@ class Trainer {
     hooks_ = StepHooks::FromEnvironment(rank_);
     sink_.StartClock(train_start_, start_step_);
     result_.start_step = start_step_;
+    FJORD_RETURN_IF_ERROR(StartEnergyWindow(start_step_ + 1));
     for (int step = start_step_; step < train_.steps(); ++step) {
       g_watch.step.store(step);
       FJORD_ASSIGN_OR_RETURN(StepMetrics metrics, Step(step));
       FJORD_RETURN_IF_ERROR(MaybeEvaluate(metrics));
       hooks_.BeforeStopVote(metrics.step);
       FJORD_ASSIGN_OR_RETURN(const bool stop, StopRequested());
+      FJORD_RETURN_IF_ERROR(MaybeCloseEnergyWindow(metrics, stop));
       if (lead_) FJORD_RETURN_IF_ERROR(sink_.Record(metrics));
       FJORD_RETURN_IF_ERROR(MaybeCheckpoint(metrics.step, stop));
       if (stop) {
@@ -812,7 +822,7 @@ class Trainer {
     for (int micro = 0; micro < accum_; ++micro) {
       const uint64_t first =
           step_first + (static_cast<uint64_t>(micro) * world_ + static_cast<uint64_t>(rank_)) * B_;
-      train_data_->Fill(first, B_, inputs_.data(), targets_.data());
+      FJORD_RETURN_IF_ERROR(train_data_->Fill(first, B_, inputs_.data(), targets_.data()));
       loss += model.Forward(inputs_.data(), targets_.data(), B_, T_, 1.0f / static_cast<float>(accum_));
       if (micro + 1 == accum_ && overlap_) {
         model.Backward([this](size_t begin, size_t end) { reducer_->OnReady(begin, end); });
@@ -888,7 +898,114 @@ class Trainer {
     }
     m.epoch = step_first / train_data_->sequences_per_epoch();
     m.skipped = !finite;
+    m.tokens = static_cast<double>(global_batch_) * T_;
     return m;
+  }
+
+  // Energy (job spec `energy`, runtime/device/energy.h): this rank's counters, each node's counted
+  // once. Without counters and without energy.rank_power_w the rank is "not measured".
+  Status OpenEnergy() {
+    if (!job_.energy().measure()) return OkStatus();
+    EnergyMeter::Options where;
+    where.powercap_root = job_.energy().powercap_root();
+    where.nvml_library = job_.energy().nvml_library();
+    where.gpu_slot = device_->is_cuda() ? where_.local_rank : -1;
+    energy_ = EnergyMeter::Open(where);
+    FJORD_RETURN_IF_ERROR(
+        KeepFirstOnNode(comm_, where_.host, *energy_).WithContext("sharing energy counters"));
+    if (log_) {
+      std::printf("fjord train: energy over windows of %d steps (energy.window_steps); rank 0 reads %s\n",
+                  job_.energy().window_steps(),
+                  energy_->names().empty() ? "no counter" : JoinList(energy_->names()).c_str());
+      for (const std::string& note : energy_->notes()) std::printf("fjord train: energy: %s\n", note.c_str());
+      if (!energy_->covered() && job_.energy().rank_power_w() > 0) {
+        std::printf(
+            "fjord train: energy: estimated for ranks without counters at energy.rank_power_w = %g W each\n",
+            job_.energy().rank_power_w());
+      } else if (!energy_->covered()) {
+        std::printf(
+            "fjord train: energy: not measured on ranks without counters (energy.rank_power_w gives an "
+            "estimate)\n");
+      }
+      std::fflush(stdout);
+    }
+    return OkStatus();
+  }
+
+  // Rank 0 audits every rank's host, device and energy counters (train_devices), for the training
+  // record's device-hours and energy coverage (`fjord report`); every start of the job adds one.
+  Status RecordDevices() {
+    AuditLog* audit = options_.tenancy ? options_.tenancy->audit() : nullptr;
+    std::string mine = where_.host + "\n" + device_->description();
+    if (energy_) {
+      for (size_t i = 0; i < energy_->names().size(); ++i) mine += "\n" + energy_->names()[i];
+    }
+    FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> all, AllGatherStrings(comm_, mine));
+    if (audit == nullptr) return OkStatus();
+    std::string ranks = "[";
+    for (size_t r = 0; r < all.size(); ++r) {
+      std::vector<std::string> lines;
+      std::istringstream in(all[r]);
+      for (std::string line; std::getline(in, line);) lines.push_back(line);
+      lines.resize(std::max<size_t>(lines.size(), 2));
+      const std::vector<std::string> counters(lines.begin() + 2, lines.end());
+      if (r > 0) ranks += ",";
+      ranks += "{\"rank\":" + std::to_string(r) + ",\"host\":" + JsonQuote(lines[0]) +
+               ",\"device\":" + JsonQuote(lines[1]) + ",\"energy_counters\":" + JsonQuoteList(counters) + "}";
+    }
+    const proto::EnergySpec& e = job_.energy();
+    AuditRecord record;
+    record.Int("world_size", world_)
+        .Int("start_step", start_step_)
+        .Raw("ranks", ranks + "]")
+        .Bool("energy_measure", e.measure())
+        .Int("energy_window_steps", e.window_steps())
+        .Str("energy_powercap_root", e.powercap_root())
+        .Str("energy_nvml_library", e.nvml_library())
+        .Raw("energy_rank_power_w", std::to_string(e.rank_power_w()));
+    return audit->Append("train_devices", record).status();
+  }
+
+  // The first window starts on every rank together (setup takes rank 0 longer), so that the ranks'
+  // windows span the same time.
+  Status StartEnergyWindow(int first_step) {
+    if (!energy_) return OkStatus();
+    if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.Barrier());
+    (void)energy_->Read();
+    window_start_ = Clock::now();
+    window_first_step_ = first_step;
+    return OkStatus();
+  }
+
+  // At the end of every energy.window_steps steps, the last step and a stop: the window's energy,
+  // summed over ranks (one collective), onto the metrics of the step that closes it.
+  Status MaybeCloseEnergyWindow(StepMetrics& m, bool stop) {
+    if (!energy_) return OkStatus();
+    if (m.step % job_.energy().window_steps() != 0 && m.step != train_.steps() && !stop) return OkStatus();
+    const Clock::time_point now = Clock::now();
+    const double seconds = Seconds(window_start_, now);
+    const bool was_covered = energy_->covered();
+    const std::optional<uint64_t> uj = energy_->Read();
+    if (was_covered && !energy_->covered()) {
+      std::fprintf(stderr, "fjord train: rank %d (host %s): %s\n", rank_, where_.host.c_str(),
+                   energy_->notes().back().c_str());
+    }
+    FJORD_ASSIGN_OR_RETURN(const WindowEnergy w, SumWindowEnergy(comm_, uj, energy_->covered(),
+                                                                 job_.energy().rank_power_w(), seconds));
+    const double tokens = static_cast<double>(global_batch_) * T_ * (m.step - window_first_step_ + 1);
+    m.energy_from_step = window_first_step_;
+    m.energy_ranks = w.ranks;
+    m.energy_measured_ranks = w.measured_ranks;
+    if (w.measured_ranks > 0) m.energy_j = static_cast<double>(w.measured_uj) / 1e6;
+    if (w.estimated_ranks > 0) m.energy_estimated_j = static_cast<double>(w.estimated_uj) / 1e6;
+    if (w.measured_ranks + w.estimated_ranks == w.ranks) {
+      const double joules = static_cast<double>(w.measured_uj + w.estimated_uj) / 1e6;
+      m.j_per_token = joules / tokens;
+      if (seconds > 0) m.avg_power_w = joules / seconds;
+    }
+    window_start_ = now;
+    window_first_step_ = m.step + 1;
+    return OkStatus();
   }
 
   // train.on_nonfinite: ABORT: the error, naming this rank's first non-finite gradient.
@@ -1003,6 +1120,9 @@ class Trainer {
   int start_step_ = 0;
   uint64_t start_sequence_ = 0;
   Clock::time_point train_start_;
+  std::unique_ptr<EnergyMeter> energy_;  // null: energy.measure is false
+  Clock::time_point window_start_;
+  int window_first_step_ = 1;
   StepHooks hooks_;
   TrainResult result_;
 

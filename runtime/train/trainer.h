@@ -62,7 +62,8 @@ uint64_t RoundSeed(uint64_t train_seed, int step);
 // Device::compute_capability, 0 for the CPU) at `precision`: whether the tensor-core attention
 // kernels run (GptConfig::tensor_core_attention). ATTENTION_AUTO and SIMT: false. TENSOR_CORE:
 // true where they can run (CUDA, sm_80 or newer, bf16, head size 64 or 128), else
-// FailedPrecondition saying which requirement failed and what to set instead.
+// FailedPrecondition saying which requirement failed and what to set instead. Grouped-query
+// attention (model.n_kv_head) runs on both kinds of kernels.
 StatusOr<bool> ResolveAttention(proto::ModelSpec::Attention attention, int compute_capability,
                                 Precision precision, int C, int NH);
 

@@ -151,10 +151,10 @@ void ReportModelOps(const Report& report, const fjord::ModelOps<floatX>& ops, co
   const double attn_flops = 2.0 * 2.0 * B * NH * (double(T) * (T + 1) / 2.0) * hs;
   const double attn_forward_bytes = e * (3.0 * N * C + N * C) + f * N * NH;
   report("attention_forward" + suffix, attn_forward_bytes, attn_flops,
-         [&] { ops.attention_forward(ctx, y, lse, x, B, T, C, NH); });
+         [&] { ops.attention_forward(ctx, y, lse, x, B, T, C, NH, NH); });
   const double attn_backward_bytes = e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH;
   report("attention_backward" + suffix, attn_backward_bytes, 2.5 * attn_flops,
-         [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH); });
+         [&] { ops.attention_backward(ctx, dx, z, x, y, lse, B, T, C, NH, NH); });
   report("gelu_forward" + suffix, e * 2.0 * N * 4 * C, 0, [&] { ops.gelu_forward(ctx, y, x, N * 4 * C); });
   report("gelu_backward" + suffix, e * 4.0 * N * 4 * C, 0,
          [&] { ops.gelu_backward(ctx, dx, x, y, N * 4 * C); });
@@ -180,9 +180,10 @@ void ReportTensorCoreAttention(const Report& report, const fjord::OpContext& ctx
   const double f = sizeof(float), e = sizeof(fjord::bf16), hs = C / NH;
   const double attn_flops = 2.0 * 2.0 * B * NH * (double(T) * (T + 1) / 2.0) * hs;
   report("attention_forward tc bf16", e * (3.0 * N * C + N * C) + f * N * NH, attn_flops,
-         [&] { tc::attention_forward_tc(ctx, out, lse, qkv, B, T, C, NH); });
+         [&] { tc::attention_forward_tc(ctx, out, lse, qkv, B, T, C, NH, NH); });
   report("attention_backward tc bf16", e * (3.0 * N * C + 2.0 * N * C + 3.0 * N * C) + f * N * NH,
-         2.5 * attn_flops, [&] { tc::attention_backward_tc(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH); });
+         2.5 * attn_flops,
+         [&] { tc::attention_backward_tc(ctx, dqkv, dout, qkv, out, lse, B, T, C, NH, NH); });
   for (fjord::bf16* buffer : {qkv, out, dout, dqkv}) FJORD_CUDA_CHECK(cudaFree(buffer));
 }
 

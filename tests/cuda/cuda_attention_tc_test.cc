@@ -160,9 +160,9 @@ class CudaAttentionTc : public CudaOpTest {
     DeviceBuffer<bf16> d_out(std::vector<bf16>(BT * s.C, kPoisonBf16));
     DeviceBuffer<float> d_lse(std::vector<float>(BT * s.NH, kPoison));
     if (simt)
-      cuda::attention_forward(ctx_, d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH);
+      cuda::attention_forward(ctx_, d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH, s.NH);
     else
-      attention_forward_tc(ctx_, d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH);
+      attention_forward_tc(ctx_, d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH, s.NH);
     Sync();
     *out = d_out.Download();
     *lse = d_lse.Download();
@@ -181,10 +181,10 @@ class CudaAttentionTc : public CudaOpTest {
     DeviceBuffer<float> d_lse(in.lse);
     if (simt)
       cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B,
-                               s.T, s.C, s.NH);
+                               s.T, s.C, s.NH, s.NH);
     else
       attention_backward_tc(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B, s.T,
-                            s.C, s.NH);
+                            s.C, s.NH, s.NH);
     Sync();
     return d_dqkv.Download();
   }
@@ -197,7 +197,7 @@ class CudaAttentionTc : public CudaOpTest {
     in.prior = Random<bf16>(BT * 3 * s.C, 13, -0.25f, 0.25f);
     in.out.assign(BT * s.C, kPoisonBf16);
     in.lse.assign(BT * s.NH, kPoison);
-    cpu::attention_forward(cpu_ctx, in.out.data(), in.lse.data(), in.qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu::attention_forward(cpu_ctx, in.out.data(), in.lse.data(), in.qkv.data(), s.B, s.T, s.C, s.NH, s.NH);
     return in;
   }
 
@@ -213,7 +213,7 @@ class CudaAttentionTc : public CudaOpTest {
         ref = RunBackward(s, in, true);
       else
         cpu::attention_backward(cpu_ctx_, ref.data(), in.dout.data(), in.qkv.data(), in.out.data(),
-                                in.lse.data(), s.B, s.T, s.C, s.NH);
+                                in.lse.data(), s.B, s.T, s.C, s.NH, s.NH);
       ASSERT_GT(DeltaNorm(got, in.prior), 0.0);
       const BackwardMagnitudes m = Magnitudes(s, in.qkv, in.dout, in.out, in.lse);
       std::vector<double> tol(ref.size());
@@ -238,7 +238,7 @@ class CudaAttentionTc : public CudaOpTest {
       if (against_simt)
         RunCuda(s, qkv, true, &ref, &ref_lse);
       else
-        cpu::attention_forward(cpu_ctx_, ref.data(), ref_lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+        cpu::attention_forward(cpu_ctx_, ref.data(), ref_lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NH);
       const double p_rounding = zero_q ? 0.0 : std::ldexp(MaxAbsV(qkv, s), -8);
       ExpectRoundedClose("attention_tc out", got, ref, p_rounding + kFp32Tol, kFp32Tol);
       ExpectClose("attention_tc lse", got_lse, ref_lse, kFp32Tol, kFp32Tol);
@@ -295,7 +295,7 @@ TEST_F(CudaAttentionTc, BackwardExactCase) {
     const std::vector<bf16> got = RunBackward(s, in, false);
     std::vector<bf16> ref = in.prior;
     cpu::attention_backward(cpu_ctx_, ref.data(), in.dout.data(), in.qkv.data(), in.out.data(), in.lse.data(),
-                            s.B, s.T, s.C, s.NH);
+                            s.B, s.T, s.C, s.NH, s.NH);
     ASSERT_GT(DeltaNorm(got, in.prior), 0.0);
     const BackwardMagnitudes m = Magnitudes(s, in.qkv, in.dout, in.out, in.lse);
     std::vector<double> tol(ref.size());
@@ -339,17 +339,24 @@ TEST(CudaAttentionTcContract, SupportsHeadSizes64And128Only) {
 TEST(CudaAttentionTcContract, RefusesUnsupportedCalls) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const OpContext ctx;
-  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, nullptr, 1, 1, 768, 24), "head sizes 64 and 128");
-  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, nullptr, 1, 1, 100, 3), "head sizes 64 and 128");
-  const bf16* misaligned = reinterpret_cast<const bf16*>(uintptr_t{2});
-  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, misaligned, 1, 1, 768, 12), "16-byte aligned");
-  EXPECT_DEATH(attention_backward_tc(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 768, 24),
+  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, nullptr, 1, 1, 768, 24, 24),
                "head sizes 64 and 128");
-  EXPECT_DEATH(attention_backward_tc(ctx, nullptr, nullptr, misaligned, nullptr, nullptr, 1, 1, 768, 12),
+  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, nullptr, 1, 1, 100, 3, 3),
+               "head sizes 64 and 128");
+  const bf16* misaligned = reinterpret_cast<const bf16*>(uintptr_t{2});
+  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, misaligned, 1, 1, 768, 12, 12), "16-byte aligned");
+  EXPECT_DEATH(attention_backward_tc(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 768, 24, 24),
+               "head sizes 64 and 128");
+  EXPECT_DEATH(attention_backward_tc(ctx, nullptr, nullptr, misaligned, nullptr, nullptr, 1, 1, 768, 12, 12),
                "16-byte aligned");
   bf16* misaligned_dqkv = reinterpret_cast<bf16*>(uintptr_t{2});
-  EXPECT_DEATH(attention_backward_tc(ctx, misaligned_dqkv, nullptr, nullptr, nullptr, nullptr, 1, 1, 768, 12),
-               "dqkv 4-byte aligned");
+  EXPECT_DEATH(
+      attention_backward_tc(ctx, misaligned_dqkv, nullptr, nullptr, nullptr, nullptr, 1, 1, 768, 12, 12),
+      "dqkv 4-byte aligned");
+  // Key/value heads must divide the query heads.
+  EXPECT_DEATH(attention_forward_tc(ctx, nullptr, nullptr, nullptr, 1, 1, 768, 12, 5), "NKV dividing NH");
+  EXPECT_DEATH(attention_backward_tc(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 768, 12, 5),
+               "NKV dividing NH");
 }
 
 }  // namespace

@@ -24,25 +24,29 @@ using Shape = testing::AttentionShape;
 // hs = 16, 64 (GPT-2), 128 (the limit), 24 (even, not a multiple of 32: masked channels) and 33
 // (odd: the padded shared-memory stride equals hs); T = 37, 70, 45 are not multiples of the 32-row
 // tile; T = 1 is a single row, T = 32 exactly one tile.
-const Shape kShapes[] = {{2, 37, 48, 3}, {2, 37, 192, 3}, {1, 70, 256, 2}, {2, 45, 72, 3},
-                         {1, 40, 99, 3}, {1, 1, 64, 1},   {3, 32, 64, 2}};
+// Grouped-query shapes (the last three): 8 query heads on 2 key/value heads at hs = 64 (Llama 3's
+// ratio 4:1), 6 on 3 at hs = 128, and 4 on 1 (multi-query) at hs = 24.
+const Shape kShapes[] = {{2, 37, 48, 3},     {2, 37, 192, 3},  {1, 70, 256, 2}, {2, 45, 72, 3},
+                         {1, 40, 99, 3},     {1, 1, 64, 1},    {3, 32, 64, 2},  {2, 45, 512, 8, 2},
+                         {1, 70, 768, 6, 3}, {2, 33, 96, 4, 1}};
 
 class CudaAttention : public CudaOpTest {
  protected:
   template <typename floatX>
   void CheckForward() {
     for (const Shape& s : kShapes) {
-      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
+      SCOPED_TRACE(::testing::Message()
+                   << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.kv());
       const size_t BT = size_t{1} * s.B * s.T;
       const std::vector<floatX> qkv = testing::AttentionQkv<floatX>(s, 1);
       DeviceBuffer<floatX> d_qkv(qkv);
       DeviceBuffer<floatX> d_out(std::vector<floatX>(BT * s.C, Poison<floatX>()));
       DeviceBuffer<float> d_lse(std::vector<float>(BT * s.NH, kPoison));
-      cuda::attention_forward(ctx_, d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH);
+      cuda::attention_forward(ctx_, d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH, s.kv());
       Sync();
       std::vector<floatX> out(BT * s.C, Poison<floatX>());
       std::vector<float> lse(BT * s.NH, kPoison);
-      cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+      cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.kv());
       const std::vector<floatX> got = d_out.Download();
       ASSERT_GT(testing::Norm(AsFloats(got)), 0.0);
       // Scores are hs-long float dot products of O(1) terms, so they and lse (|lse| < ~8) agree to
@@ -57,24 +61,25 @@ class CudaAttention : public CudaOpTest {
   template <typename floatX>
   void CheckBackward() {
     for (const Shape& s : kShapes) {
-      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH);
+      SCOPED_TRACE(::testing::Message()
+                   << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.kv());
       const size_t BT = size_t{1} * s.B * s.T;
       const std::vector<floatX> qkv = testing::AttentionQkv<floatX>(s, 2);
       std::vector<floatX> out(BT * s.C);
       std::vector<float> lse(BT * s.NH);
-      cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+      cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.kv());
       const std::vector<floatX> dout = Random<floatX>(BT * s.C, 3);
-      const std::vector<floatX> prior = Random<floatX>(BT * 3 * s.C, 4);
+      const std::vector<floatX> prior = Random<floatX>(BT * s.width(), 4);
 
       // Both backends start from the CPU's forward results, so only the backward passes differ.
       DeviceBuffer<floatX> d_qkv(qkv), d_out(out), d_dout(dout), d_dqkv(prior);
       DeviceBuffer<float> d_lse(lse);
       cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B,
-                               s.T, s.C, s.NH);
+                               s.T, s.C, s.NH, s.kv());
       Sync();
       std::vector<floatX> dqkv = prior;
       cpu::attention_backward(cpu_ctx_, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
-                              s.T, s.C, s.NH);
+                              s.T, s.C, s.NH, s.kv());
       const std::vector<floatX> got = d_dqkv.Download();
       const std::vector<float> got_values = AsFloats(got), prior_values = AsFloats(prior);
       std::vector<float> delta(got.size());
@@ -93,19 +98,19 @@ class CudaAttention : public CudaOpTest {
   // Every element of dqkv has one writer and sums in a fixed order: repeated calls agree bitwise.
   template <typename floatX>
   void CheckReproducible() {
-    const Shape s{2, 100, 128, 2};
+    const Shape s{2, 100, 256, 4, 2};  // grouped-query: each dk, dv sums two query heads
     const size_t BT = size_t{1} * s.B * s.T;
     const std::vector<floatX> qkv = testing::AttentionQkv<floatX>(s, 5);
     std::vector<floatX> out(BT * s.C);
     std::vector<float> lse(BT * s.NH);
-    cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu::attention_forward(cpu_ctx_, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.kv());
     DeviceBuffer<floatX> d_qkv(qkv), d_out(out), d_dout(Random<floatX>(BT * s.C, 6));
     DeviceBuffer<float> d_lse(lse);
     std::vector<float> first;
     for (int run = 0; run < 3; ++run) {
-      DeviceBuffer<floatX> d_dqkv(std::vector<floatX>(BT * 3 * s.C, FromFloat<floatX>(0.0f)));
+      DeviceBuffer<floatX> d_dqkv(std::vector<floatX>(BT * s.width(), FromFloat<floatX>(0.0f)));
       cuda::attention_backward(ctx_, d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), s.B,
-                               s.T, s.C, s.NH);
+                               s.T, s.C, s.NH, s.kv());
       Sync();
       if (run == 0) {
         first = AsFloats(d_dqkv.Download());
@@ -128,12 +133,12 @@ TEST_F(CudaAttention, Bf16BackwardIsBitwiseReproducible) { CheckReproducible<bf1
 TEST(CudaAttentionContract, RefusesHeadSizeAbove128) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const OpContext ctx;
-  EXPECT_DEATH(cuda::attention_forward<float>(ctx, nullptr, nullptr, nullptr, 1, 1, 258, 2),
+  EXPECT_DEATH(cuda::attention_forward<float>(ctx, nullptr, nullptr, nullptr, 1, 1, 258, 2, 2),
                "head sizes up to 128");
   EXPECT_DEATH(
-      cuda::attention_backward<float>(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 129, 1),
+      cuda::attention_backward<float>(ctx, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 129, 1, 1),
       "head sizes up to 128");
-  EXPECT_DEATH(cuda::attention_forward<bf16>(ctx, nullptr, nullptr, nullptr, 1, 1, 258, 2),
+  EXPECT_DEATH(cuda::attention_forward<bf16>(ctx, nullptr, nullptr, nullptr, 1, 1, 258, 2, 2),
                "head sizes up to 128");
 }
 

@@ -137,7 +137,7 @@ void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers<f
   x.layernorm_forward(ctx, A + md.ln1, S + md.ln1_mean, S + md.ln1_rstd, A + md.x0, W + md.ln1w, W + md.ln1b,
                       BT, C);
   x.matmul_forward(ctx, A + md.qkv, A + md.ln1, W + md.qkvw, W + md.qkvb, BT, C, 3 * C);
-  x.attention_forward(ctx, A + md.atty, S + md.lse, A + md.qkv, B, T, C, NH);
+  x.attention_forward(ctx, A + md.atty, S + md.lse, A + md.qkv, B, T, C, NH, NH);
   x.matmul_forward(ctx, A + md.proj, A + md.atty, W + md.projw, W + md.projb, BT, C, C);
   x.residual_forward(ctx, A + md.x1, A + md.x0, A + md.proj, BT * C);
   x.layernorm_forward(ctx, A + md.ln2, S + md.ln2_mean, S + md.ln2_rstd, A + md.x1, W + md.ln2w, W + md.ln2b,
@@ -164,7 +164,8 @@ void Step(const Ops& ops, const OpContext& ctx, const Model& md, const Buffers<f
   x.residual_backward(ctx, dA + md.dx0, dA + md.dproj, dA + md.dx1, BT * C);
   x.matmul_backward(ctx, dA + md.datty, G + md.projw, G + md.projb, dA + md.dproj, A + md.atty, W + md.projw,
                     BT, C, C);
-  x.attention_backward(ctx, dA + md.dqkv, dA + md.datty, A + md.qkv, A + md.atty, S + md.lse, B, T, C, NH);
+  x.attention_backward(ctx, dA + md.dqkv, dA + md.datty, A + md.qkv, A + md.atty, S + md.lse, B, T, C, NH,
+                       NH);
   x.matmul_backward(ctx, dA + md.dln1, G + md.qkvw, G + md.qkvb, dA + md.dqkv, A + md.ln1, W + md.qkvw, BT, C,
                     3 * C);
   x.layernorm_backward(ctx, dA + md.dx0, G + md.ln1w, G + md.ln1b, dA + md.dln1, A + md.x0, W + md.ln1w,

@@ -53,9 +53,13 @@ inline std::vector<float> AsFloats(const std::vector<bf16>& x) {
   return out;
 }
 
-// The shape of an attention op test: qkv[B, T, 3C], NH heads of C / NH channels.
+// The shape of an attention op test: NH query heads of C / NH channels and kv() key/value heads
+// (NKV; 0 means NH, multi-head), so qkv[B, T, width()] with width() = 3C for multi-head.
 struct AttentionShape {
   int B, T, C, NH;
+  int NKV = 0;
+  int kv() const { return NKV > 0 ? NKV : NH; }
+  int width() const { return (NH + 2 * kv()) * (C / NH); }
 };
 
 // qkv for shape s as floatX values: q and k in [-2, 2], so that scaled scores spread over a few
@@ -63,9 +67,11 @@ struct AttentionShape {
 // attention is uniform over the visible keys and every probability is exactly 1 before normalising.
 template <typename floatX>
 std::vector<floatX> AttentionQkv(const AttentionShape& s, uint32_t seed, bool zero_q = false) {
-  std::vector<float> qkv = RandomFloats(size_t{1} * s.B * s.T * 3 * s.C, seed);
+  const size_t W = s.width(), QK = static_cast<size_t>(s.NH + s.kv()) * (s.C / s.NH);  // q and k columns
+  std::vector<float> qkv = RandomFloats(size_t{1} * s.B * s.T * W, seed);
   for (size_t row = 0; row < size_t{1} * s.B * s.T; ++row)
-    for (int c = 0; c < 2 * s.C; ++c) qkv[row * 3 * s.C + c] *= (zero_q && c < s.C) ? 0.0f : 2.0f;
+    for (size_t c = 0; c < QK; ++c)
+      qkv[row * W + c] *= (zero_q && c < static_cast<size_t>(s.C)) ? 0.0f : 2.0f;
   return Rounded<floatX>(qkv);
 }
 

@@ -1,5 +1,7 @@
 // Causal attention against a naive double softmax(q k^T / sqrt(hs)) v, including the saved
-// log-sum-exp; backward by finite differences of that reference w.r.t. all of qkv. The bf16
+// log-sum-exp, for multi-head and grouped-query shapes (query head h reads key/value head
+// h / (NH / NKV), Hugging Face's repeat_kv, written here from that definition); backward by finite
+// differences of that reference w.r.t. all of qkv. The bf16
 // instantiation against the same forward reference and an explicit double backward formula.
 #include <gtest/gtest.h>
 
@@ -20,27 +22,37 @@ using testing::kPoisonBf16;
 const OpContext kCtx;
 
 struct Shape {
-  int B, T, C, NH;
+  int B, T, C, NH, NKV;
+  int hs() const { return C / NH; }
+  int width() const { return (NH + 2 * NKV) * hs(); }  // a qkv row
 };
 
-// hs = 4 and hs = 8; the second has rows long enough (33) for softmax to matter.
-const Shape kShapes[] = {{2, 5, 12, 3}, {1, 33, 16, 2}};
+// hs = 4 and hs = 8, multi-head; the second has rows long enough (33) for softmax to matter. Then
+// grouped-query shapes: 4 query heads on 2 key/value heads, and 6 on 1 (multi-query).
+const Shape kShapes[] = {{2, 5, 12, 3, 3}, {1, 33, 16, 2, 2}, {2, 9, 16, 4, 2}, {1, 17, 24, 6, 1}};
+
+// Offset of part (0 q, 1 k, 2 v) of query head h's data at (b, t): the k/v head is h / (NH / NKV).
+size_t At(const Shape& s, int b, int t, int part, int h) {
+  const int g = h / (s.NH / s.NKV);
+  const int head = part == 0 ? h : part == 1 ? s.NH + g : s.NH + s.NKV + g;
+  return static_cast<size_t>(b * s.T + t) * s.width() + static_cast<size_t>(head) * s.hs();
+}
 
 struct AttentionRef {
   std::vector<double> out, lse;
 };
 
 AttentionRef AttentionForwardRef(const Shape& s, const std::vector<double>& qkv) {
-  const int hs = s.C / s.NH, C3 = 3 * s.C;
+  const int hs = s.hs();
   AttentionRef r{std::vector<double>(s.B * s.T * s.C), std::vector<double>(s.B * s.NH * s.T)};
   std::vector<double> score(s.T);
   for (int b = 0; b < s.B; ++b)
     for (int h = 0; h < s.NH; ++h)
       for (int i = 0; i < s.T; ++i) {
-        const double* q = &qkv[(b * s.T + i) * C3 + h * hs];
+        const double* q = &qkv[At(s, b, i, 0, h)];
         double max = -INFINITY;
         for (int j = 0; j <= i; ++j) {
-          const double* k = &qkv[(b * s.T + j) * C3 + s.C + h * hs];
+          const double* k = &qkv[At(s, b, j, 1, h)];
           double dot = 0.0;
           for (int d = 0; d < hs; ++d) dot += q[d] * k[d];
           score[j] = dot / std::sqrt(static_cast<double>(hs));
@@ -50,8 +62,7 @@ AttentionRef AttentionForwardRef(const Shape& s, const std::vector<double>& qkv)
         for (int j = 0; j <= i; ++j) sum += std::exp(score[j] - max);
         for (int d = 0; d < hs; ++d) {
           double acc = 0.0;
-          for (int j = 0; j <= i; ++j)
-            acc += std::exp(score[j] - max) / sum * qkv[(b * s.T + j) * C3 + 2 * s.C + h * hs + d];
+          for (int j = 0; j <= i; ++j) acc += std::exp(score[j] - max) / sum * qkv[At(s, b, j, 2, h) + d];
           r.out[(b * s.T + i) * s.C + h * hs + d] = acc;
         }
         r.lse[(b * s.NH + h) * s.T + i] = max + std::log(sum);
@@ -66,10 +77,10 @@ AttentionRef AttentionForwardRef(const Shape& s, const std::vector<double>& qkv)
 // dv_j = sum_i P_ij dout_i.
 std::vector<double> AttentionBackwardRef(const Shape& s, const std::vector<double>& qkv,
                                          const std::vector<double>& dout, const std::vector<double>& out) {
-  const int hs = s.C / s.NH, C3 = 3 * s.C;
+  const int hs = s.hs();
   const double scale = 1.0 / std::sqrt(static_cast<double>(hs));
   std::vector<double> dqkv(qkv.size(), 0.0), p(s.T);
-  auto at = [&](int b, int t, int part, int h) { return (b * s.T + t) * C3 + part * s.C + h * hs; };
+  auto at = [&](int b, int t, int part, int h) { return At(s, b, t, part, h); };
   for (int b = 0; b < s.B; ++b)
     for (int h = 0; h < s.NH; ++h)
       for (int i = 0; i < s.T; ++i) {
@@ -104,14 +115,14 @@ std::vector<double> AttentionBackwardRef(const Shape& s, const std::vector<doubl
 
 // Scores of a few units, so some rows are peaked and some flat.
 std::vector<float> Qkv(const Shape& s, uint32_t seed) {
-  return testing::RandomFloats(s.B * s.T * 3 * s.C, seed, -2.0f, 2.0f);
+  return testing::RandomFloats(static_cast<size_t>(s.B) * s.T * s.width(), seed, -2.0f, 2.0f);
 }
 
 TEST(Attention, ForwardMatchesDoubleReference) {
   for (const Shape& s : kShapes) {
     const std::vector<float> qkv = Qkv(s, 1);
     std::vector<float> out(s.B * s.T * s.C, kPoison), lse(s.B * s.NH * s.T, kPoison);
-    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
     const AttentionRef ref = AttentionForwardRef(s, testing::ToDouble(qkv));
     ASSERT_GT(testing::Norm(out), 0.0);
     // Float dots over hs <= 8 terms, exp and a convex combination of O(1) values: errors of a few
@@ -126,11 +137,11 @@ TEST(Attention, BackwardMatchesFiniteDifferencesAndAccumulates) {
     const std::vector<float> qkv = Qkv(s, 2);
     const std::vector<float> dout = testing::RandomFloats(s.B * s.T * s.C, 3);
     std::vector<float> out(s.B * s.T * s.C), lse(s.B * s.NH * s.T);
-    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
     const std::vector<float> prior = testing::RandomFloats(qkv.size(), 4);
     std::vector<float> dqkv = prior;
     cpu::attention_backward(kCtx, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.C,
-                            s.NH);
+                            s.NH, s.NKV);
 
     const auto doutd = testing::ToDouble(dout);
     const auto grad = testing::NumericalGradient(
@@ -150,9 +161,9 @@ TEST(Attention, IsCausal) {
   const Shape s = kShapes[1];
   std::vector<float> qkv = Qkv(s, 5);
   std::vector<float> out1(s.B * s.T * s.C), out2(out1.size()), lse(s.B * s.NH * s.T);
-  cpu::attention_forward(kCtx, out1.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
-  for (int c = s.C; c < 3 * s.C; ++c) qkv[(s.T - 1) * 3 * s.C + c] += 1.0f;
-  cpu::attention_forward(kCtx, out2.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+  cpu::attention_forward(kCtx, out1.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
+  for (int c = s.C; c < s.width(); ++c) qkv[(s.T - 1) * s.width() + c] += 1.0f;
+  cpu::attention_forward(kCtx, out2.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
   const size_t earlier = static_cast<size_t>(s.T - 1) * s.C;
   for (size_t i = 0; i < earlier; ++i) ASSERT_EQ(out1[i], out2[i]) << "index " << i;
   bool last_changed = false;
@@ -165,7 +176,7 @@ TEST(AttentionBf16, ForwardMatchesDoubleReference) {
     const std::vector<bf16> qkv = testing::TruncateToBf16(Qkv(s, 11));
     std::vector<bf16> out(s.B * s.T * s.C, kPoisonBf16);
     std::vector<float> lse(s.B * s.NH * s.T, kPoison);
-    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
     const AttentionRef ref = AttentionForwardRef(s, testing::ToDouble(qkv));
     // The float test's fp32 bounds; out is then rounded once to bf16, lse stays fp32.
     ExpectBf16Close("attention out", out, ref.out, 2e-6, 1e-5);
@@ -179,11 +190,11 @@ TEST(AttentionBf16, BackwardMatchesDoubleFormulaAndAccumulates) {
     const std::vector<bf16> dout = testing::RandomBf16(s.B * s.T * s.C, 13);
     std::vector<bf16> out(s.B * s.T * s.C);
     std::vector<float> lse(s.B * s.NH * s.T);
-    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    cpu::attention_forward(kCtx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV);
     const std::vector<bf16> prior = testing::RandomBf16(qkv.size(), 14);
     std::vector<bf16> dqkv = prior;
     cpu::attention_backward(kCtx, dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.C,
-                            s.NH);
+                            s.NH, s.NKV);
 
     const std::vector<double> qkvd = testing::ToDouble(qkv), doutd = testing::ToDouble(dout);
     // The formula is the gradient when out is exact: check the oracle itself against finite

@@ -112,5 +112,23 @@ TEST(Encoder, BackwardIsBitwiseDeterministicAcrossThreadCounts) {
   EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0);
 }
 
+// Without learned positions (wpe null, Llama): out is the embedding row exactly, and the token
+// gradient is the one computed with positions (dwpe's sums are separate), dwpe untouched.
+TEST(Encoder, NullPositionsCopyTheEmbeddingAndSkipTheirGradient) {
+  const std::vector<int32_t> tokens = Tokens();
+  const std::vector<float> wte = testing::RandomFloats(V * C, 31),
+                           dout = testing::RandomFloats(B * T * C, 32);
+  std::vector<float> out(B * T * C, kPoison);
+  cpu::encoder_forward<float>(kCtx, out.data(), tokens.data(), wte.data(), nullptr, B, T, C);
+  std::vector<double> zeros(T * C, 0.0);
+  ExpectClose("encoder out without wpe", out, EncoderRef(tokens, testing::ToDouble(wte), zeros), 0, 0);
+  const std::vector<float> prior = testing::RandomFloats(V * C, 33);
+  std::vector<float> with = prior, without = prior, dwpe(T * C, 0.0f);
+  cpu::encoder_backward(kCtx, with.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
+  cpu::encoder_backward<float>(kCtx, without.data(), nullptr, dout.data(), tokens.data(), B, T, C);
+  testing::ExpectSameBits("dwte without dwpe", without, with);
+  ASSERT_GT(testing::Norm(dwpe), 0.0);
+}
+
 }  // namespace
 }  // namespace fjord

@@ -45,7 +45,8 @@ class CheckpointTest : public ::testing::Test {
     std::string text;
     while (text.size() < 20000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
-    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data"));
+    // One line, one document: no validation split (prep takes whole documents for it).
+    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data") + " --val-fraction 0");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(dir_ / "job.textproto")
         << "model { n_layer: 2 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"

@@ -71,6 +71,47 @@ TEST(MfuTest, Gpt2SmallMatchesLlmc) {
   EXPECT_EQ(ModelFlopsPerToken(config, 1024), 6.0 * 124475904 + 6.0 * 12 * 768 * 1024);
 }
 
+// Llama: the matmuls of grouped-query attention (k and v at n_kv_head heads), the three SwiGLU
+// matrices and an untied lm_head; the input embedding is a lookup and does not count, RMSNorm
+// weights and (attention_bias) q/k/v biases count as parameters. Attention's score and value
+// matmuls are GPT-2's: every query head scores every visible key.
+TEST(MfuTest, LlamaFlopsPerTokenMatchesACountOfTheMatmuls) {
+  struct Case {
+    int L, H, KV, C, I, T_max, V, T;
+    bool bias, tied;
+  } cases[] = {{2, 4, 2, 64, 176, 64, 256, 48, false, false},
+               {3, 8, 2, 128, 352, 128, 1000, 96, true, false},
+               {1, 4, 4, 64, 160, 32, 300, 32, false, true}};
+  for (const Case& k : cases) {
+    proto::ModelSpec spec;
+    spec.set_arch(proto::ModelSpec::LLAMA);
+    spec.set_n_layer(k.L);
+    spec.set_n_head(k.H);
+    spec.set_n_kv_head(k.KV);
+    spec.set_n_embd(k.C);
+    spec.set_intermediate_size(k.I);
+    spec.set_seq_len(k.T_max);
+    spec.set_vocab_size(k.V);
+    spec.set_attention_bias(k.bias);
+    spec.set_tie_embeddings(k.tied);
+    const GptConfig config = GptConfig::FromSpec(spec);
+    const double d = k.C, kv = static_cast<double>(k.KV) * (k.C / k.H), I = k.I;
+    double macs = 0, attention = 0, other = 0;
+    for (int l = 0; l < k.L; ++l) {
+      macs += d * d + 2 * d * kv + d * d;  // q, k, v, o
+      macs += 2 * d * I + I * d;           // gate, up, down
+      double sum = 0;
+      for (int t = 0; t < k.T; ++t) sum += 2.0 * (t + 1) * k.C;
+      attention += sum / k.T;
+      other += 2 * d + (k.bias ? d + 2 * kv : 0.0);  // two RMSNorms, q/k/v biases
+    }
+    macs += d * config.padded_vocab;  // lm_head (or the tied embedding as the classifier)
+    other += d;                       // model.norm
+    const double expected = 6.0 * (macs + other) + 6.0 * attention - 6.0 * k.L * k.C;
+    EXPECT_EQ(ModelFlopsPerToken(config, k.T), expected) << k.L << " " << k.C << " " << k.T;
+  }
+}
+
 TEST(MfuTest, GpuRankPeakFromTheDeviceOrTheJob) {
   proto::JobSpec job;
   const RankPeak h100 = GpuRankPeak(job, "cuda:0 NVIDIA H100 80GB HBM3 (0000:19:00.0, sm_90, 79.1 GiB)");

@@ -160,6 +160,35 @@ TEST_F(CliGatesTest, PrepWritesTheManifestAndSaysSo) {
   EXPECT_THAT(r.output, HasSubstr("--tenant acme needs --jurisdiction CC"));
 }
 
+// A tenant prep killed half-way (issue 23): the shards on disk are whole (each was renamed into
+// place complete), no manifest lists them (it is written last), so the tenant's job refuses the
+// set until a prep completes.
+TEST_F(CliGatesTest, KilledPrepLeavesWholeShardsAndNoManifest) {
+  std::string text;
+  for (int i = 0; text.size() < (40u << 20); ++i) text += "acme line " + std::to_string(i) + "\n";
+  WriteText(Path("big.txt"), text);
+  const RunResult r = Shell(
+      "FJORD_NODE_IDENTITY=" + identity_ + " " + std::string(FJORD_BINARY) + " prep --input " +
+      Path("big.txt") + " --out " + Path("killed") +
+      " --tenant acme --jurisdiction NO --shard-tokens 20000 --threads 1 --quiet & p=$!; "
+      "for i in $(seq 1200); do [ -e " +
+      Path("killed/train_000003.bin") + " ] && break; sleep 0.05; done; kill -9 $p; wait $p; echo exit=$?");
+  EXPECT_THAT(r.output, HasSubstr("exit=137")) << "prep finished before it was killed: " << r.output;
+  EXPECT_FALSE(fs::exists(Path("killed/manifest.textproto")));
+  int shards = 0;
+  for (const auto& e : fs::directory_iterator(Path("killed"))) {
+    const std::string name = e.path().filename().string();
+    if (name.size() < 4 || name.compare(name.size() - 4, 4, ".bin") != 0) continue;  // a .tmp. file
+    const std::string bytes = ReadText(e.path().string());
+    ASSERT_EQ(bytes.size(), 1024u + 2 * 20000) << name << " is not a whole shard";
+    ++shards;
+  }
+  EXPECT_GE(shards, 4);
+  RunResult t = Fjord("train " + Job("job.textproto", "acme", "killed"));
+  EXPECT_EQ(t.exit_code, 1) << t.output;
+  EXPECT_THAT(t.output, HasSubstr("has no manifest"));
+}
+
 TEST_F(CliGatesTest, TrainRefusesUnmanifestedAndForeignDataBeforeReadingIt) {
   Prep("plain", "");
   RunResult r = Fjord("train " + Job("job.textproto", "acme", "plain"));

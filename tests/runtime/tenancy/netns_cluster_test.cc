@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "runtime/tenancy/audit.h"
@@ -390,6 +391,89 @@ TEST_F(NetnsLeaseTest, TwoTenantsWaitingForNodesRunOneAfterTheOtherCli) {
     EXPECT_TRUE(VerifyAuditLog(Log(i))->ok);
   }
   EXPECT_LE(TimeOf(first, "job_end"), TimeOf(waited, "job_start"));
+}
+
+// ---- fjord doctor across hosts (launcher/doctor.h) ---------------------------------------------
+
+// The identity of host `host` replaced by another host's for the life of this object (the cluster is
+// shared by the tests, one at a time: the original is put back).
+class SwappedIdentity {
+ public:
+  SwappedIdentity(const std::string& host, const std::string& with)
+      : path_(kCluster->state() + "/hosts/" + host + "/node.textproto"), saved_(ReadText(path_)) {
+    WriteText(path_, ReadText(kCluster->state() + "/hosts/" + with + "/node.textproto"));
+  }
+  ~SwappedIdentity() { WriteText(path_, saved_); }
+
+ private:
+  std::string path_, saved_;
+};
+
+// The table's rows of `host`: lines that start with it.
+std::vector<std::string> RowsOf(const std::string& table, const std::string& host) {
+  std::vector<std::string> rows;
+  std::istringstream in(table);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(host + " ", 0) == 0) rows.push_back(line);
+  }
+  return rows;
+}
+
+TEST_F(NetnsTest, DoctorUnderMpirunReportsEveryNodeAndFailsTheOneWithAnotherHostsIdentityCli) {
+  RunResult r;
+  {
+    SwappedIdentity broken("no2", "no1");
+    r = On("head", std::string(FJORD_MPIEXEC) + " -H 10.213.0.11,10.213.0.12,10.213.0.13 -np 3 " +
+                       FJORD_BINARY + " doctor --inventory " + Inventory());
+  }
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  // One table, printed by rank 0, with every node's rows.
+  size_t headers = 0;
+  for (size_t at = r.output.find("HOST "); at != std::string::npos; at = r.output.find("HOST ", at + 1))
+    ++headers;
+  EXPECT_EQ(headers, 1u) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(" checks on 3 host(s): "));
+  for (const char* host : {"no1", "no2", "se1"}) {
+    const std::vector<std::string> rows = RowsOf(r.output, host);
+    EXPECT_GE(rows.size(), 9u) << host << ":\n" << r.output;
+    bool identity_failed = false;
+    for (const std::string& row : rows) {
+      if (row.find("node identity") != std::string::npos)
+        identity_failed = row.find(" FAIL ") != std::string::npos;
+      if (row.find(" mpi ") != std::string::npos) EXPECT_THAT(row, HasSubstr("started by the launcher"));
+      if (row.find(" lease dir ") != std::string::npos) EXPECT_THAT(row, HasSubstr(" OK "));
+    }
+    EXPECT_EQ(identity_failed, std::string(host) == "no2") << host << ":\n" << r.output;
+  }
+  EXPECT_THAT(r.output, HasSubstr("names host \"no1\" but this host is \"no2\""));
+}
+
+TEST_F(NetnsTest, LaunchWithDoctorStartsNothingWhenAPlannedNodeFailsCli) {
+  PrepAcme(FJORD_BINARY);
+  WriteJob();
+  // The dry run shows the doctor command: one rank on each planned node (no1, no2: 10.213.0.11, .12).
+  RunResult r = On("head", std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                               Inventory() + " --np 2 --doctor --dry-run");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: doctor (before the job): "));
+  EXPECT_THAT(r.output, HasSubstr(" -H 10.213.0.11:1,10.213.0.12:1 -np 2 --map-by node "));
+  {
+    SwappedIdentity broken("no2", "no1");
+    r = On("head", std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                       Inventory() + " --np 2 --doctor");
+  }
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: doctor: "));
+  EXPECT_THAT(r.output, HasSubstr("names host \"no1\" but this host is \"no2\""));
+  EXPECT_THAT(r.output, HasSubstr("fjord doctor found a FAIL on the planned nodes"));
+  EXPECT_TRUE(RowsOf(r.output, "se1").empty()) << "doctor ran on a node the job would not use";
+  EXPECT_FALSE(fs::exists(Path("run/launch"))) << "the launch went on";
+  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+  // With every planned node fit, the same launch runs the job.
+  r = On("head", std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
+                     Inventory() + " --np 2 --doctor --quiet");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(RankHosts(), (std::set<std::string>{"no1", "no2"}));
 }
 
 }  // namespace

@@ -167,6 +167,37 @@ TEST_F(NodeViewTest, AMountNamespaceOfItsOwnSeesOnlyTheNodesOwnIdentity) {
 
 // FJORD_NODE_IDENTITY and FJORD_TEST_HOOK are refused, with what to do, unless FJORD_SYSCONFDIR/
 // settings.textproto (root's, writable by root only) says allow_test_overrides: true.
+// fjord node init on a node of its own: the real FJORD_SYSCONFDIR path (a fresh one in this
+// namespace), written so that node show and the gate's reader accept it. Its test root (--root) is a
+// test override: refused while the overrides are off, and then nothing is written.
+TEST_F(NodeViewTest, NodeInitProvisionsTheNodeAndItsTestRootIsATestOverride) {
+  const std::string show_ok =
+      " && " + Path("fjord") + " node show && stat -c 'owner %u mode %a' " + kIdentityFile;
+  RunResult r = OnNode("", Path("fjord") + " node init --jurisdiction NO --site osl1" + show_ok);
+  EXPECT_THAT(r.output, HasSubstr("exit 0")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord node init: wrote " + kIdentityFile + " (root:root 0644)"));
+  EXPECT_THAT(r.output, HasSubstr("the rank gate accepts this identity"));
+  EXPECT_THAT(r.output, HasSubstr("owner 0 mode 644"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("TEST ROOT")));
+
+  const std::string root = Path("testroot");
+  r = OnNode("", Path("fjord") + " node init --jurisdiction NO --site osl1 --root " + root);
+  EXPECT_THAT(r.output, HasSubstr("exit 1"));
+  EXPECT_THAT(r.output, HasSubstr("--root " + root +
+                                  " (a test root) is a test override, and test overrides are "
+                                  "off on this node (" +
+                                  kSettingsFile + " does not say allow_test_overrides: true)"));
+  EXPECT_FALSE(fs::exists(root));
+  r = OnNode("", Path("fjord") + " node show --root " + root);
+  EXPECT_THAT(r.output, HasSubstr("exit 1"));
+  EXPECT_THAT(r.output, HasSubstr("is a test override, and test overrides are off"));
+
+  r = OnNode(" && echo 'allow_test_overrides: true' > " + kSettingsFile,
+             Path("fjord") + " node init --jurisdiction NO --site osl1 --root " + root);
+  EXPECT_THAT(r.output, HasSubstr("exit 0")) << r.output;
+  EXPECT_TRUE(fs::exists(root + kIdentityFile));
+}
+
 TEST_F(NodeViewTest, TestOverridesAreRefusedUnlessTheOperatorEnablesThem) {
   const std::string prep = "FJORD_NODE_IDENTITY=" + Identity("NO", "osl1") + " " + Path("fjord") +
                            " prep --input " + Path("input.txt") + " --tenant acme --jurisdiction NO --out ";

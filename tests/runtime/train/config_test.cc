@@ -55,6 +55,9 @@ void ExpectDefaults(const pb::Message& message, const std::string& prefix, const
       case pb::FieldDescriptor::CPPTYPE_FLOAT:
         EXPECT_EQ(r->GetFloat(message, f), f->default_value_float());
         break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+        EXPECT_EQ(r->GetDouble(message, f), f->default_value_double());
+        break;
       case pb::FieldDescriptor::CPPTYPE_BOOL:
         EXPECT_EQ(r->GetBool(message, f), f->default_value_bool());
         break;
@@ -658,6 +661,93 @@ INSTANTIATE_TEST_SUITE_P(
                 {"model.n_head=7"},
                 {"job.textproto: model.n_embd = 768 (default) is not a multiple of model.n_head = 7 "
                  "(--set model.n_head=7)"}}),
+    [](const ::testing::TestParamInfo<Refusal>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace fjord
+
+namespace fjord {
+namespace {
+
+// model.arch LLAMA: a valid job, then each Llama field's refusal naming the field, where it was
+// set and what to do; and GPT-2 jobs refusing a Llama field set to anything but its default.
+constexpr char kLlama[] =
+    "model {\n  arch: LLAMA\n  n_layer: 2\n  n_head: 8\n  n_kv_head: 2\n  n_embd: 256\n  intermediate_size: "
+    "688\n"
+    "  rope_theta: 500000\n  rope_scaling { rope_type: LLAMA3 }\n}\n"
+    "data { train: \"data/train_*.bin\" }\n";
+
+TEST(ConfigLlama, AValidLlamaJobParsesAndGpt2JobsKeepTheDefaults) {
+  StatusOr<proto::JobSpec> job = Parse(kLlama);
+  ASSERT_TRUE(job.ok()) << job.status().message();
+  EXPECT_EQ(job->model().arch(), proto::ModelSpec::LLAMA);
+  EXPECT_EQ(job->model().n_kv_head(), 2);
+  // The printed spec of a GPT-2 job holds the Llama fields at their defaults and parses back.
+  StatusOr<proto::JobSpec> gpt2 = Parse(kMinimal);
+  ASSERT_TRUE(gpt2.ok());
+  StatusOr<proto::JobSpec> again = ParseJobSpec(JobSpecToText(*gpt2), "printed", {});
+  ASSERT_TRUE(again.ok()) << again.status().message();
+}
+
+class LlamaRefusal : public ::testing::TestWithParam<Refusal> {};
+
+TEST_P(LlamaRefusal, NamesTheFieldAndWhatToDo) {
+  const Refusal& r = GetParam();
+  StatusOr<proto::JobSpec> job = Parse(r.text, r.overrides);
+  ASSERT_FALSE(job.ok()) << "accepted: " << r.name;
+  EXPECT_EQ(job.status().code(), StatusCode::kInvalidArgument);
+  for (const std::string& s : r.expected) EXPECT_THAT(job.status().message(), HasSubstr(s));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Validate, LlamaRefusal,
+    ::testing::Values(
+        Refusal{"KvHeadsDoNotDivide",
+                kLlama,
+                {"model.n_kv_head=3"},
+                {"--set model.n_kv_head=3: model.n_kv_head = 3 does not divide model.n_head = 8",
+                 "pick a divisor of model.n_head, e.g. 4"}},
+        Refusal{"NegativeKvHeads", kLlama, {"model.n_kv_head=-1"}, {"model.n_kv_head = -1 is negative"}},
+        Refusal{"NoIntermediateSize",
+                kLlama,
+                {"model.intermediate_size=0"},
+                {"model.intermediate_size = 0 must be at least 1 for model.arch LLAMA",
+                 "set model.intermediate_size"}},
+        Refusal{"OddHeadSize",
+                kLlama,
+                {"model.n_embd=72"},  // 72 / 8 = 9
+                {"model.n_embd = 72 gives an odd head size n_embd / n_head = 9",
+                 "rotary embeddings rotate pairs of channels"}},
+        Refusal{"Epsilon",
+                kLlama,
+                {"model.rms_norm_eps=0"},
+                {"model.rms_norm_eps = 0 must be a positive finite"}},
+        Refusal{"Theta",
+                kLlama,
+                {"model.rope_theta=1"},
+                {"model.rope_theta = 1 must be a finite number above 1"}},
+        Refusal{"ScalingFactor",
+                kLlama,
+                {"model.rope_scaling.factor=0.5"},
+                {"model.rope_scaling.factor = 0.5 must be a finite number >= 1"}},
+        Refusal{"ScalingBand",
+                kLlama,
+                {"model.rope_scaling.low_freq_factor=4"},
+                {"model.rope_scaling.low_freq_factor = 4", "0 < low_freq_factor < high_freq_factor"}},
+        Refusal{"ScalingContext",
+                kLlama,
+                {"model.rope_scaling.original_max_position_embeddings=0"},
+                {"model.rope_scaling.original_max_position_embeddings = 0 must be at least 1"}},
+        Refusal{"LlamaFieldOnGpt2",
+                InBlock("model", "n_kv_head", "2"),
+                {},
+                {"job.textproto:2:3: model.n_kv_head = 2 applies to the Llama family only",
+                 "model.arch = GPT2 (default)", "set model.arch to LLAMA or remove model.n_kv_head"}},
+        Refusal{
+            "RopeOnGpt2",
+            kMinimal,
+            {"model.rope_theta=500000"},
+            {"--set model.rope_theta=500000: model.rope_theta = 500000 applies to the Llama family only"}}),
     [](const ::testing::TestParamInfo<Refusal>& info) { return info.param.name; });
 
 }  // namespace

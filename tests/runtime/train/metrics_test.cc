@@ -17,6 +17,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Values that print and read back exactly at the precision of each field.
 StepMetrics Full() {
@@ -93,6 +94,46 @@ TEST(StepMetricsTest, RoundTrips) {
     EXPECT_EQ(*back, m);
     EXPECT_EQ(StepMetricsJson(*back), line);
   }
+}
+
+// A step that closes an energy window (runtime/device/energy.h): the window, the ranks counted, the
+// joules and the two ratios, each read back as written; a step that closes none has none of them.
+TEST(StepMetricsTest, EnergyFieldsOfAWindowRoundTrip) {
+  StepMetrics m = Plain();
+  m.tokens = 4096;
+  m.energy_from_step = 11;
+  m.energy_ranks = 3;
+  m.energy_measured_ranks = 2;
+  m.energy_j = 812.5;
+  m.energy_estimated_j = 40.25;
+  m.j_per_token = 0.208;
+  m.avg_power_w = 351.5;
+  const std::string line = StepMetricsJson(m);
+  StatusOr<JsonValue> doc = ParseJson(line, "line");
+  ASSERT_TRUE(doc.ok()) << doc.status().message();
+  const std::pair<const char*, double> expected[] = {{"tokens", 4096},       {"energy_from_step", 11},
+                                                     {"energy_ranks", 3},    {"energy_measured_ranks", 2},
+                                                     {"energy_j", 812.5},    {"energy_estimated_j", 40.25},
+                                                     {"j_per_token", 0.208}, {"avg_power_w", 351.5}};
+  for (const auto& [key, value] : expected) {
+    ASSERT_NE(doc->Find(key), nullptr) << key;
+    EXPECT_EQ(doc->Find(key)->number(), value) << key;
+  }
+  StatusOr<StepMetrics> back = ParseStepMetrics(line, "line");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(*back, m);
+  EXPECT_EQ(StepMetricsJson(Plain()).find("energy"), std::string::npos);
+  // The progress line: measured and estimated parts are told apart, a partial sum has no J/tok.
+  EXPECT_THAT(EnergyProgress(m), HasSubstr("J/tok ~0.208 (est.)"));
+  m.energy_estimated_j.reset();
+  EXPECT_THAT(EnergyProgress(m), HasSubstr("J/tok 0.208"));
+  EXPECT_THAT(EnergyProgress(m), Not(HasSubstr("est.")));
+  m.j_per_token.reset();
+  EXPECT_THAT(EnergyProgress(m), HasSubstr("2 of 3 ranks measured"));
+  m.energy_measured_ranks = 0;
+  m.energy_j.reset();
+  EXPECT_THAT(EnergyProgress(m), HasSubstr("not measured"));
+  EXPECT_EQ(EnergyProgress(Plain()), "");
 }
 
 TEST(StepMetricsTest, NonFiniteValuesAreNull) {
