@@ -116,14 +116,15 @@ TEST_F(CliTest, PrepTrainEvalSampleRoundTrip) {
   ASSERT_NE(k, std::string::npos) << r.output;
   EXPECT_NEAR(std::stod(r.output.substr(k + 9)), val, 1e-5);
 
-  r = RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0");
+  // stdout alone: the prompt, then the text (the checkpoint line goes to stderr).
+  const std::string sample = "{ " + std::string(FJORD_BINARY) + " sample --checkpoint " + Path("run") +
+                             " --prompt abc --tokens 20 --temperature 0 2>/dev/null; }";
+  r = testing::Shell(sample);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, ::testing::StartsWith("abc"));
   EXPECT_GE(r.output.size(), 23u);
   // Greedy sampling is deterministic.
-  EXPECT_EQ(
-      RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0").output,
-      r.output);
+  EXPECT_EQ(testing::Shell(sample).output, r.output);
 }
 
 // Trains a tiny model into dir/run on a small corpus; returns the val glob.
@@ -309,8 +310,9 @@ TEST_F(CliTest, MissingJobSpecAndRequiredFlagsExitTwoNamingThem) {
     std::string args, message;
   };
   for (const Case& c : std::vector<Case>{
-           {"train", "fjord train: error: give exactly one job spec (JOB.textproto)"},
-           {"train a.textproto b.textproto", "fjord train: error: give exactly one job spec (JOB.textproto)"},
+           {"train", "fjord train: error: give the job spec (JOB.textproto)"},
+           {"train a.textproto b.textproto",
+            "fjord train: error: give exactly one job spec; got 2 arguments ('a.textproto' 'b.textproto')"},
            {"launch --np 2",
             "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: fjord launch"},
            {"prep --input x.txt", "fjord prep: error: --input FILE and --out DIR are required"},

@@ -27,6 +27,11 @@ class TokenizerCliTest : public testing::TempDirTest {
  protected:
   TokenizerCliTest() : TempDirTest("fjord_tokcli_") {}
 
+  // `fjord sample ARGS` with stdout alone: the text (the checkpoint line goes to stderr).
+  static RunResult SampleStdout(const std::string& args) {
+    return testing::Shell("{ " + std::string(FJORD_BINARY) + " sample" + args + " 2>/dev/null; }");
+  }
+
   // A byte-level tokenizer.json: the 256 byte tokens in byte order, three merges that make
   // "Ġfjo", and <|endoftext|> as a special added token (vocabulary 260).
   void WriteTokenizer(const std::string& dir) {
@@ -106,8 +111,8 @@ TEST_F(TokenizerCliTest, PrepWithHfWritesItsIdsAndSampleDecodesWithIt) {
   r = RunFjord("train " + Path("job.textproto") + " --quiet");
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
-  r = RunFjord("sample --checkpoint " + Path("run") + " --tokenizer hf --vocab " + Path("tok") +
-               " --prompt 'the fjord' --tokens 12 --temperature 0");
+  r = SampleStdout(" --checkpoint " + Path("run") + " --tokenizer hf --vocab " + Path("tok") +
+                   " --prompt 'the fjord' --tokens 12 --temperature 0");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // The greedy continuation, decoded by the library from the ids the model picks, follows the prompt.
   EXPECT_EQ(r.output.rfind("the fjord", 0), 0u) << r.output;
@@ -124,12 +129,12 @@ TEST_F(TokenizerCliTest, PrepWithHfWritesItsIdsAndSampleDecodesWithIt) {
     bin += bytes;
   }
   std::ofstream(Path("gpt2_tokenizer.bin"), std::ios::binary) << bin;
-  r = RunFjord("sample --checkpoint " + Path("run") + " --tokenizer hf --vocab " + Path("tok") +
-               " --tokens 12 --temperature 0");
+  r = SampleStdout(" --checkpoint " + Path("run") + " --tokenizer hf --vocab " + Path("tok") +
+                   " --tokens 12 --temperature 0");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string from_hf = r.output;
-  r = RunFjord("sample --checkpoint " + Path("run") + " --tokenizer llmc --vocab " + Path("") +
-               " --tokens 12 --temperature 0");
+  r = SampleStdout(" --checkpoint " + Path("run") + " --tokenizer llmc --vocab " + Path("") +
+                   " --tokens 12 --temperature 0");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::string from_llmc = r.output;
   for (size_t p; (p = from_llmc.find("<|endoftext|>")) != std::string::npos;) from_llmc.erase(p, 13);
