@@ -28,7 +28,8 @@ class DeviceCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_device_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           ("fjord_device_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::string text;
