@@ -141,16 +141,26 @@ TEST_F(LlamaTrainTest, AGpt2CheckpointIsRefusedNamingTheArchitecture) {
   EXPECT_THAT(r.output, HasSubstr("model.arch (0 GPT2, 1 LLAMA) is 0 in the checkpoint but 1 in the model"));
 }
 
-TEST_F(LlamaTrainTest, Gpt2ExportersRefuseALlamaCheckpointAndWriteNothing) {
+// llm.c's file holds GPT-2 only; --format hf writes LlamaForCausalLM (hf_llama_oracle_test checks
+// it against transformers).
+TEST_F(LlamaTrainTest, LlmcExportersRefuseALlamaCheckpointAndWriteNothing) {
   RunResult r = RunFjord(Train("run", "--set train.steps=1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const std::string& format : {std::string("hf"), std::string("llmc")}) {
+  for (const std::string& format : {std::string("llmc"), std::string("llmc-bf16")}) {
     r = RunFjord("export --checkpoint " + P("run/checkpoints/step_000001") + " --format " + format +
                  " --out " + P("out_" + format));
     EXPECT_NE(r.exit_code, 0) << r.output;
-    EXPECT_THAT(r.output, HasSubstr("model.arch is LLAMA, but fjord export writes GPT-2 models only"));
+    EXPECT_THAT(r.output,
+                HasSubstr("model.arch is LLAMA, but --format " + format +
+                          " writes llm.c's GPT-2 file only; export a Llama-family model with --format hf"));
     EXPECT_FALSE(fs::exists(P("out_" + format)));
   }
+  r = RunFjord("export --checkpoint " + P("run/checkpoints/step_000001") + " --format hf --out " +
+               P("out_hf"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(P("out_hf/model.safetensors")));
+  r = RunFjord("import --from " + P("out_hf") + " --out " + P("imported"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
 }  // namespace
