@@ -86,16 +86,19 @@ TEST_F(LlamaFinetuneTest, ImportEvalTenantFineTuneAndExportAgreeWithTransformers
   EXPECT_NEAR(imported_loss, Loss(r.output), 1e-5 * Loss(r.output)) << "fjord eval vs transformers";
 
   // The example, with the tiny model's shapes and this test's paths.
-  WriteText(Path("keys/acme.key"), "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n", 0600);
+  WriteText(Path("keys/acme.key"), "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+            0600);
   const std::string sets =
       " --set model.n_layer=2 --set model.n_head=4 --set model.n_kv_head=2 --set model.n_embd=64"
       " --set model.intermediate_size=96 --set model.seq_len=64 --set model.vocab_size=300"
-      " --set train.init_from=" + Path("imported") + " --set train.seq_len=32 --set train.micro_batch=2"
+      " --set train.init_from=" +
+      Path("imported") +
+      " --set train.seq_len=32 --set train.micro_batch=2"
       " --set train.steps=8 --set train.lr=1e-3 --set train.warmup_steps=2 --set train.min_lr=1e-4"
       " --set train.eval_every=0 --set train.log_every=1 --set checkpoint.every_steps=8"
-      " --set checkpoint.encryption_key_file=" + Path("keys/acme.key") +
-      " --set data.train='" + Path("data/acme/train_*.bin") + "' --set data.val='" + Path("data/acme/val_*.bin") +
-      "' --set run_dir=" + Path("run");
+      " --set checkpoint.encryption_key_file=" +
+      Path("keys/acme.key") + " --set data.train='" + Path("data/acme/train_*.bin") + "' --set data.val='" +
+      Path("data/acme/val_*.bin") + "' --set run_dir=" + Path("run");
   r = Fjord("train " + std::string(FJORD_SOURCE_DIR) + "/examples/llama-finetune/job.textproto" + sets);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::vector<double> losses = testing::Losses(Path("run/metrics.jsonl"));
@@ -111,12 +114,17 @@ TEST_F(LlamaFinetuneTest, ImportEvalTenantFineTuneAndExportAgreeWithTransformers
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const double tuned_loss = Loss(r.output);
   EXPECT_LT(tuned_loss, imported_loss) << "fine-tuning lowered the held-out loss";
+  r = Fjord("sample --checkpoint " + Path("run") + " --key " + Path("keys/acme.key") +
+            " --tokenizer byte --prompt 'Fjorden' --tokens 8 --temperature 0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("Fjorden"));
   r = Fjord("export --format hf --checkpoint " + Path("run") + " --out " + Path("exported") + " --key " +
             Path("keys/acme.key"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = Oracle("shardloss " + Path("exported") + " " + First(Path("data/acme"), "val_") + " 2 32 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NEAR(tuned_loss, Loss(r.output), 1e-5 * tuned_loss) << "transformers on fjord's export vs fjord eval";
+  EXPECT_NEAR(tuned_loss, Loss(r.output), 1e-5 * tuned_loss)
+      << "transformers on fjord's export vs fjord eval";
 }
 
 }  // namespace

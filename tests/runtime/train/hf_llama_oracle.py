@@ -2,7 +2,7 @@
 
   make DIR [CASE]   tiny random LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM checkpoints,
                     made and saved by transformers itself (save_pretrained: single file and sharded,
-                    fp32 and bf16), under DIR/<case>/, and DIR/reference.json with, per case, the
+                    fp32, bf16 and fp16), under DIR/<case>/, and DIR/reference.json with, per case, the
                     tokens, transformers' fp32 loss, the logits of sequence 0 and the norm of every
                     parameter's gradient (PyTorch autograd).
   shardloss MODEL SHARD B T BATCHES  prints {"loss": ...}: the mean loss over the first BATCHES
@@ -46,6 +46,7 @@ def cases():
         ("qwen2_bf16_sharded", Qwen2ForCausalLM, qwen, torch.bfloat16, "40KB"),
         ("qwen2_tied_fp32_single", Qwen2ForCausalLM, qwen_tied, torch.float32, None),
         ("llama_finetune", LlamaForCausalLM, llama_plain, torch.float32, None),  # llama_finetune_test
+        ("mistral_fp16_single", MistralForCausalLM, mistral, torch.float16, None),
     ]
 
 

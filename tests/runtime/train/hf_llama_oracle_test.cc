@@ -2,7 +2,7 @@
 // runtime/train/model_io.h, what `fjord import/export --format hf` run) against the real stack:
 // hf_llama_oracle.py makes tiny random LlamaForCausalLM (GQA, untied, rope_theta 500000, llama3
 // scaling), MistralForCausalLM and Qwen2ForCausalLM (q/k/v biases; tied and untied) checkpoints with
-// transformers' own save_pretrained (single file and sharded, fp32 and bf16) and records
+// transformers' own save_pretrained (single file and sharded, fp32, bf16 and fp16) and records
 // transformers' loss, logits and PyTorch autograd's gradient norms. fjord imports each and must
 // give the same loss (1e-5 relative), logits of sequence 0 (1e-4) and the norm of every
 // parameter's gradient (1e-4 relative); a fjord-updated model exported with --format hf loads with
@@ -36,7 +36,8 @@ using ::testing::HasSubstr;
 
 std::string TempDir(const std::string& name) {
   const std::string dir =
-      (fs::path(::testing::TempDir()) / ("fjord_hf_llama_" + name + "_" + std::to_string(::getpid()))).string();
+      (fs::path(::testing::TempDir()) / ("fjord_hf_llama_" + name + "_" + std::to_string(::getpid())))
+          .string();
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -146,7 +147,8 @@ class HfLlamaOracleTest : public ::testing::Test {
       const JsonValue* want = norms.Find(p.name);
       ASSERT_NE(want, nullptr) << name << ": PyTorch has no parameter " << p.name;
       double sum = 0;
-      for (size_t i = 0; i < p.size(); ++i) sum += static_cast<double>(model.grads()[p.offset + i]) * model.grads()[p.offset + i];
+      for (size_t i = 0; i < p.size(); ++i)
+        sum += static_cast<double>(model.grads()[p.offset + i]) * model.grads()[p.offset + i];
       const double got = std::sqrt(sum);
       EXPECT_NEAR(got, want->number(), 1e-4 * want->number()) << name << ": gradient norm of " << p.name;
       ++compared;
@@ -159,8 +161,8 @@ class HfLlamaOracleTest : public ::testing::Test {
     const float fjord_loss = model.Forward(tokens.data(), targets.data(), B, T, 0.0f);
     EXPECT_GT(std::abs(fjord_loss - loss), 1e-3) << "the step did not change the model";
     const std::vector<float> zeros(model.num_params(), 0.0f);
-    StatusOr<std::string> trained =
-        SaveCheckpoint(dir_ + "/" + name + ".trained", CheckpointState{}, *job, model, zeros.data(), zeros.data());
+    StatusOr<std::string> trained = SaveCheckpoint(dir_ + "/" + name + ".trained", CheckpointState{}, *job,
+                                                   model, zeros.data(), zeros.data());
     ASSERT_TRUE(trained.ok()) << trained.status().message();
     const std::string out = dir_ + "/" + name + ".export";
     Status exported = ExportModel(*trained, out, ModelFormat::kHuggingFace);
@@ -173,8 +175,9 @@ class HfLlamaOracleTest : public ::testing::Test {
       rows_json += "]";
     }
     testing_util::WriteBytes(dir_ + "/" + name + ".tokens.json", rows_json + "]");
-    const std::string command = python_ + " " + FJORD_SOURCE_DIR + "/tests/runtime/train/hf_llama_oracle.py loss " +
-                                out + " " + dir_ + "/" + name + ".tokens.json";
+    const std::string command = python_ + " " + FJORD_SOURCE_DIR +
+                                "/tests/runtime/train/hf_llama_oracle.py loss " + out + " " + dir_ + "/" +
+                                name + ".tokens.json";
     std::string output;
     ASSERT_EQ(testing_util::RunCaptured(command, dir_ + "/" + name + ".loss.log", &output), 0) << output;
     const size_t brace = output.rfind('{');
@@ -193,6 +196,7 @@ TEST_F(HfLlamaOracleTest, LlamaGqaLlama3RopeShardedFp32) { Check("llama_fp32_sha
 TEST_F(HfLlamaOracleTest, LlamaBf16SingleFile) { Check("llama_bf16_single", false); }
 TEST_F(HfLlamaOracleTest, MistralFp32SingleFile) { Check("mistral_fp32_single", true); }
 TEST_F(HfLlamaOracleTest, MistralBf16Sharded) { Check("mistral_bf16_sharded", false); }
+TEST_F(HfLlamaOracleTest, MistralFp16SingleFile) { Check("mistral_fp16_single", false); }
 TEST_F(HfLlamaOracleTest, Qwen2BiasesFp32SingleFile) { Check("qwen2_fp32_single", true); }
 TEST_F(HfLlamaOracleTest, Qwen2BiasesBf16Sharded) { Check("qwen2_bf16_sharded", false); }
 TEST_F(HfLlamaOracleTest, Qwen2TiedEmbeddings) { Check("qwen2_tied_fp32_single", true); }
@@ -218,11 +222,12 @@ std::string ConfigError(const std::string& json) {
 
 TEST(HfLlamaConfigTest, ReadsTheFieldsAndDefaults) {
   const std::string dir = TempDir("config_ok");
-  testing_util::WriteBytes(dir + "/config.json",
-                           Config("\"rope_theta\": 500000.0, \"rms_norm_eps\": 1e-05, \"tie_word_embeddings\": true, "
-                                  "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, "
-                                  "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
-                                  "\"original_max_position_embeddings\": 8192}"));
+  testing_util::WriteBytes(
+      dir + "/config.json",
+      Config("\"rope_theta\": 500000.0, \"rms_norm_eps\": 1e-05, \"tie_word_embeddings\": true, "
+             "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, "
+             "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+             "\"original_max_position_embeddings\": 8192}"));
   StatusOr<HfLlamaConfig> c = ReadHfLlamaConfig(dir);
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_EQ(c->n_kv_head, 1);
@@ -243,13 +248,15 @@ TEST(HfLlamaConfigTest, ReadsTheFieldsAndDefaults) {
 
 TEST(HfLlamaConfigTest, RefusesWhatTheFamilyDoesNotComputeNamingTheField) {
   EXPECT_THAT(ConfigError(Config("\"sliding_window\": 4", "mistral")),
-              AllOf(HasSubstr("config.json:1:"), HasSubstr("sliding_window 4"), HasSubstr("max_position_embeddings 16")));
+              AllOf(HasSubstr("config.json:1:"), HasSubstr("sliding_window 4"),
+                    HasSubstr("max_position_embeddings 16")));
   EXPECT_EQ(ConfigError(Config("\"sliding_window\": null", "mistral")), "");
   EXPECT_EQ(ConfigError(Config("\"sliding_window\": 4096", "mistral")), "");
   EXPECT_THAT(ConfigError(Config("\"use_sliding_window\": true, \"sliding_window\": 4", "qwen2")),
               HasSubstr("sliding_window 4"));
   EXPECT_EQ(ConfigError(Config("\"use_sliding_window\": false, \"sliding_window\": 4", "qwen2")), "");
-  EXPECT_THAT(ConfigError(Config("\"num_local_experts\": 8")), AllOf(HasSubstr("num_local_experts"), HasSubstr("experts")));
+  EXPECT_THAT(ConfigError(Config("\"num_local_experts\": 8")),
+              AllOf(HasSubstr("num_local_experts"), HasSubstr("experts")));
   EXPECT_THAT(ConfigError(Config("\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}")),
               AllOf(HasSubstr("rope_scaling.rope_type \"yarn\""), HasSubstr("llama3")));
   EXPECT_THAT(ConfigError(Config("\"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}")),
@@ -262,14 +269,17 @@ TEST(HfLlamaConfigTest, RefusesWhatTheFamilyDoesNotComputeNamingTheField) {
   EXPECT_THAT(ConfigError(Config("\"mlp_bias\": true")), HasSubstr("mlp_bias"));
   EXPECT_THAT(ConfigError(Config("\"hidden_act\": \"gelu\"")), HasSubstr("hidden_act \"gelu\""));
   EXPECT_THAT(ConfigError(Config("\"pretraining_tp\": 2")), HasSubstr("pretraining_tp 2"));
-  EXPECT_THAT(ConfigError(Config("", "mixtral")), AllOf(HasSubstr("model_type is \"mixtral\""), HasSubstr("qwen2")));
+  EXPECT_THAT(ConfigError(Config("", "mixtral")),
+              AllOf(HasSubstr("model_type is \"mixtral\""), HasSubstr("qwen2")));
   EXPECT_THAT(ConfigError(Config("\"architectures\": [\"LlamaForSequenceClassification\"]")),
               HasSubstr("LlamaForSequenceClassification"));
-  EXPECT_THAT(ConfigError("{\"model_type\": \"llama\", \"hidden_size\": 8}"), HasSubstr("missing \"num_hidden_layers\""));
-  EXPECT_THAT(ConfigError("{\"model_type\": \"llama\", \"hidden_size\": 8, \"num_hidden_layers\": 1, "
-                          "\"num_attention_heads\": 2, \"num_key_value_heads\": 3, \"intermediate_size\": 12, "
-                          "\"max_position_embeddings\": 16, \"vocab_size\": 10}"),
-              AllOf(HasSubstr("num_key_value_heads 3"), HasSubstr("does not divide")));
+  EXPECT_THAT(ConfigError("{\"model_type\": \"llama\", \"hidden_size\": 8}"),
+              HasSubstr("missing \"num_hidden_layers\""));
+  EXPECT_THAT(
+      ConfigError("{\"model_type\": \"llama\", \"hidden_size\": 8, \"num_hidden_layers\": 1, "
+                  "\"num_attention_heads\": 2, \"num_key_value_heads\": 3, \"intermediate_size\": 12, "
+                  "\"max_position_embeddings\": 16, \"vocab_size\": 10}"),
+      AllOf(HasSubstr("num_key_value_heads 3"), HasSubstr("does not divide")));
 }
 
 // A tiny Llama written by fjord's own exporter, then damaged one way per check.
@@ -362,7 +372,9 @@ TEST_F(HfLlamaTensorRefusal, ShardsDisagreeingWithTheirIndex) {
   auto index = [&](const std::string& last_file) {
     std::string map;
     for (size_t i = 0; i < refs.size(); ++i) {
-      const std::string file = i + 1 == refs.size() ? last_file : i < half ? "a.safetensors" : "b.safetensors";
+      const std::string file = i + 1 == refs.size() ? last_file
+                               : i < half           ? "a.safetensors"
+                                                    : "b.safetensors";
       map += (i ? ", " : "") + JsonQuote(refs[i].name) + ": " + JsonQuote(file);
     }
     testing_util::WriteBytes(dir_ + "/model.safetensors.index.json", "{\"weight_map\": {" + map + "}}");
