@@ -527,7 +527,9 @@ void AddImport(CLI::App& app) {
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(
       app, "import",
-      "make a fjord checkpoint from Hugging Face GPT-2 weights or an llm.c checkpoint (for train.init_from)");
+      "make a fjord checkpoint from Hugging Face weights (GPT2LMHeadModel, LlamaForCausalLM, "
+      "MistralForCausalLM, Qwen2ForCausalLM; single or sharded safetensors) or an llm.c checkpoint (for "
+      "train.init_from)");
   cli::Required(c->add_option("--from", a->from, "the weights")->type_name("PATH"));
   cli::Required(c->add_option("--out", a->out, "the new checkpoint")->type_name("DIR"));
   c->add_option("--format", a->format,
