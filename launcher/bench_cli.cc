@@ -34,7 +34,8 @@ namespace fjord {
 namespace {
 
 constexpr char kFooter[] =
-    R"(COLLECTIVE: allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv; or p2p, the
+    R"(COLLECTIVE: allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv (or nccl-tests' names:
+all_reduce, all_reduce_perf, ...); or p2p, the
 matrix of bandwidth and latency between every pair of nodes (mpirun -np N --map-by node fjord bench p2p).
 Sizes take K, M, G suffixes, powers of 1024.
 
@@ -73,7 +74,41 @@ constexpr Spec kSpecs[] = {
     {nullptr, "--per-rank", nullptr, "p2p: every rank is a node (default: the first rank on each host)"},
     {nullptr, "--threshold", "F",
      "p2p: flag bandwidth below F x median, latency above median / F (default 0.7)"},
+    // nccl-tests options that fjord takes at their one meaningful value, or refuses saying why.
+    {"-g", "--ngpus", "1", "GPUs per rank: 1 (fjord runs one rank per GPU; start more ranks instead)"},
+    {"-t", "--nthreads", "1", "threads per rank: 1 (one thread per rank drives its device)"},
+    {"-m", "--agg_iters", "1", "operations aggregated per iteration: 1"},
+    {"-p", "--parallel_init", "0", "parallel communicator init: 0"},
+    {"-z", "--blocking", "0", "nccl-tests' blocking mode: 0 (fjord bench has no other)"},
+    {"-N", "--run_cycles", "CYCLES", "not supported: the nearest is --repeat R"},
+    {"-T", "--timeout", "SECONDS", "not supported: the communicator's own timeout applies"},
+    {"-C", "--report_cputime", "0", "report CPU time: 0 (fjord reports wall time)"},
 };
+
+// nccl-tests' options above: the one value fjord takes, and what the option would mean here.
+struct NcclTestsOption {
+  const char* lng;
+  const char* accepted;
+  const char* meaning;
+};
+constexpr NcclTestsOption kNcclTestsOptions[] = {
+    {"--ngpus", "1",
+     "fjord runs one rank per GPU; for N GPUs per node start N ranks per node (mpirun -np, --map-by)"},
+    {"--nthreads", "1", "each rank is one process with one thread driving its device; start more ranks"},
+    {"--agg_iters", "1", "fjord times one collective call per iteration"},
+    {"--parallel_init", "0", "fjord creates one communicator per process"},
+    {"--blocking", "0", "fjord bench times its collectives one after the other; there is no other mode"},
+    {"--run_cycles", "", "fjord bench runs the sweep once; --repeat R times each loop R times instead"},
+    {"--timeout", "", "fjord bench has no timeout flag; the communicator's own timeout applies"},
+    {"--report_cputime", "0", "fjord bench reports wall time only"},
+};
+
+// nccl-tests' binary and collective names ("all_reduce_perf", "reduce_scatter") as fjord's ("allreduce").
+std::string FjordCollectiveName(std::string name) {
+  if (name.ends_with("_perf")) name.resize(name.size() - 5);
+  name.erase(std::remove(name.begin(), name.end(), '_'), name.end());
+  return name;
+}
 
 // What the command line gave: the collective, and each option's value by long name.
 struct BenchArgs {
@@ -135,7 +170,7 @@ std::optional<DataType> ParseDtype(const std::string& t) {
 std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, CliOptions* o) {
   if (args.collective.empty()) return UsageError{"give a collective (allreduce, ..., or p2p)"};
   if (args.collective.size() > 1) return UsageError{"unexpected argument '" + args.collective[1] + "'"};
-  const std::string coll = args.collective[0];
+  const std::string coll = FjordCollectiveName(args.collective[0]);
   if (coll == "p2p") {
     o->p2p = true;
   } else {
@@ -151,6 +186,14 @@ std::optional<UsageError> Parse(const CLI::App& command, const BenchArgs& args, 
     auto bad = [&](const std::string& expected) {
       return UsageError{name + " '" + value + "' is not " + expected};
     };
+    if (const auto* nt = std::find_if(std::begin(kNcclTestsOptions), std::end(kNcclTestsOptions),
+                                      [&](const NcclTestsOption& t) { return lng == t.lng; });
+        nt != std::end(kNcclTestsOptions)) {
+      if (value == nt->accepted) continue;
+      return UsageError{
+          name + " " + value + " is not supported: " + nt->meaning +
+          (*nt->accepted ? std::string(" (") + name + " " + nt->accepted + " is accepted)" : "")};
+    }
     if (lng == "--minbytes" || lng == "--maxbytes" || lng == "--stepbytes") {
       const std::optional<size_t> v = ParseSize(value);
       if (!v) return bad("a size (a whole number of bytes, optionally with K, M or G)");

@@ -156,8 +156,20 @@ int Run(CLI::App& app, int argc, char** argv) {
     return 2;
   }
   const std::string first = argv[1];
-  if (first == "help") {
-    std::fputs(app.help().c_str(), stdout);
+  if (first == "help") {  // `fjord help SUB [SUB2]` is `fjord SUB [SUB2] --help`
+    CLI::App* command = &app;
+    for (int i = 2; i < argc; ++i) {
+      CLI::App* sub = nullptr;
+      for (CLI::App* candidate : command->get_subcommands({}))
+        if (candidate->get_name() == argv[i]) sub = candidate;
+      if (sub == nullptr) {
+        std::fprintf(stderr, "fjord: error: no command '%s' in '%s'\n\n%s", argv[i], Path(*command).c_str(),
+                     command->help().c_str());
+        return 2;
+      }
+      command = sub;
+    }
+    std::fputs(command->help().c_str(), stdout);
     return 0;
   }
   try {

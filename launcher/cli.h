@@ -61,7 +61,8 @@ std::string Usage(const CLI::App& command);
 int UsageError(const CLI::App& command, const std::string& message);
 
 // Parses argv and runs the chosen command; returns the process exit code. No command: the help on
-// stderr, exit 2; `help`, --help or -h: the help on stdout, exit 0 (SUB --help: that command's).
+// stderr, exit 2; `help`, --help or -h: the help on stdout, exit 0 (SUB --help and `help SUB`: that
+// command's).
 int Run(CLI::App& app, int argc, char** argv);
 
 }  // namespace fjord::cli

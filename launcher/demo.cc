@@ -96,7 +96,8 @@ Status RunDemoJob(const DemoOptions& options, const proto::JobSpec& job, Communi
   if (!prepared.ok()) return prepared;
   if (ok == 0) return Internal("rank 0 could not prepare the demo data (see its message)");
 
-  FJORD_ASSIGN_OR_RETURN(TrainResult trained, Train(job, TrainOptions{.tenancy = &tenancy}, comm));
+  FJORD_ASSIGN_OR_RETURN(TrainResult trained,
+                         Train(job, TrainOptions{.tenancy = &tenancy, .overwrite = true}, comm));
   if (comm.rank() != 0) return OkStatus();
 
   SampleOptions sample;

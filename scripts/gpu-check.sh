@@ -19,6 +19,9 @@
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
 #             fixed batches, in model.dtype FP32 and BF16, `fjord export`, and PyTorch's loss on the
 #             exported weights and the same tokens (fp32 and bf16 autocast)
+#   llama     `fjord train` steps of Llama 3.2 1B and of Llama 3.1 8B's layer shapes (fewer layers:
+#             the whole 8B needs ZeRO-3 on one GPU), random weights and tokens, bf16, seq 2048;
+#             last, in what the budget leaves
 # Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), and cuts every stage's timeout
 # so that none runs past FJORD_GPU_DEADLINE seconds (default 500): the call (540 s at most, less when
 # the machine's start-up ate into the device time) still prints the summary.
@@ -248,6 +251,68 @@ else
     add "loss: fjord$ours; export failed (see the log)"
   fi
 fi
+# --- Llama-family training steps ------------------------------------------------------------------------
+# Last, so that it runs only in the time the GPT-2 stages left (FJORD_GPU_BUDGET).
+# Random weights of the real shapes, bf16 mixed precision, random tokens, seq 2048, micro-batch 1
+# (then 2 if it fits). Both use vocab 65536, not Llama 3's 128256: token shards hold uint16
+# ids, so model.vocab_size is capped at 65536 (embedding and lm_head 2x smaller than the real ones;
+# the summary says so). Llama 3.1 8B (7.25e9 parameters with this vocabulary) with fp32 master
+# weights, gradients and AdamW state needs 16 bytes a parameter, 108 GiB before activations, and fjord
+# has no ZeRO-3, so it cannot fit on one GPU: the stage times the 8B layer shapes with the most layers
+# of FJORD_GPU_8B_LAYERS (default 16, then 8: about 64 and 37 GiB of state) that fit.
+llama_model() {  # llama_model LAYERS HEADS KV EMBD INTERMEDIATE THETA TIED
+  cat <<EOF
+model { arch: LLAMA n_layer: $1 n_head: $2 n_kv_head: $3 n_embd: $4 intermediate_size: $5 seq_len: 2048
+        vocab_size: 65536 rms_norm_eps: 1e-5 rope_theta: $6 tie_embeddings: $7
+        rope_scaling { rope_type: LLAMA3 factor: 32 low_freq_factor: 1 high_freq_factor: 4
+                       original_max_position_embeddings: 8192 } }
+EOF
+}
+# llama_step NAME MODEL: micro-batches 1, 2 until one fails; reports the largest that ran.
+llama_step() {
+  local name=$1 model=$2 b ok=0 ms=0 run
+  for b in 1 2; do
+    llama_runs=$((llama_runs + 1))
+    run=$work/llama_$llama_runs
+    { echo "$model"
+      echo "train { micro_batch: $b steps: 8 lr: 1e-5 warmup_steps: 0 log_every: 1 }"
+      echo "device: CUDA"
+      echo "data { train: \"$work/tokens_llama.bin\" }"; } >"$work/llama.textproto"
+    if stage "llama $name B=$b" 100 "${fjord_env[@]}" "$bin/fjord" train "$work/llama.textproto" \
+         --set run_dir="$run"; then
+      ok=$b
+      ms=$(median_ms "$run/metrics.jsonl")
+    else
+      break
+    fi
+  done
+  if [ "$ok" -gt 0 ]; then
+    add "llama: $name, bf16, vocab 65536, micro-batch $ok x 2048: $ms ms/step, $(python3 -c "print(f'{$ok*2048/($ms/1000):.0f}')") tokens/s"
+    return 0
+  fi
+  add "llama: $name: no micro-batch ran (see the log)"
+  return 1
+}
+llama_runs=0
+case " ${FJORD_GPU_SKIP:-} " in
+  *" llama "*) add "llama: skipped (FJORD_GPU_SKIP)" ;;
+  *)
+    python3 - "$work/tokens_llama.bin" <<'EOF'
+import struct, sys, random
+random.seed(1337)
+n = 1 << 16  # 32 windows of 2049: every micro-batch below, reused each step
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
+    f.write(struct.pack(f"<{n}H", *(random.randrange(65536) for _ in range(n))))
+EOF
+    llama_step "Llama 3.2 1B (16 layers, 2048, GQA 32:8, SwiGLU 8192, tied)" "$(llama_model 16 32 8 2048 8192 500000 true)"
+    for layers in ${FJORD_GPU_8B_LAYERS:-16 8}; do
+      llama_step "Llama 3.1 8B shapes, $layers of its 32 layers (4096, GQA 32:8, SwiGLU 14336)" \
+        "$(llama_model "$layers" 32 8 4096 14336 500000 false)" && break
+    done
+    ;;
+esac
+
 rm -rf "$work"
 
 note "=== summary (${SECONDS}s) ==="

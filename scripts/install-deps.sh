@@ -4,6 +4,7 @@
 # Debian package here: it is used when present (see FJORD_CUDA in CMakeLists.txt).
 # python3-numpy runs the independent Python readers and the HF GPT-2 oracle of tests/runtime/formats/
 # (those tests skip without it). libcli11-dev (header-only CLI11) parses the fjord command line.
+# zlib1g-dev and libzstd-dev: fjord prep reads gzip and zstd inputs.
 # libpcre2-dev runs tokenizer.json's Split regexes, libicu-dev its NFC/NFKC normalizers.
 #
 # The Python test oracle (docs/ARCHITECTURE.md, "Tokenizers"): a venv at <repo>/.venv from
@@ -17,7 +18,7 @@
 set -euo pipefail
 packages=(cmake g++ make pkg-config libprotobuf-dev protobuf-compiler libopenblas-dev libgtest-dev
           openmpi-bin libopenmpi-dev libssl-dev python3 python3-numpy ccache slurm-wlm munge libcli11-dev clang-format
-          libpcre2-dev libicu-dev python3-venv python3-torch)
+          libpcre2-dev libicu-dev python3-venv python3-torch zlib1g-dev libzstd-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

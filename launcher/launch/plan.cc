@@ -82,6 +82,11 @@ std::string SbatchScript(const LaunchPlan& plan, const LaunchOptions& options, c
   if (!plan.slurm_account.empty()) s += "#SBATCH --account=" + plan.slurm_account + "\n";
   // Tenant exclusivity: whole nodes, unless the tenant has a partition or account of its own.
   if (plan.slurm_exclusive) s += "#SBATCH --exclusive\n";
+  if (!options.slurm_time.empty()) s += "#SBATCH --time=" + options.slurm_time + "\n";
+  if (options.slurm_gpus_per_node > 0)
+    s += "#SBATCH --gpus-per-node=" + std::to_string(options.slurm_gpus_per_node) + "\n";
+  if (!options.slurm_signal.empty()) s += "#SBATCH --signal=" + options.slurm_signal + "\n";
+  for (const std::string& arg : options.sbatch_args) s += "#SBATCH " + arg + "\n";
   s += "#SBATCH --output=" + plan.launch_dir + "/slurm-%j.out\n";
   s += "set -euo pipefail\n";
   s += "export FJORD_LAUNCH_ID=slurm-${SLURM_JOB_ID}\n";

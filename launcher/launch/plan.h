@@ -28,6 +28,12 @@ struct LaunchOptions {
   int wait_for_nodes_s = -1;
   std::string mpirun = "mpirun";
   std::string sbatch = "sbatch";
+  // --slurm, sbatch script options: --time, --gpus-per-node (0: none), --signal (so a time limit
+  // ends in a checkpoint: fjord train stops on SIGUSR1), and --sbatch-arg options passed through.
+  std::string slurm_time;
+  int slurm_gpus_per_node = 0;
+  std::string slurm_signal = "USR1@120";
+  std::vector<std::string> sbatch_args;
   std::vector<std::string> train_flags;  // passed on to `fjord train` (--quiet, --json, --resume)
   std::string fjord_binary;              // "" = this executable
   // Inside a Slurm allocation (--slurm): the job id and node list; filled from SLURM_JOB_ID and

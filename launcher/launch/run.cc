@@ -11,7 +11,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <string>
 
 #include "common/env.h"
 #include "common/file_util.h"
@@ -124,7 +126,47 @@ StatusOr<SlurmJob> FollowSlurmJob(const std::string& id, std::string* stop_reque
   return job;
 }
 
-// Runs argv and waits; returns its exit code (128 + signal when killed, 127 when it cannot start).
+// Why `arg` may not pass through --sbatch-arg ("" if it may): placement, exclusivity and the
+// partition or account are fjord launch's residency controls, not the user's; the options launch
+// writes itself have flags of their own.
+std::string SbatchArgProblem(const std::string& arg) {
+  if (!arg.starts_with("-")) {
+    return "--sbatch-arg '" + arg + "' is not an sbatch option; write it as --sbatch-arg=--NAME=VALUE";
+  }
+  const std::string name = arg.substr(0, arg.find('='));
+  static const char* const kResidency[] = {
+      "--constraint", "-C", "--nodelist", "-w", "--exclude",       "-x", "--exclusive", "--partition", "-p",
+      "--account",    "-A", "--nodefile", "-F", "--oversubscribe", "-s"};
+  for (const char* r : kResidency) {
+    if (name == r || (std::string(r).size() == 2 && name.starts_with(r) && name.size() > 2)) {
+      return "--sbatch-arg " + arg + ": " + name +
+             " is set by fjord launch from the tenant's residency and the inventory (placement, exclusivity, "
+             "partition, account) and cannot be changed here; change the inventory instead "
+             "(docs/SOVEREIGNTY.md, "
+             "\"Slurm\")";
+    }
+  }
+  static const std::pair<const char*, const char*> kOwnFlags[] = {
+      {"--time", "--time"},
+      {"-t", "--time"},
+      {"--gpus-per-node", "--gpus-per-node"},
+      {"--signal", "--signal"},
+      {"--nodes", "--np"},
+      {"-N", "--np"},
+      {"--ntasks", "--np"},
+      {"-n", "--np"},
+      {"--output", "(launch writes RUN_DIR/launch/slurm-%j.out)"},
+      {"-o", "(launch writes RUN_DIR/launch/slurm-%j.out)"},
+      {"--job-name", "(launch names it fjord-TENANT)"},
+      {"-J", "(launch names it fjord-TENANT)"}};
+  for (const auto& [flag, instead] : kOwnFlags) {
+    if (name == flag) return "--sbatch-arg " + arg + ": use launch's " + instead + " instead";
+  }
+  return "";
+}
+
+}  // namespace
+
 int RunChild(const std::vector<std::string>& argv) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -167,6 +209,10 @@ int RunChild(const std::vector<std::string>& argv) {
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 1;
 }
+
+bool ChildStopRequested() { return g_terms != 0; }
+
+namespace {
 
 // The log's last record as an anchor kept out of the job user's reach (docs/SOVEREIGNTY.md, "The
 // audit log"): printed for whoever ran launch, with the command that checks it, and sent to the
@@ -263,6 +309,19 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
   return job->exit_code;
 }
 
+// The tenant named by the first record of the audit log at `path` that names one ("" when there
+// is no such log or record).
+std::string LogTenant(const std::string& path) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    StatusOr<JsonValue> record = ParseJson(line, path);
+    if (!record.ok()) continue;
+    const JsonValue* tenant = record->Find("tenant");
+    if (tenant != nullptr && tenant->is_string() && !tenant->text().empty()) return tenant->text();
+  }
+  return "";
+}
+
 }  // namespace
 
 int RunLaunch(const LaunchOptions& options) {
@@ -272,10 +331,21 @@ int RunLaunch(const LaunchOptions& options) {
   };
   StatusOr<LaunchPlan> planned = PlanLaunch(options);
   if (!planned.ok()) {
-    // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written).
+    // A refusal after the job spec loaded is recorded in the job's audit log (nothing else is written),
+    // except for a dry run, which writes nothing, and never in a log that another tenant's records
+    // began (a job pointing its run_dir or audit_log at it).
     StatusOr<proto::JobSpec> job = LoadJobSpec(options.job_path, options.overrides);
     const StatusOr<std::string> digest = job.ok() ? JobDigest(*job) : StatusOr<std::string>(job.status());
-    if (digest.ok()) {
+    std::string owner;
+    if (job.ok()) owner = LogTenant(AuditPathFor(*job));
+    if (digest.ok() && !options.dry_run && !owner.empty() && owner != job->tenant().id()) {
+      std::fprintf(
+          stderr,
+          "fjord launch: warning: the refusal is not recorded: %s is tenant %s's audit log, and this "
+          "job is %s\n",
+          AuditPathFor(*job).c_str(), owner.c_str(),
+          job->tenant().id().empty() ? "untenanted" : ("tenant " + job->tenant().id()).c_str());
+    } else if (digest.ok() && !options.dry_run) {
       StatusOr<std::unique_ptr<AuditLog>> audit =
           AuditLog::Open(AuditPathFor(*job), "launch@" + ThisHostname());
       Status logged = audit.ok()
@@ -432,6 +502,16 @@ void AddLaunchCommand(CLI::App& app) {
   c->add_flag("--slurm", o.slurm, "submit an sbatch script (or run srun inside an allocation)");
   c->add_flag("--wait", o.wait, "--slurm: follow the submitted job to its end");
   c->add_option("--sbatch", o.sbatch, "--slurm: the sbatch to run")->type_name("PATH");
+  c->add_option("--time", o.slurm_time, "--slurm: the job's time limit (sbatch --time)")->type_name("TIME");
+  cli::AddNumber(*c, "--gpus-per-node", o.slurm_gpus_per_node, "G",
+                 "--slurm: GPUs per node (sbatch --gpus-per-node)", 0, 1024);
+  c->add_option("--signal", o.slurm_signal,
+                "--slurm: sbatch --signal (default USR1@120: a checkpoint 120 s before the time limit)")
+      ->type_name("SIG@SECONDS");
+  c->add_option("--sbatch-arg", o.sbatch_args,
+                "--slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high")
+      ->type_name("OPTION")
+      ->allow_extra_args(false);
   c->add_option("--mpirun", o.mpirun, "the mpirun to run")->type_name("PATH");
   c->add_flag("--quiet", a->quiet, "passed on to fjord train");
   c->add_flag("--json", a->json, "passed on to fjord train");
@@ -446,6 +526,14 @@ void AddLaunchCommand(CLI::App& app) {
                              "jurisdictions (see examples/sovereign-cluster/)");
     }
     if (c->count("--np") == 0) return cli::UsageError(*c, "--np N is required: the number of ranks to start");
+    for (const char* slurm_only : {"--time", "--gpus-per-node", "--signal", "--sbatch-arg"}) {
+      if (c->count(slurm_only) > 0 && !options.slurm) {
+        return cli::UsageError(*c, std::string(slurm_only) + " is an sbatch option: add --slurm");
+      }
+    }
+    for (const std::string& arg : options.sbatch_args) {
+      if (std::string why = SbatchArgProblem(arg); !why.empty()) return cli::UsageError(*c, why);
+    }
     if ((options.wait || c->count("--sbatch") > 0) && !options.slurm) {
       return cli::UsageError(*c,
                              "--wait and --sbatch are for Slurm jobs: add --slurm (without it launch runs "

@@ -25,6 +25,15 @@ namespace fjord {
 // dry run only reports the current holders.
 int RunLaunch(const LaunchOptions& options);
 
+// Runs argv (mpirun, srun) as a child and waits; returns its exit code (128 + signal when killed,
+// 127 when it cannot start). While it runs, the first SIGTERM reaches the child as SIGUSR1 (a clean
+// stop with a checkpoint), a second as SIGTERM; SIGINT is ignored (the terminal's Ctrl-C reaches the
+// child's process group itself).
+int RunChild(const std::vector<std::string>& argv);
+
+// Whether a SIGTERM asked the last RunChild's job to stop.
+bool ChildStopRequested();
+
 // `fjord launch JOB.textproto --inventory INV.textproto --np N ...` as a subcommand of `app`
 // (launcher/cli.h): parses and checks the arguments (exit 2 with the usage), then RunLaunch.
 void AddLaunchCommand(CLI::App& app);

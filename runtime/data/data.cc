@@ -1,5 +1,6 @@
-// Token shards and the loader. Shards are read whole into memory: a GPT-2 scale corpus for one
-// node fits, and it keeps Fill a plain copy. Byte order is handled explicitly (shards are
+// Token shards and the streaming loader (data.h). A shard is read whole when a sequence needs it
+// (or ahead of it) and dropped when the stream has moved on, so memory follows the shard size, not
+// the data set's. Byte order is handled explicitly (shards are
 // little-endian) so the format does not depend on the host.
 #include "runtime/data/data.h"
 
@@ -12,17 +13,21 @@
 #include <bit>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "common/check.h"
 #include "common/file_util.h"
@@ -89,14 +94,6 @@ uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
   return x % n;
 }
 
-std::vector<uint64_t> EpochPermutation(uint64_t seed, uint64_t epoch, uint64_t windows) {
-  std::vector<uint64_t> order(windows);
-  std::iota(order.begin(), order.end(), uint64_t{0});
-  std::mt19937_64 rng(EpochHash(seed, epoch, kOrderSalt));
-  for (uint64_t i = windows - 1; i > 0; --i) std::swap(order[i], order[UniformBelow(rng, i + 1)]);
-  return order;
-}
-
 // Up to `limit` files with their token counts, for messages: "a.bin (10 tokens), b.bin (3 tokens)".
 std::string DescribeFiles(const std::vector<std::string>& files, const std::vector<size_t>& counts,
                           size_t limit) {
@@ -117,14 +114,37 @@ std::string ShardName(const std::string& prefix, size_t index) {
 
 }  // namespace
 
-Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens) {
+int32_t ShardVersionFor(int64_t vocab_size) {
+  return vocab_size <= 65536 ? kShardVersion : kShardVersionUint32;
+}
+
+namespace {
+
+int TokenBytes(int32_t version) { return version == kShardVersionUint32 ? 4 : 2; }
+
+uint32_t GetLeToken(const uint8_t* p, int width) {
+  uint32_t v = 0;
+  for (int i = 0; i < width; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+
+}  // namespace
+
+Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens, int32_t version) {
   const std::string what = "cannot write shard " + path;
+  if (version != kShardVersion && version != kShardVersionUint32) {
+    return InvalidArgument(what + ": version " + std::to_string(version) +
+                           " is not a shard version (1: uint16 tokens, 2: uint32 tokens)");
+  }
+  const int width = TokenBytes(version);
   for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] > 65535) {
-      return InvalidArgument(
-          what + ": token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-          " does not fit in uint16 (shards hold ids 0..65535); use a tokenizer with at most "
-          "65536 ids");
+    if (tokens[i] < 0 || (width == 2 && tokens[i] > 65535)) {
+      return InvalidArgument(what + ": token " + std::to_string(tokens[i]) + " at index " +
+                             std::to_string(i) +
+                             (width == 2 ? " does not fit in uint16 (version 1 shards hold ids 0..65535); "
+                                           "write version 2 (uint32), as fjord prep does for a tokenizer "
+                                           "with more than 65536 ids"
+                                         : " is negative: not a token id"));
     }
   }
   if (tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
@@ -138,19 +158,18 @@ Status WriteShard(const std::string& path, const std::vector<int32_t>& tokens) {
 
   std::vector<uint8_t> buffer(kHeaderBytes, 0);
   PutLe32(&buffer[0], static_cast<uint32_t>(kShardMagic));
-  PutLe32(&buffer[4], static_cast<uint32_t>(kShardVersion));
+  PutLe32(&buffer[4], static_cast<uint32_t>(version));
   PutLe32(&buffer[8], static_cast<uint32_t>(tokens.size()));
   FJORD_RETURN_IF_ERROR(file->Write(buffer.data(), buffer.size()).WithContext(what));
   constexpr size_t kChunk = 1 << 16;
-  buffer.resize(2 * kChunk);
+  buffer.resize(static_cast<size_t>(width) * kChunk);
   for (size_t begin = 0; begin < tokens.size(); begin += kChunk) {
     const size_t n = std::min(kChunk, tokens.size() - begin);
     for (size_t i = 0; i < n; ++i) {
-      const uint16_t t = static_cast<uint16_t>(tokens[begin + i]);
-      buffer[2 * i] = static_cast<uint8_t>(t);
-      buffer[2 * i + 1] = static_cast<uint8_t>(t >> 8);
+      const uint32_t t = static_cast<uint32_t>(tokens[begin + i]);
+      for (int b = 0; b < width; ++b) buffer[width * i + b] = static_cast<uint8_t>(t >> (8 * b));
     }
-    FJORD_RETURN_IF_ERROR(file->Write(buffer.data(), 2 * n).WithContext(what));
+    FJORD_RETURN_IF_ERROR(file->Write(buffer.data(), static_cast<size_t>(width) * n).WithContext(what));
   }
   return file->Commit().WithContext(what);
 }
@@ -167,8 +186,14 @@ Status CheckShardSize(int64_t size, const std::string& what) {
   return OkStatus();
 }
 
-// Magic, version and count of a shard `size` bytes long; sets *count.
-Status CheckShardHeader(const uint8_t* header, int64_t size, const std::string& what, int32_t* count_out) {
+struct ShardHeader {
+  int32_t version = 0;
+  int32_t count = 0;
+  int width = 0;
+};
+
+// Magic, version and count of a shard `size` bytes long.
+StatusOr<ShardHeader> CheckShardHeader(const uint8_t* header, int64_t size, const std::string& what) {
   const int32_t magic = GetLe32(header);
   const int32_t version = GetLe32(header + 4);
   const int32_t count = GetLe32(header + 8);
@@ -176,49 +201,53 @@ Status CheckShardHeader(const uint8_t* header, int64_t size, const std::string& 
     return DataLoss(what + ": magic number " + std::to_string(magic) + " is not " +
                     std::to_string(kShardMagic) + ": not an llm.c token shard; " + kPrepHint);
   }
-  if (version != kShardVersion) {
+  if (version != kShardVersion && version != kShardVersionUint32) {
     return DataLoss(what + ": version " + std::to_string(version) +
-                    " is not supported (fjord reads version " + std::to_string(kShardVersion) +
-                    ", uint16 tokens; llm.c's version 2 holds uint32 Llama-3 "
+                    " is not supported (fjord reads version 1, uint16 tokens, and version 2, uint32 "
                     "tokens); re-create the shard with `fjord prep`");
   }
   if (count < 0) {
     return DataLoss(what + ": the header's token count is negative (" + std::to_string(count) +
                     "): corrupt; re-create the shard with `fjord prep`");
   }
-  const int64_t expected = kHeaderBytes + 2 * static_cast<int64_t>(count);
+  const int width = TokenBytes(version);
+  const int64_t expected = kHeaderBytes + width * static_cast<int64_t>(count);
   if (size != expected) {
-    return DataLoss(what + ": header says " + std::to_string(count) + " tokens = " +
-                    std::to_string(expected) + " bytes expected, file has " + std::to_string(size) +
+    return DataLoss(what + ": header says " + std::to_string(count) + " tokens of " + std::to_string(width) +
+                    " bytes = " + std::to_string(expected) + " bytes expected, file has " +
+                    std::to_string(size) +
                     " bytes: truncated or corrupt; "
                     "re-create the shard with `fjord prep`");
   }
-  *count_out = count;
-  return OkStatus();
+  return ShardHeader{version, count, width};
 }
 
-// Converts little-endian tokens in place and checks them against the vocabulary.
-Status CheckShardTokens(std::vector<uint16_t>& tokens, const std::string& what, int vocab_size) {
-  if constexpr (std::endian::native == std::endian::big) {
-    for (uint16_t& t : tokens) t = static_cast<uint16_t>((t >> 8) | (t << 8));
-  }
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (static_cast<int>(tokens[i]) >= vocab_size) {
-      return InvalidArgument(
-          what + ": token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-          " (byte offset " + std::to_string(kHeaderBytes + 2 * static_cast<int64_t>(i)) +
-          ") is not below the vocabulary size: model.vocab_size is " + std::to_string(vocab_size) +
-          "; the shard was made for a larger vocabulary (re-run "
-          "fjord prep with the right tokenizer or raise model.vocab_size)");
+// Checks the tokens of a shard whose header passed against the vocabulary.
+Status CheckShardTokens(const uint8_t* data, const ShardHeader& h, const std::string& what, int vocab_size) {
+  const uint8_t* tokens = data + kHeaderBytes;
+  for (int64_t i = 0; i < h.count; ++i) {
+    const uint32_t t = GetLeToken(tokens + h.width * i, h.width);
+    if (t >= static_cast<uint32_t>(vocab_size)) {
+      return InvalidArgument(what + ": token " + std::to_string(t) + " at index " + std::to_string(i) +
+                             " (byte offset " + std::to_string(kHeaderBytes + h.width * i) +
+                             ") is not below the vocabulary size: model.vocab_size is " +
+                             std::to_string(vocab_size) +
+                             "; the shard was made for a larger vocabulary (re-run "
+                             "fjord prep with the right tokenizer or raise model.vocab_size)");
     }
   }
   return OkStatus();
 }
 
-}  // namespace
+std::vector<uint32_t> Tokens(const uint8_t* data, const ShardHeader& h) {
+  std::vector<uint32_t> tokens(static_cast<size_t>(h.count));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = GetLeToken(data + kHeaderBytes + h.width * i, h.width);
+  return tokens;
+}
 
-StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_size) {
-  const std::string what = "shard " + path;
+// Opens a shard for reading: errors name it and what to check.
+StatusOr<Fd> OpenShard(const std::string& path, const std::string& what, int64_t* size) {
   Fd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (file.get() < 0) {
     if (errno == ENOENT) return NotFound(what + ": no such file; check the path, or " + kPrepHint);
@@ -231,35 +260,51 @@ StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path, int vocab_siz
     return InvalidArgument(what +
                            " is not a regular file; point data.train / data.val at the .bin shard files");
   }
-  const int64_t size = st.st_size;
+  *size = st.st_size;
+  return file;
+}
+
+// The whole shard through one open file: size from fstat, then exactly that many bytes.
+StatusOr<std::string> ReadShardBytes(const std::string& path, const std::string& what) {
+  int64_t size = 0;
+  FJORD_ASSIGN_OR_RETURN(Fd file, OpenShard(path, what, &size));
+  FJORD_RETURN_IF_ERROR(CheckShardSize(size, what));
+  std::string bytes(static_cast<size_t>(size), '\0');
+  if (!ReadAll(file.get(), reinterpret_cast<uint8_t*>(bytes.data()), bytes.size())) {
+    return DataLoss(what + ": cannot read it: " + (errno ? ErrnoText() : "the file shrank while reading") +
+                    "; restore the shard or re-create the data with `fjord prep`");
+  }
+  return bytes;
+}
+
+// The header of the shard at `path` and the file's size, reading only the header.
+StatusOr<ShardHeader> ReadShardHeader(const std::string& path, const std::string& what) {
+  int64_t size = 0;
+  FJORD_ASSIGN_OR_RETURN(Fd file, OpenShard(path, what, &size));
   FJORD_RETURN_IF_ERROR(CheckShardSize(size, what));
   uint8_t header[kHeaderBytes];
   if (!ReadAll(file.get(), header, sizeof(header))) {
     return DataLoss(what +
                     ": cannot read the header: " + (errno ? ErrnoText() : "file shrank while reading"));
   }
-  int32_t count = 0;
-  FJORD_RETURN_IF_ERROR(CheckShardHeader(header, size, what, &count));
-  std::vector<uint16_t> tokens(static_cast<size_t>(count));
-  if (!ReadAll(file.get(), reinterpret_cast<uint8_t*>(tokens.data()), tokens.size() * 2)) {
-    return DataLoss(what +
-                    ": cannot read the tokens: " + (errno ? ErrnoText() : "file shrank while reading"));
-  }
-  FJORD_RETURN_IF_ERROR(CheckShardTokens(tokens, what, vocab_size));
-  return tokens;
+  return CheckShardHeader(header, size, what);
 }
 
-StatusOr<std::vector<uint16_t>> DecodeShard(std::string_view bytes, const std::string& path, int vocab_size) {
+}  // namespace
+
+StatusOr<std::vector<uint32_t>> ReadShard(const std::string& path, int vocab_size) {
+  FJORD_ASSIGN_OR_RETURN(const std::string bytes, ReadShardBytes(path, "shard " + path));
+  return DecodeShard(bytes, path, vocab_size);
+}
+
+StatusOr<std::vector<uint32_t>> DecodeShard(std::string_view bytes, const std::string& path, int vocab_size) {
   const std::string what = "shard " + path;
   const int64_t size = static_cast<int64_t>(bytes.size());
   FJORD_RETURN_IF_ERROR(CheckShardSize(size, what));
   const uint8_t* data = reinterpret_cast<const uint8_t*>(bytes.data());
-  int32_t count = 0;
-  FJORD_RETURN_IF_ERROR(CheckShardHeader(data, size, what, &count));
-  std::vector<uint16_t> tokens(static_cast<size_t>(count));
-  std::memcpy(tokens.data(), data + kHeaderBytes, tokens.size() * 2);
-  FJORD_RETURN_IF_ERROR(CheckShardTokens(tokens, what, vocab_size));
-  return tokens;
+  FJORD_ASSIGN_OR_RETURN(const ShardHeader h, CheckShardHeader(data, size, what));
+  FJORD_RETURN_IF_ERROR(CheckShardTokens(data, h, what, vocab_size));
+  return Tokens(data, h);
 }
 
 StatusOr<std::vector<std::string>> ExpandShardGlob(const std::string& pattern, const std::string& what) {
@@ -298,28 +343,325 @@ StatusOr<std::vector<std::string>> ExpandShardGlob(const std::string& pattern, c
   return files;
 }
 
-// Per-epoch permutations, most recently used first; at most two are kept (a batch may straddle
-// an epoch boundary, and train and eval calls alternate on different loaders, not on one).
-class DataLoader::EpochOrders {
+namespace {
+
+// A Fisher-Yates permutation of [0, n) from std::mt19937_64 seeded with `seed`.
+std::vector<uint32_t> Permutation(uint64_t seed, uint64_t n) {
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), uint32_t{0});
+  std::mt19937_64 rng(seed);
+  for (uint64_t i = n; i > 1; --i) std::swap(order[i - 1], order[UniformBelow(rng, i)]);
+  return order;
+}
+
+// Different salts keep the draws of one epoch independent.
+constexpr uint64_t kShardOrderSalt = 0x7368617264732121ull;  // "shards!!"
+
+uint64_t ShardHash(uint64_t seed, uint64_t epoch, uint64_t shard, uint64_t salt) {
+  return Mix64(EpochHash(seed, epoch, salt) ^ Mix64(shard));
+}
+
+// A small most-recently-used cache: at most `capacity` entries.
+template <typename Key, typename Value>
+class RecentCache {
  public:
-  std::shared_ptr<const std::vector<uint64_t>> Get(uint64_t seed, uint64_t epoch, uint64_t windows) {
+  explicit RecentCache(size_t capacity) : capacity_(capacity) {}
+  template <typename Make>
+  std::shared_ptr<const Value> Get(const Key& key, Make make) {
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 0; i < entries_.size(); ++i) {
-      if (entries_[i].first == epoch) {
+      if (entries_[i].first == key) {
         std::rotate(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(i),
                     entries_.begin() + static_cast<std::ptrdiff_t>(i) + 1);
         return entries_.front().second;
       }
     }
-    auto order = std::make_shared<const std::vector<uint64_t>>(EpochPermutation(seed, epoch, windows));
-    entries_.insert(entries_.begin(), {epoch, order});
-    if (entries_.size() > 2) entries_.pop_back();
-    return order;
+    auto value = std::make_shared<const Value>(make());
+    entries_.insert(entries_.begin(), {key, value});
+    if (entries_.size() > capacity_) entries_.pop_back();
+    return value;
   }
 
  private:
+  const size_t capacity_;
   std::mutex mu_;
-  std::vector<std::pair<uint64_t, std::shared_ptr<const std::vector<uint64_t>>>> entries_;
+  std::vector<std::pair<Key, std::shared_ptr<const Value>>> entries_;
+};
+
+}  // namespace
+
+class DataLoader::Impl {
+ public:
+  struct Shard {
+    ShardExpectation expect;
+    ShardHeader header;           // as Open read it
+    uint64_t windows = 0;         // w_s
+    uint64_t offset_choices = 1;  // o_{e,s} is drawn from [0, offset_choices)
+  };
+  // Where sequence i lies: epoch, position in the epoch's shard order, shard, first token.
+  struct Location {
+    uint64_t epoch = 0;
+    size_t position = 0;
+    uint32_t shard = 0;
+    uint64_t start = 0;
+  };
+  // A shard read whole and verified; tokens are decoded from these same bytes.
+  struct Loaded {
+    std::string bytes;
+    int width = 2;
+  };
+
+  Impl() : epochs_(2), windows_cache_(4) {}
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (prefetcher_.joinable()) prefetcher_.join();
+  }
+
+  // Fills the per-shard window counts and W; false when no shard holds a window.
+  bool Layout() {
+    windows_ = 0;
+    for (uint32_t s = 0; s < shards_.size(); ++s) {
+      Shard& shard = shards_[s];
+      const uint64_t n = static_cast<uint64_t>(shard.header.count);
+      const uint64_t t = static_cast<uint64_t>(seq_len_);
+      shard.windows = n >= t + 1 ? (n - 1) / t : 0;
+      shard.offset_choices = shuffle_ && shard.windows > 0 ? n - shard.windows * t : 1;
+      if (shard.windows > 0) eligible_.push_back(s);
+      windows_ += shard.windows;
+    }
+    return windows_ > 0;
+  }
+
+  Location Locate(uint64_t i) const {
+    Location loc;
+    loc.epoch = i / windows_;
+    const uint64_t k = i % windows_;
+    const std::shared_ptr<const EpochOrder> order = Order(loc.epoch);
+    loc.position = static_cast<size_t>(std::upper_bound(order->first.begin(), order->first.end(), k) -
+                                       order->first.begin() - 1);
+    loc.shard = order->shards[loc.position];
+    const Shard& shard = shards_[loc.shard];
+    const uint64_t local = k - order->first[loc.position];
+    const uint64_t t = static_cast<uint64_t>(seq_len_);
+    if (!shuffle_) {
+      loc.start = local * t;
+      return loc;
+    }
+    const uint64_t offset = ShardHash(seed_, loc.epoch, loc.shard, kOffsetSalt) % shard.offset_choices;
+    const std::shared_ptr<const std::vector<uint32_t>> windows = windows_cache_.Get(
+        {loc.epoch, loc.shard},
+        [&] { return Permutation(ShardHash(seed_, loc.epoch, loc.shard, kOrderSalt), shard.windows); });
+    loc.start = offset + static_cast<uint64_t>((*windows)[local]) * t;
+    return loc;
+  }
+
+  // The shard after the one at `loc` in the stream.
+  uint32_t NextShard(const Location& loc) const {
+    const std::shared_ptr<const EpochOrder> order = Order(loc.epoch);
+    if (loc.position + 1 < order->shards.size()) return order->shards[loc.position + 1];
+    return Order(loc.epoch + 1)->shards.front();
+  }
+
+  Status Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) {
+    const size_t t = static_cast<size_t>(seq_len_);
+    std::vector<std::pair<uint32_t, std::shared_ptr<const Loaded>>> held;
+    Location loc;
+    for (int b = 0; b < B; ++b) {
+      loc = Locate(first + static_cast<uint64_t>(b));
+      const Loaded* data = nullptr;
+      for (const auto& [s, l] : held) {
+        if (s == loc.shard) data = l.get();
+      }
+      if (data == nullptr) {
+        StatusOr<std::shared_ptr<const Loaded>> l = Acquire(loc.shard);
+        if (!l.ok()) return l.status();
+        held.emplace_back(loc.shard, *l);
+        data = held.back().second.get();
+      }
+      const uint8_t* window =
+          reinterpret_cast<const uint8_t*>(data->bytes.data()) + kHeaderBytes + data->width * loc.start;
+      int32_t* in = inputs + static_cast<size_t>(b) * t;
+      int32_t* out = targets + static_cast<size_t>(b) * t;
+      uint32_t previous = GetLeToken(window, data->width);
+      for (size_t j = 0; j < t; ++j) {
+        const uint32_t next = GetLeToken(window + data->width * (j + 1), data->width);
+        in[j] = static_cast<int32_t>(previous);
+        out[j] = static_cast<int32_t>(next);
+        previous = next;
+      }
+    }
+    if (B == 0) return OkStatus();
+    const uint32_t ahead = NextShard(loc);
+    std::lock_guard<std::mutex> lock(mu_);
+    // Keep what this call used and the shard ahead; drop the rest.
+    for (auto it = resident_.begin(); it != resident_.end();) {
+      const bool used =
+          std::any_of(held.begin(), held.end(), [&](const auto& h) { return h.first == it->first; });
+      if (!used && it->first != ahead && !it->second.loading) {
+        it = resident_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (resident_.count(ahead) == 0) {
+      want_ = ahead;
+      if (!prefetcher_.joinable()) prefetcher_ = std::thread([this] { PrefetchLoop(); });
+      cv_.notify_all();
+    }
+    return OkStatus();
+  }
+
+  DataLoader::Stats stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+
+  std::string what_;
+  int vocab_size_ = 0;
+  int seq_len_ = 0;
+  uint64_t seed_ = 0;
+  bool shuffle_ = true;
+  DataPolicy policy_;
+  std::vector<std::string> files_;
+  std::vector<Shard> shards_;
+  std::vector<uint32_t> eligible_;  // shards with at least one window, in glob order
+  uint64_t windows_ = 0;            // W
+  uint64_t tokens_ = 0;
+
+ private:
+  struct EpochOrder {
+    std::vector<uint32_t> shards;  // P_e
+    std::vector<uint64_t> first;   // first[j]: windows of the shards before position j
+  };
+  struct Slot {
+    std::shared_ptr<const Loaded> data;
+    Status error;
+    bool loading = false;
+  };
+
+  std::shared_ptr<const EpochOrder> Order(uint64_t epoch) const {
+    return epochs_.Get(shuffle_ ? epoch : 0, [&] {
+      EpochOrder order;
+      if (shuffle_) {
+        for (uint32_t p : Permutation(EpochHash(seed_, epoch, kShardOrderSalt), eligible_.size())) {
+          order.shards.push_back(eligible_[p]);
+        }
+      } else {
+        order.shards = eligible_;
+      }
+      order.first.push_back(0);
+      for (uint32_t s : order.shards) order.first.push_back(order.first.back() + shards_[s].windows);
+      return order;
+    });
+  }
+
+  // Reads shard s whole, verifies it (digest, header as at Open, vocabulary) and keeps those bytes.
+  StatusOr<std::shared_ptr<const Loaded>> Load(uint32_t s) const {
+    const Shard& shard = shards_[s];
+    const std::string& path = shard.expect.path;
+    StatusOr<std::string> bytes = ReadShardBytes(shard.expect.real_path, "shard " + path);
+    if (!bytes.ok()) return bytes.status().WithContext(what_);
+    FJORD_RETURN_IF_ERROR(VerifyShardBytes(shard.expect, *bytes, what_, policy_));
+    const uint8_t* data = reinterpret_cast<const uint8_t*>(bytes->data());
+    StatusOr<ShardHeader> h = CheckShardHeader(data, static_cast<int64_t>(bytes->size()), "shard " + path);
+    if (!h.ok()) return h.status().WithContext(what_);
+    if (h->version != shard.header.version || h->count != shard.header.count) {
+      return DataLoss(what_ + ": shard " + path + " changed after the job opened it (version " +
+                      std::to_string(shard.header.version) + ", " + std::to_string(shard.header.count) +
+                      " tokens then; version " + std::to_string(h->version) + ", " +
+                      std::to_string(h->count) +
+                      " tokens now): refusing it. Restore the shard, or restart the job on the new data");
+    }
+    FJORD_RETURN_IF_ERROR(CheckShardTokens(data, *h, "shard " + path, vocab_size_).WithContext(what_));
+    auto loaded = std::make_shared<Loaded>();
+    loaded->bytes = std::move(*bytes);
+    loaded->width = h->width;
+    return std::shared_ptr<const Loaded>(std::move(loaded));
+  }
+
+  // Stores a finished read (under mu_) and updates the peaks.
+  void Store(uint32_t s, StatusOr<std::shared_ptr<const Loaded>> loaded) {
+    Slot& slot = resident_[s];
+    slot.loading = false;
+    ++stats_.shard_reads;
+    if (loaded.ok()) {
+      slot.data = std::move(*loaded);
+    } else {
+      slot.error = loaded.status();
+    }
+    uint64_t bytes = 0, shards = 0;
+    for (const auto& [id, r] : resident_) {
+      if (r.data) {
+        bytes += r.data->bytes.size();
+        ++shards;
+      }
+    }
+    stats_.max_resident_bytes = std::max(stats_.max_resident_bytes, bytes);
+    stats_.max_resident_shards = std::max(stats_.max_resident_shards, shards);
+    cv_.notify_all();
+  }
+
+  // Shard s, read here or by the prefetch thread (waited for). Another Fill may drop the entry
+  // while this one waits, so each round looks it up again.
+  StatusOr<std::shared_ptr<const Loaded>> Acquire(uint32_t s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    bool waited = false;
+    while (true) {
+      auto it = resident_.find(s);
+      if (it == resident_.end()) {
+        waited = true;
+        resident_[s].loading = true;
+        lock.unlock();
+        StatusOr<std::shared_ptr<const Loaded>> loaded = Load(s);
+        lock.lock();
+        Store(s, std::move(loaded));
+        continue;
+      }
+      if (it->second.loading) {
+        waited = true;
+        cv_.wait(lock);
+        continue;
+      }
+      if (waited) ++stats_.waited_reads;
+      if (!it->second.error.ok()) {
+        Status error = it->second.error;
+        resident_.erase(it);  // a later Fill reads it again
+        return error;
+      }
+      return it->second.data;
+    }
+  }
+
+  void PrefetchLoop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return stop_ || want_.has_value(); });
+      if (stop_) return;
+      const uint32_t s = *want_;
+      want_.reset();
+      if (resident_.count(s) > 0) continue;
+      resident_[s].loading = true;
+      lock.unlock();
+      StatusOr<std::shared_ptr<const Loaded>> loaded = Load(s);
+      lock.lock();
+      Store(s, std::move(loaded));
+    }
+  }
+
+  mutable RecentCache<uint64_t, EpochOrder> epochs_;
+  mutable RecentCache<std::pair<uint64_t, uint32_t>, std::vector<uint32_t>> windows_cache_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint32_t, Slot> resident_;
+  std::optional<uint32_t> want_;
+  bool stop_ = false;
+  DataLoader::Stats stats_;
+  std::thread prefetcher_;
 };
 
 StatusOr<DataLoader> DataLoader::Open(const std::string& pattern, const std::string& what, int vocab_size,
@@ -329,306 +671,51 @@ StatusOr<DataLoader> DataLoader::Open(const std::string& pattern, const std::str
                            " must be at least 1; set "
                            "train.seq_len (or model.seq_len) to 1 or more");
   }
-  DataLoader loader;
-  FJORD_ASSIGN_OR_RETURN(loader.files_, ExpandShardGlob(pattern, what));
+  auto impl = std::make_shared<Impl>();
+  impl->what_ = what;
+  impl->vocab_size_ = vocab_size;
+  impl->seq_len_ = seq_len;
+  impl->seed_ = seed;
+  impl->shuffle_ = shuffle;
+  impl->policy_ = policy != nullptr ? *policy : DataPolicy();
+  FJORD_ASSIGN_OR_RETURN(impl->files_, ExpandShardGlob(pattern, what));
+  // The data gate's step 1, for every job: every manifest, without reading a shard; then each
+  // shard's header against its size and the manifest's token count.
+  FJORD_ASSIGN_OR_RETURN(std::vector<ShardExpectation> expected,
+                         CheckShardManifests(pattern, impl->files_, what, impl->policy_));
   std::vector<size_t> counts;
-  // The data gate, for every job: every manifest first, then each shard read once (from the real
-  // path checked), verified, decoded.
-  const DataPolicy untenanted;
-  const DataPolicy& gate = policy != nullptr ? *policy : untenanted;
-  FJORD_ASSIGN_OR_RETURN(const std::vector<ShardExpectation> expected,
-                         CheckShardManifests(pattern, loader.files_, what, gate));
-  for (const ShardExpectation& e : expected) {
-    StatusOr<std::string> bytes = ReadWholeFile(e.real_path, "shard");
-    if (!bytes.ok()) return bytes.status().WithContext(what);
-    FJORD_RETURN_IF_ERROR(VerifyShardBytes(e, *bytes, what, gate));
-    StatusOr<std::vector<uint16_t>> shard = DecodeShard(*bytes, e.path, vocab_size);
-    if (!shard.ok()) return shard.status().WithContext(what);
-    FJORD_RETURN_IF_ERROR(VerifyShardTokens(e, static_cast<int64_t>(shard->size()), what));
-    counts.push_back(shard->size());
-    loader.tokens_.insert(loader.tokens_.end(), shard->begin(), shard->end());
+  for (ShardExpectation& e : expected) {
+    StatusOr<ShardHeader> h = ReadShardHeader(e.real_path, "shard " + e.path);
+    if (!h.ok()) return h.status().WithContext(what);
+    FJORD_RETURN_IF_ERROR(VerifyShardTokens(e, h->count, what));
+    counts.push_back(static_cast<size_t>(h->count));
+    impl->tokens_ += static_cast<uint64_t>(h->count);
+    impl->shards_.push_back({std::move(e), *h});
   }
-  const uint64_t n = loader.tokens_.size();
-  const uint64_t t = static_cast<uint64_t>(seq_len);
-  if (n < t + 1) {
-    return InvalidArgument(what + ": " + std::to_string(n) + " tokens in " +
-                           std::to_string(loader.files_.size()) + " file(s) matching '" + pattern + "' (" +
-                           DescribeFiles(loader.files_, counts, 5) +
+  if (impl->shards_.size() > std::numeric_limits<uint32_t>::max() || !impl->Layout()) {
+    const uint64_t t = static_cast<uint64_t>(seq_len);
+    return InvalidArgument(what + ": " + std::to_string(impl->tokens_) + " tokens in " +
+                           std::to_string(impl->files_.size()) + " file(s) matching '" + pattern + "' (" +
+                           DescribeFiles(impl->files_, counts, 5) +
                            ") are too few: one sequence needs seq_len + 1 = " + std::to_string(t + 1) +
-                           " tokens; add data (run fjord prep on a longer text) or lower train.seq_len");
+                           " tokens within one shard; add data (run fjord prep on a longer text, or with "
+                           "a larger --shard-tokens) or lower train.seq_len");
   }
-  loader.seq_len_ = seq_len;
-  loader.seed_ = seed;
-  loader.shuffle_ = shuffle;
-  if (shuffle) {
-    loader.windows_ = std::max<uint64_t>(1, (n - t) / t);
-    loader.offset_choices_ = std::min(t, n - loader.windows_ * t);
-    loader.orders_ = std::make_shared<EpochOrders>();
-  } else {
-    loader.windows_ = (n - 1) / t;
-    loader.offset_choices_ = 1;
-  }
+  DataLoader loader;
+  loader.impl_ = std::move(impl);
   return loader;
 }
 
-uint64_t DataLoader::sequences_per_epoch() const { return windows_; }
+uint64_t DataLoader::sequences_per_epoch() const { return impl_->windows_; }
+uint64_t DataLoader::num_tokens() const { return impl_->tokens_; }
+const std::vector<std::string>& DataLoader::files() const { return impl_->files_; }
+int DataLoader::seq_len() const { return impl_->seq_len_; }
+DataLoader::Stats DataLoader::stats() const { return impl_->stats(); }
 
-uint64_t DataLoader::SequenceStart(uint64_t i) const {
-  const uint64_t epoch = i / windows_;
-  const uint64_t k = i % windows_;
-  if (!shuffle_) return k * static_cast<uint64_t>(seq_len_);
-  const uint64_t offset = EpochHash(seed_, epoch, kOffsetSalt) % offset_choices_;
-  const std::shared_ptr<const std::vector<uint64_t>> order = orders_->Get(seed_, epoch, windows_);
-  return offset + (*order)[k] * static_cast<uint64_t>(seq_len_);
-}
-
-void DataLoader::Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) const {
-  FJORD_CHECK(windows_ > 0, "DataLoader::Fill on a loader that did not come from DataLoader::Open");
+Status DataLoader::Fill(uint64_t first, int B, int32_t* inputs, int32_t* targets) const {
+  FJORD_CHECK(impl_ != nullptr, "DataLoader::Fill on a loader that did not come from DataLoader::Open");
   FJORD_CHECK(B >= 0, "batch size " + std::to_string(B) + " is negative");
-  const size_t t = static_cast<size_t>(seq_len_);
-  for (int b = 0; b < B; ++b) {
-    const uint16_t* window = tokens_.data() + SequenceStart(first + static_cast<uint64_t>(b));
-    int32_t* in = inputs + static_cast<size_t>(b) * t;
-    int32_t* out = targets + static_cast<size_t>(b) * t;
-    for (size_t j = 0; j < t; ++j) {
-      in[j] = window[j];
-      out[j] = window[j + 1];
-    }
-  }
-}
-
-namespace {
-
-// The tenancy options of `fjord prep`, checked before anything is read or written. Returns the
-// FJORD_NODE_IDENTITY file the node identity came from ("" when it is the node's own, or none).
-StatusOr<std::string> CheckPrepTenancy(const PrepOptions& options) {
-  const std::string what = "fjord prep";
-  if (options.tenant.empty()) {
-    if (!options.allowed_jurisdictions.empty() || !options.allowed_sites.empty()) {
-      return InvalidArgument(what +
-                             ": --jurisdiction / --site without --tenant: residency belongs to a tenant; add "
-                             "--tenant ID (the tenant.id of the jobs that will read the data)");
-    }
-    std::error_code ec;
-    const fs::path manifest = fs::path(options.out_dir) / kManifestName;
-    if (fs::exists(manifest, ec)) {
-      return FailedPrecondition(
-          what + ": " + manifest.string() +
-          " is left from an earlier prep for a tenant; shards written without --tenant would "
-          "not match it. Pass --tenant ID --jurisdiction CC, or choose another output "
-          "directory");
-    }
-    return std::string();
-  }
-  if (!IsValidTenantId(options.tenant)) {
-    return InvalidArgument(
-        what + ": --tenant \"" + options.tenant +
-        "\" is not a tenant id: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting "
-        "with a letter or digit (the tenant.id of the jobs that will read the data)");
-  }
-  if (options.allowed_jurisdictions.empty()) {
-    return InvalidArgument(
-        what + ": --tenant " + options.tenant +
-        " needs --jurisdiction CC[,CC...]: the ISO 3166-1 alpha-2 codes of the countries where "
-        "the data may be opened, e.g. --jurisdiction NO");
-  }
-  for (const std::string& j : options.allowed_jurisdictions) {
-    if (std::string p = JurisdictionProblem(j); !p.empty()) {
-      return InvalidArgument(what + ": --jurisdiction \"" + j + "\" " + p);
-    }
-  }
-  for (const std::string& site : options.allowed_sites) {
-    if (!IsValidSiteName(site)) {
-      return InvalidArgument(what + ": --site \"" + site +
-                             "\" is not a site name (1 to 64 letters, digits, '.', '_', '-')");
-    }
-  }
-  // Prep reads the tenant's raw text: on a provisioned node, refuse to do that outside the residency.
-  // Only a genuine absence of the node's own file (ReadNodeIdentity checked this process's view of it
-  // first) means an unprovisioned node.
-  bool overridden = false;
-  NodeIdentityPath(&overridden);
-  StatusOr<LocalNode> node = ReadNodeIdentity();
-  if (!node.ok()) {
-    if (node.status().code() == StatusCode::kNotFound && !overridden) return std::string();
-    return node.status().WithContext(what + " --tenant " + options.tenant);
-  }
-  ResidencyPolicy policy{options.tenant, options.allowed_jurisdictions, options.allowed_sites};
-  if (std::string why = policy.WhyNot(node->identity.jurisdiction(), node->identity.site()); !why.empty()) {
-    return FailedPrecondition(what + ": this node (" + node->hostname + ", jurisdiction " +
-                              node->identity.jurisdiction() + ", site " + node->identity.site() + ", from " +
-                              node->path + ") is outside the residency given for tenant " + options.tenant +
-                              " (" + policy.Describe() + "): " + why +
-                              ". Tokenizing the tenant's text here would process its data outside its "
-                              "jurisdictions; run fjord prep on a node inside them");
-  }
-  return node->overridden ? node->path : std::string();
-  return OkStatus();
-}
-
-}  // namespace
-
-StatusOr<PrepResult> PrepareShards(const PrepOptions& options, const Tokenizer& tokenizer) {
-  const std::string what = "fjord prep";
-  if (!(options.val_fraction >= 0 && options.val_fraction < 1)) {
-    std::ostringstream value;
-    value << options.val_fraction;
-    return InvalidArgument(what + ": val_fraction " + value.str() +
-                           " is outside [0, 1): it is the share of the "
-                           "text kept for validation; use e.g. 0.1, or 0 for no validation shard");
-  }
-  if (options.shard_tokens < 1) {
-    return InvalidArgument(what + ": shard_tokens " + std::to_string(options.shard_tokens) +
-                           " must be at least 1; "
-                           "use e.g. 100000000");
-  }
-  if (options.out_dir.empty()) {
-    return InvalidArgument(what +
-                           ": the output directory is empty; give a directory for the shards, e.g. data/");
-  }
-  if (tokenizer.vocab_size() > 65536) {
-    return InvalidArgument(what + ": tokenizer \"" + tokenizer.name() + "\" has " +
-                           std::to_string(tokenizer.vocab_size()) +
-                           " ids but shards store uint16 (at most 65536); "
-                           "use a smaller tokenizer");
-  }
-  FJORD_ASSIGN_OR_RETURN(const std::string identity_override, CheckPrepTenancy(options));
-
-  std::error_code ec;
-  const fs::file_status input_status = fs::status(options.input, ec);
-  if (!fs::exists(input_status)) {
-    return NotFound(what + ": input " + options.input + ": no such file; give the text file to tokenize");
-  }
-  if (!fs::is_regular_file(input_status)) {
-    return InvalidArgument(what + ": input " + options.input + " is not a regular file; give a text file");
-  }
-  std::ifstream in(options.input, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in) return FailedPrecondition(what + ": cannot read " + options.input + "; check its permissions");
-  if (text.str().empty()) {
-    return InvalidArgument(what + ": input " + options.input +
-                           " is empty: nothing to tokenize; give a non-empty "
-                           "text file");
-  }
-
-  const std::vector<int32_t> tokens = tokenizer.Encode(text.str());
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t n_val = static_cast<int64_t>(std::llround(static_cast<double>(n) * options.val_fraction));
-  const int64_t n_train = n - n_val;
-  const std::string sizes = options.input + " has " + std::to_string(n) + " tokens and val_fraction " +
-                            std::to_string(options.val_fraction) + " keeps " + std::to_string(n_val) +
-                            " for validation, " + std::to_string(n_train) + " for training";
-  if (n_train < 2) {
-    return InvalidArgument(what + ": " + sizes +
-                           "; the train part needs at least 2 tokens (an input and its "
-                           "target): use a longer text or a smaller val_fraction");
-  }
-  if (options.val_fraction > 0 && n_val < 2) {
-    return InvalidArgument(
-        what + ": " + sizes +
-        "; the validation part needs at least 2 tokens (an input and its "
-        "target): use a longer text, a larger val_fraction, or val_fraction 0 for no validation "
-        "shard");
-  }
-  const int64_t per = options.shard_tokens;
-  const int64_t train_shards = (n_train + per - 1) / per;
-  const int64_t val_shards = (n_val + per - 1) / per;
-  if (std::max(train_shards, val_shards) > 1'000'000) {
-    return InvalidArgument(what + ": " + std::to_string(std::max(train_shards, val_shards)) + " shards of " +
-                           std::to_string(per) +
-                           " tokens would overflow the 6-digit shard numbers; raise "
-                           "shard_tokens");
-  }
-
-  fs::create_directories(options.out_dir, ec);
-  if (ec || !fs::is_directory(options.out_dir)) {
-    return FailedPrecondition(what + ": cannot create the output directory " + options.out_dir + ": " +
-                              (ec ? ec.message() : "a file of that name exists") +
-                              "; choose another directory or remove that file");
-  }
-
-  PrepResult result;
-  std::set<std::string> names;
-  for (int64_t i = 0; i < train_shards; ++i) {
-    result.train_files.push_back((fs::path(options.out_dir) / ShardName("train", i)).string());
-    names.insert(ShardName("train", i));
-  }
-  for (int64_t i = 0; i < val_shards; ++i) {
-    result.val_files.push_back((fs::path(options.out_dir) / ShardName("val", i)).string());
-    names.insert(ShardName("val", i));
-  }
-  // A shard left from an earlier, larger prep would be picked up by the glob together with the new
-  // ones; refuse rather than mix datasets or delete files.
-  for (fs::directory_iterator it(options.out_dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (IsPrepShardName(name) && names.count(name) == 0) {
-      return FailedPrecondition(
-          what + ": " + it->path().string() +
-          " is left from an earlier prep and the glob "
-          "(train_*.bin / val_*.bin) would mix it with the new shards; delete it or choose an "
-          "empty output directory");
-    }
-  }
-  if (ec) {
-    return FailedPrecondition(what + ": cannot list " + options.out_dir + ": " + ec.message());
-  }
-
-  auto write = [&](const std::vector<std::string>& files, int64_t begin, int64_t end) -> Status {
-    for (size_t i = 0; i < files.size(); ++i) {
-      const int64_t from = begin + static_cast<int64_t>(i) * per;
-      const int64_t to = std::min(end, from + per);
-      FJORD_RETURN_IF_ERROR(
-          WriteShard(files[i], std::vector<int32_t>(tokens.begin() + from, tokens.begin() + to))
-              .WithContext(what));
-    }
-    return OkStatus();
-  };
-  // A manifest left from an earlier tenant prep must never describe the new shards, even if this
-  // prep fails half-way: remove it first; without one, a tenant job refuses the shards.
-  if (!options.tenant.empty()) {
-    fs::remove(fs::path(options.out_dir) / kManifestName, ec);
-    if (ec) {
-      return FailedPrecondition(what + ": cannot remove the old " +
-                                (fs::path(options.out_dir) / kManifestName).string() + ": " + ec.message() +
-                                "; remove it by hand or choose another output directory");
-    }
-  }
-  FJORD_RETURN_IF_ERROR(write(result.train_files, 0, n_train));
-  FJORD_RETURN_IF_ERROR(write(result.val_files, n_train, n));
-  result.train_tokens = n_train;
-  result.val_tokens = n_val;
-  if (!options.tenant.empty()) {
-    proto::DataManifest manifest;
-    manifest.set_version(1);
-    manifest.set_tenant(options.tenant);
-    for (const std::string& j : options.allowed_jurisdictions) manifest.add_allowed_jurisdictions(j);
-    for (const std::string& site : options.allowed_sites) manifest.add_allowed_sites(site);
-    manifest.set_tokenizer(tokenizer.name());
-    FJORD_ASSIGN_OR_RETURN(const std::string source_sha256, Sha256Hex(text.str()));
-    manifest.set_source_sha256(source_sha256);
-    manifest.set_created_at(UtcNow());
-    manifest.set_created_on_host(ThisHostname());
-    if (!identity_override.empty()) manifest.set_identity_override(identity_override);
-    auto add = [&](const std::vector<std::string>& files, int64_t begin, int64_t end) -> Status {
-      for (size_t i = 0; i < files.size(); ++i) {
-        const int64_t from = begin + static_cast<int64_t>(i) * per;
-        const int64_t to = std::min(end, from + per);
-        FJORD_ASSIGN_OR_RETURN(std::string digest, Sha256File(files[i], "shard"));
-        proto::ShardDigest* d = manifest.add_shard();
-        d->set_name(fs::path(files[i]).filename().string());
-        d->set_sha256(digest);
-        d->set_tokens(to - from);
-        d->set_bytes(kHeaderBytes + 2 * (to - from));
-      }
-      return OkStatus();
-    };
-    FJORD_RETURN_IF_ERROR(add(result.train_files, 0, n_train).WithContext(what));
-    FJORD_RETURN_IF_ERROR(add(result.val_files, n_train, n).WithContext(what));
-    FJORD_RETURN_IF_ERROR(WriteDataManifest(options.out_dir, manifest).WithContext(what));
-    result.manifest_path = (fs::path(options.out_dir) / kManifestName).string();
-  }
-  return result;
+  return impl_->Fill(first, B, inputs, targets);
 }
 
 }  // namespace fjord

@@ -20,6 +20,7 @@ class Tokenizer {
   virtual std::string name() const = 0;
   // Number of distinct token ids this tokenizer produces (ids are in [0, vocab_size())).
   virtual int vocab_size() const = 0;
+  // Must be thread-safe: fjord prep encodes documents on several threads at once.
   virtual std::vector<int32_t> Encode(std::string_view text) const = 0;
   // Ids outside [0, vocab_size()) decode to U+FFFD rather than failing, so sampling a model
   // with a padded vocabulary never crashes.
@@ -28,7 +29,8 @@ class Tokenizer {
   // returns nothing and callers must not use it.
   virtual bool can_encode() const { return true; }
   // The token that separates documents, where the vocabulary has one (GPT-2's <|endoftext|>):
-  // `fjord sample` starts from it on an empty prompt, as llm.c does.
+  // `fjord sample` starts from it on an empty prompt, as llm.c does, and fjord prep puts it before
+  // each document (GPT-2's 50256; none: documents are joined as they are unless prep is given --eot ID).
   virtual std::optional<int32_t> end_of_text() const { return std::nullopt; }
 };
 

@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -1236,11 +1237,31 @@ StatusOr<std::unique_ptr<Tenancy>> Tenancy::Start(const proto::JobSpec& job, con
     }
   }
   if (!differing.empty()) {
+    // Every rank is here (a rank whose spec differs sees all others differ), so the job specs can be
+    // gathered; rank 0 names the fields, once, against each rank that differs from it.
+    StatusOr<std::vector<std::string>> specs = AllGatherStrings(comm, job.SerializeAsString());
+    std::string fields;
+    if (rank == 0 && specs.ok()) {
+      for (size_t r = 1; r < specs->size(); ++r) {
+        proto::JobSpec other;
+        if (!other.ParseFromString((*specs)[r])) continue;
+        std::string report;
+        pb::util::MessageDifferencer differencer;
+        differencer.ReportDifferencesToString(&report);
+        if (differencer.Compare(job, other)) continue;
+        std::string lines;
+        std::istringstream in(report);
+        for (std::string line; std::getline(in, line);) lines += (lines.empty() ? "" : "; ") + line;
+        fields += "\n  rank " + std::to_string(r) + " against rank 0: " + lines;
+      }
+    }
     const std::string message =
         "rank(s) " + JoinList(differing) + " were started with a different job spec than rank " +
         std::to_string(rank) + " (sha256 " + digest +
         "): every rank must get the same job spec; start the job with fjord launch, or give "
-        "every rank the same file and --set overrides";
+        "every rank the same file and --set overrides" +
+        (fields.empty() ? (rank == 0 ? "" : " (rank 0 names the fields that differ)")
+                        : "; the fields:" + fields);
     if (t->audit_)
       (void)t->audit_->Append("refusal", AuditRecord().Str("gate", "job_spec").Str("message", message));
     return FailedPrecondition(message);

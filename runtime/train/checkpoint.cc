@@ -17,6 +17,7 @@
 #include "common/file_util.h"
 #include "common/json.h"
 #include "common/sha256.h"
+#include "common/time_util.h"
 #include "runtime/train/config.h"
 
 namespace fjord {
@@ -171,7 +172,7 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
         ",\n  \"world_size\": " + std::to_string(state.world_size) +
         ",\n  \"zero_stage\": " + std::to_string(state.zero_stage) +
         ",\n  \"seed\": " + std::to_string(state.seed) + ",\n  \"job_sha256\": \"" + job_sha256 +
-        "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
+        "\",\n  \"written_utc\": \"" + UtcNow() + "\",\n  \"files\": {\n" + manifest_files + "\n  }\n}\n";
     s = WriteFileSynced(tmp_dir + "/manifest.json", {{manifest.data(), manifest.size()}}, file_mode);
   }
   // The tenant record last: it holds the digests of every file above, manifest.json included, so
@@ -294,7 +295,19 @@ StatusOr<CheckpointState> ReadCheckpointState(const std::string& dir) {
   state.step = static_cast<int>(step);
   state.world_size = static_cast<int>(world);
   state.zero_stage = static_cast<int>(zero);
+  const std::pair<const char*, std::string*> texts[] = {{"job_sha256", &state.job_sha256},
+                                                        {"written_utc", &state.written_utc}};
+  for (const auto& [key, out] : texts) {
+    if (const JsonValue* v = manifest.Find(key); v != nullptr && v->is_string()) *out = v->text();
+  }
   return state;
+}
+
+std::string DescribeCheckpoint(const std::string& dir) {
+  StatusOr<CheckpointState> state = ReadCheckpointState(dir);
+  if (!state.ok()) return dir + " (" + state.status().message() + ")";
+  return dir + " (step " + std::to_string(state->step) + ", job sha256 " + state->job_sha256.substr(0, 12) +
+         ", written " + (state->written_utc.empty() ? "at an unrecorded time" : state->written_utc) + ")";
 }
 
 StatusOr<std::string> NewestGoodCheckpoint(const std::string& checkpoints_dir,

@@ -8,7 +8,7 @@
 //                     ZeRO-1 shards), so any world size can resume from it
 //     job.textproto   the resolved job spec the run used
 //     manifest.json   step, data position, world size and ZeRO stage of the writer, seed, the job
-//                     spec's sha256, and the size and sha256 of every file above
+//                     spec's sha256, when it was written, and the size and sha256 of every file above
 //     tenant.textproto, tenant.seal   with a tenant or a key (runtime/tenancy/tenancy.h): whose checkpoint
 //                     it is, and the digests of all four files above; written last
 //
@@ -37,6 +37,9 @@ struct CheckpointState {
   int world_size = 1;               // of the run that wrote it
   int zero_stage = 0;
   uint64_t seed = 0;
+  // Read back from the manifest only (SaveCheckpoint computes them):
+  std::string job_sha256;   // of job.textproto
+  std::string written_utc;  // when it was written (RFC 3339); "" in checkpoints older than the field
 };
 
 // Writes the checkpoint of `model` into `checkpoints_dir`/step_NNNNNN (state.step) and returns
@@ -59,6 +62,10 @@ Status VerifyCheckpoint(const std::string& dir);
 
 // The state recorded in a (verified) checkpoint's manifest.
 StatusOr<CheckpointState> ReadCheckpointState(const std::string& dir);
+
+// "DIR (step N, job sha256 0123456789ab, written 2026-12-07T19:50:01.123Z)": which checkpoint a
+// command loaded, for its users to see (a manifest that does not read gives its error instead).
+std::string DescribeCheckpoint(const std::string& dir);
 
 // The newest checkpoint in `checkpoints_dir` that verifies; damaged newer ones are skipped and
 // described in *skipped (one line each: path and reason). NotFound when there is none at all.

@@ -5,7 +5,9 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/text_format.h>
+#include <strings.h>
 
 #include <algorithm>
 #include <cctype>
@@ -115,6 +117,79 @@ const pb::EnumDescriptor* EnumOfField(const std::string& name,
   return nullptr;
 }
 
+// The value of enum `e` that `name` spells in another case ("bf16" -> "BF16"), or null.
+const pb::EnumValueDescriptor* EnumValueIgnoringCase(const pb::EnumDescriptor* e, const std::string& name) {
+  for (int i = 0; i < e->value_count(); ++i) {
+    if (strcasecmp(e->value(i)->name().c_str(), name.c_str()) == 0) return e->value(i);
+  }
+  return nullptr;
+}
+
+// `text` with every enum value written in another case ("dtype: bf16") spelled as the schema
+// does ("dtype: BF16"): the same length, so every line and column of later messages holds.
+std::string CanonicalEnumCase(std::string_view text) {
+  std::string out(text);
+  pb::io::ArrayInputStream input(text.data(), static_cast<int>(text.size()));
+  struct Quiet : pb::io::ErrorCollector {
+    void AddError(int, pb::io::ColumnNumber, const std::string&) override {}
+  } quiet;
+  pb::io::Tokenizer tokenizer(&input, &quiet);
+  tokenizer.set_comment_style(pb::io::Tokenizer::SH_COMMENT_STYLE);
+  std::string field, previous;
+  std::vector<size_t> line_starts = {0};
+  for (size_t i = 0; i < text.size(); ++i)
+    if (text[i] == '\n') line_starts.push_back(i + 1);
+  while (tokenizer.Next()) {
+    const pb::io::Tokenizer::Token& t = tokenizer.current();
+    if (t.type == pb::io::Tokenizer::TYPE_IDENTIFIER && previous == ":" && !field.empty()) {
+      const pb::EnumDescriptor* e = EnumOfField(field);
+      const pb::EnumValueDescriptor* v = e != nullptr ? EnumValueIgnoringCase(e, t.text) : nullptr;
+      if (v != nullptr && v->name() != t.text && static_cast<size_t>(t.line) < line_starts.size()) {
+        // The column counts a tab as up to 8; find the token on its line from there back.
+        const size_t start = line_starts[t.line];
+        const size_t end =
+            t.line + 1 < static_cast<int>(line_starts.size()) ? line_starts[t.line + 1] : out.size();
+        const size_t at = out.substr(start, end - start).rfind(t.text, static_cast<size_t>(t.column));
+        if (at != std::string::npos) out.replace(start + at, t.text.size(), v->name());
+      }
+    }
+    if (previous != ":" || t.text != ":") field = t.type == pb::io::Tokenizer::TYPE_IDENTIFIER ? t.text : "";
+    if (t.text == ":" && !previous.empty()) field = previous;
+    previous = t.text;
+  }
+  return out;
+}
+
+// Where the innermost block still open at (line0, column0) of `text` began: "model { (line 1)"
+// as {name, line0, column0}; name "" when every block is closed. Strings and # comments are skipped.
+struct OpenBlock {
+  std::string name;
+  int line0 = 0, column0 = 0;
+};
+OpenBlock InnermostOpenBlock(std::string_view text, int line0, int column0) {
+  pb::io::ArrayInputStream input(text.data(), static_cast<int>(text.size()));
+  struct Quiet : pb::io::ErrorCollector {
+    void AddError(int, pb::io::ColumnNumber, const std::string&) override {}
+  } quiet;
+  pb::io::Tokenizer tokenizer(&input, &quiet);
+  tokenizer.set_comment_style(pb::io::Tokenizer::SH_COMMENT_STYLE);
+  std::vector<OpenBlock> open;
+  std::string previous;
+  int previous_line = 0, previous_column = 0;
+  while (tokenizer.Next()) {
+    const pb::io::Tokenizer::Token& t = tokenizer.current();
+    if (t.line > line0 || (t.line == line0 && t.column >= column0)) break;
+    if (t.text == "{") open.push_back({previous, previous_line, previous_column});
+    if (t.text == "}" && !open.empty()) open.pop_back();
+    if (t.text != "{" && t.text != ":") {
+      previous = t.text;
+      previous_line = t.line;
+      previous_column = t.column;
+    }
+  }
+  return open.empty() ? OpenBlock() : open.back();
+}
+
 // "Did you mean "n_layer"? Valid fields in model: n_layer, n_head, ..." for an unknown `name` in `d`.
 std::string UnknownFieldHint(const pb::Descriptor* d, const std::string& name) {
   std::string hint;
@@ -211,12 +286,29 @@ std::string FieldTypeHint(const std::string& name) {
 
 // What to do about one of protobuf's text-format parse errors at (line0, column0) of `text`.
 std::string ParseErrorHint(const std::string& message, std::string_view text, int line0, int column0) {
+  // A block left open: the parser reads on into it and fails at the next top-level field, or at
+  // the end of the file.
+  const OpenBlock block = InnermostOpenBlock(text, line0, column0);
+  const std::string unclosed = block.name.empty()
+                                   ? ""
+                                   : "A '}' seems to be missing: \"" + block.name + " {\" opened at line " +
+                                         std::to_string(block.line0 + 1) + " is not closed before line " +
+                                         std::to_string(line0 + 1) + "; add '}' where the block ends.";
   if (message.find("has no field named") != std::string::npos) {
     const std::string type = Between(message, "Message type \"", "\"");
     const std::string name = Between(message, "has no field named \"", "\"");
+    const bool top_level_field = proto::JobSpec::descriptor()->FindFieldByName(name) != nullptr;
+    if (!unclosed.empty() && top_level_field) return unclosed;
     if (const pb::Descriptor* d = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(type)) {
       return UnknownFieldHint(d, name);
     }
+  }
+  if (!unclosed.empty() && message.find("Expected identifier, got: ") != std::string::npos &&
+      Between(message + "\n", "got: ", "\n").empty()) {
+    // The end of the file inside a block.
+    return unclosed +
+           " The syntax is protobuf text format (field: value, message { ... }); fields and their "
+           "types are in proto/job.proto.";
   }
   if (message.find("Unknown enumeration value") != std::string::npos) {
     const std::string field = Between(message, "for field \"", "\"");
@@ -368,8 +460,10 @@ Status ApplyOverride(const std::string& written, proto::JobSpec* job, Origins* o
   const std::string where = "--set " + written;
   const size_t eq = written.find('=');
   if (eq == std::string::npos) {
-    return InvalidArgument(where +
-                           ": expected PATH=VALUE, e.g. --set train.steps=20 or --set model.n_layer=2");
+    return InvalidArgument(
+        where +
+        ": expected PATH=VALUE, e.g. --set train.steps=20 or --set model.n_layer=2 (one argument: "
+        "--set train.steps=20, not --set train.steps 20)");
   }
   const std::string path = written.substr(0, eq);
   const std::string value = written.substr(eq + 1);
@@ -409,7 +503,12 @@ Status ApplyOverride(const std::string& written, proto::JobSpec* job, Origins* o
                              "no field \"" +
                              parts[i + 1] + "\"; write --set " + here + "=VALUE");
     }
-    if (f->cpp_type() == FieldDescriptor::CPPTYPE_STRING && !IsQuoted(value)) {
+    const pb::EnumValueDescriptor* enum_value = f->cpp_type() == FieldDescriptor::CPPTYPE_ENUM
+                                                    ? EnumValueIgnoringCase(f->enum_type(), value)
+                                                    : nullptr;
+    if (enum_value != nullptr) {
+      message->GetReflection()->SetEnum(message, f, enum_value);  // bf16 as BF16
+    } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_STRING && !IsQuoted(value)) {
       message->GetReflection()->SetString(message, f, value);  // a bare value is taken literally
     } else {
       pb::TextFormat::Parser parser;
@@ -823,7 +922,7 @@ StatusOr<proto::JobSpec> ParseJobSpec(std::string_view text, const std::string& 
   parser.RecordErrorsTo(&errors);
   pb::TextFormat::ParseInfoTree tree;
   parser.WriteLocationsTo(&tree);
-  if (!parser.ParseFromString(std::string(text), &job)) {
+  if (!parser.ParseFromString(CanonicalEnumCase(text), &job)) {
     std::vector<std::string> lines;
     for (ParseError e : errors.errors()) {
       // Protobuf reports an unknown field name or enum value at the token after it; point at it.
@@ -876,6 +975,46 @@ std::string JobSpecToText(const proto::JobSpec& job) {
   pb::TextFormat::Printer printer;
   printer.PrintToString(job, &text);
   return text;
+}
+
+namespace {
+
+std::string FieldText(const pb::Message& m, const FieldDescriptor* f) {
+  const pb::Reflection* r = m.GetReflection();
+  std::string out, value;
+  if (!f->is_repeated()) {
+    pb::TextFormat::PrintFieldValueToString(m, f, -1, &out);
+    return out;
+  }
+  for (int i = 0; i < r->FieldSize(m, f); ++i) {
+    pb::TextFormat::PrintFieldValueToString(m, f, i, &value);
+    out += (i ? ", " : "") + value;
+  }
+  return "[" + out + "]";
+}
+
+void CollectDifferences(const pb::Message& a, const pb::Message& b, const std::string& prefix,
+                        std::vector<FieldChange>* out) {
+  const pb::Descriptor* d = a.GetDescriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    const std::string path = prefix + f->name();
+    if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated()) {
+      CollectDifferences(a.GetReflection()->GetMessage(a, f), b.GetReflection()->GetMessage(b, f), path + ".",
+                         out);
+      continue;
+    }
+    std::string before = FieldText(a, f), after = FieldText(b, f);
+    if (before != after) out->push_back({path, std::move(before), std::move(after)});
+  }
+}
+
+}  // namespace
+
+std::vector<FieldChange> JobSpecDifferences(const proto::JobSpec& before, const proto::JobSpec& after) {
+  std::vector<FieldChange> out;
+  CollectDifferences(before, after, "", &out);
+  return out;
 }
 
 int TrainSeqLen(const proto::JobSpec& job) {

@@ -41,6 +41,16 @@ StatusOr<proto::JobSpec> LoadJobSpec(const std::string& path, const std::vector<
 // The resolved spec in text format, every field present (defaults included).
 std::string JobSpecToText(const proto::JobSpec& job);
 
+// A field whose value differs between two job specs: its dotted path and both values in text
+// format (a repeated field as "[a, b]").
+struct FieldChange {
+  std::string path, before, after;
+};
+
+// Every leaf field of `before` and `after` whose values differ, in schema order (descending into
+// messages), e.g. {"train.steps", "4", "8"}.
+std::vector<FieldChange> JobSpecDifferences(const proto::JobSpec& before, const proto::JobSpec& after);
+
 // The sequence length used for training: train.seq_len, or model.seq_len when that is 0.
 int TrainSeqLen(const proto::JobSpec& job);
 

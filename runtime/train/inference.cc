@@ -21,6 +21,7 @@ namespace fjord {
 namespace {
 
 struct LoadedModel {
+  std::string dir;  // the step directory
   proto::JobSpec job;
   std::unique_ptr<Gpt> model;
 };
@@ -30,6 +31,7 @@ StatusOr<LoadedModel> LoadOpenedModel(const std::string& dir, const proto::JobSp
                                       OpenedCheckpoint& opened, int max_batch, int max_seq,
                                       CheckpointUse use) {
   LoadedModel loaded;
+  loaded.dir = dir;
   loaded.job = job;
   const GptConfig config = GptConfig::FromSpec(loaded.job.model());
   if (max_seq <= 0) max_seq = config.max_seq_len;
@@ -58,10 +60,21 @@ StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int max_batch, in
 }  // namespace
 
 StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob,
-                                        int batches, const CheckpointAccess& access) {
+                                        const EvalOptions& options, const CheckpointAccess& access) {
+  if (options.batches < EvalOptions::kAll || options.micro_batch < 0 || options.seq_len < 0) {
+    return InvalidArgument("eval: batches " + std::to_string(options.batches) + ", micro_batch " +
+                           std::to_string(options.micro_batch) + ", seq_len " +
+                           std::to_string(options.seq_len) +
+                           ": each must be positive (or 0 for the checkpoint's own; batches -1 for all)");
+  }
   FJORD_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpointDir(checkpoint));
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job, LoadCheckpointJob(dir));
-  const int T = TrainSeqLen(job);
+  const int T = options.seq_len > 0 ? options.seq_len : TrainSeqLen(job);
+  if (T > job.model().seq_len()) {
+    return InvalidArgument("--seq-len " + std::to_string(T) + " is longer than the model's " +
+                           std::to_string(job.model().seq_len()) + " positions (model.seq_len of " + dir +
+                           "/job.textproto): give at most " + std::to_string(job.model().seq_len()));
+  }
   // The checkpoint first (gate 3), then the data through the data gate of the checkpoint's
   // tenant: its shards must have that tenant's manifests allowing this node, as for training.
   CheckpointAccess eval_access = access;
@@ -97,18 +110,26 @@ StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std
       DataLoader data, DataLoader::Open(data_glob, "--data", job.model().vocab_size(), T, job.train().seed(),
                                         /*shuffle=*/false, &policy));
   const uint64_t available = data.sequences_per_epoch();
-  const int B = static_cast<int>(std::min<uint64_t>(job.train().micro_batch(), available));
-  if (batches <= 0) batches = job.train().eval_batches();
-  batches = static_cast<int>(std::min<uint64_t>(batches, available / B));
+  const int B = static_cast<int>(std::min<uint64_t>(
+      options.micro_batch > 0 ? options.micro_batch : job.train().micro_batch(), available));
+  const int requested = options.batches == 0 ? job.train().eval_batches() : options.batches;
+  const uint64_t whole = available / B;
+  const int batches = requested == EvalOptions::kAll ? static_cast<int>(std::min<uint64_t>(whole, INT32_MAX))
+                                                     : static_cast<int>(std::min<uint64_t>(requested, whole));
   FJORD_ASSIGN_OR_RETURN(LoadedModel loaded, LoadOpenedModel(dir, job, opened, B, T, CheckpointUse::kEval));
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   EvalResult result;
   double sum = 0.0;
   for (int i = 0; i < batches; ++i) {
-    data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    FJORD_RETURN_IF_ERROR(data.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
     sum += loaded.model->Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
   result.batches = batches;
+  result.micro_batch = B;
+  result.seq_len = T;
+  result.requested_batches = requested;
+  result.capped = requested != EvalOptions::kAll && batches < requested;
+  result.checkpoint = dir;
   result.tokens = static_cast<int64_t>(batches) * B * T;
   result.loss = sum / batches;
   return result;
@@ -140,6 +161,7 @@ StatusOr<std::string> SampleCheckpoint(const std::string& checkpoint, const Samp
                            " only decodes (it has no merges), so it cannot read --prompt; sample without a "
                            "prompt (it starts from the end-of-text token) or use --tokenizer gpt2 or hf");
   }
+  if (options.on_loaded) options.on_loaded(loaded.dir);
   Gpt& model = *loaded.model;
   const GptConfig& c = model.config();
   if (tokenizer->vocab_size() > c.vocab_size) {

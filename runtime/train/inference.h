@@ -10,18 +10,31 @@
 
 namespace fjord {
 
+// What fjord eval measures: batches of micro_batch sequences of seq_len tokens, read in order.
+struct EvalOptions {
+  static constexpr int kAll = -1;
+  int batches = 0;      // > 0: at most this many; kAll: the whole split; 0: the job's train.eval_batches
+  int micro_batch = 0;  // sequences per batch; 0: the checkpoint's train.micro_batch
+  int seq_len = 0;      // tokens per sequence; 0: the checkpoint's training sequence length
+};
+
 struct EvalResult {
   double loss = 0.0;   // mean cross-entropy in nats per token
   int64_t tokens = 0;  // tokens scored
   int batches = 0;
+  int micro_batch = 0, seq_len = 0;
+  int requested_batches = 0;  // what was asked for (kAll: the whole split)
+  bool capped = false;        // the split held fewer than requested_batches batches
+  std::string checkpoint;     // the step directory evaluated
 };
 
 // Mean loss of the checkpoint at `checkpoint` (see ResolveCheckpointDir) on the shards of
-// `data_glob`, read in order from the start, over at most `batches` batches of the checkpoint's
-// micro_batch x seq_len (0: the job's train.eval_batches). Never counts a sequence twice.
+// `data_glob`, read in order from the start, over the batches `options` asks for (capped at the
+// whole split, which EvalResult says). Never counts a sequence twice. Refuses batches < -1,
+// micro_batch < 0, and a seq_len beyond the model's positions.
 // A tenant's checkpoint passes OpenCheckpointOutsideJob with `access` (--key, --audit-log) first.
 StatusOr<EvalResult> EvaluateCheckpoint(const std::string& checkpoint, const std::string& data_glob,
-                                        int batches, const CheckpointAccess& access = {});
+                                        const EvalOptions& options, const CheckpointAccess& access = {});
 
 struct SampleOptions {
   std::string prompt;
@@ -33,6 +46,8 @@ struct SampleOptions {
   // The tokenizer (MakeTokenizer's names) and its files; "" = gpt2 with a vocab_dir, else byte.
   std::string tokenizer;
   std::string vocab_dir;
+  // Called with the step directory once its weights are loaded, before the first token (may be empty).
+  std::function<void(const std::string& dir)> on_loaded;
 };
 
 // Generates options.tokens tokens after the prompt with the checkpoint's model and the tokenizer

@@ -1,10 +1,15 @@
 #include "runtime/train/model_io.h"
 
+#include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <vector>
 
+#include "common/file_util.h"
+#include "common/json.h"
 #include "runtime/device/device.h"
 #include "runtime/formats/hf_gpt2.h"
+#include "runtime/formats/hf_llama.h"
 #include "runtime/formats/llmc_checkpoint.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/config.h"
@@ -39,14 +44,12 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
   export_access.use = CheckpointUse::kExport;
   FJORD_ASSIGN_OR_RETURN(OpenedCheckpoint opened, OpenCheckpointOutsideJob(dir, job, export_access));
   const GptConfig config = GptConfig::FromSpec(job.model());
-  if (config.llama()) {
+  if (config.llama() && format != ModelFormat::kHuggingFace) {
     return opened.Refuse(
         dir, CheckpointUse::kExport,
-        FailedPrecondition(
-            dir + "/job.textproto: model.arch is LLAMA, but fjord export writes GPT-2 models only "
-                  "(--format hf: GPT2LMHeadModel; llmc, llmc-bf16: llm.c's GPT-2 file); the Llama "
-                  "family's Hugging Face export is not implemented yet: use the checkpoint with fjord "
-                  "train, eval and sample"));
+        FailedPrecondition(dir + "/job.textproto: model.arch is LLAMA, but --format " +
+                           (format == ModelFormat::kLlmc ? "llmc" : "llmc-bf16") +
+                           " writes llm.c's GPT-2 file only; export a Llama-family model with --format hf"));
   }
   // The export writes one more copy of the weights (transposed tensors, the file's buffer).
   if (Status fits = Gpt::CheckMemory(config, 1, 1, 1, 1, CpuDevice(),
@@ -63,7 +66,9 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
   Status written = Internal("unknown model format");
   switch (format) {
     case ModelFormat::kHuggingFace:
-      written = ExportHfGpt2(out, DimsOf(config), slots, model.params(), model.buffer_size());
+      written = config.llama()
+                    ? ExportHfLlama(out, HfLlamaConfigOf(config), slots, model.params(), model.buffer_size())
+                    : ExportHfGpt2(out, DimsOf(config), slots, model.params(), model.buffer_size());
       break;
     case ModelFormat::kLlmc:
     case ModelFormat::kLlmcBf16:
@@ -91,18 +96,87 @@ Status ExportModel(const std::string& checkpoint, const std::string& out, ModelF
   return written;
 }
 
+HfLlamaConfig HfLlamaConfigOf(const GptConfig& c) {
+  HfLlamaConfig h;
+  h.model_type = c.attention_bias ? "qwen2" : "llama";
+  h.n_layer = c.n_layer;
+  h.n_head = c.n_head;
+  h.n_kv_head = c.n_kv_head;
+  h.n_embd = c.n_embd;
+  h.intermediate_size = c.intermediate_size;
+  h.max_position_embeddings = c.max_seq_len;
+  h.vocab_size = c.vocab_size;
+  h.padded_vocab = c.padded_vocab;
+  h.rms_norm_eps = c.rms_norm_eps;
+  h.rope_theta = c.rope_theta;
+  h.rope_llama3 = c.rope_llama3;
+  h.rope_factor = c.rope_factor;
+  h.rope_low_freq_factor = c.rope_low_freq_factor;
+  h.rope_high_freq_factor = c.rope_high_freq_factor;
+  h.rope_original_max_position = c.rope_original_max_position;
+  h.attention_bias = c.attention_bias;
+  h.tie_embeddings = c.tie_embeddings;
+  return h;
+}
+
+namespace {
+
+// The model section of a job spec for an imported Llama-family config.
+std::string LlamaModelText(const HfLlamaConfig& h) {
+  const auto num = [](double v) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    return std::string(buf);
+  };
+  std::string t = "model { arch: LLAMA n_layer: " + std::to_string(h.n_layer) +
+                  " n_head: " + std::to_string(h.n_head) + " n_kv_head: " + std::to_string(h.n_kv_head) +
+                  " n_embd: " + std::to_string(h.n_embd) +
+                  " seq_len: " + std::to_string(h.max_position_embeddings) +
+                  " vocab_size: " + std::to_string(h.vocab_size) +
+                  " intermediate_size: " + std::to_string(h.intermediate_size) +
+                  " rms_norm_eps: " + num(h.rms_norm_eps) + " rope_theta: " + num(h.rope_theta);
+  if (h.rope_llama3) {
+    t += " rope_scaling { rope_type: LLAMA3 factor: " + num(h.rope_factor) +
+         " low_freq_factor: " + num(h.rope_low_freq_factor) +
+         " high_freq_factor: " + num(h.rope_high_freq_factor) +
+         " original_max_position_embeddings: " + std::to_string(h.rope_original_max_position) + " }";
+  }
+  t += std::string(" attention_bias: ") + (h.attention_bias ? "true" : "false") +
+       " tie_embeddings: " + (h.tie_embeddings ? "true" : "false") + " }\n";
+  return t;
+}
+
+// config.json's model_type ("gpt2" where it is missing or unreadable: the GPT-2 reader reports that).
+std::string HfModelType(const std::string& dir) {
+  StatusOr<std::string> text = ReadWholeFile(dir + "/config.json", "Hugging Face config");
+  if (!text.ok()) return "gpt2";
+  StatusOr<JsonValue> json = ParseJson(*text, dir + "/config.json");
+  if (!json.ok()) return "gpt2";
+  const JsonValue* type = json->Find("model_type");
+  return type && type->is_string() ? type->text() : "gpt2";
+}
+
+}  // namespace
+
 Status ImportModel(const std::string& source, ModelFormat format, const std::string& out_dir) {
   Gpt2Dims dims;
-  if (format == ModelFormat::kHuggingFace) {
+  std::optional<HfLlamaConfig> llama;
+  if (format == ModelFormat::kHuggingFace && HfModelType(source) != "gpt2") {
+    FJORD_ASSIGN_OR_RETURN(llama, ReadHfLlamaConfig(source));
+    dims.vocab_size = llama->vocab_size;
+    dims.padded_vocab = llama->padded_vocab;
+  } else if (format == ModelFormat::kHuggingFace) {
     FJORD_ASSIGN_OR_RETURN(dims, ReadHfGpt2Config(source));
   } else {
     FJORD_ASSIGN_OR_RETURN(LlmcHeader header, ReadLlmcHeader(source));
     dims = header.dims;
   }
   const std::string model_text =
-      "model { n_layer: " + std::to_string(dims.n_layer) + " n_head: " + std::to_string(dims.n_head) +
-      " n_embd: " + std::to_string(dims.n_embd) + " seq_len: " + std::to_string(dims.max_seq_len) +
-      " vocab_size: " + std::to_string(dims.vocab_size) + " }\n";
+      llama
+          ? LlamaModelText(*llama)
+          : "model { n_layer: " + std::to_string(dims.n_layer) + " n_head: " + std::to_string(dims.n_head) +
+                " n_embd: " + std::to_string(dims.n_embd) + " seq_len: " + std::to_string(dims.max_seq_len) +
+                " vocab_size: " + std::to_string(dims.vocab_size) + " }\n";
   // The data fields only document where the weights came from: an imported checkpoint is used
   // by sample and eval, or as train.init_from of a job that names its own data.
   FJORD_ASSIGN_OR_RETURN(proto::JobSpec job,
@@ -124,7 +198,9 @@ Status ImportModel(const std::string& source, ModelFormat format, const std::str
           .WithContext("cannot import " + source));
   Gpt model(config, 1, 1, CpuOps());
   const std::vector<ParamSlot> slots = SlotsOf(model.layout());
-  if (format == ModelFormat::kHuggingFace) {
+  if (llama) {
+    FJORD_RETURN_IF_ERROR(ImportHfLlama(source, *llama, slots, model.params(), model.buffer_size()));
+  } else if (format == ModelFormat::kHuggingFace) {
     FJORD_RETURN_IF_ERROR(ImportHfGpt2(source, dims, slots, model.params(), model.buffer_size()));
   } else {
     FJORD_RETURN_IF_ERROR(ReadLlmcCheckpoint(source, dims, slots, model.params(), model.buffer_size()));

@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 #include "runtime/formats/gpt2_params.h"
+#include "runtime/formats/hf_llama.h"
 #include "runtime/model/gpt.h"
 #include "runtime/tenancy/tenancy.h"
 
@@ -21,6 +22,9 @@ StatusOr<ModelFormat> ParseModelFormat(const std::string& name);
 
 std::vector<ParamSlot> SlotsOf(const ParamLayout& layout);
 Gpt2Dims DimsOf(const GptConfig& config);
+// A Llama-family model's Hugging Face config (Qwen2ForCausalLM when it has q/k/v biases, else
+// LlamaForCausalLM).
+HfLlamaConfig HfLlamaConfigOf(const GptConfig& config);
 
 // Writes the weights of the checkpoint at `checkpoint` (see ResolveCheckpointDir) to `out`:
 // a directory with model.safetensors and config.json for kHuggingFace, a file for llm.c.

@@ -89,7 +89,7 @@ StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int ba
                          std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
   float sum = 0.0f;
   for (int i = comm.rank(); i < batches; i += comm.size()) {
-    val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data());
+    FJORD_RETURN_IF_ERROR(val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
     sum += model.Forward(inputs.data(), targets.data(), B, T, 0.0f);
   }
   if (comm.size() > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum, &sum, 1, DataType::kF32, ReduceOp::kSum));
@@ -233,6 +233,123 @@ std::string FirstNonFinite(const Gpt& model, const float* grads, size_t begin, s
   return "";
 }
 
+// Where the job's checkpoints go: checkpoint.dir, else run_dir/checkpoints.
+std::string CheckpointsDirOf(const proto::JobSpec& job) {
+  return job.checkpoint().dir().empty() ? (fs::path(job.run_dir()) / "checkpoints").string()
+                                        : job.checkpoint().dir();
+}
+
+// The files an earlier run left in run_dir and the checkpoints directory: metrics.jsonl,
+// TensorBoard event files and step_* checkpoints (complete or temporary), sorted.
+std::vector<fs::path> EarlierRunFiles(const proto::JobSpec& job) {
+  std::vector<fs::path> found;
+  std::error_code ec;
+  const fs::path run_dir = job.run_dir();
+  if (fs::exists(run_dir / "metrics.jsonl", ec)) found.push_back(run_dir / "metrics.jsonl");
+  for (const auto& entry : fs::directory_iterator(run_dir, ec)) {
+    if (entry.path().filename().string().starts_with("events.out.tfevents.")) found.push_back(entry.path());
+  }
+  for (const auto& entry : fs::directory_iterator(CheckpointsDirOf(job), ec)) {
+    if (entry.path().filename().string().starts_with("step_")) found.push_back(entry.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+// A run_dir holding another run is refused (a second run would mix its metrics, TensorBoard
+// files and checkpoints with the first one's, and eval/sample would pick the newest step of
+// either), unless the job resumes it or `overwrite` asks to remove that run's files first.
+Status PrepareRunDir(const proto::JobSpec& job, bool overwrite, bool log) {
+  if (job.checkpoint().resume()) return OkStatus();
+  const std::vector<fs::path> found = EarlierRunFiles(job);
+  if (found.empty()) return OkStatus();
+  if (!overwrite) {
+    std::string list;
+    for (size_t i = 0; i < found.size() && i < 6; ++i) list += (i ? ", " : "") + found[i].string();
+    if (found.size() > 6) list += " and " + std::to_string(found.size() - 6) + " more";
+    return FailedPrecondition(
+        "run_dir " + job.run_dir() + " holds an earlier run (" + list +
+        "); a new run there would mix with it. Continue that run with --resume, give this run a new "
+        "run_dir (--set run_dir=DIR), or pass --overwrite to remove the earlier run's files first (the "
+        "audit log is kept)");
+  }
+  for (const fs::path& path : found) {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+    if (ec) {
+      return FailedPrecondition("--overwrite: cannot remove " + path.string() + " of the earlier run: " +
+                                ec.message() + "; remove it by hand or choose another run_dir");
+    }
+  }
+  if (log) {
+    std::printf("fjord train: --overwrite: removed %zu file(s) of the earlier run in %s\n", found.size(),
+                job.run_dir().c_str());
+  }
+  return OkStatus();
+}
+
+// The global batch (sequences per optimizer step) of `job` on `world` ranks.
+uint64_t GlobalBatchOf(const proto::JobSpec& job, int world) {
+  const proto::TrainSpec& t = job.train();
+  return t.global_batch() > 0 ? static_cast<uint64_t>(t.global_batch())
+                              : static_cast<uint64_t>(t.micro_batch()) * t.grad_accum() * world;
+}
+
+// What resuming the checkpoint `dir` (its job `before`, written by `state.world_size` ranks) with
+// `after` on `world` ranks changes: each differing field, the world size and global batch, and the
+// learning rate of the next step. Printed when `log`; a change of the global batch or the schedule is
+// refused unless `accept`.
+Status CheckResumeChanges(const std::string& dir, const proto::JobSpec& before, const CheckpointState& state,
+                          const proto::JobSpec& after, int world, bool accept, bool log) {
+  std::vector<std::string> lines;
+  bool schedule = false;
+  for (const FieldChange& c : JobSpecDifferences(before, after)) {
+    if (c.path == "checkpoint.resume") continue;
+    std::string effect;
+    if (c.path == "train.lr" || c.path == "train.min_lr" || c.path == "train.warmup_steps" ||
+        c.path == "train.steps") {
+      schedule = true;
+      effect = " (the learning-rate schedule)";
+    }
+    lines.push_back(c.path + ": " + c.before + " -> " + c.after + effect);
+  }
+  const uint64_t gb_before = GlobalBatchOf(before, state.world_size), gb_after = GlobalBatchOf(after, world);
+  if (state.world_size != world) {
+    lines.push_back("world size: " + std::to_string(state.world_size) + " -> " + std::to_string(world) +
+                    " ranks");
+  }
+  const bool batch = gb_before != gb_after;
+  if (batch) {
+    lines.push_back("global batch: " + std::to_string(gb_before) + " -> " + std::to_string(gb_after) +
+                    " sequences per step (train.micro_batch x grad_accum x ranks, or train.global_batch)");
+  }
+  const float lr_before = LearningRate(before.train(), state.step),
+              lr_after = LearningRate(after.train(), state.step);
+  if (lr_before != lr_after) {
+    char text[96];
+    std::snprintf(text, sizeof(text), "learning rate of step %d: %.4g -> %.4g", state.step + 1, lr_before,
+                  lr_after);
+    lines.push_back(text);
+  }
+  if (lines.empty()) return OkStatus();
+  std::string list;
+  for (const std::string& line : lines) list += "\n  " + line;
+  if ((batch || schedule) && !accept) {
+    std::string choices;
+    if (batch) {
+      choices = "set train.global_batch: " + std::to_string(gb_before) +
+                " (keeps the batch on any number of ranks; grad_accum follows), or ";
+    } else {
+      choices = "resume with the checkpoint's schedule settings, or ";
+    }
+    return FailedPrecondition("resuming " + dir + " would change the run:" + list + "\n" + choices +
+                              "pass --accept-changes to resume with these changes");
+  }
+  if (log)
+    std::fprintf(stderr, "fjord train: resuming %s with changes to the run:%s\n", dir.c_str(), list.c_str());
+  return OkStatus();
+}
+
 }  // namespace
 
 CommOptions CommOptionsFor(const proto::JobSpec& job) {
@@ -374,6 +491,8 @@ class Trainer {
     FJORD_RETURN_IF_ERROR(PlanBatch());
     FJORD_RETURN_IF_ERROR(OpenDevice());
     FJORD_RETURN_IF_ERROR(OpenData());
+    if (options_.dry_run) return DryRun();
+    FJORD_RETURN_IF_ERROR(OpenRunDir());
     FJORD_RETURN_IF_ERROR(BuildModel());
     FJORD_RETURN_IF_ERROR(OpenEnergy());
     train_start_ = Clock::now();
@@ -400,10 +519,14 @@ class Trainer {
       if (stop) {
         result_.stopped_by_signal = true;
         if (lead_) {
-          std::fprintf(
-              stderr,
-              "fjord train: stopped by a signal after step %d; checkpoint %s; continue with --resume\n",
-              metrics.step, result_.checkpoint_dir.c_str());
+          // After the step and checkpoint lines, on their stream (stdout; stderr under --quiet and
+          // --json), so that mpirun, which forwards the two streams separately, keeps the order.
+          std::FILE* out = log_ ? stdout : stderr;
+          std::fprintf(out,
+                       "fjord train: stopped by a signal after step %d; checkpoint %s is complete; continue "
+                       "with --resume\n",
+                       metrics.step, result_.checkpoint_dir.c_str());
+          std::fflush(out);
         }
         break;
       }
@@ -535,11 +658,50 @@ class Trainer {
                                          /*shuffle=*/false, data_policy));
       val_data_ = std::make_unique<DataLoader>(std::move(v));
     }
+    return OkStatus();
+  }
+
+  // Rank 0's run_dir (an earlier run there is refused or removed: PrepareRunDir) and metrics.jsonl.
+  Status OpenRunDir() {
     if (!lead_) return OkStatus();
+    FJORD_RETURN_IF_ERROR(PrepareRunDir(job_, options_.overwrite, log_));
     std::error_code ec;
     fs::create_directories(job_.run_dir(), ec);
     if (ec) return Internal("cannot create run_dir " + job_.run_dir() + ": " + ec.message());
     return sink_.OpenJsonl(job_.run_dir(), /*append=*/job_.checkpoint().resume());
+  }
+
+  // --dry-run: what the job would do, from the checks Setup has passed so far (rank 0 prints).
+  Status DryRun() {
+    if (!lead_) return OkStatus();
+    const std::vector<fs::path> earlier = EarlierRunFiles(job_);
+    std::string run_dir = "new";
+    if (job_.checkpoint().resume()) {
+      StatusOr<std::string> newest = NewestGoodCheckpoint(CheckpointsDirOf(job_), nullptr);
+      run_dir = newest.ok() ? "resumes from " + *newest : "nothing to resume; starts at step 0";
+    } else if (!earlier.empty()) {
+      run_dir = "holds an earlier run (" + std::to_string(earlier.size()) + " files): " +
+                (options_.overwrite ? "--overwrite would remove them"
+                                    : "training would be refused without --resume or --overwrite");
+    }
+    const uint64_t per_epoch = train_data_->sequences_per_epoch();
+    std::printf(
+        "fjord train: --dry-run: the job, its data and its plan check out; nothing was trained or written\n"
+        "  batch: %llu sequences of %d tokens per step = micro_batch %d x grad_accum %d x %d rank(s); %d "
+        "steps\n"
+        "  data.train: %llu tokens, %llu sequences per epoch (%.2f epochs over the run)\n"
+        "  data.val: %s\n"
+        "  model: %zu parameters, %s of memory per rank (%s)\n"
+        "  run_dir %s: %s\n",
+        static_cast<unsigned long long>(global_batch_), T_, B_, accum_, world_, train_.steps(),
+        static_cast<unsigned long long>(train_data_->num_tokens()),
+        static_cast<unsigned long long>(per_epoch),
+        static_cast<double>(global_batch_) * train_.steps() / static_cast<double>(per_epoch),
+        val_data_ ? (std::to_string(val_data_->num_tokens()) + " tokens").c_str() : "none", num_params_,
+        GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
+        device_->description().c_str(), job_.run_dir().c_str(), run_dir.c_str());
+    std::fflush(stdout);
+    return OkStatus();
   }
 
   // One arena for everything the step touches on the device, zeroed before it is freed; the model
@@ -627,8 +789,7 @@ class Trainer {
   // --resume: the newest checkpoint that verifies (damaged newer ones are named and skipped), and
   // the metrics of the run being resumed up to it.
   Status Resume() {
-    checkpoints_dir_ = job_.checkpoint().dir().empty() ? (fs::path(job_.run_dir()) / "checkpoints").string()
-                                                       : job_.checkpoint().dir();
+    checkpoints_dir_ = CheckpointsDirOf(job_);
     if (!job_.checkpoint().resume()) return OkStatus();
     std::vector<std::string> skipped;
     StatusOr<std::string> dir = NewestGoodCheckpoint(checkpoints_dir_, &skipped);
@@ -665,6 +826,9 @@ class Trainer {
       own_v[i - optimizer_->begin()] = full_v[i];
     }
     optimizer_->LoadState(own_m.data(), own_v.data());
+    FJORD_ASSIGN_OR_RETURN(const proto::JobSpec resumed_job, LoadCheckpointJob(*dir));
+    FJORD_RETURN_IF_ERROR(
+        CheckResumeChanges(*dir, resumed_job, state, job_, world_, options_.accept_changes, lead_));
     start_step_ = state.step;
     model_->RoundWorkingParams(RoundSeed(train_.seed(), start_step_));  // as the run being resumed did
     start_sequence_ = state.sequences_consumed;
@@ -689,7 +853,7 @@ class Trainer {
     for (int micro = 0; micro < accum_; ++micro) {
       const uint64_t first =
           step_first + (static_cast<uint64_t>(micro) * world_ + static_cast<uint64_t>(rank_)) * B_;
-      train_data_->Fill(first, B_, inputs_.data(), targets_.data());
+      FJORD_RETURN_IF_ERROR(train_data_->Fill(first, B_, inputs_.data(), targets_.data()));
       loss += model.Forward(inputs_.data(), targets_.data(), B_, T_, 1.0f / static_cast<float>(accum_));
       if (micro + 1 == accum_ && overlap_) {
         model.Backward([this](size_t begin, size_t end) { reducer_->OnReady(begin, end); });
@@ -1020,6 +1184,7 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options, Communicator& comm) {
   Trainer trainer(job, options, comm);
   FJORD_RETURN_IF_ERROR(trainer.Setup());
+  if (options.dry_run) return TrainResult();
   return trainer.Run();
 }
 

@@ -25,6 +25,18 @@ struct TrainOptions {
   // tenant (a tenant job is refused), whose loaders then refuse every shard a manifest governs, with no
   // audit log; checkpoints are sealed only as the job spec's checkpoint.encryption_key_file says.
   const class Tenancy* tenancy = nullptr;
+  // What to do when run_dir (or checkpoint.dir) holds an earlier run's metrics.jsonl, TensorBoard
+  // files or checkpoints and the job does not resume: refuse, naming them and the ways on (the
+  // default), or remove them first (fjord train --overwrite). The audit log is never removed.
+  bool overwrite = false;
+  // On resume, every setting that differs from the checkpoint's job is printed with what it does to
+  // the run. A change of the global batch (e.g. another world size without train.global_batch) or of
+  // the learning-rate schedule (train.lr, min_lr, warmup_steps, steps) is refused unless this is set
+  // (fjord train --accept-changes).
+  bool accept_changes = false;
+  // Check the job, its data, the batch plan, memory and run_dir, print the plan (rank 0), and return
+  // without building the model, training or writing anything of the run (fjord train --dry-run).
+  bool dry_run = false;
 };
 
 struct TrainResult {

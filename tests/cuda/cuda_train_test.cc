@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -161,7 +162,8 @@ class CudaTrainCli : public ::testing::Test {
   void SetUp() override {
     if (!HaveCudaDevice()) GTEST_SKIP() << "no CUDA device";
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_cuda_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           ("fjord_cuda_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::mt19937_64 rng(11);

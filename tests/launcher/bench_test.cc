@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -250,6 +251,52 @@ TEST_F(BenchCliTest, BadArgumentsExitTwoWithTheReason) {
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_THAT(help.output, HasSubstr("--stepfactor"));
   EXPECT_THAT(testing::RunFjord("help").output, HasSubstr("bench"));
+}
+
+// Issue 21 item 5: nccl-tests' collective names and options. The oracle for the names is fjord's own
+// spelling: the same sweep gives the same rows (size, count, type). Options fjord takes only at one
+// value refuse the others saying what they would mean here.
+TEST_F(BenchCliTest, NcclTestsNamesAndOptionsAreTakenOrRefusedWithTheirMeaning) {
+  auto rows = [](const std::string& output) {
+    std::vector<std::string> out;
+    std::istringstream in(output);
+    for (std::string line; std::getline(in, line);) {
+      std::istringstream fields(line);
+      std::string size, count, type;
+      if (fields >> size >> count >> type && !size.empty() &&
+          std::isdigit(static_cast<unsigned char>(size[0])))
+        out.push_back(size + " " + count + " " + type);
+    }
+    return out;
+  };
+  const RunResult ours = testing::RunFjord("bench allreduce -b 8 -e 64 -n 1 -w 0");
+  ASSERT_EQ(ours.exit_code, 0) << ours.output;
+  ASSERT_EQ(rows(ours.output).size(), 4u) << ours.output;
+  for (const std::string name : {"all_reduce_perf", "all_reduce"}) {
+    const RunResult theirs =
+        testing::RunFjord("bench " + name + " -b 8 -e 64 -n 1 -w 0 -g 1 -t 1 -m 1 -p 0 -z 0 -C 0 -c 1");
+    EXPECT_EQ(theirs.exit_code, 0) << theirs.output;
+    EXPECT_EQ(rows(theirs.output), rows(ours.output)) << name;
+  }
+  const RunResult rs = testing::RunFjord("bench reduce_scatter_perf -b 8 -e 8 -n 1 -w 0");
+  EXPECT_EQ(rs.exit_code, 0) << rs.output;
+  struct Case {
+    std::string args, message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"-g 2", "-g/--ngpus 2 is not supported: fjord runs one rank per GPU"},
+           {"-t 4", "-t/--nthreads 4 is not supported"},
+           {"-m 4", "-m/--agg_iters 4 is not supported"},
+           {"-N 3", "--repeat R"},
+           {"-T 10", "the communicator's own timeout applies"},
+           {"-z 1", "-z/--blocking 1 is not supported"},
+           {"-C 1", "wall time only"},
+           {"-o min", "sum, avg or max"},
+       }) {
+    const RunResult r = testing::RunFjord("bench all_reduce_perf -b 8 -e 8 " + c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.message)) << c.args;
+  }
 }
 
 // A --json that cannot be written (no such directory; a full disk, which /dev/full reports on

@@ -45,7 +45,8 @@ class CheckpointTest : public ::testing::Test {
     std::string text;
     while (text.size() < 20000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
-    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data"));
+    // One line, one document: no validation split (prep takes whole documents for it).
+    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data") + " --val-fraction 0");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(dir_ / "job.textproto")
         << "model { n_layer: 2 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
@@ -238,7 +239,7 @@ TEST_F(CheckpointTest, DamagedCheckpointsAreRefusedAndResumeFallsBack) {
   }
   // Truncate the one before it.
   fs::resize_file(P("run/checkpoints/step_000010/optimizer.bin"), 100);
-  r = RunFjord(Train("run", "--resume --set train.steps=16"));
+  r = RunFjord(Train("run", "--resume --accept-changes --set train.steps=16"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("step_000015/model.bin: sha256"));
   EXPECT_THAT(r.output, HasSubstr("does not match"));
@@ -345,7 +346,8 @@ TEST_F(CheckpointTest, SigusrToMpirunStopsEveryRankWithACheckpoint) {
   char name[32];
   std::snprintf(name, sizeof(name), "step_%06zu", steps);
   EXPECT_TRUE(fs::exists(P("usr1/checkpoints/") + name)) << out;
-  RunResult r = Shell(Mpirun(2) + Train("usr1", "--resume --set train.steps=" + std::to_string(steps + 2)));
+  RunResult r = Shell(
+      Mpirun(2) + Train("usr1", "--resume --accept-changes --set train.steps=" + std::to_string(steps + 2)));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(LossTexts(P("usr1/metrics.jsonl")).size(), steps + 2);
 }
@@ -360,7 +362,7 @@ TEST_F(CheckpointTest, NonFiniteStepAbortsOrIsSkipped) {
   EXPECT_THAT(r.output, HasSubstr("train.on_nonfinite: SKIP_STEP"));
   EXPECT_TRUE(fs::exists(P("abort/checkpoints/step_000006/manifest.json")));
   EXPECT_FALSE(fs::exists(P("abort/checkpoints/step_000007")));
-  r = RunFjord(Train("abort", "--resume --set train.steps=8"));
+  r = RunFjord(Train("abort", "--resume --accept-changes --set train.steps=8"));
   EXPECT_EQ(r.exit_code, 0) << r.output;  // the last good state loads
 
   // SKIP_STEP: the step is recorded as skipped, training goes on to the end.
@@ -454,7 +456,7 @@ TEST_F(CheckpointTest, DamagedManifestFieldsAreNamedWhenResumeHasNoCheckpointLef
     ASSERT_NE(at, std::string::npos) << c.from;
     text.replace(at, c.from.size(), c.to);
     WriteFile(step + "/manifest.json", text);
-    r = RunFjord(Train("run", "--resume --set train.steps=6"));
+    r = RunFjord(Train("run", "--resume --accept-changes --set train.steps=6"));
     EXPECT_EQ(r.exit_code, 1) << c.expected;
     EXPECT_THAT(r.output, HasSubstr(c.expected));
     EXPECT_THAT(r.output, HasSubstr("every checkpoint in"));
@@ -504,7 +506,7 @@ TEST_F(CheckpointTest, OptimizerStateOfAnotherShapeIsRefusedOnResume) {
   const std::string step = P("run/checkpoints/step_000005");
   PatchHeader(step + "/optimizer.bin", 2, 3);  // n_layer 3 where model.bin and the job say 2
   Rehash(step, "optimizer.bin");
-  r = RunFjord(Train("run", "--resume --set train.steps=6"));
+  r = RunFjord(Train("run", "--resume --accept-changes --set train.steps=6"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output,
               HasSubstr(step + "/optimizer.bin: the optimizer state is for another model shape than "

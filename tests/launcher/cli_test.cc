@@ -116,14 +116,15 @@ TEST_F(CliTest, PrepTrainEvalSampleRoundTrip) {
   ASSERT_NE(k, std::string::npos) << r.output;
   EXPECT_NEAR(std::stod(r.output.substr(k + 9)), val, 1e-5);
 
-  r = RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0");
+  // stdout alone: the prompt, then the text (the checkpoint line goes to stderr).
+  const std::string sample = "{ " + std::string(FJORD_BINARY) + " sample --checkpoint " + Path("run") +
+                             " --prompt abc --tokens 20 --temperature 0 2>/dev/null; }";
+  r = testing::Shell(sample);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, ::testing::StartsWith("abc"));
   EXPECT_GE(r.output.size(), 23u);
   // Greedy sampling is deterministic.
-  EXPECT_EQ(
-      RunFjord("sample --checkpoint " + Path("run") + " --prompt abc --tokens 20 --temperature 0").output,
-      r.output);
+  EXPECT_EQ(testing::Shell(sample).output, r.output);
 }
 
 // Trains a tiny model into dir/run on a small corpus; returns the val glob.
@@ -309,8 +310,9 @@ TEST_F(CliTest, MissingJobSpecAndRequiredFlagsExitTwoNamingThem) {
     std::string args, message;
   };
   for (const Case& c : std::vector<Case>{
-           {"train", "fjord train: error: give exactly one job spec (JOB.textproto)"},
-           {"train a.textproto b.textproto", "fjord train: error: give exactly one job spec (JOB.textproto)"},
+           {"train", "fjord train: error: give the job spec (JOB.textproto)"},
+           {"train a.textproto b.textproto",
+            "fjord train: error: give exactly one job spec; got 2 arguments ('a.textproto' 'b.textproto')"},
            {"launch --np 2",
             "fjord launch: error: give exactly one job spec (JOB.textproto)\nusage: fjord launch"},
            {"prep --input x.txt", "fjord prep: error: --input FILE and --out DIR are required"},
@@ -327,6 +329,58 @@ TEST_F(CliTest, MissingJobSpecAndRequiredFlagsExitTwoNamingThem) {
     EXPECT_THAT(r.output, HasSubstr(c.message)) << c.args;
   }
   EXPECT_TRUE(fs::is_empty(dir_));  // nothing was written
+}
+
+// fjord prep's options (issue 23, issue 21 item 9): each bad value exits 2 naming it, before any
+// input is read or output written.
+TEST_F(CliTest, PrepOptionsAreCheckedBeforeAnythingIsWritten) {
+  const std::string io = "prep --input " + Path("in.txt") + " --out " + Path("out");
+  struct Case {
+    std::string args, message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {io + " --shard-tokens 0", "fjord prep: error: --shard-tokens '0' is not a whole number"},
+           {io + " --shard-tokens 2147483648", "--shard-tokens '2147483648' is not a whole number"},
+           {io + " --threads 0", "--threads '0' is not a whole number"},
+           {io + " --format xml", "--format xml: use text or jsonl"},
+           {io + " --format jsonl --delimiter x", "--delimiter is for --format text"},
+           {io + " --json-field body", "--json-field is for --format jsonl"},
+           {io + " --delimiter '\\q'", "--delimiter: unknown escape '\\q'"},
+           {io + " --eot=-3", "--eot -3: use auto, none, or a token id"},
+           {io + " --val-docs 2 --val-fraction 0.1", "give --val-fraction or --val-docs, not both"},
+       }) {
+    const RunResult r = RunFjord(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.message)) << c.args;
+  }
+  EXPECT_TRUE(fs::is_empty(dir_));
+}
+
+// --shard-tokens, --threads and the other prep flags reach PrepareShards: the shards are the same
+// bytes for one thread and two, and as many as --shard-tokens says.
+TEST_F(CliTest, PrepFlagsReachPrep) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "line " + std::to_string(i) + " of the corpus\n";
+  Write("in.txt", text);
+  for (const char* threads : {"1", "2"}) {
+    const RunResult r =
+        RunFjord("prep --input " + Path("in.txt") + " --out " + Path(std::string("out") + threads) +
+                 " --shard-tokens 1000 --threads " + threads + " --val-docs 20 --quiet");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("fjord prep: 200 documents (" + std::to_string(text.size()) + " bytes)"));
+  }
+  const size_t train_tokens =
+      text.size() - 20 * std::string("line 0 of the corpus\n").size() - 10;  // lines 10..19 are 1 longer
+  size_t shards = 0;
+  for (const auto& e : fs::directory_iterator(Path("out1"))) {
+    const std::string name = e.path().filename().string();
+    std::ifstream a(e.path(), std::ios::binary), b(Path("out2/" + name), std::ios::binary);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}),
+              std::string(std::istreambuf_iterator<char>(b), {}))
+        << name;
+    shards += name.rfind("train_", 0) == 0;
+  }
+  EXPECT_EQ(shards, (train_tokens + 999) / 1000);
 }
 
 TEST_F(CliTest, SampleRefusesNegativeTemperatureBeforeOpeningTheCheckpoint) {
@@ -408,7 +462,10 @@ TEST_F(CliTest, DemoRunsEndToEnd) {
 TEST_F(CliTest, TinyShakespeareValLossBelow2p5) {
   const std::string corpus = std::string(FJORD_SOURCE_DIR) + "/../shared/data/tinyshakespeare.txt";
   if (!fs::exists(corpus)) GTEST_SKIP() << corpus << " is absent";
-  RunResult r = RunFjord("prep --input " + corpus + " --out " + Path("data") + " --val-fraction 0.1");
+  // Documents are the speeches (paragraphs), as llm.c's tinyshakespeare.py cuts the text; every
+  // tenth one is validation.
+  RunResult r = RunFjord("prep --input " + corpus + " --out " + Path("data") +
+                         " --val-fraction 0.1 --delimiter '\\n\\n'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   Write("job.textproto",
         "model { n_layer: 2 n_head: 4 n_embd: 128 seq_len: 64 vocab_size: 256 }\n"

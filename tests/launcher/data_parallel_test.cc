@@ -46,7 +46,7 @@ class DataParallelTest : public ::testing::Test {
     std::mt19937_64 rng(5);
     std::string text;
     static const char* kWords[] = {"north ", "fjord ", "hydro ", "power ",
-                                   "model ", "data ",  "stays ", "home. "};
+                                   "model ", "data ",  "stays ", "home.\n"};  // lines: documents for val
     while (text.size() < 60000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
     RunResult r = Shell(std::string(FJORD_BINARY) + " prep --input " + (dir_ / "corpus.txt").string() +

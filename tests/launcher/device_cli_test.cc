@@ -28,13 +28,15 @@ class DeviceCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
-           ("fjord_device_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           ("fjord_device_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::string text;
     for (int i = 0; text.size() < 6000; ++i) text += "fjord " + std::to_string(i % 97) + " stays home. ";
     std::ofstream(dir_ / "corpus.txt") << text;
-    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data"));
+    // One line, one document: no validation split (prep takes whole documents for it).
+    RunResult r = RunFjord("prep --input " + P("corpus.txt") + " --out " + P("data") + " --val-fraction 0");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(dir_ / "job.textproto")
         << "model { n_layer: 1 n_head: 2 n_embd: 16 seq_len: 16 vocab_size: 256 }\n"

@@ -130,7 +130,7 @@ TEST_F(EnergyReportTest, WindowsWithoutCountersAreEstimatedOnlyFromADeclaredPowe
   EXPECT_THAT(ReadText(Path("run/metrics.jsonl")), Not(HasSubstr("\"energy_j\"")));
 
   // Without a declared power: "not measured", no figure at all.
-  r = Fjord("train " + Job(3, no_rapl, false));
+  r = Fjord("train " + Job(3, no_rapl, false) + " --overwrite");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("J/tok not measured"));
   lines = MetricsLines(Path("run/metrics.jsonl"));
@@ -140,7 +140,7 @@ TEST_F(EnergyReportTest, WindowsWithoutCountersAreEstimatedOnlyFromADeclaredPowe
   EXPECT_EQ(Num(lines[2], "energy_measured_ranks"), 0);
 
   // energy.measure: false reads nothing and reports nothing.
-  r = Fjord("train " + Job(2, "measure: false", false));
+  r = Fjord("train " + Job(2, "measure: false", false) + " --overwrite");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, Not(HasSubstr("J/tok")));
   EXPECT_THAT(ReadText(Path("run/metrics.jsonl")), Not(HasSubstr("energy")));
@@ -232,7 +232,8 @@ class ReportTest : public EnergyReportTest {
     const std::string energy = "powercap_root: \"" + Path("no_rapl") + "\" window_steps: 2 rank_power_w: 10";
     RunResult r = Fjord("train " + Job(2, energy, true, "checkpoint { every_steps: 2 keep_last: 0 }\n"));
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    r = Fjord("train " + Job(4, energy, true, "checkpoint { every_steps: 2 keep_last: 0 }\n") + " --resume");
+    r = Fjord("train " + Job(4, energy, true, "checkpoint { every_steps: 2 keep_last: 0 }\n") +
+              " --resume --accept-changes");
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   std::string Log() const { return Path("run/audit.jsonl"); }

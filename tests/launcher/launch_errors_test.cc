@@ -117,7 +117,7 @@ TEST_F(LaunchErrorsTest, MalformedSlurmNodelistIsRefusedNamingTheVariable) {
         << c.nodelist;
     EXPECT_THAT(r.output, HasSubstr("unset SLURM_JOB_ID to submit a new job. Nothing was started"));
     EXPECT_FALSE(fs::exists(Path("run/launch")));
-    EXPECT_THAT(Events(), ElementsAre("launch_refused"));
+    EXPECT_TRUE(Events().empty());  // a dry run writes nothing, its refusal included
   }
 }
 
@@ -154,7 +154,7 @@ TEST_F(LaunchErrorsTest, SinfoThatCannotRunAnswersNonsenseOrListsNothingIsAnErro
   EXPECT_THAT(r.output, HasSubstr("--partition=gpu` lists no nodes in partition gpu: check the inventory's "
                                   "slurm.partition"));
   EXPECT_FALSE(fs::exists(Path("run/launch")));
-  EXPECT_THAT(Events(), ElementsAre("launch_refused", "launch_refused", "launch_refused"));
+  EXPECT_TRUE(Events().empty());  // dry runs: nothing written, their refusals included
 }
 
 // ---- mpirun -------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class LlamaTrainTest : public ::testing::Test {
     fs::create_directories(dir_);
     std::mt19937_64 rng(7);
     static const char* kWords[] = {"nordlys ", "fjell ", "elv ",  "kraft ",
-                                   "modell ",  "data ",  "blir ", "her. "};
+                                   "modell ",  "data ",  "blir ", "her.\n"};  // a line is a document
     std::string text;
     while (text.size() < 20000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
@@ -121,7 +121,9 @@ TEST_F(LlamaTrainTest, EvalReproducesTheTrainersValLossAndSampleRuns) {
   const size_t k = r.output.find("{\"loss\": ");
   ASSERT_NE(k, std::string::npos) << r.output;
   EXPECT_NEAR(std::stod(r.output.substr(k + 9)), val, 1e-5);
-  r = RunFjord("sample --checkpoint " + P("run") + " --prompt fjell --tokens 20 --temperature 0");
+  // stdout alone: the prompt, then the text (the checkpoint line goes to stderr).
+  r = testing::Shell("{ " + std::string(FJORD_BINARY) + " sample --checkpoint " + P("run") +
+                     " --prompt fjell --tokens 20 --temperature 0 2>/dev/null; }");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, ::testing::StartsWith("fjell"));
   EXPECT_GE(r.output.size(), 25u);
@@ -141,16 +143,64 @@ TEST_F(LlamaTrainTest, AGpt2CheckpointIsRefusedNamingTheArchitecture) {
   EXPECT_THAT(r.output, HasSubstr("model.arch (0 GPT2, 1 LLAMA) is 0 in the checkpoint but 1 in the model"));
 }
 
-TEST_F(LlamaTrainTest, Gpt2ExportersRefuseALlamaCheckpointAndWriteNothing) {
+// llm.c's file holds GPT-2 only; --format hf writes LlamaForCausalLM (hf_llama_oracle_test checks
+// it against transformers).
+TEST_F(LlamaTrainTest, LlmcExportersRefuseALlamaCheckpointAndWriteNothing) {
   RunResult r = RunFjord(Train("run", "--set train.steps=1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const std::string& format : {std::string("hf"), std::string("llmc")}) {
+  for (const std::string& format : {std::string("llmc"), std::string("llmc-bf16")}) {
     r = RunFjord("export --checkpoint " + P("run/checkpoints/step_000001") + " --format " + format +
                  " --out " + P("out_" + format));
     EXPECT_NE(r.exit_code, 0) << r.output;
-    EXPECT_THAT(r.output, HasSubstr("model.arch is LLAMA, but fjord export writes GPT-2 models only"));
+    EXPECT_THAT(r.output,
+                HasSubstr("model.arch is LLAMA, but --format " + format +
+                          " writes llm.c's GPT-2 file only; export a Llama-family model with --format hf"));
     EXPECT_FALSE(fs::exists(P("out_" + format)));
   }
+  r = RunFjord("export --checkpoint " + P("run/checkpoints/step_000001") + " --format hf --out " +
+               P("out_hf"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(P("out_hf/model.safetensors")));
+  r = RunFjord("import --from " + P("out_hf") + " --out " + P("imported"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+// What the Llama family does not compute is refused by the command, naming the config.json field
+// (or the tensor), with exit 1 and no checkpoint written.
+TEST_F(LlamaTrainTest, HfImportRefusalsExitOneAndWriteNothing) {
+  RunResult r = RunFjord(Train("run", "--set train.steps=1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunFjord("export --checkpoint " + P("run/checkpoints/step_000001") + " --out " + P("hf"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string config = testing::ReadText(P("hf/config.json"));
+  const auto refused = [&](const std::string& what) {
+    RunResult i = RunFjord("import --format hf --from " + P("hf") + " --out " + P("imported"));
+    EXPECT_EQ(i.exit_code, 1) << i.output;
+    EXPECT_THAT(i.output, HasSubstr(what));
+    EXPECT_FALSE(fs::exists(P("imported"))) << what;
+  };
+  // The job has q/k/v biases: the export is a Qwen2ForCausalLM, which writes its window fields.
+  ASSERT_THAT(config, HasSubstr("\"use_sliding_window\": false,\n  \"sliding_window\": null,"));
+  std::string window = config;
+  window.replace(window.find("\"use_sliding_window\": false"), 27, "\"use_sliding_window\": true");
+  window.replace(window.find("\"sliding_window\": null"), 22, "\"sliding_window\": 8");
+  testing::WriteText(P("hf/config.json"), window);
+  refused("sliding_window 8 is shorter than max_position_embeddings");
+  std::string moe = config;
+  moe.replace(moe.find("\"use_cache\""), 0, "\"num_local_experts\": 8,\n  ");
+  testing::WriteText(P("hf/config.json"), moe);
+  refused("num_local_experts 8: mixtures of experts are not supported");
+  std::string rope = config;  // fjord writes "rope_scaling": ... on one line
+  const size_t at = rope.find("\"rope_scaling\": ");
+  rope.replace(at, rope.find('\n', at) - at,
+               "\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0},");
+  testing::WriteText(P("hf/config.json"), rope);
+  refused("rope_scaling.rope_type \"dynamic\" is not supported");
+  testing::WriteText(P("hf/config.json"), config);
+  fs::rename(P("hf/model.safetensors"), P("hf/model-00001-of-00001.safetensors"));
+  testing::WriteText(P("hf/model.safetensors.index.json"),
+                     "{\"weight_map\": {\"model.norm.weight\": \"x.safetensors\"}}");
+  refused("x.safetensors");
 }
 
 }  // namespace

@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -105,9 +107,9 @@ TEST_F(DataTest, ShardRoundTripsAndHasTheDocumentedBytes) {
 
   std::vector<uint16_t> expected(tokens.begin(), tokens.end());
   EXPECT_EQ(ReadBytes(Path("a.bin")), ShardBytes(expected));
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 65536);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 65536);
   ASSERT_TRUE(read.ok()) << read.status().message();
-  EXPECT_EQ(read.value(), expected);
+  EXPECT_EQ(read.value(), std::vector<uint32_t>(tokens.begin(), tokens.end()));
   // Atomic write: nothing but the shard is left in the directory.
   EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
 }
@@ -115,15 +117,55 @@ TEST_F(DataTest, ShardRoundTripsAndHasTheDocumentedBytes) {
 TEST_F(DataTest, ShardWrittenByHandIsRead) {
   const std::vector<uint16_t> tokens = {7, 0, 255, 256, 1000, 65535, 42};
   WriteBytes(Path("hand.bin"), ShardBytes(tokens));
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("hand.bin"), 65536);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("hand.bin"), 65536);
   ASSERT_TRUE(read.ok()) << read.status().message();
-  EXPECT_EQ(read.value(), tokens);
+  EXPECT_EQ(read.value(), std::vector<uint32_t>(tokens.begin(), tokens.end()));
+}
+
+// Version 2 (uint32 tokens, issue 18): bytes built by hand from the format description.
+std::string ShardBytes32(const std::vector<uint32_t>& tokens) {
+  std::string bytes;
+  AppendLe32(&bytes, 20240520);
+  AppendLe32(&bytes, 2);
+  AppendLe32(&bytes, static_cast<int32_t>(tokens.size()));
+  bytes.resize(1024, '\0');
+  for (uint32_t t : tokens) AppendLe32(&bytes, static_cast<int32_t>(t));
+  return bytes;
+}
+
+TEST_F(DataTest, ShardVersion2HoldsUint32TokensAndRoundTrips) {
+  const std::vector<int32_t> tokens = {0, 65535, 65536, 128255, 7, 2000000000};
+  ASSERT_TRUE(WriteShard(Path("a.bin"), tokens, kShardVersionUint32).ok());
+  const std::vector<uint32_t> expected(tokens.begin(), tokens.end());
+  EXPECT_EQ(ReadBytes(Path("a.bin")), ShardBytes32(expected));
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 2000000001);
+  ASSERT_TRUE(read.ok()) << read.status().message();
+  EXPECT_EQ(read.value(), expected);
+  // The vocabulary check applies to uint32 tokens too, with their 4-byte offsets.
+  read = ReadShard(Path("a.bin"), 128256);
+  ASSERT_FALSE(read.ok());
+  EXPECT_THAT(read.status().message(),
+              HasSubstr("token 2000000000 at index 5 (byte offset " + std::to_string(1024 + 4 * 5) + ")"));
+  // A version 2 file cut inside its tokens is refused with the 4-byte width.
+  fs::resize_file(Path("a.bin"), 1024 + 4 * 6 - 2);
+  read = ReadShard(Path("a.bin"), 2000000001);
+  ASSERT_FALSE(read.ok());
+  EXPECT_THAT(read.status().message(), HasSubstr("header says 6 tokens of 4 bytes = 1048 bytes expected"));
+}
+
+TEST_F(DataTest, ShardVersionFollowsTheVocabularySize) {
+  EXPECT_EQ(ShardVersionFor(256), 1);
+  EXPECT_EQ(ShardVersionFor(65536), 1);
+  EXPECT_EQ(ShardVersionFor(65537), 2);
+  EXPECT_EQ(ShardVersionFor(128256), 2);
+  EXPECT_FALSE(WriteShard(Path("a.bin"), {1}, 3).ok());
+  EXPECT_FALSE(WriteShard(Path("a.bin"), {-1}, kShardVersionUint32).ok());
 }
 
 TEST_F(DataTest, ShardEmptyIsValid) {
   ASSERT_TRUE(WriteShard(Path("empty.bin"), {}).ok());
   EXPECT_EQ(ReadBytes(Path("empty.bin")).size(), 1024u);
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("empty.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("empty.bin"), 256);
   ASSERT_TRUE(read.ok()) << read.status().message();
   EXPECT_TRUE(read->empty());
 }
@@ -142,7 +184,9 @@ TEST_F(DataTest, ShardWriteRefusesTokensOutsideUint16) {
     EXPECT_THAT(s.message(), HasSubstr(Path("bad.bin")));
     EXPECT_THAT(s.message(),
                 HasSubstr("token " + std::to_string(bad) + " at index 2 does not fit in uint16"));
-    EXPECT_THAT(s.message(), HasSubstr("use a tokenizer with at most 65536 ids"));
+    if (bad > 0) {
+      EXPECT_THAT(s.message(), HasSubstr("write version 2 (uint32)"));
+    }
     EXPECT_FALSE(fs::exists(Path("bad.bin")));
   }
 }
@@ -156,7 +200,7 @@ TEST_F(DataTest, ShardWriteIntoMissingDirectoryIsRefused) {
 }
 
 TEST_F(DataTest, ShardMissingIsNotFound) {
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("nope.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("nope.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), StatusCode::kNotFound);
   EXPECT_THAT(read.status().message(), HasSubstr("shard " + Path("nope.bin") + ": no such file"));
@@ -165,7 +209,7 @@ TEST_F(DataTest, ShardMissingIsNotFound) {
 TEST_F(DataTest, ShardThatCannotBeOpenedNamesTheErrorAndWhatToCheck) {
   WriteBytes(Path("file"), "a regular file, not a directory");
   const std::string path = Path("file/a.bin");  // ENOTDIR, not ENOENT
-  StatusOr<std::vector<uint16_t>> read = ReadShard(path, 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(path, 256);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(read.status().message(), StartsWith("shard " + path + ": cannot open it: Not a directory"));
@@ -174,7 +218,7 @@ TEST_F(DataTest, ShardThatCannotBeOpenedNamesTheErrorAndWhatToCheck) {
 
 TEST_F(DataTest, ShardThatIsADirectoryIsRefused) {
   fs::create_directories(Path("dir.bin"));
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("dir.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("dir.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(read.status().message(), StartsWith("shard " + Path("dir.bin") + " is not a regular file"));
@@ -213,7 +257,7 @@ TEST_F(DataTest, AtomicWriteThatCannotBeRenamedIntoPlaceLeavesNoTemporary) {
 TEST_F(DataTest, ShardShorterThanHeaderIsRefused) {
   ASSERT_TRUE(WriteShard(Path("a.bin"), {1, 2, 3}).ok());
   fs::resize_file(Path("a.bin"), 100);
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_THAT(read.status().message(), HasSubstr("shard " + Path("a.bin") + ": the file has 100 bytes"));
   EXPECT_THAT(read.status().message(), HasSubstr("shorter than the 1024-byte header"));
@@ -223,7 +267,7 @@ TEST_F(DataTest, ShardShorterThanHeaderIsRefused) {
 TEST_F(DataTest, ShardWithWrongMagicIsRefused) {
   ASSERT_TRUE(WriteShard(Path("a.bin"), {1, 2, 3}).ok());
   Patch(Path("a.bin"), 0, std::string("\x01\x00\x00\x00", 4));  // magic := 1
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_THAT(read.status().message(),
               HasSubstr("shard " + Path("a.bin") + ": magic number 1 is not 20240520"));
@@ -233,36 +277,37 @@ TEST_F(DataTest, ShardWithWrongMagicIsRefused) {
 
 TEST_F(DataTest, ShardWithUnsupportedVersionIsRefused) {
   ASSERT_TRUE(WriteShard(Path("a.bin"), {1, 2, 3}).ok());
-  Patch(Path("a.bin"), 4, std::string("\x02\x00\x00\x00", 4));  // version := 2
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  Patch(Path("a.bin"), 4, std::string("\x03\x00\x00\x00", 4));  // version := 3
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
-  EXPECT_THAT(read.status().message(), HasSubstr("shard " + Path("a.bin") + ": version 2 is not supported"));
+  EXPECT_THAT(read.status().message(), HasSubstr("shard " + Path("a.bin") + ": version 3 is not supported"));
+  EXPECT_THAT(read.status().message(), HasSubstr("fjord reads version 1, uint16 tokens, and version 2"));
   EXPECT_THAT(read.status().message(), HasSubstr("re-create the shard with `fjord prep`"));
 }
 
 TEST_F(DataTest, ShardTruncatedInTheTokensIsRefused) {
   ASSERT_TRUE(WriteShard(Path("a.bin"), RandomTokens(100, 256, 2)).ok());
   fs::resize_file(Path("a.bin"), 1024 + 150);
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
-  EXPECT_THAT(
-      read.status().message(),
-      HasSubstr("shard " + Path("a.bin") + ": header says 100 tokens = " + std::to_string(1024 + 2 * 100) +
-                " bytes expected, file has " + std::to_string(1024 + 150) + " bytes: truncated or corrupt"));
+  EXPECT_THAT(read.status().message(),
+              HasSubstr("shard " + Path("a.bin") + ": header says 100 tokens of 2 bytes = " +
+                        std::to_string(1024 + 2 * 100) + " bytes expected, file has " +
+                        std::to_string(1024 + 150) + " bytes: truncated or corrupt"));
   EXPECT_THAT(read.status().message(), HasSubstr("re-create the shard with `fjord prep`"));
 }
 
 TEST_F(DataTest, ShardWithTrailingBytesIsRefused) {
   WriteBytes(Path("a.bin"), ShardBytes({1, 2, 3}) + "xx");
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_THAT(read.status().message(),
-              HasSubstr("header says 3 tokens = 1030 bytes expected, file has 1032 bytes"));
+              HasSubstr("header says 3 tokens of 2 bytes = 1030 bytes expected, file has 1032 bytes"));
 }
 
 TEST_F(DataTest, ShardWithNegativeCountIsRefused) {
   WriteBytes(Path("a.bin"), ShardBytes({}, 20240520, 1, /*count=*/0xFFFFFFFFll));
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_THAT(read.status().message(),
               HasSubstr("shard " + Path("a.bin") + ": the header's token count is negative"));
@@ -275,7 +320,7 @@ TEST_F(DataTest, ShardTokenOutsideVocabularyNamesIndexAndOffset) {
   const size_t offset = 1024 + 2 * index;
   Patch(Path("a.bin"), offset, std::string("\x2C\x01", 2));          // token 300, little-endian
   Patch(Path("a.bin"), 1024 + 2 * 400, std::string("\xFF\xFF", 2));  // a later bad token is not the one named
-  StatusOr<std::vector<uint16_t>> read = ReadShard(Path("a.bin"), 256);
+  StatusOr<std::vector<uint32_t>> read = ReadShard(Path("a.bin"), 256);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(read.status().message(),
@@ -333,23 +378,103 @@ TEST_F(DataTest, ShardGlobEmptyPatternIsRefused) {
 
 constexpr int kT = 8;
 
-class LoaderTest : public DataTest {
- protected:
-  // Writes `stream` as shards of uneven sizes (so windows cross shard boundaries) and returns the glob.
-  std::string WriteStream(const std::vector<int32_t>& stream) {
-    const size_t cuts[] = {stream.size() / 3, stream.size() / 3 + 5};
-    size_t begin = 0;
-    for (int i = 0; i < 3; ++i) {
-      const size_t end = i < 2 ? std::min(cuts[i], stream.size()) : stream.size();
-      EXPECT_TRUE(WriteShard(Path("s_" + std::to_string(i) + ".bin"),
-                             std::vector<int32_t>(stream.begin() + begin, stream.begin() + end))
-                      .ok());
-      begin = end;
+// The order documented in runtime/data/data.h, written again from that text over shards held in
+// memory: the oracle for the streaming loader (which reads shards one at a time, ahead, on another
+// thread, and drops them).
+class OracleStream {
+ public:
+  OracleStream(std::vector<std::vector<int32_t>> shards, uint64_t seed, bool shuffle)
+      : shards_(std::move(shards)), seed_(seed), shuffle_(shuffle) {
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      const uint64_t n = shards_[s].size();
+      windows_.push_back(n >= kT + 1 ? (n - 1) / kT : 0);
+      if (windows_.back() > 0) eligible_.push_back(static_cast<uint32_t>(s));
+      total_ += windows_.back();
     }
-    return Path("s_*.bin");
+  }
+  uint64_t windows() const { return total_; }
+
+  // Inputs (T tokens) then the target of the last input: the window of sequence i.
+  std::vector<int32_t> Window(uint64_t i) const {
+    const uint64_t e = i / total_;
+    uint64_t k = i % total_;
+    std::vector<uint32_t> order = eligible_;
+    if (shuffle_) {
+      const std::vector<uint64_t> p = Shuffle(Hash(e, kShards), eligible_.size());
+      for (size_t j = 0; j < p.size(); ++j) order[j] = eligible_[p[j]];
+    }
+    for (uint32_t s : order) {
+      if (k >= windows_[s]) {
+        k -= windows_[s];
+        continue;
+      }
+      uint64_t start = k * kT;
+      if (shuffle_) {
+        const uint64_t choices = shards_[s].size() - windows_[s] * kT;
+        start = Hash2(e, s, kOffset) % choices + Shuffle(Hash2(e, s, kOrder), windows_[s])[k] * kT;
+      }
+      return std::vector<int32_t>(shards_[s].begin() + start, shards_[s].begin() + start + kT + 1);
+    }
+    ADD_FAILURE() << "sequence " << i << " not found";
+    return {};
   }
 
-  // Identity stream: token j is j, so a window's first input token is its start offset.
+ private:
+  static constexpr uint64_t kShards = 0x7368617264732121ull, kOrder = 0x6F72646572212121ull,
+                            kOffset = 0x6F66667365742121ull;
+  static uint64_t Mix(uint64_t x) {  // SplitMix64's finalizer
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+  }
+  uint64_t Hash(uint64_t e, uint64_t salt) const { return Mix(seed_ ^ Mix(e ^ salt)); }
+  uint64_t Hash2(uint64_t e, uint64_t s, uint64_t salt) const { return Mix(Hash(e, salt) ^ Mix(s)); }
+  static std::vector<uint64_t> Shuffle(uint64_t seed, uint64_t n) {
+    std::vector<uint64_t> v(n);
+    for (uint64_t i = 0; i < n; ++i) v[i] = i;
+    std::mt19937_64 rng(seed);
+    for (uint64_t i = n; i > 1; --i) {
+      const uint64_t limit = ~uint64_t{0} - ~uint64_t{0} % i;
+      uint64_t x;
+      do {
+        x = rng();
+      } while (x >= limit);
+      std::swap(v[i - 1], v[x % i]);
+    }
+    return v;
+  }
+
+  std::vector<std::vector<int32_t>> shards_;
+  uint64_t seed_;
+  bool shuffle_;
+  std::vector<uint64_t> windows_;
+  std::vector<uint32_t> eligible_;
+  uint64_t total_ = 0;
+};
+
+class LoaderTest : public DataTest {
+ protected:
+  // Writes `shards` as s_000.bin, s_001.bin, ... and returns their glob.
+  std::string WriteShards(const std::vector<std::vector<int32_t>>& shards, const std::string& prefix = "s") {
+    for (size_t i = 0; i < shards.size(); ++i) {
+      char name[32];
+      std::snprintf(name, sizeof(name), "%s_%03zu.bin", prefix.c_str(), i);
+      EXPECT_TRUE(WriteShard(Path(name), shards[i]).ok());
+    }
+    return Path(prefix + "_*.bin");
+  }
+
+  // A stream of n tokens cut into shards of uneven sizes (one of them too short for a window).
+  static std::vector<std::vector<int32_t>> Cut(const std::vector<int32_t>& stream) {
+    const size_t n = stream.size();
+    const size_t cuts[] = {0, n / 3, n / 3 + 5, n / 2 + 1, n};
+    std::vector<std::vector<int32_t>> shards;
+    for (int i = 0; i < 4; ++i) shards.emplace_back(stream.begin() + cuts[i], stream.begin() + cuts[i + 1]);
+    return shards;
+  }
+
+  // Identity stream: token j is j, so a window's first input token is its place in the stream.
   static std::vector<int32_t> Iota(size_t n) {
     std::vector<int32_t> v(n);
     for (size_t j = 0; j < n; ++j) v[j] = static_cast<int32_t>(j);
@@ -367,7 +492,19 @@ class LoaderTest : public DataTest {
   };
   static Batch Fill(const DataLoader& loader, uint64_t first, int B) {
     Batch batch{std::vector<int32_t>(B * kT, -7), std::vector<int32_t>(B * kT, -7)};
-    loader.Fill(first, B, batch.inputs.data(), batch.targets.data());
+    const Status s = loader.Fill(first, B, batch.inputs.data(), batch.targets.data());
+    EXPECT_TRUE(s.ok()) << s.message();
+    return batch;
+  }
+
+  // The oracle's windows [first, first + B) as a Batch.
+  static Batch Expected(const OracleStream& oracle, uint64_t first, int B) {
+    Batch batch;
+    for (int b = 0; b < B; ++b) {
+      const std::vector<int32_t> w = oracle.Window(first + b);
+      batch.inputs.insert(batch.inputs.end(), w.begin(), w.end() - 1);
+      batch.targets.insert(batch.targets.end(), w.begin() + 1, w.end());
+    }
     return batch;
   }
 
@@ -381,65 +518,122 @@ class LoaderTest : public DataTest {
   }
 };
 
-TEST_F(LoaderTest, SequencesAreSlicesOfTheStreamAndTargetsAreShiftedByOne) {
-  const std::vector<int32_t> stream = RandomTokens(1000, 50257, 4);
-  DataLoader loader = Open(WriteStream(stream), 1337);
-  EXPECT_EQ(loader.num_tokens(), stream.size());
-  EXPECT_EQ(loader.files().size(), 3u);
-  const int B = 40;  // more than an epoch's worth, so two epochs are covered
+TEST_F(LoaderTest, SequencesAreSlicesOfOneShardAndTargetsAreShiftedByOne) {
+  const std::vector<std::vector<int32_t>> shards = Cut(RandomTokens(1000, 50257, 4));
+  DataLoader loader = Open(WriteShards(shards), 1337);
+  EXPECT_EQ(loader.num_tokens(), 1000u);
+  EXPECT_EQ(loader.files().size(), 4u);
+  const int B = 150;  // more than an epoch's worth, so two epochs are covered
   const Batch batch = Fill(loader, 100, B);
   for (int b = 0; b < B; ++b) {
     SCOPED_TRACE(b);
     const int32_t* in = &batch.inputs[b * kT];
     const int32_t* tg = &batch.targets[b * kT];
-    auto it = std::search(stream.begin(), stream.end(), in, in + kT);
-    ASSERT_NE(it, stream.end()) << "inputs are not a slice of the stream";
-    const size_t start = static_cast<size_t>(it - stream.begin());
-    ASSERT_LE(start + kT + 1, stream.size());
-    for (int t = 0; t < kT; ++t) EXPECT_EQ(tg[t], stream[start + t + 1]);
+    bool found = false;
+    for (const std::vector<int32_t>& shard : shards) {
+      for (auto it = std::search(shard.begin(), shard.end(), in, in + kT); it != shard.end() && !found;
+           it = std::search(it + 1, shard.end(), in, in + kT)) {
+        const size_t start = static_cast<size_t>(it - shard.begin());
+        found = start + kT + 1 <= shard.size() && std::equal(tg, tg + kT, shard.begin() + start + 1);
+      }
+    }
+    EXPECT_TRUE(found) << "inputs and targets are not one slice of one shard";
   }
 }
 
-// Every epoch visits each of its W windows once; windows fit and share the epoch's offset.
+// Every epoch visits each window of each shard once; a shard's windows share the epoch's offset.
 class LoaderEpochTest : public LoaderTest, public ::testing::WithParamInterface<size_t> {};
 
 TEST_P(LoaderEpochTest, EachEpochVisitsEveryWindowExactlyOnce) {
   const size_t n = GetParam();
-  const std::vector<int32_t> stream = Iota(n);
-  DataLoader loader = Open(WriteStream(stream), 99);
+  const std::vector<std::vector<int32_t>> shards = Cut(Iota(n));
+  DataLoader loader = Open(WriteShards(shards), 99);
   const uint64_t w = loader.sequences_per_epoch();
-  EXPECT_EQ(w, std::max<uint64_t>(1, (n - kT) / kT));  // documented in runtime/data/data.h
+  uint64_t expected_w = 0;
+  std::vector<size_t> shard_of(n);
+  std::vector<size_t> base;  // first token of each shard in the stream
+  for (size_t s = 0, at = 0; s < shards.size(); at += shards[s].size(), ++s) {
+    base.push_back(at);
+    for (size_t j = 0; j < shards[s].size(); ++j) shard_of[at + j] = s;
+    if (shards[s].size() >= kT + 1) expected_w += (shards[s].size() - 1) / kT;  // data.h
+  }
+  EXPECT_EQ(w, expected_w);
   std::set<int64_t> offsets;
   for (uint64_t epoch = 0; epoch < 6; ++epoch) {
     SCOPED_TRACE(epoch);
     const Batch batch = Fill(loader, epoch * w, static_cast<int>(w));
-    std::vector<int64_t> starts;
+    std::vector<std::vector<int64_t>> starts(shards.size());
     for (uint64_t b = 0; b < w; ++b) {
       const int64_t start = batch.inputs[b * kT];
-      ASSERT_LE(static_cast<size_t>(start) + kT + 1, n) << "window runs past the data";
-      for (int t = 0; t < kT; ++t) {
-        ASSERT_EQ(batch.inputs[b * kT + t], stream[start + t]);
-        ASSERT_EQ(batch.targets[b * kT + t], stream[start + t + 1]);
-      }
-      starts.push_back(start);
+      const size_t s = shard_of[start];
+      ASSERT_LE(start - base[s] + kT + 1, shards[s].size()) << "window runs past its shard";
+      for (int t = 0; t < kT; ++t) ASSERT_EQ(batch.targets[b * kT + t], start + t + 1);
+      starts[s].push_back(start - static_cast<int64_t>(base[s]));
     }
-    std::sort(starts.begin(), starts.end());
-    const int64_t offset = starts.front();
-    EXPECT_LT(offset, kT);
-    for (uint64_t k = 0; k < w; ++k) EXPECT_EQ(starts[k], offset + static_cast<int64_t>(k) * kT);
-    offsets.insert(offset);
+    for (size_t s = 0; s < shards.size(); ++s) {
+      const uint64_t ws = shards[s].size() >= kT + 1 ? (shards[s].size() - 1) / kT : 0;
+      ASSERT_EQ(starts[s].size(), ws) << "shard " << s;
+      if (ws == 0) continue;
+      std::sort(starts[s].begin(), starts[s].end());
+      const int64_t offset = starts[s].front();
+      EXPECT_LT(offset, kT);
+      for (uint64_t k = 0; k < ws; ++k) EXPECT_EQ(starts[s][k], offset + static_cast<int64_t>(k) * kT);
+      offsets.insert(offset);
+    }
   }
-  if (n >= 3 * kT) {
-    EXPECT_GT(offsets.size(), 1u) << "the epoch offset never changes";
+  if (n >= 30 * kT) {
+    EXPECT_GT(offsets.size(), 1u) << "the epoch offsets never change";
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, LoaderEpochTest,
-                         ::testing::Values(kT + 1, kT + 2, 2 * kT - 1, 2 * kT, 2 * kT + 1, 10 * kT + 3,
-                                           1000));
+                         ::testing::Values(3 * kT + 4, 4 * kT + 3, 10 * kT + 3, 100 * kT + 1, 1000));
+
+// The issue's equivalence: every rank of every world size, stepping through three epochs with
+// micro-batches and gradient accumulation, and restarting from a step (a resume) with new
+// loaders, sees exactly the oracle's global batch.
+TEST_F(LoaderTest, MatchesTheInMemoryOracleForEveryWorldSizeAcrossEpochsAndResume) {
+  std::vector<std::vector<int32_t>> shards;
+  for (int s = 0; s < 6; ++s) shards.push_back(RandomTokens(60 + 37 * s, 50000, 20 + s));
+  const std::string glob = WriteShards(shards);
+  const OracleStream oracle(shards, 4242, /*shuffle=*/true);
+  const int B = 3, accum = 2;
+  for (int world : {1, 2, 3, 4}) {
+    SCOPED_TRACE(world);
+    const uint64_t global = static_cast<uint64_t>(B) * accum * world;
+    const int steps = static_cast<int>(3 * oracle.windows() / global) + 1;
+    for (int resume : {0, steps / 2}) {
+      SCOPED_TRACE(resume);
+      std::vector<DataLoader> ranks;
+      for (int r = 0; r < world; ++r) ranks.push_back(Open(glob, 4242));
+      ASSERT_EQ(ranks[0].sequences_per_epoch(), oracle.windows());
+      for (int step = resume; step < steps; ++step) {
+        for (int micro = 0; micro < accum; ++micro) {
+          for (int r = 0; r < world; ++r) {
+            const uint64_t first = step * global + (static_cast<uint64_t>(micro) * world + r) * B;
+            const Batch got = Fill(ranks[r], first, B);
+            const Batch want = Expected(oracle, first, B);
+            ASSERT_EQ(got.inputs, want.inputs) << "step " << step << " rank " << r;
+            ASSERT_EQ(got.targets, want.targets) << "step " << step << " rank " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(LoaderTest, UnshuffledMatchesTheOracle) {
+  const std::vector<std::vector<int32_t>> shards = Cut(RandomTokens(500, 1000, 9));
+  DataLoader loader = Open(WriteShards(shards), 5, /*shuffle=*/false);
+  const OracleStream oracle(shards, 5, /*shuffle=*/false);
+  const Batch got = Fill(loader, 0, static_cast<int>(2 * oracle.windows()));
+  const Batch want = Expected(oracle, 0, static_cast<int>(2 * oracle.windows()));
+  EXPECT_EQ(got.inputs, want.inputs);
+  EXPECT_EQ(got.targets, want.targets);
+}
 
 TEST_F(LoaderTest, ResultDoesNotDependOnPartitionOrCallOrder) {
-  const std::string glob = WriteStream(Iota(500));
+  const std::string glob = WriteShards(Cut(Iota(500)));
   DataLoader a = Open(glob, 7);
   const uint64_t w = a.sequences_per_epoch();
   const uint64_t first = 3 * w - 2;  // the batch straddles the end of epoch 2
@@ -453,7 +647,7 @@ TEST_F(LoaderTest, ResultDoesNotDependOnPartitionOrCallOrder) {
   joined.insert(joined.end(), tail.targets.begin(), tail.targets.end());
   EXPECT_EQ(whole.targets, joined);
 
-  // A loader that served other epochs first (different cache contents) and a copy give the same.
+  // A loader that served other epochs first (different shards resident) and a copy give the same.
   DataLoader b = Open(glob, 7);
   Fill(b, 10 * w, 3);
   Fill(b, 0, 1);
@@ -468,21 +662,12 @@ TEST_F(LoaderTest, ResultDoesNotDependOnPartitionOrCallOrder) {
   }
 }
 
-// The order in which epoch `epoch` visits its windows: window k starts at offset + k * T.
-std::vector<int64_t> WindowOrder(const DataLoader& loader, uint64_t epoch) {
-  const uint64_t w = loader.sequences_per_epoch();
-  std::vector<int64_t> order = LoaderTest::Starts(loader, epoch * w, w);
-  const int64_t offset = *std::min_element(order.begin(), order.end());
-  for (int64_t& start : order) start = (start - offset) / kT;
-  return order;
-}
-
 TEST_F(LoaderTest, ConcurrentFillsMatchSerialOnes) {
-  const std::string glob = WriteStream(Iota(3000));
+  const std::string glob = WriteShards(Cut(Iota(3000)));
   DataLoader serial = Open(glob, 3), shared = Open(glob, 3);
   const uint64_t w = serial.sequences_per_epoch();
   constexpr int kThreads = 4, kRounds = 20, B = 5;
-  // Thread i reads from epochs i, i + 4, ... so the two-entry cache is contended and evicted.
+  // Thread i reads from epochs i, i + 4, ... so shards are read, evicted and read again concurrently.
   std::vector<std::vector<Batch>> got(kThreads);
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
@@ -499,47 +684,149 @@ TEST_F(LoaderTest, ConcurrentFillsMatchSerialOnes) {
 }
 
 TEST_F(LoaderTest, SeedChangesTheOrderAndTheSameSeedRepeatsIt) {
-  const std::string glob = WriteStream(Iota(2000));
+  const std::string glob = WriteShards(Cut(Iota(2000)));
   DataLoader one = Open(glob, 1), again = Open(glob, 1), two = Open(glob, 2);
   const uint64_t w = one.sequences_per_epoch();
   EXPECT_EQ(Starts(one, 0, 2 * w), Starts(again, 0, 2 * w));
-  EXPECT_NE(WindowOrder(one, 0), WindowOrder(two, 0));
-  EXPECT_NE(WindowOrder(one, 0), WindowOrder(one, 1)) << "epochs repeat the same order";
+  EXPECT_NE(Starts(one, 0, w), Starts(two, 0, w));
+  EXPECT_NE(Starts(one, 0, w), Starts(one, w, w)) << "epochs repeat the same order";
 }
 
-TEST_F(LoaderTest, NoShuffleServesWindowsInOrder) {
-  const size_t n = 100;
-  DataLoader loader = Open(WriteStream(Iota(n)), 5, /*shuffle=*/false);
+TEST_F(LoaderTest, ShuffleVisitsShardsInAnEpochDependentOrder) {
+  // 8 shards of 10 windows: the shard of each sequence, run-length encoded, is the epoch's shard order.
+  std::vector<std::vector<int32_t>> shards;
+  for (int s = 0; s < 8; ++s) shards.push_back(std::vector<int32_t>(10 * kT + 1, s));
+  DataLoader loader = Open(WriteShards(shards), 11);
   const uint64_t w = loader.sequences_per_epoch();
-  EXPECT_EQ(w, (n - 1) / kT);
-  std::vector<int64_t> expected;
-  for (int epoch = 0; epoch < 2; ++epoch) {
-    for (uint64_t k = 0; k < w; ++k) expected.push_back(static_cast<int64_t>(k) * kT);
+  ASSERT_EQ(w, 80u);
+  std::set<std::vector<int64_t>> orders;
+  for (uint64_t e = 0; e < 4; ++e) {
+    std::vector<int64_t> order;
+    for (int64_t s : Starts(loader, e * w, w)) {
+      if (order.empty() || order.back() != s) order.push_back(s);
+    }
+    EXPECT_EQ(order.size(), 8u) << "a shard's windows are not consecutive in epoch " << e;
+    orders.insert(order);
   }
-  EXPECT_EQ(Starts(loader, 0, 2 * w), expected);
+  EXPECT_GT(orders.size(), 1u) << "every epoch visits the shards in the same order";
+}
+
+TEST_F(LoaderTest, NoShuffleServesShardsAndWindowsInOrder) {
+  const std::vector<std::vector<int32_t>> shards = Cut(Iota(100));  // 33, 5, 13 and 49 tokens
+  DataLoader loader = Open(WriteShards(shards), 5, /*shuffle=*/false);
+  const uint64_t w = loader.sequences_per_epoch();
+  std::vector<int64_t> expected;
+  int64_t base = 0;
+  for (const auto& shard : shards) {
+    const int64_t ws = shard.size() >= kT + 1 ? (static_cast<int64_t>(shard.size()) - 1) / kT : 0;
+    for (int64_t k = 0; k < ws; ++k) expected.push_back(base + k * kT);
+    base += static_cast<int64_t>(shard.size());
+  }
+  EXPECT_EQ(w, expected.size());
+  std::vector<int64_t> twice = expected;
+  twice.insert(twice.end(), expected.begin(), expected.end());
+  EXPECT_EQ(Starts(loader, 0, 2 * w), twice);
+}
+
+TEST_F(LoaderTest, VersionsOneAndTwoMixInOneGlob) {
+  std::vector<int32_t> wide = RandomTokens(40, 100000, 8);
+  std::vector<int32_t> narrow = RandomTokens(40, 60000, 9);
+  ASSERT_TRUE(WriteShard(Path("m_000.bin"), narrow).ok());
+  ASSERT_TRUE(WriteShard(Path("m_001.bin"), wide, kShardVersionUint32).ok());
+  StatusOr<DataLoader> loader = DataLoader::Open(Path("m_*.bin"), "data.train", 100000, kT, 1, false);
+  ASSERT_TRUE(loader.ok()) << loader.status().message();
+  const OracleStream oracle({narrow, wide}, 1, false);
+  EXPECT_EQ(Fill(*loader, 0, 8).inputs, Expected(oracle, 0, 8).inputs);
 }
 
 TEST_F(LoaderTest, RefusesTooFewTokens) {
-  const std::string glob = WriteStream(Iota(kT));
+  const std::string glob = WriteShards({Iota(8), Iota(2), Iota(1)});
   StatusOr<DataLoader> loader = DataLoader::Open(glob, "data.val", 65536, kT, 1, false);
   ASSERT_FALSE(loader.ok());
   const std::string& m = loader.status().message();
-  EXPECT_THAT(m, StartsWith("data.val: 8 tokens in 3 file(s) matching '" + glob + "'"));
-  EXPECT_THAT(m, HasSubstr(Path("s_0.bin") + " (2 tokens)"));
-  EXPECT_THAT(m, HasSubstr(Path("s_2.bin") + " (1 tokens)"));
-  EXPECT_THAT(m, HasSubstr("one sequence needs seq_len + 1 = 9 tokens"));
-  EXPECT_THAT(m, HasSubstr("add data (run fjord prep on a longer text) or lower train.seq_len"));
+  EXPECT_THAT(m, StartsWith("data.val: 11 tokens in 3 file(s) matching '" + glob + "'"));
+  EXPECT_THAT(m, HasSubstr(Path("s_000.bin") + " (8 tokens)"));
+  EXPECT_THAT(m, HasSubstr(Path("s_002.bin") + " (1 tokens)"));
+  EXPECT_THAT(m, HasSubstr("one sequence needs seq_len + 1 = 9 tokens within one shard"));
+  EXPECT_THAT(m, HasSubstr("or lower train.seq_len"));
 }
 
-TEST_F(LoaderTest, ShardErrorsNameTheField) {
-  // Shards hold tokens [0, 100), [100, 105) and [105, 300): the first one >= 256 is 256, at index
-  // 256 - 105 of the third shard.
-  const std::string glob = WriteStream(Iota(300));
-  StatusOr<DataLoader> loader = DataLoader::Open(glob, "data.train", 256, kT, 1, true);
-  ASSERT_FALSE(loader.ok());
-  EXPECT_THAT(loader.status().message(), StartsWith("data.train: shard " + Path("s_2.bin") +
-                                                    ": token 256 at index 151 (byte offset 1326)"));
-  EXPECT_THAT(loader.status().message(), HasSubstr("raise model.vocab_size"));
+TEST_F(LoaderTest, OpenReadsOnlyHeadersAndABadTokenIsRefusedWhenItsShardIsRead) {
+  // Shard 1 holds token 256 at index 7, outside a 256-id vocabulary: Open does not read tokens, the
+  // first Fill that needs shard 1 refuses it, naming the field, the shard, the index and the offset.
+  std::vector<int32_t> bad = RandomTokens(30, 256, 5);
+  bad[7] = 256;
+  const std::string glob = WriteShards({RandomTokens(30, 256, 4), bad});
+  StatusOr<DataLoader> loader = DataLoader::Open(glob, "data.train", 256, kT, 1, /*shuffle=*/false);
+  ASSERT_TRUE(loader.ok()) << loader.status().message();
+  EXPECT_EQ(loader->stats().shard_reads, 0u);
+  std::vector<int32_t> in(kT), tg(kT);
+  EXPECT_TRUE(loader->Fill(0, 1, in.data(), tg.data()).ok());
+  const Status s = loader->Fill(3, 1, in.data(), tg.data());  // shard 1's first window
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), StartsWith("data.train: shard " + Path("s_001.bin") +
+                                      ": token 256 at index 7 (byte offset 1038)"));
+  EXPECT_THAT(s.message(), HasSubstr("raise model.vocab_size"));
+}
+
+TEST_F(LoaderTest, ShardTruncatedOrRewrittenAfterOpenIsRefusedAtReadNamingIt) {
+  const std::string glob = WriteShards({RandomTokens(100, 256, 1), RandomTokens(100, 256, 2)});
+  DataLoader loader = Open(glob, 1, /*shuffle=*/false);
+  fs::resize_file(Path("s_001.bin"), 1024 + 2 * 50);
+  std::vector<int32_t> in(kT), tg(kT);
+  Status s = loader.Fill(13, 1, in.data(), tg.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), StartsWith("data.train: shard " + Path("s_001.bin") + ": header says 100 tokens"));
+  EXPECT_THAT(s.message(), HasSubstr("truncated or corrupt"));
+  // Rewritten with another count: the header no longer matches what Open saw.
+  ASSERT_TRUE(WriteShard(Path("s_001.bin"), RandomTokens(50, 256, 3)).ok());
+  s = loader.Fill(13, 1, in.data(), tg.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("shard " + Path("s_001.bin") +
+                                     " changed after the job opened it (version 1, 100 tokens then; "
+                                     "version 1, 50 tokens now)"));
+  // Removed: named too.
+  fs::remove(Path("s_001.bin"));
+  s = loader.Fill(13, 1, in.data(), tg.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("shard " + Path("s_001.bin") + ": no such file"));
+  // Shard 0 is still served.
+  EXPECT_TRUE(loader.Fill(0, 1, in.data(), tg.data()).ok());
+}
+
+// Memory does not grow with the data: walking two epochs of 4 or 48 shards, a rank holds at most the
+// shards one Fill touches plus one read ahead.
+TEST_F(LoaderTest, ResidentShardsDoNotGrowWithTheNumberOfShards) {
+  for (int count : {4, 48}) {
+    SCOPED_TRACE(count);
+    std::vector<std::vector<int32_t>> shards;
+    for (int s = 0; s < count; ++s) shards.push_back(RandomTokens(20 * kT + 1, 1000, s));
+    DataLoader loader = Open(WriteShards(shards, std::string("n") + std::to_string(count)), 17);
+    const uint64_t w = loader.sequences_per_epoch();
+    for (uint64_t i = 0; i < 2 * w; i += 4) Fill(loader, i, 4);
+    const DataLoader::Stats stats = loader.stats();
+    const uint64_t shard_bytes = 1024 + 2 * (20 * kT + 1);
+    EXPECT_LE(stats.max_resident_shards, 3u);  // a batch across a shard boundary, and one ahead
+    EXPECT_LE(stats.max_resident_bytes, 3 * shard_bytes);
+    // Each shard is read in each epoch (the last of one epoch may open the next, read once).
+    EXPECT_GE(stats.shard_reads, 2u * count - 1);
+  }
+}
+
+// Once the loader has read ahead, the step that crosses into the next shard does not wait for it.
+TEST_F(LoaderTest, TheNextShardIsReadAheadOffTheCallingThread) {
+  std::vector<std::vector<int32_t>> shards;
+  for (int s = 0; s < 3; ++s) shards.push_back(RandomTokens(4 * kT + 1, 1000, s));
+  DataLoader loader = Open(WriteShards(shards), 1, /*shuffle=*/false);
+  Fill(loader, 0, 4);  // shard 0 whole; asks for shard 1
+  EXPECT_EQ(loader.stats().waited_reads, 1u);
+  for (int i = 0; i < 1000 && loader.stats().shard_reads < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(loader.stats().shard_reads, 2u) << "shard 1 was not read ahead within 10 s";
+  Fill(loader, 4, 4);  // shard 1
+  EXPECT_EQ(loader.stats().waited_reads, 1u);
 }
 
 TEST_F(LoaderTest, NonPositiveSequenceLengthIsRefusedBeforeAnyShardIsRead) {
@@ -555,220 +842,6 @@ TEST_F(LoaderTest, NoMatchingShardsIsRefused) {
   ASSERT_FALSE(loader.ok());
   EXPECT_THAT(loader.status().message(),
               StartsWith("data.train: no file matches '" + Path("none_*.bin") + "'"));
-}
-
-// ---------------------------------------------------------------------------------------------
-// fjord prep
-
-class PrepTest : public DataTest {
- protected:
-  std::string WriteText(const std::string& text) {
-    WriteBytes(Path("input.txt"), text);
-    return Path("input.txt");
-  }
-  std::string Concat(const std::vector<std::string>& files) {
-    std::string bytes;
-    for (const std::string& f : files) {
-      StatusOr<std::vector<uint16_t>> shard = ReadShard(f, 256);
-      EXPECT_TRUE(shard.ok()) << shard.status().message();
-      if (shard.ok()) {
-        for (uint16_t t : shard.value()) bytes.push_back(static_cast<char>(t));
-      }
-    }
-    return bytes;
-  }
-};
-
-std::string SampleText(size_t n) {
-  std::mt19937 rng(11);
-  std::string text;
-  for (size_t i = 0; i < n; ++i) text.push_back(static_cast<char>(rng() & 0xFF));
-  return text;
-}
-
-TEST_F(PrepTest, ShardsConcatenateBackToTheInput) {
-  const std::string text = SampleText(10000);
-  PrepOptions options{WriteText(text), Path("out"), 0.1, 1000};
-  StatusOr<PrepResult> result = PrepareShards(options, *MakeByteTokenizer());
-  ASSERT_TRUE(result.ok()) << result.status().message();
-  EXPECT_EQ(result->train_tokens, 9000);
-  EXPECT_EQ(result->val_tokens, 1000);
-  std::vector<std::string> train;
-  for (int i = 0; i < 9; ++i) train.push_back(Path("out/train_00000" + std::to_string(i) + ".bin"));
-  EXPECT_EQ(result->train_files, train);
-  EXPECT_EQ(result->val_files, std::vector<std::string>{Path("out/val_000000.bin")});
-  const std::string train_text = Concat(result->train_files);
-  const std::string val_text = Concat(result->val_files);
-  EXPECT_EQ(train_text, text.substr(0, 9000));
-  EXPECT_EQ(train_text + val_text, text);
-  // What the trainer sees through the glob.
-  StatusOr<std::vector<std::string>> globbed = ExpandShardGlob(Path("out/train_*.bin"), "data.train");
-  ASSERT_TRUE(globbed.ok()) << globbed.status().message();
-  EXPECT_EQ(globbed.value(), train);
-}
-
-TEST_F(PrepTest, SplitFollowsValFraction) {
-  const std::string text = SampleText(777);
-  for (double fraction : {0.0, 0.05, 0.25, 0.5, 0.9}) {
-    SCOPED_TRACE(fraction);
-    fs::remove_all(Path("out"));
-    StatusOr<PrepResult> result =
-        PrepareShards({WriteText(text), Path("out"), fraction, 100}, *MakeByteTokenizer());
-    ASSERT_TRUE(result.ok()) << result.status().message();
-    EXPECT_LE(std::abs(static_cast<double>(result->val_tokens) - 777 * fraction), 0.5);
-    EXPECT_EQ(result->train_tokens + result->val_tokens, 777);
-    EXPECT_EQ(Concat(result->train_files) + Concat(result->val_files), text);
-    EXPECT_EQ(result->val_files.empty(), fraction == 0.0);
-    EXPECT_EQ(fs::exists(Path("out/val_000000.bin")), fraction > 0.0);
-  }
-}
-
-TEST_F(PrepTest, RerunInPlaceReplacesTheShards) {
-  // Same shard counts, different text: every shard is replaced, none is left over.
-  ASSERT_TRUE(PrepareShards({WriteText(SampleText(300)), Path("out"), 0.1, 100}, *MakeByteTokenizer()).ok());
-  std::string text = SampleText(290);
-  std::reverse(text.begin(), text.end());
-  StatusOr<PrepResult> result = PrepareShards({WriteText(text), Path("out"), 0.2, 100}, *MakeByteTokenizer());
-  ASSERT_TRUE(result.ok()) << result.status().message();
-  EXPECT_EQ(Concat(result->train_files) + Concat(result->val_files), text);
-}
-
-TEST_F(PrepTest, ShardsFeedTheLoader) {
-  const std::string text = SampleText(2000);
-  StatusOr<PrepResult> result = PrepareShards({WriteText(text), Path("out"), 0.1, 512}, *MakeByteTokenizer());
-  ASSERT_TRUE(result.ok()) << result.status().message();
-  StatusOr<DataLoader> loader = DataLoader::Open(Path("out/train_*.bin"), "data.train", 256, 16, 3, true);
-  ASSERT_TRUE(loader.ok()) << loader.status().message();
-  EXPECT_EQ(loader->num_tokens(), 1800u);
-}
-
-// Refusals: each builds the bad input and checks the message.
-TEST_F(PrepTest, MissingInputIsNotFound) {
-  StatusOr<PrepResult> r = PrepareShards({Path("nope.txt"), Path("out"), 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
-  EXPECT_THAT(r.status().message(), HasSubstr("input " + Path("nope.txt") + ": no such file"));
-  EXPECT_THAT(r.status().message(), HasSubstr("give the text file to tokenize"));
-}
-
-TEST_F(PrepTest, EmptyInputIsRefused) {
-  StatusOr<PrepResult> r = PrepareShards({WriteText(""), Path("out"), 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("input " + Path("input.txt") + " is empty"));
-  EXPECT_THAT(r.status().message(), HasSubstr("give a non-empty text file"));
-  EXPECT_FALSE(fs::exists(Path("out")));
-}
-
-TEST_F(PrepTest, ValFractionOutsideUnitIntervalIsRefused) {
-  const std::string input = WriteText(SampleText(100));
-  for (double bad : {1.0, -0.1, 1.5, std::nan("")}) {
-    SCOPED_TRACE(bad);
-    StatusOr<PrepResult> r = PrepareShards({input, Path("out"), bad, 100}, *MakeByteTokenizer());
-    ASSERT_FALSE(r.ok());
-    EXPECT_THAT(r.status().message(), HasSubstr("is outside [0, 1)"));
-    EXPECT_THAT(r.status().message(), HasSubstr("use e.g. 0.1, or 0 for no validation shard"));
-  }
-}
-
-TEST_F(PrepTest, TinyValidationPartIsRefused) {
-  StatusOr<PrepResult> r =
-      PrepareShards({WriteText("0123456789"), Path("out"), 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr(Path("input.txt") + " has 10 tokens"));
-  EXPECT_THAT(r.status().message(), HasSubstr("keeps 1 for validation"));
-  EXPECT_THAT(r.status().message(), HasSubstr("the validation part needs at least 2 tokens"));
-  EXPECT_THAT(r.status().message(), HasSubstr("or val_fraction 0"));
-}
-
-TEST_F(PrepTest, TinyTrainPartIsRefused) {
-  StatusOr<PrepResult> r = PrepareShards({WriteText("abcd"), Path("out"), 0.8, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("has 4 tokens"));
-  EXPECT_THAT(r.status().message(), HasSubstr("1 for training"));
-  EXPECT_THAT(r.status().message(), HasSubstr("the train part needs at least 2 tokens"));
-  EXPECT_THAT(r.status().message(), HasSubstr("use a longer text or a smaller val_fraction"));
-  // A single byte cannot train even without validation.
-  r = PrepareShards({WriteText("a"), Path("out"), 0.0, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("the train part needs at least 2 tokens"));
-}
-
-TEST_F(PrepTest, LeftoverShardsAreRefusedNotMixed) {
-  fs::create_directories(Path("out"));
-  ASSERT_TRUE(WriteShard(Path("out/train_000007.bin"), {1, 2, 3}).ok());
-  StatusOr<PrepResult> r =
-      PrepareShards({WriteText(SampleText(300)), Path("out"), 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(),
-              HasSubstr(Path("out/train_000007.bin") + " is left from an earlier prep"));
-  EXPECT_THAT(r.status().message(), HasSubstr("delete it or choose an empty output directory"));
-  EXPECT_FALSE(fs::exists(Path("out/train_000000.bin")));
-}
-
-TEST_F(PrepTest, OutputDirThatIsAFileIsRefused) {
-  WriteBytes(Path("out"), "not a directory");
-  StatusOr<PrepResult> r =
-      PrepareShards({WriteText(SampleText(100)), Path("out"), 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("cannot create the output directory " + Path("out")));
-  EXPECT_THAT(r.status().message(), HasSubstr("choose another directory"));
-}
-
-TEST_F(PrepTest, NonPositiveShardTokensIsRefused) {
-  StatusOr<PrepResult> r =
-      PrepareShards({WriteText(SampleText(100)), Path("out"), 0.1, 0}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("shard_tokens 0 must be at least 1"));
-}
-
-TEST_F(PrepTest, EmptyOutputDirIsRefused) {
-  StatusOr<PrepResult> r = PrepareShards({WriteText(SampleText(100)), "", 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("the output directory is empty"));
-  EXPECT_THAT(r.status().message(), HasSubstr("give a directory for the shards"));
-}
-
-// A tokenizer with more ids than a uint16 shard can hold.
-class WideTokenizer : public Tokenizer {
- public:
-  std::string name() const override { return "wide"; }
-  int vocab_size() const override { return 65537; }
-  std::vector<int32_t> Encode(std::string_view text) const override {
-    return std::vector<int32_t>(text.size(), 65536);
-  }
-  std::string Decode(const std::vector<int32_t>&) const override { return ""; }
-};
-
-TEST_F(PrepTest, TokenizerWithMoreIdsThanUint16IsRefusedBeforeWriting) {
-  StatusOr<PrepResult> r =
-      PrepareShards({WriteText(SampleText(100)), Path("out"), 0.1, 100}, WideTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("tokenizer \"wide\" has 65537 ids but shards store uint16"));
-  EXPECT_THAT(r.status().message(), HasSubstr("use a smaller tokenizer"));
-  EXPECT_FALSE(fs::exists(Path("out")));
-}
-
-TEST_F(PrepTest, InputThatIsADirectoryIsRefused) {
-  fs::create_directories(Path("texts"));
-  StatusOr<PrepResult> r = PrepareShards({Path("texts"), Path("out"), 0.1, 100}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("input " + Path("texts") + " is not a regular file"));
-  EXPECT_THAT(r.status().message(), HasSubstr("give a text file"));
-  EXPECT_FALSE(fs::exists(Path("out")));
-}
-
-TEST_F(PrepTest, MoreShardsThanSixDigitsIsRefusedBeforeWriting) {
-  StatusOr<PrepResult> r =
-      PrepareShards({WriteText(std::string(1'000'001, 'x')), Path("out"), 0.0, 1}, *MakeByteTokenizer());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(),
-              HasSubstr("1000001 shards of 1 tokens would overflow the 6-digit shard numbers"));
-  EXPECT_THAT(r.status().message(), HasSubstr("raise shard_tokens"));
-  EXPECT_FALSE(fs::exists(Path("out")));
 }
 
 }  // namespace

@@ -393,6 +393,28 @@ TEST_F(LaunchCliTest, TooFewAllowedNodesStartsNothingAndIsAudited) {
   EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
 }
 
+// Issue 21 item 10: a refused dry run writes nothing, not even its refusal; a refusal is never
+// appended to a log that another tenant's records began.
+TEST_F(LaunchCliTest, RefusedDryRunWritesNothingAndNoRefusalGoesToAnotherTenantsLog) {
+  testing::RunResult r = Launch("--np 5 --dry-run");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tenant acme needs 5 ranks"));
+  EXPECT_FALSE(fs::exists(Path("run"))) << r.output;
+
+  fs::create_directories(Path("run"));
+  {
+    StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Path("run/audit.jsonl"), "test");
+    ASSERT_TRUE(log.ok()) << log.status().message();
+    ASSERT_TRUE((*log)->Append("job_start", AuditRecord().Str("tenant", "globex")).ok());
+  }
+  const std::string before = ReadText(Path("run/audit.jsonl"));
+  r = Launch("--np 5");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("the refusal is not recorded: " + Path("run/audit.jsonl") +
+                                  " is tenant globex's audit log, and this job is tenant acme"));
+  EXPECT_EQ(ReadText(Path("run/audit.jsonl")), before);
+}
+
 // Launch places by the data's residency too: the job allows NO and SE, but the manifest of its
 // shards allows NO only, so the ranks go to NO nodes only, the plan and launch_plan say which manifest
 // bounded placement, and a job needing more NO slots than exist is refused naming the manifest.
@@ -469,6 +491,43 @@ TEST_F(LaunchCliTest, ArgumentErrorsExitTwoWithUsage) {
   r = Launch("--np two");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("--np 'two' is not a whole number"));
+}
+
+// Issue 21 item 8: --time, --gpus-per-node and --signal (default USR1@120, so a time limit ends
+// in a checkpoint) go into the sbatch script, as does any other sbatch option through --sbatch-arg;
+// the options that carry residency (placement, exclusivity, partition, account) are refused there.
+TEST_F(LaunchCliTest, SlurmTakesTimeGpusSignalAndOtherSbatchOptions) {
+  WriteText(Path("fake-sbatch"), "#!/bin/sh\necho 4242\n", 0755);
+  testing::RunResult r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch") +
+                                    " --time 2:00:00 --gpus-per-node 8 --sbatch-arg=--qos=high "
+                                    "--sbatch-arg=--mail-type=END",
+                                "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::string script = ReadText(Path("run/launch/job.sbatch"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --time=2:00:00\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --gpus-per-node=8\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --signal=USR1@120\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --qos=high\n#SBATCH --mail-type=END\n"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --exclusive\n"));  // the residency controls stay
+  fs::remove_all(Path("run"));
+  r = Launch("--np 2 --slurm --sbatch " + Path("fake-sbatch") + " --signal USR1@600", "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  script = ReadText(Path("run/launch/job.sbatch"));
+  EXPECT_THAT(script, HasSubstr("#SBATCH --signal=USR1@600\n"));
+  EXPECT_THAT(script, Not(HasSubstr("--time")));
+
+  for (const std::string arg : {"--constraint=jurisdiction_SE", "--nodelist=se1", "-wse1",
+                                "--partition=shared", "--account=globex"}) {
+    r = Launch("--np 2 --slurm --dry-run --sbatch-arg=" + arg, "-u SLURM_JOB_ID");
+    EXPECT_EQ(r.exit_code, 2) << arg << r.output;
+    EXPECT_THAT(r.output, HasSubstr("is set by fjord launch from the tenant's residency")) << arg;
+  }
+  r = Launch("--np 2 --slurm --dry-run --sbatch-arg=--time=1:00", "-u SLURM_JOB_ID");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("use launch's --time instead"));
+  r = Launch("--np 2 --time 1:00");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--time is an sbatch option: add --slurm"));
 }
 
 TEST_F(LaunchCliTest, SlurmOutsideAnAllocationWritesAndSubmitsAnSbatchScript) {
@@ -569,7 +628,7 @@ TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
                                   "'--format=%N|%f|%t'` exited with "));
   EXPECT_THAT(r.output,
               HasSubstr("Check that Slurm's commands are installed and SLURM_CONF names the cluster"));
-  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+  EXPECT_FALSE(fs::exists(Path("run/audit.jsonl")));  // a dry run writes nothing, its refusal included
 
   // A SLURM_CONF that does not exist is named before sinfo runs (it would retry for a minute).
   fs::remove_all(Path("run"));
@@ -577,7 +636,7 @@ TEST_F(LaunchCliTest, SlurmOnlyInventoryWithoutAReachableSlurmIsAnError) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("SLURM_CONF names " + Path("no-such-slurm.conf") +
                                   ", which cannot be read (No such file or directory)"));
-  EXPECT_EQ(AuditEvents(Path("run/audit.jsonl")), std::vector<std::string>{"launch_refused"});
+  EXPECT_FALSE(fs::exists(Path("run/audit.jsonl")));
 }
 
 // The head launch prints at exit is an anchor: `fjord audit verify --anchor` holds on the log as

@@ -129,6 +129,10 @@ TEST_F(DataGateTest, OwnManifestedDataOpensAndIsAudited) {
   StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
   ASSERT_TRUE(loader.ok()) << loader.status().message();
   EXPECT_GT(loader->num_tokens(), 0u);
+  // Open checks the manifest and reads no shard; the first Fill reads, verifies and audits it.
+  EXPECT_EQ(Events(), (std::vector<std::string>{"manifest_opened"}));
+  std::vector<int32_t> in(16), tg(16);
+  ASSERT_TRUE(loader->Fill(0, 1, in.data(), tg.data()).ok());
   EXPECT_EQ(Events(), (std::vector<std::string>{"manifest_opened", "shard_opened"}));
   EXPECT_THAT(AuditLines(Path("audit.jsonl"), "shard_opened")[0],
               HasSubstr("\"sha256\":\"" + *Sha256Hex(ReadText(Path("data/train_000000.bin"))) + "\""));
@@ -148,6 +152,8 @@ TEST_F(DataGateTest, MissingManifestIsRefusedUnlessOptedOutWhichIsAudited) {
   opt_out.allow_unmanifested = true;
   loader = Open("data/train_*.bin", opt_out);
   ASSERT_TRUE(loader.ok()) << loader.status().message();
+  std::vector<int32_t> in(16), tg(16);
+  ASSERT_TRUE(loader->Fill(0, 1, in.data(), tg.data()).ok());
   const std::vector<std::string> events = Events();
   EXPECT_EQ(Count(events, "data_unmanifested"), 1);
   EXPECT_EQ(Count(events, "shard_opened"), 1);
@@ -174,17 +180,21 @@ TEST_F(DataGateTest, ResidencyThatDoesNotCoverTheNodeIsRefused) {
   EXPECT_EQ(Events(), std::vector<std::string>{"refusal"});
 }
 
-TEST_F(DataGateTest, ModifiedShardIsRefusedByItsDigest) {
+// Also after the job opened the data: the digest is checked on the bytes each read takes in.
+TEST_F(DataGateTest, ModifiedShardIsRefusedByItsDigestWhenItIsRead) {
   ASSERT_TRUE(Prep("data", "acme", {"NO"}).ok());
   const std::string shard = Path("data/train_000000.bin");
-  std::string bytes = ReadText(shard);
-  bytes[1024 + 10] ^= 0x01;  // one token, still a valid shard
-  WriteText(shard, bytes);
   StatusOr<DataLoader> loader = Open("data/train_*.bin", Policy());
-  ASSERT_FALSE(loader.ok());
-  EXPECT_EQ(loader.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(loader.status().message(), HasSubstr("shard " + shard + " has SHA-256 " + *Sha256Hex(bytes)));
-  EXPECT_THAT(loader.status().message(), HasSubstr("modified or replaced after prep"));
+  ASSERT_TRUE(loader.ok()) << loader.status().message();
+  std::string bytes = ReadText(shard);
+  bytes[1024 + 10] ^= 0x01;  // one token, still a valid shard of the same size
+  WriteText(shard, bytes);
+  std::vector<int32_t> in(16), tg(16);
+  const Status s = loader->Fill(0, 1, in.data(), tg.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("data.train: shard " + shard + " has SHA-256 " + *Sha256Hex(bytes)));
+  EXPECT_THAT(s.message(), HasSubstr("modified or replaced after prep"));
   const std::vector<std::string> events = Events();
   EXPECT_EQ(Count(events, "shard_opened"), 0);
   EXPECT_EQ(Count(events, "refusal"), 1);

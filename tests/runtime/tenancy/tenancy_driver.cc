@@ -5,7 +5,8 @@
 //
 //   tenancy_driver launch JOB --inventory INV --np N ...   (AddLaunchCommand; ranks run this driver)
 //   tenancy_driver train JOB [--set P=V]...                (RankGate, communicator, Tenancy::Start,
-//                                                           DataLoader::Open with the data policy)
+//                                                           DataLoader::Open with the data policy,
+//                                                           one Fill: the first shard read)
 //   tenancy_driver prep --input F --out D [--tenant T --jurisdiction CC[,CC] --site S]
 //   tenancy_driver audit verify LOG                        (AddAuditCommand)
 #include <cstdio>
@@ -94,6 +95,14 @@ int Train(const Parsed& args) {
   if (!loader.ok()) {
     (void)(*tenancy)->RecordJobEnd(loader.status());
     return fail_all(loader.status());
+  }
+  // The loader streams: the first batch reads (and verifies, and audits) the shard it needs, as the
+  // first training step would.
+  const int T = TrainSeqLen(*job);
+  std::vector<int32_t> inputs(T), targets(T);
+  if (Status read = loader->Fill(0, 1, inputs.data(), targets.data()); !read.ok()) {
+    (void)(*tenancy)->RecordJobEnd(read);
+    return fail_all(read);
   }
   std::printf("tenancy_driver: rank %d of %d on %s: %llu train tokens\n", (*comm)->rank(), (*comm)->size(),
               ThisHostname().c_str(), static_cast<unsigned long long>(loader->num_tokens()));

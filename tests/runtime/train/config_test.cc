@@ -202,6 +202,65 @@ TEST(ConfigOverride, CanSetAFieldTheFileLacks) {
   EXPECT_EQ(job->data().train(), "d/*.bin");
 }
 
+// Enum values in any case, in the file and in --set, parse as the schema's spelling does; the
+// oracle is the same spec written in upper case. A string value that spells an enum is left alone.
+TEST(ConfigParse, EnumValuesAreCaseInsensitive) {
+  const std::string data = "data { train: \"t/*.bin\" val: \"bf16\" }  # dtype: bf16 in a comment\n";
+  const std::string upper = data + "model { dtype: BF16 attention: SIMT }\ndevice: CPU\n";
+  StatusOr<proto::JobSpec> expected = Parse(upper);
+  ASSERT_TRUE(expected.ok()) << expected.status().message();
+  StatusOr<proto::JobSpec> lower = Parse(data + "model { dtype: bf16 attention: Simt }\ndevice: cpu\n");
+  ASSERT_TRUE(lower.ok()) << lower.status().message();
+  EXPECT_EQ(lower->SerializeAsString(), expected->SerializeAsString());
+  EXPECT_EQ(lower->data().val(), "bf16");
+  StatusOr<proto::JobSpec> set = Parse(data, {"model.dtype=bf16", "model.attention=simt", "device=Cpu"});
+  ASSERT_TRUE(set.ok()) << set.status().message();
+  EXPECT_EQ(set->SerializeAsString(), expected->SerializeAsString());
+  // A value that is no enum value in any case is still refused with the choices.
+  StatusOr<proto::JobSpec> wrong = Parse(std::string(kMinimal) + "model { dtype: bf17 }\n");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_THAT(wrong.status().message(),
+              HasSubstr("job.textproto:2:16: Unknown enumeration value of \"bf17\""));
+  EXPECT_THAT(wrong.status().message(), HasSubstr("Use one of: DTYPE_AUTO, FP32, BF16"));
+}
+
+// A block left open is named with the line it opened on, whether the parser meets the next section
+// or the end of the file.
+TEST(ConfigParse, AMissingBraceSaysWhichBlockAndWhere) {
+  StatusOr<proto::JobSpec> job =
+      Parse("model { n_layer: 2\n# no brace\ntrain { steps: 3 }\n" + std::string(kMinimal));
+  ASSERT_FALSE(job.ok());
+  EXPECT_THAT(job.status().message(), HasSubstr("job.textproto:3:1:"));
+  EXPECT_THAT(
+      job.status().message(),
+      HasSubstr("A '}' seems to be missing: \"model {\" opened at line 1 is not closed before line 3"));
+  job = Parse(std::string(kMinimal) + "train {\n  steps: 3\n  parallel { zero_stage: 1 }\n");
+  ASSERT_FALSE(job.ok());
+  EXPECT_THAT(job.status().message(), HasSubstr("\"train {\" opened at line 2"));
+  job = Parse(std::string(kMinimal) + "train {\n  steps: 3\n");
+  ASSERT_FALSE(job.ok());
+  EXPECT_THAT(job.status().message(), HasSubstr("\"train {\" opened at line 2 is not closed before line 4"));
+  // A misspelt field inside a closed block still gets the spelling hint, not the brace one.
+  job = Parse(std::string(kMinimal) + "model { n_layers: 2 }\n");
+  ASSERT_FALSE(job.ok());
+  EXPECT_THAT(job.status().message(), HasSubstr("Did you mean \"n_layer\"?"));
+}
+
+// The differences JobSpecDifferences reports, against fields set one by one.
+TEST(ConfigParse, JobSpecDifferencesNamesEachChangedField) {
+  StatusOr<proto::JobSpec> a = Parse(kMinimal);
+  StatusOr<proto::JobSpec> b = Parse(kMinimal, {"train.steps=7", "model.dtype=BF16", "run_dir=elsewhere"});
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::vector<FieldChange> changes = JobSpecDifferences(*a, *b);
+  std::vector<std::string> text;
+  for (const FieldChange& c : changes) text.push_back(c.path + ": " + c.before + " -> " + c.after);
+  EXPECT_THAT(text,
+              ::testing::UnorderedElementsAre("train.steps: " + std::to_string(a->train().steps()) + " -> 7",
+                                              "model.dtype: DTYPE_AUTO -> BF16",
+                                              "run_dir: \"" + a->run_dir() + "\" -> \"elsewhere\""));
+  EXPECT_TRUE(JobSpecDifferences(*a, *a).empty());
+}
+
 TEST(ConfigLoad, MissingFileIsNotFoundAndNamesThePath) {
   const std::string path = ::testing::TempDir() + "/no_such_dir_fjord/job.textproto";
   StatusOr<proto::JobSpec> job = LoadJobSpec(path, {});

@@ -1,0 +1,22 @@
+// Restarting a job from its last checkpoint when a rank dies (torchrun's --max-restarts): the loop
+// that `fjord run` uses, and that `fjord launch` can use across nodes. Each attempt after the first
+// resumes (fjord train --resume: the newest intact checkpoint, exact on any world size).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "runtime/tenancy/audit.h"
+
+namespace fjord {
+
+// Runs attempt(k) for k = 0, 1, ... (its exit code). An attempt that exits 0, or that was asked to
+// stop (stopped() true: a clean stop on request is not a failure), ends the loop; any other exit is a
+// failure, after which the job runs again while fewer than `max_restarts` restarts have happened.
+// Each restart is announced on stderr as "`who`: ..." and appended to `audit` (when not null) as a
+// job_restart record (restart number, max_restarts, the failed attempt's exit code); a failed append
+// ends the loop with that error (exit 1). Returns the last attempt's exit code.
+int RunWithRestarts(int max_restarts, const std::function<int(int attempt)>& attempt,
+                    const std::function<bool()>& stopped, AuditLog* audit, const std::string& who);
+
+}  // namespace fjord
