@@ -145,13 +145,20 @@ TEST_F(PlanCliTest, TheTrainersArenaIsThePlansTotalOnTheCpu) {
 }
 
 TEST_F(PlanCliTest, LaunchRefusesAJobThatDoesNotFitBeforeStartingRanks) {
-  const RunResult r = RunFjord("launch " + Path("job.textproto") + " --inventory " + Path("inv.textproto") +
-                               " --np 2 --dry-run --set device=CPU --set train.micro_batch=1048576");
+  const std::string launch = "launch " + Path("job.textproto") + " --inventory " + Path("inv.textproto") +
+                             " --np 2 --set device=CPU --set train.micro_batch=1048576";
+  // A refused dry run writes nothing at all (issue 21), not even its audit record.
+  RunResult r = RunFjord(launch + " --dry-run");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("the memory plan of " + Path("job.textproto")));
+  EXPECT_FALSE(fs::exists(Path("run")));
+  // The launch itself: refused the same way before any rank is placed or started (no hostfile, no job
+  // copy), and the refusal is in the audit log.
+  r = RunFjord(launch);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("the memory plan of " + Path("job.textproto")));
   EXPECT_THAT(r.output, HasSubstr("the largest part is activations"));
   EXPECT_THAT(r.output, HasSubstr("2 rank(s)"));
-  // Nothing planned or started (no hostfile, no job copy); the refusal is in the audit log.
   EXPECT_FALSE(fs::exists(Path("run/launch")));
   EXPECT_THAT(testing::ReadText(Path("run/audit.jsonl")), HasSubstr("\"event\":\"launch_refused\""));
 }

@@ -34,7 +34,7 @@ class RecomputeTrainTest : public ::testing::Test {
     fs::create_directories(dir_);
     std::mt19937_64 rng(7);
     static const char* kWords[] = {"nordlys ", "fjell ", "elv ",  "kraft ",
-                                   "modell ",  "data ",  "blir ", "her. "};
+                                   "modell ",  "data ",  "blir ", "her.\n"};  // a line is a document
     std::string text;
     while (text.size() < 20000) text += kWords[rng() % 8];
     std::ofstream(dir_ / "corpus.txt") << text;
