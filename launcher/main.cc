@@ -219,6 +219,41 @@ void AddTrain(CLI::App& app) {
   };
 }
 
+// fjord plan: the memory plan of a job per rank (runtime/model/memory_plan.h), the same that
+// `fjord train` and `fjord launch` check before anything is allocated. Exit 0 when it fits, 1 when it
+// does not (the table, then why and what would make it fit).
+void AddPlan(CLI::App& app) {
+  struct Args {
+    std::vector<std::string> job, overrides;
+    int ranks = 0;
+    std::string device;
+  };
+  auto a = std::make_shared<Args>();
+  cli::Command* c = cli::AddCommand(
+      app, "plan",
+      "print a job's memory per rank (parameters, gradients, optimizer, activations...) and whether it fits");
+  c->add_option("JOB.textproto", a->job, "the job spec")->type_name("");
+  cli::Required(c->add_option("--ranks", a->ranks, "data-parallel ranks")->type_name("N"));
+  c->add_option("--device", a->device,
+                "h100, h200 or cpu (this host's available memory); default cpu for device: CPU, else h100")
+      ->type_name("NAME");
+  c->add_option("--set", a->overrides, "override a field of the job spec")->type_name("PATH=VALUE");
+  c->run = [c, a] {
+    if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
+    if (a->ranks < 1)
+      return cli::UsageError(*c, "--ranks " + std::to_string(a->ranks) + ": give at least 1 rank");
+    StatusOr<proto::JobSpec> job = LoadJobSpec(a->job[0], a->overrides);
+    if (!job.ok()) return Fail("plan", job.status());
+    const std::string name = !a->device.empty() ? a->device : job->device() == proto::CPU ? "cpu" : "h100";
+    StatusOr<PlanDevice> device = PlanDeviceNamed(name);
+    if (!device.ok()) return cli::UsageError(*c, device.status().message());
+    const MemoryPlan plan = PlanMemory(JobPlanInputs(*job, a->ranks, device->cuda), *device);
+    std::fputs(plan.Table().c_str(), stdout);
+    if (Status verdict = plan.Verdict(); !verdict.ok()) return Fail("plan", verdict);
+    return 0;
+  };
+}
+
 // The C escapes \n, \t, \r and \\ in a command-line string (for --delimiter '\n\n').
 StatusOr<std::string> UnescapeC(const std::string& text) {
   std::string out;
@@ -582,6 +617,7 @@ int Main(int argc, char** argv) {
   std::unique_ptr<CLI::App> app = cli::MakeApp();
   app->set_version_flag("--version", VersionText(), "print the version, commit, build type and libraries");
   AddTrain(*app);
+  AddPlan(*app);
   AddConfig(*app);
   AddPrep(*app);
   AddLaunchCommand(*app);

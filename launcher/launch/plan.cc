@@ -10,7 +10,9 @@
 #include "common/sha256.h"
 #include "launcher/launch/inventory.h"
 #include "launcher/slurm.h"
+#include "runtime/model/memory_plan.h"
 #include "runtime/train/config.h"
+#include "runtime/train/trainer.h"
 
 namespace fjord {
 namespace {
@@ -125,6 +127,14 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   LaunchPlan plan;
   FJORD_ASSIGN_OR_RETURN(plan.job, LoadJobSpec(options.job_path, options.overrides));
   FJORD_ASSIGN_OR_RETURN(plan.job_digest, JobDigest(plan.job));
+  // The memory plan (`fjord plan`) before any rank starts: a CPU job's rank must fit this host's
+  // memory (nodes like it); a CUDA job is planned by each rank against its GPU before allocating.
+  if (plan.job.device() == proto::CPU) {
+    FJORD_ASSIGN_OR_RETURN(PlanDevice cpu, PlanDeviceNamed("cpu"));
+    FJORD_RETURN_IF_ERROR(PlanMemory(JobPlanInputs(plan.job, std::max(options.np, 1), false), cpu)
+                              .Verdict()
+                              .WithContext("the memory plan of " + options.job_path));
+  }
   plan.policy = PolicyOf(plan.job);
   plan.audit_log = fs::absolute(AuditPathFor(plan.job)).string();
   FJORD_ASSIGN_OR_RETURN(plan.data_residency, DataResidencyOf(plan.job, &plan.data_unseen));

@@ -301,37 +301,93 @@ size_t LayerActBytes(const GptConfig& c, size_t B, size_t BT) {
   return bytes;
 }
 
+// With config.recompute (and at least one block) the forward pass keeps only each block's output
+// (kRes3, the next block's input) per block; every other block activation has one slot that all
+// blocks share, and the gradients have that shared slot plus two residual-stream slots used
+// alternately (block l's dres3 and its dres_in). Bytes of kRes3, of the shared slot, and how many
+// residual slots the activations and their gradients hold.
+struct BlockSlots {
+  size_t res = 0, shared = 0, act_res = 0, grad_res = 0;
+};
+BlockSlots Slots(const GptConfig& c, size_t B, size_t BT) {
+  BlockSlots s;
+  s.res = ActBytes(kRes3, LayerActSize(kRes3, c, BT, B), c.precision);
+  s.shared = LayerActBytes(c, B, BT) - s.res;
+  s.act_res = s.grad_res = c.n_layer;
+  if (c.recompute && c.n_layer > 0) {
+    s.grad_res = std::min(c.n_layer, 2);
+  } else {
+    // every block its own slots: counted as n_layer shared slots below
+    s.shared = Mul(s.shared, c.n_layer);
+  }
+  return s;
+}
+
 // {total bytes, gradient bytes} of the activations in closed form (no per-layer loop): the
 // gradients mirror everything before the logits.
 std::pair<size_t, size_t> ActTotals(const GptConfig& c, int B, int T) {
   const size_t BT = Mul(B, T);
-  size_t total = Mul(c.n_layer, LayerActBytes(c, B, BT)), grad_total = 0;
+  const BlockSlots s = Slots(c, B, BT);
+  size_t total = Add(s.shared, Mul(s.act_res, s.res)), grad_total = Add(s.shared, Mul(s.grad_res, s.res));
   for (int id = 0; id < kNumGlobalActs; ++id) {
     const GlobalAct a = static_cast<GlobalAct>(id);
-    if (a == kLogits) grad_total = total;
-    total = Add(total, ActBytes(a, GlobalActSize(a, c, BT), c.precision));
+    const size_t bytes = ActBytes(a, GlobalActSize(a, c, BT), c.precision);
+    total = Add(total, bytes);
+    if (a < kLogits) grad_total = Add(grad_total, bytes);
   }
   return {total, grad_total};
 }
 
-// Byte offsets of every activation (layer acts first, layer-major, then globals), for a model
-// whose size CheckMemory has accepted (the per-layer table is n_layer x 15 entries).
-void ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* offsets) {
+// Byte offsets of every activation in acts_ (`acts`) and of its gradient in dacts_ (`grads`),
+// indexed layer-major (l * kNumLayerActs + id), then the globals, for a model whose size
+// CheckMemory has accepted (the tables have n_layer x 16 entries). Without recompute both tables
+// are the same: each block's activations in turn, then the globals. With recompute (kRes3 is the
+// last layer act, so the shared slot is one contiguous run at offset 0 of both buffers): the
+// shared slot, the per-block kRes3 (acts) or the two alternating ones (grads), then the globals.
+// Returns the recompute's bytes of the shared gradient slot (0 without recompute).
+size_t ActOffsets(const GptConfig& c, int B, int T, std::vector<size_t>* acts, std::vector<size_t>* grads) {
   const size_t BT = static_cast<size_t>(B) * T;
-  size_t total = 0;
-  offsets->clear();
-  for (int l = 0; l < c.n_layer; ++l) {
-    for (int id = 0; id < kNumLayerActs; ++id) {
-      const LayerAct a = static_cast<LayerAct>(id);
-      offsets->push_back(total);
-      total += ActBytes(a, LayerActSize(a, c, BT, B), c.precision);
+  size_t a = 0, g = 0, shared_bytes = 0;
+  acts->clear();
+  grads->clear();
+  if (c.recompute && c.n_layer > 0) {
+    size_t shared[kNumLayerActs];
+    for (int id = 0; id < kRes3; ++id) {
+      const LayerAct act = static_cast<LayerAct>(id);
+      shared[id] = a;
+      a += ActBytes(act, LayerActSize(act, c, BT, B), c.precision);
     }
+    shared_bytes = g = a;
+    const size_t res = ActBytes(kRes3, LayerActSize(kRes3, c, BT, B), c.precision);
+    for (int l = 0; l < c.n_layer; ++l) {
+      for (int id = 0; id < kNumLayerActs; ++id) {
+        acts->push_back(id == kRes3 ? shared_bytes + l * res : shared[id]);
+        grads->push_back(id == kRes3 ? shared_bytes + (l % 2) * res : shared[id]);
+      }
+    }
+    a += c.n_layer * res;
+    g += std::min(c.n_layer, 2) * res;
+  } else {
+    for (int l = 0; l < c.n_layer; ++l) {
+      for (int id = 0; id < kNumLayerActs; ++id) {
+        const LayerAct act = static_cast<LayerAct>(id);
+        acts->push_back(a);
+        a += ActBytes(act, LayerActSize(act, c, BT, B), c.precision);
+      }
+    }
+    *grads = *acts;
+    g = a;
   }
   for (int id = 0; id < kNumGlobalActs; ++id) {
-    const GlobalAct a = static_cast<GlobalAct>(id);
-    offsets->push_back(total);
-    total += ActBytes(a, GlobalActSize(a, c, BT), c.precision);
+    const GlobalAct act = static_cast<GlobalAct>(id);
+    const size_t bytes = ActBytes(act, GlobalActSize(act, c, BT), c.precision);
+    acts->push_back(a);
+    grads->push_back(g);  // none for the logits and losses (fused_classifier writes dlogits in place)
+    a += bytes;
+    if (act < kLogits) g += bytes;
   }
+  FJORD_CHECK(std::make_pair(a, g) == ActTotals(c, B, T), "activation offsets disagree with ActTotals");
+  return shared_bytes;
 }
 
 // Bytes of the bf16 working copy of `n` parameters (none in fp32: the ops read the master).
@@ -385,16 +441,25 @@ size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
   return Add(Add(Mul(2, Mul(params, sizeof(float))), WorkingParamBytes(config, params)), Add(acts, dacts));
 }
 
-size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple) {
+Gpt::ArenaTerms Gpt::ArenaTermsFor(const GptConfig& config, int max_batch, int max_seq,
+                                   size_t buffer_multiple) {
   auto [acts, dacts] = ActTotals(config, max_batch, max_seq);
   const size_t padded = RoundUp(ParamCount(config), buffer_multiple);
   const size_t tokens = Mul(Mul(max_batch, max_seq), sizeof(int32_t));
   const size_t working = WorkingParamBytes(config, padded);
   const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
   const size_t rope = config.llama() ? r(Mul(Mul(max_seq, config.head_size()), sizeof(float))) : 0;
-  return Add(
-      Add(Add(Mul(2, r(Mul(padded, sizeof(float)))), working > 0 ? r(working) : 0), Add(r(acts), r(dacts))),
-      Add(Add(Mul(2, r(tokens)), r(sizeof(float))), rope));
+  ArenaTerms t;
+  t.parameters = Add(r(Mul(padded, sizeof(float))), working > 0 ? r(working) : 0);
+  t.gradients = r(Mul(padded, sizeof(float)));
+  t.activations = Add(r(acts), r(dacts));
+  t.workspace = Add(Add(Mul(2, r(tokens)), r(sizeof(float))), rope);
+  return t;
+}
+
+size_t Gpt::ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple) {
+  const ArenaTerms t = ArenaTermsFor(config, max_batch, max_seq, buffer_multiple);
+  return Add(Add(t.parameters, t.gradients), Add(t.activations, t.workspace));
 }
 
 Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int extra_copies, int shards,
@@ -485,7 +550,7 @@ Gpt::~Gpt() = default;
 
 void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   ctx_.tensor_core_attention = config_.tensor_core_attention;
-  ActOffsets(config_, max_batch_, max_seq_, &act_offsets_);
+  block_grad_bytes_ = ActOffsets(config_, max_batch_, max_seq_, &act_offsets_, &grad_offsets_);
   auto [acts, dacts] = ActTotals(config_, max_batch_, max_seq_);
   buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
@@ -545,6 +610,8 @@ void Gpt::RoundWorkingParams(uint64_t seed, size_t begin, size_t end) {
 
 #define FJORD_LAYER_ACT(id, l) (act_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])
 #define FJORD_GLOBAL_ACT(id) (act_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + (id)])
+#define FJORD_LAYER_GRAD(id, l) (grad_offsets_[static_cast<size_t>(l) * kNumLayerActs + (id)])
+#define FJORD_GLOBAL_GRAD(id) (grad_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + (id)])
 
 void Gpt::InitGpt2(uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -597,7 +664,7 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
     return ClassifierForward<floatX>(B, T, with_targets, dloss_scale);
   }
   const ModelOps<floatX>& ops = ops_.model<floatX>();
-  const int C = config_.n_embd, NH = config_.n_head;
+  const int C = config_.n_embd;
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
   ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), P<floatX>(layout_.wpe()), B, T, C);
@@ -622,31 +689,12 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
   };
   const Norm first = norm_after(0);
   ops.layernorm_forward(ctx_, first.out, first.mean, first.rstd, encoded, first.weight, first.bias, BT, C);
-  const floatX* residual = encoded;
   for (int l = 0; l < config_.n_layer; ++l) {
-    const ParamLayout::Layer& w = layout_.layer(l);
-    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));  // written before the loop or by layer l - 1
-    floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
-    floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
-    floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
-    floatX* res2 = A<floatX>(FJORD_LAYER_ACT(kRes2, l));
-    floatX* ln2 = A<floatX>(FJORD_LAYER_ACT(kLn2, l));
-    floatX* fch = A<floatX>(FJORD_LAYER_ACT(kFch, l));
-    floatX* fch_gelu = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
-    floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
-    floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
-    ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), P<floatX>(w.qkv_b), BT, C, 3 * C);
-    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkv, B, T, C, NH, NH);
-    ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), P<floatX>(w.attproj_b), BT, C, C);
-    ops.residual_layernorm_forward(ctx_, res2, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)),
-                                   F(FJORD_LAYER_ACT(kLn2Rstd, l)), residual, attproj, P<floatX>(w.ln2_w),
-                                   P<floatX>(w.ln2_b), BT, C);
-    ops.matmul_gelu_forward(ctx_, fch_gelu, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
-    ops.matmul_forward(ctx_, fcproj, fch_gelu, P<floatX>(w.fcproj_w), P<floatX>(w.fcproj_b), BT, 4 * C, C);
+    BlockForward<floatX>(l);  // reads ln1, written before the loop or by layer l - 1
     const Norm next = norm_after(l + 1);
-    ops.residual_layernorm_forward(ctx_, res3, next.out, next.mean, next.rstd, res2, fcproj, next.weight,
-                                   next.bias, BT, C);
-    residual = res3;
+    ops.residual_layernorm_forward(ctx_, A<floatX>(FJORD_LAYER_ACT(kRes3, l)), next.out, next.mean, next.rstd,
+                                   A<floatX>(FJORD_LAYER_ACT(kRes2, l)),
+                                   A<floatX>(FJORD_LAYER_ACT(kFcproj, l)), next.weight, next.bias, BT, C);
   }
   return ClassifierForward<floatX>(B, T, with_targets, dloss_scale);
 }
@@ -654,8 +702,7 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
 template <typename floatX>
 void Gpt::ForwardLlama(int B, int T) {
   const ModelOps<floatX>& ops = ops_.model<floatX>();
-  const int C = config_.n_embd, NH = config_.n_head, NKV = config_.n_kv_head, hs = config_.head_size();
-  const int I = config_.intermediate_size, QKV = config_.qkv_width();
+  const int C = config_.n_embd;
   const float eps = config_.rms_norm_eps;
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
@@ -672,33 +719,84 @@ void Gpt::ForwardLlama(int B, int T) {
     }
   };
   norm_after(0, encoded);
-  const floatX* residual = encoded;
   for (int l = 0; l < config_.n_layer; ++l) {
-    const ParamLayout::Layer& w = layout_.layer(l);
-    floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));
-    floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
-    floatX* qkvr = A<floatX>(FJORD_LAYER_ACT(kQkvRope, l));
-    floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
-    floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
-    floatX* res2 = A<floatX>(FJORD_LAYER_ACT(kRes2, l));
-    floatX* ln2 = A<floatX>(FJORD_LAYER_ACT(kLn2, l));
-    floatX* fch = A<floatX>(FJORD_LAYER_ACT(kFch, l));
-    floatX* fch_act = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
-    floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+    BlockForward<floatX>(l);
     floatX* res3 = A<floatX>(FJORD_LAYER_ACT(kRes3, l));
-    ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), POpt<floatX>(w.qkv_b), BT, C, QKV);
-    ops.rope_forward(ctx_, qkvr, qkv, rope_, B, T, NH, NKV, hs);
-    ops.attention_forward(ctx_, atty, F(FJORD_LAYER_ACT(kLse, l)), qkvr, B, T, C, NH, NKV);
-    ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), nullptr, BT, C, C);
-    ops.residual_forward(ctx_, res2, residual, attproj, BT * C);
-    ops.rmsnorm_forward(ctx_, ln2, F(FJORD_LAYER_ACT(kLn2Rstd, l)), res2, P<floatX>(w.ln2_w), BT, C, eps);
-    ops.matmul_forward(ctx_, fch, ln2, P<floatX>(w.fc_w), nullptr, BT, C, 2 * I);
-    ops.swiglu_forward(ctx_, fch_act, fch, BT, I);
-    ops.matmul_forward(ctx_, fcproj, fch_act, P<floatX>(w.fcproj_w), nullptr, BT, I, C);
-    ops.residual_forward(ctx_, res3, res2, fcproj, BT * C);
+    ops.residual_forward(ctx_, res3, A<floatX>(FJORD_LAYER_ACT(kRes2, l)),
+                         A<floatX>(FJORD_LAYER_ACT(kFcproj, l)), BT * C);
     norm_after(l + 1, res3);
-    residual = res3;
   }
+}
+
+template <typename floatX>
+void Gpt::BlockForward(int l) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int B = B_, T = T_, C = config_.n_embd, NH = config_.n_head;
+  const size_t BT = static_cast<size_t>(B) * T;
+  const ParamLayout::Layer& w = layout_.layer(l);
+  const floatX* residual = A<floatX>(l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1));
+  floatX* ln1 = A<floatX>(FJORD_LAYER_ACT(kLn1, l));
+  floatX* qkv = A<floatX>(FJORD_LAYER_ACT(kQkv, l));
+  floatX* atty = A<floatX>(FJORD_LAYER_ACT(kAtty, l));
+  floatX* attproj = A<floatX>(FJORD_LAYER_ACT(kAttproj, l));
+  floatX* res2 = A<floatX>(FJORD_LAYER_ACT(kRes2, l));
+  floatX* ln2 = A<floatX>(FJORD_LAYER_ACT(kLn2, l));
+  floatX* fch = A<floatX>(FJORD_LAYER_ACT(kFch, l));
+  floatX* fch_act = A<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
+  floatX* fcproj = A<floatX>(FJORD_LAYER_ACT(kFcproj, l));
+  float* lse = F(FJORD_LAYER_ACT(kLse, l));
+  if (!config_.llama()) {
+    ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), P<floatX>(w.qkv_b), BT, C, 3 * C);
+    ops.attention_forward(ctx_, atty, lse, qkv, B, T, C, NH, NH);
+    ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), P<floatX>(w.attproj_b), BT, C, C);
+    ops.residual_layernorm_forward(ctx_, res2, ln2, F(FJORD_LAYER_ACT(kLn2Mean, l)),
+                                   F(FJORD_LAYER_ACT(kLn2Rstd, l)), residual, attproj, P<floatX>(w.ln2_w),
+                                   P<floatX>(w.ln2_b), BT, C);
+    ops.matmul_gelu_forward(ctx_, fch_act, fch, ln2, P<floatX>(w.fc_w), P<floatX>(w.fc_b), BT, C, 4 * C);
+    ops.matmul_forward(ctx_, fcproj, fch_act, P<floatX>(w.fcproj_w), P<floatX>(w.fcproj_b), BT, 4 * C, C);
+    return;
+  }
+  const int NKV = config_.n_kv_head, hs = config_.head_size();
+  const int I = config_.intermediate_size, QKV = config_.qkv_width();
+  floatX* qkvr = A<floatX>(FJORD_LAYER_ACT(kQkvRope, l));
+  ops.matmul_forward(ctx_, qkv, ln1, P<floatX>(w.qkv_w), POpt<floatX>(w.qkv_b), BT, C, QKV);
+  ops.rope_forward(ctx_, qkvr, qkv, rope_, B, T, NH, NKV, hs);
+  ops.attention_forward(ctx_, atty, lse, qkvr, B, T, C, NH, NKV);
+  ops.matmul_forward(ctx_, attproj, atty, P<floatX>(w.attproj_w), nullptr, BT, C, C);
+  ops.residual_forward(ctx_, res2, residual, attproj, BT * C);
+  ops.rmsnorm_forward(ctx_, ln2, F(FJORD_LAYER_ACT(kLn2Rstd, l)), res2, P<floatX>(w.ln2_w), BT, C,
+                      config_.rms_norm_eps);
+  ops.matmul_forward(ctx_, fch, ln2, P<floatX>(w.fc_w), nullptr, BT, C, 2 * I);
+  ops.swiglu_forward(ctx_, fch_act, fch, BT, I);
+  ops.matmul_forward(ctx_, fcproj, fch_act, P<floatX>(w.fcproj_w), nullptr, BT, I, C);
+}
+
+// The forward pass normalised block l's input as the previous block's last step (GPT-2: fused with
+// its residual add, which kernels/cpu/layernorm.cc keeps bit-identical to layernorm_forward of the
+// stored sum); here it is normalised on its own, then the block runs again. The block's gradient
+// slots are zeroed first (the ops accumulate): the shared ones and the residual slot that receives
+// dres_in (it held the gradient of block l + 1's input, consumed by now). The last block is not
+// run again: nothing after it in the forward pass wrote the shared slot.
+template <typename floatX>
+void Gpt::RecomputeBlock(int l) {
+  const ModelOps<floatX>& ops = ops_.model<floatX>();
+  const int C = config_.n_embd;
+  const size_t BT = static_cast<size_t>(B_) * T_;
+  const ParamLayout::Layer& w = layout_.layer(l);
+  const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
+  ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), block_grad_bytes_ / sizeof(floatX));
+  if (l > 0) ops.fill_zero(ctx_, G<floatX>(FJORD_LAYER_GRAD(kRes3, l - 1)), BT * C);
+  // The forward pass ran the last block last: the shared slot still holds its activations.
+  if (l == config_.n_layer - 1) return;
+  if (config_.llama()) {
+    ops.rmsnorm_forward(ctx_, A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)),
+                        A<floatX>(in), P<floatX>(w.ln1_w), BT, C, config_.rms_norm_eps);
+  } else {
+    ops.layernorm_forward(ctx_, A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Mean, l)),
+                          F(FJORD_LAYER_ACT(kLn1Rstd, l)), A<floatX>(in), P<floatX>(w.ln1_w),
+                          P<floatX>(w.ln1_b), BT, C);
+  }
+  BlockForward<floatX>(l);
 }
 
 template <typename floatX>
@@ -743,31 +841,34 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
   ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), dacts_bytes_ / sizeof(floatX));
 
   const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
-  floatX* dlnf = G<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  floatX* dlnf = G<floatX>(FJORD_GLOBAL_GRAD(kLnf));
   ops.matmul_backward(ctx_, dlnf, D(layout_.wte()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
                       P<floatX>(layout_.wte()), BT, C, Vp);
   const int L = config_.n_layer;
   const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
-  ops.layernorm_backward(ctx_, G<floatX>(last), D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf, A<floatX>(last),
-                         P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfMean)),
+  const size_t dlast = L > 0 ? FJORD_LAYER_GRAD(kRes3, L - 1) : FJORD_GLOBAL_GRAD(kEncoded);
+  ops.layernorm_backward(ctx_, G<floatX>(dlast), D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf,
+                         A<floatX>(last), P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfMean)),
                          F(FJORD_GLOBAL_ACT(kLnfRstd)), BT, C);
   if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
 
   for (int l = L - 1; l >= 0; --l) {
     const ParamLayout::Layer& w = layout_.layer(l);
+    if (config_.recompute) RecomputeBlock<floatX>(l);
     const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
+    const size_t din = l == 0 ? FJORD_GLOBAL_GRAD(kEncoded) : FJORD_LAYER_GRAD(kRes3, l - 1);
     const floatX* residual = A<floatX>(in);
-    floatX* dres_in = G<floatX>(in);
-    floatX* dres3 = G<floatX>(FJORD_LAYER_ACT(kRes3, l));
-    floatX* dres2 = G<floatX>(FJORD_LAYER_ACT(kRes2, l));
-    floatX* dfcproj = G<floatX>(FJORD_LAYER_ACT(kFcproj, l));
-    floatX* dfch_gelu = G<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
-    floatX* dfch = G<floatX>(FJORD_LAYER_ACT(kFch, l));
-    floatX* dln2 = G<floatX>(FJORD_LAYER_ACT(kLn2, l));
-    floatX* dattproj = G<floatX>(FJORD_LAYER_ACT(kAttproj, l));
-    floatX* datty = G<floatX>(FJORD_LAYER_ACT(kAtty, l));
-    floatX* dqkv = G<floatX>(FJORD_LAYER_ACT(kQkv, l));
-    floatX* dln1 = G<floatX>(FJORD_LAYER_ACT(kLn1, l));
+    floatX* dres_in = G<floatX>(din);
+    floatX* dres3 = G<floatX>(FJORD_LAYER_GRAD(kRes3, l));
+    floatX* dres2 = G<floatX>(FJORD_LAYER_GRAD(kRes2, l));
+    floatX* dfcproj = G<floatX>(FJORD_LAYER_GRAD(kFcproj, l));
+    floatX* dfch_gelu = G<floatX>(FJORD_LAYER_GRAD(kFchGelu, l));
+    floatX* dfch = G<floatX>(FJORD_LAYER_GRAD(kFch, l));
+    floatX* dln2 = G<floatX>(FJORD_LAYER_GRAD(kLn2, l));
+    floatX* dattproj = G<floatX>(FJORD_LAYER_GRAD(kAttproj, l));
+    floatX* datty = G<floatX>(FJORD_LAYER_GRAD(kAtty, l));
+    floatX* dqkv = G<floatX>(FJORD_LAYER_GRAD(kQkv, l));
+    floatX* dln1 = G<floatX>(FJORD_LAYER_GRAD(kLn1, l));
 
     ops.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
     ops.matmul_backward(ctx_, dfch_gelu, D(w.fcproj_w), D(w.fcproj_b), dfcproj,
@@ -790,7 +891,7 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
                            F(FJORD_LAYER_ACT(kLn1Mean, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
     if (on_ready) on_ready(w.begin, w.end);
   }
-  ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_ACT(kEncoded)),
+  ops.encoder_backward(ctx_, D(layout_.wte()), D(layout_.wpe()), G<floatX>(FJORD_GLOBAL_GRAD(kEncoded)),
                        tokens_, B, T, C);
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }
@@ -805,31 +906,34 @@ void Gpt::BackwardLlama(const GradReadyFn& on_ready) {
   ops.fill_zero(ctx_, reinterpret_cast<floatX*>(dacts_), dacts_bytes_ / sizeof(floatX));
 
   const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
-  floatX* dlnf = G<floatX>(FJORD_GLOBAL_ACT(kLnf));
+  floatX* dlnf = G<floatX>(FJORD_GLOBAL_GRAD(kLnf));
   ops.matmul_backward(ctx_, dlnf, D(layout_.lm_head()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
                       P<floatX>(layout_.lm_head()), BT, C, Vp);
   const int L = config_.n_layer;
   const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
-  ops.rmsnorm_backward(ctx_, G<floatX>(last), D(layout_.lnf_w()), dlnf, A<floatX>(last),
+  const size_t dlast = L > 0 ? FJORD_LAYER_GRAD(kRes3, L - 1) : FJORD_GLOBAL_GRAD(kEncoded);
+  ops.rmsnorm_backward(ctx_, G<floatX>(dlast), D(layout_.lnf_w()), dlnf, A<floatX>(last),
                        P<floatX>(layout_.lnf_w()), F(FJORD_GLOBAL_ACT(kLnfRstd)), BT, C);
   // model.norm and, untied, lm_head (after it in the buffer) are final.
   if (on_ready) on_ready(layout_.lnf_w(), layout_.num_params());
 
   for (int l = L - 1; l >= 0; --l) {
     const ParamLayout::Layer& w = layout_.layer(l);
+    if (config_.recompute) RecomputeBlock<floatX>(l);
     const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
-    floatX* dres_in = G<floatX>(in);
-    floatX* dres3 = G<floatX>(FJORD_LAYER_ACT(kRes3, l));
-    floatX* dres2 = G<floatX>(FJORD_LAYER_ACT(kRes2, l));
-    floatX* dfcproj = G<floatX>(FJORD_LAYER_ACT(kFcproj, l));
-    floatX* dfch_act = G<floatX>(FJORD_LAYER_ACT(kFchGelu, l));
-    floatX* dfch = G<floatX>(FJORD_LAYER_ACT(kFch, l));
-    floatX* dln2 = G<floatX>(FJORD_LAYER_ACT(kLn2, l));
-    floatX* dattproj = G<floatX>(FJORD_LAYER_ACT(kAttproj, l));
-    floatX* datty = G<floatX>(FJORD_LAYER_ACT(kAtty, l));
-    floatX* dqkvr = G<floatX>(FJORD_LAYER_ACT(kQkvRope, l));
-    floatX* dqkv = G<floatX>(FJORD_LAYER_ACT(kQkv, l));
-    floatX* dln1 = G<floatX>(FJORD_LAYER_ACT(kLn1, l));
+    const size_t din = l == 0 ? FJORD_GLOBAL_GRAD(kEncoded) : FJORD_LAYER_GRAD(kRes3, l - 1);
+    floatX* dres_in = G<floatX>(din);
+    floatX* dres3 = G<floatX>(FJORD_LAYER_GRAD(kRes3, l));
+    floatX* dres2 = G<floatX>(FJORD_LAYER_GRAD(kRes2, l));
+    floatX* dfcproj = G<floatX>(FJORD_LAYER_GRAD(kFcproj, l));
+    floatX* dfch_act = G<floatX>(FJORD_LAYER_GRAD(kFchGelu, l));
+    floatX* dfch = G<floatX>(FJORD_LAYER_GRAD(kFch, l));
+    floatX* dln2 = G<floatX>(FJORD_LAYER_GRAD(kLn2, l));
+    floatX* dattproj = G<floatX>(FJORD_LAYER_GRAD(kAttproj, l));
+    floatX* datty = G<floatX>(FJORD_LAYER_GRAD(kAtty, l));
+    floatX* dqkvr = G<floatX>(FJORD_LAYER_GRAD(kQkvRope, l));
+    floatX* dqkv = G<floatX>(FJORD_LAYER_GRAD(kQkv, l));
+    floatX* dln1 = G<floatX>(FJORD_LAYER_GRAD(kLn1, l));
 
     ops.residual_backward(ctx_, dres2, dfcproj, dres3, BT * C);
     ops.matmul_backward(ctx_, dfch_act, D(w.fcproj_w), nullptr, dfcproj,
@@ -852,7 +956,7 @@ void Gpt::BackwardLlama(const GradReadyFn& on_ready) {
                          F(FJORD_LAYER_ACT(kLn1Rstd, l)), BT, C);
     if (on_ready) on_ready(w.begin, w.end);
   }
-  ops.encoder_backward(ctx_, D(layout_.wte()), nullptr, G<floatX>(FJORD_GLOBAL_ACT(kEncoded)), tokens_, B, T,
+  ops.encoder_backward(ctx_, D(layout_.wte()), nullptr, G<floatX>(FJORD_GLOBAL_GRAD(kEncoded)), tokens_, B, T,
                        C);
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }

@@ -61,6 +61,10 @@ struct GptConfig {
   int rope_original_max_position = 8192;
   bool attention_bias = false;  // q, k, v biases (Llama)
   bool tie_embeddings = true;   // GPT-2 always; Llama when model.tie_embeddings
+  // train.recompute: BLOCK. The forward pass keeps only each block's input (its residual stream)
+  // and one block's worth of other activations; Backward recomputes each block from its input just
+  // before its gradients. Losses and gradients are bit-identical to false on the CPU.
+  bool recompute = false;
   bool llama() const { return arch == Arch::kLlama; }
   int head_size() const { return n_embd / n_head; }
   // Width of the packed q, k, v rows: (n_head + 2 n_kv_head) head_size (3 n_embd for GPT-2).
@@ -179,6 +183,14 @@ class Gpt {
   // Arena bytes the second constructor takes (MemoryBytes, padding and alignment, tokens,
   // targets and scratch); saturating like MemoryBytes.
   static size_t ArenaBytes(const GptConfig& config, int max_batch, int max_seq, size_t buffer_multiple);
+  // ArenaBytes in its parts (their sum), for the memory plan (runtime/model/memory_plan.h):
+  // fp32 parameters and the bf16 working copy, fp32 gradients, activations and their gradients
+  // (config.recompute shrinks them), and the rest (token and target copies, scratch, rope table).
+  struct ArenaTerms {
+    size_t parameters = 0, gradients = 0, activations = 0, workspace = 0;
+  };
+  static ArenaTerms ArenaTermsFor(const GptConfig& config, int max_batch, int max_seq,
+                                  size_t buffer_multiple);
   // Refuses, before anything is allocated, a model this host cannot hold: FailedPrecondition
   // naming the parameter count (ParamCount), the bytes needed (on the CPU MemoryBytes plus
   // `extra_copies` fp32 buffers of the parameters split in `shards`, e.g. 2 and the ZeRO-1 world
@@ -285,6 +297,14 @@ class Gpt {
   void BackwardAs(const GradReadyFn& on_ready);
   template <typename floatX>
   void ForwardLlama(int B, int T);
+  // Block l of the last Forward's batch from its input norm's output on (GPT-2: through
+  // attention, res2, ln2 and the MLP to fcproj; Llama the same with rope, residual_forward and
+  // SwiGLU), leaving res3 and the next norm to the caller.
+  template <typename floatX>
+  void BlockForward(int l);
+  // recompute: block l's activations again from its stored input, before its backward.
+  template <typename floatX>
+  void RecomputeBlock(int l);
   template <typename floatX>
   void BackwardLlama(const GradReadyFn& on_ready);
   // The classifier and the loss after the final norm (both architectures).
@@ -314,7 +334,9 @@ class Gpt {
   float* rope_ = nullptr;     // Llama: cos, sin of each position and frequency [max_seq, hs/2, 2]
   HostBuffer host_params_;    // CUDA only: the host mirror
   std::vector<float> host_losses_;
-  std::vector<size_t> act_offsets_;  // bytes, see ActOffsets in gpt.cc
+  std::vector<size_t> act_offsets_;   // bytes into acts_, see ActOffsets in gpt.cc
+  std::vector<size_t> grad_offsets_;  // bytes into dacts_ (act_offsets_ unless config.recompute)
+  size_t block_grad_bytes_ = 0;       // recompute: dacts_ bytes of one block's gradients but dres3
 };
 
 }  // namespace fjord

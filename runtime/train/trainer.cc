@@ -29,6 +29,7 @@
 #include "runtime/device/device.h"
 #include "runtime/device/energy.h"
 #include "runtime/model/gpt.h"
+#include "runtime/model/memory_plan.h"
 #include "runtime/model/mfu.h"
 #include "runtime/model/optimizer.h"
 #include "runtime/tenancy/audit.h"
@@ -365,6 +366,20 @@ Precision ResolvePrecision(proto::ModelSpec::DType dtype, bool cuda_device) {
   return cuda_device ? Precision::kBf16 : Precision::kFp32;
 }
 
+MemoryPlanInputs JobPlanInputs(const proto::JobSpec& job, int ranks, bool cuda_device) {
+  MemoryPlanInputs in;
+  in.config = GptConfig::FromSpec(job.model());
+  in.config.precision = ResolvePrecision(job.model().dtype(), cuda_device);
+  in.config.recompute = job.train().recompute() == proto::TrainSpec::BLOCK;
+  in.micro_batch = job.train().micro_batch();
+  in.seq_len = TrainSeqLen(job);
+  in.ranks = ranks;
+  in.zero_stage = job.parallel().zero_stage();
+  const proto::ParallelSpec::CommBackend backend = job.parallel().comm_backend();
+  in.nccl = cuda_device && (backend == proto::ParallelSpec::NCCL || backend == proto::ParallelSpec::AUTO);
+  return in;
+}
+
 StatusOr<bool> ResolveAttention(proto::ModelSpec::Attention attention, int compute_capability,
                                 Precision precision, int C, int NH) {
   if (attention != proto::ModelSpec::TENSOR_CORE) return false;
@@ -525,6 +540,7 @@ class Trainer {
   // the same length and starts 64-byte aligned.
   Status PlanBatch() {
     config_ = GptConfig::FromSpec(job_.model());
+    config_.recompute = train_.recompute() == proto::TrainSpec::BLOCK;
     B_ = train_.micro_batch();
     T_ = TrainSeqLen(job_);
     accum_ = train_.grad_accum();
@@ -588,10 +604,25 @@ class Trainer {
                                 "): set parallel.comm_backend: MPI, or rebuild with NCCL (NCCL_ROOT)");
 #endif
     }
-    return Gpt::CheckMemory(config_, B_, T_, 2, zero_ ? world_ : 1, *device_,
-                            "lower train.micro_batch or train.seq_len (and raise train.grad_accum), "
-                            "or use a smaller model (model.n_layer, model.n_embd)")
-        .WithContext("rank " + std::to_string(rank_) + " on host " + where_.host);
+    const std::string where = "rank " + std::to_string(rank_) + " on host " + where_.host;
+    if (device_->is_cuda()) {
+      // The host mirror of the parameters; the device itself is the memory plan's below.
+      FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config_, B_, T_, 2, zero_ ? world_ : 1, *device_,
+                                             "use a smaller model (model.n_layer, model.n_embd)")
+                                .WithContext(where));
+    }
+    // The memory plan (runtime/model/memory_plan.h, `fjord plan`), before anything is allocated:
+    // this host's memory on the CPU, the GPU's on an H100 or H200 (other GPUs: Arena::Create).
+    StatusOr<PlanDevice> against = PlanDeviceNamed("cpu");
+    if (device_->is_cuda()) {
+      const std::string d = device_->description();
+      against = d.find("H200") != std::string::npos   ? PlanDeviceNamed("h200")
+                : d.find("H100") != std::string::npos ? PlanDeviceNamed("h100")
+                                                      : StatusOr<PlanDevice>(NotFound(d));
+    }
+    if (!against.ok()) return OkStatus();
+    plan_ = PlanMemory(JobPlanInputs(job_, world_, device_->is_cuda()), *against);
+    return plan_.Verdict().WithContext(where);
   }
 
   // Tenancy gate 3 (the data policy for the loaders, the seal for checkpoints; without a Tenancy,
@@ -678,7 +709,7 @@ class Trainer {
   Status BuildModel() {
     threads_ = ConfigureThreads(train_.threads(), RankInfoFromEnvironment().local_size);
     const size_t arena_bytes =
-        Gpt::ArenaBytes(config_, B_, T_, multiple_) + AdamW::ArenaBytes(optimizer_count_);
+        PlanMemory(JobPlanInputs(job_, world_, device_->is_cuda()), PlanDevice{}).arena_bytes;
     FJORD_ASSIGN_OR_RETURN(
         arena_, Arena::Create(*device_, arena_bytes, "model, gradients, activations and AdamW state"));
     if (log_) {
@@ -1132,6 +1163,7 @@ class Trainer {
   // last write (tenant hygiene on error returns too).
   std::unique_ptr<Device> device_;
   std::unique_ptr<Arena> arena_;
+  MemoryPlan plan_;                     // OpenDevice's, against this host or the GPU
   std::unique_ptr<Communicator> nccl_;  // gradients over NCCL; else over comm_
   std::optional<DataLoader> train_data_;
   std::unique_ptr<DataLoader> val_data_;

@@ -10,6 +10,7 @@
 #include "common/status.h"
 #include "proto/job.pb.h"
 #include "runtime/model/gpt.h"
+#include "runtime/model/memory_plan.h"
 
 namespace fjord {
 
@@ -52,6 +53,12 @@ CommOptions CommOptionsFor(const proto::JobSpec& job);
 
 // model.dtype on a device: AUTO is bf16 on a CUDA device and fp32 on the CPU.
 Precision ResolvePrecision(proto::ModelSpec::DType dtype, bool cuda_device);
+
+// What the memory plan (runtime/model/memory_plan.h) of `job` on `ranks` ranks needs: the
+// architecture, the precision on that device, train.recompute, train.micro_batch, the training
+// sequence length, parallel.zero_stage and whether gradients travel over NCCL. `fjord plan`,
+// `fjord launch` and the trainer all plan from it.
+MemoryPlanInputs JobPlanInputs(const proto::JobSpec& job, int ranks, bool cuda_device);
 
 // The stochastic-rounding seed of the bf16 working parameters after `step` optimizer steps of a
 // run seeded `train_seed` (Gpt::RoundWorkingParams): never 0, the same on every rank, and a

@@ -1,0 +1,184 @@
+#include "runtime/model/memory_plan.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+#include "runtime/device/device.h"
+
+namespace fjord {
+namespace {
+
+size_t Mul(size_t a, size_t b) {
+  size_t r;
+  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+size_t Add(size_t a, size_t b) {
+  size_t r;
+  return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m - 1) / m * m; }
+
+// NCCL's own device buffers for a ring over several ranks: NCCL_BUFFSIZE (4 MiB) for each of up to
+// 32 channels, send and receive, plus its work FIFOs; an allowance, not a measurement.
+constexpr size_t kNcclAllowance = size_t{512} << 20;
+
+std::string GiB(size_t bytes) {
+  if (bytes == SIZE_MAX) return "more than 2^64 bytes";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+std::string BytesText(size_t bytes) {
+  return bytes == SIZE_MAX ? "more than 2^64 bytes" : std::to_string(bytes) + " bytes (" + GiB(bytes) + ")";
+}
+
+}  // namespace
+
+StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name) {
+  std::string n = name;
+  std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (n == "h100") return PlanDevice{"H100", size_t{81559} << 20, true};
+  if (n == "h200") return PlanDevice{"H200", size_t{143771} << 20, true};
+  if (n == "cpu") return PlanDevice{"cpu (MemAvailable of this host)", AvailableHostBytes(), false};
+  return InvalidArgument("--device " + name + ": unknown device; choose h100 (80 GB), h200 (141 GB) or cpu " +
+                         "(this host's available memory)");
+}
+
+size_t MemoryPlan::total() const {
+  return Add(Add(Add(parameters, gradients), Add(optimizer, activations)), Add(communication, workspace));
+}
+
+MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
+  MemoryPlan plan;
+  plan.in = in;
+  plan.device = device;
+  const int ranks = std::max(in.ranks, 1);
+  // As the trainer lays out its buffers: ZeRO-1 pads them to 16 x ranks floats so each rank's
+  // optimizer shard is buffer / ranks long.
+  const bool zero = in.zero_stage == 1 && ranks > 1;
+  const size_t multiple = zero ? Mul(16, ranks) : 16;
+  plan.params = ParamCount(in.config);
+  const Gpt::ArenaTerms t = Gpt::ArenaTermsFor(in.config, in.micro_batch, in.seq_len, multiple);
+  const size_t optimizer_count = zero ? RoundUp(plan.params, multiple) / ranks : plan.params;
+  plan.parameters = t.parameters;
+  plan.gradients = t.gradients;
+  plan.optimizer = Mul(2, RoundUp(Mul(optimizer_count, sizeof(float)), Arena::kAlign));  // AdamW::ArenaBytes
+  plan.activations = t.activations;
+  plan.workspace = t.workspace;
+  plan.arena_bytes =
+      Add(Add(Add(t.parameters, t.gradients), Add(t.activations, t.workspace)), plan.optimizer);
+  if (device.cuda) {
+    plan.workspace = Add(plan.workspace, CudaWorkspaceBytes(in.micro_batch, in.seq_len));
+    if (in.nccl && ranks > 1) plan.communication = kNcclAllowance;
+  }
+  // On the CPU (and CUDA with MPI, which stages through pinned host memory) the gradients are
+  // reduced in place in their own buffer: no device memory for communication.
+  return plan;
+}
+
+std::string MemoryPlan::Table() const {
+  const GptConfig& c = in.config;
+  std::string out;
+  char line[512];
+  std::snprintf(
+      line, sizeof(line),
+      "memory plan per rank: %s, %zu parameters, %d rank(s), ZeRO stage %d, micro-batch %d x %d tokens, "
+      "%s, recompute %s, on %s\n",
+      c.llama() ? "Llama" : "GPT-2", params, in.ranks, in.zero_stage, in.micro_batch, in.seq_len,
+      PrecisionName(c.precision), c.recompute ? "BLOCK" : "NONE", device.name.c_str());
+  out += line;
+  const std::pair<const char*, size_t> rows[] = {
+      {"parameters", parameters},   {"gradients", gradients},         {"optimizer state", optimizer},
+      {"activations", activations}, {"communication", communication}, {"workspace", workspace}};
+  for (const auto& [name, bytes] : rows) {
+    std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", name,
+                  bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiB(bytes).c_str());
+    out += line;
+  }
+  std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", "total",
+                total() == SIZE_MAX ? "overflow" : std::to_string(total()).c_str(), GiB(total()).c_str());
+  out += line;
+  std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "device memory", device.bytes,
+                GiB(device.bytes).c_str());
+  out += line;
+  char pct[32] = "-";
+  if (total() != SIZE_MAX && device.bytes > 0) {
+    std::snprintf(pct, sizeof(pct), "%.1f%%", 100.0 * static_cast<double>(total()) / device.bytes);
+  }
+  out += std::string("verdict: ") + (fits() ? "fits" : "does not fit") + " (" + pct + " of " + device.name +
+         ")\n";
+  return out;
+}
+
+Status MemoryPlan::Verdict() const {
+  if (fits()) return OkStatus();
+  const GptConfig& c = in.config;
+  struct Term {
+    const char* name;
+    size_t bytes;
+    std::string why;
+  };
+  const std::string batch =
+      "train.micro_batch = " + std::to_string(in.micro_batch) + ", seq_len = " + std::to_string(in.seq_len);
+  const std::string model = "model.n_layer = " + std::to_string(c.n_layer) +
+                            ", model.n_embd = " + std::to_string(c.n_embd) +
+                            ", model.vocab_size = " + std::to_string(c.vocab_size);
+  std::vector<Term> terms = {
+      {"parameters", parameters, model},
+      {"gradients", gradients, model},
+      {"optimizer state", optimizer, model + ", parallel.zero_stage = " + std::to_string(in.zero_stage)},
+      {"activations", activations,
+       batch + ", train.recompute = " + std::string(c.recompute ? "BLOCK" : "NONE") + ", " + model},
+      {"communication", communication, "parallel.comm_backend"},
+      {"workspace", workspace, batch}};
+  const Term& largest = *std::max_element(terms.begin(), terms.end(),
+                                          [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
+  // What would make it fit, tried in the brief's order: more ranks (ZeRO-1 shards the optimizer
+  // state), recompute, a smaller micro-batch.
+  std::vector<std::string> fixes;
+  for (int ranks = std::max(in.ranks, 1) * 2; ranks <= 4096; ranks *= 2) {
+    MemoryPlanInputs more = in;
+    more.ranks = ranks;
+    more.zero_stage = 1;
+    if (PlanMemory(more, device).fits()) {
+      fixes.push_back(std::to_string(ranks) + " ranks with parallel.zero_stage: 1");
+      break;
+    }
+  }
+  if (!c.recompute) {
+    MemoryPlanInputs r = in;
+    r.config.recompute = true;
+    if (PlanMemory(r, device).fits()) fixes.push_back("train.recompute: BLOCK");
+  }
+  for (int b = in.micro_batch / 2; b >= 1; b /= 2) {
+    MemoryPlanInputs smaller = in;
+    smaller.micro_batch = b;
+    if (PlanMemory(smaller, device).fits()) {
+      fixes.push_back("train.micro_batch: " + std::to_string(b) +
+                      " (raise train.grad_accum to keep the batch)");
+      break;
+    }
+  }
+  const std::string what_to_do =
+      fixes.empty() ? "no setting available today makes it fit (ZeRO stages 2 and 3 do not exist yet); use a "
+                      "smaller model (model.n_layer, model.n_embd) or a device with more memory"
+                    : [&] {
+                        std::string s = "any of these would make it fit: ";
+                        for (size_t i = 0; i < fixes.size(); ++i) s += (i ? "; " : "") + fixes[i];
+                        return s;
+                      }();
+  return FailedPrecondition(
+      "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
+      " parameters and needs " + BytesText(total()) + " per rank (the memory plan: " +
+      std::to_string(in.ranks) + " rank(s), ZeRO stage " + std::to_string(in.zero_stage) + "), but " +
+      (device.cuda ? "one " + device.name + " has " + BytesText(device.bytes)
+                   : "this host has " + BytesText(device.bytes) + " available (MemAvailable)") +
+      "; the largest part is " + largest.name + ", " + BytesText(largest.bytes) + " (" + largest.why +
+      "); nothing was allocated: " + what_to_do + " (`fjord plan` prints every term)");
+}
+
+}  // namespace fjord

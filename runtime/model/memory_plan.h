@@ -1,0 +1,59 @@
+// The memory plan of a training job (issue 19, `fjord plan`): per rank, the bytes of parameters,
+// gradients, optimizer state, activations, communication buffers and workspace, their total
+// against a device's memory, and a verdict. The one implementation of "does it fit": `fjord plan`
+// prints it, `fjord train` and `fjord launch` refuse a job whose plan does not fit before any rank
+// allocates, and the trainer's arena is the plan's arena terms (Gpt::ArenaTermsFor and
+// AdamW::ArenaBytes), so the plan is what is allocated, not a second estimate of it.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "common/status.h"
+#include "runtime/model/gpt.h"
+
+namespace fjord {
+
+// Where the plan is measured against: a name and its memory in bytes.
+struct PlanDevice {
+  std::string name;  // "H100", "H200", "cpu"
+  size_t bytes = 0;
+  bool cuda = false;
+};
+
+// --device NAME: h100 (80 GB, the 81559 MiB nvidia-smi reports), h200 (141 GB, 143771 MiB) or cpu
+// (this host's MemAvailable); case-insensitive. InvalidArgument naming the choices otherwise.
+StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name);
+
+struct MemoryPlanInputs {
+  GptConfig config;  // with precision and recompute resolved
+  int micro_batch = 1;
+  int seq_len = 1;
+  int ranks = 1;
+  int zero_stage = 0;  // 0 or 1 (2 and 3 do not exist yet)
+  bool nccl = false;   // CUDA with NCCL and ranks > 1: NCCL's buffers on the device
+};
+
+struct MemoryPlan {
+  MemoryPlanInputs in;
+  PlanDevice device;
+  size_t params = 0;  // ParamCount
+  // Per rank, in bytes.
+  size_t parameters = 0, gradients = 0, optimizer = 0, activations = 0, communication = 0, workspace = 0;
+  size_t arena_bytes = 0;  // what the trainer's arena takes: every term but communication and the
+                           // CUDA workspace
+  size_t total() const;
+  bool fits() const { return total() <= device.bytes; }
+  // The table `fjord plan` prints: one line per term, the total, the device's memory, the verdict.
+  std::string Table() const;
+  // OkStatus when it fits; else FailedPrecondition naming the total, the device's memory, the
+  // largest term with the setting that makes it large, and what would make the job fit (more
+  // ranks with parallel.zero_stage: 1, train.recompute: BLOCK, a smaller train.micro_batch); it
+  // keeps CheckMemory's words ("the model has P parameters and needs N bytes").
+  Status Verdict() const;
+};
+
+// The plan of `in` on `device`. Saturating (SIZE_MAX terms) for models larger than 2^64 bytes.
+MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device);
+
+}  // namespace fjord

@@ -1,0 +1,178 @@
+// The memory plan (runtime/model/memory_plan.h) against measurement: a model and its AdamW state are
+// carved from an arena twice as large as the plan says, trained for a step, and the arena's peak
+// (Arena::used(): pieces are never freed, so what it has handed out is its high-water mark) must be
+// within 5% of the plan's total, for GPT-2 and Llama, fp32 and bf16, recompute NONE and BLOCK, ZeRO
+// stage 0 and stage 1 (rank 1 of 3, its optimizer shard). And the bytes-per-parameter arithmetic:
+// fp32 parameters, gradients and AdamW's two moments are 4 + 4 + 8 bytes per parameter (the
+// optimizer's 8 divided by the ranks at stage 1), bf16 adds a 2-byte working copy.
+#include "runtime/model/memory_plan.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/device/device.h"
+#include "runtime/model/gpt.h"
+#include "runtime/model/optimizer.h"
+#include "tests/runtime/model/gpt_test_util.h"
+
+namespace fjord {
+namespace {
+
+using testing::MakeConfig;
+using testing::RandomTokens;
+
+GptConfig Llama() {
+  GptConfig c = MakeConfig(4, 4, 32, 16, 300);
+  c.arch = GptConfig::Arch::kLlama;
+  c.n_kv_head = 2;
+  c.intermediate_size = 80;
+  c.tie_embeddings = false;
+  return c;
+}
+
+const PlanDevice kCpu{"cpu", size_t{1} << 40, false};
+
+TEST(MemoryPlanTest, ArenaPeakIsWithinFivePercentOfThePlan) {
+  const int B = 3, T = 16;
+  for (GptConfig base : {MakeConfig(4, 4, 32, 16, 300), Llama()}) {
+    for (Precision p : {Precision::kFp32, Precision::kBf16}) {
+      for (bool recompute : {false, true}) {
+        for (int stage : {0, 1}) {
+          GptConfig c = base;
+          c.precision = p;
+          c.recompute = recompute;
+          const int ranks = stage == 1 ? 3 : 1, rank = stage == 1 ? 1 : 0;
+          SCOPED_TRACE(std::string(c.llama() ? "Llama " : "GPT-2 ") + PrecisionName(p) +
+                       (recompute ? " BLOCK" : " NONE") + " stage " + std::to_string(stage));
+          const MemoryPlan plan = PlanMemory({c, B, T, ranks, stage, false}, kCpu);
+          StatusOr<std::unique_ptr<Arena>> arena = Arena::Create(CpuDevice(), 2 * plan.total(), "test");
+          ASSERT_TRUE(arena.ok()) << arena.status().message();
+          // As the trainer builds them: buffers a multiple of 16 x ranks floats at stage 1, AdamW
+          // over this rank's shard.
+          const size_t multiple = stage == 1 ? 16 * ranks : 16;
+          Gpt model(c, B, T, **arena, multiple);
+          const size_t shard = stage == 1 ? model.buffer_size() / ranks : model.num_params();
+          const size_t begin = stage == 1 ? shard * rank : 0;
+          AdamW adam(model.layout(), begin, begin + shard, **arena);
+          model.InitGpt2(7);
+          const std::vector<int32_t> tokens = RandomTokens(B * T, c.vocab_size, 1);
+          model.ZeroGrads();
+          model.Forward(tokens.data(), tokens.data(), B, T, 1.0f);
+          model.Backward();
+          adam.Step(model.params(), model.grads(), 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
+                    model.working_params_bf16(), 0);
+          const double measured = static_cast<double>((*arena)->used());
+          const double planned = static_cast<double>(plan.total());
+          EXPECT_NEAR(planned / measured, 1.0, 0.05) << planned << " planned, " << measured << " measured";
+          EXPECT_EQ(plan.arena_bytes, (*arena)->used());
+        }
+      }
+    }
+  }
+}
+
+// The terms against bytes per parameter, from the closed-form parameter count, on sizes where the
+// 256-byte alignment of each buffer is exact (params a multiple of 64 x ranks).
+TEST(MemoryPlanTest, TermsMatchBytesPerParameter) {
+  GptConfig c = MakeConfig(2, 2, 64, 32, 256);
+  const size_t P = ParamCount(c);
+  ASSERT_EQ(P % (64 * 4), 0u) << P;
+  for (Precision p : {Precision::kFp32, Precision::kBf16}) {
+    c.precision = p;
+    for (int ranks : {1, 2, 4}) {
+      const MemoryPlan stage0 = PlanMemory({c, 2, 32, ranks, 0, false}, kCpu);
+      const MemoryPlan stage1 = PlanMemory({c, 2, 32, ranks, 1, false}, kCpu);
+      const size_t working = p == Precision::kBf16 ? 2 : 0;
+      EXPECT_EQ(stage0.parameters, (4 + working) * P);
+      EXPECT_EQ(stage0.gradients, 4 * P);
+      EXPECT_EQ(stage0.optimizer, 8 * P);
+      EXPECT_EQ(stage1.optimizer, 8 * P / ranks);
+      EXPECT_EQ(stage1.parameters, stage0.parameters);
+    }
+  }
+}
+
+TEST(MemoryPlanTest, RefusalNamesTheLargestTermAndWhatWouldFit) {
+  // 48 blocks, 64 sequences: the activations dominate and only recompute (or a smaller
+  // micro-batch) brings them under a device of 4 GiB.
+  GptConfig c = MakeConfig(48, 4, 256, 256, 256);
+  const PlanDevice small{"a 4 GiB test device", size_t{4} << 30, false};
+  const MemoryPlan plan = PlanMemory({c, 64, 256, 1, 0, false}, small);
+  ASSERT_FALSE(plan.fits()) << plan.Table();
+  c.recompute = true;
+  ASSERT_TRUE(PlanMemory({c, 64, 256, 1, 0, false}, small).fits());
+  const Status s = plan.Verdict();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("the largest part is activations"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("train.recompute: BLOCK"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("train.micro_batch: "), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("nothing was allocated"), std::string::npos) << s.message();
+  EXPECT_NE(plan.Table().find("does not fit"), std::string::npos);
+  EXPECT_TRUE(PlanDeviceNamed("H200").ok());
+  const StatusOr<PlanDevice> bad = PlanDeviceNamed("a100");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("h100"), std::string::npos);
+}
+
+// GPT-2 124M and Llama 3.1 8B (Hugging Face's config.json shapes) in bf16 on 1-64 ranks of an H200:
+// the parameter counts against the published ones (124475904 with llm.c's vocabulary padded to
+// 50304; 8030261248 for Llama 3.1 8B, whose widths need no padding), and the model states against
+// bytes per parameter: 4 (fp32 master) + 2 (bf16 working copy), 4 (fp32 gradients), 8 / N (AdamW at
+// ZeRO-1, 8 at stage 0) up to the 16 x N-float buffer padding and 256-byte alignment. Prints the
+// table docs/PERFORMANCE.md ("Memory plan") holds.
+TEST(MemoryPlanTest, Gpt2And8BOnH200MatchBytesPerParameter) {
+  GptConfig gpt2 = MakeConfig(12, 12, 768, 1024, 50257, Precision::kBf16);
+  GptConfig llama = MakeConfig(32, 32, 4096, 8192, 128256, Precision::kBf16);
+  llama.arch = GptConfig::Arch::kLlama;
+  llama.n_kv_head = 8;
+  llama.intermediate_size = 14336;
+  llama.tie_embeddings = false;
+  ASSERT_EQ(ParamCount(gpt2), 124475904u);
+  ASSERT_EQ(ParamCount(llama), 8030261248u);
+  const StatusOr<PlanDevice> h200 = PlanDeviceNamed("h200");
+  ASSERT_TRUE(h200.ok());
+  const auto gib = [](double b) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.2f", b / (1024.0 * 1024.0 * 1024.0));
+    return std::string(buf);
+  };
+  std::printf(
+      "| model | micro-batch x seq | recompute | ZeRO | ranks | params+working | grads | optimizer | "
+      "(6+4+8/N or 8) P | activations | comm+workspace | total GiB | verdict |\n");
+  struct Model {
+    const char* name;
+    GptConfig c;
+    int B, T;
+  };
+  for (const Model& m : {Model{"GPT-2 124M", gpt2, 64, 1024}, Model{"Llama 3.1 8B", llama, 1, 8192}}) {
+    const double P = static_cast<double>(ParamCount(m.c));
+    for (bool recompute : {false, true}) {
+      for (int stage : {0, 1}) {
+        for (int ranks : {1, 2, 4, 8, 16, 32, 64}) {
+          GptConfig c = m.c;
+          c.recompute = recompute;
+          const MemoryPlan plan = PlanMemory({c, m.B, m.T, ranks, stage, true}, *h200);
+          const double optimizer = stage == 1 && ranks > 1 ? 8 * P / ranks : 8 * P;
+          // The 16 x N-float padding of the buffers and the 256-byte alignment of each piece.
+          const double slack = 16.0 * 64 * 4 * 2 + 4 * 256;
+          EXPECT_NEAR(static_cast<double>(plan.parameters), 6 * P, slack);
+          EXPECT_NEAR(static_cast<double>(plan.gradients), 4 * P, slack);
+          EXPECT_NEAR(static_cast<double>(plan.optimizer), optimizer, slack);
+          std::printf("| %s | %d x %d | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.name,
+                      m.B, m.T, recompute ? "BLOCK" : "NONE", stage, ranks, gib(plan.parameters).c_str(),
+                      gib(plan.gradients).c_str(), gib(plan.optimizer).c_str(),
+                      gib((10 * P) + optimizer).c_str(), gib(plan.activations).c_str(),
+                      gib(plan.communication + plan.workspace).c_str(), gib(plan.total()).c_str(),
+                      plan.fits() ? "fits" : "does not fit");
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fjord
