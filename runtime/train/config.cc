@@ -703,12 +703,15 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
                   "must be at least 1 (the number of learned positions); set model.seq_len, e.g. "
                   "1024 as in GPT-2");
   }
-  if (m.vocab_size() < 2 || m.vocab_size() > 65536) {
-    v.RefuseValue(
-        "model.vocab_size",
-        "is outside [2, 65536]: token shards store uint16 ids, so a vocabulary has at "
-        "most 65536 entries (and a model needs at least 2); set model.vocab_size to the tokenizer's size "
-        "(256 for byte, 50257 for gpt2)");
+  // Token shards hold uint16 ids up to 65,536 entries and uint32 ids above (runtime/data/data.h,
+  // version 2), so the bound is not the shards' but a sanity one: 2^24 is 65x Llama 3's 128,256 and
+  // catches a typo before it sizes a classifier of gigabytes.
+  if (m.vocab_size() < 2 || m.vocab_size() > kMaxVocabSize) {
+    v.RefuseValue("model.vocab_size",
+                  "is outside [2, " + std::to_string(kMaxVocabSize) +
+                      "] (a model needs at least 2 tokens; the upper bound catches a typo); "
+                      "set model.vocab_size to the tokenizer's size (256 for byte, 50257 "
+                      "for gpt2, 128256 for Llama 3)");
   }
 
   ValidateLlama(m, v);

@@ -34,6 +34,10 @@ namespace fjord {
 StatusOr<proto::JobSpec> ParseJobSpec(std::string_view text, const std::string& source_name,
                                       const std::vector<std::string>& overrides);
 
+// The largest model.vocab_size a job may declare (2^24). Shards above 65,536 ids hold uint32 tokens
+// (runtime/data/data.h), so this is a sanity bound, not the shards'.
+inline constexpr int kMaxVocabSize = 1 << 24;
+
 // Reads the file at `path` and calls ParseJobSpec with `path` as the source name. A missing file
 // is NotFound naming the path; an unreadable one (a directory, no permission) is an error too.
 StatusOr<proto::JobSpec> LoadJobSpec(const std::string& path, const std::vector<std::string>& overrides);

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -101,6 +103,42 @@ TEST_F(LlamaTrainTest, ResumesOnAnotherWorldSize) {
   ASSERT_EQ(mixed.size(), 20u);
   for (size_t i = 0; i < one.size(); ++i)
     EXPECT_NEAR(std::stod(mixed[i]), std::stod(one[i]), 1e-4 * std::stod(one[i])) << "step " << i + 1;
+}
+
+// Llama 3's vocabulary is 128,256 ids: above 65,536 the shards hold uint32 tokens (llm.c's header,
+// version 2). The shard is written here byte by byte from that layout (not by fjord), with ids that
+// exist only above uint16; the oracle for the first step is the closed form ln(V): at initialisation
+// the logits are nearly zero, so the softmax is nearly uniform over all V ids. Bound: a logit is
+// h . w with h of unit RMS (RMSNorm) and w ~ N(0, 0.02^2) over n_embd = 32 channels, so each target's
+// logit has std 0.02 * sqrt(32) = 0.11 and the mean over 5 target ids 0.05; 0.3 is 6 of those, and
+// still tells 128,256 from 65,536 ids (ln ratio 0.67).
+TEST_F(LlamaTrainTest, AVocabularyAboveUint16TrainsFromVersion2Shards) {
+  constexpr int kVocab = 128256;
+  std::vector<int32_t> header(256, 0);
+  header[0] = 20240520;
+  header[1] = 2;
+  std::vector<uint32_t> tokens;
+  for (int i = 0; i < 4000; ++i) tokens.push_back(kVocab - 1 - 997 * (i % 5));  // 5 ids, all > 65535
+  header[2] = static_cast<int32_t>(tokens.size());
+  fs::create_directories(P("wide"));
+  {
+    std::ofstream out(P("wide/train_000000.bin"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(header.data()), 256 * 4);
+    out.write(reinterpret_cast<const char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 4));
+  }
+  RunResult r = RunFjord(Train("wide_run", "--set model.vocab_size=" + std::to_string(kVocab) +
+                                               " --set data.train=" + P("wide/train_*.bin") +
+                                               " --set train.lr=1e-2 --set train.log_every=1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<double> losses = testing::Losses(P("wide_run/metrics.jsonl"));
+  ASSERT_EQ(losses.size(), 20u);
+  EXPECT_NEAR(losses[0], std::log(static_cast<double>(kVocab)), 0.3);
+  // Five ids in a fixed cycle are learnable: the loss falls far below ln(V).
+  EXPECT_LT(losses.back(), losses[0] - 2.0) << r.output;
+  // And a vocabulary that does not hold the shard's ids is refused naming the shard.
+  r = RunFjord(Train("narrow_run", "--set model.vocab_size=65536 --set data.train=" + P("wide/train_*.bin")));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("train_000000.bin"));
 }
 
 TEST_F(LlamaTrainTest, EvalReproducesTheTrainersValLossAndSampleRuns) {
