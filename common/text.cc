@@ -1,6 +1,8 @@
 #include "common/text.h"
 
 #include <cctype>
+#include <cstdint>
+#include <cstdio>
 
 namespace fjord {
 
@@ -35,6 +37,18 @@ std::string HexEncode(const void* data, size_t size) {
     out[2 * i + 1] = kDigits[bytes[i] & 15];
   }
   return out;
+}
+
+std::string GiBText(size_t bytes) {
+  if (bytes == SIZE_MAX) return "more than 2^64 bytes";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+std::string BytesText(size_t bytes) {
+  return bytes == SIZE_MAX ? "more than 2^64 bytes"
+                           : std::to_string(bytes) + " bytes (" + GiBText(bytes) + ")";
 }
 
 }  // namespace fjord

@@ -18,4 +18,9 @@ std::string JoinList(const std::vector<std::string>& items, const std::string& e
 // `size` bytes at `data` as lower-case hex, two digits a byte.
 std::string HexEncode(const void* data, size_t size);
 
+// A byte count for messages: "1.50 GiB"; SIZE_MAX (a saturated size) as "more than 2^64 bytes".
+std::string GiBText(size_t bytes);
+// "1610612736 bytes (1.50 GiB)"; SIZE_MAX as "more than 2^64 bytes".
+std::string BytesText(size_t bytes);
+
 }  // namespace fjord

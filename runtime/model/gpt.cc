@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "common/check.h"
+#include "common/text.h"
 #include "runtime/device/device.h"
 
 namespace fjord {
@@ -413,16 +414,6 @@ size_t LayerParams(const GptConfig& c) {
 constexpr size_t kBookkeepingBytesPerLayer =
     sizeof(ParamLayout::Layer) + 12 * (sizeof(ParamTensor) + 64) + kNumLayerActs * sizeof(size_t);
 
-std::string GiB(size_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
-  return buf;
-}
-
-std::string Bytes(size_t bytes) {
-  return bytes == SIZE_MAX ? "more than 2^64 bytes" : std::to_string(bytes) + " bytes (" + GiB(bytes) + ")";
-}
-
 }  // namespace
 
 size_t ParamCount(const GptConfig& c) {
@@ -489,18 +480,18 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
   const size_t embeddings = rest - std::min(rest, activations);
   std::string largest;
   if (blocks >= embeddings && blocks >= activations) {
-    largest = "the transformer blocks, " + Bytes(blocks) +
+    largest = "the transformer blocks, " + BytesText(blocks) +
               " (model.n_layer = " + std::to_string(config.n_layer) + " blocks of " +
               std::to_string(LayerParams(config)) +
               " parameters at model.n_embd = " + std::to_string(config.n_embd) +
               (device.is_cuda() ? std::string(")") : ", with their activations)");
   } else if (embeddings >= activations) {
-    largest = "the embeddings, " + Bytes(embeddings) +
+    largest = "the embeddings, " + BytesText(embeddings) +
               " (model.vocab_size = " + std::to_string(config.vocab_size) +
               ", model.seq_len = " + std::to_string(config.max_seq_len) +
               ", model.n_embd = " + std::to_string(config.n_embd) + ")";
   } else {
-    largest = "the logits and activations outside the blocks, " + Bytes(activations) + " (" +
+    largest = "the logits and activations outside the blocks, " + BytesText(activations) + " (" +
               std::to_string(max_batch) + " sequences of " + std::to_string(max_seq) +
               " tokens: train.micro_batch, seq_len; model.vocab_size = " + std::to_string(config.vocab_size) +
               ")";
@@ -508,13 +499,13 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
   const size_t params = ParamCount(config);
   return FailedPrecondition(
       "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
-      " parameters and needs " + Bytes(need) + " of host memory" +
+      " parameters and needs " + BytesText(need) + " of host memory" +
       (device.is_cuda()
            ? " (the host copy of the parameters)"
            : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
                  " and activations for " + std::to_string(max_batch) + " x " + std::to_string(max_seq) +
                  " tokens)") +
-      ", but this host has " + Bytes(have) + " available (MemAvailable); the largest part is " + largest +
+      ", but this host has " + BytesText(have) + " available (MemAvailable); the largest part is " + largest +
       "; nothing was allocated: " + what_to_do);
 }
 

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/text.h"
 #include "runtime/device/device.h"
 
 namespace fjord {
@@ -24,17 +25,6 @@ size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m
 // NCCL's own device buffers for a ring over several ranks: NCCL_BUFFSIZE (4 MiB) for each of up to
 // 32 channels, send and receive, plus its work FIFOs; an allowance, not a measurement.
 constexpr size_t kNcclAllowance = size_t{512} << 20;
-
-std::string GiB(size_t bytes) {
-  if (bytes == SIZE_MAX) return "more than 2^64 bytes";
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
-  return buf;
-}
-
-std::string BytesText(size_t bytes) {
-  return bytes == SIZE_MAX ? "more than 2^64 bytes" : std::to_string(bytes) + " bytes (" + GiB(bytes) + ")";
-}
 
 }  // namespace
 
@@ -96,14 +86,14 @@ std::string MemoryPlan::Table() const {
       {"activations", activations}, {"communication", communication}, {"workspace", workspace}};
   for (const auto& [name, bytes] : rows) {
     std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", name,
-                  bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiB(bytes).c_str());
+                  bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiBText(bytes).c_str());
     out += line;
   }
   std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", "total",
-                total() == SIZE_MAX ? "overflow" : std::to_string(total()).c_str(), GiB(total()).c_str());
+                total() == SIZE_MAX ? "overflow" : std::to_string(total()).c_str(), GiBText(total()).c_str());
   out += line;
   std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "device memory", device.bytes,
-                GiB(device.bytes).c_str());
+                GiBText(device.bytes).c_str());
   out += line;
   char pct[32] = "-";
   if (total() != SIZE_MAX && device.bytes > 0) {
