@@ -1,5 +1,7 @@
 #include "launcher/run_local.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -10,6 +12,8 @@
 #include "launcher/cli.h"
 #include "launcher/launch/restart.h"
 #include "launcher/launch/run.h"
+#include "launcher/lease.h"
+#include "proto/inventory.pb.h"
 #include "runtime/tenancy/audit.h"
 #include "runtime/tenancy/tenancy.h"
 #include "runtime/train/config.h"
@@ -21,7 +25,7 @@ void AddRunCommand(CLI::App& app) {
     std::vector<std::string> job, overrides;
     int nproc = 0, max_restarts = 0;
     bool resume = false, overwrite = false, accept_changes = false, quiet = false, json = false;
-    std::string mpirun = "mpirun";
+    std::string mpirun = "mpirun", lease_dir;
   };
   auto a = std::make_shared<Args>();
   cli::Command* c = cli::AddCommand(app, "run",
@@ -42,6 +46,10 @@ void AddRunCommand(CLI::App& app) {
   c->add_flag("--quiet", a->quiet, "passed on to fjord train");
   c->add_flag("--json", a->json, "passed on to fjord train");
   c->add_option("--mpirun", a->mpirun, "the mpirun to run")->type_name("PATH");
+  c->add_option("--lease-dir", a->lease_dir,
+                "lease this node in DIR for the job's lifetime, restarts included, as fjord launch leases "
+                "an inventory's nodes in its lease_dir (one job per node; refused while another holds it)")
+      ->type_name("DIR");
   c->run = [c, a] {
     if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
     if (c->count("--nproc-per-node") == 0) {
@@ -63,6 +71,36 @@ void AddRunCommand(CLI::App& app) {
         return 1;
       }
       audit = std::move(*log);
+    }
+    // The node's lease (docs/SOVEREIGNTY.md, "Node leases"): the keys fjord launch locks for an
+    // inventory node of this hostname, so a launch and a run on one node exclude each other.
+    std::unique_ptr<NodeLeases> leases;
+    if (!a->lease_dir.empty()) {
+      StatusOr<std::string> digest = JobDigest(*job);
+      if (!digest.ok()) {
+        std::fprintf(stderr, "fjord run: error: %s\n", digest.status().message().c_str());
+        return 1;
+      }
+      proto::InventoryNode node;
+      node.set_hostname(ThisHostname());
+      LeaseRecord record;
+      record.tenant = job->tenant().id();
+      record.job_sha256 = *digest;
+      record.launch_id = "run-" + std::to_string(::getpid());
+      record.launch_host = ThisHostname();
+      record.pid = ::getpid();
+      record.audit_log = std::filesystem::absolute(AuditPathFor(*job)).string();
+      LeaseConflict conflict;
+      StatusOr<std::unique_ptr<NodeLeases>> taken = TryAcquireLeases(
+          std::filesystem::absolute(a->lease_dir).string(), NodeLeaseKeys(node), record, &conflict);
+      if (!taken.ok()) {
+        std::fprintf(stderr, "fjord run: error: %s\n", taken.status().message().c_str());
+        return 1;
+      }
+      leases = std::move(*taken);
+      std::printf("fjord run: leased this node (%s) in %s for the job\n", ThisHostname().c_str(),
+                  a->lease_dir.c_str());
+      std::fflush(stdout);
     }
     // This executable by its path: "/proc/self/exe" would name mpirun's own helper where it is run.
     std::error_code ec;

@@ -14,6 +14,9 @@
 #include <thread>
 #include <vector>
 
+#include "common/host.h"
+#include "launcher/lease.h"
+#include "proto/inventory.pb.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {
@@ -428,6 +431,45 @@ TEST_F(NoSurprisesTest, RunRestartsFromTheLastCheckpointWhenARankDies) {
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("none_*.bin"));
   EXPECT_THAT(r.output, Not(HasSubstr("restart")));
+}
+
+// Item 6, "with the node's leases as today": fjord run --lease-dir holds this node's lease for the
+// job's lifetime, as fjord launch does for an inventory's nodes. The holder here is the test itself,
+// leasing the keys fjord launch would lock for an inventory node of this hostname; while it holds
+// them the run is refused naming the holder and starts nothing, and once it lets go the run trains
+// and gives the lease back when it ends.
+TEST_F(NoSurprisesTest, RunLeasesThisNodeAndIsRefusedWhileAnotherJobHoldsIt) {
+  fs::create_directories(Path("leases"));
+  proto::InventoryNode node;
+  node.set_hostname(ThisHostname());
+  LeaseRecord holder;
+  holder.tenant = "other";
+  holder.job_sha256 = std::string(64, 'a');
+  holder.launch_id = "launch-of-another-job";
+  holder.launch_host = "elsewhere";
+  holder.pid = 1;
+  holder.audit_log = "/nonexistent/audit.jsonl";
+  const std::vector<std::string> keys = NodeLeaseKeys(node);
+  LeaseConflict conflict;
+  StatusOr<std::unique_ptr<NodeLeases>> held = TryAcquireLeases(Path("leases"), keys, holder, &conflict);
+  ASSERT_TRUE(held.ok()) << held.status().message();
+  const std::string run =
+      "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader,tcp " +
+      std::string(FJORD_BINARY) + " run --nproc-per-node 2 --mpirun " + FJORD_MPIEXEC + " --lease-dir " +
+      Path("leases") + " " + Path("job.textproto") + " --quiet";
+  RunResult r = Shell(run);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("launch-of-another-job"));
+  EXPECT_FALSE(fs::exists(Path("run/metrics.jsonl"))) << "a refused run trained";
+
+  ASSERT_TRUE((*held)->Release().ok());
+  r = Shell(run);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("leased this node"));
+  EXPECT_EQ(LossTexts(Path("run/metrics.jsonl")).size(), 6u);
+  // Given back at the end: another holder takes it at once.
+  StatusOr<std::unique_ptr<NodeLeases>> again = TryAcquireLeases(Path("leases"), keys, holder, &conflict);
+  EXPECT_TRUE(again.ok()) << again.status().message();
 }
 
 }  // namespace
