@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/text.h"  // AppendUtf8Char
 #include "runtime/data/tokenizer.h"
 
 namespace fjord {
@@ -36,8 +37,6 @@ inline constexpr char32_t kInvalidUtf8 = 0xFFFFFFFF;
 // The character at s[i]; sets *len >= 1. Malformed, overlong or surrogate sequences decode as
 // kInvalidUtf8 of length 1.
 char32_t DecodeUtf8Char(std::string_view s, size_t i, size_t* len);
-// Appends `cp` (<= U+10FFFF) to *out in UTF-8.
-void AppendUtf8Char(char32_t cp, std::string* out);
 
 // GPT-2's pre-tokenizer regex (encoder.py's; `tokenizers`' ByteLevel with use_regex).
 inline constexpr char kGpt2Pattern[] =
