@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "common/check.h"
+#include "common/saturating.h"
 #include "common/text.h"
 #include "runtime/device/device.h"
 
@@ -208,17 +209,9 @@ enum LayerAct {
 };
 enum GlobalAct { kEncoded, kLnf, kLnfMean, kLnfRstd, kLogits, kLosses, kNumGlobalActs };
 
-// Saturating size arithmetic: a size computed from a job spec or a checkpoint never wraps around to
-// a small number; SIZE_MAX (more than any machine holds) stands for "overflows".
-size_t Mul(size_t a, size_t b) {
-  size_t r;
-  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
-}
-size_t Add(size_t a, size_t b) {
-  size_t r;
-  return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
-}
-size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m - 1) / m * m; }
+using sat::Add;  // saturating size arithmetic (common/saturating.h)
+using sat::Mul;
+using sat::RoundUp;
 
 size_t LayerActSize(LayerAct id, const GptConfig& c, size_t BT, size_t B) {
   const size_t C = c.n_embd;

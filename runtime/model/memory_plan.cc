@@ -6,21 +6,16 @@
 #include <utility>
 #include <vector>
 
+#include "common/saturating.h"
 #include "common/text.h"
 #include "runtime/device/device.h"
 
 namespace fjord {
 namespace {
 
-size_t Mul(size_t a, size_t b) {
-  size_t r;
-  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
-}
-size_t Add(size_t a, size_t b) {
-  size_t r;
-  return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
-}
-size_t RoundUp(size_t n, size_t m) { return n > SIZE_MAX - m ? SIZE_MAX : (n + m - 1) / m * m; }
+using sat::Add;  // saturating size arithmetic (common/saturating.h)
+using sat::Mul;
+using sat::RoundUp;
 
 // NCCL's own device buffers for a ring over several ranks: NCCL_BUFFSIZE (4 MiB) for each of up to
 // 32 channels, send and receive, plus its work FIFOs; an allowance, not a measurement.
