@@ -41,6 +41,9 @@ const EnvVarDoc kEnvVars[] = {
     {"FJORD_LAUNCH_ID",
      "tenancy: id of the fjord launch that started the job (set by launch, forwarded with -x); "
      "ties rank 0's audit records to launch's"},
+    {"FJORD_RANK_STATUS_DIR",
+     "fjord launch: the directory where each rank records its start and how it ended (set by launch, "
+     "forwarded with -x), from which launch --max-restarts finds the failed node"},
     {"SLURM_JOB_ID",
      "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "
      "writing an sbatch script"},

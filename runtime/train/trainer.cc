@@ -4,6 +4,8 @@
 #include <omp.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -103,10 +105,25 @@ StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int ba
 std::atomic<int> g_stop_signals{0};
 int g_signal_pipe[2] = {-1, -1};
 constexpr unsigned char kFromPeer = 0x80;
+// The second signal: the arenas are zeroed; the watcher records the end and exits (the handler
+// exits itself if the watcher has not within kFatalGrace).
+constexpr unsigned char kFatal = 0x40;
+constexpr long kFatalGraceMs = 500;
+std::atomic<SignalEndHook> g_end_hook{nullptr};
+// The parent (orted, slurmstepd) when a launcher started this rank, else 0; its death sends
+// SIGUSR2 (PR_SET_PDEATHSIG).
+std::atomic<pid_t> g_parent{0};
 
 void OnStopSignal(int sig, siginfo_t* info, void*) {
   if (g_stop_signals.fetch_add(1) >= 1) {
     ZeroHostArenasNow(sig);
+    if (g_signal_pipe[1] >= 0 && g_end_hook.load() != nullptr) {
+      const unsigned char byte = static_cast<unsigned char>(sig) | kFatal;
+      if (write(g_signal_pipe[1], &byte, 1) == 1) {
+        const struct timespec tick = {0, 10'000'000};
+        for (long waited = 0; waited < kFatalGraceMs; waited += 10) nanosleep(&tick, nullptr);
+      }
+    }
     std::_Exit(128 + sig);
   }
   if (g_signal_pipe[1] >= 0) {
@@ -146,13 +163,49 @@ struct SignalWatch {
 };
 SignalWatch g_watch;
 
+// The parent that started this rank has died (its PR_SET_PDEATHSIG, or found at start): nothing
+// would end the rank or carry its output any more (its stderr was a pipe to the parent), so it says
+// so on stderr and in the system log, records it, zeroes its arenas and ends.
+[[noreturn]] void ParentLost(SignalEndHook hook) {
+  ::signal(SIGPIPE, SIG_IGN);  // stderr may be a pipe to the dead parent
+  std::string who;
+  {
+    std::lock_guard<std::mutex> lock(g_watch.mu);
+    who = g_watch.who;
+  }
+  const std::string message = "its parent process (pid " + std::to_string(g_parent.load()) +
+                              ", Open MPI's orted or srun's step daemon) has died during step " +
+                              std::to_string(g_watch.step.load() + 1) +
+                              ": the job's launcher on this host is gone and nothing would end this rank; "
+                              "zeroing the arena and exiting";
+  std::fprintf(stderr, "fjord train: %s: %s\n", who.c_str(), message.c_str());
+  std::fflush(stderr);
+  ::openlog("fjord-train", LOG_PID, LOG_USER);
+  ::syslog(LOG_ERR, "%s: %s", who.c_str(), message.c_str());
+  ::closelog();
+  if (hook != nullptr) hook(SIGUSR2, "parent_lost", who + ": " + message, true);
+  ZeroHostArenasNow(SIGUSR2);
+  std::_Exit(128 + SIGHUP);
+}
+
 void WatchSignals() {
   for (;;) {
     unsigned char byte = 0;
     const ssize_t n = read(g_signal_pipe[0], &byte, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n != 1) return;
-    const int sig = byte & ~kFromPeer;
+    const int sig = byte & ~(kFromPeer | kFatal);
+    const SignalEndHook hook = g_end_hook.load();
+    if ((byte & kFatal) != 0) {  // the second signal: the handler has zeroed the arenas and waits
+      if (hook != nullptr) {
+        hook(sig, "signal " + std::to_string(sig), "a second signal ended the rank at once", true);
+      }
+      std::_Exit(128 + sig);
+    }
+    if (sig == SIGUSR2) {
+      if (g_parent.load() == 0 || getppid() == g_parent.load()) continue;  // the parent is alive
+      ParentLost(hook);
+    }
     const bool teardown = (byte & kFromPeer) != 0 && sig != SIGUSR1;
     std::string what, who;
     bool alone = true;
@@ -169,6 +222,10 @@ void WatchSignals() {
                  strsignal(sig), g_watch.step.load() + 1,
                  what.empty() ? "no collective in flight" : ("in " + what).c_str());
     std::fflush(stderr);
+    if (teardown && hook != nullptr) {
+      hook(sig, "signal " + std::to_string(sig), what.empty() ? "no collective in flight" : "in " + what,
+           false);
+    }
     if (!teardown || alone || what.find(", waiting for rank ") == std::string::npos) continue;
     std::this_thread::sleep_for(kStuck);
     std::string now;
@@ -185,6 +242,7 @@ void WatchSignals() {
         who.c_str(), what.c_str(), static_cast<long long>(kStuck.count()), sig);
     std::fflush(stderr);
     ZeroHostArenasNow(sig);
+    if (hook != nullptr) hook(sig, "signal " + std::to_string(sig), "in " + what, true);
     std::_Exit(128 + sig);
   }
 }
@@ -203,7 +261,31 @@ void InstallStopHandlers() {
   // SIGUSR1: what mpirun and srun forward to every rank (fjord launch turns its SIGTERM into it;
   // Slurm sends it ahead of a time limit with --signal=USR1@SECONDS).
   sigaction(SIGUSR1, &action, nullptr);
+  // Under a launcher (mpirun's orted, srun's step daemon), the parent's death reaches the watcher as
+  // SIGUSR2 (ParentLost); a parent already gone is caught here.
+  if (g_parent.load() == 0 &&
+      (GetEnv("OMPI_COMM_WORLD_SIZE") || GetEnv("PMIX_RANK") || GetEnv("SLURM_PROCID"))) {
+    struct sigaction wake = {};
+    wake.sa_handler = [](int sig) {
+      const unsigned char byte = static_cast<unsigned char>(sig);
+      if (g_signal_pipe[1] >= 0) {
+        [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
+      }
+    };
+    sigemptyset(&wake.sa_mask);
+    sigaction(SIGUSR2, &wake, nullptr);
+    const pid_t parent = getppid();
+    g_parent = parent;
+    prctl(PR_SET_PDEATHSIG, SIGUSR2);
+    if (getppid() != parent) raise(SIGUSR2);
+  }
 }
+
+}  // namespace
+
+void SetSignalEndHook(SignalEndHook hook) { g_end_hook = hook; }
+
+namespace {
 
 // Registers the communicator with the signal watcher for the lifetime of Train.
 class WatchScope {
