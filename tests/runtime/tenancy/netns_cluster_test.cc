@@ -464,6 +464,47 @@ TEST_F(NetnsRestartTest, ARestartThatWouldNeedAHostOutsideTheResidencyIsRefusedC
   EXPECT_EQ(RankHosts(), (std::set<std::string>{"no1", "no2"}));
 }
 
+// A rank whose orted dies (kill -9 of Open MPI's daemon on no2) says so and ends by itself (issue 25
+// item 4): PR_SET_PDEATHSIG wakes its signal watcher, which finds its parent gone, records
+// parent_lost in its end record (stderr went to the dead orted) and exits; launch's end record of
+// that rank names the orted's pid.
+TEST_F(NetnsRestartTest, ARankWhoseOrtedDiesEndsAndSaysSoCli) {
+  PrepJob("NO", 100000);
+  FILE* pipe = Start("bash " + kScript + " exec " + kCluster->state() + " head sh -c " +
+                     ShellQuote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") +
+                                " --inventory " + Inventory() + " --np 2 --quiet"));
+  ASSERT_NE(pipe, nullptr);
+  for (int i = 0; i < 300 && !fs::exists(Path("run/checkpoints/step_000020")); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string ours = "[" + dir_.string().substr(0, 1) + "]" + dir_.string().substr(1);
+  // Rank 1 (on no2) and its parent, the orted of no2.
+  const RunResult found = Shell("for p in $(pgrep -f '" + ours +
+                                "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && "
+                                "echo $p $(ps -o ppid= -p $p); done");
+  int rank1 = 0, orted = 0;
+  ASSERT_EQ(std::sscanf(found.output.c_str(), "%d %d", &rank1, &orted), 2) << found.output;
+  EXPECT_THAT(ReadText("/proc/" + std::to_string(orted) + "/cmdline"), HasSubstr("orted"));
+  Shell("kill -9 " + std::to_string(orted));
+  const auto killed = std::chrono::steady_clock::now();
+  while (fs::exists("/proc/" + std::to_string(rank1)) &&
+         std::chrono::steady_clock::now() - killed < std::chrono::seconds(10))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const double gone_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  const RunResult done = Finish(pipe);
+  EXPECT_NE(done.exit_code, 0) << done.output;
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(rank1))) << done.output;
+  EXPECT_LT(gone_s, 3.0) << done.output;
+  std::string record;
+  for (const auto& d : fs::directory_iterator(Path("run/launch")))
+    if (d.path().filename().string().starts_with("ranks-")) record = ReadText((d.path() / "rank-1").string());
+  EXPECT_THAT(record, HasSubstr("ended parent_lost\n")) << done.output;
+  EXPECT_THAT(record, HasSubstr("rank 1 (host no2): its parent process (pid " + std::to_string(orted) +
+                                ", Open MPI's orted or srun's step daemon) has died"));
+  std::printf("orted killed -> its rank gone in %.2f s\n", gone_s);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(Shell("pgrep -f '" + ours + "'").output, "");
+}
+
 // ---- Node leases: two tenants launched at once never share a node (launcher/lease.h) ------------
 
 class NetnsLeaseTest : public NetnsTest {
