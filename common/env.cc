@@ -20,6 +20,7 @@ const EnvVarDoc kEnvVars[] = {
     {"FJORD_TEST_HOOK",
      "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
      "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, "
+     "comm_delay=RANK:MS (rank RANK spends MS ms more in the communication of every step), "
      "bench_corrupt=RANK:INDEX (fjord bench: "
      "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, "
      "once), "

@@ -90,6 +90,7 @@ int RunGatedJob(const char* command, const proto::JobSpec& job,
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(job));
   if (!comm.ok()) return Fail(command, comm.status());
   RecordRankStart((*comm)->rank(), ThisHostname());
+  SetSignalEndFile(RankSignalFile());
   StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(job, *gate, **comm);
   if (!tenancy.ok()) {
     RecordRankEnd("error", tenancy.status().message());

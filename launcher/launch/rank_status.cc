@@ -76,6 +76,12 @@ void RecordRankEnd(const std::string& how, const std::string& detail) {
   }
 }
 
+std::string RankSignalFile() {
+  Self& s = Me();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.path.empty() ? "" : s.path + ".signal";
+}
+
 std::vector<int> MissingRanksIn(const std::string& text) {
   std::set<int> found;
   // "waiting for rank N (host H)"
@@ -104,7 +110,7 @@ StatusOr<std::vector<RankStatus>> ReadRankStatuses(const std::string& dir) {
   if (!fs::exists(dir, ec)) return out;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (!name.starts_with("rank-")) continue;
+    if (!name.starts_with("rank-") || name.find('.') != std::string::npos) continue;
     FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(entry.path().string(), "rank status"));
     RankStatus s;
     std::istringstream in(text);
@@ -122,6 +128,13 @@ StatusOr<std::vector<RankStatus>> ReadRankStatuses(const std::string& dir) {
       }
     }
     if (s.rank < 0) return FailedPrecondition("rank status " + entry.path().string() + " names no rank");
+    if (s.ended.empty()) {  // the signal handler's own record, when the watcher had no time to write
+      StatusOr<std::string> sig = ReadWholeFile(entry.path().string() + ".signal", "rank signal record");
+      if (sig.ok() && sig->starts_with("signal ")) {
+        s.ended = sig->substr(0, sig->find('\n'));
+        s.detail = "recorded by the signal handler";
+      }
+    }
     out.push_back(std::move(s));
   }
   std::sort(out.begin(), out.end(), [](const RankStatus& a, const RankStatus& b) { return a.rank < b.rank; });

@@ -30,6 +30,11 @@ void RecordRankStart(int rank, const std::string& host);
 // thread, not from a signal handler. No-op before RecordRankStart or without the variable.
 void RecordRankEnd(const std::string& how, const std::string& detail);
 
+// rank-R.signal beside this rank's record ("" before RecordRankStart): the file the trainer's signal
+// handler writes on a signal from another process (SetSignalEndFile), read as the rank's end when
+// the record itself has none.
+std::string RankSignalFile();
+
 // The ranks that fjord's own messages in `text` name as missing: "waiting for rank N (host H)"
 // (Communicator::InFlight), "ranks not arrived: N (host H...)" and "ranks not answering within T:
 // N (host H)" (the census of a communication timeout).

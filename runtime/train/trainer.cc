@@ -114,6 +114,22 @@ std::atomic<SignalEndHook> g_end_hook{nullptr};
 // SIGUSR2 (PR_SET_PDEATHSIG).
 std::atomic<pid_t> g_parent{0};
 
+// SetSignalEndFile's path, for the handler (open, write and close are async-signal-safe).
+char g_end_file[4096] = {0};
+
+void WriteSignalEndFile(int sig) {
+  if (g_end_file[0] == 0) return;
+  char text[32] = "signal ";
+  size_t n = 7;
+  if (sig >= 10) text[n++] = static_cast<char>('0' + sig / 10);
+  text[n++] = static_cast<char>('0' + sig % 10);
+  text[n++] = '\n';
+  const int fd = open(g_end_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  [[maybe_unused]] const ssize_t w = write(fd, text, n);
+  close(fd);
+}
+
 void OnStopSignal(int sig, siginfo_t* info, void*) {
   if (g_stop_signals.fetch_add(1) >= 1) {
     ZeroHostArenasNow(sig);
@@ -128,6 +144,7 @@ void OnStopSignal(int sig, siginfo_t* info, void*) {
   }
   if (g_signal_pipe[1] >= 0) {
     const bool from_other = info != nullptr && info->si_code == SI_USER && info->si_pid != getpid();
+    if (from_other && sig != SIGUSR1) WriteSignalEndFile(sig);
     const unsigned char byte = static_cast<unsigned char>(sig) | (from_other ? kFromPeer : 0);
     [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
   }
@@ -284,6 +301,12 @@ void InstallStopHandlers() {
 }  // namespace
 
 void SetSignalEndHook(SignalEndHook hook) { g_end_hook = hook; }
+
+void SetSignalEndFile(const std::string& path) {
+  const size_t n = std::min(path.size(), sizeof(g_end_file) - 1);
+  std::memcpy(g_end_file, path.data(), n);
+  g_end_file[n] = 0;
+}
 
 namespace {
 
@@ -496,6 +519,8 @@ namespace {
 //                                    the job; its peers are waiting in the gradient reduction)
 //   signal_after_step=STEP           this process sends itself SIGTERM at the end of step STEP
 //                                    (preemption)
+//   comm_delay=RANK:MS               rank RANK spends MS ms more in the communication of every step
+//                                    (a slow link: the straggler report)
 class StepHooks {
  public:
   static StepHooks FromEnvironment(int rank) {
@@ -512,6 +537,10 @@ class StepHooks {
       hooks.nan_step_ = std::atoi(value->c_str());
     if (std::optional<std::string> value = TestHook("signal_after_step")) {
       hooks.signal_step_ = std::atoi(value->c_str());
+    }
+    if (std::optional<std::string> value = TestHook("comm_delay");
+        value && std::sscanf(value->c_str(), "%d:%d", &hooks.delay_rank_, &hooks.delay_ms_) != 2) {
+      hooks.delay_rank_ = -1;
     }
     if (std::optional<std::string> value = TestHook("fail_in_step");
         value && std::sscanf(value->c_str(), "%d:%d", &hooks.fail_rank_, &hooks.fail_step_) != 2) {
@@ -535,6 +564,12 @@ class StepHooks {
     return OkStatus();
   }
 
+  // In the communication of every step (timed as exposed_comm_ms).
+  void InCommunication() const {
+    if (delay_rank_ == rank_ && delay_ms_ > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+  }
+
   // At the end of step `step`, before the ranks agree whether to stop.
   void BeforeStopVote(int step) const {
     if (signal_step_ == step) raise(SIGTERM);
@@ -545,6 +580,7 @@ class StepHooks {
   int nan_step_ = 0, signal_step_ = 0;  // 0: off (steps are 1-based)
   int sleep_rank_ = -1, sleep_step_ = -1, sleep_seconds_ = 0;
   int fail_rank_ = -1, fail_step_ = -1;
+  int delay_rank_ = -1, delay_ms_ = 0;
 };
 
 // The training of one rank, as Train documents it. Setup() is everything before the first step, in
@@ -594,7 +630,7 @@ class Trainer {
       FJORD_ASSIGN_OR_RETURN(StepMetrics metrics, Step(step));
       FJORD_RETURN_IF_ERROR(MaybeEvaluate(metrics));
       hooks_.BeforeStopVote(metrics.step);
-      FJORD_ASSIGN_OR_RETURN(const bool stop, StopRequested());
+      FJORD_ASSIGN_OR_RETURN(const bool stop, StopRequested(metrics));
       FJORD_RETURN_IF_ERROR(MaybeCloseEnergyWindow(metrics, stop));
       if (lead_) FJORD_RETURN_IF_ERROR(sink_.Record(metrics));
       FJORD_RETURN_IF_ERROR(MaybeCheckpoint(metrics.step, stop));
@@ -964,6 +1000,7 @@ class Trainer {
     } else {
       sum_squares = model.GradSumSquares();
     }
+    hooks_.InCommunication();
     comm_seconds += Seconds(comm_start, Clock::now());
     const float grad_norm = std::sqrt(sum_squares);
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
@@ -1054,6 +1091,8 @@ class Trainer {
       for (size_t i = 0; i < energy_->names().size(); ++i) mine += "\n" + energy_->names()[i];
     }
     FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> all, AllGatherStrings(comm_, mine));
+    hosts_.clear();
+    for (const std::string& a : all) hosts_.push_back(a.substr(0, a.find('\n')));
     if (audit == nullptr) return OkStatus();
     std::string ranks = "[";
     for (size_t r = 0; r < all.size(); ++r) {
@@ -1155,10 +1194,59 @@ class Trainer {
   }
 
   // Whether any rank was asked to stop (SIGTERM, SIGINT, SIGUSR1): all stop after the same step.
-  StatusOr<bool> StopRequested() {
-    int stop = g_stop_signals.load() > 0 ? 1 : 0;
-    if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
-    return stop != 0;
+  // On the step that closes a straggler window the vote carries each rank's median communication
+  // time too (one all-reduce either way: a max over [stop, rank 0's, rank 1's, ...], each rank
+  // filling its own slot), and rank 0 reports a straggler in `m`.
+  StatusOr<bool> StopRequested(StepMetrics& m) {
+    const int every = job_.parallel().straggler_every_steps();
+    window_comm_ms_.push_back(m.exposed_comm_ms);
+    if (world_ == 1 || every <= 0 || m.step % every != 0) {
+      int stop = g_stop_signals.load() > 0 ? 1 : 0;
+      if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
+      if (every > 0 && m.step % every == 0) window_comm_ms_.clear();
+      return stop != 0;
+    }
+    std::vector<float> vote(1 + static_cast<size_t>(world_), 0.0f);
+    vote[0] = g_stop_signals.load() > 0 ? 1.0f : 0.0f;
+    vote[1 + static_cast<size_t>(rank_)] = static_cast<float>(Median(window_comm_ms_));
+    const int from = m.step - static_cast<int>(window_comm_ms_.size()) + 1;
+    window_comm_ms_.clear();
+    FJORD_RETURN_IF_ERROR(
+        comm_.AllReduce(vote.data(), vote.data(), vote.size(), DataType::kF32, ReduceOp::kMax));
+    if (lead_) ReportStraggler(std::vector<double>(vote.begin() + 1, vote.end()), from, m);
+    return vote[0] != 0.0f;
+  }
+
+  static double Median(std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+  }
+
+  // Rank 0: the slowest rank's median communication time against the median of the others'.
+  void ReportStraggler(const std::vector<double>& per_rank, int from, StepMetrics& m) {
+    const size_t slowest =
+        static_cast<size_t>(std::max_element(per_rank.begin(), per_rank.end()) - per_rank.begin());
+    std::vector<double> others;
+    for (size_t r = 0; r < per_rank.size(); ++r)
+      if (r != slowest) others.push_back(per_rank[r]);
+    const double median = Median(others), worst = per_rank[slowest];
+    const double factor = job_.parallel().straggler_factor();
+    if (!(worst > factor * median && worst - median >= 1.0)) return;
+    const std::string host = slowest < hosts_.size() ? hosts_[slowest] : "?";
+    m.straggler_rank = static_cast<double>(slowest);
+    m.straggler_host = host;
+    m.straggler_from_step = from;
+    m.straggler_comm_ms = worst;
+    m.straggler_median_ms = median;
+    std::fprintf(stderr,
+                 "fjord train: warning: straggler: rank %zu (host %s) spent a median %.1f ms per step "
+                 "communicating over steps %d-%d, %.1fx the median %.1f ms of the other ranks "
+                 "(parallel.straggler_factor %g); check that host's network link\n",
+                 slowest, host.c_str(), worst, from, m.step, median > 0 ? worst / median : 0.0, median,
+                 factor);
+    std::fflush(stderr);
   }
 
   // A checkpoint every checkpoint.every_steps, after the last step and when stopping.
@@ -1222,7 +1310,9 @@ class Trainer {
 
   GptConfig config_;
   int B_ = 0, T_ = 0, accum_ = 0;
-  uint64_t global_batch_ = 0;  // sequences per optimizer step, all ranks
+  uint64_t global_batch_ = 0;           // sequences per optimizer step, all ranks
+  std::vector<double> window_comm_ms_;  // this rank's exposed_comm_ms of the straggler window's steps
+  std::vector<std::string> hosts_;      // every rank's host (RecordDevices)
   size_t multiple_ = 16, num_params_ = 0, buffer_ = 0, shard_ = 0, shard_begin_ = 0, optimizer_count_ = 0;
   RankInfo where_;
   int threads_ = 1;

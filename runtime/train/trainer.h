@@ -95,6 +95,11 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 using SignalEndHook = void (*)(int sig, const std::string& how, const std::string& detail, bool exiting);
 void SetSignalEndHook(SignalEndHook hook);
 
+// A file the signal handler itself writes ("signal N") on the first signal from another process,
+// before the watcher thread runs: the record that survives when the SIGKILL that follows a teardown
+// comes before the watcher was scheduled. "" (the default): none. Set it before training.
+void SetSignalEndFile(const std::string& path);
+
 // Sets the OpenMP thread count of the CPU kernels (GEMMs included: kernels/cpu/matmul.cc runs
 // single-threaded OpenBLAS on blocks of the OpenMP team): OMP_NUM_THREADS when set, else
 // `threads` when > 0, else the cores this process may run on. Returns the count used.

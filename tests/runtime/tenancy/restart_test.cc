@@ -70,6 +70,21 @@ TEST_F(RankStatusTest, ARankWithoutAnEndMarksItsNodeAndTheSurvivorsDoNot) {
   EXPECT_THAT(f.evidence, HasSubstr("rank 1 (no2): no end recorded (pid 41 on no2"));
 }
 
+TEST_F(RankStatusTest, TheSignalHandlersOwnRecordCountsAsAnEnd) {
+  // Rank 0 was SIGKILLed before its watcher wrote: the handler's rank-0.signal says it was alive to
+  // receive the teardown's SIGTERM, so only rank 1's node is marked.
+  Write(0, "no1");
+  WriteText(Path("ranks/rank-0.signal"), "signal 15\n");
+  Write(1, "no2");
+  Write(2, "no2", "signal 15", "", "");
+  Write(3, "se1", "signal 15", "", "");
+  StatusOr<std::vector<RankStatus>> s = ReadRankStatuses(Path("ranks"));
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  ASSERT_EQ(s->size(), 4u);
+  EXPECT_EQ((*s)[0].ended, "signal 15");
+  EXPECT_THAT(FindFailedNodes(*s, ThreeNodes()).hosts, ElementsAre("no2"));
+}
+
 TEST_F(RankStatusTest, ASurvivorsCensusNamesTheNodeEvenWhenEveryRankEnded) {
   // A communication timeout: every rank ended through fjord's paths; rank 0's census names rank 3.
   Write(0, "no1", "error", "3", "ranks not arrived: 3 (host se1: last issued #8)");
