@@ -75,6 +75,7 @@ std::atomic<const Tenancy*> g_running_tenancy{nullptr};
 // fjord launch --max-restarts (launch/rank_status.h) and, when the rank is ending, rank 0's job_end
 // with the signal.
 void OnRankSignal(int sig, const std::string& how, const std::string& detail, bool exiting) {
+  if (how == "waiting") return RecordRankWaiting(detail);
   RecordRankEnd(how, detail);
   const Tenancy* tenancy = g_running_tenancy.load();
   if (exiting && tenancy != nullptr) {
@@ -91,6 +92,10 @@ int RunGatedJob(const char* command, const proto::JobSpec& job,
   if (!comm.ok()) return Fail(command, comm.status());
   RecordRankStart((*comm)->rank(), ThisHostname());
   SetSignalEndFile(RankSignalFile());
+  // Any other exit() of the process (MPI's own error handling when a peer's connection drops ends
+  // the rank through exit): it was alive when the peer went.
+  std::atexit(
+      [] { RecordRankEnd("exit", "the process exited outside fjord's paths (e.g. MPI's error handling)"); });
   StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(job, *gate, **comm);
   if (!tenancy.ok()) {
     RecordRankEnd("error", tenancy.status().message());

@@ -37,7 +37,13 @@ Self& Me() {
 Status WriteRecord(const Self& s, const std::string& how, const std::string& detail) {
   std::string text =
       "rank " + std::to_string(s.rank) + "\nhost " + s.host + "\npid " + std::to_string(::getpid()) + "\n";
-  if (!how.empty()) {
+  if (how == "waiting" && !detail.empty()) {
+    std::string missing;
+    for (int r : MissingRanksIn(detail)) missing += (missing.empty() ? "" : ",") + std::to_string(r);
+    std::string flat = detail;
+    std::replace(flat.begin(), flat.end(), '\n', ' ');
+    text += "waiting " + flat + "\nmissing " + missing + "\n";
+  } else if (!how.empty() && how != "waiting") {
     std::string missing;
     for (int r : MissingRanksIn(detail)) missing += (missing.empty() ? "" : ",") + std::to_string(r);
     std::string flat = detail;
@@ -82,6 +88,16 @@ std::string RankSignalFile() {
   return s.path.empty() ? "" : s.path + ".signal";
 }
 
+void RecordRankWaiting(const std::string& detail) {
+  Self& s = Me();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.path.empty() || s.ended) return;
+  if (Status w = WriteRecord(s, "waiting", detail); !w.ok()) {
+    std::fprintf(stderr, "fjord: warning: rank %d cannot write its record: %s\n", s.rank,
+                 w.message().c_str());
+  }
+}
+
 std::vector<int> MissingRanksIn(const std::string& text) {
   std::set<int> found;
   // "waiting for rank N (host H)"
@@ -122,6 +138,7 @@ StatusOr<std::vector<RankStatus>> ReadRankStatuses(const std::string& dir) {
       if (key == "pid") s.pid = std::atol(value.c_str());
       if (key == "ended") s.ended = value;
       if (key == "detail") s.detail = value;
+      if (key == "waiting") s.waiting = value;
       if (key == "missing") {
         std::istringstream list(value);
         for (std::string r; std::getline(list, r, ',');) s.missing.push_back(std::atoi(r.c_str()));
@@ -148,17 +165,22 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
   }
   std::map<int, std::string> why;  // failed rank -> the evidence
   for (const RankStatus& s : statuses) {
-    if (s.ended.empty()) continue;
+    if (s.ended.empty() && s.waiting.empty()) continue;
+    const std::string& said = s.ended.empty() ? s.waiting : s.detail;
     for (int m : s.missing) {
+      // A note of a rank that did not end (it was stalled when it was killed) names only a peer that
+      // did not end through fjord's paths either.
+      const RankStatus* named = m >= 0 && m < placement.ranks ? by_rank[static_cast<size_t>(m)] : nullptr;
+      if (s.ended.empty() && named != nullptr && !named->ended.empty()) continue;
       if (m >= 0 && m < placement.ranks && m != s.rank && !why.count(m))
-        why[m] = "named missing by rank " + std::to_string(s.rank) + " (" + s.detail.substr(0, 160) + ")";
+        why[m] = "named missing by rank " + std::to_string(s.rank) + " (" + said.substr(0, 160) + ")";
     }
   }
   for (int r = 0; r < placement.ranks; ++r) {
     const RankStatus* s = by_rank[static_cast<size_t>(r)];
     if (s == nullptr) {
       why[r] = "no start record (it never started)";
-    } else if (s->ended.empty()) {
+    } else if (s->ended.empty() && s->waiting.empty()) {
       why[r] = "no end recorded (pid " + std::to_string(s->pid) + " on " + s->host + " ended unseen)";
     } else if (s->ended == "parent_lost") {
       why[r] = "lost its parent (orted): " + s->detail.substr(0, 160);

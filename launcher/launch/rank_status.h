@@ -19,6 +19,11 @@ namespace fjord {
 
 inline constexpr char kRankStatusDirEnv[] = "FJORD_RANK_STATUS_DIR";
 
+// Notes, without ending the record, that this rank has been waiting in `detail` (a collective
+// waiting for a peer, which MissingRanksIn names): a rank with this note was alive when that peer
+// stopped answering. A later note or end replaces it; an empty `detail` removes the note.
+void RecordRankWaiting(const std::string& detail);
+
 // Writes this rank's start record when FJORD_RANK_STATUS_DIR is set (else nothing). Later ends
 // rewrite the same file (RecordRankEnd). Failures to write are reported on stderr, not fatal.
 void RecordRankStart(int rank, const std::string& host);
@@ -44,8 +49,9 @@ struct RankStatus {
   int rank = -1;
   std::string host;  // as the rank saw it (ThisHostname)
   long pid = 0;
-  std::string ended;   // "" while it has not recorded an end
-  std::string detail;  // the end's message
+  std::string ended;    // "" while it has not recorded an end
+  std::string waiting;  // RecordRankWaiting's note ("" without one)
+  std::string detail;   // the end's message
   std::vector<int> missing;
 };
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <omp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -205,9 +206,50 @@ SignalWatch g_watch;
   std::_Exit(128 + SIGHUP);
 }
 
+// Between signals the watcher looks at the collective in flight every kStallPoll: one still waiting
+// for the same peer kStallPolls looks later is reported to the hook as "waiting" (not an end), so
+// that the rank's record names the peer it lost even when the job's teardown SIGKILLs it before
+// any handler runs.
+constexpr int kStallPollMs = 100;
+constexpr int kStallPolls = 3;
+
+void NoteStall(std::string& last_op, int& seen, std::string& reported) {
+  const SignalEndHook hook = g_end_hook.load();
+  std::string now;
+  {
+    std::lock_guard<std::mutex> lock(g_watch.mu);
+    if (g_watch.comm == nullptr || g_watch.comm->size() == 1) return;
+    now = g_watch.comm->InFlight();
+  }
+  const std::string op = now.find(", waiting for rank ") == std::string::npos ? "" : InFlightOp(now);
+  if (!reported.empty() && op != reported && hook != nullptr) {
+    reported.clear();
+    hook(0, "waiting", "", false);  // the stall is over: the note goes
+  }
+  if (op.empty()) {
+    last_op.clear();
+    seen = 0;
+    return;
+  }
+  seen = op == last_op ? seen + 1 : 1;
+  last_op = op;
+  if (seen < kStallPolls || !reported.empty() || hook == nullptr) return;
+  reported = op;
+  hook(0, "waiting", "in " + now, false);
+}
+
 void WatchSignals() {
+  std::string last_op, reported;
+  int seen = 0;
   for (;;) {
     unsigned char byte = 0;
+    struct pollfd in = {g_signal_pipe[0], POLLIN, 0};
+    const int ready = poll(&in, 1, kStallPollMs);
+    if (ready == 0) {
+      NoteStall(last_op, seen, reported);
+      continue;
+    }
+    if (ready < 0 && errno == EINTR) continue;
     const ssize_t n = read(g_signal_pipe[0], &byte, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n != 1) return;
@@ -291,6 +333,20 @@ void InstallStopHandlers() {
     };
     sigemptyset(&wake.sa_mask);
     sigaction(SIGUSR2, &wake, nullptr);
+    // A send to a peer that has died can end the rank with SIGPIPE at once (the default action),
+    // before any teardown signal: the handler records it (SetSignalEndFile), then the signal takes
+    // its default course. Left alone where something (MPI) already handles or ignores it.
+    struct sigaction pipe_now = {};
+    if (sigaction(SIGPIPE, nullptr, &pipe_now) == 0 && pipe_now.sa_handler == SIG_DFL) {
+      struct sigaction record = {};
+      record.sa_handler = [](int sig) {
+        WriteSignalEndFile(sig);
+        signal(sig, SIG_DFL);
+        raise(sig);
+      };
+      sigemptyset(&record.sa_mask);
+      sigaction(SIGPIPE, &record, nullptr);
+    }
     const pid_t parent = getppid();
     g_parent = parent;
     prctl(PR_SET_PDEATHSIG, SIGUSR2);
@@ -1200,20 +1256,26 @@ class Trainer {
   StatusOr<bool> StopRequested(StepMetrics& m) {
     const int every = job_.parallel().straggler_every_steps();
     window_comm_ms_.push_back(m.exposed_comm_ms);
+    window_step_ms_.push_back(m.ms);
     if (world_ == 1 || every <= 0 || m.step % every != 0) {
       int stop = g_stop_signals.load() > 0 ? 1 : 0;
       if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
-      if (every > 0 && m.step % every == 0) window_comm_ms_.clear();
+      if (every > 0 && m.step % every == 0) {
+        window_comm_ms_.clear();
+        window_step_ms_.clear();
+      }
       return stop != 0;
     }
     std::vector<float> vote(1 + static_cast<size_t>(world_), 0.0f);
     vote[0] = g_stop_signals.load() > 0 ? 1.0f : 0.0f;
     vote[1 + static_cast<size_t>(rank_)] = static_cast<float>(Median(window_comm_ms_));
     const int from = m.step - static_cast<int>(window_comm_ms_.size()) + 1;
+    const double step_ms = Median(window_step_ms_);
     window_comm_ms_.clear();
+    window_step_ms_.clear();
     FJORD_RETURN_IF_ERROR(
         comm_.AllReduce(vote.data(), vote.data(), vote.size(), DataType::kF32, ReduceOp::kMax));
-    if (lead_) ReportStraggler(std::vector<double>(vote.begin() + 1, vote.end()), from, m);
+    if (lead_) ReportStraggler(std::vector<double>(vote.begin() + 1, vote.end()), from, step_ms, m);
     return vote[0] != 0.0f;
   }
 
@@ -1225,7 +1287,9 @@ class Trainer {
   }
 
   // Rank 0: the slowest rank's median communication time against the median of the others'.
-  void ReportStraggler(const std::vector<double>& per_rank, int from, StepMetrics& m) {
+  // A straggler costs a quarter of the median step at least (and 2 ms): scheduling jitter of a few
+  // percent of a step is not one.
+  void ReportStraggler(const std::vector<double>& per_rank, int from, double step_ms, StepMetrics& m) {
     const size_t slowest =
         static_cast<size_t>(std::max_element(per_rank.begin(), per_rank.end()) - per_rank.begin());
     std::vector<double> others;
@@ -1233,7 +1297,7 @@ class Trainer {
       if (r != slowest) others.push_back(per_rank[r]);
     const double median = Median(others), worst = per_rank[slowest];
     const double factor = job_.parallel().straggler_factor();
-    if (!(worst > factor * median && worst - median >= 1.0)) return;
+    if (!(worst > factor * median && worst - median >= std::max(2.0, 0.25 * step_ms))) return;
     const std::string host = slowest < hosts_.size() ? hosts_[slowest] : "?";
     m.straggler_rank = static_cast<double>(slowest);
     m.straggler_host = host;
@@ -1312,6 +1376,7 @@ class Trainer {
   int B_ = 0, T_ = 0, accum_ = 0;
   uint64_t global_batch_ = 0;           // sequences per optimizer step, all ranks
   std::vector<double> window_comm_ms_;  // this rank's exposed_comm_ms of the straggler window's steps
+  std::vector<double> window_step_ms_;  // and its step times
   std::vector<std::string> hosts_;      // every rank's host (RecordDevices)
   size_t multiple_ = 16, num_params_ = 0, buffer_ = 0, shard_ = 0, shard_begin_ = 0, optimizer_count_ = 0;
   RankInfo where_;

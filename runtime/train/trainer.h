@@ -89,7 +89,9 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 // Told by the trainer's signal watcher (a thread, never the signal handler) how a rank is ending:
 // `how` is "signal N" when a signal from another process (mpirun's daemon tearing the job down, a
 // kill) reaches it, or "parent_lost" when the process that started it (Open MPI's orted, srun's
-// step daemon) has died; `detail` says what the rank was doing; `exiting`: the watcher ends the
+// step daemon) has died, or "waiting" (sig 0, not an end) when a collective has waited for the same
+// peer for 0.3 s (a peer that may be lost: the note that survives a SIGKILL of this rank in the
+// job's teardown); `detail` says what the rank was doing; `exiting`: the watcher ends the
 // process right after the call (else the rank may still finish its step and end normally). The
 // launcher records it (the rank's end record, rank 0's job_end with the signal).
 using SignalEndHook = void (*)(int sig, const std::string& how, const std::string& detail, bool exiting);

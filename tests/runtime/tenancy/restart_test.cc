@@ -17,6 +17,8 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ReadText;
 using testing::WriteText;
 
 TEST(RankStatus, MissingRanksAreTakenFromFjordsOwnMessages) {
@@ -83,6 +85,26 @@ TEST_F(RankStatusTest, TheSignalHandlersOwnRecordCountsAsAnEnd) {
   ASSERT_EQ(s->size(), 4u);
   EXPECT_EQ((*s)[0].ended, "signal 15");
   EXPECT_THAT(FindFailedNodes(*s, ThreeNodes()).hosts, ElementsAre("no2"));
+}
+
+TEST_F(RankStatusTest, AStalledSurvivorsNoteNamesThePeerWhenTheTeardownKilledItSilently) {
+  // Rank 0 waited for rank 1 long enough to note it, then the teardown's SIGKILL beat its handler.
+  Write(0, "no1");
+  WriteText(Path("ranks/rank-0"),
+            ReadText(Path("ranks/rank-0")) +
+                "waiting in AllReduce #7 (4 bytes), running for 0.3 s, waiting for rank 1 "
+                "(host no2)\nmissing 1\n");
+  Write(1, "no2");
+  Write(2, "no2", "signal 15", "", "");
+  Write(3, "se1", "signal 15", "", "");
+  FailedNodes f = FindFailedNodes(*ReadRankStatuses(Path("ranks")), ThreeNodes());
+  EXPECT_THAT(f.hosts, ElementsAre("no2"));
+  EXPECT_THAT(f.evidence, Not(HasSubstr("rank 0")));
+  // A note naming a peer that did end through fjord's paths does not blame it (a stall that a SIGKILL
+  // of the noting rank ended, not a lost peer); nothing else marks a node here.
+  Write(1, "no2", "signal 15", "", "");
+  f = FindFailedNodes(*ReadRankStatuses(Path("ranks")), ThreeNodes());
+  EXPECT_TRUE(f.hosts.empty()) << f.evidence;
 }
 
 TEST_F(RankStatusTest, ASurvivorsCensusNamesTheNodeEvenWhenEveryRankEnded) {
