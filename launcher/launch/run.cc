@@ -564,7 +564,7 @@ void AddLaunchCommand(CLI::App& app) {
           "--max-restarts runs the job again under fjord launch's own mpirun; under --slurm let Slurm "
           "requeue "
           "it instead (sbatch --requeue, and scontrol requeue with the failed node drained; "
-          "docs/RELIABILITY.md, \"Restarts\")");
+          "docs/ARCHITECTURE.md, \"Restarts on the healthy nodes\")");
     }
     if (c->count("--wait-for-nodes") > 0) {
       const std::string& w = a->wait_for_nodes;
