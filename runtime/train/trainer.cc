@@ -1255,8 +1255,10 @@ class Trainer {
   // filling its own slot), and rank 0 reports a straggler in `m`.
   StatusOr<bool> StopRequested(StepMetrics& m) {
     const int every = job_.parallel().straggler_every_steps();
-    window_comm_ms_.push_back(m.exposed_comm_ms);
-    window_step_ms_.push_back(m.ms);
+    if (every > 0 && world_ > 1) {  // nothing to compare otherwise
+      window_comm_ms_.push_back(m.exposed_comm_ms);
+      window_step_ms_.push_back(m.ms);
+    }
     if (world_ == 1 || every <= 0 || m.step % every != 0) {
       int stop = g_stop_signals.load() > 0 ? 1 : 0;
       if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
