@@ -41,8 +41,8 @@ std::string FailureCause(const std::string& line) {
   static const std::regex mpi_abort("MPI_ABORT was invoked on rank ([0-9]+) in communicator");
   std::smatch m;
   if (std::regex_search(line, m, aborts)) {
-    return "rank " + m[1].str() + " on host " + m[2].str() + " ended the job: " +
-           std::regex_replace(m[3].str(), own_prefix, "");
+    return "rank " + m[1].str() + " on host " + m[2].str() +
+           " ended the job: " + std::regex_replace(m[3].str(), own_prefix, "");
   }
   if (std::regex_search(line, m, signal)) {
     return "rank " + m[1].str() + " on host " + m[2].str() + " killed by signal " + m[3].str() +

@@ -20,10 +20,10 @@ struct Supervision {
 };
 
 struct JobOutcome {
-  int exit_code = 1;          // the child's exit code, 128 + signal when killed
-  std::string cause;          // the first failure seen, in words ("" when none was seen)
+  int exit_code = 1;             // the child's exit code, 128 + signal when killed
+  std::string cause;             // the first failure seen, in words ("" when none was seen)
   bool ended_by_launch = false;  // mpirun did not end the job within the grace period
-  double end_after_s = 0;     // from the first failure seen to the child's end (0: no failure seen)
+  double end_after_s = 0;        // from the first failure seen to the child's end (0: no failure seen)
 };
 
 // The failure one line of the job's stderr reports, in words, or "" when it reports none:

@@ -94,12 +94,14 @@ class NetnsFaultTest : public testing::TenancyTest {
   // The processes in host HOST's network namespace ("" when none), one "PID COMMAND" a line.
   std::string ProcessesOn(const std::string& host) {
     const std::string ns = Trim(ReadText(kCluster->state() + "/prefix")) + "-" + host;
-    return Shell("for p in $(ip netns pids " + ns + "); do echo \"$p $(tr '\\0' ' ' < /proc/$p/cmdline)\"; done")
+    return Shell("for p in $(ip netns pids " + ns +
+                 "); do echo \"$p $(tr '\\0' ' ' < /proc/$p/cmdline)\"; done")
         .output;
   }
   // Polls until HOST has no process (true), or `seconds` pass (false).
   bool WaitUntilEmpty(const std::string& host, double seconds) {
-    const Clock::time_point until = Clock::now() + std::chrono::milliseconds(static_cast<int>(seconds * 1000));
+    const Clock::time_point until =
+        Clock::now() + std::chrono::milliseconds(static_cast<int>(seconds * 1000));
     while (!ProcessesOn(host).empty()) {
       if (Clock::now() > until) return false;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -149,21 +151,26 @@ TEST_F(NetnsFaultTest, CutOffHostEndsTheJobOnTheReachableHostsWithinTheBoundCli)
   EXPECT_THAT(exits[0], HasSubstr("\"ended_by\":\"fjord launch\""));
   const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
   ASSERT_EQ(Count(events, "lease_released"), 1) << out;
-  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "lease_released")[0], HasSubstr("\"nodes\":[\"no1\",\"no2\"]"));
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "lease_released")[0],
+              HasSubstr("\"nodes\":[\"no1\",\"no2\"]"));
   for (const char* host : {"no1", "no2"})
     EXPECT_EQ(ReadText(kCluster->state() + "/leases/" + host + ".lease"), "") << host << "'s lease is held";
   EXPECT_TRUE(VerifyAuditLog(Path("run/audit.jsonl"))->ok);
   // The rank on the cut host ended by its own timeout, and its file says so (its console is cut off).
   const std::string flight1 = Path("run/flight/rank-1.txt");
-  for (int i = 0; i < 100 && !fs::exists(flight1); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_THAT(ReadText(flight1), ::testing::ContainsRegex("timed out after [0-9.]+ s on rank 1 \\(host no2\\): "
-                                                          "ranks not answering within [0-9.]+ s: 0 \\(host no1\\)"));
+  for (int i = 0; i < 100 && !fs::exists(flight1); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_THAT(ReadText(flight1),
+              ::testing::ContainsRegex("timed out after [0-9.]+ s on rank 1 \\(host no2\\): "
+                                       "ranks not answering within [0-9.]+ s: 0 \\(host no1\\)"));
   EXPECT_THAT(ReadText(flight1), HasSubstr("fjord: flight recorder of rank 1 (host no2)"));
   EXPECT_EQ((fs::status(flight1).permissions() & (fs::perms::group_all | fs::perms::others_all)),
             fs::perms::none)
       << "a tenant's flight file is private";
-  EXPECT_THAT(ReadText(Path("run/flight/rank-0.txt")), HasSubstr("fjord: flight recorder of rank 0 (host no1)"));
-  EXPECT_THAT(out, HasSubstr("fjord: rank 0 (host no1): flight recorder written to " + Path("run/flight/rank-0.txt")));
+  EXPECT_THAT(ReadText(Path("run/flight/rank-0.txt")),
+              HasSubstr("fjord: flight recorder of rank 0 (host no1)"));
+  EXPECT_THAT(out, HasSubstr("fjord: rank 0 (host no1): flight recorder written to " +
+                             Path("run/flight/rank-0.txt")));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("fjord: flight recorder of"))) << "a dump on the console";
   // The nodes are free at once: a second job on them starts without waiting (no1 only: no2 is cut).
   RunResult again = Finish(StartLaunch("run2", 1, "--set train.steps=2"));
@@ -199,8 +206,9 @@ TEST_F(NetnsFaultTest, BlackHoleOfEightTenthsOfTheTimeoutIsSurvivedWithTheSameLo
   ASSERT_EQ(run.exit_code, 0) << run.output;
   // The outage outlasted the timeout (TCP resends 6.2 s after a segment is first lost): the census
   // found every rank, and the collective was given more time instead of ending the job.
-  EXPECT_THAT(run.output, ::testing::ContainsRegex("is late on rank [01] \\(host no[12]\\) after [0-9.]+ s, but "
-                                                   "every rank arrived .*: waiting 5.0 s more"))
+  EXPECT_THAT(run.output,
+              ::testing::ContainsRegex("is late on rank [01] \\(host no[12]\\) after [0-9.]+ s, but "
+                                       "every rank arrived .*: waiting 5.0 s more"))
       << run.output;
   EXPECT_LT(during, static_cast<size_t>(kSteps)) << "the black hole began after training had ended";
   EXPECT_EQ(later, during) << "training went on through the black hole";
