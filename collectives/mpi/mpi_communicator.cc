@@ -318,6 +318,7 @@ struct CensusMsg {
   int64_t running = 0;       // collective running now on `from` (0: none)
   int64_t p2p_issued = 0;    // SendRecv calls issued on `from`
   int64_t idle_us = 0;       // since `from` last issued anything
+  int64_t done_us = 0;       // since `from` last completed a collective
   int64_t kind_at_seq = -1;  // OpKind of `seq` on `from`; -1 when not issued or forgotten
   int64_t bytes_at_seq = 0;
 };
@@ -530,6 +531,7 @@ class MpiCommunicator final : public Communicator {
   std::atomic<uint64_t> running_seq_{0};
   std::atomic<int> waiting_peer_{-1};      // the peer of the ring/tree message being waited for (-1: none)
   std::atomic<int64_t> last_issue_us_{0};  // since origin_
+  std::atomic<int64_t> last_done_us_{0};   // since origin_: when the last collective completed
   std::atomic<bool> failed_flag_{false};
 
   // Executor-only state.
@@ -867,7 +869,10 @@ Status MpiCommunicator::Execute(OpInfo& op) {
   current_ = nullptr;
   running_seq_.store(0);
   if (!s.ok()) return Fail(op, s);
-  if (op.seq != 0) completed_seq_.store(op.seq);
+  if (op.seq != 0) {
+    completed_seq_.store(op.seq);
+    last_done_us_.store(std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count());
+  }
   recorder_.MarkEnded(op.record, OpState::kDone);
   return OkStatus();
 }
@@ -1095,6 +1100,7 @@ CensusMsg MpiCommunicator::MyCensus(uint64_t seq) const {
   m.p2p_issued = static_cast<int64_t>(issued_p2p_.load());
   m.idle_us =
       std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count() - last_issue_us_.load();
+  m.done_us = std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count() - last_done_us_.load();
   if (seq != 0) {
     if (std::optional<FlightEntry> e = recorder_.FindSeq(seq)) {
       m.kind_at_seq = static_cast<int64_t>(e->kind);
@@ -1145,8 +1151,10 @@ void MpiCommunicator::ServiceCensus() {
               &reply.req);
 
     // A rank that has not called the collective yet says so, so that its log explains itself.
-    if (request.seq != 0 && reply.msg.issued < request.seq && reply.msg.running == 0 && !explained_absence_ &&
-        !failed_flag_) {
+    const bool just_done =
+        microseconds(reply.msg.done_us) < std::min<Clock::duration>(milliseconds(1000), options_.timeout / 2);
+    if (request.seq != 0 && reply.msg.issued < request.seq && reply.msg.running == 0 && !just_done &&
+        !explained_absence_ && !failed_flag_) {
       explained_absence_ = true;
       const std::string text = FlightReport(
           "fjord: " + Me() + " has not issued collective #" + std::to_string(request.seq) + " that rank " +
@@ -1233,6 +1241,13 @@ std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& 
     } else if (m.issued < static_cast<int64_t>(op.seq) && m.running != 0 && m.running == m.issued) {
       // Still in the collective before: waiting on the network too (its data is late), not elsewhere.
       behind.push_back(std::to_string(p) + " (host " + host + ": in #" + std::to_string(m.running) + ")");
+    } else if (m.issued < static_cast<int64_t>(op.seq) && m.completed == m.issued &&
+               microseconds(m.done_us) <
+                   std::min<Clock::duration>(milliseconds(1000), options_.timeout / 2)) {
+      // Finished the collective before just now: its late data came in the same TCP stream as this
+      // census, and it is about to arrive.
+      behind.push_back(std::to_string(p) + " (host " + host + ": finished #" + std::to_string(m.completed) +
+                       " " + Seconds(microseconds(m.done_us)) + " ago)");
     } else if (m.issued < static_cast<int64_t>(op.seq)) {
       absent.push_back(std::to_string(p) + " (host " + host + ": last issued #" + std::to_string(m.issued) +
                        ", " + Seconds(microseconds(m.idle_us)) + " ago)");

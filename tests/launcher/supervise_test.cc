@@ -2,6 +2,8 @@
 // a failure line on the child's stderr starts the grace period, after which the child's whole process
 // group is ended, even a member that ignores SIGTERM; a child that ends by itself is left alone.
 // The multi-host case (a cut-off host, real mpirun) is tenancy_netns_fault_test.
+#include "launcher/launch/supervise.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -14,7 +16,6 @@
 #include <thread>
 
 #include "launcher/launch/run.h"
-#include "launcher/launch/supervise.h"
 
 namespace fjord {
 namespace {
@@ -23,19 +24,22 @@ using Clock = std::chrono::steady_clock;
 using ::testing::HasSubstr;
 
 TEST(FailureCauseTest, NamesTheRankTheHostAndWhatHappened) {
-  EXPECT_EQ(FailureCause("fjord: rank 0 (host no1) aborts the job: fjord train: error on rank 0: fjord: "
-                         "collective AllReduce #9 (4 bytes) timed out after 5.0 s on rank 0 (host no1): "
-                         "ranks not answering within 4.0 s: 1 (host no2)"),
-            "rank 0 on host no1 ended the job: collective AllReduce #9 (4 bytes) timed out after 5.0 s on rank 0 "
-            "(host no1): ranks not answering within 4.0 s: 1 (host no2)");
-  EXPECT_EQ(FailureCause("mpirun noticed that process rank 1 with PID 0 on node no2 exited on signal 9 (Killed)."),
-            "rank 1 on host no2 killed by signal 9 (Killed)");
+  EXPECT_EQ(
+      FailureCause("fjord: rank 0 (host no1) aborts the job: fjord train: error on rank 0: fjord: "
+                   "collective AllReduce #9 (4 bytes) timed out after 5.0 s on rank 0 (host no1): "
+                   "ranks not answering within 4.0 s: 1 (host no2)"),
+      "rank 0 on host no1 ended the job: collective AllReduce #9 (4 bytes) timed out after 5.0 s on rank 0 "
+      "(host no1): ranks not answering within 4.0 s: 1 (host no2)");
+  EXPECT_EQ(
+      FailureCause("mpirun noticed that process rank 1 with PID 0 on node no2 exited on signal 9 (Killed)."),
+      "rank 1 on host no2 killed by signal 9 (Killed)");
   EXPECT_EQ(FailureCause("MPI_ABORT was invoked on rank 3 in communicator MPI_COMM_WORLD"),
             "rank 3 called MPI_Abort");
   EXPECT_EQ(FailureCause("fjord train: step 10 loss 5.1"), "");
-  EXPECT_EQ(FailureCause("fjord: collective AllReduce #9 is late on rank 0 (host a) after 5.0 s, but every rank "
-                         "arrived (the network may be recovering): waiting 5.0 s more"),
-            "")
+  EXPECT_EQ(
+      FailureCause("fjord: collective AllReduce #9 is late on rank 0 (host a) after 5.0 s, but every rank "
+                   "arrived (the network may be recovering): waiting 5.0 s more"),
+      "")
       << "a late collective is not a failure";
 }
 
@@ -65,10 +69,10 @@ class SuperviseTest : public ::testing::Test {
 // mpirun stuck after a failure (a cut-off host's daemon never answers): launch ends it and all of its
 // process group after the grace period, SIGKILL for what ignores SIGTERM.
 TEST_F(SuperviseTest, ChildThatDoesNotEndAfterAFailureIsEndedWithItsProcessGroup) {
-  const std::string script =
-      "(trap '' TERM; exec sleep 60) & echo $! > " + Path("member.pid") +
-      "; echo 'fjord: rank 2 (host no2) aborts the job: fjord train: error on rank 2: boom' >&2; trap '' TERM; "
-      "wait";
+  const std::string script = "(trap '' TERM; exec sleep 60) & echo $! > " + Path("member.pid") +
+                             "; echo 'fjord: rank 2 (host no2) aborts the job: fjord train: error on rank 2: "
+                             "boom' >&2; trap '' TERM; "
+                             "wait";
   const Clock::time_point t0 = Clock::now();
   JobOutcome outcome;
   const int code = RunChild({"sh", "-c", script}, &outcome);
@@ -94,10 +98,11 @@ TEST_F(SuperviseTest, ChildThatDoesNotEndAfterAFailureIsEndedWithItsProcessGroup
 TEST_F(SuperviseTest, ChildThatEndsTheJobItselfIsNotEnded) {
   JobOutcome outcome;
   const Clock::time_point t0 = Clock::now();
-  const int code = RunChild({"sh", "-c",
-                             "echo 'mpirun noticed that process rank 1 with PID 0 on node no2 exited on signal 9 "
-                             "(Killed).' >&2; sleep 1; exit 3"},
-                            &outcome);
+  const int code =
+      RunChild({"sh", "-c",
+                "echo 'mpirun noticed that process rank 1 with PID 0 on node no2 exited on signal 9 "
+                "(Killed).' >&2; sleep 1; exit 3"},
+               &outcome);
   EXPECT_EQ(code, 3);
   EXPECT_EQ(outcome.cause, "rank 1 on host no2 killed by signal 9 (Killed)");
   EXPECT_FALSE(outcome.ended_by_launch);
