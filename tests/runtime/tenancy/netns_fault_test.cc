@@ -172,6 +172,14 @@ TEST_F(NetnsFaultTest, CutOffHostEndsTheJobOnTheReachableHostsWithinTheBoundCli)
   EXPECT_THAT(out, HasSubstr("fjord: rank 0 (host no1): flight recorder written to " +
                              Path("run/flight/rank-0.txt")));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("fjord: flight recorder of"))) << "a dump on the console";
+  // Still cut off, the rank on no2 is gone too: its own abort cannot reach mpirun, and it ends itself
+  // 3 s after calling it (at about T + W + 4 s = 13 s after the cut).
+  bool rank_gone = false;
+  for (int i = 0; i < 100 && !rank_gone; ++i) {
+    rank_gone = ProcessesOn("no2").find(" train ") == std::string::npos;
+    if (!rank_gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(rank_gone) << ProcessesOn("no2");
   // The nodes are free at once: a second job on them starts without waiting (no1 only: no2 is cut).
   RunResult again = Finish(StartLaunch("run2", 1, "--set train.steps=2"));
   EXPECT_EQ(again.exit_code, 0) << again.output;
