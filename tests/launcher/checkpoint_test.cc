@@ -211,6 +211,39 @@ TEST_F(CheckpointTest, ResumesOnAnotherWorldSize) {
     EXPECT_NEAR(std::stod(mixed[i]), std::stod(two[i]), 1e-4 * std::stod(two[i])) << "step " << i + 1;
 }
 
+// One checkpoint format whatever the stage and world size that wrote it: ZeRO-2 on 4 ranks stops at
+// step 10, plain data-parallel on 1 rank continues to 15, ZeRO-2 on 2 ranks finishes; against the
+// straight run on 1 rank within data_parallel_test.cc's 1e-4 (the same global batch; only the order
+// of fp32 additions differs between world sizes and stages). And where the order is the same
+// (ZeRO-2 on 2 ranks stopped at 10 and resumed on the same 2 ranks), bit for bit.
+TEST_F(CheckpointTest, ZeroTwoResumesAcrossStagesAndWorldSizes) {
+  RunResult r = RunFjord(Train("straight"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string zero2 = "--set parallel.zero_stage=2";
+  r = Shell(Mpirun(4, "FJORD_TEST_HOOK=signal_after_step=10") + Train("mixed", zero2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(ReadFile(P("mixed/checkpoints/step_000010/manifest.json")), HasSubstr("\"zero_stage\": 2"));
+  r = Shell("FJORD_TEST_HOOK=signal_after_step=15 " + std::string(FJORD_BINARY) + Train("mixed", "--resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2) + Train("mixed", zero2 + " --resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<std::string> straight = LossTexts(P("straight/metrics.jsonl")),
+                                 mixed = LossTexts(P("mixed/metrics.jsonl"));
+  ASSERT_EQ(straight.size(), 20u);
+  ASSERT_EQ(mixed.size(), 20u);
+  for (size_t i = 0; i < straight.size(); ++i) {
+    EXPECT_NEAR(std::stod(mixed[i]), std::stod(straight[i]), 1e-4 * std::stod(straight[i]))
+        << "step " << i + 1;
+  }
+  r = Shell(Mpirun(2) + Train("two", zero2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2, "FJORD_TEST_HOOK=signal_after_step=10") + Train("two_resumed", zero2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2) + Train("two_resumed", zero2 + " --resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("two_resumed/metrics.jsonl")), LossTexts(P("two/metrics.jsonl")));
+}
+
 TEST_F(CheckpointTest, CrashDuringACheckpointWriteLeavesThePreviousOneLoadable) {
   RunResult r = RunFjord(Train("straight"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
