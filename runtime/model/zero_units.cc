@@ -61,7 +61,8 @@ void ZeroUnits::Pack(const float* full, int rank, float* shard) const {
 }
 
 void ZeroUnits::Unpack(const float* shard, int rank, float* full) const {
-  for (const Range& r : Owned(rank)) std::copy(shard + r.local, shard + r.local + (r.end - r.begin), full + r.begin);
+  for (const Range& r : Owned(rank))
+    std::copy(shard + r.local, shard + r.local + (r.end - r.begin), full + r.begin);
 }
 
 ZeroUnits::Sizes ZeroUnits::SizesFor(const GptConfig& config, int ranks) {

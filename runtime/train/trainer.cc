@@ -905,8 +905,12 @@ class Trainer {
       }
     }
     loss /= static_cast<float>(accum_);
-    FJORD_RETURN_IF_ERROR(hooks_.AfterBackward(
-        step + 1, zero2_ ? unit_reducer_->shard() : model.grads() + model.layout().lnf_w(), *device_));
+    FJORD_RETURN_IF_ERROR(
+        hooks_.AfterBackward(step + 1,
+                             // ln_f.weight[0]: at stage 2 the start of rank 0's piece of the tail unit
+                             zero2_ ? unit_reducer_->shard() + units_->units().back().shard_offset
+                                    : model.grads() + model.layout().lnf_w(),
+                             *device_));
 
     // Everything from here to the end of the parameter update waits on other ranks: the
     // communication backward did not hide.

@@ -21,7 +21,8 @@ UnitReducer::UnitReducer(Communicator& comm, Gpt& model, const ZeroUnits& units,
   if (path_.stage_through_host) {
     FJORD_CHECK(path_.device != nullptr, "host staging needs the device");
     for (Slot* s : {&embeddings_, &layers_[0], &layers_[1]}) {
-      s->staging = static_cast<float*>(path_.device->AllocateHost(std::max<size_t>(s->floats, 1) * sizeof(float)));
+      s->staging =
+          static_cast<float*>(path_.device->AllocateHost(std::max<size_t>(s->floats, 1) * sizeof(float)));
       FJORD_CHECK(s->staging != nullptr, "cannot allocate " + std::to_string(s->floats * sizeof(float)) +
                                              " bytes of pinned host memory to stage gradients");
     }
@@ -41,11 +42,14 @@ UnitReducer::~UnitReducer() {
 }
 
 size_t UnitReducer::ArenaBytes(const ZeroUnits::Sizes& sizes) {
-  return Arena::Rounded(sizes.shard * sizeof(float)) + Arena::Rounded(sizes.embeddings_window * sizeof(float)) +
+  return Arena::Rounded(sizes.shard * sizeof(float)) +
+         Arena::Rounded(sizes.embeddings_window * sizeof(float)) +
          2 * Arena::Rounded(sizes.layer_window * sizeof(float));
 }
 
-void UnitReducer::ZeroShard() { model_.ops().f32.fill_zero(model_.device().context(), shard_, units_.shard_floats()); }
+void UnitReducer::ZeroShard() {
+  model_.ops().f32.fill_zero(model_.device().context(), shard_, units_.shard_floats());
+}
 
 void UnitReducer::Assign(Slot& slot, int model_slot, size_t unit) {
   const ZeroUnits::Unit& u = units_.units()[unit];
@@ -142,7 +146,8 @@ Status UnitReducer::AllGatherParams(float* params) {
       path_.device->Upload(base, host, u.padded() * sizeof(float));
       continue;
     }
-    if (path_.device != nullptr && path_.comm_stream != nullptr) path_.device->OrderAfterCompute(path_.comm_stream);
+    if (path_.device != nullptr && path_.comm_stream != nullptr)
+      path_.device->OrderAfterCompute(path_.comm_stream);
     FJORD_RETURN_IF_ERROR(comm_.AllGather(base + rank * u.piece, base, u.piece, DataType::kF32));
   }
   return OkStatus();

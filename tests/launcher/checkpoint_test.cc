@@ -410,6 +410,18 @@ TEST_F(CheckpointTest, NonFiniteStepAbortsOrIsSkipped) {
   EXPECT_EQ(skipped, 1);
 }
 
+// ZeRO-2 checks the gradient shards: the rank that holds the non-finite element names it (rank 0
+// owns the first piece of the tail unit, ln_f.weight[0]), every rank stops before the update.
+TEST_F(CheckpointTest, ZeroTwoNonFiniteStepNamesTheTensorFromTheShard) {
+  RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=nan_in_step=7") +
+                      Train("abort", "--set parallel.zero_stage=2 --set checkpoint.every_steps=1"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("step 7: loss"));
+  EXPECT_THAT(r.output, HasSubstr("first non-finite gradient on rank 0: ln_f.weight[0]"));
+  EXPECT_TRUE(fs::exists(P("abort/checkpoints/step_000006/manifest.json")));
+  EXPECT_FALSE(fs::exists(P("abort/checkpoints/step_000007")));
+}
+
 TEST_F(CheckpointTest, EpochsWrapAndAreRecorded) {
   // 20000 bytes of text make about 560 windows of 33 tokens; 20 steps of 8 do not wrap, 100 do.
   RunResult r = RunFjord(Train("epochs", "--set train.steps=100 --set checkpoint.every_steps=0"));

@@ -34,7 +34,9 @@ GptConfig Llama(int layers = 3) {
   return c;
 }
 
-std::vector<GptConfig> Configs() { return {MakeConfig(3, 2, 24, 9, 37), Llama(), MakeConfig(1, 2, 16, 5, 30)}; }
+std::vector<GptConfig> Configs() {
+  return {MakeConfig(3, 2, 24, 9, 37), Llama(), MakeConfig(1, 2, 16, 5, 30)};
+}
 
 TEST(ZeroUnitsTest, EveryParameterHasExactlyOneOwnerAndGathersReproduceTheBuffer) {
   for (const GptConfig& c : Configs()) {
@@ -146,8 +148,9 @@ TEST(ZeroUnitsTest, BackwardIntoUnitWindowsEqualsTheGradientBuffer) {
       windowed.Backward([&](size_t begin, size_t) {
         const size_t u = units.UnitStartingAt(begin);
         reported.push_back(u);
-        if (u > 1) windowed.SetGradWindow(1, units.units()[u - 1].begin, units.units()[u - 1].end,
-                                          windows[u - 1].data());
+        if (u > 1)
+          windowed.SetGradWindow(1, units.units()[u - 1].begin, units.units()[u - 1].end,
+                                 windows[u - 1].data());
       });
       ASSERT_EQ(reported.size(), units.units().size());
       for (size_t i = 0; i < reported.size(); ++i) EXPECT_EQ(reported[i], tail - i);
