@@ -617,7 +617,7 @@ class Trainer {
     const std::string where = "rank " + std::to_string(rank_) + " on host " + where_.host;
     if (device_->is_cuda()) {
       // The host mirror of the parameters; the device itself is the memory plan's below.
-      FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config_, B_, T_, 2, zero_ ? world_ : 1, *device_,
+      FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config_, B_, T_, 2, zero_ || zero2_ ? world_ : 1, *device_,
                                              "use a smaller model (model.n_layer, model.n_embd)")
                                 .WithContext(where));
     }
