@@ -46,7 +46,8 @@ class HostMemoryTest : public testing::TempDirTest {
     const std::string find =
         "v2=$(awk '$9 == \"cgroup2\" {print $5; exit}' /proc/self/mountinfo); "
         "if [ -n \"$v2\" ] && grep -qw memory \"$v2/cgroup.subtree_control\" 2>/dev/null; then echo v2 $v2; "
-        "else awk '$9 == \"cgroup\" && $NF ~ /(^|,)memory(,|$)/ {print \"v1\", $5; exit}' /proc/self/mountinfo; fi";
+        "else awk '$9 == \"cgroup\" && $NF ~ /(^|,)memory(,|$)/ {print \"v1\", $5; exit}' "
+        "/proc/self/mountinfo; fi";
     const RunResult where = Shell(find);
     std::istringstream in(where.output);
     std::string version, mount;
@@ -54,8 +55,8 @@ class HostMemoryTest : public testing::TempDirTest {
     if (mount.empty()) GTEST_SKIP() << "no memory cgroup controller here (neither v1 nor v2)";
     cgroup_ = mount + "/fjord-host-memory-test-" + std::to_string(::getpid());
     const std::string limit_file = version == "v2" ? "memory.max" : "memory.limit_in_bytes";
-    const RunResult made = Shell("mkdir " + cgroup_ + " && echo " + std::to_string(kLimit) + " > " + cgroup_ +
-                                 "/" + limit_file);
+    const RunResult made =
+        Shell("mkdir " + cgroup_ + " && echo " + std::to_string(kLimit) + " > " + cgroup_ + "/" + limit_file);
     if (made.exit_code != 0) GTEST_SKIP() << "cannot make a memory cgroup: " << made.output;
     WriteText(Path("job.textproto"),
               "model { n_layer: 4 n_head: 4 n_embd: 128 seq_len: 64 vocab_size: 256 }\n"
@@ -73,7 +74,8 @@ class HostMemoryTest : public testing::TempDirTest {
   }
   void TearDown() override {
     if (!cgroup_.empty()) {
-      Shell("for p in $(cat " + cgroup_ + "/cgroup.procs); do kill -KILL $p; done; sleep 0.2; rmdir " + cgroup_);
+      Shell("for p in $(cat " + cgroup_ + "/cgroup.procs); do kill -KILL $p; done; sleep 0.2; rmdir " +
+            cgroup_);
     }
     TempDirTest::TearDown();
   }
@@ -86,7 +88,8 @@ class HostMemoryTest : public testing::TempDirTest {
 };
 
 TEST_F(HostMemoryTest, ThePlanSeesTheCgroupLimitInsteadOfMemAvailable) {
-  const RunResult inside = In(std::string(FJORD_BINARY) + " plan " + Path("job.textproto") + " --ranks 1 --device cpu");
+  const RunResult inside =
+      In(std::string(FJORD_BINARY) + " plan " + Path("job.textproto") + " --ranks 1 --device cpu");
   ASSERT_EQ(inside.exit_code, 0) << inside.output;
   const uint64_t device = Term(inside.output, "device memory");
   // The headroom left by the cgroup's limit, less the plan process's own few MiB.
@@ -94,7 +97,8 @@ TEST_F(HostMemoryTest, ThePlanSeesTheCgroupLimitInsteadOfMemAvailable) {
   EXPECT_GT(device, kLimit - (uint64_t{64} << 20)) << inside.output;
   EXPECT_THAT(inside.output, HasSubstr("memory cgroup")) << inside.output;
   // Outside it, this machine's memory (more than the test's limit on any machine that runs it).
-  const RunResult outside = Shell(std::string(FJORD_BINARY) + " plan " + Path("job.textproto") + " --ranks 1");
+  const RunResult outside =
+      Shell(std::string(FJORD_BINARY) + " plan " + Path("job.textproto") + " --ranks 1");
   ASSERT_EQ(outside.exit_code, 0) << outside.output;
   EXPECT_GT(Term(outside.output, "device memory"), kLimit) << outside.output;
 }
@@ -105,8 +109,8 @@ TEST_F(HostMemoryTest, RanksOnOneHostShareItsMemory) {
   const RunResult four = In(plan + " --ranks 4");  // default: all 4 on this host
   // Whether the job fits a quarter of the cgroup does not matter here: the table is printed either way.
   ASSERT_NE(Term(four.output, "device memory"), 0u) << four.output;
-  const double ratio =
-      static_cast<double>(Term(one.output, "device memory")) / static_cast<double>(Term(four.output, "device memory"));
+  const double ratio = static_cast<double>(Term(one.output, "device memory")) /
+                       static_cast<double>(Term(four.output, "device memory"));
   EXPECT_NEAR(ratio, 4.0, 0.05) << one.output << four.output;
   EXPECT_THAT(four.output, HasSubstr("shared by 4 ranks")) << four.output;
   const RunResult bad = In(plan + " --ranks 2 --ranks-per-node 3");
@@ -141,7 +145,8 @@ TEST_F(HostMemoryTest, TwoRanksOnOneHostAreRefusedWhatOneRankFits) {
   for (int layers = 4; layers <= 64; ++layers) {
     set = " --set model.n_embd=256 --set model.n_head=4 --set model.vocab_size=4096 --set model.n_layer=" +
           std::to_string(layers);
-    const RunResult p = Shell(std::string(FJORD_BINARY) + " plan " + Path("job.textproto") + " --ranks 2 --device cpu --ranks-per-node 1" + set);
+    const RunResult p = Shell(std::string(FJORD_BINARY) + " plan " + Path("job.textproto") +
+                              " --ranks 2 --device cpu --ranks-per-node 1" + set);
     ASSERT_EQ(p.exit_code, 0) << p.output;
     total = Term(p.output, "total");
     if (total > kLimit * 55 / 100) break;
