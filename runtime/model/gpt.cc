@@ -461,7 +461,8 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
     return Add(on_host, Mul(c.n_layer, kBookkeepingBytesPerLayer));
   };
   const size_t need = need_for(config);
-  const size_t have = AvailableHostBytes();
+  const HostMemory host = AvailableHostMemory();
+  const size_t have = host.bytes;
   if (need <= have) return OkStatus();
   // What makes it large: the part that grows with model.n_layer, the embeddings, or the
   // activations outside the blocks (the logits).
@@ -493,16 +494,16 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
               ")";
   }
   const size_t params = ParamCount(config);
-  return FailedPrecondition(
-      "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
-      " parameters and needs " + BytesText(need) + " of host memory" +
-      (device.is_cuda()
-           ? " (the host copy of the parameters)"
-           : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
-                 " and activations for " + std::to_string(max_batch) + " x " + std::to_string(max_seq) +
-                 " tokens)") +
-      ", but this host has " + BytesText(have) + " available (MemAvailable); the largest part is " + largest +
-      "; nothing was allocated: " + what_to_do);
+  return FailedPrecondition("the model has " +
+                            (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
+                            " parameters and needs " + BytesText(need) + " of host memory" +
+                            (device.is_cuda() ? " (the host copy of the parameters)"
+                                              : " (parameters, gradients" +
+                                                    std::string(extra_copies > 0 ? ", optimizer state" : "") +
+                                                    " and activations for " + std::to_string(max_batch) +
+                                                    " x " + std::to_string(max_seq) + " tokens)") +
+                            ", but this host has " + BytesText(have) + " available (" + host.bound +
+                            "); the largest part is " + largest + "; nothing was allocated: " + what_to_do);
 }
 
 Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)

@@ -14,16 +14,26 @@
 
 namespace fjord {
 
-// Where the plan is measured against: a name and its memory in bytes.
+// Where the plan is measured against: a name and its memory in bytes (one rank's share).
 struct PlanDevice {
-  std::string name;  // "H100", "H200", "cpu"
+  std::string name;  // "H100", "H200", "cpu (...)"
   size_t bytes = 0;
   bool cuda = false;
+  // The CPU: what bounds the host's memory (AvailableHostMemory: "MemAvailable" or a cgroup) and how
+  // many ranks share it; bytes is the host's available memory / ranks_on_host.
+  std::string bound;
+  int ranks_on_host = 1;
+  // Count the rank's process itself (MemoryPlan::process): its code, libraries, thread stacks and,
+  // with several ranks, Open MPI's buffers and shared-memory segments. True for the CPU: host
+  // memory is what the process lives in.
+  bool counts_process = false;
 };
 
 // --device NAME: h100 (80 GB, the 81559 MiB nvidia-smi reports), h200 (141 GB, 143771 MiB) or cpu
-// (this host's MemAvailable); case-insensitive. InvalidArgument naming the choices otherwise.
-StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name);
+// (this host's available memory, AvailableHostMemory in runtime/device/device.h, shared equally by
+// the `ranks_on_host` ranks that run on it); case-insensitive. InvalidArgument naming the choices
+// otherwise.
+StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host = 1);
 
 // The highest parallel.zero_stage the trainer builds (stage 3 is issue 19's item 3, not built).
 constexpr int kMaxZeroStage = 2;
@@ -43,6 +53,9 @@ struct MemoryPlan {
   size_t params = 0;  // ParamCount
   // Per rank, in bytes.
   size_t parameters = 0, gradients = 0, optimizer = 0, activations = 0, communication = 0, workspace = 0;
+  // The process outside the arena (PlanDevice::counts_process): an allowance, measured (docs/
+  // PERFORMANCE.md "Memory plan"); 0 on a GPU.
+  size_t process = 0;
   size_t arena_bytes = 0;  // what the trainer's arena takes: every term but communication and the
                            // CUDA workspace
   size_t total() const;

@@ -622,8 +622,11 @@ class Trainer {
                                 .WithContext(where));
     }
     // The memory plan (runtime/model/memory_plan.h, `fjord plan`), before anything is allocated:
-    // this host's memory on the CPU, the GPU's on an H100 or H200 (other GPUs: Arena::Create).
-    StatusOr<PlanDevice> against = PlanDeviceNamed("cpu");
+    // on the CPU this host's available memory (its cgroup's, where that is less) shared by the
+    // ranks on this host, measured by every rank before any allocates (the barrier); the GPU's on
+    // an H100 or H200 (other GPUs: Arena::Create).
+    StatusOr<PlanDevice> against = PlanDeviceNamed("cpu", where_.local_size);
+    if (!device_->is_cuda() && world_ > 1) FJORD_RETURN_IF_ERROR(comm_.Barrier().WithContext(where));
     if (device_->is_cuda()) {
       const std::string d = device_->description();
       against = d.find("H200") != std::string::npos   ? PlanDeviceNamed("h200")
