@@ -178,9 +178,10 @@ Status MemoryPlan::Verdict() const {
       more.zero_stage = stage;
       if (PlanMemory(more, device).fits()) {
         fixes.push_back(std::to_string(ranks) + " ranks with parallel.zero_stage: " + std::to_string(stage) +
-                        (device.ranks_on_host > 1 ? " on more hosts (" + std::to_string(device.ranks_on_host) +
-                                                        " a host at most: ranks on one host share its memory)"
-                                                  : std::string()));
+                        (device.ranks_on_host > 1
+                             ? " on more hosts (" + std::to_string(device.ranks_on_host) +
+                                   " a host at most: ranks on one host share its memory)"
+                             : std::string()));
         found = true;
       }
     }
