@@ -9,6 +9,7 @@
 #include "common/saturating.h"
 #include "common/text.h"
 #include "runtime/device/device.h"
+#include "runtime/model/zero_units.h"
 
 namespace fjord {
 namespace {
@@ -65,15 +66,27 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
   const bool zero = in.zero_stage == 1 && ranks > 1;
   const size_t multiple = zero ? Mul(16, ranks) : 16;
   plan.params = ParamCount(in.config);
-  const Gpt::ArenaTerms t = Gpt::ArenaTermsFor(in.config, in.micro_batch, in.seq_len, multiple);
-  const size_t optimizer_count = zero ? RoundUp(plan.params, multiple) / ranks : plan.params;
+  // ZeRO-2 (runtime/train/unit_reducer.h): no full gradient buffer in the model; the gradients are
+  // this rank's shard of the unit map plus the embeddings' window and two layer windows.
+  GptConfig config = in.config;
+  config.grad_shard_ranks = in.zero_stage == 2 ? ranks : 0;
+  const Gpt::ArenaTerms t = Gpt::ArenaTermsFor(config, in.micro_batch, in.seq_len, multiple);
+  size_t optimizer_count = zero ? RoundUp(plan.params, multiple) / ranks : plan.params;
+  size_t unit_gradients = 0;
+  if (in.zero_stage == 2) {
+    const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
+    optimizer_count = z.shard;
+    const auto r = [](size_t floats) { return RoundUp(Mul(floats, sizeof(float)), Arena::kAlign); };
+    unit_gradients =
+        Add(Add(r(z.shard), r(z.embeddings_window)), Mul(2, r(z.layer_window)));  // UnitReducer::ArenaBytes
+  }
   plan.parameters = t.parameters;
-  plan.gradients = t.gradients;
+  plan.gradients = Add(t.gradients, unit_gradients);
   plan.optimizer = Mul(2, RoundUp(Mul(optimizer_count, sizeof(float)), Arena::kAlign));  // AdamW::ArenaBytes
   plan.activations = t.activations;
   plan.workspace = t.workspace;
   plan.arena_bytes =
-      Add(Add(Add(t.parameters, t.gradients), Add(t.activations, t.workspace)), plan.optimizer);
+      Add(Add(Add(t.parameters, plan.gradients), Add(t.activations, t.workspace)), plan.optimizer);
   if (device.counts_process) plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
   if (device.cuda) {
     plan.workspace = Add(plan.workspace, CudaWorkspaceBytes(in.micro_batch, in.seq_len));
@@ -143,20 +156,36 @@ Status MemoryPlan::Verdict() const {
       {"process", process, "the rank's code, libraries and MPI buffers"}};
   const Term& largest = *std::max_element(terms.begin(), terms.end(),
                                           [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
-  // What would make it fit, tried in the brief's order: more ranks (ZeRO-1 shards the optimizer
-  // state), recompute, a smaller micro-batch.
+  // What would make it fit, each verified by planning it: a higher stage on these ranks, more
+  // ranks (at stage 1 and 2: both shard the optimizer state, 2 the gradients too), recompute, a
+  // smaller micro-batch.
   std::vector<std::string> fixes;
-  for (int ranks = std::max(in.ranks, 1) * 2; ranks <= 4096; ranks *= 2) {
-    MemoryPlanInputs more = in;
-    more.ranks = ranks;
-    more.zero_stage = 1;
-    if (PlanMemory(more, device).fits()) {
-      fixes.push_back(std::to_string(ranks) + " ranks with parallel.zero_stage: 1" +
-                      (device.ranks_on_host > 1 ? " on more hosts (" + std::to_string(device.ranks_on_host) +
-                                                      " a host at most: ranks on one host share its memory)"
-                                                : std::string()));
-      break;
+  if (in.ranks > 1) {
+    for (int stage = in.zero_stage + 1; stage <= kMaxZeroStage; ++stage) {
+      MemoryPlanInputs higher = in;
+      higher.zero_stage = stage;
+      if (PlanMemory(higher, device).fits()) {
+        fixes.push_back("a higher parallel.zero_stage: " + std::to_string(stage));
+        break;
+      }
     }
+  }
+  for (int stage = std::max(in.zero_stage, 1); stage <= kMaxZeroStage; ++stage) {
+    bool found = false;
+    for (int ranks = std::max(in.ranks, 1) * 2; ranks <= 4096 && !found; ranks *= 2) {
+      MemoryPlanInputs more = in;
+      more.ranks = ranks;
+      more.zero_stage = stage;
+      if (PlanMemory(more, device).fits()) {
+        fixes.push_back(std::to_string(ranks) + " ranks with parallel.zero_stage: " + std::to_string(stage) +
+                        (device.ranks_on_host > 1
+                             ? " on more hosts (" + std::to_string(device.ranks_on_host) +
+                                   " a host at most: ranks on one host share its memory)"
+                             : std::string()));
+        found = true;
+      }
+    }
+    if (found) break;
   }
   if (!c.recompute) {
     MemoryPlanInputs r = in;
@@ -173,7 +202,7 @@ Status MemoryPlan::Verdict() const {
     }
   }
   const std::string what_to_do =
-      fixes.empty() ? "no setting available today makes it fit (ZeRO stages 2 and 3 do not exist yet); use a "
+      fixes.empty() ? "no setting available today makes it fit (ZeRO stage 3 does not exist yet); use a "
                       "smaller model (model.n_layer, model.n_embd) or a device with more memory"
                     : [&] {
                         std::string s = "any of these would make it fit: ";

@@ -35,12 +35,15 @@ struct PlanDevice {
 // otherwise.
 StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host = 1);
 
+// The highest parallel.zero_stage the trainer builds (stage 3 is issue 19's item 3, not built).
+constexpr int kMaxZeroStage = 2;
+
 struct MemoryPlanInputs {
   GptConfig config;  // with precision and recompute resolved
   int micro_batch = 1;
   int seq_len = 1;
   int ranks = 1;
-  int zero_stage = 0;  // 0 or 1 (2 and 3 do not exist yet)
+  int zero_stage = 0;  // 0, 1 or 2 (3 does not exist yet)
   bool nccl = false;   // CUDA with NCCL and ranks > 1: NCCL's buffers on the device
 };
 
@@ -60,8 +63,9 @@ struct MemoryPlan {
   // The table `fjord plan` prints: one line per term, the total, the device's memory, the verdict.
   std::string Table() const;
   // OkStatus when it fits; else FailedPrecondition naming the total, the device's memory, the
-  // largest term with the setting that makes it large, and what would make the job fit (more
-  // ranks with parallel.zero_stage: 1, train.recompute: BLOCK, a smaller train.micro_batch); it
+  // largest term with the setting that makes it large, and what would make the job fit (a higher
+  // parallel.zero_stage, more ranks with a ZeRO stage, train.recompute: BLOCK, a smaller
+  // train.micro_batch), each verified by planning it; it
   // keeps CheckMemory's words ("the model has P parameters and needs N bytes").
   Status Verdict() const;
 };
