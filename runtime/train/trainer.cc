@@ -1157,6 +1157,20 @@ class Trainer {
     return OkStatus();
   }
 
+  // `count` floats of every rank's `mine`, in rank order, into *all on rank 0 (the lead); the other
+  // ranks send theirs to it and leave *all untouched. Point-to-point, one rank after another, so
+  // only rank 0 holds the whole.
+  Status GatherToLead(const float* mine, size_t count, std::vector<float>* all) {
+    if (!lead_) return comm_.SendRecv(mine, count, 0, nullptr, 0, 0, DataType::kF32);
+    all->resize(count * static_cast<size_t>(world_));
+    std::copy(mine, mine + count, all->begin());
+    for (int r = 1; r < world_; ++r) {
+      FJORD_RETURN_IF_ERROR(comm_.SendRecv(nullptr, 0, r, all->data() + static_cast<size_t>(r) * count, count,
+                                           r, DataType::kF32));
+    }
+    return OkStatus();
+  }
+
   // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
   // AdamW shards), then prunes old ones. Rank 0 writes.
   Status Checkpoint(int steps_done) {
@@ -1170,21 +1184,25 @@ class Trainer {
       m = own_m.data();
       v = own_v.data();
     }
+    // The shards go to rank 0, the one rank that writes; the others keep no full copy (a full m and
+    // v on every rank would be 8 bytes a parameter more, the memory sharding saved).
     if (zero2_) {  // every rank's shard, placed at its layout offsets
-      std::vector<float> shards(shard_ * world_);
-      full_m.assign(buffer_, 0.0f);
-      full_v.assign(buffer_, 0.0f);
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(m, shards.data(), shard_, DataType::kF32));
-      for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_m.data());
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(v, shards.data(), shard_, DataType::kF32));
-      for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_v.data());
+      std::vector<float> shards;
+      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &shards));
+      if (lead_) {
+        full_m.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_m.data());
+      }
+      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &shards));
+      if (lead_) {
+        full_v.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_v.data());
+      }
       m = full_m.data();
       v = full_v.data();
     } else if (zero_) {
-      full_m.resize(buffer_);
-      full_v.resize(buffer_);
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(m, full_m.data(), shard_, DataType::kF32));
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(v, full_v.data(), shard_, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &full_m));
+      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &full_v));
       m = full_m.data();
       v = full_v.data();
     }
