@@ -53,7 +53,7 @@ StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host)
 
 size_t MemoryPlan::total() const {
   return Add(Add(Add(parameters, gradients), Add(optimizer, activations)),
-             Add(Add(communication, workspace), process));
+             Add(Add(Add(communication, workspace), process), checkpoint));
 }
 
 MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
@@ -87,7 +87,16 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
   plan.workspace = t.workspace;
   plan.arena_bytes =
       Add(Add(Add(t.parameters, plan.gradients), Add(t.activations, t.workspace)), plan.optimizer);
-  if (device.counts_process) plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
+  if (device.counts_process) {
+    plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
+    // The trainer's Checkpoint: rank 0 gathers m and v whole (buffer floats each, in std::vectors).
+    if (ranks > 1 && in.zero_stage == 1) plan.checkpoint = Mul(8, RoundUp(plan.params, multiple));
+    if (ranks > 1 && in.zero_stage == 2) {
+      const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
+      const size_t buffer = std::max(RoundUp(plan.params, 16), z.buffer);
+      plan.checkpoint = Add(Mul(8, buffer), Mul(4, Mul(z.shard, ranks)));
+    }
+  }
   if (device.cuda) {
     plan.workspace = Add(plan.workspace, CudaWorkspaceBytes(in.micro_batch, in.seq_len));
     if (in.nccl && ranks > 1) plan.communication = kNcclAllowance;
@@ -111,7 +120,7 @@ std::string MemoryPlan::Table() const {
   const std::pair<const char*, size_t> rows[] = {
       {"parameters", parameters},   {"gradients", gradients},         {"optimizer state", optimizer},
       {"activations", activations}, {"communication", communication}, {"workspace", workspace},
-      {"process", process}};
+      {"process", process},         {"checkpoint", checkpoint}};
   for (const auto& [name, bytes] : rows) {
     std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", name,
                   bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiBText(bytes).c_str());
@@ -153,7 +162,10 @@ Status MemoryPlan::Verdict() const {
        batch + ", train.recompute = " + std::string(c.recompute ? "BLOCK" : "NONE") + ", " + model},
       {"communication", communication, "parallel.comm_backend"},
       {"workspace", workspace, batch},
-      {"process", process, "the rank's code, libraries and MPI buffers"}};
+      {"process", process, "the rank's code, libraries and MPI buffers"},
+      {"checkpoint", checkpoint,
+       "rank 0 gathers the AdamW state whole to save it, parallel.zero_stage = " +
+           std::to_string(in.zero_stage)}};
   const Term& largest = *std::max_element(terms.begin(), terms.end(),
                                           [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
   // What would make it fit, each verified by planning it: a higher stage on these ranks, more

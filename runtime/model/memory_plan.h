@@ -56,6 +56,11 @@ struct MemoryPlan {
   // The process outside the arena (PlanDevice::counts_process): an allowance, measured (docs/
   // PERFORMANCE.md "Memory plan"); 0 on a GPU.
   size_t process = 0;
+  // What a checkpoint save adds on the rank that writes it (rank 0), outside the arena, in host
+  // memory (counted where counts_process): at ZeRO stages 1 and 2 over several ranks the full AdamW
+  // m and v gathered from the shards (8 bytes a parameter), at stage 2 with the gathered shards
+  // beside them while they are unpacked (4 more). The plan is one per rank; this term is rank 0's.
+  size_t checkpoint = 0;
   size_t arena_bytes = 0;  // what the trainer's arena takes: every term but communication and the
                            // CUDA workspace
   size_t total() const;

@@ -134,6 +134,36 @@ TEST(MemoryPlanTest, TermsMatchBytesPerParameter) {
   }
 }
 
+// On host memory (--device cpu) the plan counts what a checkpoint save adds on rank 0: the full
+// AdamW m and v it gathers at stages 1 and 2 (8 bytes a parameter), at stage 2 the gathered shards
+// too (4 bytes a parameter, padded units); nothing at stage 0 or on one rank (AdamW's own state is
+// saved), and nothing on a GPU (host memory is not the device's).
+TEST(MemoryPlanTest, CheckpointTermIsTheAdamWStateRankZeroGathers) {
+  GptConfig c = MakeConfig(2, 2, 64, 32, 256);
+  const size_t P = ParamCount(c);
+  ASSERT_EQ(P % (64 * 4), 0u) << P;
+  StatusOr<PlanDevice> host = PlanDeviceNamed("cpu");
+  StatusOr<PlanDevice> h200 = PlanDeviceNamed("h200");
+  ASSERT_TRUE(host.ok() && h200.ok());
+  for (int ranks : {1, 2, 4}) {
+    SCOPED_TRACE(ranks);
+    EXPECT_EQ(PlanMemory({c, 2, 32, ranks, 0, false}, *host).checkpoint, 0u);
+    EXPECT_EQ(PlanMemory({c, 2, 32, ranks, 1, false}, *host).checkpoint, ranks > 1 ? 8 * P : 0);
+    const MemoryPlan stage2 = PlanMemory({c, 2, 32, ranks, 2, false}, *host);
+    if (ranks == 1) {
+      EXPECT_EQ(stage2.checkpoint, 0u);
+    } else {
+      // Each of the 4 units (embeddings, 2 layers, tail) padded by less than 16 x ranks floats.
+      EXPECT_GE(stage2.checkpoint, 12 * P);
+      EXPECT_LT(stage2.checkpoint, 12 * P + 12 * 4 * 16 * static_cast<size_t>(ranks));
+    }
+    EXPECT_EQ(stage2.total() - stage2.checkpoint, stage2.parameters + stage2.gradients + stage2.optimizer +
+                                                      stage2.activations + stage2.communication +
+                                                      stage2.workspace + stage2.process);
+    for (int stage : {0, 1, 2}) EXPECT_EQ(PlanMemory({c, 2, 32, ranks, stage, false}, *h200).checkpoint, 0u);
+  }
+}
+
 TEST(MemoryPlanTest, RefusalNamesTheLargestTermAndWhatWouldFit) {
   // 48 blocks, 64 sequences: the activations dominate and only recompute (or a smaller
   // micro-batch) brings them under a device of 4 GiB.
