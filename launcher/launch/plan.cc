@@ -128,14 +128,6 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   LaunchPlan plan;
   FJORD_ASSIGN_OR_RETURN(plan.job, LoadJobSpec(options.job_path, options.overrides));
   FJORD_ASSIGN_OR_RETURN(plan.job_digest, JobDigest(plan.job));
-  // The memory plan (`fjord plan`) before any rank starts: a CPU job's rank must fit this host's
-  // memory (nodes like it); a CUDA job is planned by each rank against its GPU before allocating.
-  if (plan.job.device() == proto::CPU) {
-    FJORD_ASSIGN_OR_RETURN(PlanDevice cpu, PlanDeviceNamed("cpu"));
-    FJORD_RETURN_IF_ERROR(PlanMemory(JobPlanInputs(plan.job, std::max(options.np, 1), false), cpu)
-                              .Verdict()
-                              .WithContext("the memory plan of " + options.job_path));
-  }
   plan.policy = PolicyOf(plan.job);
   plan.audit_log = fs::absolute(AuditPathFor(plan.job)).string();
   FJORD_ASSIGN_OR_RETURN(plan.data_residency, DataResidencyOf(plan.job, &plan.data_unseen));
@@ -172,6 +164,17 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   FJORD_ASSIGN_OR_RETURN(plan.placement,
                          PlaceRanks(inventory, inventory_source, plan.policy, options.np, options.per_node,
                                     in_allocation ? &allocation : nullptr, plan.data_residency));
+  // The memory plan (`fjord plan`) before any rank starts: a CPU job's ranks must fit this host's
+  // available memory (nodes like it), shared by as many ranks as the fullest planned node runs; a
+  // CUDA job is planned by each rank against its GPU before allocating.
+  if (plan.job.device() == proto::CPU) {
+    int per_host = 1;
+    for (const PlacedNode& n : plan.placement.nodes) per_host = std::max(per_host, n.ranks);
+    FJORD_ASSIGN_OR_RETURN(PlanDevice cpu, PlanDeviceNamed("cpu", per_host));
+    FJORD_RETURN_IF_ERROR(PlanMemory(JobPlanInputs(plan.job, std::max(options.np, 1), false), cpu)
+                              .Verdict()
+                              .WithContext("the memory plan of " + options.job_path));
+  }
 
   plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
   plan.job_file = plan.launch_dir + "/job.textproto";
