@@ -2,6 +2,7 @@
 #include "launcher/launch/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -199,6 +200,17 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     for (const char* var : {"OMP_NUM_THREADS", "FJORD_TEST_HOOK"}) {
       if (GetEnv(var)) plan.argv.insert(plan.argv.end(), {"-x", var});
     }
+    // TCP keep-alive on the daemons' links to mpirun (Open MPI's default: probes after 300 s idle,
+    // dead after 3 more minutes), scaled to comm_timeout T: probes after T s idle, every T/4 s, dead
+    // after 5 unanswered, so never within an outage shorter than the census survives (0.8 x T), and
+    // a cut-off host's daemon notices it is alone and ends its ranks by itself within about 2.25 x T
+    // of the cut. fjord launch's own supervision bounds the job's end on the reachable hosts
+    // (launch/supervise.h; docs/RELIABILITY.md).
+    const int idle_s = std::max(1, static_cast<int>(std::ceil(plan.job.parallel().comm_timeout())));
+    plan.argv.insert(
+        plan.argv.end(),
+        {"--mca", "oob_tcp_keepalive_time", std::to_string(idle_s), "--mca", "oob_tcp_keepalive_intvl",
+         std::to_string(std::max(1, (idle_s + 3) / 4)), "--mca", "oob_tcp_keepalive_probes", "5"});
     // --doctor: one doctor rank on each planned node, started the way the job's ranks will be.
     std::string hosts;
     for (const PlacedNode& n : plan.placement.nodes) hosts += (hosts.empty() ? "" : ",") + n.address + ":1";

@@ -359,6 +359,7 @@ CommOptions CommOptionsFor(const proto::JobSpec& job) {
   options.timeout = std::chrono::milliseconds(static_cast<int64_t>(job.parallel().comm_timeout() * 1000.0));
   StatusOr<Algorithm> algo = ParseAlgorithm(job.parallel().algo());
   options.algorithm = algo.ok() ? *algo : Algorithm::kAuto;
+  if (!job.run_dir().empty()) options.flight_dir = job.run_dir() + "/flight";
   return options;
 }
 
