@@ -256,7 +256,7 @@ void AddTrain(CLI::App& app) {
 void AddPlan(CLI::App& app) {
   struct Args {
     std::vector<std::string> job, overrides;
-    int ranks = 0;
+    int ranks = 0, ranks_per_node = 0;
     std::string device;
   };
   auto a = std::make_shared<Args>();
@@ -268,15 +268,24 @@ void AddPlan(CLI::App& app) {
   c->add_option("--device", a->device,
                 "h100, h200 or cpu (this host's available memory); default cpu for device: CPU, else h100")
       ->type_name("NAME");
+  c->add_option(
+       "--ranks-per-node", a->ranks_per_node,
+       "--device cpu: ranks that share one host's memory (default: all of --ranks, as `mpirun -np N` "
+       "on this host runs them)")
+      ->type_name("K");
   c->add_option("--set", a->overrides, "override a field of the job spec")->type_name("PATH=VALUE");
   c->run = [c, a] {
     if (a->job.size() != 1) return cli::UsageError(*c, "give exactly one job spec (JOB.textproto)");
     if (a->ranks < 1)
       return cli::UsageError(*c, "--ranks " + std::to_string(a->ranks) + ": give at least 1 rank");
+    if (a->ranks_per_node < 0 || a->ranks_per_node > a->ranks) {
+      return cli::UsageError(*c, "--ranks-per-node " + std::to_string(a->ranks_per_node) +
+                                     ": give between 1 and --ranks (" + std::to_string(a->ranks) + ")");
+    }
     StatusOr<proto::JobSpec> job = LoadJobSpec(a->job[0], a->overrides);
     if (!job.ok()) return Fail("plan", job.status());
     const std::string name = !a->device.empty() ? a->device : job->device() == proto::CPU ? "cpu" : "h100";
-    StatusOr<PlanDevice> device = PlanDeviceNamed(name);
+    StatusOr<PlanDevice> device = PlanDeviceNamed(name, a->ranks_per_node > 0 ? a->ranks_per_node : a->ranks);
     if (!device.ok()) return cli::UsageError(*c, device.status().message());
     const MemoryPlan plan = PlanMemory(JobPlanInputs(*job, a->ranks, device->cuda), *device);
     std::fputs(plan.Table().c_str(), stdout);

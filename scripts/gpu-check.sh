@@ -19,9 +19,10 @@
 #   loss      one fjord step at lr 1e-30 (weights unchanged to fp32 precision) with validation on
 #             fixed batches, in model.dtype FP32 and BF16, `fjord export`, and PyTorch's loss on the
 #             exported weights and the same tokens (fp32 and bf16 autocast)
-#   llama     `fjord train` steps of Llama 3.2 1B and of Llama 3.1 8B's layer shapes (fewer layers:
-#             the whole 8B needs ZeRO-3 on one GPU), random weights and tokens, bf16, seq 2048;
-#             last, in what the budget leaves
+#   llama     `fjord train` steps of Llama 3.2 1B and of Llama 3.1 8B's layer shapes (fewer layers),
+#             random weights and tokens, bf16, seq 2048; in what the budget leaves
+#   zero3     all of Llama 3.1 8B (vocab 128256) at parallel.zero_stage 3 over 2 ranks sharing the
+#             GPU (MPI backend), recompute BLOCK, the largest micro-batch the plan admits; last
 # Stops starting stages after FJORD_GPU_BUDGET seconds (default 420), and cuts every stage's timeout
 # so that none runs past FJORD_GPU_DEADLINE seconds (default 500): the call (540 s at most, less when
 # the machine's start-up ate into the device time) still prints the summary.
@@ -310,6 +311,63 @@ EOF
       llama_step "Llama 3.1 8B shapes, $layers of its 32 layers (4096, GQA 32:8, SwiGLU 14336)" \
         "$(llama_model "$layers" 32 8 4096 14336 500000 false)" && break
     done
+    ;;
+esac
+
+# --- ZeRO-3: all of Llama 3.1 8B --------------------------------------------------------------------
+# Issue 19: the whole 8B (32 layers, its real vocabulary of 128256 in a version-2 uint32 shard) with
+# parameters, gradients and AdamW state sharded (parallel.zero_stage: 3) over 2 ranks that share
+# this one GPU through the MPI backend (NCCL refuses two ranks on one GPU; MPI stages through host
+# memory), train.recompute: BLOCK, bf16, seq 2048. Micro-batch: the largest of 4, 2, 1 whose plan
+# (`fjord plan --ranks 2 --device h200`, per rank) fits twice in the GPU, tried for real, smaller
+# ones after a failure. It times the gathers and reduce-scatters of a real shape; the step is not a
+# scaling figure (both ranks share one GPU and talk through host memory).
+zero3_model() {
+  cat <<EOF
+model { arch: LLAMA n_layer: 32 n_head: 32 n_kv_head: 8 n_embd: 4096 intermediate_size: 14336 seq_len: 2048
+        vocab_size: 128256 rms_norm_eps: 1e-5 rope_theta: 500000 tie_embeddings: false
+        rope_scaling { rope_type: LLAMA3 factor: 8 low_freq_factor: 1 high_freq_factor: 4
+                       original_max_position_embeddings: 8192 } }
+parallel { zero_stage: 3 comm_backend: MPI }
+device: CUDA
+EOF
+}
+case " ${FJORD_GPU_SKIP:-} " in
+  *" zero3 "*) add "zero3: skipped (FJORD_GPU_SKIP)" ;;
+  *)
+    python3 - "$work/tokens_v2.bin" <<'EOF'
+import struct, sys, random
+random.seed(1337)
+n = 1 << 16
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<256i", 20240520, 2, n, *([0] * 253)))
+    f.write(struct.pack(f"<{n}I", *(random.randrange(128256) for _ in range(n))))
+EOF
+    gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+    gpu_bytes=$(( ${gpu_mib:-0} * 1024 * 1024 ))
+    zero3_ok=0
+    for b in 4 2 1; do
+      { zero3_model
+        echo "train { micro_batch: $b steps: 6 lr: 1e-5 warmup_steps: 0 log_every: 1 recompute: BLOCK }"
+        echo "data { train: \"$work/tokens_v2.bin\" }"; } >"$work/zero3.textproto"
+      total=$("${fjord_env[@]}" "$bin/fjord" plan "$work/zero3.textproto" --ranks 2 --device h200 2>/dev/null |
+              awk '$1 == "total" {print $2}')
+      if [ -z "$total" ] || [ $((2 * total)) -gt "$gpu_bytes" ]; then
+        note "zero3: B=$b: plan ${total:-?} bytes a rank x 2 ranks exceeds the GPU's $gpu_bytes"
+        continue
+      fi
+      if stage "zero3 8B B=$b" 240 "${fjord_env[@]}" "$ompi/bin/orterun" -np 2 --oversubscribe --bind-to none \
+           "$bin/fjord" train "$work/zero3.textproto" --set run_dir="$work/zero3_$b"; then
+        ms=$(median_ms "$work/zero3_$b/metrics.jsonl")
+        comm=$(python3 -c 'import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][2:]
+print(f"{statistics.median(r["exposed_comm_ms"] for r in rows):.0f}")' "$work/zero3_$b/metrics.jsonl")
+        add "zero3: Llama 3.1 8B (32 layers, vocab 128256), ZeRO-3 over 2 ranks sharing the GPU (MPI), recompute BLOCK, bf16, micro-batch $b x 2048: $ms ms/step, exposed comm $comm ms, plan $((total >> 30)) GiB a rank"
+        zero3_ok=1
+        break
+      fi
+    done
+    [ $zero3_ok -eq 1 ] || add "zero3: Llama 3.1 8B at ZeRO-3 did not run (see the log)"
     ;;
 esac
 

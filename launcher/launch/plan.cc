@@ -2,6 +2,7 @@
 #include "launcher/launch/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -127,14 +128,6 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   LaunchPlan plan;
   FJORD_ASSIGN_OR_RETURN(plan.job, LoadJobSpec(options.job_path, options.overrides));
   FJORD_ASSIGN_OR_RETURN(plan.job_digest, JobDigest(plan.job));
-  // The memory plan (`fjord plan`) before any rank starts: a CPU job's rank must fit this host's
-  // memory (nodes like it); a CUDA job is planned by each rank against its GPU before allocating.
-  if (plan.job.device() == proto::CPU) {
-    FJORD_ASSIGN_OR_RETURN(PlanDevice cpu, PlanDeviceNamed("cpu"));
-    FJORD_RETURN_IF_ERROR(PlanMemory(JobPlanInputs(plan.job, std::max(options.np, 1), false), cpu)
-                              .Verdict()
-                              .WithContext("the memory plan of " + options.job_path));
-  }
   plan.policy = PolicyOf(plan.job);
   plan.audit_log = fs::absolute(AuditPathFor(plan.job)).string();
   FJORD_ASSIGN_OR_RETURN(plan.data_residency, DataResidencyOf(plan.job, &plan.data_unseen));
@@ -184,6 +177,17 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
                          PlaceRanks(inventory, inventory_source, plan.policy, options.np, options.per_node,
                                     in_allocation ? &allocation : nullptr, plan.data_residency));
   plan.placement.excluded.insert(plan.placement.excluded.begin(), excluded.begin(), excluded.end());
+  // The memory plan (`fjord plan`) before any rank starts: a CPU job's ranks must fit this host's
+  // available memory (nodes like it), shared by as many ranks as the fullest planned node runs; a
+  // CUDA job is planned by each rank against its GPU before allocating.
+  if (plan.job.device() == proto::CPU) {
+    int per_host = 1;
+    for (const PlacedNode& n : plan.placement.nodes) per_host = std::max(per_host, n.ranks);
+    FJORD_ASSIGN_OR_RETURN(PlanDevice cpu, PlanDeviceNamed("cpu", per_host));
+    FJORD_RETURN_IF_ERROR(PlanMemory(JobPlanInputs(plan.job, std::max(options.np, 1), false), cpu)
+                              .Verdict()
+                              .WithContext("the memory plan of " + options.job_path));
+  }
 
   plan.launch_dir = (fs::absolute(plan.job.run_dir()) / "launch").lexically_normal().string();
   plan.job_file = plan.launch_dir + "/job.textproto";
@@ -209,6 +213,17 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     for (const char* var : {"OMP_NUM_THREADS", "FJORD_TEST_HOOK"}) {
       if (GetEnv(var)) plan.argv.insert(plan.argv.end(), {"-x", var});
     }
+    // TCP keep-alive on the daemons' links to mpirun (Open MPI's default: probes after 300 s idle,
+    // dead after 3 more minutes), scaled to comm_timeout T: probes after T s idle, every T/4 s, dead
+    // after 5 unanswered, so never within an outage shorter than the census survives (0.8 x T), and
+    // a cut-off host's daemon notices it is alone and ends its ranks by itself within about 2.25 x T
+    // of the cut. fjord launch's own supervision bounds the job's end on the reachable hosts
+    // (launch/supervise.h; docs/RELIABILITY.md).
+    const int idle_s = std::max(1, static_cast<int>(std::ceil(plan.job.parallel().comm_timeout())));
+    plan.argv.insert(
+        plan.argv.end(),
+        {"--mca", "oob_tcp_keepalive_time", std::to_string(idle_s), "--mca", "oob_tcp_keepalive_intvl",
+         std::to_string(std::max(1, (idle_s + 3) / 4)), "--mca", "oob_tcp_keepalive_probes", "5"});
     // --doctor: one doctor rank on each planned node, started the way the job's ranks will be.
     std::string hosts;
     for (const PlacedNode& n : plan.placement.nodes) hosts += (hosts.empty() ? "" : ",") + n.address + ":1";

@@ -1,5 +1,6 @@
 #include "runtime/device/device.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
@@ -9,12 +10,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <sstream>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "common/check.h"
 #include "common/env.h"
+#include "common/text.h"
 
 namespace fjord {
 
@@ -67,7 +72,9 @@ Device& CpuDevice() {
   return device;
 }
 
-size_t AvailableHostBytes() {
+namespace {
+
+size_t MemAvailableBytes() {
   if (FILE* f = std::fopen("/proc/meminfo", "r")) {
     char line[256];
     unsigned long long kib = 0;
@@ -82,6 +89,112 @@ size_t AvailableHostBytes() {
   if (sysinfo(&info) != 0) return 0;
   return (static_cast<size_t>(info.freeram) + info.bufferram) * info.mem_unit;
 }
+
+// The first number in `path` ("max" and unreadable files: SIZE_MAX, no limit).
+size_t ReadBytes(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return SIZE_MAX;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(word.c_str(), &end, 10);
+  return errno != 0 || end == word.c_str() ? SIZE_MAX : static_cast<size_t>(v);
+}
+
+// `key`'s value in a memory.stat file (0 when absent).
+size_t StatBytes(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string k;
+  unsigned long long v = 0;
+  while (in >> k >> v) {
+    if (k == key) return static_cast<size_t>(v);
+  }
+  return 0;
+}
+
+// Where cgroup hierarchies are mounted: v2 (`unified`) and v1's memory controller.
+struct CgroupMounts {
+  std::string unified, memory_v1;
+};
+CgroupMounts FindCgroupMounts() {
+  CgroupMounts m;
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, mountpoint, options, word;
+    fields >> id >> parent >> dev >> root >> mountpoint >> options;
+    while (fields >> word && word != "-") {
+    }
+    std::string fstype, source, super;
+    fields >> fstype >> source >> super;
+    if (fstype == "cgroup2" && m.unified.empty()) m.unified = mountpoint;
+    if (fstype == "cgroup" && m.memory_v1.empty()) {
+      std::istringstream opts(super);
+      std::string opt;
+      while (std::getline(opts, opt, ',')) {
+        if (opt == "memory") m.memory_v1 = mountpoint;
+      }
+    }
+  }
+  return m;
+}
+
+// The headroom of the tightest memory cgroup above this process, or nothing (bytes SIZE_MAX).
+HostMemory CgroupHeadroom() {
+  HostMemory best{SIZE_MAX, ""};
+  const CgroupMounts mounts = FindCgroupMounts();
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    // HIERARCHY:CONTROLLERS:PATH; v2 is "0::PATH".
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    const auto consider = [&](size_t limit, size_t used, const std::string& where) {
+      if (limit == SIZE_MAX || limit >= (size_t{1} << 62))
+        return;  // no limit ("max", or v1's PAGE_COUNTER_MAX)
+      const size_t headroom = limit > used ? limit - used : 0;
+      if (headroom < best.bytes) {
+        best.bytes = headroom;
+        best.bound =
+            "the memory cgroup " + where + ": limit " + GiBText(limit) + ", " + GiBText(used) + " used";
+      }
+    };
+    if (controllers.empty() && !mounts.unified.empty()) {
+      // v2: every ancestor's memory.max binds too.
+      for (std::string p = path; !p.empty(); p = p.substr(0, p.rfind('/'))) {
+        const std::string dir = mounts.unified + (p == "/" ? "" : p);
+        const size_t limit = ReadBytes(dir + "/memory.max");
+        if (limit != SIZE_MAX) {
+          const size_t current = ReadBytes(dir + "/memory.current");
+          const size_t inactive = StatBytes(dir + "/memory.stat", "inactive_file");
+          consider(limit, current == SIZE_MAX ? 0 : current - std::min(current, inactive), p);
+        }
+        if (p == "/") break;
+      }
+    } else if (!mounts.memory_v1.empty() && ("," + controllers + ",").find(",memory,") != std::string::npos) {
+      // v1: memory.stat's hierarchical_memory_limit is the smallest limit over the ancestors.
+      const std::string dir = mounts.memory_v1 + (path == "/" ? "" : path);
+      const size_t limit = StatBytes(dir + "/memory.stat", "hierarchical_memory_limit");
+      const size_t usage = ReadBytes(dir + "/memory.usage_in_bytes");
+      const size_t inactive = StatBytes(dir + "/memory.stat", "total_inactive_file");
+      if (limit != 0 && usage != SIZE_MAX) consider(limit, usage - std::min(usage, inactive), path);
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+HostMemory AvailableHostMemory() {
+  HostMemory host{MemAvailableBytes(), "MemAvailable"};
+  HostMemory cgroup = CgroupHeadroom();
+  return cgroup.bytes < host.bytes ? cgroup : host;
+}
+
+size_t AvailableHostBytes() { return AvailableHostMemory().bytes; }
 
 int CudaDeviceCount() {
 #ifdef FJORD_HAVE_CUDA

@@ -64,9 +64,20 @@ class Device {
   virtual void OrderAfterCompute(CUstream_st* stream) = 0;
 };
 
-// Host memory a new allocation can take now: MemAvailable of /proc/meminfo (free plus
-// reclaimable), or sysinfo's free RAM where that line is missing. Cgroup limits are not read.
-size_t AvailableHostBytes();
+// Host memory a new allocation can take now, and what bounds it: MemAvailable of /proc/meminfo
+// (free plus reclaimable; sysinfo's free RAM where that line is missing), or less where this
+// process's memory cgroup leaves less: the smallest limit minus usage (less its inactive file
+// cache, which the kernel reclaims before it kills) over the cgroup and its ancestors, cgroup v2
+// (memory.max, memory.current) or v1 (hierarchical_memory_limit, memory.usage_in_bytes). A job
+// under Slurm's cgroup plugin, systemd or a container is killed at its cgroup's limit, not at the
+// host's MemAvailable, so that is what a plan must be measured against.
+struct HostMemory {
+  size_t bytes = 0;
+  // "MemAvailable", or "the memory cgroup /slurm/uid_0/job_7: limit 4.0 GiB, 1.2 GiB used".
+  std::string bound;
+};
+HostMemory AvailableHostMemory();
+size_t AvailableHostBytes();  // AvailableHostMemory().bytes
 
 // The process-wide CPU device (kernels/cpu, host memory); thread-safe to call.
 Device& CpuDevice();

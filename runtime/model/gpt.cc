@@ -13,6 +13,7 @@
 #include "common/saturating.h"
 #include "common/text.h"
 #include "runtime/device/device.h"
+#include "runtime/model/zero_units.h"
 
 namespace fjord {
 
@@ -428,14 +429,16 @@ size_t Gpt::MemoryBytes(const GptConfig& config, int max_batch, int max_seq) {
 Gpt::ArenaTerms Gpt::ArenaTermsFor(const GptConfig& config, int max_batch, int max_seq,
                                    size_t buffer_multiple) {
   auto [acts, dacts] = ActTotals(config, max_batch, max_seq);
-  const size_t padded = RoundUp(ParamCount(config), buffer_multiple);
+  size_t padded = RoundUp(ParamCount(config), buffer_multiple);
+  if (config.grad_shard_ranks > 0)
+    padded = std::max(padded, ZeroUnits::SizesFor(config, config.grad_shard_ranks).buffer);
   const size_t tokens = Mul(Mul(max_batch, max_seq), sizeof(int32_t));
   const size_t working = WorkingParamBytes(config, padded);
   const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
   const size_t rope = config.llama() ? r(Mul(Mul(max_seq, config.head_size()), sizeof(float))) : 0;
   ArenaTerms t;
   t.parameters = Add(r(Mul(padded, sizeof(float))), working > 0 ? r(working) : 0);
-  t.gradients = r(Mul(padded, sizeof(float)));
+  t.gradients = config.grad_shard_ranks > 0 ? 0 : r(Mul(padded, sizeof(float)));
   t.activations = Add(r(acts), r(dacts));
   t.workspace = Add(Add(Mul(2, r(tokens)), r(sizeof(float))), rope);
   return t;
@@ -458,7 +461,8 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
     return Add(on_host, Mul(c.n_layer, kBookkeepingBytesPerLayer));
   };
   const size_t need = need_for(config);
-  const size_t have = AvailableHostBytes();
+  const HostMemory host = AvailableHostMemory();
+  const size_t have = host.bytes;
   if (need <= have) return OkStatus();
   // What makes it large: the part that grows with model.n_layer, the embeddings, or the
   // activations outside the blocks (the logits).
@@ -490,16 +494,16 @@ Status Gpt::CheckMemory(const GptConfig& config, int max_batch, int max_seq, int
               ")";
   }
   const size_t params = ParamCount(config);
-  return FailedPrecondition(
-      "the model has " + (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
-      " parameters and needs " + BytesText(need) + " of host memory" +
-      (device.is_cuda()
-           ? " (the host copy of the parameters)"
-           : " (parameters, gradients" + std::string(extra_copies > 0 ? ", optimizer state" : "") +
-                 " and activations for " + std::to_string(max_batch) + " x " + std::to_string(max_seq) +
-                 " tokens)") +
-      ", but this host has " + BytesText(have) + " available (MemAvailable); the largest part is " + largest +
-      "; nothing was allocated: " + what_to_do);
+  return FailedPrecondition("the model has " +
+                            (params == SIZE_MAX ? std::string("more than 2^64") : std::to_string(params)) +
+                            " parameters and needs " + BytesText(need) + " of host memory" +
+                            (device.is_cuda() ? " (the host copy of the parameters)"
+                                              : " (parameters, gradients" +
+                                                    std::string(extra_copies > 0 ? ", optimizer state" : "") +
+                                                    " and activations for " + std::to_string(max_batch) +
+                                                    " x " + std::to_string(max_seq) + " tokens)") +
+                            ", but this host has " + BytesText(have) + " available (" + host.bound +
+                            "); the largest part is " + largest + "; nothing was allocated: " + what_to_do);
 }
 
 Gpt::Gpt(const GptConfig& config, int max_batch, int max_seq, const Ops& ops, size_t buffer_multiple)
@@ -537,12 +541,14 @@ void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   block_grad_bytes_ = ActOffsets(config_, max_batch_, max_seq_, &act_offsets_, &grad_offsets_);
   auto [acts, dacts] = ActTotals(config_, max_batch_, max_seq_);
   buffer_size_ = (layout_.num_params() + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  if (config_.grad_shard_ranks > 0)
+    buffer_size_ = std::max(buffer_size_, ZeroUnits(layout_, config_.grad_shard_ranks).buffer_floats());
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
   params_ = arena.Floats(buffer_size_);
   working_params_ = params_;
   if (config_.precision == Precision::kBf16)
     working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
-  grads_ = arena.Floats(buffer_size_);
+  if (config_.grad_shard_ranks == 0) grads_ = arena.Floats(buffer_size_);
   acts_ = static_cast<char*>(arena.Bytes(acts));
   dacts_ = static_cast<char*>(arena.Bytes(dacts));
   dacts_bytes_ = dacts;
@@ -945,9 +951,29 @@ void Gpt::BackwardLlama(const GradReadyFn& on_ready) {
   if (on_ready) on_ready(0, L > 0 ? layout_.layer(0).begin : layout_.lnf_w());
 }
 
-void Gpt::ZeroGrads() { ops_.f32.fill_zero(ctx_, grads_, buffer_size_); }
+void Gpt::ZeroGrads() {
+  FJORD_CHECK(grads_ != nullptr, "ZeroGrads: this model has gradient windows (grad_shard_ranks)");
+  ops_.f32.fill_zero(ctx_, grads_, buffer_size_);
+}
 
-float Gpt::GradSumSquares() { return SumSquares(grads_, buffer_size_); }
+void Gpt::SetGradWindow(int slot, size_t begin, size_t end, float* window) {
+  FJORD_CHECK(slot == 0 || slot == 1, "SetGradWindow: slot " + std::to_string(slot));
+  grad_windows_[slot] = {begin, end - begin, window};
+}
+
+float* Gpt::OutsideGradWindows(size_t offset) const {
+  FJORD_CHECK(false, "gradient of parameter " + std::to_string(offset) +
+                         " written outside the gradient windows [" + std::to_string(grad_windows_[0].begin) +
+                         ", +" + std::to_string(grad_windows_[0].size) + ") and [" +
+                         std::to_string(grad_windows_[1].begin) + ", +" +
+                         std::to_string(grad_windows_[1].size) + ")");
+  std::abort();
+}
+
+float Gpt::GradSumSquares() {
+  FJORD_CHECK(grads_ != nullptr, "GradSumSquares: this model has gradient windows (grad_shard_ranks)");
+  return SumSquares(grads_, buffer_size_);
+}
 
 float Gpt::SumSquares(const float* x, size_t n) {
   ops_.sum_squares(ctx_, scratch_, x, n);

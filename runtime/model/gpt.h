@@ -65,6 +65,11 @@ struct GptConfig {
   // and one block's worth of other activations; Backward recomputes each block from its input just
   // before its gradients. Losses and gradients are bit-identical to false on the CPU.
   bool recompute = false;
+  // parallel.zero_stage 2 over this many ranks (0: off). The model then has no gradient buffer:
+  // Backward writes each unit's gradients (runtime/model/zero_units.h) into the window the caller
+  // names with Gpt::SetGradWindow, and the parameter buffer is ZeroUnits::buffer_floats() long so a
+  // unit's in-place all-gather stays inside it.
+  int grad_shard_ranks = 0;
   bool llama() const { return arch == Arch::kLlama; }
   int head_size() const { return n_embd / n_head; }
   // Width of the packed q, k, v rows: (n_head + 2 n_kv_head) head_size (3 n_embd for GPT-2).
@@ -115,6 +120,7 @@ class ParamLayout {
   size_t num_params() const { return total_; }
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   const Layer& layer(int l) const { return layers_[l]; }
+  int num_layers() const { return static_cast<int>(layers_.size()); }
   size_t wte() const { return wte_; }          // Llama: model.embed_tokens.weight
   size_t wpe() const { return wpe_; }          // Llama: kNone
   size_t lnf_w() const { return lnf_w_; }      // Llama: model.norm.weight
@@ -231,10 +237,18 @@ class Gpt {
   // (Device::OrderAfterCompute / StageToHost order a consumer after them).
   void Backward(const GradReadyFn& on_ready = nullptr);
 
-  // Sets every parameter gradient to zero (start of an accumulation).
+  // Sets every parameter gradient to zero (start of an accumulation). Not with grad_shard_ranks.
   void ZeroGrads();
 
-  // Sum of squares of all parameter gradients, and of n values at x (backend memory).
+  // grad_shard_ranks: gradients of parameters [begin, end) go to window[0, end - begin) until the
+  // next call for the same slot (0 or 1; two windows are active at once: the embeddings', written
+  // at both ends of Backward when the classifier is tied, and the unit being processed). Backward
+  // reads and adds to what the window holds. A gradient write outside every window is a bug
+  // (FJORD_CHECK).
+  void SetGradWindow(int slot, size_t begin, size_t end, float* window);
+
+  // Sum of squares of all parameter gradients (not with grad_shard_ranks), and of n values at x
+  // (backend memory).
   float GradSumSquares();
   float SumSquares(const float* x, size_t n);
 
@@ -284,7 +298,14 @@ class Gpt {
   floatX* P(size_t offset) {
     return static_cast<floatX*>(working_params_) + offset;
   }
-  float* D(size_t offset) { return grads_ + offset; }
+  float* D(size_t offset) {
+    if (grads_ != nullptr) return grads_ + offset;
+    for (const GradWindow& w : grad_windows_) {
+      if (offset - w.begin < w.size) return w.window + (offset - w.begin);
+    }
+    return OutsideGradWindows(offset);
+  }
+  [[noreturn]] float* OutsideGradWindows(size_t offset) const;
   // An optional parameter tensor (a Llama bias): null when the layout has none.
   template <typename floatX>
   const floatX* POpt(size_t offset) {
@@ -324,7 +345,12 @@ class Gpt {
   size_t buffer_size_ = 0;
   float* params_ = nullptr;         // fp32 master weights
   void* working_params_ = nullptr;  // what the ops read: params_ in fp32, a bf16 copy in bf16
-  float* grads_ = nullptr;
+  float* grads_ = nullptr;          // null with grad_shard_ranks: grad_windows_ instead
+  struct GradWindow {
+    size_t begin = 0, size = 0;
+    float* window = nullptr;
+  };
+  GradWindow grad_windows_[2];
   char* acts_ = nullptr;
   char* dacts_ = nullptr;
   size_t dacts_bytes_ = 0;

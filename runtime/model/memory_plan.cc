@@ -9,6 +9,7 @@
 #include "common/saturating.h"
 #include "common/text.h"
 #include "runtime/device/device.h"
+#include "runtime/model/zero_units.h"
 
 namespace fjord {
 namespace {
@@ -20,21 +21,39 @@ using sat::RoundUp;
 // NCCL's own device buffers for a ring over several ranks: NCCL_BUFFSIZE (4 MiB) for each of up to
 // 32 channels, send and receive, plus its work FIFOs; an allowance, not a measurement.
 constexpr size_t kNcclAllowance = size_t{512} << 20;
+// A rank's process outside its arena, on the host: peak RSS of `fjord train` on a 1-layer model
+// (arena under 2 MiB) was 22 MB alone and 65 MB a rank under mpirun -np 2 (Open MPI 4.1.4's
+// buffers and shared-memory segments), Debian 12, 2026-12-07; allowances with room for mpirun and
+// its daemon, which a cgroup confining the job charges too.
+constexpr size_t kProcessAllowance = size_t{32} << 20;
+constexpr size_t kMpiProcessAllowance = size_t{96} << 20;
 
 }  // namespace
 
-StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name) {
+StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host) {
   std::string n = name;
   std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
   if (n == "h100") return PlanDevice{"H100", size_t{81559} << 20, true};
   if (n == "h200") return PlanDevice{"H200", size_t{143771} << 20, true};
-  if (n == "cpu") return PlanDevice{"cpu (MemAvailable of this host)", AvailableHostBytes(), false};
+  if (n == "cpu") {
+    const HostMemory host = AvailableHostMemory();
+    const int k = std::max(ranks_on_host, 1);
+    PlanDevice cpu{"cpu (" + host.bound + " of this host" +
+                       (k > 1 ? ", shared by " + std::to_string(k) + " ranks" : std::string()) + ")",
+                   host.bytes / static_cast<size_t>(k),
+                   false,
+                   host.bound,
+                   k,
+                   true};
+    return cpu;
+  }
   return InvalidArgument("--device " + name + ": unknown device; choose h100 (80 GB), h200 (141 GB) or cpu " +
                          "(this host's available memory)");
 }
 
 size_t MemoryPlan::total() const {
-  return Add(Add(Add(parameters, gradients), Add(optimizer, activations)), Add(communication, workspace));
+  return Add(Add(Add(parameters, gradients), Add(optimizer, activations)),
+             Add(Add(Add(communication, workspace), process), checkpoint));
 }
 
 MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
@@ -47,15 +66,37 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
   const bool zero = in.zero_stage == 1 && ranks > 1;
   const size_t multiple = zero ? Mul(16, ranks) : 16;
   plan.params = ParamCount(in.config);
-  const Gpt::ArenaTerms t = Gpt::ArenaTermsFor(in.config, in.micro_batch, in.seq_len, multiple);
-  const size_t optimizer_count = zero ? RoundUp(plan.params, multiple) / ranks : plan.params;
+  // ZeRO-2 (runtime/train/unit_reducer.h): no full gradient buffer in the model; the gradients are
+  // this rank's shard of the unit map plus the embeddings' window and two layer windows.
+  GptConfig config = in.config;
+  config.grad_shard_ranks = in.zero_stage == 2 ? ranks : 0;
+  const Gpt::ArenaTerms t = Gpt::ArenaTermsFor(config, in.micro_batch, in.seq_len, multiple);
+  size_t optimizer_count = zero ? RoundUp(plan.params, multiple) / ranks : plan.params;
+  size_t unit_gradients = 0;
+  if (in.zero_stage == 2) {
+    const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
+    optimizer_count = z.shard;
+    const auto r = [](size_t floats) { return RoundUp(Mul(floats, sizeof(float)), Arena::kAlign); };
+    unit_gradients =
+        Add(Add(r(z.shard), r(z.embeddings_window)), Mul(2, r(z.layer_window)));  // UnitReducer::ArenaBytes
+  }
   plan.parameters = t.parameters;
-  plan.gradients = t.gradients;
+  plan.gradients = Add(t.gradients, unit_gradients);
   plan.optimizer = Mul(2, RoundUp(Mul(optimizer_count, sizeof(float)), Arena::kAlign));  // AdamW::ArenaBytes
   plan.activations = t.activations;
   plan.workspace = t.workspace;
   plan.arena_bytes =
-      Add(Add(Add(t.parameters, t.gradients), Add(t.activations, t.workspace)), plan.optimizer);
+      Add(Add(Add(t.parameters, plan.gradients), Add(t.activations, t.workspace)), plan.optimizer);
+  if (device.counts_process) {
+    plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
+    // The trainer's Checkpoint: rank 0 gathers m and v whole (buffer floats each, in std::vectors).
+    if (ranks > 1 && in.zero_stage == 1) plan.checkpoint = Mul(8, RoundUp(plan.params, multiple));
+    if (ranks > 1 && in.zero_stage == 2) {
+      const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
+      const size_t buffer = std::max(RoundUp(plan.params, 16), z.buffer);
+      plan.checkpoint = Add(Mul(8, buffer), Mul(4, Mul(z.shard, ranks)));
+    }
+  }
   if (device.cuda) {
     plan.workspace = Add(plan.workspace, CudaWorkspaceBytes(in.micro_batch, in.seq_len));
     if (in.nccl && ranks > 1) plan.communication = kNcclAllowance;
@@ -78,7 +119,8 @@ std::string MemoryPlan::Table() const {
   out += line;
   const std::pair<const char*, size_t> rows[] = {
       {"parameters", parameters},   {"gradients", gradients},         {"optimizer state", optimizer},
-      {"activations", activations}, {"communication", communication}, {"workspace", workspace}};
+      {"activations", activations}, {"communication", communication}, {"workspace", workspace},
+      {"process", process},         {"checkpoint", checkpoint}};
   for (const auto& [name, bytes] : rows) {
     std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", name,
                   bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiBText(bytes).c_str());
@@ -119,20 +161,43 @@ Status MemoryPlan::Verdict() const {
       {"activations", activations,
        batch + ", train.recompute = " + std::string(c.recompute ? "BLOCK" : "NONE") + ", " + model},
       {"communication", communication, "parallel.comm_backend"},
-      {"workspace", workspace, batch}};
+      {"workspace", workspace, batch},
+      {"process", process, "the rank's code, libraries and MPI buffers"},
+      {"checkpoint", checkpoint,
+       "rank 0 gathers the AdamW state whole to save it, parallel.zero_stage = " +
+           std::to_string(in.zero_stage)}};
   const Term& largest = *std::max_element(terms.begin(), terms.end(),
                                           [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
-  // What would make it fit, tried in the brief's order: more ranks (ZeRO-1 shards the optimizer
-  // state), recompute, a smaller micro-batch.
+  // What would make it fit, each verified by planning it: a higher stage on these ranks, more
+  // ranks (at stage 1 and 2: both shard the optimizer state, 2 the gradients too), recompute, a
+  // smaller micro-batch.
   std::vector<std::string> fixes;
-  for (int ranks = std::max(in.ranks, 1) * 2; ranks <= 4096; ranks *= 2) {
-    MemoryPlanInputs more = in;
-    more.ranks = ranks;
-    more.zero_stage = 1;
-    if (PlanMemory(more, device).fits()) {
-      fixes.push_back(std::to_string(ranks) + " ranks with parallel.zero_stage: 1");
-      break;
+  if (in.ranks > 1) {
+    for (int stage = in.zero_stage + 1; stage <= kMaxZeroStage; ++stage) {
+      MemoryPlanInputs higher = in;
+      higher.zero_stage = stage;
+      if (PlanMemory(higher, device).fits()) {
+        fixes.push_back("a higher parallel.zero_stage: " + std::to_string(stage));
+        break;
+      }
     }
+  }
+  for (int stage = std::max(in.zero_stage, 1); stage <= kMaxZeroStage; ++stage) {
+    bool found = false;
+    for (int ranks = std::max(in.ranks, 1) * 2; ranks <= 4096 && !found; ranks *= 2) {
+      MemoryPlanInputs more = in;
+      more.ranks = ranks;
+      more.zero_stage = stage;
+      if (PlanMemory(more, device).fits()) {
+        fixes.push_back(std::to_string(ranks) + " ranks with parallel.zero_stage: " + std::to_string(stage) +
+                        (device.ranks_on_host > 1
+                             ? " on more hosts (" + std::to_string(device.ranks_on_host) +
+                                   " a host at most: ranks on one host share its memory)"
+                             : std::string()));
+        found = true;
+      }
+    }
+    if (found) break;
   }
   if (!c.recompute) {
     MemoryPlanInputs r = in;
@@ -149,7 +214,7 @@ Status MemoryPlan::Verdict() const {
     }
   }
   const std::string what_to_do =
-      fixes.empty() ? "no setting available today makes it fit (ZeRO stages 2 and 3 do not exist yet); use a "
+      fixes.empty() ? "no setting available today makes it fit (ZeRO stage 3 does not exist yet); use a "
                       "smaller model (model.n_layer, model.n_embd) or a device with more memory"
                     : [&] {
                         std::string s = "any of these would make it fit: ";
@@ -161,7 +226,10 @@ Status MemoryPlan::Verdict() const {
       " parameters and needs " + BytesText(total()) + " per rank (the memory plan: " +
       std::to_string(in.ranks) + " rank(s), ZeRO stage " + std::to_string(in.zero_stage) + "), but " +
       (device.cuda ? "one " + device.name + " has " + BytesText(device.bytes)
-                   : "this host has " + BytesText(device.bytes) + " available (MemAvailable)") +
+       : device.ranks_on_host > 1
+           ? "this host's available memory (" + device.bound + ") shared by its " +
+                 std::to_string(device.ranks_on_host) + " ranks is " + BytesText(device.bytes) + " per rank"
+           : "this host has " + BytesText(device.bytes) + " available (" + device.bound + ")") +
       "; the largest part is " + largest.name + ", " + BytesText(largest.bytes) + " (" + largest.why +
       "); nothing was allocated: " + what_to_do + " (`fjord plan` prints every term)");
 }

@@ -14,23 +14,36 @@
 
 namespace fjord {
 
-// Where the plan is measured against: a name and its memory in bytes.
+// Where the plan is measured against: a name and its memory in bytes (one rank's share).
 struct PlanDevice {
-  std::string name;  // "H100", "H200", "cpu"
+  std::string name;  // "H100", "H200", "cpu (...)"
   size_t bytes = 0;
   bool cuda = false;
+  // The CPU: what bounds the host's memory (AvailableHostMemory: "MemAvailable" or a cgroup) and how
+  // many ranks share it; bytes is the host's available memory / ranks_on_host.
+  std::string bound;
+  int ranks_on_host = 1;
+  // Count the rank's process itself (MemoryPlan::process): its code, libraries, thread stacks and,
+  // with several ranks, Open MPI's buffers and shared-memory segments. True for the CPU: host
+  // memory is what the process lives in.
+  bool counts_process = false;
 };
 
 // --device NAME: h100 (80 GB, the 81559 MiB nvidia-smi reports), h200 (141 GB, 143771 MiB) or cpu
-// (this host's MemAvailable); case-insensitive. InvalidArgument naming the choices otherwise.
-StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name);
+// (this host's available memory, AvailableHostMemory in runtime/device/device.h, shared equally by
+// the `ranks_on_host` ranks that run on it); case-insensitive. InvalidArgument naming the choices
+// otherwise.
+StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host = 1);
+
+// The highest parallel.zero_stage the trainer builds (stage 3 is issue 19's item 3, not built).
+constexpr int kMaxZeroStage = 2;
 
 struct MemoryPlanInputs {
   GptConfig config;  // with precision and recompute resolved
   int micro_batch = 1;
   int seq_len = 1;
   int ranks = 1;
-  int zero_stage = 0;  // 0 or 1 (2 and 3 do not exist yet)
+  int zero_stage = 0;  // 0, 1 or 2 (3 does not exist yet)
   bool nccl = false;   // CUDA with NCCL and ranks > 1: NCCL's buffers on the device
 };
 
@@ -40,6 +53,14 @@ struct MemoryPlan {
   size_t params = 0;  // ParamCount
   // Per rank, in bytes.
   size_t parameters = 0, gradients = 0, optimizer = 0, activations = 0, communication = 0, workspace = 0;
+  // The process outside the arena (PlanDevice::counts_process): an allowance, measured (docs/
+  // PERFORMANCE.md "Memory plan"); 0 on a GPU.
+  size_t process = 0;
+  // What a checkpoint save adds on the rank that writes it (rank 0), outside the arena, in host
+  // memory (counted where counts_process): at ZeRO stages 1 and 2 over several ranks the full AdamW
+  // m and v gathered from the shards (8 bytes a parameter), at stage 2 with the gathered shards
+  // beside them while they are unpacked (4 more). The plan is one per rank; this term is rank 0's.
+  size_t checkpoint = 0;
   size_t arena_bytes = 0;  // what the trainer's arena takes: every term but communication and the
                            // CUDA workspace
   size_t total() const;
@@ -47,8 +68,9 @@ struct MemoryPlan {
   // The table `fjord plan` prints: one line per term, the total, the device's memory, the verdict.
   std::string Table() const;
   // OkStatus when it fits; else FailedPrecondition naming the total, the device's memory, the
-  // largest term with the setting that makes it large, and what would make the job fit (more
-  // ranks with parallel.zero_stage: 1, train.recompute: BLOCK, a smaller train.micro_batch); it
+  // largest term with the setting that makes it large, and what would make the job fit (a higher
+  // parallel.zero_stage, more ranks with a ZeRO stage, train.recompute: BLOCK, a smaller
+  // train.micro_batch), each verified by planning it; it
   // keeps CheckMemory's words ("the model has P parameters and needs N bytes").
   Status Verdict() const;
 };

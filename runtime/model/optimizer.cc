@@ -1,6 +1,7 @@
 #include "runtime/model/optimizer.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "runtime/device/device.h"
 
@@ -8,8 +9,9 @@ namespace fjord {
 
 AdamW::AdamW(const ParamLayout& layout, size_t begin, size_t end, const Ops& ops)
     : layout_(layout),
-      begin_(begin),
-      end_(end),
+      ranges_{{begin, end, 0}},
+      count_(end - begin),
+      grads_local_(false),
       device_(CpuDevice()),
       ops_(ops),
       ctx_(CpuDevice().context()),
@@ -20,35 +22,54 @@ AdamW::AdamW(const ParamLayout& layout, size_t begin, size_t end, const Ops& ops
 
 AdamW::AdamW(const ParamLayout& layout, size_t begin, size_t end, Arena& arena)
     : layout_(layout),
-      begin_(begin),
-      end_(end),
+      ranges_{{begin, end, 0}},
+      count_(end - begin),
+      grads_local_(false),
       device_(arena.device()),
       ops_(arena.device().ops()),
       ctx_(arena.device().context()),
       m_(arena.Floats(end - begin)),
       v_(arena.Floats(end - begin)) {}
 
+AdamW::AdamW(const ParamLayout& layout, std::vector<ZeroUnits::Range> ranges, size_t count, Arena& arena)
+    : layout_(layout),
+      ranges_(std::move(ranges)),
+      count_(count),
+      grads_local_(true),
+      device_(arena.device()),
+      ops_(arena.device().ops()),
+      ctx_(arena.device().context()),
+      m_(arena.Floats(count)),
+      v_(arena.Floats(count)) {}
+
 size_t AdamW::ArenaBytes(size_t count) { return 2 * Arena::Rounded(count * sizeof(float)); }
 
 void AdamW::StateToHost(float* m, float* v) const {
-  device_.Download(m, m_, (end_ - begin_) * sizeof(float));
-  device_.Download(v, v_, (end_ - begin_) * sizeof(float));
+  device_.Download(m, m_, count_ * sizeof(float));
+  device_.Download(v, v_, count_ * sizeof(float));
 }
 
 void AdamW::LoadState(const float* m, const float* v) {
-  device_.Upload(m_, m, (end_ - begin_) * sizeof(float));
-  device_.Upload(v_, v, (end_ - begin_) * sizeof(float));
+  device_.Upload(m_, m, count_ * sizeof(float));
+  device_.Upload(v_, v, count_ * sizeof(float));
 }
 
 void AdamW::Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps,
                  float weight_decay, float grad_scale, int t, bf16* working, uint64_t seed) {
-  for (const ParamTensor& tensor : layout_.tensors()) {
-    const size_t lo = std::max(begin_, tensor.offset);
-    const size_t hi = std::min(end_, tensor.offset + tensor.size());
-    if (lo >= hi) continue;
-    ops_.adamw_update(ctx_, params + lo, grads + lo, m_ + (lo - begin_), v_ + (lo - begin_), hi - lo, lr,
-                      beta1, beta2, eps, tensor.weight_decay ? weight_decay : 0.0f, grad_scale, t,
-                      working == nullptr ? nullptr : working + lo, seed, lo);
+  const std::vector<ParamTensor>& tensors = layout_.tensors();
+  for (const ZeroUnits::Range& r : ranges_) {
+    // The first tensor that ends after r.begin (tensors are in offset order).
+    auto it = std::upper_bound(tensors.begin(), tensors.end(), r.begin,
+                               [](size_t b, const ParamTensor& t) { return b < t.offset + t.size(); });
+    for (; it != tensors.end() && it->offset < r.end; ++it) {
+      const size_t lo = std::max(r.begin, it->offset);
+      const size_t hi = std::min(r.end, it->offset + it->size());
+      if (lo >= hi) continue;
+      const size_t local = r.local + (lo - r.begin);
+      ops_.adamw_update(ctx_, params + lo, grads + (grads_local_ ? local : lo), m_ + local, v_ + local,
+                        hi - lo, lr, beta1, beta2, eps, it->weight_decay ? weight_decay : 0.0f, grad_scale, t,
+                        working == nullptr ? nullptr : working + lo, seed, lo);
+    }
   }
 }
 

@@ -6,9 +6,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/ops.h"
 #include "runtime/model/gpt.h"
+#include "runtime/model/zero_units.h"
 
 namespace fjord {
 
@@ -22,6 +24,10 @@ class AdamW {
   AdamW(const ParamLayout& layout, size_t begin, size_t end, const Ops& ops);
   // The same with m and v on arena.device(), taking ArenaBytes(end - begin) from `arena`.
   AdamW(const ParamLayout& layout, size_t begin, size_t end, Arena& arena);
+  // ZeRO-2: m and v for the layout ranges a rank owns (ZeroUnits::Owned), range r's parameters at
+  // m[r.local...]; `count` floats (ZeroUnits::shard_floats). Step then reads the gradients as the
+  // shard (grads[r.local + i]), params and working by layout offset as before.
+  AdamW(const ParamLayout& layout, std::vector<ZeroUnits::Range> ranges, size_t count, Arena& arena);
 
   // One step t >= 1: for each tensor element in [begin, end), g = grads * grad_scale, update
   // m, v and params (ops.h's adamw_update). With `working` (a bf16 copy of the whole buffer,
@@ -32,12 +38,11 @@ class AdamW {
   void Step(float* params, const float* grads, float lr, float beta1, float beta2, float eps,
             float weight_decay, float grad_scale, int t, bf16* working = nullptr, uint64_t seed = 0);
 
-  size_t begin() const { return begin_; }
-  size_t end() const { return end_; }
-  float* m() { return m_; }  // m of parameter begin() + i at index i (the optimizer's memory)
+  size_t count() const { return count_; }  // floats of m (and of v)
+  float* m() { return m_; }  // m of the first owned parameter at index 0 (the optimizer's memory)
   float* v() { return v_; }
 
-  // Copies m and v (end() - begin() floats each) to / from host memory.
+  // Copies m and v (count() floats each) to / from host memory.
   void StateToHost(float* m, float* v) const;
   void LoadState(const float* m, const float* v);
 
@@ -46,7 +51,9 @@ class AdamW {
 
  private:
   const ParamLayout& layout_;
-  size_t begin_, end_;
+  std::vector<ZeroUnits::Range> ranges_;  // one range at local 0 for [begin, end)
+  size_t count_;
+  bool grads_local_;  // grads indexed as m (ZeRO-2's shard), else by layout offset
   Device& device_;
   const Ops& ops_;
   const OpContext& ctx_;

@@ -35,12 +35,14 @@
 #include "runtime/model/memory_plan.h"
 #include "runtime/model/mfu.h"
 #include "runtime/model/optimizer.h"
+#include "runtime/model/zero_units.h"
 #include "runtime/tenancy/audit.h"
 #include "runtime/tenancy/tenancy.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/config.h"
 #include "runtime/train/grad_reducer.h"
 #include "runtime/train/metrics.h"
+#include "runtime/train/unit_reducer.h"
 
 #ifdef FJORD_HAVE_NCCL
 #include "collectives/nccl/nccl_communicator.h"
@@ -518,6 +520,7 @@ CommOptions CommOptionsFor(const proto::JobSpec& job) {
   options.timeout = std::chrono::milliseconds(static_cast<int64_t>(job.parallel().comm_timeout() * 1000.0));
   StatusOr<Algorithm> algo = ParseAlgorithm(job.parallel().algo());
   options.algorithm = algo.ok() ? *algo : Algorithm::kAuto;
+  if (!job.run_dir().empty()) options.flight_dir = job.run_dir() + "/flight";
   return options;
 }
 
@@ -605,11 +608,12 @@ class StepHooks {
     return hooks;
   }
 
-  // Between backward and the gradient reduction of step `step` (1-based).
-  Status AfterBackward(int step, Gpt& model, Device& device) const {
+  // Between backward and the gradient reduction of step `step` (1-based); `gradient` is one
+  // gradient element of this rank (backend memory).
+  Status AfterBackward(int step, float* gradient, Device& device) const {
     if (nan_step_ == step && rank_ == 0) {
       const float nan = NAN;
-      device.Upload(model.grads() + model.layout().lnf_w(), &nan, sizeof(float));
+      device.Upload(gradient, &nan, sizeof(float));
     }
     if (sleep_rank_ == rank_ && sleep_step_ == step)
       std::this_thread::sleep_for(std::chrono::seconds(sleep_seconds_));
@@ -654,6 +658,7 @@ class Trainer {
         lead_(rank_ == 0),
         log_(lead_ && !options.quiet && !options.json_lines),
         zero_(job.parallel().zero_stage() == 1 && world_ > 1),
+        zero2_(job.parallel().zero_stage() == 2),
         sink_({.quiet = options.quiet,
                .json_lines = options.json_lines,
                .steps = job.train().steps(),
@@ -734,6 +739,12 @@ class Trainer {
     shard_ = zero_ ? buffer_ / world_ : buffer_;
     shard_begin_ = zero_ ? shard_ * rank_ : 0;
     optimizer_count_ = zero_ ? shard_ : num_params_;
+    if (zero2_) {  // the unit map (runtime/model/zero_units.h), on any number of ranks
+      config_.grad_shard_ranks = world_;
+      const ZeroUnits::Sizes sizes = ZeroUnits::SizesFor(config_, world_);
+      buffer_ = std::max(buffer_, sizes.buffer);
+      shard_ = optimizer_count_ = sizes.shard;
+    }
     return OkStatus();
   }
 
@@ -781,13 +792,16 @@ class Trainer {
     const std::string where = "rank " + std::to_string(rank_) + " on host " + where_.host;
     if (device_->is_cuda()) {
       // The host mirror of the parameters; the device itself is the memory plan's below.
-      FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config_, B_, T_, 2, zero_ ? world_ : 1, *device_,
+      FJORD_RETURN_IF_ERROR(Gpt::CheckMemory(config_, B_, T_, 2, zero_ || zero2_ ? world_ : 1, *device_,
                                              "use a smaller model (model.n_layer, model.n_embd)")
                                 .WithContext(where));
     }
     // The memory plan (runtime/model/memory_plan.h, `fjord plan`), before anything is allocated:
-    // this host's memory on the CPU, the GPU's on an H100 or H200 (other GPUs: Arena::Create).
-    StatusOr<PlanDevice> against = PlanDeviceNamed("cpu");
+    // on the CPU this host's available memory (its cgroup's, where that is less) shared by the
+    // ranks on this host, measured by every rank before any allocates (the barrier); the GPU's on
+    // an H100 or H200 (other GPUs: Arena::Create).
+    StatusOr<PlanDevice> against = PlanDeviceNamed("cpu", where_.local_size);
+    if (!device_->is_cuda() && world_ > 1) FJORD_RETURN_IF_ERROR(comm_.Barrier().WithContext(where));
     if (device_->is_cuda()) {
       const std::string d = device_->description();
       against = d.find("H200") != std::string::npos   ? PlanDeviceNamed("h200")
@@ -917,8 +931,6 @@ class Trainer {
           LoadCheckpointWeights(init_dir, *model_, &*init_seal).WithContext("train.init_from"));
     }
     if (lead_ && train_.tensorboard()) FJORD_RETURN_IF_ERROR(sink_.OpenTensorBoard(job_.run_dir()));
-    optimizer_ =
-        std::make_unique<AdamW>(model_->layout(), shard_begin_, shard_begin_ + optimizer_count_, *arena_);
     const size_t bucket_floats =
         static_cast<size_t>(job_.parallel().bucket_mb() * 1024.0 * 1024.0 / sizeof(float));
     ReducePath path;
@@ -931,8 +943,24 @@ class Trainer {
       }
 #endif
     }
-    reducer_ = std::make_unique<GradReducer>(nccl_ ? *nccl_ : comm_, model_->grads(), model_->buffer_size(),
-                                             bucket_floats, path);
+    if (zero2_) {
+      units_ = std::make_unique<ZeroUnits>(model_->layout(), world_);
+      optimizer_ = std::make_unique<AdamW>(model_->layout(), units_->Owned(rank_), shard_, *arena_);
+      unit_reducer_ = std::make_unique<UnitReducer>(nccl_ ? *nccl_ : comm_, *model_, *units_, *arena_,
+                                                    job_.parallel().overlap(), path);
+      // What AdamW does not update here (the other ranks' pieces): rounded to bf16 after the gather.
+      size_t from = 0;
+      for (const ZeroUnits::Range& r : units_->Owned(rank_)) {
+        if (from < r.begin) foreign_.emplace_back(from, r.begin);
+        from = r.end;
+      }
+      if (from < model_->buffer_size()) foreign_.emplace_back(from, model_->buffer_size());
+    } else {
+      optimizer_ =
+          std::make_unique<AdamW>(model_->layout(), shard_begin_, shard_begin_ + optimizer_count_, *arena_);
+      reducer_ = std::make_unique<GradReducer>(nccl_ ? *nccl_ : comm_, model_->grads(), model_->buffer_size(),
+                                               bucket_floats, path);
+    }
     overlap_ = job_.parallel().overlap() && world_ > 1 && !zero_;
     // MFU: the model's FLOPs per token against the peak of all ranks (each rank's as rank 0's).
     flops_per_token_ = ModelFlopsPerToken(config_, T_);
@@ -947,10 +975,11 @@ class Trainer {
           world_, B_, T_, accum_, threads_,
           GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
           static_cast<unsigned long long>(train_data_->num_tokens()),
-          world_ == 1 ? ""
-          : zero_     ? ", ZeRO-1"
-          : overlap_  ? ", overlapped bucket all-reduce"
-                      : ", all-reduce");
+          zero2_        ? ", ZeRO-2 (gradients reduce-scattered per unit)"
+          : world_ == 1 ? ""
+          : zero_       ? ", ZeRO-1"
+          : overlap_    ? ", overlapped bucket all-reduce"
+                        : ", all-reduce");
       std::printf("fjord train: %.4g model FLOPs/token; MFU against %.4g TFLOP/s/rank (%s)\n",
                   flops_per_token_, rank_peak.flops / 1e12, rank_peak.source.c_str());
       std::fflush(stdout);
@@ -993,11 +1022,15 @@ class Trainer {
     std::vector<float> full_m(num_params_), full_v(num_params_);
     FJORD_RETURN_IF_ERROR(LoadCheckpointOptimizer(*dir, *model_, full_m.data(), full_v.data(), &*resume_seal)
                               .WithContext("resuming"));
-    const size_t own_end = std::min(optimizer_->end(), num_params_);
-    std::vector<float> own_m(optimizer_->end() - optimizer_->begin()), own_v(own_m.size());
-    for (size_t i = optimizer_->begin(); i < own_end; ++i) {
-      own_m[i - optimizer_->begin()] = full_m[i];
-      own_v[i - optimizer_->begin()] = full_v[i];
+    std::vector<float> own_m(optimizer_->count()), own_v(own_m.size());
+    if (zero2_) {
+      units_->Pack(full_m.data(), rank_, own_m.data());
+      units_->Pack(full_v.data(), rank_, own_v.data());
+    } else {
+      for (size_t i = shard_begin_; i < std::min(shard_begin_ + optimizer_->count(), num_params_); ++i) {
+        own_m[i - shard_begin_] = full_m[i];
+        own_v[i - shard_begin_] = full_v[i];
+      }
     }
     optimizer_->LoadState(own_m.data(), own_v.data());
     FJORD_ASSIGN_OR_RETURN(const proto::JobSpec resumed_job, LoadCheckpointJob(*dir));
@@ -1008,7 +1041,8 @@ class Trainer {
     start_sequence_ = state.sequences_consumed;
     if (log_) {
       std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n",
-                  dir->c_str(), state.step, state.world_size, state.zero_stage == 1 ? " with ZeRO-1" : "",
+                  dir->c_str(), state.step, state.world_size,
+                  state.zero_stage > 0 ? (" with ZeRO-" + std::to_string(state.zero_stage)).c_str() : "",
                   world_);
     }
     return lead_ && start_step_ > 0 ? sink_.KeepThrough(start_step_) : OkStatus();
@@ -1022,28 +1056,51 @@ class Trainer {
     const Clock::time_point t0 = Clock::now();
     const float lr = LearningRate(train_, step);
     const uint64_t step_first = start_sequence_ + static_cast<uint64_t>(step - start_step_) * global_batch_;
-    model.ZeroGrads();
+    double comm_seconds = 0.0;  // communication the backward pass did not hide
+    if (zero2_) {
+      unit_reducer_->ZeroShard();
+    } else {
+      model.ZeroGrads();
+    }
     float loss = 0.0f;
     for (int micro = 0; micro < accum_; ++micro) {
       const uint64_t first =
           step_first + (static_cast<uint64_t>(micro) * world_ + static_cast<uint64_t>(rank_)) * B_;
       FJORD_RETURN_IF_ERROR(train_data_->Fill(first, B_, inputs_.data(), targets_.data()));
       loss += model.Forward(inputs_.data(), targets_.data(), B_, T_, 1.0f / static_cast<float>(accum_));
-      if (micro + 1 == accum_ && overlap_) {
+      if (zero2_) {
+        // Every micro-step reduce-scatters (the shard is where the sum lives): the waits for a
+        // window inside backward and for the last units after it are exposed communication.
+        FJORD_RETURN_IF_ERROR(unit_reducer_->Begin());
+        model.Backward([this](size_t begin, size_t end) { unit_reducer_->OnReady(begin, end); });
+        const Clock::time_point wait_start = Clock::now();
+        FJORD_RETURN_IF_ERROR(unit_reducer_->Finish());
+        comm_seconds += Seconds(wait_start, Clock::now()) + unit_reducer_->TakeWaitSeconds();
+      } else if (micro + 1 == accum_ && overlap_) {
         model.Backward([this](size_t begin, size_t end) { reducer_->OnReady(begin, end); });
       } else {
         model.Backward();
       }
     }
     loss /= static_cast<float>(accum_);
-    FJORD_RETURN_IF_ERROR(hooks_.AfterBackward(step + 1, model, *device_));
+    FJORD_RETURN_IF_ERROR(
+        hooks_.AfterBackward(step + 1,
+                             // ln_f.weight[0]: at stage 2 the start of rank 0's piece of the tail unit
+                             zero2_ ? unit_reducer_->shard() + units_->units().back().shard_offset
+                                    : model.grads() + model.layout().lnf_w(),
+                             *device_));
 
     // Everything from here to the end of the parameter update waits on other ranks: the
     // communication backward did not hide.
     const Clock::time_point comm_start = Clock::now();
-    double comm_seconds = 0.0;
     float sum_squares = 0.0f;
-    if (world_ > 1) {
+    if (zero2_) {
+      sum_squares = model.SumSquares(unit_reducer_->shard(), shard_);
+      if (world_ > 1) {
+        FJORD_RETURN_IF_ERROR(comm_.AllReduce(&sum_squares, &sum_squares, 1, DataType::kF32, ReduceOp::kSum));
+        FJORD_RETURN_IF_ERROR(comm_.AllReduce(&loss, &loss, 1, DataType::kF32, ReduceOp::kAvg));
+      }
+    } else if (world_ > 1) {
       if (zero_) {
         FJORD_RETURN_IF_ERROR(reducer_->ReduceScatterShard(shard_begin_, shard_));
         sum_squares = model.SumSquares(model.grads() + shard_begin_, shard_);
@@ -1070,8 +1127,9 @@ class Trainer {
       // AdamW writes the working copy of every tensor element it updates, in the update's pass. The
       // padding between and after tensors is +0 in the master weights and rounds to bf16 +0
       // whatever the seed, which the working copy already holds: without ZeRO nothing is left.
-      optimizer_->Step(model.params(), model.grads(), lr, train_.beta1(), train_.beta2(), train_.eps(),
-                       train_.weight_decay(), clip, step + 1, model.working_params_bf16(), round_seed);
+      optimizer_->Step(model.params(), zero2_ ? unit_reducer_->shard() : model.grads(), lr, train_.beta1(),
+                       train_.beta2(), train_.eps(), train_.weight_decay(), clip, step + 1,
+                       model.working_params_bf16(), round_seed);
     } else {
       ++result_.skipped_steps;
       model.RoundWorkingParams(round_seed);
@@ -1084,6 +1142,12 @@ class Trainer {
       // every rank's working copy is the whole-buffer cast.
       model.RoundWorkingParams(round_seed, 0, shard_begin_);
       model.RoundWorkingParams(round_seed, shard_begin_ + shard_, model.buffer_size());
+    }
+    if (zero2_ && finite && world_ > 1) {
+      const Clock::time_point gather_start = Clock::now();
+      FJORD_RETURN_IF_ERROR(unit_reducer_->AllGatherParams(model.params()));
+      comm_seconds += Seconds(gather_start, Clock::now());
+      for (const auto& [begin, end] : foreign_) model.RoundWorkingParams(round_seed, begin, end);
     }
     device_->Synchronize();  // the update is enqueued on a CUDA device; the step ends when it is done
     const double seconds = Seconds(t0, Clock::now());
@@ -1220,7 +1284,13 @@ class Trainer {
   Status NonFinite(int step, float loss, float grad_norm) {
     std::vector<float> host_grads;
     const float* grads = model_->grads();
-    if (device_->is_cuda()) {
+    if (zero2_) {  // this rank's shard, placed at its layout offsets
+      std::vector<float> shard(shard_);
+      device_->Download(shard.data(), unit_reducer_->shard(), shard_ * sizeof(float));
+      host_grads.assign(model_->buffer_size(), 0.0f);
+      units_->Unpack(shard.data(), rank_, host_grads.data());
+      grads = host_grads.data();
+    } else if (device_->is_cuda()) {
       host_grads.resize(model_->buffer_size());
       device_->Download(host_grads.data(), grads, host_grads.size() * sizeof(float));
       grads = host_grads.data();
@@ -1324,6 +1394,20 @@ class Trainer {
     return OkStatus();
   }
 
+  // `count` floats of every rank's `mine`, in rank order, into *all on rank 0 (the lead); the other
+  // ranks send theirs to it and leave *all untouched. Point-to-point, one rank after another, so
+  // only rank 0 holds the whole.
+  Status GatherToLead(const float* mine, size_t count, std::vector<float>* all) {
+    if (!lead_) return comm_.SendRecv(mine, count, 0, nullptr, 0, 0, DataType::kF32);
+    all->resize(count * static_cast<size_t>(world_));
+    std::copy(mine, mine + count, all->begin());
+    for (int r = 1; r < world_; ++r) {
+      FJORD_RETURN_IF_ERROR(comm_.SendRecv(nullptr, 0, r, all->data() + static_cast<size_t>(r) * count, count,
+                                           r, DataType::kF32));
+    }
+    return OkStatus();
+  }
+
   // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
   // AdamW shards), then prunes old ones. Rank 0 writes.
   Status Checkpoint(int steps_done) {
@@ -1331,17 +1415,31 @@ class Trainer {
     const float* m = optimizer_->m();
     const float* v = optimizer_->v();
     if (device_->is_cuda()) {  // host copies; the file format is the same on every device
-      own_m.resize(optimizer_->end() - optimizer_->begin());
+      own_m.resize(optimizer_->count());
       own_v.resize(own_m.size());
       optimizer_->StateToHost(own_m.data(), own_v.data());
       m = own_m.data();
       v = own_v.data();
     }
-    if (zero_) {
-      full_m.resize(buffer_);
-      full_v.resize(buffer_);
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(m, full_m.data(), shard_, DataType::kF32));
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(v, full_v.data(), shard_, DataType::kF32));
+    // The shards go to rank 0, the one rank that writes; the others keep no full copy (a full m and
+    // v on every rank would be 8 bytes a parameter more, the memory sharding saved).
+    if (zero2_) {  // every rank's shard, placed at its layout offsets
+      std::vector<float> shards;
+      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &shards));
+      if (lead_) {
+        full_m.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_m.data());
+      }
+      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &shards));
+      if (lead_) {
+        full_v.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_v.data());
+      }
+      m = full_m.data();
+      v = full_v.data();
+    } else if (zero_) {
+      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &full_m));
+      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &full_v));
       m = full_m.data();
       v = full_v.data();
     }
@@ -1351,7 +1449,7 @@ class Trainer {
     state.sequences_consumed =
         start_sequence_ + static_cast<uint64_t>(steps_done - start_step_) * global_batch_;
     state.world_size = world_;
-    state.zero_stage = zero_ ? 1 : 0;
+    state.zero_stage = zero2_ ? 2 : zero_ ? 1 : 0;
     state.seed = train_.seed();
     model_->SyncParamsToHost();
     FJORD_ASSIGN_OR_RETURN(result_.checkpoint_dir,
@@ -1371,8 +1469,9 @@ class Trainer {
   Communicator& comm_;
   const int rank_, world_;
   const bool lead_;
-  const bool log_;   // rank 0 prints what it sets up (not --quiet, not --json)
-  const bool zero_;  // ZeRO-1 over more than one rank
+  const bool log_;    // rank 0 prints what it sets up (not --quiet, not --json)
+  const bool zero_;   // ZeRO-1 over more than one rank
+  const bool zero2_;  // ZeRO-2 (any number of ranks)
 
   GptConfig config_;
   int B_ = 0, T_ = 0, accum_ = 0;
@@ -1409,7 +1508,10 @@ class Trainer {
   MetricsSink sink_;  // rank 0's
   std::unique_ptr<Gpt> model_;
   std::unique_ptr<AdamW> optimizer_;
-  std::unique_ptr<GradReducer> reducer_;
+  std::unique_ptr<GradReducer> reducer_;            // stages 0 and 1
+  std::unique_ptr<ZeroUnits> units_;                // stage 2
+  std::unique_ptr<UnitReducer> unit_reducer_;       // stage 2
+  std::vector<std::pair<size_t, size_t>> foreign_;  // stage 2: parameter ranges other ranks update
   std::vector<int32_t> inputs_, targets_;
 };
 

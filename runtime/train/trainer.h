@@ -77,7 +77,9 @@ StatusOr<bool> ResolveAttention(proto::ModelSpec::Attention attention, int compu
 // Trains the model the (validated) job describes on the ranks of `comm`: each rank takes its
 // slice of every global batch (micro_batch x grad_accum x world sequences, the same sequences
 // whatever the world size), gradients are averaged over ranks in buckets overlapped with
-// backward (or with ZeRO-1, reduce-scattered), and rank 0 writes metrics and checkpoints.
+// backward (with ZeRO-1 reduce-scattered after it; with ZeRO-2 reduce-scattered unit by unit
+// during it into each rank's gradient shard, runtime/train/unit_reducer.h), and rank 0 writes
+// metrics and checkpoints.
 // Refuses, before allocating, a job whose model and batch do not fit in memory, whose
 // train.global_batch does not divide by micro_batch x world, or whose data holds fewer
 // sequences than one global batch. A failed collective ends training with its error.

@@ -211,6 +211,39 @@ TEST_F(CheckpointTest, ResumesOnAnotherWorldSize) {
     EXPECT_NEAR(std::stod(mixed[i]), std::stod(two[i]), 1e-4 * std::stod(two[i])) << "step " << i + 1;
 }
 
+// One checkpoint format whatever the stage and world size that wrote it: ZeRO-2 on 4 ranks stops at
+// step 10, plain data-parallel on 1 rank continues to 15, ZeRO-2 on 2 ranks finishes; against the
+// straight run on 1 rank within data_parallel_test.cc's 1e-4 (the same global batch; only the order
+// of fp32 additions differs between world sizes and stages). And where the order is the same
+// (ZeRO-2 on 2 ranks stopped at 10 and resumed on the same 2 ranks), bit for bit.
+TEST_F(CheckpointTest, ZeroTwoResumesAcrossStagesAndWorldSizes) {
+  RunResult r = RunFjord(Train("straight"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string zero2 = "--set parallel.zero_stage=2";
+  r = Shell(Mpirun(4, "FJORD_TEST_HOOK=signal_after_step=10") + Train("mixed", zero2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(ReadFile(P("mixed/checkpoints/step_000010/manifest.json")), HasSubstr("\"zero_stage\": 2"));
+  r = Shell("FJORD_TEST_HOOK=signal_after_step=15 " + std::string(FJORD_BINARY) + Train("mixed", "--resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2) + Train("mixed", zero2 + " --resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<std::string> straight = LossTexts(P("straight/metrics.jsonl")),
+                                 mixed = LossTexts(P("mixed/metrics.jsonl"));
+  ASSERT_EQ(straight.size(), 20u);
+  ASSERT_EQ(mixed.size(), 20u);
+  for (size_t i = 0; i < straight.size(); ++i) {
+    EXPECT_NEAR(std::stod(mixed[i]), std::stod(straight[i]), 1e-4 * std::stod(straight[i]))
+        << "step " << i + 1;
+  }
+  r = Shell(Mpirun(2) + Train("two", zero2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2, "FJORD_TEST_HOOK=signal_after_step=10") + Train("two_resumed", zero2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Shell(Mpirun(2) + Train("two_resumed", zero2 + " --resume"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(LossTexts(P("two_resumed/metrics.jsonl")), LossTexts(P("two/metrics.jsonl")));
+}
+
 TEST_F(CheckpointTest, CrashDuringACheckpointWriteLeavesThePreviousOneLoadable) {
   RunResult r = RunFjord(Train("straight"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -384,6 +417,18 @@ TEST_F(CheckpointTest, NonFiniteStepAbortsOrIsSkipped) {
     skipped += line.find("\"skipped\": true") != std::string::npos;
   EXPECT_EQ(lines, 20);
   EXPECT_EQ(skipped, 1);
+}
+
+// ZeRO-2 checks the gradient shards: the rank that holds the non-finite element names it (rank 0
+// owns the first piece of the tail unit, ln_f.weight[0]), every rank stops before the update.
+TEST_F(CheckpointTest, ZeroTwoNonFiniteStepNamesTheTensorFromTheShard) {
+  RunResult r = Shell(Mpirun(2, "FJORD_TEST_HOOK=nan_in_step=7") +
+                      Train("abort", "--set parallel.zero_stage=2 --set checkpoint.every_steps=1"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("step 7: loss"));
+  EXPECT_THAT(r.output, HasSubstr("first non-finite gradient on rank 0: ln_f.weight[0]"));
+  EXPECT_TRUE(fs::exists(P("abort/checkpoints/step_000006/manifest.json")));
+  EXPECT_FALSE(fs::exists(P("abort/checkpoints/step_000007")));
 }
 
 TEST_F(CheckpointTest, EpochsWrapAndAreRecorded) {

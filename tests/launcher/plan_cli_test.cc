@@ -70,6 +70,25 @@ TEST_F(PlanCliTest, TermsMatchBytesPerParameter) {
   }
 }
 
+// ZeRO-2 on 4 ranks, at widths where no unit needs padding (embeddings (V_p + T) C, a layer
+// 12 C^2 + 13 C, the tail 2 C: each a multiple of 16 x 4 floats): AdamW 8 P / 4 bytes, gradients
+// 4 P / 4 plus the three fp32 windows, one of the embeddings and two of a layer (the largest unit).
+TEST_F(PlanCliTest, ZeroTwoShardsTheGradientsBesideThreeUnitWindows) {
+  const uint64_t P = Gpt2Params(4, 128, 64, 256);
+  const uint64_t embeddings = (256 + 64) * 128, layer = 12 * 128 * 128 + 13 * 128;
+  const RunResult r =
+      RunFjord("plan " + Path("job.textproto") + " --ranks 4 --device h200 --set parallel.zero_stage=2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Term(r.output, "optimizer state"), 8 * P / 4) << r.output;
+  EXPECT_EQ(Term(r.output, "gradients"), 4 * P / 4 + 4 * (embeddings + 2 * layer)) << r.output;
+  EXPECT_EQ(Term(r.output, "parameters"), 6 * P) << r.output;  // bf16 on an H200: fp32 master + working copy
+  EXPECT_THAT(r.output, HasSubstr("ZeRO stage 2"));
+  const RunResult three =
+      RunFjord("plan " + Path("job.textproto") + " --ranks 4 --set parallel.zero_stage=3");
+  EXPECT_NE(three.exit_code, 0);
+  EXPECT_THAT(three.output, HasSubstr("parallel.zero_stage = 3 is not built yet"));
+}
+
 TEST_F(PlanCliTest, RecomputeShrinksTheActivationsOnly) {
   RunResult none = RunFjord("plan " + Path("job.textproto") + " --ranks 1");
   RunResult block = RunFjord("plan " + Path("job.textproto") + " --ranks 1 --set train.recompute=BLOCK");
@@ -140,13 +159,21 @@ TEST_F(PlanCliTest, TheTrainersArenaIsThePlansTotalOnTheCpu) {
     std::smatch m;
     ASSERT_TRUE(std::regex_search(train.output, m, std::regex(R"(arena [0-9.]+ GiB \((\d+) bytes\))")))
         << train.output;
-    EXPECT_EQ(std::stoull(m[1]), Term(plan.output, "total")) << plan.output << train.output;
+    // Every term is the arena's but the process itself (outside the arena, an allowance on the CPU).
+    EXPECT_GT(Term(plan.output, "process"), 0u) << plan.output;
+    EXPECT_EQ(std::stoull(m[1]), Term(plan.output, "total") - Term(plan.output, "process"))
+        << plan.output << train.output;
   }
 }
 
 TEST_F(PlanCliTest, LaunchRefusesAJobThatDoesNotFitBeforeStartingRanks) {
   const std::string launch = "launch " + Path("job.textproto") + " --inventory " + Path("inv.textproto") +
                              " --np 2 --set device=CPU --set train.micro_batch=1048576";
+  // Both ranks on one node: they share its memory (measured on the launch host, nodes like it).
+  WriteText(Path("inv.textproto"),
+            "node { hostname: \"n1\" address: \"10.0.0.1\" jurisdiction: \"NO\" site: \"osl1\" slots: 2 }\n"
+            "lease_dir: \"" +
+                Path("leases") + "\"\n");
   // A refused dry run writes nothing at all (issue 21), not even its audit record.
   RunResult r = RunFjord(launch + " --dry-run");
   EXPECT_EQ(r.exit_code, 1) << r.output;
@@ -159,6 +186,7 @@ TEST_F(PlanCliTest, LaunchRefusesAJobThatDoesNotFitBeforeStartingRanks) {
   EXPECT_THAT(r.output, HasSubstr("the memory plan of " + Path("job.textproto")));
   EXPECT_THAT(r.output, HasSubstr("the largest part is activations"));
   EXPECT_THAT(r.output, HasSubstr("2 rank(s)"));
+  EXPECT_THAT(r.output, HasSubstr("shared by its 2 ranks"));
   EXPECT_FALSE(fs::exists(Path("run/launch")));
   EXPECT_THAT(testing::ReadText(Path("run/audit.jsonl")), HasSubstr("\"event\":\"launch_refused\""));
 }
