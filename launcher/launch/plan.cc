@@ -141,6 +141,18 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     plan.nodes_from_slurm = true;
   }
   plan.lease_dir = inventory.lease_dir();
+  // Nodes excluded for this job (a restart after they failed): out of the inventory, so placement
+  // and its residency checks run on the rest exactly as at the first launch.
+  std::vector<ExcludedNode> excluded;
+  for (const ExcludedNode& e : options.exclude) {
+    auto* nodes = inventory.mutable_node();
+    for (int i = 0; i < nodes->size(); ++i) {
+      if (nodes->Get(i).hostname() != e.hostname) continue;
+      nodes->DeleteSubrange(i, 1);
+      excluded.push_back(e);
+      break;
+    }
+  }
 
   const bool in_allocation = options.slurm && !options.slurm_job_id.empty();
   plan.mode = !options.slurm ? LaunchMode::kMpirun : in_allocation ? LaunchMode::kSrun : LaunchMode::kSbatch;
@@ -164,6 +176,7 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   FJORD_ASSIGN_OR_RETURN(plan.placement,
                          PlaceRanks(inventory, inventory_source, plan.policy, options.np, options.per_node,
                                     in_allocation ? &allocation : nullptr, plan.data_residency));
+  plan.placement.excluded.insert(plan.placement.excluded.begin(), excluded.begin(), excluded.end());
   // The memory plan (`fjord plan`) before any rank starts: a CPU job's ranks must fit this host's
   // available memory (nodes like it), shared by as many ranks as the fullest planned node runs; a
   // CUDA job is planned by each rank against its GPU before allocating.
@@ -196,7 +209,7 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
                        {"--mca", "btl_tcp_if_include", interfaces, "-x", "NCCL_SOCKET_IFNAME=" + interfaces});
     }
     // The environment every rank needs; never FJORD_NODE_IDENTITY: a node's identity is its own.
-    plan.argv.insert(plan.argv.end(), {"-x", "FJORD_LAUNCH_ID"});
+    plan.argv.insert(plan.argv.end(), {"-x", "FJORD_LAUNCH_ID", "-x", "FJORD_RANK_STATUS_DIR"});
     for (const char* var : {"OMP_NUM_THREADS", "FJORD_TEST_HOOK"}) {
       if (GetEnv(var)) plan.argv.insert(plan.argv.end(), {"-x", var});
     }

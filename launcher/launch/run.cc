@@ -21,6 +21,8 @@
 #include "common/host.h"
 #include "common/json.h"
 #include "launcher/cli.h"
+#include "launcher/launch/rank_status.h"
+#include "launcher/launch/restart.h"
 #include "launcher/lease.h"
 #include "launcher/slurm.h"
 #include "runtime/train/config.h"
@@ -338,7 +340,7 @@ std::string LogTenant(const std::string& path) {
 
 }  // namespace
 
-int RunLaunch(const LaunchOptions& options) {
+int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt) {
   auto fail = [](const Status& s) {
     std::fprintf(stderr, "fjord launch: error: %s\n", s.message().c_str());
     return 1;
@@ -444,6 +446,8 @@ int RunLaunch(const LaunchOptions& options) {
   if (!s.ok()) return fail(s);
 
   ::setenv("FJORD_LAUNCH_ID", launch_id.c_str(), 1);
+  const std::string rank_status_dir = plan.launch_dir + "/ranks-" + launch_id;
+  ::setenv(kRankStatusDirEnv, rank_status_dir.c_str(), 1);
   StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(plan.audit_log, "launch@" + ThisHostname());
   if (!audit.ok()) return fail(audit.status());
   const char* mode = plan.mode == LaunchMode::kMpirun ? "mpirun"
@@ -472,6 +476,7 @@ int RunLaunch(const LaunchOptions& options) {
 
   if (plan.mode == LaunchMode::kSbatch) return SubmitToSlurm(plan, options, **audit);
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
+  if (attempt != nullptr) *attempt = {true, plan, launch_id, rank_status_dir};
   JobOutcome outcome;
   const int code = RunChild(plan.argv, &outcome);
   leases.reset();  // the job has ended: release its nodes (recorded as lease_released)
@@ -534,6 +539,16 @@ void AddLaunchCommand(CLI::App& app) {
                 "--slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high")
       ->type_name("OPTION")
       ->allow_extra_args(false);
+  cli::AddNumber(*c, "--max-restarts", o.max_restarts, "N",
+                 "after a failure, exclude the failed node(s), re-place the job on the healthy allowed nodes "
+                 "and resume from the newest intact checkpoint with the same global batch, at most N times "
+                 "(default 0); each restart is audited",
+                 0, 1000);
+  cli::AddNumber(
+      *c, "--min-nodes", o.min_nodes, "M",
+      "--max-restarts: a restart may run the job on fewer ranks (grad_accum follows), but never on "
+      "fewer than M nodes (without it, a restart keeps the rank count)",
+      1, 1'000'000);
   c->add_option("--mpirun", o.mpirun, "the mpirun to run")->type_name("PATH");
   c->add_flag("--quiet", a->quiet, "passed on to fjord train");
   c->add_flag("--json", a->json, "passed on to fjord train");
@@ -560,6 +575,18 @@ void AddLaunchCommand(CLI::App& app) {
       return cli::UsageError(*c,
                              "--wait and --sbatch are for Slurm jobs: add --slurm (without it launch runs "
                              "mpirun and always waits for the job)");
+    }
+    if (options.min_nodes > 0 && options.max_restarts == 0) {
+      return cli::UsageError(*c,
+                             "--min-nodes bounds the restarts of --max-restarts N: give --max-restarts too");
+    }
+    if (options.max_restarts > 0 && options.slurm) {
+      return cli::UsageError(
+          *c,
+          "--max-restarts runs the job again under fjord launch's own mpirun; under --slurm let Slurm "
+          "requeue "
+          "it instead (sbatch --requeue, and scontrol requeue with the failed node drained; "
+          "docs/ARCHITECTURE.md, \"Restarts on the healthy nodes\")");
     }
     if (c->count("--wait-for-nodes") > 0) {
       const std::string& w = a->wait_for_nodes;

@@ -24,7 +24,21 @@ namespace fjord {
 // ran the job on.
 // Without Slurm it holds a lease on every planned node while mpirun runs (launcher/lease.h); a
 // dry run only reports the current holders.
+// With options.max_restarts > 0 a failed job is re-placed and resumed (launch/restart.h).
 int RunLaunch(const LaunchOptions& options);
+
+// What one attempt of RunLaunch ran, for the restart loop: the plan, its launch id and the directory
+// of its ranks' start and end records (launch/rank_status.h). started: mpirun (or srun) ran.
+struct LaunchAttempt {
+  bool started = false;
+  LaunchPlan plan;
+  std::string launch_id;
+  std::string rank_status_dir;
+};
+
+// One attempt: plan, leases, files, audit records, the child, launch_exit. RunLaunch without
+// restarts; `attempt` (when not null) receives what ran.
+int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt);
 
 // Runs argv (mpirun, srun) as a child in a process group of its own and waits; returns its exit
 // code (128 + signal when killed, 127 when it cannot start). Its stderr passes through launch, which
