@@ -44,6 +44,7 @@ StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host)
                    false,
                    host.bound,
                    k,
+                   host.bytes,
                    true};
     return cpu;
   }
@@ -54,6 +55,13 @@ StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host)
 size_t MemoryPlan::total() const {
   return Add(Add(Add(parameters, gradients), Add(optimizer, activations)),
              Add(Add(Add(communication, workspace), process), checkpoint));
+}
+
+size_t MemoryPlan::host_need() const {
+  if (!shared_host()) return total();
+  const size_t t = total();
+  if (t == SIZE_MAX) return SIZE_MAX;
+  return Add(Mul(static_cast<size_t>(device.ranks_on_host), t - checkpoint), checkpoint);
 }
 
 MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
@@ -91,7 +99,7 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
     plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
     // The trainer's Checkpoint: rank 0 gathers m and v whole (buffer floats each, in std::vectors).
     if (ranks > 1 && in.zero_stage == 1) plan.checkpoint = Mul(8, RoundUp(plan.params, multiple));
-    if (ranks > 1 && in.zero_stage == 2) {
+    if (in.zero_stage == 2) {  // the unit map is used on one rank too
       const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
       const size_t buffer = std::max(RoundUp(plan.params, 16), z.buffer);
       plan.checkpoint = Add(Mul(8, buffer), Mul(4, Mul(z.shard, ranks)));
@@ -132,9 +140,19 @@ std::string MemoryPlan::Table() const {
   std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "device memory", device.bytes,
                 GiBText(device.bytes).c_str());
   out += line;
+  const size_t need = host_need(), have = shared_host() ? device.host_bytes : device.bytes;
+  if (shared_host()) {
+    std::snprintf(line, sizeof(line),
+                  "  %-16s %22s  %s (%d ranks x (total - checkpoint) + checkpoint once)\n", "host need",
+                  need == SIZE_MAX ? "overflow" : std::to_string(need).c_str(), GiBText(need).c_str(),
+                  device.ranks_on_host);
+    out += line;
+    std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "host memory", have, GiBText(have).c_str());
+    out += line;
+  }
   char pct[32] = "-";
-  if (total() != SIZE_MAX && device.bytes > 0) {
-    std::snprintf(pct, sizeof(pct), "%.1f%%", 100.0 * static_cast<double>(total()) / device.bytes);
+  if (need != SIZE_MAX && have > 0) {
+    std::snprintf(pct, sizeof(pct), "%.1f%%", 100.0 * static_cast<double>(need) / have);
   }
   out += std::string("verdict: ") + (fits() ? "fits" : "does not fit") + " (" + pct + " of " + device.name +
          ")\n";
@@ -226,9 +244,11 @@ Status MemoryPlan::Verdict() const {
       " parameters and needs " + BytesText(total()) + " per rank (the memory plan: " +
       std::to_string(in.ranks) + " rank(s), ZeRO stage " + std::to_string(in.zero_stage) + "), but " +
       (device.cuda ? "one " + device.name + " has " + BytesText(device.bytes)
-       : device.ranks_on_host > 1
-           ? "this host's available memory (" + device.bound + ") shared by its " +
-                 std::to_string(device.ranks_on_host) + " ranks is " + BytesText(device.bytes) + " per rank"
+       : shared_host()
+           ? "its " + std::to_string(device.ranks_on_host) + " ranks on this host need " +
+                 BytesText(host_need()) + " together (the checkpoint row once) and the host has " +
+                 BytesText(device.host_bytes) + " available (" + device.bound + ", shared by its " +
+                 std::to_string(device.ranks_on_host) + " ranks)"
            : "this host has " + BytesText(device.bytes) + " available (" + device.bound + ")") +
       "; the largest part is " + largest.name + ", " + BytesText(largest.bytes) + " (" + largest.why +
       "); nothing was allocated: " + what_to_do + " (`fjord plan` prints every term)");
