@@ -22,6 +22,7 @@
 #include "runtime/model/gpt.h"
 #include "runtime/model/optimizer.h"
 #include "runtime/model/zero_units.h"
+#include "runtime/train/param_gatherer.h"
 #include "runtime/train/unit_reducer.h"
 #include "tests/runtime/model/gpt_test_util.h"
 
@@ -47,7 +48,7 @@ TEST(MemoryPlanTest, ArenaPeakIsWithinFivePercentOfThePlan) {
   for (GptConfig base : {MakeConfig(4, 4, 32, 16, 300), Llama()}) {
     for (Precision p : {Precision::kFp32, Precision::kBf16}) {
       for (bool recompute : {false, true}) {
-        for (int stage : {0, 1, 2}) {
+        for (int stage : {0, 1, 2, 3}) {
           GptConfig c = base;
           c.precision = p;
           c.recompute = recompute;
@@ -60,24 +61,38 @@ TEST(MemoryPlanTest, ArenaPeakIsWithinFivePercentOfThePlan) {
           // As the trainer builds them: buffers a multiple of 16 x ranks floats at stage 1, AdamW
           // over this rank's shard.
           const size_t multiple = stage == 1 ? 16 * ranks : 16;
-          if (stage == 2) {
+          if (stage >= 2) {
             c.grad_shard_ranks = ranks;
+            if (stage == 3) c.param_shard_ranks = ranks;
             Gpt model(c, B, T, **arena, multiple);
             const ZeroUnits units(model.layout(), ranks);
-            AdamW adam(model.layout(), units.Owned(rank), units.shard_floats(), **arena);
-            // The gradient shard and windows as the trainer makes them; a one-rank communicator
-            // reduces (the allocation is what is measured).
+            AdamW adam(model.layout(), units.Owned(rank), units.shard_floats(), **arena, stage == 3);
+            // The gradient shard and windows (and at stage 3 the parameter shards and windows) as
+            // the trainer makes them; a one-rank communicator reduces and gathers (the allocation
+            // is what is measured).
             std::unique_ptr<Communicator> self = CreateSelfCommunicator({});
             UnitReducer reducer(*self, model, units, **arena, true);
-            model.InitGpt2(7);
+            std::unique_ptr<ParamGatherer> gatherer;
+            if (stage == 3) {
+              gatherer = std::make_unique<ParamGatherer>(*self, model, units, **arena, true);
+              std::vector<float> full(units.buffer_floats());
+              model.InitGpt2(7, full.data());
+              gatherer->LoadFull(full.data());
+            } else {
+              model.InitGpt2(7);
+            }
             const std::vector<int32_t> tokens = RandomTokens(B * T, c.vocab_size, 1);
             reducer.ZeroShard();
             model.Forward(tokens.data(), tokens.data(), B, T, 1.0f);
             ASSERT_TRUE(reducer.Begin().ok());
             model.Backward([&](size_t begin, size_t end) { reducer.OnReady(begin, end); });
             ASSERT_TRUE(reducer.Finish().ok());
-            adam.Step(model.params(), reducer.shard(), 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
-                      model.working_params_bf16(), 0);
+            adam.Step(gatherer ? gatherer->master() : model.params(), reducer.shard(), 1e-3f, 0.9f, 0.95f,
+                      1e-8f, 0.1f, 1.0f, 1, gatherer ? gatherer->working_bf16() : model.working_params_bf16(),
+                      0);
+            if (gatherer) {
+              ASSERT_TRUE(gatherer->TakeStatus().ok());
+            }
             const double measured = static_cast<double>((*arena)->used());
             EXPECT_NEAR(plan.total() / measured, 1.0, 0.05) << plan.total() << " planned, " << measured;
             EXPECT_EQ(plan.arena_bytes, (*arena)->used());
