@@ -188,7 +188,8 @@ TEST(MemoryPlanTest, RefusalNamesTheLargestTermAndWhatWouldFit) {
 // 50304; 8030261248 for Llama 3.1 8B, whose widths need no padding), and the model states against
 // bytes per parameter: 4 (fp32 master) + 2 (bf16 working copy), 4 (fp32 gradients; at ZeRO-2 4 / N
 // plus three windows: the embeddings' and two of the largest layer or tail, from the layout's
-// offsets), 8 / N (AdamW at ZeRO-1 and 2, 8 at stage 0) up to the 16 x N-float padding of each
+// offsets), 8 / N (AdamW at ZeRO-1 to 3, 8 at stage 0); at stage 3 parameters 6 / N (fp32 master
+// and bf16 working shards) plus three bf16 gather windows; all up to the 16 x N-float padding of each
 // unit and 256-byte alignment. Prints the table docs/PERFORMANCE.md ("Memory plan") holds.
 TEST(MemoryPlanTest, Gpt2And8BOnH200MatchBytesPerParameter) {
   GptConfig gpt2 = MakeConfig(12, 12, 768, 1024, 50257, Precision::kBf16);
@@ -224,24 +225,26 @@ TEST(MemoryPlanTest, Gpt2And8BOnH200MatchBytesPerParameter) {
     const double tail = static_cast<double>(layout.num_params() - layout.lnf_w());
     const double units = m.c.n_layer + 2;
     for (bool recompute : {false, true}) {
-      for (int stage : {0, 1, 2}) {
+      for (int stage : {0, 1, 2, 3}) {
         for (int ranks : {1, 2, 4, 8, 16, 32, 64}) {
           GptConfig c = m.c;
           c.recompute = recompute;
           const MemoryPlan plan = PlanMemory({c, m.B, m.T, ranks, stage, true}, *h200);
-          const double optimizer = (stage == 1 && ranks > 1) || stage == 2 ? 8 * P / ranks : 8 * P;
-          const double gradients =
-              stage == 2 ? 4 * P / ranks + 4 * (embeddings + 2 * std::max(layer, tail)) : 4 * P;
-          // The 16 x N-float padding of the buffers (of each unit at stage 2) and the 256-byte
-          // alignment of each piece.
-          const double slack = 16.0 * 64 * 4 * 2 * (stage == 2 ? units : 1) + 4 * 256;
-          EXPECT_NEAR(static_cast<double>(plan.parameters), 6 * P, slack);
+          const double optimizer = (stage == 1 && ranks > 1) || stage >= 2 ? 8 * P / ranks : 8 * P;
+          const double windows = embeddings + 2 * std::max(layer, tail);  // floats
+          const double gradients = stage >= 2 ? 4 * P / ranks + 4 * windows : 4 * P;
+          // Stage 3: the fp32 master shard, the bf16 working shard and three bf16 gather windows.
+          const double parameters = stage == 3 ? 6 * P / ranks + 2 * windows : 6 * P;
+          // The 16 x N-float padding of the buffers (of each unit at stages 2 and 3) and the
+          // 256-byte alignment of each piece.
+          const double slack = 16.0 * 64 * 4 * 2 * (stage >= 2 ? units : 1) + 4 * 256;
+          EXPECT_NEAR(static_cast<double>(plan.parameters), parameters, slack);
           EXPECT_NEAR(static_cast<double>(plan.gradients), gradients, slack);
           EXPECT_NEAR(static_cast<double>(plan.optimizer), optimizer, slack);
           std::printf("| %s | %d x %d | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.name,
                       m.B, m.T, recompute ? "BLOCK" : "NONE", stage, ranks, gib(plan.parameters).c_str(),
                       gib(plan.gradients).c_str(), gib(plan.optimizer).c_str(),
-                      gib(6 * P + gradients + optimizer).c_str(), gib(plan.activations).c_str(),
+                      gib(parameters + gradients + optimizer).c_str(), gib(plan.activations).c_str(),
                       gib(plan.communication + plan.workspace).c_str(), gib(plan.total()).c_str(),
                       plan.fits() ? "fits" : "does not fit");
         }
