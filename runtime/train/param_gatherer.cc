@@ -10,9 +10,14 @@
 
 namespace fjord {
 
-ParamGatherer::ParamGatherer(Communicator& comm, Gpt& model, const ZeroUnits& units, Arena& arena, bool overlap,
-                             const ReducePath& path)
-    : comm_(comm), model_(model), units_(units), overlap_(overlap), path_(path), precision_(model.precision()) {
+ParamGatherer::ParamGatherer(Communicator& comm, Gpt& model, const ZeroUnits& units, Arena& arena,
+                             bool overlap, const ReducePath& path)
+    : comm_(comm),
+      model_(model),
+      units_(units),
+      overlap_(overlap),
+      path_(path),
+      precision_(model.precision()) {
   const size_t shard = units.shard_floats();
   master_ = arena.Floats(shard);
   working_ = master_;
@@ -78,8 +83,8 @@ void ParamGatherer::RoundWorking(uint64_t seed) {
   if (precision_ != Precision::kBf16) return;
   bf16* working = static_cast<bf16*>(working_);
   for (const ZeroUnits::Range& r : units_.Owned(comm_.rank())) {
-    model_.ops().cast_to_bf16(model_.device().context(), working + r.local, master_ + r.local, r.end - r.begin,
-                              seed, r.begin);
+    model_.ops().cast_to_bf16(model_.device().context(), working + r.local, master_ + r.local,
+                              r.end - r.begin, seed, r.begin);
   }
 }
 
@@ -107,7 +112,8 @@ Status ParamGatherer::Launch(Slot& slot, size_t unit) {
       path_.device->StageToHost(slot.staging + mine, piece, u.piece * element);
       return comm_.AllGatherAsync(slot.staging + mine, slot.staging, u.piece, dtype);
     }
-    if (path_.device != nullptr && path_.comm_stream != nullptr) path_.device->OrderAfterCompute(path_.comm_stream);
+    if (path_.device != nullptr && path_.comm_stream != nullptr)
+      path_.device->OrderAfterCompute(path_.comm_stream);
     return comm_.AllGatherAsync(piece, slot.window, u.piece, dtype);
   }();
   if (!handle.ok()) return handle.status().WithContext("gathering parameter unit " + std::to_string(unit));
