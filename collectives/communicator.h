@@ -25,7 +25,10 @@
 //
 // Failures: a collective that does not complete within the timeout returns an error naming the
 // collective, its sequence number and the ranks that did not arrive; every surviving rank prints
-// that message and its flight recorder (the last collectives of this rank) to stderr. After an
+// that message and writes its flight recorder (the last collectives of this rank) to
+// CommOptions::flight_dir (stderr without one). A timeout is a verdict of the census: when every
+// rank answers and has issued the operation, it is late, not lost, and is given one more timeout
+// before it fails (docs/RELIABILITY.md, "Timeouts"). After an
 // error the communicator is unusable: later calls fail with the first error, MPI may still
 // write into the buffers of the failed operation, and MPI is not finalized (a peer may never
 // get there). The caller reports and ends the job with Abort(), which ends every rank.
@@ -94,6 +97,9 @@ struct CommOptions {
   Algorithm algorithm = Algorithm::kAuto;
   // Operations remembered by the flight recorder (0 disables it).
   size_t flight_recorder_entries = 64;
+  // Where a rank that fails writes its flight recorder, as rank-R.txt, and prints one line naming
+  // the file (fjord train: RUN_DIR/flight). Empty: the dump goes to stderr. MPI backend only.
+  std::string flight_dir{};
   // Tuning of the MPI backend; 0 means the measured default (see collectives/mpi/mpi_communicator.cc).
   size_t ring_chunk_bytes = 0;  // pipeline chunk of the ring algorithms
   int ring_window = 0;          // ring chunks in flight at once

@@ -20,6 +20,7 @@ const EnvVarDoc kEnvVars[] = {
     {"FJORD_TEST_HOOK",
      "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
      "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, "
+     "comm_delay=RANK:MS (rank RANK spends MS ms more in the communication of every step), "
      "bench_corrupt=RANK:INDEX (fjord bench: "
      "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, "
      "once), "
@@ -41,6 +42,9 @@ const EnvVarDoc kEnvVars[] = {
     {"FJORD_LAUNCH_ID",
      "tenancy: id of the fjord launch that started the job (set by launch, forwarded with -x); "
      "ties rank 0's audit records to launch's"},
+    {"FJORD_RANK_STATUS_DIR",
+     "fjord launch: the directory where each rank records its start and how it ended (set by launch, "
+     "forwarded with -x), from which launch --max-restarts finds the failed node"},
     {"SLURM_JOB_ID",
      "fjord launch --slurm: set inside a Slurm allocation, where launch runs srun instead of "
      "writing an sbatch script"},

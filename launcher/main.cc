@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "common/host.h"
 #include "common/text.h"
 #include "launcher/audit_cmd.h"
 #include "launcher/bench_cli.h"
@@ -23,6 +25,7 @@
 #include "launcher/demo.h"
 #include "launcher/doctor.h"
 #include "launcher/launch.h"
+#include "launcher/launch/rank_status.h"
 #include "launcher/node_cmd.h"
 #include "launcher/report_cmd.h"
 #include "launcher/run_local.h"
@@ -65,15 +68,43 @@ int FailAll(const char* command, const Status& status, Communicator& comm) {
 // node's identity, before any data, communicator or GPU; a refusal exits here, and under mpirun that
 // ends the other ranks, still in MPI_Init), the communicator, the tenancy context (rank 0 audits;
 // its data policy is what every loader of `body` gets), then `body`, then the job_end record.
+// The job's tenancy while its body runs, for the trainer's signal watcher (OnRankSignal).
+std::atomic<const Tenancy*> g_running_tenancy{nullptr};
+
+// How a rank ends on a signal or the loss of its parent (SetSignalEndHook): its end record for
+// fjord launch --max-restarts (launch/rank_status.h) and, when the rank is ending, rank 0's job_end
+// with the signal.
+void OnRankSignal(int sig, const std::string& how, const std::string& detail, bool exiting) {
+  if (how == "waiting") return RecordRankWaiting(detail);
+  RecordRankEnd(how, detail);
+  const Tenancy* tenancy = g_running_tenancy.load();
+  if (exiting && tenancy != nullptr) {
+    (void)tenancy->RecordJobEnd(
+        Internal("rank ended by " + (how == "parent_lost" ? how : strsignal(sig)) + ": " + detail), sig);
+  }
+}
+
 int RunGatedJob(const char* command, const proto::JobSpec& job,
                 const std::function<Status(Communicator&, const Tenancy&)>& body) {
   StatusOr<RankGateResult> gate = RankGate(job);
   if (!gate.ok()) return Fail(command, gate.status());
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(job));
   if (!comm.ok()) return Fail(command, comm.status());
+  RecordRankStart((*comm)->rank(), ThisHostname());
+  SetSignalEndFile(RankSignalFile());
+  // Any other exit() of the process (MPI's own error handling when a peer's connection drops ends
+  // the rank through exit): it was alive when the peer went.
+  std::atexit(
+      [] { RecordRankEnd("exit", "the process exited outside fjord's paths (e.g. MPI's error handling)"); });
   StatusOr<std::unique_ptr<Tenancy>> tenancy = Tenancy::Start(job, *gate, **comm);
-  if (!tenancy.ok()) return FailAll(command, tenancy.status(), **comm);
+  if (!tenancy.ok()) {
+    RecordRankEnd("error", tenancy.status().message());
+    return FailAll(command, tenancy.status(), **comm);
+  }
+  g_running_tenancy = tenancy->get();
+  SetSignalEndHook(OnRankSignal);
   const Status result = body(**comm, **tenancy);
+  RecordRankEnd(result.ok() ? "ok" : "error", result.message());
   (void)(*tenancy)->RecordJobEnd(result);
   if (!result.ok()) return FailAll(command, result, **comm);
   return 0;

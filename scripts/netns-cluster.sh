@@ -14,6 +14,10 @@
 #   netns-cluster.sh check                      exit 0 if namespaces can be made here, else 77 + why
 #   netns-cluster.sh up STATE [NAME:CC:SITE...] make the hosts (default no1 no2 in NO, se1 se2 in SE)
 #   netns-cluster.sh exec STATE HOST CMD...     run CMD on HOST ("head" or a host name)
+#   netns-cluster.sh isolate STATE HOST         cut HOST off: its port on the bridge goes down (a partition)
+#   netns-cluster.sh reconnect STATE HOST       put HOST back on the bridge
+#   netns-cluster.sh blackhole STATE HOST SECS  drop all of HOST's traffic for SECS seconds (fractions allowed):
+#                                               its bridge port stops forwarding, its link stays up
 #   netns-cluster.sh down STATE                 remove everything `up` made (idempotent)
 #
 # STATE is a directory this script owns: hosts (name address jurisdiction site), per-host identity
@@ -185,10 +189,36 @@ cmd_exec() {
   exec "$state/exec-host" "$host" "$@"
 }
 
+# The port of HOST on the bridge, in the switch namespace: down, nothing reaches HOST or leaves it
+# (its eth0 loses carrier; sockets stay open and TCP retransmits into the void, as on a cut cable).
+cmd_link() {
+  local state=$1 host=$2 updown=$3
+  state=$(cd "$state" && pwd)
+  [[ -f $state/ready ]] || die "no cluster in $state: run '$0 up $state' first"
+  [[ $host != head ]] || die "the head runs mpirun and cannot be cut off"
+  grep -q "^$host " "$state/hosts/table" || die "no host $host in $state"
+  case $updown in
+    up | down) ip -n "$(prefix_of "$state")-sw" link set "p-$host" "$updown" ;;
+    # A black hole: the bridge port of HOST disabled (state 0) drops every frame in both directions
+    # while both ends keep their carrier, so no kernel sees a local error (as with a fault further
+    # away in the network); forwarding (state 3) again afterwards.
+    drop) bridge -n "$(prefix_of "$state")-sw" link set dev "p-$host" state 0 ;;
+    pass) bridge -n "$(prefix_of "$state")-sw" link set dev "p-$host" state 3 ;;
+  esac
+}
+
 case ${1:-} in
   check) cmd_check ;;
   up) [[ $# -ge 2 ]] || die "usage: $0 up STATE [NAME:CC:SITE...]"; shift; cmd_up "$@" ;;
   down) [[ $# -eq 2 ]] || die "usage: $0 down STATE"; cmd_down "$2"; rmdir "$2" 2>/dev/null || true; echo "netns-cluster: down" ;;
   exec) [[ $# -ge 4 ]] || die "usage: $0 exec STATE HOST CMD..."; shift; cmd_exec "$@" ;;
-  *) die "usage: $0 check | up STATE [NAME:CC:SITE...] | exec STATE HOST CMD... | down STATE" ;;
+  isolate) [[ $# -eq 3 ]] || die "usage: $0 isolate STATE HOST"; cmd_link "$2" "$3" down ;;
+  reconnect) [[ $# -eq 3 ]] || die "usage: $0 reconnect STATE HOST"; cmd_link "$2" "$3" up ;;
+  blackhole)
+    [[ $# -eq 4 && $4 =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "usage: $0 blackhole STATE HOST SECONDS"
+    cmd_link "$2" "$3" drop
+    trap 'cmd_link "$2" "$3" pass' EXIT  # forwarding again even if interrupted
+    sleep "$4"
+    ;;
+  *) die "usage: $0 check | up STATE [NAME:CC:SITE...] | exec STATE HOST CMD... | isolate|reconnect STATE HOST | blackhole STATE HOST SECONDS | down STATE" ;;
 esac

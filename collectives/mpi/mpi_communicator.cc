@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -42,6 +43,7 @@
 #include "collectives/ring.h"
 #include "collectives/transport.h"
 #include "collectives/tree.h"
+#include "common/file_util.h"
 #include "common/host.h"
 
 namespace fjord {
@@ -63,11 +65,25 @@ constexpr int kTagSpan = 30000;
 // Tags on the census communicator.
 constexpr int kTagCensusRequest = 1;
 constexpr int kTagCensusReply = 2;
+constexpr int kTagGaveUp = 3;  // "I failed in collective #seq": a CensusMsg, no reply
 
 constexpr milliseconds kIdlePoll{10};            // an idle communication thread answers census requests
 constexpr microseconds kCensusPollInWait{1000};  // and a waiting one this often
 constexpr milliseconds kAbortGrace{1000};
+// A rank whose MPI_Abort cannot reach mpirun (its host cut off) ends itself this long after calling
+// it: Open MPI's abort waits for the daemon's answer, which never comes across a partition.
+constexpr milliseconds kAbortWatchdog{3000};
 constexpr size_t kMaxMpiElems = size_t{1} << 30;  // per MPI call (counts are int)
+
+// How long the census waits for answers: long enough for TCP to resend after an outage of up to
+// 0.8 x timeout that began with the operation (its backoff doubles, so the first resend after the
+// link returns comes by 1.6 x timeout + 0.2 s), and at most 7 s, so that a partition ends the job
+// within timeout + 15 s (docs/RELIABILITY.md, "Timeouts").
+Clock::duration CensusWindow(Clock::duration timeout) {
+  return std::clamp<Clock::duration>(timeout * 6 / 10 + milliseconds(1000), milliseconds(500),
+                                     milliseconds(7000));
+}
+constexpr const char* kAllArrived = "all ranks arrived";
 
 std::string MpiErrorString(int code) {
   char text[MPI_MAX_ERROR_STRING] = {};
@@ -302,6 +318,7 @@ struct CensusMsg {
   int64_t running = 0;       // collective running now on `from` (0: none)
   int64_t p2p_issued = 0;    // SendRecv calls issued on `from`
   int64_t idle_us = 0;       // since `from` last issued anything
+  int64_t done_us = 0;       // since `from` last completed a collective
   int64_t kind_at_seq = -1;  // OpKind of `seq` on `from`; -1 when not issued or forgotten
   int64_t bytes_at_seq = 0;
 };
@@ -473,7 +490,12 @@ class MpiCommunicator final : public Communicator {
   Status MpiBarrier();
   void ServiceCensus();
   CensusMsg MyCensus(uint64_t seq) const;
-  std::string RunCensus(const OpInfo& op);
+  // The census of `op` as one phrase; *all_arrived: every rank answered and has issued `op`.
+  std::string RunCensus(const OpInfo& op, bool* all_arrived = nullptr);
+  // Writes `why` and the flight recorder to options_.flight_dir/rank-R.txt and returns the one
+  // console line that names the file (with no flight_dir, or when the file cannot be written: `why`
+  // and the whole dump, as before).
+  std::string FlightReport(const std::string& why) const;
   std::string Verdict(const OpInfo& op, const std::vector<bool>& answered) const;
   Status Fail(OpInfo& op, const Status& cause);
   std::string Describe(const OpInfo& op) const;
@@ -509,6 +531,7 @@ class MpiCommunicator final : public Communicator {
   std::atomic<uint64_t> running_seq_{0};
   std::atomic<int> waiting_peer_{-1};      // the peer of the ring/tree message being waited for (-1: none)
   std::atomic<int64_t> last_issue_us_{0};  // since origin_
+  std::atomic<int64_t> last_done_us_{0};   // since origin_: when the last collective completed
   std::atomic<bool> failed_flag_{false};
 
   // Executor-only state.
@@ -523,6 +546,10 @@ class MpiCommunicator final : public Communicator {
   bool peer_gave_up_p2p_ = false;  // ... or about a SendRecv
   int peer_gave_up_rank_ = -1;
   bool explained_absence_ = false;
+  bool extended_ = false;     // this operation's deadline was moved once: every rank had arrived
+  std::string verdict_;       // the census of a timed-out operation
+  Clock::duration waited_{};  // how long it had run when its (last) deadline passed
+  CensusMsg gave_up_out_;     // the notice Fail sends to every peer
   struct Reply {
     CensusMsg msg;
     MPI_Request req = MPI_REQUEST_NULL;
@@ -665,8 +692,33 @@ void MpiCommunicator::Abort(const std::string& message, int exit_code) {
                message.c_str());
   std::fflush(nullptr);
   std::this_thread::sleep_for(kAbortGrace);
+  std::thread([exit_code, who = Me()] {
+    std::this_thread::sleep_for(kAbortWatchdog);
+    std::fprintf(stderr,
+                 "fjord: %s: MPI_Abort did not end this rank within %.0f s (mpirun unreachable?): "
+                 "exiting with %d\n",
+                 who.c_str(), duration<double>(kAbortWatchdog).count(), exit_code);
+    std::fflush(stderr);
+    std::_Exit(exit_code);
+  }).detach();
   MPI_Abort(MPI_COMM_WORLD, exit_code);
   std::_Exit(exit_code);  // not reached
+}
+
+std::string MpiCommunicator::FlightReport(const std::string& why) const {
+  const std::string dump = recorder_.Dump(Me());
+  if (options_.flight_dir.empty()) return why + "\n" + dump;
+  // One file per rank, replaced whole (a later report of the same rank supersedes an earlier one);
+  // private to the tenant like every run file (the rank's umask, docs/SOVEREIGNTY.md).
+  const std::string path = options_.flight_dir + "/rank-" + std::to_string(rank_) + ".txt";
+  std::error_code ec;
+  std::filesystem::create_directories(options_.flight_dir, ec);
+  const std::string text = why + "\n" + dump;
+  const Status s = ec ? Internal(ec.message()) : WriteFileAtomic(path, {{text.data(), text.size()}});
+  if (!s.ok()) {
+    return why + "\nfjord: " + Me() + ": cannot write " + path + " (" + s.message() + "); the dump:\n" + dump;
+  }
+  return why + "\nfjord: " + Me() + ": flight recorder written to " + path + "\n";
 }
 
 // --- Issue side ----------------------------------------------------------------------------------
@@ -802,6 +854,8 @@ Status MpiCommunicator::Execute(OpInfo& op) {
   deadline_ = started_ + options_.timeout;
   next_census_poll_ = started_ + kCensusPollInWait;
   current_ = &op;
+  extended_ = false;
+  verdict_.clear();
   failure_kind_ = FailureKind::kNone;
   Status s;
   if ((peer_gave_up_seq_ != 0 && op.seq >= peer_gave_up_seq_) || (peer_gave_up_p2p_ && op.p2p != 0)) {
@@ -815,7 +869,10 @@ Status MpiCommunicator::Execute(OpInfo& op) {
   current_ = nullptr;
   running_seq_.store(0);
   if (!s.ok()) return Fail(op, s);
-  if (op.seq != 0) completed_seq_.store(op.seq);
+  if (op.seq != 0) {
+    completed_seq_.store(op.seq);
+    last_done_us_.store(std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count());
+  }
   recorder_.MarkEnded(op.record, OpState::kDone);
   return OkStatus();
 }
@@ -880,6 +937,24 @@ Status MpiCommunicator::WaitRequest(MPI_Request* req, const char* call, MPI_Stat
       }
     }
     if (now >= deadline_) {
+      // Late is not lost: when every rank answers the census and has issued this operation, the
+      // network was down for a while and TCP has not resent yet (its retransmission backoff doubles
+      // up to 2x the outage). Wait once more, as long again; a rank that does not answer, or has
+      // not arrived, ends the operation now (docs/RELIABILITY.md, "Timeouts").
+      bool all_arrived = false;
+      waited_ = now - started_;
+      verdict_ = RunCensus(*current_, &all_arrived);
+      if (all_arrived && !extended_ && current_->seq != 0) {
+        extended_ = true;
+        deadline_ = Clock::now() + options_.timeout;
+        std::fprintf(stderr,
+                     "fjord: %s is late on %s after %s, but every rank arrived (the network may be "
+                     "recovering): waiting %s more\n",
+                     Describe(*current_).c_str(), Me().c_str(), Seconds(now - started_).c_str(),
+                     Seconds(options_.timeout).c_str());
+        std::fflush(stderr);
+        continue;
+      }
       failure_kind_ = FailureKind::kTimeout;
       return Internal("timed out");
     }
@@ -1025,6 +1100,7 @@ CensusMsg MpiCommunicator::MyCensus(uint64_t seq) const {
   m.p2p_issued = static_cast<int64_t>(issued_p2p_.load());
   m.idle_us =
       std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count() - last_issue_us_.load();
+  m.done_us = std::chrono::duration_cast<microseconds>(Clock::now() - origin_).count() - last_done_us_.load();
   if (seq != 0) {
     if (std::optional<FlightEntry> e = recorder_.FindSeq(seq)) {
       m.kind_at_seq = static_cast<int64_t>(e->kind);
@@ -1039,6 +1115,25 @@ void MpiCommunicator::ServiceCensus() {
     int flag = 0;
     MPI_Test(&it->req, &flag, MPI_STATUS_IGNORE);
     it = flag ? replies_.erase(it) : std::next(it);
+  }
+  // A peer that failed: its operation (and every later one) will not complete here either.
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    if (MPI_Iprobe(MPI_ANY_SOURCE, kTagGaveUp, census_comm_, &flag, &st) != MPI_SUCCESS || !flag) break;
+    CensusMsg notice;
+    if (MPI_Recv(&notice, sizeof(notice), MPI_BYTE, st.MPI_SOURCE, kTagGaveUp, census_comm_,
+                 MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+      break;
+    }
+    if (peer_gave_up_rank_ < 0) {
+      peer_gave_up_rank_ = st.MPI_SOURCE;
+      if (notice.seq != 0) {
+        peer_gave_up_seq_ = static_cast<uint64_t>(notice.seq);
+      } else {
+        peer_gave_up_p2p_ = true;
+      }
+    }
   }
   for (;;) {
     int flag = 0;
@@ -1055,33 +1150,25 @@ void MpiCommunicator::ServiceCensus() {
     MPI_Isend(&reply.msg, sizeof(reply.msg), MPI_BYTE, st.MPI_SOURCE, kTagCensusReply, census_comm_,
               &reply.req);
 
-    // The peer gave up on that operation: ours will not complete either.
-    if (peer_gave_up_rank_ < 0) {
-      peer_gave_up_rank_ = st.MPI_SOURCE;
-      if (request.seq != 0) {
-        peer_gave_up_seq_ = static_cast<uint64_t>(request.seq);
-      } else {
-        peer_gave_up_p2p_ = true;
-      }
-    }
     // A rank that has not called the collective yet says so, so that its log explains itself.
-    if (request.seq != 0 && reply.msg.issued < request.seq && !explained_absence_ && !failed_flag_) {
+    const bool just_done =
+        microseconds(reply.msg.done_us) < std::min<Clock::duration>(milliseconds(1000), options_.timeout / 2);
+    if (request.seq != 0 && reply.msg.issued < request.seq && reply.msg.running == 0 && !just_done &&
+        !explained_absence_ && !failed_flag_) {
       explained_absence_ = true;
-      const std::string text = "fjord: " + Me() + " has not issued collective #" +
-                               std::to_string(request.seq) + " that rank " + std::to_string(st.MPI_SOURCE) +
-                               " (host " + HostOf(st.MPI_SOURCE) + ") gave up on; its last collective is #" +
-                               std::to_string(reply.msg.issued) + ", issued " +
-                               Seconds(microseconds(reply.msg.idle_us)) +
-                               " ago: this rank's caller is busy elsewhere or stuck\n" + recorder_.Dump(Me());
+      const std::string text = FlightReport(
+          "fjord: " + Me() + " has not issued collective #" + std::to_string(request.seq) + " that rank " +
+          std::to_string(st.MPI_SOURCE) + " (host " + HostOf(st.MPI_SOURCE) +
+          ") timed out in; its last collective is #" + std::to_string(reply.msg.issued) + ", issued " +
+          Seconds(microseconds(reply.msg.idle_us)) + " ago: this rank's caller is busy elsewhere or stuck");
       std::fputs(text.c_str(), stderr);
       std::fflush(stderr);
     }
   }
 }
 
-std::string MpiCommunicator::RunCensus(const OpInfo& op) {
-  const auto window =
-      std::clamp<Clock::duration>(options_.timeout / 2, milliseconds(500), milliseconds(5000));
+std::string MpiCommunicator::RunCensus(const OpInfo& op, bool* all_arrived) {
+  const Clock::duration window = CensusWindow(options_.timeout);
   std::vector<bool> answered(static_cast<size_t>(size_), false);
   if (!census_started_) {
     // Buffers are members: a late answer may still arrive after we stop waiting.
@@ -1120,7 +1207,12 @@ std::string MpiCommunicator::RunCensus(const OpInfo& op) {
     if (now >= until) break;
     Backoff(now - begin);
   }
-  return Verdict(op, answered);
+  std::string verdict = Verdict(op, answered);
+  if (std::find(answered.begin(), answered.end(), false) == answered.end()) {
+    census_started_ = false;  // every answer is in: the next census (after a wait) starts afresh
+    if (all_arrived != nullptr) *all_arrived = verdict.starts_with(kAllArrived);
+  }
+  return verdict;
 }
 
 // "1, 2, 5" (at most 16 named, then "and N more").
@@ -1132,9 +1224,8 @@ std::string RankList(const std::vector<std::string>& items) {
 }
 
 std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& answered) const {
-  const auto window =
-      std::clamp<Clock::duration>(options_.timeout / 2, milliseconds(500), milliseconds(5000));
-  std::vector<std::string> absent, mismatched, silent, arrived;
+  const Clock::duration window = CensusWindow(options_.timeout);
+  std::vector<std::string> absent, mismatched, silent, arrived, behind;
   for (int p = 0; p < size_; ++p) {
     const CensusMsg& m = census_in_[static_cast<size_t>(p)];
     const std::string host = HostOf(p);
@@ -1147,6 +1238,16 @@ std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& 
       absent.push_back(std::to_string(p) + " (host " + host + ": " + std::to_string(m.p2p_issued) +
                        " SendRecv calls issued, last collective #" + std::to_string(m.issued) +
                        ", last call " + Seconds(microseconds(m.idle_us)) + " ago)");
+    } else if (m.issued < static_cast<int64_t>(op.seq) && m.running != 0 && m.running == m.issued) {
+      // Still in the collective before: waiting on the network too (its data is late), not elsewhere.
+      behind.push_back(std::to_string(p) + " (host " + host + ": in #" + std::to_string(m.running) + ")");
+    } else if (m.issued < static_cast<int64_t>(op.seq) && m.completed == m.issued &&
+               microseconds(m.done_us) <
+                   std::min<Clock::duration>(milliseconds(1000), options_.timeout / 2)) {
+      // Finished the collective before just now: its late data came in the same TCP stream as this
+      // census, and it is about to arrive.
+      behind.push_back(std::to_string(p) + " (host " + host + ": finished #" + std::to_string(m.completed) +
+                       " " + Seconds(microseconds(m.done_us)) + " ago)");
     } else if (m.issued < static_cast<int64_t>(op.seq)) {
       absent.push_back(std::to_string(p) + " (host " + host + ": last issued #" + std::to_string(m.issued) +
                        ", " + Seconds(microseconds(m.idle_us)) + " ago)");
@@ -1176,7 +1277,11 @@ std::string MpiCommunicator::Verdict(const OpInfo& op, const std::vector<bool>& 
   }
   if (op.seq != 0) {
     if (absent.empty() && mismatched.empty() && silent.empty()) {
-      out += "all ranks arrived, but MPI made no progress (check the network and the MPI transport settings)";
+      out += std::string(kAllArrived) +
+             (behind.empty() ? "" : " or are still in an earlier collective (" + RankList(behind) + ")") +
+             ", but MPI made no progress (check the network and the MPI transport settings)";
+    } else if (!behind.empty()) {
+      out += "; ranks still in an earlier collective: " + RankList(behind);
     }
     out += "; arrived: " + (arrived.empty() ? std::string("none") : RankList(arrived));
   }
@@ -1199,14 +1304,15 @@ std::string MpiCommunicator::Describe(const OpInfo& op) const {
 }
 
 Status MpiCommunicator::Fail(OpInfo& op, const Status& cause) {
-  const std::string elapsed = Seconds(Clock::now() - started_);
+  const std::string elapsed =
+      Seconds(failure_kind_ == FailureKind::kTimeout ? waited_ : Clock::now() - started_);
   std::string message;
   OpState state = OpState::kFailed;
   switch (failure_kind_) {
     case FailureKind::kTimeout:
       state = OpState::kTimedOut;
-      message =
-          "fjord: " + Describe(op) + " timed out after " + elapsed + " on " + Me() + ": " + RunCensus(op);
+      message = "fjord: " + Describe(op) + " timed out after " + elapsed + " on " + Me() + ": " +
+                (verdict_.empty() ? RunCensus(op) : verdict_);
       break;
     case FailureKind::kPeerGaveUp:
       message = "fjord: " + Describe(op) + " failed on " + Me() + " after " + elapsed + ": rank " +
@@ -1218,7 +1324,17 @@ Status MpiCommunicator::Fail(OpInfo& op, const Status& cause) {
       break;
   }
   recorder_.MarkEnded(op.record, state);
-  const std::string report = message + "\n" + recorder_.Dump(Me());
+  if (failure_kind_ == FailureKind::kTimeout || failure_kind_ == FailureKind::kPeerGaveUp) {
+    // Tell every peer: those still waiting in this operation end now instead of at their deadline.
+    gave_up_out_ = MyCensus(op.seq);
+    for (int p = 0; p < size_; ++p) {
+      if (p == rank_) continue;
+      MPI_Request send = MPI_REQUEST_NULL;
+      MPI_Isend(&gave_up_out_, sizeof(CensusMsg), MPI_BYTE, p, kTagGaveUp, census_comm_, &send);
+      MPI_Request_free(&send);  // eager and tiny; gave_up_out_ outlives it
+    }
+  }
+  const std::string report = FlightReport(message);
   std::fputs(report.c_str(), stderr);
   std::fflush(stderr);
   failed_flag_ = true;

@@ -2,6 +2,7 @@
 #include "launcher/launch/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -140,6 +141,18 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
     plan.nodes_from_slurm = true;
   }
   plan.lease_dir = inventory.lease_dir();
+  // Nodes excluded for this job (a restart after they failed): out of the inventory, so placement
+  // and its residency checks run on the rest exactly as at the first launch.
+  std::vector<ExcludedNode> excluded;
+  for (const ExcludedNode& e : options.exclude) {
+    auto* nodes = inventory.mutable_node();
+    for (int i = 0; i < nodes->size(); ++i) {
+      if (nodes->Get(i).hostname() != e.hostname) continue;
+      nodes->DeleteSubrange(i, 1);
+      excluded.push_back(e);
+      break;
+    }
+  }
 
   const bool in_allocation = options.slurm && !options.slurm_job_id.empty();
   plan.mode = !options.slurm ? LaunchMode::kMpirun : in_allocation ? LaunchMode::kSrun : LaunchMode::kSbatch;
@@ -163,6 +176,7 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
   FJORD_ASSIGN_OR_RETURN(plan.placement,
                          PlaceRanks(inventory, inventory_source, plan.policy, options.np, options.per_node,
                                     in_allocation ? &allocation : nullptr, plan.data_residency));
+  plan.placement.excluded.insert(plan.placement.excluded.begin(), excluded.begin(), excluded.end());
   // The memory plan (`fjord plan`) before any rank starts: a CPU job's ranks must fit this host's
   // available memory (nodes like it), shared by as many ranks as the fullest planned node runs; a
   // CUDA job is planned by each rank against its GPU before allocating.
@@ -195,10 +209,21 @@ StatusOr<LaunchPlan> PlanLaunch(const LaunchOptions& options) {
                        {"--mca", "btl_tcp_if_include", interfaces, "-x", "NCCL_SOCKET_IFNAME=" + interfaces});
     }
     // The environment every rank needs; never FJORD_NODE_IDENTITY: a node's identity is its own.
-    plan.argv.insert(plan.argv.end(), {"-x", "FJORD_LAUNCH_ID"});
+    plan.argv.insert(plan.argv.end(), {"-x", "FJORD_LAUNCH_ID", "-x", "FJORD_RANK_STATUS_DIR"});
     for (const char* var : {"OMP_NUM_THREADS", "FJORD_TEST_HOOK"}) {
       if (GetEnv(var)) plan.argv.insert(plan.argv.end(), {"-x", var});
     }
+    // TCP keep-alive on the daemons' links to mpirun (Open MPI's default: probes after 300 s idle,
+    // dead after 3 more minutes), scaled to comm_timeout T: probes after T s idle, every T/4 s, dead
+    // after 5 unanswered, so never within an outage shorter than the census survives (0.8 x T), and
+    // a cut-off host's daemon notices it is alone and ends its ranks by itself within about 2.25 x T
+    // of the cut. fjord launch's own supervision bounds the job's end on the reachable hosts
+    // (launch/supervise.h; docs/RELIABILITY.md).
+    const int idle_s = std::max(1, static_cast<int>(std::ceil(plan.job.parallel().comm_timeout())));
+    plan.argv.insert(
+        plan.argv.end(),
+        {"--mca", "oob_tcp_keepalive_time", std::to_string(idle_s), "--mca", "oob_tcp_keepalive_intvl",
+         std::to_string(std::max(1, (idle_s + 3) / 4)), "--mca", "oob_tcp_keepalive_probes", "5"});
     // --doctor: one doctor rank on each planned node, started the way the job's ranks will be.
     std::string hosts;
     for (const PlacedNode& n : plan.placement.nodes) hosts += (hosts.empty() ? "" : ",") + n.address + ":1";

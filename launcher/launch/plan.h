@@ -40,6 +40,12 @@ struct LaunchOptions {
   // SLURM_JOB_NODELIST by `fjord launch` (AddLaunchCommand).
   std::string slurm_job_id;
   std::string slurm_nodelist;
+  // --max-restarts N, --min-nodes M (launch/restart.h): after a failure, re-place the job on the
+  // healthy allowed nodes and resume, at most N times, never on fewer than M nodes (0: the job keeps
+  // its rank count). `exclude`: nodes taken out of the inventory for this job (the failed ones).
+  int max_restarts = 0;
+  int min_nodes = 0;
+  std::vector<ExcludedNode> exclude;
 };
 
 enum class LaunchMode { kMpirun, kSbatch, kSrun };

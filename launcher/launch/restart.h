@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "common/status.h"
+#include "launcher/launch/plan.h"
 #include "runtime/tenancy/audit.h"
 
 namespace fjord {
@@ -18,5 +20,17 @@ namespace fjord {
 // ends the loop with that error (exit 1). Returns the last attempt's exit code.
 int RunWithRestarts(int max_restarts, const std::function<int(int attempt)>& attempt,
                     const std::function<bool()>& stopped, AuditLog* audit, const std::string& who);
+
+// `fjord launch --max-restarts N [--min-nodes M]`: the attempt after `failed` (its plan) with
+// `options.exclude` already naming every failed node. Places the same job on the remaining nodes
+// with the same code and residency checks as the first launch (PlanLaunch); keeps the rank count,
+// or, with options.min_nodes > 0, takes the most ranks up to it that fit (never fewer than
+// min_nodes nodes); keeps the global batch (`global_batch`, sequences per step, set by the caller
+// from the first attempt): train.global_batch is set to it, so grad_accum follows the new world
+// size; adds --resume. Refuses with the reason: no placement within the residency (PlanLaunch's
+// message, naming each node not allowed), fewer than min_nodes nodes, a global batch not divisible
+// by train.micro_batch x the new rank count. `plan` receives the new plan.
+StatusOr<LaunchOptions> OptionsForRestart(const LaunchOptions& options, uint64_t global_batch,
+                                          LaunchPlan* plan);
 
 }  // namespace fjord

@@ -2,6 +2,7 @@
 // happens here after the plan is complete, so a refusal leaves nothing behind but its audit record.
 #include "launcher/launch/run.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <syslog.h>
@@ -20,6 +21,8 @@
 #include "common/host.h"
 #include "common/json.h"
 #include "launcher/cli.h"
+#include "launcher/launch/rank_status.h"
+#include "launcher/launch/restart.h"
 #include "launcher/lease.h"
 #include "launcher/slurm.h"
 #include "runtime/train/config.h"
@@ -82,6 +85,11 @@ void ForwardTerm(int sig) {
   const bool first = g_terms == 0;
   g_terms = 1;
   if (g_child > 0) ::kill(static_cast<pid_t>(g_child), first ? SIGUSR1 : sig);
+}
+// SIGINT (the terminal's Ctrl-C) reaches the child as it is: the child runs in a process group of
+// its own (so that launch can end all of it), out of the terminal's reach.
+void ForwardInt(int sig) {
+  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), sig);
 }
 
 // SIGTERM and SIGINT while launch follows a Slurm job (--wait), counted here and acted on between
@@ -167,19 +175,31 @@ std::string SbatchArgProblem(const std::string& arg) {
 
 }  // namespace
 
-int RunChild(const std::vector<std::string>& argv) {
+int RunChild(const std::vector<std::string>& argv, JobOutcome* outcome) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   std::fflush(stdout);
   std::fflush(stderr);
+  // The child's stderr comes through launch, which learns from it that the job failed
+  // (launch/supervise.h).
+  int err[2] = {-1, -1};
+  if (::pipe2(err, O_CLOEXEC) != 0) {
+    std::fprintf(stderr, "fjord launch: error: cannot make a pipe to run %s: %s\n", argv[0].c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
   const pid_t pid = ::fork();
   if (pid < 0) {
     std::fprintf(stderr, "fjord launch: error: cannot fork to run %s: %s\n", argv[0].c_str(),
                  std::strerror(errno));
+    ::close(err[0]);
+    ::close(err[1]);
     return 1;
   }
   if (pid == 0) {
+    ::setpgid(0, 0);
+    ::dup2(err[1], 2);  // dup2 clears O_CLOEXEC on fd 2
     ::signal(SIGINT, SIG_DFL);
     ::signal(SIGTERM, SIG_DFL);
     ::execvp(args[0], args.data());
@@ -187,27 +207,23 @@ int RunChild(const std::vector<std::string>& argv) {
                  args[0], std::strerror(errno));
     ::_exit(127);
   }
-  // The terminal's Ctrl-C reaches mpirun too, which ends the job; launch waits to record the exit.
-  struct sigaction ignore {
+  ::setpgid(pid, pid);  // as the child does: whichever runs first
+  ::close(err[1]);
+  // Ctrl-C is forwarded to mpirun, which ends the job; launch waits to record the exit.
+  struct sigaction interrupt {
   }, forward{}, old_int{}, old_term{};
-  ignore.sa_handler = SIG_IGN;
+  interrupt.sa_handler = ForwardInt;
   forward.sa_handler = ForwardTerm;
   g_child = pid;
   g_terms = 0;
-  ::sigaction(SIGINT, &ignore, &old_int);
+  ::sigaction(SIGINT, &interrupt, &old_int);
   ::sigaction(SIGTERM, &forward, &old_term);
-  int status = 0;
-  pid_t r;
-  do {
-    r = ::waitpid(pid, &status, 0);
-  } while (r < 0 && errno == EINTR);
+  const JobOutcome end = SuperviseChild(pid, err[0], Supervision{});
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   g_child = 0;
-  if (r < 0) return 1;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
+  if (outcome != nullptr) *outcome = end;
+  return end.exit_code;
 }
 
 bool ChildStopRequested() { return g_terms != 0; }
@@ -324,7 +340,7 @@ std::string LogTenant(const std::string& path) {
 
 }  // namespace
 
-int RunLaunch(const LaunchOptions& options) {
+int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt) {
   auto fail = [](const Status& s) {
     std::fprintf(stderr, "fjord launch: error: %s\n", s.message().c_str());
     return 1;
@@ -430,6 +446,8 @@ int RunLaunch(const LaunchOptions& options) {
   if (!s.ok()) return fail(s);
 
   ::setenv("FJORD_LAUNCH_ID", launch_id.c_str(), 1);
+  const std::string rank_status_dir = plan.launch_dir + "/ranks-" + launch_id;
+  ::setenv(kRankStatusDirEnv, rank_status_dir.c_str(), 1);
   StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(plan.audit_log, "launch@" + ThisHostname());
   if (!audit.ok()) return fail(audit.status());
   const char* mode = plan.mode == LaunchMode::kMpirun ? "mpirun"
@@ -458,10 +476,19 @@ int RunLaunch(const LaunchOptions& options) {
 
   if (plan.mode == LaunchMode::kSbatch) return SubmitToSlurm(plan, options, **audit);
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
-  const int code = RunChild(plan.argv);
+  if (attempt != nullptr) *attempt = {true, plan, launch_id, rank_status_dir};
+  JobOutcome outcome;
+  const int code = RunChild(plan.argv, &outcome);
   leases.reset();  // the job has ended: release its nodes (recorded as lease_released)
-  StatusOr<AuditAnchor> end =
-      (*audit)->Append("launch_exit", AuditRecord().Str("launch_id", launch_id).Int("exit_code", code));
+  AuditRecord exit_record;
+  exit_record.Str("launch_id", launch_id).Int("exit_code", code);
+  if (!outcome.cause.empty()) {
+    // Why the job failed, and who ended it: mpirun, or launch when mpirun did not within its grace.
+    exit_record.Str("cause", outcome.cause)
+        .Str("ended_by", outcome.ended_by_launch ? "fjord launch" : "mpirun")
+        .Int("end_after_ms", static_cast<int64_t>(outcome.end_after_s * 1000.0));
+  }
+  StatusOr<AuditAnchor> end = (*audit)->Append("launch_exit", exit_record);
   if (!end.ok()) {
     std::fprintf(stderr, "fjord launch: warning: cannot record the exit in the audit log: %s\n",
                  end.status().message().c_str());
@@ -512,6 +539,16 @@ void AddLaunchCommand(CLI::App& app) {
                 "--slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high")
       ->type_name("OPTION")
       ->allow_extra_args(false);
+  cli::AddNumber(*c, "--max-restarts", o.max_restarts, "N",
+                 "after a failure, exclude the failed node(s), re-place the job on the healthy allowed nodes "
+                 "and resume from the newest intact checkpoint with the same global batch, at most N times "
+                 "(default 0); each restart is audited",
+                 0, 1000);
+  cli::AddNumber(
+      *c, "--min-nodes", o.min_nodes, "M",
+      "--max-restarts: a restart may run the job on fewer ranks (grad_accum follows), but never on "
+      "fewer than M nodes (without it, a restart keeps the rank count)",
+      1, 1'000'000);
   c->add_option("--mpirun", o.mpirun, "the mpirun to run")->type_name("PATH");
   c->add_flag("--quiet", a->quiet, "passed on to fjord train");
   c->add_flag("--json", a->json, "passed on to fjord train");
@@ -538,6 +575,18 @@ void AddLaunchCommand(CLI::App& app) {
       return cli::UsageError(*c,
                              "--wait and --sbatch are for Slurm jobs: add --slurm (without it launch runs "
                              "mpirun and always waits for the job)");
+    }
+    if (options.min_nodes > 0 && options.max_restarts == 0) {
+      return cli::UsageError(*c,
+                             "--min-nodes bounds the restarts of --max-restarts N: give --max-restarts too");
+    }
+    if (options.max_restarts > 0 && options.slurm) {
+      return cli::UsageError(
+          *c,
+          "--max-restarts runs the job again under fjord launch's own mpirun; under --slurm let Slurm "
+          "requeue "
+          "it instead (sbatch --requeue, and scontrol requeue with the failed node drained; "
+          "docs/ARCHITECTURE.md, \"Restarts on the healthy nodes\")");
     }
     if (c->count("--wait-for-nodes") > 0) {
       const std::string& w = a->wait_for_nodes;

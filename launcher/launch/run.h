@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "launcher/launch/plan.h"
+#include "launcher/launch/supervise.h"
 
 namespace CLI {
 class App;
@@ -23,13 +24,29 @@ namespace fjord {
 // ran the job on.
 // Without Slurm it holds a lease on every planned node while mpirun runs (launcher/lease.h); a
 // dry run only reports the current holders.
+// With options.max_restarts > 0 a failed job is re-placed and resumed (launch/restart.h).
 int RunLaunch(const LaunchOptions& options);
 
-// Runs argv (mpirun, srun) as a child and waits; returns its exit code (128 + signal when killed,
-// 127 when it cannot start). While it runs, the first SIGTERM reaches the child as SIGUSR1 (a clean
-// stop with a checkpoint), a second as SIGTERM; SIGINT is ignored (the terminal's Ctrl-C reaches the
-// child's process group itself).
-int RunChild(const std::vector<std::string>& argv);
+// What one attempt of RunLaunch ran, for the restart loop: the plan, its launch id and the directory
+// of its ranks' start and end records (launch/rank_status.h). started: mpirun (or srun) ran.
+struct LaunchAttempt {
+  bool started = false;
+  LaunchPlan plan;
+  std::string launch_id;
+  std::string rank_status_dir;
+};
+
+// One attempt: plan, leases, files, audit records, the child, launch_exit. RunLaunch without
+// restarts; `attempt` (when not null) receives what ran.
+int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt);
+
+// Runs argv (mpirun, srun) as a child in a process group of its own and waits; returns its exit
+// code (128 + signal when killed, 127 when it cannot start). Its stderr passes through launch, which
+// ends the child's process group when the job has failed and the child does not end it
+// (launch/supervise.h); *outcome (when given) says why the job failed and who ended it. While it
+// runs, the first SIGTERM reaches the child as SIGUSR1 (a clean stop with a checkpoint), a second as
+// SIGTERM; SIGINT is forwarded as it is.
+int RunChild(const std::vector<std::string>& argv, JobOutcome* outcome = nullptr);
 
 // Whether a SIGTERM asked the last RunChild's job to stop.
 bool ChildStopRequested();

@@ -44,6 +44,7 @@ StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host)
                    false,
                    host.bound,
                    k,
+                   host.bytes,
                    true};
     return cpu;
   }
@@ -53,7 +54,14 @@ StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host)
 
 size_t MemoryPlan::total() const {
   return Add(Add(Add(parameters, gradients), Add(optimizer, activations)),
-             Add(Add(communication, workspace), process));
+             Add(Add(Add(communication, workspace), process), checkpoint));
+}
+
+size_t MemoryPlan::host_need() const {
+  if (!shared_host()) return total();
+  const size_t t = total();
+  if (t == SIZE_MAX) return SIZE_MAX;
+  return Add(Mul(static_cast<size_t>(device.ranks_on_host), t - checkpoint), checkpoint);
 }
 
 MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
@@ -98,7 +106,18 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
   plan.workspace = t.workspace;
   plan.arena_bytes =
       Add(Add(Add(plan.parameters, plan.gradients), Add(t.activations, t.workspace)), plan.optimizer);
-  if (device.counts_process) plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
+  if (device.counts_process) {
+    plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
+    // The trainer's Checkpoint: rank 0 gathers m and v whole (buffer floats each, in std::vectors).
+    if (ranks > 1 && in.zero_stage == 1) plan.checkpoint = Mul(8, RoundUp(plan.params, multiple));
+    if (in.zero_stage >= 2) {  // the unit map is used on one rank too
+      const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
+      const size_t buffer = std::max(RoundUp(plan.params, 16), z.buffer);
+      plan.checkpoint = Add(Mul(8, buffer), Mul(4, Mul(z.shard, ranks)));
+      // Stage 3: the full weights too (the model holds none), gathered the same way.
+      if (in.zero_stage == 3) plan.checkpoint = Add(plan.checkpoint, Mul(4, buffer));
+    }
+  }
   if (device.cuda) {
     plan.workspace = Add(plan.workspace, CudaWorkspaceBytes(in.micro_batch, in.seq_len));
     if (in.nccl && ranks > 1) plan.communication = kNcclAllowance;
@@ -122,7 +141,7 @@ std::string MemoryPlan::Table() const {
   const std::pair<const char*, size_t> rows[] = {
       {"parameters", parameters},   {"gradients", gradients},         {"optimizer state", optimizer},
       {"activations", activations}, {"communication", communication}, {"workspace", workspace},
-      {"process", process}};
+      {"process", process},         {"checkpoint", checkpoint}};
   for (const auto& [name, bytes] : rows) {
     std::snprintf(line, sizeof(line), "  %-16s %22s  %s\n", name,
                   bytes == SIZE_MAX ? "overflow" : std::to_string(bytes).c_str(), GiBText(bytes).c_str());
@@ -134,9 +153,19 @@ std::string MemoryPlan::Table() const {
   std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "device memory", device.bytes,
                 GiBText(device.bytes).c_str());
   out += line;
+  const size_t need = host_need(), have = shared_host() ? device.host_bytes : device.bytes;
+  if (shared_host()) {
+    std::snprintf(line, sizeof(line),
+                  "  %-16s %22s  %s (%d ranks x (total - checkpoint) + checkpoint once)\n", "host need",
+                  need == SIZE_MAX ? "overflow" : std::to_string(need).c_str(), GiBText(need).c_str(),
+                  device.ranks_on_host);
+    out += line;
+    std::snprintf(line, sizeof(line), "  %-16s %22zu  %s\n", "host memory", have, GiBText(have).c_str());
+    out += line;
+  }
   char pct[32] = "-";
-  if (total() != SIZE_MAX && device.bytes > 0) {
-    std::snprintf(pct, sizeof(pct), "%.1f%%", 100.0 * static_cast<double>(total()) / device.bytes);
+  if (need != SIZE_MAX && have > 0) {
+    std::snprintf(pct, sizeof(pct), "%.1f%%", 100.0 * static_cast<double>(need) / have);
   }
   out += std::string("verdict: ") + (fits() ? "fits" : "does not fit") + " (" + pct + " of " + device.name +
          ")\n";
@@ -164,7 +193,10 @@ Status MemoryPlan::Verdict() const {
        batch + ", train.recompute = " + std::string(c.recompute ? "BLOCK" : "NONE") + ", " + model},
       {"communication", communication, "parallel.comm_backend"},
       {"workspace", workspace, batch},
-      {"process", process, "the rank's code, libraries and MPI buffers"}};
+      {"process", process, "the rank's code, libraries and MPI buffers"},
+      {"checkpoint", checkpoint,
+       "rank 0 gathers the AdamW state whole to save it, parallel.zero_stage = " +
+           std::to_string(in.zero_stage)}};
   const Term& largest = *std::max_element(terms.begin(), terms.end(),
                                           [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
   // What would make it fit, each verified by planning it: a higher stage on these ranks, more
@@ -226,9 +258,11 @@ Status MemoryPlan::Verdict() const {
       " parameters and needs " + BytesText(total()) + " per rank (the memory plan: " +
       std::to_string(in.ranks) + " rank(s), ZeRO stage " + std::to_string(in.zero_stage) + "), but " +
       (device.cuda ? "one " + device.name + " has " + BytesText(device.bytes)
-       : device.ranks_on_host > 1
-           ? "this host's available memory (" + device.bound + ") shared by its " +
-                 std::to_string(device.ranks_on_host) + " ranks is " + BytesText(device.bytes) + " per rank"
+       : shared_host()
+           ? "its " + std::to_string(device.ranks_on_host) + " ranks on this host need " +
+                 BytesText(host_need()) + " together (the checkpoint row once) and the host has " +
+                 BytesText(device.host_bytes) + " available (" + device.bound + ", shared by its " +
+                 std::to_string(device.ranks_on_host) + " ranks)"
            : "this host has " + BytesText(device.bytes) + " available (" + device.bound + ")") +
       "; the largest part is " + largest.name + ", " + BytesText(largest.bytes) + " (" + largest.why +
       "); nothing was allocated: " + what_to_do + " (`fjord plan` prints every term)");

@@ -23,6 +23,7 @@ struct PlanDevice {
   // many ranks share it; bytes is the host's available memory / ranks_on_host.
   std::string bound;
   int ranks_on_host = 1;
+  size_t host_bytes = 0;  // the CPU: the host's available memory before the division
   // Count the rank's process itself (MemoryPlan::process): its code, libraries, thread stacks and,
   // with several ranks, Open MPI's buffers and shared-memory segments. True for the CPU: host
   // memory is what the process lives in.
@@ -56,10 +57,20 @@ struct MemoryPlan {
   // The process outside the arena (PlanDevice::counts_process): an allowance, measured (docs/
   // PERFORMANCE.md "Memory plan"); 0 on a GPU.
   size_t process = 0;
+  // What a checkpoint save adds on the rank that writes it (rank 0), outside the arena, in host
+  // memory (counted where counts_process): the full AdamW m and v gathered from the shards (8 bytes
+  // a parameter) at ZeRO stage 1 over several ranks and at stage 2 (on any number: its unit map is
+  // always used), there with the gathered shards beside them while they are unpacked (4 more). The
+  // plan is one per rank; this term is rank 0's.
+  size_t checkpoint = 0;
   size_t arena_bytes = 0;  // what the trainer's arena takes: every term but communication and the
                            // CUDA workspace
   size_t total() const;
-  bool fits() const { return total() <= device.bytes; }
+  // What the ranks of one host need together where they share its memory (the CPU with
+  // ranks_on_host K > 1): K x (total - checkpoint) + the checkpoint once (rank 0's); else total().
+  size_t host_need() const;
+  bool shared_host() const { return device.ranks_on_host > 1 && device.counts_process; }
+  bool fits() const { return shared_host() ? host_need() <= device.host_bytes : total() <= device.bytes; }
   // The table `fjord plan` prints: one line per term, the total, the device's memory, the verdict.
   std::string Table() const;
   // OkStatus when it fits; else FailedPrecondition naming the total, the device's memory, the

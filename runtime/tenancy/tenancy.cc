@@ -1338,11 +1338,12 @@ Status Tenancy::RecordCheckpointWritten(const std::string& dir) const {
   return audit_->Append("checkpoint_written", rec).status();
 }
 
-Status Tenancy::RecordJobEnd(const Status& result) const {
-  if (!audit_) return OkStatus();
+Status Tenancy::RecordJobEnd(const Status& result, int signal) const {
+  if (!audit_ || job_end_recorded_.exchange(true)) return OkStatus();
   AuditRecord rec;
   rec.Bool("ok", result.ok());
   if (!result.ok()) rec.Str("error", result.message());
+  if (signal != 0) rec.Int("signal", signal);
   return audit_->Append("job_end", rec).status();
 }
 

@@ -19,6 +19,7 @@
 //                                                // go through ten->checkpoint_seal()
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -347,7 +348,9 @@ class Tenancy {
   // SHA-256 (from tenant.textproto when present). No-op on other ranks.
   Status RecordCheckpointWritten(const std::string& dir) const;
   // Rank 0: audits the end of the job (ok, or the error). No-op on other ranks.
-  Status RecordJobEnd(const Status& result) const;
+  // `signal` (non-zero): the rank is ending on that signal (the trainer's signal watcher), recorded
+  // as job_end's "signal". Recorded once: a later call (the normal end after a signal's) is a no-op.
+  Status RecordJobEnd(const Status& result, int signal = 0) const;
 
  private:
   Tenancy() = default;
@@ -357,6 +360,7 @@ class Tenancy {
   proto::NodeIdentity node_;
   bool has_node_ = false;
   std::unique_ptr<AuditLog> audit_;
+  mutable std::atomic<bool> job_end_recorded_{false};
 };
 
 }  // namespace fjord

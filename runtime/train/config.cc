@@ -847,6 +847,15 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
         "parallel.comm_timeout",
         "is less than the communicator's resolution of 0.001 seconds; set parallel.comm_timeout, e.g. 300");
   }
+  if (par.straggler_every_steps() < 0) {
+    v.RefuseValue("parallel.straggler_every_steps",
+                  "must be 0 (no straggler report) or a number of steps; set it, e.g. 100");
+  }
+  if (!(par.straggler_factor() > 1) || !Finite(par.straggler_factor())) {
+    v.RefuseValue("parallel.straggler_factor",
+                  "must be a finite number above 1 (how many times the median makes a straggler); set it, "
+                  "e.g. 3");
+  }
   const proto::EnergySpec& energy = job.energy();
   if (energy.window_steps() < 1) {
     v.RefuseValue("energy.window_steps",

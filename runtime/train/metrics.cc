@@ -82,6 +82,13 @@ std::string StepMetricsJson(const StepMetrics& m) {
   if (m.energy_estimated_j) AppendNumber(out, "energy_estimated_j", "%.6f", *m.energy_estimated_j);
   if (m.j_per_token) AppendNumber(out, "j_per_token", "%.9g", *m.j_per_token);
   if (m.avg_power_w) AppendNumber(out, "avg_power_w", "%.9g", *m.avg_power_w);
+  if (m.straggler_rank) {
+    AppendNumber(out, "straggler_rank", "%.0f", *m.straggler_rank);
+    out += ", \"straggler_host\": " + JsonQuote(m.straggler_host);
+  }
+  if (m.straggler_from_step) AppendNumber(out, "straggler_from_step", "%.0f", *m.straggler_from_step);
+  if (m.straggler_comm_ms) AppendNumber(out, "straggler_comm_ms", "%.3f", *m.straggler_comm_ms);
+  if (m.straggler_median_ms) AppendNumber(out, "straggler_median_ms", "%.3f", *m.straggler_median_ms);
   out += "}\n";
   return out;
 }
@@ -107,7 +114,11 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
       {"energy_j", &StepMetrics::energy_j},
       {"energy_estimated_j", &StepMetrics::energy_estimated_j},
       {"j_per_token", &StepMetrics::j_per_token},
-      {"avg_power_w", &StepMetrics::avg_power_w}};
+      {"avg_power_w", &StepMetrics::avg_power_w},
+      {"straggler_rank", &StepMetrics::straggler_rank},
+      {"straggler_from_step", &StepMetrics::straggler_from_step},
+      {"straggler_comm_ms", &StepMetrics::straggler_comm_ms},
+      {"straggler_median_ms", &StepMetrics::straggler_median_ms}};
 
   FJORD_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(line, source));
   if (!doc.is_object()) {
@@ -144,6 +155,9 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
       const std::optional<uint64_t> e = v.AsUint64();
       if (!e) return InvalidArgument(field + found + ", not an epoch");
       m.epoch = *e;
+    } else if (key == "straggler_host") {
+      if (!v.is_string()) return InvalidArgument(field + found + ", not a host name");
+      m.straggler_host = v.text();
     } else if (key == "skipped") {
       if (!v.is_bool()) return InvalidArgument(field + found + ", not a boolean");
       m.skipped = v.bool_value();

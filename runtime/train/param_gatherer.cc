@@ -69,16 +69,6 @@ void ParamGatherer::LoadFull(const float* full) {
   RoundWorking(0);
 }
 
-Status ParamGatherer::GatherFull(Communicator& host_comm, float* full) {
-  const size_t n = units_.shard_floats();
-  std::vector<float> mine(n), all(n * static_cast<size_t>(host_comm.size()));
-  model_.device().Download(mine.data(), master_, n * sizeof(float));
-  FJORD_RETURN_IF_ERROR(host_comm.AllGather(mine.data(), all.data(), n, DataType::kF32));
-  std::fill(full, full + units_.buffer_floats(), 0.0f);
-  for (int r = 0; r < host_comm.size(); ++r) units_.Unpack(all.data() + static_cast<size_t>(r) * n, r, full);
-  return OkStatus();
-}
-
 void ParamGatherer::RoundWorking(uint64_t seed) {
   if (precision_ != Precision::kBf16) return;
   bf16* working = static_cast<bf16*>(working_);

@@ -52,10 +52,6 @@ class ParamGatherer {
   // This rank's pieces of a layout-indexed host buffer (num_params floats or more) into the master
   // shard, the working shard rounded to nearest even (as Gpt::SyncParamsToDevice); Invalidate()s.
   void LoadFull(const float* full);
-  // Every rank's master shard unpacked into the layout-indexed host buffer `full` (buffer_floats
-  // floats; zeros where no parameter is), over the host communicator `host_comm` (the ranks of
-  // `comm`, in host memory). Collective: every rank calls it.
-  Status GatherFull(Communicator& host_comm, float* full);
   // bf16: the working shard rounded from the master shard with `seed`, each element hashed with
   // its layout offset (Gpt::RoundWorkingParams's values). fp32: nothing.
   void RoundWorking(uint64_t seed);

@@ -2,8 +2,11 @@
 
 #include <fcntl.h>
 #include <omp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -112,14 +115,46 @@ StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int ba
 std::atomic<int> g_stop_signals{0};
 int g_signal_pipe[2] = {-1, -1};
 constexpr unsigned char kFromPeer = 0x80;
+// The second signal: the arenas are zeroed; the watcher records the end and exits (the handler
+// exits itself if the watcher has not within kFatalGrace).
+constexpr unsigned char kFatal = 0x40;
+constexpr long kFatalGraceMs = 500;
+std::atomic<SignalEndHook> g_end_hook{nullptr};
+// The parent (orted, slurmstepd) when a launcher started this rank, else 0; its death sends
+// SIGUSR2 (PR_SET_PDEATHSIG).
+std::atomic<pid_t> g_parent{0};
+
+// SetSignalEndFile's path, for the handler (open, write and close are async-signal-safe).
+char g_end_file[4096] = {0};
+
+void WriteSignalEndFile(int sig) {
+  if (g_end_file[0] == 0) return;
+  char text[32] = "signal ";
+  size_t n = 7;
+  if (sig >= 10) text[n++] = static_cast<char>('0' + sig / 10);
+  text[n++] = static_cast<char>('0' + sig % 10);
+  text[n++] = '\n';
+  const int fd = open(g_end_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  [[maybe_unused]] const ssize_t w = write(fd, text, n);
+  close(fd);
+}
 
 void OnStopSignal(int sig, siginfo_t* info, void*) {
   if (g_stop_signals.fetch_add(1) >= 1) {
     ZeroHostArenasNow(sig);
+    if (g_signal_pipe[1] >= 0 && g_end_hook.load() != nullptr) {
+      const unsigned char byte = static_cast<unsigned char>(sig) | kFatal;
+      if (write(g_signal_pipe[1], &byte, 1) == 1) {
+        const struct timespec tick = {0, 10'000'000};
+        for (long waited = 0; waited < kFatalGraceMs; waited += 10) nanosleep(&tick, nullptr);
+      }
+    }
     std::_Exit(128 + sig);
   }
   if (g_signal_pipe[1] >= 0) {
     const bool from_other = info != nullptr && info->si_code == SI_USER && info->si_pid != getpid();
+    if (from_other && sig != SIGUSR1) WriteSignalEndFile(sig);
     const unsigned char byte = static_cast<unsigned char>(sig) | (from_other ? kFromPeer : 0);
     [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
   }
@@ -155,13 +190,90 @@ struct SignalWatch {
 };
 SignalWatch g_watch;
 
+// The parent that started this rank has died (its PR_SET_PDEATHSIG, or found at start): nothing
+// would end the rank or carry its output any more (its stderr was a pipe to the parent), so it says
+// so on stderr and in the system log, records it, zeroes its arenas and ends.
+[[noreturn]] void ParentLost(SignalEndHook hook) {
+  ::signal(SIGPIPE, SIG_IGN);  // stderr may be a pipe to the dead parent
+  std::string who;
+  {
+    std::lock_guard<std::mutex> lock(g_watch.mu);
+    who = g_watch.who;
+  }
+  const std::string message = "its parent process (pid " + std::to_string(g_parent.load()) +
+                              ", Open MPI's orted or srun's step daemon) has died during step " +
+                              std::to_string(g_watch.step.load() + 1) +
+                              ": the job's launcher on this host is gone and nothing would end this rank; "
+                              "zeroing the arena and exiting";
+  std::fprintf(stderr, "fjord train: %s: %s\n", who.c_str(), message.c_str());
+  std::fflush(stderr);
+  ::openlog("fjord-train", LOG_PID, LOG_USER);
+  ::syslog(LOG_ERR, "%s: %s", who.c_str(), message.c_str());
+  ::closelog();
+  if (hook != nullptr) hook(SIGUSR2, "parent_lost", who + ": " + message, true);
+  ZeroHostArenasNow(SIGUSR2);
+  std::_Exit(128 + SIGHUP);
+}
+
+// Between signals the watcher looks at the collective in flight every kStallPoll: one still waiting
+// for the same peer kStallPolls looks later is reported to the hook as "waiting" (not an end), so
+// that the rank's record names the peer it lost even when the job's teardown SIGKILLs it before
+// any handler runs.
+constexpr int kStallPollMs = 100;
+constexpr int kStallPolls = 3;
+
+void NoteStall(std::string& last_op, int& seen, std::string& reported) {
+  const SignalEndHook hook = g_end_hook.load();
+  std::string now;
+  {
+    std::lock_guard<std::mutex> lock(g_watch.mu);
+    if (g_watch.comm == nullptr || g_watch.comm->size() == 1) return;
+    now = g_watch.comm->InFlight();
+  }
+  const std::string op = now.find(", waiting for rank ") == std::string::npos ? "" : InFlightOp(now);
+  if (!reported.empty() && op != reported && hook != nullptr) {
+    reported.clear();
+    hook(0, "waiting", "", false);  // the stall is over: the note goes
+  }
+  if (op.empty()) {
+    last_op.clear();
+    seen = 0;
+    return;
+  }
+  seen = op == last_op ? seen + 1 : 1;
+  last_op = op;
+  if (seen < kStallPolls || !reported.empty() || hook == nullptr) return;
+  reported = op;
+  hook(0, "waiting", "in " + now, false);
+}
+
 void WatchSignals() {
+  std::string last_op, reported;
+  int seen = 0;
   for (;;) {
     unsigned char byte = 0;
+    struct pollfd in = {g_signal_pipe[0], POLLIN, 0};
+    const int ready = poll(&in, 1, kStallPollMs);
+    if (ready == 0) {
+      NoteStall(last_op, seen, reported);
+      continue;
+    }
+    if (ready < 0 && errno == EINTR) continue;
     const ssize_t n = read(g_signal_pipe[0], &byte, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n != 1) return;
-    const int sig = byte & ~kFromPeer;
+    const int sig = byte & ~(kFromPeer | kFatal);
+    const SignalEndHook hook = g_end_hook.load();
+    if ((byte & kFatal) != 0) {  // the second signal: the handler has zeroed the arenas and waits
+      if (hook != nullptr) {
+        hook(sig, "signal " + std::to_string(sig), "a second signal ended the rank at once", true);
+      }
+      std::_Exit(128 + sig);
+    }
+    if (sig == SIGUSR2) {
+      if (g_parent.load() == 0 || getppid() == g_parent.load()) continue;  // the parent is alive
+      ParentLost(hook);
+    }
     const bool teardown = (byte & kFromPeer) != 0 && sig != SIGUSR1;
     std::string what, who;
     bool alone = true;
@@ -178,6 +290,10 @@ void WatchSignals() {
                  strsignal(sig), g_watch.step.load() + 1,
                  what.empty() ? "no collective in flight" : ("in " + what).c_str());
     std::fflush(stderr);
+    if (teardown && hook != nullptr) {
+      hook(sig, "signal " + std::to_string(sig), what.empty() ? "no collective in flight" : "in " + what,
+           false);
+    }
     if (!teardown || alone || what.find(", waiting for rank ") == std::string::npos) continue;
     std::this_thread::sleep_for(kStuck);
     std::string now;
@@ -194,6 +310,7 @@ void WatchSignals() {
         who.c_str(), what.c_str(), static_cast<long long>(kStuck.count()), sig);
     std::fflush(stderr);
     ZeroHostArenasNow(sig);
+    if (hook != nullptr) hook(sig, "signal " + std::to_string(sig), "in " + what, true);
     std::_Exit(128 + sig);
   }
 }
@@ -212,7 +329,51 @@ void InstallStopHandlers() {
   // SIGUSR1: what mpirun and srun forward to every rank (fjord launch turns its SIGTERM into it;
   // Slurm sends it ahead of a time limit with --signal=USR1@SECONDS).
   sigaction(SIGUSR1, &action, nullptr);
+  // Under a launcher (mpirun's orted, srun's step daemon), the parent's death reaches the watcher as
+  // SIGUSR2 (ParentLost); a parent already gone is caught here.
+  if (g_parent.load() == 0 &&
+      (GetEnv("OMPI_COMM_WORLD_SIZE") || GetEnv("PMIX_RANK") || GetEnv("SLURM_PROCID"))) {
+    struct sigaction wake = {};
+    wake.sa_handler = [](int sig) {
+      const unsigned char byte = static_cast<unsigned char>(sig);
+      if (g_signal_pipe[1] >= 0) {
+        [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
+      }
+    };
+    sigemptyset(&wake.sa_mask);
+    sigaction(SIGUSR2, &wake, nullptr);
+    // A send to a peer that has died can end the rank with SIGPIPE at once (the default action),
+    // before any teardown signal: the handler records it (SetSignalEndFile), then the signal takes
+    // its default course. Left alone where something (MPI) already handles or ignores it.
+    struct sigaction pipe_now = {};
+    if (sigaction(SIGPIPE, nullptr, &pipe_now) == 0 && pipe_now.sa_handler == SIG_DFL) {
+      struct sigaction record = {};
+      record.sa_handler = [](int sig) {
+        WriteSignalEndFile(sig);
+        signal(sig, SIG_DFL);
+        raise(sig);
+      };
+      sigemptyset(&record.sa_mask);
+      sigaction(SIGPIPE, &record, nullptr);
+    }
+    const pid_t parent = getppid();
+    g_parent = parent;
+    prctl(PR_SET_PDEATHSIG, SIGUSR2);
+    if (getppid() != parent) raise(SIGUSR2);
+  }
 }
+
+}  // namespace
+
+void SetSignalEndHook(SignalEndHook hook) { g_end_hook = hook; }
+
+void SetSignalEndFile(const std::string& path) {
+  const size_t n = std::min(path.size(), sizeof(g_end_file) - 1);
+  std::memcpy(g_end_file, path.data(), n);
+  g_end_file[n] = 0;
+}
+
+namespace {
 
 // Registers the communicator with the signal watcher for the lifetime of Train.
 class WatchScope {
@@ -366,6 +527,7 @@ CommOptions CommOptionsFor(const proto::JobSpec& job) {
   options.timeout = std::chrono::milliseconds(static_cast<int64_t>(job.parallel().comm_timeout() * 1000.0));
   StatusOr<Algorithm> algo = ParseAlgorithm(job.parallel().algo());
   options.algorithm = algo.ok() ? *algo : Algorithm::kAuto;
+  if (!job.run_dir().empty()) options.flight_dir = job.run_dir() + "/flight";
   return options;
 }
 
@@ -423,6 +585,8 @@ namespace {
 //                                    the job; its peers are waiting in the gradient reduction)
 //   signal_after_step=STEP           this process sends itself SIGTERM at the end of step STEP
 //                                    (preemption)
+//   comm_delay=RANK:MS               rank RANK spends MS ms more in the communication of every step
+//                                    (a slow link: the straggler report)
 class StepHooks {
  public:
   static StepHooks FromEnvironment(int rank) {
@@ -439,6 +603,10 @@ class StepHooks {
       hooks.nan_step_ = std::atoi(value->c_str());
     if (std::optional<std::string> value = TestHook("signal_after_step")) {
       hooks.signal_step_ = std::atoi(value->c_str());
+    }
+    if (std::optional<std::string> value = TestHook("comm_delay");
+        value && std::sscanf(value->c_str(), "%d:%d", &hooks.delay_rank_, &hooks.delay_ms_) != 2) {
+      hooks.delay_rank_ = -1;
     }
     if (std::optional<std::string> value = TestHook("fail_in_step");
         value && std::sscanf(value->c_str(), "%d:%d", &hooks.fail_rank_, &hooks.fail_step_) != 2) {
@@ -463,6 +631,12 @@ class StepHooks {
     return OkStatus();
   }
 
+  // In the communication of every step (timed as exposed_comm_ms).
+  void InCommunication() const {
+    if (delay_rank_ == rank_ && delay_ms_ > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+  }
+
   // At the end of step `step`, before the ranks agree whether to stop.
   void BeforeStopVote(int step) const {
     if (signal_step_ == step) raise(SIGTERM);
@@ -473,6 +647,7 @@ class StepHooks {
   int nan_step_ = 0, signal_step_ = 0;  // 0: off (steps are 1-based)
   int sleep_rank_ = -1, sleep_step_ = -1, sleep_seconds_ = 0;
   int fail_rank_ = -1, fail_step_ = -1;
+  int delay_rank_ = -1, delay_ms_ = 0;
 };
 
 // The training of one rank, as Train documents it. Setup() is everything before the first step, in
@@ -524,7 +699,7 @@ class Trainer {
       FJORD_ASSIGN_OR_RETURN(StepMetrics metrics, Step(step));
       FJORD_RETURN_IF_ERROR(MaybeEvaluate(metrics));
       hooks_.BeforeStopVote(metrics.step);
-      FJORD_ASSIGN_OR_RETURN(const bool stop, StopRequested());
+      FJORD_ASSIGN_OR_RETURN(const bool stop, StopRequested(metrics));
       FJORD_RETURN_IF_ERROR(MaybeCloseEnergyWindow(metrics, stop));
       if (lead_) FJORD_RETURN_IF_ERROR(sink_.Record(metrics));
       FJORD_RETURN_IF_ERROR(MaybeCheckpoint(metrics.step, stop));
@@ -984,6 +1159,7 @@ class Trainer {
     } else {
       sum_squares = model.GradSumSquares();
     }
+    hooks_.InCommunication();
     comm_seconds += Seconds(comm_start, Clock::now());
     const float grad_norm = std::sqrt(sum_squares);
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
@@ -1089,6 +1265,8 @@ class Trainer {
       for (size_t i = 0; i < energy_->names().size(); ++i) mine += "\n" + energy_->names()[i];
     }
     FJORD_ASSIGN_OR_RETURN(const std::vector<std::string> all, AllGatherStrings(comm_, mine));
+    hosts_.clear();
+    for (const std::string& a : all) hosts_.push_back(a.substr(0, a.find('\n')));
     if (audit == nullptr) return OkStatus();
     std::string ranks = "[";
     for (size_t r = 0; r < all.size(); ++r) {
@@ -1197,10 +1375,69 @@ class Trainer {
   }
 
   // Whether any rank was asked to stop (SIGTERM, SIGINT, SIGUSR1): all stop after the same step.
-  StatusOr<bool> StopRequested() {
-    int stop = g_stop_signals.load() > 0 ? 1 : 0;
-    if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
-    return stop != 0;
+  // On the step that closes a straggler window the vote carries each rank's median communication
+  // time too (one all-reduce either way: a max over [stop, rank 0's, rank 1's, ...], each rank
+  // filling its own slot), and rank 0 reports a straggler in `m`.
+  StatusOr<bool> StopRequested(StepMetrics& m) {
+    const int every = job_.parallel().straggler_every_steps();
+    if (every > 0 && world_ > 1) {  // nothing to compare otherwise
+      window_comm_ms_.push_back(m.exposed_comm_ms);
+      window_step_ms_.push_back(m.ms);
+    }
+    if (world_ == 1 || every <= 0 || m.step % every != 0) {
+      int stop = g_stop_signals.load() > 0 ? 1 : 0;
+      if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
+      if (every > 0 && m.step % every == 0) {
+        window_comm_ms_.clear();
+        window_step_ms_.clear();
+      }
+      return stop != 0;
+    }
+    std::vector<float> vote(1 + static_cast<size_t>(world_), 0.0f);
+    vote[0] = g_stop_signals.load() > 0 ? 1.0f : 0.0f;
+    vote[1 + static_cast<size_t>(rank_)] = static_cast<float>(Median(window_comm_ms_));
+    const int from = m.step - static_cast<int>(window_comm_ms_.size()) + 1;
+    const double step_ms = Median(window_step_ms_);
+    window_comm_ms_.clear();
+    window_step_ms_.clear();
+    FJORD_RETURN_IF_ERROR(
+        comm_.AllReduce(vote.data(), vote.data(), vote.size(), DataType::kF32, ReduceOp::kMax));
+    if (lead_) ReportStraggler(std::vector<double>(vote.begin() + 1, vote.end()), from, step_ms, m);
+    return vote[0] != 0.0f;
+  }
+
+  static double Median(std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+  }
+
+  // Rank 0: the slowest rank's median communication time against the median of the others'.
+  // A straggler costs a quarter of the median step at least (and 2 ms): scheduling jitter of a few
+  // percent of a step is not one.
+  void ReportStraggler(const std::vector<double>& per_rank, int from, double step_ms, StepMetrics& m) {
+    const size_t slowest =
+        static_cast<size_t>(std::max_element(per_rank.begin(), per_rank.end()) - per_rank.begin());
+    std::vector<double> others;
+    for (size_t r = 0; r < per_rank.size(); ++r)
+      if (r != slowest) others.push_back(per_rank[r]);
+    const double median = Median(others), worst = per_rank[slowest];
+    const double factor = job_.parallel().straggler_factor();
+    if (!(worst > factor * median && worst - median >= std::max(2.0, 0.25 * step_ms))) return;
+    const std::string host = slowest < hosts_.size() ? hosts_[slowest] : "?";
+    m.straggler_rank = static_cast<double>(slowest);
+    m.straggler_host = host;
+    m.straggler_from_step = from;
+    m.straggler_comm_ms = worst;
+    m.straggler_median_ms = median;
+    std::fprintf(stderr,
+                 "fjord train: warning: straggler: rank %zu (host %s) spent a median %.1f ms per step "
+                 "communicating over steps %d-%d, %.1fx the median %.1f ms of the other ranks "
+                 "(parallel.straggler_factor %g); check that host's network link\n",
+                 slowest, host.c_str(), worst, from, m.step, median > 0 ? worst / median : 0.0, median,
+                 factor);
+    std::fflush(stderr);
   }
 
   // A checkpoint every checkpoint.every_steps, after the last step and when stopping.
@@ -1209,6 +1446,20 @@ class Trainer {
     const int every = job_.checkpoint().every_steps();
     if ((every > 0 && steps_done % every == 0) || steps_done == train_.steps() || stop)
       return Checkpoint(steps_done);
+    return OkStatus();
+  }
+
+  // `count` floats of every rank's `mine`, in rank order, into *all on rank 0 (the lead); the other
+  // ranks send theirs to it and leave *all untouched. Point-to-point, one rank after another, so
+  // only rank 0 holds the whole.
+  Status GatherToLead(const float* mine, size_t count, std::vector<float>* all) {
+    if (!lead_) return comm_.SendRecv(mine, count, 0, nullptr, 0, 0, DataType::kF32);
+    all->resize(count * static_cast<size_t>(world_));
+    std::copy(mine, mine + count, all->begin());
+    for (int r = 1; r < world_; ++r) {
+      FJORD_RETURN_IF_ERROR(comm_.SendRecv(nullptr, 0, r, all->data() + static_cast<size_t>(r) * count, count,
+                                           r, DataType::kF32));
+    }
     return OkStatus();
   }
 
@@ -1225,28 +1476,37 @@ class Trainer {
       m = own_m.data();
       v = own_v.data();
     }
+    // The shards go to rank 0, the one rank that writes; the others keep no full copy (a full m and
+    // v on every rank would be 8 bytes a parameter more, the memory sharding saved).
     if (zero2_) {  // every rank's shard, placed at its layout offsets
-      std::vector<float> shards(shard_ * world_);
-      full_m.assign(buffer_, 0.0f);
-      full_v.assign(buffer_, 0.0f);
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(m, shards.data(), shard_, DataType::kF32));
-      for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_m.data());
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(v, shards.data(), shard_, DataType::kF32));
-      for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_v.data());
+      std::vector<float> shards;
+      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &shards));
+      if (lead_) {
+        full_m.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_m.data());
+      }
+      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &shards));
+      if (lead_) {
+        full_v.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_v.data());
+      }
       m = full_m.data();
       v = full_v.data();
     } else if (zero_) {
-      full_m.resize(buffer_);
-      full_v.resize(buffer_);
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(m, full_m.data(), shard_, DataType::kF32));
-      FJORD_RETURN_IF_ERROR(comm_.AllGather(v, full_v.data(), shard_, DataType::kF32));
+      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &full_m));
+      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &full_v));
       m = full_m.data();
       v = full_v.data();
     }
-    std::vector<float> full_params;  // ZeRO-3: every rank's master shard at its layout offsets
+    std::vector<float> full_params;  // ZeRO-3: every rank's master shard at its layout offsets, on rank 0
     if (zero3_) {
-      full_params.resize(buffer_);
-      FJORD_RETURN_IF_ERROR(gatherer_->GatherFull(comm_, full_params.data()));
+      std::vector<float> mine(shard_), shards;
+      device_->Download(mine.data(), gatherer_->master(), shard_ * sizeof(float));
+      FJORD_RETURN_IF_ERROR(GatherToLead(mine.data(), shard_, &shards));
+      if (lead_) {
+        full_params.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_params.data());
+      }
     }
     if (!lead_) return OkStatus();
     CheckpointState state;
@@ -1282,7 +1542,10 @@ class Trainer {
 
   GptConfig config_;
   int B_ = 0, T_ = 0, accum_ = 0;
-  uint64_t global_batch_ = 0;  // sequences per optimizer step, all ranks
+  uint64_t global_batch_ = 0;           // sequences per optimizer step, all ranks
+  std::vector<double> window_comm_ms_;  // this rank's exposed_comm_ms of the straggler window's steps
+  std::vector<double> window_step_ms_;  // and its step times
+  std::vector<std::string> hosts_;      // every rank's host (RecordDevices)
   size_t multiple_ = 16, num_params_ = 0, buffer_ = 0, shard_ = 0, shard_begin_ = 0, optimizer_count_ = 0;
   RankInfo where_;
   int threads_ = 1;

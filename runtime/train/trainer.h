@@ -88,6 +88,22 @@ StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& optio
 // Train on a communicator made for this process (CreateCommunicator).
 StatusOr<TrainResult> Train(const proto::JobSpec& job, const TrainOptions& options);
 
+// Told by the trainer's signal watcher (a thread, never the signal handler) how a rank is ending:
+// `how` is "signal N" when a signal from another process (mpirun's daemon tearing the job down, a
+// kill) reaches it, or "parent_lost" when the process that started it (Open MPI's orted, srun's
+// step daemon) has died, or "waiting" (sig 0, not an end) when a collective has waited for the same
+// peer for 0.3 s (a peer that may be lost: the note that survives a SIGKILL of this rank in the
+// job's teardown); `detail` says what the rank was doing; `exiting`: the watcher ends the
+// process right after the call (else the rank may still finish its step and end normally). The
+// launcher records it (the rank's end record, rank 0's job_end with the signal).
+using SignalEndHook = void (*)(int sig, const std::string& how, const std::string& detail, bool exiting);
+void SetSignalEndHook(SignalEndHook hook);
+
+// A file the signal handler itself writes ("signal N") on the first signal from another process,
+// before the watcher thread runs: the record that survives when the SIGKILL that follows a teardown
+// comes before the watcher was scheduled. "" (the default): none. Set it before training.
+void SetSignalEndFile(const std::string& path);
+
 // Sets the OpenMP thread count of the CPU kernels (GEMMs included: kernels/cpu/matmul.cc runs
 // single-threaded OpenBLAS on blocks of the OpenMP team): OMP_NUM_THREADS when set, else
 // `threads` when > 0, else the cores this process may run on. Returns the count used.

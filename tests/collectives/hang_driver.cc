@@ -1,7 +1,7 @@
 // hang_driver: a job in which one rank does not arrive at a collective, for timeout_test.cc.
 //
 //   mpirun -np N hang_driver --timeout-ms MS --hang-rank R [--hang-seconds S]
-//                            [--mode sync|async|mismatch|stop] [--pid-dir DIR]
+//                            [--mode sync|async|mismatch|stop] [--pid-dir DIR] [--flight-dir DIR]
 //
 // Every rank runs three good AllReduces (#1..#3), then prints "issuing <op> #4 at unix_ms=T" and
 // calls collective #4: a 1 MiB AllReduce (ring) in sync mode, a 64-byte AllReduceAsync (tree)
@@ -9,7 +9,7 @@
 // #4 (mismatch), or stops itself with SIGSTOP, communication thread included (stop). A rank
 // whose collective fails prints the error and ends the job with Abort(..., 3), as the trainer
 // does. Each rank writes its pid to DIR/rank<N>.pid so the test can check that no process
-// outlives the job.
+// outlives the job. With --flight-dir, a failing rank writes its flight recorder to DIR/rank-R.txt.
 #include <signal.h>
 #include <unistd.h>
 
@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   using namespace fjord;
   long timeout_ms = 2000, hang_seconds = 60;
   int hang_rank = 1;
-  std::string mode = "sync", pid_dir;
+  std::string mode = "sync", pid_dir, flight_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--timeout-ms") {
@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
       mode = value;
     } else if (flag == "--pid-dir") {
       pid_dir = value;
+    } else if (flag == "--flight-dir") {
+      flight_dir = value;
     } else {
       std::fprintf(stderr, "hang_driver: unknown flag %s\n", flag.c_str());
       return 2;
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
   }
   CommOptions options;
   options.timeout = std::chrono::milliseconds(timeout_ms);
+  options.flight_dir = flight_dir;
   StatusOr<std::unique_ptr<Communicator>> made = CreateCommunicator(options, /*force_mpi=*/true);
   if (!made.ok()) {
     std::fprintf(stderr, "hang_driver: %s\n", made.status().message().c_str());

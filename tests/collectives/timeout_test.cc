@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <string>
 #include <thread>
@@ -22,6 +23,7 @@ namespace {
 
 using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr long kTimeoutMs = 2000;
 
@@ -36,6 +38,7 @@ struct Job {
   std::string output;
   long long end_ms = 0;
   std::vector<int> pids;
+  std::vector<std::string> flight;  // RUN_DIR/flight/rank-R.txt of each rank ("" when not written)
 };
 
 Job RunDriver(int np, const std::string& args) {
@@ -47,7 +50,8 @@ Job RunDriver(int np, const std::string& args) {
   // `timeout` guards the test against a job that never ends (it stops mpirun, which stops the ranks).
   const std::string cmd = "timeout -k 5 90 " FJORD_MPIEXEC " -np " + std::to_string(np) +
                           " --oversubscribe --bind-to none " FJORD_HANG_DRIVER " --timeout-ms " +
-                          std::to_string(kTimeoutMs) + " --pid-dir " + dir + " " + args + " 2>&1";
+                          std::to_string(kTimeoutMs) + " --pid-dir " + dir + " --flight-dir " + dir +
+                          "/flight " + args + " 2>&1";
   Job job;
   FILE* pipe = popen(cmd.c_str(), "r");
   EXPECT_NE(pipe, nullptr) << cmd;
@@ -63,7 +67,12 @@ Job RunDriver(int np, const std::string& args) {
     int pid = 0;
     if (f >> pid) job.pids.push_back(pid);
     std::remove((std::string(dir) + "/rank" + std::to_string(r) + ".pid").c_str());
+    const std::string flight = std::string(dir) + "/flight/rank-" + std::to_string(r) + ".txt";
+    std::ifstream ff(flight);
+    job.flight.emplace_back(std::istreambuf_iterator<char>(ff), std::istreambuf_iterator<char>());
+    std::remove(flight.c_str());
   }
+  rmdir((std::string(dir) + "/flight").c_str());
   rmdir(dir);
   return job;
 }
@@ -117,16 +126,26 @@ TEST(CollectiveTimeoutTest, EverySurvivorNamesTheRankThatDidNotArrive) {
                               std::to_string(r) + " \\(host [^)]+\\).*ranks not arrived: 1 \\(host"))
         << "rank " << r << "\n"
         << job.output;
-    EXPECT_THAT(job.output, HasSubstr("fjord: flight recorder of rank " + std::to_string(r) + " (host "))
+    // Its flight recorder is in its own file, named by one line on the console, not on the console.
+    EXPECT_THAT(job.flight[r], HasSubstr("fjord: flight recorder of rank " + std::to_string(r) + " (host "))
         << job.output;
+    EXPECT_THAT(job.flight[r], ContainsRegex("^fjord: collective AllReduce #4 .*ranks not arrived: 1"));
+    EXPECT_THAT(job.output, ContainsRegex("fjord: rank " + std::to_string(r) +
+                                          " \\(host [^)]+\\): flight recorder written to /tmp/fjord_hang_"
+                                          "[^/]+/flight/rank-" +
+                                          std::to_string(r) + "\\.txt\n"))
+        << job.output;
+    // The dump shows the finished collectives and the one that timed out (or failed, when the
+    // other survivor's notice came first).
+    EXPECT_THAT(job.flight[r], ContainsRegex("#3 +AllReduce +1024 +float +sum +tree .* done"));
+    EXPECT_THAT(job.flight[r],
+                ContainsRegex("#4 +AllReduce +1048576 +float +sum +ring .* (timed out|failed)"));
   }
-  // The dump shows the finished collectives and the one that timed out.
-  EXPECT_THAT(job.output, ContainsRegex("#3 +AllReduce +1024 +float +sum +tree .* done")) << job.output;
-  EXPECT_THAT(job.output, ContainsRegex("#4 +AllReduce +1048576 +float +sum +ring .* timed out"))
-      << job.output;
-  // The missing rank explains itself.
+  EXPECT_THAT(job.output, Not(HasSubstr("fjord: flight recorder of"))) << "a dump on the console";
+  // The missing rank explains itself, on the console and in its file.
   EXPECT_THAT(job.output, ContainsRegex("rank 1 \\(host [^)]+\\) has not issued collective #4"))
       << job.output;
+  EXPECT_THAT(job.flight[1], ContainsRegex("rank 1 \\(host [^)]+\\) has not issued collective #4"));
   ExpectNoSurvivors(job, 3);
 }
 
@@ -141,7 +160,7 @@ TEST(CollectiveTimeoutTest, AsyncCollectiveTimesOut) {
   EXPECT_THAT(job.output,
               HasSubstr("hang_driver: rank 0: the collective returned: fjord: collective AllReduce #4"))
       << job.output;
-  EXPECT_THAT(job.output, HasSubstr("fjord: flight recorder of rank 0")) << job.output;
+  EXPECT_THAT(job.flight[0], HasSubstr("fjord: flight recorder of rank 0")) << job.output;
   ExpectNoSurvivors(job, 2);
 }
 
@@ -169,9 +188,9 @@ TEST(CollectiveTimeoutTest, AStoppedRankIsNamedAsNotAnswering) {
   EXPECT_THAT(job.output,
               ContainsRegex("fjord: collective AllReduce #4 \\(1048576 bytes, float sum, ring\\) timed out "
                             "after 2\\.[0-9] s on rank 0 \\(host [^)]+\\): ranks not answering within "
-                            "1\\.0 s: 1 \\(host [^)]+\\) \\(stopped, dead or stuck"))
+                            "2\\.2 s: 1 \\(host [^)]+\\) \\(stopped, dead or stuck"))
       << job.output;
-  EXPECT_THAT(job.output, HasSubstr("fjord: flight recorder of rank 0")) << job.output;
+  EXPECT_THAT(job.flight[0], HasSubstr("fjord: flight recorder of rank 0")) << job.output;
   ExpectNoSurvivors(job, 2);
 }
 

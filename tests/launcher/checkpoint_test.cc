@@ -384,6 +384,15 @@ TEST_F(CheckpointTest, SecondSignalExitsAtOnce) {
   EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << out;
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
   EXPECT_FALSE(fs::exists(P("long/checkpoints")));
+  // The audit log still ends with job_end, naming the signal (issue 25 item 4): the signal watcher
+  // records it before the process ends.
+  const std::string audit = ReadFile(P("long/audit.jsonl"));
+  const size_t last = audit.rfind("{\"seq\"");
+  ASSERT_NE(last, std::string::npos) << audit;
+  const std::string end = audit.substr(last);
+  EXPECT_THAT(end, ::testing::HasSubstr("\"event\":\"job_end\",\"ok\":false"));
+  EXPECT_THAT(end, ::testing::HasSubstr("\"signal\":15"));
+  EXPECT_THAT(end, ::testing::HasSubstr("a second signal ended the rank at once"));
 }
 
 TEST_F(CheckpointTest, SigusrToMpirunStopsEveryRankWithACheckpoint) {

@@ -18,10 +18,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "common/host.h"
 #include "tests/launcher/cli_util.h"
 
 namespace fjord {
@@ -235,7 +237,15 @@ TEST_F(DataParallelTest, ASleepingRankBecomesATimeoutWithTheFlightRecorder) {
   EXPECT_THAT(r.output, HasSubstr("timed out"));
   EXPECT_THAT(r.output, HasSubstr("#"));  // the collective's sequence number
   EXPECT_THAT(r.output, ::testing::ContainsRegex("not arrived[^\n]*1"));
-  EXPECT_THAT(r.output, ::testing::ContainsRegex("[Ff]light recorder"));
+  // The survivor's flight recorder is in RUN_DIR/flight/rank-0.txt, named on the console, not dumped there.
+  const std::string flight = (dir_ / "hang/flight/rank-0.txt").string();
+  EXPECT_THAT(r.output,
+              HasSubstr("fjord: rank 0 (host " + ThisHostname() + "): flight recorder written to " + flight));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("fjord: flight recorder of")));
+  std::ifstream in(flight);
+  const std::string dump((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(dump, ::testing::ContainsRegex("timed out after 3\\.0 s on rank 0 .*not arrived[^\n]*1"));
+  EXPECT_THAT(dump, HasSubstr("fjord: flight recorder of rank 0 (host "));
   // Start-up of two ranks and two steps take a few seconds; the bound is timeout + 5 s after
   // that, far below the 120 s the rank sleeps.
   EXPECT_LT(r.seconds, timeout + 5.0 + 10.0) << r.output;

@@ -149,6 +149,63 @@ TEST(MemoryPlanTest, TermsMatchBytesPerParameter) {
   }
 }
 
+// On host memory (--device cpu) the plan counts what a checkpoint save adds on rank 0: the full
+// AdamW m and v it gathers at stages 1 and 2 (8 bytes a parameter), at stage 2 the gathered shards
+// too (4 bytes a parameter, padded units), on one rank too; nothing at stage 0 or at stage 1 on one
+// rank (AdamW's own state is saved), and nothing on a GPU (host memory is not the device's).
+TEST(MemoryPlanTest, CheckpointTermIsTheAdamWStateRankZeroGathers) {
+  GptConfig c = MakeConfig(2, 2, 64, 32, 256);
+  const size_t P = ParamCount(c);
+  ASSERT_EQ(P % (64 * 4), 0u) << P;
+  StatusOr<PlanDevice> host = PlanDeviceNamed("cpu");
+  StatusOr<PlanDevice> h200 = PlanDeviceNamed("h200");
+  ASSERT_TRUE(host.ok() && h200.ok());
+  for (int ranks : {1, 2, 4}) {
+    SCOPED_TRACE(ranks);
+    EXPECT_EQ(PlanMemory({c, 2, 32, ranks, 0, false}, *host).checkpoint, 0u);
+    EXPECT_EQ(PlanMemory({c, 2, 32, ranks, 1, false}, *host).checkpoint, ranks > 1 ? 8 * P : 0);
+    // Stage 2 gathers on one rank too (its unit map is always used). Each of the 4 units
+    // (embeddings, 2 layers, tail) padded by less than 16 x ranks floats.
+    const MemoryPlan stage2 = PlanMemory({c, 2, 32, ranks, 2, false}, *host);
+    EXPECT_GE(stage2.checkpoint, 12 * P);
+    EXPECT_LT(stage2.checkpoint, 12 * P + 12 * 4 * 16 * static_cast<size_t>(ranks));
+    // Stage 3: the full weights as well (4 bytes a parameter more): the model holds none.
+    const MemoryPlan stage3 = PlanMemory({c, 2, 32, ranks, 3, false}, *host);
+    EXPECT_GE(stage3.checkpoint, 16 * P);
+    EXPECT_LT(stage3.checkpoint, 16 * P + 16 * 4 * 16 * static_cast<size_t>(ranks));
+    EXPECT_EQ(stage2.total() - stage2.checkpoint, stage2.parameters + stage2.gradients + stage2.optimizer +
+                                                      stage2.activations + stage2.communication +
+                                                      stage2.workspace + stage2.process);
+    for (int stage : {0, 1, 2, 3})
+      EXPECT_EQ(PlanMemory({c, 2, 32, ranks, stage, false}, *h200).checkpoint, 0u);
+  }
+}
+
+// Ranks that share one host's memory (the CPU, K of them) are measured together: K times the
+// per-rank total, but rank 0's checkpoint row once; a host holding exactly that fits, a byte less
+// does not, and that is less than K whole per-rank totals (what a per-rank check would demand).
+TEST(MemoryPlanTest, RanksOnOneHostCountTheCheckpointOnce) {
+  GptConfig c = MakeConfig(2, 2, 64, 32, 256);
+  for (int stage : {1, 2}) {
+    SCOPED_TRACE(stage);
+    const int K = 3;
+    PlanDevice host{"cpu (test)", 0, false, "test", K, 0, true};
+    const MemoryPlan probe = PlanMemory({c, 2, 32, K, stage, false}, host);
+    ASSERT_GT(probe.checkpoint, 0u);
+    const size_t need = K * (probe.total() - probe.checkpoint) + probe.checkpoint;
+    EXPECT_EQ(probe.host_need(), need);
+    EXPECT_LT(need, K * probe.total());
+    host.host_bytes = need;
+    host.bytes = need / K;
+    EXPECT_TRUE(PlanMemory({c, 2, 32, K, stage, false}, host).fits());
+    host.host_bytes = need - 1;
+    const MemoryPlan short_by_one = PlanMemory({c, 2, 32, K, stage, false}, host);
+    EXPECT_FALSE(short_by_one.fits());
+    EXPECT_NE(short_by_one.Verdict().message().find("together (the checkpoint row once)"), std::string::npos)
+        << short_by_one.Verdict().message();
+  }
+}
+
 TEST(MemoryPlanTest, RefusalNamesTheLargestTermAndWhatWouldFit) {
   // 48 blocks, 64 sequences: the activations dominate and only recompute (or a smaller
   // micro-batch) brings them under a device of 4 GiB.

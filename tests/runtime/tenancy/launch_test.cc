@@ -493,6 +493,44 @@ TEST_F(LaunchCliTest, ArgumentErrorsExitTwoWithUsage) {
   EXPECT_THAT(r.output, HasSubstr("--np 'two' is not a whole number"));
 }
 
+TEST_F(LaunchCliTest, MaxRestartsArgumentErrors) {
+  testing::RunResult r = Launch("--np 2 --min-nodes 1");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output,
+              HasSubstr("--min-nodes bounds the restarts of --max-restarts N: give --max-restarts too"));
+  r = Launch("--np 2 --max-restarts 1 --slurm");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("under --slurm let Slurm requeue it instead"));
+  r = Launch("--np 2 --max-restarts -1");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_FALSE(fs::exists(Path("ran")));
+}
+
+// A job that fails without any rank record (the stand-in mpirun starts no rank): the records do not
+// tell which node failed, so no node is excluded and the job runs again on the same nodes with
+// --resume, at most N times, each restart audited; launch exits with the last attempt's code.
+TEST_F(LaunchCliTest, AFailedJobRestartsAtMostNTimesAndEachRestartIsAudited) {
+  testing::RunResult r = Launch("--np 2 --per-node 1 --max-restarts 2", "FAKE_EXIT=3");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("no failed node identified (every node's ranks lack an end record"));
+  EXPECT_THAT(r.output, HasSubstr("restart 2 of 2 on 2 nodes: no1 (1 rank), no2 (1 rank), global batch 8"));
+  EXPECT_THAT(r.output,
+              HasSubstr("the job failed (exit 3) after 2 restart(s), the most --max-restarts allows"));
+  const std::vector<std::string> events = AuditEvents(Path("run/audit.jsonl"));
+  EXPECT_EQ(testing::Count(events, "launch_plan"), 3);
+  EXPECT_EQ(testing::Count(events, "job_restart"), 2);
+  EXPECT_EQ(testing::Count(events, "launch_exit"), 3);
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "job_restart")[1], HasSubstr("\"restart\":2"));
+  // The last attempt resumed, with the global batch fixed (train.global_batch in its job spec).
+  EXPECT_THAT(ReadText(Path("ran")), HasSubstr("--resume\n"));
+  EXPECT_THAT(ReadText(Path("run/launch/job.textproto")), HasSubstr("global_batch: 8"));
+  // A job that succeeds is not restarted.
+  fs::remove_all(Path("run"));
+  r = Launch("--np 2 --per-node 1 --max-restarts 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(testing::Count(AuditEvents(Path("run/audit.jsonl")), "launch_plan"), 1);
+}
+
 // Issue 21 item 8: --time, --gpus-per-node and --signal (default USR1@120, so a time limit ends
 // in a checkpoint) go into the sbatch script, as does any other sbatch option through --sbatch-arg;
 // the options that carry residency (placement, exclusivity, partition, account) are refused there.
