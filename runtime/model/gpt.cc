@@ -437,7 +437,9 @@ Gpt::ArenaTerms Gpt::ArenaTermsFor(const GptConfig& config, int max_batch, int m
   const auto r = [](size_t n) { return RoundUp(n, Arena::kAlign); };
   const size_t rope = config.llama() ? r(Mul(Mul(max_seq, config.head_size()), sizeof(float))) : 0;
   ArenaTerms t;
-  t.parameters = Add(r(Mul(padded, sizeof(float))), working > 0 ? r(working) : 0);
+  // ZeRO-3: no parameter buffer (the shard and the gather windows are the trainer's).
+  t.parameters =
+      config.param_shard_ranks > 0 ? 0 : Add(r(Mul(padded, sizeof(float))), working > 0 ? r(working) : 0);
   t.gradients = config.grad_shard_ranks > 0 ? 0 : r(Mul(padded, sizeof(float)));
   t.activations = Add(r(acts), r(dacts));
   t.workspace = Add(Add(Mul(2, r(tokens)), r(sizeof(float))), rope);
@@ -544,10 +546,14 @@ void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   if (config_.grad_shard_ranks > 0)
     buffer_size_ = std::max(buffer_size_, ZeroUnits(layout_, config_.grad_shard_ranks).buffer_floats());
   const size_t tokens = static_cast<size_t>(max_batch_) * max_seq_;
-  params_ = arena.Floats(buffer_size_);
-  working_params_ = params_;
-  if (config_.precision == Precision::kBf16)
-    working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
+  FJORD_CHECK(config_.param_shard_ranks == 0 || config_.grad_shard_ranks == config_.param_shard_ranks,
+              "param_shard_ranks needs grad_shard_ranks equal to it (ZeRO-3 shards gradients too)");
+  if (config_.param_shard_ranks == 0) {
+    params_ = arena.Floats(buffer_size_);
+    working_params_ = params_;
+    if (config_.precision == Precision::kBf16)
+      working_params_ = arena.Bytes(WorkingParamBytes(config_, buffer_size_));
+  }
   if (config_.grad_shard_ranks == 0) grads_ = arena.Floats(buffer_size_);
   acts_ = static_cast<char*>(arena.Bytes(acts));
   dacts_ = static_cast<char*>(arena.Bytes(dacts));
@@ -555,8 +561,8 @@ void Gpt::Allocate(Arena& arena, size_t buffer_multiple) {
   tokens_ = arena.Ints(tokens);
   targets_ = arena.Ints(tokens);
   scratch_ = arena.Floats(1);
+  if (device_.is_cuda() && params_ != nullptr) host_params_ = HostBuffer(buffer_size_);
   if (device_.is_cuda()) {
-    host_params_ = HostBuffer(buffer_size_);
     host_losses_.resize(tokens);
   }
   if (config_.llama()) {
@@ -582,10 +588,14 @@ float* Gpt::host_params() { return device_.is_cuda() ? host_params_.data() : par
 const float* Gpt::host_params() const { return device_.is_cuda() ? host_params_.data() : params_; }
 
 void Gpt::SyncParamsToHost() {
+  FJORD_CHECK(params_ != nullptr,
+              "SyncParamsToHost: a ZeRO-3 model (param_shard_ranks) has no parameter buffer");
   if (device_.is_cuda()) device_.Download(host_params_.data(), params_, buffer_size_ * sizeof(float));
 }
 
 void Gpt::SyncParamsToDevice() {
+  FJORD_CHECK(params_ != nullptr,
+              "SyncParamsToDevice: a ZeRO-3 model (param_shard_ranks) has no parameter buffer");
   if (device_.is_cuda()) device_.Upload(params_, host_params_.data(), buffer_size_ * sizeof(float));
   RoundWorkingParams(0);
 }
@@ -594,6 +604,8 @@ void Gpt::RoundWorkingParams(uint64_t seed) { RoundWorkingParams(seed, 0, buffer
 
 void Gpt::RoundWorkingParams(uint64_t seed, size_t begin, size_t end) {
   if (config_.precision != Precision::kBf16 || begin >= end) return;
+  FJORD_CHECK(params_ != nullptr,
+              "RoundWorkingParams: a ZeRO-3 model (param_shard_ranks) has no parameter buffer");
   ops_.cast_to_bf16(ctx_, static_cast<bf16*>(working_params_) + begin, params_ + begin, end - begin, seed,
                     begin);
 }
@@ -604,10 +616,15 @@ void Gpt::RoundWorkingParams(uint64_t seed, size_t begin, size_t end) {
 #define FJORD_GLOBAL_GRAD(id) (grad_offsets_[static_cast<size_t>(config_.n_layer) * kNumLayerActs + (id)])
 
 void Gpt::InitGpt2(uint64_t seed) {
+  FJORD_CHECK(params_ != nullptr, "InitGpt2: a ZeRO-3 model (param_shard_ranks) has no parameter buffer");
+  InitGpt2(seed, host_params());
+  SyncParamsToDevice();
+}
+
+void Gpt::InitGpt2(uint64_t seed, float* p) const {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const float residual_scale = 1.0f / std::sqrt(2.0f * config_.n_layer);
-  float* p = host_params();
   std::memset(p, 0, num_params() * sizeof(float));
   for (const ParamTensor& t : layout_.tensors()) {
     const bool is_ln_weight = config_.llama()
@@ -626,7 +643,6 @@ void Gpt::InitGpt2(uint64_t seed) {
       for (size_t i = 0; i < n; ++i) p[t.offset + i] = std * normal(rng);
     }
   }
-  SyncParamsToDevice();
 }
 
 float Gpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int T, float dloss_scale) {
@@ -657,6 +673,7 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
   const int C = config_.n_embd;
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
+  NeedParams(0, UnitBegin(0));
   ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), P<floatX>(layout_.wpe()), B, T, C);
   // The LayerNorm that reads the residual stream after `l` layers: layer l's ln1, or lnf after the
   // last. Every LayerNorm but the first follows a residual add and is fused with it
@@ -669,6 +686,7 @@ float Gpt::ForwardAs(int B, int T, bool with_targets, float dloss_scale) {
     const floatX* bias;
   };
   auto norm_after = [&](int l) -> Norm {
+    NeedParams(UnitBegin(l), l < config_.n_layer ? UnitBegin(l + 1) : ClassifierUnit());
     if (l < config_.n_layer) {
       const ParamLayout::Layer& w = layout_.layer(l);
       return {A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Mean, l)),
@@ -696,10 +714,12 @@ void Gpt::ForwardLlama(int B, int T) {
   const float eps = config_.rms_norm_eps;
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* const encoded = A<floatX>(FJORD_GLOBAL_ACT(kEncoded));
+  NeedParams(0, UnitBegin(0));
   ops.encoder_forward(ctx_, encoded, tokens_, P<floatX>(layout_.wte()), nullptr, B, T, C);
   // The RMSNorm that reads the residual stream after `l` layers: layer l's input_layernorm, or
   // model.norm after the last.
   auto norm_after = [&](int l, const floatX* x) {
+    NeedParams(UnitBegin(l), l < config_.n_layer ? UnitBegin(l + 1) : ClassifierUnit());
     if (l < config_.n_layer) {
       ops.rmsnorm_forward(ctx_, A<floatX>(FJORD_LAYER_ACT(kLn1, l)), F(FJORD_LAYER_ACT(kLn1Rstd, l)), x,
                           P<floatX>(layout_.layer(l).ln1_w), BT, C, eps);
@@ -796,6 +816,7 @@ float Gpt::ClassifierForward(int B, int T, bool with_targets, float dloss_scale)
   const size_t BT = static_cast<size_t>(B) * T;
   floatX* lnf = A<floatX>(FJORD_GLOBAL_ACT(kLnf));
   floatX* logits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
+  NeedParams(ClassifierUnit(), ParamLayout::kNone);
   ops.matmul_forward(ctx_, logits, lnf, P<floatX>(layout_.lm_head()), nullptr, BT, C, Vp);
   if (!with_targets) return 0.0f;
 
@@ -832,9 +853,11 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
 
   const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
   floatX* dlnf = G<floatX>(FJORD_GLOBAL_GRAD(kLnf));
+  const int L = config_.n_layer;
+  NeedParams(ClassifierUnit(), UnitBegin(L));
   ops.matmul_backward(ctx_, dlnf, D(layout_.wte()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
                       P<floatX>(layout_.wte()), BT, C, Vp);
-  const int L = config_.n_layer;
+  NeedParams(UnitBegin(L), L > 0 ? UnitBegin(L - 1) : ParamLayout::kNone);
   const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
   const size_t dlast = L > 0 ? FJORD_LAYER_GRAD(kRes3, L - 1) : FJORD_GLOBAL_GRAD(kEncoded);
   ops.layernorm_backward(ctx_, G<floatX>(dlast), D(layout_.lnf_w()), D(layout_.lnf_b()), dlnf,
@@ -844,6 +867,7 @@ void Gpt::BackwardAs(const GradReadyFn& on_ready) {
 
   for (int l = L - 1; l >= 0; --l) {
     const ParamLayout::Layer& w = layout_.layer(l);
+    NeedParams(w.begin, l > 0 ? UnitBegin(l - 1) : ParamLayout::kNone);
     if (config_.recompute) RecomputeBlock<floatX>(l);
     const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
     const size_t din = l == 0 ? FJORD_GLOBAL_GRAD(kEncoded) : FJORD_LAYER_GRAD(kRes3, l - 1);
@@ -897,9 +921,11 @@ void Gpt::BackwardLlama(const GradReadyFn& on_ready) {
 
   const floatX* dlogits = A<floatX>(FJORD_GLOBAL_ACT(kLogits));
   floatX* dlnf = G<floatX>(FJORD_GLOBAL_GRAD(kLnf));
+  const int L = config_.n_layer;
+  NeedParams(ClassifierUnit(), UnitBegin(L));
   ops.matmul_backward(ctx_, dlnf, D(layout_.lm_head()), nullptr, dlogits, A<floatX>(FJORD_GLOBAL_ACT(kLnf)),
                       P<floatX>(layout_.lm_head()), BT, C, Vp);
-  const int L = config_.n_layer;
+  NeedParams(UnitBegin(L), L > 0 ? UnitBegin(L - 1) : ParamLayout::kNone);
   const size_t last = L > 0 ? FJORD_LAYER_ACT(kRes3, L - 1) : FJORD_GLOBAL_ACT(kEncoded);
   const size_t dlast = L > 0 ? FJORD_LAYER_GRAD(kRes3, L - 1) : FJORD_GLOBAL_GRAD(kEncoded);
   ops.rmsnorm_backward(ctx_, G<floatX>(dlast), D(layout_.lnf_w()), dlnf, A<floatX>(last),
@@ -909,6 +935,7 @@ void Gpt::BackwardLlama(const GradReadyFn& on_ready) {
 
   for (int l = L - 1; l >= 0; --l) {
     const ParamLayout::Layer& w = layout_.layer(l);
+    NeedParams(w.begin, l > 0 ? UnitBegin(l - 1) : ParamLayout::kNone);
     if (config_.recompute) RecomputeBlock<floatX>(l);
     const size_t in = l == 0 ? FJORD_GLOBAL_ACT(kEncoded) : FJORD_LAYER_ACT(kRes3, l - 1);
     const size_t din = l == 0 ? FJORD_GLOBAL_GRAD(kEncoded) : FJORD_LAYER_GRAD(kRes3, l - 1);
@@ -959,6 +986,19 @@ void Gpt::ZeroGrads() {
 void Gpt::SetGradWindow(int slot, size_t begin, size_t end, float* window) {
   FJORD_CHECK(slot == 0 || slot == 1, "SetGradWindow: slot " + std::to_string(slot));
   grad_windows_[slot] = {begin, end - begin, window};
+}
+
+void Gpt::SetParamWindow(int slot, size_t begin, size_t end, const void* window) {
+  FJORD_CHECK(slot >= 0 && slot <= 2, "SetParamWindow: slot " + std::to_string(slot));
+  param_windows_[slot] = {begin, end - begin, window};
+}
+
+void Gpt::OutsideParamWindows(size_t offset) const {
+  std::string windows;
+  for (const ParamWindow& w : param_windows_)
+    windows += " [" + std::to_string(w.begin) + ", +" + std::to_string(w.size) + ")";
+  FJORD_CHECK(false, "parameter " + std::to_string(offset) + " read outside the parameter windows" + windows);
+  std::abort();
 }
 
 float* Gpt::OutsideGradWindows(size_t offset) const {

@@ -70,6 +70,11 @@ struct GptConfig {
   // names with Gpt::SetGradWindow, and the parameter buffer is ZeroUnits::buffer_floats() long so a
   // unit's in-place all-gather stays inside it.
   int grad_shard_ranks = 0;
+  // parallel.zero_stage 3 (ZeRO-3; set together with grad_shard_ranks): the model holds no
+  // parameter buffer either. Every parameter read goes to the window of its unit that the caller
+  // names with Gpt::SetParamWindow, and before the reads of each unit the model calls the
+  // ParamsNeededFn set by SetParamsNeeded, so the caller can gather the unit (and prefetch the next).
+  int param_shard_ranks = 0;
   bool llama() const { return arch == Arch::kLlama; }
   int head_size() const { return n_embd / n_head; }
   // Width of the packed q, k, v rows: (n_head + 2 n_kv_head) head_size (3 n_embd for GPT-2).
@@ -161,6 +166,15 @@ class HostBuffer {
 // written again by this backward pass. Ranges arrive in decreasing address order.
 using GradReadyFn = std::function<void(size_t begin, size_t end)>;
 
+// param_shard_ranks (ZeRO-3): called before the model reads the parameters of the unit that starts
+// at layout offset `unit_begin` (runtime/model/zero_units.h: 0 for the embeddings, a layer's
+// begin, lnf_w() for the tail); `next_begin` is the unit it will read after this one in the same
+// pass (ParamLayout::kNone: none), for a prefetch. The callback must leave the unit's working
+// parameters in a window set with Gpt::SetParamWindow. Order: Forward asks for the embeddings,
+// layers 0..L-1, the tail, then the classifier's unit (the embeddings when tied); Backward for the
+// classifier's unit, the tail, then layers L-1..0 (each before its recompute with BLOCK).
+using ParamsNeededFn = std::function<void(size_t unit_begin, size_t next_begin)>;
+
 // The model with its parameters, gradients and activations for batches of up to max_batch
 // sequences of up to max_seq tokens. The optimizer state lives in AdamW (runtime/model/optimizer.h),
 // so it can be sharded. Not thread-safe; one instance per rank.
@@ -224,6 +238,9 @@ class Gpt {
   // Llama: Hugging Face's (initializer_range 0.02): N(0, 0.02) for every matrix and embedding, zero
   // biases, unit RMSNorm weights, padded rows zero.
   void InitGpt2(uint64_t seed);
+  // The same values into `into` (num_params() host floats by layout offset), the model untouched
+  // (ZeRO-3: the trainer packs this rank's shard from them).
+  void InitGpt2(uint64_t seed, float* into) const;
 
   // Runs the model on host tokens[B*T] (B <= max_batch, T <= max_seq). With host targets[B*T] it
   // returns the mean cross-entropy and, when dloss_scale > 0, leaves the loss gradient (scaled by
@@ -246,6 +263,13 @@ class Gpt {
   // reads and adds to what the window holds. A gradient write outside every window is a bug
   // (FJORD_CHECK).
   void SetGradWindow(int slot, size_t begin, size_t end, float* window);
+
+  // param_shard_ranks: parameters [begin, end) are read from window (working precision: bf16 in
+  // bf16, else fp32; window[0] is parameter `begin`) until the next call for the same slot (0, 1 or
+  // 2: the embeddings', kept for a whole step, and two alternating layer windows). A parameter read
+  // outside every window is a bug (FJORD_CHECK). SetParamsNeeded sets the callback (may be null).
+  void SetParamWindow(int slot, size_t begin, size_t end, const void* window);
+  void SetParamsNeeded(ParamsNeededFn fn) { params_needed_ = std::move(fn); }
 
   // Sum of squares of all parameter gradients (not with grad_shard_ranks), and of n values at x
   // (backend memory).
@@ -296,7 +320,20 @@ class Gpt {
   float* F(size_t offset) { return reinterpret_cast<float*>(acts_ + offset); }
   template <typename floatX>
   floatX* P(size_t offset) {
-    return static_cast<floatX*>(working_params_) + offset;
+    if (working_params_ != nullptr) return static_cast<floatX*>(working_params_) + offset;
+    for (const ParamWindow& w : param_windows_) {
+      if (offset - w.begin < w.size)
+        return static_cast<floatX*>(const_cast<void*>(w.window)) + (offset - w.begin);
+    }
+    OutsideParamWindows(offset);
+  }
+  [[noreturn]] void OutsideParamWindows(size_t offset) const;
+  // The unit (runtime/model/zero_units.h) that holds layer l's parameters, or the tail for l == L.
+  size_t UnitBegin(int l) const { return l < config_.n_layer ? layout_.layer(l).begin : layout_.lnf_w(); }
+  // The unit the classifier reads: the embeddings when tied, else the tail (lm_head).
+  size_t ClassifierUnit() const { return layout_.lm_head() == layout_.wte() ? 0 : layout_.lnf_w(); }
+  void NeedParams(size_t unit_begin, size_t next_begin) {
+    if (params_needed_) params_needed_(unit_begin, next_begin);
   }
   float* D(size_t offset) {
     if (grads_ != nullptr) return grads_ + offset;
@@ -351,6 +388,12 @@ class Gpt {
     float* window = nullptr;
   };
   GradWindow grad_windows_[2];
+  struct ParamWindow {
+    size_t begin = 0, size = 0;
+    const void* window = nullptr;
+  };
+  ParamWindow param_windows_[3];
+  ParamsNeededFn params_needed_;
   char* acts_ = nullptr;
   char* dacts_ = nullptr;
   size_t dacts_bytes_ = 0;

@@ -75,34 +75,47 @@ MemoryPlan PlanMemory(const MemoryPlanInputs& in, const PlanDevice& device) {
   const size_t multiple = zero ? Mul(16, ranks) : 16;
   plan.params = ParamCount(in.config);
   // ZeRO-2 (runtime/train/unit_reducer.h): no full gradient buffer in the model; the gradients are
-  // this rank's shard of the unit map plus the embeddings' window and two layer windows.
+  // this rank's shard of the unit map plus the embeddings' window and two layer windows. ZeRO-3
+  // (runtime/train/param_gatherer.h) the same for the parameters: no parameter buffer in the model;
+  // the fp32 master shard, in bf16 the bf16 working shard, and the gather windows (embeddings and
+  // two layer windows) in the working precision.
   GptConfig config = in.config;
-  config.grad_shard_ranks = in.zero_stage == 2 ? ranks : 0;
+  config.grad_shard_ranks = in.zero_stage >= 2 ? ranks : 0;
+  config.param_shard_ranks = in.zero_stage == 3 ? ranks : 0;
   const Gpt::ArenaTerms t = Gpt::ArenaTermsFor(config, in.micro_batch, in.seq_len, multiple);
   size_t optimizer_count = zero ? RoundUp(plan.params, multiple) / ranks : plan.params;
-  size_t unit_gradients = 0;
-  if (in.zero_stage == 2) {
+  size_t unit_gradients = 0, unit_parameters = 0;
+  if (in.zero_stage >= 2) {
     const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
     optimizer_count = z.shard;
     const auto r = [](size_t floats) { return RoundUp(Mul(floats, sizeof(float)), Arena::kAlign); };
     unit_gradients =
         Add(Add(r(z.shard), r(z.embeddings_window)), Mul(2, r(z.layer_window)));  // UnitReducer::ArenaBytes
+    if (in.zero_stage == 3) {                                                     // ParamGatherer::ArenaBytes
+      const bool half = config.precision == Precision::kBf16;
+      const size_t element = half ? sizeof(bf16) : sizeof(float);
+      const auto w = [element](size_t n) { return RoundUp(Mul(n, element), Arena::kAlign); };
+      unit_parameters =
+          Add(Add(r(z.shard), half ? w(z.shard) : 0), Add(w(z.embeddings_window), Mul(2, w(z.layer_window))));
+    }
   }
-  plan.parameters = t.parameters;
+  plan.parameters = Add(t.parameters, unit_parameters);
   plan.gradients = Add(t.gradients, unit_gradients);
   plan.optimizer = Mul(2, RoundUp(Mul(optimizer_count, sizeof(float)), Arena::kAlign));  // AdamW::ArenaBytes
   plan.activations = t.activations;
   plan.workspace = t.workspace;
   plan.arena_bytes =
-      Add(Add(Add(t.parameters, plan.gradients), Add(t.activations, t.workspace)), plan.optimizer);
+      Add(Add(Add(plan.parameters, plan.gradients), Add(t.activations, t.workspace)), plan.optimizer);
   if (device.counts_process) {
     plan.process = ranks > 1 ? kMpiProcessAllowance : kProcessAllowance;
     // The trainer's Checkpoint: rank 0 gathers m and v whole (buffer floats each, in std::vectors).
     if (ranks > 1 && in.zero_stage == 1) plan.checkpoint = Mul(8, RoundUp(plan.params, multiple));
-    if (in.zero_stage == 2) {  // the unit map is used on one rank too
+    if (in.zero_stage >= 2) {  // the unit map is used on one rank too
       const ZeroUnits::Sizes z = ZeroUnits::SizesFor(config, ranks);
       const size_t buffer = std::max(RoundUp(plan.params, 16), z.buffer);
       plan.checkpoint = Add(Mul(8, buffer), Mul(4, Mul(z.shard, ranks)));
+      // Stage 3: the full weights too (the model holds none), gathered the same way.
+      if (in.zero_stage == 3) plan.checkpoint = Add(plan.checkpoint, Mul(4, buffer));
     }
   }
   if (device.cuda) {
@@ -187,7 +200,8 @@ Status MemoryPlan::Verdict() const {
   const Term& largest = *std::max_element(terms.begin(), terms.end(),
                                           [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
   // What would make it fit, each verified by planning it: a higher stage on these ranks, more
-  // ranks (at stage 1 and 2: both shard the optimizer state, 2 the gradients too), recompute, a
+  // ranks (at stages 1 to 3: all shard the optimizer state, 2 and 3 the gradients, 3 the
+  // parameters), recompute, a
   // smaller micro-batch.
   std::vector<std::string> fixes;
   if (in.ranks > 1) {
@@ -232,7 +246,7 @@ Status MemoryPlan::Verdict() const {
     }
   }
   const std::string what_to_do =
-      fixes.empty() ? "no setting available today makes it fit (ZeRO stage 3 does not exist yet); use a "
+      fixes.empty() ? "no setting available today makes it fit; use a "
                       "smaller model (model.n_layer, model.n_embd) or a device with more memory"
                     : [&] {
                         std::string s = "any of these would make it fit: ";

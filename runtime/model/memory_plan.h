@@ -36,15 +36,15 @@ struct PlanDevice {
 // otherwise.
 StatusOr<PlanDevice> PlanDeviceNamed(const std::string& name, int ranks_on_host = 1);
 
-// The highest parallel.zero_stage the trainer builds (stage 3 is issue 19's item 3, not built).
-constexpr int kMaxZeroStage = 2;
+// The highest parallel.zero_stage the trainer builds.
+constexpr int kMaxZeroStage = 3;
 
 struct MemoryPlanInputs {
   GptConfig config;  // with precision and recompute resolved
   int micro_batch = 1;
   int seq_len = 1;
   int ranks = 1;
-  int zero_stage = 0;  // 0, 1 or 2 (3 does not exist yet)
+  int zero_stage = 0;  // 0 to 3
   bool nccl = false;   // CUDA with NCCL and ranks > 1: NCCL's buffers on the device
 };
 

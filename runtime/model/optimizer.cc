@@ -12,6 +12,7 @@ AdamW::AdamW(const ParamLayout& layout, size_t begin, size_t end, const Ops& ops
       ranges_{{begin, end, 0}},
       count_(end - begin),
       grads_local_(false),
+      params_local_(false),
       device_(CpuDevice()),
       ops_(ops),
       ctx_(CpuDevice().context()),
@@ -25,17 +26,20 @@ AdamW::AdamW(const ParamLayout& layout, size_t begin, size_t end, Arena& arena)
       ranges_{{begin, end, 0}},
       count_(end - begin),
       grads_local_(false),
+      params_local_(false),
       device_(arena.device()),
       ops_(arena.device().ops()),
       ctx_(arena.device().context()),
       m_(arena.Floats(end - begin)),
       v_(arena.Floats(end - begin)) {}
 
-AdamW::AdamW(const ParamLayout& layout, std::vector<ZeroUnits::Range> ranges, size_t count, Arena& arena)
+AdamW::AdamW(const ParamLayout& layout, std::vector<ZeroUnits::Range> ranges, size_t count, Arena& arena,
+             bool params_local)
     : layout_(layout),
       ranges_(std::move(ranges)),
       count_(count),
       grads_local_(true),
+      params_local_(params_local),
       device_(arena.device()),
       ops_(arena.device().ops()),
       ctx_(arena.device().context()),
@@ -66,9 +70,10 @@ void AdamW::Step(float* params, const float* grads, float lr, float beta1, float
       const size_t hi = std::min(r.end, it->offset + it->size());
       if (lo >= hi) continue;
       const size_t local = r.local + (lo - r.begin);
-      ops_.adamw_update(ctx_, params + lo, grads + (grads_local_ ? local : lo), m_ + local, v_ + local,
+      const size_t p = params_local_ ? local : lo;
+      ops_.adamw_update(ctx_, params + p, grads + (grads_local_ ? local : lo), m_ + local, v_ + local,
                         hi - lo, lr, beta1, beta2, eps, it->weight_decay ? weight_decay : 0.0f, grad_scale, t,
-                        working == nullptr ? nullptr : working + lo, seed, lo);
+                        working == nullptr ? nullptr : working + p, seed, lo);
     }
   }
 }

@@ -27,7 +27,10 @@ class AdamW {
   // ZeRO-2: m and v for the layout ranges a rank owns (ZeroUnits::Owned), range r's parameters at
   // m[r.local...]; `count` floats (ZeroUnits::shard_floats). Step then reads the gradients as the
   // shard (grads[r.local + i]), params and working by layout offset as before.
-  AdamW(const ParamLayout& layout, std::vector<ZeroUnits::Range> ranges, size_t count, Arena& arena);
+  // ZeRO-3 (params_local): params and working are this rank's shards too, indexed as m; the bf16
+  // rounding still hashes the layout offset, so the values equal the unsharded optimizer's.
+  AdamW(const ParamLayout& layout, std::vector<ZeroUnits::Range> ranges, size_t count, Arena& arena,
+        bool params_local = false);
 
   // One step t >= 1: for each tensor element in [begin, end), g = grads * grad_scale, update
   // m, v and params (ops.h's adamw_update). With `working` (a bf16 copy of the whole buffer,
@@ -53,7 +56,8 @@ class AdamW {
   const ParamLayout& layout_;
   std::vector<ZeroUnits::Range> ranges_;  // one range at local 0 for [begin, end)
   size_t count_;
-  bool grads_local_;  // grads indexed as m (ZeRO-2's shard), else by layout offset
+  bool grads_local_;   // grads indexed as m (ZeRO-2's shard), else by layout offset
+  bool params_local_;  // params and working indexed as m (ZeRO-3's shards), else by layout offset
   Device& device_;
   const Ops& ops_;
   const OpContext& ctx_;

@@ -99,7 +99,7 @@ std::string StepName(int step) {
 
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const CheckpointState& state,
                                      const proto::JobSpec& job, const Gpt& model, const float* adam_m,
-                                     const float* adam_v, const CheckpointSeal* seal) {
+                                     const float* adam_v, const CheckpointSeal* seal, const float* params) {
   const int step = state.step;
   std::error_code ec;
   fs::create_directories(checkpoints_dir, ec);
@@ -124,7 +124,8 @@ StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const C
     std::vector<std::pair<const void*, size_t>> pieces;
   };
   const File files[] = {
-      {"model.bin", {{header.data(), header_bytes}, {model.host_params(), param_bytes}}},
+      {"model.bin",
+       {{header.data(), header_bytes}, {params != nullptr ? params : model.host_params(), param_bytes}}},
       {"optimizer.bin", {{header.data(), header_bytes}, {adam_m, param_bytes}, {adam_v, param_bytes}}},
       {"job.textproto", {{job_text.data(), job_text.size()}}},
   };
@@ -347,7 +348,7 @@ StatusOr<proto::JobSpec> LoadCheckpointJob(const std::string& dir) {
   return LoadJobSpec((fs::path(dir) / "job.textproto").string(), {});
 }
 
-Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal) {
+Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal, float* into) {
   const std::string path = (fs::path(dir) / "model.bin").string();
   FJORD_ASSIGN_OR_RETURN(std::string contents, ReadCheckpointFile(path, seal ? *seal : CheckpointSeal()));
   std::istringstream in(std::move(contents), std::ios::binary);
@@ -387,12 +388,12 @@ Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const Checkpoin
                                 " in the checkpoint but " + std::to_string(expected[f]) + " in the model");
     }
   }
-  in.read(reinterpret_cast<char*>(model.host_params()),
+  in.read(reinterpret_cast<char*>(into != nullptr ? into : model.host_params()),
           static_cast<std::streamsize>(model.num_params() * sizeof(float)));
   if (!in)
     return DataLoss(path + ": file ends before all " + std::to_string(model.num_params()) +
                     " parameters were read (truncated checkpoint)");
-  model.SyncParamsToDevice();
+  if (into == nullptr) model.SyncParamsToDevice();
   return OkStatus();
 }
 

@@ -44,10 +44,12 @@ struct CheckpointState {
 
 // Writes the checkpoint of `model` into `checkpoints_dir`/step_NNNNNN (state.step) and returns
 // that path. adam_m and adam_v hold the AdamW moments of all num_params() parameters (host
-// memory). The weights come from model.host_params(): on a CUDA device, SyncParamsToHost() first.
+// memory). The weights come from model.host_params() (on a CUDA device, SyncParamsToHost() first),
+// or from `params` (num_params() host floats by layout offset; ZeRO-3's model has no buffer).
 StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir, const CheckpointState& state,
                                      const proto::JobSpec& job, const Gpt& model, const float* adam_m,
-                                     const float* adam_v, const CheckpointSeal* seal = nullptr);
+                                     const float* adam_v, const CheckpointSeal* seal = nullptr,
+                                     const float* params = nullptr);
 
 // Removes complete step_* checkpoints beyond the newest `keep_last` (0 keeps all) and stale
 // temporary directories of this process. Called only after a new checkpoint is complete.
@@ -83,7 +85,10 @@ StatusOr<proto::JobSpec> LoadCheckpointJob(const std::string& dir);
 // device), whose config must match the header; a mismatch or a short file is refused naming the
 // file and the field.
 // With `seal` (from Tenancy::CheckCheckpoint), sealed files are decrypted and authenticated.
-Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal = nullptr);
+// With `into` (num_params() host floats) the weights go there instead, and the model is not
+// touched (ZeRO-3: the trainer packs this rank's shard from them).
+Status LoadCheckpointWeights(const std::string& dir, Gpt& model, const CheckpointSeal* seal = nullptr,
+                             float* into = nullptr);
 
 // Loads the AdamW moments (num_params() floats each) of the checkpoint in `dir`.
 Status LoadCheckpointOptimizer(const std::string& dir, const Gpt& model, float* adam_m, float* adam_v,

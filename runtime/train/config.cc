@@ -830,15 +830,10 @@ Status Validate(const proto::JobSpec& job, const Origins& origins, const std::st
   if (!(par.bucket_mb() > 0) || !Finite(par.bucket_mb())) {
     v.RefuseValue("parallel.bucket_mb", "must be a positive number of MiB; set parallel.bucket_mb, e.g. 25");
   }
-  if (par.zero_stage() == 3) {
+  if (par.zero_stage() < 0 || par.zero_stage() > 3) {
     v.RefuseValue("parallel.zero_stage",
-                  "is not built yet (ZeRO-3, issue 19 item 3); use 2 (ZeRO-2: shard the AdamW state and the "
-                  "gradients), 1 (ZeRO-1: shard the AdamW state) or 0 (plain data-parallel)");
-  } else if (par.zero_stage() < 0 || par.zero_stage() > 2) {
-    v.RefuseValue(
-        "parallel.zero_stage",
-        "must be 0 (plain data-parallel), 1 (ZeRO-1: shard the AdamW state) or 2 (ZeRO-2: shard the "
-        "AdamW state and the gradients)");
+                  "must be 0 (plain data-parallel), 1 (ZeRO-1: shard the AdamW state), 2 (ZeRO-2: shard the "
+                  "AdamW state and the gradients) or 3 (ZeRO-3: shard the parameters too)");
   }
   if (par.algo() != "auto" && par.algo() != "mpi" && par.algo() != "ring" && par.algo() != "tree") {
     v.RefuseValue("parallel.algo", "is not one of auto, mpi, ring, tree; set parallel.algo, e.g. \"auto\"");

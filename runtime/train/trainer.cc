@@ -42,6 +42,7 @@
 #include "runtime/train/config.h"
 #include "runtime/train/grad_reducer.h"
 #include "runtime/train/metrics.h"
+#include "runtime/train/param_gatherer.h"
 #include "runtime/train/unit_reducer.h"
 
 #ifdef FJORD_HAVE_NCCL
@@ -89,13 +90,19 @@ std::string GiB(size_t bytes) {
 }
 
 // Mean loss over the first `batches` batches of the validation stream, in order; batch i is
-// scored by rank i % world, so every world size averages the same batches.
+// scored by rank i % world, so every world size averages the same batches. With `lockstep`
+// (ZeRO-3: every forward gathers parameters, a collective) every rank runs the same number of
+// forwards: a rank left without a batch in the last round scores batch 0 again and discards it.
 StatusOr<float> Evaluate(Gpt& model, const DataLoader& val, int B, int T, int batches, Communicator& comm,
-                         std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+                         std::vector<int32_t>& inputs, std::vector<int32_t>& targets, bool lockstep) {
   float sum = 0.0f;
-  for (int i = comm.rank(); i < batches; i += comm.size()) {
-    FJORD_RETURN_IF_ERROR(val.Fill(static_cast<uint64_t>(i) * B, B, inputs.data(), targets.data()));
-    sum += model.Forward(inputs.data(), targets.data(), B, T, 0.0f);
+  const int rounds = lockstep ? (batches + comm.size() - 1) / comm.size() : 0;
+  for (int k = 0, i = comm.rank(); i < batches || k < rounds; ++k, i += comm.size()) {
+    const bool scored = i < batches;
+    FJORD_RETURN_IF_ERROR(
+        val.Fill(scored ? static_cast<uint64_t>(i) * B : 0, B, inputs.data(), targets.data()));
+    const float loss = model.Forward(inputs.data(), targets.data(), B, T, 0.0f);
+    if (scored) sum += loss;
   }
   if (comm.size() > 1) FJORD_RETURN_IF_ERROR(comm.AllReduce(&sum, &sum, 1, DataType::kF32, ReduceOp::kSum));
   return sum / static_cast<float>(batches);
@@ -658,7 +665,8 @@ class Trainer {
         lead_(rank_ == 0),
         log_(lead_ && !options.quiet && !options.json_lines),
         zero_(job.parallel().zero_stage() == 1 && world_ > 1),
-        zero2_(job.parallel().zero_stage() == 2),
+        zero2_(job.parallel().zero_stage() >= 2),
+        zero3_(job.parallel().zero_stage() == 3),
         sink_({.quiet = options.quiet,
                .json_lines = options.json_lines,
                .steps = job.train().steps(),
@@ -741,6 +749,7 @@ class Trainer {
     optimizer_count_ = zero_ ? shard_ : num_params_;
     if (zero2_) {  // the unit map (runtime/model/zero_units.h), on any number of ranks
       config_.grad_shard_ranks = world_;
+      if (zero3_) config_.param_shard_ranks = world_;
       const ZeroUnits::Sizes sizes = ZeroUnits::SizesFor(config_, world_);
       buffer_ = std::max(buffer_, sizes.buffer);
       shard_ = optimizer_count_ = sizes.shard;
@@ -918,8 +927,16 @@ class Trainer {
       std::fflush(stdout);
     }
     model_ = std::make_unique<Gpt>(config_, B_, T_, *arena_, multiple_);
+    // ZeRO-3: the model has no parameter buffer; the weights pass through this host buffer into
+    // this rank's shard (ParamGatherer::LoadFull below), then it is freed.
+    std::vector<float> full;
+    if (zero3_) full.assign(buffer_, 0.0f);
     if (train_.init_from().empty()) {
-      model_->InitGpt2(train_.seed());
+      if (zero3_) {
+        model_->InitGpt2(train_.seed(), full.data());
+      } else {
+        model_->InitGpt2(train_.seed());
+      }
     } else {
       FJORD_ASSIGN_OR_RETURN(std::string init_dir, ResolveCheckpointDir(train_.init_from()));
       // Gate 3 for checkpoints: whose it is, where it may be opened, how to read it.
@@ -928,7 +945,8 @@ class Trainer {
                            : CheckCheckpointTenant(init_dir, seal_, nullptr, CheckpointUse::kInitFrom);
       if (!init_seal.ok()) return init_seal.status().WithContext("train.init_from");
       FJORD_RETURN_IF_ERROR(
-          LoadCheckpointWeights(init_dir, *model_, &*init_seal).WithContext("train.init_from"));
+          LoadCheckpointWeights(init_dir, *model_, &*init_seal, zero3_ ? full.data() : nullptr)
+              .WithContext("train.init_from"));
     }
     if (lead_ && train_.tensorboard()) FJORD_RETURN_IF_ERROR(sink_.OpenTensorBoard(job_.run_dir()));
     const size_t bucket_floats =
@@ -945,9 +963,16 @@ class Trainer {
     }
     if (zero2_) {
       units_ = std::make_unique<ZeroUnits>(model_->layout(), world_);
-      optimizer_ = std::make_unique<AdamW>(model_->layout(), units_->Owned(rank_), shard_, *arena_);
+      optimizer_ = std::make_unique<AdamW>(model_->layout(), units_->Owned(rank_), shard_, *arena_, zero3_);
       unit_reducer_ = std::make_unique<UnitReducer>(nccl_ ? *nccl_ : comm_, *model_, *units_, *arena_,
                                                     job_.parallel().overlap(), path);
+      if (zero3_) {
+        gatherer_ = std::make_unique<ParamGatherer>(nccl_ ? *nccl_ : comm_, *model_, *units_, *arena_,
+                                                    job_.parallel().overlap(), path);
+        gatherer_->LoadFull(full.data());
+        std::fill(full.begin(), full.end(), 0.0f);  // tenant hygiene
+        full = std::vector<float>();
+      }
       // What AdamW does not update here (the other ranks' pieces): rounded to bf16 after the gather.
       size_t from = 0;
       for (const ZeroUnits::Range& r : units_->Owned(rank_)) {
@@ -975,7 +1000,8 @@ class Trainer {
           world_, B_, T_, accum_, threads_,
           GiB(Gpt::MemoryBytes(config_, B_, T_) + AdamW::MemoryBytes(shard_)).c_str(),
           static_cast<unsigned long long>(train_data_->num_tokens()),
-          zero2_        ? ", ZeRO-2 (gradients reduce-scattered per unit)"
+          zero3_        ? ", ZeRO-3 (parameters gathered and gradients reduce-scattered per unit)"
+          : zero2_      ? ", ZeRO-2 (gradients reduce-scattered per unit)"
           : world_ == 1 ? ""
           : zero_       ? ", ZeRO-1"
           : overlap_    ? ", overlapped bucket all-reduce"
@@ -1018,7 +1044,16 @@ class Trainer {
                          : CheckCheckpointTenant(*dir, seal_, nullptr, CheckpointUse::kResume);
     if (!resume_seal.ok()) return resume_seal.status().WithContext("resuming");
     FJORD_ASSIGN_OR_RETURN(CheckpointState state, ReadCheckpointState(*dir));
-    FJORD_RETURN_IF_ERROR(LoadCheckpointWeights(*dir, *model_, &*resume_seal).WithContext("resuming"));
+    {
+      std::vector<float> full(zero3_ ? buffer_ : 0, 0.0f);
+      FJORD_RETURN_IF_ERROR(
+          LoadCheckpointWeights(*dir, *model_, &*resume_seal, zero3_ ? full.data() : nullptr)
+              .WithContext("resuming"));
+      if (zero3_) {
+        gatherer_->LoadFull(full.data());
+        std::fill(full.begin(), full.end(), 0.0f);  // tenant hygiene
+      }
+    }
     std::vector<float> full_m(num_params_), full_v(num_params_);
     FJORD_RETURN_IF_ERROR(LoadCheckpointOptimizer(*dir, *model_, full_m.data(), full_v.data(), &*resume_seal)
                               .WithContext("resuming"));
@@ -1037,7 +1072,12 @@ class Trainer {
     FJORD_RETURN_IF_ERROR(
         CheckResumeChanges(*dir, resumed_job, state, job_, world_, options_.accept_changes, lead_));
     start_step_ = state.step;
-    model_->RoundWorkingParams(RoundSeed(train_.seed(), start_step_));  // as the run being resumed did
+    // As the run being resumed did.
+    if (zero3_) {
+      gatherer_->RoundWorking(RoundSeed(train_.seed(), start_step_));
+    } else {
+      model_->RoundWorkingParams(RoundSeed(train_.seed(), start_step_));
+    }
     start_sequence_ = state.sequences_consumed;
     if (log_) {
       std::printf("fjord train: resuming from %s (step %d, written by %d rank(s)%s) on %d rank(s)\n",
@@ -1056,7 +1096,8 @@ class Trainer {
     const Clock::time_point t0 = Clock::now();
     const float lr = LearningRate(train_, step);
     const uint64_t step_first = start_sequence_ + static_cast<uint64_t>(step - start_step_) * global_batch_;
-    double comm_seconds = 0.0;  // communication the backward pass did not hide
+    double comm_seconds = 0.0;                 // communication the backward pass did not hide
+    if (zero3_) gatherer_->TakeWaitSeconds();  // an evaluation's gathers are not this step's
     if (zero2_) {
       unit_reducer_->ZeroShard();
     } else {
@@ -1068,6 +1109,7 @@ class Trainer {
           step_first + (static_cast<uint64_t>(micro) * world_ + static_cast<uint64_t>(rank_)) * B_;
       FJORD_RETURN_IF_ERROR(train_data_->Fill(first, B_, inputs_.data(), targets_.data()));
       loss += model.Forward(inputs_.data(), targets_.data(), B_, T_, 1.0f / static_cast<float>(accum_));
+      if (zero3_) FJORD_RETURN_IF_ERROR(gatherer_->TakeStatus());
       if (zero2_) {
         // Every micro-step reduce-scatters (the shard is where the sum lives): the waits for a
         // window inside backward and for the last units after it are exposed communication.
@@ -1076,6 +1118,10 @@ class Trainer {
         const Clock::time_point wait_start = Clock::now();
         FJORD_RETURN_IF_ERROR(unit_reducer_->Finish());
         comm_seconds += Seconds(wait_start, Clock::now()) + unit_reducer_->TakeWaitSeconds();
+        if (zero3_) {  // ZeRO-3: the waits for parameter gathers in forward and backward are exposed too
+          FJORD_RETURN_IF_ERROR(gatherer_->TakeStatus());
+          comm_seconds += gatherer_->TakeWaitSeconds();
+        }
       } else if (micro + 1 == accum_ && overlap_) {
         model.Backward([this](size_t begin, size_t end) { reducer_->OnReady(begin, end); });
       } else {
@@ -1127,13 +1173,21 @@ class Trainer {
       // AdamW writes the working copy of every tensor element it updates, in the update's pass. The
       // padding between and after tensors is +0 in the master weights and rounds to bf16 +0
       // whatever the seed, which the working copy already holds: without ZeRO nothing is left.
-      optimizer_->Step(model.params(), zero2_ ? unit_reducer_->shard() : model.grads(), lr, train_.beta1(),
-                       train_.beta2(), train_.eps(), train_.weight_decay(), clip, step + 1,
-                       model.working_params_bf16(), round_seed);
+      // ZeRO-3: the master and working shards, by shard index (no gather after the step: the next
+      // forward gathers each unit).
+      optimizer_->Step(zero3_ ? gatherer_->master() : model.params(),
+                       zero2_ ? unit_reducer_->shard() : model.grads(), lr, train_.beta1(), train_.beta2(),
+                       train_.eps(), train_.weight_decay(), clip, step + 1,
+                       zero3_ ? gatherer_->working_bf16() : model.working_params_bf16(), round_seed);
     } else {
       ++result_.skipped_steps;
-      model.RoundWorkingParams(round_seed);
+      if (zero3_) {
+        gatherer_->RoundWorking(round_seed);
+      } else {
+        model.RoundWorkingParams(round_seed);
+      }
     }
+    if (zero3_) gatherer_->Invalidate();
     if (zero_ && finite) {
       const Clock::time_point gather_start = Clock::now();
       FJORD_RETURN_IF_ERROR(reducer_->AllGatherShard(model.params(), shard_begin_, shard_));
@@ -1143,7 +1197,7 @@ class Trainer {
       model.RoundWorkingParams(round_seed, 0, shard_begin_);
       model.RoundWorkingParams(round_seed, shard_begin_ + shard_, model.buffer_size());
     }
-    if (zero2_ && finite && world_ > 1) {
+    if (zero2_ && !zero3_ && finite && world_ > 1) {
       const Clock::time_point gather_start = Clock::now();
       FJORD_RETURN_IF_ERROR(unit_reducer_->AllGatherParams(model.params()));
       comm_seconds += Seconds(gather_start, Clock::now());
@@ -1313,7 +1367,8 @@ class Trainer {
     if (!val_data_ || train_.eval_every() <= 0) return OkStatus();
     if (m.step % train_.eval_every() != 0 && m.step != train_.steps()) return OkStatus();
     FJORD_ASSIGN_OR_RETURN(const float val_loss, Evaluate(*model_, *val_data_, B_, T_, train_.eval_batches(),
-                                                          comm_, inputs_, targets_));
+                                                          comm_, inputs_, targets_, zero3_));
+    if (zero3_) FJORD_RETURN_IF_ERROR(gatherer_->TakeStatus().WithContext("evaluating"));
     result_.val_losses.push_back(val_loss);
     if (!std::isnan(val_loss)) m.val_loss = val_loss;  // a NaN evaluation is counted, not reported
     return OkStatus();
@@ -1443,17 +1498,28 @@ class Trainer {
       m = full_m.data();
       v = full_v.data();
     }
+    std::vector<float> full_params;  // ZeRO-3: every rank's master shard at its layout offsets, on rank 0
+    if (zero3_) {
+      std::vector<float> mine(shard_), shards;
+      device_->Download(mine.data(), gatherer_->master(), shard_ * sizeof(float));
+      FJORD_RETURN_IF_ERROR(GatherToLead(mine.data(), shard_, &shards));
+      if (lead_) {
+        full_params.assign(buffer_, 0.0f);
+        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_params.data());
+      }
+    }
     if (!lead_) return OkStatus();
     CheckpointState state;
     state.step = steps_done;
     state.sequences_consumed =
         start_sequence_ + static_cast<uint64_t>(steps_done - start_step_) * global_batch_;
     state.world_size = world_;
-    state.zero_stage = zero2_ ? 2 : zero_ ? 1 : 0;
+    state.zero_stage = zero3_ ? 3 : zero2_ ? 2 : zero_ ? 1 : 0;
     state.seed = train_.seed();
-    model_->SyncParamsToHost();
+    if (!zero3_) model_->SyncParamsToHost();
     FJORD_ASSIGN_OR_RETURN(result_.checkpoint_dir,
-                           SaveCheckpoint(checkpoints_dir_, state, job_, *model_, m, v, &seal_));
+                           SaveCheckpoint(checkpoints_dir_, state, job_, *model_, m, v, &seal_,
+                                          zero3_ ? full_params.data() : nullptr));
     if (options_.tenancy)
       FJORD_RETURN_IF_ERROR(options_.tenancy->RecordCheckpointWritten(result_.checkpoint_dir));
     if (!options_.quiet && !options_.json_lines) {
@@ -1471,7 +1537,8 @@ class Trainer {
   const bool lead_;
   const bool log_;    // rank 0 prints what it sets up (not --quiet, not --json)
   const bool zero_;   // ZeRO-1 over more than one rank
-  const bool zero2_;  // ZeRO-2 (any number of ranks)
+  const bool zero2_;  // ZeRO-2 or 3 (any number of ranks): gradients sharded
+  const bool zero3_;  // ZeRO-3: parameters sharded too
 
   GptConfig config_;
   int B_ = 0, T_ = 0, accum_ = 0;
@@ -1510,7 +1577,8 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<GradReducer> reducer_;            // stages 0 and 1
   std::unique_ptr<ZeroUnits> units_;                // stage 2
-  std::unique_ptr<UnitReducer> unit_reducer_;       // stage 2
+  std::unique_ptr<UnitReducer> unit_reducer_;       // stages 2 and 3
+  std::unique_ptr<ParamGatherer> gatherer_;         // stage 3 (after the reducer: destroyed first)
   std::vector<std::pair<size_t, size_t>> foreign_;  // stage 2: parameter ranges other ranks update
   std::vector<int32_t> inputs_, targets_;
 };

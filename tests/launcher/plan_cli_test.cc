@@ -83,10 +83,25 @@ TEST_F(PlanCliTest, ZeroTwoShardsTheGradientsBesideThreeUnitWindows) {
   EXPECT_EQ(Term(r.output, "gradients"), 4 * P / 4 + 4 * (embeddings + 2 * layer)) << r.output;
   EXPECT_EQ(Term(r.output, "parameters"), 6 * P) << r.output;  // bf16 on an H200: fp32 master + working copy
   EXPECT_THAT(r.output, HasSubstr("ZeRO stage 2"));
-  const RunResult three =
-      RunFjord("plan " + Path("job.textproto") + " --ranks 4 --set parallel.zero_stage=3");
-  EXPECT_NE(three.exit_code, 0);
-  EXPECT_THAT(three.output, HasSubstr("parallel.zero_stage = 3 is not built yet"));
+}
+
+// ZeRO-3 on the same widths: the parameters too become 1/4 per rank, fp32 master 4 P / 4 and bf16
+// working copy 2 P / 4 (bf16 on an H200), plus three bf16 gather windows (the embeddings' and two
+// of a layer); gradients and AdamW as at stage 2. Each buffer starts on a 256-byte boundary: the
+// bf16 shard (2 P / 4 = 417152 bytes here) takes 417280.
+TEST_F(PlanCliTest, ZeroThreeShardsTheParametersBesideThreeGatherWindows) {
+  const uint64_t P = Gpt2Params(4, 128, 64, 256);
+  const uint64_t embeddings = (256 + 64) * 128, layer = 12 * 128 * 128 + 13 * 128;
+  const auto aligned = [](uint64_t bytes) { return (bytes + 255) / 256 * 256; };
+  const RunResult r =
+      RunFjord("plan " + Path("job.textproto") + " --ranks 4 --device h200 --set parallel.zero_stage=3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Term(r.output, "parameters"),
+            aligned(4 * P / 4) + aligned(2 * P / 4) + aligned(2 * embeddings) + 2 * aligned(2 * layer))
+      << r.output;
+  EXPECT_EQ(Term(r.output, "gradients"), 4 * P / 4 + 4 * (embeddings + 2 * layer)) << r.output;
+  EXPECT_EQ(Term(r.output, "optimizer state"), 8 * P / 4) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("ZeRO stage 3"));
 }
 
 TEST_F(PlanCliTest, RecomputeShrinksTheActivationsOnly) {

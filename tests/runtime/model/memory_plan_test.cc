@@ -22,6 +22,7 @@
 #include "runtime/model/gpt.h"
 #include "runtime/model/optimizer.h"
 #include "runtime/model/zero_units.h"
+#include "runtime/train/param_gatherer.h"
 #include "runtime/train/unit_reducer.h"
 #include "tests/runtime/model/gpt_test_util.h"
 
@@ -47,7 +48,7 @@ TEST(MemoryPlanTest, ArenaPeakIsWithinFivePercentOfThePlan) {
   for (GptConfig base : {MakeConfig(4, 4, 32, 16, 300), Llama()}) {
     for (Precision p : {Precision::kFp32, Precision::kBf16}) {
       for (bool recompute : {false, true}) {
-        for (int stage : {0, 1, 2}) {
+        for (int stage : {0, 1, 2, 3}) {
           GptConfig c = base;
           c.precision = p;
           c.recompute = recompute;
@@ -60,24 +61,38 @@ TEST(MemoryPlanTest, ArenaPeakIsWithinFivePercentOfThePlan) {
           // As the trainer builds them: buffers a multiple of 16 x ranks floats at stage 1, AdamW
           // over this rank's shard.
           const size_t multiple = stage == 1 ? 16 * ranks : 16;
-          if (stage == 2) {
+          if (stage >= 2) {
             c.grad_shard_ranks = ranks;
+            if (stage == 3) c.param_shard_ranks = ranks;
             Gpt model(c, B, T, **arena, multiple);
             const ZeroUnits units(model.layout(), ranks);
-            AdamW adam(model.layout(), units.Owned(rank), units.shard_floats(), **arena);
-            // The gradient shard and windows as the trainer makes them; a one-rank communicator
-            // reduces (the allocation is what is measured).
+            AdamW adam(model.layout(), units.Owned(rank), units.shard_floats(), **arena, stage == 3);
+            // The gradient shard and windows (and at stage 3 the parameter shards and windows) as
+            // the trainer makes them; a one-rank communicator reduces and gathers (the allocation
+            // is what is measured).
             std::unique_ptr<Communicator> self = CreateSelfCommunicator({});
             UnitReducer reducer(*self, model, units, **arena, true);
-            model.InitGpt2(7);
+            std::unique_ptr<ParamGatherer> gatherer;
+            if (stage == 3) {
+              gatherer = std::make_unique<ParamGatherer>(*self, model, units, **arena, true);
+              std::vector<float> full(units.buffer_floats());
+              model.InitGpt2(7, full.data());
+              gatherer->LoadFull(full.data());
+            } else {
+              model.InitGpt2(7);
+            }
             const std::vector<int32_t> tokens = RandomTokens(B * T, c.vocab_size, 1);
             reducer.ZeroShard();
             model.Forward(tokens.data(), tokens.data(), B, T, 1.0f);
             ASSERT_TRUE(reducer.Begin().ok());
             model.Backward([&](size_t begin, size_t end) { reducer.OnReady(begin, end); });
             ASSERT_TRUE(reducer.Finish().ok());
-            adam.Step(model.params(), reducer.shard(), 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1,
-                      model.working_params_bf16(), 0);
+            adam.Step(gatherer ? gatherer->master() : model.params(), reducer.shard(), 1e-3f, 0.9f, 0.95f,
+                      1e-8f, 0.1f, 1.0f, 1, gatherer ? gatherer->working_bf16() : model.working_params_bf16(),
+                      0);
+            if (gatherer) {
+              ASSERT_TRUE(gatherer->TakeStatus().ok());
+            }
             const double measured = static_cast<double>((*arena)->used());
             EXPECT_NEAR(plan.total() / measured, 1.0, 0.05) << plan.total() << " planned, " << measured;
             EXPECT_EQ(plan.arena_bytes, (*arena)->used());
@@ -154,10 +169,15 @@ TEST(MemoryPlanTest, CheckpointTermIsTheAdamWStateRankZeroGathers) {
     const MemoryPlan stage2 = PlanMemory({c, 2, 32, ranks, 2, false}, *host);
     EXPECT_GE(stage2.checkpoint, 12 * P);
     EXPECT_LT(stage2.checkpoint, 12 * P + 12 * 4 * 16 * static_cast<size_t>(ranks));
+    // Stage 3: the full weights as well (4 bytes a parameter more): the model holds none.
+    const MemoryPlan stage3 = PlanMemory({c, 2, 32, ranks, 3, false}, *host);
+    EXPECT_GE(stage3.checkpoint, 16 * P);
+    EXPECT_LT(stage3.checkpoint, 16 * P + 16 * 4 * 16 * static_cast<size_t>(ranks));
     EXPECT_EQ(stage2.total() - stage2.checkpoint, stage2.parameters + stage2.gradients + stage2.optimizer +
                                                       stage2.activations + stage2.communication +
                                                       stage2.workspace + stage2.process);
-    for (int stage : {0, 1, 2}) EXPECT_EQ(PlanMemory({c, 2, 32, ranks, stage, false}, *h200).checkpoint, 0u);
+    for (int stage : {0, 1, 2, 3})
+      EXPECT_EQ(PlanMemory({c, 2, 32, ranks, stage, false}, *h200).checkpoint, 0u);
   }
 }
 
@@ -225,7 +245,8 @@ TEST(MemoryPlanTest, RefusalNamesTheLargestTermAndWhatWouldFit) {
 // 50304; 8030261248 for Llama 3.1 8B, whose widths need no padding), and the model states against
 // bytes per parameter: 4 (fp32 master) + 2 (bf16 working copy), 4 (fp32 gradients; at ZeRO-2 4 / N
 // plus three windows: the embeddings' and two of the largest layer or tail, from the layout's
-// offsets), 8 / N (AdamW at ZeRO-1 and 2, 8 at stage 0) up to the 16 x N-float padding of each
+// offsets), 8 / N (AdamW at ZeRO-1 to 3, 8 at stage 0); at stage 3 parameters 6 / N (fp32 master
+// and bf16 working shards) plus three bf16 gather windows; all up to the 16 x N-float padding of each
 // unit and 256-byte alignment. Prints the table docs/PERFORMANCE.md ("Memory plan") holds.
 TEST(MemoryPlanTest, Gpt2And8BOnH200MatchBytesPerParameter) {
   GptConfig gpt2 = MakeConfig(12, 12, 768, 1024, 50257, Precision::kBf16);
@@ -261,24 +282,26 @@ TEST(MemoryPlanTest, Gpt2And8BOnH200MatchBytesPerParameter) {
     const double tail = static_cast<double>(layout.num_params() - layout.lnf_w());
     const double units = m.c.n_layer + 2;
     for (bool recompute : {false, true}) {
-      for (int stage : {0, 1, 2}) {
+      for (int stage : {0, 1, 2, 3}) {
         for (int ranks : {1, 2, 4, 8, 16, 32, 64}) {
           GptConfig c = m.c;
           c.recompute = recompute;
           const MemoryPlan plan = PlanMemory({c, m.B, m.T, ranks, stage, true}, *h200);
-          const double optimizer = (stage == 1 && ranks > 1) || stage == 2 ? 8 * P / ranks : 8 * P;
-          const double gradients =
-              stage == 2 ? 4 * P / ranks + 4 * (embeddings + 2 * std::max(layer, tail)) : 4 * P;
-          // The 16 x N-float padding of the buffers (of each unit at stage 2) and the 256-byte
-          // alignment of each piece.
-          const double slack = 16.0 * 64 * 4 * 2 * (stage == 2 ? units : 1) + 4 * 256;
-          EXPECT_NEAR(static_cast<double>(plan.parameters), 6 * P, slack);
+          const double optimizer = (stage == 1 && ranks > 1) || stage >= 2 ? 8 * P / ranks : 8 * P;
+          const double windows = embeddings + 2 * std::max(layer, tail);  // floats
+          const double gradients = stage >= 2 ? 4 * P / ranks + 4 * windows : 4 * P;
+          // Stage 3: the fp32 master shard, the bf16 working shard and three bf16 gather windows.
+          const double parameters = stage == 3 ? 6 * P / ranks + 2 * windows : 6 * P;
+          // The 16 x N-float padding of the buffers (of each unit at stages 2 and 3) and the
+          // 256-byte alignment of each piece.
+          const double slack = 16.0 * 64 * 4 * 2 * (stage >= 2 ? units : 1) + 4 * 256;
+          EXPECT_NEAR(static_cast<double>(plan.parameters), parameters, slack);
           EXPECT_NEAR(static_cast<double>(plan.gradients), gradients, slack);
           EXPECT_NEAR(static_cast<double>(plan.optimizer), optimizer, slack);
           std::printf("| %s | %d x %d | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.name,
                       m.B, m.T, recompute ? "BLOCK" : "NONE", stage, ranks, gib(plan.parameters).c_str(),
                       gib(plan.gradients).c_str(), gib(plan.optimizer).c_str(),
-                      gib(6 * P + gradients + optimizer).c_str(), gib(plan.activations).c_str(),
+                      gib(parameters + gradients + optimizer).c_str(), gib(plan.activations).c_str(),
                       gib(plan.communication + plan.workspace).c_str(), gib(plan.total()).c_str(),
                       plan.fits() ? "fits" : "does not fit");
         }

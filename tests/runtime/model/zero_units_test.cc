@@ -165,5 +165,95 @@ TEST(ZeroUnitsTest, BackwardIntoUnitWindowsEqualsTheGradientBuffer) {
   }
 }
 
+// ZeRO-3's model side: a model without a parameter buffer (param_shard_ranks) asks for each unit
+// through its ParamsNeededFn and reads it from the window it is given. Fed each unit's working
+// parameters of a plain model (what ParamGatherer's all-gather reassembles), into two alternating
+// layer windows beside the embeddings' as ParamGatherer does, its loss and gradients equal the
+// plain model's bit for bit (GPT-2 and Llama, fp32 and bf16, recompute NONE and BLOCK), and it asks
+// in the documented order with the right next unit.
+TEST(ZeroUnitsTest, ParameterWindowsFedPerUnitEqualThePlainModel) {
+  const int B = 2, T = 4;
+  for (GptConfig c : Configs()) {
+    for (Precision p : {Precision::kFp32, Precision::kBf16}) {
+      for (bool recompute : {false, true}) {
+        c.recompute = recompute;
+        c.precision = p;
+        SCOPED_TRACE(std::string(c.llama() ? "Llama " : "GPT-2 ") + PrecisionName(p) +
+                     (recompute ? " BLOCK" : " NONE"));
+        Gpt plain(c, B, T, CpuOps(), 16);
+        GptConfig sharded_config = c;
+        sharded_config.grad_shard_ranks = sharded_config.param_shard_ranks = 2;
+        Gpt sharded(sharded_config, B, T, CpuOps(), 16);
+        EXPECT_EQ(sharded.params(), nullptr);
+        EXPECT_EQ(sharded.working_params(), nullptr);
+        plain.InitGpt2(3);
+        const std::vector<int32_t> tokens = RandomTokens(B * T, c.vocab_size, 5);
+        plain.ZeroGrads();
+        const float plain_loss = plain.Forward(tokens.data(), tokens.data(), B, T, 1.0f);
+        plain.Backward();
+
+        const ZeroUnits units(sharded.layout(), 2);
+        const size_t element = p == Precision::kBf16 ? sizeof(bf16) : sizeof(float);
+        const char* working = static_cast<const char*>(plain.working_params());
+        // The windows; each gather overwrites the whole window, padding with a poison value, so a
+        // read of a stale or foreign unit shows.
+        std::vector<char> embeddings(units.embeddings_window() * element), layers[2];
+        for (auto& w : layers) w.resize(units.layer_window() * element);
+        std::vector<std::pair<size_t, size_t>> asked;  // (unit, next unit or SIZE_MAX)
+        size_t held[2] = {SIZE_MAX, SIZE_MAX};
+        int last = 0;
+        sharded.SetParamsNeeded([&](size_t begin, size_t next_begin) {
+          const size_t u = units.UnitStartingAt(begin);
+          asked.emplace_back(u,
+                             next_begin == ParamLayout::kNone ? SIZE_MAX : units.UnitStartingAt(next_begin));
+          const ZeroUnits::Unit& unit = units.units()[u];
+          int slot = 0;
+          std::vector<char>* window = &embeddings;
+          if (u > 0) {
+            slot = held[0] == u ? 0 : held[1] == u ? 1 : last ^ 1;
+            window = &layers[slot];
+            last = slot;
+          }
+          if (u == 0 || held[slot] != u) {
+            std::fill(window->begin(), window->end(), static_cast<char>(0x7f));
+            std::memcpy(window->data(), working + unit.begin * element, (unit.end - unit.begin) * element);
+            if (u > 0) {
+              held[slot] = u;
+              sharded.SetParamWindow(1 + (slot ^ 1), 0, 0, nullptr);  // the other unit is done
+            }
+          }
+          sharded.SetParamWindow(u == 0 ? 0 : 1 + slot, unit.begin, unit.end, window->data());
+        });
+        std::vector<std::vector<float>> grads;
+        for (const ZeroUnits::Unit& u : units.units()) grads.emplace_back(u.padded(), 0.0f);
+        const size_t tail = units.units().size() - 1;
+        ASSERT_EQ(sharded.Forward(tokens.data(), tokens.data(), B, T, 1.0f), plain_loss);
+        sharded.SetGradWindow(0, units.units()[0].begin, units.units()[0].end, grads[0].data());
+        sharded.SetGradWindow(1, units.units()[tail].begin, units.units()[tail].end, grads[tail].data());
+        sharded.Backward([&](size_t begin, size_t) {
+          const size_t u = units.UnitStartingAt(begin);
+          if (u > 1)
+            sharded.SetGradWindow(1, units.units()[u - 1].begin, units.units()[u - 1].end,
+                                  grads[u - 1].data());
+        });
+        for (size_t k = 0; k < units.units().size(); ++k) {
+          const ZeroUnits::Unit& u = units.units()[k];
+          for (size_t i = 0; i < u.end - u.begin; ++i)
+            ASSERT_EQ(grads[k][i], plain.grads()[u.begin + i]) << "unit " << k << ", element " << i;
+        }
+        // Forward: embeddings, layers, tail, the classifier's unit; backward: the classifier's
+        // unit, the tail, layers L-1..0; each naming the unit after it in its pass.
+        const size_t classifier = c.tie_embeddings ? 0 : tail;
+        std::vector<std::pair<size_t, size_t>> want;
+        for (size_t u = 0; u <= tail; ++u) want.emplace_back(u, u < tail ? u + 1 : classifier);
+        want.emplace_back(classifier, SIZE_MAX);
+        want.emplace_back(classifier, tail);
+        for (size_t u = tail; u >= 1; --u) want.emplace_back(u, u > 1 ? u - 1 : SIZE_MAX);
+        EXPECT_EQ(asked, want);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fjord
