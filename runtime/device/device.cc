@@ -169,8 +169,11 @@ HostMemory CgroupHeadroom() {
         const size_t limit = ReadBytes(dir + "/memory.max");
         if (limit != SIZE_MAX) {
           const size_t current = ReadBytes(dir + "/memory.current");
-          const size_t inactive = StatBytes(dir + "/memory.stat", "inactive_file");
-          consider(limit, current == SIZE_MAX ? 0 : current - std::min(current, inactive), p);
+          // Page cache the kernel reclaims before it kills: file pages, less tmpfs/shm ones.
+          const std::string stat = dir + "/memory.stat";
+          const size_t file = StatBytes(stat, "file"), shmem = StatBytes(stat, "shmem");
+          const size_t reclaimable = file - std::min(file, shmem);
+          consider(limit, current == SIZE_MAX ? 0 : current - std::min(current, reclaimable), p);
         }
         if (p == "/") break;
       }
@@ -179,8 +182,10 @@ HostMemory CgroupHeadroom() {
       const std::string dir = mounts.memory_v1 + (path == "/" ? "" : path);
       const size_t limit = StatBytes(dir + "/memory.stat", "hierarchical_memory_limit");
       const size_t usage = ReadBytes(dir + "/memory.usage_in_bytes");
-      const size_t inactive = StatBytes(dir + "/memory.stat", "total_inactive_file");
-      if (limit != 0 && usage != SIZE_MAX) consider(limit, usage - std::min(usage, inactive), path);
+      const std::string stat = dir + "/memory.stat";
+      const size_t cache = StatBytes(stat, "total_cache"), shmem = StatBytes(stat, "total_shmem");
+      const size_t reclaimable = cache - std::min(cache, shmem);
+      if (limit != 0 && usage != SIZE_MAX) consider(limit, usage - std::min(usage, reclaimable), path);
     }
   }
   return best;

@@ -66,8 +66,8 @@ class Device {
 
 // Host memory a new allocation can take now, and what bounds it: MemAvailable of /proc/meminfo
 // (free plus reclaimable; sysinfo's free RAM where that line is missing), or less where this
-// process's memory cgroup leaves less: the smallest limit minus usage (less its inactive file
-// cache, which the kernel reclaims before it kills) over the cgroup and its ancestors, cgroup v2
+// process's memory cgroup leaves less: the smallest limit minus usage (less its page cache but
+// tmpfs/shm, which the kernel reclaims before it kills) over the cgroup and its ancestors, cgroup v2
 // (memory.max, memory.current) or v1 (hierarchical_memory_limit, memory.usage_in_bytes). A job
 // under Slurm's cgroup plugin, systemd or a container is killed at its cgroup's limit, not at the
 // host's MemAvailable, so that is what a plan must be measured against.
