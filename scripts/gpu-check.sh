@@ -255,12 +255,11 @@ fi
 # --- Llama-family training steps ------------------------------------------------------------------------
 # Last, so that it runs only in the time the GPT-2 stages left (FJORD_GPU_BUDGET).
 # Random weights of the real shapes, bf16 mixed precision, random tokens, seq 2048, micro-batch 1
-# (then 2 if it fits). Both use vocab 65536, not Llama 3's 128256: token shards hold uint16
-# ids, so model.vocab_size is capped at 65536 (embedding and lm_head 2x smaller than the real ones;
-# the summary says so). Llama 3.1 8B (7.25e9 parameters with this vocabulary) with fp32 master
-# weights, gradients and AdamW state needs 16 bytes a parameter, 108 GiB before activations, and fjord
-# has no ZeRO-3, so it cannot fit on one GPU: the stage times the 8B layer shapes with the most layers
-# of FJORD_GPU_8B_LAYERS (default 16, then 8: about 64 and 37 GiB of state) that fit.
+# (then 2 if it fits). Both use vocab 65536 (uint16 shards; the zero3 stage below uses the real
+# 128256 from a version-2 shard). Llama 3.1 8B (7.25e9 parameters with this vocabulary) with fp32
+# master weights, gradients and AdamW state needs 16 bytes a parameter, 108 GiB before activations,
+# on one rank: this stage times the 8B layer shapes with the most layers of FJORD_GPU_8B_LAYERS
+# (default 16, then 8: about 64 and 37 GiB of state) that fit; the zero3 stage runs all of it.
 llama_model() {  # llama_model LAYERS HEADS KV EMBD INTERMEDIATE THETA TIED
   cat <<EOF
 model { arch: LLAMA n_layer: $1 n_head: $2 n_kv_head: $3 n_embd: $4 intermediate_size: $5 seq_len: 2048
