@@ -154,6 +154,10 @@ class Communicator {
   // The flight recorder as text: one line per recent operation (seq, op, bytes, algorithm,
   // issue, start and end time, state), oldest first.
   virtual std::string FlightRecord() const = 0;
+  // `why` and the flight recorder for the log: written to CommOptions::flight_dir/rank-R.txt where
+  // the backend does that (MPI), and then the console gets `why` and one line naming the file;
+  // else `why` and the whole dump.
+  virtual std::string FlightReport(const std::string& why) const { return why + "\n" + FlightRecord(); }
 
   // What this rank is waiting in right now, for a report when the process is told to stop
   // (a launcher tearing the job down after another rank died): the oldest unfinished operation,

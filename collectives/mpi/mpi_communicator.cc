@@ -495,7 +495,7 @@ class MpiCommunicator final : public Communicator {
   // Writes `why` and the flight recorder to options_.flight_dir/rank-R.txt and returns the one
   // console line that names the file (with no flight_dir, or when the file cannot be written: `why`
   // and the whole dump, as before).
-  std::string FlightReport(const std::string& why) const;
+  std::string FlightReport(const std::string& why) const override;
   std::string Verdict(const OpInfo& op, const std::vector<bool>& answered) const;
   Status Fail(OpInfo& op, const Status& cause);
   std::string Describe(const OpInfo& op) const;

@@ -303,11 +303,17 @@ void WatchSignals() {
       now = g_watch.comm->InFlight();
     }
     if (InFlightOp(now) != InFlightOp(what)) continue;  // the collective moved on: the peers are alive
-    std::fprintf(
-        stderr,
-        "fjord train: %s: still in %s %lld ms after signal %d: a peer has ended and the job is being "
-        "torn down; zeroing the arena and exiting without a checkpoint\n",
-        who.c_str(), what.c_str(), static_cast<long long>(kStuck.count()), sig);
+    const std::string why = "fjord train: " + who + ": still in " + what + " " +
+                            std::to_string(kStuck.count()) + " ms after signal " + std::to_string(sig) +
+                            ": a peer has ended and the job is being torn down; zeroing the arena and "
+                            "exiting without a checkpoint";
+    // The flight recorder, as a timeout leaves it: RUN_DIR/flight/rank-R.txt and one line here.
+    std::string report = why + "\n";
+    {
+      std::lock_guard<std::mutex> lock(g_watch.mu);
+      if (g_watch.comm != nullptr) report = g_watch.comm->FlightReport(why);
+    }
+    std::fputs(report.c_str(), stderr);
     std::fflush(stderr);
     ZeroHostArenasNow(sig);
     if (hook != nullptr) hook(sig, "signal " + std::to_string(sig), "in " + what, true);

@@ -54,6 +54,12 @@ TEST_F(ArenaAbortTest, RankEndedByAPeersAbortZeroesItsArena) {
   EXPECT_THAT(r.output, HasSubstr("waiting for rank 1")) << r.output;
   EXPECT_THAT(r.output, HasSubstr("a peer has ended and the job is being torn down; zeroing the arena"))
       << r.output;
+  // Its flight recorder went to its file in the run directory, named on the console in one line.
+  const std::string flight = Path("run/flight/rank-0.txt");
+  EXPECT_THAT(r.output, HasSubstr("flight recorder written to " + flight)) << r.output;
+  const std::string dump = testing::ReadText(flight);
+  EXPECT_THAT(dump, HasSubstr("torn down")) << dump;
+  EXPECT_THAT(dump, HasSubstr("waiting for rank 1")) << dump;
   std::smatch arena, zeroed;
   ASSERT_TRUE(std::regex_search(r.output, arena, std::regex(R"(arena [0-9.]+ GiB \((\d+) bytes\))")))
       << r.output;
