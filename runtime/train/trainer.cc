@@ -1469,6 +1469,17 @@ class Trainer {
     return OkStatus();
   }
 
+  // Stages 2 and 3: every rank's unit-map shard (`shard_` floats at `mine`) to rank 0, unpacked there
+  // into *full at its layout offsets (buffer_ floats, zeros where no parameter is).
+  Status GatherUnitsToLead(const float* mine, std::vector<float>* full) {
+    std::vector<float> shards;
+    FJORD_RETURN_IF_ERROR(GatherToLead(mine, shard_, &shards));
+    if (!lead_) return OkStatus();
+    full->assign(buffer_, 0.0f);
+    for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full->data());
+    return OkStatus();
+  }
+
   // Writes the checkpoint after `steps_done` steps (every rank takes part: ZeRO-1 gathers the
   // AdamW shards), then prunes old ones. Rank 0 writes.
   Status Checkpoint(int steps_done) {
@@ -1485,17 +1496,8 @@ class Trainer {
     // The shards go to rank 0, the one rank that writes; the others keep no full copy (a full m and
     // v on every rank would be 8 bytes a parameter more, the memory sharding saved).
     if (zero2_) {  // every rank's shard, placed at its layout offsets
-      std::vector<float> shards;
-      FJORD_RETURN_IF_ERROR(GatherToLead(m, shard_, &shards));
-      if (lead_) {
-        full_m.assign(buffer_, 0.0f);
-        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_m.data());
-      }
-      FJORD_RETURN_IF_ERROR(GatherToLead(v, shard_, &shards));
-      if (lead_) {
-        full_v.assign(buffer_, 0.0f);
-        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_v.data());
-      }
+      FJORD_RETURN_IF_ERROR(GatherUnitsToLead(m, &full_m));
+      FJORD_RETURN_IF_ERROR(GatherUnitsToLead(v, &full_v));
       m = full_m.data();
       v = full_v.data();
     } else if (zero_) {
@@ -1506,13 +1508,9 @@ class Trainer {
     }
     std::vector<float> full_params;  // ZeRO-3: every rank's master shard at its layout offsets, on rank 0
     if (zero3_) {
-      std::vector<float> mine(shard_), shards;
+      std::vector<float> mine(shard_);
       device_->Download(mine.data(), gatherer_->master(), shard_ * sizeof(float));
-      FJORD_RETURN_IF_ERROR(GatherToLead(mine.data(), shard_, &shards));
-      if (lead_) {
-        full_params.assign(buffer_, 0.0f);
-        for (int r = 0; r < world_; ++r) units_->Unpack(shards.data() + r * shard_, r, full_params.data());
-      }
+      FJORD_RETURN_IF_ERROR(GatherUnitsToLead(mine.data(), &full_params));
     }
     if (!lead_) return OkStatus();
     CheckpointState state;
