@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <set>
 
+#include "common/json.h"
 #include "common/text.h"
 #include "runtime/data/data.h"
 
@@ -264,6 +265,28 @@ StatusOr<std::vector<DataResidency>> DataResidencyOf(const proto::JobSpec& job,
     }
   }
   return out;
+}
+
+std::string NodesJson(const Placement& p) {
+  std::string out = "{";
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const PlacedNode& n = p.nodes[i];
+    if (i > 0) out += ",";
+    out += JsonQuote(n.node.hostname()) + ":{\"jurisdiction\":" + JsonQuote(n.node.jurisdiction()) +
+           ",\"site\":" + JsonQuote(n.node.site()) + ",\"address\":" + JsonQuote(n.address) +
+           ",\"ranks\":" + std::to_string(n.ranks) + ",\"interface\":" + JsonQuote(n.interface) + "}";
+  }
+  return out + "}";
+}
+
+std::string ExcludedJson(const std::vector<ExcludedNode>& excluded) {
+  std::string out = "[";
+  for (size_t i = 0; i < excluded.size(); ++i) {
+    if (i > 0) out += ",";
+    out += "{\"hostname\":" + JsonQuote(excluded[i].hostname) +
+           ",\"reason\":" + JsonQuote(excluded[i].reason) + "}";
+  }
+  return out + "]";
 }
 
 }  // namespace fjord

@@ -33,6 +33,12 @@ struct Placement {
   std::vector<std::string> interfaces;  // distinct interfaces of the placed nodes, in order
 };
 
+// The audit records' JSON of a placement: its nodes as {"no1": {"jurisdiction": "NO", "site": ...,
+// "address": ..., "ranks": N, "interface": ...}, ...} (launch_plan, job_restart) and excluded nodes as
+// [{"hostname": ..., "reason": ...}, ...] (launch_plan, job_restart, restart_refused).
+std::string NodesJson(const Placement& p);
+std::string ExcludedJson(const std::vector<ExcludedNode>& excluded);
+
 // A data manifest that governs some of the job's shards, and so bounds where its ranks may run.
 struct DataResidency {
   std::string fields;      // the job fields whose shards it governs: "data.train", "data.train, data.val"

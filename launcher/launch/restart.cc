@@ -57,25 +57,6 @@ std::string PlacementText(const Placement& p) {
   return out;
 }
 
-std::string PlacementJson(const Placement& p) {
-  std::string out = "{";
-  for (const PlacedNode& n : p.nodes) {
-    out += std::string(out.size() > 1 ? "," : "") + JsonQuote(n.node.hostname()) +
-           ":{\"jurisdiction\":" + JsonQuote(n.node.jurisdiction()) +
-           ",\"site\":" + JsonQuote(n.node.site()) + ",\"ranks\":" + std::to_string(n.ranks) + "}";
-  }
-  return out + "}";
-}
-
-std::string ExcludedJson(const std::vector<ExcludedNode>& excluded) {
-  std::string out = "[";
-  for (const ExcludedNode& e : excluded) {
-    out += std::string(out.size() > 1 ? "," : "") + "{\"hostname\":" + JsonQuote(e.hostname) +
-           ",\"reason\":" + JsonQuote(e.reason) + "}";
-  }
-  return out + "]";
-}
-
 }  // namespace
 
 StatusOr<LaunchOptions> OptionsForRestart(const LaunchOptions& options, uint64_t global_batch,
@@ -222,7 +203,7 @@ int RunLaunch(const LaunchOptions& options) {
                                             .Int("failed_exit_code", code)
                                             .Str("cause", cause)
                                             .Raw("excluded", ExcludedJson(newly))
-                                            .Raw("nodes", PlacementJson(next_plan.placement))
+                                            .Raw("nodes", NodesJson(next_plan.placement))
                                             .Int("ranks", next->np)
                                             .Int("global_batch", static_cast<int64_t>(global_batch))
                                             .Int("grad_accum", accum));

@@ -39,29 +39,6 @@ std::string NewLaunchId() {
   return buf;
 }
 
-// The nodes section of launch_plan: {"no1": {"jurisdiction": "NO", ...}, ...}.
-std::string NodesJson(const Placement& p) {
-  std::string out = "{";
-  for (size_t i = 0; i < p.nodes.size(); ++i) {
-    const PlacedNode& n = p.nodes[i];
-    if (i > 0) out += ",";
-    out += JsonQuote(n.node.hostname()) + ":{\"jurisdiction\":" + JsonQuote(n.node.jurisdiction()) +
-           ",\"site\":" + JsonQuote(n.node.site()) + ",\"address\":" + JsonQuote(n.address) +
-           ",\"ranks\":" + std::to_string(n.ranks) + ",\"interface\":" + JsonQuote(n.interface) + "}";
-  }
-  return out + "}";
-}
-
-std::string ExcludedJson(const Placement& p) {
-  std::string out = "[";
-  for (size_t i = 0; i < p.excluded.size(); ++i) {
-    if (i > 0) out += ",";
-    out += "{\"hostname\":" + JsonQuote(p.excluded[i].hostname) +
-           ",\"reason\":" + JsonQuote(p.excluded[i].reason) + "}";
-  }
-  return out + "]";
-}
-
 // launch_plan's data_manifests: [{"fields": "data.train", "path": ..., "tenant": ..., ...}].
 std::string DataResidencyJson(const std::vector<DataResidency>& data) {
   std::string out = "[";
@@ -465,7 +442,7 @@ int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt) {
       .Str("inventory_sha256", plan.inventory_digest)
       .Int("ranks", plan.placement.ranks)
       .Raw("nodes", NodesJson(plan.placement))
-      .Raw("excluded", ExcludedJson(plan.placement))
+      .Raw("excluded", ExcludedJson(plan.placement.excluded))
       .Raw("data_manifests", DataResidencyJson(plan.data_residency))
       .Raw("data_unseen", JsonQuoteList(plan.data_unseen))
       .Str("command", plan.mode == LaunchMode::kSbatch ? "sbatch " + ShellQuote(plan.sbatch_file)
