@@ -16,11 +16,16 @@ const EnvVarDoc kEnvVars[] = {
     {"SLURM_NTASKS", "world size when started by srun"},
     {"SLURM_LOCALID", "rank within this node when started by srun"},
     {"SLURM_NTASKS_PER_NODE", "ranks per node when srun or sbatch was given --ntasks-per-node"},
+    {"OMPI_MCA_btl_tcp_if_include",
+     "interfaces (names or CIDR ranges) of Open MPI's TCP transport, as mpirun --mca passes them to the "
+     "ranks; the MPI backend's census datagrams use the same networks (fjord launch sets the inventory's "
+     "interface)"},
     {"OMP_NUM_THREADS", "threads per rank for CPU kernels; overrides the job spec's train.threads"},
     {"FJORD_TEST_HOOK",
      "test-only fault injection, comma-separated: sleep_in_step=RANK:STEP:SECONDS, "
      "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, "
      "comm_delay=RANK:MS (rank RANK spends MS ms more in the communication of every step), "
+     "census_datagrams=off (the MPI backend's census asks over MPI alone, as where UDP is blocked), "
      "bench_corrupt=RANK:INDEX (fjord bench: "
      "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, "
      "once), "

@@ -38,11 +38,13 @@
 #include <vector>
 
 #include "collectives/flight_recorder.h"
+#include "collectives/mpi/datagrams.h"
 #include "collectives/op.h"
 #include "collectives/reduce.h"
 #include "collectives/ring.h"
 #include "collectives/transport.h"
 #include "collectives/tree.h"
+#include "common/env.h"
 #include "common/file_util.h"
 #include "common/host.h"
 
@@ -66,8 +68,12 @@ constexpr int kTagSpan = 30000;
 constexpr int kTagCensusRequest = 1;
 constexpr int kTagCensusReply = 2;
 constexpr int kTagGaveUp = 3;  // "I failed in collective #seq": a CensusMsg, no reply
+// Kinds of census datagrams (datagrams.h): the same request and answer, beside MPI's.
+constexpr uint32_t kDatagramCensusRequest = 1;
+constexpr uint32_t kDatagramCensusReply = 2;
 
 constexpr milliseconds kIdlePoll{10};            // an idle communication thread answers census requests
+constexpr milliseconds kDatagramResend{200};     // a census resends its datagram requests this often
 constexpr microseconds kCensusPollInWait{1000};  // and a waiting one this often
 constexpr milliseconds kAbortGrace{1000};
 // A rank whose MPI_Abort cannot reach mpirun (its host cut off) ends itself this long after calling
@@ -75,10 +81,11 @@ constexpr milliseconds kAbortGrace{1000};
 constexpr milliseconds kAbortWatchdog{3000};
 constexpr size_t kMaxMpiElems = size_t{1} << 30;  // per MPI call (counts are int)
 
-// How long the census waits for answers: long enough for TCP to resend after an outage of up to
-// 0.8 x timeout that began with the operation (its backoff doubles, so the first resend after the
-// link returns comes by 1.6 x timeout + 0.2 s), and at most 7 s, so that a partition ends the job
-// within timeout + 15 s (docs/RELIABILITY.md, "Timeouts").
+// How long the census waits for answers. Its datagrams answer within milliseconds of the link's return;
+// over MPI alone (no datagrams between two ranks) an answer queues behind TCP's resend of the data,
+// which comes by 1.6 x timeout + 0.2 s after an outage of 0.8 x timeout that began with the
+// operation, so the window is 0.6 x timeout + 1 s, and at most 7 s, so that a partition ends the
+// job within timeout + 15 s (docs/RELIABILITY.md, "Timeouts").
 Clock::duration CensusWindow(Clock::duration timeout) {
   return std::clamp<Clock::duration>(timeout * 6 / 10 + milliseconds(1000), milliseconds(500),
                                      milliseconds(7000));
@@ -488,7 +495,11 @@ class MpiCommunicator final : public Communicator {
   Status MpiAllToAll(const OpDesc& d);
   Status MpiSendRecv(const OpDesc& d);
   Status MpiBarrier();
+  Status OpenDatagrams();
   void ServiceCensus();
+  // Answers one census request (over MPI or a datagram): returns the answer, and says once on
+  // stderr why this rank has not issued the collective a peer asks about.
+  CensusMsg AnswerCensus(const CensusMsg& request, int from);
   CensusMsg MyCensus(uint64_t seq) const;
   // The census of `op` as one phrase; *all_arrived: every rank answered and has issued `op`.
   std::string RunCensus(const OpInfo& op, bool* all_arrived = nullptr);
@@ -557,8 +568,15 @@ class MpiCommunicator final : public Communicator {
   std::list<Reply> replies_;  // census answers in flight (stable addresses)
   bool census_started_ = false;
   CensusMsg census_out_;
-  std::vector<CensusMsg> census_in_;
+  std::vector<CensusMsg> census_in_;  // what each rank answered the census now running
+  std::vector<CensusMsg> mpi_in_;     // MPI's receive buffers (a late answer may still land)
   std::vector<MPI_Request> census_reqs_;
+  // The census's datagrams (null where none could be opened: MPI alone), the census round they
+  // answer, and the answers of the round now running.
+  std::unique_ptr<DatagramChannel> datagrams_;
+  uint32_t census_round_ = 0;
+  std::vector<bool> datagram_answered_;
+  std::vector<CensusMsg> datagram_in_;
 };
 
 // --- MpiTransport ------------------------------------------------------------------------------
@@ -653,7 +671,32 @@ Status MpiCommunicator::Init() {
   if (!hosts.ok()) return hosts.status();
   hosts_ = std::move(hosts).value();
   info_.host = hosts_[static_cast<size_t>(rank_)];
+  FJORD_RETURN_IF_ERROR(OpenDatagrams());
   thread_ = std::thread(&MpiCommunicator::ThreadMain, this);
+  return OkStatus();
+}
+
+Status MpiCommunicator::OpenDatagrams() {
+  StatusOr<std::unique_ptr<DatagramChannel>> channel = FailedPrecondition("test hook census_datagrams=off");
+  if (TestHook("census_datagrams") != "off")
+    channel = DatagramChannel::Open(GetEnv("OMPI_MCA_btl_tcp_if_include").value_or(""));
+  DatagramEndpoint mine;
+  if (channel.ok()) {
+    mine = (*channel)->local();
+  } else {
+    std::fprintf(stderr,
+                 "fjord: %s: no census datagrams (%s): the census to and from this rank travels over MPI "
+                 "alone, behind TCP's resends after an outage (docs/RELIABILITY.md, \"Timeouts\")\n",
+                 Me().c_str(), channel.status().message().c_str());
+  }
+  std::vector<DatagramEndpoint> all(static_cast<size_t>(size_));
+  const int rc = MPI_Allgather(&mine, sizeof(mine), MPI_BYTE, all.data(), sizeof(mine), MPI_BYTE, comm_);
+  if (rc != MPI_SUCCESS)
+    return Internal("MPI_Allgather of census addresses failed on " + Me() + ": " + MpiErrorString(rc));
+  if (channel.ok()) {
+    datagrams_ = std::move(channel).value();
+    datagrams_->SetPeers(rank_, all);
+  }
   return OkStatus();
 }
 
@@ -1139,65 +1182,103 @@ void MpiCommunicator::ServiceCensus() {
     int flag = 0;
     MPI_Status st;
     if (MPI_Iprobe(MPI_ANY_SOURCE, kTagCensusRequest, census_comm_, &flag, &st) != MPI_SUCCESS || !flag)
-      return;
+      break;
     CensusMsg request;
     if (MPI_Recv(&request, sizeof(request), MPI_BYTE, st.MPI_SOURCE, kTagCensusRequest, census_comm_,
                  MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-      return;
+      break;
     }
     Reply& reply = replies_.emplace_back();
-    reply.msg = MyCensus(static_cast<uint64_t>(request.seq));
+    reply.msg = AnswerCensus(request, st.MPI_SOURCE);
     MPI_Isend(&reply.msg, sizeof(reply.msg), MPI_BYTE, st.MPI_SOURCE, kTagCensusReply, census_comm_,
               &reply.req);
-
-    // A rank that has not called the collective yet says so, so that its log explains itself.
-    const bool just_done =
-        microseconds(reply.msg.done_us) < std::min<Clock::duration>(milliseconds(1000), options_.timeout / 2);
-    if (request.seq != 0 && reply.msg.issued < request.seq && reply.msg.running == 0 && !just_done &&
-        !explained_absence_ && !failed_flag_) {
-      explained_absence_ = true;
-      const std::string text = FlightReport(
-          "fjord: " + Me() + " has not issued collective #" + std::to_string(request.seq) + " that rank " +
-          std::to_string(st.MPI_SOURCE) + " (host " + HostOf(st.MPI_SOURCE) +
-          ") timed out in; its last collective is #" + std::to_string(reply.msg.issued) + ", issued " +
-          Seconds(microseconds(reply.msg.idle_us)) + " ago: this rank's caller is busy elsewhere or stuck");
-      std::fputs(text.c_str(), stderr);
-      std::fflush(stderr);
+  }
+  if (datagrams_ == nullptr) return;
+  DatagramChannel::Received d;
+  while (datagrams_->Receive(&d)) {
+    CensusMsg m;
+    if (d.bytes != sizeof(m)) continue;
+    std::memcpy(&m, d.payload.data(), sizeof(m));
+    if (d.kind == kDatagramCensusRequest) {
+      const CensusMsg answer = AnswerCensus(m, d.from);
+      datagrams_->Reply(d, kDatagramCensusReply, d.round, &answer, sizeof(answer));
+    } else if (d.kind == kDatagramCensusReply && d.round == census_round_ &&
+               static_cast<size_t>(d.from) < datagram_answered_.size()) {
+      m.from = d.from;
+      datagram_in_[static_cast<size_t>(d.from)] = m;
+      datagram_answered_[static_cast<size_t>(d.from)] = true;
     }
   }
 }
 
+CensusMsg MpiCommunicator::AnswerCensus(const CensusMsg& request, int from) {
+  const CensusMsg answer = MyCensus(static_cast<uint64_t>(request.seq));
+  // A rank that has not called the collective yet says so, so that its log explains itself.
+  const bool just_done =
+      microseconds(answer.done_us) < std::min<Clock::duration>(milliseconds(1000), options_.timeout / 2);
+  if (request.seq != 0 && answer.issued < request.seq && answer.running == 0 && !just_done &&
+      !explained_absence_ && !failed_flag_) {
+    explained_absence_ = true;
+    const std::string text = FlightReport(
+        "fjord: " + Me() + " has not issued collective #" + std::to_string(request.seq) + " that rank " +
+        std::to_string(from) + " (host " + HostOf(from) + ") timed out in; its last collective is #" +
+        std::to_string(answer.issued) + ", issued " + Seconds(microseconds(answer.idle_us)) +
+        " ago: this rank's caller is busy elsewhere or stuck");
+    std::fputs(text.c_str(), stderr);
+    std::fflush(stderr);
+  }
+  return answer;
+}
+
+// The census asks every rank at once over both paths: a datagram to each of its addresses, resent
+// every kDatagramResend until it answers, and one MPI message. The first answer counts.
 std::string MpiCommunicator::RunCensus(const OpInfo& op, bool* all_arrived) {
   const Clock::duration window = CensusWindow(options_.timeout);
-  std::vector<bool> answered(static_cast<size_t>(size_), false);
+  const size_t n = static_cast<size_t>(size_);
+  std::vector<bool> answered(n, false);
   if (!census_started_) {
     // Buffers are members: a late answer may still arrive after we stop waiting.
     census_started_ = true;
     census_out_ = MyCensus(op.seq);
-    census_in_.assign(static_cast<size_t>(size_), CensusMsg{});
-    census_reqs_.assign(static_cast<size_t>(size_), MPI_REQUEST_NULL);
+    mpi_in_.assign(n, CensusMsg{});
+    census_reqs_.assign(n, MPI_REQUEST_NULL);
     for (int p = 0; p < size_; ++p) {
       if (p == rank_) continue;
-      MPI_Irecv(&census_in_[p], sizeof(CensusMsg), MPI_BYTE, p, kTagCensusReply, census_comm_,
-                &census_reqs_[p]);
+      MPI_Irecv(&mpi_in_[p], sizeof(CensusMsg), MPI_BYTE, p, kTagCensusReply, census_comm_, &census_reqs_[p]);
       MPI_Request send = MPI_REQUEST_NULL;
       MPI_Isend(&census_out_, sizeof(CensusMsg), MPI_BYTE, p, kTagCensusRequest, census_comm_, &send);
       MPI_Request_free(&send);  // eager and tiny; census_out_ outlives it
     }
   }
-  census_in_[static_cast<size_t>(rank_)] = MyCensus(op.seq);
+  const CensusMsg request = MyCensus(op.seq);
+  ++census_round_;
+  datagram_answered_.assign(n, false);
+  datagram_in_.assign(n, CensusMsg{});
+  census_in_.assign(n, CensusMsg{});
+  census_in_[static_cast<size_t>(rank_)] = request;
   answered[static_cast<size_t>(rank_)] = true;
   const Clock::time_point begin = Clock::now(), until = begin + window;
+  Clock::time_point resend = begin;
   for (;;) {
+    if (datagrams_ != nullptr && Clock::now() >= resend) {
+      for (int p = 0; p < size_; ++p) {
+        if (!answered[p])
+          datagrams_->Send(p, kDatagramCensusRequest, census_round_, &request, sizeof(request));
+      }
+      resend = Clock::now() + kDatagramResend;
+    }
     bool all = true;
     for (int p = 0; p < size_; ++p) {
       if (answered[p]) continue;
       int flag = 0;
-      if (census_reqs_[p] == MPI_REQUEST_NULL) {
-        answered[p] = true;
-        continue;
+      if (datagram_answered_[p]) {
+        census_in_[p] = datagram_in_[p];
+        flag = 1;
+      } else if (census_reqs_[p] == MPI_REQUEST_NULL ||
+                 (MPI_Test(&census_reqs_[p], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag)) {
+        census_in_[p] = mpi_in_[p];  // answered now, or to an earlier census that this one continues
+        flag = 1;
       }
-      MPI_Test(&census_reqs_[p], &flag, MPI_STATUS_IGNORE);
       answered[p] = flag != 0;
       all = all && answered[p];
     }
@@ -1207,11 +1288,18 @@ std::string MpiCommunicator::RunCensus(const OpInfo& op, bool* all_arrived) {
     if (now >= until) break;
     Backoff(now - begin);
   }
-  std::string verdict = Verdict(op, answered);
-  if (std::find(answered.begin(), answered.end(), false) == answered.end()) {
-    census_started_ = false;  // every answer is in: the next census (after a wait) starts afresh
-    if (all_arrived != nullptr) *all_arrived = verdict.starts_with(kAllArrived);
+  // MPI's answers may still be on their way where datagrams were faster: the next census goes on
+  // waiting for those instead of posting new receives into the same buffers.
+  bool mpi_done = true;
+  for (int p = 0; p < size_; ++p) {
+    int flag = 0;
+    if (census_reqs_[p] != MPI_REQUEST_NULL) MPI_Test(&census_reqs_[p], &flag, MPI_STATUS_IGNORE);
+    mpi_done = mpi_done && census_reqs_[p] == MPI_REQUEST_NULL;
   }
+  if (mpi_done) census_started_ = false;
+  std::string verdict = Verdict(op, answered);
+  if (std::find(answered.begin(), answered.end(), false) == answered.end() && all_arrived != nullptr)
+    *all_arrived = verdict.starts_with(kAllArrived);
   return verdict;
 }
 

@@ -13,15 +13,17 @@
 // Timeouts: no MPI call blocks after creation. Every operation is non-blocking MPI
 // (MPI_Isend/Irecv for the ring and tree, MPI_Iallreduce, MPI_Ibcast, ...) polled with MPI_Test
 // under a deadline of CommOptions::timeout from the moment the operation starts. On timeout the
-// rank runs a census on a second duplicated communicator: it asks every rank for its last
-// issued / completed sequence numbers and waits a bounded time (timeout / 2, clamped to
-// 0.5..5 s) for the answers. Every rank answers from its communication thread even while its
-// caller is busy elsewhere, so the census tells "has not called the collective yet" (not
-// arrived) from "called a different collective" (order mismatch) and from "does not answer"
-// (stopped or dead). A census request also tells a rank that is waiting in the same collective
-// that a peer gave up, so all surviving ranks report at once: each prints one message naming
-// the collective, its sequence number, the ranks that did not arrive and their hosts, followed
-// by its flight recorder; the returned Status carries the message.
+// rank runs a census: it asks every rank for its last issued / completed sequence numbers, both on a
+// second duplicated communicator and in UDP datagrams (datagrams.h; after an outage they answer at
+// once, where MPI's answer queues behind TCP's resend), and waits a bounded time (0.6 x timeout + 1
+// s, clamped to 0.5..7 s) for the answers. Every rank answers from its communication thread even
+// while its caller is busy elsewhere, so the census tells "has not called the collective yet" (not
+// arrived) from "called a different collective" (order mismatch), from "does not answer" (stopped,
+// dead or cut off) and from "every rank arrived" (the data is late: the operation gets one more
+// timeout). A rank that gives up tells its peers on the census communicator, so all surviving ranks
+// report at once: each prints one message naming the collective, its sequence number, the ranks
+// that did not arrive and their hosts, and writes its flight recorder to a file; the returned Status
+// carries the message.
 //
 // Algorithms: AllReduce by CommOptions::algorithm (kAuto: recursive doubling up to
 // tree_max_bytes, the pipelined ring above; both written in ring.cc / tree.cc over MPI

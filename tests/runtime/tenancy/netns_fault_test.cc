@@ -76,10 +76,11 @@ class NetnsFaultTest : public testing::TenancyTest {
     return Shell("bash " + kScript + " exec " + kCluster->state() + " " + host + " sh -c " + ShellQuote(cmd));
   }
   // `fjord launch` on the head, not waited for: np ranks on NO hosts, into run_dir RUN.
-  FILE* StartLaunch(const std::string& run, int np, const std::string& extra) {
+  FILE* StartLaunch(const std::string& run, int np, const std::string& extra, const std::string& hooks = "") {
     return Start("bash " + kScript + " exec " + kCluster->state() + " head sh -c " +
-                 ShellQuote(std::string(FJORD_BINARY) + " launch " + Path("job.textproto") + " --inventory " +
-                            kCluster->state() + "/inventory.textproto --np " + std::to_string(np) +
+                 ShellQuote((hooks.empty() ? "" : "FJORD_TEST_HOOK=" + hooks + " ") + FJORD_BINARY +
+                            " launch " + Path("job.textproto") + " --inventory " + kCluster->state() +
+                            "/inventory.textproto --np " + std::to_string(np) +
                             " --quiet --set run_dir=" + Path(run) + " " + extra));
   }
   // Waits (at most 30 s) until RUN/metrics.jsonl has `steps` lines.
@@ -115,6 +116,7 @@ class NetnsFaultTest : public testing::TenancyTest {
   std::string Cluster(const std::string& verb, const std::string& args) {
     return "bash " + kScript + " " + verb + " " + kCluster->state() + " " + args;
   }
+  void SurviveBlackHole(double timeout, const std::string& hooks = "", std::string* output = nullptr);
 };
 
 // A partition: no2 cut off for good in the middle of training.
@@ -190,17 +192,19 @@ TEST_F(NetnsFaultTest, CutOffHostEndsTheJobOnTheReachableHostsWithinTheBoundCli)
 }
 
 // A black hole of 0.8 x comm_timeout: late, not lost; the run matches an undisturbed one.
-TEST_F(NetnsFaultTest, BlackHoleOfEightTenthsOfTheTimeoutIsSurvivedWithTheSameLossesCli) {
+// `hooks`: FJORD_TEST_HOOK of the disturbed run; *output: what its launch printed.
+void NetnsFaultTest::SurviveBlackHole(double timeout, const std::string& hooks, std::string* output) {
   constexpr int kSteps = 2000;  // a few seconds undisturbed: the black hole falls mid-training
-  const std::string steps = "--set train.steps=" + std::to_string(kSteps);
-  const RunResult calm = Finish(StartLaunch("calm", 2, steps));
+  char set[96];
+  std::snprintf(set, sizeof(set), "--set train.steps=%d --set parallel.comm_timeout=%g", kSteps, timeout);
+  const RunResult calm = Finish(StartLaunch("calm", 2, set));
   ASSERT_EQ(calm.exit_code, 0) << calm.output;
-  FILE* pipe = StartLaunch("hole", 2, steps);
+  FILE* pipe = StartLaunch("hole", 2, set, hooks);
   ASSERT_NE(pipe, nullptr);
   ASSERT_TRUE(WaitForSteps("hole", 20)) << Finish(pipe).output;
   const Clock::time_point cut = Clock::now();
   RunResult hole;
-  std::thread blackhole([&] { hole = Shell(Cluster("blackhole", "no2 " + std::to_string(0.8 * kTimeout))); });
+  std::thread blackhole([&] { hole = Shell(Cluster("blackhole", "no2 " + std::to_string(0.8 * timeout))); });
   // Training stands still inside the black hole.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   const size_t during = LossTexts(Path("hole/metrics.jsonl")).size();
@@ -209,14 +213,20 @@ TEST_F(NetnsFaultTest, BlackHoleOfEightTenthsOfTheTimeoutIsSurvivedWithTheSameLo
   blackhole.join();
   ASSERT_EQ(hole.exit_code, 0) << hole.output;
   const RunResult run = Finish(pipe);
-  std::printf("[ measured ] black hole of %.1f s: job ended %.1f s after it began, exit %d\n", 0.8 * kTimeout,
-              Since(cut), run.exit_code);
+  if (output != nullptr) *output = run.output;
+  std::printf(
+      "[ measured ] black hole of %.1f s (comm_timeout %.0f s): job ended %.1f s after it began, exit %d\n",
+      0.8 * timeout, timeout, Since(cut), run.exit_code);
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  // The outage outlasted the timeout (TCP resends 6.2 s after a segment is first lost): the census
-  // found every rank, and the collective was given more time instead of ending the job.
+  // The outage outlasted the timeout (TCP resends 6.2 s, then 12.6 and 25.4 s, after a segment is
+  // first lost): the census found every rank, and the collective was given more time instead of
+  // ending the job.
+  char waiting[32];
+  std::snprintf(waiting, sizeof(waiting), "waiting %.1f s more", timeout);
   EXPECT_THAT(run.output,
               ::testing::ContainsRegex("is late on rank [01] \\(host no[12]\\) after [0-9.]+ s, but "
-                                       "every rank arrived .*: waiting 5.0 s more"))
+                                       "every rank arrived .*: " +
+                                       std::string(waiting)))
       << run.output;
   EXPECT_LT(during, static_cast<size_t>(kSteps)) << "the black hole began after training had ended";
   EXPECT_EQ(later, during) << "training went on through the black hole";
@@ -224,6 +234,31 @@ TEST_F(NetnsFaultTest, BlackHoleOfEightTenthsOfTheTimeoutIsSurvivedWithTheSameLo
   ASSERT_EQ(want.size(), static_cast<size_t>(kSteps));
   EXPECT_EQ(LossTexts(Path("hole/metrics.jsonl")), want);
   EXPECT_EQ(Count(AuditEvents(Path("hole/audit.jsonl")), "job_end"), 1);
+}
+
+TEST_F(NetnsFaultTest, BlackHoleOfEightTenthsOfTheTimeoutIsSurvivedWithTheSameLossesCli) {
+  SurviveBlackHole(kTimeout);
+}
+
+// At comm_timeout 17 s the black hole lasts 13.6 s, just past TCP's resend at 12.6 s, so the next
+// resend comes 25.4 s after the cut: later than the timeout plus the longest census wait (7 s, kept
+// for the partition bound). A census that travels in the stalled TCP stream hears nobody and ends
+// the job; one on its own datagrams hears every rank at 17 s, and the extended wait covers the resend.
+TEST_F(NetnsFaultTest, BlackHoleOutlastingTcpsBackoffAndTheCensusWindowIsSurvivedCli) {
+  SurviveBlackHole(17.0);
+}
+
+// Where UDP between the hosts is blocked (here: the ranks open no datagram socket), the census asks
+// over MPI alone and waits for TCP's resend; at T = 5 s its window covers the resend at 6.2 s.
+TEST_F(NetnsFaultTest, WithoutCensusDatagramsTheCensusFallsBackToMpiAndSurvivesAShortBlackHoleCli) {
+  std::string output;
+  SurviveBlackHole(kTimeout, "census_datagrams=off", &output);
+  if (HasFatalFailure()) return;
+  for (const char* who : {"rank 0 (host no1)", "rank 1 (host no2)"})
+    EXPECT_THAT(output, HasSubstr(std::string("fjord: ") + who +
+                                  ": no census datagrams (test hook census_datagrams=off)"));
+  EXPECT_THAT(AuditLines(Path("hole/audit.jsonl"), "test_override").back(),
+              HasSubstr("census_datagrams=off"));
 }
 
 }  // namespace
