@@ -106,12 +106,6 @@ std::string DescribeFiles(const std::vector<std::string>& files, const std::vect
   return out;
 }
 
-std::string ShardName(const std::string& prefix, size_t index) {
-  char name[64];
-  std::snprintf(name, sizeof(name), "%s_%06zu.bin", prefix.c_str(), index);
-  return name;
-}
-
 }  // namespace
 
 int32_t ShardVersionFor(int64_t vocab_size) {
