@@ -110,8 +110,8 @@ bool DatagramChannel::Reaches(int peer) const {
          peers_[peer].count > 0 && peers_[peer].port != 0 && local_.count > 0;
 }
 
-void DatagramChannel::SendTo(const sockaddr_in& addr, int to, uint32_t kind, uint32_t round, const void* payload,
-                             size_t bytes) {
+void DatagramChannel::SendTo(const sockaddr_in& addr, int to, uint32_t kind, uint32_t round,
+                             const void* payload, size_t bytes) {
   if (bytes > kMaxPayload) return;
   std::byte buf[sizeof(Header) + kMaxPayload];
   Header h{};
@@ -124,8 +124,8 @@ void DatagramChannel::SendTo(const sockaddr_in& addr, int to, uint32_t kind, uin
   h.bytes = static_cast<uint32_t>(bytes);
   std::memcpy(buf, &h, sizeof(h));
   std::memcpy(buf + sizeof(h), payload, bytes);
-  (void)::sendto(fd_, buf, sizeof(h) + bytes, MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr),
-                 sizeof(addr));
+  (void)::sendto(fd_, buf, sizeof(h) + bytes, MSG_DONTWAIT | MSG_NOSIGNAL,
+                 reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
 }
 
 void DatagramChannel::Send(int peer, uint32_t kind, uint32_t round, const void* payload, size_t bytes) {
@@ -140,7 +140,8 @@ void DatagramChannel::Send(int peer, uint32_t kind, uint32_t round, const void* 
   }
 }
 
-void DatagramChannel::Reply(const Received& to, uint32_t kind, uint32_t round, const void* payload, size_t bytes) {
+void DatagramChannel::Reply(const Received& to, uint32_t kind, uint32_t round, const void* payload,
+                            size_t bytes) {
   SendTo(to.sender, to.from, kind, round, payload, bytes);
 }
 
@@ -149,8 +150,8 @@ bool DatagramChannel::Receive(Received* out) {
   std::byte buf[sizeof(Header) + kMaxPayload + 1];
   for (int tries = 0; tries < 256; ++tries) {
     socklen_t len = sizeof(out->sender);
-    const ssize_t n = ::recvfrom(fd_, buf, sizeof(buf), MSG_DONTWAIT,
-                                 reinterpret_cast<sockaddr*>(&out->sender), &len);
+    const ssize_t n =
+        ::recvfrom(fd_, buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&out->sender), &len);
     if (n < 0) {
       if (errno == EINTR) continue;
       return false;  // EAGAIN: nothing waiting (or an ICMP error on an earlier send: ignored)
@@ -159,8 +160,8 @@ bool DatagramChannel::Receive(Received* out) {
     Header h;
     std::memcpy(&h, buf, sizeof(h));
     if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0 || !SameKey(h.key, key_.data()) || h.to != rank_ ||
-        h.from < 0 || static_cast<size_t>(h.from) >= peers_.size() || h.from == rank_ || h.bytes > kMaxPayload ||
-        static_cast<size_t>(n) != sizeof(Header) + h.bytes) {
+        h.from < 0 || static_cast<size_t>(h.from) >= peers_.size() || h.from == rank_ ||
+        h.bytes > kMaxPayload || static_cast<size_t>(n) != sizeof(Header) + h.bytes) {
       continue;  // not for this rank of this job
     }
     out->from = h.from;

@@ -78,7 +78,8 @@ class DatagramChannel {
 
  private:
   DatagramChannel() = default;
-  void SendTo(const sockaddr_in& addr, int to, uint32_t kind, uint32_t round, const void* payload, size_t bytes);
+  void SendTo(const sockaddr_in& addr, int to, uint32_t kind, uint32_t round, const void* payload,
+              size_t bytes);
 
   int fd_ = -1;
   int rank_ = -1;

@@ -62,7 +62,8 @@ class DatagramsTest : public ::testing::Test {
     to.sin_family = AF_INET;
     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     to.sin_port = peers_[0].port;
-    ASSERT_EQ(::sendto(fd, bytes, n, 0, reinterpret_cast<const sockaddr*>(&to), sizeof(to)), static_cast<ssize_t>(n));
+    ASSERT_EQ(::sendto(fd, bytes, n, 0, reinterpret_cast<const sockaddr*>(&to), sizeof(to)),
+              static_cast<ssize_t>(n));
     ::close(fd);
   }
   std::unique_ptr<DatagramChannel> a_, b_;
@@ -112,7 +113,7 @@ TEST_F(DatagramsTest, ForgedMisaddressedOrTruncatedDatagramsAreDropped) {
   magic.magic[3] = '2';
   for (const Forged* f : {&wrong_key, &to_other, &from_self, &from_outside, &overlong, &magic})
     SendRaw(f, sizeof(*f));
-  SendRaw(&good, 10);  // shorter than a header
+  SendRaw(&good, 10);            // shorter than a header
   SendRaw(&good, sizeof(good));  // the control: the same bytes with the key do arrive
   DatagramChannel::Received got;
   ASSERT_TRUE(ReceiveSoon(*a_, &got));
@@ -138,7 +139,9 @@ TEST_F(DatagramsTest, NothingIsTakenBeforeThePeersAreKnown) {
 
 TEST(DatagramAddressesTest, InterfacesAreSelectedByNameOrRangeAndLoopbackOnlyWhenAsked) {
   const uint32_t loopback = htonl(INADDR_LOOPBACK);
-  auto has = [](const std::vector<uint32_t>& v, uint32_t a) { return std::find(v.begin(), v.end(), a) != v.end(); };
+  auto has = [](const std::vector<uint32_t>& v, uint32_t a) {
+    return std::find(v.begin(), v.end(), a) != v.end();
+  };
   const std::vector<uint32_t> lo = SelectInterfaceAddresses("lo");
   if (lo.empty()) GTEST_SKIP() << "no IPv4 loopback interface here";
   EXPECT_TRUE(has(lo, loopback));
