@@ -182,6 +182,17 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
       why[r] = "no start record (it never started)";
     } else if (s->ended.empty() && s->waiting.empty()) {
       why[r] = "no end recorded (pid " + std::to_string(s->pid) + " on " + s->host + " ended unseen)";
+    } else if (s->ended.empty()) {
+      // Stalled, then gone without an end, not even the signal handler's (a teardown's SIGTERM leaves
+      // that): killed outright. Its note clears it only when a peer it waited for has no end either.
+      bool peer_unseen = false;
+      for (int m : s->missing) {
+        const RankStatus* named = m >= 0 && m < placement.ranks ? by_rank[static_cast<size_t>(m)] : nullptr;
+        peer_unseen = peer_unseen || named == nullptr || named->ended.empty();
+      }
+      if (!peer_unseen)
+        why[r] = "no end recorded (pid " + std::to_string(s->pid) + " on " + s->host +
+                 " ended unseen; its last note: " + s->waiting.substr(0, 120) + ")";
     } else if (s->ended == "parent_lost") {
       why[r] = "lost its parent (orted): " + s->detail.substr(0, 160);
     }
