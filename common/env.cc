@@ -26,6 +26,7 @@ const EnvVarDoc kEnvVars[] = {
      "crash_in_checkpoint=STEP, nan_in_step=STEP, signal_after_step=STEP, fail_in_step=RANK:STEP, "
      "comm_delay=RANK:MS (rank RANK spends MS ms more in the communication of every step), "
      "census_datagrams=off (the MPI backend's census asks over MPI alone, as where UDP is blocked), "
+     "compute_delay=RANK:MS (rank RANK spends MS ms more in the compute of every step), "
      "bench_corrupt=RANK:INDEX (fjord bench: "
      "rank RANK flips a bit of element INDEX of its result in the first out-of-place check that has it, "
      "once), "

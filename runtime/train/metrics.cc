@@ -87,6 +87,8 @@ std::string StepMetricsJson(const StepMetrics& m) {
     out += ", \"straggler_host\": " + JsonQuote(m.straggler_host);
   }
   if (m.straggler_from_step) AppendNumber(out, "straggler_from_step", "%.0f", *m.straggler_from_step);
+  if (!m.straggler_kind.empty()) out += ", \"straggler_kind\": " + JsonQuote(m.straggler_kind);
+  if (m.straggler_compute_ms) AppendNumber(out, "straggler_compute_ms", "%.3f", *m.straggler_compute_ms);
   if (m.straggler_comm_ms) AppendNumber(out, "straggler_comm_ms", "%.3f", *m.straggler_comm_ms);
   if (m.straggler_median_ms) AppendNumber(out, "straggler_median_ms", "%.3f", *m.straggler_median_ms);
   out += "}\n";
@@ -117,6 +119,7 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
       {"avg_power_w", &StepMetrics::avg_power_w},
       {"straggler_rank", &StepMetrics::straggler_rank},
       {"straggler_from_step", &StepMetrics::straggler_from_step},
+      {"straggler_compute_ms", &StepMetrics::straggler_compute_ms},
       {"straggler_comm_ms", &StepMetrics::straggler_comm_ms},
       {"straggler_median_ms", &StepMetrics::straggler_median_ms}};
 
@@ -158,6 +161,10 @@ StatusOr<StepMetrics> ParseStepMetrics(std::string_view line, const std::string&
     } else if (key == "straggler_host") {
       if (!v.is_string()) return InvalidArgument(field + found + ", not a host name");
       m.straggler_host = v.text();
+    } else if (key == "straggler_kind") {
+      if (!v.is_string() || (v.text() != "compute" && v.text() != "communication"))
+        return InvalidArgument(field + found + ", not \"compute\" or \"communication\"");
+      m.straggler_kind = v.text();
     } else if (key == "skipped") {
       if (!v.is_bool()) return InvalidArgument(field + found + ", not a boolean");
       m.skipped = v.bool_value();

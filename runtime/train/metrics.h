@@ -44,11 +44,14 @@ struct StepMetrics {
   std::optional<double> j_per_token;            // (measured + estimated) / the window's tokens, and
   std::optional<double> avg_power_w;            // / its seconds: only when every rank is counted
   // The straggler report (parallel.straggler_every_steps), on the step that closes its window: the
-  // slowest rank, its host, its median communication time per step over steps
-  // straggler_from_step .. step and the median of the other ranks' (ms).
+  // slowest rank, its host, what it is slow in (straggler_kind "compute" or "communication"), its
+  // median time per step in that over steps straggler_from_step .. step (straggler_compute_ms or
+  // straggler_comm_ms) and the median of the other ranks' (ms).
   std::optional<double> straggler_rank;
   std::string straggler_host;
   std::optional<double> straggler_from_step;
+  std::string straggler_kind;
+  std::optional<double> straggler_compute_ms;
   std::optional<double> straggler_comm_ms;
   std::optional<double> straggler_median_ms;
 

@@ -593,6 +593,8 @@ namespace {
 //                                    (preemption)
 //   comm_delay=RANK:MS               rank RANK spends MS ms more in the communication of every step
 //                                    (a slow link: the straggler report)
+//   compute_delay=RANK:MS            rank RANK spends MS ms more in the compute of every step, before
+//                                    its forward (a slow GPU: the straggler report)
 class StepHooks {
  public:
   static StepHooks FromEnvironment(int rank) {
@@ -613,6 +615,10 @@ class StepHooks {
     if (std::optional<std::string> value = TestHook("comm_delay");
         value && std::sscanf(value->c_str(), "%d:%d", &hooks.delay_rank_, &hooks.delay_ms_) != 2) {
       hooks.delay_rank_ = -1;
+    }
+    if (std::optional<std::string> value = TestHook("compute_delay");
+        value && std::sscanf(value->c_str(), "%d:%d", &hooks.compute_rank_, &hooks.compute_ms_) != 2) {
+      hooks.compute_rank_ = -1;
     }
     if (std::optional<std::string> value = TestHook("fail_in_step");
         value && std::sscanf(value->c_str(), "%d:%d", &hooks.fail_rank_, &hooks.fail_step_) != 2) {
@@ -637,6 +643,12 @@ class StepHooks {
     return OkStatus();
   }
 
+  // At the start of every step, before its forward (timed as compute).
+  void InCompute() const {
+    if (compute_rank_ == rank_ && compute_ms_ > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(compute_ms_));
+  }
+
   // In the communication of every step (timed as exposed_comm_ms).
   void InCommunication() const {
     if (delay_rank_ == rank_ && delay_ms_ > 0)
@@ -654,6 +666,7 @@ class StepHooks {
   int sleep_rank_ = -1, sleep_step_ = -1, sleep_seconds_ = 0;
   int fail_rank_ = -1, fail_step_ = -1;
   int delay_rank_ = -1, delay_ms_ = 0;
+  int compute_rank_ = -1, compute_ms_ = 0;
 };
 
 // The training of one rank, as Train documents it. Setup() is everything before the first step, in
@@ -1104,6 +1117,7 @@ class Trainer {
     const uint64_t step_first = start_sequence_ + static_cast<uint64_t>(step - start_step_) * global_batch_;
     double comm_seconds = 0.0;                 // communication the backward pass did not hide
     if (zero3_) gatherer_->TakeWaitSeconds();  // an evaluation's gathers are not this step's
+    hooks_.InCompute();
     if (zero2_) {
       unit_reducer_->ZeroShard();
     } else {
@@ -1382,12 +1396,14 @@ class Trainer {
 
   // Whether any rank was asked to stop (SIGTERM, SIGINT, SIGUSR1): all stop after the same step.
   // On the step that closes a straggler window the vote carries each rank's median communication
-  // time too (one all-reduce either way: a max over [stop, rank 0's, rank 1's, ...], each rank
-  // filling its own slot), and rank 0 reports a straggler in `m`.
+  // and compute times too (one all-reduce either way: a max over [stop, comm of rank 0, 1, ...,
+  // compute of rank 0, 1, ...], each rank filling its own slots), and rank 0 reports a straggler in
+  // `m`. Compute is the step's time less its exposed communication.
   StatusOr<bool> StopRequested(StepMetrics& m) {
     const int every = job_.parallel().straggler_every_steps();
     if (every > 0 && world_ > 1) {  // nothing to compare otherwise
       window_comm_ms_.push_back(m.exposed_comm_ms);
+      window_compute_ms_.push_back(m.ms - m.exposed_comm_ms);
       window_step_ms_.push_back(m.ms);
     }
     if (world_ == 1 || every <= 0 || m.step % every != 0) {
@@ -1395,20 +1411,27 @@ class Trainer {
       if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
       if (every > 0 && m.step % every == 0) {
         window_comm_ms_.clear();
+        window_compute_ms_.clear();
         window_step_ms_.clear();
       }
       return stop != 0;
     }
-    std::vector<float> vote(1 + static_cast<size_t>(world_), 0.0f);
+    const size_t n = static_cast<size_t>(world_), me = static_cast<size_t>(rank_);
+    std::vector<float> vote(1 + 2 * n, 0.0f);
     vote[0] = g_stop_signals.load() > 0 ? 1.0f : 0.0f;
-    vote[1 + static_cast<size_t>(rank_)] = static_cast<float>(Median(window_comm_ms_));
+    vote[1 + me] = static_cast<float>(Median(window_comm_ms_));
+    vote[1 + n + me] = static_cast<float>(Median(window_compute_ms_));
     const int from = m.step - static_cast<int>(window_comm_ms_.size()) + 1;
     const double step_ms = Median(window_step_ms_);
     window_comm_ms_.clear();
+    window_compute_ms_.clear();
     window_step_ms_.clear();
     FJORD_RETURN_IF_ERROR(
         comm_.AllReduce(vote.data(), vote.data(), vote.size(), DataType::kF32, ReduceOp::kMax));
-    if (lead_) ReportStraggler(std::vector<double>(vote.begin() + 1, vote.end()), from, step_ms, m);
+    if (lead_) {
+      ReportStraggler(std::vector<double>(vote.begin() + 1, vote.begin() + 1 + n),
+                      std::vector<double>(vote.begin() + 1 + n, vote.end()), from, step_ms, m);
+    }
     return vote[0] != 0.0f;
   }
 
@@ -1419,30 +1442,47 @@ class Trainer {
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
   }
 
-  // Rank 0: the slowest rank's median communication time against the median of the others'.
-  // A straggler costs a quarter of the median step at least (and 2 ms): scheduling jitter of a few
-  // percent of a step is not one.
-  void ReportStraggler(const std::vector<double>& per_rank, int from, double step_ms, StepMetrics& m) {
-    const size_t slowest =
-        static_cast<size_t>(std::max_element(per_rank.begin(), per_rank.end()) - per_rank.begin());
-    std::vector<double> others;
-    for (size_t r = 0; r < per_rank.size(); ++r)
-      if (r != slowest) others.push_back(per_rank[r]);
-    const double median = Median(others), worst = per_rank[slowest];
+  // Rank 0: the slowest rank against the median of the others, first in compute, then in
+  // communication. Compute comes first because a rank slow to compute makes every other rank wait
+  // for it in communication: by communication alone the wrong rank looks slow. A straggler costs a
+  // quarter of the median step at least (and 2 ms): scheduling jitter of a few percent of a step is
+  // not one.
+  void ReportStraggler(const std::vector<double>& comm, const std::vector<double>& compute, int from,
+                       double step_ms, StepMetrics& m) {
     const double factor = job_.parallel().straggler_factor();
-    if (!(worst > factor * median && worst - median >= std::max(2.0, 0.25 * step_ms))) return;
-    const std::string host = slowest < hosts_.size() ? hosts_[slowest] : "?";
-    m.straggler_rank = static_cast<double>(slowest);
+    // The slowest rank of `per_rank` when it is a straggler, with the median of the others.
+    auto slowest = [&](const std::vector<double>& per_rank, double* worst,
+                       double* median) -> std::optional<size_t> {
+      const size_t r =
+          static_cast<size_t>(std::max_element(per_rank.begin(), per_rank.end()) - per_rank.begin());
+      std::vector<double> others;
+      for (size_t i = 0; i < per_rank.size(); ++i)
+        if (i != r) others.push_back(per_rank[i]);
+      *median = Median(others);
+      *worst = per_rank[r];
+      if (!(*worst > factor * *median && *worst - *median >= std::max(2.0, 0.25 * step_ms)))
+        return std::nullopt;
+      return r;
+    };
+    double worst = 0, median = 0;
+    std::optional<size_t> rank = slowest(compute, &worst, &median);
+    const bool in_compute = rank.has_value();
+    if (!in_compute) rank = slowest(comm, &worst, &median);
+    if (!rank) return;
+    const std::string host = *rank < hosts_.size() ? hosts_[*rank] : "?";
+    m.straggler_rank = static_cast<double>(*rank);
     m.straggler_host = host;
     m.straggler_from_step = from;
-    m.straggler_comm_ms = worst;
+    m.straggler_kind = in_compute ? "compute" : "communication";
+    (in_compute ? m.straggler_compute_ms : m.straggler_comm_ms) = worst;
     m.straggler_median_ms = median;
     std::fprintf(stderr,
                  "fjord train: warning: straggler: rank %zu (host %s) spent a median %.1f ms per step "
-                 "communicating over steps %d-%d, %.1fx the median %.1f ms of the other ranks "
-                 "(parallel.straggler_factor %g); check that host's network link\n",
-                 slowest, host.c_str(), worst, from, m.step, median > 0 ? worst / median : 0.0, median,
-                 factor);
+                 "%s over steps %d-%d, %.1fx the median %.1f ms of the other ranks "
+                 "(parallel.straggler_factor %g); check that host's %s\n",
+                 *rank, host.c_str(), worst, in_compute ? "computing" : "communicating", from, m.step,
+                 median > 0 ? worst / median : 0.0, median, factor,
+                 in_compute ? "device (clocks, temperature, other processes)" : "network link");
     std::fflush(stderr);
   }
 
@@ -1546,10 +1586,11 @@ class Trainer {
 
   GptConfig config_;
   int B_ = 0, T_ = 0, accum_ = 0;
-  uint64_t global_batch_ = 0;           // sequences per optimizer step, all ranks
-  std::vector<double> window_comm_ms_;  // this rank's exposed_comm_ms of the straggler window's steps
-  std::vector<double> window_step_ms_;  // and its step times
-  std::vector<std::string> hosts_;      // every rank's host (RecordDevices)
+  uint64_t global_batch_ = 0;              // sequences per optimizer step, all ranks
+  std::vector<double> window_comm_ms_;     // this rank's exposed_comm_ms of the straggler window's steps
+  std::vector<double> window_compute_ms_;  // ... and its ms less exposed_comm_ms
+  std::vector<double> window_step_ms_;     // and its step times
+  std::vector<std::string> hosts_;         // every rank's host (RecordDevices)
   size_t multiple_ = 16, num_params_ = 0, buffer_ = 0, shard_ = 0, shard_begin_ = 0, optimizer_count_ = 0;
   RankInfo where_;
   int threads_ = 1;

@@ -576,6 +576,27 @@ TEST_F(NetnsRestartTest, StragglerReportNamesTheSlowRankAndHostAndIsQuietWithout
     ++warnings;
   EXPECT_EQ(warnings, 3u) << r.output;
   EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "test_override").back(), HasSubstr("comm_delay=1:15"));
+  EXPECT_THAT(metrics, HasSubstr("\"straggler_kind\": \"communication\", \"straggler_comm_ms\": "));
+  EXPECT_THAT(r.output, Not(HasSubstr("straggler: rank 0")));
+
+  // A rank slow to compute: rank 0 waits for it in communication every step, yet the report names
+  // rank 1, in compute (by communication time alone it would name rank 0).
+  fs::remove_all(Path("run"));
+  r = On("head", "FJORD_TEST_HOOK=compute_delay=1:15 " + launch);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output,
+              ::testing::ContainsRegex("fjord train: warning: straggler: rank 1 \\(host no2\\) spent a "
+                                       "median [0-9]+\\.[0-9] ms per step computing over steps 1-20, "
+                                       "[0-9.]+x the median [0-9.]+ ms of the other ranks"))
+      << r.output;
+  EXPECT_THAT(r.output, Not(HasSubstr("straggler: rank 0"))) << r.output;
+  const std::string computed = ReadText(Path("run/metrics.jsonl"));
+  const size_t at = computed.find("{\"step\": 20,");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_THAT(computed.substr(at, computed.find('\n', at) - at),
+              HasSubstr("\"straggler_rank\": 1, \"straggler_host\": \"no2\", \"straggler_from_step\": 1, "
+                        "\"straggler_kind\": \"compute\", \"straggler_compute_ms\": "));
+  EXPECT_THAT(AuditLines(Path("run/audit.jsonl"), "test_override").back(), HasSubstr("compute_delay=1:15"));
 }
 
 // ---- Node leases: two tenants launched at once never share a node (launcher/lease.h) ------------

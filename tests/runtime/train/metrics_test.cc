@@ -136,6 +136,40 @@ TEST(StepMetricsTest, EnergyFieldsOfAWindowRoundTrip) {
   EXPECT_EQ(EnergyProgress(Plain()), "");
 }
 
+// A step that closes a straggler window: the slow rank, what it is slow in and the times, each
+// read back as written; a kind that is neither compute nor communication is refused.
+TEST(StepMetricsTest, StragglerFieldsRoundTripAndTheKindIsChecked) {
+  for (const char* kind : {"compute", "communication"}) {
+    StepMetrics m = Plain();
+    m.straggler_rank = 3;
+    m.straggler_host = "no2";
+    m.straggler_from_step = 1;
+    m.straggler_kind = kind;
+    (std::string(kind) == "compute" ? m.straggler_compute_ms : m.straggler_comm_ms) = 17.5;
+    m.straggler_median_ms = 2.25;
+    const std::string line = StepMetricsJson(m);
+    StatusOr<JsonValue> doc = ParseJson(line, "line");
+    ASSERT_TRUE(doc.ok()) << doc.status().message();
+    EXPECT_EQ(doc->Find("straggler_rank")->number(), 3);
+    EXPECT_EQ(doc->Find("straggler_host")->text(), "no2");
+    EXPECT_EQ(doc->Find("straggler_kind")->text(), kind);
+    EXPECT_EQ(
+        doc->Find(std::string(kind) == "compute" ? "straggler_compute_ms" : "straggler_comm_ms")->number(),
+        17.5);
+    EXPECT_EQ(doc->Find(std::string(kind) == "compute" ? "straggler_comm_ms" : "straggler_compute_ms"),
+              nullptr);
+    EXPECT_EQ(doc->Find("straggler_median_ms")->number(), 2.25);
+    StatusOr<StepMetrics> back = ParseStepMetrics(line, "line");
+    ASSERT_TRUE(back.ok()) << back.status().message();
+    EXPECT_EQ(*back, m);
+    std::string wrong = line;
+    wrong.replace(wrong.find(kind), std::string(kind).size(), "network");
+    StatusOr<StepMetrics> refused = ParseStepMetrics(wrong, "line");
+    ASSERT_FALSE(refused.ok());
+    EXPECT_THAT(refused.status().message(), HasSubstr("field \"straggler_kind\""));
+  }
+}
+
 TEST(StepMetricsTest, NonFiniteValuesAreNull) {
   // A skipped step's gradient norm: JSON has no NaN, so the line stays JSON.
   StepMetrics m = Full();
