@@ -10,6 +10,7 @@
 
 #include "common/host.h"
 #include "launcher/cli.h"
+#include "launcher/launch/rank_status.h"
 #include "launcher/launch/restart.h"
 #include "launcher/launch/run.h"
 #include "launcher/lease.h"
@@ -119,7 +120,13 @@ void AddRunCommand(CLI::App& app) {
       if (a->accept_changes) argv.push_back("--accept-changes");
       if (a->quiet) argv.push_back("--quiet");
       if (a->json) argv.push_back("--json");
-      return RunChild(argv);
+      // Every job_start gets its job_end, even when rank 0 was killed before it could write one.
+      const std::string audit_path = AuditPathFor(*job);
+      const StatusOr<AuditAnchor> before = ReadAuditHead(audit_path);
+      const int code = RunChild(argv);
+      RecordMissingJobEnd(audit_path, "run@" + ThisHostname(), before.ok() ? before->seq : 0, code, "", "",
+                          "fjord run");
+      return code;
     };
     return RunWithRestarts(a->max_restarts, attempt, ChildStopRequested, audit.get(), "fjord run");
   };

@@ -15,6 +15,7 @@
 
 #include "common/env.h"
 #include "common/file_util.h"
+#include "runtime/tenancy/audit.h"
 
 namespace fjord {
 namespace {
@@ -216,6 +217,54 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
     out.hosts.clear();
   }
   return out;
+}
+
+bool RecordMissingJobEnd(const std::string& audit_path, const std::string& actor, int64_t after_seq,
+                         int exit_code, const std::string& cause, const std::string& rank_status_dir,
+                         const std::string& who) {
+  std::error_code ec;
+  if (audit_path.empty() || !fs::exists(audit_path, ec)) return false;
+  StatusOr<int64_t> open = JobStartWithoutEnd(audit_path, after_seq);
+  if (!open.ok() || *open == 0) {
+    if (!open.ok())
+      std::fprintf(stderr, "%s: warning: cannot check the job's end record: %s\n", who.c_str(),
+                   open.status().message().c_str());
+    return false;
+  }
+  // What rank 0 itself left: its end record, the signal handler's, a stall note, or nothing.
+  std::string rank0 = "rank 0 left no record";
+  int signal = 0;
+  if (StatusOr<std::vector<RankStatus>> st = ReadRankStatuses(rank_status_dir); st.ok()) {
+    for (const RankStatus& s : *st) {
+      if (s.rank != 0) continue;
+      if (s.ended.starts_with("signal ")) signal = std::atoi(s.ended.c_str() + 7);
+      rank0 =
+          !s.ended.empty() ? "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") ended: " + s.ended
+          : !s.waiting.empty()
+              ? "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") was last waiting " +
+                    s.waiting.substr(0, 160) + ", then ended unseen"
+              : "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") ended unseen (killed outright)";
+    }
+  }
+  AuditRecord rec;
+  rec.Bool("ok", false)
+      .Str("error", "the job ended (exit code " + std::to_string(exit_code) +
+                        ") before rank 0 recorded its end: " + rank0 + (cause.empty() ? "" : "; " + cause))
+      .Int("exit_code", exit_code)
+      .Str("recorded_by", who)
+      .Int("job_start_seq", *open);
+  if (signal != 0) rec.Int("signal", signal);
+  StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(audit_path, actor);
+  StatusOr<AuditAnchor> end =
+      audit.ok() ? (*audit)->Append("job_end", rec) : StatusOr<AuditAnchor>(audit.status());
+  if (!end.ok()) {
+    std::fprintf(stderr, "%s: warning: rank 0 recorded no job_end, and neither can %s: %s\n", who.c_str(),
+                 who.c_str(), end.status().message().c_str());
+    return false;
+  }
+  std::fprintf(stderr, "%s: rank 0 recorded no job_end (%s): recorded it in %s\n", who.c_str(), rank0.c_str(),
+               audit_path.c_str());
+  return true;
 }
 
 }  // namespace fjord

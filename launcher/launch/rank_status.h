@@ -69,4 +69,13 @@ struct FailedNodes {
 // none is: the records do not tell which one failed.
 FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Placement& placement);
 
+// After the job's mpirun has ended (`fjord launch`, `fjord run`): when the audit log at `audit_path`
+// has a job_start after record `after_seq` with no job_end (rank 0 was killed before it could record
+// one), appends that job_end as `actor` (ok false, the exit code, what rank 0's own record in
+// `rank_status_dir` says, `cause`, recorded_by `who`), so every job_start has its job_end. Returns
+// whether it did; problems are warnings on stderr (the job has ended either way).
+bool RecordMissingJobEnd(const std::string& audit_path, const std::string& actor, int64_t after_seq,
+                         int exit_code, const std::string& cause, const std::string& rank_status_dir,
+                         const std::string& who);
+
 }  // namespace fjord

@@ -456,6 +456,9 @@ int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt) {
   if (attempt != nullptr) *attempt = {true, plan, launch_id, rank_status_dir};
   JobOutcome outcome;
   const int code = RunChild(plan.argv, &outcome);
+  // Every job_start gets its job_end, even when rank 0 was killed before it could write one.
+  RecordMissingJobEnd(plan.audit_log, (*audit)->actor(), head->seq, code, outcome.cause, rank_status_dir,
+                      "fjord launch");
   leases.reset();  // the job has ended: release its nodes (recorded as lease_released)
   AuditRecord exit_record;
   exit_record.Str("launch_id", launch_id).Int("exit_code", code);

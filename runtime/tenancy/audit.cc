@@ -297,6 +297,26 @@ StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text, std::string source
   return AuditAnchor{std::move(source), std::stoll(std::string(seq)), std::string(hash)};
 }
 
+StatusOr<int64_t> JobStartWithoutEnd(const std::string& path, int64_t after_seq) {
+  FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "audit log"));
+  int64_t open = 0;
+  for (size_t start = 0; start < text.size();) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    StatusOr<JsonValue> json = ParseJson(std::string_view(text.data() + start, end - start), path);
+    start = end + 1;
+    if (!json.ok() || !json->is_object()) continue;
+    const JsonValue* seq = json->Find("seq");
+    const JsonValue* event = json->Find("event");
+    if (seq == nullptr || event == nullptr || !event->is_string()) continue;
+    const int64_t n = seq->AsInt64().value_or(0);
+    if (n <= after_seq) continue;
+    if (event->text() == "job_start") open = n;
+    if (event->text() == "job_end") open = 0;
+  }
+  return open;
+}
+
 StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path, const std::vector<AuditAnchor>& anchors) {
   FJORD_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, "audit log"));
   AuditVerifyReport report;

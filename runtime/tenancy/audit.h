@@ -123,6 +123,11 @@ struct AuditVerifyReport {
 StatusOr<AuditVerifyReport> VerifyAuditLog(const std::string& path,
                                            const std::vector<AuditAnchor>& anchors = {});
 
+// The seq of the last `job_start` record after record `after_seq` that no `job_end` follows (0 when
+// every such job_start has its job_end, or there is none): a job whose rank 0 was killed before it
+// could record the end. Lines that do not parse are passed over (VerifyAuditLog judges them).
+StatusOr<int64_t> JobStartWithoutEnd(const std::string& path, int64_t after_seq);
+
 // The head file of a log: path + ".head".
 std::string AuditHeadPath(const std::string& log_path);
 

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -413,9 +414,10 @@ TEST_F(NoSurprisesTest, RunRestartsFromTheLastCheckpointWhenARankDies) {
   ASSERT_NE(pipe, nullptr);
   for (int i = 0; i < 600 && LossTexts(run_dir + "/metrics.jsonl").size() < 60; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  // Rank 1 of this job: the process with OMPI_COMM_WORLD_RANK=1 in its environment.
+  // Rank 0 of this job, the one that writes the audit records: the process with
+  // OMPI_COMM_WORLD_RANK=0 in its environment.
   Shell("for p in $(pgrep -f '[r]un_dir=" + run_dir +
-        "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && kill -KILL $p; done");
+        "'); do grep -qz '^OMPI_COMM_WORLD_RANK=0$' /proc/$p/environ 2>/dev/null && kill -KILL $p; done");
   const RunResult done = testing::Finish(pipe);
   EXPECT_EQ(done.exit_code, 0) << done.output;
   EXPECT_THAT(done.output, HasSubstr("fjord run: the job failed (exit "));
@@ -423,6 +425,15 @@ TEST_F(NoSurprisesTest, RunRestartsFromTheLastCheckpointWhenARankDies) {
   EXPECT_EQ(LossTexts(run_dir + "/metrics.jsonl"), straight);
   EXPECT_THAT(testing::ReadText(run_dir + "/audit.jsonl"),
               ::testing::ContainsRegex("\"event\":\"job_restart\".*\"restart\":1,\"max_restarts\":1"));
+  // The killed rank 0 could not record the first attempt's end: fjord run did, once.
+  std::vector<std::string> ends;
+  std::istringstream audit(testing::ReadText(run_dir + "/audit.jsonl"));
+  for (std::string line; std::getline(audit, line);)
+    if (line.find("\"event\":\"job_end\"") != std::string::npos) ends.push_back(line);
+  ASSERT_EQ(ends.size(), 2u) << done.output;
+  EXPECT_THAT(ends[0], HasSubstr("\"recorded_by\":\"fjord run\""));
+  EXPECT_THAT(ends[0], HasSubstr("\"ok\":false"));
+  EXPECT_THAT(ends[1], HasSubstr("\"ok\":true"));
 
   // Without restarts the failure is the job's exit code.
   r = Shell("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + std::string(FJORD_BINARY) +

@@ -10,11 +10,13 @@
 #include "common/env.h"
 #include "launcher/launch/inventory.h"
 #include "launcher/launch/rank_status.h"
+#include "runtime/tenancy/audit.h"
 #include "tests/runtime/tenancy/test_util.h"
 
 namespace fjord {
 namespace {
 
+using testing::AuditLines;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -136,6 +138,47 @@ TEST_F(RankStatusTest, NoRecordsAtAllNameNoNode) {
   const FailedNodes f = FindFailedNodes(*ReadRankStatuses(Path("nowhere")), ThreeNodes());
   EXPECT_TRUE(f.hosts.empty());
   EXPECT_THAT(f.evidence, HasSubstr("every node's ranks lack an end record"));
+}
+
+// Every job_start gets its job_end: when rank 0 was killed before recording one, launch records it
+// once, with what rank 0's own record says; a job that has its job_end, or a start before the launch,
+// is left alone.
+TEST_F(RankStatusTest, LaunchRecordsTheJobEndThatAKilledRankZeroCouldNot) {
+  const std::string log = Path("audit.jsonl");
+  StatusOr<std::unique_ptr<AuditLog>> rank0 = AuditLog::Open(log, "rank0@no1");
+  ASSERT_TRUE(rank0.ok());
+  ASSERT_TRUE((*rank0)->Append("job_start", AuditRecord().Str("launch_id", "a")).ok());
+  ASSERT_TRUE((*rank0)->Append("job_end", AuditRecord().Bool("ok", true)).ok());
+  StatusOr<AuditAnchor> plan = (*rank0)->Append("launch_plan", AuditRecord().Str("launch_id", "b"));
+  ASSERT_TRUE(plan.ok());
+  // Nothing started since the plan: nothing to close; the earlier job has its end.
+  EXPECT_EQ(*JobStartWithoutEnd(log, 0), 0);
+  EXPECT_FALSE(RecordMissingJobEnd(log, "launch@head", plan->seq, 137, "", Path("ranks"), "fjord launch"));
+  StatusOr<AuditAnchor> start = (*rank0)->Append("job_start", AuditRecord().Str("launch_id", "b"));
+  ASSERT_TRUE(start.ok());
+  ASSERT_TRUE((*rank0)->Append("checkpoint_written").ok());
+  EXPECT_EQ(*JobStartWithoutEnd(log, plan->seq), start->seq);
+  EXPECT_EQ(*JobStartWithoutEnd(log, start->seq), 0) << "a start before the launch is not its job";
+  Write(0, "no1", "signal 15", "", "recorded by the signal handler");
+  Write(1, "no2");
+  EXPECT_TRUE(RecordMissingJobEnd(log, "launch@head", plan->seq, 137, "rank 1 on host no2 killed by signal 9",
+                                  Path("ranks"), "fjord launch"));
+  const std::vector<std::string> ends = AuditLines(log, "job_end");
+  ASSERT_EQ(ends.size(), 2u);
+  EXPECT_THAT(ends[1], HasSubstr("\"actor\":\"launch@head\""));
+  EXPECT_THAT(ends[1], HasSubstr("\"ok\":false"));
+  EXPECT_THAT(ends[1], HasSubstr("rank 0 (pid 40 on no1) ended: signal 15"));
+  EXPECT_THAT(ends[1], HasSubstr("rank 1 on host no2 killed by signal 9"));
+  EXPECT_THAT(ends[1], HasSubstr("\"exit_code\":137"));
+  EXPECT_THAT(ends[1], HasSubstr("\"recorded_by\":\"fjord launch\""));
+  EXPECT_THAT(ends[1], HasSubstr("\"job_start_seq\":" + std::to_string(start->seq)));
+  EXPECT_THAT(ends[1], HasSubstr("\"signal\":15"));
+  // Once: the job now has its end.
+  EXPECT_FALSE(RecordMissingJobEnd(log, "launch@head", plan->seq, 137, "", Path("ranks"), "fjord launch"));
+  EXPECT_EQ(AuditLines(log, "job_end").size(), 2u);
+  StatusOr<AuditVerifyReport> verified = VerifyAuditLog(log);
+  ASSERT_TRUE(verified.ok());
+  EXPECT_TRUE(verified->ok) << verified->problem;
 }
 
 TEST_F(RankStatusTest, TheRanksOwnRecordsRoundTrip) {
