@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "common/env.h"
 #include "common/host.h"
 #include "common/text.h"
 #include "launcher/audit_cmd.h"
@@ -90,7 +91,8 @@ int RunGatedJob(const char* command, const proto::JobSpec& job,
   if (!gate.ok()) return Fail(command, gate.status());
   StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(CommOptionsFor(job));
   if (!comm.ok()) return Fail(command, comm.status());
-  RecordRankStart((*comm)->rank(), ThisHostname());
+  // Under Slurm the node is Slurm's name for it: what a restart excludes (sbatch --exclude).
+  RecordRankStart((*comm)->rank(), GetEnv("SLURMD_NODENAME").value_or(ThisHostname()));
   SetSignalEndFile(RankSignalFile());
   // Any other exit() of the process (MPI's own error handling when a peer's connection drops ends
   // the rank through exit): it was alive when the peer went.

@@ -88,6 +88,11 @@ std::string SbatchScript(const LaunchPlan& plan, const LaunchOptions& options, c
     s += "#SBATCH --gpus-per-node=" + std::to_string(options.slurm_gpus_per_node) + "\n";
   if (!options.slurm_signal.empty()) s += "#SBATCH --signal=" + options.slurm_signal + "\n";
   for (const std::string& arg : options.sbatch_args) s += "#SBATCH " + arg + "\n";
+  if (!options.exclude.empty()) {  // a restart: the nodes that failed this job (launch/restart.h)
+    std::string nodes;
+    for (const ExcludedNode& e : options.exclude) nodes += (nodes.empty() ? "" : ",") + e.hostname;
+    s += "#SBATCH --exclude=" + nodes + "\n";
+  }
   s += "#SBATCH --output=" + plan.launch_dir + "/slurm-%j.out\n";
   s += "set -euo pipefail\n";
   s += "export FJORD_LAUNCH_ID=slurm-${SLURM_JOB_ID}\n";

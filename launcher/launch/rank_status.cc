@@ -159,10 +159,13 @@ StatusOr<std::vector<RankStatus>> ReadRankStatuses(const std::string& dir) {
   return out;
 }
 
-FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Placement& placement) {
-  std::vector<const RankStatus*> by_rank(static_cast<size_t>(placement.ranks), nullptr);
+namespace {
+
+// Failed rank -> the evidence, for a job of `ranks` ranks (the rules of FindFailedNodes).
+std::map<int, std::string> FailedRanks(const std::vector<RankStatus>& statuses, int ranks) {
+  std::vector<const RankStatus*> by_rank(static_cast<size_t>(ranks), nullptr);
   for (const RankStatus& s : statuses) {
-    if (s.rank >= 0 && s.rank < placement.ranks) by_rank[static_cast<size_t>(s.rank)] = &s;
+    if (s.rank >= 0 && s.rank < ranks) by_rank[static_cast<size_t>(s.rank)] = &s;
   }
   std::map<int, std::string> why;  // failed rank -> the evidence
   for (const RankStatus& s : statuses) {
@@ -171,13 +174,13 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
     for (int m : s.missing) {
       // A note of a rank that did not end (it was stalled when it was killed) names only a peer that
       // did not end through fjord's paths either.
-      const RankStatus* named = m >= 0 && m < placement.ranks ? by_rank[static_cast<size_t>(m)] : nullptr;
+      const RankStatus* named = m >= 0 && m < ranks ? by_rank[static_cast<size_t>(m)] : nullptr;
       if (s.ended.empty() && named != nullptr && !named->ended.empty()) continue;
-      if (m >= 0 && m < placement.ranks && m != s.rank && !why.count(m))
+      if (m >= 0 && m < ranks && m != s.rank && !why.count(m))
         why[m] = "named missing by rank " + std::to_string(s.rank) + " (" + said.substr(0, 160) + ")";
     }
   }
-  for (int r = 0; r < placement.ranks; ++r) {
+  for (int r = 0; r < ranks; ++r) {
     const RankStatus* s = by_rank[static_cast<size_t>(r)];
     if (s == nullptr) {
       why[r] = "no start record (it never started)";
@@ -188,7 +191,7 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
       // that): killed outright. Its note clears it only when a peer it waited for has no end either.
       bool peer_unseen = false;
       for (int m : s->missing) {
-        const RankStatus* named = m >= 0 && m < placement.ranks ? by_rank[static_cast<size_t>(m)] : nullptr;
+        const RankStatus* named = m >= 0 && m < ranks ? by_rank[static_cast<size_t>(m)] : nullptr;
         peer_unseen = peer_unseen || named == nullptr || named->ended.empty();
       }
       if (!peer_unseen)
@@ -198,6 +201,13 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
       why[r] = "lost its parent (orted): " + s->detail.substr(0, 160);
     }
   }
+  return why;
+}
+
+}  // namespace
+
+FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Placement& placement) {
+  const std::map<int, std::string> why = FailedRanks(statuses, placement.ranks);
   FailedNodes out;
   int first = 0;
   for (const PlacedNode& n : placement.nodes) {
@@ -212,7 +222,38 @@ FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Place
     if (failed) out.hosts.push_back(n.node.hostname());
     first += n.ranks;
   }
-  if (!out.hosts.empty() && out.hosts.size() == placement.nodes.size()) {
+  // A job on one node: its node is the one that failed (a restart elsewhere, or a refusal naming it).
+  if (!out.hosts.empty() && out.hosts.size() == placement.nodes.size() && out.hosts.size() > 1) {
+    out.evidence = "every node's ranks lack an end record (" + out.evidence + ")";
+    out.hosts.clear();
+  }
+  return out;
+}
+
+FailedNodes FindFailedSlurmNodes(const std::vector<RankStatus>& statuses, int ranks) {
+  const std::map<int, std::string> why = FailedRanks(statuses, ranks);
+  std::map<int, const RankStatus*> by_rank;
+  std::vector<std::string> all;  // every node a rank recorded, in rank order
+  for (const RankStatus& s : statuses) {
+    by_rank[s.rank] = &s;
+    if (std::find(all.begin(), all.end(), s.host) == all.end()) all.push_back(s.host);
+  }
+  FailedNodes out;
+  std::string unplaced;
+  for (const auto& [rank, evidence] : why) {
+    auto it = by_rank.find(rank);
+    if (it == by_rank.end()) {  // no record: the node it was to run on is unknown
+      unplaced += (unplaced.empty() ? "" : "; ") + ("rank " + std::to_string(rank) + ": " + evidence);
+      continue;
+    }
+    const std::string& node = it->second->host;
+    out.evidence += std::string(out.evidence.empty() ? "" : "; ") + "rank " + std::to_string(rank) + " (" +
+                    node + "): " + evidence;
+    if (std::find(out.hosts.begin(), out.hosts.end(), node) == out.hosts.end()) out.hosts.push_back(node);
+  }
+  if (!unplaced.empty())
+    out.evidence += std::string(out.evidence.empty() ? "" : "; ") + unplaced + " (on no node it recorded)";
+  if (!out.hosts.empty() && out.hosts.size() == all.size() && all.size() > 1) {
     out.evidence = "every node's ranks lack an end record (" + out.evidence + ")";
     out.hosts.clear();
   }

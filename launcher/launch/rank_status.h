@@ -69,6 +69,10 @@ struct FailedNodes {
 // none is: the records do not tell which one failed.
 FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Placement& placement);
 
+// The same for a job Slurm placed (`fjord launch --slurm`, sbatch): a failed rank's node is the one
+// its own record names (the Slurm node, SLURMD_NODENAME); a rank without any record names none.
+FailedNodes FindFailedSlurmNodes(const std::vector<RankStatus>& statuses, int ranks);
+
 // After the job's mpirun has ended (`fjord launch`, `fjord run`): when the audit log at `audit_path`
 // has a job_start after record `after_seq` with no job_end (rank 0 was killed before it could record
 // one), appends that job_end as `actor` (ok false, the exit code, what rank 0's own record in

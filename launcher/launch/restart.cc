@@ -119,7 +119,7 @@ int RunLaunch(const LaunchOptions& options) {
     LaunchAttempt attempt;
     const auto began = std::chrono::steady_clock::now();
     const int code = RunLaunchAttempt(current, &attempt);
-    if (code == 0 || ChildStopRequested() || !attempt.started) return code;
+    if (code == 0 || ChildStopRequested() || !attempt.started || attempt.stopped) return code;
     const double ran_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     const proto::TrainSpec& train = attempt.plan.job.train();
     if (global_batch == 0) {
@@ -145,7 +145,9 @@ int RunLaunch(const LaunchOptions& options) {
     StatusOr<std::vector<RankStatus>> statuses = ReadRankStatuses(attempt.rank_status_dir);
     FailedNodes failed;
     if (statuses.ok()) {
-      failed = FindFailedNodes(*statuses, attempt.plan.placement);
+      failed = attempt.plan.mode == LaunchMode::kSbatch
+                   ? FindFailedSlurmNodes(*statuses, attempt.plan.placement.ranks)
+                   : FindFailedNodes(*statuses, attempt.plan.placement);
     } else {
       failed.evidence = statuses.status().message();
     }

@@ -225,7 +225,8 @@ void AnnounceAuditHead(const std::string& lead, const AuditAnchor& head, const s
 
 // Submits the written sbatch script, records the submission, and with --wait follows the job to
 // its end. Returns launch's exit code.
-int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog& audit) {
+int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog& audit,
+                  const std::string& rank_status_dir, LaunchAttempt* attempt) {
   StatusOr<std::string> id = SubmitSbatch(options.sbatch, plan.sbatch_file);
   if (!id.ok()) {
     (void)audit.Append("launch_refused", AuditRecord()
@@ -237,6 +238,7 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
     return 1;
   }
   std::printf("fjord launch: submitted Slurm job %s\n", id->c_str());
+  if (attempt != nullptr) *attempt = {true, plan, "slurm-" + *id, rank_status_dir};
   StatusOr<AuditAnchor> head =
       audit.Append("slurm_submitted", AuditRecord()
                                           .Str("launch_id", "slurm-" + *id)
@@ -264,6 +266,11 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
   std::fflush(stdout);
   std::string stop_requested;
   StatusOr<SlurmJob> job = FollowSlurmJob(*id, &stop_requested);
+  if (attempt != nullptr) {
+    // Not followed to its end (the job may still run), asked to stop, or cancelled: no restart.
+    attempt->started = job.ok();
+    attempt->stopped = !stop_requested.empty() || (job.ok() && job->state.starts_with("CANCELLED"));
+  }
   if (!job.ok()) {
     std::fprintf(stderr, "fjord launch: error: %s\n", job.status().message().c_str());
     // The job's end is unknown, but that launch stopped following it is recorded.
@@ -280,6 +287,11 @@ int SubmitToSlurm(const LaunchPlan& plan, const LaunchOptions& options, AuditLog
       AnnounceAuditHead("", *end, "slurm-" + *id, plan.policy.tenant);
     }
     return 1;
+  }
+  // Every job_start gets its job_end, even when rank 0 was killed before it could write one.
+  if (head.ok()) {
+    RecordMissingJobEnd(plan.audit_log, audit.actor(), head->seq, job->exit_code,
+                        "Slurm job " + *id + " " + job->state, rank_status_dir, "fjord launch");
   }
   StatusOr<std::vector<std::string>> nodes = ExpandSlurmHostlist(job->nodelist);
   const std::string nodes_json = JsonQuoteList(nodes.ok() ? *nodes : std::vector<std::string>{job->nodelist});
@@ -451,7 +463,8 @@ int RunLaunchAttempt(const LaunchOptions& options, LaunchAttempt* attempt) {
   StatusOr<AuditAnchor> head = (*audit)->Append("launch_plan", record);
   if (!head.ok()) return fail(head.status());
 
-  if (plan.mode == LaunchMode::kSbatch) return SubmitToSlurm(plan, options, **audit);
+  if (plan.mode == LaunchMode::kSbatch)
+    return SubmitToSlurm(plan, options, **audit, rank_status_dir, attempt);
   std::printf("fjord launch: running (launch id %s)\n", launch_id.c_str());
   if (attempt != nullptr) *attempt = {true, plan, launch_id, rank_status_dir};
   JobOutcome outcome;
@@ -519,11 +532,13 @@ void AddLaunchCommand(CLI::App& app) {
                 "--slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high")
       ->type_name("OPTION")
       ->allow_extra_args(false);
-  cli::AddNumber(*c, "--max-restarts", o.max_restarts, "N",
-                 "after a failure, exclude the failed node(s), re-place the job on the healthy allowed nodes "
-                 "and resume from the newest intact checkpoint with the same global batch, at most N times "
-                 "(default 0); each restart is audited",
-                 0, 1000);
+  cli::AddNumber(
+      *c, "--max-restarts", o.max_restarts, "N",
+      "after a failure, exclude the failed node(s), re-place the job on the healthy allowed nodes "
+      "and resume from the newest intact checkpoint with the same global batch, at most N times "
+      "(default 0); each restart is audited; with --slurm (and --wait) the job is resubmitted with "
+      "sbatch --exclude of the failed node",
+      0, 1000);
   cli::AddNumber(
       *c, "--min-nodes", o.min_nodes, "M",
       "--max-restarts: a restart may run the job on fewer ranks (grad_accum follows), but never on "
@@ -560,13 +575,16 @@ void AddLaunchCommand(CLI::App& app) {
       return cli::UsageError(*c,
                              "--min-nodes bounds the restarts of --max-restarts N: give --max-restarts too");
     }
-    if (options.max_restarts > 0 && options.slurm) {
+    if (options.max_restarts > 0 && options.slurm && GetEnv("SLURM_JOB_ID")) {
       return cli::UsageError(
-          *c,
-          "--max-restarts runs the job again under fjord launch's own mpirun; under --slurm let Slurm "
-          "requeue "
-          "it instead (sbatch --requeue, and scontrol requeue with the failed node drained; "
-          "docs/ARCHITECTURE.md, \"Restarts on the healthy nodes\")");
+          *c, "--max-restarts inside a Slurm allocation (SLURM_JOB_ID " + *GetEnv("SLURM_JOB_ID") +
+                  ") is not built yet: launch from outside the allocation with --slurm --wait "
+                  "--max-restarts N, which resubmits the job without the failed node");
+    }
+    if (options.max_restarts > 0 && options.slurm && !options.wait) {
+      return cli::UsageError(*c,
+                             "--max-restarts under --slurm needs --wait: launch follows the job to its end "
+                             "to resubmit it without the failed node");
     }
     if (c->count("--wait-for-nodes") > 0) {
       const std::string& w = a->wait_for_nodes;

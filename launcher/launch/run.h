@@ -34,6 +34,7 @@ struct LaunchAttempt {
   LaunchPlan plan;
   std::string launch_id;
   std::string rank_status_dir;
+  bool stopped = false;  // a Slurm job launch asked to stop, or that was cancelled: not a failure
 };
 
 // One attempt: plan, leases, files, audit records, the child, launch_exit. RunLaunch without

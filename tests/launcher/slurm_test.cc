@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "launcher/launch.h"
@@ -320,6 +321,153 @@ TEST_F(SlurmTest, FailingScancelIsReportedAndLaunchKeepsFollowing) {
   EXPECT_THAT(AuditLines(log, "launch_exit")[0],
               HasSubstr("\"stop_requested\":\"scancel --signal=USR1 (checkpoint and stop)\""));
   EXPECT_TRUE(VerifyAuditLog(log)->ok);
+}
+
+// ---- --max-restarts under Slurm: the failed node excluded, the job resubmitted -----------------
+
+class SlurmRestartTest : public SlurmTest {
+ protected:
+  // acme's job of `np` ranks (micro_batch 2, global batch 2 x np), a checkpoint every 20 steps, all
+  // kept, allowed in NO.
+  void WriteLongJob(int np) {
+    WriteText(Path("job.textproto"),
+              "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
+              "train { micro_batch: 2 global_batch: " +
+                  std::to_string(2 * np) +
+                  " steps: 300 lr: 1e-3 log_every: 1 }\n"
+                  "checkpoint { every_steps: 20 keep_last: 0 }\ndata { train: \"" +
+                  Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") +
+                  "\"\ntenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
+  }
+  // Starts `launch --slurm --wait FLAGS`, waits for the checkpoint of step 40, SIGKILLs rank 0 (its
+  // pid from its own start record) and returns launch's result; *node: the Slurm node it ran on.
+  RunResult LaunchAndKillRank0(const std::string& flags, std::string* node) {
+    FILE* pipe = testing::Start(Env() + LaunchCommand("--wait " + flags));
+    EXPECT_NE(pipe, nullptr);
+    for (int i = 0; i < 600 && !fs::exists(Path("run/checkpoints/step_000040")); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::string record;
+    for (const auto& dir : fs::directory_iterator(Path("run/launch")))
+      if (dir.path().filename().string().starts_with("ranks-"))
+        record = ReadText(dir.path().string() + "/rank-0");
+    std::smatch pid, host;
+    EXPECT_TRUE(std::regex_search(record, pid, std::regex("\npid ([0-9]+)\n"))) << record;
+    EXPECT_TRUE(std::regex_search(record, host, std::regex("\nhost ([^\n]+)\n"))) << record;
+    *node = host[1].str();
+    EXPECT_EQ(Shell("kill -9 " + pid[1].str()).exit_code, 0);
+    const auto killed = std::chrono::steady_clock::now();
+    // Line by line, to time the restart: kill -> the second job submitted, and running (its first
+    // rank record).
+    RunResult done;
+    char line[4096];
+    int submitted = 0;
+    while (std::fgets(line, sizeof(line), pipe) != nullptr) {
+      done.output += line;
+      if (std::string(line).find("fjord launch: submitted Slurm job") != std::string::npos &&
+          ++submitted == 2) {
+        std::printf("[ measured ] kill -9 -> second Slurm job submitted %.2f s\n",
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count());
+      }
+    }
+    done.wait_status = pclose(pipe);
+    done.exit_code = WIFEXITED(done.wait_status) ? WEXITSTATUS(done.wait_status) : 128;
+    return done;
+  }
+};
+
+// acme (NO only), 1 rank: rank 0 killed on its node; launch names that node from the rank's own
+// record, excludes it (sbatch --exclude), resubmits with --resume and the same global batch, and the
+// job completes on the other NO node. Oracles: Slurm's records of both jobs, and the losses after the
+// restart equal (1e-6) the same checkpoint resumed by hand on the other node.
+TEST_F(SlurmRestartTest, AKilledRanksNodeIsExcludedAndTheJobIsResubmittedAndCompletes) {
+  PrepAcme();
+  WriteLongJob(1);
+  std::string killed_on;
+  const RunResult r = LaunchAndKillRank0("--np 1 --max-restarts 1", &killed_on);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(killed_on == "n1" || killed_on == "n2") << killed_on;
+  const std::string other = killed_on == "n1" ? "n2" : "n1";
+  EXPECT_THAT(r.output, HasSubstr("rank 0 (" + killed_on + "): no end recorded")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: excluding node " + killed_on + " for this job")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("restart 1 of 1 on 1 node: " + other + " (1 rank), global batch 2"))
+      << r.output;
+  // Slurm's own records: two jobs, the first FAILED on the killed node, the second COMPLETED on the
+  // other with that node excluded.
+  std::smatch m;
+  std::vector<std::string> ids;
+  for (std::string out = r.output; std::regex_search(out, m, std::regex("submitted Slurm job ([0-9]+)"));
+       out = m.suffix())
+    ids.push_back(m[1].str());
+  ASSERT_EQ(ids.size(), 2u) << r.output;
+  EXPECT_EQ(JobField(ids[0], "NodeList"), killed_on);
+  EXPECT_NE(JobField(ids[0], "JobState"), "COMPLETED");
+  EXPECT_EQ(JobField(ids[1], "JobState"), "COMPLETED");
+  EXPECT_EQ(JobField(ids[1], "NodeList"), other);
+  EXPECT_EQ(JobField(ids[1], "ExcNodeList"), killed_on);
+  EXPECT_EQ(JobField(ids[1], "Features"), "jurisdiction_NO");
+  const std::string log = Path("run/audit.jsonl");
+  const std::vector<std::string> restart = AuditLines(log, "job_restart");
+  ASSERT_EQ(restart.size(), 1u);
+  EXPECT_THAT(restart[0], HasSubstr("\"launch_id\":\"slurm-" + ids[0] + "\""));
+  EXPECT_THAT(restart[0], HasSubstr("\"excluded\":[{\"hostname\":\"" + killed_on + "\""));
+  EXPECT_THAT(restart[0], HasSubstr("\"global_batch\":2"));
+  EXPECT_EQ(AuditLines(log, "job_end").size(), 2u) << "one per job, the killed one's by launch";
+  EXPECT_TRUE(VerifyAuditLog(log)->ok);
+
+  // The oracle: the checkpoint the restart resumed, resumed by hand on the other node.
+  int from = -1;
+  bool restarted = false;
+  {
+    std::istringstream in(ReadText(log));
+    for (std::string line; std::getline(in, line);) {
+      if (line.find("\"event\":\"job_restart\"") != std::string::npos) restarted = true;
+      const size_t at = line.find("\"step\":");
+      if (restarted && from < 0 && line.find("\"event\":\"checkpoint_opened\"") != std::string::npos &&
+          at != std::string::npos)
+        from = std::atoi(line.c_str() + at + 7);
+    }
+  }
+  ASSERT_GE(from, 40);
+  const std::vector<std::string> after = testing::LossTexts(Path("run/metrics.jsonl"));
+  ASSERT_EQ(after.size(), 300u);
+  for (const auto& e : fs::directory_iterator(Path("run/checkpoints"))) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("step_") && std::atoi(name.c_str() + 5) > from) fs::remove_all(e.path());
+  }
+  const RunResult oracle =
+      Shell("OMP_NUM_THREADS=1 FJORD_NODE_IDENTITY=" + Path("ids/" + other + ".textproto") + " " +
+            FJORD_BINARY + " train " + Path("run/launch/job.textproto") + " --quiet --resume");
+  ASSERT_EQ(oracle.exit_code, 0) << oracle.output;
+  const std::vector<std::string> opened = AuditLines(log, "checkpoint_opened");
+  EXPECT_THAT(opened.back(), HasSubstr("\"step\":" + std::to_string(from)));
+  const std::vector<std::string> expected = testing::LossTexts(Path("run/metrics.jsonl"));
+  ASSERT_EQ(expected.size(), 300u);
+  for (int step = from; step < 300; ++step)
+    EXPECT_NEAR(std::atof(after[step].c_str()), std::atof(expected[step].c_str()), 1e-6) << step + 1;
+}
+
+// acme (NO only) on both NO nodes, one killed: only SE nodes are left, so the restart is refused with
+// the reason and audited, and nothing more reaches Slurm.
+TEST_F(SlurmRestartTest, ARestartThatWouldNeedANodeOutsideTheResidencyIsRefused) {
+  PrepAcme();
+  WriteLongJob(2);
+  std::string killed_on;
+  const RunResult r = LaunchAndKillRank0("--np 2 --max-restarts 1", &killed_on);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  const std::string id = JobIdOf(r.output);
+  ASSERT_FALSE(id.empty()) << r.output;
+  EXPECT_EQ(NextJobId(), std::to_string(std::stoi(id) + 1)) << "a second job reached Slurm";
+  EXPECT_THAT(r.output, HasSubstr("fjord launch: excluding node " + killed_on + " for this job")) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("restart 1 of 1 refused: no placement for the restart within the job's "
+                                  "residency on the nodes left"))
+      << r.output;
+  EXPECT_THAT(r.output, HasSubstr("n3: jurisdiction SE is not allowed (allowed: NO)")) << r.output;
+  const std::string log = Path("run/audit.jsonl");
+  ASSERT_EQ(AuditLines(log, "restart_refused").size(), 1u);
+  EXPECT_THAT(AuditLines(log, "restart_refused")[0], HasSubstr("\"hostname\":\"" + killed_on + "\""));
+  EXPECT_EQ(Count(AuditEvents(log), "slurm_submitted"), 1);
+  EXPECT_EQ(Count(AuditEvents(log), "job_start"), 1);
+  for (const std::string& id : RankIdentities(log)) EXPECT_THAT(id, HasSubstr(":NO")) << id;
 }
 
 }  // namespace

@@ -500,7 +500,12 @@ TEST_F(LaunchCliTest, MaxRestartsArgumentErrors) {
               HasSubstr("--min-nodes bounds the restarts of --max-restarts N: give --max-restarts too"));
   r = Launch("--np 2 --max-restarts 1 --slurm");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.output, HasSubstr("under --slurm let Slurm requeue it instead"));
+  EXPECT_THAT(r.output, HasSubstr("--max-restarts under --slurm needs --wait: launch follows the job to its "
+                                  "end to resubmit it without the failed node"));
+  r = Launch("--np 2 --max-restarts 1 --slurm --wait", "SLURM_JOB_ID=77");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output,
+              HasSubstr("--max-restarts inside a Slurm allocation (SLURM_JOB_ID 77) is not built yet"));
   r = Launch("--np 2 --max-restarts -1");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_FALSE(fs::exists(Path("ran")));

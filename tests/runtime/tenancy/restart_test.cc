@@ -181,6 +181,23 @@ TEST_F(RankStatusTest, LaunchRecordsTheJobEndThatAKilledRankZeroCouldNot) {
   EXPECT_TRUE(verified->ok) << verified->problem;
 }
 
+// Under Slurm (sbatch) launch does not place the ranks: a failed rank's node is the Slurm node its own
+// record names; a rank that never wrote one names no node, and all nodes failing names none.
+TEST_F(RankStatusTest, UnderSlurmTheFailedRanksOwnRecordNamesItsNode) {
+  Write(0, "n1", "signal 15", "", "");
+  Write(1, "n2");  // killed outright
+  Write(2, "n3", "signal 15", "", "");
+  FailedNodes f = FindFailedSlurmNodes(*ReadRankStatuses(Path("ranks")), 4);
+  EXPECT_THAT(f.hosts, ElementsAre("n2"));
+  EXPECT_THAT(f.evidence, HasSubstr("rank 1 (n2): no end recorded"));
+  EXPECT_THAT(f.evidence, HasSubstr("rank 3: no start record (it never started) (on no node it recorded)"));
+  Write(0, "n1");
+  Write(2, "n3");
+  f = FindFailedSlurmNodes(*ReadRankStatuses(Path("ranks")), 3);
+  EXPECT_TRUE(f.hosts.empty()) << f.evidence;
+  EXPECT_THAT(f.evidence, HasSubstr("every node's ranks lack an end record"));
+}
+
 TEST_F(RankStatusTest, TheRanksOwnRecordsRoundTrip) {
   testing::ScopedEnv dir(kRankStatusDirEnv, Path("own"));
   RecordRankStart(2, "no2");
