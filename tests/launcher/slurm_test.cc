@@ -329,12 +329,12 @@ class SlurmRestartTest : public SlurmTest {
  protected:
   // acme's job of `np` ranks (micro_batch 2, global batch 2 x np), a checkpoint every 20 steps, all
   // kept, allowed in NO.
-  void WriteLongJob(int np) {
+  void WriteLongJob(int np, int steps = 300) {
     WriteText(Path("job.textproto"),
               "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
               "train { micro_batch: 2 global_batch: " +
-                  std::to_string(2 * np) +
-                  " steps: 300 lr: 1e-3 log_every: 1 }\n"
+                  std::to_string(2 * np) + " steps: " + std::to_string(steps) +
+                  " lr: 1e-3 log_every: 1 }\n"
                   "checkpoint { every_steps: 20 keep_last: 0 }\ndata { train: \"" +
                   Path("data/train_*.bin") + "\" }\nrun_dir: \"" + Path("run") +
                   "\"\ntenant { id: \"acme\" }\nresidency { allowed_jurisdictions: \"NO\" }\n");
@@ -468,6 +468,43 @@ TEST_F(SlurmRestartTest, ARestartThatWouldNeedANodeOutsideTheResidencyIsRefused)
   EXPECT_EQ(Count(AuditEvents(log), "slurm_submitted"), 1);
   EXPECT_EQ(Count(AuditEvents(log), "job_start"), 1);
   for (const std::string& id : RankIdentities(log)) EXPECT_THAT(id, HasSubstr(":NO")) << id;
+}
+
+// A job cancelled by its user (scancel from outside launch) is not a failure: no restart, nothing
+// more submitted, even with restarts left (engineer SLURM's test, ported to main's fixture).
+TEST_F(SlurmRestartTest, CancelledJobIsNotRestarted) {
+  PrepAcme();
+  WriteLongJob(1, 100000);
+  FILE* pipe = testing::Start("exec " + Env() + LaunchCommand("--np 1 --wait --quiet --max-restarts 2"));
+  ASSERT_NE(pipe, nullptr);
+  for (int i = 0; i < 600 && testing::LossTexts(Path("run/metrics.jsonl")).size() < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // The Slurm job ids launch submitted, from its audit records.
+  const auto submitted = [&] {
+    std::vector<std::string> ids;
+    std::smatch m;
+    for (const std::string& line : AuditLines(Path("run/audit.jsonl"), "slurm_submitted"))
+      if (std::regex_search(line, m, std::regex("\"slurm_job_id\":\"([0-9]+)\""))) ids.push_back(m[1].str());
+    return ids;
+  };
+  const std::vector<std::string> first = submitted();
+  ASSERT_EQ(first.size(), 1u);
+  const std::string id = first[0];
+  Run("scancel " + id);
+  for (int i = 0; i < 100 && JobField(id, "JobState") != "CANCELLED"; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Were a replacement submitted (the bug this test is for), cancel it too, so launch ends.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  for (const std::string& other : submitted())
+    if (other != id) Run("scancel " + other);
+  const RunResult r = testing::Finish(pipe);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(JobField(id, "JobState"), "CANCELLED");
+  const std::string log = Path("run/audit.jsonl");
+  EXPECT_EQ(AuditLines(log, "slurm_submitted").size(), 1u) << r.output;
+  EXPECT_TRUE(AuditLines(log, "job_restart").empty()) << r.output;
+  EXPECT_TRUE(AuditLines(log, "restart_refused").empty()) << r.output;
+  EXPECT_EQ(NextJobId(), std::to_string(std::stoll(id) + 1));
 }
 
 }  // namespace
