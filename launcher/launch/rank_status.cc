@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -204,60 +205,59 @@ std::map<int, std::string> FailedRanks(const std::vector<RankStatus>& statuses, 
   return why;
 }
 
-}  // namespace
-
-FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Placement& placement) {
-  const std::map<int, std::string> why = FailedRanks(statuses, placement.ranks);
-  FailedNodes out;
-  int first = 0;
-  for (const PlacedNode& n : placement.nodes) {
-    bool failed = false;
-    for (int r = first; r < first + n.ranks; ++r) {
-      auto it = why.find(r);
-      if (it == why.end()) continue;
-      failed = true;
-      out.evidence += std::string(out.evidence.empty() ? "" : "; ") + "rank " + std::to_string(r) + " (" +
-                      n.node.hostname() + "): " + it->second;
-    }
-    if (failed) out.hosts.push_back(n.node.hostname());
-    first += n.ranks;
-  }
-  // A job on one node: its node is the one that failed (a restart elsewhere, or a refusal naming it).
-  if (!out.hosts.empty() && out.hosts.size() == placement.nodes.size() && out.hosts.size() > 1) {
-    out.evidence = "every node's ranks lack an end record (" + out.evidence + ")";
-    out.hosts.clear();
-  }
-  return out;
-}
-
-FailedNodes FindFailedSlurmNodes(const std::vector<RankStatus>& statuses, int ranks) {
-  const std::map<int, std::string> why = FailedRanks(statuses, ranks);
-  std::map<int, const RankStatus*> by_rank;
-  std::vector<std::string> all;  // every node a rank recorded, in rank order
-  for (const RankStatus& s : statuses) {
-    by_rank[s.rank] = &s;
-    if (std::find(all.begin(), all.end(), s.host) == all.end()) all.push_back(s.host);
-  }
+// The nodes of the failed ranks in `why`, `node_of` naming each rank's node ("" when it is unknown),
+// in rank order; `nodes`: how many nodes the job ran on. When every node would be marked on a job of
+// two or more nodes, none is: the records do not tell which one failed. A job on one node marks it.
+FailedNodes NodesOfFailedRanks(const std::map<int, std::string>& why,
+                               const std::function<std::string(int)>& node_of, size_t nodes) {
   FailedNodes out;
   std::string unplaced;
   for (const auto& [rank, evidence] : why) {
-    auto it = by_rank.find(rank);
-    if (it == by_rank.end()) {  // no record: the node it was to run on is unknown
+    const std::string node = node_of(rank);
+    if (node.empty()) {
       unplaced += (unplaced.empty() ? "" : "; ") + ("rank " + std::to_string(rank) + ": " + evidence);
       continue;
     }
-    const std::string& node = it->second->host;
     out.evidence += std::string(out.evidence.empty() ? "" : "; ") + "rank " + std::to_string(rank) + " (" +
                     node + "): " + evidence;
     if (std::find(out.hosts.begin(), out.hosts.end(), node) == out.hosts.end()) out.hosts.push_back(node);
   }
   if (!unplaced.empty())
     out.evidence += std::string(out.evidence.empty() ? "" : "; ") + unplaced + " (on no node it recorded)";
-  if (!out.hosts.empty() && out.hosts.size() == all.size() && all.size() > 1) {
+  if (!out.hosts.empty() && out.hosts.size() == nodes && nodes > 1) {
     out.evidence = "every node's ranks lack an end record (" + out.evidence + ")";
     out.hosts.clear();
   }
   return out;
+}
+
+}  // namespace
+
+FailedNodes FindFailedNodes(const std::vector<RankStatus>& statuses, const Placement& placement) {
+  // Ranks fill the nodes in placement order, as mpirun --map-by slot places them.
+  std::vector<std::string> node_of_rank;
+  for (const PlacedNode& n : placement.nodes)
+    node_of_rank.insert(node_of_rank.end(), n.ranks, n.node.hostname());
+  return NodesOfFailedRanks(
+      FailedRanks(statuses, placement.ranks),
+      [&](int r) { return static_cast<size_t>(r) < node_of_rank.size() ? node_of_rank[r] : std::string(); },
+      placement.nodes.size());
+}
+
+FailedNodes FindFailedSlurmNodes(const std::vector<RankStatus>& statuses, int ranks) {
+  std::map<int, std::string> node_of_rank;  // as each rank's own record names its node
+  std::vector<std::string> all;
+  for (const RankStatus& s : statuses) {
+    node_of_rank[s.rank] = s.host;
+    if (std::find(all.begin(), all.end(), s.host) == all.end()) all.push_back(s.host);
+  }
+  return NodesOfFailedRanks(
+      FailedRanks(statuses, ranks),
+      [&](int r) {
+        auto it = node_of_rank.find(r);
+        return it == node_of_rank.end() ? std::string() : it->second;
+      },
+      all.size());
 }
 
 bool RecordMissingJobEnd(const std::string& audit_path, const std::string& actor, int64_t after_seq,
@@ -279,12 +279,10 @@ bool RecordMissingJobEnd(const std::string& audit_path, const std::string& actor
     for (const RankStatus& s : *st) {
       if (s.rank != 0) continue;
       if (s.ended.starts_with("signal ")) signal = std::atoi(s.ended.c_str() + 7);
-      rank0 =
-          !s.ended.empty() ? "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") ended: " + s.ended
-          : !s.waiting.empty()
-              ? "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") was last waiting " +
-                    s.waiting.substr(0, 160) + ", then ended unseen"
-              : "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") ended unseen (killed outright)";
+      rank0 = "rank 0 (pid " + std::to_string(s.pid) + " on " + s.host + ") " +
+              (!s.ended.empty()     ? "ended: " + s.ended
+               : !s.waiting.empty() ? "was last waiting " + s.waiting.substr(0, 160) + ", then ended unseen"
+                                    : std::string("ended unseen (killed outright)"));
     }
   }
   AuditRecord rec;
