@@ -163,6 +163,13 @@ int RunLaunch(const LaunchOptions& options) {
     std::fprintf(stderr, "fjord launch: %s\n", cause.c_str());
     for (const ExcludedNode& e : newly)
       std::fprintf(stderr, "fjord launch: excluding node %s for this job\n", e.hostname.c_str());
+    // What job_restart and restart_refused both say first: the failed attempt and why it failed.
+    AuditRecord record;
+    record.Str("launch_id", attempt.launch_id)
+        .Int("restart", k + 1)
+        .Int("max_restarts", options.max_restarts)
+        .Int("failed_exit_code", code)
+        .Str("cause", cause);
     LaunchPlan next_plan;
     StatusOr<LaunchOptions> next = OptionsForRestart(current, global_batch, &next_plan);
     if (!next.ok()) {
@@ -170,15 +177,8 @@ int RunLaunch(const LaunchOptions& options) {
                                   std::to_string(options.max_restarts) +
                                   " refused: " + next.status().message();
       std::fprintf(stderr, "fjord launch: error: %s\n", message.c_str());
-      StatusOr<AuditAnchor> logged =
-          (*audit)->Append("restart_refused", AuditRecord()
-                                                  .Str("launch_id", attempt.launch_id)
-                                                  .Int("restart", k + 1)
-                                                  .Int("max_restarts", options.max_restarts)
-                                                  .Int("failed_exit_code", code)
-                                                  .Str("cause", cause)
-                                                  .Raw("excluded", ExcludedJson(current.exclude))
-                                                  .Str("message", message));
+      StatusOr<AuditAnchor> logged = (*audit)->Append(
+          "restart_refused", record.Raw("excluded", ExcludedJson(current.exclude)).Str("message", message));
       if (!logged.ok()) {
         std::fprintf(stderr, "fjord launch: warning: cannot record the refusal: %s\n",
                      logged.status().message().c_str());
@@ -198,13 +198,7 @@ int RunLaunch(const LaunchOptions& options) {
         ran_s);
     std::fflush(stderr);
     StatusOr<AuditAnchor> logged =
-        (*audit)->Append("job_restart", AuditRecord()
-                                            .Str("launch_id", attempt.launch_id)
-                                            .Int("restart", k + 1)
-                                            .Int("max_restarts", options.max_restarts)
-                                            .Int("failed_exit_code", code)
-                                            .Str("cause", cause)
-                                            .Raw("excluded", ExcludedJson(newly))
+        (*audit)->Append("job_restart", record.Raw("excluded", ExcludedJson(newly))
                                             .Raw("nodes", NodesJson(next_plan.placement))
                                             .Int("ranks", next->np)
                                             .Int("global_batch", static_cast<int64_t>(global_batch))
