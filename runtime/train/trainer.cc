@@ -1403,7 +1403,6 @@ class Trainer {
     const int every = job_.parallel().straggler_every_steps();
     if (every > 0 && world_ > 1) {  // nothing to compare otherwise
       window_comm_ms_.push_back(m.exposed_comm_ms);
-      window_compute_ms_.push_back(m.ms - m.exposed_comm_ms);
       window_step_ms_.push_back(m.ms);
     }
     if (world_ == 1 || every <= 0 || m.step % every != 0) {
@@ -1411,7 +1410,6 @@ class Trainer {
       if (world_ > 1) FJORD_RETURN_IF_ERROR(comm_.AllReduce(&stop, &stop, 1, DataType::kI32, ReduceOp::kMax));
       if (every > 0 && m.step % every == 0) {
         window_comm_ms_.clear();
-        window_compute_ms_.clear();
         window_step_ms_.clear();
       }
       return stop != 0;
@@ -1420,11 +1418,12 @@ class Trainer {
     std::vector<float> vote(1 + 2 * n, 0.0f);
     vote[0] = g_stop_signals.load() > 0 ? 1.0f : 0.0f;
     vote[1 + me] = static_cast<float>(Median(window_comm_ms_));
-    vote[1 + n + me] = static_cast<float>(Median(window_compute_ms_));
+    std::vector<double> compute_ms(window_step_ms_.size());
+    for (size_t i = 0; i < compute_ms.size(); ++i) compute_ms[i] = window_step_ms_[i] - window_comm_ms_[i];
+    vote[1 + n + me] = static_cast<float>(Median(std::move(compute_ms)));
     const int from = m.step - static_cast<int>(window_comm_ms_.size()) + 1;
     const double step_ms = Median(window_step_ms_);
     window_comm_ms_.clear();
-    window_compute_ms_.clear();
     window_step_ms_.clear();
     FJORD_RETURN_IF_ERROR(
         comm_.AllReduce(vote.data(), vote.data(), vote.size(), DataType::kF32, ReduceOp::kMax));
@@ -1586,11 +1585,10 @@ class Trainer {
 
   GptConfig config_;
   int B_ = 0, T_ = 0, accum_ = 0;
-  uint64_t global_batch_ = 0;              // sequences per optimizer step, all ranks
-  std::vector<double> window_comm_ms_;     // this rank's exposed_comm_ms of the straggler window's steps
-  std::vector<double> window_compute_ms_;  // ... and its ms less exposed_comm_ms
-  std::vector<double> window_step_ms_;     // and its step times
-  std::vector<std::string> hosts_;         // every rank's host (RecordDevices)
+  uint64_t global_batch_ = 0;           // sequences per optimizer step, all ranks
+  std::vector<double> window_comm_ms_;  // this rank's exposed_comm_ms of the straggler window's steps
+  std::vector<double> window_step_ms_;  // and its step times
+  std::vector<std::string> hosts_;      // every rank's host (RecordDevices)
   size_t multiple_ = 16, num_params_ = 0, buffer_ = 0, shard_ = 0, shard_begin_ = 0, optimizer_count_ = 0;
   RankInfo where_;
   int threads_ = 1;
