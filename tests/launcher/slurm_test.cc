@@ -329,7 +329,10 @@ class SlurmRestartTest : public SlurmTest {
  protected:
   // acme's job of `np` ranks (micro_batch 2, global batch 2 x np), a checkpoint every 20 steps, all
   // kept, allowed in NO.
-  void WriteLongJob(int np, int steps = 300) {
+  // Long enough that a kill after the checkpoint of step 40 lands mid-training on an idle machine
+  // (300 steps once ended before the kill in the netns twin of these tests).
+  static constexpr int kSteps = 1200;
+  void WriteLongJob(int np, int steps = kSteps) {
     WriteText(Path("job.textproto"),
               "model { n_layer: 1 n_head: 2 n_embd: 32 seq_len: 32 vocab_size: 256 }\n"
               "train { micro_batch: 2 global_batch: " +
@@ -429,7 +432,7 @@ TEST_F(SlurmRestartTest, AKilledRanksNodeIsExcludedAndTheJobIsResubmittedAndComp
   }
   ASSERT_GE(from, 40);
   const std::vector<std::string> after = testing::LossTexts(Path("run/metrics.jsonl"));
-  ASSERT_EQ(after.size(), 300u);
+  ASSERT_EQ(after.size(), static_cast<size_t>(kSteps));
   for (const auto& e : fs::directory_iterator(Path("run/checkpoints"))) {
     const std::string name = e.path().filename().string();
     if (name.starts_with("step_") && std::atoi(name.c_str() + 5) > from) fs::remove_all(e.path());
@@ -441,8 +444,8 @@ TEST_F(SlurmRestartTest, AKilledRanksNodeIsExcludedAndTheJobIsResubmittedAndComp
   const std::vector<std::string> opened = AuditLines(log, "checkpoint_opened");
   EXPECT_THAT(opened.back(), HasSubstr("\"step\":" + std::to_string(from)));
   const std::vector<std::string> expected = testing::LossTexts(Path("run/metrics.jsonl"));
-  ASSERT_EQ(expected.size(), 300u);
-  for (int step = from; step < 300; ++step)
+  ASSERT_EQ(expected.size(), static_cast<size_t>(kSteps));
+  for (int step = from; step < kSteps; ++step)
     EXPECT_NEAR(std::atof(after[step].c_str()), std::atof(expected[step].c_str()), 1e-6) << step + 1;
 }
 
